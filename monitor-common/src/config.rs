@@ -1,0 +1,75 @@
+//! Load-time configuration of the kernel programs, written by the loader into the
+//! `CONFIG` global before the programs are verified.
+//!
+//! Kernel struct layouts differ between kernels and builds, and Rust eBPF has no CO-RE
+//! field relocations, so userspace reads every offset the programs need from this
+//! kernel's BTF (`/sys/kernel/btf/vmlinux`) and every tracepoint field offset from
+//! tracefs `format` files, and passes them here. Nothing is hard-coded.
+
+/// Byte offsets of kernel struct fields (from BTF).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Offsets {
+    pub task_tgid: u32,
+    pub task_start_time: u32,
+    pub task_group_leader: u32,
+    pub task_exit_code: u32,
+    pub task_fs: u32,
+    pub task_files: u32,
+    pub task_mm: u32,
+    pub fs_pwd: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_parent: u32,
+    pub dentry_name: u32,
+    pub qstr_name: u32,
+    /// Offset of the `struct vfsmount mnt` embedded in `struct mount`.
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
+    pub vfsmount_root: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_path: u32,
+    pub file_mode: u32,
+    pub file_inode: u32,
+    pub file_private: u32,
+    pub inode_nlink: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub bprm_file: u32,
+    pub bprm_filename: u32,
+    pub socket_type: u32,
+    pub socket_sk: u32,
+    pub sk_family: u32,
+    pub sk_num: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    /// FMODE_CREATED as defined by this kernel.
+    pub fmode_created: u32,
+}
+
+/// Field offsets of non-syscall tracepoints (from tracefs `format`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TpOffsets {
+    pub iou_create_fd: u32,
+    pub iou_create_sq_entries: u32,
+    pub iou_create_flags: u32,
+    pub iou_submit_opcode: u32,
+    pub iou_submit_flags: u32,
+    pub iou_submit_sq_thread: u32,
+}
+
+/// The whole `CONFIG` global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KConfig {
+    /// agentmon's own tgid: never tracked, never reported.
+    pub self_tgid: u32,
+    /// Lengths of the `prefix*` basename patterns in the sensitive set (0 = unused).
+    pub sensitive_prefix_lens: [u8; 4],
+    pub off: Offsets,
+    pub tp: TpOffsets,
+}

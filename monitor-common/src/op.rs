@@ -1,0 +1,68 @@
+//! Which syscall or hook produced an event. Numbers are stable (never reused).
+
+macro_rules! ops {
+    ($($name:ident = $n:expr, $s:literal;)*) => {
+        $(pub const $name: u16 = $n;)*
+        /// Name of an op as shown in events (the syscall name).
+        pub const fn name(op: u16) -> &'static str {
+            match op { $($n => $s,)* _ => "unknown" }
+        }
+    };
+}
+
+ops! {
+    FORK = 1, "fork";
+    EXEC = 2, "exec";
+    EXIT = 3, "exit";
+    EXECVE = 4, "execve";
+    EXECVEAT = 5, "execveat";
+
+    OPEN = 10, "open";
+    OPENAT = 11, "openat";
+    OPENAT2 = 12, "openat2";
+    CREAT = 13, "creat";
+    UNLINK = 14, "unlink";
+    UNLINKAT = 15, "unlinkat";
+    RMDIR = 16, "rmdir";
+    RENAME = 17, "rename";
+    RENAMEAT = 18, "renameat";
+    RENAMEAT2 = 19, "renameat2";
+    TRUNCATE = 20, "truncate";
+    FTRUNCATE = 21, "ftruncate";
+    CHMOD = 22, "chmod";
+    FCHMOD = 23, "fchmod";
+    FCHMODAT = 24, "fchmodat";
+    FCHMODAT2 = 25, "fchmodat2";
+    CHOWN = 26, "chown";
+    FCHOWN = 27, "fchown";
+    LCHOWN = 28, "lchown";
+    FCHOWNAT = 29, "fchownat";
+    LINK = 30, "link";
+    LINKAT = 31, "linkat";
+    SYMLINK = 32, "symlink";
+    SYMLINKAT = 33, "symlinkat";
+    MKDIR = 34, "mkdir";
+    MKDIRAT = 35, "mkdirat";
+
+    CONNECT = 50, "connect";
+    SENDTO = 51, "sendto";
+    SENDMSG = 52, "sendmsg";
+    SENDMMSG = 53, "sendmmsg";
+    BIND = 54, "bind";
+    LISTEN = 55, "listen";
+
+    IOURING_SETUP = 70, "io_uring_setup";
+    IOURING_SUBMIT = 71, "io_uring_submit";
+
+    PTRACE = 80, "ptrace";
+    BPF = 81, "bpf";
+    SETUID = 82, "setuid";
+    SETGID = 83, "setgid";
+    SETREUID = 84, "setreuid";
+    SETREGID = 85, "setregid";
+    SETRESUID = 86, "setresuid";
+    SETRESGID = 87, "setresgid";
+    SETFSUID = 88, "setfsuid";
+    SETFSGID = 89, "setfsgid";
+    CAPSET = 90, "capset";
+}

@@ -1,0 +1,479 @@
+//! Shared kernel-side machinery: the tracked-task filter, the syscall argument stash,
+//! kernel struct reads at BTF-derived offsets, path resolution by dentry walk, and the
+//! event builder that writes into a per-CPU buffer and copies the used part out.
+
+use core::ptr::{read_volatile, write_volatile};
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::generated as h,
+    programs::TracePointContext,
+};
+use monitor_common::{
+    Body, COMM_LEN, EventHeader, FIXED_SIZE, HEADER_SIZE, STR_MAX, Stash, TAIL_MASK, TAIL_MAX,
+    Tracked, WALK_MAX, counter, kind, pflags,
+};
+
+use crate::{COUNTERS, EVENTS, SCRATCH, STASH, TRACKED};
+
+pub const AT_FDCWD: i64 = -100;
+/// `dfd` value meaning "this string is not a path relative to anything" (symlink targets).
+pub const NO_BASE: i64 = i64::MIN;
+/// Longest dentry name (NAME_MAX 255 + NUL).
+const NAME_READ: usize = 256;
+
+pub const SCRATCH_SIZE: usize = FIXED_SIZE + TAIL_MAX + STR_MAX + 64;
+
+/// Builder state. It lives in the per-CPU map value, not in registers, on purpose:
+/// values loaded from a map are unknown to the verifier, so two paths through the
+/// path walk that wrote different amounts reach the loop head in equivalent states
+/// and are pruned. Kept in registers, every mount-hop/component branch combination
+/// of the walk would be explored separately (2^depth) and the program rejected.
+#[repr(C)]
+pub struct Ctl {
+    off: u64,
+    pf: u64,
+    nops: u64,
+    /// Components written by the walk in progress.
+    walked: u64,
+}
+
+#[repr(C)]
+pub struct Scratch {
+    pub ctl: Ctl,
+    pub buf: [u8; SCRATCH_SIZE],
+}
+
+/// Reads a field of the load-time configuration. Volatile so the compiler does not
+/// fold the zero initialiser; the verifier sees the loader's value (frozen .rodata).
+macro_rules! conf {
+    ($($f:ident).+) => {
+        {
+            #[allow(unused_unsafe)]
+            let v = unsafe { core::ptr::read_volatile(&raw const crate::CONFIG.$($f).+) };
+            v
+        }
+    };
+}
+pub(crate) use conf;
+
+/// Offset of a kernel struct field, as u64.
+macro_rules! off {
+    ($f:ident) => {
+        crate::kern::conf!(off.$f) as u64
+    };
+}
+pub(crate) use off;
+
+/// `x & mask`, with the mask applied where the verifier sees it: LLVM drops a mask it
+/// can prove redundant, but the verifier tracks ranges less precisely (signedness),
+/// so the value goes through a volatile stack slot first.
+#[inline(always)]
+pub fn bounded(x: usize, mask: usize) -> usize {
+    unsafe { read_volatile(&x) & mask }
+}
+
+#[inline(always)]
+pub fn pid_tgid() -> u64 {
+    unsafe { h::bpf_get_current_pid_tgid() }
+}
+
+#[inline(always)]
+pub fn task() -> u64 {
+    unsafe { h::bpf_get_current_task() }
+}
+
+/// The current process's task binding, or None (the common, cheap case).
+#[inline(always)]
+pub fn tracked() -> Option<Tracked> {
+    let tgid = (pid_tgid() >> 32) as u32;
+    unsafe { TRACKED.get(&tgid).copied() }
+}
+
+/// Reads a `T` from kernel memory; zero on fault.
+#[inline(always)]
+pub unsafe fn kread<T: Copy + Default>(addr: u64) -> T {
+    let mut v = T::default();
+    let r = unsafe {
+        h::bpf_probe_read_kernel(
+            (&raw mut v).cast(),
+            core::mem::size_of::<T>() as u32,
+            addr as *const core::ffi::c_void,
+        )
+    };
+    if r < 0 { T::default() } else { v }
+}
+
+/// Reads a kernel pointer at `base + off`; 0 if `base` is 0 or on fault.
+#[inline(always)]
+pub unsafe fn kptr(base: u64, off: u64) -> u64 {
+    if base == 0 { 0 } else { unsafe { kread::<u64>(base + off) } }
+}
+
+/// Syscall tracepoint argument `i` (format verified by the loader: args are 8 bytes
+/// each from offset 16). A direct context load: the attach fails if it is out of range.
+#[inline(always)]
+pub fn sys_arg(ctx: &TracePointContext, i: usize) -> u64 {
+    unsafe { *(ctx.as_ptr() as *const u64).add(2 + i) }
+}
+
+/// Return value of a sys_exit tracepoint (`long ret` at offset 16).
+#[inline(always)]
+pub fn sys_ret(ctx: &TracePointContext) -> i64 {
+    unsafe { *(ctx.as_ptr() as *const i64).add(2) }
+}
+
+#[inline(always)]
+pub fn count(k: u16, lost: bool) {
+    let idx = kind::slot(k) * 2 + if lost { counter::LOST } else { counter::EMITTED };
+    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
+        unsafe { *c += 1 };
+    }
+}
+
+/// Saves a tracked syscall's arguments for its sys_exit handler.
+#[inline(always)]
+pub fn stash(op: u16, k: u16, pf: u16, args: [u64; 6]) {
+    let st = Stash { op, pflags: pf, _pad: 0, args };
+    if STASH.insert(&pid_tgid(), &st, 0).is_err() {
+        // The stash is full: the event is lost, and counted as such.
+        count(k, true);
+    }
+}
+
+/// Saves arguments `0..n` of the current syscall if the process is tracked.
+#[inline(always)]
+pub fn enter_stash(ctx: &TracePointContext, op: u16, k: u16, n: usize) {
+    if tracked().is_none() {
+        return;
+    }
+    let mut a = [0u64; 6];
+    let mut i = 0;
+    while i < n && i < 6 {
+        a[i] = sys_arg(ctx, i);
+        i += 1;
+    }
+    stash(op, k, 0, a);
+}
+
+/// Takes the stashed arguments of the syscall now returning, if it is ours.
+#[inline(always)]
+pub fn take_stash(op: u16) -> Option<Stash> {
+    let id = pid_tgid();
+    let st = unsafe { STASH.get(&id).copied() }?;
+    let _ = STASH.remove(&id);
+    if st.op != op { None } else { Some(st) }
+}
+
+/// File of descriptor `fd` in the current task, or 0.
+#[inline(always)]
+pub unsafe fn fd_file(fd: i64) -> u64 {
+    if fd < 0 || fd > i32::MAX as i64 {
+        return 0;
+    }
+    unsafe {
+        let files = kptr(task(), off!(task_files));
+        let fdt = kptr(files, off!(files_fdt));
+        if fdt == 0 {
+            return 0;
+        }
+        let max: u32 = kread(fdt + off!(fdt_max_fds));
+        if fd as u64 >= max as u64 {
+            return 0;
+        }
+        let arr = kptr(fdt, off!(fdt_fd));
+        kptr(arr, (fd as u64) * 8)
+    }
+}
+
+/// `struct path *` of an open file, or 0.
+#[inline(always)]
+pub fn file_path(file: u64) -> u64 {
+    if file == 0 { 0 } else { file + off!(file_path) }
+}
+
+/// `struct path *` of the directory a `*at` call resolves relative paths against.
+#[inline(always)]
+pub unsafe fn dir_base(dfd: i64) -> u64 {
+    if dfd == NO_BASE {
+        0
+    } else if dfd as i32 as i64 == AT_FDCWD {
+        let fs = unsafe { kptr(task(), off!(task_fs)) };
+        if fs == 0 { 0 } else { fs + off!(fs_pwd) }
+    } else {
+        file_path(unsafe { fd_file(dfd as i32 as i64) })
+    }
+}
+
+/// An event being assembled in this CPU's scratch buffer.
+pub struct Ev {
+    p: *mut u8,
+    ctl: *mut Ctl,
+}
+
+impl Ev {
+    /// Starts an event of `k` for the current process.
+    #[inline(always)]
+    pub fn new(k: u16, op: u16, t: &Tracked, ret: i64) -> Option<Ev> {
+        let s = SCRATCH.get_ptr_mut(0)?;
+        let id = pid_tgid();
+        unsafe {
+            let p = (&raw mut (*s).buf) as *mut u8;
+            let ctl = &raw mut (*s).ctl;
+            let hd = p as *mut EventHeader;
+            (*hd).ts_ns = h::bpf_ktime_get_ns();
+            (*hd).start_ns = t.start_ns;
+            (*hd).ret = ret;
+            (*hd).kind = k;
+            (*hd).op = op;
+            (*hd).tgid = (id >> 32) as u32;
+            (*hd).tid = id as u32;
+            (*hd).task = t.task;
+            h::bpf_get_current_comm((*hd).comm.as_mut_ptr().cast(), COMM_LEN as u32);
+            let b = p.add(HEADER_SIZE) as *mut Body;
+            (*b).args = [0; 5];
+            (*b).n1 = 0;
+            (*b).n2 = 0;
+            (*b).extra_len = 0;
+            let ev = Ev { p, ctl };
+            ev.set_off(0);
+            write_volatile(&raw mut (*ctl).pf, 0);
+            write_volatile(&raw mut (*ctl).nops, 0);
+            Some(ev)
+        }
+    }
+
+    /// The event being assembled on this CPU (from a `bpf_loop` callback).
+    #[inline(always)]
+    fn current() -> Option<Ev> {
+        let s = SCRATCH.get_ptr_mut(0)?;
+        unsafe { Some(Ev { p: (&raw mut (*s).buf) as *mut u8, ctl: &raw mut (*s).ctl }) }
+    }
+
+    #[inline(always)]
+    fn off(&self) -> usize {
+        unsafe { read_volatile(&raw const (*self.ctl).off) as usize }
+    }
+
+    #[inline(always)]
+    fn set_off(&self, v: usize) {
+        unsafe { write_volatile(&raw mut (*self.ctl).off, v as u64) }
+    }
+
+    #[inline(always)]
+    fn body(&self) -> *mut Body {
+        unsafe { self.p.add(HEADER_SIZE) as *mut Body }
+    }
+
+    #[inline(always)]
+    pub fn arg(&mut self, i: usize, v: u64) {
+        if i < 5 {
+            unsafe { (*self.body()).args[i] = v };
+        }
+    }
+
+    /// The syscall result this event carries.
+    #[inline(always)]
+    pub fn ret(&self) -> i64 {
+        unsafe { (*(self.p as *const EventHeader)).ret }
+    }
+
+    #[inline(always)]
+    pub fn flag(&mut self, f: u16) {
+        unsafe {
+            let pf = &raw mut (*self.ctl).pf;
+            write_volatile(pf, read_volatile(pf) | f as u64);
+        }
+    }
+
+    #[inline(always)]
+    fn tail(&self) -> *mut u8 {
+        unsafe { self.p.add(FIXED_SIZE + (self.off() & TAIL_MASK)) }
+    }
+
+    /// Copies a NUL-terminated string (user or kernel memory; 0 = empty) into the tail.
+    /// Returns the bytes written including the NUL, 0 if out of room.
+    #[inline(always)]
+    fn put_str(&mut self, src: u64, user: bool, max: usize) -> usize {
+        if self.off() > TAIL_MAX - STR_MAX {
+            self.flag(pflags::TRUNCATED);
+            return 0;
+        }
+        let dst = self.tail();
+        let r = if src == 0 {
+            0
+        } else if user {
+            unsafe { h::bpf_probe_read_user_str(dst.cast(), max as u32, src as *const _) }
+        } else {
+            unsafe { h::bpf_probe_read_kernel_str(dst.cast(), max as u32, src as *const _) }
+        };
+        let n = if r <= 0 {
+            unsafe { *dst = 0 };
+            1
+        } else {
+            r as usize
+        };
+        if n >= max {
+            self.flag(pflags::TRUNCATED);
+        }
+        self.set_off(self.off() + n);
+        n
+    }
+
+    /// Copies up to `len` raw bytes of user memory (argv block, socket path) as the
+    /// extra part. Returns the bytes copied.
+    #[inline(always)]
+    pub fn put_extra_user(&mut self, src: u64, len: u64) -> u64 {
+        if self.off() > TAIL_MAX - STR_MAX || src == 0 {
+            return 0;
+        }
+        let len = if len > STR_MAX as u64 { STR_MAX as u64 } else { len };
+        if len == 0 {
+            return 0;
+        }
+        let r = unsafe { h::bpf_probe_read_user(self.tail().cast(), len as u32, src as *const _) };
+        if r != 0 {
+            return 0;
+        }
+        self.set_off(self.off() + len as usize);
+        unsafe { (*self.body()).extra_len = len as u32 };
+        len
+    }
+
+    /// Appends operand `which` (1 or 2): the string `s` and, unless it is absolute,
+    /// the directory it is relative to (`dfd`: a descriptor, AT_FDCWD or NO_BASE).
+    #[inline(always)]
+    pub fn operand(&mut self, which: u16, s: u64, user: bool, dfd: i64) {
+        let start = self.off();
+        let n = self.put_str(s, user, STR_MAX);
+        let first = unsafe { *self.p.add(FIXED_SIZE + (start & TAIL_MASK)) };
+        let mut comps = 0;
+        if n > 0 && !(n > 1 && first == b'/') {
+            let base = unsafe { dir_base(dfd) };
+            if base != 0 {
+                comps = walk(self, base);
+            } else if dfd != NO_BASE {
+                self.flag(pflags::UNRESOLVED);
+            }
+        }
+        self.set_operand(which, comps);
+    }
+
+    /// Appends operand `which` as the exact path of a kernel `struct path *`.
+    #[inline(always)]
+    pub fn operand_path(&mut self, which: u16, path: u64) {
+        self.put_str(0, false, STR_MAX);
+        let comps = if path != 0 {
+            walk(self, path)
+        } else {
+            self.flag(pflags::UNRESOLVED);
+            0
+        };
+        self.set_operand(which, comps);
+    }
+
+    #[inline(always)]
+    fn set_operand(&mut self, which: u16, comps: u16) {
+        unsafe {
+            if which == 1 {
+                (*self.body()).n1 = comps;
+            } else {
+                (*self.body()).n2 = comps;
+            }
+        }
+        unsafe { write_volatile(&raw mut (*self.ctl).nops, which as u64) };
+    }
+
+    /// Copies the event out to the ring buffer and counts it (emitted or lost).
+    #[inline(always)]
+    pub fn emit(self) {
+        let off = self.off();
+        let len = if off > TAIL_MAX { TAIL_MAX } else { off };
+        let k = unsafe {
+            let b = self.body();
+            (*b).pflags = read_volatile(&raw const (*self.ctl).pf) as u16;
+            (*b).nops = read_volatile(&raw const (*self.ctl).nops) as u16;
+            (*b).tail_len = len as u32;
+            (*(self.p as *mut EventHeader)).kind
+        };
+        let data = unsafe { core::slice::from_raw_parts(self.p as *const u8, FIXED_SIZE + len) };
+        count(k, EVENTS.output(data, 0).is_err());
+    }
+}
+
+/// State of a path walk, on the caller's stack, passed to each `bpf_loop` step.
+#[repr(C)]
+struct WalkState {
+    dentry: u64,
+    vfsmnt: u64,
+    mnt: u64,
+    done: u64,
+}
+
+/// Writes the components of `path` (a kernel `struct path *`) leaf first, crossing
+/// mount points up to the root of the mount namespace. Returns how many it wrote.
+///
+/// The loop runs under `bpf_loop`, so the verifier checks one step instead of
+/// unrolling every iteration of every program that walks a path.
+#[inline(never)]
+fn walk(ev: &mut Ev, path: u64) -> u16 {
+    unsafe {
+        let dentry = kptr(path, off!(path_dentry));
+        let vfsmnt = kptr(path, off!(path_mnt));
+        if dentry == 0 || vfsmnt == 0 {
+            ev.flag(pflags::UNRESOLVED);
+            return 0;
+        }
+        let mut st = WalkState { dentry, vfsmnt, mnt: vfsmnt - off!(mount_mnt), done: 0 };
+        write_volatile(&raw mut (*ev.ctl).walked, 0);
+        h::bpf_loop(
+            WALK_MAX as u32,
+            walk_step as *mut core::ffi::c_void,
+            (&raw mut st).cast(),
+            0,
+        );
+        if read_volatile(&raw const st.done) == 0 {
+            ev.flag(pflags::TRUNCATED);
+        }
+        read_volatile(&raw const (*ev.ctl).walked) as u16
+    }
+}
+
+/// One step of [`walk`]: either climbs out of a mount or writes one component.
+/// Returns 1 to stop the loop.
+extern "C" fn walk_step(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    let st = ctx as *mut WalkState;
+    let Some(mut ev) = Ev::current() else { return 1 };
+    unsafe {
+        let dentry = (*st).dentry;
+        let vfsmnt = (*st).vfsmnt;
+        let mnt = (*st).mnt;
+        let root = kptr(vfsmnt, off!(vfsmount_root));
+        let parent = kptr(dentry, off!(dentry_parent));
+        if dentry == root {
+            // Top of this mount: continue from its mountpoint in the parent mount.
+            let up = kptr(mnt, off!(mount_parent));
+            if up == mnt || up == 0 {
+                (*st).done = 1;
+                return 1;
+            }
+            (*st).dentry = kptr(mnt, off!(mount_mountpoint));
+            (*st).mnt = up;
+            (*st).vfsmnt = up + off!(mount_mnt);
+            return 0;
+        }
+        if dentry == parent || parent == 0 {
+            (*st).done = 1;
+            return 1;
+        }
+        let name = kptr(dentry, off!(dentry_name) + off!(qstr_name));
+        if name == 0 || ev.put_str(name, false, NAME_READ) == 0 {
+            (*st).done = 1;
+            return 1;
+        }
+        let walked = &raw mut (*ev.ctl).walked;
+        write_volatile(walked, read_volatile(walked) + 1);
+        (*st).dentry = parent;
+        0
+    }
+}

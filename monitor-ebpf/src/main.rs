@@ -1,0 +1,63 @@
+//! agentmon kernel sensors.
+//!
+//! Every handler first asks "is the current process tracked?" (one hash lookup in
+//! `TRACKED`, or in `STASH` on syscall exit) and returns at once when it is not, so
+//! untracked processes pay one map lookup per hooked syscall and nothing else.
+//! Tracking is inherited at fork in the kernel (`process.rs`), so a tracked agent
+//! cannot shed it by double-forking, setsid or reparenting.
+//!
+//! Syscall handlers save their arguments at `sys_enter_*` and emit at `sys_exit_*`,
+//! where the result is known and file descriptors can be resolved to paths.
+#![no_std]
+#![no_main]
+
+mod file;
+mod iouring;
+mod kern;
+mod net;
+mod privilege;
+mod process;
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use monitor_common::{COUNTER_SLOTS, KConfig, Stash, Tracked};
+
+/// Set by the loader before verification (offsets from BTF and tracefs).
+#[unsafe(no_mangle)]
+static CONFIG: KConfig = unsafe { core::mem::zeroed() };
+
+/// tgid -> task binding. Userspace inserts a task's root; fork inherits.
+#[map]
+static TRACKED: HashMap<u32, Tracked> = HashMap::with_max_entries(65536, 0);
+
+/// pid_tgid -> arguments of a tracked syscall in flight.
+#[map]
+static STASH: HashMap<u64, Stash> = HashMap::with_max_entries(16384, 0);
+
+/// Events to userspace. Size set by the loader.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Per-CPU buffer in which an event is assembled before it is copied out.
+#[map]
+static SCRATCH: PerCpuArray<kern::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-kind emitted/lost counters: index = slot * 2 + {0 emitted, 1 lost}.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS * 2, 0);
+
+/// Hashes of sensitive basenames/extensions/prefixes (see monitor_common::hash).
+#[map]
+static SENSITIVE: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,174 @@
+//! Network: connect, sendto/sendmsg/sendmmsg with a destination (unconnected UDP,
+//! e.g. DNS), bind and listen. Addresses are read from the caller's sockaddr at
+//! sys_exit (IPv4, IPv6 including v4-mapped, unix paths incl. abstract); the socket
+//! type comes from the fd's `struct socket`.
+
+use aya_ebpf::{helpers::generated as h, macros::tracepoint, programs::TracePointContext};
+use monitor_common::{kind, op, pflags};
+
+use crate::{
+    file::sys,
+    kern::{Ev, fd_file, kptr, kread, off, stash, sys_arg, sys_ret, take_stash, tracked},
+};
+
+const AF_UNIX: u64 = 1;
+const AF_INET: u64 = 2;
+const AF_INET6: u64 = 10;
+const EBADF: i64 = 9;
+const ENOTSOCK: i64 = 88;
+const UNIX_PATH_MAX: u64 = 108;
+
+/// `struct socket`'s type (SOCK_STREAM, SOCK_DGRAM, ...) of descriptor `fd`, or 0.
+#[inline(always)]
+fn sock_type(fd: u64, ret: i64) -> u64 {
+    if ret == -EBADF || ret == -ENOTSOCK {
+        return 0;
+    }
+    unsafe {
+        let sock = kptr(fd_file(fd as i32 as i64), off!(file_private));
+        if sock == 0 { 0 } else { kread::<u16>(sock + off!(socket_type)) as u64 }
+    }
+}
+
+/// Puts the sockaddr at user address `sa` (length `len`) into the event:
+/// args[0] = family | port << 16 | type << 32, args[1..3] = address bytes; a unix
+/// path goes into the extra bytes.
+#[inline(always)]
+fn put_sockaddr(ev: &mut Ev, sa: u64, len: u64, fd: u64, ty: u64) {
+    let mut raw = [0u64; 4];
+    let n = if len > 28 { 28 } else { len };
+    if sa == 0 || n < 2 {
+        return;
+    }
+    if unsafe { h::bpf_probe_read_user((&raw mut raw).cast(), n as u32, sa as *const _) } != 0 {
+        return;
+    }
+    let family = raw[0] & 0xffff;
+    let port = u16::from_be(((raw[0] >> 16) & 0xffff) as u16) as u64;
+    match family {
+        AF_INET => {
+            ev.arg(1, raw[0] >> 32);
+        }
+        AF_INET6 => {
+            ev.arg(1, raw[1]);
+            ev.arg(2, raw[2]);
+        }
+        AF_UNIX => {
+            let plen = len.saturating_sub(2);
+            let plen = if plen > UNIX_PATH_MAX { UNIX_PATH_MAX } else { plen };
+            if plen > 0 && (raw[0] >> 16) & 0xff == 0 {
+                ev.flag(pflags::UNIX_ABSTRACT);
+            }
+            ev.put_extra_user(sa + 2, plen);
+        }
+        _ => {}
+    }
+    let port = if family == AF_UNIX { 0 } else { port };
+    ev.arg(0, family | port << 16 | ty << 32);
+    ev.arg(3, fd);
+}
+
+sys!(sys_enter_connect, sys_exit_connect, op::CONNECT, kind::CONNECT, 3, |st, ev| {
+    let ty = sock_type(st.args[0], ev.ret());
+    put_sockaddr(&mut ev, st.args[1], st.args[2], st.args[0], ty);
+});
+
+sys!(sys_enter_bind, sys_exit_bind, op::BIND, kind::BIND, 3, |st, ev| {
+    let ty = sock_type(st.args[0], ev.ret());
+    put_sockaddr(&mut ev, st.args[1], st.args[2], st.args[0], ty);
+});
+
+/// syscalls:sys_enter_sendto(fd, buff, len, flags, addr, addr_len): saved only when
+/// it names a destination (a send on a connected socket is covered by its connect).
+#[tracepoint]
+pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
+    if tracked().is_some() && sys_arg(&ctx, 4) != 0 {
+        stash(op::SENDTO, kind::SEND, 0, [sys_arg(&ctx, 0), sys_arg(&ctx, 4), sys_arg(&ctx, 5), 0, 0, 0]);
+    }
+    0
+}
+
+/// Reads msg_name/msg_namelen of a user `struct msghdr` (also the head of `mmsghdr`).
+#[inline(always)]
+fn msg_dest(ctx: &TracePointContext, o: u16) {
+    if tracked().is_none() {
+        return;
+    }
+    let mut hdr = [0u64; 2];
+    let msg = sys_arg(ctx, 1);
+    if unsafe { h::bpf_probe_read_user((&raw mut hdr).cast(), 16, msg as *const _) } != 0 {
+        return;
+    }
+    if hdr[0] != 0 && (hdr[1] & 0xffff_ffff) != 0 {
+        stash(o, kind::SEND, 0, [sys_arg(ctx, 0), hdr[0], hdr[1] & 0xffff_ffff, 0, 0, 0]);
+    }
+}
+
+/// syscalls:sys_enter_sendmsg(fd, msg, flags).
+#[tracepoint]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    msg_dest(&ctx, op::SENDMSG);
+    0
+}
+
+/// syscalls:sys_enter_sendmmsg(fd, mmsg, vlen, flags): the first message's destination.
+#[tracepoint]
+pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
+    msg_dest(&ctx, op::SENDMMSG);
+    0
+}
+
+#[inline(always)]
+fn send_exit(ctx: &TracePointContext, o: u16) -> Option<()> {
+    let st = take_stash(o)?;
+    let t = tracked()?;
+    let ret = sys_ret(ctx);
+    let mut ev = Ev::new(kind::SEND, o, &t, ret)?;
+    let ty = sock_type(st.args[0], ret);
+    put_sockaddr(&mut ev, st.args[1], st.args[2], st.args[0], ty);
+    ev.emit();
+    Some(())
+}
+
+/// syscalls:sys_exit_sendto(ret).
+#[tracepoint]
+pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
+    let _ = send_exit(&ctx, op::SENDTO);
+    0
+}
+
+/// syscalls:sys_exit_sendmsg(ret).
+#[tracepoint]
+pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
+    let _ = send_exit(&ctx, op::SENDMSG);
+    0
+}
+
+/// syscalls:sys_exit_sendmmsg(ret).
+#[tracepoint]
+pub fn sys_exit_sendmmsg(ctx: TracePointContext) -> u32 {
+    let _ = send_exit(&ctx, op::SENDMMSG);
+    0
+}
+
+// listen(fd, backlog): the address is the socket's own (sk->__sk_common).
+sys!(sys_enter_listen, sys_exit_listen, op::LISTEN, kind::LISTEN, 2, |st, ev| {
+    unsafe {
+        let sock = kptr(fd_file(st.args[0] as i32 as i64), off!(file_private));
+        let sk = kptr(sock, off!(socket_sk));
+        if sk != 0 {
+            let family = kread::<u16>(sk + off!(sk_family)) as u64;
+            let port = kread::<u16>(sk + off!(sk_num)) as u64;
+            let ty = kread::<u16>(sock + off!(socket_type)) as u64;
+            if family == AF_INET6 {
+                ev.arg(1, kread::<u64>(sk + off!(sk_v6_rcv_saddr)));
+                ev.arg(2, kread::<u64>(sk + off!(sk_v6_rcv_saddr) + 8));
+            } else {
+                ev.arg(1, kread::<u32>(sk + off!(sk_rcv_saddr)) as u64);
+            }
+            ev.arg(0, family | port << 16 | ty << 32);
+        }
+        ev.arg(3, st.args[0]);
+        ev.arg(4, st.args[1]);
+    }
+});

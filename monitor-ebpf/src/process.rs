@@ -1,0 +1,159 @@
+//! Process lifecycle: fork (tracking inherited in the kernel), exec, exit, and
+//! failed execs.
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use monitor_common::{ARGV_MAX, Tracked, kind, op, pflags};
+
+use crate::{
+    TRACKED,
+    kern::{AT_FDCWD, Ev, NO_BASE, file_path, kptr, kread, off, pid_tgid, sys_arg, sys_ret, take_stash, tracked, stash, count},
+};
+
+/// tp_btf/sched_process_fork(struct task_struct *parent, struct task_struct *child).
+/// Reads child->tgid and child->start_time. A tracked parent's new process (not a
+/// thread) is tracked under the same task before it can run a single instruction.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_fork(&ctx);
+    0
+}
+
+fn try_fork(ctx: &BtfTracePointContext) -> Option<()> {
+    let t = tracked()?;
+    let child: u64 = ctx.arg(1);
+    let child_tgid: u32 = unsafe { kread(child + off!(task_tgid)) };
+    if child_tgid as u64 == pid_tgid() >> 32 {
+        return None; // a new thread of a tracked process: already covered by its tgid
+    }
+    let start: u64 = unsafe { kread(child + off!(task_start_time)) };
+    let entry = Tracked { task: t.task, _pad: 0, start_ns: start };
+    if TRACKED.insert(&child_tgid, &entry, 0).is_err() {
+        // The child escaped tracking (map full): count it, userspace raises a loss event.
+        count(kind::FORK, true);
+        return None;
+    }
+    let mut ev = Ev::new(kind::FORK, op::FORK, &t, 0)?;
+    ev.arg(0, child_tgid as u64);
+    ev.arg(1, start);
+    ev.emit();
+    Some(())
+}
+
+/// tp_btf/sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm).
+/// Reads p->start_time, bprm->file (the resolved executable; nlink 0 = fileless),
+/// bprm->filename, and p->mm->arg_start..arg_end (argv, now in the new image).
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_exec(&ctx);
+    0
+}
+
+fn try_exec(ctx: &BtfTracePointContext) -> Option<()> {
+    let tgid = (pid_tgid() >> 32) as u32;
+    let tp = TRACKED.get_ptr_mut(&tgid)?;
+    let p: u64 = ctx.arg(0);
+    let bprm: u64 = ctx.arg(2);
+    let t = unsafe {
+        // After exec the caller is the group leader; its start time keys the process.
+        // Userspace inserts a task's root without one, so fill it in here.
+        (*tp).start_ns = kread(p + off!(task_start_time));
+        *tp
+    };
+    let mut ev = Ev::new(kind::EXEC, op::EXEC, &t, 0)?;
+    unsafe {
+        let file = kptr(bprm, off!(bprm_file));
+        let inode = kptr(file, off!(file_inode));
+        let nlink: u32 = if inode == 0 { 1 } else { kread(inode + off!(inode_nlink)) };
+        if nlink == 0 {
+            ev.flag(pflags::FILELESS);
+        }
+        ev.operand_path(1, file_path(file));
+        ev.operand(2, kptr(bprm, off!(bprm_filename)), false, AT_FDCWD);
+        let mm = kptr(p, off!(task_mm));
+        let a0: u64 = if mm == 0 { 0 } else { kread(mm + off!(mm_arg_start)) };
+        let a1: u64 = if mm == 0 { 0 } else { kread(mm + off!(mm_arg_end)) };
+        if a1 > a0 {
+            let n = a1 - a0;
+            let n = ev.put_extra_user(a0, if n > ARGV_MAX as u64 { ARGV_MAX as u64 } else { n });
+            ev.arg(0, n);
+        }
+    }
+    ev.emit();
+    Some(())
+}
+
+/// tp_btf/sched_process_exit(struct task_struct *p, bool group_dead) (group_dead since
+/// 6.16; the loader checks the prototype). Reads p->exit_code. Emitted once per
+/// process, when its last thread exits; the process is then untracked.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_exit(&ctx);
+    0
+}
+
+fn try_exit(ctx: &BtfTracePointContext) -> Option<()> {
+    let t = tracked()?;
+    let group_dead: u64 = ctx.arg(1);
+    if group_dead & 0xff == 0 {
+        return None;
+    }
+    let p: u64 = ctx.arg(0);
+    let code: i32 = unsafe { kread(p + off!(task_exit_code)) };
+    let tgid = (pid_tgid() >> 32) as u32;
+    if let Some(mut ev) = Ev::new(kind::EXIT, op::EXIT, &t, 0) {
+        ev.arg(0, code as u32 as u64);
+        ev.emit();
+    }
+    let _ = TRACKED.remove(&tgid);
+    Some(())
+}
+
+/// syscalls:sys_enter_execve(filename, argv, envp): saved so a failed exec is reported
+/// (a successful one is reported by sched_process_exec).
+#[tracepoint]
+pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
+    if tracked().is_some() {
+        stash(op::EXECVE, kind::EXEC, 0, [AT_FDCWD as u64, sys_arg(&ctx, 0), 0, 0, 0, 0]);
+    }
+    0
+}
+
+/// syscalls:sys_enter_execveat(fd, filename, argv, envp, flags).
+#[tracepoint]
+pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
+    if tracked().is_some() {
+        stash(op::EXECVEAT, kind::EXEC, 0, [sys_arg(&ctx, 0), sys_arg(&ctx, 1), 0, 0, 0, 0]);
+    }
+    0
+}
+
+/// syscalls:sys_exit_execve(ret).
+#[tracepoint]
+pub fn sys_exit_execve(ctx: TracePointContext) -> u32 {
+    exec_failed(&ctx, op::EXECVE);
+    0
+}
+
+/// syscalls:sys_exit_execveat(ret).
+#[tracepoint]
+pub fn sys_exit_execveat(ctx: TracePointContext) -> u32 {
+    exec_failed(&ctx, op::EXECVEAT);
+    0
+}
+
+fn exec_failed(ctx: &TracePointContext, o: u16) -> Option<()> {
+    let st = take_stash(o)?;
+    let ret = sys_ret(ctx);
+    if ret >= 0 {
+        return None;
+    }
+    let t = tracked()?;
+    let mut ev = Ev::new(kind::EXEC, o, &t, ret)?;
+    ev.operand(1, 0, false, NO_BASE);
+    ev.operand(2, st.args[1], true, st.args[0] as i64);
+    ev.emit();
+    Some(())
+}

@@ -1,0 +1,109 @@
+//! Command line: parses arguments and dispatches; returns the process exit status.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    kernel::loader::{SensorConfig, Sensors},
+    runner::{self, ExecOptions},
+    sensitive::{DEFAULT_PATTERNS, SensitiveSet},
+};
+
+/// agentmon traces what an AI agent's processes do in the kernel — execs, file
+/// writes, deletes, renames, network connections — and reports every side effect as
+/// a JSON event.
+#[derive(Debug, Parser)]
+#[command(name = "agentmon", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log filter for agentmon's own diagnostics (stderr), e.g. `info` or `agentmon=debug`.
+    #[arg(long, global = true, env = "AGENTMON_LOG", default_value = "warn")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command as a tracked task and report every side effect of its process tree.
+    ///
+    /// Exits with the command's exit status (128 + signal if it was killed); 125 if
+    /// agentmon itself failed, 126/127 if the command could not be executed or found.
+    #[command(arg_required_else_help = true)]
+    Exec {
+        /// Write events (JSON lines) to FILE instead of stdout; `-` is stdout.
+        #[arg(long, short = 'e', value_name = "FILE")]
+        events: Option<PathBuf>,
+        /// Add a sensitive path glob: read-only opens of matching files are reported.
+        #[arg(long = "sensitive", value_name = "GLOB")]
+        sensitive: Vec<String>,
+        /// Do not use the built-in sensitive set (only --sensitive globs).
+        #[arg(long)]
+        no_default_sensitive: bool,
+        /// Kernel ring buffer size in MiB (a power of two).
+        #[arg(long, default_value_t = 16, value_parser = ringbuf_mb)]
+        ringbuf_mb: u32,
+        /// Do not print the start-up and survivor notes on stderr.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    /// Check that this host can run agentmon: load and attach every kernel program,
+    /// report what is available, and exit.
+    Probe,
+}
+
+fn ringbuf_mb(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(1..=1024).contains(&n) || !n.is_power_of_two() {
+        return Err(format!("{n} must be a power of two between 1 and 1024"));
+    }
+    Ok(n)
+}
+
+fn sensitive_set(extra: &[String], no_default: bool) -> anyhow::Result<SensitiveSet> {
+    let mut pats: Vec<String> = if no_default {
+        Vec::new()
+    } else {
+        DEFAULT_PATTERNS.iter().map(|s| s.to_string()).collect()
+    };
+    pats.extend(extra.iter().cloned());
+    Ok(SensitiveSet::new(&pats)?)
+}
+
+/// Runs the parsed command line; the result is the process exit status.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    match cli.command {
+        Command::Exec { events, sensitive, no_default_sensitive, ringbuf_mb, quiet, cmd } => {
+            let opts = ExecOptions {
+                cmd,
+                events,
+                sensitive: sensitive_set(&sensitive, no_default_sensitive)?,
+                ringbuf_bytes: ringbuf_mb << 20,
+                quiet,
+            };
+            match rt.block_on(runner::exec(opts)) {
+                Ok(code) => Ok(code),
+                Err(e) => {
+                    eprintln!("agentmon: {e}");
+                    Ok(e.exit_code())
+                }
+            }
+        }
+        Command::Probe => {
+            let s = Sensors::load(&SensorConfig::default())?;
+            println!("kernel programs attached: {} (in {} ms)", s.attached.len(), s.load_ms);
+            for (name, at) in &s.attached {
+                println!("  {name:<28} {at}");
+            }
+            if !s.absent.is_empty() {
+                println!("syscalls absent on this kernel (not needed): {}", s.absent.join(", "));
+            }
+            println!("enforcement layers: none (observe only in this version)");
+            Ok(0)
+        }
+    }
+}

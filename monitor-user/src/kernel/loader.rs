@@ -1,0 +1,299 @@
+//! Loads and attaches the kernel programs, after probing what this host allows.
+//!
+//! Order: capabilities (root, BTF, tracefs) -> offsets (BTF, tracepoint formats) ->
+//! load the object with `CONFIG` set -> verify and attach each program. Any failure
+//! names what failed and how to fix it; nothing is attached half-way silently.
+
+use std::{collections::BTreeMap, time::Instant};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{Program, ProgramError, trace_point::TracePointLink, tp_btf::BtfTracePointLink},
+};
+use monitor_common::{COUNTER_SLOTS, KConfig, Tracked, kind};
+
+use super::{
+    btf::{BtfError, KernelBtf},
+    tracefs::{TraceFs, TraceFsError},
+};
+use crate::sensitive::SensitiveSet;
+
+/// The kernel programs, built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor-ebpf"));
+
+/// tp_btf programs and the number of tracepoint arguments each one reads.
+const BTF_TPS: &[(&str, usize)] =
+    &[("sched_process_fork", 2), ("sched_process_exec", 3), ("sched_process_exit", 2)];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "agentmon must run as root to load kernel programs (needs CAP_BPF, CAP_PERFMON and \
+         CAP_SYS_ADMIN); run it with sudo"
+    )]
+    NotRoot,
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error(transparent)]
+    TraceFs(#[from] TraceFsError),
+    #[error(
+        "tracepoint {tp} passes {found} arguments on this kernel, program {prog} expects {want}"
+    )]
+    TpProto { prog: String, tp: String, found: usize, want: usize },
+    #[error("cannot load the kernel object: {0}")]
+    Object(String),
+    #[error("kernel program {prog} ({attach}) failed to {stage}: {msg}")]
+    Program { prog: String, attach: String, stage: &'static str, msg: String },
+    #[error("kernel map {0} missing from the object")]
+    Map(&'static str),
+    #[error("kernel map {name}: {msg}")]
+    MapOp { name: &'static str, msg: String },
+}
+
+/// Options of the sensors.
+#[derive(Debug, Clone)]
+pub struct SensorConfig {
+    pub ringbuf_bytes: u32,
+    pub sensitive: SensitiveSet,
+}
+
+impl Default for SensorConfig {
+    fn default() -> Self {
+        Self { ringbuf_bytes: 16 << 20, sensitive: SensitiveSet::default_set() }
+    }
+}
+
+/// Loaded, attached sensors and the maps userspace works with.
+pub struct Sensors {
+    // Links before the object: they are dropped first, in parallel (see Drop).
+    tp_links: Vec<TracePointLink>,
+    btf_links: Vec<BtfTracePointLink>,
+    _ebpf: Ebpf,
+    tracked: HashMap<MapData, u32, Tracked>,
+    counters: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    /// Attached programs: name -> tracepoint.
+    pub attached: BTreeMap<String, String>,
+    /// Programs not attached because their syscall does not exist on this kernel.
+    pub absent: Vec<String>,
+    pub load_ms: u128,
+}
+
+/// Per-kind emitted and lost totals, summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub emitted: BTreeMap<u16, u64>,
+    pub lost: BTreeMap<u16, u64>,
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Mounts tracefs if it is missing (root only).
+fn ensure_tracefs() -> Result<TraceFs, LoadError> {
+    if let Ok(t) = TraceFs::open() {
+        return Ok(t);
+    }
+    let target = "/sys/kernel/tracing";
+    let r = nix::mount::mount(Some("nodev"), target, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>);
+    if r.is_ok() {
+        tracing::info!("mounted tracefs at {target}");
+    }
+    Ok(TraceFs::open()?)
+}
+
+fn verifier_tail(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(12).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("{io_error}; verifier log tail:\n  {}", tail.join("\n  "))
+        }
+        other => other.to_string(),
+    }
+}
+
+impl Sensors {
+    /// Probes the host, loads every program and attaches it.
+    pub fn load(cfg: &SensorConfig) -> Result<Self, LoadError> {
+        let started = Instant::now();
+        if !is_root() {
+            return Err(LoadError::NotRoot);
+        }
+        let kbtf = KernelBtf::load()?;
+        let tracefs = ensure_tracefs()?;
+        for (tp, want) in BTF_TPS {
+            let found = kbtf.tp_btf_args(tp)?;
+            if found < *want {
+                return Err(LoadError::TpProto { prog: tp.to_string(), tp: tp.to_string(), found, want: *want });
+            }
+        }
+        let kconfig = KConfig {
+            self_tgid: std::process::id(),
+            sensitive_prefix_lens: cfg.sensitive.prefix_lens,
+            off: kbtf.offsets()?,
+            tp: tracefs.tp_offsets()?,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &kconfig, true)
+            .map_max_entries("EVENTS", cfg.ringbuf_bytes)
+            .load(OBJECT)
+            .map_err(|e| LoadError::Object(e.to_string()))?;
+
+        let btf = Btf::from_sys_fs().map_err(|e| LoadError::Object(format!("kernel BTF: {e}")))?;
+        let mut attached = BTreeMap::new();
+        let mut tp_links = Vec::new();
+        let mut btf_links = Vec::new();
+        let mut absent = Vec::new();
+        for (name, prog) in ebpf.programs_mut() {
+            let name = name.to_string();
+            let t0 = Instant::now();
+            let fail = |attach: &str, stage: &'static str, msg: String| LoadError::Program {
+                prog: name.clone(),
+                attach: attach.to_string(),
+                stage,
+                msg,
+            };
+            match prog {
+                Program::TracePoint(tp) => {
+                    let category = if name.starts_with("sys_") { "syscalls" } else { "io_uring" };
+                    let attach = format!("tracepoint {category}:{name}");
+                    if category == "syscalls" {
+                        match tracefs.check_syscall(&name) {
+                            Ok(()) => {}
+                            Err(TraceFsError::Missing(..)) => {
+                                // The syscall does not exist here, so there is nothing to miss.
+                                absent.push(name.clone());
+                                continue;
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    tp.load().map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
+                    let id = tp.attach(category, &name).map_err(|e| fail(&attach, "attach", e.to_string()))?;
+                    tp_links.push(tp.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?);
+                    attached.insert(name.clone(), attach);
+                    tracing::debug!(prog = %name, ms = t0.elapsed().as_millis() as u64, "attached");
+                }
+                Program::BtfTracePoint(tp) => {
+                    let attach = format!("tp_btf {name}");
+                    tp.load(&name, &btf).map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
+                    let id = tp.attach().map_err(|e| fail(&attach, "attach", e.to_string()))?;
+                    btf_links.push(tp.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?);
+                    attached.insert(name.clone(), attach);
+                }
+                other => {
+                    return Err(fail("?", "classify", format!("unexpected program type {:?}", other.prog_type())));
+                }
+            }
+        }
+
+        let mut sensitive: HashMap<MapData, u64, u8> = take_map(&mut ebpf, "SENSITIVE")?;
+        for h in &cfg.sensitive.hashes {
+            sensitive
+                .insert(h, &1, 0)
+                .map_err(|e| LoadError::MapOp { name: "SENSITIVE", msg: e.to_string() })?;
+        }
+        let tracked = take_map(&mut ebpf, "TRACKED")?;
+        let counters = take_map(&mut ebpf, "COUNTERS")?;
+        let events = Some(take_map(&mut ebpf, "EVENTS")?);
+        Ok(Self {
+            tp_links,
+            btf_links,
+            _ebpf: ebpf,
+            tracked,
+            counters,
+            events,
+            attached,
+            absent,
+            load_ms: started.elapsed().as_millis(),
+        })
+    }
+
+    /// Binds process `tgid` (and, through fork inheritance, all its future
+    /// descendants) to task cookie `task`.
+    pub fn track(&mut self, tgid: u32, task: u32) -> Result<(), LoadError> {
+        if tgid == std::process::id() {
+            return Err(LoadError::MapOp { name: "TRACKED", msg: "refusing to track agentmon itself".into() });
+        }
+        let v = Tracked { task, _pad: 0, start_ns: 0 };
+        self.tracked
+            .insert(&tgid, &v, 0)
+            .map_err(|e| LoadError::MapOp { name: "TRACKED", msg: e.to_string() })
+    }
+
+    /// Processes currently tracked (tgid -> task cookie).
+    pub fn tracked(&self) -> Vec<(u32, u32)> {
+        self.tracked.iter().filter_map(|r| r.ok()).map(|(k, v)| (k, v.task)).collect()
+    }
+
+    /// Takes the event ring buffer (once) for a reader.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Reads the per-kind counters.
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for k in kind::ALL.iter().filter(|k| **k != 0) {
+            let slot = kind::slot(*k);
+            for (i, out) in [(slot * 2, &mut c.emitted), (slot * 2 + 1, &mut c.lost)] {
+                if let Ok(v) = self.counters.get(&i, 0) {
+                    out.insert(*k, v.iter().sum());
+                }
+            }
+        }
+        // Anything counted in the catch-all slot is reported under kind 0.
+        let last = COUNTER_SLOTS - 1;
+        if let Ok(v) = self.counters.get(&(last * 2 + 1), 0) {
+            let n: u64 = v.iter().sum();
+            if n > 0 {
+                c.lost.insert(0, n);
+            }
+        }
+        c
+    }
+}
+
+impl Drop for Sensors {
+    /// Detaching a tracepoint waits for an RCU grace period; one after another, ~95
+    /// of them take seconds. Detached concurrently, the waits overlap.
+    fn drop(&mut self) {
+        let tps = std::mem::take(&mut self.tp_links);
+        let btfs = std::mem::take(&mut self.btf_links);
+        std::thread::scope(|s| {
+            for chunk in chunks(tps, 24) {
+                s.spawn(move || drop(chunk));
+            }
+            s.spawn(move || drop(btfs));
+        });
+    }
+}
+
+fn chunks<T>(v: Vec<T>, n: usize) -> Vec<Vec<T>> {
+    let per = v.len().div_ceil(n.max(1)).max(1);
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    for x in v {
+        cur.push(x);
+        if cur.len() == per {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+where
+    T: TryFrom<aya::maps::Map>,
+    T::Error: std::fmt::Display,
+{
+    let m = ebpf.take_map(name).ok_or(LoadError::Map(name))?;
+    T::try_from(m).map_err(|e| LoadError::MapOp { name, msg: e.to_string() })
+}

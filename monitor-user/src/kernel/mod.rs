@@ -1,0 +1,4 @@
+//! Everything that talks to the kernel: BTF offsets, tracepoint formats, loading.
+pub mod btf;
+pub mod loader;
+pub mod tracefs;

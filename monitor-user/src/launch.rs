@@ -1,0 +1,175 @@
+//! Starts a command as a tracked task root.
+//!
+//! The child is forked and then waits on a pipe before it execs, so agentmon can put
+//! its pid in the kernel's tracking map first: the exec itself, and everything after
+//! it, is observed. Between fork and exec the child only makes async-signal-safe
+//! calls (read, signal, execv, write, _exit); everything is prepared before the fork.
+
+use std::{
+    ffi::{CString, OsStr},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::{Path, PathBuf},
+};
+
+use nix::{
+    fcntl::OFlag,
+    unistd::{ForkResult, Pid, fork, pipe2},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("no command given")]
+    Empty,
+    #[error("{0}: command not found")]
+    NotFound(String),
+    #[error("{cmd}: cannot execute: {err}")]
+    Exec { cmd: String, err: nix::errno::Errno },
+    #[error("argument contains a NUL byte: {0:?}")]
+    Nul(String),
+    #[error("cannot start the command: {0}")]
+    Sys(#[from] nix::errno::Errno),
+}
+
+impl LaunchError {
+    /// Exit status agentmon returns for this failure (as env(1) and timeout(1) do).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LaunchError::NotFound(_) => 127,
+            LaunchError::Exec { .. } => 126,
+            _ => 125,
+        }
+    }
+}
+
+/// Finds `name` like execvp would: as given if it contains a slash, else on PATH.
+pub fn resolve_program(name: &str) -> Result<PathBuf, LaunchError> {
+    if name.is_empty() {
+        return Err(LaunchError::Empty);
+    }
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    for dir in std::env::split_paths(&path) {
+        let cand = dir.join(name);
+        if is_executable(&cand) {
+            return Ok(cand);
+        }
+    }
+    Err(LaunchError::NotFound(name.into()))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+fn cstring(s: &OsStr) -> Result<CString, LaunchError> {
+    CString::new(s.as_bytes()).map_err(|_| LaunchError::Nul(s.to_string_lossy().into_owned()))
+}
+
+/// A forked child waiting for [`Held::release`] before it execs.
+pub struct Held {
+    pub pid: Pid,
+    pub program: PathBuf,
+    pub argv: Vec<String>,
+    go: OwnedFd,
+    err: OwnedFd,
+}
+
+/// Forks `cmd`; the child blocks until released.
+pub fn spawn_held(cmd: &[String]) -> Result<Held, LaunchError> {
+    let first = cmd.first().ok_or(LaunchError::Empty)?;
+    let program = resolve_program(first)?;
+    let path = cstring(program.as_os_str())?;
+    let args: Vec<CString> = cmd.iter().map(|a| cstring(OsStr::new(a))).collect::<Result<_, _>>()?;
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC)?;
+    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC)?;
+
+    // SAFETY: the child only calls async-signal-safe functions on memory prepared above.
+    match unsafe { fork() }? {
+        ForkResult::Child => unsafe {
+            let mut b = [0u8; 1];
+            loop {
+                let r = libc::read(go_r.as_raw_fd(), b.as_mut_ptr().cast(), 1);
+                if r == 1 {
+                    break;
+                }
+                if r == 0 || *libc::__errno_location() != libc::EINTR {
+                    // agentmon went away before releasing us: never run untracked.
+                    libc::_exit(125);
+                }
+            }
+            // Rust ignores SIGPIPE in its own process; give the command the default.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::execv(path.as_ptr(), argv.as_ptr());
+            let e = *libc::__errno_location();
+            libc::write(err_w.as_raw_fd(), (&raw const e).cast(), 4);
+            libc::_exit(if e == libc::ENOENT { 127 } else { 126 });
+        },
+        ForkResult::Parent { child } => {
+            drop(go_r);
+            drop(err_w);
+            Ok(Held { pid: child, program, argv: cmd.to_vec(), go: go_w, err: err_r })
+        }
+    }
+}
+
+impl Held {
+    /// Lets the child exec; returns once it has, or with the exec error.
+    pub fn release(self) -> Result<Pid, LaunchError> {
+        nix::unistd::write(&self.go, &[1u8])?;
+        drop(self.go);
+        let mut buf = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match nix::unistd::read(&self.err, &mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if got == 0 {
+            return Ok(self.pid); // the pipe closed on exec: success
+        }
+        let errno = nix::errno::Errno::from_raw(i32::from_ne_bytes(buf));
+        let cmd = self.argv.first().cloned().unwrap_or_default();
+        // Reap the child, which has exited.
+        let _ = nix::sys::wait::waitpid(self.pid, None);
+        Err(if errno == nix::errno::Errno::ENOENT {
+            LaunchError::NotFound(cmd)
+        } else {
+            LaunchError::Exec { cmd, err: errno }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_like_execvp() {
+        assert!(resolve_program("sh").unwrap().is_absolute());
+        assert_eq!(resolve_program("./x").unwrap(), PathBuf::from("./x"));
+        assert!(matches!(resolve_program("no-such-cmd-agentmon"), Err(LaunchError::NotFound(_))));
+        assert!(matches!(resolve_program(""), Err(LaunchError::Empty)));
+    }
+
+    #[test]
+    fn held_child_runs_after_release_and_reports_exec_errors() {
+        let h = spawn_held(&["sh".into(), "-c".into(), "exit 7".into()]).unwrap();
+        let pid = h.release().unwrap();
+        let st = nix::sys::wait::waitpid(pid, None).unwrap();
+        assert_eq!(st, nix::sys::wait::WaitStatus::Exited(pid, 7));
+        let h = spawn_held(&["/etc/passwd".into()]).unwrap();
+        let e = h.release().unwrap_err();
+        assert_eq!(e.exit_code(), 126, "{e}");
+    }
+}

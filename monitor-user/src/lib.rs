@@ -1,0 +1,19 @@
+//! agentmon: traces what an AI agent's process tree does in the kernel and reports
+//! every side effect as a structured event.
+//!
+//! Data flows one way: kernel sensors -> [`decode`] -> [`proctable`] -> [`enrich`]
+//! -> [`sink`]. [`kernel`] loads the sensors; [`launch`] starts a tracked command;
+//! [`cli`] is the command line.
+
+pub mod cli;
+pub mod decode;
+pub mod enrich;
+pub mod event;
+pub mod kernel;
+pub mod launch;
+pub mod names;
+pub mod paths;
+pub mod proctable;
+pub mod runner;
+pub mod sensitive;
+pub mod sink;

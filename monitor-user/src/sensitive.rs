@@ -1,0 +1,206 @@
+//! The sensitive-read set: read-only opens are not events, except of these paths
+//! (credentials, keys, `.env`). The kernel cannot match globs cheaply, so each glob's
+//! last component is turned into a basename prefilter (exact name, `prefix*` or
+//! `*.ext`) that the kernel checks by hash; userspace then matches the full glob on
+//! the resolved path and drops prefilter hits that do not match.
+
+use globset::{GlobSet, GlobSetBuilder};
+use monitor_common::hash;
+
+/// Shipped default. `~` is not expanded: `**/` covers every home.
+pub const DEFAULT_PATTERNS: &[&str] = &[
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/sudoers",
+    "**/.ssh/id_*",
+    "/etc/ssh/ssh_host_*",
+    "**/.env",
+    "**/.env.*",
+    "**/.aws/credentials",
+    "**/.kube/config",
+    "**/.docker/config.json",
+    "**/.netrc",
+    "**/.git-credentials",
+    "**/.pypirc",
+    "**/.npmrc",
+    "**/.config/gcloud/credentials.db",
+    "**/.config/gcloud/application_default_credentials.json",
+    "**/*.pem",
+    "**/*.key",
+];
+
+const MAX_PREFIX_LENS: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SensitiveError {
+    #[error("sensitive pattern {pattern:?}: {msg}")]
+    Pattern { pattern: String, msg: String },
+}
+
+/// Kernel prefilter of one pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Prefilter {
+    Exact(String),
+    Prefix(String),
+    Ext(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct SensitiveSet {
+    patterns: Vec<String>,
+    globs: GlobSet,
+    /// Hashes for the kernel's SENSITIVE map.
+    pub hashes: Vec<u64>,
+    /// Distinct prefix lengths (0 = unused), for the CONFIG global.
+    pub prefix_lens: [u8; MAX_PREFIX_LENS],
+}
+
+fn has_meta(s: &str) -> bool {
+    s.contains(['*', '?', '[', ']', '{', '}'])
+}
+
+fn prefilter(pattern: &str) -> Result<Prefilter, String> {
+    let last = pattern.rsplit('/').next().unwrap_or(pattern);
+    if last.is_empty() {
+        return Err("must name a file, not end in /".into());
+    }
+    if last.len() > 63 {
+        return Err("last component longer than 63 bytes".into());
+    }
+    if !has_meta(last) {
+        return Ok(Prefilter::Exact(last.into()));
+    }
+    if let Some(p) = last.strip_suffix('*')
+        && !p.is_empty()
+        && !has_meta(p)
+    {
+        return Ok(Prefilter::Prefix(p.into()));
+    }
+    if let Some(e) = last.strip_prefix("*.")
+        && !e.is_empty()
+        && !has_meta(e)
+        && !e.contains('.')
+    {
+        return Ok(Prefilter::Ext(format!(".{e}")));
+    }
+    Err("the last path component must be a literal name, `prefix*` or `*.ext`".into())
+}
+
+impl SensitiveSet {
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Self, SensitiveError> {
+        let mut b = GlobSetBuilder::new();
+        let mut hashes = Vec::new();
+        let mut lens: Vec<u8> = Vec::new();
+        for p in patterns {
+            let p = p.as_ref();
+            let err = |msg: String| SensitiveError::Pattern { pattern: p.into(), msg };
+            if !p.starts_with('/') && !p.starts_with("**/") {
+                return Err(err("must be absolute or start with **/".into()));
+            }
+            let glob = globset::GlobBuilder::new(p)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| err(e.to_string()))?;
+            b.add(glob);
+            match prefilter(p).map_err(err)? {
+                Prefilter::Exact(s) => hashes.push(hash::fnv(hash::SEED_EXACT, s.as_bytes())),
+                Prefilter::Ext(s) => hashes.push(hash::fnv(hash::SEED_EXT, s.as_bytes())),
+                Prefilter::Prefix(s) => {
+                    let n = s.len() as u8;
+                    if !lens.contains(&n) {
+                        if lens.len() == MAX_PREFIX_LENS {
+                            return Err(err(format!(
+                                "at most {MAX_PREFIX_LENS} distinct `prefix*` lengths are supported"
+                            )));
+                        }
+                        lens.push(n);
+                    }
+                    hashes.push(hash::fnv(hash::SEED_PREFIX, s.as_bytes()));
+                }
+            }
+        }
+        let globs = b.build().map_err(|e| SensitiveError::Pattern {
+            pattern: "(set)".into(),
+            msg: e.to_string(),
+        })?;
+        let mut prefix_lens = [0u8; MAX_PREFIX_LENS];
+        prefix_lens[..lens.len()].copy_from_slice(&lens);
+        hashes.sort_unstable();
+        hashes.dedup();
+        Ok(Self {
+            patterns: patterns.iter().map(|p| p.as_ref().to_string()).collect(),
+            globs,
+            hashes,
+            prefix_lens,
+        })
+    }
+
+    pub fn default_set() -> Self {
+        Self::new(DEFAULT_PATTERNS).expect("default sensitive patterns are valid")
+    }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// Does the resolved absolute `path` match a pattern?
+    pub fn matches(&self, path: &str) -> bool {
+        self.globs.is_match(path)
+    }
+
+    /// The kernel prefilter, computed as the kernel does (for tests).
+    pub fn kernel_prefilter_hit(&self, basename: &str) -> bool {
+        let b = basename.as_bytes();
+        if self.hashes.binary_search(&hash::fnv(hash::SEED_EXACT, b)).is_ok() {
+            return true;
+        }
+        if let Some(i) = b.iter().rposition(|c| *c == b'.')
+            && self.hashes.binary_search(&hash::fnv(hash::SEED_EXT, &b[i..])).is_ok()
+        {
+            return true;
+        }
+        self.prefix_lens.iter().filter(|l| **l > 0).any(|l| {
+            let l = *l as usize;
+            b.len() >= l && self.hashes.binary_search(&hash::fnv(hash::SEED_PREFIX, &b[..l])).is_ok()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_set_matches_credentials_and_not_code() {
+        let s = SensitiveSet::default_set();
+        for p in [
+            "/etc/shadow",
+            "/root/.ssh/id_ed25519",
+            "/home/a/.aws/credentials",
+            "/srv/repo/.env",
+            "/srv/repo/.env.production",
+            "/home/a/.kube/config",
+            "/tmp/server.pem",
+        ] {
+            assert!(s.matches(p), "{p}");
+            let base = p.rsplit('/').next().unwrap();
+            assert!(s.kernel_prefilter_hit(base), "prefilter {base}");
+        }
+        for p in ["/srv/repo/main.rs", "/home/a/.config/app/config", "/dev/null", "/etc/passwd"] {
+            assert!(!s.matches(p), "{p}");
+        }
+        // Prefilter passes `config` anywhere; the glob then rejects it.
+        assert!(s.kernel_prefilter_hit("config"));
+        assert!(!s.kernel_prefilter_hit("null"));
+        assert!(!s.kernel_prefilter_hit("main.rs"));
+    }
+
+    #[test]
+    fn rejects_patterns_the_kernel_cannot_prefilter() {
+        for bad in ["relative/.env", "/etc/*/x*y", "/srv/", "/a/*.tar.gz", "/a/[ab]c"] {
+            assert!(SensitiveSet::new(&[bad]).is_err(), "{bad}");
+        }
+        let too_many = ["/a/b*", "/a/bc*", "/a/bcd*", "/a/bcde*", "/a/bcdef*"];
+        assert!(SensitiveSet::new(&too_many).is_err());
+    }
+}
