@@ -462,12 +462,20 @@ extern "C" fn walk_step(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
             (*st).vfsmnt = up + off!(mount_mnt);
             return 0;
         }
-        if dentry == parent || parent == 0 {
+        if parent == 0 {
             (*st).done = 1;
             return 1;
         }
+        // Write this component. A dentry that is its own parent without being a mount
+        // root is a pseudo file (memfd, anon inode): its name is the whole path.
         let name = kptr(dentry, off!(dentry_name) + off!(qstr_name));
         if name == 0 || ev.put_str(name, false, NAME_READ) == 0 {
+            (*st).done = 1;
+            return 1;
+        }
+        if dentry == parent {
+            let walked = &raw mut (*ev.ctl).walked;
+            write_volatile(walked, read_volatile(walked) + 1);
             (*st).done = 1;
             return 1;
         }

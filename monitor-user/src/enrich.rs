@@ -90,6 +90,12 @@ fn kind_name(k: u16) -> &'static str {
     }
 }
 
+/// Devices whose opens for writing are not side effects worth an event.
+fn is_quiet_device(p: &str) -> bool {
+    matches!(p, "/dev/null" | "/dev/zero" | "/dev/tty" | "/dev/full" | "/dev/random" | "/dev/urandom")
+        || p.starts_with("/dev/pts/")
+}
+
 fn octal(m: u64) -> String {
     format!("{:04o}", m & 0o7777)
 }
@@ -203,6 +209,10 @@ impl Enricher {
             kind::EXEC => {
                 ev.kind = if b.pflags & pflags::FILELESS != 0 { Kind::MemfdExec } else { Kind::Exec };
                 ev.path = path_of(1);
+                if h.ret == -(libc::ENOENT as i64) || h.ret == -(libc::ENOTDIR as i64) {
+                    // execvp's PATH search tries every directory: misses are not events.
+                    return None;
+                }
                 if h.ret < 0 {
                     // A failed exec: the image did not change.
                     ev.ret = Some(h.ret);
@@ -242,6 +252,9 @@ impl Enricher {
                 } else if b.pflags & pflags::CREATED != 0 || (h.ret < 0 && flags & O_CREAT != 0) {
                     ev.kind = Kind::FileCreate;
                     ev.mode = Some(octal(b.args[1]));
+                } else if ev.path.as_deref().is_some_and(is_quiet_device) {
+                    // `> /dev/null`, the controlling tty: not side effects.
+                    return None;
                 } else if flags & O_TRUNC != 0 {
                     ev.kind = Kind::FileTruncate;
                 } else {

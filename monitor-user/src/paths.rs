@@ -73,6 +73,11 @@ pub fn resolve(op: &Operand, exact: bool) -> (String, Resolution) {
 /// Resolves an absolute path string as the kernel would for a call that does not
 /// follow its last component.
 pub fn resolve_str(joined: &str) -> (String, Resolution) {
+    // /proc/self, /dev/fd and friends would resolve in agentmon's context, not the
+    // agent's: never canonicalise under them.
+    if joined.starts_with("/proc/") || joined.starts_with("/dev/fd/") || joined.starts_with("/dev/std") {
+        return (normalize(joined), Resolution::Lexical);
+    }
     let path = Path::new(joined);
     let trimmed = joined.trim_end_matches('/');
     let last = Path::new(trimmed).components().next_back();
@@ -138,6 +143,9 @@ mod tests {
         assert_eq!(resolve(&op("other/../link/f", &b), false).0, root.join("real/f").to_str().unwrap());
         // The last component is not followed.
         assert_eq!(resolve(&op("link", &b), false).0, root.join("link").to_str().unwrap());
+        // Paths that would resolve in agentmon's own context are kept lexical.
+        assert_eq!(resolve_str("/dev/fd/3"), ("/dev/fd/3".to_string(), Resolution::Lexical));
+        assert_eq!(resolve_str("/proc/self/fd/../exe").0, "/proc/self/exe");
         // A vanished parent falls back to lexical normalisation.
         let (p, how) = resolve(&op("gone/x/../y", &b), false);
         assert_eq!((p.as_str(), how), (root.join("gone/y").to_str().unwrap(), Resolution::Lexical));

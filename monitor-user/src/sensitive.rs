@@ -25,7 +25,6 @@ pub const DEFAULT_PATTERNS: &[&str] = &[
     "**/.npmrc",
     "**/.config/gcloud/credentials.db",
     "**/.config/gcloud/application_default_credentials.json",
-    "**/*.pem",
     "**/*.key",
 ];
 
@@ -180,7 +179,7 @@ mod tests {
             "/srv/repo/.env",
             "/srv/repo/.env.production",
             "/home/a/.kube/config",
-            "/tmp/server.pem",
+            "/tmp/server.key",
         ] {
             assert!(s.matches(p), "{p}");
             let base = p.rsplit('/').next().unwrap();

@@ -1,0 +1,235 @@
+//! Scenario agents: run inside the tracked task (this test binary re-executed), each
+//! a precise sequence of syscalls whose events the tests then assert.
+
+use std::{
+    ffi::CString,
+    fs,
+    io::Write,
+    net::{TcpListener, UdpSocket},
+    os::{
+        fd::{FromRawFd, OwnedFd},
+        unix::{ffi::OsStrExt, fs::PermissionsExt, net::UnixStream},
+    },
+    path::Path,
+    time::Duration,
+};
+
+use nix::{
+    fcntl::{AtFlags, OFlag, openat},
+    sys::stat::Mode,
+    unistd::{ForkResult, fork},
+};
+
+/// Runs scenario `name`; the return value is the process exit status.
+pub fn run(name: &str, args: &[String]) -> i32 {
+    let dir = args.first().map(Path::new);
+    let r = match (name, dir) {
+        ("files", Some(d)) => files(d),
+        ("dirfd", Some(d)) => dirfd(d),
+        ("double_fork", Some(d)) => double_fork(d),
+        ("net", Some(d)) => net(d),
+        ("io_uring", _) => io_uring(),
+        ("privilege", _) => privilege(),
+        ("memfd", _) => memfd(),
+        ("sensitive", Some(d)) => sensitive(d),
+        ("wait_for", Some(d)) => wait_for(&d.join("go")),
+        _ => Err(format!("unknown scenario {name} {args:?}")),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("scenario {name} failed: {e}");
+            99
+        }
+    }
+}
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn sys(r: libc::c_long, what: &str) -> Result<libc::c_long, String> {
+    if r < 0 { Err(format!("{what}: {}", std::io::Error::last_os_error())) } else { Ok(r) }
+}
+
+/// Every file side effect once, with both path and fd forms.
+fn files(d: &Path) -> Result<(), String> {
+    let e = |x: std::io::Error| x.to_string();
+    fs::write(d.join("a.txt"), b"hello").map_err(e)?; // create
+    fs::OpenOptions::new().append(true).open(d.join("a.txt")).map_err(e)?.write_all(b"!").map_err(e)?; // write
+    fs::rename(d.join("a.txt"), d.join("b.txt")).map_err(e)?;
+    fs::hard_link(d.join("b.txt"), d.join("hard.txt")).map_err(e)?;
+    std::os::unix::fs::symlink("b.txt", d.join("soft.txt")).map_err(e)?;
+    fs::set_permissions(d.join("b.txt"), fs::Permissions::from_mode(0o600)).map_err(e)?;
+    let uid = nix::unistd::getuid();
+    nix::unistd::chown(&d.join("b.txt"), Some(uid), None).map_err(|x| x.to_string())?;
+    unsafe {
+        sys(libc::truncate(c(&d.join("b.txt")).as_ptr(), 2) as _, "truncate")?;
+        let fd = sys(libc::open(c(&d.join("hard.txt")).as_ptr(), libc::O_WRONLY) as _, "open")? as i32;
+        sys(libc::ftruncate(fd, 1) as _, "ftruncate")?;
+        sys(libc::fchmod(fd, 0o640) as _, "fchmod")?;
+        libc::close(fd);
+        // fchmodat2 (6.6+): AT_SYMLINK_NOFOLLOW on a regular file works.
+        sys(libc::syscall(452, libc::AT_FDCWD, c(&d.join("b.txt")).as_ptr(), 0o644, 0x100), "fchmodat2")?;
+    }
+    fs::create_dir(d.join("sub")).map_err(e)?;
+    fs::remove_file(d.join("hard.txt")).map_err(e)?;
+    fs::remove_dir(d.join("sub")).map_err(e)?;
+    // An existing file opened with O_CREAT is a write, not a create.
+    fs::OpenOptions::new().write(true).create(true).truncate(false).open(d.join("b.txt")).map_err(e)?;
+    // A write through a symlink reports the target.
+    fs::OpenOptions::new().write(true).open(d.join("soft.txt")).map_err(e)?.write_all(b"x").map_err(e)?;
+    // `..` in the name: resolved.
+    fs::create_dir(d.join("up")).map_err(e)?;
+    fs::write(d.join("up/../dotdot.txt"), b"").map_err(e)?;
+    Ok(())
+}
+
+/// Relative names under a directory fd, and a relative name under the cwd.
+fn dirfd(d: &Path) -> Result<(), String> {
+    fs::create_dir(d.join("inner")).map_err(|x| x.to_string())?;
+    let dfd = nix::fcntl::open(&d.join("inner"), OFlag::O_DIRECTORY | OFlag::O_RDONLY, Mode::empty())
+        .map_err(|x| x.to_string())?;
+    let f = openat(&dfd, "rel.txt", OFlag::O_CREAT | OFlag::O_WRONLY, Mode::from_bits_truncate(0o644))
+        .map_err(|x| x.to_string())?;
+    drop(f);
+    nix::unistd::unlinkat(&dfd, "rel.txt", nix::unistd::UnlinkatFlags::NoRemoveDir).map_err(|x| x.to_string())?;
+    nix::fcntl::renameat(&dfd, "nope", &dfd, "nope2").ok(); // fails: ENOENT, still reported
+    std::env::set_current_dir(d.join("inner")).map_err(|x| x.to_string())?;
+    nix::unistd::mkdir("cwd-rel", Mode::from_bits_truncate(0o755)).map_err(|x| x.to_string())?;
+    let _ = AtFlags::empty();
+    Ok(())
+}
+
+/// The tracked root forks a child that calls setsid and forks a grandchild, then
+/// exits; the grandchild (reparented) writes a file after its parent is gone.
+fn double_fork(d: &Path) -> Result<(), String> {
+    let (r, w) = nix::unistd::pipe().map_err(|x| x.to_string())?;
+    match unsafe { fork() }.map_err(|x| x.to_string())? {
+        ForkResult::Child => {
+            nix::unistd::setsid().ok();
+            if let Ok(ForkResult::Child) = unsafe { fork() } {
+                // Grandchild: wait until the middle process is gone.
+                let ppid = nix::unistd::getppid();
+                for _ in 0..200 {
+                    if nix::sys::signal::kill(ppid, None).is_err() || nix::unistd::getppid() != ppid {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let _ = fs::write(d.join("grandchild.txt"), b"escaped?");
+                let _ = nix::unistd::write(&w, b"1");
+                unsafe { libc::_exit(0) };
+            }
+            unsafe { libc::_exit(0) };
+        }
+        ForkResult::Parent { child } => {
+            drop(w);
+            let _ = nix::sys::wait::waitpid(child, None);
+            let mut b = [0u8; 1];
+            nix::unistd::read(&r, &mut b).map_err(|x| x.to_string())?;
+            // Give the grandchild time to exit so its exit event is in the stream.
+            std::thread::sleep(Duration::from_millis(100));
+            Ok(())
+        }
+    }
+}
+
+fn net(d: &Path) -> Result<(), String> {
+    use std::net::TcpStream;
+    // A port nothing listens on: connect fails, and is still reported.
+    let closed = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?;
+    let _ = TcpStream::connect(closed);
+    // IPv6 loopback, and v4-mapped on an AF_INET6 socket.
+    let _ = TcpStream::connect(format!("[::1]:{}", closed.port()));
+    let _ = TcpStream::connect(format!("[::ffff:127.0.0.1]:{}", closed.port()));
+    // UDP with a destination (what a DNS query looks like).
+    let u = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    u.send_to(b"q", "127.0.0.1:53").map_err(|e| e.to_string())?;
+    // bind + listen.
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    fs::write(d.join("listen-port"), l.local_addr().unwrap().port().to_string()).map_err(|e| e.to_string())?;
+    // Unix socket path (a listener we own, so connect succeeds).
+    let sock = d.join("agent.sock");
+    let _ul = std::os::unix::net::UnixListener::bind(&sock).map_err(|e| e.to_string())?;
+    UnixStream::connect(&sock).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn io_uring() -> Result<(), String> {
+    let mut ring = io_uring::IoUring::new(8).map_err(|e| e.to_string())?;
+    let nop = io_uring::opcode::Nop::new().build().user_data(7);
+    unsafe { ring.submission().push(&nop).map_err(|e| e.to_string())? };
+    ring.submit_and_wait(1).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn privilege() -> Result<(), String> {
+    // setuid to our own uid: allowed, and a privilege event.
+    nix::unistd::setuid(nix::unistd::getuid()).map_err(|e| e.to_string())?;
+    // bpf(BPF_PROG_LOAD) with an empty attr: EINVAL, still reported.
+    unsafe {
+        let attr = [0u8; 128];
+        libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len());
+    }
+    // ptrace a child of ours.
+    match unsafe { fork() }.map_err(|e| e.to_string())? {
+        ForkResult::Child => {
+            std::thread::sleep(Duration::from_secs(5));
+            unsafe { libc::_exit(0) };
+        }
+        ForkResult::Parent { child } => {
+            nix::sys::ptrace::seize(child, nix::sys::ptrace::Options::empty()).map_err(|e| e.to_string())?;
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(child, None);
+        }
+    }
+    Ok(())
+}
+
+/// Fileless exec: copy /bin/true into a memfd and exec it.
+fn memfd() -> Result<(), String> {
+    let name = CString::new("payload").unwrap();
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    if fd < 0 {
+        return Err("memfd_create".into());
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let bin = fs::read("/bin/true").map_err(|e| e.to_string())?;
+    let mut f = fs::File::from(fd);
+    f.write_all(&bin).map_err(|e| e.to_string())?;
+    match unsafe { fork() }.map_err(|e| e.to_string())? {
+        ForkResult::Child => {
+            let argv = [CString::new("payload").unwrap()];
+            let env: [CString; 0] = [];
+            let _ = nix::unistd::fexecve(&f, &argv, &env);
+            unsafe { libc::_exit(98) };
+        }
+        ForkResult::Parent { child } => {
+            let st = nix::sys::wait::waitpid(child, None).map_err(|e| e.to_string())?;
+            match st {
+                nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+                other => Err(format!("memfd child: {other:?}")),
+            }
+        }
+    }
+}
+
+/// Reads a sensitive file and an ordinary one.
+fn sensitive(d: &Path) -> Result<(), String> {
+    fs::read(d.join(".env")).map_err(|e| e.to_string())?;
+    fs::read(d.join("notes.txt")).map_err(|e| e.to_string())?;
+    fs::read(d.join("config")).map_err(|e| e.to_string())?; // prefilter hit, glob miss
+    Ok(())
+}
+
+/// Waits (up to 30 s) for `flag` to exist.
+fn wait_for(flag: &Path) -> Result<(), String> {
+    for _ in 0..3000 {
+        if flag.exists() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(format!("{} never appeared", flag.display()))
+}

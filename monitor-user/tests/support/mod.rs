@@ -1,0 +1,109 @@
+//! Runs scenarios under the real `agentmon exec` and parses the events it writes.
+//!
+//! The scenarios are in this same test binary: it re-executes itself with
+//! `AGENTMON_SCENARIO=<name>`, so every action is a precise syscall sequence and no
+//! helper binary has to be found on disk.
+
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use agentmon::event::{Event, Kind};
+
+pub const SCENARIO_ENV: &str = "AGENTMON_SCENARIO";
+/// Opt-out a user may set to run the suite without root; never set by CI.
+pub const SKIP_ENV: &str = "AGENTMON_SKIP_KERNEL_TESTS";
+
+pub fn agentmon() -> &'static str {
+    env!("CARGO_BIN_EXE_agentmon")
+}
+
+pub struct Run {
+    pub events: Vec<Event>,
+    pub code: i32,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn of(&self, kind: Kind) -> Vec<&Event> {
+        self.events.iter().filter(|e| e.kind == kind).collect()
+    }
+
+    /// The single event of `kind` with `path`, or a failure listing what was seen.
+    pub fn find(&self, kind: Kind, path: &Path) -> Result<&Event, String> {
+        let p = path.to_str().unwrap();
+        let hits: Vec<&Event> =
+            self.events.iter().filter(|e| e.kind == kind && e.path.as_deref() == Some(p)).collect();
+        match hits.as_slice() {
+            [one] => Ok(one),
+            [] => Err(format!("no {kind:?} event for {p}; saw:\n{}", self.summary())),
+            many => Err(format!("{} {kind:?} events for {p}, expected one", many.len())),
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        self.events
+            .iter()
+            .map(|e| {
+                format!(
+                    "  {:?} pid={} ppid={:?} comm={} exe={:?} path={:?} new={:?} dst={:?} err={:?} flags={:?}\n",
+                    e.kind, e.pid, e.ppid, e.comm, e.exe, e.path, e.new_path, e.dst, e.error, e.flags
+                )
+            })
+            .collect()
+    }
+}
+
+/// Runs scenario `name` (with `args`) as a task under `agentmon exec`.
+pub fn run_scenario(name: &str, args: &[&str], dir: &Path) -> Result<Run, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = vec![me.to_str().unwrap().to_string()];
+    cmd.extend(args.iter().map(|s| s.to_string()));
+    run_agentmon(&cmd, &[(SCENARIO_ENV, name)], dir)
+}
+
+/// Runs `agentmon exec -- cmd` and parses its events.
+pub fn run_agentmon(cmd: &[String], env: &[(&str, &str)], dir: &Path) -> Result<Run, String> {
+    let events = dir.join(format!("events-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&events);
+    let out = Command::new(agentmon())
+        .args(["exec", "--quiet", "--events"])
+        .arg(&events)
+        .arg("--")
+        .args(cmd)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run agentmon: {e}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let code = out.status.code().unwrap_or(-1);
+    let text = std::fs::read_to_string(&events)
+        .map_err(|e| format!("agentmon wrote no events ({e}); exit {code}; stderr:\n{stderr}"))?;
+    let mut parsed = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let ev: Event = serde_json::from_str(line)
+            .map_err(|e| format!("event line {} is not a valid event: {e}: {line}", i + 1))?;
+        parsed.push(ev);
+    }
+    Ok(Run { events: parsed, code, stderr })
+}
+
+/// A fresh directory for one test, canonical (so paths compare with the kernel's).
+pub fn workdir(name: &str) -> PathBuf {
+    let base = std::env::temp_dir().join(format!("agentmon-test-{}", std::process::id())).join(name);
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::canonicalize(&base).unwrap()
+}
+
+pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
+    if cond { Ok(()) } else { Err(msg()) }
+}
+
+pub fn eq<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T) -> Result<(), String> {
+    ensure(got == want, || format!("{what}: got {got:?}, want {want:?}"))
+}
