@@ -3,19 +3,13 @@
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
-    let meta = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("cargo metadata")?;
+    let meta = cargo_metadata::MetadataCommand::new().no_deps().exec().context("cargo metadata")?;
     let pkg = meta
         .packages
         .into_iter()
         .find(|p| p.name.as_str() == "monitor-ebpf")
         .ok_or_else(|| anyhow!("monitor-ebpf package not found"))?;
-    let root = pkg
-        .manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("no parent for {}", pkg.manifest_path))?;
+    let root = pkg.manifest_path.parent().ok_or_else(|| anyhow!("no parent for {}", pkg.manifest_path))?;
     // Stable toolchain: -Z build-std for the bpf target needs RUSTC_BOOTSTRAP in the
     // inner cargo only. SAFETY: build scripts are single-threaded here.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };

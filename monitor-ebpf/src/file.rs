@@ -7,16 +7,15 @@
 //! results (opens, f* calls) from the file itself, so symlinks and `..` are already
 //! resolved there.
 
-use aya_ebpf::{
-    helpers::generated as h,
-    macros::tracepoint,
-    programs::TracePointContext,
-};
+use aya_ebpf::{helpers::generated as h, macros::tracepoint, programs::TracePointContext};
 use monitor_common::{FIXED_SIZE, hash, kind, op, pflags};
 
 use crate::{
     SCRATCH, SENSITIVE,
-    kern::{AT_FDCWD, Ev, NO_BASE, bounded, conf, fd_file, file_path, kread, off, stash, sys_arg, sys_ret, take_stash, tracked},
+    kern::{
+        AT_FDCWD, Ev, NO_BASE, bounded, conf, fd_file, file_path, kread, off, stash, sys_arg, sys_ret,
+        take_stash, tracked,
+    },
 };
 
 const O_WRONLY: u64 = 0o1;
@@ -248,7 +247,13 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
     if tracked().is_some() {
-        open_enter(op::CREAT, AT_FDCWD as u64, sys_arg(&ctx, 0), O_CREAT | O_WRONLY | O_TRUNC, sys_arg(&ctx, 1));
+        open_enter(
+            op::CREAT,
+            AT_FDCWD as u64,
+            sys_arg(&ctx, 0),
+            O_CREAT | O_WRONLY | O_TRUNC,
+            sys_arg(&ctx, 1),
+        );
     }
     0
 }

@@ -4,14 +4,10 @@
 
 use core::ptr::{read_volatile, write_volatile};
 
-use aya_ebpf::{
-    EbpfContext,
-    helpers::generated as h,
-    programs::TracePointContext,
-};
+use aya_ebpf::{EbpfContext, helpers::generated as h, programs::TracePointContext};
 use monitor_common::{
-    Body, COMM_LEN, EventHeader, FIXED_SIZE, HEADER_SIZE, STR_MAX, Stash, TAIL_MASK, TAIL_MAX,
-    Tracked, WALK_MAX, counter, kind, pflags,
+    Body, COMM_LEN, EventHeader, FIXED_SIZE, HEADER_SIZE, STR_MAX, Stash, TAIL_MASK, TAIL_MAX, Tracked,
+    WALK_MAX, counter, kind, pflags,
 };
 
 use crate::{COUNTERS, EVENTS, SCRATCH, STASH, TRACKED};
@@ -426,12 +422,7 @@ fn walk(ev: &mut Ev, path: u64) -> u16 {
         }
         let mut st = WalkState { dentry, vfsmnt, mnt: vfsmnt - off!(mount_mnt), done: 0 };
         write_volatile(&raw mut (*ev.ctl).walked, 0);
-        h::bpf_loop(
-            WALK_MAX as u32,
-            walk_step as *mut core::ffi::c_void,
-            (&raw mut st).cast(),
-            0,
-        );
+        h::bpf_loop(WALK_MAX as u32, walk_step as *mut core::ffi::c_void, (&raw mut st).cast(), 0);
         if read_volatile(&raw const st.done) == 0 {
             ev.flag(pflags::TRUNCATED);
         }

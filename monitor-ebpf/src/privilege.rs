@@ -42,4 +42,3 @@ sys!(sys_enter_capset, sys_exit_capset, op::CAPSET, kind::PRIVILEGE, 2, |st, ev|
         ev.arg(2, d[2] as u64);
     }
 });
-

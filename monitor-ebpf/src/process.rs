@@ -9,7 +9,10 @@ use monitor_common::{ARGV_MAX, Tracked, kind, op, pflags};
 
 use crate::{
     TRACKED,
-    kern::{AT_FDCWD, Ev, NO_BASE, file_path, kptr, kread, off, pid_tgid, sys_arg, sys_ret, take_stash, tracked, stash, count},
+    kern::{
+        AT_FDCWD, Ev, NO_BASE, count, file_path, kptr, kread, off, pid_tgid, stash, sys_arg, sys_ret,
+        take_stash, tracked,
+    },
 };
 
 /// tp_btf/sched_process_fork(struct task_struct *parent, struct task_struct *child).

@@ -8,6 +8,7 @@ use crate::{
     kernel::loader::{SensorConfig, Sensors},
     runner::{self, ExecOptions},
     sensitive::{DEFAULT_PATTERNS, SensitiveSet},
+    sink::Format,
 };
 
 /// agentmon traces what an AI agent's processes do in the kernel — execs, file
@@ -34,6 +35,9 @@ pub enum Command {
         /// Write events (JSON lines) to FILE instead of stdout; `-` is stdout.
         #[arg(long, short = 'e', value_name = "FILE")]
         events: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
         /// Add a sensitive path glob: read-only opens of matching files are reported.
         #[arg(long = "sensitive", value_name = "GLOB")]
         sensitive: Vec<String>,
@@ -64,11 +68,8 @@ fn ringbuf_mb(s: &str) -> Result<u32, String> {
 }
 
 fn sensitive_set(extra: &[String], no_default: bool) -> anyhow::Result<SensitiveSet> {
-    let mut pats: Vec<String> = if no_default {
-        Vec::new()
-    } else {
-        DEFAULT_PATTERNS.iter().map(|s| s.to_string()).collect()
-    };
+    let mut pats: Vec<String> =
+        if no_default { Vec::new() } else { DEFAULT_PATTERNS.iter().map(|s| s.to_string()).collect() };
     pats.extend(extra.iter().cloned());
     Ok(SensitiveSet::new(&pats)?)
 }
@@ -77,10 +78,11 @@ fn sensitive_set(extra: &[String], no_default: bool) -> anyhow::Result<Sensitive
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     match cli.command {
-        Command::Exec { events, sensitive, no_default_sensitive, ringbuf_mb, quiet, cmd } => {
+        Command::Exec { events, format, sensitive, no_default_sensitive, ringbuf_mb, quiet, cmd } => {
             let opts = ExecOptions {
                 cmd,
                 events,
+                format,
                 sensitive: sensitive_set(&sensitive, no_default_sensitive)?,
                 ringbuf_bytes: ringbuf_mb << 20,
                 quiet,

@@ -114,17 +114,8 @@ pub(crate) mod tests {
         tail.extend_from_slice(extra);
         let mut comm = [0u8; COMM_LEN];
         comm[..4].copy_from_slice(b"test");
-        let hdr = EventHeader {
-            ts_ns: 1,
-            start_ns: 2,
-            ret: 0,
-            kind: k,
-            op: o,
-            tgid: 10,
-            tid: 11,
-            task: 1,
-            comm,
-        };
+        let hdr =
+            EventHeader { ts_ns: 1, start_ns: 2, ret: 0, kind: k, op: o, tgid: 10, tid: 11, task: 1, comm };
         let body = Body {
             args,
             pflags: 0,

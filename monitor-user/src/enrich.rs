@@ -136,7 +136,10 @@ fn dst(args: &[u64; 5], extra: &[u8], abstract_: bool) -> (Option<Dst>, Option<S
         }
         AF_UNIX => {
             let unix = if abstract_ {
-                format!("@{}", String::from_utf8_lossy(extra.get(1..).unwrap_or_default()).trim_end_matches('\0'))
+                format!(
+                    "@{}",
+                    String::from_utf8_lossy(extra.get(1..).unwrap_or_default()).trim_end_matches('\0')
+                )
             } else {
                 cstr(extra)
             };
@@ -174,7 +177,8 @@ impl Enricher {
         let b = &raw.body;
         let key = ProcKey { tgid: h.tgid, start_ns: h.start_ns };
         let comm = raw.comm();
-        let path_of = |i: usize| raw.ops.get(i).map(|o| resolve(o, i == 0 && b.pflags & pflags::OP1_FROM_FD != 0).0);
+        let path_of =
+            |i: usize| raw.ops.get(i).map(|o| resolve(o, i == 0 && b.pflags & pflags::OP1_FROM_FD != 0).0);
 
         let mut ev = Event::new(Kind::Exec, self.clock.rfc3339(h.ts_ns), self.host.clone());
         ev.pid = h.tgid;
@@ -183,7 +187,8 @@ impl Enricher {
         ev.task = self.tasks.get(&h.task).cloned();
         ev.start = (h.start_ns != 0).then_some(h.start_ns);
         ev.syscall = Some(op::name(h.op).to_string());
-        let is_syscall = !matches!(h.op, op::FORK | op::EXEC | op::EXIT | op::IOURING_SETUP | op::IOURING_SUBMIT);
+        let is_syscall =
+            !matches!(h.op, op::FORK | op::EXEC | op::EXIT | op::IOURING_SETUP | op::IOURING_SUBMIT);
         if is_syscall {
             ev.ret = Some(h.ret);
             ev.error = names::errno(h.ret);
@@ -245,7 +250,9 @@ impl Enricher {
                 ev.path = path_of(0);
                 if flags & O_ACCMODE == 0 && flags & (O_CREAT | O_TRUNC) == 0 {
                     // Read-only: reported only for the sensitive set.
-                    if b.pflags & pflags::SENSITIVE == 0 || !ev.path.as_deref().is_some_and(|p| self.sensitive.matches(p)) {
+                    if b.pflags & pflags::SENSITIVE == 0
+                        || !ev.path.as_deref().is_some_and(|p| self.sensitive.matches(p))
+                    {
                         return None;
                     }
                     ev.kind = Kind::SensitiveRead;
@@ -422,7 +429,10 @@ mod tests {
         // pflags: OP1_FROM_FD | CREATED
         rec[56 + 40] = (pflags::OP1_FROM_FD | pflags::CREATED) as u8;
         let ev = e.event(&decode(&rec).unwrap()).unwrap();
-        assert_eq!((ev.kind, ev.path.as_deref(), ev.mode.as_deref()), (Kind::FileCreate, Some("/tmp/f"), Some("0644")));
+        assert_eq!(
+            (ev.kind, ev.path.as_deref(), ev.mode.as_deref()),
+            (Kind::FileCreate, Some("/tmp/f"), Some("0644"))
+        );
         assert_eq!(ev.task.as_deref(), Some("t1"));
         // Same open of an existing file: truncate.
         rec[56 + 40] = pflags::OP1_FROM_FD as u8;
@@ -458,7 +468,8 @@ mod tests {
     #[test]
     fn exit_status_and_signal() {
         let mut e = enricher();
-        let ev = e.event(&decode(&record(kind::EXIT, op::EXIT, &[], b"", [3 << 8, 0, 0, 0, 0])).unwrap()).unwrap();
+        let ev =
+            e.event(&decode(&record(kind::EXIT, op::EXIT, &[], b"", [3 << 8, 0, 0, 0, 0])).unwrap()).unwrap();
         assert_eq!((ev.status, ev.signal.as_deref()), (Some(3), None));
         let ev = e.event(&decode(&record(kind::EXIT, op::EXIT, &[], b"", [9, 0, 0, 0, 0])).unwrap()).unwrap();
         assert_eq!((ev.status, ev.signal.as_deref()), (None, Some("SIGKILL")));

@@ -49,11 +49,16 @@ pub fn rename_flags(flags: u64) -> Vec<String> {
 }
 
 pub fn at_flags(flags: u64) -> Vec<String> {
-    [(0x100, "AT_SYMLINK_NOFOLLOW"), (0x200, "AT_REMOVEDIR"), (0x400, "AT_SYMLINK_FOLLOW"), (0x1000, "AT_EMPTY_PATH")]
-        .iter()
-        .filter(|(b, _)| flags & b != 0)
-        .map(|(_, n)| (*n).to_string())
-        .collect()
+    [
+        (0x100, "AT_SYMLINK_NOFOLLOW"),
+        (0x200, "AT_REMOVEDIR"),
+        (0x400, "AT_SYMLINK_FOLLOW"),
+        (0x1000, "AT_EMPTY_PATH"),
+    ]
+    .iter()
+    .filter(|(b, _)| flags & b != 0)
+    .map(|(_, n)| (*n).to_string())
+    .collect()
 }
 
 pub fn sock_type(t: u64) -> Option<&'static str> {
@@ -67,15 +72,69 @@ pub fn sock_type(t: u64) -> Option<&'static str> {
 }
 
 const IORING_OPS: &[&str] = &[
-    "NOP", "READV", "WRITEV", "FSYNC", "READ_FIXED", "WRITE_FIXED", "POLL_ADD", "POLL_REMOVE",
-    "SYNC_FILE_RANGE", "SENDMSG", "RECVMSG", "TIMEOUT", "TIMEOUT_REMOVE", "ACCEPT", "ASYNC_CANCEL",
-    "LINK_TIMEOUT", "CONNECT", "FALLOCATE", "OPENAT", "CLOSE", "FILES_UPDATE", "STATX", "READ",
-    "WRITE", "FADVISE", "MADVISE", "SEND", "RECV", "OPENAT2", "EPOLL_CTL", "SPLICE",
-    "PROVIDE_BUFFERS", "REMOVE_BUFFERS", "TEE", "SHUTDOWN", "RENAMEAT", "UNLINKAT", "MKDIRAT",
-    "SYMLINKAT", "LINKAT", "MSG_RING", "FSETXATTR", "SETXATTR", "FGETXATTR", "GETXATTR", "SOCKET",
-    "URING_CMD", "SEND_ZC", "SENDMSG_ZC", "READ_MULTISHOT", "WAITID", "FUTEX_WAIT", "FUTEX_WAKE",
-    "FUTEX_WAITV", "FIXED_FD_INSTALL", "FTRUNCATE", "BIND", "LISTEN", "RECV_ZC", "EPOLL_WAIT",
-    "READV_FIXED", "WRITEV_FIXED", "PIPE",
+    "NOP",
+    "READV",
+    "WRITEV",
+    "FSYNC",
+    "READ_FIXED",
+    "WRITE_FIXED",
+    "POLL_ADD",
+    "POLL_REMOVE",
+    "SYNC_FILE_RANGE",
+    "SENDMSG",
+    "RECVMSG",
+    "TIMEOUT",
+    "TIMEOUT_REMOVE",
+    "ACCEPT",
+    "ASYNC_CANCEL",
+    "LINK_TIMEOUT",
+    "CONNECT",
+    "FALLOCATE",
+    "OPENAT",
+    "CLOSE",
+    "FILES_UPDATE",
+    "STATX",
+    "READ",
+    "WRITE",
+    "FADVISE",
+    "MADVISE",
+    "SEND",
+    "RECV",
+    "OPENAT2",
+    "EPOLL_CTL",
+    "SPLICE",
+    "PROVIDE_BUFFERS",
+    "REMOVE_BUFFERS",
+    "TEE",
+    "SHUTDOWN",
+    "RENAMEAT",
+    "UNLINKAT",
+    "MKDIRAT",
+    "SYMLINKAT",
+    "LINKAT",
+    "MSG_RING",
+    "FSETXATTR",
+    "SETXATTR",
+    "FGETXATTR",
+    "GETXATTR",
+    "SOCKET",
+    "URING_CMD",
+    "SEND_ZC",
+    "SENDMSG_ZC",
+    "READ_MULTISHOT",
+    "WAITID",
+    "FUTEX_WAIT",
+    "FUTEX_WAKE",
+    "FUTEX_WAITV",
+    "FIXED_FD_INSTALL",
+    "FTRUNCATE",
+    "BIND",
+    "LISTEN",
+    "RECV_ZC",
+    "EPOLL_WAIT",
+    "READV_FIXED",
+    "WRITEV_FIXED",
+    "PIPE",
 ];
 
 pub fn ioring_op(op: u64) -> String {
@@ -110,14 +169,43 @@ pub fn ptrace_request(r: u64) -> String {
 }
 
 const BPF_CMDS: &[&str] = &[
-    "MAP_CREATE", "MAP_LOOKUP_ELEM", "MAP_UPDATE_ELEM", "MAP_DELETE_ELEM", "MAP_GET_NEXT_KEY",
-    "PROG_LOAD", "OBJ_PIN", "OBJ_GET", "PROG_ATTACH", "PROG_DETACH", "PROG_TEST_RUN",
-    "PROG_GET_NEXT_ID", "MAP_GET_NEXT_ID", "PROG_GET_FD_BY_ID", "MAP_GET_FD_BY_ID",
-    "OBJ_GET_INFO_BY_FD", "PROG_QUERY", "RAW_TRACEPOINT_OPEN", "BTF_LOAD", "BTF_GET_FD_BY_ID",
-    "TASK_FD_QUERY", "MAP_LOOKUP_AND_DELETE_ELEM", "MAP_FREEZE", "BTF_GET_NEXT_ID",
-    "MAP_LOOKUP_BATCH", "MAP_LOOKUP_AND_DELETE_BATCH", "MAP_UPDATE_BATCH", "MAP_DELETE_BATCH",
-    "LINK_CREATE", "LINK_UPDATE", "LINK_GET_FD_BY_ID", "LINK_GET_NEXT_ID", "ENABLE_STATS",
-    "ITER_CREATE", "LINK_DETACH", "PROG_BIND_MAP", "TOKEN_CREATE",
+    "MAP_CREATE",
+    "MAP_LOOKUP_ELEM",
+    "MAP_UPDATE_ELEM",
+    "MAP_DELETE_ELEM",
+    "MAP_GET_NEXT_KEY",
+    "PROG_LOAD",
+    "OBJ_PIN",
+    "OBJ_GET",
+    "PROG_ATTACH",
+    "PROG_DETACH",
+    "PROG_TEST_RUN",
+    "PROG_GET_NEXT_ID",
+    "MAP_GET_NEXT_ID",
+    "PROG_GET_FD_BY_ID",
+    "MAP_GET_FD_BY_ID",
+    "OBJ_GET_INFO_BY_FD",
+    "PROG_QUERY",
+    "RAW_TRACEPOINT_OPEN",
+    "BTF_LOAD",
+    "BTF_GET_FD_BY_ID",
+    "TASK_FD_QUERY",
+    "MAP_LOOKUP_AND_DELETE_ELEM",
+    "MAP_FREEZE",
+    "BTF_GET_NEXT_ID",
+    "MAP_LOOKUP_BATCH",
+    "MAP_LOOKUP_AND_DELETE_BATCH",
+    "MAP_UPDATE_BATCH",
+    "MAP_DELETE_BATCH",
+    "LINK_CREATE",
+    "LINK_UPDATE",
+    "LINK_GET_FD_BY_ID",
+    "LINK_GET_NEXT_ID",
+    "ENABLE_STATS",
+    "ITER_CREATE",
+    "LINK_DETACH",
+    "PROG_BIND_MAP",
+    "TOKEN_CREATE",
 ];
 
 pub fn bpf_cmd(c: u64) -> String {

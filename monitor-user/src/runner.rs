@@ -24,6 +24,7 @@ pub const EXEC_TASK: u32 = 1;
 pub struct ExecOptions {
     pub cmd: Vec<String>,
     pub events: Option<PathBuf>,
+    pub format: crate::sink::Format,
     pub sensitive: SensitiveSet,
     pub ringbuf_bytes: u32,
     pub quiet: bool,
@@ -80,7 +81,7 @@ fn exit_code(st: WaitStatus) -> i32 {
 }
 
 pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
-    let mut sink = JsonLines::open(opts.events.as_deref())?;
+    let mut sink = JsonLines::open(opts.events.as_deref())?.with_format(opts.format);
     let cfg = SensorConfig { ringbuf_bytes: opts.ringbuf_bytes, sensitive: opts.sensitive.clone() };
     let mut sensors = Sensors::load(&cfg)?;
     if !opts.quiet {
@@ -116,7 +117,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     let events = sensors.take_events().expect("ring buffer taken once");
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-        .map_err(|e| std::io::Error::from(e))?;
+        .map_err(std::io::Error::from)?;
     let launched = held.release();
 
     let status = match launched {

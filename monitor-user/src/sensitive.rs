@@ -118,10 +118,8 @@ impl SensitiveSet {
                 }
             }
         }
-        let globs = b.build().map_err(|e| SensitiveError::Pattern {
-            pattern: "(set)".into(),
-            msg: e.to_string(),
-        })?;
+        let globs =
+            b.build().map_err(|e| SensitiveError::Pattern { pattern: "(set)".into(), msg: e.to_string() })?;
         let mut prefix_lens = [0u8; MAX_PREFIX_LENS];
         prefix_lens[..lens.len()].copy_from_slice(&lens);
         hashes.sort_unstable();

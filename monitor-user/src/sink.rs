@@ -21,15 +21,80 @@ pub trait Sink: Send {
     fn flush(&mut self) -> Result<(), SinkError>;
 }
 
-/// JSON lines to a file (appended) or stdout.
+/// Output format of [`JsonLines`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// One JSON object per line (the schema in docs/events.md).
+    #[default]
+    Json,
+    /// One human-readable line per event.
+    Text,
+}
+
+/// Event lines to a file (appended) or stdout.
 pub struct JsonLines {
     name: String,
+    format: Format,
     out: BufWriter<Box<dyn Write + Send>>,
+}
+
+/// A compact human-readable rendering of an event.
+pub fn text_line(ev: &Event) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let time = ev.ts.get(11..23).unwrap_or(&ev.ts);
+    let _ = write!(s, "{time} {:<14} {:>7} {:<15}", ev.kind.as_str(), ev.pid, ev.comm);
+    if let Some(p) = &ev.path {
+        let _ = write!(s, " {p}");
+    }
+    if let Some(p) = &ev.new_path {
+        let _ = write!(s, " -> {p}");
+    }
+    match &ev.dst {
+        Some(crate::event::Dst::Ip { ip, port }) if ip.contains(':') => {
+            let _ = write!(s, " [{ip}]:{port}");
+        }
+        Some(crate::event::Dst::Ip { ip, port }) => {
+            let _ = write!(s, " {ip}:{port}");
+        }
+        Some(crate::event::Dst::Unix { unix }) => {
+            let _ = write!(s, " unix:{unix}");
+        }
+        None => {}
+    }
+    if let Some(m) = &ev.mode {
+        let _ = write!(s, " mode={m}");
+    }
+    if let Some(a) = &ev.argv {
+        let _ = write!(s, " argv={a:?}");
+    }
+    if let Some(st) = ev.status {
+        let _ = write!(s, " status={st}");
+    }
+    if let Some(sig) = &ev.signal {
+        let _ = write!(s, " signal={sig}");
+    }
+    if let Some(e) = &ev.error {
+        let _ = write!(s, " error={e}");
+    }
+    if let Some(l) = &ev.lost {
+        let _ = write!(s, " lost={l:?}");
+    }
+    s
 }
 
 impl JsonLines {
     pub fn stdout() -> Self {
-        Self { name: "stdout".into(), out: BufWriter::with_capacity(1 << 16, Box::new(io::stdout())) }
+        Self {
+            name: "stdout".into(),
+            format: Format::Json,
+            out: BufWriter::with_capacity(1 << 16, Box::new(io::stdout())),
+        }
+    }
+
+    pub fn with_format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
     }
 
     pub fn file(path: &Path) -> Result<Self, SinkError> {
@@ -38,7 +103,11 @@ impl JsonLines {
             .append(true)
             .open(path)
             .map_err(|source| SinkError::Open { path: path.into(), source })?;
-        Ok(Self { name: path.display().to_string(), out: BufWriter::with_capacity(1 << 16, Box::new(f)) })
+        Ok(Self {
+            name: path.display().to_string(),
+            format: Format::Json,
+            out: BufWriter::with_capacity(1 << 16, Box::new(f)),
+        })
     }
 
     /// `-` or no path means stdout.
@@ -57,7 +126,10 @@ impl JsonLines {
 
 impl Sink for JsonLines {
     fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
-        serde_json::to_writer(&mut self.out, ev).map_err(|e| self.err(e.into()))?;
+        match self.format {
+            Format::Json => serde_json::to_writer(&mut self.out, ev).map_err(|e| self.err(e.into()))?,
+            Format::Text => self.out.write_all(text_line(ev).as_bytes()).map_err(|e| self.err(e))?,
+        }
         self.out.write_all(b"\n").map_err(|e| self.err(e))
     }
 
@@ -81,9 +153,18 @@ mod tests {
         }
         s.flush().unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
-        let kinds: Vec<Kind> =
-            text.lines().map(|l| serde_json::from_str::<Event>(l).unwrap().kind).collect();
+        let kinds: Vec<Kind> = text.lines().map(|l| serde_json::from_str::<Event>(l).unwrap().kind).collect();
         assert_eq!(kinds, vec![Kind::Exec, Kind::Exit]);
-        assert!(matches!(JsonLines::open(Some(Path::new("/nonexistent/dir/x"))), Err(SinkError::Open { .. })));
+        assert!(matches!(
+            JsonLines::open(Some(Path::new("/nonexistent/dir/x"))),
+            Err(SinkError::Open { .. })
+        ));
+        let mut e = Event::new(Kind::FileRename, "2026-01-01T10:11:12.123456789Z".into(), "h".into());
+        e.pid = 42;
+        e.comm = "mv".into();
+        e.path = Some("/a".into());
+        e.new_path = Some("/b".into());
+        e.error = Some("EXDEV".into());
+        assert_eq!(text_line(&e), "10:11:12.123 file_rename         42 mv              /a -> /b error=EXDEV");
     }
 }

@@ -12,6 +12,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use support::{SCENARIO_ENV, SKIP_ENV, ensure, eq, run_agentmon, run_scenario, workdir};
 
 type R = Result<(), Failed>;
+type Test = (&'static str, fn() -> R);
 
 fn main() {
     if let Ok(name) = std::env::var(SCENARIO_ENV) {
@@ -19,7 +20,7 @@ fn main() {
         std::process::exit(scenarios::run(&name, &args));
     }
     let args = Arguments::from_args();
-    let tests: Vec<(&str, fn() -> R)> = vec![
+    let tests: Vec<Test> = vec![
         ("file_side_effects", file_side_effects),
         ("dirfd_and_cwd_relative_paths", dirfd_and_cwd_relative_paths),
         ("double_fork_setsid_grandchild_still_tracked", double_fork_setsid_grandchild_still_tracked),
@@ -53,7 +54,9 @@ fn main() {
 
 fn scenario(name: &str, dir: &Path) -> Result<support::Run, String> {
     let run = run_scenario(name, &[dir.to_str().unwrap()], dir)?;
-    ensure(run.code == 0, || format!("scenario exited {}; stderr:\n{}\nevents:\n{}", run.code, run.stderr, run.summary()))?;
+    ensure(run.code == 0, || {
+        format!("scenario exited {}; stderr:\n{}\nevents:\n{}", run.code, run.stderr, run.summary())
+    })?;
     Ok(run)
 }
 
@@ -85,19 +88,36 @@ fn file_side_effects() -> R {
     eq("symlink target as written", soft.new_path.as_deref(), Some("b.txt"))?;
     let chmods: Vec<&Event> = run.of(Kind::FileChmod);
     let chmod_of = |path: &Path, sc: &str| {
-        chmods.iter().find(|e| e.path.as_deref() == path.to_str() && e.syscall.as_deref() == Some(sc)).copied()
+        chmods
+            .iter()
+            .find(|e| e.path.as_deref() == path.to_str() && e.syscall.as_deref() == Some(sc))
+            .copied()
     };
     eq("chmod mode", chmod_of(&p("b.txt"), "chmod").and_then(|e| e.mode.clone()).as_deref(), Some("0600"))?;
-    eq("fchmod resolved from fd", chmod_of(&p("hard.txt"), "fchmod").and_then(|e| e.mode.clone()).as_deref(), Some("0640"))?;
-    eq("fchmodat2", chmod_of(&p("b.txt"), "fchmodat2").map(|e| e.flags.clone()), Some(vec!["AT_SYMLINK_NOFOLLOW".to_string()]))?;
+    eq(
+        "fchmod resolved from fd",
+        chmod_of(&p("hard.txt"), "fchmod").and_then(|e| e.mode.clone()).as_deref(),
+        Some("0640"),
+    )?;
+    eq(
+        "fchmodat2",
+        chmod_of(&p("b.txt"), "fchmodat2").map(|e| e.flags.clone()),
+        Some(vec!["AT_SYMLINK_NOFOLLOW".to_string()]),
+    )?;
     run.find(Kind::FileChown, &p("b.txt"))?;
     let truncs: Vec<&Event> = run.of(Kind::FileTruncate);
     ensure(
-        truncs.iter().any(|e| e.path.as_deref() == p("b.txt").to_str() && e.syscall.as_deref() == Some("truncate") && e.detail.get("length") == Some(&serde_json::json!(2))),
+        truncs.iter().any(|e| {
+            e.path.as_deref() == p("b.txt").to_str()
+                && e.syscall.as_deref() == Some("truncate")
+                && e.detail.get("length") == Some(&serde_json::json!(2))
+        }),
         || format!("truncate of b.txt to 2 missing:\n{}", run.summary()),
     )?;
     ensure(
-        truncs.iter().any(|e| e.path.as_deref() == p("hard.txt").to_str() && e.syscall.as_deref() == Some("ftruncate")),
+        truncs.iter().any(|e| {
+            e.path.as_deref() == p("hard.txt").to_str() && e.syscall.as_deref() == Some("ftruncate")
+        }),
         || format!("ftruncate of hard.txt (resolved from fd) missing:\n{}", run.summary()),
     )?;
     run.find(Kind::DirCreate, &p("sub"))?;
@@ -105,16 +125,18 @@ fn file_side_effects() -> R {
     let rmdir = run.find(Kind::FileDelete, &p("sub"))?;
     ensure(rmdir.flags.contains(&"AT_REMOVEDIR".to_string()), || format!("{:?}", rmdir.flags))?;
     // b.txt: an O_CREAT open of the existing file, and a write through soft.txt.
-    let writes: Vec<&Event> = run.of(Kind::FileWrite).into_iter().filter(|e| e.path.as_deref() == p("b.txt").to_str()).collect();
+    let writes: Vec<&Event> =
+        run.of(Kind::FileWrite).into_iter().filter(|e| e.path.as_deref() == p("b.txt").to_str()).collect();
+    ensure(writes.iter().any(|e| e.flags.contains(&"O_CREAT".to_string())), || {
+        format!("O_CREAT open of an existing file should be file_write:\n{}", run.summary())
+    })?;
+    ensure(writes.iter().any(|e| e.flags == vec!["O_WRONLY".to_string()]), || {
+        format!("write through symlink soft.txt should report b.txt:\n{}", run.summary())
+    })?;
     ensure(
-        writes.iter().any(|e| e.flags.contains(&"O_CREAT".to_string())),
-        || format!("O_CREAT open of an existing file should be file_write:\n{}", run.summary()),
+        !run.events.iter().any(|e| e.path.as_deref() == p("soft.txt").to_str() && e.kind == Kind::FileWrite),
+        || "symlink path reported instead of target".into(),
     )?;
-    ensure(
-        writes.iter().any(|e| e.flags == vec!["O_WRONLY".to_string()]),
-        || format!("write through symlink soft.txt should report b.txt:\n{}", run.summary()),
-    )?;
-    ensure(!run.events.iter().any(|e| e.path.as_deref() == p("soft.txt").to_str() && e.kind == Kind::FileWrite), || "symlink path reported instead of target".into())?;
     run.find(Kind::FileCreate, &p("dotdot.txt"))?;
     // Every event of the run is attributed to the tracked root (no fork here).
     ensure(run.events.iter().all(|e| e.pid == root), || format!("foreign pid:\n{}", run.summary()))?;
@@ -142,12 +164,16 @@ fn double_fork_setsid_grandchild_still_tracked() -> R {
     let w = run.find(Kind::FileCreate, &d.join("grandchild.txt"))?;
     let gc = w.pid;
     let forks = run.of(Kind::Fork);
-    let gc_fork = forks.iter().find(|e| e.pid == gc).ok_or_else(|| format!("no fork event for grandchild {gc}"))?;
+    let gc_fork =
+        forks.iter().find(|e| e.pid == gc).ok_or_else(|| format!("no fork event for grandchild {gc}"))?;
     let child = gc_fork.ppid.ok_or("grandchild fork without ppid")?;
-    let child_fork = forks.iter().find(|e| e.pid == child).ok_or_else(|| format!("no fork event for child {child}"))?;
+    let child_fork =
+        forks.iter().find(|e| e.pid == child).ok_or_else(|| format!("no fork event for child {child}"))?;
     eq("child's parent", child_fork.ppid, Some(root))?;
     eq("grandchild write ppid", w.ppid, Some(child))?;
-    ensure(run.events.iter().any(|e| e.kind == Kind::Exit && e.pid == gc), || "no exit event for the grandchild".into())?;
+    ensure(run.events.iter().any(|e| e.kind == Kind::Exit && e.pid == gc), || {
+        "no exit event for the grandchild".into()
+    })?;
     Ok(())
 }
 
@@ -159,23 +185,35 @@ fn network() -> R {
         Some(Dst::Ip { ip, port }) => Some((ip.clone(), *port)),
         _ => None,
     };
-    let v4 = connects.iter().find(|e| ip_port(e).is_some_and(|(ip, _)| ip == "127.0.0.1")).ok_or_else(|| run.summary())?;
+    let v4 = connects
+        .iter()
+        .find(|e| ip_port(e).is_some_and(|(ip, _)| ip == "127.0.0.1"))
+        .ok_or_else(|| run.summary())?;
     eq("v4 connect error", v4.error.as_deref(), Some("ECONNREFUSED"))?;
     eq("v4 proto", v4.proto.as_deref(), Some("tcp"))?;
     let port = ip_port(v4).unwrap().1;
-    ensure(connects.iter().any(|e| ip_port(e) == Some(("::1".into(), port))), || format!("no [::1]:{port} connect:\n{}", run.summary()))?;
-    ensure(connects.iter().any(|e| ip_port(e) == Some(("::ffff:127.0.0.1".into(), port))), || format!("no v4-mapped connect:\n{}", run.summary()))?;
+    ensure(connects.iter().any(|e| ip_port(e) == Some(("::1".into(), port))), || {
+        format!("no [::1]:{port} connect:\n{}", run.summary())
+    })?;
+    ensure(connects.iter().any(|e| ip_port(e) == Some(("::ffff:127.0.0.1".into(), port))), || {
+        format!("no v4-mapped connect:\n{}", run.summary())
+    })?;
     let send = run.of(Kind::Send);
     ensure(
-        send.iter().any(|e| ip_port(e) == Some(("127.0.0.1".into(), 53)) && e.proto.as_deref() == Some("udp")),
+        send.iter()
+            .any(|e| ip_port(e) == Some(("127.0.0.1".into(), 53)) && e.proto.as_deref() == Some("udp")),
         || format!("no UDP send to 127.0.0.1:53:\n{}", run.summary()),
     )?;
-    let lport: u16 = std::fs::read_to_string(d.join("listen-port")).map_err(|e| e.to_string())?.parse().map_err(|_| "port")?;
-    ensure(
-        run.of(Kind::Listen).iter().any(|e| ip_port(e) == Some(("127.0.0.1".into(), lport))),
-        || format!("no listen on 127.0.0.1:{lport}:\n{}", run.summary()),
-    )?;
-    ensure(run.of(Kind::Bind).iter().any(|e| ip_port(e).is_some_and(|(ip, _)| ip == "127.0.0.1")), || "no bind".into())?;
+    let lport: u16 = std::fs::read_to_string(d.join("listen-port"))
+        .map_err(|e| e.to_string())?
+        .parse()
+        .map_err(|_| "port")?;
+    ensure(run.of(Kind::Listen).iter().any(|e| ip_port(e) == Some(("127.0.0.1".into(), lport))), || {
+        format!("no listen on 127.0.0.1:{lport}:\n{}", run.summary())
+    })?;
+    ensure(run.of(Kind::Bind).iter().any(|e| ip_port(e).is_some_and(|(ip, _)| ip == "127.0.0.1")), || {
+        "no bind".into()
+    })?;
     let sock = d.join("agent.sock").to_str().unwrap().to_string();
     ensure(
         connects.iter().any(|e| e.dst == Some(Dst::Unix { unix: sock.clone() }) && e.error.is_none()),
@@ -188,11 +226,12 @@ fn io_uring_is_reported() -> R {
     let d = workdir("io_uring");
     let run = scenario("io_uring", &d)?;
     let ev = run.of(Kind::IoUring);
-    ensure(ev.iter().any(|e| e.flags.contains(&"setup".to_string())), || format!("no io_uring setup:\n{}", run.summary()))?;
-    ensure(
-        ev.iter().any(|e| e.detail.get("opcode") == Some(&serde_json::json!("IORING_OP_NOP"))),
-        || format!("no IORING_OP_NOP submission:\n{}", run.summary()),
-    )?;
+    ensure(ev.iter().any(|e| e.flags.contains(&"setup".to_string())), || {
+        format!("no io_uring setup:\n{}", run.summary())
+    })?;
+    ensure(ev.iter().any(|e| e.detail.get("opcode") == Some(&serde_json::json!("IORING_OP_NOP"))), || {
+        format!("no IORING_OP_NOP submission:\n{}", run.summary())
+    })?;
     Ok(())
 }
 
@@ -201,7 +240,9 @@ fn privilege_calls() -> R {
     let run = scenario("privilege", &d)?;
     ensure(run.of(Kind::Privilege).iter().any(|e| e.syscall.as_deref() == Some("setuid")), || run.summary())?;
     let bpf = run.of(Kind::Bpf);
-    ensure(bpf.iter().any(|e| e.detail.get("cmd") == Some(&serde_json::json!("BPF_PROG_LOAD"))), || run.summary())?;
+    ensure(bpf.iter().any(|e| e.detail.get("cmd") == Some(&serde_json::json!("BPF_PROG_LOAD"))), || {
+        run.summary()
+    })?;
     let child = run.of(Kind::Fork).first().map(|e| e.pid).ok_or("no fork")?;
     ensure(
         run.of(Kind::Ptrace).iter().any(|e| {
@@ -217,10 +258,9 @@ fn fileless_exec() -> R {
     let d = workdir("memfd");
     let run = scenario("memfd", &d)?;
     let m = run.of(Kind::MemfdExec);
-    ensure(
-        m.iter().any(|e| e.exe.as_deref().is_some_and(|x| x.starts_with("/memfd:payload"))),
-        || format!("no memfd_exec of memfd:payload:\n{}", run.summary()),
-    )?;
+    ensure(m.iter().any(|e| e.exe.as_deref().is_some_and(|x| x.starts_with("/memfd:payload"))), || {
+        format!("no memfd_exec of memfd:payload:\n{}", run.summary())
+    })?;
     Ok(())
 }
 
@@ -260,7 +300,11 @@ fn untracked_process_produces_nothing() -> R {
     ensure(ready, || "agentmon never reported the tracked root".into())?;
     // The same side effects, from processes outside the task.
     std::fs::write(d.join("untracked.txt"), b"x").map_err(|e| e.to_string())?;
-    let st = Command::new("sh").arg("-c").arg("echo y > untracked2.txt; rm untracked.txt").current_dir(&d).status();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg("echo y > untracked2.txt; rm untracked.txt")
+        .current_dir(&d)
+        .status();
     ensure(st.is_ok_and(|s| s.success()), || "untracked shell failed".into())?;
     std::fs::write(d.join("go"), b"").map_err(|e| e.to_string())?;
     let st = agent.wait().map_err(|e| e.to_string())?;
@@ -269,10 +313,9 @@ fn untracked_process_produces_nothing() -> R {
     let evs: Vec<Event> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let root = evs.iter().find(|e| e.kind == Kind::Exec).map(|e| e.pid).ok_or("no exec")?;
     ensure(evs.iter().all(|e| e.pid == root), || format!("events from outside the task: {text}"))?;
-    ensure(
-        evs.iter().all(|e| matches!(e.kind, Kind::Exec | Kind::Exit)),
-        || format!("untracked side effects reported: {text}"),
-    )?;
+    ensure(evs.iter().all(|e| matches!(e.kind, Kind::Exec | Kind::Exit)), || {
+        format!("untracked side effects reported: {text}")
+    })?;
     ensure(evs.iter().any(|e| e.kind == Kind::Exit && e.pid == root), || "no exit of the root".into())?;
     Ok(())
 }

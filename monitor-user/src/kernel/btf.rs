@@ -40,10 +40,7 @@ impl KernelBtf {
     }
 
     fn find_struct(&self, name: &str) -> Result<Struct, BtfError> {
-        let types = self
-            .btf
-            .resolve_types_by_name(name)
-            .map_err(|_| BtfError::NoStruct(name.to_string()))?;
+        let types = self.btf.resolve_types_by_name(name).map_err(|_| BtfError::NoStruct(name.to_string()))?;
         types
             .into_iter()
             .find_map(|t| match t {
@@ -58,9 +55,7 @@ impl KernelBtf {
         for _ in 0..16 {
             let next = match &t {
                 Type::Typedef(x) => self.btf.resolve_chained_type(x),
-                Type::Const(x) | Type::Volatile(x) | Type::Restrict(x) => {
-                    self.btf.resolve_chained_type(x)
-                }
+                Type::Const(x) | Type::Volatile(x) | Type::Restrict(x) => self.btf.resolve_chained_type(x),
                 Type::TypeTag(x) => self.btf.resolve_chained_type(x),
                 _ => return t,
             };
@@ -112,7 +107,7 @@ impl KernelBtf {
                 }
             }
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(BtfError::Other(format!("{strukt}.{path} is a bitfield")));
         }
         Ok(bits / 8)
@@ -130,10 +125,9 @@ impl KernelBtf {
             .ok_or_else(|| BtfError::Other(format!("no raw tracepoint {name} ({tdname})")))?;
         let t = self.underlying(t);
         let proto = match t {
-            Type::Ptr(p) => self
-                .btf
-                .resolve_chained_type(&p)
-                .map_err(|e| BtfError::Other(format!("{tdname}: {e}")))?,
+            Type::Ptr(p) => {
+                self.btf.resolve_chained_type(&p).map_err(|e| BtfError::Other(format!("{tdname}: {e}")))?
+            }
             other => other,
         };
         match proto {

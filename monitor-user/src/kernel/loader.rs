@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, time::Instant};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{Program, ProgramError, trace_point::TracePointLink, tp_btf::BtfTracePointLink},
+    programs::{Program, ProgramError, tp_btf::BtfTracePointLink, trace_point::TracePointLink},
 };
 use monitor_common::{COUNTER_SLOTS, KConfig, Tracked, kind};
 
@@ -37,9 +37,7 @@ pub enum LoadError {
     Btf(#[from] BtfError),
     #[error(transparent)]
     TraceFs(#[from] TraceFsError),
-    #[error(
-        "tracepoint {tp} passes {found} arguments on this kernel, program {prog} expects {want}"
-    )]
+    #[error("tracepoint {tp} passes {found} arguments on this kernel, program {prog} expects {want}")]
     TpProto { prog: String, tp: String, found: usize, want: usize },
     #[error("cannot load the kernel object: {0}")]
     Object(String),
@@ -97,7 +95,8 @@ fn ensure_tracefs() -> Result<TraceFs, LoadError> {
         return Ok(t);
     }
     let target = "/sys/kernel/tracing";
-    let r = nix::mount::mount(Some("nodev"), target, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>);
+    let r =
+        nix::mount::mount(Some("nodev"), target, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>);
     if r.is_ok() {
         tracing::info!("mounted tracefs at {target}");
     }
@@ -128,7 +127,12 @@ impl Sensors {
         for (tp, want) in BTF_TPS {
             let found = kbtf.tp_btf_args(tp)?;
             if found < *want {
-                return Err(LoadError::TpProto { prog: tp.to_string(), tp: tp.to_string(), found, want: *want });
+                return Err(LoadError::TpProto {
+                    prog: tp.to_string(),
+                    tp: tp.to_string(),
+                    found,
+                    want: *want,
+                });
             }
         }
         let kconfig = KConfig {
@@ -173,7 +177,8 @@ impl Sensors {
                         }
                     }
                     tp.load().map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
-                    let id = tp.attach(category, &name).map_err(|e| fail(&attach, "attach", e.to_string()))?;
+                    let id =
+                        tp.attach(category, &name).map_err(|e| fail(&attach, "attach", e.to_string()))?;
                     tp_links.push(tp.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?);
                     attached.insert(name.clone(), attach);
                     tracing::debug!(prog = %name, ms = t0.elapsed().as_millis() as u64, "attached");
@@ -186,7 +191,11 @@ impl Sensors {
                     attached.insert(name.clone(), attach);
                 }
                 other => {
-                    return Err(fail("?", "classify", format!("unexpected program type {:?}", other.prog_type())));
+                    return Err(fail(
+                        "?",
+                        "classify",
+                        format!("unexpected program type {:?}", other.prog_type()),
+                    ));
                 }
             }
         }
@@ -217,7 +226,10 @@ impl Sensors {
     /// descendants) to task cookie `task`.
     pub fn track(&mut self, tgid: u32, task: u32) -> Result<(), LoadError> {
         if tgid == std::process::id() {
-            return Err(LoadError::MapOp { name: "TRACKED", msg: "refusing to track agentmon itself".into() });
+            return Err(LoadError::MapOp {
+                name: "TRACKED",
+                msg: "refusing to track agentmon itself".into(),
+            });
         }
         let v = Tracked { task, _pad: 0, start_ns: 0 };
         self.tracked

@@ -11,9 +11,7 @@ use monitor_common::TpOffsets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceFsError {
-    #[error(
-        "tracefs is not mounted (no {0}/events); mount it: mount -t tracefs nodev /sys/kernel/tracing"
-    )]
+    #[error("tracefs is not mounted (no {0}/events); mount it: mount -t tracefs nodev /sys/kernel/tracing")]
     NotMounted(String),
     #[error("tracepoint {0} does not exist on this kernel ({1})")]
     Missing(String, String),

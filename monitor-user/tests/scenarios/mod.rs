@@ -93,7 +93,8 @@ fn dirfd(d: &Path) -> Result<(), String> {
     let f = openat(&dfd, "rel.txt", OFlag::O_CREAT | OFlag::O_WRONLY, Mode::from_bits_truncate(0o644))
         .map_err(|x| x.to_string())?;
     drop(f);
-    nix::unistd::unlinkat(&dfd, "rel.txt", nix::unistd::UnlinkatFlags::NoRemoveDir).map_err(|x| x.to_string())?;
+    nix::unistd::unlinkat(&dfd, "rel.txt", nix::unistd::UnlinkatFlags::NoRemoveDir)
+        .map_err(|x| x.to_string())?;
     nix::fcntl::renameat(&dfd, "nope", &dfd, "nope2").ok(); // fails: ENOENT, still reported
     std::env::set_current_dir(d.join("inner")).map_err(|x| x.to_string())?;
     nix::unistd::mkdir("cwd-rel", Mode::from_bits_truncate(0o755)).map_err(|x| x.to_string())?;
@@ -148,7 +149,8 @@ fn net(d: &Path) -> Result<(), String> {
     u.send_to(b"q", "127.0.0.1:53").map_err(|e| e.to_string())?;
     // bind + listen.
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    fs::write(d.join("listen-port"), l.local_addr().unwrap().port().to_string()).map_err(|e| e.to_string())?;
+    fs::write(d.join("listen-port"), l.local_addr().unwrap().port().to_string())
+        .map_err(|e| e.to_string())?;
     // Unix socket path (a listener we own, so connect succeeds).
     let sock = d.join("agent.sock");
     let _ul = std::os::unix::net::UnixListener::bind(&sock).map_err(|e| e.to_string())?;
