@@ -64,12 +64,40 @@ pub struct TpOffsets {
 
 /// The whole `CONFIG` global.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct KConfig {
     /// agentmon's own tgid: never tracked, never reported.
     pub self_tgid: u32,
     /// Lengths of the `prefix*` basename patterns in the sensitive set (0 = unused).
     pub sensitive_prefix_lens: [u8; 4],
+    /// Wake the reader only once this many bytes are waiting in the ring buffer;
+    /// below it the reader polls on a timer. Saves the traced process a wakeup per event.
+    pub wakeup_bytes: u32,
+    pub _pad: u32,
+    /// 4096-bit filter over the SENSITIVE hashes (bit `h & 4095`): a read-only open
+    /// whose basename hashes miss it needs no map lookup at all.
+    pub sensitive_bloom: [u64; 64],
     pub off: Offsets,
     pub tp: TpOffsets,
+}
+
+impl Default for KConfig {
+    fn default() -> Self {
+        KConfig {
+            self_tgid: 0,
+            sensitive_prefix_lens: [0; 4],
+            wakeup_bytes: 0,
+            _pad: 0,
+            sensitive_bloom: [0; 64],
+            off: Offsets::default(),
+            tp: TpOffsets::default(),
+        }
+    }
+}
+
+/// Bit of `h` in [`KConfig::sensitive_bloom`]: (word, mask).
+#[inline(always)]
+pub const fn bloom_bit(h: u64) -> (usize, u64) {
+    let b = (h & 4095) as usize;
+    (b >> 6, 1u64 << (b & 63))
 }

@@ -120,9 +120,14 @@ pub struct Tracked {
 pub struct Stash {
     pub op: u16,
     pub pflags: u16,
-    pub _pad: u32,
+    /// The caller's task binding, so sys_exit needs no second TRACKED lookup.
+    pub task: u32,
+    pub start_ns: u64,
     pub args: [u64; 6],
 }
+
+/// Default entries of `TRACKED_BYTES` (64 pids each); the loader sizes it to pid_max.
+pub const TRACKED_BYTES_ENTRIES: u32 = 32768 / 64;
 
 /// Number of per-kind counter slots (see [`kind::slot`]).
 pub const COUNTER_SLOTS: u32 = 32;
@@ -152,6 +157,6 @@ mod tests {
         assert_eq!(HEADER_SIZE, 56);
         assert_eq!(BODY_SIZE, 56);
         assert_eq!(core::mem::size_of::<Tracked>(), 16);
-        assert_eq!(core::mem::size_of::<Stash>(), 56);
+        assert_eq!(core::mem::size_of::<Stash>(), 64);
     }
 }

@@ -13,8 +13,8 @@ use monitor_common::{FIXED_SIZE, hash, kind, op, pflags};
 use crate::{
     SCRATCH, SENSITIVE,
     kern::{
-        AT_FDCWD, Ev, NO_BASE, bounded, conf, fd_file, file_path, kread, off, stash, sys_arg, sys_ret,
-        take_stash, tracked,
+        AT_FDCWD, Ev, NO_BASE, bounded, conf, fd_file, file_path, is_tracked, kread, off, stash,
+        stashed_tracked, sys_arg, sys_ret, take_stash, tracked,
     },
 };
 
@@ -41,12 +41,11 @@ macro_rules! sys {
         #[aya_ebpf::macros::tracepoint]
         pub fn $exit(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
             if let Some($st) = crate::kern::take_stash($op) {
-                if let Some(t) = crate::kern::tracked() {
-                    let ret = crate::kern::sys_ret(&ctx);
-                    if let Some(mut $ev) = crate::kern::Ev::new($kind, $op, &t, ret) {
-                        $body;
-                        $ev.emit();
-                    }
+                let t = crate::kern::stashed_tracked(&$st);
+                let ret = crate::kern::sys_ret(&ctx);
+                if let Some(mut $ev) = crate::kern::Ev::new($kind, $op, &t, ret) {
+                    $body;
+                    $ev.emit();
                 }
             }
             0
@@ -57,8 +56,9 @@ pub(crate) use sys;
 
 // ---- opens ------------------------------------------------------------------------
 
-/// Saves an open if it has write intent, or is read-only but its basename passes the
-/// sensitive prefilter. Arguments are normalised to (dfd, filename, flags, mode).
+/// Saves an open of a tracked process if it has write intent, or is read-only but
+/// its basename passes the sensitive prefilter. Arguments are normalised to (dfd,
+/// filename, flags, mode). The TRACKED lookup waits until there is something to save.
 #[inline(always)]
 fn open_enter(o: u16, dfd: u64, fname: u64, flags: u64, mode: u64) {
     let pf = if flags & WRITE_INTENT != 0 {
@@ -68,7 +68,9 @@ fn open_enter(o: u16, dfd: u64, fname: u64, flags: u64, mode: u64) {
     } else {
         return;
     };
-    stash(o, kind::OPEN, pf, [dfd, fname, flags, mode, 0, 0]);
+    if let Some(t) = tracked() {
+        stash(&t, o, kind::OPEN, pf, [dfd, fname, flags, mode, 0, 0]);
+    }
 }
 
 /// On success the path comes from the new file (exact, symlinks resolved) and
@@ -77,7 +79,7 @@ fn open_enter(o: u16, dfd: u64, fname: u64, flags: u64, mode: u64) {
 #[inline(always)]
 fn open_exit(ctx: &TracePointContext, o: u16) -> Option<()> {
     let st = take_stash(o)?;
-    let t = tracked()?;
+    let t = stashed_tracked(&st);
     let ret = sys_ret(ctx);
     let mut ev = Ev::new(kind::OPEN, o, &t, ret)?;
     ev.flag(st.pflags);
@@ -99,122 +101,130 @@ fn open_exit(ctx: &TracePointContext, o: u16) -> Option<()> {
     Some(())
 }
 
-/// Scan state of [`sensitive_name`], shared with its `bpf_loop` steps.
+/// Scan state of [`sensitive_name`]. It lives in the per-CPU scratch map and is
+/// accessed volatile, not kept in registers: values loaded from a map are unknown to
+/// the verifier, so each loop iteration has one state whatever the bytes were
+/// (in registers, every hash value and branch outcome would be tracked apart).
 #[repr(C)]
-struct NameScan {
-    buf: *const u8,
-    /// Backward scan position, then forward position.
-    i: u64,
-    len: u64,
-    found: u64,
+pub struct NameScan {
+    start: u64,
     exact: u64,
     ext: u64,
     prefix: u64,
     pre: [u64; 4],
-    lens: [u8; 4],
 }
 
-/// Steps back from the end of the name to the byte after the last `/`.
-extern "C" fn back_step(_k: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    let s = ctx as *mut NameScan;
-    unsafe {
-        if (*s).i == 0 {
-            (*s).found = 1;
-            return 1;
-        }
-        let i = (*s).i - 1;
-        if *(*s).buf.add(bounded(i as usize, 255)) == b'/' {
-            (*s).found = 1;
-            return 1;
-        }
-        (*s).i = i;
-    }
-    0
+macro_rules! get {
+    ($s:ident . $f:ident) => {{
+        #[allow(unused_unsafe)]
+        let v = unsafe { core::ptr::read_volatile(&raw const (*$s).$f) };
+        v
+    }};
 }
-
-/// Hashes one basename byte: exact name, extension since the last `.`, and the
-/// prefixes of the configured lengths.
-extern "C" fn hash_step(_k: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    let s = ctx as *mut NameScan;
-    unsafe {
-        let i = (*s).i;
-        if i >= (*s).len {
-            return 1;
-        }
-        let b = *(*s).buf.add(bounded(i as usize, 255));
-        (*s).exact = hash::step((*s).exact, b);
-        (*s).ext = if b == b'.' {
-            hash::step(hash::SEED_EXT, b)
-        } else if (*s).ext != 0 {
-            hash::step((*s).ext, b)
-        } else {
-            0
-        };
-        (*s).prefix = hash::step((*s).prefix, b);
-        (*s).i = i + 1;
-        let n = (*s).i - (*s).found;
-        let mut q = 0;
-        while q < 4 {
-            if (*s).lens[q] as u64 == n {
-                (*s).pre[q] = (*s).prefix;
-            }
-            q += 1;
-        }
-    }
-    0
+macro_rules! set {
+    ($s:ident . $f:ident = $v:expr) => {{
+        let v = $v;
+        unsafe { core::ptr::write_volatile(&raw mut (*$s).$f, v) }
+    }};
 }
 
 /// Does the basename of user string `fname` hash to an entry of the sensitive set
 /// (exact name, extension, or one of the configured prefix lengths)? Userspace
-/// confirms with the full glob on the resolved path. Basenames over 64 bytes never
-/// match. The loops run under `bpf_loop`, which the verifier checks once.
+/// confirms with the full glob on the resolved path. Basenames over 63 bytes never
+/// match.
 #[inline(always)]
 fn sensitive_name(fname: u64) -> bool {
-    let Some(p) = SCRATCH.get_ptr_mut(0) else { return false };
-    let buf = unsafe { (p as *mut u8).add(FIXED_SIZE) };
-    let r = unsafe { h::bpf_probe_read_user_str(buf.cast(), 256, fname as *const _) };
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else { return false };
+    let s = unsafe { &raw mut (*sc).scan };
+    let buf = unsafe { ((&raw mut (*sc).buf) as *mut u8).add(FIXED_SIZE) };
+    let r = unsafe { h::bpf_probe_read_user_str(buf as *mut _, 256, fname as *const _) };
     if r <= 1 {
         return false;
     }
-    let len = ((r - 1) as u64) & 255;
-    let mut s = NameScan {
-        buf,
-        i: len,
-        len,
-        found: 0,
-        exact: hash::SEED_EXACT,
-        ext: 0,
-        prefix: hash::SEED_PREFIX,
-        pre: [0; 4],
-        lens: conf!(sensitive_prefix_lens),
-    };
-    let ctx = (&raw mut s).cast();
-    unsafe { h::bpf_loop(64, back_step as *mut _, ctx, 0) };
-    if s.found == 0 {
+    let len = ((r - 1) as usize) & 255;
+    // Back from the end to the byte after the last '/'.
+    set!(s.start = u64::MAX);
+    let mut k = 1;
+    while k <= 64 {
+        if k > len {
+            set!(s.start = 0);
+            break;
+        }
+        if unsafe { *buf.add(bounded(len - k, 255)) } == b'/' {
+            set!(s.start = (len - k + 1) as u64);
+            break;
+        }
+        k += 1;
+    }
+    let start = get!(s.start);
+    if start == u64::MAX {
         return false;
     }
-    // Forward from the basename start; `found` now holds that start for hash_step.
-    s.found = s.i;
-    unsafe { h::bpf_loop(64, hash_step as *mut _, ctx, 0) };
-    unsafe {
-        if SENSITIVE.get(&s.exact).is_some() || (s.ext != 0 && SENSITIVE.get(&s.ext).is_some()) {
-            return true;
+    set!(s.exact = hash::SEED_EXACT);
+    set!(s.ext = 0);
+    set!(s.prefix = hash::SEED_PREFIX);
+    set!(s.pre = [0; 4]);
+    let lens = conf!(sensitive_prefix_lens);
+    let mut j = 0usize;
+    while j < 64 {
+        let i = start as usize + j;
+        if i >= len {
+            break;
         }
+        let b = unsafe { *buf.add(bounded(i, 255)) };
+        set!(s.exact = hash::step(get!(s.exact), b));
+        let ext = get!(s.ext);
+        set!(
+            s.ext = if b == b'.' {
+                hash::step(hash::SEED_EXT, b)
+            } else if ext != 0 {
+                hash::step(ext, b)
+            } else {
+                0
+            }
+        );
+        let p = hash::step(get!(s.prefix), b);
+        set!(s.prefix = p);
+        j += 1;
         let mut q = 0;
         while q < 4 {
-            if s.pre[q] != 0 && SENSITIVE.get(&s.pre[q]).is_some() {
-                return true;
+            if lens[q] as usize == j {
+                unsafe { core::ptr::write_volatile(&raw mut (*s).pre[q], p) };
             }
             q += 1;
         }
     }
+    if candidate(get!(s.exact)) {
+        return true;
+    }
+    let ext = get!(s.ext);
+    if ext != 0 && candidate(ext) {
+        return true;
+    }
+    let mut q = 0;
+    while q < 4 {
+        let p = unsafe { core::ptr::read_volatile(&raw const (*s).pre[q]) };
+        if p != 0 && candidate(p) {
+            return true;
+        }
+        q += 1;
+    }
     false
+}
+
+/// Is `h` in the sensitive set? The load-time filter answers most misses without a
+/// map lookup; the SENSITIVE map confirms hits.
+#[inline(always)]
+fn candidate(h: u64) -> bool {
+    let (w, m) = monitor_common::config::bloom_bit(h);
+    let word = unsafe { core::ptr::read_volatile(&raw const crate::CONFIG.sensitive_bloom[bounded(w, 63)]) };
+    word & m != 0 && unsafe { SENSITIVE.get(&h) }.is_some()
 }
 
 /// syscalls:sys_enter_open(filename, flags, mode).
 #[tracepoint]
 pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
-    if tracked().is_some() {
+    if is_tracked() {
         open_enter(op::OPEN, AT_FDCWD as u64, sys_arg(&ctx, 0), sys_arg(&ctx, 1), sys_arg(&ctx, 2));
     }
     0
@@ -223,7 +233,7 @@ pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
 /// syscalls:sys_enter_openat(dfd, filename, flags, mode).
 #[tracepoint]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
-    if tracked().is_some() {
+    if is_tracked() {
         open_enter(op::OPENAT, sys_arg(&ctx, 0), sys_arg(&ctx, 1), sys_arg(&ctx, 2), sys_arg(&ctx, 3));
     }
     0
@@ -232,7 +242,7 @@ pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
 /// syscalls:sys_enter_openat2(dfd, filename, how, usize); reads how->flags, how->mode.
 #[tracepoint]
 pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
-    if tracked().is_some() {
+    if is_tracked() {
         let how = sys_arg(&ctx, 2);
         let mut v = [0u64; 2];
         let r = unsafe { h::bpf_probe_read_user((&raw mut v).cast(), 16, how as *const _) };
@@ -246,7 +256,7 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
 /// syscalls:sys_enter_creat(pathname, mode): open(O_CREAT|O_WRONLY|O_TRUNC).
 #[tracepoint]
 pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
-    if tracked().is_some() {
+    if is_tracked() {
         open_enter(
             op::CREAT,
             AT_FDCWD as u64,

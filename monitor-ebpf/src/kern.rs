@@ -10,7 +10,7 @@ use monitor_common::{
     WALK_MAX, counter, kind, pflags,
 };
 
-use crate::{COUNTERS, EVENTS, SCRATCH, STASH, TRACKED};
+use crate::{COUNTERS, EVENTS, PENDING, SCRATCH, STASH, TRACKED, TRACKED_BYTES};
 
 pub const AT_FDCWD: i64 = -100;
 /// `dfd` value meaning "this string is not a path relative to anything" (symlink targets).
@@ -37,6 +37,7 @@ pub struct Ctl {
 #[repr(C)]
 pub struct Scratch {
     pub ctl: Ctl,
+    pub scan: crate::file::NameScan,
     pub buf: [u8; SCRATCH_SIZE],
 }
 
@@ -79,9 +80,54 @@ pub fn task() -> u64 {
     unsafe { h::bpf_get_current_task() }
 }
 
+/// Is `tgid` marked in TRACKED_BYTES? An inlined array access and a byte load: what
+/// untracked processes pay. A tgid beyond the map (pid_max raised after load) is
+/// "maybe": the caller confirms against TRACKED.
+#[inline(always)]
+fn marked(tgid: u32) -> Option<bool> {
+    let w = TRACKED_BYTES.get_ptr(tgid >> 6)? as *const u8;
+    Some(unsafe { read_volatile(w.add((tgid & 63) as usize)) } != 0)
+}
+
+/// Sets `tgid`'s byte. A byte store: no read-modify-write, so no race with the
+/// other pids of the same map value.
+#[inline(always)]
+pub fn mark(tgid: u32, on: bool) {
+    if let Some(w) = TRACKED_BYTES.get_ptr_mut(tgid >> 6) {
+        unsafe { write_volatile((w as *mut u8).add((tgid & 63) as usize), on as u8) };
+    }
+}
+
+/// Is the current process tracked? The byte map only (no hash lookup); while
+/// userspace has roots pending, an unset byte is confirmed against TRACKED.
+#[inline(always)]
+pub fn is_tracked() -> bool {
+    let tgid = (pid_tgid() >> 32) as u32;
+    match marked(tgid) {
+        Some(true) => return true,
+        None => return unsafe { TRACKED.get(&tgid) }.is_some(),
+        Some(false) => {}
+    }
+    let pending = match PENDING.get_ptr(0) {
+        Some(p) => unsafe { read_volatile(p) },
+        None => 0,
+    };
+    if pending == 0 {
+        return false;
+    }
+    if unsafe { TRACKED.get(&tgid) }.is_some() {
+        mark(tgid, true);
+        return true;
+    }
+    false
+}
+
 /// The current process's task binding, or None (the common, cheap case).
 #[inline(always)]
 pub fn tracked() -> Option<Tracked> {
+    if !is_tracked() {
+        return None;
+    }
     let tgid = (pid_tgid() >> 32) as u32;
     unsafe { TRACKED.get(&tgid).copied() }
 }
@@ -129,8 +175,8 @@ pub fn count(k: u16, lost: bool) {
 
 /// Saves a tracked syscall's arguments for its sys_exit handler.
 #[inline(always)]
-pub fn stash(op: u16, k: u16, pf: u16, args: [u64; 6]) {
-    let st = Stash { op, pflags: pf, _pad: 0, args };
+pub fn stash(t: &Tracked, op: u16, k: u16, pf: u16, args: [u64; 6]) {
+    let st = Stash { op, pflags: pf, task: t.task, start_ns: t.start_ns, args };
     if STASH.insert(&pid_tgid(), &st, 0).is_err() {
         // The stash is full: the event is lost, and counted as such.
         count(k, true);
@@ -140,25 +186,33 @@ pub fn stash(op: u16, k: u16, pf: u16, args: [u64; 6]) {
 /// Saves arguments `0..n` of the current syscall if the process is tracked.
 #[inline(always)]
 pub fn enter_stash(ctx: &TracePointContext, op: u16, k: u16, n: usize) {
-    if tracked().is_none() {
-        return;
-    }
+    let Some(t) = tracked() else { return };
     let mut a = [0u64; 6];
     let mut i = 0;
     while i < n && i < 6 {
         a[i] = sys_arg(ctx, i);
         i += 1;
     }
-    stash(op, k, 0, a);
+    stash(&t, op, k, 0, a);
 }
 
 /// Takes the stashed arguments of the syscall now returning, if it is ours.
+/// Untracked processes stop at the bitmap test.
 #[inline(always)]
 pub fn take_stash(op: u16) -> Option<Stash> {
+    if marked((pid_tgid() >> 32) as u32) == Some(false) {
+        return None;
+    }
     let id = pid_tgid();
     let st = unsafe { STASH.get(&id).copied() }?;
     let _ = STASH.remove(&id);
     if st.op != op { None } else { Some(st) }
+}
+
+/// The task binding saved with a stash.
+#[inline(always)]
+pub fn stashed_tracked(st: &Stash) -> Tracked {
+    Tracked { task: st.task, _pad: 0, start_ns: st.start_ns }
 }
 
 /// File of descriptor `fd` in the current task, or 0.
@@ -393,7 +447,7 @@ impl Ev {
             (*(self.p as *mut EventHeader)).kind
         };
         let data = unsafe { core::slice::from_raw_parts(self.p as *const u8, FIXED_SIZE + len) };
-        count(k, EVENTS.output(data, 0).is_err());
+        count(k, EVENTS.output(data, 1).is_err());
     }
 }
 

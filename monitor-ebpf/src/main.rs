@@ -20,9 +20,9 @@ mod process;
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use monitor_common::{COUNTER_SLOTS, KConfig, Stash, Tracked};
+use monitor_common::{COUNTER_SLOTS, KConfig, Stash, TRACKED_BYTES_ENTRIES, Tracked};
 
 /// Set by the loader before verification (offsets from BTF and tracefs).
 #[unsafe(no_mangle)]
@@ -31,6 +31,18 @@ static CONFIG: KConfig = unsafe { core::mem::zeroed() };
 /// tgid -> task binding. Userspace inserts a task's root; fork inherits.
 #[map]
 static TRACKED: HashMap<u32, Tracked> = HashMap::with_max_entries(65536, 0);
+
+/// One byte per tgid (64 per entry), non-zero while TRACKED has it: the cheap first
+/// test every handler makes (an inlined array access) before any hash lookup.
+/// Written only by the kernel; roots inserted by userspace are marked via PENDING.
+/// Entries: pid_max / 64, set by the loader.
+#[map]
+static TRACKED_BYTES: Array<[u8; 64]> = Array::with_max_entries(TRACKED_BYTES_ENTRIES, 0);
+
+/// [0] > 0 while userspace has inserted task roots not marked yet: then an unset
+/// byte is confirmed against TRACKED (and set) instead of trusted.
+#[map]
+static PENDING: Array<u64> = Array::with_max_entries(1, 0);
 
 /// pid_tgid -> arguments of a tracked syscall in flight.
 #[map]

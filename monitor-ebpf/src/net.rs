@@ -8,7 +8,7 @@ use monitor_common::{kind, op, pflags};
 
 use crate::{
     file::sys,
-    kern::{Ev, fd_file, kptr, kread, off, stash, sys_arg, sys_ret, take_stash, tracked},
+    kern::{Ev, fd_file, kptr, kread, off, stash, stashed_tracked, sys_arg, sys_ret, take_stash, tracked},
 };
 
 const AF_UNIX: u64 = 1;
@@ -82,8 +82,10 @@ sys!(sys_enter_bind, sys_exit_bind, op::BIND, kind::BIND, 3, |st, ev| {
 /// it names a destination (a send on a connected socket is covered by its connect).
 #[tracepoint]
 pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    if tracked().is_some() && sys_arg(&ctx, 4) != 0 {
-        stash(op::SENDTO, kind::SEND, 0, [sys_arg(&ctx, 0), sys_arg(&ctx, 4), sys_arg(&ctx, 5), 0, 0, 0]);
+    if let Some(t) = tracked()
+        && sys_arg(&ctx, 4) != 0
+    {
+        stash(&t, op::SENDTO, kind::SEND, 0, [sys_arg(&ctx, 0), sys_arg(&ctx, 4), sys_arg(&ctx, 5), 0, 0, 0]);
     }
     0
 }
@@ -91,16 +93,14 @@ pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
 /// Reads msg_name/msg_namelen of a user `struct msghdr` (also the head of `mmsghdr`).
 #[inline(always)]
 fn msg_dest(ctx: &TracePointContext, o: u16) {
-    if tracked().is_none() {
-        return;
-    }
+    let Some(t) = tracked() else { return };
     let mut hdr = [0u64; 2];
     let msg = sys_arg(ctx, 1);
     if unsafe { h::bpf_probe_read_user((&raw mut hdr).cast(), 16, msg as *const _) } != 0 {
         return;
     }
     if hdr[0] != 0 && (hdr[1] & 0xffff_ffff) != 0 {
-        stash(o, kind::SEND, 0, [sys_arg(ctx, 0), hdr[0], hdr[1] & 0xffff_ffff, 0, 0, 0]);
+        stash(&t, o, kind::SEND, 0, [sys_arg(ctx, 0), hdr[0], hdr[1] & 0xffff_ffff, 0, 0, 0]);
     }
 }
 
@@ -121,7 +121,7 @@ pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn send_exit(ctx: &TracePointContext, o: u16) -> Option<()> {
     let st = take_stash(o)?;
-    let t = tracked()?;
+    let t = stashed_tracked(&st);
     let ret = sys_ret(ctx);
     let mut ev = Ev::new(kind::SEND, o, &t, ret)?;
     let ty = sock_type(st.args[0], ret);

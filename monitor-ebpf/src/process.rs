@@ -10,8 +10,8 @@ use monitor_common::{ARGV_MAX, Tracked, kind, op, pflags};
 use crate::{
     TRACKED,
     kern::{
-        AT_FDCWD, Ev, NO_BASE, count, file_path, kptr, kread, off, pid_tgid, stash, sys_arg, sys_ret,
-        take_stash, tracked,
+        AT_FDCWD, Ev, NO_BASE, count, file_path, kptr, kread, mark, off, pid_tgid, stash, stashed_tracked,
+        sys_arg, sys_ret, take_stash, tracked,
     },
 };
 
@@ -38,6 +38,7 @@ fn try_fork(ctx: &BtfTracePointContext) -> Option<()> {
         count(kind::FORK, true);
         return None;
     }
+    mark(child_tgid, true);
     let mut ev = Ev::new(kind::FORK, op::FORK, &t, 0)?;
     ev.arg(0, child_tgid as u64);
     ev.arg(1, start);
@@ -56,7 +57,9 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 
 fn try_exec(ctx: &BtfTracePointContext) -> Option<()> {
     let tgid = (pid_tgid() >> 32) as u32;
+    // Not gated by the bitmap: a root inserted by userspace execs before its bit is set.
     let tp = TRACKED.get_ptr_mut(&tgid)?;
+    mark(tgid, true);
     let p: u64 = ctx.arg(0);
     let bprm: u64 = ctx.arg(2);
     let t = unsafe {
@@ -110,6 +113,7 @@ fn try_exit(ctx: &BtfTracePointContext) -> Option<()> {
         ev.arg(0, code as u32 as u64);
         ev.emit();
     }
+    mark(tgid, false);
     let _ = TRACKED.remove(&tgid);
     Some(())
 }
@@ -118,8 +122,8 @@ fn try_exit(ctx: &BtfTracePointContext) -> Option<()> {
 /// (a successful one is reported by sched_process_exec).
 #[tracepoint]
 pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
-    if tracked().is_some() {
-        stash(op::EXECVE, kind::EXEC, 0, [AT_FDCWD as u64, sys_arg(&ctx, 0), 0, 0, 0, 0]);
+    if let Some(t) = tracked() {
+        stash(&t, op::EXECVE, kind::EXEC, 0, [AT_FDCWD as u64, sys_arg(&ctx, 0), 0, 0, 0, 0]);
     }
     0
 }
@@ -127,8 +131,8 @@ pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
 /// syscalls:sys_enter_execveat(fd, filename, argv, envp, flags).
 #[tracepoint]
 pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
-    if tracked().is_some() {
-        stash(op::EXECVEAT, kind::EXEC, 0, [sys_arg(&ctx, 0), sys_arg(&ctx, 1), 0, 0, 0, 0]);
+    if let Some(t) = tracked() {
+        stash(&t, op::EXECVEAT, kind::EXEC, 0, [sys_arg(&ctx, 0), sys_arg(&ctx, 1), 0, 0, 0, 0]);
     }
     0
 }
@@ -153,7 +157,7 @@ fn exec_failed(ctx: &TracePointContext, o: u16) -> Option<()> {
     if ret >= 0 {
         return None;
     }
-    let t = tracked()?;
+    let t = stashed_tracked(&st);
     let mut ev = Ev::new(kind::EXEC, o, &t, ret)?;
     ev.operand(1, 0, false, NO_BASE);
     ev.operand(2, st.args[1], true, st.args[0] as i64);

@@ -2,6 +2,8 @@
 //! Records come from our own kernel programs, but the decoder still trusts nothing:
 //! a short or inconsistent record is an error naming what is wrong, never a panic.
 
+use std::borrow::Cow;
+
 use monitor_common::{BODY_SIZE, Body, EventHeader, FIXED_SIZE, HEADER_SIZE};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -18,25 +20,41 @@ pub enum DecodeError {
     Operand(u16),
 }
 
-/// A path operand as the kernel recorded it.
+/// A path operand as the kernel recorded it, borrowed from the record.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Operand {
+pub struct Operand<'a> {
     /// The string the process passed (may be relative or empty).
-    pub given: String,
-    /// Components of the directory it is relative to, leaf first (empty if `given`
-    /// is absolute, or the operand is not relative to anything).
-    pub base: Vec<String>,
+    pub given: Cow<'a, str>,
+    /// Components of the directory it is relative to, leaf first, each followed by
+    /// NUL (empty if `given` is absolute or the operand is relative to nothing).
+    base: &'a [u8],
+}
+
+impl<'a> Operand<'a> {
+    pub fn new(given: &'a str, base: &'a [u8]) -> Self {
+        Self { given: Cow::Borrowed(given), base }
+    }
+
+    /// Components root first.
+    pub fn components(&self) -> impl Iterator<Item = Cow<'a, str>> {
+        let b = self.base.strip_suffix(&[0]).unwrap_or(self.base);
+        b.rsplit(|c| *c == 0).filter(move |_| !self.base.is_empty()).map(String::from_utf8_lossy)
+    }
+
+    pub fn has_base(&self) -> bool {
+        !self.base.is_empty()
+    }
 }
 
 #[derive(Debug, Clone)]
-pub struct RawEvent {
+pub struct RawEvent<'a> {
     pub hdr: EventHeader,
     pub body: Body,
-    pub ops: Vec<Operand>,
-    pub extra: Vec<u8>,
+    pub ops: Vec<Operand<'a>>,
+    pub extra: &'a [u8],
 }
 
-impl RawEvent {
+impl RawEvent<'_> {
     pub fn comm(&self) -> String {
         cstr(&self.hdr.comm)
     }
@@ -56,7 +74,7 @@ fn next_str<'a>(tail: &mut &'a [u8]) -> Option<&'a [u8]> {
     Some(s)
 }
 
-pub fn decode(rec: &[u8]) -> Result<RawEvent, DecodeError> {
+pub fn decode(rec: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
     if rec.len() < FIXED_SIZE {
         return Err(DecodeError::Short(rec.len()));
     }
@@ -83,56 +101,58 @@ pub fn decode(rec: &[u8]) -> Result<RawEvent, DecodeError> {
     for i in 1..=body.nops {
         let n = if i == 1 { body.n1 } else { body.n2 };
         let given = next_str(&mut strs).ok_or(DecodeError::Operand(i))?;
-        let mut base = Vec::with_capacity(n as usize);
+        let before = strs;
         for _ in 0..n {
-            let c = next_str(&mut strs).ok_or(DecodeError::Operand(i))?;
-            base.push(String::from_utf8_lossy(c).into_owned());
+            next_str(&mut strs).ok_or(DecodeError::Operand(i))?;
         }
-        ops.push(Operand { given: String::from_utf8_lossy(given).into_owned(), base });
+        let base = &before[..before.len() - strs.len()];
+        ops.push(Operand { given: String::from_utf8_lossy(given), base });
     }
-    Ok(RawEvent { hdr, body, ops, extra: extra.to_vec() })
+    Ok(RawEvent { hdr, body, ops, extra })
+}
+
+/// Builds a record as the kernel programs do (for tests, fuzzing and benchmarks).
+pub fn encode(k: u16, o: u16, ops: &[(&str, &[&str])], extra: &[u8], args: [u64; 5]) -> Vec<u8> {
+    let mut tail = Vec::new();
+    let mut ns = [0u16; 2];
+    for (i, (given, base)) in ops.iter().enumerate() {
+        tail.extend_from_slice(given.as_bytes());
+        tail.push(0);
+        for c in *base {
+            tail.extend_from_slice(c.as_bytes());
+            tail.push(0);
+        }
+        ns[i] = base.len() as u16;
+    }
+    tail.extend_from_slice(extra);
+    let mut comm = [0u8; monitor_common::COMM_LEN];
+    comm[..4].copy_from_slice(b"test");
+    let hdr = EventHeader { ts_ns: 1, start_ns: 2, ret: 0, kind: k, op: o, tgid: 10, tid: 11, task: 1, comm };
+    let body = Body {
+        args,
+        pflags: 0,
+        n1: ns[0],
+        n2: ns[1],
+        nops: ops.len() as u16,
+        extra_len: extra.len() as u32,
+        tail_len: tail.len() as u32,
+    };
+    let mut rec = vec![0u8; FIXED_SIZE];
+    // SAFETY: rec holds FIXED_SIZE bytes = header + body; unaligned writes of repr(C) data.
+    unsafe {
+        std::ptr::write_unaligned(rec.as_mut_ptr().cast(), hdr);
+        std::ptr::write_unaligned(rec[HEADER_SIZE..].as_mut_ptr().cast(), body);
+    }
+    rec.extend_from_slice(&tail);
+    rec
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use monitor_common::{COMM_LEN, kind, op};
+    use monitor_common::{kind, op};
 
-    /// Builds a record as the kernel would.
-    pub fn record(k: u16, o: u16, ops: &[(&str, &[&str])], extra: &[u8], args: [u64; 5]) -> Vec<u8> {
-        let mut tail = Vec::new();
-        let mut ns = [0u16; 2];
-        for (i, (given, base)) in ops.iter().enumerate() {
-            tail.extend_from_slice(given.as_bytes());
-            tail.push(0);
-            for c in *base {
-                tail.extend_from_slice(c.as_bytes());
-                tail.push(0);
-            }
-            ns[i] = base.len() as u16;
-        }
-        tail.extend_from_slice(extra);
-        let mut comm = [0u8; COMM_LEN];
-        comm[..4].copy_from_slice(b"test");
-        let hdr =
-            EventHeader { ts_ns: 1, start_ns: 2, ret: 0, kind: k, op: o, tgid: 10, tid: 11, task: 1, comm };
-        let body = Body {
-            args,
-            pflags: 0,
-            n1: ns[0],
-            n2: ns[1],
-            nops: ops.len() as u16,
-            extra_len: extra.len() as u32,
-            tail_len: tail.len() as u32,
-        };
-        let mut rec = vec![0u8; FIXED_SIZE];
-        unsafe {
-            std::ptr::write_unaligned(rec.as_mut_ptr().cast(), hdr);
-            std::ptr::write_unaligned(rec[HEADER_SIZE..].as_mut_ptr().cast(), body);
-        }
-        rec.extend_from_slice(&tail);
-        rec
-    }
+    pub use super::encode as record;
 
     #[test]
     fn decodes_two_operands_and_extra() {
@@ -145,7 +165,9 @@ pub(crate) mod tests {
         );
         let ev = decode(&rec).unwrap();
         assert_eq!(ev.comm(), "test");
-        assert_eq!(ev.ops[0], Operand { given: "a.txt".into(), base: vec!["src".into(), "tmp".into()] });
+        assert_eq!(ev.ops[0].given, "a.txt");
+        assert_eq!(ev.ops[0].components().collect::<Vec<_>>(), vec!["tmp", "src"]);
+        assert_eq!(ev.ops[1].components().count(), 0);
         assert_eq!(ev.ops[1].given, "/abs/b.txt");
         assert_eq!(ev.extra, b"xy");
     }

@@ -2,8 +2,10 @@
 //! identity from the process table, names numbers, and classifies opens.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashMap},
     net::{Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use monitor_common::{kind, op, pflags};
@@ -11,10 +13,10 @@ use serde_json::json;
 
 use crate::{
     decode::{RawEvent, cstr},
-    event::{Dst, Event, Kind},
+    event::{Dst, Event, Kind, Name, Timestamp},
     kernel::loader::Counts,
     names,
-    paths::resolve,
+    paths::Resolver,
     proctable::{ProcKey, ProcTable},
     sensitive::SensitiveSet,
 };
@@ -40,25 +42,25 @@ impl Clock {
         Self { offset_ns: ns(real) - ns(mono) }
     }
 
-    pub fn rfc3339(&self, mono_ns: u64) -> String {
-        let t = time::OffsetDateTime::from_unix_timestamp_nanos(mono_ns as i128 + self.offset_ns)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    /// Wall-clock time of a CLOCK_MONOTONIC kernel timestamp.
+    pub fn wall(&self, mono_ns: u64) -> Timestamp {
+        Timestamp(mono_ns as i128 + self.offset_ns)
     }
 
-    pub fn now_rfc3339(&self) -> String {
+    pub fn now_wall(&self) -> Timestamp {
         let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("monotonic clock");
-        self.rfc3339(mono.tv_sec() as u64 * 1_000_000_000 + mono.tv_nsec() as u64)
+        self.wall(mono.tv_sec() as u64 * 1_000_000_000 + mono.tv_nsec() as u64)
     }
 }
 
 pub struct Enricher {
     pub procs: ProcTable,
+    paths: Resolver,
     sensitive: SensitiveSet,
-    host: String,
+    host: Arc<str>,
     clock: Clock,
     /// Task cookie -> task id.
-    tasks: HashMap<u32, String>,
+    tasks: HashMap<u32, Arc<str>>,
     last_lost: BTreeMap<u16, u64>,
     /// Records the decoder rejected since the last loss event.
     pub decode_errors: u64,
@@ -106,8 +108,16 @@ fn argv(extra: &[u8]) -> Vec<String> {
     extra.split(|b| *b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
 }
 
+fn inet_proto(t: &'static str) -> Name {
+    Cow::Borrowed(match t {
+        "stream" => "tcp",
+        "dgram" => "udp",
+        t => t,
+    })
+}
+
 /// Destination from the packed socket args; unix paths from `extra`.
-fn dst(args: &[u64; 5], extra: &[u8], abstract_: bool) -> (Option<Dst>, Option<String>) {
+fn dst(args: &[u64; 5], extra: &[u8], abstract_: bool) -> (Option<Dst>, Option<Name>) {
     let family = args[0] & 0xffff;
     let port = ((args[0] >> 16) & 0xffff) as u16;
     let ty = names::sock_type(args[0] >> 32);
@@ -115,24 +125,14 @@ fn dst(args: &[u64; 5], extra: &[u8], abstract_: bool) -> (Option<Dst>, Option<S
         AF_INET => {
             let b = (args[1] as u32).to_le_bytes();
             let ip = Ipv4Addr::from(b).to_string();
-            let proto = ty.map(|t| match t {
-                "stream" => "tcp".to_string(),
-                "dgram" => "udp".to_string(),
-                t => t.to_string(),
-            });
-            (Some(Dst::Ip { ip, port }), proto)
+            (Some(Dst::Ip { ip, port }), ty.map(inet_proto))
         }
         AF_INET6 => {
             let mut b = [0u8; 16];
             b[..8].copy_from_slice(&args[1].to_le_bytes());
             b[8..].copy_from_slice(&args[2].to_le_bytes());
             let ip = Ipv6Addr::from(b).to_string();
-            let proto = ty.map(|t| match t {
-                "stream" => "tcp".to_string(),
-                "dgram" => "udp".to_string(),
-                t => t.to_string(),
-            });
-            (Some(Dst::Ip { ip, port }), proto)
+            (Some(Dst::Ip { ip, port }), ty.map(inet_proto))
         }
         AF_UNIX => {
             let unix = if abstract_ {
@@ -143,18 +143,19 @@ fn dst(args: &[u64; 5], extra: &[u8], abstract_: bool) -> (Option<Dst>, Option<S
             } else {
                 cstr(extra)
             };
-            (Some(Dst::Unix { unix }), ty.map(|t| format!("unix-{t}")))
+            (Some(Dst::Unix { unix }), ty.map(|t| Cow::Owned(format!("unix-{t}"))))
         }
         _ => (None, None),
     }
 }
 
 impl Enricher {
-    pub fn new(sensitive: SensitiveSet, tasks: HashMap<u32, String>) -> Self {
+    pub fn new(sensitive: SensitiveSet, tasks: HashMap<u32, Arc<str>>) -> Self {
         Self {
             procs: ProcTable::default(),
+            paths: Resolver::default(),
             sensitive,
-            host: hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+            host: hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default().into(),
             clock: Clock::now(),
             tasks,
             last_lost: BTreeMap::new(),
@@ -162,8 +163,14 @@ impl Enricher {
         }
     }
 
-    pub fn host(&self) -> &str {
-        &self.host
+    /// Resolved path of operand `i` (operand 0 is exact when taken from an fd).
+    fn path(&mut self, raw: &RawEvent, i: usize) -> Option<String> {
+        let exact = i == 0 && raw.body.pflags & pflags::OP1_FROM_FD != 0;
+        raw.ops.get(i).map(|o| self.paths.resolve(o, exact).0)
+    }
+
+    pub fn host(&self) -> Arc<str> {
+        self.host.clone()
     }
 
     pub fn clock(&self) -> Clock {
@@ -177,16 +184,14 @@ impl Enricher {
         let b = &raw.body;
         let key = ProcKey { tgid: h.tgid, start_ns: h.start_ns };
         let comm = raw.comm();
-        let path_of =
-            |i: usize| raw.ops.get(i).map(|o| resolve(o, i == 0 && b.pflags & pflags::OP1_FROM_FD != 0).0);
 
-        let mut ev = Event::new(Kind::Exec, self.clock.rfc3339(h.ts_ns), self.host.clone());
+        let mut ev = Event::new(Kind::Exec, self.clock.wall(h.ts_ns), self.host.clone());
         ev.pid = h.tgid;
         ev.tid = h.tid;
         ev.comm = comm.clone();
         ev.task = self.tasks.get(&h.task).cloned();
         ev.start = (h.start_ns != 0).then_some(h.start_ns);
-        ev.syscall = Some(op::name(h.op).to_string());
+        ev.syscall = Some(Cow::Borrowed(op::name(h.op)));
         let is_syscall =
             !matches!(h.op, op::FORK | op::EXEC | op::EXIT | op::IOURING_SETUP | op::IOURING_SUBMIT);
         if is_syscall {
@@ -194,7 +199,7 @@ impl Enricher {
             ev.error = names::errno(h.ret);
         }
         if b.pflags & pflags::TRUNCATED != 0 {
-            ev.flags.push("truncated".into());
+            ev.flags.push(Cow::Borrowed("truncated"));
         }
 
         match h.kind {
@@ -213,7 +218,7 @@ impl Enricher {
             }
             kind::EXEC => {
                 ev.kind = if b.pflags & pflags::FILELESS != 0 { Kind::MemfdExec } else { Kind::Exec };
-                ev.path = path_of(1);
+                ev.path = self.path(raw, 1);
                 if h.ret == -(libc::ENOENT as i64) || h.ret == -(libc::ENOTDIR as i64) {
                     // execvp's PATH search tries every directory: misses are not events.
                     return None;
@@ -224,8 +229,8 @@ impl Enricher {
                     ev.error = names::errno(h.ret);
                 } else {
                     ev.syscall = None;
-                    let exe = raw.ops.first().map(|o| resolve(o, true).0);
-                    let args = (b.extra_len > 0).then(|| argv(&raw.extra));
+                    let exe = raw.ops.first().map(|o| Arc::from(self.paths.resolve(o, true).0));
+                    let args = (b.extra_len > 0).then(|| argv(raw.extra));
                     self.procs.ensure(key, &comm, h.task);
                     self.procs.exec(key, &comm, exe, args.clone());
                     ev.argv = args;
@@ -238,7 +243,7 @@ impl Enricher {
                 if code & 0x7f != 0 {
                     ev.signal = Some(names::signal(code & 0x7f));
                     if code & 0x80 != 0 {
-                        ev.flags.push("core_dumped".into());
+                        ev.flags.push(Cow::Borrowed("core_dumped"));
                     }
                 } else {
                     ev.status = Some(((code >> 8) & 0xff) as i64);
@@ -247,7 +252,7 @@ impl Enricher {
             kind::OPEN => {
                 let flags = b.args[0];
                 ev.flags.extend(names::open_flags(flags));
-                ev.path = path_of(0);
+                ev.path = self.path(raw, 0);
                 if flags & O_ACCMODE == 0 && flags & (O_CREAT | O_TRUNC) == 0 {
                     // Read-only: reported only for the sensitive set.
                     if b.pflags & pflags::SENSITIVE == 0
@@ -270,46 +275,47 @@ impl Enricher {
             }
             kind::UNLINK => {
                 ev.kind = Kind::FileDelete;
-                ev.path = path_of(0);
+                ev.path = self.path(raw, 0);
                 ev.flags.extend(names::at_flags(b.args[0]));
             }
             kind::RENAME => {
                 ev.kind = Kind::FileRename;
-                ev.path = path_of(0);
-                ev.new_path = path_of(1);
+                ev.path = self.path(raw, 0);
+                ev.new_path = self.path(raw, 1);
                 ev.flags.extend(names::rename_flags(b.args[0]));
             }
             kind::TRUNCATE => {
                 ev.kind = Kind::FileTruncate;
-                ev.path = path_of(0);
-                ev.detail.insert("length".into(), json!(b.args[0] as i64));
+                ev.path = self.path(raw, 0);
+                ev.detail.insert(Cow::Borrowed("length"), json!(b.args[0] as i64));
             }
             kind::CHMOD => {
                 ev.kind = Kind::FileChmod;
-                ev.path = path_of(0);
+                ev.path = self.path(raw, 0);
                 ev.mode = Some(octal(b.args[0]));
                 ev.flags.extend(names::at_flags(b.args[1]));
             }
             kind::CHOWN => {
                 ev.kind = Kind::FileChown;
-                ev.path = path_of(0);
-                ev.detail.insert("uid".into(), json!(b.args[0] as u32 as i32));
-                ev.detail.insert("gid".into(), json!(b.args[1] as u32 as i32));
+                ev.path = self.path(raw, 0);
+                ev.detail.insert(Cow::Borrowed("uid"), json!(b.args[0] as u32 as i32));
+                ev.detail.insert(Cow::Borrowed("gid"), json!(b.args[1] as u32 as i32));
                 ev.flags.extend(names::at_flags(b.args[2]));
             }
             kind::LINK => {
                 ev.kind = Kind::FileLink;
-                ev.path = path_of(0);
+                ev.path = self.path(raw, 0);
                 let symlink = b.args[0] == 1;
-                ev.flags.push(if symlink { "symlink" } else { "hardlink" }.into());
+                ev.flags.push(Cow::Borrowed(if symlink { "symlink" } else { "hardlink" }));
                 // A symlink's target is kept as written; a hard link's is resolved.
-                let target = if symlink { raw.ops.get(1).map(|o| o.given.clone()) } else { path_of(1) };
+                let target =
+                    if symlink { raw.ops.get(1).map(|o| o.given.to_string()) } else { self.path(raw, 1) };
                 ev.new_path = target;
                 ev.flags.extend(names::at_flags(b.args[1]));
             }
             kind::MKDIR => {
                 ev.kind = Kind::DirCreate;
-                ev.path = path_of(0);
+                ev.path = self.path(raw, 0);
                 ev.mode = Some(octal(b.args[0]));
             }
             kind::CONNECT | kind::SEND | kind::BIND | kind::LISTEN => {
@@ -319,55 +325,55 @@ impl Enricher {
                     kind::BIND => Kind::Bind,
                     _ => Kind::Listen,
                 };
-                let (d, proto) = dst(&b.args, &raw.extra, b.pflags & pflags::UNIX_ABSTRACT != 0);
+                let (d, proto) = dst(&b.args, raw.extra, b.pflags & pflags::UNIX_ABSTRACT != 0);
                 ev.dst = d;
                 ev.proto = proto;
-                ev.detail.insert("fd".into(), json!(b.args[3] as i32));
+                ev.detail.insert(Cow::Borrowed("fd"), json!(b.args[3] as i32));
                 if h.kind == kind::LISTEN {
-                    ev.detail.insert("backlog".into(), json!(b.args[4] as i32));
+                    ev.detail.insert(Cow::Borrowed("backlog"), json!(b.args[4] as i32));
                 }
             }
             kind::IOURING_SETUP => {
                 ev.kind = Kind::IoUring;
-                ev.flags.push("setup".into());
-                ev.detail.insert("ring_fd".into(), json!(b.args[0] as i64));
-                ev.detail.insert("sq_entries".into(), json!(b.args[1]));
-                ev.detail.insert("setup_flags".into(), json!(format!("{:#x}", b.args[2])));
+                ev.flags.push(Cow::Borrowed("setup"));
+                ev.detail.insert(Cow::Borrowed("ring_fd"), json!(b.args[0] as i64));
+                ev.detail.insert(Cow::Borrowed("sq_entries"), json!(b.args[1]));
+                ev.detail.insert(Cow::Borrowed("setup_flags"), json!(format!("{:#x}", b.args[2])));
             }
             kind::IOURING_SUBMIT => {
                 ev.kind = Kind::IoUring;
-                ev.flags.push("submit".into());
-                ev.detail.insert("opcode".into(), json!(names::ioring_op(b.args[0])));
+                ev.flags.push(Cow::Borrowed("submit"));
+                ev.detail.insert(Cow::Borrowed("opcode"), json!(names::ioring_op(b.args[0])));
                 if b.args[2] != 0 {
-                    ev.flags.push("sqpoll".into());
+                    ev.flags.push(Cow::Borrowed("sqpoll"));
                 }
             }
             kind::PTRACE => {
                 ev.kind = Kind::Ptrace;
-                ev.detail.insert("request".into(), json!(names::ptrace_request(b.args[0])));
-                ev.detail.insert("target_pid".into(), json!(b.args[1] as i32));
+                ev.detail.insert(Cow::Borrowed("request"), json!(names::ptrace_request(b.args[0])));
+                ev.detail.insert(Cow::Borrowed("target_pid"), json!(b.args[1] as i32));
             }
             kind::BPF => {
                 ev.kind = Kind::Bpf;
-                ev.detail.insert("cmd".into(), json!(names::bpf_cmd(b.args[0])));
+                ev.detail.insert(Cow::Borrowed("cmd"), json!(names::bpf_cmd(b.args[0])));
             }
             kind::PRIVILEGE => {
                 ev.kind = Kind::Privilege;
                 let ids: Vec<i64> = b.args[..3].iter().map(|a| *a as u32 as i32 as i64).collect();
                 match h.op {
                     op::CAPSET => {
-                        ev.detail.insert("effective".into(), json!(format!("{:#x}", b.args[0])));
-                        ev.detail.insert("permitted".into(), json!(format!("{:#x}", b.args[1])));
-                        ev.detail.insert("inheritable".into(), json!(format!("{:#x}", b.args[2])));
+                        ev.detail.insert(Cow::Borrowed("effective"), json!(format!("{:#x}", b.args[0])));
+                        ev.detail.insert(Cow::Borrowed("permitted"), json!(format!("{:#x}", b.args[1])));
+                        ev.detail.insert(Cow::Borrowed("inheritable"), json!(format!("{:#x}", b.args[2])));
                     }
                     op::SETUID | op::SETGID | op::SETFSUID | op::SETFSGID => {
-                        ev.detail.insert("id".into(), json!(ids[0]));
+                        ev.detail.insert(Cow::Borrowed("id"), json!(ids[0]));
                     }
                     op::SETREUID | op::SETREGID => {
-                        ev.detail.insert("ids".into(), json!(&ids[..2]));
+                        ev.detail.insert(Cow::Borrowed("ids"), json!(&ids[..2]));
                     }
                     _ => {
-                        ev.detail.insert("ids".into(), json!(ids));
+                        ev.detail.insert(Cow::Borrowed("ids"), json!(ids));
                     }
                 }
             }
@@ -377,6 +383,10 @@ impl Enricher {
             }
         }
 
+        if matches!(h.kind, kind::RENAME | kind::LINK | kind::UNLINK) {
+            // What a directory path resolves to may have changed.
+            self.paths.invalidate();
+        }
         let p = self.procs.ensure(key, &comm, h.task);
         ev.ppid = p.ppid;
         ev.exe = p.exe.clone();
@@ -404,7 +414,7 @@ impl Enricher {
         if lost.is_empty() {
             return None;
         }
-        let mut ev = Event::new(Kind::Loss, self.clock.now_rfc3339(), self.host.clone());
+        let mut ev = Event::new(Kind::Loss, self.clock.now_wall(), self.host.clone());
         ev.pid = std::process::id();
         ev.tid = ev.pid;
         ev.comm = "agentmon".into();
@@ -419,7 +429,7 @@ mod tests {
     use crate::decode::{decode, tests::record};
 
     fn enricher() -> Enricher {
-        Enricher::new(SensitiveSet::default_set(), HashMap::from([(1, "t1".to_string())]))
+        Enricher::new(SensitiveSet::default_set(), HashMap::from([(1, Arc::from("t1"))]))
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The event schema: one JSON object per line, stable field names. Documented in
 //! docs/events.md; a change of meaning bumps [`SCHEMA`].
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
+
+/// A static name most of the time; owned only when read back from JSON.
+pub type Name = Cow<'static, str>;
 
 pub const SCHEMA: &str = "agentmon.event/1";
 
@@ -77,22 +80,22 @@ pub enum Dst {
 /// event carries (`ppid`, `exe`, `task` are null when unknown).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
-    pub schema: String,
+    pub schema: Name,
     /// Unique id (UUIDv7, time-ordered); consumers dedupe on it.
-    pub id: String,
+    pub id: uuid::Uuid,
     /// RFC 3339 UTC with nanoseconds.
-    pub ts: String,
-    pub host: String,
+    pub ts: Timestamp,
+    pub host: Arc<str>,
     pub kind: Kind,
     pub pid: u32,
     pub tid: u32,
     pub ppid: Option<u32>,
     pub comm: String,
-    pub exe: Option<String>,
-    pub task: Option<String>,
+    pub exe: Option<Arc<str>>,
+    pub task: Option<Arc<str>>,
     /// The syscall or hook that produced the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub syscall: Option<String>,
+    pub syscall: Option<Name>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,11 +104,11 @@ pub struct Event {
     pub dst: Option<Dst>,
     /// `tcp`, `udp`, `unix-stream`, ... for network events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proto: Option<String>,
+    pub proto: Option<Name>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argv: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub flags: Vec<String>,
+    pub flags: Vec<Name>,
     /// Mode bits for creates/chmod/mkdir, octal text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
@@ -120,10 +123,10 @@ pub struct Event {
     pub signal: Option<String>,
     /// errno name when the syscall failed (`EACCES`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub error: Option<Name>,
     /// Kind-specific details (uid/gid, ptrace request, io_uring opcode, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub detail: BTreeMap<String, serde_json::Value>,
+    pub detail: BTreeMap<Name, serde_json::Value>,
     /// For `loss`: events lost per kind since the previous loss event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost: Option<BTreeMap<String, u64>>,
@@ -134,10 +137,10 @@ pub struct Event {
 
 impl Event {
     /// A bare event of `kind` with the fields every event has.
-    pub fn new(kind: Kind, ts: String, host: String) -> Self {
+    pub fn new(kind: Kind, ts: Timestamp, host: Arc<str>) -> Self {
         Event {
-            schema: SCHEMA.into(),
-            id: uuid::Uuid::now_v7().to_string(),
+            schema: Cow::Borrowed(SCHEMA),
+            id: uuid::Uuid::now_v7(),
             ts,
             host,
             kind,
@@ -166,13 +169,98 @@ impl Event {
     }
 }
 
+/// A point in time, as Unix nanoseconds; serialised as RFC 3339 UTC with nine
+/// fractional digits (written without allocating: it is on every event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(pub i128);
+
+impl Timestamp {
+    /// Text form, e.g. `2026-11-28T15:31:39.607000000Z`, into `buf`.
+    pub fn format<'b>(&self, buf: &'b mut [u8; 30]) -> &'b str {
+        let secs = self.0.div_euclid(1_000_000_000) as i64;
+        let nanos = self.0.rem_euclid(1_000_000_000) as u32;
+        let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u32);
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let y = (yoe + era * 400 + if m <= 2 { 1 } else { 0 }).clamp(0, 9999) as u32;
+        let mut put = |at: usize, v: u32, width: usize| {
+            let mut v = v;
+            for i in (0..width).rev() {
+                buf[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, y, 4);
+        put(5, m, 2);
+        put(8, d, 2);
+        put(11, sod / 3600, 2);
+        put(14, sod / 60 % 60, 2);
+        put(17, sod % 60, 2);
+        put(20, nanos, 9);
+        for (i, c) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (29, b'Z')] {
+            buf[i] = c;
+        }
+        std::str::from_utf8(buf).unwrap_or("1970-01-01T00:00:00.000000000Z")
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+        Some(Timestamp(t.unix_timestamp_nanos()))
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.format(&mut [0; 30]))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.format(&mut [0; 30]))
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s: Cow<'de, str> = Deserialize::deserialize(d)?;
+        Timestamp::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 time: {s}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn timestamps_format_like_rfc3339_and_parse_back() {
+        for (ns, text) in [
+            (0i128, "1970-01-01T00:00:00.000000000Z"),
+            (1_795_880_499_607_000_123, "2026-11-28T15:41:39.607000123Z"),
+            (951_782_400_000_000_000, "2000-02-29T00:00:00.000000000Z"),
+        ] {
+            assert_eq!(Timestamp(ns).to_string(), text);
+            assert_eq!(Timestamp::parse(text), Some(Timestamp(ns)));
+        }
+        // Agrees with the time crate across a range of dates.
+        for secs in (0..4_000_000_000i64).step_by(86_399 * 37) {
+            let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap();
+            let want = t.format(&time::format_description::well_known::Rfc3339).unwrap();
+            let got = Timestamp(secs as i128 * 1_000_000_000).to_string();
+            assert_eq!(got.replace(".000000000", ""), want, "{secs}");
+        }
+    }
+
+    #[test]
     fn serializes_required_fields_and_round_trips() {
-        let mut e = Event::new(Kind::FileWrite, "2026-01-01T00:00:00.000000001Z".into(), "h".into());
+        let mut e = Event::new(Kind::FileWrite, Timestamp(1), "h".into());
         e.pid = 5;
         e.path = Some("/tmp/x".into());
         let v: serde_json::Value = serde_json::to_value(&e).unwrap();

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod decode;
 pub mod enrich;
 pub mod event;
+pub mod jsonw;
 pub mod kernel;
 pub mod launch;
 pub mod names;

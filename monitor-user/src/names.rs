@@ -1,7 +1,37 @@
 //! Names for the numbers the kernel reports (flags, errno, signals, requests).
 
-pub fn errno(ret: i64) -> Option<String> {
-    (ret < 0).then(|| format!("{:?}", nix::errno::Errno::from_raw((-ret) as i32)))
+use std::borrow::Cow;
+
+use crate::event::Name;
+
+/// errno name of a negative syscall return.
+pub fn errno(ret: i64) -> Option<Name> {
+    if ret >= 0 {
+        return None;
+    }
+    let e = (-ret) as i32;
+    let s: &'static str = match e {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EINTR => "EINTR",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::EACCES => "EACCES",
+        libc::EEXIST => "EEXIST",
+        libc::EXDEV => "EXDEV",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::ENOSPC => "ENOSPC",
+        libc::EROFS => "EROFS",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EINPROGRESS => "EINPROGRESS",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        _ => return Some(Cow::Owned(format!("{:?}", nix::errno::Errno::from_raw(e)))),
+    };
+    Some(Cow::Borrowed(s))
 }
 
 pub fn signal(sig: i32) -> String {
@@ -23,42 +53,35 @@ const O_FLAGS: &[(u64, &str)] = &[
 ];
 
 /// Open flags as names; `O_RDONLY` when no access bits are set.
-pub fn open_flags(flags: u64) -> Vec<String> {
-    let mut v: Vec<String> = Vec::new();
-    if flags & 0o3 == 0 {
-        v.push("O_RDONLY".into());
-    }
-    for (bit, name) in O_FLAGS {
-        // O_TMPFILE includes O_DIRECTORY's bit.
-        if *bit == 0o200000 && flags & 0o20000000 != 0 {
-            continue;
-        }
-        if flags & bit == *bit {
-            v.push((*name).into());
-        }
-    }
-    v
+pub fn open_flags(flags: u64) -> impl Iterator<Item = Name> {
+    let ro = (flags & 0o3 == 0).then_some(Cow::Borrowed("O_RDONLY"));
+    ro.into_iter().chain(
+        O_FLAGS
+            .iter()
+            // O_TMPFILE includes O_DIRECTORY's bit.
+            .filter(move |(bit, _)| !(*bit == 0o200000 && flags & 0o20000000 != 0))
+            .filter(move |(bit, _)| flags & bit == *bit)
+            .map(|(_, n)| Cow::Borrowed(*n)),
+    )
 }
 
-pub fn rename_flags(flags: u64) -> Vec<String> {
+pub fn rename_flags(flags: u64) -> impl Iterator<Item = Name> {
     [(1, "RENAME_NOREPLACE"), (2, "RENAME_EXCHANGE"), (4, "RENAME_WHITEOUT")]
-        .iter()
-        .filter(|(b, _)| flags & b != 0)
-        .map(|(_, n)| (*n).to_string())
-        .collect()
+        .into_iter()
+        .filter(move |(b, _)| flags & b != 0)
+        .map(|(_, n)| Cow::Borrowed(n))
 }
 
-pub fn at_flags(flags: u64) -> Vec<String> {
+pub fn at_flags(flags: u64) -> impl Iterator<Item = Name> {
     [
         (0x100, "AT_SYMLINK_NOFOLLOW"),
         (0x200, "AT_REMOVEDIR"),
         (0x400, "AT_SYMLINK_FOLLOW"),
         (0x1000, "AT_EMPTY_PATH"),
     ]
-    .iter()
-    .filter(|(b, _)| flags & b != 0)
-    .map(|(_, n)| (*n).to_string())
-    .collect()
+    .into_iter()
+    .filter(move |(b, _)| flags & b != 0)
+    .map(|(_, n)| Cow::Borrowed(n))
 }
 
 pub fn sock_type(t: u64) -> Option<&'static str> {
@@ -219,11 +242,14 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(errno(-13).as_deref(), Some("EACCES"));
+        assert_eq!(errno(-(libc::ELOOP as i64)).as_deref(), Some("ELOOP"));
         assert_eq!(errno(0), None);
         assert_eq!(signal(9), "SIGKILL");
-        assert_eq!(open_flags(0o1101), vec!["O_WRONLY", "O_CREAT", "O_TRUNC"]);
-        assert_eq!(open_flags(0), vec!["O_RDONLY"]);
-        assert_eq!(open_flags(0o20200002), vec!["O_RDWR", "O_TMPFILE"]);
+        let v = |i: Box<dyn Iterator<Item = Name>>| i.collect::<Vec<_>>();
+        assert_eq!(v(Box::new(open_flags(0o1101))), vec!["O_WRONLY", "O_CREAT", "O_TRUNC"]);
+        assert_eq!(v(Box::new(open_flags(0))), vec!["O_RDONLY"]);
+        assert_eq!(v(Box::new(open_flags(0o20200002))), vec!["O_RDWR", "O_TMPFILE"]);
+        assert_eq!(v(Box::new(at_flags(0x200))), vec!["AT_REMOVEDIR"]);
         assert_eq!(ioring_op(18), "IORING_OP_OPENAT");
         assert_eq!(ioring_op(999), "IORING_OP_999");
         assert_eq!(bpf_cmd(5), "BPF_PROG_LOAD");

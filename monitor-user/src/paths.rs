@@ -7,19 +7,23 @@
 //! exists; otherwise the path is normalised lexically. The final component is never
 //! followed: unlink/rename/chmod act on the link itself.
 
-use std::path::{Component, Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Component, Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use crate::decode::Operand;
 
-/// Directory path from walk components (leaf first).
-pub fn join_base(base: &[String]) -> String {
-    if base.is_empty() {
-        return "/".into();
-    }
-    let mut s = String::new();
-    for c in base.iter().rev() {
+/// Directory path from an operand's walk components.
+pub fn join_base(op: &Operand) -> String {
+    let mut s = String::with_capacity(64);
+    for c in op.components() {
         s.push('/');
-        s.push_str(c);
+        s.push_str(&c);
+    }
+    if s.is_empty() {
+        s.push('/');
     }
     s
 }
@@ -55,47 +59,89 @@ pub enum Resolution {
     Lexical,
 }
 
-/// Resolves an operand. `exact` means the kernel walked the file itself.
-pub fn resolve(op: &Operand, exact: bool) -> (String, Resolution) {
-    if exact {
-        return (join_base(&op.base), Resolution::Exact);
-    }
-    let joined = if op.given.starts_with('/') {
-        op.given.clone()
-    } else if op.given.is_empty() {
-        return (join_base(&op.base), Resolution::Exact);
-    } else {
-        format!("{}/{}", join_base(&op.base), op.given)
-    };
-    resolve_str(&joined)
+/// Resolves operands, caching directory canonicalisations.
+///
+/// The cache holds successful lookups for at most [`CACHE_TTL`], and the enricher
+/// clears it whenever a tracked process renames, links or deletes something (the
+/// events that can change what a directory path resolves to), so it never answers
+/// from before a change agentmon has seen.
+#[derive(Default)]
+pub struct Resolver {
+    cache: HashMap<String, (String, Instant)>,
 }
 
-/// Resolves an absolute path string as the kernel would for a call that does not
-/// follow its last component.
-pub fn resolve_str(joined: &str) -> (String, Resolution) {
-    // /proc/self, /dev/fd and friends would resolve in agentmon's context, not the
-    // agent's: never canonicalise under them.
-    if joined.starts_with("/proc/") || joined.starts_with("/dev/fd/") || joined.starts_with("/dev/std") {
-        return (normalize(joined), Resolution::Lexical);
-    }
-    let path = Path::new(joined);
-    let trimmed = joined.trim_end_matches('/');
-    let last = Path::new(trimmed).components().next_back();
-    match last {
-        Some(Component::Normal(name)) => {
-            let parent = Path::new(trimmed).parent().unwrap_or(Path::new("/"));
-            match std::fs::canonicalize(parent) {
-                Ok(mut real) => {
-                    real.push(name);
-                    (real.to_string_lossy().into_owned(), Resolution::Canonical)
-                }
-                Err(_) => (normalize(joined), Resolution::Lexical),
-            }
+const CACHE_TTL: Duration = Duration::from_secs(1);
+const CACHE_MAX: usize = 4096;
+
+impl Resolver {
+    /// Resolves an operand. `exact` means the kernel walked the file itself.
+    pub fn resolve(&mut self, op: &Operand, exact: bool) -> (String, Resolution) {
+        let g: &str = &op.given;
+        if exact || g.is_empty() {
+            return (join_base(op), Resolution::Exact);
         }
-        _ => match std::fs::canonicalize(path) {
-            Ok(real) => (real.to_string_lossy().into_owned(), Resolution::Canonical),
-            Err(_) => (normalize(joined), Resolution::Lexical),
-        },
+        // A plain name in a directory the kernel walked: nothing left to resolve (the
+        // last component is never followed).
+        if !g.starts_with('/') && !g.contains('/') && g != "." && g != ".." {
+            let mut p = join_base(op);
+            if p != "/" {
+                p.push('/');
+            }
+            p.push_str(g);
+            return (p, Resolution::Exact);
+        }
+        let joined = if g.starts_with('/') { g.to_string() } else { format!("{}/{}", join_base(op), g) };
+        self.resolve_str(&joined)
+    }
+
+    /// Forgets cached directory resolutions.
+    pub fn invalidate(&mut self) {
+        self.cache.clear();
+    }
+
+    fn canonical_dir(&mut self, dir: &Path) -> Option<String> {
+        let key = dir.to_str()?;
+        if let Some((real, at)) = self.cache.get(key)
+            && at.elapsed() < CACHE_TTL
+        {
+            return Some(real.clone());
+        }
+        let real = std::fs::canonicalize(dir).ok()?.to_string_lossy().into_owned();
+        if self.cache.len() >= CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(key.to_string(), (real.clone(), Instant::now()));
+        Some(real)
+    }
+
+    /// Resolves an absolute path string as the kernel would for a call that does not
+    /// follow its last component.
+    pub fn resolve_str(&mut self, joined: &str) -> (String, Resolution) {
+        // /proc/self, /dev/fd and friends would resolve in agentmon's context, not the
+        // agent's: never canonicalise under them.
+        if joined.starts_with("/proc/") || joined.starts_with("/dev/fd/") || joined.starts_with("/dev/std") {
+            return (normalize(joined), Resolution::Lexical);
+        }
+        let trimmed = joined.trim_end_matches('/');
+        match Path::new(trimmed).components().next_back() {
+            Some(Component::Normal(name)) => {
+                let parent = Path::new(trimmed).parent().unwrap_or(Path::new("/"));
+                match self.canonical_dir(parent) {
+                    Some(mut real) => {
+                        if real != "/" {
+                            real.push('/');
+                        }
+                        real.push_str(&name.to_string_lossy());
+                        (real, Resolution::Canonical)
+                    }
+                    None => (normalize(joined), Resolution::Lexical),
+                }
+            }
+            _ => match self.canonical_dir(Path::new(joined)) {
+                Some(real) => (real, Resolution::Canonical),
+                None => (normalize(joined), Resolution::Lexical),
+            },
+        }
     }
 }
 
@@ -108,15 +154,24 @@ pub fn real(p: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
-    fn op(given: &str, base: &[&str]) -> Operand {
-        Operand { given: given.into(), base: base.iter().map(|s| s.to_string()).collect() }
+    /// An operand with walk components `base` (leaf first), as the kernel records it.
+    fn op(given: &'static str, base: &[&str]) -> Operand<'static> {
+        let mut b = Vec::new();
+        for c in base {
+            b.extend_from_slice(c.as_bytes());
+            b.push(0);
+        }
+        Operand::new(given, Box::leak(b.into_boxed_slice()))
     }
 
     #[test]
     fn joins_walk_components_leaf_first() {
-        assert_eq!(join_base(&[]), "/");
-        assert_eq!(join_base(&["c".into(), "b".into(), "a".into()]), "/a/b/c");
-        assert_eq!(resolve(&op("", &["x", "tmp"]), true).0, "/tmp/x");
+        assert_eq!(join_base(&op("", &[])), "/");
+        assert_eq!(join_base(&op("", &["c", "b", "a"])), "/a/b/c");
+        let mut r = Resolver::default();
+        assert_eq!(r.resolve(&op("", &["x", "tmp"]), true).0, "/tmp/x");
+        assert_eq!(r.resolve(&op("f.txt", &["x", "tmp"]), false), ("/tmp/x/f.txt".into(), Resolution::Exact));
+        assert_eq!(r.resolve(&op("f.txt", &[]), false).0, "/f.txt");
     }
 
     #[test]
@@ -136,18 +191,24 @@ mod tests {
         let mut base: Vec<String> = root.iter().skip(1).map(|c| c.to_string_lossy().into_owned()).collect();
         base.reverse();
         let b: Vec<&str> = base.iter().map(String::as_str).collect();
+        let mut r = Resolver::default();
         // link/f -> real/f
-        let (p, how) = resolve(&op("link/f", &b), false);
+        let (p, how) = r.resolve(&op("link/f", &b), false);
         assert_eq!((p.as_str(), how), (root.join("real/f").to_str().unwrap(), Resolution::Canonical));
         // other/../link/f -> real/f
-        assert_eq!(resolve(&op("other/../link/f", &b), false).0, root.join("real/f").to_str().unwrap());
+        assert_eq!(r.resolve(&op("other/../link/f", &b), false).0, root.join("real/f").to_str().unwrap());
         // The last component is not followed.
-        assert_eq!(resolve(&op("link", &b), false).0, root.join("link").to_str().unwrap());
+        assert_eq!(r.resolve(&op("./link", &b), false).0, root.join("link").to_str().unwrap());
+        // After the symlink is repointed, an invalidated cache sees the change.
+        std::fs::remove_file(root.join("link")).unwrap();
+        std::os::unix::fs::symlink(root.join("other"), root.join("link")).unwrap();
+        r.invalidate();
+        assert_eq!(r.resolve(&op("link/f", &b), false).0, root.join("other/f").to_str().unwrap());
         // Paths that would resolve in agentmon's own context are kept lexical.
-        assert_eq!(resolve_str("/dev/fd/3"), ("/dev/fd/3".to_string(), Resolution::Lexical));
-        assert_eq!(resolve_str("/proc/self/fd/../exe").0, "/proc/self/exe");
+        assert_eq!(r.resolve_str("/dev/fd/3"), ("/dev/fd/3".to_string(), Resolution::Lexical));
+        assert_eq!(r.resolve_str("/proc/self/fd/../exe").0, "/proc/self/exe");
         // A vanished parent falls back to lexical normalisation.
-        let (p, how) = resolve(&op("gone/x/../y", &b), false);
+        let (p, how) = r.resolve(&op("gone/x/../y", &b), false);
         assert_eq!((p.as_str(), how), (root.join("gone/y").to_str().unwrap(), Resolution::Lexical));
     }
 }

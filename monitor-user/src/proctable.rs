@@ -3,7 +3,9 @@
 //! exe and ancestry. Bounded: exited processes are kept only in a small ring so
 //! that their children's ancestry still resolves, then dropped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProcKey {
@@ -16,7 +18,7 @@ pub struct Proc {
     pub ppid: Option<u32>,
     pub parent: Option<ProcKey>,
     pub comm: String,
-    pub exe: Option<String>,
+    pub exe: Option<std::sync::Arc<str>>,
     pub argv: Option<Vec<String>>,
     pub task: u32,
     pub exited: bool,
@@ -38,7 +40,7 @@ impl Default for ProcTable {
 
 impl ProcTable {
     pub fn new(exited_cap: usize) -> Self {
-        Self { procs: HashMap::new(), live: HashMap::new(), exited: VecDeque::new(), exited_cap }
+        Self { procs: HashMap::default(), live: HashMap::default(), exited: VecDeque::new(), exited_cap }
     }
 
     pub fn len(&self) -> usize {
@@ -109,7 +111,13 @@ impl ProcTable {
         self.procs.insert(child, c);
     }
 
-    pub fn exec(&mut self, key: ProcKey, comm: &str, exe: Option<String>, argv: Option<Vec<String>>) {
+    pub fn exec(
+        &mut self,
+        key: ProcKey,
+        comm: &str,
+        exe: Option<std::sync::Arc<str>>,
+        argv: Option<Vec<String>>,
+    ) {
         if let Some(p) = self.get_mut(key) {
             p.comm = comm.into();
             p.exe = exe;

@@ -10,7 +10,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use crate::{
     decode::decode,
     enrich::Enricher,
-    kernel::loader::{SensorConfig, Sensors},
+    kernel::loader::{POLL_INTERVAL, SensorConfig, Sensors},
     launch::{self, LaunchError},
     proctable::Proc,
     sensitive::SensitiveSet,
@@ -56,10 +56,12 @@ fn drain(ring: &mut RingBuf<MapData>, enr: &mut Enricher, sink: &mut dyn Sink) -
     let mut n = 0;
     while let Some(item) = ring.next() {
         n += 1;
+        // The record is borrowed until the event is built; then the ring slot is freed.
         match decode(&item) {
             Ok(raw) => {
-                drop(item);
                 if let Some(ev) = enr.event(&raw) {
+                    drop(raw);
+                    drop(item);
                     sink.send(&ev)?;
                 }
             }
@@ -82,7 +84,11 @@ fn exit_code(st: WaitStatus) -> i32 {
 
 pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     let mut sink = JsonLines::open(opts.events.as_deref())?.with_format(opts.format);
-    let cfg = SensorConfig { ringbuf_bytes: opts.ringbuf_bytes, sensitive: opts.sensitive.clone() };
+    let cfg = SensorConfig {
+        ringbuf_bytes: opts.ringbuf_bytes,
+        sensitive: opts.sensitive.clone(),
+        ..SensorConfig::default()
+    };
     let mut sensors = Sensors::load(&cfg)?;
     if !opts.quiet {
         eprintln!(
@@ -129,6 +135,8 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         }
         Ok(_) => {
             let mut waiter = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None));
+            let mut poll = tokio::time::interval(POLL_INTERVAL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
             let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -140,7 +148,12 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
                         drain(guard.get_inner_mut(), &mut enr, &mut sink)?;
                         guard.clear_ready();
                     }
+                    // The kernel wakes us only when a batch is waiting (see wakeup_bytes).
+                    _ = poll.tick() => {
+                        drain(ring.get_mut(), &mut enr, &mut sink)?;
+                    }
                     _ = tick.tick() => {
+                        sensors.settle_pending()?;
                         if let Some(ev) = enr.loss(&sensors.counts()) {
                             sink.send(&ev)?;
                         }

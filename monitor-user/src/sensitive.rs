@@ -136,6 +136,16 @@ impl SensitiveSet {
         Self::new(DEFAULT_PATTERNS).expect("default sensitive patterns are valid")
     }
 
+    /// The kernel's first-stage filter over [`Self::hashes`].
+    pub fn bloom(&self) -> [u64; 64] {
+        let mut b = [0u64; 64];
+        for h in &self.hashes {
+            let (w, m) = monitor_common::config::bloom_bit(*h);
+            b[w] |= m;
+        }
+        b
+    }
+
     pub fn patterns(&self) -> &[String] {
         &self.patterns
     }

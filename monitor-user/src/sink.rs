@@ -36,13 +36,16 @@ pub struct JsonLines {
     name: String,
     format: Format,
     out: BufWriter<Box<dyn Write + Send>>,
+    line: Vec<u8>,
 }
 
 /// A compact human-readable rendering of an event.
 pub fn text_line(ev: &Event) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let time = ev.ts.get(11..23).unwrap_or(&ev.ts);
+    let mut buf = [0u8; 30];
+    let ts = ev.ts.format(&mut buf);
+    let time = ts.get(11..23).unwrap_or(ts);
     let _ = write!(s, "{time} {:<14} {:>7} {:<15}", ev.kind.as_str(), ev.pid, ev.comm);
     if let Some(p) = &ev.path {
         let _ = write!(s, " {p}");
@@ -89,6 +92,17 @@ impl JsonLines {
             name: "stdout".into(),
             format: Format::Json,
             out: BufWriter::with_capacity(1 << 16, Box::new(io::stdout())),
+            line: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Lines to any writer (benchmarks, tests).
+    pub fn to_writer(name: &str, w: impl Write + Send + 'static) -> Self {
+        Self {
+            name: name.into(),
+            format: Format::Json,
+            out: BufWriter::with_capacity(1 << 16, Box::new(w)),
+            line: Vec::with_capacity(1024),
         }
     }
 
@@ -107,6 +121,7 @@ impl JsonLines {
             name: path.display().to_string(),
             format: Format::Json,
             out: BufWriter::with_capacity(1 << 16, Box::new(f)),
+            line: Vec::with_capacity(1024),
         })
     }
 
@@ -126,11 +141,14 @@ impl JsonLines {
 
 impl Sink for JsonLines {
     fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
+        self.line.clear();
         match self.format {
-            Format::Json => serde_json::to_writer(&mut self.out, ev).map_err(|e| self.err(e.into()))?,
-            Format::Text => self.out.write_all(text_line(ev).as_bytes()).map_err(|e| self.err(e))?,
+            Format::Json => crate::jsonw::write_event(&mut self.line, ev),
+            Format::Text => self.line.extend_from_slice(text_line(ev).as_bytes()),
         }
-        self.out.write_all(b"\n").map_err(|e| self.err(e))
+        self.line.push(b'\n');
+        let r = self.out.write_all(&self.line);
+        r.map_err(|e| self.err(e))
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
@@ -149,7 +167,7 @@ mod tests {
         let p = dir.path().join("ev.jsonl");
         let mut s = JsonLines::open(Some(&p)).unwrap();
         for k in [Kind::Exec, Kind::Exit] {
-            s.send(&Event::new(k, "t".into(), "h".into())).unwrap();
+            s.send(&Event::new(k, crate::event::Timestamp(0), "h".into())).unwrap();
         }
         s.flush().unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
@@ -159,7 +177,8 @@ mod tests {
             JsonLines::open(Some(Path::new("/nonexistent/dir/x"))),
             Err(SinkError::Open { .. })
         ));
-        let mut e = Event::new(Kind::FileRename, "2026-01-01T10:11:12.123456789Z".into(), "h".into());
+        let ts = crate::event::Timestamp::parse("2026-01-01T10:11:12.123456789Z").unwrap();
+        let mut e = Event::new(Kind::FileRename, ts, "h".into());
         e.pid = 42;
         e.comm = "mv".into();
         e.path = Some("/a".into());

@@ -52,6 +52,10 @@ fn main() {
     libtest_mimic::run(&args, trials).exit();
 }
 
+fn has_flag(e: &Event, f: &str) -> bool {
+    e.flags.iter().any(|x| x == f)
+}
+
 fn scenario(name: &str, dir: &Path) -> Result<support::Run, String> {
     let run = run_scenario(name, &[dir.to_str().unwrap()], dir)?;
     ensure(run.code == 0, || {
@@ -83,7 +87,7 @@ fn file_side_effects() -> R {
     eq("rename to", ren.new_path.as_deref(), p("b.txt").to_str())?;
     let hard = run.find(Kind::FileLink, &p("hard.txt"))?;
     eq("hard link target", hard.new_path.as_deref(), p("b.txt").to_str())?;
-    ensure(hard.flags.contains(&"hardlink".to_string()), || format!("{:?}", hard.flags))?;
+    ensure(has_flag(hard, "hardlink"), || format!("{:?}", hard.flags))?;
     let soft = run.find(Kind::FileLink, &p("soft.txt"))?;
     eq("symlink target as written", soft.new_path.as_deref(), Some("b.txt"))?;
     let chmods: Vec<&Event> = run.of(Kind::FileChmod);
@@ -102,7 +106,7 @@ fn file_side_effects() -> R {
     eq(
         "fchmodat2",
         chmod_of(&p("b.txt"), "fchmodat2").map(|e| e.flags.clone()),
-        Some(vec!["AT_SYMLINK_NOFOLLOW".to_string()]),
+        Some(vec!["AT_SYMLINK_NOFOLLOW".into()]),
     )?;
     run.find(Kind::FileChown, &p("b.txt"))?;
     let truncs: Vec<&Event> = run.of(Kind::FileTruncate);
@@ -123,14 +127,14 @@ fn file_side_effects() -> R {
     run.find(Kind::DirCreate, &p("sub"))?;
     run.find(Kind::FileDelete, &p("hard.txt"))?;
     let rmdir = run.find(Kind::FileDelete, &p("sub"))?;
-    ensure(rmdir.flags.contains(&"AT_REMOVEDIR".to_string()), || format!("{:?}", rmdir.flags))?;
+    ensure(has_flag(rmdir, "AT_REMOVEDIR"), || format!("{:?}", rmdir.flags))?;
     // b.txt: an O_CREAT open of the existing file, and a write through soft.txt.
     let writes: Vec<&Event> =
         run.of(Kind::FileWrite).into_iter().filter(|e| e.path.as_deref() == p("b.txt").to_str()).collect();
-    ensure(writes.iter().any(|e| e.flags.contains(&"O_CREAT".to_string())), || {
+    ensure(writes.iter().any(|e| has_flag(e, "O_CREAT")), || {
         format!("O_CREAT open of an existing file should be file_write:\n{}", run.summary())
     })?;
-    ensure(writes.iter().any(|e| e.flags == vec!["O_WRONLY".to_string()]), || {
+    ensure(writes.iter().any(|e| e.flags == ["O_WRONLY"]), || {
         format!("write through symlink soft.txt should report b.txt:\n{}", run.summary())
     })?;
     ensure(
@@ -226,9 +230,7 @@ fn io_uring_is_reported() -> R {
     let d = workdir("io_uring");
     let run = scenario("io_uring", &d)?;
     let ev = run.of(Kind::IoUring);
-    ensure(ev.iter().any(|e| e.flags.contains(&"setup".to_string())), || {
-        format!("no io_uring setup:\n{}", run.summary())
-    })?;
+    ensure(ev.iter().any(|e| has_flag(e, "setup")), || format!("no io_uring setup:\n{}", run.summary()))?;
     ensure(ev.iter().any(|e| e.detail.get("opcode") == Some(&serde_json::json!("IORING_OP_NOP"))), || {
         format!("no IORING_OP_NOP submission:\n{}", run.summary())
     })?;

@@ -1,1 +1,37 @@
-fn main() {}
+//! Developer tasks. `cargo xtask bench` measures agentmon's overhead side by side with
+//! bare runs and with the peers (bpftrace, auditd, strace), in one run.
+
+mod bench;
+mod peers;
+mod pipeline;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Overhead of agentmon vs bare vs bpftrace/auditd/strace on tight syscall loops,
+    /// and pipeline throughput. Needs root; prints a markdown report.
+    Bench(bench::Options),
+    /// Userspace pipeline throughput only (decode + enrich + JSON), no root needed.
+    Pipeline {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Bench(o) => bench::run(o),
+        Cmd::Pipeline { events } => {
+            println!("{:.0} events/s", pipeline::events_per_sec(events)?);
+            Ok(())
+        }
+    }
+}

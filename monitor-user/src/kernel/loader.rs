@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, time::Instant};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{Program, ProgramError, tp_btf::BtfTracePointLink, trace_point::TracePointLink},
 };
 use monitor_common::{COUNTER_SLOTS, KConfig, Tracked, kind};
@@ -53,13 +53,27 @@ pub enum LoadError {
 #[derive(Debug, Clone)]
 pub struct SensorConfig {
     pub ringbuf_bytes: u32,
+    /// Bytes waiting in the ring before the kernel wakes the reader (it also polls).
+    pub wakeup_bytes: u32,
     pub sensitive: SensitiveSet,
 }
 
 impl Default for SensorConfig {
     fn default() -> Self {
-        Self { ringbuf_bytes: 16 << 20, sensitive: SensitiveSet::default_set() }
+        Self { ringbuf_bytes: 16 << 20, wakeup_bytes: 64 << 10, sensitive: SensitiveSet::default_set() }
     }
+}
+
+/// How often the reader polls the ring buffer between wakeups (bounds event latency).
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Entries of TRACKED_BYTES for this host's pid_max (64 pids per entry).
+fn tracked_bytes_entries() -> u32 {
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4 << 20);
+    pid_max.div_ceil(64).max(1)
 }
 
 /// Loaded, attached sensors and the maps userspace works with.
@@ -69,6 +83,10 @@ pub struct Sensors {
     btf_links: Vec<BtfTracePointLink>,
     _ebpf: Ebpf,
     tracked: HashMap<MapData, u32, Tracked>,
+    tracked_bytes: Array<MapData, [u8; 64]>,
+    pending: Array<MapData, u64>,
+    /// Roots inserted by userspace that the kernel has not marked yet.
+    unmarked: Vec<u32>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     /// Attached programs: name -> tracepoint.
@@ -138,12 +156,16 @@ impl Sensors {
         let kconfig = KConfig {
             self_tgid: std::process::id(),
             sensitive_prefix_lens: cfg.sensitive.prefix_lens,
+            wakeup_bytes: cfg.wakeup_bytes,
+            _pad: 0,
+            sensitive_bloom: cfg.sensitive.bloom(),
             off: kbtf.offsets()?,
             tp: tracefs.tp_offsets()?,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &kconfig, true)
             .map_max_entries("EVENTS", cfg.ringbuf_bytes)
+            .map_max_entries("TRACKED_BYTES", tracked_bytes_entries())
             .load(OBJECT)
             .map_err(|e| LoadError::Object(e.to_string()))?;
 
@@ -207,6 +229,8 @@ impl Sensors {
                 .map_err(|e| LoadError::MapOp { name: "SENSITIVE", msg: e.to_string() })?;
         }
         let tracked = take_map(&mut ebpf, "TRACKED")?;
+        let tracked_bytes = take_map(&mut ebpf, "TRACKED_BYTES")?;
+        let pending = take_map(&mut ebpf, "PENDING")?;
         let counters = take_map(&mut ebpf, "COUNTERS")?;
         let events = Some(take_map(&mut ebpf, "EVENTS")?);
         Ok(Self {
@@ -214,6 +238,9 @@ impl Sensors {
             btf_links,
             _ebpf: ebpf,
             tracked,
+            tracked_bytes,
+            pending,
+            unmarked: Vec::new(),
             counters,
             events,
             attached,
@@ -234,7 +261,32 @@ impl Sensors {
         let v = Tracked { task, _pad: 0, start_ns: 0 };
         self.tracked
             .insert(&tgid, &v, 0)
-            .map_err(|e| LoadError::MapOp { name: "TRACKED", msg: e.to_string() })
+            .map_err(|e| LoadError::MapOp { name: "TRACKED", msg: e.to_string() })?;
+        // Until the kernel marks it in TRACKED_BYTES, handlers must confirm unmarked
+        // processes against TRACKED. Only userspace writes PENDING.
+        self.unmarked.push(tgid);
+        self.set_pending()
+    }
+
+    fn set_pending(&mut self) -> Result<(), LoadError> {
+        self.pending
+            .set(0, &(self.unmarked.len() as u64), 0)
+            .map_err(|e| LoadError::MapOp { name: "PENDING", msg: e.to_string() })
+    }
+
+    /// Drops roots the kernel has marked (or that are gone) from the pending set.
+    pub fn settle_pending(&mut self) -> Result<(), LoadError> {
+        if self.unmarked.is_empty() {
+            return Ok(());
+        }
+        let before = self.unmarked.len();
+        let (bytes, tracked) = (&self.tracked_bytes, &self.tracked);
+        self.unmarked.retain(|tgid| {
+            let marked = bytes.get(&(tgid / 64), 0).map(|v| v[(tgid % 64) as usize] != 0).unwrap_or(false);
+            let present = tracked.get(tgid, 0).is_ok();
+            present && !marked
+        });
+        if self.unmarked.len() != before { self.set_pending() } else { Ok(()) }
     }
 
     /// Processes currently tracked (tgid -> task cookie).

@@ -1,0 +1,82 @@
+//! The workload of `cargo xtask bench`: a tight loop of one syscall pattern, timed
+//! inside the process so start-up (of agentmon, bpftrace, ...) is not counted.
+//!
+//! usage: bench-loop <open-ro|open-wr|connect> ITERATIONS [DIR]
+//! prints: ns_per_iter=<f64> iterations=<n>
+
+use std::{ffi::CString, time::Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(w), Some(n)) = (args.get(1), args.get(2).and_then(|s| s.parse::<u64>().ok())) else {
+        eprintln!("usage: bench-loop <open-ro|open-wr|connect> ITERATIONS [DIR]");
+        std::process::exit(2);
+    };
+    let dir = args.get(3).cloned().unwrap_or_else(|| "/tmp".into());
+    let started = Instant::now();
+    let r = match w.as_str() {
+        "open-ro" => open_ro(n),
+        "open-wr" => open_wr(n, &dir),
+        "connect" => connect(n),
+        other => Err(format!("unknown workload {other}")),
+    };
+    if let Err(e) = r {
+        eprintln!("bench-loop: {e}");
+        std::process::exit(1);
+    }
+    let ns = started.elapsed().as_nanos() as f64 / n as f64;
+    println!("ns_per_iter={ns:.1} iterations={n}");
+}
+
+fn open_ro(n: u64) -> Result<(), String> {
+    let p = CString::new("/dev/null").unwrap();
+    for _ in 0..n {
+        let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY) };
+        if fd < 0 {
+            return Err("open /dev/null".into());
+        }
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+fn open_wr(n: u64, dir: &str) -> Result<(), String> {
+    let p = CString::new(format!("{dir}/bench-loop-{}.dat", std::process::id())).unwrap();
+    for _ in 0..n {
+        let fd = unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CREAT, 0o600) };
+        if fd < 0 {
+            return Err("open for writing".into());
+        }
+        unsafe {
+            libc::write(fd, b"x".as_ptr().cast(), 1);
+            libc::close(fd);
+        }
+    }
+    unsafe { libc::unlink(p.as_ptr()) };
+    Ok(())
+}
+
+/// Connects to a local port nothing listens on (refused at once).
+fn connect(n: u64) -> Result<(), String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([127, 0, 0, 1]) },
+        sin_zero: [0; 8],
+    };
+    for _ in 0..n {
+        unsafe {
+            let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            if s < 0 {
+                return Err("socket".into());
+            }
+            libc::connect(s, (&raw const addr).cast(), size_of::<libc::sockaddr_in>() as u32);
+            libc::close(s);
+        }
+    }
+    Ok(())
+}

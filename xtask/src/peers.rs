@@ -1,0 +1,147 @@
+//! Monitors run around the benchmark loop: agentmon (tracked and untracked) and the
+//! peers, each watching the same syscalls for the loop process.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+/// Syscalls every monitor watches: opens with write intent, and connect.
+pub const AUDIT_KEY: &str = "agentmon-bench";
+
+/// A background monitor process (stopped on drop).
+pub struct Background {
+    child: Child,
+    cleanup: Vec<Vec<String>>,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for cmd in &self.cleanup {
+            let _ =
+                Command::new(&cmd[0]).args(&cmd[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{what} did not become ready in {timeout:?}")
+}
+
+/// agentmon running with its probes attached, tracking only an idle `sleep`.
+pub fn agentmon_idle(agentmon: &Path, dir: &Path) -> anyhow::Result<Background> {
+    let events = dir.join("idle-events.jsonl");
+    let _ = std::fs::remove_file(&events);
+    let child = Command::new(agentmon)
+        .args(["exec", "-q", "-e"])
+        .arg(&events)
+        .args(["--", "sleep", "100000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("start agentmon")?;
+    wait_until("agentmon", Duration::from_secs(60), || {
+        std::fs::read_to_string(&events).is_ok_and(|t| t.contains("\"kind\":\"exec\""))
+    })?;
+    Ok(Background { child, cleanup: vec![vec!["pkill".into(), "-f".into(), "sleep 100000".into()]] })
+}
+
+/// bpftrace watching the loop's write-intent opens (path, flags, result) and connects.
+pub fn bpftrace(loop_comm: &str) -> anyhow::Result<Background> {
+    let script = format!(
+        r#"
+tracepoint:syscalls:sys_enter_openat /comm == "{c}" && (args->flags & 0x243)/ {{ @p[tid] = args->filename; @f[tid] = args->flags; }}
+tracepoint:syscalls:sys_exit_openat /@p[tid] != 0/ {{ printf("open %d %s %x %d\n", pid, str(@p[tid]), @f[tid], args->ret); delete(@p[tid]); delete(@f[tid]); }}
+tracepoint:syscalls:sys_enter_connect /comm == "{c}"/ {{ @a[tid] = args->uservaddr; }}
+tracepoint:syscalls:sys_exit_connect /@a[tid] != 0/ {{ printf("connect %d %d\n", pid, args->ret); delete(@a[tid]); }}
+BEGIN {{ printf("ready\n"); }}
+"#,
+        c = loop_comm
+    );
+    let out = std::env::temp_dir().join("agentmon-bench-bpftrace.out");
+    let f = std::fs::File::create(&out)?;
+    let child = Command::new("bpftrace")
+        .args(["-e", &script])
+        .stdout(f)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start bpftrace (apt install bpftrace)")?;
+    wait_until("bpftrace", Duration::from_secs(60), || {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.contains("ready"))
+    })?;
+    Ok(Background { child, cleanup: vec![] })
+}
+
+fn auditctl(args: &[&str]) -> anyhow::Result<()> {
+    let st = Command::new("auditctl").args(args).stdout(Stdio::null()).status().context("auditctl")?;
+    if !st.success() {
+        bail!("auditctl {args:?} failed");
+    }
+    Ok(())
+}
+
+/// auditd with rules for the loop executable's write-intent opens and connects.
+pub fn auditd(loop_exe: &Path) -> anyhow::Result<Background> {
+    // auditd daemonises; run it in the foreground (-n) so we own it.
+    let child = Command::new("auditd")
+        .arg("-n")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start auditd (apt install auditd)")?;
+    wait_until("auditd", Duration::from_secs(30), || {
+        Command::new("auditctl").arg("-s").output().is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout).contains("pid")
+                && !String::from_utf8_lossy(&o.stdout).contains("pid 0")
+        })
+    })?;
+    let exe = format!("exe={}", loop_exe.display());
+    let rules: Vec<Vec<String>> =
+        vec![vec!["-S", "open,openat,openat2,creat", "-F", "perm=w"], vec!["-S", "connect"]]
+            .into_iter()
+            .map(|extra| {
+                let mut r = vec!["always,exit".to_string(), "-F".into(), "arch=b64".into()];
+                r.extend(extra.into_iter().map(String::from));
+                r.extend(["-F".into(), exe.clone(), "-k".into(), AUDIT_KEY.into()]);
+                r
+            })
+            .collect();
+    let mut cleanup = Vec::new();
+    for r in &rules {
+        let mut add = vec!["-a"];
+        add.extend(r.iter().map(String::as_str));
+        auditctl(&add)?;
+        let mut del = vec!["auditctl".to_string(), "-d".into()];
+        del.extend(r.iter().cloned());
+        cleanup.push(del);
+    }
+    auditctl(&["-e", "1"])?;
+    Ok(Background { child, cleanup })
+}
+
+/// The loop command line under strace.
+pub fn strace_cmd(loop_exe: &Path, args: &[String]) -> Vec<String> {
+    let mut v: Vec<String> =
+        ["strace", "-f", "-qq", "-e", "trace=open,openat,openat2,creat,connect", "-o", "/dev/null"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    v.push(loop_exe.display().to_string());
+    v.extend(args.iter().cloned());
+    v
+}
+
+pub fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(cmd)).find(|p| p.is_file())
+}
