@@ -15,9 +15,9 @@ server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 
-echo "== agentmon exec -- demo/agent.sh   (human-readable view; JSON lines in $events)"
-DEMO_PORT=$port ./target/release/agentmon exec --format text -- demo/agent.sh "$work/repo"
-DEMO_PORT=$port ./target/release/agentmon exec --quiet --events "$events" -- demo/agent.sh "$work/repo2" >/dev/null
+echo "== agentmon exec -- tests/agents/demo.sh   (human-readable view; JSON lines in $events)"
+DEMO_PORT=$port ./target/release/agentmon exec --format text -- tests/agents/demo.sh "$work/repo"
+DEMO_PORT=$port ./target/release/agentmon exec --quiet --events "$events" -- tests/agents/demo.sh "$work/repo2" >/dev/null
 echo
 echo "== the same run as JSON events (first 3 of $(wc -l < "$events")):"
 head -n 3 "$events"

@@ -126,7 +126,13 @@ pub fn auditd(loop_exe: &Path) -> anyhow::Result<Background> {
         del.extend(r.iter().cloned());
         cleanup.push(del);
     }
+    // Put auditing back as it was (disabled, unless it already ran) when done.
+    let was_enabled = Command::new("auditctl")
+        .arg("-s")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "enabled 1"));
     auditctl(&["-e", "1"])?;
+    cleanup.push(vec!["auditctl".into(), "-e".into(), if was_enabled { "1" } else { "0" }.into()]);
     Ok(Background { child, cleanup })
 }
 

@@ -2,7 +2,7 @@
 # A small scripted "agent": the kind of side effects a coding agent produces.
 # Run under agentmon by scripts/demo.sh; DEMO_PORT is a local server to call.
 set -u
-work="${1:?usage: agent.sh WORKDIR}"
+work="${1:?usage: demo.sh WORKDIR}"
 cd "$work"
 
 echo "def main(): pass" > app.py               # write a new file
