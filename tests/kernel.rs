@@ -142,8 +142,13 @@ fn file_side_effects() -> R {
         || "symlink path reported instead of target".into(),
     )?;
     run.find(Kind::FileCreate, &p("dotdot.txt"))?;
-    // Every event of the run is attributed to the tracked root (no fork here).
-    ensure(run.events.iter().all(|e| e.pid == root), || format!("foreign pid:\n{}", run.summary()))?;
+    let denied = run.find(Kind::Exec, &p("noexec.sh"))?;
+    eq("refused exec", denied.error.as_deref(), Some("EACCES"))?;
+    ensure(denied.pid != root, || "the refused exec runs in the spawned child".into())?;
+    // Every other event is the tracked root's, or that child's (fork, failed exec, exit).
+    ensure(run.events.iter().all(|e| e.pid == root || e.pid == denied.pid), || {
+        format!("foreign pid:\n{}", run.summary())
+    })?;
     Ok(())
 }
 
@@ -273,7 +278,11 @@ fn sensitive_reads_only_in_the_set() -> R {
     }
     let run = scenario("sensitive", &d)?;
     run.find(Kind::SensitiveRead, &d.join(".env"))?;
-    ensure(run.of(Kind::SensitiveRead).len() == 1, || format!("only .env is sensitive:\n{}", run.summary()))?;
+    let probe = run.find(Kind::SensitiveRead, &d.join(".git-credentials"))?;
+    eq("missing credential file", probe.error.as_deref(), Some("ENOENT"))?;
+    ensure(run.of(Kind::SensitiveRead).len() == 2, || {
+        format!("only .env and .git-credentials:\n{}", run.summary())
+    })?;
     Ok(())
 }
 

@@ -48,6 +48,9 @@ pub struct Offsets {
     pub sk_v6_rcv_saddr: u32,
     /// FMODE_CREATED as defined by this kernel.
     pub fmode_created: u32,
+    /// Offsets in `struct pt_regs` of syscall arguments 0..5 (x86_64: di, si, dx,
+    /// r10, r8, r9). Handlers read a syscall's arguments there at sys_exit.
+    pub regs_args: [u32; 6],
 }
 
 /// Field offsets of non-syscall tracepoints (from tracefs `format`).

@@ -112,20 +112,6 @@ pub struct Tracked {
     pub start_ns: u64,
 }
 
-/// Value of the `STASH` map (keyed by pid_tgid): a tracked syscall's arguments,
-/// saved at sys_enter and consumed at sys_exit, where the result is known and
-/// fd-based paths can be resolved.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Stash {
-    pub op: u16,
-    pub pflags: u16,
-    /// The caller's task binding, so sys_exit needs no second TRACKED lookup.
-    pub task: u32,
-    pub start_ns: u64,
-    pub args: [u64; 6],
-}
-
 /// Default entries of `TRACKED_BYTES` (64 pids each); the loader sizes it to pid_max.
 pub const TRACKED_BYTES_ENTRIES: u32 = 32768 / 64;
 
@@ -143,7 +129,6 @@ mod pod {
     // SAFETY: all are #[repr(C)] structs of integers with no implicit padding holes
     // that the kernel would read as meaningful.
     unsafe impl aya::Pod for super::Tracked {}
-    unsafe impl aya::Pod for super::Stash {}
     unsafe impl aya::Pod for super::KConfig {}
 }
 
@@ -157,6 +142,5 @@ mod tests {
         assert_eq!(HEADER_SIZE, 56);
         assert_eq!(BODY_SIZE, 56);
         assert_eq!(core::mem::size_of::<Tracked>(), 16);
-        assert_eq!(core::mem::size_of::<Stash>(), 64);
     }
 }

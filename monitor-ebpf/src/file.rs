@@ -1,9 +1,8 @@
 //! File side effects: opens with write intent (and read-only opens of sensitive
 //! files), unlink/rmdir, rename, truncate, chmod, chown, link/symlink, mkdir.
 //!
-//! Each syscall has a sys_enter handler that saves its arguments when the process is
-//! tracked, and a sys_exit handler that emits the event with the result. Paths are
-//! resolved in the kernel: relative names against their dirfd or the cwd, and fd
+//! Each syscall has one sys_exit handler that emits the event with the result. Paths
+//! are resolved in the kernel: relative names against their dirfd or the cwd, and fd
 //! results (opens, f* calls) from the file itself, so symlinks and `..` are already
 //! resolved there.
 
@@ -13,8 +12,8 @@ use monitor_common::{FIXED_SIZE, hash, kind, op, pflags};
 use crate::{
     SCRATCH, SENSITIVE,
     kern::{
-        AT_FDCWD, Ev, NO_BASE, bounded, conf, fd_file, file_path, is_tracked, kread, off, stash,
-        stashed_tracked, sys_arg, sys_ret, take_stash, tracked,
+        AT_FDCWD, Args, Ev, NO_BASE, bounded, conf, fd_file, file_path, is_tracked, kptr, kread, off, sys,
+        sys_ret, tracked,
     },
 };
 
@@ -26,68 +25,38 @@ const WRITE_INTENT: u64 = O_WRONLY | O_RDWR | O_CREAT | O_TRUNC;
 const AT_REMOVEDIR: u64 = 0x200;
 const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
 
-/// A pair of tracepoint programs for one syscall: enter saves `$n` arguments, exit
-/// builds the event in `$body` from the saved arguments `$st` into `$ev`.
-macro_rules! sys {
-    ($enter:ident, $exit:ident, $op:expr, $kind:expr, $n:expr, |$st:ident, $ev:ident| $body:block) => {
-        #[doc = concat!("syscalls:", stringify!($enter), ": saves the arguments of a tracked call.")]
-        #[aya_ebpf::macros::tracepoint]
-        pub fn $enter(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
-            crate::kern::enter_stash(&ctx, $op, $kind, $n);
-            0
-        }
-
-        #[doc = concat!("syscalls:", stringify!($exit), ": reads `ret`; emits the saved call.")]
-        #[aya_ebpf::macros::tracepoint]
-        pub fn $exit(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
-            if let Some($st) = crate::kern::take_stash($op) {
-                let t = crate::kern::stashed_tracked(&$st);
-                let ret = crate::kern::sys_ret(&ctx);
-                if let Some(mut $ev) = crate::kern::Ev::new($kind, $op, &t, ret) {
-                    $body;
-                    $ev.emit();
-                }
-            }
-            0
-        }
-    };
-}
-pub(crate) use sys;
-
 // ---- opens ------------------------------------------------------------------------
 
-/// Saves an open of a tracked process if it has write intent, or is read-only but
-/// its basename passes the sensitive prefilter. Arguments are normalised to (dfd,
-/// filename, flags, mode). The TRACKED lookup waits until there is something to save.
+/// An open of a tracked process, normalised to (dfd, filename, flags, mode): emitted
+/// if it has write intent, or is read-only of a file whose basename passes the
+/// sensitive prefilter. On success the path comes from the new file (exact,
+/// symlinks resolved) and FMODE_CREATED tells a created file from an existing one;
+/// on failure it is the name as passed, relative to its dirfd.
 #[inline(always)]
-fn open_enter(o: u16, dfd: u64, fname: u64, flags: u64, mode: u64) {
-    let pf = if flags & WRITE_INTENT != 0 {
-        0
-    } else if sensitive_name(fname) {
-        pflags::SENSITIVE
-    } else {
-        return;
-    };
-    if let Some(t) = tracked() {
-        stash(&t, o, kind::OPEN, pf, [dfd, fname, flags, mode, 0, 0]);
-    }
-}
-
-/// On success the path comes from the new file (exact, symlinks resolved) and
-/// FMODE_CREATED tells a created file from an existing one; on failure it is the
-/// name as passed, relative to its dirfd.
-#[inline(always)]
-fn open_exit(ctx: &TracePointContext, o: u16) -> Option<()> {
-    let st = take_stash(o)?;
-    let t = stashed_tracked(&st);
+fn open_exit(ctx: &TracePointContext, o: u16, dfd: u64, fname: u64, flags: u64, mode: u64) -> Option<()> {
     let ret = sys_ret(ctx);
+    let file = if ret >= 0 { unsafe { fd_file(ret) } } else { 0 };
+    let mut pf = 0;
+    if flags & WRITE_INTENT == 0 {
+        // The opened file's own name when there is one, else the name as passed.
+        let hit = if file != 0 {
+            let dentry = unsafe { kptr(file + off!(file_path), off!(path_dentry)) };
+            sensitive_name(unsafe { kptr(dentry, off!(dentry_name) + off!(qstr_name)) }, false)
+        } else {
+            sensitive_name(fname, true)
+        };
+        if !hit {
+            return None;
+        }
+        pf = pflags::SENSITIVE;
+    }
+    let t = tracked()?;
     let mut ev = Ev::new(kind::OPEN, o, &t, ret)?;
-    ev.flag(st.pflags);
-    ev.arg(0, st.args[2]);
-    ev.arg(1, st.args[3]);
-    if ret >= 0 {
-        let file = unsafe { fd_file(ret) };
-        let fmode: u32 = if file == 0 { 0 } else { unsafe { kread(file + off!(file_mode)) } };
+    ev.flag(pf);
+    ev.arg(0, flags);
+    ev.arg(1, mode);
+    if file != 0 {
+        let fmode: u32 = unsafe { kread(file + off!(file_mode)) };
         ev.arg(2, fmode as u64);
         if fmode & conf!(off.fmode_created) != 0 {
             ev.flag(pflags::CREATED);
@@ -95,10 +64,55 @@ fn open_exit(ctx: &TracePointContext, o: u16) -> Option<()> {
         ev.flag(pflags::OP1_FROM_FD);
         ev.operand_path(1, file_path(file));
     } else {
-        ev.operand(1, st.args[1], true, st.args[0] as i64);
+        ev.operand(1, fname, true, dfd as i64);
     }
     ev.emit();
     Some(())
+}
+
+/// syscalls:sys_exit_open(ret); arguments (filename, flags, mode).
+#[tracepoint]
+pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
+    if is_tracked() {
+        let a = Args::current();
+        let _ = open_exit(&ctx, op::OPEN, AT_FDCWD as u64, a.get(0), a.get(1), a.get(2));
+    }
+    0
+}
+
+/// syscalls:sys_exit_openat(ret); arguments (dfd, filename, flags, mode).
+#[tracepoint]
+pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
+    if is_tracked() {
+        let a = Args::current();
+        let _ = open_exit(&ctx, op::OPENAT, a.get(0), a.get(1), a.get(2), a.get(3));
+    }
+    0
+}
+
+/// syscalls:sys_exit_openat2(ret); arguments (dfd, filename, how, size); reads
+/// how->flags and how->mode from the caller.
+#[tracepoint]
+pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
+    if is_tracked() {
+        let a = Args::current();
+        let mut how = [0u64; 2];
+        let r = unsafe { h::bpf_probe_read_user((&raw mut how).cast(), 16, a.get(2) as *const _) };
+        if r == 0 {
+            let _ = open_exit(&ctx, op::OPENAT2, a.get(0), a.get(1), how[0], how[1]);
+        }
+    }
+    0
+}
+
+/// syscalls:sys_exit_creat(ret); arguments (pathname, mode): open(O_CREAT|O_WRONLY|O_TRUNC).
+#[tracepoint]
+pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
+    if is_tracked() {
+        let a = Args::current();
+        let _ = open_exit(&ctx, op::CREAT, AT_FDCWD as u64, a.get(0), O_CREAT | O_WRONLY | O_TRUNC, a.get(1));
+    }
+    0
 }
 
 /// Scan state of [`sensitive_name`]. It lives in the per-CPU scratch map and is
@@ -128,16 +142,23 @@ macro_rules! set {
     }};
 }
 
-/// Does the basename of user string `fname` hash to an entry of the sensitive set
+/// Does the basename of string `fname` (user memory, or kernel memory when `user` is
+/// false) hash to an entry of the sensitive set
 /// (exact name, extension, or one of the configured prefix lengths)? Userspace
 /// confirms with the full glob on the resolved path. Basenames over 63 bytes never
 /// match.
 #[inline(always)]
-fn sensitive_name(fname: u64) -> bool {
+fn sensitive_name(fname: u64, user: bool) -> bool {
     let Some(sc) = SCRATCH.get_ptr_mut(0) else { return false };
     let s = unsafe { &raw mut (*sc).scan };
     let buf = unsafe { ((&raw mut (*sc).buf) as *mut u8).add(FIXED_SIZE) };
-    let r = unsafe { h::bpf_probe_read_user_str(buf as *mut _, 256, fname as *const _) };
+    let r = unsafe {
+        if user {
+            h::bpf_probe_read_user_str(buf as *mut _, 256, fname as *const _)
+        } else {
+            h::bpf_probe_read_kernel_str(buf as *mut _, 256, fname as *const _)
+        }
+    };
     if r <= 1 {
         return false;
     }
@@ -221,191 +242,116 @@ fn candidate(h: u64) -> bool {
     word & m != 0 && unsafe { SENSITIVE.get(&h) }.is_some()
 }
 
-/// syscalls:sys_enter_open(filename, flags, mode).
-#[tracepoint]
-pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
-    if is_tracked() {
-        open_enter(op::OPEN, AT_FDCWD as u64, sys_arg(&ctx, 0), sys_arg(&ctx, 1), sys_arg(&ctx, 2));
-    }
-    0
-}
-
-/// syscalls:sys_enter_openat(dfd, filename, flags, mode).
-#[tracepoint]
-pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
-    if is_tracked() {
-        open_enter(op::OPENAT, sys_arg(&ctx, 0), sys_arg(&ctx, 1), sys_arg(&ctx, 2), sys_arg(&ctx, 3));
-    }
-    0
-}
-
-/// syscalls:sys_enter_openat2(dfd, filename, how, usize); reads how->flags, how->mode.
-#[tracepoint]
-pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
-    if is_tracked() {
-        let how = sys_arg(&ctx, 2);
-        let mut v = [0u64; 2];
-        let r = unsafe { h::bpf_probe_read_user((&raw mut v).cast(), 16, how as *const _) };
-        if r == 0 {
-            open_enter(op::OPENAT2, sys_arg(&ctx, 0), sys_arg(&ctx, 1), v[0], v[1]);
-        }
-    }
-    0
-}
-
-/// syscalls:sys_enter_creat(pathname, mode): open(O_CREAT|O_WRONLY|O_TRUNC).
-#[tracepoint]
-pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
-    if is_tracked() {
-        open_enter(
-            op::CREAT,
-            AT_FDCWD as u64,
-            sys_arg(&ctx, 0),
-            O_CREAT | O_WRONLY | O_TRUNC,
-            sys_arg(&ctx, 1),
-        );
-    }
-    0
-}
-
-/// syscalls:sys_exit_open(ret).
-#[tracepoint]
-pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
-    let _ = open_exit(&ctx, op::OPEN);
-    0
-}
-
-/// syscalls:sys_exit_openat(ret).
-#[tracepoint]
-pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    let _ = open_exit(&ctx, op::OPENAT);
-    0
-}
-
-/// syscalls:sys_exit_openat2(ret).
-#[tracepoint]
-pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
-    let _ = open_exit(&ctx, op::OPENAT2);
-    0
-}
-
-/// syscalls:sys_exit_creat(ret).
-#[tracepoint]
-pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
-    let _ = open_exit(&ctx, op::CREAT);
-    0
-}
-
 // ---- path calls -------------------------------------------------------------------
 // Argument positions follow each syscall's format (include/linux/syscalls.h).
 
-sys!(sys_enter_unlink, sys_exit_unlink, op::UNLINK, kind::UNLINK, 1, |st, ev| {
-    ev.operand(1, st.args[0], true, AT_FDCWD);
+sys!(sys_exit_unlink, op::UNLINK, kind::UNLINK, |a, ev| {
+    ev.operand(1, a.get(0), true, AT_FDCWD);
 });
-sys!(sys_enter_unlinkat, sys_exit_unlinkat, op::UNLINKAT, kind::UNLINK, 3, |st, ev| {
-    ev.arg(0, st.args[2]);
-    ev.operand(1, st.args[1], true, st.args[0] as i64);
+sys!(sys_exit_unlinkat, op::UNLINKAT, kind::UNLINK, |a, ev| {
+    ev.arg(0, a.get(2));
+    ev.operand(1, a.get(1), true, a.get(0) as i64);
 });
-sys!(sys_enter_rmdir, sys_exit_rmdir, op::RMDIR, kind::UNLINK, 1, |st, ev| {
+sys!(sys_exit_rmdir, op::RMDIR, kind::UNLINK, |a, ev| {
     ev.arg(0, AT_REMOVEDIR);
-    ev.operand(1, st.args[0], true, AT_FDCWD);
+    ev.operand(1, a.get(0), true, AT_FDCWD);
 });
 
-sys!(sys_enter_rename, sys_exit_rename, op::RENAME, kind::RENAME, 2, |st, ev| {
-    ev.operand(1, st.args[0], true, AT_FDCWD);
-    ev.operand(2, st.args[1], true, AT_FDCWD);
+sys!(sys_exit_rename, op::RENAME, kind::RENAME, |a, ev| {
+    ev.operand(1, a.get(0), true, AT_FDCWD);
+    ev.operand(2, a.get(1), true, AT_FDCWD);
 });
-sys!(sys_enter_renameat, sys_exit_renameat, op::RENAMEAT, kind::RENAME, 4, |st, ev| {
-    ev.operand(1, st.args[1], true, st.args[0] as i64);
-    ev.operand(2, st.args[3], true, st.args[2] as i64);
+sys!(sys_exit_renameat, op::RENAMEAT, kind::RENAME, |a, ev| {
+    ev.operand(1, a.get(1), true, a.get(0) as i64);
+    ev.operand(2, a.get(3), true, a.get(2) as i64);
 });
-sys!(sys_enter_renameat2, sys_exit_renameat2, op::RENAMEAT2, kind::RENAME, 5, |st, ev| {
-    ev.arg(0, st.args[4]);
-    ev.operand(1, st.args[1], true, st.args[0] as i64);
-    ev.operand(2, st.args[3], true, st.args[2] as i64);
+sys!(sys_exit_renameat2, op::RENAMEAT2, kind::RENAME, |a, ev| {
+    ev.arg(0, a.get(4));
+    ev.operand(1, a.get(1), true, a.get(0) as i64);
+    ev.operand(2, a.get(3), true, a.get(2) as i64);
 });
 
-sys!(sys_enter_truncate, sys_exit_truncate, op::TRUNCATE, kind::TRUNCATE, 2, |st, ev| {
-    ev.arg(0, st.args[1]);
-    ev.operand(1, st.args[0], true, AT_FDCWD);
+sys!(sys_exit_truncate, op::TRUNCATE, kind::TRUNCATE, |a, ev| {
+    ev.arg(0, a.get(1));
+    ev.operand(1, a.get(0), true, AT_FDCWD);
 });
-sys!(sys_enter_ftruncate, sys_exit_ftruncate, op::FTRUNCATE, kind::TRUNCATE, 2, |st, ev| {
-    ev.arg(0, st.args[1]);
+sys!(sys_exit_ftruncate, op::FTRUNCATE, kind::TRUNCATE, |a, ev| {
+    ev.arg(0, a.get(1));
     ev.flag(pflags::OP1_FROM_FD);
-    ev.operand_path(1, file_path(unsafe { fd_file(st.args[0] as i32 as i64) }));
+    ev.operand_path(1, file_path(unsafe { fd_file(a.get(0) as i32 as i64) }));
 });
 
-sys!(sys_enter_chmod, sys_exit_chmod, op::CHMOD, kind::CHMOD, 2, |st, ev| {
-    ev.arg(0, st.args[1]);
-    ev.operand(1, st.args[0], true, AT_FDCWD);
+sys!(sys_exit_chmod, op::CHMOD, kind::CHMOD, |a, ev| {
+    ev.arg(0, a.get(1));
+    ev.operand(1, a.get(0), true, AT_FDCWD);
 });
-sys!(sys_enter_fchmod, sys_exit_fchmod, op::FCHMOD, kind::CHMOD, 2, |st, ev| {
-    ev.arg(0, st.args[1]);
+sys!(sys_exit_fchmod, op::FCHMOD, kind::CHMOD, |a, ev| {
+    ev.arg(0, a.get(1));
     ev.flag(pflags::OP1_FROM_FD);
-    ev.operand_path(1, file_path(unsafe { fd_file(st.args[0] as i32 as i64) }));
+    ev.operand_path(1, file_path(unsafe { fd_file(a.get(0) as i32 as i64) }));
 });
-sys!(sys_enter_fchmodat, sys_exit_fchmodat, op::FCHMODAT, kind::CHMOD, 3, |st, ev| {
-    ev.arg(0, st.args[2]);
-    ev.operand(1, st.args[1], true, st.args[0] as i64);
+sys!(sys_exit_fchmodat, op::FCHMODAT, kind::CHMOD, |a, ev| {
+    ev.arg(0, a.get(2));
+    ev.operand(1, a.get(1), true, a.get(0) as i64);
 });
-sys!(sys_enter_fchmodat2, sys_exit_fchmodat2, op::FCHMODAT2, kind::CHMOD, 4, |st, ev| {
-    ev.arg(0, st.args[2]);
-    ev.arg(1, st.args[3]);
-    ev.operand(1, st.args[1], true, st.args[0] as i64);
+sys!(sys_exit_fchmodat2, op::FCHMODAT2, kind::CHMOD, |a, ev| {
+    ev.arg(0, a.get(2));
+    ev.arg(1, a.get(3));
+    ev.operand(1, a.get(1), true, a.get(0) as i64);
 });
 
-sys!(sys_enter_chown, sys_exit_chown, op::CHOWN, kind::CHOWN, 3, |st, ev| {
-    ev.arg(0, st.args[1]);
-    ev.arg(1, st.args[2]);
-    ev.operand(1, st.args[0], true, AT_FDCWD);
+sys!(sys_exit_chown, op::CHOWN, kind::CHOWN, |a, ev| {
+    ev.arg(0, a.get(1));
+    ev.arg(1, a.get(2));
+    ev.operand(1, a.get(0), true, AT_FDCWD);
 });
-sys!(sys_enter_lchown, sys_exit_lchown, op::LCHOWN, kind::CHOWN, 3, |st, ev| {
-    ev.arg(0, st.args[1]);
-    ev.arg(1, st.args[2]);
+sys!(sys_exit_lchown, op::LCHOWN, kind::CHOWN, |a, ev| {
+    ev.arg(0, a.get(1));
+    ev.arg(1, a.get(2));
     ev.arg(2, AT_SYMLINK_NOFOLLOW);
-    ev.operand(1, st.args[0], true, AT_FDCWD);
+    ev.operand(1, a.get(0), true, AT_FDCWD);
 });
-sys!(sys_enter_fchown, sys_exit_fchown, op::FCHOWN, kind::CHOWN, 3, |st, ev| {
-    ev.arg(0, st.args[1]);
-    ev.arg(1, st.args[2]);
+sys!(sys_exit_fchown, op::FCHOWN, kind::CHOWN, |a, ev| {
+    ev.arg(0, a.get(1));
+    ev.arg(1, a.get(2));
     ev.flag(pflags::OP1_FROM_FD);
-    ev.operand_path(1, file_path(unsafe { fd_file(st.args[0] as i32 as i64) }));
+    ev.operand_path(1, file_path(unsafe { fd_file(a.get(0) as i32 as i64) }));
 });
-sys!(sys_enter_fchownat, sys_exit_fchownat, op::FCHOWNAT, kind::CHOWN, 5, |st, ev| {
-    ev.arg(0, st.args[2]);
-    ev.arg(1, st.args[3]);
-    ev.arg(2, st.args[4]);
-    ev.operand(1, st.args[1], true, st.args[0] as i64);
+sys!(sys_exit_fchownat, op::FCHOWNAT, kind::CHOWN, |a, ev| {
+    ev.arg(0, a.get(2));
+    ev.arg(1, a.get(3));
+    ev.arg(2, a.get(4));
+    ev.operand(1, a.get(1), true, a.get(0) as i64);
 });
 
 // Links: operand 1 is the new name, operand 2 the existing file (hard link) or the
 // symlink's target string, which is stored as written (it is resolved against the
 // link's directory when followed, not against the caller's cwd).
-sys!(sys_enter_link, sys_exit_link, op::LINK, kind::LINK, 2, |st, ev| {
-    ev.operand(1, st.args[1], true, AT_FDCWD);
-    ev.operand(2, st.args[0], true, AT_FDCWD);
+sys!(sys_exit_link, op::LINK, kind::LINK, |a, ev| {
+    ev.operand(1, a.get(1), true, AT_FDCWD);
+    ev.operand(2, a.get(0), true, AT_FDCWD);
 });
-sys!(sys_enter_linkat, sys_exit_linkat, op::LINKAT, kind::LINK, 5, |st, ev| {
-    ev.arg(1, st.args[4]);
-    ev.operand(1, st.args[3], true, st.args[2] as i64);
-    ev.operand(2, st.args[1], true, st.args[0] as i64);
+sys!(sys_exit_linkat, op::LINKAT, kind::LINK, |a, ev| {
+    ev.arg(1, a.get(4));
+    ev.operand(1, a.get(3), true, a.get(2) as i64);
+    ev.operand(2, a.get(1), true, a.get(0) as i64);
 });
-sys!(sys_enter_symlink, sys_exit_symlink, op::SYMLINK, kind::LINK, 2, |st, ev| {
+sys!(sys_exit_symlink, op::SYMLINK, kind::LINK, |a, ev| {
     ev.arg(0, 1);
-    ev.operand(1, st.args[1], true, AT_FDCWD);
-    ev.operand(2, st.args[0], true, NO_BASE);
+    ev.operand(1, a.get(1), true, AT_FDCWD);
+    ev.operand(2, a.get(0), true, NO_BASE);
 });
-sys!(sys_enter_symlinkat, sys_exit_symlinkat, op::SYMLINKAT, kind::LINK, 3, |st, ev| {
+sys!(sys_exit_symlinkat, op::SYMLINKAT, kind::LINK, |a, ev| {
     ev.arg(0, 1);
-    ev.operand(1, st.args[2], true, st.args[1] as i64);
-    ev.operand(2, st.args[0], true, NO_BASE);
+    ev.operand(1, a.get(2), true, a.get(1) as i64);
+    ev.operand(2, a.get(0), true, NO_BASE);
 });
 
-sys!(sys_enter_mkdir, sys_exit_mkdir, op::MKDIR, kind::MKDIR, 2, |st, ev| {
-    ev.arg(0, st.args[1]);
-    ev.operand(1, st.args[0], true, AT_FDCWD);
+sys!(sys_exit_mkdir, op::MKDIR, kind::MKDIR, |a, ev| {
+    ev.arg(0, a.get(1));
+    ev.operand(1, a.get(0), true, AT_FDCWD);
 });
-sys!(sys_enter_mkdirat, sys_exit_mkdirat, op::MKDIRAT, kind::MKDIR, 3, |st, ev| {
-    ev.arg(0, st.args[2]);
-    ev.operand(1, st.args[1], true, st.args[0] as i64);
+sys!(sys_exit_mkdirat, op::MKDIRAT, kind::MKDIR, |a, ev| {
+    ev.arg(0, a.get(2));
+    ev.operand(1, a.get(1), true, a.get(0) as i64);
 });

@@ -1,4 +1,4 @@
-//! Shared kernel-side machinery: the tracked-task filter, the syscall argument stash,
+//! Shared kernel-side machinery: the tracked-task filter, syscall arguments at exit,
 //! kernel struct reads at BTF-derived offsets, path resolution by dentry walk, and the
 //! event builder that writes into a per-CPU buffer and copies the used part out.
 
@@ -6,11 +6,11 @@ use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{EbpfContext, helpers::generated as h, programs::TracePointContext};
 use monitor_common::{
-    Body, COMM_LEN, EventHeader, FIXED_SIZE, HEADER_SIZE, STR_MAX, Stash, TAIL_MASK, TAIL_MAX, Tracked,
-    WALK_MAX, counter, kind, pflags,
+    Body, COMM_LEN, EventHeader, FIXED_SIZE, HEADER_SIZE, STR_MAX, TAIL_MASK, TAIL_MAX, Tracked, WALK_MAX,
+    counter, kind, pflags,
 };
 
-use crate::{COUNTERS, EVENTS, PENDING, SCRATCH, STASH, TRACKED, TRACKED_BYTES};
+use crate::{COUNTERS, EVENTS, PENDING, SCRATCH, TRACKED, TRACKED_BYTES};
 
 pub const AT_FDCWD: i64 = -100;
 /// `dfd` value meaning "this string is not a path relative to anything" (symlink targets).
@@ -152,13 +152,6 @@ pub unsafe fn kptr(base: u64, off: u64) -> u64 {
     if base == 0 { 0 } else { unsafe { kread::<u64>(base + off) } }
 }
 
-/// Syscall tracepoint argument `i` (format verified by the loader: args are 8 bytes
-/// each from offset 16). A direct context load: the attach fails if it is out of range.
-#[inline(always)]
-pub fn sys_arg(ctx: &TracePointContext, i: usize) -> u64 {
-    unsafe { *(ctx.as_ptr() as *const u64).add(2 + i) }
-}
-
 /// Return value of a sys_exit tracepoint (`long ret` at offset 16).
 #[inline(always)]
 pub fn sys_ret(ctx: &TracePointContext) -> i64 {
@@ -173,47 +166,57 @@ pub fn count(k: u16, lost: bool) {
     }
 }
 
-/// Saves a tracked syscall's arguments for its sys_exit handler.
-#[inline(always)]
-pub fn stash(t: &Tracked, op: u16, k: u16, pf: u16, args: [u64; 6]) {
-    let st = Stash { op, pflags: pf, task: t.task, start_ns: t.start_ns, args };
-    if STASH.insert(&pid_tgid(), &st, 0).is_err() {
-        // The stash is full: the event is lost, and counted as such.
-        count(k, true);
+/// Arguments of the syscall now returning, read from the task's saved user
+/// registers (they still hold the arguments at sys_exit for every syscall hooked
+/// here). Reading them at exit means one program per syscall, not an enter/exit
+/// pair with state in between: half the tracepoints, and untracked processes pay
+/// for one program per hooked syscall instead of two.
+///
+/// Like any syscall-tracepoint tracer, user memory (a path) is read after the
+/// kernel did; a racing thread of the agent could change it in between. Results
+/// that come from a file descriptor (opens, f* calls) are exact.
+pub struct Args {
+    regs: u64,
+}
+
+impl Args {
+    #[inline(always)]
+    pub fn current() -> Args {
+        let regs = unsafe { h::bpf_task_pt_regs(h::bpf_get_current_task_btf()) } as u64;
+        Args { regs }
+    }
+
+    /// Argument `i` (0..5), or 0.
+    #[inline(always)]
+    pub fn get(&self, i: usize) -> u64 {
+        if i >= 6 || self.regs == 0 {
+            return 0;
+        }
+        let off = conf!(off.regs_args)[i] as u64;
+        unsafe { kread::<u64>(self.regs + off) }
     }
 }
 
-/// Saves arguments `0..n` of the current syscall if the process is tracked.
-#[inline(always)]
-pub fn enter_stash(ctx: &TracePointContext, op: u16, k: u16, n: usize) {
-    let Some(t) = tracked() else { return };
-    let mut a = [0u64; 6];
-    let mut i = 0;
-    while i < n && i < 6 {
-        a[i] = sys_arg(ctx, i);
-        i += 1;
-    }
-    stash(&t, op, k, 0, a);
+/// The tracepoint program for one syscall's exit: when the process is tracked,
+/// builds the event in `$body` from the arguments `$a` (see [`Args`]) into `$ev`.
+macro_rules! sys {
+    ($exit:ident, $op:expr, $kind:expr, |$a:ident, $ev:ident| $body:block) => {
+        #[doc = concat!("syscalls:", stringify!($exit), ": the call's result and arguments.")]
+        #[aya_ebpf::macros::tracepoint]
+        pub fn $exit(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
+            if let Some(t) = crate::kern::tracked() {
+                let $a = crate::kern::Args::current();
+                let ret = crate::kern::sys_ret(&ctx);
+                if let Some(mut $ev) = crate::kern::Ev::new($kind, $op, &t, ret) {
+                    $body;
+                    $ev.emit();
+                }
+            }
+            0
+        }
+    };
 }
-
-/// Takes the stashed arguments of the syscall now returning, if it is ours.
-/// Untracked processes stop at the bitmap test.
-#[inline(always)]
-pub fn take_stash(op: u16) -> Option<Stash> {
-    if marked((pid_tgid() >> 32) as u32) == Some(false) {
-        return None;
-    }
-    let id = pid_tgid();
-    let st = unsafe { STASH.get(&id).copied() }?;
-    let _ = STASH.remove(&id);
-    if st.op != op { None } else { Some(st) }
-}
-
-/// The task binding saved with a stash.
-#[inline(always)]
-pub fn stashed_tracked(st: &Stash) -> Tracked {
-    Tracked { task: st.task, _pad: 0, start_ns: st.start_ns }
-}
+pub(crate) use sys;
 
 /// File of descriptor `fd` in the current task, or 0.
 #[inline(always)]

@@ -1,13 +1,14 @@
 //! agentmon kernel sensors.
 //!
-//! Every handler first asks "is the current process tracked?" (one hash lookup in
-//! `TRACKED`, or in `STASH` on syscall exit) and returns at once when it is not, so
-//! untracked processes pay one map lookup per hooked syscall and nothing else.
+//! Every handler first asks "is the current process tracked?" (a byte in
+//! `TRACKED_BYTES`, an inlined array access) and returns at once when it is not, so
+//! untracked processes pay one array access per hooked syscall and nothing else.
 //! Tracking is inherited at fork in the kernel (`process.rs`), so a tracked agent
 //! cannot shed it by double-forking, setsid or reparenting.
 //!
-//! Syscall handlers save their arguments at `sys_enter_*` and emit at `sys_exit_*`,
-//! where the result is known and file descriptors can be resolved to paths.
+//! Syscalls are hooked at `sys_exit_*` only, where the result is known, file
+//! descriptors can be resolved to paths, and the arguments are still in the task's
+//! saved registers (see `kern::Args`).
 #![no_std]
 #![no_main]
 
@@ -22,7 +23,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use monitor_common::{COUNTER_SLOTS, KConfig, Stash, TRACKED_BYTES_ENTRIES, Tracked};
+use monitor_common::{COUNTER_SLOTS, KConfig, TRACKED_BYTES_ENTRIES, Tracked};
 
 /// Set by the loader before verification (offsets from BTF and tracefs).
 #[unsafe(no_mangle)]
@@ -43,10 +44,6 @@ static TRACKED_BYTES: Array<[u8; 64]> = Array::with_max_entries(TRACKED_BYTES_EN
 /// byte is confirmed against TRACKED (and set) instead of trusted.
 #[map]
 static PENDING: Array<u64> = Array::with_max_entries(1, 0);
-
-/// pid_tgid -> arguments of a tracked syscall in flight.
-#[map]
-static STASH: HashMap<u64, Stash> = HashMap::with_max_entries(16384, 0);
 
 /// Events to userspace. Size set by the loader.
 #[map]

@@ -6,10 +6,7 @@
 use aya_ebpf::{helpers::generated as h, macros::tracepoint, programs::TracePointContext};
 use monitor_common::{kind, op, pflags};
 
-use crate::{
-    file::sys,
-    kern::{Ev, fd_file, kptr, kread, off, stash, stashed_tracked, sys_arg, sys_ret, take_stash, tracked},
-};
+use crate::kern::{Args, Ev, fd_file, is_tracked, kptr, kread, off, sys, sys_ret, tracked};
 
 const AF_UNIX: u64 = 1;
 const AF_INET: u64 = 2;
@@ -68,83 +65,64 @@ fn put_sockaddr(ev: &mut Ev, sa: u64, len: u64, fd: u64, ty: u64) {
     ev.arg(3, fd);
 }
 
-sys!(sys_enter_connect, sys_exit_connect, op::CONNECT, kind::CONNECT, 3, |st, ev| {
-    let ty = sock_type(st.args[0], ev.ret());
-    put_sockaddr(&mut ev, st.args[1], st.args[2], st.args[0], ty);
+sys!(sys_exit_connect, op::CONNECT, kind::CONNECT, |a, ev| {
+    let ty = sock_type(a.get(0), ev.ret());
+    put_sockaddr(&mut ev, a.get(1), a.get(2), a.get(0), ty);
 });
 
-sys!(sys_enter_bind, sys_exit_bind, op::BIND, kind::BIND, 3, |st, ev| {
-    let ty = sock_type(st.args[0], ev.ret());
-    put_sockaddr(&mut ev, st.args[1], st.args[2], st.args[0], ty);
+sys!(sys_exit_bind, op::BIND, kind::BIND, |a, ev| {
+    let ty = sock_type(a.get(0), ev.ret());
+    put_sockaddr(&mut ev, a.get(1), a.get(2), a.get(0), ty);
 });
 
-/// syscalls:sys_enter_sendto(fd, buff, len, flags, addr, addr_len): saved only when
-/// it names a destination (a send on a connected socket is covered by its connect).
-#[tracepoint]
-pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    if let Some(t) = tracked()
-        && sys_arg(&ctx, 4) != 0
-    {
-        stash(&t, op::SENDTO, kind::SEND, 0, [sys_arg(&ctx, 0), sys_arg(&ctx, 4), sys_arg(&ctx, 5), 0, 0, 0]);
-    }
-    0
-}
-
-/// Reads msg_name/msg_namelen of a user `struct msghdr` (also the head of `mmsghdr`).
-#[inline(always)]
-fn msg_dest(ctx: &TracePointContext, o: u16) {
-    let Some(t) = tracked() else { return };
-    let mut hdr = [0u64; 2];
-    let msg = sys_arg(ctx, 1);
-    if unsafe { h::bpf_probe_read_user((&raw mut hdr).cast(), 16, msg as *const _) } != 0 {
-        return;
-    }
-    if hdr[0] != 0 && (hdr[1] & 0xffff_ffff) != 0 {
-        stash(&t, o, kind::SEND, 0, [sys_arg(ctx, 0), hdr[0], hdr[1] & 0xffff_ffff, 0, 0, 0]);
-    }
-}
-
-/// syscalls:sys_enter_sendmsg(fd, msg, flags).
-#[tracepoint]
-pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
-    msg_dest(&ctx, op::SENDMSG);
-    0
-}
-
-/// syscalls:sys_enter_sendmmsg(fd, mmsg, vlen, flags): the first message's destination.
-#[tracepoint]
-pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
-    msg_dest(&ctx, op::SENDMMSG);
-    0
-}
-
+/// A send that names a destination (a send on a connected socket is covered by its
+/// connect): sendto's `addr`, or msg_name of a `struct msghdr` (also the head of
+/// sendmmsg's first `mmsghdr`).
 #[inline(always)]
 fn send_exit(ctx: &TracePointContext, o: u16) -> Option<()> {
-    let st = take_stash(o)?;
-    let t = stashed_tracked(&st);
+    if !is_tracked() {
+        return None;
+    }
+    let a = Args::current();
+    let fd = a.get(0);
+    let (sa, len) = if o == op::SENDTO {
+        (a.get(4), a.get(5))
+    } else {
+        let mut hdr = [0u64; 2];
+        let msg = a.get(1);
+        if unsafe { h::bpf_probe_read_user((&raw mut hdr).cast(), 16, msg as *const _) } != 0 {
+            return None;
+        }
+        (hdr[0], hdr[1] & 0xffff_ffff)
+    };
+    if sa == 0 || len == 0 {
+        return None;
+    }
+    let t = tracked()?;
     let ret = sys_ret(ctx);
     let mut ev = Ev::new(kind::SEND, o, &t, ret)?;
-    let ty = sock_type(st.args[0], ret);
-    put_sockaddr(&mut ev, st.args[1], st.args[2], st.args[0], ty);
+    let ty = sock_type(fd, ret);
+    put_sockaddr(&mut ev, sa, len, fd, ty);
     ev.emit();
     Some(())
 }
 
-/// syscalls:sys_exit_sendto(ret).
+/// syscalls:sys_exit_sendto(ret); arguments (fd, buff, len, flags, addr, addr_len).
 #[tracepoint]
 pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
     let _ = send_exit(&ctx, op::SENDTO);
     0
 }
 
-/// syscalls:sys_exit_sendmsg(ret).
+/// syscalls:sys_exit_sendmsg(ret); arguments (fd, msg, flags).
 #[tracepoint]
 pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
     let _ = send_exit(&ctx, op::SENDMSG);
     0
 }
 
-/// syscalls:sys_exit_sendmmsg(ret).
+/// syscalls:sys_exit_sendmmsg(ret); arguments (fd, mmsg, vlen, flags): the first
+/// message's destination.
 #[tracepoint]
 pub fn sys_exit_sendmmsg(ctx: TracePointContext) -> u32 {
     let _ = send_exit(&ctx, op::SENDMMSG);
@@ -152,9 +130,9 @@ pub fn sys_exit_sendmmsg(ctx: TracePointContext) -> u32 {
 }
 
 // listen(fd, backlog): the address is the socket's own (sk->__sk_common).
-sys!(sys_enter_listen, sys_exit_listen, op::LISTEN, kind::LISTEN, 2, |st, ev| {
+sys!(sys_exit_listen, op::LISTEN, kind::LISTEN, |a, ev| {
     unsafe {
-        let sock = kptr(fd_file(st.args[0] as i32 as i64), off!(file_private));
+        let sock = kptr(fd_file(a.get(0) as i32 as i64), off!(file_private));
         let sk = kptr(sock, off!(socket_sk));
         if sk != 0 {
             let family = kread::<u16>(sk + off!(sk_family)) as u64;
@@ -168,7 +146,7 @@ sys!(sys_enter_listen, sys_exit_listen, op::LISTEN, kind::LISTEN, 2, |st, ev| {
             }
             ev.arg(0, family | port << 16 | ty << 32);
         }
-        ev.arg(3, st.args[0]);
-        ev.arg(4, st.args[1]);
+        ev.arg(3, a.get(0));
+        ev.arg(4, a.get(1));
     }
 });

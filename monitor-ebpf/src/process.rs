@@ -10,8 +10,7 @@ use monitor_common::{ARGV_MAX, Tracked, kind, op, pflags};
 use crate::{
     TRACKED,
     kern::{
-        AT_FDCWD, Ev, NO_BASE, count, file_path, kptr, kread, mark, off, pid_tgid, stash, stashed_tracked,
-        sys_arg, sys_ret, take_stash, tracked,
+        AT_FDCWD, Args, Ev, NO_BASE, count, file_path, kptr, kread, mark, off, pid_tgid, sys_ret, tracked,
     },
 };
 
@@ -118,33 +117,15 @@ fn try_exit(ctx: &BtfTracePointContext) -> Option<()> {
     Some(())
 }
 
-/// syscalls:sys_enter_execve(filename, argv, envp): saved so a failed exec is reported
-/// (a successful one is reported by sched_process_exec).
-#[tracepoint]
-pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
-    if let Some(t) = tracked() {
-        stash(&t, op::EXECVE, kind::EXEC, 0, [AT_FDCWD as u64, sys_arg(&ctx, 0), 0, 0, 0, 0]);
-    }
-    0
-}
-
-/// syscalls:sys_enter_execveat(fd, filename, argv, envp, flags).
-#[tracepoint]
-pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
-    if let Some(t) = tracked() {
-        stash(&t, op::EXECVEAT, kind::EXEC, 0, [sys_arg(&ctx, 0), sys_arg(&ctx, 1), 0, 0, 0, 0]);
-    }
-    0
-}
-
-/// syscalls:sys_exit_execve(ret).
+/// syscalls:sys_exit_execve(ret); arguments (filename, argv, envp). A failed exec
+/// is reported here (a successful one by sched_process_exec).
 #[tracepoint]
 pub fn sys_exit_execve(ctx: TracePointContext) -> u32 {
     exec_failed(&ctx, op::EXECVE);
     0
 }
 
-/// syscalls:sys_exit_execveat(ret).
+/// syscalls:sys_exit_execveat(ret); arguments (fd, filename, argv, envp, flags).
 #[tracepoint]
 pub fn sys_exit_execveat(ctx: TracePointContext) -> u32 {
     exec_failed(&ctx, op::EXECVEAT);
@@ -152,15 +133,16 @@ pub fn sys_exit_execveat(ctx: TracePointContext) -> u32 {
 }
 
 fn exec_failed(ctx: &TracePointContext, o: u16) -> Option<()> {
-    let st = take_stash(o)?;
     let ret = sys_ret(ctx);
     if ret >= 0 {
         return None;
     }
-    let t = stashed_tracked(&st);
+    let t = tracked()?;
+    let a = Args::current();
+    let (dfd, name) = if o == op::EXECVE { (AT_FDCWD, a.get(0)) } else { (a.get(0) as i64, a.get(1)) };
     let mut ev = Ev::new(kind::EXEC, o, &t, ret)?;
     ev.operand(1, 0, false, NO_BASE);
-    ev.operand(2, st.args[1], true, st.args[0] as i64);
+    ev.operand(2, name, true, dfd);
     ev.emit();
     Some(())
 }

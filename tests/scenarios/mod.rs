@@ -82,6 +82,12 @@ fn files(d: &Path) -> Result<(), String> {
     // `..` in the name: resolved.
     fs::create_dir(d.join("up")).map_err(e)?;
     fs::write(d.join("up/../dotdot.txt"), b"").map_err(e)?;
+    // An exec that the kernel refuses (not executable) is reported with its error.
+    let noexec = d.join("noexec.sh");
+    fs::write(&noexec, b"#!/bin/sh\n").map_err(e)?;
+    if std::process::Command::new(&noexec).status().is_ok() {
+        return Err("exec of a non-executable file succeeded".into());
+    }
     Ok(())
 }
 
@@ -222,6 +228,8 @@ fn sensitive(d: &Path) -> Result<(), String> {
     fs::read(d.join(".env")).map_err(|e| e.to_string())?;
     fs::read(d.join("notes.txt")).map_err(|e| e.to_string())?;
     fs::read(d.join("config")).map_err(|e| e.to_string())?; // prefilter hit, glob miss
+    // Probing for a credential file that is not there is still a signal.
+    let _ = fs::read(d.join(".git-credentials"));
     Ok(())
 }
 

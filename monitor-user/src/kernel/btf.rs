@@ -178,7 +178,23 @@ impl KernelBtf {
             // A #define, not in BTF: include/linux/fs.h FMODE_CREATED. The
             // file_create integration test fails if this kernel disagrees.
             fmode_created: 1 << 20,
+            regs_args: self.syscall_arg_regs()?,
         })
+    }
+
+    /// Offsets in `struct pt_regs` of the registers that carry syscall arguments.
+    #[cfg(target_arch = "x86_64")]
+    fn syscall_arg_regs(&self) -> Result<[u32; 6], BtfError> {
+        let mut out = [0u32; 6];
+        for (i, r) in ["di", "si", "dx", "r10", "r8", "r9"].iter().enumerate() {
+            out[i] = self.offset("pt_regs", r)?;
+        }
+        Ok(out)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn syscall_arg_regs(&self) -> Result<[u32; 6], BtfError> {
+        Err(BtfError::Other("syscall argument registers are only mapped for x86_64".into()))
     }
 }
 
