@@ -32,6 +32,7 @@ fn main() {
         ("untracked_process_produces_nothing", untracked_process_produces_nothing),
         ("exit_status_is_propagated", exit_status_is_propagated),
         ("emitted_plus_lost_equals_performed", emitted_plus_lost_equals_performed),
+        ("cli_usage_errors", cli_usage_errors),
     ];
     let root = nix::unistd::geteuid().is_root();
     let skip = std::env::var(SKIP_ENV).is_ok_and(|v| v == "1");
@@ -372,5 +373,25 @@ fn emitted_plus_lost_equals_performed() -> R {
     let delivered = evs.iter().filter(|e| e.kind == Kind::FileCreate).count() as u64;
     let lost: u64 = evs.iter().filter_map(|e| e.lost.as_ref()).filter_map(|l| l.get("open")).sum();
     eq("created files delivered + lost", delivered + lost, n)?;
+    Ok(())
+}
+
+/// Bad command lines exit 2 with a message naming the problem; --help reads well.
+fn cli_usage_errors() -> R {
+    let run =
+        |args: &[&str]| Command::new(support::agentmon()).args(args).output().map_err(|e| e.to_string());
+    let out = run(&["exec", "--bogus", "--", "true"])?;
+    eq("unknown flag exit", out.status.code(), Some(2))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure(err.contains("--bogus"), || format!("error does not name the flag: {err}"))?;
+    let out = run(&["exec", "--ringbuf-mb", "3", "--", "true"])?;
+    eq("bad ring size exit", out.status.code(), Some(2))?;
+    ensure(String::from_utf8_lossy(&out.stderr).contains("power of two"), || "ring size error".into())?;
+    let out = run(&["exec"])?;
+    eq("missing command exit", out.status.code(), Some(2))?;
+    let out = run(&["--help"])?;
+    eq("help exit", out.status.code(), Some(0))?;
+    let help = String::from_utf8_lossy(&out.stdout);
+    ensure(help.contains("exec") && help.contains("probe"), || format!("help lists no commands: {help}"))?;
     Ok(())
 }

@@ -103,6 +103,11 @@ pub fn mark(tgid: u32, on: bool) {
 #[inline(always)]
 pub fn is_tracked() -> bool {
     let tgid = (pid_tgid() >> 32) as u32;
+    if tgid == conf!(self_tgid) {
+        // agentmon itself is never reported, even if something tried to track it:
+        // its own writes (the event file) would feed back into the stream.
+        return false;
+    }
     match marked(tgid) {
         Some(true) => return true,
         None => return unsafe { TRACKED.get(&tgid) }.is_some(),

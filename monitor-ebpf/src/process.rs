@@ -10,7 +10,8 @@ use monitor_common::{ARGV_MAX, Tracked, kind, op, pflags};
 use crate::{
     TRACKED,
     kern::{
-        AT_FDCWD, Args, Ev, NO_BASE, count, file_path, kptr, kread, mark, off, pid_tgid, sys_ret, tracked,
+        AT_FDCWD, Args, Ev, NO_BASE, conf, count, file_path, kptr, kread, mark, off, pid_tgid, sys_ret,
+        tracked,
     },
 };
 
@@ -27,7 +28,7 @@ fn try_fork(ctx: &BtfTracePointContext) -> Option<()> {
     let t = tracked()?;
     let child: u64 = ctx.arg(1);
     let child_tgid: u32 = unsafe { kread(child + off!(task_tgid)) };
-    if child_tgid as u64 == pid_tgid() >> 32 {
+    if child_tgid as u64 == pid_tgid() >> 32 || child_tgid == conf!(self_tgid) {
         return None; // a new thread of a tracked process: already covered by its tgid
     }
     let start: u64 = unsafe { kread(child + off!(task_start_time)) };

@@ -152,6 +152,14 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         }
         if peers_ok {
             {
+                let _bg = peers::tracepoint_floor()?;
+                for w in WORKLOADS {
+                    let mut c = vec![lp.clone()];
+                    c.extend(loop_args(w, o.iters));
+                    results.entry(("no-op tracepoint (floor)", w)).or_default().push(measure(&c)?);
+                }
+            }
+            {
                 let _bg = peers::bpftrace("bench-loop")?;
                 for w in WORKLOADS {
                     let mut c = vec![lp.clone()];

@@ -83,6 +83,23 @@ BEGIN {{ printf("ready\n"); }}
     Ok(Background { child, cleanup: vec![] })
 }
 
+/// The floor of the mechanism: a BPF program on the same syscall exit tracepoints
+/// that does nothing (bpftrace with a predicate that is never true).
+pub fn tracepoint_floor() -> anyhow::Result<Background> {
+    let script = r#"
+tracepoint:syscalls:sys_exit_openat /pid == 0/ { @n = 1; }
+tracepoint:syscalls:sys_exit_connect /pid == 0/ { @n = 1; }
+BEGIN { printf("ready\n"); }
+"#;
+    let out = std::env::temp_dir().join("agentmon-bench-floor.out");
+    let f = std::fs::File::create(&out)?;
+    let child = Command::new("bpftrace").args(["-e", script]).stdout(f).stderr(Stdio::null()).spawn()?;
+    wait_until("bpftrace", Duration::from_secs(60), || {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.contains("ready"))
+    })?;
+    Ok(Background { child, cleanup: vec![] })
+}
+
 fn auditctl(args: &[&str]) -> anyhow::Result<()> {
     let st = Command::new("auditctl").args(args).stdout(Stdio::null()).status().context("auditctl")?;
     if !st.success() {
