@@ -26,8 +26,15 @@ pub struct Options {
 }
 
 const WORKLOADS: [&str; 3] = ["open-ro", "open-wr", "connect"];
-const MODES: [&str; 6] =
-    ["bare", "agentmon untracked", "agentmon tracked", "bpftrace", "auditd", "strace -f"];
+const MODES: [&str; 7] = [
+    "bare",
+    "no-op tracepoint (floor)",
+    "agentmon untracked",
+    "agentmon tracked",
+    "bpftrace",
+    "auditd",
+    "strace -f",
+];
 
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
