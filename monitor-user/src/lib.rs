@@ -18,3 +18,4 @@ pub mod proctable;
 pub mod runner;
 pub mod sensitive;
 pub mod sink;
+pub mod task;

@@ -1,0 +1,209 @@
+//! Task manifests (YAML): parsing and validation. Every error names the file, the
+//! line and the field; nothing of an invalid manifest is used.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::{
+    Mode, Op, Task,
+    scope::{Endpoint, PathSet, canonical_dir, is_glob, parse_endpoint, pattern_covers},
+};
+use crate::event::Timestamp;
+
+/// A manifest error: where, which field, what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {field}: {msg}")]
+pub struct ManifestError {
+    pub file: String,
+    pub line: u64,
+    pub field: String,
+    pub msg: String,
+}
+
+type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    id: S<String>,
+    agent: Option<S<String>>,
+    principal: Option<S<String>>,
+    mode: S<String>,
+    expires_in: Option<S<String>>,
+    expires_at: Option<S<String>>,
+    #[serde(default)]
+    scope: RawScope,
+    #[serde(default)]
+    approval_required: Vec<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    #[serde(default)]
+    read: Vec<S<String>>,
+    #[serde(default)]
+    write: Vec<S<String>>,
+    #[serde(default)]
+    delete: Vec<S<String>>,
+    #[serde(default)]
+    exec: Vec<S<String>>,
+    #[serde(default)]
+    connect: Vec<S<String>>,
+    #[serde(default)]
+    listen: Vec<S<String>>,
+    propose_dir: Option<S<String>>,
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err<T>(&self, at: &S<T>, field: &str, msg: impl Into<String>) -> ManifestError {
+        ManifestError { file: self.file.into(), line: at.referenced.line(), field: field.into(), msg: msg.into() }
+    }
+
+    fn paths(&self, field: &str, v: &[S<String>]) -> Result<PathSet, ManifestError> {
+        for p in v {
+            let s = &p.value;
+            if !s.starts_with('/') {
+                return Err(self.err(p, field, format!("{s:?} is not an absolute path")));
+            }
+            if s.split('/').any(|c| c == "..") {
+                return Err(self.err(p, field, format!("{s:?} contains '..'")));
+            }
+        }
+        let raw: Vec<String> = v.iter().map(|p| p.value.clone()).collect();
+        PathSet::new(&raw).map_err(|e| {
+            let at = v.iter().find(|p| globset::Glob::new(&p.value).is_err()).unwrap_or(&v[0]);
+            self.err(at, field, format!("bad glob: {e}"))
+        })
+    }
+}
+
+/// Line and bare message of a YAML error (the library prefixes its own location).
+pub fn yaml_error(e: &serde_saphyr::Error) -> (u64, String) {
+    let line = e.location().map(|l| l.line()).unwrap_or(0);
+    let first = e.to_string().lines().next().unwrap_or("invalid YAML").to_string();
+    let msg = first.strip_prefix("error: ").unwrap_or(&first);
+    let msg = match msg.strip_prefix("line ").and_then(|m| m.split_once(": ")) {
+        Some((_, rest)) => rest,
+        None => msg,
+    };
+    (line, msg.to_string())
+}
+
+/// Parses a manifest's text. `file` names it in errors; `now` anchors `expires_in`.
+pub fn parse(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestError> {
+    let fname = file.display().to_string();
+    let cx = Ctx { file: &fname };
+    let raw: RawManifest = serde_saphyr::from_str(text).map_err(|e| {
+        let (line, msg) = yaml_error(&e);
+        ManifestError { file: fname.clone(), line, field: "(document)".into(), msg }
+    })?;
+
+    let id = raw.id.value.trim().to_string();
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || id.len() > 128 {
+        return Err(cx.err(&raw.id, "id", "must be 1-128 characters of [A-Za-z0-9-_.]"));
+    }
+    if let Some(a) = &raw.agent
+        && !a.value.starts_with("spiffe://")
+    {
+        return Err(cx.err(a, "agent", "must be a SPIFFE id (spiffe://trust-domain/path)"));
+    }
+    let mode = match raw.mode.value.as_str() {
+        "read" => Mode::Read,
+        "propose" => Mode::Propose,
+        "execute" => Mode::Execute,
+        other => return Err(cx.err(&raw.mode, "mode", format!("{other:?} is not read, propose or execute"))),
+    };
+    let expires = match (&raw.expires_in, &raw.expires_at) {
+        (Some(a), Some(_)) => return Err(cx.err(a, "expires_in", "give expires_in or expires_at, not both")),
+        (Some(d), None) => {
+            let dur = humantime::parse_duration(&d.value)
+                .map_err(|e| cx.err(d, "expires_in", format!("{:?}: {e} (e.g. 30m, 2h, 1h30m)", d.value)))?;
+            Some(Timestamp(now.0 + dur.as_nanos() as i128))
+        }
+        (None, Some(t)) => Some(Timestamp::parse(&t.value).ok_or_else(|| {
+            cx.err(t, "expires_at", format!("{:?} is not an RFC 3339 time (2026-12-01T10:00:00Z)", t.value))
+        })?),
+        (None, None) => None,
+    };
+
+    let sc = &raw.scope;
+    let read = cx.paths("scope.read", &sc.read)?;
+    let write = cx.paths("scope.write", &sc.write)?;
+    let delete = cx.paths("scope.delete", &sc.delete)?;
+    let exec = cx.paths("scope.exec", &sc.exec)?;
+    // Deleting is writing: a delete scope outside the write scope contradicts it.
+    for d in &sc.delete {
+        if !sc.write.iter().any(|w| pattern_covers(&w.value, &d.value)) {
+            return Err(cx.err(d, "scope.delete", format!("{:?} is outside scope.write", d.value)));
+        }
+    }
+    let mut connect = Vec::new();
+    for c in &sc.connect {
+        connect.push(parse_endpoint(&c.value).map_err(|e| cx.err(c, "scope.connect", e))?);
+    }
+    let mut listen = Vec::new();
+    for c in &sc.listen {
+        let ep = parse_endpoint(&c.value).map_err(|e| cx.err(c, "scope.listen", e))?;
+        if matches!(ep, Endpoint::Host { .. }) {
+            return Err(cx.err(c, "scope.listen", "use an address, not a host name"));
+        }
+        listen.push(ep);
+    }
+    let propose_dir = match &sc.propose_dir {
+        Some(p) if !p.value.starts_with('/') || is_glob(&p.value) => {
+            return Err(cx.err(p, "scope.propose_dir", format!("{:?} must be an absolute directory", p.value)));
+        }
+        Some(p) => Some(canonical_dir(&p.value)),
+        None => None,
+    };
+    if mode == Mode::Propose && propose_dir.is_none() {
+        return Err(cx.err(&raw.mode, "scope.propose_dir", "mode propose needs scope.propose_dir"));
+    }
+    let mut approval = Vec::new();
+    for a in &raw.approval_required {
+        let op = Op::parse(&a.value).ok_or_else(|| {
+            cx.err(a, "approval_required", format!("{:?} is not one of {}", a.value, Op::NAMES.join(", ")))
+        })?;
+        if !approval.contains(&op) {
+            approval.push(op);
+        }
+    }
+
+    let mut task = Task {
+        id,
+        agent: raw.agent.map(|a| a.value),
+        principal: raw.principal.map(|p| p.value),
+        mode,
+        expires,
+        read,
+        write,
+        delete,
+        exec,
+        connect,
+        listen,
+        propose_dir,
+        approval,
+        parents: Vec::new(),
+        source: PathBuf::from(file),
+    };
+    super::scope::resolve_hosts(&mut task.connect);
+    Ok(task)
+}
+
+/// Reads and parses a manifest file.
+pub fn load(path: &Path, now: Timestamp) -> Result<Task, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+        file: path.display().to_string(),
+        line: 0,
+        field: "(file)".into(),
+        msg: e.to_string(),
+    })?;
+    parse(&text, path, now)
+}

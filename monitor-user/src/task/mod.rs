@@ -1,0 +1,170 @@
+//! Tasks: the context an agent declares — who acts, for whom, in which mode, on
+//! what — against which every side effect of its processes is judged.
+//! The manifest format is documented in docs/tasks.md.
+
+pub mod manifest;
+pub mod scope;
+
+use std::path::PathBuf;
+
+use crate::event::{Kind, Timestamp};
+use scope::{Endpoint, PathSet};
+
+pub use manifest::{ManifestError, load, parse};
+
+/// What a task may do at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mode {
+    /// Look only: no writes, deletes or renames; execs only from scope.exec.
+    Read,
+    /// Write only under scope.propose_dir; no deletes.
+    Propose,
+    /// The scope applies; approval_required operations need approval.
+    Execute,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Read => "read",
+            Mode::Propose => "propose",
+            Mode::Execute => "execute",
+        }
+    }
+}
+
+/// Operations a task can mark as needing explicit approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Op {
+    Write,
+    Create,
+    Delete,
+    Rename,
+    Truncate,
+    Chmod,
+    Chown,
+    Link,
+    Mkdir,
+    Exec,
+    Connect,
+}
+
+impl Op {
+    pub const NAMES: [&'static str; 11] =
+        ["write", "create", "delete", "rename", "truncate", "chmod", "chown", "link", "mkdir", "exec", "connect"];
+    const ALL: [Op; 11] = [
+        Op::Write,
+        Op::Create,
+        Op::Delete,
+        Op::Rename,
+        Op::Truncate,
+        Op::Chmod,
+        Op::Chown,
+        Op::Link,
+        Op::Mkdir,
+        Op::Exec,
+        Op::Connect,
+    ];
+
+    pub fn parse(s: &str) -> Option<Op> {
+        Self::NAMES.iter().position(|n| *n == s).map(|i| Self::ALL[i])
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[Self::ALL.iter().position(|o| *o == self).unwrap_or(0)]
+    }
+
+    /// The operation an event kind performs, if any.
+    pub fn of(kind: Kind) -> Option<Op> {
+        Some(match kind {
+            Kind::FileWrite => Op::Write,
+            Kind::FileCreate => Op::Create,
+            Kind::FileDelete => Op::Delete,
+            Kind::FileRename => Op::Rename,
+            Kind::FileTruncate => Op::Truncate,
+            Kind::FileChmod => Op::Chmod,
+            Kind::FileChown => Op::Chown,
+            Kind::FileLink => Op::Link,
+            Kind::DirCreate => Op::Mkdir,
+            Kind::Exec | Kind::MemfdExec => Op::Exec,
+            Kind::Connect | Kind::Send => Op::Connect,
+            _ => return None,
+        })
+    }
+}
+
+/// A validated, compiled task.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub id: String,
+    /// SPIFFE id of the agent.
+    pub agent: Option<String>,
+    /// The human or service the agent acts for.
+    pub principal: Option<String>,
+    pub mode: Mode,
+    pub expires: Option<Timestamp>,
+    pub read: PathSet,
+    pub write: PathSet,
+    pub delete: PathSet,
+    pub exec: PathSet,
+    pub connect: Vec<Endpoint>,
+    pub listen: Vec<Endpoint>,
+    pub propose_dir: Option<PathBuf>,
+    pub approval: Vec<Op>,
+    /// Ids of the tasks this one was delegated from, nearest first.
+    pub parents: Vec<String>,
+    /// The manifest it came from.
+    pub source: PathBuf,
+}
+
+impl Task {
+    /// Is `child` within this task (delegation)? The mode may only narrow, every
+    /// path and endpoint must be covered, the expiry may not be later, and every
+    /// approval required here stays required. Returns what is not covered.
+    pub fn contains(&self, child: &Task) -> Result<(), String> {
+        if child.mode > self.mode {
+            return Err(format!("mode {} is wider than the parent's {}", child.mode.as_str(), self.mode.as_str()));
+        }
+        for (name, mine, theirs) in [
+            ("read", &self.read, &child.read),
+            ("write", &self.write, &child.write),
+            ("delete", &self.delete, &child.delete),
+            ("exec", &self.exec, &child.exec),
+        ] {
+            mine.covers_all(theirs)
+                .map_err(|p| format!("scope.{name} {p:?} is not within the parent's scope.{name}"))?;
+        }
+        for (name, mine, theirs) in [("connect", &self.connect, &child.connect), ("listen", &self.listen, &child.listen)]
+        {
+            for ep in theirs {
+                if !mine.iter().any(|m| m.covers(ep)) {
+                    return Err(format!("scope.{name} {ep:?} is not within the parent's scope.{name}"));
+                }
+            }
+        }
+        if let Some(pd) = &child.propose_dir
+            && !self.write.matches(&pd.to_string_lossy())
+            && self.propose_dir.as_ref().is_none_or(|p| !pd.starts_with(p))
+        {
+            return Err(format!("scope.propose_dir {} is outside what the parent may write", pd.display()));
+        }
+        match (self.expires, child.expires) {
+            (Some(p), Some(c)) if c > p => return Err("expires after the parent task".into()),
+            (Some(_), None) => return Err("must expire no later than the parent task".into()),
+            _ => {}
+        }
+        for op in &self.approval {
+            if !child.approval.contains(op) {
+                return Err(format!("drops approval_required {}", op.as_str()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn expired(&self, at: Timestamp) -> bool {
+        self.expires.is_some_and(|e| at > e)
+    }
+}
+
+#[cfg(test)]
+mod tests;

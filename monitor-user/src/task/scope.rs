@@ -1,0 +1,322 @@
+//! A task's compiled scope: path globs per operation class and network endpoints,
+//! with the containment tests that delegation uses.
+
+use std::{
+    net::{IpAddr, ToSocketAddrs},
+    path::{Path, PathBuf},
+};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use ipnet::IpNet;
+
+/// Path patterns of one class (read, write, delete, exec). Patterns are absolute
+/// globs; `**` crosses directories, `*` does not. The literal prefix of each pattern
+/// is canonicalised when the task is loaded, so a scope written through a symlink
+/// matches the resolved paths events carry.
+#[derive(Debug, Clone, Default)]
+pub struct PathSet {
+    pub patterns: Vec<String>,
+    set: GlobSet,
+}
+
+/// Characters that make a path component a glob.
+pub fn is_glob(s: &str) -> bool {
+    s.contains(['*', '?', '[', '{'])
+}
+
+/// The longest leading run of non-glob components (`/srv/repo` of `/srv/repo/**/x`).
+pub fn literal_prefix(pattern: &str) -> &str {
+    let mut end = 0;
+    for (i, c) in pattern.char_indices() {
+        if matches!(c, '*' | '?' | '[' | '{') {
+            return &pattern[..end];
+        }
+        if c == '/' {
+            end = i;
+        }
+    }
+    pattern
+}
+
+/// Resolves symlinks in a pattern's literal directory prefix when it exists.
+fn canonical_pattern(pattern: &str) -> String {
+    let prefix = literal_prefix(pattern);
+    let (dir, rest) = if prefix.len() == pattern.len() {
+        // No glob: resolve the parent, keep the last component (it may not exist yet).
+        match pattern.rsplit_once('/') {
+            Some((d, _)) if !d.is_empty() => (d, &pattern[d.len()..]),
+            _ => return pattern.to_string(),
+        }
+    } else {
+        (prefix, &pattern[prefix.len()..])
+    };
+    if dir.is_empty() {
+        return pattern.to_string();
+    }
+    match std::fs::canonicalize(Path::new(dir)) {
+        Ok(real) => format!("{}{rest}", real.display()),
+        Err(_) => pattern.to_string(),
+    }
+}
+
+impl PathSet {
+    /// Compiles validated absolute patterns.
+    pub fn new(patterns: &[String]) -> Result<Self, globset::Error> {
+        let mut b = GlobSetBuilder::new();
+        let mut canon = Vec::with_capacity(patterns.len());
+        for p in patterns {
+            let c = canonical_pattern(p);
+            b.add(GlobBuilder::new(&c).literal_separator(true).build()?);
+            // A directory pattern `/a/**` also covers `/a` itself.
+            if let Some(dir) = c.strip_suffix("/**") {
+                b.add(GlobBuilder::new(dir).literal_separator(true).build()?);
+            }
+            canon.push(c);
+        }
+        Ok(Self { patterns: canon, set: b.build()? })
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        self.set.is_match(path)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// Does every path `other` can match also match here? Decided on the patterns:
+    /// `p` covers `q` when they are equal, when `p` matches `q` read as a literal path,
+    /// or when `p` is `D/**` and `q` lies under `D`. Conservative: it may say no to a
+    /// subset it cannot prove, never yes to one that is not.
+    pub fn covers_all(&self, other: &PathSet) -> Result<(), String> {
+        for q in &other.patterns {
+            if !self.patterns.iter().any(|p| pattern_covers(p, q)) {
+                return Err(q.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn pattern_covers(p: &str, q: &str) -> bool {
+    if p == q {
+        return true;
+    }
+    if let Some(dir) = p.strip_suffix("/**") {
+        let lit = literal_prefix(q);
+        if lit == dir || lit.starts_with(&format!("{dir}/")) {
+            return true;
+        }
+    }
+    !is_glob(q)
+        && GlobBuilder::new(p).literal_separator(true).build().is_ok_and(|g| g.compile_matcher().is_match(q))
+}
+
+/// Allowed ports: one, a range, or any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl Ports {
+    pub const ANY: Ports = Ports { lo: 0, hi: u16::MAX };
+
+    pub fn contains(&self, p: u16) -> bool {
+        self.lo <= p && p <= self.hi
+    }
+
+    pub fn covers(&self, o: &Ports) -> bool {
+        self.lo <= o.lo && o.hi <= self.hi
+    }
+}
+
+/// One allowed destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// An address or network and ports.
+    Net { net: IpNet, ports: Ports },
+    /// A host name and ports; allowed at the addresses it resolved to at load.
+    Host { name: String, ports: Ports, addrs: Vec<IpAddr> },
+    /// A unix socket path glob.
+    Unix { path: String },
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are the IPv4 address: an agent
+/// cannot pass a v4 allowlist (or deny rule) by dialling the mapped form.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+impl Endpoint {
+    pub fn allows_ip(&self, ip: IpAddr, port: u16) -> bool {
+        let ip = canonical_ip(ip);
+        match self {
+            Endpoint::Net { net, ports } => ports.contains(port) && net.contains(&ip),
+            Endpoint::Host { ports, addrs, .. } => ports.contains(port) && addrs.contains(&ip),
+            Endpoint::Unix { .. } => false,
+        }
+    }
+
+    pub fn allows_unix(&self, path: &str) -> bool {
+        match self {
+            Endpoint::Unix { path: p } => {
+                p == path || GlobBuilder::new(p).build().is_ok_and(|g| g.compile_matcher().is_match(path))
+            }
+            _ => false,
+        }
+    }
+
+    /// Is everything `o` allows also allowed by `self`?
+    pub fn covers(&self, o: &Endpoint) -> bool {
+        match (self, o) {
+            (Endpoint::Net { net: a, ports: pa }, Endpoint::Net { net: b, ports: pb }) => {
+                pa.covers(pb) && a.contains(b)
+            }
+            (Endpoint::Net { net, ports }, Endpoint::Host { ports: pb, addrs, .. }) => {
+                ports.covers(pb) && !addrs.is_empty() && addrs.iter().all(|ip| net.contains(ip))
+            }
+            (Endpoint::Host { name: a, ports: pa, .. }, Endpoint::Host { name: b, ports: pb, .. }) => {
+                a.eq_ignore_ascii_case(b) && pa.covers(pb)
+            }
+            (Endpoint::Unix { path: a }, Endpoint::Unix { path: b }) => pattern_covers(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// Parses one `scope.connect` entry: `IP:PORT`, `CIDR:PORT`, `[IPv6]:PORT`,
+/// `[CIDR6]:PORT`, `HOST:PORT`, `unix:/path`. PORT is `N`, `N-M` or `*`.
+pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        if !path.starts_with('/') && !path.starts_with('@') {
+            return Err(format!("unix socket path {path:?} must be absolute (or @abstract)"));
+        }
+        return Ok(Endpoint::Unix { path: path.to_string() });
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:").ok_or_else(|| format!("{s:?}: expected [IPv6]:PORT"))?;
+        (h, p)
+    } else {
+        s.rsplit_once(':').ok_or_else(|| format!("{s:?}: expected HOST:PORT (use * for any port)"))?
+    };
+    let ports = parse_ports(port).map_err(|e| format!("{s:?}: {e}"))?;
+    if host.is_empty() {
+        return Err(format!("{s:?}: empty host"));
+    }
+    if host.contains('/') {
+        let net: IpNet = host.parse().map_err(|e| format!("{s:?}: bad CIDR {host:?}: {e}"))?;
+        let net = match net {
+            IpNet::V6(n) if n.addr().to_ipv4_mapped().is_some() && n.prefix_len() >= 96 => {
+                IpNet::new(canonical_ip(IpAddr::V6(n.addr())), n.prefix_len() - 96).map_err(|e| e.to_string())?
+            }
+            n => n,
+        };
+        return Ok(Endpoint::Net { net: net.trunc(), ports });
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(Endpoint::Net { net: IpNet::from(canonical_ip(ip)), ports });
+    }
+    if !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') || host.starts_with('-') {
+        return Err(format!("{s:?}: {host:?} is neither an IP address, a CIDR nor a host name"));
+    }
+    Ok(Endpoint::Host { name: host.to_ascii_lowercase(), ports, addrs: Vec::new() })
+}
+
+fn parse_ports(p: &str) -> Result<Ports, String> {
+    if p == "*" {
+        return Ok(Ports::ANY);
+    }
+    let num = |x: &str| x.parse::<u16>().map_err(|_| format!("bad port {x:?} (0-65535)"));
+    match p.split_once('-') {
+        Some((a, b)) => {
+            let (lo, hi) = (num(a)?, num(b)?);
+            if lo > hi {
+                return Err(format!("port range {p:?} is empty"));
+            }
+            Ok(Ports { lo, hi })
+        }
+        None => {
+            let n = num(p)?;
+            Ok(Ports { lo: n, hi: n })
+        }
+    }
+}
+
+/// Resolves host-name endpoints (at load; the enforcement layer refreshes them).
+pub fn resolve_hosts(eps: &mut [Endpoint]) {
+    for ep in eps {
+        if let Endpoint::Host { name, addrs, .. } = ep {
+            *addrs = (name.as_str(), 0)
+                .to_socket_addrs()
+                .map(|it| it.map(|a| canonical_ip(a.ip())).collect())
+                .unwrap_or_default();
+            addrs.sort();
+            addrs.dedup();
+        }
+    }
+}
+
+/// An absolute path (for `propose_dir`), canonicalised when it exists.
+pub fn canonical_dir(p: &str) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(p: &[&str]) -> PathSet {
+        PathSet::new(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn globs_match_directories_and_names() {
+        let s = set(&["/srv/repo/**", "/usr/bin/python3*"]);
+        assert!(s.matches("/srv/repo"));
+        assert!(s.matches("/srv/repo/a/b.rs"));
+        assert!(!s.matches("/srv/repository/x"));
+        assert!(s.matches("/usr/bin/python3.11"));
+        assert!(!s.matches("/usr/bin/python3.11/x"));
+    }
+
+    #[test]
+    fn containment() {
+        assert!(pattern_covers("/srv/repo/**", "/srv/repo/build/**"));
+        assert!(pattern_covers("/srv/repo/**", "/srv/repo"));
+        assert!(!pattern_covers("/srv/repo/build/**", "/srv/repo/**"));
+        assert!(!pattern_covers("/srv/repo/**", "/srv/repository/**"));
+        assert!(pattern_covers("/usr/bin/*", "/usr/bin/git"));
+        assert!(!pattern_covers("/usr/bin/*", "/usr/bin/*/x"));
+        let parent = set(&["/srv/repo/**"]);
+        assert!(parent.covers_all(&set(&["/srv/repo/src/**", "/srv/repo/a.txt"])).is_ok());
+        assert_eq!(parent.covers_all(&set(&["/etc/**"])).unwrap_err(), "/etc/**");
+    }
+
+    #[test]
+    fn endpoints() {
+        let e = parse_endpoint("10.0.0.0/8:443").unwrap();
+        assert!(e.allows_ip("10.1.2.3".parse().unwrap(), 443));
+        assert!(e.allows_ip("::ffff:10.1.2.3".parse().unwrap(), 443), "v4-mapped is the v4 address");
+        assert!(!e.allows_ip("10.1.2.3".parse().unwrap(), 80));
+        assert!(!e.allows_ip("11.0.0.1".parse().unwrap(), 443));
+        let any = parse_endpoint("127.0.0.1:*").unwrap();
+        assert!(any.allows_ip("127.0.0.1".parse().unwrap(), 1));
+        let v6 = parse_endpoint("[fd00::/8]:1000-2000").unwrap();
+        assert!(v6.allows_ip("fd12::1".parse().unwrap(), 1500));
+        assert!(parse_endpoint("[::ffff:10.0.0.0/104]:443").unwrap().allows_ip("10.9.9.9".parse().unwrap(), 443));
+        assert!(matches!(parse_endpoint("api.example.com:443"), Ok(Endpoint::Host { .. })));
+        for bad in ["10.0.0.0/33:443", "1.2.3.4", "1.2.3.4:99999", "1.2.3.4:9-1", "bad host:1", "unix:rel", ":80"] {
+            assert!(parse_endpoint(bad).is_err(), "{bad}");
+        }
+        let wide = parse_endpoint("10.0.0.0/8:*").unwrap();
+        assert!(wide.covers(&parse_endpoint("10.1.0.0/16:443").unwrap()));
+        assert!(!parse_endpoint("10.1.0.0/16:443").unwrap().covers(&wide));
+        let u = parse_endpoint("unix:/run/app/*.sock").unwrap();
+        assert!(u.allows_unix("/run/app/x.sock"));
+        assert!(!u.allows_unix("/run/docker.sock"));
+    }
+}

@@ -1,0 +1,140 @@
+use std::path::Path;
+
+use super::*;
+
+const NOW: Timestamp = Timestamp(1_795_000_000_000_000_000);
+
+const EXAMPLE: &str = r#"
+id: refactor-42
+agent: spiffe://example.org/agent/coder
+principal: alice@example.org
+mode: execute
+expires_in: 30m
+scope:
+  read:    ["/srv/repo/**"]
+  write:   ["/srv/repo/**"]
+  delete:  ["/srv/repo/build/**"]
+  exec:    ["/usr/bin/git", "/usr/bin/python3*"]
+  connect: ["127.0.0.1:8080", "10.0.0.0/8:443", "localhost:443"]
+  propose_dir: /srv/proposals/refactor-42
+approval_required: [delete, rename]
+"#;
+
+fn parse_ok(text: &str) -> Task {
+    parse(text, Path::new("t.yaml"), NOW).unwrap()
+}
+
+fn parse_err(text: &str) -> ManifestError {
+    parse(text, Path::new("t.yaml"), NOW).unwrap_err()
+}
+
+#[test]
+fn parses_the_documented_example() {
+    let t = parse_ok(EXAMPLE);
+    assert_eq!(t.id, "refactor-42");
+    assert_eq!(t.mode, Mode::Execute);
+    assert_eq!(t.expires, Some(Timestamp(NOW.0 + 30 * 60 * 1_000_000_000)));
+    assert!(t.write.matches("/srv/repo/src/main.rs"));
+    assert!(t.delete.matches("/srv/repo/build/x.o"));
+    assert!(!t.delete.matches("/srv/repo/src/main.rs"));
+    assert!(t.exec.matches("/usr/bin/python3.11"));
+    assert_eq!(t.approval, vec![Op::Delete, Op::Rename]);
+    assert_eq!(t.connect.len(), 3);
+    // localhost resolved at load.
+    assert!(t.connect[2].allows_ip("127.0.0.1".parse().unwrap(), 443));
+}
+
+#[test]
+fn errors_name_file_line_and_field() {
+    let cases: &[(&str, u64, &str, &str)] = &[
+        ("id: a\nmode: execute\nbogus: 1\n", 3, "(document)", "bogus"),
+        ("id: a\nmode: sideways\n", 2, "mode", "sideways"),
+        ("id: a\nmode: read\nscope:\n  write: [\"relative/x\"]\n", 4, "scope.write", "absolute"),
+        ("id: a\nmode: read\nscope:\n  connect: [\"10.0.0.0/40:443\"]\n", 4, "scope.connect", "CIDR"),
+        ("id: a\nmode: read\nscope:\n  connect: [\"1.2.3.4:70000\"]\n", 4, "scope.connect", "port"),
+        ("id: a\nmode: read\nexpires_in: soon\n", 3, "expires_in", "soon"),
+        ("id: a\nmode: read\nexpires_at: tomorrow\n", 3, "expires_at", "RFC 3339"),
+        (
+            "id: a\nmode: execute\nscope:\n  write: [\"/srv/a/**\"]\n  delete:\n    - /etc/**\n",
+            6,
+            "scope.delete",
+            "outside scope.write",
+        ),
+        ("id: a\nmode: propose\n", 2, "scope.propose_dir", "propose"),
+        ("id: a\nmode: read\napproval_required: [nuke]\n", 3, "approval_required", "nuke"),
+        ("id: a b\nmode: read\n", 1, "id", "characters"),
+        ("id: a\nmode: read\nagent: coder\n", 3, "agent", "SPIFFE"),
+        ("id: a\nmode: read\nscope:\n  write: [\"/a/../etc\"]\n", 4, "scope.write", ".."),
+    ];
+    for (text, line, field, needle) in cases {
+        let e = parse_err(text);
+        assert_eq!((e.line, e.field.as_str()), (*line, *field), "{text:?} -> {e}");
+        assert!(e.to_string().starts_with(&format!("t.yaml:{line}: ")), "{e}");
+        assert!(e.msg.contains(needle), "{text:?}: {e}");
+    }
+}
+
+#[test]
+fn scope_patterns_resolve_symlinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = std::fs::canonicalize(dir.path()).unwrap();
+    std::fs::create_dir(real.join("repo")).unwrap();
+    std::os::unix::fs::symlink(real.join("repo"), real.join("link")).unwrap();
+    let text = format!("id: s\nmode: execute\nscope:\n  write: [\"{}/link/**\"]\n", real.display());
+    let t = parse_ok(&text);
+    // Events carry resolved paths: the scope must match them.
+    assert!(t.write.matches(&format!("{}/repo/a.rs", real.display())));
+}
+
+#[test]
+fn delegation_only_narrows() {
+    let parent = parse_ok(EXAMPLE);
+    let ok = parse_ok(
+        "id: child\nmode: read\nexpires_in: 10m\nscope:\n  read: [\"/srv/repo/src/**\"]\n  \
+         connect: [\"10.1.0.0/16:443\"]\napproval_required: [delete, rename, exec]\n",
+    );
+    assert_eq!(parent.contains(&ok), Ok(()));
+    let wider = [
+        ("id: c\nmode: execute\nexpires_in: 1m\nscope:\n  write: [\"/etc/**\"]\napproval_required: [delete, rename]\n", "scope.write"),
+        ("id: c\nmode: execute\nexpires_in: 1m\nscope:\n  connect: [\"10.0.0.0/8:*\"]\napproval_required: [delete, rename]\n", "scope.connect"),
+        ("id: c\nmode: execute\nexpires_in: 1m\nscope:\n  exec: [\"/usr/bin/*\"]\napproval_required: [delete, rename]\n", "scope.exec"),
+        ("id: c\nmode: read\nexpires_in: 2h\napproval_required: [delete, rename]\n", "expires"),
+        ("id: c\nmode: read\napproval_required: [delete, rename]\n", "expire"),
+        ("id: c\nmode: read\nexpires_in: 1m\napproval_required: [delete]\n", "rename"),
+    ];
+    for (text, needle) in wider {
+        let child = parse_ok(text);
+        let e = parent.contains(&child).unwrap_err();
+        assert!(e.contains(needle), "{text}: {e}");
+    }
+    let read_parent = parse_ok("id: p\nmode: read\n");
+    assert!(read_parent.contains(&parse_ok("id: c\nmode: execute\n")).unwrap_err().contains("mode"));
+}
+
+/// The parser must return an error, never panic, whatever it is given.
+#[test]
+fn parser_never_panics() {
+    use proptest::prelude::*;
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases: 2000,
+        ..Default::default()
+    });
+    // Random text, and mutations of a valid manifest (truncations and byte flips).
+    runner
+        .run(&proptest::string::string_regex("(?s).{0,300}").unwrap(), |s| {
+            let _ = parse(&s, Path::new("f"), NOW);
+            Ok(())
+        })
+        .unwrap();
+    let base = EXAMPLE.as_bytes().to_vec();
+    runner
+        .run(&(0..base.len(), 0..base.len(), any::<u8>()), |(cut, at, b)| {
+            let mut v = base.clone();
+            v[at] = b;
+            v.truncate(cut.max(1));
+            let _ = parse(&String::from_utf8_lossy(&v), Path::new("f"), NOW);
+            Ok(())
+        })
+        .unwrap();
+}
+
