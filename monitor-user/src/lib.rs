@@ -14,6 +14,7 @@ pub mod kernel;
 pub mod launch;
 pub mod names;
 pub mod paths;
+pub mod policy;
 pub mod proctable;
 pub mod runner;
 pub mod sensitive;

@@ -26,6 +26,12 @@ pub const DEFAULT_PATTERNS: &[&str] = &[
     "**/.config/gcloud/credentials.db",
     "**/.config/gcloud/application_default_credentials.json",
     "**/*.key",
+    "**/.config/google-chrome/*/Login Data",
+    "**/.config/google-chrome/*/Cookies",
+    "**/.config/chromium/*/Login Data",
+    "**/.mozilla/firefox/*/logins.json",
+    "**/.mozilla/firefox/*/key4.db",
+    "**/.mozilla/firefox/*/cookies.sqlite",
 ];
 
 const MAX_PREFIX_LENS: usize = 4;

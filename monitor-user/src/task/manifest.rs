@@ -63,7 +63,12 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err<T>(&self, at: &S<T>, field: &str, msg: impl Into<String>) -> ManifestError {
-        ManifestError { file: self.file.into(), line: at.referenced.line(), field: field.into(), msg: msg.into() }
+        ManifestError {
+            file: self.file.into(),
+            line: at.referenced.line(),
+            field: field.into(),
+            msg: msg.into(),
+        }
     }
 
     fn paths(&self, field: &str, v: &[S<String>]) -> Result<PathSet, ManifestError> {
@@ -106,7 +111,8 @@ pub fn parse(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestEr
     })?;
 
     let id = raw.id.value.trim().to_string();
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || id.len() > 128 {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || id.len() > 128
+    {
         return Err(cx.err(&raw.id, "id", "must be 1-128 characters of [A-Za-z0-9-_.]"));
     }
     if let Some(a) = &raw.agent
@@ -158,7 +164,11 @@ pub fn parse(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestEr
     }
     let propose_dir = match &sc.propose_dir {
         Some(p) if !p.value.starts_with('/') || is_glob(&p.value) => {
-            return Err(cx.err(p, "scope.propose_dir", format!("{:?} must be an absolute directory", p.value)));
+            return Err(cx.err(
+                p,
+                "scope.propose_dir",
+                format!("{:?} must be an absolute directory", p.value),
+            ));
         }
         Some(p) => Some(canonical_dir(&p.value)),
         None => None,

@@ -50,8 +50,10 @@ pub enum Op {
 }
 
 impl Op {
-    pub const NAMES: [&'static str; 11] =
-        ["write", "create", "delete", "rename", "truncate", "chmod", "chown", "link", "mkdir", "exec", "connect"];
+    pub const NAMES: [&'static str; 11] = [
+        "write", "create", "delete", "rename", "truncate", "chmod", "chown", "link", "mkdir", "exec",
+        "connect",
+    ];
     const ALL: [Op; 11] = [
         Op::Write,
         Op::Create,
@@ -123,7 +125,11 @@ impl Task {
     /// approval required here stays required. Returns what is not covered.
     pub fn contains(&self, child: &Task) -> Result<(), String> {
         if child.mode > self.mode {
-            return Err(format!("mode {} is wider than the parent's {}", child.mode.as_str(), self.mode.as_str()));
+            return Err(format!(
+                "mode {} is wider than the parent's {}",
+                child.mode.as_str(),
+                self.mode.as_str()
+            ));
         }
         for (name, mine, theirs) in [
             ("read", &self.read, &child.read),
@@ -134,7 +140,8 @@ impl Task {
             mine.covers_all(theirs)
                 .map_err(|p| format!("scope.{name} {p:?} is not within the parent's scope.{name}"))?;
         }
-        for (name, mine, theirs) in [("connect", &self.connect, &child.connect), ("listen", &self.listen, &child.listen)]
+        for (name, mine, theirs) in
+            [("connect", &self.connect, &child.connect), ("listen", &self.listen, &child.listen)]
         {
             for ep in theirs {
                 if !mine.iter().any(|m| m.covers(ep)) {

@@ -211,7 +211,8 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
         let net: IpNet = host.parse().map_err(|e| format!("{s:?}: bad CIDR {host:?}: {e}"))?;
         let net = match net {
             IpNet::V6(n) if n.addr().to_ipv4_mapped().is_some() && n.prefix_len() >= 96 => {
-                IpNet::new(canonical_ip(IpAddr::V6(n.addr())), n.prefix_len() - 96).map_err(|e| e.to_string())?
+                IpNet::new(canonical_ip(IpAddr::V6(n.addr())), n.prefix_len() - 96)
+                    .map_err(|e| e.to_string())?
             }
             n => n,
         };
@@ -307,9 +308,13 @@ mod tests {
         assert!(any.allows_ip("127.0.0.1".parse().unwrap(), 1));
         let v6 = parse_endpoint("[fd00::/8]:1000-2000").unwrap();
         assert!(v6.allows_ip("fd12::1".parse().unwrap(), 1500));
-        assert!(parse_endpoint("[::ffff:10.0.0.0/104]:443").unwrap().allows_ip("10.9.9.9".parse().unwrap(), 443));
+        assert!(
+            parse_endpoint("[::ffff:10.0.0.0/104]:443").unwrap().allows_ip("10.9.9.9".parse().unwrap(), 443)
+        );
         assert!(matches!(parse_endpoint("api.example.com:443"), Ok(Endpoint::Host { .. })));
-        for bad in ["10.0.0.0/33:443", "1.2.3.4", "1.2.3.4:99999", "1.2.3.4:9-1", "bad host:1", "unix:rel", ":80"] {
+        for bad in
+            ["10.0.0.0/33:443", "1.2.3.4", "1.2.3.4:99999", "1.2.3.4:9-1", "bad host:1", "unix:rel", ":80"]
+        {
             assert!(parse_endpoint(bad).is_err(), "{bad}");
         }
         let wide = parse_endpoint("10.0.0.0/8:*").unwrap();

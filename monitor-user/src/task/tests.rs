@@ -95,9 +95,18 @@ fn delegation_only_narrows() {
     );
     assert_eq!(parent.contains(&ok), Ok(()));
     let wider = [
-        ("id: c\nmode: execute\nexpires_in: 1m\nscope:\n  write: [\"/etc/**\"]\napproval_required: [delete, rename]\n", "scope.write"),
-        ("id: c\nmode: execute\nexpires_in: 1m\nscope:\n  connect: [\"10.0.0.0/8:*\"]\napproval_required: [delete, rename]\n", "scope.connect"),
-        ("id: c\nmode: execute\nexpires_in: 1m\nscope:\n  exec: [\"/usr/bin/*\"]\napproval_required: [delete, rename]\n", "scope.exec"),
+        (
+            "id: c\nmode: execute\nexpires_in: 1m\nscope:\n  write: [\"/etc/**\"]\napproval_required: [delete, rename]\n",
+            "scope.write",
+        ),
+        (
+            "id: c\nmode: execute\nexpires_in: 1m\nscope:\n  connect: [\"10.0.0.0/8:*\"]\napproval_required: [delete, rename]\n",
+            "scope.connect",
+        ),
+        (
+            "id: c\nmode: execute\nexpires_in: 1m\nscope:\n  exec: [\"/usr/bin/*\"]\napproval_required: [delete, rename]\n",
+            "scope.exec",
+        ),
         ("id: c\nmode: read\nexpires_in: 2h\napproval_required: [delete, rename]\n", "expires"),
         ("id: c\nmode: read\napproval_required: [delete, rename]\n", "expire"),
         ("id: c\nmode: read\nexpires_in: 1m\napproval_required: [delete]\n", "rename"),
@@ -137,4 +146,3 @@ fn parser_never_panics() {
         })
         .unwrap();
 }
-

@@ -1,0 +1,190 @@
+//! The judge: an event, its task and its process context in; a verdict out.
+
+use std::{collections::HashMap, collections::VecDeque, net::IpAddr};
+
+use super::{
+    Action, Reason, Verdict, VerdictKind,
+    examples::ExampleCtx,
+    rules::{Rule, RuleSet},
+    scope,
+};
+use crate::{
+    event::{Dst, Event, Timestamp},
+    task::{Task, scope::canonical_ip},
+};
+
+/// The context of an event that is not in the event itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ctx<'a> {
+    /// The task the process is bound to, if any.
+    pub task: Option<&'a Task>,
+    /// The task root's own first exec (the command agentmon launched).
+    pub launch: bool,
+    /// Executable of the process's parent.
+    pub parent_exe: Option<&'a str>,
+    /// Is the parent the task's root process (the agent itself)?
+    pub parent_is_root: bool,
+}
+
+/// Sliding windows of rate rules, per task and rule. The only state the engine
+/// keeps; passed in by the caller so the engine itself stays a function.
+#[derive(Debug, Default)]
+pub struct Windows {
+    hits: HashMap<(String, u16), VecDeque<Timestamp>>,
+}
+
+impl Windows {
+    fn hit(
+        &mut self,
+        task: Option<&str>,
+        rule: u16,
+        at: Timestamp,
+        count: u32,
+        within: std::time::Duration,
+    ) -> bool {
+        let q = self.hits.entry((task.unwrap_or("").to_string(), rule)).or_default();
+        q.push_back(at);
+        while q.len() > count as usize {
+            q.pop_front();
+        }
+        q.len() >= count as usize && q.front().is_some_and(|f| at.0 - f.0 <= within.as_nanos() as i128)
+    }
+}
+
+/// The matcher's view of the context.
+#[derive(Clone, Copy)]
+pub(super) struct MatchCtx<'a> {
+    parent_exe: Option<&'a str>,
+    parent_is_root: bool,
+    outside_scope: bool,
+}
+
+impl<'a> From<&'a ExampleCtx> for MatchCtx<'a> {
+    fn from(c: &'a ExampleCtx) -> Self {
+        MatchCtx {
+            parent_exe: c.parent_exe.as_deref(),
+            parent_is_root: c.parent_is_root,
+            outside_scope: c.outside_scope,
+        }
+    }
+}
+
+/// Does `rule` (index `idx`) match? Conditions are checked cheapest first.
+pub(super) fn rule_matches<'a>(
+    rule: &Rule,
+    idx: u16,
+    ev: &Event,
+    cx: impl Into<MatchCtx<'a>>,
+    task: Option<&str>,
+    win: &mut Windows,
+) -> bool {
+    let cx: MatchCtx = cx.into();
+    let m = &rule.matcher;
+    if !m.kinds.is_empty() && !m.kinds.contains(&ev.kind) {
+        return false;
+    }
+    if m.outside_scope.is_some_and(|want| want != cx.outside_scope)
+        || m.parent_is_root.is_some_and(|want| want != cx.parent_is_root)
+    {
+        return false;
+    }
+    if !m.comm.is_empty() && !m.comm.iter().any(|c| *c == ev.comm) {
+        return false;
+    }
+    if !m.flags.is_empty() && !m.flags.iter().any(|f| ev.flags.iter().any(|g| g == f)) {
+        return false;
+    }
+    if !m.dst.is_empty() || !m.ports.is_empty() || m.unix.is_some() {
+        let ok = match &ev.dst {
+            Some(Dst::Ip { ip, port }) => {
+                let ip = ip.parse::<IpAddr>().ok().map(canonical_ip);
+                let ip_ok = (m.dst.is_empty() || ip.is_some_and(|ip| m.dst.iter().any(|n| n.contains(&ip))))
+                    && !ip.is_some_and(|ip| m.not_dst.iter().any(|n| n.contains(&ip)));
+                let port_ok = m.ports.is_empty() || m.ports.iter().any(|p| p.contains(*port));
+                ip_ok && port_ok && m.unix.is_none()
+            }
+            Some(Dst::Unix { unix }) => {
+                m.dst.is_empty() && m.ports.is_empty() && m.unix.as_ref().is_some_and(|g| g.is_match(unix))
+            }
+            None => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    if let Some(g) = &m.exe {
+        let exe = ev.exe.as_deref().or(ev.path.as_deref()).unwrap_or("");
+        if !g.is_match(exe) {
+            return false;
+        }
+    }
+    if let Some(g) = &m.parent_exe
+        && !cx.parent_exe.is_some_and(|p| g.is_match(p))
+    {
+        return false;
+    }
+    if let Some(g) = &m.argv {
+        let joined = ev.argv.as_ref().map(|a| a.join(" ")).unwrap_or_default();
+        if !g.is_match(&joined) {
+            return false;
+        }
+    }
+    if let Some(g) = &m.paths {
+        let hit = |p: &Option<String>| {
+            p.as_deref()
+                .is_some_and(|p| g.is_match(p) && !m.not_paths.as_ref().is_some_and(|n| n.is_match(p)))
+        };
+        if !hit(&ev.path) && !hit(&ev.new_path) {
+            return false;
+        }
+    }
+    match m.rate {
+        Some((count, within)) => win.hit(task, idx, ev.ts, count, within),
+        None => true,
+    }
+}
+
+/// The policy engine: rules plus the scope judge.
+#[derive(Debug, Clone, Default)]
+pub struct Engine {
+    pub rules: RuleSet,
+}
+
+impl Engine {
+    pub fn new(rules: RuleSet) -> Self {
+        Self { rules }
+    }
+
+    /// Judges one event.
+    pub fn judge(&self, ev: &Event, cx: &Ctx, win: &mut Windows) -> Verdict {
+        let mut v = Verdict::IN_SCOPE;
+        if let Some(task) = cx.task
+            && let Some(r) = scope::judge(ev, task, cx.launch)
+        {
+            v.add(r);
+        }
+        let mcx = MatchCtx {
+            parent_exe: cx.parent_exe,
+            parent_is_root: cx.parent_is_root,
+            outside_scope: v.verdict == VerdictKind::OutOfScope,
+        };
+        let task_id = cx.task.map(|t| t.id.as_str());
+        for (i, rule) in self.rules.indexed_for_kind(ev.kind) {
+            if rule_matches(rule, i, ev, mcx, task_id, win) {
+                v.add(Reason {
+                    verdict: if rule.action == Action::RequireApproval {
+                        VerdictKind::NeedsApproval
+                    } else {
+                        VerdictKind::Violation
+                    },
+                    action: rule.action,
+                    severity: rule.severity,
+                    rule: Some(rule.id.clone()),
+                    clause: None,
+                    message: rule.description.clone(),
+                });
+            }
+        }
+        v
+    }
+}
