@@ -36,6 +36,7 @@ pub struct Offsets {
     pub file_inode: u32,
     pub file_private: u32,
     pub inode_nlink: u32,
+    pub inode_mode: u32,
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
     pub bprm_file: u32,

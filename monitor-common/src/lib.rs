@@ -99,6 +99,10 @@ pub mod pflags {
     pub const UNRESOLVED: u16 = 1 << 5;
     /// The unix socket address is abstract (leading NUL).
     pub const UNIX_ABSTRACT: u16 = 1 << 6;
+    /// Exec: the new program's standard input is a socket (a reverse-shell sign).
+    pub const STDIN_SOCKET: u16 = 1 << 7;
+    /// Exec: its standard output is a socket.
+    pub const STDOUT_SOCKET: u16 = 1 << 8;
 }
 
 /// Value of the `TRACKED` map, keyed by tgid.

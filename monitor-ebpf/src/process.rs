@@ -10,8 +10,8 @@ use monitor_common::{ARGV_MAX, Tracked, kind, op, pflags};
 use crate::{
     TRACKED,
     kern::{
-        AT_FDCWD, Args, Ev, NO_BASE, conf, count, file_path, kptr, kread, mark, off, pid_tgid, sys_ret,
-        tracked,
+        AT_FDCWD, Args, Ev, NO_BASE, conf, count, fd_file, file_path, kptr, kread, mark, off, pid_tgid,
+        sys_ret, tracked,
     },
 };
 
@@ -48,7 +48,8 @@ fn try_fork(ctx: &BtfTracePointContext) -> Option<()> {
 
 /// tp_btf/sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm).
 /// Reads p->start_time, bprm->file (the resolved executable; nlink 0 = fileless),
-/// bprm->filename, and p->mm->arg_start..arg_end (argv, now in the new image).
+/// bprm->filename, p->mm->arg_start..arg_end (argv, now in the new image), and the
+/// inode type of fds 0 and 1.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let _ = try_exec(&ctx);
@@ -78,6 +79,14 @@ fn try_exec(ctx: &BtfTracePointContext) -> Option<()> {
         }
         ev.operand_path(1, file_path(file));
         ev.operand(2, kptr(bprm, off!(bprm_filename)), false, AT_FDCWD);
+        // A shell whose stdin/stdout is a socket is how reverse shells look.
+        for (fd, flag) in [(0, pflags::STDIN_SOCKET), (1, pflags::STDOUT_SOCKET)] {
+            let inode = kptr(fd_file(fd), off!(file_inode));
+            let mode: u16 = if inode == 0 { 0 } else { kread(inode + off!(inode_mode)) };
+            if mode & 0o170000 == 0o140000 {
+                ev.flag(flag);
+            }
+        }
         let mm = kptr(p, off!(task_mm));
         let a0: u64 = if mm == 0 { 0 } else { kread(mm + off!(mm_arg_start)) };
         let a1: u64 = if mm == 0 { 0 } else { kread(mm + off!(mm_arg_end)) };

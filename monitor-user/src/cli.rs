@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     kernel::loader::{SensorConfig, Sensors},
-    runner::{self, ExecOptions},
+    runner::{self, ExecOptions, RulesChoice},
     sensitive::{DEFAULT_PATTERNS, SensitiveSet},
     sink::Format,
 };
@@ -38,6 +38,18 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
+        /// Bind the command to this task manifest (YAML; see docs/tasks.md). Inside a
+        /// task already watched by agentmon, this makes a sub-task, which must lie
+        /// within the parent's scope.
+        #[arg(long, value_name = "FILE")]
+        task: Option<PathBuf>,
+        /// Judge events with the rules in DIR (reloaded when it changes) instead of the
+        /// built-in baseline.
+        #[arg(long, value_name = "DIR", conflicts_with = "no_rules")]
+        rules: Option<PathBuf>,
+        /// Judge events by the task's scope only, with no rules.
+        #[arg(long)]
+        no_rules: bool,
         /// Add a sensitive path glob: read-only opens of matching files are reported.
         #[arg(long = "sensitive", value_name = "GLOB")]
         sensitive: Vec<String>,
@@ -57,6 +69,20 @@ pub enum Command {
     /// Check that this host can run agentmon: load and attach every kernel program,
     /// report what is available, and exit.
     Probe,
+    /// Work with policy rules.
+    #[command(subcommand)]
+    Rules(RulesCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCmd {
+    /// Validate every rule file of DIR and run each rule's examples. Prints problems
+    /// as `file:line: message`; exits 1 if there is any error.
+    Check {
+        /// Directory of rule files (*.yaml).
+        #[arg(default_value = "rules")]
+        dir: PathBuf,
+    },
 }
 
 fn ringbuf_mb(s: &str) -> Result<u32, String> {
@@ -78,10 +104,43 @@ fn sensitive_set(extra: &[String], no_default: bool) -> anyhow::Result<Sensitive
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     match cli.command {
-        Command::Exec { events, format, sensitive, no_default_sensitive, ringbuf_mb, quiet, cmd } => {
+        Command::Exec {
+            events,
+            format,
+            task,
+            rules,
+            no_rules,
+            sensitive,
+            no_default_sensitive,
+            ringbuf_mb,
+            quiet,
+            cmd,
+        } => {
+            let task = match task {
+                None => None,
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| anyhow::anyhow!("cannot read task manifest {}: {e}", path.display()))?;
+                    let now = crate::enrich::Clock::now().now_wall();
+                    match crate::task::parse(&text, &path, now) {
+                        Ok(t) => Some((t, text)),
+                        Err(e) => {
+                            eprintln!("agentmon: {e}");
+                            return Ok(125);
+                        }
+                    }
+                }
+            };
+            let rules = match (rules, no_rules) {
+                (Some(d), _) => RulesChoice::Dir(d),
+                (None, true) => RulesChoice::None,
+                (None, false) => RulesChoice::Shipped,
+            };
             let opts = ExecOptions {
                 cmd,
                 events,
+                task,
+                rules,
                 format,
                 sensitive: sensitive_set(&sensitive, no_default_sensitive)?,
                 ringbuf_bytes: ringbuf_mb << 20,
@@ -93,6 +152,22 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     eprintln!("agentmon: {e}");
                     Ok(e.exit_code())
                 }
+            }
+        }
+        Command::Rules(RulesCmd::Check { dir }) => {
+            let report = crate::policy::check::check_dir(&dir, &SensitiveSet::default_set());
+            for w in &report.warnings {
+                eprintln!("{w}");
+            }
+            for e in &report.errors {
+                println!("{e}");
+            }
+            if report.errors.is_empty() {
+                println!("{}: {} rules, all examples hold", dir.display(), report.rules);
+                Ok(0)
+            } else {
+                println!("{}: {} error(s)", dir.display(), report.errors.len());
+                Ok(1)
             }
         }
         Command::Probe => {

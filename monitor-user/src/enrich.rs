@@ -163,6 +163,16 @@ impl Enricher {
         }
     }
 
+    /// Id of the task behind cookie `c`.
+    pub fn task_name(&self, c: u32) -> Option<Arc<str>> {
+        self.tasks.get(&c).cloned()
+    }
+
+    /// Names the task behind a new cookie (a delegated sub-task).
+    pub fn bind_task(&mut self, c: u32, id: Arc<str>) {
+        self.tasks.insert(c, id);
+    }
+
     /// Resolved path of operand `i` (operand 0 is exact when taken from an fd).
     fn path(&mut self, raw: &RawEvent, i: usize) -> Option<String> {
         let exact = i == 0 && raw.body.pflags & pflags::OP1_FROM_FD != 0;
@@ -218,6 +228,12 @@ impl Enricher {
             }
             kind::EXEC => {
                 ev.kind = if b.pflags & pflags::FILELESS != 0 { Kind::MemfdExec } else { Kind::Exec };
+                if b.pflags & pflags::STDIN_SOCKET != 0 {
+                    ev.flags.push(Cow::Borrowed("stdin_socket"));
+                }
+                if b.pflags & pflags::STDOUT_SOCKET != 0 {
+                    ev.flags.push(Cow::Borrowed("stdout_socket"));
+                }
                 ev.path = self.path(raw, 1);
                 if h.ret == -(libc::ENOENT as i64) || h.ret == -(libc::ENOTDIR as i64) {
                     // execvp's PATH search tries every directory: misses are not events.

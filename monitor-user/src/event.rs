@@ -93,6 +93,21 @@ pub struct Event {
     pub comm: String,
     pub exe: Option<Arc<str>>,
     pub task: Option<Arc<str>>,
+    /// Tasks this task was delegated from, nearest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_chain: Option<Arc<[Arc<str>]>>,
+    /// Policy verdict: in_scope, needs_approval, out_of_scope, violation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Name>,
+    /// What the policy says should happen (none, alert, require_approval, deny, freeze, kill).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Name>,
+    /// The rule that decided, if a rule did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Why: the deciding rule's description or the scope clause's finding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The syscall or hook that produced the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syscall: Option<Name>,
@@ -150,6 +165,11 @@ impl Event {
             comm: String::new(),
             exe: None,
             task: None,
+            task_chain: None,
+            verdict: None,
+            action: None,
+            rule: None,
+            reason: None,
             syscall: None,
             path: None,
             new_path: None,
@@ -167,6 +187,52 @@ impl Event {
             start: None,
         }
     }
+}
+
+/// An alert: a side effect outside its task's scope, a rule hit, or a step that
+/// needs approval. Carries the whole event and the task. Schema `agentmon.alert/1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub schema: Name,
+    /// Always `alert`, so one stream can carry events and alerts.
+    pub kind: Name,
+    pub id: uuid::Uuid,
+    pub ts: Timestamp,
+    pub host: Arc<str>,
+    pub severity: Name,
+    pub verdict: Name,
+    pub action: Name,
+    pub rule: Option<String>,
+    pub reason: String,
+    /// Every reason, strongest first.
+    pub reasons: Vec<AlertReason>,
+    pub task: Option<TaskInfo>,
+    pub event: Event,
+}
+
+pub const ALERT_SCHEMA: &str = "agentmon.alert/1";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertReason {
+    pub verdict: Name,
+    pub action: Name,
+    pub severity: Name,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clause: Option<Name>,
+    pub message: String,
+}
+
+/// Who acted: the task of an alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub id: Arc<str>,
+    pub agent: Option<String>,
+    pub principal: Option<String>,
+    pub mode: Name,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<String>,
 }
 
 /// A point in time, as Unix nanoseconds; serialised as RFC 3339 UTC with nine

@@ -102,6 +102,22 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event) {
     write_str(out, &ev.comm);
     opt_str(out, "exe", ev.exe.as_deref());
     opt_str(out, "task", ev.task.as_deref());
+    if let Some(c) = &ev.task_chain {
+        key(out, "task_chain");
+        str_array(out, c.iter().map(|s| &**s));
+    }
+    for (k, v) in [("verdict", ev.verdict.as_deref()), ("action", ev.action.as_deref())] {
+        if let Some(v) = v {
+            key(out, k);
+            write_str(out, v);
+        }
+    }
+    for (k, v) in [("rule", &ev.rule), ("reason", &ev.reason)] {
+        if let Some(v) = v {
+            key(out, k);
+            write_str(out, v);
+        }
+    }
     if let Some(s) = &ev.syscall {
         key(out, "syscall");
         write_str(out, s);
@@ -198,6 +214,11 @@ mod tests {
         e.comm = "we\u{1}ird\\comm".into();
         e.exe = Some("/usr/bin/x".into());
         e.task = Some("t".into());
+        e.task_chain = Some(vec![std::sync::Arc::from("parent")].into());
+        e.verdict = Some("out_of_scope".into());
+        e.action = Some("alert".into());
+        e.rule = Some("r.1".into());
+        e.reason = Some("outside \"scope\"".into());
         e.syscall = Some("renameat2".into());
         e.path = Some("/tmp/a \"quoted\"\nname".into());
         e.new_path = Some("/tmp/é".into());

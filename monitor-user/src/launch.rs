@@ -9,7 +9,7 @@ use std::{
     ffi::{CString, OsStr},
     os::{
         fd::{AsRawFd, OwnedFd},
-        unix::ffi::OsStrExt,
+        unix::ffi::{OsStrExt, OsStringExt},
     },
     path::{Path, PathBuf},
 };
@@ -80,14 +80,29 @@ pub struct Held {
     err: OwnedFd,
 }
 
-/// Forks `cmd`; the child blocks until released.
-pub fn spawn_held(cmd: &[String]) -> Result<Held, LaunchError> {
+/// Forks `cmd` with agentmon's environment plus `extra_env`; the child blocks until
+/// released.
+pub fn spawn_held(cmd: &[String], extra_env: &[(String, String)]) -> Result<Held, LaunchError> {
     let first = cmd.first().ok_or(LaunchError::Empty)?;
     let program = resolve_program(first)?;
     let path = cstring(program.as_os_str())?;
     let args: Vec<CString> = cmd.iter().map(|a| cstring(OsStr::new(a))).collect::<Result<_, _>>()?;
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
+    let mut envs: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| !extra_env.iter().any(|(e, _)| OsStr::new(e) == k))
+        .map(|(k, v)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).map_err(|_| LaunchError::Nul("environment".into()))
+        })
+        .collect::<Result<_, _>>()?;
+    for (k, v) in extra_env {
+        envs.push(CString::new(format!("{k}={v}")).map_err(|_| LaunchError::Nul(k.clone()))?);
+    }
+    let mut envp: Vec<*const libc::c_char> = envs.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
     let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC)?;
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC)?;
 
@@ -107,7 +122,7 @@ pub fn spawn_held(cmd: &[String]) -> Result<Held, LaunchError> {
             }
             // Rust ignores SIGPIPE in its own process; give the command the default.
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            libc::execv(path.as_ptr(), argv.as_ptr());
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
             let e = *libc::__errno_location();
             libc::write(err_w.as_raw_fd(), (&raw const e).cast(), 4);
             libc::_exit(if e == libc::ENOENT { 127 } else { 126 });
@@ -164,11 +179,12 @@ mod tests {
 
     #[test]
     fn held_child_runs_after_release_and_reports_exec_errors() {
-        let h = spawn_held(&["sh".into(), "-c".into(), "exit 7".into()]).unwrap();
+        let h =
+            spawn_held(&["sh".into(), "-c".into(), "exit $X".into()], &[("X".into(), "7".into())]).unwrap();
         let pid = h.release().unwrap();
         let st = nix::sys::wait::waitpid(pid, None).unwrap();
         assert_eq!(st, nix::sys::wait::WaitStatus::Exited(pid, 7));
-        let h = spawn_held(&["/etc/passwd".into()]).unwrap();
+        let h = spawn_held(&["/etc/passwd".into()], &[]).unwrap();
         let e = h.release().unwrap_err();
         assert_eq!(e.exit_code(), 126, "{e}");
     }

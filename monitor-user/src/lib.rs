@@ -6,10 +6,12 @@
 //! [`cli`] is the command line.
 
 pub mod cli;
+pub mod ctl;
 pub mod decode;
 pub mod enrich;
 pub mod event;
 pub mod jsonw;
+pub mod judge;
 pub mod kernel;
 pub mod launch;
 pub mod names;

@@ -77,6 +77,11 @@ impl ProcTable {
         self.procs.get_mut(&key)
     }
 
+    /// Current key of a live process.
+    pub fn live_key(&self, tgid: u32) -> Option<ProcKey> {
+        self.live.get(&tgid).copied()
+    }
+
     pub fn get(&self, key: &ProcKey) -> Option<&Proc> {
         self.procs.get(key)
     }

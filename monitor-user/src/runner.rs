@@ -1,24 +1,43 @@
-//! `agentmon exec`: load the sensors, launch the command as a tracked task, stream its
-//! tree's events to the sink until it exits, then return its exit status.
+//! `agentmon exec`: load the sensors, launch the command as a tracked task, judge
+//! and stream its tree's events until it exits, then return its exit status.
+//!
+//! Inside a task already watched by another agentmon (`AGENTMON_CTL` set), `exec
+//! --task` instead asks that agentmon to bind the command to the sub-task
+//! (delegation, see [`crate::ctl`]) and only launches and waits.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use nix::{sys::signal::Signal, sys::wait::WaitStatus, unistd::Pid};
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+use tokio::{io::unix::AsyncFd, net::UnixStream, signal::unix::SignalKind};
 
 use crate::{
+    ctl::{self, CTL_ENV, Reply, Request, TASK_ENV},
     decode::decode,
     enrich::Enricher,
+    judge::{Bound, Judge, RulesWatch},
     kernel::loader::{POLL_INTERVAL, SensorConfig, Sensors},
     launch::{self, LaunchError},
+    policy::{RuleError, RuleSet, shipped},
     proctable::Proc,
     sensitive::SensitiveSet,
     sink::{JsonLines, Sink},
+    task::Task,
 };
 
-/// Task cookie of the single task an `exec` runs.
+/// Task cookie of the task an `exec` runs; delegated sub-tasks get the next ones.
 pub const EXEC_TASK: u32 = 1;
+
+/// Where the rules come from.
+#[derive(Debug, Clone)]
+pub enum RulesChoice {
+    /// The baseline built into the binary (rules/ of the source tree).
+    Shipped,
+    /// A directory, reloaded when it changes.
+    Dir(PathBuf),
+    /// No rules: only the task's scope is judged (if there is a task).
+    None,
+}
 
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
@@ -28,6 +47,8 @@ pub struct ExecOptions {
     pub sensitive: SensitiveSet,
     pub ringbuf_bytes: u32,
     pub quiet: bool,
+    pub task: Option<(Task, String)>,
+    pub rules: RulesChoice,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +61,10 @@ pub enum RunError {
     Sink(#[from] crate::sink::SinkError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("invalid rules:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Rules(Vec<RuleError>),
+    #[error("delegation refused: {0}")]
+    Delegation(String),
 }
 
 impl RunError {
@@ -51,27 +76,36 @@ impl RunError {
     }
 }
 
-/// Reads every record available now; returns how many it read.
-fn drain(ring: &mut RingBuf<MapData>, enr: &mut Enricher, sink: &mut dyn Sink) -> Result<usize, RunError> {
-    let mut n = 0;
-    while let Some(item) = ring.next() {
-        n += 1;
-        // The record is borrowed until the event is built; then the ring slot is freed.
-        match decode(&item) {
-            Ok(raw) => {
-                if let Some(ev) = enr.event(&raw) {
-                    drop(raw);
-                    drop(item);
-                    sink.send(&ev)?;
+/// Everything that turns records into judged events.
+struct Pipeline {
+    enr: Enricher,
+    judge: Judge,
+}
+
+impl Pipeline {
+    /// Reads every record available now.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut dyn Sink) -> Result<(), RunError> {
+        while let Some(item) = ring.next() {
+            // The record is borrowed until the event is built; then the ring slot is freed.
+            let ev = match decode(&item) {
+                Ok(raw) => self.enr.event(&raw),
+                Err(e) => {
+                    tracing::warn!("undecodable kernel record: {e}");
+                    self.enr.decode_errors += 1;
+                    None
+                }
+            };
+            drop(item);
+            if let Some(mut ev) = ev {
+                let alert = self.judge.apply(&mut ev, &self.enr.procs);
+                sink.send(&ev)?;
+                if let Some(a) = alert {
+                    sink.alert(&a)?;
                 }
             }
-            Err(e) => {
-                tracing::warn!("undecodable kernel record: {e}");
-                enr.decode_errors += 1;
-            }
         }
+        Ok(())
     }
-    Ok(n)
 }
 
 fn exit_code(st: WaitStatus) -> i32 {
@@ -82,7 +116,19 @@ fn exit_code(st: WaitStatus) -> i32 {
     }
 }
 
+fn load_rules(choice: &RulesChoice) -> Result<Option<RuleSet>, RunError> {
+    match choice {
+        RulesChoice::Shipped => shipped::rules().map(Some).map_err(RunError::Rules),
+        RulesChoice::Dir(d) => RuleSet::load_dir(d).map(Some).map_err(RunError::Rules),
+        RulesChoice::None => Ok(None),
+    }
+}
+
 pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
+    if let (Some(_), Some(sock)) = (&opts.task, std::env::var_os(CTL_ENV)) {
+        return delegated(opts, PathBuf::from(sock)).await;
+    }
+    let rules = load_rules(&opts.rules)?;
     let mut sink = JsonLines::open(opts.events.as_deref())?.with_format(opts.format);
     let cfg = SensorConfig {
         ringbuf_bytes: opts.ringbuf_bytes,
@@ -90,88 +136,113 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         ..SensorConfig::default()
     };
     let mut sensors = Sensors::load(&cfg)?;
+    let server = ctl::Server::bind()?;
     if !opts.quiet {
         eprintln!(
-            "agentmon: {} kernel programs attached in {} ms ({} syscalls absent on this kernel); \
-             mode observe; events to {}",
+            "agentmon: {} kernel programs attached in {} ms; task {}; {} rules; mode observe \
+             (no enforcement layer in this version); events to {}",
             sensors.attached.len(),
             sensors.load_ms,
-            sensors.absent.len(),
+            opts.task
+                .as_ref()
+                .map(|(t, _)| format!("{} ({})", t.id, t.mode.as_str()))
+                .unwrap_or("none".into()),
+            rules.as_ref().map(RuleSet::len).unwrap_or(0),
             opts.events.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "stdout".into()),
         );
     }
 
-    let held = launch::spawn_held(&opts.cmd)?;
+    let mut env: Vec<(String, String)> = vec![(CTL_ENV.into(), server.path.display().to_string())];
+    if let Some((t, _)) = &opts.task {
+        env.push((TASK_ENV.into(), t.id.clone()));
+    }
+    let held = launch::spawn_held(&opts.cmd, &env)?;
     let pid = held.pid;
-    if let Err(e) = sensors.track(pid.as_raw() as u32, EXEC_TASK) {
+    let root = pid.as_raw() as u32;
+    if let Err(e) = sensors.track(root, EXEC_TASK) {
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, None);
         return Err(e.into());
     }
-    let mut enr = Enricher::new(opts.sensitive.clone(), HashMap::new());
-    enr.procs.seed(
-        pid.as_raw() as u32,
+    let mut names = HashMap::new();
+    let mut judge = Judge::new(rules);
+    judge.set_own_socket(&server.path);
+    if let Some((t, _)) = opts.task.clone() {
+        names.insert(EXEC_TASK, Arc::<str>::from(t.id.as_str()));
+        judge.bind(Bound::new(Arc::new(t), root));
+    }
+    let mut p = Pipeline { enr: Enricher::new(opts.sensitive.clone(), names), judge };
+    p.enr.procs.seed(
+        root,
         Proc {
             ppid: Some(std::process::id()),
             comm: "agentmon".into(),
-            exe: None,
             argv: Some(opts.cmd.clone()),
             task: EXEC_TASK,
             ..Default::default()
         },
     );
+    let mut watch = match &opts.rules {
+        RulesChoice::Dir(d) => Some(RulesWatch::new(d)),
+        _ => None,
+    };
     let events = sensors.take_events().expect("ring buffer taken once");
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
         .map_err(std::io::Error::from)?;
-    let launched = held.release();
 
-    let status = match launched {
-        Err(e) => {
-            // The failed exec is still reported (exec with an error, then exit).
-            drain(ring.get_mut(), &mut enr, &mut sink)?;
-            sink.flush()?;
-            return Err(e.into());
-        }
-        Ok(_) => {
-            let mut waiter = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None));
-            let mut poll = tokio::time::interval(POLL_INTERVAL);
-            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
-            let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-            let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
-            loop {
-                tokio::select! {
-                    r = ring.readable_mut() => {
-                        let mut guard = r?;
-                        drain(guard.get_inner_mut(), &mut enr, &mut sink)?;
-                        guard.clear_ready();
-                    }
-                    // The kernel wakes us only when a batch is waiting (see wakeup_bytes).
-                    _ = poll.tick() => {
-                        drain(ring.get_mut(), &mut enr, &mut sink)?;
-                    }
-                    _ = tick.tick() => {
-                        sensors.settle_pending()?;
-                        if let Some(ev) = enr.loss(&sensors.counts()) {
-                            sink.send(&ev)?;
-                        }
-                        sink.flush()?;
-                    }
-                    st = &mut waiter => break st.map_err(std::io::Error::other)?,
-                    // The command is in our process group for terminal signals; forward
-                    // the others so `kill agentmon` stops the command too.
-                    _ = sigint.recv() => forward(pid, Signal::SIGINT),
-                    _ = sigterm.recv() => forward(pid, Signal::SIGTERM),
-                    _ = sighup.recv() => forward(pid, Signal::SIGHUP),
+    if let Err(e) = held.release() {
+        // The failed exec is still reported (exec with an error, then exit).
+        p.drain(ring.get_mut(), &mut sink)?;
+        sink.flush()?;
+        return Err(e.into());
+    }
+    let mut next_task = EXEC_TASK + 1;
+    let mut waiter = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None));
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    let status = loop {
+        tokio::select! {
+            r = ring.readable_mut() => {
+                let mut guard = r?;
+                p.drain(guard.get_inner_mut(), &mut sink)?;
+                guard.clear_ready();
+            }
+            // The kernel wakes us only when a batch is waiting (see wakeup_bytes).
+            _ = poll.tick() => p.drain(ring.get_mut(), &mut sink)?,
+            _ = tick.tick() => {
+                sensors.settle_pending()?;
+                if let Some(ev) = p.enr.loss(&sensors.counts()) {
+                    sink.send(&ev)?;
+                }
+                if let Some(w) = watch.as_mut() {
+                    reload(w, &mut p.judge);
+                }
+                sink.flush()?;
+            }
+            conn = server.listener.accept() => {
+                if let Ok((mut stream, _)) = conn {
+                    // Pending events first: the caller's fork must be in the process table.
+                    p.drain(ring.get_mut(), &mut sink)?;
+                    let reply = serve(&mut stream, &mut sensors, &mut p, &mut next_task).await;
+                    ctl::write_reply(&mut stream, &reply).await;
                 }
             }
+            st = &mut waiter => break st.map_err(std::io::Error::other)?,
+            // The command is in our process group for terminal signals; forward
+            // the others so `kill agentmon` stops the command too.
+            _ = sigint.recv() => forward(pid, Signal::SIGINT),
+            _ = sigterm.recv() => forward(pid, Signal::SIGTERM),
+            _ = sighup.recv() => forward(pid, Signal::SIGHUP),
         }
     };
     // The root's exit event is in the ring before waitpid returns; take the rest.
-    drain(ring.get_mut(), &mut enr, &mut sink)?;
-    if let Some(ev) = enr.loss(&sensors.counts()) {
+    p.drain(ring.get_mut(), &mut sink)?;
+    if let Some(ev) = p.enr.loss(&sensors.counts()) {
         sink.send(&ev)?;
     }
     sink.flush()?;
@@ -191,6 +262,97 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
             125
         }
     })
+}
+
+/// Reloads changed rules; an invalid edit keeps the old rules and says why.
+fn reload(w: &mut RulesWatch, judge: &mut Judge) {
+    match w.poll() {
+        None => {}
+        Some(Ok(set)) => {
+            eprintln!("agentmon: rules reloaded ({} rules)", set.len());
+            judge.set_rules(set);
+        }
+        Some(Err(errs)) => {
+            eprintln!("agentmon: rules not reloaded, keeping the {} rules in force:", judge.rule_count());
+            for e in errs {
+                eprintln!("  {e}");
+            }
+        }
+    }
+}
+
+/// Answers one control request.
+async fn serve(stream: &mut UnixStream, sensors: &mut Sensors, p: &mut Pipeline, next: &mut u32) -> Reply {
+    let peer = match stream.peer_cred().ok().and_then(|c| c.pid()) {
+        Some(pid) if pid > 0 => pid as u32,
+        _ => return Reply::err("cannot identify the caller"),
+    };
+    let req = match ctl::read_request(stream).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("control request from pid {peer} rejected: {e}");
+            return Reply::err(e);
+        }
+    };
+    let Request::Delegate { manifest, file, pid } = req;
+    let Some(cookie) = sensors.task_of(peer) else {
+        return Reply::err(format!("pid {peer} is not inside a task watched here"));
+    };
+    if ctl::ppid_of(pid) != Some(peer) || sensors.task_of(pid) != Some(cookie) {
+        return Reply::err(format!("pid {pid} is not a child of the caller in its task"));
+    }
+    let Some(parent) = p.enr.task_name(cookie).and_then(|id| p.judge.task(&id)).cloned() else {
+        return Reply::err("the caller's task has no manifest here; delegation needs a parent task");
+    };
+    let mut child = match crate::task::parse(&manifest, std::path::Path::new(&file), p.enr.clock().now_wall())
+    {
+        Ok(t) => t,
+        Err(e) => return Reply::err(e.to_string()),
+    };
+    if let Err(why) = parent.task.contains(&child) {
+        tracing::warn!("delegation from task {} to {} refused: {why}", parent.id, child.id);
+        return Reply::err(format!("{file}: {why}"));
+    }
+    child.parents =
+        std::iter::once(parent.task.id.clone()).chain(parent.task.parents.iter().cloned()).collect();
+    let c = *next;
+    *next += 1;
+    if let Err(e) = sensors.retag(pid, c) {
+        return Reply::err(e.to_string());
+    }
+    let id = child.id.clone();
+    let chain = child.parents.clone();
+    p.enr.bind_task(c, Arc::from(id.as_str()));
+    p.judge.bind(Bound::new(Arc::new(child), pid));
+    Reply { ok: true, task: Some(id), chain, error: None }
+}
+
+/// Delegated mode: the command runs as a sub-task of the task around us.
+async fn delegated(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> {
+    let Some((task, text)) = opts.task else { unreachable!("checked by the caller") };
+    let held = launch::spawn_held(&opts.cmd, &[(TASK_ENV.into(), task.id.clone())])?;
+    let pid = held.pid;
+    let abort = |msg: String| {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+        RunError::Delegation(msg)
+    };
+    let reply = ctl::delegate(&socket, &task.source, text, pid.as_raw() as u32).await.map_err(&abort)?;
+    if !reply.ok {
+        return Err(abort(reply.error.unwrap_or_else(|| "no reason given".into())));
+    }
+    if !opts.quiet {
+        eprintln!(
+            "agentmon: running as sub-task {} of {:?}; its events are in the parent's stream",
+            reply.task.unwrap_or_default(),
+            reply.chain
+        );
+    }
+    held.release()?;
+    let st = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None))
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(st.map(exit_code).unwrap_or(125))
 }
 
 fn forward(pid: Pid, sig: Signal) {

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::event::Event;
+use crate::event::{Alert, Event};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -18,6 +18,7 @@ pub enum SinkError {
 
 pub trait Sink: Send {
     fn send(&mut self, ev: &Event) -> Result<(), SinkError>;
+    fn alert(&mut self, a: &Alert) -> Result<(), SinkError>;
     fn flush(&mut self) -> Result<(), SinkError>;
 }
 
@@ -145,6 +146,28 @@ impl Sink for JsonLines {
         match self.format {
             Format::Json => crate::jsonw::write_event(&mut self.line, ev),
             Format::Text => self.line.extend_from_slice(text_line(ev).as_bytes()),
+        }
+        self.line.push(b'\n');
+        let r = self.out.write_all(&self.line);
+        r.map_err(|e| self.err(e))
+    }
+
+    fn alert(&mut self, a: &Alert) -> Result<(), SinkError> {
+        self.line.clear();
+        match self.format {
+            Format::Json => serde_json::to_writer(&mut self.line, a).map_err(|e| self.err(e.into()))?,
+            Format::Text => {
+                let what = a.event.path.as_deref().unwrap_or(a.event.kind.as_str());
+                let line = format!(
+                    "  ALERT {} {} {}: {} ({what}) -> {}",
+                    a.severity,
+                    a.verdict,
+                    a.rule.as_deref().unwrap_or("scope"),
+                    a.reason,
+                    a.action
+                );
+                self.line.extend_from_slice(line.as_bytes());
+            }
         }
         self.line.push(b'\n');
         let r = self.out.write_all(&self.line);

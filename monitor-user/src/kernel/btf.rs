@@ -165,6 +165,7 @@ impl KernelBtf {
             file_inode: o("file", "f_inode")?,
             file_private: o("file", "private_data")?,
             inode_nlink: o("inode", "__i_nlink")?,
+            inode_mode: o("inode", "i_mode")?,
             mm_arg_start: o("mm_struct", "arg_start")?,
             mm_arg_end: o("mm_struct", "arg_end")?,
             bprm_file: o("linux_binprm", "file")?,

@@ -289,6 +289,23 @@ impl Sensors {
         if self.unmarked.len() != before { self.set_pending() } else { Ok(()) }
     }
 
+    /// The task cookie `tgid` is tracked under, if it is.
+    pub fn task_of(&self, tgid: u32) -> Option<u32> {
+        self.tracked.get(&tgid, 0).ok().map(|t| t.task)
+    }
+
+    /// Moves tracked process `tgid` (and so its future descendants) to task `task`.
+    pub fn retag(&mut self, tgid: u32, task: u32) -> Result<(), LoadError> {
+        let mut v = self
+            .tracked
+            .get(&tgid, 0)
+            .map_err(|e| LoadError::MapOp { name: "TRACKED", msg: e.to_string() })?;
+        v.task = task;
+        self.tracked
+            .insert(&tgid, &v, 0)
+            .map_err(|e| LoadError::MapOp { name: "TRACKED", msg: e.to_string() })
+    }
+
     /// Processes currently tracked (tgid -> task cookie).
     pub fn tracked(&self) -> Vec<(u32, u32)> {
         self.tracked.iter().filter_map(|r| r.ok()).map(|(k, v)| (k, v.task)).collect()

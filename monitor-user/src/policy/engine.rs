@@ -88,7 +88,7 @@ pub(super) fn rule_matches<'a>(
     {
         return false;
     }
-    if !m.comm.is_empty() && !m.comm.iter().any(|c| *c == ev.comm) {
+    if !m.comm.is_empty() && !m.comm.contains(&ev.comm) {
         return false;
     }
     if !m.flags.is_empty() && !m.flags.iter().any(|f| ev.flags.iter().any(|g| g == f)) {

@@ -6,6 +6,7 @@
 //! ([`rules`]). The stronger result wins: `violation` > `out_of_scope` >
 //! `needs_approval` > `in_scope`, and every reason that contributed is kept.
 
+pub mod check;
 pub mod engine;
 pub mod examples;
 pub mod rules;

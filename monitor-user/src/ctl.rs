@@ -1,0 +1,150 @@
+//! The control socket of a running `agentmon exec`, and its one request so far:
+//! delegation. A process inside a task runs `agentmon exec --task child.yaml -- …`;
+//! that agentmon asks the one watching the task (path in `AGENTMON_CTL`) to bind its
+//! command to the sub-task. The watching agentmon decides with what it knows, not
+//! what the caller claims: the caller must be a tracked process of a task (checked
+//! by its kernel credentials, SO_PEERCRED), the command must be the caller's own
+//! child in that task, and the sub-task's scope must be within the task's.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+/// Environment variable naming the control socket, set for the task's command.
+pub const CTL_ENV: &str = "AGENTMON_CTL";
+/// Environment variable with the task id, set for the task's command (information
+/// only: nothing trusts it).
+pub const TASK_ENV: &str = "AGENTMON_TASK";
+const MAX_REQUEST: u64 = 256 * 1024;
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Bind process `pid` (the caller's held child) to the task in `manifest`.
+    Delegate { manifest: String, file: String, pid: u32 },
+}
+
+#[derive(Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Reply {
+    pub fn err(msg: impl Into<String>) -> Self {
+        Reply { ok: false, error: Some(msg.into()), ..Default::default() }
+    }
+}
+
+/// The listening socket; removed when dropped.
+pub struct Server {
+    pub listener: UnixListener,
+    pub path: PathBuf,
+}
+
+impl Server {
+    pub fn bind() -> std::io::Result<Self> {
+        let dir = ["/run/agentmon", "/tmp/agentmon"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|d| std::fs::create_dir_all(d).is_ok())
+            .unwrap_or_else(std::env::temp_dir);
+        let path = dir.join(format!("exec-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        // Anyone may connect; only processes inside a task are answered (peer check).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+        Ok(Self { listener, path })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Reads one request line from an accepted connection (bounded in size and time).
+pub async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
+    let mut line = String::new();
+    let mut r = BufReader::new(stream.take(MAX_REQUEST));
+    match tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await {
+        Err(_) => return Err("timed out reading the request".into()),
+        Ok(Err(e)) => return Err(format!("reading the request: {e}")),
+        Ok(Ok(0)) => return Err("empty request".into()),
+        Ok(Ok(_)) => {}
+    }
+    serde_json::from_str(line.trim_end()).map_err(|e| format!("malformed request: {e}"))
+}
+
+pub async fn write_reply(stream: &mut UnixStream, reply: &Reply) {
+    let mut text = serde_json::to_string(reply).unwrap_or_else(|_| "{\"ok\":false}".into());
+    text.push('\n');
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(text.as_bytes())).await;
+}
+
+/// Client side: asks the agentmon at `socket` to bind `pid` to the task in `file`.
+pub async fn delegate(socket: &Path, file: &Path, manifest: String, pid: u32) -> Result<Reply, String> {
+    let mut s = UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("cannot reach the agentmon watching this task at {}: {e}", socket.display()))?;
+    let req = Request::Delegate { manifest, file: file.display().to_string(), pid };
+    let mut text = serde_json::to_string(&req).map_err(|e| e.to_string())?;
+    text.push('\n');
+    s.write_all(text.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    let mut r = BufReader::new(&mut s);
+    tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line))
+        .await
+        .map_err(|_| "no reply from the watching agentmon".to_string())?
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(line.trim_end()).map_err(|e| format!("bad reply {line:?}: {e}"))
+}
+
+/// Parent pid of `pid` from /proc (the kernel's view, not the caller's word).
+pub fn ppid_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may contain spaces and parentheses: fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_strict() {
+        assert!(
+            serde_json::from_str::<Request>(r#"{"op":"delegate","manifest":"x","file":"f","pid":1}"#).is_ok()
+        );
+        for bad in [
+            r#"{"op":"delete_everything"}"#,
+            r#"{"op":"delegate","manifest":"x","file":"f"}"#,
+            r#"{"op":"delegate","manifest":"x","file":"f","pid":1,"extra":true}"#,
+            r#"{"op":"delegate","manifest":"x","file":"f","pid":-1}"#,
+            "not json",
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ppid_from_proc() {
+        assert_eq!(ppid_of(std::process::id()), Some(nix::unistd::getppid().as_raw() as u32));
+        assert_eq!(ppid_of(u32::MAX), None);
+    }
+}

@@ -1,0 +1,220 @@
+//! Applies the policy engine in the pipeline: finds each event's task and process
+//! context, writes the verdict into the event, and builds the alert when one is due.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::SystemTime,
+};
+
+use crate::{
+    event::{ALERT_SCHEMA, Alert, AlertReason, Event, Kind, TaskInfo},
+    policy::{Ctx, Engine, RuleError, RuleSet, Verdict, Windows, rules::rule_files},
+    proctable::{ProcKey, ProcTable},
+    task::Task,
+};
+
+/// A task bound to a process tree.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub task: Arc<Task>,
+    pub id: Arc<str>,
+    /// Parent task ids, nearest first.
+    pub chain: Arc<[Arc<str>]>,
+    /// The process the task was started with.
+    pub root: u32,
+    root_launched: bool,
+}
+
+impl Bound {
+    pub fn new(task: Arc<Task>, root: u32) -> Self {
+        let id: Arc<str> = Arc::from(task.id.as_str());
+        let chain: Arc<[Arc<str>]> = task.parents.iter().map(|p| Arc::from(p.as_str())).collect();
+        Self { task, id, chain, root, root_launched: false }
+    }
+
+    pub fn info(&self) -> TaskInfo {
+        TaskInfo {
+            id: self.id.clone(),
+            agent: self.task.agent.clone(),
+            principal: self.task.principal.clone(),
+            mode: Cow::Borrowed(self.task.mode.as_str()),
+            parents: self.task.parents.clone(),
+        }
+    }
+}
+
+pub struct Judge {
+    engine: Engine,
+    windows: Windows,
+    tasks: HashMap<Arc<str>, Bound>,
+    /// No rules and no task: events get no verdict fields.
+    active: bool,
+    /// agentmon's own control socket: tasks reach it to delegate, which their scope
+    /// need not declare.
+    own_socket: Option<String>,
+}
+
+impl Judge {
+    pub fn new(rules: Option<RuleSet>) -> Self {
+        let active = rules.is_some();
+        Self {
+            engine: Engine::new(rules.unwrap_or_default()),
+            windows: Windows::default(),
+            tasks: HashMap::new(),
+            active,
+            own_socket: None,
+        }
+    }
+
+    pub fn set_own_socket(&mut self, path: &Path) {
+        self.own_socket = Some(path.display().to_string());
+    }
+
+    pub fn bind(&mut self, b: Bound) {
+        self.active = true;
+        self.tasks.insert(b.id.clone(), b);
+    }
+
+    pub fn task(&self, id: &str) -> Option<&Bound> {
+        self.tasks.get(id)
+    }
+
+    pub fn set_rules(&mut self, rules: RuleSet) {
+        self.engine.rules = rules;
+        self.active = true;
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.engine.rules.len()
+    }
+
+    /// Judges `ev` in place; returns the alert to emit, if any.
+    pub fn apply(&mut self, ev: &mut Event, procs: &ProcTable) -> Option<Alert> {
+        if !self.active || ev.kind == Kind::Loss {
+            return None;
+        }
+        if let (Some(own), Some(crate::event::Dst::Unix { unix })) = (&self.own_socket, &ev.dst)
+            && own == unix
+        {
+            annotate(ev, &Verdict::IN_SCOPE);
+            return None;
+        }
+        let bound = ev.task.as_ref().and_then(|id| self.tasks.get_mut(id));
+        let (launch, root) = match bound {
+            Some(b) => {
+                let launch =
+                    ev.kind == Kind::Exec && ev.pid == b.root && ev.error.is_none() && !b.root_launched;
+                if launch {
+                    b.root_launched = true;
+                }
+                (launch, Some(b.root))
+            }
+            None => (false, None),
+        };
+        let bound = ev.task.as_ref().and_then(|id| self.tasks.get(id));
+        if let Some(b) = bound
+            && !b.chain.is_empty()
+        {
+            ev.task_chain = Some(b.chain.clone());
+        }
+        // The parent of the acting process (for fork events the actor is the parent).
+        let me = ProcKey { tgid: ev.pid, start_ns: ev.start.unwrap_or(0) };
+        let parent = if ev.kind == Kind::Fork {
+            ev.ppid.and_then(|p| procs.live_key(p))
+        } else {
+            procs.get(&me).and_then(|p| p.parent)
+        };
+        let parent_proc = parent.and_then(|k| procs.get(&k));
+        let cx = Ctx {
+            task: bound.map(|b| &*b.task),
+            launch,
+            parent_exe: parent_proc.and_then(|p| p.exe.as_deref()),
+            parent_is_root: parent.is_some_and(|k| Some(k.tgid) == root),
+        };
+        let v = self.engine.judge(ev, &cx, &mut self.windows);
+        let info = bound.map(Bound::info);
+        annotate(ev, &v);
+        v.alerts().then(|| alert(ev, &v, info))
+    }
+}
+
+fn annotate(ev: &mut Event, v: &Verdict) {
+    ev.verdict = Some(Cow::Borrowed(v.verdict.as_str()));
+    ev.action = Some(Cow::Borrowed(v.action.as_str()));
+    let top = v.reasons.first();
+    ev.rule = top.and_then(|r| r.rule.clone());
+    ev.reason = top.map(|r| match r.clause {
+        Some(c) => format!("{c}: {}", r.message),
+        None => r.message.clone(),
+    });
+}
+
+fn alert(ev: &Event, v: &Verdict, task: Option<TaskInfo>) -> Alert {
+    Alert {
+        schema: Cow::Borrowed(ALERT_SCHEMA),
+        kind: Cow::Borrowed("alert"),
+        id: uuid::Uuid::now_v7(),
+        ts: ev.ts,
+        host: ev.host.clone(),
+        severity: Cow::Borrowed(v.severity.as_str()),
+        verdict: Cow::Borrowed(v.verdict.as_str()),
+        action: Cow::Borrowed(v.action.as_str()),
+        rule: ev.rule.clone(),
+        reason: ev.reason.clone().unwrap_or_default(),
+        reasons: v
+            .reasons
+            .iter()
+            .map(|r| AlertReason {
+                verdict: Cow::Borrowed(r.verdict.as_str()),
+                action: Cow::Borrowed(r.action.as_str()),
+                severity: Cow::Borrowed(r.severity.as_str()),
+                rule: r.rule.clone(),
+                clause: r.clause.map(Cow::Borrowed),
+                message: r.message.clone(),
+            })
+            .collect(),
+        task,
+        event: ev.clone(),
+    }
+}
+
+/// Watches a rules directory and reloads it when a file changes. Polls (once a
+/// second from the caller): simple, and it works on every filesystem.
+pub struct RulesWatch {
+    dir: PathBuf,
+    seen: Vec<(PathBuf, u64, Option<SystemTime>)>,
+}
+
+impl RulesWatch {
+    pub fn new(dir: &Path) -> Self {
+        let mut w = Self { dir: dir.to_path_buf(), seen: Vec::new() };
+        w.seen = w.fingerprint();
+        w
+    }
+
+    fn fingerprint(&self) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+        rule_files(&self.dir)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| {
+                let m = std::fs::metadata(&f).ok();
+                let (len, mtime) = m.map(|m| (m.len(), m.modified().ok())).unwrap_or((0, None));
+                (f, len, mtime)
+            })
+            .collect()
+    }
+
+    /// The new rules if the directory changed since the last call (or its errors,
+    /// in which case the caller keeps the old rules).
+    pub fn poll(&mut self) -> Option<Result<RuleSet, Vec<RuleError>>> {
+        let now = self.fingerprint();
+        if now == self.seen {
+            return None;
+        }
+        self.seen = now;
+        Some(RuleSet::load_dir(&self.dir))
+    }
+}
