@@ -4,6 +4,7 @@
 
 mod scenarios;
 mod support;
+mod tasks;
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -11,7 +12,7 @@ use agentmon::event::{Dst, Event, Kind};
 use libtest_mimic::{Arguments, Failed, Trial};
 use support::{SCENARIO_ENV, SKIP_ENV, ensure, eq, run_agentmon, run_scenario, workdir};
 
-type R = Result<(), Failed>;
+pub type R = Result<(), Failed>;
 type Test = (&'static str, fn() -> R);
 
 fn main() {
@@ -33,6 +34,11 @@ fn main() {
         ("exit_status_is_propagated", exit_status_is_propagated),
         ("emitted_plus_lost_equals_performed", emitted_plus_lost_equals_performed),
         ("cli_usage_errors", cli_usage_errors),
+        ("task_verdicts_and_alerts", tasks::task_verdicts_and_alerts),
+        ("delegation", tasks::delegation),
+        ("rules_hot_reload", tasks::rules_hot_reload),
+        ("rules_check_cli", tasks::rules_check_cli),
+        ("reverse_shell_flagged", tasks::reverse_shell_flagged),
     ];
     let root = nix::unistd::geteuid().is_root();
     let skip = std::env::var(SKIP_ENV).is_ok_and(|v| v == "1");
@@ -322,7 +328,7 @@ fn untracked_process_produces_nothing() -> R {
     let st = agent.wait().map_err(|e| e.to_string())?;
     eq("agentmon exit", st.code(), Some(0))?;
     let text = std::fs::read_to_string(&events).map_err(|e| e.to_string())?;
-    let evs: Vec<Event> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (evs, _) = support::parse_stream(&text)?;
     let root = evs.iter().find(|e| e.kind == Kind::Exec).map(|e| e.pid).ok_or("no exec")?;
     ensure(evs.iter().all(|e| e.pid == root), || format!("events from outside the task: {text}"))?;
     ensure(evs.iter().all(|e| matches!(e.kind, Kind::Exec | Kind::Exit)), || {
@@ -369,7 +375,7 @@ fn emitted_plus_lost_equals_performed() -> R {
         .map_err(|e| e.to_string())?;
     eq("exit", out.status.code(), Some(0))?;
     let text = std::fs::read_to_string(&events).map_err(|e| e.to_string())?;
-    let evs: Vec<Event> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (evs, _) = support::parse_stream(&text)?;
     let delivered = evs.iter().filter(|e| e.kind == Kind::FileCreate).count() as u64;
     let lost: u64 = evs.iter().filter_map(|e| e.lost.as_ref()).filter_map(|l| l.get("open")).sum();
     eq("created files delivered + lost", delivered + lost, n)?;

@@ -7,7 +7,7 @@ use std::{
     io::Write,
     net::{TcpListener, UdpSocket},
     os::{
-        fd::{FromRawFd, OwnedFd},
+        fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::{ffi::OsStrExt, fs::PermissionsExt, net::UnixStream},
     },
     path::Path,
@@ -33,6 +33,11 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         ("memfd", _) => memfd(),
         ("sensitive", Some(d)) => sensitive(d),
         ("wait_for", Some(d)) => wait_for(&d.join("go")),
+        ("task_agent", Some(d)) => task_agent(d),
+        ("reverse_shell", _) => reverse_shell(),
+        ("delegate", Some(d)) => delegate(d, args),
+        ("sub_agent", Some(d)) => sub_agent(d),
+        ("two_steps", Some(d)) => two_steps(d),
         _ => Err(format!("unknown scenario {name} {args:?}")),
     };
     match r {
@@ -242,4 +247,81 @@ fn wait_for(flag: &Path) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Err(format!("{} never appeared", flag.display()))
+}
+
+/// An agent doing in-scope and out-of-scope things under the task of
+/// `task_verdicts_and_alerts` (write/delete/read scope under d/repo).
+fn task_agent(d: &Path) -> Result<(), String> {
+    let e = |x: std::io::Error| x.to_string();
+    let repo = d.join("repo");
+    fs::write(repo.join("in.txt"), b"ok").map_err(e)?; // in scope
+    fs::write(d.join("outside.txt"), b"no").map_err(e)?; // outside scope.write
+    fs::rename(repo.join("in.txt"), repo.join("moved.txt")).map_err(e)?; // needs approval
+    fs::remove_file(repo.join("build/x.o")).map_err(e)?; // in scope.delete
+    fs::remove_file(repo.join("keep.txt")).map_err(e)?; // outside scope.delete
+    fs::read(repo.join(".env")).map_err(e)?; // in scope.read, but the dotenv rule fires
+    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(e)?.port();
+    fs::write(d.join("closed-port"), port.to_string()).map_err(e)?;
+    let _ = std::net::TcpStream::connect(("127.0.0.1", port)); // outside scope.connect
+    Ok(())
+}
+
+/// A shell whose stdin and stdout are a socket: what a reverse shell looks like.
+fn reverse_shell() -> Result<(), String> {
+    let (a, b) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+    match unsafe { fork() }.map_err(|e| e.to_string())? {
+        ForkResult::Child => unsafe {
+            libc::dup2(b.as_raw_fd(), 0);
+            libc::dup2(b.as_raw_fd(), 1);
+            let sh = CString::new("/bin/sh").unwrap();
+            let arg = [sh.as_ptr(), c"-c".as_ptr(), c"exit 0".as_ptr(), std::ptr::null()];
+            libc::execv(sh.as_ptr(), arg.as_ptr());
+            libc::_exit(97);
+        },
+        ForkResult::Parent { child } => {
+            drop(a);
+            nix::sys::wait::waitpid(child, None).map_err(|e| e.to_string())?;
+            Ok(())
+        }
+    }
+}
+
+/// Runs two nested `agentmon exec --task` (args: dir, agentmon, good, bad):
+/// a sub-task within the parent's scope, and one that is not.
+fn delegate(d: &Path, args: &[String]) -> Result<(), String> {
+    let (agentmon, good, bad) = match args {
+        [_, a, g, b] => (a, g, b),
+        _ => return Err("delegate needs: dir agentmon good.yaml bad.yaml".into()),
+    };
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let nested = |manifest: &str| {
+        std::process::Command::new(agentmon)
+            .args(["exec", "--quiet", "--task", manifest, "--"])
+            .arg(&me)
+            .arg(d)
+            .env("AGENTMON_SCENARIO", "sub_agent")
+            .output()
+    };
+    let ok = nested(good).map_err(|e| e.to_string())?;
+    fs::write(d.join("good-rc"), format!("{:?}", ok.status.code())).map_err(|e| e.to_string())?;
+    let refused = nested(bad).map_err(|e| e.to_string())?;
+    fs::write(d.join("bad-rc"), format!("{:?}", refused.status.code())).map_err(|e| e.to_string())?;
+    fs::write(d.join("bad-stderr"), &refused.stderr).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The sub-task's agent: one write inside its scope, one outside.
+fn sub_agent(d: &Path) -> Result<(), String> {
+    fs::write(d.join("repo/sub/inside.txt"), b"").map_err(|e| e.to_string())?;
+    fs::write(d.join("repo/notsub.txt"), b"").map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Waits for `go1`, writes x1; waits for `go2`, writes x2 (rule hot reload).
+fn two_steps(d: &Path) -> Result<(), String> {
+    wait_for(&d.join("go1"))?;
+    fs::write(d.join("x1"), b"").map_err(|e| e.to_string())?;
+    wait_for(&d.join("go2"))?;
+    fs::write(d.join("x2"), b"").map_err(|e| e.to_string())?;
+    Ok(())
 }

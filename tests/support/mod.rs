@@ -11,7 +11,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use agentmon::event::{Event, Kind};
+use agentmon::event::{ALERT_SCHEMA, Alert, Event, Kind};
 
 pub const SCENARIO_ENV: &str = "AGENTMON_SCENARIO";
 /// Opt-out a user may set to run the suite without root; never set by CI.
@@ -23,6 +23,7 @@ pub fn agentmon() -> &'static str {
 
 pub struct Run {
     pub events: Vec<Event>,
+    pub alerts: Vec<Alert>,
     pub code: i32,
     pub stderr: String,
 }
@@ -67,11 +68,44 @@ pub fn run_scenario(name: &str, args: &[&str], dir: &Path) -> Result<Run, String
 
 /// Runs `agentmon exec -- cmd` and parses its events.
 pub fn run_agentmon(cmd: &[String], env: &[(&str, &str)], dir: &Path) -> Result<Run, String> {
+    run_agentmon_with(&[], cmd, env, dir)
+}
+
+/// Parses a JSON-lines stream of events and alerts.
+pub fn parse_stream(text: &str) -> Result<(Vec<Event>, Vec<Alert>), String> {
+    let mut events = Vec::new();
+    let mut alerts = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("line {} is not JSON: {e}: {line}", i + 1))?;
+        if v["schema"] == ALERT_SCHEMA {
+            alerts.push(
+                serde_json::from_value(v)
+                    .map_err(|e| format!("line {} is not an alert: {e}: {line}", i + 1))?,
+            );
+        } else {
+            events.push(
+                serde_json::from_value(v)
+                    .map_err(|e| format!("line {} is not an event: {e}: {line}", i + 1))?,
+            );
+        }
+    }
+    Ok((events, alerts))
+}
+
+/// Runs `agentmon exec FLAGS -- cmd` and parses its events and alerts.
+pub fn run_agentmon_with(
+    flags: &[&str],
+    cmd: &[String],
+    env: &[(&str, &str)],
+    dir: &Path,
+) -> Result<Run, String> {
     let events = dir.join(format!("events-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&events);
     let out = Command::new(agentmon())
         .args(["exec", "--quiet", "--events"])
         .arg(&events)
+        .args(flags)
         .arg("--")
         .args(cmd)
         .envs(env.iter().copied())
@@ -83,13 +117,8 @@ pub fn run_agentmon(cmd: &[String], env: &[(&str, &str)], dir: &Path) -> Result<
     let code = out.status.code().unwrap_or(-1);
     let text = std::fs::read_to_string(&events)
         .map_err(|e| format!("agentmon wrote no events ({e}); exit {code}; stderr:\n{stderr}"))?;
-    let mut parsed = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let ev: Event = serde_json::from_str(line)
-            .map_err(|e| format!("event line {} is not a valid event: {e}: {line}", i + 1))?;
-        parsed.push(ev);
-    }
-    Ok(Run { events: parsed, code, stderr })
+    let (events, alerts) = parse_stream(&text)?;
+    Ok(Run { events, alerts, code, stderr })
 }
 
 /// A fresh directory for one test, canonical (so paths compare with the kernel's).

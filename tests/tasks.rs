@@ -1,0 +1,296 @@
+//! Tasks and policy on the real kernel path: verdicts, alerts, delegation, rule
+//! hot reload, and `agentmon rules check`.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use agentmon::event::{Dst, Event, Kind};
+
+use crate::{
+    R,
+    support::{self, SCENARIO_ENV, ensure, eq, run_agentmon_with, workdir},
+};
+
+fn verdict(e: &Event) -> Option<&str> {
+    e.verdict.as_deref()
+}
+
+/// A scripted agent does in-scope and out-of-scope things; each verdict is asserted.
+pub fn task_verdicts_and_alerts() -> R {
+    let d = workdir("task-verdicts");
+    let repo = d.join("repo");
+    std::fs::create_dir_all(repo.join("build")).map_err(|e| e.to_string())?;
+    for f in ["build/x.o", "keep.txt", ".env"] {
+        std::fs::write(repo.join(f), b"x").map_err(|e| e.to_string())?;
+    }
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let manifest = d.join("task.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "id: verdicts\nagent: spiffe://test/agent\nprincipal: ci@test\nmode: execute\nexpires_in: 10m\n\
+             scope:\n  read: [\"{r}/**\"]\n  write: [\"{r}/**\"]\n  delete: [\"{r}/build/**\"]\n  \
+             exec: [\"{me}\"]\napproval_required: [rename]\n",
+            r = repo.display(),
+            me = me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let cmd = vec![me.display().to_string(), d.display().to_string()];
+    let run = run_agentmon_with(
+        &["--task", manifest.to_str().unwrap()],
+        &cmd,
+        &[(SCENARIO_ENV, "task_agent")],
+        &d,
+    )?;
+    eq("exit", run.code, 0)?;
+    let p = |f: &str| repo.join(f);
+    let check = |kind: Kind, path: &Path, want: &str, rule: Option<&str>| -> R {
+        let e = run.find(kind, path)?;
+        eq(&format!("{kind:?} {} verdict", path.display()), verdict(e), Some(want))?;
+        eq(&format!("{kind:?} {} rule", path.display()), e.rule.as_deref(), rule)?;
+        eq("task", e.task.as_deref(), Some("verdicts"))?;
+        ensure(e.reason.is_some() || want == "in_scope", || format!("no reason on {e:?}"))?;
+        Ok(())
+    };
+    check(Kind::FileCreate, &p("in.txt"), "in_scope", None)?;
+    check(Kind::FileCreate, &d.join("outside.txt"), "violation", Some("scope.write-outside"))?;
+    check(Kind::FileRename, &p("in.txt"), "needs_approval", None)?;
+    check(Kind::FileDelete, &p("build/x.o"), "in_scope", None)?;
+    check(Kind::FileDelete, &p("keep.txt"), "violation", Some("scope.write-outside"))?;
+    check(Kind::SensitiveRead, &p(".env"), "violation", Some("cred.dotenv"))?;
+    let port: u16 = std::fs::read_to_string(d.join("closed-port"))
+        .map_err(|e| e.to_string())?
+        .parse()
+        .map_err(|_| "port")?;
+    let conn = run
+        .of(Kind::Connect)
+        .into_iter()
+        .find(|e| e.dst == Some(Dst::Ip { ip: "127.0.0.1".into(), port }))
+        .ok_or_else(|| run.summary())?;
+    eq("connect verdict", verdict(conn), Some("out_of_scope"))?;
+    ensure(conn.reason.as_deref().is_some_and(|r| r.starts_with("scope.connect")), || {
+        format!("{:?}", conn.reason)
+    })?;
+    // The task's own launch exec is in scope; every event has a verdict.
+    ensure(run.events.iter().filter(|e| e.kind != Kind::Loss).all(|e| e.verdict.is_some()), || {
+        "event without verdict".into()
+    })?;
+    // Alerts: one per non-in-scope event, carrying the event and the task.
+    let judged: Vec<&Event> =
+        run.events.iter().filter(|e| verdict(e).is_some_and(|v| v != "in_scope")).collect();
+    eq("alerts", run.alerts.len(), judged.len())?;
+    let a = run
+        .alerts
+        .iter()
+        .find(|a| a.event.path.as_deref() == d.join("outside.txt").to_str())
+        .ok_or("no alert")?;
+    eq("alert severity", &*a.severity, "medium")?;
+    let t = a.task.as_ref().ok_or("alert without task")?;
+    eq(
+        "alert task",
+        (&*t.id, t.agent.as_deref(), &*t.mode),
+        ("verdicts", Some("spiffe://test/agent"), "execute"),
+    )?;
+    ensure(a.reasons.iter().any(|r| r.clause.as_deref() == Some("scope.write")), || {
+        format!("{:?}", a.reasons)
+    })?;
+    Ok(())
+}
+
+/// A nested `agentmon exec --task` within the parent's scope becomes a sub-task
+/// (events carry its id and the chain); one that widens the scope is refused.
+pub fn delegation() -> R {
+    let d = workdir("delegation");
+    let repo = d.join("repo");
+    std::fs::create_dir_all(repo.join("sub")).map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let am = support::agentmon();
+    let parent = d.join("parent.yaml");
+    std::fs::write(
+        &parent,
+        format!(
+            "id: parent\nmode: execute\nexpires_in: 1h\nscope:\n  write: [\"{r}/**\"]\n  exec: [\"{me}\", \"{am}\"]\n",
+            r = repo.display(),
+            me = me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let good = d.join("good.yaml");
+    std::fs::write(
+        &good,
+        format!(
+            "id: child\nmode: execute\nexpires_in: 10m\nscope:\n  write: [\"{}/sub/**\"]\n  exec: [\"{}\"]\n",
+            repo.display(),
+            me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let bad = d.join("bad.yaml");
+    std::fs::write(&bad, "id: greedy\nmode: execute\nexpires_in: 10m\nscope:\n  write: [\"/etc/**\"]\n")
+        .map_err(|e| e.to_string())?;
+    let cmd: Vec<String> = [
+        me.display().to_string(),
+        d.display().to_string(),
+        am.into(),
+        good.display().to_string(),
+        bad.display().to_string(),
+    ]
+    .into();
+    let run =
+        run_agentmon_with(&["--task", parent.to_str().unwrap()], &cmd, &[(SCENARIO_ENV, "delegate")], &d)?;
+    eq("exit", run.code, 0)?;
+    eq(
+        "sub-task exit",
+        std::fs::read_to_string(d.join("good-rc")).map_err(|e| e.to_string())?,
+        "Some(0)".into(),
+    )?;
+    let inside = run.find(Kind::FileCreate, &repo.join("sub/inside.txt"))?;
+    eq("sub-task id", inside.task.as_deref(), Some("child"))?;
+    eq(
+        "chain",
+        inside.task_chain.as_ref().map(|c| c.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+        Some(vec!["parent".to_string()]),
+    )?;
+    eq("inside verdict", verdict(inside), Some("in_scope"))?;
+    let outside = run.find(Kind::FileCreate, &repo.join("notsub.txt"))?;
+    eq(
+        "sub-task scope applies",
+        (outside.task.as_deref(), verdict(outside)),
+        (Some("child"), Some("violation")),
+    )?;
+    // The widening sub-task: refused, its command never ran.
+    eq(
+        "refused exit",
+        std::fs::read_to_string(d.join("bad-rc")).map_err(|e| e.to_string())?,
+        "Some(125)".into(),
+    )?;
+    let why = std::fs::read_to_string(d.join("bad-stderr")).map_err(|e| e.to_string())?;
+    ensure(why.contains("delegation refused") && why.contains("scope.write"), || {
+        format!("refusal says: {why}")
+    })?;
+    ensure(!run.events.iter().any(|e| e.task.as_deref() == Some("greedy")), || {
+        "refused task has events".into()
+    })?;
+    Ok(())
+}
+
+fn rule(id: &str, paths: &str) -> String {
+    format!(
+        "rules:\n  - id: {id}\n    description: test rule {id}\n    severity: high\n    match:\n      kinds: [file_create]\n      \
+         paths: [{paths}]\n    action: alert\n    examples:\n      match: [{{kind: file_create, path: /a/x1}}]\n      \
+         no_match: [{{kind: file_create, path: /a/y}}]\n"
+    )
+}
+
+/// Rules edited while agentmon runs take effect; an invalid edit keeps the old ones.
+pub fn rules_hot_reload() -> R {
+    let d = workdir("reload");
+    let rules = d.join("rules");
+    std::fs::create_dir_all(&rules).map_err(|e| e.to_string())?;
+    std::fs::write(rules.join("t.yaml"), rule("first", "\"**/nothing\"")).map_err(|e| e.to_string())?;
+    let events = d.join("events.jsonl");
+    let stderr = std::fs::File::create(d.join("stderr")).map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(support::agentmon())
+        .args(["exec", "-e"])
+        .arg(&events)
+        .arg("--rules")
+        .arg(&rules)
+        .arg("--")
+        .arg(&me)
+        .arg(&d)
+        .env(SCENARIO_ENV, "two_steps")
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let wait_text = |file: &Path, needle: &str| {
+        for _ in 0..200 {
+            if std::fs::read_to_string(file).is_ok_and(|t| t.contains(needle)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    ensure(wait_text(&events, "\"kind\":\"exec\""), || "agentmon did not start".into())?;
+    // A valid edit: a rule for x1 and x2.
+    std::fs::write(rules.join("t.yaml"), rule("second", "\"**/x1\", \"**/x2\""))
+        .map_err(|e| e.to_string())?;
+    ensure(wait_text(&d.join("stderr"), "rules reloaded"), || "valid edit not reloaded".into())?;
+    std::fs::write(d.join("go1"), b"").map_err(|e| e.to_string())?;
+    ensure(wait_text(&events, "x1"), || "x1 not seen".into())?;
+    // An invalid edit: refused with file:line, the rules in force stay.
+    std::fs::write(rules.join("t.yaml"), "rules:\n  - id: broken\n    severity: loud\n")
+        .map_err(|e| e.to_string())?;
+    ensure(wait_text(&d.join("stderr"), "rules not reloaded"), || "invalid edit not reported".into())?;
+    std::fs::write(d.join("go2"), b"").map_err(|e| e.to_string())?;
+    let st = child.wait().map_err(|e| e.to_string())?;
+    eq("exit", st.code(), Some(0))?;
+    let (evs, _) = support::parse_stream(&std::fs::read_to_string(&events).map_err(|e| e.to_string())?)?;
+    for x in ["x1", "x2"] {
+        let e = evs
+            .iter()
+            .find(|e| e.kind == Kind::FileCreate && e.path.as_deref() == d.join(x).to_str())
+            .ok_or(format!("no create of {x}"))?;
+        eq(&format!("{x} rule"), e.rule.as_deref(), Some("second"))?;
+    }
+    let err = std::fs::read_to_string(d.join("stderr")).map_err(|e| e.to_string())?;
+    let at = format!("{}:", rules.join("t.yaml").display());
+    ensure(err.contains(&at), || format!("reload error does not name {at}: {err}"))?;
+    Ok(())
+}
+
+/// `agentmon rules check`: the shipped rules pass; errors are `file:line: message`.
+pub fn rules_check_cli() -> R {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
+    let out = Command::new(support::agentmon())
+        .args(["rules", "check"])
+        .arg(&shipped)
+        .output()
+        .map_err(|e| e.to_string())?;
+    eq("shipped rules", out.status.code(), Some(0))?;
+    let d = workdir("rules-check");
+    std::fs::write(d.join("bad.yaml"), "rules:\n  - id: x\n    description: d\n    severity: high\n    match: {kinds: [connect], dst: [\"10.0.0.0/40\"]}\n    action: alert\n").map_err(|e| e.to_string())?;
+    std::fs::write(d.join("wrong-example.yaml"), rule("y", "\"**/x9\"")).map_err(|e| e.to_string())?;
+    let out = Command::new(support::agentmon())
+        .args(["rules", "check"])
+        .arg(&d)
+        .output()
+        .map_err(|e| e.to_string())?;
+    eq("bad rules exit", out.status.code(), Some(1))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure(text.contains(&format!("{}:5: ", d.join("bad.yaml").display())), || {
+        format!("no file:line for the CIDR: {text}")
+    })?;
+    ensure(
+        text.contains(&format!("{}:", d.join("wrong-example.yaml").display()))
+            && text.contains("should match"),
+        || format!("failing example not reported: {text}"),
+    )?;
+    Ok(())
+}
+
+/// A shell with a socket for stdin/stdout is flagged, and the reverse-shell rule fires.
+pub fn reverse_shell_flagged() -> R {
+    let d = workdir("revshell");
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let run = run_agentmon_with(
+        &[],
+        &[me.display().to_string(), d.display().to_string()],
+        &[(SCENARIO_ENV, "reverse_shell")],
+        &d,
+    )?;
+    eq("exit", run.code, 0)?;
+    let sh = run
+        .of(Kind::Exec)
+        .into_iter()
+        .find(|e| e.exe.as_deref().is_some_and(|x| x.ends_with("sh")))
+        .ok_or_else(|| run.summary())?;
+    ensure(
+        sh.flags.iter().any(|f| f == "stdin_socket") && sh.flags.iter().any(|f| f == "stdout_socket"),
+        || format!("{:?}", sh.flags),
+    )?;
+    eq("rule", sh.rule.as_deref(), Some("exec.reverse-shell"))?;
+    eq("action", sh.action.as_deref(), Some("kill"))?;
+    Ok(())
+}
