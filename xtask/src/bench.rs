@@ -190,7 +190,11 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
 
     let userspace = pipeline::events_per_sec(1_000_000)?;
+    let judged = pipeline::judged_per_sec(1_000_000)?;
     report(&o, &mut results, &pipe, userspace);
+    println!(
+        "- policy engine alone (shipped rules, a realistic task, one core): {judged:.0} events/s judged"
+    );
     Ok(())
 }
 
@@ -230,5 +234,7 @@ fn report(o: &Options, results: &mut BTreeMap<(&str, &str), Vec<f64>>, pipe: &[P
             p.events_per_sec
         );
     }
-    println!("- userspace pipeline alone (decode + enrich + JSON, one core): {userspace:.0} events/s");
+    println!(
+        "- userspace pipeline alone (decode + enrich + judge + JSON, one core): {userspace:.0} events/s"
+    );
 }

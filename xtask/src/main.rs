@@ -30,7 +30,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Bench(o) => bench::run(o),
         Cmd::Pipeline { events } => {
-            println!("{:.0} events/s", pipeline::events_per_sec(events)?);
+            println!("pipeline: {:.0} events/s", pipeline::events_per_sec(events)?);
+            println!("policy engine: {:.0} events/s judged", pipeline::judged_per_sec(events)?);
             Ok(())
         }
     }

@@ -1,5 +1,6 @@
 //! Userspace pipeline throughput without the kernel: decode -> process table and
-//! enrichment -> JSON serialisation, on records shaped like real ones.
+//! enrichment -> policy judgement (shipped rules) -> JSON, on records shaped like
+//! real ones.
 
 use std::{collections::HashMap, time::Instant};
 
@@ -32,16 +33,71 @@ pub fn events_per_sec(n: usize) -> anyhow::Result<f64> {
         [0; 5],
     );
     let records = [write, connect, rename];
+    // (none of these three matches a shipped rule: the common case)
     let mut enr =
         Enricher::new(SensitiveSet::default_set(), HashMap::from([(1, std::sync::Arc::from("bench"))]));
+    let mut judge = agentmon::judge::Judge::new(Some(
+        agentmon::policy::shipped::rules().map_err(|e| anyhow::anyhow!("{e:?}"))?,
+    ));
     let mut sink = JsonLines::to_writer("null", std::io::sink());
     let start = Instant::now();
     for i in 0..n {
         let raw = decode(&records[i % records.len()])?;
-        if let Some(ev) = enr.event(&raw) {
+        if let Some(mut ev) = enr.event(&raw) {
+            let alert = judge.apply(&mut ev, &enr.procs);
             sink.send(&ev)?;
+            if let Some(a) = alert {
+                sink.alert(&a)?;
+            }
         }
     }
     sink.flush()?;
     Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Policy engine throughput (one core): the shipped rules and a realistic task,
+/// over a mix of in-scope, out-of-scope and rule-matching events.
+pub fn judged_per_sec(n: usize) -> anyhow::Result<f64> {
+    use agentmon::{
+        event::{Dst, Event, Kind, Timestamp},
+        policy::{Ctx, Engine, Windows, shipped},
+    };
+    let task = agentmon::task::parse(
+        "id: bench\nmode: execute\nexpires_in: 1h\nscope:\n  read: [\"/srv/repo/**\"]\n  write: [\"/srv/repo/**\"]\n  \
+         delete: [\"/srv/repo/build/**\"]\n  exec: [\"/usr/bin/git\", \"/usr/bin/python3*\"]\n  \
+         connect: [\"10.0.0.0/8:443\", \"127.0.0.1:8080\"]\napproval_required: [rename]\n",
+        std::path::Path::new("bench.yaml"),
+        Timestamp(0),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let engine = Engine::new(shipped::rules().map_err(|e| anyhow::anyhow!("{e:?}"))?);
+    let mk = |kind: Kind, path: Option<&str>, exe: Option<&str>, dst: Option<Dst>| {
+        let mut e = Event::new(kind, Timestamp(1), std::sync::Arc::from("h"));
+        e.path = path.map(String::from);
+        e.exe = exe.map(std::sync::Arc::from);
+        e.dst = dst;
+        e.argv = exe.map(|x| vec![x.to_string(), "status".into()]);
+        e
+    };
+    let events = [
+        mk(Kind::FileWrite, Some("/srv/repo/src/main.rs"), None, None),
+        mk(Kind::FileCreate, Some("/srv/repo/target/debug/x.o"), None, None),
+        mk(Kind::FileWrite, Some("/home/alice/.bashrc"), None, None),
+        mk(Kind::Exec, Some("/usr/bin/git"), Some("/usr/bin/git"), None),
+        mk(Kind::Connect, None, None, Some(Dst::Ip { ip: "10.1.2.3".into(), port: 443 })),
+        mk(Kind::SensitiveRead, Some("/srv/repo/.env"), None, None),
+        mk(Kind::FileDelete, Some("/srv/repo/build/a.o"), None, None),
+        mk(Kind::Fork, None, None, None),
+    ];
+    let cx = Ctx { task: Some(&task), ..Default::default() };
+    let mut win = Windows::default();
+    let mut violations = 0usize;
+    let start = Instant::now();
+    for i in 0..n {
+        let v = engine.judge(&events[i % events.len()], &cx, &mut win);
+        violations += v.reasons.len();
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    anyhow::ensure!(violations > 0, "the mix must exercise rules");
+    Ok(rate)
 }
