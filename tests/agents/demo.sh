@@ -12,6 +12,7 @@ chmod 755 main.py                               # change mode
 ln -s main.py entry.py                          # symlink
 echo "# edited" >> entry.py                     # write through the symlink: main.py
 rm -r build                                     # delete files and a directory
+echo "notes" > ../outside-the-task.txt           # a write outside the task's scope
 bash -c 'echo "child shell in $PWD"; touch from-child.txt'   # a child shell
 cat "$HOME/.ssh/id_ed25519" 2>/dev/null; cat .env >/dev/null 2>&1   # sensitive reads
 # Call a local service (HTTP over bash's /dev/tcp).
