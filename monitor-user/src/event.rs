@@ -102,11 +102,12 @@ pub struct Event {
     /// What the policy says should happen (none, alert, require_approval, deny, freeze, kill).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<Name>,
-    /// The rule that decided, if a rule did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The rule that decided, if a rule did (null otherwise).
+    #[serde(default)]
     pub rule: Option<String>,
-    /// Why: the deciding rule's description or the scope clause's finding.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Why: the deciding rule's description or the scope clause's finding (null when
+    /// nothing needed saying).
+    #[serde(default)]
     pub reason: Option<String>,
     /// The syscall or hook that produced the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -112,12 +112,8 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event) {
             write_str(out, v);
         }
     }
-    for (k, v) in [("rule", &ev.rule), ("reason", &ev.reason)] {
-        if let Some(v) = v {
-            key(out, k);
-            write_str(out, v);
-        }
-    }
+    opt_str(out, "rule", ev.rule.as_deref());
+    opt_str(out, "reason", ev.reason.as_deref());
     if let Some(s) = &ev.syscall {
         key(out, "syscall");
         write_str(out, s);
