@@ -2,6 +2,7 @@
 //! parsed events. They need root (CI runs as root). Without root every test fails
 //! with the reason, unless the user opts out with AGENTMON_SKIP_KERNEL_TESTS=1.
 
+mod enforce;
 mod scenarios;
 mod support;
 mod tasks;
@@ -39,6 +40,11 @@ fn main() {
         ("rules_hot_reload", tasks::rules_hot_reload),
         ("rules_check_cli", tasks::rules_check_cli),
         ("reverse_shell_flagged", tasks::reverse_shell_flagged),
+        ("enforce_denies_out_of_scope", enforce::enforce_denies_out_of_scope),
+        ("observe_flags_but_allows", enforce::observe_flags_but_allows),
+        ("tamper_attempts_fail", enforce::tamper_attempts_fail),
+        ("in_scope_workload_runs", enforce::in_scope_workload_runs),
+        ("unenforceable_task_refused", enforce::unenforceable_task_refused),
     ];
     let root = nix::unistd::geteuid().is_root();
     let skip = std::env::var(SKIP_ENV).is_ok_and(|v| v == "1");

@@ -43,6 +43,10 @@ pub enum Command {
         /// within the parent's scope.
         #[arg(long, value_name = "FILE")]
         task: Option<PathBuf>,
+        /// Enforce the task's scope in the kernel (as `enforcement: enforce` in the
+        /// manifest). A scope the active layers cannot enforce is refused.
+        #[arg(long, requires = "task")]
+        enforce: bool,
         /// Judge events with the rules in DIR (reloaded when it changes) instead of the
         /// built-in baseline.
         #[arg(long, value_name = "DIR", conflicts_with = "no_rules")]
@@ -108,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             events,
             format,
             task,
+            enforce,
             rules,
             no_rules,
             sensitive,
@@ -123,7 +128,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                         .map_err(|e| anyhow::anyhow!("cannot read task manifest {}: {e}", path.display()))?;
                     let now = crate::enrich::Clock::now().now_wall();
                     match crate::task::parse(&text, &path, now) {
-                        Ok(t) => Some((t, text)),
+                        Ok(mut t) => {
+                            t.enforce |= enforce;
+                            Some((t, text))
+                        }
                         Err(e) => {
                             eprintln!("agentmon: {e}");
                             return Ok(125);
@@ -179,7 +187,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             if !s.absent.is_empty() {
                 println!("syscalls absent on this kernel (not needed): {}", s.absent.join(", "));
             }
-            println!("enforcement layers: none (observe only in this version)");
+            println!("enforcement layers:");
+            for l in crate::enforce::Layers::probe().describe() {
+                println!("  {l}");
+            }
             Ok(0)
         }
     }

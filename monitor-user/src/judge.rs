@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     event::{ALERT_SCHEMA, Alert, AlertReason, Event, Kind, TaskInfo},
-    policy::{Ctx, Engine, RuleError, RuleSet, Verdict, Windows, rules::rule_files},
+    policy::{Ctx, Engine, RuleError, RuleSet, Verdict, VerdictKind, Windows, rules::rule_files},
     proctable::{ProcKey, ProcTable},
     task::Task,
 };
@@ -134,7 +134,15 @@ impl Judge {
             parent_exe: parent_proc.and_then(|p| p.exe.as_deref()),
             parent_is_root: parent.is_some_and(|k| Some(k.tgid) == root),
         };
-        let v = self.engine.judge(ev, &cx, &mut self.windows);
+        let mut v = self.engine.judge(ev, &cx, &mut self.windows);
+        // Under enforcement, an out-of-scope call that failed with EACCES/EPERM was
+        // stopped by a layer (Landlock, seccomp): say so.
+        if bound.is_some_and(|b| b.task.enforce)
+            && v.verdict >= VerdictKind::OutOfScope
+            && matches!(ev.error.as_deref(), Some("EACCES" | "EPERM"))
+        {
+            v.verdict = VerdictKind::Denied;
+        }
         let info = bound.map(Bound::info);
         annotate(ev, &v);
         v.alerts().then(|| alert(ev, &v, info))

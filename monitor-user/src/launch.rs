@@ -31,7 +31,12 @@ pub enum LaunchError {
     Nul(String),
     #[error("cannot start the command: {0}")]
     Sys(#[from] nix::errno::Errno),
+    #[error("the command could not be confined (enforcement); it was not started")]
+    Confine,
 }
+
+/// Error code the child reports when confinement fails (not an errno).
+const CONFINE_FAILED: i32 = -1;
 
 impl LaunchError {
     /// Exit status agentmon returns for this failure (as env(1) and timeout(1) do).
@@ -81,8 +86,13 @@ pub struct Held {
 }
 
 /// Forks `cmd` with agentmon's environment plus `extra_env`; the child blocks until
-/// released.
-pub fn spawn_held(cmd: &[String], extra_env: &[(String, String)]) -> Result<Held, LaunchError> {
+/// released, then applies `confine` (enforcement) and execs. A child that cannot be
+/// confined never execs.
+pub fn spawn_held(
+    cmd: &[String],
+    extra_env: &[(String, String)],
+    confine: Option<crate::enforce::Confinement>,
+) -> Result<Held, LaunchError> {
     let first = cmd.first().ok_or(LaunchError::Empty)?;
     let program = resolve_program(first)?;
     let path = cstring(program.as_os_str())?;
@@ -122,6 +132,17 @@ pub fn spawn_held(cmd: &[String], extra_env: &[(String, String)]) -> Result<Held
             }
             // Rust ignores SIGPIPE in its own process; give the command the default.
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            // Everything below was prepared before the fork; restrict_self and
+            // apply_filter only make syscalls (prctl, landlock_restrict_self, seccomp).
+            if let Some(c) = confine {
+                let ok = c.landlock.is_none_or(|r| r.restrict_self().is_ok())
+                    && c.seccomp.as_ref().is_none_or(|f| seccompiler::apply_filter(f).is_ok());
+                if !ok {
+                    let e = CONFINE_FAILED;
+                    libc::write(err_w.as_raw_fd(), (&raw const e).cast(), 4);
+                    libc::_exit(125);
+                }
+            }
             libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
             let e = *libc::__errno_location();
             libc::write(err_w.as_raw_fd(), (&raw const e).cast(), 4);
@@ -153,10 +174,14 @@ impl Held {
         if got == 0 {
             return Ok(self.pid); // the pipe closed on exec: success
         }
-        let errno = nix::errno::Errno::from_raw(i32::from_ne_bytes(buf));
+        let code = i32::from_ne_bytes(buf);
+        let errno = nix::errno::Errno::from_raw(code);
         let cmd = self.argv.first().cloned().unwrap_or_default();
         // Reap the child, which has exited.
         let _ = nix::sys::wait::waitpid(self.pid, None);
+        if code == CONFINE_FAILED {
+            return Err(LaunchError::Confine);
+        }
         Err(if errno == nix::errno::Errno::ENOENT {
             LaunchError::NotFound(cmd)
         } else {
@@ -179,12 +204,12 @@ mod tests {
 
     #[test]
     fn held_child_runs_after_release_and_reports_exec_errors() {
-        let h =
-            spawn_held(&["sh".into(), "-c".into(), "exit $X".into()], &[("X".into(), "7".into())]).unwrap();
+        let h = spawn_held(&["sh".into(), "-c".into(), "exit $X".into()], &[("X".into(), "7".into())], None)
+            .unwrap();
         let pid = h.release().unwrap();
         let st = nix::sys::wait::waitpid(pid, None).unwrap();
         assert_eq!(st, nix::sys::wait::WaitStatus::Exited(pid, 7));
-        let h = spawn_held(&["/etc/passwd".into()], &[]).unwrap();
+        let h = spawn_held(&["/etc/passwd".into()], &[], None).unwrap();
         let e = h.release().unwrap_err();
         assert_eq!(e.exit_code(), 126, "{e}");
     }

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod ctl;
 pub mod decode;
+pub mod enforce;
 pub mod enrich;
 pub mod event;
 pub mod jsonw;

@@ -14,6 +14,7 @@ use tokio::{io::unix::AsyncFd, net::UnixStream, signal::unix::SignalKind};
 use crate::{
     ctl::{self, CTL_ENV, Reply, Request, TASK_ENV},
     decode::decode,
+    enforce::{self, Confinement, Layers, Protected},
     enrich::Enricher,
     judge::{Bound, Judge, RulesWatch},
     kernel::loader::{POLL_INTERVAL, SensorConfig, Sensors},
@@ -51,6 +52,42 @@ pub struct ExecOptions {
     pub rules: RulesChoice,
 }
 
+/// Plans the confinement of an enforced task (None when observing), or refuses it.
+fn plan_confinement(opts: &ExecOptions, layers: &Layers) -> Result<Option<Confinement>, RunError> {
+    let Some((task, _)) = opts.task.as_ref().filter(|(t, _)| t.enforce) else { return Ok(None) };
+    let program = launch::resolve_program(opts.cmd.first().map(String::as_str).unwrap_or(""))?;
+    let mut protected = Protected::default();
+    protected.paths.extend(opts.events.iter().cloned());
+    protected.paths.push(task.source.clone());
+    if let RulesChoice::Dir(d) = &opts.rules {
+        protected.paths.push(d.join("x.yaml"));
+    }
+    protected.paths.extend(std::env::current_exe().ok());
+    let protected = Protected {
+        paths: protected
+            .paths
+            .iter()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+            .collect(),
+    };
+    Ok(Some(enforce::confine(task, layers, &enforce::launch_files(&program), &protected)?))
+}
+
+fn report_layers(opts: &ExecOptions, layers: &Layers) {
+    if opts.quiet {
+        return;
+    }
+    eprintln!("agentmon: enforcement layers on this host:");
+    for l in layers.describe() {
+        eprintln!("  {l}");
+    }
+    if let Some((t, _)) = &opts.task {
+        let how =
+            if t.enforce { "enforced by the active layers" } else { "observed and judged, not enforced" };
+        eprintln!("agentmon: task {}: {how}", t.id);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
@@ -65,6 +102,8 @@ pub enum RunError {
     Rules(Vec<RuleError>),
     #[error("delegation refused: {0}")]
     Delegation(String),
+    #[error(transparent)]
+    Enforce(#[from] enforce::EnforceError),
 }
 
 impl RunError {
@@ -129,6 +168,9 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         return delegated(opts, PathBuf::from(sock)).await;
     }
     let rules = load_rules(&opts.rules)?;
+    let layers = Layers::probe();
+    report_layers(&opts, &layers);
+    let confinement = plan_confinement(&opts, &layers)?;
     let mut sink = JsonLines::open(opts.events.as_deref())?.with_format(opts.format);
     let cfg = SensorConfig {
         ringbuf_bytes: opts.ringbuf_bytes,
@@ -139,8 +181,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     let server = ctl::Server::bind()?;
     if !opts.quiet {
         eprintln!(
-            "agentmon: {} kernel programs attached in {} ms; task {}; {} rules; mode observe \
-             (no enforcement layer in this version); events to {}",
+            "agentmon: {} kernel programs attached in {} ms; task {}; {} rules; events to {}",
             sensors.attached.len(),
             sensors.load_ms,
             opts.task
@@ -156,7 +197,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     if let Some((t, _)) = &opts.task {
         env.push((TASK_ENV.into(), t.id.clone()));
     }
-    let held = launch::spawn_held(&opts.cmd, &env)?;
+    let held = launch::spawn_held(&opts.cmd, &env, confinement)?;
     let pid = held.pid;
     let root = pid.as_raw() as u32;
     if let Err(e) = sensors.track(root, EXEC_TASK) {
@@ -329,8 +370,10 @@ async fn serve(stream: &mut UnixStream, sensors: &mut Sensors, p: &mut Pipeline,
 
 /// Delegated mode: the command runs as a sub-task of the task around us.
 async fn delegated(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> {
+    let layers = Layers::probe();
+    let confinement = plan_confinement(&opts, &layers)?;
     let Some((task, text)) = opts.task else { unreachable!("checked by the caller") };
-    let held = launch::spawn_held(&opts.cmd, &[(TASK_ENV.into(), task.id.clone())])?;
+    let held = launch::spawn_held(&opts.cmd, &[(TASK_ENV.into(), task.id.clone())], confinement)?;
     let pid = held.pid;
     let abort = |msg: String| {
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);

@@ -38,6 +38,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         ("delegate", Some(d)) => delegate(d, args),
         ("sub_agent", Some(d)) => sub_agent(d),
         ("two_steps", Some(d)) => two_steps(d),
+        ("attempts", Some(d)) => attempts(d, &args[1..]),
         _ => Err(format!("unknown scenario {name} {args:?}")),
     };
     match r {
@@ -324,4 +325,47 @@ fn two_steps(d: &Path) -> Result<(), String> {
     wait_for(&d.join("go2"))?;
     fs::write(d.join("x2"), b"").map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// Tries each named action and records the errno it got (0: it worked) in
+/// `d/repo/results.txt`, one `name errno` per line. Extra args: `name` or
+/// `name=PATH` for actions that take a path.
+fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
+    use std::io::ErrorKind;
+    let errno =
+        |r: Result<(), std::io::Error>| r.map(|_| 0).unwrap_or_else(|e| e.raw_os_error().unwrap_or(-1));
+    let sys = |r: libc::c_long| {
+        if r < 0 { std::io::Error::last_os_error().raw_os_error().unwrap_or(-1) } else { 0 }
+    };
+    let agentmon = nix::unistd::getppid().as_raw();
+    let mut out = String::new();
+    for a in actions {
+        let (name, arg) = a.split_once('=').unwrap_or((a, ""));
+        let code = match name {
+            "write_in" => errno(fs::write(d.join("repo/ok.txt"), b"ok")),
+            "write_out" => errno(fs::write(d.join("outside.txt"), b"no")),
+            "delete_out" => errno(fs::remove_file(d.join("victim.txt"))),
+            "exec_out" => errno(std::process::Command::new(d.join("tool.sh")).status().map(|_| ())),
+            "tcp" => match std::net::TcpStream::connect("127.0.0.1:1") {
+                Ok(_) => 0,
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => 0, // reached the network
+                Err(e) => e.raw_os_error().unwrap_or(-1),
+            },
+            "udp" => errno(UdpSocket::bind("127.0.0.1:0").map(|_| ())),
+            "unix" => errno(UnixStream::connect(arg).map(|_| ())),
+            "write_file" => errno(fs::OpenOptions::new().append(true).open(arg).map(|_| ())),
+            "create_in" => errno(fs::write(Path::new(arg).join("evil.yaml"), b"rules: []")),
+            "ptrace_agentmon" => sys(unsafe { libc::ptrace(libc::PTRACE_ATTACH, agentmon, 0, 0) }),
+            "signal_agentmon" => sys(unsafe { libc::kill(agentmon, libc::SIGWINCH) } as libc::c_long),
+            "bpf" => {
+                let attr = [0u8; 128];
+                sys(unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), attr.len()) })
+            }
+            "io_uring" => errno(io_uring::IoUring::new(4).map(|_| ())),
+            "leave_cgroup" => errno(fs::write(arg, std::process::id().to_string())),
+            other => return Err(format!("unknown action {other}")),
+        };
+        out.push_str(&format!("{name} {code}\n"));
+    }
+    fs::write(d.join("repo/results.txt"), out).map_err(|e| e.to_string())
 }

@@ -9,7 +9,7 @@ use super::{
     scope,
 };
 use crate::{
-    event::{Dst, Event, Timestamp},
+    event::{Dst, Event, Kind, Timestamp},
     task::{Task, scope::canonical_ip},
 };
 
@@ -113,7 +113,10 @@ pub(super) fn rule_matches<'a>(
         }
     }
     if let Some(g) = &m.exe {
-        let exe = ev.exe.as_deref().or(ev.path.as_deref()).unwrap_or("");
+        // A failed exec did not change the image: its target is the file it named.
+        let failed_exec = matches!(ev.kind, Kind::Exec | Kind::MemfdExec) && ev.ret.is_some_and(|r| r < 0);
+        let exe = if failed_exec { ev.path.as_deref() } else { ev.exe.as_deref().or(ev.path.as_deref()) };
+        let exe = exe.unwrap_or("");
         if !g.is_match(exe) {
             return false;
         }

@@ -27,6 +27,8 @@ pub enum VerdictKind {
     NeedsApproval,
     OutOfScope,
     Violation,
+    /// An enforcement layer stopped it (the call failed with EACCES/EPERM).
+    Denied,
 }
 
 impl VerdictKind {
@@ -36,6 +38,7 @@ impl VerdictKind {
             VerdictKind::NeedsApproval => "needs_approval",
             VerdictKind::OutOfScope => "out_of_scope",
             VerdictKind::Violation => "violation",
+            VerdictKind::Denied => "denied",
         }
     }
 }

@@ -51,9 +51,15 @@ pub fn judge(ev: &Event, task: &Task, launch: bool) -> Option<Reason> {
     let path = ev.path.as_deref().unwrap_or("");
     let verdict = match ev.kind {
         Kind::Exec | Kind::MemfdExec => {
-            let exe = ev.exe.as_deref().unwrap_or(path);
-            if launch || task.exec.matches(exe) || task.exec.matches(path) {
+            // The file named in execve, and (for a script) the interpreter the kernel ran:
+            // both must be allowed, as the Landlock layer checks both. A failed exec did
+            // not change the image, so only the named file counts.
+            let named_ok = path.is_empty() || task.exec.matches(path);
+            let exe = if ev.ret.is_some_and(|r| r < 0) { path } else { ev.exe.as_deref().unwrap_or(path) };
+            if launch || (named_ok && task.exec.matches(exe)) {
                 None
+            } else if !named_ok {
+                out("scope.exec", format!("{path} is not in scope.exec"))
             } else {
                 out("scope.exec", format!("{exe} is not in scope.exec"))
             }

@@ -37,6 +37,8 @@ struct RawManifest {
     scope: RawScope,
     #[serde(default)]
     approval_required: Vec<S<String>>,
+    /// observe (default) or enforce.
+    enforcement: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,8 +188,15 @@ pub fn parse(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestEr
         }
     }
 
+    let enforce = match &raw.enforcement {
+        None => false,
+        Some(e) if e.value == "observe" => false,
+        Some(e) if e.value == "enforce" => true,
+        Some(e) => return Err(cx.err(e, "enforcement", format!("{:?} is not observe or enforce", e.value))),
+    };
     let mut task = Task {
         id,
+        enforce,
         agent: raw.agent.map(|a| a.value),
         principal: raw.principal.map(|p| p.value),
         mode,

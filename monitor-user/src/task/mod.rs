@@ -99,6 +99,8 @@ impl Op {
 #[derive(Debug, Clone)]
 pub struct Task {
     pub id: String,
+    /// Enforce the scope in the kernel (`enforcement: enforce`), not only judge it.
+    pub enforce: bool,
     /// SPIFFE id of the agent.
     pub agent: Option<String>,
     /// The human or service the agent acts for.

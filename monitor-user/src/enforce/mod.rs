@@ -1,0 +1,186 @@
+//! Enforcement: turning a task's scope into kernel-enforced limits on its processes.
+//!
+//! Layers (design.md): Landlock for the file scope and TCP connect ports, seccomp for
+//! outright syscall denials; the cgroup network allowlist, approval gates and
+//! containment come later. At start-up agentmon says which layers are active, and an
+//! enforce-mode task whose scope needs something no active layer can enforce is
+//! refused, naming the clause and the missing layer — never run weaker than declared.
+
+pub mod landlock;
+pub mod seccomp;
+
+use std::path::PathBuf;
+
+use crate::task::Task;
+
+/// What this host can enforce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layers {
+    /// Landlock ABI version (0: unavailable).
+    pub landlock_abi: i32,
+    /// seccomp filters can be installed.
+    pub seccomp: bool,
+}
+
+impl Layers {
+    pub fn probe() -> Self {
+        Self { landlock_abi: landlock::abi(), seccomp: seccomp::available() }
+    }
+
+    /// One line per layer, saying whether it is active.
+    pub fn describe(&self) -> Vec<String> {
+        let ll = match self.landlock_abi {
+            0 => "landlock: unavailable (kernel without Landlock, or not enabled at boot)".to_string(),
+            v if v < landlock::NEEDED_ABI => format!(
+                "landlock: ABI {v}, too old (file scope, TCP ports and signal scoping need ABI {})",
+                landlock::NEEDED_ABI
+            ),
+            v => format!(
+                "landlock ABI {v}: file scope (write, delete, exec), TCP connect ports, signal scoping: active"
+            ),
+        };
+        let sc = if self.seccomp {
+            format!(
+                "seccomp: denies {}: active",
+                seccomp::DENIED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            )
+        } else {
+            "seccomp: unavailable".to_string()
+        };
+        vec![
+            ll,
+            sc,
+            "network allowlist by address (cgroup connect4/6): not in this version (landlock limits TCP ports only)"
+                .into(),
+            "approval gates (seccomp user notification): not in this version".into(),
+            "containment (kill/freeze of the task's cgroup): not in this version".into(),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnforceError {
+    #[error("cannot enforce task {task}: {clause}: {why}")]
+    Refused { task: String, clause: &'static str, why: String },
+    #[error("building the {layer} layer: {msg}")]
+    Build { layer: &'static str, msg: String },
+}
+
+/// Files agentmon itself writes or trusts: a task may never be allowed to write them.
+#[derive(Debug, Clone, Default)]
+pub struct Protected {
+    pub paths: Vec<PathBuf>,
+}
+
+/// Kernel-side limits to apply in the child between fork and exec.
+pub struct Confinement {
+    pub landlock: Option<::landlock::RulesetCreated>,
+    pub seccomp: Option<seccompiler::BpfProgram>,
+}
+
+impl std::fmt::Debug for Confinement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Confinement")
+            .field("landlock", &self.landlock.is_some())
+            .field("seccomp", &self.seccomp.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+/// Files the launch of `program` executes: the program (resolved), and for a script
+/// its `#!` interpreter (and, for `#!/usr/bin/env X`, X found on PATH).
+pub fn launch_files(program: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(real) = std::fs::canonicalize(program) else { return out };
+    out.push(real.clone());
+    let head =
+        std::fs::read(&real).ok().map(|b| b.into_iter().take(256).collect::<Vec<u8>>()).unwrap_or_default();
+    if let Some(line) = head.strip_prefix(b"#!") {
+        let line = String::from_utf8_lossy(line);
+        let mut words = line.lines().next().unwrap_or("").split_whitespace();
+        if let Some(interp) = words.next() {
+            out.extend(std::fs::canonicalize(interp));
+            if interp.ends_with("/env")
+                && let Some(name) = words.find(|w| !w.starts_with('-'))
+                && let Ok(p) = crate::launch::resolve_program(name)
+            {
+                out.extend(std::fs::canonicalize(p));
+            }
+        }
+    }
+    out
+}
+
+/// Builds the confinement of `task`, or refuses it. `launch` are the files the
+/// command itself needs to execute (the program and its interpreters).
+pub fn confine(
+    task: &Task,
+    layers: &Layers,
+    launch: &[PathBuf],
+    protected: &Protected,
+) -> Result<Confinement, EnforceError> {
+    let refuse =
+        |clause: &'static str, why: String| EnforceError::Refused { task: task.id.clone(), clause, why };
+    if layers.landlock_abi < landlock::NEEDED_ABI {
+        return Err(refuse(
+            "scope",
+            format!(
+                "the Landlock layer is not available (ABI {}, need {})",
+                layers.landlock_abi,
+                landlock::NEEDED_ABI
+            ),
+        ));
+    }
+    if !layers.seccomp {
+        return Err(refuse("scope", "the seccomp layer is not available".into()));
+    }
+    if !task.approval.is_empty() {
+        return Err(refuse(
+            "approval_required",
+            "approval gates need the seccomp user-notification layer, which this version does not have"
+                .into(),
+        ));
+    }
+    for p in &protected.paths {
+        if task.write.matches(&p.to_string_lossy()) {
+            return Err(refuse(
+                "scope.write",
+                format!(
+                    "covers {}, which agentmon writes or trusts (the agent could edit its own record)",
+                    p.display()
+                ),
+            ));
+        }
+    }
+    // The network: Landlock limits TCP ports, not addresses, and no active layer sees
+    // unix socket paths; until the cgroup layer lands a task that needs either is
+    // refused rather than half-enforced.
+    if task.connect.iter().any(|e| matches!(e, crate::task::scope::Endpoint::Unix { .. })) {
+        return Err(refuse(
+            "scope.connect",
+            "unix socket allowlists need a layer this version does not have (Landlock ABI 9 or approval gates)"
+                .into(),
+        ));
+    }
+    if !task.connect.is_empty() {
+        return Err(refuse(
+            "scope.connect",
+            "allowing some destinations needs the address allowlist layer (cgroup connect4/6), which this              version does not have; an enforced task may only have no network"
+                .into(),
+        ));
+    }
+    if !task.listen.is_empty() {
+        return Err(refuse(
+            "scope.listen",
+            "listen allowlists need the cgroup bind layer, not in this version".into(),
+        ));
+    }
+    let ruleset =
+        landlock::ruleset(task, layers.landlock_abi, launch).map_err(|(clause, why)| refuse(clause, why))?;
+    let sockets = seccomp::Sockets { no_datagram: true, no_unix: true };
+    let seccomp = seccomp::filter(sockets).map_err(|msg| EnforceError::Build { layer: "seccomp", msg })?;
+    Ok(Confinement { landlock: Some(ruleset), seccomp: Some(seccomp) })
+}
+
+#[cfg(test)]
+mod tests;

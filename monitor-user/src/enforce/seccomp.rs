@@ -1,0 +1,82 @@
+//! Layer: outright syscall denials for enforced tasks, as a seccomp-BPF filter
+//! (EPERM). Syscalls no task may use (they escape monitoring or control the
+//! kernel), and socket families the task's scope does not need.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    TargetArch,
+};
+
+/// Denied for every enforced task: io_uring bypasses syscall monitoring; the rest
+/// trace other processes, load kernel code or change the kernel's mounts.
+pub const DENIED: &[(&str, i64)] = &[
+    ("io_uring_setup", libc::SYS_io_uring_setup),
+    ("io_uring_enter", libc::SYS_io_uring_enter),
+    ("io_uring_register", libc::SYS_io_uring_register),
+    ("ptrace", libc::SYS_ptrace),
+    ("process_vm_writev", libc::SYS_process_vm_writev),
+    ("bpf", libc::SYS_bpf),
+    ("perf_event_open", libc::SYS_perf_event_open),
+    ("mount", libc::SYS_mount),
+    ("umount2", libc::SYS_umount2),
+    ("pivot_root", libc::SYS_pivot_root),
+    ("fsopen", libc::SYS_fsopen),
+    ("move_mount", libc::SYS_move_mount),
+    ("kexec_load", libc::SYS_kexec_load),
+    ("kexec_file_load", libc::SYS_kexec_file_load),
+    ("init_module", libc::SYS_init_module),
+    ("finit_module", libc::SYS_finit_module),
+    ("delete_module", libc::SYS_delete_module),
+    ("open_by_handle_at", libc::SYS_open_by_handle_at),
+];
+
+/// Can this kernel install seccomp filters?
+pub fn available() -> bool {
+    // PR_GET_SECCOMP answers 0 (not in seccomp mode) where seccomp is built in.
+    unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) >= 0 }
+}
+
+/// Which socket families the task may not create.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sockets {
+    /// No UDP or raw IP sockets (a task with no network scope).
+    pub no_datagram: bool,
+    /// No unix sockets (a task that declares no unix endpoint).
+    pub no_unix: bool,
+}
+
+fn cond(arg: u8, op: SeccompCmpOp, v: u64) -> Result<SeccompCondition, String> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, v).map_err(|e| e.to_string())
+}
+
+pub fn filter(sockets: Sockets) -> Result<BpfProgram, String> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().map(|(_, nr)| (*nr, Vec::new())).collect();
+    let mut socket_rules = Vec::new();
+    let rule = |c: Vec<SeccompCondition>| SeccompRule::new(c).map_err(|e| e.to_string());
+    // Packet sockets sniff and forge traffic: never.
+    socket_rules.push(rule(vec![cond(0, SeccompCmpOp::Eq, libc::AF_PACKET as u64)?])?);
+    if sockets.no_unix {
+        socket_rules.push(rule(vec![cond(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?])?);
+    }
+    if sockets.no_datagram {
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            for ty in [libc::SOCK_DGRAM, libc::SOCK_RAW] {
+                socket_rules.push(rule(vec![
+                    cond(0, SeccompCmpOp::Eq, family as u64)?,
+                    cond(1, SeccompCmpOp::MaskedEq(0xf), ty as u64)?,
+                ])?);
+            }
+        }
+    }
+    rules.insert(libc::SYS_socket, socket_rules);
+    let f = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(|e| e.to_string())?;
+    f.try_into().map_err(|e: seccompiler::BackendError| e.to_string())
+}

@@ -1,0 +1,238 @@
+//! Enforcement on the real kernel: out-of-scope writes, deletes, execs and
+//! connects fail under `enforcement: enforce` and are reported `denied`; the same
+//! actions succeed but are flagged when observing; tamper attempts fail; an
+//! in-scope workload (git, python) runs unharmed.
+
+use std::{collections::HashMap, path::Path};
+
+use agentmon::event::Kind;
+
+use crate::{
+    R,
+    support::{self, SCENARIO_ENV, ensure, eq, run_agentmon_with, workdir},
+};
+
+const EACCES: i32 = libc::EACCES;
+const EPERM: i32 = libc::EPERM;
+
+fn setup(name: &str, enforce: bool) -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
+    let d = workdir(name);
+    std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
+    std::fs::write(d.join("victim.txt"), b"keep me").map_err(|e| e.to_string())?;
+    std::fs::write(d.join("tool.sh"), b"#!/bin/sh\nexit 0\n").map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.join("tool.sh"), std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let t = d.join("task.yaml");
+    std::fs::write(
+        &t,
+        format!(
+            "id: {name}\nmode: execute\nenforcement: {}\nscope:\n  write: [\"{r}/**\"]\n  delete: [\"{r}/**\"]\n  \
+             exec: [\"{me}\", \"/usr/bin/**\"]\n",
+            if enforce { "enforce" } else { "observe" },
+            r = d.join("repo").display(),
+            me = me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((d, t))
+}
+
+fn run_attempts(
+    d: &Path,
+    task: &Path,
+    actions: &[String],
+) -> Result<(support::Run, HashMap<String, i32>), String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = vec![me.display().to_string(), d.display().to_string()];
+    cmd.extend(actions.iter().cloned());
+    let events = d.join("events.jsonl");
+    let run = run_agentmon_with(&["--task", task.to_str().unwrap()], &cmd, &[(SCENARIO_ENV, "attempts")], d)?;
+    let _ = events;
+    ensure(run.code == 0, || format!("agent exited {}: {}\n{}", run.code, run.stderr, run.summary()))?;
+    let text = std::fs::read_to_string(d.join("repo/results.txt")).map_err(|e| format!("no results: {e}"))?;
+    let res = text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(-1)))
+        .collect();
+    Ok((run, res))
+}
+
+const CORE: [&str; 6] = ["write_in", "write_out", "delete_out", "exec_out", "tcp", "udp"];
+
+pub fn enforce_denies_out_of_scope() -> R {
+    let (d, task) = setup("enforce", true)?;
+    let actions: Vec<String> = CORE.iter().map(|s| s.to_string()).collect();
+    let (run, res) = run_attempts(&d, &task, &actions)?;
+    let want = [
+        ("write_in", 0),
+        ("write_out", EACCES),
+        ("delete_out", EACCES),
+        ("exec_out", EACCES),
+        ("tcp", EACCES),
+        ("udp", EPERM),
+    ];
+    for (k, v) in want {
+        eq(&format!("{k} errno"), res.get(k).copied(), Some(v))?;
+    }
+    ensure(d.join("victim.txt").exists(), || "the out-of-scope delete happened".into())?;
+    ensure(!d.join("outside.txt").exists(), || "the out-of-scope write happened".into())?;
+    // Each blocked side effect is an event with verdict denied and the clause.
+    let w = run.find(Kind::FileCreate, &d.join("outside.txt"))?;
+    eq("write verdict", w.verdict.as_deref(), Some("denied"))?;
+    eq("write error", w.error.as_deref(), Some("EACCES"))?;
+    let del = run.find(Kind::FileDelete, &d.join("victim.txt"))?;
+    eq("delete verdict", del.verdict.as_deref(), Some("denied"))?;
+    let ex = run.find(Kind::Exec, &d.join("tool.sh"))?;
+    eq("exec verdict", (ex.verdict.as_deref(), ex.error.as_deref()), (Some("denied"), Some("EACCES")))?;
+    ensure(ex.reason.as_deref().is_some_and(|r| r.starts_with("scope.exec")), || format!("{:?}", ex.reason))?;
+    let c = run
+        .of(Kind::Connect)
+        .into_iter()
+        .find(|e| e.error.as_deref() == Some("EACCES"))
+        .ok_or_else(|| run.summary())?;
+    eq("connect verdict", c.verdict.as_deref(), Some("denied"))?;
+    ensure(run.alerts.iter().any(|a| &*a.verdict == "denied"), || "no denied alert".into())?;
+    Ok(())
+}
+
+pub fn observe_flags_but_allows() -> R {
+    let (d, task) = setup("observe", false)?;
+    let actions: Vec<String> = CORE.iter().map(|s| s.to_string()).collect();
+    let (run, res) = run_attempts(&d, &task, &actions)?;
+    for k in CORE {
+        eq(&format!("{k} errno (observe)"), res.get(k).copied(), Some(0))?;
+    }
+    let w = run.find(Kind::FileCreate, &d.join("outside.txt"))?;
+    eq("write verdict", w.verdict.as_deref(), Some("violation"))?;
+    let del = run.find(Kind::FileDelete, &d.join("victim.txt"))?;
+    ensure(matches!(del.verdict.as_deref(), Some("violation" | "out_of_scope")), || {
+        format!("{:?}", del.verdict)
+    })?;
+    let ex = run.find(Kind::Exec, &d.join("tool.sh"))?;
+    ensure(matches!(ex.verdict.as_deref(), Some("out_of_scope" | "violation")), || {
+        format!("{:?}", ex.verdict)
+    })?;
+    let a = run.alerts.iter().find(|a| a.event.id == ex.id).ok_or("no alert for the exec")?;
+    ensure(a.reasons.iter().any(|r| r.clause.as_deref() == Some("scope.exec")), || {
+        format!("{:?}", a.reasons)
+    })?;
+    Ok(())
+}
+
+/// The agent cannot signal or ptrace agentmon, write its files, load BPF, use
+/// io_uring or leave its cgroup.
+pub fn tamper_attempts_fail() -> R {
+    let (d, task) = setup("tamper", true)?;
+    let rules = d.join("rules");
+    std::fs::create_dir_all(&rules).map_err(|e| e.to_string())?;
+    let events = d.join("events-tamper.jsonl");
+    std::fs::write(&events, b"").map_err(|e| e.to_string())?;
+    let cgroup = ["/sys/fs/cgroup/unified/cgroup.procs", "/sys/fs/cgroup/cgroup.procs"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("no cgroup v2 cgroup.procs")?;
+    let actions: Vec<String> = vec![
+        "signal_agentmon".into(),
+        "ptrace_agentmon".into(),
+        format!("write_file={}", events.display()),
+        format!("write_file={}", task.display()),
+        format!("create_in={}", rules.display()),
+        "bpf".into(),
+        "io_uring".into(),
+        format!("leave_cgroup={cgroup}"),
+        "unix=/run/agentmon/none.sock".into(),
+    ];
+    let (_run, res) = run_attempts(&d, &task, &actions)?;
+    let want = [
+        ("signal_agentmon", EPERM),
+        ("ptrace_agentmon", EPERM),
+        ("write_file", EACCES),
+        ("create_in", EACCES),
+        ("bpf", EPERM),
+        ("io_uring", EPERM),
+        ("leave_cgroup", EACCES),
+        ("unix", EPERM),
+    ];
+    for (k, v) in want {
+        eq(&format!("{k} errno"), res.get(k).copied(), Some(v))?;
+    }
+    ensure(std::fs::read(&events).map_err(|e| e.to_string())?.is_empty(), || {
+        "the events file was written by the agent".into()
+    })?;
+    Ok(())
+}
+
+/// git init/add/commit and a python script in scope run unharmed under enforcement.
+pub fn in_scope_workload_runs() -> R {
+    let d = workdir("workload");
+    let repo = d.join("repo");
+    std::fs::create_dir_all(&repo).map_err(|e| e.to_string())?;
+    let t = d.join("task.yaml");
+    std::fs::write(
+        &t,
+        format!(
+            "id: workload\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{r}/**\"]\n  delete: [\"{r}/**\"]\n  \
+             exec: [\"/usr/bin/**\", \"/usr/lib/git-core/**\"]\n",
+            r = repo.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let script = "set -e; cd \"$1\"; git init -q .; echo 'print(sum(range(10)))' > s.py; \
+                  /usr/bin/python3 s.py > out.txt; git add -A; \
+                  git -c user.name=agent -c user.email=agent@test commit -qm 'agent work'; \
+                  git log --oneline | wc -l > commits.txt";
+    let cmd: Vec<String> = ["/bin/sh", "-c", script, "sh"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([repo.display().to_string()])
+        .collect();
+    let env = [("HOME", repo.to_str().unwrap()), ("PATH", "/usr/bin:/bin")];
+    let run = run_agentmon_with(&["--task", t.to_str().unwrap()], &cmd, &env, &d)?;
+    ensure(run.code == 0, || {
+        format!("workload failed under enforcement (exit {}): {}\n{}", run.code, run.stderr, run.summary())
+    })?;
+    eq(
+        "python output",
+        std::fs::read_to_string(repo.join("out.txt")).map_err(|e| e.to_string())?,
+        "45\n".into(),
+    )?;
+    eq(
+        "commits",
+        std::fs::read_to_string(repo.join("commits.txt")).map_err(|e| e.to_string())?.trim().to_string(),
+        "1".into(),
+    )?;
+    let denied: Vec<String> = run
+        .events
+        .iter()
+        .filter(|e| e.verdict.as_deref() == Some("denied"))
+        .map(|e| format!("{:?} {:?} {:?} {:?}", e.kind, e.path, e.reason, e.error))
+        .collect();
+    ensure(denied.is_empty(), || format!("something was denied: {denied:#?}"))?;
+    Ok(())
+}
+
+/// A task the active layers cannot enforce is refused before anything runs.
+pub fn unenforceable_task_refused() -> R {
+    let d = workdir("refused");
+    let t = d.join("task.yaml");
+    std::fs::write(
+        &t,
+        "id: r\nmode: execute\nenforcement: enforce\nscope:\n  connect: [\"10.0.0.0/8:443\"]\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(support::agentmon())
+        .args(["exec", "-q", "--task"])
+        .arg(&t)
+        .args(["--", "touch"])
+        .arg(d.join("ran"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    eq("exit", out.status.code(), Some(125))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure(err.contains("cannot enforce task r: scope.connect"), || format!("refusal: {err}"))?;
+    ensure(!d.join("ran").exists(), || "the command ran".into())?;
+    Ok(())
+}
