@@ -218,11 +218,8 @@ pub fn in_scope_workload_runs() -> R {
 pub fn unenforceable_task_refused() -> R {
     let d = workdir("refused");
     let t = d.join("task.yaml");
-    std::fs::write(
-        &t,
-        "id: r\nmode: execute\nenforcement: enforce\nscope:\n  connect: [\"10.0.0.0/8:443\"]\n",
-    )
-    .map_err(|e| e.to_string())?;
+    std::fs::write(&t, "id: r\nmode: execute\nenforcement: enforce\napproval_required: [delete]\n")
+        .map_err(|e| e.to_string())?;
     let out = std::process::Command::new(support::agentmon())
         .args(["exec", "-q", "--task"])
         .arg(&t)
@@ -232,7 +229,60 @@ pub fn unenforceable_task_refused() -> R {
         .map_err(|e| e.to_string())?;
     eq("exit", out.status.code(), Some(125))?;
     let err = String::from_utf8_lossy(&out.stderr);
-    ensure(err.contains("cannot enforce task r: scope.connect"), || format!("refusal: {err}"))?;
+    ensure(err.contains("cannot enforce task r: approval_required"), || format!("refusal: {err}"))?;
     ensure(!d.join("ran").exists(), || "the command ran".into())?;
+    Ok(())
+}
+
+/// The cgroup guard allows exactly the scope's destinations: an allowed port on
+/// another address is refused in the kernel (EPERM), as is UDP outside the scope.
+pub fn enforce_network_allowlist() -> R {
+    let d = workdir("netguard");
+    std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let port = l.local_addr().map_err(|e| e.to_string())?.port();
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let t = d.join("task.yaml");
+    std::fs::write(
+        &t,
+        format!(
+            "id: netguard\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{r}/**\"]\n  delete: [\"{r}/**\"]\n  \
+             exec: [\"{me}\"]\n  connect: [\"127.0.0.1:{port}\", \"127.0.0.1:5353\"]\n",
+            r = d.join("repo").display(),
+            me = me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let actions = vec![
+        format!("tcp_to=127.0.0.1:{port}"),
+        format!("tcp_to=127.0.0.2:{port}"),
+        "udp_to=127.0.0.1:5353".to_string(),
+        "udp_to=127.0.0.1:53".to_string(),
+    ];
+    let me_s = me.display().to_string();
+    let mut cmd = vec![me_s, d.display().to_string()];
+    cmd.extend(actions);
+    let run = run_agentmon_with(&["--task", t.to_str().unwrap()], &cmd, &[(SCENARIO_ENV, "attempts")], &d)?;
+    ensure(run.code == 0, || format!("exit {}: {}", run.code, run.stderr))?;
+    let text = std::fs::read_to_string(d.join("repo/results.txt")).map_err(|e| e.to_string())?;
+    let got: Vec<&str> = text.lines().collect();
+    eq(
+        "tcp allowed, tcp other address, udp allowed, udp other port",
+        got,
+        vec!["tcp_to 0", &format!("tcp_to {EPERM}"), "udp_to 0", &format!("udp_to {EPERM}")],
+    )?;
+    let c = run
+        .of(Kind::Connect)
+        .into_iter()
+        .find(|e| e.error.as_deref() == Some("EPERM"))
+        .ok_or_else(|| run.summary())?;
+    eq("connect verdict", c.verdict.as_deref(), Some("denied"))?;
+    let s = run
+        .of(Kind::Send)
+        .into_iter()
+        .find(|e| e.error.as_deref() == Some("EPERM"))
+        .ok_or_else(|| run.summary())?;
+    eq("send verdict", s.verdict.as_deref(), Some("denied"))?;
+    drop(l);
     Ok(())
 }

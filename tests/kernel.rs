@@ -45,6 +45,7 @@ fn main() {
         ("tamper_attempts_fail", enforce::tamper_attempts_fail),
         ("in_scope_workload_runs", enforce::in_scope_workload_runs),
         ("unenforceable_task_refused", enforce::unenforceable_task_refused),
+        ("enforce_network_allowlist", enforce::enforce_network_allowlist),
     ];
     let root = nix::unistd::geteuid().is_root();
     let skip = std::env::var(SKIP_ENV).is_ok_and(|v| v == "1");

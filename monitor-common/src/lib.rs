@@ -116,6 +116,18 @@ pub struct Tracked {
     pub start_ns: u64,
 }
 
+/// Key data of the `NET_ALLOW` LPM trie: the task cookie (big-endian, so a
+/// 32-bit prefix is exactly the task) then the IPv6 address (IPv4 as v4-mapped).
+pub type NetKeyData = [u8; 20];
+
+/// Port ranges a `NET_ALLOW` entry allows (inclusive, host order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetPorts {
+    pub n: u32,
+    pub ranges: [[u16; 2]; 8],
+}
+
 /// Default entries of `TRACKED_BYTES` (64 pids each); the loader sizes it to pid_max.
 pub const TRACKED_BYTES_ENTRIES: u32 = 32768 / 64;
 
@@ -134,6 +146,7 @@ mod pod {
     // that the kernel would read as meaningful.
     unsafe impl aya::Pod for super::Tracked {}
     unsafe impl aya::Pod for super::KConfig {}
+    unsafe impl aya::Pod for super::NetPorts {}
 }
 
 #[cfg(test)]

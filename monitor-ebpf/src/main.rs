@@ -16,14 +16,15 @@ mod file;
 mod iouring;
 mod kern;
 mod net;
+mod netguard;
 mod privilege;
 mod process;
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
-use monitor_common::{COUNTER_SLOTS, KConfig, TRACKED_BYTES_ENTRIES, Tracked};
+use monitor_common::{COUNTER_SLOTS, KConfig, NetKeyData, NetPorts, TRACKED_BYTES_ENTRIES, Tracked};
 
 /// Set by the loader before verification (offsets from BTF and tracefs).
 #[unsafe(no_mangle)]
@@ -60,6 +61,14 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS 
 /// Hashes of sensitive basenames/extensions/prefixes (see monitor_common::hash).
 #[map]
 static SENSITIVE: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Enforcement: cgroup id of an enforced task's cgroup -> its task cookie.
+#[map]
+static NET_TASK: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Enforcement: (task, address prefix) -> allowed ports (see netguard.rs).
+#[map]
+static NET_ALLOW: LpmTrie<NetKeyData, NetPorts> = LpmTrie::with_max_entries(65536, 0);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -14,7 +14,7 @@ use tokio::{io::unix::AsyncFd, net::UnixStream, signal::unix::SignalKind};
 use crate::{
     ctl::{self, CTL_ENV, Reply, Request, TASK_ENV},
     decode::decode,
-    enforce::{self, Confinement, Layers, Protected},
+    enforce::{self, Confinement, Layers, Protected, cgroup::TaskCgroup},
     enrich::Enricher,
     judge::{Bound, Judge, RulesWatch},
     kernel::loader::{POLL_INTERVAL, SensorConfig, Sensors},
@@ -205,6 +205,18 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         let _ = nix::sys::wait::waitpid(pid, None);
         return Err(e.into());
     }
+    // An enforced task gets its own cgroup with the network guard, before it runs.
+    let cgroup = match opts.task.as_ref().filter(|(t, _)| t.enforce && layers.cgroup_net) {
+        Some((t, _)) => match guard_task(&mut sensors, t, root) {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let mut names = HashMap::new();
     let mut judge = Judge::new(rules);
     judge.set_own_socket(&server.path);
@@ -239,6 +251,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         return Err(e.into());
     }
     let mut next_task = EXEC_TASK + 1;
+    let mut ticks: u64 = 0;
     let mut waiter = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None));
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -256,6 +269,13 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
             // The kernel wakes us only when a batch is waiting (see wakeup_bytes).
             _ = poll.tick() => p.drain(ring.get_mut(), &mut sink)?,
             _ = tick.tick() => {
+                ticks += 1;
+                // Host names in the allowlist: new addresses are added every minute.
+                if ticks.is_multiple_of(120)
+                    && let (Some(_), Some((t, _))) = (&cgroup, &opts.task)
+                {
+                    refresh_hosts(&mut sensors, t);
+                }
                 sensors.settle_pending()?;
                 if let Some(ev) = p.enr.loss(&sensors.counts()) {
                     sink.send(&ev)?;
@@ -287,6 +307,11 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         sink.send(&ev)?;
     }
     sink.flush()?;
+    if let Some(cg) = &cgroup
+        && !cg.pids().is_empty()
+    {
+        tracing::warn!("the task's cgroup {} still has processes; it is left in place", cg.path.display());
+    }
     let survivors: Vec<u32> = sensors.tracked().into_iter().map(|(p, _)| p).collect();
     if !survivors.is_empty() && !opts.quiet {
         eprintln!(
@@ -303,6 +328,31 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
             125
         }
     })
+}
+
+/// Creates the enforced task's cgroup, attaches the network guard with the task's
+/// allowlist, and moves the (held) root into it.
+fn guard_task(sensors: &mut Sensors, t: &Task, root: u32) -> Result<TaskCgroup, RunError> {
+    let cg = TaskCgroup::create(&format!("exec-{}-{EXEC_TASK}", std::process::id()))?;
+    let allow = enforce::cgroup::allow_entries(EXEC_TASK, &t.connect)
+        .map_err(|why| enforce::EnforceError::Refused { task: t.id.clone(), clause: "scope.connect", why })?;
+    sensors.guard(&cg.open()?, cg.id, EXEC_TASK, &allow)?;
+    cg.add(root)?;
+    Ok(cg)
+}
+
+/// Re-resolves the host names of the task's connect scope and allows new addresses.
+/// Addresses a name no longer resolves to stay allowed until the task ends.
+fn refresh_hosts(sensors: &mut Sensors, t: &Task) {
+    let mut eps = t.connect.clone();
+    crate::task::scope::resolve_hosts(&mut eps);
+    let hosts: Vec<_> =
+        eps.into_iter().filter(|e| matches!(e, crate::task::scope::Endpoint::Host { .. })).collect();
+    if let Ok(allow) = enforce::cgroup::allow_entries(EXEC_TASK, &hosts)
+        && let Err(e) = sensors.allow_more(&allow)
+    {
+        tracing::warn!("refreshing host allowlist: {e}");
+    }
 }
 
 /// Reloads changed rules; an invalid edit keeps the old rules and says why.
@@ -370,7 +420,9 @@ async fn serve(stream: &mut UnixStream, sensors: &mut Sensors, p: &mut Pipeline,
 
 /// Delegated mode: the command runs as a sub-task of the task around us.
 async fn delegated(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> {
-    let layers = Layers::probe();
+    // The watching agentmon owns the cgroups; a sub-task gets no network guard of its
+    // own here, so an enforced sub-task that needs one is refused.
+    let layers = Layers { cgroup_net: false, ..Layers::probe() };
     let confinement = plan_confinement(&opts, &layers)?;
     let Some((task, text)) = opts.task else { unreachable!("checked by the caller") };
     let held = launch::spawn_held(&opts.cmd, &[(TASK_ENV.into(), task.id.clone())], confinement)?;

@@ -352,6 +352,12 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 Err(e) => e.raw_os_error().unwrap_or(-1),
             },
             "udp" => errno(UdpSocket::bind("127.0.0.1:0").map(|_| ())),
+            "tcp_to" => match std::net::TcpStream::connect(arg) {
+                Ok(_) => 0,
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => 0,
+                Err(e) => e.raw_os_error().unwrap_or(-1),
+            },
+            "udp_to" => errno(UdpSocket::bind("0.0.0.0:0").and_then(|s| s.send_to(b"x", arg)).map(|_| ())),
             "unix" => errno(UnixStream::connect(arg).map(|_| ())),
             "write_file" => errno(fs::OpenOptions::new().append(true).open(arg).map(|_| ())),
             "create_in" => errno(fs::write(Path::new(arg).join("evil.yaml"), b"rules: []")),

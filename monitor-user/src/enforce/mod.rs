@@ -6,6 +6,7 @@
 //! enforce-mode task whose scope needs something no active layer can enforce is
 //! refused, naming the clause and the missing layer — never run weaker than declared.
 
+pub mod cgroup;
 pub mod landlock;
 pub mod seccomp;
 
@@ -20,11 +21,13 @@ pub struct Layers {
     pub landlock_abi: i32,
     /// seccomp filters can be installed.
     pub seccomp: bool,
+    /// Tasks can get their own cgroup v2 with the network guard attached.
+    pub cgroup_net: bool,
 }
 
 impl Layers {
     pub fn probe() -> Self {
-        Self { landlock_abi: landlock::abi(), seccomp: seccomp::available() }
+        Self { landlock_abi: landlock::abi(), seccomp: seccomp::available(), cgroup_net: cgroup::available() }
     }
 
     /// One line per layer, saying whether it is active.
@@ -47,11 +50,16 @@ impl Layers {
         } else {
             "seccomp: unavailable".to_string()
         };
+        let net = if self.cgroup_net {
+            "network allowlist (per-task cgroup, connect4/6 + sendmsg4/6): active".to_string()
+        } else {
+            "network allowlist (per-task cgroup): unavailable (needs root and a cgroup v2 hierarchy)"
+                .to_string()
+        };
         vec![
             ll,
             sc,
-            "network allowlist by address (cgroup connect4/6): not in this version (landlock limits TCP ports only)"
-                .into(),
+            net,
             "approval gates (seccomp user notification): not in this version".into(),
             "containment (kill/freeze of the task's cgroup): not in this version".into(),
         ]
@@ -162,10 +170,11 @@ pub fn confine(
                 .into(),
         ));
     }
-    if !task.connect.is_empty() {
+    if !task.connect.is_empty() && !layers.cgroup_net {
         return Err(refuse(
             "scope.connect",
-            "allowing some destinations needs the address allowlist layer (cgroup connect4/6), which this              version does not have; an enforced task may only have no network"
+            "allowing some destinations needs the address allowlist layer (a per-task cgroup), which is not \
+             available on this host"
                 .into(),
         ));
     }
@@ -177,7 +186,9 @@ pub fn confine(
     }
     let ruleset =
         landlock::ruleset(task, layers.landlock_abi, launch).map_err(|(clause, why)| refuse(clause, why))?;
-    let sockets = seccomp::Sockets { no_datagram: true, no_unix: true };
+    // UDP destinations are checked by the cgroup guard (sendmsg4/6) when the task may
+    // reach anything at all; raw sockets would bypass it.
+    let sockets = seccomp::Sockets { no_datagram: task.connect.is_empty(), no_unix: true };
     let seccomp = seccomp::filter(sockets).map_err(|msg| EnforceError::Build { layer: "seccomp", msg })?;
     Ok(Confinement { landlock: Some(ruleset), seccomp: Some(seccomp) })
 }

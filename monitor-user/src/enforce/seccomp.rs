@@ -41,7 +41,7 @@ pub fn available() -> bool {
 /// Which socket families the task may not create.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sockets {
-    /// No UDP or raw IP sockets (a task with no network scope).
+    /// No UDP sockets (a task with no network scope). Raw IP sockets are never allowed.
     pub no_datagram: bool,
     /// No unix sockets (a task that declares no unix endpoint).
     pub no_unix: bool,
@@ -60,14 +60,19 @@ pub fn filter(sockets: Sockets) -> Result<BpfProgram, String> {
     if sockets.no_unix {
         socket_rules.push(rule(vec![cond(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?])?);
     }
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        // Raw IP sockets bypass the cgroup guard: never.
+        socket_rules.push(rule(vec![
+            cond(0, SeccompCmpOp::Eq, family as u64)?,
+            cond(1, SeccompCmpOp::MaskedEq(0xf), libc::SOCK_RAW as u64)?,
+        ])?);
+    }
     if sockets.no_datagram {
         for family in [libc::AF_INET, libc::AF_INET6] {
-            for ty in [libc::SOCK_DGRAM, libc::SOCK_RAW] {
-                socket_rules.push(rule(vec![
-                    cond(0, SeccompCmpOp::Eq, family as u64)?,
-                    cond(1, SeccompCmpOp::MaskedEq(0xf), ty as u64)?,
-                ])?);
-            }
+            socket_rules.push(rule(vec![
+                cond(0, SeccompCmpOp::Eq, family as u64)?,
+                cond(1, SeccompCmpOp::MaskedEq(0xf), libc::SOCK_DGRAM as u64)?,
+            ])?);
         }
     }
     rules.insert(libc::SYS_socket, socket_rules);

@@ -8,10 +8,13 @@ use std::{collections::BTreeMap, time::Instant};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{Program, ProgramError, tp_btf::BtfTracePointLink, trace_point::TracePointLink},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, Program, ProgramError, cgroup_sock_addr::CgroupSockAddrLink,
+        tp_btf::BtfTracePointLink, trace_point::TracePointLink,
+    },
 };
-use monitor_common::{COUNTER_SLOTS, KConfig, Tracked, kind};
+use monitor_common::{COUNTER_SLOTS, KConfig, NetKeyData, NetPorts, Tracked, kind};
 
 use super::{
     btf::{BtfError, KernelBtf},
@@ -81,7 +84,10 @@ pub struct Sensors {
     // Links before the object: they are dropped first, in parallel (see Drop).
     tp_links: Vec<TracePointLink>,
     btf_links: Vec<BtfTracePointLink>,
-    _ebpf: Ebpf,
+    guard_links: Vec<CgroupSockAddrLink>,
+    ebpf: Ebpf,
+    net_task: HashMap<MapData, u64, u32>,
+    net_allow: LpmTrie<MapData, NetKeyData, NetPorts>,
     tracked: HashMap<MapData, u32, Tracked>,
     tracked_bytes: Array<MapData, [u8; 64]>,
     pending: Array<MapData, u64>,
@@ -205,6 +211,12 @@ impl Sensors {
                     attached.insert(name.clone(), attach);
                     tracing::debug!(prog = %name, ms = t0.elapsed().as_millis() as u64, "attached");
                 }
+                Program::CgroupSockAddr(p) => {
+                    // The network guard: loaded now, attached to each enforced task's cgroup.
+                    let attach = format!("cgroup_sock_addr {name} (per enforced task)");
+                    p.load().map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
+                    attached.insert(name.clone(), attach);
+                }
                 Program::BtfTracePoint(tp) => {
                     let attach = format!("tp_btf {name}");
                     tp.load(&name, &btf).map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
@@ -233,10 +245,15 @@ impl Sensors {
         let pending = take_map(&mut ebpf, "PENDING")?;
         let counters = take_map(&mut ebpf, "COUNTERS")?;
         let events = Some(take_map(&mut ebpf, "EVENTS")?);
+        let net_task = take_map(&mut ebpf, "NET_TASK")?;
+        let net_allow = take_map(&mut ebpf, "NET_ALLOW")?;
         Ok(Self {
             tp_links,
             btf_links,
-            _ebpf: ebpf,
+            guard_links: Vec::new(),
+            ebpf,
+            net_task,
+            net_allow,
             tracked,
             tracked_bytes,
             pending,
@@ -287,6 +304,51 @@ impl Sensors {
             present && !marked
         });
         if self.unmarked.len() != before { self.set_pending() } else { Ok(()) }
+    }
+
+    /// Attaches the network guard to cgroup `cg` (an enforced task's) and loads the
+    /// task's allowlist: destinations outside it are refused in the kernel.
+    pub fn guard(
+        &mut self,
+        cg: &std::fs::File,
+        cg_id: u64,
+        task: u32,
+        allow: &[(u32, NetKeyData, NetPorts)],
+    ) -> Result<(), LoadError> {
+        let op = |name: &'static str, e: String| LoadError::MapOp { name, msg: e };
+        for (bits, data, ports) in allow {
+            self.net_allow
+                .insert(&Key::new(*bits, *data), ports, 0)
+                .map_err(|e| op("NET_ALLOW", e.to_string()))?;
+        }
+        self.net_task.insert(&cg_id, &task, 0).map_err(|e| op("NET_TASK", e.to_string()))?;
+        for name in ["guard_connect4", "guard_connect6", "guard_sendmsg4", "guard_sendmsg6"] {
+            let fail = |stage: &'static str, msg: String| LoadError::Program {
+                prog: name.into(),
+                attach: "cgroup_sock_addr (task cgroup)".into(),
+                stage,
+                msg,
+            };
+            let p: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| fail("find", "missing from the object".into()))?
+                .try_into()
+                .map_err(|e: ProgramError| fail("find", e.to_string()))?;
+            let id = p.attach(cg, CgroupAttachMode::Single).map_err(|e| fail("attach", e.to_string()))?;
+            self.guard_links.push(p.take_link(id).map_err(|e| fail("own link", e.to_string()))?);
+        }
+        Ok(())
+    }
+
+    /// Adds allowlist entries (a host name that resolved to new addresses).
+    pub fn allow_more(&mut self, allow: &[(u32, NetKeyData, NetPorts)]) -> Result<(), LoadError> {
+        for (bits, data, ports) in allow {
+            self.net_allow
+                .insert(&Key::new(*bits, *data), ports, 0)
+                .map_err(|e| LoadError::MapOp { name: "NET_ALLOW", msg: e.to_string() })?;
+        }
+        Ok(())
     }
 
     /// The task cookie `tgid` is tracked under, if it is.

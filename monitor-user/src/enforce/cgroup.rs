@@ -1,0 +1,133 @@
+//! Each enforced task runs in its own cgroup v2: the network guard programs are
+//! attached to it, and (next) containment freezes or kills it as a whole.
+
+use std::{
+    io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use monitor_common::{NetKeyData, NetPorts};
+
+use crate::task::scope::{Endpoint, Ports};
+
+/// The cgroup v2 hierarchy: unified mode, or the `unified` mount of hybrid mode.
+pub fn v2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, at, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(at))
+    })
+}
+
+/// A task's cgroup; removed when dropped (if it is empty by then).
+#[derive(Debug)]
+pub struct TaskCgroup {
+    pub path: PathBuf,
+    /// The cgroup id (its directory's inode), as `bpf_get_current_cgroup_id` returns.
+    pub id: u64,
+}
+
+impl TaskCgroup {
+    pub fn create(name: &str) -> io::Result<Self> {
+        let root = v2_root().ok_or_else(|| io::Error::other("no cgroup v2 hierarchy is mounted"))?;
+        let path = root.join("agentmon").join(name);
+        std::fs::create_dir_all(&path)?;
+        let id = std::fs::metadata(&path)?.ino();
+        Ok(Self { path, id })
+    }
+
+    /// Moves process `pid` (and so its future children) into the cgroup.
+    pub fn add(&self, pid: u32) -> io::Result<()> {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
+    }
+
+    pub fn open(&self) -> io::Result<std::fs::File> {
+        std::fs::File::open(&self.path)
+    }
+
+    /// Pids still in the cgroup.
+    pub fn pids(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.path.join("cgroup.procs"))
+            .map(|t| t.lines().filter_map(|l| l.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TaskCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+fn mapped(net: &IpNet) -> ([u8; 16], u32) {
+    match net {
+        IpNet::V4(n) => (n.addr().to_ipv6_mapped().octets(), 96 + n.prefix_len() as u32),
+        IpNet::V6(n) => (n.addr().octets(), n.prefix_len() as u32),
+    }
+}
+
+/// The NET_ALLOW entries of a task's connect scope: (prefix length, key data, ports).
+pub fn allow_entries(task: u32, eps: &[Endpoint]) -> Result<Vec<(u32, NetKeyData, NetPorts)>, String> {
+    let mut by_net: Vec<(IpNet, Vec<Ports>)> = Vec::new();
+    let mut add = |net: IpNet, p: Ports| match by_net.iter_mut().find(|(n, _)| *n == net) {
+        Some((_, v)) => v.push(p),
+        None => by_net.push((net, vec![p])),
+    };
+    for ep in eps {
+        match ep {
+            Endpoint::Net { net, ports } => add(*net, *ports),
+            Endpoint::Host { addrs, ports, .. } => {
+                for a in addrs {
+                    add(IpNet::from(*a), *ports);
+                }
+            }
+            Endpoint::Unix { .. } => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (net, ports) in by_net {
+        if ports.len() > 8 {
+            return Err(format!("{net}: more than 8 port ranges for one address"));
+        }
+        let mut p = NetPorts { n: ports.len() as u32, ..Default::default() };
+        for (i, r) in ports.iter().enumerate() {
+            p.ranges[i] = [r.lo, r.hi];
+        }
+        let (addr, bits) = mapped(&net);
+        let mut data: NetKeyData = [0; 20];
+        data[..4].copy_from_slice(&task.to_be_bytes());
+        data[4..].copy_from_slice(&addr);
+        out.push((32 + bits, data, p));
+    }
+    Ok(out)
+}
+
+/// Whether this host can give tasks their own cgroups (root, cgroup v2 mounted).
+pub fn available() -> bool {
+    v2_root().is_some_and(|r| Path::new(&r).join("cgroup.procs").exists()) && nix::unistd::geteuid().is_root()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::scope::parse_endpoint;
+
+    #[test]
+    fn entries_merge_ports_and_map_v4() {
+        let eps: Vec<Endpoint> = ["10.0.0.0/8:443", "10.0.0.0/8:80", "[fd00::/8]:*"]
+            .iter()
+            .map(|s| parse_endpoint(s).unwrap())
+            .collect();
+        let e = allow_entries(7, &eps).unwrap();
+        assert_eq!(e.len(), 2);
+        let (bits, data, ports) = e[0];
+        assert_eq!(bits, 32 + 96 + 8);
+        assert_eq!(&data[..4], &7u32.to_be_bytes());
+        assert_eq!(&data[4..20], &"::ffff:10.0.0.0".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        assert_eq!((ports.n, ports.ranges[0], ports.ranges[1]), (2, [443, 443], [80, 80]));
+        assert_eq!((e[1].0, e[1].2.ranges[0]), (32 + 8, [0, 65535]));
+    }
+}
