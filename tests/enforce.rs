@@ -100,11 +100,16 @@ pub fn enforce_denies_out_of_scope() -> R {
 
 pub fn observe_flags_but_allows() -> R {
     let (d, task) = setup("observe", false)?;
-    let actions: Vec<String> = CORE.iter().map(|s| s.to_string()).collect();
+    let mut actions: Vec<String> = CORE.iter().map(|s| s.to_string()).collect();
+    // The agent may not contain (here: thaw or kill) tasks through the control socket.
+    // Both must be refused: a kill that went through ends the run; a thaw shows in the result.
+    actions.extend(["ctl=kill:observe".to_string(), "ctl=thaw:observe".to_string()]);
     let (run, res) = run_attempts(&d, &task, &actions)?;
     for k in CORE {
         eq(&format!("{k} errno (observe)"), res.get(k).copied(), Some(0))?;
     }
+    eq("containment from inside the task", res.get("ctl").copied(), Some(EPERM))?;
+    ensure(run.of(Kind::Action).is_empty(), || "an action was taken for the agent".into())?;
     let w = run.find(Kind::FileCreate, &d.join("outside.txt"))?;
     eq("write verdict", w.verdict.as_deref(), Some("violation"))?;
     let del = run.find(Kind::FileDelete, &d.join("victim.txt"))?;

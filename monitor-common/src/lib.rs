@@ -105,13 +105,22 @@ pub mod pflags {
     pub const STDOUT_SOCKET: u16 = 1 << 8;
 }
 
+/// Flags in [`Tracked::flags`].
+pub mod tflags {
+    /// The task is being killed: every process of it gets SIGKILL from the kernel
+    /// (bpf_send_signal) at its next hooked syscall, before it runs another
+    /// instruction of its own. Set by userspace together with cgroup.kill.
+    pub const DOOMED: u32 = 1;
+}
+
 /// Value of the `TRACKED` map, keyed by tgid.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Tracked {
     /// Task cookie chosen by userspace; inherited by every descendant.
     pub task: u32,
-    pub _pad: u32,
+    /// [`tflags`]; inherited by every descendant.
+    pub flags: u32,
     /// Process start time (leader), filled in by the kernel at fork or exec.
     pub start_ns: u64,
 }

@@ -134,7 +134,12 @@ pub fn tracked() -> Option<Tracked> {
         return None;
     }
     let tgid = (pid_tgid() >> 32) as u32;
-    unsafe { TRACKED.get(&tgid).copied() }
+    let t = unsafe { TRACKED.get(&tgid).copied() }?;
+    if t.flags & monitor_common::tflags::DOOMED != 0 {
+        // Containment: userspace condemned this task; stop the process now.
+        unsafe { h::bpf_send_signal(9) };
+    }
+    Some(t)
 }
 
 /// Reads a `T` from kernel memory; zero on fault.

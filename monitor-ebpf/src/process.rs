@@ -32,7 +32,7 @@ fn try_fork(ctx: &BtfTracePointContext) -> Option<()> {
         return None; // a new thread of a tracked process: already covered by its tgid
     }
     let start: u64 = unsafe { kread(child + off!(task_start_time)) };
-    let entry = Tracked { task: t.task, _pad: 0, start_ns: start };
+    let entry = Tracked { task: t.task, flags: t.flags, start_ns: start };
     if TRACKED.insert(&child_tgid, &entry, 0).is_err() {
         // The child escaped tracking (map full): count it, userspace raises a loss event.
         count(kind::FORK, true);

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::{
+    ctl,
     kernel::loader::{SensorConfig, Sensors},
     runner::{self, ExecOptions, RulesChoice},
     sensitive::{DEFAULT_PATTERNS, SensitiveSet},
@@ -76,6 +77,22 @@ pub enum Command {
     /// Work with policy rules.
     #[command(subcommand)]
     Rules(RulesCmd),
+    /// Kill every process of a running task at once (and record it as an action).
+    Kill(ContainArgs),
+    /// Freeze every process of a running task, kept for forensics until `thaw` or `kill`.
+    Freeze(ContainArgs),
+    /// Let a frozen task run again.
+    Thaw(ContainArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ContainArgs {
+    /// The task id (as in its manifest).
+    pub task: String,
+    /// Control socket of the agentmon watching the task (default: ask every agentmon
+    /// running here).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +195,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 Ok(1)
             }
         }
+        Command::Kill(a) => contain(&rt, a, |task| ctl::Request::Kill { task }),
+        Command::Freeze(a) => contain(&rt, a, |task| ctl::Request::Freeze { task }),
+        Command::Thaw(a) => contain(&rt, a, |task| ctl::Request::Thaw { task }),
         Command::Probe => {
             let s = Sensors::load(&SensorConfig::default())?;
             println!("kernel programs attached: {} (in {} ms)", s.attached.len(), s.load_ms);
@@ -192,6 +212,27 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 println!("  {l}");
             }
             Ok(0)
+        }
+    }
+}
+
+fn contain(
+    rt: &tokio::runtime::Runtime,
+    a: ContainArgs,
+    req: impl FnOnce(String) -> ctl::Request,
+) -> anyhow::Result<i32> {
+    match rt.block_on(ctl::contain(a.socket.as_deref(), &req(a.task))) {
+        Ok(r) if r.ok => {
+            println!("{}", r.message.unwrap_or_default());
+            Ok(0)
+        }
+        Ok(r) => {
+            eprintln!("agentmon: {}", r.error.unwrap_or_else(|| "refused".into()));
+            Ok(1)
+        }
+        Err(e) => {
+            eprintln!("agentmon: {e}");
+            Ok(1)
         }
     }
 }

@@ -1,10 +1,14 @@
-//! The control socket of a running `agentmon exec`, and its one request so far:
-//! delegation. A process inside a task runs `agentmon exec --task child.yaml -- …`;
+//! The control socket of a running `agentmon exec`: delegation and containment.
+//!
+//! Delegation: a process inside a task runs `agentmon exec --task child.yaml -- …`;
 //! that agentmon asks the one watching the task (path in `AGENTMON_CTL`) to bind its
 //! command to the sub-task. The watching agentmon decides with what it knows, not
 //! what the caller claims: the caller must be a tracked process of a task (checked
 //! by its kernel credentials, SO_PEERCRED), the command must be the caller's own
 //! child in that task, and the sub-task's scope must be within the task's.
+//!
+//! Containment (`agentmon kill|freeze|thaw TASK`) is for operators: the caller must
+//! be outside every task and run as root or as agentmon's own user.
 
 use std::{
     path::{Path, PathBuf},
@@ -23,12 +27,31 @@ pub const CTL_ENV: &str = "AGENTMON_CTL";
 /// only: nothing trusts it).
 pub const TASK_ENV: &str = "AGENTMON_TASK";
 const MAX_REQUEST: u64 = 256 * 1024;
+/// Where control sockets live (the first that can be created).
+const SOCKET_DIRS: [&str; 2] = ["/run/agentmon", "/tmp/agentmon"];
+/// Start of the error an agentmon gives for a task it does not watch.
+pub const NOT_MINE: &str = "no task here is called";
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Bind process `pid` (the caller's held child) to the task in `manifest`.
-    Delegate { manifest: String, file: String, pid: u32 },
+    Delegate {
+        manifest: String,
+        file: String,
+        pid: u32,
+    },
+    /// Containment, from an operator outside every task: kill the task's processes.
+    Kill {
+        task: String,
+    },
+    /// Freeze the task's processes (kept for forensics) until thawed or killed.
+    Freeze {
+        task: String,
+    },
+    Thaw {
+        task: String,
+    },
 }
 
 #[derive(Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -40,6 +63,9 @@ pub struct Reply {
     pub chain: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What was done, for people (containment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl Reply {
@@ -56,7 +82,7 @@ pub struct Server {
 
 impl Server {
     pub fn bind() -> std::io::Result<Self> {
-        let dir = ["/run/agentmon", "/tmp/agentmon"]
+        let dir = SOCKET_DIRS
             .iter()
             .map(PathBuf::from)
             .find(|d| std::fs::create_dir_all(d).is_ok())
@@ -96,22 +122,62 @@ pub async fn write_reply(stream: &mut UnixStream, reply: &Reply) {
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(text.as_bytes())).await;
 }
 
-/// Client side: asks the agentmon at `socket` to bind `pid` to the task in `file`.
-pub async fn delegate(socket: &Path, file: &Path, manifest: String, pid: u32) -> Result<Reply, String> {
+/// Sends one request to the agentmon at `socket` and reads its reply.
+pub async fn call(socket: &Path, req: &Request) -> Result<Reply, String> {
     let mut s = UnixStream::connect(socket)
         .await
-        .map_err(|e| format!("cannot reach the agentmon watching this task at {}: {e}", socket.display()))?;
-    let req = Request::Delegate { manifest, file: file.display().to_string(), pid };
-    let mut text = serde_json::to_string(&req).map_err(|e| e.to_string())?;
+        .map_err(|e| format!("cannot reach the agentmon at {}: {e}", socket.display()))?;
+    let mut text = serde_json::to_string(req).map_err(|e| e.to_string())?;
     text.push('\n');
     s.write_all(text.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut line = String::new();
     let mut r = BufReader::new(&mut s);
+    // Containment may wait for a freeze to settle; a second is the most it waits.
     tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line))
         .await
-        .map_err(|_| "no reply from the watching agentmon".to_string())?
+        .map_err(|_| format!("no reply from the agentmon at {}", socket.display()))?
         .map_err(|e| e.to_string())?;
     serde_json::from_str(line.trim_end()).map_err(|e| format!("bad reply {line:?}: {e}"))
+}
+
+/// Client side: asks the agentmon watching this task to bind `pid` to the task in `file`.
+pub async fn delegate(socket: &Path, file: &Path, manifest: String, pid: u32) -> Result<Reply, String> {
+    call(socket, &Request::Delegate { manifest, file: file.display().to_string(), pid }).await
+}
+
+/// Sockets of the agentmons running here.
+pub fn sockets() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = SOCKET_DIRS
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Sends a containment request to `socket`, or to every agentmon here until one
+/// owns the task.
+pub async fn contain(socket: Option<&Path>, req: &Request) -> Result<Reply, String> {
+    if let Some(s) = socket {
+        return call(s, req).await;
+    }
+    let mut last = Err("no running agentmon was found (sockets in /run/agentmon)".to_string());
+    for s in sockets() {
+        match call(&s, req).await {
+            Ok(r) if r.ok => return Ok(r),
+            // "Not a task of mine" from one agentmon is not the answer if another owns it.
+            Ok(r) if last.is_err() || r.error.as_deref().is_some_and(|e| !e.starts_with(NOT_MINE)) => {
+                last = Ok(r)
+            }
+            Ok(_) => {}
+            Err(e) if last.is_err() => last = Err(e),
+            Err(_) => {}
+        }
+    }
+    last
 }
 
 /// Parent pid of `pid` from /proc (the kernel's view, not the caller's word).

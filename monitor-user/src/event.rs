@@ -36,6 +36,8 @@ pub enum Kind {
     Privilege,
     SensitiveRead,
     Loss,
+    /// agentmon acted on a task (kill, freeze, thaw).
+    Action,
 }
 
 impl Kind {
@@ -64,6 +66,7 @@ impl Kind {
             Kind::Privilege => "privilege",
             Kind::SensitiveRead => "sensitive_read",
             Kind::Loss => "loss",
+            Kind::Action => "action",
         }
     }
 }

@@ -93,7 +93,7 @@ impl Judge {
 
     /// Judges `ev` in place; returns the alert to emit, if any.
     pub fn apply(&mut self, ev: &mut Event, procs: &ProcTable) -> Option<Alert> {
-        if !self.active || ev.kind == Kind::Loss {
+        if !self.active || matches!(ev.kind, Kind::Loss | Kind::Action) {
             return None;
         }
         if let (Some(own), Some(crate::event::Dst::Unix { unix })) = (&self.own_socket, &ev.dst)

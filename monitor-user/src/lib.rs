@@ -6,6 +6,7 @@
 //! [`cli`] is the command line.
 
 pub mod cli;
+pub mod contain;
 pub mod ctl;
 pub mod decode;
 pub mod enforce;

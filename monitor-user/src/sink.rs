@@ -81,6 +81,18 @@ pub fn text_line(ev: &Event) -> String {
     if let Some(e) = &ev.error {
         let _ = write!(s, " error={e}");
     }
+    if ev.kind == crate::event::Kind::Action {
+        let by = ev.detail.get("by").and_then(|v| v.as_str()).unwrap_or("?");
+        let _ = write!(
+            s,
+            " {} task={} by={by}",
+            ev.action.as_deref().unwrap_or("?"),
+            ev.task.as_deref().unwrap_or("-")
+        );
+        if let Some(e) = ev.detail.get("error") {
+            let _ = write!(s, " error={e}");
+        }
+    }
     if let Some(l) = &ev.lost {
         let _ = write!(s, " lost={l:?}");
     }

@@ -20,6 +20,8 @@ use nix::{
     unistd::{ForkResult, fork},
 };
 
+mod contain;
+
 /// Runs scenario `name`; the return value is the process exit status.
 pub fn run(name: &str, args: &[String]) -> i32 {
     let dir = args.first().map(Path::new);
@@ -39,6 +41,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         ("sub_agent", Some(d)) => sub_agent(d),
         ("two_steps", Some(d)) => two_steps(d),
         ("attempts", Some(d)) => attempts(d, &args[1..]),
+        ("contain", Some(d)) => contain::contain(d, args),
         _ => Err(format!("unknown scenario {name} {args:?}")),
     };
     match r {
@@ -327,6 +330,19 @@ fn two_steps(d: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Sends `{"op": OP, "task": TASK}` (`arg` is `OP:TASK`) to the watching agentmon.
+fn ctl_request(arg: &str) -> Result<(), std::io::Error> {
+    use std::io::{BufRead, BufReader};
+    let (op, task) = arg.split_once(':').unwrap_or((arg, ""));
+    let path = std::env::var("AGENTMON_CTL").map_err(std::io::Error::other)?;
+    let mut s = UnixStream::connect(path)?;
+    writeln!(s, "{}", serde_json::json!({"op": op, "task": task}))?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    let reply: serde_json::Value = serde_json::from_str(&line).map_err(std::io::Error::other)?;
+    if reply["ok"] == true { Ok(()) } else { Err(std::io::Error::from_raw_os_error(libc::EPERM)) }
+}
+
 /// Tries each named action and records the errno it got (0: it worked) in
 /// `d/repo/results.txt`, one `name errno` per line. Extra args: `name` or
 /// `name=PATH` for actions that take a path.
@@ -369,6 +385,8 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             }
             "io_uring" => errno(io_uring::IoUring::new(4).map(|_| ())),
             "leave_cgroup" => errno(fs::write(arg, std::process::id().to_string())),
+            // A containment request on the control socket: EPERM when refused.
+            "ctl" => errno(ctl_request(arg)),
             other => return Err(format!("unknown action {other}")),
         };
         out.push_str(&format!("{name} {code}\n"));

@@ -1,5 +1,5 @@
-//! Each enforced task runs in its own cgroup v2: the network guard programs are
-//! attached to it, and (next) containment freezes or kills it as a whole.
+//! Each task runs in its own cgroup v2: the network guard programs are attached to
+//! an enforced task's, and containment freezes or kills it as a whole.
 
 use std::{
     io,
@@ -46,6 +46,30 @@ impl TaskCgroup {
 
     pub fn open(&self) -> io::Result<std::fs::File> {
         std::fs::File::open(&self.path)
+    }
+
+    /// Kills every process in the cgroup at once (cgroup.kill).
+    pub fn kill(&self) -> io::Result<()> {
+        std::fs::write(self.path.join("cgroup.kill"), "1")
+    }
+
+    /// Freezes (or thaws) every process in the cgroup and waits until the kernel
+    /// reports it done (cgroup.events `frozen`), for up to a second.
+    pub fn freeze(&self, on: bool) -> io::Result<()> {
+        std::fs::write(self.path.join("cgroup.freeze"), if on { "1" } else { "0" })?;
+        let want = if on { "frozen 1" } else { "frozen 0" };
+        for _ in 0..100 {
+            if std::fs::read_to_string(self.path.join("cgroup.events"))?.lines().any(|l| l == want) {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Err(io::Error::other(format!("{} did not report {want}", self.path.display())))
+    }
+
+    pub fn frozen(&self) -> bool {
+        std::fs::read_to_string(self.path.join("cgroup.events"))
+            .is_ok_and(|t| t.lines().any(|l| l == "frozen 1"))
     }
 
     /// Pids still in the cgroup.
@@ -105,9 +129,17 @@ pub fn allow_entries(task: u32, eps: &[Endpoint]) -> Result<Vec<(u32, NetKeyData
     Ok(out)
 }
 
-/// Whether this host can give tasks their own cgroups (root, cgroup v2 mounted).
+/// Whether this host can give tasks their own cgroups: root, cgroup v2 mounted, and
+/// a kernel with cgroup.kill (5.14) and cgroup.freeze (5.2) — checked on agentmon's
+/// parent cgroup, where task cgroups go.
 pub fn available() -> bool {
-    v2_root().is_some_and(|r| Path::new(&r).join("cgroup.procs").exists()) && nix::unistd::geteuid().is_root()
+    let Some(root) = v2_root() else { return false };
+    let parent = root.join("agentmon");
+    nix::unistd::geteuid().is_root()
+        && std::fs::create_dir_all(&parent).is_ok()
+        && ["cgroup.procs", "cgroup.kill", "cgroup.freeze"]
+            .iter()
+            .all(|f| Path::new(&parent).join(f).exists())
 }
 
 #[cfg(test)]

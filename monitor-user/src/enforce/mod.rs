@@ -1,8 +1,8 @@
 //! Enforcement: turning a task's scope into kernel-enforced limits on its processes.
 //!
 //! Layers (design.md): Landlock for the file scope and TCP connect ports, seccomp for
-//! outright syscall denials; the cgroup network allowlist, approval gates and
-//! containment come later. At start-up agentmon says which layers are active, and an
+//! outright syscall denials, a per-task cgroup for the network allowlist and for
+//! containment (kill, freeze); approval gates come later. At start-up agentmon says which layers are active, and an
 //! enforce-mode task whose scope needs something no active layer can enforce is
 //! refused, naming the clause and the missing layer — never run weaker than declared.
 
@@ -21,13 +21,14 @@ pub struct Layers {
     pub landlock_abi: i32,
     /// seccomp filters can be installed.
     pub seccomp: bool,
-    /// Tasks can get their own cgroup v2 with the network guard attached.
-    pub cgroup_net: bool,
+    /// Tasks can get their own cgroup v2: the network guard is attached to it and
+    /// containment kills (cgroup.kill) or freezes (cgroup.freeze) it.
+    pub cgroups: bool,
 }
 
 impl Layers {
     pub fn probe() -> Self {
-        Self { landlock_abi: landlock::abi(), seccomp: seccomp::available(), cgroup_net: cgroup::available() }
+        Self { landlock_abi: landlock::abi(), seccomp: seccomp::available(), cgroups: cgroup::available() }
     }
 
     /// One line per layer, saying whether it is active.
@@ -50,19 +51,19 @@ impl Layers {
         } else {
             "seccomp: unavailable".to_string()
         };
-        let net = if self.cgroup_net {
-            "network allowlist (per-task cgroup, connect4/6 + sendmsg4/6): active".to_string()
+        let (net, contain) = if self.cgroups {
+            (
+                "network allowlist (per-task cgroup, connect4/6 + sendmsg4/6): active".to_string(),
+                "containment (kernel kill mark + cgroup.kill; cgroup.freeze): active".to_string(),
+            )
         } else {
-            "network allowlist (per-task cgroup): unavailable (needs root and a cgroup v2 hierarchy)"
-                .to_string()
+            let why = "unavailable (needs root and a cgroup v2 hierarchy with cgroup.kill)";
+            (
+                format!("network allowlist (per-task cgroup): {why}"),
+                format!("containment (kill, freeze): {why}"),
+            )
         };
-        vec![
-            ll,
-            sc,
-            net,
-            "approval gates (seccomp user notification): not in this version".into(),
-            "containment (kill/freeze of the task's cgroup): not in this version".into(),
-        ]
+        vec![ll, sc, net, "approval gates (seccomp user notification): not in this version".into(), contain]
     }
 }
 
@@ -170,7 +171,7 @@ pub fn confine(
                 .into(),
         ));
     }
-    if !task.connect.is_empty() && !layers.cgroup_net {
+    if !task.connect.is_empty() && !layers.cgroups {
         return Err(refuse(
             "scope.connect",
             "allowing some destinations needs the address allowlist layer (a per-task cgroup), which is not \

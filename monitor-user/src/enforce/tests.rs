@@ -11,7 +11,7 @@ fn task(y: &str) -> Task {
 }
 
 fn layers() -> Layers {
-    Layers { landlock_abi: 7, seccomp: true, cgroup_net: false }
+    Layers { landlock_abi: 7, seccomp: true, cgroups: false }
 }
 
 fn refused(t: &Task) -> (&'static str, String) {
@@ -67,9 +67,9 @@ fn refusals_name_the_clause() {
     // Missing layers refuse everything.
     let t = task("id: a\nmode: read\n");
     for l in [
-        Layers { landlock_abi: 0, seccomp: true, cgroup_net: true },
-        Layers { landlock_abi: 5, seccomp: true, cgroup_net: true },
-        Layers { landlock_abi: 7, seccomp: false, cgroup_net: true },
+        Layers { landlock_abi: 0, seccomp: true, cgroups: true },
+        Layers { landlock_abi: 5, seccomp: true, cgroups: true },
+        Layers { landlock_abi: 7, seccomp: false, cgroups: true },
     ] {
         assert!(
             matches!(confine(&t, &l, &[], &Protected::default()), Err(EnforceError::Refused { .. })),
@@ -109,7 +109,7 @@ fn accepted_plans_build() {
         confine(&task(&y), &layers(), &[], &Protected::default()).unwrap_or_else(|e| panic!("{y}: {e}"));
     }
     // With the cgroup layer, a network scope is accepted.
-    let net = Layers { cgroup_net: true, ..layers() };
+    let net = Layers { cgroups: true, ..layers() };
     let t = task("id: a\nmode: read\nscope:\n  connect: [\"127.0.0.1:8080\", \"10.0.0.0/8:443\"]\n");
     confine(&t, &net, &[], &Protected::default()).unwrap();
 }

@@ -275,7 +275,7 @@ impl Sensors {
                 msg: "refusing to track agentmon itself".into(),
             });
         }
-        let v = Tracked { task, _pad: 0, start_ns: 0 };
+        let v = Tracked { task, flags: 0, start_ns: 0 };
         self.tracked
             .insert(&tgid, &v, 0)
             .map_err(|e| LoadError::MapOp { name: "TRACKED", msg: e.to_string() })?;
@@ -366,6 +366,20 @@ impl Sensors {
         self.tracked
             .insert(&tgid, &v, 0)
             .map_err(|e| LoadError::MapOp { name: "TRACKED", msg: e.to_string() })
+    }
+
+    /// Marks every process of task `task` doomed: the kernel sends each SIGKILL at its
+    /// next hooked syscall (and their children inherit the mark). Returns how many.
+    pub fn doom(&mut self, task: u32) -> Result<usize, LoadError> {
+        let victims: Vec<(u32, Tracked)> =
+            self.tracked.iter().filter_map(|r| r.ok()).filter(|(_, v)| v.task == task).collect();
+        for (tgid, mut v) in victims.iter().copied() {
+            v.flags |= monitor_common::tflags::DOOMED;
+            self.tracked
+                .insert(&tgid, &v, 0)
+                .map_err(|e| LoadError::MapOp { name: "TRACKED", msg: e.to_string() })?;
+        }
+        Ok(victims.len())
     }
 
     /// Processes currently tracked (tgid -> task cookie).

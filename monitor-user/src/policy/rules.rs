@@ -153,7 +153,7 @@ fn kind_index(k: Kind) -> usize {
     k as usize
 }
 
-const KINDS: [Kind; 23] = [
+const KINDS: [Kind; 24] = [
     Kind::Exec,
     Kind::Fork,
     Kind::Exit,
@@ -177,6 +177,7 @@ const KINDS: [Kind; 23] = [
     Kind::Privilege,
     Kind::SensitiveRead,
     Kind::Loss,
+    Kind::Action,
 ];
 
 pub fn parse_kind(s: &str) -> Option<Kind> {

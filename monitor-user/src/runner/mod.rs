@@ -5,15 +5,18 @@
 //! --task` instead asks that agentmon to bind the command to the sub-task
 //! (delegation, see [`crate::ctl`]) and only launches and waits.
 
+mod control;
+mod pipeline;
+
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
-use aya::maps::{MapData, RingBuf};
 use nix::{sys::signal::Signal, sys::wait::WaitStatus, unistd::Pid};
-use tokio::{io::unix::AsyncFd, net::UnixStream, signal::unix::SignalKind};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
+use self::pipeline::Pipeline;
 use crate::{
-    ctl::{self, CTL_ENV, Reply, Request, TASK_ENV},
-    decode::decode,
+    contain::Containment,
+    ctl::{self, CTL_ENV, TASK_ENV},
     enforce::{self, Confinement, Layers, Protected, cgroup::TaskCgroup},
     enrich::Enricher,
     judge::{Bound, Judge, RulesWatch},
@@ -115,38 +118,6 @@ impl RunError {
     }
 }
 
-/// Everything that turns records into judged events.
-struct Pipeline {
-    enr: Enricher,
-    judge: Judge,
-}
-
-impl Pipeline {
-    /// Reads every record available now.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut dyn Sink) -> Result<(), RunError> {
-        while let Some(item) = ring.next() {
-            // The record is borrowed until the event is built; then the ring slot is freed.
-            let ev = match decode(&item) {
-                Ok(raw) => self.enr.event(&raw),
-                Err(e) => {
-                    tracing::warn!("undecodable kernel record: {e}");
-                    self.enr.decode_errors += 1;
-                    None
-                }
-            };
-            drop(item);
-            if let Some(mut ev) = ev {
-                let alert = self.judge.apply(&mut ev, &self.enr.procs);
-                sink.send(&ev)?;
-                if let Some(a) = alert {
-                    sink.alert(&a)?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 fn exit_code(st: WaitStatus) -> i32 {
     match st {
         WaitStatus::Exited(_, c) => c,
@@ -171,6 +142,16 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     let layers = Layers::probe();
     report_layers(&opts, &layers);
     let confinement = plan_confinement(&opts, &layers)?;
+    if let Some((t, _)) = opts.task.as_ref().filter(|(t, _)| t.enforce && !layers.cgroups) {
+        return Err(enforce::EnforceError::Refused {
+            task: t.id.clone(),
+            clause: "enforcement",
+            why: "enforce mode needs per-task cgroups (rule actions kill and freeze act on the task's cgroup), \
+                  which this host does not offer"
+                .into(),
+        }
+        .into());
+    }
     let mut sink = JsonLines::open(opts.events.as_deref())?.with_format(opts.format);
     let cfg = SensorConfig {
         ringbuf_bytes: opts.ringbuf_bytes,
@@ -205,10 +186,11 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         let _ = nix::sys::wait::waitpid(pid, None);
         return Err(e.into());
     }
-    // An enforced task gets its own cgroup with the network guard, before it runs.
-    let cgroup = match opts.task.as_ref().filter(|(t, _)| t.enforce && layers.cgroup_net) {
-        Some((t, _)) => match guard_task(&mut sensors, t, root) {
-            Ok(cg) => Some(cg),
+    // The task gets its own cgroup (containment), and an enforced one the network
+    // guard, before it runs.
+    let cgroup = match &opts.task {
+        Some((t, _)) => match task_cgroup(&mut sensors, t, root, &layers) {
+            Ok(cg) => cg,
             Err(e) => {
                 let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(pid, None);
@@ -217,14 +199,18 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         },
         None => None,
     };
+    let guarded = cgroup.is_some() && opts.task.as_ref().is_some_and(|(t, _)| t.enforce);
     let mut names = HashMap::new();
     let mut judge = Judge::new(rules);
     judge.set_own_socket(&server.path);
+    let mut contain = Containment::default();
     if let Some((t, _)) = opts.task.clone() {
-        names.insert(EXEC_TASK, Arc::<str>::from(t.id.as_str()));
+        let id = Arc::<str>::from(t.id.as_str());
+        names.insert(EXEC_TASK, id.clone());
+        contain.register(id, EXEC_TASK, cgroup, t.enforce);
         judge.bind(Bound::new(Arc::new(t), root));
     }
-    let mut p = Pipeline { enr: Enricher::new(opts.sensitive.clone(), names), judge };
+    let mut p = Pipeline { enr: Enricher::new(opts.sensitive.clone(), names), judge, contain };
     p.enr.procs.seed(
         root,
         Proc {
@@ -246,7 +232,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
 
     if let Err(e) = held.release() {
         // The failed exec is still reported (exec with an error, then exit).
-        p.drain(ring.get_mut(), &mut sink)?;
+        p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
         sink.flush()?;
         return Err(e.into());
     }
@@ -263,16 +249,17 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         tokio::select! {
             r = ring.readable_mut() => {
                 let mut guard = r?;
-                p.drain(guard.get_inner_mut(), &mut sink)?;
+                p.drain(guard.get_inner_mut(), &mut sink, &mut sensors)?;
                 guard.clear_ready();
             }
             // The kernel wakes us only when a batch is waiting (see wakeup_bytes).
-            _ = poll.tick() => p.drain(ring.get_mut(), &mut sink)?,
+            _ = poll.tick() => p.drain(ring.get_mut(), &mut sink, &mut sensors)?,
             _ = tick.tick() => {
                 ticks += 1;
                 // Host names in the allowlist: new addresses are added every minute.
                 if ticks.is_multiple_of(120)
-                    && let (Some(_), Some((t, _))) = (&cgroup, &opts.task)
+                    && guarded
+                    && let Some((t, _)) = &opts.task
                 {
                     refresh_hosts(&mut sensors, t);
                 }
@@ -288,8 +275,9 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
             conn = server.listener.accept() => {
                 if let Ok((mut stream, _)) = conn {
                     // Pending events first: the caller's fork must be in the process table.
-                    p.drain(ring.get_mut(), &mut sink)?;
-                    let reply = serve(&mut stream, &mut sensors, &mut p, &mut next_task).await;
+                    p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
+                    let cx = control::Ctl { sensors: &mut sensors, p: &mut p, sink: &mut sink, next: &mut next_task };
+                    let reply = control::serve(&mut stream, cx).await;
                     ctl::write_reply(&mut stream, &reply).await;
                 }
             }
@@ -301,13 +289,24 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
             _ = sighup.recv() => forward(pid, Signal::SIGHUP),
         }
     };
+    // A killed tree dies all at once, but its processes' exits trail the root's by a
+    // moment: wait for them so that their exit events are in the record.
+    let killed = p.contain.killed();
+    if !killed.is_empty() {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(2)
+            && sensors.tracked().iter().any(|(_, c)| killed.contains(c))
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     // The root's exit event is in the ring before waitpid returns; take the rest.
-    p.drain(ring.get_mut(), &mut sink)?;
+    p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
     if let Some(ev) = p.enr.loss(&sensors.counts()) {
         sink.send(&ev)?;
     }
     sink.flush()?;
-    if let Some(cg) = &cgroup
+    if let Some(cg) = opts.task.as_ref().and_then(|(t, _)| p.contain.cgroup(&t.id))
         && !cg.pids().is_empty()
     {
         tracing::warn!("the task's cgroup {} still has processes; it is left in place", cg.path.display());
@@ -330,15 +329,34 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     })
 }
 
-/// Creates the enforced task's cgroup, attaches the network guard with the task's
-/// allowlist, and moves the (held) root into it.
-fn guard_task(sensors: &mut Sensors, t: &Task, root: u32) -> Result<TaskCgroup, RunError> {
-    let cg = TaskCgroup::create(&format!("exec-{}-{EXEC_TASK}", std::process::id()))?;
-    let allow = enforce::cgroup::allow_entries(EXEC_TASK, &t.connect)
-        .map_err(|why| enforce::EnforceError::Refused { task: t.id.clone(), clause: "scope.connect", why })?;
-    sensors.guard(&cg.open()?, cg.id, EXEC_TASK, &allow)?;
+/// Creates the task's cgroup and moves the (held) root into it; an enforced task's
+/// gets the network guard with its allowlist first. Without cgroups an observed task
+/// runs without one (no freeze); an enforced task was refused before this.
+fn task_cgroup(
+    sensors: &mut Sensors,
+    t: &Task,
+    root: u32,
+    layers: &Layers,
+) -> Result<Option<TaskCgroup>, RunError> {
+    if !layers.cgroups {
+        return Ok(None);
+    }
+    let cg = match TaskCgroup::create(&format!("exec-{}-{EXEC_TASK}", std::process::id())) {
+        Ok(cg) => cg,
+        Err(e) if !t.enforce => {
+            tracing::warn!("task {} runs without a cgroup of its own (it cannot be frozen): {e}", t.id);
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if t.enforce {
+        let allow = enforce::cgroup::allow_entries(EXEC_TASK, &t.connect).map_err(|why| {
+            enforce::EnforceError::Refused { task: t.id.clone(), clause: "scope.connect", why }
+        })?;
+        sensors.guard(&cg.open()?, cg.id, EXEC_TASK, &allow)?;
+    }
     cg.add(root)?;
-    Ok(cg)
+    Ok(Some(cg))
 }
 
 /// Re-resolves the host names of the task's connect scope and allows new addresses.
@@ -372,57 +390,11 @@ fn reload(w: &mut RulesWatch, judge: &mut Judge) {
     }
 }
 
-/// Answers one control request.
-async fn serve(stream: &mut UnixStream, sensors: &mut Sensors, p: &mut Pipeline, next: &mut u32) -> Reply {
-    let peer = match stream.peer_cred().ok().and_then(|c| c.pid()) {
-        Some(pid) if pid > 0 => pid as u32,
-        _ => return Reply::err("cannot identify the caller"),
-    };
-    let req = match ctl::read_request(stream).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!("control request from pid {peer} rejected: {e}");
-            return Reply::err(e);
-        }
-    };
-    let Request::Delegate { manifest, file, pid } = req;
-    let Some(cookie) = sensors.task_of(peer) else {
-        return Reply::err(format!("pid {peer} is not inside a task watched here"));
-    };
-    if ctl::ppid_of(pid) != Some(peer) || sensors.task_of(pid) != Some(cookie) {
-        return Reply::err(format!("pid {pid} is not a child of the caller in its task"));
-    }
-    let Some(parent) = p.enr.task_name(cookie).and_then(|id| p.judge.task(&id)).cloned() else {
-        return Reply::err("the caller's task has no manifest here; delegation needs a parent task");
-    };
-    let mut child = match crate::task::parse(&manifest, std::path::Path::new(&file), p.enr.clock().now_wall())
-    {
-        Ok(t) => t,
-        Err(e) => return Reply::err(e.to_string()),
-    };
-    if let Err(why) = parent.task.contains(&child) {
-        tracing::warn!("delegation from task {} to {} refused: {why}", parent.id, child.id);
-        return Reply::err(format!("{file}: {why}"));
-    }
-    child.parents =
-        std::iter::once(parent.task.id.clone()).chain(parent.task.parents.iter().cloned()).collect();
-    let c = *next;
-    *next += 1;
-    if let Err(e) = sensors.retag(pid, c) {
-        return Reply::err(e.to_string());
-    }
-    let id = child.id.clone();
-    let chain = child.parents.clone();
-    p.enr.bind_task(c, Arc::from(id.as_str()));
-    p.judge.bind(Bound::new(Arc::new(child), pid));
-    Reply { ok: true, task: Some(id), chain, error: None }
-}
-
 /// Delegated mode: the command runs as a sub-task of the task around us.
 async fn delegated(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> {
     // The watching agentmon owns the cgroups; a sub-task gets no network guard of its
     // own here, so an enforced sub-task that needs one is refused.
-    let layers = Layers { cgroup_net: false, ..Layers::probe() };
+    let layers = Layers { cgroups: false, ..Layers::probe() };
     let confinement = plan_confinement(&opts, &layers)?;
     let Some((task, text)) = opts.task else { unreachable!("checked by the caller") };
     let held = launch::spawn_held(&opts.cmd, &[(TASK_ENV.into(), task.id.clone())], confinement)?;

@@ -1,0 +1,288 @@
+//! Containment: stopping a task's whole process tree at once, from a rule whose
+//! action is `kill` or `freeze` (enforced tasks) or from an operator
+//! (`agentmon kill|freeze|thaw TASK`, any task).
+//!
+//! Kill, in order: the offending process (rule) gets SIGKILL through a pidfd; the
+//! task is marked doomed in the kernel's `TRACKED` map, so each of its processes
+//! gets SIGKILL from `bpf_send_signal` at its next hooked syscall and a child forked
+//! meanwhile inherits the mark; `cgroup.kill` ends everything in the task's cgroup
+//! in one step, races with fork included; and every process still tracked under the
+//! task is signalled until none is left (a sub-task shares its parent's cgroup, so
+//! this is what ends it). Freeze and thaw write `cgroup.freeze` and wait until the
+//! kernel reports it done; a frozen tree keeps its memory and files for forensics.
+//!
+//! Every action is an event (`kind: action`).
+
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+    os::fd::{FromRawFd, OwnedFd},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+use crate::{
+    enforce::cgroup::TaskCgroup,
+    event::{Event, Kind, Timestamp},
+    kernel::loader::Sensors,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Kill,
+    Freeze,
+    Thaw,
+}
+
+impl Act {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Act::Kill => "kill",
+            Act::Freeze => "freeze",
+            Act::Thaw => "thaw",
+        }
+    }
+}
+
+/// Who asked for the action.
+pub enum By<'a> {
+    /// A rule or scope decision on this event.
+    Policy(&'a Event),
+    /// An operator over the control socket (kernel credentials of the caller).
+    Operator { pid: u32, uid: u32 },
+}
+
+struct Entry {
+    cookie: u32,
+    /// The task's own cgroup (top-level tasks); sub-tasks live in their parent's.
+    cgroup: Option<TaskCgroup>,
+    parent: Option<Arc<str>>,
+    enforce: bool,
+    killed: bool,
+}
+
+/// What an action did: the event to record (None when there was nothing to do) and
+/// the answer for whoever asked.
+pub struct Outcome {
+    pub event: Option<Event>,
+    pub result: Result<String, String>,
+}
+
+impl Outcome {
+    fn refused(msg: String) -> Self {
+        Self { event: None, result: Err(msg) }
+    }
+}
+
+#[derive(Default)]
+pub struct Containment {
+    tasks: HashMap<Arc<str>, Entry>,
+}
+
+impl Containment {
+    /// A top-level task and its cgroup (if it got one).
+    pub fn register(&mut self, id: Arc<str>, cookie: u32, cgroup: Option<TaskCgroup>, enforce: bool) {
+        self.tasks.insert(id, Entry { cookie, cgroup, parent: None, enforce, killed: false });
+    }
+
+    /// A delegated sub-task: it shares the cgroup of its top-level task.
+    pub fn register_sub(&mut self, id: Arc<str>, cookie: u32, parent: Arc<str>, enforce: bool) {
+        self.tasks.insert(id, Entry { cookie, cgroup: None, parent: Some(parent), enforce, killed: false });
+    }
+
+    /// Whether rule actions are carried out for the task (enforce mode).
+    pub fn enforced(&self, id: &str) -> bool {
+        self.tasks.get(id).is_some_and(|e| e.enforce)
+    }
+
+    /// Cookies of the tasks killed so far.
+    pub fn killed(&self) -> Vec<u32> {
+        self.tasks.values().filter(|e| e.killed).map(|e| e.cookie).collect()
+    }
+
+    pub fn cgroup(&self, id: &str) -> Option<&TaskCgroup> {
+        self.tasks.get(id).and_then(|e| e.cgroup.as_ref())
+    }
+
+    /// The cgroup holding the task's processes: its own or its top-level task's.
+    fn home(&self, id: &str) -> Option<&TaskCgroup> {
+        let mut e = self.tasks.get(id)?;
+        while let Some(p) = &e.parent {
+            e = self.tasks.get(p)?;
+        }
+        e.cgroup.as_ref()
+    }
+
+    /// Carries out `act` on task `id`.
+    pub fn act(
+        &mut self,
+        sensors: &mut Sensors,
+        id: &str,
+        act: Act,
+        by: By,
+        host: Arc<str>,
+        now: Timestamp,
+    ) -> Outcome {
+        let Some(e) = self.tasks.get(id) else {
+            return Outcome::refused(format!("{} {id}", crate::ctl::NOT_MINE));
+        };
+        if e.killed {
+            return Outcome { event: None, result: Ok(format!("task {id} was already killed")) };
+        }
+        let cookie = e.cookie;
+        let own = e.cgroup.as_ref();
+        let mut detail: BTreeMap<Cow<'static, str>, serde_json::Value> = BTreeMap::new();
+        let result = match act {
+            Act::Kill => {
+                if let By::Policy(ev) = &by {
+                    // The offender first: it is the one acting right now.
+                    signal_tracked(sensors, ev.pid, cookie);
+                }
+                let mut errors = Vec::new();
+                if let Err(err) = sensors.doom(cookie) {
+                    errors.push(format!("kernel mark: {err}"));
+                }
+                if let Some(cg) = own {
+                    detail.insert("cgroup".into(), json!(cg.path.display().to_string()));
+                    if let Err(err) = cg.kill() {
+                        errors.push(format!("{}: cgroup.kill: {err}", cg.path.display()));
+                    }
+                }
+                let victims = sweep(sensors, cookie, Duration::from_secs(2));
+                detail.insert("processes".into(), json!(victims.signalled));
+                if victims.left.is_empty() && errors.is_empty() {
+                    Ok(format!("task {id} killed"))
+                } else {
+                    if !victims.left.is_empty() {
+                        errors.push(format!("processes still alive: {:?}", victims.left));
+                    }
+                    Err(errors.join("; "))
+                }
+            }
+            Act::Freeze | Act::Thaw => {
+                let on = act == Act::Freeze;
+                let Some(cg) = own else {
+                    let why = match (&e.parent, self.home(id)) {
+                        (Some(p), Some(_)) => format!(
+                            "task {id} is a sub-task of {p} and shares its cgroup: {} {p} instead, or kill {id}",
+                            act.as_str()
+                        ),
+                        _ => format!(
+                            "task {id} has no cgroup of its own (cgroup v2 unavailable?): it cannot be frozen"
+                        ),
+                    };
+                    return Outcome::refused(why);
+                };
+                detail.insert("cgroup".into(), json!(cg.path.display().to_string()));
+                if cg.frozen() == on {
+                    return Outcome {
+                        event: None,
+                        result: Ok(format!("task {id} was already {}", if on { "frozen" } else { "thawed" })),
+                    };
+                }
+                detail.insert("processes".into(), json!(cg.pids()));
+                cg.freeze(on)
+                    .map(|()| format!("task {id} {}", if on { "frozen" } else { "thawed" }))
+                    .map_err(|err| err.to_string())
+            }
+        };
+        if act == Act::Kill
+            && let Some(e) = self.tasks.get_mut(id)
+        {
+            e.killed = true;
+        }
+        if let Err(err) = &result {
+            detail.insert("error".into(), json!(err));
+        }
+        let ev = action_event(id, act, &by, detail, host, now);
+        Outcome { event: Some(ev), result }
+    }
+}
+
+fn action_event(
+    id: &str,
+    act: Act,
+    by: &By,
+    mut detail: BTreeMap<Cow<'static, str>, serde_json::Value>,
+    host: Arc<str>,
+    now: Timestamp,
+) -> Event {
+    let mut ev = Event::new(Kind::Action, now, host);
+    ev.task = Some(Arc::from(id));
+    ev.action = Some(Cow::Borrowed(act.as_str()));
+    match by {
+        By::Policy(t) => {
+            ev.pid = t.pid;
+            ev.tid = t.tid;
+            ev.ppid = t.ppid;
+            ev.comm = t.comm.clone();
+            ev.exe = t.exe.clone();
+            ev.start = t.start;
+            ev.task_chain = t.task_chain.clone();
+            ev.rule = t.rule.clone();
+            ev.reason = t.reason.clone();
+            detail.insert("by".into(), json!("policy"));
+            detail.insert("trigger".into(), json!(t.id));
+        }
+        By::Operator { pid, uid } => {
+            ev.pid = std::process::id();
+            ev.tid = ev.pid;
+            ev.comm = "agentmon".into();
+            ev.reason = Some(format!("operator request (pid {pid}, uid {uid})"));
+            detail.insert("by".into(), json!("operator"));
+            detail.insert("operator".into(), json!({"pid": pid, "uid": uid}));
+        }
+    }
+    ev.detail = detail;
+    ev
+}
+
+struct Swept {
+    signalled: Vec<u32>,
+    left: Vec<u32>,
+}
+
+/// Signals every process tracked under `cookie` until none is left or `limit` passes.
+fn sweep(sensors: &Sensors, cookie: u32, limit: Duration) -> Swept {
+    let start = Instant::now();
+    let mut signalled = Vec::new();
+    loop {
+        let left: Vec<u32> =
+            sensors.tracked().into_iter().filter(|&(_, c)| c == cookie).map(|(p, _)| p).collect();
+        if left.is_empty() || start.elapsed() > limit {
+            signalled.sort_unstable();
+            signalled.dedup();
+            return Swept { signalled, left };
+        }
+        for &pid in &left {
+            if signal_tracked(sensors, pid, cookie) {
+                signalled.push(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// SIGKILL to `pid` if it is (still) a process of task `cookie`. Through a pidfd
+/// checked after opening: the tracking entry goes at exit, before the pid can be
+/// reaped and reused, so a pidfd opened while the entry exists names that process.
+fn signal_tracked(sensors: &Sensors, pid: u32, cookie: u32) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: fd was just returned by the kernel and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    if sensors.task_of(pid) != Some(cookie) {
+        return false;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal with a valid pidfd, no siginfo, no flags.
+    let r = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0)
+    };
+    r == 0
+}

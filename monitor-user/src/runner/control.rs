@@ -1,0 +1,113 @@
+//! Answers requests on the control socket: delegation from inside a task,
+//! containment from an operator outside every task.
+
+use std::sync::Arc;
+
+use tokio::net::UnixStream;
+
+use super::pipeline::Pipeline;
+use crate::{
+    contain::{Act, By},
+    ctl::{self, Reply, Request},
+    judge::Bound,
+    kernel::loader::Sensors,
+    sink::Sink,
+};
+
+/// State a request may change.
+pub struct Ctl<'a> {
+    pub sensors: &'a mut Sensors,
+    pub p: &'a mut Pipeline,
+    pub sink: &'a mut dyn Sink,
+    /// The next free task cookie.
+    pub next: &'a mut u32,
+}
+
+/// Answers one control request.
+pub async fn serve(stream: &mut UnixStream, cx: Ctl<'_>) -> Reply {
+    let cred = stream.peer_cred().ok();
+    let (peer, uid) = match cred.and_then(|c| c.pid().map(|p| (p, c.uid()))) {
+        Some((pid, uid)) if pid > 0 => (pid as u32, uid),
+        _ => return Reply::err("cannot identify the caller"),
+    };
+    let req = match ctl::read_request(stream).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("control request from pid {peer} rejected: {e}");
+            return Reply::err(e);
+        }
+    };
+    let (task, act) = match req {
+        Request::Delegate { manifest, file, pid } => return delegate(cx, peer, manifest, file, pid),
+        Request::Kill { task } => (task, Act::Kill),
+        Request::Freeze { task } => (task, Act::Freeze),
+        Request::Thaw { task } => (task, Act::Thaw),
+    };
+    // A process inside a task may not contain (or thaw) anything: operators only.
+    if let Some(c) = cx.sensors.task_of(peer) {
+        tracing::warn!(
+            "{} of task {task} refused: the caller (pid {peer}) is inside task cookie {c}",
+            act.as_str()
+        );
+        return Reply::err(format!("{} refused: the caller is inside a watched task", act.as_str()));
+    }
+    if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
+        tracing::warn!(
+            "{} of task {task} refused: uid {uid} is neither root nor agentmon's user",
+            act.as_str()
+        );
+        return Reply::err(format!("{} refused: uid {uid} may not control agentmon's tasks", act.as_str()));
+    }
+    let (host, now) = (cx.p.enr.host(), cx.p.enr.clock().now_wall());
+    let out = cx.p.contain.act(cx.sensors, &task, act, By::Operator { pid: peer, uid }, host, now);
+    if let Some(ev) = &out.event
+        && let Err(e) = cx.sink.send(ev).and_then(|()| cx.sink.flush())
+    {
+        tracing::error!("recording the {} of task {task}: {e}", act.as_str());
+    }
+    match out.result {
+        Ok(msg) => Reply { ok: true, task: Some(task), message: Some(msg), ..Default::default() },
+        Err(e) => Reply { task: Some(task), ..Reply::err(e) },
+    }
+}
+
+/// Binds the caller's held child `pid` to the sub-task in `manifest`.
+fn delegate(cx: Ctl<'_>, peer: u32, manifest: String, file: String, pid: u32) -> Reply {
+    let (sensors, p) = (cx.sensors, cx.p);
+    let Some(cookie) = sensors.task_of(peer) else {
+        return Reply::err(format!("pid {peer} is not inside a task watched here"));
+    };
+    if ctl::ppid_of(pid) != Some(peer) || sensors.task_of(pid) != Some(cookie) {
+        return Reply::err(format!("pid {pid} is not a child of the caller in its task"));
+    }
+    let Some(parent) = p.enr.task_name(cookie).and_then(|id| p.judge.task(&id)).cloned() else {
+        return Reply::err("the caller's task has no manifest here; delegation needs a parent task");
+    };
+    let mut child = match crate::task::parse(&manifest, std::path::Path::new(&file), p.enr.clock().now_wall())
+    {
+        Ok(t) => t,
+        Err(e) => return Reply::err(e.to_string()),
+    };
+    if let Err(why) = parent.task.contains(&child) {
+        tracing::warn!("delegation from task {} to {} refused: {why}", parent.id, child.id);
+        return Reply::err(format!("{file}: {why}"));
+    }
+    if p.judge.task(&child.id).is_some() {
+        return Reply::err(format!("{file}: a task called {} is already running here", child.id));
+    }
+    // Inside an enforced task everything is enforced (its confinement is inherited anyway).
+    child.enforce |= parent.task.enforce;
+    child.parents =
+        std::iter::once(parent.task.id.clone()).chain(parent.task.parents.iter().cloned()).collect();
+    let c = *cx.next;
+    *cx.next += 1;
+    if let Err(e) = sensors.retag(pid, c) {
+        return Reply::err(e.to_string());
+    }
+    let id: Arc<str> = Arc::from(child.id.as_str());
+    let chain = child.parents.clone();
+    p.enr.bind_task(c, id.clone());
+    p.contain.register_sub(id.clone(), c, parent.id.clone(), child.enforce);
+    p.judge.bind(Bound::new(Arc::new(child), pid));
+    Reply { ok: true, task: Some(id.to_string()), chain, ..Default::default() }
+}

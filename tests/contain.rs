@@ -1,0 +1,247 @@
+//! Containment on the real kernel: a rule's `kill` ends a whole tree (grandchild
+//! that escaped by setsid and spins without syscalls included); a rule's `freeze`
+//! stops it until an operator thaws it; operator freeze, kill and refusals.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use agentmon::event::{Event, Kind};
+
+use crate::{
+    R,
+    support::{self, SCENARIO_ENV, agentmon, ensure, eq, run_agentmon_with, workdir},
+};
+
+/// A work dir with an enforced task and a rules dir whose one rule reacts to the
+/// creation of `repo/<marker>` with `action`.
+fn setup(name: &str, marker: &str, action: &str) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    let d = workdir(name);
+    let repo = d.join("repo");
+    let rules = d.join("rules");
+    for dir in [&repo.join("pids"), &rules] {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let task = d.join("task.yaml");
+    std::fs::write(
+        &task,
+        format!(
+            "id: {name}\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{r}/**\"]\n  \
+             exec: [\"{me}\"]\n",
+            r = repo.display(),
+            me = me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(
+        rules.join("contain.yaml"),
+        format!(
+            "rules:\n  - id: test.{action}\n    description: the agent made the {marker} marker\n    severity: critical\n    \
+             match:\n      kinds: [file_create]\n      paths: [\"**/{marker}\"]\n    action: {action}\n    examples:\n      \
+             match:\n        - {{kind: file_create, path: /x/{marker}}}\n      no_match:\n        - {{kind: file_create, path: /x/other}}\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((d, task, rules))
+}
+
+fn scenario_cmd(d: &Path, args: &[&str]) -> Result<Vec<String>, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    Ok([me.display().to_string(), d.display().to_string()]
+        .into_iter()
+        .chain(args.iter().map(|s| s.to_string()))
+        .collect())
+}
+
+fn pids(d: &Path) -> Result<Vec<(String, u32)>, String> {
+    ["root", "child", "grandchild"]
+        .iter()
+        .map(|w| {
+            let t = std::fs::read_to_string(d.join("repo/pids").join(w))
+                .map_err(|e| format!("no {w} pid: {e}"))?;
+            Ok((w.to_string(), t.trim().parse().map_err(|e| format!("{w} pid {t:?}: {e}"))?))
+        })
+        .collect()
+}
+
+/// Waits until `cond` holds, up to `limit`; a synchronisation point, not a timing check.
+fn wait(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+fn all_gone(pids: &[(String, u32)]) -> Result<(), String> {
+    let alive = || {
+        pids.iter().filter(|(_, p)| Path::new(&format!("/proc/{p}")).exists()).cloned().collect::<Vec<_>>()
+    };
+    ensure(wait(Duration::from_secs(5), || alive().is_empty()), || format!("still alive: {:?}", alive()))
+}
+
+fn by(ev: &Event) -> Option<&str> {
+    ev.detail.get("by").and_then(|v| v.as_str())
+}
+
+/// A rule with `action: kill` ends the whole tree at once: the root, a sleeping
+/// child, and a grandchild that left by double fork + setsid and runs no syscall.
+pub fn rule_kill_ends_the_tree() -> R {
+    let (d, task, rules) = setup("contain-kill", "KILL-ME", "kill")?;
+    let cmd = scenario_cmd(&d, &["KILL-ME", "spin"])?;
+    let flags = ["--task", task.to_str().unwrap(), "--rules", rules.to_str().unwrap()];
+    let run = run_agentmon_with(&flags, &cmd, &[(SCENARIO_ENV, "contain")], &d)?;
+    eq("exit code (SIGKILL)", run.code, 128 + 9)?;
+    let pids = pids(&d)?;
+    all_gone(&pids)?;
+    let trigger = run.find(Kind::FileCreate, &d.join("repo/KILL-ME"))?;
+    eq(
+        "trigger rule",
+        (trigger.rule.as_deref(), trigger.action.as_deref()),
+        (Some("test.kill"), Some("kill")),
+    )?;
+    let actions = run.of(Kind::Action);
+    let [a] = actions.as_slice() else {
+        return Err(format!("want one action event, got {actions:?}").into());
+    };
+    eq(
+        "action",
+        (a.action.as_deref(), a.rule.as_deref(), by(a)),
+        (Some("kill"), Some("test.kill"), Some("policy")),
+    )?;
+    eq("action task", a.task.as_deref(), Some("contain-kill"))?;
+    eq("action pid (the offender)", a.pid, trigger.pid)?;
+    eq(
+        "trigger id",
+        a.detail.get("trigger").and_then(|v| v.as_str()),
+        Some(trigger.id.to_string().as_str()),
+    )?;
+    ensure(
+        a.detail.get("cgroup").is_some_and(|c| c.as_str().is_some_and(|c| c.contains("agentmon"))),
+        || format!("no cgroup in {:?}", a.detail),
+    )?;
+    ensure(!a.detail.contains_key("error"), || format!("the kill reported an error: {:?}", a.detail))?;
+    // Every process of the tree exits by SIGKILL, and says so in its exit event.
+    for (who, pid) in &pids {
+        let exit = run
+            .of(Kind::Exit)
+            .into_iter()
+            .find(|e| e.pid == *pid)
+            .ok_or_else(|| format!("no exit event for the {who} (pid {pid}):\n{}", run.summary()))?;
+        eq(&format!("{who} exit signal"), exit.signal.as_deref(), Some("SIGKILL"))?;
+    }
+    // Nothing the tree did after the trigger's own write survived: the heartbeat
+    // loop did not run its full minute (the scenario errs out if it does).
+    ensure(!run.stderr.contains("neither killed nor frozen"), || run.stderr.clone())?;
+    Ok(())
+}
+
+fn ctl(args: &[&str]) -> Result<(i32, String, String), String> {
+    let out = Command::new(agentmon()).args(args).output().map_err(|e| e.to_string())?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+fn cgroup_of(pid: u32) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| e.to_string())?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::")).ok_or("no cgroup v2 line")?;
+    let root = agentmon::enforce::cgroup::v2_root().ok_or("no cgroup v2")?;
+    Ok(root.join(rel.trim_start_matches('/')))
+}
+
+fn frozen(cg: &Path) -> bool {
+    std::fs::read_to_string(cg.join("cgroup.events")).is_ok_and(|t| t.lines().any(|l| l == "frozen 1"))
+}
+
+fn heartbeat(d: &Path) -> String {
+    std::fs::read_to_string(d.join("repo/heartbeat")).unwrap_or_default()
+}
+
+/// A rule with `action: freeze` stops the tree; an operator thaws it, freezes it
+/// again (twice: the second is a no-op) and kills it. A process inside a task and
+/// an unknown task id are refused.
+pub fn freeze_thaw_kill_by_operator() -> R {
+    let name = "contain-freeze";
+    let (d, task, rules) = setup(name, "FREEZE-ME", "freeze")?;
+    let events = d.join("events.jsonl");
+    let mut child = Command::new(agentmon())
+        .args(["exec", "--quiet", "--events"])
+        .arg(&events)
+        .args(["--task", task.to_str().unwrap(), "--rules", rules.to_str().unwrap(), "--"])
+        .args(scenario_cmd(&d, &["FREEZE-ME"])?)
+        .env(SCENARIO_ENV, "contain")
+        .current_dir(&d)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let result = (|| -> Result<(), String> {
+        ensure(wait(Duration::from_secs(20), || d.join("repo/ready").exists()), || {
+            "the agent never got ready".into()
+        })?;
+        let pids = pids(&d)?;
+        let cg = cgroup_of(pids[0].1)?;
+        ensure(cg.to_string_lossy().contains("agentmon"), || format!("root is in {}", cg.display()))?;
+        ensure(wait(Duration::from_secs(10), || frozen(&cg)), || {
+            "the freeze rule did not freeze the task".into()
+        })?;
+        let before = heartbeat(&d);
+        std::thread::sleep(Duration::from_millis(300));
+        eq("heartbeat while frozen", heartbeat(&d), before.clone())?;
+
+        let (code, out, _) = ctl(&["freeze", name])?;
+        eq("second freeze", (code, out.trim()), (0, format!("task {name} was already frozen").as_str()))?;
+        let (code, _, err) = ctl(&["kill", "no-such-task"])?;
+        ensure(code == 1 && err.contains("no-such-task"), || format!("unknown task: exit {code}: {err}"))?;
+
+        let (code, _, err) = ctl(&["thaw", name])?;
+        eq("thaw exit", (code, err), (0, String::new()))?;
+        ensure(!frozen(&cg), || "still frozen after thaw".into())?;
+        ensure(wait(Duration::from_secs(10), || heartbeat(&d) != before), || {
+            "no heartbeat after thaw".into()
+        })?;
+
+        let (code, _, err) = ctl(&["freeze", name])?;
+        eq("operator freeze exit", (code, err), (0, String::new()))?;
+        ensure(frozen(&cg), || "not frozen after the operator's freeze".into())?;
+        let (code, _, err) = ctl(&["kill", name])?;
+        eq("kill exit", (code, err), (0, String::new()))?;
+        all_gone(&pids)
+    })();
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    result?;
+    eq("agentmon exit code (SIGKILL)", out.status.code(), Some(128 + 9))?;
+    let text = std::fs::read_to_string(&events).map_err(|e| e.to_string())?;
+    let (evs, _) = support::parse_stream(&text)?;
+    let acts: Vec<(Option<&str>, Option<&str>)> =
+        evs.iter().filter(|e| e.kind == Kind::Action).map(|e| (e.action.as_deref(), by(e))).collect();
+    eq(
+        "action events",
+        acts,
+        vec![
+            (Some("freeze"), Some("policy")),
+            (Some("thaw"), Some("operator")),
+            (Some("freeze"), Some("operator")),
+            (Some("kill"), Some("operator")),
+        ],
+    )?;
+    let op = evs.iter().find(|e| e.kind == Kind::Action && by(e) == Some("operator")).unwrap();
+    eq(
+        "operator uid",
+        op.detail.get("operator").and_then(|o| o.get("uid")).and_then(|u| u.as_u64()),
+        Some(0),
+    )?;
+    Ok(())
+}
