@@ -142,6 +142,7 @@ pub fn tamper_attempts_fail() -> R {
     let actions: Vec<String> = vec![
         "signal_agentmon".into(),
         "ptrace_agentmon".into(),
+        "getfd_agentmon".into(),
         format!("write_file={}", events.display()),
         format!("write_file={}", task.display()),
         format!("create_in={}", rules.display()),
@@ -154,6 +155,7 @@ pub fn tamper_attempts_fail() -> R {
     let want = [
         ("signal_agentmon", EPERM),
         ("ptrace_agentmon", EPERM),
+        ("getfd_agentmon", EPERM),
         ("write_file", EACCES),
         ("create_in", EACCES),
         ("bpf", EPERM),
@@ -223,7 +225,7 @@ pub fn in_scope_workload_runs() -> R {
 pub fn unenforceable_task_refused() -> R {
     let d = workdir("refused");
     let t = d.join("task.yaml");
-    std::fs::write(&t, "id: r\nmode: execute\nenforcement: enforce\napproval_required: [delete]\n")
+    std::fs::write(&t, "id: r\nmode: execute\nenforcement: enforce\napproval_required: [delete, exec]\n")
         .map_err(|e| e.to_string())?;
     let out = std::process::Command::new(support::agentmon())
         .args(["exec", "-q", "--task"])

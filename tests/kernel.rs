@@ -2,6 +2,7 @@
 //! parsed events. They need root (CI runs as root). Without root every test fails
 //! with the reason, unless the user opts out with AGENTMON_SKIP_KERNEL_TESTS=1.
 
+mod approval;
 mod contain;
 mod enforce;
 mod scenarios;
@@ -49,6 +50,7 @@ fn main() {
         ("enforce_network_allowlist", enforce::enforce_network_allowlist),
         ("rule_kill_ends_the_tree", contain::rule_kill_ends_the_tree),
         ("freeze_thaw_kill_by_operator", contain::freeze_thaw_kill_by_operator),
+        ("approve_deny_timeout_and_race", approval::approve_deny_timeout_and_race),
     ];
     let root = nix::unistd::geteuid().is_root();
     let skip = std::env::var(SKIP_ENV).is_ok_and(|v| v == "1");

@@ -64,6 +64,9 @@ pub enum Command {
         /// Kernel ring buffer size in MiB (a power of two).
         #[arg(long, default_value_t = 16, value_parser = ringbuf_mb)]
         ringbuf_mb: u32,
+        /// How long a call held for approval waits before it is denied.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+        approval_timeout: std::time::Duration,
         /// Do not print the start-up and survivor notes on stderr.
         #[arg(long, short = 'q')]
         quiet: bool,
@@ -83,6 +86,29 @@ pub enum Command {
     Freeze(ContainArgs),
     /// Let a frozen task run again.
     Thaw(ContainArgs),
+    /// Let a call held for approval proceed (agentmon performs exactly what the
+    /// request showed).
+    Approve {
+        /// The approval id (from the `approval_request` event or `agentmon approvals`).
+        id: String,
+        /// Also approve the same task's later calls of the same operation under the
+        /// same directory for this long (e.g. `10m`).
+        #[arg(long = "for", value_name = "DURATION", value_parser = duration)]
+        hold_for: Option<std::time::Duration>,
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// Refuse a call held for approval: it fails with EPERM.
+    Deny {
+        id: String,
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// List the calls held for approval by every agentmon here.
+    Approvals {
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -114,6 +140,14 @@ fn ringbuf_mb(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 10m)"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
 fn sensitive_set(extra: &[String], no_default: bool) -> anyhow::Result<SensitiveSet> {
     let mut pats: Vec<String> =
         if no_default { Vec::new() } else { DEFAULT_PATTERNS.iter().map(|s| s.to_string()).collect() };
@@ -135,6 +169,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             sensitive,
             no_default_sensitive,
             ringbuf_mb,
+            approval_timeout,
             quiet,
             cmd,
         } => {
@@ -169,6 +204,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 format,
                 sensitive: sensitive_set(&sensitive, no_default_sensitive)?,
                 ringbuf_bytes: ringbuf_mb << 20,
+                approval_timeout,
                 quiet,
             };
             match rt.block_on(runner::exec(opts)) {
@@ -198,6 +234,24 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Kill(a) => contain(&rt, a, |task| ctl::Request::Kill { task }),
         Command::Freeze(a) => contain(&rt, a, |task| ctl::Request::Freeze { task }),
         Command::Thaw(a) => contain(&rt, a, |task| ctl::Request::Thaw { task }),
+        Command::Approve { id, hold_for, socket } => {
+            let a = ContainArgs { task: id, socket };
+            contain(&rt, a, |id| ctl::Request::Approve { id, for_s: hold_for.map(|d| d.as_secs().max(1)) })
+        }
+        Command::Deny { id, socket } => {
+            contain(&rt, ContainArgs { task: id, socket }, |id| ctl::Request::Deny { id })
+        }
+        Command::Approvals { socket } => {
+            let sockets = socket.map(|s| vec![s]).unwrap_or_else(ctl::sockets);
+            for s in sockets {
+                match rt.block_on(ctl::call(&s, &ctl::Request::Approvals {})) {
+                    Ok(r) if r.ok => print!("{}", r.message.unwrap_or_default()),
+                    Ok(r) => eprintln!("agentmon: {}: {}", s.display(), r.error.unwrap_or_default()),
+                    Err(e) => eprintln!("agentmon: {e}"),
+                }
+            }
+            Ok(0)
+        }
         Command::Probe => {
             let s = Sensors::load(&SensorConfig::default())?;
             println!("kernel programs attached: {} (in {} ms)", s.attached.len(), s.load_ms);

@@ -126,7 +126,7 @@ impl Containment {
         now: Timestamp,
     ) -> Outcome {
         let Some(e) = self.tasks.get(id) else {
-            return Outcome::refused(format!("{} {id}", crate::ctl::NOT_MINE));
+            return Outcome::refused(format!("{} task called {id}", crate::ctl::NOT_MINE));
         };
         if e.killed {
             return Outcome { event: None, result: Ok(format!("task {id} was already killed")) };

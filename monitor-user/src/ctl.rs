@@ -29,8 +29,8 @@ pub const TASK_ENV: &str = "AGENTMON_TASK";
 const MAX_REQUEST: u64 = 256 * 1024;
 /// Where control sockets live (the first that can be created).
 const SOCKET_DIRS: [&str; 2] = ["/run/agentmon", "/tmp/agentmon"];
-/// Start of the error an agentmon gives for a task it does not watch.
-pub const NOT_MINE: &str = "no task here is called";
+/// Start of the error an agentmon gives for a task or approval it does not have.
+pub const NOT_MINE: &str = "not here: no";
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -52,6 +52,33 @@ pub enum Request {
     Thaw {
         task: String,
     },
+    /// Let held call `id` proceed (agentmon performs it); with `for_s`, also later
+    /// calls of the same task and operation under the same directory, for that long.
+    Approve {
+        id: String,
+        #[serde(default)]
+        for_s: Option<u64>,
+    },
+    /// Refuse held call `id` (it fails with EPERM).
+    Deny {
+        id: String,
+    },
+    /// List the held calls waiting for an approver.
+    Approvals {},
+}
+
+impl Request {
+    pub fn op_name(&self) -> &'static str {
+        match self {
+            Request::Delegate { .. } => "delegate",
+            Request::Kill { .. } => "kill",
+            Request::Freeze { .. } => "freeze",
+            Request::Thaw { .. } => "thaw",
+            Request::Approve { .. } => "approve",
+            Request::Deny { .. } => "deny",
+            Request::Approvals {} => "approvals",
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -158,8 +185,8 @@ pub fn sockets() -> Vec<PathBuf> {
     v
 }
 
-/// Sends a containment request to `socket`, or to every agentmon here until one
-/// owns the task.
+/// Sends an operator request to `socket`, or to every agentmon here until one owns
+/// the task or approval.
 pub async fn contain(socket: Option<&Path>, req: &Request) -> Result<Reply, String> {
     if let Some(s) = socket {
         return call(s, req).await;

@@ -38,6 +38,10 @@ pub enum Kind {
     Loss,
     /// agentmon acted on a task (kill, freeze, thaw).
     Action,
+    /// A held syscall waits for an approver.
+    ApprovalRequest,
+    /// A held syscall was approved, denied, timed out or cancelled.
+    Approval,
 }
 
 impl Kind {
@@ -67,6 +71,8 @@ impl Kind {
             Kind::SensitiveRead => "sensitive_read",
             Kind::Loss => "loss",
             Kind::Action => "action",
+            Kind::ApprovalRequest => "approval_request",
+            Kind::Approval => "approval",
         }
     }
 }

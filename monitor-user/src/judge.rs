@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     event::{ALERT_SCHEMA, Alert, AlertReason, Event, Kind, TaskInfo},
-    policy::{Ctx, Engine, RuleError, RuleSet, Verdict, VerdictKind, Windows, rules::rule_files},
+    policy::{Action, Ctx, Engine, RuleError, RuleSet, Verdict, VerdictKind, Windows, rules::rule_files},
     proctable::{ProcKey, ProcTable},
     task::Task,
 };
@@ -93,7 +93,9 @@ impl Judge {
 
     /// Judges `ev` in place; returns the alert to emit, if any.
     pub fn apply(&mut self, ev: &mut Event, procs: &ProcTable) -> Option<Alert> {
-        if !self.active || matches!(ev.kind, Kind::Loss | Kind::Action) {
+        if !self.active
+            || matches!(ev.kind, Kind::Loss | Kind::Action | Kind::ApprovalRequest | Kind::Approval)
+        {
             return None;
         }
         if let (Some(own), Some(crate::event::Dst::Unix { unix })) = (&self.own_socket, &ev.dst)
@@ -120,25 +122,28 @@ impl Judge {
         {
             ev.task_chain = Some(b.chain.clone());
         }
-        // The parent of the acting process (for fork events the actor is the parent).
-        let me = ProcKey { tgid: ev.pid, start_ns: ev.start.unwrap_or(0) };
-        let parent = if ev.kind == Kind::Fork {
-            ev.ppid.and_then(|p| procs.live_key(p))
-        } else {
-            procs.get(&me).and_then(|p| p.parent)
-        };
-        let parent_proc = parent.and_then(|k| procs.get(&k));
-        let cx = Ctx {
-            task: bound.map(|b| &*b.task),
-            launch,
-            parent_exe: parent_proc.and_then(|p| p.exe.as_deref()),
-            parent_is_root: parent.is_some_and(|k| Some(k.tgid) == root),
-        };
+        let cx = context(bound, ev, procs, launch, root);
         let mut v = self.engine.judge(ev, &cx, &mut self.windows);
+        // A held call an approver let through (agentmon performed it): in scope now.
+        if v.verdict == VerdictKind::NeedsApproval
+            && ev.detail.get("decision").and_then(|d| d.as_str()) == Some("approved")
+        {
+            let id = ev.detail.get("approval").and_then(|d| d.as_str()).unwrap_or("?");
+            v.verdict = VerdictKind::InScope;
+            v.action = Action::None;
+            for r in v.reasons.iter_mut().filter(|r| r.verdict == VerdictKind::NeedsApproval) {
+                r.verdict = VerdictKind::InScope;
+                r.action = Action::None;
+                r.message = format!("{} (approved: {id})", r.message);
+            }
+            v.reasons.sort_by_key(|r| std::cmp::Reverse(r.verdict));
+        }
         // Under enforcement, an out-of-scope call that failed with EACCES/EPERM was
-        // stopped by a layer (Landlock, seccomp): say so.
+        // stopped by a layer (Landlock, seccomp, a gate's refusal): say so.
+        let refused =
+            matches!(ev.detail.get("decision").and_then(|d| d.as_str()), Some("denied" | "timeout"));
         if bound.is_some_and(|b| b.task.enforce)
-            && v.verdict >= VerdictKind::OutOfScope
+            && (v.verdict >= VerdictKind::OutOfScope || refused)
             && matches!(ev.error.as_deref(), Some("EACCES" | "EPERM"))
         {
             v.verdict = VerdictKind::Denied;
@@ -146,6 +151,38 @@ impl Judge {
         let info = bound.map(Bound::info);
         annotate(ev, &v);
         v.alerts().then(|| alert(ev, &v, info))
+    }
+
+    /// The verdict `ev` would get, recording nothing (rate windows untouched): for a
+    /// held syscall, before it happens.
+    pub fn preview(&self, ev: &Event, procs: &ProcTable) -> Verdict {
+        let bound = ev.task.as_ref().and_then(|id| self.tasks.get(id));
+        let cx = context(bound, ev, procs, false, bound.map(|b| b.root));
+        self.engine.judge(ev, &cx, &mut Windows::default())
+    }
+}
+
+/// The process context of `ev` for the engine.
+fn context<'a>(
+    bound: Option<&'a Bound>,
+    ev: &Event,
+    procs: &'a ProcTable,
+    launch: bool,
+    root: Option<u32>,
+) -> Ctx<'a> {
+    // The parent of the acting process (for fork events the actor is the parent).
+    let me = ProcKey { tgid: ev.pid, start_ns: ev.start.unwrap_or(0) };
+    let parent = if ev.kind == Kind::Fork {
+        ev.ppid.and_then(|p| procs.live_key(p))
+    } else {
+        procs.get(&me).and_then(|p| p.parent)
+    };
+    let parent_proc = parent.and_then(|k| procs.get(&k));
+    Ctx {
+        task: bound.map(|b| &*b.task),
+        launch,
+        parent_exe: parent_proc.and_then(|p| p.exe.as_deref()),
+        parent_is_root: parent.is_some_and(|k| Some(k.tgid) == root),
     }
 }
 

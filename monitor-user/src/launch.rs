@@ -83,6 +83,8 @@ pub struct Held {
     pub argv: Vec<String>,
     go: OwnedFd,
     err: OwnedFd,
+    /// Where the child sends its approval listener (when the task is gated).
+    gate: Option<OwnedFd>,
 }
 
 /// Forks `cmd` with agentmon's environment plus `extra_env`; the child blocks until
@@ -115,6 +117,13 @@ pub fn spawn_held(
     envp.push(std::ptr::null());
     let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC)?;
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC)?;
+    let gate_chan = match confine.as_ref().and_then(|c| c.gate.as_ref()) {
+        Some(_) => {
+            use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+            Some(socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?)
+        }
+        None => None,
+    };
 
     // SAFETY: the child only calls async-signal-safe functions on memory prepared above.
     match unsafe { fork() }? {
@@ -135,7 +144,15 @@ pub fn spawn_held(
             // Everything below was prepared before the fork; restrict_self and
             // apply_filter only make syscalls (prctl, landlock_restrict_self, seccomp).
             if let Some(c) = confine {
+                // The gate's filter before the denial filter: its listener is sent to
+                // agentmon and closed here, so the command never holds it.
                 let ok = c.landlock.is_none_or(|r| r.restrict_self().is_ok())
+                    && match (&c.gate, &gate_chan) {
+                        (Some(prog), Some((_, child_end))) => {
+                            crate::gate::filter::install_and_send(prog, child_end.as_raw_fd())
+                        }
+                        _ => true,
+                    }
                     && c.seccomp.as_ref().is_none_or(|f| seccompiler::apply_filter(f).is_ok());
                 if !ok {
                     let e = CONFINE_FAILED;
@@ -151,12 +168,18 @@ pub fn spawn_held(
         ForkResult::Parent { child } => {
             drop(go_r);
             drop(err_w);
-            Ok(Held { pid: child, program, argv: cmd.to_vec(), go: go_w, err: err_r })
+            let gate = gate_chan.map(|(ours, _)| ours);
+            Ok(Held { pid: child, program, argv: cmd.to_vec(), go: go_w, err: err_r, gate })
         }
     }
 }
 
 impl Held {
+    /// The channel the child sends its approval listener on (once released).
+    pub fn take_gate(&mut self) -> Option<OwnedFd> {
+        self.gate.take()
+    }
+
     /// Lets the child exec; returns once it has, or with the exec error.
     pub fn release(self) -> Result<Pid, LaunchError> {
         nix::unistd::write(&self.go, &[1u8])?;

@@ -12,6 +12,7 @@ pub mod decode;
 pub mod enforce;
 pub mod enrich;
 pub mod event;
+pub mod gate;
 pub mod jsonw;
 pub mod judge;
 pub mod kernel;

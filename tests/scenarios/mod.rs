@@ -21,6 +21,7 @@ use nix::{
 };
 
 mod contain;
+mod gated;
 
 /// Runs scenario `name`; the return value is the process exit status.
 pub fn run(name: &str, args: &[String]) -> i32 {
@@ -42,6 +43,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         ("two_steps", Some(d)) => two_steps(d),
         ("attempts", Some(d)) => attempts(d, &args[1..]),
         ("contain", Some(d)) => contain::contain(d, args),
+        ("gated", Some(d)) => gated::gated(d, &args[1..]),
         _ => Err(format!("unknown scenario {name} {args:?}")),
     };
     match r {
@@ -378,6 +380,14 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             "write_file" => errno(fs::OpenOptions::new().append(true).open(arg).map(|_| ())),
             "create_in" => errno(fs::write(Path::new(arg).join("evil.yaml"), b"rules: []")),
             "ptrace_agentmon" => sys(unsafe { libc::ptrace(libc::PTRACE_ATTACH, agentmon, 0, 0) }),
+            "getfd_agentmon" => {
+                let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, agentmon, 0) };
+                if pidfd < 0 {
+                    sys(pidfd)
+                } else {
+                    sys(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, 1, 0) })
+                }
+            }
             "signal_agentmon" => sys(unsafe { libc::kill(agentmon, libc::SIGWINCH) } as libc::c_long),
             "bpf" => {
                 let attr = [0u8; 128];

@@ -2,7 +2,7 @@
 //!
 //! Layers (design.md): Landlock for the file scope and TCP connect ports, seccomp for
 //! outright syscall denials, a per-task cgroup for the network allowlist and for
-//! containment (kill, freeze); approval gates come later. At start-up agentmon says which layers are active, and an
+//! containment (kill, freeze), seccomp user notification for approval gates. At start-up agentmon says which layers are active, and an
 //! enforce-mode task whose scope needs something no active layer can enforce is
 //! refused, naming the clause and the missing layer — never run weaker than declared.
 
@@ -24,11 +24,18 @@ pub struct Layers {
     /// Tasks can get their own cgroup v2: the network guard is attached to it and
     /// containment kills (cgroup.kill) or freezes (cgroup.freeze) it.
     pub cgroups: bool,
+    /// seccomp user notification (approval gates).
+    pub approval: bool,
 }
 
 impl Layers {
     pub fn probe() -> Self {
-        Self { landlock_abi: landlock::abi(), seccomp: seccomp::available(), cgroups: cgroup::available() }
+        Self {
+            landlock_abi: landlock::abi(),
+            seccomp: seccomp::available(),
+            cgroups: cgroup::available(),
+            approval: seccomp::user_notif_available(),
+        }
     }
 
     /// One line per layer, saying whether it is active.
@@ -63,7 +70,15 @@ impl Layers {
                 format!("containment (kill, freeze): {why}"),
             )
         };
-        vec![ll, sc, net, "approval gates (seccomp user notification): not in this version".into(), contain]
+        let gates = if self.approval {
+            format!(
+                "approval gates (seccomp user notification): {}: active",
+                crate::gate::filter::GATEABLE.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        } else {
+            "approval gates: unavailable (the kernel lacks seccomp user notification)".to_string()
+        };
+        vec![ll, sc, net, gates, contain]
     }
 }
 
@@ -85,6 +100,8 @@ pub struct Protected {
 pub struct Confinement {
     pub landlock: Option<::landlock::RulesetCreated>,
     pub seccomp: Option<seccompiler::BpfProgram>,
+    /// The approval gate's filter (user notification), when the task lists gated operations.
+    pub gate: Option<Vec<libc::sock_filter>>,
 }
 
 impl std::fmt::Debug for Confinement {
@@ -92,6 +109,7 @@ impl std::fmt::Debug for Confinement {
         f.debug_struct("Confinement")
             .field("landlock", &self.landlock.is_some())
             .field("seccomp", &self.seccomp.as_ref().map(Vec::len))
+            .field("gate", &self.gate.as_ref().map(Vec::len))
             .finish()
     }
 }
@@ -143,13 +161,27 @@ pub fn confine(
     if !layers.seccomp {
         return Err(refuse("scope", "the seccomp layer is not available".into()));
     }
-    if !task.approval.is_empty() {
-        return Err(refuse(
-            "approval_required",
-            "approval gates need the seccomp user-notification layer, which this version does not have"
-                .into(),
-        ));
-    }
+    let gate = if task.approval.is_empty() {
+        None
+    } else {
+        if !layers.approval {
+            return Err(refuse(
+                "approval_required",
+                "approval gates need seccomp user notification, which this kernel does not offer".into(),
+            ));
+        }
+        if let Some(op) = task.approval.iter().find(|o| !crate::gate::filter::GATEABLE.contains(o)) {
+            return Err(refuse(
+                "approval_required",
+                format!(
+                    "{} cannot be held for approval in this version (gated: {})",
+                    op.as_str(),
+                    crate::gate::filter::GATEABLE.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        Some(crate::gate::filter::program(&task.approval))
+    };
     for p in &protected.paths {
         if task.write.matches(&p.to_string_lossy()) {
             return Err(refuse(
@@ -191,7 +223,7 @@ pub fn confine(
     // reach anything at all; raw sockets would bypass it.
     let sockets = seccomp::Sockets { no_datagram: task.connect.is_empty(), no_unix: true };
     let seccomp = seccomp::filter(sockets).map_err(|msg| EnforceError::Build { layer: "seccomp", msg })?;
-    Ok(Confinement { landlock: Some(ruleset), seccomp: Some(seccomp) })
+    Ok(Confinement { landlock: Some(ruleset), seccomp: Some(seccomp), gate })
 }
 
 #[cfg(test)]

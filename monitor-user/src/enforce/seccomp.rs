@@ -30,12 +30,21 @@ pub const DENIED: &[(&str, i64)] = &[
     ("finit_module", libc::SYS_finit_module),
     ("delete_module", libc::SYS_delete_module),
     ("open_by_handle_at", libc::SYS_open_by_handle_at),
+    // Would let a root agent copy agentmon's fds (the approval listener among them).
+    ("pidfd_getfd", libc::SYS_pidfd_getfd),
 ];
 
 /// Can this kernel install seccomp filters?
 pub fn available() -> bool {
     // PR_GET_SECCOMP answers 0 (not in seccomp mode) where seccomp is built in.
     unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) >= 0 }
+}
+
+/// Can this kernel hold syscalls for a supervisor (SECCOMP_RET_USER_NOTIF)?
+pub fn user_notif_available() -> bool {
+    let action: u32 = libc::SECCOMP_RET_USER_NOTIF;
+    // SAFETY: SECCOMP_GET_ACTION_AVAIL reads one u32.
+    unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_GET_ACTION_AVAIL, 0, &raw const action) == 0 }
 }
 
 /// Which socket families the task may not create.

@@ -11,7 +11,7 @@ fn task(y: &str) -> Task {
 }
 
 fn layers() -> Layers {
-    Layers { landlock_abi: 7, seccomp: true, cgroups: false }
+    Layers { landlock_abi: 7, seccomp: true, cgroups: false, approval: true }
 }
 
 fn refused(t: &Task) -> (&'static str, String) {
@@ -44,9 +44,9 @@ fn refusals_name_the_clause() {
             "approval-gate",
         ),
         (
-            "id: a\nmode: execute\napproval_required: [rename]\n".to_string(),
+            "id: a\nmode: execute\napproval_required: [delete, exec]\n".to_string(),
             "approval_required",
-            "approval gates",
+            "exec cannot be held for approval",
         ),
         (
             "id: a\nmode: execute\nscope:\n  connect: [\"10.0.0.0/8:443\"]\n".to_string(),
@@ -67,9 +67,9 @@ fn refusals_name_the_clause() {
     // Missing layers refuse everything.
     let t = task("id: a\nmode: read\n");
     for l in [
-        Layers { landlock_abi: 0, seccomp: true, cgroups: true },
-        Layers { landlock_abi: 5, seccomp: true, cgroups: true },
-        Layers { landlock_abi: 7, seccomp: false, cgroups: true },
+        Layers { landlock_abi: 0, seccomp: true, cgroups: true, approval: true },
+        Layers { landlock_abi: 5, seccomp: true, cgroups: true, approval: true },
+        Layers { landlock_abi: 7, seccomp: false, cgroups: true, approval: true },
     ] {
         assert!(
             matches!(confine(&t, &l, &[], &Protected::default()), Err(EnforceError::Refused { .. })),
@@ -108,6 +108,20 @@ fn accepted_plans_build() {
     for y in ok {
         confine(&task(&y), &layers(), &[], &Protected::default()).unwrap_or_else(|e| panic!("{y}: {e}"));
     }
+    // Gated operations get the notification filter; without the layer, refused.
+    let gated = task(&format!(
+        "id: a\nmode: execute\nscope:\n  write: [\"{0}/**\"]\n  delete: [\"{0}/**\"]\napproval_required: [delete, chmod]\n",
+        d.display()
+    ));
+    let c = confine(&gated, &layers(), &[], &Protected::default()).unwrap();
+    assert!(c.gate.as_ref().is_some_and(|p| p.len() > 8), "{c:?}");
+    let no = Layers { approval: false, ..layers() };
+    assert!(
+        confine(&gated, &no, &[], &Protected::default())
+            .unwrap_err()
+            .to_string()
+            .contains("user notification")
+    );
     // With the cgroup layer, a network scope is accepted.
     let net = Layers { cgroups: true, ..layers() };
     let t = task("id: a\nmode: read\nscope:\n  connect: [\"127.0.0.1:8080\", \"10.0.0.0/8:443\"]\n");

@@ -153,7 +153,7 @@ fn kind_index(k: Kind) -> usize {
     k as usize
 }
 
-const KINDS: [Kind; 24] = [
+const KINDS: [Kind; 26] = [
     Kind::Exec,
     Kind::Fork,
     Kind::Exit,
@@ -178,6 +178,8 @@ const KINDS: [Kind; 24] = [
     Kind::SensitiveRead,
     Kind::Loss,
     Kind::Action,
+    Kind::ApprovalRequest,
+    Kind::Approval,
 ];
 
 pub fn parse_kind(s: &str) -> Option<Kind> {

@@ -37,27 +37,33 @@ pub async fn serve(stream: &mut UnixStream, cx: Ctl<'_>) -> Reply {
             return Reply::err(e);
         }
     };
+    if let Request::Delegate { manifest, file, pid } = req {
+        return delegate(cx, peer, manifest, file, pid);
+    }
+    // Everything else is for operators: never a process inside a task.
+    let what = req.op_name();
+    if let Some(c) = cx.sensors.task_of(peer) {
+        tracing::warn!("{what} refused: the caller (pid {peer}) is inside task cookie {c}");
+        return Reply::err(format!("{what} refused: the caller is inside a watched task"));
+    }
+    if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
+        tracing::warn!("{what} refused: uid {uid} is neither root nor agentmon's user");
+        return Reply::err(format!("{what} refused: uid {uid} may not control agentmon's tasks"));
+    }
     let (task, act) = match req {
-        Request::Delegate { manifest, file, pid } => return delegate(cx, peer, manifest, file, pid),
+        Request::Delegate { .. } => unreachable!("handled above"),
         Request::Kill { task } => (task, Act::Kill),
         Request::Freeze { task } => (task, Act::Freeze),
         Request::Thaw { task } => (task, Act::Thaw),
+        Request::Approve { id, for_s } => {
+            return approval(cx, &id, true, peer, uid, for_s.map(std::time::Duration::from_secs));
+        }
+        Request::Deny { id } => return approval(cx, &id, false, peer, uid, None),
+        Request::Approvals {} => {
+            let list = cx.p.gate.as_ref().map(|g| g.list()).unwrap_or_default();
+            return Reply { ok: true, message: Some(list), ..Default::default() };
+        }
     };
-    // A process inside a task may not contain (or thaw) anything: operators only.
-    if let Some(c) = cx.sensors.task_of(peer) {
-        tracing::warn!(
-            "{} of task {task} refused: the caller (pid {peer}) is inside task cookie {c}",
-            act.as_str()
-        );
-        return Reply::err(format!("{} refused: the caller is inside a watched task", act.as_str()));
-    }
-    if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
-        tracing::warn!(
-            "{} of task {task} refused: uid {uid} is neither root nor agentmon's user",
-            act.as_str()
-        );
-        return Reply::err(format!("{} refused: uid {uid} may not control agentmon's tasks", act.as_str()));
-    }
     let (host, now) = (cx.p.enr.host(), cx.p.enr.clock().now_wall());
     let out = cx.p.contain.act(cx.sensors, &task, act, By::Operator { pid: peer, uid }, host, now);
     if let Some(ev) = &out.event
@@ -68,6 +74,30 @@ pub async fn serve(stream: &mut UnixStream, cx: Ctl<'_>) -> Reply {
     match out.result {
         Ok(msg) => Reply { ok: true, task: Some(task), message: Some(msg), ..Default::default() },
         Err(e) => Reply { task: Some(task), ..Reply::err(e) },
+    }
+}
+
+/// An approver's decision on a held call.
+fn approval(
+    cx: Ctl<'_>,
+    id: &str,
+    approve: bool,
+    pid: u32,
+    uid: u32,
+    hold_for: Option<std::time::Duration>,
+) -> Reply {
+    let Some(g) = cx.p.gate.as_mut() else {
+        return Reply::err(format!("{} pending approval {id}", ctl::NOT_MINE));
+    };
+    let (ev, result) = g.decide(id, approve, crate::gate::Who::Operator { pid, uid }, hold_for);
+    if let Some(ev) = &ev
+        && let Err(e) = cx.sink.send(ev).and_then(|()| cx.sink.flush())
+    {
+        tracing::error!("recording approval {id}: {e}");
+    }
+    match result {
+        Ok(msg) => Reply { ok: true, message: Some(msg), ..Default::default() },
+        Err(e) => Reply::err(e),
     }
 }
 
@@ -97,6 +127,17 @@ fn delegate(cx: Ctl<'_>, peer: u32, manifest: String, file: String, pid: u32) ->
     }
     // Inside an enforced task everything is enforced (its confinement is inherited anyway).
     child.enforce |= parent.task.enforce;
+    // A sub-task's calls are held by the gate its root inherited: the parent's.
+    let gated = |o: &crate::task::Op| p.gate.is_some() && parent.task.approval.contains(o);
+    if child.enforce
+        && let Some(op) = child.approval.iter().find(|o| !gated(o))
+    {
+        return Reply::err(format!(
+            "{file}: approval_required: {} is not held by the parent task's approval gate, which sub-tasks \
+             share; add it to the parent's approval_required",
+            op.as_str()
+        ));
+    }
     child.parents =
         std::iter::once(parent.task.id.clone()).chain(parent.task.parents.iter().cloned()).collect();
     let c = *cx.next;

@@ -19,6 +19,7 @@ use crate::{
     ctl::{self, CTL_ENV, TASK_ENV},
     enforce::{self, Confinement, Layers, Protected, cgroup::TaskCgroup},
     enrich::Enricher,
+    gate::Gate,
     judge::{Bound, Judge, RulesWatch},
     kernel::loader::{POLL_INTERVAL, SensorConfig, Sensors},
     launch::{self, LaunchError},
@@ -53,6 +54,8 @@ pub struct ExecOptions {
     pub quiet: bool,
     pub task: Option<(Task, String)>,
     pub rules: RulesChoice,
+    /// How long a held call waits for an approver before it is denied.
+    pub approval_timeout: Duration,
 }
 
 /// Plans the confinement of an enforced task (None when observing), or refuses it.
@@ -178,8 +181,9 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     if let Some((t, _)) = &opts.task {
         env.push((TASK_ENV.into(), t.id.clone()));
     }
-    let held = launch::spawn_held(&opts.cmd, &env, confinement)?;
+    let mut held = launch::spawn_held(&opts.cmd, &env, confinement)?;
     let pid = held.pid;
+    let gate_chan = held.take_gate();
     let root = pid.as_raw() as u32;
     if let Err(e) = sensors.track(root, EXEC_TASK) {
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
@@ -210,7 +214,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         contain.register(id, EXEC_TASK, cgroup, t.enforce);
         judge.bind(Bound::new(Arc::new(t), root));
     }
-    let mut p = Pipeline { enr: Enricher::new(opts.sensitive.clone(), names), judge, contain };
+    let mut p = Pipeline { enr: Enricher::new(opts.sensitive.clone(), names), judge, contain, gate: None };
     p.enr.procs.seed(
         root,
         Proc {
@@ -235,6 +239,11 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
         sink.flush()?;
         return Err(e.into());
+    }
+    if let Some(chan) = gate_chan {
+        // The root sent its approval listener before it exec'd.
+        let listener = crate::gate::filter::recv_listener(&chan, 5000)?;
+        p.gate = Some(Gate::new(listener, opts.approval_timeout)?);
     }
     let mut next_task = EXEC_TASK + 1;
     let mut ticks: u64 = 0;
@@ -272,6 +281,13 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
                 }
                 sink.flush()?;
             }
+            r = gate_ready(&p.gate) => {
+                r?;
+                // Events first: the caller's exec and forks name the process in the request.
+                p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
+                p.held_calls(&sensors, &mut sink)?;
+            }
+            _ = gate_deadline(&p.gate) => p.expire_approvals(&mut sink)?,
             conn = server.listener.accept() => {
                 if let Ok((mut stream, _)) = conn {
                     // Pending events first: the caller's fork must be in the process table.
@@ -395,7 +411,13 @@ async fn delegated(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> 
     // The watching agentmon owns the cgroups; a sub-task gets no network guard of its
     // own here, so an enforced sub-task that needs one is refused.
     let layers = Layers { cgroups: false, ..Layers::probe() };
-    let confinement = plan_confinement(&opts, &layers)?;
+    // Its gated calls are held by the parent's gate (the filter is inherited); the
+    // parent refuses the delegation if that gate does not cover them.
+    let mut gated_by_parent = opts.clone();
+    if let Some((t, _)) = gated_by_parent.task.as_mut() {
+        t.approval.clear();
+    }
+    let confinement = plan_confinement(&gated_by_parent, &layers)?;
     let Some((task, text)) = opts.task else { unreachable!("checked by the caller") };
     let held = launch::spawn_held(&opts.cmd, &[(TASK_ENV.into(), task.id.clone())], confinement)?;
     let pid = held.pid;
@@ -420,6 +442,22 @@ async fn delegated(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> 
         .await
         .map_err(std::io::Error::other)?;
     Ok(st.map(exit_code).unwrap_or(125))
+}
+
+/// Resolves when the gate has held calls to take (never, without a gate).
+async fn gate_ready(gate: &Option<Gate>) -> std::io::Result<()> {
+    match gate {
+        Some(g) if !g.closed => g.ready().await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// Resolves at the earliest approval deadline (never, with none pending).
+async fn gate_deadline(gate: &Option<Gate>) {
+    match gate.as_ref().and_then(Gate::next_deadline) {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn forward(pid: Pid, sig: Signal) {

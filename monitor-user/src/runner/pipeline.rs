@@ -11,6 +11,7 @@ use crate::{
     decode::decode,
     enrich::Enricher,
     event::Event,
+    gate::Gate,
     judge::Judge,
     kernel::loader::Sensors,
     policy::Action,
@@ -22,6 +23,8 @@ pub struct Pipeline {
     pub enr: Enricher,
     pub judge: Judge,
     pub contain: Containment,
+    /// The approval gate of the task, if it has gated operations.
+    pub gate: Option<Gate>,
 }
 
 impl Pipeline {
@@ -44,6 +47,9 @@ impl Pipeline {
             };
             drop(item);
             if let Some(mut ev) = ev {
+                if let Some(g) = self.gate.as_mut() {
+                    g.annotate(&mut ev);
+                }
                 let alert = self.judge.apply(&mut ev, &self.enr.procs);
                 // Containment first: the event is written a moment later either way.
                 let action = alert.as_ref().and_then(|a| self.contain_for(&ev, &a.action, sensors));
@@ -56,6 +62,27 @@ impl Pipeline {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Takes the calls the gate holds: refusals happen at once, requests are recorded.
+    pub fn held_calls(&mut self, sensors: &Sensors, sink: &mut dyn Sink) -> Result<(), RunError> {
+        let Some(g) = self.gate.as_mut() else { return Ok(()) };
+        for ev in g.take(sensors, &self.enr, &self.judge) {
+            sink.send(&ev)?;
+        }
+        // An approver watches the stream: do not wait for the next periodic flush.
+        sink.flush()?;
+        Ok(())
+    }
+
+    /// Denies the requests whose time ran out.
+    pub fn expire_approvals(&mut self, sink: &mut dyn Sink) -> Result<(), RunError> {
+        let Some(g) = self.gate.as_mut() else { return Ok(()) };
+        for ev in g.expire() {
+            sink.send(&ev)?;
+        }
+        sink.flush()?;
         Ok(())
     }
 

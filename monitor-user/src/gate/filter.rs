@@ -1,0 +1,233 @@
+//! The gated syscalls and the seccomp filter that sends them to agentmon
+//! (SECCOMP_RET_USER_NOTIF), installed in the task's root between fork and exec.
+//!
+//! Hand-written: a dozen BPF instructions. seccompiler (used for the denials) has no
+//! user-notification action, and libseccomp would add a C library for this.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::task::Op;
+
+/// How a gated syscall names its target(s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `path` in arg `p` (relative to the cwd).
+    Path { p: usize },
+    /// `dirfd` in arg `d`, `path` in arg `p`, flags in arg `f` (if any).
+    At { d: usize, p: usize, f: Option<usize> },
+    /// An open fd in arg `fd`.
+    Fd { fd: usize },
+    /// rename-like: two (dirfd, path) pairs and optional flags.
+    Two { d1: Option<usize>, p1: usize, d2: Option<usize>, p2: usize, f: Option<usize> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gated {
+    pub name: &'static str,
+    pub nr: i64,
+    pub op: Op,
+    pub shape: Shape,
+    /// The final component is not followed (unlink, rename, lchown).
+    pub nofollow: bool,
+    /// Argument indices of the values the call applies (length; mode; uid, gid).
+    pub vals: &'static [usize],
+}
+
+const fn g(name: &'static str, nr: i64, op: Op, shape: Shape, nofollow: bool) -> Gated {
+    let vals: &'static [usize] = match op {
+        Op::Truncate | Op::Chmod => match shape {
+            Shape::At { .. } => &[2],
+            _ => &[1],
+        },
+        Op::Chown => match shape {
+            Shape::At { .. } => &[2, 3],
+            _ => &[1, 2],
+        },
+        _ => &[],
+    };
+    Gated { name, nr, op, shape, nofollow, vals }
+}
+
+/// Every syscall an approval gate can hold, by operation.
+pub const GATED: &[Gated] = &[
+    g("unlink", libc::SYS_unlink, Op::Delete, Shape::Path { p: 0 }, true),
+    g("rmdir", libc::SYS_rmdir, Op::Delete, Shape::Path { p: 0 }, true),
+    g("unlinkat", libc::SYS_unlinkat, Op::Delete, Shape::At { d: 0, p: 1, f: Some(2) }, true),
+    g("rename", libc::SYS_rename, Op::Rename, Shape::Two { d1: None, p1: 0, d2: None, p2: 1, f: None }, true),
+    g(
+        "renameat",
+        libc::SYS_renameat,
+        Op::Rename,
+        Shape::Two { d1: Some(0), p1: 1, d2: Some(2), p2: 3, f: None },
+        true,
+    ),
+    g(
+        "renameat2",
+        libc::SYS_renameat2,
+        Op::Rename,
+        Shape::Two { d1: Some(0), p1: 1, d2: Some(2), p2: 3, f: Some(4) },
+        true,
+    ),
+    g("truncate", libc::SYS_truncate, Op::Truncate, Shape::Path { p: 0 }, false),
+    g("ftruncate", libc::SYS_ftruncate, Op::Truncate, Shape::Fd { fd: 0 }, false),
+    g("chmod", libc::SYS_chmod, Op::Chmod, Shape::Path { p: 0 }, false),
+    g("fchmod", libc::SYS_fchmod, Op::Chmod, Shape::Fd { fd: 0 }, false),
+    g("fchmodat", libc::SYS_fchmodat, Op::Chmod, Shape::At { d: 0, p: 1, f: None }, false),
+    g("fchmodat2", 452, Op::Chmod, Shape::At { d: 0, p: 1, f: Some(3) }, false),
+    g("chown", libc::SYS_chown, Op::Chown, Shape::Path { p: 0 }, false),
+    g("lchown", libc::SYS_lchown, Op::Chown, Shape::Path { p: 0 }, true),
+    g("fchown", libc::SYS_fchown, Op::Chown, Shape::Fd { fd: 0 }, false),
+    g("fchownat", libc::SYS_fchownat, Op::Chown, Shape::At { d: 0, p: 1, f: Some(4) }, false),
+];
+
+/// Operations a gate can hold. Others in `approval_required` cannot be enforced yet.
+pub const GATEABLE: [Op; 5] = [Op::Delete, Op::Rename, Op::Truncate, Op::Chmod, Op::Chown];
+
+pub fn lookup(nr: i64) -> Option<&'static Gated> {
+    GATED.iter().find(|s| s.nr == nr)
+}
+
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+fn stmt(code: u16, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt: 0, jf: 0, k }
+}
+
+fn jeq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16, jt, jf, k }
+}
+
+/// The filter: x86-64 only (anything else is killed, as the denial filter does),
+/// x32 calls refused, the gated syscalls of `ops` to the listener, the rest allowed.
+pub fn program(ops: &[Op]) -> Vec<libc::sock_filter> {
+    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    // offsetof(struct seccomp_data, nr) = 0, arch = 4.
+    let nrs: Vec<u32> = GATED.iter().filter(|s| ops.contains(&s.op)).map(|s| s.nr as u32).collect();
+    let mut p = vec![
+        stmt(ld, 4),
+        jeq(AUDIT_ARCH_X86_64, 1, 0),
+        stmt(ret, libc::SECCOMP_RET_KILL_PROCESS),
+        stmt(ld, 0),
+        // nr >= X32_SYSCALL_BIT: refuse.
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: X32_SYSCALL_BIT,
+        },
+        stmt(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+    ];
+    let n = nrs.len();
+    for (i, nr) in nrs.iter().enumerate() {
+        // Match: jump over the remaining compares and the ALLOW to the NOTIF.
+        p.push(jeq(*nr, (n - i) as u8, 0));
+    }
+    p.push(stmt(ret, libc::SECCOMP_RET_ALLOW));
+    p.push(stmt(ret, libc::SECCOMP_RET_USER_NOTIF));
+    p
+}
+
+/// Child side, between fork and exec: installs `prog` with a new listener and hands
+/// the listener to agentmon over `chan` (SCM_RIGHTS), then closes it: the task must
+/// never hold its own listener. Only syscalls; async-signal-safe.
+///
+/// # Safety
+/// To be called in the forked child only, with `prog` and `chan` prepared before the fork.
+pub unsafe fn install_and_send(prog: &[libc::sock_filter], chan: RawFd) -> bool {
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return false;
+        }
+        let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut _ };
+        let fd = libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &raw const fprog,
+        );
+        if fd < 0 {
+            return false;
+        }
+        let fd = fd as RawFd;
+        let ok = send_fd(chan, fd);
+        libc::close(fd);
+        ok
+    }
+}
+
+/// Sends `fd` with one data byte over the unix socket `chan`.
+unsafe fn send_fd(chan: RawFd, fd: RawFd) -> bool {
+    // >= CMSG_SPACE(sizeof(int)), aligned for cmsghdr.
+    let mut cbuf = [0u64; 8];
+    let mut byte = [1u8];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as usize;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+        libc::sendmsg(chan, &msg, 0) == 1
+    }
+}
+
+/// agentmon side: receives the listener the child sent (waits up to `ms`).
+pub fn recv_listener(chan: &OwnedFd, ms: i32) -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut pfd = [nix::poll::PollFd::new(
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(chan.as_raw_fd()) },
+        nix::poll::PollFlags::POLLIN,
+    )];
+    if nix::poll::poll(&mut pfd, nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX))?
+        == 0
+    {
+        return Err(std::io::Error::other("the task's root did not hand over its approval listener"));
+    }
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut cmsg = nix::cmsg_space!(RawFd);
+    let msg = recvmsg::<()>(chan.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c
+            && let Some(&fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this fd for us.
+            return Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
+        }
+    }
+    Err(std::io::Error::other("the task's root sent no listener"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_jumps_land_on_notif() {
+        let p = program(&[Op::Delete, Op::Rename]);
+        let n = GATED.iter().filter(|s| matches!(s.op, Op::Delete | Op::Rename)).count();
+        assert_eq!(p.len(), 6 + n + 2);
+        let notif = p.len() - 1;
+        for (i, ins) in p[6..6 + n].iter().enumerate() {
+            assert_eq!(6 + i + 1 + ins.jt as usize, notif, "compare {i} jumps to the NOTIF return");
+            assert_eq!(ins.jf, 0);
+        }
+        assert_eq!(p[notif].k, libc::SECCOMP_RET_USER_NOTIF);
+        assert_eq!(p[notif - 1].k, libc::SECCOMP_RET_ALLOW);
+    }
+
+    #[test]
+    fn every_gateable_op_has_syscalls() {
+        for op in GATEABLE {
+            assert!(GATED.iter().any(|s| s.op == op), "{op:?}");
+        }
+        assert_eq!(lookup(libc::SYS_unlinkat).map(|s| s.name), Some("unlinkat"));
+    }
+}

@@ -1,0 +1,422 @@
+//! Approval gates: the operations an enforced task lists in `approval_required`
+//! block in the kernel (seccomp user notification) until an approver decides.
+//!
+//! A held call is resolved and pinned ([`notify`]), judged like an event (scope and
+//! rules, before it happens): out of scope or denied by a rule, it fails at once with
+//! EACCES; otherwise agentmon emits an `approval_request` and waits for `agentmon
+//! approve ID [--for D]` or `agentmon deny ID`, or the timeout, which denies. An
+//! approved call is performed by agentmon on what was pinned; a denied one fails
+//! with EPERM. Each decision is an `approval` event, and the call's own syscall
+//! event carries the approval id and decision.
+
+pub mod filter;
+pub mod notify;
+
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+    os::fd::{AsRawFd, OwnedFd},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use nix::errno::Errno;
+use serde_json::json;
+use tokio::io::unix::AsyncFd;
+
+use self::notify::{Call, Creds, Notif};
+use crate::{
+    enrich::Enricher,
+    event::{Event, Kind},
+    judge::Judge,
+    kernel::loader::Sensors,
+    policy::{Action, VerdictKind},
+    task::Op,
+};
+
+/// Who decided.
+#[derive(Debug, Clone)]
+pub enum Who {
+    Operator {
+        pid: u32,
+        uid: u32,
+    },
+    /// A standing approval (`approve --for`), by the id that granted it.
+    Standing(String),
+    Timeout,
+}
+
+struct Pending {
+    notif: u64,
+    call: Call,
+    creds: Creds,
+    task: Arc<str>,
+    op: Op,
+    /// The request event: process fields and paths for the decision event.
+    request: Event,
+    deadline: Instant,
+}
+
+/// `approve --for`: later calls of the same task and operation under the same
+/// directory are approved without asking, until `until`.
+struct Standing {
+    task: Arc<str>,
+    op: Op,
+    under: String,
+    until: Instant,
+    id: String,
+}
+
+/// A decided call whose syscall event has not been seen yet.
+struct Decided {
+    id: String,
+    decision: &'static str,
+    kind: Kind,
+    path: Option<String>,
+    new_path: Option<String>,
+}
+
+pub struct Gate {
+    listener: AsyncFd<OwnedFd>,
+    pub timeout: Duration,
+    seq: u32,
+    pending: BTreeMap<String, Pending>,
+    standing: Vec<Standing>,
+    decided: HashMap<u32, Decided>,
+    /// Every process holding the filter has exited.
+    pub closed: bool,
+}
+
+fn kind_of(op: Op) -> Kind {
+    match op {
+        Op::Delete => Kind::FileDelete,
+        Op::Rename => Kind::FileRename,
+        Op::Truncate => Kind::FileTruncate,
+        Op::Chmod => Kind::FileChmod,
+        _ => Kind::FileChown,
+    }
+}
+
+fn errno_name(e: Errno) -> String {
+    crate::names::errno(-(e as i64)).map(|n| n.into_owned()).unwrap_or_default()
+}
+
+impl Gate {
+    pub fn new(listener: OwnedFd, timeout: Duration) -> std::io::Result<Self> {
+        let flags = nix::fcntl::fcntl(&listener, nix::fcntl::FcntlArg::F_GETFL)?;
+        let nonblock = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&listener, nix::fcntl::FcntlArg::F_SETFL(nonblock))?;
+        Ok(Self {
+            // SAFETY: the AsyncFd owns the listener fd for as long as it is registered.
+            listener: unsafe { AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE) }?,
+            timeout,
+            seq: 0,
+            pending: BTreeMap::new(),
+            standing: Vec::new(),
+            decided: HashMap::new(),
+            closed: false,
+        })
+    }
+
+    /// Resolves when held calls may be waiting (or the listener closed).
+    pub async fn ready(&self) -> std::io::Result<()> {
+        let mut g = self.listener.readable().await?;
+        g.clear_ready();
+        Ok(())
+    }
+
+    fn fd(&self) -> i32 {
+        self.listener.get_ref().as_raw_fd()
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending.values().map(|p| p.deadline).min()
+    }
+
+    /// Takes every held call waiting now; returns the events to record.
+    pub fn take(&mut self, sensors: &Sensors, enr: &Enricher, judge: &Judge) -> Vec<Event> {
+        let mut out = Vec::new();
+        loop {
+            // RECV blocks whatever O_NONBLOCK says: ask poll first.
+            match notify::pending(self.fd()) {
+                notify::Ready::Call => {}
+                notify::Ready::Nothing => break,
+                notify::Ready::Closed => {
+                    // Every process holding the filter has exited.
+                    self.closed = true;
+                    break;
+                }
+            }
+            let n = match notify::recv(self.fd()) {
+                Ok(n) => n,
+                // The calling thread died between the wake-up and our read.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => {
+                    tracing::warn!("approval listener: {e}");
+                    self.closed = true;
+                    break;
+                }
+            };
+            if let Some(ev) = self.held(n, sensors, enr, judge) {
+                out.push(ev);
+            }
+        }
+        out
+    }
+
+    /// One held call: refuse, perform under a standing approval, or ask.
+    fn held(&mut self, n: Notif, sensors: &Sensors, enr: &Enricher, judge: &Judge) -> Option<Event> {
+        let fd = self.fd();
+        let answer = |r: Result<i64, Errno>| {
+            if let Err(e) = notify::respond(fd, n.id, r) {
+                tracing::debug!("answering held call {}: {e}", n.id);
+            }
+        };
+        let Some(g) = filter::lookup(n.nr) else {
+            answer(Err(Errno::EPERM));
+            return None;
+        };
+        let call = notify::resolve_call(&n, g);
+        let tgid = notify::tgid_of(n.tid);
+        let creds = notify::creds_of(n.tid);
+        // What we read belongs to the notifying thread only if it is still waiting.
+        if !notify::valid(fd, n.id) {
+            return None;
+        }
+        let (call, tgid, creds) = match (call, tgid, creds) {
+            (Ok(c), Some(t), Some(cr)) => (c, t, cr),
+            (Err(e), ..) => {
+                answer(Err(e));
+                return None;
+            }
+            _ => {
+                answer(Err(Errno::ESRCH));
+                return None;
+            }
+        };
+        let task = sensors.task_of(tgid).and_then(|c| enr.task_name(c));
+        let Some(bound) = task.as_ref().and_then(|t| judge.task(t)) else {
+            tracing::warn!("held {} from pid {tgid}, which is in no task here: refused", g.name);
+            answer(Err(Errno::EPERM));
+            return None;
+        };
+        let mut ev = Event::new(kind_of(g.op), enr.clock().now_wall(), enr.host());
+        ev.pid = tgid;
+        ev.tid = n.tid;
+        if let Some(p) = enr.procs.live_key(tgid).and_then(|k| enr.procs.get(&k)) {
+            ev.ppid = p.ppid;
+            ev.comm = p.comm.clone();
+            ev.exe = p.exe.clone();
+        }
+        ev.task = Some(bound.id.clone());
+        ev.task_chain = (!bound.chain.is_empty()).then(|| bound.chain.clone());
+        ev.syscall = Some(Cow::Borrowed(g.name));
+        ev.path = call.targets.first().map(|t| t.path().to_string());
+        ev.new_path = call.targets.get(1).map(|t| t.path().to_string());
+        let v = judge.preview(&ev, &enr.procs);
+        // Out of scope or against a rule that denies: no approver can make it right.
+        let refuse = v.reasons.iter().any(|r| r.clause.is_some() && r.verdict >= VerdictKind::OutOfScope)
+            || v.action >= Action::Deny;
+        if refuse {
+            answer(Err(Errno::EACCES));
+            return None;
+        }
+        let path = ev.path.clone().unwrap_or_default();
+        let now = Instant::now();
+        self.standing.retain(|s| s.until > now);
+        let standing = self
+            .standing
+            .iter()
+            .find(|s| s.task == bound.id && s.op == g.op && path.starts_with(&s.under))
+            .map(|s| s.id.clone());
+        self.seq += 1;
+        let id = format!("{}-{}", std::process::id(), self.seq);
+        ev.verdict = Some(Cow::Borrowed(v.verdict.as_str()));
+        ev.action = Some(Cow::Borrowed(v.action.as_str()));
+        ev.rule = v.reasons.first().and_then(|r| r.rule.clone());
+        ev.reason = v.reasons.first().map(|r| r.message.clone());
+        let mut req = ev.clone();
+        let deadline = if standing.is_some() { now } else { now + self.timeout };
+        let vals = call.vals.clone();
+        let p = Pending { notif: n.id, call, creds, task: bound.id.clone(), op: g.op, request: ev, deadline };
+        if let Some(s) = standing {
+            return Some(self.finish(id, p, true, Who::Standing(s), None));
+        }
+        req.kind = Kind::ApprovalRequest;
+        req.detail.insert("approval".into(), json!(id));
+        req.detail.insert("operation".into(), json!(g.op.as_str()));
+        req.detail.insert("timeout_s".into(), json!(self.timeout.as_secs()));
+        if !vals.is_empty() {
+            req.detail.insert("args".into(), json!(vals));
+        }
+        eprintln!(
+            "agentmon: approval {id}: task {} wants to {} {}{} (pid {tgid} {}); `agentmon approve {id}` or \
+             `agentmon deny {id}` within {}s",
+            bound.id,
+            g.op.as_str(),
+            path,
+            req.new_path.as_deref().map(|p| format!(" -> {p}")).unwrap_or_default(),
+            req.comm,
+            self.timeout.as_secs()
+        );
+        self.pending.insert(id, p);
+        Some(req)
+    }
+
+    /// Carries out a decision on pending request `id`; the event to record.
+    fn finish(
+        &mut self,
+        id: String,
+        p: Pending,
+        approve: bool,
+        who: Who,
+        hold_for: Option<Duration>,
+    ) -> Event {
+        let fd = self.fd();
+        let mut ev = p.request;
+        ev.kind = Kind::Approval;
+        ev.ts = crate::enrich::Clock::now().now_wall();
+        ev.id = uuid::Uuid::now_v7();
+        let decision = if !notify::valid(fd, p.notif) {
+            "cancelled"
+        } else if approve {
+            "approved"
+        } else if matches!(who, Who::Timeout) {
+            "timeout"
+        } else {
+            "denied"
+        };
+        if decision != "cancelled" {
+            let result = if approve { notify::perform(&p.call, &p.creds) } else { Err(Errno::EPERM) };
+            ev.detail
+                .insert("result".into(), json!(result.map(|_| "ok".to_string()).unwrap_or_else(errno_name)));
+            if let Err(e) = notify::respond(fd, p.notif, result) {
+                tracing::warn!("answering approval {id}: {e}");
+            }
+            self.decided.insert(
+                ev.tid,
+                Decided {
+                    id: id.clone(),
+                    decision,
+                    kind: kind_of(p.op),
+                    path: ev.path.clone(),
+                    new_path: ev.new_path.clone(),
+                },
+            );
+        }
+        if approve && let Some(d) = hold_for {
+            let under = ev
+                .path
+                .as_deref()
+                .and_then(|p| p.rfind('/').map(|i| p[..=i].to_string()))
+                .unwrap_or_default();
+            self.standing.push(Standing {
+                task: p.task.clone(),
+                op: p.op,
+                under,
+                until: Instant::now() + d,
+                id: id.clone(),
+            });
+            ev.detail.insert("for_s".into(), json!(d.as_secs()));
+        }
+        ev.detail.insert("approval".into(), json!(id));
+        ev.detail.insert("decision".into(), json!(decision));
+        let by = match &who {
+            Who::Operator { pid, uid } => {
+                ev.detail.insert("operator".into(), json!({"pid": pid, "uid": uid}));
+                "operator".to_string()
+            }
+            Who::Standing(s) => {
+                ev.detail.insert("standing".into(), json!(s));
+                "standing".to_string()
+            }
+            Who::Timeout => "timeout".to_string(),
+        };
+        ev.detail.insert("by".into(), json!(by));
+        ev
+    }
+
+    /// An approver's answer to request `id`.
+    pub fn decide(
+        &mut self,
+        id: &str,
+        approve: bool,
+        who: Who,
+        hold_for: Option<Duration>,
+    ) -> (Option<Event>, Result<String, String>) {
+        let Some(p) = self.pending.remove(id) else {
+            return (None, Err(format!("{} pending approval {id}", crate::ctl::NOT_MINE)));
+        };
+        let ev = self.finish(id.to_string(), p, approve, who, hold_for);
+        let d = ev.detail.get("decision").and_then(|v| v.as_str()).unwrap_or("?").to_string();
+        let result = ev.detail.get("result").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let msg = match d.as_str() {
+            "cancelled" => {
+                Err(format!("approval {id}: the process is no longer waiting (it exited or was killed)"))
+            }
+            "approved" if result != "ok" => {
+                Ok(format!("approval {id}: approved; the operation failed: {result}"))
+            }
+            d => Ok(format!("approval {id}: {d}")),
+        };
+        (Some(ev), msg)
+    }
+
+    /// Times out overdue requests and drops those whose process stopped waiting.
+    pub fn expire(&mut self) -> Vec<Event> {
+        let now = Instant::now();
+        let fd = self.fd();
+        let due: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now || !notify::valid(fd, p.notif))
+            .map(|(id, _)| id.clone())
+            .collect();
+        due.into_iter()
+            .filter_map(|id| {
+                let p = self.pending.remove(&id)?;
+                Some(self.finish(id, p, false, Who::Timeout, None))
+            })
+            .collect()
+    }
+
+    /// Marks the syscall event of a decided call: approval id and decision, and the
+    /// path that was acted on (what the agent's memory says now may differ).
+    pub fn annotate(&mut self, ev: &mut Event) {
+        let Some(d) = self.decided.get(&ev.tid) else { return };
+        if d.kind != ev.kind {
+            return;
+        }
+        let Some(d) = self.decided.remove(&ev.tid) else { return };
+        ev.detail.insert("approval".into(), json!(d.id));
+        ev.detail.insert("decision".into(), json!(d.decision));
+        if d.path.is_some() && ev.path != d.path {
+            let was = std::mem::replace(&mut ev.path, d.path);
+            ev.detail.insert("requested_path".into(), json!(was));
+        }
+        if d.new_path.is_some() && ev.new_path != d.new_path {
+            let was = std::mem::replace(&mut ev.new_path, d.new_path);
+            ev.detail.insert("requested_new_path".into(), json!(was));
+        }
+    }
+
+    /// Pending requests, one line each, for `agentmon approvals`.
+    pub fn list(&self) -> String {
+        let now = Instant::now();
+        self.pending
+            .iter()
+            .map(|(id, p)| {
+                format!(
+                    "{id}  task {}  {} {}{}  pid {} {}  {}s left\n",
+                    p.task,
+                    p.op.as_str(),
+                    p.request.path.as_deref().unwrap_or(""),
+                    p.request.new_path.as_deref().map(|n| format!(" -> {n}")).unwrap_or_default(),
+                    p.request.pid,
+                    p.request.comm,
+                    p.deadline.saturating_duration_since(now).as_secs()
+                )
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,230 @@
+//! Approval gates on the real kernel: held calls approved, denied, timed out, a
+//! standing approval (`--for`), and a racing thread that rewrites the path after
+//! the request, which must not get an unapproved delete through.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use agentmon::event::{Event, Kind};
+
+use crate::{
+    R,
+    support::{SCENARIO_ENV, agentmon, ensure, eq, parse_stream, workdir},
+};
+
+fn detail<'a>(e: &'a Event, k: &str) -> Option<&'a str> {
+    e.detail.get(k).and_then(|v| v.as_str())
+}
+
+/// The events written so far (a partly written last line is left for later).
+fn events_now(file: &Path) -> Vec<Event> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let complete = text.rfind('\n').map(|i| &text[..=i]).unwrap_or("");
+    parse_stream(complete).map(|(e, _)| e).unwrap_or_default()
+}
+
+/// Waits for the `n`th approval request (0-based); a synchronisation point.
+fn request(file: &Path, n: usize, agent: &mut Child) -> Result<Event, String> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        let reqs: Vec<Event> =
+            events_now(file).into_iter().filter(|e| e.kind == Kind::ApprovalRequest).collect();
+        if let Some(e) = reqs.into_iter().nth(n) {
+            return Ok(e);
+        }
+        if let Ok(Some(st)) = agent.try_wait() {
+            return Err(format!("agentmon exited ({st}) before approval request {n}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("no approval request {n}"))
+}
+
+fn ctl(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(agentmon()).args(args).output().map_err(|e| e.to_string())?;
+    ensure(out.status.success(), || {
+        format!(
+            "agentmon {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn setup() -> Result<(PathBuf, PathBuf), String> {
+    let d = workdir("approval");
+    let build = d.join("repo/build");
+    std::fs::create_dir_all(&build).map_err(|e| e.to_string())?;
+    for f in ["a.txt", "b.txt", "c.txt", "d.txt", "g.txt", "f.txt"] {
+        std::fs::write(build.join(f), f).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(d.join("repo/precious.txt"), b"keep").map_err(|e| e.to_string())?;
+    std::fs::set_permissions(build.join("f.txt"), std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let task = d.join("task.yaml");
+    std::fs::write(
+        &task,
+        format!(
+            "id: gated\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{r}/**\"]\n  delete: [\"{r}/**\"]\n  \
+             exec: [\"{me}\"]\napproval_required: [delete, rename, chmod]\n",
+            r = d.join("repo").display(),
+            me = me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((d, task))
+}
+
+pub fn approve_deny_timeout_and_race() -> R {
+    let (d, task) = setup()?;
+    let events = d.join("events.jsonl");
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let steps = [
+        "delete=repo/build/a.txt",
+        "delete=repo/build/b.txt",
+        "race=repo/build/c.txt:repo/precious.txt",
+        "rename=repo/build/d.txt:repo/build/e.txt",
+        "rename=repo/build/g.txt:repo/build/h.txt",
+        "chmod=repo/build/f.txt",
+    ];
+    let mut agent = Command::new(agentmon())
+        .args(["exec", "--quiet", "--approval-timeout", "2s", "--events"])
+        .arg(&events)
+        .args(["--task", task.to_str().unwrap(), "--"])
+        .arg(&me)
+        .arg(&d)
+        .args(steps)
+        .env(SCENARIO_ENV, "gated")
+        .current_dir(&d)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let result = (|| -> Result<(), String> {
+        let id =
+            |e: &Event| detail(e, "approval").map(str::to_string).ok_or("request without an id".to_string());
+        let r0 = request(&events, 0, &mut agent)?;
+        eq("request 0 path", r0.path.clone(), Some(d.join("repo/build/a.txt").display().to_string()))?;
+        eq("request 0 operation", detail(&r0, "operation"), Some("delete"))?;
+        ensure(d.join("repo/build/a.txt").exists(), || "a.txt went before approval".into())?;
+        ctl(&["approve", &id(&r0)?])?;
+        let r1 = request(&events, 1, &mut agent)?;
+        ctl(&["deny", &id(&r1)?])?;
+        // The race: the request shows c.txt; then the buffer says precious.txt.
+        let r2 = request(&events, 2, &mut agent)?;
+        eq("request 2 path", r2.path.clone(), Some(d.join("repo/build/c.txt").display().to_string()))?;
+        std::fs::write(d.join("repo/swap"), b"1").map_err(|e| e.to_string())?;
+        let swapped = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            d.join("repo/swapped").exists()
+        });
+        ensure(swapped, || "the racing thread never swapped the path".into())?;
+        ctl(&["approve", &id(&r2)?])?;
+        let r3 = request(&events, 3, &mut agent)?;
+        eq(
+            "request 3 new path",
+            r3.new_path.clone(),
+            Some(d.join("repo/build/e.txt").display().to_string()),
+        )?;
+        ctl(&["approve", &id(&r3)?, "--for", "1m"])?;
+        // g -> h is covered by the standing approval; the chmod is left to time out.
+        let r4 = request(&events, 4, &mut agent)?;
+        eq(
+            "request 4 (chmod) path",
+            r4.path.clone(),
+            Some(d.join("repo/build/f.txt").display().to_string()),
+        )?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = agent.kill();
+    }
+    let out = agent.wait_with_output().map_err(|e| e.to_string())?;
+    result?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eq("agent exit", out.status.code(), Some(0)).map_err(|e| format!("{e}: {stderr}"))?;
+
+    let text = std::fs::read_to_string(d.join("repo/results.txt")).map_err(|e| e.to_string())?;
+    let results: Vec<(String, i32)> = text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(-1)))
+        .collect();
+    let want: Vec<(String, i32)> = [
+        ("delete", 0),
+        ("delete", libc::EPERM),
+        ("race", 0),
+        ("rename", 0),
+        ("rename", 0),
+        ("chmod", libc::EPERM),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), *v))
+    .collect();
+    eq("results", results, want)?;
+    // The filesystem: exactly what was approved happened.
+    let b = d.join("repo/build");
+    let exists: HashMap<&str, bool> = ["a.txt", "b.txt", "c.txt", "d.txt", "e.txt", "g.txt", "h.txt"]
+        .iter()
+        .map(|f| (*f, b.join(f).exists()))
+        .collect();
+    let want: HashMap<&str, bool> = [
+        ("a.txt", false),
+        ("b.txt", true),
+        ("c.txt", false),
+        ("d.txt", false),
+        ("e.txt", true),
+        ("g.txt", false),
+        ("h.txt", true),
+    ]
+    .into_iter()
+    .collect();
+    eq("files", exists, want)?;
+    ensure(d.join("repo/precious.txt").exists(), || "the swapped-in path was deleted: TOCTOU".into())?;
+    let mode = std::fs::metadata(b.join("f.txt")).map_err(|e| e.to_string())?.permissions().mode() & 0o777;
+    eq("f.txt mode after the timeout", mode, 0o644)?;
+
+    let evs = events_now(&events);
+    let decisions: Vec<(Option<&str>, Option<&str>)> = evs
+        .iter()
+        .filter(|e| e.kind == Kind::Approval)
+        .map(|e| (detail(e, "decision"), detail(e, "by")))
+        .collect();
+    eq(
+        "decisions",
+        decisions,
+        vec![
+            (Some("approved"), Some("operator")),
+            (Some("denied"), Some("operator")),
+            (Some("approved"), Some("operator")),
+            (Some("approved"), Some("operator")),
+            (Some("approved"), Some("standing")),
+            (Some("timeout"), Some("timeout")),
+        ],
+    )?;
+    // The syscall events say what was done: the approved delete in scope, the denied
+    // one denied, and the raced one names the file actually deleted.
+    let del = |p: &str| {
+        evs.iter()
+            .find(|e| e.kind == Kind::FileDelete && e.path.as_deref() == Some(b.join(p).to_str().unwrap()))
+            .ok_or_else(|| format!("no file_delete of {p}"))
+    };
+    let a = del("a.txt")?;
+    eq("a.txt", (a.verdict.as_deref(), detail(a, "decision")), (Some("in_scope"), Some("approved")))?;
+    let bb = del("b.txt")?;
+    eq("b.txt", (bb.verdict.as_deref(), bb.error.as_deref()), (Some("denied"), Some("EPERM")))?;
+    let c = del("c.txt")?;
+    eq("raced delete", detail(c, "decision"), Some("approved"))?;
+    eq(
+        "raced delete: the agent's buffer said",
+        detail(c, "requested_path"),
+        Some(d.join("repo/precious.txt").to_str().unwrap()),
+    )?;
+    Ok(())
+}
