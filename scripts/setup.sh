@@ -45,4 +45,13 @@ mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing 
     || die "cannot mount tracefs at /sys/kernel/tracing"
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || die "cannot mount bpffs at /sys/fs/bpf"
 [ -r /sys/kernel/btf/vmlinux ] || die "kernel has no BTF (/sys/kernel/btf/vmlinux); agentmon needs CONFIG_DEBUG_INFO_BTF"
+# An independent NATS client for the tests that prove the wire format is standard.
+NATS_PY_VERSION=2.16.0
+PYENV="$(cd "$(dirname "$0")/.." && pwd)/target/pyenv"
+if ! "$PYENV/bin/python" -c 'import nats' 2>/dev/null; then
+    say "installing nats-py $NATS_PY_VERSION into target/pyenv"
+    python3 -m venv "$PYENV" && "$PYENV/bin/pip" install -q "nats-py==$NATS_PY_VERSION" \
+        || die "could not install nats-py"
+fi
+
 say "ready (Rust $TOOLCHAIN, $(bpf-linker --version 2>/dev/null | head -1))"

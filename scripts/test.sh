@@ -9,4 +9,19 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 cargo build --quiet --all-targets
 cargo fmt --all --check
 cargo clippy --quiet --all-targets -- -D warnings
+
+# The NATS tests' broker: JetStream on loopback, a throwaway store, stopped on exit.
+NATS_DIR="$(mktemp -d)"
+NATS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$NATS_DIR/store" >"$NATS_DIR/log" 2>&1 &
+NATS_PID=$!
+trap 'kill "$NATS_PID" 2>/dev/null; wait "$NATS_PID" 2>/dev/null; rm -rf "$NATS_DIR"' EXIT
+for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && break
+    sleep 0.1
+done
+(exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null || { cat "$NATS_DIR/log" >&2; echo "nats-server did not start" >&2; exit 1; }
+export AGENTMON_TEST_NATS="nats://127.0.0.1:$NATS_PORT"
+export AGENTMON_TEST_PYTHON="$PWD/target/pyenv/bin/python"
+
 cargo test --quiet -- --test-threads 2

@@ -5,14 +5,14 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use agentmon::event::{Event, Kind};
 
 use crate::{
     R,
-    support::{self, SCENARIO_ENV, agentmon, ensure, eq, run_agentmon_with, workdir},
+    support::{self, SCENARIO_ENV, agentmon, ensure, eq, run_agentmon_with, wait, workdir},
 };
 
 /// A work dir with an enforced task and a rules dir whose one rule reacts to the
@@ -68,17 +68,6 @@ fn pids(d: &Path) -> Result<Vec<(String, u32)>, String> {
 }
 
 /// Waits until `cond` holds, up to `limit`; a synchronisation point, not a timing check.
-fn wait(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
-}
-
 fn all_gone(pids: &[(String, u32)]) -> Result<(), String> {
     let alive = || {
         pids.iter().filter(|(_, p)| Path::new(&format!("/proc/{p}")).exists()).cloned().collect::<Vec<_>>()

@@ -3,8 +3,10 @@
 //! with the reason, unless the user opts out with AGENTMON_SKIP_KERNEL_TESTS=1.
 
 mod approval;
+mod audit;
 mod contain;
 mod enforce;
+mod nats;
 mod scenarios;
 mod support;
 mod tasks;
@@ -51,6 +53,11 @@ fn main() {
         ("rule_kill_ends_the_tree", contain::rule_kill_ends_the_tree),
         ("freeze_thaw_kill_by_operator", contain::freeze_thaw_kill_by_operator),
         ("approve_deny_timeout_and_race", approval::approve_deny_timeout_and_race),
+        ("nats_stream_and_independent_client", nats::nats_stream_and_independent_client),
+        ("nats_outage_loses_nothing", nats::nats_outage_loses_nothing),
+        ("nats_remote_control", nats::nats_remote_control),
+        ("nats_sample_config_permissions", nats::nats_sample_config_permissions),
+        ("audit_chain_and_replay", audit::audit_chain_and_replay),
     ];
     let root = nix::unistd::geteuid().is_root();
     let skip = std::env::var(SKIP_ENV).is_ok_and(|v| v == "1");

@@ -71,10 +71,13 @@ pub fn task_verdicts_and_alerts() -> R {
     ensure(conn.reason.as_deref().is_some_and(|r| r.starts_with("scope.connect")), || {
         format!("{:?}", conn.reason)
     })?;
-    // The task's own launch exec is in scope; every event has a verdict.
-    ensure(run.events.iter().filter(|e| e.kind != Kind::Loss).all(|e| e.verdict.is_some()), || {
+    // The task's own launch exec is in scope; every event of the tree has a verdict
+    // (agentmon's own records of the task's start and end are not judged).
+    let own = [Kind::Loss, Kind::TaskStart, Kind::TaskEnd];
+    ensure(run.events.iter().filter(|e| !own.contains(&e.kind)).all(|e| e.verdict.is_some()), || {
         "event without verdict".into()
     })?;
+    eq("task records", [run.of(Kind::TaskStart).len(), run.of(Kind::TaskEnd).len()], [1, 1])?;
     // Alerts: one per non-in-scope event, carrying the event and the task.
     let judged: Vec<&Event> =
         run.events.iter().filter(|e| verdict(e).is_some_and(|v| v != "in_scope")).collect();

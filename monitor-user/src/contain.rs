@@ -102,6 +102,34 @@ impl Containment {
         self.tasks.values().filter(|e| e.killed).map(|e| e.cookie).collect()
     }
 
+    /// Whether the task (or the task it was delegated from) was killed.
+    pub fn was_killed(&self, id: &str) -> bool {
+        let mut e = self.tasks.get(id);
+        while let Some(x) = e {
+            if x.killed {
+                return true;
+            }
+            e = x.parent.as_ref().and_then(|p| self.tasks.get(p));
+        }
+        false
+    }
+
+    /// Each task: id, parent, enforced, killed, and its processes (by cookie, from `tracked`).
+    pub fn status(&self, tracked: &[(u32, u32)]) -> Vec<serde_json::Value> {
+        let mut v: Vec<_> = self
+            .tasks
+            .iter()
+            .map(|(id, e)| {
+                let procs: Vec<u32> =
+                    tracked.iter().filter(|(_, c)| *c == e.cookie).map(|(p, _)| *p).collect();
+                json!({"task": id, "parent": e.parent, "enforced": e.enforce, "killed": e.killed,
+                       "frozen": self.home(id).is_some_and(|cg| cg.frozen()), "processes": procs})
+            })
+            .collect();
+        v.sort_by(|a, b| a["task"].as_str().cmp(&b["task"].as_str()));
+        v
+    }
+
     pub fn cgroup(&self, id: &str) -> Option<&TaskCgroup> {
         self.tasks.get(id).and_then(|e| e.cgroup.as_ref())
     }

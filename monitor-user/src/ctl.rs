@@ -65,6 +65,8 @@ pub enum Request {
     },
     /// List the held calls waiting for an approver.
     Approvals {},
+    /// Tasks, their processes and state, and the pending approvals.
+    Status {},
 }
 
 impl Request {
@@ -77,11 +79,12 @@ impl Request {
             Request::Approve { .. } => "approve",
             Request::Deny { .. } => "deny",
             Request::Approvals {} => "approvals",
+            Request::Status {} => "status",
         }
     }
 }
 
-#[derive(Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 pub struct Reply {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +96,9 @@ pub struct Reply {
     /// What was done, for people (containment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Machine-readable answer (status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
 
 impl Reply {

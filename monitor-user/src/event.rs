@@ -42,9 +42,45 @@ pub enum Kind {
     ApprovalRequest,
     /// A held syscall was approved, denied, timed out or cancelled.
     Approval,
+    /// A task was bound to a process tree (exec, delegation).
+    TaskStart,
+    /// A task's root process exited (or the task was killed).
+    TaskEnd,
 }
 
 impl Kind {
+    /// Every kind, in declaration order (`k as usize` indexes it).
+    pub const ALL: [Kind; 28] = [
+        Kind::Exec,
+        Kind::Fork,
+        Kind::Exit,
+        Kind::FileWrite,
+        Kind::FileCreate,
+        Kind::FileDelete,
+        Kind::FileRename,
+        Kind::FileTruncate,
+        Kind::FileChmod,
+        Kind::FileChown,
+        Kind::FileLink,
+        Kind::DirCreate,
+        Kind::Connect,
+        Kind::Send,
+        Kind::Bind,
+        Kind::Listen,
+        Kind::IoUring,
+        Kind::Ptrace,
+        Kind::Bpf,
+        Kind::MemfdExec,
+        Kind::Privilege,
+        Kind::SensitiveRead,
+        Kind::Loss,
+        Kind::Action,
+        Kind::ApprovalRequest,
+        Kind::Approval,
+        Kind::TaskStart,
+        Kind::TaskEnd,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Exec => "exec",
@@ -73,6 +109,8 @@ impl Kind {
             Kind::Action => "action",
             Kind::ApprovalRequest => "approval_request",
             Kind::Approval => "approval",
+            Kind::TaskStart => "task_start",
+            Kind::TaskEnd => "task_end",
         }
     }
 }
@@ -251,6 +289,12 @@ pub struct TaskInfo {
 pub struct Timestamp(pub i128);
 
 impl Timestamp {
+    /// The wall clock now.
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Timestamp(d.as_nanos() as i128)
+    }
+
     /// Text form, e.g. `2026-11-28T15:31:39.607000000Z`, into `buf`.
     pub fn format<'b>(&self, buf: &'b mut [u8; 30]) -> &'b str {
         let secs = self.0.div_euclid(1_000_000_000) as i64;

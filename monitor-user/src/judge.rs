@@ -82,6 +82,10 @@ impl Judge {
         self.tasks.get(id)
     }
 
+    pub fn task_ids(&self) -> Vec<Arc<str>> {
+        self.tasks.keys().cloned().collect()
+    }
+
     pub fn set_rules(&mut self, rules: RuleSet) {
         self.engine.rules = rules;
         self.active = true;
@@ -94,7 +98,15 @@ impl Judge {
     /// Judges `ev` in place; returns the alert to emit, if any.
     pub fn apply(&mut self, ev: &mut Event, procs: &ProcTable) -> Option<Alert> {
         if !self.active
-            || matches!(ev.kind, Kind::Loss | Kind::Action | Kind::ApprovalRequest | Kind::Approval)
+            || matches!(
+                ev.kind,
+                Kind::Loss
+                    | Kind::Action
+                    | Kind::ApprovalRequest
+                    | Kind::Approval
+                    | Kind::TaskStart
+                    | Kind::TaskEnd
+            )
         {
             return None;
         }

@@ -5,6 +5,7 @@
 //! -> [`sink`]. [`kernel`] loads the sensors; [`launch`] starts a tracked command;
 //! [`cli`] is the command line.
 
+pub mod audit;
 pub mod cli;
 pub mod contain;
 pub mod ctl;
@@ -18,9 +19,12 @@ pub mod judge;
 pub mod kernel;
 pub mod launch;
 pub mod names;
+pub mod nats;
+pub mod ocsf;
 pub mod paths;
 pub mod policy;
 pub mod proctable;
+pub mod replay;
 pub mod runner;
 pub mod sensitive;
 pub mod sink;

@@ -20,6 +20,82 @@ pub trait Sink: Send {
     fn send(&mut self, ev: &Event) -> Result<(), SinkError>;
     fn alert(&mut self, a: &Alert) -> Result<(), SinkError>;
     fn flush(&mut self) -> Result<(), SinkError>;
+    /// The end of a batch of events read together: a cheap hand-over (not a
+    /// durable flush) for sinks that others wait on.
+    fn batch_end(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+    /// Events the sink raised about itself (a full spool), for the other sinks.
+    fn alarms(&mut self) -> Vec<Event> {
+        Vec::new()
+    }
+    /// Flushes for good (at exit): what is not delivered must be kept durably.
+    fn close(&mut self) -> Result<(), SinkError> {
+        self.flush()
+    }
+}
+
+/// Every configured sink; each event goes to all of them in the same order.
+#[derive(Default)]
+pub struct Fanout {
+    sinks: Vec<Box<dyn Sink>>,
+}
+
+impl Fanout {
+    pub fn new(sinks: Vec<Box<dyn Sink>>) -> Self {
+        Self { sinks }
+    }
+
+    pub fn push(&mut self, s: Box<dyn Sink>) {
+        self.sinks.push(s);
+    }
+
+    /// Hands a sink's alarms to every other sink.
+    fn relay_alarms(&mut self) -> Result<(), SinkError> {
+        for i in 0..self.sinks.len() {
+            for ev in self.sinks[i].alarms() {
+                tracing::error!("{}", ev.reason.as_deref().unwrap_or("a sink raised an alarm"));
+                for (j, s) in self.sinks.iter_mut().enumerate() {
+                    if j != i {
+                        s.send(&ev)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Sink for Fanout {
+    fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
+        self.sinks.iter_mut().try_for_each(|s| s.send(ev))
+    }
+
+    fn alert(&mut self, a: &Alert) -> Result<(), SinkError> {
+        self.sinks.iter_mut().try_for_each(|s| s.alert(a))
+    }
+
+    fn batch_end(&mut self) -> Result<(), SinkError> {
+        self.sinks.iter_mut().try_for_each(|s| s.batch_end())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.sinks.iter_mut().try_for_each(|s| s.flush())?;
+        self.relay_alarms()?;
+        self.sinks.iter_mut().try_for_each(|s| s.flush())
+    }
+
+    fn close(&mut self) -> Result<(), SinkError> {
+        self.flush()?;
+        // Every sink is closed even if one fails; the first error is returned.
+        let mut first = None;
+        for s in &mut self.sinks {
+            if let Err(e) = s.close() {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
 }
 
 /// Output format of [`JsonLines`].

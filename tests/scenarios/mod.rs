@@ -36,6 +36,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         ("memfd", _) => memfd(),
         ("sensitive", Some(d)) => sensitive(d),
         ("wait_for", Some(d)) => wait_for(&d.join("go")),
+        ("stream", Some(d)) => stream(d, &args[1..]),
         ("task_agent", Some(d)) => task_agent(d),
         ("reverse_shell", _) => reverse_shell(),
         ("delegate", Some(d)) => delegate(d, args),
@@ -253,6 +254,21 @@ fn wait_for(flag: &Path) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Err(format!("{} never appeared", flag.display()))
+}
+
+/// A steady stream of file creations: `count` files under d/out, `gap_ms` apart;
+/// d/out/progress holds how many were made.
+fn stream(d: &Path, args: &[String]) -> Result<(), String> {
+    let n = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok()).ok_or("stream COUNT GAP_MS");
+    let (count, gap) = (n(0)?, n(1)?);
+    let out = d.join("out");
+    fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    for i in 0..count {
+        fs::write(out.join(format!("f{i}")), b"x").map_err(|e| e.to_string())?;
+        fs::write(out.join("progress"), (i + 1).to_string()).map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(gap));
+    }
+    Ok(())
 }
 
 /// An agent doing in-scope and out-of-scope things under the task of

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -127,6 +129,18 @@ pub fn workdir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).unwrap();
     std::fs::canonicalize(&base).unwrap()
+}
+
+/// Polls `cond` until it holds or `limit` passes; the last answer.
+pub fn wait(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    cond()
 }
 
 pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {

@@ -36,12 +36,12 @@ const MODES: [&str; 7] = [
     "strace -f",
 ];
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     exe.parent().expect("target dir").to_path_buf()
 }
 
-fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
+pub(crate) fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
     let st = Command::new(env!("CARGO"))
         .args([
             "build",
@@ -66,7 +66,7 @@ fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
 }
 
 /// Runs a loop command line; returns ns per iteration as the loop measured it.
-fn measure(cmd: &[String]) -> anyhow::Result<f64> {
+pub(crate) fn measure(cmd: &[String]) -> anyhow::Result<f64> {
     let out = Command::new(&cmd[0])
         .args(&cmd[1..])
         .stderr(Stdio::inherit())
@@ -81,7 +81,7 @@ fn measure(cmd: &[String]) -> anyhow::Result<f64> {
         .with_context(|| format!("no ns_per_iter in output of {cmd:?}: {text}"))
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -198,7 +198,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn nix_is_root() -> bool {
+pub(crate) fn nix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }

@@ -2,6 +2,8 @@
 //! bare runs and with the peers (bpftrace, auditd, strace), in one run.
 
 mod bench;
+mod enforce;
+mod natsbench;
 mod peers;
 mod pipeline;
 
@@ -19,6 +21,11 @@ enum Cmd {
     /// Overhead of agentmon vs bare vs bpftrace/auditd/strace on tight syscall loops,
     /// and pipeline throughput. Needs root; prints a markdown report.
     Bench(bench::Options),
+    /// What enforcement costs: observe vs enforce vs bare on the same loops, the
+    /// approval gate's per-call cost, and the operator round trip. Needs root.
+    BenchEnforce(enforce::Options),
+    /// NATS: acknowledged publish throughput and syscall-to-NATS latency. Needs root.
+    BenchNats(natsbench::Options),
     /// Userspace pipeline throughput only (decode + enrich + JSON), no root needed.
     Pipeline {
         #[arg(long, default_value_t = 1_000_000)]
@@ -29,6 +36,8 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Bench(o) => bench::run(o),
+        Cmd::BenchEnforce(o) => enforce::run(o),
+        Cmd::BenchNats(o) => natsbench::run(o),
         Cmd::Pipeline { events } => {
             println!("pipeline: {:.0} events/s", pipeline::events_per_sec(events)?);
             println!("policy engine: {:.0} events/s judged", pipeline::judged_per_sec(events)?);

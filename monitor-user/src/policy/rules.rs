@@ -153,34 +153,7 @@ fn kind_index(k: Kind) -> usize {
     k as usize
 }
 
-const KINDS: [Kind; 26] = [
-    Kind::Exec,
-    Kind::Fork,
-    Kind::Exit,
-    Kind::FileWrite,
-    Kind::FileCreate,
-    Kind::FileDelete,
-    Kind::FileRename,
-    Kind::FileTruncate,
-    Kind::FileChmod,
-    Kind::FileChown,
-    Kind::FileLink,
-    Kind::DirCreate,
-    Kind::Connect,
-    Kind::Send,
-    Kind::Bind,
-    Kind::Listen,
-    Kind::IoUring,
-    Kind::Ptrace,
-    Kind::Bpf,
-    Kind::MemfdExec,
-    Kind::Privilege,
-    Kind::SensitiveRead,
-    Kind::Loss,
-    Kind::Action,
-    Kind::ApprovalRequest,
-    Kind::Approval,
-];
+const KINDS: [Kind; Kind::ALL.len()] = Kind::ALL;
 
 pub fn parse_kind(s: &str) -> Option<Kind> {
     KINDS.iter().copied().find(|k| k.as_str() == s)

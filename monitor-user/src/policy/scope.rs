@@ -100,7 +100,14 @@ pub fn judge(ev: &Event, task: &Task, launch: bool) -> Option<Reason> {
         Kind::IoUring | Kind::Ptrace | Kind::Bpf | Kind::Privilege => {
             out("capabilities", format!("{} is not something a task may declare", ev.kind.as_str()))
         }
-        Kind::Fork | Kind::Exit | Kind::Loss | Kind::Action | Kind::ApprovalRequest | Kind::Approval => None,
+        Kind::Fork
+        | Kind::Exit
+        | Kind::Loss
+        | Kind::Action
+        | Kind::ApprovalRequest
+        | Kind::Approval
+        | Kind::TaskStart
+        | Kind::TaskEnd => None,
     };
     if verdict.is_some() {
         return verdict;

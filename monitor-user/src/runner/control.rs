@@ -59,6 +59,16 @@ pub async fn serve(stream: &mut UnixStream, cx: Ctl<'_>) -> Reply {
             return approval(cx, &id, true, peer, uid, for_s.map(std::time::Duration::from_secs));
         }
         Request::Deny { id } => return approval(cx, &id, false, peer, uid, None),
+        Request::Status {} => {
+            let tracked = cx.sensors.tracked();
+            let data = serde_json::json!({
+                "pid": std::process::id(),
+                "host": cx.p.enr.host(),
+                "tasks": cx.p.contain.status(&tracked),
+                "approvals": cx.p.gate.as_ref().map(|g| g.list()).unwrap_or_default(),
+            });
+            return Reply { ok: true, data: Some(data), ..Default::default() };
+        }
         Request::Approvals {} => {
             let list = cx.p.gate.as_ref().map(|g| g.list()).unwrap_or_default();
             return Reply { ok: true, message: Some(list), ..Default::default() };
@@ -150,5 +160,10 @@ fn delegate(cx: Ctl<'_>, peer: u32, manifest: String, file: String, pid: u32) ->
     p.enr.bind_task(c, id.clone());
     p.contain.register_sub(id.clone(), c, parent.id.clone(), child.enforce);
     p.judge.bind(Bound::new(Arc::new(child), pid));
+    if let Some(ev) = p.task_started(&id)
+        && let Err(e) = cx.sink.send(&ev)
+    {
+        tracing::error!("recording the start of task {id}: {e}");
+    }
     Reply { ok: true, task: Some(id.to_string()), chain, ..Default::default() }
 }

@@ -6,7 +6,10 @@
 //! (delegation, see [`crate::ctl`]) and only launches and waits.
 
 mod control;
+mod outputs;
 mod pipeline;
+
+pub use outputs::{AuditOptions, Outputs};
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -26,7 +29,7 @@ use crate::{
     policy::{RuleError, RuleSet, shipped},
     proctable::Proc,
     sensitive::SensitiveSet,
-    sink::{JsonLines, Sink},
+    sink::{Fanout, JsonLines, Sink},
     task::Task,
 };
 
@@ -56,6 +59,8 @@ pub struct ExecOptions {
     pub rules: RulesChoice,
     /// How long a held call waits for an approver before it is denied.
     pub approval_timeout: Duration,
+    /// The audit chain and NATS, when configured.
+    pub outputs: Outputs,
 }
 
 /// Plans the confinement of an enforced task (None when observing), or refuses it.
@@ -69,6 +74,7 @@ fn plan_confinement(opts: &ExecOptions, layers: &Layers) -> Result<Option<Confin
         protected.paths.push(d.join("x.yaml"));
     }
     protected.paths.extend(std::env::current_exe().ok());
+    protected.paths.extend(opts.outputs.protected());
     let protected = Protected {
         paths: protected
             .paths
@@ -86,6 +92,9 @@ fn report_layers(opts: &ExecOptions, layers: &Layers) {
     eprintln!("agentmon: enforcement layers on this host:");
     for l in layers.describe() {
         eprintln!("  {l}");
+    }
+    for o in opts.outputs.describe() {
+        eprintln!("agentmon: output: {o}");
     }
     if let Some((t, _)) = &opts.task {
         let how =
@@ -110,6 +119,8 @@ pub enum RunError {
     Delegation(String),
     #[error(transparent)]
     Enforce(#[from] enforce::EnforceError),
+    #[error("{0}")]
+    Output(String),
 }
 
 impl RunError {
@@ -155,7 +166,8 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         }
         .into());
     }
-    let mut sink = JsonLines::open(opts.events.as_deref())?.with_format(opts.format);
+    let (mut sink, _nats) =
+        opts.outputs.open(JsonLines::open(opts.events.as_deref())?.with_format(opts.format))?;
     let cfg = SensorConfig {
         ringbuf_bytes: opts.ringbuf_bytes,
         sensitive: opts.sensitive.clone(),
@@ -163,6 +175,9 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     };
     let mut sensors = Sensors::load(&cfg)?;
     let server = ctl::Server::bind()?;
+    if let (Some(n), Some(keys)) = (&opts.outputs.nats, &opts.outputs.ctl_keys) {
+        crate::nats::control::start(n.args.clone(), n.host.clone(), keys.clone(), server.path.clone())?;
+    }
     if !opts.quiet {
         eprintln!(
             "agentmon: {} kernel programs attached in {} ms; task {}; {} rules; events to {}",
@@ -214,7 +229,13 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         contain.register(id, EXEC_TASK, cgroup, t.enforce);
         judge.bind(Bound::new(Arc::new(t), root));
     }
-    let mut p = Pipeline { enr: Enricher::new(opts.sensitive.clone(), names), judge, contain, gate: None };
+    let mut p = Pipeline {
+        enr: Enricher::new(opts.sensitive.clone(), names),
+        judge,
+        contain,
+        gate: None,
+        ended: Default::default(),
+    };
     p.enr.procs.seed(
         root,
         Proc {
@@ -229,6 +250,9 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         RulesChoice::Dir(d) => Some(RulesWatch::new(d)),
         _ => None,
     };
+    if let Some(ev) = opts.task.as_ref().and_then(|(t, _)| p.task_started(&t.id)) {
+        sink.send(&ev)?;
+    }
     let events = sensors.take_events().expect("ring buffer taken once");
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
@@ -237,7 +261,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     if let Err(e) = held.release() {
         // The failed exec is still reported (exec with an error, then exit).
         p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
-        sink.flush()?;
+        finish(&mut p, &mut sink)?;
         return Err(e.into());
     }
     if let Some(chan) = gate_chan {
@@ -321,7 +345,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     if let Some(ev) = p.enr.loss(&sensors.counts()) {
         sink.send(&ev)?;
     }
-    sink.flush()?;
+    finish(&mut p, &mut sink)?;
     if let Some(cg) = opts.task.as_ref().and_then(|(t, _)| p.contain.cgroup(&t.id))
         && !cg.pids().is_empty()
     {
@@ -343,6 +367,18 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
             125
         }
     })
+}
+
+/// Records the end of every task still open and closes the sinks (what NATS has not
+/// acknowledged stays in its spool).
+fn finish(p: &mut Pipeline, sink: &mut Fanout) -> Result<(), RunError> {
+    for id in p.task_ids() {
+        if let Some(ev) = p.task_ended(&id, "agentmon stopped watching (its root's exit was not seen)") {
+            sink.send(&ev)?;
+        }
+    }
+    sink.close()?;
+    Ok(())
 }
 
 /// Creates the task's cgroup and moves the (held) root into it; an enforced task's

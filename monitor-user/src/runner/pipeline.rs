@@ -1,7 +1,9 @@
 //! Records in, judged events out, and the containment a rule calls for carried out
 //! before the next record is read.
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
+
+use serde_json::json;
 
 use aya::maps::{MapData, RingBuf};
 
@@ -10,7 +12,7 @@ use crate::{
     contain::{Act, By, Containment},
     decode::decode,
     enrich::Enricher,
-    event::Event,
+    event::{Event, Kind},
     gate::Gate,
     judge::Judge,
     kernel::loader::Sensors,
@@ -25,6 +27,8 @@ pub struct Pipeline {
     pub contain: Containment,
     /// The approval gate of the task, if it has gated operations.
     pub gate: Option<Gate>,
+    /// Tasks whose end is recorded.
+    pub ended: HashSet<Arc<str>>,
 }
 
 impl Pipeline {
@@ -35,7 +39,9 @@ impl Pipeline {
         sink: &mut dyn Sink,
         sensors: &mut Sensors,
     ) -> Result<(), RunError> {
+        let mut n = 0;
         while let Some(item) = ring.next() {
+            n += 1;
             // The record is borrowed until the event is built; then the ring slot is freed.
             let ev = match decode(&item) {
                 Ok(raw) => self.enr.event(&raw),
@@ -60,9 +66,71 @@ impl Pipeline {
                 if let Some(a) = action {
                     sink.send(&a)?;
                 }
+                if ev.kind == Kind::Exit
+                    && let Some(end) = self.root_exited(&ev)
+                {
+                    sink.send(&end)?;
+                }
             }
         }
+        if n > 0 {
+            sink.batch_end()?;
+        }
         Ok(())
+    }
+
+    /// The `task_start` record of a task just bound (before any of its events).
+    pub fn task_started(&self, id: &str) -> Option<Event> {
+        let b = self.judge.task(id)?;
+        let t = &b.task;
+        let mut ev = Event::new(Kind::TaskStart, self.enr.clock().now_wall(), self.enr.host());
+        ev.task = Some(b.id.clone());
+        ev.task_chain = (!b.chain.is_empty()).then(|| b.chain.clone());
+        ev.pid = b.root;
+        ev.tid = b.root;
+        ev.comm = "agentmon".into();
+        ev.detail.insert("agent".into(), json!(t.agent));
+        ev.detail.insert("principal".into(), json!(t.principal));
+        ev.detail.insert("mode".into(), json!(t.mode.as_str()));
+        ev.detail.insert("enforcement".into(), json!(if t.enforce { "enforce" } else { "observe" }));
+        ev.detail.insert("expires".into(), json!(t.expires));
+        ev.detail.insert("manifest".into(), json!(t.source.display().to_string()));
+        Some(ev)
+    }
+
+    /// `task_end` when the exit is of a task's root process.
+    fn root_exited(&mut self, exit: &Event) -> Option<Event> {
+        let id = exit.task.clone()?;
+        if self.judge.task(&id)?.root != exit.pid || exit.pid != exit.tid {
+            return None;
+        }
+        let mut ev = self.task_ended(&id, "the task's root process exited")?;
+        ev.status = exit.status;
+        ev.signal = exit.signal.clone();
+        Some(ev)
+    }
+
+    /// `task_end` of a task not yet ended (None if it was).
+    pub fn task_ended(&mut self, id: &Arc<str>, why: &str) -> Option<Event> {
+        let b = self.judge.task(id)?;
+        if !self.ended.insert(id.clone()) {
+            return None;
+        }
+        let mut ev = Event::new(Kind::TaskEnd, self.enr.clock().now_wall(), self.enr.host());
+        ev.task = Some(b.id.clone());
+        ev.task_chain = (!b.chain.is_empty()).then(|| b.chain.clone());
+        ev.pid = b.root;
+        ev.tid = b.root;
+        ev.comm = "agentmon".into();
+        ev.reason = Some(if self.contain.was_killed(id) { "the task was killed".into() } else { why.into() });
+        ev.detail.insert("agent".into(), json!(b.task.agent));
+        ev.detail.insert("principal".into(), json!(b.task.principal));
+        Some(ev)
+    }
+
+    /// Ids of the bound tasks.
+    pub fn task_ids(&self) -> Vec<Arc<str>> {
+        self.judge.task_ids()
     }
 
     /// Takes the calls the gate holds: refusals happen at once, requests are recorded.

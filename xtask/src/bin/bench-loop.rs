@@ -1,7 +1,11 @@
 //! The workload of `cargo xtask bench`: a tight loop of one syscall pattern, timed
 //! inside the process so start-up (of agentmon, bpftrace, ...) is not counted.
 //!
-//! usage: bench-loop <open-ro|open-wr|connect> ITERATIONS [DIR]
+//! usage: bench-loop <open-ro|open-wr|connect|unlink|paced> ITERATIONS [DIR]
+//!
+//! `unlink` creates and deletes a file; one untimed round first (under an approval
+//! gate, the one an approver answers before the timed ones). `paced` writes a file
+//! every 10 ms (events spaced out, for latency measurements).
 //! prints: ns_per_iter=<f64> iterations=<n>
 
 use std::{ffi::CString, time::Instant};
@@ -9,14 +13,25 @@ use std::{ffi::CString, time::Instant};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(w), Some(n)) = (args.get(1), args.get(2).and_then(|s| s.parse::<u64>().ok())) else {
-        eprintln!("usage: bench-loop <open-ro|open-wr|connect> ITERATIONS [DIR]");
+        eprintln!("usage: bench-loop <open-ro|open-wr|connect|unlink|paced> ITERATIONS [DIR]");
         std::process::exit(2);
     };
     let dir = args.get(3).cloned().unwrap_or_else(|| "/tmp".into());
+    if w == "unlink"
+        && let Err(e) = unlink(1, &dir)
+    {
+        eprintln!("bench-loop: warm-up: {e}");
+        std::process::exit(1);
+    }
     let started = Instant::now();
     let r = match w.as_str() {
+        "unlink" => unlink(n, &dir),
         "open-ro" => open_ro(n),
         "open-wr" => open_wr(n, &dir),
+        "paced" => (0..n).try_for_each(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            open_wr(1, &dir)
+        }),
         "connect" => connect(n),
         other => Err(format!("unknown workload {other}")),
     };
@@ -53,6 +68,23 @@ fn open_wr(n: u64, dir: &str) -> Result<(), String> {
         }
     }
     unsafe { libc::unlink(p.as_ptr()) };
+    Ok(())
+}
+
+fn unlink(n: u64, dir: &str) -> Result<(), String> {
+    let p = CString::new(format!("{dir}/bench-unlink-{}.dat", std::process::id())).unwrap();
+    for _ in 0..n {
+        unsafe {
+            let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CREAT, 0o600);
+            if fd < 0 {
+                return Err("create".into());
+            }
+            libc::close(fd);
+            if libc::unlink(p.as_ptr()) != 0 {
+                return Err(format!("unlink: {}", std::io::Error::last_os_error()));
+            }
+        }
+    }
     Ok(())
 }
 

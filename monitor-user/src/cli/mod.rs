@@ -1,15 +1,19 @@
 //! Command line: parses arguments and dispatches; returns the process exit status.
 
+mod audit;
+pub mod exec;
+mod remote;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub use self::exec::duration;
 use crate::{
     ctl,
     kernel::loader::{SensorConfig, Sensors},
-    runner::{self, ExecOptions, RulesChoice},
-    sensitive::{DEFAULT_PATTERNS, SensitiveSet},
-    sink::Format,
+    runner,
+    sensitive::SensitiveSet,
 };
 
 /// agentmon traces what an AI agent's processes do in the kernel — execs, file
@@ -32,48 +36,7 @@ pub enum Command {
     /// Exits with the command's exit status (128 + signal if it was killed); 125 if
     /// agentmon itself failed, 126/127 if the command could not be executed or found.
     #[command(arg_required_else_help = true)]
-    Exec {
-        /// Write events (JSON lines) to FILE instead of stdout; `-` is stdout.
-        #[arg(long, short = 'e', value_name = "FILE")]
-        events: Option<PathBuf>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Json)]
-        format: Format,
-        /// Bind the command to this task manifest (YAML; see docs/tasks.md). Inside a
-        /// task already watched by agentmon, this makes a sub-task, which must lie
-        /// within the parent's scope.
-        #[arg(long, value_name = "FILE")]
-        task: Option<PathBuf>,
-        /// Enforce the task's scope in the kernel (as `enforcement: enforce` in the
-        /// manifest). A scope the active layers cannot enforce is refused.
-        #[arg(long, requires = "task")]
-        enforce: bool,
-        /// Judge events with the rules in DIR (reloaded when it changes) instead of the
-        /// built-in baseline.
-        #[arg(long, value_name = "DIR", conflicts_with = "no_rules")]
-        rules: Option<PathBuf>,
-        /// Judge events by the task's scope only, with no rules.
-        #[arg(long)]
-        no_rules: bool,
-        /// Add a sensitive path glob: read-only opens of matching files are reported.
-        #[arg(long = "sensitive", value_name = "GLOB")]
-        sensitive: Vec<String>,
-        /// Do not use the built-in sensitive set (only --sensitive globs).
-        #[arg(long)]
-        no_default_sensitive: bool,
-        /// Kernel ring buffer size in MiB (a power of two).
-        #[arg(long, default_value_t = 16, value_parser = ringbuf_mb)]
-        ringbuf_mb: u32,
-        /// How long a call held for approval waits before it is denied.
-        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
-        approval_timeout: std::time::Duration,
-        /// Do not print the start-up and survivor notes on stderr.
-        #[arg(long, short = 'q')]
-        quiet: bool,
-        /// The command and its arguments (after `--`).
-        #[arg(last = true, required = true, value_name = "CMD")]
-        cmd: Vec<String>,
-    },
+    Exec(Box<exec::ExecArgs>),
     /// Check that this host can run agentmon: load and attach every kernel program,
     /// report what is available, and exit.
     Probe,
@@ -109,6 +72,19 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
+    /// Show the tasks every agentmon here watches: processes, state, held calls.
+    Status {
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// Work with audit chains.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
+    /// Show what a task did, from an events file, an audit chain or NATS; with
+    /// --rules, what a different policy would have said.
+    Replay(Box<crate::replay::ReplayArgs>),
+    /// Control an agentmon on another host over NATS with a signed command.
+    Remote(Box<remote::RemoteArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -132,80 +108,14 @@ pub enum RulesCmd {
     },
 }
 
-fn ringbuf_mb(s: &str) -> Result<u32, String> {
-    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    if !(1..=1024).contains(&n) || !n.is_power_of_two() {
-        return Err(format!("{n} must be a power of two between 1 and 1024"));
-    }
-    Ok(n)
-}
-
-fn duration(s: &str) -> Result<std::time::Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 10m)"))?;
-    if d.is_zero() {
-        return Err("must be more than zero".into());
-    }
-    Ok(d)
-}
-
-fn sensitive_set(extra: &[String], no_default: bool) -> anyhow::Result<SensitiveSet> {
-    let mut pats: Vec<String> =
-        if no_default { Vec::new() } else { DEFAULT_PATTERNS.iter().map(|s| s.to_string()).collect() };
-    pats.extend(extra.iter().cloned());
-    Ok(SensitiveSet::new(&pats)?)
-}
-
 /// Runs the parsed command line; the result is the process exit status.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     match cli.command {
-        Command::Exec {
-            events,
-            format,
-            task,
-            enforce,
-            rules,
-            no_rules,
-            sensitive,
-            no_default_sensitive,
-            ringbuf_mb,
-            approval_timeout,
-            quiet,
-            cmd,
-        } => {
-            let task = match task {
-                None => None,
-                Some(path) => {
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|e| anyhow::anyhow!("cannot read task manifest {}: {e}", path.display()))?;
-                    let now = crate::enrich::Clock::now().now_wall();
-                    match crate::task::parse(&text, &path, now) {
-                        Ok(mut t) => {
-                            t.enforce |= enforce;
-                            Some((t, text))
-                        }
-                        Err(e) => {
-                            eprintln!("agentmon: {e}");
-                            return Ok(125);
-                        }
-                    }
-                }
-            };
-            let rules = match (rules, no_rules) {
-                (Some(d), _) => RulesChoice::Dir(d),
-                (None, true) => RulesChoice::None,
-                (None, false) => RulesChoice::Shipped,
-            };
-            let opts = ExecOptions {
-                cmd,
-                events,
-                task,
-                rules,
-                format,
-                sensitive: sensitive_set(&sensitive, no_default_sensitive)?,
-                ringbuf_bytes: ringbuf_mb << 20,
-                approval_timeout,
-                quiet,
+        Command::Exec(args) => {
+            let opts = match args.options()? {
+                Ok(o) => o,
+                Err(code) => return Ok(code),
             };
             match rt.block_on(runner::exec(opts)) {
                 Ok(code) => Ok(code),
@@ -252,6 +162,26 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Status { socket } => {
+            let sockets = socket.map(|s| vec![s]).unwrap_or_else(ctl::sockets);
+            let mut all = Vec::new();
+            for s in sockets {
+                match rt.block_on(ctl::call(&s, &ctl::Request::Status {})) {
+                    Ok(r) if r.ok => all.extend(r.data),
+                    Ok(r) => eprintln!("agentmon: {}: {}", s.display(), r.error.unwrap_or_default()),
+                    Err(e) => eprintln!("agentmon: {e}"),
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&all)?);
+            Ok(0)
+        }
+        Command::Audit(cmd) => audit::run(cmd),
+        Command::Replay(args) => {
+            let mut out = std::io::stdout().lock();
+            rt.block_on(crate::replay::run(*args, &mut out))?;
+            Ok(0)
+        }
+        Command::Remote(args) => rt.block_on(remote::run(*args)),
         Command::Probe => {
             let s = Sensors::load(&SensorConfig::default())?;
             println!("kernel programs attached: {} (in {} ms)", s.attached.len(), s.load_ms);

@@ -1,0 +1,311 @@
+//! The writer: appends records to an audit chain and signs checkpoints.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, BufReader, BufWriter, Seek, SeekFrom, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use ed25519_dalek::{Signer, SigningKey};
+use nix::fcntl::{Flock, FlockArg};
+use serde_json::{Value, json};
+
+use super::{
+    AuditError, GENESIS, ProblemKind, RecordType, build_record, checkpoint_message, load_or_create_key,
+    public_key_hex, verify::verify_reader,
+};
+use crate::{
+    event::{Alert, Event, Timestamp},
+    sink::{Sink, SinkError},
+};
+
+/// An open audit chain. Records go through a buffer; [`AuditChain::commit`] (and
+/// [`Sink::flush`]) signs a checkpoint over what was added and fsyncs the file.
+/// Dropping the chain commits (errors are logged); [`AuditChain::close`] reports them.
+pub struct AuditChain {
+    path: PathBuf,
+    out: BufWriter<File>,
+    /// Held while the chain is open: one writer per file.
+    _lock: Flock<File>,
+    key: SigningKey,
+    key_hex: String,
+    checkpoint_every: u64,
+    next_seq: u64,
+    /// Hash of the last record written.
+    prev: String,
+    /// Records since the last checkpoint.
+    unsigned: u64,
+    line: Vec<u8>,
+    poisoned: bool,
+    closed: bool,
+}
+
+impl AuditChain {
+    /// Opens (or creates) the chain at `path`, signing with the key at `key_path`
+    /// (created on first use, see [`load_or_create_key`]); a checkpoint every
+    /// `checkpoint_every` records ([`super::DEFAULT_CHECKPOINT_EVERY`] is a good value).
+    pub fn open(path: &Path, key_path: &Path, checkpoint_every: u64) -> Result<Self, AuditError> {
+        if checkpoint_every == 0 {
+            return Err(AuditError::CheckpointEvery);
+        }
+        Self::open_with_key(path, load_or_create_key(key_path)?, checkpoint_every)
+    }
+
+    /// Opens the chain with a key already loaded.
+    ///
+    /// An existing file is verified first, with this key as the trusted one: the
+    /// chain continues only if every record and checkpoint checks out. Records after
+    /// the last checkpoint (the writer stopped before signing them) are signed at once
+    /// by a checkpoint marked `recovered_from`. A torn last line, any other problem,
+    /// or checkpoints by another key: refused.
+    pub fn open_with_key(path: &Path, key: SigningKey, checkpoint_every: u64) -> Result<Self, AuditError> {
+        if checkpoint_every == 0 {
+            return Err(AuditError::CheckpointEvery);
+        }
+        let open_err = |source| AuditError::Open { path: path.into(), source };
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(path)
+            .map_err(open_err)?;
+        let lock = match Flock::lock(file.try_clone().map_err(open_err)?, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(AuditError::Locked { path: path.into() }),
+            Err((_, e)) => return Err(open_err(e.into())),
+        };
+        let mut chain = AuditChain {
+            path: path.into(),
+            out: BufWriter::with_capacity(1 << 16, file),
+            _lock: lock,
+            key_hex: public_key_hex(&key.verifying_key()),
+            key,
+            checkpoint_every,
+            next_seq: 0,
+            prev: GENESIS.into(),
+            unsigned: 0,
+            line: Vec::with_capacity(1024),
+            poisoned: false,
+            closed: false,
+        };
+        if let Err(e) = chain.resume() {
+            // Nothing to commit to a file that was refused.
+            chain.closed = true;
+            return Err(e);
+        }
+        Ok(chain)
+    }
+
+    /// Continues the chain in the file, if there is one.
+    fn resume(&mut self) -> Result<(), AuditError> {
+        let path = self.path.clone();
+        let read_err = |source| AuditError::Read { path: path.clone(), source };
+        let mut f = self.out.get_ref();
+        if f.metadata().map_err(read_err)?.len() == 0 {
+            return Ok(());
+        }
+        f.seek(SeekFrom::Start(0)).map_err(read_err)?;
+        let vk = self.key.verifying_key();
+        let report = verify_reader(&path, BufReader::with_capacity(1 << 16, f), Some(&vk))?;
+        for p in &report.problems {
+            match p.kind {
+                ProblemKind::UnsignedTail => {}
+                ProblemKind::Torn => {
+                    let line = p.line.unwrap_or(0);
+                    return Err(AuditError::TornTail { path, line, offset: p.offset });
+                }
+                _ => return Err(AuditError::Corrupt { path, problem: p.to_string() }),
+            }
+        }
+        let (Some(last), Some(hash)) = (report.last_seq, report.last_hash) else {
+            return Err(AuditError::Corrupt { path, problem: "no records in a non-empty file".into() });
+        };
+        self.next_seq = last + 1;
+        self.prev = hash;
+        let first_unsigned = report.last_checkpoint.map_or(0, |c| c + 1);
+        self.unsigned = self.next_seq - first_unsigned;
+        if self.unsigned > 0 {
+            self.write_checkpoint(Some(first_unsigned))?;
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The seq the next record gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Hash of the last record written (64 zeros before the first).
+    pub fn last_hash(&self) -> &str {
+        &self.prev
+    }
+
+    /// The signer's public key, hex (as in checkpoints and `<key>.pub`).
+    pub fn public_key_hex(&self) -> &str {
+        &self.key_hex
+    }
+
+    /// Appends a `task_start` record; returns its seq.
+    pub fn task_start(&mut self, body: Value) -> Result<u64, AuditError> {
+        self.append(RecordType::TaskStart, body)
+    }
+
+    /// Appends a `task_end` record; returns its seq.
+    pub fn task_end(&mut self, body: Value) -> Result<u64, AuditError> {
+        self.append(RecordType::TaskEnd, body)
+    }
+
+    /// Appends a `step` record (an agent's tool call; the body is free-form).
+    pub fn step(&mut self, body: Value) -> Result<u64, AuditError> {
+        self.append(RecordType::Step, body)
+    }
+
+    /// Appends an `event` record whose body is the event's JSON.
+    pub fn event(&mut self, ev: &Event) -> Result<u64, AuditError> {
+        let body = self.to_body(ev)?;
+        self.append(RecordType::Event, body)
+    }
+
+    /// Appends an `alert` record whose body is the alert's JSON.
+    pub fn alert(&mut self, a: &Alert) -> Result<u64, AuditError> {
+        let body = self.to_body(a)?;
+        self.append(RecordType::Alert, body)
+    }
+
+    fn to_body(&self, v: &impl serde::Serialize) -> Result<Value, AuditError> {
+        serde_json::to_value(v).map_err(|source| AuditError::Json {
+            path: self.path.clone(),
+            seq: self.next_seq,
+            source,
+        })
+    }
+
+    /// Appends a record (not a checkpoint); signs a checkpoint after every
+    /// `checkpoint_every` records.
+    fn append(&mut self, kind: RecordType, body: Value) -> Result<u64, AuditError> {
+        let seq = self.write(kind, body)?;
+        self.unsigned += 1;
+        if self.unsigned >= self.checkpoint_every {
+            self.write_checkpoint(None)?;
+        }
+        Ok(seq)
+    }
+
+    /// Signs a checkpoint over the last record if any record came after the last
+    /// checkpoint; returns the checkpoint's seq.
+    pub fn checkpoint(&mut self) -> Result<Option<u64>, AuditError> {
+        if self.unsigned == 0 {
+            return Ok(None);
+        }
+        self.write_checkpoint(None).map(Some)
+    }
+
+    /// Checkpoints what was added, then writes the buffer out and fsyncs the file.
+    pub fn commit(&mut self) -> Result<(), AuditError> {
+        self.checkpoint()?;
+        self.sync()
+    }
+
+    /// Commits and closes the chain.
+    pub fn close(mut self) -> Result<(), AuditError> {
+        self.closed = true;
+        self.commit()
+    }
+
+    fn write_checkpoint(&mut self, recovered_from: Option<u64>) -> Result<u64, AuditError> {
+        // Never called before the first record: there is one to cover.
+        let covers_seq = self.next_seq - 1;
+        let sig = self.key.sign(&checkpoint_message(covers_seq, &self.prev));
+        let mut body = json!({
+            "covers_seq": covers_seq,
+            "covers_hash": self.prev,
+            "key": self.key_hex,
+            "sig": hex::encode(sig.to_bytes()),
+        });
+        if let Some(r) = recovered_from {
+            body["recovered_from"] = r.into();
+        }
+        let seq = self.write(RecordType::Checkpoint, body)?;
+        self.unsigned = 0;
+        // A signed checkpoint is on disk before the writer goes on.
+        self.sync()?;
+        Ok(seq)
+    }
+
+    /// Writes one record as one complete line.
+    fn write(&mut self, kind: RecordType, body: Value) -> Result<u64, AuditError> {
+        if self.poisoned {
+            return Err(AuditError::Poisoned { path: self.path.clone() });
+        }
+        let seq = self.next_seq;
+        let ts = Timestamp(now_ns()).to_string();
+        let hash = build_record(seq, &self.prev, &ts, kind, body, &mut self.line);
+        if let Err(source) = self.out.write_all(&self.line) {
+            // Part of the line may be in the file: nothing may follow it.
+            self.poisoned = true;
+            return Err(AuditError::Write { path: self.path.clone(), seq, source });
+        }
+        self.next_seq += 1;
+        self.prev = hash;
+        Ok(seq)
+    }
+
+    fn sync(&mut self) -> Result<(), AuditError> {
+        if self.poisoned {
+            return Err(AuditError::Poisoned { path: self.path.clone() });
+        }
+        let r = self.out.flush().and_then(|()| self.out.get_ref().sync_data());
+        r.map_err(|source| {
+            self.poisoned = true;
+            AuditError::Write { path: self.path.clone(), seq: self.next_seq, source }
+        })
+    }
+}
+
+fn now_ns() -> i128 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}
+
+impl Drop for AuditChain {
+    fn drop(&mut self) {
+        if !self.closed
+            && !self.poisoned
+            && let Err(e) = self.commit()
+        {
+            tracing::warn!("closing the audit log: {e}");
+        }
+    }
+}
+
+impl Sink for AuditChain {
+    fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
+        self.event(ev).map(drop).map_err(|e| self.sink_err(e))
+    }
+
+    fn alert(&mut self, a: &Alert) -> Result<(), SinkError> {
+        AuditChain::alert(self, a).map(drop).map_err(|e| self.sink_err(e))
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.commit().map_err(|e| self.sink_err(e))
+    }
+}
+
+impl AuditChain {
+    fn sink_err(&self, e: AuditError) -> SinkError {
+        let source = match e {
+            AuditError::Write { source, .. } => source,
+            e => io::Error::other(e),
+        };
+        SinkError::Write { name: self.path.display().to_string(), source }
+    }
+}

@@ -1,0 +1,208 @@
+//! `agentmon exec` arguments, and the output options (sinks) it shares with the daemon.
+
+use std::{path::PathBuf, time::Duration};
+
+use crate::{
+    nats::{NatsArgs, NatsOptions},
+    runner::{AuditOptions, ExecOptions, Outputs, RulesChoice},
+    sensitive::{DEFAULT_PATTERNS, SensitiveSet},
+    sink::Format,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// Write events (JSON lines) to FILE instead of stdout; `-` is stdout.
+    #[arg(long, short = 'e', value_name = "FILE")]
+    pub events: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    /// Bind the command to this task manifest (YAML; see docs/tasks.md). Inside a
+    /// task already watched by agentmon, this makes a sub-task, which must lie
+    /// within the parent's scope.
+    #[arg(long, value_name = "FILE")]
+    pub task: Option<PathBuf>,
+    /// Enforce the task's scope in the kernel (as `enforcement: enforce` in the
+    /// manifest). A scope the active layers cannot enforce is refused.
+    #[arg(long, requires = "task")]
+    pub enforce: bool,
+    /// Judge events with the rules in DIR (reloaded when it changes) instead of the
+    /// built-in baseline.
+    #[arg(long, value_name = "DIR", conflicts_with = "no_rules")]
+    pub rules: Option<PathBuf>,
+    /// Judge events by the task's scope only, with no rules.
+    #[arg(long)]
+    pub no_rules: bool,
+    /// Add a sensitive path glob: read-only opens of matching files are reported.
+    #[arg(long = "sensitive", value_name = "GLOB")]
+    pub sensitive: Vec<String>,
+    /// Do not use the built-in sensitive set (only --sensitive globs).
+    #[arg(long)]
+    pub no_default_sensitive: bool,
+    /// Kernel ring buffer size in MiB (a power of two).
+    #[arg(long, default_value_t = 16, value_parser = ringbuf_mb)]
+    pub ringbuf_mb: u32,
+    /// How long a call held for approval waits before it is denied.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    pub approval_timeout: Duration,
+    /// Do not print the start-up and survivor notes on stderr.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
+}
+
+/// Where events go besides the JSON lines: the audit chain and NATS.
+#[derive(Debug, clap::Args)]
+pub struct OutputArgs {
+    /// Append every event, alert and action to this tamper-evident audit chain
+    /// (docs/audit.md).
+    #[arg(long, value_name = "FILE", help_heading = "Audit")]
+    pub audit: Option<PathBuf>,
+    /// The chain's Ed25519 checkpoint key (created on first use, mode 0600).
+    #[arg(long, value_name = "FILE", default_value = "/var/lib/agentmon/audit.key", help_heading = "Audit")]
+    pub audit_key: PathBuf,
+    /// Sign a checkpoint every N records (and at every flush).
+    #[arg(long, value_name = "N", default_value_t = 1000, help_heading = "Audit")]
+    pub checkpoint_every: u64,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Host name in subjects (`agentmon.<host>.…`); default: this host's name.
+    #[arg(long, value_name = "NAME", help_heading = "NATS")]
+    pub nats_host: Option<String>,
+    /// Messages for NATS wait here while the server is unreachable.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/agentmon/spool", help_heading = "NATS")]
+    pub spool: PathBuf,
+    /// The most the spool may hold (e.g. 512M, 2G); beyond it messages are dropped
+    /// and a `loss` event says how many.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = size, help_heading = "NATS")]
+    pub spool_max: u64,
+    /// Also publish OCSF 1.x copies of events and alerts (docs/ocsf.md).
+    #[arg(long, help_heading = "NATS")]
+    pub ocsf: bool,
+    /// Accept remote control commands signed by these Ed25519 public keys (one hex
+    /// key per line) on `agentmon.<host>.ctl.*`. Without it remote control is off.
+    #[arg(long, value_name = "FILE", help_heading = "NATS")]
+    pub nats_ctl_keys: Option<PathBuf>,
+}
+
+impl OutputArgs {
+    pub fn outputs(self) -> anyhow::Result<Outputs> {
+        let host = self.nats_host.clone().unwrap_or_else(|| {
+            hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or("localhost".into())
+        });
+        let ctl_keys = match &self.nats_ctl_keys {
+            Some(p) if self.nats.nats.is_some() => {
+                Some(crate::nats::control::load_keys(p).map_err(anyhow::Error::msg)?)
+            }
+            Some(_) => anyhow::bail!("--nats-ctl-keys needs --nats"),
+            None => None,
+        };
+        let nats = self.nats.nats.is_some().then(|| NatsOptions {
+            args: self.nats.clone(),
+            host,
+            spool: self.spool.clone(),
+            spool_max: self.spool_max,
+            ocsf: self.ocsf,
+        });
+        let audit = self.audit.map(|path| AuditOptions {
+            path,
+            key: self.audit_key,
+            checkpoint_every: self.checkpoint_every,
+        });
+        Ok(Outputs { nats, ctl_keys, audit })
+    }
+}
+
+impl ExecArgs {
+    /// The options `runner::exec` takes; `Err(code)` when the task manifest is bad
+    /// (already reported).
+    pub fn options(self) -> anyhow::Result<Result<ExecOptions, i32>> {
+        let task = match &self.task {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read task manifest {}: {e}", path.display()))?;
+                let now = crate::enrich::Clock::now().now_wall();
+                match crate::task::parse(&text, path, now) {
+                    Ok(mut t) => {
+                        t.enforce |= self.enforce;
+                        Some((t, text))
+                    }
+                    Err(e) => {
+                        eprintln!("agentmon: {e}");
+                        return Ok(Err(125));
+                    }
+                }
+            }
+        };
+        let rules = match (self.rules, self.no_rules) {
+            (Some(d), _) => RulesChoice::Dir(d),
+            (None, true) => RulesChoice::None,
+            (None, false) => RulesChoice::Shipped,
+        };
+        Ok(Ok(ExecOptions {
+            cmd: self.cmd,
+            events: self.events,
+            task,
+            rules,
+            format: self.format,
+            sensitive: sensitive_set(&self.sensitive, self.no_default_sensitive)?,
+            ringbuf_bytes: self.ringbuf_mb << 20,
+            approval_timeout: self.approval_timeout,
+            quiet: self.quiet,
+            outputs: self.out.outputs()?,
+        }))
+    }
+}
+
+fn ringbuf_mb(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(1..=1024).contains(&n) || !n.is_power_of_two() {
+        return Err(format!("{n} must be a power of two between 1 and 1024"));
+    }
+    Ok(n)
+}
+
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 10m)"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
+/// `4096`, `64K`, `512M`, `2G` (powers of 1024).
+fn size(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches(['B', 'b']).trim_end_matches(['i']);
+    let (num, mul) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size (e.g. 512M, 2G)"))?;
+    n.checked_mul(mul).filter(|v| *v >= 4096).ok_or_else(|| format!("{s:?}: must be at least 4K"))
+}
+
+fn sensitive_set(extra: &[String], no_default: bool) -> anyhow::Result<SensitiveSet> {
+    let mut pats: Vec<String> =
+        if no_default { Vec::new() } else { DEFAULT_PATTERNS.iter().map(|s| s.to_string()).collect() };
+    pats.extend(extra.iter().cloned());
+    Ok(SensitiveSet::new(&pats)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes() {
+        assert_eq!(super::size("2G"), Ok(2 << 30));
+        assert_eq!(super::size("512MiB"), Ok(512 << 20));
+        assert_eq!(super::size("8192"), Ok(8192));
+        assert!(super::size("12").is_err());
+        assert!(super::size("lots").is_err());
+    }
+}

@@ -1,0 +1,73 @@
+//! `agentmon remote`: the SOC side of remote control. Signs a command with the
+//! operator's Ed25519 key and sends it as a NATS request to one host.
+
+use std::{path::PathBuf, time::Duration};
+
+use crate::{
+    ctl::Reply,
+    nats::{NatsArgs, Subjects, control::Command},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct RemoteArgs {
+    /// kill, freeze, thaw, approve, deny, approvals or status.
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(crate::nats::control::OPS))]
+    pub op: String,
+    /// The task id (kill, freeze, thaw) or approval id (approve, deny).
+    pub target: Option<String>,
+    /// The host to command (its subject name).
+    #[arg(long, value_name = "NAME")]
+    pub host: String,
+    /// The operator's signing key (hex seed, mode 0600; created on first use; give
+    /// its `.pub` to the hosts in --nats-ctl-keys).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// With approve: a standing approval for this long.
+    #[arg(long = "for", value_name = "DURATION", value_parser = super::duration)]
+    pub hold_for: Option<Duration>,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+pub async fn run(a: RemoteArgs) -> anyhow::Result<i32> {
+    let Some(url) = a.nats.nats.clone() else { anyhow::bail!("--nats URL is needed") };
+    let key = crate::audit::load_or_create_key(&a.key)?;
+    let needs = match a.op.as_str() {
+        "kill" | "freeze" | "thaw" => Some("a task id"),
+        "approve" | "deny" => Some("an approval id"),
+        _ => None,
+    };
+    if let Some(what) = needs
+        && a.target.is_none()
+    {
+        anyhow::bail!("{} needs {what}", a.op);
+    }
+    let (task, approval) = match a.op.as_str() {
+        "approve" | "deny" => (None, a.target.clone()),
+        _ => (a.target.clone(), None),
+    };
+    let cmd = Command::signed(&key, &a.op, &a.host, task, approval, a.hold_for.map(|d| d.as_secs().max(1)));
+    let client = a.nats.options("agentmon remote").await?.connect(&url).await?;
+    let subject = Subjects::new(&a.host).ctl(&a.op);
+    let msg = tokio::time::timeout(
+        Duration::from_secs(15),
+        client.request(subject.clone(), serde_json::to_vec(&cmd)?.into()),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer on {subject} within 15 s"))?
+    .map_err(|e| anyhow::anyhow!("{subject}: {e}"))?;
+    let reply: Reply = serde_json::from_slice(&msg.payload)
+        .map_err(|e| anyhow::anyhow!("{subject}: unreadable reply: {e}"))?;
+    if reply.ok {
+        if let Some(d) = &reply.data {
+            println!("{}", serde_json::to_string_pretty(d)?);
+        }
+        if let Some(m) = &reply.message {
+            println!("{m}");
+        }
+        Ok(0)
+    } else {
+        eprintln!("agentmon: {}: {}", a.host, reply.error.unwrap_or_else(|| "refused".into()));
+        Ok(1)
+    }
+}

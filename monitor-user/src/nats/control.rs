@@ -1,0 +1,250 @@
+//! Remote control over NATS request/reply on `agentmon.<host>.ctl.<op>`.
+//!
+//! Subject permissions on the server decide who may send; on top of that every
+//! command is signed with an Ed25519 key this host trusts (`--nats-ctl-keys`), names
+//! this host, carries a timestamp (±[`MAX_SKEW`]) and a nonce. So a permission
+//! mistake on the server alone lets no one in, a command recorded for one host
+//! cannot be played to another, and a replayed or retried command gets the first
+//! answer again instead of acting twice (idempotent). A verified command is
+//! handed to this agentmon's own control socket, as a local operator's would be.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use super::{Subjects, config::NatsArgs};
+use crate::{
+    ctl::{self, Reply, Request},
+    event::Timestamp,
+};
+
+/// How far a command's timestamp may be from our clock.
+pub const MAX_SKEW: Duration = Duration::from_secs(60);
+/// Domain separation for the signed bytes.
+const CONTEXT: &[u8] = b"agentmon-ctl/1\n";
+pub const OPS: [&str; 7] = ["kill", "freeze", "thaw", "approve", "deny", "approvals", "status"];
+
+/// A signed control command (the request payload).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    pub op: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// Approval id (approve, deny).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+    /// Standing approval, seconds (approve).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_s: Option<u64>,
+    /// The host's subject token: a command is for one host.
+    pub host: String,
+    /// RFC 3339.
+    pub ts: String,
+    pub nonce: String,
+    /// Signer's public key, hex.
+    pub key: String,
+    /// Ed25519 over `agentmon-ctl/1\n` + the canonical JSON of the command without `sig`, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
+}
+
+impl Command {
+    /// The bytes a signature covers: sorted keys, no whitespace, no `sig`.
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut c = self.clone();
+        c.sig = None;
+        let v = serde_json::to_value(&c).expect("a command is JSON");
+        let mut out = CONTEXT.to_vec();
+        out.extend(serde_json::to_vec(&v).expect("a value serialises"));
+        out
+    }
+
+    /// A signed command for `op` on `host`.
+    pub fn signed(
+        key: &SigningKey,
+        op: &str,
+        host: &str,
+        task: Option<String>,
+        approval: Option<String>,
+        for_s: Option<u64>,
+    ) -> Self {
+        let mut buf = [0u8; 30];
+        let mut c = Command {
+            op: op.into(),
+            task,
+            approval,
+            for_s,
+            host: super::subjects::token(host),
+            ts: Timestamp::now().format(&mut buf).to_string(),
+            nonce: uuid::Uuid::now_v7().to_string(),
+            key: hex::encode(key.verifying_key().to_bytes()),
+            sig: None,
+        };
+        c.sign(key);
+        c
+    }
+
+    /// (Re)signs the command as it is now.
+    pub fn sign(&mut self, key: &SigningKey) {
+        self.key = hex::encode(key.verifying_key().to_bytes());
+        self.sig = None;
+        self.sig = Some(hex::encode(key.sign(&self.signed_bytes()).to_bytes()));
+    }
+}
+
+/// The keys allowed to send commands: one hex public key per line (`#` comments).
+pub fn load_keys(path: &Path) -> Result<Vec<VerifyingKey>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut keys = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let l = line.split('#').next().unwrap_or("").trim();
+        if l.is_empty() {
+            continue;
+        }
+        let k = hex::decode(l)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+            .ok_or_else(|| format!("{}:{}: not a hex Ed25519 public key", path.display(), n + 1))?;
+        keys.push(k);
+    }
+    if keys.is_empty() {
+        return Err(format!("{}: no keys", path.display()));
+    }
+    Ok(keys)
+}
+
+/// Checks a command and turns it into a control-socket request.
+pub struct Gatekeeper {
+    pub keys: Vec<VerifyingKey>,
+    pub host: String,
+    /// Nonce → first answer, for idempotent retries.
+    seen: HashMap<String, (Instant, Reply)>,
+}
+
+impl Gatekeeper {
+    pub fn new(keys: Vec<VerifyingKey>, host: &str) -> Self {
+        Self { keys, host: super::subjects::token(host), seen: HashMap::new() }
+    }
+
+    /// The answer already given to this nonce, if any.
+    pub fn answered(&mut self, nonce: &str) -> Option<Reply> {
+        self.seen.retain(|_, (t, _)| t.elapsed() < 3 * MAX_SKEW);
+        self.seen.get(nonce).map(|(_, r)| r.clone())
+    }
+
+    pub fn remember(&mut self, nonce: &str, r: &Reply) {
+        self.seen.insert(nonce.into(), (Instant::now(), r.clone()));
+    }
+
+    /// Parses and verifies `payload` received on the subject for `op`.
+    pub fn check(&self, op: &str, payload: &[u8], now: Timestamp) -> Result<(Command, Request), String> {
+        let c: Command = serde_json::from_slice(payload).map_err(|e| format!("malformed command: {e}"))?;
+        if c.op != op {
+            return Err(format!("command op {:?} sent on the subject for {op:?}", c.op));
+        }
+        let key = hex::decode(&c.key)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+            .ok_or("key: not a hex Ed25519 public key")?;
+        if !self.keys.contains(&key) {
+            return Err(format!("key {} is not allowed to control this host", c.key));
+        }
+        let sig = c
+            .sig
+            .as_deref()
+            .and_then(|s| hex::decode(s).ok())
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .map(|b| Signature::from_bytes(&b))
+            .ok_or("sig: missing or not a hex Ed25519 signature")?;
+        key.verify(&c.signed_bytes(), &sig).map_err(|_| "bad signature".to_string())?;
+        if c.host != self.host {
+            return Err(format!("command is for host {:?}, this is {:?}", c.host, self.host));
+        }
+        let ts = Timestamp::parse(&c.ts).ok_or("ts: not an RFC 3339 time")?;
+        if (ts.0 - now.0).unsigned_abs() > MAX_SKEW.as_nanos() {
+            return Err(format!("ts {} is more than {}s from this host's clock", c.ts, MAX_SKEW.as_secs()));
+        }
+        let need = |v: &Option<String>, what: &str| v.clone().ok_or(format!("{op}: {what} missing"));
+        let req = match op {
+            "kill" => Request::Kill { task: need(&c.task, "task")? },
+            "freeze" => Request::Freeze { task: need(&c.task, "task")? },
+            "thaw" => Request::Thaw { task: need(&c.task, "task")? },
+            "approve" => Request::Approve { id: need(&c.approval, "approval")?, for_s: c.for_s },
+            "deny" => Request::Deny { id: need(&c.approval, "approval")? },
+            "approvals" => Request::Approvals {},
+            "status" => Request::Status {},
+            other => return Err(format!("unknown op {other:?} (known: {})", OPS.join(", "))),
+        };
+        Ok((c, req))
+    }
+}
+
+/// Serves signed commands until the process ends, on a thread of its own.
+pub fn start(args: NatsArgs, host: String, keys: Vec<VerifyingKey>, socket: PathBuf) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("nats-control".into()).spawn(move || {
+        rt.block_on(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                if let Err(e) = serve(&args, &host, &keys, &socket).await {
+                    tracing::warn!("NATS remote control: {e}; retrying");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        })
+    })?;
+    Ok(())
+}
+
+async fn serve(args: &NatsArgs, host: &str, keys: &[VerifyingKey], socket: &Path) -> Result<(), String> {
+    use futures_util::StreamExt;
+    let subjects = Subjects::new(host);
+    let url = args.nats.as_deref().unwrap_or_default();
+    let opts =
+        args.options(&format!("agentmon control {}", subjects.host())).await.map_err(|e| e.to_string())?;
+    let client = opts.connect(url).await.map_err(|e| format!("connect {url}: {e}"))?;
+    let mut sub = client.subscribe(subjects.ctl_all()).await.map_err(|e| e.to_string())?;
+    client.flush().await.map_err(|e| e.to_string())?;
+    let mut v = Gatekeeper::new(keys.to_vec(), host);
+    while let Some(msg) = sub.next().await {
+        let op = msg.subject.rsplit('.').next().unwrap_or("").to_string();
+        let Some(reply_to) = msg.reply.clone() else {
+            tracing::warn!("NATS control: {op} without a reply subject ignored");
+            continue;
+        };
+        let reply = answer(&mut v, &op, &msg.payload, socket).await;
+        let body = serde_json::to_vec(&reply).unwrap_or_default();
+        if let Err(e) = client.publish(reply_to, body.into()).await {
+            tracing::warn!("NATS control: replying: {e}");
+        }
+        let _ = client.flush().await;
+    }
+    Err("subscription ended".into())
+}
+
+/// Verifies, then acts once per nonce.
+pub async fn answer(v: &mut Gatekeeper, op: &str, payload: &[u8], socket: &Path) -> Reply {
+    let (cmd, req) = match v.check(op, payload, Timestamp::now()) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!("NATS control: {op} rejected: {e}");
+            return Reply::err(e);
+        }
+    };
+    if let Some(r) = v.answered(&cmd.nonce) {
+        return r;
+    }
+    let r = ctl::call(socket, &req).await.unwrap_or_else(Reply::err);
+    tracing::info!("NATS control: {op} by key {}: {}", cmd.key, if r.ok { "done" } else { "refused" });
+    v.remember(&cmd.nonce, &r);
+    r
+}

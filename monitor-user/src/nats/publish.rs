@@ -1,0 +1,253 @@
+//! The publisher: a thread of its own (with its own small runtime, so a slow or
+//! absent broker never stalls the event loop) that sends the spool's records in
+//! order with acknowledged JetStream publishes, a window at a time. The spool
+//! position advances only on the broker's ack; on any failure it goes back to the
+//! last ack and sends again (the stream's `Nats-Msg-Id` dedupe drops what the
+//! broker had already stored).
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage, stream};
+
+use super::{
+    Subjects,
+    config::NatsArgs,
+    spool::{Pos, Reader, Shared},
+};
+
+/// Publishes in flight before waiting for their acks.
+const WINDOW: usize = 256;
+/// How long a publish may wait for its ack.
+const ACK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Messages the stream deduplicates by `Nats-Msg-Id` for (the server's default).
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// What the publisher reports (metrics, status, tests).
+#[derive(Debug, Default)]
+pub struct Status {
+    pub connected: AtomicBool,
+    pub published: AtomicU64,
+    /// Acks that said the stream already had the message (a resend after a failure).
+    pub duplicates: AtomicU64,
+    pub failures: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+pub struct Publisher {
+    pub status: Arc<Status>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    done: mpsc::Receiver<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Publisher {
+    pub fn start(args: NatsArgs, subjects: Subjects, shared: Arc<Shared>) -> std::io::Result<Self> {
+        let status = Arc::new(Status::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, done) = mpsc::channel();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (st, sh, sp) = (status.clone(), shared.clone(), stop.clone());
+        let thread = std::thread::Builder::new().name("nats-publish".into()).spawn(move || {
+            rt.block_on(run(args, subjects, sh, st, sp));
+            let _ = tx.send(());
+        })?;
+        Ok(Self { status, shared, stop, done, thread: Some(thread) })
+    }
+
+    /// Sends what is spooled until caught up or `limit` passes; what is left stays
+    /// in the spool for the next start.
+    pub fn close(&mut self, limit: Duration) -> bool {
+        self.stop.store(true, Relaxed);
+        self.shared.wake.notify_one();
+        let caught_up = self.done.recv_timeout(limit).is_ok();
+        if caught_up && let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        caught_up && self.shared.acked() >= self.shared.flushed()
+    }
+}
+
+async fn connect(args: &NatsArgs, subjects: &Subjects) -> Result<jetstream::Context, String> {
+    let url = args.nats.as_deref().unwrap_or_default();
+    let opts = args.options(&format!("agentmon {}", subjects.host())).await.map_err(|e| e.to_string())?;
+    let client = opts.connect(url).await.map_err(|e| format!("connect {url}: {e}"))?;
+    let js = jetstream::ContextBuilder::new().timeout(ACK_TIMEOUT).build(client);
+    ensure_stream(&js, subjects).await?;
+    Ok(js)
+}
+
+/// Creates the host's stream when absent (works with nats-server 2.9 and newer).
+pub async fn ensure_stream(js: &jetstream::Context, subjects: &Subjects) -> Result<(), String> {
+    let cfg = stream::Config {
+        name: subjects.stream(),
+        subjects: subjects.stream_subjects(),
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    };
+    js.get_or_create_stream(cfg).await.map(|_| ()).map_err(|e| format!("stream {}: {e}", subjects.stream()))
+}
+
+fn note(status: &Status, err: String) {
+    let mut last = status.last_error.lock().unwrap_or_else(|e| e.into_inner());
+    // Logged once per distinct error, not once per retry.
+    if last.as_deref() != Some(err.as_str()) {
+        tracing::warn!("NATS: {err}; events are kept in the spool");
+        *last = Some(err);
+    }
+    status.connected.store(false, Relaxed);
+    status.failures.fetch_add(1, Relaxed);
+}
+
+async fn run(
+    args: NatsArgs,
+    subjects: Subjects,
+    shared: Arc<Shared>,
+    status: Arc<Status>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut reader = Reader::new(shared.clone());
+    let mut js: Option<jetstream::Context> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut given_up_at: Option<Instant> = None;
+    loop {
+        let stopping = stop.load(Relaxed);
+        // At stop, a broker that cannot be reached is given one more second.
+        if stopping && given_up_at.is_some_and(|t| t.elapsed() > Duration::from_secs(1)) {
+            return;
+        }
+        let ctx = match &js {
+            Some(c) if c.client().connection_state() == async_nats::connection::State::Connected => c.clone(),
+            Some(_) => {
+                wait(&shared, &stop, backoff).await;
+                given_up_at.get_or_insert_with(Instant::now);
+                js = None;
+                continue;
+            }
+            None => match connect(&args, &subjects).await {
+                Ok(c) => {
+                    js = Some(c.clone());
+                    status.connected.store(true, Relaxed);
+                    c
+                }
+                Err(e) => {
+                    note(&status, e);
+                    given_up_at.get_or_insert_with(Instant::now);
+                    wait(&shared, &stop, backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            },
+        };
+        let failed = match pump(&ctx, &mut reader, &shared, &status).await {
+            Ok(0) if stopping => return,
+            Ok(0) => {
+                wait(&shared, &stop, Duration::from_millis(500)).await;
+                continue;
+            }
+            Ok(_) => None,
+            Err(e) => Some(e),
+        };
+        match failed {
+            None => {
+                status.connected.store(true, Relaxed);
+                backoff = Duration::from_millis(100);
+                given_up_at = None;
+            }
+            Some(e) => {
+                note(&status, e);
+                reader.rewind();
+                given_up_at.get_or_insert_with(Instant::now);
+                // A missing stream (deleted, or a fresh server) is created again.
+                js = None;
+                wait(&shared, &stop, backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Sends what the spool holds, keeping up to [`WINDOW`] publishes unacknowledged,
+/// until caught up; the count sent. The acknowledged position is saved as acks come
+/// (at most every 50 ms, and at the end).
+async fn pump(
+    ctx: &jetstream::Context,
+    reader: &mut Reader,
+    shared: &Shared,
+    status: &Status,
+) -> Result<u64, String> {
+    let mut inflight: VecDeque<(PublishAckFuture, Pos)> = VecDeque::new();
+    let mut acked: Option<Pos> = None;
+    let mut saved = Instant::now();
+    let mut sent = 0;
+    let save = |p: Option<Pos>| {
+        if let Some(p) = p
+            && let Err(e) = shared.ack(p)
+        {
+            tracing::error!("NATS spool: {e}");
+        }
+    };
+    let result = loop {
+        let mut refill = Ok(());
+        while inflight.len() < WINDOW {
+            match reader.next_record() {
+                Ok(Some((rec, pos))) => {
+                    let msg = PublishMessage::build().payload(rec.payload.into()).message_id(rec.id);
+                    match ctx.send_publish(rec.subject, msg).await {
+                        Ok(f) => inflight.push_back((f, pos)),
+                        Err(e) => {
+                            refill = Err(format!("publish: {e}"));
+                            break;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                // A spool that cannot be read cannot be sent: say so, retry later.
+                Err(e) => {
+                    refill = Err(e.to_string());
+                    break;
+                }
+            }
+        }
+        let Some((f, pos)) = inflight.pop_front() else { break refill.map(|()| sent) };
+        match f.await {
+            Ok(ack) => {
+                acked = Some(pos);
+                sent += 1;
+                status.published.fetch_add(1, Relaxed);
+                if ack.duplicate {
+                    status.duplicates.fetch_add(1, Relaxed);
+                }
+            }
+            Err(e) => break Err(format!("publish ack: {e}")),
+        }
+        if let Err(e) = refill {
+            break Err(e);
+        }
+        if saved.elapsed() > Duration::from_millis(50) {
+            save(acked.take());
+            saved = Instant::now();
+        }
+    };
+    save(acked);
+    result
+}
+
+/// Sleeps until more is spooled, stop is asked, or `d` passes.
+async fn wait(shared: &Shared, stop: &AtomicBool, d: Duration) {
+    if stop.load(Relaxed) {
+        tokio::time::sleep(d.min(Duration::from_millis(100))).await;
+        return;
+    }
+    let _ = tokio::time::timeout(d, shared.wake.notified()).await;
+}

@@ -1,0 +1,265 @@
+//! The NATS sink: turns events and alerts into messages (native JSON, OCSF copies,
+//! kill signals, revoke messages) and appends them to the spool, from which the
+//! publisher sends them. Nothing here waits on the network.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+
+use serde_json::json;
+
+use super::{
+    Subjects,
+    config::NatsArgs,
+    publish::{Publisher, Status},
+    spool::{Shared, SpoolError, Writer},
+};
+use crate::{
+    event::{Alert, Event, Kind, TaskInfo, Timestamp},
+    sink::{Sink, SinkError},
+};
+
+pub const KILL_SCHEMA: &str = "agentmon.kill/1";
+pub const REVOKE_SCHEMA: &str = "agentmon.revoke/1";
+
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    pub args: NatsArgs,
+    pub host: String,
+    pub spool: PathBuf,
+    pub spool_max: u64,
+    /// Also publish OCSF copies of events and alerts.
+    pub ocsf: bool,
+}
+
+pub struct NatsSink {
+    spool: Writer,
+    subjects: Subjects,
+    host: Arc<str>,
+    ocsf: bool,
+    publisher: Publisher,
+    /// Agent identity of each task seen starting, for kill and revoke messages.
+    tasks: HashMap<Arc<str>, TaskInfo>,
+    /// Drops already reported as loss events.
+    reported: u64,
+    alarms: Vec<Event>,
+    line: Vec<u8>,
+}
+
+impl NatsSink {
+    pub fn open(o: NatsOptions) -> Result<Self, SpoolError> {
+        let spool = Writer::open(&o.spool, o.spool_max)?;
+        let subjects = Subjects::new(&o.host);
+        let publisher = Publisher::start(o.args, subjects.clone(), spool.shared())
+            .map_err(|source| SpoolError::Io { path: o.spool.clone(), source })?;
+        Ok(Self {
+            spool,
+            subjects,
+            host: o.host.into(),
+            ocsf: o.ocsf,
+            publisher,
+            tasks: HashMap::new(),
+            reported: 0,
+            alarms: Vec::new(),
+            line: Vec::with_capacity(1024),
+        })
+    }
+
+    pub fn status(&self) -> Arc<Status> {
+        self.publisher.status.clone()
+    }
+
+    pub fn spool(&self) -> Arc<Shared> {
+        self.spool.shared()
+    }
+
+    fn err(&self, e: SpoolError) -> SinkError {
+        SinkError::Write { name: "nats spool".into(), source: std::io::Error::other(e.to_string()) }
+    }
+
+    fn put(&mut self, subject: &str, id: &str, payload: &[u8]) -> Result<(), SinkError> {
+        self.spool.append(subject, id, payload).map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    fn put_json(&mut self, subject: &str, id: &str, v: &serde_json::Value) -> Result<(), SinkError> {
+        let bytes = serde_json::to_vec(v)
+            .map_err(|e| self.err(SpoolError::Io { path: "json".into(), source: e.into() }))?;
+        self.put(subject, id, &bytes)
+    }
+
+    fn task_info(&self, id: &Arc<str>) -> TaskInfo {
+        self.tasks.get(id).cloned().unwrap_or_else(|| TaskInfo {
+            id: id.clone(),
+            agent: None,
+            principal: None,
+            mode: Cow::Borrowed("unknown"),
+            parents: Vec::new(),
+        })
+    }
+
+    /// A kill signal: the task was killed or frozen, and why.
+    fn kill_signal(&self, ev: &Event, task: &TaskInfo) -> serde_json::Value {
+        json!({
+            "schema": KILL_SCHEMA,
+            "id": format!("{}:kill", ev.id),
+            "ts": ev.ts,
+            "host": self.host,
+            "task": task.id,
+            "agent": task.agent,
+            "principal": task.principal,
+            "action": ev.action,
+            "reason": ev.reason,
+            "rule": ev.rule,
+            "by": ev.detail.get("by"),
+            "trigger": ev.detail.get("trigger"),
+            "event": ev,
+        })
+    }
+
+    /// A revoke message: credentials issued for the task should end now.
+    fn revoke(&self, ev: &Event, task: &TaskInfo, why: &str) -> serde_json::Value {
+        json!({
+            "schema": REVOKE_SCHEMA,
+            "id": format!("{}:revoke", ev.id),
+            "ts": ev.ts,
+            "host": self.host,
+            "task": task.id,
+            "agent": task.agent,
+            "principal": task.principal,
+            "reason": why,
+            "event": ev.id,
+        })
+    }
+
+    /// The drops of a full spool since the last report, as a loss event.
+    fn drops(&mut self) -> Option<Event> {
+        let shared = self.spool.shared();
+        let dropped = shared.dropped.load(Relaxed) + shared.torn.load(Relaxed);
+        if dropped == self.reported {
+            return None;
+        }
+        let n = dropped - self.reported;
+        self.reported = dropped;
+        let mut ev = Event::new(Kind::Loss, Timestamp::now(), self.host.clone());
+        ev.pid = std::process::id();
+        ev.tid = ev.pid;
+        ev.comm = "agentmon".into();
+        ev.lost = Some([("nats_spool".to_string(), n)].into());
+        ev.reason = Some(format!(
+            "the NATS spool ({}) was full or damaged: {n} messages for NATS were dropped",
+            shared.dir.display()
+        ));
+        ev.detail.insert("sink".into(), json!("nats"));
+        ev.detail.insert("spool_bytes".into(), json!(shared.depth()));
+        ev.detail.insert("spool_max".into(), json!(shared.max_bytes));
+        Some(ev)
+    }
+}
+
+impl Sink for NatsSink {
+    fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
+        let id = ev.id.to_string();
+        self.line.clear();
+        crate::jsonw::write_event(&mut self.line, ev);
+        let line = std::mem::take(&mut self.line);
+        let r = self.put(&self.subjects.events(ev.task.as_deref()), &id, &line);
+        self.line = line;
+        r?;
+        let task = ev.task.as_ref().map(|t| self.task_info(t));
+        if self.ocsf
+            && let Some(o) = crate::ocsf::event(ev, task.as_ref())
+        {
+            self.put_json(&self.subjects.ocsf_events(ev.task.as_deref()), &format!("{id}:ocsf"), &o)?;
+        }
+        match ev.kind {
+            Kind::TaskStart => {
+                if let Some(t) = &ev.task {
+                    let s = |k: &str| ev.detail.get(k).and_then(|v| v.as_str()).map(String::from);
+                    let info = TaskInfo {
+                        id: t.clone(),
+                        agent: s("agent"),
+                        principal: s("principal"),
+                        mode: s("mode").map(Cow::Owned).unwrap_or(Cow::Borrowed("unknown")),
+                        parents: ev.task_chain.iter().flat_map(|c| c.iter().map(|x| x.to_string())).collect(),
+                    };
+                    self.tasks.insert(t.clone(), info);
+                }
+            }
+            Kind::TaskEnd => {
+                if let Some(t) = &task {
+                    let m = self.revoke(ev, t, "task ended");
+                    self.put_json(&self.subjects.revoke(), &format!("{id}:revoke"), &m)?;
+                }
+            }
+            Kind::Action | Kind::ApprovalRequest | Kind::Approval => {
+                self.put(&self.subjects.actions(), &format!("{id}:action"), &self.line.clone())?;
+                let act = ev.action.as_deref().unwrap_or("");
+                if ev.kind == Kind::Action
+                    && matches!(act, "kill" | "freeze")
+                    && !ev.detail.contains_key("error")
+                    && let Some(t) = &task
+                {
+                    let m = self.kill_signal(ev, t);
+                    self.put_json(&self.subjects.kill(), &format!("{id}:kill"), &m)?;
+                    if act == "kill" {
+                        let m = self.revoke(ev, t, "task killed");
+                        self.put_json(&self.subjects.revoke(), &format!("{id}:revoke"), &m)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn alert(&mut self, a: &Alert) -> Result<(), SinkError> {
+        let id = a.id.to_string();
+        let v = serde_json::to_value(a)
+            .map_err(|e| self.err(SpoolError::Io { path: "json".into(), source: e.into() }))?;
+        self.put_json(&self.subjects.alerts(), &id, &v)?;
+        if self.ocsf {
+            self.put_json(&self.subjects.ocsf_alerts(), &format!("{id}:ocsf"), &crate::ocsf::alert(a))?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        if let Some(ev) = self.drops() {
+            // Reported elsewhere now; in the NATS stream once the spool has room.
+            self.alarms.push(ev.clone());
+            let _ = self.send(&ev);
+            // The alarm itself not fitting is not reported again (it is in the other sinks).
+            let shared = self.spool.shared();
+            self.reported = shared.dropped.load(Relaxed) + shared.torn.load(Relaxed);
+        }
+        self.spool.flush().map_err(|e| self.err(e))
+    }
+
+    /// Hands the batch to the publisher at once: events reach NATS within
+    /// milliseconds of the syscall, not at the next periodic flush.
+    fn batch_end(&mut self) -> Result<(), SinkError> {
+        self.spool.flush().map_err(|e| self.err(e))
+    }
+
+    fn alarms(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.alarms)
+    }
+
+    fn close(&mut self) -> Result<(), SinkError> {
+        self.flush()?;
+        self.spool.sync().map_err(|e| self.err(e))?;
+        if !self.publisher.close(Duration::from_secs(5)) {
+            let shared = self.spool.shared();
+            tracing::warn!(
+                "NATS: {} bytes not yet acknowledged stay in the spool {} and are sent on the next start",
+                shared.depth(),
+                shared.dir.display()
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,427 @@
+//! The on-disk spool: every message for NATS is appended here first and the
+//! publisher sends from it in order, advancing an acknowledged position. A broker
+//! outage therefore only makes the spool longer; a restart resumes from the last
+//! acknowledged message (redelivered ones are dropped by the stream's `Nats-Msg-Id`
+//! dedupe). The spool is bounded: a message that does not fit is counted, never
+//! silently dropped (the sink turns the count into a `loss` event).
+//!
+//! Layout: a directory of segment files `<16 digits>.seg`, each a sequence of
+//! records `[u32 len][u16 subject len][subject][u16 id len][id][payload]` (len
+//! counts what follows it, little-endian), and `acked` holding `<segment> <offset>`.
+//! The writer always starts a new segment, so an older segment is final and a torn
+//! record at its end (a crash mid-write) is skipped and counted.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, BufWriter, Read, Seek, SeekFrom, Write},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
+
+/// Segments roll over at this size.
+const SEGMENT_BYTES: u64 = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("spool {path}: every spool directory under it is in use by another agentmon")]
+    Busy { path: PathBuf },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io { path: path.into(), source }
+}
+
+/// A position in the spool: segment number and byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Pos {
+    pub seg: u64,
+    pub off: u64,
+}
+
+/// What the writer and the publisher share.
+#[derive(Debug)]
+pub struct Shared {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    /// Bytes in segments not yet deleted.
+    pub bytes: AtomicU64,
+    /// Messages refused because the spool was full (since start).
+    pub dropped: AtomicU64,
+    /// Records found torn in old segments (a crash mid-write).
+    pub torn: AtomicU64,
+    /// How far the writer has written whole records to the file.
+    pub flushed: Mutex<Pos>,
+    /// How far the broker has acknowledged.
+    pub acked: Mutex<Pos>,
+    pub wake: tokio::sync::Notify,
+}
+
+impl Shared {
+    pub fn flushed(&self) -> Pos {
+        *self.flushed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn acked(&self) -> Pos {
+        *self.acked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes written but not yet acknowledged (approximately: whole segments count
+    /// until they are deleted).
+    pub fn depth(&self) -> u64 {
+        self.bytes.load(Relaxed)
+    }
+
+    fn seg_path(&self, seg: u64) -> PathBuf {
+        self.dir.join(format!("{seg:016}.seg"))
+    }
+
+    /// Records the broker's acknowledgement up to `pos`, deleting the segments
+    /// before it, and persists it.
+    pub fn ack(&self, pos: Pos) -> Result<(), SpoolError> {
+        let prev = {
+            let mut a = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+            if pos <= *a {
+                return Ok(());
+            }
+            std::mem::replace(&mut *a, pos)
+        };
+        for seg in prev.seg..pos.seg {
+            let p = self.seg_path(seg);
+            if let Ok(m) = fs::metadata(&p) {
+                self.bytes.fetch_sub(m.len().min(self.bytes.load(Relaxed)), Relaxed);
+                fs::remove_file(&p).map_err(io_err(&p))?;
+            }
+        }
+        self.persist_ack(pos)
+    }
+
+    fn persist_ack(&self, pos: Pos) -> Result<(), SpoolError> {
+        let tmp = self.dir.join("acked.tmp");
+        fs::write(&tmp, format!("{} {}\n", pos.seg, pos.off)).map_err(io_err(&tmp))?;
+        let dst = self.dir.join("acked");
+        fs::rename(&tmp, &dst).map_err(io_err(&dst))
+    }
+}
+
+/// Appends records; owned by the pipeline.
+pub struct Writer {
+    shared: Arc<Shared>,
+    seg: u64,
+    len: u64,
+    out: BufWriter<File>,
+    /// Held for the writer's life: one agentmon per spool directory.
+    _lock: File,
+}
+
+/// One message as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub subject: String,
+    pub id: String,
+    pub payload: Vec<u8>,
+}
+
+impl Writer {
+    /// Opens the first spool directory under `root` that no other agentmon holds
+    /// (`0`, `1`, ...), adopting what a previous run left in it.
+    pub fn open(root: &Path, max_bytes: u64) -> Result<Self, SpoolError> {
+        fs::create_dir_all(root).map_err(io_err(root))?;
+        for n in 0..64 {
+            let dir = root.join(n.to_string());
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            let lp = dir.join("lock");
+            let lock =
+                OpenOptions::new().create(true).truncate(false).write(true).open(&lp).map_err(io_err(&lp))?;
+            // SAFETY: flock on a file descriptor we own.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                continue;
+            }
+            return Self::adopt(dir, lock, max_bytes);
+        }
+        Err(SpoolError::Busy { path: root.into() })
+    }
+
+    fn adopt(dir: PathBuf, lock: File, max_bytes: u64) -> Result<Self, SpoolError> {
+        let mut segs = Vec::new();
+        let mut bytes = 0;
+        for e in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let e = e.map_err(io_err(&dir))?;
+            let name = e.file_name();
+            if let Some(n) =
+                name.to_str().and_then(|s| s.strip_suffix(".seg")).and_then(|s| s.parse::<u64>().ok())
+            {
+                segs.push(n);
+                bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        segs.sort_unstable();
+        let acked = fs::read_to_string(dir.join("acked"))
+            .ok()
+            .and_then(|s| {
+                let mut it = s.split_whitespace().map(|x| x.parse::<u64>());
+                Some(Pos { seg: it.next()?.ok()?, off: it.next()?.ok()? })
+            })
+            .unwrap_or(Pos { seg: segs.first().copied().unwrap_or(0), off: 0 });
+        // Nothing may be read before the first segment that still exists.
+        let acked = match segs.first() {
+            Some(&first) if first > acked.seg => Pos { seg: first, off: 0 },
+            _ => acked,
+        };
+        let seg = segs.last().map(|s| s + 1).unwrap_or(acked.seg).max(acked.seg);
+        let shared = Arc::new(Shared {
+            max_bytes,
+            bytes: AtomicU64::new(bytes),
+            dropped: AtomicU64::new(0),
+            torn: AtomicU64::new(0),
+            flushed: Mutex::new(Pos { seg, off: 0 }),
+            acked: Mutex::new(acked),
+            wake: tokio::sync::Notify::new(),
+            dir,
+        });
+        let out = Self::create(&shared, seg)?;
+        Ok(Self { shared, seg, len: 0, out, _lock: lock })
+    }
+
+    fn create(shared: &Shared, seg: u64) -> Result<BufWriter<File>, SpoolError> {
+        let p = shared.seg_path(seg);
+        let f = OpenOptions::new().create(true).append(true).open(&p).map_err(io_err(&p))?;
+        Ok(BufWriter::with_capacity(1 << 16, f))
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Appends a record; `false` if the spool is full (counted in `dropped`).
+    pub fn append(&mut self, subject: &str, id: &str, payload: &[u8]) -> Result<bool, SpoolError> {
+        let body = 2 + subject.len() + 2 + id.len() + payload.len();
+        let total = 4 + body as u64;
+        if self.shared.bytes.load(Relaxed) + total > self.shared.max_bytes {
+            self.shared.dropped.fetch_add(1, Relaxed);
+            return Ok(false);
+        }
+        if self.len > 0 && self.len + total > SEGMENT_BYTES {
+            self.flush()?;
+            self.seg += 1;
+            self.len = 0;
+            self.out = Self::create(&self.shared, self.seg)?;
+            *self.shared.flushed.lock().unwrap_or_else(|e| e.into_inner()) = Pos { seg: self.seg, off: 0 };
+        }
+        let p = self.shared.seg_path(self.seg);
+        let mut w = |b: &[u8]| self.out.write_all(b).map_err(io_err(&p));
+        w(&(body as u32).to_le_bytes())?;
+        w(&(subject.len() as u16).to_le_bytes())?;
+        w(subject.as_bytes())?;
+        w(&(id.len() as u16).to_le_bytes())?;
+        w(id.as_bytes())?;
+        w(payload)?;
+        self.len += total;
+        self.shared.bytes.fetch_add(total, Relaxed);
+        Ok(true)
+    }
+
+    /// Makes the appended records visible to the publisher and wakes it.
+    pub fn flush(&mut self) -> Result<(), SpoolError> {
+        let p = self.shared.seg_path(self.seg);
+        self.out.flush().map_err(io_err(&p))?;
+        *self.shared.flushed.lock().unwrap_or_else(|e| e.into_inner()) = Pos { seg: self.seg, off: self.len };
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Flushes and makes the records durable (at exit).
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        self.flush()?;
+        let p = self.shared.seg_path(self.seg);
+        self.out.get_ref().sync_data().map_err(io_err(&p))
+    }
+}
+
+/// Reads records in order from a position; owned by the publisher.
+pub struct Reader {
+    shared: Arc<Shared>,
+    pos: Pos,
+    file: Option<(u64, File)>,
+}
+
+impl Reader {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        let pos = shared.acked();
+        Self { shared, pos, file: None }
+    }
+
+    /// Goes back to the acknowledged position (after a failed publish).
+    pub fn rewind(&mut self) {
+        self.pos = self.shared.acked();
+        self.file = None;
+    }
+
+    pub fn pos(&self) -> Pos {
+        self.pos
+    }
+
+    /// The next whole record and the position after it, or None when caught up.
+    pub fn next_record(&mut self) -> Result<Option<(Record, Pos)>, SpoolError> {
+        loop {
+            let flushed = self.shared.flushed();
+            if self.pos >= flushed {
+                return Ok(None);
+            }
+            let path = self.shared.seg_path(self.pos.seg);
+            if self.file.as_ref().is_none_or(|(s, _)| *s != self.pos.seg) {
+                match File::open(&path) {
+                    Ok(f) => self.file = Some((self.pos.seg, f)),
+                    // A segment deleted or never written: go on to the next one.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && self.pos.seg < flushed.seg => {
+                        self.pos = Pos { seg: self.pos.seg + 1, off: 0 };
+                        continue;
+                    }
+                    Err(e) => return Err(io_err(&path)(e)),
+                }
+            }
+            let (_, f) = self.file.as_mut().expect("opened above");
+            // The writer's current segment is readable up to `flushed`; older ones whole.
+            let end = if self.pos.seg == flushed.seg {
+                flushed.off
+            } else {
+                f.metadata().map_err(io_err(&path))?.len()
+            };
+            match read_record(f, self.pos.off, end).map_err(io_err(&path))? {
+                Some((rec, next)) => {
+                    let at = Pos { seg: self.pos.seg, off: next };
+                    self.pos = at;
+                    return Ok(Some((rec, at)));
+                }
+                None if self.pos.seg < flushed.seg => {
+                    if self.pos.off < end {
+                        self.shared.torn.fetch_add(1, Relaxed);
+                    }
+                    self.pos = Pos { seg: self.pos.seg + 1, off: 0 };
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// The record at `off` if it is whole before `end`.
+fn read_record(f: &mut File, off: u64, end: u64) -> io::Result<Option<(Record, u64)>> {
+    if off + 4 > end {
+        return Ok(None);
+    }
+    f.seek(SeekFrom::Start(off))?;
+    let mut len = [0u8; 4];
+    f.read_exact(&mut len)?;
+    let body = u32::from_le_bytes(len) as u64;
+    if off + 4 + body > end || body < 4 {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; body as usize];
+    f.read_exact(&mut buf)?;
+    let parse = || -> Option<Record> {
+        let sl = u16::from_le_bytes(buf.get(0..2)?.try_into().ok()?) as usize;
+        let subject = std::str::from_utf8(buf.get(2..2 + sl)?).ok()?.to_string();
+        let i = 2 + sl;
+        let il = u16::from_le_bytes(buf.get(i..i + 2)?.try_into().ok()?) as usize;
+        let id = std::str::from_utf8(buf.get(i + 2..i + 2 + il)?).ok()?.to_string();
+        Some(Record { subject, id, payload: buf.get(i + 2 + il..)?.to_vec() })
+    };
+    Ok(parse().map(|r| (r, off + 4 + body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(r: &mut Reader) -> Vec<(Record, Pos)> {
+        std::iter::from_fn(|| r.next_record().unwrap()).collect()
+    }
+
+    #[test]
+    fn in_order_ack_resume_and_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..10 {
+            assert!(w.append("a.b", &format!("id{i}"), format!("payload {i}").as_bytes()).unwrap());
+        }
+        let mut r = Reader::new(w.shared());
+        assert!(r.next_record().unwrap().is_none(), "nothing is read before a flush");
+        w.flush().unwrap();
+        let got = drain(&mut r);
+        assert_eq!(
+            got.iter().map(|(r, _)| r.id.clone()).collect::<Vec<_>>(),
+            (0..10).map(|i| format!("id{i}")).collect::<Vec<_>>()
+        );
+        assert_eq!(got[3].0.payload, b"payload 3");
+        // Acknowledged up to the 4th; a failed publish goes back there.
+        w.shared().ack(got[3].1).unwrap();
+        r.rewind();
+        assert_eq!(r.next_record().unwrap().unwrap().0.id, "id4");
+        w.sync().unwrap();
+        drop(r);
+        drop(w);
+        // A new writer adopts the spool: the unacknowledged records come first.
+        let mut w = Writer::open(dir.path(), 1 << 20).unwrap();
+        w.append("a.b", "id10", b"x").unwrap();
+        w.flush().unwrap();
+        let mut r = Reader::new(w.shared());
+        let ids: Vec<String> = drain(&mut r).into_iter().map(|(r, _)| r.id).collect();
+        assert_eq!(ids, (4..11).map(|i| format!("id{i}")).collect::<Vec<_>>());
+        // A second agentmon gets a directory of its own.
+        let w2 = Writer::open(dir.path(), 1 << 20).unwrap();
+        assert_ne!(w2.shared().dir, w.shared().dir);
+        // Full: refused and counted.
+        let mut small = Writer::open(&dir.path().join("small"), 100).unwrap();
+        assert!(small.append("s", "1", &[0; 40]).unwrap());
+        assert!(!small.append("s", "2", &[0; 60]).unwrap());
+        assert_eq!(small.shared().dropped.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn acked_segments_are_deleted_and_torn_records_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::open(dir.path(), 64 << 20).unwrap();
+        let big = vec![7u8; 1 << 20];
+        for i in 0..20 {
+            w.append("s", &i.to_string(), &big).unwrap();
+        }
+        w.flush().unwrap();
+        let shared = w.shared();
+        let mut r = Reader::new(shared.clone());
+        let got = drain(&mut r);
+        assert_eq!(got.len(), 20);
+        assert!(got.last().unwrap().1.seg >= 2, "rolled over into new segments");
+        let before = shared.depth();
+        shared.ack(got.last().unwrap().1).unwrap();
+        assert!(shared.depth() < before / 2, "acknowledged segments are gone");
+        let segs = fs::read_dir(&shared.dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg"))
+            .count();
+        assert_eq!(segs, 1);
+        // A torn tail in a finished segment: skipped, counted, the next segment read.
+        let dir2 = tempfile::tempdir().unwrap();
+        {
+            let mut w = Writer::open(dir2.path(), 1 << 20).unwrap();
+            w.append("s", "whole", b"1").unwrap();
+            w.append("s", "torn", b"2222").unwrap();
+            w.sync().unwrap();
+        }
+        let seg = dir2.path().join("0").join(format!("{:016}.seg", 0));
+        let len = fs::metadata(&seg).unwrap().len();
+        OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 2).unwrap();
+        let mut w = Writer::open(dir2.path(), 1 << 20).unwrap();
+        w.append("s", "after", b"3").unwrap();
+        w.flush().unwrap();
+        let mut r = Reader::new(w.shared());
+        let ids: Vec<String> = drain(&mut r).into_iter().map(|(r, _)| r.id).collect();
+        assert_eq!(ids, ["whole", "after"]);
+        assert_eq!(w.shared().torn.load(Relaxed), 1);
+    }
+}

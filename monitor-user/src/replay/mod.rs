@@ -1,0 +1,231 @@
+//! `agentmon replay`: reads a recording back — an events file, an audit chain or a
+//! host's NATS JetStream stream — and shows what happened as a timeline, a process
+//! tree or JSON lines; with `--rules` it judges the recording again under another
+//! policy and shows what that policy would have flagged differently (what-if).
+//! Documented in docs/replay.md.
+
+mod nats;
+mod render;
+mod source;
+mod standin;
+#[cfg(test)]
+mod tests;
+mod tree;
+mod whatif;
+#[cfg(test)]
+mod whatif_tests;
+
+use std::{io::Write, path::PathBuf, sync::Arc};
+
+use anyhow::{Context, bail};
+
+use crate::event::{Alert, Event, Timestamp};
+
+pub use source::{Recording, read_file};
+
+/// Output format of `agentmon replay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReplayFormat {
+    /// A timeline: one aligned line per event.
+    #[default]
+    Table,
+    /// One event per line, as agentmon writes them (what-if: one change per line).
+    Json,
+    /// The process tree, each process with its side effects under it.
+    Tree,
+}
+
+/// Replay a recording: show what a task did, or what another policy would have said.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReplayArgs {
+    /// The recording: an events file (JSON lines, as `agentmon exec --events` writes),
+    /// an audit chain file, `-` for stdin, or `nats://HOST:PORT[/STREAM]` (the stream
+    /// defaults to `AGENTMON_<host>`).
+    #[arg(long, value_name = "SOURCE")]
+    pub from: String,
+    /// Only this task's events, and those of the sub-tasks delegated from it.
+    #[arg(long, value_name = "ID")]
+    pub task: Option<String>,
+    /// Only events at or after T: RFC 3339 (`2026-11-28T15:31:00Z`) or a duration
+    /// before now (`10m`, `2h`).
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+    /// Only events at or before T (as --since).
+    #[arg(long, value_name = "T")]
+    pub until: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReplayFormat::Table)]
+    pub format: ReplayFormat,
+    /// What-if: judge every recorded event again with the rules in DIR and show what
+    /// would change.
+    #[arg(long, value_name = "DIR")]
+    pub rules: Option<PathBuf>,
+    /// What-if: judge the task's events by this manifest's scope too (with --rules).
+    #[arg(long, value_name = "FILE", requires = "rules")]
+    pub task_file: Option<PathBuf>,
+    /// NATS: whose stream to read (default: this host's name).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    /// NATS: credentials file (JWT and NKey seed).
+    #[arg(long, value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS: user name (with --nats-password).
+    #[arg(long, value_name = "USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// NATS: password.
+    #[arg(long, value_name = "PASSWORD", env = "AGENTMON_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// NATS: authentication token.
+    #[arg(long, value_name = "TOKEN", env = "AGENTMON_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+}
+
+impl ReplayArgs {
+    /// Arguments reading `from` with everything else at its default.
+    pub fn new(from: impl Into<String>) -> Self {
+        Self {
+            from: from.into(),
+            task: None,
+            since: None,
+            until: None,
+            format: ReplayFormat::Table,
+            rules: None,
+            task_file: None,
+            host: None,
+            nats_creds: None,
+            nats_user: None,
+            nats_password: None,
+            nats_token: None,
+        }
+    }
+}
+
+/// Which recorded events are shown.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub task: Option<String>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+}
+
+impl Filter {
+    /// The event's task is the one asked for, or was delegated from it; its time is
+    /// within the bounds (inclusive).
+    pub fn keep(&self, e: &Event) -> bool {
+        if let Some(t) = &self.task {
+            let own = e.task.as_deref() == Some(t.as_str());
+            let delegated = e.task_chain.as_ref().is_some_and(|c| c.iter().any(|p| **p == **t));
+            if !own && !delegated {
+                return false;
+            }
+        }
+        self.since.is_none_or(|s| e.ts >= s) && self.until.is_none_or(|u| e.ts <= u)
+    }
+}
+
+/// The wall clock now.
+fn wall_now() -> Timestamp {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Timestamp(d.as_nanos() as i128)
+}
+
+/// `--since`/`--until`: an RFC 3339 time, or a duration meaning that long before `now`.
+pub fn parse_time(flag: &str, s: &str, now: Timestamp) -> anyhow::Result<Timestamp> {
+    let s = s.trim();
+    if let Some(t) = Timestamp::parse(s) {
+        return Ok(t);
+    }
+    if let Ok(t) = humantime::parse_rfc3339_weak(s)
+        && let Ok(d) = t.duration_since(std::time::UNIX_EPOCH)
+    {
+        return Ok(Timestamp(d.as_nanos() as i128));
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) => Ok(Timestamp(now.0 - d.as_nanos() as i128)),
+        Err(_) => bail!(
+            "--{flag} {s:?}: neither an RFC 3339 time (2026-11-28T15:31:00Z) nor a duration before now (10m, 2h)"
+        ),
+    }
+}
+
+/// This host's name (the default `--host`).
+fn this_host() -> String {
+    hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into())
+}
+
+/// Reads the recording `args` names, deduplicated and in time order.
+pub async fn load(args: &ReplayArgs, since: Option<Timestamp>) -> anyhow::Result<Recording> {
+    let mut rec = if let Some(url) = nats::NatsUrl::parse(&args.from) {
+        let host = args.host.clone().unwrap_or_else(this_host);
+        nats::read(&url, args, &host, since).await?
+    } else {
+        if args.host.is_some() {
+            tracing::warn!("--host only applies to a nats:// source");
+        }
+        read_file(&args.from)?
+    };
+    rec.normalize();
+    Ok(rec)
+}
+
+/// Runs `agentmon replay`, writing the report to `out` (warnings go to stderr).
+pub async fn run(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let now = wall_now();
+    let since = args.since.as_deref().map(|s| parse_time("since", s, now)).transpose()?;
+    let until = args.until.as_deref().map(|s| parse_time("until", s, now)).transpose()?;
+    if let (Some(s), Some(u)) = (since, until)
+        && s > u
+    {
+        bail!("--since {s} is after --until {u}");
+    }
+    // A broken policy fails before a long read.
+    let rules = args.rules.as_deref().map(whatif::load_rules).transpose()?;
+    let rec = load(&args, since).await?;
+    for w in &rec.warnings {
+        eprintln!("agentmon replay: warning: {w}");
+    }
+    let filter = Filter { task: args.task.clone(), since, until };
+    let written = match rules {
+        Some(rules) => {
+            let task = match &args.task_file {
+                Some(f) => Some(whatif::load_task(f, &rec.events, args.task.as_deref())?),
+                None => None,
+            };
+            let policy = whatif::Policy { rules, task };
+            whatif::report(policy, &rec, &filter, args.format, out)
+        }
+        None => show(&rec, &filter, args.format, out),
+    };
+    written.context("writing the replay")
+}
+
+/// The recording as it was judged, in `format`.
+pub fn show(
+    rec: &Recording,
+    filter: &Filter,
+    format: ReplayFormat,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let events: Vec<&Event> = rec.events.iter().filter(|e| filter.keep(e)).collect();
+    let alerts: Vec<&Alert> = rec.alerts.iter().filter(|a| filter.keep(&a.event)).collect();
+    match format {
+        ReplayFormat::Json => render::json(&events, out)?,
+        ReplayFormat::Table => render::table(&events, &alerts, out)?,
+        ReplayFormat::Tree => tree::render(&events, &alerts, None, out)?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The distinct tasks of some events, in order of appearance.
+fn tasks_of<'a>(events: impl Iterator<Item = &'a Event>) -> Vec<Arc<str>> {
+    let mut v: Vec<Arc<str>> = Vec::new();
+    for e in events {
+        if let Some(t) = &e.task
+            && !v.contains(t)
+        {
+            v.push(t.clone());
+        }
+    }
+    v
+}

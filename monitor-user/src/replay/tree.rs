@@ -1,0 +1,177 @@
+//! The process tree, rebuilt from fork/exec/exit events: every process under the one
+//! that forked it, with its side effects in time order, children placed where they
+//! were forked. A process is keyed by pid and start time (pids are reused).
+//!
+//! ```text
+//!   09:59:59.990 task_start task fix-1 mode=execute enforcement=observe
+//!   10:00:00.000 [1000] python3 /usr/bin/python3  task fix-1
+//!     10:00:00.001 exec python3 agent.py
+//!     10:00:00.200 [1001] sh /usr/bin/dash
+//!       10:00:00.201 exec sh -c "rm /etc/hosts"
+//! !     10:00:00.300 file_delete /etc/hosts  out_of_scope/alert (-) [high]
+//! ```
+//!
+//! The first column marks verdicts: `!` out of scope, violation or denied; `?` needs
+//! approval.
+
+use std::{collections::HashMap, fmt::Write as _, io::Write, sync::Arc};
+
+use super::render::{mark, time_of_day, verdict, what};
+use crate::event::{Alert, Event, Kind, Timestamp};
+
+enum Entry {
+    Ev(usize),
+    Proc(usize),
+}
+
+struct Node {
+    pid: u32,
+    start: Option<u64>,
+    comm: String,
+    exe: Option<Arc<str>>,
+    task: Option<Arc<str>>,
+    /// When it was forked (or first seen).
+    born: Timestamp,
+    /// Its fork event, if recorded.
+    fork: Option<usize>,
+    entries: Vec<Entry>,
+}
+
+#[derive(Default)]
+struct Tree {
+    nodes: Vec<Node>,
+    /// The current process of each pid.
+    live: HashMap<u32, usize>,
+    top: Vec<Entry>,
+    parent_task: HashMap<usize, Option<Arc<str>>>,
+}
+
+impl Tree {
+    fn new_node(&mut self, e: &Event, pid: u32, start: Option<u64>, parent: Option<usize>) -> usize {
+        let i = self.nodes.len();
+        self.nodes.push(Node {
+            pid,
+            start,
+            comm: e.comm.clone(),
+            exe: e.exe.clone(),
+            task: e.task.clone(),
+            born: e.ts,
+            fork: None,
+            entries: Vec::new(),
+        });
+        match parent {
+            Some(p) => {
+                self.nodes[p].entries.push(Entry::Proc(i));
+                self.parent_task.insert(i, self.nodes[p].task.clone());
+            }
+            None => self.top.push(Entry::Proc(i)),
+        }
+        self.live.insert(pid, i);
+        i
+    }
+
+    /// The process `pid` (started at `start`, when known); a new node, under its
+    /// parent if that is known, when it was not seen before.
+    fn process(&mut self, e: &Event, pid: u32, start: Option<u64>, ppid: Option<u32>) -> usize {
+        if let Some(&i) = self.live.get(&pid) {
+            let n = &mut self.nodes[i];
+            if start.is_none() || n.start.is_none() || n.start == start {
+                n.start = n.start.or(start);
+                return i;
+            }
+        }
+        let parent = ppid.and_then(|p| self.live.get(&p).copied());
+        self.new_node(e, pid, start, parent)
+    }
+
+    fn add(&mut self, i: usize, e: &Event) {
+        match e.kind {
+            // agentmon's own records and task lifecycle: at the top, between the trees.
+            Kind::Loss | Kind::Action | Kind::TaskStart | Kind::TaskEnd => self.top.push(Entry::Ev(i)),
+            Kind::Fork => {
+                let parent = e.ppid.map(|p| self.process(e, p, None, None));
+                let c = self.new_node(e, e.pid, e.start, parent);
+                self.nodes[c].fork = Some(i);
+            }
+            _ => {
+                let n = self.process(e, e.pid, e.start, e.ppid);
+                self.nodes[n].entries.push(Entry::Ev(i));
+                if matches!(e.kind, Kind::Exec | Kind::MemfdExec) && e.error.is_none() {
+                    self.nodes[n].comm = e.comm.clone();
+                    self.nodes[n].exe = e.exe.clone().or(self.nodes[n].exe.take());
+                }
+                if e.kind == Kind::Exit && self.live.get(&e.pid) == Some(&n) {
+                    self.live.remove(&e.pid);
+                }
+            }
+        }
+    }
+}
+
+/// Renders the tree of `events`; `was` (what-if) holds, by event id, what changed.
+pub fn render(
+    events: &[&Event],
+    alerts: &[&Alert],
+    was: Option<&HashMap<uuid::Uuid, String>>,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let mut t = Tree::default();
+    for (i, e) in events.iter().enumerate() {
+        t.add(i, e);
+    }
+    let sev = super::render::severities(alerts);
+    let tail = |e: &Event| {
+        let mut s = String::new();
+        if mark(e.verdict.as_deref()) != ' ' || e.rule.is_some() {
+            let _ = write!(s, "  {} ({})", verdict(e), e.rule.as_deref().unwrap_or("-"));
+        }
+        if let Some(sv) = sev.get(&e.id) {
+            let _ = write!(s, " [{sv}]");
+        }
+        if let Some(w) = was.and_then(|w| w.get(&e.id)) {
+            let _ = write!(s, "  (was {w})");
+        }
+        s
+    };
+    // Depth first, without recursion: a long fork chain must not exhaust the stack.
+    let mut stack: Vec<(&Entry, usize)> = t.top.iter().rev().map(|en| (en, 0)).collect();
+    while let Some((en, depth)) = stack.pop() {
+        let indent = "  ".repeat(depth);
+        match en {
+            Entry::Ev(i) => {
+                let e = events[*i];
+                let m = mark(e.verdict.as_deref());
+                writeln!(
+                    out,
+                    "{m} {indent}{} {} {}{}",
+                    time_of_day(e.ts),
+                    e.kind.as_str(),
+                    what(e),
+                    tail(e)
+                )?;
+            }
+            Entry::Proc(n) => {
+                let node = &t.nodes[*n];
+                let fork = node.fork.map(|f| events[f]);
+                let m = mark(fork.and_then(|f| f.verdict.as_deref()));
+                let mut line = format!("{m} {indent}{} [{}] {}", time_of_day(node.born), node.pid, node.comm);
+                if let Some(exe) = &node.exe {
+                    let _ = write!(line, " {exe}");
+                }
+                let inherited = t.parent_task.get(n).cloned().flatten();
+                if let Some(task) = &node.task
+                    && inherited.as_ref() != Some(task)
+                {
+                    let _ = write!(line, "  task {task}");
+                }
+                if let Some(f) = fork {
+                    line.push_str(&tail(f));
+                }
+                writeln!(out, "{}", line.trim_end())?;
+                stack.extend(node.entries.iter().rev().map(|c| (c, depth + 1)));
+            }
+        }
+    }
+    let flagged = events.iter().filter(|e| mark(e.verdict.as_deref()) != ' ').count();
+    writeln!(out, "{} processes, {} events, {flagged} flagged", t.nodes.len(), events.len())
+}

@@ -1,0 +1,150 @@
+//! The audit chain and replay of a real run: `agentmon exec --audit` writes a chain
+//! that `agentmon audit verify` accepts (and rejects once a record is edited or the
+//! tail cut); `agentmon replay` rebuilds the same events from the events file, the
+//! audit chain and NATS, and re-judges them under other rules.
+
+use std::{path::Path, process::Command};
+
+use agentmon::event::{Event, Kind};
+
+use crate::{
+    R,
+    support::{self, SCENARIO_ENV, agentmon, ensure, eq, nats::suite_url, run_agentmon_with, workdir},
+};
+
+fn cli(args: &[&str]) -> Result<(i32, String, String), String> {
+    let out = Command::new(agentmon()).args(args).output().map_err(|e| e.to_string())?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+fn replayed(args: &[&str]) -> Result<Vec<Event>, String> {
+    let mut a = vec!["replay", "--format", "json"];
+    a.extend_from_slice(args);
+    let (code, out, err) = cli(&a)?;
+    ensure(code == 0, || format!("replay {args:?}: exit {code}: {err}"))?;
+    out.lines().map(|l| serde_json::from_str(l).map_err(|e| format!("replay output {l}: {e}"))).collect()
+}
+
+fn ids(evs: &[Event]) -> Vec<String> {
+    let mut v: Vec<String> = evs.iter().map(|e| e.id.to_string()).collect();
+    v.sort();
+    v
+}
+
+pub fn audit_chain_and_replay() -> R {
+    let url = suite_url()?;
+    let d = workdir("audit-replay");
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let task = d.join("task.yaml");
+    std::fs::write(
+        &task,
+        format!(
+            "id: audited\nmode: execute\nscope:\n  write: [\"{}/out/f*\"]\n  exec: [\"{}\"]\n",
+            d.display(),
+            me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let (chain, key, spool) = (d.join("audit.jsonl"), d.join("keys/audit.key"), d.join("spool"));
+    let host = format!("audit-{}", uuid::Uuid::now_v7().simple());
+    let flags = [
+        "--task",
+        task.to_str().unwrap(),
+        "--audit",
+        chain.to_str().unwrap(),
+        "--audit-key",
+        key.to_str().unwrap(),
+        "--nats",
+        &url,
+        "--nats-host",
+        &host,
+        "--spool",
+        spool.to_str().unwrap(),
+    ];
+    let cmd = [me.display().to_string(), d.display().to_string(), "4".into(), "5".into()];
+    let run = run_agentmon_with(&flags, &cmd, &[(SCENARIO_ENV, "stream")], &d)?;
+    eq("exit code", run.code, 0)?;
+
+    // The chain verifies against the key's public half, and holds the whole run.
+    let pubkey = agentmon::audit::public_key_path(&key);
+    let (code, out, err) =
+        cli(&["audit", "verify", chain.to_str().unwrap(), "--pubkey", pubkey.to_str().unwrap()])?;
+    eq("verify exit", (code, err.as_str()), (0, ""))?;
+    ensure(out.contains("intact") && out.contains("trusted key"), || format!("verify said: {out}"))?;
+    let text = std::fs::read_to_string(&chain).map_err(|e| e.to_string())?;
+    let records: Vec<serde_json::Value> =
+        text.lines().map(serde_json::from_str).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let kinds: Vec<&str> =
+        records.iter().filter(|r| r["type"] == "event").filter_map(|r| r["body"]["kind"].as_str()).collect();
+    eq("first recorded kind", kinds.first().copied(), Some("task_start"))?;
+    eq("last recorded kind", kinds.last().copied(), Some("task_end"))?;
+    eq("events in the chain", kinds.len(), run.events.len())?;
+    eq("alerts in the chain", records.iter().filter(|r| r["type"] == "alert").count(), run.alerts.len())?;
+    ensure(records.last().is_some_and(|r| r["type"] == "checkpoint"), || {
+        "the chain does not end signed".into()
+    })?;
+
+    // An edited record, then a cut tail: each found, exit 1.
+    let lines: Vec<&str> = text.lines().collect();
+    let edited = d.join("edited.jsonl");
+    let target = lines.iter().position(|l| l.contains("\"file_create\"")).ok_or("no file_create record")?;
+    let mut copy: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+    copy[target] = copy[target].replacen("/out/f", "/out/g", 1);
+    std::fs::write(&edited, copy.join("\n") + "\n").map_err(|e| e.to_string())?;
+    let (code, out, _) = cli(&["audit", "verify", edited.to_str().unwrap()])?;
+    ensure(code == 1 && out.contains(&format!("line {}", target + 1)), || {
+        format!("edited record: exit {code}: {out}")
+    })?;
+    let cut = d.join("cut.jsonl");
+    std::fs::write(&cut, lines[..lines.len() - 2].join("\n") + "\n").map_err(|e| e.to_string())?;
+    let (code, out, _) = cli(&["audit", "verify", cut.to_str().unwrap()])?;
+    ensure(code == 1, || format!("cut tail: exit {code}: {out}"))?;
+
+    // Replay rebuilds the same events from each source.
+    let want = ids(&run.events);
+    let events_file = d.join(format!("events-{}.jsonl", std::process::id()));
+    eq(
+        "replay of the events file",
+        ids(&replayed(&["--from", events_file.to_str().unwrap()])?),
+        want.clone(),
+    )?;
+    eq("replay of the audit chain", ids(&replayed(&["--from", chain.to_str().unwrap()])?), want.clone())?;
+    eq("replay from NATS", ids(&replayed(&["--from", &url, "--host", &host])?), want)?;
+    let only = replayed(&["--from", chain.to_str().unwrap(), "--task", "nobody"])?;
+    eq("replay of another task", only.len(), 0)?;
+
+    // What-if: a rule that flags every file creation changes their verdicts.
+    let rules = d.join("rules");
+    std::fs::create_dir_all(&rules).map_err(|e| e.to_string())?;
+    std::fs::write(
+        rules.join("r.yaml"),
+        "rules:\n  - id: test.no-new-files\n    description: no new files\n    severity: high\n    match:\n      \
+         kinds: [file_create]\n    action: alert\n    examples:\n      match:\n        - {kind: file_create, path: /x}\n      \
+         no_match:\n        - {kind: file_delete, path: /x}\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let (code, out, err) = cli(&[
+        "replay",
+        "--from",
+        chain.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+        "--format",
+        "json",
+    ])?;
+    eq("what-if exit", (code, err.as_str()), (0, ""))?;
+    let lines: Vec<serde_json::Value> =
+        out.lines().map(serde_json::from_str).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let creates = run.of(Kind::FileCreate).len();
+    let changed: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["now"]["rule"] == "test.no-new-files").collect();
+    ensure(creates > 0 && changed.len() == creates, || {
+        format!("what-if: {} changes for {creates} creations: {out}", changed.len())
+    })?;
+    support::ensure(Path::new(&chain).exists(), || "chain vanished".into())?;
+    Ok(())
+}

@@ -1,0 +1,28 @@
+"""Reads every message of a JetStream stream with nats-py, an independent client,
+and prints one JSON line per message: seq, subject, Nats-Msg-Id, payload."""
+
+import asyncio
+import json
+import sys
+
+import nats
+
+
+async def main(url: str, stream: str) -> None:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    info = await js.stream_info(stream)
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(stream, seq)
+        headers = msg.headers or {}
+        print(json.dumps({
+            "seq": seq,
+            "subject": msg.subject,
+            "id": headers.get("Nats-Msg-Id"),
+            "data": json.loads(msg.data),
+        }))
+    await nc.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
