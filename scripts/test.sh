@@ -15,7 +15,14 @@ NATS_DIR="$(mktemp -d)"
 NATS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$NATS_DIR/store" >"$NATS_DIR/log" 2>&1 &
 NATS_PID=$!
-trap 'kill "$NATS_PID" 2>/dev/null; wait "$NATS_PID" 2>/dev/null; rm -rf "$NATS_DIR"' EXIT
+stop_nats() {
+    local rc=$?
+    kill "$NATS_PID" 2>/dev/null || true
+    wait "$NATS_PID" 2>/dev/null || true
+    rm -rf "$NATS_DIR"
+    exit "$rc"
+}
+trap stop_nats EXIT
 for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && break
     sleep 0.1

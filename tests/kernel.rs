@@ -5,6 +5,7 @@
 mod approval;
 mod audit;
 mod contain;
+mod daemon;
 mod enforce;
 mod nats;
 mod scenarios;
@@ -44,6 +45,7 @@ fn main() {
         ("rules_hot_reload", tasks::rules_hot_reload),
         ("rules_check_cli", tasks::rules_check_cli),
         ("reverse_shell_flagged", tasks::reverse_shell_flagged),
+        ("steps_tag_events", tasks::steps_tag_events),
         ("enforce_denies_out_of_scope", enforce::enforce_denies_out_of_scope),
         ("observe_flags_but_allows", enforce::observe_flags_but_allows),
         ("tamper_attempts_fail", enforce::tamper_attempts_fail),
@@ -58,6 +60,7 @@ fn main() {
         ("nats_remote_control", nats::nats_remote_control),
         ("nats_sample_config_permissions", nats::nats_sample_config_permissions),
         ("audit_chain_and_replay", audit::audit_chain_and_replay),
+        ("daemon_serves_concurrent_tasks", daemon::daemon_serves_concurrent_tasks),
     ];
     let root = nix::unistd::geteuid().is_root();
     let skip = std::env::var(SKIP_ENV).is_ok_and(|v| v == "1");

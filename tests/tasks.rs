@@ -297,3 +297,53 @@ pub fn reverse_shell_flagged() -> R {
     eq("action", sh.action.as_deref(), Some("kill"))?;
     Ok(())
 }
+
+/// Tool-call steps announced by the agent's hooks tag exactly the events in
+/// between, forked children included; a step for another task and a malformed
+/// traceparent are refused.
+pub fn steps_tag_events() -> R {
+    let d = workdir("steps");
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let task = d.join("task.yaml");
+    std::fs::write(
+        &task,
+        format!(
+            "id: stepped\nmode: execute\nscope:\n  write: [\"{}/out/**\"]\n  exec: [\"{}\", \"{}\"]\n",
+            d.display(),
+            me.display(),
+            support::agentmon()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let cmd = [me.display().to_string(), d.display().to_string(), support::agentmon().to_string()];
+    let run = support::run_agentmon_with(
+        &["--task", task.to_str().unwrap()],
+        &cmd,
+        &[(support::SCENARIO_ENV, "steps")],
+        &d,
+    )?;
+    eq("scenario exit", run.code, 0)?;
+    let step_of = |name: &str| -> Result<Option<(String, String, Option<String>)>, String> {
+        let p = d.join("out").join(name);
+        let e = run.find(Kind::FileCreate, &p)?;
+        Ok(e.step.as_ref().map(|s| (s.tool.clone(), s.call_id.clone(), s.trace_id.clone())))
+    };
+    eq("out/a", step_of("a")?, Some(("Write".into(), "c1".into(), None)))?;
+    let c2 = Some(("Bash".into(), "c2".into(), Some("4bf92f3577b34da6a3ce929d0e0e4736".to_string())));
+    eq("out/b", step_of("b")?, c2.clone())?;
+    eq("out/c (forked child)", step_of("c")?, c2)?;
+    eq("out/after", step_of("after")?, None)?;
+    let records: Vec<(String, String)> = run
+        .of(Kind::Step)
+        .iter()
+        .map(|e| {
+            let phase = e.detail.get("phase").and_then(|v| v.as_str()).unwrap_or("?");
+            (phase.to_string(), e.step.as_ref().map(|s| s.call_id.clone()).unwrap_or_default())
+        })
+        .collect();
+    let want: Vec<(String, String)> = [("begin", "c1"), ("end", "c1"), ("begin", "c2"), ("end", "c2")]
+        .map(|(a, b)| (a.into(), b.into()))
+        .into();
+    eq("step records", records, want)?;
+    Ok(())
+}

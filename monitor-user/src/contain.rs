@@ -92,6 +92,16 @@ impl Containment {
         self.tasks.insert(id, Entry { cookie, cgroup: None, parent: Some(parent), enforce, killed: false });
     }
 
+    /// Forgets a task (its cgroup is removed if empty).
+    pub fn unregister(&mut self, id: &str) {
+        self.tasks.remove(id);
+    }
+
+    /// The cookie of task `id`.
+    pub fn cookie(&self, id: &str) -> Option<u32> {
+        self.tasks.get(id).map(|e| e.cookie)
+    }
+
     /// Whether rule actions are carried out for the task (enforce mode).
     pub fn enforced(&self, id: &str) -> bool {
         self.tasks.get(id).is_some_and(|e| e.enforce)

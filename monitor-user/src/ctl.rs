@@ -67,6 +67,45 @@ pub enum Request {
     Approvals {},
     /// Tasks, their processes and state, and the pending approvals.
     Status {},
+    /// From `agentmon exec` when a daemon runs: bind the caller's held child to a
+    /// new top-level task (the daemon creates its cgroup and network guard).
+    Start {
+        manifest: String,
+        file: String,
+        pid: u32,
+        #[serde(default)]
+        enforce: bool,
+        /// Also write the task's events to this file.
+        #[serde(default)]
+        events: Option<String>,
+    },
+    /// Bind a process tree that already runs to a new task (observe, kill, freeze).
+    Attach {
+        manifest: String,
+        file: String,
+        pid: u32,
+        #[serde(default)]
+        events: Option<String>,
+    },
+    /// A step (tool call) of a task begins or ends: the task's events in between
+    /// carry it. From the task's own processes (agent hooks) or an operator.
+    Step {
+        phase: StepPhase,
+        /// Default: the caller's own task.
+        #[serde(default)]
+        task: Option<String>,
+        tool: String,
+        call_id: String,
+        #[serde(default)]
+        traceparent: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum StepPhase {
+    Begin,
+    End,
 }
 
 impl Request {
@@ -80,6 +119,9 @@ impl Request {
             Request::Deny { .. } => "deny",
             Request::Approvals {} => "approvals",
             Request::Status {} => "status",
+            Request::Step { .. } => "step",
+            Request::Start { .. } => "start",
+            Request::Attach { .. } => "attach",
         }
     }
 }
@@ -113,6 +155,9 @@ pub struct Server {
     pub path: PathBuf,
 }
 
+/// Where a daemon listens unless configured otherwise.
+pub const DAEMON_SOCKET: &str = "/run/agentmon/agentmon.sock";
+
 impl Server {
     pub fn bind() -> std::io::Result<Self> {
         let dir = SOCKET_DIRS
@@ -120,7 +165,21 @@ impl Server {
             .map(PathBuf::from)
             .find(|d| std::fs::create_dir_all(d).is_ok())
             .unwrap_or_else(std::env::temp_dir);
-        let path = dir.join(format!("exec-{}.sock", std::process::id()));
+        Self::bind_at(&dir.join(format!("exec-{}.sock", std::process::id())))
+    }
+
+    /// Listens at `path` (a stale socket there is replaced; a live one is refused).
+    pub fn bind_at(path: &Path) -> std::io::Result<Self> {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{}: another agentmon is listening there", path.display()),
+            ));
+        }
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let path = path.to_path_buf();
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
         // Anyone may connect; only processes inside a task are answered (peer check).

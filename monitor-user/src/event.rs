@@ -46,11 +46,13 @@ pub enum Kind {
     TaskStart,
     /// A task's root process exited (or the task was killed).
     TaskEnd,
+    /// A step (tool call) of a task began or ended (`detail.phase`).
+    Step,
 }
 
 impl Kind {
     /// Every kind, in declaration order (`k as usize` indexes it).
-    pub const ALL: [Kind; 28] = [
+    pub const ALL: [Kind; 29] = [
         Kind::Exec,
         Kind::Fork,
         Kind::Exit,
@@ -79,7 +81,22 @@ impl Kind {
         Kind::Approval,
         Kind::TaskStart,
         Kind::TaskEnd,
+        Kind::Step,
     ];
+
+    /// agentmon's own records (and the gate's), not side effects: never judged.
+    pub fn is_own_record(self) -> bool {
+        matches!(
+            self,
+            Kind::Loss
+                | Kind::Action
+                | Kind::ApprovalRequest
+                | Kind::Approval
+                | Kind::TaskStart
+                | Kind::TaskEnd
+                | Kind::Step
+        )
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -111,6 +128,45 @@ impl Kind {
             Kind::Approval => "approval",
             Kind::TaskStart => "task_start",
             Kind::TaskEnd => "task_end",
+            Kind::Step => "step",
+        }
+    }
+}
+
+/// A step of a task: one tool call of the agent, with its trace context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub tool: String,
+    pub call_id: String,
+    /// W3C trace id (32 hex digits), from a `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The caller's span id (16 hex digits), from a `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
+}
+
+impl Step {
+    /// Validates a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`) into
+    /// (trace id, span id).
+    pub fn parse_traceparent(tp: &str) -> Result<(String, String), String> {
+        let parts: Vec<&str> = tp.trim().split('-').collect();
+        let hex = |s: &str, n: usize| {
+            s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        };
+        match parts.as_slice() {
+            [v, t, s, f]
+                if hex(v, 2)
+                    && *v != "ff"
+                    && hex(t, 32)
+                    && hex(s, 16)
+                    && hex(f, 2)
+                    && t.bytes().any(|b| b != b'0')
+                    && s.bytes().any(|b| b != b'0') =>
+            {
+                Ok((t.to_string(), s.to_string()))
+            }
+            _ => Err(format!("traceparent {tp:?} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")),
         }
     }
 }
@@ -143,6 +199,10 @@ pub struct Event {
     /// Tasks this task was delegated from, nearest first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_chain: Option<Arc<[Arc<str>]>>,
+    /// The tool call (step) of the task the event happened in, as announced by the
+    /// agent's hooks (`agentmon step begin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<Arc<Step>>,
     /// Policy verdict: in_scope, needs_approval, out_of_scope, violation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Name>,
@@ -214,6 +274,7 @@ impl Event {
             exe: None,
             task: None,
             task_chain: None,
+            step: None,
             verdict: None,
             action: None,
             rule: None,

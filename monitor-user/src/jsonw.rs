@@ -106,6 +106,10 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event) {
         key(out, "task_chain");
         str_array(out, c.iter().map(|s| &**s));
     }
+    if let Some(st) = &ev.step {
+        key(out, "step");
+        let _ = serde_json::to_writer(&mut *out, &**st);
+    }
     for (k, v) in [("verdict", ev.verdict.as_deref()), ("action", ev.action.as_deref())] {
         if let Some(v) = v {
             key(out, k);
@@ -211,6 +215,12 @@ mod tests {
         e.exe = Some("/usr/bin/x".into());
         e.task = Some("t".into());
         e.task_chain = Some(vec![std::sync::Arc::from("parent")].into());
+        e.step = Some(std::sync::Arc::new(crate::event::Step {
+            tool: "Bash".into(),
+            call_id: "toolu_01".into(),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+            span_id: None,
+        }));
         e.verdict = Some("out_of_scope".into());
         e.action = Some("alert".into());
         e.rule = Some("r.1".into());

@@ -82,6 +82,10 @@ impl Judge {
         self.tasks.get(id)
     }
 
+    pub fn unbind(&mut self, id: &str) {
+        self.tasks.remove(id);
+    }
+
     pub fn task_ids(&self) -> Vec<Arc<str>> {
         self.tasks.keys().cloned().collect()
     }
@@ -97,17 +101,7 @@ impl Judge {
 
     /// Judges `ev` in place; returns the alert to emit, if any.
     pub fn apply(&mut self, ev: &mut Event, procs: &ProcTable) -> Option<Alert> {
-        if !self.active
-            || matches!(
-                ev.kind,
-                Kind::Loss
-                    | Kind::Action
-                    | Kind::ApprovalRequest
-                    | Kind::Approval
-                    | Kind::TaskStart
-                    | Kind::TaskEnd
-            )
-        {
+        if !self.active || ev.kind.is_own_record() {
             return None;
         }
         if let (Some(own), Some(crate::event::Dst::Unix { unix })) = (&self.own_socket, &ev.dst)

@@ -39,15 +39,45 @@ pub trait Sink: Send {
 #[derive(Default)]
 pub struct Fanout {
     sinks: Vec<Box<dyn Sink>>,
+    /// Which sinks belong to a task (removed when it is forgotten).
+    keys: Vec<Option<std::sync::Arc<str>>>,
 }
 
 impl Fanout {
     pub fn new(sinks: Vec<Box<dyn Sink>>) -> Self {
-        Self { sinks }
+        let keys = vec![None; sinks.len()];
+        Self { sinks, keys }
     }
 
     pub fn push(&mut self, s: Box<dyn Sink>) {
         self.sinks.push(s);
+        self.keys.push(None);
+    }
+
+    /// A sink of task `key` (its own events file).
+    pub fn push_keyed(&mut self, key: std::sync::Arc<str>, s: Box<dyn Sink>) {
+        self.sinks.push(s);
+        self.keys.push(Some(key));
+    }
+
+    /// Closes and removes the sinks of task `key`.
+    pub fn remove_keyed(&mut self, key: &str) -> Result<(), SinkError> {
+        let mut first = Ok(());
+        let mut i = 0;
+        while i < self.sinks.len() {
+            if self.keys[i].as_deref() == Some(key) {
+                let mut s = self.sinks.remove(i);
+                self.keys.remove(i);
+                if let Err(e) = s.close()
+                    && first.is_ok()
+                {
+                    first = Err(e);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        first
     }
 
     /// Hands a sink's alarms to every other sink.
@@ -264,6 +294,41 @@ impl Sink for JsonLines {
 
     fn flush(&mut self) -> Result<(), SinkError> {
         self.out.flush().map_err(|e| self.err(e))
+    }
+}
+
+/// The events and alerts of one task (and the tasks delegated from it) only.
+pub struct TaskFilter<S> {
+    task: std::sync::Arc<str>,
+    inner: S,
+}
+
+impl<S: Sink> TaskFilter<S> {
+    pub fn new(task: std::sync::Arc<str>, inner: S) -> Self {
+        Self { task, inner }
+    }
+
+    fn mine(&self, ev: &Event) -> bool {
+        ev.task.as_deref() == Some(&*self.task)
+            || ev.task_chain.as_ref().is_some_and(|c| c.iter().any(|t| **t == *self.task))
+    }
+}
+
+impl<S: Sink> Sink for TaskFilter<S> {
+    fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
+        if self.mine(ev) { self.inner.send(ev) } else { Ok(()) }
+    }
+
+    fn alert(&mut self, a: &Alert) -> Result<(), SinkError> {
+        if self.mine(&a.event) { self.inner.alert(a) } else { Ok(()) }
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.inner.flush()
+    }
+
+    fn close(&mut self) -> Result<(), SinkError> {
+        self.inner.close()
     }
 }
 

@@ -22,6 +22,7 @@ use nix::{
 
 mod contain;
 mod gated;
+mod steps;
 
 /// Runs scenario `name`; the return value is the process exit status.
 pub fn run(name: &str, args: &[String]) -> i32 {
@@ -45,6 +46,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         ("attempts", Some(d)) => attempts(d, &args[1..]),
         ("contain", Some(d)) => contain::contain(d, args),
         ("gated", Some(d)) => gated::gated(d, &args[1..]),
+        ("steps", Some(d)) => steps::steps(d, &args[1..]),
         _ => Err(format!("unknown scenario {name} {args:?}")),
     };
     match r {

@@ -50,6 +50,13 @@ pub struct ExecArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub out: OutputArgs,
+    /// Register the task with the agentmon daemon at SOCKET instead of watching it
+    /// here (default: the daemon's socket, if a daemon runs).
+    #[arg(long, value_name = "SOCKET", env = "AGENTMON_DAEMON", conflicts_with = "standalone")]
+    pub daemon: Option<PathBuf>,
+    /// Watch the task here even if a daemon runs.
+    #[arg(long)]
+    pub standalone: bool,
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,
@@ -155,6 +162,14 @@ impl ExecArgs {
             approval_timeout: self.approval_timeout,
             quiet: self.quiet,
             outputs: self.out.outputs()?,
+            daemon: match (self.standalone, self.daemon) {
+                (true, _) => None,
+                (false, Some(d)) => Some(d),
+                (false, None) => {
+                    let d = PathBuf::from(crate::ctl::DAEMON_SOCKET);
+                    std::os::unix::net::UnixStream::connect(&d).is_ok().then_some(d)
+                }
+            },
         }))
     }
 }

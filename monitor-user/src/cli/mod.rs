@@ -1,8 +1,10 @@
 //! Command line: parses arguments and dispatches; returns the process exit status.
 
 mod audit;
+mod daemon;
 pub mod exec;
 mod remote;
+mod step;
 
 use std::path::PathBuf;
 
@@ -85,6 +87,15 @@ pub enum Command {
     Replay(Box<crate::replay::ReplayArgs>),
     /// Control an agentmon on another host over NATS with a signed command.
     Remote(Box<remote::RemoteArgs>),
+    /// Serve every task on this host: load the kernel programs once; `agentmon exec`
+    /// registers with it, `agentmon attach` binds running trees.
+    Daemon(daemon::DaemonArgs),
+    /// Bind a process tree that already runs to a task of the daemon (observe mode:
+    /// events, verdicts, kill and freeze; no launch-time sandbox).
+    Attach(daemon::AttachArgs),
+    /// Mark the tool call that is running in a task (for agent hooks): the task's
+    /// events until `step end` carry it.
+    Step(step::StepArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -182,6 +193,18 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Remote(args) => rt.block_on(remote::run(*args)),
+        Command::Step(a) => step::run(&rt, a),
+        Command::Attach(a) => daemon::attach(&rt, a),
+        Command::Daemon(a) => {
+            let opts = daemon::options(a)?;
+            match rt.block_on(runner::daemon(opts)) {
+                Ok(code) => Ok(code),
+                Err(e) => {
+                    eprintln!("agentmon daemon: {e}");
+                    Ok(e.exit_code())
+                }
+            }
+        }
         Command::Probe => {
             let s = Sensors::load(&SensorConfig::default())?;
             println!("kernel programs attached: {} (in {} ms)", s.attached.len(), s.load_ms);
@@ -205,9 +228,17 @@ fn contain(
     a: ContainArgs,
     req: impl FnOnce(String) -> ctl::Request,
 ) -> anyhow::Result<i32> {
-    match rt.block_on(ctl::contain(a.socket.as_deref(), &req(a.task))) {
+    answered(rt.block_on(ctl::contain(a.socket.as_deref(), &req(a.task))), |r| {
+        println!("{}", r.message.as_deref().unwrap_or_default())
+    })
+}
+
+/// The exit status for a control reply: 0 (after `ok`) when done, 1 with the reason
+/// on stderr when refused or unreachable.
+fn answered(r: Result<ctl::Reply, String>, ok: impl FnOnce(&ctl::Reply)) -> anyhow::Result<i32> {
+    match r {
         Ok(r) if r.ok => {
-            println!("{}", r.message.unwrap_or_default());
+            ok(&r);
             Ok(0)
         }
         Ok(r) => {

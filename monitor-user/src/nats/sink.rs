@@ -263,3 +263,48 @@ impl Sink for NatsSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::{Fanout, JsonLines};
+
+    /// A spool too small for the stream while the broker is away: the overflow is
+    /// counted and reported once as a loss event in the other sinks.
+    #[test]
+    fn full_spool_is_a_loss_event_in_the_other_sinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = NatsOptions {
+            // Nothing listens on port 1: the publisher keeps retrying.
+            args: NatsArgs { nats: Some("nats://127.0.0.1:1".into()), ..Default::default() },
+            host: "h".into(),
+            spool: dir.path().join("spool"),
+            spool_max: 8192,
+            ocsf: false,
+        };
+        let nats = NatsSink::open(o).unwrap();
+        let shared = nats.spool();
+        let lines = dir.path().join("events.jsonl");
+        let mut f = Fanout::new(vec![Box::new(JsonLines::file(&lines).unwrap()), Box::new(nats)]);
+        let mut ev = Event::new(Kind::FileWrite, Timestamp::now(), "h".into());
+        ev.path = Some(format!("/{}", "x".repeat(300)));
+        for _ in 0..100 {
+            f.send(&ev).unwrap();
+        }
+        f.flush().unwrap();
+        let dropped = shared.dropped.load(Relaxed);
+        assert!(dropped > 50, "only {dropped} dropped");
+        f.flush().unwrap();
+        f.close().unwrap();
+        let text = std::fs::read_to_string(&lines).unwrap();
+        let losses: Vec<Event> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Event>(l).unwrap())
+            .filter(|e| e.kind == Kind::Loss)
+            .collect();
+        assert_eq!(losses.len(), 1, "one report, not one per flush");
+        // The loss event itself did not fit either: it is not counted again.
+        assert_eq!(losses[0].lost.as_ref().unwrap()["nats_spool"], dropped - 1);
+        assert_eq!(losses[0].detail["sink"], "nats");
+    }
+}

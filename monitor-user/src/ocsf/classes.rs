@@ -86,7 +86,12 @@ pub fn body(ev: &Event) -> Option<Body> {
         // Not observed activity but agentmon's own records: its acts, the approval
         // workflow, task lifecycle. No OCSF 1.3.0 class fits without inventing a
         // target (docs/ocsf.md).
-        Kind::Action | Kind::ApprovalRequest | Kind::Approval | Kind::TaskStart | Kind::TaskEnd => {
+        Kind::Action
+        | Kind::ApprovalRequest
+        | Kind::Approval
+        | Kind::TaskStart
+        | Kind::TaskEnd
+        | Kind::Step => {
             return None;
         }
     })

@@ -547,7 +547,10 @@ fn every_kind_maps_or_is_documented_as_unmapped() {
         e.path = Some("/p/q".into());
         e.dst = Some(Dst::Ip { ip: "10.1.2.3".into(), port: 80 });
         let Some(v) = event(&e, Some(&task())) else {
-            assert!(matches!(kind, Action | ApprovalRequest | Approval | TaskStart | TaskEnd), "{kind:?}");
+            assert!(
+                matches!(kind, Action | ApprovalRequest | Approval | TaskStart | TaskEnd | Step),
+                "{kind:?}"
+            );
             continue;
         };
         let class = v["class_uid"].as_u64().unwrap();

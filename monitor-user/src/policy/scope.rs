@@ -107,7 +107,8 @@ pub fn judge(ev: &Event, task: &Task, launch: bool) -> Option<Reason> {
         | Kind::ApprovalRequest
         | Kind::Approval
         | Kind::TaskStart
-        | Kind::TaskEnd => None,
+        | Kind::TaskEnd
+        | Kind::Step => None,
     };
     if verdict.is_some() {
         return verdict;

@@ -86,6 +86,10 @@ pub fn what(e: &Event) -> String {
             detail(e, "target_pid").unwrap_or_default()
         ),
         Kind::Bpf => detail(e, "cmd").unwrap_or_default(),
+        Kind::Step => match &e.step {
+            Some(st) => format!("step {} {} {}", detail(e, "phase").unwrap_or_default(), st.tool, st.call_id),
+            None => "step".into(),
+        },
         Kind::TaskStart => {
             let mut s = format!("task {}", e.task.as_deref().unwrap_or("?"));
             for k in ["mode", "enforcement"] {

@@ -87,7 +87,9 @@ impl Tree {
     fn add(&mut self, i: usize, e: &Event) {
         match e.kind {
             // agentmon's own records and task lifecycle: at the top, between the trees.
-            Kind::Loss | Kind::Action | Kind::TaskStart | Kind::TaskEnd => self.top.push(Entry::Ev(i)),
+            Kind::Loss | Kind::Action | Kind::TaskStart | Kind::TaskEnd | Kind::Step => {
+                self.top.push(Entry::Ev(i))
+            }
             Kind::Fork => {
                 let parent = e.ppid.map(|p| self.process(e, p, None, None));
                 let c = self.new_node(e, e.pid, e.start, parent);

@@ -98,10 +98,7 @@ impl Judged {
 
 /// Kinds the judge leaves alone (agentmon's own records and the gate's): not compared.
 fn judged_kind(k: Kind) -> bool {
-    !matches!(
-        k,
-        Kind::Loss | Kind::Action | Kind::ApprovalRequest | Kind::Approval | Kind::TaskStart | Kind::TaskEnd
-    )
+    !k.is_own_record()
 }
 
 fn rank(v: &str) -> VerdictKind {
@@ -118,7 +115,7 @@ fn is_control_socket(p: &str) -> bool {
 
 /// The process table as the live enricher had it when `e` was judged.
 fn track(procs: &mut ProcTable, e: &Event) {
-    if matches!(e.kind, Kind::Loss | Kind::Action | Kind::TaskStart | Kind::TaskEnd) {
+    if matches!(e.kind, Kind::Loss | Kind::Action | Kind::TaskStart | Kind::TaskEnd | Kind::Step) {
         return;
     }
     let key = ProcKey { tgid: e.pid, start_ns: e.start.unwrap_or(0) };

@@ -8,19 +8,24 @@ use tokio::net::UnixStream;
 use super::pipeline::Pipeline;
 use crate::{
     contain::{Act, By},
-    ctl::{self, Reply, Request},
+    ctl::{self, Reply, Request, StepPhase},
+    event::Step,
     judge::Bound,
     kernel::loader::Sensors,
-    sink::Sink,
+    sink::{Fanout, Sink},
 };
+
+use super::tasks::{self, Host, StartReq};
 
 /// State a request may change.
 pub struct Ctl<'a> {
     pub sensors: &'a mut Sensors,
     pub p: &'a mut Pipeline,
-    pub sink: &'a mut dyn Sink,
+    pub sink: &'a mut Fanout,
     /// The next free task cookie.
     pub next: &'a mut u32,
+    /// Set in a daemon: top-level tasks may be started and attached.
+    pub host: Option<&'a Host>,
 }
 
 /// Answers one control request.
@@ -40,6 +45,17 @@ pub async fn serve(stream: &mut UnixStream, cx: Ctl<'_>) -> Reply {
     if let Request::Delegate { manifest, file, pid } = req {
         return delegate(cx, peer, manifest, file, pid);
     }
+    if let Request::Step { phase, task, tool, call_id, traceparent } = req {
+        return step(
+            cx,
+            peer,
+            uid,
+            phase,
+            task,
+            Step { tool, call_id, trace_id: None, span_id: None },
+            traceparent,
+        );
+    }
     // Everything else is for operators: never a process inside a task.
     let what = req.op_name();
     if let Some(c) = cx.sensors.task_of(peer) {
@@ -51,7 +67,17 @@ pub async fn serve(stream: &mut UnixStream, cx: Ctl<'_>) -> Reply {
         return Reply::err(format!("{what} refused: uid {uid} may not control agentmon's tasks"));
     }
     let (task, act) = match req {
-        Request::Delegate { .. } => unreachable!("handled above"),
+        Request::Delegate { .. } | Request::Step { .. } => unreachable!("handled above"),
+        Request::Start { manifest, file, pid, enforce, events } => {
+            return top_level(cx, peer, StartReq { manifest, file, pid, enforce, events, attach: false });
+        }
+        Request::Attach { manifest, file, pid, events } => {
+            return top_level(
+                cx,
+                peer,
+                StartReq { manifest, file, pid, enforce: false, events, attach: true },
+            );
+        }
         Request::Kill { task } => (task, Act::Kill),
         Request::Freeze { task } => (task, Act::Freeze),
         Request::Thaw { task } => (task, Act::Thaw),
@@ -166,4 +192,61 @@ fn delegate(cx: Ctl<'_>, peer: u32, manifest: String, file: String, pid: u32) ->
         tracing::error!("recording the start of task {id}: {e}");
     }
     Reply { ok: true, task: Some(id.to_string()), chain, ..Default::default() }
+}
+
+/// A step begins or ends. A process inside a task may only annotate its own task
+/// (or the sub-tasks delegated from it); an operator outside, any task.
+fn step(
+    cx: Ctl<'_>,
+    peer: u32,
+    uid: u32,
+    phase: StepPhase,
+    task: Option<String>,
+    mut st: Step,
+    traceparent: Option<String>,
+) -> Reply {
+    let own = cx.sensors.task_of(peer).and_then(|c| cx.p.enr.task_name(c));
+    let Some(task) = task.or_else(|| own.as_ref().map(|t| t.to_string())) else {
+        return Reply::err("step: which task? (--task, or call from inside a task)");
+    };
+    match &own {
+        Some(o) => {
+            let within = cx.p.judge.task(&task).is_some_and(|b| b.id == *o || b.chain.iter().any(|p| p == o));
+            if !within {
+                return Reply::err(format!("step refused: the caller is in task {o}, not {task}"));
+            }
+        }
+        None if uid != 0 && uid != nix::unistd::geteuid().as_raw() => {
+            return Reply::err(format!("step refused: uid {uid} may not annotate agentmon's tasks"));
+        }
+        None => {}
+    }
+    if st.tool.is_empty() || st.call_id.is_empty() || st.tool.len() > 256 || st.call_id.len() > 256 {
+        return Reply::err("step: tool and call_id must be 1 to 256 bytes");
+    }
+    if let Some(tp) = traceparent {
+        match Step::parse_traceparent(&tp) {
+            Ok((t, s)) => (st.trace_id, st.span_id) = (Some(t), Some(s)),
+            Err(e) => return Reply::err(e),
+        }
+    }
+    match cx.p.step(&task, phase, st) {
+        Ok(ev) => {
+            if let Err(e) = cx.sink.send(&ev).and_then(|()| cx.sink.batch_end()) {
+                tracing::error!("recording a step of task {task}: {e}");
+            }
+            Reply { ok: true, task: Some(task), ..Default::default() }
+        }
+        Err(e) => Reply::err(e),
+    }
+}
+
+fn top_level(cx: Ctl<'_>, peer: u32, r: StartReq) -> Reply {
+    match cx.host {
+        Some(h) => tasks::start(cx, h, peer, r),
+        None => Reply::err(
+            "this agentmon watches the one task it launched (agentmon exec); tasks are started and \
+             attached by agentmon daemon",
+        ),
+    }
 }

@@ -6,8 +6,12 @@
 //! (delegation, see [`crate::ctl`]) and only launches and waits.
 
 mod control;
+mod daemon;
 mod outputs;
 mod pipeline;
+mod tasks;
+
+pub use daemon::{DaemonOptions, daemon};
 
 pub use outputs::{AuditOptions, Outputs};
 
@@ -61,6 +65,8 @@ pub struct ExecOptions {
     pub approval_timeout: Duration,
     /// The audit chain and NATS, when configured.
     pub outputs: Outputs,
+    /// A running daemon to register the task with (instead of running embedded).
+    pub daemon: Option<PathBuf>,
 }
 
 /// Plans the confinement of an enforced task (None when observing), or refuses it.
@@ -121,6 +127,8 @@ pub enum RunError {
     Enforce(#[from] enforce::EnforceError),
     #[error("{0}")]
     Output(String),
+    #[error("the daemon refused the task: {0}")]
+    Daemon(String),
 }
 
 impl RunError {
@@ -151,6 +159,9 @@ fn load_rules(choice: &RulesChoice) -> Result<Option<RuleSet>, RunError> {
 pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     if let (Some(_), Some(sock)) = (&opts.task, std::env::var_os(CTL_ENV)) {
         return delegated(opts, PathBuf::from(sock)).await;
+    }
+    if let (Some(_), Some(sock)) = (&opts.task, opts.daemon.clone()) {
+        return registered(opts, sock).await;
     }
     let rules = load_rules(&opts.rules)?;
     let layers = Layers::probe();
@@ -208,7 +219,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     // The task gets its own cgroup (containment), and an enforced one the network
     // guard, before it runs.
     let cgroup = match &opts.task {
-        Some((t, _)) => match task_cgroup(&mut sensors, t, root, &layers) {
+        Some((t, _)) => match task_cgroup(&mut sensors, t, root, &layers, EXEC_TASK) {
             Ok(cg) => cg,
             Err(e) => {
                 let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
@@ -235,6 +246,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         contain,
         gate: None,
         ended: Default::default(),
+        steps: Default::default(),
     };
     p.enr.procs.seed(
         root,
@@ -261,7 +273,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     if let Err(e) = held.release() {
         // The failed exec is still reported (exec with an error, then exit).
         p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
-        finish(&mut p, &mut sink)?;
+        finish(&mut p, &mut sink, "the command could not be started")?;
         return Err(e.into());
     }
     if let Some(chan) = gate_chan {
@@ -316,7 +328,13 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
                 if let Ok((mut stream, _)) = conn {
                     // Pending events first: the caller's fork must be in the process table.
                     p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
-                    let cx = control::Ctl { sensors: &mut sensors, p: &mut p, sink: &mut sink, next: &mut next_task };
+                    let cx = control::Ctl {
+                        sensors: &mut sensors,
+                        p: &mut p,
+                        sink: &mut sink,
+                        next: &mut next_task,
+                        host: None,
+                    };
                     let reply = control::serve(&mut stream, cx).await;
                     ctl::write_reply(&mut stream, &reply).await;
                 }
@@ -345,7 +363,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     if let Some(ev) = p.enr.loss(&sensors.counts()) {
         sink.send(&ev)?;
     }
-    finish(&mut p, &mut sink)?;
+    finish(&mut p, &mut sink, "agentmon stopped watching (its root's exit was not seen)")?;
     if let Some(cg) = opts.task.as_ref().and_then(|(t, _)| p.contain.cgroup(&t.id))
         && !cg.pids().is_empty()
     {
@@ -371,9 +389,9 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
 
 /// Records the end of every task still open and closes the sinks (what NATS has not
 /// acknowledged stays in its spool).
-fn finish(p: &mut Pipeline, sink: &mut Fanout) -> Result<(), RunError> {
+fn finish(p: &mut Pipeline, sink: &mut Fanout, why: &str) -> Result<(), RunError> {
     for id in p.task_ids() {
-        if let Some(ev) = p.task_ended(&id, "agentmon stopped watching (its root's exit was not seen)") {
+        if let Some(ev) = p.task_ended(&id, why) {
             sink.send(&ev)?;
         }
     }
@@ -389,11 +407,12 @@ fn task_cgroup(
     t: &Task,
     root: u32,
     layers: &Layers,
+    cookie: u32,
 ) -> Result<Option<TaskCgroup>, RunError> {
     if !layers.cgroups {
         return Ok(None);
     }
-    let cg = match TaskCgroup::create(&format!("exec-{}-{EXEC_TASK}", std::process::id())) {
+    let cg = match TaskCgroup::create(&format!("{}-{cookie}", std::process::id())) {
         Ok(cg) => cg,
         Err(e) if !t.enforce => {
             tracing::warn!("task {} runs without a cgroup of its own (it cannot be frozen): {e}", t.id);
@@ -402,10 +421,10 @@ fn task_cgroup(
         Err(e) => return Err(e.into()),
     };
     if t.enforce {
-        let allow = enforce::cgroup::allow_entries(EXEC_TASK, &t.connect).map_err(|why| {
+        let allow = enforce::cgroup::allow_entries(cookie, &t.connect).map_err(|why| {
             enforce::EnforceError::Refused { task: t.id.clone(), clause: "scope.connect", why }
         })?;
-        sensors.guard(&cg.open()?, cg.id, EXEC_TASK, &allow)?;
+        sensors.guard(&cg.open()?, cg.id, cookie, &allow)?;
     }
     cg.add(root)?;
     Ok(Some(cg))
@@ -478,6 +497,61 @@ async fn delegated(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> 
         .await
         .map_err(std::io::Error::other)?;
     Ok(st.map(exit_code).unwrap_or(125))
+}
+
+/// With a daemon: the command runs as a top-level task of the daemon, which watches
+/// it with its own outputs (and the `--events` file, for this task's events).
+async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> {
+    let Some((task, text)) = opts.task.clone() else { unreachable!("checked by the caller") };
+    if task.enforce && !task.approval.is_empty() {
+        return Err(RunError::Daemon(format!(
+            "{}: approval gates are held by an embedded agentmon only (for now); run with --standalone",
+            task.source.display()
+        )));
+    }
+    let layers = Layers::probe();
+    let confinement = plan_confinement(&opts, &layers)?;
+    let env = [(CTL_ENV.to_string(), socket.display().to_string()), (TASK_ENV.to_string(), task.id.clone())];
+    let held = launch::spawn_held(&opts.cmd, &env, confinement)?;
+    let pid = held.pid;
+    let abort = |msg: String| {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+        RunError::Daemon(msg)
+    };
+    let events = match &opts.events {
+        Some(p) if p.as_os_str() != "-" => Some(absolute(p).map_err(|e| abort(e.to_string()))?),
+        _ => None,
+    };
+    let req = ctl::Request::Start {
+        manifest: text,
+        file: absolute(&task.source).unwrap_or(task.source.clone()).display().to_string(),
+        pid: pid.as_raw() as u32,
+        enforce: task.enforce,
+        events: events.as_ref().map(|p| p.display().to_string()),
+    };
+    let reply = ctl::call(&socket, &req).await.map_err(&abort)?;
+    if !reply.ok {
+        return Err(abort(reply.error.unwrap_or_else(|| "no reason given".into())));
+    }
+    if !opts.quiet {
+        eprintln!(
+            "agentmon: task {} runs under the daemon at {}; its rules and outputs apply{}",
+            task.id,
+            socket.display(),
+            events.map(|p| format!(" (and this task's events go to {})", p.display())).unwrap_or_default()
+        );
+    }
+    held.release()?;
+    let st = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None))
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(st.map(exit_code).unwrap_or(125))
+}
+
+/// `p` made absolute against the working directory (the daemon's differs).
+fn absolute(p: &std::path::Path) -> std::io::Result<PathBuf> {
+    if p.is_absolute() { Ok(p.to_path_buf()) } else { Ok(std::env::current_dir()?.join(p)) }
 }
 
 /// Resolves when the gate has held calls to take (never, without a gate).

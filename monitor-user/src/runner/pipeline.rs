@@ -1,7 +1,10 @@
 //! Records in, judged events out, and the containment a rule calls for carried out
 //! before the next record is read.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use serde_json::json;
 
@@ -10,9 +13,10 @@ use aya::maps::{MapData, RingBuf};
 use super::RunError;
 use crate::{
     contain::{Act, By, Containment},
+    ctl::StepPhase,
     decode::decode,
     enrich::Enricher,
-    event::{Event, Kind},
+    event::{Event, Kind, Step},
     gate::Gate,
     judge::Judge,
     kernel::loader::Sensors,
@@ -29,6 +33,8 @@ pub struct Pipeline {
     pub gate: Option<Gate>,
     /// Tasks whose end is recorded.
     pub ended: HashSet<Arc<str>>,
+    /// Open steps of each task, oldest first; the newest labels the task's events.
+    pub steps: HashMap<Arc<str>, Vec<Arc<Step>>>,
 }
 
 impl Pipeline {
@@ -53,6 +59,9 @@ impl Pipeline {
             };
             drop(item);
             if let Some(mut ev) = ev {
+                if let Some(t) = &ev.task {
+                    ev.step = self.steps.get(t).and_then(|v| v.last().cloned());
+                }
                 if let Some(g) = self.gate.as_mut() {
                     g.annotate(&mut ev);
                 }
@@ -126,6 +135,47 @@ impl Pipeline {
         ev.detail.insert("agent".into(), json!(b.task.agent));
         ev.detail.insert("principal".into(), json!(b.task.principal));
         Some(ev)
+    }
+
+    /// Opens or closes a step of task `id`; the `step` record to write.
+    pub fn step(&mut self, id: &str, phase: StepPhase, st: Step) -> Result<Event, String> {
+        let b = self.judge.task(id).ok_or_else(|| format!("{} task {id:?}", crate::ctl::NOT_MINE))?;
+        let id = b.id.clone();
+        let chain = (!b.chain.is_empty()).then(|| b.chain.clone());
+        let open = self.steps.entry(id.clone()).or_default();
+        let st = match phase {
+            StepPhase::Begin => {
+                if open.iter().any(|s| s.call_id == st.call_id) {
+                    return Err(format!("step {} of task {id} has already begun", st.call_id));
+                }
+                let st = Arc::new(st);
+                open.push(st.clone());
+                st
+            }
+            StepPhase::End => {
+                let i = open
+                    .iter()
+                    .position(|s| s.call_id == st.call_id)
+                    .ok_or_else(|| format!("no step {} is open in task {id}", st.call_id))?;
+                open.remove(i)
+            }
+        };
+        let mut ev = Event::new(Kind::Step, self.enr.clock().now_wall(), self.enr.host());
+        ev.task = Some(id);
+        ev.task_chain = chain;
+        ev.pid = std::process::id();
+        ev.tid = ev.pid;
+        ev.comm = "agentmon".into();
+        ev.step = Some(st);
+        ev.detail.insert("phase".into(), json!(if phase == StepPhase::Begin { "begin" } else { "end" }));
+        Ok(ev)
+    }
+
+    /// Drops what is kept of a task that ended and has no process left.
+    pub fn forget(&mut self, id: &str) {
+        self.judge.unbind(id);
+        self.contain.unregister(id);
+        self.steps.remove(id);
     }
 
     /// Ids of the bound tasks.

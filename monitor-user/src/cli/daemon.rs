@@ -1,0 +1,199 @@
+//! `agentmon daemon [--config FILE]` and `agentmon attach`. The configuration file
+//! is YAML; every option, its default and meaning is in deploy/agentmon.yaml.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::{
+    ctl::{self, DAEMON_SOCKET},
+    nats::{NatsArgs, NatsOptions},
+    runner::{AuditOptions, DaemonOptions, Outputs, RulesChoice},
+    sensitive::{DEFAULT_PATTERNS, SensitiveSet},
+    sink::Format,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// Configuration file (YAML; see deploy/agentmon.yaml). Without it, the defaults.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Control socket (overrides the file's `socket`).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    /// The root of the running tree to bind.
+    #[arg(long)]
+    pub pid: u32,
+    /// The task manifest (observe mode: a running process cannot be sandboxed).
+    #[arg(long, value_name = "FILE")]
+    pub task: PathBuf,
+    /// Also write this task's events to FILE.
+    #[arg(long, short = 'e', value_name = "FILE")]
+    pub events: Option<PathBuf>,
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH", default_value = DAEMON_SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct Config {
+    socket: Option<PathBuf>,
+    events: Option<PathBuf>,
+    format: Option<String>,
+    /// `shipped`, `none`, or a directory.
+    rules: Option<String>,
+    sensitive: Vec<String>,
+    default_sensitive: Option<bool>,
+    ringbuf_mb: Option<u32>,
+    metrics: Option<SocketAddr>,
+    audit: Option<AuditConfig>,
+    nats: Option<NatsConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditConfig {
+    path: PathBuf,
+    key: Option<PathBuf>,
+    checkpoint_every: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NatsConfig {
+    url: String,
+    host: Option<String>,
+    creds: Option<PathBuf>,
+    user: Option<String>,
+    /// Name of an environment variable holding the password (not the password).
+    password_env: Option<String>,
+    token_env: Option<String>,
+    nkey: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    spool: Option<PathBuf>,
+    spool_max_mb: Option<u64>,
+    #[serde(default)]
+    ocsf: bool,
+    ctl_keys: Option<PathBuf>,
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    serde_saphyr::from_str(&text).map_err(|e| {
+        let (line, msg) = crate::task::manifest::yaml_error(&e);
+        anyhow::anyhow!("{}:{line}: {msg}", path.display())
+    })
+}
+
+fn env_secret(name: &Option<String>, what: &str) -> anyhow::Result<Option<String>> {
+    match name {
+        None => Ok(None),
+        Some(n) => std::env::var(n).map(Some).map_err(|_| anyhow::anyhow!("nats.{what}: ${n} is not set")),
+    }
+}
+
+pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
+    let cfg = match &a.config {
+        Some(p) => load(p)?,
+        None => Config::default(),
+    };
+    let file = a.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(defaults)".into());
+    let format = match cfg.format.as_deref() {
+        None | Some("json") => Format::Json,
+        Some("text") => Format::Text,
+        Some(o) => anyhow::bail!("{file}: format: {o:?} is not json or text"),
+    };
+    let rules = match cfg.rules.as_deref() {
+        None | Some("shipped") => RulesChoice::Shipped,
+        Some("none") => RulesChoice::None,
+        Some(d) => RulesChoice::Dir(d.into()),
+    };
+    let ringbuf_mb = cfg.ringbuf_mb.unwrap_or(16);
+    if !(1..=1024).contains(&ringbuf_mb) || !ringbuf_mb.is_power_of_two() {
+        anyhow::bail!("{file}: ringbuf_mb: {ringbuf_mb} must be a power of two between 1 and 1024");
+    }
+    let mut pats: Vec<String> = if cfg.default_sensitive.unwrap_or(true) {
+        DEFAULT_PATTERNS.iter().map(|s| s.to_string()).collect()
+    } else {
+        Vec::new()
+    };
+    pats.extend(cfg.sensitive.iter().cloned());
+    let audit = cfg.audit.map(|a| AuditOptions {
+        path: a.path,
+        key: a.key.unwrap_or_else(|| "/var/lib/agentmon/audit.key".into()),
+        checkpoint_every: a.checkpoint_every.unwrap_or(1000).max(1),
+    });
+    let (nats, ctl_keys) = match cfg.nats {
+        None => (None, None),
+        Some(n) => {
+            let args = NatsArgs {
+                nats: Some(n.url),
+                nats_creds: n.creds,
+                nats_password: env_secret(&n.password_env, "password_env")?,
+                nats_user: n.user,
+                nats_token: env_secret(&n.token_env, "token_env")?,
+                nats_nkey: n.nkey,
+                nats_tls_ca: n.tls_ca,
+                nats_tls_cert: n.tls_cert,
+                nats_tls_key: n.tls_key,
+            };
+            let keys = match &n.ctl_keys {
+                Some(p) => Some(crate::nats::control::load_keys(p).map_err(anyhow::Error::msg)?),
+                None => None,
+            };
+            let host = n.host.unwrap_or_else(|| {
+                hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+            });
+            let o = NatsOptions {
+                args,
+                host,
+                spool: n.spool.unwrap_or_else(|| "/var/lib/agentmon/spool".into()),
+                spool_max: n.spool_max_mb.unwrap_or(1024).max(1) << 20,
+                ocsf: n.ocsf,
+            };
+            (Some(o), keys)
+        }
+    };
+    Ok(DaemonOptions {
+        socket: a.socket.or(cfg.socket).unwrap_or_else(|| DAEMON_SOCKET.into()),
+        events: cfg.events,
+        format,
+        sensitive: SensitiveSet::new(&pats)?,
+        ringbuf_bytes: ringbuf_mb << 20,
+        rules,
+        outputs: Outputs { nats, ctl_keys, audit },
+        config: a.config,
+        metrics: cfg.metrics,
+    })
+}
+
+pub fn attach(rt: &tokio::runtime::Runtime, a: AttachArgs) -> anyhow::Result<i32> {
+    let manifest =
+        std::fs::read_to_string(&a.task).map_err(|e| anyhow::anyhow!("{}: {e}", a.task.display()))?;
+    let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let events = match &a.events {
+        Some(p) => {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            Some(abs(dir).join(p.file_name().unwrap_or_default()).display().to_string())
+        }
+        None => None,
+    };
+    let req = ctl::Request::Attach { manifest, file: abs(&a.task).display().to_string(), pid: a.pid, events };
+    super::answered(rt.block_on(ctl::call(&a.socket, &req)), |r| {
+        println!(
+            "task {} attached to pid {} and its descendants",
+            r.task.as_deref().unwrap_or_default(),
+            a.pid
+        )
+    })
+}

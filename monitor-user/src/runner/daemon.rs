@@ -1,0 +1,175 @@
+//! `agentmon daemon`: one agentmon per host. It loads the kernel programs once and
+//! serves every task: `agentmon exec` registers its command with it, operators
+//! attach running trees, and tasks inside tasks delegate to it as they would to an
+//! embedded agentmon. SIGTERM or SIGINT: every open task's end is recorded, the
+//! outputs are flushed and closed, and the programs detached.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use super::{
+    EXEC_TASK, Outputs, RulesChoice, RunError, control, finish, load_rules, pipeline::Pipeline, reload,
+    tasks::Host,
+};
+use crate::{
+    contain::Containment,
+    ctl,
+    enforce::Layers,
+    enrich::Enricher,
+    judge::{Judge, RulesWatch},
+    kernel::loader::{POLL_INTERVAL, SensorConfig, Sensors},
+    sensitive::SensitiveSet,
+    sink::{Format, JsonLines, Sink},
+};
+
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub socket: PathBuf,
+    pub events: Option<PathBuf>,
+    pub format: Format,
+    pub sensitive: SensitiveSet,
+    pub ringbuf_bytes: u32,
+    pub rules: RulesChoice,
+    pub outputs: Outputs,
+    /// The configuration file (protected from tasks like the outputs).
+    pub config: Option<PathBuf>,
+    /// Prometheus endpoint.
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
+    let rules = load_rules(&opts.rules)?;
+    let layers = Layers::probe();
+    eprintln!("agentmon daemon: enforcement layers on this host:");
+    for l in layers.describe() {
+        eprintln!("  {l}");
+    }
+    for o in opts.outputs.describe() {
+        eprintln!("agentmon daemon: output: {o}");
+    }
+    let (mut sink, _nats) =
+        opts.outputs.open(JsonLines::open(opts.events.as_deref())?.with_format(opts.format))?;
+    let cfg = SensorConfig {
+        ringbuf_bytes: opts.ringbuf_bytes,
+        sensitive: opts.sensitive.clone(),
+        ..SensorConfig::default()
+    };
+    let mut sensors = Sensors::load(&cfg)?;
+    let server = ctl::Server::bind_at(&opts.socket)?;
+    if let (Some(n), Some(keys)) = (&opts.outputs.nats, &opts.outputs.ctl_keys) {
+        crate::nats::control::start(n.args.clone(), n.host.clone(), keys.clone(), server.path.clone())?;
+    }
+    let mut protected = opts.outputs.protected();
+    protected.extend(opts.events.iter().cloned());
+    protected.extend(opts.config.iter().cloned());
+    if let RulesChoice::Dir(d) = &opts.rules {
+        protected.push(d.join("x.yaml"));
+    }
+    protected.extend(std::env::current_exe().ok());
+    let host = Host { layers, protected };
+    eprintln!(
+        "agentmon daemon: {} kernel programs attached in {} ms; {} rules; control socket {}",
+        sensors.attached.len(),
+        sensors.load_ms,
+        rules.as_ref().map(|r| r.len()).unwrap_or(0),
+        server.path.display()
+    );
+    let mut judge = Judge::new(rules);
+    judge.set_own_socket(&server.path);
+    let mut p = Pipeline {
+        enr: Enricher::new(opts.sensitive.clone(), HashMap::new()),
+        judge,
+        contain: Containment::default(),
+        gate: None,
+        ended: Default::default(),
+        steps: Default::default(),
+    };
+    let mut watch = match &opts.rules {
+        RulesChoice::Dir(d) => Some(RulesWatch::new(d)),
+        _ => None,
+    };
+    let events = sensors.take_events().expect("ring buffer taken once");
+    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
+    let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)?;
+    let mut next_task = EXEC_TASK;
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            r = ring.readable_mut() => {
+                let mut guard = r?;
+                p.drain(guard.get_inner_mut(), &mut sink, &mut sensors)?;
+                guard.clear_ready();
+            }
+            _ = poll.tick() => p.drain(ring.get_mut(), &mut sink, &mut sensors)?,
+            _ = tick.tick() => {
+                sensors.settle_pending()?;
+                if let Some(ev) = p.enr.loss(&sensors.counts()) {
+                    sink.send(&ev)?;
+                }
+                if let Some(w) = watch.as_mut() {
+                    reload(w, &mut p.judge);
+                }
+                forget_finished(&mut p, &mut sink, &sensors)?;
+                sink.flush()?;
+            }
+            conn = server.listener.accept() => {
+                if let Ok((mut stream, _)) = conn {
+                    p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
+                    let cx = control::Ctl {
+                        sensors: &mut sensors,
+                        p: &mut p,
+                        sink: &mut sink,
+                        next: &mut next_task,
+                        host: Some(&host),
+                    };
+                    let reply = control::serve(&mut stream, cx).await;
+                    ctl::write_reply(&mut stream, &reply).await;
+                    sink.batch_end()?;
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    eprintln!(
+        "agentmon daemon: stopping; recording the end of {} open tasks",
+        p.task_ids().len().saturating_sub(p.ended.len())
+    );
+    p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
+    if let Some(ev) = p.enr.loss(&sensors.counts()) {
+        sink.send(&ev)?;
+    }
+    finish(&mut p, &mut sink, "the agentmon daemon stopped")?;
+    Ok(0)
+}
+
+/// Tasks that ended and have no tracked process left: their per-task outputs are
+/// closed and what is kept of them dropped (a daemon runs for months).
+fn forget_finished(
+    p: &mut Pipeline,
+    sink: &mut crate::sink::Fanout,
+    sensors: &Sensors,
+) -> Result<(), RunError> {
+    if p.ended.is_empty() {
+        return Ok(());
+    }
+    let tracked = sensors.tracked();
+    let done: Vec<Arc<str>> = p
+        .ended
+        .iter()
+        .filter(|id| p.contain.cookie(id).is_none_or(|c| !tracked.iter().any(|(_, t)| *t == c)))
+        .cloned()
+        .collect();
+    for id in done {
+        sink.remove_keyed(&id)?;
+        p.forget(&id);
+        p.ended.remove(&id);
+    }
+    Ok(())
+}

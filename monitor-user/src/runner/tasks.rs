@@ -1,0 +1,162 @@
+//! Top-level tasks of a daemon: `agentmon exec` registering its held command
+//! (Start), and an operator binding a tree that already runs (Attach).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use super::{RunError, control::Ctl, task_cgroup};
+use crate::{
+    ctl::{self, Reply},
+    enforce::Layers,
+    judge::Bound,
+    proctable::Proc,
+    sink::{JsonLines, Sink, TaskFilter},
+    task::Task,
+};
+
+/// What a daemon knows that a single `exec` does not.
+pub struct Host {
+    pub layers: Layers,
+    /// Files a task's scope may never cover (the daemon's own outputs and config).
+    pub protected: Vec<PathBuf>,
+}
+
+pub struct StartReq {
+    pub manifest: String,
+    pub file: String,
+    pub pid: u32,
+    pub enforce: bool,
+    pub events: Option<String>,
+    /// Attach to a running tree instead of a held child.
+    pub attach: bool,
+}
+
+/// Binds a new top-level task. Operators only (checked by the caller).
+pub fn start(cx: Ctl<'_>, host: &Host, peer: u32, r: StartReq) -> Reply {
+    let what = if r.attach { "attach" } else { "start" };
+    if r.attach {
+        if !Path::new(&format!("/proc/{}", r.pid)).exists() {
+            return Reply::err(format!("{what}: no process {}", r.pid));
+        }
+    } else if ctl::ppid_of(r.pid) != Some(peer) {
+        return Reply::err(format!("{what}: pid {} is not the caller's child", r.pid));
+    }
+    if r.pid == std::process::id() || cx.sensors.task_of(r.pid).is_some() {
+        return Reply::err(format!("{what}: pid {} is agentmon or already in a task", r.pid));
+    }
+    let now = cx.p.enr.clock().now_wall();
+    let mut task = match crate::task::parse(&r.manifest, Path::new(&r.file), now) {
+        Ok(t) => t,
+        Err(e) => return Reply::err(e.to_string()),
+    };
+    task.enforce |= r.enforce;
+    if cx.p.judge.task(&task.id).is_some_and(|_| !cx.p.ended.contains(task.id.as_str())) {
+        return Reply::err(format!("{what}: a task {} is already running here", task.id));
+    }
+    if let Some(p) = host.protected.iter().find(|p| task.write.matches(&p.to_string_lossy())) {
+        return Reply::err(format!(
+            "{}: scope.write covers {}, which agentmon writes or trusts (the agent could edit its own record)",
+            r.file,
+            p.display()
+        ));
+    }
+    if r.attach && task.enforce {
+        // Nothing can be added to a running process's sandbox (Landlock, seccomp).
+        return Reply::err(format!(
+            "{}: attach binds a running tree in observe mode (kill and freeze work, the launch-time \
+             sandbox cannot be added); drop enforcement or start the task with agentmon exec",
+            r.file
+        ));
+    }
+    if task.enforce && !host.layers.cgroups {
+        return Reply::err("enforce mode needs per-task cgroups, which this host does not offer");
+    }
+    match bind(cx, host, task, r) {
+        Ok(id) => Reply { ok: true, task: Some(id), ..Default::default() },
+        Err(e) => Reply::err(e.to_string()),
+    }
+}
+
+fn bind(cx: Ctl<'_>, host: &Host, task: Task, r: StartReq) -> Result<String, RunError> {
+    let c = *cx.next;
+    *cx.next += 1;
+    let id: Arc<str> = Arc::from(task.id.as_str());
+    // A per-task events file (the `--events` of the exec that registered).
+    if let Some(path) = &r.events {
+        let lines = JsonLines::file(Path::new(path))?;
+        cx.sink.push_keyed(id.clone(), Box::new(TaskFilter::new(id.clone(), lines)));
+    }
+    let mut pids = if r.attach { tree(r.pid) } else { vec![r.pid] };
+    for &pid in &pids {
+        cx.sensors.track(pid, c)?;
+    }
+    if r.attach {
+        // A process forked between the scan and the tracking of its parent is not
+        // inherited: scan again now that every parent found is tracked.
+        for pid in tree(r.pid) {
+            if !pids.contains(&pid) && cx.sensors.task_of(pid).is_none() {
+                cx.sensors.track(pid, c)?;
+                pids.push(pid);
+            }
+        }
+    }
+    let cgroup = task_cgroup(cx.sensors, &task, r.pid, &host.layers, c)?;
+    if let Some(cg) = &cgroup {
+        for &pid in pids.iter().skip(1) {
+            let _ = cg.add(pid);
+        }
+    }
+    let p = cx.p;
+    p.enr.bind_task(c, id.clone());
+    for &pid in &pids {
+        p.enr.procs.seed(pid, proc_of(pid, c));
+    }
+    p.ended.remove(&id);
+    p.contain.register(id.clone(), c, cgroup, task.enforce);
+    p.judge.bind(Bound::new(Arc::new(task), r.pid));
+    if let Some(ev) = p.task_started(&id) {
+        cx.sink.send(&ev)?;
+    }
+    Ok(id.to_string())
+}
+
+/// `pid` and its descendants now (children first found through /proc).
+fn tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let procs: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| Some((p, ctl::ppid_of(p)?)))
+        .collect();
+    let mut i = 0;
+    while i < all.len() {
+        let parent = all[i];
+        all.extend(procs.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    all
+}
+
+/// What /proc says of a process bound after it started.
+fn proc_of(pid: u32, task: u32) -> Proc {
+    let read = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).ok();
+    Proc {
+        ppid: ctl::ppid_of(pid),
+        comm: read("comm").map(|c| String::from_utf8_lossy(&c).trim_end().to_string()).unwrap_or_default(),
+        exe: std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| Arc::from(p.to_string_lossy().as_ref())),
+        argv: read("cmdline").map(|c| {
+            c.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        }),
+        task,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,218 @@
+//! The daemon on the real kernel: two tasks registered by `agentmon exec` at once,
+//! each event attributed to its own task (in the daemon's stream and in each exec's
+//! own events file); a running tree attached; malformed and unauthorised control
+//! requests refused; SIGTERM records the end and flushes.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use agentmon::event::{Event, Kind};
+
+use crate::{
+    R,
+    support::{self, SCENARIO_ENV, agentmon, ensure, eq, wait, workdir},
+};
+
+fn manifest(d: &Path, id: &str, dir: &Path) -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let t = d.join(format!("{id}.yaml"));
+    std::fs::write(
+        &t,
+        format!(
+            "id: {id}\nmode: execute\nscope:\n  write: [\"{}/out/f*\"]\n  exec: [\"{}\"]\n",
+            dir.display(),
+            me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(t)
+}
+
+fn stream_cmd(dir: &Path, count: u32, gap: u32) -> Result<Vec<String>, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    Ok(vec![me.display().to_string(), dir.display().to_string(), count.to_string(), gap.to_string()])
+}
+
+/// One request line on the daemon's socket; the reply's JSON.
+fn raw(sock: &Path, line: &str) -> Result<serde_json::Value, String> {
+    let mut s = UnixStream::connect(sock).map_err(|e| e.to_string())?;
+    s.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(b"\n").map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply).map_err(|e| e.to_string())?;
+    serde_json::from_str(&reply).map_err(|e| format!("reply {reply:?}: {e}"))
+}
+
+fn events(p: &Path) -> Result<Vec<Event>, String> {
+    let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok(support::parse_stream(&text)?.0)
+}
+
+/// Each file written under `dir` is attributed to `task` and nothing else is.
+fn attributed(evs: &[Event], dir: &Path, task: &str, files: u32) -> Result<(), String> {
+    let under = format!("{}/", dir.display());
+    let mine: Vec<&Event> =
+        evs.iter().filter(|e| e.path.as_deref().is_some_and(|p| p.starts_with(&under))).collect();
+    for e in &mine {
+        eq(&format!("task of {:?} {:?}", e.kind, e.path), e.task.as_deref(), Some(task))?;
+    }
+    for i in 0..files {
+        let p = format!("{under}out/f{i}");
+        ensure(
+            mine.iter().any(|e| e.kind == Kind::FileCreate && e.path.as_deref() == Some(p.as_str())),
+            || format!("no file_create of {p}"),
+        )?;
+    }
+    let progress: Vec<&&Event> =
+        mine.iter().filter(|e| e.path.as_deref() == Some(format!("{under}out/progress").as_str())).collect();
+    ensure(
+        !progress.is_empty() && progress.iter().all(|e| e.verdict.as_deref() == Some("out_of_scope")),
+        || {
+            format!(
+                "out-of-scope writes of {task}: {:?}",
+                progress.iter().map(|e| &e.verdict).collect::<Vec<_>>()
+            )
+        },
+    )?;
+    let ends = |k: Kind| evs.iter().filter(|e| e.kind == k && e.task.as_deref() == Some(task)).count();
+    eq(&format!("task_start/task_end of {task}"), (ends(Kind::TaskStart), ends(Kind::TaskEnd)), (1, 1))
+}
+
+fn stop(daemon: Child) -> Result<String, String> {
+    let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let out = daemon.wait_with_output().map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure(out.status.code() == Some(0), || format!("daemon exit {:?}: {err}", out.status))?;
+    Ok(err)
+}
+
+pub fn daemon_serves_concurrent_tasks() -> R {
+    let d = workdir("daemon");
+    let sock = d.join("agentmon.sock");
+    let all = d.join("all.jsonl");
+    let config = d.join("agentmon.yaml");
+    std::fs::write(&config, format!("socket: {}\nevents: {}\nrules: none\n", sock.display(), all.display()))
+        .map_err(|e| e.to_string())?;
+    let daemon = Command::new(agentmon())
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let result = (|| -> Result<(), String> {
+        ensure(wait(Duration::from_secs(20), || UnixStream::connect(&sock).is_ok()), || {
+            "the daemon's socket never came up".into()
+        })?;
+        // Bad requests: refused with a reason, the daemon keeps serving.
+        let r = raw(&sock, "this is not json")?;
+        ensure(r["ok"] == false && r["error"].as_str().is_some_and(|e| e.contains("malformed")), || {
+            r.to_string()
+        })?;
+        let r = raw(&sock, r#"{"op":"start","manifest":"id: x"}"#)?;
+        ensure(r["ok"] == false && r["error"].as_str().is_some_and(|e| e.contains("malformed")), || {
+            r.to_string()
+        })?;
+        let r = raw(&sock, r#"{"op":"start","manifest":"id: x\nmode: read\n","file":"x.yaml","pid":1}"#)?;
+        ensure(
+            r["ok"] == false && r["error"].as_str().is_some_and(|e| e.contains("not the caller's child")),
+            || r.to_string(),
+        )?;
+
+        // Two tasks at once, each with its own scope and events file.
+        let (a, b) = (d.join("a"), d.join("b"));
+        let mut runs = Vec::new();
+        for (id, dir) in [("daemon-a", &a), ("daemon-b", &b)] {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            let child = Command::new(agentmon())
+                .args(["exec", "--quiet", "--daemon"])
+                .arg(&sock)
+                .arg("--events")
+                .arg(d.join(format!("{id}.jsonl")))
+                .arg("--task")
+                .arg(manifest(&d, id, dir)?)
+                .arg("--")
+                .args(stream_cmd(dir, 20, 10)?)
+                .env(SCENARIO_ENV, "stream")
+                .stdin(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            runs.push((id, dir.clone(), child));
+        }
+        // A tree already running, attached while it runs.
+        let c = d.join("c");
+        std::fs::create_dir_all(&c).map_err(|e| e.to_string())?;
+        let mut running = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+            .args(stream_cmd(&c, 60, 30)?.into_iter().skip(1))
+            .env(SCENARIO_ENV, "stream")
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let progress = || {
+            std::fs::read_to_string(c.join("out/progress"))
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        wait(Duration::from_secs(10), || progress() >= 3);
+        let out = Command::new(agentmon())
+            .args(["attach", "--pid", &running.id().to_string(), "--task"])
+            .arg(manifest(&d, "daemon-c", &c)?)
+            .arg("--socket")
+            .arg(&sock)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let attached_at = progress();
+        ensure(out.status.success(), || format!("attach: {}", String::from_utf8_lossy(&out.stderr)))?;
+        for (id, _, child) in runs.iter_mut() {
+            let st = child.wait().map_err(|e| e.to_string())?;
+            eq(&format!("{id} exit"), st.code(), Some(0))?;
+        }
+        eq("attached tree exit", running.wait().map_err(|e| e.to_string())?.code(), Some(0))?;
+        ensure(attached_at < 55, || "the tree finished before it was attached".into())?;
+        // Give the daemon a tick to take the last events.
+        std::thread::sleep(Duration::from_millis(700));
+
+        let status = Command::new(agentmon())
+            .args(["status", "--socket"])
+            .arg(&sock)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let st: serde_json::Value = serde_json::from_slice(&status.stdout).map_err(|e| e.to_string())?;
+        eq("daemon status pid", st[0]["pid"].as_u64().is_some(), true)?;
+
+        for (id, dir, _) in &runs {
+            let own = events(&d.join(format!("{id}.jsonl")))?;
+            attributed(&own, dir, id, 20)?;
+            ensure(own.iter().all(|e| e.task.as_deref() == Some(*id)), || {
+                format!("{id}.jsonl has other tasks' events")
+            })?;
+        }
+        Ok(())
+    })();
+    let stderr = stop(daemon);
+    result?;
+    let stderr = stderr?;
+    let evs = events(&all)?;
+    attributed(&evs, &d.join("a"), "daemon-a", 20)?;
+    attributed(&evs, &d.join("b"), "daemon-b", 20)?;
+    // The attached tree: its later files are the task's, its exit too.
+    let c = d.join("c");
+    let last = format!("{}/out/f59", c.display());
+    let e = evs
+        .iter()
+        .find(|e| e.path.as_deref() == Some(last.as_str()))
+        .ok_or("no event of the attached tree's last file")?;
+    eq("attached task", e.task.as_deref(), Some("daemon-c"))?;
+    ensure(evs.iter().any(|e| e.kind == Kind::TaskEnd && e.task.as_deref() == Some("daemon-c")), || {
+        format!("no task_end of the attached task; daemon said: {stderr}")
+    })?;
+    Ok(())
+}
