@@ -83,6 +83,33 @@ fn attributed(evs: &[Event], dir: &Path, task: &str, files: u32) -> Result<(), S
     eq(&format!("task_start/task_end of {task}"), (ends(Kind::TaskStart), ends(Kind::TaskEnd)), (1, 1))
 }
 
+/// Writes the daemon's configuration (first time) and starts it; returns once its
+/// socket answers.
+fn start_daemon(d: &Path, config: &Path, sock: &Path, all: &Path) -> Result<Child, String> {
+    if !config.exists() {
+        let text = format!(
+            "socket: {}\nevents: {}\nrules: none\nstate_dir: {}\n",
+            sock.display(),
+            all.display(),
+            d.join("state").display()
+        );
+        std::fs::write(config, text).map_err(|e| e.to_string())?;
+    }
+    let mut daemon = Command::new(agentmon())
+        .args(["daemon", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    if !wait(Duration::from_secs(20), || UnixStream::connect(sock).is_ok()) {
+        let _ = daemon.kill();
+        let out = daemon.wait_with_output().map_err(|e| e.to_string())?;
+        return Err(format!("the daemon's socket never came up: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(daemon)
+}
+
 fn stop(daemon: Child) -> Result<String, String> {
     let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
@@ -214,5 +241,63 @@ pub fn daemon_serves_concurrent_tasks() -> R {
     ensure(evs.iter().any(|e| e.kind == Kind::TaskEnd && e.task.as_deref() == Some("daemon-c")), || {
         format!("no task_end of the attached task; daemon said: {stderr}")
     })?;
+    Ok(())
+}
+
+/// A daemon stopped and started again while a task runs: the new daemon resumes the
+/// task from its state record, and the task's later events, exit and end are its own.
+pub fn daemon_restart_resumes_tasks() -> R {
+    let d = workdir("daemon-restart");
+    let (sock, all, config) = (d.join("agentmon.sock"), d.join("all.jsonl"), d.join("agentmon.yaml"));
+    let first = start_daemon(&d, &config, &sock, &all)?;
+    let dir = d.join("r");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut exec = Command::new(agentmon())
+        .args(["exec", "--quiet", "--daemon"])
+        .arg(&sock)
+        .arg("--task")
+        .arg(manifest(&d, "restarted", &dir)?)
+        .arg("--")
+        .args(stream_cmd(&dir, 100, 40)?)
+        .env(SCENARIO_ENV, "stream")
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let progress = || {
+        std::fs::read_to_string(dir.join("out/progress"))
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let going = wait(Duration::from_secs(20), || progress() >= 10);
+    let stopped = stop(first);
+    let at_stop = progress();
+    let second = start_daemon(&d, &config, &sock, &all);
+    let code = exec.wait().map_err(|e| e.to_string())?.code();
+    std::thread::sleep(Duration::from_millis(1200));
+    let saved_after = d.join("state/restarted.json").exists();
+    let second = second?;
+    let said = stop(second)?;
+    stopped?;
+    ensure(going, || "the task never got going".into())?;
+    ensure(at_stop < 90, || format!("the task was nearly done ({at_stop}) when the daemon stopped"))?;
+    eq("task exit", code, Some(0))?;
+    let evs = events(&all)?;
+    let starts: Vec<&Event> =
+        evs.iter().filter(|e| e.kind == Kind::TaskStart && e.task.as_deref() == Some("restarted")).collect();
+    eq("task_start records", starts.len(), 2)?;
+    eq("second start resumed", starts[1].detail.get("resumed").and_then(|v| v.as_bool()), Some(true))?;
+    let last = format!("{}/out/f99", dir.display());
+    let e = evs
+        .iter()
+        .find(|e| e.kind == Kind::FileCreate && e.path.as_deref() == Some(last.as_str()))
+        .ok_or_else(|| format!("the resumed task's last file was not seen; daemon said: {said}"))?;
+    eq("task of the last file", e.task.as_deref(), Some("restarted"))?;
+    eq(
+        "task_end records",
+        evs.iter().filter(|e| e.kind == Kind::TaskEnd && e.task.as_deref() == Some("restarted")).count(),
+        1,
+    )?;
+    ensure(!saved_after, || "the ended task's state record was kept".into())?;
     Ok(())
 }

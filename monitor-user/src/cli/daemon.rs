@@ -53,6 +53,7 @@ struct Config {
     sensitive: Vec<String>,
     default_sensitive: Option<bool>,
     ringbuf_mb: Option<u32>,
+    state_dir: Option<PathBuf>,
     metrics: Option<SocketAddr>,
     audit: Option<AuditConfig>,
     nats: Option<NatsConfig>,
@@ -173,6 +174,7 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
         rules,
         outputs: Outputs { nats, ctl_keys, audit },
         config: a.config,
+        state_dir: cfg.state_dir.unwrap_or_else(|| "/run/agentmon/tasks".into()),
         metrics: cfg.metrics,
     })
 }

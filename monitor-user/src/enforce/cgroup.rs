@@ -39,6 +39,12 @@ impl TaskCgroup {
         Ok(Self { path, id })
     }
 
+    /// A task cgroup that already exists (a restarted daemon resuming its tasks).
+    pub fn adopt(path: PathBuf) -> io::Result<Self> {
+        let id = std::fs::metadata(&path)?.ino();
+        Ok(Self { path, id })
+    }
+
     /// Moves process `pid` (and so its future children) into the cgroup.
     pub fn add(&self, pid: u32) -> io::Result<()> {
         std::fs::write(self.path.join("cgroup.procs"), pid.to_string())

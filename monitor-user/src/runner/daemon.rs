@@ -9,8 +9,10 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use super::{
-    EXEC_TASK, Outputs, RulesChoice, RunError, control, finish, load_rules, pipeline::Pipeline, reload,
-    tasks::Host,
+    EXEC_TASK, Outputs, RulesChoice, RunError, control, load_rules,
+    pipeline::Pipeline,
+    reload,
+    tasks::{self, Host},
 };
 use crate::{
     contain::Containment,
@@ -34,6 +36,8 @@ pub struct DaemonOptions {
     pub outputs: Outputs,
     /// The configuration file (protected from tasks like the outputs).
     pub config: Option<PathBuf>,
+    /// Where running tasks are recorded for a restart to resume them.
+    pub state_dir: PathBuf,
     /// Prometheus endpoint.
     pub metrics: Option<std::net::SocketAddr>,
 }
@@ -67,7 +71,8 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
         protected.push(d.join("x.yaml"));
     }
     protected.extend(std::env::current_exe().ok());
-    let host = Host { layers, protected };
+    protected.push(opts.state_dir.join("x.json"));
+    let host = Host { layers, protected, state_dir: opts.state_dir.clone() };
     eprintln!(
         "agentmon daemon: {} kernel programs attached in {} ms; {} rules; control socket {}",
         sensors.attached.len(),
@@ -94,6 +99,17 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
         .map_err(std::io::Error::from)?;
     let mut next_task = EXEC_TASK;
+    let cx = control::Ctl {
+        sensors: &mut sensors,
+        p: &mut p,
+        sink: &mut sink,
+        next: &mut next_task,
+        host: Some(&host),
+    };
+    let resumed = tasks::resume(cx, &host);
+    if !resumed.is_empty() {
+        eprintln!("agentmon daemon: resumed {} running tasks: {}", resumed.len(), resumed.join(", "));
+    }
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -115,7 +131,7 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
                 if let Some(w) = watch.as_mut() {
                     reload(w, &mut p.judge);
                 }
-                forget_finished(&mut p, &mut sink, &sensors)?;
+                forget_finished(&mut p, &mut sink, &sensors, &host)?;
                 sink.flush()?;
             }
             conn = server.listener.accept() => {
@@ -137,15 +153,20 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
             _ = sigterm.recv() => break,
         }
     }
+    // Running tasks are not ended: they run on unobserved (their Landlock and seccomp
+    // limits stay; the cgroup guard goes with the programs) and a restarted daemon
+    // resumes them from the state directory.
+    let running = p.task_ids().len().saturating_sub(p.ended.len());
     eprintln!(
-        "agentmon daemon: stopping; recording the end of {} open tasks",
-        p.task_ids().len().saturating_sub(p.ended.len())
+        "agentmon daemon: stopping; {running} running tasks are not observed until a daemon resumes them \
+         (recorded in {})",
+        host.state_dir.display()
     );
     p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
     if let Some(ev) = p.enr.loss(&sensors.counts()) {
         sink.send(&ev)?;
     }
-    finish(&mut p, &mut sink, "the agentmon daemon stopped")?;
+    sink.close()?;
     Ok(0)
 }
 
@@ -155,6 +176,7 @@ fn forget_finished(
     p: &mut Pipeline,
     sink: &mut crate::sink::Fanout,
     sensors: &Sensors,
+    host: &Host,
 ) -> Result<(), RunError> {
     if p.ended.is_empty() {
         return Ok(());
@@ -168,6 +190,7 @@ fn forget_finished(
         .collect();
     for id in done {
         sink.remove_keyed(&id)?;
+        host.drop_saved(&id);
         p.forget(&id);
         p.ended.remove(&id);
     }

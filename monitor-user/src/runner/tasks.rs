@@ -21,8 +21,41 @@ pub struct Host {
     pub layers: Layers,
     /// Files a task's scope may never cover (the daemon's own outputs and config).
     pub protected: Vec<PathBuf>,
+    /// Where each running task is recorded, so a restarted daemon resumes it.
+    pub state_dir: PathBuf,
 }
 
+/// A running task as recorded in the state directory.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    id: String,
+    manifest: String,
+    file: String,
+    root: u32,
+    enforce: bool,
+    events: Option<String>,
+    cgroup: Option<PathBuf>,
+}
+
+impl Host {
+    fn saved(&self, id: &str) -> PathBuf {
+        self.state_dir.join(format!("{id}.json"))
+    }
+
+    fn save(&self, s: &Saved) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.state_dir)?;
+        let tmp = self.state_dir.join(format!(".{}.tmp", s.id));
+        std::fs::write(&tmp, serde_json::to_vec(s)?)?;
+        std::fs::rename(tmp, self.saved(&s.id))
+    }
+
+    /// The task ended for good: a restart must not resume it.
+    pub fn drop_saved(&self, id: &str) {
+        let _ = std::fs::remove_file(self.saved(id));
+    }
+}
+
+#[derive(Clone)]
 pub struct StartReq {
     pub manifest: String,
     pub file: String,
@@ -73,13 +106,76 @@ pub fn start(cx: Ctl<'_>, host: &Host, peer: u32, r: StartReq) -> Reply {
     if task.enforce && !host.layers.cgroups {
         return Reply::err("enforce mode needs per-task cgroups, which this host does not offer");
     }
-    match bind(cx, host, task, r) {
+    match bind(cx, host, task, r, None) {
         Ok(id) => Reply { ok: true, task: Some(id), ..Default::default() },
         Err(e) => Reply::err(e.to_string()),
     }
 }
 
-fn bind(cx: Ctl<'_>, host: &Host, task: Task, r: StartReq) -> Result<String, RunError> {
+/// Resumes the tasks a previous daemon recorded whose processes still run: they are
+/// tracked again, in their cgroup (with its network guard if enforced). What they did
+/// while no daemon ran was not seen; the `task_start` says `resumed`.
+pub fn resume(cx: Ctl<'_>, host: &Host) -> Vec<String> {
+    let mut done = Vec::new();
+    let Ok(dir) = std::fs::read_dir(&host.state_dir) else { return done };
+    for e in dir.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let saved: Option<Saved> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let Some(s) = saved else {
+            tracing::warn!("{}: unreadable task record, removed", path.display());
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        let cg = s.cgroup.clone().and_then(|p| crate::enforce::cgroup::TaskCgroup::adopt(p).ok());
+        let pids = cg.as_ref().map(|c| c.pids()).unwrap_or_default();
+        if pids.is_empty() {
+            // Ended while no daemon ran (its cgroup goes with `cg`).
+            host.drop_saved(&s.id);
+            continue;
+        }
+        let now = cx.p.enr.clock().now_wall();
+        let mut task = match crate::task::parse(&s.manifest, Path::new(&s.file), now) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("resuming task {}: {e}", s.id);
+                continue;
+            }
+        };
+        task.enforce |= s.enforce;
+        let r = StartReq {
+            manifest: s.manifest,
+            file: s.file,
+            pid: s.root,
+            enforce: s.enforce,
+            events: s.events,
+            attach: true,
+        };
+        let ctl = Ctl {
+            sensors: &mut *cx.sensors,
+            p: &mut *cx.p,
+            sink: &mut *cx.sink,
+            next: &mut *cx.next,
+            host: cx.host,
+        };
+        match bind(ctl, host, task, r, Some((cg.expect("pids came from it"), pids))) {
+            Ok(id) => done.push(id),
+            Err(e) => tracing::error!("resuming task {}: {e}", s.id),
+        }
+    }
+    done
+}
+
+fn bind(
+    cx: Ctl<'_>,
+    host: &Host,
+    task: Task,
+    r: StartReq,
+    resumed: Option<(crate::enforce::cgroup::TaskCgroup, Vec<u32>)>,
+) -> Result<String, RunError> {
+    let resuming = resumed.is_some();
     let c = *cx.next;
     *cx.next += 1;
     let id: Arc<str> = Arc::from(task.id.as_str());
@@ -88,11 +184,15 @@ fn bind(cx: Ctl<'_>, host: &Host, task: Task, r: StartReq) -> Result<String, Run
         let lines = JsonLines::file(Path::new(path))?;
         cx.sink.push_keyed(id.clone(), Box::new(TaskFilter::new(id.clone(), lines)));
     }
-    let mut pids = if r.attach { tree(r.pid) } else { vec![r.pid] };
+    let (adopted, mut pids) = match resumed {
+        Some((cg, pids)) => (Some(cg), pids),
+        None if r.attach => (None, tree(r.pid)),
+        None => (None, vec![r.pid]),
+    };
     for &pid in &pids {
         cx.sensors.track(pid, c)?;
     }
-    if r.attach {
+    if r.attach && adopted.is_none() {
         // A process forked between the scan and the tracking of its parent is not
         // inherited: scan again now that every parent found is tracked.
         for pid in tree(r.pid) {
@@ -102,12 +202,34 @@ fn bind(cx: Ctl<'_>, host: &Host, task: Task, r: StartReq) -> Result<String, Run
             }
         }
     }
-    let cgroup = task_cgroup(cx.sensors, &task, r.pid, &host.layers, c)?;
-    if let Some(cg) = &cgroup {
-        for &pid in pids.iter().skip(1) {
-            let _ = cg.add(pid);
+    let cgroup = match adopted {
+        Some(cg) => {
+            if task.enforce {
+                let allow =
+                    crate::enforce::cgroup::allow_entries(c, &task.connect).map_err(RunError::Daemon)?;
+                cx.sensors.guard(&cg.open()?, cg.id, c, &allow)?;
+            }
+            Some(cg)
         }
-    }
+        None => {
+            let cg = task_cgroup(cx.sensors, &task, r.pid, &host.layers, c)?;
+            if let Some(cg) = &cg {
+                for &pid in pids.iter().skip(1) {
+                    let _ = cg.add(pid);
+                }
+            }
+            cg
+        }
+    };
+    let saved = Saved {
+        id: task.id.clone(),
+        manifest: r.manifest.clone(),
+        file: r.file.clone(),
+        root: r.pid,
+        enforce: task.enforce,
+        events: r.events.clone(),
+        cgroup: cgroup.as_ref().map(|c| c.path.clone()),
+    };
     let p = cx.p;
     p.enr.bind_task(c, id.clone());
     for &pid in &pids {
@@ -116,8 +238,17 @@ fn bind(cx: Ctl<'_>, host: &Host, task: Task, r: StartReq) -> Result<String, Run
     p.ended.remove(&id);
     p.contain.register(id.clone(), c, cgroup, task.enforce);
     p.judge.bind(Bound::new(Arc::new(task), r.pid));
-    if let Some(ev) = p.task_started(&id) {
+    if let Some(mut ev) = p.task_started(&id) {
+        if resuming {
+            ev.detail.insert("resumed".into(), serde_json::json!(true));
+        }
         cx.sink.send(&ev)?;
+    }
+    if let Err(e) = host.save(&saved) {
+        tracing::warn!(
+            "recording task {id} in {}: {e} (a restart will not resume it)",
+            host.state_dir.display()
+        );
     }
     Ok(id.to_string())
 }
