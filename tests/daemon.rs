@@ -85,10 +85,10 @@ fn attributed(evs: &[Event], dir: &Path, task: &str, files: u32) -> Result<(), S
 
 /// Writes the daemon's configuration (first time) and starts it; returns once its
 /// socket answers.
-fn start_daemon(d: &Path, config: &Path, sock: &Path, all: &Path) -> Result<Child, String> {
+fn start_daemon(d: &Path, config: &Path, sock: &Path, all: &Path, extra: &str) -> Result<Child, String> {
     if !config.exists() {
         let text = format!(
-            "socket: {}\nevents: {}\nrules: none\nstate_dir: {}\n",
+            "socket: {}\nevents: {}\nrules: none\nstate_dir: {}\n{extra}",
             sock.display(),
             all.display(),
             d.join("state").display()
@@ -110,6 +110,18 @@ fn start_daemon(d: &Path, config: &Path, sock: &Path, all: &Path) -> Result<Chil
     Ok(daemon)
 }
 
+/// GET /metrics on the loopback port.
+fn scrape(port: u16) -> Result<String, String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("metrics: {e}"))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    ensure(out.starts_with("HTTP/1.1 200"), || format!("metrics answered: {out}"))?;
+    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
 fn stop(daemon: Child) -> Result<String, String> {
     let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
@@ -124,19 +136,10 @@ pub fn daemon_serves_concurrent_tasks() -> R {
     let sock = d.join("agentmon.sock");
     let all = d.join("all.jsonl");
     let config = d.join("agentmon.yaml");
-    std::fs::write(&config, format!("socket: {}\nevents: {}\nrules: none\n", sock.display(), all.display()))
-        .map_err(|e| e.to_string())?;
-    let daemon = Command::new(agentmon())
-        .args(["daemon", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?.local_addr().unwrap().port();
+    let daemon = start_daemon(&d, &config, &sock, &all, &format!("metrics: 127.0.0.1:{port}\n"))?;
     let result = (|| -> Result<(), String> {
-        ensure(wait(Duration::from_secs(20), || UnixStream::connect(&sock).is_ok()), || {
-            "the daemon's socket never came up".into()
-        })?;
         // Bad requests: refused with a reason, the daemon keeps serving.
         let r = raw(&sock, "this is not json")?;
         ensure(r["ok"] == false && r["error"].as_str().is_some_and(|e| e.contains("malformed")), || {
@@ -215,6 +218,19 @@ pub fn daemon_serves_concurrent_tasks() -> R {
         let st: serde_json::Value = serde_json::from_slice(&status.stdout).map_err(|e| e.to_string())?;
         eq("daemon status pid", st[0]["pid"].as_u64().is_some(), true)?;
 
+        // The metrics endpoint counted what the daemon wrote.
+        let text = scrape(port)?;
+        let sample = |name: &str| -> Option<f64> {
+            text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        };
+        ensure(sample("agentmon_events_total{kind=\"file_create\"}").is_some_and(|n| n >= 40.0), || {
+            text.clone()
+        })?;
+        ensure(
+            sample("agentmon_verdicts_total{verdict=\"out_of_scope\"}").is_some_and(|n| n >= 2.0),
+            || text.clone(),
+        )?;
+        ensure(sample("agentmon_probes_attached").is_some_and(|n| n > 10.0), || text.clone())?;
         for (id, dir, _) in &runs {
             let own = events(&d.join(format!("{id}.jsonl")))?;
             attributed(&own, dir, id, 20)?;
@@ -249,7 +265,7 @@ pub fn daemon_serves_concurrent_tasks() -> R {
 pub fn daemon_restart_resumes_tasks() -> R {
     let d = workdir("daemon-restart");
     let (sock, all, config) = (d.join("agentmon.sock"), d.join("all.jsonl"), d.join("agentmon.yaml"));
-    let first = start_daemon(&d, &config, &sock, &all)?;
+    let first = start_daemon(&d, &config, &sock, &all, "")?;
     let dir = d.join("r");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut exec = Command::new(agentmon())
@@ -272,7 +288,7 @@ pub fn daemon_restart_resumes_tasks() -> R {
     let going = wait(Duration::from_secs(20), || progress() >= 10);
     let stopped = stop(first);
     let at_stop = progress();
-    let second = start_daemon(&d, &config, &sock, &all);
+    let second = start_daemon(&d, &config, &sock, &all, "");
     let code = exec.wait().map_err(|e| e.to_string())?.code();
     std::thread::sleep(Duration::from_millis(1200));
     let saved_after = d.join("state/restarted.json").exists();

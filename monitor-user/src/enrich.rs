@@ -66,7 +66,7 @@ pub struct Enricher {
     pub decode_errors: u64,
 }
 
-fn kind_name(k: u16) -> &'static str {
+pub fn kind_name(k: u16) -> &'static str {
     match k {
         kind::FORK => "fork",
         kind::EXEC => "exec",

@@ -21,6 +21,7 @@ use crate::{
     enrich::Enricher,
     judge::{Judge, RulesWatch},
     kernel::loader::{POLL_INTERVAL, SensorConfig, Sensors},
+    metrics::{Metrics, MetricsSink},
     sensitive::SensitiveSet,
     sink::{Format, JsonLines, Sink},
 };
@@ -52,8 +53,19 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     for o in opts.outputs.describe() {
         eprintln!("agentmon daemon: output: {o}");
     }
-    let (mut sink, _nats) =
+    let (mut sink, nats) =
         opts.outputs.open(JsonLines::open(opts.events.as_deref())?.with_format(opts.format))?;
+    let metrics = match opts.metrics {
+        Some(addr) => {
+            let m = Metrics::new();
+            let listener = crate::metrics::bind(addr, false).await?;
+            eprintln!("agentmon daemon: metrics on http://{addr}/metrics");
+            tokio::spawn(crate::metrics::serve_on(listener, m.clone()));
+            sink.push(Box::new(MetricsSink(m.clone())));
+            Some(m)
+        }
+        None => None,
+    };
     let cfg = SensorConfig {
         ringbuf_bytes: opts.ringbuf_bytes,
         sensitive: opts.sensitive.clone(),
@@ -132,6 +144,9 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
                     reload(w, &mut p.judge);
                 }
                 forget_finished(&mut p, &mut sink, &sensors, &host)?;
+                if let Some(m) = &metrics {
+                    report(m, &p, &sensors, nats.as_ref());
+                }
                 sink.flush()?;
             }
             conn = server.listener.accept() => {
@@ -168,6 +183,20 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     }
     sink.close()?;
     Ok(0)
+}
+
+/// The gauges and kernel counters, every tick.
+fn report(m: &Metrics, p: &Pipeline, sensors: &Sensors, nats: Option<&super::outputs::NatsHandles>) {
+    m.set_probes_attached(sensors.attached.len());
+    m.set_tasks(p.task_ids().len().saturating_sub(p.ended.len()));
+    m.set_tracked_processes(sensors.tracked().len());
+    m.set_approvals_pending(0);
+    for (k, n) in sensors.counts().lost {
+        m.set_lost(crate::enrich::kind_name(k), n);
+    }
+    if let Some(n) = nats {
+        n.report(m);
+    }
 }
 
 /// Tasks that ended and have no tracked process left: their per-task outputs are

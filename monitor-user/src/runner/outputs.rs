@@ -1,16 +1,33 @@
 //! The sinks an agentmon writes to besides its JSON lines: the audit chain and NATS
 //! (with its remote control).
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
 
 use ed25519_dalek::VerifyingKey;
 
 use super::RunError;
 use crate::{
     audit::AuditChain,
+    metrics::Metrics,
     nats::{NatsOptions, NatsSink},
     sink::{Fanout, JsonLines},
 };
+
+/// What the metrics read of the NATS output.
+pub struct NatsHandles {
+    pub status: Arc<crate::nats::publish::Status>,
+    pub spool: Arc<crate::nats::spool::Shared>,
+}
+
+impl NatsHandles {
+    pub fn report(&self, m: &Metrics) {
+        use std::sync::atomic::Ordering::Relaxed;
+        m.set_nats_connected(self.status.connected.load(Relaxed));
+        m.set_nats_published(self.status.published.load(Relaxed));
+        m.set_spool_bytes(self.spool.depth());
+        m.set_spool_dropped(self.spool.dropped.load(Relaxed) + self.spool.torn.load(Relaxed));
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct AuditOptions {
@@ -44,10 +61,7 @@ impl Outputs {
     }
 
     /// Opens every sink, the JSON lines first.
-    pub fn open(
-        &self,
-        lines: JsonLines,
-    ) -> Result<(Fanout, Option<std::sync::Arc<crate::nats::publish::Status>>), RunError> {
+    pub fn open(&self, lines: JsonLines) -> Result<(Fanout, Option<NatsHandles>), RunError> {
         let mut f = Fanout::new(vec![Box::new(lines)]);
         if let Some(a) = &self.audit {
             if let Some(d) = a.key.parent() {
@@ -57,13 +71,13 @@ impl Outputs {
                 .map_err(|e| RunError::Output(format!("audit chain: {e}")))?;
             f.push(Box::new(chain));
         }
-        let mut status = None;
+        let mut handles = None;
         if let Some(n) = &self.nats {
             let s = NatsSink::open(n.clone()).map_err(|e| RunError::Output(format!("NATS: {e}")))?;
-            status = Some(s.status());
+            handles = Some(NatsHandles { status: s.status(), spool: s.spool() });
             f.push(Box::new(s));
         }
-        Ok((f, status))
+        Ok((f, handles))
     }
 
     /// One line per output, for the start-up report.
