@@ -317,3 +317,50 @@ pub fn daemon_restart_resumes_tasks() -> R {
     ensure(!saved_after, || "the ended task's state record was kept".into())?;
     Ok(())
 }
+
+/// `on_expiry: kill`: a task still running when its expiry passes is killed, and its
+/// end recorded.
+pub fn daemon_kills_expired_tasks() -> R {
+    let d = workdir("daemon-expiry");
+    let (sock, all, config) = (d.join("agentmon.sock"), d.join("all.jsonl"), d.join("agentmon.yaml"));
+    let daemon = start_daemon(&d, &config, &sock, &all, "on_expiry: kill\n")?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let task = d.join("short.yaml");
+    std::fs::write(
+        &task,
+        format!("id: short\nmode: execute\nexpires_in: 2s\nscope:\n  exec: [\"{}\"]\n", me.display()),
+    )
+    .map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let out = Command::new(agentmon())
+        .args(["exec", "--quiet", "--daemon"])
+        .arg(&sock)
+        .arg("--task")
+        .arg(&task)
+        .arg("--")
+        .arg(&me)
+        .arg(&d)
+        .env(SCENARIO_ENV, "wait_for")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string());
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(700));
+    stop(daemon)?;
+    let out = out?;
+    eq("exit code (killed)", out.status.code(), Some(128 + 9))?;
+    ensure(took < Duration::from_secs(10), || format!("killed only after {took:?}"))?;
+    let evs = events(&all)?;
+    let kill = evs
+        .iter()
+        .find(|e| e.kind == Kind::Action && e.task.as_deref() == Some("short"))
+        .ok_or("no action event for the expired task")?;
+    eq("action", kill.action.as_deref(), Some("kill"))?;
+    eq("by", kill.detail.get("by").and_then(|v| v.as_str()), Some("expiry"))?;
+    eq(
+        "task_end records",
+        evs.iter().filter(|e| e.kind == Kind::TaskEnd && e.task.as_deref() == Some("short")).count(),
+        1,
+    )?;
+    Ok(())
+}

@@ -62,6 +62,7 @@ fn main() {
         ("audit_chain_and_replay", audit::audit_chain_and_replay),
         ("daemon_serves_concurrent_tasks", daemon::daemon_serves_concurrent_tasks),
         ("daemon_restart_resumes_tasks", daemon::daemon_restart_resumes_tasks),
+        ("daemon_kills_expired_tasks", daemon::daemon_kills_expired_tasks),
     ];
     let root = nix::unistd::geteuid().is_root();
     let skip = std::env::var(SKIP_ENV).is_ok_and(|v| v == "1");

@@ -52,6 +52,8 @@ pub enum By<'a> {
     Policy(&'a Event),
     /// An operator over the control socket (kernel credentials of the caller).
     Operator { pid: u32, uid: u32 },
+    /// The task's expiry passed and the daemon is configured to kill expired tasks.
+    Expiry,
 }
 
 struct Entry {
@@ -271,6 +273,13 @@ fn action_event(
             ev.reason = Some(format!("operator request (pid {pid}, uid {uid})"));
             detail.insert("by".into(), json!("operator"));
             detail.insert("operator".into(), json!({"pid": pid, "uid": uid}));
+        }
+        By::Expiry => {
+            ev.pid = std::process::id();
+            ev.tid = ev.pid;
+            ev.comm = "agentmon".into();
+            ev.reason = Some("the task expired".into());
+            detail.insert("by".into(), json!("expiry"));
         }
     }
     ev.detail = detail;

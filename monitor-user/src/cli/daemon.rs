@@ -54,6 +54,8 @@ struct Config {
     default_sensitive: Option<bool>,
     ringbuf_mb: Option<u32>,
     state_dir: Option<PathBuf>,
+    /// `end` (record the task's end and revoke) or `kill`.
+    on_expiry: Option<String>,
     metrics: Option<SocketAddr>,
     audit: Option<AuditConfig>,
     nats: Option<NatsConfig>,
@@ -176,6 +178,11 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
         config: a.config,
         state_dir: cfg.state_dir.unwrap_or_else(|| "/run/agentmon/tasks".into()),
         metrics: cfg.metrics,
+        kill_on_expiry: match cfg.on_expiry.as_deref() {
+            None | Some("end") => false,
+            Some("kill") => true,
+            Some(o) => anyhow::bail!("{file}: on_expiry: {o:?} is not end or kill"),
+        },
     })
 }
 

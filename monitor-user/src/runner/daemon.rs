@@ -41,6 +41,8 @@ pub struct DaemonOptions {
     pub state_dir: PathBuf,
     /// Prometheus endpoint.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Kill a task when its expiry passes (else its end is only recorded).
+    pub kill_on_expiry: bool,
 }
 
 pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
@@ -142,6 +144,9 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
                 }
                 if let Some(w) = watch.as_mut() {
                     reload(w, &mut p.judge);
+                }
+                for ev in p.expire(&mut sensors, opts.kill_on_expiry) {
+                    sink.send(&ev)?;
                 }
                 forget_finished(&mut p, &mut sink, &sensors, &host)?;
                 if let Some(m) = &metrics {

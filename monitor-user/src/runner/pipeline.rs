@@ -171,6 +171,27 @@ impl Pipeline {
         Ok(ev)
     }
 
+    /// Tasks whose expiry passed: their end is recorded (`task_end`, "expired"; on NATS
+    /// the revoke), and with `kill` they are killed first. Their processes stay
+    /// watched, and judged out of scope.
+    pub fn expire(&mut self, sensors: &mut Sensors, kill: bool) -> Vec<Event> {
+        let now = self.enr.clock().now_wall();
+        let due: Vec<Arc<str>> = self
+            .task_ids()
+            .into_iter()
+            .filter(|id| !self.ended.contains(id) && self.judge.task(id).is_some_and(|b| b.task.expired(now)))
+            .collect();
+        let mut out = Vec::new();
+        for id in due {
+            if kill {
+                let o = self.contain.act(sensors, &id, Act::Kill, By::Expiry, self.enr.host(), now);
+                out.extend(o.event);
+            }
+            out.extend(self.task_ended(&id, "the task expired"));
+        }
+        out
+    }
+
     /// Drops what is kept of a task that ended and has no process left.
     pub fn forget(&mut self, id: &str) {
         self.judge.unbind(id);
