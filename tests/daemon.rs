@@ -364,3 +364,49 @@ pub fn daemon_kills_expired_tasks() -> R {
     )?;
     Ok(())
 }
+
+/// A selector (exe and argv globs) picks up an agent started outside agentmon: it runs
+/// as an instance of the default task, `<id>-<pid>`, from soon after its start.
+pub fn daemon_selectors_attach_agents() -> R {
+    let d = workdir("daemon-select");
+    let (sock, all, config) = (d.join("agentmon.sock"), d.join("all.jsonl"), d.join("agentmon.yaml"));
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = d.join("sel-marker");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let default = manifest(&d, "agent", &dir)?;
+    let extra = format!(
+        "selectors:\n  - exe: \"{}\"\n    argv: \"*sel-marker*\"\ndefault_task: {}\n",
+        me.display(),
+        default.display()
+    );
+    let daemon = start_daemon(&d, &config, &sock, &all, &extra)?;
+    let run = (|| -> Result<(u32, Option<i32>), String> {
+        let mut agent = Command::new(&me)
+            .args(stream_cmd(&dir, 40, 50)?.into_iter().skip(1))
+            .env(SCENARIO_ENV, "stream")
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let code = agent.wait().map_err(|e| e.to_string())?.code();
+        Ok((agent.id(), code))
+    })();
+    std::thread::sleep(Duration::from_millis(800));
+    stop(daemon)?;
+    let (pid, code) = run?;
+    eq("agent exit", code, Some(0))?;
+    let id = format!("agent-{pid}");
+    let evs = events(&all)?;
+    ensure(evs.iter().any(|e| e.kind == Kind::TaskStart && e.task.as_deref() == Some(id.as_str())), || {
+        format!("no task_start of {id}")
+    })?;
+    let last = format!("{}/out/f39", dir.display());
+    let e = evs
+        .iter()
+        .find(|e| e.kind == Kind::FileCreate && e.path.as_deref() == Some(last.as_str()))
+        .ok_or("the selected agent's last file was not seen")?;
+    eq("task of the selected agent's file", e.task.as_deref(), Some(id.as_str()))?;
+    ensure(evs.iter().any(|e| e.kind == Kind::TaskEnd && e.task.as_deref() == Some(id.as_str())), || {
+        format!("no task_end of {id}")
+    })?;
+    Ok(())
+}

@@ -6,6 +6,7 @@ mod enforce;
 mod natsbench;
 mod peers;
 mod pipeline;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,9 @@ enum Cmd {
     BenchEnforce(enforce::Options),
     /// NATS: acknowledged publish throughput and syscall-to-NATS latency. Needs root.
     BenchNats(natsbench::Options),
+    /// The daemon under a long stream of short-lived processes: RSS over time, every
+    /// exec seen, no loss. Needs root.
+    Soak(soak::Options),
     /// Userspace pipeline throughput only (decode + enrich + JSON), no root needed.
     Pipeline {
         #[arg(long, default_value_t = 1_000_000)]
@@ -38,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(o) => bench::run(o),
         Cmd::BenchEnforce(o) => enforce::run(o),
         Cmd::BenchNats(o) => natsbench::run(o),
+        Cmd::Soak(o) => soak::run(o),
         Cmd::Pipeline { events } => {
             println!("pipeline: {:.0} events/s", pipeline::events_per_sec(events)?);
             println!("policy engine: {:.0} events/s judged", pipeline::judged_per_sec(events)?);

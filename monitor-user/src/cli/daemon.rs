@@ -11,7 +11,10 @@ use serde::Deserialize;
 use crate::{
     ctl::{self, DAEMON_SOCKET},
     nats::{NatsArgs, NatsOptions},
-    runner::{AuditOptions, DaemonOptions, Outputs, RulesChoice},
+    runner::{
+        AuditOptions, DaemonOptions, Outputs, RulesChoice,
+        select::{Selector, Selectors},
+    },
     sensitive::{DEFAULT_PATTERNS, SensitiveSet},
     sink::Format,
 };
@@ -56,9 +59,19 @@ struct Config {
     state_dir: Option<PathBuf>,
     /// `end` (record the task's end and revoke) or `kill`.
     on_expiry: Option<String>,
+    selectors: Vec<SelectorConfig>,
+    default_task: Option<PathBuf>,
     metrics: Option<SocketAddr>,
     audit: Option<AuditConfig>,
     nats: Option<NatsConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SelectorConfig {
+    exe: Option<String>,
+    argv: Option<String>,
+    cgroup: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +180,27 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
             (Some(o), keys)
         }
     };
+    let selectors = match (&cfg.selectors[..], &cfg.default_task) {
+        ([], _) => None,
+        (_, None) => {
+            anyhow::bail!("{file}: selectors: a default_task is needed for the processes they select")
+        }
+        (sel, Some(t)) => {
+            let rules = sel
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    Selector::new(s.exe.as_deref(), s.argv.as_deref(), s.cgroup.as_deref())
+                        .map_err(|e| anyhow::anyhow!("{file}: selectors[{i}].{e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let manifest = std::fs::read_to_string(t)
+                .map_err(|e| anyhow::anyhow!("{file}: default_task {}: {e}", t.display()))?;
+            // Checked now, not at the first match.
+            crate::task::parse(&manifest, t, crate::event::Timestamp::now())?;
+            Some(Selectors { rules, task_file: t.clone(), manifest })
+        }
+    };
     Ok(DaemonOptions {
         socket: a.socket.or(cfg.socket).unwrap_or_else(|| DAEMON_SOCKET.into()),
         events: cfg.events,
@@ -178,6 +212,7 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
         config: a.config,
         state_dir: cfg.state_dir.unwrap_or_else(|| "/run/agentmon/tasks".into()),
         metrics: cfg.metrics,
+        selectors,
         kill_on_expiry: match cfg.on_expiry.as_deref() {
             None | Some("end") => false,
             Some("kill") => true,

@@ -43,6 +43,8 @@ pub struct DaemonOptions {
     pub metrics: Option<std::net::SocketAddr>,
     /// Kill a task when its expiry passes (else its end is only recorded).
     pub kill_on_expiry: bool,
+    /// Processes attached automatically under the default task.
+    pub selectors: Option<super::select::Selectors>,
 }
 
 pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
@@ -127,6 +129,9 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut scanner = super::select::Scanner::default();
+    let mut scan = tokio::time::interval(Duration::from_millis(250));
+    scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     loop {
@@ -168,6 +173,23 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
                     ctl::write_reply(&mut stream, &reply).await;
                     sink.batch_end()?;
                 }
+            }
+            _ = scan.tick(), if opts.selectors.is_some() => {
+                let Some(sel) = &opts.selectors else { continue };
+                // Their forks and execs so far first: a child of a matched process
+                // that is already tracked is not a new match.
+                p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
+                let cx = control::Ctl {
+                    sensors: &mut sensors,
+                    p: &mut p,
+                    sink: &mut sink,
+                    next: &mut next_task,
+                    host: Some(&host),
+                };
+                for id in scanner.scan(sel, cx, &host) {
+                    tracing::info!("selector: attached task {id}");
+                }
+                sink.batch_end()?;
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,

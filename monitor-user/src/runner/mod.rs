@@ -9,6 +9,7 @@ mod control;
 mod daemon;
 mod outputs;
 mod pipeline;
+pub mod select;
 mod tasks;
 
 pub use daemon::{DaemonOptions, daemon};

@@ -1,11 +1,12 @@
 //! The workload of `cargo xtask bench`: a tight loop of one syscall pattern, timed
 //! inside the process so start-up (of agentmon, bpftrace, ...) is not counted.
 //!
-//! usage: bench-loop <open-ro|open-wr|connect|unlink|paced> ITERATIONS [DIR]
+//! usage: bench-loop <open-ro|open-wr|connect|unlink|paced|spawn> ITERATIONS [DIR]
 //!
 //! `unlink` creates and deletes a file; one untimed round first (under an approval
 //! gate, the one an approver answers before the timed ones). `paced` writes a file
-//! every 10 ms (events spaced out, for latency measurements).
+//! every 10 ms (events spaced out, for latency measurements); `spawn` runs /bin/true,
+//! at most $BENCH_RATE times a second.
 //! prints: ns_per_iter=<f64> iterations=<n>
 
 use std::{ffi::CString, time::Instant};
@@ -13,7 +14,7 @@ use std::{ffi::CString, time::Instant};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(w), Some(n)) = (args.get(1), args.get(2).and_then(|s| s.parse::<u64>().ok())) else {
-        eprintln!("usage: bench-loop <open-ro|open-wr|connect|unlink|paced> ITERATIONS [DIR]");
+        eprintln!("usage: bench-loop <open-ro|open-wr|connect|unlink|paced|spawn> ITERATIONS [DIR]");
         std::process::exit(2);
     };
     let dir = args.get(3).cloned().unwrap_or_else(|| "/tmp".into());
@@ -28,6 +29,7 @@ fn main() {
         "unlink" => unlink(n, &dir),
         "open-ro" => open_ro(n),
         "open-wr" => open_wr(n, &dir),
+        "spawn" => spawn(n),
         "paced" => (0..n).try_for_each(|_| {
             std::thread::sleep(std::time::Duration::from_millis(10));
             open_wr(1, &dir)
@@ -41,6 +43,23 @@ fn main() {
     }
     let ns = started.elapsed().as_nanos() as f64 / n as f64;
     println!("ns_per_iter={ns:.1} iterations={n}");
+}
+
+/// Runs /bin/true `n` times, at most $BENCH_RATE a second (the soak's workload).
+fn spawn(n: u64) -> Result<(), String> {
+    let rate: f64 = std::env::var("BENCH_RATE").ok().and_then(|r| r.parse().ok()).unwrap_or(f64::INFINITY);
+    let start = Instant::now();
+    for i in 0..n {
+        let st = std::process::Command::new("/bin/true").status().map_err(|e| format!("/bin/true: {e}"))?;
+        if !st.success() {
+            return Err(format!("/bin/true: {st}"));
+        }
+        let due = std::time::Duration::from_secs_f64((i + 1) as f64 / rate);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    Ok(())
 }
 
 fn open_ro(n: u64) -> Result<(), String> {
