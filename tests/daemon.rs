@@ -201,6 +201,12 @@ pub fn daemon_serves_concurrent_tasks() -> R {
             .map_err(|e| e.to_string())?;
         let attached_at = progress();
         ensure(out.status.success(), || format!("attach: {}", String::from_utf8_lossy(&out.stderr)))?;
+        // An operator ends the attached task while it runs; an unknown task is refused.
+        let end = |task: &str| Command::new(agentmon()).args(["end", task, "--socket"]).arg(&sock).output();
+        let out = end("no-such-task").map_err(|e| e.to_string())?;
+        ensure(out.status.code() == Some(1), || "ending an unknown task succeeded".into())?;
+        let out = end("daemon-c").map_err(|e| e.to_string())?;
+        eq("end exit", out.status.code(), Some(0))?;
         for (id, _, child) in runs.iter_mut() {
             let st = child.wait().map_err(|e| e.to_string())?;
             eq(&format!("{id} exit"), st.code(), Some(0))?;
@@ -254,8 +260,11 @@ pub fn daemon_serves_concurrent_tasks() -> R {
         .find(|e| e.path.as_deref() == Some(last.as_str()))
         .ok_or("no event of the attached tree's last file")?;
     eq("attached task", e.task.as_deref(), Some("daemon-c"))?;
-    ensure(evs.iter().any(|e| e.kind == Kind::TaskEnd && e.task.as_deref() == Some("daemon-c")), || {
-        format!("no task_end of the attached task; daemon said: {stderr}")
+    let ends: Vec<&Event> =
+        evs.iter().filter(|e| e.kind == Kind::TaskEnd && e.task.as_deref() == Some("daemon-c")).collect();
+    eq("task_end of the attached task", ends.len(), 1)?;
+    ensure(ends[0].reason.as_deref().is_some_and(|r| r.starts_with("ended by an operator")), || {
+        format!("task_end reason {:?}; daemon said: {stderr}", ends[0].reason)
     })?;
     Ok(())
 }

@@ -79,6 +79,13 @@ pub enum Request {
         #[serde(default)]
         events: Option<String>,
     },
+    /// The task is over: its end is recorded (`task_end`, and the revoke on NATS);
+    /// with `kill`, its processes are killed first.
+    End {
+        task: String,
+        #[serde(default)]
+        kill: bool,
+    },
     /// Bind a process tree that already runs to a new task (observe, kill, freeze).
     Attach {
         manifest: String,
@@ -122,6 +129,7 @@ impl Request {
             Request::Step { .. } => "step",
             Request::Start { .. } => "start",
             Request::Attach { .. } => "attach",
+            Request::End { .. } => "end",
         }
     }
 }

@@ -51,6 +51,15 @@ pub enum Command {
     Freeze(ContainArgs),
     /// Let a frozen task run again.
     Thaw(ContainArgs),
+    /// Record that a task is over (task_end; on NATS the revoke); its processes are
+    /// still watched unless --kill.
+    End {
+        #[command(flatten)]
+        a: ContainArgs,
+        /// Kill the task's processes first.
+        #[arg(long)]
+        kill: bool,
+    },
     /// Let a call held for approval proceed (agentmon performs exactly what the
     /// request showed).
     Approve {
@@ -155,6 +164,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Kill(a) => contain(&rt, a, |task| ctl::Request::Kill { task }),
         Command::Freeze(a) => contain(&rt, a, |task| ctl::Request::Freeze { task }),
         Command::Thaw(a) => contain(&rt, a, |task| ctl::Request::Thaw { task }),
+        Command::End { a, kill } => contain(&rt, a, |task| ctl::Request::End { task, kill }),
         Command::Approve { id, hold_for, socket } => {
             let a = ContainArgs { task: id, socket };
             contain(&rt, a, |id| ctl::Request::Approve { id, for_s: hold_for.map(|d| d.as_secs().max(1)) })

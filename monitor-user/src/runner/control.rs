@@ -71,6 +71,7 @@ pub async fn serve(stream: &mut UnixStream, cx: Ctl<'_>) -> Reply {
         Request::Start { manifest, file, pid, enforce, events } => {
             return top_level(cx, peer, StartReq { manifest, file, pid, enforce, events, attach: false });
         }
+        Request::End { task, kill } => return end(cx, &task, kill, peer, uid),
         Request::Attach { manifest, file, pid, events } => {
             return top_level(
                 cx,
@@ -248,5 +249,43 @@ fn top_level(cx: Ctl<'_>, peer: u32, r: StartReq) -> Reply {
             "this agentmon watches the one task it launched (agentmon exec); tasks are started and \
              attached by agentmon daemon",
         ),
+    }
+}
+
+/// Ends a task at an operator's request (killing it first if asked).
+fn end(cx: Ctl<'_>, task: &str, kill: bool, peer: u32, uid: u32) -> Reply {
+    let Some(id) = cx.p.task_ids().into_iter().find(|t| &**t == task) else {
+        return Reply::err(format!("{} task called {task}", ctl::NOT_MINE));
+    };
+    if kill {
+        let (host, now) = (cx.p.enr.host(), cx.p.enr.clock().now_wall());
+        let out = cx.p.contain.act(cx.sensors, &id, Act::Kill, By::Operator { pid: peer, uid }, host, now);
+        if let Some(ev) = &out.event
+            && let Err(e) = cx.sink.send(ev)
+        {
+            tracing::error!("recording the kill of task {id}: {e}");
+        }
+        if let Err(e) = out.result {
+            return Reply { task: Some(id.to_string()), ..Reply::err(e) };
+        }
+    }
+    match cx.p.task_ended(&id, &format!("ended by an operator (pid {peer}, uid {uid})")) {
+        Some(ev) => {
+            if let Err(e) = cx.sink.send(&ev).and_then(|()| cx.sink.flush()) {
+                tracing::error!("recording the end of task {id}: {e}");
+            }
+            Reply {
+                ok: true,
+                task: Some(id.to_string()),
+                message: Some(format!("task {id} ended")),
+                ..Default::default()
+            }
+        }
+        None => Reply {
+            ok: true,
+            task: Some(id.to_string()),
+            message: Some(format!("task {id} had already ended")),
+            ..Default::default()
+        },
     }
 }
