@@ -168,6 +168,10 @@ impl Enricher {
         self.tasks.get(&c).cloned()
     }
 
+    pub fn unbind_task(&mut self, c: u32) {
+        self.tasks.remove(&c);
+    }
+
     /// Names the task behind a new cookie (a delegated sub-task).
     pub fn bind_task(&mut self, c: u32, id: Arc<str>) {
         self.tasks.insert(c, id);

@@ -96,23 +96,51 @@ impl Fanout {
     }
 }
 
+impl Fanout {
+    /// Runs `f` on every sink, whatever the others do. A task's own sink that fails is
+    /// closed and dropped (said in the log; the task's events still reach the main
+    /// outputs); the first failure of a main output is returned.
+    fn each(&mut self, mut f: impl FnMut(&mut dyn Sink) -> Result<(), SinkError>) -> Result<(), SinkError> {
+        let mut first = Ok(());
+        let mut i = 0;
+        while i < self.sinks.len() {
+            match (f(self.sinks[i].as_mut()), &self.keys[i]) {
+                (Ok(()), _) => i += 1,
+                (Err(e), Some(task)) => {
+                    tracing::error!("the events file of task {task} failed and is closed: {e}");
+                    let mut s = self.sinks.remove(i);
+                    self.keys.remove(i);
+                    let _ = s.close();
+                }
+                (Err(e), None) => {
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
+                    i += 1;
+                }
+            }
+        }
+        first
+    }
+}
+
 impl Sink for Fanout {
     fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
-        self.sinks.iter_mut().try_for_each(|s| s.send(ev))
+        self.each(|s| s.send(ev))
     }
 
     fn alert(&mut self, a: &Alert) -> Result<(), SinkError> {
-        self.sinks.iter_mut().try_for_each(|s| s.alert(a))
+        self.each(|s| s.alert(a))
     }
 
     fn batch_end(&mut self) -> Result<(), SinkError> {
-        self.sinks.iter_mut().try_for_each(|s| s.batch_end())
+        self.each(|s| s.batch_end())
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        self.sinks.iter_mut().try_for_each(|s| s.flush())?;
+        self.each(|s| s.flush())?;
         self.relay_alarms()?;
-        self.sinks.iter_mut().try_for_each(|s| s.flush())
+        self.each(|s| s.flush())
     }
 
     fn close(&mut self) -> Result<(), SinkError> {

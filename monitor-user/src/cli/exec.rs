@@ -200,7 +200,7 @@ fn size(s: &str) -> Result<u64, String> {
         _ => (t, 1),
     };
     let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size (e.g. 512M, 2G)"))?;
-    n.checked_mul(mul).filter(|v| *v >= 4096).ok_or_else(|| format!("{s:?}: must be at least 4K"))
+    n.checked_mul(mul).filter(|v| *v >= 1 << 20).ok_or_else(|| format!("{s:?}: must be at least 1M"))
 }
 
 fn sensitive_set(extra: &[String], no_default: bool) -> anyhow::Result<SensitiveSet> {
@@ -216,8 +216,8 @@ mod tests {
     fn sizes() {
         assert_eq!(super::size("2G"), Ok(2 << 30));
         assert_eq!(super::size("512MiB"), Ok(512 << 20));
-        assert_eq!(super::size("8192"), Ok(8192));
-        assert!(super::size("12").is_err());
+        assert_eq!(super::size("1048576"), Ok(1 << 20));
+        assert!(super::size("8192").is_err());
         assert!(super::size("lots").is_err());
     }
 }

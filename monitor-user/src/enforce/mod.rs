@@ -90,7 +90,8 @@ pub enum EnforceError {
     Build { layer: &'static str, msg: String },
 }
 
-/// Files agentmon itself writes or trusts: a task may never be allowed to write them.
+/// Files and directories agentmon itself writes or trusts: an enforced task may never
+/// be allowed to write them or anything under them.
 #[derive(Debug, Clone, Default)]
 pub struct Protected {
     pub paths: Vec<PathBuf>,
@@ -183,7 +184,7 @@ pub fn confine(
         Some(crate::gate::filter::program(&task.approval))
     };
     for p in &protected.paths {
-        if task.write.matches(&p.to_string_lossy()) {
+        if task.write.reaches(p) {
             return Err(refuse(
                 "scope.write",
                 format!(

@@ -54,6 +54,18 @@ pub enum ConfigError {
     TwoAuths { flag: &'static str },
 }
 
+/// `url` without credentials in it (`nats://user:pass@host` → `nats://host`), for logs.
+pub fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}{}", &u[..s + 3], &u[at + 1..]),
+            (None, Some(at)) => u[at + 1..].to_string(),
+            _ => u.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl NatsArgs {
     /// Connect options (auth, TLS, timeouts); `name` identifies us to the server.
     pub async fn options(&self, name: &str) -> Result<async_nats::ConnectOptions, ConfigError> {
@@ -90,5 +102,15 @@ impl NatsArgs {
             o = o.add_client_certificate(c.clone(), k.clone()).require_tls(true);
         }
         Ok(o.name(name).connection_timeout(Duration::from_secs(3)).ping_interval(Duration::from_secs(10)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_are_not_logged() {
+        assert_eq!(super::redact("nats://u:secret@h:4222,nats://h2"), "nats://h:4222,nats://h2");
+        assert_eq!(super::redact("u:p@h:4222"), "h:4222");
+        assert_eq!(super::redact("nats://h:4222"), "nats://h:4222");
     }
 }

@@ -16,7 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage, stream};
+use async_nats::jetstream::{
+    self,
+    context::{PublishAckFuture, PublishErrorKind},
+    message::PublishMessage,
+    stream,
+};
 
 use super::{
     Subjects,
@@ -80,7 +85,8 @@ impl Publisher {
 async fn connect(args: &NatsArgs, subjects: &Subjects) -> Result<jetstream::Context, String> {
     let url = args.nats.as_deref().unwrap_or_default();
     let opts = args.options(&format!("agentmon {}", subjects.host())).await.map_err(|e| e.to_string())?;
-    let client = opts.connect(url).await.map_err(|e| format!("connect {url}: {e}"))?;
+    let client =
+        opts.connect(url).await.map_err(|e| format!("connect {}: {e}", super::config::redact(url)))?;
     let js = jetstream::ContextBuilder::new().timeout(ACK_TIMEOUT).build(client);
     ensure_stream(&js, subjects).await?;
     Ok(js)
@@ -205,6 +211,17 @@ async fn pump(
                     let msg = PublishMessage::build().payload(rec.payload.into()).message_id(rec.id);
                     match ctx.send_publish(rec.subject, msg).await {
                         Ok(f) => inflight.push_back((f, pos)),
+                        // Never accepted however often it is sent: drop it, count it (the
+                        // sink reports the count as loss), and go on with the rest.
+                        Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                            tracing::error!(
+                                "NATS: a message larger than the server accepts was dropped: {e}"
+                            );
+                            shared.dropped.fetch_add(1, Relaxed);
+                            if inflight.is_empty() {
+                                save(Some(pos));
+                            }
+                        }
                         Err(e) => {
                             refill = Err(format!("publish: {e}"));
                             break;

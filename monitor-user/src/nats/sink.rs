@@ -194,6 +194,9 @@ impl Sink for NatsSink {
                     let m = self.revoke(ev, t, "task ended");
                     self.put_json(&self.subjects.revoke(), &format!("{id}:revoke"), &m)?;
                 }
+                if let Some(t) = &ev.task {
+                    self.tasks.remove(t);
+                }
             }
             Kind::Action | Kind::ApprovalRequest | Kind::Approval => {
                 self.put(&self.subjects.actions(), &format!("{id}:action"), &self.line.clone())?;

@@ -206,7 +206,10 @@ impl Writer {
             self.shared.dropped.fetch_add(1, Relaxed);
             return Ok(false);
         }
-        if self.len > 0 && self.len + total > SEGMENT_BYTES {
+        // Space comes back a whole segment at a time: keep segments a fraction of the
+        // bound, or a small spool would fill for good.
+        let segment = SEGMENT_BYTES.min(self.shared.max_bytes / 4).max(4096);
+        if self.len > 0 && self.len + total > segment {
             self.flush()?;
             self.seg += 1;
             self.len = 0;

@@ -28,14 +28,65 @@ pub struct Ctl<'a> {
     pub host: Option<&'a Host>,
 }
 
+/// A connection whose request has been read.
+pub struct Incoming {
+    pub stream: UnixStream,
+    /// Caller's kernel credentials (pid, uid), or why there are none.
+    caller: Result<(u32, u32), String>,
+    req: Result<Request, String>,
+}
+
+/// Requests read at once at most; more connections wait in the listen backlog.
+const READING: usize = 64;
+
+/// Connections being read, off the event loop: a client that connects and sends
+/// nothing (anyone may connect) holds only its own task, never the loop.
+pub struct Reader {
+    tx: tokio::sync::mpsc::Sender<Incoming>,
+    pub rx: tokio::sync::mpsc::Receiver<Incoming>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Reader {
+    fn default() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(READING);
+        Self { tx, rx, slots: Arc::new(tokio::sync::Semaphore::new(READING)) }
+    }
+}
+
+impl Reader {
+    pub fn read(&self, mut stream: UnixStream) {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            tracing::warn!("control socket: {READING} requests are being read already; connection dropped");
+            return;
+        };
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let caller = match stream.peer_cred().ok().and_then(|c| c.pid().map(|p| (p, c.uid()))) {
+                Some((pid, uid)) if pid > 0 => Ok((pid as u32, uid)),
+                _ => Err("cannot identify the caller".to_string()),
+            };
+            let req = ctl::read_request(&mut stream).await;
+            drop(slot);
+            let _ = tx.send(Incoming { stream, caller, req }).await;
+        });
+    }
+}
+
+/// Answers a request read by [`Reader`], and sends the answer (in a task of its own).
+pub fn answer(inc: Incoming, cx: Ctl<'_>) {
+    let Incoming { mut stream, caller, req } = inc;
+    let reply = serve(caller, req, cx);
+    tokio::spawn(async move { ctl::write_reply(&mut stream, &reply).await });
+}
+
 /// Answers one control request.
-pub async fn serve(stream: &mut UnixStream, cx: Ctl<'_>) -> Reply {
-    let cred = stream.peer_cred().ok();
-    let (peer, uid) = match cred.and_then(|c| c.pid().map(|p| (p, c.uid()))) {
-        Some((pid, uid)) if pid > 0 => (pid as u32, uid),
-        _ => return Reply::err("cannot identify the caller"),
+fn serve(caller: Result<(u32, u32), String>, req: Result<Request, String>, cx: Ctl<'_>) -> Reply {
+    let (peer, uid) = match caller {
+        Ok(c) => c,
+        Err(e) => return Reply::err(e),
     };
-    let req = match ctl::read_request(stream).await {
+    let req = match req {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!("control request from pid {peer} rejected: {e}");

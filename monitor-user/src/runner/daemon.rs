@@ -84,10 +84,10 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     protected.extend(opts.events.iter().cloned());
     protected.extend(opts.config.iter().cloned());
     if let RulesChoice::Dir(d) = &opts.rules {
-        protected.push(d.join("x.yaml"));
+        protected.push(d.clone());
     }
     protected.extend(std::env::current_exe().ok());
-    protected.push(opts.state_dir.join("x.json"));
+    protected.push(opts.state_dir.clone());
     let host = Host { layers, protected, state_dir: opts.state_dir.clone() };
     eprintln!(
         "agentmon daemon: {} kernel programs attached in {} ms; {} rules; control socket {}",
@@ -132,6 +132,7 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     let mut scanner = super::select::Scanner::default();
     let mut scan = tokio::time::interval(Duration::from_millis(250));
     scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut requests = control::Reader::default();
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     loop {
@@ -153,6 +154,9 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
                 for ev in p.expire(&mut sensors, opts.kill_on_expiry) {
                     sink.send(&ev)?;
                 }
+                for id in &p.ended {
+                    host.mark_ended(id);
+                }
                 forget_finished(&mut p, &mut sink, &sensors, &host)?;
                 if let Some(m) = &metrics {
                     report(m, &p, &sensors, nats.as_ref());
@@ -160,19 +164,22 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
                 sink.flush()?;
             }
             conn = server.listener.accept() => {
-                if let Ok((mut stream, _)) = conn {
-                    p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
-                    let cx = control::Ctl {
-                        sensors: &mut sensors,
-                        p: &mut p,
-                        sink: &mut sink,
-                        next: &mut next_task,
-                        host: Some(&host),
-                    };
-                    let reply = control::serve(&mut stream, cx).await;
-                    ctl::write_reply(&mut stream, &reply).await;
-                    sink.batch_end()?;
+                if let Ok((stream, _)) = conn {
+                    requests.read(stream);
                 }
+            }
+            Some(inc) = requests.rx.recv() => {
+                // Pending events first: the caller's fork must be in the process table.
+                p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
+                let cx = control::Ctl {
+                    sensors: &mut sensors,
+                    p: &mut p,
+                    sink: &mut sink,
+                    next: &mut next_task,
+                    host: Some(&host),
+                };
+                control::answer(inc, cx);
+                sink.batch_end()?;
             }
             _ = scan.tick(), if opts.selectors.is_some() => {
                 let Some(sel) = &opts.selectors else { continue };

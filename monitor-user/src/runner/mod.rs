@@ -78,7 +78,7 @@ fn plan_confinement(opts: &ExecOptions, layers: &Layers) -> Result<Option<Confin
     protected.paths.extend(opts.events.iter().cloned());
     protected.paths.push(task.source.clone());
     if let RulesChoice::Dir(d) = &opts.rules {
-        protected.paths.push(d.join("x.yaml"));
+        protected.paths.push(d.clone());
     }
     protected.paths.extend(std::env::current_exe().ok());
     protected.paths.extend(opts.outputs.protected());
@@ -288,6 +288,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut requests = control::Reader::default();
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
@@ -326,19 +327,22 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
             }
             _ = gate_deadline(&p.gate) => p.expire_approvals(&mut sink)?,
             conn = server.listener.accept() => {
-                if let Ok((mut stream, _)) = conn {
-                    // Pending events first: the caller's fork must be in the process table.
-                    p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
-                    let cx = control::Ctl {
-                        sensors: &mut sensors,
-                        p: &mut p,
-                        sink: &mut sink,
-                        next: &mut next_task,
-                        host: None,
-                    };
-                    let reply = control::serve(&mut stream, cx).await;
-                    ctl::write_reply(&mut stream, &reply).await;
+                if let Ok((stream, _)) = conn {
+                    requests.read(stream);
                 }
+            }
+            Some(inc) = requests.rx.recv() => {
+                // Pending events first: the caller's fork must be in the process table.
+                p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
+                let cx = control::Ctl {
+                    sensors: &mut sensors,
+                    p: &mut p,
+                    sink: &mut sink,
+                    next: &mut next_task,
+                    host: None,
+                };
+                control::answer(inc, cx);
+                sink.batch_end()?;
             }
             st = &mut waiter => break st.map_err(std::io::Error::other)?,
             // The command is in our process group for terminal signals; forward

@@ -54,8 +54,7 @@ impl Outputs {
             v.push(crate::audit::public_key_path(&a.key));
         }
         if let Some(n) = &self.nats {
-            // A directory: anything under it.
-            v.push(n.spool.join("x"));
+            v.push(n.spool.clone());
         }
         v
     }
@@ -90,7 +89,7 @@ impl Outputs {
             let s = crate::nats::Subjects::new(&n.host);
             v.push(format!(
                 "NATS {} as {} (stream {}, spool {}{})",
-                n.args.nats.as_deref().unwrap_or_default(),
+                crate::nats::config::redact(n.args.nats.as_deref().unwrap_or_default()),
                 s.host(),
                 s.stream(),
                 n.spool.display(),

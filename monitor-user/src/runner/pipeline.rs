@@ -194,6 +194,9 @@ impl Pipeline {
 
     /// Drops what is kept of a task that ended and has no process left.
     pub fn forget(&mut self, id: &str) {
+        if let Some(c) = self.contain.cookie(id) {
+            self.enr.unbind_task(c);
+        }
         self.judge.unbind(id);
         self.contain.unregister(id);
         self.steps.remove(id);

@@ -35,6 +35,12 @@ struct Saved {
     enforce: bool,
     events: Option<String>,
     cgroup: Option<PathBuf>,
+    /// When the task expires (kept absolute: a restart does not extend it).
+    #[serde(default)]
+    expires: Option<crate::event::Timestamp>,
+    /// Its end was recorded: a restart does not resume it.
+    #[serde(default)]
+    ended: bool,
 }
 
 impl Host {
@@ -49,7 +55,20 @@ impl Host {
         std::fs::rename(tmp, self.saved(&s.id))
     }
 
-    /// The task ended for good: a restart must not resume it.
+    /// The task's end was recorded: a restart must not resume it.
+    pub fn mark_ended(&self, id: &str) {
+        let path = self.saved(id);
+        if let Some(mut s) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Saved>(&b).ok())
+            && !s.ended
+        {
+            s.ended = true;
+            if let Err(e) = self.save(&s) {
+                tracing::warn!("{}: {e}", path.display());
+            }
+        }
+    }
+
+    /// The task is gone: nothing of it to resume.
     pub fn drop_saved(&self, id: &str) {
         let _ = std::fs::remove_file(self.saved(id));
     }
@@ -85,10 +104,11 @@ pub fn start(cx: Ctl<'_>, host: &Host, peer: u32, r: StartReq) -> Reply {
         Err(e) => return Reply::err(e.to_string()),
     };
     task.enforce |= r.enforce;
-    if cx.p.judge.task(&task.id).is_some_and(|_| !cx.p.ended.contains(task.id.as_str())) {
-        return Reply::err(format!("{what}: a task {} is already running here", task.id));
+    if cx.p.judge.task(&task.id).is_some() {
+        return Reply::err(format!("{what}: task {} is running here, or ended with processes left", task.id));
     }
-    if let Some(p) = host.protected.iter().find(|p| task.write.matches(&p.to_string_lossy())) {
+    // An observed task is not sandboxed: what it may write is judged, not limited.
+    if let Some(p) = host.protected.iter().find(|p| task.enforce && task.write.reaches(p)) {
         return Reply::err(format!(
             "{}: scope.write covers {}, which agentmon writes or trusts (the agent could edit its own record)",
             r.file,
@@ -123,12 +143,24 @@ pub fn resume(cx: Ctl<'_>, host: &Host) -> Vec<String> {
         if path.extension().is_none_or(|x| x != "json") {
             continue;
         }
-        let saved: Option<Saved> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        // Only records agentmon wrote: root's, not writable by others.
+        use std::os::unix::fs::MetadataExt;
+        let trusted = std::fs::symlink_metadata(&path).is_ok_and(|m| {
+            m.is_file() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o022 == 0
+        });
+        let saved: Option<Saved> = trusted
+            .then(|| std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()))
+            .flatten();
         let Some(s) = saved else {
-            tracing::warn!("{}: unreadable task record, removed", path.display());
+            tracing::warn!("{}: unreadable or untrusted task record, removed", path.display());
             let _ = std::fs::remove_file(&path);
             continue;
         };
+        let ours = crate::enforce::cgroup::v2_root().map(|r| r.join("agentmon"));
+        if s.ended || s.cgroup.as_ref().is_some_and(|c| ours.as_ref().is_none_or(|o| !c.starts_with(o))) {
+            host.drop_saved(&s.id);
+            continue;
+        }
         let cg = s.cgroup.clone().and_then(|p| crate::enforce::cgroup::TaskCgroup::adopt(p).ok());
         let pids = cg.as_ref().map(|c| c.pids()).unwrap_or_default();
         if pids.is_empty() {
@@ -145,6 +177,7 @@ pub fn resume(cx: Ctl<'_>, host: &Host) -> Vec<String> {
             }
         };
         task.enforce |= s.enforce;
+        task.expires = s.expires;
         let r = StartReq {
             manifest: s.manifest,
             file: s.file,
@@ -186,20 +219,29 @@ fn bind(
     }
     let (adopted, mut pids) = match resumed {
         Some((cg, pids)) => (Some(cg), pids),
-        None if r.attach => (None, tree(r.pid)),
+        None if r.attach => (None, Vec::new()),
         None => (None, vec![r.pid]),
     };
-    for &pid in &pids {
-        cx.sensors.track(pid, c)?;
-    }
     if r.attach && adopted.is_none() {
-        // A process forked between the scan and the tracking of its parent is not
-        // inherited: scan again now that every parent found is tracked.
-        for pid in tree(r.pid) {
-            if !pids.contains(&pid) && cx.sensors.task_of(pid).is_none() {
-                cx.sensors.track(pid, c)?;
-                pids.push(pid);
+        // A process forked between a scan and the tracking of its parent is not
+        // inherited: scan until a scan finds nothing new. Processes of other tasks
+        // stay theirs.
+        for _ in 0..8 {
+            let new: Vec<u32> = tree(r.pid)
+                .into_iter()
+                .filter(|p| !pids.contains(p) && cx.sensors.task_of(*p).is_none())
+                .collect();
+            if new.is_empty() {
+                break;
             }
+            for &pid in &new {
+                cx.sensors.track(pid, c)?;
+            }
+            pids.extend(new);
+        }
+    } else {
+        for &pid in &pids {
+            cx.sensors.track(pid, c)?;
         }
     }
     let cgroup = match adopted {
@@ -215,7 +257,9 @@ fn bind(
             let cg = task_cgroup(cx.sensors, &task, r.pid, &host.layers, c)?;
             if let Some(cg) = &cg {
                 for &pid in pids.iter().skip(1) {
-                    let _ = cg.add(pid);
+                    if let Err(e) = cg.add(pid) {
+                        tracing::warn!("task {id}: pid {pid} not moved into {}: {e}", cg.path.display());
+                    }
                 }
             }
             cg
@@ -229,6 +273,8 @@ fn bind(
         enforce: task.enforce,
         events: r.events.clone(),
         cgroup: cgroup.as_ref().map(|c| c.path.clone()),
+        expires: task.expires,
+        ended: false,
     };
     let p = cx.p;
     p.enr.bind_task(c, id.clone());

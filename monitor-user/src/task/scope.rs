@@ -76,6 +76,30 @@ impl PathSet {
         Ok(Self { patterns: canon, set: b.build()? })
     }
 
+    /// Whether some path this set lets a task write is `p` or lies under it (when `p`
+    /// is a directory), judged from the patterns, not from sample paths: a pattern
+    /// whose fixed prefix leads to `p` (`/var/lib/agentmon/s*/**` reaches
+    /// `/var/lib/agentmon/spool`) or lies inside it (`/var/lib/agentmon/spool/0/**`).
+    pub fn reaches(&self, p: &Path) -> bool {
+        let depth = |x: &Path| x.components().count();
+        self.patterns.iter().any(|pat| {
+            if !is_glob(pat) {
+                return Path::new(pat).starts_with(p) || p.starts_with(pat);
+            }
+            let lit = Path::new(literal_prefix(pat));
+            if lit.starts_with(p) {
+                return true;
+            }
+            if !p.starts_with(lit) {
+                return false;
+            }
+            // Below the prefix: `**` reaches anything; otherwise the pattern matches p
+            // itself, or is deeper than p and so may match something under it.
+            let me = GlobBuilder::new(pat).literal_separator(true).build().map(|g| g.compile_matcher());
+            pat.contains("**") || me.is_ok_and(|m| m.is_match(p)) || depth(Path::new(pat.as_str())) > depth(p)
+        })
+    }
+
     pub fn matches(&self, path: &str) -> bool {
         self.set.is_match(path)
     }
@@ -268,6 +292,20 @@ pub fn canonical_dir(p: &str) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn reaches_judges_patterns_not_samples() {
+        let set = |p: &[&str]| PathSet::new(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let spool = Path::new("/var/lib/agentmon/spool");
+        assert!(set(&["/var/lib/agentmon/spool/0/**"]).reaches(spool), "inside the directory");
+        assert!(set(&["/var/lib/agentmon/s*/x"]).reaches(spool), "a glob that leads into it");
+        assert!(set(&["/var/**"]).reaches(spool));
+        assert!(set(&["/var/lib/agentmon"]).reaches(spool), "a directory above it");
+        assert!(!set(&["/var/lib/other/**"]).reaches(spool));
+        assert!(!set(&["/home/u/proj/*.py"]).reaches(Path::new("/home/u/proj/events.jsonl")));
+        assert!(set(&["/home/u/proj/*.jsonl"]).reaches(Path::new("/home/u/proj/events.jsonl")));
+        assert!(!set(&["/var/lib/agentmon/spool-old"]).reaches(spool), "components, not string prefixes");
+    }
     use super::*;
 
     fn set(p: &[&str]) -> PathSet {
