@@ -81,10 +81,11 @@ fn start_of(pid: u32) -> Option<u64> {
     stat[stat.rfind(')')? + 2..].split(' ').nth(19)?.parse().ok()
 }
 
-/// Processes already looked at (pid → start time).
+/// Processes already looked at (pid → start time, exe): a process that execs
+/// something else (a wrapper script's `exec agent`) is looked at again.
 #[derive(Default)]
 pub struct Scanner {
-    seen: HashMap<u32, u64>,
+    seen: HashMap<u32, (u64, Option<PathBuf>)>,
 }
 
 impl Scanner {
@@ -101,8 +102,10 @@ impl Scanner {
             .collect();
         for pid in pids {
             let Some(start) = start_of(pid) else { continue };
-            alive.insert(pid, start);
-            if self.seen.get(&pid) == Some(&start) || pid == me || cx.sensors.task_of(pid).is_some() {
+            let key = (start, std::fs::read_link(format!("/proc/{pid}/exe")).ok());
+            let known = self.seen.get(&pid) == Some(&key);
+            alive.insert(pid, key);
+            if known || pid == me || cx.sensors.task_of(pid).is_some() {
                 continue;
             }
             let p = look(pid);

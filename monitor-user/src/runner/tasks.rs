@@ -193,8 +193,19 @@ pub fn resume(cx: Ctl<'_>, host: &Host) -> Vec<String> {
             next: &mut *cx.next,
             host: cx.host,
         };
+        let root = r.pid;
         match bind(ctl, host, task, r, Some((cg.expect("pids came from it"), pids))) {
-            Ok(id) => done.push(id),
+            Ok(id) => {
+                // Its root exited while no daemon ran: the end is recorded now.
+                if !Path::new(&format!("/proc/{root}")).exists()
+                    && let Some(ev) =
+                        cx.p.task_ended(&Arc::from(id.as_str()), "its root exited while no daemon ran")
+                    && let Err(e) = cx.sink.send(&ev)
+                {
+                    tracing::error!("recording the end of task {id}: {e}");
+                }
+                done.push(id)
+            }
             Err(e) => tracing::error!("resuming task {}: {e}", s.id),
         }
     }
