@@ -343,6 +343,10 @@ pub fn nats_remote_control() -> R {
     let (evs, _) = support::parse_stream(&text)?;
     let kills: Vec<&Event> = evs.iter().filter(|e| e.kind == Kind::Action).collect();
     eq("action events", kills.iter().map(|e| e.action.as_deref()).collect::<Vec<_>>(), vec![Some("kill")])?;
+    let signer = agentmon::audit::public_key_hex(&key.verifying_key());
+    ensure(kills[0].detail.get("via").and_then(|v| v.as_str()).is_some_and(|v| v.contains(&signer)), || {
+        format!("the kill does not name its signer: {:?}", kills[0].detail)
+    })?;
     let msgs = read_stream(&url, &subjects.stream())?;
     let signals = on(&msgs, &subjects.kill());
     eq("kill signals", signals.len(), 1)?;

@@ -50,8 +50,9 @@ impl Act {
 pub enum By<'a> {
     /// A rule or scope decision on this event.
     Policy(&'a Event),
-    /// An operator over the control socket (kernel credentials of the caller).
-    Operator { pid: u32, uid: u32 },
+    /// An operator over the control socket (kernel credentials of the caller), and
+    /// whom it relays for (a signed remote command).
+    Operator { pid: u32, uid: u32, via: Option<&'a str> },
     /// The task's expiry passed and the daemon is configured to kill expired tasks.
     Expiry,
 }
@@ -266,13 +267,19 @@ fn action_event(
             detail.insert("by".into(), json!("policy"));
             detail.insert("trigger".into(), json!(t.id));
         }
-        By::Operator { pid, uid } => {
+        By::Operator { pid, uid, via } => {
             ev.pid = std::process::id();
             ev.tid = ev.pid;
             ev.comm = "agentmon".into();
-            ev.reason = Some(format!("operator request (pid {pid}, uid {uid})"));
+            ev.reason = Some(match via {
+                Some(v) => format!("operator request: {v}"),
+                None => format!("operator request (pid {pid}, uid {uid})"),
+            });
             detail.insert("by".into(), json!("operator"));
             detail.insert("operator".into(), json!({"pid": pid, "uid": uid}));
+            if let Some(v) = via {
+                detail.insert("via".into(), json!(v));
+            }
         }
         By::Expiry => {
             ev.pid = std::process::id();

@@ -36,21 +36,24 @@ pub const NOT_MINE: &str = "not here: no";
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Bind process `pid` (the caller's held child) to the task in `manifest`.
-    Delegate {
-        manifest: String,
-        file: String,
-        pid: u32,
-    },
+    Delegate { manifest: String, file: String, pid: u32 },
     /// Containment, from an operator outside every task: kill the task's processes.
+    /// `via`: who the operator relays for (a signed NATS command), recorded.
     Kill {
         task: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
     },
     /// Freeze the task's processes (kept for forensics) until thawed or killed.
     Freeze {
         task: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
     },
     Thaw {
         task: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
     },
     /// Let held call `id` proceed (agentmon performs it); with `for_s`, also later
     /// calls of the same task and operation under the same directory, for that long.
@@ -60,9 +63,7 @@ pub enum Request {
         for_s: Option<u64>,
     },
     /// Refuse held call `id` (it fails with EPERM).
-    Deny {
-        id: String,
-    },
+    Deny { id: String },
     /// List the held calls waiting for an approver.
     Approvals {},
     /// Tasks, their processes and state, and the pending approvals.

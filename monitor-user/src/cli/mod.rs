@@ -161,9 +161,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 Ok(1)
             }
         }
-        Command::Kill(a) => contain(&rt, a, |task| ctl::Request::Kill { task }),
-        Command::Freeze(a) => contain(&rt, a, |task| ctl::Request::Freeze { task }),
-        Command::Thaw(a) => contain(&rt, a, |task| ctl::Request::Thaw { task }),
+        Command::Kill(a) => contain(&rt, a, |task| ctl::Request::Kill { task, via: None }),
+        Command::Freeze(a) => contain(&rt, a, |task| ctl::Request::Freeze { task, via: None }),
+        Command::Thaw(a) => contain(&rt, a, |task| ctl::Request::Thaw { task, via: None }),
         Command::End { a, kill } => contain(&rt, a, |task| ctl::Request::End { task, kill }),
         Command::Approve { id, hold_for, socket } => {
             let a = ContainArgs { task: id, socket };

@@ -173,10 +173,11 @@ impl Gatekeeper {
             return Err(format!("ts {} is more than {}s from this host's clock", c.ts, MAX_SKEW.as_secs()));
         }
         let need = |v: &Option<String>, what: &str| v.clone().ok_or(format!("{op}: {what} missing"));
+        let via = Some(format!("NATS command signed by key {} (nonce {})", c.key, c.nonce));
         let req = match op {
-            "kill" => Request::Kill { task: need(&c.task, "task")? },
-            "freeze" => Request::Freeze { task: need(&c.task, "task")? },
-            "thaw" => Request::Thaw { task: need(&c.task, "task")? },
+            "kill" => Request::Kill { task: need(&c.task, "task")?, via },
+            "freeze" => Request::Freeze { task: need(&c.task, "task")?, via },
+            "thaw" => Request::Thaw { task: need(&c.task, "task")?, via },
             "approve" => Request::Approve { id: need(&c.approval, "approval")?, for_s: c.for_s },
             "deny" => Request::Deny { id: need(&c.approval, "approval")? },
             "approvals" => Request::Approvals {},

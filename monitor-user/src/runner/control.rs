@@ -117,7 +117,7 @@ fn serve(caller: Result<(u32, u32), String>, req: Result<Request, String>, cx: C
         tracing::warn!("{what} refused: uid {uid} is neither root nor agentmon's user");
         return Reply::err(format!("{what} refused: uid {uid} may not control agentmon's tasks"));
     }
-    let (task, act) = match req {
+    let (task, act, via) = match req {
         Request::Delegate { .. } | Request::Step { .. } => unreachable!("handled above"),
         Request::Start { manifest, file, pid, enforce, events } => {
             return top_level(cx, peer, StartReq { manifest, file, pid, enforce, events, attach: false });
@@ -130,9 +130,9 @@ fn serve(caller: Result<(u32, u32), String>, req: Result<Request, String>, cx: C
                 StartReq { manifest, file, pid, enforce: false, events, attach: true },
             );
         }
-        Request::Kill { task } => (task, Act::Kill),
-        Request::Freeze { task } => (task, Act::Freeze),
-        Request::Thaw { task } => (task, Act::Thaw),
+        Request::Kill { task, via } => (task, Act::Kill, via),
+        Request::Freeze { task, via } => (task, Act::Freeze, via),
+        Request::Thaw { task, via } => (task, Act::Thaw, via),
         Request::Approve { id, for_s } => {
             return approval(cx, &id, true, peer, uid, for_s.map(std::time::Duration::from_secs));
         }
@@ -153,7 +153,14 @@ fn serve(caller: Result<(u32, u32), String>, req: Result<Request, String>, cx: C
         }
     };
     let (host, now) = (cx.p.enr.host(), cx.p.enr.clock().now_wall());
-    let out = cx.p.contain.act(cx.sensors, &task, act, By::Operator { pid: peer, uid }, host, now);
+    let out = cx.p.contain.act(
+        cx.sensors,
+        &task,
+        act,
+        By::Operator { pid: peer, uid, via: via.as_deref() },
+        host,
+        now,
+    );
     if let Some(ev) = &out.event
         && let Err(e) = cx.sink.send(ev).and_then(|()| cx.sink.flush())
     {
@@ -310,7 +317,14 @@ fn end(cx: Ctl<'_>, task: &str, kill: bool, peer: u32, uid: u32) -> Reply {
     };
     if kill {
         let (host, now) = (cx.p.enr.host(), cx.p.enr.clock().now_wall());
-        let out = cx.p.contain.act(cx.sensors, &id, Act::Kill, By::Operator { pid: peer, uid }, host, now);
+        let out = cx.p.contain.act(
+            cx.sensors,
+            &id,
+            Act::Kill,
+            By::Operator { pid: peer, uid, via: None },
+            host,
+            now,
+        );
         if let Some(ev) = &out.event
             && let Err(e) = cx.sink.send(ev)
         {
