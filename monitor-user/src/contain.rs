@@ -100,6 +100,24 @@ impl Containment {
         self.tasks.remove(id);
     }
 
+    /// Cookies of task `id` and of every task delegated from it, at any depth.
+    pub fn cookies_under(&self, id: &str) -> Vec<u32> {
+        self.tasks
+            .iter()
+            .filter(|(t, _)| {
+                let mut cur = Some(&***t);
+                while let Some(c) = cur {
+                    if c == id {
+                        return true;
+                    }
+                    cur = self.tasks.get(c).and_then(|e| e.parent.as_deref());
+                }
+                false
+            })
+            .map(|(_, e)| e.cookie)
+            .collect()
+    }
+
     /// The cookie of task `id`.
     pub fn cookie(&self, id: &str) -> Option<u32> {
         self.tasks.get(id).map(|e| e.cookie)
@@ -339,4 +357,25 @@ fn signal_tracked(sensors: &Sensors, pid: u32, cookie: u32) -> bool {
         libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0)
     };
     r == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_under_follow_delegation() {
+        let mut c = Containment::default();
+        c.register("top".into(), 1, None, false);
+        c.register_sub("sub".into(), 2, "top".into(), false);
+        c.register_sub("subsub".into(), 3, "sub".into(), false);
+        c.register("other".into(), 4, None, false);
+        let mut all = c.cookies_under("top");
+        all.sort();
+        assert_eq!(all, [1, 2, 3]);
+        assert_eq!(c.cookies_under("sub").len(), 2);
+        assert_eq!(c.cookies_under("other"), [4]);
+        assert!(c.cookies_under("none").is_empty());
+        assert!(!c.was_killed("subsub"));
+    }
 }

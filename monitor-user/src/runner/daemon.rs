@@ -248,7 +248,8 @@ fn forget_finished(
     let done: Vec<Arc<str>> = p
         .ended
         .iter()
-        .filter(|id| p.contain.cookie(id).is_none_or(|c| !tracked.iter().any(|(_, t)| *t == c)))
+        // Its sub-tasks' processes keep it too (they share its cgroup and events file).
+        .filter(|id| !p.contain.cookies_under(id).iter().any(|c| tracked.iter().any(|(_, t)| t == c)))
         .cloned()
         .collect();
     for id in done {
