@@ -285,6 +285,14 @@ impl Sensors {
         self.set_pending()
     }
 
+    /// Forgets `tgid` (a process that was gone before it was tracked: its exit, which
+    /// would have removed it, will never come).
+    pub fn untrack(&mut self, tgid: u32) -> Result<(), LoadError> {
+        let _ = self.tracked.remove(&tgid);
+        self.unmarked.retain(|t| *t != tgid);
+        self.set_pending()
+    }
+
     fn set_pending(&mut self) -> Result<(), LoadError> {
         self.pending
             .set(0, &(self.unmarked.len() as u64), 0)

@@ -255,6 +255,14 @@ fn bind(
             cx.sensors.track(pid, c)?;
         }
     }
+    // A process found in /proc that exited before it was tracked leaves an entry no
+    // exit will remove (and that a reused pid would inherit).
+    for pid in pids.clone() {
+        if !Path::new(&format!("/proc/{pid}")).exists() && pid != r.pid {
+            cx.sensors.untrack(pid)?;
+            pids.retain(|p| *p != pid);
+        }
+    }
     let cgroup = match adopted {
         Some(cg) => {
             if task.enforce {
