@@ -59,6 +59,7 @@ fn main() {
         ("nats_outage_loses_nothing", nats::nats_outage_loses_nothing),
         ("nats_remote_control", nats::nats_remote_control),
         ("nats_sample_config_permissions", nats::nats_sample_config_permissions),
+        ("nats_token_nkey_tls", nats::nats_token_nkey_tls),
         ("audit_chain_and_replay", audit::audit_chain_and_replay),
         ("daemon_serves_concurrent_tasks", daemon::daemon_serves_concurrent_tasks),
         ("daemon_restart_resumes_tasks", daemon::daemon_restart_resumes_tasks),

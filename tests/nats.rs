@@ -19,7 +19,7 @@ use crate::{
     R,
     support::{
         self, SCENARIO_ENV, agentmon, ensure, eq,
-        nats::{Msg, Server, read_stream, request, request_as, suite_url},
+        nats::{Msg, Server, read_stream, read_stream_with, request, request_as, suite_url},
         run_agentmon_with, wait, workdir,
     },
 };
@@ -429,5 +429,89 @@ pub fn nats_sample_config_permissions() -> R {
     let (evs, _) = support::parse_stream(&text)?;
     let msgs = support::nats::read_stream_as(&url, soc, &subjects.stream())?;
     events_match(&evs, &msgs, &subjects)?;
+    Ok(())
+}
+
+fn sh(cmd: &str, dir: &Path) -> Result<(), String> {
+    let out = Command::new("sh").arg("-c").arg(cmd).current_dir(dir).output().map_err(|e| e.to_string())?;
+    ensure(out.status.success(), || format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Token, nkey and TLS (server verified against a CA): agentmon publishes through each,
+/// and a wrong token leaves everything in the spool.
+pub fn nats_token_nkey_tls() -> R {
+    let d = workdir("nats-auth");
+    let kp = nkeys::KeyPair::new_user();
+    let seed = kp.seed().map_err(|e| e.to_string())?;
+    let nk = d.join("user.nk");
+    std::fs::write(&nk, &seed).map_err(|e| e.to_string())?;
+    sh(
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=test-ca 2>/dev/null && \
+         openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=localhost 2>/dev/null && \
+         printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > san.ext && \
+         openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 1 \
+         -extfile san.ext 2>/dev/null",
+        &d,
+    )?;
+    let ca = d.join("ca.pem");
+    let cases: Vec<(&str, String, Vec<String>, async_nats::ConnectOptions)> = vec![
+        (
+            "token",
+            "authorization { token: \"s3cret-token\" }".into(),
+            vec!["--nats-token".into(), "s3cret-token".into()],
+            async_nats::ConnectOptions::with_token("s3cret-token".into()),
+        ),
+        (
+            "nkey",
+            format!("authorization {{ users: [ {{ nkey: {} }} ] }}", kp.public_key()),
+            vec!["--nats-nkey".into(), nk.display().to_string()],
+            async_nats::ConnectOptions::with_nkey(seed.clone()),
+        ),
+        (
+            "tls",
+            format!(
+                "tls {{ cert_file: \"{}\", key_file: \"{}\" }}",
+                d.join("srv.pem").display(),
+                d.join("srv.key").display()
+            ),
+            vec!["--nats-tls-ca".into(), ca.display().to_string()],
+            async_nats::ConnectOptions::new().add_root_certificates(ca.clone()).require_tls(true),
+        ),
+    ];
+    for (name, auth, flags, client) in cases {
+        let dir = d.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let mut srv = Server::planned(&dir);
+        let conf = dir.join("server.conf");
+        std::fs::write(&conf, format!("jetstream {{ store_dir: \"{}\" }}\n{auth}\n", srv.store.display()))
+            .map_err(|e| e.to_string())?;
+        srv.start_with(Some(&conf), &[])?;
+        let url = srv.url();
+        let h = host(name);
+        let spool = dir.join("spool");
+        let mut args: Vec<&str> = vec!["--nats", &url, "--nats-host", &h, "--spool", spool.to_str().unwrap()];
+        args.extend(flags.iter().map(String::as_str));
+        let run = run_agentmon_with(&args, &["/bin/true".to_string()], &[], &dir)?;
+        eq(&format!("{name}: exit"), run.code, 0)?;
+        ensure(!run.stderr.contains("NATS:"), || format!("{name}: {}", run.stderr))?;
+        let msgs = read_stream_with(&url, client, &Subjects::new(&h).stream())?;
+        events_match(&run.events, &msgs, &Subjects::new(&h)).map_err(|e| format!("{name}: {e}"))?;
+        if name == "token" {
+            // A wrong token: nothing is sent, everything waits in the spool.
+            let spool = dir.join("spool-wrong");
+            let args = [
+                "--nats",
+                &url,
+                "--nats-host",
+                &h,
+                "--spool",
+                spool.to_str().unwrap(),
+                "--nats-token",
+                "wrong",
+            ];
+            let run = run_agentmon_with(&args, &["/bin/true".to_string()], &[], &dir)?;
+            ensure(run.stderr.contains("stay in the spool"), || format!("wrong token: {}", run.stderr))?;
+        }
+    }
     Ok(())
 }

@@ -120,9 +120,22 @@ pub fn read_stream(url: &str, stream: &str) -> Result<Vec<Msg>, String> {
 }
 
 pub fn read_stream_as(url: &str, auth: Auth<'_>, stream: &str) -> Result<Vec<Msg>, String> {
+    let o = match auth {
+        Some((u, p)) => async_nats::ConnectOptions::with_user_and_password(u.into(), p.into()),
+        None => async_nats::ConnectOptions::new(),
+    };
+    read_stream_with(url, o, stream)
+}
+
+/// Every message of `stream`, connecting with `opts` (token, nkey, TLS, ...).
+pub fn read_stream_with(
+    url: &str,
+    opts: async_nats::ConnectOptions,
+    stream: &str,
+) -> Result<Vec<Msg>, String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let client = connect(url, auth).await?;
+        let client = opts.connect(url).await.map_err(|e| format!("connect {url}: {e}"))?;
         let js = async_nats::jetstream::new(client);
         let mut s = js.get_stream(stream).await.map_err(|e| format!("stream {stream}: {e}"))?;
         let info = s.info().await.map_err(|e| e.to_string())?.clone();
