@@ -84,6 +84,7 @@ impl Judge {
 
     pub fn unbind(&mut self, id: &str) {
         self.tasks.remove(id);
+        self.windows.forget(id);
     }
 
     pub fn task_ids(&self) -> Vec<Arc<str>> {

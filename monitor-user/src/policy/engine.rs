@@ -34,6 +34,11 @@ pub struct Windows {
 }
 
 impl Windows {
+    /// Drops the windows of a task that is gone.
+    pub fn forget(&mut self, task: &str) {
+        self.hits.retain(|(t, _), _| t != task);
+    }
+
     fn hit(
         &mut self,
         task: Option<&str>,
