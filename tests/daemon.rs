@@ -426,3 +426,74 @@ pub fn daemon_selectors_attach_agents() -> R {
     })?;
     Ok(())
 }
+
+/// An enforced task with an approval gate, registered with a daemon: `agentmon exec`
+/// hands the task's approval listener to the daemon, which holds the delete until an
+/// operator approves it, then performs it.
+pub fn daemon_holds_approval_gates() -> R {
+    let d = workdir("daemon-gate");
+    let (sock, all, config) = (d.join("agentmon.sock"), d.join("all.jsonl"), d.join("agentmon.yaml"));
+    let daemon = start_daemon(&d, &config, &sock, &all, "approval_timeout: 30s\n")?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let g = d.join("g");
+    std::fs::create_dir_all(g.join("repo")).map_err(|e| e.to_string())?;
+    std::fs::write(g.join("repo/a.txt"), "a").map_err(|e| e.to_string())?;
+    let task = d.join("gate.yaml");
+    std::fs::write(
+        &task,
+        format!(
+            "id: gated-daemon\nmode: execute\nenforcement: enforce\napproval_required: [delete]\nscope:\n  \
+             write: [\"{r}/**\"]\n  delete: [\"{r}/**\"]\n  exec: [\"{me}\"]\n",
+            r = g.join("repo").display(),
+            me = me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let child = Command::new(agentmon())
+        .args(["exec", "--quiet", "--daemon"])
+        .arg(&sock)
+        .arg("--task")
+        .arg(&task)
+        .arg("--")
+        .arg(&me)
+        .arg(&g)
+        .arg("delete=repo/a.txt")
+        .env(SCENARIO_ENV, "gated")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let result = (|| -> Result<(), String> {
+        let mut id = None;
+        wait(Duration::from_secs(20), || {
+            id = events(&all).ok().and_then(|evs| {
+                evs.iter()
+                    .find(|e| e.kind == Kind::ApprovalRequest)
+                    .and_then(|e| e.detail.get("approval").and_then(|v| v.as_str()).map(String::from))
+            });
+            id.is_some()
+        });
+        let id = id.ok_or("no approval_request from the daemon")?;
+        ensure(g.join("repo/a.txt").exists(), || "deleted before it was approved".into())?;
+        let out = Command::new(agentmon())
+            .args(["approve", &id, "--socket"])
+            .arg(&sock)
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure(out.status.success(), || format!("approve: {}", String::from_utf8_lossy(&out.stderr)))?;
+        Ok(())
+    })();
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(700));
+    stop(daemon)?;
+    result?;
+    eq("exec exit", out.status.code(), Some(0))?;
+    let results = std::fs::read_to_string(g.join("repo/results.txt")).map_err(|e| e.to_string())?;
+    eq("the agent's result", results.trim(), "delete 0")?;
+    ensure(!g.join("repo/a.txt").exists(), || "the approved delete did not happen".into())?;
+    let evs = events(&all)?;
+    let decided = evs.iter().find(|e| e.kind == Kind::Approval).ok_or("no approval event")?;
+    eq("decision", decided.detail.get("decision").and_then(|v| v.as_str()), Some("approved"))?;
+    eq("task", decided.task.as_deref(), Some("gated-daemon"))?;
+    Ok(())
+}

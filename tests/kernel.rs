@@ -65,6 +65,7 @@ fn main() {
         ("daemon_restart_resumes_tasks", daemon::daemon_restart_resumes_tasks),
         ("daemon_kills_expired_tasks", daemon::daemon_kills_expired_tasks),
         ("daemon_selectors_attach_agents", daemon::daemon_selectors_attach_agents),
+        ("daemon_holds_approval_gates", daemon::daemon_holds_approval_gates),
     ];
     let root = nix::unistd::geteuid().is_root();
     let skip = std::env::var(SKIP_ENV).is_ok_and(|v| v == "1");

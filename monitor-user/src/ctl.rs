@@ -80,6 +80,9 @@ pub enum Request {
         #[serde(default)]
         events: Option<String>,
     },
+    /// From `agentmon exec` with a daemon: the approval listener of the task's root,
+    /// attached (SCM_RIGHTS); the daemon holds the task's gated calls from now on.
+    Gate { task: String },
     /// The task is over: its end is recorded (`task_end`, and the revoke on NATS);
     /// with `kill`, its processes are killed first.
     End {
@@ -131,6 +134,7 @@ impl Request {
             Request::Start { .. } => "start",
             Request::Attach { .. } => "attach",
             Request::End { .. } => "end",
+            Request::Gate { .. } => "gate",
         }
     }
 }
@@ -238,6 +242,89 @@ pub async fn call(socket: &Path, req: &Request) -> Result<Reply, String> {
         .await
         .map_err(|_| format!("no reply from the agentmon at {}", socket.display()))?
         .map_err(|e| e.to_string())?;
+    serde_json::from_str(line.trim_end()).map_err(|e| format!("bad reply {line:?}: {e}"))
+}
+
+/// Reads one request line and the file descriptors sent with it (SCM_RIGHTS), bounded
+/// in size and time.
+pub async fn read_request_fds(
+    stream: &mut UnixStream,
+) -> (Result<Request, String>, Vec<std::os::fd::OwnedFd>) {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    let mut line = Vec::new();
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !line.contains(&b'\n') {
+        if line.len() as u64 > MAX_REQUEST {
+            return (Err("request too long".into()), fds);
+        }
+        match tokio::time::timeout_at(deadline, stream.readable()).await {
+            Err(_) => return (Err("timed out reading the request".into()), fds),
+            Ok(Err(e)) => return (Err(format!("reading the request: {e}")), fds),
+            Ok(Ok(())) => {}
+        }
+        let mut buf = [0u8; 4096];
+        let r = stream.try_io(tokio::io::Interest::READABLE, || {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+            let fd = stream.as_raw_fd();
+            let msg = recvmsg::<()>(
+                fd,
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(std::io::Error::from)?;
+            let mut got = Vec::new();
+            for c in msg.cmsgs().map_err(std::io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(v) = c {
+                    got.extend(v);
+                }
+            }
+            Ok((msg.bytes, got))
+        });
+        match r {
+            Ok((0, _)) => {
+                return (
+                    Err(if line.is_empty() { "empty request" } else { "request cut short" }.into()),
+                    fds,
+                );
+            }
+            Ok((n, got)) => {
+                line.extend_from_slice(&buf[..n]);
+                // SAFETY: the kernel just installed these descriptors for us.
+                fds.extend(got.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return (Err(format!("reading the request: {e}")), fds),
+        }
+    }
+    let text = String::from_utf8_lossy(&line);
+    let first = text.split('\n').next().unwrap_or("");
+    (serde_json::from_str(first.trim_end()).map_err(|e| format!("malformed request: {e}")), fds)
+}
+
+/// Sends `req` with `fd` attached (SCM_RIGHTS) and reads the reply.
+pub fn call_with_fd(socket: &Path, req: &Request, fd: std::os::fd::BorrowedFd<'_>) -> Result<Reply, String> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+    let s = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("cannot reach the agentmon at {}: {e}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let mut text = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    text.push('\n');
+    let fds = [fd.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(text.as_bytes())];
+    let sent =
+        sendmsg::<()>(s.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
+            .map_err(|e| format!("sending to {}: {e}", socket.display()))?;
+    if sent != text.len() {
+        return Err("the request was cut short".into());
+    }
+    let mut line = String::new();
+    std::io::BufReader::new(&s).read_line(&mut line).map_err(|e| e.to_string())?;
     serde_json::from_str(line.trim_end()).map_err(|e| format!("bad reply {line:?}: {e}"))
 }
 

@@ -57,6 +57,8 @@ struct Config {
     default_sensitive: Option<bool>,
     ringbuf_mb: Option<u32>,
     state_dir: Option<PathBuf>,
+    /// How long a held call waits for an approver (e.g. `60s`).
+    approval_timeout: Option<String>,
     /// `end` (record the task's end and revoke) or `kill`.
     on_expiry: Option<String>,
     selectors: Vec<SelectorConfig>,
@@ -213,6 +215,10 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
         state_dir: cfg.state_dir.unwrap_or_else(|| "/run/agentmon/tasks".into()),
         metrics: cfg.metrics,
         selectors,
+        approval_timeout: match cfg.approval_timeout.as_deref() {
+            None => std::time::Duration::from_secs(60),
+            Some(t) => super::duration(t).map_err(|e| anyhow::anyhow!("{file}: approval_timeout: {e}"))?,
+        },
         kill_on_expiry: match cfg.on_expiry.as_deref() {
             None | Some("end") => false,
             Some("kill") => true,
@@ -240,4 +246,29 @@ pub fn attach(rt: &tokio::runtime::Runtime, a: AttachArgs) -> anyhow::Result<i32
             a.pid
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped, documented configuration is one the daemon accepts, with the
+    /// defaults it documents.
+    #[test]
+    fn shipped_config_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agentmon.yaml");
+        let o = options(DaemonArgs { config: Some(p), socket: None }).unwrap();
+        assert_eq!(o.socket, Path::new(DAEMON_SOCKET));
+        assert_eq!(o.approval_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(o.state_dir, Path::new("/run/agentmon/tasks"));
+        assert!(!o.kill_on_expiry && o.selectors.is_none() && o.outputs.nats.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, "socket: /x\nno_such_option: 1\n").unwrap();
+        let e = options(DaemonArgs { config: Some(bad.clone()), socket: None }).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}:2", bad.display())), "{e}");
+        std::fs::write(&bad, "selectors:\n  - exe: /usr/bin/x\n").unwrap();
+        let e = options(DaemonArgs { config: Some(bad.clone()), socket: None }).unwrap_err().to_string();
+        assert!(e.contains("default_task"), "{e}");
+    }
 }

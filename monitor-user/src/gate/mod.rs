@@ -336,6 +336,11 @@ impl Gate {
         ev
     }
 
+    /// Whether request `id` is waiting here.
+    pub fn holds(&self, id: &str) -> bool {
+        self.pending.contains_key(id)
+    }
+
     /// An approver's answer to request `id`.
     pub fn decide(
         &mut self,

@@ -34,6 +34,8 @@ pub struct Incoming {
     /// Caller's kernel credentials (pid, uid), or why there are none.
     caller: Result<(u32, u32), String>,
     req: Result<Request, String>,
+    /// Descriptors sent with the request (a gate's listener).
+    fds: Vec<std::os::fd::OwnedFd>,
 }
 
 /// Requests read at once at most; more connections wait in the listen backlog.
@@ -66,22 +68,27 @@ impl Reader {
                 Some((pid, uid)) if pid > 0 => Ok((pid as u32, uid)),
                 _ => Err("cannot identify the caller".to_string()),
             };
-            let req = ctl::read_request(&mut stream).await;
+            let (req, fds) = ctl::read_request_fds(&mut stream).await;
             drop(slot);
-            let _ = tx.send(Incoming { stream, caller, req }).await;
+            let _ = tx.send(Incoming { stream, caller, req, fds }).await;
         });
     }
 }
 
 /// Answers a request read by [`Reader`], and sends the answer (in a task of its own).
 pub fn answer(inc: Incoming, cx: Ctl<'_>) {
-    let Incoming { mut stream, caller, req } = inc;
-    let reply = serve(caller, req, cx);
+    let Incoming { mut stream, caller, req, fds } = inc;
+    let reply = serve(caller, req, fds, cx);
     tokio::spawn(async move { ctl::write_reply(&mut stream, &reply).await });
 }
 
 /// Answers one control request.
-fn serve(caller: Result<(u32, u32), String>, req: Result<Request, String>, cx: Ctl<'_>) -> Reply {
+fn serve(
+    caller: Result<(u32, u32), String>,
+    req: Result<Request, String>,
+    mut fds: Vec<std::os::fd::OwnedFd>,
+    cx: Ctl<'_>,
+) -> Reply {
     let (peer, uid) = match caller {
         Ok(c) => c,
         Err(e) => return Reply::err(e),
@@ -123,6 +130,21 @@ fn serve(caller: Result<(u32, u32), String>, req: Result<Request, String>, cx: C
             return top_level(cx, peer, StartReq { manifest, file, pid, enforce, events, attach: false });
         }
         Request::End { task, kill } => return end(cx, &task, kill, peer, uid),
+        Request::Gate { task } => {
+            let (Some(h), Some(fd)) = (cx.host, fds.pop()) else {
+                return Reply::err("gate: a daemon takes a task's approval listener, sent with the request");
+            };
+            if cx.p.judge.task(&task).is_none() {
+                return Reply::err(format!("{} task called {task}", ctl::NOT_MINE));
+            }
+            return match crate::gate::Gate::new(fd, h.approval_timeout) {
+                Ok(g) => {
+                    cx.p.gates.push(g);
+                    Reply { ok: true, task: Some(task), ..Default::default() }
+                }
+                Err(e) => Reply::err(format!("gate: {e}")),
+            };
+        }
         Request::Attach { manifest, file, pid, events } => {
             return top_level(
                 cx,
@@ -143,12 +165,12 @@ fn serve(caller: Result<(u32, u32), String>, req: Result<Request, String>, cx: C
                 "pid": std::process::id(),
                 "host": cx.p.enr.host(),
                 "tasks": cx.p.contain.status(&tracked),
-                "approvals": cx.p.gate.as_ref().map(|g| g.list()).unwrap_or_default(),
+                "approvals": cx.p.gates.iter().map(|g| g.list()).collect::<String>(),
             });
             return Reply { ok: true, data: Some(data), ..Default::default() };
         }
         Request::Approvals {} => {
-            let list = cx.p.gate.as_ref().map(|g| g.list()).unwrap_or_default();
+            let list = cx.p.gates.iter().map(|g| g.list()).collect::<String>();
             return Reply { ok: true, message: Some(list), ..Default::default() };
         }
     };
@@ -181,7 +203,7 @@ fn approval(
     uid: u32,
     hold_for: Option<std::time::Duration>,
 ) -> Reply {
-    let Some(g) = cx.p.gate.as_mut() else {
+    let Some(g) = cx.p.gates.iter_mut().find(|g| g.holds(id)) else {
         return Reply::err(format!("{} pending approval {id}", ctl::NOT_MINE));
     };
     let (ev, result) = g.decide(id, approve, crate::gate::Who::Operator { pid, uid }, hold_for);
@@ -223,7 +245,7 @@ fn delegate(cx: Ctl<'_>, peer: u32, manifest: String, file: String, pid: u32) ->
     // Inside an enforced task everything is enforced (its confinement is inherited anyway).
     child.enforce |= parent.task.enforce;
     // A sub-task's calls are held by the gate its root inherited: the parent's.
-    let gated = |o: &crate::task::Op| p.gate.is_some() && parent.task.approval.contains(o);
+    let gated = |o: &crate::task::Op| !p.gates.is_empty() && parent.task.approval.contains(o);
     if child.enforce
         && let Some(op) = child.approval.iter().find(|o| !gated(o))
     {

@@ -41,6 +41,8 @@ pub struct DaemonOptions {
     pub state_dir: PathBuf,
     /// Prometheus endpoint.
     pub metrics: Option<std::net::SocketAddr>,
+    /// How long a held call waits for an approver before it is denied.
+    pub approval_timeout: Duration,
     /// Kill a task when its expiry passes (else its end is only recorded).
     pub kill_on_expiry: bool,
     /// Processes attached automatically under the default task.
@@ -88,7 +90,12 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     }
     protected.extend(std::env::current_exe().ok());
     protected.push(opts.state_dir.clone());
-    let host = Host { layers, protected, state_dir: opts.state_dir.clone() };
+    let host = Host {
+        layers,
+        protected,
+        state_dir: opts.state_dir.clone(),
+        approval_timeout: opts.approval_timeout,
+    };
     eprintln!(
         "agentmon daemon: {} kernel programs attached in {} ms; {} rules; control socket {}",
         sensors.attached.len(),
@@ -102,7 +109,7 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
         enr: Enricher::new(opts.sensitive.clone(), HashMap::new()),
         judge,
         contain: Containment::default(),
-        gate: None,
+        gates: Vec::new(),
         ended: Default::default(),
         steps: Default::default(),
     };
@@ -163,6 +170,13 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
                 }
                 sink.flush()?;
             }
+            r = super::gate_ready(&p.gates) => {
+                r?;
+                // Events first: the caller's exec and forks name the process in the request.
+                p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
+                p.held_calls(&sensors, &mut sink)?;
+            }
+            _ = super::gate_deadline(&p.gates) => p.expire_approvals(&mut sink)?,
             conn = server.listener.accept() => {
                 if let Ok((stream, _)) = conn {
                     requests.read(stream);

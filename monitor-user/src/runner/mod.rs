@@ -245,7 +245,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         enr: Enricher::new(opts.sensitive.clone(), names),
         judge,
         contain,
-        gate: None,
+        gates: Vec::new(),
         ended: Default::default(),
         steps: Default::default(),
     };
@@ -280,7 +280,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     if let Some(chan) = gate_chan {
         // The root sent its approval listener before it exec'd.
         let listener = crate::gate::filter::recv_listener(&chan, 5000)?;
-        p.gate = Some(Gate::new(listener, opts.approval_timeout)?);
+        p.gates.push(Gate::new(listener, opts.approval_timeout)?);
     }
     let mut next_task = EXEC_TASK + 1;
     let mut ticks: u64 = 0;
@@ -319,13 +319,13 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
                 }
                 sink.flush()?;
             }
-            r = gate_ready(&p.gate) => {
+            r = gate_ready(&p.gates) => {
                 r?;
                 // Events first: the caller's exec and forks name the process in the request.
                 p.drain(ring.get_mut(), &mut sink, &mut sensors)?;
                 p.held_calls(&sensors, &mut sink)?;
             }
-            _ = gate_deadline(&p.gate) => p.expire_approvals(&mut sink)?,
+            _ = gate_deadline(&p.gates) => p.expire_approvals(&mut sink)?,
             conn = server.listener.accept() => {
                 if let Ok((stream, _)) = conn {
                     requests.read(stream);
@@ -508,17 +508,12 @@ async fn delegated(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> 
 /// it with its own outputs (and the `--events` file, for this task's events).
 async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> {
     let Some((task, text)) = opts.task.clone() else { unreachable!("checked by the caller") };
-    if task.enforce && !task.approval.is_empty() {
-        return Err(RunError::Daemon(format!(
-            "{}: approval gates are held by an embedded agentmon only (for now); run with --standalone",
-            task.source.display()
-        )));
-    }
     let layers = Layers::probe();
     let confinement = plan_confinement(&opts, &layers)?;
     let env = [(CTL_ENV.to_string(), socket.display().to_string()), (TASK_ENV.to_string(), task.id.clone())];
-    let held = launch::spawn_held(&opts.cmd, &env, confinement)?;
+    let mut held = launch::spawn_held(&opts.cmd, &env, confinement)?;
     let pid = held.pid;
+    let gate_chan = held.take_gate();
     let abort = |msg: String| {
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, None);
@@ -548,6 +543,28 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
         );
     }
     held.release()?;
+    if let Some(chan) = gate_chan {
+        // The root sent its approval listener before it exec'd; the daemon holds the
+        // task's gated calls (until it has the listener they wait in the kernel).
+        let handed =
+            crate::gate::filter::recv_listener(&chan, 5000).map_err(|e| e.to_string()).and_then(|l| {
+                use std::os::fd::AsFd;
+                ctl::call_with_fd(&socket, &ctl::Request::Gate { task: task.id.clone() }, l.as_fd())
+            });
+        match handed {
+            Ok(r) if r.ok => {}
+            other => {
+                let why = match other {
+                    Ok(r) => r.error.unwrap_or_default(),
+                    Err(e) => e,
+                };
+                // Unanswered, its gated calls would wait forever: it must not run on.
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+                return Err(RunError::Daemon(format!("handing the approval gate to the daemon: {why}")));
+            }
+        }
+    }
     let st = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None))
         .await
         .map_err(std::io::Error::other)?;
@@ -559,17 +576,18 @@ fn absolute(p: &std::path::Path) -> std::io::Result<PathBuf> {
     if p.is_absolute() { Ok(p.to_path_buf()) } else { Ok(std::env::current_dir()?.join(p)) }
 }
 
-/// Resolves when the gate has held calls to take (never, without a gate).
-async fn gate_ready(gate: &Option<Gate>) -> std::io::Result<()> {
-    match gate {
-        Some(g) if !g.closed => g.ready().await,
-        _ => std::future::pending().await,
+/// Resolves when a gate has held calls to take (never, without an open gate).
+pub(super) async fn gate_ready(gates: &[Gate]) -> std::io::Result<()> {
+    let open: Vec<_> = gates.iter().filter(|g| !g.closed).map(|g| Box::pin(g.ready())).collect();
+    if open.is_empty() {
+        return std::future::pending().await;
     }
+    futures_util::future::select_all(open).await.0
 }
 
 /// Resolves at the earliest approval deadline (never, with none pending).
-async fn gate_deadline(gate: &Option<Gate>) {
-    match gate.as_ref().and_then(Gate::next_deadline) {
+pub(super) async fn gate_deadline(gates: &[Gate]) {
+    match gates.iter().filter_map(Gate::next_deadline).min() {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
     }

@@ -30,7 +30,7 @@ pub struct Pipeline {
     pub judge: Judge,
     pub contain: Containment,
     /// The approval gate of the task, if it has gated operations.
-    pub gate: Option<Gate>,
+    pub gates: Vec<Gate>,
     /// Tasks whose end is recorded.
     pub ended: HashSet<Arc<str>>,
     /// Open steps of each task, oldest first; the newest labels the task's events.
@@ -62,7 +62,7 @@ impl Pipeline {
                 if let Some(t) = &ev.task {
                     ev.step = self.steps.get(t).and_then(|v| v.last().cloned());
                 }
-                if let Some(g) = self.gate.as_mut() {
+                for g in self.gates.iter_mut() {
                     g.annotate(&mut ev);
                 }
                 let alert = self.judge.apply(&mut ev, &self.enr.procs);
@@ -209,9 +209,14 @@ impl Pipeline {
 
     /// Takes the calls the gate holds: refusals happen at once, requests are recorded.
     pub fn held_calls(&mut self, sensors: &Sensors, sink: &mut dyn Sink) -> Result<(), RunError> {
-        let Some(g) = self.gate.as_mut() else { return Ok(()) };
-        for ev in g.take(sensors, &self.enr, &self.judge) {
-            sink.send(&ev)?;
+        if self.gates.is_empty() {
+            return Ok(());
+        }
+        // Each gate checks (poll) before it takes: one that holds nothing costs a poll.
+        for g in self.gates.iter_mut() {
+            for ev in g.take(sensors, &self.enr, &self.judge) {
+                sink.send(&ev)?;
+            }
         }
         // An approver watches the stream: do not wait for the next periodic flush.
         sink.flush()?;
@@ -220,10 +225,16 @@ impl Pipeline {
 
     /// Denies the requests whose time ran out.
     pub fn expire_approvals(&mut self, sink: &mut dyn Sink) -> Result<(), RunError> {
-        let Some(g) = self.gate.as_mut() else { return Ok(()) };
-        for ev in g.expire() {
-            sink.send(&ev)?;
+        if self.gates.is_empty() {
+            return Ok(());
         }
+        for g in self.gates.iter_mut() {
+            for ev in g.expire() {
+                sink.send(&ev)?;
+            }
+        }
+        // Gates whose every process has exited hold nothing more.
+        self.gates.retain(|g| !g.closed || g.next_deadline().is_some());
         sink.flush()?;
         Ok(())
     }

@@ -23,6 +23,8 @@ pub struct Host {
     pub protected: Vec<PathBuf>,
     /// Where each running task is recorded, so a restarted daemon resumes it.
     pub state_dir: PathBuf,
+    /// How long a held call waits for an approver.
+    pub approval_timeout: std::time::Duration,
 }
 
 /// A running task as recorded in the state directory.
