@@ -61,9 +61,15 @@ pub enum Request {
         id: String,
         #[serde(default)]
         for_s: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
     },
     /// Refuse held call `id` (it fails with EPERM).
-    Deny { id: String },
+    Deny {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
+    },
     /// List the held calls waiting for an approver.
     Approvals {},
     /// Tasks, their processes and state, and the pending approvals.

@@ -167,10 +167,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::End { a, kill } => contain(&rt, a, |task| ctl::Request::End { task, kill }),
         Command::Approve { id, hold_for, socket } => {
             let a = ContainArgs { task: id, socket };
-            contain(&rt, a, |id| ctl::Request::Approve { id, for_s: hold_for.map(|d| d.as_secs().max(1)) })
+            contain(&rt, a, |id| ctl::Request::Approve {
+                id,
+                for_s: hold_for.map(|d| d.as_secs().max(1)),
+                via: None,
+            })
         }
         Command::Deny { id, socket } => {
-            contain(&rt, ContainArgs { task: id, socket }, |id| ctl::Request::Deny { id })
+            contain(&rt, ContainArgs { task: id, socket }, |id| ctl::Request::Deny { id, via: None })
         }
         Command::Approvals { socket } => {
             let sockets = socket.map(|s| vec![s]).unwrap_or_else(ctl::sockets);

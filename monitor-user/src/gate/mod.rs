@@ -40,6 +40,8 @@ pub enum Who {
     Operator {
         pid: u32,
         uid: u32,
+        /// Whom the operator relays for (a signed remote command).
+        via: Option<String>,
     },
     /// A standing approval (`approve --for`), by the id that granted it.
     Standing(String),
@@ -322,8 +324,11 @@ impl Gate {
         ev.detail.insert("approval".into(), json!(id));
         ev.detail.insert("decision".into(), json!(decision));
         let by = match &who {
-            Who::Operator { pid, uid } => {
+            Who::Operator { pid, uid, via } => {
                 ev.detail.insert("operator".into(), json!({"pid": pid, "uid": uid}));
+                if let Some(v) = via {
+                    ev.detail.insert("via".into(), json!(v));
+                }
                 "operator".to_string()
             }
             Who::Standing(s) => {

@@ -10,6 +10,7 @@ use crate::{
     contain::{Act, By},
     ctl::{self, Reply, Request, StepPhase},
     event::Step,
+    gate::Who,
     judge::Bound,
     kernel::loader::Sensors,
     sink::{Fanout, Sink},
@@ -155,10 +156,13 @@ fn serve(
         Request::Kill { task, via } => (task, Act::Kill, via),
         Request::Freeze { task, via } => (task, Act::Freeze, via),
         Request::Thaw { task, via } => (task, Act::Thaw, via),
-        Request::Approve { id, for_s } => {
-            return approval(cx, &id, true, peer, uid, for_s.map(std::time::Duration::from_secs));
+        Request::Approve { id, for_s, via } => {
+            let who = Who::Operator { pid: peer, uid, via };
+            return approval(cx, &id, true, who, for_s.map(std::time::Duration::from_secs));
         }
-        Request::Deny { id } => return approval(cx, &id, false, peer, uid, None),
+        Request::Deny { id, via } => {
+            return approval(cx, &id, false, Who::Operator { pid: peer, uid, via }, None);
+        }
         Request::Status {} => {
             let tracked = cx.sensors.tracked();
             let data = serde_json::json!({
@@ -195,18 +199,11 @@ fn serve(
 }
 
 /// An approver's decision on a held call.
-fn approval(
-    cx: Ctl<'_>,
-    id: &str,
-    approve: bool,
-    pid: u32,
-    uid: u32,
-    hold_for: Option<std::time::Duration>,
-) -> Reply {
+fn approval(cx: Ctl<'_>, id: &str, approve: bool, who: Who, hold_for: Option<std::time::Duration>) -> Reply {
     let Some(g) = cx.p.gates.iter_mut().find(|g| g.holds(id)) else {
         return Reply::err(format!("{} pending approval {id}", ctl::NOT_MINE));
     };
-    let (ev, result) = g.decide(id, approve, crate::gate::Who::Operator { pid, uid }, hold_for);
+    let (ev, result) = g.decide(id, approve, who, hold_for);
     if let Some(ev) = &ev
         && let Err(e) = cx.sink.send(ev).and_then(|()| cx.sink.flush())
     {
