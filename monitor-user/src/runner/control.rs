@@ -29,6 +29,13 @@ pub struct Ctl<'a> {
     pub host: Option<&'a Host>,
 }
 
+impl Ctl<'_> {
+    /// The same state, borrowed again for one call (a loop of them).
+    pub fn reborrow(&mut self) -> Ctl<'_> {
+        Ctl { sensors: self.sensors, p: self.p, sink: self.sink, next: self.next, host: self.host }
+    }
+}
+
 /// A connection whose request has been read.
 pub struct Incoming {
     pub stream: UnixStream,

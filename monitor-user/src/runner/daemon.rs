@@ -140,6 +140,7 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     let mut scan = tokio::time::interval(Duration::from_millis(250));
     scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut requests = control::Reader::default();
+    let mut marked = std::collections::HashSet::new();
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     loop {
@@ -161,10 +162,12 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
                 for ev in p.expire(&mut sensors, opts.kill_on_expiry) {
                     sink.send(&ev)?;
                 }
-                for id in &p.ended {
+                // Each ended task's record is rewritten once, not every tick.
+                for id in p.ended.iter().filter(|id| !marked.contains(*id)) {
                     host.mark_ended(id);
                 }
                 forget_finished(&mut p, &mut sink, &sensors, &host)?;
+                marked.clone_from(&p.ended);
                 if let Some(m) = &metrics {
                     report(m, &p, &sensors, nats.as_ref());
                 }

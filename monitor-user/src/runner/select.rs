@@ -90,7 +90,7 @@ pub struct Scanner {
 
 impl Scanner {
     /// Attaches every new matching process that is in no task; the ids started.
-    pub fn scan(&mut self, sel: &Selectors, cx: Ctl<'_>, host: &Host) -> Vec<String> {
+    pub fn scan(&mut self, sel: &Selectors, mut cx: Ctl<'_>, host: &Host) -> Vec<String> {
         let me = std::process::id();
         let mut alive = HashMap::with_capacity(self.seen.len());
         let mut started = Vec::new();
@@ -120,14 +120,7 @@ impl Scanner {
                 events: None,
                 attach: true,
             };
-            let ctl = Ctl {
-                sensors: &mut *cx.sensors,
-                p: &mut *cx.p,
-                sink: &mut *cx.sink,
-                next: &mut *cx.next,
-                host: cx.host,
-            };
-            let r = tasks::start(ctl, host, me, req);
+            let r = tasks::start(cx.reborrow(), host, me, req);
             match (r.ok, r.task, r.error) {
                 (true, Some(id), _) => started.push(id),
                 (_, _, e) => {

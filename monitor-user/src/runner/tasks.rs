@@ -137,7 +137,7 @@ pub fn start(cx: Ctl<'_>, host: &Host, peer: u32, r: StartReq) -> Reply {
 /// Resumes the tasks a previous daemon recorded whose processes still run: they are
 /// tracked again, in their cgroup (with its network guard if enforced). What they did
 /// while no daemon ran was not seen; the `task_start` says `resumed`.
-pub fn resume(cx: Ctl<'_>, host: &Host) -> Vec<String> {
+pub fn resume(mut cx: Ctl<'_>, host: &Host) -> Vec<String> {
     let mut done = Vec::new();
     let Ok(dir) = std::fs::read_dir(&host.state_dir) else { return done };
     for e in dir.flatten() {
@@ -188,15 +188,8 @@ pub fn resume(cx: Ctl<'_>, host: &Host) -> Vec<String> {
             events: s.events,
             attach: true,
         };
-        let ctl = Ctl {
-            sensors: &mut *cx.sensors,
-            p: &mut *cx.p,
-            sink: &mut *cx.sink,
-            next: &mut *cx.next,
-            host: cx.host,
-        };
         let root = r.pid;
-        match bind(ctl, host, task, r, Some((cg.expect("pids came from it"), pids))) {
+        match bind(cx.reborrow(), host, task, r, Some((cg.expect("pids came from it"), pids))) {
             Ok(id) => {
                 // Its root exited while no daemon ran: the end is recorded now.
                 if !Path::new(&format!("/proc/{root}")).exists()
