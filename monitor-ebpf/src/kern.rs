@@ -75,11 +75,6 @@ pub fn pid_tgid() -> u64 {
     unsafe { h::bpf_get_current_pid_tgid() }
 }
 
-#[inline(always)]
-pub fn task() -> u64 {
-    unsafe { h::bpf_get_current_task() }
-}
-
 /// Is `tgid` marked in TRACKED_BYTES? An inlined array access and a byte load: what
 /// untracked processes pay. A tgid beyond the map (pid_max raised after load) is
 /// "maybe": the caller confirms against TRACKED.
@@ -162,6 +157,24 @@ pub unsafe fn kptr(base: u64, off: u64) -> u64 {
     if base == 0 { 0 } else { unsafe { kread::<u64>(base + off) } }
 }
 
+/// Loads a `T` at `base + off`, where `base` is a kernel pointer the verifier knows
+/// by its BTF type (the current task from `bpf_get_current_task_btf`, its saved
+/// registers, or a struct pointer loaded from one of those) and `off` a constant it
+/// can check against that type. A plain load, which the verifier makes fault-safe:
+/// no helper call, where [`kread`] costs one. This is what keeps the tracked hot path
+/// (arguments, fd table) cheap. Pointers to pointers (fd table slots) load as plain
+/// numbers, and what is reached from those needs [`kread`].
+#[inline(always)]
+pub unsafe fn bload<T: Copy>(base: *const u8, off: u64) -> T {
+    unsafe { read_volatile(base.add(off as usize) as *const T) }
+}
+
+/// The current task, as a BTF-typed pointer for [`bload`].
+#[inline(always)]
+pub fn task_btf() -> *const u8 {
+    unsafe { h::bpf_get_current_task_btf() as *const u8 }
+}
+
 /// Return value of a sys_exit tracepoint (`long ret` at offset 16).
 #[inline(always)]
 pub fn sys_ret(ctx: &TracePointContext) -> i64 {
@@ -186,24 +199,25 @@ pub fn count(k: u16, lost: bool) {
 /// kernel did; a racing thread of the agent could change it in between. Results
 /// that come from a file descriptor (opens, f* calls) are exact.
 pub struct Args {
-    regs: u64,
+    regs: *const u8,
 }
 
 impl Args {
     #[inline(always)]
     pub fn current() -> Args {
-        let regs = unsafe { h::bpf_task_pt_regs(h::bpf_get_current_task_btf()) } as u64;
+        let regs = unsafe { h::bpf_task_pt_regs(h::bpf_get_current_task_btf()) } as *const u8;
         Args { regs }
     }
 
-    /// Argument `i` (0..5), or 0.
+    /// Argument `i` (0..5), or 0. `i` must be a constant: the verifier needs the
+    /// register's offset in `pt_regs` known to allow the direct load.
     #[inline(always)]
     pub fn get(&self, i: usize) -> u64 {
-        if i >= 6 || self.regs == 0 {
+        if i >= 6 || self.regs.is_null() {
             return 0;
         }
-        let off = conf!(off.regs_args)[i] as u64;
-        unsafe { kread::<u64>(self.regs + off) }
+        let off = unsafe { read_volatile(&raw const crate::CONFIG.off.regs_args[i]) } as u64;
+        unsafe { bload::<u64>(self.regs, off) }
     }
 }
 
@@ -228,23 +242,27 @@ macro_rules! sys {
 }
 pub(crate) use sys;
 
-/// File of descriptor `fd` in the current task, or 0.
+/// File of descriptor `fd` in the current task, or 0. task -> files -> fdt are
+/// direct loads; the slot itself is read with a helper (see [`bload`]).
 #[inline(always)]
 pub unsafe fn fd_file(fd: i64) -> u64 {
     if fd < 0 || fd > i32::MAX as i64 {
         return 0;
     }
     unsafe {
-        let files = kptr(task(), off!(task_files));
-        let fdt = kptr(files, off!(files_fdt));
-        if fdt == 0 {
+        let files: *const u8 = bload(task_btf(), off!(task_files));
+        if files.is_null() {
             return 0;
         }
-        let max: u32 = kread(fdt + off!(fdt_max_fds));
+        let fdt: *const u8 = bload(files, off!(files_fdt));
+        if fdt.is_null() {
+            return 0;
+        }
+        let max: u32 = bload(fdt, off!(fdt_max_fds));
         if fd as u64 >= max as u64 {
             return 0;
         }
-        let arr = kptr(fdt, off!(fdt_fd));
+        let arr: u64 = bload(fdt, off!(fdt_fd));
         kptr(arr, (fd as u64) * 8)
     }
 }
@@ -261,8 +279,8 @@ pub unsafe fn dir_base(dfd: i64) -> u64 {
     if dfd == NO_BASE {
         0
     } else if dfd as i32 as i64 == AT_FDCWD {
-        let fs = unsafe { kptr(task(), off!(task_fs)) };
-        if fs == 0 { 0 } else { fs + off!(fs_pwd) }
+        let fs: *const u8 = unsafe { bload(task_btf(), off!(task_fs)) };
+        if fs.is_null() { 0 } else { fs as u64 + off!(fs_pwd) }
     } else {
         file_path(unsafe { fd_file(dfd as i32 as i64) })
     }
