@@ -150,6 +150,7 @@ pub fn tamper_attempts_fail() -> R {
         "io_uring".into(),
         format!("leave_cgroup={cgroup}"),
         "unix=/run/agentmon/none.sock".into(),
+        "compat_creat".into(),
     ];
     let (_run, res) = run_attempts(&d, &task, &actions)?;
     let want = [
@@ -162,10 +163,14 @@ pub fn tamper_attempts_fail() -> R {
         ("io_uring", EPERM),
         ("leave_cgroup", EACCES),
         ("unix", EPERM),
+        // A 32-bit syscall, which syscall tracepoints do not report: killed by the
+        // filter, and the (in-scope) file it would have created is not there.
+        ("compat_creat", 1000 + libc::SIGSYS),
     ];
     for (k, v) in want {
         eq(&format!("{k} errno"), res.get(k).copied(), Some(v))?;
     }
+    ensure(!d.join("repo/compat.txt").exists(), || "the 32-bit creat created its file".into())?;
     ensure(std::fs::read(&events).map_err(|e| e.to_string())?.is_empty(), || {
         "the events file was written by the agent".into()
     })?;

@@ -422,6 +422,14 @@ fn cli_usage_errors() -> R {
     ensure(String::from_utf8_lossy(&out.stderr).contains("power of two"), || "ring size error".into())?;
     let out = run(&["exec"])?;
     eq("missing command exit", out.status.code(), Some(2))?;
+    // --daemon without a task cannot be honoured: refused, the command not run here.
+    let marker = std::env::temp_dir().join(format!("agentmon-daemon-notask-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let out = run(&["exec", "--daemon", "/nonexistent.sock", "--", "touch", &marker.display().to_string()])?;
+    eq("--daemon without --task exit", out.status.code(), Some(125))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure(err.contains("--task"), || format!("error does not say a task is needed: {err}"))?;
+    ensure(!marker.exists(), || "the command ran although --daemon could not be honoured".into())?;
     let out = run(&["--help"])?;
     eq("help exit", out.status.code(), Some(0))?;
     let help = String::from_utf8_lossy(&out.stdout);

@@ -366,6 +366,50 @@ fn ctl_request(arg: &str) -> Result<(), std::io::Error> {
 /// Tries each named action and records the errno it got (0: it worked) in
 /// `d/repo/results.txt`, one `name errno` per line. Extra args: `name` or
 /// `name=PATH` for actions that take a path.
+/// creat(2) of `path` through the 32-bit syscall entry (`int 0x80`, i386 numbering)
+/// from this 64-bit process, in a child. Syscall tracepoints do not report compat
+/// syscalls, so this is how an agent would slip past them. 0 if the file was
+/// created, the child's exit code otherwise, 1000 + signal if it was killed.
+fn compat_creat(path: &Path) -> i32 {
+    let name = CString::new(path.as_os_str().as_bytes()).unwrap();
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => unsafe {
+            // The i386 ABI passes 32-bit pointers: the name must live below 4 GiB.
+            let page = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                -1,
+                0,
+            );
+            if page == libc::MAP_FAILED {
+                libc::_exit(2);
+            }
+            let bytes = name.as_bytes_with_nul();
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), page.cast::<u8>(), bytes.len().min(4096));
+            let mut ret: u32 = 8; // __NR_creat (i386)
+            // rbx cannot be an asm operand: swap the pointer in and out around the call.
+            std::arch::asm!(
+                "xchg {p}, rbx",
+                "int 0x80",
+                "xchg {p}, rbx",
+                p = inout(reg) page as u64 => _,
+                inout("eax") ret,
+                in("ecx") 0o644u32,
+                out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+            );
+            libc::_exit(if (ret as i32) >= 0 { 0 } else { 3 })
+        },
+        Ok(ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => 1000 + sig as i32,
+            _ => -1,
+        },
+        Err(_) => -1,
+    }
+}
+
 fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
     use std::io::ErrorKind;
     let errno =
@@ -412,6 +456,7 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 sys(unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), attr.len()) })
             }
             "io_uring" => errno(io_uring::IoUring::new(4).map(|_| ())),
+            "compat_creat" => compat_creat(&d.join("repo/compat.txt")),
             "leave_cgroup" => errno(fs::write(arg, std::process::id().to_string())),
             // A containment request on the control socket: EPERM when refused.
             "ctl" => errno(ctl_request(arg)),

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::{peers, pipeline};
+use crate::{floor, peers, pipeline};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -25,10 +25,12 @@ pub struct Options {
     no_peers: bool,
 }
 
-const WORKLOADS: [&str; 3] = ["open-ro", "open-wr", "connect"];
-const MODES: [&str; 7] = [
+const WORKLOADS: [&str; 4] = ["open-ro", "open-wr", "connect", "read"];
+const MODES: [&str; 9] = [
     "bare",
-    "no-op tracepoint (floor)",
+    "tracepoint on another syscall (floor)",
+    "no-op on the same tracepoints (floor)",
+    "raw sys_exit, pid read (floor)",
     "agentmon untracked",
     "agentmon tracked",
     "bpftrace",
@@ -124,23 +126,51 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         );
     }
     let lp = looper.display().to_string();
-    let loop_args = |w: &str, n: u64| vec![w.to_string(), n.to_string(), dir.display().to_string()];
+    // A read is ten times cheaper than the other iterations: ten times as many keep
+    // each run long enough to average out this VM's jitter.
+    let loop_args = |w: &str, n: u64| {
+        let n = if w == "read" { n * 10 } else { n };
+        vec![w.to_string(), n.to_string(), dir.display().to_string()]
+    };
     let mut results: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
     let mut pipe = Vec::new();
+
+    let audit_at_start = peers_ok && peers::audit_enabled();
+    if peers_ok {
+        // auditd is a peer, and once auditing has been enabled the kernel gives every
+        // new process an audit context, which puts all of its syscalls on the slow
+        // path. Enable it before the first round so every mode, bare included, runs
+        // in that same state, not just the rounds after auditd's first turn.
+        Command::new("auditctl").args(["-e", "1"]).stdout(Stdio::null()).status()?;
+        Command::new("auditctl")
+            .args(["-e", if audit_at_start { "1" } else { "0" }])
+            .stdout(Stdio::null())
+            .status()?;
+    }
+    let looped = |w: &str, n: u64| {
+        let mut c = vec![lp.clone()];
+        c.extend(loop_args(w, n));
+        c
+    };
 
     for round in 1..=o.rounds {
         eprintln!("round {round}/{}", o.rounds);
         for w in WORKLOADS {
-            let mut c = vec![lp.clone()];
-            c.extend(loop_args(w, o.iters));
-            results.entry(("bare", w)).or_default().push(measure(&c)?);
+            results.entry(("bare", w)).or_default().push(measure(&looped(w, o.iters))?);
+        }
+        {
+            let _raw = floor::raw_sys_exit()?;
+            for w in WORKLOADS {
+                results
+                    .entry(("raw sys_exit, pid read (floor)", w))
+                    .or_default()
+                    .push(measure(&looped(w, o.iters))?);
+            }
         }
         {
             let _bg = peers::agentmon_idle(&agentmon, dir)?;
             for w in WORKLOADS {
-                let mut c = vec![lp.clone()];
-                c.extend(loop_args(w, o.iters));
-                results.entry(("agentmon untracked", w)).or_default().push(measure(&c)?);
+                results.entry(("agentmon untracked", w)).or_default().push(measure(&looped(w, o.iters))?);
             }
         }
         for w in WORKLOADS {
@@ -159,27 +189,29 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         }
         if peers_ok {
             {
+                let _bg = peers::other_syscall_floor()?;
+                for w in WORKLOADS {
+                    let m = measure(&looped(w, o.iters))?;
+                    results.entry(("tracepoint on another syscall (floor)", w)).or_default().push(m);
+                }
+            }
+            {
                 let _bg = peers::tracepoint_floor()?;
                 for w in WORKLOADS {
-                    let mut c = vec![lp.clone()];
-                    c.extend(loop_args(w, o.iters));
-                    results.entry(("no-op tracepoint (floor)", w)).or_default().push(measure(&c)?);
+                    let m = measure(&looped(w, o.iters))?;
+                    results.entry(("no-op on the same tracepoints (floor)", w)).or_default().push(m);
                 }
             }
             {
                 let _bg = peers::bpftrace("bench-loop")?;
                 for w in WORKLOADS {
-                    let mut c = vec![lp.clone()];
-                    c.extend(loop_args(w, o.iters));
-                    results.entry(("bpftrace", w)).or_default().push(measure(&c)?);
+                    results.entry(("bpftrace", w)).or_default().push(measure(&looped(w, o.iters))?);
                 }
             }
             {
                 let _bg = peers::auditd(&looper)?;
                 for w in WORKLOADS {
-                    let mut c = vec![lp.clone()];
-                    c.extend(loop_args(w, o.iters));
-                    results.entry(("auditd", w)).or_default().push(measure(&c)?);
+                    results.entry(("auditd", w)).or_default().push(measure(&looped(w, o.iters))?);
                 }
             }
             for w in WORKLOADS {
@@ -195,7 +227,76 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     println!(
         "- policy engine alone (shipped rules, a realistic task, one core): {judged:.0} events/s judged"
     );
+    let costs = program_costs(&agentmon, dir, &looped, o.iters)?;
+    println!("\n### agentmon's kernel handler per call (kernel run-time accounting)\n");
+    println!("| workload | program | untracked ns/call | tracked ns/call |");
+    println!("|---|---|---|---|");
+    for c in &costs {
+        println!("| {} | {} | {:.0} | {:.0} |", c.workload, c.program, c.untracked, c.tracked);
+    }
+    if peers_ok {
+        println!(
+            "\naudit: {} at start; enabled once before round 1 so every mode ran with audit contexts",
+            if audit_at_start { "enabled" } else { "disabled" }
+        );
+    }
     Ok(())
+}
+
+struct Cost {
+    workload: &'static str,
+    program: &'static str,
+    untracked: f64,
+    tracked: f64,
+}
+
+/// The run time of agentmon's handler for each workload's syscall, per call, as the
+/// kernel accounts it (BPF_ENABLE_STATS), from a daemon that keeps its programs
+/// loaded between runs: once with the loop untracked, once tracked. Separate from
+/// the timed rounds, since the accounting itself costs two clock reads per run.
+fn program_costs(
+    agentmon: &Path,
+    dir: &Path,
+    looped: &dyn Fn(&str, u64) -> Vec<String>,
+    iters: u64,
+) -> anyhow::Result<Vec<Cost>> {
+    let stats = floor::RunStats::enable()?;
+    let ddir = dir.join("daemon");
+    std::fs::create_dir_all(&ddir)?;
+    let (_daemon, sock) = peers::daemon(agentmon, &ddir)?;
+    let task = ddir.join("bench-task.yaml");
+    let exe = looped("read", 1).swap_remove(0);
+    std::fs::write(
+        &task,
+        format!(
+            "id: bench\nmode: execute\nscope:\n  exec: [\"{exe}\"]\n  write: [\"{}/**\"]\n",
+            dir.display()
+        ),
+    )?;
+    let per_call = |program: &str, cmd: &[String]| -> anyhow::Result<f64> {
+        let (t0, n0) = stats.of(program)?;
+        measure(cmd)?;
+        let (t1, n1) = stats.of(program)?;
+        if n1 <= n0 {
+            bail!("{program} did not run during {cmd:?}");
+        }
+        Ok((t1 - t0) as f64 / (n1 - n0) as f64)
+    };
+    let mut out = Vec::new();
+    for (w, program) in
+        [("open-ro", "sys_exit_openat"), ("open-wr", "sys_exit_openat"), ("connect", "sys_exit_connect")]
+    {
+        let n = (iters / 2).max(1000);
+        let untracked = per_call(program, &looped(w, n))?;
+        let mut c = vec![agentmon.display().to_string(), "exec".into(), "-q".into(), "--daemon".into()];
+        c.push(sock.display().to_string());
+        c.extend(["--task".into(), task.display().to_string()]);
+        c.extend(["-e".into(), dir.join("costs.jsonl").display().to_string(), "--".into()]);
+        c.extend(looped(w, n));
+        let tracked = per_call(program, &c)?;
+        out.push(Cost { workload: w, program, untracked, tracked });
+    }
+    Ok(out)
 }
 
 pub(crate) fn nix_is_root() -> bool {
@@ -208,7 +309,12 @@ fn report(o: &Options, results: &mut BTreeMap<(&str, &str), Vec<f64>>, pipe: &[P
     for (k, v) in results.iter_mut() {
         med.insert(*k, median(v));
     }
-    println!("### Overhead (median of {} rounds, {} iterations; ratio to bare)\n", o.rounds, o.iters);
+    println!(
+        "### Overhead (median of {} rounds, {} iterations, read {}; ratio to bare)\n",
+        o.rounds,
+        o.iters,
+        o.iters * 10
+    );
     println!("| mode | {} |", WORKLOADS.map(|w| format!("{w} ns/iter (ratio)")).join(" | "));
     println!("|---|{}", "---|".repeat(WORKLOADS.len()));
     for m in MODES {

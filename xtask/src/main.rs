@@ -3,6 +3,7 @@
 
 mod bench;
 mod enforce;
+mod floor;
 mod natsbench;
 mod peers;
 mod pipeline;

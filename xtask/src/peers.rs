@@ -83,21 +83,70 @@ BEGIN {{ printf("ready\n"); }}
     Ok(Background { child, cleanup: vec![] })
 }
 
-/// The floor of the mechanism: a BPF program on the same syscall exit tracepoints
-/// that does nothing (bpftrace with a predicate that is never true).
+/// A BPF program that does nothing on the loop's own syscall exit tracepoints
+/// (bpftrace, a predicate that is never true): what hooking those syscalls costs.
 pub fn tracepoint_floor() -> anyhow::Result<Background> {
-    let script = r#"
-tracepoint:syscalls:sys_exit_openat /pid == 0/ { @n = 1; }
-tracepoint:syscalls:sys_exit_connect /pid == 0/ { @n = 1; }
-BEGIN { printf("ready\n"); }
-"#;
-    let out = std::env::temp_dir().join("agentmon-bench-floor.out");
+    bpftrace_floor(&["sys_exit_openat", "sys_exit_connect"], "floor")
+}
+
+/// The same on a syscall the loop never makes (`acct`): what any syscall tracepoint
+/// costs every syscall of every process once one is attached.
+pub fn other_syscall_floor() -> anyhow::Result<Background> {
+    bpftrace_floor(&["sys_exit_acct"], "floor-other")
+}
+
+fn bpftrace_floor(tps: &[&str], tag: &str) -> anyhow::Result<Background> {
+    let mut script: String =
+        tps.iter().map(|tp| format!("tracepoint:syscalls:{tp} /pid == 0/ {{ @n = 1; }}\n")).collect();
+    script.push_str("BEGIN { printf(\"ready\\n\"); }\n");
+    let out = std::env::temp_dir().join(format!("agentmon-bench-{tag}.out"));
     let f = std::fs::File::create(&out)?;
-    let child = Command::new("bpftrace").args(["-e", script]).stdout(f).stderr(Stdio::null()).spawn()?;
+    let child = Command::new("bpftrace").args(["-e", &script]).stdout(f).stderr(Stdio::null()).spawn()?;
     wait_until("bpftrace", Duration::from_secs(60), || {
         std::fs::read_to_string(&out).is_ok_and(|t| t.contains("ready"))
     })?;
     Ok(Background { child, cleanup: vec![] })
+}
+
+/// An `agentmon daemon` (shipped rules, events to a file in `dir`) and its socket.
+pub fn daemon(agentmon: &Path, dir: &Path) -> anyhow::Result<(Background, PathBuf)> {
+    let (sock, events) = (dir.join("agentmon.sock"), dir.join("daemon-events.jsonl"));
+    let config = dir.join("agentmon.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "socket: {}\nevents: {}\nrules: shipped\nstate_dir: {}\n",
+            sock.display(),
+            events.display(),
+            dir.join("state").display()
+        ),
+    )?;
+    let child = Command::new(agentmon)
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("agentmon daemon")?;
+    let bg = Background { child, cleanup: vec![] };
+    wait_until("the daemon's socket", Duration::from_secs(30), || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+    })?;
+    Ok((bg, sock))
+}
+
+impl Background {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Is audit enabled now (`auditctl -s`)?
+pub fn audit_enabled() -> bool {
+    Command::new("auditctl")
+        .arg("-s")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "enabled 1"))
 }
 
 fn auditctl(args: &[&str]) -> anyhow::Result<()> {
@@ -110,6 +159,8 @@ fn auditctl(args: &[&str]) -> anyhow::Result<()> {
 
 /// auditd with rules for the loop executable's write-intent opens and connects.
 pub fn auditd(loop_exe: &Path) -> anyhow::Result<Background> {
+    // Read before auditd starts: it enables auditing itself.
+    let was_enabled = audit_enabled();
     // auditd daemonises; run it in the foreground (-n) so we own it.
     let child = Command::new("auditd")
         .arg("-n")
@@ -143,11 +194,7 @@ pub fn auditd(loop_exe: &Path) -> anyhow::Result<Background> {
         del.extend(r.iter().cloned());
         cleanup.push(del);
     }
-    // Put auditing back as it was (disabled, unless it already ran) when done.
-    let was_enabled = Command::new("auditctl")
-        .arg("-s")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "enabled 1"));
+    // Put auditing back as it was when done.
     auditctl(&["-e", "1"])?;
     cleanup.push(vec!["auditctl".into(), "-e".into(), if was_enabled { "1" } else { "0" }.into()]);
     Ok(Background { child, cleanup })

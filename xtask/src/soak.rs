@@ -6,11 +6,11 @@
 
 use std::{
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
 use crate::bench::{build, nix_is_root};
 
@@ -33,15 +33,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 pub fn run(o: Options) -> anyhow::Result<()> {
     if !nix_is_root() {
         bail!("the daemon loads the kernel programs: run as root");
@@ -49,32 +40,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let (agentmon, looper) = build()?;
     let tmp = tempfile::tempdir()?;
     let d = std::fs::canonicalize(tmp.path())?;
-    let (sock, events) = (d.join("agentmon.sock"), d.join("events.jsonl"));
-    std::fs::write(
-        d.join("agentmon.yaml"),
-        format!(
-            "socket: {}\nevents: {}\nrules: shipped\nstate_dir: {}\n",
-            sock.display(),
-            events.display(),
-            d.join("state").display()
-        ),
-    )?;
-    let child = Command::new(&agentmon)
-        .args(["daemon", "--config"])
-        .arg(d.join("agentmon.yaml"))
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("agentmon daemon")?;
-    let daemon = Daemon(child);
-    let pid = daemon.0.id();
-    let t = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        if t.elapsed() > Duration::from_secs(30) {
-            bail!("the daemon's socket never came up");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let events = d.join("daemon-events.jsonl");
+    let (daemon, sock) = crate::peers::daemon(&agentmon, &d)?;
+    let pid = daemon.pid();
     let rss_start = rss_kib(pid);
     let per_task = o.processes / o.tasks;
     let rate = per_task as f64 / (o.minutes * 60.0);

@@ -146,6 +146,21 @@ impl ExecArgs {
                 }
             }
         };
+        if let (None, Some(d), false) = (&task, &self.daemon, self.standalone) {
+            // Only a task can be registered with the daemon. Asked for on the command
+            // line, watching the command here instead would silently change who
+            // watches it: refuse. From the environment, say so.
+            let from_env = std::env::var_os("AGENTMON_DAEMON").is_some_and(|e| std::path::Path::new(&e) == d);
+            if !from_env {
+                anyhow::bail!(
+                    "--daemon registers a task with the daemon: give the task manifest with --task FILE \
+                     (without --task, agentmon exec watches the command itself)"
+                );
+            }
+            if !self.quiet {
+                eprintln!("agentmon: no --task, so AGENTMON_DAEMON is not used: watching the command here");
+            }
+        }
         let rules = match (self.rules, self.no_rules) {
             (Some(d), _) => RulesChoice::Dir(d),
             (None, true) => RulesChoice::None,

@@ -1,7 +1,7 @@
 //! The workload of `cargo xtask bench`: a tight loop of one syscall pattern, timed
 //! inside the process so start-up (of agentmon, bpftrace, ...) is not counted.
 //!
-//! usage: bench-loop <open-ro|open-wr|connect|unlink|paced|spawn> ITERATIONS [DIR]
+//! usage: bench-loop <open-ro|open-wr|connect|read|unlink|paced|spawn> ITERATIONS [DIR]
 //!
 //! `unlink` creates and deletes a file; one untimed round first (under an approval
 //! gate, the one an approver answers before the timed ones). `paced` writes a file
@@ -14,7 +14,7 @@ use std::{ffi::CString, time::Instant};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(w), Some(n)) = (args.get(1), args.get(2).and_then(|s| s.parse::<u64>().ok())) else {
-        eprintln!("usage: bench-loop <open-ro|open-wr|connect|unlink|paced|spawn> ITERATIONS [DIR]");
+        eprintln!("usage: bench-loop <open-ro|open-wr|connect|read|unlink|paced|spawn> ITERATIONS [DIR]");
         std::process::exit(2);
     };
     let dir = args.get(3).cloned().unwrap_or_else(|| "/tmp".into());
@@ -28,6 +28,7 @@ fn main() {
     let r = match w.as_str() {
         "unlink" => unlink(n, &dir),
         "open-ro" => open_ro(n),
+        "read" => read(n),
         "open-wr" => open_wr(n, &dir),
         "spawn" => spawn(n),
         "paced" => (0..n).try_for_each(|_| {
@@ -59,6 +60,24 @@ fn spawn(n: u64) -> Result<(), String> {
             std::thread::sleep(wait);
         }
     }
+    Ok(())
+}
+
+/// `read` of one byte from /dev/zero: the commonest syscall of real programs, and
+/// one agentmon does not hook (what every process pays for the hooks on others).
+fn read(n: u64) -> Result<(), String> {
+    let p = CString::new("/dev/zero").unwrap();
+    let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY) };
+    if fd < 0 {
+        return Err("open /dev/zero".into());
+    }
+    let mut b = 0u8;
+    for _ in 0..n {
+        if unsafe { libc::read(fd, (&raw mut b).cast(), 1) } != 1 {
+            return Err("read /dev/zero".into());
+        }
+    }
+    unsafe { libc::close(fd) };
     Ok(())
 }
 

@@ -1,0 +1,104 @@
+//! What the hook mechanism costs before agentmon does anything, so the overhead table
+//! can say how much of a ratio is agentmon's and how much is the kernel's:
+//!
+//! - a raw `sys_exit` tracepoint program (the alternative to per-syscall tracepoints:
+//!   one program on every syscall's exit, dispatching by number) that reads the pid
+//!   and returns — hand-assembled here, so measuring it needs no second BPF object;
+//! - per-program run time as the kernel counts it (`BPF_ENABLE_STATS`): the cost of
+//!   agentmon's own handler per call, free of the run-to-run noise of the loops.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use anyhow::Context;
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
+const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
+
+/// `bpf(cmd, attr)` with a zero-padded attribute block (the kernel requires unused
+/// trailing bytes to be zero).
+fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<OwnedFd> {
+    // SAFETY: attr is a valid, writable buffer of the size passed.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as u32) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: on success PROG_LOAD and RAW_TRACEPOINT_OPEN return a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// One BPF instruction: opcode, dst/src registers, offset, immediate.
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[0] = code;
+    b[1] = (src << 4) | (dst & 0xf);
+    b[2..4].copy_from_slice(&off.to_le_bytes());
+    b[4..8].copy_from_slice(&imm.to_le_bytes());
+    b
+}
+
+/// A raw `sys_exit` program attached while this lives (the link closes on drop).
+pub struct RawSysExit {
+    _prog: OwnedFd,
+    _link: OwnedFd,
+}
+
+/// Loads and attaches `call bpf_get_current_pid_tgid; r0 = 0; exit` on raw tracepoint
+/// `sys_exit`: what every syscall of every process would pay, at the least, if
+/// agentmon hooked all syscall exits with one program instead of one tracepoint each.
+pub fn raw_sys_exit() -> anyhow::Result<RawSysExit> {
+    let code: Vec<u8> = [
+        insn(0x85, 0, 0, 0, 14), // call bpf_get_current_pid_tgid
+        insn(0xb7, 0, 0, 0, 0),  // r0 = 0
+        insn(0x95, 0, 0, 0, 0),  // exit
+    ]
+    .concat();
+    let license = c"GPL";
+    let mut log = vec![0u8; 4096];
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_RAW_TRACEPOINT.to_le_bytes());
+    attr[4..8].copy_from_slice(&((code.len() / 8) as u32).to_le_bytes());
+    attr[8..16].copy_from_slice(&(code.as_ptr() as u64).to_le_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_le_bytes());
+    attr[24..28].copy_from_slice(&1u32.to_le_bytes());
+    attr[28..32].copy_from_slice(&(log.len() as u32).to_le_bytes());
+    attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_le_bytes());
+    attr[48..59].copy_from_slice(b"bench_floor");
+    let prog = bpf(BPF_PROG_LOAD, &mut attr).map_err(|e| {
+        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+        anyhow::anyhow!("load raw_tracepoint floor program: {e}: {}", String::from_utf8_lossy(&log[..end]))
+    })?;
+    let name = c"sys_exit";
+    let mut attr = [0u8; 128];
+    attr[0..8].copy_from_slice(&(name.as_ptr() as u64).to_le_bytes());
+    attr[8..12].copy_from_slice(&(prog.as_raw_fd() as u32).to_le_bytes());
+    let link = bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr).context("attach raw_tracepoint sys_exit")?;
+    Ok(RawSysExit { _prog: prog, _link: link })
+}
+
+/// Kernel accounting of BPF program run time, on while this lives.
+pub struct RunStats {
+    _on: OwnedFd,
+}
+
+impl RunStats {
+    pub fn enable() -> anyhow::Result<RunStats> {
+        let on = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+        Ok(RunStats { _on: on })
+    }
+
+    /// (total run time ns, runs) of the loaded programs named `name`.
+    pub fn of(&self, name: &str) -> anyhow::Result<(u64, u64)> {
+        // The kernel keeps 15 bytes of a program's name.
+        let short = &name[..name.len().min(15)];
+        let mut found = None;
+        for p in aya::programs::loaded_programs() {
+            let p = p.context("list loaded BPF programs")?;
+            if p.name_as_str() == Some(short) {
+                let (t, n) = found.unwrap_or((0, 0));
+                found = Some((t + p.run_time().as_nanos() as u64, n + p.run_count()));
+            }
+        }
+        found.with_context(|| format!("no loaded BPF program named {name}"))
+    }
+}
