@@ -430,6 +430,23 @@ fn cli_usage_errors() -> R {
     let err = String::from_utf8_lossy(&out.stderr);
     ensure(err.contains("--task"), || format!("error does not say a task is needed: {err}"))?;
     ensure(!marker.exists(), || "the command ran although --daemon could not be honoured".into())?;
+    // Exported, the variable neither refuses an untasked command nor conflicts with
+    // --standalone: the command runs, watched here.
+    for extra in [&[][..], &["--standalone"][..]] {
+        let _ = std::fs::remove_file(&marker);
+        let mut args = vec!["exec", "-q", "-e", "/dev/null"];
+        args.extend_from_slice(extra);
+        let m = marker.display().to_string();
+        args.extend(["--", "touch", &m]);
+        let out = Command::new(support::agentmon())
+            .args(&args)
+            .env("AGENTMON_DAEMON", "/nonexistent.sock")
+            .output()
+            .map_err(|e| e.to_string())?;
+        eq(&format!("AGENTMON_DAEMON exported, {extra:?} exit"), out.status.code(), Some(0))?;
+        ensure(marker.exists(), || format!("the command did not run ({extra:?})"))?;
+    }
+    let _ = std::fs::remove_file(&marker);
     let out = run(&["--help"])?;
     eq("help exit", out.status.code(), Some(0))?;
     let help = String::from_utf8_lossy(&out.stdout);

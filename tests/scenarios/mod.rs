@@ -363,9 +363,6 @@ fn ctl_request(arg: &str) -> Result<(), std::io::Error> {
     if reply["ok"] == true { Ok(()) } else { Err(std::io::Error::from_raw_os_error(libc::EPERM)) }
 }
 
-/// Tries each named action and records the errno it got (0: it worked) in
-/// `d/repo/results.txt`, one `name errno` per line. Extra args: `name` or
-/// `name=PATH` for actions that take a path.
 /// creat(2) of `path` through the 32-bit syscall entry (`int 0x80`, i386 numbering)
 /// from this 64-bit process, in a child. Syscall tracepoints do not report compat
 /// syscalls, so this is how an agent would slip past them. 0 if the file was
@@ -410,6 +407,9 @@ fn compat_creat(path: &Path) -> i32 {
     }
 }
 
+/// Tries each named action and records the errno it got (0: it worked) in
+/// `d/repo/results.txt`, one `name errno` per line. Extra args: `name` or
+/// `name=PATH` for actions that take a path.
 fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
     use std::io::ErrorKind;
     let errno =

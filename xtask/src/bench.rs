@@ -141,11 +141,10 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         // new process an audit context, which puts all of its syscalls on the slow
         // path. Enable it before the first round so every mode, bare included, runs
         // in that same state, not just the rounds after auditd's first turn.
-        Command::new("auditctl").args(["-e", "1"]).stdout(Stdio::null()).status()?;
-        Command::new("auditctl")
-            .args(["-e", if audit_at_start { "1" } else { "0" }])
-            .stdout(Stdio::null())
-            .status()?;
+        if !audit_at_start {
+            peers::auditctl(&["-e", "1"])?;
+            peers::auditctl(&["-e", "0"])?;
+        }
     }
     let looped = |w: &str, n: u64| {
         let mut c = vec![lp.clone()];
@@ -264,30 +263,24 @@ fn program_costs(
     let ddir = dir.join("daemon");
     std::fs::create_dir_all(&ddir)?;
     let (_daemon, sock) = peers::daemon(agentmon, &ddir)?;
-    let task = ddir.join("bench-task.yaml");
     let exe = looped("read", 1).swap_remove(0);
-    std::fs::write(
-        &task,
-        format!(
-            "id: bench\nmode: execute\nscope:\n  exec: [\"{exe}\"]\n  write: [\"{}/**\"]\n",
-            dir.display()
-        ),
-    )?;
-    let per_call = |program: &str, cmd: &[String]| -> anyhow::Result<f64> {
-        let (t0, n0) = stats.of(program)?;
-        measure(cmd)?;
-        let (t1, n1) = stats.of(program)?;
-        if n1 <= n0 {
-            bail!("{program} did not run during {cmd:?}");
-        }
-        Ok((t1 - t0) as f64 / (n1 - n0) as f64)
-    };
+    let per_call = |program: &str, cmd: &[String]| stats.per_call(program, || measure(cmd).map(|_| ()));
     let mut out = Vec::new();
     for (w, program) in
         [("open-ro", "sys_exit_openat"), ("open-wr", "sys_exit_openat"), ("connect", "sys_exit_connect")]
     {
         let n = (iters / 2).max(1000);
         let untracked = per_call(program, &looped(w, n))?;
+        // A task per run: the daemon keeps an ended task's id until it has seen its
+        // last process go.
+        let task = ddir.join(format!("bench-{w}.yaml"));
+        std::fs::write(
+            &task,
+            format!(
+                "id: bench-{w}\nmode: execute\nscope:\n  exec: [\"{exe}\"]\n  write: [\"{}/**\"]\n",
+                dir.display()
+            ),
+        )?;
         let mut c = vec![agentmon.display().to_string(), "exec".into(), "-q".into(), "--daemon".into()];
         c.push(sock.display().to_string());
         c.extend(["--task".into(), task.display().to_string()]);

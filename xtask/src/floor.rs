@@ -7,7 +7,10 @@
 //! - per-program run time as the kernel counts it (`BPF_ENABLE_STATS`): the cost of
 //!   agentmon's own handler per call, free of the run-to-run noise of the loops.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::{
+    collections::HashMap,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
 use anyhow::Context;
 
@@ -87,18 +90,37 @@ impl RunStats {
         Ok(RunStats { _on: on })
     }
 
-    /// (total run time ns, runs) of the loaded programs named `name`.
-    pub fn of(&self, name: &str) -> anyhow::Result<(u64, u64)> {
+    /// (run time ns, runs) of each loaded program named `name`, by program id. An
+    /// entry that cannot be read (a program unloaded while listing) is left out.
+    pub fn of(&self, name: &str) -> HashMap<u32, (u64, u64)> {
         // The kernel keeps 15 bytes of a program's name.
         let short = &name[..name.len().min(15)];
-        let mut found = None;
-        for p in aya::programs::loaded_programs() {
-            let p = p.context("list loaded BPF programs")?;
-            if p.name_as_str() == Some(short) {
-                let (t, n) = found.unwrap_or((0, 0));
-                found = Some((t + p.run_time().as_nanos() as u64, n + p.run_count()));
-            }
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter(|p| p.name_as_str() == Some(short))
+            .map(|p| (p.id(), (p.run_time().as_nanos() as u64, p.run_count())))
+            .collect()
+    }
+
+    /// Run time per call of the program named `name` that ran most often during
+    /// `f` (names are cut to 15 bytes, so `sys_exit_openat2` shares one with
+    /// `sys_exit_openat`: the loop's own syscall picks it out). Host-wide: other
+    /// processes' calls of that syscall are in it too, the loop's dominate.
+    pub fn per_call(&self, name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+        let before = self.of(name);
+        f()?;
+        let after = self.of(name);
+        let (dt, dn) = after
+            .iter()
+            .filter_map(|(id, (t, n))| {
+                let (t0, n0) = before.get(id)?;
+                Some((t.checked_sub(*t0)?, n.checked_sub(*n0)?))
+            })
+            .max_by_key(|(_, n)| *n)
+            .with_context(|| format!("no BPF program named {name} stayed loaded during the run"))?;
+        if dn == 0 {
+            anyhow::bail!("{name} did not run during the run");
         }
-        found.with_context(|| format!("no loaded BPF program named {name}"))
+        Ok(dt as f64 / dn as f64)
     }
 }

@@ -141,15 +141,16 @@ impl Background {
     }
 }
 
-/// Is audit enabled now (`auditctl -s`)?
+/// Is audit enabled now (`auditctl -s`: `enabled 1`, or 2 when locked)?
 pub fn audit_enabled() -> bool {
-    Command::new("auditctl")
-        .arg("-s")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "enabled 1"))
+    Command::new("auditctl").arg("-s").output().is_ok_and(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l.trim().strip_prefix("enabled ").is_some_and(|v| v.trim() != "0"))
+    })
 }
 
-fn auditctl(args: &[&str]) -> anyhow::Result<()> {
+pub fn auditctl(args: &[&str]) -> anyhow::Result<()> {
     let st = Command::new("auditctl").args(args).stdout(Stdio::null()).status().context("auditctl")?;
     if !st.success() {
         bail!("auditctl {args:?} failed");

@@ -51,8 +51,11 @@ pub struct ExecArgs {
     #[command(flatten)]
     pub out: OutputArgs,
     /// Register the task with the agentmon daemon at SOCKET instead of watching it
-    /// here (default: the daemon's socket, if a daemon runs).
-    #[arg(long, value_name = "SOCKET", env = "AGENTMON_DAEMON", conflicts_with = "standalone")]
+    /// here (default: $AGENTMON_DAEMON, else the daemon's socket if a daemon runs).
+    // The variable is read in `options`, not by clap: clap would count it as given,
+    // so an exported one would conflict with --standalone and pass for an explicit
+    // request.
+    #[arg(long, value_name = "SOCKET", conflicts_with = "standalone")]
     pub daemon: Option<PathBuf>,
     /// Watch the task here even if a daemon runs.
     #[arg(long)]
@@ -146,18 +149,18 @@ impl ExecArgs {
                 }
             }
         };
-        if let (None, Some(d), false) = (&task, &self.daemon, self.standalone) {
+        let from_env = std::env::var_os("AGENTMON_DAEMON").filter(|v| !v.is_empty()).map(PathBuf::from);
+        if task.is_none() && !self.standalone {
             // Only a task can be registered with the daemon. Asked for on the command
             // line, watching the command here instead would silently change who
             // watches it: refuse. From the environment, say so.
-            let from_env = std::env::var_os("AGENTMON_DAEMON").is_some_and(|e| std::path::Path::new(&e) == d);
-            if !from_env {
+            if self.daemon.is_some() {
                 anyhow::bail!(
                     "--daemon registers a task with the daemon: give the task manifest with --task FILE \
                      (without --task, agentmon exec watches the command itself)"
                 );
             }
-            if !self.quiet {
+            if from_env.is_some() && !self.quiet {
                 eprintln!("agentmon: no --task, so AGENTMON_DAEMON is not used: watching the command here");
             }
         }
@@ -177,7 +180,7 @@ impl ExecArgs {
             approval_timeout: self.approval_timeout,
             quiet: self.quiet,
             outputs: self.out.outputs()?,
-            daemon: match (self.standalone, self.daemon) {
+            daemon: match (self.standalone, self.daemon.or(from_env)) {
                 (true, _) => None,
                 (false, Some(d)) => Some(d),
                 (false, None) => {
