@@ -151,6 +151,7 @@ pub fn tamper_attempts_fail() -> R {
         format!("leave_cgroup={cgroup}"),
         "unix=/run/agentmon/none.sock".into(),
         "compat_creat".into(),
+        "x32_getpid".into(),
     ];
     let (_run, res) = run_attempts(&d, &task, &actions)?;
     let want = [
@@ -166,6 +167,8 @@ pub fn tamper_attempts_fail() -> R {
         // A 32-bit syscall, which syscall tracepoints do not report: killed by the
         // filter, and the (in-scope) file it would have created is not there.
         ("compat_creat", 1000 + libc::SIGSYS),
+        // ... and an x32 one refused by the filter (the kernel alone says ENOSYS here).
+        ("x32_getpid", EPERM),
     ];
     for (k, v) in want {
         eq(&format!("{k} errno"), res.get(k).copied(), Some(v))?;

@@ -457,6 +457,9 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             }
             "io_uring" => errno(io_uring::IoUring::new(4).map(|_| ())),
             "compat_creat" => compat_creat(&d.join("repo/compat.txt")),
+            // An x32 call (the x32 bit on a native syscall number): unseen by syscall
+            // tracepoints like i386 ones. ENOSYS where the kernel lacks the x32 ABI.
+            "x32_getpid" => sys(unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) }),
             "leave_cgroup" => errno(fs::write(arg, std::process::id().to_string())),
             // A containment request on the control socket: EPERM when refused.
             "ctl" => errno(ctl_request(arg)),

@@ -92,5 +92,16 @@ pub fn filter(sockets: Sockets) -> Result<BpfProgram, String> {
         TargetArch::x86_64,
     )
     .map_err(|e| e.to_string())?;
-    f.try_into().map_err(|e: seccompiler::BackendError| e.to_string())
+    let mut prog: BpfProgram = f.try_into().map_err(|e: seccompiler::BackendError| e.to_string())?;
+    // seccompiler checks the arch (i386 is killed) but not the x32 bit, so x32 calls,
+    // which syscall tracepoints do not see, would pass its list by number: put the
+    // gate's ABI check first. Jumps are relative, so prepending keeps the rest intact.
+    let abi = crate::gate::filter::abi_prologue().into_iter().map(|i| seccompiler::sock_filter {
+        code: i.code,
+        jt: i.jt,
+        jf: i.jf,
+        k: i.k,
+    });
+    prog.splice(0..0, abi);
+    Ok(prog)
 }

@@ -98,19 +98,18 @@ fn jeq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16, jt, jf, k }
 }
 
-/// The filter: x86-64 only (anything else is killed, as the denial filter does),
-/// x32 calls refused, the gated syscalls of `ops` to the listener, the rest allowed.
-pub fn program(ops: &[Op]) -> Vec<libc::sock_filter> {
+/// x86-64 calls only: any other arch (i386 through `int 0x80`) kills the process,
+/// x32 calls are refused (EPERM). Syscall tracepoints see neither, so a task that
+/// could make them would act unseen. Falls through for native calls.
+pub fn abi_prologue() -> Vec<libc::sock_filter> {
     let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     let ret = (libc::BPF_RET | libc::BPF_K) as u16;
     // offsetof(struct seccomp_data, nr) = 0, arch = 4.
-    let nrs: Vec<u32> = GATED.iter().filter(|s| ops.contains(&s.op)).map(|s| s.nr as u32).collect();
-    let mut p = vec![
+    vec![
         stmt(ld, 4),
         jeq(AUDIT_ARCH_X86_64, 1, 0),
         stmt(ret, libc::SECCOMP_RET_KILL_PROCESS),
         stmt(ld, 0),
-        // nr >= X32_SYSCALL_BIT: refuse.
         libc::sock_filter {
             code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
             jt: 0,
@@ -118,7 +117,15 @@ pub fn program(ops: &[Op]) -> Vec<libc::sock_filter> {
             k: X32_SYSCALL_BIT,
         },
         stmt(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
-    ];
+    ]
+}
+
+/// The filter: [`abi_prologue`], the gated syscalls of `ops` to the listener, the
+/// rest allowed.
+pub fn program(ops: &[Op]) -> Vec<libc::sock_filter> {
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let nrs: Vec<u32> = GATED.iter().filter(|s| ops.contains(&s.op)).map(|s| s.nr as u32).collect();
+    let mut p = abi_prologue();
     let n = nrs.len();
     for (i, nr) in nrs.iter().enumerate() {
         // Match: jump over the remaining compares and the ALLOW to the NOTIF.
