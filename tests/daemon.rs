@@ -83,9 +83,16 @@ fn attributed(evs: &[Event], dir: &Path, task: &str, files: u32) -> Result<(), S
     eq(&format!("task_start/task_end of {task}"), (ends(Kind::TaskStart), ends(Kind::TaskEnd)), (1, 1))
 }
 
-/// Writes the daemon's configuration (first time) and starts it; returns once its
-/// socket answers.
-fn start_daemon(d: &Path, config: &Path, sock: &Path, all: &Path, extra: &str) -> Result<Child, String> {
+/// The socket and the events file of the daemon that [`start_daemon`] runs in `d`.
+fn daemon_paths(d: &Path) -> (PathBuf, PathBuf) {
+    (d.join("agentmon.sock"), d.join("all.jsonl"))
+}
+
+/// Writes the configuration of a daemon in `d` (first time: a restart reuses it) and
+/// starts it; returns once its socket answers.
+fn start_daemon(d: &Path, extra: &str) -> Result<Child, String> {
+    let (sock, all) = daemon_paths(d);
+    let config = d.join("agentmon.yaml");
     if !config.exists() {
         let text = format!(
             "socket: {}\nevents: {}\nrules: none\nstate_dir: {}\n{extra}",
@@ -93,16 +100,16 @@ fn start_daemon(d: &Path, config: &Path, sock: &Path, all: &Path, extra: &str) -
             all.display(),
             d.join("state").display()
         );
-        std::fs::write(config, text).map_err(|e| e.to_string())?;
+        std::fs::write(&config, text).map_err(|e| e.to_string())?;
     }
     let mut daemon = Command::new(agentmon())
         .args(["daemon", "--config"])
-        .arg(config)
+        .arg(&config)
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;
-    if !wait(Duration::from_secs(20), || UnixStream::connect(sock).is_ok()) {
+    if !wait(Duration::from_secs(20), || UnixStream::connect(&sock).is_ok()) {
         let _ = daemon.kill();
         let out = daemon.wait_with_output().map_err(|e| e.to_string())?;
         return Err(format!("the daemon's socket never came up: {}", String::from_utf8_lossy(&out.stderr)));
@@ -133,12 +140,10 @@ fn stop(daemon: Child) -> Result<String, String> {
 
 pub fn daemon_serves_concurrent_tasks() -> R {
     let d = workdir("daemon");
-    let sock = d.join("agentmon.sock");
-    let all = d.join("all.jsonl");
-    let config = d.join("agentmon.yaml");
+    let (sock, all) = daemon_paths(&d);
     let port =
         std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?.local_addr().unwrap().port();
-    let daemon = start_daemon(&d, &config, &sock, &all, &format!("metrics: 127.0.0.1:{port}\n"))?;
+    let daemon = start_daemon(&d, &format!("metrics: 127.0.0.1:{port}\n"))?;
     let result = (|| -> Result<(), String> {
         // Bad requests: refused with a reason, the daemon keeps serving.
         let r = raw(&sock, "this is not json")?;
@@ -273,8 +278,8 @@ pub fn daemon_serves_concurrent_tasks() -> R {
 /// task from its state record, and the task's later events, exit and end are its own.
 pub fn daemon_restart_resumes_tasks() -> R {
     let d = workdir("daemon-restart");
-    let (sock, all, config) = (d.join("agentmon.sock"), d.join("all.jsonl"), d.join("agentmon.yaml"));
-    let first = start_daemon(&d, &config, &sock, &all, "")?;
+    let (sock, all) = daemon_paths(&d);
+    let first = start_daemon(&d, "")?;
     let dir = d.join("r");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut exec = Command::new(agentmon())
@@ -297,7 +302,7 @@ pub fn daemon_restart_resumes_tasks() -> R {
     let going = wait(Duration::from_secs(20), || progress() >= 10);
     let stopped = stop(first);
     let at_stop = progress();
-    let second = start_daemon(&d, &config, &sock, &all, "");
+    let second = start_daemon(&d, "");
     let at_restart = progress();
     let code = exec.wait().map_err(|e| e.to_string())?.code();
     std::thread::sleep(Duration::from_millis(1200));
@@ -338,8 +343,8 @@ pub fn daemon_restart_resumes_tasks() -> R {
 /// end recorded.
 pub fn daemon_kills_expired_tasks() -> R {
     let d = workdir("daemon-expiry");
-    let (sock, all, config) = (d.join("agentmon.sock"), d.join("all.jsonl"), d.join("agentmon.yaml"));
-    let daemon = start_daemon(&d, &config, &sock, &all, "on_expiry: kill\n")?;
+    let (sock, all) = daemon_paths(&d);
+    let daemon = start_daemon(&d, "on_expiry: kill\n")?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let task = d.join("short.yaml");
     std::fs::write(
@@ -385,7 +390,7 @@ pub fn daemon_kills_expired_tasks() -> R {
 /// as an instance of the default task, `<id>-<pid>`, from soon after its start.
 pub fn daemon_selectors_attach_agents() -> R {
     let d = workdir("daemon-select");
-    let (sock, all, config) = (d.join("agentmon.sock"), d.join("all.jsonl"), d.join("agentmon.yaml"));
+    let (_, all) = daemon_paths(&d);
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = d.join("sel-marker");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -395,7 +400,7 @@ pub fn daemon_selectors_attach_agents() -> R {
         me.display(),
         default.display()
     );
-    let daemon = start_daemon(&d, &config, &sock, &all, &extra)?;
+    let daemon = start_daemon(&d, &extra)?;
     let run = (|| -> Result<(u32, Option<i32>), String> {
         let mut agent = Command::new(&me)
             .args(stream_cmd(&dir, 40, 50)?.into_iter().skip(1))
@@ -432,8 +437,8 @@ pub fn daemon_selectors_attach_agents() -> R {
 /// operator approves it, then performs it.
 pub fn daemon_holds_approval_gates() -> R {
     let d = workdir("daemon-gate");
-    let (sock, all, config) = (d.join("agentmon.sock"), d.join("all.jsonl"), d.join("agentmon.yaml"));
-    let daemon = start_daemon(&d, &config, &sock, &all, "approval_timeout: 30s\n")?;
+    let (sock, all) = daemon_paths(&d);
+    let daemon = start_daemon(&d, "approval_timeout: 30s\n")?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let g = d.join("g");
     std::fs::create_dir_all(g.join("repo")).map_err(|e| e.to_string())?;

@@ -61,17 +61,9 @@ fn spawn_exec(
     env: &[(&str, &str)],
     dir: &Path,
 ) -> Result<std::process::Child, String> {
-    Command::new(agentmon())
-        .args(["exec", "--quiet", "--events"])
-        .arg(events)
-        .arg("--task")
-        .arg(task)
-        .args(flags)
-        .arg("--")
-        .args(cmd)
-        .envs(env.iter().copied())
-        .current_dir(dir)
-        .stdin(Stdio::null())
+    let task = task.to_str().ok_or("task path is not UTF-8")?;
+    let flags: Vec<&str> = ["--task", task].into_iter().chain(flags.iter().copied()).collect();
+    support::exec_command(events, &flags, cmd, env, dir)
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())

@@ -95,6 +95,26 @@ pub fn parse_stream(text: &str) -> Result<(Vec<Event>, Vec<Alert>), String> {
     Ok((events, alerts))
 }
 
+/// `agentmon exec --quiet --events EVENTS FLAGS -- cmd` in `dir`, with `env` and no stdin.
+pub fn exec_command(
+    events: &Path,
+    flags: &[&str],
+    cmd: &[String],
+    env: &[(&str, &str)],
+    dir: &Path,
+) -> Command {
+    let mut c = Command::new(agentmon());
+    c.args(["exec", "--quiet", "--events"])
+        .arg(events)
+        .args(flags)
+        .arg("--")
+        .args(cmd)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdin(Stdio::null());
+    c
+}
+
 /// Runs `agentmon exec FLAGS -- cmd` and parses its events and alerts.
 pub fn run_agentmon_with(
     flags: &[&str],
@@ -104,15 +124,7 @@ pub fn run_agentmon_with(
 ) -> Result<Run, String> {
     let events = dir.join(format!("events-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&events);
-    let out = Command::new(agentmon())
-        .args(["exec", "--quiet", "--events"])
-        .arg(&events)
-        .args(flags)
-        .arg("--")
-        .args(cmd)
-        .envs(env.iter().copied())
-        .current_dir(dir)
-        .stdin(Stdio::null())
+    let out = exec_command(&events, flags, cmd, env, dir)
         .output()
         .map_err(|e| format!("cannot run agentmon: {e}"))?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();

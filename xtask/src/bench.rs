@@ -297,32 +297,48 @@ pub(crate) fn nix_is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn report(o: &Options, results: &mut BTreeMap<(&str, &str), Vec<f64>>, pipe: &[Pipeline], userspace: f64) {
-    let mut med: BTreeMap<(&str, &str), f64> = BTreeMap::new();
-    for (k, v) in results.iter_mut() {
-        med.insert(*k, median(v));
-    }
+/// Medians of `results`, and their table: one row per mode that has any, one
+/// column per workload, each cell `ns (ratio to bare)`.
+pub(crate) fn ratio_table(
+    results: &mut BTreeMap<(&'static str, &'static str), Vec<f64>>,
+    modes: &[&'static str],
+    workloads: &[&'static str],
+) -> BTreeMap<(&'static str, &'static str), f64> {
+    let med: BTreeMap<_, _> = results.iter_mut().map(|(k, v)| (*k, median(v))).collect();
     println!(
-        "### Overhead (median of {} rounds, {} iterations, read {}; ratio to bare)\n",
-        o.rounds,
-        o.iters,
-        o.iters * 10
+        "| mode | {} |",
+        workloads.iter().map(|w| format!("{w} ns/iter (ratio)")).collect::<Vec<_>>().join(" | ")
     );
-    println!("| mode | {} |", WORKLOADS.map(|w| format!("{w} ns/iter (ratio)")).join(" | "));
-    println!("|---|{}", "---|".repeat(WORKLOADS.len()));
-    for m in MODES {
-        if !WORKLOADS.iter().any(|w| med.contains_key(&(m, *w))) {
+    println!("|---|{}", "---|".repeat(workloads.len()));
+    for m in modes {
+        if !workloads.iter().any(|w| med.contains_key(&(*m, *w))) {
             continue;
         }
-        let cells: Vec<String> = WORKLOADS
+        let cells: Vec<String> = workloads
             .iter()
-            .map(|w| match (med.get(&(m, *w)), med.get(&("bare", *w))) {
+            .map(|w| match (med.get(&(*m, *w)), med.get(&("bare", *w))) {
                 (Some(x), Some(b)) => format!("{x:.0} ({:.2}×)", x / b),
                 _ => "-".into(),
             })
             .collect();
         println!("| {m} | {} |", cells.join(" | "));
     }
+    med
+}
+
+fn report(
+    o: &Options,
+    results: &mut BTreeMap<(&'static str, &'static str), Vec<f64>>,
+    pipe: &[Pipeline],
+    userspace: f64,
+) {
+    println!(
+        "### Overhead (median of {} rounds, {} iterations, read {}; ratio to bare)\n",
+        o.rounds,
+        o.iters,
+        o.iters * 10
+    );
+    ratio_table(results, &MODES, &WORKLOADS);
     println!("\n### Pipeline\n");
     for (i, p) in pipe.iter().enumerate() {
         println!(

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::bench::{build, measure, median, nix_is_root};
+use crate::bench::{build, measure, median, nix_is_root, ratio_table};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -178,26 +178,11 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     eprintln!("operator round trips ({} held calls)", o.approvals);
     let (_, mut lat) = gated(&agentmon, &looper, &dir, o.approvals, None)?;
 
-    let mut med: BTreeMap<(&str, &str), f64> = BTreeMap::new();
-    for (k, v) in results.iter_mut() {
-        med.insert(*k, median(v));
-    }
     println!(
         "### Enforcement overhead (median of {} rounds, {} iterations; ratio to bare)\n",
         o.rounds, o.iters
     );
-    println!("| mode | {} |", WORKLOADS.map(|w| format!("{w} ns/iter (ratio)")).join(" | "));
-    println!("|---|{}", "---|".repeat(WORKLOADS.len()));
-    for m in MODES {
-        let cells: Vec<String> = WORKLOADS
-            .iter()
-            .map(|w| match (med.get(&(m, *w)), med.get(&("bare", *w))) {
-                (Some(x), Some(b)) => format!("{x:.0} ({:.2}×)", x / b),
-                _ => "-".into(),
-            })
-            .collect();
-        println!("| {m} | {} |", cells.join(" | "));
-    }
+    let med = ratio_table(&mut results, &MODES, &WORKLOADS);
     if let (Some(g), Some(e)) =
         (med.get(&("agentmon enforce + gate", "unlink")), med.get(&("agentmon enforce", "unlink")))
     {
