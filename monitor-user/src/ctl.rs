@@ -27,8 +27,9 @@ pub const CTL_ENV: &str = "AGENTMON_CTL";
 /// only: nothing trusts it).
 pub const TASK_ENV: &str = "AGENTMON_TASK";
 const MAX_REQUEST: u64 = 256 * 1024;
-/// Where control sockets live (the first that can be created).
-const SOCKET_DIRS: [&str; 2] = ["/run/agentmon", "/tmp/agentmon"];
+/// Where control sockets live: root's, not writable by anyone else.
+pub const SOCKET_DIR: &str = "/run/agentmon";
+const SOCKET_DIRS: [&str; 1] = [SOCKET_DIR];
 /// Start of the error an agentmon gives for a task or approval it does not have.
 pub const NOT_MINE: &str = "not here: no";
 

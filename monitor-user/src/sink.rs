@@ -17,6 +17,8 @@ pub enum SinkError {
 }
 
 pub trait Sink: Send {
+    /// What the output is, for loss records (`/var/log/agentmon/events.jsonl`, `nats`).
+    fn name(&self) -> String;
     fn send(&mut self, ev: &Event) -> Result<(), SinkError>;
     fn alert(&mut self, a: &Alert) -> Result<(), SinkError>;
     fn flush(&mut self) -> Result<(), SinkError>;
@@ -35,125 +37,237 @@ pub trait Sink: Send {
     }
 }
 
-/// Every configured sink; each event goes to all of them in the same order.
+/// Every configured output; each event goes to all of them in the same order.
+///
+/// An output that fails (a full disk, a closed pipe) never stops the others nor the
+/// runtime: what it could not take is counted, and [`Fanout::reports`] turns the
+/// counts into `loss` events naming the output, for every output still writing.
+/// When it writes again, its own stream gets the record of what it missed.
 #[derive(Default)]
 pub struct Fanout {
-    sinks: Vec<Box<dyn Sink>>,
-    /// Which sinks belong to a task (removed when it is forgotten).
-    keys: Vec<Option<std::sync::Arc<str>>>,
+    outs: Vec<Output>,
+}
+
+struct Output {
+    sink: Box<dyn Sink>,
+    /// The task this output belongs to (its own events file), dropped with it.
+    key: Option<std::sync::Arc<str>>,
+    health: Health,
+}
+
+/// What an output failed to take.
+#[derive(Debug, Default, Clone)]
+struct Health {
+    /// The last call failed: the error.
+    failing: Option<String>,
+    /// Records not written since the last report.
+    unreported: u64,
+    /// Records not written since it last worked.
+    missed: u64,
+    /// When it started failing.
+    since: Option<crate::event::Timestamp>,
+    /// It worked again after failing: its own stream should hear what it missed.
+    recovered: Option<u64>,
+}
+
+/// A failing output, for the runtime's fail-closed decision and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failing {
+    pub output: String,
+    pub error: String,
 }
 
 impl Fanout {
     pub fn new(sinks: Vec<Box<dyn Sink>>) -> Self {
-        let keys = vec![None; sinks.len()];
-        Self { sinks, keys }
+        let mut f = Self::default();
+        for s in sinks {
+            f.push(s);
+        }
+        f
     }
 
     pub fn push(&mut self, s: Box<dyn Sink>) {
-        self.sinks.push(s);
-        self.keys.push(None);
+        self.outs.push(Output { sink: s, key: None, health: Health::default() });
     }
 
-    /// A sink of task `key` (its own events file).
+    /// An output of task `key` (its own events file).
     pub fn push_keyed(&mut self, key: std::sync::Arc<str>, s: Box<dyn Sink>) {
-        self.sinks.push(s);
-        self.keys.push(Some(key));
+        self.outs.push(Output { sink: s, key: Some(key), health: Health::default() });
     }
 
-    /// Closes and removes the sinks of task `key`.
-    pub fn remove_keyed(&mut self, key: &str) -> Result<(), SinkError> {
-        let mut first = Ok(());
+    /// Closes and removes the outputs of task `key`.
+    pub fn remove_keyed(&mut self, key: &str) {
         let mut i = 0;
-        while i < self.sinks.len() {
-            if self.keys[i].as_deref() == Some(key) {
-                let mut s = self.sinks.remove(i);
-                self.keys.remove(i);
-                if let Err(e) = s.close()
-                    && first.is_ok()
-                {
-                    first = Err(e);
+        while i < self.outs.len() {
+            if self.outs[i].key.as_deref() == Some(key) {
+                let mut o = self.outs.remove(i);
+                if let Err(e) = o.sink.close() {
+                    tracing::error!("closing the events file of task {key}: {e}");
                 }
             } else {
                 i += 1;
             }
         }
-        first
     }
 
-    /// Hands a sink's alarms to every other sink.
-    fn relay_alarms(&mut self) -> Result<(), SinkError> {
-        for i in 0..self.sinks.len() {
-            for ev in self.sinks[i].alarms() {
-                tracing::error!("{}", ev.reason.as_deref().unwrap_or("a sink raised an alarm"));
-                for (j, s) in self.sinks.iter_mut().enumerate() {
-                    if j != i {
-                        s.send(&ev)?;
+    /// Runs `f` on every output; a failure is counted against that output only.
+    /// `records`: how many records the call carries (0 for a flush).
+    fn each(&mut self, records: u64, mut f: impl FnMut(&mut dyn Sink) -> Result<(), SinkError>) {
+        let now = || crate::event::Timestamp::now();
+        for o in &mut self.outs {
+            match f(o.sink.as_mut()) {
+                Ok(()) if records > 0 && o.health.failing.is_some() => {
+                    o.health.failing = None;
+                    o.health.recovered = Some(o.health.missed);
+                    o.health.missed = 0;
+                    o.health.since = None;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if o.health.failing.is_none() {
+                        tracing::error!(
+                            "output {} failed: {e} (agentmon keeps watching; losses are reported)",
+                            o.sink.name()
+                        );
+                        o.health.since = Some(now());
                     }
+                    o.health.failing = Some(e.to_string());
+                    o.health.unreported += records;
+                    o.health.missed += records;
                 }
             }
         }
-        Ok(())
+    }
+
+    pub fn send(&mut self, ev: &Event) {
+        self.each(1, |s| s.send(ev));
+    }
+
+    pub fn alert(&mut self, a: &Alert) {
+        self.each(1, |s| s.alert(a));
+    }
+
+    /// The end of a batch of records read together (see [`Sink::batch_end`]).
+    pub fn batch_end(&mut self) {
+        self.each(0, |s| s.batch_end());
+    }
+
+    /// Flushes every output and hands each one's alarms (a full spool) to the others.
+    pub fn flush(&mut self) {
+        self.each(0, |s| s.flush());
+        let mut alarms = Vec::new();
+        for (i, o) in self.outs.iter_mut().enumerate() {
+            for ev in o.sink.alarms() {
+                tracing::error!("{}", ev.reason.as_deref().unwrap_or("an output raised an alarm"));
+                alarms.push((i, ev));
+            }
+        }
+        for (from, ev) in alarms {
+            for (j, o) in self.outs.iter_mut().enumerate() {
+                if j != from
+                    && let Err(e) = o.sink.send(&ev)
+                {
+                    o.health.failing = Some(e.to_string());
+                    o.health.unreported += 1;
+                    o.health.missed += 1;
+                }
+            }
+        }
+        self.each(0, |s| s.flush());
+    }
+
+    /// Flushes and closes every output (at exit); the failures, by output.
+    pub fn close(&mut self) -> Vec<Failing> {
+        self.flush();
+        let mut failed = Vec::new();
+        for o in &mut self.outs {
+            if let Err(e) = o.sink.close() {
+                failed.push(Failing { output: o.sink.name(), error: e.to_string() });
+            }
+        }
+        failed
+    }
+
+    /// The main outputs (not a task's own events file) failing now.
+    pub fn failing(&self) -> Vec<Failing> {
+        self.outs
+            .iter()
+            .filter(|o| o.key.is_none())
+            .filter_map(|o| {
+                let error = o.health.failing.clone()?;
+                Some(Failing { output: o.sink.name(), error })
+            })
+            .collect()
+    }
+
+    /// Writes a `loss` record for every output that dropped records since the last
+    /// report (to the outputs that are writing), and to each output that works again
+    /// the record of what it missed. Returns the records written.
+    pub fn report_losses(&mut self, host: &std::sync::Arc<str>, now: crate::event::Timestamp) -> Vec<Event> {
+        let mut out = Vec::new();
+        for i in 0..self.outs.len() {
+            let (name, h) = (self.outs[i].sink.name(), self.outs[i].health.clone());
+            if h.unreported > 0 {
+                self.outs[i].health.unreported = 0;
+                let ev = output_loss(host, now, &name, h.unreported, h.failing.as_deref(), h.since);
+                // To the others: the failing one would only count it again.
+                for (j, o) in self.outs.iter_mut().enumerate() {
+                    if j != i
+                        && o.health.failing.is_none()
+                        && let Err(e) = o.sink.send(&ev)
+                    {
+                        o.health.failing = Some(e.to_string());
+                        o.health.unreported += 1;
+                        o.health.missed += 1;
+                    }
+                }
+                out.push(ev);
+            }
+            if let Some(missed) = self.outs[i].health.recovered.take() {
+                let mut ev = output_loss(host, now, &name, missed, None, None);
+                ev.reason = Some(format!(
+                    "{name} works again; {missed} records before this one could not be written to it"
+                ));
+                let o = &mut self.outs[i];
+                if let Err(e) = o.sink.send(&ev) {
+                    o.health.failing = Some(e.to_string());
+                    o.health.missed = missed + 1;
+                    o.health.unreported += 1;
+                } else {
+                    out.push(ev);
+                }
+            }
+        }
+        out
     }
 }
 
-impl Fanout {
-    /// Runs `f` on every sink, whatever the others do. A task's own sink that fails is
-    /// closed and dropped (said in the log; the task's events still reach the main
-    /// outputs); the first failure of a main output is returned.
-    fn each(&mut self, mut f: impl FnMut(&mut dyn Sink) -> Result<(), SinkError>) -> Result<(), SinkError> {
-        let mut first = Ok(());
-        let mut i = 0;
-        while i < self.sinks.len() {
-            match (f(self.sinks[i].as_mut()), &self.keys[i]) {
-                (Ok(()), _) => i += 1,
-                (Err(e), Some(task)) => {
-                    tracing::error!("the events file of task {task} failed and is closed: {e}");
-                    let mut s = self.sinks.remove(i);
-                    self.keys.remove(i);
-                    let _ = s.close();
-                }
-                (Err(e), None) => {
-                    if first.is_ok() {
-                        first = Err(e);
-                    }
-                    i += 1;
-                }
-            }
-        }
-        first
+/// The `loss` record of an output that could not take `n` records.
+fn output_loss(
+    host: &std::sync::Arc<str>,
+    now: crate::event::Timestamp,
+    name: &str,
+    n: u64,
+    error: Option<&str>,
+    since: Option<crate::event::Timestamp>,
+) -> Event {
+    let mut ev = Event::new(crate::event::Kind::Loss, now, host.clone());
+    ev.pid = std::process::id();
+    ev.tid = ev.pid;
+    ev.comm = "agentmon".into();
+    ev.lost = Some([(format!("output:{name}"), n)].into());
+    ev.reason = Some(match error {
+        Some(e) => format!("{n} records could not be written to {name}: {e}"),
+        None => format!("{n} records could not be written to {name}"),
+    });
+    ev.detail.insert("output".into(), serde_json::json!(name));
+    if let Some(e) = error {
+        ev.detail.insert("error".into(), serde_json::json!(e));
     }
-}
-
-impl Sink for Fanout {
-    fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
-        self.each(|s| s.send(ev))
+    if let Some(t) = since {
+        ev.detail.insert("failing_since".into(), serde_json::json!(t));
     }
-
-    fn alert(&mut self, a: &Alert) -> Result<(), SinkError> {
-        self.each(|s| s.alert(a))
-    }
-
-    fn batch_end(&mut self) -> Result<(), SinkError> {
-        self.each(|s| s.batch_end())
-    }
-
-    fn flush(&mut self) -> Result<(), SinkError> {
-        self.each(|s| s.flush())?;
-        self.relay_alarms()?;
-        self.each(|s| s.flush())
-    }
-
-    fn close(&mut self) -> Result<(), SinkError> {
-        self.flush()?;
-        // Every sink is closed even if one fails; the first error is returned.
-        let mut first = None;
-        for s in &mut self.sinks {
-            if let Err(e) = s.close() {
-                first.get_or_insert(e);
-            }
-        }
-        first.map_or(Ok(()), Err)
-    }
+    ev
 }
 
 /// Output format of [`JsonLines`].
@@ -287,6 +401,10 @@ impl JsonLines {
 }
 
 impl Sink for JsonLines {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
     fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
         self.line.clear();
         match self.format {
@@ -343,6 +461,10 @@ impl<S: Sink> TaskFilter<S> {
 }
 
 impl<S: Sink> Sink for TaskFilter<S> {
+    fn name(&self) -> String {
+        format!("{} (task {})", self.inner.name(), self.task)
+    }
+
     fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
         if self.mine(ev) { self.inner.send(ev) } else { Ok(()) }
     }

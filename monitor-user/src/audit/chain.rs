@@ -287,6 +287,10 @@ impl Drop for AuditChain {
 }
 
 impl Sink for AuditChain {
+    fn name(&self) -> String {
+        format!("audit chain {}", self.path.display())
+    }
+
     fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
         self.event(ev).map(drop).map_err(|e| self.sink_err(e))
     }

@@ -219,9 +219,9 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
             None => std::time::Duration::from_secs(60),
             Some(t) => super::duration(t).map_err(|e| anyhow::anyhow!("{file}: approval_timeout: {e}"))?,
         },
-        kill_on_expiry: match cfg.on_expiry.as_deref() {
-            None | Some("end") => false,
-            Some("kill") => true,
+        on_expiry: match cfg.on_expiry.as_deref() {
+            None | Some("end") => crate::runner::OnExpiry::End,
+            Some("kill") => crate::runner::OnExpiry::Kill,
             Some(o) => anyhow::bail!("{file}: on_expiry: {o:?} is not end or kill"),
         },
     })
@@ -261,7 +261,9 @@ mod tests {
         assert_eq!(o.socket, Path::new(DAEMON_SOCKET));
         assert_eq!(o.approval_timeout, std::time::Duration::from_secs(60));
         assert_eq!(o.state_dir, Path::new("/run/agentmon/tasks"));
-        assert!(!o.kill_on_expiry && o.selectors.is_none() && o.outputs.nats.is_none());
+        assert!(
+            o.on_expiry == crate::runner::OnExpiry::End && o.selectors.is_none() && o.outputs.nats.is_none()
+        );
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("bad.yaml");
         std::fs::write(&bad, "socket: /x\nno_such_option: 1\n").unwrap();

@@ -341,6 +341,11 @@ impl Gate {
         ev
     }
 
+    /// Held calls waiting for an approver.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Whether request `id` is waiting here.
     pub fn holds(&self, id: &str) -> bool {
         self.pending.contains_key(id)

@@ -255,6 +255,10 @@ impl Metrics {
 pub struct MetricsSink(pub Metrics);
 
 impl Sink for MetricsSink {
+    fn name(&self) -> String {
+        "metrics".into()
+    }
+
     fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
         self.0.event(ev);
         Ok(())

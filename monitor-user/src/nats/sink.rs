@@ -161,6 +161,10 @@ impl NatsSink {
 }
 
 impl Sink for NatsSink {
+    fn name(&self) -> String {
+        format!("nats (spool {})", self.spool.shared().dir.display())
+    }
+
     fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
         let id = ev.id.to_string();
         self.line.clear();
@@ -292,13 +296,13 @@ mod tests {
         let mut ev = Event::new(Kind::FileWrite, Timestamp::now(), "h".into());
         ev.path = Some(format!("/{}", "x".repeat(300)));
         for _ in 0..100 {
-            f.send(&ev).unwrap();
+            f.send(&ev);
         }
-        f.flush().unwrap();
+        f.flush();
         let dropped = shared.dropped.load(Relaxed);
         assert!(dropped > 50, "only {dropped} dropped");
-        f.flush().unwrap();
-        f.close().unwrap();
+        f.flush();
+        assert_eq!(f.close(), Vec::new());
         let text = std::fs::read_to_string(&lines).unwrap();
         let losses: Vec<Event> = text
             .lines()

@@ -10,7 +10,6 @@ use serde_json::json;
 
 use aya::maps::{MapData, RingBuf};
 
-use super::RunError;
 use crate::{
     contain::{Act, By, Containment},
     ctl::StepPhase,
@@ -21,7 +20,7 @@ use crate::{
     judge::Judge,
     kernel::loader::Sensors,
     policy::Action,
-    sink::Sink,
+    sink::Fanout,
 };
 
 /// Everything that turns records into judged events.
@@ -38,13 +37,19 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    pub fn new(enr: Enricher, judge: Judge) -> Self {
+        Self {
+            enr,
+            judge,
+            contain: Containment::default(),
+            gates: Vec::new(),
+            ended: HashSet::new(),
+            steps: HashMap::new(),
+        }
+    }
+
     /// Reads every record available now.
-    pub fn drain(
-        &mut self,
-        ring: &mut RingBuf<MapData>,
-        sink: &mut dyn Sink,
-        sensors: &mut Sensors,
-    ) -> Result<(), RunError> {
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut Fanout, sensors: &mut Sensors) {
         let mut n = 0;
         while let Some(item) = ring.next() {
             n += 1;
@@ -68,24 +73,23 @@ impl Pipeline {
                 let alert = self.judge.apply(&mut ev, &self.enr.procs);
                 // Containment first: the event is written a moment later either way.
                 let action = alert.as_ref().and_then(|a| self.contain_for(&ev, &a.action, sensors));
-                sink.send(&ev)?;
+                sink.send(&ev);
                 if let Some(a) = alert {
-                    sink.alert(&a)?;
+                    sink.alert(&a);
                 }
                 if let Some(a) = action {
-                    sink.send(&a)?;
+                    sink.send(&a);
                 }
                 if ev.kind == Kind::Exit
                     && let Some(end) = self.root_exited(&ev)
                 {
-                    sink.send(&end)?;
+                    sink.send(&end);
                 }
             }
         }
         if n > 0 {
-            sink.batch_end()?;
+            sink.batch_end();
         }
-        Ok(())
     }
 
     /// The `task_start` record of a task just bound (before any of its events).
@@ -208,35 +212,38 @@ impl Pipeline {
     }
 
     /// Takes the calls the gate holds: refusals happen at once, requests are recorded.
-    pub fn held_calls(&mut self, sensors: &Sensors, sink: &mut dyn Sink) -> Result<(), RunError> {
+    pub fn held_calls(&mut self, sensors: &Sensors, sink: &mut Fanout) {
         if self.gates.is_empty() {
-            return Ok(());
+            return;
         }
         // Each gate checks (poll) before it takes: one that holds nothing costs a poll.
         for g in self.gates.iter_mut() {
             for ev in g.take(sensors, &self.enr, &self.judge) {
-                sink.send(&ev)?;
+                sink.send(&ev);
             }
         }
         // An approver watches the stream: do not wait for the next periodic flush.
-        sink.flush()?;
-        Ok(())
+        sink.flush();
     }
 
     /// Denies the requests whose time ran out.
-    pub fn expire_approvals(&mut self, sink: &mut dyn Sink) -> Result<(), RunError> {
+    pub fn expire_approvals(&mut self, sink: &mut Fanout) {
         if self.gates.is_empty() {
-            return Ok(());
+            return;
         }
         for g in self.gates.iter_mut() {
             for ev in g.expire() {
-                sink.send(&ev)?;
+                sink.send(&ev);
             }
         }
         // Gates whose every process has exited hold nothing more.
         self.gates.retain(|g| !g.closed || g.next_deadline().is_some());
-        sink.flush()?;
-        Ok(())
+        sink.flush();
+    }
+
+    /// Held calls waiting for an approver, over every gate.
+    pub fn approvals_pending(&self) -> usize {
+        self.gates.iter().map(|g| g.pending()).sum()
     }
 
     /// Carries out a rule's `kill` or `freeze` on an enforced task.

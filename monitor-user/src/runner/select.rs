@@ -12,8 +12,8 @@ use std::{collections::HashMap, path::PathBuf};
 use globset::{Glob, GlobMatcher};
 
 use super::{
-    control::Ctl,
-    tasks::{self, Host, StartReq},
+    engine::Engine,
+    tasks::{self, StartReq},
 };
 
 #[derive(Debug, Clone)]
@@ -90,7 +90,7 @@ pub struct Scanner {
 
 impl Scanner {
     /// Attaches every new matching process that is in no task; the ids started.
-    pub fn scan(&mut self, sel: &Selectors, mut cx: Ctl<'_>, host: &Host) -> Vec<String> {
+    pub fn scan(&mut self, sel: &Selectors, e: &mut Engine) -> Vec<String> {
         let me = std::process::id();
         let mut alive = HashMap::with_capacity(self.seen.len());
         let mut started = Vec::new();
@@ -105,7 +105,7 @@ impl Scanner {
             let key = (start, std::fs::read_link(format!("/proc/{pid}/exe")).ok());
             let known = self.seen.get(&pid) == Some(&key);
             alive.insert(pid, key);
-            if known || pid == me || cx.sensors.task_of(pid).is_some() {
+            if known || pid == me || e.sensors.task_of(pid).is_some() {
                 continue;
             }
             let p = look(pid);
@@ -120,7 +120,7 @@ impl Scanner {
                 events: None,
                 attach: true,
             };
-            let r = tasks::start(cx.reborrow(), host, me, req);
+            let r = tasks::start(e, me, req);
             match (r.ok, r.task, r.error) {
                 (true, Some(id), _) => started.push(id),
                 (_, _, e) => {

@@ -1,80 +1,24 @@
-//! Top-level tasks of a daemon: `agentmon exec` registering its held command
-//! (Start), and an operator binding a tree that already runs (Attach).
+//! Binding top-level tasks: the command `agentmon exec` launched (held until it is
+//! tracked), a daemon's task registered by an exec (Start), a running tree bound by
+//! an operator or a selector (Attach), and a task a restarted daemon resumes.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
+use std::{path::Path, sync::Arc};
+
+use super::{
+    RunError,
+    engine::Engine,
+    setup::{Saved, Setup},
 };
-
-use super::{RunError, control::Ctl, task_cgroup};
 use crate::{
     ctl::{self, Reply},
-    enforce::Layers,
+    enforce::{self, cgroup::TaskCgroup},
+    event::Timestamp,
     judge::Bound,
+    kernel::loader::Sensors,
     proctable::Proc,
-    sink::{JsonLines, Sink, TaskFilter},
+    sink::{JsonLines, TaskFilter},
     task::Task,
 };
-
-/// What a daemon knows that a single `exec` does not.
-pub struct Host {
-    pub layers: Layers,
-    /// Files a task's scope may never cover (the daemon's own outputs and config).
-    pub protected: Vec<PathBuf>,
-    /// Where each running task is recorded, so a restarted daemon resumes it.
-    pub state_dir: PathBuf,
-    /// How long a held call waits for an approver.
-    pub approval_timeout: std::time::Duration,
-}
-
-/// A running task as recorded in the state directory.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Saved {
-    id: String,
-    manifest: String,
-    file: String,
-    root: u32,
-    enforce: bool,
-    events: Option<String>,
-    cgroup: Option<PathBuf>,
-    /// When the task expires (kept absolute: a restart does not extend it).
-    #[serde(default)]
-    expires: Option<crate::event::Timestamp>,
-    /// Its end was recorded: a restart does not resume it.
-    #[serde(default)]
-    ended: bool,
-}
-
-impl Host {
-    fn saved(&self, id: &str) -> PathBuf {
-        self.state_dir.join(format!("{id}.json"))
-    }
-
-    fn save(&self, s: &Saved) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.state_dir)?;
-        let tmp = self.state_dir.join(format!(".{}.tmp", s.id));
-        std::fs::write(&tmp, serde_json::to_vec(s)?)?;
-        std::fs::rename(tmp, self.saved(&s.id))
-    }
-
-    /// The task's end was recorded: a restart must not resume it.
-    pub fn mark_ended(&self, id: &str) {
-        let path = self.saved(id);
-        if let Some(mut s) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Saved>(&b).ok())
-            && !s.ended
-        {
-            s.ended = true;
-            if let Err(e) = self.save(&s) {
-                tracing::warn!("{}: {e}", path.display());
-            }
-        }
-    }
-
-    /// The task is gone: nothing of it to resume.
-    pub fn drop_saved(&self, id: &str) {
-        let _ = std::fs::remove_file(self.saved(id));
-    }
-}
 
 #[derive(Clone)]
 pub struct StartReq {
@@ -87,9 +31,27 @@ pub struct StartReq {
     pub attach: bool,
 }
 
-/// Binds a new top-level task. Operators only (checked by the caller).
-pub fn start(cx: Ctl<'_>, host: &Host, peer: u32, r: StartReq) -> Reply {
+/// How the task's processes came to be bound.
+pub enum Binding {
+    /// A held child, launched for the task (by this agentmon or an exec).
+    Launched,
+    /// A tree that already runs.
+    Attached,
+    /// A task a previous daemon recorded: its cgroup and the processes in it, and how
+    /// long no daemon watched it.
+    Resumed { cgroup: TaskCgroup, pids: Vec<u32>, gap: Option<(Timestamp, Timestamp)> },
+}
+
+/// Checks a request for a new top-level task (operators only, checked by the caller)
+/// and binds it.
+pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
     let what = if r.attach { "attach" } else { "start" };
+    if e.setup.state.is_none() {
+        return Reply::err(
+            "this agentmon watches the one task it launched (agentmon exec); tasks are started and \
+             attached by agentmon daemon",
+        );
+    }
     if r.attach {
         if !Path::new(&format!("/proc/{}", r.pid)).exists() {
             return Reply::err(format!("{what}: no process {}", r.pid));
@@ -97,25 +59,20 @@ pub fn start(cx: Ctl<'_>, host: &Host, peer: u32, r: StartReq) -> Reply {
     } else if ctl::ppid_of(r.pid) != Some(peer) {
         return Reply::err(format!("{what}: pid {} is not the caller's child", r.pid));
     }
-    if r.pid == std::process::id() || cx.sensors.task_of(r.pid).is_some() {
+    if r.pid == std::process::id() || e.sensors.task_of(r.pid).is_some() {
         return Reply::err(format!("{what}: pid {} is agentmon or already in a task", r.pid));
     }
-    let now = cx.p.enr.clock().now_wall();
+    let now = e.p.enr.clock().now_wall();
     let mut task = match crate::task::parse(&r.manifest, Path::new(&r.file), now) {
         Ok(t) => t,
-        Err(e) => return Reply::err(e.to_string()),
+        Err(err) => return Reply::err(err.to_string()),
     };
     task.enforce |= r.enforce;
-    if cx.p.judge.task(&task.id).is_some() {
+    if e.p.judge.task(&task.id).is_some() {
         return Reply::err(format!("{what}: task {} is running here, or ended with processes left", task.id));
     }
-    // An observed task is not sandboxed: what it may write is judged, not limited.
-    if let Some(p) = host.protected.iter().find(|p| task.enforce && task.write.reaches(p)) {
-        return Reply::err(format!(
-            "{}: scope.write covers {}, which agentmon writes or trusts (the agent could edit its own record)",
-            r.file,
-            p.display()
-        ));
+    if let Err(err) = admissible(&task, &e.setup) {
+        return Reply::err(err.to_string());
     }
     if r.attach && task.enforce {
         // Nothing can be added to a running process's sandbox (Landlock, seccomp).
@@ -125,56 +82,81 @@ pub fn start(cx: Ctl<'_>, host: &Host, peer: u32, r: StartReq) -> Reply {
             r.file
         ));
     }
-    if task.enforce && !host.layers.cgroups {
-        return Reply::err("enforce mode needs per-task cgroups, which this host does not offer");
-    }
-    match bind(cx, host, task, r, None) {
+    let how = if r.attach { Binding::Attached } else { Binding::Launched };
+    match bind(e, task, r, how) {
         Ok(id) => Reply { ok: true, task: Some(id), ..Default::default() },
-        Err(e) => Reply::err(e.to_string()),
+        Err(err) => Reply::err(err.to_string()),
     }
+}
+
+/// Refuses an enforced task this agentmon cannot hold to its scope: one whose
+/// write or delete scope reaches agentmon's own files or the kernel interfaces that
+/// would let it escape, or that needs a layer this host lacks.
+pub fn admissible(task: &Task, setup: &Setup) -> Result<(), enforce::EnforceError> {
+    if !task.enforce {
+        // An observed task is not sandboxed: what it may write is judged, not limited.
+        return Ok(());
+    }
+    let refuse = |clause: &'static str, why: String| enforce::EnforceError::Refused {
+        task: task.id.clone(),
+        clause,
+        why,
+    };
+    if !setup.layers.cgroups {
+        return Err(refuse(
+            "enforcement",
+            "enforce mode needs per-task cgroups (rule actions kill and freeze act on the task's cgroup), \
+             which this host does not offer"
+                .into(),
+        ));
+    }
+    for (clause, set) in [("scope.write", &task.write), ("scope.delete", &task.delete)] {
+        if let Some(p) = setup.protected.iter().find(|p| set.reaches(p)) {
+            return Err(refuse(
+                clause,
+                format!(
+                    "covers {}, which agentmon writes or trusts (the agent could edit its own record, leave \
+                     its cgroup or blind the sensors)",
+                    p.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Resumes the tasks a previous daemon recorded whose processes still run: they are
 /// tracked again, in their cgroup (with its network guard if enforced). What they did
-/// while no daemon ran was not seen; the `task_start` says `resumed`.
-pub fn resume(mut cx: Ctl<'_>, host: &Host) -> Vec<String> {
+/// while no daemon ran was not seen; the `task_start` says `resumed` and how long the
+/// gap was.
+pub fn resume(e: &mut Engine) -> Vec<String> {
     let mut done = Vec::new();
-    let Ok(dir) = std::fs::read_dir(&host.state_dir) else { return done };
-    for e in dir.flatten() {
-        let path = e.path();
-        if path.extension().is_none_or(|x| x != "json") {
+    let Some(state) = &e.setup.state else { return done };
+    let last = state.last_beat();
+    let records = state.records();
+    for s in records {
+        let ours = enforce::cgroup::v2_root().map(|r| r.join("agentmon"));
+        let drop_it = |e: &Engine| {
+            if let Some(st) = &e.setup.state {
+                st.drop_saved(&s.id)
+            }
+        };
+        if s.ended || s.cgroup.as_ref().is_some_and(|c| ours.as_ref().is_none_or(|o| !c.starts_with(o))) {
+            drop_it(e);
             continue;
         }
-        // Only records agentmon wrote: root's, not writable by others.
-        use std::os::unix::fs::MetadataExt;
-        let trusted = std::fs::symlink_metadata(&path).is_ok_and(|m| {
-            m.is_file() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o022 == 0
-        });
-        let saved: Option<Saved> = trusted
-            .then(|| std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()))
-            .flatten();
-        let Some(s) = saved else {
-            tracing::warn!("{}: unreadable or untrusted task record, removed", path.display());
-            let _ = std::fs::remove_file(&path);
+        let cg = s.cgroup.clone().and_then(|p| TaskCgroup::adopt(p).ok());
+        let pids = cg.as_ref().map(|c| c.pids()).unwrap_or_default();
+        let Some(cg) = cg.filter(|_| !pids.is_empty()) else {
+            // Ended while no daemon ran (its cgroup goes with `cg`).
+            drop_it(e);
             continue;
         };
-        let ours = crate::enforce::cgroup::v2_root().map(|r| r.join("agentmon"));
-        if s.ended || s.cgroup.as_ref().is_some_and(|c| ours.as_ref().is_none_or(|o| !c.starts_with(o))) {
-            host.drop_saved(&s.id);
-            continue;
-        }
-        let cg = s.cgroup.clone().and_then(|p| crate::enforce::cgroup::TaskCgroup::adopt(p).ok());
-        let pids = cg.as_ref().map(|c| c.pids()).unwrap_or_default();
-        if pids.is_empty() {
-            // Ended while no daemon ran (its cgroup goes with `cg`).
-            host.drop_saved(&s.id);
-            continue;
-        }
-        let now = cx.p.enr.clock().now_wall();
+        let now = e.p.enr.clock().now_wall();
         let mut task = match crate::task::parse(&s.manifest, Path::new(&s.file), now) {
             Ok(t) => t,
-            Err(e) => {
-                tracing::error!("resuming task {}: {e}", s.id);
+            Err(err) => {
+                tracing::error!("resuming task {}: {err}", s.id);
                 continue;
             }
         };
@@ -189,90 +171,71 @@ pub fn resume(mut cx: Ctl<'_>, host: &Host) -> Vec<String> {
             attach: true,
         };
         let root = r.pid;
-        match bind(cx.reborrow(), host, task, r, Some((cg.expect("pids came from it"), pids))) {
+        let gap = last.map(|t| (t, now));
+        match bind(e, task, r, Binding::Resumed { cgroup: cg, pids, gap }) {
             Ok(id) => {
                 // Its root exited while no daemon ran: the end is recorded now.
                 if !Path::new(&format!("/proc/{root}")).exists()
                     && let Some(ev) =
-                        cx.p.task_ended(&Arc::from(id.as_str()), "its root exited while no daemon ran")
-                    && let Err(e) = cx.sink.send(&ev)
+                        e.p.task_ended(&Arc::from(id.as_str()), "its root exited while no daemon ran")
                 {
-                    tracing::error!("recording the end of task {id}: {e}");
+                    e.record(&ev);
                 }
                 done.push(id)
             }
-            Err(e) => tracing::error!("resuming task {}: {e}", s.id),
+            Err(err) => tracing::error!("resuming task {}: {err}", s.id),
         }
     }
     done
 }
 
-fn bind(
-    cx: Ctl<'_>,
-    host: &Host,
-    task: Task,
-    r: StartReq,
-    resumed: Option<(crate::enforce::cgroup::TaskCgroup, Vec<u32>)>,
-) -> Result<String, RunError> {
-    let resuming = resumed.is_some();
-    let c = *cx.next;
-    *cx.next += 1;
+/// Binds `task` to the processes of `r`: tracking in the kernel, its cgroup (with the
+/// network guard if enforced), its own events file, the judge and containment; then
+/// records `task_start` and (in a daemon) the task's state.
+pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<String, RunError> {
+    let c = e.cookie();
     let id: Arc<str> = Arc::from(task.id.as_str());
     // A per-task events file (the `--events` of the exec that registered).
     if let Some(path) = &r.events {
         let lines = JsonLines::file(Path::new(path))?;
-        cx.sink.push_keyed(id.clone(), Box::new(TaskFilter::new(id.clone(), lines)));
+        e.out.push_keyed(id.clone(), Box::new(TaskFilter::new(id.clone(), lines)));
     }
-    let (adopted, mut pids) = match resumed {
-        Some((cg, pids)) => (Some(cg), pids),
-        None if r.attach => (None, Vec::new()),
-        None => (None, vec![r.pid]),
-    };
-    if r.attach && adopted.is_none() {
-        // A process forked between a scan and the tracking of its parent is not
-        // inherited: scan until a scan finds nothing new. Processes of other tasks
-        // stay theirs.
-        for _ in 0..8 {
-            let new: Vec<u32> = tree(r.pid)
-                .into_iter()
-                .filter(|p| !pids.contains(p) && cx.sensors.task_of(*p).is_none())
-                .collect();
-            if new.is_empty() {
-                break;
-            }
-            for &pid in &new {
-                cx.sensors.track(pid, c)?;
-            }
-            pids.extend(new);
+    let resumed = matches!(how, Binding::Resumed { .. });
+    let (adopted, mut pids, gap) = match how {
+        Binding::Resumed { cgroup, pids, gap } => (Some(cgroup), pids, gap),
+        Binding::Attached => (None, attach_tree(&mut e.sensors, r.pid, c)?, None),
+        Binding::Launched => {
+            e.sensors.track(r.pid, c)?;
+            (None, vec![r.pid], None)
         }
-    } else {
+    };
+    if adopted.is_some() {
         for &pid in &pids {
-            cx.sensors.track(pid, c)?;
+            e.sensors.track(pid, c)?;
         }
     }
     // A process found in /proc that exited before it was tracked leaves an entry no
     // exit will remove (and that a reused pid would inherit).
     for pid in pids.clone() {
         if !Path::new(&format!("/proc/{pid}")).exists() && pid != r.pid {
-            cx.sensors.untrack(pid)?;
+            e.sensors.untrack(pid)?;
             pids.retain(|p| *p != pid);
         }
     }
     let cgroup = match adopted {
         Some(cg) => {
             if task.enforce {
-                let allow =
-                    crate::enforce::cgroup::allow_entries(c, &task.connect).map_err(RunError::Daemon)?;
-                cx.sensors.guard(&cg.open()?, cg.id, c, &allow)?;
+                let allow = enforce::cgroup::allow_entries(c, &task.connect).map_err(RunError::Daemon)?;
+                e.sensors.guard(&cg.open()?, cg.id, c, &allow)?;
             }
             Some(cg)
         }
         None => {
-            let cg = task_cgroup(cx.sensors, &task, r.pid, &host.layers, c)?;
+            let cg = task_cgroup(&mut e.sensors, &task, r.pid, &e.setup, c)?;
             if let Some(cg) = &cg {
                 for &pid in pids.iter().skip(1) {
-                    if let Err(e) = cg.add(pid) {
-                        tracing::warn!("task {id}: pid {pid} not moved into {}: {e}", cg.path.display());
+                    if let Err(err) = cg.add(pid) {
+                        tracing::warn!("task {id}: pid {pid} not moved into {}: {err}", cg.path.display());
                     }
                 }
             }
@@ -290,7 +253,7 @@ fn bind(
         expires: task.expires,
         ended: false,
     };
-    let p = cx.p;
+    let p = &mut e.p;
     p.enr.bind_task(c, id.clone());
     for &pid in &pids {
         p.enr.procs.seed(pid, proc_of(pid, c));
@@ -299,18 +262,97 @@ fn bind(
     p.contain.register(id.clone(), c, cgroup, task.enforce);
     p.judge.bind(Bound::new(Arc::new(task), r.pid));
     if let Some(mut ev) = p.task_started(&id) {
-        if resuming {
+        if resumed {
             ev.detail.insert("resumed".into(), serde_json::json!(true));
         }
-        cx.sink.send(&ev)?;
+        if let Some((from, to)) = gap {
+            ev.detail.insert(
+                "gap".into(),
+                serde_json::json!({
+                    "from": from,
+                    "to": to,
+                    "seconds": ((to.0 - from.0).max(0) / 1_000_000_000) as u64,
+                }),
+            );
+            ev.reason = Some(format!(
+                "resumed by a restarted daemon: what the task did between {from} and {to} was not observed"
+            ));
+        }
+        e.record(&ev);
     }
-    if let Err(e) = host.save(&saved) {
-        tracing::warn!(
-            "recording task {id} in {}: {e} (a restart will not resume it)",
-            host.state_dir.display()
-        );
+    if let Some(st) = &e.setup.state
+        && let Err(err) = st.save(&saved)
+    {
+        tracing::warn!("recording task {id} in {}: {err} (a restart will not resume it)", st.dir.display());
     }
     Ok(id.to_string())
+}
+
+/// Tracks `root` and the tree under it under cookie `c`. A process forked between a
+/// scan and the tracking of its parent is not inherited: scan until a scan finds
+/// nothing new. Processes of other tasks stay theirs.
+fn attach_tree(sensors: &mut Sensors, root: u32, c: u32) -> Result<Vec<u32>, RunError> {
+    let mut pids = Vec::new();
+    for _ in 0..8 {
+        let new: Vec<u32> =
+            tree(root).into_iter().filter(|p| !pids.contains(p) && sensors.task_of(*p).is_none()).collect();
+        if new.is_empty() {
+            break;
+        }
+        for &pid in &new {
+            sensors.track(pid, c)?;
+        }
+        pids.extend(new);
+    }
+    Ok(pids)
+}
+
+/// Creates the task's cgroup and moves the root into it; an enforced task's gets the
+/// network guard with its allowlist first. Without cgroups an observed task runs
+/// without one (no freeze); an enforced task was refused before this.
+fn task_cgroup(
+    sensors: &mut Sensors,
+    t: &Task,
+    root: u32,
+    setup: &Setup,
+    cookie: u32,
+) -> Result<Option<TaskCgroup>, RunError> {
+    if !setup.layers.cgroups {
+        return Ok(None);
+    }
+    let cg = match TaskCgroup::create(&format!("{}-{cookie}", std::process::id())) {
+        Ok(cg) => cg,
+        Err(err) if !t.enforce => {
+            tracing::warn!("task {} runs without a cgroup of its own (it cannot be frozen): {err}", t.id);
+            return Ok(None);
+        }
+        Err(err) => return Err(err.into()),
+    };
+    if t.enforce {
+        let allow = enforce::cgroup::allow_entries(cookie, &t.connect).map_err(|why| {
+            enforce::EnforceError::Refused { task: t.id.clone(), clause: "scope.connect", why }
+        })?;
+        sensors.guard(&cg.open()?, cg.id, cookie, &allow)?;
+    }
+    cg.add(root)?;
+    Ok(Some(cg))
+}
+
+/// Re-resolves the host names of an enforced task's connect scope and allows new
+/// addresses. Addresses a name no longer resolves to stay allowed until it ends.
+pub fn refresh_hosts(sensors: &mut Sensors, t: &Task, cookie: u32) {
+    let mut eps = t.connect.clone();
+    crate::task::scope::resolve_hosts(&mut eps);
+    let hosts: Vec<_> =
+        eps.into_iter().filter(|e| matches!(e, crate::task::scope::Endpoint::Host { .. })).collect();
+    if hosts.is_empty() {
+        return;
+    }
+    if let Ok(allow) = enforce::cgroup::allow_entries(cookie, &hosts)
+        && let Err(err) = sensors.allow_more(&allow)
+    {
+        tracing::warn!("refreshing the host allowlist of task {}: {err}", t.id);
+    }
 }
 
 /// `pid` and its descendants now (children first found through /proc).

@@ -1,40 +1,21 @@
-//! Answers requests on the control socket: delegation from inside a task,
-//! containment from an operator outside every task.
+//! Answers requests on the control socket: delegation and steps from inside a
+//! task, everything else from an operator outside every task.
 
 use std::sync::Arc;
 
 use tokio::net::UnixStream;
 
-use super::pipeline::Pipeline;
+use super::{
+    engine::Engine,
+    tasks::{self, StartReq},
+};
 use crate::{
     contain::{Act, By},
     ctl::{self, Reply, Request, StepPhase},
     event::Step,
     gate::Who,
     judge::Bound,
-    kernel::loader::Sensors,
-    sink::{Fanout, Sink},
 };
-
-use super::tasks::{self, Host, StartReq};
-
-/// State a request may change.
-pub struct Ctl<'a> {
-    pub sensors: &'a mut Sensors,
-    pub p: &'a mut Pipeline,
-    pub sink: &'a mut Fanout,
-    /// The next free task cookie.
-    pub next: &'a mut u32,
-    /// Set in a daemon: top-level tasks may be started and attached.
-    pub host: Option<&'a Host>,
-}
-
-impl Ctl<'_> {
-    /// The same state, borrowed again for one call (a loop of them).
-    pub fn reborrow(&mut self) -> Ctl<'_> {
-        Ctl { sensors: self.sensors, p: self.p, sink: self.sink, next: self.next, host: self.host }
-    }
-}
 
 /// A connection whose request has been read.
 pub struct Incoming {
@@ -84,9 +65,9 @@ impl Reader {
 }
 
 /// Answers a request read by [`Reader`], and sends the answer (in a task of its own).
-pub fn answer(inc: Incoming, cx: Ctl<'_>) {
+pub fn answer(inc: Incoming, e: &mut Engine) {
     let Incoming { mut stream, caller, req, fds } = inc;
-    let reply = serve(caller, req, fds, cx);
+    let reply = serve(caller, req, fds, e);
     tokio::spawn(async move { ctl::write_reply(&mut stream, &reply).await });
 }
 
@@ -95,7 +76,7 @@ fn serve(
     caller: Result<(u32, u32), String>,
     req: Result<Request, String>,
     mut fds: Vec<std::os::fd::OwnedFd>,
-    cx: Ctl<'_>,
+    e: &mut Engine,
 ) -> Reply {
     let (peer, uid) = match caller {
         Ok(c) => c,
@@ -109,11 +90,11 @@ fn serve(
         }
     };
     if let Request::Delegate { manifest, file, pid } = req {
-        return delegate(cx, peer, manifest, file, pid);
+        return delegate(e, peer, manifest, file, pid);
     }
     if let Request::Step { phase, task, tool, call_id, traceparent } = req {
         return step(
-            cx,
+            e,
             peer,
             uid,
             phase,
@@ -124,7 +105,7 @@ fn serve(
     }
     // Everything else is for operators: never a process inside a task.
     let what = req.op_name();
-    if let Some(c) = cx.sensors.task_of(peer) {
+    if let Some(c) = e.sensors.task_of(peer) {
         tracing::warn!("{what} refused: the caller (pid {peer}) is inside task cookie {c}");
         return Reply::err(format!("{what} refused: the caller is inside a watched task"));
     }
@@ -135,27 +116,27 @@ fn serve(
     let (task, act, via) = match req {
         Request::Delegate { .. } | Request::Step { .. } => unreachable!("handled above"),
         Request::Start { manifest, file, pid, enforce, events } => {
-            return top_level(cx, peer, StartReq { manifest, file, pid, enforce, events, attach: false });
+            return tasks::start(e, peer, StartReq { manifest, file, pid, enforce, events, attach: false });
         }
-        Request::End { task, kill } => return end(cx, &task, kill, peer, uid),
+        Request::End { task, kill } => return end(e, &task, kill, peer, uid),
         Request::Gate { task } => {
-            let (Some(h), Some(fd)) = (cx.host, fds.pop()) else {
+            let (true, Some(fd)) = (e.setup.state.is_some(), fds.pop()) else {
                 return Reply::err("gate: a daemon takes a task's approval listener, sent with the request");
             };
-            if cx.p.judge.task(&task).is_none() {
+            if e.p.judge.task(&task).is_none() {
                 return Reply::err(format!("{} task called {task}", ctl::NOT_MINE));
             }
-            return match crate::gate::Gate::new(fd, h.approval_timeout) {
+            return match crate::gate::Gate::new(fd, e.setup.approval_timeout) {
                 Ok(g) => {
-                    cx.p.gates.push(g);
+                    e.p.gates.push(g);
                     Reply { ok: true, task: Some(task), ..Default::default() }
                 }
                 Err(e) => Reply::err(format!("gate: {e}")),
             };
         }
         Request::Attach { manifest, file, pid, events } => {
-            return top_level(
-                cx,
+            return tasks::start(
+                e,
                 peer,
                 StartReq { manifest, file, pid, enforce: false, events, attach: true },
             );
@@ -165,39 +146,38 @@ fn serve(
         Request::Thaw { task, via } => (task, Act::Thaw, via),
         Request::Approve { id, for_s, via } => {
             let who = Who::Operator { pid: peer, uid, via };
-            return approval(cx, &id, true, who, for_s.map(std::time::Duration::from_secs));
+            return approval(e, &id, true, who, for_s.map(std::time::Duration::from_secs));
         }
         Request::Deny { id, via } => {
-            return approval(cx, &id, false, Who::Operator { pid: peer, uid, via }, None);
+            return approval(e, &id, false, Who::Operator { pid: peer, uid, via }, None);
         }
         Request::Status {} => {
-            let tracked = cx.sensors.tracked();
+            let tracked = e.sensors.tracked();
             let data = serde_json::json!({
                 "pid": std::process::id(),
-                "host": cx.p.enr.host(),
-                "tasks": cx.p.contain.status(&tracked),
-                "approvals": cx.p.gates.iter().map(|g| g.list()).collect::<String>(),
+                "host": e.p.enr.host(),
+                "tasks": e.p.contain.status(&tracked),
+                "approvals": e.p.gates.iter().map(|g| g.list()).collect::<String>(),
             });
             return Reply { ok: true, data: Some(data), ..Default::default() };
         }
         Request::Approvals {} => {
-            let list = cx.p.gates.iter().map(|g| g.list()).collect::<String>();
+            let list = e.p.gates.iter().map(|g| g.list()).collect::<String>();
             return Reply { ok: true, message: Some(list), ..Default::default() };
         }
     };
-    let (host, now) = (cx.p.enr.host(), cx.p.enr.clock().now_wall());
-    let out = cx.p.contain.act(
-        cx.sensors,
+    let (host, now) = (e.p.enr.host(), e.p.enr.clock().now_wall());
+    let out = e.p.contain.act(
+        &mut e.sensors,
         &task,
         act,
         By::Operator { pid: peer, uid, via: via.as_deref() },
         host,
         now,
     );
-    if let Some(ev) = &out.event
-        && let Err(e) = cx.sink.send(ev).and_then(|()| cx.sink.flush())
-    {
-        tracing::error!("recording the {} of task {task}: {e}", act.as_str());
+    if let Some(ev) = &out.event {
+        e.out.send(ev);
+        e.out.flush();
     }
     match out.result {
         Ok(msg) => Reply { ok: true, task: Some(task), message: Some(msg), ..Default::default() },
@@ -206,15 +186,20 @@ fn serve(
 }
 
 /// An approver's decision on a held call.
-fn approval(cx: Ctl<'_>, id: &str, approve: bool, who: Who, hold_for: Option<std::time::Duration>) -> Reply {
-    let Some(g) = cx.p.gates.iter_mut().find(|g| g.holds(id)) else {
+fn approval(
+    e: &mut Engine,
+    id: &str,
+    approve: bool,
+    who: Who,
+    hold_for: Option<std::time::Duration>,
+) -> Reply {
+    let Some(g) = e.p.gates.iter_mut().find(|g| g.holds(id)) else {
         return Reply::err(format!("{} pending approval {id}", ctl::NOT_MINE));
     };
     let (ev, result) = g.decide(id, approve, who, hold_for);
-    if let Some(ev) = &ev
-        && let Err(e) = cx.sink.send(ev).and_then(|()| cx.sink.flush())
-    {
-        tracing::error!("recording approval {id}: {e}");
+    if let Some(ev) = &ev {
+        e.out.send(ev);
+        e.out.flush();
     }
     match result {
         Ok(msg) => Reply { ok: true, message: Some(msg), ..Default::default() },
@@ -223,8 +208,9 @@ fn approval(cx: Ctl<'_>, id: &str, approve: bool, who: Who, hold_for: Option<std
 }
 
 /// Binds the caller's held child `pid` to the sub-task in `manifest`.
-fn delegate(cx: Ctl<'_>, peer: u32, manifest: String, file: String, pid: u32) -> Reply {
-    let (sensors, p) = (cx.sensors, cx.p);
+fn delegate(e: &mut Engine, peer: u32, manifest: String, file: String, pid: u32) -> Reply {
+    let c = e.cookie();
+    let (sensors, p) = (&mut e.sensors, &mut e.p);
     let Some(cookie) = sensors.task_of(peer) else {
         return Reply::err(format!("pid {peer} is not inside a task watched here"));
     };
@@ -237,7 +223,7 @@ fn delegate(cx: Ctl<'_>, peer: u32, manifest: String, file: String, pid: u32) ->
     let mut child = match crate::task::parse(&manifest, std::path::Path::new(&file), p.enr.clock().now_wall())
     {
         Ok(t) => t,
-        Err(e) => return Reply::err(e.to_string()),
+        Err(err) => return Reply::err(err.to_string()),
     };
     if let Err(why) = parent.task.contains(&child) {
         tracing::warn!("delegation from task {} to {} refused: {why}", parent.id, child.id);
@@ -261,20 +247,16 @@ fn delegate(cx: Ctl<'_>, peer: u32, manifest: String, file: String, pid: u32) ->
     }
     child.parents =
         std::iter::once(parent.task.id.clone()).chain(parent.task.parents.iter().cloned()).collect();
-    let c = *cx.next;
-    *cx.next += 1;
-    if let Err(e) = sensors.retag(pid, c) {
-        return Reply::err(e.to_string());
+    if let Err(err) = sensors.retag(pid, c) {
+        return Reply::err(err.to_string());
     }
     let id: Arc<str> = Arc::from(child.id.as_str());
     let chain = child.parents.clone();
     p.enr.bind_task(c, id.clone());
     p.contain.register_sub(id.clone(), c, parent.id.clone(), child.enforce);
     p.judge.bind(Bound::new(Arc::new(child), pid));
-    if let Some(ev) = p.task_started(&id)
-        && let Err(e) = cx.sink.send(&ev)
-    {
-        tracing::error!("recording the start of task {id}: {e}");
+    if let Some(ev) = p.task_started(&id) {
+        e.record(&ev);
     }
     Reply { ok: true, task: Some(id.to_string()), chain, ..Default::default() }
 }
@@ -282,7 +264,7 @@ fn delegate(cx: Ctl<'_>, peer: u32, manifest: String, file: String, pid: u32) ->
 /// A step begins or ends. A process inside a task may only annotate its own task
 /// (or the sub-tasks delegated from it); an operator outside, any task.
 fn step(
-    cx: Ctl<'_>,
+    e: &mut Engine,
     peer: u32,
     uid: u32,
     phase: StepPhase,
@@ -290,13 +272,13 @@ fn step(
     mut st: Step,
     traceparent: Option<String>,
 ) -> Reply {
-    let own = cx.sensors.task_of(peer).and_then(|c| cx.p.enr.task_name(c));
+    let own = e.sensors.task_of(peer).and_then(|c| e.p.enr.task_name(c));
     let Some(task) = task.or_else(|| own.as_ref().map(|t| t.to_string())) else {
         return Reply::err("step: which task? (--task, or call from inside a task)");
     };
     match &own {
         Some(o) => {
-            let within = cx.p.judge.task(&task).is_some_and(|b| b.id == *o || b.chain.iter().any(|p| p == o));
+            let within = e.p.judge.task(&task).is_some_and(|b| b.id == *o || b.chain.iter().any(|p| p == o));
             if !within {
                 return Reply::err(format!("step refused: the caller is in task {o}, not {task}"));
             }
@@ -312,59 +294,44 @@ fn step(
     if let Some(tp) = traceparent {
         match Step::parse_traceparent(&tp) {
             Ok((t, s)) => (st.trace_id, st.span_id) = (Some(t), Some(s)),
-            Err(e) => return Reply::err(e),
+            Err(err) => return Reply::err(err),
         }
     }
-    match cx.p.step(&task, phase, st) {
+    match e.p.step(&task, phase, st) {
         Ok(ev) => {
-            if let Err(e) = cx.sink.send(&ev).and_then(|()| cx.sink.batch_end()) {
-                tracing::error!("recording a step of task {task}: {e}");
-            }
+            e.record(&ev);
             Reply { ok: true, task: Some(task), ..Default::default() }
         }
-        Err(e) => Reply::err(e),
-    }
-}
-
-fn top_level(cx: Ctl<'_>, peer: u32, r: StartReq) -> Reply {
-    match cx.host {
-        Some(h) => tasks::start(cx, h, peer, r),
-        None => Reply::err(
-            "this agentmon watches the one task it launched (agentmon exec); tasks are started and \
-             attached by agentmon daemon",
-        ),
+        Err(err) => Reply::err(err),
     }
 }
 
 /// Ends a task at an operator's request (killing it first if asked).
-fn end(cx: Ctl<'_>, task: &str, kill: bool, peer: u32, uid: u32) -> Reply {
-    let Some(id) = cx.p.task_ids().into_iter().find(|t| &**t == task) else {
+fn end(e: &mut Engine, task: &str, kill: bool, peer: u32, uid: u32) -> Reply {
+    let Some(id) = e.p.task_ids().into_iter().find(|t| &**t == task) else {
         return Reply::err(format!("{} task called {task}", ctl::NOT_MINE));
     };
     if kill {
-        let (host, now) = (cx.p.enr.host(), cx.p.enr.clock().now_wall());
-        let out = cx.p.contain.act(
-            cx.sensors,
+        let (host, now) = (e.p.enr.host(), e.p.enr.clock().now_wall());
+        let out = e.p.contain.act(
+            &mut e.sensors,
             &id,
             Act::Kill,
             By::Operator { pid: peer, uid, via: None },
             host,
             now,
         );
-        if let Some(ev) = &out.event
-            && let Err(e) = cx.sink.send(ev)
-        {
-            tracing::error!("recording the kill of task {id}: {e}");
+        if let Some(ev) = &out.event {
+            e.out.send(ev);
         }
-        if let Err(e) = out.result {
-            return Reply { task: Some(id.to_string()), ..Reply::err(e) };
+        if let Err(err) = out.result {
+            return Reply { task: Some(id.to_string()), ..Reply::err(err) };
         }
     }
-    match cx.p.task_ended(&id, &format!("ended by an operator (pid {peer}, uid {uid})")) {
+    match e.p.task_ended(&id, &format!("ended by an operator (pid {peer}, uid {uid})")) {
         Some(ev) => {
-            if let Err(e) = cx.sink.send(&ev).and_then(|()| cx.sink.flush()) {
-                tracing::error!("recording the end of task {id}: {e}");
-            }
+            e.out.send(&ev);
+            e.out.flush();
             Reply {
                 ok: true,
                 task: Some(id.to_string()),

@@ -1,0 +1,70 @@
+//! The state every arm of the runtime's loop works on: the kernel side, the
+//! pipeline, the outputs, and the set-up. Control requests, task binding, selectors
+//! and ticks all take `&mut Engine`; nothing else is built per request.
+
+use std::sync::Arc;
+
+use aya::maps::{MapData, RingBuf};
+
+use super::{EXEC_TASK, RunError, pipeline::Pipeline, setup::Setup};
+use crate::{
+    enrich::Enricher,
+    event::Event,
+    judge::Judge,
+    kernel::loader::{SensorConfig, Sensors},
+    policy::RuleSet,
+    sensitive::SensitiveSet,
+    sink::Fanout,
+};
+
+pub struct Engine {
+    pub sensors: Sensors,
+    pub p: Pipeline,
+    pub out: Fanout,
+    /// The next free task cookie.
+    pub next_task: u32,
+    pub setup: Setup,
+}
+
+impl Engine {
+    /// Loads and attaches the kernel programs; the engine that serves them.
+    pub fn load(
+        ringbuf_bytes: u32,
+        sensitive: &SensitiveSet,
+        rules: Option<RuleSet>,
+        out: Fanout,
+        setup: Setup,
+    ) -> Result<Self, RunError> {
+        let cfg = SensorConfig { ringbuf_bytes, sensitive: sensitive.clone(), ..SensorConfig::default() };
+        Ok(Self {
+            sensors: Sensors::load(&cfg)?,
+            p: Pipeline::new(Enricher::new(sensitive.clone(), Default::default()), Judge::new(rules)),
+            out,
+            next_task: EXEC_TASK,
+            setup,
+        })
+    }
+
+    /// Reads every record the kernel has ready.
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        self.p.drain(ring, &mut self.out, &mut self.sensors);
+    }
+
+    /// A task cookie not used before.
+    pub fn cookie(&mut self) -> u32 {
+        let c = self.next_task;
+        self.next_task += 1;
+        c
+    }
+
+    /// Writes one record of agentmon's own to every output, at once.
+    pub fn record(&mut self, ev: &Event) {
+        self.out.send(ev);
+        self.out.batch_end();
+    }
+
+    /// The host name events carry.
+    pub fn host(&self) -> Arc<str> {
+        self.p.enr.host()
+    }
+}

@@ -1,0 +1,325 @@
+//! `agentmon exec`: the runtime with one launched task. The command is held until
+//! its pid is tracked and its task bound, released, and watched until it exits;
+//! agentmon then exits with its status.
+
+use std::{path::PathBuf, time::Duration};
+
+use nix::{sys::signal::Signal, sys::wait::WaitStatus};
+
+use super::{
+    EXEC_TASK, Outputs, RulesChoice, RunError,
+    engine::Engine,
+    load_rules, rules_watch,
+    runtime::{Extras, Runtime},
+    setup::Setup,
+    tasks::{self, Binding, StartReq},
+};
+use crate::{
+    ctl::{self, CTL_ENV, TASK_ENV},
+    enforce::{self, Confinement, Layers, Protected},
+    launch,
+    proctable::Proc,
+    sensitive::SensitiveSet,
+    sink::JsonLines,
+    task::Task,
+};
+
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    pub cmd: Vec<String>,
+    pub events: Option<PathBuf>,
+    pub format: crate::sink::Format,
+    pub sensitive: SensitiveSet,
+    pub ringbuf_bytes: u32,
+    pub quiet: bool,
+    pub task: Option<(Task, String)>,
+    pub rules: RulesChoice,
+    /// How long a held call waits for an approver before it is denied.
+    pub approval_timeout: Duration,
+    /// The audit chain and NATS, when configured.
+    pub outputs: Outputs,
+    /// A running daemon to register the task with (instead of running embedded).
+    pub daemon: Option<PathBuf>,
+}
+
+impl ExecOptions {
+    /// The files of this run a task must never write: its outputs, its manifest,
+    /// the rules it is judged by.
+    fn own_files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self.events.iter().cloned().collect();
+        v.extend(self.task.iter().map(|(t, _)| t.source.clone()));
+        if let RulesChoice::Dir(d) = &self.rules {
+            v.push(d.clone());
+        }
+        v.extend(self.outputs.protected());
+        v
+    }
+}
+
+/// Plans the confinement of an enforced task (None when observing), or refuses it.
+fn plan_confinement(opts: &ExecOptions, setup: &Setup) -> Result<Option<Confinement>, RunError> {
+    let Some((task, _)) = opts.task.as_ref().filter(|(t, _)| t.enforce) else { return Ok(None) };
+    let program = launch::resolve_program(opts.cmd.first().map(String::as_str).unwrap_or(""))?;
+    let protected = Protected { paths: setup.protected.clone() };
+    Ok(Some(enforce::confine(task, &setup.layers, &enforce::launch_files(&program), &protected)?))
+}
+
+fn report_layers(opts: &ExecOptions, layers: &Layers) {
+    if opts.quiet {
+        return;
+    }
+    eprintln!("agentmon: enforcement layers on this host:");
+    for l in layers.describe() {
+        eprintln!("  {l}");
+    }
+    for o in opts.outputs.describe() {
+        eprintln!("agentmon: output: {o}");
+    }
+    if let Some((t, _)) = &opts.task {
+        let how =
+            if t.enforce { "enforced by the active layers" } else { "observed and judged, not enforced" };
+        eprintln!("agentmon: task {}: {how}", t.id);
+    }
+}
+
+fn exit_code(st: WaitStatus) -> i32 {
+    match st {
+        WaitStatus::Exited(_, c) => c,
+        WaitStatus::Signaled(_, s, _) => 128 + s as i32,
+        _ => 125,
+    }
+}
+
+pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
+    if let (Some(_), Some(sock)) = (&opts.task, std::env::var_os(CTL_ENV)) {
+        return delegated(opts, PathBuf::from(sock)).await;
+    }
+    if let (Some(_), Some(sock)) = (&opts.task, opts.daemon.clone()) {
+        return registered(opts, sock).await;
+    }
+    let rules = load_rules(&opts.rules)?;
+    let layers = Layers::probe();
+    report_layers(&opts, &layers);
+    let setup = Setup::new(layers, opts.own_files(), opts.approval_timeout);
+    if let Some((t, _)) = &opts.task {
+        tasks::admissible(t, &setup)?;
+    }
+    let confinement = plan_confinement(&opts, &setup)?;
+    let (out, _nats) =
+        opts.outputs.open(JsonLines::open(opts.events.as_deref())?.with_format(opts.format))?;
+    let rule_count = rules.as_ref().map(crate::policy::RuleSet::len).unwrap_or(0);
+    let engine = Engine::load(opts.ringbuf_bytes, &opts.sensitive, rules, out, setup)?;
+    let server = ctl::Server::bind()?;
+    if let (Some(n), Some(keys)) = (&opts.outputs.nats, &opts.outputs.ctl_keys) {
+        crate::nats::control::start(n.args.clone(), n.host.clone(), keys.clone(), server.path.clone())?;
+    }
+    if !opts.quiet {
+        eprintln!(
+            "agentmon: {} kernel programs attached in {} ms; task {}; {} rules; events to {}",
+            engine.sensors.attached.len(),
+            engine.sensors.load_ms,
+            opts.task
+                .as_ref()
+                .map(|(t, _)| format!("{} ({})", t.id, t.mode.as_str()))
+                .unwrap_or("none".into()),
+            rule_count,
+            opts.events.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "stdout".into()),
+        );
+    }
+    let mut rt = Runtime::new(engine, server, rules_watch(&opts.rules), Extras::default())?;
+
+    let mut env: Vec<(String, String)> = vec![(CTL_ENV.into(), rt.server.path.display().to_string())];
+    if let Some((t, _)) = &opts.task {
+        env.push((TASK_ENV.into(), t.id.clone()));
+    }
+    let mut held = launch::spawn_held(&opts.cmd, &env, confinement)?;
+    let pid = held.pid;
+    let gate_chan = held.take_gate();
+    let root = pid.as_raw() as u32;
+    let bound = match opts.task.clone() {
+        Some((task, text)) => {
+            let r = StartReq {
+                manifest: text,
+                file: task.source.display().to_string(),
+                pid: root,
+                enforce: task.enforce,
+                events: None,
+                attach: false,
+            };
+            tasks::bind(&mut rt.e, task, r, Binding::Launched).map(|_| EXEC_TASK)
+        }
+        None => {
+            let c = rt.e.cookie();
+            rt.e.sensors.track(root, c).map(|()| c).map_err(RunError::from)
+        }
+    };
+    let cookie = match bound {
+        Ok(c) => c,
+        Err(err) => {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+            return Err(err);
+        }
+    };
+    rt.e.p.enr.procs.seed(
+        root,
+        Proc {
+            ppid: Some(std::process::id()),
+            comm: "agentmon".into(),
+            argv: Some(opts.cmd.clone()),
+            task: cookie,
+            ..Default::default()
+        },
+    );
+    if let Err(err) = held.release() {
+        // The failed exec is still reported (exec with an error, then exit).
+        rt.shutdown(Some("the command could not be started"));
+        return Err(err.into());
+    }
+    if let Some(chan) = gate_chan {
+        // The root sent its approval listener before it exec'd.
+        rt.hold(crate::gate::filter::recv_listener(&chan, 5000)?)?;
+    }
+    let status = rt.run(Some(pid)).await?;
+    // A killed tree dies all at once, but its processes' exits trail the root's by a
+    // moment: wait for them so that their exit events are in the record.
+    let killed = rt.e.p.contain.killed();
+    if !killed.is_empty() {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(2)
+            && rt.e.sensors.tracked().iter().any(|(_, c)| killed.contains(c))
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // The root's exit event is in the ring before waitpid returns; take the rest.
+    rt.drain();
+    if let Some(cg) = opts.task.as_ref().and_then(|(t, _)| rt.e.p.contain.cgroup(&t.id))
+        && !cg.pids().is_empty()
+    {
+        tracing::warn!("the task's cgroup {} still has processes; it is left in place", cg.path.display());
+    }
+    let survivors: Vec<u32> = rt.e.sensors.tracked().into_iter().map(|(p, _)| p).collect();
+    if !survivors.is_empty() && !opts.quiet {
+        eprintln!(
+            "agentmon: the command exited but {} of its descendants still run and are no longer \
+             observed: {:?}",
+            survivors.len(),
+            survivors
+        );
+    }
+    rt.shutdown(Some("agentmon stopped watching (its root's exit was not seen)"));
+    Ok(status.map(exit_code).unwrap_or(125))
+}
+
+/// Delegated mode: the command runs as a sub-task of the task around us.
+async fn delegated(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> {
+    // The watching agentmon owns the cgroups; a sub-task gets no network guard of its
+    // own here, so an enforced sub-task that needs one is refused.
+    let layers = Layers { cgroups: false, ..Layers::probe() };
+    // Its gated calls are held by the parent's gate (the filter is inherited); the
+    // parent refuses the delegation if that gate does not cover them.
+    let mut gated_by_parent = opts.clone();
+    if let Some((t, _)) = gated_by_parent.task.as_mut() {
+        t.approval.clear();
+    }
+    let setup = Setup::new(layers, opts.own_files(), opts.approval_timeout);
+    let confinement = plan_confinement(&gated_by_parent, &setup)?;
+    let Some((task, text)) = opts.task else { unreachable!("checked by the caller") };
+    let held = launch::spawn_held(&opts.cmd, &[(TASK_ENV.into(), task.id.clone())], confinement)?;
+    let pid = held.pid;
+    let abort = |msg: String| {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+        RunError::Delegation(msg)
+    };
+    let reply = ctl::delegate(&socket, &task.source, text, pid.as_raw() as u32).await.map_err(&abort)?;
+    if !reply.ok {
+        return Err(abort(reply.error.unwrap_or_else(|| "no reason given".into())));
+    }
+    if !opts.quiet {
+        eprintln!(
+            "agentmon: running as sub-task {} of {:?}; its events are in the parent's stream",
+            reply.task.unwrap_or_default(),
+            reply.chain
+        );
+    }
+    held.release()?;
+    let st = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None))
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(st.map(exit_code).unwrap_or(125))
+}
+
+/// With a daemon: the command runs as a top-level task of the daemon, which watches
+/// it with its own outputs (and the `--events` file, for this task's events).
+async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> {
+    let Some((task, text)) = opts.task.clone() else { unreachable!("checked by the caller") };
+    let layers = Layers::probe();
+    let setup = Setup::new(layers, opts.own_files(), opts.approval_timeout);
+    let confinement = plan_confinement(&opts, &setup)?;
+    let env = [(CTL_ENV.to_string(), socket.display().to_string()), (TASK_ENV.to_string(), task.id.clone())];
+    let mut held = launch::spawn_held(&opts.cmd, &env, confinement)?;
+    let pid = held.pid;
+    let gate_chan = held.take_gate();
+    let abort = |msg: String| {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+        RunError::Daemon(msg)
+    };
+    let events = match &opts.events {
+        Some(p) if p.as_os_str() != "-" => Some(absolute(p).map_err(|e| abort(e.to_string()))?),
+        _ => None,
+    };
+    let req = ctl::Request::Start {
+        manifest: text,
+        file: absolute(&task.source).unwrap_or(task.source.clone()).display().to_string(),
+        pid: pid.as_raw() as u32,
+        enforce: task.enforce,
+        events: events.as_ref().map(|p| p.display().to_string()),
+    };
+    let reply = ctl::call(&socket, &req).await.map_err(&abort)?;
+    if !reply.ok {
+        return Err(abort(reply.error.unwrap_or_else(|| "no reason given".into())));
+    }
+    if !opts.quiet {
+        eprintln!(
+            "agentmon: task {} runs under the daemon at {}; its rules and outputs apply{}",
+            task.id,
+            socket.display(),
+            events.map(|p| format!(" (and this task's events go to {})", p.display())).unwrap_or_default()
+        );
+    }
+    held.release()?;
+    if let Some(chan) = gate_chan {
+        // The root sent its approval listener before it exec'd; the daemon holds the
+        // task's gated calls (until it has the listener they wait in the kernel).
+        let handed =
+            crate::gate::filter::recv_listener(&chan, 5000).map_err(|e| e.to_string()).and_then(|l| {
+                use std::os::fd::AsFd;
+                ctl::call_with_fd(&socket, &ctl::Request::Gate { task: task.id.clone() }, l.as_fd())
+            });
+        match handed {
+            Ok(r) if r.ok => {}
+            other => {
+                let why = match other {
+                    Ok(r) => r.error.unwrap_or_default(),
+                    Err(e) => e,
+                };
+                // Unanswered, its gated calls would wait forever: it must not run on.
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+                return Err(RunError::Daemon(format!("handing the approval gate to the daemon: {why}")));
+            }
+        }
+    }
+    let st = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None))
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(st.map(exit_code).unwrap_or(125))
+}
+
+/// `p` made absolute against the working directory (the daemon's differs).
+fn absolute(p: &std::path::Path) -> std::io::Result<PathBuf> {
+    if p.is_absolute() { Ok(p.to_path_buf()) } else { Ok(std::env::current_dir()?.join(p)) }
+}

@@ -1,0 +1,301 @@
+//! The one event loop of every deployment. `agentmon exec` is a runtime with one
+//! launched task whose exit ends the loop; `agentmon daemon` is a runtime that runs
+//! until SIGTERM, with selectors and metrics. Both read the ring, hold approval
+//! gates, answer the control socket, expire tasks and report losses here, once.
+
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use nix::{sys::signal::Signal, sys::wait::WaitStatus, unistd::Pid};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use super::{
+    RunError,
+    engine::Engine,
+    outputs::NatsHandles,
+    select::{Scanner, Selectors},
+    serve::Reader,
+    setup::OnExpiry,
+    tasks,
+};
+use crate::{
+    ctl,
+    gate::Gate,
+    judge::{Judge, RulesWatch},
+    kernel::loader::POLL_INTERVAL,
+    metrics::Metrics,
+};
+
+/// What a daemon adds to the loop.
+#[derive(Default)]
+pub struct Extras {
+    /// Processes attached automatically under the default task.
+    pub selectors: Option<Selectors>,
+    pub metrics: Option<Metrics>,
+    pub nats: Option<NatsHandles>,
+    /// Ended tasks whose state record says so already.
+    pub marked: std::collections::HashSet<std::sync::Arc<str>>,
+}
+
+pub struct Runtime {
+    pub e: Engine,
+    ring: AsyncFd<RingBuf<MapData>>,
+    pub server: ctl::Server,
+    requests: Reader,
+    watch: Option<RulesWatch>,
+    extras: Extras,
+    ticks: u64,
+}
+
+/// How often the housekeeping runs (losses, expiry, reloads, flushes).
+const TICK: Duration = Duration::from_millis(500);
+
+impl Runtime {
+    pub fn new(
+        mut e: Engine,
+        server: ctl::Server,
+        watch: Option<RulesWatch>,
+        extras: Extras,
+    ) -> Result<Self, RunError> {
+        let events = e.sensors.take_events().expect("ring buffer taken once");
+        // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
+        let ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+            .map_err(std::io::Error::from)?;
+        e.p.judge.set_own_socket(&server.path);
+        Ok(Self { e, ring, server, requests: Reader::default(), watch, extras, ticks: 0 })
+    }
+
+    /// Reads every record the kernel has ready.
+    pub fn drain(&mut self) {
+        self.e.drain(self.ring.get_mut());
+    }
+
+    /// Takes a held-call listener (the root of a launched task sent it).
+    pub fn hold(&mut self, listener: std::os::fd::OwnedFd) -> std::io::Result<()> {
+        self.e.p.gates.push(Gate::new(listener, self.e.setup.approval_timeout)?);
+        Ok(())
+    }
+
+    /// Runs until `child` exits (its status), or without one until SIGINT/SIGTERM.
+    /// Terminal signals reach a child through its process group; SIGINT, SIGTERM and
+    /// SIGHUP sent to agentmon are forwarded to it.
+    pub async fn run(&mut self, child: Option<Pid>) -> Result<Option<WaitStatus>, RunError> {
+        let mut waiter =
+            child.map(|pid| tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None)));
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut tick = tokio::time::interval(TICK);
+        let mut scanner = Scanner::default();
+        let mut scan = tokio::time::interval(Duration::from_millis(250));
+        scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+        let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+        let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
+        let stop = |sig: Signal| match child {
+            Some(pid) => {
+                let _ = nix::sys::signal::kill(pid, sig);
+                false
+            }
+            None => sig != Signal::SIGHUP,
+        };
+        let status = loop {
+            let Self { e, ring, server, requests, extras, watch, ticks } = self;
+            tokio::select! {
+                r = ring.readable_mut() => {
+                    let mut guard = r?;
+                    e.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                // The kernel wakes us only when a batch is waiting (see wakeup_bytes).
+                _ = poll.tick() => e.drain(ring.get_mut()),
+                _ = tick.tick() => {
+                    *ticks += 1;
+                    housekeeping(e, watch.as_mut(), extras, *ticks);
+                }
+                r = gate_ready(&e.p.gates) => {
+                    r?;
+                    // Events first: the caller's exec and forks name the process in the request.
+                    e.drain(ring.get_mut());
+                    e.p.held_calls(&e.sensors, &mut e.out);
+                }
+                _ = gate_deadline(&e.p.gates) => e.p.expire_approvals(&mut e.out),
+                conn = server.listener.accept() => {
+                    if let Ok((stream, _)) = conn {
+                        requests.read(stream);
+                    }
+                }
+                Some(inc) = requests.rx.recv() => {
+                    // Pending events first: the caller's fork must be in the process table.
+                    e.drain(ring.get_mut());
+                    super::serve::answer(inc, e);
+                    e.out.batch_end();
+                }
+                _ = scan.tick(), if extras.selectors.is_some() => {
+                    let Some(sel) = &extras.selectors else { continue };
+                    // Their forks and execs so far first: a child of a matched process
+                    // that is already tracked is not a new match.
+                    e.drain(ring.get_mut());
+                    for id in scanner.scan(sel, e) {
+                        tracing::info!("selector: attached task {id}");
+                    }
+                    e.out.batch_end();
+                }
+                st = wait(&mut waiter) => break Some(st.map_err(std::io::Error::other)?),
+                _ = sigint.recv() => if stop(Signal::SIGINT) { break None },
+                _ = sigterm.recv() => if stop(Signal::SIGTERM) { break None },
+                _ = sighup.recv() => if stop(Signal::SIGHUP) { break None },
+            }
+        };
+        Ok(match status {
+            Some(Ok(st)) => Some(st),
+            Some(Err(err)) => {
+                tracing::error!("waitpid: {err}");
+                None
+            }
+            None => None,
+        })
+    }
+
+    /// Drains what is left, reports the last losses and closes the outputs. With
+    /// `end_tasks`, every task still open gets its `task_end` (`why`) first.
+    pub fn shutdown(mut self, end_tasks: Option<&str>) {
+        self.drain();
+        let e = &mut self.e;
+        if let Some(ev) = e.p.enr.loss(&e.sensors.counts()) {
+            e.out.send(&ev);
+        }
+        if let Some(why) = end_tasks {
+            for id in e.p.task_ids() {
+                if let Some(ev) = e.p.task_ended(&id, why) {
+                    e.out.send(&ev);
+                }
+            }
+        }
+        let (host, now) = (e.host(), e.p.enr.clock().now_wall());
+        e.out.report_losses(&host, now);
+        for f in e.out.close() {
+            tracing::error!("closing {}: {} (what it holds may be lost)", f.output, f.error);
+        }
+    }
+}
+
+/// Housekeeping, every [`TICK`].
+fn housekeeping(e: &mut Engine, watch: Option<&mut RulesWatch>, extras: &mut Extras, ticks: u64) {
+    if let Err(err) = e.sensors.settle_pending() {
+        tracing::warn!("{err}");
+    }
+    if let Some(ev) = e.p.enr.loss(&e.sensors.counts()) {
+        e.out.send(&ev);
+    }
+    if let Some(w) = watch {
+        reload(w, &mut e.p.judge);
+    }
+    for ev in e.p.expire(&mut e.sensors, e.setup.on_expiry == OnExpiry::Kill) {
+        e.out.send(&ev);
+    }
+    // Host names in allowlists: new addresses are added every minute.
+    if ticks.is_multiple_of(120) {
+        for id in e.p.task_ids() {
+            if let (Some(b), Some(c)) = (e.p.judge.task(&id), e.p.contain.cookie(&id))
+                && b.task.enforce
+            {
+                let t = b.task.clone();
+                tasks::refresh_hosts(&mut e.sensors, &t, c);
+            }
+        }
+    }
+    forget_finished(e, &mut extras.marked);
+    let (host, now) = (e.host(), e.p.enr.clock().now_wall());
+    if let Some(st) = &e.setup.state {
+        st.beat(now);
+    }
+    e.out.report_losses(&host, now);
+    if let Some(m) = &extras.metrics {
+        report(m, e, extras.nats.as_ref());
+    }
+    e.out.flush();
+}
+
+/// Resolves when the child exits (never, without one).
+async fn wait<T>(w: &mut Option<tokio::task::JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match w {
+        Some(h) => h.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when a gate has held calls to take (never, without an open gate).
+async fn gate_ready(gates: &[Gate]) -> std::io::Result<()> {
+    let open: Vec<_> = gates.iter().filter(|g| !g.closed).map(|g| Box::pin(g.ready())).collect();
+    if open.is_empty() {
+        return std::future::pending().await;
+    }
+    futures_util::future::select_all(open).await.0
+}
+
+/// Resolves at the earliest approval deadline (never, with none pending).
+async fn gate_deadline(gates: &[Gate]) {
+    match gates.iter().filter_map(Gate::next_deadline).min() {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reloads changed rules; an invalid edit keeps the old rules and says why.
+fn reload(w: &mut RulesWatch, judge: &mut Judge) {
+    match w.poll() {
+        None => {}
+        Some(Ok(set)) => {
+            eprintln!("agentmon: rules reloaded ({} rules)", set.len());
+            judge.set_rules(set);
+        }
+        Some(Err(errs)) => {
+            eprintln!("agentmon: rules not reloaded, keeping the {} rules in force:", judge.rule_count());
+            for e in errs {
+                eprintln!("  {e}");
+            }
+        }
+    }
+}
+
+/// The gauges and kernel counters, every tick.
+fn report(m: &Metrics, e: &Engine, nats: Option<&NatsHandles>) {
+    m.set_probes_attached(e.sensors.attached.len());
+    m.set_tasks(e.p.task_ids().len().saturating_sub(e.p.ended.len()));
+    m.set_tracked_processes(e.sensors.tracked().len());
+    m.set_approvals_pending(e.p.approvals_pending());
+    for (k, n) in e.sensors.counts().lost {
+        m.set_lost(crate::enrich::kind_name(k), n);
+    }
+    if let Some(n) = nats {
+        n.report(m);
+    }
+}
+
+/// Tasks that ended and have no tracked process left: their per-task outputs are
+/// closed and what is kept of them dropped (a daemon runs for months). Each ended
+/// task's record is marked once.
+fn forget_finished(e: &mut Engine, marked: &mut std::collections::HashSet<std::sync::Arc<str>>) {
+    if e.p.ended.is_empty() {
+        return;
+    }
+    let Some(state) = &e.setup.state else { return };
+    let tracked = e.sensors.tracked();
+    let mut done = Vec::new();
+    for id in &e.p.ended {
+        if marked.insert(id.clone()) {
+            state.mark_ended(id);
+        }
+        // Its sub-tasks' processes keep it too (they share its cgroup and events file).
+        if !e.p.contain.cookies_under(id).iter().any(|c| tracked.iter().any(|(_, t)| t == c)) {
+            done.push(id.clone());
+        }
+    }
+    for id in done {
+        e.out.remove_keyed(&id);
+        state.drop_saved(&id);
+        e.p.forget(&id);
+        e.p.ended.remove(&id);
+        marked.remove(&id);
+    }
+}

@@ -1,0 +1,154 @@
+//! What an agentmon is set up to do, fixed at start: the enforcement layers this
+//! host has, the paths no enforced task may reach, how long approvals wait, what
+//! expiry does, and (in a daemon) where running tasks are recorded for a restart.
+
+use std::{path::PathBuf, time::Duration};
+
+use crate::{enforce::Layers, event::Timestamp};
+
+/// What happens when a task's expiry passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnExpiry {
+    /// Its end is recorded (`task_end`, revoke); its processes stay watched and
+    /// everything they do after is judged out of scope.
+    #[default]
+    End,
+    /// Its processes are killed, then its end is recorded.
+    Kill,
+}
+
+pub struct Setup {
+    pub layers: Layers,
+    /// Files and directories agentmon writes or trusts (canonical): an enforced task's
+    /// write or delete scope may never reach them.
+    pub protected: Vec<PathBuf>,
+    /// How long a held call waits for an approver before it is denied.
+    pub approval_timeout: Duration,
+    pub on_expiry: OnExpiry,
+    /// A daemon's: top-level tasks may be started and attached over the control
+    /// socket, and are recorded here for a restarted daemon to resume.
+    pub state: Option<StateDir>,
+}
+
+/// Directories of agentmon's own, whatever the configuration: its control sockets,
+/// and the kernel interfaces that would let a task leave its cgroup, unload the
+/// sensors or rewrite other processes.
+pub const ALWAYS_PROTECTED: &[&str] =
+    &[crate::ctl::SOCKET_DIR, "/sys/fs/cgroup", "/sys/fs/bpf", "/sys/kernel", "/proc"];
+
+impl Setup {
+    /// `own`: the files of this configuration (outputs, config, rules, the binary);
+    /// each is canonicalised (a scope written through a symlink still reaches it)
+    /// and [`ALWAYS_PROTECTED`] is added.
+    pub fn new(layers: Layers, own: Vec<PathBuf>, approval_timeout: Duration) -> Self {
+        let mut protected: Vec<PathBuf> = ALWAYS_PROTECTED.iter().map(PathBuf::from).collect();
+        protected.extend(own);
+        protected.extend(std::env::current_exe().ok());
+        let mut protected: Vec<PathBuf> =
+            protected.iter().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())).collect();
+        protected.sort();
+        protected.dedup();
+        Self { layers, protected, approval_timeout, on_expiry: OnExpiry::End, state: None }
+    }
+}
+
+/// Where a daemon records its running tasks, one file each, so that a restarted
+/// daemon resumes them; and when it was last alive, so that the gap is reported.
+pub struct StateDir {
+    pub dir: PathBuf,
+}
+
+/// A running task as recorded in the state directory.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    pub id: String,
+    pub manifest: String,
+    pub file: String,
+    pub root: u32,
+    pub enforce: bool,
+    pub events: Option<String>,
+    pub cgroup: Option<PathBuf>,
+    /// When the task expires (kept absolute: a restart does not extend it).
+    #[serde(default)]
+    pub expires: Option<Timestamp>,
+    /// Its end was recorded: a restart does not resume it.
+    #[serde(default)]
+    pub ended: bool,
+}
+
+/// The file whose content is the time the daemon was last seen alive.
+const HEARTBEAT: &str = "alive";
+
+impl StateDir {
+    fn saved(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    pub fn save(&self, s: &Saved) -> std::io::Result<()> {
+        self.write_atomic(&format!("{}.json", s.id), &serde_json::to_vec(s)?)
+    }
+
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)?;
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(tmp, self.dir.join(name))
+    }
+
+    /// The task's end was recorded: a restart must not resume it.
+    pub fn mark_ended(&self, id: &str) {
+        let path = self.saved(id);
+        if let Some(mut s) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Saved>(&b).ok())
+            && !s.ended
+        {
+            s.ended = true;
+            if let Err(e) = self.save(&s) {
+                tracing::warn!("{}: {e}", path.display());
+            }
+        }
+    }
+
+    /// The task is gone: nothing of it to resume.
+    pub fn drop_saved(&self, id: &str) {
+        let _ = std::fs::remove_file(self.saved(id));
+    }
+
+    /// Records that the daemon is alive now (every tick).
+    pub fn beat(&self, now: Timestamp) {
+        if let Err(e) = self.write_atomic(HEARTBEAT, now.0.to_string().as_bytes()) {
+            tracing::debug!("heartbeat in {}: {e}", self.dir.display());
+        }
+    }
+
+    /// When a previous daemon was last seen alive (None: never, or unreadable).
+    pub fn last_beat(&self) -> Option<Timestamp> {
+        let text = std::fs::read_to_string(self.dir.join(HEARTBEAT)).ok()?;
+        text.trim().parse::<i128>().ok().map(Timestamp)
+    }
+
+    /// The recorded tasks agentmon itself wrote (root's, not writable by others);
+    /// anything else found there is removed.
+    pub fn records(&self) -> Vec<Saved> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        let Ok(dir) = std::fs::read_dir(&self.dir) else { return out };
+        for e in dir.flatten() {
+            let path = e.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let trusted = std::fs::symlink_metadata(&path).is_ok_and(|m| {
+                m.is_file() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o022 == 0
+            });
+            match trusted.then(|| std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok())) {
+                Some(Some(s)) => out.push(s),
+                _ => {
+                    tracing::warn!("{}: unreadable or untrusted task record, removed", path.display());
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        out
+    }
+}
