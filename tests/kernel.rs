@@ -2,6 +2,7 @@
 //! parsed events. They need root (CI runs as root). Without root every test fails
 //! with the reason, unless the user opts out with AGENTMON_SKIP_KERNEL_TESTS=1.
 
+mod adversary;
 mod approval;
 mod audit;
 mod contain;
@@ -42,10 +43,12 @@ fn main() {
         ("cli_usage_errors", cli_usage_errors),
         ("task_verdicts_and_alerts", tasks::task_verdicts_and_alerts),
         ("delegation", tasks::delegation),
+        ("enforced_delegation", tasks::enforced_delegation),
         ("rules_hot_reload", tasks::rules_hot_reload),
         ("rules_check_cli", tasks::rules_check_cli),
         ("reverse_shell_flagged", tasks::reverse_shell_flagged),
         ("steps_tag_events", tasks::steps_tag_events),
+        ("enforced_steps_tag_events", tasks::enforced_steps_tag_events),
         ("enforce_denies_out_of_scope", enforce::enforce_denies_out_of_scope),
         ("observe_flags_but_allows", enforce::observe_flags_but_allows),
         ("tamper_attempts_fail", enforce::tamper_attempts_fail),
@@ -66,6 +69,11 @@ fn main() {
         ("daemon_kills_expired_tasks", daemon::daemon_kills_expired_tasks),
         ("daemon_selectors_attach_agents", daemon::daemon_selectors_attach_agents),
         ("daemon_holds_approval_gates", daemon::daemon_holds_approval_gates),
+        ("control_rights_stay_with_the_connector", adversary::control_rights_stay_with_the_connector),
+        ("control_socket_holds_under_a_flood", adversary::control_socket_holds_under_a_flood),
+        ("cli_talks_only_to_agentmon", adversary::cli_talks_only_to_agentmon),
+        ("enforce_refuses_scopes_over_agentmon", adversary::enforce_refuses_scopes_over_agentmon),
+        ("left_cgroup_is_brought_back", adversary::left_cgroup_is_brought_back),
     ];
     let root = nix::unistd::geteuid().is_root();
     let skip = std::env::var(SKIP_ENV).is_ok_and(|v| v == "1");

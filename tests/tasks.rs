@@ -103,7 +103,17 @@ pub fn task_verdicts_and_alerts() -> R {
 /// A nested `agentmon exec --task` within the parent's scope becomes a sub-task
 /// (events carry its id and the chain); one that widens the scope is refused.
 pub fn delegation() -> R {
-    let d = workdir("delegation");
+    delegation_in(false)
+}
+
+/// Delegation from inside an enforced task, which may not create unix sockets: the
+/// nested agentmon reaches the watching one through the task's inherited mailbox.
+pub fn enforced_delegation() -> R {
+    delegation_in(true)
+}
+
+fn delegation_in(enforce: bool) -> R {
+    let d = workdir(if enforce { "delegation-enforced" } else { "delegation" });
     let repo = d.join("repo");
     std::fs::create_dir_all(repo.join("sub")).map_err(|e| e.to_string())?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -112,9 +122,11 @@ pub fn delegation() -> R {
     std::fs::write(
         &parent,
         format!(
-            "id: parent\nmode: execute\nexpires_in: 1h\nscope:\n  write: [\"{r}/**\"]\n  exec: [\"{me}\", \"{am}\"]\n",
+            "id: parent\nmode: execute\nexpires_in: 1h\nenforcement: {mode}\nscope:\n  write: [\"{r}/**\"]\n  \
+             exec: [\"{me}\", \"{am}\"]\n",
             r = repo.display(),
-            me = me.display()
+            me = me.display(),
+            mode = if enforce { "enforce" } else { "observe" }
         ),
     )
     .map_err(|e| e.to_string())?;
@@ -144,7 +156,7 @@ pub fn delegation() -> R {
     eq("exit", run.code, 0)?;
     eq(
         "sub-task exit",
-        std::fs::read_to_string(d.join("good-rc")).map_err(|e| e.to_string())?,
+        std::fs::read_to_string(repo.join("good-rc")).map_err(|e| e.to_string())?,
         "Some(0)".into(),
     )?;
     let inside = run.find(Kind::FileCreate, &repo.join("sub/inside.txt"))?;
@@ -159,15 +171,16 @@ pub fn delegation() -> R {
     eq(
         "sub-task scope applies",
         (outside.task.as_deref(), verdict(outside)),
-        (Some("child"), Some("violation")),
+        (Some("child"), Some(if enforce { "denied" } else { "violation" })),
     )?;
+    ensure(enforce != repo.join("notsub.txt").exists(), || "the sub-task's scope was not enforced".into())?;
     // The widening sub-task: refused, its command never ran.
     eq(
         "refused exit",
-        std::fs::read_to_string(d.join("bad-rc")).map_err(|e| e.to_string())?,
+        std::fs::read_to_string(repo.join("bad-rc")).map_err(|e| e.to_string())?,
         "Some(125)".into(),
     )?;
-    let why = std::fs::read_to_string(d.join("bad-stderr")).map_err(|e| e.to_string())?;
+    let why = std::fs::read_to_string(repo.join("bad-stderr")).map_err(|e| e.to_string())?;
     ensure(why.contains("delegation refused") && why.contains("scope.write"), || {
         format!("refusal says: {why}")
     })?;
@@ -302,13 +315,25 @@ pub fn reverse_shell_flagged() -> R {
 /// between, forked children included; a step for another task and a malformed
 /// traceparent are refused.
 pub fn steps_tag_events() -> R {
-    let d = workdir("steps");
+    steps_in(false)
+}
+
+/// Steps announced from inside an enforced task (no unix sockets: the mailbox).
+pub fn enforced_steps_tag_events() -> R {
+    steps_in(true)
+}
+
+fn steps_in(enforce: bool) -> R {
+    let d = workdir(if enforce { "steps-enforced" } else { "steps" });
+    // Landlock rules name existing directories.
+    std::fs::create_dir_all(d.join("out")).map_err(|e| e.to_string())?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let task = d.join("task.yaml");
     std::fs::write(
         &task,
         format!(
-            "id: stepped\nmode: execute\nscope:\n  write: [\"{}/out/**\"]\n  exec: [\"{}\", \"{}\"]\n",
+            "id: stepped\nmode: execute\nenforcement: {}\nscope:\n  write: [\"{}/out/**\"]\n  exec: [\"{}\", \"{}\"]\n",
+            if enforce { "enforce" } else { "observe" },
             d.display(),
             me.display(),
             support::agentmon()

@@ -174,6 +174,34 @@ impl Containment {
         e.cgroup.as_ref()
     }
 
+    /// Processes of task `id` (its sub-tasks' included) that left its cgroup, moved
+    /// back into it: each (pid, where it had gone). A tree that left its cgroup would
+    /// escape freeze, `cgroup.kill` and the network guard.
+    pub fn regroup(&self, sensors: &Sensors, id: &str) -> Vec<(u32, String)> {
+        let Some(cg) = self.home(id) else { return Vec::new() };
+        let cookies = self.cookies_under(id);
+        let mut moved = Vec::new();
+        for (pid, c) in sensors.tracked() {
+            if !cookies.contains(&c) {
+                continue;
+            }
+            if let Some(at) = cg.outside(pid) {
+                match cg.add(pid) {
+                    Ok(()) => moved.push((pid, at)),
+                    Err(e) => {
+                        tracing::error!("task {id}: pid {pid} left for {at} and cannot be moved back: {e}")
+                    }
+                }
+            }
+        }
+        moved
+    }
+
+    /// Top-level tasks (those with a cgroup of their own).
+    pub fn top_level(&self) -> Vec<Arc<str>> {
+        self.tasks.iter().filter(|(_, e)| e.cgroup.is_some() && !e.killed).map(|(id, _)| id.clone()).collect()
+    }
+
     /// Carries out `act` on task `id`.
     pub fn act(
         &mut self,
@@ -193,6 +221,16 @@ impl Containment {
         let cookie = e.cookie;
         let own = e.cgroup.as_ref();
         let mut detail: BTreeMap<Cow<'static, str>, serde_json::Value> = BTreeMap::new();
+        if act != Act::Thaw {
+            // What left the cgroup comes back first, so that the action covers it.
+            let moved = self.regroup(sensors, id);
+            if !moved.is_empty() {
+                detail.insert(
+                    "regrouped".into(),
+                    json!(moved.iter().map(|(p, at)| json!({"pid": p, "was_in": at})).collect::<Vec<_>>()),
+                );
+            }
+        }
         let result = match act {
             Act::Kill => {
                 if let By::Policy(ev) = &by {

@@ -17,19 +17,26 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
 };
 
 /// Environment variable naming the control socket, set for the task's command.
 pub const CTL_ENV: &str = "AGENTMON_CTL";
+/// Environment variable with the number of the task's inherited control mailbox
+/// (a socket: see `runner/callers.rs`), how a task that may not create unix sockets
+/// reaches agentmon.
+pub const CTL_FD_ENV: &str = "AGENTMON_CTL_FD";
+/// Set (to 1) for the processes of an enforced task: a sub-task they delegate to is
+/// confined by its own scope too. (Cleared, the delegation is refused: see
+/// `Request::Delegate`.)
+pub const ENFORCED_ENV: &str = "AGENTMON_ENFORCED";
 /// Environment variable with the task id, set for the task's command (information
 /// only: nothing trusts it).
 pub const TASK_ENV: &str = "AGENTMON_TASK";
 const MAX_REQUEST: u64 = 256 * 1024;
 /// Where control sockets live: root's, not writable by anyone else.
 pub const SOCKET_DIR: &str = "/run/agentmon";
-const SOCKET_DIRS: [&str; 1] = [SOCKET_DIR];
 /// Start of the error an agentmon gives for a task or approval it does not have.
 pub const NOT_MINE: &str = "not here: no";
 
@@ -37,7 +44,15 @@ pub const NOT_MINE: &str = "not here: no";
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Bind process `pid` (the caller's held child) to the task in `manifest`.
-    Delegate { manifest: String, file: String, pid: u32 },
+    /// `confined`: the child runs under the sub-task's own sandbox (required when
+    /// the calling task is enforced).
+    Delegate {
+        manifest: String,
+        file: String,
+        pid: u32,
+        #[serde(default)]
+        confined: bool,
+    },
     /// Containment, from an operator outside every task: kill the task's processes.
     /// `via`: who the operator relays for (a signed NATS command), recorded.
     Kill {
@@ -180,12 +195,7 @@ pub const DAEMON_SOCKET: &str = "/run/agentmon/agentmon.sock";
 
 impl Server {
     pub fn bind() -> std::io::Result<Self> {
-        let dir = SOCKET_DIRS
-            .iter()
-            .map(PathBuf::from)
-            .find(|d| std::fs::create_dir_all(d).is_ok())
-            .unwrap_or_else(std::env::temp_dir);
-        Self::bind_at(&dir.join(format!("exec-{}.sock", std::process::id())))
+        Self::bind_at(&Path::new(SOCKET_DIR).join(format!("exec-{}.sock", std::process::id())))
     }
 
     /// Listens at `path` (a stale socket there is replaced; a live one is refused).
@@ -197,35 +207,53 @@ impl Server {
             ));
         }
         if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d)?;
+            own_dir(d)?;
         }
         let path = path.to_path_buf();
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
-        // Anyone may connect; only processes inside a task are answered (peer check).
+        // Every message then carries its writer's pid (accepted sockets inherit it):
+        // authority is the connector's, never that of whoever holds the socket.
+        nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::PassCred, &true)
+            .map_err(std::io::Error::from)?;
+        // Anyone may connect (tasks delegate, operators contain); what each caller may
+        // ask is decided from its kernel credentials (runner/callers.rs).
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
         Ok(Self { listener, path })
     }
 }
 
+/// Creates `d` (mode 0755) if needed and checks that it is a directory only its
+/// owner (this user) can write: a socket in a directory others can write could be
+/// replaced under the clients.
+fn own_dir(d: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().recursive(true).mode(0o755).create(d) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let m = std::fs::symlink_metadata(d)?;
+    if !m.is_dir() || m.uid() != nix::unistd::geteuid().as_raw() || m.mode() & 0o022 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{}: the control socket's directory must be a directory of agentmon's user that no one else can \
+                 write (it is uid {}, mode {:o}); fix it or remove it",
+                d.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-/// Reads one request line from an accepted connection (bounded in size and time).
-pub async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
-    let mut line = String::new();
-    let mut r = BufReader::new(stream.take(MAX_REQUEST));
-    match tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await {
-        Err(_) => return Err("timed out reading the request".into()),
-        Ok(Err(e)) => return Err(format!("reading the request: {e}")),
-        Ok(Ok(0)) => return Err("empty request".into()),
-        Ok(Ok(_)) => {}
-    }
-    serde_json::from_str(line.trim_end()).map_err(|e| format!("malformed request: {e}"))
 }
 
 pub async fn write_reply(stream: &mut UnixStream, reply: &Reply) {
@@ -236,45 +264,86 @@ pub async fn write_reply(stream: &mut UnixStream, reply: &Reply) {
 
 /// Sends one request to the agentmon at `socket` and reads its reply.
 pub async fn call(socket: &Path, req: &Request) -> Result<Reply, String> {
-    let mut s = UnixStream::connect(socket)
-        .await
-        .map_err(|e| format!("cannot reach the agentmon at {}: {e}", socket.display()))?;
-    let mut text = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    call_reaching(socket, req).await.map_err(|e| match e {
+        Reach::Stale => format!("no agentmon listens at {} (a stale socket)", socket.display()),
+        Reach::Failed(e) => e,
+    })
+}
+
+/// Why a call got no answer: nobody listens (a socket left by an agentmon that is
+/// gone), or something else, said.
+enum Reach {
+    Stale,
+    Failed(String),
+}
+
+/// Who may answer an operator: root, or the caller's own user.
+fn trusted_peer(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}
+
+async fn call_reaching(socket: &Path, req: &Request) -> Result<Reply, Reach> {
+    let mut s = match UnixStream::connect(socket).await {
+        Ok(s) => s,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::ENOENT)) => {
+            return Err(Reach::Stale);
+        }
+        Err(e) => {
+            return Err(Reach::Failed(format!("cannot reach the agentmon at {}: {e}", socket.display())));
+        }
+    };
+    // A socket planted by another user must not get the request (an approval, a kill).
+    match s.peer_cred() {
+        Ok(c) if trusted_peer(c.uid()) => {}
+        Ok(c) => {
+            return Err(Reach::Failed(format!(
+                "{} is not agentmon's: its listener runs as uid {}; nothing was sent",
+                socket.display(),
+                c.uid()
+            )));
+        }
+        Err(e) => return Err(Reach::Failed(format!("{}: {e}", socket.display()))),
+    }
+    let fail = |e: String| Reach::Failed(e);
+    let mut text = serde_json::to_string(req).map_err(|e| fail(e.to_string()))?;
     text.push('\n');
-    s.write_all(text.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(text.as_bytes()).await.map_err(|e| fail(e.to_string()))?;
     let mut line = String::new();
     let mut r = BufReader::new(&mut s);
     // Containment may wait for a freeze to settle; a second is the most it waits.
     tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line))
         .await
-        .map_err(|_| format!("no reply from the agentmon at {}", socket.display()))?
-        .map_err(|e| e.to_string())?;
-    serde_json::from_str(line.trim_end()).map_err(|e| format!("bad reply {line:?}: {e}"))
+        .map_err(|_| fail(format!("no reply from the agentmon at {}", socket.display())))?
+        .map_err(|e| fail(e.to_string()))?;
+    serde_json::from_str(line.trim_end()).map_err(|e| fail(format!("bad reply {line:?}: {e}")))
 }
 
-/// Reads one request line and the file descriptors sent with it (SCM_RIGHTS), bounded
-/// in size and time.
-pub async fn read_request_fds(
-    stream: &mut UnixStream,
-) -> (Result<Request, String>, Vec<std::os::fd::OwnedFd>) {
+/// What [`read_request_fds`] read: the request, the descriptors sent with it
+/// (SCM_RIGHTS), and the pid of each process that wrote part of it
+/// (SCM_CREDENTIALS, attached by the kernel: see [`Server::bind_at`]).
+pub type Read = (Result<Request, String>, Vec<std::os::fd::OwnedFd>, Vec<u32>);
+
+/// Reads one request line with its descriptors and writers, bounded in size and time.
+pub async fn read_request_fds(stream: &mut UnixStream) -> Read {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
     let mut line = Vec::new();
     let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut writers: Vec<u32> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !line.contains(&b'\n') {
         if line.len() as u64 > MAX_REQUEST {
-            return (Err("request too long".into()), fds);
+            return (Err("request too long".into()), fds, writers);
         }
         match tokio::time::timeout_at(deadline, stream.readable()).await {
-            Err(_) => return (Err("timed out reading the request".into()), fds),
-            Ok(Err(e)) => return (Err(format!("reading the request: {e}")), fds),
+            Err(_) => return (Err("timed out reading the request".into()), fds, writers),
+            Ok(Err(e)) => return (Err(format!("reading the request: {e}")), fds, writers),
             Ok(Ok(())) => {}
         }
         let mut buf = [0u8; 4096];
         let r = stream.try_io(tokio::io::Interest::READABLE, || {
             let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-            let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+            let mut cmsg = nix::cmsg_space!([RawFd; 4], libc::ucred);
             let fd = stream.as_raw_fd();
             let msg = recvmsg::<()>(
                 fd,
@@ -283,33 +352,38 @@ pub async fn read_request_fds(
                 MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
             )
             .map_err(std::io::Error::from)?;
-            let mut got = Vec::new();
+            let (mut got, mut who) = (Vec::new(), None);
             for c in msg.cmsgs().map_err(std::io::Error::from)? {
-                if let ControlMessageOwned::ScmRights(v) = c {
-                    got.extend(v);
+                match c {
+                    ControlMessageOwned::ScmRights(v) => got.extend(v),
+                    ControlMessageOwned::ScmCredentials(u) => who = Some(u.pid()),
+                    _ => {}
                 }
             }
-            Ok((msg.bytes, got))
+            Ok((msg.bytes, got, who))
         });
         match r {
-            Ok((0, _)) => {
+            Ok((0, _, _)) => {
                 return (
                     Err(if line.is_empty() { "empty request" } else { "request cut short" }.into()),
                     fds,
+                    writers,
                 );
             }
-            Ok((n, got)) => {
+            Ok((n, got, who)) => {
                 line.extend_from_slice(&buf[..n]);
+                // No credentials: a writer the kernel could not name (pid 0 is nobody).
+                writers.push(who.map_or(0, |p| p.max(0) as u32));
                 // SAFETY: the kernel just installed these descriptors for us.
                 fds.extend(got.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return (Err(format!("reading the request: {e}")), fds),
+            Err(e) => return (Err(format!("reading the request: {e}")), fds, writers),
         }
     }
     let text = String::from_utf8_lossy(&line);
     let first = text.split('\n').next().unwrap_or("");
-    (serde_json::from_str(first.trim_end()).map_err(|e| format!("malformed request: {e}")), fds)
+    (serde_json::from_str(first.trim_end()).map_err(|e| format!("malformed request: {e}")), fds, writers)
 }
 
 /// Sends `req` with `fd` attached (SCM_RIGHTS) and reads the reply.
@@ -319,6 +393,15 @@ pub fn call_with_fd(socket: &Path, req: &Request, fd: std::os::fd::BorrowedFd<'_
     use std::os::fd::AsRawFd;
     let s = std::os::unix::net::UnixStream::connect(socket)
         .map_err(|e| format!("cannot reach the agentmon at {}: {e}", socket.display()))?;
+    let peer = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    if !trusted_peer(peer.uid()) {
+        return Err(format!(
+            "{} is not agentmon's: its listener runs as uid {}",
+            socket.display(),
+            peer.uid()
+        ));
+    }
     s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
     let mut text = serde_json::to_string(req).map_err(|e| e.to_string())?;
     text.push('\n');
@@ -335,22 +418,97 @@ pub fn call_with_fd(socket: &Path, req: &Request, fd: std::os::fd::BorrowedFd<'_
     serde_json::from_str(line.trim_end()).map_err(|e| format!("bad reply {line:?}: {e}"))
 }
 
-/// Client side: asks the agentmon watching this task to bind `pid` to the task in `file`.
-pub async fn delegate(socket: &Path, file: &Path, manifest: String, pid: u32) -> Result<Reply, String> {
-    call(socket, &Request::Delegate { manifest, file: file.display().to_string(), pid }).await
+/// From inside a task: `req` through the inherited mailbox when there is one and
+/// `socket` is the task's own agentmon (`AGENTMON_CTL`), else on `socket`.
+pub async fn call_from_task(socket: &Path, req: &Request) -> Result<Reply, String> {
+    let own = std::env::var_os(CTL_ENV).is_some_and(|s| Path::new(&s) == socket);
+    match std::env::var(CTL_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()) {
+        Some(fd) if own && fd > 2 => {
+            let req = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+            tokio::task::spawn_blocking(move || call_mailbox(fd, &req)).await.map_err(|e| e.to_string())?
+        }
+        _ => call(socket, req).await,
+    }
 }
 
-/// Sockets of the agentmons running here.
+/// One request through mailbox `fd`: sent with the write end of a fresh socket pair,
+/// on which the answer comes back.
+fn call_mailbox(fd: i32, req: &[u8]) -> Result<Reply, String> {
+    use nix::sys::socket::{
+        AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
+    };
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+    let (mine, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| format!("mailbox: {e}"))?;
+    let fds = [theirs.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(req)];
+    sendmsg::<()>(fd, &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
+        .map_err(|e| format!("the task's control mailbox (fd {fd}): {e}"))?;
+    drop(theirs);
+    let s = std::os::unix::net::UnixStream::from(mine);
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    std::io::BufReader::new(&s).read_line(&mut line).map_err(|e| e.to_string())?;
+    serde_json::from_str(line.trim_end()).map_err(|e| format!("bad reply {line:?}: {e}"))
+}
+
+/// Client side: asks the agentmon watching this task to bind `pid` to the task in `file`.
+pub async fn delegate(
+    socket: &Path,
+    file: &Path,
+    manifest: String,
+    pid: u32,
+    confined: bool,
+) -> Result<Reply, String> {
+    call_from_task(socket, &Request::Delegate { manifest, file: file.display().to_string(), pid, confined })
+        .await
+}
+
+/// Sockets of the agentmons running here: in [`SOCKET_DIR`] when that is root's and
+/// writable by no one else, and owned by root themselves. Anything else there was
+/// not made by an agentmon and is ignored (said once).
 pub fn sockets() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = SOCKET_DIRS
-        .iter()
-        .filter_map(|d| std::fs::read_dir(d).ok())
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let safe = |m: &std::fs::Metadata| trusted_peer(m.uid()) && m.mode() & 0o022 == 0;
+    match std::fs::symlink_metadata(SOCKET_DIR) {
+        Ok(m) if m.is_dir() && safe(&m) => {}
+        Ok(_) => {
+            tracing::warn!("{SOCKET_DIR} is not a directory of root's that only root can write: ignored");
+            return Vec::new();
+        }
+        Err(_) => return Vec::new(),
+    }
+    let mut v: Vec<PathBuf> = std::fs::read_dir(SOCKET_DIR)
+        .into_iter()
         .flatten()
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+        .filter(|p| {
+            let ok = std::fs::symlink_metadata(p)
+                .is_ok_and(|m| m.file_type().is_socket() && trusted_peer(m.uid()));
+            if !ok {
+                tracing::warn!("{}: not a socket of root's, ignored", p.display());
+            }
+            ok
+        })
         .collect();
     v.sort();
     v
+}
+
+/// `req` to every agentmon running here: each live one's answer (stale sockets,
+/// left by an agentmon that is gone, are skipped).
+pub async fn each(req: &Request) -> Vec<(PathBuf, Result<Reply, String>)> {
+    let mut out = Vec::new();
+    for s in sockets() {
+        match call_reaching(&s, req).await {
+            Err(Reach::Stale) => {}
+            Err(Reach::Failed(e)) => out.push((s, Err(e))),
+            Ok(r) => out.push((s, Ok(r))),
+        }
+    }
+    out
 }
 
 /// Sends an operator request to `socket`, or to every agentmon here until one owns
@@ -359,9 +517,9 @@ pub async fn contain(socket: Option<&Path>, req: &Request) -> Result<Reply, Stri
     if let Some(s) = socket {
         return call(s, req).await;
     }
-    let mut last = Err("no running agentmon was found (sockets in /run/agentmon)".to_string());
-    for s in sockets() {
-        match call(&s, req).await {
+    let mut last = Err(format!("no running agentmon was found (no live socket in {SOCKET_DIR})"));
+    for (_, answer) in each(req).await {
+        match answer {
             Ok(r) if r.ok => return Ok(r),
             // "Not a task of mine" from one agentmon is not the answer if another owns it.
             Ok(r) if last.is_err() || r.error.as_deref().is_some_and(|e| !e.starts_with(NOT_MINE)) => {

@@ -48,11 +48,16 @@ pub enum Kind {
     TaskEnd,
     /// A step (tool call) of a task began or ended (`detail.phase`).
     Step,
+    /// An attempt against agentmon or a task's confinement: a control request from
+    /// inside a task or from a user without the right, a call the task may never
+    /// make (signals to agentmon, mount, module loading, ...), a process that left
+    /// its task's cgroup, agentmon itself stopped or traced.
+    Tamper,
 }
 
 impl Kind {
     /// Every kind, in declaration order (`k as usize` indexes it).
-    pub const ALL: [Kind; 29] = [
+    pub const ALL: [Kind; 30] = [
         Kind::Exec,
         Kind::Fork,
         Kind::Exit,
@@ -82,6 +87,7 @@ impl Kind {
         Kind::TaskStart,
         Kind::TaskEnd,
         Kind::Step,
+        Kind::Tamper,
     ];
 
     /// agentmon's own records (and the gate's), not side effects: never judged.
@@ -129,6 +135,7 @@ impl Kind {
             Kind::TaskStart => "task_start",
             Kind::TaskEnd => "task_end",
             Kind::Step => "step",
+            Kind::Tamper => "tamper",
         }
     }
 }

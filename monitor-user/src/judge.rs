@@ -11,7 +11,10 @@ use std::{
 
 use crate::{
     event::{ALERT_SCHEMA, Alert, AlertReason, Event, Kind, TaskInfo},
-    policy::{Action, Ctx, Engine, RuleError, RuleSet, Verdict, VerdictKind, Windows, rules::rule_files},
+    policy::{
+        Action, Ctx, Engine, Reason, RuleError, RuleSet, Severity, Verdict, VerdictKind, Windows,
+        rules::rule_files,
+    },
     proctable::{ProcKey, ProcTable},
     task::Task,
 };
@@ -158,6 +161,27 @@ impl Judge {
         let info = bound.map(Bound::info);
         annotate(ev, &v);
         v.alerts().then(|| alert(ev, &v, info))
+    }
+
+    /// The alert for a tamper record agentmon made itself (a refused control request,
+    /// a process that left its cgroup): its verdict and reason as recorded.
+    pub fn tamper_alert(&self, ev: &Event) -> Alert {
+        let info = ev.task.as_ref().and_then(|id| self.tasks.get(id)).map(Bound::info);
+        let verdict = if ev.verdict.as_deref() == Some("denied") {
+            VerdictKind::Denied
+        } else {
+            VerdictKind::Violation
+        };
+        let mut v = Verdict { reasons: Vec::new(), ..Verdict::IN_SCOPE };
+        v.add(Reason {
+            verdict,
+            action: Action::Alert,
+            severity: Severity::High,
+            rule: None,
+            clause: Some("tamper"),
+            message: ev.reason.clone().unwrap_or_else(|| "an attempt against agentmon".into()),
+        });
+        alert(ev, &v, info)
     }
 
     /// The verdict `ev` would get, recording nothing (rate windows untouched): for a

@@ -89,11 +89,13 @@ pub struct Held {
 
 /// Forks `cmd` with agentmon's environment plus `extra_env`; the child blocks until
 /// released, then applies `confine` (enforcement) and execs. A child that cannot be
-/// confined never execs.
+/// confined never execs. `inherit`: a descriptor the command keeps across exec (the
+/// task's control mailbox).
 pub fn spawn_held(
     cmd: &[String],
     extra_env: &[(String, String)],
     confine: Option<crate::enforce::Confinement>,
+    inherit: Option<std::os::fd::RawFd>,
 ) -> Result<Held, LaunchError> {
     let first = cmd.first().ok_or(LaunchError::Empty)?;
     let program = resolve_program(first)?;
@@ -141,6 +143,11 @@ pub fn spawn_held(
             }
             // Rust ignores SIGPIPE in its own process; give the command the default.
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            if let Some(fd) = inherit
+                && libc::fcntl(fd, libc::F_SETFD, 0) != 0
+            {
+                libc::_exit(125);
+            }
             // Everything below was prepared before the fork; restrict_self and
             // apply_filter only make syscalls (prctl, landlock_restrict_self, seccomp).
             if let Some(c) = confine {
@@ -227,12 +234,17 @@ mod tests {
 
     #[test]
     fn held_child_runs_after_release_and_reports_exec_errors() {
-        let h = spawn_held(&["sh".into(), "-c".into(), "exit $X".into()], &[("X".into(), "7".into())], None)
-            .unwrap();
+        let h = spawn_held(
+            &["sh".into(), "-c".into(), "exit $X".into()],
+            &[("X".into(), "7".into())],
+            None,
+            None,
+        )
+        .unwrap();
         let pid = h.release().unwrap();
         let st = nix::sys::wait::waitpid(pid, None).unwrap();
         assert_eq!(st, nix::sys::wait::WaitStatus::Exited(pid, 7));
-        let h = spawn_held(&["/etc/passwd".into()], &[], None).unwrap();
+        let h = spawn_held(&["/etc/passwd".into()], &[], None, None).unwrap();
         let e = h.release().unwrap_err();
         assert_eq!(e.exit_code(), 126, "{e}");
     }

@@ -20,6 +20,7 @@ use nix::{
     unistd::{ForkResult, fork},
 };
 
+mod adversary;
 mod contain;
 mod gated;
 mod steps;
@@ -47,6 +48,18 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         ("contain", Some(d)) => contain::contain(d, args),
         ("gated", Some(d)) => gated::gated(d, &args[1..]),
         ("steps", Some(d)) => steps::steps(d, &args[1..]),
+        ("rights", Some(d)) => adversary::rights(d, args.get(1).map(String::as_str).unwrap_or("")),
+        ("hold", Some(_)) => match args {
+            [sock, n, d] => adversary::hold(sock, n.parse().unwrap_or(1), Path::new(d)),
+            _ => Err("hold SOCKET N DIR".into()),
+        },
+        ("fake_agentmon", Some(sock)) => match args {
+            [_, log] => adversary::fake_agentmon(sock, Path::new(log)),
+            _ => Err("fake_agentmon SOCKET LOG".into()),
+        },
+        ("leave_cgroup", Some(d)) => {
+            adversary::leave_cgroup(d, args.get(1).map(String::as_str).unwrap_or(""))
+        }
         _ => Err(format!("unknown scenario {name} {args:?}")),
     };
     match r {
@@ -327,17 +340,18 @@ fn delegate(d: &Path, args: &[String]) -> Result<(), String> {
             .output()
     };
     let ok = nested(good).map_err(|e| e.to_string())?;
-    fs::write(d.join("good-rc"), format!("{:?}", ok.status.code())).map_err(|e| e.to_string())?;
+    fs::write(d.join("repo/good-rc"), format!("{:?}", ok.status.code())).map_err(|e| e.to_string())?;
     let refused = nested(bad).map_err(|e| e.to_string())?;
-    fs::write(d.join("bad-rc"), format!("{:?}", refused.status.code())).map_err(|e| e.to_string())?;
-    fs::write(d.join("bad-stderr"), &refused.stderr).map_err(|e| e.to_string())?;
+    fs::write(d.join("repo/bad-rc"), format!("{:?}", refused.status.code())).map_err(|e| e.to_string())?;
+    fs::write(d.join("repo/bad-stderr"), &refused.stderr).map_err(|e| e.to_string())?;
     Ok(())
 }
 
 /// The sub-task's agent: one write inside its scope, one outside.
 fn sub_agent(d: &Path) -> Result<(), String> {
     fs::write(d.join("repo/sub/inside.txt"), b"").map_err(|e| e.to_string())?;
-    fs::write(d.join("repo/notsub.txt"), b"").map_err(|e| e.to_string())?;
+    // Outside the sub-task's scope: refused when it is enforced.
+    let _ = fs::write(d.join("repo/notsub.txt"), b"");
     Ok(())
 }
 

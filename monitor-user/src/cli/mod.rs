@@ -177,9 +177,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             contain(&rt, ContainArgs { task: id, socket }, |id| ctl::Request::Deny { id, via: None })
         }
         Command::Approvals { socket } => {
-            let sockets = socket.map(|s| vec![s]).unwrap_or_else(ctl::sockets);
-            for s in sockets {
-                match rt.block_on(ctl::call(&s, &ctl::Request::Approvals {})) {
+            for (s, answer) in rt.block_on(ask(socket, &ctl::Request::Approvals {})) {
+                match answer {
                     Ok(r) if r.ok => print!("{}", r.message.unwrap_or_default()),
                     Ok(r) => eprintln!("agentmon: {}: {}", s.display(), r.error.unwrap_or_default()),
                     Err(e) => eprintln!("agentmon: {e}"),
@@ -188,10 +187,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Status { socket } => {
-            let sockets = socket.map(|s| vec![s]).unwrap_or_else(ctl::sockets);
             let mut all = Vec::new();
-            for s in sockets {
-                match rt.block_on(ctl::call(&s, &ctl::Request::Status {})) {
+            for (s, answer) in rt.block_on(ask(socket, &ctl::Request::Status {})) {
+                match answer {
                     Ok(r) if r.ok => all.extend(r.data),
                     Ok(r) => eprintln!("agentmon: {}: {}", s.display(), r.error.unwrap_or_default()),
                     Err(e) => eprintln!("agentmon: {e}"),
@@ -234,6 +232,17 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+    }
+}
+
+/// `req` to the agentmon at `socket`, or to every live one here.
+async fn ask(socket: Option<PathBuf>, req: &ctl::Request) -> Vec<(PathBuf, Result<ctl::Reply, String>)> {
+    match socket {
+        Some(s) => {
+            let r = ctl::call(&s, req).await;
+            vec![(s, r)]
+        }
+        None => ctl::each(req).await,
     }
 }
 

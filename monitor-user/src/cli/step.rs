@@ -53,7 +53,11 @@ pub fn run(rt: &tokio::runtime::Runtime, a: StepArgs) -> anyhow::Result<i32> {
         (a.tool.unwrap_or_default(), a.call_id.unwrap_or_default())
     };
     let req = Request::Step { phase: a.phase, task: a.task, tool, call_id, traceparent: a.traceparent };
-    super::answered(rt.block_on(ctl::contain(a.socket.as_deref(), &req)), |_| {})
+    let answer = match &a.socket {
+        Some(s) => rt.block_on(ctl::call_from_task(s, &req)),
+        None => rt.block_on(ctl::contain(None, &req)),
+    };
+    super::answered(answer, |_| {})
 }
 
 #[cfg(test)]

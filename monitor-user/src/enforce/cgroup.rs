@@ -78,6 +78,16 @@ impl TaskCgroup {
             .is_ok_and(|t| t.lines().any(|l| l == "frozen 1"))
     }
 
+    /// Where `pid` is when it is not in this cgroup or below it (its cgroup v2 path),
+    /// None when it is (or is gone).
+    pub fn outside(&self, pid: u32) -> Option<String> {
+        let root = v2_root()?;
+        let mine = Path::new("/").join(self.path.strip_prefix(&root).ok()?);
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let at = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        (!Path::new(at).starts_with(&mine)).then(|| at.to_string())
+    }
+
     /// Pids still in the cgroup.
     pub fn pids(&self) -> Vec<u32> {
         std::fs::read_to_string(self.path.join("cgroup.procs"))
@@ -142,7 +152,7 @@ pub fn available() -> bool {
     let Some(root) = v2_root() else { return false };
     let parent = root.join("agentmon");
     nix::unistd::geteuid().is_root()
-        && std::fs::create_dir_all(&parent).is_ok()
+        && (parent.is_dir() || std::fs::create_dir_all(&parent).is_ok())
         && ["cgroup.procs", "cgroup.kill", "cgroup.freeze"]
             .iter()
             .all(|f| Path::new(&parent).join(f).exists())

@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod landlock;
+pub mod mounts;
 pub mod seccomp;
 
 use std::path::PathBuf;

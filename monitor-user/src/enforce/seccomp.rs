@@ -102,6 +102,25 @@ pub fn filter(sockets: Sockets) -> Result<BpfProgram, String> {
         jf: i.jf,
         k: i.k,
     });
-    prog.splice(0..0, abi);
+    // clone3 takes its flags in memory a filter cannot read, and CLONE_INTO_CGROUP
+    // would start a child outside the task's cgroup (past the network guard and
+    // containment): ENOSYS, on which the C library falls back to clone. The prologue
+    // leaves the syscall number loaded.
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let no_clone3 = [
+        seccompiler::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_clone3 as u32,
+        },
+        seccompiler::sock_filter {
+            code: ret,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        },
+    ];
+    prog.splice(0..0, abi.chain(no_clone3));
     Ok(prog)
 }

@@ -81,7 +81,7 @@ pub fn body(ev: &Event) -> Option<Body> {
         | Kind::FileLink
         | Kind::SensitiveRead => file_activity(ev),
         Kind::Connect | Kind::Send | Kind::Bind | Kind::Listen => network_activity(ev),
-        Kind::IoUring | Kind::Bpf => kernel_activity(ev),
+        Kind::IoUring | Kind::Bpf | Kind::Tamper => kernel_activity(ev),
         Kind::Loss => event_log_activity(ev),
         // Not observed activity but agentmon's own records: its acts, the approval
         // workflow, task lifecycle. No OCSF 1.3.0 class fits without inventing a
@@ -263,6 +263,15 @@ fn network_activity(ev: &Event) -> Body {
 }
 
 fn kernel_activity(ev: &Event) -> Body {
+    if ev.kind == Kind::Tamper {
+        // A call against agentmon or the task's confinement (its finding is the alert).
+        let mut b = Body::new(KERNEL_ACTIVITY, (4, "Invoke"));
+        let call = ev.syscall.as_deref().or_else(|| detail_str(ev, "attempt")).unwrap_or("tamper");
+        b.put("kernel", objects::kernel(call, ev.syscall.as_deref()));
+        b.status =
+            Some(if ev.verdict.as_deref() == Some("denied") { (2, "Failure") } else { (1, "Success") });
+        return b;
+    }
     if ev.kind == Kind::Bpf {
         let mut b = Body::new(KERNEL_ACTIVITY, (4, "Invoke"));
         b.put("kernel", objects::kernel(detail_str(ev, "cmd").unwrap_or("bpf"), Some("bpf")));

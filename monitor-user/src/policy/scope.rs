@@ -100,6 +100,17 @@ pub fn judge(ev: &Event, task: &Task, launch: bool) -> Option<Reason> {
         Kind::IoUring | Kind::Ptrace | Kind::Bpf | Kind::Privilege => {
             out("capabilities", format!("{} is not something a task may declare", ev.kind.as_str()))
         }
+        Kind::Tamper => Some(Reason {
+            verdict: VerdictKind::Violation,
+            action: Action::Alert,
+            severity: Severity::High,
+            rule: None,
+            clause: Some("tamper"),
+            message: ev
+                .reason
+                .clone()
+                .unwrap_or_else(|| "an attempt against agentmon or the task's confinement".into()),
+        }),
         Kind::Fork
         | Kind::Exit
         | Kind::Loss

@@ -24,6 +24,8 @@ pub struct Engine {
     /// The next free task cookie.
     pub next_task: u32,
     pub setup: Setup,
+    /// The control mailboxes of the tasks launched (see [`super::callers::Mailbox`]).
+    pub mailboxes: Vec<super::callers::Mailbox>,
 }
 
 impl Engine {
@@ -42,6 +44,7 @@ impl Engine {
             out,
             next_task: EXEC_TASK,
             setup,
+            mailboxes: Vec::new(),
         })
     }
 
@@ -61,6 +64,15 @@ impl Engine {
     pub fn record(&mut self, ev: &Event) {
         self.out.send(ev);
         self.out.batch_end();
+    }
+
+    /// Records a tamper attempt (see [`Pipeline::tamper`]) and its alert, at once.
+    pub fn tamper(&mut self, pid: u32, task: Option<u32>, what: &str, why: &str, refused: bool) {
+        let (ev, alert) = self.p.tamper(pid, task, what, why, refused);
+        tracing::warn!("tamper: pid {pid}: {what}: {why}");
+        self.out.send(&ev);
+        self.out.alert(&alert);
+        self.out.flush();
     }
 
     /// The host name events carry.

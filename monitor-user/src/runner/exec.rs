@@ -2,12 +2,17 @@
 //! its pid is tracked and its task bound, released, and watched until it exits;
 //! agentmon then exits with its status.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    path::PathBuf,
+    time::Duration,
+};
 
 use nix::{sys::signal::Signal, sys::wait::WaitStatus};
 
 use super::{
     EXEC_TASK, Outputs, RulesChoice, RunError,
+    callers::Mailbox,
     engine::Engine,
     load_rules, rules_watch,
     runtime::{Extras, Runtime},
@@ -15,7 +20,7 @@ use super::{
     tasks::{self, Binding, StartReq},
 };
 use crate::{
-    ctl::{self, CTL_ENV, TASK_ENV},
+    ctl::{self, CTL_ENV, CTL_FD_ENV, ENFORCED_ENV, TASK_ENV},
     enforce::{self, Confinement, Layers, Protected},
     launch,
     proctable::Proc,
@@ -128,11 +133,20 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     }
     let mut rt = Runtime::new(engine, server, rules_watch(&opts.rules), Extras::default())?;
 
-    let mut env: Vec<(String, String)> = vec![(CTL_ENV.into(), rt.server.path.display().to_string())];
+    let (ours, theirs) = Mailbox::socketpair()?;
+    rt.e.mailboxes.push(Mailbox::new(ours)?);
+    let mut env: Vec<(String, String)> = vec![
+        (CTL_ENV.into(), rt.server.path.display().to_string()),
+        (CTL_FD_ENV.into(), theirs.as_raw_fd().to_string()),
+    ];
     if let Some((t, _)) = &opts.task {
         env.push((TASK_ENV.into(), t.id.clone()));
+        if t.enforce {
+            env.push((ENFORCED_ENV.into(), "1".into()));
+        }
     }
-    let mut held = launch::spawn_held(&opts.cmd, &env, confinement)?;
+    let mut held = launch::spawn_held(&opts.cmd, &env, confinement, Some(theirs.as_raw_fd()))?;
+    drop(theirs);
     let pid = held.pid;
     let gate_chan = held.take_gate();
     let root = pid.as_raw() as u32;
@@ -222,18 +236,23 @@ async fn delegated(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> 
     let mut gated_by_parent = opts.clone();
     if let Some((t, _)) = gated_by_parent.task.as_mut() {
         t.approval.clear();
+        // Inside an enforced task the sub-task is enforced too.
+        t.enforce |= std::env::var_os(ENFORCED_ENV).is_some_and(|v| v == "1");
     }
+    let confined = gated_by_parent.task.as_ref().is_some_and(|(t, _)| t.enforce);
     let setup = Setup::new(layers, opts.own_files(), opts.approval_timeout);
     let confinement = plan_confinement(&gated_by_parent, &setup)?;
     let Some((task, text)) = opts.task else { unreachable!("checked by the caller") };
-    let held = launch::spawn_held(&opts.cmd, &[(TASK_ENV.into(), task.id.clone())], confinement)?;
+    // The mailbox (AGENTMON_CTL_FD), if this process has one, is inherited as it is.
+    let held = launch::spawn_held(&opts.cmd, &[(TASK_ENV.into(), task.id.clone())], confinement, None)?;
     let pid = held.pid;
     let abort = |msg: String| {
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, None);
         RunError::Delegation(msg)
     };
-    let reply = ctl::delegate(&socket, &task.source, text, pid.as_raw() as u32).await.map_err(&abort)?;
+    let reply =
+        ctl::delegate(&socket, &task.source, text, pid.as_raw() as u32, confined).await.map_err(&abort)?;
     if !reply.ok {
         return Err(abort(reply.error.unwrap_or_else(|| "no reason given".into())));
     }
@@ -258,8 +277,17 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
     let layers = Layers::probe();
     let setup = Setup::new(layers, opts.own_files(), opts.approval_timeout);
     let confinement = plan_confinement(&opts, &setup)?;
-    let env = [(CTL_ENV.to_string(), socket.display().to_string()), (TASK_ENV.to_string(), task.id.clone())];
-    let mut held = launch::spawn_held(&opts.cmd, &env, confinement)?;
+    let (ours, theirs) = Mailbox::socketpair()?;
+    let mut env = vec![
+        (CTL_ENV.to_string(), socket.display().to_string()),
+        (CTL_FD_ENV.to_string(), theirs.as_raw_fd().to_string()),
+        (TASK_ENV.to_string(), task.id.clone()),
+    ];
+    if task.enforce {
+        env.push((ENFORCED_ENV.to_string(), "1".into()));
+    }
+    let mut held = launch::spawn_held(&opts.cmd, &env, confinement, Some(theirs.as_raw_fd()))?;
+    drop(theirs);
     let pid = held.pid;
     let gate_chan = held.take_gate();
     let abort = |msg: String| {
@@ -278,7 +306,9 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
         enforce: task.enforce,
         events: events.as_ref().map(|p| p.display().to_string()),
     };
-    let reply = ctl::call(&socket, &req).await.map_err(&abort)?;
+    // The task's mailbox goes with the request: the daemon answers it from now on.
+    let reply = ctl::call_with_fd(&socket, &req, ours.as_fd()).map_err(&abort)?;
+    drop(ours);
     if !reply.ok {
         return Err(abort(reply.error.unwrap_or_else(|| "no reason given".into())));
     }
@@ -296,7 +326,6 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
         // task's gated calls (until it has the listener they wait in the kernel).
         let handed =
             crate::gate::filter::recv_listener(&chan, 5000).map_err(|e| e.to_string()).and_then(|l| {
-                use std::os::fd::AsFd;
                 ctl::call_with_fd(&socket, &ctl::Request::Gate { task: task.id.clone() }, l.as_fd())
             });
         match handed {

@@ -15,7 +15,7 @@ use crate::{
     ctl::StepPhase,
     decode::decode,
     enrich::Enricher,
-    event::{Event, Kind, Step},
+    event::{Alert, Event, Kind, Step},
     gate::Gate,
     judge::Judge,
     kernel::loader::Sensors,
@@ -109,6 +109,32 @@ impl Pipeline {
         ev.detail.insert("expires".into(), json!(t.expires));
         ev.detail.insert("manifest".into(), json!(t.source.display().to_string()));
         Some(ev)
+    }
+
+    /// A tamper record: process `pid` (of task cookie `task`, if any) attempted `what`
+    /// and agentmon refused it (`refused`) or only saw it. Written with its alert.
+    pub fn tamper(
+        &self,
+        pid: u32,
+        task: Option<u32>,
+        what: &str,
+        why: &str,
+        refused: bool,
+    ) -> (Event, Alert) {
+        let mut ev = Event::new(Kind::Tamper, self.enr.clock().now_wall(), self.enr.host());
+        ev.pid = pid;
+        ev.tid = pid;
+        ev.ppid = crate::ctl::ppid_of(pid);
+        ev.comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim_end().to_string())
+            .unwrap_or_default();
+        ev.task = task.and_then(|c| self.enr.task_name(c));
+        ev.verdict = Some(if refused { "denied" } else { "violation" }.into());
+        ev.action = Some("none".into());
+        ev.reason = Some(format!("{what}: {why}"));
+        ev.detail.insert("attempt".into(), json!(what));
+        let alert = self.judge.tamper_alert(&ev);
+        (ev, alert)
     }
 
     /// `task_end` when the exit is of a task's root process.

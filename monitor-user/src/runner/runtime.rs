@@ -11,10 +11,10 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use super::{
     RunError,
+    callers::Reader,
     engine::Engine,
     outputs::NatsHandles,
     select::{Scanner, Selectors},
-    serve::Reader,
     setup::OnExpiry,
     tasks,
 };
@@ -121,13 +121,25 @@ impl Runtime {
                 _ = gate_deadline(&e.p.gates) => e.p.expire_approvals(&mut e.out),
                 conn = server.listener.accept() => {
                     if let Ok((stream, _)) = conn {
-                        requests.read(stream);
+                        requests.accept(stream, &e.sensors);
                     }
+                }
+                (i, r) = super::callers::mailbox_ready(&e.mailboxes) => {
+                    if let Err(err) = r {
+                        tracing::warn!("task mailbox: {err}");
+                        e.mailboxes[i].closed = true;
+                    }
+                    e.drain(ring.get_mut());
+                    for inc in e.mailboxes[i].take(&e.sensors) {
+                        super::serve::answer(inc, e, &mut requests.noise);
+                    }
+                    e.mailboxes.retain(|m| !m.closed);
+                    e.out.batch_end();
                 }
                 Some(inc) = requests.rx.recv() => {
                     // Pending events first: the caller's fork must be in the process table.
                     e.drain(ring.get_mut());
-                    super::serve::answer(inc, e);
+                    super::serve::answer(inc, e, &mut requests.noise);
                     e.out.batch_end();
                 }
                 _ = scan.tick(), if extras.selectors.is_some() => {
@@ -201,6 +213,16 @@ fn housekeeping(e: &mut Engine, watch: Option<&mut RulesWatch>, extras: &mut Ext
             {
                 let t = b.task.clone();
                 tasks::refresh_hosts(&mut e.sensors, &t, c);
+            }
+        }
+    }
+    // A task process that moved itself out of its cgroup is brought back, and said.
+    if ticks.is_multiple_of(4) {
+        for id in e.p.contain.top_level() {
+            for (pid, at) in e.p.contain.regroup(&e.sensors, &id) {
+                let task = e.sensors.task_of(pid);
+                let why = format!("it had moved itself to cgroup {at}; moved back into its task's cgroup");
+                e.tamper(pid, task, "leaving the task's cgroup", &why, false);
             }
         }
     }

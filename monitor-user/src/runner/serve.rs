@@ -3,9 +3,8 @@
 
 use std::sync::Arc;
 
-use tokio::net::UnixStream;
-
 use super::{
+    callers::{Caller, Incoming, Noise},
     engine::Engine,
     tasks::{self, StartReq},
 };
@@ -17,80 +16,43 @@ use crate::{
     judge::Bound,
 };
 
-/// A connection whose request has been read.
-pub struct Incoming {
-    pub stream: UnixStream,
-    /// Caller's kernel credentials (pid, uid), or why there are none.
-    caller: Result<(u32, u32), String>,
-    req: Result<Request, String>,
-    /// Descriptors sent with the request (a gate's listener).
-    fds: Vec<std::os::fd::OwnedFd>,
-}
-
-/// Requests read at once at most; more connections wait in the listen backlog.
-const READING: usize = 64;
-
-/// Connections being read, off the event loop: a client that connects and sends
-/// nothing (anyone may connect) holds only its own task, never the loop.
-pub struct Reader {
-    tx: tokio::sync::mpsc::Sender<Incoming>,
-    pub rx: tokio::sync::mpsc::Receiver<Incoming>,
-    slots: Arc<tokio::sync::Semaphore>,
-}
-
-impl Default for Reader {
-    fn default() -> Self {
-        let (tx, rx) = tokio::sync::mpsc::channel(READING);
-        Self { tx, rx, slots: Arc::new(tokio::sync::Semaphore::new(READING)) }
-    }
-}
-
-impl Reader {
-    pub fn read(&self, mut stream: UnixStream) {
-        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            tracing::warn!("control socket: {READING} requests are being read already; connection dropped");
-            return;
-        };
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            let caller = match stream.peer_cred().ok().and_then(|c| c.pid().map(|p| (p, c.uid()))) {
-                Some((pid, uid)) if pid > 0 => Ok((pid as u32, uid)),
-                _ => Err("cannot identify the caller".to_string()),
-            };
-            let (req, fds) = ctl::read_request_fds(&mut stream).await;
-            drop(slot);
-            let _ = tx.send(Incoming { stream, caller, req, fds }).await;
-        });
-    }
-}
-
-/// Answers a request read by [`Reader`], and sends the answer (in a task of its own).
-pub fn answer(inc: Incoming, e: &mut Engine) {
-    let Incoming { mut stream, caller, req, fds } = inc;
-    let reply = serve(caller, req, fds, e);
+/// Answers a request read by [`super::callers::Reader`], and sends the answer (in a
+/// task of its own). `noise` bounds what callers without rights can make agentmon
+/// write.
+pub fn answer(inc: Incoming, e: &mut Engine, noise: &mut Noise) {
+    let Incoming { mut stream, caller, req, writers, fds } = inc;
+    let reply = serve(&caller, &writers, req, fds, e, noise);
     tokio::spawn(async move { ctl::write_reply(&mut stream, &reply).await });
 }
 
 /// Answers one control request.
 fn serve(
-    caller: Result<(u32, u32), String>,
+    caller: &Caller,
+    writers: &[u32],
     req: Result<Request, String>,
     mut fds: Vec<std::os::fd::OwnedFd>,
     e: &mut Engine,
+    noise: &mut Noise,
 ) -> Reply {
-    let (peer, uid) = match caller {
-        Ok(c) => c,
-        Err(e) => return Reply::err(e),
-    };
+    let (peer, uid) = (caller.pid, caller.uid);
     let req = match req {
         Ok(r) => r,
-        Err(e) => {
-            tracing::warn!("control request from pid {peer} rejected: {e}");
-            return Reply::err(e);
+        Err(err) => {
+            if let Some(held) = noise.allow() {
+                tracing::warn!("control request from pid {peer} (uid {uid}) rejected: {err} (+{held} more)");
+            }
+            return Reply::err(err);
         }
     };
-    if let Request::Delegate { manifest, file, pid } = req {
-        return delegate(e, peer, manifest, file, pid);
+    let what = req.op_name();
+    let task = caller.task_now(&e.sensors);
+    if let Err(why) = caller.speaks_for(writers) {
+        let (actor, its) = caller.actor(writers, &e.sensors);
+        e.tamper(actor, its.filter(|c| *c != 0), &format!("control request {what}"), &why, true);
+        return Reply::err(format!("{what} refused: {why}"));
+    }
+    if let Request::Delegate { manifest, file, pid, confined } = req {
+        return delegate(e, peer, manifest, file, pid, confined);
     }
     if let Request::Step { phase, task, tool, call_id, traceparent } = req {
         return step(
@@ -104,19 +66,32 @@ fn serve(
         );
     }
     // Everything else is for operators: never a process inside a task.
-    let what = req.op_name();
-    if let Some(c) = e.sensors.task_of(peer) {
-        tracing::warn!("{what} refused: the caller (pid {peer}) is inside task cookie {c}");
+    if let Some(c) = task {
+        let why = "only operators outside every task may ask this";
+        e.tamper(peer, Some(c).filter(|c| *c != 0), &format!("control request {what}"), why, true);
         return Reply::err(format!("{what} refused: the caller is inside a watched task"));
     }
     if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
-        tracing::warn!("{what} refused: uid {uid} is neither root nor agentmon's user");
+        if let Some(held) = noise.allow() {
+            let why = format!("uid {uid} is neither root nor agentmon's user (+{held} more refused)");
+            e.tamper(peer, None, &format!("control request {what}"), &why, true);
+        }
         return Reply::err(format!("{what} refused: uid {uid} may not control agentmon's tasks"));
     }
     let (task, act, via) = match req {
         Request::Delegate { .. } | Request::Step { .. } => unreachable!("handled above"),
         Request::Start { manifest, file, pid, enforce, events } => {
-            return tasks::start(e, peer, StartReq { manifest, file, pid, enforce, events, attach: false });
+            let r = tasks::start(e, peer, StartReq { manifest, file, pid, enforce, events, attach: false });
+            // The task's control mailbox, sent with the request.
+            if r.ok
+                && let Some(fd) = fds.pop()
+            {
+                match super::callers::Mailbox::new(fd) {
+                    Ok(m) => e.mailboxes.push(m),
+                    Err(err) => tracing::warn!("task {:?}: its control mailbox: {err}", r.task),
+                }
+            }
+            return r;
         }
         Request::End { task, kill } => return end(e, &task, kill, peer, uid),
         Request::Gate { task } => {
@@ -208,7 +183,7 @@ fn approval(
 }
 
 /// Binds the caller's held child `pid` to the sub-task in `manifest`.
-fn delegate(e: &mut Engine, peer: u32, manifest: String, file: String, pid: u32) -> Reply {
+fn delegate(e: &mut Engine, peer: u32, manifest: String, file: String, pid: u32, confined: bool) -> Reply {
     let c = e.cookie();
     let (sensors, p) = (&mut e.sensors, &mut e.p);
     let Some(cookie) = sensors.task_of(peer) else {
@@ -232,8 +207,17 @@ fn delegate(e: &mut Engine, peer: u32, manifest: String, file: String, pid: u32)
     if p.judge.task(&child.id).is_some() {
         return Reply::err(format!("{file}: a task called {} is already running here", child.id));
     }
-    // Inside an enforced task everything is enforced (its confinement is inherited anyway).
+    // Inside an enforced task everything is enforced: the sub-task's own sandbox must
+    // be on its command (the parent's is inherited anyway).
     child.enforce |= parent.task.enforce;
+    if child.enforce && !confined {
+        return Reply::err(format!(
+            "{file}: the sub-task of enforced task {} must run confined by its own scope, and its command is \
+             not ({} was cleared?)",
+            parent.id,
+            ctl::ENFORCED_ENV
+        ));
+    }
     // A sub-task's calls are held by the gate its root inherited: the parent's.
     let gated = |o: &crate::task::Op| !p.gates.is_empty() && parent.task.approval.contains(o);
     if child.enforce

@@ -111,6 +111,20 @@ pub fn admissible(task: &Task, setup: &Setup) -> Result<(), enforce::EnforceErro
         ));
     }
     for (clause, set) in [("scope.write", &task.write), ("scope.delete", &task.delete)] {
+        for pat in &set.patterns {
+            let dir = std::path::Path::new(crate::task::scope::literal_prefix(pat));
+            let dir = if dir.as_os_str().is_empty() { std::path::Path::new("/") } else { dir };
+            if let Some((at, fstype)) = enforce::mounts::kernel_fs_reached(dir) {
+                return Err(refuse(
+                    clause,
+                    format!(
+                        "{pat} reaches {} ({fstype}), a kernel interface through which the task could leave its \
+                         cgroup, unload agentmon's programs or change other processes",
+                        at.display()
+                    ),
+                ));
+            }
+        }
         if let Some(p) = setup.protected.iter().find(|p| set.reaches(p)) {
             return Err(refuse(
                 clause,

@@ -1,0 +1,342 @@
+//! The agent (or any local user) working against agentmon's control plane and
+//! confinement: rights carried by a connection handed to someone else, a flood of
+//! idle connections, planted and stale sockets, enforce scopes that reach agentmon
+//! or the kernel's interfaces, a process that leaves its task's cgroup. Each must
+//! fail, and each refusal be an event.
+
+use std::{
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use agentmon::event::{Event, Kind};
+
+use crate::{
+    R,
+    support::{self, SCENARIO_ENV, agentmon, ensure, eq, wait, workdir},
+};
+
+/// uid of `nobody`: a local user with no rights over agentmon.
+const NOBODY: u32 = 65534;
+
+fn write(p: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+fn observed_task(d: &Path, id: &str) -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let t = d.join("task.yaml");
+    write(
+        &t,
+        &format!(
+            "id: {id}\nmode: execute\nscope:\n  write: [\"{}/**\"]\n  exec: [\"{}\"]\n",
+            d.display(),
+            me.display()
+        ),
+    )?;
+    Ok(t)
+}
+
+/// `agentmon exec --task T` of scenario `name` (args: DIR, `args`), in the background.
+fn start(d: &Path, task: &Path, name: &str, args: &[&str]) -> Result<Child, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = vec![me.display().to_string(), d.display().to_string()];
+    cmd.extend(args.iter().map(|a| a.to_string()));
+    let stderr = std::fs::File::create(d.join("stderr")).map_err(|e| e.to_string())?;
+    support::exec_command(
+        &d.join("events.jsonl"),
+        &["--task", task.to_str().unwrap()],
+        &cmd,
+        &[(SCENARIO_ENV, name)],
+        d,
+    )
+    .stdout(Stdio::null())
+    .stderr(stderr)
+    .spawn()
+    .map_err(|e| format!("cannot run agentmon: {e}"))
+}
+
+fn finish(mut c: Child, d: &Path) -> Result<(i32, Vec<Event>), String> {
+    let st = c.wait().map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(d.join("events.jsonl")).map_err(|e| e.to_string())?;
+    Ok((st.code().unwrap_or(-1), support::parse_stream(&text)?.0))
+}
+
+fn stderr(d: &Path) -> String {
+    std::fs::read_to_string(d.join("stderr")).unwrap_or_default()
+}
+
+/// The test binary as scenario `name` with `args`, as uid `nobody`.
+fn as_nobody(name: &str, args: &[&str]) -> Result<Child, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    Command::new(me)
+        .args(args)
+        .env(SCENARIO_ENV, name)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {name} as nobody: {e}"))
+}
+
+/// `agentmon ARGS` to completion: (exit code, stdout, stderr).
+fn cli(args: &[&str]) -> Result<(i32, String, String), String> {
+    let out = Command::new(agentmon()).args(args).stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
+    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    Ok((out.status.code().unwrap_or(-1), s(&out.stdout), s(&out.stderr)))
+}
+
+fn tampers<'a>(evs: &'a [Event], attempt: &str) -> Vec<&'a Event> {
+    evs.iter()
+        .filter(|e| {
+            e.kind == Kind::Tamper && e.detail.get("attempt").and_then(|v| v.as_str()) == Some(attempt)
+        })
+        .collect()
+}
+
+/// A control connection made by a task process that then exits, and one made by a
+/// process outside every task but written by a task process, carry no operator
+/// rights; both refusals are tamper events.
+pub fn control_rights_stay_with_the_connector() -> R {
+    let d = workdir("rights");
+    let task = observed_task(&d, "rights")?;
+    let c = start(&d, &task, "rights", &["rights"])?;
+    ensure(wait(Duration::from_secs(10), || d.join("pass.sock").exists()), || {
+        format!("no pass.sock: {}", stderr(&d))
+    })?;
+    let ctl = std::fs::read_to_string(d.join("ctl-path")).map_err(|e| e.to_string())?;
+    // An operator's connection (root, outside every task), handed to the agent.
+    let mine = std::os::unix::net::UnixStream::connect(ctl.trim()).map_err(|e| e.to_string())?;
+    let pass = std::os::unix::net::UnixStream::connect(d.join("pass.sock")).map_err(|e| e.to_string())?;
+    {
+        use std::os::fd::AsRawFd;
+        let iov = [std::io::IoSlice::new(b"x")];
+        let fds = [mine.as_raw_fd()];
+        nix::sys::socket::sendmsg::<()>(
+            pass.as_raw_fd(),
+            &iov,
+            &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let (code, evs) = finish(c, &d)?;
+    eq("scenario exit", code, 0)?;
+    let res = std::fs::read_to_string(d.join("rights.txt")).map_err(|e| e.to_string())?;
+    for line in res.lines() {
+        ensure(line.contains("refused"), || format!("a passed connection was obeyed: {line}"))?;
+    }
+    eq("results", res.lines().count(), 2)?;
+    let refused = tampers(&evs, "control request thaw");
+    eq("tamper events", refused.len(), 2)?;
+    for t in &refused {
+        eq("tamper verdict", t.verdict.as_deref(), Some("denied"))?;
+        eq("tamper task", t.task.as_deref(), Some("rights"))?;
+    }
+    ensure(refused.iter().any(|t| t.reason.as_deref().is_some_and(|r| r.contains("exited"))), || {
+        format!("{:?}", refused.iter().map(|t| &t.reason).collect::<Vec<_>>())
+    })?;
+    ensure(
+        refused.iter().any(|t| t.reason.as_deref().is_some_and(|r| r.contains("written by pid"))),
+        || format!("{:?}", refused.iter().map(|t| &t.reason).collect::<Vec<_>>()),
+    )?;
+    ensure(!evs.iter().any(|e| e.kind == Kind::Action), || "an action was taken for the agent".into())?;
+    Ok(())
+}
+
+/// A local user holding hundreds of idle connections does not keep root out, and
+/// does not make agentmon write a line per connection.
+pub fn control_socket_holds_under_a_flood() -> R {
+    let d = workdir("flood");
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).map_err(|e| e.to_string())?;
+    let task = observed_task(&d, "flood")?;
+    let c = start(&d, &task, "wait_for", &[])?;
+    let sock = format!("/run/agentmon/exec-{}.sock", c.id());
+    ensure(wait(Duration::from_secs(10), || Path::new(&sock).exists()), || {
+        format!("no socket: {}", stderr(&d))
+    })?;
+    let mut flood = as_nobody("hold", &[&sock, "300", d.to_str().unwrap()])?;
+    let held = wait(Duration::from_secs(10), || d.join("held").exists());
+    let r = (|| {
+        ensure(held, || "the flood never connected".into())?;
+        for args in [["freeze", "flood"], ["thaw", "flood"]] {
+            let (code, out, err) = cli(&[args[0], args[1], "--socket", &sock])?;
+            ensure(code == 0, || format!("{} under a flood: exit {code}: {out}{err}", args[0]))?;
+        }
+        let (_, out, err) = cli(&["status", "--socket", &sock])?;
+        ensure(out.contains("\"flood\""), || format!("status under a flood: {out}{err}"))
+    })();
+    let _ = flood.kill();
+    let _ = flood.wait();
+    write(&d.join("go"), "")?;
+    let (code, evs) = finish(c, &d)?;
+    r?;
+    eq("scenario exit", code, 0)?;
+    let log = stderr(&d);
+    let lines = log.lines().filter(|l| l.contains("control")).count();
+    ensure(lines <= 5, || format!("{lines} log lines about the flood:\n{log}"))?;
+    ensure(evs.iter().any(|e| e.kind == Kind::Action && e.action.as_deref() == Some("freeze")), || {
+        "no freeze action recorded".into()
+    })?;
+    Ok(())
+}
+
+/// The CLI never asks a socket it cannot trust: one planted by another user (where
+/// older versions looked, or given with --socket) gets nothing, and a stale socket
+/// left by a dead agentmon is skipped without a misleading error.
+pub fn cli_talks_only_to_agentmon() -> R {
+    let d = workdir("planted");
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).map_err(|e| e.to_string())?;
+    let tmp = Path::new("/tmp/agentmon");
+    std::fs::create_dir_all(tmp).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o1777)).map_err(|e| e.to_string())?;
+    let planted = tmp.join(format!("evil-{}.sock", std::process::id()));
+    let given = d.join("evil.sock");
+    let (log1, log2) = (d.join("got1"), d.join("got2"));
+    let mut fakes = vec![
+        as_nobody("fake_agentmon", &[planted.to_str().unwrap(), log1.to_str().unwrap()])?,
+        as_nobody("fake_agentmon", &[given.to_str().unwrap(), log2.to_str().unwrap()])?,
+    ];
+    let stale = Path::new("/run/agentmon").join(format!("stale-{}.sock", std::process::id()));
+    let r = (|| {
+        ensure(wait(Duration::from_secs(5), || planted.exists() && given.exists()), || {
+            "no fake sockets".into()
+        })?;
+        std::fs::create_dir_all("/run/agentmon").map_err(|e| e.to_string())?;
+        drop(std::os::unix::net::UnixListener::bind(&stale).map_err(|e| e.to_string())?);
+        let (_, out, err) = cli(&["status"])?;
+        ensure(!out.contains("FAKE-TASK"), || format!("status listed a planted agentmon: {out}"))?;
+        ensure(!err.contains(&stale.display().to_string()), || {
+            format!("status complained of a stale socket: {err}")
+        })?;
+        let (_, out, err) = cli(&["status", "--socket", given.to_str().unwrap()])?;
+        ensure(!out.contains("FAKE-TASK") && err.contains("not agentmon's"), || format!("{out}{err}"))?;
+        let (code, out, err) = cli(&["approve", "a-1", "--socket", given.to_str().unwrap()])?;
+        ensure(code != 0 && !out.contains("FAKE-APPROVED"), || format!("approve obeyed a fake: {out}{err}"))?;
+        let (code, _, err) = cli(&["kill", "no-such-task-anywhere"])?;
+        eq("kill of an unknown task", code, 1)?;
+        ensure(!err.contains("cannot reach") && !err.contains("stale"), || format!("kill said: {err}"))?;
+        for log in [&log1, &log2] {
+            let got = std::fs::read_to_string(log).unwrap_or_default();
+            ensure(got.is_empty(), || format!("a fake agentmon was sent: {got}"))?;
+        }
+        Ok::<(), String>(())
+    })();
+    for f in &mut fakes {
+        let _ = f.kill();
+        let _ = f.wait();
+    }
+    let _ = std::fs::remove_file(&planted);
+    let _ = std::fs::remove_file(&stale);
+    Ok(r?)
+}
+
+/// An enforced task whose write scope reaches agentmon's control sockets, cgroupfs,
+/// bpffs or procfs, directly, through a symlink or through a mount beneath it, is
+/// refused: it could delete the control plane or leave its cgroup.
+pub fn enforce_refuses_scopes_over_agentmon() -> R {
+    let d = workdir("escapes");
+    let link = d.join("cg");
+    std::os::unix::fs::symlink("/sys/fs/cgroup", &link).map_err(|e| e.to_string())?;
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(mnt.join("cg")).map_err(|e| e.to_string())?;
+    nix::mount::mount(
+        Some("none"),
+        &mnt.join("cg"),
+        Some("cgroup2"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| format!("mounting cgroup2 for the test: {e}"))?;
+    let scopes = [
+        "/sys/fs/cgroup/**".to_string(),
+        "/run/agentmon/**".into(),
+        "/sys/fs/bpf/**".into(),
+        "/proc/**".into(),
+        "/**".into(),
+        format!("{}/**", link.display()),
+        format!("{}/**", mnt.display()),
+    ];
+    let r = (|| {
+        for (i, scope) in scopes.iter().enumerate() {
+            let t = d.join(format!("t{i}.yaml"));
+            write(
+                &t,
+                &format!(
+                    "id: esc{i}\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{scope}\"]\n  exec: [\"/usr/bin/**\"]\n"
+                ),
+            )?;
+            let events = d.join(format!("events{i}.jsonl"));
+            let out = support::exec_command(
+                &events,
+                &["--task", t.to_str().unwrap()],
+                &["/usr/bin/true".into()],
+                &[],
+                &d,
+            )
+            .output()
+            .map_err(|e| e.to_string())?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            ensure(
+                out.status.code() == Some(125)
+                    && err.contains("cannot enforce task")
+                    && err.contains("scope.write"),
+                || format!("write scope {scope}: exit {:?}: {err}", out.status.code()),
+            )?;
+        }
+        Ok::<(), String>(())
+    })();
+    let _ = nix::mount::umount(&mnt.join("cg"));
+    Ok(r?)
+}
+
+/// A task process that moves itself out of its task's cgroup is brought back: a
+/// freeze covers it, and the move is a tamper event.
+pub fn left_cgroup_is_brought_back() -> R {
+    let d = workdir("left");
+    let task = observed_task(&d, "left")?;
+    let procs = ["/sys/fs/cgroup/unified/cgroup.procs", "/sys/fs/cgroup/cgroup.procs"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("no cgroup v2 cgroup.procs")?;
+    let c = start(&d, &task, "leave_cgroup", &[procs])?;
+    let sock = format!("/run/agentmon/exec-{}.sock", c.id());
+    let r = (|| {
+        ensure(wait(Duration::from_secs(10), || d.join("left").exists()), || {
+            format!("never left: {}", stderr(&d))
+        })?;
+        let pid: u32 = std::fs::read_to_string(d.join("left"))
+            .map_err(|e| e.to_string())?
+            .trim()
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        let (code, out, err) = cli(&["freeze", "left", "--socket", &sock])?;
+        eq(&format!("freeze: {out}{err}"), code, 0)?;
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| e.to_string())?;
+        let at = cg.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("").to_string();
+        ensure(at.starts_with("/agentmon/"), || format!("pid {pid} is in {at}, not its task's cgroup"))?;
+        let root = Path::new(procs).parent().unwrap();
+        let events = std::fs::read_to_string(root.join(at.trim_start_matches('/')).join("cgroup.events"))
+            .unwrap_or_default();
+        ensure(events.lines().any(|l| l == "frozen 1"), || format!("not frozen: {events}"))?;
+        let (code, out, err) = cli(&["thaw", "left", "--socket", &sock])?;
+        eq(&format!("thaw: {out}{err}"), code, 0)?;
+        Ok::<u32, String>(pid)
+    })();
+    write(&d.join("go"), "")?;
+    let (code, evs) = finish(c, &d)?;
+    let pid = r?;
+    eq("scenario exit", code, 0)?;
+    let regrouped = evs.iter().any(|e| {
+        e.kind == Kind::Action
+            && e.detail.get("regrouped").is_some_and(|v| v.to_string().contains(&format!("\"pid\":{pid}")))
+    });
+    let tamper = tampers(&evs, "leaving the task's cgroup").iter().any(|e| e.pid == pid);
+    ensure(regrouped || tamper, || "the escape was not recorded".into())?;
+    Ok(())
+}

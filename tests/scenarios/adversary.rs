@@ -1,0 +1,134 @@
+//! An agent working against agentmon: passing control connections around, holding
+//! the control socket, planting sockets, leaving its cgroup.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::net::{UnixListener, UnixStream},
+    },
+    path::Path,
+    time::Duration,
+};
+
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+
+/// Sends `{"op": "thaw", "task": task}` on `s`: "accepted" or "refused: why".
+fn thaw_on(mut s: UnixStream, task: &str) -> String {
+    if let Err(e) = writeln!(s, "{}", serde_json::json!({"op": "thaw", "task": task})) {
+        return format!("refused: write: {e}");
+    }
+    let mut line = String::new();
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    if let Err(e) = BufReader::new(s).read_line(&mut line) {
+        return format!("refused: read: {e}");
+    }
+    match serde_json::from_str::<serde_json::Value>(&line) {
+        Ok(v) if v["ok"] == true => "accepted".into(),
+        Ok(v) => format!("refused: {}", v["error"].as_str().unwrap_or("?")),
+        Err(e) => format!("refused: {e}: {line:?}"),
+    }
+}
+
+fn send_fd(over: &UnixStream, fd: i32) -> Result<(), String> {
+    let iov = [std::io::IoSlice::new(b"x")];
+    sendmsg::<()>(over.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&[fd])], MsgFlags::empty(), None)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn recv_fd(from: &UnixStream) -> Result<OwnedFd, String> {
+    let mut b = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut b)];
+    let mut cmsg = nix::cmsg_space!([i32; 1]);
+    let m = recvmsg::<()>(from.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
+        .map_err(|e| e.to_string())?;
+    for c in m.cmsgs().map_err(|e| e.to_string())? {
+        if let ControlMessageOwned::ScmRights(v) = c
+            && let Some(fd) = v.first()
+        {
+            // SAFETY: the kernel just installed this descriptor for us.
+            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+        }
+    }
+    Err("no descriptor came".into())
+}
+
+/// args: DIR TASK. (1) A child connects to agentmon's control socket, passes the
+/// connection to this process and exits; this process then asks for a thaw on it.
+/// (2) The control socket's path goes to DIR/ctl-path and a listener to
+/// DIR/pass.sock; a connection the test made (outside every task) arrives there and
+/// this process asks for a thaw on it. Results in DIR/rights.txt.
+pub fn rights(d: &Path, task: &str) -> Result<(), String> {
+    let ctl = std::env::var("AGENTMON_CTL").map_err(|e| e.to_string())?;
+    let (a, b) = UnixStream::pair().map_err(|e| e.to_string())?;
+    // SAFETY: the child connects, sends one descriptor and exits.
+    let handoff = match unsafe { nix::unistd::fork() }.map_err(|e| e.to_string())? {
+        nix::unistd::ForkResult::Child => {
+            let code = match UnixStream::connect(&ctl) {
+                Ok(s) if send_fd(&a, s.as_raw_fd()).is_ok() => 0,
+                _ => 1,
+            };
+            std::process::exit(code);
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let got = recv_fd(&b);
+            nix::sys::wait::waitpid(child, None).map_err(|e| e.to_string())?;
+            // Its exit is the kernel's by now; give agentmon's tracking a moment too.
+            std::thread::sleep(Duration::from_millis(200));
+            match got {
+                Ok(fd) => thaw_on(UnixStream::from(fd), task),
+                Err(e) => return Err(format!("handoff: {e}")),
+            }
+        }
+    };
+    fs::write(d.join("ctl-path"), &ctl).map_err(|e| e.to_string())?;
+    let l = UnixListener::bind(d.join("pass.sock")).map_err(|e| e.to_string())?;
+    let (conn, _) = l.accept().map_err(|e| e.to_string())?;
+    let taken = recv_fd(&conn).map(|fd| thaw_on(UnixStream::from(fd), task))?;
+    fs::write(d.join("rights.txt"), format!("handoff {handoff}\ntaken {taken}\n")).map_err(|e| e.to_string())
+}
+
+/// args: SOCKET N DIR. Opens N connections to SOCKET, sends nothing, says so in
+/// DIR/held and sleeps until killed.
+pub fn hold(sock: &str, n: usize, d: &Path) -> Result<(), String> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        match UnixStream::connect(sock) {
+            Ok(s) => held.push(s),
+            Err(e) if held.is_empty() => return Err(format!("{sock}: {e}")),
+            Err(_) => break,
+        }
+    }
+    fs::write(d.join("held"), held.len().to_string()).map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs(120));
+    Ok(())
+}
+
+/// args: SOCKET LOG. A fake agentmon: answers every request with a made-up task and
+/// appends what it was sent to LOG.
+pub fn fake_agentmon(sock: &Path, log: &Path) -> Result<(), String> {
+    let _ = fs::remove_file(sock);
+    let l = UnixListener::bind(sock).map_err(|e| format!("{}: {e}", sock.display()))?;
+    fs::write(log, "").map_err(|e| e.to_string())?;
+    for c in l.incoming() {
+        let Ok(mut c) = c else { continue };
+        let mut line = String::new();
+        let _ = BufReader::new(&c).read_line(&mut line);
+        let mut f = fs::OpenOptions::new().append(true).open(log).map_err(|e| e.to_string())?;
+        let _ = f.write_all(line.as_bytes());
+        let fake = serde_json::json!({"ok": true, "message": "FAKE-APPROVED",
+            "data": {"pid": 1, "host": "evil", "tasks": [{"task": "FAKE-TASK"}]}});
+        let _ = writeln!(c, "{fake}");
+    }
+    Ok(())
+}
+
+/// args: DIR PROCS. Moves itself into the cgroup whose cgroup.procs is PROCS, writes
+/// its pid to DIR/left, and waits for DIR/go.
+pub fn leave_cgroup(d: &Path, procs: &str) -> Result<(), String> {
+    fs::write(procs, std::process::id().to_string()).map_err(|e| format!("{procs}: {e}"))?;
+    fs::write(d.join("left"), std::process::id().to_string()).map_err(|e| e.to_string())?;
+    super::wait_for(&d.join("go"))
+}
