@@ -340,3 +340,78 @@ pub fn left_cgroup_is_brought_back() -> R {
     ensure(regrouped || tamper, || "the escape was not recorded".into())?;
     Ok(())
 }
+
+/// A path deeper than agentmon's old 40-component walk is reported whole and judged
+/// on its real location; one deeper than the kernel walks at all is never presented
+/// (nor judged) as the absolute path its tail spells: a deep tree whose last
+/// components mimic the task's scope forges no `in_scope`.
+pub fn deep_paths_are_never_forged() -> R {
+    let d = workdir("deep");
+    let task = d.join("task.yaml");
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let ok = d.join("ok");
+    std::fs::create_dir_all(&ok).map_err(|e| e.to_string())?;
+    write(
+        &task,
+        &format!(
+            "id: deep\nmode: execute\nscope:\n  write: [\"{}/**\"]\n  exec: [\"{}\"]\n",
+            ok.display(),
+            me.display()
+        ),
+    )?;
+    let chain = |n: usize| (0..n).map(|i| format!("c{i}")).collect::<Vec<_>>().join("/");
+    // The components of ok/, as the forged tails spell them.
+    let ok_comps: Vec<String> = ok.iter().skip(1).map(|c| c.to_string_lossy().into_owned()).collect();
+    let forged = |walk: usize| {
+        let k = walk - ok_comps.len() - 1;
+        format!("{}/{}/pwn{walk}.txt", ok_comps.join("/"), chain(k))
+    };
+    let walk = monitor_common::WALK_MAX;
+    let specs = [
+        format!("ok|{}/inside.txt", chain(60)),
+        // The reproduction: the last 40 components spell a path in scope.
+        format!("evil/x/a/b/c|{}", forged(40)),
+        // At the kernel's walk limit: the tail spells the scope exactly.
+        format!("evil/y/z|{}", forged(walk)),
+    ];
+    let mut args = vec![me.display().to_string(), d.display().to_string()];
+    args.extend(specs.iter().cloned());
+    let run = support::run_agentmon_with(
+        &["--task", task.to_str().unwrap()],
+        &args,
+        &[(SCENARIO_ENV, "deep")],
+        &d,
+    )?;
+    eq(&format!("scenario exit: {}", run.stderr), run.code, 0)?;
+    let creates = run.of(Kind::FileCreate);
+    let named =
+        |leaf: &str| creates.iter().find(|e| e.path.as_deref().is_some_and(|p| p.ends_with(leaf))).copied();
+    let inside = named("/inside.txt").ok_or_else(|| run.summary())?;
+    eq(
+        "deep in-scope path",
+        inside.path.clone(),
+        Some(format!("{}/{}/inside.txt", ok.display(), chain(60))),
+    )?;
+    eq("deep in-scope verdict", inside.verdict.as_deref(), Some("in_scope"))?;
+    ensure(!run.alerts.iter().any(|a| a.event.id == inside.id), || {
+        "a deep in-scope write raised an alert".into()
+    })?;
+    let repro = named("/pwn40.txt").ok_or_else(|| run.summary())?;
+    ensure(
+        repro.path.as_deref().is_some_and(|p| p.starts_with(&format!("{}/evil/x/a/b/c/", d.display()))),
+        || format!("the 40-deep forgery is not reported where it is: {:?}", repro.path),
+    )?;
+    ensure(repro.verdict.as_deref() != Some("in_scope"), || {
+        "the 40-deep forgery was judged in scope".into()
+    })?;
+    let limit = named(&format!("/pwn{walk}.txt")).ok_or_else(|| run.summary())?;
+    ensure(limit.path.as_deref().is_some_and(|p| p.starts_with(agentmon::event::UNRESOLVED_PREFIX)), || {
+        format!("a path deeper than the walk was presented as {:?}", limit.path)
+    })?;
+    ensure(limit.flags.iter().any(|f| f == "truncated"), || format!("{:?}", limit.flags))?;
+    ensure(limit.verdict.as_deref() != Some("in_scope"), || {
+        "the forgery at the walk limit was judged in scope".into()
+    })?;
+    ensure(run.alerts.iter().any(|a| a.event.id == limit.id), || "no alert for an unresolvable path".into())?;
+    Ok(())
+}

@@ -74,6 +74,7 @@ fn main() {
         ("cli_talks_only_to_agentmon", adversary::cli_talks_only_to_agentmon),
         ("enforce_refuses_scopes_over_agentmon", adversary::enforce_refuses_scopes_over_agentmon),
         ("left_cgroup_is_brought_back", adversary::left_cgroup_is_brought_back),
+        ("deep_paths_are_never_forged", adversary::deep_paths_are_never_forged),
     ];
     let root = nix::unistd::geteuid().is_root();
     let skip = std::env::var(SKIP_ENV).is_ok_and(|v| v == "1");

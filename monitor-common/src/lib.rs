@@ -32,8 +32,9 @@ pub const TAIL_MASK: usize = TAIL_MAX - 1;
 pub const STR_MAX: usize = 512;
 /// Bytes of the argv block copied for exec events.
 pub const ARGV_MAX: usize = 512;
-/// Path components walked per operand before giving up (flagged as truncated).
-pub const WALK_MAX: usize = 40;
+/// Path components walked per operand before giving up (flagged as truncated:
+/// userspace then never presents the part it has as an absolute path).
+pub const WALK_MAX: usize = 128;
 /// Length of `comm`, as in the kernel.
 pub const COMM_LEN: usize = 16;
 

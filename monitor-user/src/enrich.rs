@@ -177,10 +177,17 @@ impl Enricher {
         self.tasks.insert(c, id);
     }
 
-    /// Resolved path of operand `i` (operand 0 is exact when taken from an fd).
+    /// Resolved path of operand `i` (operand 0 is exact when taken from an fd). A
+    /// path the kernel could not copy whole (deeper than it walks, longer than it
+    /// copies) is never shown as the absolute path it is not: it starts with `…`,
+    /// and judging treats it as unknown (out of scope).
     fn path(&mut self, raw: &RawEvent, i: usize) -> Option<String> {
+        let o = raw.ops.get(i)?;
+        if raw.body.pflags & pflags::TRUNCATED != 0 {
+            return Some(format!("{}{}", crate::event::UNRESOLVED_PREFIX, crate::paths::join_lexical(o)));
+        }
         let exact = i == 0 && raw.body.pflags & pflags::OP1_FROM_FD != 0;
-        raw.ops.get(i).map(|o| self.paths.resolve(o, exact).0)
+        Some(self.paths.resolve(o, exact).0)
     }
 
     pub fn host(&self) -> Arc<str> {
@@ -275,8 +282,11 @@ impl Enricher {
                 ev.path = self.path(raw, 0);
                 if flags & O_ACCMODE == 0 && flags & (O_CREAT | O_TRUNC) == 0 {
                     // Read-only: reported only for the sensitive set.
+                    // A prefilter hit whose path was not read whole cannot be cleared.
+                    let unknown =
+                        ev.path.as_deref().is_some_and(|p| p.starts_with(crate::event::UNRESOLVED_PREFIX));
                     if b.pflags & pflags::SENSITIVE == 0
-                        || !ev.path.as_deref().is_some_and(|p| self.sensitive.matches(p))
+                        || !(unknown || ev.path.as_deref().is_some_and(|p| self.sensitive.matches(p)))
                     {
                         return None;
                     }
@@ -474,6 +484,26 @@ mod tests {
         let mut ro = record(kind::OPEN, op::OPENAT, &[("", &["shadow", "etc"])], b"", [0; 5]);
         ro[56 + 40] = (pflags::OP1_FROM_FD | pflags::SENSITIVE) as u8;
         assert_eq!(e.event(&decode(&ro).unwrap()).unwrap().kind, Kind::SensitiveRead);
+    }
+
+    #[test]
+    fn a_path_not_read_whole_is_never_absolute() {
+        let mut e = enricher();
+        // The kernel's walk stopped: the components it has are the tail of the path.
+        let mut rec =
+            record(kind::OPEN, op::OPENAT, &[("", &["pwn.txt", "aw", "tmp"])], b"", [0o1101, 0o644, 0, 0, 0]);
+        rec[56 + 40] = (pflags::OP1_FROM_FD | pflags::CREATED | pflags::TRUNCATED) as u8;
+        let ev = e.event(&decode(&rec).unwrap()).unwrap();
+        assert_eq!(ev.path.as_deref(), Some("…/tmp/aw/pwn.txt"));
+        assert!(ev.flags.iter().any(|f| f == "truncated"));
+        let task = crate::task::parse(
+            "id: t\nmode: execute\nscope:\n  write: [\"/tmp/aw/**\"]\n",
+            std::path::Path::new("t.yaml"),
+            crate::event::Timestamp(0),
+        )
+        .unwrap();
+        let r = crate::policy::scope::judge(&ev, &task, false).expect("judged out of scope");
+        assert_eq!(r.clause, Some("path"));
     }
 
     #[test]

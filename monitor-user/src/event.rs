@@ -10,6 +10,10 @@ pub type Name = Cow<'static, str>;
 
 pub const SCHEMA: &str = "agentmon.event/1";
 
+/// How a path that was not read whole starts (deeper than the kernel walks, or
+/// longer than it copies): it is never presented, nor judged, as an absolute path.
+pub const UNRESOLVED_PREFIX: &str = "…";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {

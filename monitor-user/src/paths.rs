@@ -28,6 +28,23 @@ pub fn join_base(op: &Operand) -> String {
     s
 }
 
+/// The operand as the kernel gave it, joined without interpretation (no `..`
+/// applied, nothing resolved): for paths that were not read whole.
+pub fn join_lexical(op: &Operand) -> String {
+    let g: &str = &op.given;
+    if g.starts_with('/') {
+        return g.to_string();
+    }
+    let mut p = join_base(op);
+    if !g.is_empty() {
+        if p != "/" {
+            p.push('/');
+        }
+        p.push_str(g);
+    }
+    p
+}
+
 /// Lexical normalisation: drops `.` and empty components, applies `..`.
 pub fn normalize(p: &str) -> String {
     let mut out: Vec<&str> = Vec::new();

@@ -132,3 +132,33 @@ pub fn leave_cgroup(d: &Path, procs: &str) -> Result<(), String> {
     fs::write(d.join("left"), std::process::id().to_string()).map_err(|e| e.to_string())?;
     super::wait_for(&d.join("go"))
 }
+
+/// args: DIR SPEC...; each SPEC is `REL|c1/c2/.../file`: creates the directories
+/// one at a time under DIR/REL (each relative to the last, so that no single path
+/// is long) and then the file. Paths deeper than the kernel walks.
+pub fn deep(d: &Path, specs: &[String]) -> Result<(), String> {
+    use nix::{
+        fcntl::{OFlag, openat},
+        sys::stat::{Mode, mkdirat},
+    };
+    for spec in specs {
+        let (rel, chain) = spec.split_once('|').ok_or("SPEC is REL|c1/.../file")?;
+        let base = d.join(rel);
+        fs::create_dir_all(&base).map_err(|e| e.to_string())?;
+        let mut dir = nix::fcntl::open(&base, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+            .map_err(|e| format!("{}: {e}", base.display()))?;
+        let comps: Vec<&str> = chain.split('/').collect();
+        let (file, dirs) = comps.split_last().ok_or("empty chain")?;
+        for c in dirs {
+            match mkdirat(&dir, *c, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(format!("mkdir {c}: {e}")),
+            }
+            dir = openat(&dir, *c, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+                .map_err(|e| format!("{c}: {e}"))?;
+        }
+        openat(&dir, *file, OFlag::O_CREAT | OFlag::O_WRONLY, Mode::from_bits_truncate(0o644))
+            .map_err(|e| format!("{file}: {e}"))?;
+    }
+    Ok(())
+}

@@ -57,6 +57,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
             [_, log] => adversary::fake_agentmon(sock, Path::new(log)),
             _ => Err("fake_agentmon SOCKET LOG".into()),
         },
+        ("deep", Some(d)) => adversary::deep(d, &args[1..]),
         ("leave_cgroup", Some(d)) => {
             adversary::leave_cgroup(d, args.get(1).map(String::as_str).unwrap_or(""))
         }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use super::{Action, Reason, Severity, VerdictKind};
 use crate::{
-    event::{Dst, Event, Kind},
+    event::{Dst, Event, Kind, UNRESOLVED_PREFIX},
     task::{Mode, Op, Task, scope::Endpoint},
 };
 
@@ -47,6 +47,16 @@ fn dst_allowed(eps: &[Endpoint], dst: &Dst) -> bool {
 pub fn judge(ev: &Event, task: &Task, launch: bool) -> Option<Reason> {
     if task.expired(ev.ts) {
         return out("expires", format!("task {} expired", task.id));
+    }
+    // A path not read whole is unknown: never judged by the part that was read.
+    if let Some(p) = [&ev.path, &ev.new_path].into_iter().flatten().find(|p| p.starts_with(UNRESOLVED_PREFIX))
+    {
+        return out(
+            "path",
+            format!(
+                "{p}: the path could not be read whole (deeper or longer than the kernel copies); judged out of scope"
+            ),
+        );
     }
     let path = ev.path.as_deref().unwrap_or("");
     let verdict = match ev.kind {
