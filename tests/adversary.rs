@@ -415,3 +415,146 @@ pub fn deep_paths_are_never_forged() -> R {
     ensure(run.alerts.iter().any(|a| a.event.id == limit.id), || "no alert for an unresolvable path".into())?;
     Ok(())
 }
+
+/// Fills `dir` (a small tmpfs) until the disk is full; the filler's path.
+fn fill(dir: &Path) -> Result<PathBuf, String> {
+    use std::io::Write;
+    let p = dir.join("filler");
+    let mut f = std::fs::File::create(&p).map_err(|e| e.to_string())?;
+    let block = vec![0u8; 4096];
+    loop {
+        match f.write_all(&block) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return Ok(p),
+            Err(e) => return Err(format!("filling {}: {e}", dir.display())),
+        }
+    }
+}
+
+/// The records of an audit chain's events (their bodies).
+fn audited(chain: &Path) -> Result<Vec<Event>, String> {
+    let text = std::fs::read_to_string(chain).map_err(|e| format!("{}: {e}", chain.display()))?;
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).map_err(|e| format!("{e}: {l}"))?;
+        if v["type"] == "event" {
+            out.push(serde_json::from_value(v["body"].clone()).map_err(|e| format!("{e}: {l}"))?);
+        }
+    }
+    Ok(out)
+}
+
+/// One run of a writing agent while the disk under its events file and NATS spool
+/// fills up and frees again (broker away): agentmon keeps observing, the audit
+/// chain (on another disk) records every event and the losses of the other
+/// outputs, each output says what it missed once it works again; an enforced task
+/// is frozen while its record cannot be written, and thawed after.
+fn full_disk_run(enforce: bool) -> R {
+    let d = workdir(if enforce { "full-enforced" } else { "full" });
+    let full = d.join("full");
+    std::fs::create_dir_all(&full).map_err(|e| e.to_string())?;
+    nix::mount::mount(Some("tmpfs"), &full, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=1m"))
+        .map_err(|e| format!("mounting a small tmpfs: {e}"))?;
+    let r = (|| {
+        let out = d.join("out");
+        std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+        let me = std::env::current_exe().map_err(|e| e.to_string())?;
+        let task = d.join("task.yaml");
+        write(
+            &task,
+            &format!(
+                "id: full\nmode: execute\nenforcement: {}\nscope:\n  write: [\"{}/**\"]\n  exec: [\"{}\"]\n",
+                if enforce { "enforce" } else { "observe" },
+                out.display(),
+                me.display()
+            ),
+        )?;
+        let (events, chain, key) = (full.join("events.jsonl"), d.join("audit.jsonl"), d.join("audit.key"));
+        let spool = full.join("spool");
+        let cmd = [me.display().to_string(), d.display().to_string(), "300".into(), "30".into()];
+        let flags = [
+            "--task",
+            task.to_str().unwrap(),
+            "--audit",
+            chain.to_str().unwrap(),
+            "--audit-key",
+            key.to_str().unwrap(),
+            "--nats",
+            "nats://127.0.0.1:1",
+            "--spool",
+            spool.to_str().unwrap(),
+        ];
+        let c = support::exec_command(&events, &flags, &cmd, &[(SCENARIO_ENV, "stream")], &d)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("stderr")).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        ensure(wait(Duration::from_secs(10), || out.join("progress").exists()), || stderr(&d))?;
+        let filler = fill(&full)?;
+        // Full for a while (long enough for an enforced task to be frozen for it),
+        // then free again well before the agent is done.
+        let frozen = enforce
+            && wait(Duration::from_secs(5), || {
+                audited(&chain).is_ok_and(|evs| {
+                    evs.iter().any(|e| e.kind == Kind::Action && e.action.as_deref() == Some("freeze"))
+                })
+            });
+        std::thread::sleep(Duration::from_millis(3500));
+        std::fs::remove_file(&filler).map_err(|e| e.to_string())?;
+        let code = c.wait_with_output().map_err(|e| e.to_string())?.status.code().unwrap_or(-1);
+        eq(&format!("exit (the command's); stderr:\n{}", stderr(&d)), code, 0)?;
+        let evs = audited(&chain)?;
+        let creates = evs
+            .iter()
+            .filter(|e| e.kind == Kind::FileCreate && e.path.as_deref().is_some_and(|p| p.contains("/out/f")))
+            .count();
+        eq("file creates in the audit chain", creates, 300)?;
+        let lost_to = |name: &str| {
+            evs.iter().any(|e| {
+                e.kind == Kind::Loss
+                    && e.detail.get("output").and_then(|v| v.as_str()).is_some_and(|o| o.starts_with(name))
+            })
+        };
+        if !enforce {
+            // (An enforced task is frozen before the outputs' buffers overflow: it
+            // loses nothing.)
+            ensure(lost_to(events.to_str().unwrap()), || {
+                "no loss record for the events file in the audit chain".into()
+            })?;
+            ensure(lost_to("nats"), || "no loss record for the NATS spool in the audit chain".into())?;
+        }
+        let (vc, _, verr) = cli(&["audit", "verify", chain.to_str().unwrap()])?;
+        eq(&format!("audit verify: {verr}"), vc, 0)?;
+        let text = std::fs::read_to_string(&events).map_err(|e| e.to_string())?;
+        let own = support::parse_stream(&text)?.0;
+        ensure(
+            own.iter().any(|e| {
+                e.kind == Kind::Loss && e.reason.as_deref().is_some_and(|r| r.contains("works again"))
+            }),
+            || "the events file does not say what it missed".into(),
+        )?;
+        ensure(own.iter().any(|e| e.kind == Kind::TaskEnd), || "no task_end in the events file".into())?;
+        if enforce {
+            ensure(frozen, || {
+                "the enforced task was not frozen while its record could not be written".into()
+            })?;
+            let thawed = evs.iter().any(|e| {
+                e.kind == Kind::Action
+                    && e.action.as_deref() == Some("thaw")
+                    && e.detail.get("by").and_then(|v| v.as_str()) == Some("output_failure")
+            });
+            ensure(thawed, || "the task was not thawed when the outputs worked again".into())?;
+        }
+        Ok::<(), String>(())
+    })();
+    let _ = nix::mount::umount(&full);
+    Ok(r?)
+}
+
+pub fn full_disk_keeps_watching() -> R {
+    full_disk_run(false)
+}
+
+pub fn full_disk_fails_closed_when_enforced() -> R {
+    full_disk_run(true)
+}

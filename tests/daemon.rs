@@ -502,3 +502,71 @@ pub fn daemon_holds_approval_gates() -> R {
     eq("task", decided.task.as_deref(), Some("gated-daemon"))?;
     Ok(())
 }
+
+/// A daemon killed with SIGKILL (no chance to say anything) and restarted at once:
+/// the new one gets the audit chain's lock once the old one's exit completes,
+/// resumes the task, and its `task_start` says for how long no daemon watched.
+pub fn daemon_kill9_restart_reports_the_gap() -> R {
+    let d = workdir("daemon-kill9");
+    let (sock, all) = daemon_paths(&d);
+    let audit = format!(
+        "audit:\n  path: {}\n  key: {}\n",
+        d.join("audit.jsonl").display(),
+        d.join("audit.key").display()
+    );
+    let first = start_daemon(&d, &audit)?;
+    let dir = d.join("r");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut exec = Command::new(agentmon())
+        .args(["exec", "--quiet", "--daemon"])
+        .arg(&sock)
+        .arg("--task")
+        .arg(manifest(&d, "gapped", &dir)?)
+        .arg("--")
+        .args(stream_cmd(&dir, 200, 40)?)
+        .env(SCENARIO_ENV, "stream")
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let progress = || {
+        std::fs::read_to_string(dir.join("out/progress"))
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let going = wait(Duration::from_secs(20), || progress() >= 10);
+    let mut first = first;
+    let _ = first.kill();
+    let _ = first.wait();
+    std::thread::sleep(Duration::from_millis(800));
+    let second = start_daemon(&d, "");
+    let code = exec.wait().map_err(|e| e.to_string())?.code();
+    std::thread::sleep(Duration::from_millis(1200));
+    let second = second?;
+    let said = stop(second)?;
+    ensure(going, || "the task never got going".into())?;
+    eq("task exit", code, Some(0))?;
+    let evs = events(&all)?;
+    let starts: Vec<&Event> =
+        evs.iter().filter(|e| e.kind == Kind::TaskStart && e.task.as_deref() == Some("gapped")).collect();
+    ensure(starts.len() == 2, || {
+        format!("{} task_start records; the second daemon said: {said}", starts.len())
+    })?;
+    let gap = starts[1].detail.get("gap").ok_or_else(|| format!("no gap in {:?}", starts[1].detail))?;
+    let from = gap["from"].as_str().and_then(agentmon::event::Timestamp::parse).ok_or("gap.from")?;
+    let to = gap["to"].as_str().and_then(agentmon::event::Timestamp::parse).ok_or("gap.to")?;
+    ensure(from < to && to <= starts[1].ts, || format!("gap {gap}"))?;
+    ensure(starts[1].reason.as_deref().is_some_and(|r| r.contains("not observed")), || {
+        format!("{:?}", starts[1].reason)
+    })?;
+    let (vc, _, verr) = {
+        let out = Command::new(agentmon())
+            .args(["audit", "verify"])
+            .arg(d.join("audit.jsonl"))
+            .output()
+            .map_err(|e| e.to_string())?;
+        (out.status.code(), (), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    eq(&format!("audit verify after a kill -9: {verr}"), vc, Some(0))?;
+    Ok(())
+}

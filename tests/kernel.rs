@@ -66,6 +66,7 @@ fn main() {
         ("audit_chain_and_replay", audit::audit_chain_and_replay),
         ("daemon_serves_concurrent_tasks", daemon::daemon_serves_concurrent_tasks),
         ("daemon_restart_resumes_tasks", daemon::daemon_restart_resumes_tasks),
+        ("daemon_kill9_restart_reports_the_gap", daemon::daemon_kill9_restart_reports_the_gap),
         ("daemon_kills_expired_tasks", daemon::daemon_kills_expired_tasks),
         ("daemon_selectors_attach_agents", daemon::daemon_selectors_attach_agents),
         ("daemon_holds_approval_gates", daemon::daemon_holds_approval_gates),
@@ -75,6 +76,8 @@ fn main() {
         ("enforce_refuses_scopes_over_agentmon", adversary::enforce_refuses_scopes_over_agentmon),
         ("left_cgroup_is_brought_back", adversary::left_cgroup_is_brought_back),
         ("deep_paths_are_never_forged", adversary::deep_paths_are_never_forged),
+        ("full_disk_keeps_watching", adversary::full_disk_keeps_watching),
+        ("full_disk_fails_closed_when_enforced", adversary::full_disk_fails_closed_when_enforced),
     ];
     let root = nix::unistd::geteuid().is_root();
     let skip = std::env::var(SKIP_ENV).is_ok_and(|v| v == "1");

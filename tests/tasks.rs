@@ -203,7 +203,7 @@ pub fn rules_hot_reload() -> R {
     let d = workdir("reload");
     let rules = d.join("rules");
     std::fs::create_dir_all(&rules).map_err(|e| e.to_string())?;
-    std::fs::write(rules.join("t.yaml"), rule("first", "\"**/nothing\"")).map_err(|e| e.to_string())?;
+    std::fs::write(rules.join("t.yaml"), rule("first", "\"**/x1\"")).map_err(|e| e.to_string())?;
     let events = d.join("events.jsonl");
     let stderr = std::fs::File::create(d.join("stderr")).map_err(|e| e.to_string())?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -239,6 +239,23 @@ pub fn rules_hot_reload() -> R {
     std::fs::write(rules.join("t.yaml"), "rules:\n  - id: broken\n    severity: loud\n")
         .map_err(|e| e.to_string())?;
     ensure(wait_text(&d.join("stderr"), "rules not reloaded"), || "invalid edit not reported".into())?;
+    // A rule file replaced by a FIFO (which would block a reader), then an emptied
+    // directory: refused, never "0 rules".
+    let refusals = || {
+        std::fs::read_to_string(d.join("stderr"))
+            .map(|t| t.matches("rules not reloaded").count())
+            .unwrap_or(0)
+    };
+    std::fs::remove_file(rules.join("t.yaml")).map_err(|e| e.to_string())?;
+    nix::unistd::mkfifo(&rules.join("t.yaml"), nix::sys::stat::Mode::from_bits_truncate(0o644))
+        .map_err(|e| e.to_string())?;
+    ensure(support::wait(Duration::from_secs(10), || refusals() >= 2), || {
+        "a FIFO for a rule file was not refused".into()
+    })?;
+    std::fs::remove_file(rules.join("t.yaml")).map_err(|e| e.to_string())?;
+    ensure(support::wait(Duration::from_secs(10), || refusals() >= 3), || {
+        "an emptied rules directory was not refused".into()
+    })?;
     std::fs::write(d.join("go2"), b"").map_err(|e| e.to_string())?;
     let st = child.wait().map_err(|e| e.to_string())?;
     eq("exit", st.code(), Some(0))?;
@@ -253,6 +270,20 @@ pub fn rules_hot_reload() -> R {
     let err = std::fs::read_to_string(d.join("stderr")).map_err(|e| e.to_string())?;
     let at = format!("{}:", rules.join("t.yaml").display());
     ensure(err.contains(&at), || format!("reload error does not name {at}: {err}"))?;
+    // Every reload is a record: the one that dropped rule "first" with an alert, the
+    // three refusals with their errors.
+    let reloads: Vec<&agentmon::event::Event> = evs.iter().filter(|e| e.kind == Kind::Rules).collect();
+    let removed = |e: &agentmon::event::Event| e.detail.get("removed").map(|v| v.to_string());
+    ensure(reloads.iter().any(|e| removed(e).as_deref() == Some("[\"first\"]")), || format!("{reloads:?}"))?;
+    let refused: Vec<String> =
+        reloads.iter().filter_map(|e| e.detail.get("errors")).map(|v| v.to_string()).collect();
+    eq("refused reloads", refused.len(), 3)?;
+    ensure(refused[1].contains("not a regular file") && refused[2].contains("no rule files"), || {
+        format!("{refused:?}")
+    })?;
+    let text = std::fs::read_to_string(&events).map_err(|e| e.to_string())?;
+    let alerts = support::parse_stream(&text)?.1;
+    ensure(alerts.iter().any(|a| a.event.kind == Kind::Rules), || "no alert for dropped rules".into())?;
     Ok(())
 }
 
@@ -268,6 +299,19 @@ pub fn rules_check_cli() -> R {
     let d = workdir("rules-check");
     std::fs::write(d.join("bad.yaml"), "rules:\n  - id: x\n    description: d\n    severity: high\n    match: {kinds: [connect], dst: [\"10.0.0.0/40\"]}\n    action: alert\n").map_err(|e| e.to_string())?;
     std::fs::write(d.join("wrong-example.yaml"), rule("y", "\"**/x9\"")).map_err(|e| e.to_string())?;
+    // --rules takes only what `rules check` passes: a rule whose example fails is
+    // refused at start, with the same message.
+    let out = Command::new(support::agentmon())
+        .args(["exec", "--quiet", "--rules"])
+        .arg(&d)
+        .args(["--", "/bin/true"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure(
+        out.status.code() == Some(125) && err.contains("wrong-example.yaml") && err.contains("example"),
+        || format!("exec --rules with a failing example: {:?} {err}", out.status.code()),
+    )?;
     let out = Command::new(support::agentmon())
         .args(["rules", "check"])
         .arg(&d)

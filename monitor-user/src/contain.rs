@@ -53,8 +53,11 @@ pub enum By<'a> {
     /// An operator over the control socket (kernel credentials of the caller), and
     /// whom it relays for (a signed remote command).
     Operator { pid: u32, uid: u32, via: Option<&'a str> },
-    /// The task's expiry passed and the daemon is configured to kill expired tasks.
+    /// The task's expiry passed (its `on_expiry`, or the host's).
     Expiry,
+    /// An output agentmon records to failed (`Some(output, error)`: the task's
+    /// `on_output_failure` is carried out) or works again (`None`: thawed).
+    Outputs(Option<(&'a str, &'a str)>),
 }
 
 struct Entry {
@@ -343,6 +346,19 @@ fn action_event(
             ev.comm = "agentmon".into();
             ev.reason = Some("the task expired".into());
             detail.insert("by".into(), json!("expiry"));
+        }
+        By::Outputs(failing) => {
+            ev.pid = std::process::id();
+            ev.tid = ev.pid;
+            ev.comm = "agentmon".into();
+            ev.reason = Some(match failing {
+                Some((out, err)) => format!("fail closed: {out} cannot be written ({err})"),
+                None => "the outputs work again".into(),
+            });
+            detail.insert("by".into(), json!("output_failure"));
+            if let Some((out, _)) = failing {
+                detail.insert("output".into(), json!(out));
+            }
         }
     }
     ev.detail = detail;

@@ -57,11 +57,14 @@ pub enum Kind {
     /// make (signals to agentmon, mount, module loading, ...), a process that left
     /// its task's cgroup, agentmon itself stopped or traced.
     Tamper,
+    /// The rules in force changed (hot reload: `detail.added`, `detail.removed`), or
+    /// a reload was refused (`detail.errors`) and the old rules stay.
+    Rules,
 }
 
 impl Kind {
     /// Every kind, in declaration order (`k as usize` indexes it).
-    pub const ALL: [Kind; 30] = [
+    pub const ALL: [Kind; 31] = [
         Kind::Exec,
         Kind::Fork,
         Kind::Exit,
@@ -92,6 +95,7 @@ impl Kind {
         Kind::TaskEnd,
         Kind::Step,
         Kind::Tamper,
+        Kind::Rules,
     ];
 
     /// agentmon's own records (and the gate's), not side effects: never judged.
@@ -105,6 +109,7 @@ impl Kind {
                 | Kind::TaskStart
                 | Kind::TaskEnd
                 | Kind::Step
+                | Kind::Rules
         )
     }
 
@@ -140,6 +145,7 @@ impl Kind {
             Kind::TaskEnd => "task_end",
             Kind::Step => "step",
             Kind::Tamper => "tamper",
+            Kind::Rules => "rules",
         }
     }
 }

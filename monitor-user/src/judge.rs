@@ -12,8 +12,7 @@ use std::{
 use crate::{
     event::{ALERT_SCHEMA, Alert, AlertReason, Event, Kind, TaskInfo},
     policy::{
-        Action, Ctx, Engine, Reason, RuleError, RuleSet, Severity, Verdict, VerdictKind, Windows,
-        rules::rule_files,
+        Action, Ctx, Engine, Reason, RuleSet, Severity, Verdict, VerdictKind, Windows, rules::rule_files,
     },
     proctable::{ProcKey, ProcTable},
     task::Task,
@@ -97,6 +96,11 @@ impl Judge {
     pub fn set_rules(&mut self, rules: RuleSet) {
         self.engine.rules = rules;
         self.active = true;
+    }
+
+    /// Ids of the rules in force.
+    pub fn rule_ids(&self) -> Vec<String> {
+        self.engine.rules.rules.iter().map(|r| r.id.clone()).collect()
     }
 
     pub fn rule_count(&self) -> usize {
@@ -261,12 +265,13 @@ fn alert(ev: &Event, v: &Verdict, task: Option<TaskInfo>) -> Alert {
 /// second from the caller): simple, and it works on every filesystem.
 pub struct RulesWatch {
     dir: PathBuf,
+    sensitive: crate::sensitive::SensitiveSet,
     seen: Vec<(PathBuf, u64, Option<SystemTime>)>,
 }
 
 impl RulesWatch {
-    pub fn new(dir: &Path) -> Self {
-        let mut w = Self { dir: dir.to_path_buf(), seen: Vec::new() };
+    pub fn new(dir: &Path, sensitive: &crate::sensitive::SensitiveSet) -> Self {
+        let mut w = Self { dir: dir.to_path_buf(), sensitive: sensitive.clone(), seen: Vec::new() };
         w.seen = w.fingerprint();
         w
     }
@@ -277,20 +282,23 @@ impl RulesWatch {
             .into_iter()
             .map(|f| {
                 let m = std::fs::metadata(&f).ok();
-                let (len, mtime) = m.map(|m| (m.len(), m.modified().ok())).unwrap_or((0, None));
+                // A file replaced by something else of the same size and time still changes.
+                let kind = m.as_ref().map_or(0, |m| if m.is_file() { 1 } else { 2 });
+                let (len, mtime) = m.map(|m| (m.len() << 2 | kind, m.modified().ok())).unwrap_or((0, None));
                 (f, len, mtime)
             })
             .collect()
     }
 
-    /// The new rules if the directory changed since the last call (or its errors,
-    /// in which case the caller keeps the old rules).
-    pub fn poll(&mut self) -> Option<Result<RuleSet, Vec<RuleError>>> {
+    /// The new rules if the directory changed since the last call, checked as
+    /// `agentmon rules check` checks them (or every problem, in which case the
+    /// caller keeps the old rules).
+    pub fn poll(&mut self) -> Option<Result<RuleSet, Vec<String>>> {
         let now = self.fingerprint();
         if now == self.seen {
             return None;
         }
         self.seen = now;
-        Some(RuleSet::load_dir(&self.dir))
+        Some(crate::policy::check::load(&self.dir, &self.sensitive))
     }
 }

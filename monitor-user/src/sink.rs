@@ -66,8 +66,6 @@ struct Health {
     missed: u64,
     /// When it started failing.
     since: Option<crate::event::Timestamp>,
-    /// It worked again after failing: its own stream should hear what it missed.
-    recovered: Option<u64>,
 }
 
 /// A failing output, for the runtime's fail-closed decision and the metrics.
@@ -116,12 +114,9 @@ impl Fanout {
         let now = || crate::event::Timestamp::now();
         for o in &mut self.outs {
             match f(o.sink.as_mut()) {
-                Ok(()) if records > 0 && o.health.failing.is_some() => {
-                    o.health.failing = None;
-                    o.health.recovered = Some(o.health.missed);
-                    o.health.missed = 0;
-                    o.health.since = None;
-                }
+                // A failing output is declared working again only by the probe in
+                // `report_losses` (a record written and flushed): a record taken
+                // into a buffer says nothing about the disk behind it.
                 Ok(()) => {}
                 Err(e) => {
                     if o.health.failing.is_none() {
@@ -201,8 +196,9 @@ impl Fanout {
     }
 
     /// Writes a `loss` record for every output that dropped records since the last
-    /// report (to the outputs that are writing), and to each output that works again
-    /// the record of what it missed. Returns the records written.
+    /// report (to the outputs that are writing), and tries each failing output with
+    /// the record of what it missed: written and flushed, it works again. Returns
+    /// the records written.
     pub fn report_losses(&mut self, host: &std::sync::Arc<str>, now: crate::event::Timestamp) -> Vec<Event> {
         let mut out = Vec::new();
         for i in 0..self.outs.len() {
@@ -217,25 +213,28 @@ impl Fanout {
                         && let Err(e) = o.sink.send(&ev)
                     {
                         o.health.failing = Some(e.to_string());
+                        o.health.since.get_or_insert(now);
                         o.health.unreported += 1;
                         o.health.missed += 1;
                     }
                 }
                 out.push(ev);
             }
-            if let Some(missed) = self.outs[i].health.recovered.take() {
-                let mut ev = output_loss(host, now, &name, missed, None, None);
-                ev.reason = Some(format!(
-                    "{name} works again; {missed} records before this one could not be written to it"
-                ));
-                let o = &mut self.outs[i];
-                if let Err(e) = o.sink.send(&ev) {
-                    o.health.failing = Some(e.to_string());
-                    o.health.missed = missed + 1;
-                    o.health.unreported += 1;
-                } else {
+        }
+        for o in self.outs.iter_mut().filter(|o| o.health.failing.is_some()) {
+            let (name, missed) = (o.sink.name(), o.health.missed);
+            let mut ev = output_loss(host, now, &name, missed, None, o.health.since);
+            ev.reason = Some(format!(
+                "{name} works again; {missed} records before this one could not be written to it"
+            ));
+            match o.sink.send(&ev).and_then(|()| o.sink.flush()) {
+                Ok(()) => {
+                    tracing::warn!("output {name} works again ({missed} records were not written to it)");
+                    o.health = Health::default();
                     out.push(ev);
                 }
+                // The probe is agentmon's own: not counted as a record lost.
+                Err(e) => o.health.failing = Some(e.to_string()),
             }
         }
         out
@@ -440,6 +439,12 @@ impl Sink for JsonLines {
 
     fn flush(&mut self) -> Result<(), SinkError> {
         self.out.flush().map_err(|e| self.err(e))
+    }
+
+    /// Each batch reaches the file at once: a reader following it sees events as
+    /// they happen, and an agentmon killed outright loses at most the batch at hand.
+    fn batch_end(&mut self) -> Result<(), SinkError> {
+        self.flush()
     }
 }
 

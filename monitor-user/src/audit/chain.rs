@@ -37,7 +37,11 @@ pub struct AuditChain {
     /// Records since the last checkpoint.
     unsigned: u64,
     line: Vec<u8>,
+    /// A write failed (a full disk): part of a line may be in the file. Nothing is
+    /// appended until [`AuditChain::recover`] has cut it off and resumed the chain.
     poisoned: bool,
+    /// When recovery was last tried (at most once a second).
+    tried: Option<std::time::Instant>,
     closed: bool,
 }
 
@@ -71,11 +75,7 @@ impl AuditChain {
             .mode(0o640)
             .open(path)
             .map_err(open_err)?;
-        let lock = match Flock::lock(file.try_clone().map_err(open_err)?, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => l,
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(AuditError::Locked { path: path.into() }),
-            Err((_, e)) => return Err(open_err(e.into())),
-        };
+        let lock = lock_waiting(&file, path)?;
         let mut chain = AuditChain {
             path: path.into(),
             out: BufWriter::with_capacity(1 << 16, file),
@@ -88,6 +88,7 @@ impl AuditChain {
             unsigned: 0,
             line: Vec::with_capacity(1024),
             poisoned: false,
+            tried: None,
             closed: false,
         };
         if let Err(e) = chain.resume() {
@@ -238,10 +239,43 @@ impl AuditChain {
         Ok(seq)
     }
 
+    /// After a failed write: the records still in the buffer are dropped (they were
+    /// never written whole), a torn last line is cut off, and the chain resumes from
+    /// the last record in the file with a recovery checkpoint. The records lost are
+    /// counted by the caller (a `loss` record, in this chain too once it works).
+    fn recover(&mut self) -> Result<(), AuditError> {
+        if self.tried.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+            return Err(AuditError::Poisoned { path: self.path.clone() });
+        }
+        self.tried = Some(std::time::Instant::now());
+        let path = self.path.clone();
+        let read_err = |source| AuditError::Read { path: path.clone(), source };
+        let file = self.out.get_ref().try_clone().map_err(read_err)?;
+        let old = std::mem::replace(&mut self.out, BufWriter::with_capacity(1 << 16, file));
+        drop(old.into_parts());
+        let mut f = self.out.get_ref();
+        f.seek(SeekFrom::Start(0)).map_err(read_err)?;
+        let report =
+            verify_reader(&path, BufReader::with_capacity(1 << 16, f), Some(&self.key.verifying_key()))?;
+        if let Some(p) = report.problems.iter().find(|p| p.kind == ProblemKind::Torn) {
+            f.set_len(p.offset).map_err(read_err)?;
+        }
+        self.poisoned = false;
+        self.next_seq = 0;
+        self.prev = GENESIS.into();
+        self.unsigned = 0;
+        if let Err(e) = self.resume() {
+            self.poisoned = true;
+            return Err(e);
+        }
+        tracing::warn!("audit chain {} resumed after a failed write", self.path.display());
+        Ok(())
+    }
+
     /// Writes one record as one complete line.
     fn write(&mut self, kind: RecordType, body: Value) -> Result<u64, AuditError> {
         if self.poisoned {
-            return Err(AuditError::Poisoned { path: self.path.clone() });
+            self.recover()?;
         }
         let seq = self.next_seq;
         let ts = Timestamp(now_ns()).to_string();
@@ -265,6 +299,39 @@ impl AuditChain {
             self.poisoned = true;
             AuditError::Write { path: self.path.clone(), seq: self.next_seq, source }
         })
+    }
+}
+
+/// How long opening waits for the chain's previous writer to let go: a writer
+/// killed with SIGKILL holds its lock until its exit is complete, which takes
+/// seconds while the kernel detaches its programs.
+#[cfg(not(test))]
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+#[cfg(test)]
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// The chain's exclusive lock, waiting up to [`LOCK_WAIT`] for a writer that is
+/// exiting; a writer still running after that keeps it (one writer per file).
+fn lock_waiting(file: &File, path: &Path) -> Result<Flock<File>, AuditError> {
+    let open_err = |source| AuditError::Open { path: path.into(), source };
+    let start = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        match Flock::lock(file.try_clone().map_err(open_err)?, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(l),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if start.elapsed() < LOCK_WAIT => {
+                if !said {
+                    tracing::warn!(
+                        "{}: another writer holds the chain; waiting for it to exit",
+                        path.display()
+                    );
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(AuditError::Locked { path: path.into() }),
+            Err((_, e)) => return Err(open_err(e.into())),
+        }
     }
 }
 

@@ -211,22 +211,41 @@ impl Writer {
         let segment = SEGMENT_BYTES.min(self.shared.max_bytes / 4).max(4096);
         if self.len > 0 && self.len + total > segment {
             self.flush()?;
-            self.seg += 1;
-            self.len = 0;
-            self.out = Self::create(&self.shared, self.seg)?;
-            *self.shared.flushed.lock().unwrap_or_else(|e| e.into_inner()) = Pos { seg: self.seg, off: 0 };
+            self.roll()?;
         }
         let p = self.shared.seg_path(self.seg);
-        let mut w = |b: &[u8]| self.out.write_all(b).map_err(io_err(&p));
-        w(&(body as u32).to_le_bytes())?;
-        w(&(subject.len() as u16).to_le_bytes())?;
-        w(subject.as_bytes())?;
-        w(&(id.len() as u16).to_le_bytes())?;
-        w(id.as_bytes())?;
-        w(payload)?;
+        // One write per record: a write that fails (a full disk) takes none of it, so
+        // the segment never holds half a record followed by whole ones.
+        let mut rec = Vec::with_capacity(total as usize);
+        rec.extend_from_slice(&(body as u32).to_le_bytes());
+        rec.extend_from_slice(&(subject.len() as u16).to_le_bytes());
+        rec.extend_from_slice(subject.as_bytes());
+        rec.extend_from_slice(&(id.len() as u16).to_le_bytes());
+        rec.extend_from_slice(id.as_bytes());
+        rec.extend_from_slice(payload);
+        if let Err(e) = self.out.write_all(&rec) {
+            // Only a record larger than the buffer is written past it, and may be
+            // torn: nothing may follow it in this segment (the reader skips a torn
+            // end of an older segment and counts it).
+            if rec.len() >= self.out.capacity() {
+                self.roll()?;
+            }
+            return Err(io_err(&p)(e));
+        }
         self.len += total;
         self.shared.bytes.fetch_add(total, Relaxed);
         Ok(true)
+    }
+
+    /// Starts the next segment.
+    fn roll(&mut self) -> Result<(), SpoolError> {
+        let old = std::mem::replace(&mut self.out, Self::create(&self.shared, self.seg + 1)?);
+        // What the old buffer still holds goes with it (flushed above when it could be).
+        drop(old.into_parts());
+        self.seg += 1;
+        self.len = 0;
+        *self.shared.flushed.lock().unwrap_or_else(|e| e.into_inner()) = Pos { seg: self.seg, off: 0 };
+        Ok(())
     }
 
     /// Makes the appended records visible to the publisher and wakes it.

@@ -91,7 +91,8 @@ pub fn body(ev: &Event) -> Option<Body> {
         | Kind::Approval
         | Kind::TaskStart
         | Kind::TaskEnd
-        | Kind::Step => {
+        | Kind::Step
+        | Kind::Rules => {
             return None;
         }
     })

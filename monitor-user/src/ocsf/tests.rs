@@ -548,7 +548,7 @@ fn every_kind_maps_or_is_documented_as_unmapped() {
         e.dst = Some(Dst::Ip { ip: "10.1.2.3".into(), port: 80 });
         let Some(v) = event(&e, Some(&task())) else {
             assert!(
-                matches!(kind, Action | ApprovalRequest | Approval | TaskStart | TaskEnd | Step),
+                matches!(kind, Action | ApprovalRequest | Approval | TaskStart | TaskEnd | Step | Rules),
                 "{kind:?}"
             );
             continue;

@@ -393,9 +393,9 @@ impl RuleSet {
         let mut texts = Vec::new();
         let mut errs = Vec::new();
         for f in files {
-            match std::fs::read_to_string(&f) {
+            match read_rule_file(&f) {
                 Ok(t) => texts.push((f, t)),
-                Err(e) => errs.push(RuleError { file: f.display().to_string(), line: 0, msg: e.to_string() }),
+                Err(e) => errs.push(e),
             }
         }
         Self::from_texts(texts.iter().map(|(f, t)| (f.as_path(), t.as_str())), errs)
@@ -444,12 +444,40 @@ pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RuleError> {
         line: 0,
         msg: format!("cannot read rules directory: {e}"),
     })?;
+    // Every *.yaml is a rule file, whatever it is: one that is not a regular file is
+    // an error when read (never silently skipped: a rule file replaced by a FIFO or
+    // a directory must not reload as fewer rules).
     let mut files: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// The largest rule file read.
+const RULE_FILE_MAX: u64 = 4 << 20;
+
+/// Reads a rule file: a regular file (opened without blocking, so a FIFO put in its
+/// place cannot hang the reader), at most [`RULE_FILE_MAX`] bytes, UTF-8.
+pub fn read_rule_file(p: &Path) -> Result<String, RuleError> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let err = |msg: String| RuleError { file: p.display().to_string(), line: 0, msg };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p)
+        .map_err(|e| err(e.to_string()))?;
+    let m = f.metadata().map_err(|e| err(e.to_string()))?;
+    if !m.is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    if m.len() > RULE_FILE_MAX {
+        return Err(err(format!("{} bytes: larger than a rule file may be ({RULE_FILE_MAX})", m.len())));
+    }
+    let mut text = String::new();
+    f.take(RULE_FILE_MAX).read_to_string(&mut text).map_err(|e| err(e.to_string()))?;
+    Ok(text)
 }
 
 #[cfg(test)]

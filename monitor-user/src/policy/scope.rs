@@ -129,7 +129,8 @@ pub fn judge(ev: &Event, task: &Task, launch: bool) -> Option<Reason> {
         | Kind::Approval
         | Kind::TaskStart
         | Kind::TaskEnd
-        | Kind::Step => None,
+        | Kind::Step
+        | Kind::Rules => None,
     };
     if verdict.is_some() {
         return verdict;

@@ -87,7 +87,7 @@ impl Tree {
     fn add(&mut self, i: usize, e: &Event) {
         match e.kind {
             // agentmon's own records and task lifecycle: at the top, between the trees.
-            Kind::Loss | Kind::Action | Kind::TaskStart | Kind::TaskEnd | Kind::Step => {
+            Kind::Loss | Kind::Action | Kind::TaskStart | Kind::TaskEnd | Kind::Step | Kind::Rules => {
                 self.top.push(Entry::Ev(i))
             }
             Kind::Fork => {

@@ -46,7 +46,7 @@ pub struct DaemonOptions {
 }
 
 pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
-    let rules = load_rules(&opts.rules)?;
+    let rules = load_rules(&opts.rules, &opts.sensitive)?;
     let layers = Layers::probe();
     eprintln!("agentmon daemon: enforcement layers on this host:");
     for l in layers.describe() {
@@ -92,7 +92,7 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
         server.path.display()
     );
     let extras = Extras { selectors: opts.selectors.clone(), metrics, nats, ..Default::default() };
-    let mut rt = Runtime::new(engine, server, rules_watch(&opts.rules), extras)?;
+    let mut rt = Runtime::new(engine, server, rules_watch(&opts.rules, &opts.sensitive), extras)?;
     let resumed = tasks::resume(&mut rt.e);
     if !resumed.is_empty() {
         eprintln!("agentmon daemon: resumed {} running tasks: {}", resumed.len(), resumed.join(", "));

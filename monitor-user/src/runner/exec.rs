@@ -102,7 +102,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     if let (Some(_), Some(sock)) = (&opts.task, opts.daemon.clone()) {
         return registered(opts, sock).await;
     }
-    let rules = load_rules(&opts.rules)?;
+    let rules = load_rules(&opts.rules, &opts.sensitive)?;
     let layers = Layers::probe();
     report_layers(&opts, &layers);
     let setup = Setup::new(layers, opts.own_files(), opts.approval_timeout);
@@ -131,7 +131,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
             opts.events.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "stdout".into()),
         );
     }
-    let mut rt = Runtime::new(engine, server, rules_watch(&opts.rules), Extras::default())?;
+    let mut rt = Runtime::new(engine, server, rules_watch(&opts.rules, &opts.sensitive), Extras::default())?;
 
     let (ours, theirs) = Mailbox::socketpair()?;
     rt.e.mailboxes.push(Mailbox::new(ours)?);

@@ -28,7 +28,8 @@ pub use setup::OnExpiry;
 
 use crate::{
     launch::LaunchError,
-    policy::{RuleError, RuleSet, shipped},
+    policy::{RuleSet, check, shipped},
+    sensitive::SensitiveSet,
 };
 
 /// Task cookie of the first task bound; later ones get the next ones.
@@ -55,8 +56,8 @@ pub enum RunError {
     Sink(#[from] crate::sink::SinkError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("invalid rules:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
-    Rules(Vec<RuleError>),
+    #[error("invalid rules:\n{}", .0.join("\n"))]
+    Rules(Vec<String>),
     #[error("delegation refused: {0}")]
     Delegation(String),
     #[error(transparent)]
@@ -76,18 +77,21 @@ impl RunError {
     }
 }
 
-fn load_rules(choice: &RulesChoice) -> Result<Option<RuleSet>, RunError> {
+/// The rules, checked as `agentmon rules check` checks them (examples included).
+fn load_rules(choice: &RulesChoice, sensitive: &SensitiveSet) -> Result<Option<RuleSet>, RunError> {
     match choice {
-        RulesChoice::Shipped => shipped::rules().map(Some).map_err(RunError::Rules),
-        RulesChoice::Dir(d) => RuleSet::load_dir(d).map(Some).map_err(RunError::Rules),
+        RulesChoice::Shipped => shipped::rules()
+            .map(Some)
+            .map_err(|e| RunError::Rules(e.iter().map(ToString::to_string).collect())),
+        RulesChoice::Dir(d) => check::load(d, sensitive).map(Some).map_err(RunError::Rules),
         RulesChoice::None => Ok(None),
     }
 }
 
 /// The rules directory's watcher, when the rules come from one.
-fn rules_watch(choice: &RulesChoice) -> Option<crate::judge::RulesWatch> {
+fn rules_watch(choice: &RulesChoice, sensitive: &SensitiveSet) -> Option<crate::judge::RulesWatch> {
     match choice {
-        RulesChoice::Dir(d) => Some(crate::judge::RulesWatch::new(d)),
+        RulesChoice::Dir(d) => Some(crate::judge::RulesWatch::new(d, sensitive)),
         _ => None,
     }
 }

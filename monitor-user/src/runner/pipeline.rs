@@ -21,7 +21,10 @@ use crate::{
     kernel::loader::Sensors,
     policy::Action,
     sink::Fanout,
+    task::Stop,
 };
+
+use super::setup::OnExpiry;
 
 /// Everything that turns records into judged events.
 pub struct Pipeline {
@@ -202,19 +205,36 @@ impl Pipeline {
     }
 
     /// Tasks whose expiry passed: their end is recorded (`task_end`, "expired"; on NATS
-    /// the revoke), and with `kill` they are killed first. Their processes stay
-    /// watched, and judged out of scope.
-    pub fn expire(&mut self, sensors: &mut Sensors, kill: bool) -> Vec<Event> {
+    /// the revoke), after what the task's `on_expiry` (else the host's `on_expiry`
+    /// for observed tasks, freeze for enforced ones) says: freeze or kill the tree.
+    /// A sub-task, which shares its parent's cgroup, is killed where it would be
+    /// frozen. Processes left running stay watched and are judged out of scope.
+    pub fn expire(&mut self, sensors: &mut Sensors, host: OnExpiry) -> Vec<Event> {
         let now = self.enr.clock().now_wall();
-        let due: Vec<Arc<str>> = self
+        let due: Vec<(Arc<str>, Stop)> = self
             .task_ids()
             .into_iter()
-            .filter(|id| !self.ended.contains(id) && self.judge.task(id).is_some_and(|b| b.task.expired(now)))
+            .filter(|id| !self.ended.contains(id))
+            .filter_map(|id| {
+                let t = &self.judge.task(&id)?.task;
+                let stop = match (t.on_expiry, host) {
+                    (Some(s), _) => s,
+                    (None, OnExpiry::Kill) => Stop::Kill,
+                    (None, OnExpiry::End) if t.enforce => Stop::Freeze,
+                    (None, OnExpiry::End) => Stop::Continue,
+                };
+                t.expired(now).then_some((id, stop))
+            })
             .collect();
         let mut out = Vec::new();
-        for id in due {
-            if kill {
-                let o = self.contain.act(sensors, &id, Act::Kill, By::Expiry, self.enr.host(), now);
+        for (id, stop) in due {
+            let act = match stop {
+                Stop::Continue => None,
+                Stop::Freeze if self.contain.cgroup(&id).is_some() => Some(Act::Freeze),
+                Stop::Freeze | Stop::Kill => Some(Act::Kill),
+            };
+            if let Some(act) = act {
+                let o = self.contain.act(sensors, &id, act, By::Expiry, self.enr.host(), now);
                 out.extend(o.event);
             }
             out.extend(self.task_ended(&id, "the task expired"));

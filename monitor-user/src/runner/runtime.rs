@@ -15,16 +15,9 @@ use super::{
     engine::Engine,
     outputs::NatsHandles,
     select::{Scanner, Selectors},
-    setup::OnExpiry,
     tasks,
 };
-use crate::{
-    ctl,
-    gate::Gate,
-    judge::{Judge, RulesWatch},
-    kernel::loader::POLL_INTERVAL,
-    metrics::Metrics,
-};
+use crate::{ctl, gate::Gate, judge::RulesWatch, kernel::loader::POLL_INTERVAL, metrics::Metrics};
 
 /// What a daemon adds to the loop.
 #[derive(Default)]
@@ -35,6 +28,8 @@ pub struct Extras {
     pub nats: Option<NatsHandles>,
     /// Ended tasks whose state record says so already.
     pub marked: std::collections::HashSet<std::sync::Arc<str>>,
+    /// Tasks frozen because an output failed (thawed when outputs work again).
+    pub failed_closed: std::collections::HashSet<std::sync::Arc<str>>,
 }
 
 pub struct Runtime {
@@ -200,9 +195,9 @@ fn housekeeping(e: &mut Engine, watch: Option<&mut RulesWatch>, extras: &mut Ext
         e.out.send(&ev);
     }
     if let Some(w) = watch {
-        reload(w, &mut e.p.judge);
+        reload(w, e);
     }
-    for ev in e.p.expire(&mut e.sensors, e.setup.on_expiry == OnExpiry::Kill) {
+    for ev in e.p.expire(&mut e.sensors, e.setup.on_expiry) {
         e.out.send(&ev);
     }
     // Host names in allowlists: new addresses are added every minute.
@@ -226,16 +221,66 @@ fn housekeeping(e: &mut Engine, watch: Option<&mut RulesWatch>, extras: &mut Ext
             }
         }
     }
+    fail_closed(e, &mut extras.failed_closed);
     forget_finished(e, &mut extras.marked);
     let (host, now) = (e.host(), e.p.enr.clock().now_wall());
-    if let Some(st) = &e.setup.state {
-        st.beat(now);
-    }
     e.out.report_losses(&host, now);
     if let Some(m) = &extras.metrics {
         report(m, e, extras.nats.as_ref());
     }
     e.out.flush();
+    // Everything seen until `now` is written: a daemon that dies from here on
+    // leaves a gap that starts now (its successor reports it).
+    if let Some(st) = &e.setup.state {
+        st.beat(now);
+    }
+}
+
+/// While a main output fails, each task whose `on_output_failure` says so is frozen
+/// or killed (enforced tasks by default: what they do could not be recorded); when
+/// every output works again, those frozen are thawed.
+fn fail_closed(e: &mut Engine, frozen: &mut std::collections::HashSet<std::sync::Arc<str>>) {
+    use crate::{
+        contain::{Act, By},
+        task::Stop,
+    };
+    let failing = e.out.failing();
+    let (host, now) = (e.host(), e.p.enr.clock().now_wall());
+    let Some(f) = failing.first() else {
+        for id in std::mem::take(frozen) {
+            let o = e.p.contain.act(&mut e.sensors, &id, Act::Thaw, By::Outputs(None), host.clone(), now);
+            if let Some(ev) = o.event {
+                e.out.send(&ev);
+            }
+        }
+        return;
+    };
+    for id in e.p.task_ids() {
+        if frozen.contains(&id) || e.p.ended.contains(&id) || e.p.contain.was_killed(&id) {
+            continue;
+        }
+        let Some(stop) = e.p.judge.task(&id).map(|b| b.task.output_failure()) else { continue };
+        let act = match stop {
+            Stop::Continue => continue,
+            Stop::Freeze if e.p.contain.cgroup(&id).is_some() => Act::Freeze,
+            // A sub-task is frozen with its parent (which has the same choice or
+            // a weaker one): kill only when asked to.
+            Stop::Freeze => continue,
+            Stop::Kill => Act::Kill,
+        };
+        let by = By::Outputs(Some((&f.output, &f.error)));
+        let o = e.p.contain.act(&mut e.sensors, &id, act, by, host.clone(), now);
+        if act == Act::Freeze && o.result.is_ok() {
+            frozen.insert(id.clone());
+        }
+        match &o.result {
+            Ok(m) => tracing::error!("{m}: {} cannot be written", f.output),
+            Err(err) => tracing::error!("task {id}: {} on output failure failed: {err}", act.as_str()),
+        }
+        if let Some(ev) = o.event {
+            e.out.send(&ev);
+        }
+    }
 }
 
 /// Resolves when the child exits (never, without one).
@@ -263,19 +308,59 @@ async fn gate_deadline(gates: &[Gate]) {
     }
 }
 
-/// Reloads changed rules; an invalid edit keeps the old rules and says why.
-fn reload(w: &mut RulesWatch, judge: &mut Judge) {
-    match w.poll() {
-        None => {}
-        Some(Ok(set)) => {
-            eprintln!("agentmon: rules reloaded ({} rules)", set.len());
-            judge.set_rules(set);
-        }
-        Some(Err(errs)) => {
-            eprintln!("agentmon: rules not reloaded, keeping the {} rules in force:", judge.rule_count());
-            for e in errs {
-                eprintln!("  {e}");
+/// Reloads changed rules; an invalid edit keeps the old rules. Either way a `rules`
+/// record says what happened; a reload that drops rules also raises an alert (a
+/// weakened policy is what an attacker who reached the rules would leave).
+fn reload(w: &mut RulesWatch, e: &mut Engine) {
+    let Some(r) = w.poll() else { return };
+    let before = e.p.judge.rule_ids();
+    let mut ev = crate::event::Event::new(crate::event::Kind::Rules, e.p.enr.clock().now_wall(), e.host());
+    ev.pid = std::process::id();
+    ev.tid = ev.pid;
+    ev.comm = "agentmon".into();
+    match r {
+        Ok(set) => {
+            let after: Vec<String> = set.rules.iter().map(|r| r.id.clone()).collect();
+            let added: Vec<&String> = after.iter().filter(|id| !before.contains(id)).collect();
+            let removed: Vec<&String> = before.iter().filter(|id| !after.contains(id)).collect();
+            ev.reason = Some(format!("rules reloaded: {} in force", after.len()));
+            ev.detail.insert("count".into(), serde_json::json!(after.len()));
+            ev.detail.insert("added".into(), serde_json::json!(added));
+            ev.detail.insert("removed".into(), serde_json::json!(removed));
+            eprintln!(
+                "agentmon: rules reloaded ({} rules; {} added, {} removed)",
+                after.len(),
+                added.len(),
+                removed.len()
+            );
+            let dropped = !removed.is_empty();
+            if dropped {
+                ev.reason = Some(format!(
+                    "rules reloaded: {} rules removed ({}), {} in force",
+                    removed.len(),
+                    removed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                    after.len()
+                ));
             }
+            e.p.judge.set_rules(set);
+            e.out.send(&ev);
+            if dropped {
+                ev.verdict = Some("violation".into());
+                e.out.alert(&e.p.judge.tamper_alert(&ev));
+            }
+        }
+        Err(errs) => {
+            eprintln!("agentmon: rules not reloaded, keeping the {} rules in force:", before.len());
+            for err in &errs {
+                eprintln!("  {err}");
+            }
+            ev.reason = Some(format!(
+                "rules not reloaded ({} problems); the {} rules in force stay",
+                errs.len(),
+                before.len()
+            ));
+            ev.detail.insert("errors".into(), serde_json::json!(errs));
+            e.out.send(&ev);
         }
     }
 }

@@ -39,6 +39,8 @@ struct RawManifest {
     approval_required: Vec<S<String>>,
     /// observe (default) or enforce.
     enforcement: Option<S<String>>,
+    on_expiry: Option<S<String>>,
+    on_output_failure: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +105,10 @@ pub fn yaml_error(e: &serde_saphyr::Error) -> (u64, String) {
     (line, msg.to_string())
 }
 
+/// The longest a task may be declared to live: a longer expiry is a mistake (or an
+/// attempt to have none), and times far off overflow what records can say.
+const MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(366 * 86_400);
+
 /// Parses a manifest's text. `file` names it in errors; `now` anchors `expires_in`.
 pub fn parse(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestError> {
     let fname = file.display().to_string();
@@ -133,13 +139,41 @@ pub fn parse(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestEr
         (Some(d), None) => {
             let dur = humantime::parse_duration(&d.value)
                 .map_err(|e| cx.err(d, "expires_in", format!("{:?}: {e} (e.g. 30m, 2h, 1h30m)", d.value)))?;
+            if dur > MAX_LIFETIME {
+                return Err(cx.err(
+                    d,
+                    "expires_in",
+                    format!("{:?} is longer than a task may live (366 days)", d.value),
+                ));
+            }
             Some(Timestamp(now.0 + dur.as_nanos() as i128))
         }
-        (None, Some(t)) => Some(Timestamp::parse(&t.value).ok_or_else(|| {
-            cx.err(t, "expires_at", format!("{:?} is not an RFC 3339 time (2026-12-01T10:00:00Z)", t.value))
-        })?),
+        (None, Some(t)) => {
+            let at = Timestamp::parse(&t.value).ok_or_else(|| {
+                cx.err(
+                    t,
+                    "expires_at",
+                    format!("{:?} is not an RFC 3339 time (2026-12-01T10:00:00Z)", t.value),
+                )
+            })?;
+            if at.0 > now.0 + MAX_LIFETIME.as_nanos() as i128 {
+                return Err(cx.err(t, "expires_at", format!("{:?} is more than 366 days away", t.value)));
+            }
+            Some(at)
+        }
         (None, None) => None,
     };
+    let stop = |v: &Option<S<String>>, field: &str| -> Result<Option<super::Stop>, ManifestError> {
+        v.as_ref()
+            .map(|s| {
+                super::Stop::parse(&s.value).ok_or_else(|| {
+                    cx.err(s, field, format!("{:?} is not one of {}", s.value, super::Stop::NAMES.join(", ")))
+                })
+            })
+            .transpose()
+    };
+    let on_expiry = stop(&raw.on_expiry, "on_expiry")?;
+    let on_output_failure = stop(&raw.on_output_failure, "on_output_failure")?;
 
     let sc = &raw.scope;
     let read = cx.paths("scope.read", &sc.read)?;
@@ -197,6 +231,8 @@ pub fn parse(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestEr
     let mut task = Task {
         id,
         enforce,
+        on_expiry,
+        on_output_failure,
         agent: raw.agent.map(|a| a.value),
         principal: raw.principal.map(|p| p.value),
         mode,

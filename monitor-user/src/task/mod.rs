@@ -95,6 +95,31 @@ impl Op {
     }
 }
 
+/// What agentmon does to a task's processes when it can no longer hold the task to
+/// its declaration: its expiry passed, or its record cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Record it (and, at expiry, end the task); the processes run on.
+    Continue,
+    /// Freeze the tree (kept for forensics; thawed when records can be written again).
+    Freeze,
+    /// Kill the tree.
+    Kill,
+}
+
+impl Stop {
+    pub const NAMES: [&'static str; 3] = ["continue", "freeze", "kill"];
+
+    pub fn parse(s: &str) -> Option<Stop> {
+        Some(match s {
+            "continue" => Stop::Continue,
+            "freeze" => Stop::Freeze,
+            "kill" => Stop::Kill,
+            _ => return None,
+        })
+    }
+}
+
 /// A validated, compiled task.
 #[derive(Debug, Clone)]
 pub struct Task {
@@ -107,6 +132,11 @@ pub struct Task {
     pub principal: Option<String>,
     pub mode: Mode,
     pub expires: Option<Timestamp>,
+    /// At expiry (None: the host's choice; see runner::setup).
+    pub on_expiry: Option<Stop>,
+    /// When an output agentmon records to fails (a full disk); see
+    /// [`Task::output_failure`].
+    pub on_output_failure: Option<Stop>,
     pub read: PathSet,
     pub write: PathSet,
     pub delete: PathSet,
@@ -168,6 +198,12 @@ impl Task {
             }
         }
         Ok(())
+    }
+
+    /// What an output failure does to the task: as declared, else freeze under
+    /// enforcement (fail closed) and continue when observing.
+    pub fn output_failure(&self) -> Stop {
+        self.on_output_failure.unwrap_or(if self.enforce { Stop::Freeze } else { Stop::Continue })
     }
 
     pub fn expired(&self, at: Timestamp) -> bool {

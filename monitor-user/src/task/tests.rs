@@ -146,3 +146,23 @@ fn parser_never_panics() {
         })
         .unwrap();
 }
+
+#[test]
+fn lifetimes_are_bounded_and_stops_named() {
+    let e = parse_err("id: a\nmode: read\nexpires_in: 580000000000y\n");
+    assert_eq!((e.line, e.field.as_str()), (3, "expires_in"), "{e}");
+    let e = parse_err("id: a\nmode: read\nexpires_in: 400days\n");
+    assert!(e.msg.contains("366 days"), "{e}");
+    let e = parse_err("id: a\nmode: read\nexpires_at: \"9999-01-01T00:00:00Z\"\n");
+    assert_eq!(e.field, "expires_at", "{e}");
+    assert!(parse("id: a\nmode: read\nexpires_in: 365days\n", Path::new("t.yaml"), NOW).is_ok());
+    let e = parse_err("id: a\nmode: read\non_expiry: explode\n");
+    assert_eq!((e.line, e.field.as_str()), (3, "on_expiry"), "{e}");
+    let t = parse_ok("id: a\nmode: read\non_expiry: kill\n");
+    assert_eq!(t.on_expiry, Some(Stop::Kill));
+    assert_eq!(t.output_failure(), Stop::Continue);
+    let t = parse_ok("id: a\nmode: read\nenforcement: enforce\n");
+    assert_eq!(t.output_failure(), Stop::Freeze);
+    let t = parse_ok("id: a\nmode: read\nenforcement: enforce\non_output_failure: kill\n");
+    assert_eq!(t.output_failure(), Stop::Kill);
+}
