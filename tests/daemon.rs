@@ -276,29 +276,35 @@ pub fn daemon_serves_concurrent_tasks() -> R {
 
 /// A daemon stopped and started again while a task runs: the new daemon resumes the
 /// task from its state record, and the task's later events, exit and end are its own.
+/// `agentmon exec` registering task `id` with the daemon at `sock`: the stream
+/// scenario writing `count` files under `dir`, 40 ms apart.
+fn stream_task(d: &Path, sock: &Path, id: &str, dir: &Path, count: u32) -> Result<Child, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    Command::new(agentmon())
+        .args(["exec", "--quiet", "--daemon"])
+        .arg(sock)
+        .arg("--task")
+        .arg(manifest(d, id, dir)?)
+        .arg("--")
+        .args(stream_cmd(dir, count, 40)?)
+        .env(SCENARIO_ENV, "stream")
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())
+}
+
+/// How many files the stream scenario under `dir` has written.
+fn progress(dir: &Path) -> u32 {
+    std::fs::read_to_string(dir.join("out/progress")).ok().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
 pub fn daemon_restart_resumes_tasks() -> R {
     let d = workdir("daemon-restart");
     let (sock, all) = daemon_paths(&d);
     let first = start_daemon(&d, "")?;
     let dir = d.join("r");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let mut exec = Command::new(agentmon())
-        .args(["exec", "--quiet", "--daemon"])
-        .arg(&sock)
-        .arg("--task")
-        .arg(manifest(&d, "restarted", &dir)?)
-        .arg("--")
-        .args(stream_cmd(&dir, 250, 40)?)
-        .env(SCENARIO_ENV, "stream")
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let progress = || {
-        std::fs::read_to_string(dir.join("out/progress"))
-            .ok()
-            .and_then(|s| s.parse::<u32>().ok())
-            .unwrap_or(0)
-    };
+    let mut exec = stream_task(&d, &sock, "restarted", &dir, 250)?;
+    let progress = || progress(&dir);
     let going = wait(Duration::from_secs(20), || progress() >= 10);
     let stopped = stop(first);
     let at_stop = progress();
@@ -516,24 +522,8 @@ pub fn daemon_kill9_restart_reports_the_gap() -> R {
     );
     let first = start_daemon(&d, &audit)?;
     let dir = d.join("r");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let mut exec = Command::new(agentmon())
-        .args(["exec", "--quiet", "--daemon"])
-        .arg(&sock)
-        .arg("--task")
-        .arg(manifest(&d, "gapped", &dir)?)
-        .arg("--")
-        .args(stream_cmd(&dir, 200, 40)?)
-        .env(SCENARIO_ENV, "stream")
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let progress = || {
-        std::fs::read_to_string(dir.join("out/progress"))
-            .ok()
-            .and_then(|s| s.parse::<u32>().ok())
-            .unwrap_or(0)
-    };
+    let mut exec = stream_task(&d, &sock, "gapped", &dir, 200)?;
+    let progress = || progress(&dir);
     let going = wait(Duration::from_secs(20), || progress() >= 10);
     let mut first = first;
     let _ = first.kill();
