@@ -60,6 +60,10 @@ fn run_attempts(
     Ok((run, res))
 }
 
+fn root_pid(run: &support::Run) -> Result<u32, String> {
+    run.events.iter().find(|e| e.kind == Kind::Exec).map(|e| e.pid).ok_or_else(|| run.summary())
+}
+
 const CORE: [&str; 6] = ["write_in", "write_out", "delete_out", "exec_out", "tcp", "udp"];
 
 pub fn enforce_denies_out_of_scope() -> R {
@@ -153,7 +157,7 @@ pub fn tamper_attempts_fail() -> R {
         "compat_creat".into(),
         "x32_getpid".into(),
     ];
-    let (_run, res) = run_attempts(&d, &task, &actions)?;
+    let (run, res) = run_attempts(&d, &task, &actions)?;
     let want = [
         ("signal_agentmon", EPERM),
         ("ptrace_agentmon", EPERM),
@@ -167,8 +171,8 @@ pub fn tamper_attempts_fail() -> R {
         // A 32-bit syscall, which syscall tracepoints do not report: killed by the
         // filter, and the (in-scope) file it would have created is not there.
         ("compat_creat", 1000 + libc::SIGSYS),
-        // ... and an x32 one refused by the filter (the kernel alone says ENOSYS here).
-        ("x32_getpid", EPERM),
+        // ... and an x32 one killed the same way (the kernel alone says ENOSYS here).
+        ("x32_getpid", 1000 + libc::SIGSYS),
     ];
     for (k, v) in want {
         eq(&format!("{k} errno"), res.get(k).copied(), Some(v))?;
@@ -177,6 +181,59 @@ pub fn tamper_attempts_fail() -> R {
     ensure(std::fs::read(&events).map_err(|e| e.to_string())?.is_empty(), || {
         "the events file was written by the agent".into()
     })?;
+    // Every refused attempt is an event, refused ('denied') and with its errno.
+    let denied = |kind: Kind, syscall: &str, errno: &str| {
+        run.events.iter().any(|e| {
+            e.kind == kind
+                && e.syscall.as_deref() == Some(syscall)
+                && e.error.as_deref() == Some(errno)
+                && e.verdict.as_deref() == Some("denied")
+        })
+    };
+    for (kind, syscall, errno) in [
+        (Kind::Tamper, "kill", "EPERM"),
+        (Kind::Ptrace, "ptrace", "EPERM"),
+        (Kind::Tamper, "pidfd_getfd", "EPERM"),
+        (Kind::Bpf, "bpf", "EPERM"),
+        (Kind::Tamper, "io_uring_setup", "EPERM"),
+        (Kind::Tamper, "socket", "EPERM"),
+        (Kind::FileWrite, "openat", "EACCES"),
+        (Kind::FileCreate, "openat", "EACCES"),
+    ] {
+        ensure(denied(kind, syscall, errno), || {
+            format!("no denied {kind:?} event of {syscall} ({errno}):\n{}", run.summary())
+        })?;
+    }
+    let sigsys = run.of(Kind::Exit).iter().filter(|e| e.signal.as_deref() == Some("SIGSYS")).count();
+    eq("processes killed for 32-bit and x32 calls", sigsys, 2)?;
+    Ok(())
+}
+
+/// In observe mode nothing stops a root agent from tracing agentmon: the trace is
+/// an event, and agentmon's stopped loop is a tamper record with the tracer's pid.
+pub fn stopped_agentmon_is_reported() -> R {
+    let (d, task) = setup("stopped", false)?;
+    let (run, res) = run_attempts(&d, &task, &["stop_agentmon".to_string()])?;
+    eq("ptrace attach (observe)", res.get("stop_agentmon").copied(), Some(0))?;
+    let agent = root_pid(&run)?;
+    let traced = run.of(Kind::Ptrace);
+    ensure(
+        traced.iter().any(|e| e.detail.get("request").and_then(|v| v.as_str()) == Some("PTRACE_ATTACH")),
+        || run.summary(),
+    )?;
+    let stop = run
+        .events
+        .iter()
+        .find(|e| {
+            e.kind == Kind::Tamper
+                && e.detail.get("attempt").and_then(|v| v.as_str()) == Some("stopping agentmon")
+        })
+        .ok_or_else(|| format!("no record of the stopped loop:\n{}", run.summary()))?;
+    eq("tracer", stop.detail.get("tracer_pid").and_then(|v| v.as_u64()), Some(agent as u64))?;
+    ensure(stop.detail.get("stopped_ms").and_then(|v| v.as_u64()).is_some_and(|ms| ms >= 2000), || {
+        format!("{:?}", stop.detail)
+    })?;
+    ensure(run.alerts.iter().any(|a| a.event.id == stop.id), || "no alert for the stopped loop".into())?;
     Ok(())
 }
 

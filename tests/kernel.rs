@@ -52,6 +52,7 @@ fn main() {
         ("enforce_denies_out_of_scope", enforce::enforce_denies_out_of_scope),
         ("observe_flags_but_allows", enforce::observe_flags_but_allows),
         ("tamper_attempts_fail", enforce::tamper_attempts_fail),
+        ("stopped_agentmon_is_reported", enforce::stopped_agentmon_is_reported),
         ("in_scope_workload_runs", enforce::in_scope_workload_runs),
         ("unenforceable_task_refused", enforce::unenforceable_task_refused),
         ("enforce_network_allowlist", enforce::enforce_network_allowlist),

@@ -23,6 +23,7 @@
 //! | PTRACE | [0] request, [1] target pid |
 //! | BPF | [0] command |
 //! | PRIVILEGE | [0..3] ids as passed (uid/gid triples); op tells which call |
+//! | TAMPER | [0..3] the call's first three arguments as passed; op tells which call |
 
 // Process, 1xx.
 pub const FORK: u16 = 100;
@@ -49,6 +50,9 @@ pub const IOURING_SUBMIT: u16 = 401;
 pub const PTRACE: u16 = 500;
 pub const BPF: u16 = 501;
 pub const PRIVILEGE: u16 = 502;
+/// A call against agentmon (a signal to it) or one no task needs (mount, modules,
+/// another process's memory or descriptors, file handles), or a refused socket.
+pub const TAMPER: u16 = 503;
 
 /// Every kernel kind, in counter-slot order.
 pub const ALL: [u16; 22] = [
@@ -72,7 +76,7 @@ pub const ALL: [u16; 22] = [
     PTRACE,
     BPF,
     PRIVILEGE,
-    0,
+    TAMPER,
     0,
 ];
 
@@ -99,6 +103,7 @@ pub const fn slot(kind: u16) -> u32 {
         PTRACE => 17,
         BPF => 18,
         PRIVILEGE => 19,
+        TAMPER => 20,
         _ => crate::COUNTER_SLOTS - 1,
     }
 }

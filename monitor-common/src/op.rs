@@ -65,4 +65,27 @@ ops! {
     SETFSUID = 88, "setfsuid";
     SETFSGID = 89, "setfsgid";
     CAPSET = 90, "capset";
+
+    KILL = 100, "kill";
+    TKILL = 101, "tkill";
+    TGKILL = 102, "tgkill";
+    PIDFD_SEND_SIGNAL = 103, "pidfd_send_signal";
+    SOCKET = 104, "socket";
+    MOUNT = 105, "mount";
+    UMOUNT2 = 106, "umount2";
+    PIVOT_ROOT = 107, "pivot_root";
+    FSOPEN = 108, "fsopen";
+    MOVE_MOUNT = 109, "move_mount";
+    INIT_MODULE = 110, "init_module";
+    FINIT_MODULE = 111, "finit_module";
+    DELETE_MODULE = 112, "delete_module";
+    KEXEC_LOAD = 113, "kexec_load";
+    KEXEC_FILE_LOAD = 114, "kexec_file_load";
+    PERF_EVENT_OPEN = 115, "perf_event_open";
+    PROCESS_VM_READV = 116, "process_vm_readv";
+    PROCESS_VM_WRITEV = 117, "process_vm_writev";
+    PIDFD_GETFD = 118, "pidfd_getfd";
+    OPEN_BY_HANDLE_AT = 119, "open_by_handle_at";
+    NAME_TO_HANDLE_AT = 120, "name_to_handle_at";
+    IOURING_SETUP_CALL = 121, "io_uring_setup";
 }

@@ -1,10 +1,16 @@
-//! Privilege-relevant calls: ptrace, bpf, the setuid/setgid family and capset.
+//! Privilege-relevant calls: ptrace, bpf, the setuid/setgid family and capset; and
+//! the calls against agentmon or that no task needs (kind TAMPER): signals to
+//! agentmon, mounts, modules, kexec, perf, another process's memory or descriptors,
+//! file handles, and socket families refused by enforcement.
 //! (Fileless exec is flagged on the exec event, see process.rs.)
 
-use aya_ebpf::helpers::generated as h;
+use aya_ebpf::{helpers::generated as h, macros::tracepoint, programs::TracePointContext};
 use monitor_common::{kind, op};
 
-use crate::kern::sys;
+use crate::kern::{Args, Ev, conf, sys, sys_ret, tracked};
+
+const EPERM: i64 = 1;
+const EACCES: i64 = 13;
 
 sys!(sys_exit_ptrace, op::PTRACE, kind::PTRACE, |a, ev| {
     ev.arg(0, a.get(0));
@@ -42,3 +48,101 @@ sys!(sys_exit_capset, op::CAPSET, kind::PRIVILEGE, |a, ev| {
         ev.arg(2, d[2] as u64);
     }
 });
+
+macro_rules! never {
+    ($exit:ident, $op:expr) => {
+        sys!($exit, $op, kind::TAMPER, |a, ev| {
+            ev.arg(0, a.get(0));
+            ev.arg(1, a.get(1));
+            ev.arg(2, a.get(2));
+        });
+    };
+}
+// Rare, and never part of a task's work: every call (refused or not) is reported.
+never!(sys_exit_mount, op::MOUNT);
+never!(sys_exit_umount2, op::UMOUNT2);
+never!(sys_exit_pivot_root, op::PIVOT_ROOT);
+never!(sys_exit_fsopen, op::FSOPEN);
+never!(sys_exit_move_mount, op::MOVE_MOUNT);
+never!(sys_exit_init_module, op::INIT_MODULE);
+never!(sys_exit_finit_module, op::FINIT_MODULE);
+never!(sys_exit_delete_module, op::DELETE_MODULE);
+never!(sys_exit_kexec_load, op::KEXEC_LOAD);
+never!(sys_exit_kexec_file_load, op::KEXEC_FILE_LOAD);
+never!(sys_exit_perf_event_open, op::PERF_EVENT_OPEN);
+never!(sys_exit_process_vm_readv, op::PROCESS_VM_READV);
+never!(sys_exit_process_vm_writev, op::PROCESS_VM_WRITEV);
+never!(sys_exit_pidfd_getfd, op::PIDFD_GETFD);
+never!(sys_exit_open_by_handle_at, op::OPEN_BY_HANDLE_AT);
+never!(sys_exit_name_to_handle_at, op::NAME_TO_HANDLE_AT);
+
+/// Emits a TAMPER event of `o` with the call's first three arguments when `when`
+/// holds for (return value, arguments).
+#[inline(always)]
+fn tamper_if(ctx: &TracePointContext, o: u16, when: impl Fn(i64, &Args) -> bool) -> Option<()> {
+    let t = tracked()?;
+    let a = Args::current();
+    let ret = sys_ret(ctx);
+    if !when(ret, &a) {
+        return None;
+    }
+    let mut ev = Ev::new(kind::TAMPER, o, &t, ret)?;
+    ev.arg(0, a.get(0));
+    ev.arg(1, a.get(1));
+    ev.arg(2, a.get(2));
+    ev.emit();
+    Some(())
+}
+
+/// Whether a signal target (a pid argument) reaches agentmon: its own pid, every
+/// process (-1), or a process group (agentmon leads its own).
+#[inline(always)]
+fn at_agentmon(target: u64) -> bool {
+    let t = target as i32;
+    t == -1 || t.unsigned_abs() == conf!(self_tgid)
+}
+
+/// syscalls:sys_exit_kill(ret); arguments (pid, sig): aimed at agentmon, or refused.
+#[tracepoint]
+pub fn sys_exit_kill(ctx: TracePointContext) -> u32 {
+    let _ = tamper_if(&ctx, op::KILL, |ret, a| ret == -EPERM || at_agentmon(a.get(0)));
+    0
+}
+
+/// syscalls:sys_exit_tkill(ret); arguments (tid, sig).
+#[tracepoint]
+pub fn sys_exit_tkill(ctx: TracePointContext) -> u32 {
+    let _ = tamper_if(&ctx, op::TKILL, |ret, a| ret == -EPERM || at_agentmon(a.get(0)));
+    0
+}
+
+/// syscalls:sys_exit_tgkill(ret); arguments (tgid, tid, sig).
+#[tracepoint]
+pub fn sys_exit_tgkill(ctx: TracePointContext) -> u32 {
+    let _ = tamper_if(&ctx, op::TGKILL, |ret, a| ret == -EPERM || at_agentmon(a.get(0)));
+    0
+}
+
+/// syscalls:sys_exit_pidfd_send_signal(ret); arguments (pidfd, sig, info, flags):
+/// the target is behind a descriptor, so only refusals are reported.
+#[tracepoint]
+pub fn sys_exit_pidfd_send_signal(ctx: TracePointContext) -> u32 {
+    let _ = tamper_if(&ctx, op::PIDFD_SEND_SIGNAL, |ret, _| ret == -EPERM);
+    0
+}
+
+/// syscalls:sys_exit_socket(ret); arguments (family, type, protocol): a socket
+/// family enforcement refused (unix, raw, packet).
+#[tracepoint]
+pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
+    let _ = tamper_if(&ctx, op::SOCKET, |ret, _| ret == -EPERM || ret == -EACCES);
+    0
+}
+
+/// syscalls:sys_exit_io_uring_setup(ret); arguments (entries, params): a refused
+/// ring (a created one is reported by the io_uring tracepoints).
+#[tracepoint]
+pub fn sys_exit_io_uring_setup(ctx: TracePointContext) -> u32 {
+    let _ = tamper_if(&ctx, op::IOURING_SETUP_CALL, |ret, _| ret < 0);
+    0
+}

@@ -88,8 +88,43 @@ pub fn kind_name(k: u16) -> &'static str {
         kind::PTRACE => "ptrace",
         kind::BPF => "bpf",
         kind::PRIVILEGE => "privilege",
+        kind::TAMPER => "tamper",
         _ => "other",
     }
+}
+
+/// What a TAMPER record's call was after (`args`: its first three arguments).
+fn tamper_detail(ev: &mut Event, o: u16, args: &[u64; 5]) {
+    let me = std::process::id() as i32;
+    let (what, reason) = match o {
+        op::KILL | op::TKILL | op::TGKILL => {
+            let (target, sig) = if o == op::TGKILL { (args[0], args[2]) } else { (args[0], args[1]) };
+            let (target, sig) = (target as i32, sig as i32);
+            ev.detail.insert(Cow::Borrowed("target_pid"), json!(target));
+            ev.detail.insert(Cow::Borrowed("signal"), json!(names::signal(sig)));
+            if target == -1 || target.unsigned_abs() == me.unsigned_abs() {
+                ("signal to agentmon", format!("{} to agentmon", names::signal(sig)))
+            } else {
+                ("signal", format!("{} to pid {target} was refused", names::signal(sig)))
+            }
+        }
+        op::PIDFD_SEND_SIGNAL => ("signal", "a signal through a pidfd was refused".into()),
+        op::SOCKET => {
+            ev.detail.insert(Cow::Borrowed("family"), json!(args[0] as i32));
+            ("socket", format!("a socket of family {} was refused", args[0] as i32))
+        }
+        op::IOURING_SETUP_CALL => ("io_uring", "an io_uring (which bypasses syscall monitoring)".into()),
+        op::PROCESS_VM_READV | op::PROCESS_VM_WRITEV | op::PIDFD_GETFD => {
+            ev.detail.insert(Cow::Borrowed("target_pid"), json!(args[0] as i32));
+            ("another process", format!("{} on pid {}", op::name(o), args[0] as i32))
+        }
+        op::OPEN_BY_HANDLE_AT | op::NAME_TO_HANDLE_AT => {
+            ("file handle", "a file reached by a handle, not a path".into())
+        }
+        _ => ("kernel", format!("{}: a call no task needs", op::name(o))),
+    };
+    ev.detail.insert(Cow::Borrowed("attempt"), json!(what));
+    ev.reason = Some(reason);
 }
 
 /// Devices whose opens for writing are not side effects worth an event.
@@ -406,6 +441,10 @@ impl Enricher {
                         ev.detail.insert(Cow::Borrowed("ids"), json!(ids));
                     }
                 }
+            }
+            kind::TAMPER => {
+                ev.kind = Kind::Tamper;
+                tamper_detail(&mut ev, h.op, &b.args);
             }
             other => {
                 tracing::warn!("unknown kernel event kind {other}");

@@ -378,6 +378,23 @@ fn ctl_request(arg: &str) -> Result<(), std::io::Error> {
     if reply["ok"] == true { Ok(()) } else { Err(std::io::Error::from_raw_os_error(libc::EPERM)) }
 }
 
+/// `call` in a child: its errno (0: it worked), 1000 + signal if it was killed.
+fn in_child(call: impl FnOnce() -> libc::c_long) -> i32 {
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let r = call();
+            let e = if r < 0 { std::io::Error::last_os_error().raw_os_error().unwrap_or(255) } else { 0 };
+            unsafe { libc::_exit(e) }
+        }
+        Ok(ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => 1000 + sig as i32,
+            _ => -1,
+        },
+        Err(_) => -1,
+    }
+}
+
 /// creat(2) of `path` through the 32-bit syscall entry (`int 0x80`, i386 numbering)
 /// from this 64-bit process, in a child. Syscall tracepoints do not report compat
 /// syscalls, so this is how an agent would slip past them. 0 if the file was
@@ -473,8 +490,18 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             "io_uring" => errno(io_uring::IoUring::new(4).map(|_| ())),
             "compat_creat" => compat_creat(&d.join("repo/compat.txt")),
             // An x32 call (the x32 bit on a native syscall number): unseen by syscall
-            // tracepoints like i386 ones. ENOSYS where the kernel lacks the x32 ABI.
-            "x32_getpid" => sys(unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) }),
+            // tracepoints like i386 ones; in a child, as the filter kills for it.
+            // ENOSYS where neither the filter nor the kernel's x32 ABI takes it.
+            "x32_getpid" => in_child(|| unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) }),
+            "stop_agentmon" => {
+                // Stops agentmon's event loop for 3 s (observe mode: nothing forbids it).
+                let r = unsafe { libc::ptrace(libc::PTRACE_ATTACH, agentmon, 0, 0) };
+                if r == 0 {
+                    std::thread::sleep(Duration::from_secs(3));
+                    unsafe { libc::ptrace(libc::PTRACE_DETACH, agentmon, 0, 0) };
+                }
+                sys(r)
+            }
             "leave_cgroup" => errno(fs::write(arg, std::process::id().to_string())),
             // A containment request on the control socket: EPERM when refused.
             "ctl" => errno(ctl_request(arg)),

@@ -98,9 +98,10 @@ fn jeq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16, jt, jf, k }
 }
 
-/// x86-64 calls only: any other arch (i386 through `int 0x80`) kills the process,
-/// x32 calls are refused (EPERM). Syscall tracepoints see neither, so a task that
-/// could make them would act unseen. Falls through for native calls.
+/// x86-64 calls only: an i386 call (`int 0x80`) or an x32 call kills the process.
+/// Syscall tracepoints see neither, so a task that could make them would act
+/// unseen; killed, the process's exit (signal SIGSYS) is what is seen. Falls
+/// through for native calls.
 pub fn abi_prologue() -> Vec<libc::sock_filter> {
     let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     let ret = (libc::BPF_RET | libc::BPF_K) as u16;
@@ -116,7 +117,7 @@ pub fn abi_prologue() -> Vec<libc::sock_filter> {
             jf: 1,
             k: X32_SYSCALL_BIT,
         },
-        stmt(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        stmt(ret, libc::SECCOMP_RET_KILL_PROCESS),
     ]
 }
 

@@ -18,6 +18,7 @@ pub mod select;
 mod serve;
 mod setup;
 mod tasks;
+mod watchdog;
 
 use std::path::PathBuf;
 

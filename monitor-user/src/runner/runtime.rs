@@ -40,6 +40,7 @@ pub struct Runtime {
     watch: Option<RulesWatch>,
     extras: Extras,
     ticks: u64,
+    watchdog: super::watchdog::Watchdog,
 }
 
 /// How often the housekeeping runs (losses, expiry, reloads, flushes).
@@ -57,7 +58,8 @@ impl Runtime {
         let ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
             .map_err(std::io::Error::from)?;
         e.p.judge.set_own_socket(&server.path);
-        Ok(Self { e, ring, server, requests: Reader::default(), watch, extras, ticks: 0 })
+        let watchdog = super::watchdog::Watchdog::start();
+        Ok(Self { e, ring, server, requests: Reader::default(), watch, extras, ticks: 0, watchdog })
     }
 
     /// Reads every record the kernel has ready.
@@ -94,7 +96,7 @@ impl Runtime {
             None => sig != Signal::SIGHUP,
         };
         let status = loop {
-            let Self { e, ring, server, requests, extras, watch, ticks } = self;
+            let Self { e, ring, server, requests, extras, watch, ticks, watchdog } = self;
             tokio::select! {
                 r = ring.readable_mut() => {
                     let mut guard = r?;
@@ -102,9 +104,15 @@ impl Runtime {
                     guard.clear_ready();
                 }
                 // The kernel wakes us only when a batch is waiting (see wakeup_bytes).
-                _ = poll.tick() => e.drain(ring.get_mut()),
+                _ = poll.tick() => {
+                    watchdog.beat();
+                    e.drain(ring.get_mut());
+                }
                 _ = tick.tick() => {
                     *ticks += 1;
+                    if let Some((still, stall)) = watchdog.gap() {
+                        stopped(e, still, &stall);
+                    }
                     housekeeping(e, watch.as_mut(), extras, *ticks);
                 }
                 r = gate_ready(&e.p.gates) => {
@@ -153,6 +161,10 @@ impl Runtime {
                 _ = sighup.recv() => if stop(Signal::SIGHUP) { break None },
             }
         };
+        // A loop stopped until just before the end is still a stopped loop.
+        if let Some((still, stall)) = self.watchdog.gap() {
+            stopped(&mut self.e, still, &stall);
+        }
         Ok(match status {
             Some(Ok(st)) => Some(st),
             Some(Err(err)) => {
@@ -184,6 +196,32 @@ impl Runtime {
             tracing::error!("closing {}: {} (what it holds may be lost)", f.output, f.error);
         }
     }
+}
+
+/// agentmon's loop did not run for `still`: a tamper record (with its alert) says
+/// for how long and who traced it, if someone did. What happened meanwhile is read
+/// from the ring now; what the ring could not hold is in the next loss record.
+fn stopped(e: &mut Engine, still: Duration, stall: &super::watchdog::Stall) {
+    let me = std::process::id();
+    let how = match (stall.tracer, stall.state) {
+        (Some(t), _) => format!("traced by pid {t}"),
+        (None, Some('T')) => "stopped by a signal".to_string(),
+        (None, Some('t')) => "in a tracing stop".to_string(),
+        _ => "stopped, or starved of CPU".to_string(),
+    };
+    let why = format!("agentmon's event loop did not run for {} ms ({how})", still.as_millis());
+    let (mut ev, _) = e.p.tamper(me, None, "stopping agentmon", &why, false);
+    ev.detail.insert("stopped_ms".into(), serde_json::json!(still.as_millis() as u64));
+    if let Some(t) = stall.tracer {
+        ev.detail.insert("tracer_pid".into(), serde_json::json!(t));
+        if let Some(c) = e.sensors.task_of(t) {
+            ev.task = e.p.enr.task_name(c);
+        }
+    }
+    tracing::error!("{why}");
+    let alert = e.p.judge.tamper_alert(&ev);
+    e.out.send(&ev);
+    e.out.alert(&alert);
 }
 
 /// Housekeeping, every [`TICK`].
