@@ -358,3 +358,96 @@ pub fn enforce_network_allowlist() -> R {
     drop(l);
     Ok(())
 }
+
+/// A `deny` rule on an enforced task holds before the effect or the task is
+/// refused: one about in-scope writes (no layer refuses those) refuses the task;
+/// one about addresses the scope allows takes them out of its network allowlist.
+pub fn deny_rules_hold_or_refuse() -> R {
+    let (d, _) = setup("deny-rules", true)?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let rules = d.join("rules");
+    std::fs::create_dir_all(&rules).map_err(|e| e.to_string())?;
+    let rule = |id: &str, m: &str, yes: &str, no: &str| {
+        format!(
+            "  - id: {id}\n    description: test\n    severity: high\n    match:\n{m}    action: deny\n    examples:\n      \
+             match: [{yes}]\n      no_match: [{no}]\n"
+        )
+    };
+    std::fs::write(
+        rules.join("deny.yaml"),
+        format!(
+            "rules:\n{}",
+            rule(
+                "test.no-secrets",
+                "      kinds: [file_create]\n      paths: [\"**/secret*\"]\n",
+                "{kind: file_create, path: /x/secret.txt}",
+                "{kind: file_create, path: /x/public.txt}"
+            )
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let out = support::exec_command(
+        &d.join("refused.jsonl"),
+        &["--task", d.join("task.yaml").to_str().unwrap(), "--rules", rules.to_str().unwrap()],
+        &[me.display().to_string(), d.display().to_string(), "write_in".into()],
+        &[(SCENARIO_ENV, "attempts")],
+        &d,
+    )
+    .output()
+    .map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure(
+        out.status.code() == Some(125) && err.contains("test.no-secrets") && err.contains("action deny"),
+        || format!("a deny rule on in-scope writes: exit {:?}: {err}", out.status.code()),
+    )?;
+    ensure(!d.join("repo/ok.txt").exists(), || "the refused task ran".into())?;
+    // A deny of an address inside the connect scope: refused in the kernel.
+    std::fs::write(
+        rules.join("deny.yaml"),
+        format!(
+            "rules:\n{}",
+            rule(
+                "test.no-127-2",
+                "      kinds: [connect]\n      dst: [\"127.0.0.2/32\"]\n",
+                "{kind: connect, dst: \"127.0.0.2:80\"}",
+                "{kind: connect, dst: \"127.0.0.1:80\"}"
+            )
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let task = d.join("net.yaml");
+    std::fs::write(
+        &task,
+        format!(
+            "id: deny-net\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{}/**\"]\n  exec: [\"{}\"]\n  \
+             connect: [\"127.0.0.0/8:*\"]\n",
+            d.join("repo").display(),
+            me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let actions = ["tcp_to=127.0.0.1:1".to_string(), "tcp_to=127.0.0.2:1".to_string()];
+    let mut cmd = vec![me.display().to_string(), d.display().to_string()];
+    cmd.extend(actions.iter().cloned());
+    let run = support::run_agentmon_with(
+        &["--task", task.to_str().unwrap(), "--rules", rules.to_str().unwrap()],
+        &cmd,
+        &[(SCENARIO_ENV, "attempts")],
+        &d,
+    )?;
+    eq(&format!("agent exit: {}", run.stderr), run.code, 0)?;
+    let text = std::fs::read_to_string(d.join("repo/results.txt")).map_err(|e| e.to_string())?;
+    eq("results", text, "tcp_to 0\ntcp_to 1\n".to_string())?;
+    let denied = run
+        .of(Kind::Connect)
+        .into_iter()
+        .find(|e| matches!(&e.dst, Some(agentmon::event::Dst::Ip { ip, .. }) if ip == "127.0.0.2"))
+        .ok_or_else(|| run.summary())?;
+    eq(
+        "denied connect",
+        (denied.verdict.as_deref(), denied.error.as_deref()),
+        (Some("denied"), Some("EPERM")),
+    )?;
+    eq("by the rule", denied.rule.as_deref(), Some("test.no-127-2"))?;
+    Ok(())
+}

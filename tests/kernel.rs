@@ -53,6 +53,7 @@ fn main() {
         ("observe_flags_but_allows", enforce::observe_flags_but_allows),
         ("tamper_attempts_fail", enforce::tamper_attempts_fail),
         ("stopped_agentmon_is_reported", enforce::stopped_agentmon_is_reported),
+        ("deny_rules_hold_or_refuse", enforce::deny_rules_hold_or_refuse),
         ("in_scope_workload_runs", enforce::in_scope_workload_runs),
         ("unenforceable_task_refused", enforce::unenforceable_task_refused),
         ("enforce_network_allowlist", enforce::enforce_network_allowlist),

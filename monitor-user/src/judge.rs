@@ -98,6 +98,11 @@ impl Judge {
         self.active = true;
     }
 
+    /// The rules in force.
+    pub fn rules(&self) -> &RuleSet {
+        &self.engine.rules
+    }
+
     /// Ids of the rules in force.
     pub fn rule_ids(&self) -> Vec<String> {
         self.engine.rules.rules.iter().map(|r| r.id.clone()).collect()

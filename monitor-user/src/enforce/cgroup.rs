@@ -109,6 +109,21 @@ fn mapped(net: &IpNet) -> ([u8; 16], u32) {
     }
 }
 
+/// NET_ALLOW entries that refuse `nets` to task `task` whatever its scope allows
+/// (deny rules): no port range, and a longer or equal prefix than any allow entry
+/// they fall in (inserted after the allow entries, they win a tie).
+pub fn deny_entries(task: u32, nets: &[IpNet]) -> Vec<(u32, NetKeyData, NetPorts)> {
+    nets.iter()
+        .map(|net| {
+            let (addr, bits) = mapped(net);
+            let mut data: NetKeyData = [0; 20];
+            data[..4].copy_from_slice(&task.to_be_bytes());
+            data[4..].copy_from_slice(&addr);
+            (32 + bits, data, NetPorts::default())
+        })
+        .collect()
+}
+
 /// The NET_ALLOW entries of a task's connect scope: (prefix length, key data, ports).
 pub fn allow_entries(task: u32, eps: &[Endpoint]) -> Result<Vec<(u32, NetKeyData, NetPorts)>, String> {
     let mut by_net: Vec<(IpNet, Vec<Ports>)> = Vec::new();

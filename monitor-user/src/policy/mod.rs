@@ -9,6 +9,7 @@
 pub mod check;
 pub mod engine;
 pub mod examples;
+pub mod inline;
 pub mod rules;
 pub mod scope;
 pub mod shipped;

@@ -126,6 +126,9 @@ pub struct Matcher {
     pub outside_scope: Option<bool>,
     /// At least `count` matching events within the window (per task).
     pub rate: Option<(u32, Duration)>,
+    /// The `paths` and `exe` patterns as written (for the enforceability check).
+    pub path_patterns: Vec<String>,
+    pub exe_patterns: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -309,6 +312,8 @@ fn compile(cx: &Cx, r: &S<RawRule>) -> Result<Rule, RuleError> {
         parent_is_root: m.parent_is_root,
         outside_scope: m.outside_scope,
         rate,
+        path_patterns: m.paths.iter().map(|p| p.value.clone()).collect(),
+        exe_patterns: m.exe.iter().map(|p| p.value.clone()).collect(),
     };
     let has_condition = !matcher.kinds.is_empty()
         || matcher.paths.is_some()

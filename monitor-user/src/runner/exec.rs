@@ -107,7 +107,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     report_layers(&opts, &layers);
     let setup = Setup::new(layers, opts.own_files(), opts.approval_timeout);
     if let Some((t, _)) = &opts.task {
-        tasks::admissible(t, &setup)?;
+        tasks::admissible(t, &setup, rules.as_ref().unwrap_or(&Default::default()))?;
     }
     let confinement = plan_confinement(&opts, &setup)?;
     let (out, _nats) =

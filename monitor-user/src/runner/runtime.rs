@@ -245,7 +245,7 @@ fn housekeeping(e: &mut Engine, watch: Option<&mut RulesWatch>, extras: &mut Ext
                 && b.task.enforce
             {
                 let t = b.task.clone();
-                tasks::refresh_hosts(&mut e.sensors, &t, c);
+                tasks::refresh_hosts(&mut e.sensors, &t, c, e.p.judge.rules());
             }
         }
     }
@@ -356,6 +356,26 @@ fn reload(w: &mut RulesWatch, e: &mut Engine) {
     ev.pid = std::process::id();
     ev.tid = ev.pid;
     ev.comm = "agentmon".into();
+    // New deny rules must hold for the enforced tasks already running.
+    let r = r.and_then(|set| {
+        let mut refused = Vec::new();
+        for id in e.p.task_ids() {
+            let (Some(b), Some(c)) = (e.p.judge.task(&id), e.p.contain.cookie(&id)) else { continue };
+            if !b.task.enforce || e.p.ended.contains(&id) {
+                continue;
+            }
+            match crate::policy::inline::deny_rules(set.rules.iter(), &b.task) {
+                Ok(inline) => {
+                    let deny = crate::enforce::cgroup::deny_entries(c, &inline.net);
+                    if let Err(err) = e.sensors.allow_more(&deny) {
+                        refused.push(format!("task {id}: its denied addresses: {err}"));
+                    }
+                }
+                Err(why) => refused.push(format!("running enforced task {id}: {why}")),
+            }
+        }
+        if refused.is_empty() { Ok(set) } else { Err(refused) }
+    });
     match r {
         Ok(set) => {
             let after: Vec<String> = set.rules.iter().map(|r| r.id.clone()).collect();

@@ -15,6 +15,7 @@ use crate::{
     event::Timestamp,
     judge::Bound,
     kernel::loader::Sensors,
+    policy::RuleSet,
     proctable::Proc,
     sink::{JsonLines, TaskFilter},
     task::Task,
@@ -71,7 +72,7 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
     if e.p.judge.task(&task.id).is_some() {
         return Reply::err(format!("{what}: task {} is running here, or ended with processes left", task.id));
     }
-    if let Err(err) = admissible(&task, &e.setup) {
+    if let Err(err) = admissible(&task, &e.setup, e.p.judge.rules()) {
         return Reply::err(err.to_string());
     }
     if r.attach && task.enforce {
@@ -89,13 +90,18 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
     }
 }
 
-/// Refuses an enforced task this agentmon cannot hold to its scope: one whose
-/// write or delete scope reaches agentmon's own files or the kernel interfaces that
-/// would let it escape, or that needs a layer this host lacks.
-pub fn admissible(task: &Task, setup: &Setup) -> Result<(), enforce::EnforceError> {
+/// Refuses an enforced task this agentmon cannot hold to its scope and rules: one
+/// whose write or delete scope reaches agentmon's own files or the kernel
+/// interfaces that would let it escape, that needs a layer this host lacks, or
+/// that a `deny` rule could not be carried out for before the effect
+/// (policy/inline.rs).
+pub fn admissible(task: &Task, setup: &Setup, rules: &RuleSet) -> Result<(), enforce::EnforceError> {
     if !task.enforce {
         // An observed task is not sandboxed: what it may write is judged, not limited.
         return Ok(());
+    }
+    if let Err(why) = crate::policy::inline::deny_rules(rules.rules.iter(), task) {
+        return Err(enforce::EnforceError::Refused { task: task.id.clone(), clause: "rules", why });
     }
     let refuse = |clause: &'static str, why: String| enforce::EnforceError::Refused {
         task: task.id.clone(),
@@ -239,13 +245,14 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
     let cgroup = match adopted {
         Some(cg) => {
             if task.enforce {
-                let allow = enforce::cgroup::allow_entries(c, &task.connect).map_err(RunError::Daemon)?;
+                let allow = guard_entries(&task, c, e.p.judge.rules())?;
                 e.sensors.guard(&cg.open()?, cg.id, c, &allow)?;
             }
             Some(cg)
         }
         None => {
-            let cg = task_cgroup(&mut e.sensors, &task, r.pid, &e.setup, c)?;
+            let allow = if task.enforce { guard_entries(&task, c, e.p.judge.rules())? } else { Vec::new() };
+            let cg = task_cgroup(&mut e.sensors, &task, r.pid, &e.setup, c, &allow)?;
             if let Some(cg) = &cg {
                 for &pid in pids.iter().skip(1) {
                     if let Err(err) = cg.add(pid) {
@@ -330,6 +337,7 @@ fn task_cgroup(
     root: u32,
     setup: &Setup,
     cookie: u32,
+    allow: &[(u32, monitor_common::NetKeyData, monitor_common::NetPorts)],
 ) -> Result<Option<TaskCgroup>, RunError> {
     if !setup.layers.cgroups {
         return Ok(None);
@@ -343,18 +351,35 @@ fn task_cgroup(
         Err(err) => return Err(err.into()),
     };
     if t.enforce {
-        let allow = enforce::cgroup::allow_entries(cookie, &t.connect).map_err(|why| {
-            enforce::EnforceError::Refused { task: t.id.clone(), clause: "scope.connect", why }
-        })?;
-        sensors.guard(&cg.open()?, cg.id, cookie, &allow)?;
+        sensors.guard(&cg.open()?, cg.id, cookie, allow)?;
     }
     cg.add(root)?;
     Ok(Some(cg))
 }
 
+/// The network guard's entries for enforced task `t` (cookie `cookie`): its connect
+/// scope, then the addresses its deny rules refuse whatever the scope allows.
+pub fn guard_entries(
+    t: &Task,
+    cookie: u32,
+    rules: &RuleSet,
+) -> Result<Vec<(u32, monitor_common::NetKeyData, monitor_common::NetPorts)>, RunError> {
+    let refuse = |clause: &'static str, why: String| enforce::EnforceError::Refused {
+        task: t.id.clone(),
+        clause,
+        why,
+    };
+    let mut allow =
+        enforce::cgroup::allow_entries(cookie, &t.connect).map_err(|why| refuse("scope.connect", why))?;
+    let inline =
+        crate::policy::inline::deny_rules(rules.rules.iter(), t).map_err(|why| refuse("rules", why))?;
+    allow.extend(enforce::cgroup::deny_entries(cookie, &inline.net));
+    Ok(allow)
+}
+
 /// Re-resolves the host names of an enforced task's connect scope and allows new
 /// addresses. Addresses a name no longer resolves to stay allowed until it ends.
-pub fn refresh_hosts(sensors: &mut Sensors, t: &Task, cookie: u32) {
+pub fn refresh_hosts(sensors: &mut Sensors, t: &Task, cookie: u32, rules: &RuleSet) {
     let mut eps = t.connect.clone();
     crate::task::scope::resolve_hosts(&mut eps);
     let hosts: Vec<_> =
@@ -366,6 +391,12 @@ pub fn refresh_hosts(sensors: &mut Sensors, t: &Task, cookie: u32) {
         && let Err(err) = sensors.allow_more(&allow)
     {
         tracing::warn!("refreshing the host allowlist of task {}: {err}", t.id);
+    }
+    // A name that now resolves to a denied address does not lift the deny.
+    if let Ok(inline) = crate::policy::inline::deny_rules(rules.rules.iter(), t)
+        && let Err(err) = sensors.allow_more(&enforce::cgroup::deny_entries(cookie, &inline.net))
+    {
+        tracing::warn!("re-applying the denied addresses of task {}: {err}", t.id);
     }
 }
 
