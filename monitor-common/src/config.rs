@@ -14,6 +14,9 @@ pub struct Offsets {
     pub task_start_time: u32,
     pub task_group_leader: u32,
     pub task_exit_code: u32,
+    pub task_signal: u32,
+    /// `signal_struct.live.counter`: threads of the process not yet exiting.
+    pub signal_live: u32,
     pub task_fs: u32,
     pub task_files: u32,
     pub task_mm: u32,
@@ -64,6 +67,9 @@ pub struct TpOffsets {
     pub iou_submit_opcode: u32,
     pub iou_submit_flags: u32,
     pub iou_submit_sq_thread: u32,
+    /// Size of the submit tracepoint's `flags` (8 on io_uring_submit_req, 4 on the
+    /// io_uring_submit_sqe of kernels before 6.?).
+    pub iou_submit_flags_size: u32,
 }
 
 /// The whole `CONFIG` global.

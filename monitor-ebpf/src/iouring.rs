@@ -31,9 +31,17 @@ fn try_create(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-/// io_uring:io_uring_submit_req — reads opcode, flags, sq_thread.
+/// io_uring:io_uring_submit_req (6.3+) — reads opcode, flags (u64), sq_thread.
 #[tracepoint]
 pub fn io_uring_submit_req(ctx: TracePointContext) -> u32 {
+    let _ = try_submit(&ctx);
+    0
+}
+
+/// io_uring:io_uring_submit_sqe (before 6.3; the loader attaches whichever exists)
+/// — reads opcode, flags (u32), sq_thread.
+#[tracepoint]
+pub fn io_uring_submit_sqe(ctx: TracePointContext) -> u32 {
     let _ = try_submit(&ctx);
     0
 }
@@ -42,7 +50,12 @@ fn try_submit(ctx: &TracePointContext) -> Option<()> {
     let t = tracked()?;
     let mut ev = Ev::new(kind::IOURING_SUBMIT, op::IOURING_SUBMIT, &t, 0)?;
     ev.arg(0, field::<u8>(ctx, conf!(tp.iou_submit_opcode)) as u64);
-    ev.arg(1, field::<u64>(ctx, conf!(tp.iou_submit_flags)));
+    let flags = if conf!(tp.iou_submit_flags_size) == 8 {
+        field::<u64>(ctx, conf!(tp.iou_submit_flags))
+    } else {
+        field::<u32>(ctx, conf!(tp.iou_submit_flags)) as u64
+    };
+    ev.arg(1, flags);
     ev.arg(2, field::<u8>(ctx, conf!(tp.iou_submit_sq_thread)) as u64);
     ev.emit();
     Some(())

@@ -60,7 +60,8 @@ macro_rules! never {
 }
 // Rare, and never part of a task's work: every call (refused or not) is reported.
 never!(sys_exit_mount, op::MOUNT);
-never!(sys_exit_umount2, op::UMOUNT2);
+// umount2(2) is the `umount` syscall to the tracepoints.
+never!(sys_exit_umount, op::UMOUNT2);
 never!(sys_exit_pivot_root, op::PIVOT_ROOT);
 never!(sys_exit_fsopen, op::FSOPEN);
 never!(sys_exit_move_mount, op::MOVE_MOUNT);

@@ -101,29 +101,42 @@ fn try_exec(ctx: &BtfTracePointContext) -> Option<()> {
 }
 
 /// tp_btf/sched_process_exit(struct task_struct *p, bool group_dead) (group_dead since
-/// 6.16; the loader checks the prototype). Reads p->exit_code. Emitted once per
-/// process, when its last thread exits; the process is then untracked.
+/// 6.16; the loader loads this or [`sched_process_exit_v1`] by the prototype).
+/// Reads p->exit_code. Emitted once per process, when its last thread exits; the
+/// process is then untracked.
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_exit(&ctx);
+    let group_dead: u64 = ctx.arg(1);
+    if group_dead & 0xff != 0 {
+        let _ = try_exit(ctx.arg(0));
+    }
     0
 }
 
-fn try_exit(ctx: &BtfTracePointContext) -> Option<()> {
-    let t = tracked()?;
-    let group_dead: u64 = ctx.arg(1);
-    if group_dead & 0xff == 0 {
-        return None;
-    }
+/// tp_btf/sched_process_exit(struct task_struct *p), before 6.16: reads
+/// p->signal->live (do_exit has counted this thread out of it before the
+/// tracepoint: 0 when it is the last one) and p->exit_code. Two threads exiting at
+/// once may both read 0; only the one that untracks the process reports its exit.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit_v1(ctx: BtfTracePointContext) -> i32 {
     let p: u64 = ctx.arg(0);
-    let code: i32 = unsafe { kread(p + off!(task_exit_code)) };
-    let tgid = (pid_tgid() >> 32) as u32;
-    if let Some(mut ev) = Ev::new(kind::EXIT, op::EXIT, &t, 0) {
-        ev.arg(0, code as u32 as u64);
-        ev.emit();
+    let signal = unsafe { kptr(p, off!(task_signal)) };
+    let live: i32 = if signal == 0 { 0 } else { unsafe { kread(signal + off!(signal_live)) } };
+    if live == 0 {
+        let _ = try_exit(p);
     }
+    0
+}
+
+fn try_exit(p: u64) -> Option<()> {
+    let t = tracked()?;
+    let tgid = (pid_tgid() >> 32) as u32;
     mark(tgid, false);
-    let _ = TRACKED.remove(&tgid);
+    TRACKED.remove(&tgid).ok()?;
+    let code: i32 = unsafe { kread(p + off!(task_exit_code)) };
+    let mut ev = Ev::new(kind::EXIT, op::EXIT, &t, 0)?;
+    ev.arg(0, code as u32 as u64);
+    ev.emit();
     Some(())
 }
 

@@ -224,7 +224,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 println!("  {name:<28} {at}");
             }
             if !s.absent.is_empty() {
-                println!("syscalls absent on this kernel (not needed): {}", s.absent.join(", "));
+                println!(
+                    "tracepoints absent on this kernel (nothing there to miss): {}",
+                    s.absent.join(", ")
+                );
             }
             println!("enforcement layers:");
             for l in crate::enforce::Layers::probe().describe() {

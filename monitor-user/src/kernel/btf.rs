@@ -144,6 +144,8 @@ impl KernelBtf {
             task_start_time: o("task_struct", "start_time")?,
             task_group_leader: o("task_struct", "group_leader")?,
             task_exit_code: o("task_struct", "exit_code")?,
+            task_signal: o("task_struct", "signal")?,
+            signal_live: o("signal_struct", "live.counter")?,
             task_fs: o("task_struct", "fs")?,
             task_files: o("task_struct", "files")?,
             task_mm: o("task_struct", "mm")?,

@@ -25,9 +25,16 @@ use crate::sensitive::SensitiveSet;
 /// The kernel programs, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor-ebpf"));
 
-/// tp_btf programs and the number of tracepoint arguments each one reads.
-const BTF_TPS: &[(&str, usize)] =
-    &[("sched_process_fork", 2), ("sched_process_exec", 3), ("sched_process_exit", 2)];
+/// tp_btf programs: (program, tracepoint, arguments it reads). Where a tracepoint's
+/// arguments changed between kernels there is one program per form, and the one
+/// this kernel's prototype fits is loaded.
+const BTF_TPS: &[(&str, &str, usize)] = &[
+    ("sched_process_fork", "sched_process_fork", 2),
+    ("sched_process_exec", "sched_process_exec", 3),
+    // (struct task_struct *p, bool group_dead) since 6.16; (p) before.
+    ("sched_process_exit", "sched_process_exit", 2),
+    ("sched_process_exit_v1", "sched_process_exit", 1),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -148,13 +155,18 @@ impl Sensors {
         }
         let kbtf = KernelBtf::load()?;
         let tracefs = ensure_tracefs()?;
-        for (tp, want) in BTF_TPS {
-            let found = kbtf.tp_btf_args(tp)?;
-            if found < *want {
+        // Per tp_btf program: load it (its tracepoint's prototype fits) or skip it
+        // (another form of the same tracepoint fits); none fitting is an error.
+        let mut btf_fits: BTreeMap<&str, bool> = BTreeMap::new();
+        for (prog, tp, want) in BTF_TPS {
+            btf_fits.insert(prog, kbtf.tp_btf_args(tp)? == *want);
+        }
+        for (prog, tp, want) in BTF_TPS {
+            if !BTF_TPS.iter().any(|(p, t, _)| t == tp && btf_fits[p]) {
                 return Err(LoadError::TpProto {
-                    prog: tp.to_string(),
+                    prog: prog.to_string(),
                     tp: tp.to_string(),
-                    found,
+                    found: kbtf.tp_btf_args(tp)?,
                     want: *want,
                 });
             }
@@ -193,16 +205,20 @@ impl Sensors {
                 Program::TracePoint(tp) => {
                     let category = if name.starts_with("sys_") { "syscalls" } else { "io_uring" };
                     let attach = format!("tracepoint {category}:{name}");
-                    if category == "syscalls" {
-                        match tracefs.check_syscall(&name) {
-                            Ok(()) => {}
-                            Err(TraceFsError::Missing(..)) => {
-                                // The syscall does not exist here, so there is nothing to miss.
-                                absent.push(name.clone());
-                                continue;
-                            }
-                            Err(e) => return Err(e.into()),
+                    let check = if category == "syscalls" {
+                        tracefs.check_syscall(&name)
+                    } else {
+                        tracefs.format(category, &name).map(drop)
+                    };
+                    match check {
+                        Ok(()) => {}
+                        Err(TraceFsError::Missing(..)) => {
+                            // Not on this kernel (a newer syscall, the other name of
+                            // an io_uring tracepoint): nothing to miss.
+                            absent.push(name.clone());
+                            continue;
                         }
+                        Err(e) => return Err(e.into()),
                     }
                     tp.load().map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
                     let id =
@@ -218,8 +234,15 @@ impl Sensors {
                     attached.insert(name.clone(), attach);
                 }
                 Program::BtfTracePoint(tp) => {
-                    let attach = format!("tp_btf {name}");
-                    tp.load(&name, &btf).map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
+                    let Some((_, tpname, _)) = BTF_TPS.iter().find(|(p, _, _)| *p == name) else {
+                        return Err(fail("tp_btf", "classify", "not in BTF_TPS".into()));
+                    };
+                    if !btf_fits[name.as_str()] {
+                        // The other form of this tracepoint is the one for this kernel.
+                        continue;
+                    }
+                    let attach = format!("tp_btf {tpname}");
+                    tp.load(tpname, &btf).map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
                     let id = tp.attach().map_err(|e| fail(&attach, "attach", e.to_string()))?;
                     btf_links.push(tp.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?);
                     attached.insert(name.clone(), attach);

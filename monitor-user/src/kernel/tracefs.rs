@@ -123,10 +123,15 @@ impl TraceFs {
         }
     }
 
-    /// Offsets of the io_uring tracepoint fields the programs read.
+    /// Offsets of the io_uring tracepoint fields the programs read. The submit
+    /// tracepoint is `io_uring_submit_req` (6.3+) or, before, `io_uring_submit_sqe`
+    /// with 32-bit flags; a kernel without io_uring tracepoints has nothing to miss.
     pub fn tp_offsets(&self) -> Result<TpOffsets, TraceFsError> {
-        let create = self.format("io_uring", "io_uring_create")?;
-        let submit = self.format("io_uring", "io_uring_submit_req")?;
+        let Ok(create) = self.format("io_uring", "io_uring_create") else { return Ok(TpOffsets::default()) };
+        let (name, submit) = match self.format("io_uring", "io_uring_submit_req") {
+            Ok(f) => ("io_uring_submit_req", f),
+            Err(_) => ("io_uring_submit_sqe", self.format("io_uring", "io_uring_submit_sqe")?),
+        };
         let get = |fmt: &Format, tp: &str, f: &str, size: u32| -> Result<u32, TraceFsError> {
             match fmt.field(f) {
                 Some(x) if x.size == size => Ok(x.offset),
@@ -140,9 +145,10 @@ impl TraceFs {
             iou_create_fd: get(&create, "io_uring_create", "fd", 4)?,
             iou_create_sq_entries: get(&create, "io_uring_create", "sq_entries", 4)?,
             iou_create_flags: get(&create, "io_uring_create", "flags", 4)?,
-            iou_submit_opcode: get(&submit, "io_uring_submit_req", "opcode", 1)?,
-            iou_submit_flags: get(&submit, "io_uring_submit_req", "flags", 8)?,
-            iou_submit_sq_thread: get(&submit, "io_uring_submit_req", "sq_thread", 1)?,
+            iou_submit_opcode: get(&submit, name, "opcode", 1)?,
+            iou_submit_flags: get(&submit, name, "flags", 8).or_else(|_| get(&submit, name, "flags", 4))?,
+            iou_submit_flags_size: submit.field("flags").map_or(0, |f| f.size),
+            iou_submit_sq_thread: get(&submit, name, "sq_thread", 1)?,
         })
     }
 }

@@ -165,6 +165,7 @@ impl Runtime {
         if let Some((still, stall)) = self.watchdog.gap() {
             stopped(&mut self.e, still, &stall);
         }
+        self.watchdog.stop();
         Ok(match status {
             Some(Ok(st)) => Some(st),
             Some(Err(err)) => {
