@@ -8,20 +8,13 @@ BPF_LINKER_VERSION=0.13   # built against Debian's llvm-22
 APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev build-essential pkg-config
           bpftrace auditd strace nats-server python3 python3-venv)
 
-say() { printf 'setup: %s\n' "$*" >&2; }
+SAY_AS=setup
+. "$(dirname "$0")/lib.sh"
 die() { say "error: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages and mounts tracefs/bpffs)"
 
-missing=()
-for p in "${APT_PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    say "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+apt_ensure "${APT_PKGS[@]}"
 
 command -v rustup >/dev/null || die "rustup not found; install it from the Rust project, then re-run"
 if ! rustup toolchain list | grep -q "^$TOOLCHAIN"; then

@@ -32,3 +32,18 @@ export AGENTMON_TEST_NATS="nats://127.0.0.1:$NATS_PORT"
 export AGENTMON_TEST_PYTHON="$PWD/target/pyenv/bin/python"
 
 cargo test --quiet -- --test-threads 2
+
+# The kernel matrix: the kernel tests again on Debian 12's and 13's own kernels, in
+# QEMU guests (scripts/vm.sh). AGENTMON_SKIP_VM=1 is the explicit opt-out.
+if [ "${AGENTMON_SKIP_VM:-}" = 1 ]; then
+    echo "test: kernel matrix skipped (AGENTMON_SKIP_VM=1)" >&2
+else
+    KERNEL_TESTS="$(cargo test --quiet --no-run --test kernel --message-format=json 2>/dev/null |
+        python3 -c 'import json, sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("executable") and m.get("target", {}).get("name") == "kernel":
+        print(m["executable"])')"
+    [ -n "$KERNEL_TESTS" ] || { echo "test: cannot find the kernel test binary" >&2; exit 1; }
+    ./scripts/vm.sh matrix "$KERNEL_TESTS"
+fi

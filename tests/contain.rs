@@ -83,6 +83,9 @@ fn by(ev: &Event) -> Option<&str> {
 /// child, and a grandchild that left by double fork + setsid and runs no syscall.
 pub fn rule_kill_ends_the_tree() -> R {
     let (d, task, rules) = setup("contain-kill", "KILL-ME", "kill")?;
+    if support::landlock_abi() < support::ENFORCE_ABI {
+        return Ok(support::enforce_refused_here(&task, &d)?);
+    }
     let cmd = scenario_cmd(&d, &["KILL-ME", "spin"])?;
     let flags = ["--task", task.to_str().unwrap(), "--rules", rules.to_str().unwrap()];
     let run = run_agentmon_with(&flags, &cmd, &[(SCENARIO_ENV, "contain")], &d)?;

@@ -250,7 +250,8 @@ impl Containment {
                         errors.push(format!("{}: cgroup.kill: {err}", cg.path.display()));
                     }
                 }
-                let victims = sweep(sensors, cookie, Duration::from_secs(2));
+                // Dying takes a moment under load (seconds under emulation).
+                let victims = sweep(sensors, cookie, Duration::from_secs(5));
                 detail.insert("processes".into(), json!(victims.signalled));
                 if victims.left.is_empty() && errors.is_empty() {
                     Ok(format!("task {id} killed"))

@@ -162,3 +162,37 @@ pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
 pub fn eq<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T) -> Result<(), String> {
     ensure(got == want, || format!("{what}: got {got:?}, want {want:?}"))
 }
+
+/// The running kernel's Landlock ABI (0: none).
+pub fn landlock_abi() -> i64 {
+    // landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) }.max(0)
+}
+
+/// The Landlock ABI enforce mode needs (file scope, TCP ports, signal scoping).
+pub const ENFORCE_ABI: i64 = 6;
+
+/// On a kernel whose Landlock is too old for enforce mode (Debian 12's 6.1 has ABI
+/// 2), an enforced task must be refused before its command runs, saying why: this
+/// checks that, for the test's own manifest, in place of the test.
+pub fn enforce_refused_here(task: &Path, dir: &Path) -> Result<(), String> {
+    let out = Command::new(agentmon())
+        .args(["exec", "--quiet", "--task"])
+        .arg(task)
+        .args(["--", "/bin/true"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure(
+        out.status.code() == Some(125) && err.contains("cannot enforce") && err.contains("Landlock"),
+        || {
+            format!(
+                "Landlock ABI {}: an enforced task was not refused: {:?} {err}",
+                landlock_abi(),
+                out.status.code()
+            )
+        },
+    )
+}

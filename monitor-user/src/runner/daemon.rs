@@ -68,10 +68,6 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
         }
         None => None,
     };
-    let server = ctl::Server::bind_at(&opts.socket)?;
-    if let (Some(n), Some(keys)) = (&opts.outputs.nats, &opts.outputs.ctl_keys) {
-        crate::nats::control::start(n.args.clone(), n.host.clone(), keys.clone(), server.path.clone())?;
-    }
     let mut own = opts.outputs.protected();
     own.extend(opts.events.iter().cloned());
     own.extend(opts.config.iter().cloned());
@@ -85,6 +81,11 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     setup.state = Some(StateDir { dir: opts.state_dir.clone() });
     let rule_count = rules.as_ref().map(|r| r.len()).unwrap_or(0);
     let engine = Engine::load(opts.ringbuf_bytes, &opts.sensitive, rules, out, setup)?;
+    // The socket appears once the daemon can serve (a client that reaches it is answered).
+    let server = ctl::Server::bind_at(&opts.socket)?;
+    if let (Some(n), Some(keys)) = (&opts.outputs.nats, &opts.outputs.ctl_keys) {
+        crate::nats::control::start(n.args.clone(), n.host.clone(), keys.clone(), server.path.clone())?;
+    }
     eprintln!(
         "agentmon daemon: {} kernel programs attached in {} ms; {rule_count} rules; control socket {}",
         engine.sensors.attached.len(),

@@ -41,6 +41,9 @@ pub struct Runtime {
     extras: Extras,
     ticks: u64,
     watchdog: super::watchdog::Watchdog,
+    /// SIGINT, SIGTERM, SIGHUP: registered with the runtime, before the first
+    /// request can be answered.
+    signals: [tokio::signal::unix::Signal; 3],
 }
 
 /// How often the housekeeping runs (losses, expiry, reloads, flushes).
@@ -59,7 +62,12 @@ impl Runtime {
             .map_err(std::io::Error::from)?;
         e.p.judge.set_own_socket(&server.path);
         let watchdog = super::watchdog::Watchdog::start();
-        Ok(Self { e, ring, server, requests: Reader::default(), watch, extras, ticks: 0, watchdog })
+        let signals = [
+            tokio::signal::unix::signal(SignalKind::interrupt())?,
+            tokio::signal::unix::signal(SignalKind::terminate())?,
+            tokio::signal::unix::signal(SignalKind::hangup())?,
+        ];
+        Ok(Self { e, ring, server, requests: Reader::default(), watch, extras, ticks: 0, watchdog, signals })
     }
 
     /// Reads every record the kernel has ready.
@@ -85,9 +93,6 @@ impl Runtime {
         let mut scanner = Scanner::default();
         let mut scan = tokio::time::interval(Duration::from_millis(250));
         scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
-        let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-        let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
         let stop = |sig: Signal| match child {
             Some(pid) => {
                 let _ = nix::sys::signal::kill(pid, sig);
@@ -96,7 +101,8 @@ impl Runtime {
             None => sig != Signal::SIGHUP,
         };
         let status = loop {
-            let Self { e, ring, server, requests, extras, watch, ticks, watchdog } = self;
+            let Self { e, ring, server, requests, extras, watch, ticks, watchdog, signals } = self;
+            let [sigint, sigterm, sighup] = signals;
             tokio::select! {
                 r = ring.readable_mut() => {
                     let mut guard = r?;

@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# Kernel matrix: boots stock Debian kernels under QEMU and runs a command inside, as root.
+#
+#   scripts/vm.sh kernels                               fetch every kernel into target/kernels/
+#   scripts/vm.sh run KERNEL [OPTIONS] -- CMD [ARG...]  boot KERNEL, run CMD, exit with CMD's code
+#   scripts/vm.sh list                                  the kernel names
+#   scripts/vm.sh matrix KERNEL_TESTS                   the kernel matrix of scripts/test.sh:
+#                                                       KERNEL_TESTS (the tests/kernel.rs binary)
+#                                                       with GUEST_TESTS in every MATRIX guest
+#
+# KERNEL: deb12 (Debian 12's stock 6.1) or deb13 (Debian 13's stock 6.12).
+# OPTIONS:
+#   --lsm LIST     boot with lsm=LIST (e.g. lockdown,capability,landlock,yama,apparmor: no bpf)
+#   --append ARGS  more kernel command-line arguments (repeatable)
+#   --rwdir DIR    share DIR read-write with the guest (repeatable); target/vm-out always is
+#   --timeout S    give up after S seconds (default 1200, env VM_TIMEOUT); exit 124
+#
+# The guest is QEMU's software emulation (TCG, --disable-kvm): this machine's /dev/kvm cannot
+# boot stock kernels. It sees the host's root read-only (throw-away overlays on /etc, /tmp, ...),
+# starts in the current directory, has tracefs, bpffs, securityfs and cgroup2 mounted before CMD
+# runs, and gets the extracted kernel's own modules. A boot takes ~20 s; syscalls run several
+# times slower than on the host, so use guests for correctness, not timing.
+#
+# Installs what it needs (as root, idempotent): qemu-system-x86, udev (without it vng loses
+# the command's output), kmod (depmod), busybox-static, file (vng reads the kernel's version
+# with it) from apt, and virtme-ng into target/vmenv from PyPI. Kernels are extracted with
+# dpkg-deb into target/kernels/NAME/, never installed into /boot; the guest loads modules from
+# there. Debian 13's comes through a private apt state in target/kernels/.apt whose one source
+# is this machine's Debian mirror with the suite trixie, so the machine's apt sources and lists
+# stay as they are. A fetched kernel is kept: delete target/kernels/NAME to fetch the newest.
+set -euo pipefail
+
+VIRTME_NG_VERSION=1.42
+# The kernel matrix: label, kernel, lsm= list ("-": as the kernel boots by default).
+MATRIX=(
+    "deb12 deb12 -"                                                # 6.1 as shipped: BPF LSM active, Landlock ABI 2
+    "deb12-nobpf deb12 lockdown,capability,landlock,yama,apparmor" # 6.1 on a host that does not enable BPF LSM
+    "deb13 deb13 -"                                                # 6.12 as shipped: Landlock ABI 6
+)
+# The kernel tests every guest runs: each sensor family (process, file, dirfd/cwd
+# paths, network, io_uring, privilege, fileless exec, sensitive reads, deep paths),
+# loss accounting, tasks and rules, each enforcement layer (Landlock, seccomp, the
+# cgroup guard, containment; where the kernel is too old for enforce mode, its
+# refusal with the reason), the control plane and the daemon. Tests that measure
+# a race against a timer on the host stay there: guests run syscalls 6-10x slower.
+GUEST_TESTS="file_side_effects,dirfd_and_cwd_relative_paths,double_fork_setsid_grandchild_still_tracked,\
+network,io_uring_is_reported,privilege_calls,fileless_exec,sensitive_reads_only_in_the_set,\
+untracked_process_produces_nothing,exit_status_is_propagated,emitted_plus_lost_equals_performed,\
+task_verdicts_and_alerts,deep_paths_are_never_forged,enforce_denies_out_of_scope,tamper_attempts_fail,\
+rule_kill_ends_the_tree,left_cgroup_is_brought_back,control_rights_stay_with_the_connector,\
+cli_talks_only_to_agentmon,stopped_agentmon_is_reported,daemon_selectors_attach_agents"
+APT_PKGS=(qemu-system-x86 udev kmod busybox-static file)
+KERNELS=(deb12 deb13)
+CPUS=2
+MEMORY=4G
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+TARGET="$ROOT/target"
+VENV="$TARGET/vmenv"
+KCACHE="$TARGET/kernels"
+OUT="$TARGET/vm-out"
+
+SAY_AS=vm
+. "$HERE/lib.sh"
+die() { say "error: $*"; exit 2; }
+
+usage() {
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
+    exit 2
+}
+
+# ---------------------------------------------------------------- guest side
+# Runs inside the guest (vm.sh is visible there through the shared root): mounts what the
+# sensors need, says what the guest has, then becomes CMD.
+guest() {
+    local mounted=""
+    mnt() { # TYPE DIR
+        mountpoint -q "$2" 2>/dev/null && return 0
+        mkdir -p "$2" 2>/dev/null || true
+        if mount -t "$1" "$1" "$2" 2>/dev/null; then
+            mounted="$mounted $1"
+        else
+            say "guest: cannot mount $1 at $2"
+        fi
+    }
+    mnt tracefs /sys/kernel/tracing
+    mnt bpf /sys/fs/bpf
+    mnt securityfs /sys/kernel/security
+    local cg
+    cg="$(stat -f -c %T /sys/fs/cgroup 2>/dev/null || echo none)"
+    if [ "$cg" != cgroup2fs ] && ! grep -q ' cgroup2 ' /proc/mounts; then
+        if [ "$cg" = tmpfs ]; then
+            mnt cgroup2 /sys/fs/cgroup/unified
+        else
+            mnt cgroup2 /sys/fs/cgroup
+        fi
+    fi
+    local lsm
+    lsm="$(cat /sys/kernel/security/lsm 2>/dev/null || echo '?')"
+    say "guest: kernel $(uname -r), lsm=$lsm, cgroup2 at $(awk '$3=="cgroup2"{print $2}' /proc/mounts | paste -sd, -)${mounted:+, mounted:$mounted}"
+    exec "$@"
+}
+
+# ---------------------------------------------------------------- host set-up
+need_root() { [ "$(id -u)" = 0 ] || die "run as root (installs packages, boots guests as root)"; }
+
+ensure_tools() {
+    apt_ensure "${APT_PKGS[@]}" python3-venv
+    if ! "$VENV/bin/vng" --version 2>/dev/null | grep -qx "virtme-ng $VIRTME_NG_VERSION"; then
+        say "installing virtme-ng $VIRTME_NG_VERSION into ${VENV#"$ROOT"/}"
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q "virtme-ng==$VIRTME_NG_VERSION" || die "could not install virtme-ng"
+    fi
+    export PATH="$VENV/bin:$PATH" # vng runs virtme-run from PATH
+}
+
+# The URI of this machine's Debian archive: the repository that serves its own release
+# (e.g. bookworm), as configured in its apt sources.
+debian_mirror() {
+    local codename uri
+    codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
+    [ -n "$codename" ] || die "cannot tell this machine's Debian release from /etc/os-release"
+    uri="$(apt-get indextargets --format '$(RELEASE) $(REPO_URI)' 'Created-By: Packages' 2>/dev/null |
+        awk -v s="$codename" '$1 == s {print $2; exit}')"
+    [ -n "$uri" ] || die "no apt source for suite $codename in /etc/apt/sources.list{,.d}"
+    echo "${uri%/}"
+}
+
+# apt-get / apt-cache on a private state dir whose only source is Debian 13 (trixie).
+trixie_apt() { # apt-get|apt-cache ARGS...
+    local d="$KCACHE/.apt" tool="$1"
+    shift
+    "$tool" -o Dir::Etc::SourceList="$d/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+        -o Dir::State::Lists="$d/lists" -o Dir::Cache="$d/cache" \
+        -o Dir::Cache::Archives="$d/cache/archives" -q "$@"
+}
+
+trixie_state() {
+    local d="$KCACHE/.apt" keyring=/usr/share/keyrings/debian-archive-keyring.gpg opts=""
+    [ -r "$keyring" ] && opts=" [signed-by=$keyring]"
+    mkdir -p "$d/lists/partial" "$d/cache/archives/partial"
+    local line
+    line="deb$opts $(debian_mirror) trixie main"
+    if [ ! -s "$d/sources.list" ] || [ "$(cat "$d/sources.list")" != "$line" ] ||
+        [ -z "$(find "$d/lists" -maxdepth 1 -name '*trixie*Packages*' -print -quit)" ]; then
+        echo "$line" >"$d/sources.list"
+        say "updating the private trixie apt lists"
+        trixie_apt apt-get update >/dev/null || die "apt-get update of the trixie lists failed"
+    fi
+}
+
+# The versioned image package that linux-image-amd64 depends on.
+image_pkg() { # apt-cache-wrapper...
+    "$@" depends linux-image-amd64 2>/dev/null |
+        awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ {print $2; exit}'
+}
+
+fetch_kernel() { # NAME
+    local name="$1" dir="$KCACHE/$1" pkg tmp
+    if [ -s "$dir/.pkg" ] && [ -n "$(kernel_image "$name" 2>/dev/null)" ]; then
+        return 0
+    fi
+    case "$name" in
+        deb12)
+            [ "$(. /etc/os-release && echo "${VERSION_CODENAME:-}")" = bookworm ] ||
+                die "deb12 is fetched with this machine's apt, which is not Debian 12 (bookworm)"
+            pkg="$(image_pkg apt-cache)"
+            if [ -z "$pkg" ]; then
+                apt-get update -qq
+                pkg="$(image_pkg apt-cache)"
+            fi
+            ;;
+        deb13)
+            trixie_state
+            pkg="$(image_pkg trixie_apt apt-cache)"
+            ;;
+        *) die "unknown kernel '$name' (known: ${KERNELS[*]})" ;;
+    esac
+    [ -n "$pkg" ] || die "$name: cannot find the package linux-image-amd64 depends on"
+    say "$name: fetching $pkg"
+    tmp="$(mktemp -d "$KCACHE/.dl.XXXXXX")"
+    # apt downloads as its sandbox user, which must be able to write here.
+    id _apt >/dev/null 2>&1 && chown _apt "$tmp"
+    if [ "$name" = deb13 ]; then
+        (cd "$tmp" && trixie_apt apt-get download "$pkg" >/dev/null)
+    else
+        (cd "$tmp" && apt-get download -q "$pkg" >/dev/null)
+    fi || { rm -rf "$tmp"; die "$name: apt-get download $pkg failed"; }
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    dpkg-deb -x "$tmp"/*.deb "$dir"
+    rm -rf "$tmp"
+    local mods kver
+    # Debs ship no modules.dep: make it once, so the guest can load modules.
+    for mods in "$dir"/lib/modules/* "$dir"/usr/lib/modules/*; do
+        [ -d "$mods" ] || continue
+        kver="$(basename "$mods")"
+        depmod -b "${mods%/lib/modules/*}" "$kver" || say "$name: depmod failed (modules may not load)"
+    done
+    [ -n "$(kernel_image "$name")" ] || die "$name: no kernel image in $pkg"
+    echo "$pkg" >"$dir/.pkg"
+}
+
+kernel_image() { # NAME -> path of the vmlinuz
+    find "$KCACHE/$1/boot" -maxdepth 1 -name 'vmlinuz-*' -print -quit 2>/dev/null | grep .
+}
+
+# ---------------------------------------------------------------- run
+run() {
+    [ $# -ge 1 ] || usage
+    local name="$1" lsm="" timeout="${VM_TIMEOUT:-1200}" append=() rw=()
+    shift
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --lsm) lsm="${2:?--lsm needs a list}"; shift 2 ;;
+            --lsm=*) lsm="${1#*=}"; shift ;;
+            --append) append+=(-a "${2:?--append needs arguments}"); shift 2 ;;
+            --rwdir) rw+=(--rwdir "$(realpath "${2:?--rwdir needs a directory}")"); shift 2 ;;
+            --timeout) timeout="${2:?--timeout needs seconds}"; shift 2 ;;
+            --) shift; break ;;
+            *) die "unknown option $1 (the command goes after --)" ;;
+        esac
+    done
+    [ $# -ge 1 ] || die "no command: scripts/vm.sh run $name [--lsm LIST] -- CMD..."
+    need_root
+    ensure_tools
+    mkdir -p "$KCACHE" "$OUT"
+    fetch_kernel "$name"
+    local kimg cmd
+    kimg="$(kernel_image "$name")"
+    [ -n "$lsm" ] && append+=(-a "lsm=$lsm")
+    cmd="$(printf '%q ' "$HERE/vm.sh" __guest "$@")"
+    say "booting $name ($(cat "$KCACHE/$name/.pkg"))${lsm:+ lsm=$lsm}"
+    # vng writes the guest's output to the host's stdout/stderr by path: a regular file there
+    # would be overwritten, so both go through pipes. pipefail keeps vng's exit code.
+    local rc=0
+    { { timeout --kill-after=10 "$timeout" \
+        vng --run "$kimg" --disable-kvm --cpus "$CPUS" --memory "$MEMORY" \
+        --rwdir "$OUT" "${rw[@]}" "${append[@]}" --exec "$cmd" </dev/null \
+        2>&1 1>&3 3>&- | cat >&2; } 3>&1 | cat; } || rc=$?
+    [ "$rc" = 124 ] && say "$name: timed out after ${timeout}s"
+    return "$rc"
+}
+
+# Runs the kernel tests in every guest of the matrix; fails if any guest fails.
+matrix() { # KERNEL_TESTS
+    local bin="${1:?matrix needs the kernel test binary}" entry label kernel lsm rc start
+    local failed=() summary=()
+    [ -x "$bin" ] || die "$bin is not an executable"
+    for entry in "${MATRIX[@]}"; do
+        read -r label kernel lsm <<<"$entry"
+        start=$SECONDS
+        rc=0
+        if [ "$lsm" = - ]; then
+            run "$kernel" -- env AGENTMON_TESTS="$GUEST_TESTS" "$bin" --test-threads 2 || rc=$?
+        else
+            run "$kernel" --lsm "$lsm" -- env AGENTMON_TESTS="$GUEST_TESTS" "$bin" --test-threads 2 || rc=$?
+        fi
+        summary+=("$label: exit $rc, $((SECONDS - start)) s")
+        [ "$rc" = 0 ] || failed+=("$label")
+    done
+    say "kernel matrix:"
+    printf '  %s\n' "${summary[@]}" >&2
+    [ "${#failed[@]}" = 0 ] || die "kernel tests failed on: ${failed[*]}"
+}
+
+case "${1:-}" in
+    __guest) shift; guest "$@" ;;
+    kernels)
+        need_root
+        ensure_tools
+        mkdir -p "$KCACHE"
+        for k in "${KERNELS[@]}"; do
+            fetch_kernel "$k"
+            say "$k: $(cat "$KCACHE/$k/.pkg") -> $(kernel_image "$k")"
+        done
+        ;;
+    list) printf '%s\n' "${KERNELS[@]}" ;;
+    run) shift; run "$@" ;;
+    matrix) shift; matrix "$@" ;;
+    *) usage ;;
+esac
