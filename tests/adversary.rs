@@ -105,7 +105,7 @@ pub fn control_rights_stay_with_the_connector() -> R {
     let d = workdir("rights");
     let task = observed_task(&d, "rights")?;
     let c = start(&d, &task, "rights", &["rights"])?;
-    ensure(wait(Duration::from_secs(10), || d.join("pass.sock").exists()), || {
+    ensure(wait(Duration::from_secs(60), || d.join("pass.sock").exists()), || {
         format!("no pass.sock: {}", stderr(&d))
     })?;
     let ctl = std::fs::read_to_string(d.join("ctl-path")).map_err(|e| e.to_string())?;
@@ -157,11 +157,11 @@ pub fn control_socket_holds_under_a_flood() -> R {
     let task = observed_task(&d, "flood")?;
     let c = start(&d, &task, "wait_for", &[])?;
     let sock = format!("/run/agentmon/exec-{}.sock", c.id());
-    ensure(wait(Duration::from_secs(10), || Path::new(&sock).exists()), || {
+    ensure(wait(Duration::from_secs(60), || Path::new(&sock).exists()), || {
         format!("no socket: {}", stderr(&d))
     })?;
     let mut flood = as_nobody("hold", &[&sock, "300", d.to_str().unwrap()])?;
-    let held = wait(Duration::from_secs(10), || d.join("held").exists());
+    let held = wait(Duration::from_secs(60), || d.join("held").exists());
     let r = (|| {
         ensure(held, || "the flood never connected".into())?;
         for args in [["freeze", "flood"], ["thaw", "flood"]] {
@@ -307,7 +307,7 @@ pub fn left_cgroup_is_brought_back() -> R {
     let c = start(&d, &task, "leave_cgroup", &[procs])?;
     let sock = format!("/run/agentmon/exec-{}.sock", c.id());
     let r = (|| {
-        ensure(wait(Duration::from_secs(10), || d.join("left").exists()), || {
+        ensure(wait(Duration::from_secs(60), || d.join("left").exists()), || {
             format!("never left: {}", stderr(&d))
         })?;
         let pid: u32 = std::fs::read_to_string(d.join("left"))
@@ -489,7 +489,7 @@ fn full_disk_run(enforce: bool) -> R {
             .stderr(std::fs::File::create(d.join("stderr")).map_err(|e| e.to_string())?)
             .spawn()
             .map_err(|e| e.to_string())?;
-        ensure(wait(Duration::from_secs(10), || out.join("progress").exists()), || stderr(&d))?;
+        ensure(wait(Duration::from_secs(60), || out.join("progress").exists()), || stderr(&d))?;
         let filler = fill(&full)?;
         // Full for a while (long enough for an enforced task to be frozen for it),
         // then free again well before the agent is done.

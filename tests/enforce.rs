@@ -162,6 +162,7 @@ pub fn tamper_attempts_fail() -> R {
         "unix=/run/agentmon/none.sock".into(),
         "compat_creat".into(),
         "x32_getpid".into(),
+        "memfd_exec".into(),
     ];
     let (run, res) = run_attempts(&d, &task, &actions)?;
     let want = [
@@ -179,6 +180,9 @@ pub fn tamper_attempts_fail() -> R {
         ("compat_creat", 1000 + libc::SIGSYS),
         // ... and an x32 one killed the same way (the kernel alone says ENOSYS here).
         ("x32_getpid", 1000 + libc::SIGSYS),
+        // Code with no file: Landlock does not limit anonymous files, so a memfd that
+        // could be executed is refused when it is made.
+        ("memfd_exec", EPERM),
     ];
     for (k, v) in want {
         eq(&format!("{k} errno"), res.get(k).copied(), Some(v))?;
@@ -203,6 +207,7 @@ pub fn tamper_attempts_fail() -> R {
         (Kind::Bpf, "bpf", "EPERM"),
         (Kind::Tamper, "io_uring_setup", "EPERM"),
         (Kind::Tamper, "socket", "EPERM"),
+        (Kind::Tamper, "memfd_create", "EPERM"),
         (Kind::FileWrite, "openat", "EACCES"),
         (Kind::FileCreate, "openat", "EACCES"),
     ] {

@@ -8,6 +8,7 @@ mod audit;
 mod contain;
 mod daemon;
 mod enforce;
+mod expiry;
 mod nats;
 mod scenarios;
 mod support;
@@ -70,6 +71,7 @@ fn main() {
         ("daemon_restart_resumes_tasks", daemon::daemon_restart_resumes_tasks),
         ("daemon_kill9_restart_reports_the_gap", daemon::daemon_kill9_restart_reports_the_gap),
         ("daemon_kills_expired_tasks", daemon::daemon_kills_expired_tasks),
+        ("exec_ends_expired_tasks", expiry::exec_ends_expired_tasks),
         ("daemon_selectors_attach_agents", daemon::daemon_selectors_attach_agents),
         ("daemon_holds_approval_gates", daemon::daemon_holds_approval_gates),
         ("control_rights_stay_with_the_connector", adversary::control_rights_stay_with_the_connector),
@@ -170,6 +172,18 @@ fn file_side_effects() -> R {
         )?;
     }
     run.find(Kind::FileChown, &p("b.txt"))?;
+    let xattr = |path: &Path, sc: &str| {
+        run.of(Kind::FileXattr)
+            .into_iter()
+            .find(|e| e.path.as_deref() == path.to_str() && e.syscall.as_deref() == Some(sc))
+            .map(|e| (e.detail.get("name").and_then(|v| v.as_str()).map(String::from), has_flag(e, "remove")))
+    };
+    eq(
+        "fsetxattr resolved from fd",
+        xattr(&p("hard.txt"), "fsetxattr"),
+        Some((Some("user.agentmon".into()), false)),
+    )?;
+    eq("removexattr", xattr(&p("b.txt"), "removexattr"), Some((Some("user.agentmon".into()), true)))?;
     let truncs: Vec<&Event> = run.of(Kind::FileTruncate);
     ensure(
         truncs.iter().any(|e| {

@@ -16,6 +16,7 @@
 //! | CHOWN | [0] uid, [1] gid, [2] flags |
 //! | LINK | [0] 1 if symlink; operand 1 = new link, operand 2 = target |
 //! | MKDIR | [0] mode |
+//! | XATTR | [0] 1 if removed (removexattr family), [1] flags; operand 2 = the attribute's name |
 //! | CONNECT, SEND, BIND | [0] family \| port << 16 \| sock type << 32, [1..3] address bytes, [3] fd |
 //! | LISTEN | like CONNECT, the socket's local address; [4] backlog |
 //! | IOURING_SETUP | [0] ring fd, [1] sq entries, [2] setup flags |
@@ -38,6 +39,7 @@ pub const CHMOD: u16 = 204;
 pub const CHOWN: u16 = 205;
 pub const LINK: u16 = 206;
 pub const MKDIR: u16 = 207;
+pub const XATTR: u16 = 208;
 // Network, 3xx.
 pub const CONNECT: u16 = 300;
 pub const SEND: u16 = 301;
@@ -77,7 +79,7 @@ pub const ALL: [u16; 22] = [
     BPF,
     PRIVILEGE,
     TAMPER,
-    0,
+    XATTR,
 ];
 
 /// Dense counter slot of a kind (see `COUNTERS`); unknown kinds share the last slot.
@@ -104,6 +106,7 @@ pub const fn slot(kind: u16) -> u32 {
         BPF => 18,
         PRIVILEGE => 19,
         TAMPER => 20,
+        XATTR => 21,
         _ => crate::COUNTER_SLOTS - 1,
     }
 }

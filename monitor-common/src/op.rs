@@ -88,4 +88,12 @@ ops! {
     OPEN_BY_HANDLE_AT = 119, "open_by_handle_at";
     NAME_TO_HANDLE_AT = 120, "name_to_handle_at";
     IOURING_SETUP_CALL = 121, "io_uring_setup";
+    MEMFD_CREATE = 122, "memfd_create";
+
+    SETXATTR = 130, "setxattr";
+    LSETXATTR = 131, "lsetxattr";
+    FSETXATTR = 132, "fsetxattr";
+    REMOVEXATTR = 133, "removexattr";
+    LREMOVEXATTR = 134, "lremovexattr";
+    FREMOVEXATTR = 135, "fremovexattr";
 }

@@ -324,6 +324,34 @@ sys!(sys_exit_fchownat, op::FCHOWNAT, kind::CHOWN, |a, ev| {
     ev.operand(1, a.get(1), true, a.get(0) as i64);
 });
 
+// Extended attributes (setxattr/removexattr families): a metadata change Landlock does
+// not limit. Operand 1 is the file, operand 2 the attribute's name (as given).
+macro_rules! xattr {
+    ($exit:ident, $op:expr, $removed:expr, path) => {
+        sys!($exit, $op, kind::XATTR, |a, ev| {
+            ev.arg(0, $removed);
+            ev.arg(1, if $removed == 0 { a.get(4) } else { 0 });
+            ev.operand(1, a.get(0), true, AT_FDCWD);
+            ev.operand(2, a.get(1), true, NO_BASE);
+        });
+    };
+    ($exit:ident, $op:expr, $removed:expr, fd) => {
+        sys!($exit, $op, kind::XATTR, |a, ev| {
+            ev.arg(0, $removed);
+            ev.arg(1, if $removed == 0 { a.get(4) } else { 0 });
+            ev.flag(pflags::OP1_FROM_FD);
+            ev.operand_path(1, file_path(unsafe { fd_file(a.get(0) as i32 as i64) }));
+            ev.operand(2, a.get(1), true, NO_BASE);
+        });
+    };
+}
+xattr!(sys_exit_setxattr, op::SETXATTR, 0, path);
+xattr!(sys_exit_lsetxattr, op::LSETXATTR, 0, path);
+xattr!(sys_exit_fsetxattr, op::FSETXATTR, 0, fd);
+xattr!(sys_exit_removexattr, op::REMOVEXATTR, 1, path);
+xattr!(sys_exit_lremovexattr, op::LREMOVEXATTR, 1, path);
+xattr!(sys_exit_fremovexattr, op::FREMOVEXATTR, 1, fd);
+
 // Links: operand 1 is the new name, operand 2 the existing file (hard link) or the
 // symlink's target string, which is stored as written (it is resolved against the
 // link's directory when followed, not against the caller's cwd).

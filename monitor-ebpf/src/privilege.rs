@@ -140,6 +140,14 @@ pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// syscalls:sys_exit_memfd_create(ret); arguments (name, flags): a refused memfd
+/// (enforced tasks may only make ones sealed against execution).
+#[tracepoint]
+pub fn sys_exit_memfd_create(ctx: TracePointContext) -> u32 {
+    let _ = tamper_if(&ctx, op::MEMFD_CREATE, |ret, _| ret == -EPERM);
+    0
+}
+
 /// syscalls:sys_exit_io_uring_setup(ret); arguments (entries, params): a refused
 /// ring (a created one is reported by the io_uring tracepoints).
 #[tracepoint]

@@ -77,6 +77,7 @@ pub fn kind_name(k: u16) -> &'static str {
         kind::TRUNCATE => "file_truncate",
         kind::CHMOD => "file_chmod",
         kind::CHOWN => "file_chown",
+        kind::XATTR => "file_xattr",
         kind::LINK => "file_link",
         kind::MKDIR => "dir_create",
         kind::CONNECT => "connect",
@@ -114,6 +115,7 @@ fn tamper_detail(ev: &mut Event, o: u16, args: &[u64; 5]) {
             ("socket", format!("a socket of family {} was refused", args[0] as i32))
         }
         op::IOURING_SETUP_CALL => ("io_uring", "an io_uring (which bypasses syscall monitoring)".into()),
+        op::MEMFD_CREATE => ("fileless exec", "a memfd that could hold code to run from memory".into()),
         op::PROCESS_VM_READV | op::PROCESS_VM_WRITEV | op::PIDFD_GETFD => {
             ev.detail.insert(Cow::Borrowed("target_pid"), json!(args[0] as i32));
             ("another process", format!("{} on pid {}", op::name(o), args[0] as i32))
@@ -359,6 +361,15 @@ impl Enricher {
                 ev.path = self.path(raw, 0);
                 ev.mode = Some(octal(b.args[0]));
                 ev.flags.extend(names::at_flags(b.args[1]));
+            }
+            kind::XATTR => {
+                ev.kind = Kind::FileXattr;
+                ev.path = self.path(raw, 0);
+                let name = raw.ops.get(1).map(|o| o.given.to_string()).unwrap_or_default();
+                ev.detail.insert(Cow::Borrowed("name"), json!(name));
+                if b.args[0] == 1 {
+                    ev.flags.push(Cow::Borrowed("remove"));
+                }
             }
             kind::CHOWN => {
                 ev.kind = Kind::FileChown;

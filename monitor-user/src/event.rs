@@ -27,6 +27,8 @@ pub enum Kind {
     FileTruncate,
     FileChmod,
     FileChown,
+    /// An extended attribute set or removed (`detail.name`).
+    FileXattr,
     FileLink,
     DirCreate,
     Connect,
@@ -64,7 +66,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in declaration order (`k as usize` indexes it).
-    pub const ALL: [Kind; 31] = [
+    pub const ALL: [Kind; 32] = [
         Kind::Exec,
         Kind::Fork,
         Kind::Exit,
@@ -75,6 +77,7 @@ impl Kind {
         Kind::FileTruncate,
         Kind::FileChmod,
         Kind::FileChown,
+        Kind::FileXattr,
         Kind::FileLink,
         Kind::DirCreate,
         Kind::Connect,
@@ -125,6 +128,7 @@ impl Kind {
             Kind::FileTruncate => "file_truncate",
             Kind::FileChmod => "file_chmod",
             Kind::FileChown => "file_chown",
+            Kind::FileXattr => "file_xattr",
             Kind::FileLink => "file_link",
             Kind::DirCreate => "dir_create",
             Kind::Connect => "connect",

@@ -287,8 +287,36 @@ pub struct JsonLines {
     line: Vec<u8>,
 }
 
-/// A compact human-readable rendering of an event.
+/// `s` on one line: control characters (a newline in a file name) and backslashes
+/// escaped (`\n`, `\x1b`, `\\`), so that data can never start a row of its own.
+pub fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() || c == '\\') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A compact human-readable rendering of an event, on one line whatever its data.
 pub fn text_line(ev: &Event) -> String {
+    let s = text_line_raw(ev);
+    one_line(&s).into_owned()
+}
+
+fn text_line_raw(ev: &Event) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let mut buf = [0u8; 30];
@@ -516,5 +544,10 @@ mod tests {
         e.new_path = Some("/b".into());
         e.error = Some("EXDEV".into());
         assert_eq!(text_line(&e), "10:11:12.123 file_rename         42 mv              /a -> /b error=EXDEV");
+        // A newline in a file name cannot start a row of its own.
+        e.path = Some("/a\n10:11:12.123 file_delete  1 x /etc".into());
+        assert_eq!(text_line(&e).lines().count(), 1);
+        assert!(text_line(&e).contains("/a\\n10:11"));
+        assert_eq!(one_line("a\\b\u{1b}c"), "a\\\\b\\u{1b}c");
     }
 }

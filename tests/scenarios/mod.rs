@@ -96,6 +96,11 @@ fn files(d: &Path) -> Result<(), String> {
         let fd = sys(libc::open(c(&d.join("hard.txt")).as_ptr(), libc::O_WRONLY) as _, "open")? as i32;
         sys(libc::ftruncate(fd, 1) as _, "ftruncate")?;
         sys(libc::fchmod(fd, 0o640) as _, "fchmod")?;
+        // Extended attributes: set through the fd, removed by path (a filesystem
+        // without user xattrs fails them, and they are reported all the same).
+        let (name, val) = (CString::new("user.agentmon").unwrap(), b"x");
+        libc::fsetxattr(fd, name.as_ptr(), val.as_ptr().cast(), 1, 0);
+        libc::removexattr(c(&d.join("b.txt")).as_ptr(), name.as_ptr());
         libc::close(fd);
         // fchmodat2 (6.6+): AT_SYMLINK_NOFOLLOW on a regular file works. Older kernels
         // lack it (ENOSYS): said in a marker file for the test.
@@ -499,6 +504,18 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             // tracepoints like i386 ones; in a child, as the filter kills for it.
             // ENOSYS where neither the filter nor the kernel's x32 ABI takes it.
             "x32_getpid" => in_child(|| unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) }),
+            // Fileless exec: /bin/true copied into a memfd and run from it (fexecve).
+            "memfd_exec" => in_child(|| {
+                let name = CString::new("payload").unwrap();
+                let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+                let bin = fs::read("/bin/true").unwrap_or_default();
+                if fd < 0 || unsafe { libc::write(fd, bin.as_ptr().cast(), bin.len()) } < 0 {
+                    return -1;
+                }
+                let argv = [name.as_ptr(), std::ptr::null()];
+                let envp = [std::ptr::null::<libc::c_char>()];
+                unsafe { libc::fexecve(fd, argv.as_ptr(), envp.as_ptr()) as libc::c_long }
+            }),
             "stop_agentmon" => {
                 // Stops agentmon's event loop for 3 s (observe mode: nothing forbids it).
                 let r = unsafe { libc::ptrace(libc::PTRACE_ATTACH, agentmon, 0, 0) };

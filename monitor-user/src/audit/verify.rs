@@ -49,14 +49,50 @@ pub(crate) fn verify_reader(
     let mut raw = Vec::with_capacity(1024);
     loop {
         raw.clear();
-        let n =
-            r.read_until(b'\n', &mut raw).map_err(|source| AuditError::Read { path: path.into(), source })?;
+        let (n, whole) = read_line_bounded(&mut r, &mut raw, MAX_LINE)
+            .map_err(|source| AuditError::Read { path: path.into(), source })?;
         if n == 0 {
             break;
         }
-        c.line(&raw);
+        if whole {
+            c.line(&raw);
+        } else {
+            c.too_long(n);
+        }
     }
     Ok(c.finish())
+}
+
+/// The longest line read whole: anything longer is garbage, not a record (and a
+/// file without newlines must not be read into memory at once).
+const MAX_LINE: usize = 16 << 20;
+
+/// Reads one line (with its newline) into `buf`, keeping at most `max` bytes:
+/// (bytes consumed, whether the line was kept whole).
+pub(crate) fn read_line_bounded(
+    r: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<(usize, bool)> {
+    let mut n = 0;
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok((n, buf.len() == n));
+        }
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        if buf.len() + take <= max {
+            buf.extend_from_slice(&chunk[..take]);
+        }
+        r.consume(take);
+        n += take;
+        if done {
+            return Ok((n, buf.len() == n));
+        }
+    }
 }
 
 struct Checker<'k> {
@@ -107,6 +143,14 @@ fn fields(m: &Map<String, Value>) -> Result<Fields<'_>, String> {
 }
 
 impl Checker<'_> {
+    /// A line too long to be a record: reported, skipped.
+    fn too_long(&mut self, len: usize) {
+        self.line += 1;
+        let (line, offset) = (self.line, self.offset);
+        self.offset += len as u64;
+        self.lost(line, offset, format!("a line of {len} bytes: longer than any record ({MAX_LINE} bytes)"));
+    }
+
     fn line(&mut self, raw: &[u8]) {
         self.line += 1;
         let (line, offset) = (self.line, self.offset);

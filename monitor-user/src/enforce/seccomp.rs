@@ -85,6 +85,14 @@ pub fn filter(sockets: Sockets) -> Result<BpfProgram, String> {
         }
     }
     rules.insert(libc::SYS_socket, socket_rules);
+    // Landlock does not limit anonymous files: a memfd holding code could be run from
+    // memory (fexecve, /proc/self/fd/N) with nothing in scope.exec. A memfd must be
+    // sealed against execution at birth (MFD_NOEXEC_SEAL, Linux 6.3+).
+    const MFD_NOEXEC_SEAL: u64 = 0x8;
+    rules.insert(
+        libc::SYS_memfd_create,
+        vec![rule(vec![cond(1, SeccompCmpOp::MaskedEq(MFD_NOEXEC_SEAL), 0)?])?],
+    );
     let f = SeccompFilter::new(
         rules,
         SeccompAction::Allow,

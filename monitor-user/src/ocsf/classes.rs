@@ -78,6 +78,7 @@ pub fn body(ev: &Event) -> Option<Body> {
         | Kind::FileRename
         | Kind::FileChmod
         | Kind::FileChown
+        | Kind::FileXattr
         | Kind::FileLink
         | Kind::SensitiveRead => file_activity(ev),
         Kind::Connect | Kind::Send | Kind::Bind | Kind::Listen => network_activity(ev),
@@ -200,6 +201,7 @@ fn file_activity(ev: &Event) -> Body {
             ((4, "Delete"), if dir { FILE_FOLDER } else { FILE_UNKNOWN })
         }
         Kind::FileRename => ((5, "Rename"), FILE_UNKNOWN),
+        Kind::FileXattr => ((6, "Set Attributes"), FILE_UNKNOWN),
         // Mode bits and ownership are the file's access control: Set Security.
         _ => ((7, "Set Security"), FILE_UNKNOWN),
     };

@@ -155,6 +155,7 @@ fn file_kinds_map_to_file_system_activity() {
         (Kind::FileRename, 5, 0, &[]),
         (Kind::FileChmod, 7, 0, &[]),
         (Kind::FileChown, 7, 0, &[]),
+        (Kind::FileXattr, 6, 0, &[]),
     ];
     for (kind, activity, type_id, flags) in cases {
         let mut e = ev(*kind);

@@ -79,6 +79,7 @@ pub fn judge(ev: &Event, task: &Task, launch: bool) -> Option<Reason> {
         | Kind::FileTruncate
         | Kind::FileChmod
         | Kind::FileChown
+        | Kind::FileXattr
         | Kind::FileLink
         | Kind::DirCreate => writable(task, path),
         Kind::FileRename => {

@@ -118,7 +118,8 @@ pub fn what(e: &Event) -> String {
     if let Some(err) = &e.error {
         let _ = write!(s, " [{err}]");
     }
-    s
+    // Data (a file name with a newline) never starts a row of its own.
+    crate::sink::one_line(&s).into_owned()
 }
 
 /// Is this verdict one to point at? `!` out of scope, a violation, or denied; `?`

@@ -79,9 +79,14 @@ pub fn parse(name: &str, data: &[u8]) -> anyhow::Result<Recording> {
     let torn_tail = !data.is_empty() && !data.ends_with(b"\n");
     let lines: Vec<&[u8]> = data.split(|b| *b == b'\n').collect();
     let last = lines.len() - 1;
+    let mut blank = Vec::new();
     for (i, raw) in lines.iter().enumerate() {
         let line = raw.trim_ascii();
         if line.is_empty() {
+            // The split's piece after a final newline is no line; any other blank is said.
+            if i != last {
+                blank.push(i + 1);
+            }
             continue;
         }
         let lineno = i + 1;
@@ -102,6 +107,15 @@ pub fn parse(name: &str, data: &[u8]) -> anyhow::Result<Recording> {
     }
     for g in chain.gaps {
         rec.warnings.push(format!("{name}: audit chain: {g}"));
+    }
+    if !blank.is_empty() {
+        let shown: Vec<String> = blank.iter().take(10).map(|n| n.to_string()).collect();
+        rec.warnings.push(format!(
+            "{name}: {} blank lines skipped (line {}{}): a writer does not leave them",
+            blank.len(),
+            shown.join(", "),
+            if blank.len() > 10 { ", ..." } else { "" }
+        ));
     }
     Ok(rec)
 }

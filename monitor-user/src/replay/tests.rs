@@ -285,3 +285,40 @@ fn command_line() {
     assert!(Cli::try_parse_from(["x", "--task", "t"]).is_err(), "--from is required");
     assert!(Cli::try_parse_from(["x", "--from", "f", "--task-file", "m.yaml"]).is_err(), "needs --rules");
 }
+
+#[test]
+fn a_deep_fork_chain_renders_in_linear_size_and_a_newline_in_a_name_stays_in_its_row() {
+    let depth = 5_000u32;
+    let mut evs = vec![ev(Kind::Exec, 0, 1, "t1")];
+    for p in 2..depth {
+        let mut f = ev(Kind::Fork, p as i128, p, "t1");
+        f.ppid = Some(p - 1);
+        evs.push(f);
+    }
+    let mut w = write_ev(depth - 1, depth as i128, "/tmp/a\n  fake row");
+    w.verdict = Some(Cow::Borrowed("in_scope"));
+    evs.push(w);
+    let refs: Vec<&Event> = evs.iter().collect();
+    let mut out = Vec::new();
+    tree::render(&refs, &[], None, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let longest = text.lines().map(str::len).max().unwrap();
+    assert!(longest < 400, "a line of {longest} bytes");
+    assert!(text.len() < depth as usize * 200, "{} bytes", text.len());
+    assert!(text.contains("/tmp/a\\n  fake row"), "{}", &text[text.len() - 300..]);
+    assert!(!text.lines().any(|l| l.starts_with("  fake row")));
+}
+
+#[test]
+fn blank_lines_are_said() {
+    let e = write_ev(1, 0, "/x");
+    let text = format!("{}\n\n{}", line(&e), line(&e));
+    let rec = source::parse("f.jsonl", text.as_bytes()).unwrap();
+    assert!(
+        rec.warnings.iter().any(|w| w.contains("2 blank lines") || w.contains("blank lines skipped")),
+        "{:?}",
+        rec.warnings
+    );
+    let clean = source::parse("f.jsonl", line(&e).as_bytes()).unwrap();
+    assert!(clean.warnings.is_empty(), "{:?}", clean.warnings);
+}

@@ -111,6 +111,9 @@ impl Tree {
 }
 
 /// Renders the tree of `events`; `was` (what-if) holds, by event id, what changed.
+/// Levels of nesting shown as indentation.
+const MAX_INDENT: usize = 32;
+
 pub fn render(
     events: &[&Event],
     alerts: &[&Alert],
@@ -138,7 +141,13 @@ pub fn render(
     // Depth first, without recursion: a long fork chain must not exhaust the stack.
     let mut stack: Vec<(&Entry, usize)> = t.top.iter().rev().map(|en| (en, 0)).collect();
     while let Some((en, depth)) = stack.pop() {
-        let indent = "  ".repeat(depth);
+        // Past MAX_INDENT levels the depth is written as a number: a 20,000-deep fork
+        // chain stays linear in size, not quadratic.
+        let indent = if depth <= MAX_INDENT {
+            "  ".repeat(depth)
+        } else {
+            format!("{}[depth {depth}] ", "  ".repeat(MAX_INDENT))
+        };
         match en {
             Entry::Ev(i) => {
                 let e = events[*i];

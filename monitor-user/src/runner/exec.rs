@@ -258,9 +258,9 @@ async fn delegated(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> 
     }
     if !opts.quiet {
         eprintln!(
-            "agentmon: running as sub-task {} of {:?}; its events are in the parent's stream",
+            "agentmon: running as sub-task {} of {}; its events are in the parent's stream",
             reply.task.unwrap_or_default(),
-            reply.chain
+            reply.chain.join(" <- ")
         );
     }
     held.release()?;

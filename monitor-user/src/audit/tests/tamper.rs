@@ -212,3 +212,26 @@ fn malformed_and_non_canonical_lines_are_detected() {
     put(&log, &ls);
     assert!(check(&log).to_string().contains("unexpected field `extra`"));
 }
+
+#[test]
+fn a_huge_line_is_reported_without_being_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = sample(dir.path());
+    let mut ls = lines(&log);
+    // Longer than any record: reported as malformed; the next record is checked on.
+    ls[2] = "x".repeat(20 << 20);
+    put(&log, &ls);
+    let r = check(&log);
+    assert_eq!(kinds(&r), [ProblemKind::Malformed], "{}", &r.to_string()[..200]);
+    assert!(r.to_string().contains("longer than any record"));
+    let mut buf = Vec::new();
+    let mut reader = std::io::BufReader::new(&b"abc\ndefghij\nk"[..]);
+    let read = |r: &mut std::io::BufReader<&[u8]>, b: &mut Vec<u8>| {
+        b.clear();
+        super::super::verify::read_line_bounded(r, b, 5).unwrap()
+    };
+    assert_eq!(read(&mut reader, &mut buf), (4, true));
+    assert_eq!(read(&mut reader, &mut buf), (8, false));
+    assert_eq!(read(&mut reader, &mut buf), (1, true));
+    assert_eq!(read(&mut reader, &mut buf), (0, true));
+}
