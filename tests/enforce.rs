@@ -64,7 +64,8 @@ fn root_pid(run: &support::Run) -> Result<u32, String> {
     run.events.iter().find(|e| e.kind == Kind::Exec).map(|e| e.pid).ok_or_else(|| run.summary())
 }
 
-const CORE: [&str; 6] = ["write_in", "write_out", "delete_out", "exec_out", "tcp", "udp"];
+const CORE: [&str; 8] =
+    ["write_in", "chmod_in", "write_out", "chmod_out", "delete_out", "exec_out", "tcp", "udp"];
 
 pub fn enforce_denies_out_of_scope() -> R {
     let (d, task) = setup("enforce", true)?;
@@ -75,6 +76,9 @@ pub fn enforce_denies_out_of_scope() -> R {
     let (run, res) = run_attempts(&d, &task, &actions)?;
     let want = [
         ("write_in", 0),
+        // Mode changes: held by the gate, let through in scope, refused outside it.
+        ("chmod_in", 0),
+        ("chmod_out", EACCES),
         ("write_out", EACCES),
         ("delete_out", EACCES),
         ("exec_out", EACCES),
@@ -85,6 +89,14 @@ pub fn enforce_denies_out_of_scope() -> R {
         eq(&format!("{k} errno"), res.get(k).copied(), Some(v))?;
     }
     ensure(d.join("victim.txt").exists(), || "the out-of-scope delete happened".into())?;
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        std::fs::metadata(d.join("victim.txt")).map_err(|e| e.to_string())?.permissions().mode() & 0o777;
+    ensure(mode != 0o666, || "the out-of-scope chmod happened".into())?;
+    let ch = run.find(Kind::FileChmod, &d.join("victim.txt"))?;
+    eq("chmod verdict", (ch.verdict.as_deref(), ch.error.as_deref()), (Some("denied"), Some("EACCES")))?;
+    let ok = run.find(Kind::FileChmod, &d.join("repo/ok.txt"))?;
+    eq("in-scope chmod", (ok.verdict.as_deref(), ok.error.as_deref()), (Some("in_scope"), None))?;
     ensure(!d.join("outside.txt").exists(), || "the out-of-scope write happened".into())?;
     // Each blocked side effect is an event with verdict denied and the clause.
     let w = run.find(Kind::FileCreate, &d.join("outside.txt"))?;
@@ -163,6 +175,8 @@ pub fn tamper_attempts_fail() -> R {
         "compat_creat".into(),
         "x32_getpid".into(),
         "memfd_exec".into(),
+        "write_in".into(),
+        "xattr_in".into(),
     ];
     let (run, res) = run_attempts(&d, &task, &actions)?;
     let want = [
@@ -183,6 +197,8 @@ pub fn tamper_attempts_fail() -> R {
         // Code with no file: Landlock does not limit anonymous files, so a memfd that
         // could be executed is refused when it is made.
         ("memfd_exec", EPERM),
+        // No layer keeps extended attributes to the scope: none may be changed.
+        ("xattr_in", EPERM),
     ];
     for (k, v) in want {
         eq(&format!("{k} errno"), res.get(k).copied(), Some(v))?;

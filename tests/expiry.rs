@@ -86,6 +86,15 @@ pub fn exec_ends_expired_tasks() -> R {
     let still = progress() == at_freeze;
     let sock = format!("/run/agentmon/exec-{}.sock", c.id());
     let killed = Command::new(agentmon()).args(["kill", "short-enforced", "--socket", &sock]).output();
+    let said = killed.as_ref().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default();
+    // Never hang on a task left frozen: the test fails instead.
+    if !wait(Duration::from_secs(60), || matches!(c.try_wait(), Ok(Some(_)))) {
+        let _ = c.kill();
+        let _ = c.wait();
+        return Err(
+            format!("agentmon did not end after the kill (frozen: {frozen}; kill said: {said})").into()
+        );
+    }
     let code = c.wait().map_err(|e| e.to_string())?.code();
     ensure(frozen, || "the enforced task was not frozen at its expiry".into())?;
     ensure(still, || format!("the frozen task went on writing ({at_freeze} then {})", progress()))?;

@@ -468,6 +468,17 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             "write_in" => errno(fs::write(d.join("repo/ok.txt"), b"ok")),
             "write_out" => errno(fs::write(d.join("outside.txt"), b"no")),
             "delete_out" => errno(fs::remove_file(d.join("victim.txt"))),
+            "chmod_in" => {
+                errno(fs::set_permissions(d.join("repo/ok.txt"), fs::Permissions::from_mode(0o600)))
+            }
+            "chmod_out" => {
+                errno(fs::set_permissions(d.join("victim.txt"), fs::Permissions::from_mode(0o666)))
+            }
+            "xattr_in" => {
+                let (p, n) = (c(&d.join("repo/ok.txt")), CString::new("user.agentmon").unwrap());
+                sys(unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), b"x".as_ptr().cast(), 1, 0) }
+                    as libc::c_long)
+            }
             "exec_out" => errno(std::process::Command::new(d.join("tool.sh")).status().map(|_| ())),
             "tcp" => match std::net::TcpStream::connect("127.0.0.1:1") {
                 Ok(_) => 0,

@@ -113,14 +113,26 @@ fn exec_files(pattern: &str) -> Result<Vec<Target>, Refusal> {
     Ok(out)
 }
 
+/// The first `n` bytes of file `p` (fewer if it is shorter).
+pub fn head(p: &Path, n: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    fs::File::open(p).ok()?.take(n).read_to_end(&mut data).ok()?;
+    Some(data)
+}
+
 /// The ELF interpreter (PT_INTERP) of an executable, if it has one. The kernel
 /// opens it for execution too, so it must be allowed alongside.
 pub fn elf_interpreter(p: &Path) -> Option<PathBuf> {
-    use object::read::elf::{ElfFile64, ProgramHeader};
-    let data = fs::read(p).ok()?;
-    let elf = ElfFile64::<object::Endianness>::parse(&*data).ok()?;
-    let e = elf.endian();
-    for ph in elf.elf_program_headers() {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    // The program headers and the interpreter's name are at the start of the file:
+    // a 200 MB binary is not read whole (on a slow filesystem that takes minutes).
+    // Only the file header and program headers are parsed (the section headers,
+    // at the end, are not read).
+    let data = head(p, 64 << 10)?;
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(&*data).ok()?;
+    let e = header.endian().ok()?;
+    for ph in header.program_headers(e, &*data).ok()? {
         if ph.p_type(e) == object::elf::PT_INTERP {
             let bytes = ph.data(e, &*data).ok()?;
             let s = std::str::from_utf8(bytes).ok()?.trim_end_matches('\0');

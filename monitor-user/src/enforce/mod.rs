@@ -122,8 +122,7 @@ pub fn launch_files(program: &std::path::Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(real) = std::fs::canonicalize(program) else { return out };
     out.push(real.clone());
-    let head =
-        std::fs::read(&real).ok().map(|b| b.into_iter().take(256).collect::<Vec<u8>>()).unwrap_or_default();
+    let head = landlock::head(&real, 256).unwrap_or_default();
     if let Some(line) = head.strip_prefix(b"#!") {
         let line = String::from_utf8_lossy(line);
         let mut words = line.lines().next().unwrap_or("").split_whitespace();
@@ -163,15 +162,18 @@ pub fn confine(
     if !layers.seccomp {
         return Err(refuse("scope", "the seccomp layer is not available".into()));
     }
-    let gate = if task.approval.is_empty() {
-        None
-    } else {
-        if !layers.approval {
-            return Err(refuse(
-                "approval_required",
-                "approval gates need seccomp user notification, which this kernel does not offer".into(),
-            ));
-        }
+    // Mode and owner changes are not limited by Landlock: the gate holds every chmod
+    // and chown of an enforced task, and lets through at once those its scope allows
+    // (approval_required may still ask for them).
+    if !layers.approval {
+        return Err(refuse(
+            "scope.write",
+            "mode and owner changes are kept to the write scope by holding them (seccomp user notification), \
+             which this kernel does not offer"
+                .into(),
+        ));
+    }
+    let gate = {
         if let Some(op) = task.approval.iter().find(|o| !crate::gate::filter::GATEABLE.contains(o)) {
             return Err(refuse(
                 "approval_required",
@@ -182,7 +184,11 @@ pub fn confine(
                 ),
             ));
         }
-        Some(crate::gate::filter::program(&task.approval))
+        let mut held = task.approval.clone();
+        held.extend(
+            [crate::task::Op::Chmod, crate::task::Op::Chown].iter().filter(|o| !task.approval.contains(o)),
+        );
+        Some(crate::gate::filter::program(&held))
     };
     for p in &protected.paths {
         if task.write.reaches(p) {

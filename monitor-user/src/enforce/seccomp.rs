@@ -32,6 +32,14 @@ pub const DENIED: &[(&str, i64)] = &[
     ("open_by_handle_at", libc::SYS_open_by_handle_at),
     // Would let a root agent copy agentmon's fds (the approval listener among them).
     ("pidfd_getfd", libc::SYS_pidfd_getfd),
+    // Extended attributes: no layer keeps them to the write scope on this tier, so
+    // an enforced task may change none (stricter than declared, never weaker).
+    ("setxattr", libc::SYS_setxattr),
+    ("lsetxattr", libc::SYS_lsetxattr),
+    ("fsetxattr", libc::SYS_fsetxattr),
+    ("removexattr", libc::SYS_removexattr),
+    ("lremovexattr", libc::SYS_lremovexattr),
+    ("fremovexattr", libc::SYS_fremovexattr),
 ];
 
 /// Can this kernel install seccomp filters?

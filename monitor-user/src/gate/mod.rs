@@ -223,6 +223,13 @@ impl Gate {
             answer(Err(Errno::EACCES));
             return None;
         }
+        if !bound.task.approval.contains(&g.op) {
+            // Held only so that its scope is checked before it happens (an enforced
+            // task's chmod and chown): in scope, it is performed at once on what was
+            // resolved; its own event, at the call's exit, reports it.
+            answer(notify::perform(&call, &creds));
+            return None;
+        }
         let path = ev.path.clone().unwrap_or_default();
         let now = Instant::now();
         self.standing.retain(|s| s.until > now);

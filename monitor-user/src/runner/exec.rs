@@ -241,7 +241,9 @@ async fn delegated(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> 
     }
     let confined = gated_by_parent.task.as_ref().is_some_and(|(t, _)| t.enforce);
     let setup = Setup::new(layers, opts.own_files(), opts.approval_timeout);
-    let confinement = plan_confinement(&gated_by_parent, &setup)?;
+    // The parent's gate (inherited with its filter) holds the sub-task's calls: no
+    // second one.
+    let confinement = plan_confinement(&gated_by_parent, &setup)?.map(|c| Confinement { gate: None, ..c });
     let Some((task, text)) = opts.task else { unreachable!("checked by the caller") };
     // The mailbox (AGENTMON_CTL_FD), if this process has one, is inherited as it is.
     let held = launch::spawn_held(&opts.cmd, &[(TASK_ENV.into(), task.id.clone())], confinement, None)?;
