@@ -111,7 +111,13 @@ pub fn control_rights_stay_with_the_connector() -> R {
     let ctl = std::fs::read_to_string(d.join("ctl-path")).map_err(|e| e.to_string())?;
     // An operator's connection (root, outside every task), handed to the agent.
     let mine = std::os::unix::net::UnixStream::connect(ctl.trim()).map_err(|e| e.to_string())?;
-    let pass = std::os::unix::net::UnixStream::connect(d.join("pass.sock")).map_err(|e| e.to_string())?;
+    // The file appears at bind, a moment before the scenario listens: retry.
+    let mut pass = Err("never tried".to_string());
+    wait(Duration::from_secs(30), || {
+        pass = std::os::unix::net::UnixStream::connect(d.join("pass.sock")).map_err(|e| e.to_string());
+        pass.is_ok()
+    });
+    let pass = pass?;
     {
         use std::os::fd::AsRawFd;
         let iov = [std::io::IoSlice::new(b"x")];
@@ -169,7 +175,10 @@ pub fn control_socket_holds_under_a_flood() -> R {
             ensure(code == 0, || format!("{} under a flood: exit {code}: {out}{err}", args[0]))?;
         }
         let (_, out, err) = cli(&["status", "--socket", &sock])?;
-        ensure(out.contains("\"flood\""), || format!("status under a flood: {out}{err}"))
+        ensure(out.contains("\"flood\""), || format!("status under a flood: {out}{err}"))?;
+        // The descriptors the flood sent were closed, not kept.
+        let open = std::fs::read_dir(format!("/proc/{}/fd", c.id())).map(|d| d.count()).unwrap_or(0);
+        ensure(open < 200, || format!("agentmon holds {open} descriptors after the flood"))
     })();
     let _ = flood.kill();
     let _ = flood.wait();
@@ -179,7 +188,9 @@ pub fn control_socket_holds_under_a_flood() -> R {
     eq("scenario exit", code, 0)?;
     let log = stderr(&d);
     let lines = log.lines().filter(|l| l.contains("control")).count();
-    ensure(lines <= 5, || format!("{lines} log lines about the flood:\n{log}"))?;
+    // Bounded: a burst of refusal records for the user, then one a second, and a
+    // summary of refused connections every ten seconds (not one line each).
+    ensure(lines <= 12, || format!("{lines} log lines about the flood:\n{log}"))?;
     ensure(evs.iter().any(|e| e.kind == Kind::Action && e.action.as_deref() == Some("freeze")), || {
         "no freeze action recorded".into()
     })?;
@@ -285,7 +296,8 @@ pub fn enforce_refuses_scopes_over_agentmon() -> R {
             ensure(
                 out.status.code() == Some(125)
                     && err.contains("cannot enforce task")
-                    && err.contains("scope.write"),
+                    && err.contains("scope.write")
+                    && (err.contains("agentmon writes or trusts") || err.contains("a kernel interface")),
                 || format!("write scope {scope}: exit {:?}: {err}", out.status.code()),
             )?;
         }

@@ -323,8 +323,15 @@ async fn call_reaching(socket: &Path, req: &Request) -> Result<Reply, Reach> {
 /// (SCM_CREDENTIALS, attached by the kernel: see [`Server::bind_at`]).
 pub type Read = (Result<Request, String>, Vec<std::os::fd::OwnedFd>, Vec<u32>);
 
-/// Reads one request line with its descriptors and writers, bounded in size and time.
-pub async fn read_request_fds(stream: &mut UnixStream) -> Read {
+/// The most descriptors one message can carry (the kernel's SCM_MAX_FD): the
+/// control buffer has room for them all, so none is ever installed unseen (and
+/// so never closed).
+pub const SCM_MAX_FD: usize = 253;
+
+/// Reads one request line with its descriptors and writers, bounded in size and
+/// time. At most `keep_fds` descriptors are kept (the first ones); the others are
+/// closed as they arrive.
+pub async fn read_request_fds(stream: &mut UnixStream, keep_fds: usize) -> Read {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
     let mut line = Vec::new();
@@ -343,7 +350,7 @@ pub async fn read_request_fds(stream: &mut UnixStream) -> Read {
         let mut buf = [0u8; 4096];
         let r = stream.try_io(tokio::io::Interest::READABLE, || {
             let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-            let mut cmsg = nix::cmsg_space!([RawFd; 4], libc::ucred);
+            let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD], libc::ucred);
             let fd = stream.as_raw_fd();
             let msg = recvmsg::<()>(
                 fd,
@@ -374,8 +381,13 @@ pub async fn read_request_fds(stream: &mut UnixStream) -> Read {
                 line.extend_from_slice(&buf[..n]);
                 // No credentials: a writer the kernel could not name (pid 0 is nobody).
                 writers.push(who.map_or(0, |p| p.max(0) as u32));
-                // SAFETY: the kernel just installed these descriptors for us.
-                fds.extend(got.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                // SAFETY: the kernel just installed these descriptors for us; those
+                // beyond what is kept are closed when dropped here.
+                for fd in got.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }) {
+                    if fds.len() < keep_fds {
+                        fds.push(fd);
+                    }
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return (Err(format!("reading the request: {e}")), fds, writers),

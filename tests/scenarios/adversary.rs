@@ -94,9 +94,25 @@ pub fn rights(d: &Path, task: &str) -> Result<(), String> {
 /// DIR/held and sleeps until killed.
 pub fn hold(sock: &str, n: usize, d: &Path) -> Result<(), String> {
     let mut held = Vec::new();
-    for _ in 0..n {
+    let null = fs::File::open("/dev/null").map_err(|e| e.to_string())?;
+    let fds = [null.as_raw_fd(); 10];
+    for i in 0..n {
         match UnixStream::connect(sock) {
-            Ok(s) => held.push(s),
+            Ok(s) => {
+                // Every other one: a request with ten descriptors attached, which must
+                // not pile up in agentmon.
+                if i % 2 == 1 {
+                    let iov = [std::io::IoSlice::new(b"{\"op\":\"status\"}\n")];
+                    let _ = sendmsg::<()>(
+                        s.as_raw_fd(),
+                        &iov,
+                        &[ControlMessage::ScmRights(&fds)],
+                        MsgFlags::empty(),
+                        None,
+                    );
+                }
+                held.push(s)
+            }
             Err(e) if held.is_empty() => return Err(format!("{sock}: {e}")),
             Err(_) => break,
         }

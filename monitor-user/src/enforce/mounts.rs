@@ -20,6 +20,9 @@ pub const KERNEL_FS: &[&str] = &[
     "efivarfs",
     "pstore",
     "fusectl",
+    "binfmt_misc",
+    // /dev: raw disks, /dev/mem, /dev/kmsg (the harmless devices are allowed apart).
+    "devtmpfs",
 ];
 
 /// One line of /proc/self/mountinfo: where, and what type.

@@ -40,6 +40,9 @@ pub const DENIED: &[(&str, i64)] = &[
     ("removexattr", libc::SYS_removexattr),
     ("lremovexattr", libc::SYS_lremovexattr),
     ("fremovexattr", libc::SYS_fremovexattr),
+    // Their *at forms (Linux 6.13), by number: older kernels answer ENOSYS anyway.
+    ("setxattrat", 463),
+    ("removexattrat", 466),
 ];
 
 /// Can this kernel install seccomp filters?
@@ -93,6 +96,15 @@ pub fn filter(sockets: Sockets) -> Result<BpfProgram, String> {
         }
     }
     rules.insert(libc::SYS_socket, socket_rules);
+    // A datagram socket pair can still send to any unix socket path (sendto with an
+    // address): only stream pairs (the mailbox's replies), as a unix socket of its
+    // own is refused too.
+    if sockets.no_unix {
+        rules.insert(
+            libc::SYS_socketpair,
+            vec![rule(vec![cond(1, SeccompCmpOp::MaskedEq(0xf), libc::SOCK_DGRAM as u64)?])?],
+        );
+    }
     // Landlock does not limit anonymous files: a memfd holding code could be run from
     // memory (fexecve, /proc/self/fd/N) with nothing in scope.exec. A memfd must be
     // sealed against execution at birth (MFD_NOEXEC_SEAL, Linux 6.3+).

@@ -34,6 +34,9 @@ use crate::{
     task::Op,
 };
 
+/// Held calls taken per wakeup (the rest wait for the next turn of the loop).
+const TAKE_BATCH: usize = 32;
+
 /// Who decided.
 #[derive(Debug, Clone)]
 pub enum Who {
@@ -138,7 +141,9 @@ impl Gate {
     /// Takes every held call waiting now; returns the events to record.
     pub fn take(&mut self, sensors: &Sensors, enr: &Enricher, judge: &Judge) -> Vec<Event> {
         let mut out = Vec::new();
-        loop {
+        // At most a batch per wakeup: an agent calling chmod in a loop from several
+        // threads must not keep the loop from the ring, the ticks and the operators.
+        for _ in 0..TAKE_BATCH {
             // RECV blocks whatever O_NONBLOCK says: ask poll first.
             match notify::pending(self.fd()) {
                 notify::Ready::Call => {}
@@ -226,8 +231,11 @@ impl Gate {
         if !bound.task.approval.contains(&g.op) {
             // Held only so that its scope is checked before it happens (an enforced
             // task's chmod and chown): in scope, it is performed at once on what was
-            // resolved; its own event, at the call's exit, reports it.
-            answer(notify::perform(&call, &creds));
+            // resolved, if the caller still waits; its own event, at the call's exit,
+            // reports it.
+            if notify::valid(fd, n.id) {
+                answer(notify::perform(&call, &creds));
+            }
             return None;
         }
         let path = ev.path.clone().unwrap_or_default();

@@ -382,6 +382,16 @@ fn act(call: &Call) -> Result<i64, Errno> {
                 unsafe { libc::fchmod(fd.as_raw_fd(), v(0) as libc::mode_t) as libc::c_long }
             }
         }
+        // lchown: the link itself, by its entry.
+        (crate::task::Op::Chown, [Target::Entry { dir, name, .. }]) => unsafe {
+            libc::fchownat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                v(0) as libc::uid_t,
+                v(1) as libc::gid_t,
+                libc::AT_SYMLINK_NOFOLLOW,
+            ) as libc::c_long
+        },
         (crate::task::Op::Chown, [Target::File { fd, .. }]) => unsafe {
             libc::fchownat(
                 fd.as_raw_fd(),

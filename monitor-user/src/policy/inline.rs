@@ -31,9 +31,32 @@ pub struct Inline {
     pub net: Vec<IpNet>,
 }
 
-/// Kinds the layers refuse to every enforced task.
+/// Kinds the layers refuse to every enforced task (extended attributes included:
+/// none may be changed).
 fn always_refused(k: Kind) -> bool {
-    matches!(k, Kind::Ptrace | Kind::Bpf | Kind::IoUring | Kind::MemfdExec | Kind::Tamper)
+    matches!(k, Kind::Ptrace | Kind::Bpf | Kind::IoUring | Kind::Tamper | Kind::FileXattr)
+}
+
+/// Kinds whose out-of-scope calls the layers refuse before the effect (Landlock,
+/// the network guard, the gate's scope check for mode and owner changes).
+fn refused_outside_scope(k: Kind) -> bool {
+    always_refused(k)
+        || matches!(
+            k,
+            Kind::FileWrite
+                | Kind::FileCreate
+                | Kind::FileTruncate
+                | Kind::FileLink
+                | Kind::DirCreate
+                | Kind::FileRename
+                | Kind::FileDelete
+                | Kind::FileChmod
+                | Kind::FileChown
+                | Kind::Exec
+                | Kind::MemfdExec
+                | Kind::Connect
+                | Kind::Send
+        )
 }
 
 /// Could a path match both `a` (a rule pattern, absolute or `**/...`) and a scope
@@ -67,9 +90,6 @@ pub fn deny_rules<'a>(rules: impl Iterator<Item = &'a Rule>, task: &Task) -> Res
 /// Nets to take out of the allowlist (Some) or nothing needed (None); Err: why not.
 fn check(r: &Rule, task: &Task) -> Result<Option<Vec<IpNet>>, String> {
     let m = &r.matcher;
-    if m.outside_scope == Some(true) {
-        return Ok(None);
-    }
     let no = |why: String| {
         Err(format!(
             "rule {} ({}:{}) has action deny, but {why}: no active layer can refuse that before it happens \
@@ -82,6 +102,13 @@ fn check(r: &Rule, task: &Task) -> Result<Option<Vec<IpNet>>, String> {
     let kinds: Vec<Kind> = if m.kinds.is_empty() { Kind::ALL.to_vec() } else { m.kinds.clone() };
     let mut nets = Vec::new();
     for k in kinds.into_iter().filter(|k| !always_refused(*k) && !k.is_own_record()) {
+        if m.outside_scope == Some(true) {
+            // Only out-of-scope calls match: held where the layers refuse those.
+            if refused_outside_scope(k) {
+                continue;
+            }
+            return no(format!("{} outside the scope is not refused by any layer of this host", k.as_str()));
+        }
         match k {
             Kind::Connect | Kind::Send => {
                 if m.unix.is_some() {
@@ -112,7 +139,9 @@ fn check(r: &Rule, task: &Task) -> Result<Option<Vec<IpNet>>, String> {
             | Kind::FileTruncate
             | Kind::FileLink
             | Kind::DirCreate
-            | Kind::FileRename => {
+            | Kind::FileRename
+            | Kind::FileChmod
+            | Kind::FileChown => {
                 let allowed = match task.mode {
                     Mode::Read => false,
                     Mode::Propose => true,
@@ -127,7 +156,8 @@ fn check(r: &Rule, task: &Task) -> Result<Option<Vec<IpNet>>, String> {
                     return no("file_delete may match a delete the task's scope allows".into());
                 }
             }
-            Kind::Exec => {
+            // A deleted file run through its descriptor is memfd_exec too: as exec.
+            Kind::Exec | Kind::MemfdExec => {
                 let exe: Vec<String> = m.exe_patterns.iter().chain(&m.path_patterns).cloned().collect();
                 if paths_overlap(&exe, &task.exec) || task.exec.is_empty() && exe.is_empty() {
                     return no("exec may match an executable the task's scope allows".into());
@@ -185,10 +215,16 @@ mod tests {
         // Writes the scope does not allow at all: Landlock refuses them.
         let elsewhere = rules("    match:\n      kinds: [file_create]\n      paths: [\"/etc/**\"]\n");
         assert!(deny_rules(elsewhere.rules.iter(), &t).is_ok());
+        // Mode changes are held and scope-checked: outside the scope they are refused.
         let chmod = rules("    match:\n      kinds: [file_chmod]\n      paths: [\"/etc/**\"]\n");
-        assert!(deny_rules(chmod.rules.iter(), &t).unwrap_err().contains("file_chmod"));
+        assert!(deny_rules(chmod.rules.iter(), &t).is_ok());
+        let chmod_in = rules("    match:\n      kinds: [file_chmod]\n      paths: [\"/home/a/**\"]\n");
+        assert!(deny_rules(chmod_in.rules.iter(), &t).unwrap_err().contains("file_chmod"));
         let outside = rules("    match:\n      kinds: [file_chmod]\n      outside_scope: true\n");
         assert!(deny_rules(outside.rules.iter(), &t).is_ok());
+        // Reads are never refused, in scope or out.
+        let reads = rules("    match:\n      kinds: [sensitive_read]\n      outside_scope: true\n");
+        assert!(deny_rules(reads.rules.iter(), &t).unwrap_err().contains("sensitive_read"));
         let by_exe = rules(
             "    match:\n      kinds: [connect]\n      dst: [\"10.0.0.0/8\"]\n      exe: [\"/usr/bin/curl\"]\n",
         );

@@ -66,6 +66,10 @@ pub struct Incoming {
     pub req: Result<ctl::Request, String>,
     /// The processes that wrote the request's bytes (SCM_CREDENTIALS).
     pub writers: Vec<u32>,
+    /// Came through the mailbox of this task (cookie): its writer is named by
+    /// credentials a root agent could forge, so it may only delegate and announce
+    /// steps, and only from inside that task.
+    pub mailbox: Option<u32>,
     /// Descriptors sent with the request (a gate's listener).
     pub fds: Vec<std::os::fd::OwnedFd>,
 }
@@ -99,22 +103,38 @@ impl Default for Reader {
     }
 }
 
-/// A rate limit on records and log lines strangers can cause: one per second.
+/// A rate limit on the records and log lines a caller can cause by being refused:
+/// a burst of [`NOISE_BURST`], then one a second, per caller (task or uid).
 #[derive(Debug, Default)]
 pub struct Noise {
-    last: Option<Instant>,
+    by: HashMap<Option<u32>, Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
     held: u64,
 }
 
+const NOISE_BURST: f64 = 5.0;
+
 impl Noise {
-    /// Whether to write now; if so, how many were held back since the last one.
-    pub fn allow(&mut self) -> Option<u64> {
-        if self.last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-            self.held += 1;
+    /// Whether to write now for `who` (a task cookie, a uid); if so, how many of its
+    /// were held back since the last one.
+    pub fn allow(&mut self, who: Option<u32>) -> Option<u64> {
+        if self.by.len() > 4096 {
+            self.by.clear();
+        }
+        let b = self.by.entry(who).or_insert(Bucket { tokens: NOISE_BURST, at: Instant::now(), held: 0 });
+        b.tokens = (b.tokens + b.at.elapsed().as_secs_f64()).min(NOISE_BURST);
+        b.at = Instant::now();
+        if b.tokens < 1.0 {
+            b.held += 1;
             return None;
         }
-        self.last = Some(Instant::now());
-        Some(std::mem::take(&mut self.held))
+        b.tokens -= 1.0;
+        Some(std::mem::take(&mut b.held))
     }
 }
 
@@ -212,11 +232,13 @@ impl Reader {
         }
         let (tx, busy) = (self.tx.clone(), self.busy.clone());
         tokio::spawn(async move {
-            let (req, fds, writers) = ctl::read_request_fds(&mut stream).await;
+            // Only operators hand descriptors over (a gate's listener, a mailbox).
+            let keep = if class == Class::Operator { 1 } else { 0 };
+            let (req, fds, writers) = ctl::read_request_fds(&mut stream, keep).await;
             if let Some(n) = busy.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&class) {
                 *n -= 1;
             }
-            let _ = tx.send(Incoming { stream, caller, req, writers, fds }).await;
+            let _ = tx.send(Incoming { stream, caller, req, writers, fds, mailbox: None }).await;
         });
     }
 
@@ -248,6 +270,8 @@ impl Reader {
 /// writer of each (SO_PASSCRED), and authority is the writer's, as on the socket.
 pub struct Mailbox {
     fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    /// The task (cookie) whose root inherited the other end.
+    pub task: u32,
     /// Every process holding the other end has exited.
     pub closed: bool,
 }
@@ -265,7 +289,7 @@ impl Mailbox {
 
     /// Agentmon's end (of [`Mailbox::socketpair`], or handed over by an exec that
     /// registered with a daemon).
-    pub fn new(fd: std::os::fd::OwnedFd) -> std::io::Result<Self> {
+    pub fn new(fd: std::os::fd::OwnedFd, task: u32) -> std::io::Result<Self> {
         use nix::sys::socket::{setsockopt, sockopt};
         setsockopt(&fd, sockopt::PassCred, &true)?;
         let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
@@ -274,7 +298,7 @@ impl Mailbox {
         // SAFETY: the AsyncFd owns the descriptor for as long as it is registered.
         let fd =
             unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
-        Ok(Self { fd, closed: false })
+        Ok(Self { fd, task, closed: false })
     }
 
     /// Resolves when requests may be waiting.
@@ -292,7 +316,7 @@ impl Mailbox {
         for _ in 0..MAILBOX_BATCH {
             let mut buf = vec![0u8; 64 * 1024];
             let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-            let mut cmsg = nix::cmsg_space!([RawFd; 4], libc::ucred);
+            let mut cmsg = nix::cmsg_space!([RawFd; ctl::SCM_MAX_FD], libc::ucred);
             let flags = MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT;
             let (n, mut fds, who) =
                 match recvmsg::<()>(self.fd.get_ref().as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
@@ -300,9 +324,14 @@ impl Mailbox {
                         let (mut fds, mut who) = (Vec::new(), None);
                         for c in m.cmsgs().into_iter().flatten() {
                             match c {
-                                // SAFETY: the kernel just installed these descriptors for us.
+                                // SAFETY: the kernel just installed these descriptors for
+                                // us. One is the reply's; the rest are closed at once.
                                 ControlMessageOwned::ScmRights(v) => {
-                                    fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }))
+                                    for fd in v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }) {
+                                        if fds.is_empty() {
+                                            fds.push(fd);
+                                        }
+                                    }
                                 }
                                 ControlMessageOwned::ScmCredentials(u) => who = Some(u),
                                 _ => {}
@@ -337,7 +366,7 @@ impl Mailbox {
                 std::str::from_utf8(&buf[..n]).map_err(|e| format!("malformed request: {e}")).and_then(|t| {
                     serde_json::from_str(t.trim_end()).map_err(|e| format!("malformed request: {e}"))
                 });
-            out.push(Incoming { stream, caller, req, writers: vec![pid], fds });
+            out.push(Incoming { stream, caller, req, writers: vec![pid], fds, mailbox: Some(self.task) });
         }
         out
     }
@@ -362,21 +391,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn noise_is_limited() {
+    fn noise_is_limited_per_caller() {
         let mut n = Noise::default();
-        assert_eq!(n.allow(), Some(0));
-        assert_eq!(n.allow(), None);
-        assert_eq!(n.allow(), None);
-        n.last = Some(Instant::now() - Duration::from_secs(2));
-        assert_eq!(n.allow(), Some(2));
+        for _ in 0..5 {
+            assert_eq!(n.allow(Some(7)), Some(0));
+        }
+        assert_eq!(n.allow(Some(7)), None);
+        assert_eq!(n.allow(Some(7)), None);
+        // Another caller has its own burst.
+        assert_eq!(n.allow(Some(8)), Some(0));
+        n.by.get_mut(&Some(7)).unwrap().at = Instant::now() - Duration::from_secs(2);
+        assert_eq!(n.allow(Some(7)), Some(2));
     }
 
     #[test]
-    fn operators_have_their_own_slots() {
-        assert!(Class::Operator.slots() > Class::User(1000).slots());
-        assert_ne!(Class::User(1000), Class::User(1001));
+    fn start_times_name_live_processes_only() {
         assert_eq!(start_of(u32::MAX), None);
-        assert!(start_of(std::process::id()).is_some());
+        let me = start_of(std::process::id()).expect("our own start time");
+        assert_eq!(start_of(std::process::id()), Some(me), "stable while we live");
     }
 
     #[test]

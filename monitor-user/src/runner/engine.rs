@@ -72,7 +72,7 @@ impl Engine {
         tracing::warn!("tamper: pid {pid}: {what}: {why}");
         self.out.send(&ev);
         self.out.alert(&alert);
-        self.out.flush();
+        self.out.batch_end();
     }
 
     /// The host name events carry.

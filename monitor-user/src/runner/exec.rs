@@ -134,7 +134,8 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     let mut rt = Runtime::new(engine, server, rules_watch(&opts.rules, &opts.sensitive), Extras::default())?;
 
     let (ours, theirs) = Mailbox::socketpair()?;
-    rt.e.mailboxes.push(Mailbox::new(ours)?);
+    // The launched task's cookie is the first one bound (or the bare tracking's).
+    rt.e.mailboxes.push(Mailbox::new(ours, rt.e.next_task)?);
     let mut env: Vec<(String, String)> = vec![
         (CTL_ENV.into(), rt.server.path.display().to_string()),
         (CTL_FD_ENV.into(), theirs.as_raw_fd().to_string()),

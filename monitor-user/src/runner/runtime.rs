@@ -128,11 +128,15 @@ impl Runtime {
                     e.p.held_calls(&e.sensors, &mut e.out);
                 }
                 _ = gate_deadline(&e.p.gates) => e.p.expire_approvals(&mut e.out),
-                conn = server.listener.accept() => {
-                    if let Ok((stream, _)) = conn {
-                        requests.accept(stream, &e.sensors);
+                conn = server.listener.accept() => match conn {
+                    Ok((stream, _)) => requests.accept(stream, &e.sensors),
+                    Err(err) => {
+                        // Out of descriptors (EMFILE): the backlog stays readable, so
+                        // without a pause this arm would spin.
+                        tracing::warn!("control socket: accept: {err}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                }
+                },
                 (i, r) = super::callers::mailbox_ready(&e.mailboxes) => {
                     if let Err(err) = r {
                         tracing::warn!("task mailbox: {err}");
@@ -315,7 +319,9 @@ fn fail_closed(e: &mut Engine, frozen: &mut std::collections::HashSet<std::sync:
         };
         let by = By::Outputs(Some((&f.output, &f.error)));
         let o = e.p.contain.act(&mut e.sensors, &id, act, by, host.clone(), now);
-        if act == Act::Freeze && o.result.is_ok() {
+        // Only a freeze this made is undone when the outputs work again (one a rule
+        // or an operator made stays).
+        if act == Act::Freeze && o.result.is_ok() && o.event.is_some() {
             frozen.insert(id.clone());
         }
         match &o.result {

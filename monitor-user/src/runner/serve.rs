@@ -20,9 +20,43 @@ use crate::{
 /// task of its own). `noise` bounds what callers without rights can make agentmon
 /// write.
 pub fn answer(inc: Incoming, e: &mut Engine, noise: &mut Noise) {
-    let Incoming { mut stream, caller, req, writers, fds } = inc;
-    let reply = serve(&caller, &writers, req, fds, e, noise);
+    let Incoming { mut stream, caller, req, writers, fds, mailbox } = inc;
+    let reply = match (mailbox, &req) {
+        (Some(mc), Ok(r)) => match from_mailbox(mc, &caller, r, e) {
+            Ok(()) => serve(&caller, &writers, req, fds, e, noise),
+            Err(why) => {
+                if let Some(held) = noise.allow(Some(mc)) {
+                    let said = if held > 0 { format!("{why} (+{held} more refused)") } else { why.clone() };
+                    e.tamper(caller.pid, Some(mc), &format!("mailbox request {}", r.op_name()), &said, true);
+                }
+                Reply::err(why)
+            }
+        },
+        _ => serve(&caller, &writers, req, fds, e, noise),
+    };
     tokio::spawn(async move { ctl::write_reply(&mut stream, &reply).await });
+}
+
+/// A task's mailbox carries only its own processes' delegations and steps: the
+/// writer's credentials there are the kernel's unless a root agent forged them
+/// (CAP_SYS_ADMIN may), so they never carry more than the task's own rights.
+fn from_mailbox(mc: u32, caller: &Caller, req: &Request, e: &Engine) -> Result<(), String> {
+    if !matches!(req, Request::Delegate { .. } | Request::Step { .. }) {
+        return Err(format!(
+            "{} refused: a task's mailbox carries only delegations and steps",
+            req.op_name()
+        ));
+    }
+    let top = e.p.enr.task_name(mc).ok_or("the mailbox's task is gone")?;
+    let inside = e.sensors.task_of(caller.pid).is_some_and(|c| e.p.contain.cookies_under(&top).contains(&c));
+    if !inside {
+        return Err(format!(
+            "{} refused: pid {} is not a process of task {top}, whose mailbox it wrote to",
+            req.op_name(),
+            caller.pid
+        ));
+    }
+    Ok(())
 }
 
 /// Answers one control request.
@@ -38,7 +72,7 @@ fn serve(
     let req = match req {
         Ok(r) => r,
         Err(err) => {
-            if let Some(held) = noise.allow() {
+            if let Some(held) = noise.allow(Some(uid)) {
                 tracing::warn!("control request from pid {peer} (uid {uid}) rejected: {err} (+{held} more)");
             }
             return Reply::err(err);
@@ -48,7 +82,10 @@ fn serve(
     let task = caller.task_now(&e.sensors);
     if let Err(why) = caller.speaks_for(writers) {
         let (actor, its) = caller.actor(writers, &e.sensors);
-        e.tamper(actor, its.filter(|c| *c != 0), &format!("control request {what}"), &why, true);
+        if let Some(held) = noise.allow(its.or(Some(uid))) {
+            let said = if held > 0 { format!("{why} (+{held} more refused)") } else { why.clone() };
+            e.tamper(actor, its.filter(|c| *c != 0), &format!("control request {what}"), &said, true);
+        }
         return Reply::err(format!("{what} refused: {why}"));
     }
     if let Request::Delegate { manifest, file, pid, confined } = req {
@@ -67,12 +104,14 @@ fn serve(
     }
     // Everything else is for operators: never a process inside a task.
     if let Some(c) = task {
-        let why = "only operators outside every task may ask this";
-        e.tamper(peer, Some(c).filter(|c| *c != 0), &format!("control request {what}"), why, true);
+        if let Some(held) = noise.allow(Some(c)) {
+            let why = format!("only operators outside every task may ask this (+{held} more refused)");
+            e.tamper(peer, Some(c).filter(|c| *c != 0), &format!("control request {what}"), &why, true);
+        }
         return Reply::err(format!("{what} refused: the caller is inside a watched task"));
     }
     if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
-        if let Some(held) = noise.allow() {
+        if let Some(held) = noise.allow(Some(uid)) {
             let why = format!("uid {uid} is neither root nor agentmon's user (+{held} more refused)");
             e.tamper(peer, None, &format!("control request {what}"), &why, true);
         }
@@ -86,7 +125,8 @@ fn serve(
             if r.ok
                 && let Some(fd) = fds.pop()
             {
-                match super::callers::Mailbox::new(fd) {
+                let cookie = r.task.as_deref().and_then(|t| e.p.contain.cookie(t)).unwrap_or(0);
+                match super::callers::Mailbox::new(fd, cookie) {
                     Ok(m) => e.mailboxes.push(m),
                     Err(err) => tracing::warn!("task {:?}: its control mailbox: {err}", r.task),
                 }

@@ -44,11 +44,27 @@ impl Setup {
         let mut protected: Vec<PathBuf> = ALWAYS_PROTECTED.iter().map(PathBuf::from).collect();
         protected.extend(own);
         protected.extend(std::env::current_exe().ok());
-        let mut protected: Vec<PathBuf> =
-            protected.iter().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())).collect();
+        let mut protected: Vec<PathBuf> = protected.iter().map(|p| canonical(p)).collect();
         protected.sort();
         protected.dedup();
         Self { layers, protected, approval_timeout, on_expiry: OnExpiry::End, state: None }
+    }
+}
+
+/// `p` absolute (against the working directory) and with symlinks resolved: the
+/// whole path when it exists, else its directory (an output not created yet).
+fn canonical(p: &std::path::Path) -> PathBuf {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    };
+    if let Ok(c) = std::fs::canonicalize(&abs) {
+        return c;
+    }
+    match (abs.parent().and_then(|d| std::fs::canonicalize(d).ok()), abs.file_name()) {
+        (Some(d), Some(n)) => d.join(n),
+        _ => abs,
     }
 }
 

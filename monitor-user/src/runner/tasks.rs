@@ -373,6 +373,26 @@ pub fn guard_entries(
         enforce::cgroup::allow_entries(cookie, &t.connect).map_err(|why| refuse("scope.connect", why))?;
     let inline =
         crate::policy::inline::deny_rules(rules.rules.iter(), t).map_err(|why| refuse("rules", why))?;
+    // The guard takes the longest prefix: an allowed net or address inside a denied
+    // net would win over the deny.
+    for ep in &t.connect {
+        let nets: Vec<ipnet::IpNet> = match ep {
+            crate::task::scope::Endpoint::Net { net, .. } => vec![*net],
+            crate::task::scope::Endpoint::Host { addrs, .. } => {
+                addrs.iter().map(|a| ipnet::IpNet::from(*a)).collect()
+            }
+            crate::task::scope::Endpoint::Unix { .. } => Vec::new(),
+        };
+        for net in nets {
+            if let Some(d) = inline.net.iter().find(|d| d.contains(&net) && net.prefix_len() > d.prefix_len())
+            {
+                let why = format!(
+                    "{net} is allowed inside {d}, which a deny rule refuses: in the guard the allow would win"
+                );
+                return Err(refuse("scope.connect", why).into());
+            }
+        }
+    }
     allow.extend(enforce::cgroup::deny_entries(cookie, &inline.net));
     Ok(allow)
 }
@@ -380,10 +400,22 @@ pub fn guard_entries(
 /// Re-resolves the host names of an enforced task's connect scope and allows new
 /// addresses. Addresses a name no longer resolves to stay allowed until it ends.
 pub fn refresh_hosts(sensors: &mut Sensors, t: &Task, cookie: u32, rules: &RuleSet) {
+    use crate::task::scope::Endpoint;
     let mut eps = t.connect.clone();
     crate::task::scope::resolve_hosts(&mut eps);
-    let hosts: Vec<_> =
-        eps.into_iter().filter(|e| matches!(e, crate::task::scope::Endpoint::Host { .. })).collect();
+    let denied = crate::policy::inline::deny_rules(rules.rules.iter(), t).map(|i| i.net).unwrap_or_default();
+    // A name that now resolves into a denied net does not get that address: its
+    // longer prefix would win over the deny in the guard.
+    let hosts: Vec<Endpoint> = eps
+        .into_iter()
+        .filter_map(|e| match e {
+            Endpoint::Host { name, mut addrs, ports } => {
+                addrs.retain(|a| !denied.iter().any(|d| d.contains(a)));
+                Some(Endpoint::Host { name, addrs, ports })
+            }
+            _ => None,
+        })
+        .collect();
     if hosts.is_empty() {
         return;
     }
@@ -391,12 +423,6 @@ pub fn refresh_hosts(sensors: &mut Sensors, t: &Task, cookie: u32, rules: &RuleS
         && let Err(err) = sensors.allow_more(&allow)
     {
         tracing::warn!("refreshing the host allowlist of task {}: {err}", t.id);
-    }
-    // A name that now resolves to a denied address does not lift the deny.
-    if let Ok(inline) = crate::policy::inline::deny_rules(rules.rules.iter(), t)
-        && let Err(err) = sensors.allow_more(&enforce::cgroup::deny_entries(cookie, &inline.net))
-    {
-        tracing::warn!("re-applying the denied addresses of task {}: {err}", t.id);
     }
 }
 
