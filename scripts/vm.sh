@@ -48,7 +48,7 @@ network,io_uring_is_reported,privilege_calls,fileless_exec,sensitive_reads_only_
 untracked_process_produces_nothing,exit_status_is_propagated,emitted_plus_lost_equals_performed,\
 task_verdicts_and_alerts,deep_paths_are_never_forged,enforce_denies_out_of_scope,tamper_attempts_fail,\
 rule_kill_ends_the_tree,left_cgroup_is_brought_back,control_rights_stay_with_the_connector,\
-cli_talks_only_to_agentmon,stopped_agentmon_is_reported,daemon_selectors_attach_agents,exec_ends_expired_tasks,approve_deny_timeout_and_race"
+cli_talks_only_to_agentmon,stopped_agentmon_is_reported,observed_compat_calls_are_reported,signals_reaching_agentmon_are_reported,daemon_selectors_attach_agents,exec_ends_expired_tasks,approve_deny_timeout_and_race"
 APT_PKGS=(qemu-system-x86 udev kmod busybox-static file)
 KERNELS=(deb12 deb13)
 CPUS=2
@@ -253,9 +253,9 @@ matrix() { # KERNEL_TESTS
         start=$SECONDS
         rc=0
         if [ "$lsm" = - ]; then
-            run "$kernel" -- env AGENTMON_TESTS="$GUEST_TESTS" "$bin" --test-threads 2 || rc=$?
+            run "$kernel" -- env AGENTMON_TESTS="$GUEST_TESTS" AGENTMON_TEST_SLOWDOWN=5 "$bin" --test-threads 2 || rc=$?
         else
-            run "$kernel" --lsm "$lsm" -- env AGENTMON_TESTS="$GUEST_TESTS" "$bin" --test-threads 2 || rc=$?
+            run "$kernel" --lsm "$lsm" -- env AGENTMON_TESTS="$GUEST_TESTS" AGENTMON_TEST_SLOWDOWN=5 "$bin" --test-threads 2 || rc=$?
         fi
         summary+=("$label: exit $rc, $((SECONDS - start)) s")
         [ "$rc" = 0 ] || failed+=("$label")

@@ -15,7 +15,7 @@ use agentmon::event::{Event, Kind};
 
 use crate::{
     R,
-    support::{self, SCENARIO_ENV, agentmon, ensure, eq, wait, workdir},
+    support::{self, SCENARIO_ENV, agentmon, audited, ensure, eq, fill, wait, workdir},
 };
 
 /// uid of `nobody`: a local user with no rights over agentmon.
@@ -426,34 +426,6 @@ pub fn deep_paths_are_never_forged() -> R {
     })?;
     ensure(run.alerts.iter().any(|a| a.event.id == limit.id), || "no alert for an unresolvable path".into())?;
     Ok(())
-}
-
-/// Fills `dir` (a small tmpfs) until the disk is full; the filler's path.
-fn fill(dir: &Path) -> Result<PathBuf, String> {
-    use std::io::Write;
-    let p = dir.join("filler");
-    let mut f = std::fs::File::create(&p).map_err(|e| e.to_string())?;
-    let block = vec![0u8; 4096];
-    loop {
-        match f.write_all(&block) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return Ok(p),
-            Err(e) => return Err(format!("filling {}: {e}", dir.display())),
-        }
-    }
-}
-
-/// The records of an audit chain's events (their bodies).
-fn audited(chain: &Path) -> Result<Vec<Event>, String> {
-    let text = std::fs::read_to_string(chain).map_err(|e| format!("{}: {e}", chain.display()))?;
-    let mut out = Vec::new();
-    for l in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(l).map_err(|e| format!("{e}: {l}"))?;
-        if v["type"] == "event" {
-            out.push(serde_json::from_value(v["body"].clone()).map_err(|e| format!("{e}: {l}"))?);
-        }
-    }
-    Ok(out)
 }
 
 /// One run of a writing agent while the disk under its events file and NATS spool

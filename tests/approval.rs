@@ -97,8 +97,11 @@ pub fn approve_deny_timeout_and_race() -> R {
         "rename=repo/build/g.txt:repo/build/h.txt",
         "chmod=repo/build/f.txt",
     ];
+    // Long enough for an approver's CLI to start and answer, short enough to wait
+    // out for the last request (emulated guests start processes slowly).
+    let timeout = format!("{}s", 2 * support::slowdown());
     let mut agent = Command::new(agentmon())
-        .args(["exec", "--quiet", "--approval-timeout", "2s", "--events"])
+        .args(["exec", "--quiet", "--approval-timeout", &timeout, "--events"])
         .arg(&events)
         .args(["--task", task.to_str().unwrap(), "--"])
         .arg(&me)

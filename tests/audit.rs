@@ -9,7 +9,9 @@ use agentmon::event::{Event, Kind};
 
 use crate::{
     R,
-    support::{self, SCENARIO_ENV, agentmon, ensure, eq, nats::suite_url, run_agentmon_with, workdir},
+    support::{
+        self, SCENARIO_ENV, agentmon, audited, ensure, eq, fill, nats::suite_url, run_agentmon_with, workdir,
+    },
 };
 
 fn cli(args: &[&str]) -> Result<(i32, String, String), String> {
@@ -147,4 +149,65 @@ pub fn audit_chain_and_replay() -> R {
     })?;
     support::ensure(Path::new(&chain).exists(), || "chain vanished".into())?;
     Ok(())
+}
+
+/// Records the audit chain took into its buffer (answered Ok) and then could not
+/// write, the disk under it being full, are lost: they are counted, and once the
+/// chain writes again it says itself how many it missed — exactly as many as are
+/// absent from it — and still verifies.
+pub fn audit_chain_counts_what_a_full_disk_dropped() -> R {
+    use std::sync::Arc;
+
+    use agentmon::{audit::AuditChain, event::Timestamp, sink::Fanout};
+    let d = workdir("audit-full");
+    let disk = d.join("disk");
+    std::fs::create_dir_all(&disk).map_err(|e| e.to_string())?;
+    nix::mount::mount(Some("tmpfs"), &disk, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=256k"))
+        .map_err(|e| format!("mounting a small tmpfs: {e}"))?;
+    let path = disk.join("audit.jsonl");
+    let r = (|| {
+        let chain = AuditChain::open(&path, &d.join("audit.key"), 100_000).map_err(|e| e.to_string())?;
+        let mut out = Fanout::new(vec![Box::new(chain)]);
+        let host: Arc<str> = "audit-full".into();
+        let ev = |i: usize| {
+            let mut e = Event::new(Kind::FileWrite, Timestamp::now(), host.clone());
+            e.path = Some(format!("/work/f{i}"));
+            e
+        };
+        const SENT: usize = 75;
+        for i in 0..20 {
+            out.send(&ev(i));
+        }
+        out.flush();
+        let filler = fill(&disk)?;
+        // Taken into the chain's buffer: Ok to the sender; then the flush fails.
+        for i in 20..70 {
+            out.send(&ev(i));
+        }
+        out.flush();
+        std::fs::remove_file(&filler).map_err(|e| e.to_string())?;
+        for i in 70..SENT {
+            out.send(&ev(i));
+        }
+        out.flush();
+        out.report_losses(&host, Timestamp::now());
+        let failed = out.close();
+        ensure(failed.is_empty(), || format!("closing: {failed:?}"))?;
+        let evs = audited(&path)?;
+        let landed = evs.iter().filter(|e| e.kind == Kind::FileWrite).count();
+        ensure(landed < SENT, || "nothing was lost: the disk never filled".into())?;
+        let key = format!("output:audit chain {}", path.display());
+        let said: u64 = evs
+            .iter()
+            .filter(|e| e.kind == Kind::Loss)
+            .filter_map(|e| e.lost.as_ref().and_then(|l| l.get(&key)).copied())
+            .max()
+            .ok_or_else(|| format!("no loss record of the chain in it ({landed} of {SENT} landed)"))?;
+        eq("records the chain says it missed", said, (SENT - landed) as u64)?;
+        let (code, _, err) = cli(&["audit", "verify", path.to_str().unwrap()])?;
+        eq(&format!("audit verify: {err}"), code, 0)?;
+        Ok::<(), String>(())
+    })();
+    let _ = nix::mount::umount(&disk);
+    Ok(r?)
 }

@@ -134,6 +134,30 @@ pub fn rule_kill_ends_the_tree() -> R {
     Ok(())
 }
 
+/// A kill that comes while processes of the task are born and exit by the
+/// thousand leaves no process tracked: marking the task's processes for the kill
+/// must never write back the entry of one that exited meanwhile (a stale entry
+/// would bind, and kill, whatever process reuses its pid).
+pub fn kill_amid_churn_leaves_nothing_tracked() -> R {
+    let (d, task, rules) = setup("contain-churn", "KILL-ME", "kill")?;
+    if support::landlock_abi() < support::ENFORCE_ABI {
+        return Ok(support::enforce_refused_here(&task, &d)?);
+    }
+    let cmd = scenario_cmd(&d, &["KILL-ME", "churn"])?;
+    let flags = ["--task", task.to_str().unwrap(), "--rules", rules.to_str().unwrap()];
+    let run = run_agentmon_with(&flags, &cmd, &[(SCENARIO_ENV, "contain")], &d)?;
+    eq("exit code (SIGKILL)", run.code, 128 + 9)?;
+    all_gone(&pids(&d)?)?;
+    let actions = run.of(Kind::Action);
+    let [a] = actions.as_slice() else {
+        return Err(format!("want one action event, got {actions:?}").into());
+    };
+    eq("action", a.action.as_deref(), Some("kill"))?;
+    ensure(!a.detail.contains_key("error"), || format!("the kill reported an error: {:?}", a.detail))?;
+    ensure(!run.stderr.contains("descendants still run"), || run.stderr.clone())?;
+    Ok(())
+}
+
 fn ctl(args: &[&str]) -> Result<(i32, String, String), String> {
     let out = Command::new(agentmon()).args(args).output().map_err(|e| e.to_string())?;
     Ok((

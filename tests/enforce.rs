@@ -264,6 +264,72 @@ pub fn stopped_agentmon_is_reported() -> R {
     Ok(())
 }
 
+/// In observe mode the i386 and x32 calls that syscall tracepoints miss are reported
+/// (a tamper record with its alert, before they run, with the path the agent asked
+/// for) and let through: observe mode changes nothing the agent does.
+pub fn observed_compat_calls_are_reported() -> R {
+    let (d, task) = setup("compat", false)?;
+    let actions = ["compat_creat".to_string(), "x32_getpid".to_string()];
+    let (run, res) = run_attempts(&d, &task, &actions)?;
+    eq("32-bit creat (observe)", res.get("compat_creat").copied(), Some(0))?;
+    ensure(d.join("repo/compat.txt").exists(), || {
+        "the observed 32-bit creat did not create its file".into()
+    })?;
+    let foreign = |abi: &str, syscall: &str| {
+        run.events
+            .iter()
+            .find(|e| {
+                e.kind == Kind::Tamper
+                    && e.detail.get("abi").and_then(|v| v.as_str()) == Some(abi)
+                    && e.syscall.as_deref() == Some(syscall)
+            })
+            .ok_or_else(|| format!("no record of the {abi} {syscall}:\n{}", run.summary()))
+    };
+    let creat = foreign("i386", "creat")?;
+    let want = d.join("repo/compat.txt").display().to_string();
+    eq("requested path", creat.detail.get("requested_path").and_then(|v| v.as_str()), Some(want.as_str()))?;
+    eq("task", creat.task.as_deref(), Some("compat"))?;
+    eq("verdict", creat.verdict.as_deref(), Some("violation"))?;
+    eq("i386 number", creat.detail.get("nr").and_then(|v| v.as_i64()), Some(8))?;
+    ensure(run.alerts.iter().any(|a| a.event.id == creat.id), || "no alert for the 32-bit creat".into())?;
+    let x32 = foreign("x32", "getpid")?;
+    eq("x32 number", x32.detail.get("nr").and_then(|v| v.as_i64()), Some(0x4000_0000 | libc::SYS_getpid))?;
+    eq("task", x32.task.as_deref(), Some("compat"))?;
+    let killed = run.of(Kind::Exit).iter().filter(|e| e.signal.as_deref() == Some("SIGSYS")).count();
+    eq("processes killed in observe mode", killed, 0)?;
+    Ok(())
+}
+
+/// A signal that reaches agentmon is a tamper record whichever way it was sent: to
+/// one of its threads by thread id, or to the process group it shares with the
+/// agent (observe mode: nothing refuses them; SIGWINCH does no harm).
+pub fn signals_reaching_agentmon_are_reported() -> R {
+    let (d, task) = setup("signals", false)?;
+    let actions = ["signal_agentmon_thread".to_string(), "signal_group".to_string()];
+    let (run, res) = run_attempts(&d, &task, &actions)?;
+    eq("tkill to an agentmon thread", res.get("signal_agentmon_thread").copied(), Some(0))?;
+    eq("kill(0)", res.get("signal_group").copied(), Some(0))?;
+    // The root's parent.
+    let agentmon =
+        run.events.iter().find(|e| e.kind == Kind::Exec).and_then(|e| e.ppid).ok_or_else(|| run.summary())?;
+    let seen = |to_process: bool| {
+        run.events.iter().find(|e| {
+            e.kind == Kind::Tamper
+                && e.detail.get("attempt").and_then(|v| v.as_str()) == Some("signal to agentmon")
+                && e.detail.get("signal").and_then(|v| v.as_str()) == Some("SIGWINCH")
+                && e.detail.get("to_process").and_then(|v| v.as_bool()) == Some(to_process)
+        })
+    };
+    for (how, to_process) in [("to a thread", false), ("to the process group", true)] {
+        let ev = seen(to_process)
+            .ok_or_else(|| format!("no tamper record of the signal {how}:\n{}", run.summary()))?;
+        eq("target", ev.detail.get("target_pid").and_then(|v| v.as_u64()), Some(agentmon as u64))?;
+        eq("task", ev.task.as_deref(), Some("signals"))?;
+        ensure(run.alerts.iter().any(|a| a.event.id == ev.id), || format!("no alert for the signal {how}"))?;
+    }
+    Ok(())
+}
+
 /// git init/add/commit and a python script in scope run unharmed under enforcement.
 pub fn in_scope_workload_runs() -> R {
     let d = workdir("workload");

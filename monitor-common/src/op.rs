@@ -89,6 +89,8 @@ ops! {
     NAME_TO_HANDLE_AT = 120, "name_to_handle_at";
     IOURING_SETUP_CALL = 121, "io_uring_setup";
     MEMFD_CREATE = 122, "memfd_create";
+    // The signal_generate tracepoint: a signal that reached agentmon.
+    SIGNAL_GENERATE = 123, "signal_generate";
 
     SETXATTR = 130, "setxattr";
     LSETXATTR = 131, "lsetxattr";

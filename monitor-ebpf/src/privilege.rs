@@ -4,10 +4,14 @@
 //! file handles, and socket families refused by enforcement.
 //! (Fileless exec is flagged on the exec event, see process.rs.)
 
-use aya_ebpf::{helpers::generated as h, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::generated as h,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use monitor_common::{kind, op};
 
-use crate::kern::{Args, Ev, conf, sys, sys_ret, tracked};
+use crate::kern::{Args, Ev, conf, kread, off, sys, sys_ret, tracked};
 
 const EPERM: i64 = 1;
 const EACCES: i64 = 13;
@@ -95,32 +99,55 @@ fn tamper_if(ctx: &TracePointContext, o: u16, when: impl Fn(i64, &Args) -> bool)
     Some(())
 }
 
-/// Whether a signal target (a pid argument) reaches agentmon: its own pid, every
-/// process (-1), or a process group (agentmon leads its own).
-#[inline(always)]
-fn at_agentmon(target: u64) -> bool {
-    let t = target as i32;
-    t == -1 || t.unsigned_abs() == conf!(self_tgid)
+/// tp_btf/signal_generate(int sig, struct kernel_siginfo *info, struct task_struct
+/// *task, int group, int result): a tracked task's signal that reaches any thread
+/// of agentmon, whichever call made it (kill to a pid, a thread, a process group or
+/// 0, tkill, tgkill, pidfd_send_signal, rt_sigqueueinfo). Reads task->tgid.
+/// SIGCHLD is an exiting child's notice to its parent (agentmon is the root's).
+/// Refused signals generate nothing: the sys_exit handlers below report those.
+#[btf_tracepoint(function = "signal_generate")]
+pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_signal(&ctx);
+    0
 }
 
-/// syscalls:sys_exit_kill(ret); arguments (pid, sig): aimed at agentmon, or refused.
+const SIGCHLD: u64 = 17;
+
+fn try_signal(ctx: &BtfTracePointContext) -> Option<()> {
+    let t = tracked()?;
+    let task: u64 = ctx.arg(2);
+    let target: u32 = unsafe { kread(task + off!(task_tgid)) };
+    let sig: u64 = ctx.arg::<u64>(0) & 0xffff_ffff;
+    if target != conf!(self_tgid) || sig == SIGCHLD {
+        return None;
+    }
+    let mut ev = Ev::new(kind::TAMPER, op::SIGNAL_GENERATE, &t, 0)?;
+    ev.arg(0, target as u64);
+    ev.arg(1, sig);
+    ev.arg(2, ctx.arg::<u64>(3) & 0xffff_ffff);
+    ev.emit();
+    Some(())
+}
+
+/// syscalls:sys_exit_kill(ret); arguments (pid, sig): refused (one that reaches
+/// agentmon is reported where it is generated, above).
 #[tracepoint]
 pub fn sys_exit_kill(ctx: TracePointContext) -> u32 {
-    let _ = tamper_if(&ctx, op::KILL, |ret, a| ret == -EPERM || at_agentmon(a.get(0)));
+    let _ = tamper_if(&ctx, op::KILL, |ret, _| ret == -EPERM);
     0
 }
 
-/// syscalls:sys_exit_tkill(ret); arguments (tid, sig).
+/// syscalls:sys_exit_tkill(ret); arguments (tid, sig): refused.
 #[tracepoint]
 pub fn sys_exit_tkill(ctx: TracePointContext) -> u32 {
-    let _ = tamper_if(&ctx, op::TKILL, |ret, a| ret == -EPERM || at_agentmon(a.get(0)));
+    let _ = tamper_if(&ctx, op::TKILL, |ret, _| ret == -EPERM);
     0
 }
 
-/// syscalls:sys_exit_tgkill(ret); arguments (tgid, tid, sig).
+/// syscalls:sys_exit_tgkill(ret); arguments (tgid, tid, sig): refused.
 #[tracepoint]
 pub fn sys_exit_tgkill(ctx: TracePointContext) -> u32 {
-    let _ = tamper_if(&ctx, op::TGKILL, |ret, a| ret == -EPERM || at_agentmon(a.get(0)));
+    let _ = tamper_if(&ctx, op::TGKILL, |ret, _| ret == -EPERM);
     0
 }
 

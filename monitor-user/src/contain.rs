@@ -257,7 +257,10 @@ impl Containment {
                     Ok(format!("task {id} killed"))
                 } else {
                     if !victims.left.is_empty() {
-                        errors.push(format!("processes still alive: {:?}", victims.left));
+                        // Which, and in what state (D: stuck in the kernel, Z: dead
+                        // but its exit not yet seen), for the operator.
+                        let left: Vec<String> = victims.left.iter().map(|&p| describe(p)).collect();
+                        errors.push(format!("processes still alive: {}", left.join(", ")));
                     }
                     Err(errors.join("; "))
                 }
@@ -390,6 +393,17 @@ fn sweep(sensors: &Sensors, cookie: u32, limit: Duration) -> Swept {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// `pid (comm) state S` from /proc, or just the pid once it is gone.
+fn describe(pid: u32) -> String {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return format!("{pid} (gone)");
+    };
+    // comm may hold spaces and parentheses: the state follows the last ')'.
+    let comm = stat.find('(').zip(stat.rfind(')')).map(|(a, b)| &stat[a + 1..b]).unwrap_or("?");
+    let state = stat.rfind(')').and_then(|b| stat[b + 1..].split_whitespace().next()).unwrap_or("?");
+    format!("{pid} ({comm}) state {state}")
 }
 
 /// SIGKILL to `pid` if it is (still) a process of task `cookie`. Through a pidfd

@@ -109,6 +109,14 @@ fn tamper_detail(ev: &mut Event, o: u16, args: &[u64; 5]) {
                 ("signal", format!("{} to pid {target} was refused", names::signal(sig)))
             }
         }
+        op::SIGNAL_GENERATE => {
+            // Generated for agentmon, whichever call and whichever of its threads.
+            let sig = args[1] as i32;
+            ev.detail.insert(Cow::Borrowed("target_pid"), json!(args[0] as i32));
+            ev.detail.insert(Cow::Borrowed("signal"), json!(names::signal(sig)));
+            ev.detail.insert(Cow::Borrowed("to_process"), json!(args[2] != 0));
+            ("signal to agentmon", format!("{} to agentmon", names::signal(sig)))
+        }
         op::PIDFD_SEND_SIGNAL => ("signal", "a signal through a pidfd was refused".into()),
         op::SOCKET => {
             ev.detail.insert(Cow::Borrowed("family"), json!(args[0] as i32));

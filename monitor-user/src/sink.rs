@@ -27,6 +27,11 @@ pub trait Sink: Send {
     fn batch_end(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
+    /// Records the sink took (answered Ok) and later had to drop, since the last
+    /// call: a buffer that could never be written. Counted as lost by the fan-out.
+    fn lost(&mut self) -> u64 {
+        0
+    }
     /// Events the sink raised about itself (a full spool), for the other sinks.
     fn alarms(&mut self) -> Vec<Event> {
         Vec::new()
@@ -113,7 +118,20 @@ impl Fanout {
     fn each(&mut self, records: u64, mut f: impl FnMut(&mut dyn Sink) -> Result<(), SinkError>) {
         let now = || crate::event::Timestamp::now();
         for o in &mut self.outs {
-            match f(o.sink.as_mut()) {
+            let result = f(o.sink.as_mut());
+            // Taken earlier, dropped now: lost as surely as a refused record.
+            let dropped = o.sink.lost();
+            if dropped > 0 {
+                tracing::error!(
+                    "output {}: {dropped} records it had taken were never written",
+                    o.sink.name()
+                );
+                o.health.since.get_or_insert_with(now);
+                o.health.failing.get_or_insert_with(|| format!("{dropped} buffered records were dropped"));
+                o.health.unreported += dropped;
+                o.health.missed += dropped;
+            }
+            match result {
                 // A failing output is declared working again only by the probe in
                 // `report_losses` (a record written and flushed): a record taken
                 // into a buffer says nothing about the disk behind it.

@@ -1,7 +1,8 @@
 //! The `contain` scenario: a process tree for kill and freeze to act on.
 //!
 //! The root forks a sleeping child and, by double fork + setsid, a grandchild that
-//! the root's death does not end; with `spin` the grandchild burns CPU without a
+//! the root's death does not end; with `churn` 300 more children sleep and another
+//! forks short-lived children from two threads without pause; with `spin` the grandchild burns CPU without a
 //! syscall (so only cgroup.kill reaches it, never a syscall hook). Each writes its
 //! pid to `repo/pids/`; then the root writes `repo/ready`, optionally creates `repo/<trigger>`
 //! (the file a test rule reacts to), and rewrites `repo/heartbeat` every 20 ms for up to
@@ -52,6 +53,35 @@ pub fn contain(d: &Path, args: &[String]) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(10));
     }
     fs::write(d.join("repo/ready"), b"1").map_err(|e| e.to_string())?;
+    if args.iter().any(|a| a == "churn") {
+        // Processes born and gone by the thousand while the kill comes, among a
+        // crowd of sleeping ones (which make marking them all take a while): some
+        // exit between agentmon reading the task's processes and marking them.
+        for _ in 0..300 {
+            if let ForkResult::Child = unsafe { fork() }.map_err(|e| e.to_string())? {
+                loop {
+                    unsafe { libc::pause() };
+                }
+            }
+        }
+        // In a process of their own: the kill takes the offender (the root) first.
+        if let ForkResult::Child = unsafe { fork() }.map_err(|e| e.to_string())? {
+            let churn = || {
+                loop {
+                    match unsafe { fork() } {
+                        Ok(ForkResult::Child) => unsafe { libc::_exit(0) },
+                        Ok(ForkResult::Parent { child }) => {
+                            let _ = nix::sys::wait::waitpid(child, None);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            };
+            std::thread::spawn(churn);
+            churn();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     if trigger != "none" {
         fs::write(d.join("repo").join(trigger), b"").map_err(|e| e.to_string())?;
     }

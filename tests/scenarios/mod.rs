@@ -505,6 +505,20 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 }
             }
             "signal_agentmon" => sys(unsafe { libc::kill(agentmon, libc::SIGWINCH) } as libc::c_long),
+            // One of agentmon's other threads (a signal to a thread id, not its pid).
+            "signal_agentmon_thread" => {
+                let tid = fs::read_dir(format!("/proc/{agentmon}/task"))
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                    .find(|&t| t != agentmon);
+                match tid {
+                    Some(t) => sys(unsafe { libc::syscall(libc::SYS_tkill, t, libc::SIGWINCH) }),
+                    None => -2,
+                }
+            }
+            // The caller's process group, which agentmon (its parent) is in.
+            "signal_group" => sys(unsafe { libc::kill(0, libc::SIGWINCH) } as libc::c_long),
             "bpf" => {
                 let attr = [0u8; 128];
                 sys(unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), attr.len()) })

@@ -143,6 +143,13 @@ pub fn workdir(name: &str) -> PathBuf {
     std::fs::canonicalize(&base).unwrap()
 }
 
+/// How much slower than this machine the kernel under test runs: `scripts/vm.sh`
+/// sets AGENTMON_TEST_SLOWDOWN for its software-emulated guests. Deadlines the
+/// tests choose (an approval timeout that a human would get in minutes) scale by it.
+pub fn slowdown() -> u32 {
+    std::env::var("AGENTMON_TEST_SLOWDOWN").ok().and_then(|v| v.parse().ok()).filter(|&n| n >= 1).unwrap_or(1)
+}
+
 /// Polls `cond` until it holds or `limit` passes; the last answer.
 pub fn wait(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = std::time::Instant::now();
@@ -195,4 +202,32 @@ pub fn enforce_refused_here(task: &Path, dir: &Path) -> Result<(), String> {
             )
         },
     )
+}
+
+/// Fills `dir` (a small tmpfs) until the disk is full; the filler's path.
+pub fn fill(dir: &Path) -> Result<PathBuf, String> {
+    use std::io::Write;
+    let p = dir.join("filler");
+    let mut f = std::fs::File::create(&p).map_err(|e| e.to_string())?;
+    let block = vec![0u8; 4096];
+    loop {
+        match f.write_all(&block) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return Ok(p),
+            Err(e) => return Err(format!("filling {}: {e}", dir.display())),
+        }
+    }
+}
+
+/// The records of an audit chain's events (their bodies).
+pub fn audited(chain: &Path) -> Result<Vec<Event>, String> {
+    let text = std::fs::read_to_string(chain).map_err(|e| format!("{}: {e}", chain.display()))?;
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).map_err(|e| format!("{e}: {l}"))?;
+        if v["type"] == "event" {
+            out.push(serde_json::from_value(v["body"].clone()).map_err(|e| format!("{e}: {l}"))?);
+        }
+    }
+    Ok(out)
 }

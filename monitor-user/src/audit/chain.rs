@@ -42,6 +42,12 @@ pub struct AuditChain {
     poisoned: bool,
     /// When recovery was last tried (at most once a second).
     tried: Option<std::time::Instant>,
+    /// Records written into the buffer (Ok to the caller) that recovery dropped
+    /// because they never reached the file; taken by [`Sink::lost`].
+    dropped: u64,
+    /// Checkpoints written since the file was last synced: the chain's own records,
+    /// not counted in `dropped` when recovery drops them.
+    own_unsynced: u64,
     closed: bool,
 }
 
@@ -89,6 +95,8 @@ impl AuditChain {
             line: Vec::with_capacity(1024),
             poisoned: false,
             tried: None,
+            dropped: 0,
+            own_unsynced: 0,
             closed: false,
         };
         if let Err(e) = chain.resume() {
@@ -233,6 +241,7 @@ impl AuditChain {
             body["recovered_from"] = r.into();
         }
         let seq = self.write(RecordType::Checkpoint, body)?;
+        self.own_unsynced += 1;
         self.unsigned = 0;
         // A signed checkpoint is on disk before the writer goes on.
         self.sync()?;
@@ -241,8 +250,9 @@ impl AuditChain {
 
     /// After a failed write: the records still in the buffer are dropped (they were
     /// never written whole), a torn last line is cut off, and the chain resumes from
-    /// the last record in the file with a recovery checkpoint. The records lost are
-    /// counted by the caller (a `loss` record, in this chain too once it works).
+    /// the last record in the file with a recovery checkpoint. The records dropped
+    /// (taken, never written) are counted in `dropped`; the fan-out turns them into
+    /// a `loss` record, in this chain too once it works.
     fn recover(&mut self) -> Result<(), AuditError> {
         if self.tried.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
             return Err(AuditError::Poisoned { path: self.path.clone() });
@@ -260,6 +270,10 @@ impl AuditChain {
         if let Some(p) = report.problems.iter().find(|p| p.kind == ProblemKind::Torn) {
             f.set_len(p.offset).map_err(read_err)?;
         }
+        // Every seq below next_seq was taken; those past the file's last never landed.
+        let landed = report.last_seq.map_or(0, |s| s + 1);
+        self.dropped += self.next_seq.saturating_sub(landed).saturating_sub(self.own_unsynced);
+        self.own_unsynced = 0;
         self.poisoned = false;
         self.next_seq = 0;
         self.prev = GENESIS.into();
@@ -295,6 +309,9 @@ impl AuditChain {
             return Err(AuditError::Poisoned { path: self.path.clone() });
         }
         let r = self.out.flush().and_then(|()| self.out.get_ref().sync_data());
+        if r.is_ok() {
+            self.own_unsynced = 0;
+        }
         r.map_err(|source| {
             self.poisoned = true;
             AuditError::Write { path: self.path.clone(), seq: self.next_seq, source }
@@ -368,6 +385,10 @@ impl Sink for AuditChain {
 
     fn flush(&mut self) -> Result<(), SinkError> {
         self.commit().map_err(|e| self.sink_err(e))
+    }
+
+    fn lost(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
     }
 }
 

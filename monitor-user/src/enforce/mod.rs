@@ -73,11 +73,14 @@ impl Layers {
         };
         let gates = if self.approval {
             format!(
-                "approval gates (seccomp user notification): {}: active",
+                "approval gates (seccomp user notification): {}; i386/x32 calls of observed commands reported: \
+                 active",
                 crate::gate::filter::GATEABLE.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(", ")
             )
         } else {
-            "approval gates: unavailable (the kernel lacks seccomp user notification)".to_string()
+            "approval gates: unavailable (the kernel lacks seccomp user notification); i386/x32 calls of \
+             observed commands go unseen"
+                .to_string()
         };
         vec![ll, sc, net, gates, contain]
     }

@@ -124,12 +124,9 @@ pub fn filter(sockets: Sockets) -> Result<BpfProgram, String> {
     // seccompiler checks the arch (i386 is killed) but not the x32 bit, so x32 calls,
     // which syscall tracepoints do not see, would pass its list by number: put the
     // gate's ABI check first. Jumps are relative, so prepending keeps the rest intact.
-    let abi = crate::gate::filter::abi_prologue().into_iter().map(|i| seccompiler::sock_filter {
-        code: i.code,
-        jt: i.jt,
-        jf: i.jf,
-        k: i.k,
-    });
+    let abi = crate::gate::filter::abi_prologue(crate::gate::filter::KILL)
+        .into_iter()
+        .map(|i| seccompiler::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k });
     // clone3 takes its flags in memory a filter cannot read, and CLONE_INTO_CGROUP
     // would start a child outside the task's cgroup (past the network guard and
     // containment): ENOSYS, on which the C library falls back to clone. The prologue

@@ -87,8 +87,7 @@ pub fn lookup(nr: i64) -> Option<&'static Gated> {
     GATED.iter().find(|s| s.nr == nr)
 }
 
-const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+use super::abi::{AUDIT_ARCH_X86_64, X32_SYSCALL_BIT};
 
 fn stmt(code: u16, k: u32) -> libc::sock_filter {
     libc::sock_filter { code, jt: 0, jf: 0, k }
@@ -98,18 +97,22 @@ fn jeq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16, jt, jf, k }
 }
 
-/// x86-64 calls only: an i386 call (`int 0x80`) or an x32 call kills the process.
-/// Syscall tracepoints see neither, so a task that could make them would act
-/// unseen; killed, the process's exit (signal SIGSYS) is what is seen. Falls
-/// through for native calls.
-pub fn abi_prologue() -> Vec<libc::sock_filter> {
+/// What an i386 call (`int 0x80`) or an x32 call meets: syscall tracepoints see
+/// neither, so a task making them would act unseen. Enforced tasks are killed for
+/// them ([`KILL`]: the process's exit with SIGSYS is what is seen); observed ones
+/// send them to agentmon ([`REPORT`]), which records and lets them proceed.
+pub const KILL: u32 = libc::SECCOMP_RET_KILL_PROCESS;
+pub const REPORT: u32 = libc::SECCOMP_RET_USER_NOTIF;
+
+/// Native x86-64 calls fall through; the others get `foreign` ([`KILL`] or [`REPORT`]).
+pub fn abi_prologue(foreign: u32) -> Vec<libc::sock_filter> {
     let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     let ret = (libc::BPF_RET | libc::BPF_K) as u16;
     // offsetof(struct seccomp_data, nr) = 0, arch = 4.
     vec![
         stmt(ld, 4),
         jeq(AUDIT_ARCH_X86_64, 1, 0),
-        stmt(ret, libc::SECCOMP_RET_KILL_PROCESS),
+        stmt(ret, foreign),
         stmt(ld, 0),
         libc::sock_filter {
             code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
@@ -117,8 +120,16 @@ pub fn abi_prologue() -> Vec<libc::sock_filter> {
             jf: 1,
             k: X32_SYSCALL_BIT,
         },
-        stmt(ret, libc::SECCOMP_RET_KILL_PROCESS),
+        stmt(ret, foreign),
     ]
+}
+
+/// An observed task's filter: its i386 and x32 calls to agentmon, to be reported
+/// (the tracepoints miss them); every native call allowed at once.
+pub fn watch_program() -> Vec<libc::sock_filter> {
+    let mut p = abi_prologue(REPORT);
+    p.push(stmt((libc::BPF_RET | libc::BPF_K) as u16, libc::SECCOMP_RET_ALLOW));
+    p
 }
 
 /// The filter: [`abi_prologue`], the gated syscalls of `ops` to the listener, the
@@ -126,7 +137,7 @@ pub fn abi_prologue() -> Vec<libc::sock_filter> {
 pub fn program(ops: &[Op]) -> Vec<libc::sock_filter> {
     let ret = (libc::BPF_RET | libc::BPF_K) as u16;
     let nrs: Vec<u32> = GATED.iter().filter(|s| ops.contains(&s.op)).map(|s| s.nr as u32).collect();
-    let mut p = abi_prologue();
+    let mut p = abi_prologue(KILL);
     let n = nrs.len();
     for (i, nr) in nrs.iter().enumerate() {
         // Match: jump over the remaining compares and the ALLOW to the NOTIF.
@@ -139,22 +150,31 @@ pub fn program(ops: &[Op]) -> Vec<libc::sock_filter> {
 
 /// Child side, between fork and exec: installs `prog` with a new listener and hands
 /// the listener to agentmon over `chan` (SCM_RIGHTS), then closes it: the task must
-/// never hold its own listener. Only syscalls; async-signal-safe.
+/// never hold its own listener. Only syscalls; async-signal-safe. A child with
+/// CAP_SYS_ADMIN (agentmon's, run by root) installs it as it is, so an observed
+/// command keeps its setuid programs; otherwise no_new_privs comes first, as the
+/// kernel requires (enforced tasks have it from Landlock already).
 ///
 /// # Safety
 /// To be called in the forked child only, with `prog` and `chan` prepared before the fork.
 pub unsafe fn install_and_send(prog: &[libc::sock_filter], chan: RawFd) -> bool {
     unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return false;
-        }
         let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut _ };
-        let fd = libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            &raw const fprog,
-        );
+        let install = || {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                &raw const fprog,
+            )
+        };
+        let mut fd = install();
+        if fd < 0 && *libc::__errno_location() == libc::EACCES {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return false;
+            }
+            fd = install();
+        }
         if fd < 0 {
             return false;
         }
@@ -229,6 +249,16 @@ mod tests {
         }
         assert_eq!(p[notif].k, libc::SECCOMP_RET_USER_NOTIF);
         assert_eq!(p[notif - 1].k, libc::SECCOMP_RET_ALLOW);
+    }
+
+    #[test]
+    fn watch_program_reports_foreign_calls_only() {
+        let p = watch_program();
+        assert_eq!(p.len(), 7);
+        // Both foreign branches return REPORT; the native path falls through to ALLOW.
+        assert_eq!([p[2].k, p[5].k], [REPORT, REPORT]);
+        assert_eq!(p[6].k, libc::SECCOMP_RET_ALLOW);
+        assert_eq!(abi_prologue(KILL)[2].k, libc::SECCOMP_RET_KILL_PROCESS);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! with EPERM. Each decision is an `approval` event, and the call's own syscall
 //! event carries the approval id and decision.
 
+pub mod abi;
 pub mod filter;
 pub mod notify;
 
@@ -102,6 +103,20 @@ fn kind_of(op: Op) -> Kind {
     }
 }
 
+/// An event of `kind` about thread `tid` of process `tgid`, the caller of a held
+/// call, with what the process table knows of it.
+fn caller_event(kind: Kind, tgid: u32, tid: u32, enr: &Enricher) -> Event {
+    let mut ev = Event::new(kind, enr.clock().now_wall(), enr.host());
+    ev.pid = tgid;
+    ev.tid = tid;
+    if let Some(p) = enr.procs.live_key(tgid).and_then(|k| enr.procs.get(&k)) {
+        ev.ppid = p.ppid;
+        ev.comm = p.comm.clone();
+        ev.exe = p.exe.clone();
+    }
+    ev
+}
+
 fn errno_name(e: Errno) -> String {
     crate::names::errno(-(e as i64)).map(|n| n.into_owned()).unwrap_or_default()
 }
@@ -179,6 +194,9 @@ impl Gate {
                 tracing::debug!("answering held call {}: {e}", n.id);
             }
         };
+        if let Some(abi) = abi::Abi::of(n.arch, n.nr) {
+            return self.foreign(n, abi, sensors, enr, judge);
+        }
         let Some(g) = filter::lookup(n.nr) else {
             answer(Err(Errno::EPERM));
             return None;
@@ -207,14 +225,7 @@ impl Gate {
             answer(Err(Errno::EPERM));
             return None;
         };
-        let mut ev = Event::new(kind_of(g.op), enr.clock().now_wall(), enr.host());
-        ev.pid = tgid;
-        ev.tid = n.tid;
-        if let Some(p) = enr.procs.live_key(tgid).and_then(|k| enr.procs.get(&k)) {
-            ev.ppid = p.ppid;
-            ev.comm = p.comm.clone();
-            ev.exe = p.exe.clone();
-        }
+        let mut ev = caller_event(kind_of(g.op), tgid, n.tid, enr);
         ev.task = Some(bound.id.clone());
         ev.task_chain = (!bound.chain.is_empty()).then(|| bound.chain.clone());
         ev.syscall = Some(Cow::Borrowed(g.name));
@@ -278,6 +289,66 @@ impl Gate {
         );
         self.pending.insert(id, p);
         Some(req)
+    }
+
+    /// An observed task's i386 or x32 call (an enforced task's filter kills for
+    /// them): a tamper record, as the agent asked (paths as written in its memory,
+    /// not resolved), then the call proceeds. Observe mode decides nothing.
+    fn foreign(
+        &mut self,
+        n: Notif,
+        abi: abi::Abi,
+        sensors: &Sensors,
+        enr: &Enricher,
+        judge: &Judge,
+    ) -> Option<Event> {
+        let call = abi.call(n.nr);
+        let mut paths = Vec::new();
+        for &i in call.map(|c| c.1).unwrap_or_default() {
+            // Both ABIs pass 32-bit pointers.
+            paths.push(notify::read_cstr(n.tid, n.args[i] & 0xffff_ffff).ok());
+        }
+        // Who asked, while the caller still waits (once it proceeds it may exit, and
+        // its tracking entry with it).
+        let tgid = notify::tgid_of(n.tid).unwrap_or(n.tid);
+        let mut ev = caller_event(Kind::Tamper, tgid, n.tid, enr);
+        if let Some(bound) = sensors.task_of(tgid).and_then(|c| enr.task_name(c)).and_then(|t| judge.task(&t))
+        {
+            ev.task = Some(bound.id.clone());
+            ev.task_chain = (!bound.chain.is_empty()).then(|| bound.chain.clone());
+        }
+        // What was read belongs to the calling thread only if it still waits.
+        let valid = notify::valid(self.fd(), n.id);
+        if let Err(e) = notify::proceed(self.fd(), n.id) {
+            tracing::debug!("letting reported call {} proceed: {e}", n.id);
+        }
+        if !valid {
+            return None;
+        }
+        let name = call.map(|c| c.0).unwrap_or("unknown");
+        ev.syscall = Some(Cow::Borrowed(name));
+        ev.verdict = Some(Cow::Borrowed("violation"));
+        ev.action = Some(Cow::Borrowed("none"));
+        let what = format!("{} system call {name}", abi.as_str());
+        ev.reason = Some(format!(
+            "{what}: the syscall tracepoints do not see this ABI; reported through the task's seccomp filter and \
+             let through (observe mode)"
+        ));
+        ev.detail.insert("attempt".into(), json!(what));
+        ev.detail.insert("abi".into(), json!(abi.as_str()));
+        ev.detail.insert("nr".into(), json!(n.nr));
+        if let abi::Abi::Other(arch) = abi {
+            ev.detail.insert("arch".into(), json!(format!("{arch:#x}")));
+        }
+        let requested: Vec<_> =
+            paths.iter().map(|p| p.as_ref().map(|c| c.to_string_lossy().into_owned())).collect();
+        if let Some(Some(p)) = requested.first() {
+            ev.detail.insert("requested_path".into(), json!(p));
+        }
+        if let Some(Some(p)) = requested.get(1) {
+            ev.detail.insert("requested_new_path".into(), json!(p));
+        }
+        Some(ev)
     }
 
     /// Carries out a decision on pending request `id`; the event to record.

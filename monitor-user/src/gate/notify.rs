@@ -13,7 +13,9 @@
 //! operation itself on exactly that, in a thread that takes the agent's filesystem
 //! credentials (fsuid, fsgid, groups), after checking that the entry still holds
 //! the inode it held at request time; the agent's call returns the result. What
-//! proceeds is what was shown to the approver, or nothing.
+//! proceeds is what was shown to the approver, or nothing. (The one call let
+//! through as made is one agentmon only reports: an observed task's i386 or x32
+//! call, [`proceed`]; its record says the path is as requested, not as resolved.)
 
 use std::{
     ffi::{CStr, CString},
@@ -32,6 +34,8 @@ pub struct Notif {
     /// The calling thread.
     pub tid: u32,
     pub nr: i64,
+    /// AUDIT_ARCH_* of the call (x86-64, or i386 for `int 0x80`).
+    pub arch: u32,
     pub args: [u64; 6],
 }
 
@@ -66,7 +70,7 @@ pub fn recv(fd: RawFd) -> io::Result<Notif> {
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(Notif { id: n.id, tid: n.pid, nr: n.data.nr as i64, args: n.data.args })
+    Ok(Notif { id: n.id, tid: n.pid, nr: n.data.nr as i64, arch: n.data.arch, args: n.data.args })
 }
 
 /// Is the notification still pending (its thread alive and still in the call)?
@@ -88,8 +92,20 @@ pub fn respond(fd: RawFd, id: u64, result: Result<i64, Errno>) -> io::Result<()>
     Ok(())
 }
 
+/// Lets a reported call proceed as the agent made it (the kernel reads its
+/// arguments again). Only for calls agentmon reports and does not decide: a
+/// foreign-ABI call of an observed task.
+pub fn proceed(fd: RawFd, id: u64) -> io::Result<()> {
+    let flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
+    let mut r = libc::seccomp_notif_resp { id, val: 0, error: 0, flags };
+    if unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_SEND, &raw mut r) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Reads a NUL-terminated string (at most PATH_MAX) from thread `tid`'s memory.
-fn read_cstr(tid: u32, addr: u64) -> Result<CString, Errno> {
+pub fn read_cstr(tid: u32, addr: u64) -> Result<CString, Errno> {
     let mem = std::fs::File::open(format!("/proc/{tid}/mem")).map_err(|_| Errno::ESRCH)?;
     let mut out = Vec::new();
     let mut buf = [0u8; 256];

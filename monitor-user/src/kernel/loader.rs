@@ -34,6 +34,8 @@ const BTF_TPS: &[(&str, &str, usize)] = &[
     // (struct task_struct *p, bool group_dead) since 6.16; (p) before.
     ("sched_process_exit", "sched_process_exit", 2),
     ("sched_process_exit_v1", "sched_process_exit", 1),
+    // (int sig, struct kernel_siginfo *info, struct task_struct *task, int group, int result)
+    ("signal_generate", "signal_generate", 5),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -387,16 +389,28 @@ impl Sensors {
         self.tracked.get(&tgid, 0).ok().map(|t| t.task)
     }
 
+    /// Rewrites the entry of `tgid` only if it is still there: the process may exit
+    /// (and the kernel drop its entry) between our read and this write, and an entry
+    /// written back for a dead pid would bind whatever process reuses the pid to
+    /// the task (to its kill mark too). False: it was gone.
+    fn rewrite(&mut self, tgid: u32, v: &Tracked) -> Result<bool, LoadError> {
+        const BPF_EXIST: u64 = 2;
+        match self.tracked.insert(&tgid, v, BPF_EXIST) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
+            Err(e) => Err(LoadError::MapOp { name: "TRACKED", msg: e.to_string() }),
+        }
+    }
+
     /// Moves tracked process `tgid` (and so its future descendants) to task `task`.
     pub fn retag(&mut self, tgid: u32, task: u32) -> Result<(), LoadError> {
-        let mut v = self
-            .tracked
-            .get(&tgid, 0)
-            .map_err(|e| LoadError::MapOp { name: "TRACKED", msg: e.to_string() })?;
+        let gone =
+            || LoadError::MapOp { name: "TRACKED", msg: format!("process {tgid} is no longer tracked") };
+        let mut v = self.tracked.get(&tgid, 0).map_err(|_| gone())?;
         v.task = task;
-        self.tracked
-            .insert(&tgid, &v, 0)
-            .map_err(|e| LoadError::MapOp { name: "TRACKED", msg: e.to_string() })
+        if self.rewrite(tgid, &v)? { Ok(()) } else { Err(gone()) }
     }
 
     /// Marks every process of task `task` doomed: the kernel sends each SIGKILL at its
@@ -404,13 +418,12 @@ impl Sensors {
     pub fn doom(&mut self, task: u32) -> Result<usize, LoadError> {
         let victims: Vec<(u32, Tracked)> =
             self.tracked.iter().filter_map(|r| r.ok()).filter(|(_, v)| v.task == task).collect();
+        let mut marked = 0;
         for (tgid, mut v) in victims.iter().copied() {
             v.flags |= monitor_common::tflags::DOOMED;
-            self.tracked
-                .insert(&tgid, &v, 0)
-                .map_err(|e| LoadError::MapOp { name: "TRACKED", msg: e.to_string() })?;
+            marked += usize::from(self.rewrite(tgid, &v)?);
         }
-        Ok(victims.len())
+        Ok(marked)
     }
 
     /// Processes currently tracked (tgid -> task cookie).

@@ -61,9 +61,17 @@ impl ExecOptions {
     }
 }
 
-/// Plans the confinement of an enforced task (None when observing), or refuses it.
+/// Plans the confinement of an enforced task, or refuses it. An observed command
+/// gets only the filter that reports its i386 and x32 calls (where the kernel can
+/// hold calls for agentmon; `agentmon probe` says when it cannot).
 fn plan_confinement(opts: &ExecOptions, setup: &Setup) -> Result<Option<Confinement>, RunError> {
-    let Some((task, _)) = opts.task.as_ref().filter(|(t, _)| t.enforce) else { return Ok(None) };
+    let Some((task, _)) = opts.task.as_ref().filter(|(t, _)| t.enforce) else {
+        return Ok(setup.layers.approval.then(|| Confinement {
+            landlock: None,
+            seccomp: None,
+            gate: Some(crate::gate::filter::watch_program()),
+        }));
+    };
     let program = launch::resolve_program(opts.cmd.first().map(String::as_str).unwrap_or(""))?;
     let protected = Protected { paths: setup.protected.clone() };
     Ok(Some(enforce::confine(task, &setup.layers, &enforce::launch_files(&program), &protected)?))

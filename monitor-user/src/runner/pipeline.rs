@@ -266,6 +266,10 @@ impl Pipeline {
         for g in self.gates.iter_mut() {
             for ev in g.take(sensors, &self.enr, &self.judge) {
                 sink.send(&ev);
+                // An observed task's i386/x32 call: an attempt to act unseen.
+                if ev.kind == Kind::Tamper {
+                    sink.alert(&self.judge.tamper_alert(&ev));
+                }
             }
         }
         // An approver watches the stream: do not wait for the next periodic flush.
