@@ -73,7 +73,10 @@ usage() {
 # ---------------------------------------------------------------- guest side
 # Runs inside the guest (vm.sh is visible there through the shared root): mounts what the
 # sensors need, says what the guest has, then becomes CMD.
-guest() {
+guest() { # BOOTED_MARK CMD...
+    # Says to the host that the guest came up (a failure after this is the command's).
+    : >"$1" 2>/dev/null || true
+    shift
     local mounted=""
     mnt() { # TYPE DIR
         mountpoint -q "$2" 2>/dev/null && return 0
@@ -230,16 +233,28 @@ run() {
     local kimg cmd
     kimg="$(kernel_image "$name")"
     [ -n "$lsm" ] && append+=(-a "lsm=$lsm")
-    cmd="$(printf '%q ' "$HERE/vm.sh" __guest "$@")"
-    say "booting $name ($(cat "$KCACHE/$name/.pkg"))${lsm:+ lsm=$lsm}"
-    # vng writes the guest's output to the host's stdout/stderr by path: a regular file there
-    # would be overwritten, so both go through pipes. pipefail keeps vng's exit code.
-    local rc=0
-    { { timeout --kill-after=10 "$timeout" \
-        vng --run "$kimg" --disable-kvm --cpus "$CPUS" --memory "$MEMORY" \
-        --rwdir "$OUT" "${rw[@]}" "${append[@]}" --exec "$cmd" </dev/null \
-        2>&1 1>&3 3>&- | cat >&2; } 3>&1 | cat; } || rc=$?
-    [ "$rc" = 124 ] && say "$name: timed out after ${timeout}s"
+    local mark="$OUT/.booted-$$"
+    cmd="$(printf '%q ' "$HERE/vm.sh" __guest "$mark" "$@")"
+    local rc attempt
+    for attempt in 1 2; do
+        rm -f "$mark"
+        say "booting $name ($(cat "$KCACHE/$name/.pkg"))${lsm:+ lsm=$lsm}"
+        # vng writes the guest's output to the host's stdout/stderr by path: a regular file
+        # there would be overwritten, so both go through pipes. pipefail keeps vng's exit code.
+        rc=0
+        { { timeout --kill-after=10 "$timeout" \
+            vng --run "$kimg" --disable-kvm --cpus "$CPUS" --memory "$MEMORY" \
+            --rwdir "$OUT" "${rw[@]}" "${append[@]}" --exec "$cmd" </dev/null \
+            2>&1 1>&3 3>&- | cat >&2; } 3>&1 | cat; } || rc=$?
+        [ "$rc" = 124 ] && say "$name: timed out after ${timeout}s"
+        # A guest that never came up (QEMU or vng failing to start it, seen once as exit
+        # 255 with no output) is booted once more; the command's own failure is not retried.
+        if [ "$rc" = 0 ] || [ -e "$mark" ] || [ "$rc" = 124 ] || [ "$attempt" = 2 ]; then
+            break
+        fi
+        say "$name: the guest did not come up (exit $rc); booting it once more"
+    done
+    rm -f "$mark"
     return "$rc"
 }
 

@@ -9,6 +9,7 @@ mod contain;
 mod daemon;
 mod enforce;
 mod expiry;
+mod fleet;
 mod nats;
 mod scenarios;
 mod support;
@@ -65,6 +66,7 @@ fn main() {
         ("freeze_thaw_kill_by_operator", contain::freeze_thaw_kill_by_operator),
         ("approve_deny_timeout_and_race", approval::approve_deny_timeout_and_race),
         ("nats_stream_and_independent_client", nats::nats_stream_and_independent_client),
+        ("nats_server_lists_and_stream_settings", fleet::nats_server_lists_and_stream_settings),
         ("nats_outage_loses_nothing", nats::nats_outage_loses_nothing),
         ("nats_remote_control", nats::nats_remote_control),
         ("nats_sample_config_permissions", nats::nats_sample_config_permissions),

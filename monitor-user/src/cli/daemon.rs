@@ -87,7 +87,8 @@ struct AuditConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NatsConfig {
-    url: String,
+    /// One server, a comma-separated list, or a YAML list.
+    url: Servers,
     host: Option<String>,
     creds: Option<PathBuf>,
     user: Option<String>,
@@ -103,6 +104,25 @@ struct NatsConfig {
     #[serde(default)]
     ocsf: bool,
     ctl_keys: Option<PathBuf>,
+    stream: Option<StreamConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Servers {
+    One(String),
+    List(Vec<String>),
+}
+
+/// The host's JetStream stream (created so, or checked against).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamConfig {
+    replicas: Option<usize>,
+    /// e.g. `30d`.
+    max_age: Option<String>,
+    max_mb: Option<u64>,
+    discard: Option<crate::nats::config::Discard>,
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {
@@ -154,8 +174,28 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
     let (nats, ctl_keys) = match cfg.nats {
         None => (None, None),
         Some(n) => {
+            let url = match n.url {
+                Servers::One(u) => u,
+                Servers::List(l) => l.join(","),
+            };
+            let stream = n.stream.unwrap_or(StreamConfig {
+                replicas: None,
+                max_age: None,
+                max_mb: None,
+                discard: None,
+            });
+            let max_age = match &stream.max_age {
+                Some(a) => Some(
+                    super::duration(a).map_err(|e| anyhow::anyhow!("{file}: nats.stream.max_age: {e}"))?,
+                ),
+                None => None,
+            };
             let args = NatsArgs {
-                nats: Some(n.url),
+                nats: Some(url),
+                nats_replicas: stream.replicas.unwrap_or(1),
+                nats_max_age: max_age,
+                nats_max_bytes: stream.max_mb.map(|m| m << 20),
+                nats_discard: stream.discard.unwrap_or_default(),
                 nats_creds: n.creds,
                 nats_password: env_secret(&n.password_env, "password_env")?,
                 nats_user: n.user,
@@ -165,6 +205,8 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
                 nats_tls_cert: n.tls_cert,
                 nats_tls_key: n.tls_key,
             };
+            args.servers().map_err(|e| anyhow::anyhow!("{file}: nats.url: {e}"))?;
+            args.stream().map_err(|e| anyhow::anyhow!("{file}: nats.stream: {e}"))?;
             let keys = match &n.ctl_keys {
                 Some(p) => Some(crate::nats::control::load_keys(p).map_err(anyhow::Error::msg)?),
                 None => None,
@@ -272,5 +314,36 @@ mod tests {
         std::fs::write(&bad, "selectors:\n  - exe: /usr/bin/x\n").unwrap();
         let e = options(DaemonArgs { config: Some(bad.clone()), socket: None }).unwrap_err().to_string();
         assert!(e.contains("default_task"), "{e}");
+    }
+
+    /// `nats.url` as a list (YAML or comma-separated) and the stream's settings;
+    /// a bad entry or setting names the file and the key.
+    #[test]
+    fn nats_lists_and_stream_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("d.yaml");
+        let opts = |text: &str| {
+            std::fs::write(&f, text).unwrap();
+            options(DaemonArgs { config: Some(f.clone()), socket: None }).map_err(|e| e.to_string())
+        };
+        let spool = format!("  spool: {}\n", dir.path().join("spool").display());
+        let o = opts(&format!(
+            "nats:\n  url: [nats://a:4222, nats://b:4222]\n{spool}  stream:\n    replicas: 3\n    max_age: 30d\n    \
+             max_mb: 10\n    discard: new\n"
+        ))
+        .unwrap();
+        let n = o.outputs.nats.unwrap();
+        assert_eq!(n.args.servers().unwrap().len(), 2);
+        let st = n.args.stream().unwrap();
+        assert_eq!((st.replicas, st.max_bytes, st.discard), (3, 10 << 20, crate::nats::config::Discard::New));
+        assert_eq!(st.max_age, std::time::Duration::from_secs(30 * 86400));
+        let e = opts(&format!("nats:\n  url: nats://a:4222,nats://b:0x\n{spool}")).unwrap_err();
+        assert!(e.contains("nats.url") && e.contains("nats://b:0x"), "{e}");
+        let e =
+            opts(&format!("nats:\n  url: nats://a:4222\n{spool}  stream:\n    replicas: 9\n")).unwrap_err();
+        assert!(e.contains("nats.stream") && e.contains("replicas 9"), "{e}");
+        let e =
+            opts(&format!("nats:\n  url: nats://a:4222\n{spool}  stream:\n    max_age: soon\n")).unwrap_err();
+        assert!(e.contains("nats.stream.max_age"), "{e}");
     }
 }

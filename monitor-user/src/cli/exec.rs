@@ -111,6 +111,12 @@ impl OutputArgs {
             Some(_) => anyhow::bail!("--nats-ctl-keys needs --nats"),
             None => None,
         };
+        if self.nats.nats.is_some() {
+            // Checked before anything runs: a list that does not parse would only
+            // ever fill the spool.
+            self.nats.servers()?;
+            self.nats.stream()?;
+        }
         let nats = self.nats.nats.is_some().then(|| NatsOptions {
             args: self.nats.clone(),
             host,
@@ -209,7 +215,7 @@ pub fn duration(s: &str) -> Result<Duration, String> {
 }
 
 /// `4096`, `64K`, `512M`, `2G` (powers of 1024).
-fn size(s: &str) -> Result<u64, String> {
+pub fn size(s: &str) -> Result<u64, String> {
     let t = s.trim().trim_end_matches(['B', 'b']).trim_end_matches(['i']);
     let (num, mul) = match t.chars().last() {
         Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),

@@ -30,7 +30,10 @@ pub struct RemoteArgs {
 }
 
 pub async fn run(a: RemoteArgs) -> anyhow::Result<i32> {
-    let Some(url) = a.nats.nats.clone() else { anyhow::bail!("--nats URL is needed") };
+    if a.nats.nats.is_none() {
+        anyhow::bail!("--nats URL is needed");
+    }
+    let servers = a.nats.servers()?;
     let key = crate::audit::load_or_create_key(&a.key)?;
     let needs = match a.op.as_str() {
         "kill" | "freeze" | "thaw" => Some("a task id"),
@@ -47,7 +50,7 @@ pub async fn run(a: RemoteArgs) -> anyhow::Result<i32> {
         _ => (a.target.clone(), None),
     };
     let cmd = Command::signed(&key, &a.op, &a.host, task, approval, a.hold_for.map(|d| d.as_secs().max(1)));
-    let client = a.nats.options("agentmon remote").await?.connect(&url).await?;
+    let client = a.nats.options("agentmon remote").await?.connect(servers).await?;
     let subject = Subjects::new(&a.host).ctl(&a.op);
     let msg = tokio::time::timeout(
         Duration::from_secs(15),

@@ -212,8 +212,9 @@ async fn serve(args: &NatsArgs, host: &str, keys: &[VerifyingKey], socket: &Path
     let url = args.nats.as_deref().unwrap_or_default();
     let opts =
         args.options(&format!("agentmon control {}", subjects.host())).await.map_err(|e| e.to_string())?;
+    let servers = args.servers().map_err(|e| e.to_string())?;
     let client =
-        opts.connect(url).await.map_err(|e| format!("connect {}: {e}", super::config::redact(url)))?;
+        opts.connect(servers).await.map_err(|e| format!("connect {}: {e}", super::config::redact(url)))?;
     let mut sub = client.subscribe(subjects.ctl_all()).await.map_err(|e| e.to_string())?;
     client.flush().await.map_err(|e| e.to_string())?;
     let mut v = Gatekeeper::new(keys.to_vec(), host);

@@ -25,7 +25,7 @@ use async_nats::jetstream::{
 
 use super::{
     Subjects,
-    config::NatsArgs,
+    config::{Discard, NatsArgs, StreamSettings},
     spool::{Pos, Reader, Shared},
 };
 
@@ -45,6 +45,9 @@ pub struct Status {
     pub duplicates: AtomicU64,
     pub failures: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// The stream found differs from the configured settings (taken by the sink,
+    /// which raises it as a record).
+    pub stream_mismatch: Mutex<Option<String>>,
 }
 
 pub struct Publisher {
@@ -82,26 +85,45 @@ impl Publisher {
     }
 }
 
-async fn connect(args: &NatsArgs, subjects: &Subjects) -> Result<jetstream::Context, String> {
+/// Connects to any server of the list (the client then follows the cluster's
+/// members as the servers advertise them, and reconnects on its own).
+async fn connect(args: &NatsArgs, subjects: &Subjects) -> Result<(jetstream::Context, Vec<String>), String> {
     let url = args.nats.as_deref().unwrap_or_default();
+    let servers = args.servers().map_err(|e| e.to_string())?;
+    let settings = args.stream().map_err(|e| e.to_string())?;
     let opts = args.options(&format!("agentmon {}", subjects.host())).await.map_err(|e| e.to_string())?;
     let client =
-        opts.connect(url).await.map_err(|e| format!("connect {}: {e}", super::config::redact(url)))?;
+        opts.connect(servers).await.map_err(|e| format!("connect {}: {e}", super::config::redact(url)))?;
     let js = jetstream::ContextBuilder::new().timeout(ACK_TIMEOUT).build(client);
-    ensure_stream(&js, subjects).await?;
-    Ok(js)
+    let mismatches = ensure_stream(&js, subjects, &settings).await?;
+    Ok((js, mismatches))
 }
 
-/// Creates the host's stream when absent (works with nats-server 2.9 and newer).
-pub async fn ensure_stream(js: &jetstream::Context, subjects: &Subjects) -> Result<(), String> {
+/// Creates the host's stream with `settings` when absent (nats-server 2.9 and
+/// newer); an existing one is used as it is, and where it differs is returned.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    settings: &StreamSettings,
+) -> Result<Vec<String>, String> {
     let cfg = stream::Config {
         name: subjects.stream(),
         subjects: subjects.stream_subjects(),
         storage: stream::StorageType::File,
         duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: settings.replicas,
+        max_age: settings.max_age,
+        max_bytes: settings.max_bytes,
+        discard: match settings.discard {
+            Discard::Old => stream::DiscardPolicy::Old,
+            Discard::New => stream::DiscardPolicy::New,
+        },
         ..Default::default()
     };
-    js.get_or_create_stream(cfg).await.map(|_| ()).map_err(|e| format!("stream {}: {e}", subjects.stream()))
+    let err = |e: String| format!("stream {}: {e}", subjects.stream());
+    let mut s = js.get_or_create_stream(cfg).await.map_err(|e| err(e.to_string()))?;
+    let info = s.info().await.map_err(|e| err(e.to_string()))?;
+    Ok(settings.mismatches(&info.config))
 }
 
 fn note(status: &Status, err: String) {
@@ -141,7 +163,17 @@ async fn run(
                 continue;
             }
             None => match connect(&args, &subjects).await {
-                Ok(c) => {
+                Ok((c, mismatches)) => {
+                    if !mismatches.is_empty() {
+                        // Used as it is (the SOC may own it), and said each time we connect.
+                        let said = format!(
+                            "stream {} differs from the configured one: {}",
+                            subjects.stream(),
+                            mismatches.join("; ")
+                        );
+                        tracing::error!("NATS: {said}");
+                        *status.stream_mismatch.lock().unwrap_or_else(|e| e.into_inner()) = Some(said);
+                    }
                     js = Some(c.clone());
                     status.connected.store(true, Relaxed);
                     c

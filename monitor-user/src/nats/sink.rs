@@ -16,7 +16,7 @@ use super::{
     Subjects,
     config::NatsArgs,
     publish::{Publisher, Status},
-    spool::{Shared, SpoolError, Writer},
+    spool::{Class, Shared, SpoolError, Writer},
 };
 use crate::{
     event::{Alert, Event, Kind, TaskInfo, Timestamp},
@@ -44,8 +44,10 @@ pub struct NatsSink {
     publisher: Publisher,
     /// Agent identity of each task seen starting, for kill and revoke messages.
     tasks: HashMap<Arc<str>, TaskInfo>,
-    /// Drops already reported as loss events.
+    /// Drops counted in a loss record in the spool (for NATS).
     reported: u64,
+    /// Drops told to the other outputs.
+    alarmed: u64,
     alarms: Vec<Event>,
     line: Vec<u8>,
 }
@@ -64,6 +66,7 @@ impl NatsSink {
             publisher,
             tasks: HashMap::new(),
             reported: 0,
+            alarmed: 0,
             alarms: Vec::new(),
             line: Vec::with_capacity(1024),
         })
@@ -81,14 +84,21 @@ impl NatsSink {
         SinkError::Write { name: "nats spool".into(), source: std::io::Error::other(e.to_string()) }
     }
 
-    fn put(&mut self, subject: &str, id: &str, payload: &[u8]) -> Result<(), SinkError> {
-        self.spool.append(subject, id, payload).map(|_| ()).map_err(|e| self.err(e))
+    /// Appends one message; false if the spool had no room for it (counted).
+    fn put(&mut self, class: Class, subject: &str, id: &str, payload: &[u8]) -> Result<bool, SinkError> {
+        self.spool.append_as(class, subject, id, payload).map_err(|e| self.err(e))
     }
 
-    fn put_json(&mut self, subject: &str, id: &str, v: &serde_json::Value) -> Result<(), SinkError> {
+    fn put_json(
+        &mut self,
+        class: Class,
+        subject: &str,
+        id: &str,
+        v: &serde_json::Value,
+    ) -> Result<bool, SinkError> {
         let bytes = serde_json::to_vec(v)
             .map_err(|e| self.err(SpoolError::Io { path: "json".into(), source: e.into() }))?;
-        self.put(subject, id, &bytes)
+        self.put(class, subject, id, &bytes)
     }
 
     fn task_info(&self, id: &Arc<str>) -> TaskInfo {
@@ -136,14 +146,26 @@ impl NatsSink {
     }
 
     /// The drops of a full spool since the last report, as a loss event.
-    fn drops(&mut self) -> Option<Event> {
+    /// The host's stream, found with other settings than configured (fewer
+    /// replicas, another retention): used as it is, and said, in every output.
+    fn stream_mismatch(&mut self) -> Option<Event> {
+        let status = self.publisher.status.clone();
+        let said = status.stream_mismatch.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        let mut ev = Event::new(Kind::Loss, Timestamp::now(), self.host.clone());
+        ev.pid = std::process::id();
+        ev.tid = ev.pid;
+        ev.comm = "agentmon".into();
+        ev.reason = Some(format!(
+            "{said}: agentmon publishes to it as it is; what it keeps may be less than configured"
+        ));
+        ev.detail.insert("sink".into(), json!("nats"));
+        ev.detail.insert("stream_mismatch".into(), json!(said));
+        Some(ev)
+    }
+
+    /// A `loss` record of the `n` messages for NATS dropped since `since` counted.
+    fn loss_record(&self, n: u64) -> Event {
         let shared = self.spool.shared();
-        let dropped = shared.dropped.load(Relaxed) + shared.torn.load(Relaxed);
-        if dropped == self.reported {
-            return None;
-        }
-        let n = dropped - self.reported;
-        self.reported = dropped;
         let mut ev = Event::new(Kind::Loss, Timestamp::now(), self.host.clone());
         ev.pid = std::process::id();
         ev.tid = ev.pid;
@@ -156,7 +178,31 @@ impl NatsSink {
         ev.detail.insert("sink".into(), json!("nats"));
         ev.detail.insert("spool_bytes".into(), json!(shared.depth()));
         ev.detail.insert("spool_max".into(), json!(shared.max_bytes));
-        Some(ev)
+        ev
+    }
+
+    /// Dropped messages not yet told: to the other outputs at once (an alarm), and
+    /// to NATS in a loss record in the spool's reserve. A loss record that finds no
+    /// room is not itself a loss: the next one carries its count too, so every
+    /// drop is counted in NATS in the end.
+    fn report_drops(&mut self) -> Result<(), SinkError> {
+        let shared = self.spool.shared();
+        let total = shared.dropped.load(Relaxed) + shared.torn.load(Relaxed);
+        if total > self.alarmed {
+            self.alarms.push(self.loss_record(total - self.alarmed));
+            self.alarmed = total;
+        }
+        if total > self.reported {
+            let ev = self.loss_record(total - self.reported);
+            let mut line = Vec::with_capacity(512);
+            crate::jsonw::write_event(&mut line, &ev);
+            if self.put(Class::Priority, &self.subjects.events(None), &ev.id.to_string(), &line)? {
+                self.reported = total;
+            } else {
+                shared.dropped.fetch_sub(1, Relaxed);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -167,17 +213,33 @@ impl Sink for NatsSink {
 
     fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
         let id = ev.id.to_string();
+        // What happened to a task and to the record itself keeps room under pressure.
+        let class = match ev.kind {
+            Kind::Loss
+            | Kind::TaskStart
+            | Kind::TaskEnd
+            | Kind::Action
+            | Kind::ApprovalRequest
+            | Kind::Approval
+            | Kind::Rules => Class::Priority,
+            _ => Class::Bulk,
+        };
         self.line.clear();
         crate::jsonw::write_event(&mut self.line, ev);
         let line = std::mem::take(&mut self.line);
-        let r = self.put(&self.subjects.events(ev.task.as_deref()), &id, &line);
+        let r = self.put(class, &self.subjects.events(ev.task.as_deref()), &id, &line);
         self.line = line;
         r?;
         let task = ev.task.as_ref().map(|t| self.task_info(t));
         if self.ocsf
             && let Some(o) = crate::ocsf::event(ev, task.as_ref())
         {
-            self.put_json(&self.subjects.ocsf_events(ev.task.as_deref()), &format!("{id}:ocsf"), &o)?;
+            self.put_json(
+                Class::Bulk,
+                &self.subjects.ocsf_events(ev.task.as_deref()),
+                &format!("{id}:ocsf"),
+                &o,
+            )?;
         }
         match ev.kind {
             Kind::TaskStart => {
@@ -196,14 +258,19 @@ impl Sink for NatsSink {
             Kind::TaskEnd => {
                 if let Some(t) = &task {
                     let m = self.revoke(ev, t, "task ended");
-                    self.put_json(&self.subjects.revoke(), &format!("{id}:revoke"), &m)?;
+                    self.put_json(Class::Priority, &self.subjects.revoke(), &format!("{id}:revoke"), &m)?;
                 }
                 if let Some(t) = &ev.task {
                     self.tasks.remove(t);
                 }
             }
             Kind::Action | Kind::ApprovalRequest | Kind::Approval => {
-                self.put(&self.subjects.actions(), &format!("{id}:action"), &self.line.clone())?;
+                self.put(
+                    Class::Priority,
+                    &self.subjects.actions(),
+                    &format!("{id}:action"),
+                    &self.line.clone(),
+                )?;
                 let act = ev.action.as_deref().unwrap_or("");
                 if ev.kind == Kind::Action
                     && matches!(act, "kill" | "freeze")
@@ -211,10 +278,10 @@ impl Sink for NatsSink {
                     && let Some(t) = &task
                 {
                     let m = self.kill_signal(ev, t);
-                    self.put_json(&self.subjects.kill(), &format!("{id}:kill"), &m)?;
+                    self.put_json(Class::Priority, &self.subjects.kill(), &format!("{id}:kill"), &m)?;
                     if act == "kill" {
                         let m = self.revoke(ev, t, "task killed");
-                        self.put_json(&self.subjects.revoke(), &format!("{id}:revoke"), &m)?;
+                        self.put_json(Class::Priority, &self.subjects.revoke(), &format!("{id}:revoke"), &m)?;
                     }
                 }
             }
@@ -227,22 +294,24 @@ impl Sink for NatsSink {
         let id = a.id.to_string();
         let v = serde_json::to_value(a)
             .map_err(|e| self.err(SpoolError::Io { path: "json".into(), source: e.into() }))?;
-        self.put_json(&self.subjects.alerts(), &id, &v)?;
+        self.put_json(Class::Bulk, &self.subjects.alerts(), &id, &v)?;
         if self.ocsf {
-            self.put_json(&self.subjects.ocsf_alerts(), &format!("{id}:ocsf"), &crate::ocsf::alert(a))?;
+            self.put_json(
+                Class::Bulk,
+                &self.subjects.ocsf_alerts(),
+                &format!("{id}:ocsf"),
+                &crate::ocsf::alert(a),
+            )?;
         }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        if let Some(ev) = self.drops() {
-            // Reported elsewhere now; in the NATS stream once the spool has room.
+        if let Some(ev) = self.stream_mismatch() {
             self.alarms.push(ev.clone());
             let _ = self.send(&ev);
-            // The alarm itself not fitting is not reported again (it is in the other sinks).
-            let shared = self.spool.shared();
-            self.reported = shared.dropped.load(Relaxed) + shared.torn.load(Relaxed);
         }
+        self.report_drops()?;
         self.spool.flush().map_err(|e| self.err(e))
     }
 
@@ -310,8 +379,54 @@ mod tests {
             .filter(|e| e.kind == Kind::Loss)
             .collect();
         assert_eq!(losses.len(), 1, "one report, not one per flush");
-        // The loss event itself did not fit either: it is not counted again.
-        assert_eq!(losses[0].lost.as_ref().unwrap()["nats_spool"], dropped - 1);
+        assert_eq!(losses[0].lost.as_ref().unwrap()["nats_spool"], dropped);
         assert_eq!(losses[0].detail["sink"], "nats");
+    }
+
+    /// With the spool full of bulk events (the broker away), what happened to the
+    /// task (its end, the revoke) and the loss record still go in, from the
+    /// reserve, and the loss record in the spool counts every drop.
+    #[test]
+    fn task_records_and_loss_survive_a_full_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = NatsOptions {
+            args: NatsArgs { nats: Some("nats://127.0.0.1:1".into()), ..Default::default() },
+            host: "h".into(),
+            spool: dir.path().join("spool"),
+            spool_max: 16384,
+            ocsf: false,
+        };
+        let nats = NatsSink::open(o).unwrap();
+        let shared = nats.spool();
+        let mut f = Fanout::new(vec![Box::new(nats)]);
+        let mut ev = Event::new(Kind::FileWrite, Timestamp::now(), "h".into());
+        ev.task = Some("t".into());
+        ev.path = Some(format!("/{}", "x".repeat(300)));
+        for _ in 0..200 {
+            f.send(&ev);
+        }
+        let dropped = shared.dropped.load(Relaxed);
+        assert!(dropped > 100, "only {dropped} dropped");
+        let mut end = Event::new(Kind::TaskEnd, Timestamp::now(), "h".into());
+        end.task = Some("t".into());
+        f.send(&end);
+        f.flush();
+        assert_eq!(shared.dropped.load(Relaxed), dropped, "a task record was dropped");
+        let subjects = Subjects::new("h");
+        let mut r = crate::nats::spool::Reader::new(shared.clone());
+        let mut records = Vec::new();
+        while let Some((rec, _)) = r.next_record().unwrap() {
+            records.push(rec);
+        }
+        assert!(records.iter().any(|r| r.id == end.id.to_string()), "no task_end in the spool");
+        assert!(records.iter().any(|r| r.subject == subjects.revoke()), "no revoke in the spool");
+        let losses: Vec<Event> = records
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<Event>(&r.payload).ok())
+            .filter(|e| e.kind == Kind::Loss)
+            .collect();
+        assert_eq!(losses.len(), 1);
+        assert_eq!(losses[0].lost.as_ref().unwrap()["nats_spool"], dropped);
+        drop(f);
     }
 }

@@ -109,6 +109,18 @@ impl Shared {
     }
 }
 
+/// Which records may use the spool's reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Bulk,
+    Priority,
+}
+
+/// The part of a spool of `max_bytes` that only priority records may fill.
+pub fn reserve(max_bytes: u64) -> u64 {
+    max_bytes / 8
+}
+
 /// Appends records; owned by the pipeline.
 pub struct Writer {
     shared: Arc<Shared>,
@@ -200,9 +212,27 @@ impl Writer {
 
     /// Appends a record; `false` if the spool is full (counted in `dropped`).
     pub fn append(&mut self, subject: &str, id: &str, payload: &[u8]) -> Result<bool, SpoolError> {
+        self.append_as(Class::Bulk, subject, id, payload)
+    }
+
+    /// Appends one record of `class`: bulk records stop at the bound less the
+    /// reserve ([`reserve`]), kept for the records that say what happened to the
+    /// task and to the stream (loss, task start and end, revoke, actions,
+    /// approvals). Ok(false): it did not fit, and is counted in `dropped`.
+    pub fn append_as(
+        &mut self,
+        class: Class,
+        subject: &str,
+        id: &str,
+        payload: &[u8],
+    ) -> Result<bool, SpoolError> {
         let body = 2 + subject.len() + 2 + id.len() + payload.len();
         let total = 4 + body as u64;
-        if self.shared.bytes.load(Relaxed) + total > self.shared.max_bytes {
+        let limit = match class {
+            Class::Bulk => self.shared.max_bytes - reserve(self.shared.max_bytes),
+            Class::Priority => self.shared.max_bytes,
+        };
+        if self.shared.bytes.load(Relaxed) + total > limit {
             self.shared.dropped.fetch_add(1, Relaxed);
             return Ok(false);
         }

@@ -29,34 +29,41 @@ use crate::{event::Timestamp, nats::Subjects};
 /// How long one pull (or any JetStream API call) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `nats://[user:pass@]host:port[/STREAM]` (or `tls://`).
+/// `nats://[user:pass@]host:port[/STREAM]` (or `tls://`); several servers
+/// comma-separated, the stream named once (on any of them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsUrl {
-    /// The server address, as async-nats takes it.
+    /// The server list, as `--nats` takes it.
     pub server: String,
     pub stream: Option<String>,
 }
 
 impl NatsUrl {
     pub fn parse(s: &str) -> Option<Self> {
-        let scheme = ["nats://", "tls://"].into_iter().find(|p| s.starts_with(p))?;
-        let rest = &s[scheme.len()..];
-        let (addr, stream) = match rest.split_once('/') {
-            Some((a, st)) => (a, Some(st.trim_matches('/')).filter(|st| !st.is_empty())),
-            None => (rest, None),
-        };
-        Some(Self { server: format!("{scheme}{addr}"), stream: stream.map(str::to_string) })
+        let mut servers = Vec::new();
+        let mut stream: Option<String> = None;
+        for entry in s.split(',').map(str::trim) {
+            let scheme = ["nats://", "tls://"].into_iter().find(|p| entry.starts_with(p))?;
+            let rest = &entry[scheme.len()..];
+            let (addr, st) = match rest.split_once('/') {
+                Some((a, st)) => (a, Some(st.trim_matches('/')).filter(|st| !st.is_empty())),
+                None => (rest, None),
+            };
+            if let Some(st) = st {
+                // Two different streams named: not one recording.
+                if stream.as_deref().is_some_and(|s| s != st) {
+                    return None;
+                }
+                stream = Some(st.to_string());
+            }
+            servers.push(format!("{scheme}{addr}"));
+        }
+        Some(Self { server: servers.join(","), stream })
     }
 
-    /// The server address without credentials, for messages.
+    /// The server list without credentials, for messages.
     pub fn display(&self) -> String {
-        match self.server.split_once("://") {
-            Some((scheme, rest)) => match rest.rsplit_once('@') {
-                Some((_, host)) => format!("{scheme}://***@{host}"),
-                None => self.server.clone(),
-            },
-            None => self.server.clone(),
-        }
+        crate::nats::config::redact(&self.server)
     }
 }
 
@@ -80,7 +87,10 @@ async fn connect(url: &NatsUrl, args: &ReplayArgs) -> anyhow::Result<async_nats:
     opts.name("agentmon-replay")
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(REQUEST_TIMEOUT))
-        .connect(url.server.as_str())
+        .connect(
+            crate::nats::config::servers(&url.server)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", url.display()))?,
+        )
         .await
         .with_context(|| format!("cannot connect to {}", url.display()))
 }
@@ -241,9 +251,16 @@ mod tests {
         let u = NatsUrl::parse("nats://bob:pw@10.0.0.1:4222/AGENTMON_x").unwrap();
         assert_eq!(u.server, "nats://bob:pw@10.0.0.1:4222");
         assert_eq!(u.stream.as_deref(), Some("AGENTMON_x"));
-        assert_eq!(u.display(), "nats://***@10.0.0.1:4222");
+        assert_eq!(u.display(), "nats://10.0.0.1:4222");
         assert_eq!(NatsUrl::parse("nats://h:1/").unwrap().stream, None);
         assert!(NatsUrl::parse("/var/log/agentmon.jsonl").is_none());
+        let list = NatsUrl::parse("nats://a:1,nats://u:p@b:2/AGENTMON_x").unwrap();
+        assert_eq!(
+            (list.server.as_str(), list.stream.as_deref()),
+            ("nats://a:1,nats://u:p@b:2", Some("AGENTMON_x"))
+        );
+        assert_eq!(list.display(), "nats://a:1,nats://b:2");
+        assert!(NatsUrl::parse("nats://a:1/S1,nats://b:2/S2").is_none());
     }
 
     #[tokio::test]
