@@ -120,7 +120,7 @@ pub fn approve_deny_timeout_and_race() -> R {
         eq("request 0 path", r0.path.clone(), Some(d.join("repo/build/a.txt").display().to_string()))?;
         eq("request 0 operation", detail(&r0, "operation"), Some("delete"))?;
         ensure(d.join("repo/build/a.txt").exists(), || "a.txt went before approval".into())?;
-        ctl(&["approve", &id(&r0)?])?;
+        ctl(&["approve", &id(&r0)?, "--reason", "build output, safe to remove"])?;
         let r1 = request(&events, 1, &mut agent)?;
         ctl(&["deny", &id(&r1)?])?;
         // The race: the request shows c.txt; then the buffer says precious.txt.
@@ -215,6 +215,12 @@ pub fn approve_deny_timeout_and_race() -> R {
             (Some("timeout"), Some("timeout")),
         ],
     )?;
+    // Who decided, as a person, and why, in their words.
+    let first = evs.iter().find(|e| e.kind == Kind::Approval).ok_or("no approval")?;
+    let operator = first.detail.get("operator").ok_or("no operator")?;
+    eq("approver uid", operator.get("uid").and_then(|v| v.as_u64()), Some(0))?;
+    eq("approver user", operator.get("user").and_then(|v| v.as_str()), Some("root"))?;
+    eq("approver's reason", detail(first, "operator_reason"), Some("build output, safe to remove"))?;
     // The syscall events say what was done: the approved delete in scope, the denied
     // one denied, and the raced one names the file actually deleted.
     let del = |p: &str| {

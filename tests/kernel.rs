@@ -35,6 +35,7 @@ fn main() {
         ("dirfd_and_cwd_relative_paths", dirfd_and_cwd_relative_paths),
         ("double_fork_setsid_grandchild_still_tracked", double_fork_setsid_grandchild_still_tracked),
         ("network", network),
+        ("events_name_the_user", events_name_the_user),
         ("io_uring_is_reported", io_uring_is_reported),
         ("privilege_calls", privilege_calls),
         ("fileless_exec", fileless_exec),
@@ -67,6 +68,7 @@ fn main() {
         ("approve_deny_timeout_and_race", approval::approve_deny_timeout_and_race),
         ("nats_stream_and_independent_client", nats::nats_stream_and_independent_client),
         ("nats_server_lists_and_stream_settings", fleet::nats_server_lists_and_stream_settings),
+        ("nats_fleet_control", fleet::nats_fleet_control),
         ("nats_outage_loses_nothing", nats::nats_outage_loses_nothing),
         ("nats_remote_control", nats::nats_remote_control),
         ("nats_sample_config_permissions", nats::nats_sample_config_permissions),
@@ -428,6 +430,33 @@ fn exit_status_is_propagated() -> R {
         .output()
         .map_err(|e| e.to_string())?;
     eq("not found", out.status.code(), Some(127))?;
+    Ok(())
+}
+
+/// Every event names the user the process ran as: a command that drops to
+/// `nobody` creates its file as uid/gid 65534, named; its root-run parent as root.
+fn events_name_the_user() -> R {
+    let d = workdir("user");
+    let shared = d.join("shared");
+    std::fs::create_dir_all(&shared).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).map_err(|e| e.to_string())?;
+    let out = shared.join("by-nobody");
+    let cmd: Vec<String> =
+        ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("echo x > {}", out.display())])
+            .collect();
+    let run = run_agentmon(&cmd, &[], &d)?;
+    eq("exit", run.code, 0)?;
+    let create = run.find(Kind::FileCreate, &out)?;
+    eq("creator ids", (create.uid, create.gid), (Some(65534), Some(65534)))?;
+    let nobody =
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(65534)).ok().flatten().map(|u| u.name);
+    eq("creator name", create.user.as_deref().map(str::to_string), nobody)?;
+    let setpriv = run.of(Kind::Exec).into_iter().next().ok_or("no exec")?;
+    eq("launcher", (setpriv.uid, setpriv.user.as_deref()), (Some(0), Some("root")))?;
     Ok(())
 }
 

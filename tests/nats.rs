@@ -35,7 +35,8 @@ fn task_file(d: &Path, id: &str, write: &str) -> Result<PathBuf, String> {
     std::fs::write(
         &t,
         format!(
-            "id: {id}\nagent: spiffe://test/agent/{id}\nprincipal: alice\nmode: execute\nscope:\n  \
+            "id: {id}\nagent: spiffe://test/agent/{id}\nprincipal: alice\nprompt: \"fix the build, then stop\"\n\
+             mode: execute\nscope:\n  \
              write: [\"{write}\"]\n  exec: [\"{}\"]\n",
             me.display()
         ),
@@ -127,6 +128,12 @@ pub fn nats_stream_and_independent_client() -> R {
         "task_start agent",
         start.detail.get("agent").and_then(|v| v.as_str()),
         Some("spiffe://test/agent/nats-stream"),
+    )?;
+    // What was asked, recorded with the task (and on NATS: events_match above).
+    eq(
+        "task_start prompt",
+        start.detail.get("prompt").and_then(|v| v.as_str()),
+        Some("fix the build, then stop"),
     )?;
 
     ensure(!run.alerts.is_empty(), || "the out-of-scope writes raised no alert".into())?;

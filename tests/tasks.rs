@@ -187,6 +187,24 @@ fn delegation_in(enforce: bool) -> R {
     ensure(!run.events.iter().any(|e| e.task.as_deref() == Some("greedy")), || {
         "refused task has events".into()
     })?;
+    // ... and the refusal is in the record, with its alert: an agent asked for more
+    // than its task gives.
+    let attempt = format!("delegation ({})", bad.display());
+    let refusal = run
+        .events
+        .iter()
+        .find(|e| {
+            e.kind == Kind::Tamper && e.detail.get("attempt").and_then(|v| v.as_str()) == Some(&attempt)
+        })
+        .ok_or_else(|| format!("no record of the refused delegation:\n{}", run.summary()))?;
+    eq("refusal verdict", verdict(refusal), Some("denied"))?;
+    eq("refusal task (the asker's)", refusal.task.as_deref(), Some("parent"))?;
+    ensure(refusal.reason.as_deref().is_some_and(|r| r.contains("scope.write")), || {
+        format!("refusal reason: {:?}", refusal.reason)
+    })?;
+    ensure(run.alerts.iter().any(|a| a.event.id == refusal.id), || {
+        "no alert for the refused delegation".into()
+    })?;
     Ok(())
 }
 
@@ -376,8 +394,11 @@ fn steps_in(enforce: bool) -> R {
     std::fs::write(
         &task,
         format!(
-            "id: stepped\nmode: execute\nenforcement: {}\nscope:\n  write: [\"{}/out/**\"]\n  exec: [\"{}\", \"{}\"]\n",
+            "id: stepped\nmode: execute\nenforcement: {}\n{}scope:\n  write: [\"{}/out/**\"]\n  delete: [\"{}/out/**\"]\n  \
+             exec: [\"{}\", \"{}\"]\n",
             if enforce { "enforce" } else { "observe" },
+            if enforce { "approval_required: [delete]\n" } else { "" },
+            d.display(),
             d.display(),
             me.display(),
             support::agentmon()
@@ -386,7 +407,7 @@ fn steps_in(enforce: bool) -> R {
     .map_err(|e| e.to_string())?;
     let cmd = [me.display().to_string(), d.display().to_string(), support::agentmon().to_string()];
     let run = support::run_agentmon_with(
-        &["--task", task.to_str().unwrap()],
+        &["--task", task.to_str().unwrap(), "--approval-timeout", "1s"],
         &cmd,
         &[(support::SCENARIO_ENV, "steps")],
         &d,
@@ -414,5 +435,14 @@ fn steps_in(enforce: bool) -> R {
         .map(|(a, b)| (a.into(), b.into()))
         .into();
     eq("step records", records, want)?;
+    if enforce {
+        // The held delete of out/b: its request and its decision (a timeout) are
+        // records of step c2, like the calls around them.
+        for kind in [Kind::ApprovalRequest, Kind::Approval] {
+            let e =
+                run.of(kind).into_iter().next().ok_or_else(|| format!("no {kind:?}:\n{}", run.summary()))?;
+            eq(&format!("{kind:?} step"), e.step.as_ref().map(|s| s.call_id.as_str()), Some("c2"))?;
+        }
+    }
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! Wire format of one ring-buffer record:
 //!
 //! ```text
-//! EventHeader (56 bytes) | Body (56 bytes) | tail (Body::tail_len bytes)
+//! EventHeader (64 bytes) | Body (56 bytes) | tail (Body::tail_len bytes)
 //! tail = operand 1 | operand 2 | extra (Body::extra_len raw bytes)
 //! operand = user string NUL | n walk components, each NUL-terminated, leaf first
 //! ```
@@ -57,6 +57,9 @@ pub struct EventHeader {
     pub tid: u32,
     /// Task cookie the process is tracked under (see [`Tracked`]).
     pub task: u32,
+    /// The calling thread's real user and group ids (as `bpf_get_current_uid_gid`).
+    pub uid: u32,
+    pub gid: u32,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -166,7 +169,7 @@ mod tests {
     #[test]
     fn layout_is_stable() {
         // The wire format is shared with the kernel; a size change must be deliberate.
-        assert_eq!(HEADER_SIZE, 56);
+        assert_eq!(HEADER_SIZE, 64);
         assert_eq!(BODY_SIZE, 56);
         assert_eq!(core::mem::size_of::<Tracked>(), 16);
     }

@@ -310,6 +310,9 @@ impl Ev {
             (*hd).tgid = (id >> 32) as u32;
             (*hd).tid = id as u32;
             (*hd).task = t.task;
+            let ids = h::bpf_get_current_uid_gid();
+            (*hd).uid = ids as u32;
+            (*hd).gid = (ids >> 32) as u32;
             h::bpf_get_current_comm((*hd).comm.as_mut_ptr().cast(), COMM_LEN as u32);
             let b = p.add(HEADER_SIZE) as *mut Body;
             (*b).args = [0; 5];

@@ -79,12 +79,17 @@ pub enum Request {
         for_s: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         via: Option<String>,
+        /// Why, in the approver's words (recorded with the decision).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Refuse held call `id` (it fails with EPERM).
     Deny {
         id: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         via: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// List the held calls waiting for an approver.
     Approvals {},

@@ -127,7 +127,19 @@ pub fn encode(k: u16, o: u16, ops: &[(&str, &[&str])], extra: &[u8], args: [u64;
     tail.extend_from_slice(extra);
     let mut comm = [0u8; monitor_common::COMM_LEN];
     comm[..4].copy_from_slice(b"test");
-    let hdr = EventHeader { ts_ns: 1, start_ns: 2, ret: 0, kind: k, op: o, tgid: 10, tid: 11, task: 1, comm };
+    let hdr = EventHeader {
+        ts_ns: 1,
+        start_ns: 2,
+        ret: 0,
+        kind: k,
+        op: o,
+        tgid: 10,
+        tid: 11,
+        task: 1,
+        uid: 0,
+        gid: 0,
+        comm,
+    };
     let body = Body {
         args,
         pflags: 0,

@@ -64,6 +64,8 @@ pub struct Enricher {
     last_lost: BTreeMap<u16, u64>,
     /// Records the decoder rejected since the last loss event.
     pub decode_errors: u64,
+    /// uid -> user name, looked up once per uid (the user database may be remote).
+    users: HashMap<u32, Option<Arc<str>>>,
 }
 
 pub fn kind_name(k: u16) -> &'static str {
@@ -205,7 +207,21 @@ impl Enricher {
             tasks,
             last_lost: BTreeMap::new(),
             decode_errors: 0,
+            users: HashMap::new(),
         }
+    }
+
+    /// The name this host gives `uid` (cached; a uid without one stays a number).
+    fn user_name(&mut self, uid: u32) -> Option<Arc<str>> {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| Arc::<str>::from(u.name))
+            })
+            .clone()
     }
 
     /// Id of the task behind cookie `c`.
@@ -255,6 +271,9 @@ impl Enricher {
         ev.pid = h.tgid;
         ev.tid = h.tid;
         ev.comm = comm.clone();
+        ev.uid = Some(h.uid);
+        ev.gid = Some(h.gid);
+        ev.user = self.user_name(h.uid);
         ev.task = self.tasks.get(&h.task).cloned();
         ev.start = (h.start_ns != 0).then_some(h.start_ns);
         ev.syscall = Some(Cow::Borrowed(op::name(h.op)));
@@ -525,7 +544,7 @@ mod tests {
         let mut e = enricher();
         let mut rec = record(kind::OPEN, op::OPENAT, &[("", &["f", "tmp"])], b"", [0o1101, 0o644, 0, 0, 0]);
         // pflags: OP1_FROM_FD | CREATED
-        rec[56 + 40] = (pflags::OP1_FROM_FD | pflags::CREATED) as u8;
+        rec[monitor_common::HEADER_SIZE + 40] = (pflags::OP1_FROM_FD | pflags::CREATED) as u8;
         let ev = e.event(&decode(&rec).unwrap()).unwrap();
         assert_eq!(
             (ev.kind, ev.path.as_deref(), ev.mode.as_deref()),
@@ -533,14 +552,14 @@ mod tests {
         );
         assert_eq!(ev.task.as_deref(), Some("t1"));
         // Same open of an existing file: truncate.
-        rec[56 + 40] = pflags::OP1_FROM_FD as u8;
+        rec[monitor_common::HEADER_SIZE + 40] = pflags::OP1_FROM_FD as u8;
         assert_eq!(e.event(&decode(&rec).unwrap()).unwrap().kind, Kind::FileTruncate);
         // Read-only prefilter hit that is not in the set: dropped.
         let mut ro = record(kind::OPEN, op::OPENAT, &[("", &["config", "app", "etc"])], b"", [0; 5]);
-        ro[56 + 40] = (pflags::OP1_FROM_FD | pflags::SENSITIVE) as u8;
+        ro[monitor_common::HEADER_SIZE + 40] = (pflags::OP1_FROM_FD | pflags::SENSITIVE) as u8;
         assert!(e.event(&decode(&ro).unwrap()).is_none());
         let mut ro = record(kind::OPEN, op::OPENAT, &[("", &["shadow", "etc"])], b"", [0; 5]);
-        ro[56 + 40] = (pflags::OP1_FROM_FD | pflags::SENSITIVE) as u8;
+        ro[monitor_common::HEADER_SIZE + 40] = (pflags::OP1_FROM_FD | pflags::SENSITIVE) as u8;
         assert_eq!(e.event(&decode(&ro).unwrap()).unwrap().kind, Kind::SensitiveRead);
     }
 
@@ -550,7 +569,7 @@ mod tests {
         // The kernel's walk stopped: the components it has are the tail of the path.
         let mut rec =
             record(kind::OPEN, op::OPENAT, &[("", &["pwn.txt", "aw", "tmp"])], b"", [0o1101, 0o644, 0, 0, 0]);
-        rec[56 + 40] = (pflags::OP1_FROM_FD | pflags::CREATED | pflags::TRUNCATED) as u8;
+        rec[monitor_common::HEADER_SIZE + 40] = (pflags::OP1_FROM_FD | pflags::CREATED | pflags::TRUNCATED) as u8;
         let ev = e.event(&decode(&rec).unwrap()).unwrap();
         assert_eq!(ev.path.as_deref(), Some("…/tmp/aw/pwn.txt"));
         assert!(ev.flags.iter().any(|f| f == "truncated"));

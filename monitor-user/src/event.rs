@@ -215,6 +215,14 @@ pub struct Event {
     pub tid: u32,
     pub ppid: Option<u32>,
     pub comm: String,
+    /// The calling thread's real user and group ids (events from the kernel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// The name this host gives `uid`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<Arc<str>>,
     pub exe: Option<Arc<str>>,
     pub task: Option<Arc<str>>,
     /// Tasks this task was delegated from, nearest first.
@@ -292,6 +300,9 @@ impl Event {
             tid: 0,
             ppid: None,
             comm: String::new(),
+            uid: None,
+            gid: None,
+            user: None,
             exe: None,
             task: None,
             task_chain: None,

@@ -100,6 +100,18 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event) {
     }
     key(out, "comm");
     write_str(out, &ev.comm);
+    if let Some(u) = ev.uid {
+        key(out, "uid");
+        num(out, u);
+    }
+    if let Some(g) = ev.gid {
+        key(out, "gid");
+        num(out, g);
+    }
+    if let Some(u) = &ev.user {
+        key(out, "user");
+        write_str(out, u);
+    }
     opt_str(out, "exe", ev.exe.as_deref());
     opt_str(out, "task", ev.task.as_deref());
     if let Some(c) = &ev.task_chain {
@@ -212,6 +224,9 @@ mod tests {
         e.tid = 8;
         e.ppid = Some(1);
         e.comm = "we\u{1}ird\\comm".into();
+        e.uid = Some(1000);
+        e.gid = Some(1001);
+        e.user = Some("al\"ice".into());
         e.exe = Some("/usr/bin/x".into());
         e.task = Some("t".into());
         e.task_chain = Some(vec![std::sync::Arc::from("parent")].into());

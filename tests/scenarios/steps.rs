@@ -23,6 +23,7 @@ fn step(agentmon: &str, args: &[&str], stdin: Option<&str>) -> Result<bool, Stri
 
 /// args: AGENTMON. Writes out/a in step c1 (Write), out/b and, from a forked child,
 /// out/c in step c2 (Bash, with a traceparent, begun by a Claude Code hook input),
+/// and deletes out/b in it,
 /// out/after outside any step; a step for another task must be refused.
 pub fn steps(d: &Path, args: &[String]) -> Result<(), String> {
     let am = args.first().ok_or("steps AGENTMON")?.as_str();
@@ -48,6 +49,9 @@ pub fn steps(d: &Path, args: &[String]) -> Result<(), String> {
             nix::sys::wait::waitpid(child, None).map_err(|e| e.to_string())?;
         }
     }
+    // Held for approval when the task is enforced (and left to time out): the
+    // request and the decision belong to step c2. Observed, it simply happens.
+    let _ = fs::remove_file(out.join("b"));
     ok(step(am, &["end", "--tool", "Bash", "--call-id", "c2"], None), "end c2")?;
     fs::write(out.join("after"), "after").map_err(|e| e.to_string())?;
     if step(am, &["begin", "--task", "someone-else", "--tool", "X", "--call-id", "c3"], None)? {

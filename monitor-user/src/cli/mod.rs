@@ -69,12 +69,18 @@ pub enum Command {
         /// same directory for this long (e.g. `10m`).
         #[arg(long = "for", value_name = "DURATION", value_parser = duration)]
         hold_for: Option<std::time::Duration>,
+        /// Why (recorded with the decision, beside who decided).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
     /// Refuse a call held for approval: it fails with EPERM.
     Deny {
         id: String,
+        /// Why (recorded with the decision, beside who decided).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
@@ -165,17 +171,18 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Freeze(a) => contain(&rt, a, |task| ctl::Request::Freeze { task, via: None }),
         Command::Thaw(a) => contain(&rt, a, |task| ctl::Request::Thaw { task, via: None }),
         Command::End { a, kill } => contain(&rt, a, |task| ctl::Request::End { task, kill }),
-        Command::Approve { id, hold_for, socket } => {
+        Command::Approve { id, hold_for, reason, socket } => {
             let a = ContainArgs { task: id, socket };
             contain(&rt, a, |id| ctl::Request::Approve {
                 id,
                 for_s: hold_for.map(|d| d.as_secs().max(1)),
                 via: None,
+                reason: reason.clone(),
             })
         }
-        Command::Deny { id, socket } => {
-            contain(&rt, ContainArgs { task: id, socket }, |id| ctl::Request::Deny { id, via: None })
-        }
+        Command::Deny { id, reason, socket } => contain(&rt, ContainArgs { task: id, socket }, |id| {
+            ctl::Request::Deny { id, via: None, reason: reason.clone() }
+        }),
         Command::Approvals { socket } => {
             for (s, answer) in rt.block_on(ask(socket, &ctl::Request::Approvals {})) {
                 match answer {

@@ -15,9 +15,13 @@ pub struct RemoteArgs {
     pub op: String,
     /// The task id (kill, freeze, thaw) or approval id (approve, deny).
     pub target: Option<String>,
-    /// The host to command (its subject name).
+    /// The host to command (its subject name), or `*` for every host: each answers
+    /// for itself (for a task or approval, only the host that holds it).
     #[arg(long, value_name = "NAME")]
     pub host: String,
+    /// With `--host '*'`: how long to gather answers.
+    #[arg(long, value_name = "DURATION", value_parser = super::duration, default_value = "3s")]
+    pub wait: Duration,
     /// The operator's signing key (hex seed, mode 0600; created on first use; give
     /// its `.pub` to the hosts in --nats-ctl-keys).
     #[arg(long, value_name = "FILE")]
@@ -51,6 +55,9 @@ pub async fn run(a: RemoteArgs) -> anyhow::Result<i32> {
     };
     let cmd = Command::signed(&key, &a.op, &a.host, task, approval, a.hold_for.map(|d| d.as_secs().max(1)));
     let client = a.nats.options("agentmon remote").await?.connect(servers).await?;
+    if a.host == crate::nats::subjects::ALL_HOSTS {
+        return fleet(&client, &a, &cmd).await;
+    }
     let subject = Subjects::new(&a.host).ctl(&a.op);
     let msg = tokio::time::timeout(
         Duration::from_secs(15),
@@ -73,4 +80,32 @@ pub async fn run(a: RemoteArgs) -> anyhow::Result<i32> {
         eprintln!("agentmon: {}: {}", a.host, reply.error.unwrap_or_else(|| "refused".into()));
         Ok(1)
     }
+}
+
+/// A command to every host: the answers gathered for `--wait`, one per host, as a
+/// JSON object by host name. Exit 0 when at least one host did it.
+async fn fleet(client: &async_nats::Client, a: &RemoteArgs, cmd: &Command) -> anyhow::Result<i32> {
+    use futures_util::StreamExt;
+    let subject = Subjects::fleet_ctl(&a.op);
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await?;
+    client.publish_with_reply(subject.clone(), inbox, serde_json::to_vec(cmd)?.into()).await?;
+    client.flush().await?;
+    let mut by_host = serde_json::Map::new();
+    let mut any_ok = false;
+    let deadline = tokio::time::Instant::now() + a.wait;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, answers.next()).await {
+        let Ok(r) = serde_json::from_slice::<crate::nats::control::FleetReply>(&msg.payload) else {
+            eprintln!("agentmon: {subject}: an unreadable answer was ignored");
+            continue;
+        };
+        any_ok |= r.reply.ok;
+        by_host.insert(r.host, serde_json::to_value(&r.reply)?);
+    }
+    if by_host.is_empty() {
+        eprintln!("agentmon: no host answered on {subject} within {}", humantime::format_duration(a.wait));
+        return Ok(1);
+    }
+    println!("{}", serde_json::to_string_pretty(&by_host)?);
+    Ok(if any_ok { 0 } else { 1 })
 }

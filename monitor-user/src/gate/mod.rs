@@ -35,6 +35,9 @@ use crate::{
     task::Op,
 };
 
+/// Open steps (tool calls) of each task, oldest first.
+pub type Steps = HashMap<Arc<str>, Vec<Arc<crate::event::Step>>>;
+
 /// Held calls taken per wakeup (the rest wait for the next turn of the loop).
 const TAKE_BATCH: usize = 32;
 
@@ -46,6 +49,8 @@ pub enum Who {
         uid: u32,
         /// Whom the operator relays for (a signed remote command).
         via: Option<String>,
+        /// Why, in the approver's words.
+        reason: Option<String>,
     },
     /// A standing approval (`approve --for`), by the id that granted it.
     Standing(String),
@@ -153,8 +158,10 @@ impl Gate {
         self.pending.values().map(|p| p.deadline).min()
     }
 
-    /// Takes every held call waiting now; returns the events to record.
-    pub fn take(&mut self, sensors: &Sensors, enr: &Enricher, judge: &Judge) -> Vec<Event> {
+    /// Takes every held call waiting now; returns the events to record. `steps`: the
+    /// open steps (tool calls) of each task, the newest of which a held call of the
+    /// task belongs to (its request and decision carry it).
+    pub fn take(&mut self, sensors: &Sensors, enr: &Enricher, judge: &Judge, steps: &Steps) -> Vec<Event> {
         let mut out = Vec::new();
         // At most a batch per wakeup: an agent calling chmod in a loop from several
         // threads must not keep the loop from the ring, the ticks and the operators.
@@ -179,7 +186,10 @@ impl Gate {
                     break;
                 }
             };
-            if let Some(ev) = self.held(n, sensors, enr, judge) {
+            if let Some(mut ev) = self.held(n, sensors, enr, judge, steps) {
+                if ev.step.is_none() {
+                    ev.step = ev.task.as_ref().and_then(|t| steps.get(t)).and_then(|v| v.last().cloned());
+                }
                 out.push(ev);
             }
         }
@@ -187,7 +197,14 @@ impl Gate {
     }
 
     /// One held call: refuse, perform under a standing approval, or ask.
-    fn held(&mut self, n: Notif, sensors: &Sensors, enr: &Enricher, judge: &Judge) -> Option<Event> {
+    fn held(
+        &mut self,
+        n: Notif,
+        sensors: &Sensors,
+        enr: &Enricher,
+        judge: &Judge,
+        steps: &Steps,
+    ) -> Option<Event> {
         let fd = self.fd();
         let answer = |r: Result<i64, Errno>| {
             if let Err(e) = notify::respond(fd, n.id, r) {
@@ -227,6 +244,8 @@ impl Gate {
         };
         let mut ev = caller_event(kind_of(g.op), tgid, n.tid, enr);
         ev.task = Some(bound.id.clone());
+        // Before the request is kept: its decision is of the same step.
+        ev.step = steps.get(&bound.id).and_then(|v| v.last().cloned());
         ev.task_chain = (!bound.chain.is_empty()).then(|| bound.chain.clone());
         ev.syscall = Some(Cow::Borrowed(g.name));
         ev.path = call.targets.first().map(|t| t.path().to_string());
@@ -410,10 +429,16 @@ impl Gate {
         ev.detail.insert("approval".into(), json!(id));
         ev.detail.insert("decision".into(), json!(decision));
         let by = match &who {
-            Who::Operator { pid, uid, via } => {
-                ev.detail.insert("operator".into(), json!({"pid": pid, "uid": uid}));
+            Who::Operator { pid, uid, via, reason } => {
+                // The person behind the uid, as this host knows them.
+                let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(*uid)).ok().flatten();
+                ev.detail
+                    .insert("operator".into(), json!({"pid": pid, "uid": uid, "user": user.map(|u| u.name)}));
                 if let Some(v) = via {
                     ev.detail.insert("via".into(), json!(v));
+                }
+                if let Some(r) = reason {
+                    ev.detail.insert("operator_reason".into(), json!(r));
                 }
                 "operator".to_string()
             }

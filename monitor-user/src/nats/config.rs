@@ -242,7 +242,8 @@ mod tests {
             #[command(flatten)]
             n: super::NatsArgs,
         }
-        let parse = |args: &[&str]| A::try_parse_from([&["x"], args].concat()).map(|a| a.n);
+        let parse =
+            |args: &[&str]| A::try_parse_from(std::iter::once("x").chain(args.iter().copied())).map(|a| a.n);
         let s = parse(&["--nats-replicas", "3", "--nats-max-age", "30d", "--nats-max-bytes", "1G"]).unwrap();
         let s = s.stream().unwrap();
         assert_eq!((s.replicas, s.max_bytes), (3, 1 << 30));

@@ -80,7 +80,8 @@ impl Command {
             task,
             approval,
             for_s,
-            host: super::subjects::token(host),
+            // `*`: every host (sent on the fleet subject).
+            host: if host == super::subjects::ALL_HOSTS { host.into() } else { super::subjects::token(host) },
             ts: Timestamp::now().format(&mut buf).to_string(),
             nonce: uuid::Uuid::now_v7().to_string(),
             key: hex::encode(key.verifying_key().to_bytes()),
@@ -144,7 +145,19 @@ impl Gatekeeper {
     }
 
     /// Parses and verifies `payload` received on the subject for `op`.
+    /// Verifies a command received on a host's own subject (`fleet`: on the fleet's,
+    /// where only commands signed for every host, `*`, are taken).
     pub fn check(&self, op: &str, payload: &[u8], now: Timestamp) -> Result<(Command, Request), String> {
+        self.check_on(op, payload, now, false)
+    }
+
+    pub fn check_on(
+        &self,
+        op: &str,
+        payload: &[u8],
+        now: Timestamp,
+        fleet: bool,
+    ) -> Result<(Command, Request), String> {
         let c: Command = serde_json::from_slice(payload).map_err(|e| format!("malformed command: {e}"))?;
         if c.op != op {
             return Err(format!("command op {:?} sent on the subject for {op:?}", c.op));
@@ -165,8 +178,10 @@ impl Gatekeeper {
             .map(|b| Signature::from_bytes(&b))
             .ok_or("sig: missing or not a hex Ed25519 signature")?;
         key.verify(&c.signed_bytes(), &sig).map_err(|_| "bad signature".to_string())?;
-        if c.host != self.host {
-            return Err(format!("command is for host {:?}, this is {:?}", c.host, self.host));
+        // A signature for one host never works on another, nor fleet-wide, and back.
+        let want = if fleet { super::subjects::ALL_HOSTS } else { self.host.as_str() };
+        if c.host != want {
+            return Err(format!("command is for host {:?}, this is {want:?}", c.host));
         }
         let ts = Timestamp::parse(&c.ts).ok_or("ts: not an RFC 3339 time")?;
         if (ts.0 - now.0).unsigned_abs() > MAX_SKEW.as_nanos() {
@@ -178,8 +193,10 @@ impl Gatekeeper {
             "kill" => Request::Kill { task: need(&c.task, "task")?, via },
             "freeze" => Request::Freeze { task: need(&c.task, "task")?, via },
             "thaw" => Request::Thaw { task: need(&c.task, "task")?, via },
-            "approve" => Request::Approve { id: need(&c.approval, "approval")?, for_s: c.for_s, via },
-            "deny" => Request::Deny { id: need(&c.approval, "approval")?, via },
+            "approve" => {
+                Request::Approve { id: need(&c.approval, "approval")?, for_s: c.for_s, via, reason: None }
+            }
+            "deny" => Request::Deny { id: need(&c.approval, "approval")?, via, reason: None },
             "approvals" => Request::Approvals {},
             "status" => Request::Status {},
             other => return Err(format!("unknown op {other:?} (known: {})", OPS.join(", "))),
@@ -215,8 +232,10 @@ async fn serve(args: &NatsArgs, host: &str, keys: &[VerifyingKey], socket: &Path
     let servers = args.servers().map_err(|e| e.to_string())?;
     let client =
         opts.connect(servers).await.map_err(|e| format!("connect {}: {e}", super::config::redact(url)))?;
-    let mut sub = client.subscribe(subjects.ctl_all()).await.map_err(|e| e.to_string())?;
+    let own = client.subscribe(subjects.ctl_all()).await.map_err(|e| e.to_string())?;
+    let fleet = client.subscribe(Subjects::fleet_ctl_all()).await.map_err(|e| e.to_string())?;
     client.flush().await.map_err(|e| e.to_string())?;
+    let mut sub = futures_util::stream::select(own, fleet);
     let mut v = Gatekeeper::new(keys.to_vec(), host);
     while let Some(msg) = sub.next().await {
         let op = msg.subject.rsplit('.').next().unwrap_or("").to_string();
@@ -224,8 +243,18 @@ async fn serve(args: &NatsArgs, host: &str, keys: &[VerifyingKey], socket: &Path
             tracing::warn!("NATS control: {op} without a reply subject ignored");
             continue;
         };
-        let reply = answer(&mut v, &op, &msg.payload, socket).await;
-        let body = serde_json::to_vec(&reply).unwrap_or_default();
+        let to_fleet = msg.subject.starts_with(super::subjects::FLEET);
+        let reply = answer_on(&mut v, &op, &msg.payload, socket, to_fleet).await;
+        let body = if to_fleet {
+            // Every host hears a fleet command: one that does not hold the task (or
+            // approval) stays silent, the others say who they are.
+            if reply.error.as_deref().is_some_and(|e| e.starts_with(ctl::NOT_MINE)) {
+                continue;
+            }
+            serde_json::to_vec(&FleetReply { host: subjects.host().to_string(), reply }).unwrap_or_default()
+        } else {
+            serde_json::to_vec(&reply).unwrap_or_default()
+        };
         if let Err(e) = client.publish(reply_to, body.into()).await {
             tracing::warn!("NATS control: replying: {e}");
         }
@@ -234,9 +263,20 @@ async fn serve(args: &NatsArgs, host: &str, keys: &[VerifyingKey], socket: &Path
     Err("subscription ended".into())
 }
 
+/// A host's answer to a fleet-wide command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetReply {
+    pub host: String,
+    pub reply: Reply,
+}
+
 /// Verifies, then acts once per nonce.
 pub async fn answer(v: &mut Gatekeeper, op: &str, payload: &[u8], socket: &Path) -> Reply {
-    let (cmd, req) = match v.check(op, payload, Timestamp::now()) {
+    answer_on(v, op, payload, socket, false).await
+}
+
+async fn answer_on(v: &mut Gatekeeper, op: &str, payload: &[u8], socket: &Path, fleet: bool) -> Reply {
+    let (cmd, req) = match v.check_on(op, payload, Timestamp::now(), fleet) {
         Ok(x) => x,
         Err(e) => {
             tracing::warn!("NATS control: {op} rejected: {e}");

@@ -13,6 +13,12 @@ pub fn token(s: &str) -> String {
 /// Token for events bound to no task.
 pub const NO_TASK: &str = "_none";
 
+/// The root of fleet-wide control subjects.
+pub const FLEET: &str = "agentmon-fleet";
+
+/// A fleet-wide command's `host`.
+pub const ALL_HOSTS: &str = "*";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subjects {
     host: String,
@@ -78,6 +84,17 @@ impl Subjects {
         format!("{}.ctl.*", self.prefix)
     }
 
+    /// `agentmon-fleet.ctl.<op>`: a command to every host (signed for host `*`);
+    /// each answers for itself, and for a task only the host that runs it. A root of
+    /// its own, so that no host name can collide with it.
+    pub fn fleet_ctl(op: &str) -> String {
+        format!("{FLEET}.ctl.{}", token(op))
+    }
+
+    pub fn fleet_ctl_all() -> String {
+        format!("{FLEET}.ctl.*")
+    }
+
     /// The host's stream: `AGENTMON_<host>`.
     pub fn stream(&self) -> String {
         format!("AGENTMON_{}", self.host)
@@ -109,6 +126,9 @@ mod tests {
         assert_eq!(s.events(None), "agentmon.web-1_example_com.events._none");
         assert_eq!(s.ctl("kill"), "agentmon.web-1_example_com.ctl.kill");
         assert_eq!(s.ctl("a.>"), "agentmon.web-1_example_com.ctl.a__");
+        assert_eq!(Subjects::fleet_ctl("kill"), "agentmon-fleet.ctl.kill");
+        // No host's subjects can be the fleet's.
+        assert!(!Subjects::new("agentmon-fleet").ctl("kill").starts_with("agentmon-fleet."));
         assert_eq!(s.stream(), "AGENTMON_web-1_example_com");
         assert!(!s.stream_subjects().iter().any(|x| x.contains(".ctl")));
         assert_eq!(token(""), "_");

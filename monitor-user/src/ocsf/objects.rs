@@ -57,7 +57,8 @@ pub fn file(path: &str, type_id: u32) -> Map<String, Value> {
 }
 
 /// The process that made the call: `pid`, `tid`, `name` (comm), `file` (exe),
-/// `parent_process`, `uid` (`pid:start`, unique per boot), and for execs `cmd_line`.
+/// `parent_process`, `uid` (`pid:start`, unique per boot), `user` (the real uid and its
+/// name), and for execs `cmd_line`.
 pub fn process(ev: &Event) -> Map<String, Value> {
     let mut p = Map::new();
     p.insert("pid".into(), json!(ev.pid));
@@ -67,6 +68,14 @@ pub fn process(ev: &Event) -> Map<String, Value> {
     identity(ev, &mut p);
     if let Some(ppid) = ev.ppid {
         p.insert("parent_process".into(), json!({ "pid": ppid }));
+    }
+    if let Some(uid) = ev.uid {
+        let mut u = serde_json::Map::new();
+        u.insert("uid".into(), json!(uid.to_string()));
+        if let Some(name) = &ev.user {
+            u.insert("name".into(), json!(name));
+        }
+        p.insert("user".into(), Value::Object(u));
     }
     if matches!(ev.kind, Kind::Exec | Kind::MemfdExec)
         && let Some(argv) = &ev.argv

@@ -19,7 +19,7 @@ use std::{io::Write, path::PathBuf, sync::Arc};
 
 use anyhow::{Context, bail};
 
-use crate::event::{Alert, Event, Timestamp};
+use crate::event::{Alert, Event, Kind, Timestamp};
 
 pub use source::{Recording, read_file};
 
@@ -53,6 +53,15 @@ pub struct ReplayArgs {
     /// Only events at or before T (as --since).
     #[arg(long, value_name = "T")]
     pub until: Option<String>,
+    /// Only the events of this tool call (its `call_id`), its step records included.
+    #[arg(long, value_name = "CALL_ID")]
+    pub step: Option<String>,
+    /// Only events of these kinds (`file_delete,approval`; repeatable).
+    #[arg(long, value_name = "KIND", value_delimiter = ',', value_parser = parse_kind)]
+    pub kind: Vec<Kind>,
+    /// Only events with these verdicts (`denied,out_of_scope`; repeatable).
+    #[arg(long, value_name = "VERDICT", value_delimiter = ',')]
+    pub verdict: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = ReplayFormat::Table)]
     pub format: ReplayFormat,
@@ -88,6 +97,9 @@ impl ReplayArgs {
             task: None,
             since: None,
             until: None,
+            step: None,
+            kind: Vec::new(),
+            verdict: Vec::new(),
             format: ReplayFormat::Table,
             rules: None,
             task_file: None,
@@ -100,12 +112,26 @@ impl ReplayArgs {
     }
 }
 
+/// An event kind by its name in events (`file_delete`).
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    serde_json::from_value(serde_json::Value::String(s.trim().to_string())).map_err(|_| {
+        let names: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+        format!("{s:?} is not an event kind ({})", names.join(", "))
+    })
+}
+
 /// Which recorded events are shown.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub task: Option<String>,
     pub since: Option<Timestamp>,
     pub until: Option<Timestamp>,
+    /// A tool call's id.
+    pub step: Option<String>,
+    /// Empty: every kind.
+    pub kinds: Vec<Kind>,
+    /// Empty: every verdict.
+    pub verdicts: Vec<String>,
 }
 
 impl Filter {
@@ -118,6 +144,17 @@ impl Filter {
             if !own && !delegated {
                 return false;
             }
+        }
+        if self.step.as_ref().is_some_and(|c| e.step.as_ref().is_none_or(|s| s.call_id != *c)) {
+            return false;
+        }
+        if !self.kinds.is_empty() && !self.kinds.contains(&e.kind) {
+            return false;
+        }
+        if !self.verdicts.is_empty()
+            && !e.verdict.as_deref().is_some_and(|v| self.verdicts.iter().any(|w| w == v))
+        {
+            return false;
         }
         self.since.is_none_or(|s| e.ts >= s) && self.until.is_none_or(|u| e.ts <= u)
     }
@@ -184,7 +221,14 @@ pub async fn run(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     for w in &rec.warnings {
         eprintln!("agentmon replay: warning: {w}");
     }
-    let filter = Filter { task: args.task.clone(), since, until };
+    let filter = Filter {
+        task: args.task.clone(),
+        since,
+        until,
+        step: args.step.clone(),
+        kinds: args.kind.clone(),
+        verdicts: args.verdict.clone(),
+    };
     let written = match rules {
         Some(rules) => {
             let task = match &args.task_file {

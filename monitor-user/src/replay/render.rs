@@ -158,10 +158,15 @@ pub fn json(events: &[&Event], out: &mut dyn Write) -> std::io::Result<()> {
 /// The timeline: aligned columns, one line per event, then a summary line.
 pub fn table(events: &[&Event], alerts: &[&Alert], out: &mut dyn Write) -> std::io::Result<()> {
     let multi_task = super::tasks_of(events.iter().copied()).len() > 1;
+    // Which tool call each side effect came from, when the agent announced them.
+    let stepped = events.iter().any(|e| e.step.is_some());
     let sev = severities(alerts);
     let mut head = vec!["TIME", "KIND", "PID", "COMM"];
     if multi_task {
         head.push("TASK");
+    }
+    if stepped {
+        head.push("STEP");
     }
     head.extend(["WHAT", "VERDICT", "RULE"]);
     if !sev.is_empty() {
@@ -172,6 +177,11 @@ pub fn table(events: &[&Event], alerts: &[&Alert], out: &mut dyn Write) -> std::
         let mut r = vec![datetime(e.ts), e.kind.as_str().into(), e.pid.to_string(), e.comm.clone()];
         if multi_task {
             r.push(e.task.as_deref().unwrap_or("-").into());
+        }
+        if stepped {
+            r.push(
+                e.step.as_ref().map(|s| format!("{}:{}", s.tool, s.call_id)).unwrap_or_else(|| "-".into()),
+            );
         }
         r.extend([what(e), verdict(e), e.rule.clone().unwrap_or_else(|| "-".into())]);
         if !sev.is_empty() {

@@ -154,7 +154,7 @@ fn filters_by_task_sub_task_and_time() {
     let own = write_ev(10, 1, "/own");
     let f = Filter { task: Some("t1".into()), ..Default::default() };
     assert!(f.keep(&own) && f.keep(&sub) && !f.keep(&other));
-    let f = Filter { task: None, since: Some(at(2)), until: Some(at(3)) };
+    let f = Filter { task: None, since: Some(at(2)), until: Some(at(3)), ..Default::default() };
     assert!(!f.keep(&own) && f.keep(&other) && f.keep(&sub));
 
     let now = at(3600);
@@ -164,6 +164,46 @@ fn filters_by_task_sub_task_and_time() {
     assert_eq!(parse_time("until", "2026-11-28T16:00:01+01:00", now).unwrap(), at(1));
     let err = parse_time("since", "yesterday-ish", now).unwrap_err().to_string();
     assert!(err.starts_with("--since \"yesterday-ish\""), "{err}");
+}
+
+/// "What did tool call c2 do, and what of it was blocked": filters by step, kind and
+/// verdict, and a STEP column in the table.
+#[test]
+fn filters_by_step_kind_and_verdict() {
+    let step = |id: &str| {
+        Some(Arc::new(crate::event::Step {
+            tool: "Bash".into(),
+            call_id: id.into(),
+            trace_id: None,
+            span_id: None,
+        }))
+    };
+    let mut a = write_ev(10, 1, "/a");
+    a.step = step("c1");
+    let mut b = write_ev(10, 2, "/b");
+    b.step = step("c2");
+    b.verdict = Some("denied".into());
+    let mut c = ev(Kind::FileDelete, 3, 10, "t1");
+    c.path = Some("/c".into());
+    c.step = step("c2");
+    c.verdict = Some("in_scope".into());
+    let f = Filter { step: Some("c2".into()), ..Default::default() };
+    assert!(!f.keep(&a) && f.keep(&b) && f.keep(&c));
+    let f = Filter { step: Some("c2".into()), verdicts: vec!["denied".into()], ..Default::default() };
+    assert!(f.keep(&b) && !f.keep(&c));
+    let f = Filter { kinds: vec![Kind::FileDelete], ..Default::default() };
+    assert!(!f.keep(&a) && !f.keep(&b) && f.keep(&c));
+    assert_eq!(parse_kind("file_delete"), Ok(Kind::FileDelete));
+    assert!(parse_kind("file_nuke").unwrap_err().contains("file_delete"));
+    let mut out = Vec::new();
+    render::table(&[&a, &b], &[], &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.lines().next().unwrap().contains("STEP"), "{text}");
+    assert!(text.contains("Bash:c1") && text.contains("Bash:c2"), "{text}");
+    let mut out = Vec::new();
+    tree::render(&[&a, &b], &[], None, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.lines().any(|l| l.contains("/b") && l.contains("<Bash:c2>")), "{text}");
 }
 
 #[tokio::test]

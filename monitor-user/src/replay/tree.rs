@@ -6,13 +6,13 @@
 //!   09:59:59.990 task_start task fix-1 mode=execute enforcement=observe
 //!   10:00:00.000 [1000] python3 /usr/bin/python3  task fix-1
 //!     10:00:00.001 exec python3 agent.py
-//!     10:00:00.200 [1001] sh /usr/bin/dash
-//!       10:00:00.201 exec sh -c "rm /etc/hosts"
-//! !     10:00:00.300 file_delete /etc/hosts  out_of_scope/alert (-) [high]
+//!     10:00:00.200 [1001] sh /usr/bin/dash  <Bash:toolu_01>
+//!       10:00:00.201 exec sh -c "rm /etc/hosts"  <Bash:toolu_01>
+//! !     10:00:00.300 file_delete /etc/hosts  <Bash:toolu_01>  out_of_scope/alert (-) [high]
 //! ```
 //!
 //! The first column marks verdicts: `!` out of scope, violation or denied; `?` needs
-//! approval.
+//! approval. `<tool:call_id>` names the tool call (step) an event came from.
 
 use std::{collections::HashMap, fmt::Write as _, io::Write, sync::Arc};
 
@@ -127,6 +127,10 @@ pub fn render(
     let sev = super::render::severities(alerts);
     let tail = |e: &Event| {
         let mut s = String::new();
+        // The tool call it came from (the step records themselves say it in `what`).
+        if let Some(st) = e.step.as_ref().filter(|_| e.kind != Kind::Step) {
+            let _ = write!(s, "  <{}:{}>", st.tool, st.call_id);
+        }
         if mark(e.verdict.as_deref()) != ' ' || e.rule.is_some() {
             let _ = write!(s, "  {} ({})", verdict(e), e.rule.as_deref().unwrap_or("-"));
         }

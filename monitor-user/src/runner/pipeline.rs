@@ -36,7 +36,7 @@ pub struct Pipeline {
     /// Tasks whose end is recorded.
     pub ended: HashSet<Arc<str>>,
     /// Open steps of each task, oldest first; the newest labels the task's events.
-    pub steps: HashMap<Arc<str>, Vec<Arc<Step>>>,
+    pub steps: crate::gate::Steps,
 }
 
 impl Pipeline {
@@ -111,6 +111,9 @@ impl Pipeline {
         ev.detail.insert("enforcement".into(), json!(if t.enforce { "enforce" } else { "observe" }));
         ev.detail.insert("expires".into(), json!(t.expires));
         ev.detail.insert("manifest".into(), json!(t.source.display().to_string()));
+        if let Some(p) = &t.prompt {
+            ev.detail.insert("prompt".into(), json!(p));
+        }
         Some(ev)
     }
 
@@ -264,7 +267,7 @@ impl Pipeline {
         }
         // Each gate checks (poll) before it takes: one that holds nothing costs a poll.
         for g in self.gates.iter_mut() {
-            for ev in g.take(sensors, &self.enr, &self.judge) {
+            for ev in g.take(sensors, &self.enr, &self.judge, &self.steps) {
                 sink.send(&ev);
                 // An observed task's i386/x32 call: an attempt to act unseen.
                 if ev.kind == Kind::Tamper {

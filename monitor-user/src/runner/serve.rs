@@ -159,12 +159,12 @@ fn serve(
         Request::Kill { task, via } => (task, Act::Kill, via),
         Request::Freeze { task, via } => (task, Act::Freeze, via),
         Request::Thaw { task, via } => (task, Act::Thaw, via),
-        Request::Approve { id, for_s, via } => {
-            let who = Who::Operator { pid: peer, uid, via };
+        Request::Approve { id, for_s, via, reason } => {
+            let who = Who::Operator { pid: peer, uid, via, reason };
             return approval(e, &id, true, who, for_s.map(std::time::Duration::from_secs));
         }
-        Request::Deny { id, via } => {
-            return approval(e, &id, false, Who::Operator { pid: peer, uid, via }, None);
+        Request::Deny { id, via, reason } => {
+            return approval(e, &id, false, Who::Operator { pid: peer, uid, via, reason }, None);
         }
         Request::Status {} => {
             let tracked = e.sensors.tracked();
@@ -222,36 +222,52 @@ fn approval(
     }
 }
 
-/// Binds the caller's held child `pid` to the sub-task in `manifest`.
+/// Binds the caller's held child `pid` to the sub-task in `manifest`. A process
+/// inside a task that is refused (a wider scope, a bad manifest, a name taken) is a
+/// tamper record: the agent asked for authority its task does not give.
 fn delegate(e: &mut Engine, peer: u32, manifest: String, file: String, pid: u32, confined: bool) -> Reply {
-    let c = e.cookie();
-    let (sensors, p) = (&mut e.sensors, &mut e.p);
-    let Some(cookie) = sensors.task_of(peer) else {
+    let Some(cookie) = e.sensors.task_of(peer) else {
         return Reply::err(format!("pid {peer} is not inside a task watched here"));
     };
+    match delegate_from(e, cookie, peer, manifest, &file, pid, confined) {
+        Ok(r) => r,
+        Err(why) => {
+            e.tamper(peer, Some(cookie), &format!("delegation ({file})"), &why, true);
+            Reply::err(why)
+        }
+    }
+}
+
+fn delegate_from(
+    e: &mut Engine,
+    cookie: u32,
+    peer: u32,
+    manifest: String,
+    file: &str,
+    pid: u32,
+    confined: bool,
+) -> Result<Reply, String> {
+    let c = e.cookie();
+    let (sensors, p) = (&mut e.sensors, &mut e.p);
     if ctl::ppid_of(pid) != Some(peer) || sensors.task_of(pid) != Some(cookie) {
-        return Reply::err(format!("pid {pid} is not a child of the caller in its task"));
+        return Err(format!("pid {pid} is not a child of the caller in its task"));
     }
     let Some(parent) = p.enr.task_name(cookie).and_then(|id| p.judge.task(&id)).cloned() else {
-        return Reply::err("the caller's task has no manifest here; delegation needs a parent task");
+        return Err("the caller's task has no manifest here; delegation needs a parent task".into());
     };
-    let mut child = match crate::task::parse(&manifest, std::path::Path::new(&file), p.enr.clock().now_wall())
-    {
-        Ok(t) => t,
-        Err(err) => return Reply::err(err.to_string()),
-    };
+    let mut child = crate::task::parse(&manifest, std::path::Path::new(file), p.enr.clock().now_wall())
+        .map_err(|err| err.to_string())?;
     if let Err(why) = parent.task.contains(&child) {
-        tracing::warn!("delegation from task {} to {} refused: {why}", parent.id, child.id);
-        return Reply::err(format!("{file}: {why}"));
+        return Err(format!("{file}: {why}"));
     }
     if p.judge.task(&child.id).is_some() {
-        return Reply::err(format!("{file}: a task called {} is already running here", child.id));
+        return Err(format!("{file}: a task called {} is already running here", child.id));
     }
     // Inside an enforced task everything is enforced: the sub-task's own sandbox must
     // be on its command (the parent's is inherited anyway).
     child.enforce |= parent.task.enforce;
     if child.enforce && !confined {
-        return Reply::err(format!(
+        return Err(format!(
             "{file}: the sub-task of enforced task {} must run confined by its own scope, and its command is \
              not ({} was cleared?)",
             parent.id,
@@ -263,7 +279,7 @@ fn delegate(e: &mut Engine, peer: u32, manifest: String, file: String, pid: u32,
     if child.enforce
         && let Some(op) = child.approval.iter().find(|o| !gated(o))
     {
-        return Reply::err(format!(
+        return Err(format!(
             "{file}: approval_required: {} is not held by the parent task's approval gate, which sub-tasks \
              share; add it to the parent's approval_required",
             op.as_str()
@@ -271,9 +287,7 @@ fn delegate(e: &mut Engine, peer: u32, manifest: String, file: String, pid: u32,
     }
     child.parents =
         std::iter::once(parent.task.id.clone()).chain(parent.task.parents.iter().cloned()).collect();
-    if let Err(err) = sensors.retag(pid, c) {
-        return Reply::err(err.to_string());
-    }
+    sensors.retag(pid, c).map_err(|err| err.to_string())?;
     let id: Arc<str> = Arc::from(child.id.as_str());
     let chain = child.parents.clone();
     p.enr.bind_task(c, id.clone());
@@ -282,7 +296,7 @@ fn delegate(e: &mut Engine, peer: u32, manifest: String, file: String, pid: u32,
     if let Some(ev) = p.task_started(&id) {
         e.record(&ev);
     }
-    Reply { ok: true, task: Some(id.to_string()), chain, ..Default::default() }
+    Ok(Reply { ok: true, task: Some(id.to_string()), chain, ..Default::default() })
 }
 
 /// A step begins or ends. A process inside a task may only annotate its own task

@@ -30,6 +30,8 @@ struct RawManifest {
     id: S<String>,
     agent: Option<S<String>>,
     principal: Option<S<String>>,
+    /// What the principal asked for, in their words (recorded with the task).
+    prompt: Option<S<String>>,
     mode: S<String>,
     expires_in: Option<S<String>>,
     expires_at: Option<S<String>>,
@@ -109,6 +111,10 @@ pub fn yaml_error(e: &serde_saphyr::Error) -> (u64, String) {
 /// attempt to have none), and times far off overflow what records can say.
 const MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(366 * 86_400);
 
+/// The longest prompt a manifest may carry: it goes into every record of the task's
+/// start (events, audit chain, NATS).
+const MAX_PROMPT: usize = 16 * 1024;
+
 /// Parses a manifest's text. `file` names it in errors; `now` anchors `expires_in`.
 pub fn parse(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestError> {
     let fname = file.display().to_string();
@@ -127,6 +133,18 @@ pub fn parse(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestEr
         && !a.value.starts_with("spiffe://")
     {
         return Err(cx.err(a, "agent", "must be a SPIFFE id (spiffe://trust-domain/path)"));
+    }
+    if let Some(p) = &raw.prompt
+        && p.value.len() > MAX_PROMPT
+    {
+        return Err(cx.err(
+            p,
+            "prompt",
+            format!(
+                "{} bytes: at most {MAX_PROMPT} (give a summary, or a reference to the conversation)",
+                p.value.len()
+            ),
+        ));
     }
     let mode = match raw.mode.value.as_str() {
         "read" => Mode::Read,
@@ -235,6 +253,7 @@ pub fn parse(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestEr
         on_output_failure,
         agent: raw.agent.map(|a| a.value),
         principal: raw.principal.map(|p| p.value),
+        prompt: raw.prompt.map(|p| p.value),
         mode,
         expires,
         read,

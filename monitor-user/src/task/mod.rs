@@ -130,6 +130,8 @@ pub struct Task {
     pub agent: Option<String>,
     /// The human or service the agent acts for.
     pub principal: Option<String>,
+    /// What the principal asked for (the prompt that started the task).
+    pub prompt: Option<String>,
     pub mode: Mode,
     pub expires: Option<Timestamp>,
     /// At expiry (None: the host's choice; see runner::setup).

@@ -8,6 +8,7 @@ const EXAMPLE: &str = r#"
 id: refactor-42
 agent: spiffe://example.org/agent/coder
 principal: alice@example.org
+prompt: "Refactor the parser into its own module; keep the tests green."
 mode: execute
 expires_in: 30m
 scope:
@@ -32,6 +33,7 @@ fn parse_err(text: &str) -> ManifestError {
 fn parses_the_documented_example() {
     let t = parse_ok(EXAMPLE);
     assert_eq!(t.id, "refactor-42");
+    assert_eq!(t.prompt.as_deref(), Some("Refactor the parser into its own module; keep the tests green."));
     assert_eq!(t.mode, Mode::Execute);
     assert_eq!(t.expires, Some(Timestamp(NOW.0 + 30 * 60 * 1_000_000_000)));
     assert!(t.write.matches("/srv/repo/src/main.rs"));
@@ -66,6 +68,9 @@ fn errors_name_file_line_and_field() {
         ("id: a\nmode: read\nagent: coder\n", 3, "agent", "SPIFFE"),
         ("id: a\nmode: read\nscope:\n  write: [\"/a/../etc\"]\n", 4, "scope.write", ".."),
     ];
+    let long = format!("id: a\nmode: read\nprompt: \"{}\"\n", "x".repeat(20_000));
+    let e = parse_err(&long);
+    assert_eq!((e.line, e.field.as_str()), (3, "prompt"), "{e}");
     for (text, line, field, needle) in cases {
         let e = parse_err(text);
         assert_eq!((e.line, e.field.as_str()), (*line, *field), "{text:?} -> {e}");
