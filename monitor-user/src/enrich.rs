@@ -569,7 +569,8 @@ mod tests {
         // The kernel's walk stopped: the components it has are the tail of the path.
         let mut rec =
             record(kind::OPEN, op::OPENAT, &[("", &["pwn.txt", "aw", "tmp"])], b"", [0o1101, 0o644, 0, 0, 0]);
-        rec[monitor_common::HEADER_SIZE + 40] = (pflags::OP1_FROM_FD | pflags::CREATED | pflags::TRUNCATED) as u8;
+        rec[monitor_common::HEADER_SIZE + 40] =
+            (pflags::OP1_FROM_FD | pflags::CREATED | pflags::TRUNCATED) as u8;
         let ev = e.event(&decode(&rec).unwrap()).unwrap();
         assert_eq!(ev.path.as_deref(), Some("…/tmp/aw/pwn.txt"));
         assert!(ev.flags.iter().any(|f| f == "truncated"));
