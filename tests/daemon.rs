@@ -84,13 +84,13 @@ fn attributed(evs: &[Event], dir: &Path, task: &str, files: u32) -> Result<(), S
 }
 
 /// The socket and the events file of the daemon that [`start_daemon`] runs in `d`.
-fn daemon_paths(d: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn daemon_paths(d: &Path) -> (PathBuf, PathBuf) {
     (d.join("agentmon.sock"), d.join("all.jsonl"))
 }
 
 /// Writes the configuration of a daemon in `d` (first time: a restart reuses it) and
 /// starts it; returns once its socket answers.
-fn start_daemon(d: &Path, extra: &str) -> Result<Child, String> {
+pub(crate) fn start_daemon(d: &Path, extra: &str) -> Result<Child, String> {
     let (sock, all) = daemon_paths(d);
     let config = d.join("agentmon.yaml");
     if !config.exists() {
@@ -129,7 +129,7 @@ fn scrape(port: u16) -> Result<String, String> {
     Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }
 
-fn stop(daemon: Child) -> Result<String, String> {
+pub(crate) fn stop(daemon: Child) -> Result<String, String> {
     let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let out = daemon.wait_with_output().map_err(|e| e.to_string())?;

@@ -10,6 +10,7 @@ mod daemon;
 mod enforce;
 mod expiry;
 mod fleet;
+mod grant;
 mod nats;
 mod scenarios;
 mod support;
@@ -46,6 +47,7 @@ fn main() {
         ("cli_usage_errors", cli_usage_errors),
         ("task_verdicts_and_alerts", tasks::task_verdicts_and_alerts),
         ("delegation", tasks::delegation),
+        ("grants_decide_who_may_start_a_task", grant::grants_decide_who_may_start_a_task),
         ("enforced_delegation", tasks::enforced_delegation),
         ("rules_hot_reload", tasks::rules_hot_reload),
         ("rules_check_cli", tasks::rules_check_cli),

@@ -106,6 +106,9 @@ pub enum Request {
         /// Also write the task's events to this file.
         #[serde(default)]
         events: Option<String>,
+        /// The task's grant (`task::grant`), the text of its grant file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant: Option<String>,
     },
     /// From `agentmon exec` with a daemon: the approval listener of the task's root,
     /// attached (SCM_RIGHTS); the daemon holds the task's gated calls from now on.
@@ -124,6 +127,8 @@ pub enum Request {
         pid: u32,
         #[serde(default)]
         events: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant: Option<String>,
     },
     /// A step (tool call) of a task begins or ends: the task's events in between
     /// carry it. From the task's own processes (agent hooks) or an operator.

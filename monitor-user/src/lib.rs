@@ -28,5 +28,6 @@ pub mod proctable;
 pub mod replay;
 pub mod runner;
 pub mod sensitive;
+pub mod signed;
 pub mod sink;
 pub mod task;

@@ -66,6 +66,9 @@ struct Config {
     metrics: Option<SocketAddr>,
     audit: Option<AuditConfig>,
     nats: Option<NatsConfig>,
+    /// Ed25519 public keys (hex, one per line) that may grant tasks: with it, a task
+    /// starts only with a grant by one of them (`agentmon grant`).
+    grant_keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +260,12 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
         state_dir: cfg.state_dir.unwrap_or_else(|| "/run/agentmon/tasks".into()),
         metrics: cfg.metrics,
         selectors,
+        grant_keys: match &cfg.grant_keys {
+            Some(p) => Some(
+                crate::nats::control::load_keys(p).map_err(|e| anyhow::anyhow!("{file}: grant_keys: {e}"))?,
+            ),
+            None => None,
+        },
         approval_timeout: match cfg.approval_timeout.as_deref() {
             None => std::time::Duration::from_secs(60),
             Some(t) => super::duration(t).map_err(|e| anyhow::anyhow!("{file}: approval_timeout: {e}"))?,
@@ -280,7 +289,15 @@ pub fn attach(rt: &tokio::runtime::Runtime, a: AttachArgs) -> anyhow::Result<i32
         }
         None => None,
     };
-    let req = ctl::Request::Attach { manifest, file: abs(&a.task).display().to_string(), pid: a.pid, events };
+    // The grant beside the manifest, if there is one (the daemon says if it needs it).
+    let grant = std::fs::read_to_string(crate::task::grant::path_for(&a.task)).ok();
+    let req = ctl::Request::Attach {
+        manifest,
+        file: abs(&a.task).display().to_string(),
+        pid: a.pid,
+        events,
+        grant,
+    };
     super::answered(rt.block_on(ctl::call(&a.socket, &req)), |r| {
         println!(
             "task {} attached to pid {} and its descendants",

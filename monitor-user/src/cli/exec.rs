@@ -60,6 +60,14 @@ pub struct ExecArgs {
     /// Watch the task here even if a daemon runs.
     #[arg(long)]
     pub standalone: bool,
+    /// The task's grant (default: the manifest's path with `.grant` added, when it
+    /// exists): who gave the task its authority (`agentmon grant`).
+    #[arg(long, value_name = "FILE", requires = "task")]
+    pub grant: Option<PathBuf>,
+    /// Ed25519 public keys (hex, one per line) that may grant tasks: the task runs
+    /// only with a grant by one of them that covers exactly its manifest.
+    #[arg(long, value_name = "FILE", requires = "task")]
+    pub grant_keys: Option<PathBuf>,
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,
@@ -137,6 +145,18 @@ impl ExecArgs {
     /// The options `runner::exec` takes; `Err(code)` when the task manifest is bad
     /// (already reported).
     pub fn options(self) -> anyhow::Result<Result<ExecOptions, i32>> {
+        let grant = match (&self.grant, &self.task) {
+            (Some(g), _) => Some(
+                std::fs::read_to_string(g)
+                    .map_err(|e| anyhow::anyhow!("cannot read grant {}: {e}", g.display()))?,
+            ),
+            (None, Some(t)) => std::fs::read_to_string(crate::task::grant::path_for(t)).ok(),
+            (None, None) => None,
+        };
+        let grant_keys = match &self.grant_keys {
+            Some(p) => Some(crate::nats::control::load_keys(p).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
         let task = match &self.task {
             None => None,
             Some(path) => {
@@ -146,6 +166,14 @@ impl ExecArgs {
                 match crate::task::parse(&text, path, now) {
                     Ok(mut t) => {
                         t.enforce |= self.enforce;
+                        // Before anything runs: a task without the authority it needs never starts.
+                        match crate::task::grant::check(&text, grant.as_deref(), grant_keys.as_deref(), now) {
+                            Ok(g) => t.granted = g,
+                            Err(why) => {
+                                eprintln!("agentmon: {}: task {}: {why}", path.display(), t.id);
+                                return Ok(Err(125));
+                            }
+                        }
                         Some((t, text))
                     }
                     Err(e) => {
@@ -194,6 +222,7 @@ impl ExecArgs {
                     std::os::unix::net::UnixStream::connect(&d).is_ok().then_some(d)
                 }
             },
+            grant,
         }))
     }
 }

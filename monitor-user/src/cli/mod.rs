@@ -3,6 +3,7 @@
 mod audit;
 mod daemon;
 pub mod exec;
+mod grant;
 mod remote;
 mod step;
 
@@ -111,6 +112,9 @@ pub enum Command {
     /// Mark the tool call that is running in a task (for agent hooks): the task's
     /// events until `step end` carry it.
     Step(step::StepArgs),
+    /// Grant a task: sign its manifest, exactly as it is, with your key; the grant
+    /// goes beside it (TASK.grant). Where hosts have grant keys, only granted tasks run.
+    Grant(grant::GrantArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -213,6 +217,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Remote(args) => rt.block_on(remote::run(*args)),
         Command::Step(a) => step::run(&rt, a),
+        Command::Grant(a) => grant::run(a),
         Command::Attach(a) => daemon::attach(&rt, a),
         Command::Daemon(a) => {
             let opts = daemon::options(a)?;

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use super::{Subjects, config::NatsArgs};
@@ -57,12 +57,7 @@ pub struct Command {
 impl Command {
     /// The bytes a signature covers: sorted keys, no whitespace, no `sig`.
     fn signed_bytes(&self) -> Vec<u8> {
-        let mut c = self.clone();
-        c.sig = None;
-        let v = serde_json::to_value(&c).expect("a command is JSON");
-        let mut out = CONTEXT.to_vec();
-        out.extend(serde_json::to_vec(&v).expect("a value serialises"));
-        out
+        crate::signed::bytes(CONTEXT, self)
     }
 
     /// A signed command for `op` on `host`.
@@ -101,24 +96,7 @@ impl Command {
 
 /// The keys allowed to send commands: one hex public key per line (`#` comments).
 pub fn load_keys(path: &Path) -> Result<Vec<VerifyingKey>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut keys = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let l = line.split('#').next().unwrap_or("").trim();
-        if l.is_empty() {
-            continue;
-        }
-        let k = hex::decode(l)
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
-            .ok_or_else(|| format!("{}:{}: not a hex Ed25519 public key", path.display(), n + 1))?;
-        keys.push(k);
-    }
-    if keys.is_empty() {
-        return Err(format!("{}: no keys", path.display()));
-    }
-    Ok(keys)
+    crate::signed::load_keys(path)
 }
 
 /// Checks a command and turns it into a control-socket request.
@@ -162,21 +140,11 @@ impl Gatekeeper {
         if c.op != op {
             return Err(format!("command op {:?} sent on the subject for {op:?}", c.op));
         }
-        let key = hex::decode(&c.key)
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
-            .ok_or("key: not a hex Ed25519 public key")?;
+        let key = crate::signed::public_key(&c.key)?;
         if !self.keys.contains(&key) {
             return Err(format!("key {} is not allowed to control this host", c.key));
         }
-        let sig = c
-            .sig
-            .as_deref()
-            .and_then(|s| hex::decode(s).ok())
-            .and_then(|b| <[u8; 64]>::try_from(b).ok())
-            .map(|b| Signature::from_bytes(&b))
-            .ok_or("sig: missing or not a hex Ed25519 signature")?;
+        let sig = crate::signed::signature(c.sig.as_deref())?;
         key.verify(&c.signed_bytes(), &sig).map_err(|_| "bad signature".to_string())?;
         // A signature for one host never works on another, nor fleet-wide, and back.
         let want = if fleet { super::subjects::ALL_HOSTS } else { self.host.as_str() };

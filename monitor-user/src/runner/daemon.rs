@@ -43,6 +43,8 @@ pub struct DaemonOptions {
     pub on_expiry: OnExpiry,
     /// Processes attached automatically under the default task.
     pub selectors: Option<super::select::Selectors>,
+    /// Keys that may grant tasks (none: any task starts).
+    pub grant_keys: Option<Vec<ed25519_dalek::VerifyingKey>>,
 }
 
 pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
@@ -79,6 +81,10 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     let mut setup = Setup::new(layers, own, opts.approval_timeout);
     setup.on_expiry = opts.on_expiry;
     setup.state = Some(StateDir { dir: opts.state_dir.clone() });
+    setup.grant_keys = opts.grant_keys.clone();
+    if let Some(k) = &opts.grant_keys {
+        eprintln!("agentmon daemon: tasks start only with a grant by one of {} keys", k.len());
+    }
     let rule_count = rules.as_ref().map(|r| r.len()).unwrap_or(0);
     let engine = Engine::load(opts.ringbuf_bytes, &opts.sensitive, rules, out, setup)?;
     // The socket appears once the daemon can serve (a client that reaches it is answered).

@@ -45,6 +45,8 @@ pub struct ExecOptions {
     pub outputs: Outputs,
     /// A running daemon to register the task with (instead of running embedded).
     pub daemon: Option<PathBuf>,
+    /// The task's grant file's text (sent to a daemon, which checks it).
+    pub grant: Option<String>,
 }
 
 impl ExecOptions {
@@ -168,6 +170,8 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
                 enforce: task.enforce,
                 events: None,
                 attach: false,
+                // Checked when the options were made (before anything ran).
+                grant: None,
             };
             tasks::bind(&mut rt.e, task, r, Binding::Launched).map(|_| EXEC_TASK)
         }
@@ -316,6 +320,7 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
         pid: pid.as_raw() as u32,
         enforce: task.enforce,
         events: events.as_ref().map(|p| p.display().to_string()),
+        grant: opts.grant.clone(),
     };
     // The task's mailbox goes with the request: the daemon answers it from now on.
     let reply = ctl::call_with_fd(&socket, &req, ours.as_fd()).map_err(&abort)?;

@@ -114,6 +114,9 @@ impl Pipeline {
         if let Some(p) = &t.prompt {
             ev.detail.insert("prompt".into(), json!(p));
         }
+        if let Some(g) = &t.granted {
+            ev.detail.insert("grant".into(), json!({"by": g.by, "key": g.key, "not_after": g.not_after}));
+        }
         Some(ev)
     }
 

@@ -119,6 +119,7 @@ impl Scanner {
                 enforce: false,
                 events: None,
                 attach: true,
+                grant: None,
             };
             let r = tasks::start(e, me, req);
             match (r.ok, r.task, r.error) {

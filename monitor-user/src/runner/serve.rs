@@ -119,8 +119,12 @@ fn serve(
     }
     let (task, act, via) = match req {
         Request::Delegate { .. } | Request::Step { .. } => unreachable!("handled above"),
-        Request::Start { manifest, file, pid, enforce, events } => {
-            let r = tasks::start(e, peer, StartReq { manifest, file, pid, enforce, events, attach: false });
+        Request::Start { manifest, file, pid, enforce, events, grant } => {
+            let r = tasks::start(
+                e,
+                peer,
+                StartReq { manifest, file, pid, enforce, events, attach: false, grant },
+            );
             // The task's control mailbox, sent with the request.
             if r.ok
                 && let Some(fd) = fds.pop()
@@ -149,11 +153,11 @@ fn serve(
                 Err(e) => Reply::err(format!("gate: {e}")),
             };
         }
-        Request::Attach { manifest, file, pid, events } => {
+        Request::Attach { manifest, file, pid, events, grant } => {
             return tasks::start(
                 e,
                 peer,
-                StartReq { manifest, file, pid, enforce: false, events, attach: true },
+                StartReq { manifest, file, pid, enforce: false, events, attach: true, grant },
             );
         }
         Request::Kill { task, via } => (task, Act::Kill, via),

@@ -28,6 +28,9 @@ pub struct Setup {
     /// A daemon's: top-level tasks may be started and attached over the control
     /// socket, and are recorded here for a restarted daemon to resume.
     pub state: Option<StateDir>,
+    /// Keys that may grant tasks (`task::grant`): when set, a top-level task starts
+    /// only with a grant by one of them.
+    pub grant_keys: Option<Vec<ed25519_dalek::VerifyingKey>>,
 }
 
 /// Directories of agentmon's own, whatever the configuration: its control sockets,
@@ -47,7 +50,7 @@ impl Setup {
         let mut protected: Vec<PathBuf> = protected.iter().map(|p| canonical(p)).collect();
         protected.sort();
         protected.dedup();
-        Self { layers, protected, approval_timeout, on_expiry: OnExpiry::End, state: None }
+        Self { layers, protected, approval_timeout, on_expiry: OnExpiry::End, state: None, grant_keys: None }
     }
 }
 

@@ -30,6 +30,8 @@ pub struct StartReq {
     pub events: Option<String>,
     /// Attach to a running tree instead of a held child.
     pub attach: bool,
+    /// The task's grant (the grant file's text), where grants are required.
+    pub grant: Option<String>,
 }
 
 /// How the task's processes came to be bound.
@@ -69,6 +71,19 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
         Err(err) => return Reply::err(err.to_string()),
     };
     task.enforce |= r.enforce;
+    // Who gave the task its authority: where grant keys are set, only a grant by one
+    // of them does (agentmon's own selectors start tasks of its configuration).
+    if peer != std::process::id() {
+        match crate::task::grant::check(&r.manifest, r.grant.as_deref(), e.setup.grant_keys.as_deref(), now) {
+            Ok(g) => task.granted = g,
+            Err(why) => {
+                let why = format!("{}: task {}: {why}", r.file, task.id);
+                let cookie = e.sensors.task_of(peer);
+                e.tamper(peer, cookie, "starting a task without a valid grant", &why, true);
+                return Reply::err(why);
+            }
+        }
+    }
     if e.p.judge.task(&task.id).is_some() {
         return Reply::err(format!("{what}: task {} is running here, or ended with processes left", task.id));
     }
@@ -189,6 +204,7 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
             enforce: s.enforce,
             events: s.events,
             attach: true,
+            grant: None,
         };
         let root = r.pid;
         let gap = last.map(|t| (t, now));

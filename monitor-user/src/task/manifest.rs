@@ -254,6 +254,7 @@ pub fn parse(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestEr
         agent: raw.agent.map(|a| a.value),
         principal: raw.principal.map(|p| p.value),
         prompt: raw.prompt.map(|p| p.value),
+        granted: None,
         mode,
         expires,
         read,

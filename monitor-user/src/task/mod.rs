@@ -2,6 +2,7 @@
 //! what — against which every side effect of its processes is judged.
 //! The manifest format is documented in docs/tasks.md.
 
+pub mod grant;
 pub mod manifest;
 pub mod scope;
 
@@ -132,6 +133,8 @@ pub struct Task {
     pub principal: Option<String>,
     /// What the principal asked for (the prompt that started the task).
     pub prompt: Option<String>,
+    /// Who granted the task (a verified grant), where grants are required.
+    pub granted: Option<grant::Granted>,
     pub mode: Mode,
     pub expires: Option<Timestamp>,
     /// At expiry (None: the host's choice; see runner::setup).
