@@ -10,7 +10,7 @@ use agentmon::event::Kind;
 use crate::{
     R,
     daemon::{daemon_paths, start_daemon, stop},
-    support::{agentmon, ensure, eq, parse_stream, workdir},
+    support::{self, agentmon, ensure, eq, parse_stream, workdir},
 };
 
 fn exec(d: &Path, flags: &[&str], task: &Path, marker: &Path) -> Result<(i32, String), String> {
@@ -45,7 +45,9 @@ pub fn grants_decide_who_may_start_a_task() -> R {
     let (k, o) = (d.join("keys/alice.key"), d.join("keys/mallory.key"));
     let alice = agentmon::audit::load_or_create_key(&k).map_err(|e| e.to_string())?;
     agentmon::audit::load_or_create_key(&o).map_err(|e| e.to_string())?;
-    let keys = d.join("grant-keys");
+    let keydir = d.join("keydir");
+    std::fs::create_dir_all(&keydir).map_err(|e| e.to_string())?;
+    let keys = keydir.join("grant-keys");
     std::fs::copy(agentmon::audit::public_key_path(&k), &keys).map_err(|e| e.to_string())?;
     let manifest = format!(
         "id: granted\nmode: execute\nprincipal: alice\nscope:\n  write: [\"{}/**\"]\n  exec: [\"/usr/bin/touch\"]\n",
@@ -88,6 +90,23 @@ pub fn grants_decide_who_may_start_a_task() -> R {
     let (code, err) = exec(&d, &flags, &t, &ran)?;
     ensure(code == 125 && err.contains("may not grant"), || format!("other key: exit {code}: {err}"))?;
     ensure(!ran.exists(), || "a task granted by an unknown key ran".into())?;
+    // Enforced, and granted a scope over the grant keys: refused all the same (with
+    // them writable it could add a key and grant itself anything later).
+    let keyhole = d.join("keyhole.yaml");
+    std::fs::write(
+        &keyhole,
+        format!(
+            "id: keyhole\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{}/**\"]\n  exec: [\"/usr/bin/touch\"]\n",
+            keydir.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    grant(&keyhole, &k, "alice", None)?;
+    let (code, err) = exec(&d, &k_flags, &keyhole, &keydir.join("x"))?;
+    let why = support::landlock_abi() < support::ENFORCE_ABI || err.contains("agentmon writes or trusts");
+    ensure(code == 125 && err.contains("cannot enforce") && why, || {
+        format!("a scope over the grant keys: exit {code}: {err}")
+    })?;
 
     // Through a daemon with grant keys: the granted task runs, an ungranted one is
     // refused and the attempt is in the daemon's record.

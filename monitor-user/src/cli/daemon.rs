@@ -260,6 +260,7 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
         state_dir: cfg.state_dir.unwrap_or_else(|| "/run/agentmon/tasks".into()),
         metrics: cfg.metrics,
         selectors,
+        grant_keys_file: cfg.grant_keys.clone(),
         grant_keys: match &cfg.grant_keys {
             Some(p) => Some(
                 crate::nats::control::load_keys(p).map_err(|e| anyhow::anyhow!("{file}: grant_keys: {e}"))?,

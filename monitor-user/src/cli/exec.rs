@@ -223,6 +223,7 @@ impl ExecArgs {
                 }
             },
             grant,
+            grant_keys_file: self.grant_keys.clone(),
         }))
     }
 }

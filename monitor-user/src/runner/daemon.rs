@@ -45,6 +45,8 @@ pub struct DaemonOptions {
     pub selectors: Option<super::select::Selectors>,
     /// Keys that may grant tasks (none: any task starts).
     pub grant_keys: Option<Vec<ed25519_dalek::VerifyingKey>>,
+    /// Their file (protected like the configuration).
+    pub grant_keys_file: Option<PathBuf>,
 }
 
 pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
@@ -73,6 +75,7 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     let mut own = opts.outputs.protected();
     own.extend(opts.events.iter().cloned());
     own.extend(opts.config.iter().cloned());
+    own.extend(opts.grant_keys_file.iter().cloned());
     if let RulesChoice::Dir(d) = &opts.rules {
         own.push(d.clone());
     }

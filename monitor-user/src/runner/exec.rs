@@ -47,6 +47,9 @@ pub struct ExecOptions {
     pub daemon: Option<PathBuf>,
     /// The task's grant file's text (sent to a daemon, which checks it).
     pub grant: Option<String>,
+    /// The keys that may grant tasks (protected like the outputs: a task that could
+    /// add a key could grant itself).
+    pub grant_keys_file: Option<PathBuf>,
 }
 
 impl ExecOptions {
@@ -59,6 +62,7 @@ impl ExecOptions {
             v.push(d.clone());
         }
         v.extend(self.outputs.protected());
+        v.extend(self.grant_keys_file.iter().cloned());
         v
     }
 }
