@@ -397,13 +397,10 @@ fn sweep(sensors: &Sensors, cookie: u32, limit: Duration) -> Swept {
 
 /// `pid (comm) state S` from /proc, or just the pid once it is gone.
 fn describe(pid: u32) -> String {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return format!("{pid} (gone)");
-    };
-    // comm may hold spaces and parentheses: the state follows the last ')'.
-    let comm = stat.find('(').zip(stat.rfind(')')).map(|(a, b)| &stat[a + 1..b]).unwrap_or("?");
-    let state = stat.rfind(')').and_then(|b| stat[b + 1..].split_whitespace().next()).unwrap_or("?");
-    format!("{pid} ({comm}) state {state}")
+    match crate::ctl::proc_stat(pid) {
+        Some((comm, state, _)) => format!("{pid} ({comm}) state {state}"),
+        None => format!("{pid} (gone)"),
+    }
 }
 
 /// SIGKILL to `pid` if it is (still) a process of task `cookie`. Through a pidfd

@@ -557,10 +557,17 @@ pub async fn contain(socket: Option<&Path>, req: &Request) -> Result<Reply, Stri
 
 /// Parent pid of `pid` from /proc (the kernel's view, not the caller's word).
 pub fn ppid_of(pid: u32) -> Option<u32> {
+    proc_stat(pid)?.2.parse().ok()
+}
+
+/// `(comm, state, ppid)` of `pid` from /proc/PID/stat, as the kernel wrote them.
+pub fn proc_stat(pid: u32) -> Option<(String, String, String)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm may contain spaces and parentheses: fields follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(1)?.parse().ok()
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let mut rest = stat.get(close + 1..)?.split_whitespace();
+    let (state, ppid) = (rest.next()?, rest.next()?);
+    Some((stat[open + 1..close].to_string(), state.to_string(), ppid.to_string()))
 }
 
 #[cfg(test)]
@@ -587,5 +594,10 @@ mod tests {
     fn ppid_from_proc() {
         assert_eq!(ppid_of(std::process::id()), Some(nix::unistd::getppid().as_raw() as u32));
         assert_eq!(ppid_of(u32::MAX), None);
+        let (comm, state, _) = proc_stat(std::process::id()).unwrap();
+        let own = std::fs::read_to_string("/proc/self/comm").unwrap();
+        // The state is the group leader's (R, S, D, Z, ...): one letter.
+        assert_eq!(comm, own.trim_end());
+        assert!(state.len() == 1 && state.chars().all(|c| c.is_ascii_uppercase()), "{state}");
     }
 }

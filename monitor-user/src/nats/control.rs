@@ -122,14 +122,10 @@ impl Gatekeeper {
         self.seen.insert(nonce.into(), (Instant::now(), r.clone()));
     }
 
-    /// Parses and verifies `payload` received on the subject for `op`.
-    /// Verifies a command received on a host's own subject (`fleet`: on the fleet's,
-    /// where only commands signed for every host, `*`, are taken).
-    pub fn check(&self, op: &str, payload: &[u8], now: Timestamp) -> Result<(Command, Request), String> {
-        self.check_on(op, payload, now, false)
-    }
-
-    pub fn check_on(
+    /// Parses and verifies `payload` received on the subject for `op`: a host's own
+    /// subject, or (`fleet`) the fleet's, where only commands signed for every host,
+    /// `*`, are taken.
+    pub fn check(
         &self,
         op: &str,
         payload: &[u8],
@@ -212,7 +208,7 @@ async fn serve(args: &NatsArgs, host: &str, keys: &[VerifyingKey], socket: &Path
             continue;
         };
         let to_fleet = msg.subject.starts_with(super::subjects::FLEET);
-        let reply = answer_on(&mut v, &op, &msg.payload, socket, to_fleet).await;
+        let reply = answer(&mut v, &op, &msg.payload, socket, to_fleet).await;
         let body = if to_fleet {
             // Every host hears a fleet command: one that does not hold the task (or
             // approval) stays silent, the others say who they are.
@@ -238,13 +234,9 @@ pub struct FleetReply {
     pub reply: Reply,
 }
 
-/// Verifies, then acts once per nonce.
-pub async fn answer(v: &mut Gatekeeper, op: &str, payload: &[u8], socket: &Path) -> Reply {
-    answer_on(v, op, payload, socket, false).await
-}
-
-async fn answer_on(v: &mut Gatekeeper, op: &str, payload: &[u8], socket: &Path, fleet: bool) -> Reply {
-    let (cmd, req) = match v.check_on(op, payload, Timestamp::now(), fleet) {
+/// Verifies (on the fleet's subject with `fleet`), then acts once per nonce.
+pub async fn answer(v: &mut Gatekeeper, op: &str, payload: &[u8], socket: &Path, fleet: bool) -> Reply {
+    let (cmd, req) = match v.check(op, payload, Timestamp::now(), fleet) {
         Ok(x) => x,
         Err(e) => {
             tracing::warn!("NATS control: {op} rejected: {e}");

@@ -145,37 +145,38 @@ impl NatsSink {
         })
     }
 
-    /// The drops of a full spool since the last report, as a loss event.
+    /// A `loss` record of agentmon's own about this output.
+    fn own_loss(&self) -> Event {
+        let mut ev = Event::new(Kind::Loss, Timestamp::now(), self.host.clone());
+        ev.pid = std::process::id();
+        ev.tid = ev.pid;
+        ev.comm = "agentmon".into();
+        ev.detail.insert("sink".into(), json!("nats"));
+        ev
+    }
+
     /// The host's stream, found with other settings than configured (fewer
     /// replicas, another retention): used as it is, and said, in every output.
     fn stream_mismatch(&mut self) -> Option<Event> {
         let status = self.publisher.status.clone();
         let said = status.stream_mismatch.lock().unwrap_or_else(|e| e.into_inner()).take()?;
-        let mut ev = Event::new(Kind::Loss, Timestamp::now(), self.host.clone());
-        ev.pid = std::process::id();
-        ev.tid = ev.pid;
-        ev.comm = "agentmon".into();
+        let mut ev = self.own_loss();
         ev.reason = Some(format!(
             "{said}: agentmon publishes to it as it is; what it keeps may be less than configured"
         ));
-        ev.detail.insert("sink".into(), json!("nats"));
         ev.detail.insert("stream_mismatch".into(), json!(said));
         Some(ev)
     }
 
-    /// A `loss` record of the `n` messages for NATS dropped since `since` counted.
+    /// The `loss` record of `n` messages for NATS that the spool dropped.
     fn loss_record(&self, n: u64) -> Event {
         let shared = self.spool.shared();
-        let mut ev = Event::new(Kind::Loss, Timestamp::now(), self.host.clone());
-        ev.pid = std::process::id();
-        ev.tid = ev.pid;
-        ev.comm = "agentmon".into();
+        let mut ev = self.own_loss();
         ev.lost = Some([("nats_spool".to_string(), n)].into());
         ev.reason = Some(format!(
             "the NATS spool ({}) was full or damaged: {n} messages for NATS were dropped",
             shared.dir.display()
         ));
-        ev.detail.insert("sink".into(), json!("nats"));
         ev.detail.insert("spool_bytes".into(), json!(shared.depth()));
         ev.detail.insert("spool_max".into(), json!(shared.max_bytes));
         ev
@@ -194,24 +195,20 @@ impl NatsSink {
         }
         if total > self.reported {
             let ev = self.loss_record(total - self.reported);
-            let mut line = Vec::with_capacity(512);
-            crate::jsonw::write_event(&mut line, &ev);
-            if self.put(Class::Priority, &self.subjects.events(None), &ev.id.to_string(), &line)? {
+            let before = shared.dropped.load(Relaxed);
+            if self.record(&ev)? {
                 self.reported = total;
             } else {
-                shared.dropped.fetch_sub(1, Relaxed);
+                // Neither it nor its copies count: the next one says it all.
+                shared.dropped.fetch_sub(shared.dropped.load(Relaxed) - before, Relaxed);
             }
         }
         Ok(())
     }
-}
 
-impl Sink for NatsSink {
-    fn name(&self) -> String {
-        format!("nats (spool {})", self.spool.shared().dir.display())
-    }
-
-    fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
+    /// Writes `ev` and everything it implies (OCSF copy, revoke, kill signal, action
+    /// copy); whether the event itself found room in the spool.
+    fn record(&mut self, ev: &Event) -> Result<bool, SinkError> {
         let id = ev.id.to_string();
         // What happened to a task and to the record itself keeps room under pressure.
         let class = match ev.kind {
@@ -229,17 +226,13 @@ impl Sink for NatsSink {
         let line = std::mem::take(&mut self.line);
         let r = self.put(class, &self.subjects.events(ev.task.as_deref()), &id, &line);
         self.line = line;
-        r?;
+        let fitted = r?;
         let task = ev.task.as_ref().map(|t| self.task_info(t));
         if self.ocsf
             && let Some(o) = crate::ocsf::event(ev, task.as_ref())
         {
-            self.put_json(
-                Class::Bulk,
-                &self.subjects.ocsf_events(ev.task.as_deref()),
-                &format!("{id}:ocsf"),
-                &o,
-            )?;
+            // Kept like the event it copies (a task's or a loss record's copy too).
+            self.put_json(class, &self.subjects.ocsf_events(ev.task.as_deref()), &format!("{id}:ocsf"), &o)?;
         }
         match ev.kind {
             Kind::TaskStart => {
@@ -287,7 +280,17 @@ impl Sink for NatsSink {
             }
             _ => {}
         }
-        Ok(())
+        Ok(fitted)
+    }
+}
+
+impl Sink for NatsSink {
+    fn name(&self) -> String {
+        format!("nats (spool {})", self.spool.shared().dir.display())
+    }
+
+    fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
+        self.record(ev).map(drop)
     }
 
     fn alert(&mut self, a: &Alert) -> Result<(), SinkError> {
