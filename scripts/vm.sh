@@ -48,7 +48,8 @@ network,io_uring_is_reported,privilege_calls,fileless_exec,sensitive_reads_only_
 untracked_process_produces_nothing,exit_status_is_propagated,emitted_plus_lost_equals_performed,\
 task_verdicts_and_alerts,deep_paths_are_never_forged,enforce_denies_out_of_scope,tamper_attempts_fail,\
 rule_kill_ends_the_tree,left_cgroup_is_brought_back,control_rights_stay_with_the_connector,\
-cli_talks_only_to_agentmon,stopped_agentmon_is_reported,observed_compat_calls_are_reported,signals_reaching_agentmon_are_reported,daemon_selectors_attach_agents,exec_ends_expired_tasks,approve_deny_timeout_and_race"
+cli_talks_only_to_agentmon,stopped_agentmon_is_reported,observed_compat_calls_are_reported,signals_reaching_agentmon_are_reported,daemon_selectors_attach_agents,exec_ends_expired_tasks,approve_deny_timeout_and_race,\
+exec_approval_cannot_be_raced"
 APT_PKGS=(qemu-system-x86 udev kmod busybox-static file)
 KERNELS=(deb12 deb13)
 CPUS=2
@@ -76,6 +77,9 @@ usage() {
 guest() { # BOOTED_MARK CMD...
     # Says to the host that the guest came up (a failure after this is the command's).
     : >"$1" 2>/dev/null || true
+    # The guest kernel's log, kept on the host as it is written: a guest that dies
+    # (a panic, the OOM killer taking init) leaves its reason there.
+    dmesg -w >"$1.dmesg" 2>/dev/null &
     shift
     local mounted=""
     mnt() { # TYPE DIR
@@ -247,6 +251,11 @@ run() {
             --rwdir "$OUT" "${rw[@]}" "${append[@]}" --exec "$cmd" </dev/null \
             2>&1 1>&3 3>&- | cat >&2; } 3>&1 | cat; } || rc=$?
         [ "$rc" = 124 ] && say "$name: timed out after ${timeout}s"
+        if [ "$rc" != 0 ] && [ -s "$mark.dmesg" ]; then
+            say "$name: exit $rc; the guest kernel's last messages:"
+            tail -n 60 "$mark.dmesg" | sed 's/^/  | /' >&2
+        fi
+        rm -f "$mark.dmesg"
         # A guest that never came up (QEMU or vng failing to start it, seen once as exit
         # 255 with no output) is booted once more; the command's own failure is not retried.
         if [ "$rc" = 0 ] || [ -e "$mark" ] || [ "$rc" = 124 ] || [ "$attempt" = 2 ]; then

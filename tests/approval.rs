@@ -46,6 +46,35 @@ fn request(file: &Path, n: usize, agent: &mut Child) -> Result<Event, String> {
     Err(format!("no approval request {n}"))
 }
 
+/// The gated scenario with `steps`, under agentmon exec with `task`.
+fn spawn_gated(d: &Path, task: &Path, events: &Path, timeout: &str, steps: &[&str]) -> Result<Child, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    Command::new(agentmon())
+        .args(["exec", "--quiet", "--approval-timeout", timeout, "--events"])
+        .arg(events)
+        .args(["--task", task.to_str().unwrap(), "--"])
+        .arg(&me)
+        .arg(d)
+        .args(steps)
+        .env(SCENARIO_ENV, "gated")
+        .current_dir(d)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())
+}
+
+/// Ends the run: the agent killed if the test's part failed, else it must exit 0.
+fn settle(mut agent: Child, result: Result<(), String>) -> Result<(), String> {
+    if result.is_err() {
+        let _ = agent.kill();
+    }
+    let out = agent.wait_with_output().map_err(|e| e.to_string())?;
+    result?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eq("agent exit", out.status.code(), Some(0)).map_err(|e| format!("{e}: {stderr}"))
+}
+
 fn ctl(args: &[&str]) -> Result<(), String> {
     let out = Command::new(agentmon()).args(args).output().map_err(|e| e.to_string())?;
     ensure(out.status.success(), || {
@@ -55,6 +84,103 @@ fn ctl(args: &[&str]) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr)
         )
     })
+}
+
+/// An approved exec runs exactly the file that was approved: the test swaps the
+/// symlink the agent execs after the request shows `true`, then approves; the kernel
+/// resolves the name again, finds `false`, and the BPF LSM tier refuses it. Where
+/// that tier is not active, a task gating exec is refused, saying so.
+pub fn exec_approval_cannot_be_raced() -> R {
+    let d = workdir("exec-gate");
+    std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
+    let (yes, no) = (which("true")?, which("false")?);
+    let link = d.join("repo/run");
+    std::os::unix::fs::symlink(&yes, &link).map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let task = d.join("task.yaml");
+    std::fs::write(
+        &task,
+        format!(
+            "id: exec-gated\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{r}/**\"]\n  \
+             exec: [\"{me}\", \"{yes}\", \"{no}\"]\napproval_required: [exec]\n",
+            r = d.join("repo").display(),
+            me = me.display(),
+            yes = yes.display(),
+            no = no.display(),
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    if !support::bpf_lsm() {
+        let out = Command::new(agentmon())
+            .args(["exec", "--quiet", "--task"])
+            .arg(&task)
+            .args(["--", "/bin/true"])
+            .current_dir(&d)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Ok(ensure(
+            out.status.code() == Some(125) && err.contains("exec cannot be held for approval"),
+            || format!("a task gating exec was not refused without the BPF LSM tier: {:?} {err}", out.status),
+        )?);
+    }
+    let events = d.join("events.jsonl");
+    let timeout = format!("{}s", 4 * support::slowdown());
+    let mut agent =
+        spawn_gated(&d, &task, &events, &timeout, &["exec=repo/run", "exec=repo/run", "exec=repo/run"])?;
+    let result = (|| -> Result<(), String> {
+        let id = |e: &Event| detail(e, "approval").map(str::to_string).ok_or("no approval id".to_string());
+        // 1: approved as shown, runs `true`.
+        let r0 = request(&events, 0, &mut agent)?;
+        eq(
+            "request 0",
+            (r0.path.clone(), detail(&r0, "operation")),
+            (Some(yes.display().to_string()), Some("exec")),
+        )?;
+        ctl(&["approve", &id(&r0)?])?;
+        // 2: approved as `true`, but the name points at `false` by the time it runs.
+        let r1 = request(&events, 1, &mut agent)?;
+        eq("request 1", r1.path.clone(), Some(yes.display().to_string()))?;
+        std::fs::remove_file(&link).map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink(&no, &link).map_err(|e| e.to_string())?;
+        ctl(&["approve", &id(&r1)?])?;
+        // 3: denied.
+        let r2 = request(&events, 2, &mut agent)?;
+        ctl(&["deny", &id(&r2)?])?;
+        Ok(())
+    })();
+    settle(agent, result)?;
+    let text = std::fs::read_to_string(d.join("repo/results.txt")).map_err(|e| e.to_string())?;
+    let codes: Vec<String> = text.lines().map(String::from).collect();
+    // true ran (0); the swapped file was refused in the kernel (EACCES), `false` never
+    // ran (it would exit 1); the denied one failed in the gate (EPERM).
+    let want = vec![
+        "exec 0".to_string(),
+        format!("exec {}", 100 + libc::EACCES),
+        format!("exec {}", 100 + libc::EPERM),
+    ];
+    eq("exec results", codes, want)?;
+    let evs = events_now(&events);
+    let refused = evs
+        .iter()
+        .find(|e| e.kind == Kind::Exec && e.error.as_deref() == Some("EACCES"))
+        .ok_or_else(|| "no failed exec event for the swapped file".to_string())?;
+    eq("refused exec verdict", refused.verdict.as_deref(), Some("denied"))?;
+    eq("refused exec: approved file", detail(refused, "approved_path"), Some(yes.to_str().unwrap()))?;
+    ensure(refused.reason.as_deref().is_some_and(|r| r.contains("was for")), || {
+        format!("{:?}", refused.reason)
+    })?;
+    Ok(())
+}
+
+fn which(name: &str) -> Result<PathBuf, String> {
+    ["/usr/bin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .ok_or_else(|| format!("no {name}"))
 }
 
 fn setup() -> Result<(PathBuf, PathBuf), String> {
@@ -84,11 +210,10 @@ fn setup() -> Result<(PathBuf, PathBuf), String> {
 
 pub fn approve_deny_timeout_and_race() -> R {
     let (d, task) = setup()?;
-    if support::landlock_abi() < support::ENFORCE_ABI {
+    if !support::can_enforce() {
         return Ok(support::enforce_refused_here(&task, &d)?);
     }
     let events = d.join("events.jsonl");
-    let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let steps = [
         "delete=repo/build/a.txt",
         "delete=repo/build/b.txt",
@@ -100,19 +225,7 @@ pub fn approve_deny_timeout_and_race() -> R {
     // Long enough for an approver's CLI to start and answer, short enough to wait
     // out for the last request (emulated guests start processes slowly).
     let timeout = format!("{}s", 2 * support::slowdown());
-    let mut agent = Command::new(agentmon())
-        .args(["exec", "--quiet", "--approval-timeout", &timeout, "--events"])
-        .arg(&events)
-        .args(["--task", task.to_str().unwrap(), "--"])
-        .arg(&me)
-        .arg(&d)
-        .args(steps)
-        .env(SCENARIO_ENV, "gated")
-        .current_dir(&d)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+    let mut agent = spawn_gated(&d, &task, &events, &timeout, &steps)?;
     let result = (|| -> Result<(), String> {
         let id =
             |e: &Event| detail(e, "approval").map(str::to_string).ok_or("request without an id".to_string());
@@ -149,13 +262,7 @@ pub fn approve_deny_timeout_and_race() -> R {
         )?;
         Ok(())
     })();
-    if result.is_err() {
-        let _ = agent.kill();
-    }
-    let out = agent.wait_with_output().map_err(|e| e.to_string())?;
-    result?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eq("agent exit", out.status.code(), Some(0)).map_err(|e| format!("{e}: {stderr}"))?;
+    settle(agent, result)?;
 
     let text = std::fs::read_to_string(d.join("repo/results.txt")).map_err(|e| e.to_string())?;
     let results: Vec<(String, i32)> = text

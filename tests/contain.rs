@@ -83,7 +83,7 @@ fn by(ev: &Event) -> Option<&str> {
 /// child, and a grandchild that left by double fork + setsid and runs no syscall.
 pub fn rule_kill_ends_the_tree() -> R {
     let (d, task, rules) = setup("contain-kill", "KILL-ME", "kill")?;
-    if support::landlock_abi() < support::ENFORCE_ABI {
+    if !support::can_enforce() {
         return Ok(support::enforce_refused_here(&task, &d)?);
     }
     let cmd = scenario_cmd(&d, &["KILL-ME", "spin"])?;
@@ -140,7 +140,7 @@ pub fn rule_kill_ends_the_tree() -> R {
 /// would bind, and kill, whatever process reuses its pid).
 pub fn kill_amid_churn_leaves_nothing_tracked() -> R {
     let (d, task, rules) = setup("contain-churn", "KILL-ME", "kill")?;
-    if support::landlock_abi() < support::ENFORCE_ABI {
+    if !support::can_enforce() {
         return Ok(support::enforce_refused_here(&task, &d)?);
     }
     let cmd = scenario_cmd(&d, &["KILL-ME", "churn"])?;

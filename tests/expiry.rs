@@ -60,7 +60,7 @@ pub fn exec_ends_expired_tasks() -> R {
     // Enforced: frozen at the expiry (kept for forensics), then killed by the operator.
     let d = workdir("expiry-enforce");
     let t = task(&d, "short-enforced", true)?;
-    if support::landlock_abi() < support::ENFORCE_ABI {
+    if !support::can_enforce() {
         return Ok(support::enforce_refused_here(&t, &d)?);
     }
     let log = d.join("events.jsonl");

@@ -103,7 +103,7 @@ pub fn grants_decide_who_may_start_a_task() -> R {
     .map_err(|e| e.to_string())?;
     grant(&keyhole, &k, "alice", None)?;
     let (code, err) = exec(&d, &k_flags, &keyhole, &keydir.join("x"))?;
-    let why = support::landlock_abi() < support::ENFORCE_ABI || err.contains("agentmon writes or trusts");
+    let why = !support::can_enforce() || err.contains("agentmon writes or trusts");
     ensure(code == 125 && err.contains("cannot enforce") && why, || {
         format!("a scope over the grant keys: exit {code}: {err}")
     })?;

@@ -68,6 +68,7 @@ fn main() {
         ("kill_amid_churn_leaves_nothing_tracked", contain::kill_amid_churn_leaves_nothing_tracked),
         ("freeze_thaw_kill_by_operator", contain::freeze_thaw_kill_by_operator),
         ("approve_deny_timeout_and_race", approval::approve_deny_timeout_and_race),
+        ("exec_approval_cannot_be_raced", approval::exec_approval_cannot_be_raced),
         ("nats_stream_and_independent_client", nats::nats_stream_and_independent_client),
         ("nats_server_lists_and_stream_settings", fleet::nats_server_lists_and_stream_settings),
         ("nats_fleet_control", fleet::nats_fleet_control),

@@ -20,6 +20,10 @@ pub struct Offsets {
     pub task_fs: u32,
     pub task_files: u32,
     pub task_mm: u32,
+    /// `task_struct.cred` and `.real_cred`: they differ only while the kernel works
+    /// with borrowed credentials (override_creds: overlayfs on its layers).
+    pub task_cred: u32,
+    pub task_real_cred: u32,
     pub fs_pwd: u32,
     pub path_mnt: u32,
     pub path_dentry: u32,
@@ -39,6 +43,10 @@ pub struct Offsets {
     pub file_inode: u32,
     pub file_private: u32,
     pub inode_nlink: u32,
+    pub inode_ino: u32,
+    pub dentry_inode: u32,
+    pub dentry_sb: u32,
+    pub sb_dev: u32,
     pub inode_mode: u32,
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,

@@ -19,6 +19,7 @@
 pub mod config;
 pub mod hash;
 pub mod kind;
+pub mod lsm;
 pub mod op;
 
 pub use config::{KConfig, Offsets, TpOffsets};
@@ -160,6 +161,9 @@ mod pod {
     unsafe impl aya::Pod for super::Tracked {}
     unsafe impl aya::Pod for super::KConfig {}
     unsafe impl aya::Pod for super::NetPorts {}
+    unsafe impl aya::Pod for super::lsm::FsKey {}
+    unsafe impl aya::Pod for super::lsm::LsmTask {}
+    unsafe impl aya::Pod for super::lsm::ExecOk {}
 }
 
 #[cfg(test)]

@@ -233,6 +233,12 @@ fn sensitive_name(fname: u64, user: bool) -> bool {
     false
 }
 
+/// Does the name of `dentry` pass the sensitive prefilter?
+#[inline(always)]
+pub fn sensitive_dentry(dentry: u64) -> bool {
+    dentry != 0 && sensitive_name(unsafe { kptr(dentry, off!(dentry_name) + off!(qstr_name)) }, false)
+}
+
 /// Is `h` in the sensitive set? The load-time filter answers most misses without a
 /// map lookup; the SENSITIVE map confirms hits.
 #[inline(always)]

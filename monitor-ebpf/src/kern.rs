@@ -15,6 +15,8 @@ use crate::{COUNTERS, EVENTS, PENDING, SCRATCH, TRACKED, TRACKED_BYTES};
 pub const AT_FDCWD: i64 = -100;
 /// `dfd` value meaning "this string is not a path relative to anything" (symlink targets).
 pub const NO_BASE: i64 = i64::MIN;
+/// Steps of a dentry climb (`WALK_MAX`, as `bpf_loop` takes it).
+pub const WALK_LIMIT: u32 = WALK_MAX as u32;
 /// Longest dentry name (NAME_MAX 255 + NUL).
 const NAME_READ: usize = 256;
 
@@ -485,12 +487,41 @@ impl Ev {
     }
 }
 
+/// Where a walk up a path is: a dentry, in a mount (`struct vfsmount *` and the
+/// `struct mount *` around it).
+#[repr(C)]
+pub struct Pos {
+    pub dentry: u64,
+    pub vfsmnt: u64,
+    pub mnt: u64,
+}
+
+/// At the root of its mount, `p` moves to the mountpoint in the parent mount:
+/// Some(true); Some(false) at the top of the namespace; None if `p` is not at the
+/// root of its mount (or has none: `vfsmnt` 0).
+#[inline(always)]
+pub unsafe fn mount_hop(p: *mut Pos) -> Option<bool> {
+    unsafe {
+        let vfsmnt = (*p).vfsmnt;
+        if vfsmnt == 0 || (*p).dentry != kptr(vfsmnt, off!(vfsmount_root)) {
+            return None;
+        }
+        let mnt = (*p).mnt;
+        let up = kptr(mnt, off!(mount_parent));
+        if up == mnt || up == 0 {
+            return Some(false);
+        }
+        (*p).dentry = kptr(mnt, off!(mount_mountpoint));
+        (*p).mnt = up;
+        (*p).vfsmnt = up + off!(mount_mnt);
+        Some(true)
+    }
+}
+
 /// State of a path walk, on the caller's stack, passed to each `bpf_loop` step.
 #[repr(C)]
 struct WalkState {
-    dentry: u64,
-    vfsmnt: u64,
-    mnt: u64,
+    pos: Pos,
     done: u64,
 }
 
@@ -508,7 +539,7 @@ fn walk(ev: &mut Ev, path: u64) -> u16 {
             ev.flag(pflags::UNRESOLVED);
             return 0;
         }
-        let mut st = WalkState { dentry, vfsmnt, mnt: vfsmnt - off!(mount_mnt), done: 0 };
+        let mut st = WalkState { pos: Pos { dentry, vfsmnt, mnt: vfsmnt - off!(mount_mnt) }, done: 0 };
         write_volatile(&raw mut (*ev.ctl).walked, 0);
         h::bpf_loop(WALK_MAX as u32, walk_step as *mut core::ffi::c_void, (&raw mut st).cast(), 0);
         if read_volatile(&raw const st.done) == 0 {
@@ -524,23 +555,17 @@ extern "C" fn walk_step(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let st = ctx as *mut WalkState;
     let Some(mut ev) = Ev::current() else { return 1 };
     unsafe {
-        let dentry = (*st).dentry;
-        let vfsmnt = (*st).vfsmnt;
-        let mnt = (*st).mnt;
-        let root = kptr(vfsmnt, off!(vfsmount_root));
-        let parent = kptr(dentry, off!(dentry_parent));
-        if dentry == root {
-            // Top of this mount: continue from its mountpoint in the parent mount.
-            let up = kptr(mnt, off!(mount_parent));
-            if up == mnt || up == 0 {
+        // Top of this mount: continue from its mountpoint in the parent mount.
+        match mount_hop(&raw mut (*st).pos) {
+            Some(true) => return 0,
+            Some(false) => {
                 (*st).done = 1;
                 return 1;
             }
-            (*st).dentry = kptr(mnt, off!(mount_mountpoint));
-            (*st).mnt = up;
-            (*st).vfsmnt = up + off!(mount_mnt);
-            return 0;
+            None => {}
         }
+        let dentry = (*st).pos.dentry;
+        let parent = kptr(dentry, off!(dentry_parent));
         if parent == 0 {
             (*st).done = 1;
             return 1;
@@ -560,7 +585,7 @@ extern "C" fn walk_step(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
         }
         let walked = &raw mut (*ev.ctl).walked;
         write_volatile(walked, read_volatile(walked) + 1);
-        (*st).dentry = parent;
+        (*st).pos.dentry = parent;
         0
     }
 }

@@ -15,6 +15,7 @@
 mod file;
 mod iouring;
 mod kern;
+mod lsm;
 mod net;
 mod netguard;
 mod privilege;
@@ -24,7 +25,10 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
-use monitor_common::{COUNTER_SLOTS, KConfig, NetKeyData, NetPorts, TRACKED_BYTES_ENTRIES, Tracked};
+use monitor_common::{
+    COUNTER_SLOTS, KConfig, NetKeyData, NetPorts, TRACKED_BYTES_ENTRIES, Tracked,
+    lsm::{ExecOk, FsKey, LsmTask},
+};
 
 /// Set by the loader before verification (offsets from BTF and tracefs).
 #[unsafe(no_mangle)]
@@ -69,6 +73,23 @@ static NET_TASK: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
 /// Enforcement: (task, address prefix) -> allowed ports (see netguard.rs).
 #[map]
 static NET_ALLOW: LpmTrie<NetKeyData, NetPorts> = LpmTrie::with_max_entries(65536, 0);
+
+/// BPF LSM tier: (inode, task) -> rights (see monitor_common::lsm).
+#[map]
+static FS_RULES: HashMap<FsKey, u32> = HashMap::with_max_entries(65536, 0);
+
+/// BPF LSM tier: task cookie -> how it is enforced here.
+#[map]
+static LSM_TASK: HashMap<u32, LsmTask> = HashMap::with_max_entries(4096, 0);
+
+/// BPF LSM tier: agentmon's thread id -> the identity of the next file it opens, as
+/// the hooks see it (stat's can differ: overlayfs, btrfs subvolumes).
+#[map]
+static IDENT: HashMap<u32, FsKey> = HashMap::with_max_entries(64, 0);
+
+/// BPF LSM tier: thread id -> the file its held exec was approved for.
+#[map]
+static EXEC_OK: HashMap<u32, ExecOk> = HashMap::with_max_entries(4096, 0);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use monitor_common::{ARGV_MAX, Tracked, kind, op, pflags};
 
 use crate::{
-    TRACKED,
+    EXEC_OK, TRACKED,
     kern::{
         AT_FDCWD, Args, Ev, NO_BASE, conf, count, fd_file, file_path, kptr, kread, mark, off, pid_tgid,
         sys_ret, tracked,
@@ -63,6 +63,10 @@ fn try_exec(ctx: &BtfTracePointContext) -> Option<()> {
     mark(tgid, true);
     let p: u64 = ctx.arg(0);
     let bprm: u64 = ctx.arg(2);
+    // An approved exec (BPF LSM tier) has run: its approval is spent. Keyed by the
+    // thread that called it, which exec has just made the leader.
+    let old_tid: u32 = ctx.arg(1);
+    let _ = EXEC_OK.remove(&old_tid);
     let t = unsafe {
         // After exec the caller is the group leader; its start time keys the process.
         // Userspace inserts a task's root without one, so fill it in here.

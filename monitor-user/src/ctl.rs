@@ -109,6 +109,13 @@ pub enum Request {
         /// The task's grant (`task::grant`), the text of its grant file.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grant: Option<String>,
+        /// The files the command itself executes (its program and interpreters).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        launch: Vec<String>,
+        /// The client confined the command for the BPF LSM tier (no Landlock): the
+        /// daemon must enforce on that tier too, or refuse.
+        #[serde(default)]
+        lsm: bool,
     },
     /// From `agentmon exec` with a daemon: the approval listener of the task's root,
     /// attached (SCM_RIGHTS); the daemon holds the task's gated calls from now on.

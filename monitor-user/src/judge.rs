@@ -161,8 +161,25 @@ impl Judge {
         // stopped by a layer (Landlock, seccomp, a gate's refusal): say so.
         let refused =
             matches!(ev.detail.get("decision").and_then(|d| d.as_str()), Some("denied" | "timeout"));
+        if ev.detail.contains_key("approval_mismatch") && bound.is_some() {
+            let id = ev.detail.get("approval").and_then(|d| d.as_str()).unwrap_or("?");
+            let was = ev.detail.get("approved_path").and_then(|d| d.as_str()).unwrap_or("?");
+            v.add(Reason {
+                verdict: VerdictKind::Denied,
+                action: Action::Alert,
+                severity: Severity::High,
+                rule: None,
+                clause: Some("approval_required"),
+                message: format!(
+                    "approval {id} was for {was}; the file the kernel was about to run in its place was \
+                     refused"
+                ),
+            });
+        }
         if bound.is_some_and(|b| b.task.enforce)
-            && (v.verdict >= VerdictKind::OutOfScope || refused)
+            && (v.verdict >= VerdictKind::OutOfScope
+                || refused
+                || ev.detail.contains_key("approval_mismatch"))
             && matches!(ev.error.as_deref(), Some("EACCES" | "EPERM"))
         {
             v.verdict = VerdictKind::Denied;

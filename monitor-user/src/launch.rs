@@ -81,7 +81,7 @@ pub struct Held {
     pub pid: Pid,
     pub program: PathBuf,
     pub argv: Vec<String>,
-    go: OwnedFd,
+    go: Option<OwnedFd>,
     err: OwnedFd,
     /// Where the child sends its approval listener (when the task is gated).
     gate: Option<OwnedFd>,
@@ -176,7 +176,7 @@ pub fn spawn_held(
             drop(go_r);
             drop(err_w);
             let gate = gate_chan.map(|(ours, _)| ours);
-            Ok(Held { pid: child, program, argv: cmd.to_vec(), go: go_w, err: err_r, gate })
+            Ok(Held { pid: child, program, argv: cmd.to_vec(), go: Some(go_w), err: err_r, gate })
         }
     }
 }
@@ -188,9 +188,35 @@ impl Held {
     }
 
     /// Lets the child exec; returns once it has, or with the exec error.
-    pub fn release(self) -> Result<Pid, LaunchError> {
-        nix::unistd::write(&self.go, &[1u8])?;
-        drop(self.go);
+    pub fn release(mut self) -> Result<Pid, LaunchError> {
+        self.go()?;
+        self.exec_done(|| {})
+    }
+
+    /// Lets the child go on to its exec (once).
+    pub fn go(&mut self) -> Result<(), LaunchError> {
+        if let Some(go) = self.go.take() {
+            nix::unistd::write(&go, &[1u8])?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the child has exec'd (or failed to), calling `between` every
+    /// 20 ms meanwhile: a task whose gate holds exec has its root's own exec held,
+    /// and whoever serves the gate must be able to let it go.
+    pub fn exec_done(self, mut between: impl FnMut()) -> Result<Pid, LaunchError> {
+        use std::os::fd::AsFd;
+
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        loop {
+            let mut fds = [PollFd::new(self.err.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(20u16)) {
+                Ok(0) => between(),
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let mut buf = [0u8; 4];
         let mut got = 0;
         while got < 4 {

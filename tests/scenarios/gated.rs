@@ -1,9 +1,11 @@
 //! The `gated` scenario: calls an approval gate holds, one after the other, each
 //! result (errno, 0 for success) appended to `repo/results.txt` as `step errno`.
 //!
-//! Steps: `delete=REL`, `rename=FROM:TO`, `chmod=REL`, and `race=REL:SWAP` — unlink
+//! Steps: `delete=REL`, `rename=FROM:TO`, `chmod=REL`, `race=REL:SWAP` — unlink
 //! REL from a buffer that a second thread rewrites to SWAP once the test creates
-//! `repo/swap` (after it has seen the request), before the test decides.
+//! `repo/swap` (after it has seen the request), before the test decides — and
+//! `exec=REL`: run REL in a child, recorded as its exit code, or 100 + errno if the
+//! exec failed.
 
 use std::{ffi::CString, fs, io::Write, path::Path, time::Duration};
 
@@ -28,11 +30,38 @@ pub fn gated(d: &Path, steps: &[String]) -> Result<(), String> {
             }
             "chmod" => unsafe { libc::chmod(c(d, arg).as_ptr(), 0o600) },
             "race" => race(d, arg)?,
+            "exec" => {
+                let code = exec(&c(d, arg));
+                let mut f = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(d.join("repo/results.txt"))
+                    .map_err(|e| e.to_string())?;
+                let _ = writeln!(f, "exec {code}");
+                continue;
+            }
             other => return Err(format!("unknown step {other}")),
         };
         record(d, step, r);
     }
     Ok(())
+}
+
+/// The exit code of `path` run in a child; 100 + errno if its exec failed.
+fn exec(path: &CString) -> i32 {
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let argv = [path.as_ptr(), std::ptr::null()];
+            unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
+            let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            unsafe { libc::_exit(100 + e) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
+            _ => -1,
+        },
+        Err(_) => -1,
+    }
 }
 
 fn race(d: &Path, arg: &str) -> Result<libc::c_int, String> {

@@ -479,7 +479,29 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 sys(unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), b"x".as_ptr().cast(), 1, 0) }
                     as libc::c_long)
             }
+            "chown_out" => errno(std::os::unix::fs::chown(d.join("victim.txt"), Some(0), Some(0))),
+            // A file outside the write scope given a second name inside it: writes
+            // through that name would change the outside file.
+            "link_out_in" => errno(fs::hard_link(d.join("victim.txt"), d.join("repo/victim-link"))),
+            "xattr_out" => {
+                let (p, n) = (c(&d.join("victim.txt")), CString::new("user.agentmon").unwrap());
+                sys(unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), b"x".as_ptr().cast(), 1, 0) }
+                    as libc::c_long)
+            }
             "exec_out" => errno(std::process::Command::new(d.join("tool.sh")).status().map(|_| ())),
+            // An executable outside scope.exec run by the ELF loader, which every
+            // dynamic program's exec needs (`ld.so FILE` maps and runs FILE).
+            "exec_ldso" => {
+                let ldso = fs::canonicalize("/lib64/ld-linux-x86-64.so.2");
+                match ldso {
+                    Ok(l) => match std::process::Command::new(l).arg(arg).status() {
+                        Ok(st) if st.success() => 0,
+                        Ok(st) => 2000 + st.code().unwrap_or(-1),
+                        Err(e) => e.raw_os_error().unwrap_or(-1),
+                    },
+                    Err(_) => -2,
+                }
+            }
             "tcp" => match std::net::TcpStream::connect("127.0.0.1:1") {
                 Ok(_) => 0,
                 Err(e) if e.kind() == ErrorKind::ConnectionRefused => 0, // reached the network
@@ -493,7 +515,8 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             },
             "udp_to" => errno(UdpSocket::bind("0.0.0.0:0").and_then(|s| s.send_to(b"x", arg)).map(|_| ())),
             "unix" => errno(UnixStream::connect(arg).map(|_| ())),
-            "write_file" => errno(fs::OpenOptions::new().append(true).open(arg).map(|_| ())),
+            // write_bound: the same, named apart (a file bind-mounted by the test).
+            "write_file" | "write_bound" => errno(fs::OpenOptions::new().append(true).open(arg).map(|_| ())),
             "create_in" => errno(fs::write(Path::new(arg).join("evil.yaml"), b"rules: []")),
             "ptrace_agentmon" => sys(unsafe { libc::ptrace(libc::PTRACE_ATTACH, agentmon, 0, 0) }),
             "getfd_agentmon" => {
@@ -503,6 +526,9 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 } else {
                     sys(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, 1, 0) })
                 }
+            }
+            "signal_pid" => {
+                sys(unsafe { libc::kill(arg.parse().unwrap_or(0), libc::SIGWINCH) } as libc::c_long)
             }
             "signal_agentmon" => sys(unsafe { libc::kill(agentmon, libc::SIGWINCH) } as libc::c_long),
             // One of agentmon's other threads (a signal to a thread id, not its pid).

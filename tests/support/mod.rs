@@ -179,6 +179,24 @@ pub fn landlock_abi() -> i64 {
 /// The Landlock ABI enforce mode needs (file scope, TCP ports, signal scoping).
 pub const ENFORCE_ABI: i64 = 6;
 
+/// Does agentmon enforce on the BPF LSM tier here (the kernel runs BPF LSM and the
+/// fallback tier was not asked for)?
+pub fn bpf_lsm() -> bool {
+    let runs = std::fs::read_to_string("/sys/kernel/security/lsm")
+        .is_ok_and(|s| s.trim().split(',').any(|l| l == "bpf"));
+    runs && std::env::var("AGENTMON_ENFORCE_TIER").map_or(true, |v| v != "fallback")
+}
+
+/// Can agentmon enforce here (on either tier)?
+pub fn can_enforce() -> bool {
+    bpf_lsm() || landlock_abi() >= ENFORCE_ABI
+}
+
+/// The tier enforced tasks' `task_start` names here.
+pub fn tier() -> &'static str {
+    if bpf_lsm() { "bpf-lsm" } else { "landlock" }
+}
+
 /// On a kernel whose Landlock is too old for enforce mode (Debian 12's 6.1 has ABI
 /// 2), an enforced task must be refused before its command runs, saying why: this
 /// checks that, for the test's own manifest, in place of the test.
@@ -202,6 +220,23 @@ pub fn enforce_refused_here(task: &Path, dir: &Path) -> Result<(), String> {
             )
         },
     )
+}
+
+/// A bind mount of `src` on `dst`, taken down when dropped.
+pub struct BindMount(PathBuf);
+
+impl BindMount {
+    pub fn new(src: &Path, dst: &Path) -> Result<Self, String> {
+        nix::mount::mount(Some(src), dst, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| format!("bind-mounting {} on {}: {e}", src.display(), dst.display()))?;
+        Ok(Self(dst.to_path_buf()))
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 /// Fills `dir` (a small tmpfs) until the disk is full; the filler's path.

@@ -230,19 +230,21 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Command::Probe => {
-            let s = Sensors::load(&SensorConfig::default())?;
+            let layers = crate::enforce::Layers::probe();
+            let s = Sensors::load(&SensorConfig { lsm: layers.lsm, ..SensorConfig::default() })?;
             println!("kernel programs attached: {} (in {} ms)", s.attached.len(), s.load_ms);
             for (name, at) in &s.attached {
                 println!("  {name:<28} {at}");
             }
             if !s.absent.is_empty() {
                 println!(
-                    "tracepoints absent on this kernel (nothing there to miss): {}",
+                    "tracepoints and hooks absent on this kernel (nothing there to miss): {}",
                     s.absent.join(", ")
                 );
             }
+            println!("observation: syscall tracepoints and tp_btf (the fentry tier is not built yet)");
             println!("enforcement layers:");
-            for l in crate::enforce::Layers::probe().describe() {
+            for l in layers.describe() {
                 println!("  {l}");
             }
             Ok(0)

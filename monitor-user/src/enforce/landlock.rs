@@ -27,7 +27,7 @@ use crate::task::{
 pub const NEEDED_ABI: i32 = 6;
 
 /// Writes to these devices are harmless and expected (`> /dev/null`, the terminal).
-const QUIET_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/pts"];
+pub(super) const QUIET_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/pts"];
 
 /// The running kernel's Landlock ABI version (0: none).
 pub fn abi() -> i32 {
@@ -36,15 +36,15 @@ pub fn abi() -> i32 {
     v.max(0) as i32
 }
 
-type Refusal = (&'static str, String);
+pub(super) type Refusal = (&'static str, String);
 
 /// The directory a `DIR/**` pattern names, or the exact path of a glob-free one.
-enum Target {
+pub(super) enum Target {
     Beneath(PathBuf),
     Exact(PathBuf),
 }
 
-fn target(clause: &'static str, pattern: &str) -> Result<Target, Refusal> {
+pub(super) fn target(clause: &'static str, pattern: &str) -> Result<Target, Refusal> {
     if let Some(dir) = pattern.strip_suffix("/**")
         && !is_glob(dir)
     {
@@ -87,8 +87,17 @@ fn ll_err(e: impl std::fmt::Display) -> Refusal {
     ("landlock", e.to_string())
 }
 
+/// The directory a propose-mode task writes in, which must exist at launch.
+pub(super) fn propose_dir(task: &Task) -> Result<PathBuf, Refusal> {
+    let d = task.propose_dir.clone().ok_or(("scope.propose_dir", "missing".to_string()))?;
+    if !d.is_dir() {
+        return Err(("scope.propose_dir", format!("{} is not an existing directory at launch", d.display())));
+    }
+    Ok(d)
+}
+
 /// Executables an exec pattern allows now: a last-component glob is expanded.
-fn exec_files(pattern: &str) -> Result<Vec<Target>, Refusal> {
+pub(super) fn exec_files(pattern: &str) -> Result<Vec<Target>, Refusal> {
     if pattern.ends_with("/**") || !is_glob(pattern) {
         return Ok(vec![target("scope.exec", pattern)?]);
     }
@@ -168,17 +177,8 @@ pub fn ruleset(task: &Task, abi_version: i32, launch: &[PathBuf]) -> Result<Rule
     // What the write scope grants, and where.
     let (write_grant, write_targets) = match task.mode {
         Mode::Read => (write, Vec::new()),
-        Mode::Propose => {
-            let d = task.propose_dir.clone().ok_or(("scope.propose_dir", "missing".to_string()))?;
-            if !d.is_dir() {
-                return Err((
-                    "scope.propose_dir",
-                    format!("{} is not an existing directory at launch", d.display()),
-                ));
-            }
-            // No deletes in propose mode; renames share the right, so they go too.
-            (write & !remove, vec![Target::Beneath(d)])
-        }
+        // No deletes in propose mode; renames share the right, so they go too.
+        Mode::Propose => (write & !remove, vec![Target::Beneath(propose_dir(task)?)]),
         Mode::Execute => {
             let covered = task
                 .write

@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod landlock;
+pub mod lsm;
 pub mod mounts;
 pub mod seccomp;
 
@@ -27,21 +28,56 @@ pub struct Layers {
     pub cgroups: bool,
     /// seccomp user notification (approval gates).
     pub approval: bool,
+    /// The BPF LSM tier enforces the file scope, executions and signals (the kernel
+    /// runs BPF LSM, and the operator did not ask for the other tier); else
+    /// Landlock does, with seccomp and the gate.
+    pub lsm: bool,
+    /// Why the BPF LSM tier is not used (when it is not).
+    pub lsm_absent: &'static str,
 }
+
+/// Environment variable naming the enforcement tier: `auto` (the default: BPF LSM
+/// where the kernel runs it) or `fallback` (Landlock, seccomp and the gate, for
+/// comparison or where the LSM tier misbehaves).
+pub const TIER_ENV: &str = "AGENTMON_ENFORCE_TIER";
 
 impl Layers {
     pub fn probe() -> Self {
+        let forced = std::env::var(TIER_ENV).is_ok_and(|v| v == "fallback");
+        let runs = crate::kernel::lsm::kernel_runs_bpf_lsm();
         Self {
             landlock_abi: landlock::abi(),
             seccomp: seccomp::available(),
             cgroups: cgroup::available(),
             approval: seccomp::user_notif_available(),
+            lsm: runs && !forced,
+            lsm_absent: match (runs, forced) {
+                (_, true) => "the fallback tier was asked for (AGENTMON_ENFORCE_TIER=fallback)",
+                (false, _) => "this kernel does not run BPF LSM (no bpf in /sys/kernel/security/lsm)",
+                (true, false) => "",
+            },
+        }
+    }
+
+    /// The tier that enforces, and why.
+    pub fn tier(&self) -> String {
+        if self.lsm {
+            "BPF LSM: the file scope, executions, mode/owner/xattr changes and signals are checked in the \
+             kernel's security hooks before they happen"
+                .into()
+        } else {
+            format!("Landlock, seccomp and the approval gate (BPF LSM not used: {})", self.lsm_absent)
         }
     }
 
     /// One line per layer, saying whether it is active.
     pub fn describe(&self) -> Vec<String> {
+        let tier = format!("tier: {}", self.tier());
         let ll = match self.landlock_abi {
+            _ if self.lsm => format!(
+                "landlock ABI {}: not used (the BPF LSM tier enforces the file scope)",
+                self.landlock_abi
+            ),
             0 => "landlock: unavailable (kernel without Landlock, or not enabled at boot)".to_string(),
             v if v < landlock::NEEDED_ABI => format!(
                 "landlock: ABI {v}, too old (file scope, TCP ports and signal scoping need ABI {})",
@@ -54,7 +90,12 @@ impl Layers {
         let sc = if self.seccomp {
             format!(
                 "seccomp: denies {}: active",
-                seccomp::DENIED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                seccomp::DENIED
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .filter(|n| !(self.lsm && seccomp::LSM_KEEPS.contains(n)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         } else {
             "seccomp: unavailable".to_string()
@@ -75,14 +116,18 @@ impl Layers {
             format!(
                 "approval gates (seccomp user notification): {}; i386/x32 calls of observed commands reported: \
                  active",
-                crate::gate::filter::GATEABLE.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(", ")
+                crate::gate::filter::gateable(self.lsm)
+                    .iter()
+                    .map(|o| o.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         } else {
             "approval gates: unavailable (the kernel lacks seccomp user notification); i386/x32 calls of \
              observed commands go unseen"
                 .to_string()
         };
-        vec![ll, sc, net, gates, contain]
+        vec![tier, ll, sc, net, gates, contain]
     }
 }
 
@@ -142,6 +187,11 @@ pub fn launch_files(program: &std::path::Path) -> Vec<PathBuf> {
     out
 }
 
+/// Can the gate hold what `task` asks to be approved?
+fn held_ok(task: &Task, layers: &Layers) -> bool {
+    task.approval.is_empty() || layers.approval
+}
+
 /// Builds the confinement of `task`, or refuses it. `launch` are the files the
 /// command itself needs to execute (the program and its interpreters).
 pub fn confine(
@@ -152,7 +202,7 @@ pub fn confine(
 ) -> Result<Confinement, EnforceError> {
     let refuse =
         |clause: &'static str, why: String| EnforceError::Refused { task: task.id.clone(), clause, why };
-    if layers.landlock_abi < landlock::NEEDED_ABI {
+    if !layers.lsm && layers.landlock_abi < landlock::NEEDED_ABI {
         return Err(refuse(
             "scope",
             format!(
@@ -167,8 +217,8 @@ pub fn confine(
     }
     // Mode and owner changes are not limited by Landlock: the gate holds every chmod
     // and chown of an enforced task, and lets through at once those its scope allows
-    // (approval_required may still ask for them).
-    if !layers.approval {
+    // (approval_required may still ask for them). The BPF LSM tier checks them itself.
+    if !layers.lsm && !layers.approval {
         return Err(refuse(
             "scope.write",
             "mode and owner changes are kept to the write scope by holding them (seccomp user notification), \
@@ -177,22 +227,33 @@ pub fn confine(
         ));
     }
     let gate = {
-        if let Some(op) = task.approval.iter().find(|o| !crate::gate::filter::GATEABLE.contains(o)) {
+        let gateable = crate::gate::filter::gateable(layers.lsm);
+        if let Some(op) = task.approval.iter().find(|o| !gateable.contains(o)) {
             return Err(refuse(
                 "approval_required",
                 format!(
                     "{} cannot be held for approval in this version (gated: {})",
                     op.as_str(),
-                    crate::gate::filter::GATEABLE.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(", ")
+                    gateable.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(", ")
                 ),
             ));
         }
         let mut held = task.approval.clone();
-        held.extend(
-            [crate::task::Op::Chmod, crate::task::Op::Chown].iter().filter(|o| !task.approval.contains(o)),
-        );
-        Some(crate::gate::filter::program(&held))
+        if !layers.lsm {
+            held.extend(
+                [crate::task::Op::Chmod, crate::task::Op::Chown]
+                    .iter()
+                    .filter(|o| !task.approval.contains(o)),
+            );
+        }
+        (!held.is_empty()).then(|| crate::gate::filter::program(&held))
     };
+    if !held_ok(task, layers) {
+        return Err(refuse(
+            "approval_required",
+            "approval gates need seccomp user notification, which this kernel does not offer".into(),
+        ));
+    }
     for p in &protected.paths {
         if task.write.reaches(p) {
             return Err(refuse(
@@ -228,13 +289,25 @@ pub fn confine(
             "listen allowlists need the cgroup bind layer, not in this version".into(),
         ));
     }
-    let ruleset =
-        landlock::ruleset(task, layers.landlock_abi, launch).map_err(|(clause, why)| refuse(clause, why))?;
+    let landlock = if layers.lsm {
+        // Checked now, before anything runs; the plan itself is loaded when the
+        // task is bound (`runner::tasks`).
+        // TCP ports are the cgroup guard's alone on this tier (enforce mode needs
+        // the task's cgroup anyway: `runner::tasks::admissible`).
+        lsm::plan(task, launch).map_err(|(clause, why)| refuse(clause, why))?;
+        None
+    } else {
+        Some(
+            landlock::ruleset(task, layers.landlock_abi, launch)
+                .map_err(|(clause, why)| refuse(clause, why))?,
+        )
+    };
     // UDP destinations are checked by the cgroup guard (sendmsg4/6) when the task may
     // reach anything at all; raw sockets would bypass it.
     let sockets = seccomp::Sockets { no_datagram: task.connect.is_empty(), no_unix: true };
-    let seccomp = seccomp::filter(sockets).map_err(|msg| EnforceError::Build { layer: "seccomp", msg })?;
-    Ok(Confinement { landlock: Some(ruleset), seccomp: Some(seccomp), gate })
+    let seccomp =
+        seccomp::filter(sockets, layers.lsm).map_err(|msg| EnforceError::Build { layer: "seccomp", msg })?;
+    Ok(Confinement { landlock, seccomp: Some(seccomp), gate })
 }
 
 #[cfg(test)]

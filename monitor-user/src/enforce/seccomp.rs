@@ -71,8 +71,27 @@ fn cond(arg: u8, op: SeccompCmpOp, v: u64) -> Result<SeccompCondition, String> {
     SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, v).map_err(|e| e.to_string())
 }
 
-pub fn filter(sockets: Sockets) -> Result<BpfProgram, String> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().map(|(_, nr)| (*nr, Vec::new())).collect();
+/// Calls of [`DENIED`] the BPF LSM tier keeps to the scope instead (extended
+/// attributes: its hooks check them against the write scope).
+pub const LSM_KEEPS: &[&str] = &[
+    "setxattr",
+    "lsetxattr",
+    "fsetxattr",
+    "removexattr",
+    "lremovexattr",
+    "fremovexattr",
+    "setxattrat",
+    "removexattrat",
+];
+
+/// The filter of an enforced task. `lsm`: the BPF LSM tier enforces its files,
+/// so extended attributes and memfds are left to its hooks.
+pub fn filter(sockets: Sockets, lsm: bool) -> Result<BpfProgram, String> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED
+        .iter()
+        .filter(|(name, _)| !(lsm && LSM_KEEPS.contains(name)))
+        .map(|(_, nr)| (*nr, Vec::new()))
+        .collect();
     let mut socket_rules = Vec::new();
     let rule = |c: Vec<SeccompCondition>| SeccompRule::new(c).map_err(|e| e.to_string());
     // Packet sockets sniff and forge traffic: never.
@@ -108,11 +127,14 @@ pub fn filter(sockets: Sockets) -> Result<BpfProgram, String> {
     // Landlock does not limit anonymous files: a memfd holding code could be run from
     // memory (fexecve, /proc/self/fd/N) with nothing in scope.exec. A memfd must be
     // sealed against execution at birth (MFD_NOEXEC_SEAL, Linux 6.3+).
+    // The BPF LSM tier refuses to execute any file with no name or no links.
     const MFD_NOEXEC_SEAL: u64 = 0x8;
-    rules.insert(
-        libc::SYS_memfd_create,
-        vec![rule(vec![cond(1, SeccompCmpOp::MaskedEq(MFD_NOEXEC_SEAL), 0)?])?],
-    );
+    if !lsm {
+        rules.insert(
+            libc::SYS_memfd_create,
+            vec![rule(vec![cond(1, SeccompCmpOp::MaskedEq(MFD_NOEXEC_SEAL), 0)?])?],
+        );
+    }
     let f = SeccompFilter::new(
         rules,
         SeccompAction::Allow,

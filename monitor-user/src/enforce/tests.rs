@@ -11,7 +11,7 @@ fn task(y: &str) -> Task {
 }
 
 fn layers() -> Layers {
-    Layers { landlock_abi: 7, seccomp: true, cgroups: false, approval: true }
+    Layers { landlock_abi: 7, seccomp: true, cgroups: false, approval: true, lsm: false, lsm_absent: "test" }
 }
 
 fn refused(t: &Task) -> (&'static str, String) {
@@ -67,9 +67,30 @@ fn refusals_name_the_clause() {
     // Missing layers refuse everything.
     let t = task("id: a\nmode: read\n");
     for l in [
-        Layers { landlock_abi: 0, seccomp: true, cgroups: true, approval: true },
-        Layers { landlock_abi: 5, seccomp: true, cgroups: true, approval: true },
-        Layers { landlock_abi: 7, seccomp: false, cgroups: true, approval: true },
+        Layers {
+            landlock_abi: 0,
+            seccomp: true,
+            cgroups: true,
+            approval: true,
+            lsm: false,
+            lsm_absent: "test",
+        },
+        Layers {
+            landlock_abi: 5,
+            seccomp: true,
+            cgroups: true,
+            approval: true,
+            lsm: false,
+            lsm_absent: "test",
+        },
+        Layers {
+            landlock_abi: 7,
+            seccomp: false,
+            cgroups: true,
+            approval: true,
+            lsm: false,
+            lsm_absent: "test",
+        },
     ] {
         assert!(
             matches!(confine(&t, &l, &[], &Protected::default()), Err(EnforceError::Refused { .. })),

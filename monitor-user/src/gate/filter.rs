@@ -78,10 +78,26 @@ pub const GATED: &[Gated] = &[
     g("lchown", libc::SYS_lchown, Op::Chown, Shape::Path { p: 0 }, true),
     g("fchown", libc::SYS_fchown, Op::Chown, Shape::Fd { fd: 0 }, false),
     g("fchownat", libc::SYS_fchownat, Op::Chown, Shape::At { d: 0, p: 1, f: Some(4) }, false),
+    // Held and let go on (CONTINUE) once approved: only where the BPF LSM tier checks
+    // that the file the kernel then runs is the one approved (see `gateable`).
+    g("execve", libc::SYS_execve, Op::Exec, Shape::Path { p: 0 }, false),
+    g("execveat", libc::SYS_execveat, Op::Exec, Shape::At { d: 0, p: 1, f: Some(4) }, false),
 ];
 
-/// Operations a gate can hold. Others in `approval_required` cannot be enforced yet.
+/// Operations a gate can hold on the Landlock tier. Others in `approval_required`
+/// cannot be enforced there.
 pub const GATEABLE: [Op; 5] = [Op::Delete, Op::Rename, Op::Truncate, Op::Chmod, Op::Chown];
+
+/// Operations a gate can hold on a tier: `exec` too where the BPF LSM tier is
+/// active (its `bprm_check_security` hook refuses a file other than the approved one;
+/// without it, a path swapped after the approval would run unapproved).
+pub fn gateable(lsm: bool) -> Vec<Op> {
+    let mut v = GATEABLE.to_vec();
+    if lsm {
+        v.push(Op::Exec);
+    }
+    v
+}
 
 pub fn lookup(nr: i64) -> Option<&'static Gated> {
     GATED.iter().find(|s| s.nr == nr)
@@ -263,9 +279,10 @@ mod tests {
 
     #[test]
     fn every_gateable_op_has_syscalls() {
-        for op in GATEABLE {
+        for op in gateable(true) {
             assert!(GATED.iter().any(|s| s.op == op), "{op:?}");
         }
+        assert!(!gateable(false).contains(&Op::Exec));
         assert_eq!(lookup(libc::SYS_unlinkat).map(|s| s.name), Some("unlinkat"));
     }
 }

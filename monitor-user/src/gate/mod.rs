@@ -30,7 +30,7 @@ use crate::{
     enrich::Enricher,
     event::{Event, Kind},
     judge::Judge,
-    kernel::loader::Sensors,
+    kernel::{loader::Sensors, lsm::LsmMaps},
     policy::{Action, VerdictKind},
     task::Op,
 };
@@ -96,6 +96,27 @@ pub struct Gate {
     decided: HashMap<u32, Decided>,
     /// Every process holding the filter has exited.
     pub closed: bool,
+    /// The task's command was started: its root's exec, the first one a gate ever
+    /// holds (the filter is installed just before it), is let go without asking.
+    launched: bool,
+}
+
+/// Lets approved exec `call` of thread `tid` go on: the BPF LSM tier's
+/// `bprm_check_security` will run it only if the file is the one resolved when the
+/// call was held (its identity as the hooks know it).
+fn approve_exec(lsm: Option<&mut LsmMaps>, tid: u32, call: &Call) -> Result<i64, Errno> {
+    let Some(lsm) = lsm else { return Err(Errno::EPERM) };
+    let Some(notify::Target::File { fd, .. }) = call.targets.first() else { return Err(Errno::EINVAL) };
+    let k = lsm.ident(std::path::Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd()))).map_err(|e| {
+        tracing::warn!("approved exec: the file's identity: {e}");
+        Errno::EPERM
+    })?;
+    let ok = monitor_common::lsm::ExecOk { ino: k.ino, dev: k.dev, _pad: 0, bprm: 0 };
+    lsm.approve_exec(tid, ok).map_err(|e| {
+        tracing::warn!("approved exec: {e}");
+        Errno::EPERM
+    })?;
+    Ok(0)
 }
 
 fn kind_of(op: Op) -> Kind {
@@ -104,6 +125,7 @@ fn kind_of(op: Op) -> Kind {
         Op::Rename => Kind::FileRename,
         Op::Truncate => Kind::FileTruncate,
         Op::Chmod => Kind::FileChmod,
+        Op::Exec => Kind::Exec,
         _ => Kind::FileChown,
     }
 }
@@ -140,6 +162,7 @@ impl Gate {
             standing: Vec::new(),
             decided: HashMap::new(),
             closed: false,
+            launched: false,
         })
     }
 
@@ -161,7 +184,13 @@ impl Gate {
     /// Takes every held call waiting now; returns the events to record. `steps`: the
     /// open steps (tool calls) of each task, the newest of which a held call of the
     /// task belongs to (its request and decision carry it).
-    pub fn take(&mut self, sensors: &Sensors, enr: &Enricher, judge: &Judge, steps: &Steps) -> Vec<Event> {
+    pub fn take(
+        &mut self,
+        sensors: &mut Sensors,
+        enr: &Enricher,
+        judge: &Judge,
+        steps: &Steps,
+    ) -> Vec<Event> {
         let mut out = Vec::new();
         // At most a batch per wakeup: an agent calling chmod in a loop from several
         // threads must not keep the loop from the ring, the ticks and the operators.
@@ -200,7 +229,7 @@ impl Gate {
     fn held(
         &mut self,
         n: Notif,
-        sensors: &Sensors,
+        sensors: &mut Sensors,
         enr: &Enricher,
         judge: &Judge,
         steps: &Steps,
@@ -242,6 +271,18 @@ impl Gate {
             answer(Err(Errno::EPERM));
             return None;
         };
+        if g.op == Op::Exec && !std::mem::replace(&mut self.launched, true) {
+            // The task's own command, which starting the task approved.
+            match approve_exec(sensors.lsm.as_mut(), n.tid, &call) {
+                Ok(_) => {
+                    if let Err(e) = notify::proceed(fd, n.id) {
+                        tracing::debug!("letting the launch go on: {e}");
+                    }
+                }
+                Err(e) => answer(Err(e)),
+            }
+            return None;
+        }
         let mut ev = caller_event(kind_of(g.op), tgid, n.tid, enr);
         ev.task = Some(bound.id.clone());
         // Before the request is kept: its decision is of the same step.
@@ -287,7 +328,7 @@ impl Gate {
         let vals = call.vals.clone();
         let p = Pending { notif: n.id, call, creds, task: bound.id.clone(), op: g.op, request: ev, deadline };
         if let Some(s) = standing {
-            return Some(self.finish(id, p, true, Who::Standing(s), None));
+            return Some(self.finish(id, p, true, Who::Standing(s), None, sensors.lsm.as_mut()));
         }
         req.kind = Kind::ApprovalRequest;
         req.detail.insert("approval".into(), json!(id));
@@ -378,6 +419,7 @@ impl Gate {
         approve: bool,
         who: Who,
         hold_for: Option<Duration>,
+        lsm: Option<&mut LsmMaps>,
     ) -> Event {
         let fd = self.fd();
         let mut ev = p.request;
@@ -394,10 +436,21 @@ impl Gate {
             "denied"
         };
         if decision != "cancelled" {
-            let result = if approve { notify::perform(&p.call, &p.creds) } else { Err(Errno::EPERM) };
+            let exec = p.op == Op::Exec;
+            let result = match (approve, exec) {
+                (false, _) => Err(Errno::EPERM),
+                (true, true) => approve_exec(lsm, ev.tid, &p.call),
+                (true, false) => notify::perform(&p.call, &p.creds),
+            };
             ev.detail
                 .insert("result".into(), json!(result.map(|_| "ok".to_string()).unwrap_or_else(errno_name)));
-            if let Err(e) = notify::respond(fd, p.notif, result) {
+            // An approved exec goes on as the agent made it; the kernel checks the file.
+            let sent = if exec && result.is_ok() {
+                notify::proceed(fd, p.notif)
+            } else {
+                notify::respond(fd, p.notif, result)
+            };
+            if let Err(e) = sent {
                 tracing::warn!("answering approval {id}: {e}");
             }
             self.decided.insert(
@@ -469,11 +522,12 @@ impl Gate {
         approve: bool,
         who: Who,
         hold_for: Option<Duration>,
+        lsm: Option<&mut LsmMaps>,
     ) -> (Option<Event>, Result<String, String>) {
         let Some(p) = self.pending.remove(id) else {
             return (None, Err(format!("{} pending approval {id}", crate::ctl::NOT_MINE)));
         };
-        let ev = self.finish(id.to_string(), p, approve, who, hold_for);
+        let ev = self.finish(id.to_string(), p, approve, who, hold_for, lsm);
         let d = ev.detail.get("decision").and_then(|v| v.as_str()).unwrap_or("?").to_string();
         let result = ev.detail.get("result").and_then(|v| v.as_str()).unwrap_or("").to_string();
         let msg = match d.as_str() {
@@ -501,7 +555,7 @@ impl Gate {
         due.into_iter()
             .filter_map(|id| {
                 let p = self.pending.remove(&id)?;
-                Some(self.finish(id, p, false, Who::Timeout, None))
+                Some(self.finish(id, p, false, Who::Timeout, None, None))
             })
             .collect()
     }
@@ -516,6 +570,13 @@ impl Gate {
         let Some(d) = self.decided.remove(&ev.tid) else { return };
         ev.detail.insert("approval".into(), json!(d.id));
         ev.detail.insert("decision".into(), json!(d.decision));
+        if d.kind == Kind::Exec && d.decision == "approved" && ev.error.as_deref() == Some("EACCES") {
+            // Approved, let go on, and refused in `bprm_check_security`: the file the
+            // kernel resolved then was not the one approved (its name was swapped).
+            ev.detail.insert("approved_path".into(), json!(d.path));
+            ev.detail.insert("approval_mismatch".into(), json!(true));
+            return;
+        }
         if d.path.is_some() && ev.path != d.path {
             let was = std::mem::replace(&mut ev.path, d.path);
             ev.detail.insert("requested_path".into(), json!(was));

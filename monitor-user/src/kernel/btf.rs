@@ -136,6 +136,11 @@ impl KernelBtf {
         }
     }
 
+    /// Does the kernel have LSM hook `hook` (its `bpf_lsm_<hook>` attach point)?
+    pub fn has_lsm_hook(&self, hook: &str) -> bool {
+        self.btf.resolve_types_by_name(&format!("bpf_lsm_{hook}")).is_ok_and(|v| !v.is_empty())
+    }
+
     /// All offsets the kernel programs use.
     pub fn offsets(&self) -> Result<Offsets, BtfError> {
         let o = |s: &str, f: &str| self.offset(s, f);
@@ -149,6 +154,8 @@ impl KernelBtf {
             task_fs: o("task_struct", "fs")?,
             task_files: o("task_struct", "files")?,
             task_mm: o("task_struct", "mm")?,
+            task_cred: o("task_struct", "cred")?,
+            task_real_cred: o("task_struct", "real_cred")?,
             fs_pwd: o("fs_struct", "pwd")?,
             path_mnt: o("path", "mnt")?,
             path_dentry: o("path", "dentry")?,
@@ -167,6 +174,10 @@ impl KernelBtf {
             file_inode: o("file", "f_inode")?,
             file_private: o("file", "private_data")?,
             inode_nlink: o("inode", "__i_nlink")?,
+            inode_ino: o("inode", "i_ino")?,
+            dentry_inode: o("dentry", "d_inode")?,
+            dentry_sb: o("dentry", "d_sb")?,
+            sb_dev: o("super_block", "s_dev")?,
             inode_mode: o("inode", "i_mode")?,
             mm_arg_start: o("mm_struct", "arg_start")?,
             mm_arg_end: o("mm_struct", "arg_end")?,

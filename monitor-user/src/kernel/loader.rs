@@ -11,11 +11,12 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
         CgroupAttachMode, CgroupSockAddr, Program, ProgramError, cgroup_sock_addr::CgroupSockAddrLink,
-        tp_btf::BtfTracePointLink, trace_point::TracePointLink,
+        lsm::LsmLink, tp_btf::BtfTracePointLink, trace_point::TracePointLink,
     },
 };
 use monitor_common::{COUNTER_SLOTS, KConfig, NetKeyData, NetPorts, Tracked, kind};
 
+use super::lsm::LsmMaps;
 use super::{
     btf::{BtfError, KernelBtf},
     tracefs::{TraceFs, TraceFsError},
@@ -68,11 +69,18 @@ pub struct SensorConfig {
     /// Bytes waiting in the ring before the kernel wakes the reader (it also polls).
     pub wakeup_bytes: u32,
     pub sensitive: SensitiveSet,
+    /// Load and attach the BPF LSM tier (`enforce::Layers::lsm`).
+    pub lsm: bool,
 }
 
 impl Default for SensorConfig {
     fn default() -> Self {
-        Self { ringbuf_bytes: 16 << 20, wakeup_bytes: 64 << 10, sensitive: SensitiveSet::default_set() }
+        Self {
+            ringbuf_bytes: 16 << 20,
+            wakeup_bytes: 64 << 10,
+            sensitive: SensitiveSet::default_set(),
+            lsm: false,
+        }
     }
 }
 
@@ -94,6 +102,8 @@ pub struct Sensors {
     tp_links: Vec<TracePointLink>,
     btf_links: Vec<BtfTracePointLink>,
     guard_links: Vec<CgroupSockAddrLink>,
+    #[expect(dead_code, reason = "held: dropping a link detaches its program")]
+    lsm_links: Vec<LsmLink>,
     ebpf: Ebpf,
     net_task: HashMap<MapData, u64, u32>,
     net_allow: LpmTrie<MapData, NetKeyData, NetPorts>,
@@ -104,6 +114,8 @@ pub struct Sensors {
     unmarked: Vec<u32>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
+    /// The BPF LSM tier's maps, when it is loaded.
+    pub lsm: Option<LsmMaps>,
     /// Attached programs: name -> tracepoint.
     pub attached: BTreeMap<String, String>,
     /// Programs not attached because their syscall does not exist on this kernel.
@@ -193,6 +205,7 @@ impl Sensors {
         let mut attached = BTreeMap::new();
         let mut tp_links = Vec::new();
         let mut btf_links = Vec::new();
+        let mut lsm_links = Vec::new();
         let mut absent = Vec::new();
         for (name, prog) in ebpf.programs_mut() {
             let name = name.to_string();
@@ -249,6 +262,23 @@ impl Sensors {
                     btf_links.push(tp.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?);
                     attached.insert(name.clone(), attach);
                 }
+                Program::Lsm(p) => {
+                    if !cfg.lsm {
+                        continue;
+                    }
+                    let attach = format!("lsm {name}");
+                    if !super::lsm::HOOKS.contains(&name.as_str()) {
+                        return Err(fail(&attach, "classify", "not in kernel::lsm::HOOKS".into()));
+                    }
+                    if !kbtf.has_lsm_hook(&name) {
+                        absent.push(name.clone());
+                        continue;
+                    }
+                    p.load(&name, &btf).map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
+                    let id = p.attach().map_err(|e| fail(&attach, "attach", e.to_string()))?;
+                    lsm_links.push(p.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?);
+                    attached.insert(name.clone(), attach);
+                }
                 other => {
                     return Err(fail(
                         "?",
@@ -272,10 +302,22 @@ impl Sensors {
         let events = Some(take_map(&mut ebpf, "EVENTS")?);
         let net_task = take_map(&mut ebpf, "NET_TASK")?;
         let net_allow = take_map(&mut ebpf, "NET_ALLOW")?;
+        let lsm = if cfg.lsm {
+            Some(LsmMaps {
+                fs_rules: take_map(&mut ebpf, "FS_RULES")?,
+                tasks: take_map(&mut ebpf, "LSM_TASK")?,
+                exec_ok: take_map(&mut ebpf, "EXEC_OK")?,
+                ident: take_map(&mut ebpf, "IDENT")?,
+                written: Default::default(),
+            })
+        } else {
+            None
+        };
         Ok(Self {
             tp_links,
             btf_links,
             guard_links: Vec::new(),
+            lsm_links,
             ebpf,
             net_task,
             net_allow,
@@ -285,6 +327,7 @@ impl Sensors {
             unmarked: Vec::new(),
             counters,
             events,
+            lsm,
             attached,
             absent,
             load_ms: started.elapsed().as_millis(),

@@ -1,4 +1,5 @@
 //! Everything that talks to the kernel: BTF offsets, tracepoint formats, loading.
 pub mod btf;
 pub mod loader;
+pub mod lsm;
 pub mod tracefs;

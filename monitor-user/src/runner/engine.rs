@@ -37,7 +37,12 @@ impl Engine {
         out: Fanout,
         setup: Setup,
     ) -> Result<Self, RunError> {
-        let cfg = SensorConfig { ringbuf_bytes, sensitive: sensitive.clone(), ..SensorConfig::default() };
+        let cfg = SensorConfig {
+            ringbuf_bytes,
+            sensitive: sensitive.clone(),
+            lsm: setup.layers.lsm,
+            ..SensorConfig::default()
+        };
         Ok(Self {
             sensors: Sensors::load(&cfg)?,
             p: Pipeline::new(Enricher::new(sensitive.clone(), Default::default()), Judge::new(rules)),

@@ -70,6 +70,12 @@ impl ExecOptions {
 /// Plans the confinement of an enforced task, or refuses it. An observed command
 /// gets only the filter that reports its i386 and x32 calls (where the kernel can
 /// hold calls for agentmon; `agentmon probe` says when it cannot).
+/// The files the command executes itself: its program and interpreters.
+fn launch_of(opts: &ExecOptions) -> Result<Vec<PathBuf>, RunError> {
+    let program = launch::resolve_program(opts.cmd.first().map(String::as_str).unwrap_or(""))?;
+    Ok(enforce::launch_files(&program))
+}
+
 fn plan_confinement(opts: &ExecOptions, setup: &Setup) -> Result<Option<Confinement>, RunError> {
     let Some((task, _)) = opts.task.as_ref().filter(|(t, _)| t.enforce) else {
         return Ok(setup.layers.approval.then(|| Confinement {
@@ -78,9 +84,8 @@ fn plan_confinement(opts: &ExecOptions, setup: &Setup) -> Result<Option<Confinem
             gate: Some(crate::gate::filter::watch_program()),
         }));
     };
-    let program = launch::resolve_program(opts.cmd.first().map(String::as_str).unwrap_or(""))?;
     let protected = Protected { paths: setup.protected.clone() };
-    Ok(Some(enforce::confine(task, &setup.layers, &enforce::launch_files(&program), &protected)?))
+    Ok(Some(enforce::confine(task, &setup.layers, &launch_of(opts)?, &protected)?))
 }
 
 fn report_layers(opts: &ExecOptions, layers: &Layers) {
@@ -176,6 +181,8 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
                 attach: false,
                 // Checked when the options were made (before anything ran).
                 grant: None,
+                launch: if task.enforce { launch_of(&opts)? } else { Vec::new() },
+                lsm: None,
             };
             tasks::bind(&mut rt.e, task, r, Binding::Launched).map(|_| EXEC_TASK)
         }
@@ -202,14 +209,27 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
             ..Default::default()
         },
     );
-    if let Err(err) = held.release() {
+    // The root sends its approval listener just before its exec, which the gate may
+    // hold (a task gating exec): the gate is served until the exec is done.
+    let mut gated: Result<(), RunError> = Ok(());
+    let started = held.go().and_then(|()| {
+        if let Some(chan) = &gate_chan {
+            gated = crate::gate::filter::recv_listener(chan, 5000)
+                .map_err(RunError::from)
+                .and_then(|l| rt.hold(l).map_err(RunError::from));
+        }
+        held.exec_done(|| rt.serve_gates())
+    });
+    if let Err(err) = started {
         // The failed exec is still reported (exec with an error, then exit).
         rt.shutdown(Some("the command could not be started"));
         return Err(err.into());
     }
-    if let Some(chan) = gate_chan {
-        // The root sent its approval listener before it exec'd.
-        rt.hold(crate::gate::filter::recv_listener(&chan, 5000)?)?;
+    // Its gated calls would wait forever without the listener: it must not run on.
+    if let Err(err) = gated {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        rt.shutdown(Some("the approval gate's listener did not arrive"));
+        return Err(err);
     }
     let status = rt.run(Some(pid)).await?;
     // A killed tree dies all at once, but its processes' exits trail the root's by a
@@ -325,6 +345,16 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
         enforce: task.enforce,
         events: events.as_ref().map(|p| p.display().to_string()),
         grant: opts.grant.clone(),
+        launch: if task.enforce {
+            launch_of(&opts)
+                .map_err(|e| abort(e.to_string()))?
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect()
+        } else {
+            Vec::new()
+        },
+        lsm: setup.layers.lsm,
     };
     // The task's mailbox goes with the request: the daemon answers it from now on.
     let reply = ctl::call_with_fd(&socket, &req, ours.as_fd()).map_err(&abort)?;
@@ -340,10 +370,11 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
             events.map(|p| format!(" (and this task's events go to {})", p.display())).unwrap_or_default()
         );
     }
-    held.release()?;
+    held.go()?;
     if let Some(chan) = gate_chan {
-        // The root sent its approval listener before it exec'd; the daemon holds the
-        // task's gated calls (until it has the listener they wait in the kernel).
+        // The root sends its approval listener just before it execs; the daemon holds
+        // the task's gated calls (until it has the listener they wait in the kernel),
+        // the root's exec among them where the task gates exec.
         let handed =
             crate::gate::filter::recv_listener(&chan, 5000).map_err(|e| e.to_string()).and_then(|l| {
                 ctl::call_with_fd(&socket, &ctl::Request::Gate { task: task.id.clone() }, l.as_fd())
@@ -362,6 +393,7 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
             }
         }
     }
+    held.exec_done(|| {})?;
     let st = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None))
         .await
         .map_err(std::io::Error::other)?;

@@ -264,7 +264,7 @@ impl Pipeline {
     }
 
     /// Takes the calls the gate holds: refusals happen at once, requests are recorded.
-    pub fn held_calls(&mut self, sensors: &Sensors, sink: &mut Fanout) {
+    pub fn held_calls(&mut self, sensors: &mut Sensors, sink: &mut Fanout) {
         if self.gates.is_empty() {
             return;
         }

@@ -75,6 +75,13 @@ impl Runtime {
         self.e.drain(self.ring.get_mut());
     }
 
+    /// Answers the held calls waiting now (outside [`Self::run`]: while a launched
+    /// root's own exec may be held).
+    pub fn serve_gates(&mut self) {
+        self.drain();
+        self.e.p.held_calls(&mut self.e.sensors, &mut self.e.out);
+    }
+
     /// Takes a held-call listener (the root of a launched task sent it).
     pub fn hold(&mut self, listener: std::os::fd::OwnedFd) -> std::io::Result<()> {
         self.e.p.gates.push(Gate::new(listener, self.e.setup.approval_timeout)?);
@@ -125,7 +132,7 @@ impl Runtime {
                     r?;
                     // Events first: the caller's exec and forks name the process in the request.
                     e.drain(ring.get_mut());
-                    e.p.held_calls(&e.sensors, &mut e.out);
+                    e.p.held_calls(&mut e.sensors, &mut e.out);
                 }
                 _ = gate_deadline(&e.p.gates) => e.p.expire_approvals(&mut e.out),
                 conn = server.listener.accept() => match conn {
@@ -258,6 +265,13 @@ fn housekeeping(e: &mut Engine, watch: Option<&mut RulesWatch>, extras: &mut Ext
                 let t = b.task.clone();
                 tasks::refresh_hosts(&mut e.sensors, &t, c, e.p.judge.rules());
             }
+        }
+    }
+    // A task with no process left needs its LSM grants no more.
+    if ticks.is_multiple_of(20) {
+        let live: std::collections::BTreeSet<u32> = e.sensors.tracked().into_iter().map(|(_, c)| c).collect();
+        if let Some(l) = e.sensors.lsm.as_mut() {
+            l.sweep(&live);
         }
     }
     // A task process that moved itself out of its cgroup is brought back, and said.

@@ -120,6 +120,8 @@ impl Scanner {
                 events: None,
                 attach: true,
                 grant: None,
+                launch: Vec::new(),
+                lsm: None,
             };
             let r = tasks::start(e, me, req);
             match (r.ok, r.task, r.error) {

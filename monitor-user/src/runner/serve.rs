@@ -119,11 +119,22 @@ fn serve(
     }
     let (task, act, via) = match req {
         Request::Delegate { .. } | Request::Step { .. } => unreachable!("handled above"),
-        Request::Start { manifest, file, pid, enforce, events, grant } => {
+        Request::Start { manifest, file, pid, enforce, events, grant, launch, lsm } => {
+            let launch = launch.into_iter().map(std::path::PathBuf::from).collect();
             let r = tasks::start(
                 e,
                 peer,
-                StartReq { manifest, file, pid, enforce, events, attach: false, grant },
+                StartReq {
+                    manifest,
+                    file,
+                    pid,
+                    enforce,
+                    events,
+                    attach: false,
+                    grant,
+                    launch,
+                    lsm: Some(lsm),
+                },
             );
             // The task's control mailbox, sent with the request.
             if r.ok
@@ -157,7 +168,17 @@ fn serve(
             return tasks::start(
                 e,
                 peer,
-                StartReq { manifest, file, pid, enforce: false, events, attach: true, grant },
+                StartReq {
+                    manifest,
+                    file,
+                    pid,
+                    enforce: false,
+                    events,
+                    attach: true,
+                    grant,
+                    launch: Vec::new(),
+                    lsm: None,
+                },
             );
         }
         Request::Kill { task, via } => (task, Act::Kill, via),
@@ -215,7 +236,7 @@ fn approval(
     let Some(g) = e.p.gates.iter_mut().find(|g| g.holds(id)) else {
         return Reply::err(format!("{} pending approval {id}", ctl::NOT_MINE));
     };
-    let (ev, result) = g.decide(id, approve, who, hold_for);
+    let (ev, result) = g.decide(id, approve, who, hold_for, e.sensors.lsm.as_mut());
     if let Some(ev) = &ev {
         e.out.send(ev);
         e.out.flush();
@@ -291,6 +312,11 @@ fn delegate_from(
     }
     child.parents =
         std::iter::once(parent.task.id.clone()).chain(parent.task.parents.iter().cloned()).collect();
+    if child.enforce && e.setup.layers.lsm {
+        // Its own scope (within the parent's, checked above); its command must be in
+        // its exec scope, as no launch files are granted to a sub-task.
+        super::tasks::enroll_in(sensors, &e.setup, c, &child, &[], cookie).map_err(|err| err.to_string())?;
+    }
     sensors.retag(pid, c).map_err(|err| err.to_string())?;
     let id: Arc<str> = Arc::from(child.id.as_str());
     let chain = child.parents.clone();

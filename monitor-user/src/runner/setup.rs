@@ -93,6 +93,9 @@ pub struct Saved {
     /// Its end was recorded: a restart does not resume it.
     #[serde(default)]
     pub ended: bool,
+    /// The files its command executes (granted again on the BPF LSM tier).
+    #[serde(default)]
+    pub launch: Vec<String>,
 }
 
 /// The file whose content is the time the daemon was last seen alive.

@@ -2,7 +2,10 @@
 //! tracked), a daemon's task registered by an exec (Start), a running tree bound by
 //! an operator or a selector (Attach), and a task a restarted daemon resumes.
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use super::{
     RunError,
@@ -32,6 +35,12 @@ pub struct StartReq {
     pub attach: bool,
     /// The task's grant (the grant file's text), where grants are required.
     pub grant: Option<String>,
+    /// The files the command itself executes (granted to an enforced task on the
+    /// BPF LSM tier).
+    pub launch: Vec<PathBuf>,
+    /// The tier the command was confined for, when another process did it (a
+    /// registered exec): an enforced task runs only if this agentmon enforces the same.
+    pub lsm: Option<bool>,
 }
 
 /// How the task's processes came to be bound.
@@ -89,6 +98,22 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
     }
     if let Err(err) = admissible(&task, &e.setup, e.p.judge.rules()) {
         return Reply::err(err.to_string());
+    }
+    if task.enforce
+        && let Some(planned) = r.lsm
+        && planned != e.setup.layers.lsm
+    {
+        let tier = |lsm: bool| if lsm { "the BPF LSM tier" } else { "Landlock" };
+        return Reply::err(format!(
+            "{}: task {}: its command was confined for {}, but this agentmon enforces with {} ({}): run both \
+             with the same {}",
+            r.file,
+            task.id,
+            tier(planned),
+            tier(e.setup.layers.lsm),
+            e.setup.layers.tier(),
+            enforce::TIER_ENV
+        ));
     }
     if r.attach && task.enforce {
         // Nothing can be added to a running process's sandbox (Landlock, seccomp).
@@ -205,6 +230,8 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
             events: s.events,
             attach: true,
             grant: None,
+            launch: s.launch.iter().map(PathBuf::from).collect(),
+            lsm: None,
         };
         let root = r.pid;
         let gap = last.map(|t| (t, now));
@@ -237,6 +264,10 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         e.out.push_keyed(id.clone(), Box::new(TaskFilter::new(id.clone(), lines)));
     }
     let resumed = matches!(how, Binding::Resumed { .. });
+    if task.enforce && e.setup.layers.lsm {
+        // Before a process of the task can run under the cookie.
+        enroll(e, c, &task, &r.launch, 0)?;
+    }
     let (adopted, mut pids, gap) = match how {
         Binding::Resumed { cgroup, pids, gap } => (Some(cgroup), pids, gap),
         Binding::Attached => (None, attach_tree(&mut e.sensors, r.pid, c)?, None),
@@ -289,7 +320,9 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         cgroup: cgroup.as_ref().map(|c| c.path.clone()),
         expires: task.expires,
         ended: false,
+        launch: r.launch.iter().map(|p| p.display().to_string()).collect(),
     };
+    let tier = task.enforce.then_some(if e.setup.layers.lsm { "bpf-lsm" } else { "landlock" });
     let p = &mut e.p;
     p.enr.bind_task(c, id.clone());
     for &pid in &pids {
@@ -301,6 +334,10 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
     if let Some(mut ev) = p.task_started(&id) {
         if resumed {
             ev.detail.insert("resumed".into(), serde_json::json!(true));
+        }
+        if let Some(tier) = tier {
+            // Which tier holds it to its scope: what it could and could not do follows.
+            ev.detail.insert("tier".into(), serde_json::json!(tier));
         }
         if let Some((from, to)) = gap {
             ev.detail.insert(
@@ -323,6 +360,47 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         tracing::warn!("recording task {id} in {}: {err} (a restart will not resume it)", st.dir.display());
     }
     Ok(id.to_string())
+}
+
+/// Loads enforced `task`'s plan for the BPF LSM tier under cookie `c` (`up`: the
+/// task it was delegated from, or 0), with agentmon's own files marked.
+pub fn enroll(e: &mut Engine, c: u32, task: &Task, launch: &[PathBuf], up: u32) -> Result<(), RunError> {
+    enroll_in(&mut e.sensors, &e.setup, c, task, launch, up)
+}
+
+/// [`enroll`], with the engine's parts borrowed apart.
+pub fn enroll_in(
+    sensors: &mut Sensors,
+    setup: &Setup,
+    c: u32,
+    task: &Task,
+    launch: &[PathBuf],
+    up: u32,
+) -> Result<(), RunError> {
+    let plan = enforce::lsm::plan(task, launch).map_err(|(clause, why)| enforce::EnforceError::Refused {
+        task: task.id.clone(),
+        clause,
+        why,
+    })?;
+    let Some(maps) = sensors.lsm.as_mut() else {
+        return Err(RunError::Load(crate::kernel::loader::LoadError::Map("FS_RULES")));
+    };
+    // agentmon's own files that exist (one not created yet has nothing to protect;
+    // its directory is in the list when it matters).
+    let protected: Vec<_> = setup.protected.iter().filter_map(|p| maps.ident(p).ok()).collect();
+    maps.protect(&protected)?;
+    let mut grants = Vec::with_capacity(plan.grants.len());
+    for (p, r) in &plan.grants {
+        let k = maps.ident(p).map_err(|e| enforce::EnforceError::Refused {
+            task: task.id.clone(),
+            clause: "scope",
+            why: format!("{}: {e}", p.display()),
+        })?;
+        grants.push((k, *r));
+    }
+    let l = monitor_common::lsm::LsmTask { flags: plan.flags, rules: c, up, _pad: 0 };
+    maps.enroll(c, l, &grants)?;
+    Ok(())
 }
 
 /// Tracks `root` and the tree under it under cookie `c`. A process forked between a

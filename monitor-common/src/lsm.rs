@@ -1,0 +1,91 @@
+//! The BPF LSM tier: what userspace grants an enforced task and what the LSM hooks
+//! (`monitor-ebpf/src/lsm.rs`) check before the kernel acts.
+//!
+//! A grant is a right on an inode, named by (device, inode number) as the kernel
+//! keeps them (`super_block.s_dev`, `inode.i_ino`), under a task cookie. A hook
+//! that needs a right walks from the object up to the root of the mount namespace
+//! (crossing mounts, as Landlock does) and allows the call if some ancestor, or the
+//! object itself, carries the right for the caller's task:
+//!
+//! ```text
+//! FS_RULES  { ino: u64, dev: u32, task: u32 } -> rights (bits of `right`)
+//! LSM_TASK  task cookie                        -> LsmTask { flags, rules }
+//! EXEC_OK   tid                                -> ExecOk  (an approved exec)
+//! ```
+//!
+//! Entries under task 0 are agentmon's own files (`right::PROTECTED`): no enforced
+//! task may change them, whatever it was granted, and they are looked for on the
+//! file system's own parent chain too, so a bind mount does not hide them.
+
+/// Key of `FS_RULES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FsKey {
+    pub ino: u64,
+    /// `s_dev` in the kernel's encoding (major << 20 | minor).
+    pub dev: u32,
+    /// Task cookie; 0 for agentmon's protected files.
+    pub task: u32,
+}
+
+/// Rights in `FS_RULES` values.
+pub mod right {
+    /// Open for writing, create files, directories, nodes and links, truncate, change
+    /// mode, owner and extended attributes, be the target of a rename.
+    pub const WRITE: u32 = 1 << 0;
+    /// Remove a name (unlink, rmdir, the source of a rename).
+    pub const REMOVE: u32 = 1 << 1;
+    /// Execute (the file, or every file beneath the directory).
+    pub const EXEC: u32 = 1 << 2;
+    /// Read files of the sensitive set (beneath `scope.read`).
+    pub const READ_SENSITIVE: u32 = 1 << 3;
+    /// Under task 0: agentmon's own file or directory; never writable by a task.
+    pub const PROTECTED: u32 = 1 << 4;
+}
+
+/// Flags of [`LsmTask`].
+pub mod lflags {
+    /// Writes, creates, removals, metadata changes are checked against the grants.
+    pub const FILES: u32 = 1 << 0;
+    /// Executions are checked against the EXEC grants; anonymous files never run.
+    pub const EXEC: u32 = 1 << 1;
+    /// Reads of the sensitive set outside READ_SENSITIVE grants are refused.
+    pub const DENY_SENSITIVE: u32 = 1 << 2;
+    /// Signals only to processes of the same task.
+    pub const SIGNALS: u32 = 1 << 3;
+    /// Every exec must match an approval in `EXEC_OK` (the exec gate).
+    pub const EXEC_APPROVED: u32 = 1 << 4;
+}
+
+/// Value of `LSM_TASK`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LsmTask {
+    /// [`lflags`].
+    pub flags: u32,
+    /// Task cookie whose grants apply (a sub-task that is not enforced itself keeps
+    /// its enforced parent's).
+    pub rules: u32,
+    /// The task this one was delegated from (0: none): it may signal this one.
+    pub up: u32,
+    pub _pad: u32,
+}
+
+/// Value of `EXEC_OK`: the file an approved exec may run. The gate writes it
+/// before letting the held call go on; `bprm_check_security` compares the file the
+/// kernel is about to run with it, so a path swapped after the approval runs nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecOk {
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
+    /// The `linux_binprm` of the exec that matched (0 until one did): later rounds
+    /// of the same exec (a script's interpreter) pass, other execs do not.
+    pub bprm: u64,
+}
+
+/// The kernel's encoding of a device number (`MKDEV`), from userspace's `st_dev`.
+pub const fn kernel_dev(major: u32, minor: u32) -> u32 {
+    (major << 20) | (minor & 0xfffff)
+}

@@ -1,0 +1,424 @@
+//! The BPF LSM tier: an enforced task's file scope, executions and signals checked
+//! in the kernel's security hooks, before the effect (see monitor_common::lsm for
+//! the grants). Loaded only where the kernel runs BPF LSM; elsewhere Landlock,
+//! seccomp and the gate enforce the same scope.
+//!
+//! Every hook first asks whether the caller is tracked (the byte map, as every
+//! sensor does) and whether its task is enforced on this tier (`LSM_TASK`); other
+//! processes pay that and nothing else. A denial returns -EACCES for files and
+//! -EPERM for signals, as Landlock does, so the syscall's own event reports it
+//! `denied` on either tier.
+//!
+//! A right is looked for on the object and its ancestors, crossing mounts up to the
+//! namespace root (a grant on `/srv/**` covers a file system mounted beneath it).
+//! Agentmon's own files are refused on that path and on the file system's own
+//! parent chain, which a bind mount of a protected directory cannot hide.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{helpers::generated as h, macros::lsm, programs::LsmContext};
+use monitor_common::lsm::{FsKey, LsmTask, lflags, right};
+
+use crate::{
+    EXEC_OK, FS_RULES, IDENT, LSM_TASK, TRACKED,
+    kern::{Pos, WALK_LIMIT, bload, conf, kptr, kread, mount_hop, off, pid_tgid, task_btf, tracked},
+};
+
+const EACCES: i32 = -13;
+const EPERM: i32 = -1;
+/// include/linux/fs.h
+const FMODE_WRITE: u32 = 0x2;
+/// include/uapi/linux/fs.h
+const RENAME_EXCHANGE: u32 = 1 << 1;
+
+/// The caller's task on this tier, or None (untracked, or not enforced here).
+#[inline(always)]
+fn enforced() -> Option<(u32, LsmTask)> {
+    let t = tracked()?;
+    let l = unsafe { LSM_TASK.get(&t.task) }.copied()?;
+    Some((t.task, l))
+}
+
+/// State of a climb, on the caller's stack, passed to each `bpf_loop` step.
+#[repr(C)]
+struct Climb {
+    pos: Pos,
+    /// Task whose grants count (0: look for protected entries only).
+    task: u32,
+    /// The right looked for.
+    want: u32,
+    /// 1 once an ancestor carried `want`.
+    granted: u32,
+    /// 1 once an ancestor is agentmon's own.
+    protected: u32,
+    /// Stop as soon as `want` is found (no protected check needed).
+    stop: u32,
+    /// 1 if the object is a pseudo file (pipe, socket, memfd): on no path at all.
+    pseudo: u32,
+    /// 1 once the climb reached the top (else the walk limit cut it short).
+    done: u32,
+    _pad: u32,
+}
+
+/// (device, inode number) of `dentry`, or None for a negative dentry.
+#[inline(always)]
+fn ident(dentry: u64) -> Option<(u32, u64)> {
+    let inode = unsafe { kptr(dentry, off!(dentry_inode)) };
+    let sb = unsafe { kptr(dentry, off!(dentry_sb)) };
+    if inode == 0 || sb == 0 {
+        return None;
+    }
+    unsafe { Some((kread::<u32>(sb + off!(sb_dev)), kread::<u64>(inode + off!(inode_ino)))) }
+}
+
+/// Rights of (`task`, `dentry`), 0 if none.
+#[inline(always)]
+fn rights(task: u32, dentry: u64) -> u32 {
+    let Some((dev, ino)) = ident(dentry) else { return 0 };
+    unsafe { FS_RULES.get(&FsKey { ino, dev, task }) }.copied().unwrap_or(0)
+}
+
+/// One step: checks the current dentry, then moves to its parent (or out of its
+/// mount). Returns 1 to stop the loop.
+extern "C" fn climb_step(_i: u64, ctx: *mut c_void) -> i64 {
+    let st = ctx as *mut Climb;
+    unsafe {
+        let dentry = (*st).pos.dentry;
+        let task = (*st).task;
+        if task != 0 && rights(task, dentry) & (*st).want != 0 {
+            (*st).granted = 1;
+            if (*st).stop != 0 {
+                (*st).done = 1;
+                return 1;
+            }
+        }
+        if (*st).stop == 0 && rights(0, dentry) & right::PROTECTED != 0 {
+            (*st).protected = 1;
+            (*st).done = 1;
+            return 1;
+        }
+        // Top of this mount: on to its mountpoint in the parent mount.
+        match mount_hop(&raw mut (*st).pos) {
+            Some(true) => return 0,
+            Some(false) => {
+                (*st).done = 1;
+                return 1;
+            }
+            None => {}
+        }
+        let parent = kptr(dentry, off!(dentry_parent));
+        if parent == 0 || parent == dentry {
+            // The file system's root; or, not being a mount root, a pseudo file.
+            if (*st).pos.vfsmnt != 0 && parent == dentry {
+                (*st).pseudo = 1;
+            }
+            (*st).done = 1;
+            return 1;
+        }
+        (*st).pos.dentry = parent;
+        0
+    }
+}
+
+/// Climbs from `dentry` (in mount `vfsmnt`, or 0 to stay in the file system).
+#[inline(always)]
+fn climb(task: u32, want: u32, stop: bool, dentry: u64, vfsmnt: u64) -> Climb {
+    let mut st = Climb {
+        pos: Pos { dentry, vfsmnt, mnt: if vfsmnt != 0 { vfsmnt - off!(mount_mnt) } else { 0 } },
+        task,
+        want,
+        granted: 0,
+        protected: 0,
+        stop: stop as u32,
+        pseudo: 0,
+        done: 0,
+        _pad: 0,
+    };
+    if dentry != 0 {
+        unsafe { h::bpf_loop(WALK_LIMIT, climb_step as *mut c_void, (&raw mut st).cast(), 0) };
+    }
+    st
+}
+
+/// May `task` change what is at `dentry` (in mount `vfsmnt`, 0 if unknown) with
+/// `want`? Granted on the way up, and agentmon's own neither on the way up nor on
+/// the file system's own parent chain. A climb cut short by the walk limit is a no.
+#[inline(always)]
+fn may_change(task: u32, want: u32, dentry: u64, vfsmnt: u64) -> bool {
+    let up = climb(task, want, false, dentry, vfsmnt);
+    if up.granted == 0 || up.protected != 0 || up.done == 0 {
+        return false;
+    }
+    if vfsmnt == 0 {
+        return true;
+    }
+    let fs = climb(0, 0, false, dentry, 0);
+    fs.protected == 0 && fs.done != 0
+}
+
+#[inline(always)]
+fn path_parts(path: u64) -> (u64, u64) {
+    unsafe { (kptr(path, off!(path_dentry)), kptr(path, off!(path_mnt))) }
+}
+
+/// The verdict for a change below directory `dir` (a `struct path *`).
+#[inline(always)]
+fn in_dir(want: u32, dir: u64) -> i32 {
+    let Some((_, l)) = enforced() else { return 0 };
+    if l.flags & lflags::FILES == 0 {
+        return 0;
+    }
+    let (d, m) = path_parts(dir);
+    if may_change(l.rules, want, d, m) { 0 } else { EACCES }
+}
+
+/// lsm/file_open(struct file *file): file->f_mode, file->f_path. Opens for writing
+/// need WRITE; reads of the sensitive set need READ_SENSITIVE where the task asks.
+#[lsm(hook = "file_open")]
+pub fn file_open(ctx: LsmContext) -> i32 {
+    let file: u64 = ctx.arg(0);
+    let id = pid_tgid();
+    if (id >> 32) as u32 == conf!(self_tgid) {
+        // agentmon asking how the hooks know a file it is about to grant or protect.
+        // The first open only: overlayfs opens the layer's file after its own.
+        if let Some(slot) = IDENT.get_ptr_mut(&(id as u32))
+            && unsafe { (*slot).ino } == 0
+        {
+            let d = unsafe { kptr(file + off!(file_path), off!(path_dentry)) };
+            if let Some((dev, ino)) = ident(d) {
+                unsafe { *slot = FsKey { ino, dev, task: 0 } };
+            }
+        }
+        return 0;
+    }
+    let Some((_, l)) = enforced() else { return 0 };
+    let fmode: u32 = unsafe { kread(file + off!(file_mode)) };
+    let (d, m) = path_parts(file + off!(file_path));
+    if fmode & FMODE_WRITE != 0 && l.flags & lflags::FILES != 0 {
+        let up = climb(l.rules, right::WRITE, false, d, m);
+        // Pipes, sockets and other pseudo files reopened through /proc are not part
+        // of any file scope (as with Landlock).
+        if up.pseudo != 0 {
+            return 0;
+        }
+        if !may_change(l.rules, right::WRITE, d, m) {
+            return EACCES;
+        }
+    }
+    if l.flags & lflags::DENY_SENSITIVE != 0 && crate::file::sensitive_dentry(d) {
+        let up = climb(l.rules, right::READ_SENSITIVE, true, d, m);
+        if up.granted == 0 {
+            return EACCES;
+        }
+    }
+    0
+}
+
+/// lsm/path_mknod(const struct path *dir, struct dentry *dentry, umode_t, unsigned):
+/// every create, open(O_CREAT) included (may_o_create).
+#[lsm(hook = "path_mknod")]
+pub fn path_mknod(ctx: LsmContext) -> i32 {
+    in_dir(right::WRITE, ctx.arg(0))
+}
+
+/// lsm/path_mkdir(const struct path *dir, struct dentry *dentry, umode_t).
+#[lsm(hook = "path_mkdir")]
+pub fn path_mkdir(ctx: LsmContext) -> i32 {
+    in_dir(right::WRITE, ctx.arg(0))
+}
+
+/// lsm/path_symlink(const struct path *dir, struct dentry *dentry, const char *).
+#[lsm(hook = "path_symlink")]
+pub fn path_symlink(ctx: LsmContext) -> i32 {
+    in_dir(right::WRITE, ctx.arg(0))
+}
+
+/// lsm/path_unlink(const struct path *dir, struct dentry *dentry).
+#[lsm(hook = "path_unlink")]
+pub fn path_unlink(ctx: LsmContext) -> i32 {
+    removal(ctx.arg(0), ctx.arg(1))
+}
+
+/// lsm/path_rmdir(const struct path *dir, struct dentry *dentry).
+#[lsm(hook = "path_rmdir")]
+pub fn path_rmdir(ctx: LsmContext) -> i32 {
+    removal(ctx.arg(0), ctx.arg(1))
+}
+
+/// REMOVE is looked for from the name removed up (a delete scope may be one file).
+#[inline(always)]
+fn removal(dir: u64, victim: u64) -> i32 {
+    let Some((_, l)) = enforced() else { return 0 };
+    if l.flags & lflags::FILES == 0 {
+        return 0;
+    }
+    let (_, m) = path_parts(dir);
+    if may_change(l.rules, right::REMOVE, victim, m) { 0 } else { EACCES }
+}
+
+/// lsm/path_rename(const struct path *old_dir, struct dentry *old_dentry, const struct
+/// path *new_dir, struct dentry *new_dentry, unsigned int flags): a removal from the
+/// old directory and a creation in the new one (both ways for an exchange; a
+/// replaced name is a removal too).
+#[lsm(hook = "path_rename")]
+pub fn path_rename(ctx: LsmContext) -> i32 {
+    let Some((_, l)) = enforced() else { return 0 };
+    if l.flags & lflags::FILES == 0 {
+        return 0;
+    }
+    let (old_dir, old_victim, new_dir, new_victim): (u64, u64, u64, u64) =
+        (ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3));
+    let flags: u32 = ctx.arg(4);
+    let (od, om) = path_parts(old_dir);
+    let (nd, nm) = path_parts(new_dir);
+    let exchange = flags & RENAME_EXCHANGE != 0;
+    let replaces = unsafe { kptr(new_victim, off!(dentry_inode)) } != 0;
+    let ok = may_change(l.rules, right::REMOVE, old_victim, om)
+        && may_change(l.rules, right::WRITE, nd, nm)
+        && (!exchange || may_change(l.rules, right::WRITE, od, om))
+        && (!(exchange || replaces) || may_change(l.rules, right::REMOVE, new_victim, nm));
+    if ok { 0 } else { EACCES }
+}
+
+/// lsm/path_link(struct dentry *old_dentry, const struct path *new_dir, struct dentry
+/// *new_dentry): a new name in `new_dir`, and only for a file the task may write
+/// already (else a link into the scope would open an out-of-scope file to writes).
+#[lsm(hook = "path_link")]
+pub fn path_link(ctx: LsmContext) -> i32 {
+    let Some((_, l)) = enforced() else { return 0 };
+    if l.flags & lflags::FILES == 0 {
+        return 0;
+    }
+    let old: u64 = ctx.arg(0);
+    let (nd, nm) = path_parts(ctx.arg(1));
+    // Hard links never cross mounts: the old name is in new_dir's mount.
+    let ok = may_change(l.rules, right::WRITE, nd, nm) && may_change(l.rules, right::WRITE, old, nm);
+    if ok { 0 } else { EACCES }
+}
+
+/// lsm/path_truncate(const struct path *path): truncate(2), and O_TRUNC before 6.2.
+#[lsm(hook = "path_truncate")]
+pub fn path_truncate(ctx: LsmContext) -> i32 {
+    on_path(ctx.arg(0))
+}
+
+/// lsm/file_truncate(struct file *file) (6.2+): ftruncate and O_TRUNC opens.
+#[lsm(hook = "file_truncate")]
+pub fn file_truncate(ctx: LsmContext) -> i32 {
+    let file: u64 = ctx.arg(0);
+    on_path(file + off!(file_path))
+}
+
+/// lsm/path_chmod(const struct path *path, umode_t mode).
+#[lsm(hook = "path_chmod")]
+pub fn path_chmod(ctx: LsmContext) -> i32 {
+    on_path(ctx.arg(0))
+}
+
+/// lsm/path_chown(const struct path *path, kuid_t uid, kgid_t gid).
+#[lsm(hook = "path_chown")]
+pub fn path_chown(ctx: LsmContext) -> i32 {
+    on_path(ctx.arg(0))
+}
+
+#[inline(always)]
+fn on_path(path: u64) -> i32 {
+    let Some((_, l)) = enforced() else { return 0 };
+    if l.flags & lflags::FILES == 0 {
+        return 0;
+    }
+    let (d, m) = path_parts(path);
+    if may_change(l.rules, right::WRITE, d, m) { 0 } else { EACCES }
+}
+
+/// lsm/inode_setxattr(idmap or user_namespace, struct dentry *dentry, ...): the
+/// hook has no mount, so the grant is looked for on the file system's own chain
+/// (a scope above a mount point does not reach here: stricter, never weaker).
+#[lsm(hook = "inode_setxattr")]
+pub fn inode_setxattr(ctx: LsmContext) -> i32 {
+    xattr(ctx.arg(1))
+}
+
+/// lsm/inode_removexattr(idmap or user_namespace, struct dentry *dentry, const char *).
+#[lsm(hook = "inode_removexattr")]
+pub fn inode_removexattr(ctx: LsmContext) -> i32 {
+    xattr(ctx.arg(1))
+}
+
+/// Is the kernel acting with borrowed credentials (override_creds)? overlayfs
+/// repeats a call on its upper layer that way, after the call on the overlay's own
+/// file was checked; that second call names the layer's file, which no grant names.
+#[inline(always)]
+fn borrowed_creds() -> bool {
+    let t = task_btf();
+    let (cred, real): (u64, u64) = unsafe { (bload(t, off!(task_cred)), bload(t, off!(task_real_cred))) };
+    cred != real
+}
+
+#[inline(always)]
+fn xattr(dentry: u64) -> i32 {
+    let Some((_, l)) = enforced() else { return 0 };
+    if l.flags & lflags::FILES == 0 || borrowed_creds() {
+        return 0;
+    }
+    if may_change(l.rules, right::WRITE, dentry, 0) { 0 } else { EACCES }
+}
+
+/// lsm/bprm_check_security(struct linux_binprm *bprm): bprm->file, for the program
+/// and again for each interpreter a script names. Runs only what EXEC grants cover;
+/// never a file with no name (memfd, pseudo file) or no links (deleted); and under
+/// an exec gate only the very file that was approved.
+#[lsm(hook = "bprm_check_security")]
+pub fn bprm_check_security(ctx: LsmContext) -> i32 {
+    let Some((_, l)) = enforced() else { return 0 };
+    let bprm: u64 = ctx.arg(0);
+    let file = unsafe { kptr(bprm, off!(bprm_file)) };
+    let (d, m) = path_parts(file + off!(file_path));
+    if l.flags & lflags::EXEC != 0 {
+        let inode = unsafe { kptr(file, off!(file_inode)) };
+        let nlink: u32 = unsafe { kread(inode + off!(inode_nlink)) };
+        let up = climb(l.rules, right::EXEC, true, d, m);
+        if nlink == 0 || up.pseudo != 0 || up.granted == 0 {
+            return EACCES;
+        }
+    }
+    if l.flags & lflags::EXEC_APPROVED != 0 {
+        let tid = pid_tgid() as u32;
+        let Some(ok) = EXEC_OK.get_ptr_mut(&tid) else { return EACCES };
+        unsafe {
+            if (*ok).bprm == bprm {
+                return 0; // a later round (interpreter) of the approved exec
+            }
+            let Some((dev, ino)) = ident(d) else { return EACCES };
+            if (*ok).bprm != 0 || (*ok).dev != dev || (*ok).ino != ino {
+                return EACCES;
+            }
+            (*ok).bprm = bprm;
+        }
+    }
+    0
+}
+
+/// lsm/task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig, const
+/// struct cred *cred): p->tgid. A task may signal its own processes and those of
+/// the tasks it delegated to, nothing else (agentmon least of all).
+#[lsm(hook = "task_kill")]
+pub fn task_kill(ctx: LsmContext) -> i32 {
+    let Some((task, l)) = enforced() else { return 0 };
+    if l.flags & lflags::SIGNALS == 0 {
+        return 0;
+    }
+    let p: u64 = ctx.arg(0);
+    let tgid: u32 = unsafe { kread(p + off!(task_tgid)) };
+    if tgid == conf!(self_tgid) {
+        return EPERM;
+    }
+    let Some(target) = (unsafe { TRACKED.get(&tgid) }) else { return EPERM };
+    if target.task == task {
+        return 0;
+    }
+    match unsafe { LSM_TASK.get(&target.task) } {
+        Some(t) if t.up == task => 0,
+        _ => EPERM,
+    }
+}

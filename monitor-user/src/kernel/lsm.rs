@@ -1,0 +1,131 @@
+//! The BPF LSM tier's maps and links, as userspace sees them: an enforced task's
+//! grants go in before its command runs and come out when it ends (see
+//! `monitor_common::lsm` for their layout, `monitor-ebpf/src/lsm.rs` for the hooks).
+
+use std::{collections::BTreeMap, path::Path};
+
+use aya::maps::{HashMap, MapData};
+use monitor_common::lsm::{ExecOk, FsKey, LsmTask};
+
+use super::loader::LoadError;
+
+/// The LSM hooks: (program, hook). A hook the running kernel does not have
+/// (`file_truncate` arrived in 6.2, where O_TRUNC and ftruncate moved to it from
+/// `path_truncate`) is skipped.
+pub const HOOKS: &[&str] = &[
+    "file_open",
+    "path_mknod",
+    "path_mkdir",
+    "path_symlink",
+    "path_unlink",
+    "path_rmdir",
+    "path_rename",
+    "path_link",
+    "path_truncate",
+    "file_truncate",
+    "path_chmod",
+    "path_chown",
+    "inode_setxattr",
+    "inode_removexattr",
+    "bprm_check_security",
+    "task_kill",
+];
+
+/// Does the running kernel call BPF LSM programs (`bpf` in the active LSM list)?
+pub fn kernel_runs_bpf_lsm() -> bool {
+    std::fs::read_to_string("/sys/kernel/security/lsm").is_ok_and(|s| s.trim().split(',').any(|l| l == "bpf"))
+}
+
+pub struct LsmMaps {
+    pub(super) fs_rules: HashMap<MapData, FsKey, u32>,
+    pub(super) tasks: HashMap<MapData, u32, LsmTask>,
+    pub(super) exec_ok: HashMap<MapData, u32, ExecOk>,
+    pub(super) ident: HashMap<MapData, u32, FsKey>,
+    /// The FS_RULES keys written per task, to take them out again.
+    pub(super) written: BTreeMap<u32, Vec<FsKey>>,
+}
+
+fn op(name: &'static str, e: aya::maps::MapError) -> LoadError {
+    LoadError::MapOp { name, msg: e.to_string() }
+}
+
+impl LsmMaps {
+    /// The identity the hooks know `p` by: agentmon opens it and `file_open` says.
+    /// stat's (dev, ino) is not always the kernel's (overlayfs reports a file's
+    /// lower or upper inode, the hooks see the overlay's). A file that cannot be
+    /// opened (a socket) falls back to stat's.
+    pub fn ident(&mut self, p: &Path) -> std::io::Result<FsKey> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let tid = nix::unistd::gettid().as_raw() as u32;
+        self.ident.insert(&tid, &FsKey::default(), 0).map_err(std::io::Error::other)?;
+        // Read-only, non-blocking (a FIFO), never the controlling terminal.
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(p);
+        let seen = self.ident.get(&tid, 0).ok();
+        let _ = self.ident.remove(&tid);
+        match (opened, seen) {
+            (Ok(_), Some(k)) if k != FsKey::default() => Ok(k),
+            _ => crate::enforce::lsm::key(p),
+        }
+    }
+
+    /// Puts task `task`'s grants in, then the task itself: the hooks enforce
+    /// nothing for it until the last write, and everything from then on.
+    pub fn enroll(&mut self, task: u32, mut l: LsmTask, grants: &[(FsKey, u32)]) -> Result<(), LoadError> {
+        l.rules = task;
+        let mut merged: BTreeMap<(u64, u32), u32> = BTreeMap::new();
+        for (k, r) in grants {
+            *merged.entry((k.ino, k.dev)).or_default() |= r;
+        }
+        let keys = self.written.entry(task).or_default();
+        for ((ino, dev), r) in merged {
+            let k = FsKey { ino, dev, task };
+            self.fs_rules.insert(&k, &r, 0).map_err(|e| op("FS_RULES", e))?;
+            keys.push(k);
+        }
+        self.tasks.insert(&task, &l, 0).map_err(|e| op("LSM_TASK", e))
+    }
+
+    /// Takes task `task` and the grants written under it out.
+    pub fn forget(&mut self, task: u32) {
+        let _ = self.tasks.remove(&task);
+        for k in self.written.remove(&task).unwrap_or_default() {
+            let _ = self.fs_rules.remove(&k);
+        }
+    }
+
+    /// Forgets every enrolled task with no process in `live`.
+    pub fn sweep(&mut self, live: &std::collections::BTreeSet<u32>) {
+        let gone: Vec<u32> = self.written.keys().copied().filter(|c| !live.contains(c)).collect();
+        for c in gone {
+            self.forget(c);
+        }
+    }
+
+    /// Marks agentmon's own files (task 0): no enforced task may change them.
+    pub fn protect(&mut self, keys: &[FsKey]) -> Result<(), LoadError> {
+        for k in keys {
+            let k = FsKey { task: 0, ..*k };
+            self.fs_rules
+                .insert(&k, &monitor_common::lsm::right::PROTECTED, 0)
+                .map_err(|e| op("FS_RULES", e))?;
+        }
+        Ok(())
+    }
+
+    /// The next exec of thread `tid` may run only `ok`'s file.
+    pub fn approve_exec(&mut self, tid: u32, ok: ExecOk) -> Result<(), LoadError> {
+        self.exec_ok.insert(&tid, &ok, 0).map_err(|e| op("EXEC_OK", e))
+    }
+
+    /// Drops thread `tid`'s approval (its exec was refused, or has run).
+    pub fn revoke_exec(&mut self, tid: u32) {
+        let _ = self.exec_ok.remove(&tid);
+    }
+
+    pub fn enrolled(&self) -> usize {
+        self.tasks.keys().filter(|k| k.is_ok()).count()
+    }
+}
