@@ -165,6 +165,66 @@ pub fn observe_flags_but_allows() -> R {
     Ok(())
 }
 
+/// `sensitive_reads: deny`: reads of the sensitive set outside `scope.read` fail
+/// before they happen (BPF LSM tier), matched by whole pattern, not by basename (a
+/// file called `config` outside `.kube/` is read as usual). Without that tier the
+/// task is refused, saying so.
+pub fn sensitive_reads_denied_when_asked() -> R {
+    let d = workdir("deny-reads");
+    for dir in ["repo", "home/.kube", "proj", "allowed"] {
+        std::fs::create_dir_all(d.join(dir)).map_err(|e| e.to_string())?;
+    }
+    let files = ["home/.kube/config", "home/.env", "proj/config", "allowed/.env"];
+    for f in files {
+        std::fs::write(d.join(f), b"secret").map_err(|e| e.to_string())?;
+    }
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let task = d.join("task.yaml");
+    std::fs::write(
+        &task,
+        format!(
+            "id: deny-reads\nmode: execute\nenforcement: enforce\nsensitive_reads: deny\nscope:\n  read: [\"{a}/**\"]\n  \
+             write: [\"{r}/**\"]\n  exec: [\"{me}\"]\n",
+            a = d.join("allowed").display(),
+            r = d.join("repo").display(),
+            me = me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    if !support::bpf_lsm() {
+        let out = std::process::Command::new(support::agentmon())
+            .args(["exec", "--quiet", "--task"])
+            .arg(&task)
+            .args(["--", "/bin/true"])
+            .current_dir(&d)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Ok(ensure(out.status.code() == Some(125) && err.contains("sensitive_reads"), || {
+            format!("a task refusing sensitive reads ran without the BPF LSM tier: {:?} {err}", out.status)
+        })?);
+    }
+    let actions: Vec<String> = files.iter().map(|f| format!("read={}", d.join(f).display())).collect();
+    let (run, res) = run_attempts(&d, &task, &actions)?;
+    let got = |f: &str| res.get(&format!("read:{}", d.join(f).display())).copied();
+    eq(".kube/config", got("home/.kube/config"), Some(EACCES))?;
+    eq(".env", got("home/.env"), Some(EACCES))?;
+    eq("a file called config elsewhere", got("proj/config"), Some(0))?;
+    eq(".env inside scope.read", got("allowed/.env"), Some(0))?;
+    let refused = run
+        .events
+        .iter()
+        .find(|e| e.path.as_deref() == Some(d.join("home/.kube/config").to_str().unwrap()))
+        .ok_or_else(|| format!("no event for the refused read:\n{}", run.summary()))?;
+    eq(
+        "refused read",
+        (refused.verdict.as_deref(), refused.error.as_deref()),
+        (Some("denied"), Some("EACCES")),
+    )?;
+    Ok(())
+}
+
 /// The agent cannot signal or ptrace agentmon, write its files, load BPF, use
 /// io_uring or leave its cgroup.
 pub fn tamper_attempts_fail() -> R {

@@ -57,6 +57,7 @@ fn main() {
         ("enforce_denies_out_of_scope", enforce::enforce_denies_out_of_scope),
         ("observe_flags_but_allows", enforce::observe_flags_but_allows),
         ("tamper_attempts_fail", enforce::tamper_attempts_fail),
+        ("sensitive_reads_denied_when_asked", enforce::sensitive_reads_denied_when_asked),
         ("stopped_agentmon_is_reported", enforce::stopped_agentmon_is_reported),
         ("observed_compat_calls_are_reported", enforce::observed_compat_calls_are_reported),
         ("signals_reaching_agentmon_are_reported", enforce::signals_reaching_agentmon_are_reported),
@@ -385,9 +386,10 @@ fn untracked_process_produces_nothing() -> R {
         .env(SCENARIO_ENV, "wait_for")
         .spawn()
         .map_err(|e| e.to_string())?;
-    // Ready once the tracked root's exec is reported.
+    // Ready once the tracked root's exec is reported (loading the programs takes
+    // seconds, more under emulation).
     let mut ready = false;
-    for _ in 0..600 {
+    for _ in 0..600 * support::slowdown() {
         if std::fs::read_to_string(&events).is_ok_and(|t| t.contains("\"kind\":\"exec\"")) {
             ready = true;
             break;

@@ -164,6 +164,7 @@ mod pod {
     unsafe impl aya::Pod for super::lsm::FsKey {}
     unsafe impl aya::Pod for super::lsm::LsmTask {}
     unsafe impl aya::Pod for super::lsm::ExecOk {}
+    unsafe impl aya::Pod for super::lsm::SensPattern {}
 }
 
 #[cfg(test)]

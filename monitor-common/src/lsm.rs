@@ -85,6 +85,27 @@ pub struct ExecOk {
     pub bprm: u64,
 }
 
+/// Parent components a sensitive pattern may name besides its leaf.
+pub const SENS_DEPTH: usize = 6;
+/// Sensitive patterns the LSM tier can match exactly (entries of `SENS_PAT`).
+pub const SENS_PATTERNS: u32 = 32;
+
+/// One pattern of the sensitive set, for an exact match in the kernel (refusing
+/// reads, where the basename prefilter would refuse far too much): the leaf's hash
+/// as in `SENSITIVE` (exact name, `*.ext` or `prefix*`), then the exact-name hash
+/// of each parent component going up (0: any name, a `*` component), and whether
+/// the pattern is anchored at `/` (else it starts with `**/`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SensPattern {
+    /// 0: an unused entry.
+    pub leaf: u64,
+    pub up: [u64; SENS_DEPTH],
+    /// Parent components named.
+    pub n: u32,
+    pub anchored: u32,
+}
+
 /// The kernel's encoding of a device number (`MKDEV`), from userspace's `st_dev`.
 pub const fn kernel_dev(major: u32, minor: u32) -> u32 {
     (major << 20) | (minor & 0xfffff)

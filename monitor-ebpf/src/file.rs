@@ -122,10 +122,10 @@ pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
 #[repr(C)]
 pub struct NameScan {
     start: u64,
-    exact: u64,
-    ext: u64,
+    pub exact: u64,
+    pub ext: u64,
     prefix: u64,
-    pre: [u64; 4],
+    pub pre: [u64; 4],
 }
 
 macro_rules! get {

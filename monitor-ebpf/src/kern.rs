@@ -490,6 +490,7 @@ impl Ev {
 /// Where a walk up a path is: a dentry, in a mount (`struct vfsmount *` and the
 /// `struct mount *` around it).
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Pos {
     pub dentry: u64,
     pub vfsmnt: u64,

@@ -17,16 +17,20 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{helpers::generated as h, macros::lsm, programs::LsmContext};
-use monitor_common::lsm::{FsKey, LsmTask, lflags, right};
+use monitor_common::{
+    hash,
+    lsm::{FsKey, LsmTask, SENS_DEPTH, SENS_PATTERNS, SensPattern, lflags, right},
+};
 
 use crate::{
-    EXEC_OK, FS_RULES, IDENT, LSM_TASK, TRACKED,
-    kern::{Pos, WALK_LIMIT, bload, conf, kptr, kread, mount_hop, off, pid_tgid, task_btf, tracked},
+    CLIMB, EXEC_OK, FS_RULES, IDENT, LSM_TASK, SCRATCH, SENS_PAT, SENS_UP, TRACKED,
+    kern::{Pos, WALK_LIMIT, bload, bounded, conf, kptr, kread, mount_hop, off, pid_tgid, task_btf, tracked},
 };
 
 const EACCES: i32 = -13;
 const EPERM: i32 = -1;
 /// include/linux/fs.h
+const FMODE_READ: u32 = 0x1;
 const FMODE_WRITE: u32 = 0x2;
 /// include/uapi/linux/fs.h
 const RENAME_EXCHANGE: u32 = 1 << 1;
@@ -39,9 +43,14 @@ fn enforced() -> Option<(u32, LsmTask)> {
     Some((t.task, l))
 }
 
-/// State of a climb, on the caller's stack, passed to each `bpf_loop` step.
+/// State of a climb. It lives in a per-CPU map, not on the stack, on purpose (as
+/// the path walk's, kern::Ctl): values loaded from a map are unknown to the
+/// verifier, so the loop's states converge at once; kept on the stack, each
+/// combination of flags would be a state of its own, at each of the places a
+/// climb is inlined, which newer verifiers (6.12) explore until they time out.
 #[repr(C)]
-struct Climb {
+#[derive(Clone, Copy)]
+pub struct Climb {
     pos: Pos,
     /// Task whose grants count (0: look for protected entries only).
     task: u32,
@@ -80,8 +89,8 @@ fn rights(task: u32, dentry: u64) -> u32 {
 
 /// One step: checks the current dentry, then moves to its parent (or out of its
 /// mount). Returns 1 to stop the loop.
-extern "C" fn climb_step(_i: u64, ctx: *mut c_void) -> i64 {
-    let st = ctx as *mut Climb;
+extern "C" fn climb_step(_i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(st) = CLIMB.get_ptr_mut(0) else { return 1 };
     unsafe {
         let dentry = (*st).pos.dentry;
         let task = (*st).task;
@@ -123,7 +132,7 @@ extern "C" fn climb_step(_i: u64, ctx: *mut c_void) -> i64 {
 /// Climbs from `dentry` (in mount `vfsmnt`, or 0 to stay in the file system).
 #[inline(always)]
 fn climb(task: u32, want: u32, stop: bool, dentry: u64, vfsmnt: u64) -> Climb {
-    let mut st = Climb {
+    let start = Climb {
         pos: Pos { dentry, vfsmnt, mnt: if vfsmnt != 0 { vfsmnt - off!(mount_mnt) } else { 0 } },
         task,
         want,
@@ -134,10 +143,14 @@ fn climb(task: u32, want: u32, stop: bool, dentry: u64, vfsmnt: u64) -> Climb {
         done: 0,
         _pad: 0,
     };
-    if dentry != 0 {
-        unsafe { h::bpf_loop(WALK_LIMIT, climb_step as *mut c_void, (&raw mut st).cast(), 0) };
+    let Some(st) = CLIMB.get_ptr_mut(0) else { return start };
+    unsafe {
+        core::ptr::write_volatile(st, start);
+        if dentry != 0 {
+            h::bpf_loop(WALK_LIMIT, climb_step as *mut c_void, core::ptr::null_mut(), 0);
+        }
+        core::ptr::read_volatile(st)
     }
-    st
 }
 
 /// May `task` change what is at `dentry` (in mount `vfsmnt`, 0 if unknown) with
@@ -192,6 +205,11 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         return 0;
     }
     let Some((_, l)) = enforced() else { return 0 };
+    if borrowed_creds() {
+        // overlayfs opening its layer's file (6.12: a backing file, whose path is the
+        // layer's) for an open of its own file, which was checked.
+        return 0;
+    }
     let fmode: u32 = unsafe { kread(file + off!(file_mode)) };
     let (d, m) = path_parts(file + off!(file_path));
     if fmode & FMODE_WRITE != 0 && l.flags & lflags::FILES != 0 {
@@ -205,13 +223,157 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             return EACCES;
         }
     }
-    if l.flags & lflags::DENY_SENSITIVE != 0 && crate::file::sensitive_dentry(d) {
+    if l.flags & lflags::DENY_SENSITIVE != 0
+        && fmode & FMODE_READ != 0
+        && crate::file::sensitive_dentry(d)
+        && sensitive_path(d, m)
+    {
         let up = climb(l.rules, right::READ_SENSITIVE, true, d, m);
         if up.granted == 0 {
             return EACCES;
         }
     }
     0
+}
+
+/// Parent components of a file whose name passed the sensitive prefilter, hashed
+/// (exact-name hash), leaf's parent first. Per CPU: the name buffer is too big for
+/// the stack.
+#[repr(C)]
+pub struct SensUp {
+    name: [u8; 64],
+    /// Slot SENS_DEPTH is a component past the deepest a pattern names; 7 is spare
+    /// (an index the verifier can bound with a mask).
+    h: [u64; 8],
+    /// Components hashed.
+    n: u64,
+    /// 1: the walk reached the namespace root after `n` components.
+    top: u64,
+    /// Where the walk is.
+    pos: Pos,
+}
+
+/// Hashes the name of `dentry` into the next slot. Names over 63 bytes get a hash no
+/// pattern component has (components are at most 63 bytes).
+#[inline(always)]
+fn hash_name(u: *mut SensUp, dentry: u64) {
+    unsafe {
+        let name = kptr(dentry, off!(dentry_name) + off!(qstr_name));
+        let buf = (&raw mut (*u).name) as *mut u8;
+        let r = h::bpf_probe_read_kernel_str(buf.cast(), 64, name as *const c_void);
+        let mut hv = hash::SEED_EXACT;
+        if r <= 1 || r >= 64 {
+            hv = 1;
+        } else {
+            let len = (r - 1) as usize;
+            let mut i = 0usize;
+            while i < 63 {
+                if i >= len {
+                    break;
+                }
+                hv = hash::step(hv, *buf.add(i & 63));
+                i += 1;
+            }
+        }
+        let n = core::ptr::read_volatile(&raw const (*u).n) as usize;
+        if n <= SENS_DEPTH {
+            let slot = (&raw mut (*u).h) as *mut u64;
+            core::ptr::write_volatile(slot.add(bounded(n, 7)), hv);
+        }
+        core::ptr::write_volatile(&raw mut (*u).n, n as u64 + 1);
+    }
+}
+
+/// One step up: to the parent component (out of mounts as needed), hashed.
+extern "C" fn up_step(_i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(u) = SENS_UP.get_ptr_mut(0) else { return 1 };
+    let w = u;
+    unsafe {
+        let dentry = (*w).pos.dentry;
+        let parent = kptr(dentry, off!(dentry_parent));
+        if parent == 0 || parent == dentry {
+            return 1; // a file system root outside any mount: no path
+        }
+        (*w).pos.dentry = parent;
+        let mut k = 0;
+        while k < 4 {
+            match mount_hop(&raw mut (*w).pos) {
+                Some(true) => {}
+                Some(false) => {
+                    core::ptr::write_volatile(&raw mut (*u).top, 1);
+                    return 1;
+                }
+                None => break,
+            }
+            k += 1;
+        }
+        hash_name(u, (*w).pos.dentry);
+        if core::ptr::read_volatile(&raw const (*u).n) as usize > SENS_DEPTH {
+            return 1;
+        }
+    }
+    0
+}
+
+/// Is the file at `dentry` (in mount `vfsmnt`), whose name passed the prefilter
+/// (its hashes are in the scratch scan), in the sensitive set by a whole pattern?
+#[inline(never)]
+fn sensitive_path(dentry: u64, vfsmnt: u64) -> bool {
+    let Some(u) = SENS_UP.get_ptr_mut(0) else { return false };
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else { return false };
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*u).n, 0);
+        core::ptr::write_volatile(&raw mut (*u).top, 0);
+        core::ptr::write_volatile(&raw mut (*u).pos, Pos { dentry, vfsmnt, mnt: vfsmnt - off!(mount_mnt) });
+        // A bind-mounted file: its name in the namespace is its mountpoint's.
+        let mut k = 0;
+        while k < 4 {
+            if mount_hop(&raw mut (*u).pos) != Some(true) {
+                break;
+            }
+            k += 1;
+        }
+        h::bpf_loop((SENS_DEPTH + 2) as u32, up_step as *mut c_void, core::ptr::null_mut(), 0);
+        let scan = &raw const (*sc).scan;
+        let leaves = [
+            core::ptr::read_volatile(&raw const (*scan).exact),
+            core::ptr::read_volatile(&raw const (*scan).ext),
+            core::ptr::read_volatile(&raw const (*scan).pre[0]),
+            core::ptr::read_volatile(&raw const (*scan).pre[1]),
+            core::ptr::read_volatile(&raw const (*scan).pre[2]),
+            core::ptr::read_volatile(&raw const (*scan).pre[3]),
+        ];
+        let n = core::ptr::read_volatile(&raw const (*u).n);
+        let top = core::ptr::read_volatile(&raw const (*u).top);
+        let mut i = 0u32;
+        while i < SENS_PATTERNS {
+            if let Some(p) = SENS_PAT.get(i)
+                && p.leaf != 0
+                && leaves.contains(&p.leaf)
+                && parents_match(p, &(*u).h, n, top)
+            {
+                return true;
+            }
+            i += 1;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn parents_match(p: &SensPattern, h: &[u64; 8], n: u64, top: u64) -> bool {
+    let want = p.n as u64;
+    if want > n || (p.anchored != 0 && (n != want || top == 0)) {
+        return false;
+    }
+    let mut j = 0;
+    while j < SENS_DEPTH {
+        if (j as u64) < want && p.up[j] != 0 && p.up[j] != h[j] {
+            return false;
+        }
+        j += 1;
+    }
+    true
 }
 
 /// lsm/path_mknod(const struct path *dir, struct dentry *dentry, umode_t, unsigned):

@@ -27,7 +27,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     COUNTER_SLOTS, KConfig, NetKeyData, NetPorts, TRACKED_BYTES_ENTRIES, Tracked,
-    lsm::{ExecOk, FsKey, LsmTask},
+    lsm::{ExecOk, FsKey, LsmTask, SENS_PATTERNS, SensPattern},
 };
 
 /// Set by the loader before verification (offsets from BTF and tracefs).
@@ -86,6 +86,18 @@ static LSM_TASK: HashMap<u32, LsmTask> = HashMap::with_max_entries(4096, 0);
 /// the hooks see it (stat's can differ: overlayfs, btrfs subvolumes).
 #[map]
 static IDENT: HashMap<u32, FsKey> = HashMap::with_max_entries(64, 0);
+
+/// BPF LSM tier: the state of a climb from a file to the root (see lsm::Climb).
+#[map]
+static CLIMB: PerCpuArray<lsm::Climb> = PerCpuArray::with_max_entries(1, 0);
+
+/// BPF LSM tier: the sensitive set, for an exact match (see SensPattern).
+#[map]
+static SENS_PAT: Array<SensPattern> = Array::with_max_entries(SENS_PATTERNS, 0);
+
+/// BPF LSM tier: the parent components of a sensitive-looking file, hashed.
+#[map]
+static SENS_UP: PerCpuArray<lsm::SensUp> = PerCpuArray::with_max_entries(1, 0);
 
 /// BPF LSM tier: thread id -> the file its held exec was approved for.
 #[map]

@@ -5,7 +5,10 @@
 //! the resolved path and drops prefilter hits that do not match.
 
 use globset::{GlobSet, GlobSetBuilder};
-use monitor_common::hash;
+use monitor_common::{
+    hash,
+    lsm::{SENS_DEPTH, SENS_PATTERNS, SensPattern},
+};
 
 /// Shipped default. `~` is not expanded: `**/` covers every home.
 pub const DEFAULT_PATTERNS: &[&str] = &[
@@ -91,6 +94,39 @@ fn prefilter(pattern: &str) -> Result<Prefilter, String> {
     Err("the last path component must be a literal name, `prefix*` or `*.ext`".into())
 }
 
+/// One pattern for the kernel's exact match (see [`SensitiveSet::exact`]).
+fn exact_pattern(p: &str) -> Result<SensPattern, SensitiveError> {
+    let err = |msg: &str| SensitiveError::Pattern { pattern: p.into(), msg: msg.into() };
+    let (anchored, rest) = match p.strip_prefix("**/") {
+        Some(r) => (false, r),
+        None => (true, p.strip_prefix('/').ok_or_else(|| err("must be absolute or start with **/"))?),
+    };
+    let mut comps: Vec<&str> = rest.split('/').collect();
+    let leaf = comps.pop().ok_or_else(|| err("no file name"))?;
+    if comps.len() > SENS_DEPTH {
+        return Err(err(&format!(
+            "at most {SENS_DEPTH} directories above the file can be matched in the kernel"
+        )));
+    }
+    let mut out = SensPattern { n: comps.len() as u32, anchored: anchored as u32, ..Default::default() };
+    out.leaf = match prefilter(leaf).map_err(|m| err(&m))? {
+        Prefilter::Exact(s) => hash::fnv(hash::SEED_EXACT, s.as_bytes()),
+        Prefilter::Ext(s) => hash::fnv(hash::SEED_EXT, s.as_bytes()),
+        Prefilter::Prefix(s) => hash::fnv(hash::SEED_PREFIX, s.as_bytes()),
+    };
+    // Going up from the leaf: the nearest directory first.
+    for (j, c) in comps.iter().rev().enumerate() {
+        out.up[j] = match *c {
+            "*" => 0,
+            c if c.is_empty() || has_meta(c) || c.len() > 63 => {
+                return Err(err("directories must be literal names (at most 63 bytes) or *"));
+            }
+            c => hash::fnv(hash::SEED_EXACT, c.as_bytes()),
+        };
+    }
+    Ok(out)
+}
+
 impl SensitiveSet {
     pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Self, SensitiveError> {
         let mut b = GlobSetBuilder::new();
@@ -156,6 +192,20 @@ impl SensitiveSet {
         &self.patterns
     }
 
+    /// The set as the BPF LSM tier matches it exactly (to refuse reads: the
+    /// basename prefilter alone would refuse every file called `config`). A pattern
+    /// must be `/a/b/LEAF` or `**/a/b/LEAF`, with literal or `*` parent components
+    /// (at most [`SENS_DEPTH`] of them) and a leaf as the prefilter takes it.
+    pub fn exact(&self) -> Result<Vec<SensPattern>, SensitiveError> {
+        if self.patterns.len() > SENS_PATTERNS as usize {
+            return Err(SensitiveError::Pattern {
+                pattern: "(set)".into(),
+                msg: format!("at most {SENS_PATTERNS} patterns can be matched in the kernel"),
+            });
+        }
+        self.patterns.iter().map(|p| exact_pattern(p)).collect()
+    }
+
     /// Does the resolved absolute `path` match a pattern?
     pub fn matches(&self, path: &str) -> bool {
         self.globs.is_match(path)
@@ -182,6 +232,32 @@ impl SensitiveSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_set_matches_exactly_in_the_kernel() {
+        let set = SensitiveSet::default_set();
+        let exact = set.exact().expect("every default pattern has an exact kernel form");
+        assert_eq!(exact.len(), DEFAULT_PATTERNS.len());
+        let kube = exact_pattern("**/.kube/config").unwrap();
+        assert_eq!((kube.n, kube.anchored), (1, 0));
+        assert_eq!(kube.up[0], hash::fnv(hash::SEED_EXACT, b".kube"));
+        assert_eq!(kube.leaf, hash::fnv(hash::SEED_EXACT, b"config"));
+        let chrome = exact_pattern("**/.config/google-chrome/*/Login Data").unwrap();
+        assert_eq!(chrome.n, 3);
+        assert_eq!(chrome.up[0], 0, "* matches any directory");
+        assert_eq!(chrome.up[2], hash::fnv(hash::SEED_EXACT, b".config"));
+        let host = exact_pattern("/etc/ssh/ssh_host_*").unwrap();
+        assert_eq!((host.n, host.anchored), (2, 1));
+        assert_eq!(host.leaf, hash::fnv(hash::SEED_PREFIX, b"ssh_host_"));
+    }
+
+    #[test]
+    fn patterns_the_kernel_cannot_match_exactly_are_named() {
+        for p in ["**/a/**/b.key", "/a/b/c/d/e/f/g/h.key", "**/a[xy]/b.key"] {
+            let e = exact_pattern(p).unwrap_err().to_string();
+            assert!(e.contains(p), "{e}");
+        }
+    }
 
     #[test]
     fn default_set_matches_credentials_and_not_code() {

@@ -479,6 +479,7 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 sys(unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), b"x".as_ptr().cast(), 1, 0) }
                     as libc::c_long)
             }
+            "read" => errno(fs::read(arg).map(drop)),
             "chown_out" => errno(std::os::unix::fs::chown(d.join("victim.txt"), Some(0), Some(0))),
             // A file outside the write scope given a second name inside it: writes
             // through that name would change the outside file.
@@ -581,7 +582,9 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             "ctl" => errno(ctl_request(arg)),
             other => return Err(format!("unknown action {other}")),
         };
-        out.push_str(&format!("{name} {code}\n"));
+        // Reads name their file in the result: a test makes several.
+        let key = if name == "read" { format!("read:{arg}") } else { name.to_string() };
+        out.push_str(&format!("{key} {code}\n"));
     }
     fs::write(d.join("repo/results.txt"), out).map_err(|e| e.to_string())
 }

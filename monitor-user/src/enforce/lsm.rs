@@ -78,6 +78,12 @@ pub fn plan(task: &Task, launch: &[PathBuf]) -> Result<Plan, Refusal> {
         grant(&mut grants, &Target::Exact(f.clone()), right::EXEC)?;
     }
     let mut flags = lflags::FILES | lflags::EXEC | lflags::SIGNALS;
+    if task.deny_sensitive_reads {
+        flags |= lflags::DENY_SENSITIVE;
+        for p in &task.read.patterns {
+            grant(&mut grants, &target("scope.read", p)?, right::READ_SENSITIVE)?;
+        }
+    }
     if task.approval.contains(&crate::task::Op::Exec) {
         flags |= lflags::EXEC_APPROVED;
     }

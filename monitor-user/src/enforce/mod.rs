@@ -289,6 +289,16 @@ pub fn confine(
             "listen allowlists need the cgroup bind layer, not in this version".into(),
         ));
     }
+    if task.deny_sensitive_reads && !layers.lsm {
+        return Err(refuse(
+            "sensitive_reads",
+            format!(
+                "refusing reads of the sensitive set needs the BPF LSM tier's file_open hook, not active here \
+                 ({})",
+                layers.lsm_absent
+            ),
+        ));
+    }
     let landlock = if layers.lsm {
         // Checked now, before anything runs; the plan itself is loaded when the
         // task is bound (`runner::tasks`).

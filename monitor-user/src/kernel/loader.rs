@@ -278,6 +278,7 @@ impl Sensors {
                     let id = p.attach().map_err(|e| fail(&attach, "attach", e.to_string()))?;
                     lsm_links.push(p.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?);
                     attached.insert(name.clone(), attach);
+                    tracing::debug!(prog = %name, ms = t0.elapsed().as_millis() as u64, "attached");
                 }
                 other => {
                     return Err(fail(
@@ -303,7 +304,14 @@ impl Sensors {
         let net_task = take_map(&mut ebpf, "NET_TASK")?;
         let net_allow = take_map(&mut ebpf, "NET_ALLOW")?;
         let lsm = if cfg.lsm {
+            let mut pats: Array<MapData, monitor_common::lsm::SensPattern> = take_map(&mut ebpf, "SENS_PAT")?;
+            let exact = cfg.sensitive.exact().map_err(|e| e.to_string());
+            for (i, p) in exact.iter().flatten().enumerate() {
+                pats.set(i as u32, p, 0)
+                    .map_err(|e| LoadError::MapOp { name: "SENS_PAT", msg: e.to_string() })?;
+            }
             Some(LsmMaps {
+                sensitive_exact: exact.map(drop),
                 fs_rules: take_map(&mut ebpf, "FS_RULES")?,
                 tasks: take_map(&mut ebpf, "LSM_TASK")?,
                 exec_ok: take_map(&mut ebpf, "EXEC_OK")?,

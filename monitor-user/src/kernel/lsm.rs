@@ -41,6 +41,9 @@ pub struct LsmMaps {
     pub(super) tasks: HashMap<MapData, u32, LsmTask>,
     pub(super) exec_ok: HashMap<MapData, u32, ExecOk>,
     pub(super) ident: HashMap<MapData, u32, FsKey>,
+    /// Whether the sensitive set is matched exactly in the kernel (else why not):
+    /// tasks that refuse sensitive reads need it.
+    pub sensitive_exact: Result<(), String>,
     /// The FS_RULES keys written per task, to take them out again.
     pub(super) written: BTreeMap<u32, Vec<FsKey>>,
 }

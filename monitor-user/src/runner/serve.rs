@@ -291,6 +291,7 @@ fn delegate_from(
     // Inside an enforced task everything is enforced: the sub-task's own sandbox must
     // be on its command (the parent's is inherited anyway).
     child.enforce |= parent.task.enforce;
+    child.deny_sensitive_reads |= parent.task.deny_sensitive_reads;
     if child.enforce && !confined {
         return Err(format!(
             "{file}: the sub-task of enforced task {} must run confined by its own scope, and its command is \

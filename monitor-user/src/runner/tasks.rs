@@ -385,6 +385,16 @@ pub fn enroll_in(
     let Some(maps) = sensors.lsm.as_mut() else {
         return Err(RunError::Load(crate::kernel::loader::LoadError::Map("FS_RULES")));
     };
+    if task.deny_sensitive_reads
+        && let Err(why) = &maps.sensitive_exact
+    {
+        return Err(enforce::EnforceError::Refused {
+            task: task.id.clone(),
+            clause: "sensitive_reads",
+            why: format!("the sensitive set cannot be matched exactly in the kernel: {why}"),
+        }
+        .into());
+    }
     // agentmon's own files that exist (one not created yet has nothing to protect;
     // its directory is in the list when it matters).
     let protected: Vec<_> = setup.protected.iter().filter_map(|p| maps.ident(p).ok()).collect();

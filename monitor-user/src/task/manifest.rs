@@ -43,6 +43,9 @@ struct RawManifest {
     enforcement: Option<S<String>>,
     on_expiry: Option<S<String>>,
     on_output_failure: Option<S<String>>,
+    /// judge (default) or deny: under enforcement, reads of the sensitive set
+    /// outside scope.read are refused (BPF LSM tier).
+    sensitive_reads: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,9 +249,16 @@ pub fn parse(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestEr
         Some(e) if e.value == "enforce" => true,
         Some(e) => return Err(cx.err(e, "enforcement", format!("{:?} is not observe or enforce", e.value))),
     };
+    let deny_sensitive_reads = match &raw.sensitive_reads {
+        None => false,
+        Some(v) if v.value == "judge" => false,
+        Some(v) if v.value == "deny" => true,
+        Some(v) => return Err(cx.err(v, "sensitive_reads", format!("{:?} is not judge or deny", v.value))),
+    };
     let mut task = Task {
         id,
         enforce,
+        deny_sensitive_reads,
         on_expiry,
         on_output_failure,
         agent: raw.agent.map(|a| a.value),

@@ -150,6 +150,9 @@ pub struct Task {
     pub listen: Vec<Endpoint>,
     pub propose_dir: Option<PathBuf>,
     pub approval: Vec<Op>,
+    /// `sensitive_reads: deny`: when enforced, reads of the sensitive set outside
+    /// `read` are refused (not only judged).
+    pub deny_sensitive_reads: bool,
     /// Ids of the tasks this one was delegated from, nearest first.
     pub parents: Vec<String>,
     /// The manifest it came from.
