@@ -110,6 +110,9 @@ pub fn exec_approval_cannot_be_raced() -> R {
         ),
     )
     .map_err(|e| e.to_string())?;
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&task, &d)?);
+    }
     if !support::bpf_lsm() {
         let out = Command::new(agentmon())
             .args(["exec", "--quiet", "--task"])

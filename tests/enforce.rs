@@ -191,6 +191,9 @@ pub fn sensitive_reads_denied_when_asked() -> R {
         ),
     )
     .map_err(|e| e.to_string())?;
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&task, &d)?);
+    }
     if !support::bpf_lsm() {
         let out = std::process::Command::new(support::agentmon())
             .args(["exec", "--quiet", "--task"])
@@ -257,6 +260,11 @@ pub fn tamper_attempts_fail() -> R {
         "write_in".into(),
         "xattr_in".into(),
         format!("write_bound={}", d.join("repo/mirror").display()),
+        "rmdir_scope".into(),
+        "open_tree".into(),
+        "unshare_ns".into(),
+        "sigio_agentmon".into(),
+        "mknod_blk".into(),
         format!("exec_ldso={}", d.join("outside-true").display()),
     ];
     // The task's manifest (agentmon protects it), bind-mounted into the task's write
@@ -304,6 +312,12 @@ pub fn tamper_attempts_fail() -> R {
         // The ELF loader is granted on the Landlock tier (every dynamic program
         // needs it), and runs any file given to it; the LSM tier does not grant it.
         ("exec_ldso", if lsm { EACCES } else { 0 }),
+        // Its scope's root itself: delete: repo/** is for what is beneath it.
+        ("rmdir_scope", EACCES),
+        ("open_tree", EPERM),
+        ("unshare_ns", EPERM),
+        ("sigio_agentmon", EPERM),
+        ("mknod_blk", EPERM),
     ];
     for (k, v) in want {
         // The guests' /tmp (overlayfs on 6.1) has no user extended attributes: allowed

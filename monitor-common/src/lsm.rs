@@ -41,6 +41,9 @@ pub mod right {
     pub const READ_SENSITIVE: u32 = 1 << 3;
     /// Under task 0: agentmon's own file or directory; never writable by a task.
     pub const PROTECTED: u32 = 1 << 4;
+    /// Remove this very name (an exact delete pattern); REMOVE on a directory is for
+    /// what is beneath it, not the directory itself (as Landlock).
+    pub const REMOVE_EXACT: u32 = 1 << 5;
 }
 
 /// Flags of [`LsmTask`].

@@ -30,6 +30,12 @@ use crate::{
 const EACCES: i32 = -13;
 const EPERM: i32 = -1;
 /// include/linux/fs.h
+/// include/uapi/linux/stat.h
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+const S_IFBLK: u16 = 0o060000;
+const S_IFCHR: u16 = 0o020000;
+const S_IFIFO: u16 = 0o010000;
 const FMODE_READ: u32 = 0x1;
 const FMODE_WRITE: u32 = 0x2;
 /// include/uapi/linux/fs.h
@@ -159,7 +165,9 @@ fn climb(task: u32, want: u32, stop: bool, dentry: u64, vfsmnt: u64) -> Climb {
 #[inline(always)]
 fn may_change(task: u32, want: u32, dentry: u64, vfsmnt: u64) -> bool {
     let up = climb(task, want, false, dentry, vfsmnt);
-    if up.granted == 0 || up.protected != 0 || up.done == 0 {
+    // want 0: no grant needed (one was found on the object itself), only no
+    // protected ancestor.
+    if (want != 0 && up.granted == 0) || up.protected != 0 || up.done == 0 {
         return false;
     }
     if vfsmnt == 0 {
@@ -212,13 +220,15 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     }
     let fmode: u32 = unsafe { kread(file + off!(file_mode)) };
     let (d, m) = path_parts(file + off!(file_path));
-    if fmode & FMODE_WRITE != 0 && l.flags & lflags::FILES != 0 {
-        let up = climb(l.rules, right::WRITE, false, d, m);
-        // Pipes, sockets and other pseudo files reopened through /proc are not part
-        // of any file scope (as with Landlock).
-        if up.pseudo != 0 {
-            return 0;
-        }
+    let mode: u16 = unsafe { kread(kptr(file, off!(file_inode)) + off!(inode_mode)) };
+    let kind = mode & S_IFMT;
+    if kind == S_IFBLK {
+        // Raw disks: past every file scope and the sensitive set.
+        return EACCES;
+    }
+    // Pipes and sockets reopened through /proc are in no file scope (as with
+    // Landlock); everything else written needs a grant.
+    if fmode & FMODE_WRITE != 0 && l.flags & lflags::FILES != 0 && kind != S_IFIFO && kind != S_IFSOCK {
         if !may_change(l.rules, right::WRITE, d, m) {
             return EACCES;
         }
@@ -380,6 +390,12 @@ fn parents_match(p: &SensPattern, h: &[u64; 8], n: u64, top: u64) -> bool {
 /// every create, open(O_CREAT) included (may_o_create).
 #[lsm(hook = "path_mknod")]
 pub fn path_mknod(ctx: LsmContext) -> i32 {
+    let mode: u32 = ctx.arg(2);
+    let kind = (mode as u16) & S_IFMT;
+    if (kind == S_IFBLK || kind == S_IFCHR) && enforced().is_some() {
+        // A device node in the scope would be a door to the device.
+        return EPERM;
+    }
     in_dir(right::WRITE, ctx.arg(0))
 }
 
@@ -414,8 +430,20 @@ fn removal(dir: u64, victim: u64) -> i32 {
     if l.flags & lflags::FILES == 0 {
         return 0;
     }
-    let (_, m) = path_parts(dir);
-    if may_change(l.rules, right::REMOVE, victim, m) { 0 } else { EACCES }
+    if may_remove(l.rules, dir, victim) { 0 } else { EACCES }
+}
+
+/// May `task` remove the name `victim` from directory `dir` (a `struct path *`)?
+/// REMOVE on `dir` or above it (a `DIR/**` delete scope: not DIR itself), or
+/// REMOVE_EXACT on the name itself; never agentmon's own.
+#[inline(always)]
+fn may_remove(task: u32, dir: u64, victim: u64) -> bool {
+    let (d, m) = path_parts(dir);
+    if rights(0, victim) & right::PROTECTED != 0 {
+        return false;
+    }
+    let exact = rights(task, victim) & right::REMOVE_EXACT != 0;
+    may_change(task, if exact { 0 } else { right::REMOVE }, d, m)
 }
 
 /// lsm/path_rename(const struct path *old_dir, struct dentry *old_dentry, const struct
@@ -435,10 +463,10 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
     let (nd, nm) = path_parts(new_dir);
     let exchange = flags & RENAME_EXCHANGE != 0;
     let replaces = unsafe { kptr(new_victim, off!(dentry_inode)) } != 0;
-    let ok = may_change(l.rules, right::REMOVE, old_victim, om)
+    let ok = may_remove(l.rules, old_dir, old_victim)
         && may_change(l.rules, right::WRITE, nd, nm)
         && (!exchange || may_change(l.rules, right::WRITE, od, om))
-        && (!(exchange || replaces) || may_change(l.rules, right::REMOVE, new_victim, nm));
+        && (!(exchange || replaces) || may_remove(l.rules, new_dir, new_victim));
     if ok { 0 } else { EACCES }
 }
 
@@ -498,13 +526,43 @@ fn on_path(path: u64) -> i32 {
 /// (a scope above a mount point does not reach here: stricter, never weaker).
 #[lsm(hook = "inode_setxattr")]
 pub fn inode_setxattr(ctx: LsmContext) -> i32 {
+    if enforced().is_some() && privileged_xattr(ctx.arg(2)) {
+        return EPERM;
+    }
     xattr(ctx.arg(1))
 }
 
-/// lsm/inode_removexattr(idmap or user_namespace, struct dentry *dentry, const char *).
+/// lsm/inode_removexattr(idmap or user_namespace, struct dentry *dentry, const char *name).
 #[lsm(hook = "inode_removexattr")]
 pub fn inode_removexattr(ctx: LsmContext) -> i32 {
+    if enforced().is_some() && privileged_xattr(ctx.arg(2)) {
+        return EPERM;
+    }
     xattr(ctx.arg(1))
+}
+
+/// lsm/inode_set_acl(struct mnt_idmap *, struct dentry *dentry, const char *, struct
+/// posix_acl *) (6.2+: POSIX ACLs no longer pass the xattr hooks).
+#[lsm(hook = "inode_set_acl")]
+pub fn inode_set_acl(ctx: LsmContext) -> i32 {
+    xattr(ctx.arg(1))
+}
+
+/// lsm/inode_remove_acl(struct mnt_idmap *, struct dentry *dentry, const char *) (6.2+).
+#[lsm(hook = "inode_remove_acl")]
+pub fn inode_remove_acl(ctx: LsmContext) -> i32 {
+    xattr(ctx.arg(1))
+}
+
+/// `security.*` (file capabilities, LSM labels) and `trusted.*`: no task sets them,
+/// even in its scope (a capability planted on a binary outlives the task).
+#[inline(always)]
+fn privileged_xattr(name: u64) -> bool {
+    let mut b = [0u8; 9];
+    if unsafe { h::bpf_probe_read_kernel((&raw mut b).cast(), 9, name as *const c_void) } != 0 {
+        return true;
+    }
+    &b == b"security." || &b[..8] == b"trusted."
 }
 
 /// Is the kernel acting with borrowed credentials (override_creds)? overlayfs
@@ -551,8 +609,10 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
             if (*ok).bprm == bprm {
                 return 0; // a later round (interpreter) of the approved exec
             }
-            let Some((dev, ino)) = ident(d) else { return EACCES };
-            if (*ok).bprm != 0 || (*ok).dev != dev || (*ok).ino != ino {
+            let matches = ident(d).is_some_and(|(dev, ino)| (*ok).dev == dev && (*ok).ino == ino);
+            if (*ok).bprm != 0 || !matches {
+                // Spent: one approval, one exec.
+                let _ = EXEC_OK.remove(&tid);
                 return EACCES;
             }
             (*ok).bprm = bprm;

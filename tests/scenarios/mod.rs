@@ -480,6 +480,30 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                     as libc::c_long)
             }
             "read" => errno(fs::read(arg).map(drop)),
+            // The scope's own directory (delete: repo/** covers what is beneath it).
+            "rmdir_scope" => errno(fs::remove_dir(d.join("repo"))),
+            // A detached copy of a tree: its own root, above which nothing is seen.
+            "open_tree" => {
+                let p = c(d);
+                sys(unsafe {
+                    libc::syscall(428, libc::AT_FDCWD, p.as_ptr(), 1u32 /* OPEN_TREE_CLONE */)
+                })
+            }
+            "unshare_ns" => {
+                sys(unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) } as libc::c_long)
+            }
+            // SIGIO aimed at agentmon by owning a file (no signal hook sees that route).
+            "sigio_agentmon" => {
+                let mut fds = [0; 2];
+                unsafe { libc::pipe(fds.as_mut_ptr()) };
+                sys(unsafe { libc::fcntl(fds[0], libc::F_SETOWN, agentmon) } as libc::c_long)
+            }
+            // A block device node inside the scope (a door to the raw disk).
+            "mknod_blk" => {
+                let p = c(&d.join("repo/disk"));
+                sys(unsafe { libc::mknod(p.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(7, 0)) }
+                    as libc::c_long)
+            }
             "chown_out" => errno(std::os::unix::fs::chown(d.join("victim.txt"), Some(0), Some(0))),
             // A file outside the write scope given a second name inside it: writes
             // through that name would change the outside file.

@@ -4,6 +4,7 @@
 mod bench;
 mod enforce;
 mod floor;
+mod hooks;
 mod natsbench;
 mod peers;
 mod pipeline;
@@ -26,6 +27,9 @@ enum Cmd {
     /// What enforcement costs: observe vs enforce vs bare on the same loops, the
     /// approval gate's per-call cost, and the operator round trip. Needs root.
     BenchEnforce(enforce::Options),
+    /// Each kernel program's run time per call (the kernel's accounting) for an
+    /// enforced task's loops, on this host's enforcement tier. Needs root.
+    BenchHooks(hooks::Options),
     /// NATS: acknowledged publish throughput and syscall-to-NATS latency. Needs root.
     BenchNats(natsbench::Options),
     /// The daemon under a long stream of short-lived processes: RSS over time, every
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(o) => bench::run(o),
         Cmd::BenchEnforce(o) => enforce::run(o),
         Cmd::BenchNats(o) => natsbench::run(o),
+        Cmd::BenchHooks(o) => hooks::run(o),
         Cmd::Soak(o) => soak::run(o),
         Cmd::Pipeline { events } => {
             println!("pipeline: {:.0} events/s", pipeline::events_per_sec(events)?);

@@ -62,7 +62,9 @@ pub fn plan(task: &Task, launch: &[PathBuf]) -> Result<Plan, Refusal> {
                 grant(&mut grants, &target("scope.write", p)?, right::WRITE)?;
             }
             for p in &task.delete.patterns {
-                grant(&mut grants, &target("scope.delete", p)?, right::REMOVE)?;
+                let t = target("scope.delete", p)?;
+                let r = if matches!(t, Target::Exact(_)) { right::REMOVE_EXACT } else { right::REMOVE };
+                grant(&mut grants, &t, r)?;
             }
         }
     }
@@ -119,7 +121,7 @@ mod tests {
         };
         assert_eq!(rights_of(&w), right::WRITE);
         // A delete scope narrower than the write scope is expressible here.
-        assert_eq!(rights_of(&x), right::REMOVE);
+        assert_eq!(rights_of(&x), right::REMOVE_EXACT);
         assert_eq!(rights_of(Path::new("/bin/sh")), right::EXEC);
         assert_eq!(rights_of(Path::new("/dev/null")), right::WRITE);
         assert_eq!(rights_of(d.path()), 0);

@@ -43,6 +43,14 @@ pub const DENIED: &[(&str, i64)] = &[
     // Their *at forms (Linux 6.13), by number: older kernels answer ENOSYS anyway.
     ("setxattrat", 463),
     ("removexattrat", 466),
+    // The new mount API: a detached copy of a tree (open_tree) has a root of its own,
+    // above which no scope or sensitive pattern can be seen.
+    ("open_tree", 428),
+    ("fsconfig", 431),
+    ("fsmount", 432),
+    ("fspick", 433),
+    ("mount_setattr", 442),
+    ("setns", libc::SYS_setns),
 ];
 
 /// Can this kernel install seccomp filters?
@@ -115,6 +123,44 @@ pub fn filter(sockets: Sockets, lsm: bool) -> Result<BpfProgram, String> {
         }
     }
     rules.insert(libc::SYS_socket, socket_rules);
+    // New mount or user namespaces (private mounts, namespace-local root) and the
+    // routes by which a file's owner signals a process of its choosing (F_SETOWN and
+    // the like: a root agent could aim SIGIO at agentmon, which no signal hook sees).
+    let ns = [libc::CLONE_NEWNS as u64, libc::CLONE_NEWUSER as u64];
+    let ns_rules = |arg: u8| -> Result<Vec<SeccompRule>, String> {
+        ns.iter().map(|f| rule(vec![cond(arg, SeccompCmpOp::MaskedEq(*f), *f)?])).collect()
+    };
+    rules.insert(libc::SYS_unshare, ns_rules(0)?);
+    rules.insert(libc::SYS_clone, ns_rules(0)?);
+    // Device nodes: a block or character device made in the scope is a door to the
+    // device (mknod's mode is argument 1, mknodat's 2).
+    let dev_rules = |arg: u8| -> Result<Vec<SeccompRule>, String> {
+        [libc::S_IFBLK, libc::S_IFCHR]
+            .iter()
+            .map(|t| rule(vec![cond(arg, SeccompCmpOp::MaskedEq(libc::S_IFMT as u64), *t as u64)?]))
+            .collect()
+    };
+    rules.insert(libc::SYS_mknod, dev_rules(1)?);
+    rules.insert(libc::SYS_mknodat, dev_rules(2)?);
+    // include/uapi/asm-generic/fcntl.h, sockios.h
+    const F_SETSIG: u64 = 10;
+    const F_SETOWN_EX: u64 = 15;
+    const FIOSETOWN: u64 = 0x8901;
+    const SIOCSPGRP: u64 = 0x8902;
+    rules.insert(
+        libc::SYS_fcntl,
+        [libc::F_SETOWN as u64, F_SETSIG, F_SETOWN_EX]
+            .iter()
+            .map(|c| rule(vec![cond(1, SeccompCmpOp::Eq, *c)?]))
+            .collect::<Result<_, _>>()?,
+    );
+    rules.insert(
+        libc::SYS_ioctl,
+        [FIOSETOWN, SIOCSPGRP]
+            .iter()
+            .map(|c| rule(vec![cond(1, SeccompCmpOp::Eq, *c)?]))
+            .collect::<Result<_, _>>()?,
+    );
     // A datagram socket pair can still send to any unix socket path (sendto with an
     // address): only stream pairs (the mailbox's replies), as a unix socket of its
     // own is refused too.

@@ -107,10 +107,12 @@ pub struct Gate {
 fn approve_exec(lsm: Option<&mut LsmMaps>, tid: u32, call: &Call) -> Result<i64, Errno> {
     let Some(lsm) = lsm else { return Err(Errno::EPERM) };
     let Some(notify::Target::File { fd, .. }) = call.targets.first() else { return Err(Errno::EINVAL) };
-    let k = lsm.ident(std::path::Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd()))).map_err(|e| {
-        tracing::warn!("approved exec: the file's identity: {e}");
-        Errno::EPERM
-    })?;
+    let k = lsm.ident(std::path::Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())), false).map_err(
+        |e| {
+            tracing::warn!("approved exec: the file's identity: {e}");
+            Errno::EPERM
+        },
+    )?;
     let ok = monitor_common::lsm::ExecOk { ino: k.ino, dev: k.dev, _pad: 0, bprm: 0 };
     lsm.approve_exec(tid, ok).map_err(|e| {
         tracing::warn!("approved exec: {e}");

@@ -271,6 +271,15 @@ impl Sensors {
                         return Err(fail(&attach, "classify", "not in kernel::lsm::HOOKS".into()));
                     }
                     if !kbtf.has_lsm_hook(&name) {
+                        if !super::lsm::OPTIONAL_HOOKS.contains(&name.as_str()) {
+                            return Err(fail(
+                                &attach,
+                                "find",
+                                "this kernel has no such LSM hook (built without CONFIG_SECURITY_PATH?): the BPF \
+                                 LSM tier cannot hold a scope here; set AGENTMON_ENFORCE_TIER=fallback"
+                                    .into(),
+                            ));
+                        }
                         absent.push(name.clone());
                         continue;
                     }

@@ -9,9 +9,13 @@ use monitor_common::lsm::{ExecOk, FsKey, LsmTask};
 
 use super::loader::LoadError;
 
-/// The LSM hooks: (program, hook). A hook the running kernel does not have
-/// (`file_truncate` arrived in 6.2, where O_TRUNC and ftruncate moved to it from
-/// `path_truncate`) is skipped.
+/// The LSM hooks (program name = hook name).
+///
+/// Hooks the running kernel may lack, because what they check passes another hook
+/// there: `file_truncate` (6.2; before, O_TRUNC and ftruncate went through
+/// `path_truncate`), `inode_set_acl`/`inode_remove_acl` (6.2; before, POSIX ACLs
+/// were extended attributes). Any other hook missing (a kernel without
+/// CONFIG_SECURITY_PATH) means this tier cannot hold the scope: loading fails.
 pub const HOOKS: &[&str] = &[
     "file_open",
     "path_mknod",
@@ -27,9 +31,14 @@ pub const HOOKS: &[&str] = &[
     "path_chown",
     "inode_setxattr",
     "inode_removexattr",
+    "inode_set_acl",
+    "inode_remove_acl",
     "bprm_check_security",
     "task_kill",
 ];
+
+/// Hooks a kernel may lack without a gap (see [`HOOKS`]).
+pub const OPTIONAL_HOOKS: &[&str] = &["file_truncate", "inode_set_acl", "inode_remove_acl"];
 
 /// Does the running kernel call BPF LSM programs (`bpf` in the active LSM list)?
 pub fn kernel_runs_bpf_lsm() -> bool {
@@ -57,20 +66,47 @@ impl LsmMaps {
     /// stat's (dev, ino) is not always the kernel's (overlayfs reports a file's
     /// lower or upper inode, the hooks see the overlay's). A file that cannot be
     /// opened (a socket) falls back to stat's.
-    pub fn ident(&mut self, p: &Path) -> std::io::Result<FsKey> {
-        use std::os::unix::fs::OpenOptionsExt;
+    ///
+    /// `strict`: no symlink anywhere in `p` (a grant is opened by its canonical path;
+    /// one swapped for a symlink since must not carry the grant elsewhere). Else
+    /// links are followed (an approved exec's `/proc/self/fd/N`).
+    pub fn ident(&mut self, p: &Path, strict: bool) -> std::io::Result<FsKey> {
+        use std::os::unix::ffi::OsStrExt;
         let tid = nix::unistd::gettid().as_raw() as u32;
         self.ident.insert(&tid, &FsKey::default(), 0).map_err(std::io::Error::other)?;
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
         // Read-only, non-blocking (a FIFO), never the controlling terminal.
-        let opened = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-            .open(p);
+        // SAFETY: open_how is plain data; zero is its default.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC) as u64;
+        how.resolve = if strict { libc::RESOLVE_NO_SYMLINKS } else { 0 };
+        // SAFETY: a valid path and open_how of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                &raw const how,
+                size_of::<libc::open_how>(),
+            )
+        };
+        let opened = if fd < 0 { Err(std::io::Error::last_os_error()) } else { Ok(fd) };
         let seen = self.ident.get(&tid, 0).ok();
         let _ = self.ident.remove(&tid);
-        match (opened, seen) {
-            (Ok(_), Some(k)) if k != FsKey::default() => Ok(k),
-            _ => crate::enforce::lsm::key(p),
+        match opened {
+            Ok(fd) => {
+                // SAFETY: the descriptor was just opened here.
+                unsafe { libc::close(fd as i32) };
+                match seen {
+                    Some(k) if k != FsKey::default() => Ok(k),
+                    _ => crate::enforce::lsm::key(p),
+                }
+            }
+            // A symlink where none may be: refused, never followed.
+            Err(e) if strict && e.raw_os_error() == Some(libc::ELOOP) => Err(e),
+            // A socket cannot be opened: stat's identity.
+            Err(_) if !strict || p.exists() => crate::enforce::lsm::key(p),
+            Err(e) => Err(e),
         }
     }
 

@@ -397,15 +397,23 @@ pub fn enroll_in(
     }
     // agentmon's own files that exist (one not created yet has nothing to protect;
     // its directory is in the list when it matters).
-    let protected: Vec<_> = setup.protected.iter().filter_map(|p| maps.ident(p).ok()).collect();
+    let protected: Vec<_> = setup.protected.iter().filter_map(|p| maps.ident(p, false).ok()).collect();
     maps.protect(&protected)?;
+    let refuse = |why: String| enforce::EnforceError::Refused { task: task.id.clone(), clause: "scope", why };
     let mut grants = Vec::with_capacity(plan.grants.len());
     for (p, r) in &plan.grants {
-        let k = maps.ident(p).map_err(|e| enforce::EnforceError::Refused {
-            task: task.id.clone(),
-            clause: "scope",
-            why: format!("{}: {e}", p.display()),
-        })?;
+        let real = std::fs::canonicalize(p).map_err(|e| refuse(format!("{}: {e}", p.display())))?;
+        // A delegated scope was checked against its parent's by its text: a symlink
+        // in it would carry a grant to wherever it points.
+        if up != 0 && real != *p {
+            return Err(refuse(format!(
+                "{} is reached through a symlink (it is {}): a sub-task's scope must name real paths",
+                p.display(),
+                real.display()
+            ))
+            .into());
+        }
+        let k = maps.ident(&real, true).map_err(|e| refuse(format!("{}: {e}", real.display())))?;
         grants.push((k, *r));
     }
     let l = monitor_common::lsm::LsmTask { flags: plan.flags, rules: c, up, _pad: 0 };

@@ -1,0 +1,128 @@
+//! `cargo xtask bench-hooks`: what each kernel program of agentmon costs per call,
+//! by the kernel's own accounting (`BPF_ENABLE_STATS`), for an enforced task's
+//! loops, on the enforcement tier this host chooses (or the fallback tier with
+//! `AGENTMON_ENFORCE_TIER=fallback`). Run time per call is comparable between tiers
+//! inside the same machine or guest, where wall-clock ratios are not (emulated
+//! guests run syscalls several times slower).
+//!
+//! Each loop runs under `agentmon exec` in a shell that signals when the loop is
+//! done and then waits, so the programs' counters are read while they are loaded.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::bench::{build, nix_is_root, target_dir};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Loop iterations per workload.
+    #[arg(long, default_value_t = 20_000)]
+    iters: u64,
+    /// Use the agentmon and bench-loop next to this binary (a guest cannot build).
+    #[arg(long)]
+    no_build: bool,
+}
+
+const WORKLOADS: [&str; 4] = ["open-ro", "open-wr", "unlink", "spawn"];
+
+fn manifest(dir: &Path, looper: &Path) -> anyhow::Result<PathBuf> {
+    let path = dir.join("task.yaml");
+    let w = dir.join("work");
+    std::fs::write(
+        &path,
+        format!(
+            "id: hooks\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{w}/**\"]\n  delete: [\"{w}/**\"]\n  \
+             exec: [\"{}\", \"/usr/bin/**\", \"/bin/**\"]\n",
+            looper.display(),
+            w = w.display()
+        ),
+    )?;
+    Ok(path)
+}
+
+/// (name, runs, ns per run) of every loaded program named like agentmon's that ran.
+fn snapshot() -> Vec<(String, u64, f64)> {
+    let mut v: Vec<(String, u64, f64)> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.run_count() > 0)
+        .filter_map(|p| {
+            let name = p.name_as_str()?.to_string();
+            let n = p.run_count();
+            Some((name, n, p.run_time().as_nanos() as f64 / n as f64))
+        })
+        .collect();
+    v.sort_by_key(|a| std::cmp::Reverse(a.1));
+    v
+}
+
+fn one(agentmon: &Path, looper: &Path, dir: &Path, task: &Path, w: &str, iters: u64) -> anyhow::Result<()> {
+    let done = dir.join("work/.done");
+    let _ = std::fs::remove_file(&done);
+    let script = format!(
+        "{} {w} {iters} {work} >/dev/null && : > {done} && sleep 5",
+        looper.display(),
+        work = dir.join("work").display(),
+        done = done.display()
+    );
+    let mut child = Command::new(agentmon)
+        .args(["exec", "-q", "--no-rules", "-e"])
+        .arg(dir.join("events.jsonl"))
+        .arg("--task")
+        .arg(task)
+        .args(["--", "/bin/sh", "-c", &script])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("start agentmon")?;
+    let start = Instant::now();
+    while !done.exists() {
+        if start.elapsed() > Duration::from_secs(600) {
+            let _ = child.kill();
+            bail!("{w}: the loop did not finish in 10 minutes");
+        }
+        if let Some(st) = child.try_wait()? {
+            bail!("{w}: agentmon exited ({st}) before the loop finished");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let progs = snapshot();
+    child.wait()?;
+    println!("\n#### {w} ({iters} iterations)\n\n| program | runs | ns per run |\n|---|---:|---:|");
+    // The loop's hooks ran about once per iteration or more; the rest is noise.
+    for (name, n, ns) in progs.iter().filter(|(_, n, _)| *n >= iters / 2) {
+        println!("| {name} | {n} | {ns:.0} |");
+    }
+    let _ = std::fs::remove_file(dir.join("events.jsonl"));
+    Ok(())
+}
+
+pub fn run(o: Options) -> anyhow::Result<()> {
+    if !nix_is_root() {
+        bail!("loading BPF programs needs root");
+    }
+    let (agentmon, looper) = if o.no_build {
+        let d = target_dir();
+        (d.join("agentmon"), d.join("bench-loop"))
+    } else {
+        build()?
+    };
+    let _stats = crate::floor::RunStats::enable()?;
+    let tmp = tempfile::tempdir()?;
+    let dir = std::fs::canonicalize(tmp.path())?;
+    std::fs::create_dir_all(dir.join("work"))?;
+    let task = manifest(&dir, &looper)?;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let tier = match std::env::var("AGENTMON_ENFORCE_TIER").as_deref() {
+        Ok("fallback") => "fallback (Landlock, seccomp, gate)",
+        _ => "as chosen (BPF LSM where the kernel runs it)",
+    };
+    println!("### Kernel programs per call: kernel {}, tier {tier}", kernel.trim());
+    for w in WORKLOADS {
+        one(&agentmon, &looper, &dir, &task, w, o.iters)?;
+    }
+    Ok(())
+}
