@@ -32,10 +32,8 @@ const EPERM: i32 = -1;
 /// include/linux/fs.h
 /// include/uapi/linux/stat.h
 const S_IFMT: u16 = 0o170000;
-const S_IFSOCK: u16 = 0o140000;
 const S_IFBLK: u16 = 0o060000;
 const S_IFCHR: u16 = 0o020000;
-const S_IFIFO: u16 = 0o010000;
 const FMODE_READ: u32 = 0x1;
 const FMODE_WRITE: u32 = 0x2;
 /// include/uapi/linux/fs.h
@@ -226,9 +224,12 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         // Raw disks: past every file scope and the sensitive set.
         return EACCES;
     }
-    // Pipes and sockets reopened through /proc are in no file scope (as with
-    // Landlock); everything else written needs a grant.
-    if fmode & FMODE_WRITE != 0 && l.flags & lflags::FILES != 0 && kind != S_IFIFO && kind != S_IFSOCK {
+    // Pseudo files (pipes reopened through /proc, pidfds: 6.9+ opens them through
+    // this hook) are in no file scope, as with Landlock: a dentry that is its own
+    // parent without being its mount's root. (Not "a climb that ended at a root
+    // other than the mount's": a directory moved out of a bind mount does that.)
+    let pseudo = unsafe { kptr(d, off!(dentry_parent)) == d && kptr(m, off!(vfsmount_root)) != d };
+    if fmode & FMODE_WRITE != 0 && l.flags & lflags::FILES != 0 && !pseudo {
         if !may_change(l.rules, right::WRITE, d, m) {
             return EACCES;
         }
