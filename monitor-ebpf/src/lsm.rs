@@ -47,6 +47,20 @@ fn enforced() -> Option<(u32, LsmTask)> {
     Some((t.task, l))
 }
 
+/// The grants an enforced task's file calls are checked against (its rules), or
+/// None: untracked, not enforced here, or files not enforced for it.
+#[inline(always)]
+fn file_rules() -> Option<u32> {
+    let (_, l) = enforced()?;
+    (l.flags & lflags::FILES != 0).then_some(l.rules)
+}
+
+/// The hook's answer: 0, or EACCES when refused.
+#[inline(always)]
+fn verdict(ok: bool) -> i32 {
+    if ok { 0 } else { EACCES }
+}
+
 /// State of a climb. It lives in a per-CPU map, not on the stack, on purpose (as
 /// the path walk's, kern::Ctl): values loaded from a map are unknown to the
 /// verifier, so the loop's states converge at once; kept on the stack, each
@@ -180,15 +194,13 @@ fn path_parts(path: u64) -> (u64, u64) {
     unsafe { (kptr(path, off!(path_dentry)), kptr(path, off!(path_mnt))) }
 }
 
-/// The verdict for a change below directory `dir` (a `struct path *`).
+/// The verdict for a change at `path` (a `struct path *`: the object itself, or the
+/// directory a name is made in) needing `want`.
 #[inline(always)]
-fn in_dir(want: u32, dir: u64) -> i32 {
-    let Some((_, l)) = enforced() else { return 0 };
-    if l.flags & lflags::FILES == 0 {
-        return 0;
-    }
-    let (d, m) = path_parts(dir);
-    if may_change(l.rules, want, d, m) { 0 } else { EACCES }
+fn at_path(want: u32, path: u64) -> i32 {
+    let Some(rules) = file_rules() else { return 0 };
+    let (d, m) = path_parts(path);
+    verdict(may_change(rules, want, d, m))
 }
 
 /// lsm/file_open(struct file *file): file->f_mode, file->f_path. Opens for writing
@@ -391,25 +403,27 @@ fn parents_match(p: &SensPattern, h: &[u64; 8], n: u64, top: u64) -> bool {
 /// every create, open(O_CREAT) included (may_o_create).
 #[lsm(hook = "path_mknod")]
 pub fn path_mknod(ctx: LsmContext) -> i32 {
+    let Some(rules) = file_rules() else { return 0 };
     let mode: u32 = ctx.arg(2);
     let kind = (mode as u16) & S_IFMT;
-    if (kind == S_IFBLK || kind == S_IFCHR) && enforced().is_some() {
+    if kind == S_IFBLK || kind == S_IFCHR {
         // A device node in the scope would be a door to the device.
         return EPERM;
     }
-    in_dir(right::WRITE, ctx.arg(0))
+    let (d, m) = path_parts(ctx.arg(0));
+    verdict(may_change(rules, right::WRITE, d, m))
 }
 
 /// lsm/path_mkdir(const struct path *dir, struct dentry *dentry, umode_t).
 #[lsm(hook = "path_mkdir")]
 pub fn path_mkdir(ctx: LsmContext) -> i32 {
-    in_dir(right::WRITE, ctx.arg(0))
+    at_path(right::WRITE, ctx.arg(0))
 }
 
 /// lsm/path_symlink(const struct path *dir, struct dentry *dentry, const char *).
 #[lsm(hook = "path_symlink")]
 pub fn path_symlink(ctx: LsmContext) -> i32 {
-    in_dir(right::WRITE, ctx.arg(0))
+    at_path(right::WRITE, ctx.arg(0))
 }
 
 /// lsm/path_unlink(const struct path *dir, struct dentry *dentry).
@@ -427,11 +441,8 @@ pub fn path_rmdir(ctx: LsmContext) -> i32 {
 /// REMOVE is looked for from the name removed up (a delete scope may be one file).
 #[inline(always)]
 fn removal(dir: u64, victim: u64) -> i32 {
-    let Some((_, l)) = enforced() else { return 0 };
-    if l.flags & lflags::FILES == 0 {
-        return 0;
-    }
-    if may_remove(l.rules, dir, victim) { 0 } else { EACCES }
+    let Some(rules) = file_rules() else { return 0 };
+    verdict(may_remove(rules, dir, victim))
 }
 
 /// May `task` remove the name `victim` from directory `dir` (a `struct path *`)?
@@ -453,10 +464,7 @@ fn may_remove(task: u32, dir: u64, victim: u64) -> bool {
 /// replaced name is a removal too).
 #[lsm(hook = "path_rename")]
 pub fn path_rename(ctx: LsmContext) -> i32 {
-    let Some((_, l)) = enforced() else { return 0 };
-    if l.flags & lflags::FILES == 0 {
-        return 0;
-    }
+    let Some(rules) = file_rules() else { return 0 };
     let (old_dir, old_victim, new_dir, new_victim): (u64, u64, u64, u64) =
         (ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3));
     let flags: u32 = ctx.arg(4);
@@ -464,11 +472,12 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
     let (nd, nm) = path_parts(new_dir);
     let exchange = flags & RENAME_EXCHANGE != 0;
     let replaces = unsafe { kptr(new_victim, off!(dentry_inode)) } != 0;
-    let ok = may_remove(l.rules, old_dir, old_victim)
-        && may_change(l.rules, right::WRITE, nd, nm)
-        && (!exchange || may_change(l.rules, right::WRITE, od, om))
-        && (!(exchange || replaces) || may_remove(l.rules, new_dir, new_victim));
-    if ok { 0 } else { EACCES }
+    verdict(
+        may_remove(rules, old_dir, old_victim)
+            && may_change(rules, right::WRITE, nd, nm)
+            && (!exchange || may_change(rules, right::WRITE, od, om))
+            && (!(exchange || replaces) || may_remove(rules, new_dir, new_victim)),
+    )
 }
 
 /// lsm/path_link(struct dentry *old_dentry, const struct path *new_dir, struct dentry
@@ -476,50 +485,36 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
 /// already (else a link into the scope would open an out-of-scope file to writes).
 #[lsm(hook = "path_link")]
 pub fn path_link(ctx: LsmContext) -> i32 {
-    let Some((_, l)) = enforced() else { return 0 };
-    if l.flags & lflags::FILES == 0 {
-        return 0;
-    }
+    let Some(rules) = file_rules() else { return 0 };
     let old: u64 = ctx.arg(0);
     let (nd, nm) = path_parts(ctx.arg(1));
     // Hard links never cross mounts: the old name is in new_dir's mount.
-    let ok = may_change(l.rules, right::WRITE, nd, nm) && may_change(l.rules, right::WRITE, old, nm);
-    if ok { 0 } else { EACCES }
+    verdict(may_change(rules, right::WRITE, nd, nm) && may_change(rules, right::WRITE, old, nm))
 }
 
 /// lsm/path_truncate(const struct path *path): truncate(2), and O_TRUNC before 6.2.
 #[lsm(hook = "path_truncate")]
 pub fn path_truncate(ctx: LsmContext) -> i32 {
-    on_path(ctx.arg(0))
+    at_path(right::WRITE, ctx.arg(0))
 }
 
 /// lsm/file_truncate(struct file *file) (6.2+): ftruncate and O_TRUNC opens.
 #[lsm(hook = "file_truncate")]
 pub fn file_truncate(ctx: LsmContext) -> i32 {
     let file: u64 = ctx.arg(0);
-    on_path(file + off!(file_path))
+    at_path(right::WRITE, file + off!(file_path))
 }
 
 /// lsm/path_chmod(const struct path *path, umode_t mode).
 #[lsm(hook = "path_chmod")]
 pub fn path_chmod(ctx: LsmContext) -> i32 {
-    on_path(ctx.arg(0))
+    at_path(right::WRITE, ctx.arg(0))
 }
 
 /// lsm/path_chown(const struct path *path, kuid_t uid, kgid_t gid).
 #[lsm(hook = "path_chown")]
 pub fn path_chown(ctx: LsmContext) -> i32 {
-    on_path(ctx.arg(0))
-}
-
-#[inline(always)]
-fn on_path(path: u64) -> i32 {
-    let Some((_, l)) = enforced() else { return 0 };
-    if l.flags & lflags::FILES == 0 {
-        return 0;
-    }
-    let (d, m) = path_parts(path);
-    if may_change(l.rules, right::WRITE, d, m) { 0 } else { EACCES }
+    at_path(right::WRITE, ctx.arg(0))
 }
 
 /// lsm/inode_setxattr(idmap or user_namespace, struct dentry *dentry, ...): the
@@ -527,32 +522,26 @@ fn on_path(path: u64) -> i32 {
 /// (a scope above a mount point does not reach here: stricter, never weaker).
 #[lsm(hook = "inode_setxattr")]
 pub fn inode_setxattr(ctx: LsmContext) -> i32 {
-    if enforced().is_some() && privileged_xattr(ctx.arg(2)) {
-        return EPERM;
-    }
-    xattr(ctx.arg(1))
+    xattr(ctx.arg(1), ctx.arg(2))
 }
 
 /// lsm/inode_removexattr(idmap or user_namespace, struct dentry *dentry, const char *name).
 #[lsm(hook = "inode_removexattr")]
 pub fn inode_removexattr(ctx: LsmContext) -> i32 {
-    if enforced().is_some() && privileged_xattr(ctx.arg(2)) {
-        return EPERM;
-    }
-    xattr(ctx.arg(1))
+    xattr(ctx.arg(1), ctx.arg(2))
 }
 
 /// lsm/inode_set_acl(struct mnt_idmap *, struct dentry *dentry, const char *, struct
 /// posix_acl *) (6.2+: POSIX ACLs no longer pass the xattr hooks).
 #[lsm(hook = "inode_set_acl")]
 pub fn inode_set_acl(ctx: LsmContext) -> i32 {
-    xattr(ctx.arg(1))
+    xattr(ctx.arg(1), 0)
 }
 
 /// lsm/inode_remove_acl(struct mnt_idmap *, struct dentry *dentry, const char *) (6.2+).
 #[lsm(hook = "inode_remove_acl")]
 pub fn inode_remove_acl(ctx: LsmContext) -> i32 {
-    xattr(ctx.arg(1))
+    xattr(ctx.arg(1), 0)
 }
 
 /// `security.*` (file capabilities, LSM labels) and `trusted.*`: no task sets them,
@@ -576,13 +565,20 @@ fn borrowed_creds() -> bool {
     cred != real
 }
 
+/// An extended attribute (`name`, 0 for an ACL) of `dentry` set or removed.
+/// Calls with borrowed credentials are the kernel's own (overlayfs copying a file up
+/// sets trusted.overlay.* on its layer) after the task's call on the overlay's file
+/// was checked here.
 #[inline(always)]
-fn xattr(dentry: u64) -> i32 {
-    let Some((_, l)) = enforced() else { return 0 };
-    if l.flags & lflags::FILES == 0 || borrowed_creds() {
+fn xattr(dentry: u64, name: u64) -> i32 {
+    let Some(rules) = file_rules() else { return 0 };
+    if borrowed_creds() {
         return 0;
     }
-    if may_change(l.rules, right::WRITE, dentry, 0) { 0 } else { EACCES }
+    if name != 0 && privileged_xattr(name) {
+        return EPERM;
+    }
+    verdict(may_change(rules, right::WRITE, dentry, 0))
 }
 
 /// lsm/bprm_check_security(struct linux_binprm *bprm): bprm->file, for the program

@@ -158,13 +158,4 @@ impl LsmMaps {
     pub fn approve_exec(&mut self, tid: u32, ok: ExecOk) -> Result<(), LoadError> {
         self.exec_ok.insert(&tid, &ok, 0).map_err(|e| op("EXEC_OK", e))
     }
-
-    /// Drops thread `tid`'s approval (its exec was refused, or has run).
-    pub fn revoke_exec(&mut self, tid: u32) {
-        let _ = self.exec_ok.remove(&tid);
-    }
-
-    pub fn enrolled(&self) -> usize {
-        self.tasks.keys().filter(|k| k.is_ok()).count()
-    }
 }
