@@ -109,7 +109,7 @@ pub(crate) fn start_daemon(d: &Path, extra: &str) -> Result<Child, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;
-    if !wait(Duration::from_secs(20), || UnixStream::connect(&sock).is_ok()) {
+    if !wait(Duration::from_secs(20) * support::slowdown(), || UnixStream::connect(&sock).is_ok()) {
         let _ = daemon.kill();
         let out = daemon.wait_with_output().map_err(|e| e.to_string())?;
         return Err(format!("the daemon's socket never came up: {}", String::from_utf8_lossy(&out.stderr)));
@@ -330,6 +330,8 @@ pub fn daemon_restart_resumes_tasks() -> R {
         format!("{} task_start records, want 2; the second daemon said: {said}", starts.len())
     })?;
     eq("second start resumed", starts[1].detail.get("resumed").and_then(|v| v.as_bool()), Some(true))?;
+    // The kernel kept tracking while no daemon ran: every file is reported, once.
+    every_file_once(&evs, &dir, "restarted", 250)?;
     let last = format!("{}/out/f249", dir.display());
     let e = evs
         .iter()
@@ -509,9 +511,26 @@ pub fn daemon_holds_approval_gates() -> R {
     Ok(())
 }
 
+/// Each of the stream scenario's `count` files has exactly one creation event, of
+/// task `task`: none missed while no daemon ran, none doubled at the hand-over.
+fn every_file_once(evs: &[Event], dir: &Path, task: &str, count: u32) -> Result<(), String> {
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for e in evs.iter().filter(|e| e.kind == Kind::FileCreate && e.task.as_deref() == Some(task)) {
+        *seen.entry(e.path.clone().unwrap_or_default()).or_default() += 1;
+    }
+    let name = |i: u32| format!("{}/out/f{i}", dir.display());
+    let missing: Vec<u32> = (0..count).filter(|i| !seen.contains_key(&name(*i))).collect();
+    let doubled: Vec<u32> = (0..count).filter(|i| seen.get(&name(*i)).is_some_and(|n| *n > 1)).collect();
+    ensure(missing.is_empty() && doubled.is_empty(), || {
+        format!("files with no creation event: {missing:?}; with more than one: {doubled:?}")
+    })
+}
+
 /// A daemon killed with SIGKILL (no chance to say anything) and restarted at once:
-/// the new one gets the audit chain's lock once the old one's exit completes,
-/// resumes the task, and its `task_start` says for how long no daemon watched.
+/// the kernel programs and maps, pinned, keep tracking the task meanwhile; the new
+/// daemon takes them over, resumes the task, reports what it did in the gap from
+/// the ring (every file once), and its `task_start` says for how long no daemon
+/// watched. Stopped with no task left, it leaves nothing in bpffs.
 pub fn daemon_kill9_restart_reports_the_gap() -> R {
     let d = workdir("daemon-kill9");
     let (sock, all) = daemon_paths(&d);
@@ -528,6 +547,8 @@ pub fn daemon_kill9_restart_reports_the_gap() -> R {
     let mut first = first;
     let _ = first.kill();
     let _ = first.wait();
+    let pins = agentmon::kernel::pin::root_of(&d.join("state"));
+    let pinned = pins.exists();
     std::thread::sleep(Duration::from_millis(800));
     let second = start_daemon(&d, "");
     let code = exec.wait().map_err(|e| e.to_string())?.code();
@@ -536,7 +557,10 @@ pub fn daemon_kill9_restart_reports_the_gap() -> R {
     let said = stop(second)?;
     ensure(going, || "the task never got going".into())?;
     eq("task exit", code, Some(0))?;
+    ensure(pinned, || format!("nothing pinned at {} once the daemon was killed", pins.display()))?;
+    ensure(!pins.exists(), || format!("{} left behind by a daemon stopped with no task", pins.display()))?;
     let evs = events(&all)?;
+    every_file_once(&evs, &dir, "gapped", 200)?;
     let starts: Vec<&Event> =
         evs.iter().filter(|e| e.kind == Kind::TaskStart && e.task.as_deref() == Some("gapped")).collect();
     ensure(starts.len() == 2, || {
@@ -546,7 +570,8 @@ pub fn daemon_kill9_restart_reports_the_gap() -> R {
     let from = gap["from"].as_str().and_then(agentmon::event::Timestamp::parse).ok_or("gap.from")?;
     let to = gap["to"].as_str().and_then(agentmon::event::Timestamp::parse).ok_or("gap.to")?;
     ensure(from < to && to <= starts[1].ts, || format!("gap {gap}"))?;
-    ensure(starts[1].reason.as_deref().is_some_and(|r| r.contains("not observed")), || {
+    eq("gap observed by the kept programs", gap["observed"].as_bool(), Some(true))?;
+    ensure(starts[1].reason.as_deref().is_some_and(|r| r.contains("kept tracking")), || {
         format!("{:?}", starts[1].reason)
     })?;
     let (vc, _, verr) = {
@@ -558,5 +583,82 @@ pub fn daemon_kill9_restart_reports_the_gap() -> R {
         (out.status.code(), (), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     eq(&format!("audit verify after a kill -9: {verr}"), vc, Some(0))?;
+    Ok(())
+}
+
+/// An enforced task whose daemon is killed: its limits hold while no daemon runs
+/// (on the BPF LSM tier only because the programs and the task cgroup's network
+/// guard stay pinned; Landlock holds by itself), and the refused attempts made
+/// meanwhile are reported by the next daemon, with their verdict.
+pub fn enforcement_outlives_the_daemon() -> R {
+    let d = workdir("daemon-enforce-gap");
+    std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let t = d.join("held.yaml");
+    std::fs::write(
+        &t,
+        format!(
+            "id: held\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{}/**\"]\n  exec: [\"{}\"]\n",
+            d.join("repo").display(),
+            me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&t, &d)?);
+    }
+    let (sock, all) = daemon_paths(&d);
+    let mut first = start_daemon(&d, "")?;
+    let go = d.join("go");
+    let mut exec = Command::new(agentmon())
+        .args(["exec", "--quiet", "--daemon"])
+        .arg(&sock)
+        .arg("--task")
+        .arg(&t)
+        .arg("--")
+        .arg(&me)
+        .arg(&d)
+        .arg(format!("wait={}", go.display()))
+        .args(["write_out", "write_in", "tcp"])
+        .env(SCENARIO_ENV, "attempts")
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let started =
+        |evs: &[Event]| evs.iter().any(|e| e.kind == Kind::TaskStart && e.task.as_deref() == Some("held"));
+    let bound =
+        wait(Duration::from_secs(30) * support::slowdown(), || events(&all).is_ok_and(|evs| started(&evs)));
+    let _ = first.kill();
+    let _ = first.wait();
+    std::fs::write(&go, b"").map_err(|e| e.to_string())?;
+    let code = exec.wait().map_err(|e| e.to_string())?.code();
+    let second = start_daemon(&d, "")?;
+    std::thread::sleep(Duration::from_millis(1500) * support::slowdown());
+    let said = stop(second)?;
+    ensure(bound, || "the task was never bound".into())?;
+    eq("task exit", code, Some(0))?;
+    let text = std::fs::read_to_string(d.join("repo/results.txt")).map_err(|e| format!("no results: {e}"))?;
+    let res: std::collections::HashMap<&str, i32> =
+        text.lines().filter_map(|l| l.split_once(' ')).map(|(k, v)| (k, v.parse().unwrap_or(-1))).collect();
+    eq("write_out errno while no daemon ran", res.get("write_out").copied(), Some(libc::EACCES))?;
+    eq("write_in errno", res.get("write_in").copied(), Some(0))?;
+    eq("tcp errno while no daemon ran", res.get("tcp").copied(), Some(crate::enforce::tcp_denied()))?;
+    ensure(!d.join("outside.txt").exists(), || "the out-of-scope write happened".into())?;
+    let evs = events(&all)?;
+    let outside = d.join("outside.txt").display().to_string();
+    let w = evs
+        .iter()
+        .find(|e| e.kind == Kind::FileCreate && e.path.as_deref() == Some(outside.as_str()))
+        .ok_or_else(|| {
+            format!("the refused write made in the gap was not reported; the daemon said: {said}")
+        })?;
+    eq("task of the refused write", w.task.as_deref(), Some("held"))?;
+    eq(
+        "verdict of the refused write",
+        (w.verdict.as_deref(), w.error.as_deref()),
+        (Some("denied"), Some("EACCES")),
+    )?;
+    let ends = evs.iter().filter(|e| e.kind == Kind::TaskEnd && e.task.as_deref() == Some("held")).count();
+    eq("task_end records", ends, 1)?;
     Ok(())
 }

@@ -69,7 +69,7 @@ const CORE: [&str; 8] =
 
 /// errno of a TCP connect outside the scope: Landlock's port rule answers EACCES;
 /// on the BPF LSM tier the task cgroup's guard alone decides, with EPERM.
-fn tcp_denied() -> i32 {
+pub(crate) fn tcp_denied() -> i32 {
     if support::bpf_lsm() { EPERM } else { EACCES }
 }
 

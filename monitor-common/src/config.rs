@@ -91,7 +91,9 @@ pub struct KConfig {
     /// Wake the reader only once this many bytes are waiting in the ring buffer;
     /// below it the reader polls on a timer. Saves the traced process a wakeup per event.
     pub wakeup_bytes: u32,
-    pub _pad: u32,
+    /// This load's number: its programs write to the ring only while `EPOCH` holds
+    /// it, so a restarted daemon takes over pinned maps without a doubled event.
+    pub epoch: u32,
     /// 4096-bit filter over the SENSITIVE hashes (bit `h & 4095`): a read-only open
     /// whose basename hashes miss it needs no map lookup at all.
     pub sensitive_bloom: [u64; 64],
@@ -105,7 +107,7 @@ impl Default for KConfig {
             self_tgid: 0,
             sensitive_prefix_lens: [0; 4],
             wakeup_bytes: 0,
-            _pad: 0,
+            epoch: 0,
             sensitive_bloom: [0; 64],
             off: Offsets::default(),
             tp: TpOffsets::default(),

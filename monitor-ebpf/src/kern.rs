@@ -10,7 +10,7 @@ use monitor_common::{
     counter, kind, pflags,
 };
 
-use crate::{COUNTERS, EVENTS, PENDING, SCRATCH, TRACKED, TRACKED_BYTES};
+use crate::{COUNTERS, EPOCH, EVENTS, PENDING, SCRATCH, TRACKED, TRACKED_BYTES};
 
 pub const AT_FDCWD: i64 = -100;
 /// `dfd` value meaning "this string is not a path relative to anything" (symlink targets).
@@ -473,6 +473,11 @@ impl Ev {
     /// Copies the event out to the ring buffer and counts it (emitted or lost).
     #[inline(always)]
     pub fn emit(self) {
+        // Programs of a load that was taken over (or not yet handed the ring) stay
+        // silent: the other load's program reports the same call.
+        if EPOCH.get(0).copied() != Some(conf!(epoch)) {
+            return;
+        }
         let off = self.off();
         let len = if off > TAIL_MAX { TAIL_MAX } else { off };
         let k = unsafe {

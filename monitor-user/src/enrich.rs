@@ -503,6 +503,16 @@ impl Enricher {
         Some(ev)
     }
 
+    /// The kernel's lost counts last reported (a restarted daemon that takes the
+    /// counters over starts from them, so nothing is reported twice).
+    pub fn lost_reported(&self) -> &BTreeMap<u16, u64> {
+        &self.last_lost
+    }
+
+    pub fn seed_lost(&mut self, reported: BTreeMap<u16, u64>) {
+        self.last_lost = reported;
+    }
+
     /// A `loss` event if the kernel counted lost events (or the decoder rejected
     /// records) since the last call.
     pub fn loss(&mut self, counts: &Counts) -> Option<Event> {

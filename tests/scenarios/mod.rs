@@ -505,6 +505,11 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                     as libc::c_long)
             }
             "chown_out" => errno(std::os::unix::fs::chown(d.join("victim.txt"), Some(0), Some(0))),
+            // Waits until the file PATH exists (a test's cue), then goes on.
+            "wait" => {
+                wait_for(Path::new(arg))?;
+                0
+            }
             // A file outside the write scope given a second name inside it: writes
             // through that name would change the outside file.
             "link_out_in" => errno(fs::hard_link(d.join("victim.txt"), d.join("repo/victim-link"))),

@@ -10,17 +10,21 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, Program, ProgramError, cgroup_sock_addr::CgroupSockAddrLink,
-        lsm::LsmLink, tp_btf::BtfTracePointLink, trace_point::TracePointLink,
+        CgroupAttachMode, CgroupSockAddr, Program, ProgramError,
+        cgroup_sock_addr::CgroupSockAddrLink,
+        links::{FdLink, PinnedLink},
+        lsm::LsmLink,
+        tp_btf::BtfTracePointLink,
+        trace_point::TracePointLink,
     },
 };
 use monitor_common::{COUNTER_SLOTS, KConfig, NetKeyData, NetPorts, Tracked, kind};
 
-use super::lsm::LsmMaps;
 use super::{
     btf::{BtfError, KernelBtf},
     tracefs::{TraceFs, TraceFsError},
 };
+use super::{lsm::LsmMaps, pin::Pins};
 use crate::sensitive::SensitiveSet;
 
 /// The kernel programs, built by build.rs.
@@ -71,6 +75,9 @@ pub struct SensorConfig {
     pub sensitive: SensitiveSet,
     /// Load and attach the BPF LSM tier (`enforce::Layers::lsm`).
     pub lsm: bool,
+    /// A daemon's state directory: its maps and links are pinned in bpffs under a
+    /// name of it, and a previous daemon's are taken over (`kernel::pin`).
+    pub pin: Option<std::path::PathBuf>,
 }
 
 impl Default for SensorConfig {
@@ -80,6 +87,7 @@ impl Default for SensorConfig {
             wakeup_bytes: 64 << 10,
             sensitive: SensitiveSet::default_set(),
             lsm: false,
+            pin: None,
         }
     }
 }
@@ -96,6 +104,22 @@ fn tracked_bytes_entries() -> u32 {
     pid_max.div_ceil(64).max(1)
 }
 
+/// A number for this load of the programs (`KConfig::epoch`), never 0.
+fn new_epoch() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    u32::from_ne_bytes(b).max(1)
+}
+
+/// What makes pinned maps fit a load: the programs, their configuration (but not
+/// who loads them, nor the epoch) and the maps' sizes.
+fn build_print(k: &KConfig, cfg: &SensorConfig, tracked_entries: u32) -> Vec<u8> {
+    let k = KConfig { self_tgid: 0, epoch: 0, ..*k };
+    let mut b = OBJECT.to_vec();
+    b.extend(format!("{k:?} {} {tracked_entries} {}", cfg.ringbuf_bytes, cfg.lsm).bytes());
+    b
+}
+
 /// Loaded, attached sensors and the maps userspace works with.
 pub struct Sensors {
     // Links before the object: they are dropped first, in parallel (see Drop).
@@ -104,6 +128,9 @@ pub struct Sensors {
     guard_links: Vec<CgroupSockAddrLink>,
     #[expect(dead_code, reason = "held: dropping a link detaches its program")]
     lsm_links: Vec<LsmLink>,
+    /// A daemon's links, pinned: they stay attached when it goes.
+    pinned: Vec<PinnedLink>,
+    pins: Option<Pins>,
     ebpf: Ebpf,
     net_task: HashMap<MapData, u64, u32>,
     net_allow: LpmTrie<MapData, NetKeyData, NetPorts>,
@@ -185,21 +212,44 @@ impl Sensors {
                 });
             }
         }
+        let epoch_no = new_epoch();
         let kconfig = KConfig {
             self_tgid: std::process::id(),
             sensitive_prefix_lens: cfg.sensitive.prefix_lens,
             wakeup_bytes: cfg.wakeup_bytes,
-            _pad: 0,
+            epoch: epoch_no,
             sensitive_bloom: cfg.sensitive.bloom(),
             off: kbtf.offsets()?,
             tp: tracefs.tp_offsets()?,
         };
-        let mut ebpf = EbpfLoader::new()
+        let tracked_entries = tracked_bytes_entries();
+        let pins = match &cfg.pin {
+            Some(state) => Some(Pins::open(state, &build_print(&kconfig, cfg, tracked_entries), epoch_no)?),
+            None => None,
+        };
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("CONFIG", &kconfig, true)
             .map_max_entries("EVENTS", cfg.ringbuf_bytes)
-            .map_max_entries("TRACKED_BYTES", tracked_bytes_entries())
-            .load(OBJECT)
-            .map_err(|e| LoadError::Object(e.to_string()))?;
+            .map_max_entries("TRACKED_BYTES", tracked_entries);
+        if let Some(p) = &pins {
+            for m in super::pin::PINNED_MAPS {
+                loader.map_pin_path(m, p.map(m));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|e| LoadError::Object(e.to_string()))?;
+        let pin = |name: &str, link: FdLink| -> Result<Option<PinnedLink>, LoadError> {
+            match &pins {
+                Some(p) => link.pin(p.link(name)).map(Some).map_err(|e| LoadError::Program {
+                    prog: name.to_string(),
+                    attach: "bpffs".into(),
+                    stage: "pin",
+                    msg: e.to_string(),
+                }),
+                None => Ok(None),
+            }
+        };
+        let mut pinned = Vec::new();
 
         let btf = Btf::from_sys_fs().map_err(|e| LoadError::Object(format!("kernel BTF: {e}")))?;
         let mut attached = BTreeMap::new();
@@ -238,7 +288,13 @@ impl Sensors {
                     tp.load().map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
                     let id =
                         tp.attach(category, &name).map_err(|e| fail(&attach, "attach", e.to_string()))?;
-                    tp_links.push(tp.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?);
+                    let link = tp.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?;
+                    if pins.is_some() {
+                        let fd = FdLink::try_from(link).map_err(|e| fail(&attach, "pin", e.to_string()))?;
+                        pinned.extend(pin(&name, fd)?);
+                    } else {
+                        tp_links.push(link);
+                    }
                     attached.insert(name.clone(), attach);
                     tracing::debug!(prog = %name, ms = t0.elapsed().as_millis() as u64, "attached");
                 }
@@ -259,7 +315,12 @@ impl Sensors {
                     let attach = format!("tp_btf {tpname}");
                     tp.load(tpname, &btf).map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
                     let id = tp.attach().map_err(|e| fail(&attach, "attach", e.to_string()))?;
-                    btf_links.push(tp.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?);
+                    let link = tp.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?;
+                    if pins.is_some() {
+                        pinned.extend(pin(&name, link.into())?);
+                    } else {
+                        btf_links.push(link);
+                    }
                     attached.insert(name.clone(), attach);
                 }
                 Program::Lsm(p) => {
@@ -285,7 +346,12 @@ impl Sensors {
                     }
                     p.load(&name, &btf).map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
                     let id = p.attach().map_err(|e| fail(&attach, "attach", e.to_string()))?;
-                    lsm_links.push(p.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?);
+                    let link = p.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?;
+                    if pins.is_some() {
+                        pinned.extend(pin(&name, link.into())?);
+                    } else {
+                        lsm_links.push(link);
+                    }
                     attached.insert(name.clone(), attach);
                     tracing::debug!(prog = %name, ms = t0.elapsed().as_millis() as u64, "attached");
                 }
@@ -305,8 +371,23 @@ impl Sensors {
                 .insert(h, &1, 0)
                 .map_err(|e| LoadError::MapOp { name: "SENSITIVE", msg: e.to_string() })?;
         }
-        let tracked = take_map(&mut ebpf, "TRACKED")?;
-        let tracked_bytes = take_map(&mut ebpf, "TRACKED_BYTES")?;
+        let tracked: HashMap<MapData, u32, Tracked> = take_map(&mut ebpf, "TRACKED")?;
+        let tracked_bytes: Array<MapData, [u8; 64]> = take_map(&mut ebpf, "TRACKED_BYTES")?;
+        // Taken over: processes a previous daemon tracked that the kernel has not
+        // marked yet are confirmed against TRACKED, as its own pending roots were.
+        let unmarked: Vec<u32> = if pins.as_ref().is_some_and(|p| p.reused) {
+            tracked
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|t| tracked_bytes.get(&(t / 64), 0).is_ok_and(|v| v[(t % 64) as usize] == 0))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut epoch: Array<MapData, u32> = take_map(&mut ebpf, "EPOCH")?;
+        // Every program is attached: the ring is this load's from now on (a previous
+        // daemon's programs, still attached, fall silent).
+        epoch.set(0, &epoch_no, 0).map_err(|e| LoadError::MapOp { name: "EPOCH", msg: e.to_string() })?;
         let pending = take_map(&mut ebpf, "PENDING")?;
         let counters = take_map(&mut ebpf, "COUNTERS")?;
         let events = Some(take_map(&mut ebpf, "EVENTS")?);
@@ -330,25 +411,29 @@ impl Sensors {
         } else {
             None
         };
-        Ok(Self {
+        let mut s = Self {
             tp_links,
             btf_links,
             guard_links: Vec::new(),
             lsm_links,
+            pinned,
+            pins,
             ebpf,
             net_task,
             net_allow,
             tracked,
             tracked_bytes,
             pending,
-            unmarked: Vec::new(),
+            unmarked,
             counters,
             events,
             lsm,
             attached,
             absent,
             load_ms: started.elapsed().as_millis(),
-        })
+        };
+        s.set_pending()?;
+        Ok(s)
     }
 
     /// Binds process `tgid` (and, through fork inheritance, all its future
@@ -428,8 +513,20 @@ impl Sensors {
                 .ok_or_else(|| fail("find", "missing from the object".into()))?
                 .try_into()
                 .map_err(|e: ProgramError| fail("find", e.to_string()))?;
+            let at = self.pins.as_ref().map(|pins| pins.guard(name, cg_id));
+            if at.as_ref().is_some_and(|a| a.exists()) {
+                // Attached by a previous daemon and kept: it holds as it is.
+                continue;
+            }
             let id = p.attach(cg, CgroupAttachMode::Single).map_err(|e| fail("attach", e.to_string()))?;
-            self.guard_links.push(p.take_link(id).map_err(|e| fail("own link", e.to_string()))?);
+            let link = p.take_link(id).map_err(|e| fail("own link", e.to_string()))?;
+            match at {
+                Some(at) => {
+                    let fd = FdLink::try_from(link).map_err(|e| fail("pin", e.to_string()))?;
+                    self.pinned.push(fd.pin(at).map_err(|e| fail("pin", e.to_string()))?);
+                }
+                None => self.guard_links.push(link),
+            }
         }
         Ok(())
     }
@@ -496,6 +593,46 @@ impl Sensors {
         self.events.take()
     }
 
+    /// The maps were a previous daemon's, its tracking and rules kept while no
+    /// daemon ran (events of the gap are waiting in the ring).
+    pub fn taken_over(&self) -> bool {
+        self.pins.as_ref().is_some_and(|p| p.reused)
+    }
+
+    /// The highest task cookie in the kernel's maps (0: none).
+    pub fn max_cookie(&self) -> u32 {
+        let lsm = self.lsm.as_ref().map(|l| l.max_cookie()).unwrap_or(0);
+        self.tracked.iter().filter_map(|r| r.ok()).map(|(_, v)| v.task).fold(lsm, u32::max)
+    }
+
+    /// Detaches what a previous daemon left attached (its links, another build's
+    /// state): called once this daemon's tasks are resumed under its own programs.
+    pub fn retire_previous(&self) {
+        if let Some(p) = &self.pins {
+            match p.retire() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("detached {n} sets of a previous daemon's programs"),
+                Err(e) => tracing::warn!("detaching a previous daemon's programs: {e}"),
+            }
+        }
+    }
+
+    /// Drops the pinned network guards of cgroups other than `live`.
+    pub fn keep_guards(&self, live: &std::collections::BTreeSet<u64>) {
+        if let Some(p) = &self.pins {
+            p.keep_guards(live);
+        }
+    }
+
+    /// Unpins everything: the programs detach when the sensors are dropped.
+    pub fn unpin(&mut self) {
+        if let Some(p) = self.pins.take()
+            && let Err(e) = p.remove()
+        {
+            tracing::warn!("removing agentmon's pins in bpffs: {e}");
+        }
+    }
+
     /// Reads the per-kind counters.
     pub fn counts(&self) -> Counts {
         let mut c = Counts::default();
@@ -525,8 +662,13 @@ impl Drop for Sensors {
     fn drop(&mut self) {
         let tps = std::mem::take(&mut self.tp_links);
         let btfs = std::mem::take(&mut self.btf_links);
+        // Pinned links detach here only if they were unpinned (see `unpin`).
+        let pinned = std::mem::take(&mut self.pinned);
         std::thread::scope(|s| {
             for chunk in chunks(tps, 24) {
+                s.spawn(move || drop(chunk));
+            }
+            for chunk in chunks(pinned, 24) {
                 s.spawn(move || drop(chunk));
             }
             s.spawn(move || drop(btfs));

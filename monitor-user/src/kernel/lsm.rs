@@ -127,10 +127,34 @@ impl LsmMaps {
         self.tasks.insert(&task, &l, 0).map_err(|e| op("LSM_TASK", e))
     }
 
+    /// The highest task cookie enrolled (0: none).
+    pub fn max_cookie(&self) -> u32 {
+        self.tasks.keys().filter_map(|k| k.ok()).max().unwrap_or(0)
+    }
+
     /// Takes task `task` and the grants written under it out.
     pub fn forget(&mut self, task: u32) {
         let _ = self.tasks.remove(&task);
         for k in self.written.remove(&task).unwrap_or_default() {
+            let _ = self.fs_rules.remove(&k);
+        }
+    }
+
+    /// Takes out every task (and grant) whose cookie is not in `known`: what a
+    /// previous daemon enrolled for tasks no one resumed.
+    pub fn keep_tasks(&mut self, known: &std::collections::BTreeSet<u32>) {
+        let tasks: Vec<u32> =
+            self.tasks.keys().filter_map(|k| k.ok()).filter(|c| !known.contains(c)).collect();
+        for c in tasks {
+            let _ = self.tasks.remove(&c);
+        }
+        let rules: Vec<FsKey> = self
+            .fs_rules
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.task != 0 && !known.contains(&k.task))
+            .collect();
+        for k in rules {
             let _ = self.fs_rules.remove(&k);
         }
     }

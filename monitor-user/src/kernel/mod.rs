@@ -2,4 +2,5 @@
 pub mod btf;
 pub mod loader;
 pub mod lsm;
+pub mod pin;
 pub mod tracefs;

@@ -103,20 +103,36 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     );
     let extras = Extras { selectors: opts.selectors.clone(), metrics, nats, ..Default::default() };
     let mut rt = Runtime::new(engine, server, rules_watch(&opts.rules, &opts.sensitive), extras)?;
+    let taken = rt.e.sensors.taken_over();
     let resumed = tasks::resume(&mut rt.e);
     if !resumed.is_empty() {
-        eprintln!("agentmon daemon: resumed {} running tasks: {}", resumed.len(), resumed.join(", "));
+        let how = if taken { "tracked by the kernel throughout" } else { "not observed while no daemon ran" };
+        eprintln!("agentmon daemon: resumed {} running tasks ({how}): {}", resumed.len(), resumed.join(", "));
     }
+    if taken {
+        tasks::drop_unclaimed(&mut rt.e);
+        // What the tasks did in the gap, their roots' exits included.
+        rt.drain();
+    }
+    tasks::end_rootless(&mut rt.e, &resumed);
+    // Only now: until the resumed tasks were bound to this daemon's programs, the
+    // previous daemon's held them.
+    rt.e.sensors.retire_previous();
     rt.run(None).await?;
-    // Running tasks are not ended: they run on unobserved (their Landlock and seccomp
-    // limits stay; the cgroup guard goes with the programs) and a restarted daemon
-    // resumes them from the state directory.
+    // Running tasks are not ended: the kernel keeps tracking and enforcing them (the
+    // programs and maps stay pinned in bpffs), events wait in the ring, and a
+    // restarted daemon resumes them from the state directory.
     let running = rt.e.p.task_ids().len().saturating_sub(rt.e.p.ended.len());
-    eprintln!(
-        "agentmon daemon: stopping; {running} running tasks are not observed until a daemon resumes them \
-         (recorded in {})",
-        opts.state_dir.display()
-    );
+    if running == 0 {
+        rt.e.sensors.unpin();
+        eprintln!("agentmon daemon: stopping; no running task, kernel programs detached");
+    } else {
+        eprintln!(
+            "agentmon daemon: stopping; {running} running tasks stay tracked and enforced in the kernel until a \
+             daemon resumes them (recorded in {})",
+            opts.state_dir.display()
+        );
+    }
     rt.shutdown(None);
     Ok(0)
 }

@@ -41,13 +41,27 @@ impl Engine {
             ringbuf_bytes,
             sensitive: sensitive.clone(),
             lsm: setup.layers.lsm,
+            // A daemon's programs outlive it (`kernel::pin`).
+            pin: setup.state.as_ref().map(|s| s.dir.clone()),
             ..SensorConfig::default()
         };
+        let sensors = Sensors::load(&cfg)?;
+        let mut enr = Enricher::new(sensitive.clone(), Default::default());
+        if let Some(st) = &setup.state {
+            // Counters taken over go on from what was reported of them; fresh ones
+            // start at nothing, whatever an older build's daemon reported.
+            if sensors.taken_over() {
+                enr.seed_lost(st.lost_reported());
+            } else {
+                st.save_lost(&Default::default());
+            }
+        }
         Ok(Self {
-            sensors: Sensors::load(&cfg)?,
-            p: Pipeline::new(Enricher::new(sensitive.clone(), Default::default()), Judge::new(rules)),
+            // Cookies a previous daemon gave out are still in the kernel's maps.
+            next_task: EXEC_TASK.max(sensors.max_cookie() + 1),
+            sensors,
+            p: Pipeline::new(enr, Judge::new(rules)),
             out,
-            next_task: EXEC_TASK,
             setup,
             mailboxes: Vec::new(),
         })

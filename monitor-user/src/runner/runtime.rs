@@ -198,9 +198,7 @@ impl Runtime {
     pub fn shutdown(mut self, end_tasks: Option<&str>) {
         self.drain();
         let e = &mut self.e;
-        if let Some(ev) = e.p.enr.loss(&e.sensors.counts()) {
-            e.out.send(&ev);
-        }
+        loss(e);
         if let Some(why) = end_tasks {
             for id in e.p.task_ids() {
                 if let Some(ev) = e.p.task_ended(&id, why) {
@@ -242,14 +240,23 @@ fn stopped(e: &mut Engine, still: Duration, stall: &super::watchdog::Stall) {
     e.out.alert(&alert);
 }
 
+/// Reports what the kernel lost since the last report; a daemon records the totals
+/// reported, so that a successor taking the counters over does not report them again.
+fn loss(e: &mut Engine) {
+    if let Some(ev) = e.p.enr.loss(&e.sensors.counts()) {
+        e.out.send(&ev);
+        if let Some(st) = &e.setup.state {
+            st.save_lost(e.p.enr.lost_reported());
+        }
+    }
+}
+
 /// Housekeeping, every [`TICK`].
 fn housekeeping(e: &mut Engine, watch: Option<&mut RulesWatch>, extras: &mut Extras, ticks: u64) {
     if let Err(err) = e.sensors.settle_pending() {
         tracing::warn!("{err}");
     }
-    if let Some(ev) = e.p.enr.loss(&e.sensors.counts()) {
-        e.out.send(&ev);
-    }
+    loss(e);
     if let Some(w) = watch {
         reload(w, e);
     }
@@ -273,6 +280,9 @@ fn housekeeping(e: &mut Engine, watch: Option<&mut RulesWatch>, extras: &mut Ext
         if let Some(l) = e.sensors.lsm.as_mut() {
             l.sweep(&live);
         }
+        let cgroups =
+            e.p.contain.top_level().iter().filter_map(|id| e.p.contain.cgroup(id).map(|c| c.id)).collect();
+        e.sensors.keep_guards(&cgroups);
     }
     // A task process that moved itself out of its cgroup is brought back, and said.
     if ticks.is_multiple_of(4) {

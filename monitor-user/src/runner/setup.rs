@@ -96,10 +96,15 @@ pub struct Saved {
     /// The files its command executes (granted again on the BPF LSM tier).
     #[serde(default)]
     pub launch: Vec<String>,
+    /// Its cookie in the kernel's maps: kept by a daemon that takes them over.
+    #[serde(default)]
+    pub cookie: Option<u32>,
 }
 
 /// The file whose content is the time the daemon was last seen alive.
 const HEARTBEAT: &str = "alive";
+/// The kernel's lost-event counts last reported (kind -> total).
+const LOST: &str = "lost.json";
 
 impl StateDir {
     fn saved(&self, id: &str) -> PathBuf {
@@ -141,6 +146,25 @@ impl StateDir {
         if let Err(e) = self.write_atomic(HEARTBEAT, now.0.to_string().as_bytes()) {
             tracing::debug!("heartbeat in {}: {e}", self.dir.display());
         }
+    }
+
+    /// Records the lost counts just reported.
+    pub fn save_lost(&self, lost: &std::collections::BTreeMap<u16, u64>) {
+        let bytes = serde_json::to_vec(lost).unwrap_or_default();
+        if let Err(e) = self.write_atomic(LOST, &bytes) {
+            tracing::warn!(
+                "{}: {e} (a successor may report these losses again)",
+                self.dir.join(LOST).display()
+            );
+        }
+    }
+
+    /// The lost counts a previous daemon reported (none: nothing, or unreadable).
+    pub fn lost_reported(&self) -> std::collections::BTreeMap<u16, u64> {
+        std::fs::read(self.dir.join(LOST))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
     }
 
     /// When a previous daemon was last seen alive (None: never, or unreadable).

@@ -49,9 +49,10 @@ pub enum Binding {
     Launched,
     /// A tree that already runs.
     Attached,
-    /// A task a previous daemon recorded: its cgroup and the processes in it, and how
-    /// long no daemon watched it.
-    Resumed { cgroup: TaskCgroup, pids: Vec<u32>, gap: Option<(Timestamp, Timestamp)> },
+    /// A task a previous daemon recorded: its cgroup and the processes in it, how
+    /// long no daemon watched it, and its cookie when the kernel kept tracking it
+    /// meanwhile (the maps were taken over).
+    Resumed { cgroup: TaskCgroup, pids: Vec<u32>, gap: Option<(Timestamp, Timestamp)>, kept: Option<u32> },
 }
 
 /// Checks a request for a new top-level task (operators only, checked by the caller)
@@ -207,7 +208,10 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
         }
         let cg = s.cgroup.clone().and_then(|p| TaskCgroup::adopt(p).ok());
         let pids = cg.as_ref().map(|c| c.pids()).unwrap_or_default();
-        let Some(cg) = cg.filter(|_| !pids.is_empty()) else {
+        // Kept in the kernel meanwhile: even a task that ended in the gap is bound,
+        // for its events waiting in the ring (its root's exit among them).
+        let kept = s.cookie.filter(|_| e.sensors.taken_over());
+        let Some(cg) = cg.filter(|_| !pids.is_empty() || kept.is_some()) else {
             // Ended while no daemon ran (its cgroup goes with `cg`).
             drop_it(e);
             continue;
@@ -233,30 +237,55 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
             launch: s.launch.iter().map(PathBuf::from).collect(),
             lsm: None,
         };
-        let root = r.pid;
         let gap = last.map(|t| (t, now));
-        match bind(e, task, r, Binding::Resumed { cgroup: cg, pids, gap }) {
-            Ok(id) => {
-                // Its root exited while no daemon ran: the end is recorded now.
-                if !Path::new(&format!("/proc/{root}")).exists()
-                    && let Some(ev) =
-                        e.p.task_ended(&Arc::from(id.as_str()), "its root exited while no daemon ran")
-                {
-                    e.record(&ev);
-                }
-                done.push(id)
-            }
+        match bind(e, task, r, Binding::Resumed { cgroup: cg, pids, gap, kept }) {
+            Ok(id) => done.push(id),
             Err(err) => tracing::error!("resuming task {}: {err}", s.id),
         }
     }
     done
 }
 
+/// Ends the resumed tasks whose root exited while no daemon ran and whose exit no
+/// event reported (called once the ring's waiting events are read).
+pub fn end_rootless(e: &mut Engine, resumed: &[String]) {
+    for id in resumed {
+        let id: Arc<str> = Arc::from(id.as_str());
+        let Some(root) = e.p.judge.task(&id).map(|b| b.root) else { continue };
+        if !Path::new(&format!("/proc/{root}")).exists()
+            && let Some(ev) = e.p.task_ended(&id, "its root exited while no daemon ran")
+        {
+            e.record(&ev);
+        }
+    }
+}
+
+/// After resuming on taken-over maps: processes and grants a previous daemon bound
+/// to tasks no one resumed (ended while no daemon ran, or never recorded) are let go.
+pub fn drop_unclaimed(e: &mut Engine) {
+    let known: std::collections::BTreeSet<u32> =
+        e.sensors.tracked().into_iter().map(|(_, c)| c).filter(|c| e.p.enr.task_name(*c).is_some()).collect();
+    for (pid, c) in e.sensors.tracked() {
+        if !known.contains(&c) {
+            tracing::info!(
+                "process {pid} was tracked under cookie {c}, which no resumed task has: untracked"
+            );
+            let _ = e.sensors.untrack(pid);
+        }
+    }
+    if let Some(l) = e.sensors.lsm.as_mut() {
+        l.keep_tasks(&known);
+    }
+}
+
 /// Binds `task` to the processes of `r`: tracking in the kernel, its cgroup (with the
 /// network guard if enforced), its own events file, the judge and containment; then
 /// records `task_start` and (in a daemon) the task's state.
 pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<String, RunError> {
-    let c = e.cookie();
+    let c = match &how {
+        Binding::Resumed { kept: Some(c), .. } => *c,
+        _ => e.cookie(),
+    };
     let id: Arc<str> = Arc::from(task.id.as_str());
     // A per-task events file (the `--events` of the exec that registered).
     if let Some(path) = &r.events {
@@ -268,8 +297,9 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         // Before a process of the task can run under the cookie.
         enroll(e, c, &task, &r.launch, 0)?;
     }
+    let observed = matches!(how, Binding::Resumed { kept: Some(_), .. });
     let (adopted, mut pids, gap) = match how {
-        Binding::Resumed { cgroup, pids, gap } => (Some(cgroup), pids, gap),
+        Binding::Resumed { cgroup, pids, gap, .. } => (Some(cgroup), pids, gap),
         Binding::Attached => (None, attach_tree(&mut e.sensors, r.pid, c)?, None),
         Binding::Launched => {
             e.sensors.track(r.pid, c)?;
@@ -278,7 +308,12 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
     };
     if adopted.is_some() {
         for &pid in &pids {
-            e.sensors.track(pid, c)?;
+            // Kept tracking (its flags, a kill mark) is left as the kernel has it.
+            match e.sensors.task_of(pid) {
+                Some(t) if t == c => {}
+                Some(_) => e.sensors.retag(pid, c)?,
+                None => e.sensors.track(pid, c)?,
+            }
         }
     }
     // A process found in /proc that exited before it was tracked leaves an entry no
@@ -321,6 +356,7 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         expires: task.expires,
         ended: false,
         launch: r.launch.iter().map(|p| p.display().to_string()).collect(),
+        cookie: Some(c),
     };
     let tier = task.enforce.then_some(if e.setup.layers.lsm { "bpf-lsm" } else { "landlock" });
     let p = &mut e.p;
@@ -346,11 +382,20 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
                     "from": from,
                     "to": to,
                     "seconds": ((to.0 - from.0).max(0) / 1_000_000_000) as u64,
+                    "observed": observed,
                 }),
             );
-            ev.reason = Some(format!(
-                "resumed by a restarted daemon: what the task did between {from} and {to} was not observed"
-            ));
+            ev.reason = Some(if observed {
+                format!(
+                    "resumed by a restarted daemon: the kernel kept tracking and enforcing the task from {from} \
+                     to {to}; what it did then is reported from the ring (what the ring could not hold, in a loss \
+                     record)"
+                )
+            } else {
+                format!(
+                    "resumed by a restarted daemon: what the task did between {from} and {to} was not observed"
+                )
+            });
         }
         e.record(&ev);
     }

@@ -1,0 +1,164 @@
+//! A daemon's kernel state kept in bpffs, so that tracking, enforcement and the
+//! events of a gap outlive the daemon process (a kill -9, an upgrade restart).
+//!
+//! ```text
+//! /sys/fs/bpf/agentmon/<state>/<build>/maps/<NAME>        the stateful maps
+//! /sys/fs/bpf/agentmon/<state>/<build>/links/<epoch>/<p>  one load's attached programs
+//! /sys/fs/bpf/agentmon/<state>/<build>/guards/<p>-<cgroup>  enforced tasks' network guards
+//! ```
+//! `<state>` names the daemon (its state directory), `<build>` the programs and their
+//! configuration: maps are reused only by a daemon that would have made the same
+//! ones. A restarted daemon loads its programs on the pinned maps, attaches them,
+//! hands the ring to its own epoch (`EPOCH`, one word: the old programs fall silent
+//! as the new ones start, no event doubled or missed), and only then, once its
+//! tasks are resumed, removes the previous links: enforcement never lapses. A
+//! network guard is attached once per task cgroup and kept by every load after.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use sha2::{Digest, Sha256};
+
+use super::loader::LoadError;
+
+/// The maps whose content is state: the tracked processes, the task rules, the ring
+/// and its counters. Per-CPU scratch and agentmon's own handshakes are per load.
+pub const PINNED_MAPS: &[&str] = &[
+    "TRACKED",
+    "TRACKED_BYTES",
+    "PENDING",
+    "EVENTS",
+    "COUNTERS",
+    "EPOCH",
+    "SENSITIVE",
+    "NET_TASK",
+    "NET_ALLOW",
+    "FS_RULES",
+    "LSM_TASK",
+    "EXEC_OK",
+    "SENS_PAT",
+];
+
+/// Where bpffs is expected; mounted there if it is not.
+const BPFFS: &str = "/sys/fs/bpf";
+
+#[derive(Debug)]
+pub struct Pins {
+    /// `<state>`: every build's pins of this daemon.
+    root: PathBuf,
+    /// `<state>/<build>`.
+    dir: PathBuf,
+    /// This load's links directory.
+    links: PathBuf,
+    /// The maps were there already: a previous daemon's state is taken over.
+    pub reused: bool,
+}
+
+fn pin_err(msg: String) -> LoadError {
+    LoadError::MapOp { name: "bpffs", msg }
+}
+
+/// Mounts bpffs at its usual place if something else (or nothing) is there.
+fn ensure_bpffs() -> Result<(), LoadError> {
+    let is_bpffs = || {
+        nix::sys::statfs::statfs(BPFFS).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+    };
+    if is_bpffs() {
+        return Ok(());
+    }
+    nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|e| pin_err(format!("{BPFFS} is not bpffs and mounting it failed: {e}")))?;
+    tracing::info!("mounted bpffs at {BPFFS}");
+    Ok(())
+}
+
+/// Where the daemon keeping its state in `state_dir` pins its programs and maps.
+pub fn root_of(state_dir: &Path) -> PathBuf {
+    let state = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    Path::new(BPFFS).join("agentmon").join(short(state.as_os_str().as_encoded_bytes()))
+}
+
+/// A short hex name for `bytes`.
+fn short(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+impl Pins {
+    /// The pins of the daemon keeping its state in `state_dir`, for a load whose
+    /// programs and configuration hash to `build`; this load is `epoch`.
+    pub fn open(state_dir: &Path, build: &[u8], epoch: u32) -> Result<Self, LoadError> {
+        ensure_bpffs()?;
+        // Named by its canonical path: it must exist first.
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir);
+        let root = root_of(state_dir);
+        let dir = root.join(short(build));
+        let reused = dir.join("maps").join("TRACKED").exists();
+        let links = dir.join("links").join(format!("{epoch:08x}"));
+        for d in [dir.join("maps"), dir.join("guards"), links.clone()] {
+            std::fs::create_dir_all(&d).map_err(|e| pin_err(format!("{}: {e}", d.display())))?;
+        }
+        Ok(Self { root, dir, links, reused })
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir.join("maps").join(name)
+    }
+
+    pub fn link(&self, name: &str) -> PathBuf {
+        self.links.join(name)
+    }
+
+    /// Where the guard program `prog` of cgroup `cg` is pinned.
+    pub fn guard(&self, prog: &str, cg: u64) -> PathBuf {
+        self.dir.join("guards").join(format!("{prog}-{cg}"))
+    }
+
+    /// Removes the guards of cgroups not in `live` (their tasks ended).
+    pub fn keep_guards(&self, live: &std::collections::BTreeSet<u64>) {
+        let Ok(rd) = std::fs::read_dir(self.dir.join("guards")) else { return };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let cg = name.to_str().and_then(|n| n.rsplit_once('-')).and_then(|(_, c)| c.parse().ok());
+            if cg.is_none_or(|c| !live.contains(&c)) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Removes every other load's links and every other build's state: their
+    /// programs detach (this load's are attached already).
+    pub fn retire(&self) -> io::Result<usize> {
+        let mut n = 0;
+        for parent in [self.dir.join("links"), self.root.clone()] {
+            for e in std::fs::read_dir(&parent)?.flatten() {
+                let p = e.path();
+                if p != self.links && p != self.dir {
+                    std::fs::remove_dir_all(&p)?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Removes all of this daemon's pins: when the daemon stops with no task left to
+    /// watch, its programs go with it.
+    pub fn remove(&self) -> io::Result<()> {
+        std::fs::remove_dir_all(&self.root)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_stable_and_distinct() {
+        assert_eq!(short(b"a"), short(b"a"));
+        assert_ne!(short(b"a"), short(b"b"));
+        assert_eq!(short(b"a").len(), 16);
+    }
+}
