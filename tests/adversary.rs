@@ -319,14 +319,10 @@ pub fn left_cgroup_is_brought_back() -> R {
     let c = start(&d, &task, "leave_cgroup", &[procs])?;
     let sock = format!("/run/agentmon/exec-{}.sock", c.id());
     let r = (|| {
-        ensure(wait(Duration::from_secs(60), || d.join("left").exists()), || {
-            format!("never left: {}", stderr(&d))
-        })?;
-        let pid: u32 = std::fs::read_to_string(d.join("left"))
-            .map_err(|e| e.to_string())?
-            .trim()
-            .parse()
-            .map_err(|e| format!("{e}"))?;
+        // The file is made, then written: its pid is there once it parses.
+        let left = || std::fs::read_to_string(d.join("left")).ok().and_then(|s| s.trim().parse::<u32>().ok());
+        ensure(wait(Duration::from_secs(60), || left().is_some()), || format!("never left: {}", stderr(&d)))?;
+        let pid = left().ok_or("no pid in the left file")?;
         let (code, out, err) = cli(&["freeze", "left", "--socket", &sock])?;
         eq(&format!("freeze: {out}{err}"), code, 0)?;
         let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| e.to_string())?;

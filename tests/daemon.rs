@@ -662,3 +662,87 @@ pub fn enforcement_outlives_the_daemon() -> R {
     eq("task_end records", ends, 1)?;
     Ok(())
 }
+
+/// A fork that escaped tracking (TRACKED full: a daemon with `max_tracked: 16` and a
+/// task that holds 40 processes) is still held to its enforced task's scope on the
+/// BPF LSM tier, by the task's cgroup; the escape itself is a loss record.
+pub fn escaped_forks_stay_enforced() -> R {
+    let d = workdir("daemon-escaped-fork");
+    std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let t = d.join("many.yaml");
+    std::fs::write(
+        &t,
+        format!(
+            "id: many\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{}/**\"]\n  exec: [\"{}\"]\n",
+            d.join("repo").display(),
+            me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&t, &d)?);
+    }
+    let (sock, all) = daemon_paths(&d);
+    let daemon = start_daemon(&d, "max_tracked: 16\n")?;
+    let out = Command::new(agentmon())
+        .args(["exec", "--quiet", "--daemon"])
+        .arg(&sock)
+        .arg("--task")
+        .arg(&t)
+        .arg("--")
+        .arg(&me)
+        .arg(&d)
+        .arg("escaped_write_out=40")
+        .env(SCENARIO_ENV, "attempts")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(1000) * support::slowdown());
+    let said = stop(daemon)?;
+    eq(&format!("task exit ({})", String::from_utf8_lossy(&out.stderr)), out.status.code(), Some(0))?;
+    let text = std::fs::read_to_string(d.join("repo/results.txt")).map_err(|e| format!("no results: {e}"))?;
+    let got = text.lines().find_map(|l| l.strip_prefix("escaped_write_out ")).and_then(|v| v.parse().ok());
+    eq("errno of the escaped child's write", got, Some(libc::EACCES))?;
+    ensure(!d.join("outside.txt").exists(), || "the escaped child wrote out of scope".into())?;
+    let evs = events(&all)?;
+    let forks_lost: u64 = evs
+        .iter()
+        .filter(|e| e.kind == Kind::Loss)
+        .filter_map(|e| e.lost.as_ref().and_then(|l| l.get("fork").copied()))
+        .sum();
+    ensure(forks_lost > 0, || format!("no loss record counts the escaped forks; the daemon said: {said}"))?;
+    Ok(())
+}
+
+/// A name in bpffs another user made first (on a bpffs mounted 1777: a directory of
+/// nobody's, open to all, where the daemon's pins go — they could rename or remove
+/// the pins in it) does not receive the daemon's pins: it is removed and the
+/// daemon's own directory made.
+pub fn daemon_pins_despite_a_planted_name() -> R {
+    use std::os::unix::fs::MetadataExt;
+    let d = workdir("daemon-planted-pin");
+    std::fs::create_dir_all(d.join("state")).map_err(|e| e.to_string())?;
+    let root = agentmon::kernel::pin::root_of(&d.join("state"));
+    if let Some(p) = root.parent() {
+        std::fs::create_dir_all(p).map_err(|e| e.to_string())?;
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    std::os::unix::fs::chown(&root, Some(65534), Some(65534)).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).map_err(|e| e.to_string())?;
+    let daemon = start_daemon(&d, "")?;
+    let m = std::fs::symlink_metadata(&root).map_err(|e| e.to_string());
+    let said = stop(daemon)?;
+    let m = m?;
+    ensure(m.is_dir() && m.uid() == 0 && m.mode() & 0o077 == 0, || {
+        format!(
+            "{} is not the daemon's own directory (uid {}, mode {:o}): {said}",
+            root.display(),
+            m.uid(),
+            m.mode()
+        )
+    })?;
+    Ok(())
+}

@@ -99,12 +99,10 @@ pub fn mark(tgid: u32, on: bool) {
 /// userspace has roots pending, an unset byte is confirmed against TRACKED.
 #[inline(always)]
 pub fn is_tracked() -> bool {
+    // No exception for agentmon's own pid: userspace never tracks agentmon, and no
+    // tracked process can fork a child with its pid while it lives; once it is gone
+    // (its programs pinned), a process that reuses the pid must stay tracked.
     let tgid = (pid_tgid() >> 32) as u32;
-    if tgid == conf!(self_tgid) {
-        // agentmon itself is never reported, even if something tried to track it:
-        // its own writes (the event file) would feed back into the stream.
-        return false;
-    }
     match marked(tgid) {
         Some(true) => return true,
         None => return unsafe { TRACKED.get(&tgid) }.is_some(),

@@ -23,7 +23,7 @@ use monitor_common::{
 };
 
 use crate::{
-    CLIMB, EXEC_OK, FS_RULES, IDENT, LSM_TASK, SCRATCH, SENS_PAT, SENS_UP, TRACKED,
+    CLIMB, ESCAPED, EXEC_OK, FS_RULES, IDENT, LSM_TASK, NET_TASK, SCRATCH, SENS_PAT, SENS_UP, TRACKED,
     kern::{Pos, WALK_LIMIT, bload, bounded, conf, kptr, kread, mount_hop, off, pid_tgid, task_btf, tracked},
 };
 
@@ -42,9 +42,26 @@ const RENAME_EXCHANGE: u32 = 1 << 1;
 /// The caller's task on this tier, or None (untracked, or not enforced here).
 #[inline(always)]
 fn enforced() -> Option<(u32, LsmTask)> {
-    let t = tracked()?;
-    let l = unsafe { LSM_TASK.get(&t.task) }.copied()?;
-    Some((t.task, l))
+    let task = match tracked() {
+        Some(t) => t.task,
+        None => escaped()?,
+    };
+    let l = unsafe { LSM_TASK.get(&task) }.copied()?;
+    Some((task, l))
+}
+
+/// The task of an untracked caller inside an enforced task's cgroup (NET_TASK:
+/// cgroup id -> cookie). Such a process exists only once a fork escaped tracking
+/// (TRACKED full), so until then this costs one array read; after, it is held to
+/// the rules of the task whose cgroup it runs in (it cannot leave: cgroupfs is out
+/// of every scope).
+#[inline(always)]
+fn escaped() -> Option<u32> {
+    if ESCAPED.get(0).copied().unwrap_or(0) == 0 {
+        return None;
+    }
+    let cg = unsafe { h::bpf_get_current_cgroup_id() };
+    unsafe { NET_TASK.get(&cg) }.copied()
 }
 
 /// The grants an enforced task's file calls are checked against (its rules), or
@@ -212,6 +229,9 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     if (id >> 32) as u32 == conf!(self_tgid) {
         // agentmon asking how the hooks know a file it is about to grant or protect.
         // The first open only: overlayfs opens the layer's file after its own.
+        // No early return: agentmon is never a task's, so the check below passes
+        // it, while a process that got its pid after it died (its programs stay
+        // pinned) is checked like any other.
         if let Some(slot) = IDENT.get_ptr_mut(&(id as u32))
             && unsafe { (*slot).ino } == 0
         {
@@ -220,7 +240,6 @@ pub fn file_open(ctx: LsmContext) -> i32 {
                 unsafe { *slot = FsKey { ino, dev, task: 0 } };
             }
         }
-        return 0;
     }
     let Some((_, l)) = enforced() else { return 0 };
     if borrowed_creds() {

@@ -103,6 +103,11 @@ static SENS_UP: PerCpuArray<lsm::SensUp> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static EXEC_OK: HashMap<u32, ExecOk> = HashMap::with_max_entries(4096, 0);
 
+/// Set once a fork escaped tracking (TRACKED full): from then on the BPF LSM hooks
+/// also hold untracked processes in an enforced task's cgroup to that task.
+#[map]
+static ESCAPED: Array<u32> = Array::with_max_entries(1, 0);
+
 /// The epoch whose programs write to the ring (`KConfig::epoch`): one word that a
 /// restarted daemon sets once its own programs are attached to the pinned maps.
 #[map]

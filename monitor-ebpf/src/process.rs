@@ -10,8 +10,8 @@ use monitor_common::{ARGV_MAX, Tracked, kind, op, pflags};
 use crate::{
     EXEC_OK, TRACKED,
     kern::{
-        AT_FDCWD, Args, Ev, NO_BASE, conf, count, fd_file, file_path, kptr, kread, mark, off, pid_tgid,
-        sys_ret, tracked,
+        AT_FDCWD, Args, Ev, NO_BASE, count, fd_file, file_path, kptr, kread, mark, off, pid_tgid, sys_ret,
+        tracked,
     },
 };
 
@@ -28,14 +28,18 @@ fn try_fork(ctx: &BtfTracePointContext) -> Option<()> {
     let t = tracked()?;
     let child: u64 = ctx.arg(1);
     let child_tgid: u32 = unsafe { kread(child + off!(task_tgid)) };
-    if child_tgid as u64 == pid_tgid() >> 32 || child_tgid == conf!(self_tgid) {
+    if child_tgid as u64 == pid_tgid() >> 32 {
         return None; // a new thread of a tracked process: already covered by its tgid
     }
     let start: u64 = unsafe { kread(child + off!(task_start_time)) };
     let entry = Tracked { task: t.task, flags: t.flags, start_ns: start };
     if TRACKED.insert(&child_tgid, &entry, 0).is_err() {
-        // The child escaped tracking (map full): count it, userspace raises a loss event.
+        // The child escaped tracking (map full): count it, userspace raises a loss
+        // event; the LSM hooks hold it by its cgroup from now on.
         count(kind::FORK, true);
+        if let Some(e) = crate::ESCAPED.get_ptr_mut(0) {
+            unsafe { core::ptr::write_volatile(e, 1) };
+        }
         return None;
     }
     mark(child_tgid, true);

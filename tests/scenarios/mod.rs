@@ -450,6 +450,48 @@ fn compat_creat(path: &Path) -> i32 {
     }
 }
 
+/// See the `escaped_write_out` action: the errno the last child's write got.
+fn escaped_write_out(d: &Path, n: usize) -> Result<i32, String> {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err("pipe".into());
+    }
+    let mut kids = Vec::new();
+    for _ in 0..n {
+        match unsafe { fork() }.map_err(|e| e.to_string())? {
+            ForkResult::Child => unsafe {
+                // Holds its TRACKED entry until the parent closes the pipe.
+                libc::close(fds[1]);
+                let mut b = 0u8;
+                libc::read(fds[0], (&raw mut b).cast(), 1);
+                libc::_exit(0)
+            },
+            ForkResult::Parent { child } => kids.push(child),
+        }
+    }
+    let code = match unsafe { fork() }.map_err(|e| e.to_string())? {
+        ForkResult::Child => {
+            let c = match fs::write(d.join("outside.txt"), b"no") {
+                Ok(()) => 0,
+                Err(e) => e.raw_os_error().unwrap_or(255),
+            };
+            unsafe { libc::_exit(c) }
+        }
+        ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
+            other => return Err(format!("escaped child: {other:?}")),
+        },
+    };
+    unsafe {
+        libc::close(fds[1]);
+        libc::close(fds[0]);
+    }
+    for k in kids {
+        let _ = nix::sys::wait::waitpid(k, None);
+    }
+    Ok(code)
+}
+
 /// Tries each named action and records the errno it got (0: it worked) in
 /// `d/repo/results.txt`, one `name errno` per line. Extra args: `name` or
 /// `name=PATH` for actions that take a path.
@@ -505,6 +547,10 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                     as libc::c_long)
             }
             "chown_out" => errno(std::os::unix::fs::chown(d.join("victim.txt"), Some(0), Some(0))),
+            // A write out of scope by a process whose fork escaped tracking: N
+            // sleeping children fill TRACKED first (a daemon with a small
+            // max_tracked), then one more child tries.
+            "escaped_write_out" => escaped_write_out(d, arg.parse().unwrap_or(32))?,
             // Waits until the file PATH exists (a test's cue), then goes on.
             "wait" => {
                 wait_for(Path::new(arg))?;

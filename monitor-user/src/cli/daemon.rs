@@ -56,6 +56,8 @@ struct Config {
     sensitive: Vec<String>,
     default_sensitive: Option<bool>,
     ringbuf_mb: Option<u32>,
+    /// Processes tracked at once, over all tasks.
+    max_tracked: Option<u32>,
     state_dir: Option<PathBuf>,
     /// How long a held call waits for an approver (e.g. `60s`).
     approval_timeout: Option<String>,
@@ -254,6 +256,12 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
         format,
         sensitive: SensitiveSet::new(&pats)?,
         ringbuf_bytes: ringbuf_mb << 20,
+        max_tracked: match cfg.max_tracked {
+            Some(n) if !(16..=4 << 20).contains(&n) => {
+                anyhow::bail!("{file}: max_tracked: {n} must be between 16 and 4194304")
+            }
+            n => n,
+        },
         rules,
         outputs: Outputs { nats, ctl_keys, audit },
         config: a.config,

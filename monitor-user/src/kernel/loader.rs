@@ -70,6 +70,9 @@ pub enum LoadError {
 #[derive(Debug, Clone)]
 pub struct SensorConfig {
     pub ringbuf_bytes: u32,
+    /// Processes that can be tracked at once (TRACKED's size). A fork past it is
+    /// counted lost; on the BPF LSM tier the child is still held by its cgroup.
+    pub max_tracked: u32,
     /// Bytes waiting in the ring before the kernel wakes the reader (it also polls).
     pub wakeup_bytes: u32,
     pub sensitive: SensitiveSet,
@@ -84,6 +87,7 @@ impl Default for SensorConfig {
     fn default() -> Self {
         Self {
             ringbuf_bytes: 16 << 20,
+            max_tracked: 65536,
             wakeup_bytes: 64 << 10,
             sensitive: SensitiveSet::default_set(),
             lsm: false,
@@ -116,7 +120,9 @@ fn new_epoch() -> u32 {
 fn build_print(k: &KConfig, cfg: &SensorConfig, tracked_entries: u32) -> Vec<u8> {
     let k = KConfig { self_tgid: 0, epoch: 0, ..*k };
     let mut b = OBJECT.to_vec();
-    b.extend(format!("{k:?} {} {tracked_entries} {}", cfg.ringbuf_bytes, cfg.lsm).bytes());
+    b.extend(
+        format!("{k:?} {} {} {tracked_entries} {}", cfg.ringbuf_bytes, cfg.max_tracked, cfg.lsm).bytes(),
+    );
     b
 }
 
@@ -131,6 +137,8 @@ pub struct Sensors {
     /// A daemon's links, pinned: they stay attached when it goes.
     pinned: Vec<PinnedLink>,
     pins: Option<Pins>,
+    /// Why a daemon's state could not be pinned (it runs unpinned).
+    pub pin_error: Option<String>,
     ebpf: Ebpf,
     net_task: HashMap<MapData, u64, u32>,
     net_allow: LpmTrie<MapData, NetKeyData, NetPorts>,
@@ -223,14 +231,21 @@ impl Sensors {
             tp: tracefs.tp_offsets()?,
         };
         let tracked_entries = tracked_bytes_entries();
-        let pins = match &cfg.pin {
-            Some(state) => Some(Pins::open(state, &build_print(&kconfig, cfg, tracked_entries), epoch_no)?),
-            None => None,
+        // Without pins the daemon still runs, saying what a restart will lose.
+        let (pins, pin_error) = match cfg
+            .pin
+            .as_ref()
+            .map(|state| Pins::open(state, &build_print(&kconfig, cfg, tracked_entries), epoch_no))
+        {
+            Some(Ok(p)) => (Some(p), None),
+            Some(Err(e)) => (None, Some(e.to_string())),
+            None => (None, None),
         };
         let mut loader = EbpfLoader::new();
         loader
             .override_global("CONFIG", &kconfig, true)
             .map_max_entries("EVENTS", cfg.ringbuf_bytes)
+            .map_max_entries("TRACKED", cfg.max_tracked)
             .map_max_entries("TRACKED_BYTES", tracked_entries);
         if let Some(p) = &pins {
             for m in super::pin::PINNED_MAPS {
@@ -418,6 +433,7 @@ impl Sensors {
             lsm_links,
             pinned,
             pins,
+            pin_error,
             ebpf,
             net_task,
             net_allow,
@@ -602,7 +618,8 @@ impl Sensors {
     /// The highest task cookie in the kernel's maps (0: none).
     pub fn max_cookie(&self) -> u32 {
         let lsm = self.lsm.as_ref().map(|l| l.max_cookie()).unwrap_or(0);
-        self.tracked.iter().filter_map(|r| r.ok()).map(|(_, v)| v.task).fold(lsm, u32::max)
+        let net = self.net_task.iter().filter_map(|r| r.ok()).map(|(_, c)| c).fold(lsm, u32::max);
+        self.tracked.iter().filter_map(|r| r.ok()).map(|(_, v)| v.task).fold(net, u32::max)
     }
 
     /// Detaches what a previous daemon left attached (its links, another build's

@@ -3,4 +3,5 @@ pub mod btf;
 pub mod loader;
 pub mod lsm;
 pub mod pin;
+pub mod ring;
 pub mod tracefs;

@@ -32,6 +32,7 @@ pub const PINNED_MAPS: &[&str] = &[
     "EVENTS",
     "COUNTERS",
     "EPOCH",
+    "ESCAPED",
     "SENSITIVE",
     "NET_TASK",
     "NET_ALLOW",
@@ -68,16 +69,54 @@ fn ensure_bpffs() -> Result<(), LoadError> {
     if is_bpffs() {
         return Ok(());
     }
-    nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+    // Root's only (the kernel's default, 1777, lets anyone make names in it).
+    nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), Some("mode=0700"))
         .map_err(|e| pin_err(format!("{BPFFS} is not bpffs and mounting it failed: {e}")))?;
     tracing::info!("mounted bpffs at {BPFFS}");
     Ok(())
+}
+
+/// Makes `dir` (under bpffs) a directory of root's that no one else may write,
+/// whatever was there: on a bpffs anyone may write to, another user could have
+/// made the name first — a file to stop the daemon from pinning, or a directory of
+/// theirs to move its pins away. They cannot have made maps or links (that needs
+/// CAP_BPF), so nothing of value is lost by removing it.
+fn own_dir(dir: &Path) -> Result<(), LoadError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let ours = |m: &std::fs::Metadata| m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0;
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if ours(&m) => return Ok(()),
+        Ok(m) => {
+            tracing::warn!(
+                "{}: not agentmon's (uid {}, mode {:o}): removed",
+                dir.display(),
+                m.uid(),
+                m.mode()
+            );
+            let gone = if m.is_dir() { std::fs::remove_dir_all(dir) } else { std::fs::remove_file(dir) };
+            gone.map_err(|e| {
+                pin_err(format!("{}: not agentmon's and cannot be removed: {e}", dir.display()))
+            })?;
+        }
+        Err(_) => {}
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(|e| pin_err(format!("{}: {e}", dir.display())))
 }
 
 /// Where the daemon keeping its state in `state_dir` pins its programs and maps.
 pub fn root_of(state_dir: &Path) -> PathBuf {
     let state = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     Path::new(BPFFS).join("agentmon").join(short(state.as_os_str().as_encoded_bytes()))
+}
+
+/// A previous load's maps are there and it finished loading: it handed the ring to
+/// its epoch (set only once all its programs were attached).
+fn handed_over(dir: &Path) -> bool {
+    let epoch = aya::maps::MapData::from_pin(dir.join("maps").join("EPOCH"))
+        .ok()
+        .and_then(|m| aya::maps::Array::<_, u32>::try_from(aya::maps::Map::Array(m)).ok())
+        .and_then(|a| a.get(&0, 0).ok());
+    dir.join("maps").join("TRACKED").exists() && epoch.is_some_and(|e| e != 0)
 }
 
 /// A short hex name for `bytes`.
@@ -94,8 +133,16 @@ impl Pins {
         use std::os::unix::fs::DirBuilderExt;
         let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir);
         let root = root_of(state_dir);
+        for d in [root.parent().unwrap_or(Path::new(BPFFS)), &root] {
+            own_dir(d)?;
+        }
         let dir = root.join(short(build));
-        let reused = dir.join("maps").join("TRACKED").exists();
+        let reused = handed_over(&dir);
+        if !reused && dir.exists() {
+            // Maps of a load that never finished (no epoch was handed the ring):
+            // nothing in them is a daemon's state, and they must not be reused.
+            std::fs::remove_dir_all(&dir).map_err(|e| pin_err(format!("{}: {e}", dir.display())))?;
+        }
         let links = dir.join("links").join(format!("{epoch:08x}"));
         for d in [dir.join("maps"), dir.join("guards"), links.clone()] {
             std::fs::create_dir_all(&d).map_err(|e| pin_err(format!("{}: {e}", d.display())))?;

@@ -30,6 +30,8 @@ pub struct DaemonOptions {
     pub format: Format,
     pub sensitive: SensitiveSet,
     pub ringbuf_bytes: u32,
+    /// Processes tracked at once (default 65,536).
+    pub max_tracked: Option<u32>,
     pub rules: RulesChoice,
     pub outputs: Outputs,
     /// The configuration file (protected from tasks like the outputs).
@@ -89,7 +91,9 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
         eprintln!("agentmon daemon: tasks start only with a grant by one of {} keys", k.len());
     }
     let rule_count = rules.as_ref().map(|r| r.len()).unwrap_or(0);
-    let engine = Engine::load(opts.ringbuf_bytes, &opts.sensitive, rules, out, setup)?;
+    let state = StateDir { dir: opts.state_dir.clone() };
+    let _one = state.lock()?;
+    let engine = Engine::load(opts.ringbuf_bytes, opts.max_tracked, &opts.sensitive, rules, out, setup)?;
     // The socket appears once the daemon can serve (a client that reaches it is answered).
     let server = ctl::Server::bind_at(&opts.socket)?;
     if let (Some(n), Some(keys)) = (&opts.outputs.nats, &opts.outputs.ctl_keys) {
@@ -101,6 +105,15 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
         engine.sensors.load_ms,
         server.path.display()
     );
+    match &engine.sensors.pin_error {
+        None => eprintln!(
+            "agentmon daemon: kernel state pinned in bpffs: tasks stay tracked and enforced across a restart"
+        ),
+        Some(e) => eprintln!(
+            "agentmon daemon: kernel state NOT pinned ({e}): if this daemon stops, its tasks are neither tracked nor \
+             held by the BPF LSM tier until a daemon resumes them"
+        ),
+    }
     let extras = Extras { selectors: opts.selectors.clone(), metrics, nats, ..Default::default() };
     let mut rt = Runtime::new(engine, server, rules_watch(&opts.rules, &opts.sensitive), extras)?;
     let taken = rt.e.sensors.taken_over();

@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use aya::maps::{MapData, RingBuf};
-
 use super::{EXEC_TASK, RunError, pipeline::Pipeline, setup::Setup};
 use crate::{
     enrich::Enricher,
@@ -32,18 +30,21 @@ impl Engine {
     /// Loads and attaches the kernel programs; the engine that serves them.
     pub fn load(
         ringbuf_bytes: u32,
+        max_tracked: Option<u32>,
         sensitive: &SensitiveSet,
         rules: Option<RuleSet>,
         out: Fanout,
         setup: Setup,
     ) -> Result<Self, RunError> {
+        let defaults = SensorConfig::default();
         let cfg = SensorConfig {
             ringbuf_bytes,
+            max_tracked: max_tracked.unwrap_or(defaults.max_tracked),
             sensitive: sensitive.clone(),
             lsm: setup.layers.lsm,
             // A daemon's programs outlive it (`kernel::pin`).
             pin: setup.state.as_ref().map(|s| s.dir.clone()),
-            ..SensorConfig::default()
+            ..defaults
         };
         let sensors = Sensors::load(&cfg)?;
         let mut enr = Enricher::new(sensitive.clone(), Default::default());
@@ -68,7 +69,7 @@ impl Engine {
     }
 
     /// Reads every record the kernel has ready.
-    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+    pub fn drain(&mut self, ring: &mut crate::kernel::ring::Ring) {
         self.p.drain(ring, &mut self.out, &mut self.sensors);
     }
 

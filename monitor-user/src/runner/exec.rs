@@ -132,7 +132,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     let (out, _nats) =
         opts.outputs.open(JsonLines::open(opts.events.as_deref())?.with_format(opts.format))?;
     let rule_count = rules.as_ref().map(crate::policy::RuleSet::len).unwrap_or(0);
-    let engine = Engine::load(opts.ringbuf_bytes, &opts.sensitive, rules, out, setup)?;
+    let engine = Engine::load(opts.ringbuf_bytes, None, &opts.sensitive, rules, out, setup)?;
     let server = ctl::Server::bind()?;
     if let (Some(n), Some(keys)) = (&opts.outputs.nats, &opts.outputs.ctl_keys) {
         crate::nats::control::start(n.args.clone(), n.host.clone(), keys.clone(), server.path.clone())?;

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use aya::maps::{MapData, RingBuf};
 use nix::{sys::signal::Signal, sys::wait::WaitStatus, unistd::Pid};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
@@ -34,7 +33,7 @@ pub struct Extras {
 
 pub struct Runtime {
     pub e: Engine,
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: AsyncFd<crate::kernel::ring::Ring>,
     pub server: ctl::Server,
     requests: Reader,
     watch: Option<RulesWatch>,
@@ -56,7 +55,8 @@ impl Runtime {
         watch: Option<RulesWatch>,
         extras: Extras,
     ) -> Result<Self, RunError> {
-        let events = e.sensors.take_events().expect("ring buffer taken once");
+        let events =
+            crate::kernel::ring::Ring::new(e.sensors.take_events().expect("ring buffer taken once"))?;
         // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
             .map_err(std::io::Error::from)?;
@@ -280,9 +280,8 @@ fn housekeeping(e: &mut Engine, watch: Option<&mut RulesWatch>, extras: &mut Ext
         if let Some(l) = e.sensors.lsm.as_mut() {
             l.sweep(&live);
         }
-        let cgroups =
-            e.p.contain.top_level().iter().filter_map(|id| e.p.contain.cgroup(id).map(|c| c.id)).collect();
-        e.sensors.keep_guards(&cgroups);
+        // A guard is kept while its cgroup exists.
+        e.sensors.keep_guards(&crate::enforce::cgroup::ours());
     }
     // A task process that moved itself out of its cgroup is brought back, and said.
     if ticks.is_multiple_of(4) {

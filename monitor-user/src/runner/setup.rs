@@ -148,6 +148,36 @@ impl StateDir {
         }
     }
 
+    /// The state directory's lock, for as long as the daemon runs: one daemon per
+    /// state directory (a second would take over the first's kernel maps and split
+    /// its ring). A daemon killed with SIGKILL holds it until its exit completes,
+    /// so this waits up to 15 s.
+    pub fn lock(&self) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
+        use nix::fcntl::{Flock, FlockArg};
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)?;
+        let path = self.dir.join("lock");
+        let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?;
+        let start = std::time::Instant::now();
+        loop {
+            match Flock::lock(file.try_clone()?, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => return Ok(l),
+                Err((_, nix::errno::Errno::EWOULDBLOCK))
+                    if start.elapsed() < std::time::Duration::from_secs(15) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                    return Err(std::io::Error::other(format!(
+                        "{}: another agentmon daemon uses this state directory",
+                        path.display()
+                    )));
+                }
+                Err((_, e)) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Records the lost counts just reported.
     pub fn save_lost(&self, lost: &std::collections::BTreeMap<u16, u64>) {
         let bytes = serde_json::to_vec(lost).unwrap_or_default();

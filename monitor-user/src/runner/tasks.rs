@@ -196,6 +196,11 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
     let last = state.last_beat();
     let records = state.records();
     for s in records {
+        // A cookie a previous daemon gave is never given again (its allowlist
+        // entries may still be in the kernel's maps).
+        if let Some(c) = s.cookie {
+            e.next_task = e.next_task.max(c.saturating_add(1));
+        }
         let ours = enforce::cgroup::v2_root().map(|r| r.join("agentmon"));
         let drop_it = |e: &Engine| {
             if let Some(st) = &e.setup.state {
@@ -263,8 +268,21 @@ pub fn end_rootless(e: &mut Engine, resumed: &[String]) {
 /// After resuming on taken-over maps: processes and grants a previous daemon bound
 /// to tasks no one resumed (ended while no daemon ran, or never recorded) are let go.
 pub fn drop_unclaimed(e: &mut Engine) {
-    let known: std::collections::BTreeSet<u32> =
-        e.sensors.tracked().into_iter().map(|(_, c)| c).filter(|c| e.p.enr.task_name(*c).is_some()).collect();
+    // A recorded task that failed to resume keeps what the kernel holds for it:
+    // letting it go would leave it running unenforced.
+    let recorded: std::collections::BTreeSet<u32> = e
+        .setup
+        .state
+        .as_ref()
+        .map(|st| st.records().into_iter().filter(|s| !s.ended).filter_map(|s| s.cookie).collect())
+        .unwrap_or_default();
+    let known: std::collections::BTreeSet<u32> = e
+        .sensors
+        .tracked()
+        .into_iter()
+        .map(|(_, c)| c)
+        .filter(|c| e.p.enr.task_name(*c).is_some() || recorded.contains(c))
+        .collect();
     for (pid, c) in e.sensors.tracked() {
         if !known.contains(&c) {
             tracing::info!(
@@ -311,7 +329,10 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
             // Kept tracking (its flags, a kill mark) is left as the kernel has it.
             match e.sensors.task_of(pid) {
                 Some(t) if t == c => {}
-                Some(_) => e.sensors.retag(pid, c)?,
+                // Gone meanwhile (a sub-task's short-lived process): nothing to retag.
+                Some(_) => {
+                    let _ = e.sensors.retag(pid, c);
+                }
                 None => e.sensors.track(pid, c)?,
             }
         }
