@@ -586,24 +586,30 @@ pub fn daemon_kill9_restart_reports_the_gap() -> R {
     Ok(())
 }
 
+/// Writes an enforced task `id` in `d`: writes under d/repo, runs this test binary.
+fn enforced_task(d: &Path, id: &str) -> Result<(PathBuf, PathBuf), String> {
+    std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let t = d.join(format!("{id}.yaml"));
+    std::fs::write(
+        &t,
+        format!(
+            "id: {id}\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{}/**\"]\n  exec: [\"{}\"]\n",
+            d.join("repo").display(),
+            me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((t, me))
+}
+
 /// An enforced task whose daemon is killed: its limits hold while no daemon runs
 /// (on the BPF LSM tier only because the programs and the task cgroup's network
 /// guard stay pinned; Landlock holds by itself), and the refused attempts made
 /// meanwhile are reported by the next daemon, with their verdict.
 pub fn enforcement_outlives_the_daemon() -> R {
     let d = workdir("daemon-enforce-gap");
-    std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
-    let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let t = d.join("held.yaml");
-    std::fs::write(
-        &t,
-        format!(
-            "id: held\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{}/**\"]\n  exec: [\"{}\"]\n",
-            d.join("repo").display(),
-            me.display()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
+    let (t, me) = enforced_task(&d, "held")?;
     if !support::can_enforce() {
         return Ok(support::enforce_refused_here(&t, &d)?);
     }
@@ -624,10 +630,13 @@ pub fn enforcement_outlives_the_daemon() -> R {
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
-    let started =
-        |evs: &[Event]| evs.iter().any(|e| e.kind == Kind::TaskStart && e.task.as_deref() == Some("held"));
+    // Running: its root exec'd under the task. The exec then hands the task's
+    // approval gate to the daemon (a daemon gone before that, the exec kills the
+    // command rather than leave its gated calls unanswered): a moment for that.
+    let running = |evs: &[Event]| evs.iter().any(|e| e.kind == Kind::Exec && e.task.as_deref() == Some("held"));
     let bound =
-        wait(Duration::from_secs(30) * support::slowdown(), || events(&all).is_ok_and(|evs| started(&evs)));
+        wait(Duration::from_secs(30) * support::slowdown(), || events(&all).is_ok_and(|evs| running(&evs)));
+    std::thread::sleep(Duration::from_millis(500) * support::slowdown());
     let _ = first.kill();
     let _ = first.wait();
     std::fs::write(&go, b"").map_err(|e| e.to_string())?;
@@ -668,18 +677,7 @@ pub fn enforcement_outlives_the_daemon() -> R {
 /// BPF LSM tier, by the task's cgroup; the escape itself is a loss record.
 pub fn escaped_forks_stay_enforced() -> R {
     let d = workdir("daemon-escaped-fork");
-    std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
-    let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let t = d.join("many.yaml");
-    std::fs::write(
-        &t,
-        format!(
-            "id: many\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{}/**\"]\n  exec: [\"{}\"]\n",
-            d.join("repo").display(),
-            me.display()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
+    let (t, me) = enforced_task(&d, "many")?;
     if !support::can_enforce() {
         return Ok(support::enforce_refused_here(&t, &d)?);
     }
@@ -734,6 +732,8 @@ pub fn daemon_pins_despite_a_planted_name() -> R {
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).map_err(|e| e.to_string())?;
     let daemon = start_daemon(&d, "")?;
     let m = std::fs::symlink_metadata(&root).map_err(|e| e.to_string());
+    // Its socket answers before its signal handlers are in (a slow guest shows it).
+    std::thread::sleep(Duration::from_millis(500) * support::slowdown());
     let said = stop(daemon)?;
     let m = m?;
     ensure(m.is_dir() && m.uid() == 0 && m.mode() & 0o077 == 0, || {
