@@ -633,7 +633,8 @@ pub fn enforcement_outlives_the_daemon() -> R {
     // Running: its root exec'd under the task. The exec then hands the task's
     // approval gate to the daemon (a daemon gone before that, the exec kills the
     // command rather than leave its gated calls unanswered): a moment for that.
-    let running = |evs: &[Event]| evs.iter().any(|e| e.kind == Kind::Exec && e.task.as_deref() == Some("held"));
+    let running =
+        |evs: &[Event]| evs.iter().any(|e| e.kind == Kind::Exec && e.task.as_deref() == Some("held"));
     let bound =
         wait(Duration::from_secs(30) * support::slowdown(), || events(&all).is_ok_and(|evs| running(&evs)));
     std::thread::sleep(Duration::from_millis(500) * support::slowdown());
