@@ -114,19 +114,7 @@ pub fn exec_approval_cannot_be_raced() -> R {
         return Ok(support::enforce_refused_here(&task, &d)?);
     }
     if !support::bpf_lsm() {
-        let out = Command::new(agentmon())
-            .args(["exec", "--quiet", "--task"])
-            .arg(&task)
-            .args(["--", "/bin/true"])
-            .current_dir(&d)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| e.to_string())?;
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Ok(ensure(
-            out.status.code() == Some(125) && err.contains("exec cannot be held for approval"),
-            || format!("a task gating exec was not refused without the BPF LSM tier: {:?} {err}", out.status),
-        )?);
+        return Ok(exec_gating_refused(&task, &d)?);
     }
     let events = d.join("events.jsonl");
     let timeout = format!("{}s", 4 * support::slowdown());
@@ -175,6 +163,79 @@ pub fn exec_approval_cannot_be_raced() -> R {
         format!("{:?}", refused.reason)
     })?;
     Ok(())
+}
+
+/// A program held for approval cannot be changed by its task from the moment it is
+/// held (BPF LSM tier): a writer appending to it is refused before the approver
+/// decides, and what runs is what the approver was shown.
+pub fn held_program_is_frozen() -> R {
+    let d = workdir("exec-frozen");
+    std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
+    let script = d.join("repo/tool.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let task = d.join("task.yaml");
+    std::fs::write(
+        &task,
+        format!(
+            "id: exec-frozen\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{r}/**\"]\n  \
+             exec: [\"{me}\", \"{r}/**\", \"/usr/bin/**\", \"/bin/**\"]\napproval_required: [exec]\n",
+            r = d.join("repo").display(),
+            me = me.display(),
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&task, &d)?);
+    }
+    if !support::bpf_lsm() {
+        return Ok(exec_gating_refused(&task, &d)?);
+    }
+    let events = d.join("events.jsonl");
+    let timeout = format!("{}s", 30 * support::slowdown());
+    let mut agent =
+        spawn_gated(&d, &task, &events, &timeout, &["write_on=repo/tool.sh", "exec=repo/tool.sh"])?;
+    let results = || std::fs::read_to_string(d.join("repo/results.txt")).unwrap_or_default();
+    let result = (|| -> Result<(), String> {
+        let r = request(&events, 0, &mut agent)?;
+        eq("request", r.path.clone(), Some(script.display().to_string()))?;
+        // Held: the writer stops (refused, the results say) before anyone decides.
+        let stopped =
+            support::wait(Duration::from_secs(10) * support::slowdown(), || results().contains("writer "));
+        let shown = std::fs::read(&script).map_err(|e| e.to_string())?;
+        ensure(stopped, || "the writer never stopped while the exec was held".into())?;
+        ctl(&["approve", detail(&r, "approval").ok_or("no approval id")?])?;
+        ensure(
+            support::wait(Duration::from_secs(10) * support::slowdown(), || results().contains("exec ")),
+            || "the approved exec never finished".into(),
+        )?;
+        eq("program as shown when it ran", std::fs::read(&script).map_err(|e| e.to_string())?, shown)?;
+        Ok(())
+    })();
+    settle(agent, result)?;
+    let text = results();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort();
+    eq("results", lines, vec!["exec 0", &format!("writer {}", libc::EACCES)])?;
+    Ok(())
+}
+
+/// Without the BPF LSM tier a task that gates exec is refused before it runs.
+fn exec_gating_refused(task: &Path, d: &Path) -> Result<(), String> {
+    let out = Command::new(agentmon())
+        .args(["exec", "--quiet", "--task"])
+        .arg(task)
+        .args(["--", "/bin/true"])
+        .current_dir(d)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure(out.status.code() == Some(125) && err.contains("exec cannot be held for approval"), || {
+        format!("a task gating exec was not refused without the BPF LSM tier: {:?} {err}", out.status)
+    })
 }
 
 fn which(name: &str) -> Result<PathBuf, String> {

@@ -70,6 +70,7 @@ fn main() {
         ("freeze_thaw_kill_by_operator", contain::freeze_thaw_kill_by_operator),
         ("approve_deny_timeout_and_race", approval::approve_deny_timeout_and_race),
         ("exec_approval_cannot_be_raced", approval::exec_approval_cannot_be_raced),
+        ("held_program_is_frozen", approval::held_program_is_frozen),
         ("nats_stream_and_independent_client", nats::nats_stream_and_independent_client),
         ("nats_server_lists_and_stream_settings", fleet::nats_server_lists_and_stream_settings),
         ("nats_fleet_control", fleet::nats_fleet_control),

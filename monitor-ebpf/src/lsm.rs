@@ -129,14 +129,17 @@ extern "C" fn climb_step(_i: u64, _ctx: *mut c_void) -> i64 {
     unsafe {
         let dentry = (*st).pos.dentry;
         let task = (*st).task;
-        if task != 0 && rights(task, dentry) & (*st).want != 0 {
+        // The task's own rights here: grants, or PROTECTED on a program held for
+        // approval (what the approver sees must be what runs).
+        let own = if task != 0 { rights(task, dentry) } else { 0 };
+        if own & (*st).want != 0 {
             (*st).granted = 1;
             if (*st).stop != 0 {
                 (*st).done = 1;
                 return 1;
             }
         }
-        if (*st).stop == 0 && rights(0, dentry) & right::PROTECTED != 0 {
+        if (*st).stop == 0 && (own | rights(0, dentry)) & right::PROTECTED != 0 {
             (*st).protected = 1;
             (*st).done = 1;
             return 1;

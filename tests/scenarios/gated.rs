@@ -5,7 +5,8 @@
 //! REL from a buffer that a second thread rewrites to SWAP once the test creates
 //! `repo/swap` (after it has seen the request), before the test decides — and
 //! `exec=REL`: run REL in a child, recorded as its exit code, or 100 + errno if the
-//! exec failed.
+//! exec failed; `write_on=REL`: a child that appends to REL every 5 ms until a write
+//! fails, recorded as `writer errno` (0 if none failed in 3,000 tries).
 
 use std::{ffi::CString, fs, io::Write, path::Path, time::Duration};
 
@@ -30,6 +31,10 @@ pub fn gated(d: &Path, steps: &[String]) -> Result<(), String> {
             }
             "chmod" => unsafe { libc::chmod(c(d, arg).as_ptr(), 0o600) },
             "race" => race(d, arg)?,
+            "write_on" => {
+                write_on(d, arg)?;
+                continue;
+            }
             "exec" => {
                 let code = exec(&c(d, arg));
                 let mut f = fs::OpenOptions::new()
@@ -45,6 +50,35 @@ pub fn gated(d: &Path, steps: &[String]) -> Result<(), String> {
         record(d, step, r);
     }
     Ok(())
+}
+
+/// See the `write_on` step. The writer runs beside the steps that follow.
+fn write_on(d: &Path, rel: &str) -> Result<(), String> {
+    match unsafe { nix::unistd::fork() }.map_err(|e| e.to_string())? {
+        nix::unistd::ForkResult::Child => {
+            let mut errno = 0;
+            for _ in 0..3000 {
+                let w = fs::OpenOptions::new()
+                    .append(true)
+                    .open(d.join(rel))
+                    .and_then(|mut f| f.write_all(b"#\n"));
+                if let Err(e) = w {
+                    errno = e.raw_os_error().unwrap_or(-1);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let mut f =
+                fs::OpenOptions::new().create(true).append(true).open(d.join("repo/results.txt")).unwrap();
+            let _ = writeln!(f, "writer {errno}");
+            unsafe { libc::_exit(0) }
+        }
+        nix::unistd::ForkResult::Parent { .. } => {
+            // A few writes go through before the next step.
+            std::thread::sleep(Duration::from_millis(100));
+            Ok(())
+        }
+    }
 }
 
 /// The exit code of `path` run in a child; 100 + errno if its exec failed.

@@ -121,6 +121,19 @@ fn approve_exec(lsm: Option<&mut LsmMaps>, tid: u32, call: &Call) -> Result<i64,
     Ok(0)
 }
 
+/// From the moment an exec is held, its program is frozen for the task (BPF LSM
+/// tier): the approver decides on what will run, not on what the task may rewrite
+/// between the look and the run. Open writers are no way round it either: the
+/// kernel refuses to execute a file open for writing (ETXTBSY).
+fn freeze_program(sensors: &mut Sensors, tgid: u32, call: &Call) -> Result<(), String> {
+    let c = sensors.task_of(tgid).ok_or("the caller is no longer tracked")?;
+    let lsm = sensors.lsm.as_mut().ok_or("no BPF LSM tier")?;
+    let Some(notify::Target::File { fd, .. }) = call.targets.first() else { return Err("no file".into()) };
+    let k = lsm.ident(std::path::Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())), false);
+    let k = k.map_err(|e| format!("the file's identity: {e}"))?;
+    lsm.freeze(c, k).map_err(|e| e.to_string())
+}
+
 fn kind_of(op: Op) -> Kind {
     match op {
         Op::Delete => Kind::FileDelete,
@@ -331,6 +344,14 @@ impl Gate {
         let p = Pending { notif: n.id, call, creds, task: bound.id.clone(), op: g.op, request: ev, deadline };
         if let Some(s) = standing {
             return Some(self.finish(id, p, true, Who::Standing(s), None, sensors.lsm.as_mut()));
+        }
+        if g.op == Op::Exec
+            && let Err(e) = freeze_program(sensors, tgid, &p.call)
+        {
+            // Held while it could change, the approval would be of something else.
+            tracing::warn!("held exec of {path} refused: its program could not be frozen: {e}");
+            answer(Err(Errno::EPERM));
+            return None;
         }
         req.kind = Kind::ApprovalRequest;
         req.detail.insert("approval".into(), json!(id));

@@ -178,6 +178,19 @@ impl LsmMaps {
         Ok(())
     }
 
+    /// Task `task` (its rules' cookie) may no longer change the file `k`: a program
+    /// held for approval stays what the approver is shown. Taken out with the task.
+    pub fn freeze(&mut self, task: u32, k: FsKey) -> Result<(), LoadError> {
+        let rules = self.tasks.get(&task, 0).map(|l| l.rules).unwrap_or(task);
+        let key = FsKey { task: rules, ..k };
+        let had = self.fs_rules.get(&key, 0).unwrap_or(0);
+        self.fs_rules
+            .insert(&key, &(had | monitor_common::lsm::right::PROTECTED), 0)
+            .map_err(|e| op("FS_RULES", e))?;
+        self.written.entry(rules).or_default().push(key);
+        Ok(())
+    }
+
     /// The next exec of thread `tid` may run only `ok`'s file.
     pub fn approve_exec(&mut self, tid: u32, ok: ExecOk) -> Result<(), LoadError> {
         self.exec_ok.insert(&tid, &ok, 0).map_err(|e| op("EXEC_OK", e))
