@@ -23,12 +23,19 @@ pub fn v2_root() -> Option<PathBuf> {
 }
 
 /// The ids of the task cgroups that exist under agentmon's (whoever made them: a
-/// task that failed to resume still has its own).
-pub fn ours() -> std::collections::BTreeSet<u64> {
+/// task that failed to resume still has its own). None when they cannot be listed
+/// (out of descriptors): nothing may be concluded from that.
+pub fn ours() -> Option<std::collections::BTreeSet<u64>> {
     use std::os::unix::fs::MetadataExt;
-    let Some(dir) = v2_root().map(|r| r.join("agentmon")) else { return Default::default() };
-    let Ok(rd) = std::fs::read_dir(dir) else { return Default::default() };
-    rd.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_dir()).map(|m| m.ino()).collect()
+    let rd = std::fs::read_dir(v2_root()?.join("agentmon")).ok()?;
+    let mut ids = std::collections::BTreeSet::new();
+    for e in rd {
+        let m = e.ok()?.metadata().ok()?;
+        if m.is_dir() {
+            ids.insert(m.ino());
+        }
+    }
+    Some(ids)
 }
 
 /// A task's cgroup; removed when dropped (if it is empty by then).

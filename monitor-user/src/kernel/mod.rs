@@ -3,5 +3,4 @@ pub mod btf;
 pub mod loader;
 pub mod lsm;
 pub mod pin;
-pub mod ring;
 pub mod tracefs;

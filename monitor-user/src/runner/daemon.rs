@@ -52,6 +52,9 @@ pub struct DaemonOptions {
 }
 
 pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
+    // First: a second daemon on the same state must not touch the first's outputs.
+    let state = StateDir { dir: opts.state_dir.clone() };
+    let _one = state.lock()?;
     let rules = load_rules(&opts.rules, &opts.sensitive)?;
     let layers = Layers::probe();
     eprintln!("agentmon daemon: enforcement layers on this host:");
@@ -91,8 +94,6 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
         eprintln!("agentmon daemon: tasks start only with a grant by one of {} keys", k.len());
     }
     let rule_count = rules.as_ref().map(|r| r.len()).unwrap_or(0);
-    let state = StateDir { dir: opts.state_dir.clone() };
-    let _one = state.lock()?;
     let engine = Engine::load(opts.ringbuf_bytes, opts.max_tracked, &opts.sensitive, rules, out, setup)?;
     // The socket appears once the daemon can serve (a client that reaches it is answered).
     let server = ctl::Server::bind_at(&opts.socket)?;

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use aya::maps::{MapData, RingBuf};
+
 use super::{EXEC_TASK, RunError, pipeline::Pipeline, setup::Setup};
 use crate::{
     enrich::Enricher,
@@ -69,7 +71,7 @@ impl Engine {
     }
 
     /// Reads every record the kernel has ready.
-    pub fn drain(&mut self, ring: &mut crate::kernel::ring::Ring) {
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         self.p.drain(ring, &mut self.out, &mut self.sensors);
     }
 

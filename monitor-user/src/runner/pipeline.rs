@@ -8,6 +8,8 @@ use std::{
 
 use serde_json::json;
 
+use aya::maps::{MapData, RingBuf};
+
 use crate::{
     contain::{Act, By, Containment},
     ctl::StepPhase,
@@ -23,10 +25,6 @@ use crate::{
 };
 
 use super::setup::OnExpiry;
-use crate::kernel::ring::Ring;
-
-/// Records read before the outputs are flushed and the kernel gets their room back.
-const HOLD_AT_MOST: u64 = 512;
 
 /// Everything that turns records into judged events.
 pub struct Pipeline {
@@ -53,27 +51,21 @@ impl Pipeline {
         }
     }
 
-    /// Reads every record available now. Records go back to the kernel once what
-    /// was made of them is written (`kernel::ring`), every [`HOLD_AT_MOST`] at least.
-    pub fn drain(&mut self, ring: &mut Ring, sink: &mut Fanout, sensors: &mut Sensors) {
+    /// Reads every record available now.
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut Fanout, sensors: &mut Sensors) {
         let mut n = 0;
-        let mut mark = ring.mark();
-        loop {
-            // The record is borrowed until the event is built; then aya frees its
-            // slot, and the hold gives it back to the kernel only once written.
-            let ev = {
-                let Some(item) = ring.buf.next() else { break };
-                match decode(&item) {
-                    Ok(raw) => self.enr.event(&raw),
-                    Err(e) => {
-                        tracing::warn!("undecodable kernel record: {e}");
-                        self.enr.decode_errors += 1;
-                        None
-                    }
+        while let Some(item) = ring.next() {
+            n += 1;
+            // The record is borrowed until the event is built; then the ring slot is freed.
+            let ev = match decode(&item) {
+                Ok(raw) => self.enr.event(&raw),
+                Err(e) => {
+                    tracing::warn!("undecodable kernel record: {e}");
+                    self.enr.decode_errors += 1;
+                    None
                 }
             };
-            n += 1;
-            ring.hold(mark);
+            drop(item);
             if let Some(mut ev) = ev {
                 if let Some(t) = &ev.task {
                     ev.step = self.steps.get(t).and_then(|v| v.last().cloned());
@@ -97,16 +89,9 @@ impl Pipeline {
                     sink.send(&end);
                 }
             }
-            // A storm's batch does not keep the whole ring from the kernel.
-            if n % HOLD_AT_MOST == 0 {
-                sink.batch_end();
-                ring.release();
-                mark = ring.mark();
-            }
         }
         if n > 0 {
             sink.batch_end();
-            ring.release();
         }
     }
 

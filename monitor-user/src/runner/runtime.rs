@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use aya::maps::{MapData, RingBuf};
+
 use nix::{sys::signal::Signal, sys::wait::WaitStatus, unistd::Pid};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
@@ -33,7 +35,7 @@ pub struct Extras {
 
 pub struct Runtime {
     pub e: Engine,
-    ring: AsyncFd<crate::kernel::ring::Ring>,
+    ring: AsyncFd<RingBuf<MapData>>,
     pub server: ctl::Server,
     requests: Reader,
     watch: Option<RulesWatch>,
@@ -55,8 +57,7 @@ impl Runtime {
         watch: Option<RulesWatch>,
         extras: Extras,
     ) -> Result<Self, RunError> {
-        let events =
-            crate::kernel::ring::Ring::new(e.sensors.take_events().expect("ring buffer taken once"))?;
+        let events = e.sensors.take_events().expect("ring buffer taken once");
         // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
             .map_err(std::io::Error::from)?;
@@ -281,7 +282,9 @@ fn housekeeping(e: &mut Engine, watch: Option<&mut RulesWatch>, extras: &mut Ext
             l.sweep(&live);
         }
         // A guard is kept while its cgroup exists.
-        e.sensors.keep_guards(&crate::enforce::cgroup::ours());
+        if let Some(live) = crate::enforce::cgroup::ours() {
+            e.sensors.keep_guards(&live);
+        }
     }
     // A task process that moved itself out of its cgroup is brought back, and said.
     if ticks.is_multiple_of(4) {

@@ -410,7 +410,7 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
                 format!(
                     "resumed by a restarted daemon: the kernel kept tracking and enforcing the task from {from} \
                      to {to}; what it did then is reported from the ring (what the ring could not hold, in a loss \
-                     record)"
+                     record), except what a killed daemon had read after {from} and not yet written"
                 )
             } else {
                 format!(
