@@ -54,6 +54,8 @@ APT_PKGS=(qemu-system-x86 udev kmod busybox-static file)
 KERNELS=(deb12 deb13)
 CPUS=2
 MEMORY=4G
+# Seconds a booting guest may take to start its command (boots take ~21 s).
+BOOT_LIMIT="${VM_BOOT_LIMIT:-240}"
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -244,12 +246,27 @@ run() {
         rm -f "$mark"
         say "booting $name ($(cat "$KCACHE/$name/.pkg"))${lsm:+ lsm=$lsm}"
         # vng writes the guest's output to the host's stdout/stderr by path: a regular file
-        # there would be overwritten, so both go through pipes. pipefail keeps vng's exit code.
+        # there would be overwritten, so both go through pipes (process substitution).
+        # A guest that shows no sign of life within BOOT_LIMIT seconds (a boot that
+        # hangs: seen here, QEMU idle for 20 minutes) is stopped and booted once more.
         rc=0
-        { { timeout --kill-after=10 "$timeout" \
+        timeout --kill-after=10 "$timeout" \
             vng --run "$kimg" --disable-kvm --cpus "$CPUS" --memory "$MEMORY" \
             --rwdir "$OUT" "${rw[@]}" "${append[@]}" --exec "$cmd" </dev/null \
-            2>&1 1>&3 3>&- | cat >&2; } 3>&1 | cat; } || rc=$?
+            > >(cat) 2> >(cat >&2) &
+        local job=$! waited=0 hung=""
+        while kill -0 "$job" 2>/dev/null; do
+            if [ ! -e "$mark" ] && [ "$waited" -ge "$BOOT_LIMIT" ]; then
+                say "$name: no sign of life after ${BOOT_LIMIT}s; stopping it"
+                hung=1
+                kill_tree "$job"
+                break
+            fi
+            sleep 1
+            waited=$((waited + 1))
+        done
+        wait "$job" || rc=$?
+        [ -n "$hung" ] && rc=255
         [ "$rc" = 124 ] && say "$name: timed out after ${timeout}s"
         if [ "$rc" != 0 ] && [ -s "$mark.dmesg" ]; then
             say "$name: exit $rc; the guest kernel's last messages:"
@@ -265,6 +282,13 @@ run() {
     done
     rm -f "$mark"
     return "$rc"
+}
+
+# Stops PID and everything under it (vng's QEMU would outlive vng).
+kill_tree() { # PID
+    local c
+    for c in $(pgrep -P "$1"); do kill_tree "$c"; done
+    kill -TERM "$1" 2>/dev/null || true
 }
 
 # Runs the kernel tests in every guest of the matrix; fails if any guest fails.
