@@ -602,6 +602,15 @@ pub fn daemon_kill9_restart_reports_the_gap() -> R {
     Ok(())
 }
 
+/// `agentmon exec` registering task `t` with the daemon at `sock`, its command the
+/// `attempts` scenario in `d` (this test binary `me`) with `actions`.
+fn attempts_under(sock: &Path, t: &Path, me: &Path, d: &Path, actions: &[&str]) -> Command {
+    let mut c = Command::new(agentmon());
+    c.args(["exec", "--quiet", "--daemon"]).arg(sock).arg("--task").arg(t).arg("--").arg(me).arg(d);
+    c.args(actions).env(SCENARIO_ENV, "attempts").stdin(Stdio::null());
+    c
+}
+
 /// Writes an enforced task `id` in `d`: writes under d/repo, runs this test binary.
 fn enforced_task(d: &Path, id: &str) -> Result<(PathBuf, PathBuf), String> {
     std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
@@ -632,18 +641,8 @@ pub fn enforcement_outlives_the_daemon() -> R {
     let (sock, all) = daemon_paths(&d);
     let mut first = start_daemon(&d, "")?;
     let go = d.join("go");
-    let mut exec = Command::new(agentmon())
-        .args(["exec", "--quiet", "--daemon"])
-        .arg(&sock)
-        .arg("--task")
-        .arg(&t)
-        .arg("--")
-        .arg(&me)
-        .arg(&d)
-        .arg(format!("wait={}", go.display()))
-        .args(["write_out", "write_in", "tcp"])
-        .env(SCENARIO_ENV, "attempts")
-        .stdin(Stdio::null())
+    let wait_go = format!("wait={}", go.display());
+    let mut exec = attempts_under(&sock, &t, &me, &d, &[&wait_go, "write_out", "write_in", "tcp"])
         .spawn()
         .map_err(|e| e.to_string())?;
     // Running: its root exec'd under the task. The exec then hands the task's
@@ -663,9 +662,7 @@ pub fn enforcement_outlives_the_daemon() -> R {
     let said = stop(second)?;
     ensure(bound, || "the task was never bound".into())?;
     eq("task exit", code, Some(0))?;
-    let text = std::fs::read_to_string(d.join("repo/results.txt")).map_err(|e| format!("no results: {e}"))?;
-    let res: std::collections::HashMap<&str, i32> =
-        text.lines().filter_map(|l| l.split_once(' ')).map(|(k, v)| (k, v.parse().unwrap_or(-1))).collect();
+    let res = crate::enforce::attempt_results(&d)?;
     eq("write_out errno while no daemon ran", res.get("write_out").copied(), Some(libc::EACCES))?;
     eq("write_in errno", res.get("write_in").copied(), Some(0))?;
     eq("tcp errno while no daemon ran", res.get("tcp").copied(), Some(crate::enforce::tcp_denied()))?;
@@ -700,24 +697,12 @@ pub fn escaped_forks_stay_enforced() -> R {
     }
     let (sock, all) = daemon_paths(&d);
     let daemon = start_daemon(&d, "max_tracked: 16\n")?;
-    let out = Command::new(agentmon())
-        .args(["exec", "--quiet", "--daemon"])
-        .arg(&sock)
-        .arg("--task")
-        .arg(&t)
-        .arg("--")
-        .arg(&me)
-        .arg(&d)
-        .arg("escaped_write_out=40")
-        .env(SCENARIO_ENV, "attempts")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
+    let out =
+        attempts_under(&sock, &t, &me, &d, &["escaped_write_out=40"]).output().map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(1000) * support::slowdown());
     let said = stop(daemon)?;
     eq(&format!("task exit ({})", String::from_utf8_lossy(&out.stderr)), out.status.code(), Some(0))?;
-    let text = std::fs::read_to_string(d.join("repo/results.txt")).map_err(|e| format!("no results: {e}"))?;
-    let got = text.lines().find_map(|l| l.strip_prefix("escaped_write_out ")).and_then(|v| v.parse().ok());
+    let got = crate::enforce::attempt_results(&d)?.get("escaped_write_out").copied();
     eq("errno of the escaped child's write", got, Some(libc::EACCES))?;
     ensure(!d.join("outside.txt").exists(), || "the escaped child wrote out of scope".into())?;
     let evs = events(&all)?;

@@ -51,13 +51,17 @@ fn run_attempts(
     let run = run_agentmon_with(&["--task", task.to_str().unwrap()], &cmd, &[(SCENARIO_ENV, "attempts")], d)?;
     let _ = events;
     ensure(run.code == 0, || format!("agent exited {}: {}\n{}", run.code, run.stderr, run.summary()))?;
+    Ok((run, attempt_results(d)?))
+}
+
+/// The `attempts` scenario's results under `d`: action -> errno (0: it worked).
+pub(crate) fn attempt_results(d: &Path) -> Result<HashMap<String, i32>, String> {
     let text = std::fs::read_to_string(d.join("repo/results.txt")).map_err(|e| format!("no results: {e}"))?;
-    let res = text
+    Ok(text
         .lines()
         .filter_map(|l| l.split_once(' '))
         .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(-1)))
-        .collect();
-    Ok((run, res))
+        .collect())
 }
 
 fn root_pid(run: &support::Run) -> Result<u32, String> {

@@ -18,6 +18,7 @@ pub mod jsonw;
 pub mod judge;
 pub mod kernel;
 pub mod launch;
+pub mod lockfile;
 pub mod metrics;
 pub mod names;
 pub mod nats;

@@ -8,7 +8,7 @@ use std::{
 };
 
 use ed25519_dalek::{Signer, SigningKey};
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde_json::{Value, json};
 
 use super::{
@@ -330,26 +330,11 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
 /// The chain's exclusive lock, waiting up to [`LOCK_WAIT`] for a writer that is
 /// exiting; a writer still running after that keeps it (one writer per file).
 fn lock_waiting(file: &File, path: &Path) -> Result<Flock<File>, AuditError> {
-    let open_err = |source| AuditError::Open { path: path.into(), source };
-    let start = std::time::Instant::now();
-    let mut said = false;
-    loop {
-        match Flock::lock(file.try_clone().map_err(open_err)?, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => return Ok(l),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) if start.elapsed() < LOCK_WAIT => {
-                if !said {
-                    tracing::warn!(
-                        "{}: another writer holds the chain; waiting for it to exit",
-                        path.display()
-                    );
-                    said = true;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(AuditError::Locked { path: path.into() }),
-            Err((_, e)) => return Err(open_err(e.into())),
-        }
-    }
+    let said =
+        || tracing::warn!("{}: another writer holds the chain; waiting for it to exit", path.display());
+    crate::lockfile::exclusive_waiting(file, LOCK_WAIT, said)
+        .map_err(|source| AuditError::Open { path: path.into(), source })?
+        .ok_or_else(|| AuditError::Locked { path: path.into() })
 }
 
 fn now_ns() -> i128 {

@@ -153,29 +153,18 @@ impl StateDir {
     /// its ring). A daemon killed with SIGKILL holds it until its exit completes,
     /// so this waits up to 15 s.
     pub fn lock(&self) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
-        use nix::fcntl::{Flock, FlockArg};
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)?;
         let path = self.dir.join("lock");
         let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?;
-        let start = std::time::Instant::now();
-        loop {
-            match Flock::lock(file.try_clone()?, FlockArg::LockExclusiveNonblock) {
-                Ok(l) => return Ok(l),
-                Err((_, nix::errno::Errno::EWOULDBLOCK))
-                    if start.elapsed() < std::time::Duration::from_secs(15) =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(100))
-                }
-                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                    return Err(std::io::Error::other(format!(
-                        "{}: another agentmon daemon uses this state directory",
-                        path.display()
-                    )));
-                }
-                Err((_, e)) => return Err(e.into()),
-            }
-        }
+        crate::lockfile::exclusive_waiting(&file, std::time::Duration::from_secs(15), || {})?.ok_or_else(
+            || {
+                std::io::Error::other(format!(
+                    "{}: another agentmon daemon uses this state directory",
+                    path.display()
+                ))
+            },
+        )
     }
 
     /// Records the lost counts just reported.
