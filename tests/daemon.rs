@@ -565,8 +565,16 @@ pub fn daemon_kill9_restart_reports_the_gap() -> R {
     let _ = first.wait();
     let pins = agentmon::kernel::pin::root_of(&d.join("state"));
     let pinned = pins.exists();
+    // A kill lands mid-write at times (a write stops at a page boundary on SIGKILL):
+    // made certain here, in both files, by a fragment of the next record.
+    let log = d.join("audit.jsonl");
+    for f in [&all, &log] {
+        let mut w = std::fs::OpenOptions::new().append(true).open(f).map_err(|e| e.to_string())?;
+        w.write_all(b"{\"schema\":\"agentmon.event/1\",\"id\":{\"sch").map_err(|e| e.to_string())?;
+    }
     std::thread::sleep(Duration::from_millis(800));
-    let second = start_daemon(&d, "");
+    // The same configuration: the torn files are continued.
+    let second = start_daemon(&d, &audit);
     let code = exec.wait().map_err(|e| e.to_string())?.code();
     std::thread::sleep(Duration::from_millis(1200));
     let second = second?;
@@ -587,13 +595,24 @@ pub fn daemon_kill9_restart_reports_the_gap() -> R {
     let to = gap["to"].as_str().and_then(agentmon::event::Timestamp::parse).ok_or("gap.to")?;
     ensure(from < to && to <= starts[1].ts, || format!("gap {gap}"))?;
     eq("gap observed by the kept programs", gap["observed"].as_bool(), Some(true))?;
+    for f in [&all, &log] {
+        // `output:FILE` or `output:audit chain FILE`.
+        let name = f.display().to_string();
+        let of = |k: &String| k.starts_with("output:") && k.ends_with(&name);
+        let cut =
+            evs.iter().find(|e| e.kind == Kind::Loss && e.lost.as_ref().is_some_and(|l| l.keys().any(of)));
+        let cut = cut.ok_or_else(|| format!("no loss record of the torn line of {}", f.display()))?;
+        let kept = cut.detail["torn"]["kept"].as_str().ok_or("detail.torn.kept")?;
+        let fragment = std::fs::read(kept).map_err(|e| format!("{kept}: {e}"))?;
+        ensure(fragment.ends_with(b"\"id\":{\"sch"), || format!("{kept} holds {fragment:?}"))?;
+    }
     ensure(starts[1].reason.as_deref().is_some_and(|r| r.contains("kept tracking")), || {
         format!("{:?}", starts[1].reason)
     })?;
     let (vc, _, verr) = {
         let out = Command::new(agentmon())
             .args(["audit", "verify"])
-            .arg(d.join("audit.jsonl"))
+            .arg(&log)
             .output()
             .map_err(|e| e.to_string())?;
         (out.status.code(), (), String::from_utf8_lossy(&out.stderr).into_owned())

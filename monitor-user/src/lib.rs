@@ -32,3 +32,4 @@ pub mod sensitive;
 pub mod signed;
 pub mod sink;
 pub mod task;
+pub mod torn;

@@ -36,6 +36,10 @@ pub trait Sink: Send {
     fn alarms(&mut self) -> Vec<Event> {
         Vec::new()
     }
+    /// The incomplete last line cut from the sink's file when it was opened (once).
+    fn torn(&mut self) -> Option<crate::torn::TornTail> {
+        None
+    }
     /// Flushes for good (at exit): what is not delivered must be kept durably.
     fn close(&mut self) -> Result<(), SinkError> {
         self.flush()
@@ -220,6 +224,15 @@ impl Fanout {
     pub fn report_losses(&mut self, host: &std::sync::Arc<str>, now: crate::event::Timestamp) -> Vec<Event> {
         let mut out = Vec::new();
         for i in 0..self.outs.len() {
+            let Some(t) = self.outs[i].sink.torn() else { continue };
+            // To every output that writes, the one it was cut from included.
+            let mut ev = t.record(host, now, &self.outs[i].sink.name());
+            // A task's own events file: the record is that task's, so it gets it too.
+            ev.task = self.outs[i].key.clone();
+            self.each(1, |s| s.send(&ev));
+            out.push(ev);
+        }
+        for i in 0..self.outs.len() {
             let (name, h) = (self.outs[i].sink.name(), self.outs[i].health.clone());
             if h.unreported > 0 {
                 self.outs[i].health.unreported = 0;
@@ -303,6 +316,8 @@ pub struct JsonLines {
     format: Format,
     out: BufWriter<Box<dyn Write + Send>>,
     line: Vec<u8>,
+    /// An incomplete last line cut from the file at open, until reported.
+    torn: Option<crate::torn::TornTail>,
 }
 
 /// `s` on one line: control characters (a newline in a file name) and backslashes
@@ -399,6 +414,7 @@ impl JsonLines {
             format: Format::Json,
             out: BufWriter::with_capacity(1 << 16, Box::new(io::stdout())),
             line: Vec::with_capacity(1024),
+            torn: None,
         }
     }
 
@@ -409,6 +425,7 @@ impl JsonLines {
             format: Format::Json,
             out: BufWriter::with_capacity(1 << 16, Box::new(w)),
             line: Vec::with_capacity(1024),
+            torn: None,
         }
     }
 
@@ -418,16 +435,16 @@ impl JsonLines {
     }
 
     pub fn file(path: &Path) -> Result<Self, SinkError> {
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| SinkError::Open { path: path.into(), source })?;
+        let open = |source| SinkError::Open { path: path.into(), source };
+        let f = OpenOptions::new().read(true).create(true).append(true).open(path).map_err(open)?;
+        // A line left incomplete by a killed writer would swallow the next record.
+        let torn = crate::torn::repair(&f, path).map_err(open)?;
         Ok(Self {
             name: path.display().to_string(),
             format: Format::Json,
             out: BufWriter::with_capacity(1 << 16, Box::new(f)),
             line: Vec::with_capacity(1024),
+            torn,
         })
     }
 
@@ -492,6 +509,10 @@ impl Sink for JsonLines {
     fn batch_end(&mut self) -> Result<(), SinkError> {
         self.flush()
     }
+
+    fn torn(&mut self) -> Option<crate::torn::TornTail> {
+        self.torn.take()
+    }
 }
 
 /// The events and alerts of one task (and the tasks delegated from it) only.
@@ -528,6 +549,10 @@ impl<S: Sink> Sink for TaskFilter<S> {
         self.inner.flush()
     }
 
+    fn torn(&mut self) -> Option<crate::torn::TornTail> {
+        self.inner.torn()
+    }
+
     fn close(&mut self) -> Result<(), SinkError> {
         self.inner.close()
     }
@@ -537,6 +562,40 @@ impl<S: Sink> Sink for TaskFilter<S> {
 mod tests {
     use super::*;
     use crate::event::Kind;
+
+    /// A daemon killed mid-write leaves half a line; the next one appended its first
+    /// record to it, which made one unreadable line (seen in CI). Now the fragment
+    /// is cut off and the cut is a `loss` record in every output, its own included.
+    #[test]
+    fn a_torn_last_line_is_cut_and_reported_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let (torn, other) = (dir.path().join("ev.jsonl"), dir.path().join("other.jsonl"));
+        std::fs::write(&torn, "{\"kind\":\"exec\"}\n{\"schema\":\"agentmon.ev").unwrap();
+        let mut f = Fanout::new(vec![
+            Box::new(JsonLines::file(&torn).unwrap()),
+            Box::new(JsonLines::file(&other).unwrap()),
+        ]);
+        let said = f.report_losses(&"h".into(), crate::event::Timestamp(0));
+        assert_eq!(said.len(), 1, "{said:?}");
+        f.send(&Event::new(Kind::Exit, crate::event::Timestamp(0), "h".into()));
+        assert!(f.report_losses(&"h".into(), crate::event::Timestamp(0)).is_empty(), "reported once");
+        f.close();
+        let text = std::fs::read_to_string(&torn).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let loss: Event = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(loss.kind, Kind::Loss);
+        assert_eq!(loss.lost.unwrap()[&format!("output:{}", torn.display())], 1);
+        assert_eq!(serde_json::from_str::<Event>(lines[2]).unwrap().kind, Kind::Exit);
+        let kept = loss.detail["torn"]["kept"].as_str().unwrap();
+        assert_eq!(std::fs::read_to_string(kept).unwrap(), "{\"schema\":\"agentmon.ev");
+        let other: Vec<Event> = std::fs::read_to_string(&other)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(other.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::Loss, Kind::Exit]);
+    }
 
     #[test]
     fn writes_one_parseable_line_per_event() {

@@ -49,6 +49,8 @@ pub struct AuditChain {
     /// not counted in `dropped` when recovery drops them.
     own_unsynced: u64,
     closed: bool,
+    /// An incomplete last line cut at open, until reported.
+    torn: Option<crate::torn::TornTail>,
 }
 
 impl AuditChain {
@@ -67,8 +69,9 @@ impl AuditChain {
     /// An existing file is verified first, with this key as the trusted one: the
     /// chain continues only if every record and checkpoint checks out. Records after
     /// the last checkpoint (the writer stopped before signing them) are signed at once
-    /// by a checkpoint marked `recovered_from`. A torn last line, any other problem,
-    /// or checkpoints by another key: refused.
+    /// by a checkpoint marked `recovered_from`. A torn last line (a writer killed
+    /// mid-record) is cut off and kept beside the log. Any other problem, or
+    /// checkpoints by another key: refused.
     pub fn open_with_key(path: &Path, key: SigningKey, checkpoint_every: u64) -> Result<Self, AuditError> {
         if checkpoint_every == 0 {
             return Err(AuditError::CheckpointEvery);
@@ -98,6 +101,7 @@ impl AuditChain {
             dropped: 0,
             own_unsynced: 0,
             closed: false,
+            torn: None,
         };
         if let Err(e) = chain.resume() {
             // Nothing to commit to a file that was refused.
@@ -118,17 +122,26 @@ impl AuditChain {
         f.seek(SeekFrom::Start(0)).map_err(read_err)?;
         let vk = self.key.verifying_key();
         let report = verify_reader(&path, BufReader::with_capacity(1 << 16, f), Some(&vk))?;
+        let mut torn = None;
         for p in &report.problems {
             match p.kind {
                 ProblemKind::UnsignedTail => {}
-                ProblemKind::Torn => {
-                    let line = p.line.unwrap_or(0);
-                    return Err(AuditError::TornTail { path, line, offset: p.offset });
-                }
+                ProblemKind::Torn => torn = Some(p.offset),
+                // Nothing but a fragment: a new chain once it is cut.
+                ProblemKind::Empty if torn == Some(0) => {}
                 _ => return Err(AuditError::Corrupt { path, problem: p.to_string() }),
             }
         }
+        // Only an otherwise sound chain is continued past a torn last line (a writer
+        // killed mid-record): the fragment is moved aside and the cut is recorded
+        // in this chain as a `loss` record (see `Sink::torn`).
+        if let Some(offset) = torn {
+            self.torn = Some(crate::torn::cut(f, &path, offset).map_err(read_err)?);
+        }
         let (Some(last), Some(hash)) = (report.last_seq, report.last_hash) else {
+            if torn == Some(0) {
+                return Ok(());
+            }
             return Err(AuditError::Corrupt { path, problem: "no records in a non-empty file".into() });
         };
         self.next_seq = last + 1;
@@ -374,6 +387,25 @@ impl Sink for AuditChain {
 
     fn lost(&mut self) -> u64 {
         std::mem::take(&mut self.dropped)
+    }
+
+    /// Each batch reaches the file at once (written; signed and synced at the next
+    /// commit): a writer killed outright loses at most the batch at hand, and the
+    /// next writer signs what it finds (`recovered_from`).
+    fn batch_end(&mut self) -> Result<(), SinkError> {
+        if self.poisoned {
+            return Err(self.sink_err(AuditError::Poisoned { path: self.path.clone() }));
+        }
+        if let Err(source) = self.out.flush() {
+            self.poisoned = true;
+            let e = AuditError::Write { path: self.path.clone(), seq: self.next_seq, source };
+            return Err(self.sink_err(e));
+        }
+        Ok(())
+    }
+
+    fn torn(&mut self) -> Option<crate::torn::TornTail> {
+        self.torn.take()
     }
 }
 

@@ -87,12 +87,6 @@ pub enum AuditError {
     #[error("audit log {path} is in use by another writer")]
     Locked { path: PathBuf },
     #[error(
-        "audit log {path}: line {line} (byte {offset}) is incomplete: the writer was interrupted \
-         mid-record; refusing to append after it (check the file with `agentmon audit verify`, then \
-         truncate it to {offset} bytes or start a new log)"
-    )]
-    TornTail { path: PathBuf, line: u64, offset: u64 },
-    #[error(
         "audit log {path} does not verify ({problem}); refusing to append: keep it as evidence and \
          start a new log"
     )]
