@@ -621,6 +621,117 @@ pub fn daemon_kill9_restart_reports_the_gap() -> R {
     Ok(())
 }
 
+/// A sub-task delegated inside a daemon's task, across a restart of the daemon: the
+/// next daemon binds it again, so what it does afterwards is its own, judged (and,
+/// enforced, held) by its narrower scope. Before, it was not recorded: the next
+/// daemon let its processes go (nothing reported; on the BPF LSM tier not held by
+/// any scope), or on fresh maps judged them by the parent's wider one.
+pub fn daemon_restart_keeps_sub_tasks() -> R {
+    let d = workdir("daemon-subtask");
+    let repo = d.join("repo");
+    std::fs::create_dir_all(repo.join("sub")).map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let am = support::agentmon();
+    let enforce = support::can_enforce();
+    let parent = d.join("parent.yaml");
+    let mode = if enforce { "enforce" } else { "observe" };
+    std::fs::write(
+        &parent,
+        format!(
+            "id: parent\nmode: execute\nenforcement: {mode}\nscope:\n  write: [\"{r}/**\"]\n  exec: [\"{me}\", \"{am}\"]\n",
+            r = repo.display(),
+            me = me.display(),
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let child = d.join("child.yaml");
+    std::fs::write(
+        &child,
+        format!(
+            "id: child\nmode: execute\nscope:\n  write: [\"{}/sub/**\"]\n  exec: [\"{}\"]\n",
+            repo.display(),
+            me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let (sock, all) = daemon_paths(&d);
+    let first = start_daemon(&d, "")?;
+    let mut exec = Command::new(agentmon())
+        .args(["exec", "--quiet", "--daemon"])
+        .arg(&sock)
+        .arg("--task")
+        .arg(&parent)
+        .arg("--")
+        .arg(&me)
+        .arg(&d)
+        .arg(am)
+        .arg(&child)
+        .env(SCENARIO_ENV, "delegate_one")
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let limit = Duration::from_secs(30) * support::slowdown();
+    let ready = wait(limit, || repo.join("sub/ready").exists());
+    // The same build takes the kernel's maps over (the sub-task's processes were kept
+    // under its cookie) ...
+    let stopped = stop(first);
+    let second = start_daemon(&d, "")?;
+    // Its socket answers before it has resumed its tasks.
+    let resumed = |n: usize| {
+        wait(limit, || {
+            events(&all).is_ok_and(|evs| {
+                evs.iter().filter(|e| e.kind == Kind::TaskStart && e.task.as_deref() == Some("child")).count()
+                    >= n
+            })
+        })
+    };
+    resumed(2);
+    std::fs::write(d.join("go1"), b"").map_err(|e| e.to_string())?;
+    let one = wait(limit, || repo.join("sub/done1").exists());
+    std::thread::sleep(Duration::from_millis(700));
+    let said2 = stop(second)?;
+    // ... another configuration starts on fresh maps (its processes found again as the
+    // descendants of its root, among its parent's).
+    let config = d.join("agentmon.yaml");
+    let text = std::fs::read_to_string(&config).map_err(|e| e.to_string())?;
+    std::fs::write(&config, format!("{text}max_tracked: 60000\n")).map_err(|e| e.to_string())?;
+    let third = start_daemon(&d, "");
+    resumed(3);
+    std::fs::write(d.join("go2"), b"").map_err(|e| e.to_string())?;
+    let code = exec.wait().map_err(|e| e.to_string())?.code();
+    std::thread::sleep(Duration::from_millis(1200));
+    let said3 = stop(third?)?;
+    stopped?;
+    ensure(ready && one, || format!("the sub-task never got going ({ready}, {one}): {said2}"))?;
+    eq("exit", code, Some(0))?;
+    eq("sub-task exit", std::fs::read_to_string(repo.join("sub-rc")).ok(), Some("Some(0)".into()))?;
+    let evs = events(&all)?;
+    let starts: Vec<&Event> =
+        evs.iter().filter(|e| e.kind == Kind::TaskStart && e.task.as_deref() == Some("child")).collect();
+    ensure(starts.len() == 3, || format!("{} task_start of the sub-task: {said2}\n{said3}", starts.len()))?;
+    for (s, observed) in [(starts[1], true), (starts[2], false)] {
+        eq("resumed", s.detail.get("resumed").and_then(|v| v.as_bool()), Some(true))?;
+        eq("gap observed", s.detail.get("gap").and_then(|g| g["observed"].as_bool()), Some(observed))?;
+    }
+    for n in 1..=2 {
+        let created = |p: &Path| {
+            evs.iter()
+                .find(|e| e.kind == Kind::FileCreate && e.path.as_deref() == p.to_str())
+                .ok_or_else(|| format!("no file_create of {}: {said2}\n{said3}", p.display()))
+        };
+        let after = created(&repo.join(format!("sub/after{n}.txt")))?;
+        eq(&format!("restart {n}, inside: task"), after.task.as_deref(), Some("child"))?;
+        eq(&format!("restart {n}, inside: verdict"), after.verdict.as_deref(), Some("in_scope"))?;
+        let out = repo.join(format!("notsub_after{n}.txt"));
+        let ev = created(&out)?;
+        eq(&format!("restart {n}, outside: task"), ev.task.as_deref(), Some("child"))?;
+        let want = if enforce { "denied" } else { "violation" };
+        eq(&format!("restart {n}, outside: verdict"), ev.verdict.as_deref(), Some(want))?;
+        ensure(enforce != out.exists(), || format!("the sub-task's scope did not hold after restart {n}"))?;
+    }
+    Ok(())
+}
+
 /// `agentmon exec` registering task `t` with the daemon at `sock`, its command the
 /// `attempts` scenario in `d` (this test binary `me`) with `actions`.
 fn attempts_under(sock: &Path, t: &Path, me: &Path, d: &Path, actions: &[&str]) -> Command {

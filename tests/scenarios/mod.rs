@@ -43,6 +43,8 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         ("reverse_shell", _) => reverse_shell(),
         ("delegate", Some(d)) => delegate(d, args),
         ("sub_agent", Some(d)) => sub_agent(d),
+        ("delegate_one", Some(d)) => delegate_one(d, args),
+        ("sub_waits", Some(d)) => sub_waits(d),
         ("two_steps", Some(d)) => two_steps(d),
         ("attempts", Some(d)) => attempts(d, &args[1..]),
         ("contain", Some(d)) => contain::contain(d, args),
@@ -364,6 +366,35 @@ fn sub_agent(d: &Path) -> Result<(), String> {
     fs::write(d.join("repo/sub/inside.txt"), b"").map_err(|e| e.to_string())?;
     // Outside the sub-task's scope: refused when it is enforced.
     let _ = fs::write(d.join("repo/notsub.txt"), b"");
+    Ok(())
+}
+
+/// Runs one nested `agentmon exec --task` (args: dir, agentmon, child.yaml) whose
+/// command is `sub_waits`; writes its exit status to repo/sub-rc.
+fn delegate_one(d: &Path, args: &[String]) -> Result<(), String> {
+    let [_, agentmon, child] = args else { return Err("delegate_one needs: dir agentmon child.yaml".into()) };
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let st = std::process::Command::new(agentmon)
+        .args(["exec", "--quiet", "--task", child, "--"])
+        .arg(&me)
+        .arg(d)
+        .env("AGENTMON_SCENARIO", "sub_waits")
+        .status()
+        .map_err(|e| e.to_string())?;
+    fs::write(d.join("repo/sub-rc"), format!("{:?}", st.code())).map_err(|e| e.to_string())
+}
+
+/// A sub-task's agent across restarts of its daemon: writes repo/sub/ready; then
+/// twice, on `go1` and `go2`, writes inside its scope (repo/sub/afterN.txt) and
+/// outside it but inside its parent's (repo/notsub_afterN.txt), then repo/sub/doneN.
+fn sub_waits(d: &Path) -> Result<(), String> {
+    fs::write(d.join("repo/sub/ready"), b"").map_err(|e| e.to_string())?;
+    for n in 1..=2 {
+        wait_for(&d.join(format!("go{n}")))?;
+        fs::write(d.join(format!("repo/sub/after{n}.txt")), b"").map_err(|e| e.to_string())?;
+        let _ = fs::write(d.join(format!("repo/notsub_after{n}.txt")), b"");
+        fs::write(d.join(format!("repo/sub/done{n}")), b"").map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 

@@ -10,10 +10,9 @@ use std::{path::PathBuf, time::Duration};
 use super::{
     Outputs, RulesChoice, RunError,
     engine::Engine,
-    load_rules, rules_watch,
+    load_rules, resume, rules_watch,
     runtime::{Extras, Runtime},
     setup::{OnExpiry, Setup, StateDir},
-    tasks,
 };
 use crate::{
     ctl,
@@ -118,17 +117,17 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     let extras = Extras { selectors: opts.selectors.clone(), metrics, nats, ..Default::default() };
     let mut rt = Runtime::new(engine, server, rules_watch(&opts.rules, &opts.sensitive), extras)?;
     let taken = rt.e.sensors.taken_over();
-    let resumed = tasks::resume(&mut rt.e);
+    let resumed = resume::resume(&mut rt.e);
     if !resumed.is_empty() {
         let how = if taken { "tracked by the kernel throughout" } else { "not observed while no daemon ran" };
         eprintln!("agentmon daemon: resumed {} running tasks ({how}): {}", resumed.len(), resumed.join(", "));
     }
     if taken {
-        tasks::drop_unclaimed(&mut rt.e);
+        resume::drop_unclaimed(&mut rt.e);
         // What the tasks did in the gap, their roots' exits included.
         rt.drain();
     }
-    tasks::end_rootless(&mut rt.e, &resumed);
+    resume::end_rootless(&mut rt.e, &resumed);
     // Only now: until the resumed tasks were bound to this daemon's programs, the
     // previous daemon's held them.
     rt.e.sensors.retire_previous();

@@ -13,10 +13,12 @@ mod engine;
 mod exec;
 mod outputs;
 mod pipeline;
+mod resume;
 mod runtime;
 pub mod select;
 mod serve;
 mod setup;
+mod subtask;
 mod tasks;
 mod watchdog;
 

@@ -1,11 +1,10 @@
 //! Answers requests on the control socket: delegation and steps from inside a
 //! task, everything else from an operator outside every task.
 
-use std::sync::Arc;
-
 use super::{
     callers::{Caller, Incoming, Noise},
     engine::Engine,
+    subtask,
     tasks::{self, StartReq},
 };
 use crate::{
@@ -13,7 +12,6 @@ use crate::{
     ctl::{self, Reply, Request, StepPhase},
     event::Step,
     gate::Who,
-    judge::Bound,
 };
 
 /// Answers a request read by [`super::callers::Reader`], and sends the answer (in a
@@ -89,7 +87,7 @@ fn serve(
         return Reply::err(format!("{what} refused: {why}"));
     }
     if let Request::Delegate { manifest, file, pid, confined } = req {
-        return delegate(e, peer, manifest, file, pid, confined);
+        return subtask::delegate(e, peer, manifest, file, pid, confined);
     }
     if let Request::Step { phase, task, tool, call_id, traceparent } = req {
         return step(
@@ -245,89 +243,6 @@ fn approval(
         Ok(msg) => Reply { ok: true, message: Some(msg), ..Default::default() },
         Err(e) => Reply::err(e),
     }
-}
-
-/// Binds the caller's held child `pid` to the sub-task in `manifest`. A process
-/// inside a task that is refused (a wider scope, a bad manifest, a name taken) is a
-/// tamper record: the agent asked for authority its task does not give.
-fn delegate(e: &mut Engine, peer: u32, manifest: String, file: String, pid: u32, confined: bool) -> Reply {
-    let Some(cookie) = e.sensors.task_of(peer) else {
-        return Reply::err(format!("pid {peer} is not inside a task watched here"));
-    };
-    match delegate_from(e, cookie, peer, manifest, &file, pid, confined) {
-        Ok(r) => r,
-        Err(why) => {
-            e.tamper(peer, Some(cookie), &format!("delegation ({file})"), &why, true);
-            Reply::err(why)
-        }
-    }
-}
-
-fn delegate_from(
-    e: &mut Engine,
-    cookie: u32,
-    peer: u32,
-    manifest: String,
-    file: &str,
-    pid: u32,
-    confined: bool,
-) -> Result<Reply, String> {
-    let c = e.cookie();
-    let (sensors, p) = (&mut e.sensors, &mut e.p);
-    if ctl::ppid_of(pid) != Some(peer) || sensors.task_of(pid) != Some(cookie) {
-        return Err(format!("pid {pid} is not a child of the caller in its task"));
-    }
-    let Some(parent) = p.enr.task_name(cookie).and_then(|id| p.judge.task(&id)).cloned() else {
-        return Err("the caller's task has no manifest here; delegation needs a parent task".into());
-    };
-    let mut child = crate::task::parse(&manifest, std::path::Path::new(file), p.enr.clock().now_wall())
-        .map_err(|err| err.to_string())?;
-    if let Err(why) = parent.task.contains(&child) {
-        return Err(format!("{file}: {why}"));
-    }
-    if p.judge.task(&child.id).is_some() {
-        return Err(format!("{file}: a task called {} is already running here", child.id));
-    }
-    // Inside an enforced task everything is enforced: the sub-task's own sandbox must
-    // be on its command (the parent's is inherited anyway).
-    child.enforce |= parent.task.enforce;
-    child.deny_sensitive_reads |= parent.task.deny_sensitive_reads;
-    if child.enforce && !confined {
-        return Err(format!(
-            "{file}: the sub-task of enforced task {} must run confined by its own scope, and its command is \
-             not ({} was cleared?)",
-            parent.id,
-            ctl::ENFORCED_ENV
-        ));
-    }
-    // A sub-task's calls are held by the gate its root inherited: the parent's.
-    let gated = |o: &crate::task::Op| !p.gates.is_empty() && parent.task.approval.contains(o);
-    if child.enforce
-        && let Some(op) = child.approval.iter().find(|o| !gated(o))
-    {
-        return Err(format!(
-            "{file}: approval_required: {} is not held by the parent task's approval gate, which sub-tasks \
-             share; add it to the parent's approval_required",
-            op.as_str()
-        ));
-    }
-    child.parents =
-        std::iter::once(parent.task.id.clone()).chain(parent.task.parents.iter().cloned()).collect();
-    if child.enforce && e.setup.layers.lsm {
-        // Its own scope (within the parent's, checked above); its command must be in
-        // its exec scope, as no launch files are granted to a sub-task.
-        super::tasks::enroll_in(sensors, &e.setup, c, &child, &[], cookie).map_err(|err| err.to_string())?;
-    }
-    sensors.retag(pid, c).map_err(|err| err.to_string())?;
-    let id: Arc<str> = Arc::from(child.id.as_str());
-    let chain = child.parents.clone();
-    p.enr.bind_task(c, id.clone());
-    p.contain.register_sub(id.clone(), c, parent.id.clone(), child.enforce);
-    p.judge.bind(Bound::new(Arc::new(child), pid));
-    if let Some(ev) = p.task_started(&id) {
-        e.record(&ev);
-    }
-    Ok(Reply { ok: true, task: Some(id.to_string()), chain, ..Default::default() })
 }
 
 /// A step begins or ends. A process inside a task may only annotate its own task

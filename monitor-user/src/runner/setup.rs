@@ -99,6 +99,9 @@ pub struct Saved {
     /// Its cookie in the kernel's maps: kept by a daemon that takes them over.
     #[serde(default)]
     pub cookie: Option<u32>,
+    /// The task it was delegated from (a sub-task shares its cgroup and events file).
+    #[serde(default)]
+    pub parent: Option<String>,
 }
 
 /// The file whose content is the time the daemon was last seen alive.
@@ -200,7 +203,7 @@ impl StateDir {
         let Ok(dir) = std::fs::read_dir(&self.dir) else { return out };
         for e in dir.flatten() {
             let path = e.path();
-            if path.extension().is_none_or(|x| x != "json") {
+            if path.extension().is_none_or(|x| x != "json") || path.file_name().is_some_and(|n| n == LOST) {
                 continue;
             }
             let trusted = std::fs::symlink_metadata(&path).is_ok_and(|m| {

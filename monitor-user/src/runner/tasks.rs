@@ -186,116 +186,6 @@ pub fn admissible(task: &Task, setup: &Setup, rules: &RuleSet) -> Result<(), enf
     Ok(())
 }
 
-/// Resumes the tasks a previous daemon recorded whose processes still run: they are
-/// tracked again, in their cgroup (with its network guard if enforced). What they did
-/// while no daemon ran was not seen; the `task_start` says `resumed` and how long the
-/// gap was.
-pub fn resume(e: &mut Engine) -> Vec<String> {
-    let mut done = Vec::new();
-    let Some(state) = &e.setup.state else { return done };
-    let last = state.last_beat();
-    let records = state.records();
-    for s in records {
-        // A cookie a previous daemon gave is never given again (its allowlist
-        // entries may still be in the kernel's maps).
-        if let Some(c) = s.cookie {
-            e.next_task = e.next_task.max(c.saturating_add(1));
-        }
-        let ours = enforce::cgroup::v2_root().map(|r| r.join("agentmon"));
-        let drop_it = |e: &Engine| {
-            if let Some(st) = &e.setup.state {
-                st.drop_saved(&s.id)
-            }
-        };
-        if s.ended || s.cgroup.as_ref().is_some_and(|c| ours.as_ref().is_none_or(|o| !c.starts_with(o))) {
-            drop_it(e);
-            continue;
-        }
-        let cg = s.cgroup.clone().and_then(|p| TaskCgroup::adopt(p).ok());
-        let pids = cg.as_ref().map(|c| c.pids()).unwrap_or_default();
-        // Kept in the kernel meanwhile: even a task that ended in the gap is bound,
-        // for its events waiting in the ring (its root's exit among them).
-        let kept = s.cookie.filter(|_| e.sensors.taken_over());
-        let Some(cg) = cg.filter(|_| !pids.is_empty() || kept.is_some()) else {
-            // Ended while no daemon ran (its cgroup goes with `cg`).
-            drop_it(e);
-            continue;
-        };
-        let now = e.p.enr.clock().now_wall();
-        let mut task = match crate::task::parse(&s.manifest, Path::new(&s.file), now) {
-            Ok(t) => t,
-            Err(err) => {
-                tracing::error!("resuming task {}: {err}", s.id);
-                continue;
-            }
-        };
-        task.enforce |= s.enforce;
-        task.expires = s.expires;
-        let r = StartReq {
-            manifest: s.manifest,
-            file: s.file,
-            pid: s.root,
-            enforce: s.enforce,
-            events: s.events,
-            attach: true,
-            grant: None,
-            launch: s.launch.iter().map(PathBuf::from).collect(),
-            lsm: None,
-        };
-        let gap = last.map(|t| (t, now));
-        match bind(e, task, r, Binding::Resumed { cgroup: cg, pids, gap, kept }) {
-            Ok(id) => done.push(id),
-            Err(err) => tracing::error!("resuming task {}: {err}", s.id),
-        }
-    }
-    done
-}
-
-/// Ends the resumed tasks whose root exited while no daemon ran and whose exit no
-/// event reported (called once the ring's waiting events are read).
-pub fn end_rootless(e: &mut Engine, resumed: &[String]) {
-    for id in resumed {
-        let id: Arc<str> = Arc::from(id.as_str());
-        let Some(root) = e.p.judge.task(&id).map(|b| b.root) else { continue };
-        if !Path::new(&format!("/proc/{root}")).exists()
-            && let Some(ev) = e.p.task_ended(&id, "its root exited while no daemon ran")
-        {
-            e.record(&ev);
-        }
-    }
-}
-
-/// After resuming on taken-over maps: processes and grants a previous daemon bound
-/// to tasks no one resumed (ended while no daemon ran, or never recorded) are let go.
-pub fn drop_unclaimed(e: &mut Engine) {
-    // A recorded task that failed to resume keeps what the kernel holds for it:
-    // letting it go would leave it running unenforced.
-    let recorded: std::collections::BTreeSet<u32> = e
-        .setup
-        .state
-        .as_ref()
-        .map(|st| st.records().into_iter().filter(|s| !s.ended).filter_map(|s| s.cookie).collect())
-        .unwrap_or_default();
-    let known: std::collections::BTreeSet<u32> = e
-        .sensors
-        .tracked()
-        .into_iter()
-        .map(|(_, c)| c)
-        .filter(|c| e.p.enr.task_name(*c).is_some() || recorded.contains(c))
-        .collect();
-    for (pid, c) in e.sensors.tracked() {
-        if !known.contains(&c) {
-            tracing::info!(
-                "process {pid} was tracked under cookie {c}, which no resumed task has: untracked"
-            );
-            let _ = e.sensors.untrack(pid);
-        }
-    }
-    if let Some(l) = e.sensors.lsm.as_mut() {
-        l.keep_tasks(&known);
-    }
-}
-
 /// Binds `task` to the processes of `r`: tracking in the kernel, its cgroup (with the
 /// network guard if enforced), its own events file, the judge and containment; then
 /// records `task_start` and (in a daemon) the task's state.
@@ -378,6 +268,7 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         ended: false,
         launch: r.launch.iter().map(|p| p.display().to_string()).collect(),
         cookie: Some(c),
+        parent: None,
     };
     let tier = task.enforce.then_some(if e.setup.layers.lsm { "bpf-lsm" } else { "landlock" });
     let p = &mut e.p;
@@ -390,33 +281,11 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
     p.judge.bind(Bound::new(Arc::new(task), r.pid));
     if let Some(mut ev) = p.task_started(&id) {
         if resumed {
-            ev.detail.insert("resumed".into(), serde_json::json!(true));
+            mark_resumed(&mut ev, gap, observed);
         }
         if let Some(tier) = tier {
             // Which tier holds it to its scope: what it could and could not do follows.
             ev.detail.insert("tier".into(), serde_json::json!(tier));
-        }
-        if let Some((from, to)) = gap {
-            ev.detail.insert(
-                "gap".into(),
-                serde_json::json!({
-                    "from": from,
-                    "to": to,
-                    "seconds": ((to.0 - from.0).max(0) / 1_000_000_000) as u64,
-                    "observed": observed,
-                }),
-            );
-            ev.reason = Some(if observed {
-                format!(
-                    "resumed by a restarted daemon: the kernel kept tracking and enforcing the task from {from} \
-                     to {to}; what it did then is reported from the ring (what the ring could not hold, in a loss \
-                     record), except what a killed daemon had read after {from} and not yet written"
-                )
-            } else {
-                format!(
-                    "resumed by a restarted daemon: what the task did between {from} and {to} was not observed"
-                )
-            });
         }
         e.record(&ev);
     }
@@ -426,6 +295,34 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         tracing::warn!("recording task {id} in {}: {err} (a restart will not resume it)", st.dir.display());
     }
     Ok(id.to_string())
+}
+
+/// A resumed task's `task_start`: `resumed`, and the gap in which no daemon ran
+/// (`observed`: the kernel kept tracking the task then).
+pub fn mark_resumed(ev: &mut crate::event::Event, gap: Option<(Timestamp, Timestamp)>, observed: bool) {
+    ev.detail.insert("resumed".into(), serde_json::json!(true));
+    if let Some((from, to)) = gap {
+        ev.detail.insert(
+            "gap".into(),
+            serde_json::json!({
+                "from": from,
+                "to": to,
+                "seconds": ((to.0 - from.0).max(0) / 1_000_000_000) as u64,
+                "observed": observed,
+            }),
+        );
+        ev.reason = Some(if observed {
+            format!(
+                "resumed by a restarted daemon: the kernel kept tracking and enforcing the task from {from} \
+                 to {to}; what it did then is reported from the ring (what the ring could not hold, in a loss \
+                 record), except what a killed daemon had read after {from} and not yet written"
+            )
+        } else {
+            format!(
+                "resumed by a restarted daemon: what the task did between {from} and {to} was not observed"
+            )
+        });
+    }
 }
 
 /// Loads enforced `task`'s plan for the BPF LSM tier under cookie `c` (`up`: the
@@ -605,7 +502,7 @@ pub fn refresh_hosts(sensors: &mut Sensors, t: &Task, cookie: u32, rules: &RuleS
 }
 
 /// `pid` and its descendants now (children first found through /proc).
-fn tree(pid: u32) -> Vec<u32> {
+pub(super) fn tree(pid: u32) -> Vec<u32> {
     let mut all = vec![pid];
     let procs: Vec<(u32, u32)> = std::fs::read_dir("/proc")
         .into_iter()
@@ -624,7 +521,7 @@ fn tree(pid: u32) -> Vec<u32> {
 }
 
 /// What /proc says of a process bound after it started.
-fn proc_of(pid: u32, task: u32) -> Proc {
+pub(super) fn proc_of(pid: u32, task: u32) -> Proc {
     let read = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).ok();
     Proc {
         ppid: ctl::ppid_of(pid),

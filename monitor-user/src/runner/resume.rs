@@ -1,0 +1,138 @@
+//! A restarted daemon takes up where the previous one stopped: the recorded tasks
+//! are bound again (their sub-tasks after them), the tasks whose root exited in the
+//! gap are ended, and what the kernel kept for no recorded task is let go.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use super::{
+    engine::Engine,
+    setup::Saved,
+    tasks::{Binding, StartReq, bind},
+};
+use crate::enforce::{self, cgroup::TaskCgroup};
+
+/// Resumes the tasks a previous daemon recorded whose processes still run: they are
+/// tracked again, in their cgroup (with its network guard if enforced). What they did
+/// while no daemon ran was not seen; the `task_start` says `resumed` and how long the
+/// gap was.
+pub fn resume(e: &mut Engine) -> Vec<String> {
+    let mut done = Vec::new();
+    let Some(state) = &e.setup.state else { return done };
+    let last = state.last_beat();
+    let records = state.records();
+    let now = e.p.enr.clock().now_wall();
+    let gap = last.map(|t| (t, now));
+    let (subs, tops): (Vec<Saved>, Vec<Saved>) = records.into_iter().partition(|s| s.parent.is_some());
+    for s in &subs {
+        if let Some(c) = s.cookie {
+            e.next_task = e.next_task.max(c.saturating_add(1));
+        }
+    }
+    // Processes the kernel kept under a sub-task's cookie share its parent's cgroup:
+    // they are the sub-task's to take up, never the parent's.
+    let sub_cookies: std::collections::BTreeSet<u32> =
+        subs.iter().filter(|s| !s.ended).filter_map(|s| s.cookie).collect();
+    for s in tops {
+        // A cookie a previous daemon gave is never given again (its allowlist
+        // entries may still be in the kernel's maps).
+        if let Some(c) = s.cookie {
+            e.next_task = e.next_task.max(c.saturating_add(1));
+        }
+        let ours = enforce::cgroup::v2_root().map(|r| r.join("agentmon"));
+        let drop_it = |e: &Engine| {
+            if let Some(st) = &e.setup.state {
+                st.drop_saved(&s.id)
+            }
+        };
+        if s.ended || s.cgroup.as_ref().is_some_and(|c| ours.as_ref().is_none_or(|o| !c.starts_with(o))) {
+            drop_it(e);
+            continue;
+        }
+        let cg = s.cgroup.clone().and_then(|p| TaskCgroup::adopt(p).ok());
+        let mut pids = cg.as_ref().map(|c| c.pids()).unwrap_or_default();
+        pids.retain(|p| e.sensors.task_of(*p).is_none_or(|c| !sub_cookies.contains(&c)));
+        // Kept in the kernel meanwhile: even a task that ended in the gap is bound,
+        // for its events waiting in the ring (its root's exit among them).
+        let kept = s.cookie.filter(|_| e.sensors.taken_over());
+        let Some(cg) = cg.filter(|_| !pids.is_empty() || kept.is_some()) else {
+            // Ended while no daemon ran (its cgroup goes with `cg`).
+            drop_it(e);
+            continue;
+        };
+        let now = e.p.enr.clock().now_wall();
+        let mut task = match crate::task::parse(&s.manifest, Path::new(&s.file), now) {
+            Ok(t) => t,
+            Err(err) => {
+                tracing::error!("resuming task {}: {err}", s.id);
+                continue;
+            }
+        };
+        task.enforce |= s.enforce;
+        task.expires = s.expires;
+        let r = StartReq {
+            manifest: s.manifest,
+            file: s.file,
+            pid: s.root,
+            enforce: s.enforce,
+            events: s.events,
+            attach: true,
+            grant: None,
+            launch: s.launch.iter().map(PathBuf::from).collect(),
+            lsm: None,
+        };
+        match bind(e, task, r, Binding::Resumed { cgroup: cg, pids, gap, kept }) {
+            Ok(id) => done.push(id),
+            Err(err) => tracing::error!("resuming task {}: {err}", s.id),
+        }
+    }
+    done.extend(super::subtask::resume(e, subs, gap));
+    done
+}
+
+/// Ends the resumed tasks whose root exited while no daemon ran and whose exit no
+/// event reported (called once the ring's waiting events are read).
+pub fn end_rootless(e: &mut Engine, resumed: &[String]) {
+    for id in resumed {
+        let id: Arc<str> = Arc::from(id.as_str());
+        let Some(root) = e.p.judge.task(&id).map(|b| b.root) else { continue };
+        if !Path::new(&format!("/proc/{root}")).exists()
+            && let Some(ev) = e.p.task_ended(&id, "its root exited while no daemon ran")
+        {
+            e.record(&ev);
+        }
+    }
+}
+
+/// After resuming on taken-over maps: processes and grants a previous daemon bound
+/// to tasks no one resumed (ended while no daemon ran, or never recorded) are let go.
+pub fn drop_unclaimed(e: &mut Engine) {
+    // A recorded task that failed to resume keeps what the kernel holds for it:
+    // letting it go would leave it running unenforced.
+    let recorded: std::collections::BTreeSet<u32> = e
+        .setup
+        .state
+        .as_ref()
+        .map(|st| st.records().into_iter().filter(|s| !s.ended).filter_map(|s| s.cookie).collect())
+        .unwrap_or_default();
+    let known: std::collections::BTreeSet<u32> = e
+        .sensors
+        .tracked()
+        .into_iter()
+        .map(|(_, c)| c)
+        .filter(|c| e.p.enr.task_name(*c).is_some() || recorded.contains(c))
+        .collect();
+    for (pid, c) in e.sensors.tracked() {
+        if !known.contains(&c) {
+            tracing::info!(
+                "process {pid} was tracked under cookie {c}, which no resumed task has: untracked"
+            );
+            let _ = e.sensors.untrack(pid);
+        }
+    }
+    if let Some(l) = e.sensors.lsm.as_mut() {
+        l.keep_tasks(&known);
+    }
+}

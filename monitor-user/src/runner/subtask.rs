@@ -1,0 +1,242 @@
+//! Sub-tasks: a process inside a task asks (`agentmon exec --task` nested) for a
+//! narrower task for its child ([`delegate`]); a restarted daemon binds the recorded
+//! sub-tasks again ([`resume`]), after their parents. A sub-task shares its parent's
+//! cgroup and events file, and has its own cookie, scope and LSM grants: were it
+//! not resumed, its processes would be let go, or judged by the parent's wider scope.
+
+use std::{path::Path, sync::Arc};
+
+use super::{
+    engine::Engine,
+    setup::Saved,
+    tasks::{self, mark_resumed},
+};
+use crate::{
+    ctl::{self, Reply},
+    event::Timestamp,
+    judge::Bound,
+    task::Task,
+};
+
+/// Binds the caller's held child `pid` to the sub-task in `manifest`. A process
+/// inside a task that is refused (a wider scope, a bad manifest, a name taken) is a
+/// tamper record: the agent asked for authority its task does not give.
+pub fn delegate(
+    e: &mut Engine,
+    peer: u32,
+    manifest: String,
+    file: String,
+    pid: u32,
+    confined: bool,
+) -> Reply {
+    let Some(cookie) = e.sensors.task_of(peer) else {
+        return Reply::err(format!("pid {peer} is not inside a task watched here"));
+    };
+    match delegate_from(e, cookie, peer, manifest, &file, pid, confined) {
+        Ok(r) => r,
+        Err(why) => {
+            e.tamper(peer, Some(cookie), &format!("delegation ({file})"), &why, true);
+            Reply::err(why)
+        }
+    }
+}
+
+fn delegate_from(
+    e: &mut Engine,
+    cookie: u32,
+    peer: u32,
+    manifest: String,
+    file: &str,
+    pid: u32,
+    confined: bool,
+) -> Result<Reply, String> {
+    let p = &e.p;
+    if ctl::ppid_of(pid) != Some(peer) || e.sensors.task_of(pid) != Some(cookie) {
+        return Err(format!("pid {pid} is not a child of the caller in its task"));
+    }
+    let Some(parent) = p.enr.task_name(cookie).and_then(|id| p.judge.task(&id)).cloned() else {
+        return Err("the caller's task has no manifest here; delegation needs a parent task".into());
+    };
+    let mut child = crate::task::parse(&manifest, Path::new(file), p.enr.clock().now_wall())
+        .map_err(|err| err.to_string())?;
+    if let Err(why) = parent.task.contains(&child) {
+        return Err(format!("{file}: {why}"));
+    }
+    if p.judge.task(&child.id).is_some() {
+        return Err(format!("{file}: a task called {} is already running here", child.id));
+    }
+    inherit(&mut child, &parent.task);
+    if child.enforce && !confined {
+        return Err(format!(
+            "{file}: the sub-task of enforced task {} must run confined by its own scope, and its command is \
+             not ({} was cleared?)",
+            parent.id,
+            ctl::ENFORCED_ENV
+        ));
+    }
+    // A sub-task's calls are held by the gate its root inherited: the parent's.
+    let gated = |o: &crate::task::Op| !p.gates.is_empty() && parent.task.approval.contains(o);
+    if child.enforce
+        && let Some(op) = child.approval.iter().find(|o| !gated(o))
+    {
+        return Err(format!(
+            "{file}: approval_required: {} is not held by the parent task's approval gate, which sub-tasks \
+             share; add it to the parent's approval_required",
+            op.as_str()
+        ));
+    }
+    let c = e.cookie();
+    let chain = child.parents.clone();
+    let sub = Sub { manifest: &manifest, file, up: cookie, c, root: pid };
+    let id = bind(e, child, &sub, &[pid], None).map_err(|err| err.to_string())?;
+    Ok(Reply { ok: true, task: Some(id.to_string()), chain, ..Default::default() })
+}
+
+/// What a sub-task takes from the task it is delegated from: inside an enforced
+/// task everything is enforced (the parent's sandbox is inherited anyway), sensitive
+/// reads refused if the parent refuses them, and the chain of parents.
+fn inherit(child: &mut Task, parent: &Task) {
+    child.enforce |= parent.enforce;
+    child.deny_sensitive_reads |= parent.deny_sensitive_reads;
+    child.parents = std::iter::once(parent.id.clone()).chain(parent.parents.iter().cloned()).collect();
+}
+
+/// A sub-task being bound: its manifest, the parent's cookie `up`, its own `c` and root.
+struct Sub<'a> {
+    manifest: &'a str,
+    file: &'a str,
+    up: u32,
+    c: u32,
+    root: u32,
+}
+
+/// Binds `child` to `pids` (tracked under the parent's cookie, or under its own
+/// when the kernel kept it): its LSM grants, tracking, attribution, containment and
+/// the judge; then its `task_start` and its record. `resumed`: the gap and whether
+/// the kernel observed it.
+fn bind(
+    e: &mut Engine,
+    child: Task,
+    s: &Sub,
+    pids: &[u32],
+    resumed: Option<(Option<(Timestamp, Timestamp)>, bool)>,
+) -> Result<Arc<str>, super::RunError> {
+    let parent = child.parents.first().cloned().unwrap_or_default();
+    if child.enforce && e.setup.layers.lsm {
+        // Its own scope (within the parent's, checked at delegation); its command must
+        // be in its exec scope, as no launch files are granted to a sub-task.
+        tasks::enroll_in(&mut e.sensors, &e.setup, s.c, &child, &[], s.up)?;
+    }
+    for &pid in pids {
+        match e.sensors.task_of(pid) {
+            Some(t) if t == s.c => {}
+            Some(_) => e.sensors.retag(pid, s.c)?,
+            None => e.sensors.track(pid, s.c)?,
+        }
+    }
+    let saved = Saved {
+        id: child.id.clone(),
+        manifest: s.manifest.into(),
+        file: s.file.into(),
+        root: s.root,
+        enforce: child.enforce,
+        events: None,
+        cgroup: None,
+        expires: child.expires,
+        ended: false,
+        launch: Vec::new(),
+        cookie: Some(s.c),
+        parent: Some(parent.clone()),
+    };
+    let id: Arc<str> = Arc::from(child.id.as_str());
+    let p = &mut e.p;
+    p.enr.bind_task(s.c, id.clone());
+    if resumed.is_some() {
+        for &pid in pids {
+            p.enr.procs.seed(pid, tasks::proc_of(pid, s.c));
+        }
+    }
+    p.ended.remove(&id);
+    p.contain.register_sub(id.clone(), s.c, Arc::from(parent.as_str()), child.enforce);
+    p.judge.bind(Bound::new(Arc::new(child), s.root));
+    if let Some(mut ev) = p.task_started(&id) {
+        if let Some((gap, observed)) = resumed {
+            mark_resumed(&mut ev, gap, observed);
+        }
+        e.record(&ev);
+    }
+    if let Some(st) = &e.setup.state
+        && let Err(err) = st.save(&saved)
+    {
+        tracing::warn!(
+            "recording sub-task {id} in {}: {err} (a restart will not resume it)",
+            st.dir.display()
+        );
+    }
+    Ok(id)
+}
+
+/// Binds the recorded sub-tasks again, each after the task it was delegated from
+/// (`records`: the state directory's, read once). With the maps taken over, a
+/// sub-task's processes are those the kernel kept under its cookie; otherwise its
+/// root and the root's descendants among its parent's processes (what a sub-task's
+/// orphan did is then its parent's: said in the reason). Returns the ids resumed.
+pub fn resume(e: &mut Engine, records: Vec<Saved>, gap: Option<(Timestamp, Timestamp)>) -> Vec<String> {
+    let mut done = Vec::new();
+    let mut waiting: Vec<Saved> = records.into_iter().filter(|s| s.parent.is_some() && !s.ended).collect();
+    // Parents first, at any depth: a pass binds those whose parent is bound now.
+    loop {
+        let (ready, later): (Vec<Saved>, Vec<Saved>) = waiting
+            .into_iter()
+            .partition(|s| s.parent.as_deref().is_some_and(|p| e.p.contain.cookie(p).is_some()));
+        waiting = later;
+        if ready.is_empty() {
+            break;
+        }
+        for s in ready {
+            match resume_one(e, &s, gap) {
+                Ok(Some(id)) => done.push(id.to_string()),
+                Ok(None) => {
+                    if let Some(st) = &e.setup.state {
+                        st.drop_saved(&s.id);
+                    }
+                }
+                Err(err) => tracing::error!("resuming sub-task {}: {err}", s.id),
+            }
+        }
+    }
+    for s in waiting {
+        // Its parent was not resumed (ended, or failed: then it keeps the kernel's hold).
+        tracing::warn!("sub-task {}: its parent {:?} was not resumed", s.id, s.parent);
+    }
+    done
+}
+
+fn resume_one(
+    e: &mut Engine,
+    s: &Saved,
+    gap: Option<(Timestamp, Timestamp)>,
+) -> Result<Option<Arc<str>>, String> {
+    let parent_id = s.parent.as_deref().unwrap_or_default();
+    let up = e.p.contain.cookie(parent_id).ok_or("no parent")?;
+    let parent =
+        e.p.judge.task(parent_id).map(|b| b.task.clone()).ok_or("its parent has no manifest here")?;
+    let kept = s.cookie.filter(|_| e.sensors.taken_over());
+    let pids: Vec<u32> = match kept {
+        Some(c) => e.sensors.tracked().into_iter().filter(|(_, t)| *t == c).map(|(p, _)| p).collect(),
+        None => tasks::tree(s.root).into_iter().filter(|p| e.sensors.task_of(*p) == Some(up)).collect(),
+    };
+    if pids.is_empty() && kept.is_none() {
+        // Ended while no daemon ran, unobserved.
+        return Ok(None);
+    }
+    let now = e.p.enr.clock().now_wall();
+    let mut child =
+        crate::task::parse(&s.manifest, Path::new(&s.file), now).map_err(|err| err.to_string())?;
+    inherit(&mut child, &parent);
+    child.enforce |= s.enforce;
+    child.expires = s.expires;
+    let c = kept.unwrap_or_else(|| e.cookie());
+    let sub = Sub { manifest: &s.manifest, file: &s.file, up, c, root: s.root };
+    bind(e, child, &sub, &pids, Some((gap, kept.is_some()))).map(Some).map_err(|err| err.to_string())
+}
