@@ -85,6 +85,11 @@ fn main() {
         ("daemon_kill9_restart_reports_the_gap", daemon::daemon_kill9_restart_reports_the_gap),
         ("enforcement_outlives_the_daemon", daemon::enforcement_outlives_the_daemon),
         ("daemon_restart_keeps_sub_tasks", daemon::daemon_restart_keeps_sub_tasks),
+        ("daemon_restart_keeps_leftovers", daemon::daemon_restart_keeps_leftovers),
+        (
+            "daemon_signalled_while_loading_stops_cleanly",
+            daemon::daemon_signalled_while_loading_stops_cleanly,
+        ),
         ("escaped_forks_stay_enforced", daemon::escaped_forks_stay_enforced),
         ("daemon_pins_despite_a_planted_name", daemon::daemon_pins_despite_a_planted_name),
         ("daemon_kills_expired_tasks", daemon::daemon_kills_expired_tasks),

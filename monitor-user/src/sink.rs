@@ -549,6 +549,10 @@ impl<S: Sink> Sink for TaskFilter<S> {
         self.inner.flush()
     }
 
+    fn batch_end(&mut self) -> Result<(), SinkError> {
+        self.inner.batch_end()
+    }
+
     fn torn(&mut self) -> Option<crate::torn::TornTail> {
         self.inner.torn()
     }
@@ -595,6 +599,21 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(other.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::Loss, Kind::Exit]);
+    }
+
+    /// A task's own events file reaches the disk at the end of each batch, as the
+    /// main file does: a daemon killed outright loses at most the batch at hand.
+    #[test]
+    fn a_task_file_is_written_at_each_batch_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("task.jsonl");
+        let mut s = TaskFilter::new("t".into(), JsonLines::file(&p).unwrap());
+        let mut ev = Event::new(Kind::Exec, crate::event::Timestamp(0), "h".into());
+        ev.task = Some("t".into());
+        s.send(&ev).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap().len(), 0, "buffered");
+        s.batch_end().unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap().lines().count(), 1);
     }
 
     #[test]

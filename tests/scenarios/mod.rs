@@ -32,6 +32,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         ("files", Some(d)) => files(d),
         ("dirfd", Some(d)) => dirfd(d),
         ("double_fork", Some(d)) => double_fork(d),
+        ("leave_behind", Some(d)) => leave_behind(d),
         ("net", Some(d)) => net(d),
         ("io_uring", _) => io_uring(),
         ("privilege", _) => privilege(),
@@ -147,6 +148,34 @@ fn dirfd(d: &Path) -> Result<(), String> {
     nix::unistd::mkdir("cwd-rel", Mode::from_bits_truncate(0o755)).map_err(|x| x.to_string())?;
     let _ = AtFlags::empty();
     Ok(())
+}
+
+/// The root leaves a background process behind and exits at once (its task ends):
+/// the process, in a session of its own, waits for `go` (up to 10 minutes), then
+/// writes repo/left_in.txt (in scope), out.txt (outside) and repo/left_done.
+fn leave_behind(d: &Path) -> Result<(), String> {
+    match unsafe { fork() }.map_err(|x| x.to_string())? {
+        ForkResult::Child => {
+            nix::unistd::setsid().ok();
+            if let Ok(ForkResult::Child) = unsafe { fork() } {
+                for _ in 0..60_000 {
+                    if d.join("go").exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let _ = fs::write(d.join("repo/left_in.txt"), b"");
+                let _ = fs::write(d.join("out.txt"), b"");
+                let _ = fs::write(d.join("repo/left_done"), b"");
+                unsafe { libc::_exit(0) };
+            }
+            unsafe { libc::_exit(0) };
+        }
+        ForkResult::Parent { child } => {
+            let _ = nix::sys::wait::waitpid(child, None);
+            Ok(())
+        }
+    }
 }
 
 /// The tracked root forks a child that calls setsid and forks a grandchild, then

@@ -11,7 +11,7 @@ use super::{
     Outputs, RulesChoice, RunError,
     engine::Engine,
     load_rules, resume, rules_watch,
-    runtime::{Extras, Runtime},
+    runtime::{Extras, Runtime, Signals},
     setup::{OnExpiry, Setup, StateDir},
 };
 use crate::{
@@ -51,6 +51,7 @@ pub struct DaemonOptions {
 }
 
 pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
+    let signals = Signals::catch()?;
     // First: a second daemon on the same state must not touch the first's outputs.
     let state = StateDir { dir: opts.state_dir.clone() };
     let _one = state.lock()?;
@@ -115,7 +116,7 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
         ),
     }
     let extras = Extras { selectors: opts.selectors.clone(), metrics, nats, ..Default::default() };
-    let mut rt = Runtime::new(engine, server, rules_watch(&opts.rules, &opts.sensitive), extras)?;
+    let mut rt = Runtime::new(engine, server, rules_watch(&opts.rules, &opts.sensitive), extras, signals)?;
     let taken = rt.e.sensors.taken_over();
     let resumed = resume::resume(&mut rt.e);
     if !resumed.is_empty() {
@@ -132,17 +133,28 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     // previous daemon's held them.
     rt.e.sensors.retire_previous();
     rt.run(None).await?;
+    // The records of tasks that ended since the last tick say so before the next
+    // daemon reads them (it would take such a task for one still running).
+    rt.drain();
+    if let Some(st) = &rt.e.setup.state {
+        for id in &rt.e.p.ended {
+            st.mark_ended(id);
+        }
+    }
     // Running tasks are not ended: the kernel keeps tracking and enforcing them (the
     // programs and maps stay pinned in bpffs), events wait in the ring, and a
     // restarted daemon resumes them from the state directory.
+    // Processes an ended task left behind hold the pins too: unpinned, they would
+    // leave the task's scope.
     let running = rt.e.p.task_ids().len().saturating_sub(rt.e.p.ended.len());
-    if running == 0 {
+    let tracked = rt.e.sensors.tracked().len();
+    if running == 0 && tracked == 0 {
         rt.e.sensors.unpin();
         eprintln!("agentmon daemon: stopping; no running task, kernel programs detached");
     } else {
         eprintln!(
-            "agentmon daemon: stopping; {running} running tasks stay tracked and enforced in the kernel until a \
-             daemon resumes them (recorded in {})",
+            "agentmon daemon: stopping; {running} running tasks ({tracked} processes) stay tracked and enforced in \
+             the kernel until a daemon resumes them (recorded in {})",
             opts.state_dir.display()
         );
     }

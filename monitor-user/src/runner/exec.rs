@@ -15,7 +15,7 @@ use super::{
     callers::Mailbox,
     engine::Engine,
     load_rules, rules_watch,
-    runtime::{Extras, Runtime},
+    runtime::{Extras, Runtime, Signals},
     setup::Setup,
     tasks::{self, Binding, StartReq},
 };
@@ -121,6 +121,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     if let (Some(_), Some(sock)) = (&opts.task, opts.daemon.clone()) {
         return registered(opts, sock).await;
     }
+    let signals = Signals::catch()?;
     let rules = load_rules(&opts.rules, &opts.sensitive)?;
     let layers = Layers::probe();
     report_layers(&opts, &layers);
@@ -150,7 +151,8 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
             opts.events.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "stdout".into()),
         );
     }
-    let mut rt = Runtime::new(engine, server, rules_watch(&opts.rules, &opts.sensitive), Extras::default())?;
+    let mut rt =
+        Runtime::new(engine, server, rules_watch(&opts.rules, &opts.sensitive), Extras::default(), signals)?;
 
     let (ours, theirs) = Mailbox::socketpair()?;
     // The launched task's cookie is the first one bound (or the bare tracking's).
@@ -329,9 +331,12 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
     drop(theirs);
     let pid = held.pid;
     let gate_chan = held.take_gate();
-    let abort = |msg: String| {
+    let stop = || {
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, None);
+    };
+    let abort = |msg: String| {
+        stop();
         RunError::Daemon(msg)
     };
     let events = match &opts.events {
@@ -357,7 +362,10 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
         lsm: setup.layers.lsm,
     };
     // The task's mailbox goes with the request: the daemon answers it from now on.
-    let reply = ctl::call_with_fd(&socket, &req, ours.as_fd()).map_err(&abort)?;
+    let reply = ctl::call_with_fd(&socket, &req, ours.as_fd()).map_err(|why| {
+        stop();
+        RunError::Unreachable { socket: socket.clone(), why }
+    })?;
     drop(ours);
     if !reply.ok {
         return Err(abort(reply.error.unwrap_or_else(|| "no reason given".into())));
@@ -387,9 +395,8 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
                     Err(e) => e,
                 };
                 // Unanswered, its gated calls would wait forever: it must not run on.
-                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-                let _ = nix::sys::wait::waitpid(pid, None);
-                return Err(RunError::Daemon(format!("handing the approval gate to the daemon: {why}")));
+                stop();
+                return Err(RunError::GateLost(why));
             }
         }
     }

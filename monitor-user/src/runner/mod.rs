@@ -69,6 +69,13 @@ pub enum RunError {
     Output(String),
     #[error("the daemon refused the task: {0}")]
     Daemon(String),
+    #[error("cannot reach the daemon at {socket}: {why}; the command was not run")]
+    Unreachable { socket: PathBuf, why: String },
+    #[error(
+        "the daemon accepted the task but could not take its approval gate ({0}; did it stop?): the command was \
+         stopped, as its gated calls would have waited for an answer forever"
+    )]
+    GateLost(String),
 }
 
 impl RunError {

@@ -33,8 +33,7 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
     }
     // Processes the kernel kept under a sub-task's cookie share its parent's cgroup:
     // they are the sub-task's to take up, never the parent's.
-    let sub_cookies: std::collections::BTreeSet<u32> =
-        subs.iter().filter(|s| !s.ended).filter_map(|s| s.cookie).collect();
+    let sub_cookies: std::collections::BTreeSet<u32> = subs.iter().filter_map(|s| s.cookie).collect();
     for s in tops {
         // A cookie a previous daemon gave is never given again (its allowlist
         // entries may still be in the kernel's maps).
@@ -47,7 +46,7 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
                 st.drop_saved(&s.id)
             }
         };
-        if s.ended || s.cgroup.as_ref().is_some_and(|c| ours.as_ref().is_none_or(|o| !c.starts_with(o))) {
+        if s.cgroup.as_ref().is_some_and(|c| ours.as_ref().is_none_or(|o| !c.starts_with(o))) {
             drop_it(e);
             continue;
         }
@@ -55,9 +54,13 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
         let mut pids = cg.as_ref().map(|c| c.pids()).unwrap_or_default();
         pids.retain(|p| e.sensors.task_of(*p).is_none_or(|c| !sub_cookies.contains(&c)));
         // Kept in the kernel meanwhile: even a task that ended in the gap is bound,
-        // for its events waiting in the ring (its root's exit among them).
+        // for its events waiting in the ring (its root's exit among them). A task
+        // whose end was recorded is bound again only for the processes it left
+        // behind (a background process its root started): they stay its own, held
+        // by its scope, as they were before the restart.
         let kept = s.cookie.filter(|_| e.sensors.taken_over());
-        let Some(cg) = cg.filter(|_| !pids.is_empty() || kept.is_some()) else {
+        let live = !pids.is_empty() || (kept.is_some() && !s.ended);
+        let Some(cg) = cg.filter(|_| live) else {
             // Ended while no daemon ran (its cgroup goes with `cg`).
             drop_it(e);
             continue;
@@ -83,7 +86,11 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
             launch: s.launch.iter().map(PathBuf::from).collect(),
             lsm: None,
         };
-        match bind(e, task, r, Binding::Resumed { cgroup: cg, pids, gap, kept }) {
+        let (ended, left) = (s.ended, pids.len());
+        match bind(e, task, r, Binding::Resumed { cgroup: cg, pids, gap, kept, ended }) {
+            Ok(id) if ended => {
+                tracing::warn!("task {id} had ended; the {left} processes it left behind stay bound to it")
+            }
             Ok(id) => done.push(id),
             Err(err) => tracing::error!("resuming task {}: {err}", s.id),
         }

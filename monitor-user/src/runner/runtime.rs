@@ -42,9 +42,23 @@ pub struct Runtime {
     extras: Extras,
     ticks: u64,
     watchdog: super::watchdog::Watchdog,
-    /// SIGINT, SIGTERM, SIGHUP: registered with the runtime, before the first
-    /// request can be answered.
-    signals: [tokio::signal::unix::Signal; 3],
+    signals: Signals,
+}
+
+/// SIGINT, SIGTERM, SIGHUP, caught from the first thing a deployment does: one
+/// arriving while the kernel programs load (seconds) or before the loop runs is
+/// held, and the loop then stops cleanly, instead of the default action killing
+/// agentmon half set up.
+pub struct Signals([tokio::signal::unix::Signal; 3]);
+
+impl Signals {
+    pub fn catch() -> std::io::Result<Self> {
+        Ok(Self([
+            tokio::signal::unix::signal(SignalKind::interrupt())?,
+            tokio::signal::unix::signal(SignalKind::terminate())?,
+            tokio::signal::unix::signal(SignalKind::hangup())?,
+        ]))
+    }
 }
 
 /// How often the housekeeping runs (losses, expiry, reloads, flushes).
@@ -56,6 +70,7 @@ impl Runtime {
         server: ctl::Server,
         watch: Option<RulesWatch>,
         extras: Extras,
+        signals: Signals,
     ) -> Result<Self, RunError> {
         let events = e.sensors.take_events().expect("ring buffer taken once");
         // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
@@ -63,11 +78,6 @@ impl Runtime {
             .map_err(std::io::Error::from)?;
         e.p.judge.set_own_socket(&server.path);
         let watchdog = super::watchdog::Watchdog::start();
-        let signals = [
-            tokio::signal::unix::signal(SignalKind::interrupt())?,
-            tokio::signal::unix::signal(SignalKind::terminate())?,
-            tokio::signal::unix::signal(SignalKind::hangup())?,
-        ];
         Ok(Self { e, ring, server, requests: Reader::default(), watch, extras, ticks: 0, watchdog, signals })
     }
 
@@ -110,7 +120,7 @@ impl Runtime {
         };
         let status = loop {
             let Self { e, ring, server, requests, extras, watch, ticks, watchdog, signals } = self;
-            let [sigint, sigterm, sighup] = signals;
+            let Signals([sigint, sigterm, sighup]) = signals;
             tokio::select! {
                 r = ring.readable_mut() => {
                     let mut guard = r?;

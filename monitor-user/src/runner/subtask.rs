@@ -87,7 +87,7 @@ fn delegate_from(
     }
     let c = e.cookie();
     let chain = child.parents.clone();
-    let sub = Sub { manifest: &manifest, file, up: cookie, c, root: pid };
+    let sub = Sub { manifest: &manifest, file, up: cookie, c, root: pid, ended: false };
     let id = bind(e, child, &sub, &[pid], None).map_err(|err| err.to_string())?;
     Ok(Reply { ok: true, task: Some(id.to_string()), chain, ..Default::default() })
 }
@@ -101,13 +101,16 @@ fn inherit(child: &mut Task, parent: &Task) {
     child.parents = std::iter::once(parent.id.clone()).chain(parent.parents.iter().cloned()).collect();
 }
 
-/// A sub-task being bound: its manifest, the parent's cookie `up`, its own `c` and root.
+/// A sub-task being bound: its manifest, the parent's cookie `up`, its own `c` and
+/// root, and whether its end was recorded (bound again, with no new `task_start`,
+/// for the processes it left behind).
 struct Sub<'a> {
     manifest: &'a str,
     file: &'a str,
     up: u32,
     c: u32,
     root: u32,
+    ended: bool,
 }
 
 /// Binds `child` to `pids` (tracked under the parent's cookie, or under its own
@@ -143,7 +146,7 @@ fn bind(
         events: None,
         cgroup: None,
         expires: child.expires,
-        ended: false,
+        ended: s.ended,
         launch: Vec::new(),
         cookie: Some(s.c),
         parent: Some(parent.clone()),
@@ -156,10 +159,16 @@ fn bind(
             p.enr.procs.seed(pid, tasks::proc_of(pid, s.c));
         }
     }
-    p.ended.remove(&id);
+    if s.ended {
+        p.ended.insert(id.clone());
+    } else {
+        p.ended.remove(&id);
+    }
     p.contain.register_sub(id.clone(), s.c, Arc::from(parent.as_str()), child.enforce);
     p.judge.bind(Bound::new(Arc::new(child), s.root));
-    if let Some(mut ev) = p.task_started(&id) {
+    if !s.ended
+        && let Some(mut ev) = p.task_started(&id)
+    {
         if let Some((gap, observed)) = resumed {
             mark_resumed(&mut ev, gap, observed);
         }
@@ -183,7 +192,7 @@ fn bind(
 /// orphan did is then its parent's: said in the reason). Returns the ids resumed.
 pub fn resume(e: &mut Engine, records: Vec<Saved>, gap: Option<(Timestamp, Timestamp)>) -> Vec<String> {
     let mut done = Vec::new();
-    let mut waiting: Vec<Saved> = records.into_iter().filter(|s| s.parent.is_some() && !s.ended).collect();
+    let mut waiting: Vec<Saved> = records.into_iter().filter(|s| s.parent.is_some()).collect();
     // Parents first, at any depth: a pass binds those whose parent is bound now.
     loop {
         let (ready, later): (Vec<Saved>, Vec<Saved>) = waiting
@@ -195,6 +204,9 @@ pub fn resume(e: &mut Engine, records: Vec<Saved>, gap: Option<(Timestamp, Times
         }
         for s in ready {
             match resume_one(e, &s, gap) {
+                Ok(Some(id)) if s.ended => {
+                    tracing::warn!("sub-task {id} had ended; the processes it left behind stay bound to it")
+                }
                 Ok(Some(id)) => done.push(id.to_string()),
                 Ok(None) => {
                     if let Some(st) = &e.setup.state {
@@ -224,10 +236,12 @@ fn resume_one(
     let kept = s.cookie.filter(|_| e.sensors.taken_over());
     let pids: Vec<u32> = match kept {
         Some(c) => e.sensors.tracked().into_iter().filter(|(_, t)| *t == c).map(|(p, _)| p).collect(),
+        // Its root is gone: a process with that pid now is another one.
+        None if s.ended => Vec::new(),
         None => tasks::tree(s.root).into_iter().filter(|p| e.sensors.task_of(*p) == Some(up)).collect(),
     };
-    if pids.is_empty() && kept.is_none() {
-        // Ended while no daemon ran, unobserved.
+    if pids.is_empty() && (kept.is_none() || s.ended) {
+        // Ended while no daemon ran, unobserved; or ended before, and nothing left.
         return Ok(None);
     }
     let now = e.p.enr.clock().now_wall();
@@ -237,6 +251,6 @@ fn resume_one(
     child.enforce |= s.enforce;
     child.expires = s.expires;
     let c = kept.unwrap_or_else(|| e.cookie());
-    let sub = Sub { manifest: &s.manifest, file: &s.file, up, c, root: s.root };
+    let sub = Sub { manifest: &s.manifest, file: &s.file, up, c, root: s.root, ended: s.ended };
     bind(e, child, &sub, &pids, Some((gap, kept.is_some()))).map(Some).map_err(|err| err.to_string())
 }

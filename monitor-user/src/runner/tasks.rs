@@ -50,9 +50,16 @@ pub enum Binding {
     /// A tree that already runs.
     Attached,
     /// A task a previous daemon recorded: its cgroup and the processes in it, how
-    /// long no daemon watched it, and its cookie when the kernel kept tracking it
-    /// meanwhile (the maps were taken over).
-    Resumed { cgroup: TaskCgroup, pids: Vec<u32>, gap: Option<(Timestamp, Timestamp)>, kept: Option<u32> },
+    /// long no daemon watched it, its cookie when the kernel kept tracking it
+    /// meanwhile (the maps were taken over), and whether its end was recorded (then
+    /// it is bound, with no new `task_start`, for the processes it left behind).
+    Resumed {
+        cgroup: TaskCgroup,
+        pids: Vec<u32>,
+        gap: Option<(Timestamp, Timestamp)>,
+        kept: Option<u32>,
+        ended: bool,
+    },
 }
 
 /// Checks a request for a new top-level task (operators only, checked by the caller)
@@ -206,12 +213,12 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         enroll(e, c, &task, &r.launch, 0)?;
     }
     let observed = matches!(how, Binding::Resumed { kept: Some(_), .. });
-    let (adopted, mut pids, gap) = match how {
-        Binding::Resumed { cgroup, pids, gap, .. } => (Some(cgroup), pids, gap),
-        Binding::Attached => (None, attach_tree(&mut e.sensors, r.pid, c)?, None),
+    let (adopted, mut pids, gap, ended) = match how {
+        Binding::Resumed { cgroup, pids, gap, ended, .. } => (Some(cgroup), pids, gap, ended),
+        Binding::Attached => (None, attach_tree(&mut e.sensors, r.pid, c)?, None, false),
         Binding::Launched => {
             e.sensors.track(r.pid, c)?;
-            (None, vec![r.pid], None)
+            (None, vec![r.pid], None, false)
         }
     };
     if adopted.is_some() {
@@ -265,7 +272,7 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         events: r.events.clone(),
         cgroup: cgroup.as_ref().map(|c| c.path.clone()),
         expires: task.expires,
-        ended: false,
+        ended,
         launch: r.launch.iter().map(|p| p.display().to_string()).collect(),
         cookie: Some(c),
         parent: None,
@@ -276,10 +283,14 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
     for &pid in &pids {
         p.enr.procs.seed(pid, proc_of(pid, c));
     }
-    p.ended.remove(&id);
+    if ended {
+        p.ended.insert(id.clone());
+    } else {
+        p.ended.remove(&id);
+    }
     p.contain.register(id.clone(), c, cgroup, task.enforce);
     p.judge.bind(Bound::new(Arc::new(task), r.pid));
-    if let Some(mut ev) = p.task_started(&id) {
+    if !ended && let Some(mut ev) = p.task_started(&id) {
         if resumed {
             mark_resumed(&mut ev, gap, observed);
         }
