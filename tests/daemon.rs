@@ -460,13 +460,9 @@ pub fn daemon_selectors_attach_agents() -> R {
     Ok(())
 }
 
-/// An enforced task with an approval gate, registered with a daemon: `agentmon exec`
-/// hands the task's approval listener to the daemon, which holds the delete until an
-/// operator approves it, then performs it.
-pub fn daemon_holds_approval_gates() -> R {
-    let d = workdir("daemon-gate");
-    let (sock, all) = daemon_paths(&d);
-    let daemon = start_daemon(&d, "approval_timeout: 30s\n")?;
+/// An enforced task `id` in `d/gate.yaml` whose deletes are held for approval; its
+/// files in d/g/repo (a.txt to delete). Returns (d/g, the manifest, this binary).
+fn gated_task(d: &Path, id: &str) -> Result<(PathBuf, PathBuf, PathBuf), String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let g = d.join("g");
     std::fs::create_dir_all(g.join("repo")).map_err(|e| e.to_string())?;
@@ -475,13 +471,46 @@ pub fn daemon_holds_approval_gates() -> R {
     std::fs::write(
         &task,
         format!(
-            "id: gated-daemon\nmode: execute\nenforcement: enforce\napproval_required: [delete]\nscope:\n  \
+            "id: {id}\nmode: execute\nenforcement: enforce\napproval_required: [delete]\nscope:\n  \
              write: [\"{r}/**\"]\n  delete: [\"{r}/**\"]\n  exec: [\"{me}\"]\n",
             r = g.join("repo").display(),
             me = me.display()
         ),
     )
     .map_err(|e| e.to_string())?;
+    Ok((g, task, me))
+}
+
+/// Waits for task `id`'s held delete of g/repo/a.txt to be asked for, checks it is
+/// still held, and approves it.
+fn approve_the_delete(all: &Path, sock: &Path, g: &Path, id: &str, limit: Duration) -> Result<(), String> {
+    let mut held = None;
+    wait(limit, || {
+        held = events(all).ok().and_then(|evs| {
+            evs.iter()
+                .find(|e| e.kind == Kind::ApprovalRequest && e.task.as_deref() == Some(id))
+                .and_then(|e| e.detail.get("approval").and_then(|v| v.as_str()).map(String::from))
+        });
+        held.is_some()
+    });
+    let held = held.ok_or("no approval_request from the daemon")?;
+    ensure(g.join("repo/a.txt").exists(), || "deleted before it was approved".into())?;
+    let out = Command::new(agentmon())
+        .args(["approve", &held, "--socket"])
+        .arg(sock)
+        .output()
+        .map_err(|e| e.to_string())?;
+    ensure(out.status.success(), || format!("approve: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// An enforced task with an approval gate, registered with a daemon: `agentmon exec`
+/// hands the task's approval listener to the daemon, which holds the delete until an
+/// operator approves it, then performs it.
+pub fn daemon_holds_approval_gates() -> R {
+    let d = workdir("daemon-gate");
+    let (sock, all) = daemon_paths(&d);
+    let daemon = start_daemon(&d, "approval_timeout: 30s\n")?;
+    let (g, task, me) = gated_task(&d, "gated-daemon")?;
     let child = under_daemon(&sock, &task)
         .arg(&me)
         .arg(&g)
@@ -490,26 +519,7 @@ pub fn daemon_holds_approval_gates() -> R {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;
-    let result = (|| -> Result<(), String> {
-        let mut id = None;
-        wait(Duration::from_secs(20), || {
-            id = events(&all).ok().and_then(|evs| {
-                evs.iter()
-                    .find(|e| e.kind == Kind::ApprovalRequest)
-                    .and_then(|e| e.detail.get("approval").and_then(|v| v.as_str()).map(String::from))
-            });
-            id.is_some()
-        });
-        let id = id.ok_or("no approval_request from the daemon")?;
-        ensure(g.join("repo/a.txt").exists(), || "deleted before it was approved".into())?;
-        let out = Command::new(agentmon())
-            .args(["approve", &id, "--socket"])
-            .arg(&sock)
-            .output()
-            .map_err(|e| e.to_string())?;
-        ensure(out.status.success(), || format!("approve: {}", String::from_utf8_lossy(&out.stderr)))?;
-        Ok(())
-    })();
+    let result = approve_the_delete(&all, &sock, &g, "gated-daemon", Duration::from_secs(20));
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(700));
     stop(daemon)?;
@@ -522,6 +532,55 @@ pub fn daemon_holds_approval_gates() -> R {
     let decided = evs.iter().find(|e| e.kind == Kind::Approval).ok_or("no approval event")?;
     eq("decision", decided.detail.get("decision").and_then(|v| v.as_str()), Some("approved"))?;
     eq("task", decided.task.as_deref(), Some("gated-daemon"))?;
+    Ok(())
+}
+
+/// An enforced task's approval gate across a restart of its daemon: the exec that
+/// registered the task keeps a copy of the listener, the next daemon takes it back,
+/// and a delete the task makes after the restart is held for approval as before.
+/// Before, the gate went with the daemon and the delete failed with ENOSYS.
+pub fn daemon_restart_keeps_the_gate() -> R {
+    let d = workdir("daemon-gate-kept");
+    let (sock, all) = daemon_paths(&d);
+    let first = start_daemon(&d, "approval_timeout: 60s\n")?;
+    let (g, task, me) = gated_task(&d, "gate-kept")?;
+    let child = under_daemon(&sock, &task)
+        .args([me.as_os_str(), g.as_os_str()])
+        .args(["wait=go", "delete=repo/a.txt"])
+        .env(SCENARIO_ENV, "gated")
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let limit = Duration::from_secs(30) * support::slowdown();
+    let running = wait(limit, || {
+        events(&all).is_ok_and(|evs| {
+            evs.iter().any(|e| e.kind == Kind::Exec && e.task.as_deref() == Some("gate-kept"))
+        })
+    });
+    // The gate is handed over beside the root's exec: until the daemon has it (and
+    // has recorded where the exec keeps its copy), a stop would cost the command.
+    let record = d.join("state/gate-kept.json");
+    let handed = wait(limit, || {
+        std::fs::read(&record)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["keeper"]["gate"].is_number())
+    });
+    let said1 = stop(first)?;
+    let second = start_daemon(&d, "")?;
+    // Answered: the loop runs, so the recorded tasks were taken up.
+    let _ = raw(&sock, r#"{"op":"status"}"#);
+    std::fs::write(g.join("go"), b"").map_err(|e| e.to_string())?;
+    let result = ensure(running && handed, || format!("the task never ran ({running}, {handed}): {said1}"))
+        .and_then(|()| approve_the_delete(&all, &sock, &g, "gate-kept", limit));
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(700));
+    let said2 = stop(second)?;
+    let results = std::fs::read_to_string(g.join("repo/results.txt")).unwrap_or_default();
+    result.map_err(|e| format!("{e}; the agent's results: {results:?}; the second daemon said: {said2}"))?;
+    eq("exec exit", out.status.code(), Some(0))?;
+    eq("the agent's result", results.trim(), "delete 0")?;
+    ensure(!g.join("repo/a.txt").exists(), || "the approved delete did not happen".into())?;
     Ok(())
 }
 
@@ -733,7 +792,7 @@ pub fn daemon_restart_keeps_sub_tasks() -> R {
         let out = repo.join(format!("notsub_after{n}.txt"));
         let ev = created(&out)?;
         eq(&format!("restart {n}, outside: task"), ev.task.as_deref(), Some("child"))?;
-        let want = if enforce { "denied" } else { "violation" };
+        let want = if enforce { "denied" } else { "out_of_scope" };
         eq(&format!("restart {n}, outside: verdict"), ev.verdict.as_deref(), Some(want))?;
         ensure(enforce != out.exists(), || format!("the sub-task's scope did not hold after restart {n}"))?;
     }

@@ -86,6 +86,7 @@ fn main() {
         ("enforcement_outlives_the_daemon", daemon::enforcement_outlives_the_daemon),
         ("daemon_restart_keeps_sub_tasks", daemon::daemon_restart_keeps_sub_tasks),
         ("daemon_restart_keeps_leftovers", daemon::daemon_restart_keeps_leftovers),
+        ("daemon_restart_keeps_the_gate", daemon::daemon_restart_keeps_the_gate),
         (
             "daemon_signalled_while_loading_stops_cleanly",
             daemon::daemon_signalled_while_loading_stops_cleanly,

@@ -116,10 +116,19 @@ pub enum Request {
         /// daemon must enforce on that tier too, or refuse.
         #[serde(default)]
         lsm: bool,
+        /// Where the client keeps its own copy of the task's mailbox (attached), for
+        /// a restarted daemon to take back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kept_mailbox: Option<i32>,
     },
     /// From `agentmon exec` with a daemon: the approval listener of the task's root,
     /// attached (SCM_RIGHTS); the daemon holds the task's gated calls from now on.
-    Gate { task: String },
+    /// `kept`: where the client keeps its own copy, for a restarted daemon.
+    Gate {
+        task: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kept: Option<i32>,
+    },
     /// The task is over: its end is recorded (`task_end`, and the revoke on NATS);
     /// with `kill`, its processes are killed first.
     End {

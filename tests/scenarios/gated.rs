@@ -6,7 +6,8 @@
 //! `repo/swap` (after it has seen the request), before the test decides — and
 //! `exec=REL`: run REL in a child, recorded as its exit code, or 100 + errno if the
 //! exec failed; `write_on=REL`: a child that appends to REL every 5 ms until a write
-//! fails, recorded as `writer errno` (0 if none failed in 3,000 tries).
+//! fails, recorded as `writer errno` (0 if none failed in 3,000 tries); `wait=REL`:
+//! wait (up to 10 minutes) for REL to exist, not recorded.
 
 use std::{ffi::CString, fs, io::Write, path::Path, time::Duration};
 
@@ -33,6 +34,15 @@ pub fn gated(d: &Path, steps: &[String]) -> Result<(), String> {
             "race" => race(d, arg)?,
             "write_on" => {
                 write_on(d, arg)?;
+                continue;
+            }
+            "wait" => {
+                for _ in 0..60_000 {
+                    if d.join(arg).exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 continue;
             }
             "exec" => {

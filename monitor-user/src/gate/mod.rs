@@ -181,6 +181,12 @@ impl Gate {
         })
     }
 
+    /// The gate of a task a restarted daemon resumed: its command was launched long
+    /// ago, so no exec is the launch's (each one is held as the task says).
+    pub fn resumed(listener: OwnedFd, timeout: Duration) -> std::io::Result<Self> {
+        Ok(Self { launched: true, ..Self::new(listener, timeout)? })
+    }
+
     /// Resolves when held calls may be waiting (or the listener closed).
     pub async fn ready(&self) -> std::io::Result<()> {
         let mut g = self.listener.readable().await?;

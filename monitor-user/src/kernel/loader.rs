@@ -8,9 +8,9 @@ use std::{collections::BTreeMap, time::Instant};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, Program, ProgramError,
+        Program, ProgramError,
         cgroup_sock_addr::CgroupSockAddrLink,
         links::{FdLink, PinnedLink},
         lsm::LsmLink,
@@ -18,7 +18,7 @@ use aya::{
         trace_point::TracePointLink,
     },
 };
-use monitor_common::{COUNTER_SLOTS, KConfig, NetKeyData, NetPorts, Tracked, kind};
+use monitor_common::{KConfig, NetKeyData, NetPorts, Tracked};
 
 use super::{
     btf::{BtfError, KernelBtf},
@@ -26,6 +26,8 @@ use super::{
 };
 use super::{lsm::LsmMaps, pin::Pins};
 use crate::sensitive::SensitiveSet;
+
+mod maps;
 
 /// The kernel programs, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor-ebpf"));
@@ -450,226 +452,6 @@ impl Sensors {
         };
         s.set_pending()?;
         Ok(s)
-    }
-
-    /// Binds process `tgid` (and, through fork inheritance, all its future
-    /// descendants) to task cookie `task`.
-    pub fn track(&mut self, tgid: u32, task: u32) -> Result<(), LoadError> {
-        if tgid == std::process::id() {
-            return Err(LoadError::MapOp {
-                name: "TRACKED",
-                msg: "refusing to track agentmon itself".into(),
-            });
-        }
-        let v = Tracked { task, flags: 0, start_ns: 0 };
-        self.tracked
-            .insert(&tgid, &v, 0)
-            .map_err(|e| LoadError::MapOp { name: "TRACKED", msg: e.to_string() })?;
-        // Until the kernel marks it in TRACKED_BYTES, handlers must confirm unmarked
-        // processes against TRACKED. Only userspace writes PENDING.
-        self.unmarked.push(tgid);
-        self.set_pending()
-    }
-
-    /// Forgets `tgid` (a process that was gone before it was tracked: its exit, which
-    /// would have removed it, will never come).
-    pub fn untrack(&mut self, tgid: u32) -> Result<(), LoadError> {
-        let _ = self.tracked.remove(&tgid);
-        self.unmarked.retain(|t| *t != tgid);
-        self.set_pending()
-    }
-
-    fn set_pending(&mut self) -> Result<(), LoadError> {
-        self.pending
-            .set(0, &(self.unmarked.len() as u64), 0)
-            .map_err(|e| LoadError::MapOp { name: "PENDING", msg: e.to_string() })
-    }
-
-    /// Drops roots the kernel has marked (or that are gone) from the pending set.
-    pub fn settle_pending(&mut self) -> Result<(), LoadError> {
-        if self.unmarked.is_empty() {
-            return Ok(());
-        }
-        let before = self.unmarked.len();
-        let (bytes, tracked) = (&self.tracked_bytes, &self.tracked);
-        self.unmarked.retain(|tgid| {
-            let marked = bytes.get(&(tgid / 64), 0).map(|v| v[(tgid % 64) as usize] != 0).unwrap_or(false);
-            let present = tracked.get(tgid, 0).is_ok();
-            present && !marked
-        });
-        if self.unmarked.len() != before { self.set_pending() } else { Ok(()) }
-    }
-
-    /// Attaches the network guard to cgroup `cg` (an enforced task's) and loads the
-    /// task's allowlist: destinations outside it are refused in the kernel.
-    pub fn guard(
-        &mut self,
-        cg: &std::fs::File,
-        cg_id: u64,
-        task: u32,
-        allow: &[(u32, NetKeyData, NetPorts)],
-    ) -> Result<(), LoadError> {
-        let op = |name: &'static str, e: String| LoadError::MapOp { name, msg: e };
-        for (bits, data, ports) in allow {
-            self.net_allow
-                .insert(&Key::new(*bits, *data), ports, 0)
-                .map_err(|e| op("NET_ALLOW", e.to_string()))?;
-        }
-        self.net_task.insert(&cg_id, &task, 0).map_err(|e| op("NET_TASK", e.to_string()))?;
-        for name in ["guard_connect4", "guard_connect6", "guard_sendmsg4", "guard_sendmsg6"] {
-            let fail = |stage: &'static str, msg: String| LoadError::Program {
-                prog: name.into(),
-                attach: "cgroup_sock_addr (task cgroup)".into(),
-                stage,
-                msg,
-            };
-            let p: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| fail("find", "missing from the object".into()))?
-                .try_into()
-                .map_err(|e: ProgramError| fail("find", e.to_string()))?;
-            let at = self.pins.as_ref().map(|pins| pins.guard(name, cg_id));
-            if at.as_ref().is_some_and(|a| a.exists()) {
-                // Attached by a previous daemon and kept: it holds as it is.
-                continue;
-            }
-            let id = p.attach(cg, CgroupAttachMode::Single).map_err(|e| fail("attach", e.to_string()))?;
-            let link = p.take_link(id).map_err(|e| fail("own link", e.to_string()))?;
-            match at {
-                Some(at) => {
-                    let fd = FdLink::try_from(link).map_err(|e| fail("pin", e.to_string()))?;
-                    self.pinned.push(fd.pin(at).map_err(|e| fail("pin", e.to_string()))?);
-                }
-                None => self.guard_links.push(link),
-            }
-        }
-        Ok(())
-    }
-
-    /// Adds allowlist entries (a host name that resolved to new addresses).
-    pub fn allow_more(&mut self, allow: &[(u32, NetKeyData, NetPorts)]) -> Result<(), LoadError> {
-        for (bits, data, ports) in allow {
-            self.net_allow
-                .insert(&Key::new(*bits, *data), ports, 0)
-                .map_err(|e| LoadError::MapOp { name: "NET_ALLOW", msg: e.to_string() })?;
-        }
-        Ok(())
-    }
-
-    /// The task cookie `tgid` is tracked under, if it is.
-    pub fn task_of(&self, tgid: u32) -> Option<u32> {
-        self.tracked.get(&tgid, 0).ok().map(|t| t.task)
-    }
-
-    /// Rewrites the entry of `tgid` only if it is still there: the process may exit
-    /// (and the kernel drop its entry) between our read and this write, and an entry
-    /// written back for a dead pid would bind whatever process reuses the pid to
-    /// the task (to its kill mark too). False: it was gone.
-    fn rewrite(&mut self, tgid: u32, v: &Tracked) -> Result<bool, LoadError> {
-        const BPF_EXIST: u64 = 2;
-        match self.tracked.insert(&tgid, v, BPF_EXIST) {
-            Ok(()) => Ok(true),
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(false)
-            }
-            Err(e) => Err(LoadError::MapOp { name: "TRACKED", msg: e.to_string() }),
-        }
-    }
-
-    /// Moves tracked process `tgid` (and so its future descendants) to task `task`.
-    pub fn retag(&mut self, tgid: u32, task: u32) -> Result<(), LoadError> {
-        let gone =
-            || LoadError::MapOp { name: "TRACKED", msg: format!("process {tgid} is no longer tracked") };
-        let mut v = self.tracked.get(&tgid, 0).map_err(|_| gone())?;
-        v.task = task;
-        if self.rewrite(tgid, &v)? { Ok(()) } else { Err(gone()) }
-    }
-
-    /// Marks every process of task `task` doomed: the kernel sends each SIGKILL at its
-    /// next hooked syscall (and their children inherit the mark). Returns how many.
-    pub fn doom(&mut self, task: u32) -> Result<usize, LoadError> {
-        let victims: Vec<(u32, Tracked)> =
-            self.tracked.iter().filter_map(|r| r.ok()).filter(|(_, v)| v.task == task).collect();
-        let mut marked = 0;
-        for (tgid, mut v) in victims.iter().copied() {
-            v.flags |= monitor_common::tflags::DOOMED;
-            marked += usize::from(self.rewrite(tgid, &v)?);
-        }
-        Ok(marked)
-    }
-
-    /// Processes currently tracked (tgid -> task cookie).
-    pub fn tracked(&self) -> Vec<(u32, u32)> {
-        self.tracked.iter().filter_map(|r| r.ok()).map(|(k, v)| (k, v.task)).collect()
-    }
-
-    /// Takes the event ring buffer (once) for a reader.
-    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
-        self.events.take()
-    }
-
-    /// The maps were a previous daemon's, its tracking and rules kept while no
-    /// daemon ran (events of the gap are waiting in the ring).
-    pub fn taken_over(&self) -> bool {
-        self.pins.as_ref().is_some_and(|p| p.reused)
-    }
-
-    /// The highest task cookie in the kernel's maps (0: none).
-    pub fn max_cookie(&self) -> u32 {
-        let lsm = self.lsm.as_ref().map(|l| l.max_cookie()).unwrap_or(0);
-        let net = self.net_task.iter().filter_map(|r| r.ok()).map(|(_, c)| c).fold(lsm, u32::max);
-        self.tracked.iter().filter_map(|r| r.ok()).map(|(_, v)| v.task).fold(net, u32::max)
-    }
-
-    /// Detaches what a previous daemon left attached (its links, another build's
-    /// state): called once this daemon's tasks are resumed under its own programs.
-    pub fn retire_previous(&self) {
-        if let Some(p) = &self.pins {
-            match p.retire() {
-                Ok(0) => {}
-                Ok(n) => tracing::info!("detached {n} sets of a previous daemon's programs"),
-                Err(e) => tracing::warn!("detaching a previous daemon's programs: {e}"),
-            }
-        }
-    }
-
-    /// Drops the pinned network guards of cgroups other than `live`.
-    pub fn keep_guards(&self, live: &std::collections::BTreeSet<u64>) {
-        if let Some(p) = &self.pins {
-            p.keep_guards(live);
-        }
-    }
-
-    /// Unpins everything: the programs detach when the sensors are dropped.
-    pub fn unpin(&mut self) {
-        if let Some(p) = self.pins.take()
-            && let Err(e) = p.remove()
-        {
-            tracing::warn!("removing agentmon's pins in bpffs: {e}");
-        }
-    }
-
-    /// Reads the per-kind counters.
-    pub fn counts(&self) -> Counts {
-        let mut c = Counts::default();
-        for k in kind::ALL.iter().filter(|k| **k != 0) {
-            let slot = kind::slot(*k);
-            for (i, out) in [(slot * 2, &mut c.emitted), (slot * 2 + 1, &mut c.lost)] {
-                if let Ok(v) = self.counters.get(&i, 0) {
-                    out.insert(*k, v.iter().sum());
-                }
-            }
-        }
-        // Anything counted in the catch-all slot is reported under kind 0.
-        let last = COUNTER_SLOTS - 1;
-        if let Ok(v) = self.counters.get(&(last * 2 + 1), 0) {
-            let n: u64 = v.iter().sum();
-            if n > 0 {
-                c.lost.insert(0, n);
-            }
-        }
-        c
     }
 }
 

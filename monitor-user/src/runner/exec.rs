@@ -185,6 +185,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
                 grant: None,
                 launch: if task.enforce { launch_of(&opts)? } else { Vec::new() },
                 lsm: None,
+                keeper: None,
             };
             tasks::bind(&mut rt.e, task, r, Binding::Launched).map(|_| EXEC_TASK)
         }
@@ -360,13 +361,15 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
             Vec::new()
         },
         lsm: setup.layers.lsm,
+        kept_mailbox: Some(ours.as_raw_fd()),
     };
     // The task's mailbox goes with the request: the daemon answers it from now on.
+    // Our copy stays open while the task runs, for a restarted daemon to take back
+    // (runner/keeper.rs); so does the gate's below.
     let reply = ctl::call_with_fd(&socket, &req, ours.as_fd()).map_err(|why| {
         stop();
         RunError::Unreachable { socket: socket.clone(), why }
     })?;
-    drop(ours);
     if !reply.ok {
         return Err(abort(reply.error.unwrap_or_else(|| "no reason given".into())));
     }
@@ -379,19 +382,21 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
         );
     }
     held.go()?;
+    let mut kept_gate = None;
     if let Some(chan) = gate_chan {
         // The root sends its approval listener just before it execs; the daemon holds
         // the task's gated calls (until it has the listener they wait in the kernel),
         // the root's exec among them where the task gates exec.
         let handed =
             crate::gate::filter::recv_listener(&chan, 5000).map_err(|e| e.to_string()).and_then(|l| {
-                ctl::call_with_fd(&socket, &ctl::Request::Gate { task: task.id.clone() }, l.as_fd())
+                let req = ctl::Request::Gate { task: task.id.clone(), kept: Some(l.as_raw_fd()) };
+                ctl::call_with_fd(&socket, &req, l.as_fd()).map(|r| (r, l))
             });
         match handed {
-            Ok(r) if r.ok => {}
+            Ok((r, l)) if r.ok => kept_gate = Some(l),
             other => {
                 let why = match other {
-                    Ok(r) => r.error.unwrap_or_default(),
+                    Ok((r, _)) => r.error.unwrap_or_default(),
                     Err(e) => e,
                 };
                 // Unanswered, its gated calls would wait forever: it must not run on.
@@ -404,6 +409,8 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
     let st = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None))
         .await
         .map_err(std::io::Error::other)?;
+    // Kept until the task's root is done.
+    drop((ours, kept_gate));
     Ok(st.map(exit_code).unwrap_or(125))
 }
 

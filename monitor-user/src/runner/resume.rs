@@ -8,7 +8,9 @@ use std::{
 };
 
 use super::{
+    callers::Mailbox,
     engine::Engine,
+    keeper::{Expect, Keeper},
     setup::Saved,
     tasks::{Binding, StartReq, bind},
 };
@@ -85,18 +87,47 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
             grant: None,
             launch: s.launch.iter().map(PathBuf::from).collect(),
             lsm: None,
+            keeper: s.keeper.clone(),
         };
         let (ended, left) = (s.ended, pids.len());
         match bind(e, task, r, Binding::Resumed { cgroup: cg, pids, gap, kept, ended }) {
             Ok(id) if ended => {
                 tracing::warn!("task {id} had ended; the {left} processes it left behind stay bound to it")
             }
-            Ok(id) => done.push(id),
+            Ok(id) => {
+                if let Some(k) = &s.keeper {
+                    take_back(e, &id, k);
+                }
+                done.push(id)
+            }
             Err(err) => tracing::error!("resuming task {}: {err}", s.id),
         }
     }
     done.extend(super::subtask::resume(e, subs, gap));
     done
+}
+
+/// Takes task `id`'s mailbox and approval gate back from the exec that keeps them
+/// (runner/keeper.rs). What cannot be taken is said: the task's requests, or the
+/// calls its gate would hold, then fail until it ends.
+fn take_back(e: &mut Engine, id: &str, k: &Keeper) {
+    let cookie = e.p.contain.cookie(id).unwrap_or(0);
+    if let Some(fd) = k.mailbox {
+        match k.take(fd, Expect::Socket).and_then(|fd| Mailbox::new(fd, cookie).map_err(|e| e.to_string())) {
+            Ok(m) => e.mailboxes.push(m),
+            Err(err) => tracing::warn!("task {id}: its control mailbox was not taken back: {err}"),
+        }
+    }
+    if let Some(fd) = k.gate {
+        match k.take(fd, Expect::Listener).and_then(|fd| {
+            crate::gate::Gate::resumed(fd, e.setup.approval_timeout).map_err(|e| e.to_string())
+        }) {
+            Ok(g) => e.p.gates.push(g),
+            Err(err) => tracing::warn!(
+                "task {id}: its approval gate was not taken back ({err}): the calls it would hold fail until it ends"
+            ),
+        }
+    }
 }
 
 /// Ends the resumed tasks whose root exited while no daemon ran and whose exit no

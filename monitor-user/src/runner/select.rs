@@ -122,6 +122,7 @@ impl Scanner {
                 grant: None,
                 launch: Vec::new(),
                 lsm: None,
+                keeper: None,
             };
             let r = tasks::start(e, me, req);
             match (r.ok, r.task, r.error) {

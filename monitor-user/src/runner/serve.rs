@@ -4,6 +4,7 @@
 use super::{
     callers::{Caller, Incoming, Noise},
     engine::Engine,
+    keeper::Keeper,
     subtask,
     tasks::{self, StartReq},
 };
@@ -117,8 +118,16 @@ fn serve(
     }
     let (task, act, via) = match req {
         Request::Delegate { .. } | Request::Step { .. } => unreachable!("handled above"),
-        Request::Start { manifest, file, pid, enforce, events, grant, launch, lsm } => {
+        Request::Start { manifest, file, pid, enforce, events, grant, launch, lsm, kept_mailbox } => {
             let launch = launch.into_iter().map(std::path::PathBuf::from).collect();
+            // The registering exec keeps copies of the task's descriptors for a
+            // restarted daemon (the mailbox now, the gate once it is handed over).
+            let keeper = kept_mailbox.map(|fd| Keeper {
+                pid: peer,
+                start: caller.start,
+                mailbox: Some(fd),
+                gate: None,
+            });
             let r = tasks::start(
                 e,
                 peer,
@@ -132,6 +141,7 @@ fn serve(
                     grant,
                     launch,
                     lsm: Some(lsm),
+                    keeper,
                 },
             );
             // The task's control mailbox, sent with the request.
@@ -147,7 +157,7 @@ fn serve(
             return r;
         }
         Request::End { task, kill } => return end(e, &task, kill, peer, uid),
-        Request::Gate { task } => {
+        Request::Gate { task, kept } => {
             let (true, Some(fd)) = (e.setup.state.is_some(), fds.pop()) else {
                 return Reply::err("gate: a daemon takes a task's approval listener, sent with the request");
             };
@@ -157,6 +167,13 @@ fn serve(
             return match crate::gate::Gate::new(fd, e.setup.approval_timeout) {
                 Ok(g) => {
                     e.p.gates.push(g);
+                    if let (Some(st), Some(kept)) = (&e.setup.state, kept) {
+                        st.update(&task, |s| {
+                            if let Some(k) = s.keeper.as_mut().filter(|k| k.pid == peer) {
+                                k.gate = Some(kept);
+                            }
+                        });
+                    }
                     Reply { ok: true, task: Some(task), ..Default::default() }
                 }
                 Err(e) => Reply::err(format!("gate: {e}")),
@@ -176,6 +193,7 @@ fn serve(
                     grant,
                     launch: Vec::new(),
                     lsm: None,
+                    keeper: None,
                 },
             );
         }

@@ -102,6 +102,9 @@ pub struct Saved {
     /// The task it was delegated from (a sub-task shares its cgroup and events file).
     #[serde(default)]
     pub parent: Option<String>,
+    /// The exec keeping copies of its approval gate and mailbox.
+    #[serde(default)]
+    pub keeper: Option<super::keeper::Keeper>,
 }
 
 /// The file whose content is the time the daemon was last seen alive.
@@ -133,6 +136,18 @@ impl StateDir {
             && !s.ended
         {
             s.ended = true;
+            if let Err(e) = self.save(&s) {
+                tracing::warn!("{}: {e}", path.display());
+            }
+        }
+    }
+
+    /// Changes the record of task `id`, if there is one.
+    pub fn update(&self, id: &str, f: impl FnOnce(&mut Saved)) {
+        let path = self.saved(id);
+        if let Some(mut s) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Saved>(&b).ok())
+        {
+            f(&mut s);
             if let Err(e) = self.save(&s) {
                 tracing::warn!("{}: {e}", path.display());
             }

@@ -150,6 +150,7 @@ fn bind(
         launch: Vec::new(),
         cookie: Some(s.c),
         parent: Some(parent.clone()),
+        keeper: None,
     };
     let id: Arc<str> = Arc::from(child.id.as_str());
     let p = &mut e.p;

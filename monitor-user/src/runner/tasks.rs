@@ -41,6 +41,8 @@ pub struct StartReq {
     /// The tier the command was confined for, when another process did it (a
     /// registered exec): an enforced task runs only if this agentmon enforces the same.
     pub lsm: Option<bool>,
+    /// The registering exec's copies of the task's gate and mailbox.
+    pub keeper: Option<super::keeper::Keeper>,
 }
 
 /// How the task's processes came to be bound.
@@ -276,6 +278,7 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         launch: r.launch.iter().map(|p| p.display().to_string()).collect(),
         cookie: Some(c),
         parent: None,
+        keeper: r.keeper.clone(),
     };
     let tier = task.enforce.then_some(if e.setup.layers.lsm { "bpf-lsm" } else { "landlock" });
     let p = &mut e.p;
