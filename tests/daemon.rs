@@ -697,17 +697,21 @@ pub fn daemon_kill9_restart_reports_the_gap() -> R {
     Ok(())
 }
 
-/// A sub-task delegated inside a daemon's task, across a restart of the daemon: the
-/// next daemon binds it again, so what it does afterwards is its own, judged (and,
-/// enforced, held) by its narrower scope. Before, it was not recorded: the next
-/// daemon let its processes go (nothing reported; on the BPF LSM tier not held by
-/// any scope), or on fresh maps judged them by the parent's wider one.
-pub fn daemon_restart_keeps_sub_tasks() -> R {
-    let d = workdir("daemon-subtask");
+/// A task `parent` (writes d/repo/**, enforced where enforce mode is available;
+/// runs this binary and agentmon) and a narrower sub-task `child` (writes
+/// d/repo/sub/**), for the delegation scenarios.
+struct Family {
+    repo: PathBuf,
+    parent: PathBuf,
+    child: PathBuf,
+    me: PathBuf,
+    enforce: bool,
+}
+
+fn family(d: &Path) -> Result<Family, String> {
     let repo = d.join("repo");
     std::fs::create_dir_all(repo.join("sub")).map_err(|e| e.to_string())?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let am = support::agentmon();
     let enforce = support::can_enforce();
     let parent = d.join("parent.yaml");
     let mode = if enforce { "enforce" } else { "observe" };
@@ -717,6 +721,7 @@ pub fn daemon_restart_keeps_sub_tasks() -> R {
             "id: parent\nmode: execute\nenforcement: {mode}\nscope:\n  write: [\"{r}/**\"]\n  exec: [\"{me}\", \"{am}\"]\n",
             r = repo.display(),
             me = me.display(),
+            am = support::agentmon(),
         ),
     )
     .map_err(|e| e.to_string())?;
@@ -730,6 +735,68 @@ pub fn daemon_restart_keeps_sub_tasks() -> R {
         ),
     )
     .map_err(|e| e.to_string())?;
+    Ok(Family { repo, parent, child, me, enforce })
+}
+
+/// A process a sub-task left behind, after both the sub-task and its parent ended,
+/// across a restart: it stays the sub-task's, held by the sub-task's scope. Found
+/// by review: the parent, ended with no process of its own left, was dropped, so
+/// the sub-task was never resumed and the process was let go.
+pub fn daemon_restart_keeps_a_sub_tasks_leftovers() -> R {
+    let d = workdir("daemon-sub-leftover");
+    let Family { repo, parent, child, me, enforce } = family(&d)?;
+    let (sock, all) = daemon_paths(&d);
+    let first = start_daemon(&d, "")?;
+    let code = under_daemon(&sock, &parent)
+        .args([me.as_os_str(), d.as_os_str(), support::agentmon().as_ref(), child.as_os_str()])
+        .arg("sub_leaves")
+        .env(SCENARIO_ENV, "delegate_one")
+        .status()
+        .map_err(|e| e.to_string())?
+        .code();
+    let limit = Duration::from_secs(30) * support::slowdown();
+    let ends = |evs: &[Event]| evs.iter().filter(|e| e.kind == Kind::TaskEnd).count();
+    let both_ended = wait(limit, || events(&all).is_ok_and(|evs| ends(&evs) >= 2));
+    // The records say so before the daemon stops.
+    let said1 = stop(first)?;
+    let second = start_daemon(&d, "")?;
+    let _ = raw(&sock, r#"{"op":"status"}"#);
+    std::fs::write(d.join("go"), b"").map_err(|e| e.to_string())?;
+    let done = wait(limit, || repo.join("sub/left_done").exists());
+    std::thread::sleep(Duration::from_millis(1200));
+    let said2 = stop(second)?;
+    eq("exit", code, Some(0))?;
+    ensure(both_ended, || format!("the tasks never ended: {said1}"))?;
+    ensure(done, || format!("the left-behind process never finished: {said2}"))?;
+    let evs = events(&all)?;
+    let created = |p: &Path| {
+        evs.iter()
+            .find(|e| e.kind == Kind::FileCreate && e.path.as_deref() == p.to_str())
+            .ok_or_else(|| format!("no file_create of {}: {said2}", p.display()))
+    };
+    let inside = created(&repo.join("sub/left_in.txt"))?;
+    eq("left behind, inside: task", inside.task.as_deref(), Some("child"))?;
+    let out = repo.join("left_out.txt");
+    let ev = created(&out)?;
+    let want = if enforce { "denied" } else { "out_of_scope" };
+    eq(
+        "left behind, outside the sub-task: (task, verdict)",
+        (ev.task.as_deref(), ev.verdict.as_deref()),
+        (Some("child"), Some(want)),
+    )?;
+    ensure(enforce != out.exists(), || "the sub-task's scope did not hold for what it left behind".into())?;
+    Ok(())
+}
+
+/// A sub-task delegated inside a daemon's task, across a restart of the daemon: the
+/// next daemon binds it again, so what it does afterwards is its own, judged (and,
+/// enforced, held) by its narrower scope. Before, it was not recorded: the next
+/// daemon let its processes go (nothing reported; on the BPF LSM tier not held by
+/// any scope), or on fresh maps judged them by the parent's wider one.
+pub fn daemon_restart_keeps_sub_tasks() -> R {
+    let d = workdir("daemon-subtask");
+    let Family { repo, parent, child, me, enforce } = family(&d)?;
+    let am = support::agentmon();
     let (sock, all) = daemon_paths(&d);
     let first = start_daemon(&d, "")?;
     let mut exec = under_daemon(&sock, &parent)

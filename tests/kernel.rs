@@ -87,6 +87,7 @@ fn main() {
         ("daemon_restart_keeps_sub_tasks", daemon::daemon_restart_keeps_sub_tasks),
         ("daemon_restart_keeps_leftovers", daemon::daemon_restart_keeps_leftovers),
         ("daemon_restart_keeps_the_gate", daemon::daemon_restart_keeps_the_gate),
+        ("daemon_restart_keeps_a_sub_tasks_leftovers", daemon::daemon_restart_keeps_a_sub_tasks_leftovers),
         (
             "daemon_signalled_while_loading_stops_cleanly",
             daemon::daemon_signalled_while_loading_stops_cleanly,

@@ -25,12 +25,28 @@ pub struct TornTail {
     pub kept: PathBuf,
 }
 
-/// Where `file`'s incomplete last line starts, if it has one.
+/// The longest fragment cut: longer than any record agentmon writes. A file whose
+/// last line is longer is no log of agentmon's (a path that names another file):
+/// it is left as it is and refused.
+pub const MAX_FRAGMENT: u64 = 1 << 20;
+
+/// Where `file`'s incomplete last line starts, if it has one. Only regular files
+/// are looked at; a fragment longer than [`MAX_FRAGMENT`] is an error.
 pub fn find(file: &File) -> io::Result<Option<u64>> {
-    let len = file.metadata()?.len();
+    let m = file.metadata()?;
+    if !m.is_file() {
+        return Ok(None);
+    }
+    let len = m.len();
     let mut end = len;
     let mut buf = vec![0u8; 64 << 10];
     while end > 0 {
+        if len - end > MAX_FRAGMENT {
+            return Err(io::Error::other(format!(
+                "its last line is incomplete and longer than {MAX_FRAGMENT} bytes, longer than any record: not \
+                 a log agentmon writes? Left as it is"
+            )));
+        }
         let n = end.min(buf.len() as u64);
         let chunk = &mut buf[..n as usize];
         file.read_exact_at(chunk, end - n)?;
@@ -128,8 +144,14 @@ mod tests {
         // A fragment longer than one read.
         let mut big = b"first\n".to_vec();
         big.extend(std::iter::repeat_n(b'x', 200_000));
-        let (_, f) = file_with(dir.path(), &big);
+        let (p, f) = file_with(dir.path(), &big);
         assert_eq!(find(&f).unwrap(), Some(6));
+        // Too long to be a record: refused, the file left as it is.
+        let mut huge = b"first\n".to_vec();
+        huge.extend(std::iter::repeat_n(b'x', MAX_FRAGMENT as usize + (128 << 10)));
+        let (_, f) = file_with(dir.path(), &huge);
+        assert!(repair(&f, &p).unwrap_err().to_string().contains("longer than any record"));
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), huge.len() as u64);
     }
 
     #[test]

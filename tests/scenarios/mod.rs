@@ -32,7 +32,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         ("files", Some(d)) => files(d),
         ("dirfd", Some(d)) => dirfd(d),
         ("double_fork", Some(d)) => double_fork(d),
-        ("leave_behind", Some(d)) => leave_behind(d),
+        ("leave_behind", Some(d)) => leave_behind(d, ["repo/left_in.txt", "out.txt", "repo/left_done"]),
         ("net", Some(d)) => net(d),
         ("io_uring", _) => io_uring(),
         ("privilege", _) => privilege(),
@@ -46,6 +46,10 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         ("sub_agent", Some(d)) => sub_agent(d),
         ("delegate_one", Some(d)) => delegate_one(d, args),
         ("sub_waits", Some(d)) => sub_waits(d),
+        // A sub-task's: inside its scope, outside it but inside its parent's.
+        ("sub_leaves", Some(d)) => {
+            leave_behind(d, ["repo/sub/left_in.txt", "repo/left_out.txt", "repo/sub/left_done"])
+        }
         ("two_steps", Some(d)) => two_steps(d),
         ("attempts", Some(d)) => attempts(d, &args[1..]),
         ("contain", Some(d)) => contain::contain(d, args),
@@ -152,8 +156,8 @@ fn dirfd(d: &Path) -> Result<(), String> {
 
 /// The root leaves a background process behind and exits at once (its task ends):
 /// the process, in a session of its own, waits for `go` (up to 10 minutes), then
-/// writes repo/left_in.txt (in scope), out.txt (outside) and repo/left_done.
-fn leave_behind(d: &Path) -> Result<(), String> {
+/// writes `inside`, `outside` (of the task's scope) and `done`, under `d`.
+fn leave_behind(d: &Path, [inside, outside, done]: [&str; 3]) -> Result<(), String> {
     match unsafe { fork() }.map_err(|x| x.to_string())? {
         ForkResult::Child => {
             nix::unistd::setsid().ok();
@@ -164,9 +168,9 @@ fn leave_behind(d: &Path) -> Result<(), String> {
                     }
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                let _ = fs::write(d.join("repo/left_in.txt"), b"");
-                let _ = fs::write(d.join("out.txt"), b"");
-                let _ = fs::write(d.join("repo/left_done"), b"");
+                for f in [inside, outside, done] {
+                    let _ = fs::write(d.join(f), b"");
+                }
                 unsafe { libc::_exit(0) };
             }
             unsafe { libc::_exit(0) };
@@ -398,16 +402,20 @@ fn sub_agent(d: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one nested `agentmon exec --task` (args: dir, agentmon, child.yaml) whose
-/// command is `sub_waits`; writes its exit status to repo/sub-rc.
+/// Runs one nested `agentmon exec --task` (args: dir, agentmon, child.yaml[, its
+/// scenario, `sub_waits` if none]); writes its exit status to repo/sub-rc.
 fn delegate_one(d: &Path, args: &[String]) -> Result<(), String> {
-    let [_, agentmon, child] = args else { return Err("delegate_one needs: dir agentmon child.yaml".into()) };
+    let (agentmon, child, scenario) = match args {
+        [_, a, c] => (a, c, "sub_waits"),
+        [_, a, c, s] => (a, c, s.as_str()),
+        _ => return Err("delegate_one needs: dir agentmon child.yaml [scenario]".into()),
+    };
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let st = std::process::Command::new(agentmon)
         .args(["exec", "--quiet", "--task", child, "--"])
         .arg(&me)
         .arg(d)
-        .env("AGENTMON_SCENARIO", "sub_waits")
+        .env("AGENTMON_SCENARIO", scenario)
         .status()
         .map_err(|e| e.to_string())?;
     fs::write(d.join("repo/sub-rc"), format!("{:?}", st.code())).map_err(|e| e.to_string())

@@ -169,6 +169,11 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     }
     let mut held = launch::spawn_held(&opts.cmd, &env, confinement, Some(theirs.as_raw_fd()))?;
     drop(theirs);
+    // This process keeps the task's gate and mailbox for a restarted daemon: no
+    // other process of our uid may take them (ptrace, pidfd_getfd); root's daemon can.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!("cannot make agentmon exec undumpable: {e}");
+    }
     let pid = held.pid;
     let gate_chan = held.take_gate();
     let root = pid.as_raw() as u32;

@@ -27,21 +27,17 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
     let records = state.records();
     let now = e.p.enr.clock().now_wall();
     let gap = last.map(|t| (t, now));
-    let (subs, tops): (Vec<Saved>, Vec<Saved>) = records.into_iter().partition(|s| s.parent.is_some());
-    for s in &subs {
-        if let Some(c) = s.cookie {
-            e.next_task = e.next_task.max(c.saturating_add(1));
-        }
+    // A cookie a previous daemon gave is never given again (its allowlist entries
+    // may still be in the kernel's maps): raised past every record's before any
+    // task is bound.
+    for c in records.iter().filter_map(|s| s.cookie) {
+        e.next_task = e.next_task.max(c.saturating_add(1));
     }
+    let (subs, tops): (Vec<Saved>, Vec<Saved>) = records.into_iter().partition(|s| s.parent.is_some());
     // Processes the kernel kept under a sub-task's cookie share its parent's cgroup:
     // they are the sub-task's to take up, never the parent's.
     let sub_cookies: std::collections::BTreeSet<u32> = subs.iter().filter_map(|s| s.cookie).collect();
     for s in tops {
-        // A cookie a previous daemon gave is never given again (its allowlist
-        // entries may still be in the kernel's maps).
-        if let Some(c) = s.cookie {
-            e.next_task = e.next_task.max(c.saturating_add(1));
-        }
         let ours = enforce::cgroup::v2_root().map(|r| r.join("agentmon"));
         let drop_it = |e: &Engine| {
             if let Some(st) = &e.setup.state {
@@ -53,15 +49,21 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
             continue;
         }
         let cg = s.cgroup.clone().and_then(|p| TaskCgroup::adopt(p).ok());
-        let mut pids = cg.as_ref().map(|c| c.pids()).unwrap_or_default();
-        pids.retain(|p| e.sensors.task_of(*p).is_none_or(|c| !sub_cookies.contains(&c)));
+        let all = cg.as_ref().map(|c| c.pids()).unwrap_or_default();
+        // Its sub-tasks' processes keep it too (an ended task whose only processes
+        // left are a sub-task's is bound, so that the sub-task can be).
+        let any = !all.is_empty();
+        let pids: Vec<u32> = all
+            .into_iter()
+            .filter(|p| e.sensors.task_of(*p).is_none_or(|c| !sub_cookies.contains(&c)))
+            .collect();
         // Kept in the kernel meanwhile: even a task that ended in the gap is bound,
         // for its events waiting in the ring (its root's exit among them). A task
         // whose end was recorded is bound again only for the processes it left
         // behind (a background process its root started): they stay its own, held
         // by its scope, as they were before the restart.
         let kept = s.cookie.filter(|_| e.sensors.taken_over());
-        let live = !pids.is_empty() || (kept.is_some() && !s.ended);
+        let live = any || (kept.is_some() && !s.ended);
         let Some(cg) = cg.filter(|_| live) else {
             // Ended while no daemon ran (its cgroup goes with `cg`).
             drop_it(e);
@@ -147,13 +149,13 @@ pub fn end_rootless(e: &mut Engine, resumed: &[String]) {
 /// After resuming on taken-over maps: processes and grants a previous daemon bound
 /// to tasks no one resumed (ended while no daemon ran, or never recorded) are let go.
 pub fn drop_unclaimed(e: &mut Engine) {
-    // A recorded task that failed to resume keeps what the kernel holds for it:
-    // letting it go would leave it running unenforced.
+    // A recorded task that failed to resume (ended or not) keeps what the kernel
+    // holds for it: letting it go would leave its processes running unenforced.
     let recorded: std::collections::BTreeSet<u32> = e
         .setup
         .state
         .as_ref()
-        .map(|st| st.records().into_iter().filter(|s| !s.ended).filter_map(|s| s.cookie).collect())
+        .map(|st| st.records().into_iter().filter_map(|s| s.cookie).collect())
         .unwrap_or_default();
     let known: std::collections::BTreeSet<u32> = e
         .sensors

@@ -109,8 +109,9 @@ pub struct Saved {
 
 /// The file whose content is the time the daemon was last seen alive.
 const HEARTBEAT: &str = "alive";
-/// The kernel's lost-event counts last reported (kind -> total).
-const LOST: &str = "lost.json";
+/// The kernel's lost-event counts last reported (kind -> total). Not a task id's
+/// file name (`@` is in no id), so no task can be called so as to overwrite it.
+const LOST: &str = "lost@kernel.json";
 
 impl StateDir {
     fn saved(&self, id: &str) -> PathBuf {
@@ -152,6 +153,11 @@ impl StateDir {
                 tracing::warn!("{}: {e}", path.display());
             }
         }
+    }
+
+    /// A record of task `id` exists (running, ended, or not resumed).
+    pub fn has(&self, id: &str) -> bool {
+        self.saved(id).exists()
     }
 
     /// The task is gone: nothing of it to resume.
@@ -233,5 +239,44 @@ impl StateDir {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task may be called anything its manifest allows: `lost` was the loss
+    /// counts' file name, so a sub-task so named overwrote them (found by review).
+    #[test]
+    fn no_task_record_takes_the_loss_counts_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = StateDir { dir: dir.path().join("state") };
+        st.save_lost(&[(3u16, 7u64)].into());
+        for id in ["lost", "alive", "lock", "lost@kernel"] {
+            let s = Saved {
+                id: id.into(),
+                manifest: String::new(),
+                file: String::new(),
+                root: 1,
+                enforce: false,
+                events: None,
+                cgroup: None,
+                expires: None,
+                ended: false,
+                launch: Vec::new(),
+                cookie: Some(9),
+                parent: None,
+                keeper: None,
+            };
+            let manifest = format!("id: {id}\nmode: read\n");
+            if crate::task::parse(&manifest, std::path::Path::new("t.yaml"), Timestamp(0)).is_ok() {
+                st.save(&s).unwrap();
+            }
+        }
+        assert_eq!(st.lost_reported(), [(3u16, 7u64)].into());
+        let ids: Vec<String> = st.records().into_iter().map(|s| s.id).collect();
+        assert!(ids.contains(&"lost".to_string()), "{ids:?}");
+        assert_eq!(st.lost_reported(), [(3u16, 7u64)].into(), "reading the records keeps the counts");
     }
 }

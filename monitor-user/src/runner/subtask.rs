@@ -62,7 +62,7 @@ fn delegate_from(
     if let Err(why) = parent.task.contains(&child) {
         return Err(format!("{file}: {why}"));
     }
-    if p.judge.task(&child.id).is_some() {
+    if p.judge.task(&child.id).is_some() || e.setup.state.as_ref().is_some_and(|st| st.has(&child.id)) {
         return Err(format!("{file}: a task called {} is already running here", child.id));
     }
     inherit(&mut child, &parent.task);
@@ -218,9 +218,15 @@ pub fn resume(e: &mut Engine, records: Vec<Saved>, gap: Option<(Timestamp, Times
             }
         }
     }
+    let tracked = e.sensors.tracked();
     for s in waiting {
-        // Its parent was not resumed (ended, or failed: then it keeps the kernel's hold).
-        tracing::warn!("sub-task {}: its parent {:?} was not resumed", s.id, s.parent);
+        // Its parent was not resumed: with processes the kernel keeps under its cookie
+        // it keeps that hold (see `drop_unclaimed`); with none, nothing is left of it.
+        if s.cookie.is_some_and(|c| tracked.iter().any(|(_, t)| *t == c)) {
+            tracing::warn!("sub-task {}: its parent {:?} was not resumed", s.id, s.parent);
+        } else if let Some(st) = &e.setup.state {
+            st.drop_saved(&s.id);
+        }
     }
     done
 }

@@ -106,6 +106,10 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
     if e.p.judge.task(&task.id).is_some() {
         return Reply::err(format!("{what}: task {} is running here, or ended with processes left", task.id));
     }
+    if e.setup.state.as_ref().is_some_and(|st| st.has(&task.id)) {
+        // Its record would be overwritten: the kernel's hold on its processes with it.
+        return Reply::err(format!("{what}: task {} has a record here that was not resumed", task.id));
+    }
     if let Err(err) = admissible(&task, &e.setup, e.p.judge.rules()) {
         return Reply::err(err.to_string());
     }
