@@ -169,11 +169,9 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     }
     let mut held = launch::spawn_held(&opts.cmd, &env, confinement, Some(theirs.as_raw_fd()))?;
     drop(theirs);
-    // This process keeps the task's gate and mailbox for a restarted daemon: no
-    // other process of our uid may take them (ptrace, pidfd_getfd); root's daemon can.
-    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
-        tracing::warn!("cannot make agentmon exec undumpable: {e}");
-    }
+    // This process holds the task's gate and mailbox: no other process of our uid
+    // may take them (ptrace, pidfd_getfd).
+    undumpable();
     let pid = held.pid;
     let gate_chan = held.take_gate();
     let root = pid.as_raw() as u32;
@@ -335,6 +333,9 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
     }
     let mut held = launch::spawn_held(&opts.cmd, &env, confinement, Some(theirs.as_raw_fd()))?;
     drop(theirs);
+    // It keeps copies of the task's gate and mailbox for a restarted daemon (root's
+    // daemon can take them; no other process of our uid may).
+    undumpable();
     let pid = held.pid;
     let gate_chan = held.take_gate();
     let stop = || {
@@ -417,6 +418,14 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
     // Kept until the task's root is done.
     drop((ours, kept_gate));
     Ok(st.map(exit_code).unwrap_or(125))
+}
+
+/// No core dumps, no ptrace or pidfd_getfd by processes of our uid without
+/// CAP_SYS_PTRACE: this process holds a task's approval listener.
+fn undumpable() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!("cannot make agentmon exec undumpable: {e}");
+    }
 }
 
 /// `p` made absolute against the working directory (the daemon's differs).

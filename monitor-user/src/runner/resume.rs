@@ -16,10 +16,11 @@ use super::{
 };
 use crate::enforce::{self, cgroup::TaskCgroup};
 
-/// Resumes the tasks a previous daemon recorded whose processes still run: they are
-/// tracked again, in their cgroup (with its network guard if enforced). What they did
-/// while no daemon ran was not seen; the `task_start` says `resumed` and how long the
-/// gap was.
+/// Resumes the tasks a previous daemon recorded whose processes still run (or that
+/// the kernel kept tracking): they are bound again, in their cgroup (with its network
+/// guard if enforced), with their gate and mailbox taken back from the exec that keeps
+/// them. The `task_start` says `resumed`, how long the gap was and whether the kernel
+/// observed it (maps taken over). Returns the ids resumed, sub-tasks included.
 pub fn resume(e: &mut Engine) -> Vec<String> {
     let mut done = Vec::new();
     let Some(state) = &e.setup.state else { return done };

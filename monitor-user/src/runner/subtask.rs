@@ -189,8 +189,9 @@ fn bind(
 /// Binds the recorded sub-tasks again, each after the task it was delegated from
 /// (`records`: the state directory's, read once). With the maps taken over, a
 /// sub-task's processes are those the kernel kept under its cookie; otherwise its
-/// root and the root's descendants among its parent's processes (what a sub-task's
-/// orphan did is then its parent's: said in the reason). Returns the ids resumed.
+/// root and the root's descendants among its parent's processes (a sub-task's
+/// orphan is then found only as its parent's: docs/daemon.md). Returns the ids
+/// resumed (not those ended, bound again for what they left behind).
 pub fn resume(e: &mut Engine, records: Vec<Saved>, gap: Option<(Timestamp, Timestamp)>) -> Vec<String> {
     let mut done = Vec::new();
     let mut waiting: Vec<Saved> = records.into_iter().filter(|s| s.parent.is_some()).collect();
