@@ -775,7 +775,11 @@ pub fn daemon_restart_keeps_a_sub_tasks_leftovers() -> R {
             .ok_or_else(|| format!("no file_create of {}: {said2}", p.display()))
     };
     let inside = created(&repo.join("sub/left_in.txt"))?;
-    eq("left behind, inside: task", inside.task.as_deref(), Some("child"))?;
+    eq(
+        &format!("left behind, inside: task (the daemons said: {said1}\n{said2})"),
+        inside.task.as_deref(),
+        Some("child"),
+    )?;
     let out = repo.join("left_out.txt");
     let ev = created(&out)?;
     let want = if enforce { "denied" } else { "out_of_scope" };
