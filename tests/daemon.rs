@@ -571,8 +571,7 @@ pub fn daemon_restart_keeps_the_gate() -> R {
     });
     let said1 = stop(first)?;
     let second = start_daemon(&d, "")?;
-    // Answered: the loop runs, so the recorded tasks were taken up.
-    let _ = raw(&sock, r#"{"op":"status"}"#);
+    taken_up(&sock);
     std::fs::write(g.join("go"), b"").map_err(|e| e.to_string())?;
     let result = ensure(running && handed, || format!("the task never ran ({running}, {handed}): {said1}"))
         .and_then(|()| approve_the_delete(&all, &sock, &g, "gate-kept", limit));
@@ -760,7 +759,7 @@ pub fn daemon_restart_keeps_a_sub_tasks_leftovers() -> R {
     // The records say so before the daemon stops.
     let said1 = stop(first)?;
     let second = start_daemon(&d, "")?;
-    let _ = raw(&sock, r#"{"op":"status"}"#);
+    taken_up(&sock);
     std::fs::write(d.join("go"), b"").map_err(|e| e.to_string())?;
     let done = wait(limit, || repo.join("sub/left_done").exists());
     std::thread::sleep(Duration::from_millis(1200));
@@ -769,11 +768,7 @@ pub fn daemon_restart_keeps_a_sub_tasks_leftovers() -> R {
     ensure(both_ended, || format!("the tasks never ended: {said1}"))?;
     ensure(done, || format!("the left-behind process never finished: {said2}"))?;
     let evs = events(&all)?;
-    let created = |p: &Path| {
-        evs.iter()
-            .find(|e| e.kind == Kind::FileCreate && e.path.as_deref() == p.to_str())
-            .ok_or_else(|| format!("no file_create of {}: {said2}", p.display()))
-    };
+    let created = |p: &Path| created(&evs, p, &said2);
     let inside = created(&repo.join("sub/left_in.txt"))?;
     eq(
         &format!("left behind, inside: task (the daemons said: {said1}\n{said2})"),
@@ -854,12 +849,9 @@ pub fn daemon_restart_keeps_sub_tasks() -> R {
         eq("resumed", s.detail.get("resumed").and_then(|v| v.as_bool()), Some(true))?;
         eq("gap observed", s.detail.get("gap").and_then(|g| g["observed"].as_bool()), Some(observed))?;
     }
+    let said = format!("{said2}\n{said3}");
+    let created = |p: &Path| created(&evs, p, &said);
     for n in 1..=2 {
-        let created = |p: &Path| {
-            evs.iter()
-                .find(|e| e.kind == Kind::FileCreate && e.path.as_deref() == p.to_str())
-                .ok_or_else(|| format!("no file_create of {}: {said2}\n{said3}", p.display()))
-        };
         let after = created(&repo.join(format!("sub/after{n}.txt")))?;
         eq(&format!("restart {n}, inside: task"), after.task.as_deref(), Some("child"))?;
         eq(&format!("restart {n}, inside: verdict"), after.verdict.as_deref(), Some("in_scope"))?;
@@ -901,8 +893,7 @@ pub fn daemon_restart_keeps_leftovers() -> R {
     let pins = agentmon::kernel::pin::root_of(&d.join("state"));
     let pinned = pins.exists();
     let second = start_daemon(&d, "")?;
-    // Answered: the loop runs, so the recorded tasks were taken up.
-    let _ = raw(&sock, r#"{"op":"status"}"#);
+    taken_up(&sock);
     std::fs::write(d.join("go"), b"").map_err(|e| e.to_string())?;
     let done = wait(limit, || d.join("repo/left_done").exists());
     std::thread::sleep(Duration::from_millis(1200));
@@ -915,11 +906,7 @@ pub fn daemon_restart_keeps_leftovers() -> R {
     let starts =
         evs.iter().filter(|e| e.kind == Kind::TaskStart && e.task.as_deref() == Some("lefty")).count();
     eq("task_start records (none for the leftovers)", starts, 1)?;
-    let created = |p: &Path| {
-        evs.iter()
-            .find(|e| e.kind == Kind::FileCreate && e.path.as_deref() == p.to_str())
-            .ok_or_else(|| format!("no file_create of {}: {said2}", p.display()))
-    };
+    let created = |p: &Path| created(&evs, p, &said2);
     let inside = created(&d.join("repo/left_in.txt"))?;
     eq("left behind, inside: task", inside.task.as_deref(), Some("lefty"))?;
     let out = created(&d.join("out.txt"))?;
@@ -931,6 +918,19 @@ pub fn daemon_restart_keeps_leftovers() -> R {
     ensure(!d.join("out.txt").exists(), || "the left-behind process wrote outside the task's scope".into())?;
     ensure(!pins.exists(), || format!("{} kept after the last process ended: {said2}", pins.display()))?;
     Ok(())
+}
+
+/// The creation event of `p` in `evs`; its absence says what the daemons said.
+fn created<'a>(evs: &'a [Event], p: &Path, said: &str) -> Result<&'a Event, String> {
+    evs.iter()
+        .find(|e| e.kind == Kind::FileCreate && e.path.as_deref() == p.to_str())
+        .ok_or_else(|| format!("no file_create of {}: {said}", p.display()))
+}
+
+/// Returns once the daemon at `sock` answers a request: its loop runs, so the
+/// recorded tasks were taken up (its socket accepts connections before that).
+fn taken_up(sock: &Path) {
+    let _ = raw(sock, r#"{"op":"status"}"#);
 }
 
 /// `agentmon exec --quiet --daemon SOCK --task T --`: the command's words follow.

@@ -168,10 +168,12 @@ fn serve(
                 Ok(g) => {
                     e.p.gates.push(g);
                     if let (Some(st), Some(kept)) = (&e.setup.state, kept) {
-                        st.update(&task, |s| {
-                            if let Some(k) = s.keeper.as_mut().filter(|k| k.pid == peer) {
+                        st.update(&task, |s| match s.keeper.as_mut().filter(|k| k.pid == peer) {
+                            Some(k) => {
                                 k.gate = Some(kept);
+                                true
                             }
+                            None => false,
                         });
                     }
                     Reply { ok: true, task: Some(task), ..Default::default() }

@@ -132,26 +132,30 @@ impl StateDir {
 
     /// The task's end was recorded: a restart must not resume it.
     pub fn mark_ended(&self, id: &str) {
+        self.update(id, |s| !std::mem::replace(&mut s.ended, true));
+    }
+
+    /// Changes the record of task `id`, if there is one; `f` says whether it changed
+    /// (only then is it written).
+    pub fn update(&self, id: &str, f: impl FnOnce(&mut Saved) -> bool) {
         let path = self.saved(id);
         if let Some(mut s) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Saved>(&b).ok())
-            && !s.ended
+            && f(&mut s)
+            && let Err(e) = self.save(&s)
         {
-            s.ended = true;
-            if let Err(e) = self.save(&s) {
-                tracing::warn!("{}: {e}", path.display());
-            }
+            tracing::warn!("{}: {e}", path.display());
         }
     }
 
-    /// Changes the record of task `id`, if there is one.
-    pub fn update(&self, id: &str, f: impl FnOnce(&mut Saved)) {
-        let path = self.saved(id);
-        if let Some(mut s) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Saved>(&b).ok())
-        {
-            f(&mut s);
-            if let Err(e) = self.save(&s) {
-                tracing::warn!("{}: {e}", path.display());
-            }
+    /// Records a task (bound now), saying so if it cannot: a restart would not
+    /// resume it.
+    pub fn record(&self, s: &Saved) {
+        if let Err(err) = self.save(s) {
+            tracing::warn!(
+                "recording task {} in {}: {err} (a restart will not resume it)",
+                s.id,
+                self.dir.display()
+            );
         }
     }
 

@@ -175,13 +175,8 @@ fn bind(
         }
         e.record(&ev);
     }
-    if let Some(st) = &e.setup.state
-        && let Err(err) = st.save(&saved)
-    {
-        tracing::warn!(
-            "recording sub-task {id} in {}: {err} (a restart will not resume it)",
-            st.dir.display()
-        );
+    if let Some(st) = &e.setup.state {
+        st.record(&saved);
     }
     Ok(id)
 }

@@ -307,10 +307,8 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         }
         e.record(&ev);
     }
-    if let Some(st) = &e.setup.state
-        && let Err(err) = st.save(&saved)
-    {
-        tracing::warn!("recording task {id} in {}: {err} (a restart will not resume it)", st.dir.display());
+    if let Some(st) = &e.setup.state {
+        st.record(&saved);
     }
     Ok(id.to_string())
 }
