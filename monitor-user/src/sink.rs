@@ -438,7 +438,12 @@ impl JsonLines {
         let open = |source| SinkError::Open { path: path.into(), source };
         let f = OpenOptions::new().read(true).create(true).append(true).open(path).map_err(open)?;
         // A line left incomplete by a killed writer would swallow the next record.
-        let torn = crate::torn::repair(&f, path).map_err(open)?;
+        // Not cut (a full disk cannot take the fragment, a foreign file): appended
+        // to as before, never refused — an output that cannot open blinds agentmon.
+        let torn = crate::torn::repair(&f, path).unwrap_or_else(|e| {
+            tracing::warn!("{}: {e}; its torn last line is left in place", path.display());
+            None
+        });
         Ok(Self {
             name: path.display().to_string(),
             format: Format::Json,
@@ -614,6 +619,21 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap().len(), 0, "buffered");
         s.batch_end().unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap().lines().count(), 1);
+    }
+
+    /// The fragment cannot be kept (here a name too long; on a full disk, no room):
+    /// the file is left as it is and still written to — found on re-reading: the
+    /// open failed, so a full disk with a torn events file kept agentmon from starting.
+    #[test]
+    fn a_torn_line_that_cannot_be_kept_never_stops_the_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e".repeat(250));
+        std::fs::write(&p, "{\"kind\":\"exec\"}\n{\"sch").unwrap();
+        let mut s = JsonLines::file(&p).unwrap();
+        assert!(s.torn().is_none());
+        s.send(&Event::new(Kind::Exit, crate::event::Timestamp(0), "h".into())).unwrap();
+        s.flush().unwrap();
+        assert!(std::fs::read_to_string(&p).unwrap().starts_with("{\"kind\":\"exec\"}\n{\"sch{"));
     }
 
     #[test]
