@@ -303,6 +303,7 @@ matrix() { # KERNEL_TESTS
         # The guest's command travels on the kernel command line (2 KiB at most, base64
         # encoded): a long test list there made every boot hang. It goes in a file.
         local script="$OUT/guest-tests.sh"
+        mkdir -p "$OUT" # a clean clone has no target/vm-out before the first boot
         printf '#!/bin/sh\nexec env AGENTMON_TESTS="%s" AGENTMON_TEST_SLOWDOWN=5 "%s" --test-threads 2\n' \
             "$GUEST_TESTS" "$bin" >"$script"
         if [ "$lsm" = - ]; then
