@@ -929,7 +929,7 @@ fn created<'a>(evs: &'a [Event], p: &Path, said: &str) -> Result<&'a Event, Stri
 
 /// Returns once the daemon at `sock` answers a request: its loop runs, so the
 /// recorded tasks were taken up (its socket accepts connections before that).
-fn taken_up(sock: &Path) {
+pub(crate) fn taken_up(sock: &Path) {
     let _ = raw(sock, r#"{"op":"status"}"#);
 }
 

@@ -14,6 +14,7 @@ mod grant;
 mod nats;
 mod scenarios;
 mod support;
+mod tasklog;
 mod tasks;
 
 use std::{path::Path, process::Command, time::Duration};
@@ -94,6 +95,7 @@ fn main() {
         ),
         ("escaped_forks_stay_enforced", daemon::escaped_forks_stay_enforced),
         ("daemon_pins_despite_a_planted_name", daemon::daemon_pins_despite_a_planted_name),
+        ("task_events_files_are_kept_from_agents", tasklog::task_events_files_are_kept_from_agents),
         ("daemon_kills_expired_tasks", daemon::daemon_kills_expired_tasks),
         ("exec_ends_expired_tasks", expiry::exec_ends_expired_tasks),
         ("daemon_selectors_attach_agents", daemon::daemon_selectors_attach_agents),

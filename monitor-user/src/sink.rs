@@ -437,20 +437,26 @@ impl JsonLines {
     pub fn file(path: &Path) -> Result<Self, SinkError> {
         let open = |source| SinkError::Open { path: path.into(), source };
         let f = OpenOptions::new().read(true).create(true).append(true).open(path).map_err(open)?;
+        Ok(Self::opened(f, path, None))
+    }
+
+    /// `f`, opened for reading and appending at `path` (checked by the caller) in
+    /// directory `dir`, where a torn last line's fragment is kept.
+    pub fn opened(f: std::fs::File, path: &Path, dir: Option<std::os::fd::BorrowedFd>) -> Self {
         // A line left incomplete by a killed writer would swallow the next record.
         // Not cut (a full disk cannot take the fragment, a foreign file): appended
         // to as before, never refused — an output that cannot open blinds agentmon.
-        let torn = crate::torn::repair(&f, path).unwrap_or_else(|e| {
+        let torn = crate::torn::repair(&f, path, dir).unwrap_or_else(|e| {
             tracing::warn!("{}: {e}; its torn last line is left in place", path.display());
             None
         });
-        Ok(Self {
+        Self {
             name: path.display().to_string(),
             format: Format::Json,
             out: BufWriter::with_capacity(1 << 16, Box::new(f)),
             line: Vec::with_capacity(1024),
             torn,
-        })
+        }
     }
 
     /// `-` or no path means stdout.

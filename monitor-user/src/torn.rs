@@ -8,7 +8,10 @@
 use std::{
     fs::{File, OpenOptions},
     io::{self, Read, Seek, SeekFrom, Write},
-    os::unix::fs::{FileExt, OpenOptionsExt},
+    os::{
+        fd::BorrowedFd,
+        unix::fs::{FileExt, OpenOptionsExt},
+    },
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -63,15 +66,25 @@ pub fn find(file: &File) -> io::Result<Option<u64>> {
 
 /// Moves `path`'s bytes from `offset` on into `<path>.torn-<offset>-<ns>` (created
 /// new, mode 0600, never through a planted link) and truncates the log there.
-pub fn cut(file: &File, path: &Path, offset: u64) -> io::Result<TornTail> {
+/// `dir`: the directory the log was opened in, where the fragment is created (a
+/// path another user can change may lead elsewhere by then).
+pub fn cut(file: &File, path: &Path, offset: u64, dir: Option<BorrowedFd>) -> io::Result<TornTail> {
     let mut fragment = Vec::new();
     let mut r = file;
     r.seek(SeekFrom::Start(offset))?;
     r.read_to_end(&mut fragment)?;
-    let mut name = path.as_os_str().to_owned();
+    let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(format!(".torn-{offset}-{}", Timestamp::now().0));
-    let kept = PathBuf::from(name);
-    let mut k = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&kept)?;
+    let kept = path.with_file_name(&name);
+    let mut k = match dir {
+        Some(d) => {
+            use nix::{fcntl::OFlag, sys::stat::Mode};
+            let flags =
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            File::from(nix::fcntl::openat(d, name.as_os_str(), flags, Mode::from_bits_truncate(0o600))?)
+        }
+        None => OpenOptions::new().write(true).create_new(true).mode(0o600).open(&kept)?,
+    };
     k.write_all(&fragment)?;
     k.sync_all()?;
     file.set_len(offset)?;
@@ -86,9 +99,9 @@ pub fn cut(file: &File, path: &Path, offset: u64) -> io::Result<TornTail> {
 }
 
 /// [`find`] and [`cut`] in one.
-pub fn repair(file: &File, path: &Path) -> io::Result<Option<TornTail>> {
+pub fn repair(file: &File, path: &Path, dir: Option<BorrowedFd>) -> io::Result<Option<TornTail>> {
     match find(file)? {
-        Some(offset) => cut(file, path, offset).map(Some),
+        Some(offset) => cut(file, path, offset, dir).map(Some),
         None => Ok(None),
     }
 }
@@ -150,7 +163,7 @@ mod tests {
         let mut huge = b"first\n".to_vec();
         huge.extend(std::iter::repeat_n(b'x', MAX_FRAGMENT as usize + (128 << 10)));
         let (_, f) = file_with(dir.path(), &huge);
-        assert!(repair(&f, &p).unwrap_err().to_string().contains("longer than any record"));
+        assert!(repair(&f, &p, None).unwrap_err().to_string().contains("longer than any record"));
         assert_eq!(std::fs::metadata(&p).unwrap().len(), huge.len() as u64);
     }
 
@@ -158,11 +171,11 @@ mod tests {
     fn cut_keeps_the_fragment_and_leaves_whole_lines() {
         let dir = tempfile::tempdir().unwrap();
         let (p, f) = file_with(dir.path(), b"{\"a\":1}\n{\"b\":");
-        let t = repair(&f, &p).unwrap().unwrap();
+        let t = repair(&f, &p, None).unwrap().unwrap();
         assert_eq!((t.offset, t.bytes), (8, 5));
         assert_eq!(std::fs::read(&p).unwrap(), b"{\"a\":1}\n");
         assert_eq!(std::fs::read(&t.kept).unwrap(), b"{\"b\":");
-        assert!(repair(&f, &p).unwrap().is_none(), "whole lines are left alone");
+        assert!(repair(&f, &p, None).unwrap().is_none(), "whole lines are left alone");
         let ev = t.record(&Arc::from("h"), Timestamp(1), "events.jsonl");
         assert_eq!(ev.lost.unwrap()["output:events.jsonl"], 1);
         assert_eq!(ev.detail["torn"]["bytes"], 5);

@@ -136,7 +136,7 @@ impl AuditChain {
         // killed mid-record): the fragment is moved aside and the cut is recorded
         // in this chain as a `loss` record (see `Sink::torn`).
         if let Some(offset) = torn {
-            self.torn = Some(crate::torn::cut(f, &path, offset).map_err(read_err)?);
+            self.torn = Some(crate::torn::cut(f, &path, offset, None).map_err(read_err)?);
         }
         let (Some(last), Some(hash)) = (report.last_seq, report.last_hash) else {
             if torn == Some(0) {

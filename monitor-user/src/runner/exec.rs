@@ -127,7 +127,8 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     report_layers(&opts, &layers);
     let setup = Setup::new(layers, opts.own_files(), opts.approval_timeout);
     if let Some((t, _)) = &opts.task {
-        tasks::admissible(t, &setup, rules.as_ref().unwrap_or(&Default::default()))?;
+        // Its events file is among the protected (setup's own files).
+        tasks::admissible(t, &setup, rules.as_ref().unwrap_or(&Default::default()), None)?;
     }
     let confinement = plan_confinement(&opts, &setup)?;
     let (out, _nats) =
@@ -347,7 +348,8 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
         RunError::Daemon(msg)
     };
     let events = match &opts.events {
-        Some(p) if p.as_os_str() != "-" => Some(absolute(p).map_err(|e| abort(e.to_string()))?),
+        // With its symlinks resolved: the daemon follows none (runner/tasklog.rs).
+        Some(p) if p.as_os_str() != "-" => Some(super::setup::canonical(p)),
         _ => None,
     };
     let req = ctl::Request::Start {

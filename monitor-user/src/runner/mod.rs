@@ -20,6 +20,7 @@ pub mod select;
 mod serve;
 mod setup;
 mod subtask;
+mod tasklog;
 mod tasks;
 mod watchdog;
 
@@ -66,6 +67,8 @@ pub enum RunError {
     Delegation(String),
     #[error(transparent)]
     Enforce(#[from] crate::enforce::EnforceError),
+    #[error("the task's events file: {0}")]
+    TaskLog(#[from] tasklog::TaskLogError),
     #[error("{0}")]
     Output(String),
     #[error("the daemon refused the task: {0}")]

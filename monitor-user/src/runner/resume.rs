@@ -93,7 +93,7 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
             keeper: s.keeper.clone(),
         };
         let (ended, left) = (s.ended, pids.len());
-        match bind(e, task, r, Binding::Resumed { cgroup: cg, pids, gap, kept, ended }) {
+        match bind(e, task, r, Binding::Resumed { cgroup: cg, log: s.events_file, pids, gap, kept, ended }) {
             Ok(id) if ended => {
                 tracing::warn!("task {id} had ended; the {left} processes it left behind stay bound to it")
             }

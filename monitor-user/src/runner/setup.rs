@@ -56,7 +56,7 @@ impl Setup {
 
 /// `p` absolute (against the working directory) and with symlinks resolved: the
 /// whole path when it exists, else its directory (an output not created yet).
-fn canonical(p: &std::path::Path) -> PathBuf {
+pub(crate) fn canonical(p: &std::path::Path) -> PathBuf {
     let abs = if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -86,6 +86,9 @@ pub struct Saved {
     pub root: u32,
     pub enforce: bool,
     pub events: Option<String>,
+    /// Which file `events` is (a restarted daemon opens that file or none).
+    #[serde(default)]
+    pub events_file: Option<super::tasklog::FileId>,
     pub cgroup: Option<PathBuf>,
     /// When the task expires (kept absolute: a restart does not extend it).
     #[serde(default)]
@@ -265,6 +268,7 @@ mod tests {
                 root: 1,
                 enforce: false,
                 events: None,
+                events_file: None,
                 cgroup: None,
                 expires: None,
                 ended: false,

@@ -144,6 +144,7 @@ fn bind(
         root: s.root,
         enforce: child.enforce,
         events: None,
+        events_file: None,
         cgroup: None,
         expires: child.expires,
         ended: s.ended,

@@ -11,6 +11,7 @@ use super::{
     RunError,
     engine::Engine,
     setup::{Saved, Setup},
+    tasklog,
 };
 use crate::{
     ctl::{self, Reply},
@@ -20,7 +21,7 @@ use crate::{
     kernel::loader::Sensors,
     policy::RuleSet,
     proctable::Proc,
-    sink::{JsonLines, TaskFilter},
+    sink::TaskFilter,
     task::Task,
 };
 
@@ -55,8 +56,10 @@ pub enum Binding {
     /// long no daemon watched it, its cookie when the kernel kept tracking it
     /// meanwhile (the maps were taken over), and whether its end was recorded (then
     /// it is bound, with no new `task_start`, for the processes it left behind).
+    /// `log`: which file its events file was.
     Resumed {
         cgroup: TaskCgroup,
+        log: Option<super::tasklog::FileId>,
         pids: Vec<u32>,
         gap: Option<(Timestamp, Timestamp)>,
         kept: Option<u32>,
@@ -110,7 +113,7 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
         // Its record would be overwritten: the kernel's hold on its processes with it.
         return Reply::err(format!("{what}: task {} has a record here that was not resumed", task.id));
     }
-    if let Err(err) = admissible(&task, &e.setup, e.p.judge.rules()) {
+    if let Err(err) = admissible(&task, &e.setup, e.p.judge.rules(), r.events.as_deref().map(Path::new)) {
         return Reply::err(err.to_string());
     }
     if task.enforce
@@ -148,8 +151,13 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
 /// whose write or delete scope reaches agentmon's own files or the kernel
 /// interfaces that would let it escape, that needs a layer this host lacks, or
 /// that a `deny` rule could not be carried out for before the effect
-/// (policy/inline.rs).
-pub fn admissible(task: &Task, setup: &Setup, rules: &RuleSet) -> Result<(), enforce::EnforceError> {
+/// (policy/inline.rs). `log`: the task's own events file, agentmon's like the rest.
+pub fn admissible(
+    task: &Task,
+    setup: &Setup,
+    rules: &RuleSet,
+    log: Option<&Path>,
+) -> Result<(), enforce::EnforceError> {
     if !task.enforce {
         // An observed task is not sandboxed: what it may write is judged, not limited.
         return Ok(());
@@ -185,7 +193,8 @@ pub fn admissible(task: &Task, setup: &Setup, rules: &RuleSet) -> Result<(), enf
                 ));
             }
         }
-        if let Some(p) = setup.protected.iter().find(|p| set.reaches(p)) {
+        let log = log.map(super::setup::canonical);
+        if let Some(p) = setup.protected.iter().chain(&log).find(|p| set.reaches(p)) {
             return Err(refuse(
                 clause,
                 format!(
@@ -208,14 +217,34 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         _ => e.cookie(),
     };
     let id: Arc<str> = Arc::from(task.id.as_str());
-    // A per-task events file (the `--events` of the exec that registered).
+    // A per-task events file (the `--events` of the exec that registered). A new
+    // task's that cannot be opened refuses the task; a resumed task's is reported
+    // once the task is bound (its processes are never let go for it).
+    let how_log = match &how {
+        Binding::Resumed { log, .. } => tasklog::Open::Again(*log),
+        _ => tasklog::Open::New,
+    };
+    let (mut log, mut log_lost) = (None, None);
     if let Some(path) = &r.events {
-        let lines = JsonLines::file(Path::new(path))?;
-        e.out.push_keyed(id.clone(), Box::new(TaskFilter::new(id.clone(), lines)));
+        match tasklog::open(Path::new(path), how_log) {
+            Ok((lines, file)) => {
+                e.out.push_keyed(id.clone(), Box::new(TaskFilter::new(id.clone(), lines)));
+                log = Some(file);
+            }
+            Err(err) if how_log != tasklog::Open::New => log_lost = Some(err.to_string()),
+            Err(err) => return Err(err.into()),
+        }
     }
     let resumed = matches!(how, Binding::Resumed { .. });
     if task.enforce && e.setup.layers.lsm {
-        // Before a process of the task can run under the cookie.
+        // Before a process of the task can run under the cookie; its events file
+        // is agentmon's (the scope was checked not to reach it by name).
+        if let (Some(path), Some(maps)) =
+            (r.events.as_ref().filter(|_| log.is_some()), e.sensors.lsm.as_mut())
+        {
+            let k = maps.ident(Path::new(path), true)?;
+            maps.protect(&[k])?;
+        }
         enroll(e, c, &task, &r.launch, 0)?;
     }
     let observed = matches!(how, Binding::Resumed { kept: Some(_), .. });
@@ -275,7 +304,9 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         file: r.file.clone(),
         root: r.pid,
         enforce: task.enforce,
-        events: r.events.clone(),
+        // One that could not be opened again is not tried again.
+        events: r.events.clone().filter(|_| log.is_some()),
+        events_file: log,
         cgroup: cgroup.as_ref().map(|c| c.path.clone()),
         expires: task.expires,
         ended,
@@ -309,6 +340,10 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
     }
     if let Some(st) = &e.setup.state {
         st.record(&saved);
+    }
+    if let Some(why) = log_lost {
+        let why = format!("{why}; the task's events go to agentmon's other outputs only");
+        e.tamper(r.pid, Some(c), "events file", &why, false);
     }
     Ok(id.to_string())
 }

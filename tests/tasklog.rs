@@ -1,0 +1,167 @@
+//! A task's own events file (`agentmon exec --daemon … --events FILE`) is opened by
+//! the root daemon at a path the operator chose, and again by every restarted
+//! daemon. An agent that can reach that path must not turn it against agentmon:
+//! swapped for a symlink, the daemon would append to (and cut the torn tail of)
+//! whatever it points at; swapped for a directory, the task's resume failed and
+//! its processes were let go, unobserved.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use agentmon::event::{Event, Kind};
+
+use crate::{
+    R,
+    daemon::{daemon_paths, start_daemon, stop},
+    support::{self, SCENARIO_ENV, agentmon, ensure, eq, wait, workdir},
+};
+
+fn events(p: &Path) -> Result<Vec<Event>, String> {
+    let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok(support::parse_stream(&text)?.0)
+}
+
+/// Task `id` in `d`: writes under `d/<id>/**` (`enforce`: held to it), runs this
+/// test binary.
+fn task(d: &Path, id: &str, enforce: bool) -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(d.join(id).join("repo")).map_err(|e| e.to_string())?;
+    let t = d.join(format!("{id}.yaml"));
+    let mode = if enforce { "enforcement: enforce\n" } else { "" };
+    std::fs::write(
+        &t,
+        format!(
+            "id: {id}\nmode: execute\n{mode}scope:\n  write: [\"{}/**\"]\n  exec: [\"{}\"]\n",
+            d.join(id).display(),
+            me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(t)
+}
+
+/// `agentmon exec` registering task `t` with the daemon at `sock`, its own events in
+/// `log`; the command waits for `d/go`, then writes inside its scope.
+fn exec(sock: &Path, t: &Path, log: &Path, d: &Path, id: &str) -> Result<Command, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut c = Command::new(agentmon());
+    c.args(["exec", "--quiet", "--daemon"]).arg(sock).arg("--events").arg(log).arg("--task").arg(t).arg("--");
+    c.arg(me).arg(d.join(id)).arg(format!("wait={}", d.join("go").display())).arg("write_in");
+    c.env(SCENARIO_ENV, "attempts").stdin(Stdio::null()).stderr(Stdio::piped());
+    Ok(c)
+}
+
+pub fn task_events_files_are_kept_from_agents() -> R {
+    let d = workdir("task-log");
+    let (sock, all) = daemon_paths(&d);
+    let logs = d.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+    // What a planted symlink would point the daemon at: its unterminated last line
+    // is what a torn-tail cut would move away.
+    let victim = d.join("victim.conf");
+    let precious = b"keep = this\nunterminated";
+    std::fs::write(&victim, precious).map_err(|e| e.to_string())?;
+
+    // An enforced task whose scope reaches its own events file could rewrite its
+    // record: refused, naming the file.
+    let t = task(&d, "inside", true)?;
+    let first = start_daemon(&d, "")?;
+    let result = (|| -> Result<(), String> {
+        let inside = d.join("inside/repo/inside.jsonl");
+        let out = exec(&sock, &t, &inside, &d, "inside")?.output().map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure(out.status.code() != Some(0), || {
+            format!("a task whose scope covers its events file ran: {err}")
+        })?;
+        if support::can_enforce() {
+            ensure(err.contains("inside.jsonl") && err.contains("scope.write"), || {
+                format!("the refusal does not name the events file and the clause: {err}")
+            })?;
+        }
+        ensure(!d.join("inside/repo/results.txt").exists(), || "the refused task's command ran".into())?;
+        Ok(())
+    })();
+    let running: Vec<Result<Child, String>> = ["linked", "dir"]
+        .iter()
+        .map(|id| {
+            let t = task(&d, id, false)?;
+            exec(&sock, &t, &logs.join(format!("{id}.jsonl")), &d, id)?.spawn().map_err(|e| e.to_string())
+        })
+        .collect();
+    let started = |evs: &[Event], id: &str| {
+        evs.iter().filter(|e| e.kind == Kind::TaskStart && e.task.as_deref() == Some(id)).count()
+    };
+    let limit = Duration::from_secs(30) * support::slowdown();
+    let bound = wait(limit, || {
+        events(&all).is_ok_and(|evs| started(&evs, "linked") == 1 && started(&evs, "dir") == 1)
+    });
+    let said1 = stop(first);
+    // While no daemon runs, the agent swaps its events files.
+    let swap = (|| -> std::io::Result<()> {
+        std::fs::remove_file(logs.join("linked.jsonl"))?;
+        std::os::unix::fs::symlink(&victim, logs.join("linked.jsonl"))?;
+        std::fs::remove_file(logs.join("dir.jsonl"))?;
+        std::fs::create_dir(logs.join("dir.jsonl"))
+    })();
+    let second = start_daemon(&d, "");
+    if second.is_ok() {
+        crate::daemon::taken_up(&sock);
+    }
+    std::fs::write(d.join("go"), b"").map_err(|e| e.to_string())?;
+    let mut codes = Vec::new();
+    for c in running {
+        let out = c?.wait_with_output().map_err(|e| e.to_string())?;
+        codes.push((out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()));
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    let said2 = stop(second?)?;
+    let said1 = said1?;
+    result?;
+    swap.map_err(|e| format!("swapping the events files: {e}"))?;
+    ensure(bound, || format!("the tasks were never bound: {said1}"))?;
+    for (code, err) in &codes {
+        eq(&format!("exec exit ({err})"), *code, Some(0))?;
+    }
+    let now = std::fs::read(&victim).map_err(|e| e.to_string())?;
+    ensure(now == precious, || {
+        format!(
+            "the restarted daemon wrote through the planted symlink: the file it points at is now {:?}",
+            String::from_utf8_lossy(&now)
+        )
+    })?;
+    let evs = events(&all)?;
+    for id in ["linked", "dir"] {
+        eq(&format!("task_start records of {id} (resumed)"), started(&evs, id), 2)?;
+        // Still its own: bound again, its write attributed.
+        let wrote = format!("{}/{id}/repo/ok.txt", d.display());
+        let w = evs
+            .iter()
+            .find(|e| e.kind == Kind::FileCreate && e.path.as_deref() == Some(wrote.as_str()))
+            .ok_or_else(|| format!("no file_create of {wrote}: {said2}"))?;
+        eq(&format!("task of {id}'s write"), w.task.as_deref(), Some(id))?;
+        // The swap is said, for that task.
+        let log = format!("{}/{id}.jsonl", logs.display());
+        let t = evs
+            .iter()
+            .find(|e| {
+                e.kind == Kind::Tamper
+                    && e.task.as_deref() == Some(id)
+                    && e.reason.as_deref().is_some_and(|r| r.contains(&log))
+            })
+            .ok_or_else(|| format!("no tamper record of {id}'s swapped events file {log}: {said2}"))?;
+        eq(
+            &format!("{id}'s tamper attempt"),
+            t.detail.get("attempt").and_then(|v| v.as_str()),
+            Some("events file"),
+        )?;
+    }
+    ensure(
+        logs.join("dir.jsonl").is_dir()
+            && std::fs::read_dir(logs.join("dir.jsonl")).is_ok_and(|mut r| r.next().is_none()),
+        || "the daemon wrote into the directory planted at dir's events file".into(),
+    )?;
+    Ok(())
+}
