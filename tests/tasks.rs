@@ -446,3 +446,66 @@ fn steps_in(enforce: bool) -> R {
     }
     Ok(())
 }
+
+/// An agent cleaning up inside its own delete scope (`rm -rf` of a 300-file tree)
+/// with the shipped rules: it runs to completion, and the burst is one alert — not
+/// a freeze (the task hung until an operator thawed it) and not one alert per
+/// delete after the 50th. The deletes past the alert carry the rule and no action.
+pub fn mass_delete_in_scope_runs_to_completion() -> R {
+    let d = workdir("mass-delete");
+    let tree = d.join("repo/tree");
+    for i in 0..300 {
+        let sub = tree.join(format!("d{}", i % 10));
+        std::fs::create_dir_all(&sub).map_err(|e| e.to_string())?;
+        std::fs::write(sub.join(format!("f{i}")), b"x").map_err(|e| e.to_string())?;
+    }
+    let rm = std::fs::canonicalize("/bin/rm").map_err(|e| e.to_string())?;
+    let manifest = d.join("task.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "id: cleanup\nmode: execute\nscope:\n  write: [\"{r}/**\"]\n  delete: [\"{r}/**\"]\n  exec: [\"{rm}\"]\n",
+            r = d.join("repo").display(),
+            rm = rm.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let events = d.join("events.jsonl");
+    let cmd = [rm.display().to_string(), "-rf".into(), tree.display().to_string()];
+    let mut child = support::exec_command(&events, &["--task", manifest.to_str().unwrap()], &cmd, &[], &d)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let limit = Duration::from_secs(60) * support::slowdown();
+    let mut code = None;
+    support::wait(limit, || {
+        code = child.try_wait().ok().flatten().map(|s| s.code());
+        code.is_some()
+    });
+    let Some(code) = code else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(
+            format!("rm -rf inside the task's delete scope did not finish in {limit:?}: frozen?").into()
+        );
+    };
+    eq("exit", code, Some(0))?;
+    ensure(!tree.exists(), || "the tree is still there".into())?;
+    let text = std::fs::read_to_string(&events).map_err(|e| e.to_string())?;
+    let (evs, alerts) = support::parse_stream(&text)?;
+    let deletes: Vec<&Event> = evs.iter().filter(|e| e.kind == Kind::FileDelete).collect();
+    ensure(deletes.len() >= 300, || format!("{} file_delete events, want 300", deletes.len()))?;
+    let mass: Vec<_> = alerts.iter().filter(|a| a.rule.as_deref() == Some("fs.mass-delete")).collect();
+    eq("fs.mass-delete alerts", mass.len(), 1)?;
+    eq("its action", &*mass[0].action, "alert")?;
+    eq("alerts in all", alerts.len(), 1)?;
+    let after: Vec<&&Event> = deletes.iter().skip_while(|e| e.id != mass[0].event.id).skip(1).collect();
+    ensure(after.len() >= 200, || format!("{} deletes after the alert", after.len()))?;
+    for e in after {
+        eq(
+            "a later delete of the burst: (rule, verdict, action)",
+            (e.rule.as_deref(), verdict(e), e.action.as_deref()),
+            (Some("fs.mass-delete"), Some("violation"), Some("none")),
+        )?;
+    }
+    Ok(())
+}

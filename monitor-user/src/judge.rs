@@ -174,6 +174,7 @@ impl Judge {
                     "approval {id} was for {was}; the file the kernel was about to run in its place was \
                      refused"
                 ),
+                burst: 0,
             });
         }
         if bound.is_some_and(|b| b.task.enforce)
@@ -206,6 +207,7 @@ impl Judge {
             rule: None,
             clause: Some("tamper"),
             message: ev.reason.clone().unwrap_or_else(|| "an attempt against agentmon".into()),
+            burst: 0,
         });
         alert(ev, &v, info)
     }

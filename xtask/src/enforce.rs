@@ -5,9 +5,9 @@
 //! approval (the per-call cost of holding, resolving and performing), and the
 //! operator round trip of `agentmon approve` for held calls.
 //!
-//! Tasks run with `--no-rules`: the loops are what the shipped rules exist to stop
-//! (a tight delete loop is `fs.mass-delete`, which freezes the task); the rules'
-//! own cost is in `cargo xtask bench`.
+//! Tasks run with `--no-rules`: the loops are what the shipped rules exist to flag
+//! (a tight delete loop is `fs.mass-delete`, outside the scope a freeze); the
+//! rules' own cost is in `cargo xtask bench`.
 
 use std::{
     collections::BTreeMap,

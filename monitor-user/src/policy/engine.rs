@@ -30,7 +30,25 @@ pub struct Ctx<'a> {
 /// keeps; passed in by the caller so the engine itself stays a function.
 #[derive(Debug, Default)]
 pub struct Windows {
-    hits: HashMap<(String, u16), VecDeque<Timestamp>>,
+    hits: HashMap<(String, u16), Window>,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    /// The last `count` hits.
+    q: VecDeque<Timestamp>,
+    /// Matches since the rate was first exceeded, while it still is (a burst).
+    burst: Option<u32>,
+}
+
+/// How a rule matched an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hit {
+    /// A finding: a rule without a rate, or a rate rule's window just filled.
+    New,
+    /// A rate rule whose burst was already reported, the rate still exceeded: the
+    /// n-th match since (one burst, one alert).
+    Burst(u32),
 }
 
 impl Windows {
@@ -46,13 +64,28 @@ impl Windows {
         at: Timestamp,
         count: u32,
         within: std::time::Duration,
-    ) -> bool {
-        let q = self.hits.entry((task.unwrap_or("").to_string(), rule)).or_default();
-        q.push_back(at);
-        while q.len() > count as usize {
-            q.pop_front();
+    ) -> Option<Hit> {
+        let w = self.hits.entry((task.unwrap_or("").to_string(), rule)).or_default();
+        w.q.push_back(at);
+        while w.q.len() > count as usize {
+            w.q.pop_front();
         }
-        q.len() >= count as usize && q.front().is_some_and(|f| at.0 - f.0 <= within.as_nanos() as i128)
+        let full = w.q.len() >= count as usize
+            && w.q.front().is_some_and(|f| at.0 - f.0 <= within.as_nanos() as i128);
+        match (full, &mut w.burst) {
+            (false, b) => {
+                *b = None;
+                None
+            }
+            (true, Some(n)) => {
+                *n += 1;
+                Some(Hit::Burst(*n))
+            }
+            (true, b) => {
+                *b = Some(0);
+                Some(Hit::New)
+            }
+        }
     }
 }
 
@@ -74,7 +107,7 @@ impl<'a> From<&'a ExampleCtx> for MatchCtx<'a> {
     }
 }
 
-/// Does `rule` (index `idx`) match? Conditions are checked cheapest first.
+/// Does `rule` (index `idx`) match, and how? Conditions are checked cheapest first.
 pub(super) fn rule_matches<'a>(
     rule: &Rule,
     idx: u16,
@@ -82,8 +115,16 @@ pub(super) fn rule_matches<'a>(
     cx: impl Into<MatchCtx<'a>>,
     task: Option<&str>,
     win: &mut Windows,
-) -> bool {
-    let cx: MatchCtx = cx.into();
+) -> Option<Hit> {
+    conditions_hold(rule, ev, cx.into()).then_some(())?;
+    match rule.matcher.rate {
+        Some((count, within)) => win.hit(task, idx, ev.ts, count, within),
+        None => Some(Hit::New),
+    }
+}
+
+/// Every condition of `rule` but its rate holds for `ev`.
+fn conditions_hold(rule: &Rule, ev: &Event, cx: MatchCtx) -> bool {
     let m = &rule.matcher;
     if !m.kinds.is_empty() && !m.kinds.contains(&ev.kind) {
         return false;
@@ -146,10 +187,7 @@ pub(super) fn rule_matches<'a>(
             return false;
         }
     }
-    match m.rate {
-        Some((count, within)) => win.hit(task, idx, ev.ts, count, within),
-        None => true,
-    }
+    true
 }
 
 /// The policy engine: rules plus the scope judge.
@@ -178,20 +216,37 @@ impl Engine {
         };
         let task_id = cx.task.map(|t| t.id.as_str());
         for (i, rule) in self.rules.indexed_for_kind(ev.kind) {
-            if rule_matches(rule, i, ev, mcx, task_id, win) {
-                v.add(Reason {
-                    verdict: if rule.action == Action::RequireApproval {
-                        VerdictKind::NeedsApproval
+            let Some(hit) = rule_matches(rule, i, ev, mcx, task_id, win) else {
+                continue;
+            };
+            let verdict = if rule.action == Action::RequireApproval {
+                VerdictKind::NeedsApproval
+            } else {
+                VerdictKind::Violation
+            };
+            let (action, message, burst) = match hit {
+                Hit::New => (rule.action, rule.description.clone(), 0),
+                // Alerted and contained at the burst's start; a held or refused
+                // call is still held or refused each time.
+                Hit::Burst(n) => (
+                    if matches!(rule.action, Action::RequireApproval | Action::Deny) {
+                        rule.action
                     } else {
-                        VerdictKind::Violation
+                        Action::None
                     },
-                    action: rule.action,
-                    severity: rule.severity,
-                    rule: Some(rule.id.clone()),
-                    clause: None,
-                    message: rule.description.clone(),
-                });
-            }
+                    format!("{} (the same burst: {n} more since its alert)", rule.description),
+                    n,
+                ),
+            };
+            v.add(Reason {
+                verdict,
+                action,
+                severity: rule.severity,
+                rule: Some(rule.id.clone()),
+                clause: None,
+                message,
+                burst,
+            });
         }
         v
     }

@@ -106,7 +106,7 @@ pub fn check(set: &RuleSet) -> Vec<ExampleFailure> {
             for i in 0..ex.repeat.unwrap_or(1).max(1) {
                 let mut ev = ev.clone();
                 ev.ts = Timestamp(i as i128 * 1_000_000);
-                hit = super::engine::rule_matches(rule, 0, &ev, &cx, None, &mut win);
+                hit = super::engine::rule_matches(rule, 0, &ev, &cx, None, &mut win).is_some();
             }
             if hit != *want {
                 let what = if *want { "should match but does not" } else { "should not match but does" };

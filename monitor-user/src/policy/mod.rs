@@ -124,6 +124,9 @@ pub struct Reason {
     /// Scope clause (`scope.write`, `mode`, `expires`, `approval_required`), when the task's scope decided.
     pub clause: Option<&'static str>,
     pub message: String,
+    /// A rate rule's match inside a burst already reported (the n-th since): no
+    /// alert of its own. 0 otherwise.
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,8 +158,12 @@ impl Verdict {
         }
     }
 
-    /// Worth an alert record: outside the task, a rule hit, or waiting for approval.
+    /// Worth an alert record: outside the task, a rule hit, or waiting for approval
+    /// — unless all it says is that a burst already reported goes on.
     pub fn alerts(&self) -> bool {
+        if !self.reasons.is_empty() && self.reasons.iter().all(|r| r.burst > 0) {
+            return false;
+        }
         self.verdict != VerdictKind::InScope || self.action >= Action::Alert
     }
 }

@@ -17,6 +17,7 @@ fn out(clause: &'static str, message: String) -> Option<Reason> {
         rule: None,
         clause: Some(clause),
         message,
+        burst: 0,
     })
 }
 
@@ -121,6 +122,7 @@ pub fn judge(ev: &Event, task: &Task, launch: bool) -> Option<Reason> {
                 .reason
                 .clone()
                 .unwrap_or_else(|| "an attempt against agentmon or the task's confinement".into()),
+            burst: 0,
         }),
         Kind::Fork
         | Kind::Exit
@@ -146,6 +148,7 @@ pub fn judge(ev: &Event, task: &Task, launch: bool) -> Option<Reason> {
             rule: None,
             clause: Some("approval_required"),
             message: format!("{} needs approval", op.as_str()),
+            burst: 0,
         });
     }
     None

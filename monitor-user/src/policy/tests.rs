@@ -268,6 +268,44 @@ fn rate_rule_counts_per_task_within_the_window() {
 }
 
 #[test]
+fn a_burst_is_one_alert_and_only_outside_the_scope_a_freeze() {
+    let engine = Engine::new(shipped::rules().unwrap());
+    let t = task("id: t\nmode: execute\nscope:\n  write: [\"/srv/**\"]\n  delete: [\"/srv/**\"]\n");
+    let cx = Ctx { task: Some(&t), ..Default::default() };
+    let judge = |win: &mut Windows, p: &str, i: i128| {
+        let mut e = path(Kind::FileDelete, p);
+        e.ts = Timestamp(T0.0 + i);
+        engine.judge(&e, &cx, win)
+    };
+    // 400 deletes in scope, 1 ms apart: the 50th alerts (no freeze), the rest carry
+    // the rule with no action and no alert of their own.
+    let mut win = Windows::default();
+    let vs: Vec<Verdict> = (0..400).map(|i| judge(&mut win, "/srv/x", i * 1_000_000)).collect();
+    let alerted: Vec<usize> = (0..400).filter(|&i| vs[i].alerts()).collect();
+    assert_eq!(alerted, vec![49]);
+    assert_eq!((vs[49].action, vs[49].reasons[0].rule.as_deref()), (Action::Alert, Some("fs.mass-delete")));
+    for v in &vs[50..] {
+        assert_eq!(
+            (v.verdict, v.action, v.reasons[0].burst > 0),
+            (VerdictKind::Violation, Action::None, true)
+        );
+    }
+    assert_eq!(vs[399].reasons[0].burst, 350);
+    // Once the rate falls below, the next burst is a finding again.
+    let later = 400 * 1_000_000 + 60_000_000_000;
+    let again: Vec<bool> =
+        (0..50).map(|i| judge(&mut win, "/srv/x", later + i * 1_000_000).alerts()).collect();
+    assert_eq!(again.iter().position(|a| *a), Some(49));
+    // Outside the scope: every delete is out of scope (its own alert) and the 50th
+    // freezes; the burst after does not freeze again.
+    let mut win = Windows::default();
+    let vs: Vec<Verdict> = (0..60).map(|i| judge(&mut win, "/etc/x", i * 1_000_000)).collect();
+    let froze: Vec<usize> = (0..60).filter(|&i| vs[i].action == Action::Freeze).collect();
+    assert_eq!(froze, vec![49]);
+    assert!(vs.iter().all(Verdict::alerts), "each out-of-scope delete is its own finding");
+}
+
+#[test]
 fn rule_errors_name_file_and_line() {
     let cases = [
         (
