@@ -167,6 +167,8 @@ pub(crate) fn stop(daemon: Child) -> Result<String, String> {
     let out = daemon.wait_with_output().map_err(|e| e.to_string())?;
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     ensure(out.status.code() == Some(0), || format!("daemon exit {:?}: {err}", out.status))?;
+    // Its stderr is a pipe, as a journal is: no colour codes in it.
+    ensure(!err.contains('\x1b'), || format!("ANSI escapes in the daemon's diagnostics: {err:?}"))?;
     Ok(err)
 }
 

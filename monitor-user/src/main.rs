@@ -4,7 +4,10 @@ fn main() {
     let cli = agentmon::cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colour only for a person at a terminal: escape codes in a journal or a log
+    // file are noise to whoever reads or greps it.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     let code = match agentmon::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
