@@ -462,14 +462,14 @@ pub fn daemon_selectors_attach_agents() -> R {
     Ok(())
 }
 
-/// An enforced task `id` in `d/gate.yaml` whose deletes are held for approval; its
-/// files in d/g/repo (a.txt to delete). Returns (d/g, the manifest, this binary).
+/// An enforced task `id` in `d/<id>.yaml` whose deletes are held for approval; its
+/// files in d/<id>/repo (a.txt to delete). Returns (d/<id>, the manifest, this binary).
 fn gated_task(d: &Path, id: &str) -> Result<(PathBuf, PathBuf, PathBuf), String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let g = d.join("g");
+    let g = d.join(id);
     std::fs::create_dir_all(g.join("repo")).map_err(|e| e.to_string())?;
     std::fs::write(g.join("repo/a.txt"), "a").map_err(|e| e.to_string())?;
-    let task = d.join("gate.yaml");
+    let task = d.join(format!("{id}.yaml"));
     std::fs::write(
         &task,
         format!(
@@ -483,9 +483,8 @@ fn gated_task(d: &Path, id: &str) -> Result<(PathBuf, PathBuf, PathBuf), String>
     Ok((g, task, me))
 }
 
-/// Waits for task `id`'s held delete of g/repo/a.txt to be asked for, checks it is
-/// still held, and approves it.
-fn approve_the_delete(all: &Path, sock: &Path, g: &Path, id: &str, limit: Duration) -> Result<(), String> {
+/// The approval id of task `id`'s held call, once it is asked for.
+fn held_approval(all: &Path, id: &str, limit: Duration) -> Result<String, String> {
     let mut held = None;
     wait(limit, || {
         held = events(all).ok().and_then(|evs| {
@@ -495,45 +494,89 @@ fn approve_the_delete(all: &Path, sock: &Path, g: &Path, id: &str, limit: Durati
         });
         held.is_some()
     });
-    let held = held.ok_or("no approval_request from the daemon")?;
-    ensure(g.join("repo/a.txt").exists(), || "deleted before it was approved".into())?;
+    held.ok_or_else(|| format!("no approval_request of {id} from the daemon"))
+}
+
+/// `agentmon approve ID` at the daemon's socket.
+fn approve(sock: &Path, held: &str) -> Result<(), String> {
     let out = Command::new(agentmon())
-        .args(["approve", &held, "--socket"])
+        .args(["approve", held, "--socket"])
         .arg(sock)
         .output()
         .map_err(|e| e.to_string())?;
     ensure(out.status.success(), || format!("approve: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
-/// An enforced task with an approval gate, registered with a daemon: `agentmon exec`
-/// hands the task's approval listener to the daemon, which holds the delete until an
-/// operator approves it, then performs it.
+/// Waits for task `id`'s held delete of g/repo/a.txt to be asked for, checks it is
+/// still held, and approves it.
+fn approve_the_delete(all: &Path, sock: &Path, g: &Path, id: &str, limit: Duration) -> Result<(), String> {
+    let held = held_approval(all, id, limit)?;
+    ensure(g.join("repo/a.txt").exists(), || "deleted before it was approved".into())?;
+    approve(sock, &held)
+}
+
+/// Two enforced tasks with approval gates, registered with one daemon: `agentmon
+/// exec` hands each task's approval listener to the daemon, which holds each delete
+/// until an operator approves it, then performs it. Each held call has an id of
+/// its own: approving one task's never lets another's through (the ids were
+/// counted per gate, so both tasks' first calls were `<pid>-1`, and approving one
+/// performed whichever gate was found first).
 pub fn daemon_holds_approval_gates() -> R {
     let d = workdir("daemon-gate");
     let (sock, all) = daemon_paths(&d);
     let daemon = start_daemon(&d, "approval_timeout: 30s\n")?;
-    let (g, task, me) = gated_task(&d, "gated-daemon")?;
-    let child = under_daemon(&sock, &task)
-        .arg(&me)
-        .arg(&g)
-        .arg("delete=repo/a.txt")
-        .env(SCENARIO_ENV, "gated")
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let result = approve_the_delete(&all, &sock, &g, "gated-daemon", Duration::from_secs(20));
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let limit = Duration::from_secs(20) * support::slowdown();
+    let spawn = |id: &str| -> Result<(PathBuf, Child), String> {
+        let (g, task, me) = gated_task(&d, id)?;
+        let child = under_daemon(&sock, &task)
+            .arg(&me)
+            .arg(&g)
+            .arg("delete=repo/a.txt")
+            .env(SCENARIO_ENV, "gated")
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        Ok((g, child))
+    };
+    let (a, b) = (spawn("gated-a"), spawn("gated-b"));
+    let result = (|| -> Result<(String, String, bool), String> {
+        let (ga, gb) = (&a.as_ref()?.0, &b.as_ref()?.0);
+        let (ida, idb) = (held_approval(&all, "gated-a", limit)?, held_approval(&all, "gated-b", limit)?);
+        ensure(ga.join("repo/a.txt").exists() && gb.join("repo/a.txt").exists(), || {
+            "deleted before it was approved".into()
+        })?;
+        approve(&sock, &ida)?;
+        let a_done = wait(limit, || !ga.join("repo/a.txt").exists());
+        std::thread::sleep(Duration::from_millis(300) * support::slowdown());
+        let b_held = gb.join("repo/a.txt").exists();
+        approve(&sock, &idb)?;
+        ensure(a_done, || "the approved delete did not happen".into())?;
+        Ok((ida, idb, b_held))
+    })();
+    let mut outs = Vec::new();
+    for r in [a, b] {
+        let (g, child) = r?;
+        outs.push((g, child.wait_with_output().map_err(|e| e.to_string())?));
+    }
     std::thread::sleep(Duration::from_millis(700));
     stop(daemon)?;
-    result?;
-    eq("exec exit", out.status.code(), Some(0))?;
-    let results = std::fs::read_to_string(g.join("repo/results.txt")).map_err(|e| e.to_string())?;
-    eq("the agent's result", results.trim(), "delete 0")?;
-    ensure(!g.join("repo/a.txt").exists(), || "the approved delete did not happen".into())?;
+    let (ida, idb, b_held) = result?;
+    ensure(ida != idb, || format!("two tasks' held calls share the approval id {ida}"))?;
+    ensure(b_held, || "approving one task's call let another task's held delete through".into())?;
+    for (g, out) in &outs {
+        eq("exec exit", out.status.code(), Some(0))?;
+        let results = std::fs::read_to_string(g.join("repo/results.txt")).map_err(|e| e.to_string())?;
+        eq("the agent's result", results.trim(), "delete 0")?;
+        ensure(!g.join("repo/a.txt").exists(), || "the approved delete did not happen".into())?;
+    }
     let evs = events(&all)?;
-    let decided = evs.iter().find(|e| e.kind == Kind::Approval).ok_or("no approval event")?;
-    eq("decision", decided.detail.get("decision").and_then(|v| v.as_str()), Some("approved"))?;
-    eq("task", decided.task.as_deref(), Some("gated-daemon"))?;
+    for id in ["gated-a", "gated-b"] {
+        let decided = evs
+            .iter()
+            .find(|e| e.kind == Kind::Approval && e.task.as_deref() == Some(id))
+            .ok_or_else(|| format!("no approval event of {id}"))?;
+        eq("decision", decided.detail.get("decision").and_then(|v| v.as_str()), Some("approved"))?;
+    }
     Ok(())
 }
 

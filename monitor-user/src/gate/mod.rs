@@ -87,10 +87,19 @@ struct Decided {
     new_path: Option<String>,
 }
 
+/// Held calls' ids: `<agentmon's pid>-<n>`, `n` counted across every gate of this
+/// agentmon. Counted per gate, two tasks' first calls were both `<pid>-1`, and an
+/// operator's approval for one was performed on whichever gate was found first.
+static HELD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn next_id() -> String {
+    let n = HELD.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    format!("{}-{n}", std::process::id())
+}
+
 pub struct Gate {
     listener: AsyncFd<OwnedFd>,
     pub timeout: Duration,
-    seq: u32,
     pending: BTreeMap<String, Pending>,
     standing: Vec<Standing>,
     decided: HashMap<u32, Decided>,
@@ -172,7 +181,6 @@ impl Gate {
             // SAFETY: the AsyncFd owns the listener fd for as long as it is registered.
             listener: unsafe { AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE) }?,
             timeout,
-            seq: 0,
             pending: BTreeMap::new(),
             standing: Vec::new(),
             decided: HashMap::new(),
@@ -338,8 +346,7 @@ impl Gate {
             .iter()
             .find(|s| s.task == bound.id && s.op == g.op && path.starts_with(&s.under))
             .map(|s| s.id.clone());
-        self.seq += 1;
-        let id = format!("{}-{}", std::process::id(), self.seq);
+        let id = next_id();
         ev.verdict = Some(Cow::Borrowed(v.verdict.as_str()));
         ev.action = Some(Cow::Borrowed(v.action.as_str()));
         ev.rule = v.reasons.first().and_then(|r| r.rule.clone());
