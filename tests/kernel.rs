@@ -96,6 +96,7 @@ fn main() {
         ("escaped_forks_stay_enforced", daemon::escaped_forks_stay_enforced),
         ("daemon_pins_despite_a_planted_name", daemon::daemon_pins_despite_a_planted_name),
         ("task_events_files_are_kept_from_agents", tasklog::task_events_files_are_kept_from_agents),
+        ("restart_keeps_a_tasks_paths", tasklog::restart_keeps_a_tasks_paths),
         ("mass_delete_in_scope_runs_to_completion", tasks::mass_delete_in_scope_runs_to_completion),
         ("daemon_kills_expired_tasks", daemon::daemon_kills_expired_tasks),
         ("exec_ends_expired_tasks", expiry::exec_ends_expired_tasks),

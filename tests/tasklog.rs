@@ -1,9 +1,13 @@
-//! A task's own events file (`agentmon exec --daemon … --events FILE`) is opened by
-//! the root daemon at a path the operator chose, and again by every restarted
-//! daemon. An agent that can reach that path must not turn it against agentmon:
-//! swapped for a symlink, the daemon would append to (and cut the torn tail of)
-//! whatever it points at; swapped for a directory, the task's resume failed and
-//! its processes were let go, unobserved.
+//! What a restarted daemon opens and grants again for a task, while the agent may
+//! have changed the file system meanwhile.
+//! - A task's own events file (`agentmon exec --daemon … --events FILE`) is opened
+//!   by the root daemon at a path the operator chose, and again by every restarted
+//!   daemon: swapped for a symlink, the daemon would append to (and cut the torn
+//!   tail of) whatever it points at; swapped for a directory, the task's resume
+//!   failed and its processes were let go, unobserved.
+//! - A task's scope: its manifest parsed again resolves a directory swapped for a
+//!   symlink to wherever it points, which moved the scope (the judge's and the BPF
+//!   LSM grants) there.
 
 use std::{
     path::{Path, PathBuf},
@@ -18,6 +22,15 @@ use crate::{
     daemon::{daemon_paths, start_daemon, stop},
     support::{self, SCENARIO_ENV, agentmon, ensure, eq, wait, workdir},
 };
+
+/// Whether the daemon in `d` has taken task `id`'s approval gate from its exec (its
+/// record names the kept copy): stopped before, the exec stops the command.
+fn gate_taken(d: &Path, id: &str) -> bool {
+    std::fs::read(d.join(format!("state/{id}.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| !v["keeper"]["gate"].is_null())
+}
 
 fn events(p: &Path) -> Result<Vec<Event>, String> {
     let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -97,6 +110,8 @@ pub fn task_events_files_are_kept_from_agents() -> R {
     let limit = Duration::from_secs(30) * support::slowdown();
     let bound = wait(limit, || {
         events(&all).is_ok_and(|evs| started(&evs, "linked") == 1 && started(&evs, "dir") == 1)
+            && gate_taken(&d, "linked")
+            && gate_taken(&d, "dir")
     });
     let said1 = stop(first);
     // While no daemon runs, the agent swaps its events files.
@@ -163,5 +178,86 @@ pub fn task_events_files_are_kept_from_agents() -> R {
             && std::fs::read_dir(logs.join("dir.jsonl")).is_ok_and(|mut r| r.next().is_none()),
         || "the daemon wrote into the directory planted at dir's events file".into(),
     )?;
+    Ok(())
+}
+
+/// A directory the scope names (`delete: d/repo/sub/**`) is swapped for a symlink
+/// to another while no daemon runs (the agent may: it is inside its write scope).
+/// The restarted daemon holds the task to the paths it started with: a delete
+/// through the link is out of scope (refused, enforced), and the swap is said.
+pub fn restart_keeps_a_tasks_paths() -> R {
+    let d = workdir("task-paths");
+    let (sock, all) = daemon_paths(&d);
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let (repo, outside) = (d.join("repo"), d.join("outside"));
+    std::fs::create_dir_all(repo.join("sub")).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&outside).map_err(|e| e.to_string())?;
+    std::fs::write(outside.join("victim"), b"keep").map_err(|e| e.to_string())?;
+    // A delete scope narrower than the write scope is enforced on the BPF LSM tier
+    // only (Landlock refuses it): elsewhere the task is observed, and judged.
+    let enforce = support::bpf_lsm();
+    let t = d.join("paths.yaml");
+    std::fs::write(
+        &t,
+        format!(
+            "id: paths\nmode: execute\nenforcement: {}\nscope:\n  write: [\"{r}/**\"]\n  delete: [\"{r}/sub/**\"]\n  \
+             exec: [\"{me}\"]\n",
+            if enforce { "enforce" } else { "observe" },
+            r = repo.display(),
+            me = me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let first = start_daemon(&d, "")?;
+    let mut c = Command::new(agentmon());
+    c.args(["exec", "--quiet", "--daemon"]).arg(&sock).arg("--task").arg(&t).arg("--");
+    c.arg(&me).arg(&d).arg(format!("wait={}", d.join("go").display()));
+    c.arg(format!("delete={}", repo.join("sub/victim").display()));
+    let exec = c.env(SCENARIO_ENV, "attempts").stdin(Stdio::null()).stderr(Stdio::piped()).spawn();
+    let limit = Duration::from_secs(30) * support::slowdown();
+    let running =
+        |evs: &[Event]| evs.iter().any(|e| e.kind == Kind::Exec && e.task.as_deref() == Some("paths"));
+    let bound = wait(limit, || events(&all).is_ok_and(|evs| running(&evs)) && gate_taken(&d, "paths"));
+    let said1 = stop(first);
+    let swap = std::fs::remove_dir(repo.join("sub"))
+        .and_then(|()| std::os::unix::fs::symlink(&outside, repo.join("sub")));
+    let second = start_daemon(&d, "");
+    if second.is_ok() {
+        crate::daemon::taken_up(&sock);
+    }
+    std::fs::write(d.join("go"), b"").map_err(|e| e.to_string())?;
+    let out = exec.map_err(|e| e.to_string())?.wait_with_output().map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(1200));
+    let said2 = stop(second?)?;
+    let said1 = said1?;
+    swap.map_err(|e| format!("swapping the directory: {e}"))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure(bound, || format!("the task never ran: {err}; the daemon said: {said1}"))?;
+    eq(&format!("exec exit ({err})"), out.status.code(), Some(0))?;
+    let evs = events(&all)?;
+    // The kernel reports the path it resolved: the file the link leads to.
+    let victim = outside.join("victim");
+    let del = evs
+        .iter()
+        .find(|e| e.kind == Kind::FileDelete && e.path.as_deref() == victim.to_str())
+        .ok_or_else(|| format!("no file_delete of {}: {said2}", victim.display()))?;
+    let want = if enforce { "denied" } else { "out_of_scope" };
+    eq(
+        "the delete through the link: (task, verdict)",
+        (del.task.as_deref(), del.verdict.as_deref()),
+        (Some("paths"), Some(want)),
+    )?;
+    ensure(!enforce || victim.exists(), || {
+        "the enforced task deleted a file outside its scope through the link".into()
+    })?;
+    let t = evs
+        .iter()
+        .find(|e| e.kind == Kind::Tamper && e.task.as_deref() == Some("paths"))
+        .ok_or_else(|| format!("no tamper record of the moved scope: {said2}"))?;
+    eq("its attempt", t.detail.get("attempt").and_then(|v| v.as_str()), Some("scope paths"))?;
+    let sub = format!("{}/sub/**", repo.display());
+    ensure(t.reason.as_deref().is_some_and(|r| r.contains(&sub) && r.contains("now resolves to")), || {
+        format!("the tamper record does not say which path moved: {:?}", t.reason)
+    })?;
     Ok(())
 }

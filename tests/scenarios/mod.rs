@@ -578,6 +578,7 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             "write_in" => errno(fs::write(d.join("repo/ok.txt"), b"ok")),
             "write_out" => errno(fs::write(d.join("outside.txt"), b"no")),
             "delete_out" => errno(fs::remove_file(d.join("victim.txt"))),
+            "delete" => errno(fs::remove_file(arg)),
             "chmod_in" => {
                 errno(fs::set_permissions(d.join("repo/ok.txt"), fs::Permissions::from_mode(0o600)))
             }

@@ -80,6 +80,7 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
         };
         task.enforce |= s.enforce;
         task.expires = s.expires;
+        let moved = restore(&mut task, s.scope.as_ref());
         let r = StartReq {
             manifest: s.manifest,
             file: s.file,
@@ -93,7 +94,13 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
             keeper: s.keeper.clone(),
         };
         let (ended, left) = (s.ended, pids.len());
-        match bind(e, task, r, Binding::Resumed { cgroup: cg, log: s.events_file, pids, gap, kept, ended }) {
+        let bound =
+            bind(e, task, r, Binding::Resumed { cgroup: cg, log: s.events_file, pids, gap, kept, ended });
+        if let (Ok(id), Some(why)) = (&bound, moved) {
+            let c = e.p.contain.cookie(id);
+            e.tamper(s.root, c, "scope paths", &why, false);
+        }
+        match bound {
             Ok(id) if ended => {
                 tracing::warn!("task {id} had ended; the {left} processes it left behind stay bound to it")
             }
@@ -175,5 +182,67 @@ pub fn drop_unclaimed(e: &mut Engine) {
     }
     if let Some(l) = e.sensors.lsm.as_mut() {
         l.keep_tasks(&known);
+    }
+}
+
+/// Holds `t` (its manifest parsed again) to the paths `rec` recorded at its start;
+/// what the file system resolves differently now, said.
+pub fn restore(t: &mut crate::task::Task, rec: Option<&Paths>) -> Option<String> {
+    rec?.restore(t).unwrap_or_else(|e| {
+        Some(format!("its recorded scope could not be compiled ({e}): held to its manifest as parsed now"))
+    })
+}
+
+/// A task's path scope as resolved when it started. A restarted daemon holds the
+/// task to these, not to its manifest parsed again: the agent may have swapped a
+/// directory its scope names for a symlink meanwhile (`/w/sub` -> `/etc`), which
+/// would move the scope — the judge's and the BPF LSM grants — wherever it points.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Paths {
+    read: Vec<String>,
+    write: Vec<String>,
+    delete: Vec<String>,
+    exec: Vec<String>,
+}
+
+impl Paths {
+    pub fn of(t: &crate::task::Task) -> Self {
+        Self {
+            read: t.read.patterns.clone(),
+            write: t.write.patterns.clone(),
+            delete: t.delete.patterns.clone(),
+            exec: t.exec.patterns.clone(),
+        }
+    }
+
+    /// Puts these back into `t` (its manifest parsed again); says what the file
+    /// system resolves differently now, if anything.
+    pub fn restore(&self, t: &mut crate::task::Task) -> Result<Option<String>, String> {
+        let now = Self::of(t);
+        let moved: Vec<String> = [
+            ("read", &self.read, &now.read),
+            ("write", &self.write, &now.write),
+            ("delete", &self.delete, &now.delete),
+            ("exec", &self.exec, &now.exec),
+        ]
+        .into_iter()
+        .flat_map(|(clause, was, is)| {
+            was.iter()
+                .zip(is)
+                .filter(|(a, b)| a != b)
+                .map(move |(a, b)| format!("scope.{clause} {a} now resolves to {b}"))
+        })
+        .collect();
+        let set = |p: &[String]| crate::task::scope::PathSet::resolved(p.to_vec()).map_err(|e| e.to_string());
+        t.read = set(&self.read)?;
+        t.write = set(&self.write)?;
+        t.delete = set(&self.delete)?;
+        t.exec = set(&self.exec)?;
+        Ok((!moved.is_empty()).then(|| {
+            format!(
+                "{} (a symlink planted since it started?); the paths it was given are kept",
+                moved.join("; ")
+            )
+        }))
     }
 }

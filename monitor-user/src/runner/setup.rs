@@ -108,6 +108,9 @@ pub struct Saved {
     /// The exec keeping copies of its approval gate and mailbox.
     #[serde(default)]
     pub keeper: Option<super::keeper::Keeper>,
+    /// Its path scope as resolved when it started (a restart keeps it).
+    #[serde(default)]
+    pub scope: Option<super::resume::Paths>,
 }
 
 /// The file whose content is the time the daemon was last seen alive.
@@ -269,6 +272,7 @@ mod tests {
                 enforce: false,
                 events: None,
                 events_file: None,
+                scope: None,
                 cgroup: None,
                 expires: None,
                 ended: false,

@@ -125,10 +125,13 @@ fn bind(
     resumed: Option<(Option<(Timestamp, Timestamp)>, bool)>,
 ) -> Result<Arc<str>, super::RunError> {
     let parent = child.parents.first().cloned().unwrap_or_default();
+    // What could not be given back to a resumed sub-task: reported once it is bound.
+    let mut gaps = Vec::new();
     if child.enforce && e.setup.layers.lsm {
         // Its own scope (within the parent's, checked at delegation); its command must
         // be in its exec scope, as no launch files are granted to a sub-task.
-        tasks::enroll_in(&mut e.sensors, &e.setup, s.c, &child, &[], s.up)?;
+        let skipped = tasks::enroll_in(&mut e.sensors, &e.setup, s.c, &child, &[], s.up, resumed.is_some())?;
+        gaps.extend(skipped);
     }
     for &pid in pids {
         match e.sensors.task_of(pid) {
@@ -145,6 +148,7 @@ fn bind(
         enforce: child.enforce,
         events: None,
         events_file: None,
+        scope: Some(super::resume::Paths::of(&child)),
         cgroup: None,
         expires: child.expires,
         ended: s.ended,
@@ -178,6 +182,9 @@ fn bind(
     }
     if let Some(st) = &e.setup.state {
         st.record(&saved);
+    }
+    for why in gaps {
+        e.tamper(s.root, Some(s.c), "scope paths", &why, false);
     }
     Ok(id)
 }
@@ -254,7 +261,12 @@ fn resume_one(
     inherit(&mut child, &parent);
     child.enforce |= s.enforce;
     child.expires = s.expires;
+    let moved = super::resume::restore(&mut child, s.scope.as_ref());
     let c = kept.unwrap_or_else(|| e.cookie());
     let sub = Sub { manifest: &s.manifest, file: &s.file, up, c, root: s.root, ended: s.ended };
-    bind(e, child, &sub, &pids, Some((gap, kept.is_some()))).map(Some).map_err(|err| err.to_string())
+    let id = bind(e, child, &sub, &pids, Some((gap, kept.is_some()))).map_err(|err| err.to_string())?;
+    if let Some(why) = moved {
+        e.tamper(s.root, Some(c), "scope paths", &why, false);
+    }
+    Ok(Some(id))
 }

@@ -220,22 +220,27 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
     // A per-task events file (the `--events` of the exec that registered). A new
     // task's that cannot be opened refuses the task; a resumed task's is reported
     // once the task is bound (its processes are never let go for it).
+    let resumed = matches!(how, Binding::Resumed { .. });
     let how_log = match &how {
         Binding::Resumed { log, .. } => tasklog::Open::Again(*log),
         _ => tasklog::Open::New,
     };
-    let (mut log, mut log_lost) = (None, None);
+    // What could not be given back to a resumed task: reported once it is bound.
+    let mut gaps: Vec<(&str, String)> = Vec::new();
+    let mut log = None;
     if let Some(path) = &r.events {
         match tasklog::open(Path::new(path), how_log) {
             Ok((lines, file)) => {
                 e.out.push_keyed(id.clone(), Box::new(TaskFilter::new(id.clone(), lines)));
                 log = Some(file);
             }
-            Err(err) if how_log != tasklog::Open::New => log_lost = Some(err.to_string()),
+            Err(err) if how_log != tasklog::Open::New => gaps.push((
+                "events file",
+                format!("{err}; the task's events go to agentmon's other outputs only"),
+            )),
             Err(err) => return Err(err.into()),
         }
     }
-    let resumed = matches!(how, Binding::Resumed { .. });
     if task.enforce && e.setup.layers.lsm {
         // Before a process of the task can run under the cookie; its events file
         // is agentmon's (the scope was checked not to reach it by name).
@@ -245,7 +250,8 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
             let k = maps.ident(Path::new(path), true)?;
             maps.protect(&[k])?;
         }
-        enroll(e, c, &task, &r.launch, 0)?;
+        let skipped = enroll_in(&mut e.sensors, &e.setup, c, &task, &r.launch, 0, resumed)?;
+        gaps.extend(skipped.into_iter().map(|why| ("scope paths", why)));
     }
     let observed = matches!(how, Binding::Resumed { kept: Some(_), .. });
     let (adopted, mut pids, gap, ended) = match how {
@@ -307,6 +313,7 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         // One that could not be opened again is not tried again.
         events: r.events.clone().filter(|_| log.is_some()),
         events_file: log,
+        scope: Some(super::resume::Paths::of(&task)),
         cgroup: cgroup.as_ref().map(|c| c.path.clone()),
         expires: task.expires,
         ended,
@@ -341,9 +348,8 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
     if let Some(st) = &e.setup.state {
         st.record(&saved);
     }
-    if let Some(why) = log_lost {
-        let why = format!("{why}; the task's events go to agentmon's other outputs only");
-        e.tamper(r.pid, Some(c), "events file", &why, false);
+    for (what, why) in gaps {
+        e.tamper(r.pid, Some(c), what, &why, false);
     }
     Ok(id.to_string())
 }
@@ -377,12 +383,10 @@ pub fn mark_resumed(ev: &mut crate::event::Event, gap: Option<(Timestamp, Timest
 }
 
 /// Loads enforced `task`'s plan for the BPF LSM tier under cookie `c` (`up`: the
-/// task it was delegated from, or 0), with agentmon's own files marked.
-pub fn enroll(e: &mut Engine, c: u32, task: &Task, launch: &[PathBuf], up: u32) -> Result<(), RunError> {
-    enroll_in(&mut e.sensors, &e.setup, c, task, launch, up)
-}
-
-/// [`enroll`], with the engine's parts borrowed apart.
+/// task it was delegated from, or 0), with agentmon's own files marked. For a
+/// `resumed` task, a granted path that is gone or now leads elsewhere through a
+/// symlink is not granted (said in what it returns) rather than refusing the task:
+/// its processes run already, and must stay held.
 pub fn enroll_in(
     sensors: &mut Sensors,
     setup: &Setup,
@@ -390,7 +394,8 @@ pub fn enroll_in(
     task: &Task,
     launch: &[PathBuf],
     up: u32,
-) -> Result<(), RunError> {
+    resumed: bool,
+) -> Result<Vec<String>, RunError> {
     let plan = enforce::lsm::plan(task, launch).map_err(|(clause, why)| enforce::EnforceError::Refused {
         task: task.id.clone(),
         clause,
@@ -415,8 +420,24 @@ pub fn enroll_in(
     maps.protect(&protected)?;
     let refuse = |why: String| enforce::EnforceError::Refused { task: task.id.clone(), clause: "scope", why };
     let mut grants = Vec::with_capacity(plan.grants.len());
+    let mut skipped = Vec::new();
     for (p, r) in &plan.grants {
-        let real = std::fs::canonicalize(p).map_err(|e| refuse(format!("{}: {e}", p.display())))?;
+        let real = match std::fs::canonicalize(p) {
+            Ok(real) if resumed && real != *p => {
+                skipped.push(format!(
+                    "{} now leads to {} through a symlink: not granted",
+                    p.display(),
+                    real.display()
+                ));
+                continue;
+            }
+            Ok(real) => real,
+            Err(e) if resumed => {
+                skipped.push(format!("{}: {e}: not granted", p.display()));
+                continue;
+            }
+            Err(e) => return Err(refuse(format!("{}: {e}", p.display())).into()),
+        };
         // A delegated scope was checked against its parent's by its text: a symlink
         // in it would carry a grant to wherever it points.
         if up != 0 && real != *p {
@@ -432,7 +453,7 @@ pub fn enroll_in(
     }
     let l = monitor_common::lsm::LsmTask { flags: plan.flags, rules: c, up, _pad: 0 };
     maps.enroll(c, l, &grants)?;
-    Ok(())
+    Ok(skipped)
 }
 
 /// Tracks `root` and the tree under it under cookie `c`. A process forked between a

@@ -60,20 +60,24 @@ fn canonical_pattern(pattern: &str) -> String {
 }
 
 impl PathSet {
-    /// Compiles validated absolute patterns.
+    /// Compiles validated absolute patterns, their literal prefixes resolved.
     pub fn new(patterns: &[String]) -> Result<Self, globset::Error> {
+        Self::resolved(patterns.iter().map(|p| canonical_pattern(p)).collect())
+    }
+
+    /// Compiles patterns resolved before (a task's, as recorded when it started):
+    /// the file system is not asked again, so a symlink planted since cannot move
+    /// them.
+    pub fn resolved(patterns: Vec<String>) -> Result<Self, globset::Error> {
         let mut b = GlobSetBuilder::new();
-        let mut canon = Vec::with_capacity(patterns.len());
-        for p in patterns {
-            let c = canonical_pattern(p);
-            b.add(GlobBuilder::new(&c).literal_separator(true).build()?);
+        for c in &patterns {
+            b.add(GlobBuilder::new(c).literal_separator(true).build()?);
             // A directory pattern `/a/**` also covers `/a` itself.
             if let Some(dir) = c.strip_suffix("/**") {
                 b.add(GlobBuilder::new(dir).literal_separator(true).build()?);
             }
-            canon.push(c);
         }
-        Ok(Self { patterns: canon, set: b.build()? })
+        Ok(Self { patterns, set: b.build()? })
     }
 
     /// Whether some path this set lets a task write is `p` or lies under it (when `p`
