@@ -320,10 +320,16 @@ pub struct JsonLines {
     torn: Option<crate::torn::TornTail>,
 }
 
-/// `s` on one line: control characters (a newline in a file name) and backslashes
-/// escaped (`\n`, `\x1b`, `\\`), so that data can never start a row of its own.
+/// `s` on one line: control characters (a newline in a file name), the invisible
+/// characters that reorder or hide text (bidi overrides, zero-width) and
+/// backslashes escaped (`\n`, `\u{1b}`, `\u{202e}`, `\\`), so that data can never
+/// start a row of its own or read as something else.
 pub fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(|c| c.is_control() || c == '\\') {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(|c| hidden(c) || c == '\\') {
         return std::borrow::Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
@@ -333,7 +339,7 @@ pub fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
+            c if hidden(c) => {
                 use std::fmt::Write as _;
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
@@ -671,5 +677,6 @@ mod tests {
         assert_eq!(text_line(&e).lines().count(), 1);
         assert!(text_line(&e).contains("/a\\n10:11"));
         assert_eq!(one_line("a\\b\u{1b}c"), "a\\\\b\\u{1b}c");
+        assert_eq!(one_line("x\u{202e}fdp.exe"), "x\\u{202e}fdp.exe");
     }
 }

@@ -87,6 +87,22 @@ struct Decided {
     new_path: Option<String>,
 }
 
+/// What a held call asks, as an approver reads it: the agent's names (paths,
+/// comm) on one line with control and direction characters escaped, so that a
+/// file name cannot redraw the line as a harmless request.
+fn wants(task: &str, op: Op, req: &Event) -> String {
+    let one = crate::sink::one_line;
+    format!(
+        "task {} wants to {} {}{} (pid {} {})",
+        one(task),
+        op.as_str(),
+        one(req.path.as_deref().unwrap_or("")),
+        req.new_path.as_deref().map(|p| format!(" -> {}", one(p))).unwrap_or_default(),
+        req.pid,
+        one(&req.comm)
+    )
+}
+
 /// Held calls' ids: `<agentmon's pid>-<n>`, `n` counted across every gate of this
 /// agentmon. Counted per gate, two tasks' first calls were both `<pid>-1`, and an
 /// operator's approval for one was performed on whichever gate was found first.
@@ -374,13 +390,8 @@ impl Gate {
             req.detail.insert("args".into(), json!(vals));
         }
         eprintln!(
-            "agentmon: approval {id}: task {} wants to {} {}{} (pid {tgid} {}); `agentmon approve {id}` or \
-             `agentmon deny {id}` within {}s",
-            bound.id,
-            g.op.as_str(),
-            path,
-            req.new_path.as_deref().map(|p| format!(" -> {p}")).unwrap_or_default(),
-            req.comm,
+            "agentmon: approval {id}: {}; `agentmon approve {id}` or `agentmon deny {id}` within {}s",
+            wants(&bound.id, g.op, &req),
             self.timeout.as_secs()
         );
         self.pending.insert(id, p);
@@ -630,16 +641,31 @@ impl Gate {
             .iter()
             .map(|(id, p)| {
                 format!(
-                    "{id}  task {}  {} {}{}  pid {} {}  {}s left\n",
-                    p.task,
-                    p.op.as_str(),
-                    p.request.path.as_deref().unwrap_or(""),
-                    p.request.new_path.as_deref().map(|n| format!(" -> {n}")).unwrap_or_default(),
-                    p.request.pid,
-                    p.request.comm,
+                    "{id}  {}  {}s left\n",
+                    wants(&p.task, p.op, &p.request),
                     p.deadline.saturating_duration_since(now).as_secs()
                 )
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_call_reads_as_what_it_is() {
+        // A rename whose new name returns the cursor and erases the line, to redraw
+        // it as a harmless request.
+        let mut req = Event::new(crate::event::Kind::FileRename, crate::event::Timestamp(0), Arc::from("h"));
+        req.pid = 7;
+        req.comm = "agent\u{1b}[8m".into();
+        req.path = Some("/w/.git".into());
+        req.new_path = Some("/w/x\r\u{1b}[2Ktask t wants to rename /w/a.txt -> /w/b.txt".into());
+        let line = wants("t", Op::Rename, &req);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.starts_with("task t wants to rename /w/.git -> /w/x\\r\\u{1b}[2K"), "{line}");
+        assert!(line.ends_with("(pid 7 agent\\u{1b}[8m)"), "{line}");
     }
 }
