@@ -268,6 +268,8 @@ pub fn tamper_attempts_fail() -> R {
         "open_tree".into(),
         "unshare_ns".into(),
         "sigio_agentmon".into(),
+        "tiocsti".into(),
+        "tiocsti_high".into(),
         "mknod_blk".into(),
         format!("exec_ldso={}", d.join("outside-true").display()),
     ];
@@ -321,6 +323,8 @@ pub fn tamper_attempts_fail() -> R {
         ("open_tree", EPERM),
         ("unshare_ns", EPERM),
         ("sigio_agentmon", EPERM),
+        ("tiocsti", EPERM),
+        ("tiocsti_high", EPERM),
         ("mknod_blk", EPERM),
     ];
     for (k, v) in want {

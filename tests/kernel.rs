@@ -16,6 +16,7 @@ mod scenarios;
 mod support;
 mod tasklog;
 mod tasks;
+mod terminal;
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -97,6 +98,7 @@ fn main() {
         ("daemon_pins_despite_a_planted_name", daemon::daemon_pins_despite_a_planted_name),
         ("task_events_files_are_kept_from_agents", tasklog::task_events_files_are_kept_from_agents),
         ("restart_keeps_a_tasks_paths", tasklog::restart_keeps_a_tasks_paths),
+        ("terminal_cannot_stop_agentmon", terminal::terminal_cannot_stop_agentmon),
         ("mass_delete_in_scope_runs_to_completion", tasks::mass_delete_in_scope_runs_to_completion),
         ("daemon_kills_expired_tasks", daemon::daemon_kills_expired_tasks),
         ("exec_ends_expired_tasks", expiry::exec_ends_expired_tasks),

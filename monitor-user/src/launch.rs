@@ -141,8 +141,11 @@ pub fn spawn_held(
                     libc::_exit(125);
                 }
             }
-            // Rust ignores SIGPIPE in its own process; give the command the default.
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            // Rust ignores SIGPIPE in its own process, agentmon the terminal's stop
+            // signals (runner/runtime.rs); give the command the defaults.
+            for s in [libc::SIGPIPE, libc::SIGTTOU, libc::SIGTTIN, libc::SIGTSTP] {
+                libc::signal(s, libc::SIG_DFL);
+            }
             if let Some(fd) = inherit
                 && libc::fcntl(fd, libc::F_SETFD, 0) != 0
             {

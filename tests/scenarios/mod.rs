@@ -696,6 +696,40 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             }
             "io_uring" => errno(io_uring::IoUring::new(4).map(|_| ())),
             "compat_creat" => compat_creat(&d.join("repo/compat.txt")),
+            // The terminal made the agent's own: its process group in the foreground,
+            // TOSTOP set, so a write by anyone else there stops the writer.
+            "take_tty" => unsafe {
+                libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+                let mut t: libc::termios = std::mem::zeroed();
+                let r = if libc::setpgid(0, 0) != 0
+                    || libc::tcsetpgrp(0, libc::getpgrp()) != 0
+                    || libc::tcgetattr(0, &mut t) != 0
+                {
+                    std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+                } else {
+                    t.c_lflag |= libc::TOSTOP;
+                    errno(if libc::tcsetattr(0, libc::TCSANOW, &t) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    })
+                };
+                libc::signal(libc::SIGTTOU, libc::SIG_DFL);
+                r
+            },
+            // Typing into the terminal agentmon and the operator share (TIOCSTI), with
+            // the command word as is and with bits set above its 32 (the kernel takes
+            // an unsigned int).
+            "tiocsti" => {
+                let c = b'x';
+                sys(unsafe { libc::syscall(libc::SYS_ioctl, 0, libc::TIOCSTI, &raw const c) })
+            }
+            "tiocsti_high" => {
+                let c = b'x';
+                sys(unsafe {
+                    libc::syscall(libc::SYS_ioctl, 0, 0xdead_0000_0000u64 | libc::TIOCSTI, &raw const c)
+                })
+            }
             // An x32 call (the x32 bit on a native syscall number): unseen by syscall
             // tracepoints like i386 ones; in a child, as the filter kills for it.
             // ENOSYS where neither the filter nor the kernel's x32 ABI takes it.

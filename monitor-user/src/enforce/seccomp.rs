@@ -147,6 +147,11 @@ pub fn filter(sockets: Sockets, lsm: bool) -> Result<BpfProgram, String> {
     const F_SETOWN_EX: u64 = 15;
     const FIOSETOWN: u64 = 0x8901;
     const SIOCSPGRP: u64 = 0x8902;
+    // Typing into the terminal agentmon and its operator share (TIOCSTI; TIOCLINUX
+    // can paste the console's selection): a ^C, ^\ or a command for the
+    // operator's shell. Compared on the low 32 bits, as the kernel reads the word.
+    const TIOCSTI: u64 = 0x5412;
+    const TIOCLINUX: u64 = 0x541c;
     rules.insert(
         libc::SYS_fcntl,
         [libc::F_SETOWN as u64, F_SETSIG, F_SETOWN_EX]
@@ -156,7 +161,7 @@ pub fn filter(sockets: Sockets, lsm: bool) -> Result<BpfProgram, String> {
     );
     rules.insert(
         libc::SYS_ioctl,
-        [FIOSETOWN, SIOCSPGRP]
+        [FIOSETOWN, SIOCSPGRP, TIOCSTI, TIOCLINUX]
             .iter()
             .map(|c| rule(vec![cond(1, SeccompCmpOp::Eq, *c)?]))
             .collect::<Result<_, _>>()?,

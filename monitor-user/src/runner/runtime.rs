@@ -45,19 +45,33 @@ pub struct Runtime {
     signals: Signals,
 }
 
-/// SIGINT, SIGTERM, SIGHUP, caught from the first thing a deployment does: one
-/// arriving while the kernel programs load (seconds) or before the loop runs is
-/// held, and the loop then stops cleanly, instead of the default action killing
-/// agentmon half set up.
-pub struct Signals([tokio::signal::unix::Signal; 3]);
+/// SIGINT, SIGTERM, SIGHUP, SIGQUIT, caught from the first thing a deployment
+/// does: one arriving while the kernel programs load (seconds) or before the loop
+/// runs is held, and the loop then stops cleanly, instead of the default action
+/// killing agentmon half set up. With a child, each is forwarded to it instead.
+pub struct Signals([tokio::signal::unix::Signal; 4]);
 
 impl Signals {
     pub fn catch() -> std::io::Result<Self> {
+        ignore_terminal_stops();
         Ok(Self([
             tokio::signal::unix::signal(SignalKind::interrupt())?,
             tokio::signal::unix::signal(SignalKind::terminate())?,
             tokio::signal::unix::signal(SignalKind::hangup())?,
+            tokio::signal::unix::signal(SignalKind::quit())?,
         ]))
+    }
+}
+
+/// The stop signals a terminal generates (SIGTTOU, SIGTTIN, SIGTSTP) are ignored.
+/// An agent sharing agentmon's terminal can take it (its process group in the
+/// foreground, TOSTOP set): the kernel would then stop agentmon at its next
+/// diagnostic, a signal no hook and no Landlock scoping sees. Ignored, a write
+/// goes through. The command launched gets the defaults back (launch.rs).
+pub fn ignore_terminal_stops() {
+    for s in [Signal::SIGTTOU, Signal::SIGTTIN, Signal::SIGTSTP] {
+        // SAFETY: SIG_IGN installs no handler.
+        let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigIgn) };
     }
 }
 
@@ -100,8 +114,8 @@ impl Runtime {
     }
 
     /// Runs until `child` exits (its status), or without one until SIGINT/SIGTERM.
-    /// Terminal signals reach a child through its process group; SIGINT, SIGTERM and
-    /// SIGHUP sent to agentmon are forwarded to it.
+    /// Terminal signals reach a child through its process group; SIGINT, SIGTERM,
+    /// SIGHUP and SIGQUIT sent to agentmon are forwarded to it.
     pub async fn run(&mut self, child: Option<Pid>) -> Result<Option<WaitStatus>, RunError> {
         let mut waiter =
             child.map(|pid| tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None)));
@@ -120,7 +134,7 @@ impl Runtime {
         };
         let status = loop {
             let Self { e, ring, server, requests, extras, watch, ticks, watchdog, signals } = self;
-            let Signals([sigint, sigterm, sighup]) = signals;
+            let Signals([sigint, sigterm, sighup, sigquit]) = signals;
             tokio::select! {
                 r = ring.readable_mut() => {
                     let mut guard = r?;
@@ -187,6 +201,7 @@ impl Runtime {
                 _ = sigint.recv() => if stop(Signal::SIGINT) { break None },
                 _ = sigterm.recv() => if stop(Signal::SIGTERM) { break None },
                 _ = sighup.recv() => if stop(Signal::SIGHUP) { break None },
+                _ = sigquit.recv() => if stop(Signal::SIGQUIT) { break None },
             }
         };
         // A loop stopped until just before the end is still a stopped loop.
