@@ -423,14 +423,21 @@ fn steps_in(enforce: bool) -> R {
     eq("out/b", step_of("b")?, c2.clone())?;
     eq("out/c (forked child)", step_of("c")?, c2)?;
     eq("out/after", step_of("after")?, None)?;
-    let records: Vec<(String, String)> = run
+    let (records, open): (Vec<(String, String)>, Vec<(String, String)>) = run
         .of(Kind::Step)
         .iter()
         .map(|e| {
             let phase = e.detail.get("phase").and_then(|v| v.as_str()).unwrap_or("?");
             (phase.to_string(), e.step.as_ref().map(|s| s.call_id.clone()).unwrap_or_default())
         })
-        .collect();
+        .partition(|(_, call)| !call.starts_with("open"));
+    eq("steps left open", open.len(), 64)?;
+    let full = run
+        .of(Kind::Tamper)
+        .into_iter()
+        .find(|e| e.detail.get("attempt").and_then(|v| v.as_str()) == Some("step"))
+        .ok_or_else(|| format!("no tamper record of the 65th open step:\n{}", run.summary()))?;
+    eq("its task", full.task.as_deref(), Some("stepped"))?;
     let want: Vec<(String, String)> = [("begin", "c1"), ("end", "c1"), ("begin", "c2"), ("end", "c2")]
         .map(|(a, b)| (a.into(), b.into()))
         .into();

@@ -24,7 +24,8 @@ fn step(agentmon: &str, args: &[&str], stdin: Option<&str>) -> Result<bool, Stri
 /// args: AGENTMON. Writes out/a in step c1 (Write), out/b and, from a forked child,
 /// out/c in step c2 (Bash, with a traceparent, begun by a Claude Code hook input),
 /// and deletes out/b in it,
-/// out/after outside any step; a step for another task must be refused.
+/// out/after outside any step; a step for another task must be refused, and a 65th
+/// step open at once.
 pub fn steps(d: &Path, args: &[String]) -> Result<(), String> {
     let am = args.first().ok_or("steps AGENTMON")?.as_str();
     let out = d.join("out");
@@ -59,6 +60,13 @@ pub fn steps(d: &Path, args: &[String]) -> Result<(), String> {
     }
     if step(am, &["begin", "--tool", "X", "--call-id", "c4", "--traceparent", "garbage"], None)? {
         return Err("a malformed traceparent was accepted".into());
+    }
+    // Steps begun and never ended: 64 may be open at once, the next is refused.
+    for i in 0..64 {
+        ok(step(am, &["begin", "--tool", "X", "--call-id", &format!("open{i}")], None), "an open step")?;
+    }
+    if step(am, &["begin", "--tool", "X", "--call-id", "open64"], None)? {
+        return Err("a 65th open step was accepted".into());
     }
     Ok(())
 }

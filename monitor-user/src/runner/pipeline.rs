@@ -26,6 +26,22 @@ use crate::{
 
 use super::setup::OnExpiry;
 
+/// Steps a task may have open at once (tool calls in flight: agents run a few).
+pub const MAX_OPEN_STEPS: usize = 64;
+
+/// Why a step cannot begin or end.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("{mine} task {0:?}", mine = crate::ctl::NOT_MINE)]
+    NoTask(String),
+    #[error("step {call} of task {task} has already begun")]
+    Begun { task: Arc<str>, call: String },
+    #[error("no step {call} is open in task {task}")]
+    NotOpen { task: Arc<str>, call: String },
+    #[error("task {0} has {MAX_OPEN_STEPS} steps open; one must end first")]
+    Full(Arc<str>),
+}
+
 /// Everything that turns records into judged events.
 pub struct Pipeline {
     pub enr: Enricher,
@@ -176,26 +192,30 @@ impl Pipeline {
         Some(ev)
     }
 
-    /// Opens or closes a step of task `id`; the `step` record to write.
-    pub fn step(&mut self, id: &str, phase: StepPhase, st: Step) -> Result<Event, String> {
-        let b = self.judge.task(id).ok_or_else(|| format!("{} task {id:?}", crate::ctl::NOT_MINE))?;
+    /// Opens or closes a step of task `id`; the `step` record to write. At most
+    /// [`MAX_OPEN_STEPS`] are open at once per task: an agent opening steps without
+    /// end grew the daemon's memory (and each begin's scan) until it was killed.
+    pub fn step(&mut self, id: &str, phase: StepPhase, st: Step) -> Result<Event, StepError> {
+        let b = self.judge.task(id).ok_or_else(|| StepError::NoTask(id.into()))?;
         let id = b.id.clone();
         let chain = (!b.chain.is_empty()).then(|| b.chain.clone());
         let open = self.steps.entry(id.clone()).or_default();
         let st = match phase {
             StepPhase::Begin => {
                 if open.iter().any(|s| s.call_id == st.call_id) {
-                    return Err(format!("step {} of task {id} has already begun", st.call_id));
+                    return Err(StepError::Begun { task: id, call: st.call_id });
+                }
+                if open.len() >= MAX_OPEN_STEPS {
+                    return Err(StepError::Full(id));
                 }
                 let st = Arc::new(st);
                 open.push(st.clone());
                 st
             }
             StepPhase::End => {
-                let i = open
-                    .iter()
-                    .position(|s| s.call_id == st.call_id)
-                    .ok_or_else(|| format!("no step {} is open in task {id}", st.call_id))?;
+                let Some(i) = open.iter().position(|s| s.call_id == st.call_id) else {
+                    return Err(StepError::NotOpen { task: id, call: st.call_id });
+                };
                 open.remove(i)
             }
         };

@@ -91,15 +91,8 @@ fn serve(
         return subtask::delegate(e, peer, manifest, file, pid, confined);
     }
     if let Request::Step { phase, task, tool, call_id, traceparent } = req {
-        return step(
-            e,
-            peer,
-            uid,
-            phase,
-            task,
-            Step { tool, call_id, trace_id: None, span_id: None },
-            traceparent,
-        );
+        let st = Step { tool, call_id, trace_id: None, span_id: None };
+        return step(e, noise, caller, phase, task, st, traceparent);
     }
     // Everything else is for operators: never a process inside a task.
     if let Some(c) = task {
@@ -269,13 +262,14 @@ fn approval(
 /// (or the sub-tasks delegated from it); an operator outside, any task.
 fn step(
     e: &mut Engine,
-    peer: u32,
-    uid: u32,
+    noise: &mut Noise,
+    caller: &Caller,
     phase: StepPhase,
     task: Option<String>,
     mut st: Step,
     traceparent: Option<String>,
 ) -> Reply {
+    let (peer, uid) = (caller.pid, caller.uid);
     let own = e.sensors.task_of(peer).and_then(|c| e.p.enr.task_name(c));
     let Some(task) = task.or_else(|| own.as_ref().map(|t| t.to_string())) else {
         return Reply::err("step: which task? (--task, or call from inside a task)");
@@ -306,7 +300,15 @@ fn step(
             e.record(&ev);
             Reply { ok: true, task: Some(task), ..Default::default() }
         }
-        Err(err) => Reply::err(err),
+        Err(err) => {
+            if let super::pipeline::StepError::Full(_) = err {
+                let c = e.p.contain.cookie(&task);
+                if let Some(held) = noise.allow(c) {
+                    e.tamper(peer, c, "step", &format!("{err} (+{held} more refused)"), true);
+                }
+            }
+            Reply::err(err.to_string())
+        }
     }
 }
 
