@@ -423,7 +423,8 @@ fn steps_in(enforce: bool) -> R {
     eq("out/b", step_of("b")?, c2.clone())?;
     eq("out/c (forked child)", step_of("c")?, c2)?;
     eq("out/after", step_of("after")?, None)?;
-    let (records, open): (Vec<(String, String)>, Vec<(String, String)>) = run
+    type Records = Vec<(String, String)>;
+    let (records, open): (Records, Records) = run
         .of(Kind::Step)
         .iter()
         .map(|e| {
