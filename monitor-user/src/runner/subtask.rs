@@ -57,8 +57,9 @@ fn delegate_from(
     let Some(parent) = p.enr.task_name(cookie).and_then(|id| p.judge.task(&id)).cloned() else {
         return Err("the caller's task has no manifest here; delegation needs a parent task".into());
     };
-    let mut child = crate::task::parse(&manifest, Path::new(file), p.enr.clock().now_wall())
+    let mut child = crate::task::parse_unresolved(&manifest, Path::new(file), p.enr.clock().now_wall())
         .map_err(|err| err.to_string())?;
+    child_hosts(&mut child, &parent.task, lookup).map_err(|why| format!("{file}: {why}"))?;
     if let Err(why) = parent.task.contains(&child) {
         return Err(format!("{file}: {why}"));
     }
@@ -90,6 +91,60 @@ fn delegate_from(
     let sub = Sub { manifest: &manifest, file, up: cookie, c, root: pid, ended: false };
     let id = bind(e, child, &sub, &[pid], None).map_err(|err| err.to_string())?;
     Ok(Reply { ok: true, task: Some(id.to_string()), chain, ..Default::default() })
+}
+
+/// Host names a delegated manifest may name.
+const MAX_HOSTS: usize = 16;
+
+/// Gives `child`'s host names their addresses. They are the agent's choice, and a
+/// lookup is a message to whoever serves the name (data in a name leaves by DNS)
+/// that blocks until answered: a name the parent allows by name takes the
+/// parent's addresses, no lookup; a name only a parent's address range could
+/// cover is looked up (`lookup`: bounded in count and time, off the loop); with no
+/// range to cover it, none is made and the containment check refuses it.
+fn child_hosts(
+    child: &mut Task,
+    parent: &Task,
+    lookup: impl FnOnce(&[String]) -> Result<Vec<Vec<std::net::IpAddr>>, String>,
+) -> Result<(), String> {
+    use crate::task::scope::Endpoint;
+    let names = child.connect.iter().filter(|e| matches!(e, Endpoint::Host { .. })).count();
+    if names > MAX_HOSTS {
+        return Err(format!("connect names {names} hosts; a sub-task may name at most {MAX_HOSTS}"));
+    }
+    let known = |n: &str| {
+        parent.connect.iter().find_map(|p| match p {
+            Endpoint::Host { name, addrs, .. } if name.eq_ignore_ascii_case(n) => Some(addrs.clone()),
+            _ => None,
+        })
+    };
+    let mut need = Vec::new();
+    for ep in &mut child.connect {
+        if let Endpoint::Host { name, addrs, .. } = ep {
+            match known(name) {
+                Some(a) => *addrs = a,
+                None => need.push(name.clone()),
+            }
+        }
+    }
+    if need.is_empty() || !parent.connect.iter().any(|p| matches!(p, Endpoint::Net { .. })) {
+        return Ok(());
+    }
+    let mut got = lookup(&need)?.into_iter();
+    for ep in &mut child.connect {
+        if let Endpoint::Host { name, addrs, .. } = ep
+            && addrs.is_empty()
+            && need.contains(name)
+        {
+            *addrs = got.next().unwrap_or_default();
+        }
+    }
+    Ok(())
+}
+
+/// Lookups for a delegation: two seconds for all.
+fn lookup(names: &[String]) -> Result<Vec<Vec<std::net::IpAddr>>, String> {
+    crate::task::scope::resolve_within(names, std::time::Duration::from_secs(2))
 }
 
 /// What a sub-task takes from the task it is delegated from: inside an enforced
@@ -257,7 +312,15 @@ fn resume_one(
     }
     let now = e.p.enr.clock().now_wall();
     let mut child =
-        crate::task::parse(&s.manifest, Path::new(&s.file), now).map_err(|err| err.to_string())?;
+        crate::task::parse_unresolved(&s.manifest, Path::new(&s.file), now).map_err(|err| err.to_string())?;
+    // Accepted at delegation: a lookup that fails now (no DNS at boot) leaves the
+    // name with no address rather than the sub-task unbound.
+    child_hosts(&mut child, &parent, |names| {
+        Ok(lookup(names).unwrap_or_else(|why| {
+            tracing::warn!("sub-task {}: {why}; its host names allow no address until it ends", s.id);
+            vec![Vec::new(); names.len()]
+        }))
+    })?;
     inherit(&mut child, &parent);
     child.enforce |= s.enforce;
     child.expires = s.expires;
@@ -269,4 +332,52 @@ fn resume_one(
         e.tamper(s.root, Some(c), "scope paths", &why, false);
     }
     Ok(Some(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(yaml: &str) -> Task {
+        crate::task::parse_unresolved(yaml, Path::new("t.yaml"), Timestamp(0)).unwrap()
+    }
+
+    fn none(_: &[String]) -> Result<Vec<Vec<std::net::IpAddr>>, String> {
+        panic!("no lookup may be made here")
+    }
+
+    #[test]
+    fn a_sub_tasks_host_names_are_looked_up_only_when_a_range_must_cover_them() {
+        let mut parent = task("id: p\nmode: execute\nscope:\n  connect: [\"api.example.com:443\"]\n");
+        if let crate::task::scope::Endpoint::Host { addrs, .. } = &mut parent.connect[0] {
+            addrs.push("192.0.2.7".parse().unwrap());
+        }
+        // Allowed by name: the parent's addresses, no lookup.
+        let mut child = task("id: c\nmode: execute\nscope:\n  connect: [\"API.example.com:443\"]\n");
+        child_hosts(&mut child, &parent, none).unwrap();
+        assert!(child.connect[0].allows_ip("192.0.2.7".parse().unwrap(), 443));
+        assert!(parent.contains(&child).is_ok());
+        // A name the parent does not allow, and no range that could: no lookup (the
+        // name would carry data to whoever serves it), refused by containment.
+        let mut child = task("id: c\nmode: execute\nscope:\n  connect: [\"s3cr3t.attacker.example:1\"]\n");
+        child_hosts(&mut child, &parent, none).unwrap();
+        assert!(parent.contains(&child).is_err());
+        // Too many names.
+        let many: Vec<String> = (0..17).map(|i| format!("\"h{i}.example:1\"")).collect();
+        let mut child = task(&format!("id: c\nmode: execute\nscope:\n  connect: [{}]\n", many.join(", ")));
+        assert!(child_hosts(&mut child, &parent, none).unwrap_err().contains("at most 16"));
+        // Under a range, looked up (once, all names together) and checked.
+        let parent = task("id: p\nmode: execute\nscope:\n  connect: [\"10.0.0.0/8:443\"]\n");
+        let mut child = task("id: c\nmode: execute\nscope:\n  connect: [\"db.internal:443\"]\n");
+        child_hosts(&mut child, &parent, |n| {
+            assert_eq!(n, ["db.internal".to_string()]);
+            Ok(vec![vec!["10.1.2.3".parse().unwrap()]])
+        })
+        .unwrap();
+        assert!(parent.contains(&child).is_ok());
+        let mut child = task("id: c\nmode: execute\nscope:\n  connect: [\"db.internal:443\"]\n");
+        let e =
+            child_hosts(&mut child, &parent, |_| Err("host db.internal did not resolve within 2s".into()));
+        assert!(e.unwrap_err().contains("did not resolve"));
+    }
 }

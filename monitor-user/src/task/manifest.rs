@@ -120,6 +120,14 @@ const MAX_PROMPT: usize = 16 * 1024;
 
 /// Parses a manifest's text. `file` names it in errors; `now` anchors `expires_in`.
 pub fn parse(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestError> {
+    let mut task = parse_unresolved(text, file, now)?;
+    super::scope::resolve_hosts(&mut task.connect);
+    Ok(task)
+}
+
+/// [`parse`], its host names not looked up (a delegated manifest's are the agent's
+/// choice: runner/subtask.rs looks up only those it must, bounded).
+pub fn parse_unresolved(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestError> {
     let fname = file.display().to_string();
     let cx = Ctx { file: &fname };
     let raw: RawManifest = serde_saphyr::from_str(text).map_err(|e| {
@@ -255,7 +263,7 @@ pub fn parse(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestEr
         Some(v) if v.value == "deny" => true,
         Some(v) => return Err(cx.err(v, "sensitive_reads", format!("{:?} is not judge or deny", v.value))),
     };
-    let mut task = Task {
+    let task = Task {
         id,
         enforce,
         deny_sensitive_reads,
@@ -278,7 +286,6 @@ pub fn parse(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestEr
         parents: Vec::new(),
         source: PathBuf::from(file),
     };
-    super::scope::resolve_hosts(&mut task.connect);
     Ok(task)
 }
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use crate::event::{Kind, Timestamp};
 use scope::{Endpoint, PathSet};
 
-pub use manifest::{ManifestError, load, parse};
+pub use manifest::{ManifestError, load, parse, parse_unresolved};
 
 /// What a task may do at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

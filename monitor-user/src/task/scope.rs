@@ -289,6 +289,49 @@ pub fn resolve_hosts(eps: &mut [Endpoint]) {
     }
 }
 
+/// Lookups of [`resolve_within`] still running (one thread each, until the
+/// resolver gives up): bounded, so that names that never answer cannot pile up.
+static LOOKUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const MAX_LOOKUPS: usize = 64;
+
+/// The addresses of each of `names`, waiting at most `limit` for all: each lookup
+/// runs in a thread of its own, off the caller's loop. A name not answered in time
+/// is an error, as is a lookup more than [`MAX_LOOKUPS`] still running.
+pub fn resolve_within(names: &[String], limit: std::time::Duration) -> Result<Vec<Vec<IpAddr>>, String> {
+    use std::sync::atomic::Ordering::SeqCst;
+    if LOOKUPS.fetch_add(names.len(), SeqCst) + names.len() > MAX_LOOKUPS {
+        LOOKUPS.fetch_sub(names.len(), SeqCst);
+        return Err(format!("more than {MAX_LOOKUPS} host name lookups are still running"));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, name) in names.iter().enumerate() {
+        let (tx, name) = (tx.clone(), name.clone());
+        std::thread::spawn(move || {
+            let mut ep = [Endpoint::Host { name, ports: Ports::ANY, addrs: Vec::new() }];
+            resolve_hosts(&mut ep);
+            LOOKUPS.fetch_sub(1, SeqCst);
+            if let Endpoint::Host { addrs, .. } = &mut ep[0] {
+                let _ = tx.send((i, std::mem::take(addrs)));
+            }
+        });
+    }
+    drop(tx);
+    let deadline = std::time::Instant::now() + limit;
+    let mut got = vec![None; names.len()];
+    for _ in names {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((i, a)) => got[i] = Some(a),
+            Err(_) => break,
+        }
+    }
+    names
+        .iter()
+        .zip(got)
+        .map(|(n, a)| a.ok_or_else(|| format!("host {n} did not resolve within {}s", limit.as_secs_f32())))
+        .collect()
+}
+
 /// An absolute path (for `propose_dir`), canonicalised when it exists.
 pub fn canonical_dir(p: &str) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p))
@@ -296,6 +339,15 @@ pub fn canonical_dir(p: &str) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn lookups_are_bounded_in_count() {
+        let got = super::resolve_within(&["localhost".into()], std::time::Duration::from_secs(5)).unwrap();
+        assert!(got[0].contains(&"127.0.0.1".parse().unwrap()), "{got:?}");
+        let many: Vec<String> = (0..65).map(|i| format!("h{i}.invalid")).collect();
+        let e = super::resolve_within(&many, std::time::Duration::from_secs(1)).unwrap_err();
+        assert!(e.contains("still running"), "{e}");
+    }
 
     #[test]
     fn reaches_judges_patterns_not_samples() {
