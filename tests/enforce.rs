@@ -401,9 +401,22 @@ pub fn stopped_agentmon_is_reported() -> R {
 /// for) and let through: observe mode changes nothing the agent does.
 pub fn observed_compat_calls_are_reported() -> R {
     let (d, task) = setup("compat", false)?;
-    let actions = ["compat_creat".to_string(), "x32_getpid".to_string()];
+    let actions = ["compat_creat".to_string(), "x32_getpid".to_string(), "compat_creat_stalled".to_string()];
     let (run, res) = run_attempts(&d, &task, &actions)?;
     eq("32-bit creat (observe)", res.get("compat_creat").copied(), Some(0))?;
+    // Its path in a page the agent serves 3 s late (userfaultfd): agentmon's read of
+    // the agent's memory is not held by it (a remote read of a missing page fails
+    // at once: the call is recorded without its path), and the call still happens.
+    eq("32-bit creat, its page served late (observe)", res.get("compat_creat_stalled").copied(), Some(0))?;
+    let creats: Vec<&agentmon::event::Event> = run
+        .events
+        .iter()
+        .filter(|e| e.kind == Kind::Tamper && e.syscall.as_deref() == Some("creat"))
+        .collect();
+    eq("i386 creat records", creats.len(), 2)?;
+    ensure(creats.iter().any(|e| e.detail.get("requested_path").is_none()), || {
+        format!("the late page's path was read: {:?}", creats.iter().map(|e| &e.detail).collect::<Vec<_>>())
+    })?;
     ensure(d.join("repo/compat.txt").exists(), || {
         "the observed 32-bit creat did not create its file".into()
     })?;

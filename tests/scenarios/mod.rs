@@ -478,7 +478,7 @@ fn in_child(call: impl FnOnce() -> libc::c_long) -> i32 {
 /// from this 64-bit process, in a child. Syscall tracepoints do not report compat
 /// syscalls, so this is how an agent would slip past them. 0 if the file was
 /// created, the child's exit code otherwise, 1000 + signal if it was killed.
-fn compat_creat(path: &Path) -> i32 {
+fn compat_creat(path: &Path, served_after: Option<std::time::Duration>) -> i32 {
     let name = CString::new(path.as_os_str().as_bytes()).unwrap();
     match unsafe { fork() } {
         Ok(ForkResult::Child) => unsafe {
@@ -495,7 +495,16 @@ fn compat_creat(path: &Path) -> i32 {
                 libc::_exit(2);
             }
             let bytes = name.as_bytes_with_nul();
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), page.cast::<u8>(), bytes.len().min(4096));
+            match served_after {
+                None => {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), page.cast::<u8>(), bytes.len().min(4096))
+                }
+                Some(after) => {
+                    if userfault_serve(page as u64, bytes.to_vec(), after).is_err() {
+                        libc::_exit(4);
+                    }
+                }
+            }
             let mut ret: u32 = 8; // __NR_creat (i386)
             // rbx cannot be an asm operand: swap the pointer in and out around the call.
             std::arch::asm!(
@@ -516,6 +525,57 @@ fn compat_creat(path: &Path) -> i32 {
         },
         Err(_) => -1,
     }
+}
+
+/// Makes the page at `page` one this process serves itself (userfaultfd): it is
+/// empty until, `after` from now, a thread of ours fills it with `bytes`. Whoever
+/// reads it meanwhile (agentmon, through /proc/PID/mem) waits.
+fn userfault_serve(page: u64, bytes: Vec<u8>, after: std::time::Duration) -> Result<(), ()> {
+    // include/uapi/linux/userfaultfd.h
+    #[repr(C)]
+    struct Api {
+        api: u64,
+        features: u64,
+        ioctls: u64,
+    }
+    #[repr(C)]
+    struct Register {
+        start: u64,
+        len: u64,
+        mode: u64,
+        ioctls: u64,
+    }
+    #[repr(C)]
+    struct Copy {
+        dst: u64,
+        src: u64,
+        len: u64,
+        mode: u64,
+        copy: i64,
+    }
+    const UFFDIO_API: u64 = 0xc018_aa3f;
+    const UFFDIO_REGISTER: u64 = 0xc020_aa00;
+    const UFFDIO_COPY: u64 = 0xc028_aa03;
+    // SAFETY: plain syscalls on structs of the kernel's layout.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as i32;
+        let mut api = Api { api: 0xaa, features: 0, ioctls: 0 };
+        let mut reg = Register { start: page, len: 4096, mode: 1 /* MISSING */, ioctls: 0 };
+        if fd < 0
+            || libc::ioctl(fd, UFFDIO_API, &raw mut api) < 0
+            || libc::ioctl(fd, UFFDIO_REGISTER, &raw mut reg) < 0
+        {
+            return Err(());
+        }
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            let mut src = vec![0u8; 4096];
+            src[..bytes.len()].copy_from_slice(&bytes);
+            let mut c = Copy { dst: page, src: src.as_ptr() as u64, len: 4096, mode: 0, copy: 0 };
+            libc::ioctl(fd, UFFDIO_COPY, &raw mut c);
+        });
+    }
+    Ok(())
 }
 
 /// See the `escaped_write_out` action: the errno the last child's write got.
@@ -695,7 +755,11 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 sys(unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), attr.len()) })
             }
             "io_uring" => errno(io_uring::IoUring::new(4).map(|_| ())),
-            "compat_creat" => compat_creat(&d.join("repo/compat.txt")),
+            "compat_creat" => compat_creat(&d.join("repo/compat.txt"), None),
+            // The same, its path in a page the agent serves only 3 s later.
+            "compat_creat_stalled" => {
+                compat_creat(&d.join("repo/stalled.txt"), Some(std::time::Duration::from_secs(3)))
+            }
             // The terminal made the agent's own: its process group in the foreground,
             // TOSTOP set, so a write by anyone else there stops the writer.
             "take_tty" => unsafe {

@@ -32,6 +32,10 @@ pub const DENIED: &[(&str, i64)] = &[
     ("open_by_handle_at", libc::SYS_open_by_handle_at),
     // Would let a root agent copy agentmon's fds (the approval listener among them).
     ("pidfd_getfd", libc::SYS_pidfd_getfd),
+    // Pages the agent serves itself: the classic tool for widening a kernel race
+    // (container runtimes' default profiles refuse it too); also /dev/userfaultfd's
+    // ioctl, below.
+    ("userfaultfd", libc::SYS_userfaultfd),
     // Extended attributes: no layer keeps them to the write scope on this tier, so
     // an enforced task may change none (stricter than declared, never weaker).
     ("setxattr", libc::SYS_setxattr),
@@ -152,6 +156,8 @@ pub fn filter(sockets: Sockets, lsm: bool) -> Result<BpfProgram, String> {
     // operator's shell. Compared on the low 32 bits, as the kernel reads the word.
     const TIOCSTI: u64 = 0x5412;
     const TIOCLINUX: u64 = 0x541c;
+    // include/uapi/linux/userfaultfd.h: USERFAULTFD_IOC_NEW, _IO(0xAA, 0x00).
+    const USERFAULTFD_IOC_NEW: u64 = 0xaa00;
     rules.insert(
         libc::SYS_fcntl,
         [libc::F_SETOWN as u64, F_SETSIG, F_SETOWN_EX]
@@ -161,7 +167,7 @@ pub fn filter(sockets: Sockets, lsm: bool) -> Result<BpfProgram, String> {
     );
     rules.insert(
         libc::SYS_ioctl,
-        [FIOSETOWN, SIOCSPGRP, TIOCSTI, TIOCLINUX]
+        [FIOSETOWN, SIOCSPGRP, TIOCSTI, TIOCLINUX, USERFAULTFD_IOC_NEW]
             .iter()
             .map(|c| rule(vec![cond(1, SeccompCmpOp::Eq, *c)?]))
             .collect::<Result<_, _>>()?,

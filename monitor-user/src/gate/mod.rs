@@ -301,6 +301,21 @@ impl Gate {
         }
         let (call, tgid, creds) = match (call, tgid, creds) {
             (Ok(c), Some(t), Some(cr)) => (c, t, cr),
+            (Err(Errno::ETIMEDOUT), Some(t), _) => {
+                // Its memory did not come in: refused, and said.
+                answer(Err(Errno::EFAULT));
+                let mut ev = caller_event(Kind::Tamper, t, n.tid, enr);
+                ev.task = sensors.task_of(t).and_then(|c| enr.task_name(c));
+                ev.syscall = Some(Cow::Borrowed(g.name));
+                ev.reason = Some(format!(
+                    "the held {}'s arguments in its memory did not come in within {} ms (a page the agent \
+                     serves itself: a FUSE file, userfaultfd?); refused with EFAULT",
+                    g.name,
+                    notify::MEM_WAIT.as_millis()
+                ));
+                ev.detail.insert("attempt".into(), json!("stalling agentmon"));
+                return Some(ev);
+            }
             (Err(e), ..) => {
                 answer(Err(e));
                 return None;
@@ -410,10 +425,12 @@ impl Gate {
         judge: &Judge,
     ) -> Option<Event> {
         let call = abi.call(n.nr);
-        let mut paths = Vec::new();
+        let (mut paths, mut stalled) = (Vec::new(), false);
         for &i in call.map(|c| c.1).unwrap_or_default() {
             // Both ABIs pass 32-bit pointers.
-            paths.push(notify::read_cstr(n.tid, n.args[i] & 0xffff_ffff).ok());
+            let p = notify::read_cstr(n.tid, n.args[i] & 0xffff_ffff);
+            stalled |= p == Err(Errno::ETIMEDOUT);
+            paths.push(p.ok());
         }
         // Who asked, while the caller still waits (once it proceeds it may exit, and
         // its tracking entry with it).
@@ -443,6 +460,10 @@ impl Gate {
         ));
         ev.detail.insert("attempt".into(), json!(what));
         ev.detail.insert("abi".into(), json!(abi.as_str()));
+        if stalled {
+            // A page the agent serves itself (FUSE, userfaultfd): not waited for.
+            ev.detail.insert("unread_ms".into(), json!(notify::MEM_WAIT.as_millis() as u64));
+        }
         ev.detail.insert("nr".into(), json!(n.nr));
         if let abi::Abi::Other(arch) = abi {
             ev.detail.insert("arch".into(), json!(format!("{arch:#x}")));

@@ -104,8 +104,35 @@ pub fn proceed(fd: RawFd, id: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads a NUL-terminated string (at most PATH_MAX) from thread `tid`'s memory.
+/// How long agentmon waits for a string in an agent's memory. The page may be a
+/// file's the agent serves itself (on its own FUSE mount) and never come in: read
+/// on agentmon's loop, that stopped agentmon for every task. Past this,
+/// [`read_cstr`] gives up with ETIMEDOUT. (A userfaultfd page cannot hold the
+/// read: a remote read of a missing page fails at once.)
+pub const MEM_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+/// Reads running at once (those stuck stay until the agent lets them go); past
+/// this many, memory is not read at all.
+const MAX_READS: usize = 8;
+static READS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Reads a NUL-terminated string (at most PATH_MAX) from thread `tid`'s memory, in
+/// a thread of its own, waiting at most [`MEM_WAIT`].
 pub fn read_cstr(tid: u32, addr: u64) -> Result<CString, Errno> {
+    use std::sync::atomic::Ordering::SeqCst;
+    if READS.fetch_add(1, SeqCst) >= MAX_READS {
+        READS.fetch_sub(1, SeqCst);
+        return Err(Errno::ETIMEDOUT);
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let r = read_cstr_now(tid, addr);
+        READS.fetch_sub(1, SeqCst);
+        let _ = tx.send(r);
+    });
+    rx.recv_timeout(MEM_WAIT).unwrap_or(Err(Errno::ETIMEDOUT))
+}
+
+fn read_cstr_now(tid: u32, addr: u64) -> Result<CString, Errno> {
     let mem = std::fs::File::open(format!("/proc/{tid}/mem")).map_err(|_| Errno::ESRCH)?;
     let mut out = Vec::new();
     let mut buf = [0u8; 256];
