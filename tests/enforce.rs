@@ -414,7 +414,7 @@ pub fn observed_compat_calls_are_reported() -> R {
         .filter(|e| e.kind == Kind::Tamper && e.syscall.as_deref() == Some("creat"))
         .collect();
     eq("i386 creat records", creats.len(), 2)?;
-    ensure(creats.iter().any(|e| e.detail.get("requested_path").is_none()), || {
+    ensure(creats.iter().any(|e| !e.detail.contains_key("requested_path")), || {
         format!("the late page's path was read: {:?}", creats.iter().map(|e| &e.detail).collect::<Vec<_>>())
     })?;
     ensure(d.join("repo/compat.txt").exists(), || {
