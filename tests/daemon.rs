@@ -953,7 +953,11 @@ pub fn daemon_restart_keeps_leftovers() -> R {
     eq("task_start records (none for the leftovers)", starts, 1)?;
     let created = |p: &Path| created(&evs, p, &said2);
     let inside = created(&d.join("repo/left_in.txt"))?;
-    eq("left behind, inside: task", inside.task.as_deref(), Some("lefty"))?;
+    eq(
+        &format!("left behind, inside: task (the daemons said: {said1}\n{said2})"),
+        inside.task.as_deref(),
+        Some("lefty"),
+    )?;
     let out = created(&d.join("out.txt"))?;
     eq(
         "left behind, outside: (task, verdict)",

@@ -445,6 +445,36 @@ pub fn observed_compat_calls_are_reported() -> R {
     Ok(())
 }
 
+/// An observed agent's i386 call whose path lies in a file's page on the agent's
+/// own FUSE mount, answered 3 s late: agentmon reads the agent's memory off its
+/// loop and gives up after 500 ms (the record says the path went unread), so the
+/// agent cannot stop it for every task. Before, the loop waited on the agent's file
+/// system (here 3 s; for ever if it never answers).
+pub fn memory_the_agent_serves_cannot_stop_agentmon() -> R {
+    let (d, task) = setup("fuse-stall", false)?;
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+    ensure(Path::new("/dev/fuse").exists(), || {
+        "/dev/fuse is missing: this test needs FUSE (modprobe fuse)".into()
+    })?;
+    let actions = [format!("compat_creat_fuse={}", mnt.display())];
+    let run = run_attempts(&d, &task, &actions);
+    // The agent's server is gone with it: the mount is dead, take it away.
+    let mnt_c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path.
+    unsafe { libc::umount2(mnt_c.as_ptr(), libc::MNT_DETACH) };
+    let (run, res) = run?;
+    eq("32-bit creat through the agent's FUSE page", res.get("compat_creat_fuse").copied(), Some(0))?;
+    let creat = run
+        .events
+        .iter()
+        .find(|e| e.kind == Kind::Tamper && e.syscall.as_deref() == Some("creat"))
+        .ok_or_else(|| format!("no record of the i386 creat:\n{}", run.summary()))?;
+    eq("unread after (ms)", creat.detail.get("unread_ms").and_then(|v| v.as_u64()), Some(500))?;
+    ensure(!creat.detail.contains_key("requested_path"), || "the path was read".into())?;
+    Ok(())
+}
+
 /// A signal that reaches agentmon is a tamper record whichever way it was sent: to
 /// one of its threads by thread id, or to the process group it shares with the
 /// agent (observe mode: nothing refuses them; SIGWINCH does no harm).

@@ -62,6 +62,10 @@ fn main() {
         ("sensitive_reads_denied_when_asked", enforce::sensitive_reads_denied_when_asked),
         ("stopped_agentmon_is_reported", enforce::stopped_agentmon_is_reported),
         ("observed_compat_calls_are_reported", enforce::observed_compat_calls_are_reported),
+        (
+            "memory_the_agent_serves_cannot_stop_agentmon",
+            enforce::memory_the_agent_serves_cannot_stop_agentmon,
+        ),
         ("signals_reaching_agentmon_are_reported", enforce::signals_reaching_agentmon_are_reported),
         ("deny_rules_hold_or_refuse", enforce::deny_rules_hold_or_refuse),
         ("in_scope_workload_runs", enforce::in_scope_workload_runs),

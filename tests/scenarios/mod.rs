@@ -22,6 +22,7 @@ use nix::{
 
 mod adversary;
 mod contain;
+mod fuse;
 mod gated;
 mod steps;
 
@@ -478,32 +479,63 @@ fn in_child(call: impl FnOnce() -> libc::c_long) -> i32 {
 /// from this 64-bit process, in a child. Syscall tracepoints do not report compat
 /// syscalls, so this is how an agent would slip past them. 0 if the file was
 /// created, the child's exit code otherwise, 1000 + signal if it was killed.
-fn compat_creat(path: &Path, served_after: Option<std::time::Duration>) -> i32 {
+fn compat_creat(path: &Path, page: Page) -> i32 {
     let name = CString::new(path.as_os_str().as_bytes()).unwrap();
     match unsafe { fork() } {
         Ok(ForkResult::Child) => unsafe {
             // The i386 ABI passes 32-bit pointers: the name must live below 4 GiB.
-            let page = libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
-                -1,
-                0,
-            );
-            if page == libc::MAP_FAILED {
-                libc::_exit(2);
-            }
             let bytes = name.as_bytes_with_nul();
-            match served_after {
-                None => {
-                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), page.cast::<u8>(), bytes.len().min(4096))
+            let page = match page {
+                Page::Own => {
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                        -1,
+                        0,
+                    );
+                    if p != libc::MAP_FAILED {
+                        std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.cast::<u8>(), bytes.len().min(4096));
+                    }
+                    p
                 }
-                Some(after) => {
-                    if userfault_serve(page as u64, bytes.to_vec(), after).is_err() {
+                Page::Userfault(after) => {
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                        -1,
+                        0,
+                    );
+                    if p == libc::MAP_FAILED || userfault_serve(p as u64, bytes.to_vec(), after).is_err() {
                         libc::_exit(4);
                     }
+                    p
                 }
+                Page::Fuse(at, after) => {
+                    let mut data = bytes.to_vec();
+                    data.resize(4096, 0);
+                    if let Err(e) = fuse::mount(&at, data, after) {
+                        eprintln!("{e}");
+                        libc::_exit(5);
+                    }
+                    let Ok(f) = fs::File::open(at.join("f")) else { libc::_exit(6) };
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_READ,
+                        libc::MAP_PRIVATE | libc::MAP_32BIT,
+                        std::os::fd::AsRawFd::as_raw_fd(&f),
+                        0,
+                    );
+                    std::mem::forget(f);
+                    p
+                }
+            };
+            if page == libc::MAP_FAILED {
+                libc::_exit(2);
             }
             let mut ret: u32 = 8; // __NR_creat (i386)
             // rbx cannot be an asm operand: swap the pointer in and out around the call.
@@ -525,6 +557,16 @@ fn compat_creat(path: &Path, served_after: Option<std::time::Duration>) -> i32 {
         },
         Err(_) => -1,
     }
+}
+
+/// Where the i386 creat's path lives.
+enum Page {
+    /// A page of our own.
+    Own,
+    /// A page we serve (userfaultfd) this long after the call.
+    Userfault(std::time::Duration),
+    /// A file's page on a FUSE mount (there) we serve, each read this late.
+    Fuse(std::path::PathBuf, std::time::Duration),
 }
 
 /// Makes the page at `page` one this process serves itself (userfaultfd): it is
@@ -755,11 +797,16 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 sys(unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), attr.len()) })
             }
             "io_uring" => errno(io_uring::IoUring::new(4).map(|_| ())),
-            "compat_creat" => compat_creat(&d.join("repo/compat.txt"), None),
+            "compat_creat" => compat_creat(&d.join("repo/compat.txt"), Page::Own),
             // The same, its path in a page the agent serves only 3 s later.
             "compat_creat_stalled" => {
-                compat_creat(&d.join("repo/stalled.txt"), Some(std::time::Duration::from_secs(3)))
+                compat_creat(&d.join("repo/stalled.txt"), Page::Userfault(std::time::Duration::from_secs(3)))
             }
+            // ... in a file's page on the agent's own FUSE mount at PATH, read 3 s late.
+            "compat_creat_fuse" => compat_creat(
+                &d.join("repo/fuse.txt"),
+                Page::Fuse(std::path::PathBuf::from(arg), std::time::Duration::from_secs(3)),
+            ),
             // The terminal made the agent's own: its process group in the foreground,
             // TOSTOP set, so a write by anyone else there stops the writer.
             "take_tty" => unsafe {
