@@ -485,30 +485,22 @@ fn compat_creat(path: &Path, page: Page) -> i32 {
         Ok(ForkResult::Child) => unsafe {
             // The i386 ABI passes 32-bit pointers: the name must live below 4 GiB.
             let bytes = name.as_bytes_with_nul();
+            // A page below 4 GiB: anonymous and writable, or the file `fd`'s.
+            let low = |fd: i32| {
+                let (prot, anon) = if fd < 0 { (libc::PROT_WRITE, libc::MAP_ANONYMOUS) } else { (0, 0) };
+                let flags = libc::MAP_PRIVATE | libc::MAP_32BIT | anon;
+                libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | prot, flags, fd, 0)
+            };
             let page = match page {
                 Page::Own => {
-                    let p = libc::mmap(
-                        std::ptr::null_mut(),
-                        4096,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
-                        -1,
-                        0,
-                    );
+                    let p = low(-1);
                     if p != libc::MAP_FAILED {
                         std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.cast::<u8>(), bytes.len().min(4096));
                     }
                     p
                 }
                 Page::Userfault(after) => {
-                    let p = libc::mmap(
-                        std::ptr::null_mut(),
-                        4096,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
-                        -1,
-                        0,
-                    );
+                    let p = low(-1);
                     if p == libc::MAP_FAILED || userfault_serve(p as u64, bytes.to_vec(), after).is_err() {
                         libc::_exit(4);
                     }
@@ -522,14 +514,7 @@ fn compat_creat(path: &Path, page: Page) -> i32 {
                         libc::_exit(5);
                     }
                     let Ok(f) = fs::File::open(at.join("f")) else { libc::_exit(6) };
-                    let p = libc::mmap(
-                        std::ptr::null_mut(),
-                        4096,
-                        libc::PROT_READ,
-                        libc::MAP_PRIVATE | libc::MAP_32BIT,
-                        std::os::fd::AsRawFd::as_raw_fd(&f),
-                        0,
-                    );
+                    let p = low(std::os::fd::AsRawFd::as_raw_fd(&f));
                     std::mem::forget(f);
                     p
                 }
