@@ -253,14 +253,22 @@ pub fn restart_keeps_a_tasks_paths() -> R {
     ensure(!enforce || victim.exists(), || {
         "the enforced task deleted a file outside its scope through the link".into()
     })?;
-    let t = evs
+    let said: Vec<&str> = evs
         .iter()
-        .find(|e| e.kind == Kind::Tamper && e.task.as_deref() == Some("paths"))
-        .ok_or_else(|| format!("no tamper record of the moved scope: {said2}"))?;
-    eq("its attempt", t.detail.get("attempt").and_then(|v| v.as_str()), Some("scope paths"))?;
+        .filter(|e| {
+            e.kind == Kind::Tamper
+                && e.task.as_deref() == Some("paths")
+                && e.detail.get("attempt").and_then(|v| v.as_str()) == Some("scope paths")
+        })
+        .filter_map(|e| e.reason.as_deref())
+        .collect();
     let sub = format!("{}/sub/**", repo.display());
-    ensure(t.reason.as_deref().is_some_and(|r| r.contains(&sub) && r.contains("now resolves to")), || {
-        format!("the tamper record does not say which path moved: {:?}", t.reason)
+    ensure(said.iter().any(|r| r.contains(&sub) && r.contains("now resolves to")), || {
+        format!("no tamper record says which path moved: {said:?}; {said2}")
+    })?;
+    // On the BPF LSM tier, the grant is not given again either.
+    ensure(!enforce || said.iter().any(|r| r.contains("not granted")), || {
+        format!("no tamper record of the grant not given again: {said:?}")
     })?;
     Ok(())
 }

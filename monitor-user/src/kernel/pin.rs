@@ -100,7 +100,19 @@ fn own_dir(dir: &Path) -> Result<(), LoadError> {
         }
         Err(_) => {}
     }
-    std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(|e| pin_err(format!("{}: {e}", dir.display())))
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        // Another daemon starting at the same time made it first (the shared
+        // parent of every daemon's pins): fine if it is agentmon's. Refused, the
+        // daemon ran unpinned and its tasks were let go at its restart.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::AlreadyExists
+                && std::fs::symlink_metadata(dir).is_ok_and(|m| ours(&m)) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(pin_err(format!("{}: {e}", dir.display()))),
+    }
 }
 
 /// Where the daemon keeping its state in `state_dir` pins its programs and maps.
@@ -207,5 +219,28 @@ mod tests {
         assert_eq!(short(b"a"), short(b"a"));
         assert_ne!(short(b"a"), short(b"b"));
         assert_eq!(short(b"a").len(), 16);
+    }
+
+    #[test]
+    fn daemons_starting_together_share_the_parent_directory() {
+        // Two daemons (different state directories) create the same
+        // /sys/fs/bpf/agentmon at once: the one that lost the race did not pin.
+        for round in 0..40 {
+            let t = tempfile::tempdir().unwrap();
+            let dir = t.path().join("agentmon");
+            let go = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let all: Vec<_> = (0..8)
+                .map(|_| {
+                    let (dir, go) = (dir.clone(), go.clone());
+                    std::thread::spawn(move || {
+                        go.wait();
+                        own_dir(&dir).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            for h in all {
+                assert_eq!(h.join().unwrap(), Ok(()), "round {round}");
+            }
+        }
     }
 }
