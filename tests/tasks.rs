@@ -472,7 +472,10 @@ pub fn mass_delete_in_scope_runs_to_completion() -> R {
     std::fs::write(
         &manifest,
         format!(
-            "id: cleanup\nmode: execute\nscope:\n  write: [\"{r}/**\"]\n  delete: [\"{r}/**\"]\n  exec: [\"{rm}\"]\n",
+            "id: cleanup\nmode: execute\nenforcement: {mode}\nscope:\n  write: [\"{r}/**\"]\n  delete: [\"{r}/**\"]\n  \
+             exec: [\"{rm}\"]\n",
+            // Enforced where it can be: a freeze (of enforced tasks only) would hang it.
+            mode = if support::can_enforce() { "enforce" } else { "observe" },
             r = d.join("repo").display(),
             rm = rm.display()
         ),

@@ -110,23 +110,35 @@ pub fn proceed(fd: RawFd, id: u64) -> io::Result<()> {
 /// [`read_cstr`] gives up with ETIMEDOUT. (A userfaultfd page cannot hold the
 /// read: a remote read of a missing page fails at once.)
 pub const MEM_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
-/// Reads running at once (those stuck stay until the agent lets them go); past
-/// this many, memory is not read at all.
-const MAX_READS: usize = 8;
-static READS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Reads running at once (those stuck stay until the agent lets them go), per
+/// process and in all: past its own share a process's memory is not read (its own
+/// stall, ETIMEDOUT); past the whole, no one's is (EAGAIN, no one blamed).
+const MAX_READS_EACH: usize = 2;
+const MAX_READS: usize = 64;
+static READS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
 
 /// Reads a NUL-terminated string (at most PATH_MAX) from thread `tid`'s memory, in
 /// a thread of its own, waiting at most [`MEM_WAIT`].
 pub fn read_cstr(tid: u32, addr: u64) -> Result<CString, Errno> {
-    use std::sync::atomic::Ordering::SeqCst;
-    if READS.fetch_add(1, SeqCst) >= MAX_READS {
-        READS.fetch_sub(1, SeqCst);
-        return Err(Errno::ETIMEDOUT);
+    let who = tgid_of(tid).unwrap_or(tid);
+    {
+        let mut r = READS.lock().unwrap_or_else(|e| e.into_inner());
+        if r.iter().filter(|&&p| p == who).count() >= MAX_READS_EACH {
+            return Err(Errno::ETIMEDOUT);
+        }
+        if r.len() >= MAX_READS {
+            return Err(Errno::EAGAIN);
+        }
+        r.push(who);
     }
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::spawn(move || {
         let r = read_cstr_now(tid, addr);
-        READS.fetch_sub(1, SeqCst);
+        let mut all = READS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = all.iter().position(|&p| p == who) {
+            all.swap_remove(i);
+        }
+        drop(all);
         let _ = tx.send(r);
     });
     rx.recv_timeout(MEM_WAIT).unwrap_or(Err(Errno::ETIMEDOUT))

@@ -82,8 +82,13 @@ fn ensure_bpffs() -> Result<(), LoadError> {
 /// theirs to move its pins away. They cannot have made maps or links (that needs
 /// CAP_BPF), so nothing of value is lost by removing it.
 fn own_dir(dir: &Path) -> Result<(), LoadError> {
+    own_dir_of(dir, 0)
+}
+
+/// [`own_dir`] for owner `uid` (root's in use; the test's own in a test).
+fn own_dir_of(dir: &Path, uid: u32) -> Result<(), LoadError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    let ours = |m: &std::fs::Metadata| m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0;
+    let ours = |m: &std::fs::Metadata| m.is_dir() && m.uid() == uid && m.mode() & 0o022 == 0;
     match std::fs::symlink_metadata(dir) {
         Ok(m) if ours(&m) => return Ok(()),
         Ok(m) => {
@@ -234,7 +239,7 @@ mod tests {
                     let (dir, go) = (dir.clone(), go.clone());
                     std::thread::spawn(move || {
                         go.wait();
-                        own_dir(&dir).map_err(|e| e.to_string())
+                        own_dir_of(&dir, nix::unistd::geteuid().as_raw()).map_err(|e| e.to_string())
                     })
                 })
                 .collect();

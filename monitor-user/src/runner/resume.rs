@@ -203,6 +203,8 @@ pub struct Paths {
     write: Vec<String>,
     delete: Vec<String>,
     exec: Vec<String>,
+    #[serde(default)]
+    propose_dir: Option<PathBuf>,
 }
 
 impl Paths {
@@ -212,6 +214,7 @@ impl Paths {
             write: t.write.patterns.clone(),
             delete: t.delete.patterns.clone(),
             exec: t.exec.patterns.clone(),
+            propose_dir: t.propose_dir.clone(),
         }
     }
 
@@ -219,7 +222,7 @@ impl Paths {
     /// system resolves differently now, if anything.
     pub fn restore(&self, t: &mut crate::task::Task) -> Result<Option<String>, String> {
         let now = Self::of(t);
-        let moved: Vec<String> = [
+        let mut moved: Vec<String> = [
             ("read", &self.read, &now.read),
             ("write", &self.write, &now.write),
             ("delete", &self.delete, &now.delete),
@@ -233,6 +236,12 @@ impl Paths {
                 .map(move |(a, b)| format!("scope.{clause} {a} now resolves to {b}"))
         })
         .collect();
+        if let (Some(a), Some(b)) = (&self.propose_dir, &now.propose_dir)
+            && a != b
+        {
+            moved.push(format!("scope.propose_dir {} now resolves to {}", a.display(), b.display()));
+        }
+        t.propose_dir = self.propose_dir.clone();
         let set = |p: &[String]| crate::task::scope::PathSet::resolved(p.to_vec()).map_err(|e| e.to_string());
         t.read = set(&self.read)?;
         t.write = set(&self.write)?;

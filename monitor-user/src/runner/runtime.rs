@@ -63,13 +63,15 @@ impl Signals {
     }
 }
 
-/// The stop signals a terminal generates (SIGTTOU, SIGTTIN, SIGTSTP) are ignored.
-/// An agent sharing agentmon's terminal can take it (its process group in the
-/// foreground, TOSTOP set): the kernel would then stop agentmon at its next
-/// diagnostic, a signal no hook and no Landlock scoping sees. Ignored, a write
-/// goes through. The command launched gets the defaults back (launch.rs).
+/// The stop signals a terminal sends a background writer or reader (SIGTTOU,
+/// SIGTTIN) are ignored. An agent sharing agentmon's terminal can take it (its
+/// process group in the foreground, TOSTOP set): the kernel would then stop
+/// agentmon at its next diagnostic, a signal no hook and no Landlock scoping sees.
+/// Ignored, a write goes through. (SIGTSTP, ^Z, keeps its default: ignored, an
+/// operator's ^Z stopped the command and left the terminal waiting on agentmon.)
+/// The command launched gets the defaults back (launch.rs).
 pub fn ignore_terminal_stops() {
-    for s in [Signal::SIGTTOU, Signal::SIGTTIN, Signal::SIGTSTP] {
+    for s in [Signal::SIGTTOU, Signal::SIGTTIN] {
         // SAFETY: SIG_IGN installs no handler.
         let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigIgn) };
     }

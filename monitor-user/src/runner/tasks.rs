@@ -247,8 +247,18 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         if let (Some(path), Some(maps)) =
             (r.events.as_ref().filter(|_| log.is_some()), e.sensors.lsm.as_mut())
         {
-            let k = maps.ident(Path::new(path), true)?;
-            maps.protect(&[k])?;
+            // A new task is refused without it; a resumed task's processes must stay bound.
+            let protected = maps
+                .ident(Path::new(path), true)
+                .map_err(|e| e.to_string())
+                .and_then(|k| maps.protect(&[k]).map_err(|e| e.to_string()));
+            match protected {
+                Ok(()) => {}
+                Err(err) if resumed => {
+                    gaps.push(("events file", format!("{path}: not protected by inode: {err}")))
+                }
+                Err(err) => return Err(RunError::Output(format!("{path}: cannot be protected: {err}"))),
+            }
         }
         let skipped = enroll_in(&mut e.sensors, &e.setup, c, &task, &r.launch, 0, resumed)?;
         gaps.extend(skipped.into_iter().map(|why| ("scope paths", why)));
@@ -385,7 +395,8 @@ pub fn mark_resumed(ev: &mut crate::event::Event, gap: Option<(Timestamp, Timest
 /// Loads enforced `task`'s plan for the BPF LSM tier under cookie `c` (`up`: the
 /// task it was delegated from, or 0), with agentmon's own files marked. For a
 /// `resumed` task, a granted path that is gone or now leads elsewhere through a
-/// symlink is not granted (said in what it returns) rather than refusing the task:
+/// symlink the task could have planted is not granted (said in what it returns)
+/// rather than refusing the task:
 /// its processes run already, and must stay held.
 pub fn enroll_in(
     sensors: &mut Sensors,
@@ -421,9 +432,18 @@ pub fn enroll_in(
     let refuse = |why: String| enforce::EnforceError::Refused { task: task.id.clone(), clause: "scope", why };
     let mut grants = Vec::with_capacity(plan.grants.len());
     let mut skipped = Vec::new();
+    // A resumed task's grant reached through a symlink it could have planted: a
+    // directory on the way that resolves elsewhere now, or a last component in a
+    // directory the task may write. (A program that is a link by nature, such as
+    // /usr/bin/sh, was granted so at the start too.)
+    let planted = |p: &Path, real: &Path| {
+        real != p
+            && p.parent()
+                .is_some_and(|d| std::fs::canonicalize(d).ok().as_deref() != Some(d) || task.write.reaches(d))
+    };
     for (p, r) in &plan.grants {
         let real = match std::fs::canonicalize(p) {
-            Ok(real) if resumed && real != *p => {
+            Ok(real) if resumed && planted(p, &real) => {
                 skipped.push(format!(
                     "{} now leads to {} through a symlink: not granted",
                     p.display(),
