@@ -48,7 +48,7 @@ fn raw(sock: &Path, line: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(&reply).map_err(|e| format!("reply {reply:?}: {e}"))
 }
 
-fn events(p: &Path) -> Result<Vec<Event>, String> {
+pub(crate) fn events(p: &Path) -> Result<Vec<Event>, String> {
     let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
     Ok(support::parse_stream(&text)?.0)
 }

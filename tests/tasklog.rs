@@ -19,7 +19,7 @@ use agentmon::event::{Event, Kind};
 
 use crate::{
     R,
-    daemon::{daemon_paths, start_daemon, stop},
+    daemon::{daemon_paths, events, start_daemon, stop},
     support::{self, SCENARIO_ENV, agentmon, ensure, eq, wait, workdir},
 };
 
@@ -30,11 +30,6 @@ fn gate_taken(d: &Path, id: &str) -> bool {
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .is_some_and(|v| !v["keeper"]["gate"].is_null())
-}
-
-fn events(p: &Path) -> Result<Vec<Event>, String> {
-    let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-    Ok(support::parse_stream(&text)?.0)
 }
 
 /// Task `id` in `d`: writes under `d/<id>/**` (`enforce`: held to it), runs this

@@ -487,12 +487,7 @@ pub fn mass_delete_in_scope_runs_to_completion() -> R {
         .spawn()
         .map_err(|e| e.to_string())?;
     let limit = Duration::from_secs(60) * support::slowdown();
-    let mut code = None;
-    support::wait(limit, || {
-        code = child.try_wait().ok().flatten().map(|s| s.code());
-        code.is_some()
-    });
-    let Some(code) = code else {
+    let Some(code) = support::exit_within(&mut child, limit) else {
         let _ = child.kill();
         let _ = child.wait();
         return Err(

@@ -78,12 +78,7 @@ pub fn terminal_cannot_stop_agentmon() -> R {
         String::from_utf8_lossy(&out).into_owned()
     });
     let limit = Duration::from_secs(30) * support::slowdown();
-    let mut code = None;
-    support::wait(limit, || {
-        code = child.try_wait().ok().flatten().map(|s| s.code());
-        code.is_some()
-    });
-    let Some(code) = code else {
+    let Some(code) = support::exit_within(&mut child, limit) else {
         let stopped = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
             .ok()
             .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('T')));

@@ -151,6 +151,17 @@ pub fn slowdown() -> u32 {
 }
 
 /// Polls `cond` until it holds or `limit` passes; the last answer.
+/// The exit code of `child` once it ends within `limit` (`Some(None)`: killed by a
+/// signal), or None if it is still running then (it is left running).
+pub fn exit_within(child: &mut std::process::Child, limit: std::time::Duration) -> Option<Option<i32>> {
+    let mut code = None;
+    wait(limit, || {
+        code = child.try_wait().ok().flatten().map(|s| s.code());
+        code.is_some()
+    });
+    code
+}
+
 pub fn wait(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = std::time::Instant::now();
     while start.elapsed() < limit {
