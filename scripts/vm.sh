@@ -79,9 +79,6 @@ usage() {
 guest() { # BOOTED_MARK CMD...
     # Says to the host that the guest came up (a failure after this is the command's).
     : >"$1" 2>/dev/null || true
-    # The guest kernel's log, kept on the host as it is written: a guest that dies
-    # (a panic, the OOM killer taking init) leaves its reason there.
-    dmesg -w >"$1.dmesg" 2>/dev/null &
     shift
     local mounted=""
     mnt() { # TYPE DIR
@@ -247,13 +244,16 @@ run() {
         say "booting $name ($(cat "$KCACHE/$name/.pkg"))${lsm:+ lsm=$lsm}"
         # vng writes the guest's output to the host's stdout/stderr by path: a regular file
         # there would be overwritten, so both go through pipes (process substitution).
+        # The kernel's console (--verbose) shares stderr: its lines (those stamped
+        # "[  12.345678]") go to $mark.console, where a panic's last words stay (a guest
+        # that died with no word, exit 255, was seen once); vng's own chatter is dropped.
         # A guest that shows no sign of life within BOOT_LIMIT seconds (a boot that
         # hangs: seen here, QEMU idle for 20 minutes) is stopped and booted once more.
         rc=0
         timeout --kill-after=10 "$timeout" \
-            vng --run "$kimg" --disable-kvm --cpus "$CPUS" --memory "$MEMORY" \
+            vng --verbose --run "$kimg" --disable-kvm --cpus "$CPUS" --memory "$MEMORY" \
             --rwdir "$OUT" "${rw[@]}" "${append[@]}" --exec "$cmd" </dev/null \
-            > >(cat) 2> >(cat >&2) &
+            > >(cat) 2> >(split_console "$mark.console" >&2) &
         local job=$! waited=0 hung=""
         while kill -0 "$job" 2>/dev/null; do
             if [ ! -e "$mark" ] && [ "$waited" -ge "$BOOT_LIMIT" ]; then
@@ -268,11 +268,11 @@ run() {
         wait "$job" || rc=$?
         [ -n "$hung" ] && rc=255
         [ "$rc" = 124 ] && say "$name: timed out after ${timeout}s"
-        if [ "$rc" != 0 ] && [ -s "$mark.dmesg" ]; then
+        if [ "$rc" != 0 ] && [ -s "$mark.console" ]; then
             say "$name: exit $rc; the guest kernel's last messages:"
-            tail -n 60 "$mark.dmesg" | sed 's/^/  | /' >&2
+            tail -n 60 "$mark.console" | sed 's/^/  | /' >&2
         fi
-        rm -f "$mark.dmesg"
+        rm -f "$mark.console"
         # A guest that never came up (QEMU or vng failing to start it, seen once as exit
         # 255 with no output) is booted once more; the command's own failure is not retried.
         if [ "$rc" = 0 ] || [ -e "$mark" ] || [ "$rc" = 124 ] || [ "$attempt" = 2 ]; then
@@ -282,6 +282,14 @@ run() {
     done
     rm -f "$mark"
     return "$rc"
+}
+
+# Copies stdin to stdout but for the guest kernel's console lines, which go to FILE.
+split_console() { # FILE
+    awk -v f="$1" '{ sub(/\r$/, "") }
+        /^\[ *[0-9]+\.[0-9]+\]|KASLR using|^fuse: / { print > f; fflush(f); next }
+        /^virtme-run: |^virtme: |^qemu-system-/ { next }
+        { print; fflush() }'
 }
 
 # Stops PID and everything under it (vng's QEMU would outlive vng).

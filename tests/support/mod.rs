@@ -150,7 +150,6 @@ pub fn slowdown() -> u32 {
     std::env::var("AGENTMON_TEST_SLOWDOWN").ok().and_then(|v| v.parse().ok()).filter(|&n| n >= 1).unwrap_or(1)
 }
 
-/// Polls `cond` until it holds or `limit` passes; the last answer.
 /// The exit code of `child` once it ends within `limit` (`Some(None)`: killed by a
 /// signal), or None if it is still running then (it is left running).
 pub fn exit_within(child: &mut std::process::Child, limit: std::time::Duration) -> Option<Option<i32>> {
@@ -162,6 +161,7 @@ pub fn exit_within(child: &mut std::process::Child, limit: std::time::Duration) 
     code
 }
 
+/// Polls `cond` until it holds or `limit` passes; the last answer.
 pub fn wait(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = std::time::Instant::now();
     while start.elapsed() < limit {
