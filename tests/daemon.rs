@@ -91,8 +91,13 @@ pub(crate) fn daemon_paths(d: &Path) -> (PathBuf, PathBuf) {
 /// Writes the configuration of a daemon in `d` (first time: a restart reuses it) and
 /// starts it; returns once its socket answers.
 pub(crate) fn start_daemon(d: &Path, extra: &str) -> Result<Child, String> {
+    start_daemon_via(d, extra, &[])
+}
+
+/// [`start_daemon`], its command run by the command `via` (`via... agentmon daemon …`).
+pub(crate) fn start_daemon_via(d: &Path, extra: &str, via: &[&std::ffi::OsStr]) -> Result<Child, String> {
     let (sock, _) = daemon_paths(d);
-    let mut daemon = spawn_daemon(d, extra)?;
+    let mut daemon = spawn_daemon(d, extra, via)?;
     if !wait(Duration::from_secs(20) * support::slowdown(), || UnixStream::connect(&sock).is_ok()) {
         let _ = daemon.kill();
         let out = daemon.wait_with_output().map_err(|e| e.to_string())?;
@@ -102,7 +107,7 @@ pub(crate) fn start_daemon(d: &Path, extra: &str) -> Result<Child, String> {
 }
 
 /// [`start_daemon`] without waiting for its socket.
-fn spawn_daemon(d: &Path, extra: &str) -> Result<Child, String> {
+fn spawn_daemon(d: &Path, extra: &str, via: &[&std::ffi::OsStr]) -> Result<Child, String> {
     let (sock, all) = daemon_paths(d);
     let config = d.join("agentmon.yaml");
     if !config.exists() {
@@ -114,8 +119,15 @@ fn spawn_daemon(d: &Path, extra: &str) -> Result<Child, String> {
         );
         std::fs::write(&config, text).map_err(|e| e.to_string())?;
     }
-    Command::new(agentmon())
-        .args(["daemon", "--config"])
+    let mut cmd = match via {
+        [first, rest @ ..] => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(agentmon());
+            c
+        }
+        [] => Command::new(agentmon()),
+    };
+    cmd.args(["daemon", "--config"])
         .arg(&config)
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
@@ -129,7 +141,7 @@ fn spawn_daemon(d: &Path, extra: &str) -> Result<Child, String> {
 /// killed it half set up (seen in a slow guest).
 pub fn daemon_signalled_while_loading_stops_cleanly() -> R {
     let d = workdir("daemon-early-term");
-    let mut daemon = spawn_daemon(&d, "")?;
+    let mut daemon = spawn_daemon(&d, "", &[])?;
     let mut err = BufReader::new(daemon.stderr.take().ok_or("no stderr")?);
     let mut said = String::new();
     // Printed after the signals are caught, before the programs load.

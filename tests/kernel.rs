@@ -11,6 +11,7 @@ mod enforce;
 mod expiry;
 mod fleet;
 mod grant;
+mod hosts;
 mod nats;
 mod scenarios;
 mod support;
@@ -103,6 +104,7 @@ fn main() {
         ("task_events_files_are_kept_from_agents", tasklog::task_events_files_are_kept_from_agents),
         ("restart_keeps_a_tasks_paths", tasklog::restart_keeps_a_tasks_paths),
         ("terminal_cannot_stop_agentmon", terminal::terminal_cannot_stop_agentmon),
+        ("host_names_never_stall_or_widen", hosts::host_names_never_stall_or_widen),
         ("mass_delete_in_scope_runs_to_completion", tasks::mass_delete_in_scope_runs_to_completion),
         ("daemon_kills_expired_tasks", daemon::daemon_kills_expired_tasks),
         ("exec_ends_expired_tasks", expiry::exec_ends_expired_tasks),

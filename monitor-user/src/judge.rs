@@ -84,6 +84,13 @@ impl Judge {
         self.tasks.get(id)
     }
 
+    /// Gives bound task `id` its scope anew (its host names' new addresses).
+    pub fn set_task(&mut self, id: &str, task: Arc<Task>) {
+        if let Some(b) = self.tasks.get_mut(id) {
+            b.task = task;
+        }
+    }
+
     pub fn unbind(&mut self, id: &str) {
         self.tasks.remove(id);
         self.windows.forget(id);

@@ -24,6 +24,7 @@ mod adversary;
 mod contain;
 mod fuse;
 mod gated;
+mod hosts;
 mod steps;
 
 /// Runs scenario `name`; the return value is the process exit status.
@@ -46,6 +47,8 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         ("delegate", Some(d)) => delegate(d, args),
         ("sub_agent", Some(d)) => sub_agent(d),
         ("delegate_one", Some(d)) => delegate_one(d, args),
+        ("hosts", Some(d)) => hosts::parent(d, args),
+        ("hosts_sub", Some(d)) => hosts::sub(d),
         ("sub_waits", Some(d)) => sub_waits(d),
         // A sub-task's: inside its scope, outside it but inside its parent's.
         ("sub_leaves", Some(d)) => {

@@ -63,6 +63,8 @@ struct Config {
     approval_timeout: Option<String>,
     /// `end` (record the task's end and revoke) or `kill`.
     on_expiry: Option<String>,
+    /// How often host names in tasks' scopes are looked up again (e.g. `60s`).
+    hosts_refresh: Option<String>,
     selectors: Vec<SelectorConfig>,
     default_task: Option<PathBuf>,
     metrics: Option<SocketAddr>,
@@ -283,6 +285,14 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
             None | Some("end") => crate::runner::OnExpiry::End,
             Some("kill") => crate::runner::OnExpiry::Kill,
             Some(o) => anyhow::bail!("{file}: on_expiry: {o:?} is not end or kill"),
+        },
+        hosts_refresh: match cfg.hosts_refresh.as_deref() {
+            None => std::time::Duration::from_secs(60),
+            Some(t) => match super::duration(t) {
+                Ok(d) if (1..=3600).contains(&d.as_secs()) => d,
+                Ok(_) => anyhow::bail!("{file}: hosts_refresh: {t:?} must be between 1s and 1h"),
+                Err(e) => anyhow::bail!("{file}: hosts_refresh: {e}"),
+            },
         },
     })
 }

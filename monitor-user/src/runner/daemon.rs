@@ -42,6 +42,8 @@ pub struct DaemonOptions {
     /// How long a held call waits for an approver before it is denied.
     pub approval_timeout: Duration,
     pub on_expiry: OnExpiry,
+    /// How often the host names of tasks' scopes are looked up again.
+    pub hosts_refresh: Duration,
     /// Processes attached automatically under the default task.
     pub selectors: Option<super::select::Selectors>,
     /// Keys that may grant tasks (none: any task starts).
@@ -88,6 +90,7 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     own.push(opts.socket.clone());
     let mut setup = Setup::new(layers, own, opts.approval_timeout);
     setup.on_expiry = opts.on_expiry;
+    setup.hosts_refresh = opts.hosts_refresh;
     setup.state = Some(StateDir { dir: opts.state_dir.clone() });
     setup.grant_keys = opts.grant_keys.clone();
     if let Some(k) = &opts.grant_keys {

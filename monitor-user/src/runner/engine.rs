@@ -26,6 +26,8 @@ pub struct Engine {
     pub setup: Setup,
     /// The control mailboxes of the tasks launched (see [`super::callers::Mailbox`]).
     pub mailboxes: Vec<super::callers::Mailbox>,
+    /// Host names being looked up again.
+    pub hosts: super::hosts::Refresh,
 }
 
 impl Engine {
@@ -67,6 +69,7 @@ impl Engine {
             out,
             setup,
             mailboxes: Vec::new(),
+            hosts: Default::default(),
         })
     }
 

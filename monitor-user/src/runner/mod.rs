@@ -11,6 +11,7 @@ mod callers;
 mod daemon;
 mod engine;
 mod exec;
+mod hosts;
 mod keeper;
 mod outputs;
 mod pipeline;

@@ -16,7 +16,6 @@ use super::{
     engine::Engine,
     outputs::NatsHandles,
     select::{Scanner, Selectors},
-    tasks,
 };
 use crate::{ctl, gate::Gate, judge::RulesWatch, kernel::loader::POLL_INTERVAL, metrics::Metrics};
 
@@ -291,17 +290,12 @@ fn housekeeping(e: &mut Engine, watch: Option<&mut RulesWatch>, extras: &mut Ext
     for ev in e.p.expire(&mut e.sensors, e.setup.on_expiry) {
         e.out.send(&ev);
     }
-    // Host names in allowlists: new addresses are added every minute.
-    if ticks.is_multiple_of(120) {
-        for id in e.p.task_ids() {
-            if let (Some(b), Some(c)) = (e.p.judge.task(&id), e.p.contain.cookie(&id))
-                && b.task.enforce
-            {
-                let t = b.task.clone();
-                tasks::refresh_hosts(&mut e.sensors, &t, c, e.p.judge.rules());
-            }
-        }
+    // Host names in scopes: new addresses are added every minute (by default; looked up
+    // off the loop).
+    if ticks.is_multiple_of((e.setup.hosts_refresh.as_millis() / TICK.as_millis()).max(1) as u64) {
+        super::hosts::Refresh::start(e);
     }
+    super::hosts::Refresh::finish(e);
     // A task with no process left needs its LSM grants no more.
     if ticks.is_multiple_of(20) {
         let live: std::collections::BTreeSet<u32> = e.sensors.tracked().into_iter().map(|(_, c)| c).collect();

@@ -25,6 +25,8 @@ pub struct Setup {
     /// How long a held call waits for an approver before it is denied.
     pub approval_timeout: Duration,
     pub on_expiry: OnExpiry,
+    /// How often the host names of tasks' scopes are looked up again.
+    pub hosts_refresh: Duration,
     /// A daemon's: top-level tasks may be started and attached over the control
     /// socket, and are recorded here for a restarted daemon to resume.
     pub state: Option<StateDir>,
@@ -50,7 +52,15 @@ impl Setup {
         let mut protected: Vec<PathBuf> = protected.iter().map(|p| canonical(p)).collect();
         protected.sort();
         protected.dedup();
-        Self { layers, protected, approval_timeout, on_expiry: OnExpiry::End, state: None, grant_keys: None }
+        Self {
+            layers,
+            protected,
+            approval_timeout,
+            on_expiry: OnExpiry::End,
+            hosts_refresh: Duration::from_secs(60),
+            state: None,
+            grant_keys: None,
+        }
     }
 }
 

@@ -25,6 +25,9 @@ use crate::{
     task::Task,
 };
 
+/// How long a task's start may wait for its host names' addresses.
+const START_LOOKUPS: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[derive(Clone)]
 pub struct StartReq {
     pub manifest: String,
@@ -88,10 +91,16 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
         return Reply::err(format!("{what}: pid {} is agentmon or already in a task", r.pid));
     }
     let now = e.p.enr.clock().now_wall();
-    let mut task = match crate::task::parse(&r.manifest, Path::new(&r.file), now) {
+    let mut task = match crate::task::parse_unresolved(&r.manifest, Path::new(&r.file), now) {
         Ok(t) => t,
         Err(err) => return Reply::err(err.to_string()),
     };
+    // Looked up with a bound (the loop waits): a name that does not answer in time
+    // allows nothing until the minute's refresh finds it (runner/hosts.rs).
+    let slow = crate::task::scope::resolve_hosts_within(&mut task.connect, START_LOOKUPS);
+    if !slow.is_empty() {
+        tracing::warn!("{}: task {}: host names not answered in time: {}", r.file, task.id, slow.join(", "));
+    }
     task.enforce |= r.enforce;
     // Who gave the task its authority: where grant keys are set, only a grant by one
     // of them does (agentmon's own selectors start tasks of its configuration).
@@ -562,35 +571,6 @@ pub fn guard_entries(
     }
     allow.extend(enforce::cgroup::deny_entries(cookie, &inline.net));
     Ok(allow)
-}
-
-/// Re-resolves the host names of an enforced task's connect scope and allows new
-/// addresses. Addresses a name no longer resolves to stay allowed until it ends.
-pub fn refresh_hosts(sensors: &mut Sensors, t: &Task, cookie: u32, rules: &RuleSet) {
-    use crate::task::scope::Endpoint;
-    let mut eps = t.connect.clone();
-    crate::task::scope::resolve_hosts(&mut eps);
-    let denied = crate::policy::inline::deny_rules(rules.rules.iter(), t).map(|i| i.net).unwrap_or_default();
-    // A name that now resolves into a denied net does not get that address: its
-    // longer prefix would win over the deny in the guard.
-    let hosts: Vec<Endpoint> = eps
-        .into_iter()
-        .filter_map(|e| match e {
-            Endpoint::Host { name, mut addrs, ports } => {
-                addrs.retain(|a| !denied.iter().any(|d| d.contains(a)));
-                Some(Endpoint::Host { name, addrs, ports })
-            }
-            _ => None,
-        })
-        .collect();
-    if hosts.is_empty() {
-        return;
-    }
-    if let Ok(allow) = enforce::cgroup::allow_entries(cookie, &hosts)
-        && let Err(err) = sensors.allow_more(&allow)
-    {
-        tracing::warn!("refreshing the host allowlist of task {}: {err}", t.id);
-    }
 }
 
 /// `pid` and its descendants now (children first found through /proc).

@@ -298,21 +298,25 @@ const MAX_LOOKUPS: usize = 64;
 /// runs in a thread of its own, off the caller's loop. A name not answered in time
 /// is an error, as is a lookup more than [`MAX_LOOKUPS`] still running.
 pub fn resolve_within(names: &[String], limit: std::time::Duration) -> Result<Vec<Vec<IpAddr>>, String> {
-    use std::sync::atomic::Ordering::SeqCst;
-    if LOOKUPS.fetch_add(names.len(), SeqCst) + names.len() > MAX_LOOKUPS {
-        LOOKUPS.fetch_sub(names.len(), SeqCst);
-        return Err(format!("more than {MAX_LOOKUPS} host name lookups are still running"));
-    }
+    resolve_each_within(names, limit)?
+        .into_iter()
+        .zip(names)
+        .map(|(a, n)| a.ok_or_else(|| format!("host {n} did not resolve within {}s", limit.as_secs_f32())))
+        .collect()
+}
+
+/// [`resolve_within`], a name not answered in time None rather than the whole an
+/// error (the error: more than [`MAX_LOOKUPS`] lookups would be running).
+pub fn resolve_each_within(
+    names: &[String],
+    limit: std::time::Duration,
+) -> Result<Vec<Option<Vec<IpAddr>>>, String> {
+    reserve(names.len())?;
     let (tx, rx) = std::sync::mpsc::channel();
     for (i, name) in names.iter().enumerate() {
-        let (tx, name) = (tx.clone(), name.clone());
-        std::thread::spawn(move || {
-            let mut ep = [Endpoint::Host { name, ports: Ports::ANY, addrs: Vec::new() }];
-            resolve_hosts(&mut ep);
-            LOOKUPS.fetch_sub(1, SeqCst);
-            if let Endpoint::Host { addrs, .. } = &mut ep[0] {
-                let _ = tx.send((i, std::mem::take(addrs)));
-            }
+        let tx = tx.clone();
+        spawn_reserved(name.clone(), move |a| {
+            let _ = tx.send((i, a));
         });
     }
     drop(tx);
@@ -325,11 +329,67 @@ pub fn resolve_within(names: &[String], limit: std::time::Duration) -> Result<Ve
             Err(_) => break,
         }
     }
-    names
+    Ok(got)
+}
+
+/// Looks `name` up in a thread of its own and gives `done` its addresses (none if
+/// it has none), unless [`MAX_LOOKUPS`] are running.
+pub fn lookup(name: String, done: impl FnOnce(Vec<IpAddr>) + Send + 'static) -> Result<(), String> {
+    reserve(1)?;
+    spawn_reserved(name, done);
+    Ok(())
+}
+
+fn reserve(n: usize) -> Result<(), String> {
+    use std::sync::atomic::Ordering::SeqCst;
+    if LOOKUPS.fetch_add(n, SeqCst) + n > MAX_LOOKUPS {
+        LOOKUPS.fetch_sub(n, SeqCst);
+        return Err(format!("more than {MAX_LOOKUPS} host name lookups are still running"));
+    }
+    Ok(())
+}
+
+/// One lookup [`reserve`]d.
+fn spawn_reserved(name: String, done: impl FnOnce(Vec<IpAddr>) + Send + 'static) {
+    std::thread::spawn(move || {
+        let mut ep = [Endpoint::Host { name, ports: Ports::ANY, addrs: Vec::new() }];
+        resolve_hosts(&mut ep);
+        LOOKUPS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if let Endpoint::Host { addrs, .. } = &mut ep[0] {
+            done(std::mem::take(addrs));
+        }
+    });
+}
+
+/// The host names of `eps`, looked up as [`resolve_each_within`] does: a name not
+/// answered in time, or with too many lookups running, is left with no address
+/// (it allows nothing) and named in the result.
+pub fn resolve_hosts_within(eps: &mut [Endpoint], limit: std::time::Duration) -> Vec<String> {
+    let names: Vec<String> = eps
         .iter()
-        .zip(got)
-        .map(|(n, a)| a.ok_or_else(|| format!("host {n} did not resolve within {}s", limit.as_secs_f32())))
-        .collect()
+        .filter_map(|e| match e {
+            Endpoint::Host { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let got = resolve_each_within(&names, limit).unwrap_or_else(|_| vec![None; names.len()]);
+    let mut unanswered = Vec::new();
+    let mut got = got.into_iter();
+    for ep in eps {
+        if let Endpoint::Host { name, addrs, .. } = ep {
+            match got.next().flatten() {
+                Some(a) => *addrs = a,
+                None => {
+                    addrs.clear();
+                    unanswered.push(name.clone());
+                }
+            }
+        }
+    }
+    unanswered
 }
 
 /// An absolute path (for `propose_dir`), canonicalised when it exists.
