@@ -267,3 +267,54 @@ pub fn restart_keeps_a_tasks_paths() -> R {
     })?;
     Ok(())
 }
+
+/// The BPF LSM tier protects an enforced task's events file by its inode while the
+/// task lives. Once it has ended the file is an ordinary file again: left protected
+/// (as it was), it — or another file given its inode — was refused to every
+/// enforced task. Here a later task whose scope holds the file writes to it.
+pub fn an_ended_tasks_events_file_is_let_go() -> R {
+    let d = workdir("task-log-gone");
+    let (sock, all) = daemon_paths(&d);
+    let first = task(&d, "first", true)?;
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&first, &d)?);
+    }
+    let second = task(&d, "second", true)?;
+    let log = d.join("second/repo/first.jsonl");
+    std::fs::create_dir_all(d.join("logs")).map_err(|e| e.to_string())?;
+    std::fs::write(d.join("go"), b"").map_err(|e| e.to_string())?;
+    let daemon = start_daemon(&d, "")?;
+    let result = (|| -> Result<(), String> {
+        let out = exec(&sock, &first, &log, &d, "first")?.output().map_err(|e| e.to_string())?;
+        eq(&format!("first exit ({})", String::from_utf8_lossy(&out.stderr)), out.status.code(), Some(0))?;
+        // What the first task's end frees is swept every 10 s.
+        std::thread::sleep(Duration::from_secs(12));
+        let me = std::env::current_exe().map_err(|e| e.to_string())?;
+        let out = Command::new(agentmon())
+            .args(["exec", "--quiet", "--daemon"])
+            .arg(&sock)
+            .arg("--events")
+            .arg(d.join("logs/second.jsonl"))
+            .arg("--task")
+            .arg(&second)
+            .arg("--")
+            .arg(me)
+            .arg(d.join("second"))
+            .arg(format!("write_file={}", log.display()))
+            .env(SCENARIO_ENV, "attempts")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        eq(&format!("second exit ({})", String::from_utf8_lossy(&out.stderr)), out.status.code(), Some(0))?;
+        Ok(())
+    })();
+    std::thread::sleep(Duration::from_millis(700));
+    let said = stop(daemon)?;
+    result.map_err(|e| format!("{e}\n{said}"))?;
+    let results = std::fs::read_to_string(d.join("second/repo/results.txt")).map_err(|e| e.to_string())?;
+    eq("the second task's write to the first's events file", results.as_str(), "write_file 0\n")?;
+    let evs = events(&all)?;
+    let ended = evs.iter().any(|e| e.kind == Kind::TaskEnd && e.task.as_deref() == Some("first"));
+    ensure(ended, || format!("no task_end of the first task: {said}"))?;
+    Ok(())
+}

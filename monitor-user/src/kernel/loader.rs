@@ -424,6 +424,8 @@ impl Sensors {
                 exec_ok: take_map(&mut ebpf, "EXEC_OK")?,
                 ident: take_map(&mut ebpf, "IDENT")?,
                 written: Default::default(),
+                own: Default::default(),
+                lent: Default::default(),
             })
         } else {
             None

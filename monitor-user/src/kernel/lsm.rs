@@ -2,7 +2,10 @@
 //! grants go in before its command runs and come out when it ends (see
 //! `monitor_common::lsm` for their layout, `monitor-ebpf/src/lsm.rs` for the hooks).
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
 
 use aya::maps::{HashMap, MapData};
 use monitor_common::lsm::{ExecOk, FsKey, LsmTask};
@@ -55,6 +58,11 @@ pub struct LsmMaps {
     pub sensitive_exact: Result<(), String>,
     /// The FS_RULES keys written per task, to take them out again.
     pub(super) written: BTreeMap<u32, Vec<FsKey>>,
+    /// agentmon's own files (task 0, [`Self::protect`]): never taken out.
+    pub(super) own: std::collections::HashSet<FsKey>,
+    /// Files protected (task 0) for tasks, their events files
+    /// ([`Self::protect_for`]), and the tasks they are protected for.
+    pub(super) lent: std::collections::HashMap<FsKey, BTreeSet<u32>>,
 }
 
 fn op(name: &'static str, e: aya::maps::MapError) -> LoadError {
@@ -138,6 +146,20 @@ impl LsmMaps {
         for k in self.written.remove(&task).unwrap_or_default() {
             let _ = self.fs_rules.remove(&k);
         }
+        let mut freed = Vec::new();
+        for (k, owners) in &mut self.lent {
+            if owners.remove(&task) && owners.is_empty() {
+                freed.push(*k);
+            }
+        }
+        for k in freed {
+            self.lent.remove(&k);
+            // Left protected, the file's inode, once reused, would be refused to
+            // every enforced task.
+            if !self.own.contains(&k) {
+                let _ = self.fs_rules.remove(&k);
+            }
+        }
     }
 
     /// Takes out every task (and grant) whose cookie is not in `known`: what a
@@ -157,11 +179,23 @@ impl LsmMaps {
         for k in rules {
             let _ = self.fs_rules.remove(&k);
         }
+        // Events files protected for tasks no one resumed (a resumed task's is
+        // protected for it again; agentmon's own files by every enrolment).
+        let files: Vec<FsKey> = self
+            .fs_rules
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.task == 0 && !self.own.contains(k) && !self.lent.contains_key(k))
+            .collect();
+        for k in files {
+            let _ = self.fs_rules.remove(&k);
+        }
     }
 
     /// Forgets every enrolled task with no process in `live`.
     pub fn sweep(&mut self, live: &std::collections::BTreeSet<u32>) {
-        let gone: Vec<u32> = self.written.keys().copied().filter(|c| !live.contains(c)).collect();
+        let mut gone: BTreeSet<u32> = self.written.keys().copied().filter(|c| !live.contains(c)).collect();
+        gone.extend(self.lent.values().flatten().filter(|c| !live.contains(c)));
         for c in gone {
             self.forget(c);
         }
@@ -174,7 +208,18 @@ impl LsmMaps {
             self.fs_rules
                 .insert(&k, &monitor_common::lsm::right::PROTECTED, 0)
                 .map_err(|e| op("FS_RULES", e))?;
+            self.own.insert(k);
         }
+        Ok(())
+    }
+
+    /// Marks file `k` (task 0) as agentmon's while task `task` lives: its events
+    /// file. Taken out with the last task it is marked for, unless it is one of
+    /// agentmon's own files too.
+    pub fn protect_for(&mut self, task: u32, k: FsKey) -> Result<(), LoadError> {
+        let k = FsKey { task: 0, ..k };
+        self.fs_rules.insert(&k, &monitor_common::lsm::right::PROTECTED, 0).map_err(|e| op("FS_RULES", e))?;
+        self.lent.entry(k).or_default().insert(task);
         Ok(())
     }
 

@@ -260,7 +260,7 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
             let protected = maps
                 .ident(Path::new(path), true)
                 .map_err(|e| e.to_string())
-                .and_then(|k| maps.protect(&[k]).map_err(|e| e.to_string()));
+                .and_then(|k| maps.protect_for(c, k).map_err(|e| e.to_string()));
             match protected {
                 Ok(()) => {}
                 Err(err) if resumed => {
