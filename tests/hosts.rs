@@ -155,13 +155,7 @@ pub fn host_names_never_stall_or_widen() -> R {
     let results = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     eq("sub-task exit", results(&o.join("repo/sub-rc")), "Some(0)".to_string())?;
     let evs = events(&all)?;
-    let stalled: Vec<&Event> = evs
-        .iter()
-        .filter(|e| {
-            e.kind == Kind::Tamper
-                && e.detail.get("attempt").and_then(|v| v.as_str()) == Some("stopping agentmon")
-        })
-        .collect();
+    let stalled = support::tamper_of(&evs, "stopping agentmon");
     ensure(stalled.is_empty(), || format!("agentmon's loop stood still: {stalled:?}\n{said}"))?;
     let sent = |task: &str, ip: &str| {
         send_to(&evs, task, ip).ok_or_else(|| format!("no send of {task} to {ip}:443\n{said}"))

@@ -48,6 +48,16 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         ("sub_agent", Some(d)) => sub_agent(d),
         ("delegate_one", Some(d)) => delegate_one(d, args),
         ("hosts", Some(d)) => hosts::parent(d, args),
+        // Serves a FUSE file system at ARG whose file `f` names d/repo/held.txt, each
+        // read answered 3 s late (until it is unmounted).
+        ("fuse_serve", Some(d)) => match args {
+            [_, at] => {
+                let mut data = d.join("repo/held.txt").into_os_string().into_encoded_bytes();
+                data.resize(4096, 0);
+                fuse::mount(Path::new(at), data, std::time::Duration::from_secs(3))
+            }
+            _ => Err("fuse_serve DIR MOUNTPOINT".into()),
+        },
         ("hosts_sub", Some(d)) => hosts::sub(d),
         ("sub_waits", Some(d)) => sub_waits(d),
         // A sub-task's: inside its scope, outside it but inside its parent's.
@@ -547,6 +557,23 @@ fn compat_creat(path: &Path, page: Page) -> i32 {
     }
 }
 
+/// unlink() of the name at the start of `file`'s first page (mapped): its errno.
+fn unlink_mapped(file: &Path) -> i32 {
+    let Ok(f) = fs::File::open(file) else { return -2 };
+    // SAFETY: a private read-only mapping of an open file, unmapped after the call.
+    unsafe {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        let p = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE, fd, 0);
+        if p == libc::MAP_FAILED {
+            return -3;
+        }
+        let r = libc::unlink(p.cast());
+        let e = if r == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap_or(-1) };
+        libc::munmap(p, 4096);
+        e
+    }
+}
+
 /// Where the i386 creat's path lives.
 enum Page {
     /// A page of our own.
@@ -791,6 +818,9 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 compat_creat(&d.join("repo/stalled.txt"), Page::Userfault(std::time::Duration::from_secs(3)))
             }
             // ... in a file's page on the agent's own FUSE mount at PATH, read 3 s late.
+            // A delete whose path lies in a page of the file ARG (a file on a FUSE
+            // mount served late: the held call's name cannot be read in time).
+            "unlink_mapped" => unlink_mapped(Path::new(arg)),
             "compat_creat_fuse" => compat_creat(
                 &d.join("repo/fuse.txt"),
                 Page::Fuse(std::path::PathBuf::from(arg), std::time::Duration::from_secs(3)),

@@ -47,6 +47,11 @@ impl Run {
         }
     }
 
+    /// The first tamper record of `attempt` (its `detail.attempt`).
+    pub fn tamper(&self, attempt: &str) -> Option<&Event> {
+        tamper_of(&self.events, attempt).into_iter().next()
+    }
+
     pub fn summary(&self) -> String {
         self.events
             .iter()
@@ -61,6 +66,15 @@ impl Run {
 }
 
 /// Runs scenario `name` (with `args`) as a task under `agentmon exec`.
+/// The tamper records of `attempt` (their `detail.attempt`) among `evs`.
+pub fn tamper_of<'a>(evs: &'a [Event], attempt: &str) -> Vec<&'a Event> {
+    evs.iter()
+        .filter(|e| {
+            e.kind == Kind::Tamper && e.detail.get("attempt").and_then(|v| v.as_str()) == Some(attempt)
+        })
+        .collect()
+}
+
 pub fn run_scenario(name: &str, args: &[&str], dir: &Path) -> Result<Run, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = vec![me.to_str().unwrap().to_string()];
