@@ -534,6 +534,22 @@ mod tests {
     }
 
     #[test]
+    fn memory_reads_are_capped_per_process_and_in_all() {
+        let name = c"/tmp/x";
+        assert_eq!(read_cstr(me(), name.as_ptr() as u64).unwrap().as_c_str(), name);
+        // Reads stuck on a process (pids no process has): its own next is refused
+        // as its stall; past the whole, anyone's is refused, no one blamed.
+        let stuck = 4_000_001u32;
+        let set = |v: Vec<u32>| *READS.lock().unwrap() = v;
+        set(vec![stuck; MAX_READS_EACH]);
+        assert_eq!(read_cstr(stuck, 0), Err(Errno::ETIMEDOUT));
+        set((0..MAX_READS as u32).map(|i| 4_100_000 + i).collect());
+        assert_eq!(read_cstr(stuck, 0), Err(Errno::EAGAIN));
+        set(Vec::new());
+        assert_eq!(read_cstr(me(), name.as_ptr() as u64).unwrap().as_c_str(), name);
+    }
+
+    #[test]
     fn credentials_parse_from_proc() {
         let c = creds_of(me()).unwrap();
         assert_eq!(c.fsuid, nix::unistd::geteuid().as_raw());
