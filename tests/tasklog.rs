@@ -191,12 +191,15 @@ pub fn restart_keeps_a_tasks_paths() -> R {
     // A delete scope narrower than the write scope is enforced on the BPF LSM tier
     // only (Landlock refuses it): elsewhere the task is observed, and judged.
     let enforce = support::bpf_lsm();
+    // A program that is a symlink by nature (to dash here): its grant is not one the
+    // task could have planted, and stays.
+    let sh = "/usr/bin/sh";
     let t = d.join("paths.yaml");
     std::fs::write(
         &t,
         format!(
             "id: paths\nmode: execute\nenforcement: {}\nscope:\n  write: [\"{r}/**\"]\n  delete: [\"{r}/sub/**\"]\n  \
-             exec: [\"{me}\"]\n",
+             exec: [\"{me}\", \"{sh}\"]\n",
             if enforce { "enforce" } else { "observe" },
             r = repo.display(),
             me = me.display()
@@ -207,7 +210,7 @@ pub fn restart_keeps_a_tasks_paths() -> R {
     let mut c = Command::new(agentmon());
     c.args(["exec", "--quiet", "--daemon"]).arg(&sock).arg("--task").arg(&t).arg("--");
     c.arg(&me).arg(&d).arg(format!("wait={}", d.join("go").display()));
-    c.arg(format!("delete={}", repo.join("sub/victim").display()));
+    c.arg(format!("delete={}", repo.join("sub/victim").display())).arg(format!("run={sh}"));
     let exec = c.env(SCENARIO_ENV, "attempts").stdin(Stdio::null()).stderr(Stdio::piped()).spawn();
     let limit = Duration::from_secs(30) * support::slowdown();
     let running =
@@ -264,6 +267,11 @@ pub fn restart_keeps_a_tasks_paths() -> R {
     // On the BPF LSM tier, the grant is not given again either.
     ensure(!enforce || said.iter().any(|r| r.contains("not granted")), || {
         format!("no tamper record of the grant not given again: {said:?}")
+    })?;
+    ensure(!said.iter().any(|r| r.contains(sh)), || format!("{sh}'s grant was called moved: {said:?}"))?;
+    let results = std::fs::read_to_string(repo.join("results.txt")).map_err(|e| e.to_string())?;
+    ensure(results.lines().any(|l| l == "run 0"), || {
+        format!("{sh} did not run after the restart: {results}")
     })?;
     Ok(())
 }

@@ -751,6 +751,13 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                     as libc::c_long)
             }
             "exec_out" => errno(std::process::Command::new(d.join("tool.sh")).status().map(|_| ())),
+            // Runs the program PATH (no arguments, no input): 0 if it ran and
+            // succeeded, 2000 + its exit code if it failed, else the errno.
+            "run" => match std::process::Command::new(arg).stdin(std::process::Stdio::null()).status() {
+                Ok(st) if st.success() => 0,
+                Ok(st) => 2000 + st.code().unwrap_or(-1),
+                Err(e) => e.raw_os_error().unwrap_or(-1),
+            },
             // An executable outside scope.exec run by the ELF loader, which every
             // dynamic program's exec needs (`ld.so FILE` maps and runs FILE).
             "exec_ldso" => {
