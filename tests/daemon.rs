@@ -111,8 +111,10 @@ fn spawn_daemon(d: &Path, extra: &str, via: &[&std::ffi::OsStr]) -> Result<Child
     let (sock, all) = daemon_paths(d);
     let config = d.join("agentmon.yaml");
     if !config.exists() {
+        // No rules unless `extra` names some.
+        let rules = if extra.lines().any(|l| l.starts_with("rules:")) { "" } else { "rules: none\n" };
         let text = format!(
-            "socket: {}\nevents: {}\nrules: none\nstate_dir: {}\n{extra}",
+            "socket: {}\nevents: {}\n{rules}state_dir: {}\n{extra}",
             sock.display(),
             all.display(),
             d.join("state").display()

@@ -124,7 +124,18 @@ pub fn host_names_never_stall_or_widen() -> R {
         ["unshare", "-m", "sh", "-c", NAMESPACE, "sh"].into_iter().map(OsStr::new).collect();
     let via = [via, vec![hosts.as_os_str(), resolv.as_os_str()]].concat();
     let (sock, all) = daemon_paths(&d);
-    let daemon = start_daemon_via(&d, "hosts_refresh: 1s\n", &via)?;
+    // A deny rule on grow.test's first address: its guard entry is the allow
+    // entry's net exactly (a tie the deny wins), which a refresh must not undo.
+    let rules = d.join("rules");
+    std::fs::create_dir_all(&rules).map_err(|e| e.to_string())?;
+    write(
+        &rules.join("deny.yaml"),
+        "rules:\n  - id: test.no-8-5\n    description: test\n    severity: high\n    match:\n      \
+         kinds: [connect, send]\n      dst: [\"127.0.8.5/32\"]\n    action: deny\n    examples:\n      \
+         match: [{kind: send, dst: \"127.0.8.5:443\"}]\n      no_match: [{kind: send, dst: \"127.0.8.6:443\"}]\n",
+    )?;
+    let config = format!("hosts_refresh: 1s\nrules: {}\n", rules.display());
+    let daemon = start_daemon_via(&d, &config, &via)?;
     let limit = Duration::from_secs(30) * support::slowdown();
     let run = (|| -> Result<(Option<i32>, Option<i32>), String> {
         let go = d.join("go");
@@ -135,7 +146,7 @@ pub fn host_names_never_stall_or_widen() -> R {
             &guarded,
             &g,
             "attempts",
-            &[OsStr::new(&wait_go), OsStr::new("udp_to=127.0.8.6:443")],
+            &[OsStr::new(&wait_go), OsStr::new("udp_to=127.0.8.6:443"), OsStr::new("udp_to=127.0.8.5:443")],
         )?;
         let ready = wait(limit, || o.join("repo/sub/ready").exists());
         // The records change once the sub-task was accepted (sub.test in the
@@ -163,7 +174,9 @@ pub fn host_names_never_stall_or_widen() -> R {
     // The name gained an address: in both tasks' scope, and let through.
     eq("observed", results(&o.join("repo/results.txt")), "grown 0\n".to_string())?;
     eq("observed: new address", sent("hosts-parent", "127.0.8.6")?.verdict.as_deref(), Some("in_scope"))?;
-    eq("enforced", results(&g.join("repo/results.txt")), "wait 0\nudp_to 0\n".to_string())?;
+    // The denied first address stays refused in the guard (EPERM) after the refreshes.
+    let denied = if enforce { libc::EPERM } else { 0 };
+    eq("enforced", results(&g.join("repo/results.txt")), format!("wait 0\nudp_to 0\nudp_to {denied}\n"))?;
     eq("enforced: new address", sent("hosts-guarded", "127.0.8.6")?.verdict.as_deref(), Some("in_scope"))?;
     // The sub-task's name moved out of the parent's range: its first address still
     // in scope, the new one not.
@@ -174,5 +187,12 @@ pub fn host_names_never_stall_or_widen() -> R {
         sent("hosts-child", "127.0.7.7")?.verdict.as_deref(),
         Some("out_of_scope"),
     )?;
+    // The refusal is said, once, for the sub-task.
+    let told: Vec<&Event> = support::tamper_of(&evs, "host addresses")
+        .into_iter()
+        .filter(|e| e.reason.as_deref().is_some_and(|r| r.contains("sub.test now resolves to 127.0.7.7")))
+        .collect();
+    eq("records of the refused address", told.len(), 1)?;
+    eq("its task", told[0].task.as_deref(), Some("hosts-child"))?;
     Ok(())
 }

@@ -27,46 +27,57 @@ use crate::task::{
 /// the guard's map).
 const MAX_ADDRS: usize = 64;
 
+/// Lookups a refresh may have running at once: the rest of the shared pool stays
+/// for tasks' starts and delegations.
+const MAX_RUNNING: usize = 32;
+/// Refused addresses recorded (each once per task and name).
+const MAX_TOLD: usize = 4096;
+
 /// The lookups in flight and their answers.
 pub struct Refresh {
     asked: BTreeSet<String>,
     tx: mpsc::Sender<(String, Vec<IpAddr>)>,
     rx: mpsc::Receiver<(String, Vec<IpAddr>)>,
+    /// Refused addresses already recorded: (task, name, address).
+    told: std::collections::HashSet<(Arc<str>, String, IpAddr)>,
 }
 
 impl Default for Refresh {
     fn default() -> Self {
         let (tx, rx) = mpsc::channel();
-        Self { asked: BTreeSet::new(), tx, rx }
+        Self { asked: BTreeSet::new(), tx, rx, told: Default::default() }
     }
 }
 
 impl Refresh {
-    /// Looks up again every host name of a task's scope not still being looked up.
+    /// Looks up again every host name of a task's scope not still being looked up:
+    /// the operators' (top-level tasks') first, then sub-tasks' (the agent's choice),
+    /// while fewer than [`MAX_RUNNING`] lookups run.
     pub fn start(e: &mut Engine) {
-        let mut names = BTreeSet::new();
+        let (mut top, mut sub) = (BTreeSet::new(), BTreeSet::new());
         for id in e.p.task_ids() {
             if let Some(b) = e.p.judge.task(&id) {
-                names.extend(host_names(&b.task));
+                if b.chain.is_empty() { &mut top } else { &mut sub }.extend(host_names(&b.task));
             }
         }
         let r = &mut e.hosts;
-        for name in names {
-            if r.asked.contains(&name) {
+        let mut left = 0;
+        for name in top.iter().chain(sub.difference(&top)) {
+            if r.asked.contains(name) {
                 continue;
             }
             let (tx, n) = (r.tx.clone(), name.clone());
-            match crate::task::scope::lookup(name.clone(), move |a| {
+            match crate::task::scope::lookup(name.clone(), MAX_RUNNING, move |a| {
                 let _ = tx.send((n, a));
             }) {
                 Ok(()) => {
-                    r.asked.insert(name);
+                    r.asked.insert(name.clone());
                 }
-                Err(why) => {
-                    tracing::warn!("host names not looked up again: {why}");
-                    break;
-                }
+                Err(_) => left += 1,
             }
+        }
+        if left > 0 {
+            tracing::warn!("{left} host names not looked up again: too many lookups still running");
         }
     }
 
@@ -93,48 +104,105 @@ fn host_names(t: &Task) -> BTreeSet<String> {
         .collect()
 }
 
-/// Adds to task `id` the addresses `name` has now that it may take.
+/// Adds to task `id` the addresses `name` has now that it may take; those it may
+/// not are recorded (once each).
 fn apply(e: &mut Engine, id: &str, name: &str, now: &[IpAddr]) {
     let (Some(b), Some(cookie)) = (e.p.judge.task(id), e.p.contain.cookie(id)) else { return };
     let ancestors: Option<Vec<Arc<Task>>> =
         b.chain.iter().map(|p| e.p.judge.task(p).map(|a| a.task.clone())).collect();
-    let denied = crate::policy::inline::deny_rules(e.p.judge.rules().rules.iter(), &b.task)
-        .map(|i| i.net)
-        .unwrap_or_default();
-    let own_guard = b.chain.is_empty();
+    // Rules that cannot be checked against the task now take nothing.
+    let denied = crate::policy::inline::deny_rules(e.p.judge.rules().rules.iter(), &b.task).map(|i| i.net);
+    let (own_guard, root, key) = (b.chain.is_empty(), b.root, b.id.clone());
     let mut task = (*b.task).clone();
     let mut refused = Vec::new();
-    let changed = widen(&mut task.connect, name, now, |ports, a| {
-        // A denied net's address would win over the deny in the guard (its prefix is
-        // longer); an address no parent covers would widen a sub-task (a parent gone
-        // from here cannot say: nothing is taken).
-        let within = ancestors.as_ref().is_some_and(|up| up.iter().all(|p| covered(p, name, ports, a)));
-        let ok = within && !denied.iter().any(|d| d.contains(&a));
-        if !ok {
-            refused.push(a);
+    let changed = widen(&mut task.connect, name, now, |ports, had, a| {
+        let why = if !ancestors.as_ref().is_some_and(|up| up.iter().all(|p| covered(p, name, ports, a))) {
+            // An address no parent covers would widen a sub-task (a parent gone from
+            // here cannot say: nothing is taken).
+            Some("outside a parent task's scope")
+        } else if !denied.as_ref().is_ok_and(|d| !d.iter().any(|n| n.contains(&a))) {
+            // A denied net's address would win over the deny in the guard (its prefix
+            // is longer).
+            Some("in a net a deny rule refuses")
+        } else if !takes(had, a) {
+            Some("of a kind the name did not resolve to before (DNS rebinding)")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            refused.push((a, why));
         }
-        ok
+        why.is_none()
     });
-    if !refused.is_empty() {
-        tracing::warn!(
-            "task {id}: new addresses of {name} not allowed (outside a parent task's scope or denied): {refused:?}"
-        );
+    for (a, why) in refused {
+        let r = &mut e.hosts;
+        if r.told.len() < MAX_TOLD && r.told.insert((key.clone(), name.to_string(), a)) {
+            let what = format!("{name} now resolves to {a}, {why}: not allowed");
+            e.tamper(root, Some(cookie), "host addresses", &what, true);
+        }
     }
     if !changed {
         return;
     }
     // A sub-task has no network guard of its own (its parent's cgroup and guard).
     if task.enforce && own_guard {
-        let added = crate::enforce::cgroup::allow_entries(cookie, &task.connect)
-            .and_then(|allow| e.sensors.allow_more(&allow).map_err(|err| err.to_string()));
-        if let Err(why) = added {
-            // The judge keeps the old addresses too: what the guard refuses is not
+        let mut entries = match crate::enforce::cgroup::allow_entries(cookie, &task.connect) {
+            Ok(a) => a,
+            Err(why) => {
+                tracing::warn!("task {id}: the new addresses of {name} not allowed: {why}");
+                return;
+            }
+        };
+        // Written after the allow entries, as at the start: a deny entry for the very
+        // same net wins the tie, and rewriting the allow entries must not undo it.
+        entries.extend(crate::enforce::cgroup::deny_entries(cookie, denied.as_deref().unwrap_or_default()));
+        if let Err(err) = e.sensors.allow_more(&entries) {
+            // The judge keeps the old addresses: what the guard may refuse is not
             // called in scope.
-            tracing::warn!("task {id}: the new addresses of {name} not allowed: {why}");
+            tracing::warn!("task {id}: the new addresses of {name} not allowed: {err}");
             return;
         }
     }
+    if let Some(st) = &e.setup.state {
+        st.update(id, |s| s.scope.as_mut().map(|p| p.set_hosts(&task)).is_some());
+    }
     e.p.judge.set_task(id, Arc::new(task));
+}
+
+/// How far an address reaches: a name that resolved to public addresses and now
+/// resolves to this host, the local network or the link (a cloud's metadata
+/// service) is being rebound, not moved.
+#[derive(Debug, PartialEq, Eq)]
+enum Reach {
+    Public,
+    Private,
+    Loopback,
+    Link,
+    Other,
+}
+
+fn reach(a: IpAddr) -> Reach {
+    match a {
+        IpAddr::V4(v) if v.is_loopback() => Reach::Loopback,
+        IpAddr::V4(v) if v.is_link_local() => Reach::Link,
+        // RFC 1918 and the carrier-grade NAT range (100.64.0.0/10).
+        IpAddr::V4(v) if v.is_private() || (v.octets()[0] == 100 && v.octets()[1] & 0xc0 == 64) => {
+            Reach::Private
+        }
+        IpAddr::V4(v) if v.is_unspecified() || v.is_multicast() || v.is_broadcast() => Reach::Other,
+        IpAddr::V6(v) if v.is_loopback() => Reach::Loopback,
+        IpAddr::V6(v) if v.is_unicast_link_local() => Reach::Link,
+        IpAddr::V6(v) if v.is_unique_local() => Reach::Private,
+        IpAddr::V6(v) if v.is_unspecified() || v.is_multicast() => Reach::Other,
+        _ => Reach::Public,
+    }
+}
+
+/// May a name that resolved to `had` take `a` too? A public address, or one of a
+/// kind it had.
+fn takes(had: &[IpAddr], a: IpAddr) -> bool {
+    let r = reach(a);
+    r == Reach::Public || had.iter().any(|h| reach(*h) == r)
 }
 
 /// Does `parent` allow `a` under `name` with `ports`?
@@ -144,13 +212,13 @@ fn covered(parent: &Task, name: &str, ports: Ports, a: IpAddr) -> bool {
 }
 
 /// Adds to each endpoint of `eps` for `name` the addresses of `now` that `take`
-/// accepts (ports, address), at most [`MAX_ADDRS`] in all per endpoint. Whether
-/// anything was added.
+/// accepts (ports, the endpoint's addresses before, address), at most
+/// [`MAX_ADDRS`] in all per endpoint. Whether anything was added.
 fn widen(
     eps: &mut [Endpoint],
     name: &str,
     now: &[IpAddr],
-    mut take: impl FnMut(Ports, IpAddr) -> bool,
+    mut take: impl FnMut(Ports, &[IpAddr], IpAddr) -> bool,
 ) -> bool {
     let mut changed = false;
     for ep in eps {
@@ -158,11 +226,12 @@ fn widen(
         if n != name {
             continue;
         }
+        let had = addrs.clone();
         for a in now {
             if addrs.len() >= MAX_ADDRS {
                 break;
             }
-            if !addrs.contains(a) && take(*ports, *a) {
+            if !addrs.contains(a) && take(*ports, &had, *a) {
                 addrs.push(*a);
                 changed = true;
             }
@@ -202,14 +271,14 @@ mod tests {
     #[test]
     fn new_addresses_are_added_and_old_ones_kept() {
         let mut eps = vec![host("a.example", &["192.0.2.1"]), host("b.example", &["192.0.2.9"])];
-        assert!(widen(&mut eps, "a.example", &[ip("192.0.2.2")], |_, _| true));
+        assert!(widen(&mut eps, "a.example", &[ip("192.0.2.2")], |_, _, _| true));
         assert_eq!(eps[0], host("a.example", &["192.0.2.1", "192.0.2.2"]));
         assert_eq!(eps[1], host("b.example", &["192.0.2.9"]), "another name's untouched");
         // No address now: nothing taken away.
-        assert!(!widen(&mut eps, "b.example", &[], |_, _| true));
+        assert!(!widen(&mut eps, "b.example", &[], |_, _, _| true));
         assert_eq!(eps[1], host("b.example", &["192.0.2.9"]));
         assert!(
-            !widen(&mut eps, "a.example", &[ip("192.0.2.2")], |_, _| true),
+            !widen(&mut eps, "a.example", &[ip("192.0.2.2")], |_, _, _| true),
             "nothing new the second time"
         );
     }
@@ -217,7 +286,7 @@ mod tests {
     #[test]
     fn refused_addresses_are_not_added() {
         let mut eps = vec![host("a.example", &["192.0.2.1"])];
-        assert!(!widen(&mut eps, "a.example", &[ip("203.0.113.5")], |_, a| a != ip("203.0.113.5")));
+        assert!(!widen(&mut eps, "a.example", &[ip("203.0.113.5")], |_, _, a| a != ip("203.0.113.5")));
         assert_eq!(eps[0], host("a.example", &["192.0.2.1"]));
     }
 
@@ -226,9 +295,27 @@ mod tests {
         let mut eps = vec![host("a.example", &[])];
         let many: Vec<IpAddr> =
             (0..200u32).map(|i| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000u32 + i))).collect();
-        assert!(widen(&mut eps, "a.example", &many, |_, _| true));
+        assert!(widen(&mut eps, "a.example", &many, |_, _, _| true));
         let Endpoint::Host { addrs, .. } = &eps[0] else { unreachable!() };
         assert_eq!(addrs.len(), MAX_ADDRS);
+    }
+
+    #[test]
+    fn a_name_is_not_rebound_to_this_host_the_network_or_the_link() {
+        let public = [ip("93.184.216.34")];
+        assert!(takes(&public, ip("93.184.216.35")));
+        for inside in
+            ["127.0.0.1", "10.0.0.5", "192.168.1.1", "100.64.0.1", "169.254.169.254", "0.0.0.0", "::1"]
+        {
+            assert!(!takes(&public, ip(inside)), "{inside}");
+        }
+        assert!(!takes(&public, ip("fe80::1")) && !takes(&public, ip("fd00::1")));
+        // A name that was local stays local (localhost, an internal service).
+        assert!(takes(&[ip("127.0.0.1")], ip("127.0.0.2")));
+        assert!(takes(&[ip("10.1.2.3")], ip("10.9.9.9")));
+        assert!(!takes(&[ip("10.1.2.3")], ip("169.254.169.254")));
+        // Nothing before: public addresses only.
+        assert!(takes(&[], ip("2001:db8::1")) && !takes(&[], ip("127.0.0.1")));
     }
 
     #[test]

@@ -71,13 +71,18 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
             continue;
         };
         let now = e.p.enr.clock().now_wall();
-        let mut task = match crate::task::parse(&s.manifest, Path::new(&s.file), now) {
+        let mut task = match crate::task::parse_unresolved(&s.manifest, Path::new(&s.file), now) {
             Ok(t) => t,
             Err(err) => {
                 tracing::error!("resuming task {}: {err}", s.id);
                 continue;
             }
         };
+        // Bounded, as at a start (the loop and the other tasks' resumes wait).
+        let slow = crate::task::scope::resolve_hosts_within(&mut task.connect, super::tasks::START_LOOKUPS);
+        if !slow.is_empty() {
+            tracing::warn!("resuming task {}: host names not answered in time: {}", s.id, slow.join(", "));
+        }
         task.enforce |= s.enforce;
         task.expires = s.expires;
         let moved = restore(&mut task, s.scope.as_ref());
@@ -181,6 +186,11 @@ pub fn drop_unclaimed(e: &mut Engine) {
         }
     }
     if let Some(l) = e.sensors.lsm.as_mut() {
+        // agentmon's own files stay protected whether or not an enforced task was
+        // resumed (what keep_tasks keeps of the protected files is what is marked).
+        if let Err(err) = super::tasks::protect_own(l, &e.setup) {
+            tracing::warn!("protecting agentmon's own files: {err}");
+        }
         l.keep_tasks(&known);
     }
 }
@@ -205,6 +215,10 @@ pub struct Paths {
     exec: Vec<String>,
     #[serde(default)]
     propose_dir: Option<PathBuf>,
+    /// The addresses each host name of its connect scope allows (found at its start
+    /// and by refreshes since): a restart keeps them, as the pinned guard does.
+    #[serde(default)]
+    hosts: Vec<(String, Vec<std::net::IpAddr>)>,
 }
 
 impl Paths {
@@ -215,7 +229,23 @@ impl Paths {
             delete: t.delete.patterns.clone(),
             exec: t.exec.patterns.clone(),
             propose_dir: t.propose_dir.clone(),
+            hosts: Self::hosts_of(t),
         }
+    }
+
+    fn hosts_of(t: &crate::task::Task) -> Vec<(String, Vec<std::net::IpAddr>)> {
+        t.connect
+            .iter()
+            .filter_map(|e| match e {
+                crate::task::scope::Endpoint::Host { name, addrs, .. } => Some((name.clone(), addrs.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Records `t`'s host addresses now (a refresh added some).
+    pub fn set_hosts(&mut self, t: &crate::task::Task) {
+        self.hosts = Self::hosts_of(t);
     }
 
     /// Puts these back into `t` (its manifest parsed again); says what the file
@@ -242,6 +272,14 @@ impl Paths {
             moved.push(format!("scope.propose_dir {} now resolves to {}", a.display(), b.display()));
         }
         t.propose_dir = self.propose_dir.clone();
+        for ep in &mut t.connect {
+            if let crate::task::scope::Endpoint::Host { name, addrs, .. } = ep
+                && let Some((_, had)) = self.hosts.iter().find(|(n, _)| n == name)
+            {
+                addrs.extend(had.iter().filter(|a| !addrs.contains(a)).collect::<Vec<_>>());
+                addrs.sort();
+            }
+        }
         let set = |p: &[String]| crate::task::scope::PathSet::resolved(p.to_vec()).map_err(|e| e.to_string());
         t.read = set(&self.read)?;
         t.write = set(&self.write)?;
@@ -253,5 +291,36 @@ impl Paths {
                 moved.join("; ")
             )
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_keeps_the_addresses_a_name_was_given() {
+        let yaml = "id: t\nmode: execute\nscope:\n  connect: [\"api.example.com:443\", \"10.0.0.0/8:22\"]\n";
+        let parse = || crate::task::parse_unresolved(yaml, Path::new("t.yaml"), Default::default()).unwrap();
+        let set = |t: &mut crate::task::Task, a: &[&str]| {
+            if let crate::task::scope::Endpoint::Host { addrs, .. } = &mut t.connect[0] {
+                *addrs = a.iter().map(|a| a.parse().unwrap()).collect();
+            }
+        };
+        let mut before = parse();
+        set(&mut before, &["192.0.2.1"]);
+        let mut rec = Paths::of(&before);
+        // A refresh added one.
+        set(&mut before, &["192.0.2.1", "192.0.2.2"]);
+        rec.set_hosts(&before);
+        // The name resolves elsewhere at the restart: both kept, the new one added.
+        let mut after = parse();
+        set(&mut after, &["192.0.2.3"]);
+        assert_eq!(rec.restore(&mut after), Ok(None), "addresses are not paths that moved");
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        for a in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+            assert!(after.connect[0].allows_ip(ip(a), 443), "{a}");
+        }
+        assert_eq!(after.connect[1], before.connect[1]);
     }
 }

@@ -278,6 +278,21 @@ fn loss(e: &mut Engine) {
     }
 }
 
+/// The cookies processes are tracked under, and those of the tasks up their chains:
+/// a task whose own processes are gone lives on in its sub-tasks' (they share its
+/// events file, which stays protected for them).
+fn live_with_parents(e: &Engine) -> std::collections::BTreeSet<u32> {
+    let mut live: std::collections::BTreeSet<u32> = e.sensors.tracked().into_iter().map(|(_, c)| c).collect();
+    let ups: Vec<u32> = live
+        .iter()
+        .filter_map(|c| e.p.enr.task_name(*c))
+        .filter_map(|id| e.p.judge.task(&id))
+        .flat_map(|b| b.chain.iter().filter_map(|p| e.p.contain.cookie(p)))
+        .collect();
+    live.extend(ups);
+    live
+}
+
 /// Housekeeping, every [`TICK`].
 fn housekeeping(e: &mut Engine, watch: Option<&mut RulesWatch>, extras: &mut Extras, ticks: u64) {
     if let Err(err) = e.sensors.settle_pending() {
@@ -298,7 +313,7 @@ fn housekeeping(e: &mut Engine, watch: Option<&mut RulesWatch>, extras: &mut Ext
     super::hosts::Refresh::finish(e);
     // A task with no process left needs its LSM grants no more.
     if ticks.is_multiple_of(20) {
-        let live: std::collections::BTreeSet<u32> = e.sensors.tracked().into_iter().map(|(_, c)| c).collect();
+        let live = live_with_parents(e);
         if let Some(l) = e.sensors.lsm.as_mut() {
             l.sweep(&live);
         }

@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// How long a task's start may wait for its host names' addresses.
-const START_LOOKUPS: std::time::Duration = std::time::Duration::from_secs(3);
+pub(super) const START_LOOKUPS: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Clone)]
 pub struct StartReq {
@@ -95,12 +95,6 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
         Ok(t) => t,
         Err(err) => return Reply::err(err.to_string()),
     };
-    // Looked up with a bound (the loop waits): a name that does not answer in time
-    // allows nothing until the minute's refresh finds it (runner/hosts.rs).
-    let slow = crate::task::scope::resolve_hosts_within(&mut task.connect, START_LOOKUPS);
-    if !slow.is_empty() {
-        tracing::warn!("{}: task {}: host names not answered in time: {}", r.file, task.id, slow.join(", "));
-    }
     task.enforce |= r.enforce;
     // Who gave the task its authority: where grant keys are set, only a grant by one
     // of them does (agentmon's own selectors start tasks of its configuration).
@@ -117,6 +111,13 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
     }
     if e.p.judge.task(&task.id).is_some() {
         return Reply::err(format!("{what}: task {} is running here, or ended with processes left", task.id));
+    }
+    // Looked up once the caller may start it, with a bound (the loop waits): a name
+    // that does not answer in time allows nothing until a refresh finds it
+    // (runner/hosts.rs).
+    let slow = crate::task::scope::resolve_hosts_within(&mut task.connect, START_LOOKUPS);
+    if !slow.is_empty() {
+        tracing::warn!("{}: task {}: host names not answered in time: {}", r.file, task.id, slow.join(", "));
     }
     if e.setup.state.as_ref().is_some_and(|st| st.has(&task.id)) {
         // Its record would be overwritten: the kernel's hold on its processes with it.
@@ -434,10 +435,7 @@ pub fn enroll_in(
         }
         .into());
     }
-    // agentmon's own files that exist (one not created yet has nothing to protect;
-    // its directory is in the list when it matters).
-    let protected: Vec<_> = setup.protected.iter().filter_map(|p| maps.ident(p, false).ok()).collect();
-    maps.protect(&protected)?;
+    protect_own(maps, setup)?;
     let refuse = |why: String| enforce::EnforceError::Refused { task: task.id.clone(), clause: "scope", why };
     let mut grants = Vec::with_capacity(plan.grants.len());
     let mut skipped = Vec::new();
@@ -571,6 +569,16 @@ pub fn guard_entries(
     }
     allow.extend(enforce::cgroup::deny_entries(cookie, &inline.net));
     Ok(allow)
+}
+
+/// Marks agentmon's own files that exist (one not created yet has nothing to
+/// protect; its directory is in the list when it matters) on the BPF LSM tier.
+pub(super) fn protect_own(
+    maps: &mut crate::kernel::lsm::LsmMaps,
+    setup: &Setup,
+) -> Result<(), crate::kernel::loader::LoadError> {
+    let protected: Vec<_> = setup.protected.iter().filter_map(|p| maps.ident(p, false).ok()).collect();
+    maps.protect(&protected)
 }
 
 /// `pid` and its descendants now (children first found through /proc).

@@ -333,18 +333,26 @@ pub fn resolve_each_within(
 }
 
 /// Looks `name` up in a thread of its own and gives `done` its addresses (none if
-/// it has none), unless [`MAX_LOOKUPS`] are running.
-pub fn lookup(name: String, done: impl FnOnce(Vec<IpAddr>) + Send + 'static) -> Result<(), String> {
-    reserve(1)?;
+/// it has none), unless `cap` lookups (at most [`MAX_LOOKUPS`]) are running.
+pub fn lookup(
+    name: String,
+    cap: usize,
+    done: impl FnOnce(Vec<IpAddr>) + Send + 'static,
+) -> Result<(), String> {
+    reserve_below(1, cap.min(MAX_LOOKUPS))?;
     spawn_reserved(name, done);
     Ok(())
 }
 
 fn reserve(n: usize) -> Result<(), String> {
+    reserve_below(n, MAX_LOOKUPS)
+}
+
+fn reserve_below(n: usize, cap: usize) -> Result<(), String> {
     use std::sync::atomic::Ordering::SeqCst;
-    if LOOKUPS.fetch_add(n, SeqCst) + n > MAX_LOOKUPS {
+    if LOOKUPS.fetch_add(n, SeqCst) + n > cap {
         LOOKUPS.fetch_sub(n, SeqCst);
-        return Err(format!("more than {MAX_LOOKUPS} host name lookups are still running"));
+        return Err(format!("more than {cap} host name lookups are still running"));
     }
     Ok(())
 }
