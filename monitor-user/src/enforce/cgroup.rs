@@ -158,8 +158,26 @@ pub fn allow_entries(task: u32, eps: &[Endpoint]) -> Result<Vec<(u32, NetKeyData
             Endpoint::Unix { .. } => {}
         }
     }
+    // The guard takes the longest prefix only: a net inside another (a name's
+    // address in an allowed range) carries the wider one's ports too, as the judge
+    // allows either.
+    let wider: Vec<Vec<Ports>> = by_net
+        .iter()
+        .map(|(net, _)| {
+            by_net
+                .iter()
+                .filter(|(n, _)| n.prefix_len() < net.prefix_len() && n.contains(net))
+                .flat_map(|(_, p)| p.iter().copied())
+                .collect()
+        })
+        .collect();
     let mut out = Vec::new();
-    for (net, ports) in by_net {
+    for ((net, mut ports), more) in by_net.into_iter().zip(wider) {
+        for p in more {
+            if !ports.iter().any(|q| q.covers(&p)) {
+                ports.push(p);
+            }
+        }
         if ports.len() > 8 {
             return Err(format!("{net}: more than 8 port ranges for one address"));
         }
@@ -208,5 +226,23 @@ mod tests {
         assert_eq!(&data[4..20], &"::ffff:10.0.0.0".parse::<std::net::Ipv6Addr>().unwrap().octets());
         assert_eq!((ports.n, ports.ranges[0], ports.ranges[1]), (2, [443, 443], [80, 80]));
         assert_eq!((e[1].0, e[1].2.ranges[0]), (32 + 8, [0, 65535]));
+    }
+
+    #[test]
+    fn an_address_inside_an_allowed_net_keeps_the_nets_ports() {
+        // A name's address (its own port) inside an allowed range (another port): the
+        // guard's longest match is the address, which must allow both, as the judge does.
+        let mut eps =
+            vec![parse_endpoint("10.0.0.0/8:22").unwrap(), parse_endpoint("api.example:443").unwrap()];
+        if let Endpoint::Host { addrs, .. } = &mut eps[1] {
+            addrs.push("10.1.2.3".parse().unwrap());
+        }
+        let e = allow_entries(7, &eps).unwrap();
+        let host = e.iter().find(|(bits, ..)| *bits == 32 + 128).expect("the address's entry");
+        let mut got: Vec<[u16; 2]> = host.2.ranges[..host.2.n as usize].to_vec();
+        got.sort();
+        assert_eq!(got, vec![[22, 22], [443, 443]]);
+        let net = e.iter().find(|(bits, ..)| *bits == 32 + 96 + 8).expect("the net's entry");
+        assert_eq!((net.2.n, net.2.ranges[0]), (1, [22, 22]));
     }
 }
