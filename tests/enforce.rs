@@ -272,6 +272,12 @@ pub fn tamper_attempts_fail() -> R {
         "tiocsti_high".into(),
         "mknod_blk".into(),
         format!("exec_ldso={}", d.join("outside-true").display()),
+        "perf_event_open".into(),
+        "mount".into(),
+        "process_vm_writev".into(),
+        "setns".into(),
+        "userfaultfd".into(),
+        "socketpair_dgram".into(),
     ];
     // The task's manifest (agentmon protects it), bind-mounted into the task's write
     // scope by someone else: the same file under a path the scope covers.
@@ -326,6 +332,12 @@ pub fn tamper_attempts_fail() -> R {
         ("tiocsti", EPERM),
         ("tiocsti_high", EPERM),
         ("mknod_blk", EPERM),
+        ("perf_event_open", EPERM),
+        ("mount", EPERM),
+        ("process_vm_writev", EPERM),
+        ("setns", EPERM),
+        ("userfaultfd", EPERM),
+        ("socketpair_dgram", EPERM),
     ];
     for (k, v) in want {
         // The guests' /tmp (overlayfs on 6.1) has no user extended attributes: allowed
@@ -358,6 +370,16 @@ pub fn tamper_attempts_fail() -> R {
         if lsm { (Kind::Exec, "execveat", "EACCES") } else { (Kind::Tamper, "memfd_create", "EPERM") },
         (Kind::FileWrite, "openat", "EACCES"),
         (Kind::FileCreate, "openat", "EACCES"),
+        (Kind::Tamper, "perf_event_open", "EPERM"),
+        (Kind::Tamper, "mount", "EPERM"),
+        (Kind::Tamper, "process_vm_writev", "EPERM"),
+        (Kind::Tamper, "open_tree", "EPERM"),
+        (Kind::Tamper, "setns", "EPERM"),
+        (Kind::Tamper, "userfaultfd", "EPERM"),
+        (Kind::Tamper, "unshare", "EPERM"),
+        // glibc makes mknod(3) the mknodat call.
+        (Kind::Tamper, "mknodat", "EPERM"),
+        (Kind::Tamper, "socketpair", "EPERM"),
     ] {
         ensure(denied(kind, syscall, errno), || {
             format!("no denied {kind:?} event of {syscall} ({errno}):\n{}", run.summary())

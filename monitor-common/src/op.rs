@@ -91,6 +91,12 @@ ops! {
     MEMFD_CREATE = 122, "memfd_create";
     // The signal_generate tracepoint: a signal that reached agentmon.
     SIGNAL_GENERATE = 123, "signal_generate";
+    OPEN_TREE = 124, "open_tree";
+    FSCONFIG = 125, "fsconfig";
+    FSMOUNT = 126, "fsmount";
+    FSPICK = 127, "fspick";
+    MOUNT_SETATTR = 128, "mount_setattr";
+    SETNS = 129, "setns";
 
     SETXATTR = 130, "setxattr";
     LSETXATTR = 131, "lsetxattr";
@@ -98,4 +104,10 @@ ops! {
     REMOVEXATTR = 133, "removexattr";
     LREMOVEXATTR = 134, "lremovexattr";
     FREMOVEXATTR = 135, "fremovexattr";
+    USERFAULTFD = 136, "userfaultfd";
+    UNSHARE = 137, "unshare";
+    CLONE = 138, "clone";
+    MKNOD = 139, "mknod";
+    MKNODAT = 140, "mknodat";
+    SOCKETPAIR = 141, "socketpair";
 }

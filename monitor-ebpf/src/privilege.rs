@@ -80,6 +80,15 @@ never!(sys_exit_process_vm_writev, op::PROCESS_VM_WRITEV);
 never!(sys_exit_pidfd_getfd, op::PIDFD_GETFD);
 never!(sys_exit_open_by_handle_at, op::OPEN_BY_HANDLE_AT);
 never!(sys_exit_name_to_handle_at, op::NAME_TO_HANDLE_AT);
+// The new mount API and entering another namespace.
+never!(sys_exit_open_tree, op::OPEN_TREE);
+never!(sys_exit_fsconfig, op::FSCONFIG);
+never!(sys_exit_fsmount, op::FSMOUNT);
+never!(sys_exit_fspick, op::FSPICK);
+never!(sys_exit_mount_setattr, op::MOUNT_SETATTR);
+never!(sys_exit_setns, op::SETNS);
+// Pages a process serves itself (the tool for widening a kernel race).
+never!(sys_exit_userfaultfd, op::USERFAULTFD);
 
 /// Emits a TAMPER event of `o` with the call's first three arguments when `when`
 /// holds for (return value, arguments).
@@ -97,6 +106,19 @@ fn tamper_if(ctx: &TracePointContext, o: u16, when: impl Fn(i64, &Args) -> bool)
     ev.arg(2, a.get(2));
     ev.emit();
     Some(())
+}
+
+/// A handler reporting only the refusals (EPERM) of its call, as a TAMPER event
+/// with the call's first three arguments.
+macro_rules! refused {
+    ($(#[doc = $doc:expr])* $exit:ident, $op:expr) => {
+        $(#[doc = $doc])*
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            let _ = tamper_if(&ctx, $op, |ret, _| ret == -EPERM);
+            0
+        }
+    };
 }
 
 /// tp_btf/signal_generate(int sig, struct kernel_siginfo *info, struct task_struct
@@ -129,35 +151,31 @@ fn try_signal(ctx: &BtfTracePointContext) -> Option<()> {
     Some(())
 }
 
-/// syscalls:sys_exit_kill(ret); arguments (pid, sig): refused (one that reaches
-/// agentmon is reported where it is generated, above).
-#[tracepoint]
-pub fn sys_exit_kill(ctx: TracePointContext) -> u32 {
-    let _ = tamper_if(&ctx, op::KILL, |ret, _| ret == -EPERM);
-    0
-}
+refused!(
+    /// syscalls:sys_exit_kill(ret); arguments (pid, sig): refused (one that reaches
+    /// agentmon is reported where it is generated, above).
+    sys_exit_kill,
+    op::KILL
+);
 
-/// syscalls:sys_exit_tkill(ret); arguments (tid, sig): refused.
-#[tracepoint]
-pub fn sys_exit_tkill(ctx: TracePointContext) -> u32 {
-    let _ = tamper_if(&ctx, op::TKILL, |ret, _| ret == -EPERM);
-    0
-}
+refused!(
+    /// syscalls:sys_exit_tkill(ret); arguments (tid, sig): refused.
+    sys_exit_tkill,
+    op::TKILL
+);
 
-/// syscalls:sys_exit_tgkill(ret); arguments (tgid, tid, sig): refused.
-#[tracepoint]
-pub fn sys_exit_tgkill(ctx: TracePointContext) -> u32 {
-    let _ = tamper_if(&ctx, op::TGKILL, |ret, _| ret == -EPERM);
-    0
-}
+refused!(
+    /// syscalls:sys_exit_tgkill(ret); arguments (tgid, tid, sig): refused.
+    sys_exit_tgkill,
+    op::TGKILL
+);
 
-/// syscalls:sys_exit_pidfd_send_signal(ret); arguments (pidfd, sig, info, flags):
-/// the target is behind a descriptor, so only refusals are reported.
-#[tracepoint]
-pub fn sys_exit_pidfd_send_signal(ctx: TracePointContext) -> u32 {
-    let _ = tamper_if(&ctx, op::PIDFD_SEND_SIGNAL, |ret, _| ret == -EPERM);
-    0
-}
+refused!(
+    /// syscalls:sys_exit_pidfd_send_signal(ret); arguments (pidfd, sig, info, flags):
+    /// the target is behind a descriptor, so only refusals are reported.
+    sys_exit_pidfd_send_signal,
+    op::PIDFD_SEND_SIGNAL
+);
 
 /// syscalls:sys_exit_socket(ret); arguments (family, type, protocol): a socket
 /// family enforcement refused (unix, raw, packet).
@@ -167,13 +185,12 @@ pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// syscalls:sys_exit_memfd_create(ret); arguments (name, flags): a refused memfd
-/// (enforced tasks may only make ones sealed against execution).
-#[tracepoint]
-pub fn sys_exit_memfd_create(ctx: TracePointContext) -> u32 {
-    let _ = tamper_if(&ctx, op::MEMFD_CREATE, |ret, _| ret == -EPERM);
-    0
-}
+refused!(
+    /// syscalls:sys_exit_memfd_create(ret); arguments (name, flags): a refused memfd
+    /// (enforced tasks may only make ones sealed against execution).
+    sys_exit_memfd_create,
+    op::MEMFD_CREATE
+);
 
 /// syscalls:sys_exit_io_uring_setup(ret); arguments (entries, params): a refused
 /// ring (a created one is reported by the io_uring tracepoints).
@@ -182,3 +199,48 @@ pub fn sys_exit_io_uring_setup(ctx: TracePointContext) -> u32 {
     let _ = tamper_if(&ctx, op::IOURING_SETUP_CALL, |ret, _| ret < 0);
     0
 }
+
+refused!(
+    /// syscalls:sys_exit_unshare(ret); arguments (flags): a new namespace refused.
+    sys_exit_unshare,
+    op::UNSHARE
+);
+
+refused!(
+    /// syscalls:sys_exit_clone(ret); arguments (flags, ...): a child in a new namespace
+    /// refused (a child's own return, 0, is not one).
+    sys_exit_clone,
+    op::CLONE
+);
+
+// include/uapi/linux/stat.h
+const S_IFMT: u64 = 0o170000;
+const S_IFCHR: u64 = 0o020000;
+const S_IFBLK: u64 = 0o060000;
+
+#[inline(always)]
+fn device(mode: u64) -> bool {
+    matches!(mode & S_IFMT, S_IFCHR | S_IFBLK)
+}
+
+/// syscalls:sys_exit_mknod(ret); arguments (path, mode, dev): a device node, made
+/// or refused (a door to a device, whatever the path).
+#[tracepoint]
+pub fn sys_exit_mknod(ctx: TracePointContext) -> u32 {
+    let _ = tamper_if(&ctx, op::MKNOD, |_, a| device(a.get(1)));
+    0
+}
+
+/// syscalls:sys_exit_mknodat(ret); arguments (dfd, path, mode, dev): as mknod.
+#[tracepoint]
+pub fn sys_exit_mknodat(ctx: TracePointContext) -> u32 {
+    let _ = tamper_if(&ctx, op::MKNODAT, |_, a| device(a.get(2)));
+    0
+}
+
+refused!(
+    /// syscalls:sys_exit_socketpair(ret); arguments (family, type, protocol, sv): a
+    /// datagram pair refused (it could send to any unix socket path).
+    sys_exit_socketpair,
+    op::SOCKETPAIR
+);

@@ -133,6 +133,21 @@ fn tamper_detail(ev: &mut Event, o: u16, args: &[u64; 5]) {
         op::OPEN_BY_HANDLE_AT | op::NAME_TO_HANDLE_AT => {
             ("file handle", "a file reached by a handle, not a path".into())
         }
+        op::UNSHARE | op::CLONE => {
+            ev.detail.insert(Cow::Borrowed("flags"), json!(format!("{:#x}", args[0])));
+            ("namespace", format!("{} into a new mount or user namespace was refused", op::name(o)))
+        }
+        op::SETNS => ("namespace", "setns: entering another namespace".into()),
+        op::OPEN_TREE | op::FSCONFIG | op::FSMOUNT | op::FSPICK | op::MOUNT_SETATTR => {
+            ("mount", format!("{}: the mount API, which no task needs", op::name(o)))
+        }
+        op::MKNOD | op::MKNODAT => {
+            let mode = if o == op::MKNOD { args[1] } else { args[2] };
+            let what = if mode & 0o170000 == 0o060000 { "block" } else { "character" };
+            ev.detail.insert(Cow::Borrowed("mode"), json!(octal(mode)));
+            ("device node", format!("a {what} device node (a door to the device)"))
+        }
+        op::SOCKETPAIR => ("socket", "a datagram socket pair was refused".into()),
         _ => ("kernel", format!("{}: a call no task needs", op::name(o))),
     };
     ev.detail.insert(Cow::Borrowed("attempt"), json!(what));

@@ -717,6 +717,42 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                     libc::syscall(428, libc::AT_FDCWD, p.as_ptr(), 1u32 /* OPEN_TREE_CLONE */)
                 })
             }
+            // Calls no task needs, each refused to an enforced task.
+            "perf_event_open" => {
+                // struct perf_event_attr with only its size: the call is refused
+                // before the kernel reads the rest.
+                let attr = [0u64; 16];
+                let mut a = attr;
+                a[0] = (128u64) << 32; // type 0 (hardware), size 128
+                sys(unsafe { libc::syscall(libc::SYS_perf_event_open, a.as_ptr(), 0, -1, -1, 0) })
+            }
+            "mount" => {
+                let p = c(&d.join("repo"));
+                sys(unsafe {
+                    libc::mount(c"none".as_ptr(), p.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null())
+                } as libc::c_long)
+            }
+            "process_vm_writev" => {
+                let mut b = [0u8; 1];
+                let local = libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: 1 };
+                let remote = libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: 1 };
+                sys(unsafe { libc::process_vm_writev(agentmon, &local, 1, &remote, 1, 0) } as libc::c_long)
+            }
+            "setns" => {
+                let f = fs::File::open("/proc/self/ns/net");
+                match f {
+                    Ok(f) => {
+                        sys(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), 0) } as libc::c_long)
+                    }
+                    Err(e) => e.raw_os_error().unwrap_or(-1),
+                }
+            }
+            "userfaultfd" => sys(unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) }),
+            "socketpair_dgram" => {
+                let mut sv = [0; 2];
+                sys(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, sv.as_mut_ptr()) }
+                    as libc::c_long)
+            }
             "unshare_ns" => {
                 sys(unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) } as libc::c_long)
             }
