@@ -390,6 +390,41 @@ pub fn tamper_attempts_fail() -> R {
     Ok(())
 }
 
+/// A file reached by a handle (open_by_handle_at), not a path: observed, the
+/// open is reported with the file's path and judged (outside the scope here;
+/// before, only the call was recorded, with no path);
+/// enforced, the call is refused, and both are tamper records.
+pub fn file_handles_are_seen() -> R {
+    for enforce in [false, true] {
+        let (d, task) = setup(if enforce { "handle-enforced" } else { "handle-observed" }, enforce)?;
+        if enforce && !support::can_enforce() {
+            return Ok(support::enforce_refused_here(&task, &d)?);
+        }
+        let victim = d.join("victim.txt");
+        let (run, res) = run_attempts(&d, &task, &[format!("handle_write={}", victim.display())])?;
+        let by_handle = support::tamper_of(&run.events, "file handle")
+            .into_iter()
+            .find(|e| e.syscall.as_deref() == Some("open_by_handle_at"))
+            .ok_or_else(|| format!("no tamper record of open_by_handle_at:\n{}", run.summary()))?;
+        if enforce {
+            eq("enforced: handle write", res.get("handle_write").copied(), Some(EPERM))?;
+            eq("enforced: the call's verdict", by_handle.verdict.as_deref(), Some("denied"))?;
+            eq("victim", std::fs::read(&victim).map_err(|e| e.to_string())?, b"keep me".to_vec())?;
+        } else {
+            eq("observed: handle write", res.get("handle_write").copied(), Some(0))?;
+            let w = run.find(Kind::FileWrite, &victim)?;
+            eq("the open's call", w.syscall.as_deref(), Some("open_by_handle_at"))?;
+            // Out of the scope, as a write there by path is: the shipped rule's.
+            eq(
+                "its verdict",
+                (w.verdict.as_deref(), w.rule.as_deref()),
+                (Some("violation"), Some("scope.write-outside")),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// In observe mode nothing stops a root agent from tracing agentmon: the trace is
 /// an event, and agentmon's stopped loop is a tamper record with the tracer's pid.
 pub fn stopped_agentmon_is_reported() -> R {

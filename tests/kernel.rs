@@ -60,6 +60,7 @@ fn main() {
         ("enforce_denies_out_of_scope", enforce::enforce_denies_out_of_scope),
         ("observe_flags_but_allows", enforce::observe_flags_but_allows),
         ("tamper_attempts_fail", enforce::tamper_attempts_fail),
+        ("file_handles_are_seen", enforce::file_handles_are_seen),
         ("sensitive_reads_denied_when_asked", enforce::sensitive_reads_denied_when_asked),
         ("stopped_agentmon_is_reported", enforce::stopped_agentmon_is_reported),
         ("observed_compat_calls_are_reported", enforce::observed_compat_calls_are_reported),

@@ -33,7 +33,14 @@ const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
 /// symlinks resolved) and FMODE_CREATED tells a created file from an existing one;
 /// on failure it is the name as passed, relative to its dirfd.
 #[inline(always)]
-fn open_exit(ctx: &TracePointContext, o: u16, dfd: u64, fname: u64, flags: u64, mode: u64) -> Option<()> {
+pub(crate) fn open_exit(
+    ctx: &TracePointContext,
+    o: u16,
+    dfd: u64,
+    fname: u64,
+    flags: u64,
+    mode: u64,
+) -> Option<()> {
     let ret = sys_ret(ctx);
     let file = if ret >= 0 { unsafe { fd_file(ret) } } else { 0 };
     let mut pf = 0;

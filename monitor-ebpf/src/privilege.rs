@@ -78,7 +78,20 @@ never!(sys_exit_perf_event_open, op::PERF_EVENT_OPEN);
 never!(sys_exit_process_vm_readv, op::PROCESS_VM_READV);
 never!(sys_exit_process_vm_writev, op::PROCESS_VM_WRITEV);
 never!(sys_exit_pidfd_getfd, op::PIDFD_GETFD);
-never!(sys_exit_open_by_handle_at, op::OPEN_BY_HANDLE_AT);
+
+/// syscalls:sys_exit_open_by_handle_at(ret); arguments (mount_fd, handle, flags):
+/// every call is a TAMPER event; the file it opened is an open event too, its path
+/// read from the new file (a handle names none), judged like any other open.
+#[tracepoint]
+pub fn sys_exit_open_by_handle_at(ctx: TracePointContext) -> u32 {
+    let _ = tamper_if(&ctx, op::OPEN_BY_HANDLE_AT, |_, _| true);
+    if sys_ret(&ctx) >= 0 && crate::kern::is_tracked() {
+        let a = Args::current();
+        let _ =
+            crate::file::open_exit(&ctx, op::OPEN_BY_HANDLE_AT, crate::kern::NO_BASE as u64, 0, a.get(2), 0);
+    }
+    0
+}
 never!(sys_exit_name_to_handle_at, op::NAME_TO_HANDLE_AT);
 // The new mount API and entering another namespace.
 never!(sys_exit_open_tree, op::OPEN_TREE);

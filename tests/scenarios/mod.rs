@@ -557,6 +557,44 @@ fn compat_creat(path: &Path, page: Page) -> i32 {
     }
 }
 
+/// Writes "x" to `path` through a file handle: the errno of the first step that
+/// fails (0: written).
+fn handle_write(path: &Path) -> i32 {
+    let last = || std::io::Error::last_os_error().raw_os_error().unwrap_or(-1);
+    // struct file_handle { u32 handle_bytes; int handle_type; u8 f_handle[]; }
+    let mut h = [0u8; 8 + 128];
+    h[..4].copy_from_slice(&128u32.to_ne_bytes());
+    let mut mount_id = 0i32;
+    let p = c(path);
+    // SAFETY: a buffer of the size it says, valid paths and descriptors.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            h.as_mut_ptr(),
+            &mut mount_id,
+            0,
+        ) != 0
+        {
+            return last();
+        }
+        let dir = c(path.parent().unwrap_or(Path::new("/")));
+        let mfd = libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+        if mfd < 0 {
+            return last();
+        }
+        let fd = libc::syscall(libc::SYS_open_by_handle_at, mfd, h.as_ptr(), libc::O_WRONLY) as i32;
+        libc::close(mfd);
+        if fd < 0 {
+            return last();
+        }
+        let r = libc::write(fd, b"x".as_ptr().cast(), 1);
+        libc::close(fd);
+        if r == 1 { 0 } else { last() }
+    }
+}
+
 /// unlink() of the name at the start of `file`'s first page (mapped): its errno.
 fn unlink_mapped(file: &Path) -> i32 {
     let Ok(f) = fs::File::open(file) else { return -2 };
@@ -717,6 +755,9 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                     libc::syscall(428, libc::AT_FDCWD, p.as_ptr(), 1u32 /* OPEN_TREE_CLONE */)
                 })
             }
+            // A write to PATH through a file handle (name_to_handle_at, then
+            // open_by_handle_at on its directory): no path is passed to the open.
+            "handle_write" => handle_write(Path::new(arg)),
             // Calls no task needs, each refused to an enforced task.
             "perf_event_open" => {
                 // struct perf_event_attr with only its size: the call is refused
