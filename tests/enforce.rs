@@ -83,7 +83,7 @@ pub fn enforce_denies_out_of_scope() -> R {
         return Ok(support::enforce_refused_here(&task, &d)?);
     }
     let mut actions: Vec<String> = CORE.iter().map(|s| s.to_string()).collect();
-    actions.extend(["xattr_out", "chown_out", "link_out_in"].map(String::from));
+    actions.extend(["xattr_out", "chown_out", "link_out_in", "execveat_out"].map(String::from));
     let (run, res) = run_attempts(&d, &task, &actions)?;
     let start = run.of(Kind::TaskStart).into_iter().next().ok_or_else(|| run.summary())?;
     eq("enforcing tier", start.detail.get("tier").and_then(|v| v.as_str()), Some(support::tier()))?;
@@ -104,6 +104,8 @@ pub fn enforce_denies_out_of_scope() -> R {
         ("chown_out", EACCES),
         // Landlock refuses a link that would widen the file's rights with EXDEV.
         ("link_out_in", if support::bpf_lsm() { EACCES } else { libc::EXDEV }),
+        // A program outside scope.exec run by its descriptor, not a path.
+        ("execveat_out", EACCES),
     ];
     for (k, v) in want {
         eq(&format!("{k} errno"), res.get(k).copied(), Some(v))?;
@@ -124,9 +126,24 @@ pub fn enforce_denies_out_of_scope() -> R {
     eq("write error", w.error.as_deref(), Some("EACCES"))?;
     let del = run.find(Kind::FileDelete, &d.join("victim.txt"))?;
     eq("delete verdict", del.verdict.as_deref(), Some("denied"))?;
-    let ex = run.find(Kind::Exec, &d.join("tool.sh"))?;
+    let tool = d.join("tool.sh");
+    let ex = run
+        .of(Kind::Exec)
+        .into_iter()
+        .find(|e| e.path.as_deref() == tool.to_str() && e.syscall.as_deref() != Some("execveat"))
+        .ok_or_else(|| format!("no exec record of {}:\n{}", tool.display(), run.summary()))?;
     eq("exec verdict", (ex.verdict.as_deref(), ex.error.as_deref()), (Some("denied"), Some("EACCES")))?;
     ensure(ex.reason.as_deref().is_some_and(|r| r.starts_with("scope.exec")), || format!("{:?}", ex.reason))?;
+    let by_fd = run
+        .of(Kind::Exec)
+        .into_iter()
+        .find(|e| e.syscall.as_deref() == Some("execveat"))
+        .ok_or_else(|| format!("no exec record of the execveat:\n{}", run.summary()))?;
+    eq(
+        "execveat by descriptor: (path, verdict, error)",
+        (by_fd.path.as_deref(), by_fd.verdict.as_deref(), by_fd.error.as_deref()),
+        (d.join("tool.sh").to_str(), Some("denied"), Some("EACCES")),
+    )?;
     let tcp_errno = if support::bpf_lsm() { "EPERM" } else { "EACCES" };
     let c = run
         .of(Kind::Connect)

@@ -557,6 +557,36 @@ fn compat_creat(path: &Path, page: Page) -> i32 {
     }
 }
 
+/// Runs `path` by its descriptor (execveat, AT_EMPTY_PATH) in a child: 0 if it
+/// ran and succeeded, else the exec's errno (or 2000 + the program's exit code).
+fn execveat_fd(path: &Path) -> i32 {
+    let p = c(path);
+    // SAFETY: the child only calls execveat and _exit.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => unsafe {
+            let fd = libc::open(p.as_ptr(), libc::O_RDONLY);
+            let argv = [p.as_ptr(), std::ptr::null()];
+            let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+            libc::syscall(
+                libc::SYS_execveat,
+                fd,
+                c"".as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+            libc::_exit(std::io::Error::last_os_error().raw_os_error().unwrap_or(250))
+        },
+        Ok(ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => 0,
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) if code < 200 => code,
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => 2000 + code,
+            _ => -1,
+        },
+        Err(_) => -1,
+    }
+}
+
 /// Writes "x" to `path` through a file handle: the errno of the first step that
 /// fails (0: written).
 fn handle_write(path: &Path) -> i32 {
@@ -828,6 +858,9 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                     as libc::c_long)
             }
             "exec_out" => errno(std::process::Command::new(d.join("tool.sh")).status().map(|_| ())),
+            // The same program run from a descriptor (execveat with AT_EMPTY_PATH):
+            // no path is passed to the exec.
+            "execveat_out" => execveat_fd(&d.join("tool.sh")),
             // Runs the program PATH (no arguments, no input): 0 if it ran and
             // succeeded, 2000 + its exit code if it failed, else the errno.
             "run" => match std::process::Command::new(arg).stdin(std::process::Stdio::null()).status() {
