@@ -90,14 +90,6 @@ fn cli(args: &[&str]) -> Result<(i32, String, String), String> {
     Ok((out.status.code().unwrap_or(-1), s(&out.stdout), s(&out.stderr)))
 }
 
-fn tampers<'a>(evs: &'a [Event], attempt: &str) -> Vec<&'a Event> {
-    evs.iter()
-        .filter(|e| {
-            e.kind == Kind::Tamper && e.detail.get("attempt").and_then(|v| v.as_str()) == Some(attempt)
-        })
-        .collect()
-}
-
 /// A control connection made by a task process that then exits, and one made by a
 /// process outside every task but written by a task process, carry no operator
 /// rights; both refusals are tamper events.
@@ -138,7 +130,7 @@ pub fn control_rights_stay_with_the_connector() -> R {
         ensure(line.contains("refused"), || format!("a passed connection was obeyed: {line}"))?;
     }
     eq("results", res.lines().count(), 2)?;
-    let refused = tampers(&evs, "control request thaw");
+    let refused = support::tamper_of(&evs, "control request thaw");
     eq("tamper events", refused.len(), 2)?;
     for t in &refused {
         eq("tamper verdict", t.verdict.as_deref(), Some("denied"))?;
@@ -194,6 +186,59 @@ pub fn control_socket_holds_under_a_flood() -> R {
     ensure(evs.iter().any(|e| e.kind == Kind::Action && e.action.as_deref() == Some("freeze")), || {
         "no freeze action recorded".into()
     })?;
+    Ok(())
+}
+
+/// A daemon's control socket flooded by another user: an operator still registers
+/// a task (`agentmon exec --daemon`), and the flood's requests come to nothing.
+pub fn daemon_takes_tasks_under_a_flood() -> R {
+    let d = workdir("flood-daemon");
+    // The daemon's socket directory may be written by agentmon's user only; the
+    // flood says it holds its connections in a directory of its own.
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    let h = d.join("flood");
+    std::fs::create_dir_all(&h).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&h, std::fs::Permissions::from_mode(0o777)).map_err(|e| e.to_string())?;
+    let task = observed_task(&d, "under-flood")?;
+    let (sock, all) = crate::daemon::daemon_paths(&d);
+    let daemon = crate::daemon::start_daemon(&d, "")?;
+    let sock_s = sock.display().to_string();
+    let flood = as_nobody("hold", &[&sock_s, "300", h.to_str().unwrap()]);
+    let r = (|| {
+        let mut flood = flood?;
+        let held = wait(Duration::from_secs(60), || h.join("held").exists());
+        let out = Command::new(agentmon())
+            .args([
+                "exec",
+                "--quiet",
+                "--daemon",
+                &sock_s,
+                "--task",
+                task.to_str().unwrap(),
+                "--",
+                "/bin/true",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string());
+        let _ = flood.kill();
+        let _ = flood.wait();
+        ensure(held, || "the flood never connected".into())?;
+        let out = out?;
+        eq(
+            &format!("exec under a flood ({})", String::from_utf8_lossy(&out.stderr)),
+            out.status.code(),
+            Some(0),
+        )
+    })();
+    std::thread::sleep(Duration::from_millis(700));
+    let said = crate::daemon::stop(daemon)?;
+    r.map_err(|e| format!("{e}\n{said}"))?;
+    let evs = crate::daemon::events(&all)?;
+    ensure(
+        evs.iter().any(|e| e.kind == Kind::TaskStart && e.task.as_deref() == Some("under-flood")),
+        || format!("no task_start of the task registered under the flood: {said}"),
+    )?;
     Ok(())
 }
 
@@ -344,7 +389,7 @@ pub fn left_cgroup_is_brought_back() -> R {
         e.kind == Kind::Action
             && e.detail.get("regrouped").is_some_and(|v| v.to_string().contains(&format!("\"pid\":{pid}")))
     });
-    let tamper = tampers(&evs, "leaving the task's cgroup").iter().any(|e| e.pid == pid);
+    let tamper = support::tamper_of(&evs, "leaving the task's cgroup").iter().any(|e| e.pid == pid);
     ensure(regrouped || tamper, || "the escape was not recorded".into())?;
     Ok(())
 }

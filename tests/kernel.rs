@@ -115,6 +115,7 @@ fn main() {
         ("control_rights_stay_with_the_connector", adversary::control_rights_stay_with_the_connector),
         ("control_socket_holds_under_a_flood", adversary::control_socket_holds_under_a_flood),
         ("cli_talks_only_to_agentmon", adversary::cli_talks_only_to_agentmon),
+        ("daemon_takes_tasks_under_a_flood", adversary::daemon_takes_tasks_under_a_flood),
         ("enforce_refuses_scopes_over_agentmon", adversary::enforce_refuses_scopes_over_agentmon),
         ("left_cgroup_is_brought_back", adversary::left_cgroup_is_brought_back),
         ("deep_paths_are_never_forged", adversary::deep_paths_are_never_forged),

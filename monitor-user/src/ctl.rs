@@ -590,6 +590,24 @@ pub fn proc_stat(pid: u32) -> Option<(String, String, String)> {
 mod tests {
     use super::*;
 
+    /// A client that starts a request and never ends it (or sends nothing) holds a
+    /// reader for 5 s at most: a slot in the control socket cannot be kept for ever.
+    #[test]
+    fn a_slow_client_is_let_go() {
+        use tokio::io::AsyncWriteExt;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (mut server, mut client) = UnixStream::pair().unwrap();
+            client.write_all(b"{\"op\":").await.unwrap();
+            let t = std::time::Instant::now();
+            let (r, fds, _) = read_request_fds(&mut server, 0).await;
+            assert_eq!(r.unwrap_err(), "timed out reading the request");
+            assert!(fds.is_empty());
+            let took = t.elapsed();
+            assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(8), "{took:?}");
+        });
+    }
+
     #[test]
     fn requests_are_strict() {
         assert!(
