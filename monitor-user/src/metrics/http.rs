@@ -1,4 +1,5 @@
-//! The scrape endpoint: `GET /metrics` over HTTP/1.1.
+//! The scrape endpoint: `GET /metrics` over HTTP/1.1, and `GET /healthz` (is the
+//! event loop running).
 //!
 //! A minimal responder rather than hyper or a web framework: there is one read-only
 //! path on a local address, no request body to read and nothing to negotiate, so one
@@ -217,19 +218,34 @@ fn respond(head: &[u8], m: &Metrics) -> Vec<u8> {
     }
     // A query string (`?…`) is ignored.
     let path = target.split_once('?').map_or(target, |(p, _)| p);
-    if path != "/metrics" {
-        return plain("404 Not Found", "");
-    }
+    let (status, content_type, body) = match path {
+        "/metrics" => ("200 OK", CONTENT_TYPE, m.encode()),
+        // Liveness: the event loop ran within the last LIVE (it beats every half
+        // second); a stopped, traced or stuck agentmon answers 503.
+        "/healthz" => match m.still() {
+            still if still <= LIVE => ("200 OK", TEXT, "ok\n".to_string()),
+            still => (
+                "503 Service Unavailable",
+                TEXT,
+                format!("agentmon's event loop has not run for {} ms\n", still.as_millis()),
+            ),
+        },
+        _ => return plain("404 Not Found", ""),
+    };
     match method {
-        "GET" => response("200 OK", CONTENT_TYPE, "", m.encode().as_bytes(), true),
-        "HEAD" => response("200 OK", CONTENT_TYPE, "", m.encode().as_bytes(), false),
+        "GET" => response(status, content_type, "", body.as_bytes(), true),
+        "HEAD" => response(status, content_type, "", body.as_bytes(), false),
         _ => plain("405 Method Not Allowed", "Allow: GET, HEAD\r\n"),
     }
 }
 
+/// How long the event loop may be still before `/healthz` says agentmon is not live.
+pub const LIVE: std::time::Duration = std::time::Duration::from_secs(5);
+const TEXT: &str = "text/plain; charset=utf-8";
+
 /// An error answer: the status as a text body.
 fn plain(status: &str, headers: &str) -> Vec<u8> {
-    response(status, "text/plain; charset=utf-8", headers, format!("{status}\n").as_bytes(), true)
+    response(status, TEXT, headers, format!("{status}\n").as_bytes(), true)
 }
 
 /// An answer; `headers` are extra header lines, each ending in CRLF. Without

@@ -88,6 +88,9 @@ struct Inner {
     tasks: Level,
     tracked_processes: Level,
     approvals_pending: Level,
+    /// When the handle was made, and the event loop's last beat (ms after it).
+    born: std::time::Instant,
+    beat_ms: AtomicI64,
 }
 
 impl Default for Metrics {
@@ -142,6 +145,11 @@ impl Metrics {
             "severity",
             SEVERITIES.map(Severity::as_str),
         );
+        // The build, as Prometheus exporters say theirs: a constant 1, the version
+        // in its label.
+        let build = Family::<[(&'static str, &'static str); 1], Level>::default();
+        build.get_or_create(&[("version", env!("CARGO_PKG_VERSION"))]).set(1);
+        r.register("agentmon_build_info", "agentmon's build (the value is 1)", build);
         let spool_bytes = Level::default();
         r.register_with_unit(
             "agentmon_spool",
@@ -176,7 +184,27 @@ impl Metrics {
                 "Held syscalls waiting for an approver",
             ),
             registry: r,
+            born: std::time::Instant::now(),
+            beat_ms: AtomicI64::new(0),
         }))
+    }
+
+    /// The event loop ran now (every tick): what `/healthz` goes by.
+    pub fn beat(&self) {
+        self.beat_ago(std::time::Duration::ZERO);
+    }
+
+    /// The event loop last ran `ago`.
+    pub(crate) fn beat_ago(&self, ago: std::time::Duration) {
+        let at = self.0.born.elapsed().as_millis() as i64 - ago.as_millis() as i64;
+        self.0.beat_ms.store(at, Relaxed);
+    }
+
+    /// How long the event loop has not run (since this handle was made, before its
+    /// first beat).
+    pub fn still(&self) -> std::time::Duration {
+        let now = self.0.born.elapsed().as_millis() as i64;
+        std::time::Duration::from_millis(now.saturating_sub(self.0.beat_ms.load(Relaxed)).max(0) as u64)
     }
 
     /// Counts an event: its kind; its verdict, if it has one; and, for an `action`

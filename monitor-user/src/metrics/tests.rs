@@ -345,6 +345,31 @@ async fn serves_metrics_on_get_and_head() {
 }
 
 #[tokio::test]
+async fn healthz_says_whether_the_event_loop_runs() {
+    let (addr, m) = start().await;
+    m.beat();
+    let r = request(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+    assert_eq!((r.status.as_str(), r.body.as_str()), ("HTTP/1.1 200 OK", "ok\n"));
+    // Still for longer than it may be (stopped, traced, stuck).
+    m.beat_ago(http::LIVE + std::time::Duration::from_secs(2));
+    let r = request(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+    assert_eq!(r.status, "HTTP/1.1 503 Service Unavailable");
+    assert!(r.body.starts_with("agentmon's event loop has not run for 7"), "{}", r.body);
+    let r = request(addr, b"HEAD /healthz HTTP/1.1\r\n\r\n").await;
+    assert_eq!((r.status.as_str(), r.body.as_str()), ("HTTP/1.1 503 Service Unavailable", ""));
+    m.beat();
+    let r = request(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+    assert_eq!(r.status, "HTTP/1.1 200 OK");
+}
+
+#[test]
+fn the_build_is_a_metric() {
+    let text = Metrics::new().encode();
+    let want = format!("agentmon_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    assert!(text.lines().any(|l| l == want), "{text}");
+}
+
+#[tokio::test]
 async fn other_paths_methods_and_garbage_are_refused() {
     let (addr, _m) = start().await;
     let r = request(addr, b"GET /x HTTP/1.1\r\n\r\n").await;

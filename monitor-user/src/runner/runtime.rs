@@ -500,6 +500,7 @@ fn reload(w: &mut RulesWatch, e: &mut Engine) {
 
 /// The gauges and kernel counters, every tick.
 fn report(m: &Metrics, e: &Engine, nats: Option<&NatsHandles>) {
+    m.beat();
     m.set_probes_attached(e.sensors.attached.len());
     m.set_tasks(e.p.task_ids().len().saturating_sub(e.p.ended.len()));
     m.set_tracked_processes(e.sensors.tracked().len());
