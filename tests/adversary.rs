@@ -474,13 +474,33 @@ pub fn deep_paths_are_never_forged() -> R {
 /// chain (on another disk) records every event and the losses of the other
 /// outputs, each output says what it missed once it works again; an enforced task
 /// is frozen while its record cannot be written, and thawed after.
-fn full_disk_run(enforce: bool) -> R {
-    let d = workdir(if enforce { "full-enforced" } else { "full" });
+/// Runs `f` with a work directory `name` and, in it, `full`: a 1 MiB file system
+/// (unmounted after).
+fn with_small_fs(name: &str, f: impl FnOnce(&Path, &Path) -> Result<(), String>) -> R {
+    let d = workdir(name);
     let full = d.join("full");
     std::fs::create_dir_all(&full).map_err(|e| e.to_string())?;
     nix::mount::mount(Some("tmpfs"), &full, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=1m"))
         .map_err(|e| format!("mounting a small tmpfs: {e}"))?;
-    let r = (|| {
+    let r = f(&d, &full);
+    let _ = nix::mount::umount(&full);
+    Ok(r?)
+}
+
+/// The events file `events`, once it worked again: it says what it missed, and
+/// holds the task's end.
+fn says_what_it_missed(events: &Path) -> Result<(), String> {
+    let own = support::parse_stream(&std::fs::read_to_string(events).map_err(|e| e.to_string())?)?.0;
+    ensure(
+        own.iter()
+            .any(|e| e.kind == Kind::Loss && e.reason.as_deref().is_some_and(|r| r.contains("works again"))),
+        || "the events file does not say what it missed".into(),
+    )?;
+    ensure(own.iter().any(|e| e.kind == Kind::TaskEnd), || "no task_end in the events file".into())
+}
+
+fn full_disk_run(enforce: bool) -> R {
+    with_small_fs(if enforce { "full-enforced" } else { "full" }, |d, full| {
         let out = d.join("out");
         std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
         let me = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -509,13 +529,13 @@ fn full_disk_run(enforce: bool) -> R {
             "--spool",
             spool.to_str().unwrap(),
         ];
-        let c = support::exec_command(&events, &flags, &cmd, &[(SCENARIO_ENV, "stream")], &d)
+        let c = support::exec_command(&events, &flags, &cmd, &[(SCENARIO_ENV, "stream")], d)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(d.join("stderr")).map_err(|e| e.to_string())?)
             .spawn()
             .map_err(|e| e.to_string())?;
-        ensure(wait(Duration::from_secs(60), || out.join("progress").exists()), || stderr(&d))?;
-        let filler = fill(&full)?;
+        ensure(wait(Duration::from_secs(60), || out.join("progress").exists()), || stderr(d))?;
+        let filler = fill(full)?;
         // Full for a while (long enough for an enforced task to be frozen for it),
         // then free again well before the agent is done.
         let frozen = enforce
@@ -527,7 +547,7 @@ fn full_disk_run(enforce: bool) -> R {
         std::thread::sleep(Duration::from_millis(3500));
         std::fs::remove_file(&filler).map_err(|e| e.to_string())?;
         let code = c.wait_with_output().map_err(|e| e.to_string())?.status.code().unwrap_or(-1);
-        eq(&format!("exit (the command's); stderr:\n{}", stderr(&d)), code, 0)?;
+        eq(&format!("exit (the command's); stderr:\n{}", stderr(d)), code, 0)?;
         let evs = audited(&chain)?;
         let creates = evs
             .iter()
@@ -550,15 +570,7 @@ fn full_disk_run(enforce: bool) -> R {
         }
         let (vc, _, verr) = cli(&["audit", "verify", chain.to_str().unwrap()])?;
         eq(&format!("audit verify: {verr}"), vc, 0)?;
-        let text = std::fs::read_to_string(&events).map_err(|e| e.to_string())?;
-        let own = support::parse_stream(&text)?.0;
-        ensure(
-            own.iter().any(|e| {
-                e.kind == Kind::Loss && e.reason.as_deref().is_some_and(|r| r.contains("works again"))
-            }),
-            || "the events file does not say what it missed".into(),
-        )?;
-        ensure(own.iter().any(|e| e.kind == Kind::TaskEnd), || "no task_end in the events file".into())?;
+        says_what_it_missed(&events)?;
         if enforce {
             ensure(frozen, || {
                 "the enforced task was not frozen while its record could not be written".into()
@@ -571,9 +583,78 @@ fn full_disk_run(enforce: bool) -> R {
             ensure(thawed, || "the task was not thawed when the outputs worked again".into())?;
         }
         Ok::<(), String>(())
-    })();
-    let _ = nix::mount::umount(&full);
-    Ok(r?)
+    })
+}
+
+/// The daemon's events file on a file system that fills up while a task runs: the
+/// daemon keeps running and observing (its audit chain, on another file system,
+/// holds every event and a loss record naming the events file), and the events
+/// file says what it missed once it works again.
+pub fn full_disk_keeps_the_daemon_watching() -> R {
+    with_small_fs("full-daemon", |d, full| {
+        let out = d.join("out");
+        std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+        let task = observed_task(d, "full-daemon")?;
+        let (events, chain, key) = (full.join("events.jsonl"), d.join("audit.jsonl"), d.join("audit.key"));
+        let (sock, _) = crate::daemon::daemon_paths(d);
+        // The daemon's configuration, written before start_daemon (which keeps it):
+        // its events file on the small file system, its audit chain off it.
+        let config = d.join("agentmon.yaml");
+        write(
+            &config,
+            &format!(
+                "socket: {}\nevents: {}\nrules: none\nstate_dir: {}\naudit:\n  path: {}\n  key: {}\n",
+                sock.display(),
+                events.display(),
+                d.join("state").display(),
+                chain.display(),
+                key.display()
+            ),
+        )?;
+        let daemon = crate::daemon::start_daemon(d, "")?;
+        let me = std::env::current_exe().map_err(|e| e.to_string())?;
+        let run = (|| {
+            let c = Command::new(agentmon())
+                .args(["exec", "--quiet", "--daemon"])
+                .arg(&sock)
+                .arg("--task")
+                .arg(&task)
+                .arg("--")
+                .arg(&me)
+                .args([d.to_str().unwrap(), "300", "30"])
+                .env(SCENARIO_ENV, "stream")
+                .stdin(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            ensure(wait(Duration::from_secs(60), || out.join("progress").exists()), || {
+                "the task never ran".into()
+            })?;
+            let filler = fill(full)?;
+            std::thread::sleep(Duration::from_millis(3500));
+            std::fs::remove_file(&filler).map_err(|e| e.to_string())?;
+            let o = c.wait_with_output().map_err(|e| e.to_string())?;
+            eq(&format!("exec exit ({})", String::from_utf8_lossy(&o.stderr)), o.status.code(), Some(0))
+        })();
+        std::thread::sleep(Duration::from_millis(1200));
+        let said = crate::daemon::stop(daemon);
+        run?;
+        let said = said?;
+        let evs = audited(&chain)?;
+        let creates = evs
+            .iter()
+            .filter(|e| e.kind == Kind::FileCreate && e.path.as_deref().is_some_and(|p| p.contains("/out/f")))
+            .count();
+        eq(&format!("file creates in the audit chain ({said})"), creates, 300)?;
+        ensure(
+            evs.iter().any(|e| {
+                e.kind == Kind::Loss
+                    && e.detail.get("output").and_then(|v| v.as_str()) == Some(events.to_str().unwrap())
+            }),
+            || format!("no loss record naming the events file in the audit chain: {said}"),
+        )?;
+        says_what_it_missed(&events)
+    })
 }
 
 pub fn full_disk_keeps_watching() -> R {

@@ -120,6 +120,7 @@ fn main() {
         ("left_cgroup_is_brought_back", adversary::left_cgroup_is_brought_back),
         ("deep_paths_are_never_forged", adversary::deep_paths_are_never_forged),
         ("full_disk_keeps_watching", adversary::full_disk_keeps_watching),
+        ("full_disk_keeps_the_daemon_watching", adversary::full_disk_keeps_the_daemon_watching),
         ("full_disk_fails_closed_when_enforced", adversary::full_disk_fails_closed_when_enforced),
     ];
     // AGENTMON_TESTS=a,b,c runs only those (the kernel matrix's subset in guests).
