@@ -95,13 +95,7 @@ impl Refresh {
 }
 
 fn host_names(t: &Task) -> BTreeSet<String> {
-    t.connect
-        .iter()
-        .filter_map(|e| match e {
-            Endpoint::Host { name, .. } => Some(name.clone()),
-            _ => None,
-        })
-        .collect()
+    t.connect.iter().filter_map(Endpoint::host).map(|(n, _)| n.to_string()).collect()
 }
 
 /// Adds to task `id` the addresses `name` has now that it may take; those it may

@@ -236,10 +236,8 @@ impl Paths {
     fn hosts_of(t: &crate::task::Task) -> Vec<(String, Vec<std::net::IpAddr>)> {
         t.connect
             .iter()
-            .filter_map(|e| match e {
-                crate::task::scope::Endpoint::Host { name, addrs, .. } => Some((name.clone(), addrs.clone())),
-                _ => None,
-            })
+            .filter_map(crate::task::scope::Endpoint::host)
+            .map(|(n, a)| (n.to_string(), a.to_vec()))
             .collect()
     }
 

@@ -180,6 +180,14 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 }
 
 impl Endpoint {
+    /// A host endpoint's name and the addresses it has now; None for the others.
+    pub fn host(&self) -> Option<(&str, &[IpAddr])> {
+        match self {
+            Endpoint::Host { name, addrs, .. } => Some((name, addrs)),
+            _ => None,
+        }
+    }
+
     pub fn allows_ip(&self, ip: IpAddr, port: u16) -> bool {
         let ip = canonical_ip(ip);
         match self {
@@ -373,13 +381,7 @@ fn spawn_reserved(name: String, done: impl FnOnce(Vec<IpAddr>) + Send + 'static)
 /// answered in time, or with too many lookups running, is left with no address
 /// (it allows nothing) and named in the result.
 pub fn resolve_hosts_within(eps: &mut [Endpoint], limit: std::time::Duration) -> Vec<String> {
-    let names: Vec<String> = eps
-        .iter()
-        .filter_map(|e| match e {
-            Endpoint::Host { name, .. } => Some(name.clone()),
-            _ => None,
-        })
-        .collect();
+    let names: Vec<String> = eps.iter().filter_map(Endpoint::host).map(|(n, _)| n.to_string()).collect();
     if names.is_empty() {
         return Vec::new();
     }
