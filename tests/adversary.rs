@@ -158,6 +158,11 @@ pub fn control_socket_holds_under_a_flood() -> R {
     ensure(wait(Duration::from_secs(60), || Path::new(&sock).exists()), || {
         format!("no socket: {}", stderr(&d))
     })?;
+    // agentmon's own descriptors (programs, maps, links: ~200 and growing with its
+    // handlers) before the flood: the flood must add at most its own connections
+    // being read, never the descriptors it sends.
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", c.id())).map(|d| d.count()).unwrap_or(0);
+    let before = fds();
     let mut flood = as_nobody("hold", &[&sock, "300", d.to_str().unwrap()])?;
     let held = wait(Duration::from_secs(60), || d.join("held").exists());
     let r = (|| {
@@ -168,9 +173,12 @@ pub fn control_socket_holds_under_a_flood() -> R {
         }
         let (_, out, err) = cli(&["status", "--socket", &sock])?;
         ensure(out.contains("\"flood\""), || format!("status under a flood: {out}{err}"))?;
-        // The descriptors the flood sent were closed, not kept.
-        let open = std::fs::read_dir(format!("/proc/{}/fd", c.id())).map(|d| d.count()).unwrap_or(0);
-        ensure(open < 200, || format!("agentmon holds {open} descriptors after the flood"))
+        // The descriptors the flood sent (ten with every other connection, 1,500 in
+        // all) were closed, not kept; a few of its connections may still be read.
+        let open = fds();
+        ensure(open <= before + 40, || {
+            format!("agentmon holds {open} descriptors after the flood, {before} before it")
+        })
     })();
     let _ = flood.kill();
     let _ = flood.wait();
