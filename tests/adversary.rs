@@ -487,11 +487,9 @@ pub fn deep_paths_are_never_forged() -> R {
 fn with_small_fs(name: &str, f: impl FnOnce(&Path, &Path) -> Result<(), String>) -> R {
     let d = workdir(name);
     let full = d.join("full");
-    std::fs::create_dir_all(&full).map_err(|e| e.to_string())?;
-    nix::mount::mount(Some("tmpfs"), &full, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=1m"))
-        .map_err(|e| format!("mounting a small tmpfs: {e}"))?;
+    let fs = support::Tmpfs::new(&full, "size=1m")?;
     let r = f(&d, &full);
-    let _ = nix::mount::umount(&full);
+    drop(fs);
     Ok(r?)
 }
 

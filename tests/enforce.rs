@@ -284,6 +284,7 @@ pub fn tamper_attempts_fail() -> R {
         "rmdir_scope".into(),
         "open_tree".into(),
         "unshare_ns".into(),
+        "clone3_ns".into(),
         "sigio_agentmon".into(),
         "tiocsti".into(),
         "tiocsti_high".into(),
@@ -345,6 +346,8 @@ pub fn tamper_attempts_fail() -> R {
         ("rmdir_scope", EACCES),
         ("open_tree", EPERM),
         ("unshare_ns", EPERM),
+        // The filter answers every clone3 ENOSYS (the C library falls back to clone).
+        ("clone3_ns", libc::ENOSYS),
         ("sigio_agentmon", EPERM),
         ("tiocsti", EPERM),
         ("tiocsti_high", EPERM),
@@ -397,11 +400,30 @@ pub fn tamper_attempts_fail() -> R {
         // glibc makes mknod(3) the mknodat call.
         (Kind::Tamper, "mknodat", "EPERM"),
         (Kind::Tamper, "socketpair", "EPERM"),
+        // F_SETOWN at agentmon; TIOCSTI (twice: the second with high bits set).
+        (Kind::Tamper, "fcntl", "EPERM"),
+        (Kind::Tamper, "ioctl", "EPERM"),
+        (Kind::Tamper, "clone3", "ENOSYS"),
     ] {
         ensure(denied(kind, syscall, errno), || {
             format!("no denied {kind:?} event of {syscall} ({errno}):\n{}", run.summary())
         })?;
     }
+    let terminal = support::tamper_of(&run.events, "terminal input");
+    ensure(
+        terminal.len() == 2
+            && terminal.iter().all(|e| {
+                e.detail.get("request").and_then(|r| r.as_str()) == Some("TIOCSTI")
+                    && e.task.is_some()
+                    && e.comm.starts_with("kernel")
+            }),
+        || format!("TIOCSTI refusals recorded: {terminal:?}"),
+    )?;
+    let sigio = support::tamper_of(&run.events, "signal routing");
+    ensure(
+        sigio.iter().any(|e| e.detail.get("request").and_then(|r| r.as_str()) == Some("F_SETOWN")),
+        || format!("F_SETOWN refusal recorded: {sigio:?}"),
+    )?;
     let sigsys = run.of(Kind::Exit).iter().filter(|e| e.signal.as_deref() == Some("SIGSYS")).count();
     eq("processes killed for 32-bit and x32 calls", sigsys, 2)?;
     Ok(())
@@ -417,8 +439,14 @@ pub fn file_handles_are_seen() -> R {
         if enforce && !support::can_enforce() {
             return Ok(support::enforce_refused_here(&task, &d)?);
         }
-        let victim = d.join("victim.txt");
-        let (run, res) = run_attempts(&d, &task, &[format!("handle_write={}", victim.display())])?;
+        // On a tmpfs: the guests' /tmp (overlayfs) gives no file handles.
+        let fs = support::Tmpfs::new(&d.join("handles"), "size=1m")?;
+        let victim = d.join("handles/victim.txt");
+        std::fs::write(&victim, b"keep me").map_err(|e| e.to_string())?;
+        let attempt = run_attempts(&d, &task, &[format!("handle_write={}", victim.display())]);
+        let kept = std::fs::read(&victim).map_err(|e| e.to_string());
+        drop(fs);
+        let (run, res) = attempt?;
         let by_handle = support::tamper_of(&run.events, "file handle")
             .into_iter()
             .find(|e| e.syscall.as_deref() == Some("open_by_handle_at"))
@@ -426,7 +454,7 @@ pub fn file_handles_are_seen() -> R {
         if enforce {
             eq("enforced: handle write", res.get("handle_write").copied(), Some(EPERM))?;
             eq("enforced: the call's verdict", by_handle.verdict.as_deref(), Some("denied"))?;
-            eq("victim", std::fs::read(&victim).map_err(|e| e.to_string())?, b"keep me".to_vec())?;
+            eq("victim", kept?, b"keep me".to_vec())?;
         } else {
             eq("observed: handle write", res.get("handle_write").copied(), Some(0))?;
             let w = run.find(Kind::FileWrite, &victim)?;

@@ -110,4 +110,5 @@ ops! {
     MKNOD = 139, "mknod";
     MKNODAT = 140, "mknodat";
     SOCKETPAIR = 141, "socketpair";
+    CLONE3 = 142, "clone3";
 }

@@ -188,7 +188,7 @@ impl Judge {
             && (v.verdict >= VerdictKind::OutOfScope
                 || refused
                 || ev.detail.contains_key("approval_mismatch"))
-            && matches!(ev.error.as_deref(), Some("EACCES" | "EPERM"))
+            && refused_by_a_layer(ev)
         {
             v.verdict = VerdictKind::Denied;
         }
@@ -261,6 +261,16 @@ fn annotate(ev: &mut Event, v: &Verdict) {
         Some(c) => format!("{c}: {}", r.message),
         None => r.message.clone(),
     });
+}
+
+/// Did the call fail as a layer refuses: EACCES or EPERM, or ENOSYS for clone3,
+/// which the seccomp filter answers so that the C library falls back to clone.
+fn refused_by_a_layer(ev: &Event) -> bool {
+    match ev.error.as_deref() {
+        Some("EACCES" | "EPERM") => true,
+        Some("ENOSYS") => ev.syscall.as_deref() == Some("clone3"),
+        _ => false,
+    }
 }
 
 fn alert(ev: &Event, v: &Verdict, task: Option<TaskInfo>) -> Alert {

@@ -827,6 +827,18 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             "unshare_ns" => {
                 sys(unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) } as libc::c_long)
             }
+            // A child in a new user namespace through clone3, whose flags a seccomp
+            // filter cannot read (the new child, if there is one, leaves at once).
+            "clone3_ns" => in_child(|| unsafe {
+                let mut args = [0u64; 11];
+                args[0] = libc::CLONE_NEWUSER as u64;
+                args[4] = libc::SIGCHLD as u64; // exit_signal
+                let r = libc::syscall(libc::SYS_clone3, args.as_mut_ptr(), 88usize);
+                if r == 0 {
+                    libc::_exit(0);
+                }
+                r
+            }),
             // SIGIO aimed at agentmon by owning a file (no signal hook sees that route).
             "sigio_agentmon" => {
                 let mut fds = [0; 2];

@@ -264,6 +264,18 @@ impl Drop for BindMount {
     }
 }
 
+/// A tmpfs mounted on a directory (made if need be) until dropped.
+pub struct Tmpfs(BindMount);
+
+impl Tmpfs {
+    pub fn new(dir: &Path, opts: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        nix::mount::mount(Some("tmpfs"), dir, Some("tmpfs"), nix::mount::MsFlags::empty(), Some(opts))
+            .map_err(|e| format!("mounting a tmpfs ({opts}) on {}: {e}", dir.display()))?;
+        Ok(Self(BindMount(dir.to_path_buf())))
+    }
+}
+
 /// Fills `dir` (a small tmpfs) until the disk is full; the filler's path.
 pub fn fill(dir: &Path) -> Result<PathBuf, String> {
     use std::io::Write;

@@ -150,7 +150,8 @@ pub struct Protected {
 pub struct Confinement {
     pub landlock: Option<::landlock::RulesetCreated>,
     pub seccomp: Option<seccompiler::BpfProgram>,
-    /// The approval gate's filter (user notification), when the task lists gated operations.
+    /// The gate's filter (user notification): the task's gated operations and the
+    /// requests refused with a record, where the kernel offers user notification.
     pub gate: Option<Vec<libc::sock_filter>>,
 }
 
@@ -246,7 +247,9 @@ pub fn confine(
                     .filter(|o| !task.approval.contains(o)),
             );
         }
-        (!held.is_empty()).then(|| crate::gate::filter::program(&held))
+        // Also where nothing is held: the gate refuses and records the requests no
+        // task may make (gate::filter::REFUSED), which the denial filter cannot.
+        layers.approval.then(|| crate::gate::filter::program(&held))
     };
     if !held_ok(task, layers) {
         return Err(refuse(

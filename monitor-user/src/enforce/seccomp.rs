@@ -34,7 +34,7 @@ pub const DENIED: &[(&str, i64)] = &[
     ("pidfd_getfd", libc::SYS_pidfd_getfd),
     // Pages the agent serves itself: the classic tool for widening a kernel race
     // (container runtimes' default profiles refuse it too); also /dev/userfaultfd's
-    // ioctl, below.
+    // ioctl (gate::filter::REFUSED).
     ("userfaultfd", libc::SYS_userfaultfd),
     // Extended attributes: no layer keeps them to the write scope on this tier, so
     // an enforced task may change none (stricter than declared, never weaker).
@@ -127,9 +127,7 @@ pub fn filter(sockets: Sockets, lsm: bool) -> Result<BpfProgram, String> {
         }
     }
     rules.insert(libc::SYS_socket, socket_rules);
-    // New mount or user namespaces (private mounts, namespace-local root) and the
-    // routes by which a file's owner signals a process of its choosing (F_SETOWN and
-    // the like: a root agent could aim SIGIO at agentmon, which no signal hook sees).
+    // New mount or user namespaces (private mounts, namespace-local root).
     let ns = [libc::CLONE_NEWNS as u64, libc::CLONE_NEWUSER as u64];
     let ns_rules = |arg: u8| -> Result<Vec<SeccompRule>, String> {
         ns.iter().map(|f| rule(vec![cond(arg, SeccompCmpOp::MaskedEq(*f), *f)?])).collect()
@@ -146,32 +144,6 @@ pub fn filter(sockets: Sockets, lsm: bool) -> Result<BpfProgram, String> {
     };
     rules.insert(libc::SYS_mknod, dev_rules(1)?);
     rules.insert(libc::SYS_mknodat, dev_rules(2)?);
-    // include/uapi/asm-generic/fcntl.h, sockios.h
-    const F_SETSIG: u64 = 10;
-    const F_SETOWN_EX: u64 = 15;
-    const FIOSETOWN: u64 = 0x8901;
-    const SIOCSPGRP: u64 = 0x8902;
-    // Typing into the terminal agentmon and its operator share (TIOCSTI; TIOCLINUX
-    // can paste the console's selection): a ^C, ^\ or a command for the
-    // operator's shell. Compared on the low 32 bits, as the kernel reads the word.
-    const TIOCSTI: u64 = 0x5412;
-    const TIOCLINUX: u64 = 0x541c;
-    // include/uapi/linux/userfaultfd.h: USERFAULTFD_IOC_NEW, _IO(0xAA, 0x00).
-    const USERFAULTFD_IOC_NEW: u64 = 0xaa00;
-    rules.insert(
-        libc::SYS_fcntl,
-        [libc::F_SETOWN as u64, F_SETSIG, F_SETOWN_EX]
-            .iter()
-            .map(|c| rule(vec![cond(1, SeccompCmpOp::Eq, *c)?]))
-            .collect::<Result<_, _>>()?,
-    );
-    rules.insert(
-        libc::SYS_ioctl,
-        [FIOSETOWN, SIOCSPGRP, TIOCSTI, TIOCLINUX, USERFAULTFD_IOC_NEW]
-            .iter()
-            .map(|c| rule(vec![cond(1, SeccompCmpOp::Eq, *c)?]))
-            .collect::<Result<_, _>>()?,
-    );
     // A datagram socket pair can still send to any unix socket path (sendto with an
     // address): only stream pairs (the mailbox's replies), as a unix socket of its
     // own is refused too.
@@ -225,6 +197,13 @@ pub fn filter(sockets: Sockets, lsm: bool) -> Result<BpfProgram, String> {
             k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
         },
     ];
-    prog.splice(0..0, abi.chain(no_clone3));
+    // The fcntl and ioctl requests no task may make (gate::filter::REFUSED): TRACE,
+    // which the task's gate filter outranks with USER_NOTIF (agentmon refuses and
+    // records each); with no gate in the task's stack, and no tracer, the kernel
+    // answers ENOSYS. (ERRNO would outrank the gate's notification: unrecorded.)
+    let refusals = crate::gate::filter::refusals(libc::SECCOMP_RET_TRACE)
+        .into_iter()
+        .map(|i| seccompiler::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k });
+    prog.splice(0..0, abi.chain(no_clone3).chain(refusals));
     Ok(prog)
 }

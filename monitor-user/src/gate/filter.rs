@@ -148,12 +148,87 @@ pub fn watch_program() -> Vec<libc::sock_filter> {
     p
 }
 
-/// The filter: [`abi_prologue`], the gated syscalls of `ops` to the listener, the
-/// rest allowed.
+/// A request no enforced task may make, by syscall: the command (its low 32 bits,
+/// as the kernel reads it) in argument 1.
+#[derive(Debug)]
+pub struct Refused {
+    pub name: &'static str,
+    pub nr: i64,
+    /// (command, its name, what making it attempts).
+    pub cmds: &'static [(u32, &'static str, &'static str)],
+}
+
+/// Refused by the gate, which records each (the syscall tracepoints of calls this
+/// frequent are not attached for everyone's sake). include/uapi/asm-generic/fcntl.h,
+/// sockios.h, ioctls.h, linux/userfaultfd.h.
+pub const REFUSED: [Refused; 2] = [
+    // Routes by which a file's owner signals a process of its choosing: a root agent
+    // could aim SIGIO at agentmon, which no signal hook sees before it is sent.
+    Refused {
+        name: "fcntl",
+        nr: libc::SYS_fcntl,
+        cmds: &[
+            (libc::F_SETOWN as u32, "F_SETOWN", "signal routing"),
+            (10, "F_SETSIG", "signal routing"),
+            (15, "F_SETOWN_EX", "signal routing"),
+        ],
+    },
+    Refused {
+        name: "ioctl",
+        nr: libc::SYS_ioctl,
+        cmds: &[
+            (0x8901, "FIOSETOWN", "signal routing"),
+            (0x8902, "SIOCSPGRP", "signal routing"),
+            // Typing into the terminal agentmon and its operator share (TIOCLINUX
+            // can paste the console's selection): a ^C, ^\ or a command for the
+            // operator's shell.
+            (0x5412, "TIOCSTI", "terminal input"),
+            (0x541c, "TIOCLINUX", "terminal input"),
+            // /dev/userfaultfd's way to what the userfaultfd syscall gives.
+            (0xaa00, "USERFAULTFD_IOC_NEW", "userfaultfd"),
+        ],
+    },
+];
+
+/// The refused request a call makes, if it is one: (syscall, command name, attempt).
+pub fn refused(nr: i64, arg1: u64) -> Option<(&'static str, &'static str, &'static str)> {
+    let r = REFUSED.iter().find(|r| r.nr == nr)?;
+    let (_, name, attempt) = r.cmds.iter().find(|c| c.0 as u64 == arg1 & 0xffff_ffff)?;
+    Some((r.name, name, attempt))
+}
+
+/// The checks of [`REFUSED`]: a call making one returns `action`; any other falls
+/// through with the accumulator changed (what follows loads what it reads).
+pub fn refusals(action: u32) -> Vec<libc::sock_filter> {
+    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    // offsetof(struct seccomp_data, args[1]): its low word on little-endian x86-64.
+    const ARG1_LO: u32 = 24;
+    let mut p = Vec::new();
+    for r in &REFUSED {
+        let n = r.cmds.len();
+        p.push(stmt(ld, 0));
+        // Another syscall: over the argument load, the compares, the JA and the RET.
+        p.push(jeq(r.nr as u32, 0, (n + 3) as u8));
+        p.push(stmt(ld, ARG1_LO));
+        for (i, (cmd, ..)) in r.cmds.iter().enumerate() {
+            // Match: over the remaining compares and the JA, to the RET.
+            p.push(jeq(*cmd, (n - i) as u8, 0));
+        }
+        p.push(stmt((libc::BPF_JMP | libc::BPF_JA) as u16, 1));
+        p.push(stmt(ret, action));
+    }
+    p
+}
+
+/// The filter: [`abi_prologue`], the [`REFUSED`] requests and the gated syscalls of
+/// `ops` to the listener, the rest allowed.
 pub fn program(ops: &[Op]) -> Vec<libc::sock_filter> {
     let ret = (libc::BPF_RET | libc::BPF_K) as u16;
     let nrs: Vec<u32> = GATED.iter().filter(|s| ops.contains(&s.op)).map(|s| s.nr as u32).collect();
     let mut p = abi_prologue(KILL);
+    p.extend(refusals(libc::SECCOMP_RET_USER_NOTIF));
+    p.push(stmt((libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16, 0));
     let n = nrs.len();
     for (i, nr) in nrs.iter().enumerate() {
         // Match: jump over the remaining compares and the ALLOW to the NOTIF.
@@ -253,18 +328,75 @@ pub fn recv_listener(chan: &OwnedFd, ms: i32) -> std::io::Result<OwnedFd> {
 mod tests {
     use super::*;
 
+    /// Runs a classic BPF seccomp program (the instructions the filters here use) on
+    /// (nr, args[1]) of a native call.
+    fn run(p: &[libc::sock_filter], nr: i64, arg1: u64) -> u32 {
+        let mut data = [0u8; 64];
+        data[0..4].copy_from_slice(&(nr as u32).to_ne_bytes());
+        data[4..8].copy_from_slice(&AUDIT_ARCH_X86_64.to_ne_bytes());
+        data[24..32].copy_from_slice(&arg1.to_ne_bytes());
+        let (mut a, mut pc) = (0u32, 0usize);
+        loop {
+            let i = p[pc];
+            match i.code as u32 {
+                c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
+                    let k = i.k as usize;
+                    a = u32::from_ne_bytes(data[k..k + 4].try_into().unwrap());
+                }
+                c if c == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K => {
+                    pc += if a == i.k { i.jt } else { i.jf } as usize;
+                }
+                c if c == libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K => {
+                    pc += if a >= i.k { i.jt } else { i.jf } as usize;
+                }
+                c if c == libc::BPF_JMP | libc::BPF_JA => pc += i.k as usize,
+                c if c == libc::BPF_RET | libc::BPF_K => return i.k,
+                c => panic!("instruction {c:#x} at {pc}"),
+            }
+            pc += 1;
+        }
+    }
+
     #[test]
     fn program_jumps_land_on_notif() {
         let p = program(&[Op::Delete, Op::Rename]);
-        let n = GATED.iter().filter(|s| matches!(s.op, Op::Delete | Op::Rename)).count();
-        assert_eq!(p.len(), 6 + n + 2);
         let notif = p.len() - 1;
-        for (i, ins) in p[6..6 + n].iter().enumerate() {
-            assert_eq!(6 + i + 1 + ins.jt as usize, notif, "compare {i} jumps to the NOTIF return");
-            assert_eq!(ins.jf, 0);
+        assert_eq!((p[notif - 1].k, p[notif].k), (libc::SECCOMP_RET_ALLOW, libc::SECCOMP_RET_USER_NOTIF));
+        for s in GATED.iter() {
+            let want = if matches!(s.op, Op::Delete | Op::Rename) {
+                libc::SECCOMP_RET_USER_NOTIF
+            } else {
+                libc::SECCOMP_RET_ALLOW
+            };
+            assert_eq!(run(&p, s.nr, 0), want, "{}", s.name);
         }
-        assert_eq!(p[notif].k, libc::SECCOMP_RET_USER_NOTIF);
-        assert_eq!(p[notif - 1].k, libc::SECCOMP_RET_ALLOW);
+        assert_eq!(run(&p, libc::SYS_getpid, 0), libc::SECCOMP_RET_ALLOW);
+    }
+
+    #[test]
+    fn refused_requests_go_to_the_listener_whatever_the_high_bits() {
+        let p = program(&[]);
+        for r in &REFUSED {
+            for (cmd, name, _) in r.cmds {
+                for arg in [*cmd as u64, 0xdead_0000_0000 | *cmd as u64] {
+                    assert_eq!(run(&p, r.nr, arg), libc::SECCOMP_RET_USER_NOTIF, "{} {name}", r.name);
+                    assert_eq!(refused(r.nr, arg).map(|x| x.1), Some(*name));
+                }
+            }
+            // Other requests of the same call, and the same numbers in another call.
+            assert_eq!(run(&p, r.nr, 0x5401), libc::SECCOMP_RET_ALLOW, "{} TCGETS", r.name);
+        }
+        assert_eq!(run(&p, libc::SYS_write, 0x5412), libc::SECCOMP_RET_ALLOW);
+        assert_eq!(refused(libc::SYS_write, 0x5412), None);
+        let deny = refusals(libc::SECCOMP_RET_TRACE);
+        assert_eq!(
+            run(
+                &[deny, vec![stmt((libc::BPF_RET | libc::BPF_K) as u16, 7)]].concat(),
+                libc::SYS_ioctl,
+                0x5412
+            ),
+            libc::SECCOMP_RET_TRACE
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod abi;
 pub mod filter;
 pub mod notify;
+mod refused;
 
 use std::{
     borrow::Cow,
@@ -172,7 +173,7 @@ fn kind_of(op: Op) -> Kind {
 
 /// An event of `kind` about thread `tid` of process `tgid`, the caller of a held
 /// call, with what the process table knows of it.
-fn caller_event(kind: Kind, tgid: u32, tid: u32, enr: &Enricher) -> Event {
+pub(super) fn caller_event(kind: Kind, tgid: u32, tid: u32, enr: &Enricher) -> Event {
     let mut ev = Event::new(kind, enr.clock().now_wall(), enr.host());
     ev.pid = tgid;
     ev.tid = tid;
@@ -287,6 +288,10 @@ impl Gate {
         };
         if let Some(abi) = abi::Abi::of(n.arch, n.nr) {
             return self.foreign(n, abi, sensors, enr, judge);
+        }
+        if let Some(req) = filter::refused(n.nr, n.args[1]) {
+            answer(Err(Errno::EPERM));
+            return Some(refused::event(&n, req, sensors, enr, judge));
         }
         let Some(g) = filter::lookup(n.nr) else {
             answer(Err(Errno::EPERM));

@@ -1,0 +1,43 @@
+//! The requests no enforced task may make ([`super::filter::REFUSED`]: signal routing,
+//! terminal input, /dev/userfaultfd): the task's gate filter sends them here rather
+//! than the denial filter refusing them, so that each refusal is a record. The
+//! command is in a register, not in the agent's memory: nothing to read, nothing to
+//! race; the call is answered EPERM before the record is made.
+
+use std::borrow::Cow;
+
+use serde_json::json;
+
+use super::{caller_event, notify::Notif};
+use crate::{enrich::Enricher, event::Event, event::Kind, judge::Judge, kernel::loader::Sensors};
+
+/// The tamper record of refused request `req` (syscall, command, attempt) of `n`,
+/// as the kernel's own refusal records read: `denied`, with the errno.
+pub fn event(
+    n: &Notif,
+    (syscall, request, attempt): (&'static str, &'static str, &'static str),
+    sensors: &Sensors,
+    enr: &Enricher,
+    judge: &Judge,
+) -> Event {
+    let tgid = super::notify::tgid_of(n.tid).unwrap_or(n.tid);
+    let mut ev = caller_event(Kind::Tamper, tgid, n.tid, enr);
+    if let Some(bound) = sensors.task_of(tgid).and_then(|c| enr.task_name(c)).and_then(|t| judge.task(&t)) {
+        ev.task = Some(bound.id.clone());
+        ev.task_chain = (!bound.chain.is_empty()).then(|| bound.chain.clone());
+    }
+    ev.syscall = Some(Cow::Borrowed(syscall));
+    ev.error = Some(Cow::Borrowed("EPERM"));
+    ev.verdict = Some(Cow::Borrowed("denied"));
+    ev.action = Some(Cow::Borrowed("alert"));
+    let what = match attempt {
+        "terminal input" => "typing into a terminal",
+        "userfaultfd" => "a userfaultfd from /dev/userfaultfd",
+        _ => "routing a file's signals to a process of its choosing",
+    };
+    ev.reason = Some(format!("tamper: {syscall} {request}: {what} was refused"));
+    ev.detail.insert("attempt".into(), json!(attempt));
+    ev.detail.insert("request".into(), json!(request));
+    ev.detail.insert("fd".into(), json!(n.args[0] as i32));
+    ev
+}
