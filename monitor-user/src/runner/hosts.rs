@@ -12,7 +12,7 @@
 //! name whose records change cannot widen a sub-task beyond its parents.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap, HashSet},
     net::IpAddr,
     sync::{Arc, mpsc},
 };
@@ -30,16 +30,51 @@ const MAX_ADDRS: usize = 64;
 /// Lookups a refresh may have running at once: the rest of the shared pool stays
 /// for tasks' starts and delegations.
 const MAX_RUNNING: usize = 32;
-/// Refused addresses recorded (each once per task and name).
-const MAX_TOLD: usize = 4096;
+/// Refused addresses recorded one by one per task (each once per name); past that
+/// they are counted.
+const MAX_TOLD: usize = 1024;
+
+/// What to say of a refused address.
+#[derive(Debug, PartialEq, Eq)]
+enum Tell {
+    /// Not recorded before: a record of its own.
+    New,
+    /// Recorded already.
+    Known,
+    /// The task's records of refused addresses are full: counted.
+    Over,
+}
+
+/// Refused addresses recorded, per task: (name, address). A task's own names (a
+/// sub-task's are the agent's choice) can fill only its own share, and an ended
+/// task's are dropped.
+#[derive(Default)]
+struct Told(HashMap<Arc<str>, HashSet<(String, IpAddr)>>);
+
+impl Told {
+    fn tell(&mut self, task: &Arc<str>, name: &str, a: IpAddr) -> Tell {
+        let seen = self.0.entry(task.clone()).or_default();
+        if seen.contains(&(name.to_string(), a)) {
+            Tell::Known
+        } else if seen.len() >= MAX_TOLD {
+            Tell::Over
+        } else {
+            seen.insert((name.to_string(), a));
+            Tell::New
+        }
+    }
+
+    fn keep(&mut self, live: &[Arc<str>]) {
+        self.0.retain(|t, _| live.contains(t));
+    }
+}
 
 /// The lookups in flight and their answers.
 pub struct Refresh {
     asked: BTreeSet<String>,
     tx: mpsc::Sender<(String, Vec<IpAddr>)>,
     rx: mpsc::Receiver<(String, Vec<IpAddr>)>,
-    /// Refused addresses already recorded: (task, name, address).
-    told: std::collections::HashSet<(Arc<str>, String, IpAddr)>,
+    told: Told,
 }
 
 impl Default for Refresh {
@@ -55,7 +90,9 @@ impl Refresh {
     /// while fewer than [`MAX_RUNNING`] lookups run.
     pub fn start(e: &mut Engine) {
         let (mut top, mut sub) = (BTreeSet::new(), BTreeSet::new());
-        for id in e.p.task_ids() {
+        let ids = e.p.task_ids();
+        e.hosts.told.keep(&ids);
+        for id in ids {
             if let Some(b) = e.p.judge.task(&id) {
                 if b.chain.is_empty() { &mut top } else { &mut sub }.extend(host_names(&b.task));
             }
@@ -128,12 +165,23 @@ fn apply(e: &mut Engine, id: &str, name: &str, now: &[IpAddr]) {
         }
         why.is_none()
     });
+    let mut counted = 0;
     for (a, why) in refused {
-        let r = &mut e.hosts;
-        if r.told.len() < MAX_TOLD && r.told.insert((key.clone(), name.to_string(), a)) {
-            let what = format!("{name} now resolves to {a}, {why}: not allowed");
-            e.tamper(root, Some(cookie), "host addresses", &what, true);
+        match e.hosts.told.tell(&key, name, a) {
+            Tell::New => {
+                let what = format!("{name} now resolves to {a}, {why}: not allowed");
+                e.tamper(root, Some(cookie), "host addresses", &what, true);
+            }
+            Tell::Known => {}
+            Tell::Over => counted += 1,
         }
+    }
+    if counted > 0 {
+        let what = format!(
+            "{name} now resolves to {counted} more addresses not allowed (past {MAX_TOLD} recorded for the \
+             task, counted, not listed)"
+        );
+        e.tamper(root, Some(cookie), "host addresses", &what, true);
     }
     if !changed {
         return;
@@ -260,6 +308,22 @@ mod tests {
         .expect("manifest");
         t.connect = connect;
         t
+    }
+
+    #[test]
+    fn refused_addresses_are_told_once_and_counted_past_a_tasks_share() {
+        let (mut t, a, b): (Told, Arc<str>, Arc<str>) = (Told::default(), "a".into(), "b".into());
+        assert_eq!(t.tell(&a, "n.example", ip("192.0.2.1")), Tell::New);
+        assert_eq!(t.tell(&a, "n.example", ip("192.0.2.1")), Tell::Known);
+        for i in 1..MAX_TOLD {
+            assert_eq!(t.tell(&a, "n.example", IpAddr::from([10, 0, (i >> 8) as u8, i as u8])), Tell::New);
+        }
+        assert_eq!(t.tell(&a, "n.example", ip("198.51.100.1")), Tell::Over);
+        // Another task's share is its own; an ended task's is dropped.
+        assert_eq!(t.tell(&b, "n.example", ip("198.51.100.1")), Tell::New);
+        t.keep(std::slice::from_ref(&b));
+        assert_eq!(t.tell(&a, "n.example", ip("198.51.100.1")), Tell::New);
+        assert_eq!(t.tell(&b, "n.example", ip("198.51.100.1")), Tell::Known);
     }
 
     #[test]
