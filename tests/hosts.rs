@@ -10,12 +10,18 @@
 //!   called out of scope.
 //! - Now that it is not: a sub-task's name accepted because its parent's address
 //!   range held its addresses at delegation must stay in that range.
+//! - A delegation whose name must be looked up held the loop (2 s), and every
+//!   other request with it: one asked while it waits is answered first.
 
 use std::{
     ffi::OsStr,
     net::UdpSocket,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
@@ -82,6 +88,44 @@ fn under(sock: &Path, t: &Path, d: &Path, scenario: &str, args: &[&OsStr]) -> Re
         .map_err(|e| e.to_string())
 }
 
+/// A DNS answer to `query` (one question): 127.0.9.3 for an A question, no record
+/// for any other.
+fn answer(query: &[u8]) -> Option<Vec<u8>> {
+    let end = 12 + query.get(12..)?.iter().position(|b| *b == 0)? + 5;
+    let question = query.get(12..end)?;
+    let a = question[question.len() - 4..question.len() - 2] == [0, 1];
+    let mut r = query[..2].to_vec();
+    r.extend_from_slice(&[0x81, 0x80, 0, 1, 0, a as u8, 0, 0, 0, 0]);
+    r.extend_from_slice(question);
+    if a {
+        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 9, 3]);
+    }
+    Some(r)
+}
+
+/// The resolver: takes every query and answers none, but slow.test's, which it
+/// answers once `ready` exists (and says it was asked in `asked`), until `stop`.
+fn resolver(s: UdpSocket, asked: PathBuf, ready: PathBuf, stop: Arc<AtomicBool>) {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut held = Vec::new();
+    let mut buf = [0u8; 512];
+    while !stop.load(Relaxed) {
+        if let Ok((n, from)) = s.recv_from(&mut buf)
+            && buf[..n].windows(10).any(|w| w == b"\x04slow\x04test")
+        {
+            held.push((buf[..n].to_vec(), from));
+            let _ = std::fs::write(&asked, b"");
+        }
+        if ready.exists() {
+            for (q, from) in held.drain(..) {
+                if let Some(r) = answer(&q) {
+                    let _ = s.send_to(&r, from);
+                }
+            }
+        }
+    }
+}
+
 /// The exit code of `c` within `limit` (killed if it is still running then).
 fn finish(c: &mut Child, limit: Duration) -> Option<i32> {
     let code = support::exit_within(c, limit);
@@ -98,10 +142,17 @@ pub fn host_names_never_stall_or_widen() -> R {
     // own: judged); an enforced task where this host can enforce (its guard).
     let (o, g) = (d.join("o"), d.join("g"));
     std::fs::create_dir_all(o.join("repo/sub")).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(o.join("repo/slow")).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(g.join("repo")).map_err(|e| e.to_string())?;
     let enforce = support::can_enforce();
-    // A resolver that takes every query and answers none (glibc waits 2 x 8 s).
-    let _silent = UdpSocket::bind("127.0.0.2:53").map_err(|e| format!("binding 127.0.0.2:53: {e}"))?;
+    // A resolver that takes every query and answers none (glibc waits 2 x 8 s), but
+    // slow.test's once the other sub-task runs.
+    let silent = UdpSocket::bind("127.0.0.2:53").map_err(|e| format!("binding 127.0.0.2:53: {e}"))?;
+    let stop_dns = Arc::new(AtomicBool::new(false));
+    let dns = {
+        let (asked, ready, stop) = (o.join("asked"), o.join("repo/sub/ready"), stop_dns.clone());
+        std::thread::spawn(move || resolver(silent, asked, ready, stop))
+    };
     let hosts = d.join("hosts");
     write(&hosts, "127.0.0.1 localhost\n127.0.8.5 grow.test\n127.0.9.1 sub.test\n")?;
     let resolv = d.join("resolv.conf");
@@ -120,6 +171,17 @@ pub fn host_names_never_stall_or_widen() -> R {
             std::env::current_exe().map_err(|e| e.to_string())?.display()
         ),
     )?;
+    // Its name only the parent's range could cover: looked up at delegation.
+    let slow = o.join("slow.yaml");
+    write(
+        &slow,
+        &format!(
+            "id: hosts-slow\nmode: execute\nscope:\n  write: [\"{}/slow/**\"]\n  exec: [\"{}\"]\n  \
+             connect: [\"slow.test:443\"]\n",
+            o.join("repo").display(),
+            std::env::current_exe().map_err(|e| e.to_string())?.display()
+        ),
+    )?;
     let via: Vec<&OsStr> =
         ["unshare", "-m", "sh", "-c", NAMESPACE, "sh"].into_iter().map(OsStr::new).collect();
     let via = [via, vec![hosts.as_os_str(), resolv.as_os_str()]].concat();
@@ -134,12 +196,18 @@ pub fn host_names_never_stall_or_widen() -> R {
          kinds: [connect, send]\n      dst: [\"127.0.8.5/32\"]\n    action: deny\n    examples:\n      \
          match: [{kind: send, dst: \"127.0.8.5:443\"}]\n      no_match: [{kind: send, dst: \"127.0.8.6:443\"}]\n",
     )?;
-    let config = format!("hosts_refresh: 1s\nrules: {}\n", rules.display());
+    let config = format!("hosts_refresh: 1s\ndelegation_lookups: 8s\nrules: {}\n", rules.display());
     let daemon = start_daemon_via(&d, &config, &via)?;
     let limit = Duration::from_secs(30) * support::slowdown();
     let run = (|| -> Result<(Option<i32>, Option<i32>), String> {
         let go = d.join("go");
-        let mut family = under(&sock, &parent, &o, "hosts", &[OsStr::new(agentmon()), child.as_os_str()])?;
+        let mut family = under(
+            &sock,
+            &parent,
+            &o,
+            "hosts",
+            &[OsStr::new(agentmon()), child.as_os_str(), slow.as_os_str()],
+        )?;
         let wait_go = format!("wait={}", go.display());
         let mut alone = under(
             &sock,
@@ -160,12 +228,25 @@ pub fn host_names_never_stall_or_widen() -> R {
         Ok(codes)
     })();
     let said = stop(daemon)?;
+    stop_dns.store(true, Relaxed);
+    let _ = dns.join();
     let (family, alone) = run?;
     eq("exit of the observed task", family, Some(0))?;
     eq("exit of the enforced task", alone, Some(0))?;
     let results = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     eq("sub-task exit", results(&o.join("repo/sub-rc")), "Some(0)".to_string())?;
+    // The slow name's delegation waited, and the other was answered meanwhile (its
+    // sub-task ran, and only then was slow.test answered).
+    eq(
+        &format!("slow sub-task exit ({:?})", support::tamper_of(&events(&all)?, "delegation (slow.yaml)")),
+        results(&o.join("repo/slow-rc")),
+        "Some(0)".to_string(),
+    )?;
+    ensure(o.join("repo/slow/ran").exists(), || "the slow sub-task never ran".into())?;
     let evs = events(&all)?;
+    let slow_start =
+        evs.iter().find(|e| e.kind == Kind::TaskStart && e.task.as_deref() == Some("hosts-slow"));
+    ensure(slow_start.is_some(), || format!("no task_start of the slow sub-task\n{said}"))?;
     let stalled = support::tamper_of(&evs, "stopping agentmon");
     ensure(stalled.is_empty(), || format!("agentmon's loop stood still: {stalled:?}\n{said}"))?;
     let sent = |task: &str, ip: &str| {

@@ -23,11 +23,22 @@ fn append(p: &Path, line: &str) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", p.display()))
 }
 
-/// The parent (`dir agentmon child.yaml`): delegates the sub-task, then once `go`
-/// is there sends to grow.test's new address (repo/results.txt).
+/// The parent (`dir agentmon child.yaml slow.yaml`): delegates the sub-task whose
+/// name is slow to look up, and once that lookup is asked (`asked`) the other, then
+/// once `go` is there sends to grow.test's new address (repo/results.txt).
 pub fn parent(d: &Path, args: &[String]) -> Result<(), String> {
-    let [_, agentmon, child] = args else { return Err("hosts needs: dir agentmon child.yaml".into()) };
+    let [_, agentmon, child, slow] = args else {
+        return Err("hosts needs: dir agentmon child.yaml slow.yaml".into());
+    };
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut slow = Command::new(agentmon)
+        .args(["exec", "--quiet", "--task", slow, "--"])
+        .arg(&me)
+        .arg(d)
+        .env("AGENTMON_SCENARIO", "hosts_slow")
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    wait_for(&d.join("asked"))?;
     let mut sub = Command::new(agentmon)
         .args(["exec", "--quiet", "--task", child, "--"])
         .arg(&me)
@@ -38,6 +49,8 @@ pub fn parent(d: &Path, args: &[String]) -> Result<(), String> {
     wait_for(&d.join("go"))?;
     append(&d.join("repo/results.txt"), &format!("grown {}", send("127.0.8.6:443")))?;
     let st = sub.wait().map_err(|e| e.to_string())?;
+    let slow = slow.wait().map_err(|e| e.to_string())?;
+    fs::write(d.join("repo/slow-rc"), format!("{:?}", slow.code())).map_err(|e| e.to_string())?;
     fs::write(d.join("repo/sub-rc"), format!("{:?}", st.code())).map_err(|e| e.to_string())
 }
 

@@ -59,6 +59,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
             _ => Err("fuse_serve DIR MOUNTPOINT".into()),
         },
         ("hosts_sub", Some(d)) => hosts::sub(d),
+        ("hosts_slow", Some(d)) => std::fs::write(d.join("repo/slow/ran"), b"").map_err(|e| e.to_string()),
         ("sub_waits", Some(d)) => sub_waits(d),
         // A sub-task's: inside its scope, outside it but inside its parent's.
         ("sub_leaves", Some(d)) => {

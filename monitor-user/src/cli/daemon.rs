@@ -65,6 +65,8 @@ struct Config {
     on_expiry: Option<String>,
     /// How often host names in tasks' scopes are looked up again (e.g. `60s`).
     hosts_refresh: Option<String>,
+    /// How long a delegation waits for its sub-task's host names (e.g. `2s`).
+    delegation_lookups: Option<String>,
     selectors: Vec<SelectorConfig>,
     default_task: Option<PathBuf>,
     metrics: Option<SocketAddr>,
@@ -292,6 +294,15 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
                 Ok(d) if (1..=3600).contains(&d.as_secs()) => d,
                 Ok(_) => anyhow::bail!("{file}: hosts_refresh: {t:?} must be between 1s and 1h"),
                 Err(e) => anyhow::bail!("{file}: hosts_refresh: {e}"),
+            },
+        },
+        delegation_lookups: match cfg.delegation_lookups.as_deref() {
+            None => crate::runner::DELEGATION_LOOKUPS,
+            Some(t) => match super::duration(t) {
+                // The asking exec waits 10 s for its answer.
+                Ok(d) if (1..=8).contains(&d.as_secs()) => d,
+                Ok(_) => anyhow::bail!("{file}: delegation_lookups: {t:?} must be between 1s and 8s"),
+                Err(e) => anyhow::bail!("{file}: delegation_lookups: {e}"),
             },
         },
     })

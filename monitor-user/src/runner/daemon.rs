@@ -44,6 +44,8 @@ pub struct DaemonOptions {
     pub on_expiry: OnExpiry,
     /// How often the host names of tasks' scopes are looked up again.
     pub hosts_refresh: Duration,
+    /// How long a delegation waits for its sub-task's host names.
+    pub delegation_lookups: Duration,
     /// Processes attached automatically under the default task.
     pub selectors: Option<super::select::Selectors>,
     /// Keys that may grant tasks (none: any task starts).
@@ -91,6 +93,7 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     let mut setup = Setup::new(layers, own, opts.approval_timeout);
     setup.on_expiry = opts.on_expiry;
     setup.hosts_refresh = opts.hosts_refresh;
+    setup.delegation_lookups = opts.delegation_lookups;
     setup.state = Some(StateDir { dir: opts.state_dir.clone() });
     setup.grant_keys = opts.grant_keys.clone();
     if let Some(k) = &opts.grant_keys {

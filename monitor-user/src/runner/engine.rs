@@ -28,6 +28,8 @@ pub struct Engine {
     pub mailboxes: Vec<super::callers::Mailbox>,
     /// Host names being looked up again.
     pub hosts: super::hosts::Refresh,
+    /// Delegations waiting for their host names' lookups.
+    pub delegations: super::subtask::Waiting,
 }
 
 impl Engine {
@@ -70,6 +72,7 @@ impl Engine {
             setup,
             mailboxes: Vec::new(),
             hosts: Default::default(),
+            delegations: Default::default(),
         })
     }
 

@@ -31,6 +31,7 @@ pub use daemon::{DaemonOptions, daemon};
 pub use exec::{ExecOptions, exec};
 pub use outputs::{AuditOptions, Outputs};
 pub use setup::OnExpiry;
+pub use subtask::DELEGATION_LOOKUPS;
 
 use crate::{
     launch::LaunchError,

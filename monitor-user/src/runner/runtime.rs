@@ -182,6 +182,11 @@ impl Runtime {
                     e.mailboxes.retain(|m| !m.closed);
                     e.out.batch_end();
                 }
+                Some((id, got)) = e.delegations.rx.recv() => {
+                    e.drain(ring.get_mut());
+                    super::subtask::looked_up(e, id, got);
+                    e.out.batch_end();
+                }
                 Some(inc) = requests.rx.recv() => {
                     // Pending events first: the caller's fork must be in the process table.
                     e.drain(ring.get_mut());

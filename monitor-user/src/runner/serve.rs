@@ -19,21 +19,25 @@ use crate::{
 /// task of its own). `noise` bounds what callers without rights can make agentmon
 /// write.
 pub fn answer(inc: Incoming, e: &mut Engine, noise: &mut Noise) {
-    let Incoming { mut stream, caller, req, writers, fds, mailbox } = inc;
+    let Incoming { stream, caller, req, writers, fds, mailbox } = inc;
+    // Taken by a request answered later (a delegation waiting for lookups).
+    let mut stream = Some(stream);
     let reply = match (mailbox, &req) {
         (Some(mc), Ok(r)) => match from_mailbox(mc, &caller, r, e) {
-            Ok(()) => serve(&caller, &writers, req, fds, e, noise),
+            Ok(()) => serve(&caller, &writers, req, fds, e, noise, &mut stream),
             Err(why) => {
                 if let Some(held) = noise.allow(Some(mc)) {
                     let said = if held > 0 { format!("{why} (+{held} more refused)") } else { why.clone() };
                     e.tamper(caller.pid, Some(mc), &format!("mailbox request {}", r.op_name()), &said, true);
                 }
-                Reply::err(why)
+                Some(Reply::err(why))
             }
         },
-        _ => serve(&caller, &writers, req, fds, e, noise),
+        _ => serve(&caller, &writers, req, fds, e, noise, &mut stream),
     };
-    tokio::spawn(async move { ctl::write_reply(&mut stream, &reply).await });
+    if let (Some(reply), Some(mut stream)) = (reply, stream) {
+        tokio::spawn(async move { ctl::write_reply(&mut stream, &reply).await });
+    }
 }
 
 /// A task's mailbox carries only its own processes' delegations and steps: the
@@ -58,8 +62,48 @@ fn from_mailbox(mc: u32, caller: &Caller, req: &Request, e: &Engine) -> Result<(
     Ok(())
 }
 
-/// Answers one control request.
+/// Answers one control request (None: later, on `stream`, which it took).
 fn serve(
+    caller: &Caller,
+    writers: &[u32],
+    req: Result<Request, String>,
+    fds: Vec<std::os::fd::OwnedFd>,
+    e: &mut Engine,
+    noise: &mut Noise,
+    stream: &mut Option<tokio::net::UnixStream>,
+) -> Option<Reply> {
+    if let Ok(Request::Delegate { manifest, file, pid, confined }) = req {
+        return match not_its_writers(caller, writers, "delegate", e, noise) {
+            None => {
+                subtask::delegate(e, subtask::Ask { peer: caller.pid, manifest, file, pid, confined }, stream)
+            }
+            refused => refused,
+        };
+    }
+    Some(serve_now(caller, writers, req, fds, e, noise))
+}
+
+/// The refusal (recorded) of a request written by someone other than its connector.
+fn not_its_writers(
+    caller: &Caller,
+    writers: &[u32],
+    what: &str,
+    e: &mut Engine,
+    noise: &mut Noise,
+) -> Option<Reply> {
+    let uid = caller.uid;
+    if let Err(why) = caller.speaks_for(writers) {
+        let (actor, its) = caller.actor(writers, &e.sensors);
+        if let Some(held) = noise.allow(its.or(Some(uid))) {
+            let said = if held > 0 { format!("{why} (+{held} more refused)") } else { why.clone() };
+            e.tamper(actor, its.filter(|c| *c != 0), &format!("control request {what}"), &said, true);
+        }
+        return Some(Reply::err(format!("{what} refused: {why}")));
+    }
+    None
+}
+
+fn serve_now(
     caller: &Caller,
     writers: &[u32],
     req: Result<Request, String>,
@@ -79,16 +123,8 @@ fn serve(
     };
     let what = req.op_name();
     let task = caller.task_now(&e.sensors);
-    if let Err(why) = caller.speaks_for(writers) {
-        let (actor, its) = caller.actor(writers, &e.sensors);
-        if let Some(held) = noise.allow(its.or(Some(uid))) {
-            let said = if held > 0 { format!("{why} (+{held} more refused)") } else { why.clone() };
-            e.tamper(actor, its.filter(|c| *c != 0), &format!("control request {what}"), &said, true);
-        }
-        return Reply::err(format!("{what} refused: {why}"));
-    }
-    if let Request::Delegate { manifest, file, pid, confined } = req {
-        return subtask::delegate(e, peer, manifest, file, pid, confined);
+    if let Some(r) = not_its_writers(caller, writers, what, e, noise) {
+        return r;
     }
     if let Request::Step { phase, task, tool, call_id, traceparent } = req {
         let st = Step { tool, call_id, trace_id: None, span_id: None };

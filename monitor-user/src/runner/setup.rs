@@ -27,6 +27,8 @@ pub struct Setup {
     pub on_expiry: OnExpiry,
     /// How often the host names of tasks' scopes are looked up again.
     pub hosts_refresh: Duration,
+    /// How long a delegation waits for its sub-task's host names (off the loop).
+    pub delegation_lookups: Duration,
     /// A daemon's: top-level tasks may be started and attached over the control
     /// socket, and are recorded here for a restarted daemon to resume.
     pub state: Option<StateDir>,
@@ -58,6 +60,7 @@ impl Setup {
             approval_timeout,
             on_expiry: OnExpiry::End,
             hosts_refresh: Duration::from_secs(60),
+            delegation_lookups: super::DELEGATION_LOOKUPS,
             state: None,
             grant_keys: None,
         }

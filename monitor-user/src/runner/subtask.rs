@@ -18,38 +18,136 @@ use crate::{
     task::Task,
 };
 
-/// Binds the caller's held child `pid` to the sub-task in `manifest`. A process
-/// inside a task that is refused (a wider scope, a bad manifest, a name taken) is a
-/// tamper record: the agent asked for authority its task does not give.
-pub fn delegate(
-    e: &mut Engine,
-    peer: u32,
-    manifest: String,
-    file: String,
-    pid: u32,
-    confined: bool,
-) -> Reply {
-    let Some(cookie) = e.sensors.task_of(peer) else {
-        return Reply::err(format!("pid {peer} is not inside a task watched here"));
-    };
-    match delegate_from(e, cookie, peer, manifest, &file, pid, confined) {
-        Ok(r) => r,
-        Err(why) => {
-            e.tamper(peer, Some(cookie), &format!("delegation ({file})"), &why, true);
-            Reply::err(why)
-        }
+/// A delegation request: the caller (`peer`), the sub-task's manifest and the held
+/// child `pid` to bind to it.
+pub struct Ask {
+    pub peer: u32,
+    pub manifest: String,
+    pub file: String,
+    pub pid: u32,
+    pub confined: bool,
+}
+
+/// Delegations whose host names are being looked up, off the loop: each is
+/// answered when its lookups end ([`looked_up`]), its caller's connection kept
+/// until then.
+pub struct Waiting {
+    next: u64,
+    asks: std::collections::HashMap<u64, (Ask, u32, Vec<String>, tokio::net::UnixStream)>,
+    tx: tokio::sync::mpsc::UnboundedSender<(u64, Looked)>,
+    pub rx: tokio::sync::mpsc::UnboundedReceiver<(u64, Looked)>,
+}
+
+type Looked = Result<Vec<Vec<std::net::IpAddr>>, String>;
+
+/// How long a delegation waits for its sub-task's host names by default.
+pub const DELEGATION_LOOKUPS: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Delegations waiting for lookups at once, in all and per task: more are refused
+/// (each holds a thread while its names are looked up).
+const MAX_WAITING: usize = 16;
+const MAX_WAITING_PER_TASK: usize = 2;
+
+impl Default for Waiting {
+    fn default() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Self { next: 0, asks: Default::default(), tx, rx }
     }
+}
+
+/// Binds the caller's held child to the sub-task it asks for, or, when the
+/// sub-task's host names must be looked up, starts the lookups and keeps the
+/// connection (`stream` taken) to answer when they end. A process inside a task
+/// that is refused (a wider scope, a bad manifest, a name taken) is a tamper
+/// record: the agent asked for authority its task does not give. None: answered
+/// later.
+pub fn delegate(e: &mut Engine, ask: Ask, stream: &mut Option<tokio::net::UnixStream>) -> Option<Reply> {
+    let Some(cookie) = e.sensors.task_of(ask.peer) else {
+        return Some(Reply::err(format!("pid {} is not inside a task watched here", ask.peer)));
+    };
+    let mut asked = None;
+    let r = delegate_from(e, cookie, &ask, |names| {
+        asked = Some(names.to_vec());
+        Err(String::new())
+    });
+    match (r, asked) {
+        (Err(_), Some(names)) => match wait_for(e, ask, cookie, names, stream) {
+            Ok(()) => None,
+            Err((ask, why)) => Some(refused(e, &ask, cookie, why)),
+        },
+        (Ok(r), _) => Some(r),
+        (Err(why), None) => Some(refused(e, &ask, cookie, why)),
+    }
+}
+
+fn refused(e: &mut Engine, ask: &Ask, cookie: u32, why: String) -> Reply {
+    e.tamper(ask.peer, Some(cookie), &format!("delegation ({})", ask.file), &why, true);
+    Reply::err(why)
+}
+
+/// Starts the lookups of a delegation's `names` and keeps it, with its caller's
+/// connection, until they end.
+fn wait_for(
+    e: &mut Engine,
+    ask: Ask,
+    cookie: u32,
+    names: Vec<String>,
+    stream: &mut Option<tokio::net::UnixStream>,
+) -> Result<(), (Ask, String)> {
+    let w = &mut e.delegations;
+    let mine = w.asks.values().filter(|a| a.1 == cookie).count();
+    if w.asks.len() >= MAX_WAITING || mine >= MAX_WAITING_PER_TASK {
+        let why = format!(
+            "{}: its host names cannot be looked up now: {} delegations wait for lookups already",
+            ask.file,
+            if mine >= MAX_WAITING_PER_TASK { mine } else { w.asks.len() }
+        );
+        return Err((ask, why));
+    }
+    let Some(conn) = stream.take() else { return Err((ask, "no connection to answer on".into())) };
+    let (id, tx, looked, limit) = (w.next, w.tx.clone(), names.clone(), e.setup.delegation_lookups);
+    w.next += 1;
+    let spawned = std::thread::Builder::new().name("agentmon-delegation-lookup".into()).spawn(move || {
+        let _ = tx.send((id, crate::task::scope::resolve_within(&looked, limit)));
+    });
+    match spawned {
+        Ok(_) => {
+            w.asks.insert(id, (ask, cookie, names, conn));
+            Ok(())
+        }
+        Err(err) => Err((ask, format!("a lookup thread: {err}"))),
+    }
+}
+
+/// The lookups of waiting delegation `id` ended: binds it (everything checked
+/// again: the caller, its child and the parent may have changed meanwhile) and
+/// answers its caller.
+pub fn looked_up(e: &mut Engine, id: u64, got: Looked) {
+    let Some((ask, cookie, names, mut conn)) = e.delegations.asks.remove(&id) else { return };
+    let reply = match e.sensors.task_of(ask.peer) {
+        Some(c) if c == cookie => {
+            let r = delegate_from(e, cookie, &ask, |now| {
+                if now == names.as_slice() {
+                    got
+                } else {
+                    Err("the parent task's scope changed while the names were looked up; ask again".into())
+                }
+            });
+            r.unwrap_or_else(|why| refused(e, &ask, cookie, why))
+        }
+        _ => Reply::err(format!("pid {} left its task while its names were looked up", ask.peer)),
+    };
+    tokio::spawn(async move { ctl::write_reply(&mut conn, &reply).await });
 }
 
 fn delegate_from(
     e: &mut Engine,
     cookie: u32,
-    peer: u32,
-    manifest: String,
-    file: &str,
-    pid: u32,
-    confined: bool,
+    ask: &Ask,
+    lookup: impl FnOnce(&[String]) -> Result<Vec<Vec<std::net::IpAddr>>, String>,
 ) -> Result<Reply, String> {
+    let Ask { peer, manifest, file, pid, confined } = ask;
+    let (peer, file, pid, confined) = (*peer, file.as_str(), *pid, *confined);
     let p = &e.p;
     if ctl::ppid_of(pid) != Some(peer) || e.sensors.task_of(pid) != Some(cookie) {
         return Err(format!("pid {pid} is not a child of the caller in its task"));
@@ -57,7 +155,7 @@ fn delegate_from(
     let Some(parent) = p.enr.task_name(cookie).and_then(|id| p.judge.task(&id)).cloned() else {
         return Err("the caller's task has no manifest here; delegation needs a parent task".into());
     };
-    let mut child = crate::task::parse_unresolved(&manifest, Path::new(file), p.enr.clock().now_wall())
+    let mut child = crate::task::parse_unresolved(manifest, Path::new(file), p.enr.clock().now_wall())
         .map_err(|err| err.to_string())?;
     child_hosts(&mut child, &parent.task, lookup).map_err(|why| format!("{file}: {why}"))?;
     if let Err(why) = parent.task.contains(&child) {
@@ -88,7 +186,7 @@ fn delegate_from(
     }
     let c = e.cookie();
     let chain = child.parents.clone();
-    let sub = Sub { manifest: &manifest, file, up: cookie, c, root: pid, ended: false };
+    let sub = Sub { manifest, file, up: cookie, c, root: pid, ended: false };
     let id = bind(e, child, &sub, &[pid], None).map_err(|err| err.to_string())?;
     Ok(Reply { ok: true, task: Some(id.to_string()), chain, ..Default::default() })
 }
@@ -140,11 +238,6 @@ fn child_hosts(
         }
     }
     Ok(())
-}
-
-/// Lookups for a delegation: two seconds for all.
-fn lookup(names: &[String]) -> Result<Vec<Vec<std::net::IpAddr>>, String> {
-    crate::task::scope::resolve_within(names, std::time::Duration::from_secs(2))
 }
 
 /// What a sub-task takes from the task it is delegated from: inside an enforced
@@ -315,8 +408,9 @@ fn resume_one(
         crate::task::parse_unresolved(&s.manifest, Path::new(&s.file), now).map_err(|err| err.to_string())?;
     // Accepted at delegation: a lookup that fails now (no DNS at boot) leaves the
     // name with no address rather than the sub-task unbound.
+    let limit = e.setup.delegation_lookups;
     child_hosts(&mut child, &parent, |names| {
-        Ok(lookup(names).unwrap_or_else(|why| {
+        Ok(crate::task::scope::resolve_within(names, limit).unwrap_or_else(|why| {
             tracing::warn!("sub-task {}: {why}; its host names allow no address until it ends", s.id);
             vec![Vec::new(); names.len()]
         }))
