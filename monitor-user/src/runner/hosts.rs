@@ -86,8 +86,9 @@ impl Default for Refresh {
 
 impl Refresh {
     /// Looks up again every host name of a task's scope not still being looked up:
-    /// the operators' (top-level tasks') first, then sub-tasks' (the agent's choice),
-    /// while fewer than [`MAX_RUNNING`] lookups run.
+    /// the operators' (top-level tasks') first, while fewer than [`MAX_RUNNING`]
+    /// lookups run; then sub-tasks' (the agent's choice), while fewer than
+    /// [`AGENTS_LOOKUPS`](crate::task::scope::AGENTS_LOOKUPS) run.
     pub fn start(e: &mut Engine) {
         let (mut top, mut sub) = (BTreeSet::new(), BTreeSet::new());
         let ids = e.p.task_ids();
@@ -99,12 +100,14 @@ impl Refresh {
         }
         let r = &mut e.hosts;
         let mut left = 0;
-        for name in top.iter().chain(sub.difference(&top)) {
+        let agents = crate::task::scope::AGENTS_LOOKUPS;
+        let names = top.iter().map(|n| (n, MAX_RUNNING)).chain(sub.difference(&top).map(|n| (n, agents)));
+        for (name, cap) in names {
             if r.asked.contains(name) {
                 continue;
             }
             let (tx, n) = (r.tx.clone(), name.clone());
-            match crate::task::scope::lookup(name.clone(), MAX_RUNNING, move |a| {
+            match crate::task::scope::lookup(name.clone(), cap, move |a| {
                 let _ = tx.send((n, a));
             }) {
                 Ok(()) => {

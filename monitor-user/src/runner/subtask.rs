@@ -6,6 +6,8 @@
 
 use std::{path::Path, sync::Arc};
 
+use crate::task::scope::AGENTS_LOOKUPS;
+
 use super::{
     engine::Engine,
     setup::Saved,
@@ -108,7 +110,7 @@ fn wait_for(
     let (id, tx, looked, limit) = (w.next, w.tx.clone(), names.clone(), e.setup.delegation_lookups);
     w.next += 1;
     let spawned = std::thread::Builder::new().name("agentmon-delegation-lookup".into()).spawn(move || {
-        let _ = tx.send((id, crate::task::scope::resolve_within(&looked, limit)));
+        let _ = tx.send((id, crate::task::scope::resolve_within(&looked, limit, AGENTS_LOOKUPS)));
     });
     match spawned {
         Ok(_) => {
@@ -410,7 +412,7 @@ fn resume_one(
     // name with no address rather than the sub-task unbound.
     let limit = e.setup.delegation_lookups;
     child_hosts(&mut child, &parent, |names| {
-        Ok(crate::task::scope::resolve_within(names, limit).unwrap_or_else(|why| {
+        Ok(crate::task::scope::resolve_within(names, limit, AGENTS_LOOKUPS).unwrap_or_else(|why| {
             tracing::warn!("sub-task {}: {why}; its host names allow no address until it ends", s.id);
             vec![Vec::new(); names.len()]
         }))

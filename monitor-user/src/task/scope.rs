@@ -302,11 +302,19 @@ pub fn resolve_hosts(eps: &mut [Endpoint]) {
 static LOOKUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 const MAX_LOOKUPS: usize = 64;
 
+/// Lookups that names an agent chose (a delegated sub-task's) may have running, of
+/// the [`MAX_LOOKUPS`]: the rest stays for the operators' (a task's start).
+pub const AGENTS_LOOKUPS: usize = 16;
+
 /// The addresses of each of `names`, waiting at most `limit` for all: each lookup
 /// runs in a thread of its own, off the caller's loop. A name not answered in time
-/// is an error, as is a lookup more than [`MAX_LOOKUPS`] still running.
-pub fn resolve_within(names: &[String], limit: std::time::Duration) -> Result<Vec<Vec<IpAddr>>, String> {
-    resolve_each_within(names, limit)?
+/// is an error, as is a lookup past `cap` (at most [`MAX_LOOKUPS`]) running.
+pub fn resolve_within(
+    names: &[String],
+    limit: std::time::Duration,
+    cap: usize,
+) -> Result<Vec<Vec<IpAddr>>, String> {
+    resolve_each_within(names, limit, cap)?
         .into_iter()
         .zip(names)
         .map(|(a, n)| a.ok_or_else(|| format!("host {n} did not resolve within {}s", limit.as_secs_f32())))
@@ -314,12 +322,13 @@ pub fn resolve_within(names: &[String], limit: std::time::Duration) -> Result<Ve
 }
 
 /// [`resolve_within`], a name not answered in time None rather than the whole an
-/// error (the error: more than [`MAX_LOOKUPS`] lookups would be running).
+/// error (the error: more than `cap` lookups would be running).
 pub fn resolve_each_within(
     names: &[String],
     limit: std::time::Duration,
+    cap: usize,
 ) -> Result<Vec<Option<Vec<IpAddr>>>, String> {
-    reserve(names.len())?;
+    reserve_below(names.len(), cap.min(MAX_LOOKUPS))?;
     let (tx, rx) = std::sync::mpsc::channel();
     for (i, name) in names.iter().enumerate() {
         let tx = tx.clone();
@@ -352,10 +361,6 @@ pub fn lookup(
     Ok(())
 }
 
-fn reserve(n: usize) -> Result<(), String> {
-    reserve_below(n, MAX_LOOKUPS)
-}
-
 fn reserve_below(n: usize, cap: usize) -> Result<(), String> {
     use std::sync::atomic::Ordering::SeqCst;
     if LOOKUPS.fetch_add(n, SeqCst) + n > cap {
@@ -365,7 +370,7 @@ fn reserve_below(n: usize, cap: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// One lookup [`reserve`]d.
+/// One lookup reserved ([`reserve_below`]).
 fn spawn_reserved(name: String, done: impl FnOnce(Vec<IpAddr>) + Send + 'static) {
     std::thread::spawn(move || {
         let mut ep = [Endpoint::Host { name, ports: Ports::ANY, addrs: Vec::new() }];
@@ -385,7 +390,7 @@ pub fn resolve_hosts_within(eps: &mut [Endpoint], limit: std::time::Duration) ->
     if names.is_empty() {
         return Vec::new();
     }
-    let got = resolve_each_within(&names, limit).unwrap_or_else(|_| vec![None; names.len()]);
+    let got = resolve_each_within(&names, limit, MAX_LOOKUPS).unwrap_or_else(|_| vec![None; names.len()]);
     let mut unanswered = Vec::new();
     let mut got = got.into_iter();
     for ep in eps {
@@ -412,11 +417,15 @@ mod tests {
 
     #[test]
     fn lookups_are_bounded_in_count() {
-        let got = super::resolve_within(&["localhost".into()], std::time::Duration::from_secs(5)).unwrap();
+        let s = std::time::Duration::from_secs;
+        let got = super::resolve_within(&["localhost".into()], s(5), super::MAX_LOOKUPS).unwrap();
         assert!(got[0].contains(&"127.0.0.1".parse().unwrap()), "{got:?}");
         let many: Vec<String> = (0..65).map(|i| format!("h{i}.invalid")).collect();
-        let e = super::resolve_within(&many, std::time::Duration::from_secs(1)).unwrap_err();
-        assert!(e.contains("still running"), "{e}");
+        let e = super::resolve_within(&many, s(1), super::MAX_LOOKUPS).unwrap_err();
+        assert!(e.contains("more than 64"), "{e}");
+        // An agent's share is smaller.
+        let e = super::resolve_within(&many[..17], s(1), super::AGENTS_LOOKUPS).unwrap_err();
+        assert!(e.contains("more than 16"), "{e}");
     }
 
     #[test]
