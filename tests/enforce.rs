@@ -285,6 +285,7 @@ pub fn tamper_attempts_fail() -> R {
         "open_tree".into(),
         "unshare_ns".into(),
         "clone3_ns".into(),
+        "seccomp_listener".into(),
         "sigio_agentmon".into(),
         "tiocsti".into(),
         "tiocsti_high".into(),
@@ -348,6 +349,8 @@ pub fn tamper_attempts_fail() -> R {
         ("unshare_ns", EPERM),
         // The filter answers every clone3 ENOSYS (the C library falls back to clone).
         ("clone3_ns", libc::ENOSYS),
+        // With agentmon's gate listener alive the kernel says EBUSY; refused anyway.
+        ("seccomp_listener", EPERM),
         ("sigio_agentmon", EPERM),
         ("tiocsti", EPERM),
         ("tiocsti_high", EPERM),
@@ -404,6 +407,7 @@ pub fn tamper_attempts_fail() -> R {
         (Kind::Tamper, "fcntl", "EPERM"),
         (Kind::Tamper, "ioctl", "EPERM"),
         (Kind::Tamper, "clone3", "ENOSYS"),
+        (Kind::Tamper, "seccomp", "EPERM"),
     ] {
         ensure(denied(kind, syscall, errno), || {
             format!("no denied {kind:?} event of {syscall} ({errno}):\n{}", run.summary())

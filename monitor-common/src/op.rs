@@ -111,4 +111,5 @@ ops! {
     MKNODAT = 140, "mknodat";
     SOCKETPAIR = 141, "socketpair";
     CLONE3 = 142, "clone3";
+    SECCOMP = 143, "seccomp";
 }

@@ -253,6 +253,14 @@ pub fn sys_exit_mknodat(ctx: TracePointContext) -> u32 {
 }
 
 refused!(
+    /// syscalls:sys_exit_seccomp(ret); arguments (op, flags, args): a filter with a
+    /// listener of the task's own, refused (it could outrank agentmon's gate once
+    /// that is gone).
+    sys_exit_seccomp,
+    op::SECCOMP
+);
+
+refused!(
     /// syscalls:sys_exit_socketpair(ret); arguments (family, type, protocol, sv): a
     /// datagram pair refused (it could send to any unix socket path).
     sys_exit_socketpair,

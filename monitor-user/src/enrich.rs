@@ -148,6 +148,10 @@ fn tamper_detail(ev: &mut Event, o: u16, args: &[u64; 5]) {
             ("device node", format!("a {what} device node (a door to the device)"))
         }
         op::SOCKETPAIR => ("socket", "a datagram socket pair was refused".into()),
+        op::SECCOMP => {
+            ev.detail.insert(Cow::Borrowed("flags"), json!(format!("{:#x}", args[1])));
+            ("seccomp listener", "a seccomp filter with a listener of its own was refused".into())
+        }
         op::CLONE3 => {
             ev.detail.insert(Cow::Borrowed("flags"), json!(format!("{:#x}", args[0])));
             ("namespace", "clone3 into a new namespace or another cgroup was refused".into())

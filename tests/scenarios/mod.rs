@@ -840,6 +840,24 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 }
                 r
             }),
+            // A seccomp filter with a listener of its own (allowing everything).
+            "seccomp_listener" => {
+                let allow = [libc::sock_filter {
+                    code: (libc::BPF_RET | libc::BPF_K) as u16,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ALLOW,
+                }];
+                let prog = libc::sock_fprog { len: 1, filter: allow.as_ptr() as *mut _ };
+                sys(unsafe {
+                    libc::syscall(
+                        libc::SYS_seccomp,
+                        libc::SECCOMP_SET_MODE_FILTER,
+                        libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                        &raw const prog,
+                    )
+                })
+            }
             // SIGIO aimed at agentmon by owning a file (no signal hook sees that route).
             "sigio_agentmon" => {
                 let mut fds = [0; 2];

@@ -133,6 +133,23 @@ pub fn filter(sockets: Sockets, lsm: bool) -> Result<BpfProgram, String> {
         ns.iter().map(|f| rule(vec![cond(arg, SeccompCmpOp::MaskedEq(*f), *f)?])).collect()
     };
     rules.insert(libc::SYS_unshare, ns_rules(0)?);
+    // A seccomp filter of the task's own with a listener: once agentmon's gate
+    // listener is gone (agentmon ended before a process the task left behind), the
+    // kernel would let a new one be made, and a filter's notification goes to the
+    // newest listener, which could let through what the gate refuses. Filters
+    // without one are the task's business. (The gate's own filter is installed
+    // before this one.)
+    rules.insert(
+        libc::SYS_seccomp,
+        vec![rule(vec![
+            cond(0, SeccompCmpOp::Eq, libc::SECCOMP_SET_MODE_FILTER as u64)?,
+            cond(
+                1,
+                SeccompCmpOp::MaskedEq(libc::SECCOMP_FILTER_FLAG_NEW_LISTENER),
+                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            )?,
+        ])?],
+    );
     rules.insert(libc::SYS_clone, ns_rules(0)?);
     // Device nodes: a block or character device made in the scope is a door to the
     // device (mknod's mode is argument 1, mknodat's 2).

@@ -290,8 +290,11 @@ impl Gate {
             return self.foreign(n, abi, sensors, enr, judge);
         }
         if let Some(req) = filter::refused(n.nr, n.args[1]) {
+            // Who asked, while the caller still waits (answered, it may exit, and its
+            // tracking entry with it).
+            let ev = refused::event(&n, req, sensors, enr, judge);
             answer(Err(Errno::EPERM));
-            return Some(refused::event(&n, req, sensors, enr, judge));
+            return Some(ev);
         }
         let Some(g) = filter::lookup(n.nr) else {
             answer(Err(Errno::EPERM));

@@ -47,25 +47,32 @@ enum Tell {
 
 /// Refused addresses recorded, per task: (name, address). A task's own names (a
 /// sub-task's are the agent's choice) can fill only its own share, and an ended
-/// task's are dropped.
+/// task's are dropped. At most [`MAX_TOLD_ALL`] in all, however many sub-tasks.
 #[derive(Default)]
-struct Told(HashMap<Arc<str>, HashSet<(String, IpAddr)>>);
+struct Told {
+    by_task: HashMap<Arc<str>, HashSet<(String, IpAddr)>>,
+    all: usize,
+}
+
+const MAX_TOLD_ALL: usize = 64 * MAX_TOLD;
 
 impl Told {
     fn tell(&mut self, task: &Arc<str>, name: &str, a: IpAddr) -> Tell {
-        let seen = self.0.entry(task.clone()).or_default();
+        let seen = self.by_task.entry(task.clone()).or_default();
         if seen.contains(&(name.to_string(), a)) {
             Tell::Known
-        } else if seen.len() >= MAX_TOLD {
+        } else if seen.len() >= MAX_TOLD || self.all >= MAX_TOLD_ALL {
             Tell::Over
         } else {
             seen.insert((name.to_string(), a));
+            self.all += 1;
             Tell::New
         }
     }
 
     fn keep(&mut self, live: &[Arc<str>]) {
-        self.0.retain(|t, _| live.contains(t));
+        self.by_task.retain(|t, _| live.contains(t));
+        self.all = self.by_task.values().map(HashSet::len).sum();
     }
 }
 
@@ -87,8 +94,8 @@ impl Default for Refresh {
 impl Refresh {
     /// Looks up again every host name of a task's scope not still being looked up:
     /// the operators' (top-level tasks') first, while fewer than [`MAX_RUNNING`]
-    /// lookups run; then sub-tasks' (the agent's choice), while fewer than
-    /// [`AGENTS_LOOKUPS`](crate::task::scope::AGENTS_LOOKUPS) run.
+    /// lookups run; then sub-tasks' (the agent's choice), within the agents' share
+    /// ([`AGENTS_LOOKUPS`](crate::task::scope::AGENTS_LOOKUPS)).
     pub fn start(e: &mut Engine) {
         let (mut top, mut sub) = (BTreeSet::new(), BTreeSet::new());
         let ids = e.p.task_ids();
@@ -100,14 +107,17 @@ impl Refresh {
         }
         let r = &mut e.hosts;
         let mut left = 0;
-        let agents = crate::task::scope::AGENTS_LOOKUPS;
-        let names = top.iter().map(|n| (n, MAX_RUNNING)).chain(sub.difference(&top).map(|n| (n, agents)));
-        for (name, cap) in names {
+        use crate::task::scope::Asker;
+        let names = top
+            .iter()
+            .map(|n| (n, Asker::Operator { cap: MAX_RUNNING }))
+            .chain(sub.difference(&top).map(|n| (n, Asker::Agent)));
+        for (name, who) in names {
             if r.asked.contains(name) {
                 continue;
             }
             let (tx, n) = (r.tx.clone(), name.clone());
-            match crate::task::scope::lookup(name.clone(), cap, move |a| {
+            match crate::task::scope::lookup(name.clone(), who, move |a| {
                 let _ = tx.send((n, a));
             }) {
                 Ok(()) => {

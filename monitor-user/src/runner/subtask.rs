@@ -6,7 +6,7 @@
 
 use std::{path::Path, sync::Arc};
 
-use crate::task::scope::AGENTS_LOOKUPS;
+use crate::task::scope::Asker;
 
 use super::{
     engine::Engine,
@@ -35,18 +35,32 @@ pub struct Ask {
 /// until then.
 pub struct Waiting {
     next: u64,
-    asks: std::collections::HashMap<u64, (Ask, u32, Vec<String>, tokio::net::UnixStream)>,
+    asks: std::collections::HashMap<u64, Parked>,
     tx: tokio::sync::mpsc::UnboundedSender<(u64, Looked)>,
     pub rx: tokio::sync::mpsc::UnboundedReceiver<(u64, Looked)>,
 }
 
 type Looked = Result<Vec<Vec<std::net::IpAddr>>, String>;
 
+/// A delegation waiting: asked by a process of task `cookie` (under top-level task
+/// `top`), for `names`, to be answered on `conn`.
+struct Parked {
+    ask: Ask,
+    cookie: u32,
+    top: Arc<str>,
+    names: Vec<String>,
+    conn: tokio::net::UnixStream,
+}
+
+/// Says the parent's scope changed during the lookups: a race, not an attempt.
+const CHANGED: &str = "the parent task's scope changed while the names were looked up; ask again";
+
 /// How long a delegation waits for its sub-task's host names by default.
 pub const DELEGATION_LOOKUPS: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Delegations waiting for lookups at once, in all and per task: more are refused
-/// (each holds a thread while its names are looked up).
+/// Delegations waiting for lookups at once, in all and per top-level task (its
+/// sub-tasks' with it): more are refused (each holds a thread while its names are
+/// looked up).
 const MAX_WAITING: usize = 16;
 const MAX_WAITING_PER_TASK: usize = 2;
 
@@ -96,8 +110,12 @@ fn wait_for(
     names: Vec<String>,
     stream: &mut Option<tokio::net::UnixStream>,
 ) -> Result<(), (Ask, String)> {
+    let top: Arc<str> = match e.p.enr.task_name(cookie).and_then(|id| e.p.judge.task(&id)) {
+        Some(b) => b.chain.last().unwrap_or(&b.id).clone(),
+        None => return Err((ask, "the caller's task has no manifest here".into())),
+    };
     let w = &mut e.delegations;
-    let mine = w.asks.values().filter(|a| a.1 == cookie).count();
+    let mine = w.asks.values().filter(|a| a.top == top).count();
     if w.asks.len() >= MAX_WAITING || mine >= MAX_WAITING_PER_TASK {
         let why = format!(
             "{}: its host names cannot be looked up now: {} delegations wait for lookups already",
@@ -110,11 +128,11 @@ fn wait_for(
     let (id, tx, looked, limit) = (w.next, w.tx.clone(), names.clone(), e.setup.delegation_lookups);
     w.next += 1;
     let spawned = std::thread::Builder::new().name("agentmon-delegation-lookup".into()).spawn(move || {
-        let _ = tx.send((id, crate::task::scope::resolve_within(&looked, limit, AGENTS_LOOKUPS)));
+        let _ = tx.send((id, crate::task::scope::resolve_within(&looked, limit, Asker::Agent)));
     });
     match spawned {
         Ok(_) => {
-            w.asks.insert(id, (ask, cookie, names, conn));
+            w.asks.insert(id, Parked { ask, cookie, top, names, conn });
             Ok(())
         }
         Err(err) => Err((ask, format!("a lookup thread: {err}"))),
@@ -125,17 +143,17 @@ fn wait_for(
 /// again: the caller, its child and the parent may have changed meanwhile) and
 /// answers its caller.
 pub fn looked_up(e: &mut Engine, id: u64, got: Looked) {
-    let Some((ask, cookie, names, mut conn)) = e.delegations.asks.remove(&id) else { return };
+    let Some(Parked { ask, cookie, names, mut conn, .. }) = e.delegations.asks.remove(&id) else { return };
     let reply = match e.sensors.task_of(ask.peer) {
         Some(c) if c == cookie => {
             let r = delegate_from(e, cookie, &ask, |now| {
-                if now == names.as_slice() {
-                    got
-                } else {
-                    Err("the parent task's scope changed while the names were looked up; ask again".into())
-                }
+                if now == names.as_slice() { got } else { Err(CHANGED.into()) }
             });
-            r.unwrap_or_else(|why| refused(e, &ask, cookie, why))
+            match r {
+                Ok(r) => r,
+                Err(why) if why.ends_with(CHANGED) => Reply::err(why),
+                Err(why) => refused(e, &ask, cookie, why),
+            }
         }
         _ => Reply::err(format!("pid {} left its task while its names were looked up", ask.peer)),
     };
@@ -159,15 +177,12 @@ fn delegate_from(
     };
     let mut child = crate::task::parse_unresolved(manifest, Path::new(file), p.enr.clock().now_wall())
         .map_err(|err| err.to_string())?;
-    child_hosts(&mut child, &parent.task, lookup).map_err(|why| format!("{file}: {why}"))?;
-    if let Err(why) = parent.task.contains(&child) {
-        return Err(format!("{file}: {why}"));
-    }
+    // What refuses it whatever its names resolve to, before they are looked up.
     if p.judge.task(&child.id).is_some() || e.setup.state.as_ref().is_some_and(|st| st.has(&child.id)) {
         return Err(format!("{file}: a task called {} is already running here", child.id));
     }
-    inherit(&mut child, &parent.task);
-    if child.enforce && !confined {
+    let enforce = child.enforce || parent.task.enforce;
+    if enforce && !confined {
         return Err(format!(
             "{file}: the sub-task of enforced task {} must run confined by its own scope, and its command is \
              not ({} was cleared?)",
@@ -177,15 +192,18 @@ fn delegate_from(
     }
     // A sub-task's calls are held by the gate its root inherited: the parent's.
     let gated = |o: &crate::task::Op| !p.gates.is_empty() && parent.task.approval.contains(o);
-    if child.enforce
-        && let Some(op) = child.approval.iter().find(|o| !gated(o))
-    {
+    if enforce && let Some(op) = child.approval.iter().find(|o| !gated(o)) {
         return Err(format!(
             "{file}: approval_required: {} is not held by the parent task's approval gate, which sub-tasks \
              share; add it to the parent's approval_required",
             op.as_str()
         ));
     }
+    child_hosts(&mut child, &parent.task, lookup).map_err(|why| format!("{file}: {why}"))?;
+    if let Err(why) = parent.task.contains(&child) {
+        return Err(format!("{file}: {why}"));
+    }
+    inherit(&mut child, &parent.task);
     let c = e.cookie();
     let chain = child.parents.clone();
     let sub = Sub { manifest, file, up: cookie, c, root: pid, ended: false };
@@ -412,7 +430,7 @@ fn resume_one(
     // name with no address rather than the sub-task unbound.
     let limit = e.setup.delegation_lookups;
     child_hosts(&mut child, &parent, |names| {
-        Ok(crate::task::scope::resolve_within(names, limit, AGENTS_LOOKUPS).unwrap_or_else(|why| {
+        Ok(crate::task::scope::resolve_within(names, limit, Asker::Agent).unwrap_or_else(|why| {
             tracing::warn!("sub-task {}: {why}; its host names allow no address until it ends", s.id);
             vec![Vec::new(); names.len()]
         }))

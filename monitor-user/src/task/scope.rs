@@ -302,19 +302,35 @@ pub fn resolve_hosts(eps: &mut [Endpoint]) {
 static LOOKUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 const MAX_LOOKUPS: usize = 64;
 
-/// Lookups that names an agent chose (a delegated sub-task's) may have running, of
-/// the [`MAX_LOOKUPS`]: the rest stays for the operators' (a task's start).
+/// Lookups of names an agent chose (a delegated sub-task's) that may run at once,
+/// counted apart and within the [`MAX_LOOKUPS`]: the rest stays for the operators'
+/// (a task's start, a refresh of their names).
 pub const AGENTS_LOOKUPS: usize = 16;
+static AGENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Whose names a lookup is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asker {
+    /// An operator's, started while fewer than `cap` lookups run (at most
+    /// [`MAX_LOOKUPS`]).
+    Operator { cap: usize },
+    /// An agent's, started while fewer than [`AGENTS_LOOKUPS`] of the agents' run.
+    Agent,
+}
+
+impl Asker {
+    pub const ANY: Asker = Asker::Operator { cap: MAX_LOOKUPS };
+}
 
 /// The addresses of each of `names`, waiting at most `limit` for all: each lookup
 /// runs in a thread of its own, off the caller's loop. A name not answered in time
-/// is an error, as is a lookup past `cap` (at most [`MAX_LOOKUPS`]) running.
+/// is an error, as are lookups past what `who` may have running.
 pub fn resolve_within(
     names: &[String],
     limit: std::time::Duration,
-    cap: usize,
+    who: Asker,
 ) -> Result<Vec<Vec<IpAddr>>, String> {
-    resolve_each_within(names, limit, cap)?
+    resolve_each_within(names, limit, who)?
         .into_iter()
         .zip(names)
         .map(|(a, n)| a.ok_or_else(|| format!("host {n} did not resolve within {}s", limit.as_secs_f32())))
@@ -322,17 +338,17 @@ pub fn resolve_within(
 }
 
 /// [`resolve_within`], a name not answered in time None rather than the whole an
-/// error (the error: more than `cap` lookups would be running).
+/// error (the error: more lookups would be running than `who` may have).
 pub fn resolve_each_within(
     names: &[String],
     limit: std::time::Duration,
-    cap: usize,
+    who: Asker,
 ) -> Result<Vec<Option<Vec<IpAddr>>>, String> {
-    reserve_below(names.len(), cap.min(MAX_LOOKUPS))?;
+    reserve(names.len(), who)?;
     let (tx, rx) = std::sync::mpsc::channel();
     for (i, name) in names.iter().enumerate() {
         let tx = tx.clone();
-        spawn_reserved(name.clone(), move |a| {
+        spawn_reserved(name.clone(), who, move |a| {
             let _ = tx.send((i, a));
         });
     }
@@ -350,32 +366,51 @@ pub fn resolve_each_within(
 }
 
 /// Looks `name` up in a thread of its own and gives `done` its addresses (none if
-/// it has none), unless `cap` lookups (at most [`MAX_LOOKUPS`]) are running.
+/// it has none), unless more lookups are running than `who` may have.
 pub fn lookup(
     name: String,
-    cap: usize,
+    who: Asker,
     done: impl FnOnce(Vec<IpAddr>) + Send + 'static,
 ) -> Result<(), String> {
-    reserve_below(1, cap.min(MAX_LOOKUPS))?;
-    spawn_reserved(name, done);
+    reserve(1, who)?;
+    spawn_reserved(name, who, done);
     Ok(())
 }
 
-fn reserve_below(n: usize, cap: usize) -> Result<(), String> {
+/// Takes `n` lookups of the pool for `who`, or says why not.
+fn reserve(n: usize, who: Asker) -> Result<(), String> {
     use std::sync::atomic::Ordering::SeqCst;
+    let cap = match who {
+        Asker::Operator { cap } => cap.min(MAX_LOOKUPS),
+        Asker::Agent => {
+            if AGENTS.fetch_add(n, SeqCst) + n > AGENTS_LOOKUPS {
+                AGENTS.fetch_sub(n, SeqCst);
+                return Err(format!(
+                    "more than {AGENTS_LOOKUPS} lookups of agents' host names are still running"
+                ));
+            }
+            MAX_LOOKUPS
+        }
+    };
     if LOOKUPS.fetch_add(n, SeqCst) + n > cap {
         LOOKUPS.fetch_sub(n, SeqCst);
+        if who == Asker::Agent {
+            AGENTS.fetch_sub(n, SeqCst);
+        }
         return Err(format!("more than {cap} host name lookups are still running"));
     }
     Ok(())
 }
 
-/// One lookup reserved ([`reserve_below`]).
-fn spawn_reserved(name: String, done: impl FnOnce(Vec<IpAddr>) + Send + 'static) {
+/// One lookup [`reserve`]d for `who`.
+fn spawn_reserved(name: String, who: Asker, done: impl FnOnce(Vec<IpAddr>) + Send + 'static) {
     std::thread::spawn(move || {
         let mut ep = [Endpoint::Host { name, ports: Ports::ANY, addrs: Vec::new() }];
         resolve_hosts(&mut ep);
         LOOKUPS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if who == Asker::Agent {
+            AGENTS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
         if let Endpoint::Host { addrs, .. } = &mut ep[0] {
             done(std::mem::take(addrs));
         }
@@ -390,7 +425,7 @@ pub fn resolve_hosts_within(eps: &mut [Endpoint], limit: std::time::Duration) ->
     if names.is_empty() {
         return Vec::new();
     }
-    let got = resolve_each_within(&names, limit, MAX_LOOKUPS).unwrap_or_else(|_| vec![None; names.len()]);
+    let got = resolve_each_within(&names, limit, Asker::ANY).unwrap_or_else(|_| vec![None; names.len()]);
     let mut unanswered = Vec::new();
     let mut got = got.into_iter();
     for ep in eps {
@@ -418,14 +453,23 @@ mod tests {
     #[test]
     fn lookups_are_bounded_in_count() {
         let s = std::time::Duration::from_secs;
-        let got = super::resolve_within(&["localhost".into()], s(5), super::MAX_LOOKUPS).unwrap();
+        use super::Asker;
+        let got = super::resolve_within(&["localhost".into()], s(5), Asker::ANY).unwrap();
         assert!(got[0].contains(&"127.0.0.1".parse().unwrap()), "{got:?}");
         let many: Vec<String> = (0..65).map(|i| format!("h{i}.invalid")).collect();
-        let e = super::resolve_within(&many, s(1), super::MAX_LOOKUPS).unwrap_err();
+        let e = super::resolve_within(&many, s(1), Asker::ANY).unwrap_err();
         assert!(e.contains("more than 64"), "{e}");
-        // An agent's share is smaller.
-        let e = super::resolve_within(&many[..17], s(1), super::AGENTS_LOOKUPS).unwrap_err();
-        assert!(e.contains("more than 16"), "{e}");
+        // The agents' share is counted apart: operators' lookups do not use it up.
+        let e = super::resolve_within(&many[..17], s(1), Asker::Agent).unwrap_err();
+        assert!(e.contains("more than 16 lookups of agents'"), "{e}");
+        super::reserve(20, Asker::Operator { cap: 64 }).unwrap();
+        super::reserve(16, Asker::Agent).unwrap();
+        assert!(super::reserve(1, Asker::Agent).is_err());
+        assert!(super::reserve(1, Asker::Operator { cap: 36 }).is_err());
+        super::reserve(1, Asker::ANY).unwrap();
+        // Given back: other tests share the pool.
+        super::LOOKUPS.fetch_sub(37, std::sync::atomic::Ordering::SeqCst);
+        super::AGENTS.fetch_sub(16, std::sync::atomic::Ordering::SeqCst);
     }
 
     #[test]
