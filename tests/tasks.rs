@@ -502,7 +502,7 @@ pub fn mass_delete_in_scope_runs_to_completion() -> R {
     ensure(deletes.len() >= 300, || format!("{} file_delete events, want 300", deletes.len()))?;
     let mass: Vec<_> = alerts.iter().filter(|a| a.rule.as_deref() == Some("fs.mass-delete")).collect();
     eq("fs.mass-delete alerts", mass.len(), 1)?;
-    eq("its action", &*mass[0].action, "alert")?;
+    eq("its action", mass[0].action.as_str(), "alert")?;
     eq("alerts in all", alerts.len(), 1)?;
     let after: Vec<&&Event> = deletes.iter().skip_while(|e| e.id != mass[0].event.id).skip(1).collect();
     ensure(after.len() >= 200, || format!("{} deletes after the alert", after.len()))?;

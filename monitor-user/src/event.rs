@@ -342,7 +342,9 @@ pub struct Alert {
     pub host: Arc<str>,
     pub severity: Name,
     pub verdict: Name,
-    pub action: Name,
+    /// Typed: what containment carries out is read from here, never parsed back
+    /// from the event's text.
+    pub action: crate::policy::Action,
     pub rule: Option<String>,
     pub reason: String,
     /// Every reason, strongest first.

@@ -282,7 +282,7 @@ fn alert(ev: &Event, v: &Verdict, task: Option<TaskInfo>) -> Alert {
         host: ev.host.clone(),
         severity: Cow::Borrowed(v.severity.as_str()),
         verdict: Cow::Borrowed(v.verdict.as_str()),
-        action: Cow::Borrowed(v.action.as_str()),
+        action: v.action,
         rule: ev.rule.clone(),
         reason: ev.reason.clone().unwrap_or_default(),
         reasons: v

@@ -507,7 +507,7 @@ impl Sink for JsonLines {
                     a.verdict,
                     a.rule.as_deref().unwrap_or("scope"),
                     a.reason,
-                    a.action
+                    a.action.as_str()
                 );
                 self.line.extend_from_slice(line.as_bytes());
             }

@@ -21,7 +21,7 @@ fn alert(severity: &'static str) -> Alert {
         host: "h".into(),
         severity: Cow::Borrowed(severity),
         verdict: Cow::Borrowed("violation"),
-        action: Cow::Borrowed("alert"),
+        action: crate::policy::Action::Alert,
         rule: Some("r1".into()),
         reason: "because".into(),
         reasons: Vec::new(),

@@ -414,7 +414,7 @@ fn alert_of(e: Event, severity: &'static str) -> Alert {
         host: e.host.clone(),
         severity: Cow::Borrowed(severity),
         verdict: Cow::Borrowed("violation"),
-        action: Cow::Borrowed("kill"),
+        action: crate::policy::Action::Kill,
         rule: Some("cred-ssh-key".into()),
         reason: "reads an SSH private key".into(),
         reasons: vec![

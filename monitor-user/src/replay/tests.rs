@@ -37,7 +37,11 @@ pub(super) fn alert_for(e: &Event, severity: &str) -> Alert {
         host: e.host.clone(),
         severity: severity.to_string().into(),
         verdict: e.verdict.clone().unwrap_or_default(),
-        action: e.action.clone().unwrap_or_default(),
+        action: e
+            .action
+            .as_deref()
+            .and_then(crate::policy::Action::parse)
+            .unwrap_or(crate::policy::Action::None),
         rule: e.rule.clone(),
         reason: e.reason.clone().unwrap_or_default(),
         reasons: vec![AlertReason {

@@ -91,7 +91,7 @@ impl Pipeline {
                 }
                 let alert = self.judge.apply(&mut ev, &self.enr.procs);
                 // Containment first: the event is written a moment later either way.
-                let action = alert.as_ref().and_then(|a| self.contain_for(&ev, &a.action, sensors));
+                let action = alert.as_ref().and_then(|a| self.contain_for(&ev, a.action, sensors));
                 sink.send(&ev);
                 if let Some(a) = alert {
                     sink.alert(&a);
@@ -323,10 +323,10 @@ impl Pipeline {
     }
 
     /// Carries out a rule's `kill` or `freeze` on an enforced task.
-    fn contain_for(&mut self, ev: &Event, action: &str, sensors: &mut Sensors) -> Option<Event> {
+    fn contain_for(&mut self, ev: &Event, action: Action, sensors: &mut Sensors) -> Option<Event> {
         let act = match action {
-            a if a == Action::Kill.as_str() => Act::Kill,
-            a if a == Action::Freeze.as_str() => Act::Freeze,
+            Action::Kill => Act::Kill,
+            Action::Freeze => Act::Freeze,
             _ => return None,
         };
         let id: Arc<str> = ev.task.clone()?;

@@ -36,7 +36,7 @@ fn alert(e: &Event) -> Alert {
         host: "h".into(),
         severity: "high".into(),
         verdict: "out_of_scope".into(),
-        action: "alert".into(),
+        action: crate::policy::Action::Alert,
         rule: None,
         reason: "scope.write: outside".into(),
         reasons: vec![],
