@@ -592,6 +592,59 @@ fn full_disk_run(enforce: bool) -> R {
     })
 }
 
+/// A task whose `on_output_failure` is `kill` (observed here: no layer is needed) is
+/// killed once what it does cannot be recorded; agentmon records why in its audit
+/// chain, on another file system, and ends with the command's status.
+pub fn full_disk_kills_when_the_task_says_so() -> R {
+    with_small_fs("full-kill", |d, full| {
+        let out = d.join("out");
+        std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+        let me = std::env::current_exe().map_err(|e| e.to_string())?;
+        let task = d.join("task.yaml");
+        write(
+            &task,
+            &format!(
+                "id: full-kill\nmode: execute\non_output_failure: kill\nscope:\n  write: [\"{}/**\"]\n  \
+                 exec: [\"{}\"]\n",
+                out.display(),
+                me.display()
+            ),
+        )?;
+        let (events, chain, key) = (full.join("events.jsonl"), d.join("audit.jsonl"), d.join("audit.key"));
+        // 3,000 files 30 ms apart: 90 s unless it is stopped.
+        let cmd = [me.display().to_string(), d.display().to_string(), "3000".into(), "30".into()];
+        let flags = ["--task", task.to_str().unwrap(), "--audit", chain.to_str().unwrap()];
+        let flags = [&flags[..], &["--audit-key", key.to_str().unwrap()]].concat();
+        let mut c = support::exec_command(&events, &flags, &cmd, &[(SCENARIO_ENV, "stream")], d)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("stderr")).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        ensure(wait(Duration::from_secs(60), || out.join("progress").exists()), || stderr(d))?;
+        let filler = fill(full)?;
+        let code = support::exit_within(&mut c, Duration::from_secs(60) * support::slowdown());
+        if code.is_none() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        std::fs::remove_file(&filler).map_err(|e| e.to_string())?;
+        eq(&format!("exit (killed); stderr:\n{}", stderr(d)), code, Some(Some(128 + 9)))?;
+        let made: usize =
+            std::fs::read_to_string(out.join("progress")).unwrap_or_default().trim().parse().unwrap_or(0);
+        ensure(made < 3000, || format!("the task ran to its end ({made} files)"))?;
+        let evs = audited(&chain)?;
+        let killed = evs.iter().find(|e| {
+            e.kind == Kind::Action
+                && e.action.as_deref() == Some("kill")
+                && e.detail.get("by").and_then(|v| v.as_str()) == Some("output_failure")
+        });
+        ensure(killed.is_some(), || "no kill for the output failure in the audit chain".into())?;
+        let end = evs.iter().find(|e| e.kind == Kind::TaskEnd);
+        ensure(end.is_some(), || "no task_end in the audit chain".into())?;
+        Ok::<(), String>(())
+    })
+}
+
 /// The daemon's events file on a file system that fills up while a task runs: the
 /// daemon keeps running and observing (its audit chain, on another file system,
 /// holds every event and a loss record naming the events file), and the events

@@ -122,6 +122,7 @@ fn main() {
         ("full_disk_keeps_watching", adversary::full_disk_keeps_watching),
         ("full_disk_keeps_the_daemon_watching", adversary::full_disk_keeps_the_daemon_watching),
         ("full_disk_fails_closed_when_enforced", adversary::full_disk_fails_closed_when_enforced),
+        ("full_disk_kills_when_the_task_says_so", adversary::full_disk_kills_when_the_task_says_so),
     ];
     // AGENTMON_TESTS=a,b,c runs only those (the kernel matrix's subset in guests).
     let only: Option<Vec<String>> =

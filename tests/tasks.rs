@@ -238,13 +238,9 @@ pub fn rules_hot_reload() -> R {
         .spawn()
         .map_err(|e| e.to_string())?;
     let wait_text = |file: &Path, needle: &str| {
-        for _ in 0..200 {
-            if std::fs::read_to_string(file).is_ok_and(|t| t.contains(needle)) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+        support::wait(Duration::from_secs(10) * support::slowdown(), || {
+            std::fs::read_to_string(file).is_ok_and(|t| t.contains(needle))
+        })
     };
     ensure(wait_text(&events, "\"kind\":\"exec\""), || "agentmon did not start".into())?;
     // A valid edit: a rule for x1 and x2.
