@@ -520,6 +520,9 @@ fn full_disk_run(enforce: bool) -> R {
                 me.display()
             ),
         )?;
+        if enforce && !support::can_enforce() {
+            return support::enforce_refused_here(&task, d);
+        }
         let (events, chain, key) = (full.join("events.jsonl"), d.join("audit.jsonl"), d.join("audit.key"));
         let spool = full.join("spool");
         let cmd = [me.display().to_string(), d.display().to_string(), "300".into(), "30".into()];

@@ -768,7 +768,10 @@ pub fn enforce_network_allowlist() -> R {
 /// refused: one about in-scope writes (no layer refuses those) refuses the task;
 /// one about addresses the scope allows takes them out of its network allowlist.
 pub fn deny_rules_hold_or_refuse() -> R {
-    let (d, _) = setup("deny-rules", true)?;
+    let (d, task) = setup("deny-rules", true)?;
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&task, &d)?);
+    }
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let rules = d.join("rules");
     std::fs::create_dir_all(&rules).map_err(|e| e.to_string())?;

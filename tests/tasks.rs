@@ -130,6 +130,9 @@ fn delegation_in(enforce: bool) -> R {
         ),
     )
     .map_err(|e| e.to_string())?;
+    if enforce && !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&parent, &d)?);
+    }
     let good = d.join("good.yaml");
     std::fs::write(
         &good,
@@ -401,6 +404,9 @@ fn steps_in(enforce: bool) -> R {
         ),
     )
     .map_err(|e| e.to_string())?;
+    if enforce && !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&task, &d)?);
+    }
     let cmd = [me.display().to_string(), d.display().to_string(), support::agentmon().to_string()];
     let run = support::run_agentmon_with(
         &["--task", task.to_str().unwrap(), "--approval-timeout", "1s"],
