@@ -1,0 +1,119 @@
+//! File records (monitor-ebpf/src/file.rs): opens by what they do, deletes,
+//! renames, truncation, mode, owner, extended attributes, links, directories.
+
+use std::borrow::Cow;
+
+use monitor_common::{kind, pflags};
+use serde_json::json;
+
+use super::{Enricher, Next};
+use crate::{
+    decode::RawEvent,
+    event::{Event, Kind},
+    names,
+};
+
+const O_ACCMODE: u64 = 0o3;
+const O_CREAT: u64 = 0o100;
+const O_TRUNC: u64 = 0o1000;
+
+/// Devices whose opens for writing are not side effects worth an event.
+fn is_quiet_device(p: &str) -> bool {
+    matches!(p, "/dev/null" | "/dev/zero" | "/dev/tty" | "/dev/full" | "/dev/random" | "/dev/urandom")
+        || p.starts_with("/dev/pts/")
+}
+
+pub(super) fn octal(m: u64) -> String {
+    format!("{:04o}", m & 0o7777)
+}
+
+impl Enricher {
+    pub(super) fn file(&mut self, raw: &RawEvent, ev: &mut Event) -> Next {
+        let (h, b) = (&raw.hdr, &raw.body);
+        match h.kind {
+            kind::OPEN => {
+                let flags = b.args[0];
+                ev.flags.extend(names::open_flags(flags));
+                ev.path = self.path(raw, 0);
+                if flags & O_ACCMODE == 0 && flags & (O_CREAT | O_TRUNC) == 0 {
+                    // Read-only: reported only for the sensitive set.
+                    // A prefilter hit whose path was not read whole cannot be cleared.
+                    let unknown =
+                        ev.path.as_deref().is_some_and(|p| p.starts_with(crate::event::UNRESOLVED_PREFIX));
+                    if b.pflags & pflags::SENSITIVE == 0
+                        || !(unknown || ev.path.as_deref().is_some_and(|p| self.sensitive.matches(p)))
+                    {
+                        return Next::Drop;
+                    }
+                    ev.kind = Kind::SensitiveRead;
+                } else if b.pflags & pflags::CREATED != 0 || (h.ret < 0 && flags & O_CREAT != 0) {
+                    ev.kind = Kind::FileCreate;
+                    ev.mode = Some(octal(b.args[1]));
+                } else if ev.path.as_deref().is_some_and(is_quiet_device) {
+                    // `> /dev/null`, the controlling tty: not side effects.
+                    return Next::Drop;
+                } else if flags & O_TRUNC != 0 {
+                    ev.kind = Kind::FileTruncate;
+                } else {
+                    ev.kind = Kind::FileWrite;
+                }
+            }
+            kind::UNLINK => {
+                ev.kind = Kind::FileDelete;
+                ev.path = self.path(raw, 0);
+                ev.flags.extend(names::at_flags(b.args[0]));
+            }
+            kind::RENAME => {
+                ev.kind = Kind::FileRename;
+                ev.path = self.path(raw, 0);
+                ev.new_path = self.path(raw, 1);
+                ev.flags.extend(names::rename_flags(b.args[0]));
+            }
+            kind::TRUNCATE => {
+                ev.kind = Kind::FileTruncate;
+                ev.path = self.path(raw, 0);
+                ev.detail.insert(Cow::Borrowed("length"), json!(b.args[0] as i64));
+            }
+            kind::CHMOD => {
+                ev.kind = Kind::FileChmod;
+                ev.path = self.path(raw, 0);
+                ev.mode = Some(octal(b.args[0]));
+                ev.flags.extend(names::at_flags(b.args[1]));
+            }
+            kind::XATTR => {
+                ev.kind = Kind::FileXattr;
+                ev.path = self.path(raw, 0);
+                let name = raw.ops.get(1).map(|o| o.given.to_string()).unwrap_or_default();
+                ev.detail.insert(Cow::Borrowed("name"), json!(name));
+                if b.args[0] == 1 {
+                    ev.flags.push(Cow::Borrowed("remove"));
+                }
+            }
+            kind::CHOWN => {
+                ev.kind = Kind::FileChown;
+                ev.path = self.path(raw, 0);
+                ev.detail.insert(Cow::Borrowed("uid"), json!(b.args[0] as u32 as i32));
+                ev.detail.insert(Cow::Borrowed("gid"), json!(b.args[1] as u32 as i32));
+                ev.flags.extend(names::at_flags(b.args[2]));
+            }
+            kind::LINK => {
+                ev.kind = Kind::FileLink;
+                ev.path = self.path(raw, 0);
+                let symlink = b.args[0] == 1;
+                ev.flags.push(Cow::Borrowed(if symlink { "symlink" } else { "hardlink" }));
+                // A symlink's target is kept as written; a hard link's is resolved.
+                let target =
+                    if symlink { raw.ops.get(1).map(|o| o.given.to_string()) } else { self.path(raw, 1) };
+                ev.new_path = target;
+                ev.flags.extend(names::at_flags(b.args[1]));
+            }
+            kind::MKDIR => {
+                ev.kind = Kind::DirCreate;
+                ev.path = self.path(raw, 0);
+                ev.mode = Some(octal(b.args[0]));
+            }
+            _ => unreachable!("dispatched by kind"),
+        }
+        Next::Finish
+    }
+}

@@ -1,0 +1,95 @@
+use std::net::Ipv6Addr;
+
+use super::{net::dst, *};
+use crate::decode::{decode, tests::record};
+use crate::event::Dst;
+
+fn enricher() -> Enricher {
+    Enricher::new(SensitiveSet::default_set(), HashMap::from([(1, Arc::from("t1"))]))
+}
+
+#[test]
+fn open_classification() {
+    let mut e = enricher();
+    let mut rec = record(kind::OPEN, op::OPENAT, &[("", &["f", "tmp"])], b"", [0o1101, 0o644, 0, 0, 0]);
+    // pflags: OP1_FROM_FD | CREATED
+    rec[monitor_common::HEADER_SIZE + 40] = (pflags::OP1_FROM_FD | pflags::CREATED) as u8;
+    let ev = e.event(&decode(&rec).unwrap()).unwrap();
+    assert_eq!(
+        (ev.kind, ev.path.as_deref(), ev.mode.as_deref()),
+        (Kind::FileCreate, Some("/tmp/f"), Some("0644"))
+    );
+    assert_eq!(ev.task.as_deref(), Some("t1"));
+    // Same open of an existing file: truncate.
+    rec[monitor_common::HEADER_SIZE + 40] = pflags::OP1_FROM_FD as u8;
+    assert_eq!(e.event(&decode(&rec).unwrap()).unwrap().kind, Kind::FileTruncate);
+    // Read-only prefilter hit that is not in the set: dropped.
+    let mut ro = record(kind::OPEN, op::OPENAT, &[("", &["config", "app", "etc"])], b"", [0; 5]);
+    ro[monitor_common::HEADER_SIZE + 40] = (pflags::OP1_FROM_FD | pflags::SENSITIVE) as u8;
+    assert!(e.event(&decode(&ro).unwrap()).is_none());
+    let mut ro = record(kind::OPEN, op::OPENAT, &[("", &["shadow", "etc"])], b"", [0; 5]);
+    ro[monitor_common::HEADER_SIZE + 40] = (pflags::OP1_FROM_FD | pflags::SENSITIVE) as u8;
+    assert_eq!(e.event(&decode(&ro).unwrap()).unwrap().kind, Kind::SensitiveRead);
+}
+
+#[test]
+fn a_path_not_read_whole_is_never_absolute() {
+    let mut e = enricher();
+    // The kernel's walk stopped: the components it has are the tail of the path.
+    let mut rec =
+        record(kind::OPEN, op::OPENAT, &[("", &["pwn.txt", "aw", "tmp"])], b"", [0o1101, 0o644, 0, 0, 0]);
+    rec[monitor_common::HEADER_SIZE + 40] = (pflags::OP1_FROM_FD | pflags::CREATED | pflags::TRUNCATED) as u8;
+    let ev = e.event(&decode(&rec).unwrap()).unwrap();
+    assert_eq!(ev.path.as_deref(), Some("…/tmp/aw/pwn.txt"));
+    assert!(ev.flags.iter().any(|f| f == "truncated"));
+    let task = crate::task::parse(
+        "id: t\nmode: execute\nscope:\n  write: [\"/tmp/aw/**\"]\n",
+        std::path::Path::new("t.yaml"),
+        crate::event::Timestamp(0),
+    )
+    .unwrap();
+    let r = crate::policy::scope::judge(&ev, &task, false).expect("judged out of scope");
+    assert_eq!(r.clause, Some("path"));
+}
+
+#[test]
+fn network_destinations() {
+    let v4 = u32::from_le_bytes([127, 0, 0, 1]) as u64;
+    let (d, p) = dst(&[2 | 8080 << 16 | 1 << 32, v4, 0, 3, 0], b"", false);
+    assert_eq!(d, Some(Dst::Ip { ip: "127.0.0.1".into(), port: 8080 }));
+    assert_eq!(p.as_deref(), Some("tcp"));
+    let mapped: Ipv6Addr = "::ffff:10.1.2.3".parse().unwrap();
+    let o = mapped.octets();
+    let lo = u64::from_le_bytes(o[..8].try_into().unwrap());
+    let hi = u64::from_le_bytes(o[8..].try_into().unwrap());
+    let (d, p) = dst(&[10 | 53 << 16 | 2 << 32, lo, hi, 3, 0], b"", false);
+    assert_eq!(d, Some(Dst::Ip { ip: "::ffff:10.1.2.3".into(), port: 53 }));
+    assert_eq!(p.as_deref(), Some("udp"));
+    let (d, _) = dst(&[1, 0, 0, 3, 0], b"/run/docker.sock\0", false);
+    assert_eq!(d, Some(Dst::Unix { unix: "/run/docker.sock".into() }));
+    let (d, _) = dst(&[1, 0, 0, 3, 0], b"\0abstract", true);
+    assert_eq!(d, Some(Dst::Unix { unix: "@abstract".into() }));
+}
+
+#[test]
+fn exit_status_and_signal() {
+    let mut e = enricher();
+    let ev =
+        e.event(&decode(&record(kind::EXIT, op::EXIT, &[], b"", [3 << 8, 0, 0, 0, 0])).unwrap()).unwrap();
+    assert_eq!((ev.status, ev.signal.as_deref()), (Some(3), None));
+    let ev = e.event(&decode(&record(kind::EXIT, op::EXIT, &[], b"", [9, 0, 0, 0, 0])).unwrap()).unwrap();
+    assert_eq!((ev.status, ev.signal.as_deref()), (None, Some("SIGKILL")));
+}
+
+#[test]
+fn loss_reports_deltas_only() {
+    let mut e = enricher();
+    let mut c = Counts::default();
+    assert!(e.loss(&c).is_none());
+    c.lost.insert(kind::OPEN, 5);
+    let ev = e.loss(&c).unwrap();
+    assert_eq!(ev.lost.unwrap().get("open"), Some(&5));
+    assert!(e.loss(&c).is_none());
+    c.lost.insert(kind::OPEN, 7);
+    assert_eq!(e.loss(&c).unwrap().lost.unwrap().get("open"), Some(&2));
+}
