@@ -349,7 +349,5 @@ fn report(
             p.events_per_sec
         );
     }
-    println!(
-        "- userspace pipeline alone (decode + enrich + judge + JSON, one core): {userspace:.0} events/s"
-    );
+    println!("- userspace pipeline alone (Pipeline::record + JSON, one core): {userspace:.0} events/s");
 }

@@ -35,7 +35,8 @@ enum Cmd {
     /// The daemon under a long stream of short-lived processes: RSS over time, every
     /// exec seen, no loss. Needs root.
     Soak(soak::Options),
-    /// Userspace pipeline throughput only (decode + enrich + JSON), no root needed.
+    /// Userspace pipeline throughput only (the production record path: decode, enrich,
+    /// steps and gates, judge; then JSON), no root needed.
     Pipeline {
         #[arg(long, default_value_t = 1_000_000)]
         events: usize,

@@ -1,12 +1,14 @@
-//! Userspace pipeline throughput without the kernel: decode -> process table and
-//! enrichment -> policy judgement (shipped rules) -> JSON, on records shaped like
-//! real ones.
+//! Userspace pipeline throughput without the kernel: the production record path
+//! (`Pipeline::record`: decode -> process table and enrichment -> the task's step
+//! and held calls' decisions -> policy judgement with the shipped rules) -> JSON,
+//! on records shaped like real ones.
 
 use std::{collections::HashMap, time::Instant};
 
 use agentmon::{
-    decode::{decode, encode},
+    decode::encode,
     enrich::Enricher,
+    runner::Pipeline,
     sensitive::SensitiveSet,
     sink::{JsonLines, Sink},
 };
@@ -34,17 +36,15 @@ pub fn events_per_sec(n: usize) -> anyhow::Result<f64> {
     );
     let records = [write, connect, rename];
     // (none of these three matches a shipped rule: the common case)
-    let mut enr =
-        Enricher::new(SensitiveSet::default_set(), HashMap::from([(1, std::sync::Arc::from("bench"))]));
-    let mut judge = agentmon::judge::Judge::new(Some(
+    let enr = Enricher::new(SensitiveSet::default_set(), HashMap::from([(1, std::sync::Arc::from("bench"))]));
+    let judge = agentmon::judge::Judge::new(Some(
         agentmon::policy::shipped::rules().map_err(|e| anyhow::anyhow!("{e:?}"))?,
     ));
+    let mut pipeline = Pipeline::new(enr, judge);
     let mut sink = JsonLines::to_writer("null", std::io::sink());
     let start = Instant::now();
     for i in 0..n {
-        let raw = decode(&records[i % records.len()])?;
-        if let Some(mut ev) = enr.event(&raw) {
-            let alert = judge.apply(&mut ev, &enr.procs);
+        if let Some((ev, alert)) = pipeline.record(&records[i % records.len()]) {
             sink.send(&ev)?;
             if let Some(a) = alert {
                 sink.alert(&a)?;

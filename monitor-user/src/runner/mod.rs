@@ -30,6 +30,7 @@ use std::path::PathBuf;
 pub use daemon::{DaemonOptions, daemon};
 pub use exec::{ExecOptions, exec};
 pub use outputs::{AuditOptions, Outputs};
+pub use pipeline::Pipeline;
 pub use setup::OnExpiry;
 pub use subtask::DELEGATION_LOOKUPS;
 

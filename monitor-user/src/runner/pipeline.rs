@@ -67,29 +67,39 @@ impl Pipeline {
         }
     }
 
+    /// One kernel record: decoded, enriched, labelled with its task's open step and
+    /// a held call's decision, and judged; its alert, if it has one. None: not an
+    /// event (undecodable, counted as lost; or dropped, such as a PATH search's
+    /// misses). What `drain` runs for every record, and `cargo xtask pipeline`
+    /// measures.
+    pub fn record(&mut self, item: &[u8]) -> Option<(Event, Option<Alert>)> {
+        let mut ev = match decode(item) {
+            Ok(raw) => self.enr.event(&raw)?,
+            Err(e) => {
+                tracing::warn!("undecodable kernel record: {e}");
+                self.enr.decode_errors += 1;
+                return None;
+            }
+        };
+        if let Some(t) = &ev.task {
+            ev.step = self.steps.get(t).and_then(|v| v.last().cloned());
+        }
+        for g in self.gates.iter_mut() {
+            g.annotate(&mut ev);
+        }
+        let alert = self.judge.apply(&mut ev, &self.enr.procs);
+        Some((ev, alert))
+    }
+
     /// Reads every record available now.
     pub fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut Fanout, sensors: &mut Sensors) {
         let mut n = 0;
         while let Some(item) = ring.next() {
             n += 1;
             // The record is borrowed until the event is built; then the ring slot is freed.
-            let ev = match decode(&item) {
-                Ok(raw) => self.enr.event(&raw),
-                Err(e) => {
-                    tracing::warn!("undecodable kernel record: {e}");
-                    self.enr.decode_errors += 1;
-                    None
-                }
-            };
+            let recorded = self.record(&item);
             drop(item);
-            if let Some(mut ev) = ev {
-                if let Some(t) = &ev.task {
-                    ev.step = self.steps.get(t).and_then(|v| v.last().cloned());
-                }
-                for g in self.gates.iter_mut() {
-                    g.annotate(&mut ev);
-                }
-                let alert = self.judge.apply(&mut ev, &self.enr.procs);
+            if let Some((ev, alert)) = recorded {
                 // Containment first: the event is written a moment later either way.
                 let action = alert.as_ref().and_then(|a| self.contain_for(&ev, a.action, sensors));
                 sink.send(&ev);
