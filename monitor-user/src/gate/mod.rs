@@ -105,14 +105,19 @@ fn wants(task: &str, op: Op, req: &Event) -> String {
     )
 }
 
-/// Held calls' ids: `<agentmon's pid>-<n>`, `n` counted across every gate of this
-/// agentmon. Counted per gate, two tasks' first calls were both `<pid>-1`, and an
-/// operator's approval for one was performed on whichever gate was found first.
+/// Held calls' ids: `<run>-<n>`, `n` counted across every gate of this agentmon
+/// (counted per gate, two tasks' first calls were both `…-1`, and an operator's
+/// approval for one was performed on whichever gate was found first), `<run>` 48
+/// random bits drawn once per agentmon (a v7 UUID's random tail; it was the pid, which identically
+/// provisioned hosts share: a fleet-wide `remote approve --host '*' ID` performed
+/// every host's call of that id, not only the one the operator saw).
 static HELD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn next_id() -> String {
+    let run = RUN.get_or_init(|| format!("{:012x}", uuid::Uuid::now_v7().as_u128() & 0xffff_ffff_ffff));
     let n = HELD.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-    format!("{}-{n}", std::process::id())
+    format!("{run}-{n}")
 }
 
 pub struct Gate {
@@ -617,6 +622,17 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_calls_ids_are_unique_and_not_the_pid() {
+        let (a, b) = (next_id(), next_id());
+        assert_ne!(a, b);
+        let (run, _) = a.rsplit_once('-').unwrap();
+        assert_eq!(run.len(), 12, "{a}");
+        assert!(u64::from_str_radix(run, 16).is_ok(), "{a}");
+        assert_ne!(run, std::process::id().to_string());
+        assert!(b.starts_with(run));
+    }
 
     #[test]
     fn a_held_call_reads_as_what_it_is() {
