@@ -105,6 +105,7 @@ fn main() {
         ("task_events_files_are_kept_from_agents", tasklog::task_events_files_are_kept_from_agents),
         ("restart_keeps_a_tasks_paths", tasklog::restart_keeps_a_tasks_paths),
         ("an_ended_tasks_events_file_is_let_go", tasklog::an_ended_tasks_events_file_is_let_go),
+        ("no_task_holds_anothers_events_file", tasklog::no_task_holds_anothers_events_file),
         ("terminal_cannot_stop_agentmon", terminal::terminal_cannot_stop_agentmon),
         ("host_names_never_stall_or_widen", hosts::host_names_never_stall_or_widen),
         ("mass_delete_in_scope_runs_to_completion", tasks::mass_delete_in_scope_runs_to_completion),

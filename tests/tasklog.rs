@@ -326,3 +326,48 @@ pub fn an_ended_tasks_events_file_is_let_go() -> R {
     ensure(ended, || format!("no task_end of the first task: {said}"))?;
     Ok(())
 }
+
+/// An enforced task's scope never holds another running task's events file (on the
+/// Landlock tier nothing else keeps that file from the agent): a task whose events
+/// file would lie in a running enforced task's scope is refused, and so is an
+/// enforced task whose scope would hold a running task's events file.
+pub fn no_task_holds_anothers_events_file() -> R {
+    let d = workdir("task-log-apart");
+    let (sock, _) = daemon_paths(&d);
+    let holder = task(&d, "holder", true)?;
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&holder, &d)?);
+    }
+    let plain = task(&d, "plain", false)?;
+    // Its scope is d/logs/**, where the holder's events file is.
+    let reacher = task(&d, "logs", true)?;
+    let daemon = start_daemon(&d, "")?;
+    let result = (|| -> Result<(), String> {
+        let mut h = exec(&sock, &holder, &d.join("logs/holder.jsonl"), &d, "holder")?
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let up = wait(Duration::from_secs(30) * support::slowdown(), || d.join("state/holder.json").exists());
+        let refused = |t: &Path, log: &Path, id: &str, names: &str| -> Result<(), String> {
+            let out = exec(&sock, t, log, &d, id)?.output().map_err(|e| e.to_string())?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            ensure(out.status.code() != Some(0) && err.contains(names), || {
+                format!("task {id} (events {}): exit {:?}: {err}", log.display(), out.status.code())
+            })?;
+            ensure(!d.join(id).join("repo/results.txt").exists(), || format!("the refused task {id} ran"))
+        };
+        let r = up
+            .then_some(())
+            .ok_or_else(|| "the holder never started".to_string())
+            .and_then(|()| {
+                refused(&plain, &d.join("holder/plain.jsonl"), "plain", "running enforced task holder")
+            })
+            .and_then(|()| refused(&reacher, &d.join("reacher.jsonl"), "logs", "holder.jsonl"));
+        std::fs::write(d.join("go"), b"").map_err(|e| e.to_string())?;
+        let code = support::exit_within(&mut h, Duration::from_secs(30) * support::slowdown());
+        r?;
+        eq("the holder's exit", code, Some(Some(0)))
+    })();
+    std::thread::sleep(Duration::from_millis(700));
+    let said = stop(daemon)?;
+    Ok(result.map_err(|e| format!("{e}\n{said}"))?)
+}

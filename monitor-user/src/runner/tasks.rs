@@ -126,6 +126,9 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
     if let Err(err) = admissible(&task, &e.setup, e.p.judge.rules(), r.events.as_deref().map(Path::new)) {
         return Reply::err(err.to_string());
     }
+    if let Err(why) = apart(e, &task, r.events.as_deref().map(Path::new)) {
+        return Reply::err(format!("{}: task {}: {why}", r.file, task.id));
+    }
     if task.enforce
         && let Some(planned) = r.lsm
         && planned != e.setup.layers.lsm
@@ -155,6 +158,44 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
         Ok(id) => Reply { ok: true, task: Some(id), ..Default::default() },
         Err(err) => Reply::err(err.to_string()),
     }
+}
+
+/// Keeps tasks' records apart: no running enforced task's write or delete scope may
+/// hold a new task's events file, and a new enforced task's may hold no running
+/// task's (the agent could rewrite another task's record; on the Landlock tier
+/// nothing else keeps it from that file).
+fn apart(e: &Engine, task: &Task, log: Option<&Path>) -> Result<(), String> {
+    let log = log.map(super::setup::canonical);
+    let reaches = |t: &Task, p: &Path| t.write.reaches(p) || t.delete.reaches(p);
+    for id in e.p.task_ids() {
+        let Some(b) = e.p.judge.task(&id) else { continue };
+        if let Some(l) = &log
+            && b.task.enforce
+            && reaches(&b.task, l)
+        {
+            return Err(format!(
+                "its events file {} is within the scope of running enforced task {id}, which could rewrite it",
+                l.display()
+            ));
+        }
+    }
+    if !task.enforce {
+        return Ok(());
+    }
+    let live = |s: &super::setup::Saved| e.p.judge.task(&s.id).is_some();
+    let records = e.setup.state.as_ref().map(|st| st.records()).unwrap_or_default();
+    for s in records.iter().filter(|s| live(s)) {
+        if let Some(l) = s.events.as_deref().map(|p| super::setup::canonical(Path::new(p)))
+            && reaches(task, &l)
+        {
+            return Err(format!(
+                "its scope holds {}, the events file of running task {}, which the agent could rewrite",
+                l.display(),
+                s.id
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses an enforced task this agentmon cannot hold to its scope and rules: one
