@@ -341,6 +341,19 @@ pub fn no_task_holds_anothers_events_file() -> R {
     let plain = task(&d, "plain", false)?;
     // Its scope is d/logs/**, where the holder's events file is.
     let reacher = task(&d, "logs", true)?;
+    // It proposes into d/logs: written to as a write scope is.
+    let proposer = d.join("proposer.yaml");
+    std::fs::create_dir_all(d.join("proposer/repo")).map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    std::fs::write(
+        &proposer,
+        format!(
+            "id: proposer\nmode: propose\nenforcement: enforce\nscope:\n  propose_dir: \"{}\"\n  exec: [\"{}\"]\n",
+            d.join("logs").display(),
+            me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
     let daemon = start_daemon(&d, "")?;
     let result = (|| -> Result<(), String> {
         let mut h = exec(&sock, &holder, &d.join("logs/holder.jsonl"), &d, "holder")?
@@ -361,7 +374,8 @@ pub fn no_task_holds_anothers_events_file() -> R {
             .and_then(|()| {
                 refused(&plain, &d.join("holder/plain.jsonl"), "plain", "running enforced task holder")
             })
-            .and_then(|()| refused(&reacher, &d.join("reacher.jsonl"), "logs", "holder.jsonl"));
+            .and_then(|()| refused(&reacher, &d.join("reacher.jsonl"), "logs", "holder.jsonl"))
+            .and_then(|()| refused(&proposer, &d.join("proposer.jsonl"), "proposer", "holder.jsonl"));
         std::fs::write(d.join("go"), b"").map_err(|e| e.to_string())?;
         let code = support::exit_within(&mut h, Duration::from_secs(30) * support::slowdown());
         r?;

@@ -258,9 +258,9 @@ pub fn confine(
         ));
     }
     for p in &protected.paths {
-        if task.write.reaches(p) {
+        if let Some(clause) = task.writes_reach(p) {
             return Err(refuse(
-                "scope.write",
+                clause,
                 format!(
                     "covers {}, which agentmon writes or trusts (the agent could edit its own record)",
                     p.display()

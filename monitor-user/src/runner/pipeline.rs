@@ -53,6 +53,8 @@ pub struct Pipeline {
     pub ended: HashSet<Arc<str>>,
     /// Open steps of each task, oldest first; the newest labels the task's events.
     pub steps: crate::gate::Steps,
+    /// The events file of each task that has its own (as opened: no symlink on it).
+    pub logs: HashMap<Arc<str>, std::path::PathBuf>,
 }
 
 impl Pipeline {
@@ -64,6 +66,7 @@ impl Pipeline {
             gates: Vec::new(),
             ended: HashSet::new(),
             steps: HashMap::new(),
+            logs: HashMap::new(),
         }
     }
 
@@ -96,7 +99,7 @@ impl Pipeline {
         let mut n = 0;
         while let Some(item) = ring.next() {
             n += 1;
-            // The record is borrowed until the event is built; then the ring slot is freed.
+            // The record is borrowed until it is judged; then the ring slot is freed.
             let recorded = self.record(&item);
             drop(item);
             if let Some((ev, alert)) = recorded {
@@ -286,6 +289,7 @@ impl Pipeline {
         self.judge.unbind(id);
         self.contain.unregister(id);
         self.steps.remove(id);
+        self.logs.remove(id);
     }
 
     /// Ids of the bound tasks.

@@ -160,38 +160,32 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
     }
 }
 
-/// Keeps tasks' records apart: no running enforced task's write or delete scope may
-/// hold a new task's events file, and a new enforced task's may hold no running
-/// task's (the agent could rewrite another task's record; on the Landlock tier
-/// nothing else keeps it from that file).
+/// Keeps tasks' records apart: no running enforced task may write where a new
+/// task's events file is, and a new enforced task may write where no running
+/// task's is (the agent could rewrite another task's record; on the Landlock tier
+/// nothing else keeps it from that file). By what each task's mode grants; the
+/// running tasks' files as they were opened (no symlink on their paths).
 fn apart(e: &Engine, task: &Task, log: Option<&Path>) -> Result<(), String> {
-    let log = log.map(super::setup::canonical);
-    let reaches = |t: &Task, p: &Path| t.write.reaches(p) || t.delete.reaches(p);
-    for id in e.p.task_ids() {
-        let Some(b) = e.p.judge.task(&id) else { continue };
-        if let Some(l) = &log
-            && b.task.enforce
-            && reaches(&b.task, l)
-        {
-            return Err(format!(
-                "its events file {} is within the scope of running enforced task {id}, which could rewrite it",
-                l.display()
-            ));
+    if let Some(l) = log.map(super::setup::canonical) {
+        for id in e.p.task_ids() {
+            let Some(b) = e.p.judge.task(&id).filter(|b| b.task.enforce) else { continue };
+            if let Some(clause) = b.task.writes_reach(&l) {
+                return Err(format!(
+                    "its events file {} is within the {clause} of running enforced task {id}, which could \
+                     rewrite it",
+                    l.display()
+                ));
+            }
         }
     }
     if !task.enforce {
         return Ok(());
     }
-    let live = |s: &super::setup::Saved| e.p.judge.task(&s.id).is_some();
-    let records = e.setup.state.as_ref().map(|st| st.records()).unwrap_or_default();
-    for s in records.iter().filter(|s| live(s)) {
-        if let Some(l) = s.events.as_deref().map(|p| super::setup::canonical(Path::new(p)))
-            && reaches(task, &l)
-        {
+    for (id, l) in &e.p.logs {
+        if let Some(clause) = task.writes_reach(l) {
             return Err(format!(
-                "its scope holds {}, the events file of running task {}, which the agent could rewrite",
-                l.display(),
-                s.id
+                "its {clause} holds {}, the events file of running task {id}, which the agent could rewrite",
+                l.display()
             ));
         }
     }
@@ -229,23 +223,23 @@ pub fn admissible(
                 .into(),
         ));
     }
-    for (clause, set) in [("scope.write", &task.write), ("scope.delete", &task.delete)] {
-        for pat in &set.patterns {
-            let dir = std::path::Path::new(crate::task::scope::literal_prefix(pat));
-            let dir = if dir.as_os_str().is_empty() { std::path::Path::new("/") } else { dir };
-            if let Some((at, fstype)) = enforce::mounts::kernel_fs_reached(dir) {
-                return Err(refuse(
-                    clause,
-                    format!(
-                        "{pat} reaches {} ({fstype}), a kernel interface through which the task could leave its \
-                         cgroup, unload agentmon's programs or change other processes",
-                        at.display()
-                    ),
-                ));
-            }
+    // By what the task's mode grants: a propose_dir is written to as a write scope is.
+    for (clause, dir) in task.write_roots() {
+        if let Some((at, fstype)) = enforce::mounts::kernel_fs_reached(&dir) {
+            return Err(refuse(
+                clause,
+                format!(
+                    "{} reaches {} ({fstype}), a kernel interface through which the task could leave its \
+                     cgroup, unload agentmon's programs or change other processes",
+                    dir.display(),
+                    at.display()
+                ),
+            ));
         }
-        let log = log.map(super::setup::canonical);
-        if let Some(p) = setup.protected.iter().chain(&log).find(|p| set.reaches(p)) {
+    }
+    let log = log.map(super::setup::canonical);
+    for p in setup.protected.iter().chain(&log) {
+        if let Some(clause) = task.writes_reach(p) {
             return Err(refuse(
                 clause,
                 format!(
@@ -396,6 +390,9 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
     }
     p.contain.register(id.clone(), c, cgroup, task.enforce);
     p.judge.bind(Bound::new(Arc::new(task), r.pid));
+    if let Some(path) = r.events.as_ref().filter(|_| log.is_some()) {
+        p.logs.insert(id.clone(), path.into());
+    }
     if !ended && let Some(mut ev) = p.task_started(&id) {
         if resumed {
             mark_resumed(&mut ev, gap, observed);

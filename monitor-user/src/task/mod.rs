@@ -160,6 +160,41 @@ pub struct Task {
 }
 
 impl Task {
+    /// Where this task, enforced, may write (its write and delete scopes in mode
+    /// execute, beneath its propose_dir in mode propose, nowhere in mode read, as
+    /// the enforcement layers grant): the directories each grant starts from, by
+    /// clause (a pattern's fixed prefix).
+    pub fn write_roots(&self) -> Vec<(&'static str, PathBuf)> {
+        let prefix = |p: &String| {
+            let d = PathBuf::from(scope::literal_prefix(p));
+            if d.as_os_str().is_empty() { PathBuf::from("/") } else { d }
+        };
+        match self.mode {
+            Mode::Read => Vec::new(),
+            Mode::Propose => self.propose_dir.iter().map(|d| ("scope.propose_dir", d.clone())).collect(),
+            Mode::Execute => {
+                let w = self.write.patterns.iter().map(|p| ("scope.write", prefix(p)));
+                w.chain(self.delete.patterns.iter().map(|p| ("scope.delete", prefix(p)))).collect()
+            }
+        }
+    }
+
+    /// The clause by which this task, enforced, may write `p` or something beneath
+    /// it (see [`Task::write_roots`]), judged from its patterns.
+    pub fn writes_reach(&self, p: &std::path::Path) -> Option<&'static str> {
+        match self.mode {
+            Mode::Read => None,
+            Mode::Propose => self
+                .propose_dir
+                .as_ref()
+                .filter(|d| p.starts_with(d) || d.starts_with(p))
+                .map(|_| "scope.propose_dir"),
+            Mode::Execute if self.write.reaches(p) => Some("scope.write"),
+            Mode::Execute if self.delete.reaches(p) => Some("scope.delete"),
+            Mode::Execute => None,
+        }
+    }
+
     /// Is `child` within this task (delegation)? The mode may only narrow, every
     /// path and endpoint must be covered, the expiry may not be later, and every
     /// approval required here stays required. Returns what is not covered.

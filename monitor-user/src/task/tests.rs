@@ -171,3 +171,26 @@ fn lifetimes_are_bounded_and_stops_named() {
     let t = parse_ok("id: a\nmode: read\nenforcement: enforce\non_output_failure: kill\n");
     assert_eq!(t.output_failure(), Stop::Kill);
 }
+
+#[test]
+fn where_a_task_may_write_follows_its_mode() {
+    let p = Path::new;
+    let exec = parse_ok("id: a\nmode: execute\nscope:\n  write: [\"/w/**\"]\n  delete: [\"/w/x*/**\"]\n");
+    assert_eq!(exec.writes_reach(p("/w/f")), Some("scope.write"));
+    assert_eq!(exec.writes_reach(p("/w/x1/f")), Some("scope.write"));
+    assert_eq!(exec.writes_reach(p("/")), Some("scope.write"), "a directory holding what it may write");
+    assert_eq!(exec.writes_reach(p("/elsewhere")), None);
+    let dir = std::env::temp_dir();
+    let propose = parse_ok(&format!(
+        "id: a\nmode: propose\nscope:\n  write: [\"/w/**\"]\n  propose_dir: \"{}\"\n",
+        dir.display()
+    ));
+    assert_eq!(propose.writes_reach(&dir.join("f")), Some("scope.propose_dir"));
+    assert_eq!(propose.writes_reach(p("/")), Some("scope.propose_dir"));
+    // Its write patterns grant nothing in mode propose (the layers grant the dir).
+    assert_eq!(propose.writes_reach(p("/w/f")), None);
+    assert_eq!(propose.write_roots(), vec![("scope.propose_dir", dir.clone())]);
+    let read = parse_ok("id: a\nmode: read\nscope:\n  write: [\"/w/**\"]\n");
+    assert_eq!(read.writes_reach(p("/w/f")), None);
+    assert!(read.write_roots().is_empty());
+}
