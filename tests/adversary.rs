@@ -505,21 +505,28 @@ fn says_what_it_missed(events: &Path) -> Result<(), String> {
     ensure(own.iter().any(|e| e.kind == Kind::TaskEnd), || "no task_end in the events file".into())
 }
 
+/// Task `id` (with the manifest line `line`) that writes under `d/out` and runs this
+/// test binary (the `stream` scenario): (d/out, this binary, the manifest).
+fn streaming_task(d: &Path, id: &str, line: &str) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    let out = d.join("out");
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let task = d.join("task.yaml");
+    write(
+        &task,
+        &format!(
+            "id: {id}\nmode: execute\n{line}\nscope:\n  write: [\"{}/**\"]\n  exec: [\"{}\"]\n",
+            out.display(),
+            me.display()
+        ),
+    )?;
+    Ok((out, me, task))
+}
+
 fn full_disk_run(enforce: bool) -> R {
     with_small_fs(if enforce { "full-enforced" } else { "full" }, |d, full| {
-        let out = d.join("out");
-        std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-        let me = std::env::current_exe().map_err(|e| e.to_string())?;
-        let task = d.join("task.yaml");
-        write(
-            &task,
-            &format!(
-                "id: full\nmode: execute\nenforcement: {}\nscope:\n  write: [\"{}/**\"]\n  exec: [\"{}\"]\n",
-                if enforce { "enforce" } else { "observe" },
-                out.display(),
-                me.display()
-            ),
-        )?;
+        let mode = if enforce { "enforcement: enforce" } else { "enforcement: observe" };
+        let (out, me, task) = streaming_task(d, "full", mode)?;
         if enforce && !support::can_enforce() {
             return support::enforce_refused_here(&task, d);
         }
@@ -600,19 +607,7 @@ fn full_disk_run(enforce: bool) -> R {
 /// chain, on another file system, and ends with the command's status.
 pub fn full_disk_kills_when_the_task_says_so() -> R {
     with_small_fs("full-kill", |d, full| {
-        let out = d.join("out");
-        std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-        let me = std::env::current_exe().map_err(|e| e.to_string())?;
-        let task = d.join("task.yaml");
-        write(
-            &task,
-            &format!(
-                "id: full-kill\nmode: execute\non_output_failure: kill\nscope:\n  write: [\"{}/**\"]\n  \
-                 exec: [\"{}\"]\n",
-                out.display(),
-                me.display()
-            ),
-        )?;
+        let (out, me, task) = streaming_task(d, "full-kill", "on_output_failure: kill")?;
         let (events, chain, key) = (full.join("events.jsonl"), d.join("audit.jsonl"), d.join("audit.key"));
         // 3,000 files 30 ms apart: 90 s unless it is stopped.
         let cmd = [me.display().to_string(), d.display().to_string(), "3000".into(), "30".into()];
