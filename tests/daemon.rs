@@ -478,7 +478,7 @@ pub fn daemon_selectors_attach_agents() -> R {
 
 /// An enforced task `id` in `d/<id>.yaml` whose deletes are held for approval; its
 /// files in d/<id>/repo (a.txt to delete). Returns (d/<id>, the manifest, this binary).
-fn gated_task(d: &Path, id: &str) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+pub(crate) fn gated_task(d: &Path, id: &str) -> Result<(PathBuf, PathBuf, PathBuf), String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let g = d.join(id);
     std::fs::create_dir_all(g.join("repo")).map_err(|e| e.to_string())?;
@@ -523,7 +523,13 @@ fn approve(sock: &Path, held: &str) -> Result<(), String> {
 
 /// Waits for task `id`'s held delete of g/repo/a.txt to be asked for, checks it is
 /// still held, and approves it.
-fn approve_the_delete(all: &Path, sock: &Path, g: &Path, id: &str, limit: Duration) -> Result<(), String> {
+pub(crate) fn approve_the_delete(
+    all: &Path,
+    sock: &Path,
+    g: &Path,
+    id: &str,
+    limit: Duration,
+) -> Result<(), String> {
     let held = held_approval(all, id, limit)?;
     ensure(g.join("repo/a.txt").exists(), || "deleted before it was approved".into())?;
     approve(sock, &held)
@@ -591,57 +597,6 @@ pub fn daemon_holds_approval_gates() -> R {
             .ok_or_else(|| format!("no approval event of {id}"))?;
         eq("decision", decided.detail.get("decision").and_then(|v| v.as_str()), Some("approved"))?;
     }
-    Ok(())
-}
-
-/// An enforced task's approval gate across a restart of its daemon: the exec that
-/// registered the task keeps a copy of the listener, the next daemon takes it back,
-/// and a delete the task makes after the restart is held for approval as before.
-/// Before, the gate went with the daemon and the delete failed with ENOSYS.
-pub fn daemon_restart_keeps_the_gate() -> R {
-    let d = workdir("daemon-gate-kept");
-    let (sock, all) = daemon_paths(&d);
-    let (g, task, me) = gated_task(&d, "gate-kept")?;
-    if !support::can_enforce() {
-        return Ok(support::enforce_refused_here(&task, &d)?);
-    }
-    let first = start_daemon(&d, "approval_timeout: 60s\n")?;
-    let child = under_daemon(&sock, &task)
-        .args([me.as_os_str(), g.as_os_str()])
-        .args(["wait=go", "delete=repo/a.txt"])
-        .env(SCENARIO_ENV, "gated")
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let limit = Duration::from_secs(30) * support::slowdown();
-    let running = wait(limit, || {
-        events(&all).is_ok_and(|evs| {
-            evs.iter().any(|e| e.kind == Kind::Exec && e.task.as_deref() == Some("gate-kept"))
-        })
-    });
-    // The gate is handed over beside the root's exec: until the daemon has it (and
-    // has recorded where the exec keeps its copy), a stop would cost the command.
-    let record = d.join("state/gate-kept.json");
-    let handed = wait(limit, || {
-        std::fs::read(&record)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .is_some_and(|v| v["keeper"]["gate"].is_number())
-    });
-    let said1 = stop(first)?;
-    let second = start_daemon(&d, "")?;
-    taken_up(&sock);
-    std::fs::write(g.join("go"), b"").map_err(|e| e.to_string())?;
-    let result = ensure(running && handed, || format!("the task never ran ({running}, {handed}): {said1}"))
-        .and_then(|()| approve_the_delete(&all, &sock, &g, "gate-kept", limit));
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    std::thread::sleep(Duration::from_millis(700));
-    let said2 = stop(second)?;
-    let results = std::fs::read_to_string(g.join("repo/results.txt")).unwrap_or_default();
-    result.map_err(|e| format!("{e}; the agent's results: {results:?}; the second daemon said: {said2}"))?;
-    eq("exec exit", out.status.code(), Some(0))?;
-    eq("the agent's result", results.trim(), "delete 0")?;
-    ensure(!g.join("repo/a.txt").exists(), || "the approved delete did not happen".into())?;
     Ok(())
 }
 
@@ -997,7 +952,7 @@ pub(crate) fn taken_up(sock: &Path) {
 }
 
 /// `agentmon exec --quiet --daemon SOCK --task T --`: the command's words follow.
-fn under_daemon(sock: &Path, t: &Path) -> Command {
+pub(crate) fn under_daemon(sock: &Path, t: &Path) -> Command {
     let mut c = Command::new(agentmon());
     c.args(["exec", "--quiet", "--daemon"]).arg(sock).arg("--task").arg(t).arg("--").stdin(Stdio::null());
     c

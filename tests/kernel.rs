@@ -13,6 +13,7 @@ mod fleet;
 mod grant;
 mod hosts;
 mod nats;
+mod restart;
 mod scenarios;
 mod support;
 mod tasklog;
@@ -94,7 +95,11 @@ fn main() {
         ("enforcement_outlives_the_daemon", daemon::enforcement_outlives_the_daemon),
         ("daemon_restart_keeps_sub_tasks", daemon::daemon_restart_keeps_sub_tasks),
         ("daemon_restart_keeps_leftovers", daemon::daemon_restart_keeps_leftovers),
-        ("daemon_restart_keeps_the_gate", daemon::daemon_restart_keeps_the_gate),
+        ("daemon_restart_keeps_the_gate", restart::daemon_restart_keeps_the_gate),
+        (
+            "a_gate_outlives_a_daemon_stopped_before_taking_it",
+            restart::a_gate_outlives_a_daemon_stopped_before_taking_it,
+        ),
         ("daemon_restart_keeps_a_sub_tasks_leftovers", daemon::daemon_restart_keeps_a_sub_tasks_leftovers),
         (
             "daemon_signalled_while_loading_stops_cleanly",

@@ -3,8 +3,8 @@
 //! agentmon then exits with its status.
 
 use std::{
-    os::fd::{AsFd, AsRawFd},
-    path::PathBuf,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -318,6 +318,37 @@ async fn delegated(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> 
     Ok(st.map(exit_code).unwrap_or(125))
 }
 
+/// How long a task's approval gate is offered again to a daemon that did not answer
+/// (one restarting: it resumes the task, then takes the gate).
+const GATE_RETRY: Duration = Duration::from_secs(60);
+
+/// Hands task `id`'s approval listener to the daemon. A daemon that stops before it
+/// answers (a restart, an upgrade) is not a refusal: the gated calls wait in the
+/// kernel meanwhile, and the listener is offered again until the daemon that resumes
+/// the task takes it. A refusal is final.
+fn hand_gate(socket: &Path, id: &str, l: &OwnedFd, quiet: bool) -> Result<(), String> {
+    let req = ctl::Request::Gate { task: id.to_string(), kept: Some(l.as_raw_fd()) };
+    let until = std::time::Instant::now() + GATE_RETRY;
+    let mut said = false;
+    loop {
+        match ctl::call_with_fd(socket, &req, l.as_fd()) {
+            Ok(r) if r.ok => return Ok(()),
+            Ok(r) => return Err(r.error.unwrap_or_else(|| "no reason given".into())),
+            Err(why) if std::time::Instant::now() >= until => return Err(why),
+            Err(why) => {
+                if !quiet && !std::mem::replace(&mut said, true) {
+                    eprintln!(
+                        "agentmon: the daemon did not take task {id}'s approval gate ({why}); offering it again \
+                         for {}s while its held calls wait",
+                        GATE_RETRY.as_secs()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
+}
+
 /// With a daemon: the command runs as a top-level task of the daemon, which watches
 /// it with its own outputs (and the `--events` file, for this task's events).
 async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> {
@@ -397,18 +428,12 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
         // The root sends its approval listener just before it execs; the daemon holds
         // the task's gated calls (until it has the listener they wait in the kernel),
         // the root's exec among them where the task gates exec.
-        let handed =
-            crate::gate::filter::recv_listener(&chan, 5000).map_err(|e| e.to_string()).and_then(|l| {
-                let req = ctl::Request::Gate { task: task.id.clone(), kept: Some(l.as_raw_fd()) };
-                ctl::call_with_fd(&socket, &req, l.as_fd()).map(|r| (r, l))
-            });
+        let handed = crate::gate::filter::recv_listener(&chan, 5000)
+            .map_err(|e| e.to_string())
+            .and_then(|l| hand_gate(&socket, &task.id, &l, opts.quiet).map(|()| l));
         match handed {
-            Ok((r, l)) if r.ok => kept_gate = Some(l),
-            other => {
-                let why = match other {
-                    Ok((r, _)) => r.error.unwrap_or_default(),
-                    Err(e) => e,
-                };
+            Ok(l) => kept_gate = Some(l),
+            Err(why) => {
                 // Unanswered, its gated calls would wait forever: it must not run on.
                 stop();
                 return Err(RunError::GateLost(why));

@@ -193,6 +193,14 @@ fn serve_now(
             if e.p.judge.task(&task).is_none() {
                 return Reply::err(format!("{} task called {task}", ctl::NOT_MINE));
             }
+            // Offered again by an exec whose daemon stopped before answering: if that
+            // daemon had taken it (its keeper says so), this one took it back on
+            // resuming; a second reader of one listener would answer calls twice.
+            if let Some(st) = &e.setup.state
+                && st.get(&task).and_then(|s| s.keeper).is_some_and(|k| k.pid == peer && k.gate.is_some())
+            {
+                return Reply { ok: true, task: Some(task), ..Default::default() };
+            }
             return match crate::gate::Gate::new(fd, e.setup.approval_timeout) {
                 Ok(g) => {
                     e.p.gates.push(g);

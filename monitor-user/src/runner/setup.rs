@@ -157,13 +157,17 @@ impl StateDir {
     /// Changes the record of task `id`, if there is one; `f` says whether it changed
     /// (only then is it written).
     pub fn update(&self, id: &str, f: impl FnOnce(&mut Saved) -> bool) {
-        let path = self.saved(id);
-        if let Some(mut s) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Saved>(&b).ok())
+        if let Some(mut s) = self.get(id)
             && f(&mut s)
             && let Err(e) = self.save(&s)
         {
-            tracing::warn!("{}: {e}", path.display());
+            tracing::warn!("{}: {e}", self.saved(id).display());
         }
+    }
+
+    /// The record of task `id`, if there is one.
+    pub fn get(&self, id: &str) -> Option<Saved> {
+        std::fs::read(self.saved(id)).ok().and_then(|b| serde_json::from_slice(&b).ok())
     }
 
     /// Records a task (bound now), saying so if it cannot: a restart would not

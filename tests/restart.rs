@@ -1,0 +1,145 @@
+//! A task's approval gate across a restart of its daemon. The exec that registered
+//! the task hands the gate's listener to the daemon and keeps a copy; a restarted
+//! daemon takes the copy back (runner/keeper.rs), and a daemon that stopped before
+//! taking it is offered it again once its successor has resumed the task.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use agentmon::event::Kind;
+use nix::sys::signal::{Signal, kill};
+
+use crate::{
+    R,
+    daemon::{
+        approve_the_delete, daemon_paths, events, gated_task, start_daemon, stop, taken_up, under_daemon,
+    },
+    support::{self, SCENARIO_ENV, agentmon, ensure, eq, wait, workdir},
+};
+
+/// An enforced task's approval gate across a restart of its daemon: the exec that
+/// registered the task keeps a copy of the listener, the next daemon takes it back,
+/// and a delete the task makes after the restart is held for approval as before.
+/// Before, the gate went with the daemon and the delete failed with ENOSYS.
+pub fn daemon_restart_keeps_the_gate() -> R {
+    let d = workdir("daemon-gate-kept");
+    let (sock, all) = daemon_paths(&d);
+    let (g, task, me) = gated_task(&d, "gate-kept")?;
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&task, &d)?);
+    }
+    let first = start_daemon(&d, "approval_timeout: 60s\n")?;
+    let child = under_daemon(&sock, &task)
+        .args([me.as_os_str(), g.as_os_str()])
+        .args(["wait=go", "delete=repo/a.txt"])
+        .env(SCENARIO_ENV, "gated")
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let limit = Duration::from_secs(30) * support::slowdown();
+    let running = wait(limit, || {
+        events(&all).is_ok_and(|evs| {
+            evs.iter().any(|e| e.kind == Kind::Exec && e.task.as_deref() == Some("gate-kept"))
+        })
+    });
+    // The gate is handed over beside the root's exec: this restart is of a daemon
+    // that has it (and has recorded where the exec keeps its copy).
+    let record = d.join("state/gate-kept.json");
+    let handed = wait(limit, || {
+        std::fs::read(&record)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["keeper"]["gate"].is_number())
+    });
+    let said1 = stop(first)?;
+    let second = start_daemon(&d, "")?;
+    taken_up(&sock);
+    std::fs::write(g.join("go"), b"").map_err(|e| e.to_string())?;
+    let result = ensure(running && handed, || format!("the task never ran ({running}, {handed}): {said1}"))
+        .and_then(|()| approve_the_delete(&all, &sock, &g, "gate-kept", limit));
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(700));
+    let said2 = stop(second)?;
+    let results = std::fs::read_to_string(g.join("repo/results.txt")).unwrap_or_default();
+    result.map_err(|e| format!("{e}; the agent's results: {results:?}; the second daemon said: {said2}"))?;
+    eq("exec exit", out.status.code(), Some(0))?;
+    eq("the agent's result", results.trim(), "delete 0")?;
+    ensure(!g.join("repo/a.txt").exists(), || "the approved delete did not happen".into())?;
+    Ok(())
+}
+
+/// A daemon that stops between accepting a task and taking its approval gate (a
+/// restart or an upgrade at that moment): the exec offers the gate again until the
+/// daemon that resumes the task takes it, and the task's held calls work as before.
+/// Before, the exec killed the command ("could not take its approval gate"): a
+/// restart at the wrong moment cost the agent its work. The first daemon is stopped
+/// (SIGSTOP) as soon as the exec says the task was accepted, so the gate's offer
+/// reaches a daemon that never answers it, then killed. Had it taken the gate
+/// first, its successor takes it back from the exec instead: either way the
+/// command must run to its end with its delete held and approved.
+pub fn a_gate_outlives_a_daemon_stopped_before_taking_it() -> R {
+    let d = workdir("daemon-gate-late");
+    let (sock, all) = daemon_paths(&d);
+    let (g, task, me) = gated_task(&d, "gate-late")?;
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&task, &d)?);
+    }
+    let mut first = start_daemon(&d, "approval_timeout: 60s\n")?;
+    // Not --quiet: its line saying the daemon accepted the task is the moment.
+    let mut child = Command::new(agentmon())
+        .args(["exec", "--daemon"])
+        .arg(&sock)
+        .arg("--task")
+        .arg(&task)
+        .arg("--")
+        .args([me.as_os_str(), g.as_os_str()])
+        .args(["wait=go", "delete=repo/a.txt"])
+        .env(SCENARIO_ENV, "gated")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
+    let mut said = Vec::new();
+    let accepted = loop {
+        match lines.next() {
+            Some(Ok(l)) => {
+                let now = l.contains("runs under the daemon");
+                said.push(l);
+                if now {
+                    break true;
+                }
+            }
+            _ => break false,
+        }
+    };
+    let pid = nix::unistd::Pid::from_raw(first.id() as i32);
+    let _ = kill(pid, Signal::SIGSTOP);
+    let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    // Its offer waits on the stopped daemon; then the daemon is gone.
+    std::thread::sleep(Duration::from_millis(500) * support::slowdown());
+    let _ = first.kill();
+    let _ = first.wait();
+    let second = start_daemon(&d, "approval_timeout: 60s\n")?;
+    taken_up(&sock);
+    std::fs::write(g.join("go"), b"").map_err(|e| e.to_string())?;
+    let limit = Duration::from_secs(40) * support::slowdown();
+    let result = ensure(accepted, || format!("the exec never said the task was accepted: {said:?}"))
+        .and_then(|()| approve_the_delete(&all, &sock, &g, "gate-late", limit));
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    said.extend(rest.join().unwrap_or_default());
+    std::thread::sleep(Duration::from_millis(700));
+    let said2 = stop(second)?;
+    let results = std::fs::read_to_string(g.join("repo/results.txt")).unwrap_or_default();
+    result.map_err(|e| format!("{e}; the exec said: {said:?}; the second daemon said: {said2}"))?;
+    eq(&format!("exec exit ({said:?})"), status.code(), Some(0))?;
+    eq("the agent's result", results.trim(), "delete 0")?;
+    ensure(!g.join("repo/a.txt").exists(), || "the approved delete did not happen".into())?;
+    Ok(())
+}
