@@ -47,4 +47,14 @@ if ! "$PYENV/bin/python" -c 'import nats' 2>/dev/null; then
         || die "could not install nats-py"
 fi
 
+# An independent OCSF 1.3.0 validator (the schema's classes as JSON Schema, checked by
+# jsonschema) for the test that every OCSF record agentmon makes conforms.
+OCSF_SCHEMA_VERSION=1.2.0
+JSONSCHEMA_VERSION=4.26.0
+if ! "$PYENV/bin/python" -c 'import ocsf_json_schema, jsonschema' 2>/dev/null; then
+    say "installing ocsf-json-schema $OCSF_SCHEMA_VERSION and jsonschema $JSONSCHEMA_VERSION into target/pyenv"
+    "$PYENV/bin/pip" install -q "ocsf-json-schema==$OCSF_SCHEMA_VERSION" "jsonschema==$JSONSCHEMA_VERSION" \
+        || die "could not install the OCSF validator"
+fi
+
 say "ready (Rust $TOOLCHAIN, $(bpf-linker --version 2>/dev/null | head -1))"

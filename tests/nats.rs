@@ -163,6 +163,17 @@ pub fn nats_stream_and_independent_client() -> R {
     ensure(findings.iter().all(|m| m.json["class_uid"] == 2004), || {
         "a finding that is not class 2004".into()
     })?;
+    // Every OCSF copy of this run (real kernel events, their findings) conforms, and
+    // carries what a SOC pivots on.
+    let copies: Vec<&serde_json::Value> =
+        msgs.iter().filter(|m| m.subject.contains(".ocsf.")).map(|m| &m.json).collect();
+    support::nats::ocsf_conforms(&d, &copies)?;
+    ensure(findings.iter().all(|m| m.json["finding_info"]["analytic"]["uid"].is_string()), || {
+        "a finding without an analytic uid".into()
+    })?;
+    ensure(ocsf.iter().all(|m| m.json["observables"].as_array().is_some_and(|o| !o.is_empty())), || {
+        "an OCSF copy without observables".into()
+    })?;
 
     // The task's end revokes its credentials.
     let revokes = on(&msgs, &subjects.revoke());

@@ -177,3 +177,23 @@ pub fn request_as(
         serde_json::from_slice(&m.payload).map_err(|e| format!("reply is not JSON: {e}"))
     })
 }
+
+/// Checks `records` against the OCSF 1.3.0 schema with an implementation that is
+/// not agentmon's (tests/ocsf/validate.py: ocsf-json-schema + jsonschema, installed
+/// by scripts/setup.sh); `d` holds the file it reads.
+pub fn ocsf_conforms(d: &std::path::Path, records: &[&serde_json::Value]) -> Result<(), String> {
+    let py = std::env::var("AGENTMON_TEST_PYTHON")
+        .map_err(|_| "AGENTMON_TEST_PYTHON is not set: run the tests with scripts/test.sh".to_string())?;
+    let file = d.join("ocsf.jsonl");
+    let lines: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+    std::fs::write(&file, lines.join("\n")).map_err(|e| format!("{}: {e}", file.display()))?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ocsf/validate.py");
+    let out =
+        std::process::Command::new(&py).arg(&script).arg(&file).output().map_err(|e| format!("{py}: {e}"))?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("validate.py: {e}; it said: {}", String::from_utf8_lossy(&out.stderr)))?;
+    crate::support::eq("OCSF records validated", report["records"].as_u64(), Some(records.len() as u64))?;
+    crate::support::ensure(report["errors"].as_array().is_some_and(|e| e.is_empty()), || {
+        format!("OCSF 1.3.0 schema errors: {report:#}")
+    })
+}

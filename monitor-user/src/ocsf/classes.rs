@@ -292,12 +292,25 @@ fn kernel_activity(ev: &Event) -> Body {
     }
 }
 
+/// Where a loss record's events were lost: the kernel's ring, one of agentmon's
+/// outputs, or the NATS spool.
+fn lost_from(ev: &Event) -> String {
+    let keys = || ev.lost.iter().flat_map(|l| l.keys());
+    if ev.detail.get("sink").and_then(Value::as_str) == Some("nats") || keys().any(|k| k == "nats_spool") {
+        return "agentmon NATS spool".into();
+    }
+    match keys().find_map(|k| k.strip_prefix("output:")) {
+        Some(name) => format!("agentmon output {name}"),
+        None => "agentmon kernel event ring buffer".into(),
+    }
+}
+
 fn event_log_activity(ev: &Event) -> Body {
     let mut b = Body::new(EVENT_LOG_ACTIVITY, (99, "Events Lost"));
     let total: u64 = ev.lost.iter().flat_map(|l| l.values()).sum();
     b.put("count", total);
     b.put("log_provider", "agentmon");
-    b.put("log_name", "agentmon kernel event ring buffer");
+    b.put("log_name", lost_from(ev));
     b.put("status_detail", format!("{total} events lost"));
     b.severity_id = Some(3);
     b.status = Some((2, "Failure"));

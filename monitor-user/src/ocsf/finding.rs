@@ -63,8 +63,15 @@ pub fn detection_finding(a: &Alert) -> Value {
     un.insert("reasons".into(), json!(a.reasons));
     un.insert("event_id".into(), json!(ev.id.to_string()));
     un.insert("event_kind".into(), json!(ev.kind.as_str()));
+    if let Some(s) = &ev.step {
+        un.insert("step".into(), json!(s));
+    }
     who.unmapped(&mut un);
     o.insert("unmapped".into(), Value::Object(un));
+    let seen = super::observables::of_finding(&o);
+    if !seen.is_empty() {
+        o.insert("observables".into(), Value::Array(seen));
+    }
     Value::Object(o)
 }
 
@@ -72,7 +79,8 @@ pub fn detection_finding(a: &Alert) -> Value {
 fn analytic(rule: Option<&str>, clause: Option<&str>, desc: &str) -> Option<Value> {
     let (mut an, category) = match (rule, clause) {
         (Some(r), _) => (json!({ "uid": r, "name": r }), "rules"),
-        (None, Some(c)) => (json!({ "name": c }), "task scope"),
+        // The clause is the analytic's stable identity (consumers key on `uid`).
+        (None, Some(c)) => (json!({ "uid": c, "name": c }), "task scope"),
         (None, None) => return None,
     };
     an["type_id"] = json!(1);

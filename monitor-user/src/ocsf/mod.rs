@@ -10,8 +10,11 @@
 //! are kept in `unmapped` under their native names.
 
 mod classes;
+#[cfg(test)]
+mod conformance;
 mod finding;
 mod objects;
+mod observables;
 #[cfg(test)]
 mod tests;
 
@@ -53,6 +56,10 @@ pub fn event(ev: &Event, task: Option<&TaskInfo>) -> Option<Value> {
     who.unmapped(&mut un);
     if !un.is_empty() {
         o.insert("unmapped".into(), Value::Object(un));
+    }
+    let seen = observables::of(&o, "");
+    if !seen.is_empty() {
+        o.insert("observables".into(), Value::Array(seen));
     }
     Some(Value::Object(o))
 }
@@ -210,6 +217,10 @@ fn native_unmapped(ev: &Event, un: &mut Map<String, Value>) {
     }
     if let Some(l) = &ev.lost {
         put("lost", json!(l));
+    }
+    // The tool call the effect belongs to (OCSF 1.3.0 has no trace object).
+    if let Some(s) = &ev.step {
+        put("step", json!(s));
     }
     if let Some(v) = &ev.verdict {
         put("verdict", json!(v));

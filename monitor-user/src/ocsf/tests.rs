@@ -9,7 +9,7 @@ use crate::event::{ALERT_SCHEMA, AlertReason};
 const NS: i128 = 1_795_880_499_607_000_123;
 const MS: i64 = 1_795_880_499_607;
 
-fn ev(kind: Kind) -> Event {
+pub(super) fn ev(kind: Kind) -> Event {
     let mut e = Event::new(kind, Timestamp(NS), "box1".into());
     e.pid = 4242;
     e.tid = 4243;
@@ -325,7 +325,7 @@ fn control_records_are_not_mapped() {
     }
 }
 
-fn task() -> TaskInfo {
+pub(super) fn task() -> TaskInfo {
     TaskInfo {
         id: "refactor-42".into(),
         agent: Some("spiffe://example.org/agent/coder".into()),
