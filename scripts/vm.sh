@@ -276,9 +276,22 @@ run() {
             say "$name: exit $rc; the guest kernel's last messages:"
             tail -n 60 "$mark.console" | sed 's/^/  | /' >&2
         fi
+        # The guest kernel killed by a stray int3 in code it was live-patching (static
+        # keys, BPF trampolines: text_poke_bp) is QEMU's multi-threaded TCG running a
+        # stale translation of that code on another vCPU, which real CPUs never do
+        # (seen on deb13 several times, on no host). It says nothing of the command:
+        # the guest is booted once more, and the retry is said.
+        local emulation=""
+        if [ "$rc" != 0 ] && grep -q 'Oops: int3' "$mark.console" 2>/dev/null; then
+            emulation=1
+        fi
         rm -f "$mark.console"
         # A guest that never came up (QEMU or vng failing to start it, seen once as exit
         # 255 with no output) is booted once more; the command's own failure is not retried.
+        if [ -n "$emulation" ] && [ "$attempt" = 1 ]; then
+            say "$name: the guest kernel died of an int3 in code it was patching (QEMU TCG, not the command); booting it once more"
+            continue
+        fi
         if [ "$rc" = 0 ] || [ -e "$mark" ] || [ "$rc" = 124 ] || [ "$attempt" = 2 ]; then
             break
         fi
