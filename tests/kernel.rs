@@ -14,6 +14,7 @@ mod grant;
 mod hosts;
 mod nats;
 mod restart;
+mod revoke;
 mod scenarios;
 mod support;
 mod tasklog;
@@ -83,6 +84,7 @@ fn main() {
         ("nats_stream_and_independent_client", nats::nats_stream_and_independent_client),
         ("nats_server_lists_and_stream_settings", fleet::nats_server_lists_and_stream_settings),
         ("nats_fleet_control", fleet::nats_fleet_control),
+        ("a_rule_revokes_without_stopping", revoke::a_rule_revokes_without_stopping),
         ("nats_outage_loses_nothing", nats::nats_outage_loses_nothing),
         ("nats_remote_control", nats::nats_remote_control),
         ("nats_sample_config_permissions", nats::nats_sample_config_permissions),

@@ -36,7 +36,7 @@ fn task_file(d: &Path, id: &str, write: &str) -> Result<PathBuf, String> {
         &t,
         format!(
             "id: {id}\nagent: spiffe://test/agent/{id}\nprincipal: alice\nprompt: \"fix the build, then stop\"\n\
-             mode: execute\nscope:\n  \
+             mode: execute\ncredentials: [\"arn:aws:iam::1:role/{id}\"]\nscope:\n  \
              write: [\"{write}\"]\n  exec: [\"{}\"]\n",
             me.display()
         ),
@@ -99,6 +99,7 @@ pub fn nats_stream_and_independent_client() -> R {
     // progress is outside the write scope: every write of it is an alert.
     let task = task_file(&d, "nats-stream", &format!("{}/out/f*", d.display()))?;
     let spool = d.join("spool");
+    let sign_key = d.join("host.key");
     let flags = [
         "--task",
         task.to_str().unwrap(),
@@ -109,6 +110,8 @@ pub fn nats_stream_and_independent_client() -> R {
         "--ocsf",
         "--spool",
         spool.to_str().unwrap(),
+        "--nats-sign-key",
+        sign_key.to_str().unwrap(),
     ];
     let run = run_agentmon_with(&flags, &me_in(&d, &["5", "10"])?, &[(SCENARIO_ENV, "stream")], &d)?;
     eq("exit code", run.code, 0)?;
@@ -180,6 +183,15 @@ pub fn nats_stream_and_independent_client() -> R {
     eq("revoke messages", revokes.len(), 1)?;
     eq("revoke task", revokes[0].json["task"].as_str(), Some("nats-stream"))?;
     eq("revoke agent", revokes[0].json["agent"].as_str(), Some("spiffe://test/agent/nats-stream"))?;
+    // Naming the credentials the manifest declared, signed with the host's key (made
+    // on first use, its public half beside it) for a broker to check.
+    eq(
+        "revoke credentials",
+        &revokes[0].json["credentials"],
+        &serde_json::json!(["arn:aws:iam::1:role/nats-stream"]),
+    )?;
+    let public = std::fs::read_to_string(sign_key.with_extension("key.pub")).map_err(|e| e.to_string())?;
+    support::nats::signed_by(&revokes[0].json, public.trim())?;
 
     // An independent client (nats-py) reads the same messages.
     let py = std::env::var("AGENTMON_TEST_PYTHON")

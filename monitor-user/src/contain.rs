@@ -34,6 +34,9 @@ pub enum Act {
     Kill,
     Freeze,
     Thaw,
+    /// Nothing done here: the action record has the broker revoke the task's
+    /// credentials (nats/sink.rs).
+    Revoke,
 }
 
 impl Act {
@@ -42,6 +45,7 @@ impl Act {
             Act::Kill => "kill",
             Act::Freeze => "freeze",
             Act::Thaw => "thaw",
+            Act::Revoke => "revoke",
         }
     }
 }
@@ -224,7 +228,7 @@ impl Containment {
         let cookie = e.cookie;
         let own = e.cgroup.as_ref();
         let mut detail: BTreeMap<Cow<'static, str>, serde_json::Value> = BTreeMap::new();
-        if act != Act::Thaw {
+        if matches!(act, Act::Kill | Act::Freeze) {
             // What left the cgroup comes back first, so that the action covers it.
             let moved = self.regroup(sensors, id);
             if !moved.is_empty() {
@@ -235,6 +239,7 @@ impl Containment {
             }
         }
         let result = match act {
+            Act::Revoke => Ok(format!("task {id}: its credentials are to be revoked")),
             Act::Kill => {
                 if let By::Policy(ev) = &by {
                     // The offender first: it is the one acting right now.

@@ -42,7 +42,7 @@ pub enum Kind {
     Privilege,
     SensitiveRead,
     Loss,
-    /// agentmon acted on a task (kill, freeze, thaw).
+    /// agentmon acted on a task (kill, freeze, thaw, revoke).
     Action,
     /// A held syscall waits for an approver.
     ApprovalRequest,
@@ -235,7 +235,7 @@ pub struct Event {
     /// Policy verdict: in_scope, needs_approval, out_of_scope, violation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Name>,
-    /// What the policy says should happen (none, alert, require_approval, deny, freeze, kill).
+    /// What the policy says should happen (none, alert, revoke, require_approval, deny, freeze, kill).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<Name>,
     /// The rule that decided, if a rule did (null otherwise).

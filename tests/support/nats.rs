@@ -197,3 +197,23 @@ pub fn ocsf_conforms(d: &std::path::Path, records: &[&serde_json::Value]) -> Res
         format!("OCSF 1.3.0 schema errors: {report:#}")
     })
 }
+
+/// Checks that message `m` is signed by the hex Ed25519 key `public`, as
+/// docs/nats.md tells a broker to check it: `key` is that key, and `sig` verifies
+/// over `<schema>\n` and `m` without `sig` as compact JSON with sorted keys.
+pub fn signed_by(m: &serde_json::Value, public: &str) -> Result<(), String> {
+    use ed25519_dalek::Verifier;
+    crate::support::eq("the message's key", m["key"].as_str(), Some(public))?;
+    let key = <[u8; 32]>::try_from(hex::decode(public).map_err(|e| e.to_string())?)
+        .ok()
+        .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+        .ok_or("not an Ed25519 public key")?;
+    let sig = m["sig"].as_str().and_then(|s| hex::decode(s).ok()).and_then(|b| <[u8; 64]>::try_from(b).ok());
+    let sig = sig.ok_or_else(|| format!("no signature: {m}"))?;
+    let mut body = m.clone();
+    body.as_object_mut().ok_or("not an object")?.remove("sig");
+    let mut signed = format!("{}\n", m["schema"].as_str().unwrap_or_default()).into_bytes();
+    signed.extend(serde_json::to_vec(&body).map_err(|e| e.to_string())?);
+    key.verify(&signed, &ed25519_dalek::Signature::from_bytes(&sig))
+        .map_err(|e| format!("the signature does not verify ({e}): {m}"))
+}

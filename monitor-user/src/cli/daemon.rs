@@ -114,6 +114,8 @@ struct NatsConfig {
     ocsf: bool,
     ctl_keys: Option<PathBuf>,
     stream: Option<StreamConfig>,
+    /// The host's key for signing revoke and kill messages (created on first use).
+    sign_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +215,7 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
                 nats_tls_ca: n.tls_ca,
                 nats_tls_cert: n.tls_cert,
                 nats_tls_key: n.tls_key,
+                nats_sign_key: n.sign_key,
             };
             args.servers().map_err(|e| anyhow::anyhow!("{file}: nats.url: {e}"))?;
             args.stream().map_err(|e| anyhow::anyhow!("{file}: nats.stream: {e}"))?;
@@ -223,12 +226,14 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
             let host = n.host.unwrap_or_else(|| {
                 hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
             });
+            let sign_key = args.sign_key().map_err(|e| anyhow::anyhow!("{file}: nats.sign_key: {e}"))?;
             let o = NatsOptions {
                 args,
                 host,
                 spool: n.spool.unwrap_or_else(|| "/var/lib/agentmon/spool".into()),
                 spool_max: n.spool_max_mb.unwrap_or(1024).max(1) << 20,
                 ocsf: n.ocsf,
+                sign_key,
             };
             (Some(o), keys)
         }

@@ -125,12 +125,14 @@ impl OutputArgs {
             self.nats.servers()?;
             self.nats.stream()?;
         }
+        let sign_key = if self.nats.nats.is_some() { self.nats.sign_key()? } else { None };
         let nats = self.nats.nats.is_some().then(|| NatsOptions {
             args: self.nats.clone(),
             host,
             spool: self.spool.clone(),
             spool_max: self.spool_max,
             ocsf: self.ocsf,
+            sign_key,
         });
         let audit = self.audit.map(|path| AuditOptions {
             path,

@@ -64,7 +64,7 @@ const VERDICTS: [VerdictKind; 5] = [
     VerdictKind::Denied,
 ];
 /// What an `action` event reports agentmon did.
-const ACTIONS: [Act; 3] = [Act::Kill, Act::Freeze, Act::Thaw];
+const ACTIONS: [Act; 4] = [Act::Kill, Act::Freeze, Act::Thaw, Act::Revoke];
 /// Alert severities.
 const SEVERITIES: [Severity; 5] =
     [Severity::Info, Severity::Low, Severity::Medium, Severity::High, Severity::Critical];
@@ -134,7 +134,7 @@ impl Metrics {
         let actions = Labeled::register(
             &mut r,
             "agentmon_actions",
-            "Actions agentmon took on tasks (kill, freeze, thaw), attempted or done",
+            "Actions agentmon took on tasks (kill, freeze, thaw, revoke), attempted or done",
             "action",
             ACTIONS.map(Act::as_str),
         );

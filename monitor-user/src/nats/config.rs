@@ -42,6 +42,10 @@ pub struct NatsArgs {
     pub nats_tls_cert: Option<PathBuf>,
     #[arg(long, value_name = "PEM", help_heading = "NATS", requires = "nats_tls_cert")]
     pub nats_tls_key: Option<PathBuf>,
+    /// The host's Ed25519 key (hex seed, created 0600 on first use with `FILE.pub`
+    /// beside it): revoke and kill messages are signed with it, for brokers to check.
+    #[arg(long, value_name = "FILE", help_heading = "NATS")]
+    pub nats_sign_key: Option<PathBuf>,
     /// The host's stream: copies kept by the cluster (1 on a single server, 3 for a
     /// cluster that survives a node's loss).
     #[arg(long, value_name = "N", default_value_t = 1, help_heading = "NATS stream")]
@@ -135,6 +139,8 @@ pub enum ConfigError {
     Servers { msg: String },
     #[error("NATS stream: {msg}")]
     Stream { msg: String },
+    #[error("--nats-sign-key: {0}")]
+    SignKey(String),
 }
 
 /// `url` without credentials in it (`nats://user:pass@host` → `nats://host`), for logs.
@@ -150,6 +156,14 @@ pub fn redact(url: &str) -> String {
 }
 
 impl NatsArgs {
+    /// The host's signing key (`--nats-sign-key`), loaded or created.
+    pub fn sign_key(&self) -> Result<Option<ed25519_dalek::SigningKey>, ConfigError> {
+        self.nats_sign_key
+            .as_deref()
+            .map(|p| crate::audit::load_or_create_key(p).map_err(|e| ConfigError::SignKey(e.to_string())))
+            .transpose()
+    }
+
     /// The server list (`--nats`), checked.
     pub fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, ConfigError> {
         servers(self.nats.as_deref().unwrap_or_default()).map_err(|msg| ConfigError::Servers { msg })

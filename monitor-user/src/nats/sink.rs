@@ -34,6 +34,9 @@ pub struct NatsOptions {
     pub spool_max: u64,
     /// Also publish OCSF copies of events and alerts.
     pub ocsf: bool,
+    /// The host's key: revoke and kill messages are signed with it, so a broker
+    /// acting on them can tell they are this host's (`--nats-sign-key`).
+    pub sign_key: Option<ed25519_dalek::SigningKey>,
 }
 
 pub struct NatsSink {
@@ -44,6 +47,9 @@ pub struct NatsSink {
     publisher: Publisher,
     /// Agent identity of each task seen starting, for kill and revoke messages.
     tasks: HashMap<Arc<str>, TaskInfo>,
+    /// The credentials each task seen starting declared, named in its revokes.
+    credentials: HashMap<Arc<str>, Vec<String>>,
+    sign_key: Option<ed25519_dalek::SigningKey>,
     /// Drops counted in a loss record in the spool (for NATS).
     reported: u64,
     /// Drops told to the other outputs.
@@ -65,6 +71,8 @@ impl NatsSink {
             ocsf: o.ocsf,
             publisher,
             tasks: HashMap::new(),
+            credentials: HashMap::new(),
+            sign_key: o.sign_key,
             reported: 0,
             alarmed: 0,
             alarms: Vec::new(),
@@ -111,9 +119,23 @@ impl NatsSink {
         })
     }
 
+    /// `m` signed with the host's key, if it has one: `key` (hex public key) and
+    /// `sig` (hex Ed25519 over `<schema>\n` and `m` without `sig`, compact JSON with
+    /// sorted keys, as crate::signed makes every signed object).
+    fn signed(&self, mut m: serde_json::Value) -> serde_json::Value {
+        use ed25519_dalek::Signer;
+        if let Some(k) = &self.sign_key {
+            m["key"] = json!(hex::encode(k.verifying_key().as_bytes()));
+            let context = format!("{}\n", m["schema"].as_str().unwrap_or_default());
+            let sig = k.sign(&crate::signed::bytes(context.as_bytes(), &m));
+            m["sig"] = json!(hex::encode(sig.to_bytes()));
+        }
+        m
+    }
+
     /// A kill signal: the task was killed or frozen, and why.
     fn kill_signal(&self, ev: &Event, task: &TaskInfo) -> serde_json::Value {
-        json!({
+        self.signed(json!({
             "schema": KILL_SCHEMA,
             "id": format!("{}:kill", ev.id),
             "ts": ev.ts,
@@ -127,12 +149,13 @@ impl NatsSink {
             "by": ev.detail.get("by"),
             "trigger": ev.detail.get("trigger"),
             "event": ev,
-        })
+        }))
     }
 
-    /// A revoke message: credentials issued for the task should end now.
+    /// A revoke message: credentials issued for the task should end now (those its
+    /// manifest named; a broker may also revoke what it issued for the agent).
     fn revoke(&self, ev: &Event, task: &TaskInfo, why: &str) -> serde_json::Value {
-        json!({
+        self.signed(json!({
             "schema": REVOKE_SCHEMA,
             "id": format!("{}:revoke", ev.id),
             "ts": ev.ts,
@@ -140,9 +163,17 @@ impl NatsSink {
             "task": task.id,
             "agent": task.agent,
             "principal": task.principal,
+            "credentials": self.credentials.get(&task.id).cloned().unwrap_or_default(),
             "reason": why,
+            "rule": ev.rule,
             "event": ev.id,
-        })
+        }))
+    }
+
+    /// Sends task `t`'s revoke for `ev`.
+    fn send_revoke(&mut self, ev: &Event, t: &TaskInfo, why: &str) -> Result<bool, SinkError> {
+        let m = self.revoke(ev, t, why);
+        self.put_json(Class::Priority, &self.subjects.revoke(), &format!("{}:revoke", ev.id), &m)
     }
 
     /// A `loss` record of agentmon's own about this output.
@@ -246,15 +277,21 @@ impl NatsSink {
                         parents: ev.task_chain.iter().flat_map(|c| c.iter().map(|x| x.to_string())).collect(),
                     };
                     self.tasks.insert(t.clone(), info);
+                    let creds: Vec<String> = ev
+                        .detail
+                        .get("credentials")
+                        .and_then(|v| serde_json::from_value(v.clone()).ok())
+                        .unwrap_or_default();
+                    self.credentials.insert(t.clone(), creds);
                 }
             }
             Kind::TaskEnd => {
                 if let Some(t) = &task {
-                    let m = self.revoke(ev, t, "task ended");
-                    self.put_json(Class::Priority, &self.subjects.revoke(), &format!("{id}:revoke"), &m)?;
+                    self.send_revoke(ev, t, "task ended")?;
                 }
                 if let Some(t) = &ev.task {
                     self.tasks.remove(t);
+                    self.credentials.remove(t);
                 }
             }
             Kind::Action | Kind::ApprovalRequest | Kind::Approval => {
@@ -266,16 +303,23 @@ impl NatsSink {
                 )?;
                 let act = ev.action.as_deref().unwrap_or("");
                 if ev.kind == Kind::Action
-                    && matches!(act, "kill" | "freeze")
+                    && matches!(act, "kill" | "freeze" | "revoke")
                     && !ev.detail.contains_key("error")
                     && let Some(t) = &task
                 {
-                    let m = self.kill_signal(ev, t);
-                    self.put_json(Class::Priority, &self.subjects.kill(), &format!("{id}:kill"), &m)?;
-                    if act == "kill" {
-                        let m = self.revoke(ev, t, "task killed");
-                        self.put_json(Class::Priority, &self.subjects.revoke(), &format!("{id}:revoke"), &m)?;
+                    if act != "revoke" {
+                        let m = self.kill_signal(ev, t);
+                        self.put_json(Class::Priority, &self.subjects.kill(), &format!("{id}:kill"), &m)?;
                     }
+                    // An anomaly cuts the task's credentials: a kill, a freeze (it may
+                    // be thawed; its credentials are issued again if so), or a rule
+                    // that asks for only that.
+                    let why = match act {
+                        "kill" => "task killed",
+                        "freeze" => "task frozen",
+                        _ => "a rule asked for it",
+                    };
+                    self.send_revoke(ev, t, why)?;
                 }
             }
             _ => {}
@@ -344,92 +388,4 @@ impl Sink for NatsSink {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sink::{Fanout, JsonLines};
-
-    /// A spool too small for the stream while the broker is away: the overflow is
-    /// counted and reported once as a loss event in the other sinks.
-    #[test]
-    fn full_spool_is_a_loss_event_in_the_other_sinks() {
-        let dir = tempfile::tempdir().unwrap();
-        let o = NatsOptions {
-            // Nothing listens on port 1: the publisher keeps retrying.
-            args: NatsArgs { nats: Some("nats://127.0.0.1:1".into()), ..Default::default() },
-            host: "h".into(),
-            spool: dir.path().join("spool"),
-            spool_max: 8192,
-            ocsf: false,
-        };
-        let nats = NatsSink::open(o).unwrap();
-        let shared = nats.spool();
-        let lines = dir.path().join("events.jsonl");
-        let mut f = Fanout::new(vec![Box::new(JsonLines::file(&lines).unwrap()), Box::new(nats)]);
-        let mut ev = Event::new(Kind::FileWrite, Timestamp::now(), "h".into());
-        ev.path = Some(format!("/{}", "x".repeat(300)));
-        for _ in 0..100 {
-            f.send(&ev);
-        }
-        f.flush();
-        let dropped = shared.dropped.load(Relaxed);
-        assert!(dropped > 50, "only {dropped} dropped");
-        f.flush();
-        assert_eq!(f.close(), Vec::new());
-        let text = std::fs::read_to_string(&lines).unwrap();
-        let losses: Vec<Event> = text
-            .lines()
-            .map(|l| serde_json::from_str::<Event>(l).unwrap())
-            .filter(|e| e.kind == Kind::Loss)
-            .collect();
-        assert_eq!(losses.len(), 1, "one report, not one per flush");
-        assert_eq!(losses[0].lost.as_ref().unwrap()["nats_spool"], dropped);
-        assert_eq!(losses[0].detail["sink"], "nats");
-    }
-
-    /// With the spool full of bulk events (the broker away), what happened to the
-    /// task (its end, the revoke) and the loss record still go in, from the
-    /// reserve, and the loss record in the spool counts every drop.
-    #[test]
-    fn task_records_and_loss_survive_a_full_spool() {
-        let dir = tempfile::tempdir().unwrap();
-        let o = NatsOptions {
-            args: NatsArgs { nats: Some("nats://127.0.0.1:1".into()), ..Default::default() },
-            host: "h".into(),
-            spool: dir.path().join("spool"),
-            spool_max: 16384,
-            ocsf: false,
-        };
-        let nats = NatsSink::open(o).unwrap();
-        let shared = nats.spool();
-        let mut f = Fanout::new(vec![Box::new(nats)]);
-        let mut ev = Event::new(Kind::FileWrite, Timestamp::now(), "h".into());
-        ev.task = Some("t".into());
-        ev.path = Some(format!("/{}", "x".repeat(300)));
-        for _ in 0..200 {
-            f.send(&ev);
-        }
-        let dropped = shared.dropped.load(Relaxed);
-        assert!(dropped > 100, "only {dropped} dropped");
-        let mut end = Event::new(Kind::TaskEnd, Timestamp::now(), "h".into());
-        end.task = Some("t".into());
-        f.send(&end);
-        f.flush();
-        assert_eq!(shared.dropped.load(Relaxed), dropped, "a task record was dropped");
-        let subjects = Subjects::new("h");
-        let mut r = crate::nats::spool::Reader::new(shared.clone());
-        let mut records = Vec::new();
-        while let Some((rec, _)) = r.next_record().unwrap() {
-            records.push(rec);
-        }
-        assert!(records.iter().any(|r| r.id == end.id.to_string()), "no task_end in the spool");
-        assert!(records.iter().any(|r| r.subject == subjects.revoke()), "no revoke in the spool");
-        let losses: Vec<Event> = records
-            .iter()
-            .filter_map(|r| serde_json::from_slice::<Event>(&r.payload).ok())
-            .filter(|e| e.kind == Kind::Loss)
-            .collect();
-        assert_eq!(losses.len(), 1);
-        assert_eq!(losses[0].lost.as_ref().unwrap()["nats_spool"], dropped);
-        drop(f);
-    }
-}
+mod tests;

@@ -50,6 +50,9 @@ impl VerdictKind {
 pub enum Action {
     None,
     Alert,
+    /// Alert, and have the broker revoke the task's credentials (on NATS), the task
+    /// left running: for findings that should cut access without stopping work.
+    Revoke,
     RequireApproval,
     Deny,
     Freeze,
@@ -61,6 +64,7 @@ impl Action {
         match self {
             Action::None => "none",
             Action::Alert => "alert",
+            Action::Revoke => "revoke",
             Action::RequireApproval => "require_approval",
             Action::Deny => "deny",
             Action::Freeze => "freeze",
@@ -71,6 +75,7 @@ impl Action {
     pub fn parse(s: &str) -> Option<Action> {
         Some(match s {
             "alert" => Action::Alert,
+            "revoke" => Action::Revoke,
             "require_approval" => Action::RequireApproval,
             "deny" => Action::Deny,
             "freeze" => Action::Freeze,

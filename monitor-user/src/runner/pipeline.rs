@@ -143,6 +143,9 @@ impl Pipeline {
         if let Some(p) = &t.prompt {
             ev.detail.insert("prompt".into(), json!(p));
         }
+        if !t.credentials.is_empty() {
+            ev.detail.insert("credentials".into(), json!(t.credentials));
+        }
         if let Some(g) = &t.granted {
             ev.detail.insert("grant".into(), json!({"by": g.by, "key": g.key, "not_after": g.not_after}));
         }
@@ -336,11 +339,12 @@ impl Pipeline {
         self.gates.iter().map(|g| g.pending()).sum()
     }
 
-    /// Carries out a rule's `kill` or `freeze` on an enforced task.
+    /// Carries out a rule's `kill`, `freeze` or `revoke` on an enforced task.
     fn contain_for(&mut self, ev: &Event, action: Action, sensors: &mut Sensors) -> Option<Event> {
         let act = match action {
             Action::Kill => Act::Kill,
             Action::Freeze => Act::Freeze,
+            Action::Revoke => Act::Revoke,
             _ => return None,
         };
         let id: Arc<str> = ev.task.clone()?;

@@ -46,6 +46,10 @@ struct RawManifest {
     /// judge (default) or deny: under enforcement, reads of the sensitive set
     /// outside scope.read are refused (BPF LSM tier).
     sensitive_reads: Option<S<String>>,
+    /// Credentials issued for the task (opaque ids: ARNs, token ids), named in the
+    /// revoke message a broker acts on when the task ends or is stopped.
+    #[serde(default)]
+    credentials: Vec<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +121,34 @@ const MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(366 * 8
 /// The longest prompt a manifest may carry: it goes into every record of the task's
 /// start (events, audit chain, NATS).
 const MAX_PROMPT: usize = 16 * 1024;
+
+/// At most this many credentials, each at most [`MAX_CREDENTIAL`] bytes: they go
+/// into every revoke message.
+const MAX_CREDENTIALS: usize = 64;
+const MAX_CREDENTIAL: usize = 512;
+
+/// The manifest's `credentials`: opaque ids, printable, distinct, bounded.
+fn credentials(cx: &Ctx, raw: &[S<String>]) -> Result<Vec<String>, ManifestError> {
+    if let Some(c) = raw.get(MAX_CREDENTIALS) {
+        return Err(cx.err(c, "credentials", format!("at most {MAX_CREDENTIALS} credentials")));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(raw.len());
+    for c in raw {
+        let v = c.value.trim();
+        if v.is_empty() || v.len() > MAX_CREDENTIAL || v.chars().any(char::is_control) {
+            return Err(cx.err(
+                c,
+                "credentials",
+                format!("{:?}: a credential is 1-{MAX_CREDENTIAL} printable bytes", c.value),
+            ));
+        }
+        if out.iter().any(|o| o == v) {
+            return Err(cx.err(c, "credentials", format!("{v:?} is named twice")));
+        }
+        out.push(v.to_string());
+    }
+    Ok(out)
+}
 
 /// Parses a manifest's text. `file` names it in errors; `now` anchors `expires_in`.
 pub fn parse(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestError> {
@@ -263,8 +295,10 @@ pub fn parse_unresolved(text: &str, file: &Path, now: Timestamp) -> Result<Task,
         Some(v) if v.value == "deny" => true,
         Some(v) => return Err(cx.err(v, "sensitive_reads", format!("{:?} is not judge or deny", v.value))),
     };
+    let credentials = credentials(&cx, &raw.credentials)?;
     let task = Task {
         id,
+        credentials,
         enforce,
         deny_sensitive_reads,
         on_expiry,

@@ -153,6 +153,9 @@ pub struct Task {
     /// `sensitive_reads: deny`: when enforced, reads of the sensitive set outside
     /// `read` are refused (not only judged).
     pub deny_sensitive_reads: bool,
+    /// Credentials issued for the task (opaque ids), revoked by a broker when it
+    /// ends or is stopped (the NATS revoke message names them).
+    pub credentials: Vec<String>,
     /// Ids of the tasks this one was delegated from, nearest first.
     pub parents: Vec<String>,
     /// The manifest it came from.
@@ -239,6 +242,11 @@ impl Task {
             if !child.approval.contains(op) {
                 return Err(format!("drops approval_required {}", op.as_str()));
             }
+        }
+        // A sub-task's end revokes what it names: naming another task's credentials
+        // would have a broker revoke them.
+        if let Some(c) = child.credentials.iter().find(|c| !self.credentials.contains(c)) {
+            return Err(format!("credentials {c:?} is not one of the parent's credentials"));
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ scope:
   connect: ["127.0.0.1:8080", "10.0.0.0/8:443", "localhost:443"]
   propose_dir: /srv/proposals/refactor-42
 approval_required: [delete, rename]
+credentials: ["arn:aws:iam::123456789012:role/coder-session-42", "vault:token:abc"]
 "#;
 
 fn parse_ok(text: &str) -> Task {
@@ -67,7 +68,14 @@ fn errors_name_file_line_and_field() {
         ("id: a b\nmode: read\n", 1, "id", "characters"),
         ("id: a\nmode: read\nagent: coder\n", 3, "agent", "SPIFFE"),
         ("id: a\nmode: read\nscope:\n  write: [\"/a/../etc\"]\n", 4, "scope.write", ".."),
+        ("id: a\nmode: read\ncredentials: [x, \"y\\tz\"]\n", 3, "credentials", "printable"),
+        ("id: a\nmode: read\ncredentials:\n  - x\n  - x\n", 5, "credentials", "twice"),
+        ("id: a\nmode: read\ncredentials: [\"\"]\n", 3, "credentials", "1-512"),
     ];
+    let many: Vec<String> = (0..65).map(|i| format!("c{i}")).collect();
+    let e = parse_err(&format!("id: a\nmode: read\ncredentials: [{}]\n", many.join(", ")));
+    assert_eq!(e.field, "credentials", "{e}");
+    assert!(e.msg.contains("at most 64"), "{e}");
     let long = format!("id: a\nmode: read\nprompt: \"{}\"\n", "x".repeat(20_000));
     let e = parse_err(&long);
     assert_eq!((e.line, e.field.as_str()), (3, "prompt"), "{e}");
@@ -99,6 +107,11 @@ fn delegation_only_narrows() {
          connect: [\"10.1.0.0/16:443\"]\napproval_required: [delete, rename, exec]\n",
     );
     assert_eq!(parent.contains(&ok), Ok(()));
+    assert_eq!(parent.credentials.len(), 2);
+    let own = parse_ok(
+        "id: child\nmode: read\nexpires_in: 10m\napproval_required: [delete, rename]\ncredentials: [\"vault:token:abc\"]\n",
+    );
+    assert_eq!(parent.contains(&own), Ok(()));
     let wider = [
         (
             "id: c\nmode: execute\nexpires_in: 1m\nscope:\n  write: [\"/etc/**\"]\napproval_required: [delete, rename]\n",
@@ -115,6 +128,11 @@ fn delegation_only_narrows() {
         ("id: c\nmode: read\nexpires_in: 2h\napproval_required: [delete, rename]\n", "expires"),
         ("id: c\nmode: read\napproval_required: [delete, rename]\n", "expire"),
         ("id: c\nmode: read\nexpires_in: 1m\napproval_required: [delete]\n", "rename"),
+        // Its end would revoke them: another task's credentials are not the agent's to name.
+        (
+            "id: c\nmode: read\nexpires_in: 1m\napproval_required: [delete, rename]\ncredentials: [\"arn:other\"]\n",
+            "credentials",
+        ),
     ];
     for (text, needle) in wider {
         let child = parse_ok(text);
