@@ -15,7 +15,7 @@ use crate::{
 const EACCES: i32 = libc::EACCES;
 const EPERM: i32 = libc::EPERM;
 
-fn setup(name: &str, enforce: bool) -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
+pub(crate) fn setup(name: &str, enforce: bool) -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
     let d = workdir(name);
     std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
     std::fs::write(d.join("victim.txt"), b"keep me").map_err(|e| e.to_string())?;
@@ -39,7 +39,7 @@ fn setup(name: &str, enforce: bool) -> Result<(std::path::PathBuf, std::path::Pa
     Ok((d, t))
 }
 
-fn run_attempts(
+pub(crate) fn run_attempts(
     d: &Path,
     task: &Path,
     actions: &[String],

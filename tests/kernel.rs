@@ -13,6 +13,7 @@ mod fleet;
 mod grant;
 mod hosts;
 mod nats;
+mod refusals;
 mod restart;
 mod revoke;
 mod scenarios;
@@ -85,6 +86,10 @@ fn main() {
         ("nats_server_lists_and_stream_settings", fleet::nats_server_lists_and_stream_settings),
         ("nats_fleet_control", fleet::nats_fleet_control),
         ("a_rule_revokes_without_stopping", revoke::a_rule_revokes_without_stopping),
+        (
+            "refusal_floods_are_counted_not_recorded_one_by_one",
+            refusals::refusal_floods_are_counted_not_recorded_one_by_one,
+        ),
         ("nats_outage_loses_nothing", nats::nats_outage_loses_nothing),
         ("nats_remote_control", nats::nats_remote_control),
         ("nats_sample_config_permissions", nats::nats_sample_config_permissions),

@@ -22,6 +22,7 @@ pub mod lockfile;
 pub mod metrics;
 pub mod names;
 pub mod nats;
+pub mod noise;
 pub mod ocsf;
 pub mod paths;
 pub mod policy;

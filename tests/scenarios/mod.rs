@@ -864,6 +864,16 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 unsafe { libc::pipe(fds.as_mut_ptr()) };
                 sys(unsafe { libc::fcntl(fds[0], libc::F_SETOWN, agentmon) } as libc::c_long)
             }
+            // N refused requests in a row (F_SETOWN at agentmon): EPERM if each was.
+            "sigio_flood" => {
+                let mut fds = [0; 2];
+                unsafe { libc::pipe(fds.as_mut_ptr()) };
+                let n: usize = arg.parse().unwrap_or(0);
+                (0..n)
+                    .map(|_| sys(unsafe { libc::fcntl(fds[0], libc::F_SETOWN, agentmon) } as libc::c_long))
+                    .find(|e| *e != libc::EPERM)
+                    .unwrap_or(libc::EPERM)
+            }
             // A block device node inside the scope (a door to the raw disk).
             "mknod_blk" => {
                 let p = c(&d.join("repo/disk"));

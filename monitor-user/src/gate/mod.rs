@@ -131,6 +131,10 @@ pub struct Gate {
     /// The task's command was started: its root's exec, the first one a gate ever
     /// holds (the filter is installed just before it), is let go without asking.
     launched: bool,
+    /// Records of refused requests, limited: each costs the agent one syscall.
+    refusals: crate::noise::Noise,
+    /// The last refusal recorded: what a summary of the unrecorded ones repeats.
+    last_refused: Option<Event>,
 }
 
 /// Lets approved exec `call` of thread `tid` go on: the BPF LSM tier's
@@ -209,7 +213,26 @@ impl Gate {
             decided: HashMap::new(),
             closed: false,
             launched: false,
+            refusals: Default::default(),
+            last_refused: None,
         })
+    }
+
+    /// The refusals not recorded one by one since the last record, once the limit
+    /// lets one more through (every tick), or at once with `now_or_never` (the gate
+    /// closes, agentmon stops): a flood that stopped is still counted.
+    pub fn refusals_unsaid(&mut self, now: crate::event::Timestamp, now_or_never: bool) -> Option<Event> {
+        let mut ev = self.last_refused.clone()?;
+        if !self.refusals.holds(None) {
+            return None;
+        }
+        let held = if now_or_never { self.refusals.take(None) } else { self.refusals.allow(None)? };
+        ev.id = uuid::Uuid::now_v7();
+        ev.ts = now;
+        ev.detail.remove("unrecorded_before");
+        ev.detail.insert("unrecorded".into(), json!(held));
+        ev.reason = Some(format!("tamper: {held} more refused requests like the last one recorded"));
+        Some(ev)
     }
 
     /// The gate of a task a restarted daemon resumed: its command was launched long
@@ -298,8 +321,18 @@ impl Gate {
         if let Some(req) = filter::refused(n.nr, n.args[1]) {
             // Who asked, while the caller still waits (answered, it may exit, and its
             // tracking entry with it).
-            let ev = refused::event(&n, req, sensors, enr, judge);
+            // Nothing happened (EPERM): past a burst, refusals are counted, and the
+            // next record says how many were not recorded one by one.
+            let Some(held) = self.refusals.allow(None) else {
+                answer(Err(Errno::EPERM));
+                return None;
+            };
+            let mut ev = refused::event(&n, req, sensors, enr, judge);
             answer(Err(Errno::EPERM));
+            if held > 0 {
+                ev.detail.insert("unrecorded_before".into(), json!(held));
+            }
+            self.last_refused = Some(ev.clone());
             return Some(ev);
         }
         let Some(g) = filter::lookup(n.nr) else {

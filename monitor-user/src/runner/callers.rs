@@ -23,6 +23,7 @@ use std::{
 
 use tokio::{net::UnixStream, sync::mpsc};
 
+pub use crate::noise::Noise;
 use crate::{ctl, kernel::loader::Sensors};
 
 /// Who connected, as the kernel says.
@@ -100,41 +101,6 @@ impl Default for Reader {
             logged: None,
             noise: Noise::default(),
         }
-    }
-}
-
-/// A rate limit on the records and log lines a caller can cause by being refused:
-/// a burst of [`NOISE_BURST`], then one a second, per caller (task or uid).
-#[derive(Debug, Default)]
-pub struct Noise {
-    by: HashMap<Option<u32>, Bucket>,
-}
-
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-    held: u64,
-}
-
-const NOISE_BURST: f64 = 5.0;
-
-impl Noise {
-    /// Whether to write now for `who` (a task cookie, a uid); if so, how many of its
-    /// were held back since the last one.
-    pub fn allow(&mut self, who: Option<u32>) -> Option<u64> {
-        if self.by.len() > 4096 {
-            self.by.clear();
-        }
-        let b = self.by.entry(who).or_insert(Bucket { tokens: NOISE_BURST, at: Instant::now(), held: 0 });
-        b.tokens = (b.tokens + b.at.elapsed().as_secs_f64()).min(NOISE_BURST);
-        b.at = Instant::now();
-        if b.tokens < 1.0 {
-            b.held += 1;
-            return None;
-        }
-        b.tokens -= 1.0;
-        Some(std::mem::take(&mut b.held))
     }
 }
 
@@ -389,20 +355,6 @@ pub async fn mailbox_ready(boxes: &[Mailbox]) -> (usize, std::io::Result<()>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn noise_is_limited_per_caller() {
-        let mut n = Noise::default();
-        for _ in 0..5 {
-            assert_eq!(n.allow(Some(7)), Some(0));
-        }
-        assert_eq!(n.allow(Some(7)), None);
-        assert_eq!(n.allow(Some(7)), None);
-        // Another caller has its own burst.
-        assert_eq!(n.allow(Some(8)), Some(0));
-        n.by.get_mut(&Some(7)).unwrap().at = Instant::now() - Duration::from_secs(2);
-        assert_eq!(n.allow(Some(7)), Some(2));
-    }
 
     #[test]
     fn start_times_name_live_processes_only() {

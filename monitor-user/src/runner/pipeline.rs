@@ -300,6 +300,19 @@ impl Pipeline {
         self.judge.task_ids()
     }
 
+    /// The refusals the gates counted but did not record one by one (a flood), each
+    /// gate's as one record and alert, once its limit allows (every tick); a closed
+    /// gate's, and every gate's when `all` (agentmon stops), at once.
+    pub fn unsaid_refusals(&mut self, sink: &mut Fanout, all: bool) {
+        let now = self.enr.clock().now_wall();
+        for g in self.gates.iter_mut() {
+            if let Some(ev) = g.refusals_unsaid(now, all || g.closed) {
+                sink.send(&ev);
+                sink.alert(&self.judge.tamper_alert(&ev));
+            }
+        }
+    }
+
     /// Takes the calls the gate holds: refusals happen at once, requests are recorded.
     pub fn held_calls(&mut self, sensors: &mut Sensors, sink: &mut Fanout) {
         if self.gates.is_empty() {
@@ -329,7 +342,9 @@ impl Pipeline {
                 sink.send(&ev);
             }
         }
-        // Gates whose every process has exited hold nothing more.
+        // Gates whose every process has exited hold nothing more (what they counted
+        // is said first).
+        self.unsaid_refusals(sink, false);
         self.gates.retain(|g| !g.closed || g.next_deadline().is_some());
         sink.flush();
     }

@@ -230,6 +230,7 @@ impl Runtime {
     pub fn shutdown(mut self, end_tasks: Option<&str>) {
         self.drain();
         let e = &mut self.e;
+        e.p.unsaid_refusals(&mut e.out, true);
         loss(e);
         if let Some(why) = end_tasks {
             for id in e.p.task_ids() {
@@ -310,6 +311,7 @@ fn housekeeping(e: &mut Engine, watch: Option<&mut RulesWatch>, extras: &mut Ext
     for ev in e.p.expire(&mut e.sensors, e.setup.on_expiry) {
         e.out.send(&ev);
     }
+    e.p.unsaid_refusals(&mut e.out, false);
     // Host names in scopes: new addresses are added every minute (by default; looked up
     // off the loop).
     if ticks.is_multiple_of((e.setup.hosts_refresh.as_millis() / TICK.as_millis()).max(1) as u64) {

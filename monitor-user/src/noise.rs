@@ -1,0 +1,78 @@
+//! A rate limit on the records and log lines a caller can cause by being refused
+//! (control requests, refused requests of enforced tasks): each is cheap for the
+//! caller and a record for agentmon, so a flood of them must not fill the disk or
+//! the stream. What is held back is counted, and the next record says how many.
+
+use std::{collections::HashMap, time::Instant};
+
+/// A rate limit on the records and log lines a caller can cause by being refused:
+/// a burst of [`NOISE_BURST`], then one a second, per caller (task or uid).
+#[derive(Debug, Default)]
+pub struct Noise {
+    by: HashMap<Option<u32>, Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    held: u64,
+}
+
+const NOISE_BURST: f64 = 5.0;
+
+impl Noise {
+    /// Whether to write now for `who` (a task cookie, a uid); if so, how many of its
+    /// were held back since the last one.
+    pub fn allow(&mut self, who: Option<u32>) -> Option<u64> {
+        if self.by.len() > 4096 {
+            self.by.clear();
+        }
+        let b = self.by.entry(who).or_insert(Bucket { tokens: NOISE_BURST, at: Instant::now(), held: 0 });
+        b.tokens = (b.tokens + b.at.elapsed().as_secs_f64()).min(NOISE_BURST);
+        b.at = Instant::now();
+        if b.tokens < 1.0 {
+            b.held += 1;
+            return None;
+        }
+        b.tokens -= 1.0;
+        Some(std::mem::take(&mut b.held))
+    }
+
+    /// What `who` held back since its last record, taken whatever the limit says.
+    pub fn take(&mut self, who: Option<u32>) -> u64 {
+        self.by.get_mut(&who).map(|b| std::mem::take(&mut b.held)).unwrap_or(0)
+    }
+
+    /// Whether `who` has held anything back since its last record.
+    pub fn holds(&self, who: Option<u32>) -> bool {
+        self.by.get(&who).is_some_and(|b| b.held > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn noise_is_limited_per_caller() {
+        let mut n = Noise::default();
+        for _ in 0..5 {
+            assert_eq!(n.allow(Some(7)), Some(0));
+        }
+        assert_eq!(n.allow(Some(7)), None);
+        assert_eq!(n.allow(Some(7)), None);
+        // Another caller has its own burst.
+        assert_eq!(n.allow(Some(8)), Some(0));
+        assert!(n.holds(Some(7)) && !n.holds(Some(8)));
+        n.by.get_mut(&Some(7)).unwrap().at = Instant::now() - Duration::from_secs(2);
+        assert_eq!(n.allow(Some(7)), Some(2));
+        assert!(!n.holds(Some(7)));
+        assert_eq!(n.allow(Some(7)), Some(0), "the second second's token");
+        assert_eq!(n.allow(Some(7)), None);
+        assert_eq!(n.take(Some(7)), 1, "taken whatever the limit");
+        assert!(!n.holds(Some(7)));
+    }
+}
