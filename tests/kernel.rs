@@ -5,6 +5,7 @@
 mod adversary;
 mod approval;
 mod audit;
+mod cluster;
 mod contain;
 mod daemon;
 mod enforce;
@@ -85,6 +86,7 @@ fn main() {
         ("nats_stream_and_independent_client", nats::nats_stream_and_independent_client),
         ("nats_server_lists_and_stream_settings", fleet::nats_server_lists_and_stream_settings),
         ("nats_fleet_control", fleet::nats_fleet_control),
+        ("nats_cluster_keeps_every_event", cluster::nats_cluster_keeps_every_event),
         ("a_rule_revokes_without_stopping", revoke::a_rule_revokes_without_stopping),
         (
             "refusal_floods_are_counted_not_recorded_one_by_one",

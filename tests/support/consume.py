@@ -12,7 +12,9 @@ async def main(url: str, stream: str) -> None:
     nc = await nats.connect(url)
     js = nc.jetstream()
     info = await js.stream_info(stream)
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+    # An empty stream says first_seq 0 (no message has that number).
+    first = max(info.state.first_seq, 1)
+    for seq in range(first, info.state.last_seq + 1):
         msg = await js.get_msg(stream, seq)
         headers = msg.headers or {}
         print(json.dumps({

@@ -85,17 +85,32 @@ impl Publisher {
     }
 }
 
+/// Why a connection attempt failed, and whether a server answered at all (then
+/// the broker is there, busy or electing a leader: worth waiting for at close).
+struct ConnectError {
+    why: String,
+    reached: bool,
+}
+
 /// Connects to any server of the list (the client then follows the cluster's
 /// members as the servers advertise them, and reconnects on its own).
-async fn connect(args: &NatsArgs, subjects: &Subjects) -> Result<(jetstream::Context, Vec<String>), String> {
+async fn connect(
+    args: &NatsArgs,
+    subjects: &Subjects,
+) -> Result<(jetstream::Context, Vec<String>), ConnectError> {
     let url = args.nats.as_deref().unwrap_or_default();
-    let servers = args.servers().map_err(|e| e.to_string())?;
-    let settings = args.stream().map_err(|e| e.to_string())?;
-    let opts = args.options(&format!("agentmon {}", subjects.host())).await.map_err(|e| e.to_string())?;
-    let client =
-        opts.connect(servers).await.map_err(|e| format!("connect {}: {e}", super::config::redact(url)))?;
+    let early = |why: String| ConnectError { why, reached: false };
+    let servers = args.servers().map_err(|e| early(e.to_string()))?;
+    let settings = args.stream().map_err(|e| early(e.to_string()))?;
+    let opts =
+        args.options(&format!("agentmon {}", subjects.host())).await.map_err(|e| early(e.to_string()))?;
+    let client = opts
+        .connect(servers)
+        .await
+        .map_err(|e| early(format!("connect {}: {e}", super::config::redact(url))))?;
     let js = jetstream::ContextBuilder::new().timeout(ACK_TIMEOUT).build(client);
-    let mismatches = ensure_stream(&js, subjects, &settings).await?;
+    let mismatches =
+        ensure_stream(&js, subjects, &settings).await.map_err(|why| ConnectError { why, reached: true })?;
     Ok((js, mismatches))
 }
 
@@ -148,10 +163,15 @@ async fn run(
     let mut js: Option<jetstream::Context> = None;
     let mut backoff = Duration::from_millis(100);
     let mut given_up_at: Option<Instant> = None;
+    // A server answered at least once in this run: a failure now is a failover in
+    // progress (a node or a stream leader gone while the cluster elects another) or
+    // a busy cluster, not a broker that is not there.
+    let mut reached = false;
     loop {
         let stopping = stop.load(Relaxed);
-        // At stop, a broker that cannot be reached is given one more second.
-        if stopping && given_up_at.is_some_and(|t| t.elapsed() > Duration::from_secs(1)) {
+        // At stop, a broker never reached is given one more second; one that was is
+        // given until the close's limit, to finish its failover.
+        if stopping && !reached && given_up_at.is_some_and(|t| t.elapsed() > Duration::from_secs(1)) {
             return;
         }
         let ctx = match &js {
@@ -176,10 +196,12 @@ async fn run(
                     }
                     js = Some(c.clone());
                     status.connected.store(true, Relaxed);
+                    reached = true;
                     c
                 }
                 Err(e) => {
-                    note(&status, e);
+                    reached |= e.reached;
+                    note(&status, e.why);
                     given_up_at.get_or_insert_with(Instant::now);
                     wait(&shared, &stop, backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));

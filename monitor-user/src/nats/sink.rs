@@ -375,7 +375,9 @@ impl Sink for NatsSink {
     fn close(&mut self) -> Result<(), SinkError> {
         self.flush()?;
         self.spool.sync().map_err(|e| self.err(e))?;
-        if !self.publisher.close(Duration::from_secs(5)) {
+        // Caught up at once when the broker is healthy; a broker never reached is
+        // given a second; a cluster in failover up to this long.
+        if !self.publisher.close(Duration::from_secs(15)) {
             let shared = self.spool.shared();
             tracing::warn!(
                 "NATS: {} bytes not yet acknowledged stay in the spool {} and are sent on the next start",
