@@ -647,7 +647,11 @@ pub fn daemon_kill9_restart_reports_the_gap() -> R {
     let dir = d.join("r");
     let mut exec = stream_task(&d, &sock, "gapped", &dir, 200)?;
     let progress = || progress(&dir);
-    let going = wait(Duration::from_secs(20), || progress() >= 10);
+    // Running, and its gate (the i386/x32 report) taken: this is a kill of a daemon
+    // serving a running task (one killed while taking the gate: a_gate_outlives_...).
+    let going = wait(Duration::from_secs(20) * support::slowdown(), || {
+        progress() >= 10 && crate::tasklog::gate_taken(&d, "gapped")
+    });
     let mut first = first;
     let killed_at = std::time::SystemTime::now();
     let _ = first.kill();

@@ -25,7 +25,7 @@ use crate::{
 
 /// Whether the daemon in `d` has taken task `id`'s approval gate from its exec (its
 /// record names the kept copy).
-fn gate_taken(d: &Path, id: &str) -> bool {
+pub(crate) fn gate_taken(d: &Path, id: &str) -> bool {
     std::fs::read(d.join(format!("state/{id}.json")))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
