@@ -141,6 +141,7 @@ impl NatsSink {
             "ts": ev.ts,
             "host": self.host,
             "task": task.id,
+            "parents": task.parents,
             "agent": task.agent,
             "principal": task.principal,
             "action": ev.action,
@@ -161,6 +162,7 @@ impl NatsSink {
             "ts": ev.ts,
             "host": self.host,
             "task": task.id,
+            "parents": task.parents,
             "agent": task.agent,
             "principal": task.principal,
             "credentials": self.credentials.get(&task.id).cloned().unwrap_or_default(),
@@ -302,24 +304,30 @@ impl NatsSink {
                     &self.line.clone(),
                 )?;
                 let act = ev.action.as_deref().unwrap_or("");
+                let failed = ev.detail.contains_key("error");
                 if ev.kind == Kind::Action
                     && matches!(act, "kill" | "freeze" | "revoke")
-                    && !ev.detail.contains_key("error")
                     && let Some(t) = &task
                 {
-                    if act != "revoke" {
+                    if act != "revoke" && !failed {
                         let m = self.kill_signal(ev, t);
                         self.put_json(Class::Priority, &self.subjects.kill(), &format!("{id}:kill"), &m)?;
                     }
-                    // An anomaly cuts the task's credentials: a kill, a freeze (it may
-                    // be thawed; its credentials are issued again if so), or a rule
-                    // that asks for only that.
-                    let why = match act {
-                        "kill" => "task killed",
-                        "freeze" => "task frozen",
+                    // An anomaly cuts the task's credentials: a kill or freeze, done or
+                    // failed (all the more then), or a rule that asks for only that.
+                    // Not agentmon's own fail-closed freeze while an output fails: the
+                    // agent could cause it (a full disk) to cut every task's access;
+                    // nor does a thaw issue anything again.
+                    let own = ev.detail.get("by").and_then(|v| v.as_str()) == Some("output_failure");
+                    let why = match (act, failed) {
+                        ("kill", false) => "task killed",
+                        ("freeze", false) => "task frozen",
+                        ("kill" | "freeze", true) => "task could not be stopped",
                         _ => "a rule asked for it",
                     };
-                    self.send_revoke(ev, t, why)?;
+                    if !own {
+                        self.send_revoke(ev, t, why)?;
+                    }
                 }
             }
             _ => {}

@@ -30,6 +30,10 @@ pub struct Engine {
     pub hosts: super::hosts::Refresh,
     /// Delegations waiting for their host names' lookups.
     pub delegations: super::subtask::Waiting,
+    /// The approval gates this daemon reads, by task and the exec that keeps their
+    /// copy (taken at registration or back at a resume): one offered again by that
+    /// exec is not read a second time.
+    pub gated: std::collections::HashSet<(Arc<str>, u32)>,
 }
 
 impl Engine {
@@ -71,6 +75,7 @@ impl Engine {
             out,
             setup,
             mailboxes: Vec::new(),
+            gated: Default::default(),
             hosts: Default::default(),
             delegations: Default::default(),
         })

@@ -55,6 +55,11 @@ impl Outputs {
         }
         if let Some(n) = &self.nats {
             v.push(n.spool.clone());
+            // The host's signing key: read, it forges kill and revoke messages.
+            if let Some(k) = &n.args.nats_sign_key {
+                v.push(k.clone());
+                v.push(crate::audit::public_key_path(k));
+            }
         }
         v
     }

@@ -104,7 +104,7 @@ impl Pipeline {
             drop(item);
             if let Some((ev, alert)) = recorded {
                 // Containment first: the event is written a moment later either way.
-                let action = alert.as_ref().and_then(|a| self.contain_for(&ev, a.action, sensors));
+                let action = alert.as_ref().and_then(|a| self.contain_for(&ev, to_carry_out(a), sensors));
                 sink.send(&ev);
                 if let Some(a) = alert {
                     sink.alert(&a);
@@ -373,5 +373,68 @@ impl Pipeline {
             Err(e) => tracing::error!("{} of task {id} failed: {e}", act.as_str()),
         }
         out.event
+    }
+}
+
+/// What containment carries out for alert `a`: its action, or a revoke that any of
+/// its reasons asked for when the strongest action stops nothing (a `deny` or the
+/// scope's `require_approval` outranks `revoke`, and would drop it); kill and freeze
+/// revoke anyway.
+fn to_carry_out(a: &crate::event::Alert) -> Action {
+    let revoke = a.reasons.iter().any(|r| r.action == Action::Revoke.as_str());
+    match a.action {
+        Action::Kill | Action::Freeze => a.action,
+        _ if revoke => Action::Revoke,
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+    use crate::event::{Alert, AlertReason, Event, Timestamp};
+
+    fn alert(action: Action, reasons: &[&'static str]) -> Alert {
+        let reason = |a: &'static str| AlertReason {
+            verdict: Cow::Borrowed("violation"),
+            action: Cow::Borrowed(a),
+            severity: Cow::Borrowed("high"),
+            rule: Some("r".into()),
+            clause: None,
+            message: String::new(),
+        };
+        Alert {
+            schema: Cow::Borrowed(crate::event::ALERT_SCHEMA),
+            kind: Cow::Borrowed("alert"),
+            id: uuid::Uuid::now_v7(),
+            ts: Timestamp(0),
+            host: "h".into(),
+            severity: Cow::Borrowed("high"),
+            verdict: Cow::Borrowed("violation"),
+            action,
+            rule: None,
+            reason: String::new(),
+            reasons: reasons.iter().map(|a| reason(a)).collect(),
+            task: None,
+            event: Event::new(Kind::FileWrite, Timestamp(0), "h".into()),
+        }
+    }
+
+    /// A revoke asked for by one reason is carried out even when another reason's
+    /// deny or require_approval is the strongest action (which would have dropped
+    /// it); kill and freeze stay what they are (they revoke anyway).
+    #[test]
+    fn a_revoke_is_never_outranked_into_nothing() {
+        assert_eq!(to_carry_out(&alert(Action::Deny, &["deny", "revoke"])), Action::Revoke);
+        assert_eq!(
+            to_carry_out(&alert(Action::RequireApproval, &["require_approval", "revoke"])),
+            Action::Revoke
+        );
+        assert_eq!(to_carry_out(&alert(Action::Kill, &["kill", "revoke"])), Action::Kill);
+        assert_eq!(to_carry_out(&alert(Action::Freeze, &["revoke", "freeze"])), Action::Freeze);
+        assert_eq!(to_carry_out(&alert(Action::Deny, &["deny"])), Action::Deny);
+        assert_eq!(to_carry_out(&alert(Action::Alert, &["alert"])), Action::Alert);
     }
 }

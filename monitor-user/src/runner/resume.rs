@@ -137,7 +137,10 @@ fn take_back(e: &mut Engine, id: &str, k: &Keeper) {
         match k.take(fd, Expect::Listener).and_then(|fd| {
             crate::gate::Gate::resumed(fd, e.setup.approval_timeout).map_err(|e| e.to_string())
         }) {
-            Ok(g) => e.p.gates.push(g),
+            Ok(g) => {
+                e.p.gates.push(g);
+                e.gated.insert((Arc::from(id), k.pid));
+            }
             Err(err) => tracing::warn!(
                 "task {id}: its approval gate was not taken back ({err}): the calls it would hold fail until it ends"
             ),

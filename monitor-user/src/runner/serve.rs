@@ -193,17 +193,18 @@ fn serve_now(
             if e.p.judge.task(&task).is_none() {
                 return Reply::err(format!("{} task called {task}", ctl::NOT_MINE));
             }
-            // Offered again by an exec whose daemon stopped before answering: if that
-            // daemon had taken it (its keeper says so), this one took it back on
-            // resuming; a second reader of one listener would answer calls twice.
-            if let Some(st) = &e.setup.state
-                && st.get(&task).and_then(|s| s.keeper).is_some_and(|k| k.pid == peer && k.gate.is_some())
-            {
+            // Offered again by its exec (no answer came: a stop, a slow daemon) when
+            // this daemon already reads it (taken then, or back from the exec at a
+            // resume): a second reader of one listener would answer calls twice. A
+            // gate the resume could not take back is taken now.
+            let key: (std::sync::Arc<str>, u32) = (task.as_str().into(), peer);
+            if e.gated.contains(&key) {
                 return Reply { ok: true, task: Some(task), ..Default::default() };
             }
             return match crate::gate::Gate::new(fd, e.setup.approval_timeout) {
                 Ok(g) => {
                     e.p.gates.push(g);
+                    e.gated.insert(key);
                     if let (Some(st), Some(kept)) = (&e.setup.state, kept) {
                         st.update(&task, |s| match s.keeper.as_mut().filter(|k| k.pid == peer) {
                             Some(k) => {

@@ -266,6 +266,9 @@ fn child_hosts(
 fn inherit(child: &mut Task, parent: &Task) {
     child.enforce |= parent.enforce;
     child.deny_sensitive_reads |= parent.deny_sensitive_reads;
+    // Acting for the same agent and principal (contains() refused any other).
+    child.agent.clone_from(&parent.agent);
+    child.principal.clone_from(&parent.principal);
     child.parents = std::iter::once(parent.id.clone()).chain(parent.parents.iter().cloned()).collect();
 }
 

@@ -243,10 +243,20 @@ impl Task {
                 return Err(format!("drops approval_required {}", op.as_str()));
             }
         }
-        // A sub-task's end revokes what it names: naming another task's credentials
-        // would have a broker revoke them.
-        if let Some(c) = child.credentials.iter().find(|c| !self.credentials.contains(c)) {
-            return Err(format!("credentials {c:?} is not one of the parent's credentials"));
+        // Its revoke and kill messages name its agent and principal, and its
+        // credentials: none of them is the agent's to choose (a broker would cut
+        // another identity's access, or the parent's own).
+        for (name, mine, theirs) in
+            [("agent", &self.agent, &child.agent), ("principal", &self.principal, &child.principal)]
+        {
+            if theirs.is_some() && theirs != mine {
+                return Err(format!("{name} {theirs:?} is not the parent's ({mine:?})"));
+            }
+        }
+        if let Some(c) = child.credentials.first() {
+            return Err(format!(
+                "credentials {c:?}: a sub-task names none (its parent's are revoked at the parent's end)"
+            ));
         }
         Ok(())
     }

@@ -108,10 +108,11 @@ fn delegation_only_narrows() {
     );
     assert_eq!(parent.contains(&ok), Ok(()));
     assert_eq!(parent.credentials.len(), 2);
-    let own = parse_ok(
-        "id: child\nmode: read\nexpires_in: 10m\napproval_required: [delete, rename]\ncredentials: [\"vault:token:abc\"]\n",
+    let same = parse_ok(
+        "id: child\nmode: read\nexpires_in: 10m\napproval_required: [delete, rename]\n\
+         agent: spiffe://example.org/agent/coder\nprincipal: alice@example.org\n",
     );
-    assert_eq!(parent.contains(&own), Ok(()));
+    assert_eq!(parent.contains(&same), Ok(()));
     let wider = [
         (
             "id: c\nmode: execute\nexpires_in: 1m\nscope:\n  write: [\"/etc/**\"]\napproval_required: [delete, rename]\n",
@@ -128,10 +129,19 @@ fn delegation_only_narrows() {
         ("id: c\nmode: read\nexpires_in: 2h\napproval_required: [delete, rename]\n", "expires"),
         ("id: c\nmode: read\napproval_required: [delete, rename]\n", "expire"),
         ("id: c\nmode: read\nexpires_in: 1m\napproval_required: [delete]\n", "rename"),
-        // Its end would revoke them: another task's credentials are not the agent's to name.
+        // Its end would revoke them: credentials are not the agent's to name, nor
+        // the identity its revoke names.
         (
-            "id: c\nmode: read\nexpires_in: 1m\napproval_required: [delete, rename]\ncredentials: [\"arn:other\"]\n",
+            "id: c\nmode: read\nexpires_in: 1m\napproval_required: [delete, rename]\ncredentials: [\"vault:token:abc\"]\n",
             "credentials",
+        ),
+        (
+            "id: c\nmode: read\nexpires_in: 1m\napproval_required: [delete, rename]\nagent: spiffe://example.org/agent/victim\n",
+            "agent",
+        ),
+        (
+            "id: c\nmode: read\nexpires_in: 1m\napproval_required: [delete, rename]\nprincipal: bob@example.org\n",
+            "principal",
         ),
     ];
     for (text, needle) in wider {

@@ -141,20 +141,25 @@ fn verifies(m: &serde_json::Value, key: &ed25519_dalek::VerifyingKey) -> bool {
 }
 
 /// A revoke names the task's declared credentials and is signed with the host's
-/// key; it is sent at the end, on a kill, on a freeze, and for a rule's `revoke`
-/// (not on a thaw, nor for a failed action). Before, a revoke carried no
-/// credentials and no signature, and a freeze or a rule sent none.
+/// key; it is sent at the end, on a kill or freeze (done or failed), and for a
+/// rule's `revoke`; not on a thaw, nor for agentmon's own fail-closed freeze.
+/// Before, a revoke carried no credentials and no signature, and a freeze, a failed
+/// kill or a rule sent none.
 #[test]
 fn revokes_name_the_credentials_and_are_signed() {
     let mut start = task_event(Kind::TaskStart, "t");
     start.detail.insert("credentials".into(), serde_json::json!(["arn:aws:iam::1:role/t", "vault:abc"]));
     let mut failed = action("t", "kill");
     failed.detail.insert("error".into(), serde_json::json!("cgroup.kill: EBUSY"));
+    // agentmon's own fail-closed freeze (an output failing): the agent can cause it.
+    let mut own = action("t", "freeze");
+    own.detail.insert("by".into(), serde_json::json!("output_failure"));
     let evs = [
         start,
         action("t", "revoke"),
         action("t", "freeze"),
         action("t", "thaw"),
+        own,
         failed,
         action("t", "kill"),
         task_event(Kind::TaskEnd, "t"),
@@ -168,7 +173,10 @@ fn revokes_name_the_credentials_and_are_signed() {
         .map(|r| serde_json::from_slice(&r.payload).unwrap())
         .collect();
     let reasons: Vec<&str> = revokes.iter().map(|m| m["reason"].as_str().unwrap()).collect();
-    assert_eq!(reasons, ["a rule asked for it", "task frozen", "task killed", "task ended"]);
+    assert_eq!(
+        reasons,
+        ["a rule asked for it", "task frozen", "task could not be stopped", "task killed", "task ended"]
+    );
     for m in &revokes {
         assert_eq!(m["credentials"], serde_json::json!(["arn:aws:iam::1:role/t", "vault:abc"]), "{m}");
         assert!(verifies(m, &key), "a revoke that does not verify: {m}");
@@ -182,7 +190,7 @@ fn revokes_name_the_credentials_and_are_signed() {
         .filter(|r| r.subject == subjects.kill())
         .map(|r| serde_json::from_slice(&r.payload).unwrap())
         .collect();
-    assert_eq!(kills.len(), 2, "a freeze and a kill: {kills:?}");
+    assert_eq!(kills.len(), 3, "two freezes and a kill, done (not the failed kill): {kills:?}");
     assert!(kills.iter().all(|m| verifies(m, &key)), "{kills:?}");
 
     // Without a key: neither field, and nothing else changes.
