@@ -1007,6 +1007,15 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             // Typing into the terminal agentmon and the operator share (TIOCSTI), with
             // the command word as is and with bits set above its 32 (the kernel takes
             // an unsigned int).
+            // N refused TIOCSTI in a row: EPERM if each was.
+            "tiocsti_flood" => {
+                let c = b'x';
+                let n: usize = arg.parse().unwrap_or(0);
+                (0..n)
+                    .map(|_| sys(unsafe { libc::syscall(libc::SYS_ioctl, 0, libc::TIOCSTI, &raw const c) }))
+                    .find(|e| *e != libc::EPERM)
+                    .unwrap_or(libc::EPERM)
+            }
             "tiocsti" => {
                 let c = b'x';
                 sys(unsafe { libc::syscall(libc::SYS_ioctl, 0, libc::TIOCSTI, &raw const c) })

@@ -131,10 +131,18 @@ pub struct Gate {
     /// The task's command was started: its root's exec, the first one a gate ever
     /// holds (the filter is installed just before it), is let go without asking.
     launched: bool,
-    /// Records of refused requests, limited: each costs the agent one syscall.
+    /// Records of refused requests, limited per request: each costs the agent one
+    /// syscall.
     refusals: crate::noise::Noise,
-    /// The last refusal recorded: what a summary of the unrecorded ones repeats.
-    last_refused: Option<Event>,
+    /// The last refusal recorded of each request: what a summary of the unrecorded
+    /// ones of that request repeats.
+    last_refused: BTreeMap<&'static str, Event>,
+}
+
+/// The rate limit's key of refused request `name` (one bucket per request, so that
+/// a flood of one kind cannot be summarised as another).
+fn refusal_key(name: &str) -> Option<u32> {
+    Some(name.bytes().fold(17u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))))
 }
 
 /// Lets approved exec `call` of thread `tid` go on: the BPF LSM tier's
@@ -214,25 +222,31 @@ impl Gate {
             closed: false,
             launched: false,
             refusals: Default::default(),
-            last_refused: None,
+            last_refused: BTreeMap::new(),
         })
     }
 
     /// The refusals not recorded one by one since the last record, once the limit
     /// lets one more through (every tick), or at once with `now_or_never` (the gate
     /// closes, agentmon stops): a flood that stopped is still counted.
-    pub fn refusals_unsaid(&mut self, now: crate::event::Timestamp, now_or_never: bool) -> Option<Event> {
-        let mut ev = self.last_refused.clone()?;
-        if !self.refusals.holds(None) {
-            return None;
+    pub fn refusals_unsaid(&mut self, now: crate::event::Timestamp, now_or_never: bool) -> Vec<Event> {
+        let mut out = Vec::new();
+        for (name, last) in &self.last_refused {
+            let key = refusal_key(name);
+            if !self.refusals.holds(key) {
+                continue;
+            }
+            let held = if now_or_never { Some(self.refusals.take(key)) } else { self.refusals.allow(key) };
+            let Some(held) = held else { continue };
+            let mut ev = last.clone();
+            ev.id = uuid::Uuid::now_v7();
+            ev.ts = now;
+            ev.detail.remove("unrecorded_before");
+            ev.detail.insert("unrecorded".into(), json!(held));
+            ev.reason = Some(format!("tamper: {held} more {name} requests refused since the last recorded"));
+            out.push(ev);
         }
-        let held = if now_or_never { self.refusals.take(None) } else { self.refusals.allow(None)? };
-        ev.id = uuid::Uuid::now_v7();
-        ev.ts = now;
-        ev.detail.remove("unrecorded_before");
-        ev.detail.insert("unrecorded".into(), json!(held));
-        ev.reason = Some(format!("tamper: {held} more refused requests like the last one recorded"));
-        Some(ev)
+        out
     }
 
     /// The gate of a task a restarted daemon resumed: its command was launched long
@@ -323,7 +337,7 @@ impl Gate {
             // tracking entry with it).
             // Nothing happened (EPERM): past a burst, refusals are counted, and the
             // next record says how many were not recorded one by one.
-            let Some(held) = self.refusals.allow(None) else {
+            let Some(held) = self.refusals.allow(refusal_key(req.1)) else {
                 answer(Err(Errno::EPERM));
                 return None;
             };
@@ -332,7 +346,7 @@ impl Gate {
             if held > 0 {
                 ev.detail.insert("unrecorded_before".into(), json!(held));
             }
-            self.last_refused = Some(ev.clone());
+            self.last_refused.insert(req.1, ev.clone());
             return Some(ev);
         }
         let Some(g) = filter::lookup(n.nr) else {

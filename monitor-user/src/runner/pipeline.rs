@@ -306,7 +306,7 @@ impl Pipeline {
     pub fn unsaid_refusals(&mut self, sink: &mut Fanout, all: bool) {
         let now = self.enr.clock().now_wall();
         for g in self.gates.iter_mut() {
-            if let Some(ev) = g.refusals_unsaid(now, all || g.closed) {
+            for ev in g.refusals_unsaid(now, all || g.closed) {
                 sink.send(&ev);
                 sink.alert(&self.judge.tamper_alert(&ev));
             }
