@@ -544,6 +544,7 @@ fn forget_finished(e: &mut Engine, marked: &mut std::collections::HashSet<std::s
         state.drop_saved(&id);
         e.p.forget(&id);
         e.p.ended.remove(&id);
+        e.gated.retain(|(t, _)| *t != id);
         marked.remove(&id);
     }
 }
