@@ -3,13 +3,20 @@
 //! caller and a record for agentmon, so a flood of them must not fill the disk or
 //! the stream. What is held back is counted, and the next record says how many.
 
-use std::{collections::HashMap, time::Instant};
+use std::{collections::HashMap, hash::Hash, time::Instant};
 
 /// A rate limit on the records and log lines a caller can cause by being refused:
-/// a burst of [`NOISE_BURST`], then one a second, per caller (task or uid).
-#[derive(Debug, Default)]
-pub struct Noise {
-    by: HashMap<Option<u32>, Bucket>,
+/// a burst of [`NOISE_BURST`], then one a second, per key (a caller: task cookie
+/// or uid; a refused request's name).
+#[derive(Debug)]
+pub struct Noise<K = Option<u32>> {
+    by: HashMap<K, Bucket>,
+}
+
+impl<K> Default for Noise<K> {
+    fn default() -> Self {
+        Self { by: HashMap::new() }
+    }
 }
 
 #[derive(Debug)]
@@ -21,10 +28,10 @@ struct Bucket {
 
 const NOISE_BURST: f64 = 5.0;
 
-impl Noise {
-    /// Whether to write now for `who` (a task cookie, a uid); if so, how many of its
-    /// were held back since the last one.
-    pub fn allow(&mut self, who: Option<u32>) -> Option<u64> {
+impl<K: Hash + Eq> Noise<K> {
+    /// Whether to write now for `who`; if so, how many of its were held back since
+    /// the last one.
+    pub fn allow(&mut self, who: K) -> Option<u64> {
         if self.by.len() > 4096 {
             self.by.clear();
         }
@@ -40,13 +47,13 @@ impl Noise {
     }
 
     /// What `who` held back since its last record, taken whatever the limit says.
-    pub fn take(&mut self, who: Option<u32>) -> u64 {
-        self.by.get_mut(&who).map(|b| std::mem::take(&mut b.held)).unwrap_or(0)
+    pub fn take(&mut self, who: &K) -> u64 {
+        self.by.get_mut(who).map(|b| std::mem::take(&mut b.held)).unwrap_or(0)
     }
 
     /// Whether `who` has held anything back since its last record.
-    pub fn holds(&self, who: Option<u32>) -> bool {
-        self.by.get(&who).is_some_and(|b| b.held > 0)
+    pub fn holds(&self, who: &K) -> bool {
+        self.by.get(who).is_some_and(|b| b.held > 0)
     }
 }
 
@@ -66,13 +73,13 @@ mod tests {
         assert_eq!(n.allow(Some(7)), None);
         // Another caller has its own burst.
         assert_eq!(n.allow(Some(8)), Some(0));
-        assert!(n.holds(Some(7)) && !n.holds(Some(8)));
+        assert!(n.holds(&Some(7)) && !n.holds(&Some(8)));
         n.by.get_mut(&Some(7)).unwrap().at = Instant::now() - Duration::from_secs(2);
         assert_eq!(n.allow(Some(7)), Some(2));
-        assert!(!n.holds(Some(7)));
+        assert!(!n.holds(&Some(7)));
         assert_eq!(n.allow(Some(7)), Some(0), "the second second's token");
         assert_eq!(n.allow(Some(7)), None);
-        assert_eq!(n.take(Some(7)), 1, "taken whatever the limit");
-        assert!(!n.holds(Some(7)));
+        assert_eq!(n.take(&Some(7)), 1, "taken whatever the limit");
+        assert!(!n.holds(&Some(7)));
     }
 }

@@ -131,18 +131,12 @@ pub struct Gate {
     /// The task's command was started: its root's exec, the first one a gate ever
     /// holds (the filter is installed just before it), is let go without asking.
     launched: bool,
-    /// Records of refused requests, limited per request: each costs the agent one
-    /// syscall.
-    refusals: crate::noise::Noise,
+    /// Records of refused requests, limited per request (a flood of one kind is
+    /// never summarised as another): each costs the agent one syscall.
+    refusals: crate::noise::Noise<&'static str>,
     /// The last refusal recorded of each request: what a summary of the unrecorded
     /// ones of that request repeats.
     last_refused: BTreeMap<&'static str, Event>,
-}
-
-/// The rate limit's key of refused request `name` (one bucket per request, so that
-/// a flood of one kind cannot be summarised as another).
-fn refusal_key(name: &str) -> Option<u32> {
-    Some(name.bytes().fold(17u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))))
 }
 
 /// Lets approved exec `call` of thread `tid` go on: the BPF LSM tier's
@@ -232,11 +226,10 @@ impl Gate {
     pub fn refusals_unsaid(&mut self, now: crate::event::Timestamp, now_or_never: bool) -> Vec<Event> {
         let mut out = Vec::new();
         for (name, last) in &self.last_refused {
-            let key = refusal_key(name);
-            if !self.refusals.holds(key) {
+            if !self.refusals.holds(name) {
                 continue;
             }
-            let held = if now_or_never { Some(self.refusals.take(key)) } else { self.refusals.allow(key) };
+            let held = if now_or_never { Some(self.refusals.take(name)) } else { self.refusals.allow(*name) };
             let Some(held) = held else { continue };
             let mut ev = last.clone();
             ev.id = uuid::Uuid::now_v7();
@@ -337,7 +330,7 @@ impl Gate {
             // tracking entry with it).
             // Nothing happened (EPERM): past a burst, refusals are counted, and the
             // next record says how many were not recorded one by one.
-            let Some(held) = self.refusals.allow(refusal_key(req.1)) else {
+            let Some(held) = self.refusals.allow(req.1) else {
                 answer(Err(Errno::EPERM));
                 return None;
             };

@@ -45,10 +45,9 @@ pub struct NatsSink {
     host: Arc<str>,
     ocsf: bool,
     publisher: Publisher,
-    /// Agent identity of each task seen starting, for kill and revoke messages.
-    tasks: HashMap<Arc<str>, TaskInfo>,
-    /// The credentials each task seen starting declared, named in its revokes.
-    credentials: HashMap<Arc<str>, Vec<String>>,
+    /// Agent identity of each task seen starting, and the credentials it declared,
+    /// for kill and revoke messages.
+    tasks: HashMap<Arc<str>, (TaskInfo, Vec<String>)>,
     sign_key: Option<ed25519_dalek::SigningKey>,
     /// Drops counted in a loss record in the spool (for NATS).
     reported: u64,
@@ -71,7 +70,6 @@ impl NatsSink {
             ocsf: o.ocsf,
             publisher,
             tasks: HashMap::new(),
-            credentials: HashMap::new(),
             sign_key: o.sign_key,
             reported: 0,
             alarmed: 0,
@@ -110,7 +108,7 @@ impl NatsSink {
     }
 
     fn task_info(&self, id: &Arc<str>) -> TaskInfo {
-        self.tasks.get(id).cloned().unwrap_or_else(|| TaskInfo {
+        self.tasks.get(id).map(|(t, _)| t.clone()).unwrap_or_else(|| TaskInfo {
             id: id.clone(),
             agent: None,
             principal: None,
@@ -154,7 +152,7 @@ impl NatsSink {
     }
 
     /// A revoke message: credentials issued for the task should end now (those its
-    /// manifest named; a broker may also revoke what it issued for the agent).
+    /// manifest named; a broker also revokes what it issued for this host's task).
     fn revoke(&self, ev: &Event, task: &TaskInfo, why: &str) -> serde_json::Value {
         self.signed(json!({
             "schema": REVOKE_SCHEMA,
@@ -165,7 +163,7 @@ impl NatsSink {
             "parents": task.parents,
             "agent": task.agent,
             "principal": task.principal,
-            "credentials": self.credentials.get(&task.id).cloned().unwrap_or_default(),
+            "credentials": self.tasks.get(&task.id).map(|(_, c)| c.clone()).unwrap_or_default(),
             "reason": why,
             "rule": ev.rule,
             "event": ev.id,
@@ -278,13 +276,12 @@ impl NatsSink {
                         mode: s("mode").map(Cow::Owned).unwrap_or(Cow::Borrowed("unknown")),
                         parents: ev.task_chain.iter().flat_map(|c| c.iter().map(|x| x.to_string())).collect(),
                     };
-                    self.tasks.insert(t.clone(), info);
                     let creds: Vec<String> = ev
                         .detail
                         .get("credentials")
                         .and_then(|v| serde_json::from_value(v.clone()).ok())
                         .unwrap_or_default();
-                    self.credentials.insert(t.clone(), creds);
+                    self.tasks.insert(t.clone(), (info, creds));
                 }
             }
             Kind::TaskEnd => {
@@ -293,7 +290,6 @@ impl NatsSink {
                 }
                 if let Some(t) = &ev.task {
                     self.tasks.remove(t);
-                    self.credentials.remove(t);
                 }
             }
             Kind::Action | Kind::ApprovalRequest | Kind::Approval => {

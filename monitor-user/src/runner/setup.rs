@@ -166,7 +166,7 @@ impl StateDir {
     }
 
     /// The record of task `id`, if there is one.
-    pub fn get(&self, id: &str) -> Option<Saved> {
+    fn get(&self, id: &str) -> Option<Saved> {
         std::fs::read(self.saved(id)).ok().and_then(|b| serde_json::from_slice(&b).ok())
     }
 
