@@ -354,6 +354,44 @@ pub fn enforce_refuses_scopes_over_agentmon() -> R {
                 || format!("write scope {scope}: exit {:?}: {err}", out.status.code()),
             )?;
         }
+        // The host's NATS signing key: an agent that reads or replaces it forges
+        // kill and revoke messages (nothing listens on port 1: refused before any
+        // connection).
+        let keys = d.join("keys");
+        std::fs::create_dir_all(&keys).map_err(|e| e.to_string())?;
+        let t = d.join("tkey.yaml");
+        write(
+            &t,
+            &format!(
+                "id: esckey\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{}/**\"]\n  \
+                 exec: [\"/usr/bin/**\"]\n",
+                keys.display()
+            ),
+        )?;
+        let key = keys.join("host.key");
+        let out = support::exec_command(
+            &d.join("events-key.jsonl"),
+            &[
+                "--task",
+                t.to_str().unwrap(),
+                "--nats",
+                "nats://127.0.0.1:1",
+                "--nats-sign-key",
+                key.to_str().unwrap(),
+            ],
+            &["/usr/bin/true".into()],
+            &[],
+            &d,
+        )
+        .output()
+        .map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure(
+            out.status.code() == Some(125)
+                && err.contains("cannot enforce task")
+                && err.contains("agentmon writes or trusts"),
+            || format!("write scope over the signing key: exit {:?}: {err}", out.status.code()),
+        )?;
         Ok::<(), String>(())
     })();
     let _ = nix::mount::umount(&mnt.join("cg"));
