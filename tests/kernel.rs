@@ -109,6 +109,7 @@ fn main() {
             "a_gate_outlives_a_daemon_stopped_before_taking_it",
             restart::a_gate_outlives_a_daemon_stopped_before_taking_it,
         ),
+        ("a_gate_offer_outlives_its_root", restart::a_gate_offer_outlives_its_root),
         ("daemon_restart_keeps_a_sub_tasks_leftovers", daemon::daemon_restart_keeps_a_sub_tasks_leftovers),
         (
             "daemon_signalled_while_loading_stops_cleanly",

@@ -143,3 +143,82 @@ pub fn a_gate_outlives_a_daemon_stopped_before_taking_it() -> R {
     ensure(!g.join("repo/a.txt").exists(), || "the approved delete did not happen".into())?;
     Ok(())
 }
+
+/// A task whose root exits while no daemon runs, its gate not yet taken (the first
+/// daemon stopped before it answered the offer, then killed): the daemon that
+/// resumes the task sees the root's exit, ends the task and forgets it, and then
+/// answers the exec's renewed offer "no task called ...". The exec must report the
+/// command's own status: before, it took the refusal as a lost gate and exited 125
+/// (seen in CI on the guest without BPF LSM, when a restart came at that moment).
+pub fn a_gate_offer_outlives_its_root() -> R {
+    let d = workdir("daemon-gate-root");
+    let (sock, all) = daemon_paths(&d);
+    let task = d.join("root-gone.yaml");
+    std::fs::write(
+        &task,
+        format!("id: root-gone\nmode: execute\nscope:\n  write: [\"{}/**\"]\n", d.display()),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut first = start_daemon(&d, "")?;
+    // Not --quiet: its line saying the daemon accepted the task is the moment.
+    let mut child = Command::new(agentmon())
+        .args(["exec", "--daemon"])
+        .arg(&sock)
+        .arg("--task")
+        .arg(&task)
+        .args(["--", "/bin/sh", "-c", "exit 7"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let exec = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
+    let accepted = lines.by_ref().map_while(Result::ok).any(|l| l.contains("runs under the daemon"));
+    let _ = kill(nix::unistd::Pid::from_raw(first.id() as i32), Signal::SIGSTOP);
+    let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let limit = Duration::from_secs(30) * support::slowdown();
+    // The root runs and exits; the exec, its offer waiting on the stopped daemon,
+    // has not reaped it yet.
+    let zombie = wait(limit, || children(exec).iter().any(|&p| state_of(p) == Some('Z')));
+    // Held still, so that its next offer reaches the next daemon only once that one
+    // has forgotten the task.
+    let _ = kill(exec, Signal::SIGSTOP);
+    let _ = first.kill();
+    let _ = first.wait();
+    let second = start_daemon(&d, "")?;
+    let record = d.join("state/root-gone.json");
+    let forgotten = wait(limit, || {
+        !record.exists()
+            && events(&all).is_ok_and(|evs| {
+                evs.iter().any(|e| e.kind == Kind::TaskEnd && e.task.as_deref() == Some("root-gone"))
+            })
+    });
+    let _ = kill(exec, Signal::SIGCONT);
+    let status = support::exit_within(&mut child, limit);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let said = rest.join().unwrap_or_default();
+    let said2 = stop(second)?;
+    ensure(accepted, || format!("the exec never said the task was accepted: {said:?}"))?;
+    ensure(zombie, || "the task's root never exited".into())?;
+    ensure(forgotten, || format!("the second daemon did not end and forget the task: {said2}"))?;
+    eq(&format!("exec exit ({said:?})"), status, Some(Some(7)))?;
+    Ok(())
+}
+
+/// The children of `pid` (its threads' lists).
+fn children(pid: nix::unistd::Pid) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<_>>())
+        .collect()
+}
+
+/// A process's state letter (`R`, `S`, `Z`, ...).
+fn state_of(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}

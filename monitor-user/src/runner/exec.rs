@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use nix::{sys::signal::Signal, sys::wait::WaitStatus};
+use nix::{sys::signal::Signal, sys::wait::WaitStatus, unistd::Pid};
 
 use super::{
     EXEC_TASK, Outputs, RulesChoice, RunError,
@@ -322,17 +322,20 @@ async fn delegated(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> 
 /// (one restarting: it resumes the task, then takes the gate).
 const GATE_RETRY: Duration = Duration::from_secs(60);
 
-/// Hands task `id`'s approval listener to the daemon. A daemon that stops before it
-/// answers (a restart, an upgrade) is not a refusal: the gated calls wait in the
-/// kernel meanwhile, and the listener is offered again until the daemon that resumes
-/// the task takes it. A refusal is final.
-fn hand_gate(socket: &Path, id: &str, l: &OwnedFd, quiet: bool) -> Result<(), String> {
+/// Hands task `id`'s approval listener to the daemon: Ok(true) when it took it. A
+/// daemon that stops before it answers (a restart, an upgrade) is not a refusal:
+/// the gated calls wait in the kernel meanwhile, and the listener is offered again
+/// until the daemon that resumes the task takes it. A refusal is final, unless the
+/// task's root `root` has exited meanwhile (Ok(false)): the daemon that resumed the
+/// task saw it end and forgot it, and the command's own status is the answer.
+fn hand_gate(socket: &Path, id: &str, l: &OwnedFd, root: Pid, quiet: bool) -> Result<bool, String> {
     let req = ctl::Request::Gate { task: id.to_string(), kept: Some(l.as_raw_fd()) };
     let until = std::time::Instant::now() + GATE_RETRY;
     let mut said = false;
     loop {
         match ctl::call_with_fd(socket, &req, l.as_fd()) {
-            Ok(r) if r.ok => return Ok(()),
+            Ok(r) if r.ok => return Ok(true),
+            Ok(_) | Err(_) if exited(root) => return Ok(false),
             Ok(r) => return Err(r.error.unwrap_or_else(|| "no reason given".into())),
             Err(why) if std::time::Instant::now() >= until => return Err(why),
             Err(why) => {
@@ -347,6 +350,14 @@ fn hand_gate(socket: &Path, id: &str, l: &OwnedFd, quiet: bool) -> Result<(), St
             }
         }
     }
+}
+
+/// Whether `pid`, a child of ours, has exited (left unreaped: its status is read
+/// later).
+fn exited(pid: Pid) -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    matches!(waitid(Id::Pid(pid), flags), Ok(s) if s != WaitStatus::StillAlive)
 }
 
 /// With a daemon: the command runs as a top-level task of the daemon, which watches
@@ -430,9 +441,9 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
         // the root's exec among them where the task gates exec.
         let handed = crate::gate::filter::recv_listener(&chan, 5000)
             .map_err(|e| e.to_string())
-            .and_then(|l| hand_gate(&socket, &task.id, &l, opts.quiet).map(|()| l));
+            .and_then(|l| hand_gate(&socket, &task.id, &l, pid, opts.quiet).map(|taken| taken.then_some(l)));
         match handed {
-            Ok(l) => kept_gate = Some(l),
+            Ok(l) => kept_gate = l,
             Err(why) => {
                 // Unanswered, its gated calls would wait forever: it must not run on.
                 stop();
