@@ -12,7 +12,7 @@ use std::{
 
 use agentmon::{
     event::{Event, Kind},
-    nats::{Subjects, control::Command as Signed},
+    nats::{Subjects, control::Command as Signed, sink::class_of, spool::Class},
 };
 
 use crate::{
@@ -261,15 +261,52 @@ pub fn nats_outage_loses_nothing() -> R {
     ensure(stopped_at < 60, || "the broker was stopped after the stream ended".into())?;
     eq("second run exit", out.status.code(), Some(0))?;
 
-    let want: Vec<String> = local_ids(&first)?.into_iter().chain(local_ids(&second)?).collect();
     let msgs = read_stream(&url, &subjects.stream())?;
-    let got: Vec<String> = msgs
+    let events: Vec<&Msg> = msgs
         .iter()
         .filter(|m| m.subject.starts_with(&format!("agentmon.{}.events.", subjects.host())))
-        .filter_map(|m| m.id.clone())
         .collect();
-    eq("events in the stream, in order, each once", got, want)?;
+    // Each lane in order, each message once: the task's records (start, end, ...)
+    // and the bulk events.
+    let (first_prio, first_bulk) = lanes(&first)?;
+    let (second_prio, second_bulk) = lanes(&second)?;
+    for (lane, want) in [
+        (Class::Priority, [first_prio.clone(), second_prio].concat()),
+        (Class::Bulk, [first_bulk.clone(), second_bulk].concat()),
+    ] {
+        let got: Vec<String> =
+            events.iter().filter_map(|m| m.id.clone()).filter(|id| want.contains(id)).collect();
+        eq(&format!("{lane:?} events in the stream, in order, each once"), got, want)?;
+    }
+    eq("events in the stream", events.len(), local_ids(&first)?.len() + local_ids(&second)?.len())?;
+    // What the first run left in the spool is sent task records first: its end
+    // (and the revoke) do not wait behind its events.
+    let seq = |ids: &[String]| {
+        events
+            .iter()
+            .filter(|m| m.id.as_ref().is_some_and(|i| ids.contains(i)))
+            .map(|m| m.seq)
+            .collect::<Vec<_>>()
+    };
+    let (prio_last, bulk_first) = (seq(&first_prio).into_iter().max(), seq(&first_bulk).into_iter().min());
+    ensure(prio_last < bulk_first, || {
+        format!(
+            "the first run's task records were sent behind its events (last at {prio_last:?}, first event at {bulk_first:?})"
+        )
+    })?;
+    let revoke = msgs.iter().find(|m| m.subject == subjects.revoke()).ok_or("no revoke in the stream")?;
+    ensure(Some(revoke.seq) < bulk_first, || "the first run's revoke was sent behind its events".into())?;
     Ok(())
+}
+
+/// The ids of an events file's records, split by spool lane: (priority, bulk).
+fn lanes(events: &Path) -> Result<(Vec<String>, Vec<String>), String> {
+    let text = std::fs::read_to_string(events).map_err(|e| format!("{}: {e}", events.display()))?;
+    let (evs, _) = support::parse_stream(&text)?;
+    let (prio, bulk): (Vec<&Event>, Vec<&Event>) =
+        evs.iter().partition(|e| class_of(e.kind) == Class::Priority);
+    let ids = |v: Vec<&Event>| v.iter().map(|e| e.id.to_string()).collect();
+    Ok((ids(prio), ids(bulk)))
 }
 
 fn status_of(url: &str, h: &str, key: &Path) -> Result<serde_json::Value, String> {

@@ -94,7 +94,7 @@ fn throughput(url: &str, dir: &Path, n: u64) -> anyhow::Result<(f64, usize)> {
     let args = NatsArgs { nats: Some(url.into()), ..Default::default() };
     let start = Instant::now();
     let mut p = Publisher::start(args, subjects, shared.clone())?;
-    while shared.acked() < shared.flushed() {
+    while !shared.caught_up() {
         if start.elapsed() > Duration::from_secs(600) {
             bail!("not all acknowledged after 10 minutes");
         }

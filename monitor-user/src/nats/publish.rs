@@ -1,9 +1,9 @@
 //! The publisher: a thread of its own (with its own small runtime, so a slow or
-//! absent broker never stalls the event loop) that sends the spool's records in
-//! order with acknowledged JetStream publishes, a window at a time. The spool
-//! position advances only on the broker's ack; on any failure it goes back to the
-//! last ack and sends again (the stream's `Nats-Msg-Id` dedupe drops what the
-//! broker had already stored).
+//! absent broker never stalls the event loop) that sends the spool's records with
+//! acknowledged JetStream publishes, a window at a time: each lane in order, and
+//! every priority record before the next bulk one. A lane's position advances only
+//! on the broker's ack; on any failure both go back to their last ack and send again
+//! (the stream's `Nats-Msg-Id` dedupe drops what the broker had already stored).
 
 use std::{
     collections::VecDeque,
@@ -26,7 +26,7 @@ use async_nats::jetstream::{
 use super::{
     Subjects,
     config::{Discard, NatsArgs, StreamSettings},
-    spool::{Pos, Reader, Shared},
+    spool::{Class, Pos, Reader, Shared},
 };
 
 /// Publishes in flight before waiting for their acks.
@@ -81,7 +81,7 @@ impl Publisher {
         if caught_up && let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        caught_up && self.shared.acked() >= self.shared.flushed()
+        caught_up && self.shared.caught_up()
     }
 }
 
@@ -159,7 +159,7 @@ async fn run(
     status: Arc<Status>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut reader = Reader::new(shared.clone());
+    let mut readers = Class::ALL.map(|c| Reader::new(shared.clone(), c));
     let mut js: Option<jetstream::Context> = None;
     let mut backoff = Duration::from_millis(100);
     let mut given_up_at: Option<Instant> = None;
@@ -209,7 +209,7 @@ async fn run(
                 }
             },
         };
-        let failed = match pump(&ctx, &mut reader, &shared, &status).await {
+        let failed = match pump(&ctx, &mut readers, &shared, &status).await {
             Ok(0) if stopping => return,
             Ok(0) => {
                 wait(&shared, &stop, Duration::from_millis(500)).await;
@@ -226,7 +226,7 @@ async fn run(
             }
             Some(e) => {
                 note(&status, e);
-                reader.rewind();
+                readers.iter_mut().for_each(Reader::rewind);
                 given_up_at.get_or_insert_with(Instant::now);
                 // A missing stream (deleted, or a fresh server) is created again.
                 js = None;
@@ -238,33 +238,40 @@ async fn run(
 }
 
 /// Sends what the spool holds, keeping up to [`WINDOW`] publishes unacknowledged,
-/// until caught up; the count sent. The acknowledged position is saved as acks come
-/// (at most every 50 ms, and at the end).
+/// until caught up; the count sent. Each refill takes the first lane (priority)
+/// before the next. The acknowledged positions are saved as acks come (at most
+/// every 50 ms, and at the end).
 async fn pump(
     ctx: &jetstream::Context,
-    reader: &mut Reader,
+    readers: &mut [Reader; 2],
     shared: &Shared,
     status: &Status,
 ) -> Result<u64, String> {
-    let mut inflight: VecDeque<(PublishAckFuture, Pos)> = VecDeque::new();
-    let mut acked: Option<Pos> = None;
+    let mut inflight: VecDeque<(PublishAckFuture, usize, Pos)> = VecDeque::new();
+    let mut acked: [Option<Pos>; 2] = [None; 2];
     let mut saved = Instant::now();
     let mut sent = 0;
-    let save = |p: Option<Pos>| {
-        if let Some(p) = p
-            && let Err(e) = shared.ack(p)
-        {
-            tracing::error!("NATS spool: {e}");
+    let classes = readers.each_ref().map(Reader::class);
+    let save = |acked: &mut [Option<Pos>; 2]| {
+        for (lane, pos) in acked.iter_mut().enumerate() {
+            if let Some(p) = pos.take()
+                && let Err(e) = shared.ack(classes[lane], p)
+            {
+                tracing::error!("NATS spool: {e}");
+            }
         }
     };
     let result = loop {
         let mut refill = Ok(());
         while inflight.len() < WINDOW {
-            match reader.next_record() {
-                Ok(Some((rec, pos))) => {
+            let next = readers.iter_mut().enumerate().find_map(|(lane, r)| {
+                r.next_record().map(|rec| rec.map(|(rec, pos)| (rec, lane, pos))).transpose()
+            });
+            match next {
+                Some(Ok((rec, lane, pos))) => {
                     let msg = PublishMessage::build().payload(rec.payload.into()).message_id(rec.id);
                     match ctx.send_publish(rec.subject, msg).await {
-                        Ok(f) => inflight.push_back((f, pos)),
+                        Ok(f) => inflight.push_back((f, lane, pos)),
                         // Never accepted however often it is sent: drop it, count it (the
                         // sink reports the count as loss), and go on with the rest.
                         Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
@@ -272,8 +279,8 @@ async fn pump(
                                 "NATS: a message larger than the server accepts was dropped: {e}"
                             );
                             shared.dropped.fetch_add(1, Relaxed);
-                            if inflight.is_empty() {
-                                save(Some(pos));
+                            if !inflight.iter().any(|(_, l, _)| *l == lane) {
+                                acked[lane] = Some(pos);
                             }
                         }
                         Err(e) => {
@@ -282,18 +289,18 @@ async fn pump(
                         }
                     }
                 }
-                Ok(None) => break,
+                None => break,
                 // A spool that cannot be read cannot be sent: say so, retry later.
-                Err(e) => {
+                Some(Err(e)) => {
                     refill = Err(e.to_string());
                     break;
                 }
             }
         }
-        let Some((f, pos)) = inflight.pop_front() else { break refill.map(|()| sent) };
+        let Some((f, lane, pos)) = inflight.pop_front() else { break refill.map(|()| sent) };
         match f.await {
             Ok(ack) => {
-                acked = Some(pos);
+                acked[lane] = Some(pos);
                 sent += 1;
                 status.published.fetch_add(1, Relaxed);
                 if ack.duplicate {
@@ -306,11 +313,11 @@ async fn pump(
             break Err(e);
         }
         if saved.elapsed() > Duration::from_millis(50) {
-            save(acked.take());
+            save(&mut acked);
             saved = Instant::now();
         }
     };
-    save(acked);
+    save(&mut acked);
     result
 }
 

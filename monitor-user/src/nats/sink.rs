@@ -39,6 +39,21 @@ pub struct NatsOptions {
     pub sign_key: Option<ed25519_dalek::SigningKey>,
 }
 
+/// The spool lane of an event of `kind`: what happened to a task and to the record
+/// itself is sent ahead of bulk events and keeps room under pressure.
+pub fn class_of(kind: Kind) -> Class {
+    match kind {
+        Kind::Loss
+        | Kind::TaskStart
+        | Kind::TaskEnd
+        | Kind::Action
+        | Kind::ApprovalRequest
+        | Kind::Approval
+        | Kind::Rules => Class::Priority,
+        _ => Class::Bulk,
+    }
+}
+
 pub struct NatsSink {
     spool: Writer,
     subjects: Subjects,
@@ -241,17 +256,7 @@ impl NatsSink {
     /// copy); whether the event itself found room in the spool.
     fn record(&mut self, ev: &Event) -> Result<bool, SinkError> {
         let id = ev.id.to_string();
-        // What happened to a task and to the record itself keeps room under pressure.
-        let class = match ev.kind {
-            Kind::Loss
-            | Kind::TaskStart
-            | Kind::TaskEnd
-            | Kind::Action
-            | Kind::ApprovalRequest
-            | Kind::Approval
-            | Kind::Rules => Class::Priority,
-            _ => Class::Bulk,
-        };
+        let class = class_of(ev.kind);
         self.line.clear();
         crate::jsonw::write_event(&mut self.line, ev);
         let line = std::mem::take(&mut self.line);

@@ -1,11 +1,16 @@
 //! The on-disk spool: every message for NATS is appended here first and the
-//! publisher sends from it in order, advancing an acknowledged position. A broker
+//! publisher sends from it, advancing an acknowledged position. It has two lanes,
+//! each in order: priority records (what happened to a task and to the stream:
+//! loss, task start and end, kill, revoke, action, approval) and bulk events; the
+//! publisher sends every priority record before the next bulk one, so a kill or
+//! revoke is never queued behind a backlog of events. A broker
 //! outage therefore only makes the spool longer; a restart resumes from the last
 //! acknowledged message (redelivered ones are dropped by the stream's `Nats-Msg-Id`
 //! dedupe). The spool is bounded: a message that does not fit is counted, never
 //! silently dropped (the sink turns the count into a `loss` event).
 //!
-//! Layout: a directory of segment files `<16 digits>.seg`, each a sequence of
+//! Layout: per lane a directory of segment files `<16 digits>.seg` (bulk in the
+//! spool directory itself, priority in its `priority/`), each a sequence of
 //! records `[u32 len][u16 subject len][subject][u16 id len][id][payload]` (len
 //! counts what follows it, little-endian), and `acked` holding `<segment> <offset>`.
 //! The writer always starts a new segment, so an older segment is final and a torn
@@ -44,31 +49,64 @@ pub struct Pos {
     pub off: u64,
 }
 
+/// Which lane a record takes: priority records are sent first, and may use the
+/// spool's reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Bulk,
+    Priority,
+}
+
+impl Class {
+    /// In the order the publisher takes them.
+    pub const ALL: [Class; 2] = [Class::Priority, Class::Bulk];
+
+    fn lane(self) -> usize {
+        self as usize
+    }
+}
+
+/// One lane's positions.
+#[derive(Debug)]
+struct Lane {
+    dir: PathBuf,
+    /// How far the writer has written whole records to the file.
+    flushed: Mutex<Pos>,
+    /// How far the broker has acknowledged.
+    acked: Mutex<Pos>,
+}
+
 /// What the writer and the publisher share.
 #[derive(Debug)]
 pub struct Shared {
     pub dir: PathBuf,
     pub max_bytes: u64,
-    /// Bytes in segments not yet deleted.
+    /// Bytes in segments not yet deleted, both lanes.
     pub bytes: AtomicU64,
     /// Messages refused because the spool was full (since start).
     pub dropped: AtomicU64,
     /// Records found torn in old segments (a crash mid-write).
     pub torn: AtomicU64,
-    /// How far the writer has written whole records to the file.
-    pub flushed: Mutex<Pos>,
-    /// How far the broker has acknowledged.
-    pub acked: Mutex<Pos>,
+    lanes: [Lane; 2],
     pub wake: tokio::sync::Notify,
 }
 
 impl Shared {
-    pub fn flushed(&self) -> Pos {
-        *self.flushed.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn flushed(&self, c: Class) -> Pos {
+        *self.lanes[c.lane()].flushed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn acked(&self) -> Pos {
-        *self.acked.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn acked(&self, c: Class) -> Pos {
+        *self.lanes[c.lane()].acked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_flushed(&self, c: Class, pos: Pos) {
+        *self.lanes[c.lane()].flushed.lock().unwrap_or_else(|e| e.into_inner()) = pos;
+    }
+
+    /// Everything written has been acknowledged.
+    pub fn caught_up(&self) -> bool {
+        Class::ALL.iter().all(|&c| self.acked(c) >= self.flushed(c))
     }
 
     /// Bytes written but not yet acknowledged (approximately: whole segments count
@@ -77,43 +115,37 @@ impl Shared {
         self.bytes.load(Relaxed)
     }
 
-    fn seg_path(&self, seg: u64) -> PathBuf {
-        self.dir.join(format!("{seg:016}.seg"))
+    fn seg_path(&self, c: Class, seg: u64) -> PathBuf {
+        self.lanes[c.lane()].dir.join(format!("{seg:016}.seg"))
     }
 
-    /// Records the broker's acknowledgement up to `pos`, deleting the segments
-    /// before it, and persists it.
-    pub fn ack(&self, pos: Pos) -> Result<(), SpoolError> {
+    /// Records the broker's acknowledgement of lane `c` up to `pos`, deleting the
+    /// segments before it, and persists it.
+    pub fn ack(&self, c: Class, pos: Pos) -> Result<(), SpoolError> {
         let prev = {
-            let mut a = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+            let mut a = self.lanes[c.lane()].acked.lock().unwrap_or_else(|e| e.into_inner());
             if pos <= *a {
                 return Ok(());
             }
             std::mem::replace(&mut *a, pos)
         };
         for seg in prev.seg..pos.seg {
-            let p = self.seg_path(seg);
+            let p = self.seg_path(c, seg);
             if let Ok(m) = fs::metadata(&p) {
                 self.bytes.fetch_sub(m.len().min(self.bytes.load(Relaxed)), Relaxed);
                 fs::remove_file(&p).map_err(io_err(&p))?;
             }
         }
-        self.persist_ack(pos)
+        self.persist_ack(c, pos)
     }
 
-    fn persist_ack(&self, pos: Pos) -> Result<(), SpoolError> {
-        let tmp = self.dir.join("acked.tmp");
+    fn persist_ack(&self, c: Class, pos: Pos) -> Result<(), SpoolError> {
+        let dir = &self.lanes[c.lane()].dir;
+        let tmp = dir.join("acked.tmp");
         fs::write(&tmp, format!("{} {}\n", pos.seg, pos.off)).map_err(io_err(&tmp))?;
-        let dst = self.dir.join("acked");
+        let dst = dir.join("acked");
         fs::rename(&tmp, &dst).map_err(io_err(&dst))
     }
-}
-
-/// Which records may use the spool's reserve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    Bulk,
-    Priority,
 }
 
 /// The part of a spool of `max_bytes` that only priority records may fill.
@@ -124,9 +156,8 @@ pub fn reserve(max_bytes: u64) -> u64 {
 /// Appends records; owned by the pipeline.
 pub struct Writer {
     shared: Arc<Shared>,
-    seg: u64,
-    len: u64,
-    out: BufWriter<File>,
+    /// Per lane: the segment written, its length, and its file.
+    outs: [(u64, u64, BufWriter<File>); 2],
     /// Held for the writer's life: one agentmon per spool directory.
     _lock: File,
 }
@@ -160,6 +191,29 @@ impl Writer {
     }
 
     fn adopt(dir: PathBuf, lock: File, max_bytes: u64) -> Result<Self, SpoolError> {
+        let priority = dir.join("priority");
+        fs::create_dir_all(&priority).map_err(io_err(&priority))?;
+        let (bulk, bulk_bytes) = Self::adopt_lane(dir.clone())?;
+        let (prio, prio_bytes) = Self::adopt_lane(priority)?;
+        let shared = Arc::new(Shared {
+            max_bytes,
+            bytes: AtomicU64::new(bulk_bytes + prio_bytes),
+            dropped: AtomicU64::new(0),
+            torn: AtomicU64::new(0),
+            lanes: [bulk, prio],
+            wake: tokio::sync::Notify::new(),
+            dir,
+        });
+        let out = |c: Class| -> Result<_, SpoolError> {
+            let seg = shared.flushed(c).seg;
+            Ok((seg, 0, Self::create(&shared, c, seg)?))
+        };
+        let outs = [out(Class::Bulk)?, out(Class::Priority)?];
+        Ok(Self { shared, outs, _lock: lock })
+    }
+
+    /// A lane's positions from what a previous run left in `dir`, and its bytes.
+    fn adopt_lane(dir: PathBuf) -> Result<(Lane, u64), SpoolError> {
         let mut segs = Vec::new();
         let mut bytes = 0;
         for e in fs::read_dir(&dir).map_err(io_err(&dir))? {
@@ -186,22 +240,12 @@ impl Writer {
             _ => acked,
         };
         let seg = segs.last().map(|s| s + 1).unwrap_or(acked.seg).max(acked.seg);
-        let shared = Arc::new(Shared {
-            max_bytes,
-            bytes: AtomicU64::new(bytes),
-            dropped: AtomicU64::new(0),
-            torn: AtomicU64::new(0),
-            flushed: Mutex::new(Pos { seg, off: 0 }),
-            acked: Mutex::new(acked),
-            wake: tokio::sync::Notify::new(),
-            dir,
-        });
-        let out = Self::create(&shared, seg)?;
-        Ok(Self { shared, seg, len: 0, out, _lock: lock })
+        let lane = Lane { dir, flushed: Mutex::new(Pos { seg, off: 0 }), acked: Mutex::new(acked) };
+        Ok((lane, bytes))
     }
 
-    fn create(shared: &Shared, seg: u64) -> Result<BufWriter<File>, SpoolError> {
-        let p = shared.seg_path(seg);
+    fn create(shared: &Shared, c: Class, seg: u64) -> Result<BufWriter<File>, SpoolError> {
+        let p = shared.seg_path(c, seg);
         let f = OpenOptions::new().create(true).append(true).open(&p).map_err(io_err(&p))?;
         Ok(BufWriter::with_capacity(1 << 16, f))
     }
@@ -239,11 +283,13 @@ impl Writer {
         // Space comes back a whole segment at a time: keep segments a fraction of the
         // bound, or a small spool would fill for good.
         let segment = SEGMENT_BYTES.min(self.shared.max_bytes / 4).max(4096);
-        if self.len > 0 && self.len + total > segment {
+        let len = self.outs[class.lane()].1;
+        if len > 0 && len + total > segment {
             self.flush()?;
-            self.roll()?;
+            self.roll(class)?;
         }
-        let p = self.shared.seg_path(self.seg);
+        let (seg, len, out) = &mut self.outs[class.lane()];
+        let p = self.shared.seg_path(class, *seg);
         // One write per record: a write that fails (a full disk) takes none of it, so
         // the segment never holds half a record followed by whole ones.
         let mut rec = Vec::with_capacity(total as usize);
@@ -253,36 +299,39 @@ impl Writer {
         rec.extend_from_slice(&(id.len() as u16).to_le_bytes());
         rec.extend_from_slice(id.as_bytes());
         rec.extend_from_slice(payload);
-        if let Err(e) = self.out.write_all(&rec) {
+        if let Err(e) = out.write_all(&rec) {
             // Only a record larger than the buffer is written past it, and may be
             // torn: nothing may follow it in this segment (the reader skips a torn
             // end of an older segment and counts it).
-            if rec.len() >= self.out.capacity() {
-                self.roll()?;
+            if rec.len() >= out.capacity() {
+                self.roll(class)?;
             }
             return Err(io_err(&p)(e));
         }
-        self.len += total;
+        *len += total;
         self.shared.bytes.fetch_add(total, Relaxed);
         Ok(true)
     }
 
-    /// Starts the next segment.
-    fn roll(&mut self) -> Result<(), SpoolError> {
-        let old = std::mem::replace(&mut self.out, Self::create(&self.shared, self.seg + 1)?);
+    /// Starts lane `c`'s next segment.
+    fn roll(&mut self, c: Class) -> Result<(), SpoolError> {
+        let (seg, len, out) = &mut self.outs[c.lane()];
+        let old = std::mem::replace(out, Self::create(&self.shared, c, *seg + 1)?);
         // What the old buffer still holds goes with it (flushed above when it could be).
         drop(old.into_parts());
-        self.seg += 1;
-        self.len = 0;
-        *self.shared.flushed.lock().unwrap_or_else(|e| e.into_inner()) = Pos { seg: self.seg, off: 0 };
+        *seg += 1;
+        *len = 0;
+        self.shared.set_flushed(c, Pos { seg: *seg, off: 0 });
         Ok(())
     }
 
     /// Makes the appended records visible to the publisher and wakes it.
     pub fn flush(&mut self) -> Result<(), SpoolError> {
-        let p = self.shared.seg_path(self.seg);
-        self.out.flush().map_err(io_err(&p))?;
-        *self.shared.flushed.lock().unwrap_or_else(|e| e.into_inner()) = Pos { seg: self.seg, off: self.len };
+        for c in Class::ALL {
+            let (seg, len, out) = &mut self.outs[c.lane()];
+            out.flush().map_err(io_err(&self.shared.seg_path(c, *seg)))?;
+            self.shared.set_flushed(c, Pos { seg: *seg, off: *len });
+        }
         self.shared.wake.notify_one();
         Ok(())
     }
@@ -290,27 +339,35 @@ impl Writer {
     /// Flushes and makes the records durable (at exit).
     pub fn sync(&mut self) -> Result<(), SpoolError> {
         self.flush()?;
-        let p = self.shared.seg_path(self.seg);
-        self.out.get_ref().sync_data().map_err(io_err(&p))
+        for c in Class::ALL {
+            let (seg, _, out) = &self.outs[c.lane()];
+            out.get_ref().sync_data().map_err(io_err(&self.shared.seg_path(c, *seg)))?;
+        }
+        Ok(())
     }
 }
 
-/// Reads records in order from a position; owned by the publisher.
+/// Reads one lane's records in order from a position; owned by the publisher.
 pub struct Reader {
     shared: Arc<Shared>,
+    class: Class,
     pos: Pos,
     file: Option<(u64, File)>,
 }
 
 impl Reader {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        let pos = shared.acked();
-        Self { shared, pos, file: None }
+    pub fn new(shared: Arc<Shared>, class: Class) -> Self {
+        let pos = shared.acked(class);
+        Self { shared, class, pos, file: None }
+    }
+
+    pub fn class(&self) -> Class {
+        self.class
     }
 
     /// Goes back to the acknowledged position (after a failed publish).
     pub fn rewind(&mut self) {
-        self.pos = self.shared.acked();
+        self.pos = self.shared.acked(self.class);
         self.file = None;
     }
 
@@ -321,11 +378,11 @@ impl Reader {
     /// The next whole record and the position after it, or None when caught up.
     pub fn next_record(&mut self) -> Result<Option<(Record, Pos)>, SpoolError> {
         loop {
-            let flushed = self.shared.flushed();
+            let flushed = self.shared.flushed(self.class);
             if self.pos >= flushed {
                 return Ok(None);
             }
-            let path = self.shared.seg_path(self.pos.seg);
+            let path = self.shared.seg_path(self.class, self.pos.seg);
             if self.file.as_ref().is_none_or(|(s, _)| *s != self.pos.seg) {
                 match File::open(&path) {
                     Ok(f) => self.file = Some((self.pos.seg, f)),
@@ -402,7 +459,7 @@ mod tests {
         for i in 0..10 {
             assert!(w.append("a.b", &format!("id{i}"), format!("payload {i}").as_bytes()).unwrap());
         }
-        let mut r = Reader::new(w.shared());
+        let mut r = Reader::new(w.shared(), Class::Bulk);
         assert!(r.next_record().unwrap().is_none(), "nothing is read before a flush");
         w.flush().unwrap();
         let got = drain(&mut r);
@@ -412,7 +469,7 @@ mod tests {
         );
         assert_eq!(got[3].0.payload, b"payload 3");
         // Acknowledged up to the 4th; a failed publish goes back there.
-        w.shared().ack(got[3].1).unwrap();
+        w.shared().ack(Class::Bulk, got[3].1).unwrap();
         r.rewind();
         assert_eq!(r.next_record().unwrap().unwrap().0.id, "id4");
         w.sync().unwrap();
@@ -422,7 +479,7 @@ mod tests {
         let mut w = Writer::open(dir.path(), 1 << 20).unwrap();
         w.append("a.b", "id10", b"x").unwrap();
         w.flush().unwrap();
-        let mut r = Reader::new(w.shared());
+        let mut r = Reader::new(w.shared(), Class::Bulk);
         let ids: Vec<String> = drain(&mut r).into_iter().map(|(r, _)| r.id).collect();
         assert_eq!(ids, (4..11).map(|i| format!("id{i}")).collect::<Vec<_>>());
         // A second agentmon gets a directory of its own.
@@ -445,12 +502,12 @@ mod tests {
         }
         w.flush().unwrap();
         let shared = w.shared();
-        let mut r = Reader::new(shared.clone());
+        let mut r = Reader::new(shared.clone(), Class::Bulk);
         let got = drain(&mut r);
         assert_eq!(got.len(), 20);
         assert!(got.last().unwrap().1.seg >= 2, "rolled over into new segments");
         let before = shared.depth();
-        shared.ack(got.last().unwrap().1).unwrap();
+        shared.ack(Class::Bulk, got.last().unwrap().1).unwrap();
         assert!(shared.depth() < before / 2, "acknowledged segments are gone");
         let segs = fs::read_dir(&shared.dir)
             .unwrap()
@@ -471,9 +528,57 @@ mod tests {
         let mut w = Writer::open(dir2.path(), 1 << 20).unwrap();
         w.append("s", "after", b"3").unwrap();
         w.flush().unwrap();
-        let mut r = Reader::new(w.shared());
+        let mut r = Reader::new(w.shared(), Class::Bulk);
         let ids: Vec<String> = drain(&mut r).into_iter().map(|(r, _)| r.id).collect();
         assert_eq!(ids, ["whole", "after"]);
         assert_eq!(w.shared().torn.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn priority_records_have_a_lane_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..5 {
+            w.append("bulk", &format!("b{i}"), b"event").unwrap();
+            if i % 2 == 0 {
+                w.append_as(Class::Priority, "prio", &format!("p{i}"), b"record").unwrap();
+            }
+        }
+        w.flush().unwrap();
+        let shared = w.shared();
+        let ids =
+            |c| drain(&mut Reader::new(shared.clone(), c)).into_iter().map(|(r, _)| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(Class::Priority), ["p0", "p2", "p4"]);
+        assert_eq!(ids(Class::Bulk), ["b0", "b1", "b2", "b3", "b4"]);
+        assert!(!shared.caught_up());
+        // Each lane is acknowledged on its own; the spool is caught up when both are.
+        let last = |c| drain(&mut Reader::new(shared.clone(), c)).last().unwrap().1;
+        shared.ack(Class::Priority, last(Class::Priority)).unwrap();
+        assert!(!shared.caught_up());
+        assert_eq!(ids(Class::Priority), Vec::<String>::new());
+        w.append_as(Class::Priority, "prio", "p5", b"record").unwrap();
+        w.sync().unwrap();
+        drop(w);
+        // Adopted after a restart: each lane from its own acknowledged position, and
+        // the bytes of both count against the one bound.
+        let w = Writer::open(dir.path(), 1 << 20).unwrap();
+        let shared = w.shared();
+        let ids =
+            |c| drain(&mut Reader::new(shared.clone(), c)).into_iter().map(|(r, _)| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(Class::Priority), ["p5"]);
+        assert_eq!(ids(Class::Bulk), ["b0", "b1", "b2", "b3", "b4"]);
+        let on_disk: u64 = ["", "priority"]
+            .iter()
+            .flat_map(|d| fs::read_dir(shared.dir.join(d)).unwrap())
+            .map(|e| e.unwrap())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum();
+        assert_eq!(shared.depth(), on_disk);
+        // The reserve is the priority lane's alone: bulk stops short of it.
+        let mut small = Writer::open(&dir.path().join("small"), 800).unwrap();
+        while small.append("s", "b", &[0; 80]).unwrap() {}
+        assert!(small.shared().depth() <= 800 - reserve(800));
+        assert!(small.append_as(Class::Priority, "s", "p", &[0; 80]).unwrap());
     }
 }

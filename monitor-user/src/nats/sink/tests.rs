@@ -69,11 +69,7 @@ fn task_records_and_loss_survive_a_full_spool() {
     f.flush();
     assert_eq!(shared.dropped.load(Relaxed), dropped, "a task record was dropped");
     let subjects = Subjects::new("h");
-    let mut r = crate::nats::spool::Reader::new(shared.clone());
-    let mut records = Vec::new();
-    while let Some((rec, _)) = r.next_record().unwrap() {
-        records.push(rec);
-    }
+    let records = spooled_records(&shared);
     assert!(records.iter().any(|r| r.id == end.id.to_string()), "no task_end in the spool");
     assert!(records.iter().any(|r| r.subject == subjects.revoke()), "no revoke in the spool");
     let losses: Vec<Event> = records
@@ -84,6 +80,18 @@ fn task_records_and_loss_survive_a_full_spool() {
     assert_eq!(losses.len(), 1);
     assert_eq!(losses[0].lost.as_ref().unwrap()["nats_spool"], dropped);
     drop(f);
+}
+
+/// What the spool holds, each lane in order, priority first (as it is sent).
+fn spooled_records(shared: &Arc<Shared>) -> Vec<crate::nats::spool::Record> {
+    let mut records = Vec::new();
+    for c in Class::ALL {
+        let mut r = crate::nats::spool::Reader::new(shared.clone(), c);
+        while let Some((rec, _)) = r.next_record().unwrap() {
+            records.push(rec);
+        }
+    }
+    records
 }
 
 /// A sink with a signing key, its broker away: what it puts in the spool.
@@ -102,11 +110,7 @@ fn spooled(
         f.send(ev);
     }
     f.flush();
-    let mut r = crate::nats::spool::Reader::new(shared);
-    let mut records = Vec::new();
-    while let Some((rec, _)) = r.next_record().unwrap() {
-        records.push(rec);
-    }
+    let records = spooled_records(&shared);
     drop(f);
     (records, public)
 }
