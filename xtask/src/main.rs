@@ -6,6 +6,7 @@ mod enforce;
 mod floor;
 mod hooks;
 mod natsbench;
+mod natscluster;
 mod peers;
 mod pipeline;
 mod soak;

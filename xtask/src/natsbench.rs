@@ -1,9 +1,12 @@
 //! `cargo xtask bench-nats`: NATS delivery. (1) Sustained acknowledged publish
 //! throughput of agentmon's publisher: a spool filled with real-sized events sent to
-//! a local nats-server with JetStream, until the last one is acknowledged. (2)
-//! End-to-end latency: a workload writes a file every 10 ms under `agentmon exec
-//! --nats`; a subscriber takes each event off NATS and compares its arrival with the
-//! event's `ts` (the syscall's time in the kernel).
+//! a local nats-server with JetStream, until the last one is acknowledged, with the
+//! CPU each side spent per message; beside it, in the same run, the pipeline's rate
+//! (the publisher should keep up with it). (2) The same across a node kill of a
+//! 3-node cluster (natscluster.rs): nothing lost, nothing twice. (3) End-to-end
+//! latency: a workload writes a file every 10 ms under `agentmon exec --nats`; a
+//! subscriber takes each event off NATS and compares its arrival with the event's
+//! `ts` (the syscall's time in the kernel); `--samples 0` leaves it out.
 
 use std::{
     path::Path,
@@ -14,7 +17,11 @@ use std::{
 
 use agentmon::{
     event::{Event, Kind, Timestamp},
-    nats::{NatsArgs, Subjects, publish::Publisher, spool::Writer},
+    nats::{
+        NatsArgs, Subjects,
+        publish::Publisher,
+        spool::{Shared, Writer},
+    },
 };
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
@@ -81,17 +88,37 @@ fn sample() -> Vec<u8> {
     v
 }
 
-fn throughput(url: &str, dir: &Path, n: u64) -> anyhow::Result<(f64, usize)> {
-    let subjects = Subjects::new("bench-tput");
-    let mut w = Writer::open(&dir.join("spool"), 64 << 30)?;
+/// A spool at `dir` holding `n` real-sized events for `subjects`' host, and their ids.
+pub(crate) fn filled(dir: &Path, subjects: &Subjects, n: u64) -> anyhow::Result<(Arc<Shared>, Vec<String>)> {
+    let mut w = Writer::open(dir, 64 << 30)?;
     let payload = sample();
     let subject = subjects.events(Some("fix-bug-123"));
+    let mut ids = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        w.append(&subject, &uuid::Uuid::now_v7().to_string(), &payload)?;
+        let id = uuid::Uuid::now_v7().to_string();
+        w.append(&subject, &id, &payload)?;
+        ids.push(id);
     }
     w.flush()?;
-    let shared = w.shared();
+    // The writer's lock goes with it: the publisher only reads.
+    Ok((w.shared(), ids))
+}
+
+/// The throughput run's figures.
+struct Throughput {
+    rate: f64,
+    size: usize,
+    /// CPU time per message of the publishing process and of the server.
+    publisher_us: f64,
+    server_us: f64,
+}
+
+fn throughput(url: &str, server_pid: u32, dir: &Path, n: u64) -> anyhow::Result<Throughput> {
+    let subjects = Subjects::new("bench-tput");
+    let (shared, _) = filled(&dir.join("spool"), &subjects, n)?;
     let args = NatsArgs { nats: Some(url.into()), ..Default::default() };
+    let server = server_pid.to_string();
+    let (me0, srv0) = (cpu_secs("self"), cpu_secs(&server));
     let start = Instant::now();
     let mut p = Publisher::start(args, subjects, shared.clone())?;
     while !shared.caught_up() {
@@ -100,9 +127,11 @@ fn throughput(url: &str, dir: &Path, n: u64) -> anyhow::Result<(f64, usize)> {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    let secs = start.elapsed().as_secs_f64();
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let per = |secs: f64| secs * 1e6 / n as f64;
+    let (publisher_us, server_us) = (per(cpu_secs("self") - me0), per(cpu_secs(&server) - srv0));
     p.close(Duration::from_secs(5));
-    Ok((n as f64 / secs, payload.len()))
+    Ok(Throughput { rate, size: sample().len(), publisher_us, server_us })
 }
 
 fn latency(url: &str, dir: &Path, samples: u64) -> anyhow::Result<Vec<f64>> {
@@ -142,6 +171,18 @@ fn latency(url: &str, dir: &Path, samples: u64) -> anyhow::Result<Vec<f64>> {
     Ok(lat)
 }
 
+/// User and system CPU time of process `pid` ("self" for this one), in seconds.
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<f64> = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r.split(' ').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default();
+    // utime and stime (fields 14 and 15): 10 and 11 counted from ppid (the state
+    // letter before it is no number), in clock ticks of 1/100 s.
+    f.get(10..12).map(|t| (t[0] + t[1]) / 100.0).unwrap_or(0.0)
+}
+
 fn pct(v: &[f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -151,25 +192,58 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         bail!("the latency run loads the kernel programs: run as root");
     }
     let tmp = tempfile::tempdir()?;
-    let (_srv, url) = server(tmp.path())?;
+    let (srv, url) = server(tmp.path())?;
     eprintln!("throughput: {} events through the spool to JetStream", o.events);
-    let (rate, size) = throughput(&url, tmp.path(), o.events)?;
-    eprintln!("latency: {} events, one every 10 ms", o.samples);
-    let mut lat = latency(&url, tmp.path(), o.samples)?;
-    lat.sort_by(|a, b| a.total_cmp(b));
+    let t = throughput(&url, srv.0.id(), tmp.path(), o.events)?;
+    eprintln!("pipeline: 1000000 records through decode, enrichment, policy and JSON");
+    let pipeline = crate::pipeline::events_per_sec(1_000_000)?;
+    eprintln!("failover: {} events to a 3-node cluster, the connected node killed", o.events);
+    let f = crate::natscluster::failover(tmp.path(), o.events)?;
     println!("### NATS delivery (nats-server {}, JetStream file store, loopback)\n", server_version());
     println!(
-        "- acknowledged publish throughput from the spool: {rate:.0} events/s ({} events of {size} bytes, \
-         256 in flight)",
-        o.events
+        "- acknowledged publish throughput from the spool: {:.0} events/s ({} events of {} bytes, {} in \
+         flight); CPU per message: publisher {:.1} µs, server {:.1} µs",
+        t.rate,
+        o.events,
+        t.size,
+        agentmon::nats::publish::WINDOW,
+        t.publisher_us,
+        t.server_us
     );
     println!(
-        "- syscall → delivered on NATS ({} events): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        lat.len(),
-        pct(&lat, 0.5),
-        pct(&lat, 0.99),
-        lat[lat.len() - 1]
+        "- the kernel-to-JSON pipeline in the same run: {pipeline:.0} events/s; publish / pipeline = {:.2}",
+        t.rate / pipeline
     );
+    println!(
+        "- failover (3 nodes, R3 stream): {:.0} events/s until the publisher's node was killed (at {} \
+         acknowledged), the next ack {:.2} s after the kill, {:.0} events/s overall; in the stream {} \
+         messages, {} distinct ids, {} of {} missing; {} resent and dropped as duplicates by the stream",
+        f.before,
+        f.killed_at,
+        f.stall.as_secs_f64(),
+        f.rate,
+        f.stored,
+        f.distinct,
+        f.missing,
+        o.events,
+        f.resent
+    );
+    let failed = f.missing > 0 || f.stored != f.distinct;
+    if o.samples > 0 {
+        eprintln!("latency: {} events, one every 10 ms", o.samples);
+        let mut lat = latency(&url, tmp.path(), o.samples)?;
+        lat.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "- syscall → delivered on NATS ({} events): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            lat.len(),
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            lat[lat.len() - 1]
+        );
+    }
+    if failed {
+        bail!("the failover lost or duplicated messages");
+    }
     Ok(())
 }
 

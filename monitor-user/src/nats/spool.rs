@@ -18,8 +18,8 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, BufWriter, Read, Seek, SeekFrom, Write},
-    os::fd::AsRawFd,
+    io::{self, BufWriter, Write},
+    os::{fd::AsRawFd, unix::fs::FileExt},
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -352,7 +352,57 @@ pub struct Reader {
     shared: Arc<Shared>,
     class: Class,
     pos: Pos,
-    file: Option<(u64, File)>,
+    file: Option<Segment>,
+}
+
+/// Bytes read from a segment at a time: one read for many records.
+const CHUNK: u64 = 256 << 10;
+
+/// An open segment, and what was last read of it.
+struct Segment {
+    seg: u64,
+    file: File,
+    /// Its length, once it is final (older than the writer's).
+    len: Option<u64>,
+    /// The segment's bytes from offset `at`.
+    at: u64,
+    buf: Vec<u8>,
+}
+
+impl Segment {
+    /// Its bytes `[off, off + n)`, if they are all before `end` (reading ahead up to
+    /// `end`: what is before it never changes).
+    fn bytes(&mut self, off: u64, n: u64, end: u64) -> io::Result<Option<&[u8]>> {
+        if off + n > end {
+            return Ok(None);
+        }
+        if off < self.at || off + n > self.at + self.buf.len() as u64 {
+            self.buf.resize(n.max(CHUNK).min(end - off) as usize, 0);
+            self.file.read_exact_at(&mut self.buf, off)?;
+            self.at = off;
+        }
+        let from = (off - self.at) as usize;
+        Ok(Some(&self.buf[from..from + n as usize]))
+    }
+
+    /// The record at `off` and the offset after it, if it is whole before `end`.
+    fn record(&mut self, off: u64, end: u64) -> io::Result<Option<(Record, u64)>> {
+        let Some(len) = self.bytes(off, 4, end)? else { return Ok(None) };
+        let body = u32::from_le_bytes(len.try_into().expect("4 bytes")) as u64;
+        if body < 4 {
+            return Ok(None);
+        }
+        let Some(buf) = self.bytes(off + 4, body, end)? else { return Ok(None) };
+        let parse = || -> Option<Record> {
+            let sl = u16::from_le_bytes(buf.get(0..2)?.try_into().ok()?) as usize;
+            let subject = std::str::from_utf8(buf.get(2..2 + sl)?).ok()?.to_string();
+            let i = 2 + sl;
+            let il = u16::from_le_bytes(buf.get(i..i + 2)?.try_into().ok()?) as usize;
+            let id = std::str::from_utf8(buf.get(i + 2..i + 2 + il)?).ok()?.to_string();
+            Some(Record { subject, id, payload: buf.get(i + 2 + il..)?.to_vec() })
+        };
+        Ok(parse().map(|r| (r, off + 4 + body)))
+    }
 }
 
 impl Reader {
@@ -383,9 +433,12 @@ impl Reader {
                 return Ok(None);
             }
             let path = self.shared.seg_path(self.class, self.pos.seg);
-            if self.file.as_ref().is_none_or(|(s, _)| *s != self.pos.seg) {
+            if self.file.as_ref().is_none_or(|f| f.seg != self.pos.seg) {
                 match File::open(&path) {
-                    Ok(f) => self.file = Some((self.pos.seg, f)),
+                    Ok(file) => {
+                        self.file =
+                            Some(Segment { seg: self.pos.seg, file, len: None, at: 0, buf: Vec::new() })
+                    }
                     // A segment deleted or never written: go on to the next one.
                     Err(e) if e.kind() == io::ErrorKind::NotFound && self.pos.seg < flushed.seg => {
                         self.pos = Pos { seg: self.pos.seg + 1, off: 0 };
@@ -394,14 +447,14 @@ impl Reader {
                     Err(e) => return Err(io_err(&path)(e)),
                 }
             }
-            let (_, f) = self.file.as_mut().expect("opened above");
+            let f = self.file.as_mut().expect("opened above");
             // The writer's current segment is readable up to `flushed`; older ones whole.
-            let end = if self.pos.seg == flushed.seg {
-                flushed.off
-            } else {
-                f.metadata().map_err(io_err(&path))?.len()
+            let end = match f.len {
+                Some(len) => len,
+                None if self.pos.seg == flushed.seg => flushed.off,
+                None => *f.len.insert(f.file.metadata().map_err(io_err(&path))?.len()),
             };
-            match read_record(f, self.pos.off, end).map_err(io_err(&path))? {
+            match f.record(self.pos.off, end).map_err(io_err(&path))? {
                 Some((rec, next)) => {
                     let at = Pos { seg: self.pos.seg, off: next };
                     self.pos = at;
@@ -417,31 +470,6 @@ impl Reader {
             }
         }
     }
-}
-
-/// The record at `off` if it is whole before `end`.
-fn read_record(f: &mut File, off: u64, end: u64) -> io::Result<Option<(Record, u64)>> {
-    if off + 4 > end {
-        return Ok(None);
-    }
-    f.seek(SeekFrom::Start(off))?;
-    let mut len = [0u8; 4];
-    f.read_exact(&mut len)?;
-    let body = u32::from_le_bytes(len) as u64;
-    if off + 4 + body > end || body < 4 {
-        return Ok(None);
-    }
-    let mut buf = vec![0u8; body as usize];
-    f.read_exact(&mut buf)?;
-    let parse = || -> Option<Record> {
-        let sl = u16::from_le_bytes(buf.get(0..2)?.try_into().ok()?) as usize;
-        let subject = std::str::from_utf8(buf.get(2..2 + sl)?).ok()?.to_string();
-        let i = 2 + sl;
-        let il = u16::from_le_bytes(buf.get(i..i + 2)?.try_into().ok()?) as usize;
-        let id = std::str::from_utf8(buf.get(i + 2..i + 2 + il)?).ok()?.to_string();
-        Some(Record { subject, id, payload: buf.get(i + 2 + il..)?.to_vec() })
-    };
-    Ok(parse().map(|r| (r, off + 4 + body)))
 }
 
 #[cfg(test)]
