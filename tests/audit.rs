@@ -211,3 +211,57 @@ pub fn audit_chain_counts_what_a_full_disk_dropped() -> R {
     let _ = nix::mount::umount(&disk);
     Ok(r?)
 }
+
+/// An agent that reads agentmon's private key can sign as agentmon (audit records,
+/// revokes, kill signals): agentmon cannot stop an observed task from reading it,
+/// but it must say so at once, whatever the sensitive patterns (the key here has no
+/// `.key` to match `**/*.key`). A file of the same name elsewhere is nothing. Before,
+/// the read was not an event at all.
+pub fn reading_agentmons_key_is_tampering() -> R {
+    let d = workdir("audit-key-read");
+    let task = d.join("task.yaml");
+    std::fs::write(
+        &task,
+        format!("id: keyread\nmode: execute\nscope:\n  write: [\"{}/out/**\"]\n", d.display()),
+    )
+    .map_err(|e| e.to_string())?;
+    let (chain, key, decoy) = (d.join("audit.jsonl"), d.join("keys/signing"), d.join("other/signing"));
+    std::fs::create_dir_all(d.join("other")).map_err(|e| e.to_string())?;
+    std::fs::write(&decoy, "not a key").map_err(|e| e.to_string())?;
+    let flags = [
+        "--task",
+        task.to_str().unwrap(),
+        "--audit",
+        chain.to_str().unwrap(),
+        "--audit-key",
+        key.to_str().unwrap(),
+    ];
+    let script = format!("cat {} {} > /dev/null", key.display(), decoy.display());
+    let cmd = ["/bin/sh".to_string(), "-c".into(), script];
+    let run = run_agentmon_with(&flags, &cmd, &[], &d)?;
+    eq("exit code", run.code, 0)?;
+    let key_path = key.display().to_string();
+    let tampers: Vec<&Event> = run.of(Kind::Tamper);
+    eq(
+        "tamper records (path, task, attempt)",
+        tampers
+            .iter()
+            .map(|e| {
+                (
+                    e.path.clone(),
+                    e.task.as_deref().map(String::from),
+                    e.detail["attempt"].as_str().map(String::from),
+                )
+            })
+            .collect::<Vec<_>>(),
+        vec![(Some(key_path.clone()), Some("keyread".into()), Some("agentmon's private key read".into()))],
+    )?;
+    ensure(run.alerts.iter().any(|a| a.event.id == tampers[0].id && a.severity == "high"), || {
+        format!("no high alert for the key's read: {:?}", run.alerts)
+    })?;
+    let decoy_path = decoy.display().to_string();
+    ensure(!run.events.iter().any(|e| e.path.as_deref() == Some(decoy_path.as_str())), || {
+        "the read of a file of the same name was reported".into()
+    })?;
+    Ok(())
+}

@@ -98,6 +98,7 @@ fn main() {
         ("nats_token_nkey_tls", nats::nats_token_nkey_tls),
         ("audit_chain_and_replay", audit::audit_chain_and_replay),
         ("audit_chain_counts_what_a_full_disk_dropped", audit::audit_chain_counts_what_a_full_disk_dropped),
+        ("reading_agentmons_key_is_tampering", audit::reading_agentmons_key_is_tampering),
         ("daemon_serves_concurrent_tasks", daemon::daemon_serves_concurrent_tasks),
         ("daemon_restart_resumes_tasks", daemon::daemon_restart_resumes_tasks),
         ("daemon_kill9_restart_reports_the_gap", daemon::daemon_kill9_restart_reports_the_gap),

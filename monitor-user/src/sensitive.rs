@@ -61,6 +61,10 @@ pub struct SensitiveSet {
     pub hashes: Vec<u64>,
     /// Distinct prefix lengths (0 = unused), for the CONFIG global.
     pub prefix_lens: [u8; MAX_PREFIX_LENS],
+    /// agentmon's own private keys (canonical paths): read, they forge what agentmon
+    /// signs. Always reported, whatever the patterns; not in the kernel's exact
+    /// matcher (a path may be deeper than it takes).
+    secrets: Vec<String>,
 }
 
 fn has_meta(s: &str) -> bool {
@@ -171,7 +175,28 @@ impl SensitiveSet {
             globs,
             hashes,
             prefix_lens,
+            secrets: Vec::new(),
         })
+    }
+
+    /// The set, also reporting reads of `secrets` (absolute paths): the kernel's
+    /// prefilter takes their file names, userspace their whole paths.
+    pub fn with_secrets(mut self, secrets: &[std::path::PathBuf]) -> Self {
+        for p in secrets {
+            let Some(name) = p.file_name() else { continue };
+            self.hashes.push(hash::fnv(hash::SEED_EXACT, name.as_encoded_bytes()));
+            self.secrets.push(p.to_string_lossy().into_owned());
+        }
+        self.hashes.sort_unstable();
+        self.hashes.dedup();
+        self.secrets.sort();
+        self.secrets.dedup();
+        self
+    }
+
+    /// Is `path` (resolved, absolute) one of agentmon's private keys?
+    pub fn is_secret(&self, path: &str) -> bool {
+        self.secrets.binary_search_by(|s| s.as_str().cmp(path)).is_ok()
     }
 
     pub fn default_set() -> Self {
@@ -208,7 +233,7 @@ impl SensitiveSet {
 
     /// Does the resolved absolute `path` match a pattern?
     pub fn matches(&self, path: &str) -> bool {
-        self.globs.is_match(path)
+        self.globs.is_match(path) || self.is_secret(path)
     }
 
     /// The kernel prefilter, computed as the kernel does (for tests).
@@ -232,6 +257,20 @@ impl SensitiveSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agentmons_keys_are_reported_by_whole_path() {
+        let set = SensitiveSet::new(&["/etc/shadow"])
+            .unwrap()
+            .with_secrets(&["/var/lib/agentmon/signing".into(), "/etc/agentmon/nats.nk".into()]);
+        // The kernel reports every file of the name; userspace keeps the key alone.
+        assert!(set.kernel_prefilter_hit("signing") && set.kernel_prefilter_hit("nats.nk"));
+        assert!(set.matches("/var/lib/agentmon/signing") && set.is_secret("/var/lib/agentmon/signing"));
+        assert!(!set.matches("/home/a/signing") && !set.is_secret("/home/a/signing"));
+        assert!(set.matches("/etc/shadow") && !set.is_secret("/etc/shadow"));
+        // The kernel's exact matcher (refusals on the LSM tier) is the patterns' alone.
+        assert_eq!(set.exact().unwrap().len(), 1);
+    }
 
     #[test]
     fn the_default_set_matches_exactly_in_the_kernel() {

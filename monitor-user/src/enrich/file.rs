@@ -46,6 +46,17 @@ impl Enricher {
                         return Next::Drop;
                     }
                     ev.kind = Kind::SensitiveRead;
+                    if let Some(p) = ev.path.as_deref().filter(|p| self.sensitive.is_secret(p)) {
+                        // With it the agent signs as agentmon: audit records, revokes,
+                        // kill signals. Nothing agentmon does can be trusted after it
+                        // without a new key; the SOC must know at once.
+                        ev.kind = Kind::Tamper;
+                        ev.reason = Some(format!(
+                            "read agentmon's private key {p}: with it records and messages can be forged as \
+                             agentmon's (rotate the key)"
+                        ));
+                        ev.detail.insert(Cow::Borrowed("attempt"), json!("agentmon's private key read"));
+                    }
                 } else if b.pflags & pflags::CREATED != 0 || (h.ret < 0 && flags & O_CREAT != 0) {
                     ev.kind = Kind::FileCreate;
                     ev.mode = Some(octal(b.args[1]));

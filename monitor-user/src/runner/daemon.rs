@@ -96,6 +96,7 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     setup.delegation_lookups = opts.delegation_lookups;
     setup.state = Some(StateDir { dir: opts.state_dir.clone() });
     setup.grant_keys = opts.grant_keys.clone();
+    setup.secrets = opts.outputs.secrets().iter().map(|p| super::setup::canonical(p)).collect();
     if let Some(k) = &opts.grant_keys {
         eprintln!("agentmon daemon: tasks start only with a grant by one of {} keys", k.len());
     }

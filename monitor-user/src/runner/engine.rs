@@ -47,6 +47,8 @@ impl Engine {
         setup: Setup,
     ) -> Result<Self, RunError> {
         let defaults = SensorConfig::default();
+        // Reads of agentmon's private keys are reported whatever the patterns.
+        let sensitive = &sensitive.clone().with_secrets(&setup.secrets);
         let cfg = SensorConfig {
             ringbuf_bytes,
             max_tracked: max_tracked.unwrap_or(defaults.max_tracked),

@@ -127,7 +127,8 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     let rules = load_rules(&opts.rules, &opts.sensitive)?;
     let layers = Layers::probe();
     report_layers(&opts, &layers);
-    let setup = Setup::new(layers, opts.own_files(), opts.approval_timeout);
+    let mut setup = Setup::new(layers, opts.own_files(), opts.approval_timeout);
+    setup.secrets = opts.outputs.secrets().iter().map(|p| super::setup::canonical(p)).collect();
     if let Some((t, _)) = &opts.task {
         // Its events file is among the protected (setup's own files).
         tasks::admissible(t, &setup, rules.as_ref().unwrap_or(&Default::default()), None)?;

@@ -64,6 +64,21 @@ impl Outputs {
         v
     }
 
+    /// agentmon's private keys: reading one is reported as tampering.
+    pub fn secrets(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self.audit.iter().map(|a| a.key.clone()).collect();
+        if let Some(n) = &self.nats {
+            let a = &n.args;
+            v.extend(
+                [&a.nats_sign_key, &a.nats_creds, &a.nats_nkey, &a.nats_tls_key]
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
+        }
+        v
+    }
+
     /// Opens every sink, the JSON lines first.
     pub fn open(&self, lines: JsonLines) -> Result<(Fanout, Option<NatsHandles>), RunError> {
         let mut f = Fanout::new(vec![Box::new(lines)]);

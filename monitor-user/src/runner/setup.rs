@@ -35,6 +35,8 @@ pub struct Setup {
     /// Keys that may grant tasks (`task::grant`): when set, a top-level task starts
     /// only with a grant by one of them.
     pub grant_keys: Option<Vec<ed25519_dalek::VerifyingKey>>,
+    /// agentmon's private keys (canonical): a task that reads one is tampering.
+    pub secrets: Vec<PathBuf>,
 }
 
 /// Directories of agentmon's own, whatever the configuration: its control sockets,
@@ -63,6 +65,7 @@ impl Setup {
             delegation_lookups: super::DELEGATION_LOOKUPS,
             state: None,
             grant_keys: None,
+            secrets: Vec::new(),
         }
     }
 }
