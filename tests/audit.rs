@@ -213,16 +213,28 @@ pub fn audit_chain_counts_what_a_full_disk_dropped() -> R {
 }
 
 /// An agent that reads agentmon's private key can sign as agentmon (audit records,
-/// revokes, kill signals): agentmon cannot stop an observed task from reading it,
-/// but it must say so at once, whatever the sensitive patterns (the key here has no
-/// `.key` to match `**/*.key`). A file of the same name elsewhere is nothing. Before,
-/// the read was not an event at all.
+/// revokes, kill signals). An observed task, and an enforced one on the Landlock
+/// tier (reads are not limited there), can read it: agentmon must say so at once,
+/// whatever the sensitive patterns (the key here has no `.key` to match
+/// `**/*.key`). On the BPF LSM tier an enforced task's read is refused. A file of
+/// the same name elsewhere is nothing. Before, the read was not an event at all,
+/// and on the LSM tier it succeeded.
 pub fn reading_agentmons_key_is_tampering() -> R {
-    let d = workdir("audit-key-read");
+    key_read("observed", false)?;
+    if support::can_enforce() { key_read("enforced", true) } else { Ok(()) }
+}
+
+fn key_read(name: &str, enforce: bool) -> R {
+    let d = workdir(&format!("audit-key-read-{name}"));
     let task = d.join("task.yaml");
+    std::fs::create_dir_all(d.join("out")).map_err(|e| e.to_string())?;
     std::fs::write(
         &task,
-        format!("id: keyread\nmode: execute\nscope:\n  write: [\"{}/out/**\"]\n", d.display()),
+        format!(
+            "id: keyread\nmode: execute\n{}scope:\n  write: [\"{}/out/**\"]\n  exec: [\"/usr/bin/**\"]\n",
+            if enforce { "enforcement: enforce\n" } else { "" },
+            d.display()
+        ),
     )
     .map_err(|e| e.to_string())?;
     let (chain, key, decoy) = (d.join("audit.jsonl"), d.join("keys/signing"), d.join("other/signing"));
@@ -236,14 +248,19 @@ pub fn reading_agentmons_key_is_tampering() -> R {
         "--audit-key",
         key.to_str().unwrap(),
     ];
-    let script = format!("cat {} {} > /dev/null", key.display(), decoy.display());
-    let cmd = ["/bin/sh".to_string(), "-c".into(), script];
+    let script = format!(
+        "/usr/bin/cat {k} > /dev/null; echo $? > {o}; /usr/bin/cat {decoy} > /dev/null",
+        k = key.display(),
+        o = d.join("out/status").display(),
+        decoy = decoy.display()
+    );
+    let cmd = ["/usr/bin/sh".to_string(), "-c".into(), script];
     let run = run_agentmon_with(&flags, &cmd, &[], &d)?;
-    eq("exit code", run.code, 0)?;
+    eq(&format!("{name}: exit code ({})", run.stderr), run.code, 0)?;
     let key_path = key.display().to_string();
     let tampers: Vec<&Event> = run.of(Kind::Tamper);
     eq(
-        "tamper records (path, task, attempt)",
+        &format!("{name}: tamper records (path, task, attempt)"),
         tampers
             .iter()
             .map(|e| {
@@ -257,11 +274,15 @@ pub fn reading_agentmons_key_is_tampering() -> R {
         vec![(Some(key_path.clone()), Some("keyread".into()), Some("agentmon's private key read".into()))],
     )?;
     ensure(run.alerts.iter().any(|a| a.event.id == tampers[0].id && a.severity == "high"), || {
-        format!("no high alert for the key's read: {:?}", run.alerts)
+        format!("{name}: no high alert for the key's read: {:?}", run.alerts)
     })?;
+    let refused = enforce && support::tier() == "bpf-lsm";
+    let status = std::fs::read_to_string(d.join("out/status")).map_err(|e| e.to_string())?;
+    eq(&format!("{name} on the {} tier: the read refused", support::tier()), status.trim() != "0", refused)?;
+    eq(&format!("{name}: the read's error"), tampers[0].error.as_deref(), refused.then_some("EACCES"))?;
     let decoy_path = decoy.display().to_string();
     ensure(!run.events.iter().any(|e| e.path.as_deref() == Some(decoy_path.as_str())), || {
-        "the read of a file of the same name was reported".into()
+        format!("{name}: the read of a file of the same name was reported")
     })?;
     Ok(())
 }

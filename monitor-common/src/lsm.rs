@@ -44,6 +44,9 @@ pub mod right {
     /// Remove this very name (an exact delete pattern); REMOVE on a directory is for
     /// what is beneath it, not the directory itself (as Landlock).
     pub const REMOVE_EXACT: u32 = 1 << 5;
+    /// Under task 0, with PROTECTED: agentmon's private key; never readable by an
+    /// enforced task (with it the task would sign as agentmon).
+    pub const SECRET: u32 = 1 << 6;
 }
 
 /// Flags of [`LsmTask`].

@@ -278,6 +278,11 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             return EACCES;
         }
     }
+    // agentmon's private keys, known by inode (a hard link or bind mount is the same
+    // file): read, they sign as agentmon.
+    if fmode & FMODE_READ != 0 && rights(0, d) & right::SECRET != 0 {
+        return EACCES;
+    }
     0
 }
 

@@ -201,13 +201,15 @@ impl LsmMaps {
         }
     }
 
-    /// Marks agentmon's own files (task 0): no enforced task may change them.
-    pub fn protect(&mut self, keys: &[FsKey]) -> Result<(), LoadError> {
-        for k in keys {
+    /// Marks agentmon's own files (task 0): no enforced task may change them; nor
+    /// read `secrets` (its private keys).
+    pub fn protect(&mut self, keys: &[FsKey], secrets: &[FsKey]) -> Result<(), LoadError> {
+        use monitor_common::lsm::right::{PROTECTED, SECRET};
+        let marks =
+            keys.iter().map(|k| (k, PROTECTED)).chain(secrets.iter().map(|k| (k, PROTECTED | SECRET)));
+        for (k, rights) in marks {
             let k = FsKey { task: 0, ..*k };
-            self.fs_rules
-                .insert(&k, &monitor_common::lsm::right::PROTECTED, 0)
-                .map_err(|e| op("FS_RULES", e))?;
+            self.fs_rules.insert(&k, &rights, 0).map_err(|e| op("FS_RULES", e))?;
             self.own.insert(k);
         }
         Ok(())

@@ -615,8 +615,11 @@ pub(super) fn protect_own(
     maps: &mut crate::kernel::lsm::LsmMaps,
     setup: &Setup,
 ) -> Result<(), crate::kernel::loader::LoadError> {
-    let protected: Vec<_> = setup.protected.iter().filter_map(|p| maps.ident(p, false).ok()).collect();
-    maps.protect(&protected)
+    let mut known =
+        |paths: &[PathBuf]| -> Vec<_> { paths.iter().filter_map(|p| maps.ident(p, false).ok()).collect() };
+    let protected = known(&setup.protected);
+    let secrets = known(&setup.secrets);
+    maps.protect(&protected, &secrets)
 }
 
 /// `pid` and its descendants now (children first found through /proc).
