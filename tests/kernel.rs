@@ -111,6 +111,7 @@ fn main() {
             restart::a_gate_outlives_a_daemon_stopped_before_taking_it,
         ),
         ("a_gate_offer_outlives_its_root", restart::a_gate_offer_outlives_its_root),
+        ("a_task_that_cannot_be_recorded_is_refused", restart::a_task_that_cannot_be_recorded_is_refused),
         ("daemon_restart_keeps_a_sub_tasks_leftovers", daemon::daemon_restart_keeps_a_sub_tasks_leftovers),
         (
             "daemon_signalled_while_loading_stops_cleanly",

@@ -222,3 +222,30 @@ fn state_of(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(") ")?.1.chars().next()
 }
+
+/// A new task the daemon cannot record (its state directory full, or here the
+/// record's temporary file taken by a directory) would be lost at the next restart,
+/// its processes running on unseen: it is refused, and its command never runs.
+/// Before, the failure was a warning and the task ran.
+pub fn a_task_that_cannot_be_recorded_is_refused() -> R {
+    let d = workdir("daemon-unrecorded");
+    let (sock, _) = daemon_paths(&d);
+    let task = d.join("doomed.yaml");
+    std::fs::write(&task, format!("id: doomed\nmode: execute\nscope:\n  write: [\"{}/**\"]\n", d.display()))
+        .map_err(|e| e.to_string())?;
+    let daemon = start_daemon(&d, "")?;
+    std::fs::create_dir_all(d.join("state/.doomed.json.tmp")).map_err(|e| e.to_string())?;
+    let ran = d.join("ran");
+    let out = under_daemon(&sock, &task)
+        .args(["/bin/sh", "-c", &format!("echo ran > {}", ran.display())])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let said = stop(daemon)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eq(&format!("exec exit ({stderr}; the daemon said: {said})"), out.status.code(), Some(125))?;
+    ensure(stderr.contains("cannot be recorded") && stderr.contains("a restart would lose it"), || {
+        format!("the refusal does not say why: {stderr}")
+    })?;
+    ensure(!ran.exists(), || "the refused task's command ran".into())?;
+    Ok(())
+}

@@ -173,15 +173,26 @@ impl StateDir {
         std::fs::read(self.saved(id)).ok().and_then(|b| serde_json::from_slice(&b).ok())
     }
 
-    /// Records a task (bound now), saying so if it cannot: a restart would not
-    /// resume it.
-    pub fn record(&self, s: &Saved) {
-        if let Err(err) = self.save(s) {
-            tracing::warn!(
-                "recording task {} in {}: {err} (a restart will not resume it)",
+    /// Records a task being bound. A new one that cannot be recorded is refused
+    /// (`Err`): a restart would not know it, and its processes would run on unseen
+    /// (an agent can fill the disk to that end). A resumed one keeps its older
+    /// record, and the failure is said.
+    pub fn record(&self, s: &Saved, new: bool) -> Result<(), super::RunError> {
+        match self.save(s) {
+            Ok(()) => Ok(()),
+            Err(err) if new => Err(super::RunError::Output(format!(
+                "task {} cannot be recorded in {}: {err} (a restart would lose it)",
                 s.id,
                 self.dir.display()
-            );
+            ))),
+            Err(err) => {
+                tracing::warn!(
+                    "recording task {} in {}: {err} (its older record stays)",
+                    s.id,
+                    self.dir.display()
+                );
+                Ok(())
+            }
         }
     }
 

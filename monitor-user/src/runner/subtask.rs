@@ -304,13 +304,6 @@ fn bind(
         let skipped = tasks::enroll_in(&mut e.sensors, &e.setup, s.c, &child, &[], s.up, resumed.is_some())?;
         gaps.extend(skipped);
     }
-    for &pid in pids {
-        match e.sensors.task_of(pid) {
-            Some(t) if t == s.c => {}
-            Some(_) => e.sensors.retag(pid, s.c)?,
-            None => e.sensors.track(pid, s.c)?,
-        }
-    }
     let saved = Saved {
         id: child.id.clone(),
         manifest: s.manifest.into(),
@@ -328,6 +321,17 @@ fn bind(
         parent: Some(parent.clone()),
         keeper: None,
     };
+    if let Some(st) = &e.setup.state {
+        // Before its processes are its: one a restart would lose is refused now.
+        st.record(&saved, resumed.is_none())?;
+    }
+    for &pid in pids {
+        match e.sensors.task_of(pid) {
+            Some(t) if t == s.c => {}
+            Some(_) => e.sensors.retag(pid, s.c)?,
+            None => e.sensors.track(pid, s.c)?,
+        }
+    }
     let id: Arc<str> = Arc::from(child.id.as_str());
     let p = &mut e.p;
     p.enr.bind_task(s.c, id.clone());
@@ -350,9 +354,6 @@ fn bind(
             mark_resumed(&mut ev, gap, observed);
         }
         e.record(&ev);
-    }
-    if let Some(st) = &e.setup.state {
-        st.record(&saved);
     }
     for why in gaps {
         e.tamper(s.root, Some(s.c), "scope paths", &why, false);

@@ -377,6 +377,10 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         parent: None,
         keeper: r.keeper.clone(),
     };
+    if let Some(st) = &e.setup.state {
+        // Before the task is known here: one a restart would lose is refused now.
+        st.record(&saved, !resumed)?;
+    }
     let tier = task.enforce.then_some(if e.setup.layers.lsm { "bpf-lsm" } else { "landlock" });
     let p = &mut e.p;
     p.enr.bind_task(c, id.clone());
@@ -402,9 +406,6 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
             ev.detail.insert("tier".into(), serde_json::json!(tier));
         }
         e.record(&ev);
-    }
-    if let Some(st) = &e.setup.state {
-        st.record(&saved);
     }
     for (what, why) in gaps {
         e.tamper(r.pid, Some(c), what, &why, false);
