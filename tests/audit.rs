@@ -248,8 +248,10 @@ fn key_read(name: &str, enforce: bool) -> R {
         "--audit-key",
         key.to_str().unwrap(),
     ];
+    // Observed, it is also opened to read and write (O_RDWR reads it as well).
+    let rdwr = if enforce { String::new() } else { format!("exec 3<> {}; ", key.display()) };
     let script = format!(
-        "/usr/bin/cat {k} > /dev/null; echo $? > {o}; /usr/bin/cat {decoy} > /dev/null",
+        "/usr/bin/cat {k} > /dev/null; echo $? > {o}; {rdwr}/usr/bin/cat {decoy} > /dev/null",
         k = key.display(),
         o = d.join("out/status").display(),
         decoy = decoy.display()
@@ -271,7 +273,10 @@ fn key_read(name: &str, enforce: bool) -> R {
                 )
             })
             .collect::<Vec<_>>(),
-        vec![(Some(key_path.clone()), Some("keyread".into()), Some("agentmon's private key read".into()))],
+        vec![
+            (Some(key_path.clone()), Some("keyread".into()), Some("agentmon's private key read".into()));
+            if enforce { 1 } else { 2 }
+        ],
     )?;
     ensure(run.alerts.iter().any(|a| a.event.id == tampers[0].id && a.severity == "high"), || {
         format!("{name}: no high alert for the key's read: {:?}", run.alerts)

@@ -179,8 +179,10 @@ fn cpu_secs(pid: &str) -> f64 {
         .map(|(_, r)| r.split(' ').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_default();
     // utime and stime (fields 14 and 15): 10 and 11 counted from ppid (the state
-    // letter before it is no number), in clock ticks of 1/100 s.
-    f.get(10..12).map(|t| (t[0] + t[1]) / 100.0).unwrap_or(0.0)
+    // letter before it is no number), in clock ticks.
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    f.get(10..12).map(|t| (t[0] + t[1]) / hz).unwrap_or(0.0)
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {

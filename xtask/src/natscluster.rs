@@ -173,8 +173,21 @@ pub fn failover(dir: &Path, n: u64) -> anyhow::Result<Failover> {
     let resent = p.status.duplicates.load(Relaxed);
     p.close(Duration::from_secs(5));
     nodes[victim].start()?;
+    // Read from a node that stayed up; the killed one may still be catching up, and a
+    // consumer may take a few tries while the stream settles.
     let reader = &urls[(victim + 1) % NODES];
-    let got = rt.block_on(read_ids(reader, &subjects.stream(), n as usize))?;
+    let mut tries = 0;
+    let got = loop {
+        match rt.block_on(read_ids(reader, &subjects.stream(), n as usize)) {
+            Ok(ids) => break ids,
+            Err(e) if tries < 10 => {
+                tries += 1;
+                eprintln!("  reading the stream back: {e}; again");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let distinct: HashSet<&String> = got.iter().collect();
     let missing = ids.iter().filter(|id| !distinct.contains(id)).count();
     Ok(Failover {

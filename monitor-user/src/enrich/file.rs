@@ -14,6 +14,7 @@ use crate::{
 };
 
 const O_ACCMODE: u64 = 0o3;
+const O_WRONLY: u64 = 0o1;
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
 
@@ -46,17 +47,6 @@ impl Enricher {
                         return Next::Drop;
                     }
                     ev.kind = Kind::SensitiveRead;
-                    if let Some(p) = ev.path.as_deref().filter(|p| self.sensitive.is_secret(p)) {
-                        // With it the agent signs as agentmon: audit records, revokes,
-                        // kill signals. Nothing agentmon does can be trusted after it
-                        // without a new key; the SOC must know at once.
-                        ev.kind = Kind::Tamper;
-                        ev.reason = Some(format!(
-                            "read agentmon's private key {p}: with it records and messages can be forged as \
-                             agentmon's (rotate the key)"
-                        ));
-                        ev.detail.insert(Cow::Borrowed("attempt"), json!("agentmon's private key read"));
-                    }
                 } else if b.pflags & pflags::CREATED != 0 || (h.ret < 0 && flags & O_CREAT != 0) {
                     ev.kind = Kind::FileCreate;
                     ev.mode = Some(octal(b.args[1]));
@@ -67,6 +57,20 @@ impl Enricher {
                     ev.kind = Kind::FileTruncate;
                 } else {
                     ev.kind = Kind::FileWrite;
+                }
+                // Opened to read, or to read and write (O_RDWR reads it too).
+                if flags & O_ACCMODE != O_WRONLY
+                    && let Some(p) = ev.path.as_deref().filter(|p| self.sensitive.is_secret(p))
+                {
+                    // With it the agent signs as agentmon: audit records, revokes,
+                    // kill signals. Nothing agentmon does can be trusted after it
+                    // without a new key; the SOC must know at once.
+                    ev.kind = Kind::Tamper;
+                    ev.reason = Some(format!(
+                        "read agentmon's private key {p}: with it records and messages can be forged as \
+                         agentmon's (rotate the key)"
+                    ));
+                    ev.detail.insert(Cow::Borrowed("attempt"), json!("agentmon's private key read"));
                 }
             }
             kind::UNLINK => {

@@ -279,7 +279,9 @@ async fn pump(
                             tracing::error!(
                                 "NATS: a message larger than the server accepts was dropped: {e}"
                             );
-                            shared.dropped.fetch_add(1, Relaxed);
+                            if readers[lane].first_time(pos) {
+                                shared.dropped.fetch_add(1, Relaxed);
+                            }
                             if !inflight.iter().any(|(_, l, _)| *l == lane) {
                                 acked[lane] = Some(pos);
                             }

@@ -140,12 +140,15 @@ impl Shared {
     }
 
     fn persist_ack(&self, c: Class, pos: Pos) -> Result<(), SpoolError> {
-        let dir = &self.lanes[c.lane()].dir;
-        let tmp = dir.join("acked.tmp");
-        fs::write(&tmp, format!("{} {}\n", pos.seg, pos.off)).map_err(io_err(&tmp))?;
-        let dst = dir.join("acked");
-        fs::rename(&tmp, &dst).map_err(io_err(&dst))
+        write_acked(&self.lanes[c.lane()].dir, pos)
     }
+}
+
+fn write_acked(dir: &Path, pos: Pos) -> Result<(), SpoolError> {
+    let tmp = dir.join("acked.tmp");
+    fs::write(&tmp, format!("{} {}\n", pos.seg, pos.off)).map_err(io_err(&tmp))?;
+    let dst = dir.join("acked");
+    fs::rename(&tmp, &dst).map_err(io_err(&dst))
 }
 
 /// The part of a spool of `max_bytes` that only priority records may fill.
@@ -158,6 +161,9 @@ pub struct Writer {
     shared: Arc<Shared>,
     /// Per lane: the segment written, its length, and its file.
     outs: [(u64, u64, BufWriter<File>); 2],
+    /// Per lane: the sizes of the records appended since its last flush (what a
+    /// failed write may have left in the buffer).
+    pending: [Vec<u64>; 2],
     /// Held for the writer's life: one agentmon per spool directory.
     _lock: File,
 }
@@ -209,37 +215,53 @@ impl Writer {
             Ok((seg, 0, Self::create(&shared, c, seg)?))
         };
         let outs = [out(Class::Bulk)?, out(Class::Priority)?];
-        Ok(Self { shared, outs, _lock: lock })
+        Ok(Self { shared, outs, pending: Default::default(), _lock: lock })
     }
 
     /// A lane's positions from what a previous run left in `dir`, and its bytes.
     fn adopt_lane(dir: PathBuf) -> Result<(Lane, u64), SpoolError> {
+        // (segment, length)
         let mut segs = Vec::new();
-        let mut bytes = 0;
         for e in fs::read_dir(&dir).map_err(io_err(&dir))? {
             let e = e.map_err(io_err(&dir))?;
             let name = e.file_name();
             if let Some(n) =
                 name.to_str().and_then(|s| s.strip_suffix(".seg")).and_then(|s| s.parse::<u64>().ok())
             {
-                segs.push(n);
-                bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                segs.push((n, e.metadata().map(|m| m.len()).unwrap_or(0)));
             }
         }
         segs.sort_unstable();
+        let mut bytes = segs.iter().map(|(_, len)| len).sum();
         let acked = fs::read_to_string(dir.join("acked"))
             .ok()
             .and_then(|s| {
                 let mut it = s.split_whitespace().map(|x| x.parse::<u64>());
                 Some(Pos { seg: it.next()?.ok()?, off: it.next()?.ok()? })
             })
-            .unwrap_or(Pos { seg: segs.first().copied().unwrap_or(0), off: 0 });
+            .unwrap_or(Pos { seg: segs.first().map(|s| s.0).unwrap_or(0), off: 0 });
         // Nothing may be read before the first segment that still exists.
-        let acked = match segs.first() {
-            Some(&first) if first > acked.seg => Pos { seg: first, off: 0 },
+        let mut acked = match segs.first() {
+            Some(&(first, _)) if first > acked.seg => Pos { seg: first, off: 0 },
             _ => acked,
         };
-        let seg = segs.last().map(|s| s + 1).unwrap_or(acked.seg).max(acked.seg);
+        let seg = segs.last().map(|s| s.0 + 1).unwrap_or(acked.seg).max(acked.seg);
+        // All of it acknowledged (up to the end of its last record; the segments
+        // after that empty): it starts at the new segment. Else the lane would never
+        // look caught up, and its last segment would stay, counted against the
+        // bound, until a record written after it is acknowledged (a priority record
+        // can be a long time coming).
+        let done =
+            segs.iter().all(|&(n, len)| n < acked.seg || (n == acked.seg && len <= acked.off) || len == 0);
+        if done && acked < (Pos { seg, off: 0 }) {
+            for &(n, len) in &segs {
+                let p = dir.join(format!("{n:016}.seg"));
+                fs::remove_file(&p).map_err(io_err(&p))?;
+                bytes -= len;
+            }
+            acked = Pos { seg, off: 0 };
+            write_acked(&dir, acked)?;
+        }
         let lane = Lane { dir, flushed: Mutex::new(Pos { seg, off: 0 }), acked: Mutex::new(acked) };
         Ok((lane, bytes))
     }
@@ -309,6 +331,7 @@ impl Writer {
             return Err(io_err(&p)(e));
         }
         *len += total;
+        self.pending[class.lane()].push(total);
         self.shared.bytes.fetch_add(total, Relaxed);
         Ok(true)
     }
@@ -317,8 +340,17 @@ impl Writer {
     fn roll(&mut self, c: Class) -> Result<(), SpoolError> {
         let (seg, len, out) = &mut self.outs[c.lane()];
         let old = std::mem::replace(out, Self::create(&self.shared, c, *seg + 1)?);
-        // What the old buffer still holds goes with it (flushed above when it could be).
-        drop(old.into_parts());
+        // What the old buffer still holds goes with it (flushed above when it could
+        // be; after a failed write it cannot): the records wholly in it are lost, and
+        // counted (one partly written is a torn record, counted when it is read).
+        let pending = std::mem::take(&mut self.pending[c.lane()]);
+        if let (_, Ok(left)) = old.into_parts()
+            && !left.is_empty()
+        {
+            let left = left.len() as u64;
+            self.shared.dropped.fetch_add(unwritten(&pending, left), Relaxed);
+            self.shared.bytes.fetch_sub(left.min(self.shared.bytes.load(Relaxed)), Relaxed);
+        }
         *seg += 1;
         *len = 0;
         self.shared.set_flushed(c, Pos { seg: *seg, off: 0 });
@@ -330,6 +362,7 @@ impl Writer {
         for c in Class::ALL {
             let (seg, len, out) = &mut self.outs[c.lane()];
             out.flush().map_err(io_err(&self.shared.seg_path(c, *seg)))?;
+            self.pending[c.lane()].clear();
             self.shared.set_flushed(c, Pos { seg: *seg, off: *len });
         }
         self.shared.wake.notify_one();
@@ -347,12 +380,27 @@ impl Writer {
     }
 }
 
+/// Of records of `sizes` written in order, those wholly in the last `left` bytes.
+fn unwritten(sizes: &[u64], left: u64) -> u64 {
+    let written = sizes.iter().sum::<u64>().saturating_sub(left);
+    let mut start = 0;
+    let mut n = 0;
+    for size in sizes {
+        n += u64::from(start >= written);
+        start += size;
+    }
+    n
+}
+
 /// Reads one lane's records in order from a position; owned by the publisher.
 pub struct Reader {
     shared: Arc<Shared>,
     class: Class,
     pos: Pos,
     file: Option<Segment>,
+    /// How far what is skipped (torn, or refused by the server) has been counted: a
+    /// rewind reads it again, but it is lost once.
+    counted: Pos,
 }
 
 /// Bytes read from a segment at a time: one read for many records.
@@ -408,7 +456,14 @@ impl Segment {
 impl Reader {
     pub fn new(shared: Arc<Shared>, class: Class) -> Self {
         let pos = shared.acked(class);
-        Self { shared, class, pos, file: None }
+        Self { shared, class, pos, file: None, counted: pos }
+    }
+
+    /// Whether what ends at `at` is seen for the first time (to be counted once).
+    pub fn first_time(&mut self, at: Pos) -> bool {
+        let first = at > self.counted;
+        self.counted = self.counted.max(at);
+        first
     }
 
     pub fn class(&self) -> Class {
@@ -461,7 +516,7 @@ impl Reader {
                     return Ok(Some((rec, at)));
                 }
                 None if self.pos.seg < flushed.seg => {
-                    if self.pos.off < end {
+                    if self.pos.off < end && self.first_time(Pos { seg: self.pos.seg, off: end }) {
                         self.shared.torn.fetch_add(1, Relaxed);
                     }
                     self.pos = Pos { seg: self.pos.seg + 1, off: 0 };
@@ -560,6 +615,42 @@ mod tests {
         let ids: Vec<String> = drain(&mut r).into_iter().map(|(r, _)| r.id).collect();
         assert_eq!(ids, ["whole", "after"]);
         assert_eq!(w.shared().torn.load(Relaxed), 1);
+        // Read again after a failed publish: lost once, counted once.
+        r.rewind();
+        assert_eq!(drain(&mut r).len(), 2);
+        assert_eq!(w.shared().torn.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_lane_acknowledged_to_its_end_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut w = Writer::open(dir.path(), 1 << 20).unwrap();
+            w.append("s", "b", b"bulk").unwrap();
+            w.append_as(Class::Priority, "s", "p", b"task end").unwrap();
+            w.sync().unwrap();
+            let shared = w.shared();
+            for c in Class::ALL {
+                let last = drain(&mut Reader::new(shared.clone(), c)).last().unwrap().1;
+                shared.ack(c, last).unwrap();
+            }
+            assert!(shared.caught_up());
+        }
+        // Adopted: nothing left to send, nothing kept against the bound.
+        let w = Writer::open(dir.path(), 1 << 20).unwrap();
+        assert!(w.shared().caught_up(), "a spool acknowledged to its end looks behind");
+        assert_eq!(w.shared().depth(), 0);
+    }
+
+    #[test]
+    fn records_a_failed_write_left_in_the_buffer_are_counted() {
+        // Records of 10, 20 and 30 bytes; what is left unwritten, from the end.
+        assert_eq!(unwritten(&[10, 20, 30], 0), 0);
+        assert_eq!(unwritten(&[10, 20, 30], 30), 1);
+        // The second partly written: torn, counted when it is read.
+        assert_eq!(unwritten(&[10, 20, 30], 35), 1);
+        assert_eq!(unwritten(&[10, 20, 30], 50), 2);
+        assert_eq!(unwritten(&[10, 20, 30], 60), 3);
     }
 
     #[test]

@@ -128,7 +128,6 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     let layers = Layers::probe();
     report_layers(&opts, &layers);
     let mut setup = Setup::new(layers, opts.own_files(), opts.approval_timeout);
-    setup.secrets = opts.outputs.secrets().iter().map(|p| super::setup::canonical(p)).collect();
     if let Some((t, _)) = &opts.task {
         // Its events file is among the protected (setup's own files).
         tasks::admissible(t, &setup, rules.as_ref().unwrap_or(&Default::default()), None)?;
@@ -136,6 +135,8 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     let confinement = plan_confinement(&opts, &setup)?;
     let (out, _nats) =
         opts.outputs.open(JsonLines::open(opts.events.as_deref())?.with_format(opts.format))?;
+    // Once the outputs made them: a key's path resolves as the kernel will see it.
+    setup.secrets = opts.outputs.secrets().iter().map(|p| super::setup::canonical(p)).collect();
     let rule_count = rules.as_ref().map(crate::policy::RuleSet::len).unwrap_or(0);
     let engine = Engine::load(opts.ringbuf_bytes, None, &opts.sensitive, rules, out, setup)?;
     let server = ctl::Server::bind()?;
@@ -326,9 +327,11 @@ const GATE_RETRY: Duration = Duration::from_secs(60);
 /// Hands task `id`'s approval listener to the daemon: Ok(true) when it took it. A
 /// daemon that stops before it answers (a restart, an upgrade) is not a refusal:
 /// the gated calls wait in the kernel meanwhile, and the listener is offered again
-/// until the daemon that resumes the task takes it. A refusal is final, unless the
-/// task's root `root` has exited meanwhile (Ok(false)): the daemon that resumed the
-/// task saw it end and forgot it, and the command's own status is the answer.
+/// until the daemon that resumes the task takes it. A refusal is final; one that
+/// says the daemon does not know the task, once the task's root `root` has exited,
+/// is Ok(false): the daemon that resumed the task saw its end (no process of it
+/// left: it forgets a task only then) and forgot it, and the command's own status
+/// is the answer.
 fn hand_gate(socket: &Path, id: &str, l: &OwnedFd, root: Pid, quiet: bool) -> Result<bool, String> {
     let req = ctl::Request::Gate { task: id.to_string(), kept: Some(l.as_raw_fd()) };
     let until = std::time::Instant::now() + GATE_RETRY;
@@ -336,7 +339,9 @@ fn hand_gate(socket: &Path, id: &str, l: &OwnedFd, root: Pid, quiet: bool) -> Re
     loop {
         match ctl::call_with_fd(socket, &req, l.as_fd()) {
             Ok(r) if r.ok => return Ok(true),
-            Ok(_) | Err(_) if exited(root) => return Ok(false),
+            Ok(r) if r.error.as_deref().is_some_and(|e| e.starts_with(ctl::NOT_MINE)) && exited(root) => {
+                return Ok(false);
+            }
             Ok(r) => return Err(r.error.unwrap_or_else(|| "no reason given".into())),
             Err(why) if std::time::Instant::now() >= until => return Err(why),
             Err(why) => {
