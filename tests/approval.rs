@@ -48,9 +48,23 @@ fn request(file: &Path, n: usize, agent: &mut Child) -> Result<Event, String> {
 
 /// The gated scenario with `steps`, under agentmon exec with `task`.
 fn spawn_gated(d: &Path, task: &Path, events: &Path, timeout: &str, steps: &[&str]) -> Result<Child, String> {
+    spawn_gated_with(d, task, events, timeout, steps, &[])
+}
+
+/// [`spawn_gated`], with more of agentmon exec's `flags`.
+fn spawn_gated_with(
+    d: &Path,
+    task: &Path,
+    events: &Path,
+    timeout: &str,
+    steps: &[&str],
+    flags: &[&str],
+) -> Result<Child, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     Command::new(agentmon())
-        .args(["exec", "--quiet", "--approval-timeout", timeout, "--events"])
+        .args(["exec", "--quiet", "--approval-timeout", timeout])
+        .args(flags)
+        .arg("--events")
         .arg(events)
         .args(["--task", task.to_str().unwrap(), "--"])
         .arg(&me)
@@ -410,5 +424,72 @@ pub fn approve_deny_timeout_and_race() -> R {
         detail(c, "requested_path"),
         Some(d.join("repo/precious.txt").to_str().unwrap()),
     )?;
+    Ok(())
+}
+
+/// An approver at the SOC decides a held delete over NATS (`agentmon remote approve
+/// --reason`): the decision records the signer's key and the reason, signed with the
+/// command, as a local approver's does. Before, a remote decision carried no reason.
+pub fn remote_approval_carries_its_reason() -> R {
+    let url = support::nats::suite_url()?;
+    let (d, task) = setup()?;
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&task, &d)?);
+    }
+    let key = d.join("operator.key");
+    let signer = agentmon::audit::load_or_create_key(&key).map_err(|e| e.to_string())?;
+    let allowed = d.join("ctl-keys");
+    std::fs::copy(agentmon::audit::public_key_path(&key), &allowed).map_err(|e| e.to_string())?;
+    let host = format!("approver-{}", uuid::Uuid::now_v7().simple());
+    let (events, spool) = (d.join("events.jsonl"), d.join("spool"));
+    let flags = [
+        "--nats",
+        &url,
+        "--nats-host",
+        &host,
+        "--nats-ctl-keys",
+        allowed.to_str().unwrap(),
+        "--spool",
+        spool.to_str().unwrap(),
+    ];
+    let timeout = format!("{}s", 60 * support::slowdown());
+    let mut agent = spawn_gated_with(&d, &task, &events, &timeout, &["delete=repo/build/a.txt"], &flags)?;
+    let reason = "release build output, ticket OPS-42";
+    let result = (|| -> Result<(), String> {
+        let r0 = request(&events, 0, &mut agent)?;
+        let id = detail(&r0, "approval").ok_or("request without an id")?.to_string();
+        // The host's control subscription may still be coming up: asked again.
+        let mut said = String::new();
+        let done = support::wait(Duration::from_secs(20) * support::slowdown(), || {
+            let out = Command::new(agentmon())
+                .args([
+                    "remote", "approve", &id, "--host", &host, "--reason", reason, "--nats", &url, "--key",
+                ])
+                .arg(&key)
+                .output();
+            match out {
+                Ok(o) if o.status.success() => true,
+                Ok(o) => {
+                    said = String::from_utf8_lossy(&o.stderr).into_owned();
+                    std::thread::sleep(Duration::from_millis(300));
+                    false
+                }
+                Err(e) => {
+                    said = e.to_string();
+                    false
+                }
+            }
+        });
+        ensure(done, || format!("remote approve never went through: {said}"))
+    })();
+    settle(agent, result)?;
+    let evs = events_now(&events);
+    let a = evs.iter().find(|e| e.kind == Kind::Approval).ok_or("no approval record")?;
+    eq("decision, by", (detail(a, "decision"), detail(a, "by")), (Some("approved"), Some("operator")))?;
+    eq("the approver's reason", detail(a, "operator_reason"), Some(reason))?;
+    let via = detail(a, "via").unwrap_or_default();
+    let signer_hex = hex::encode(signer.verifying_key().to_bytes());
+    ensure(via.contains(&signer_hex), || format!("the decision does not name the signer's key: {via:?}"))?;
+    ensure(!d.join("repo/build/a.txt").exists(), || "the approved delete did not happen".into())?;
     Ok(())
 }

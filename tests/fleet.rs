@@ -183,7 +183,7 @@ pub fn nats_fleet_control() -> R {
         eq(&format!("unknown task exit ({out})"), code, 1)?;
         ensure(hosts.iter().all(|h| out.get(h).is_none()), || format!("{out}"))?;
         // Signed for host a only: refused on the fleet subject by every host.
-        let one = Signed::signed(&key, "kill", &hosts[0], Some("job-a".into()), None, None);
+        let one = Signed::signed(&key, "kill", &hosts[0], Some("job-a".into()), None, None, None);
         let r =
             support::nats::request(&url, &Subjects::fleet_ctl("kill"), serde_json::to_vec(&one).unwrap())?;
         let r: FleetReply = serde_json::from_value(r).map_err(|e| e.to_string())?;

@@ -81,6 +81,7 @@ fn main() {
         ("kill_amid_churn_leaves_nothing_tracked", contain::kill_amid_churn_leaves_nothing_tracked),
         ("freeze_thaw_kill_by_operator", contain::freeze_thaw_kill_by_operator),
         ("approve_deny_timeout_and_race", approval::approve_deny_timeout_and_race),
+        ("remote_approval_carries_its_reason", approval::remote_approval_carries_its_reason),
         ("exec_approval_cannot_be_raced", approval::exec_approval_cannot_be_raced),
         ("held_program_is_frozen", approval::held_program_is_frozen),
         ("nats_stream_and_independent_client", nats::nats_stream_and_independent_client),

@@ -365,14 +365,14 @@ pub fn nats_remote_control() -> R {
             ensure(err.contains(says), || format!("{what}: error {err:?} does not say {says:?}"))
         };
         refused("malformed", request(&url, &subject, b"{not json".to_vec())?, "malformed command")?;
-        let kill = |k| Signed::signed(k, "kill", &h, Some("remote".into()), None, None);
+        let kill = |k| Signed::signed(k, "kill", &h, Some("remote".into()), None, None, None);
         refused("unknown key", send(&kill(&other))?, "not allowed")?;
         let mut forged = kill(&key);
         forged.task = Some("some-other-task".into());
         refused("edited after signing", send(&forged)?, "bad signature")?;
         refused(
             "another host",
-            send(&Signed::signed(&key, "kill", "elsewhere", Some("remote".into()), None, None))?,
+            send(&Signed::signed(&key, "kill", "elsewhere", Some("remote".into()), None, None, None))?,
             "is for host",
         )?;
         let mut stale = kill(&key);
@@ -463,6 +463,7 @@ pub fn nats_sample_config_permissions() -> R {
             &agentmon::audit::load_or_create_key(&key_path).map_err(|e| e.to_string())?,
             "status",
             "web1",
+            None,
             None,
             None,
             None,

@@ -29,6 +29,10 @@ pub struct RemoteArgs {
     /// With approve: a standing approval for this long.
     #[arg(long = "for", value_name = "DURATION", value_parser = super::duration)]
     pub hold_for: Option<Duration>,
+    /// With approve or deny: why (signed with the command, recorded with the
+    /// decision beside the signer's key).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
     #[command(flatten)]
     pub nats: NatsArgs,
 }
@@ -49,11 +53,22 @@ pub async fn run(a: RemoteArgs) -> anyhow::Result<i32> {
     {
         anyhow::bail!("{} needs {what}", a.op);
     }
+    if a.reason.is_some() && !matches!(a.op.as_str(), "approve" | "deny") {
+        anyhow::bail!("--reason is for approve and deny");
+    }
     let (task, approval) = match a.op.as_str() {
         "approve" | "deny" => (None, a.target.clone()),
         _ => (a.target.clone(), None),
     };
-    let cmd = Command::signed(&key, &a.op, &a.host, task, approval, a.hold_for.map(|d| d.as_secs().max(1)));
+    let cmd = Command::signed(
+        &key,
+        &a.op,
+        &a.host,
+        task,
+        approval,
+        a.hold_for.map(|d| d.as_secs().max(1)),
+        a.reason.clone(),
+    );
     let client = a.nats.options("agentmon remote").await?.connect(servers).await?;
     if a.host == crate::nats::subjects::ALL_HOSTS {
         return fleet(&client, &a, &cmd).await;

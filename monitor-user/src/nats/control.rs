@@ -27,6 +27,9 @@ use crate::{
 pub const MAX_SKEW: Duration = Duration::from_secs(60);
 /// Domain separation for the signed bytes.
 const CONTEXT: &[u8] = b"agentmon-ctl/1\n";
+/// The longest reason an approver may give.
+pub const MAX_REASON: usize = 1024;
+
 pub const OPS: [&str; 7] = ["kill", "freeze", "thaw", "approve", "deny", "approvals", "status"];
 
 /// A signed control command (the request payload).
@@ -42,6 +45,10 @@ pub struct Command {
     /// Standing approval, seconds (approve).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_s: Option<u64>,
+    /// Why, in the approver's words (approve, deny): recorded with the decision, as
+    /// signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The host's subject token: a command is for one host.
     pub host: String,
     /// RFC 3339.
@@ -68,6 +75,7 @@ impl Command {
         task: Option<String>,
         approval: Option<String>,
         for_s: Option<u64>,
+        reason: Option<String>,
     ) -> Self {
         let mut buf = [0u8; 30];
         let mut c = Command {
@@ -75,6 +83,7 @@ impl Command {
             task,
             approval,
             for_s,
+            reason,
             // `*`: every host (sent on the fleet subject).
             host: if host == super::subjects::ALL_HOSTS { host.into() } else { super::subjects::token(host) },
             ts: Timestamp::now().format(&mut buf).to_string(),
@@ -152,15 +161,27 @@ impl Gatekeeper {
             return Err(format!("ts {} is more than {}s from this host's clock", c.ts, MAX_SKEW.as_secs()));
         }
         let need = |v: &Option<String>, what: &str| v.clone().ok_or(format!("{op}: {what} missing"));
+        match &c.reason {
+            Some(_) if !matches!(op, "approve" | "deny") => {
+                return Err(format!("{op}: a reason is for approve and deny"));
+            }
+            Some(r) if r.len() > MAX_REASON => {
+                return Err(format!("{op}: reason longer than {MAX_REASON} bytes"));
+            }
+            _ => {}
+        }
         let via = Some(format!("NATS command signed by key {} (nonce {})", c.key, c.nonce));
         let req = match op {
             "kill" => Request::Kill { task: need(&c.task, "task")?, via },
             "freeze" => Request::Freeze { task: need(&c.task, "task")?, via },
             "thaw" => Request::Thaw { task: need(&c.task, "task")?, via },
-            "approve" => {
-                Request::Approve { id: need(&c.approval, "approval")?, for_s: c.for_s, via, reason: None }
-            }
-            "deny" => Request::Deny { id: need(&c.approval, "approval")?, via, reason: None },
+            "approve" => Request::Approve {
+                id: need(&c.approval, "approval")?,
+                for_s: c.for_s,
+                via,
+                reason: c.reason.clone(),
+            },
+            "deny" => Request::Deny { id: need(&c.approval, "approval")?, via, reason: c.reason.clone() },
             "approvals" => Request::Approvals {},
             "status" => Request::Status {},
             other => return Err(format!("unknown op {other:?} (known: {})", OPS.join(", "))),
@@ -250,4 +271,44 @@ pub async fn answer(v: &mut Gatekeeper, op: &str, payload: &[u8], socket: &Path,
     tracing::info!("NATS control: {op} by key {}: {}", cmd.key, if r.ok { "done" } else { "refused" });
     v.remember(&cmd.nonce, &r);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An approver's reason goes with the signed command to the decision; it is for
+    /// approve and deny only, bounded, and covered by the signature.
+    #[test]
+    fn a_remote_approvers_reason_is_signed_and_recorded() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let gk = Gatekeeper::new(vec![key.verifying_key()], "web1");
+        let now = Timestamp::now();
+        let send = |op: &str, reason: Option<&str>| {
+            let approval = matches!(op, "approve" | "deny").then(|| "a-1".to_string());
+            let task = (op == "kill").then(|| "t".to_string());
+            let c = Command::signed(&key, op, "web1", task, approval, None, reason.map(String::from));
+            serde_json::to_vec(&c).unwrap()
+        };
+        match gk.check("approve", &send("approve", Some("safe to remove")), now, false) {
+            Ok((_, Request::Approve { id, reason, .. })) => {
+                assert_eq!((id.as_str(), reason.as_deref()), ("a-1", Some("safe to remove")))
+            }
+            other => panic!("approve: {other:?}"),
+        }
+        match gk.check("deny", &send("deny", Some("not now")), now, false) {
+            Ok((_, Request::Deny { reason, .. })) => assert_eq!(reason.as_deref(), Some("not now")),
+            other => panic!("deny: {other:?}"),
+        }
+        let err = gk.check("kill", &send("kill", Some("because")), now, false).unwrap_err();
+        assert!(err.contains("for approve and deny"), "{err}");
+        let long = "x".repeat(MAX_REASON + 1);
+        let err = gk.check("approve", &send("approve", Some(&long)), now, false).unwrap_err();
+        assert!(err.contains("longer than"), "{err}");
+        // A reason changed on the way breaks the signature.
+        let mut c: Command = serde_json::from_slice(&send("approve", Some("safe"))).unwrap();
+        c.reason = Some("approved by the CISO".into());
+        let err = gk.check("approve", &serde_json::to_vec(&c).unwrap(), now, false).unwrap_err();
+        assert_eq!(err, "bad signature");
+    }
 }
