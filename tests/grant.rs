@@ -148,3 +148,69 @@ pub fn grants_decide_who_may_start_a_task() -> R {
     )?;
     Ok(())
 }
+
+/// A granted task resumed by a restarted daemon: its new `task_start` names who
+/// granted it, as the first did (before, the resumed start had no grant, and a
+/// responder reading the stream from the restart saw an ungranted task).
+pub fn a_resumed_task_names_its_grant() -> R {
+    let d = workdir("grant-resumed");
+    let out = d.join("out");
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let k = d.join("keys/alice.key");
+    std::fs::create_dir_all(d.join("keys")).map_err(|e| e.to_string())?;
+    agentmon::audit::load_or_create_key(&k).map_err(|e| e.to_string())?;
+    let keys = d.join("grant-keys");
+    std::fs::copy(agentmon::audit::public_key_path(&k), &keys).map_err(|e| e.to_string())?;
+    let t = d.join("task.yaml");
+    std::fs::write(
+        &t,
+        format!("id: regranted\nmode: execute\nscope:\n  write: [\"{}/**\"]\n", out.display()),
+    )
+    .map_err(|e| e.to_string())?;
+    grant(&t, &k, "alice", None)?;
+    let config = format!("grant_keys: {}\n", keys.display());
+    let first = start_daemon(&d, &config)?;
+    let (sock, all) = daemon_paths(&d);
+    let go = out.join("go");
+    let child = Command::new(agentmon())
+        .args(["exec", "--quiet", "--daemon"])
+        .arg(&sock)
+        .arg("--task")
+        .arg(&t)
+        .args(["--", "/bin/sh", "-c", &format!("while [ ! -e {} ]; do sleep 0.1; done", go.display())])
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let limit = std::time::Duration::from_secs(20) * support::slowdown();
+    let starts = || -> Vec<agentmon::event::Event> {
+        let text = std::fs::read_to_string(&all).unwrap_or_default();
+        let evs = parse_stream(&text).map(|(e, _)| e).unwrap_or_default();
+        evs.into_iter()
+            .filter(|e| e.kind == Kind::TaskStart && e.task.as_deref() == Some("regranted"))
+            .collect()
+    };
+    let started = support::wait(limit, || !starts().is_empty() && d.join("state/regranted.json").exists());
+    let said1 = stop(first)?;
+    let second = start_daemon(&d, &config)?;
+    let resumed = support::wait(limit, || starts().len() >= 2);
+    std::fs::write(&go, "").map_err(|e| e.to_string())?;
+    let status = support::exit_within(&mut { child }, limit);
+    let said2 = stop(second)?;
+    ensure(started, || format!("the task never started: {said1}"))?;
+    ensure(resumed, || format!("the task was not resumed: {said2}"))?;
+    eq("exec exit", status, Some(Some(0)))?;
+    let grants: Vec<(Option<bool>, Option<String>)> = starts()
+        .iter()
+        .map(|e| {
+            (
+                e.detail.get("resumed").and_then(|v| v.as_bool()),
+                e.detail.get("grant").and_then(|g| g["by"].as_str()).map(String::from),
+            )
+        })
+        .collect();
+    eq(
+        "task_starts (resumed, granted by)",
+        grants,
+        vec![(None, Some("alice".into())), (Some(true), Some("alice".into()))],
+    )?;
+    Ok(())
+}

@@ -55,6 +55,7 @@ fn main() {
         ("task_verdicts_and_alerts", tasks::task_verdicts_and_alerts),
         ("delegation", tasks::delegation),
         ("grants_decide_who_may_start_a_task", grant::grants_decide_who_may_start_a_task),
+        ("a_resumed_task_names_its_grant", grant::a_resumed_task_names_its_grant),
         ("enforced_delegation", tasks::enforced_delegation),
         ("rules_hot_reload", tasks::rules_hot_reload),
         ("rules_check_cli", tasks::rules_check_cli),

@@ -127,6 +127,10 @@ pub struct Saved {
     /// Its path scope as resolved when it started (a restart keeps it).
     #[serde(default)]
     pub scope: Option<super::resume::Paths>,
+    /// Who granted it, as verified when it started (its resumed task_start says so
+    /// again).
+    #[serde(default)]
+    pub granted: Option<crate::task::grant::Granted>,
 }
 
 /// The file whose content is the time the daemon was last seen alive.
@@ -311,6 +315,7 @@ mod tests {
                 cookie: Some(9),
                 parent: None,
                 keeper: None,
+                granted: None,
             };
             let manifest = format!("id: {id}\nmode: read\n");
             if crate::task::parse(&manifest, std::path::Path::new("t.yaml"), Timestamp(0)).is_ok() {

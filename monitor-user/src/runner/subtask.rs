@@ -320,6 +320,7 @@ fn bind(
         cookie: Some(s.c),
         parent: Some(parent.clone()),
         keeper: None,
+        granted: None,
     };
     if let Some(st) = &e.setup.state {
         // Before its processes are its: one a restart would lose is refused now.

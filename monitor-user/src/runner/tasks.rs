@@ -376,6 +376,7 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         cookie: Some(c),
         parent: None,
         keeper: r.keeper.clone(),
+        granted: task.granted.clone(),
     };
     if let Some(st) = &e.setup.state {
         // Before the task is known here: one a restart would lose is refused now.

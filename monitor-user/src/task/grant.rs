@@ -34,7 +34,7 @@ pub struct Grant {
 }
 
 /// What a verified grant says, for the task's records.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Granted {
     pub by: String,
     pub key: String,
