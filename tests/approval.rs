@@ -261,8 +261,9 @@ fn which(name: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("no {name}"))
 }
 
-fn setup() -> Result<(PathBuf, PathBuf), String> {
-    let d = workdir("approval");
+fn setup(name: &str) -> Result<(PathBuf, PathBuf), String> {
+    // Its own directory per test: two tests run at once.
+    let d = workdir(name);
     let build = d.join("repo/build");
     std::fs::create_dir_all(&build).map_err(|e| e.to_string())?;
     for f in ["a.txt", "b.txt", "c.txt", "d.txt", "g.txt", "f.txt"] {
@@ -287,7 +288,7 @@ fn setup() -> Result<(PathBuf, PathBuf), String> {
 }
 
 pub fn approve_deny_timeout_and_race() -> R {
-    let (d, task) = setup()?;
+    let (d, task) = setup("approval")?;
     if !support::can_enforce() {
         return Ok(support::enforce_refused_here(&task, &d)?);
     }
@@ -432,7 +433,7 @@ pub fn approve_deny_timeout_and_race() -> R {
 /// command, as a local approver's does. Before, a remote decision carried no reason.
 pub fn remote_approval_carries_its_reason() -> R {
     let url = support::nats::suite_url()?;
-    let (d, task) = setup()?;
+    let (d, task) = setup("approval-remote")?;
     if !support::can_enforce() {
         return Ok(support::enforce_refused_here(&task, &d)?);
     }

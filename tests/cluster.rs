@@ -17,14 +17,14 @@ use agentmon::{event::Kind, nats::Subjects};
 
 use crate::{
     R,
-    support::{self, SCENARIO_ENV, ensure, eq, exec_command, nats::Server, workdir},
+    support::{
+        self, SCENARIO_ENV, ensure, eq, exec_command,
+        nats::{Server, free_port},
+        workdir,
+    },
 };
 
 const NODES: usize = 3;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Node `i`'s configuration: its store, the cluster's routes, its monitoring port.
 fn node_config(d: &Path, i: usize, routes: &[u16], http: u16) -> Result<PathBuf, String> {

@@ -225,21 +225,48 @@ fn state_of(pid: i32) -> Option<char> {
 
 /// A new task the daemon cannot record (its state directory full, or here the
 /// record's temporary file taken by a directory) would be lost at the next restart,
-/// its processes running on unseen: it is refused, and its command never runs.
-/// Before, the failure was a warning and the task ran.
+/// its processes running on unseen: a launched one is refused before anything is
+/// taken on, its command never runs, and the refusal is in the daemon's record.
+/// A tree attached while it runs is watched all the same (refusing it would stop
+/// nothing), and the missing record is said. Before, the failure was a warning and
+/// the launched task ran.
 pub fn a_task_that_cannot_be_recorded_is_refused() -> R {
     let d = workdir("daemon-unrecorded");
-    let (sock, _) = daemon_paths(&d);
-    let task = d.join("doomed.yaml");
-    std::fs::write(&task, format!("id: doomed\nmode: execute\nscope:\n  write: [\"{}/**\"]\n", d.display()))
-        .map_err(|e| e.to_string())?;
+    let (sock, all) = daemon_paths(&d);
+    let manifest = |id: &str| -> Result<std::path::PathBuf, String> {
+        let t = d.join(format!("{id}.yaml"));
+        std::fs::write(&t, format!("id: {id}\nmode: execute\nscope:\n  write: [\"{}/**\"]\n", d.display()))
+            .map_err(|e| e.to_string())?;
+        Ok(t)
+    };
     let daemon = start_daemon(&d, "")?;
-    std::fs::create_dir_all(d.join("state/.doomed.json.tmp")).map_err(|e| e.to_string())?;
+    for id in ["doomed", "held"] {
+        std::fs::create_dir_all(d.join(format!("state/.{id}.json.tmp"))).map_err(|e| e.to_string())?;
+    }
     let ran = d.join("ran");
-    let out = under_daemon(&sock, &task)
+    let out = under_daemon(&sock, &manifest("doomed")?)
         .args(["/bin/sh", "-c", &format!("echo ran > {}", ran.display())])
         .output()
         .map_err(|e| e.to_string())?;
+    // A tree already running, attached.
+    let (go, after) = (d.join("go"), d.join("after"));
+    let mut running = Command::new("/bin/sh")
+        .args([
+            "-c",
+            &format!("while [ ! -e {} ]; do sleep 0.1; done; echo x > {}", go.display(), after.display()),
+        ])
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let attach = Command::new(agentmon())
+        .args(["attach", "--pid", &running.id().to_string(), "--task"])
+        .arg(manifest("held")?)
+        .arg("--socket")
+        .arg(&sock)
+        .output()
+        .map_err(|e| e.to_string())?;
+    std::fs::write(&go, "").map_err(|e| e.to_string())?;
+    let tree = running.wait().map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(700));
     let said = stop(daemon)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     eq(&format!("exec exit ({stderr}; the daemon said: {said})"), out.status.code(), Some(125))?;
@@ -247,5 +274,26 @@ pub fn a_task_that_cannot_be_recorded_is_refused() -> R {
         format!("the refusal does not say why: {stderr}")
     })?;
     ensure(!ran.exists(), || "the refused task's command ran".into())?;
+    ensure(attach.status.success(), || format!("attach: {}", String::from_utf8_lossy(&attach.stderr)))?;
+    eq("attached tree exit", tree.code(), Some(0))?;
+    let evs = events(&all)?;
+    let record_gaps: Vec<(Option<&str>, Option<&str>)> = evs
+        .iter()
+        .filter(|e| {
+            e.kind == Kind::Tamper && e.detail.get("attempt").and_then(|v| v.as_str()) == Some("task record")
+        })
+        .map(|e| (e.task.as_deref(), e.verdict.as_deref()))
+        .collect();
+    eq(
+        "task record gaps (task, verdict)",
+        record_gaps,
+        vec![(None, Some("denied")), (Some("held"), Some("violation"))],
+    )?;
+    let after_path = after.display().to_string();
+    ensure(
+        evs.iter()
+            .any(|e| e.path.as_deref() == Some(after_path.as_str()) && e.task.as_deref() == Some("held")),
+        || "the attached tree's write was not watched".into(),
+    )?;
     Ok(())
 }

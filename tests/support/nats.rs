@@ -25,8 +25,18 @@ pub struct Server {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A port free now, below the kernel's ephemeral range (32768 and up): a broker a
+/// test stops and starts again on its port keeps it, where one from that range
+/// could be handed to another test's connection meanwhile (seen: a cluster node
+/// that "did not come up" again).
+pub fn free_port() -> u16 {
+    loop {
+        // (A v7 id's last bits are random.)
+        let port = 20_000 + (uuid::Uuid::now_v7().as_u128() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Server {
@@ -60,7 +70,8 @@ impl Server {
             .map_err(|e| format!("cannot start nats-server (installed by scripts/setup.sh): {e}"))?;
         self.child = Some(child);
         let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(10) {
+        // A JetStream node recovering its store under a loaded machine takes a while.
+        while t.elapsed() < Duration::from_secs(30) * crate::support::slowdown() {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return Ok(());
             }

@@ -177,27 +177,30 @@ impl StateDir {
         std::fs::read(self.saved(id)).ok().and_then(|b| serde_json::from_slice(&b).ok())
     }
 
-    /// Records a task being bound. A new one that cannot be recorded is refused
-    /// (`Err`): a restart would not know it, and its processes would run on unseen
-    /// (an agent can fill the disk to that end). A resumed one keeps its older
-    /// record, and the failure is said.
-    pub fn record(&self, s: &Saved, new: bool) -> Result<(), super::RunError> {
-        match self.save(s) {
-            Ok(()) => Ok(()),
-            Err(err) if new => Err(super::RunError::Output(format!(
-                "task {} cannot be recorded in {}: {err} (a restart would lose it)",
-                s.id,
-                self.dir.display()
-            ))),
-            Err(err) => {
-                tracing::warn!(
-                    "recording task {} in {}: {err} (its older record stays)",
-                    s.id,
-                    self.dir.display()
-                );
-                Ok(())
-            }
-        }
+    /// Whether task `id` could be recorded now (its record's temporary file written
+    /// and removed): asked before a launched task or a delegation takes anything
+    /// on, so that one a restart would lose (its processes running on unseen; an
+    /// agent can fill the disk to that end) is refused while refusing undoes
+    /// nothing.
+    pub fn can_record(&self, id: &str) -> Result<(), String> {
+        use std::os::unix::fs::DirBuilderExt;
+        let tmp = self.dir.join(format!(".{id}.json.tmp"));
+        let probe = || -> std::io::Result<()> {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)?;
+            std::fs::write(&tmp, b"{}")?;
+            std::fs::remove_file(&tmp)
+        };
+        probe().map_err(|err| {
+            format!("task {id} cannot be recorded in {}: {err} (a restart would lose it)", self.dir.display())
+        })
+    }
+
+    /// Records a task (bound now); why not, if it cannot (the caller reports it: a
+    /// restart would not resume it).
+    pub fn record(&self, s: &Saved) -> Result<(), String> {
+        self.save(s).map_err(|err| {
+            format!("recording task {} in {}: {err} (a restart will not resume it)", s.id, self.dir.display())
+        })
     }
 
     /// A record of task `id` exists (running, ended, or not resumed).

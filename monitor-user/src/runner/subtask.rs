@@ -181,6 +181,10 @@ fn delegate_from(
     if p.judge.task(&child.id).is_some() || e.setup.state.as_ref().is_some_and(|st| st.has(&child.id)) {
         return Err(format!("{file}: a task called {} is already running here", child.id));
     }
+    // Its command is held until the answer: one a restart would lose is refused now.
+    if let Some(Err(why)) = e.setup.state.as_ref().map(|st| st.can_record(&child.id)) {
+        return Err(format!("{file}: {why}"));
+    }
     let enforce = child.enforce || parent.task.enforce;
     if enforce && !confined {
         return Err(format!(
@@ -322,10 +326,6 @@ fn bind(
         keeper: None,
         granted: None,
     };
-    if let Some(st) = &e.setup.state {
-        // Before its processes are its: one a restart would lose is refused now.
-        st.record(&saved, resumed.is_none())?;
-    }
     for &pid in pids {
         match e.sensors.task_of(pid) {
             Some(t) if t == s.c => {}
@@ -358,6 +358,11 @@ fn bind(
     }
     for why in gaps {
         e.tamper(s.root, Some(s.c), "scope paths", &why, false);
+    }
+    // (A delegation was refused before anything if it could not be recorded; this
+    // is one resumed, or a disk filled meanwhile: said, as a gap.)
+    if let Some(Err(why)) = e.setup.state.as_ref().map(|st| st.record(&saved)) {
+        e.tamper(s.root, Some(s.c), "task record", &why, false);
     }
     Ok(id)
 }

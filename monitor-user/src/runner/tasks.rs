@@ -123,6 +123,17 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
         // Its record would be overwritten: the kernel's hold on its processes with it.
         return Reply::err(format!("{what}: task {} has a record here that was not resumed", task.id));
     }
+    // A launched task's root is held until the answer (refused, it is killed): one a
+    // restart would lose is refused before anything is taken on. An attached tree
+    // runs anyway; it is better watched unrecorded (said, at bind) than not at all.
+    if !r.attach
+        && let Some(Err(why)) = e.setup.state.as_ref().map(|st| st.can_record(&task.id))
+    {
+        // In every output too: a full state directory refuses every new task here.
+        let cookie = e.sensors.task_of(peer);
+        e.tamper(peer, cookie, "task record", &why, true);
+        return Reply::err(format!("{}: {why}", r.file));
+    }
     if let Err(err) = admissible(&task, &e.setup, e.p.judge.rules(), r.events.as_deref().map(Path::new)) {
         return Reply::err(err.to_string());
     }
@@ -378,10 +389,6 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         keeper: r.keeper.clone(),
         granted: task.granted.clone(),
     };
-    if let Some(st) = &e.setup.state {
-        // Before the task is known here: one a restart would lose is refused now.
-        st.record(&saved, !resumed)?;
-    }
     let tier = task.enforce.then_some(if e.setup.layers.lsm { "bpf-lsm" } else { "landlock" });
     let p = &mut e.p;
     p.enr.bind_task(c, id.clone());
@@ -407,6 +414,11 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
             ev.detail.insert("tier".into(), serde_json::json!(tier));
         }
         e.record(&ev);
+    }
+    // (A launched task was refused before anything if it could not be recorded;
+    // this is one attached, or resumed, or a disk filled meanwhile: said, as a gap.)
+    if let Some(Err(why)) = e.setup.state.as_ref().map(|st| st.record(&saved)) {
+        gaps.push(("task record", why));
     }
     for (what, why) in gaps {
         e.tamper(r.pid, Some(c), what, &why, false);
