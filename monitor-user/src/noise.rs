@@ -47,6 +47,21 @@ impl<K: Hash + Eq> Noise<K> {
     }
 
     /// What `who` held back since its last record, taken whatever the limit says.
+    /// Gives back `n` held (counted, not said) to `who`'s count: what a record that
+    /// could not be made would have said.
+    pub fn hold_again(&mut self, who: &K, n: u64) {
+        if let Some(b) = self.by.get_mut(who) {
+            b.held += n;
+        }
+    }
+
+    /// Takes back the last one counted for `who` (it did not happen after all).
+    pub fn unhold(&mut self, who: &K) {
+        if let Some(b) = self.by.get_mut(who) {
+            b.held = b.held.saturating_sub(1);
+        }
+    }
+
     pub fn take(&mut self, who: &K) -> u64 {
         self.by.get_mut(who).map(|b| std::mem::take(&mut b.held)).unwrap_or(0)
     }
@@ -81,5 +96,12 @@ mod tests {
         assert_eq!(n.allow(Some(7)), None);
         assert_eq!(n.take(&Some(7)), 1, "taken whatever the limit");
         assert!(!n.holds(&Some(7)));
+        // What did not happen after all is taken back; what a record could not say
+        // goes back to the count.
+        assert_eq!(n.allow(Some(7)), None);
+        n.unhold(&Some(7));
+        assert!(!n.holds(&Some(7)));
+        n.hold_again(&Some(7), 3);
+        assert_eq!(n.take(&Some(7)), 3);
     }
 }

@@ -317,9 +317,13 @@ impl Gate {
         steps: &Steps,
     ) -> Option<Event> {
         let fd = self.fd();
-        let answer = |r: Result<i64, Errno>| {
-            if let Err(e) = notify::respond(fd, n.id, r) {
+        // Whether the caller took the answer: one interrupted meanwhile (a signal)
+        // no longer waits, and the kernel makes the call again, to be seen again.
+        let answer = |r: Result<i64, Errno>| match notify::respond(fd, n.id, r) {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::debug!("answering held call {}: {e}", n.id);
+                false
             }
         };
         if let Some(abi) = abi::Abi::of(n.arch, n.nr) {
@@ -330,12 +334,18 @@ impl Gate {
             // tracking entry with it).
             // Nothing happened (EPERM): past a burst, refusals are counted, and the
             // next record says how many were not recorded one by one.
+            // A refusal the caller never took is made again: counted then, not twice.
             let Some(held) = self.refusals.allow(req.1) else {
-                answer(Err(Errno::EPERM));
+                if !answer(Err(Errno::EPERM)) {
+                    self.refusals.unhold(&req.1);
+                }
                 return None;
             };
             let mut ev = refused::event(&n, req, sensors, enr, judge);
-            answer(Err(Errno::EPERM));
+            if !answer(Err(Errno::EPERM)) {
+                self.refusals.hold_again(&req.1, held);
+                return None;
+            }
             if held > 0 {
                 ev.detail.insert("unrecorded_before".into(), json!(held));
             }
@@ -393,7 +403,9 @@ impl Gate {
                         tracing::debug!("letting the launch go on: {e}");
                     }
                 }
-                Err(e) => answer(Err(e)),
+                Err(e) => {
+                    answer(Err(e));
+                }
             }
             return None;
         }
