@@ -248,10 +248,29 @@ fn key_read(name: &str, enforce: bool) -> R {
         "--audit-key",
         key.to_str().unwrap(),
     ];
-    // Observed, it is also opened to read and write (O_RDWR reads it as well).
-    let rdwr = if enforce { String::new() } else { format!("exec 3<> {}; ", key.display()) };
+    // Observed, it is also opened to read and write (O_RDWR reads it as well), and
+    // read by other names: a hard link, and a bind mount of its directory in a mount
+    // namespace of its own (the file's name and path are not the key's there).
+    let (link, bound) = (d.join("out/notes.txt"), d.join("out/m/signing"));
+    let others = if enforce {
+        String::new()
+    } else {
+        format!(
+            "exec 3<> {k}; /usr/bin/ln {k} {link}; /usr/bin/cat {link} > /dev/null; \
+             /usr/bin/head -c 1 /proc/$PPID/mem > /dev/null 2>&1; echo $PPID > {ppid}; \
+             /usr/bin/cat /proc/$PPID/comm >> {ppid}; \
+             /usr/bin/mkdir {m}; /usr/bin/unshare -m /usr/bin/sh -c \
+             '/usr/bin/mount --bind {keys} {m} && /usr/bin/cat {bound} > /dev/null'; ",
+            k = key.display(),
+            link = link.display(),
+            m = d.join("out/m").display(),
+            keys = d.join("keys").display(),
+            bound = bound.display(),
+            ppid = d.join("out/ppid").display(),
+        )
+    };
     let script = format!(
-        "/usr/bin/cat {k} > /dev/null; echo $? > {o}; {rdwr}/usr/bin/cat {decoy} > /dev/null",
+        "/usr/bin/cat {k} > /dev/null; echo $? > {o}; {others}/usr/bin/cat {decoy} > /dev/null",
         k = key.display(),
         o = d.join("out/status").display(),
         decoy = decoy.display()
@@ -259,8 +278,15 @@ fn key_read(name: &str, enforce: bool) -> R {
     let cmd = ["/usr/bin/sh".to_string(), "-c".into(), script];
     let run = run_agentmon_with(&flags, &cmd, &[], &d)?;
     eq(&format!("{name}: exit code ({})", run.stderr), run.code, 0)?;
-    let key_path = key.display().to_string();
-    let tampers: Vec<&Event> = run.of(Kind::Tamper);
+    let p = |x: &std::path::Path| x.display().to_string();
+    let key_path = p(&key);
+    let (read, memory) = ("agentmon's private key read", "agentmon's memory opened");
+    // (Observed, the mount namespace is a tamper record of its own.)
+    let tampers: Vec<&Event> = run
+        .of(Kind::Tamper)
+        .into_iter()
+        .filter(|e| e.detail["attempt"] == read || e.detail["attempt"] == memory)
+        .collect();
     eq(
         &format!("{name}: tamper records (path, task, attempt)"),
         tampers
@@ -273,10 +299,24 @@ fn key_read(name: &str, enforce: bool) -> R {
                 )
             })
             .collect::<Vec<_>>(),
-        vec![
-            (Some(key_path.clone()), Some("keyread".into()), Some("agentmon's private key read".into()));
-            if enforce { 1 } else { 2 }
-        ],
+        if enforce {
+            vec![(key_path.clone(), read)]
+        } else {
+            // The command's parent is agentmon (the process that holds the keys).
+            let ppid = std::fs::read_to_string(d.join("out/ppid")).map_err(|e| e.to_string())?;
+            eq("observed: the command's parent", ppid.lines().nth(1), Some("agentmon"))?;
+            let mem = format!("/proc/{}/mem", ppid.lines().next().unwrap_or_default());
+            vec![
+                (key_path.clone(), read),
+                (key_path.clone(), read),
+                (p(&link), read),
+                (mem, memory),
+                (p(&bound), read),
+            ]
+        }
+        .into_iter()
+        .map(|(k, a)| (Some(k), Some("keyread".to_string()), Some(a.to_string())))
+        .collect::<Vec<_>>(),
     )?;
     ensure(run.alerts.iter().any(|a| a.event.id == tampers[0].id && a.severity == "high"), || {
         format!("{name}: no high alert for the key's read: {:?}", run.alerts)

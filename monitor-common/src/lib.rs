@@ -108,6 +108,9 @@ pub mod pflags {
     pub const STDIN_SOCKET: u16 = 1 << 7;
     /// Exec: its standard output is a socket.
     pub const STDOUT_SOCKET: u16 = 1 << 8;
+    /// Open to read of one of agentmon's private keys, known by its inode (`SECRETS`),
+    /// whatever name or mount it was opened by. Set with [`SENSITIVE`].
+    pub const SECRET: u16 = 1 << 9;
 }
 
 /// Flags in [`Tracked::flags`].

@@ -7,13 +7,13 @@
 //! resolved there.
 
 use aya_ebpf::{helpers::generated as h, macros::tracepoint, programs::TracePointContext};
-use monitor_common::{FIXED_SIZE, hash, kind, op, pflags};
+use monitor_common::{FIXED_SIZE, hash, kind, lsm::FsKey, op, pflags};
 
 use crate::{
-    SCRATCH, SENSITIVE,
+    SCRATCH, SECRETS, SENSITIVE,
     kern::{
-        AT_FDCWD, Args, Ev, NO_BASE, bounded, conf, fd_file, file_path, is_tracked, kptr, kread, off, sys,
-        sys_ret, tracked,
+        AT_FDCWD, Args, Ev, NO_BASE, bounded, conf, fd_file, file_path, ident, is_tracked, kptr, kread, off,
+        sys, sys_ret, tracked,
     },
 };
 
@@ -22,6 +22,8 @@ const O_RDWR: u64 = 0o2;
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
 const WRITE_INTENT: u64 = O_WRONLY | O_RDWR | O_CREAT | O_TRUNC;
+const O_ACCMODE: u64 = 0o3;
+const O_PATH: u64 = 0o10000000;
 const AT_REMOVEDIR: u64 = 0x200;
 const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
 
@@ -29,7 +31,7 @@ const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
 
 /// An open of a tracked process, normalised to (dfd, filename, flags, mode): emitted
 /// if it has write intent, or is read-only of a file whose basename passes the
-/// sensitive prefilter. On success the path comes from the new file (exact,
+/// sensitive prefilter, or reads one of agentmon's keys (by inode). On success the path comes from the new file (exact,
 /// symlinks resolved) and FMODE_CREATED tells a created file from an existing one;
 /// on failure it is the name as passed, relative to its dirfd.
 #[inline(always)]
@@ -43,11 +45,14 @@ pub(crate) fn open_exit(
 ) -> Option<()> {
     let ret = sys_ret(ctx);
     let file = if ret >= 0 { unsafe { fd_file(ret) } } else { 0 };
+    let dentry = if file != 0 { unsafe { kptr(file + off!(file_path), off!(path_dentry)) } } else { 0 };
     let mut pf = 0;
-    if flags & WRITE_INTENT == 0 {
+    // One of agentmon's keys opened to read, by whatever name or mount: its identity.
+    if dentry != 0 && flags & O_ACCMODE != O_WRONLY && flags & O_PATH == 0 && secret(dentry) {
+        pf = pflags::SENSITIVE | pflags::SECRET;
+    } else if flags & WRITE_INTENT == 0 {
         // The opened file's own name when there is one, else the name as passed.
-        let hit = if file != 0 {
-            let dentry = unsafe { kptr(file + off!(file_path), off!(path_dentry)) };
+        let hit = if dentry != 0 {
             sensitive_name(unsafe { kptr(dentry, off!(dentry_name) + off!(qstr_name)) }, false)
         } else {
             sensitive_name(fname, true)
@@ -120,6 +125,12 @@ pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
         let _ = open_exit(&ctx, op::CREAT, AT_FDCWD as u64, a.get(0), O_CREAT | O_WRONLY | O_TRUNC, a.get(1));
     }
     0
+}
+
+/// Is the file of `dentry` one of agentmon's private keys (`SECRETS`)?
+#[inline(always)]
+fn secret(dentry: u64) -> bool {
+    ident(dentry).is_some_and(|(dev, ino)| unsafe { SECRETS.get(&FsKey { ino, dev, task: 0 }) }.is_some())
 }
 
 /// Scan state of [`sensitive_name`]. It lives in the per-CPU scratch map and is

@@ -157,6 +157,18 @@ pub unsafe fn kptr(base: u64, off: u64) -> u64 {
     if base == 0 { 0 } else { unsafe { kread::<u64>(base + off) } }
 }
 
+/// (device, inode number) of `dentry` as the kernel knows the file (`s_dev` in its
+/// encoding), or None for a negative dentry.
+#[inline(always)]
+pub fn ident(dentry: u64) -> Option<(u32, u64)> {
+    let inode = unsafe { kptr(dentry, off!(dentry_inode)) };
+    let sb = unsafe { kptr(dentry, off!(dentry_sb)) };
+    if inode == 0 || sb == 0 {
+        return None;
+    }
+    unsafe { Some((kread::<u32>(sb + off!(sb_dev)), kread::<u64>(inode + off!(inode_ino)))) }
+}
+
 /// Loads a `T` at `base + off`, where `base` is a kernel pointer the verifier knows
 /// by its BTF type (the current task from `bpf_get_current_task_btf`, its saved
 /// registers, or a struct pointer loaded from one of those) and `off` a constant it

@@ -24,7 +24,10 @@ use monitor_common::{
 
 use crate::{
     CLIMB, ESCAPED, EXEC_OK, FS_RULES, IDENT, LSM_TASK, NET_TASK, SCRATCH, SENS_PAT, SENS_UP, TRACKED,
-    kern::{Pos, WALK_LIMIT, bload, bounded, conf, kptr, kread, mount_hop, off, pid_tgid, task_btf, tracked},
+    kern::{
+        Pos, WALK_LIMIT, bload, bounded, conf, ident, kptr, kread, mount_hop, off, pid_tgid, task_btf,
+        tracked,
+    },
 };
 
 const EACCES: i32 = -13;
@@ -102,17 +105,6 @@ pub struct Climb {
     /// 1 once the climb reached the top (else the walk limit cut it short).
     done: u32,
     _pad: u32,
-}
-
-/// (device, inode number) of `dentry`, or None for a negative dentry.
-#[inline(always)]
-fn ident(dentry: u64) -> Option<(u32, u64)> {
-    let inode = unsafe { kptr(dentry, off!(dentry_inode)) };
-    let sb = unsafe { kptr(dentry, off!(dentry_sb)) };
-    if inode == 0 || sb == 0 {
-        return None;
-    }
-    unsafe { Some((kread::<u32>(sb + off!(sb_dev)), kread::<u64>(inode + off!(inode_ino)))) }
 }
 
 /// Rights of (`task`, `dentry`), 0 if none.

@@ -78,6 +78,12 @@ static NET_ALLOW: LpmTrie<NetKeyData, NetPorts> = LpmTrie::with_max_entries(6553
 #[map]
 static FS_RULES: HashMap<FsKey, u32> = HashMap::with_max_entries(65536, 0);
 
+/// agentmon's private keys (task 0), by the identity the kernel knows them by: an
+/// open of one to read is reported whatever name or mount it was reached by (a hard
+/// link, a bind mount), on every tier.
+#[map]
+static SECRETS: HashMap<FsKey, u8> = HashMap::with_max_entries(64, 0);
+
 /// BPF LSM tier: task cookie -> how it is enforced here.
 #[map]
 static LSM_TASK: HashMap<u32, LsmTask> = HashMap::with_max_entries(4096, 0);

@@ -36,13 +36,20 @@ impl Enricher {
                 let flags = b.args[0];
                 ev.flags.extend(names::open_flags(flags));
                 ev.path = self.path(raw, 0);
+                // The kernel knew the file as one of agentmon's keys (by inode: a hard
+                // link or a bind mount is the same file under another path).
+                let key = b.pflags & pflags::SECRET != 0;
+                let memory = ev.path.as_deref().is_some_and(|p| self.sensitive.is_keeper_memory(p));
                 if flags & O_ACCMODE == 0 && flags & (O_CREAT | O_TRUNC) == 0 {
                     // Read-only: reported only for the sensitive set.
                     // A prefilter hit whose path was not read whole cannot be cleared.
                     let unknown =
                         ev.path.as_deref().is_some_and(|p| p.starts_with(crate::event::UNRESOLVED_PREFIX));
                     if b.pflags & pflags::SENSITIVE == 0
-                        || !(unknown || ev.path.as_deref().is_some_and(|p| self.sensitive.matches(p)))
+                        || !(key
+                            || memory
+                            || unknown
+                            || ev.path.as_deref().is_some_and(|p| self.sensitive.matches(p)))
                     {
                         return Next::Drop;
                     }
@@ -59,15 +66,24 @@ impl Enricher {
                     ev.kind = Kind::FileWrite;
                 }
                 // Opened to read, or to read and write (O_RDWR reads it too).
-                if flags & O_ACCMODE != O_WRONLY
-                    && let Some(p) = ev.path.as_deref().filter(|p| self.sensitive.is_secret(p))
+                if memory {
+                    // Where the keys are too, and what agentmon runs on.
+                    ev.kind = Kind::Tamper;
+                    ev.reason = Some(format!(
+                        "opened agentmon's memory {}: its private keys are in it (rotate them)",
+                        ev.path.as_deref().unwrap_or_default()
+                    ));
+                    ev.detail.insert(Cow::Borrowed("attempt"), json!("agentmon's memory opened"));
+                } else if flags & O_ACCMODE != O_WRONLY
+                    && let Some(p) = ev.path.as_deref().filter(|p| key || self.sensitive.is_secret(p))
                 {
                     // With it the agent signs as agentmon: audit records, revokes,
                     // kill signals. Nothing agentmon does can be trusted after it
                     // without a new key; the SOC must know at once.
+                    let by = if self.sensitive.is_secret(p) { "" } else { " (another name for it)" };
                     ev.kind = Kind::Tamper;
                     ev.reason = Some(format!(
-                        "read agentmon's private key {p}: with it records and messages can be forged as \
+                        "read agentmon's private key {p}{by}: with it records and messages can be forged as \
                          agentmon's (rotate the key)"
                     ));
                     ev.detail.insert(Cow::Borrowed("attempt"), json!("agentmon's private key read"));

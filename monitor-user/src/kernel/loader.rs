@@ -18,7 +18,7 @@ use aya::{
         trace_point::TracePointLink,
     },
 };
-use monitor_common::{KConfig, NetKeyData, NetPorts, Tracked};
+use monitor_common::{KConfig, NetKeyData, NetPorts, Tracked, lsm::FsKey};
 
 use super::{
     btf::{BtfError, KernelBtf},
@@ -78,6 +78,9 @@ pub struct SensorConfig {
     /// Bytes waiting in the ring before the kernel wakes the reader (it also polls).
     pub wakeup_bytes: u32,
     pub sensitive: SensitiveSet,
+    /// agentmon's private keys: a tracked open of one to read is reported by the
+    /// file's identity, whatever name or mount it was opened by.
+    pub secrets: Vec<std::path::PathBuf>,
     /// Load and attach the BPF LSM tier (`enforce::Layers::lsm`).
     pub lsm: bool,
     /// A daemon's state directory: its maps and links are pinned in bpffs under a
@@ -92,6 +95,7 @@ impl Default for SensorConfig {
             max_tracked: 65536,
             wakeup_bytes: 64 << 10,
             sensitive: SensitiveSet::default_set(),
+            secrets: Vec::new(),
             lsm: false,
             pin: None,
         }
@@ -387,6 +391,19 @@ impl Sensors {
             sensitive
                 .insert(h, &1, 0)
                 .map_err(|e| LoadError::MapOp { name: "SENSITIVE", msg: e.to_string() })?;
+        }
+        let mut secrets: HashMap<MapData, FsKey, u8> = take_map(&mut ebpf, "SECRETS")?;
+        for p in &cfg.secrets {
+            // A key that cannot be identified is still reported by its path.
+            match super::ident::of(p) {
+                Ok(k) => secrets
+                    .insert(&k, &1, 0)
+                    .map_err(|e| LoadError::MapOp { name: "SECRETS", msg: e.to_string() })?,
+                Err(e) => tracing::warn!(
+                    "{}: reads of it by another name (a hard link, a bind mount) go unseen: {e}",
+                    p.display()
+                ),
+            }
         }
         let tracked: HashMap<MapData, u32, Tracked> = take_map(&mut ebpf, "TRACKED")?;
         let tracked_bytes: Array<MapData, [u8; 64]> = take_map(&mut ebpf, "TRACKED_BYTES")?;

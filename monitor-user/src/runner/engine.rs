@@ -53,6 +53,7 @@ impl Engine {
             ringbuf_bytes,
             max_tracked: max_tracked.unwrap_or(defaults.max_tracked),
             sensitive: sensitive.clone(),
+            secrets: setup.secrets.clone(),
             lsm: setup.layers.lsm,
             // A daemon's programs outlive it (`kernel::pin`).
             pin: setup.state.as_ref().map(|s| s.dir.clone()),
