@@ -1008,11 +1008,17 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             // the command word as is and with bits set above its 32 (the kernel takes
             // an unsigned int).
             // N refused TIOCSTI in a row: EPERM if each was.
+            // N refused TIOCSTI requests, MS milliseconds apart (`N/MS`): a flood slow
+            // enough to span agentmon's ticks.
             "tiocsti_flood" => {
                 let c = b'x';
-                let n: usize = arg.parse().unwrap_or(0);
-                (0..n)
-                    .map(|_| sys(unsafe { libc::syscall(libc::SYS_ioctl, 0, libc::TIOCSTI, &raw const c) }))
+                let (n, pace) = arg.split_once('/').unwrap_or((arg, "0"));
+                let pace = std::time::Duration::from_millis(pace.parse().unwrap_or(0));
+                (0..n.parse::<usize>().unwrap_or(0))
+                    .map(|_| {
+                        std::thread::sleep(pace);
+                        sys(unsafe { libc::syscall(libc::SYS_ioctl, 0, libc::TIOCSTI, &raw const c) })
+                    })
                     .find(|e| *e != libc::EPERM)
                     .unwrap_or(libc::EPERM)
             }

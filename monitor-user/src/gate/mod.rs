@@ -229,7 +229,8 @@ impl Gate {
             if !self.refusals.holds(name) {
                 continue;
             }
-            let held = if now_or_never { Some(self.refusals.take(name)) } else { self.refusals.allow(*name) };
+            let held =
+                if now_or_never { Some(self.refusals.take(name)) } else { self.refusals.release(name) };
             let Some(held) = held else { continue };
             let mut ev = last.clone();
             ev.id = uuid::Uuid::now_v7();
