@@ -41,3 +41,7 @@ echo
 echo "== the same run as JSON lines in $events: $(grep -c '"schema":"agentmon.event/1"' "$events") events, $(grep -c '"kind":"alert"' "$events") alerts. First event and first alert:"
 grep -m1 '"schema":"agentmon.event/1"' "$events"
 grep -m1 '"kind":"alert"' "$events"
+report="$work/report.html"
+./target/release/agentmon replay --from "$events" --format html -o "$report"
+echo
+echo "== the responder's view of that run (open it in a browser; no network needed): $report"

@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# Only the tests need a browser: the HTML replay report is checked as one draws it.
+SAY_AS=test . ./scripts/lib.sh
+apt_ensure chromium
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 cargo build --quiet --all-targets

@@ -15,6 +15,7 @@ mod grant;
 mod hosts;
 mod nats;
 mod refusals;
+mod report;
 mod restart;
 mod revoke;
 mod scenarios;
@@ -99,6 +100,7 @@ fn main() {
         ("nats_sample_config_permissions", nats::nats_sample_config_permissions),
         ("nats_token_nkey_tls", nats::nats_token_nkey_tls),
         ("audit_chain_and_replay", audit::audit_chain_and_replay),
+        ("replay_html_report", report::replay_html_report),
         ("audit_chain_counts_what_a_full_disk_dropped", audit::audit_chain_counts_what_a_full_disk_dropped),
         ("reading_agentmons_key_is_tampering", audit::reading_agentmons_key_is_tampering),
         ("daemon_serves_concurrent_tasks", daemon::daemon_serves_concurrent_tasks),

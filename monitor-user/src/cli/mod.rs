@@ -211,8 +211,16 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Audit(cmd) => audit::run(cmd),
         Command::Replay(args) => {
-            let mut out = std::io::stdout().lock();
-            rt.block_on(crate::replay::run(*args, &mut out))?;
+            match args.output.clone() {
+                Some(f) => {
+                    let mut out = std::io::BufWriter::new(anyhow::Context::with_context(
+                        std::fs::File::create(&f),
+                        || format!("--output {}", f.display()),
+                    )?);
+                    rt.block_on(crate::replay::run(*args, &mut out))?;
+                }
+                None => rt.block_on(crate::replay::run(*args, &mut std::io::stdout().lock()))?,
+            }
             Ok(0)
         }
         Command::Remote(args) => rt.block_on(remote::run(*args)),

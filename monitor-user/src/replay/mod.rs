@@ -4,6 +4,8 @@
 //! policy and shows what that policy would have flagged differently (what-if).
 //! Documented in docs/replay.md.
 
+mod chain;
+mod html;
 mod nats;
 mod render;
 mod source;
@@ -33,6 +35,9 @@ pub enum ReplayFormat {
     Json,
     /// The process tree, each process with its side effects under it.
     Tree,
+    /// One self-contained page to look at: timeline, process tree, filters, chains
+    /// (write it with `-o FILE`).
+    Html,
 }
 
 /// Replay a recording: show what a task did, or what another policy would have said.
@@ -65,6 +70,14 @@ pub struct ReplayArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = ReplayFormat::Table)]
     pub format: ReplayFormat,
+    /// The chain behind the event with this id: the tasks it was delegated from, its
+    /// task's start (grant, prompt), its tool call, its approval, and the event (with
+    /// html: the report opens on it).
+    #[arg(long, value_name = "EVENT_ID")]
+    pub chain: Option<uuid::Uuid>,
+    /// Write the report to FILE instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
     /// What-if: judge every recorded event again with the rules in DIR and show what
     /// would change.
     #[arg(long, value_name = "DIR")]
@@ -101,6 +114,8 @@ impl ReplayArgs {
             kind: Vec::new(),
             verdict: Vec::new(),
             format: ReplayFormat::Table,
+            chain: None,
+            output: None,
             rules: None,
             task_file: None,
             host: None,
@@ -215,6 +230,9 @@ pub async fn run(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     {
         bail!("--since {s} is after --until {u}");
     }
+    if args.rules.is_some() && (args.format == ReplayFormat::Html || args.chain.is_some()) {
+        bail!("--rules (what-if) reports as table, json or tree, and not with --chain");
+    }
     // A broken policy fails before a long read.
     let rules = args.rules.as_deref().map(whatif::load_rules).transpose()?;
     let rec = load(&args, since).await?;
@@ -238,7 +256,10 @@ pub async fn run(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             let policy = whatif::Policy { rules, task };
             whatif::report(policy, &rec, &filter, args.format, out)
         }
-        None => show(&rec, &filter, args.format, out),
+        None => match args.chain {
+            Some(id) => chain_of(&rec, &args.from, id, args.format, out),
+            None => show(&rec, &filter, &args.from, args.format, out),
+        },
     };
     written.context("writing the replay")
 }
@@ -247,6 +268,7 @@ pub async fn run(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 pub fn show(
     rec: &Recording,
     filter: &Filter,
+    source: &str,
     format: ReplayFormat,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
@@ -256,6 +278,62 @@ pub fn show(
         ReplayFormat::Json => render::json(&events, out)?,
         ReplayFormat::Table => render::table(&events, &alerts, out)?,
         ReplayFormat::Tree => tree::render(&events, &alerts, None, out)?,
+        ReplayFormat::Html => html::write(source, &rec.events, &events, &alerts, None, out)?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `--chain ID`: the chain behind one event, outermost first (the filters do not
+/// apply: a chain reaches wherever its links were recorded).
+fn chain_of(
+    rec: &Recording,
+    source: &str,
+    id: uuid::Uuid,
+    format: ReplayFormat,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let links = chain::Index::new(&rec.events)
+        .chain(id)
+        .with_context(|| format!("--chain {id}: no event with that id in {source}"))?;
+    match format {
+        ReplayFormat::Json => {
+            for l in &links {
+                writeln!(out, "{}", serde_json::json!({"role": l.role, "event": l.event}))?;
+            }
+        }
+        ReplayFormat::Table | ReplayFormat::Tree => {
+            let sev = render::severities(&rec.alerts.iter().collect::<Vec<_>>());
+            for l in &links {
+                let e = l.event;
+                let mut line = format!(
+                    "{:<16} {} {} {}  {}",
+                    l.role,
+                    render::datetime(e.ts),
+                    e.kind.as_str(),
+                    render::what(e),
+                    render::verdict(e)
+                );
+                if let Some(st) = &e.step {
+                    line.push_str(&format!("  <{}:{}>", st.tool, st.call_id));
+                }
+                if let Some(g) = e.detail.get("grant").and_then(|g| g.get("by")).and_then(|b| b.as_str()) {
+                    line.push_str(&format!("  granted by {g}"));
+                }
+                if let Some(d) = e.detail.get("decision").and_then(|d| d.as_str()) {
+                    line.push_str(&format!("  {d}"));
+                }
+                if let Some(s) = sev.get(&e.id) {
+                    line.push_str(&format!(" [{s}]"));
+                }
+                writeln!(out, "{}", crate::sink::one_line(&line))?;
+            }
+        }
+        ReplayFormat::Html => {
+            let all: Vec<&Event> = rec.events.iter().collect();
+            let alerts: Vec<&Alert> = rec.alerts.iter().collect();
+            html::write(source, &rec.events, &all, &alerts, Some(id), out)?;
+        }
     }
     out.flush()?;
     Ok(())

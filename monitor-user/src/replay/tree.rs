@@ -19,27 +19,29 @@ use std::{collections::HashMap, fmt::Write as _, io::Write, sync::Arc};
 use super::render::{mark, time_of_day, verdict, what};
 use crate::event::{Alert, Event, Kind, Timestamp};
 
-enum Entry {
+/// A line of the tree: an event (its index) or a process (its node).
+#[derive(Clone, Copy)]
+pub(super) enum Entry {
     Ev(usize),
     Proc(usize),
 }
 
-struct Node {
-    pid: u32,
+pub(super) struct Node {
+    pub pid: u32,
     start: Option<u64>,
-    comm: String,
-    exe: Option<Arc<str>>,
-    task: Option<Arc<str>>,
+    pub comm: String,
+    pub exe: Option<Arc<str>>,
+    pub task: Option<Arc<str>>,
     /// When it was forked (or first seen).
-    born: Timestamp,
+    pub born: Timestamp,
     /// Its fork event, if recorded.
-    fork: Option<usize>,
+    pub fork: Option<usize>,
     entries: Vec<Entry>,
 }
 
 #[derive(Default)]
-struct Tree {
-    nodes: Vec<Node>,
+pub(super) struct Tree {
+    pub nodes: Vec<Node>,
     /// The current process of each pid.
     live: HashMap<u32, usize>,
     top: Vec<Entry>,
@@ -47,6 +49,35 @@ struct Tree {
 }
 
 impl Tree {
+    /// The tree of `events` (in time order).
+    pub fn of(events: &[&Event]) -> Self {
+        let mut t = Tree::default();
+        for (i, e) in events.iter().enumerate() {
+            t.add(i, e);
+        }
+        t
+    }
+
+    /// Its lines depth first, each with its depth; without recursion: a long fork
+    /// chain must not exhaust the stack.
+    pub fn lines(&self) -> Vec<(usize, Entry)> {
+        let mut out = Vec::new();
+        let mut stack: Vec<(Entry, usize)> = self.top.iter().rev().map(|en| (*en, 0)).collect();
+        while let Some((en, depth)) = stack.pop() {
+            out.push((depth, en));
+            if let Entry::Proc(n) = en {
+                stack.extend(self.nodes[n].entries.iter().rev().map(|c| (*c, depth + 1)));
+            }
+        }
+        out
+    }
+
+    /// The task process `n` is shown with: its own when its parent's differs.
+    pub fn task_shown(&self, n: usize) -> Option<&Arc<str>> {
+        let inherited = self.parent_task.get(&n).cloned().flatten();
+        self.nodes[n].task.as_ref().filter(|t| inherited.as_ref() != Some(*t))
+    }
+
     fn new_node(&mut self, e: &Event, pid: u32, start: Option<u64>, parent: Option<usize>) -> usize {
         let i = self.nodes.len();
         self.nodes.push(Node {
@@ -120,10 +151,7 @@ pub fn render(
     was: Option<&HashMap<uuid::Uuid, String>>,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
-    let mut t = Tree::default();
-    for (i, e) in events.iter().enumerate() {
-        t.add(i, e);
-    }
+    let t = Tree::of(events);
     let sev = super::render::severities(alerts);
     let tail = |e: &Event| {
         let mut s = String::new();
@@ -142,9 +170,7 @@ pub fn render(
         }
         s
     };
-    // Depth first, without recursion: a long fork chain must not exhaust the stack.
-    let mut stack: Vec<(&Entry, usize)> = t.top.iter().rev().map(|en| (en, 0)).collect();
-    while let Some((en, depth)) = stack.pop() {
+    for (depth, en) in t.lines() {
         // Past MAX_INDENT levels the depth is written as a number: a 20,000-deep fork
         // chain stays linear in size, not quadratic.
         let indent = if depth <= MAX_INDENT {
@@ -154,7 +180,7 @@ pub fn render(
         };
         match en {
             Entry::Ev(i) => {
-                let e = events[*i];
+                let e = events[i];
                 let m = mark(e.verdict.as_deref());
                 writeln!(
                     out,
@@ -166,24 +192,20 @@ pub fn render(
                 )?;
             }
             Entry::Proc(n) => {
-                let node = &t.nodes[*n];
+                let node = &t.nodes[n];
                 let fork = node.fork.map(|f| events[f]);
                 let m = mark(fork.and_then(|f| f.verdict.as_deref()));
                 let mut line = format!("{m} {indent}{} [{}] {}", time_of_day(node.born), node.pid, node.comm);
                 if let Some(exe) = &node.exe {
                     let _ = write!(line, " {exe}");
                 }
-                let inherited = t.parent_task.get(n).cloned().flatten();
-                if let Some(task) = &node.task
-                    && inherited.as_ref() != Some(task)
-                {
+                if let Some(task) = t.task_shown(n) {
                     let _ = write!(line, "  task {task}");
                 }
                 if let Some(f) = fork {
                     line.push_str(&tail(f));
                 }
                 writeln!(out, "{}", line.trim_end())?;
-                stack.extend(node.entries.iter().rev().map(|c| (c, depth + 1)));
             }
         }
     }

@@ -281,6 +281,7 @@ pub fn report(
             }});
             writeln!(out, "{s}")?;
         }
+        ReplayFormat::Html => anyhow::bail!("what-if reports as table, json or tree"),
         ReplayFormat::Tree => {
             let was: HashMap<uuid::Uuid, String> = changes.iter().map(|(e, a, _)| (e.id, a.text())).collect();
             tree::render(&kept, &[], Some(&was), out)?;

@@ -1,0 +1,181 @@
+//! The responder's HTML report (`agentmon replay --format html`), drawn by a real
+//! browser: a recorded task's events as rows under their processes, its tool calls
+//! as spans, filters from the address, the chain of an event, and the agent's own
+//! strings kept as text.
+
+use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
+
+use agentmon::event::Kind;
+
+use crate::{
+    R,
+    support::{self, agentmon, ensure, eq, run_agentmon_with, workdir},
+};
+
+/// Debian's chromium, headless: the page's DOM once its script ran.
+fn rendered(page: &Path, hash: &str) -> Result<String, String> {
+    let browser = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .ok_or("no chromium to render the report in (Debian's `chromium`; scripts/test.sh installs it)")?;
+    let mut child = Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
+        .arg(format!("file://{}#{hash}", page.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{browser}: {e}"))?;
+    let limit = Duration::from_secs(60 * support::slowdown() as u64);
+    let mut out = child.stdout.take().ok_or("no stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut out, &mut s).map(|_| s)
+    });
+    match support::exit_within(&mut child, limit) {
+        Some(Some(0)) => {}
+        other => {
+            let _ = child.kill();
+            return Err(format!("{browser} --dump-dom: {other:?} within {limit:?}"));
+        }
+    }
+    reader.join().map_err(|_| "reader panicked")?.map_err(|e| e.to_string())
+}
+
+/// The opening tags of class `class` in a DOM dump, as (attributes, hidden).
+fn tags<'a>(dom: &'a str, tag: &str, class: &str) -> Vec<(Vec<(&'a str, &'a str)>, bool)> {
+    let open = format!("<{tag} ");
+    dom.split(open.as_str())
+        .skip(1)
+        .filter_map(|rest| {
+            let head = &rest[..rest.find('>')?];
+            let attrs: Vec<(&str, &str)> = head
+                .split("\" ")
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once("=\"")?;
+                    Some((k.trim(), v.trim_end_matches('"')))
+                })
+                .collect();
+            let classes = attrs.iter().find(|(k, _)| *k == "class")?.1;
+            classes.split(' ').any(|c| c == class).then_some((attrs.clone(), head.contains("hidden")))
+        })
+        .collect()
+}
+
+fn attr<'a>(attrs: &[(&'a str, &'a str)], name: &str) -> Option<&'a str> {
+    attrs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+}
+
+pub fn replay_html_report() -> R {
+    let d = workdir("replay-html");
+    let repo = d.join("repo");
+    std::fs::create_dir_all(&repo).map_err(|e| e.to_string())?;
+    let task = d.join("task.yaml");
+    std::fs::write(
+        &task,
+        format!(
+            "id: report-1\nmode: execute\nprompt: \"Fix the parser; keep the tests green.\"\n\
+             scope:\n  write: [\"{r}/**\"]\n  delete: [\"{r}/**\"]\n  exec: [\"/usr/bin/**\", \"{a}\"]\n",
+            r = repo.display(),
+            a = agentmon()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    // Two tool calls; the second writes outside the scope, and a file whose name is
+    // markup (the agent chooses its file names).
+    let a = agentmon();
+    let hostile = "<img src=x onerror=alert(1)>";
+    let script = format!(
+        "{a} step begin --tool Write --call-id toolu_1; echo x > {r}/a.py; {a} step end --tool Write --call-id toolu_1; \
+         {a} step begin --tool Bash --call-id toolu_2; echo y > {o}; touch '{r}/{hostile}'; rm {r}/a.py; \
+         {a} step end --tool Bash --call-id toolu_2",
+        r = repo.display(),
+        o = d.join("outside.txt").display(),
+    );
+    let run = run_agentmon_with(
+        &["--task", task.to_str().unwrap()],
+        &["/usr/bin/sh".into(), "-c".into(), script],
+        &[],
+        &d,
+    )?;
+    eq(&format!("exit code ({})", run.stderr), run.code, 0)?;
+    let events = d.join(format!("events-{}.jsonl", std::process::id()));
+    let page = d.join("report.html");
+    let out = Command::new(a)
+        .args([
+            "replay",
+            "--from",
+            events.to_str().unwrap(),
+            "--format",
+            "html",
+            "-o",
+            page.to_str().unwrap(),
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    ensure(out.status.success(), || format!("replay: {}", String::from_utf8_lossy(&out.stderr)))?;
+
+    let outside = run.find(Kind::FileCreate, &d.join("outside.txt"))?;
+    let start = run.of(Kind::TaskStart).first().copied().ok_or("no task_start")?;
+    let begin2 = run
+        .of(Kind::Step)
+        .into_iter()
+        .find(|e| e.detail["phase"] == "begin" && e.step.as_ref().is_some_and(|s| s.call_id == "toolu_2"))
+        .ok_or("no step begin of toolu_2")?;
+
+    // Everything: a row for every event but forks (a process's own row), none hidden.
+    let dom = rendered(&page, "")?;
+    let rows = tags(&dom, "div", "ev");
+    let ids = |rows: &[(Vec<(&str, &str)>, bool)], hidden: bool| -> BTreeSet<String> {
+        rows.iter()
+            .filter(|(_, h)| *h == hidden)
+            .filter_map(|(a, _)| attr(a, "data-id"))
+            .map(String::from)
+            .collect()
+    };
+    let want: BTreeSet<String> =
+        run.events.iter().filter(|e| e.kind != Kind::Fork).map(|e| e.id.to_string()).collect();
+    eq("event rows, all shown", ids(&rows, false), want)?;
+    eq("processes (a row each)", tags(&dom, "div", "proc").len(), run.of(Kind::Fork).len() + 1)?;
+    let calls: BTreeSet<&str> =
+        tags(&dom, "rect", "span").iter().filter_map(|(a, _)| attr(a, "data-call")).collect();
+    eq("tool calls on the timeline", calls, BTreeSet::from(["toolu_1", "toolu_2"]))?;
+    // The file name is text on the page, not an element.
+    ensure(!dom.contains("<img"), || "the agent's file name became an <img> element".into())?;
+    ensure(dom.contains("&lt;img src=x onerror=alert(1)&gt;"), || {
+        "the agent's file name is not on the page".into()
+    })?;
+
+    // Filtered from the address: only the violations shown, the rest hidden.
+    let dom = rendered(&page, "verdict=violation")?;
+    let rows = tags(&dom, "div", "ev");
+    let violations: BTreeSet<String> = run
+        .events
+        .iter()
+        .filter(|e| e.kind != Kind::Fork && e.verdict.as_deref() == Some("violation"))
+        .map(|e| e.id.to_string())
+        .collect();
+    ensure(violations.contains(&outside.id.to_string()), || "the outside write is no violation".into())?;
+    eq("rows shown with verdict=violation", ids(&rows, false), violations)?;
+
+    // The chain of the outside write: its task (with the prompt), its tool call, itself.
+    let dom = rendered(&page, &format!("chain={}", outside.id))?;
+    let chain: Vec<(String, String)> = dom
+        .split("<li ")
+        .skip(1)
+        .filter_map(|li| {
+            let head = &li[..li.find('>')?];
+            let get = |n: &str| head.split(&format!("{n}=\"")).nth(1)?.split('"').next().map(String::from);
+            Some((get("data-role")?, get("data-id")?))
+        })
+        .collect();
+    let want = vec![
+        ("task".to_string(), start.id.to_string()),
+        ("step".to_string(), begin2.id.to_string()),
+        ("event".to_string(), outside.id.to_string()),
+    ];
+    eq("the chain shown", chain, want)?;
+    ensure(dom.contains("prompt: Fix the parser; keep the tests green."), || {
+        "the chain does not show the prompt".into()
+    })?;
+    Ok(())
+}
