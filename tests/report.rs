@@ -80,23 +80,22 @@ pub fn replay_html_report() -> R {
         ),
     )
     .map_err(|e| e.to_string())?;
-    // Two tool calls; the second writes outside the scope, and a file whose name is
+    // Two tool calls; the second, after a prompt (with a key in it, which the
+    // record must not keep), writes outside the scope and a file whose name is
     // markup (the agent chooses its file names).
     let a = agentmon();
     let hostile = "<img src=x onerror=alert(1)>";
+    let prompt = "Also clean up; the key is AKIAABCDEFGHIJKLMNOP";
     let script = format!(
         "{a} step begin --tool Write --call-id toolu_1; echo x > {r}/a.py; {a} step end --tool Write --call-id toolu_1; \
+         {a} step prompt --text '{prompt}'; \
          {a} step begin --tool Bash --call-id toolu_2; echo y > {o}; touch '{r}/{hostile}'; rm {r}/a.py; \
          {a} step end --tool Bash --call-id toolu_2",
         r = repo.display(),
         o = d.join("outside.txt").display(),
     );
-    let run = run_agentmon_with(
-        &["--task", task.to_str().unwrap()],
-        &["/usr/bin/sh".into(), "-c".into(), script],
-        &[],
-        &d,
-    )?;
+    let flags = ["--task", task.to_str().unwrap(), "--prompt-text"];
+    let run = run_agentmon_with(&flags, &["/usr/bin/sh".into(), "-c".into(), script], &[], &d)?;
     eq(&format!("exit code ({})", run.stderr), run.code, 0)?;
     let events = d.join(format!("events-{}.jsonl", std::process::id()));
     let page = d.join("report.html");
@@ -116,6 +115,43 @@ pub fn replay_html_report() -> R {
 
     let outside = run.find(Kind::FileCreate, &d.join("outside.txt"))?;
     let start = run.of(Kind::TaskStart).first().copied().ok_or("no task_start")?;
+    let prompted =
+        run.of(Kind::Step).into_iter().find(|e| e.detail["phase"] == "prompt").ok_or("no prompt record")?;
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(prompt.as_bytes()))
+    };
+    eq(
+        "the prompt record (task, hash, length, text)",
+        (
+            prompted.task.as_deref(),
+            prompted.detail["prompt_sha256"].as_str(),
+            prompted.detail["prompt_bytes"].as_u64(),
+            prompted.detail["prompt"].as_str(),
+        ),
+        (
+            Some("report-1"),
+            Some(sha.as_str()),
+            Some(prompt.len() as u64),
+            Some("Also clean up; the key is [redacted]"),
+        ),
+    )?;
+    // The chain from the command line: task, prompt, tool call, the write.
+    let out = Command::new(a)
+        .args(["replay", "--from", events.to_str().unwrap(), "--format", "json", "--chain"])
+        .arg(outside.id.to_string())
+        .output()
+        .map_err(|e| e.to_string())?;
+    ensure(out.status.success(), || format!("replay --chain: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let links: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).map_err(|e| format!("{e}: {l}")))
+        .map(|v| {
+            v.map(|v| {
+                (v["role"].as_str().unwrap_or("").into(), v["event"]["id"].as_str().unwrap_or("").into())
+            })
+        })
+        .collect::<Result<_, _>>()?;
     let begin2 = run
         .of(Kind::Step)
         .into_iter()
@@ -170,9 +206,11 @@ pub fn replay_html_report() -> R {
         .collect();
     let want = vec![
         ("task".to_string(), start.id.to_string()),
+        ("prompt".to_string(), prompted.id.to_string()),
         ("step".to_string(), begin2.id.to_string()),
         ("event".to_string(), outside.id.to_string()),
     ];
+    eq("replay --chain", &links, &want)?;
     eq("the chain shown", chain, want)?;
     ensure(dom.contains("prompt: Fix the parser; keep the tests green."), || {
         "the chain does not show the prompt".into()

@@ -441,10 +441,27 @@ fn steps_in(enforce: bool) -> R {
         .find(|e| e.detail.get("attempt").and_then(|v| v.as_str()) == Some("step"))
         .ok_or_else(|| format!("no tamper record of the 65th open step:\n{}", run.summary()))?;
     eq("its task", full.task.as_deref(), Some("stepped"))?;
-    let want: Vec<(String, String)> = [("begin", "c1"), ("end", "c1"), ("begin", "c2"), ("end", "c2")]
-        .map(|(a, b)| (a.into(), b.into()))
-        .into();
+    let want: Vec<(String, String)> =
+        [("begin", "c1"), ("end", "c1"), ("prompt", ""), ("begin", "c2"), ("end", "c2")]
+            .map(|(a, b)| (a.into(), b.into()))
+            .into();
     eq("step records", records, want)?;
+    // The prompt as the hook gave it: its hash and length, not its text (not asked for).
+    let p = run.of(Kind::Step).into_iter().find(|e| e.detail["phase"] == "prompt").ok_or("no prompt")?;
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b"tidy up b"))
+    };
+    eq(
+        "prompt record (task, sha256, bytes, text)",
+        (
+            p.task.as_deref(),
+            p.detail["prompt_sha256"].as_str(),
+            p.detail["prompt_bytes"].as_u64(),
+            p.detail.get("prompt"),
+        ),
+        (Some("stepped"), Some(sha.as_str()), Some(9), None),
+    )?;
     if enforce {
         // The held delete of out/b: its request and its decision (a timeout) are
         // records of step c2, like the calls around them.

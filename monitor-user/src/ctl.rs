@@ -158,6 +158,18 @@ pub enum Request {
         #[serde(default)]
         traceparent: Option<String>,
     },
+    /// The prompt (the request the agent acts on) a task's next steps serve: recorded
+    /// as its hash, and its text if the host keeps text. From the task's own
+    /// processes (the agent's prompt hook) or an operator.
+    Prompt {
+        /// Default: the caller's own task.
+        #[serde(default)]
+        task: Option<String>,
+        text: String,
+        /// The caller cut a longer prompt to `prompt::MAX_PROMPT_BYTES`; its whole length.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cut: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -179,6 +191,7 @@ impl Request {
             Request::Approvals {} => "approvals",
             Request::Status {} => "status",
             Request::Step { .. } => "step",
+            Request::Prompt { .. } => "prompt",
             Request::Start { .. } => "start",
             Request::Attach { .. } => "attach",
             Request::End { .. } => "end",

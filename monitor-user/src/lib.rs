@@ -27,6 +27,7 @@ pub mod ocsf;
 pub mod paths;
 pub mod policy;
 pub mod proctable;
+pub mod prompt;
 pub mod replay;
 pub mod runner;
 pub mod sensitive;

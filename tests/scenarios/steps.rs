@@ -21,7 +21,7 @@ fn step(agentmon: &str, args: &[&str], stdin: Option<&str>) -> Result<bool, Stri
     Ok(c.wait().map_err(|e| e.to_string())?.success())
 }
 
-/// args: AGENTMON. Writes out/a in step c1 (Write), out/b and, from a forked child,
+/// args: AGENTMON. Writes out/a in step c1 (Write), records a prompt, then out/b and, from a forked child,
 /// out/c in step c2 (Bash, with a traceparent, begun by a Claude Code hook input),
 /// and deletes out/b in it,
 /// out/after outside any step; a step for another task must be refused, and a 65th
@@ -36,6 +36,13 @@ pub fn steps(d: &Path, args: &[String]) -> Result<(), String> {
     ok(step(am, &["begin", "--tool", "Write", "--call-id", "c1"], None), "begin c1")?;
     fs::write(out.join("a"), "a").map_err(|e| e.to_string())?;
     ok(step(am, &["end", "--tool", "Write", "--call-id", "c1"], None), "end c1")?;
+    // The prompt c2 serves, from a Claude Code UserPromptSubmit hook's input; a prompt
+    // for another task must be refused.
+    let prompt = r#"{"hook_event_name":"UserPromptSubmit","session_id":"s","prompt":"tidy up b"}"#;
+    ok(step(am, &["prompt", "--claude-hook"], Some(prompt)), "prompt")?;
+    if step(am, &["prompt", "--task", "someone-else", "--text", "x"], None)? {
+        return Err("a prompt for another task was accepted".into());
+    }
     let hook = r#"{"hook_event_name":"PreToolUse","tool_name":"Bash","tool_use_id":"c2","tool_input":{}}"#;
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     ok(step(am, &["begin", "--claude-hook", "--traceparent", tp], Some(hook)), "begin c2")?;

@@ -75,6 +75,19 @@ struct Config {
     /// Ed25519 public keys (hex, one per line) that may grant tasks: with it, a task
     /// starts only with a grant by one of them (`agentmon grant`).
     grant_keys: Option<PathBuf>,
+    prompts: Option<PromptsConfig>,
+}
+
+/// What prompt records keep: always the prompt's SHA-256 and length; its text when
+/// `text` is true, redacted and bounded.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptsConfig {
+    #[serde(default)]
+    text: bool,
+    max_bytes: Option<usize>,
+    #[serde(default)]
+    redact: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,6 +301,11 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
             None => std::time::Duration::from_secs(60),
             Some(t) => super::duration(t).map_err(|e| anyhow::anyhow!("{file}: approval_timeout: {e}"))?,
         },
+        prompts: match &cfg.prompts {
+            None => Default::default(),
+            Some(p) => crate::prompt::PromptPolicy::new(p.text, p.max_bytes.unwrap_or(4096), &p.redact)
+                .map_err(|e| anyhow::anyhow!("{file}: prompts.redact: {e}"))?,
+        },
         on_expiry: match cfg.on_expiry.as_deref() {
             None | Some("end") => crate::runner::OnExpiry::End,
             Some("kill") => crate::runner::OnExpiry::Kill,
@@ -397,5 +415,27 @@ mod tests {
         let e =
             opts(&format!("nats:\n  url: nats://a:4222\n{spool}  stream:\n    max_age: soon\n")).unwrap_err();
         assert!(e.contains("nats.stream.max_age"), "{e}");
+    }
+
+    /// `prompts`: text kept as asked, with the host's own redactions; a bad pattern
+    /// names the file and the key.
+    #[test]
+    fn prompt_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("d.yaml");
+        let opts = |text: &str| {
+            std::fs::write(&f, text).unwrap();
+            options(DaemonArgs { config: Some(f.clone()), socket: None }).map_err(|e| e.to_string())
+        };
+        assert!(!opts("{}").unwrap().prompts.text, "hash only by default");
+        let p =
+            opts("prompts:\n  text: true\n  max_bytes: 64\n  redact: [\"hunter[0-9]\"]\n").unwrap().prompts;
+        assert!(p.text && p.max_bytes == 64);
+        let kept = p.fields("pw hunter2", None).into_iter().find(|(k, _)| *k == "prompt").unwrap().1;
+        assert_eq!(kept, "pw [redacted]");
+        let e = opts("prompts:\n  text: true\n  redact: [\"(\"]\n").unwrap_err();
+        assert!(e.contains("d.yaml") && e.contains("prompts.redact"), "{e}");
+        let e = opts("prompts:\n  txt: true\n").unwrap_err();
+        assert!(e.contains("d.yaml"), "{e}");
     }
 }

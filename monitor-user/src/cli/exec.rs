@@ -45,6 +45,17 @@ pub struct ExecArgs {
     /// How long a call held for approval waits before it is denied.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
     pub approval_timeout: Duration,
+    /// Keep the text of prompt records (`agentmon step prompt`), redacted and
+    /// bounded, not only its SHA-256 and length.
+    #[arg(long)]
+    pub prompt_text: bool,
+    /// With --prompt-text: the most text kept per prompt, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096, requires = "prompt_text")]
+    pub prompt_max_bytes: usize,
+    /// With --prompt-text: also redact what this regular expression matches
+    /// (besides the built-in secret shapes; repeatable).
+    #[arg(long, value_name = "REGEX", requires = "prompt_text")]
+    pub prompt_redact: Vec<String>,
     /// Do not print the start-up and survivor notes on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -214,6 +225,12 @@ impl ExecArgs {
             sensitive: sensitive_set(&self.sensitive, self.no_default_sensitive)?,
             ringbuf_bytes: self.ringbuf_mb << 20,
             approval_timeout: self.approval_timeout,
+            prompts: crate::prompt::PromptPolicy::new(
+                self.prompt_text,
+                self.prompt_max_bytes,
+                &self.prompt_redact,
+            )
+            .map_err(|e| anyhow::anyhow!("--prompt-redact: {e}"))?,
             quiet: self.quiet,
             outputs: self.out.outputs()?,
             daemon: match (self.standalone, self.daemon.or(from_env)) {

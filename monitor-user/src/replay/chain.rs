@@ -1,6 +1,7 @@
 //! The chain behind one recorded side effect, from the authority down to the call:
-//! the tasks it was delegated from, its task's start (grant, prompt), the tool call
-//! (step) it came from, the approval it waited for, and the event itself. What a
+//! the tasks it was delegated from, its task's start (grant, purpose), the prompt
+//! its tool call served, the tool call (step) it came from, the approval it waited
+//! for, and the event itself. What a
 //! responder asks first of a change: who allowed it, why, through which call.
 
 use std::collections::HashMap;
@@ -20,6 +21,8 @@ pub struct Index<'a> {
     events: &'a [Event],
     /// Task id -> its task_start records, in time order.
     starts: HashMap<&'a str, Vec<usize>>,
+    /// Task id -> its prompt records, in time order.
+    prompts: HashMap<&'a str, Vec<usize>>,
     /// (task, call id) -> its step begin records, in time order.
     begins: HashMap<(&'a str, &'a str), Vec<usize>>,
     /// Approval id -> the records that carry it (request, decision, the call's own).
@@ -37,6 +40,7 @@ impl<'a> Index<'a> {
         let mut ix = Index {
             events,
             starts: HashMap::new(),
+            prompts: HashMap::new(),
             begins: HashMap::new(),
             approvals: HashMap::new(),
             by_id: HashMap::new(),
@@ -46,11 +50,11 @@ impl<'a> Index<'a> {
             let task = e.task.as_deref();
             match (e.kind, task) {
                 (Kind::TaskStart, Some(t)) => ix.starts.entry(t).or_default().push(i),
-                (Kind::Step, Some(t)) if e.detail.get("phase").and_then(|p| p.as_str()) == Some("begin") => {
-                    if let Some(s) = &e.step {
-                        ix.begins.entry((t, s.call_id.as_str())).or_default().push(i);
-                    }
-                }
+                (Kind::Step, Some(t)) => match (e.detail.get("phase").and_then(|p| p.as_str()), &e.step) {
+                    (Some("begin"), Some(s)) => ix.begins.entry((t, s.call_id.as_str())).or_default().push(i),
+                    (Some("prompt"), _) => ix.prompts.entry(t).or_default().push(i),
+                    _ => {}
+                },
                 _ => {}
             }
             if let Some(a) = approval_of(e) {
@@ -60,9 +64,10 @@ impl<'a> Index<'a> {
         ix
     }
 
-    /// The last of `at` (indexes in time order) recorded at or before event `e`.
+    /// The last of `at` (indexes in time order) recorded at or before event `e`
+    /// (and not `e` itself).
     fn last_before(&self, at: Option<&Vec<usize>>, e: &Event) -> Option<&'a Event> {
-        at?.iter().rev().map(|&i| &self.events[i]).find(|s| s.ts <= e.ts)
+        at?.iter().rev().map(|&i| &self.events[i]).find(|s| s.ts <= e.ts && s.id != e.id)
     }
 
     /// The chain of the event with id `id`, outermost first; None if no such event.
@@ -81,10 +86,18 @@ impl<'a> Index<'a> {
         {
             links.push(Link { role: "task", event: s });
         }
-        if let (Some(t), Some(st)) = (e.task.as_deref(), e.step.as_ref())
-            && let Some(b) = self.last_before(self.begins.get(&(t, st.call_id.as_str())), e)
-            && b.id != e.id
+        let begin = match (e.task.as_deref(), e.step.as_ref()) {
+            (Some(t), Some(st)) => self.last_before(self.begins.get(&(t, st.call_id.as_str())), e),
+            _ => None,
+        };
+        // The prompt its tool call served: the task's last before the call began.
+        if let Some(t) = e.task.as_deref()
+            && let Some(p) = self.last_before(self.prompts.get(t), begin.unwrap_or(e))
+            && p.id != e.id
         {
+            links.push(Link { role: "prompt", event: p });
+        }
+        if let Some(b) = begin {
             links.push(Link { role: "step", event: b });
         }
         let approval = approval_of(e).and_then(|a| self.approvals.get(a));
@@ -138,6 +151,13 @@ mod tests {
         let mut other_begin = ev(Kind::Step, "fix", 4);
         step(&mut other_begin, "toolu_2");
         other_begin.detail.insert("phase".into(), json!("begin"));
+        let mut early = ev(Kind::Step, "fix", 4);
+        early.detail.insert("phase".into(), json!("prompt"));
+        let mut prompt = ev(Kind::Step, "fix", 4);
+        prompt.detail.insert("phase".into(), json!("prompt"));
+        // A prompt after the call began is the next call's, not this one's.
+        let mut late = ev(Kind::Step, "fix", 7);
+        late.detail.insert("phase".into(), json!("prompt"));
         let mut begin = ev(Kind::Step, "fix", 5);
         step(&mut begin, "toolu_1");
         begin.detail.insert("phase".into(), json!("begin"));
@@ -152,7 +172,8 @@ mod tests {
         // Another task's approval with another id: not in the chain.
         let mut stray = ev(Kind::Approval, "fix", 9);
         stray.detail.insert("approval".into(), json!("a-2"));
-        let all = vec![parent, old_start, start, other_begin, begin, req, ok, del, stray];
+        let all =
+            vec![parent, old_start, start, other_begin, begin, req, ok, del, stray, early, prompt, late];
         let ix = Index::new(&all);
         let roles = |id| -> Vec<(&str, uuid::Uuid)> {
             ix.chain(id).unwrap().iter().map(|l| (l.role, l.event.id)).collect()
@@ -162,6 +183,7 @@ mod tests {
             vec![
                 ("delegated by", all[0].id),
                 ("task", all[2].id),
+                ("prompt", all[10].id),
                 ("step", all[4].id),
                 ("approval request", all[5].id),
                 ("approval", all[6].id),

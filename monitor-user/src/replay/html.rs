@@ -126,8 +126,7 @@ pub fn write<'a>(
     let ms = events.iter().map(|e| (e.ts.0 - t0.0) as f64 / 1e6).collect();
     let what = events.iter().map(|e| super::render::what(e)).collect();
     let sev = severities(alerts);
-    let severity =
-        shown.iter().enumerate().filter_map(|(i, e)| Some((i, *sev.get(&e.id)?))).collect();
+    let severity = shown.iter().enumerate().filter_map(|(i, e)| Some((i, *sev.get(&e.id)?))).collect();
     let tree = Tree::of(shown);
     let lines = tree
         .lines()

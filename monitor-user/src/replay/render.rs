@@ -88,7 +88,15 @@ pub fn what(e: &Event) -> String {
         Kind::Bpf => detail(e, "cmd").unwrap_or_default(),
         Kind::Step => match &e.step {
             Some(st) => format!("step {} {} {}", detail(e, "phase").unwrap_or_default(), st.tool, st.call_id),
-            None => "step".into(),
+            // A prompt: its text if kept, else its hash.
+            None => match (detail(e, "prompt"), detail(e, "prompt_sha256")) {
+                (Some(p), _) => {
+                    let short: String = p.chars().take(120).collect();
+                    format!("prompt {short:?}{}", if short.len() < p.len() { "…" } else { "" })
+                }
+                (None, Some(h)) => format!("prompt sha256:{}", h.get(..16).unwrap_or(&h)),
+                (None, None) => "step".into(),
+            },
         },
         Kind::TaskStart => {
             let mut s = format!("task {}", e.task.as_deref().unwrap_or("?"));

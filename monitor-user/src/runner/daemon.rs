@@ -41,6 +41,8 @@ pub struct DaemonOptions {
     pub metrics: Option<std::net::SocketAddr>,
     /// How long a held call waits for an approver before it is denied.
     pub approval_timeout: Duration,
+    /// What prompt records keep.
+    pub prompts: crate::prompt::PromptPolicy,
     pub on_expiry: OnExpiry,
     /// How often the host names of tasks' scopes are looked up again.
     pub hosts_refresh: Duration,
@@ -92,6 +94,7 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     own.push(opts.socket.clone());
     let mut setup = Setup::new(layers, own, opts.approval_timeout);
     setup.on_expiry = opts.on_expiry;
+    setup.prompts = opts.prompts.clone();
     setup.hosts_refresh = opts.hosts_refresh;
     setup.delegation_lookups = opts.delegation_lookups;
     setup.state = Some(StateDir { dir: opts.state_dir.clone() });

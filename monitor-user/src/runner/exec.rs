@@ -41,6 +41,8 @@ pub struct ExecOptions {
     pub rules: RulesChoice,
     /// How long a held call waits for an approver before it is denied.
     pub approval_timeout: Duration,
+    /// What prompt records keep (the daemon's own, for a registered task).
+    pub prompts: crate::prompt::PromptPolicy,
     /// The audit chain and NATS, when configured.
     pub outputs: Outputs,
     /// A running daemon to register the task with (instead of running embedded).
@@ -128,6 +130,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     let layers = Layers::probe();
     report_layers(&opts, &layers);
     let mut setup = Setup::new(layers, opts.own_files(), opts.approval_timeout);
+    setup.prompts = opts.prompts.clone();
     if let Some((t, _)) = &opts.task {
         // Its events file is among the protected (setup's own files).
         tasks::admissible(t, &setup, rules.as_ref().unwrap_or(&Default::default()), None)?;

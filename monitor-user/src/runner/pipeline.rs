@@ -246,6 +246,29 @@ impl Pipeline {
         Ok(ev)
     }
 
+    /// The prompt record of task `id`: what the next steps serve (a `step` record,
+    /// `detail.phase: prompt`, with what `policy` keeps of the text).
+    pub fn prompt(
+        &mut self,
+        id: &str,
+        text: &str,
+        cut: Option<u64>,
+        policy: &crate::prompt::PromptPolicy,
+    ) -> Result<Event, StepError> {
+        let b = self.judge.task(id).ok_or_else(|| StepError::NoTask(id.into()))?;
+        let mut ev = Event::new(Kind::Step, self.enr.clock().now_wall(), self.enr.host());
+        ev.task = Some(b.id.clone());
+        ev.task_chain = (!b.chain.is_empty()).then(|| b.chain.clone());
+        ev.pid = std::process::id();
+        ev.tid = ev.pid;
+        ev.comm = "agentmon".into();
+        ev.detail.insert("phase".into(), json!("prompt"));
+        for (k, v) in policy.fields(text, cut) {
+            ev.detail.insert(k.into(), v);
+        }
+        Ok(ev)
+    }
+
     /// Tasks whose expiry passed: their end is recorded (`task_end`, "expired"; on NATS
     /// the revoke), after what the task's `on_expiry` (else the host's `on_expiry`
     /// for observed tasks, freeze for enforced ones) says: freeze or kill the tree.

@@ -44,9 +44,9 @@ pub fn answer(inc: Incoming, e: &mut Engine, noise: &mut Noise) {
 /// writer's credentials there are the kernel's unless a root agent forged them
 /// (CAP_SYS_ADMIN may), so they never carry more than the task's own rights.
 fn from_mailbox(mc: u32, caller: &Caller, req: &Request, e: &Engine) -> Result<(), String> {
-    if !matches!(req, Request::Delegate { .. } | Request::Step { .. }) {
+    if !matches!(req, Request::Delegate { .. } | Request::Step { .. } | Request::Prompt { .. }) {
         return Err(format!(
-            "{} refused: a task's mailbox carries only delegations and steps",
+            "{} refused: a task's mailbox carries only delegations, steps and prompts",
             req.op_name()
         ));
     }
@@ -130,6 +130,9 @@ fn serve_now(
         let st = Step { tool, call_id, trace_id: None, span_id: None };
         return step(e, noise, caller, phase, task, st, traceparent);
     }
+    if let Request::Prompt { task, text, cut } = req {
+        return prompt(e, caller, task, &text, cut);
+    }
     // Everything else is for operators: never a process inside a task.
     if let Some(c) = task {
         if let Some(held) = noise.allow(Some(c)) {
@@ -146,7 +149,9 @@ fn serve_now(
         return Reply::err(format!("{what} refused: uid {uid} may not control agentmon's tasks"));
     }
     let (task, act, via) = match req {
-        Request::Delegate { .. } | Request::Step { .. } => unreachable!("handled above"),
+        Request::Delegate { .. } | Request::Step { .. } | Request::Prompt { .. } => {
+            unreachable!("handled above")
+        }
         Request::Start { manifest, file, pid, enforce, events, grant, launch, lsm, kept_mailbox } => {
             let launch = launch.into_iter().map(std::path::PathBuf::from).collect();
             // The registering exec keeps copies of the task's descriptors for a
@@ -314,23 +319,11 @@ fn step(
     mut st: Step,
     traceparent: Option<String>,
 ) -> Reply {
-    let (peer, uid) = (caller.pid, caller.uid);
-    let own = e.sensors.task_of(peer).and_then(|c| e.p.enr.task_name(c));
-    let Some(task) = task.or_else(|| own.as_ref().map(|t| t.to_string())) else {
-        return Reply::err("step: which task? (--task, or call from inside a task)");
+    let peer = caller.pid;
+    let task = match annotated(e, caller, task, "step") {
+        Ok(t) => t,
+        Err(why) => return Reply::err(why),
     };
-    match &own {
-        Some(o) => {
-            let within = e.p.judge.task(&task).is_some_and(|b| b.id == *o || b.chain.iter().any(|p| p == o));
-            if !within {
-                return Reply::err(format!("step refused: the caller is in task {o}, not {task}"));
-            }
-        }
-        None if uid != 0 && uid != nix::unistd::geteuid().as_raw() => {
-            return Reply::err(format!("step refused: uid {uid} may not annotate agentmon's tasks"));
-        }
-        None => {}
-    }
     if st.tool.is_empty() || st.call_id.is_empty() || st.tool.len() > 256 || st.call_id.len() > 256 {
         return Reply::err("step: tool and call_id must be 1 to 256 bytes");
     }
@@ -354,6 +347,51 @@ fn step(
             }
             Reply::err(err.to_string())
         }
+    }
+}
+
+/// The task a step or prompt annotates: the one named, if the caller is inside it
+/// (or a task delegated from it) or an operator outside every task; else the
+/// caller's own.
+fn annotated(e: &Engine, caller: &Caller, task: Option<String>, what: &str) -> Result<String, String> {
+    let uid = caller.uid;
+    let own = e.sensors.task_of(caller.pid).and_then(|c| e.p.enr.task_name(c));
+    let Some(task) = task.or_else(|| own.as_ref().map(|t| t.to_string())) else {
+        return Err(format!("{what}: which task? (--task, or call from inside a task)"));
+    };
+    match &own {
+        Some(o) => {
+            let within = e.p.judge.task(&task).is_some_and(|b| b.id == *o || b.chain.iter().any(|p| p == o));
+            if !within {
+                return Err(format!("{what} refused: the caller is in task {o}, not {task}"));
+            }
+        }
+        None if uid != 0 && uid != nix::unistd::geteuid().as_raw() => {
+            return Err(format!("{what} refused: uid {uid} may not annotate agentmon's tasks"));
+        }
+        None => {}
+    }
+    Ok(task)
+}
+
+/// `prompt`: the record of the prompt a task's next steps serve.
+fn prompt(e: &mut Engine, caller: &Caller, task: Option<String>, text: &str, cut: Option<u64>) -> Reply {
+    let task = match annotated(e, caller, task, "prompt") {
+        Ok(t) => t,
+        Err(why) => return Reply::err(why),
+    };
+    if text.len() > crate::prompt::MAX_PROMPT_BYTES || cut.is_some_and(|c| c <= text.len() as u64) {
+        return Reply::err(format!(
+            "prompt: at most {} bytes of text, and a whole length beyond it when cut",
+            crate::prompt::MAX_PROMPT_BYTES
+        ));
+    }
+    match e.p.prompt(&task, text, cut, &e.setup.prompts) {
+        Ok(ev) => {
+            e.record(&ev);
+            Reply { ok: true, task: Some(task), ..Default::default() }
+        }
+        Err(err) => Reply::err(err.to_string()),
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Setup {
     pub grant_keys: Option<Vec<ed25519_dalek::VerifyingKey>>,
     /// agentmon's private keys (canonical): a task that reads one is tampering.
     pub secrets: Vec<PathBuf>,
+    /// What prompt records keep of a prompt.
+    pub prompts: crate::prompt::PromptPolicy,
 }
 
 /// Directories of agentmon's own, whatever the configuration: its control sockets,
@@ -66,6 +68,7 @@ impl Setup {
             state: None,
             grant_keys: None,
             secrets: Vec::new(),
+            prompts: Default::default(),
         }
     }
 }
