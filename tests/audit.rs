@@ -258,7 +258,8 @@ fn key_read(name: &str, enforce: bool) -> R {
         format!(
             "exec 3<> {k}; /usr/bin/ln {k} {link}; /usr/bin/cat {link} > /dev/null; \
              /usr/bin/head -c 1 /proc/$PPID/mem > /dev/null 2>&1; echo $PPID > {ppid}; \
-             /usr/bin/cat /proc/$PPID/comm >> {ppid}; \
+             /usr/bin/cat /proc/$PPID/comm >> {ppid}; /usr/bin/cat /proc/$PPID/environ > /dev/null; \
+             /usr/bin/mkdir -p {out}/$PPID; echo x > {out}/$PPID/mem; /usr/bin/cat {out}/$PPID/mem > /dev/null; \
              /usr/bin/mkdir {m}; /usr/bin/unshare -m /usr/bin/sh -c \
              '/usr/bin/mount --bind {keys} {m} && /usr/bin/cat {bound} > /dev/null'; ",
             k = key.display(),
@@ -267,6 +268,7 @@ fn key_read(name: &str, enforce: bool) -> R {
             keys = d.join("keys").display(),
             bound = bound.display(),
             ppid = d.join("out/ppid").display(),
+            out = d.join("out").display(),
         )
     };
     let script = format!(
@@ -280,12 +282,13 @@ fn key_read(name: &str, enforce: bool) -> R {
     eq(&format!("{name}: exit code ({})", run.stderr), run.code, 0)?;
     let p = |x: &std::path::Path| x.display().to_string();
     let key_path = p(&key);
-    let (read, memory) = ("agentmon's private key read", "agentmon's memory opened");
+    let (read, memory, environ) =
+        ("agentmon's private key read", "agentmon's memory opened", "agentmon's environment read");
     // (Observed, the mount namespace is a tamper record of its own.)
     let tampers: Vec<&Event> = run
         .of(Kind::Tamper)
         .into_iter()
-        .filter(|e| e.detail["attempt"] == read || e.detail["attempt"] == memory)
+        .filter(|e| [read, memory, environ].iter().any(|a| e.detail["attempt"] == *a))
         .collect();
     eq(
         &format!("{name}: tamper records (path, task, attempt)"),
@@ -305,12 +308,14 @@ fn key_read(name: &str, enforce: bool) -> R {
             // The command's parent is agentmon (the process that holds the keys).
             let ppid = std::fs::read_to_string(d.join("out/ppid")).map_err(|e| e.to_string())?;
             eq("observed: the command's parent", ppid.lines().nth(1), Some("agentmon"))?;
-            let mem = format!("/proc/{}/mem", ppid.lines().next().unwrap_or_default());
+            // Its /proc files (not a file of the same name in a directory named so).
+            let proc = |f: &str| format!("/proc/{}/{f}", ppid.lines().next().unwrap_or_default());
             vec![
                 (key_path.clone(), read),
                 (key_path.clone(), read),
                 (p(&link), read),
-                (mem, memory),
+                (proc("mem"), memory),
+                (proc("environ"), environ),
                 (p(&bound), read),
             ]
         }

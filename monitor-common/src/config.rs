@@ -58,6 +58,14 @@ pub struct Offsets {
     pub sk_num: u32,
     pub sk_rcv_saddr: u32,
     pub sk_v6_rcv_saddr: u32,
+    /// `super_block.s_magic`: which file system a file is on (procfs).
+    pub sb_magic: u32,
+    /// `proc_inode.pid` and `.vfs_inode`: the process a /proc file is of.
+    pub proc_inode_pid: u32,
+    pub proc_inode_vfs: u32,
+    /// `pid.tasks` (PIDTYPE_PID first) and `task_struct.pid_links`: a pid's task.
+    pub pid_tasks: u32,
+    pub task_pid_links: u32,
     /// FMODE_CREATED as defined by this kernel.
     pub fmode_created: u32,
     /// Offsets in `struct pt_regs` of syscall arguments 0..5 (x86_64: di, si, dx,

@@ -111,6 +111,9 @@ pub mod pflags {
     /// Open to read of one of agentmon's private keys, known by its inode (`SECRETS`),
     /// whatever name or mount it was opened by. Set with [`SENSITIVE`].
     pub const SECRET: u16 = 1 << 9;
+    /// Open of a /proc file of agentmon's own process (`/proc/PID/mem`, `environ`,
+    /// any of its threads), known by the process the file is of, not by its path.
+    pub const AGENTMON_PROC: u16 = 1 << 10;
 }
 
 /// Flags in [`Tracked::flags`].

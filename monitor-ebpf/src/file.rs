@@ -22,8 +22,9 @@ const O_RDWR: u64 = 0o2;
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
 const WRITE_INTENT: u64 = O_WRONLY | O_RDWR | O_CREAT | O_TRUNC;
-const O_ACCMODE: u64 = 0o3;
-const O_PATH: u64 = 0o10000000;
+const FMODE_READ: u32 = 1;
+const FMODE_WRITE: u32 = 2;
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 const AT_REMOVEDIR: u64 = 0x200;
 const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
 
@@ -46,11 +47,28 @@ pub(crate) fn open_exit(
     let ret = sys_ret(ctx);
     let file = if ret >= 0 { unsafe { fd_file(ret) } } else { 0 };
     let dentry = if file != 0 { unsafe { kptr(file + off!(file_path), off!(path_dentry)) } } else { 0 };
+    // What the file was opened for, as the kernel opened it (openat2's `how` is the
+    // caller's memory, which another thread may have changed since).
+    let fmode: u32 = if file != 0 { unsafe { kread(file + off!(file_mode)) } } else { 0 };
+    let flags = if file != 0 {
+        let acc = match (fmode & FMODE_READ != 0, fmode & FMODE_WRITE != 0) {
+            (true, true) => O_RDWR,
+            (false, true) => O_WRONLY,
+            _ => 0,
+        };
+        (flags & !0o3) | acc
+    } else {
+        flags
+    };
+    let write = flags & WRITE_INTENT != 0 || fmode & conf!(off.fmode_created) != 0;
     let mut pf = 0;
-    // One of agentmon's keys opened to read, by whatever name or mount: its identity.
-    if dentry != 0 && flags & O_ACCMODE != O_WRONLY && flags & O_PATH == 0 && secret(dentry) {
+    if dentry != 0 && agentmon_proc(dentry) {
+        // Agentmon's own /proc files: userspace keeps the ones that matter.
+        pf = pflags::AGENTMON_PROC;
+    } else if dentry != 0 && fmode & FMODE_READ != 0 && secret(dentry) {
+        // One of agentmon's keys opened to read, by whatever name or mount.
         pf = pflags::SENSITIVE | pflags::SECRET;
-    } else if flags & WRITE_INTENT == 0 {
+    } else if !write {
         // The opened file's own name when there is one, else the name as passed.
         let hit = if dentry != 0 {
             sensitive_name(unsafe { kptr(dentry, off!(dentry_name) + off!(qstr_name)) }, false)
@@ -68,7 +86,6 @@ pub(crate) fn open_exit(
     ev.arg(0, flags);
     ev.arg(1, mode);
     if file != 0 {
-        let fmode: u32 = unsafe { kread(file + off!(file_mode)) };
         ev.arg(2, fmode as u64);
         if fmode & conf!(off.fmode_created) != 0 {
             ev.flag(pflags::CREATED);
@@ -103,16 +120,18 @@ pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
 }
 
 /// syscalls:sys_exit_openat2(ret); arguments (dfd, filename, how, size); reads
-/// how->flags and how->mode from the caller.
+/// how->flags and how->mode from the caller. Its memory may have changed since the
+/// call or be gone: the opened file's own mode says what it was opened for.
 #[tracepoint]
 pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
     if is_tracked() {
         let a = Args::current();
         let mut how = [0u64; 2];
         let r = unsafe { h::bpf_probe_read_user((&raw mut how).cast(), 16, a.get(2) as *const _) };
-        if r == 0 {
-            let _ = open_exit(&ctx, op::OPENAT2, a.get(0), a.get(1), how[0], how[1]);
+        if r != 0 {
+            how = [0; 2];
         }
+        let _ = open_exit(&ctx, op::OPENAT2, a.get(0), a.get(1), how[0], how[1]);
     }
     0
 }
@@ -125,6 +144,31 @@ pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
         let _ = open_exit(&ctx, op::CREAT, AT_FDCWD as u64, a.get(0), O_CREAT | O_WRONLY | O_TRUNC, a.get(1));
     }
     0
+}
+
+/// Is the file of `dentry` on procfs and of one of agentmon's threads (its
+/// `proc_inode`'s pid's task is in agentmon's thread group)? Known by the process,
+/// so neither a pid namespace nor a procfs mounted elsewhere hides it, and a file
+/// named like one elsewhere is not it.
+#[inline(always)]
+fn agentmon_proc(dentry: u64) -> bool {
+    unsafe {
+        let sb = kptr(dentry, off!(dentry_sb));
+        if sb == 0 || kread::<u64>(sb + off!(sb_magic)) != PROC_SUPER_MAGIC {
+            return false;
+        }
+        let inode = kptr(dentry, off!(dentry_inode));
+        if inode == 0 {
+            return false;
+        }
+        let pid = kptr(inode - off!(proc_inode_vfs), off!(proc_inode_pid));
+        if pid == 0 {
+            return false;
+        }
+        // pid->tasks[PIDTYPE_PID].first: the task's pid_links[PIDTYPE_PID].
+        let node = kptr(pid, off!(pid_tasks));
+        node != 0 && kread::<u32>(node - off!(task_pid_links) + off!(task_tgid)) == conf!(self_tgid)
+    }
 }
 
 /// Is the file of `dentry` one of agentmon's private keys (`SECRETS`)?

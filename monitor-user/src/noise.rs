@@ -68,6 +68,13 @@ impl<K: Hash + Eq> Noise<K> {
         }
     }
 
+    /// Gives `who` back the token a record that could not be made took.
+    pub fn refund(&mut self, who: &K) {
+        if let Some(b) = self.by.get_mut(who) {
+            b.tokens = (b.tokens + 1.0).min(NOISE_BURST);
+        }
+    }
+
     /// Takes back the last one counted for `who` (it did not happen after all).
     pub fn unhold(&mut self, who: &K) {
         if let Some(b) = self.by.get_mut(who) {
@@ -116,6 +123,14 @@ mod tests {
         assert!(!n.holds(&Some(7)));
         n.hold_again(&Some(7), 3);
         assert_eq!(n.take(&Some(7)), 3);
+        // A record not made gives its token back.
+        let mut r = Noise::default();
+        for _ in 0..5 {
+            assert_eq!(r.allow(Some(1)), Some(0));
+        }
+        r.refund(&Some(1));
+        assert_eq!(r.allow(Some(1)), Some(0), "the refunded token");
+        assert_eq!(r.allow(Some(1)), None);
     }
 
     #[test]

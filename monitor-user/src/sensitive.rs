@@ -65,9 +65,6 @@ pub struct SensitiveSet {
     /// signs. Always reported, whatever the patterns; not in the kernel's exact
     /// matcher (a path may be deeper than it takes).
     secrets: Vec<String>,
-    /// The process that holds the keys (this one), once there are keys: its memory
-    /// (`/proc/PID/mem`) has them too.
-    keeper: Option<u32>,
 }
 
 fn has_meta(s: &str) -> bool {
@@ -179,7 +176,6 @@ impl SensitiveSet {
             hashes,
             prefix_lens,
             secrets: Vec::new(),
-            keeper: None,
         })
     }
 
@@ -190,10 +186,6 @@ impl SensitiveSet {
             let Some(name) = p.file_name() else { continue };
             self.hashes.push(hash::fnv(hash::SEED_EXACT, name.as_encoded_bytes()));
             self.secrets.push(p.to_string_lossy().into_owned());
-            self.keeper = Some(std::process::id());
-        }
-        if self.keeper.is_some() {
-            self.hashes.push(hash::fnv(hash::SEED_EXACT, b"mem"));
         }
         self.hashes.sort_unstable();
         self.hashes.dedup();
@@ -205,19 +197,6 @@ impl SensitiveSet {
     /// Is `path` (resolved, absolute) one of agentmon's private keys?
     pub fn is_secret(&self, path: &str) -> bool {
         self.secrets.binary_search_by(|s| s.as_str().cmp(path)).is_ok()
-    }
-
-    /// Is `path` the memory of the process that holds the keys: `…/N/mem` or
-    /// `…/task/N/mem` (procfs wherever it is mounted) where N is one of its threads?
-    pub fn is_keeper_memory(&self, path: &str) -> bool {
-        let Some(pid) = self.keeper else { return false };
-        let mut up = path.rsplit('/');
-        if up.next() != Some("mem") {
-            return false;
-        }
-        let Some(n) = up.next().and_then(|n| n.parse::<u32>().ok()) else { return false };
-        n == pid
-            || (pid == std::process::id() && std::path::Path::new(&format!("/proc/self/task/{n}")).exists())
     }
 
     pub fn default_set() -> Self {
@@ -291,41 +270,6 @@ mod tests {
         assert!(set.matches("/etc/shadow") && !set.is_secret("/etc/shadow"));
         // The kernel's exact matcher (refusals on the LSM tier) is the patterns' alone.
         assert_eq!(set.exact().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn the_key_holders_memory_is_a_key() {
-        let me = std::process::id();
-        let none = SensitiveSet::new(&["/etc/shadow"]).unwrap();
-        assert!(!none.is_keeper_memory(&format!("/proc/{me}/mem")), "no keys, nothing kept");
-        let set = none.with_secrets(&["/var/lib/agentmon/signing".into()]);
-        assert!(set.kernel_prefilter_hit("mem"));
-        // Another thread of this process, by its own number.
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let (ttx, trx) = std::sync::mpsc::channel();
-        let h = std::thread::spawn(move || {
-            ttx.send(nix::unistd::gettid().as_raw()).unwrap();
-            let _ = rx.recv();
-        });
-        let live = trx.recv().unwrap();
-        for p in [
-            format!("/proc/{me}/mem"),
-            format!("/proc/{me}/task/{live}/mem"),
-            format!("/proc/{live}/mem"),
-            format!("/mnt/p/{me}/mem"),
-        ] {
-            assert!(set.is_keeper_memory(&p), "{p}");
-        }
-        drop(tx);
-        h.join().unwrap();
-        for p in [
-            "/proc/1/mem".to_string(),
-            format!("/proc/{me}/maps"),
-            format!("/proc/{me}/task/x/mem"),
-            "mem".into(),
-        ] {
-            assert!(!set.is_keeper_memory(&p), "{p}");
-        }
     }
 
     #[test]

@@ -213,11 +213,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Replay(args) => {
             match args.output.clone() {
                 Some(f) => {
-                    let mut out = std::io::BufWriter::new(anyhow::Context::with_context(
-                        std::fs::File::create(&f),
-                        || format!("--output {}", f.display()),
-                    )?);
-                    rt.block_on(crate::replay::run(*args, &mut out))?;
+                    // Whole or not at all, and never over what it reads.
+                    crate::replay::check_output(&f, &args.from)?;
+                    let mut report = Vec::new();
+                    rt.block_on(crate::replay::run(*args, &mut report))?;
+                    crate::replay::write_output(&f, &report)?;
                 }
                 None => rt.block_on(crate::replay::run(*args, &mut std::io::stdout().lock()))?,
             }

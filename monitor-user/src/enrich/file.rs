@@ -28,6 +28,19 @@ pub(super) fn octal(m: u64) -> String {
     format!("{:04o}", m & 0o7777)
 }
 
+/// What an open of agentmon's own /proc file `path` is (attempt, why it matters), or
+/// None for a read that is nothing (its status, its command line: any `ps`).
+fn agentmon_proc(path: Option<&str>, read_only: bool) -> Option<(&'static str, &'static str)> {
+    match path.and_then(|p| p.rsplit('/').next()) {
+        Some("mem") => Some(("agentmon's memory opened", "its private keys are in it: rotate them")),
+        Some("environ") => {
+            Some(("agentmon's environment read", "secrets passed to it in the environment: rotate them"))
+        }
+        _ if !read_only => Some(("agentmon's /proc file written", "what agentmon runs on can be changed so")),
+        _ => None,
+    }
+}
+
 impl Enricher {
     pub(super) fn file(&mut self, raw: &RawEvent, ev: &mut Event) -> Next {
         let (h, b) = (&raw.hdr, &raw.body);
@@ -39,18 +52,24 @@ impl Enricher {
                 // The kernel knew the file as one of agentmon's keys (by inode: a hard
                 // link or a bind mount is the same file under another path).
                 let key = b.pflags & pflags::SECRET != 0;
-                let memory = ev.path.as_deref().is_some_and(|p| self.sensitive.is_keeper_memory(p));
-                if flags & O_ACCMODE == 0 && flags & (O_CREAT | O_TRUNC) == 0 {
+                let read_only = flags & O_ACCMODE == 0 && flags & (O_CREAT | O_TRUNC) == 0;
+                // One of agentmon's own /proc files (the kernel knew it by its process).
+                let own = match b.pflags & pflags::AGENTMON_PROC != 0 {
+                    true => match agentmon_proc(ev.path.as_deref(), read_only) {
+                        Some(what) => Some(what),
+                        // Reading its status or command line (`ps`) is nothing.
+                        None => return Next::Drop,
+                    },
+                    false => None,
+                };
+                if read_only {
                     // Read-only: reported only for the sensitive set.
                     // A prefilter hit whose path was not read whole cannot be cleared.
                     let unknown =
                         ev.path.as_deref().is_some_and(|p| p.starts_with(crate::event::UNRESOLVED_PREFIX));
-                    if b.pflags & pflags::SENSITIVE == 0
-                        || !(key
-                            || memory
-                            || unknown
-                            || ev.path.as_deref().is_some_and(|p| self.sensitive.matches(p)))
-                    {
+                    let sensitive = b.pflags & pflags::SENSITIVE != 0
+                        && (key || unknown || ev.path.as_deref().is_some_and(|p| self.sensitive.matches(p)));
+                    if !sensitive && own.is_none() {
                         return Next::Drop;
                     }
                     ev.kind = Kind::SensitiveRead;
@@ -66,16 +85,15 @@ impl Enricher {
                     ev.kind = Kind::FileWrite;
                 }
                 // Opened to read, or to read and write (O_RDWR reads it too).
-                if memory {
-                    // Where the keys are too, and what agentmon runs on.
+                if let Some((attempt, why)) = own {
                     ev.kind = Kind::Tamper;
-                    ev.reason = Some(format!(
-                        "opened agentmon's memory {}: its private keys are in it (rotate them)",
-                        ev.path.as_deref().unwrap_or_default()
-                    ));
-                    ev.detail.insert(Cow::Borrowed("attempt"), json!("agentmon's memory opened"));
-                } else if flags & O_ACCMODE != O_WRONLY
-                    && let Some(p) = ev.path.as_deref().filter(|p| key || self.sensitive.is_secret(p))
+                    ev.reason =
+                        Some(format!("{attempt}: {} ({why})", ev.path.as_deref().unwrap_or_default()));
+                    ev.detail.insert(Cow::Borrowed("attempt"), json!(attempt));
+                } else if let Some(p) = ev
+                    .path
+                    .as_deref()
+                    .filter(|p| key || (flags & O_ACCMODE != O_WRONLY && self.sensitive.is_secret(p)))
                 {
                     // With it the agent signs as agentmon: audit records, revokes,
                     // kill signals. Nothing agentmon does can be trusted after it

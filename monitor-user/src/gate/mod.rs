@@ -344,7 +344,13 @@ impl Gate {
             };
             let mut ev = refused::event(&n, req, sensors, enr, judge);
             if !answer(Err(Errno::EPERM)) {
+                // Not recorded: what it would have said goes back to the count, its
+                // token back to the limit, and it stays the model of the summary
+                // that says the count (even if no refusal of the kind is ever
+                // recorded: a caller interrupted every time must not hide a flood).
                 self.refusals.hold_again(&req.1, held);
+                self.refusals.refund(&req.1);
+                self.last_refused.entry(req.1).or_insert(ev);
                 return None;
             }
             if held > 0 {

@@ -189,6 +189,11 @@ impl KernelBtf {
             sk_num: o("sock_common", "skc_num")?,
             sk_rcv_saddr: o("sock_common", "skc_rcv_saddr")?,
             sk_v6_rcv_saddr: o("sock_common", "skc_v6_rcv_saddr")?,
+            sb_magic: o("super_block", "s_magic")?,
+            proc_inode_pid: o("proc_inode", "pid")?,
+            proc_inode_vfs: o("proc_inode", "vfs_inode")?,
+            pid_tasks: o("pid", "tasks")?,
+            task_pid_links: o("task_struct", "pid_links")?,
             // A #define, not in BTF: include/linux/fs.h FMODE_CREATED. The
             // file_create integration test fails if this kernel disagrees.
             fmode_created: 1 << 20,

@@ -34,6 +34,11 @@ fn approval_of(e: &Event) -> Option<&str> {
     e.detail.get("approval").and_then(|v| v.as_str())
 }
 
+/// The approval whose standing grant decided `e`'s (`detail.standing` of a decision).
+fn approval_of_standing(e: &Event) -> Option<&str> {
+    e.detail.get("standing").and_then(|v| v.as_str())
+}
+
 impl<'a> Index<'a> {
     /// `events` in time order (as [`super::Recording`] keeps them).
     pub fn new(events: &'a [Event]) -> Self {
@@ -65,9 +70,19 @@ impl<'a> Index<'a> {
     }
 
     /// The last of `at` (indexes in time order) recorded at or before event `e`
-    /// (and not `e` itself).
+    /// (and not `e` itself). A binary search: an agent can make many of them.
     fn last_before(&self, at: Option<&Vec<usize>>, e: &Event) -> Option<&'a Event> {
-        at?.iter().rev().map(|&i| &self.events[i]).find(|s| s.ts <= e.ts && s.id != e.id)
+        let at = at?;
+        let end = at.partition_point(|&i| self.events[i].ts <= e.ts);
+        at[..end].iter().rev().map(|&i| &self.events[i]).find(|s| s.id != e.id)
+    }
+
+    /// A task's start for `e`: the last before it, else the first (a kernel time a
+    /// little before the start's wall-clock time is still the task's).
+    fn start_of(&self, task: &str, e: &Event) -> Option<&'a Event> {
+        let starts = self.starts.get(task);
+        self.last_before(starts, e)
+            .or_else(|| starts?.first().map(|&i| &self.events[i]).filter(|s| s.id != e.id))
     }
 
     /// The chain of the event with id `id`, outermost first; None if no such event.
@@ -76,13 +91,13 @@ impl<'a> Index<'a> {
         let mut links = Vec::new();
         // Delegated: the farthest task first (task_chain is nearest first).
         for parent in e.task_chain.iter().flat_map(|c| c.iter().rev()) {
-            if let Some(s) = self.last_before(self.starts.get(&**parent), e) {
+            if let Some(s) = self.start_of(parent, e) {
                 links.push(Link { role: "delegated by", event: s });
             }
         }
         if let Some(t) = e.task.as_deref()
             && e.kind != Kind::TaskStart
-            && let Some(s) = self.last_before(self.starts.get(t), e)
+            && let Some(s) = self.start_of(t, e)
         {
             links.push(Link { role: "task", event: s });
         }
@@ -107,6 +122,19 @@ impl<'a> Index<'a> {
             if let Some(x) = carried(k).filter(|x| x.id != e.id) {
                 links.push(Link { role, event: x });
             }
+        }
+        // Decided by a standing approval: the operator's decision that granted it.
+        let decision = if e.kind == Kind::Approval { Some(e) } else { carried(Kind::Approval) };
+        if let Some(first) = decision
+            .and_then(approval_of_standing)
+            .and_then(|s| self.approvals.get(s))
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.events[i])
+            .find(|x| x.kind == Kind::Approval && x.id != e.id)
+        {
+            let at = links.iter().position(|l| l.role.starts_with("approval")).unwrap_or(links.len());
+            links.insert(at, Link { role: "standing approval", event: first });
         }
         links.push(Link { role: "event", event: e });
         // An approval's own chain ends at the call it decided, when that was recorded.
@@ -194,6 +222,22 @@ mod tests {
         let from_decision = roles(all[6].id);
         assert_eq!(from_decision.first(), Some(&("task", all[2].id)));
         assert_eq!(from_decision.last(), Some(&("the call", all[7].id)));
+        // A call decided by a standing approval chains to the decision that granted it.
+        let mut held = ev(Kind::Approval, "fix", 10);
+        held.detail.insert("approval".into(), json!("a-3"));
+        held.detail.insert("standing".into(), json!("a-1"));
+        let mut call = ev(Kind::FileDelete, "fix", 10);
+        call.detail.insert("approval".into(), json!("a-3"));
+        let (held_id, call_id) = (held.id, call.id);
+        let mut more = all.clone();
+        more.extend([held, call]);
+        let ix2 = Index::new(&more);
+        let roles2: Vec<(&str, uuid::Uuid)> =
+            ix2.chain(call_id).unwrap().iter().map(|l| (l.role, l.event.id)).collect();
+        assert_eq!(
+            roles2[roles2.len() - 3..],
+            [("standing approval", all[6].id), ("approval", held_id), ("event", call_id)]
+        );
         // A task start's chain is the tasks it was delegated from; an unknown id has none.
         assert_eq!(roles(all[2].id), vec![("delegated by", all[0].id), ("event", all[2].id)]);
         assert_eq!(roles(all[0].id), vec![("event", all[0].id)]);

@@ -235,7 +235,13 @@ pub async fn run(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     // A broken policy fails before a long read.
     let rules = args.rules.as_deref().map(whatif::load_rules).transpose()?;
-    let rec = load(&args, since).await?;
+    // A chain reaches before --since: from NATS, read from the start then.
+    let rec = load(&args, since.filter(|_| args.chain.is_none())).await?;
+    // What the reports name as their source: never a URL's credentials.
+    let source = match nats::NatsUrl::parse(&args.from) {
+        Some(u) => u.display() + &u.stream.as_deref().map(|s| format!("/{s}")).unwrap_or_default(),
+        None => args.from.clone(),
+    };
     for w in &rec.warnings {
         eprintln!("agentmon replay: warning: {w}");
     }
@@ -257,11 +263,41 @@ pub async fn run(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             whatif::report(policy, &rec, &filter, args.format, out)
         }
         None => match args.chain {
-            Some(id) => chain_of(&rec, &args.from, id, args.format, out),
-            None => show(&rec, &filter, &args.from, args.format, out),
+            Some(id) => chain_of(&rec, &source, id, args.format, out),
+            None => show(&rec, &filter, &source, args.format, out),
         },
     };
     written.context("writing the replay")
+}
+
+/// `-o FILE` may be written: it is not the recording being read.
+pub fn check_output(out: &std::path::Path, from: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(a), Ok(b)) = (std::fs::metadata(out), std::fs::metadata(from))
+        && (a.dev(), a.ino()) == (b.dev(), b.ino())
+    {
+        bail!("--output {} is the recording --from reads", out.display());
+    }
+    Ok(())
+}
+
+/// Writes the report to `out` whole: into a new file beside it (readable by its
+/// owner only: it holds the recording) renamed over it, so a failed run leaves
+/// `out` as it was and a symlink planted at `out` is replaced, not followed.
+pub fn write_output(out: &std::path::Path, report: &[u8]) -> anyhow::Result<()> {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut f = tempfile::Builder::new()
+        .prefix(".agentmon-replay-")
+        .tempfile_in(dir)
+        .with_context(|| format!("--output {}: cannot write in {}", out.display(), dir.display()))?;
+    f.write_all(report)
+        .and_then(|()| f.as_file().sync_all())
+        .with_context(|| format!("--output {}", out.display()))?;
+    f.persist(out).map_err(|e| anyhow::anyhow!("--output {}: {}", out.display(), e.error))?;
+    Ok(())
 }
 
 /// The recording as it was judged, in `format`.

@@ -182,13 +182,18 @@ pub fn table(events: &[&Event], alerts: &[&Alert], out: &mut dyn Write) -> std::
     }
     let mut rows: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
     for e in events {
-        let mut r = vec![datetime(e.ts), e.kind.as_str().into(), e.pid.to_string(), e.comm.clone()];
+        // What the agent names (comm, its task's id, its tool calls) on one line.
+        let one = |s: &str| crate::sink::one_line(s).into_owned();
+        let mut r = vec![datetime(e.ts), e.kind.as_str().into(), e.pid.to_string(), one(&e.comm)];
         if multi_task {
-            r.push(e.task.as_deref().unwrap_or("-").into());
+            r.push(one(e.task.as_deref().unwrap_or("-")));
         }
         if stepped {
             r.push(
-                e.step.as_ref().map(|s| format!("{}:{}", s.tool, s.call_id)).unwrap_or_else(|| "-".into()),
+                e.step
+                    .as_ref()
+                    .map(|s| one(&format!("{}:{}", s.tool, s.call_id)))
+                    .unwrap_or_else(|| "-".into()),
             );
         }
         r.extend([what(e), verdict(e), e.rule.clone().unwrap_or_else(|| "-".into())]);

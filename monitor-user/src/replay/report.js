@@ -21,8 +21,15 @@
     for (const [k, v] of Object.entries(attrs || {})) n.setAttribute(k, String(v));
     return n;
   }
+  // A recorded string on one line, as the text formats put it (sink::one_line):
+  // control characters and the invisible ones that reorder or hide text escaped, so
+  // that no value draws a row or words of its own.
+  const HIDDEN = /[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2066-\u2069\\]/g;
+  const one = (s) => (s === undefined || s === null ? '' : String(s)).replace(HIDDEN, (c) =>
+    c === '\n' ? '\\n' : c === '\r' ? '\\r' : c === '\t' ? '\\t' : c === '\\' ? '\\\\'
+      : '\\u{' + c.charCodeAt(0).toString(16) + '}');
   const tod = (e) => String(e.ts).slice(11, 23);
-  const step = (e) => (e.step ? e.step.tool + ':' + e.step.call_id : null);
+  const step = (e) => (e.step ? one(e.step.tool) + ':' + one(e.step.call_id) : null);
   const flagged = (i) => FLAGGED.has(E[i].verdict) || D.severity[i] !== undefined;
   const cls = (i) => {
     const e = E[i];
@@ -32,7 +39,7 @@
   };
   function verdict(e) {
     if (!e.verdict) return '';
-    return e.verdict + (e.action && e.action !== 'none' ? '/' + e.action : '') + (e.rule ? ' (' + e.rule + ')' : '');
+    return one(e.verdict) + (e.action && e.action !== 'none' ? '/' + one(e.action) : '') + (e.rule ? ' (' + one(e.rule) + ')' : '');
   }
   function sevBadge(i) {
     const s = D.severity[i];
@@ -58,19 +65,22 @@
   document.body.append(
     el('header', {},
       el('h1', {}, 'agentmon replay'),
-      el('p', {}, 'Source: ', el('code', {}, D.source)),
+      el('p', {}, 'Source: ', el('code', {}, one(D.source))),
       el('p', { id: 'summary' },
         `${D.shown} events, ${nFlagged} flagged, ` +
         `${Object.values(bySev).reduce((a, b) => a + b, 0)} alerts` +
         (Object.keys(bySev).length ? ' (' + Object.entries(bySev).map(([k, v]) => v + ' ' + k).join(', ') + ')' : '') +
-        `; tasks: ${tasks.join(', ') || '-'}`)));
+        `; tasks: ${tasks.map(one).join(', ') || '-'}`)));
 
   // ---- filters
   function select(name, label, options) {
+    // A value from the address that is not among the options still filters: shown.
+    const want = state.get(name);
+    if (want && !options.some(([v]) => v === want)) options.push([want, want + ' (not in the recording)']);
     const s = el('select', { id: 'f-' + name, name },
       el('option', { value: '' }, 'all'),
-      ...options.map(([v, t]) => el('option', { value: v }, t)));
-    s.value = state.get(name) || '';
+      ...options.map(([v, t]) => el('option', { value: v }, one(t))));
+    s.value = want || '';
     s.addEventListener('change', () => {
       s.value ? state.set(name, s.value) : state.delete(name);
       save();
@@ -115,8 +125,12 @@
   for (const t of tasks.length ? tasks : [null]) {
     const mine = shown.filter((i) => E[i].task === (t || undefined) || (t === null && !E[i].task));
     if (!mine.length) continue;
-    const t0 = Math.min(...mine.map((i) => D.ms[i]));
-    const t1 = Math.max(...mine.map((i) => D.ms[i]));
+    // A loop, not Math.min(...): an agent can make a task of millions of events.
+    let t0 = Infinity, t1 = -Infinity;
+    for (const i of mine) {
+      t0 = Math.min(t0, D.ms[i]);
+      t1 = Math.max(t1, D.ms[i]);
+    }
     const x = (ms) => ((ms - t0) / (t1 - t0 || 1)) * 1000;
     const lane = svg('svg', { class: 'lane', viewBox: '0 0 1000 40', preserveAspectRatio: 'none', 'data-task': t || '' });
     const spans = new Map();
@@ -144,7 +158,7 @@
       m.addEventListener('click', () => openChain(i));
       lane.append(m);
     }
-    tl.append(el('h3', {}, t ? 'task ' + t : 'no task'), lane);
+    tl.append(el('h3', {}, t ? 'task ' + one(t) : 'no task'), lane);
   }
   left.append(tl);
 
@@ -159,14 +173,15 @@
         tod(e) + ' ' + e.kind + ' ' + D.what[l.e],
         step(e) && e.kind !== 'step' ? el('span', { class: 'step' }, '  <' + step(e) + '>') : null,
         verdict(e) ? el('span', { class: 'muted' }, '  ' + verdict(e)) : null,
-        e.error ? el('span', { class: 'muted' }, '  [' + e.error + ']') : null,
+        e.error ? el('span', { class: 'muted' }, '  [' + one(e.error) + ']') : null,
         sevBadge(l.e));
       r.addEventListener('click', () => openChain(l.e));
     } else {
       const p = l.p;
       const fork = p.fork !== null && p.fork !== undefined ? p.fork : null;
       r = el('div', { class: 'row proc ' + (fork !== null ? cls(fork) : ''), 'data-pid': p.pid, 'data-i': fork },
-        String(p.born).slice(11, 23) + ' [' + p.pid + '] ' + p.comm + (p.exe ? ' ' + p.exe : '') + (p.task ? '  task ' + p.task : ''));
+        String(p.born).slice(11, 23) + ' [' + p.pid + '] ' + one(p.comm) + (p.exe ? ' ' + one(p.exe) : '') +
+          (p.task ? '  task ' + one(p.task) : ''));
     }
     const click = l.e !== undefined ? l.e : l.p.fork;
     if (l.e === undefined && click !== null && click !== undefined) r.addEventListener('click', () => openChain(click));
@@ -223,10 +238,12 @@
     for (const [role, j] of D.chains[i] || [['event', i]]) {
       const e = E[j];
       const extra = [];
-      if (e.detail && e.detail.grant) extra.push('granted by ' + (e.detail.grant.by || e.detail.grant.key));
-      if (e.detail && e.detail.prompt) extra.push('prompt: ' + e.detail.prompt);
-      if (e.detail && e.detail.decision) extra.push(e.detail.decision + (e.detail.by ? ' by ' + e.detail.by : ''));
-      if (e.detail && e.detail.operator_reason) extra.push('reason: ' + e.detail.operator_reason);
+      const dt = e.detail || {};
+      if (dt.grant) extra.push('granted by ' + one(dt.grant.by || dt.grant.key));
+      if (dt.prompt) extra.push('prompt: ' + one(dt.prompt));
+      if (dt.decision) extra.push(one(dt.decision) + (dt.by ? ' by ' + one(dt.by) : ''));
+      if (dt.operator && dt.operator.user) extra.push('operator: ' + one(dt.operator.user));
+      if (dt.operator_reason) extra.push('reason: ' + one(dt.operator_reason));
       if (step(e)) extra.push('tool call ' + step(e));
       ol.append(el('li', { 'data-role': role, 'data-id': e.id, 'data-kind': e.kind },
         el('span', { class: 'role' }, role),

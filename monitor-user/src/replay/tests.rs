@@ -366,3 +366,53 @@ fn blank_lines_are_said() {
     let clean = source::parse("f.jsonl", line(&e).as_bytes()).unwrap();
     assert!(clean.warnings.is_empty(), "{:?}", clean.warnings);
 }
+
+/// `-o FILE`: never the recording itself; written whole, owner-only, and a symlink
+/// planted where the report goes is replaced, not followed.
+#[test]
+fn a_report_file_is_written_whole_and_never_through_a_link() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let rec = d.path().join("events.jsonl");
+    std::fs::write(&rec, "x").unwrap();
+    let e = check_output(&rec, rec.to_str().unwrap()).unwrap_err().to_string();
+    assert!(e.contains("is the recording"), "{e}");
+    let victim = d.path().join("victim");
+    std::fs::write(&victim, "keep").unwrap();
+    let out = d.path().join("report.html");
+    std::os::unix::fs::symlink(&victim, &out).unwrap();
+    write_output(&out, b"<html>").unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    assert!(!std::fs::symlink_metadata(&out).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(&out).unwrap(), b"<html>");
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(write_output(&d.path().join("no/such/dir/r.html"), b"x").is_err());
+    let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left.len(), 3, "no temporary file left: {left:?}");
+}
+
+/// What the agent names — its process names, its tool calls, its task ids — stays on
+/// its row in the table and the tree, as paths do.
+#[test]
+fn names_the_agent_chooses_stay_on_their_row() {
+    let mut e = write_ev(2, 1, "/x");
+    e.comm = "sh\n! 10:00:00.000 file_delete /etc/hosts".into();
+    e.step = Some(Arc::new(crate::event::Step {
+        tool: "Bash\n10:00".into(),
+        call_id: "c\u{202e}1".into(),
+        trace_id: None,
+        span_id: None,
+    }));
+    let mut fork = ev(Kind::Fork, 0, 2, "t1");
+    fork.comm = e.comm.clone();
+    fork.ppid = Some(1);
+    let rec = Recording { events: vec![fork, e], ..Default::default() };
+    for f in [ReplayFormat::Table, ReplayFormat::Tree] {
+        let mut out = Vec::new();
+        show(&rec, &Filter::default(), "f", f, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines = text.lines().count();
+        assert!(!text.contains('\u{202e}') && text.contains("sh\\n! 10:00"), "{f:?}: {text}");
+        assert_eq!(lines, 4, "{f:?}: one line each: {text}");
+    }
+}

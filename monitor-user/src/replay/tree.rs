@@ -18,6 +18,7 @@ use std::{collections::HashMap, fmt::Write as _, io::Write, sync::Arc};
 
 use super::render::{mark, time_of_day, verdict, what};
 use crate::event::{Alert, Event, Kind, Timestamp};
+use crate::sink::one_line;
 
 /// A line of the tree: an event (its index) or a process (its node).
 #[derive(Clone, Copy)]
@@ -157,7 +158,7 @@ pub fn render(
         let mut s = String::new();
         // The tool call it came from (the step records themselves say it in `what`).
         if let Some(st) = e.step.as_ref().filter(|_| e.kind != Kind::Step) {
-            let _ = write!(s, "  <{}:{}>", st.tool, st.call_id);
+            let _ = write!(s, "  <{}:{}>", one_line(&st.tool), one_line(&st.call_id));
         }
         if mark(e.verdict.as_deref()) != ' ' || e.rule.is_some() {
             let _ = write!(s, "  {} ({})", verdict(e), e.rule.as_deref().unwrap_or("-"));
@@ -195,12 +196,14 @@ pub fn render(
                 let node = &t.nodes[n];
                 let fork = node.fork.map(|f| events[f]);
                 let m = mark(fork.and_then(|f| f.verdict.as_deref()));
-                let mut line = format!("{m} {indent}{} [{}] {}", time_of_day(node.born), node.pid, node.comm);
+                // The agent names its processes (comm, exe): on one line, as paths are.
+                let mut line =
+                    format!("{m} {indent}{} [{}] {}", time_of_day(node.born), node.pid, one_line(&node.comm));
                 if let Some(exe) = &node.exe {
-                    let _ = write!(line, " {exe}");
+                    let _ = write!(line, " {}", one_line(exe));
                 }
                 if let Some(task) = t.task_shown(n) {
-                    let _ = write!(line, "  task {task}");
+                    let _ = write!(line, "  task {}", one_line(task));
                 }
                 if let Some(f) = fork {
                     line.push_str(&tail(f));
