@@ -7,6 +7,7 @@ mod approval;
 mod audit;
 mod cluster;
 mod contain;
+mod containers;
 mod daemon;
 mod enforce;
 mod expiry;
@@ -101,6 +102,7 @@ fn main() {
         ("nats_token_nkey_tls", nats::nats_token_nkey_tls),
         ("audit_chain_and_replay", audit::audit_chain_and_replay),
         ("replay_html_report", report::replay_html_report),
+        ("events_name_their_container_and_pod", containers::events_name_their_container_and_pod),
         ("audit_chain_counts_what_a_full_disk_dropped", audit::audit_chain_counts_what_a_full_disk_dropped),
         ("reading_agentmons_key_is_tampering", audit::reading_agentmons_key_is_tampering),
         ("daemon_serves_concurrent_tasks", daemon::daemon_serves_concurrent_tasks),

@@ -5,7 +5,7 @@
 //! Wire format of one ring-buffer record:
 //!
 //! ```text
-//! EventHeader (64 bytes) | Body (56 bytes) | tail (Body::tail_len bytes)
+//! EventHeader (72 bytes) | Body (56 bytes) | tail (Body::tail_len bytes)
 //! tail = operand 1 | operand 2 | extra (Body::extra_len raw bytes)
 //! operand = user string NUL | n walk components, each NUL-terminated, leaf first
 //! ```
@@ -50,6 +50,9 @@ pub struct EventHeader {
     pub start_ns: u64,
     /// Syscall return value (negative errno) for syscall events, else 0.
     pub ret: i64,
+    /// The cgroup v2 id of the process when it made the event
+    /// (`bpf_get_current_cgroup_id`): its container and pod, by name in userspace.
+    pub cgroup_id: u64,
     /// Event kind, see [`kind`].
     pub kind: u16,
     /// Which syscall or hook produced it, see [`op`].
@@ -180,7 +183,7 @@ mod tests {
     #[test]
     fn layout_is_stable() {
         // The wire format is shared with the kernel; a size change must be deliberate.
-        assert_eq!(HEADER_SIZE, 64);
+        assert_eq!(HEADER_SIZE, 72);
         assert_eq!(BODY_SIZE, 56);
         assert_eq!(core::mem::size_of::<Tracked>(), 16);
     }

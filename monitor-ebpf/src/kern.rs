@@ -317,6 +317,7 @@ impl Ev {
             (*hd).ts_ns = h::bpf_ktime_get_ns();
             (*hd).start_ns = t.start_ns;
             (*hd).ret = ret;
+            (*hd).cgroup_id = h::bpf_get_current_cgroup_id();
             (*hd).kind = k;
             (*hd).op = op;
             (*hd).tgid = (id >> 32) as u32;

@@ -131,6 +131,7 @@ pub fn encode(k: u16, o: u16, ops: &[(&str, &[&str])], extra: &[u8], args: [u64;
         ts_ns: 1,
         start_ns: 2,
         ret: 0,
+        cgroup_id: 0,
         kind: k,
         op: o,
         tgid: 10,

@@ -223,6 +223,14 @@ pub struct Event {
     /// The name this host gives `uid`, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<Arc<str>>,
+    /// The process's cgroup v2 path when it made the event (events from the kernel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<Arc<str>>,
+    /// The container that cgroup is a runtime's, and the Kubernetes pod it is in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Arc<crate::container::Container>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Arc<crate::container::Pod>>,
     pub exe: Option<Arc<str>>,
     pub task: Option<Arc<str>>,
     /// Tasks this task was delegated from, nearest first.
@@ -303,6 +311,9 @@ impl Event {
             uid: None,
             gid: None,
             user: None,
+            cgroup: None,
+            container: None,
+            pod: None,
             exe: None,
             task: None,
             task_chain: None,

@@ -112,6 +112,18 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event) {
         key(out, "user");
         write_str(out, u);
     }
+    if let Some(c) = &ev.cgroup {
+        key(out, "cgroup");
+        write_str(out, c);
+    }
+    if let Some(c) = &ev.container {
+        key(out, "container");
+        let _ = serde_json::to_writer(&mut *out, &**c);
+    }
+    if let Some(p) = &ev.pod {
+        key(out, "pod");
+        let _ = serde_json::to_writer(&mut *out, &**p);
+    }
     opt_str(out, "exe", ev.exe.as_deref());
     opt_str(out, "task", ev.task.as_deref());
     if let Some(c) = &ev.task_chain {
@@ -227,6 +239,12 @@ mod tests {
         e.uid = Some(1000);
         e.gid = Some(1001);
         e.user = Some("al\"ice".into());
+        e.cgroup = Some("/kubepods/besteffort/pod1/\"x".into());
+        e.container = Some(std::sync::Arc::new(crate::container::Container {
+            id: "c1".into(),
+            runtime: "docker".into(),
+        }));
+        e.pod = Some(std::sync::Arc::new(crate::container::Pod { uid: "u".into(), qos: "burstable".into() }));
         e.exe = Some("/usr/bin/x".into());
         e.task = Some("t".into());
         e.task_chain = Some(vec![std::sync::Arc::from("parent")].into());

@@ -6,8 +6,10 @@
 //! [`cli`] is the command line.
 
 pub mod audit;
+pub mod cgroupname;
 pub mod cli;
 pub mod contain;
+pub mod container;
 pub mod ctl;
 pub mod decode;
 pub mod enforce;

@@ -96,6 +96,10 @@ struct SelectorConfig {
     exe: Option<String>,
     argv: Option<String>,
     cgroup: Option<String>,
+    /// A container's id (glob), told from the process's cgroup.
+    container: Option<String>,
+    /// A Kubernetes pod's uid (glob).
+    pod: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,8 +265,14 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    Selector::new(s.exe.as_deref(), s.argv.as_deref(), s.cgroup.as_deref())
-                        .map_err(|e| anyhow::anyhow!("{file}: selectors[{i}].{e}"))
+                    Selector::new(crate::runner::select::Globs {
+                        exe: s.exe.as_deref(),
+                        argv: s.argv.as_deref(),
+                        cgroup: s.cgroup.as_deref(),
+                        container: s.container.as_deref(),
+                        pod: s.pod.as_deref(),
+                    })
+                    .map_err(|e| anyhow::anyhow!("{file}: selectors[{i}].{e}"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let manifest = std::fs::read_to_string(t)
@@ -415,6 +425,38 @@ mod tests {
         let e =
             opts(&format!("nats:\n  url: nats://a:4222\n{spool}  stream:\n    max_age: soon\n")).unwrap_err();
         assert!(e.contains("nats.stream.max_age"), "{e}");
+    }
+
+    /// The Kubernetes deployment's configuration is one the daemon accepts (its
+    /// selectors by pod, its default task), and the DaemonSet gives agentmon what it
+    /// needs from the node.
+    #[test]
+    fn kubernetes_deployment() {
+        let k8s = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+        let dir = tempfile::tempdir().unwrap();
+        let task = dir.path().join("default-task.yaml");
+        std::fs::copy(k8s.join("default-task.yaml"), &task).unwrap();
+        let cfg = std::fs::read_to_string(k8s.join("agentmon.yaml"))
+            .unwrap()
+            .replace("/etc/agentmon/default-task.yaml", task.to_str().unwrap());
+        let f = dir.path().join("agentmon.yaml");
+        std::fs::write(&f, cfg).unwrap();
+        let o = options(DaemonArgs { config: Some(f), socket: None }).unwrap();
+        let sel = o.selectors.expect("selectors");
+        assert!(sel.rules.len() == 2 && sel.rules.iter().all(|s| s.pod.is_some()));
+        let ds: serde_json::Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(k8s.join("daemonset.yaml")).unwrap()).unwrap();
+        let spec = &ds["spec"]["template"]["spec"];
+        assert_eq!(spec["hostPID"], true, "the kernel programs compare the host's pids");
+        let c = &spec["containers"][0];
+        assert_eq!(c["securityContext"]["privileged"], true);
+        let mounts: Vec<&str> =
+            c["volumeMounts"].as_array().unwrap().iter().filter_map(|m| m["mountPath"].as_str()).collect();
+        for want in
+            ["/sys/fs/bpf", "/sys/kernel/tracing", "/sys/fs/cgroup", "/sys/kernel/btf", "/etc/agentmon"]
+        {
+            assert!(mounts.contains(&want), "{want} not mounted: {mounts:?}");
+        }
     }
 
     /// `prompts`: text kept as asked, with the host's own redactions; a bad pattern

@@ -44,6 +44,9 @@ pub struct TaskCgroup {
     pub path: PathBuf,
     /// The cgroup id (its directory's inode), as `bpf_get_current_cgroup_id` returns.
     pub id: u64,
+    /// The cgroup the task's root was in before it was moved here (a container's,
+    /// whose container and pod its events keep).
+    pub origin: Option<String>,
 }
 
 impl TaskCgroup {
@@ -52,13 +55,13 @@ impl TaskCgroup {
         let path = root.join("agentmon").join(name);
         std::fs::create_dir_all(&path)?;
         let id = std::fs::metadata(&path)?.ino();
-        Ok(Self { path, id })
+        Ok(Self { path, id, origin: None })
     }
 
     /// A task cgroup that already exists (a restarted daemon resuming its tasks).
     pub fn adopt(path: PathBuf) -> io::Result<Self> {
         let id = std::fs::metadata(&path)?.ino();
-        Ok(Self { path, id })
+        Ok(Self { path, id, origin: None })
     }
 
     /// Moves process `pid` (and so its future children) into the cgroup.

@@ -65,6 +65,8 @@ pub struct Enricher {
     pub decode_errors: u64,
     /// uid -> user name, looked up once per uid (the user database may be remote).
     users: HashMap<u32, Option<Arc<str>>>,
+    /// cgroup id -> its path, container and pod.
+    pub cgroups: crate::cgroupname::CgroupNames,
 }
 
 pub fn kind_name(k: u16) -> &'static str {
@@ -107,6 +109,7 @@ impl Enricher {
             last_lost: BTreeMap::new(),
             decode_errors: 0,
             users: HashMap::new(),
+            cgroups: Default::default(),
         }
     }
 
@@ -173,6 +176,11 @@ impl Enricher {
         ev.uid = Some(h.uid);
         ev.gid = Some(h.gid);
         ev.user = self.user_name(h.uid);
+        if let Some(n) = self.cgroups.get(h.cgroup_id) {
+            ev.cgroup = Some(n.path.clone());
+            ev.container = n.container.clone();
+            ev.pod = n.pod.clone();
+        }
         ev.task = self.tasks.get(&h.task).cloned();
         ev.start = (h.start_ns != 0).then_some(h.start_ns);
         ev.syscall = Some(Cow::Borrowed(op::name(h.op)));

@@ -36,7 +36,7 @@ pub fn detection_finding(a: &Alert) -> Value {
     if !a.reason.is_empty() {
         o.insert("message".into(), json!(a.reason));
     }
-    o.insert("device".into(), device(&a.host));
+    o.insert("device".into(), device(&a.host, ev));
     let actor = match related.as_ref().and_then(|r| r.get("actor")) {
         Some(actor) => actor.clone(),
         None => who.actor(objects::process(ev)),

@@ -44,7 +44,7 @@ pub fn event(ev: &Event, task: Option<&TaskInfo>) -> Option<Value> {
         o.insert("status_code".into(), json!(e));
     }
     o.insert("message".into(), json!(summary(ev)));
-    o.insert("device".into(), device(&ev.host));
+    o.insert("device".into(), device(&ev.host, ev));
     o.insert("actor".into(), who.actor(body.actor_process.unwrap_or_else(|| objects::process(ev))));
     if let Some(c) = control {
         let verdict = ev.verdict.as_deref().unwrap_or_default();
@@ -152,8 +152,18 @@ fn status_of(error: Option<&str>) -> (u32, &'static str) {
     }
 }
 
-fn device(host: &str) -> Value {
-    json!({ "hostname": host, "type_id": 0, "type": "Unknown" })
+/// The host, and the container the process ran in there (its pod's uid).
+fn device(host: &str, ev: &Event) -> Value {
+    let mut d = json!({ "hostname": host, "type_id": 0, "type": "Unknown" });
+    if let Some(c) = &ev.container {
+        let mut ct = json!({ "uid": c.id, "runtime": c.runtime });
+        if let Some(p) = &ev.pod {
+            ct["pod_uuid"] = json!(p.uid);
+            ct["orchestrator"] = json!("Kubernetes");
+        }
+        d["container"] = ct;
+    }
+    d
 }
 
 /// One line for `message`: the kind and its object.

@@ -580,3 +580,25 @@ fn every_kind_maps_or_is_documented_as_unmapped() {
         assert_eq!(f["finding_info"]["related_events"][0]["type_uid"], v["type_uid"]);
     }
 }
+
+/// The container a process ran in is the OCSF device's (`device.container`, with the
+/// pod's uid and the orchestrator for a pod's container); none without one.
+#[test]
+fn the_container_and_pod_are_the_devices() {
+    let mut e = ev(Kind::FileCreate);
+    e.path = Some("/w/x".into());
+    assert!(map(&e)["device"].get("container").is_none());
+    e.container =
+        Some(Arc::new(crate::container::Container { id: "3f1c".into(), runtime: "containerd".into() }));
+    e.pod = Some(Arc::new(crate::container::Pod {
+        uid: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),
+        qos: "burstable".into(),
+    }));
+    assert_eq!(
+        map(&e)["device"]["container"],
+        json!({"uid": "3f1c", "runtime": "containerd", "pod_uuid": "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+               "orchestrator": "Kubernetes"})
+    );
+    e.pod = None;
+    assert_eq!(map(&e)["device"]["container"], json!({"uid": "3f1c", "runtime": "containerd"}));
+}

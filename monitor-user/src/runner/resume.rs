@@ -49,7 +49,13 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
             drop_it(e);
             continue;
         }
-        let cg = s.cgroup.clone().and_then(|p| TaskCgroup::adopt(p).ok());
+        let cg = s.cgroup.clone().and_then(|p| TaskCgroup::adopt(p).ok()).map(|mut cg| {
+            cg.origin = s.origin_cgroup.clone();
+            if let Some(o) = &cg.origin {
+                e.p.enr.cgroups.origin(cg.id, o);
+            }
+            cg
+        });
         let all = cg.as_ref().map(|c| c.pids()).unwrap_or_default();
         // Its sub-tasks' processes keep it too (an ended task whose only processes
         // left are a sub-task's is bound, so that the sub-task can be).

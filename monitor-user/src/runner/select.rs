@@ -1,5 +1,5 @@
-//! Selectors: processes that match (exe path glob, argv glob, cgroup path glob; every
-//! field given must match) are attached by the daemon as an instance of the
+//! Selectors: processes that match (exe path glob, argv glob, cgroup path glob,
+//! container id glob, pod uid glob; every field given must match) are attached by the daemon as an instance of the
 //! configured default task, `<id>-<pid>`, with their descendants.
 //!
 //! Found by scanning /proc for new processes four times a second: an agent binary is
@@ -21,28 +21,53 @@ pub struct Selector {
     pub exe: Option<GlobMatcher>,
     pub argv: Option<GlobMatcher>,
     pub cgroup: Option<GlobMatcher>,
+    /// The container's id (as events carry it: `container.id`).
+    pub container: Option<GlobMatcher>,
+    /// The Kubernetes pod's uid.
+    pub pod: Option<GlobMatcher>,
+}
+
+/// A selector's glob texts, as configured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Globs<'a> {
+    pub exe: Option<&'a str>,
+    pub argv: Option<&'a str>,
+    pub cgroup: Option<&'a str>,
+    pub container: Option<&'a str>,
+    pub pod: Option<&'a str>,
 }
 
 impl Selector {
     /// From the configuration's glob texts; `Err(field: message)`.
-    pub fn new(exe: Option<&str>, argv: Option<&str>, cgroup: Option<&str>) -> Result<Self, String> {
+    pub fn new(t: Globs) -> Result<Self, String> {
         let g = |f: &str, p: Option<&str>| -> Result<Option<GlobMatcher>, String> {
             p.map(|p| Glob::new(p).map(|g| g.compile_matcher()).map_err(|e| format!("{f}: {e}"))).transpose()
         };
-        let s = Self { exe: g("exe", exe)?, argv: g("argv", argv)?, cgroup: g("cgroup", cgroup)? };
-        if s.exe.is_none() && s.argv.is_none() && s.cgroup.is_none() {
-            return Err("a selector needs exe, argv or cgroup".into());
+        let s = Self {
+            exe: g("exe", t.exe)?,
+            argv: g("argv", t.argv)?,
+            cgroup: g("cgroup", t.cgroup)?,
+            container: g("container", t.container)?,
+            pod: g("pod", t.pod)?,
+        };
+        if [&s.exe, &s.argv, &s.cgroup, &s.container, &s.pod].iter().all(|m| m.is_none()) {
+            return Err("a selector needs exe, argv, cgroup, container or pod".into());
         }
         Ok(s)
     }
 
     fn matches(&self, p: &Seen) -> bool {
-        let ok = |m: &Option<GlobMatcher>, v: &Option<String>| match (m, v) {
+        let ok = |m: &Option<GlobMatcher>, v: Option<&str>| match (m, v) {
             (None, _) => true,
             (Some(m), Some(v)) => m.is_match(v),
             (Some(_), None) => false,
         };
-        ok(&self.exe, &p.exe) && ok(&self.argv, &p.argv) && ok(&self.cgroup, &p.cgroup)
+        let (container, pod) = p.cgroup.as_deref().map(crate::container::of_cgroup).unwrap_or_default();
+        ok(&self.exe, p.exe.as_deref())
+            && ok(&self.argv, p.argv.as_deref())
+            && ok(&self.cgroup, p.cgroup.as_deref())
+            && ok(&self.container, container.as_ref().map(|c| c.id.as_str()))
+            && ok(&self.pod, pod.as_ref().map(|p| p.uid.as_str()))
     }
 }
 
@@ -163,16 +188,38 @@ mod tests {
 
     #[test]
     fn selectors_match_every_given_field() {
-        let s = Selector::new(Some("/usr/bin/claude*"), Some("*--agent*"), None).unwrap();
+        let s = Selector::new(Globs {
+            exe: Some("/usr/bin/claude*"),
+            argv: Some("*--agent*"),
+            ..Default::default()
+        })
+        .unwrap();
         let p = |exe: &str, argv: &str| Seen { exe: Some(exe.into()), argv: Some(argv.into()), cgroup: None };
         assert!(s.matches(&p("/usr/bin/claude-code", "claude --agent x")));
         assert!(!s.matches(&p("/usr/bin/claude-code", "claude")));
         assert!(!s.matches(&p("/usr/bin/python3", "python3 --agent")));
-        let c = Selector::new(None, None, Some("/agents.slice/*")).unwrap();
+        let c = Selector::new(Globs { cgroup: Some("/agents.slice/*"), ..Default::default() }).unwrap();
         assert!(c.matches(&Seen { exe: None, argv: None, cgroup: Some("/agents.slice/a.scope".into()) }));
         assert!(!c.matches(&Seen { exe: None, argv: None, cgroup: None }));
-        assert!(Selector::new(None, None, None).is_err());
-        assert!(Selector::new(Some("[unclosed"), None, None).unwrap_err().starts_with("exe:"));
+        assert!(Selector::new(Globs::default()).is_err());
+        assert!(
+            Selector::new(Globs { exe: Some("[unclosed"), ..Default::default() })
+                .unwrap_err()
+                .starts_with("exe:")
+        );
+        // A container by id, a pod by uid, from the process's cgroup.
+        let id = "3f1c9a4e5b6d7c8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f";
+        let pod = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+        let cg = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{id}.scope",
+            pod.replace('-', "_")
+        );
+        let seen = Seen { exe: None, argv: None, cgroup: Some(cg) };
+        let by = |g: Globs| Selector::new(g).unwrap().matches(&seen);
+        assert!(by(Globs { container: Some("3f1c9a*"), ..Default::default() }));
+        assert!(by(Globs { pod: Some(pod), ..Default::default() }));
+        assert!(!by(Globs { container: Some("aaaa*"), ..Default::default() }));
+        assert!(!by(Globs { pod: Some(pod), exe: Some("/x"), ..Default::default() }));
     }
 
     #[test]

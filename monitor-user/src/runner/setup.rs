@@ -109,6 +109,9 @@ pub struct Saved {
     #[serde(default)]
     pub events_file: Option<super::tasklog::FileId>,
     pub cgroup: Option<PathBuf>,
+    /// The cgroup its root came from (a container's: its container and pod).
+    #[serde(default)]
+    pub origin_cgroup: Option<String>,
     /// When the task expires (kept absolute: a restart does not extend it).
     #[serde(default)]
     pub expires: Option<Timestamp>,
@@ -315,6 +318,7 @@ mod tests {
                 events_file: None,
                 scope: None,
                 cgroup: None,
+                origin_cgroup: None,
                 expires: None,
                 ended: false,
                 launch: Vec::new(),

@@ -318,6 +318,7 @@ fn bind(
         events_file: None,
         scope: Some(super::resume::Paths::of(&child)),
         cgroup: None,
+        origin_cgroup: None,
         expires: child.expires,
         ended: s.ended,
         launch: Vec::new(),

@@ -381,6 +381,7 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         events_file: log,
         scope: Some(super::resume::Paths::of(&task)),
         cgroup: cgroup.as_ref().map(|c| c.path.clone()),
+        origin_cgroup: cgroup.as_ref().and_then(|c| c.origin.clone()),
         expires: task.expires,
         ended,
         launch: r.launch.iter().map(|p| p.display().to_string()).collect(),
@@ -392,6 +393,9 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
     let tier = task.enforce.then_some(if e.setup.layers.lsm { "bpf-lsm" } else { "landlock" });
     let p = &mut e.p;
     p.enr.bind_task(c, id.clone());
+    if let Some((cg, origin)) = cgroup.as_ref().and_then(|cg| Some((cg, cg.origin.as_deref()?))) {
+        p.enr.cgroups.origin(cg.id, origin);
+    }
     for &pid in &pids {
         p.enr.procs.seed(pid, proc_of(pid, c));
     }
@@ -568,7 +572,7 @@ fn task_cgroup(
     if !setup.layers.cgroups {
         return Ok(None);
     }
-    let cg = match TaskCgroup::create(&format!("{}-{cookie}", std::process::id())) {
+    let mut cg = match TaskCgroup::create(&format!("{}-{cookie}", std::process::id())) {
         Ok(cg) => cg,
         Err(err) if !t.enforce => {
             tracing::warn!("task {} runs without a cgroup of its own (it cannot be frozen): {err}", t.id);
@@ -579,6 +583,7 @@ fn task_cgroup(
     if t.enforce {
         sensors.guard(&cg.open()?, cg.id, cookie, allow)?;
     }
+    cg.origin = crate::cgroupname::of_pid(root);
     cg.add(root)?;
     Ok(Some(cg))
 }

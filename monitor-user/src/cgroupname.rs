@@ -1,0 +1,146 @@
+//! An event's cgroup by name: the kernel stamps each event with the cgroup v2 id of
+//! the process that made it (`bpf_get_current_cgroup_id`, at the moment of the
+//! call), and the id is the kernfs node id of the cgroup's directory, which
+//! `open_by_handle_at(2)` opens on the cgroup2 mount. The directory's path is the
+//! cgroup's, and its container and pod are told from it ([`crate::container`]).
+//! Each id is looked up once; ids are never reused.
+
+use std::{
+    collections::HashMap,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::Arc,
+};
+
+use crate::container::{self, Container, Pod};
+
+/// `FILEID_KERNFS`: a kernfs file handle, whose 8 bytes are the node id.
+const FILEID_KERNFS: i32 = 0xfe;
+
+/// Ids kept at most (a host that makes and removes cgroups without end).
+const MAX_CACHED: usize = 16384;
+
+/// What an event says of its cgroup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Named {
+    pub path: Arc<str>,
+    pub container: Option<Arc<Container>>,
+    pub pod: Option<Arc<Pod>>,
+}
+
+#[repr(C)]
+struct KernfsHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    id: u64,
+}
+
+pub struct CgroupNames {
+    /// The cgroup2 mount (`/sys/fs/cgroup`, or its `unified` mount in hybrid mode).
+    root: std::path::PathBuf,
+    mount: Option<OwnedFd>,
+    cache: HashMap<u64, Option<Arc<Named>>>,
+    /// agentmon's task cgroups: the container and pod their processes came from.
+    origins: HashMap<u64, Arc<Named>>,
+}
+
+impl Default for CgroupNames {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CgroupNames {
+    pub fn new() -> Self {
+        let root = crate::enforce::cgroup::v2_root().unwrap_or_default();
+        let mount = std::fs::File::open(&root).ok().map(OwnedFd::from);
+        Self { root, mount, cache: HashMap::new(), origins: HashMap::new() }
+    }
+
+    /// Processes moved into agentmon's task cgroup `id` came from the cgroup at
+    /// `origin` (a container's): their events keep its container and pod, beside
+    /// the cgroup they are in now.
+    pub fn origin(&mut self, id: u64, origin: &str) {
+        let path = self.path_of(id).unwrap_or_else(|| origin.to_string());
+        let (c, p) = container::of_cgroup(origin);
+        self.origins.insert(
+            id,
+            Arc::new(Named { path: path.into(), container: c.map(Arc::new), pod: p.map(Arc::new) }),
+        );
+    }
+
+    /// The task cgroup `id` is gone.
+    pub fn forget_origin(&mut self, id: u64) {
+        self.origins.remove(&id);
+    }
+
+    /// The cgroup of id `id` (None: 0, gone before it was looked up, or no cgroup2).
+    pub fn get(&mut self, id: u64) -> Option<Arc<Named>> {
+        if id == 0 {
+            return None;
+        }
+        if let Some(n) = self.origins.get(&id) {
+            return Some(n.clone());
+        }
+        if let Some(n) = self.cache.get(&id) {
+            return n.clone();
+        }
+        if self.cache.len() >= MAX_CACHED {
+            self.cache.clear();
+        }
+        let n = self.path_of(id).map(|path| {
+            let (c, p) = container::of_cgroup(&path);
+            Arc::new(Named { path: path.into(), container: c.map(Arc::new), pod: p.map(Arc::new) })
+        });
+        self.cache.insert(id, n.clone());
+        n
+    }
+
+    fn path_of(&self, id: u64) -> Option<String> {
+        let mount = self.mount.as_ref()?;
+        let mut h = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, id };
+        // SAFETY: a valid mount descriptor and a file handle of the size it says;
+        // returns a new descriptor or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_by_handle_at,
+                mount.as_raw_fd(),
+                &raw mut h,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_PATH,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a new descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+        let rel = link.strip_prefix(&self.root).ok()?;
+        Some(format!("/{}", rel.to_string_lossy()))
+    }
+}
+
+/// The cgroup v2 path of process `pid` now (`/proc/PID/cgroup`'s `0::` line).
+pub fn of_pid(pid: u32) -> Option<String> {
+    let t = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    t.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The id the kernel gives a cgroup is its directory's inode number in cgroupfs.
+    #[test]
+    fn a_cgroups_id_names_it() {
+        let mut names = CgroupNames::new();
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let path = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap().to_string();
+        use std::os::unix::fs::MetadataExt;
+        let root = crate::enforce::cgroup::v2_root().unwrap();
+        let id = std::fs::metadata(format!("{}{path}", root.display())).unwrap().ino();
+        let n = names.get(id).expect("this process's cgroup by id");
+        assert_eq!(&*n.path, path.as_str());
+        assert!(names.get(0).is_none());
+        assert!(names.get(u64::MAX - 7).is_none(), "no such cgroup");
+    }
+}

@@ -1,0 +1,119 @@
+//! Containers and pods in events: the kernel stamps each event with the process's
+//! cgroup, and agentmon names the container and pod from it. Real cgroups shaped as
+//! the runtimes make them (no runtime or registry needed).
+
+use std::{ffi::CString, os::unix::process::CommandExt, path::PathBuf};
+
+use agentmon::event::{Event, Kind};
+
+use crate::{
+    R,
+    support::{self, eq, workdir},
+};
+
+/// Cgroups made for the test, removed (deepest first) when it ends.
+struct Cgroups(Vec<PathBuf>);
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(p);
+        }
+    }
+}
+
+fn make(all: &mut Cgroups, rel: &str) -> Result<PathBuf, String> {
+    let mut p = agentmon::enforce::cgroup::v2_root().ok_or("no cgroup2 mount")?;
+    for part in rel.split('/').filter(|s| !s.is_empty()) {
+        p.push(part);
+        if !p.exists() {
+            std::fs::create_dir(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            all.0.push(p.clone());
+        }
+    }
+    Ok(p)
+}
+
+pub fn events_name_their_container_and_pod() -> R {
+    let d = workdir("containers");
+    std::fs::create_dir_all(d.join("out")).map_err(|e| e.to_string())?;
+    let uid = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+    let salt = format!("{:x}", std::process::id());
+    let id = format!("{salt}{}", "c".repeat(64 - salt.len()));
+    let id2 = format!("{salt}{}", "d".repeat(64 - salt.len()));
+    let mut made = Cgroups(Vec::new());
+    // A Kubernetes container (cgroupfs driver) the agent is started in, and a
+    // Docker container (systemd driver) one of its processes moves itself into.
+    let pod_cg = make(&mut made, &format!("kubepods/besteffort/pod{uid}/{id}"))?;
+    let docker = format!("/system.slice/docker-{id2}.scope");
+    let docker_cg = make(&mut made, &docker)?;
+    let task = d.join("task.yaml");
+    std::fs::write(
+        &task,
+        format!(
+            "id: in-pod\nmode: execute\nscope:\n  write: [\"{}/out/**\"]\n  exec: [\"/usr/bin/**\"]\n",
+            d.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let script = format!(
+        "touch {o}/a; echo $$ > {dc}/cgroup.procs && touch {o}/b",
+        o = d.join("out").display(),
+        dc = docker_cg.display()
+    );
+    let events = d.join("events.jsonl");
+    let mut cmd = support::exec_command(
+        &events,
+        &["--task", task.to_str().unwrap()],
+        &["/usr/bin/sh".into(), "-c".into(), script],
+        &[],
+        &d,
+    );
+    // agentmon exec itself starts in the pod's container, as an agent's entrypoint would.
+    let procs = CString::new(pod_cg.join("cgroup.procs").to_str().unwrap()).map_err(|e| e.to_string())?;
+    // SAFETY: between fork and exec: open, write and close only.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            Ok(())
+        });
+    }
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    eq(&format!("exit code ({})", String::from_utf8_lossy(&out.stderr)), out.status.code(), Some(0))?;
+    let text = std::fs::read_to_string(&events).map_err(|e| e.to_string())?;
+    let (evs, _) = support::parse_stream(&text)?;
+    let find = |name: &str| -> Result<&Event, String> {
+        let p = d.join("out").join(name);
+        evs.iter()
+            .find(|e| e.kind == Kind::FileCreate && e.path.as_deref() == p.to_str())
+            .ok_or_else(|| format!("no file_create of {}", p.display()))
+    };
+    let named = |e: &Event| {
+        (
+            e.container.as_ref().map(|c| (c.id.clone(), c.runtime.clone())),
+            e.pod.as_ref().map(|p| (p.uid.clone(), p.qos.clone())),
+        )
+    };
+    // In the task's own cgroup (agentmon's), from the pod's container: it keeps them.
+    let a = find("a")?;
+    eq(
+        "out/a: container and pod (from the cgroup the task came from)",
+        named(a),
+        (Some((id.clone(), "kubernetes".to_string())), Some((uid.to_string(), "besteffort".to_string()))),
+    )?;
+    let in_agentmon = a.cgroup.as_deref().is_some_and(|c| c.starts_with("/agentmon/"));
+    eq(&format!("out/a: cgroup {:?} is the task's", a.cgroup), in_agentmon, true)?;
+    // Moved into a Docker container: that one, and no pod.
+    let b = find("b")?;
+    eq("out/b: cgroup", b.cgroup.as_deref(), Some(docker.as_str()))?;
+    eq("out/b: container and pod", named(b), (Some((id2.clone(), "docker".to_string())), None))?;
+    // Wait for agentmon to have moved the process back before the cgroups go.
+    let _ = support::wait(std::time::Duration::from_secs(5), || {
+        std::fs::read_to_string(docker_cg.join("cgroup.procs")).is_ok_and(|s| s.trim().is_empty())
+    });
+    Ok(())
+}
