@@ -261,3 +261,50 @@ pub fn freeze_thaw_kill_by_operator() -> R {
     )?;
     Ok(())
 }
+
+/// A task's impact threshold (`limits:`): the delete past it is a violation with the
+/// task's `on_exceed` (kill here), and the enforced tree ends before the next one.
+pub fn a_task_past_its_limit_is_stopped() -> R {
+    let d = support::workdir("limits");
+    let out = d.join("out");
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    for i in 1..=4 {
+        std::fs::write(out.join(format!("f{i}")), "x").map_err(|e| e.to_string())?;
+    }
+    let task = d.join("task.yaml");
+    std::fs::write(
+        &task,
+        format!(
+            "id: budget\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{o}/**\"]\n  delete: [\"{o}/**\"]\n  exec: [\"/usr/bin/**\"]\n\
+             limits:\n  deletes: 2\n  on_exceed: kill\n",
+            o = out.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    // Observed, an action is recorded, not carried out: enforced, it is.
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&task, &d)?);
+    }
+    let o = out.display();
+    let script = format!("rm {o}/f1; rm {o}/f2; rm {o}/f3; sleep 10; rm {o}/f4; touch {o}/after");
+    let cmd = ["/usr/bin/sh".to_string(), "-c".into(), script];
+    let run = run_agentmon_with(&["--task", task.to_str().unwrap()], &cmd, &[], &d)?;
+    eq("exit code (SIGKILL)", run.code, 128 + 9)?;
+    let third = run.find(Kind::FileDelete, &out.join("f3"))?;
+    eq(
+        "the third delete (verdict, action, reason)",
+        (third.verdict.as_deref(), third.action.as_deref(), third.reason.as_deref()),
+        (Some("violation"), Some("kill"), Some("limits: past the task's limit of 2 deletes (3)")),
+    )?;
+    for f in ["f1", "f2"] {
+        let e = run.find(Kind::FileDelete, &out.join(f))?;
+        eq(&format!("{f}: verdict"), e.verdict.as_deref(), Some("in_scope"))?;
+    }
+    ensure(out.join("f4").exists() && !out.join("after").exists(), || {
+        "the tree went on past its limit".to_string()
+    })?;
+    let actions: Vec<_> =
+        run.of(Kind::Action).into_iter().map(|a| a.action.as_deref().map(String::from)).collect();
+    eq("one kill", actions, vec![Some("kill".to_string())])?;
+    Ok(())
+}

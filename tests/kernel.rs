@@ -103,6 +103,7 @@ fn main() {
         ("audit_chain_and_replay", audit::audit_chain_and_replay),
         ("replay_html_report", report::replay_html_report),
         ("events_name_their_container_and_pod", containers::events_name_their_container_and_pod),
+        ("a_task_past_its_limit_is_stopped", contain::a_task_past_its_limit_is_stopped),
         ("audit_chain_counts_what_a_full_disk_dropped", audit::audit_chain_counts_what_a_full_disk_dropped),
         ("reading_agentmons_key_is_tampering", audit::reading_agentmons_key_is_tampering),
         ("daemon_serves_concurrent_tasks", daemon::daemon_serves_concurrent_tasks),

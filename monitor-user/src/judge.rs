@@ -52,6 +52,8 @@ pub struct Judge {
     engine: Engine,
     windows: Windows,
     tasks: HashMap<Arc<str>, Bound>,
+    /// What each task with limits (and its sub-tasks) has done so far.
+    usage: HashMap<Arc<str>, crate::policy::limits::Usage>,
     /// No rules and no task: events get no verdict fields.
     active: bool,
     /// agentmon's own control socket: tasks reach it to delegate, which their scope
@@ -66,6 +68,7 @@ impl Judge {
             engine: Engine::new(rules.unwrap_or_default()),
             windows: Windows::default(),
             tasks: HashMap::new(),
+            usage: HashMap::new(),
             active,
             own_socket: None,
         }
@@ -93,7 +96,26 @@ impl Judge {
 
     pub fn unbind(&mut self, id: &str) {
         self.tasks.remove(id);
+        self.usage.remove(id);
         self.windows.forget(id);
+    }
+
+    /// Counts `ev` against the limits of its task and of every task it was
+    /// delegated from: the reasons of the limits it passes.
+    fn limits(&mut self, ev: &Event) -> Vec<Reason> {
+        let Some(b) = ev.task.as_ref().and_then(|id| self.tasks.get(id)) else { return Vec::new() };
+        let ids: Vec<Arc<str>> = std::iter::once(b.id.clone()).chain(b.chain.iter().cloned()).collect();
+        let mut out = Vec::new();
+        for id in ids {
+            let Some(limits) = self.tasks.get(&id).and_then(|t| t.task.limits.as_ref()) else { continue };
+            if let Some(mut r) = self.usage.entry(id.clone()).or_default().count(limits, ev) {
+                if id != b.id {
+                    r.message = format!("{} (with task {id}'s sub-tasks)", r.message);
+                }
+                out.push(r);
+            }
+        }
+        out
     }
 
     pub fn task_ids(&self) -> Vec<Arc<str>> {
@@ -150,6 +172,10 @@ impl Judge {
         }
         let cx = context(bound, ev, procs, launch, root);
         let mut v = self.engine.judge(ev, &cx, &mut self.windows);
+        for r in self.limits(ev) {
+            v.add(r);
+        }
+        let bound = ev.task.as_ref().and_then(|id| self.tasks.get(id));
         // A held call an approver let through (agentmon performed it): in scope now.
         if v.verdict == VerdictKind::NeedsApproval
             && ev.detail.get("decision").and_then(|d| d.as_str()) == Some("approved")
@@ -341,5 +367,48 @@ impl RulesWatch {
         }
         self.seen = now;
         Some(crate::policy::check::load(&self.dir, &self.sensitive))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Timestamp;
+
+    fn task(yaml: &str) -> Arc<Task> {
+        Arc::new(crate::task::parse(yaml, Path::new("t.yaml"), Timestamp(0)).unwrap())
+    }
+
+    /// A sub-task's side effects count against its parent's limits: delegating is
+    /// no way around a budget.
+    #[test]
+    fn a_sub_tasks_deletes_count_against_its_parents_limit() {
+        let mut j = Judge::new(None);
+        j.bind(Bound::new(
+            task("id: lead\nmode: execute\nscope:\n  write: [\"/w/**\"]\n  delete: [\"/w/**\"]\nlimits:\n  deletes: 1\n  on_exceed: kill\n"),
+            1,
+        ));
+        let mut child =
+            (*task("id: sub\nmode: execute\nscope:\n  write: [\"/w/**\"]\n  delete: [\"/w/**\"]\n")).clone();
+        child.parents = vec!["lead".into()];
+        j.bind(Bound::new(Arc::new(child), 2));
+        let procs = ProcTable::new(16);
+        let del = |p: &str| {
+            let mut e = Event::new(Kind::FileDelete, Timestamp(1), "h".into());
+            e.task = Some("sub".into());
+            e.pid = 2;
+            e.path = Some(p.into());
+            e
+        };
+        let mut first = del("/w/a");
+        j.apply(&mut first, &procs);
+        assert_eq!(first.verdict.as_deref(), Some("in_scope"));
+        let mut second = del("/w/b");
+        let alert = j.apply(&mut second, &procs).expect("an alert");
+        assert_eq!((second.verdict.as_deref(), second.action.as_deref()), (Some("violation"), Some("kill")));
+        assert!(alert.reason.contains("task lead's sub-tasks"), "{}", alert.reason);
+        let mut third = del("/w/c");
+        j.apply(&mut third, &procs);
+        assert_eq!(third.action.as_deref(), Some("none"), "said once");
     }
 }

@@ -10,6 +10,7 @@ pub mod check;
 pub mod engine;
 pub mod examples;
 pub mod inline;
+pub mod limits;
 pub mod rules;
 pub mod scope;
 pub mod shipped;
@@ -45,9 +46,10 @@ impl VerdictKind {
 }
 
 /// What should happen. Observe mode records it; the enforcement layers act on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
+    #[default]
     None,
     Alert,
     /// Alert, and have the broker revoke the task's credentials (on NATS), the task

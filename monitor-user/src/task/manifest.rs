@@ -50,6 +50,21 @@ struct RawManifest {
     /// revoke message a broker acts on when the task ends or is stopped.
     #[serde(default)]
     credentials: Vec<S<String>>,
+    limits: Option<S<RawLimits>>,
+}
+
+/// `limits:`, see `task::Limits`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    files_changed: Option<S<u64>>,
+    deletes: Option<S<u64>>,
+    processes: Option<S<u64>>,
+    connections: Option<S<u64>>,
+    destinations: Option<S<u64>>,
+    /// Not counted: write(2) is not hooked (its cost would fall on every process).
+    bytes_written: Option<S<serde::de::IgnoredAny>>,
+    on_exceed: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -296,6 +311,7 @@ pub fn parse_unresolved(text: &str, file: &Path, now: Timestamp) -> Result<Task,
         Some(v) => return Err(cx.err(v, "sensitive_reads", format!("{:?} is not judge or deny", v.value))),
     };
     let credentials = credentials(&cx, &raw.credentials)?;
+    let limits = raw.limits.as_ref().map(|l| limits(&cx, l)).transpose()?;
     let task = Task {
         id,
         credentials,
@@ -318,9 +334,59 @@ pub fn parse_unresolved(text: &str, file: &Path, now: Timestamp) -> Result<Task,
         propose_dir,
         approval,
         parents: Vec::new(),
+        limits,
         source: PathBuf::from(file),
     };
     Ok(task)
+}
+
+fn limits(cx: &Ctx, l: &S<RawLimits>) -> Result<super::Limits, ManifestError> {
+    let v = &l.value;
+    if let Some(b) = &v.bytes_written {
+        return Err(cx.err(
+            b,
+            "limits.bytes_written",
+            "agentmon does not count bytes written (write(2) is not hooked: every process would pay for it); \
+             limit files_changed",
+        ));
+    }
+    let n = |f: &Option<S<u64>>, name: &str| -> Result<Option<u64>, ManifestError> {
+        match f {
+            Some(s) if s.value == 0 => Err(cx.err(
+                s,
+                &format!("limits.{name}"),
+                "0 allows nothing: leave it out or give a number above 0",
+            )),
+            Some(s) => Ok(Some(s.value)),
+            None => Ok(None),
+        }
+    };
+    let on_exceed = match &v.on_exceed {
+        None => crate::policy::Action::Alert,
+        Some(s) => crate::policy::limits::ON_EXCEED
+            .iter()
+            .find(|(name, _)| *name == s.value)
+            .map(|(_, a)| *a)
+            .ok_or_else(|| {
+                cx.err(s, "limits.on_exceed", format!("{:?} is not alert, freeze or kill", s.value))
+            })?,
+    };
+    let out = super::Limits {
+        files_changed: n(&v.files_changed, "files_changed")?,
+        deletes: n(&v.deletes, "deletes")?,
+        processes: n(&v.processes, "processes")?,
+        connections: n(&v.connections, "connections")?,
+        destinations: n(&v.destinations, "destinations")?,
+        on_exceed,
+    };
+    if out == (super::Limits { on_exceed, ..Default::default() }) {
+        return Err(cx.err(
+            l,
+            "limits",
+            "no limit given (files_changed, deletes, processes, connections, destinations)",
+        ));
+    }
+    Ok(out)
 }
 
 /// Reads and parses a manifest file.

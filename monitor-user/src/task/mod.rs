@@ -121,6 +121,18 @@ impl Stop {
     }
 }
 
+/// A task's impact thresholds (`limits:`): at most so much, in all, over the task
+/// and its sub-tasks, then `on_exceed` (see `policy::limits`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub files_changed: Option<u64>,
+    pub deletes: Option<u64>,
+    pub processes: Option<u64>,
+    pub connections: Option<u64>,
+    pub destinations: Option<u64>,
+    pub on_exceed: crate::policy::Action,
+}
+
 /// A validated, compiled task.
 #[derive(Debug, Clone)]
 pub struct Task {
@@ -158,6 +170,8 @@ pub struct Task {
     pub credentials: Vec<String>,
     /// Ids of the tasks this one was delegated from, nearest first.
     pub parents: Vec<String>,
+    /// Impact thresholds.
+    pub limits: Option<Limits>,
     /// The manifest it came from.
     pub source: PathBuf,
 }

@@ -222,3 +222,25 @@ fn where_a_task_may_write_follows_its_mode() {
     assert_eq!(read.writes_reach(p("/w/f")), None);
     assert!(read.write_roots().is_empty());
 }
+
+#[test]
+fn limits_are_parsed_and_what_cannot_be_counted_is_refused() {
+    let t =
+        parse_ok("id: a\nmode: execute\nlimits:\n  files_changed: 50\n  deletes: 5\n  on_exceed: freeze\n");
+    let l = t.limits.unwrap();
+    assert_eq!((l.files_changed, l.deletes, l.processes), (Some(50), Some(5), None));
+    assert_eq!(l.on_exceed, crate::policy::Action::Freeze);
+    let t = parse_ok("id: a\nmode: execute\nlimits:\n  connections: 3\n");
+    assert_eq!(t.limits.unwrap().on_exceed, crate::policy::Action::Alert, "alert by default");
+    let e = parse_err("id: a\nmode: execute\nlimits:\n  deletes: 5\n  bytes_written: 1000\n");
+    assert_eq!((e.line, e.field.as_str()), (5, "limits.bytes_written"), "{e}");
+    assert!(e.msg.contains("files_changed"), "{e}");
+    let e = parse_err("id: a\nmode: execute\nlimits:\n  deletes: 0\n");
+    assert_eq!((e.line, e.field.as_str()), (4, "limits.deletes"), "{e}");
+    let e = parse_err("id: a\nmode: execute\nlimits:\n  deletes: 1\n  on_exceed: shrug\n");
+    assert_eq!((e.line, e.field.as_str()), (5, "limits.on_exceed"), "{e}");
+    let e = parse_err("id: a\nmode: execute\nlimits:\n  on_exceed: kill\n");
+    assert_eq!(e.field, "limits", "{e}");
+    let e = parse_err("id: a\nmode: execute\nlimits:\n  files: 3\n");
+    assert_eq!(e.line, 4, "an unknown limit names its line: {e}");
+}
