@@ -259,6 +259,7 @@ fn key_read(name: &str, enforce: bool) -> R {
             "exec 3<> {k}; /usr/bin/ln {k} {link}; /usr/bin/cat {link} > /dev/null; \
              /usr/bin/head -c 1 /proc/$PPID/mem > /dev/null 2>&1; echo $PPID > {ppid}; \
              /usr/bin/cat /proc/$PPID/comm >> {ppid}; /usr/bin/cat /proc/$PPID/environ > /dev/null; \
+             /usr/bin/cat /proc/$PPID/maps /proc/$PPID/status /proc/$PPID/stat > /dev/null; \
              /usr/bin/mkdir -p {out}/$PPID; echo x > {out}/$PPID/mem; /usr/bin/cat {out}/$PPID/mem > /dev/null; \
              /usr/bin/mkdir {m}; /usr/bin/unshare -m /usr/bin/sh -c \
              '/usr/bin/mount --bind {keys} {m} && /usr/bin/cat {bound} > /dev/null'; ",
@@ -271,8 +272,15 @@ fn key_read(name: &str, enforce: bool) -> R {
             out = d.join("out").display(),
         )
     };
+    // A file outside the write scope opened O_PATH|O_TRUNC (truncates nothing) and
+    // O_RDONLY|O_CREAT (exists: creates nothing) is no side effect.
+    let no_effect = format!(
+        "/usr/bin/python3 -c \"import os; os.close(os.open('{decoy}', os.O_PATH | os.O_TRUNC | os.O_CREAT)); \
+         os.close(os.open('{decoy}', os.O_RDONLY | os.O_CREAT))\"; ",
+        decoy = decoy.display()
+    );
     let script = format!(
-        "/usr/bin/cat {k} > /dev/null; echo $? > {o}; {others}/usr/bin/cat {decoy} > /dev/null",
+        "/usr/bin/cat {k} > /dev/null; echo $? > {o}; {others}{no_effect}/usr/bin/cat {decoy} > /dev/null",
         k = key.display(),
         o = d.join("out/status").display(),
         decoy = decoy.display()
@@ -282,13 +290,17 @@ fn key_read(name: &str, enforce: bool) -> R {
     eq(&format!("{name}: exit code ({})", run.stderr), run.code, 0)?;
     let p = |x: &std::path::Path| x.display().to_string();
     let key_path = p(&key);
-    let (read, memory, environ) =
-        ("agentmon's private key read", "agentmon's memory opened", "agentmon's environment read");
+    let (read, memory, environ, layout) = (
+        "agentmon's private key read",
+        "agentmon's memory opened",
+        "agentmon's environment read",
+        "agentmon's /proc file read",
+    );
     // (Observed, the mount namespace is a tamper record of its own.)
     let tampers: Vec<&Event> = run
         .of(Kind::Tamper)
         .into_iter()
-        .filter(|e| [read, memory, environ].iter().any(|a| e.detail["attempt"] == *a))
+        .filter(|e| [read, memory, environ, layout].iter().any(|a| e.detail["attempt"] == *a))
         .collect();
     eq(
         &format!("{name}: tamper records (path, task, attempt)"),
@@ -316,6 +328,8 @@ fn key_read(name: &str, enforce: bool) -> R {
                 (p(&link), read),
                 (proc("mem"), memory),
                 (proc("environ"), environ),
+                // Its memory's layout; not its status (any `ps`).
+                (proc("maps"), layout),
                 (p(&bound), read),
             ]
         }

@@ -24,6 +24,7 @@ const O_TRUNC: u64 = 0o1000;
 const WRITE_INTENT: u64 = O_WRONLY | O_RDWR | O_CREAT | O_TRUNC;
 const FMODE_READ: u32 = 1;
 const FMODE_WRITE: u32 = 2;
+const FMODE_PATH: u32 = 0x4000;
 const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 const AT_REMOVEDIR: u64 = 0x200;
 const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
@@ -50,6 +51,10 @@ pub(crate) fn open_exit(
     // What the file was opened for, as the kernel opened it (openat2's `how` is the
     // caller's memory, which another thread may have changed since).
     let fmode: u32 = if file != 0 { unsafe { kread(file + off!(file_mode)) } } else { 0 };
+    // An O_PATH descriptor reads and writes nothing (its O_CREAT, O_TRUNC are ignored).
+    if fmode & FMODE_PATH != 0 {
+        return None;
+    }
     let flags = if file != 0 {
         let acc = match (fmode & FMODE_READ != 0, fmode & FMODE_WRITE != 0) {
             (true, true) => O_RDWR,
@@ -60,10 +65,19 @@ pub(crate) fn open_exit(
     } else {
         flags
     };
-    let write = flags & WRITE_INTENT != 0 || fmode & conf!(off.fmode_created) != 0;
+    // Opened, it changes something if it may write, truncates, or made the file
+    // (O_CREAT of a file that exists makes nothing); refused, if it asked to.
+    let write = if file != 0 {
+        flags & (O_WRONLY | O_RDWR | O_TRUNC) != 0 || fmode & conf!(off.fmode_created) != 0
+    } else {
+        flags & WRITE_INTENT != 0
+    };
     let mut pf = 0;
     if dentry != 0 && agentmon_proc(dentry) {
-        // Agentmon's own /proc files: userspace keeps the ones that matter.
+        // Agentmon's own /proc files, but for what any `ps` reads.
+        if !write && harmless_proc_file(dentry) {
+            return None;
+        }
         pf = pflags::AGENTMON_PROC;
     } else if dentry != 0 && fmode & FMODE_READ != 0 && secret(dentry) {
         // One of agentmon's keys opened to read, by whatever name or mount.
@@ -169,6 +183,19 @@ fn agentmon_proc(dentry: u64) -> bool {
         let node = kptr(pid, off!(pid_tasks));
         node != 0 && kread::<u32>(node - off!(task_pid_links) + off!(task_tgid)) == conf!(self_tgid)
     }
+}
+
+/// Is `dentry` named like a /proc file any `ps` or `top` reads (stat, statm, status,
+/// comm, cmdline)? Compared with its NUL, in the first 8 bytes of the name.
+#[inline(always)]
+fn harmless_proc_file(dentry: u64) -> bool {
+    let name = unsafe { kptr(dentry, off!(dentry_name) + off!(qstr_name)) };
+    let mut b = [0u8; 8];
+    if unsafe { h::bpf_probe_read_kernel((&raw mut b).cast(), 8, name as *const _) } != 0 {
+        return false;
+    }
+    let is = |n: &[u8]| b.len() > n.len() && b[..n.len()] == *n && b[n.len()] == 0;
+    is(b"stat") || is(b"statm") || is(b"status") || is(b"comm") || b == *b"cmdline\0"
 }
 
 /// Is the file of `dentry` one of agentmon's private keys (`SECRETS`)?

@@ -27,6 +27,9 @@ pub struct Named {
     pub pod: Option<Arc<Pod>>,
 }
 
+/// A cgroup's container and pod.
+type Attribution = (Option<Arc<Container>>, Option<Arc<Pod>>);
+
 #[repr(C)]
 struct KernfsHandle {
     handle_bytes: u32,
@@ -39,8 +42,9 @@ pub struct CgroupNames {
     root: std::path::PathBuf,
     mount: Option<OwnedFd>,
     cache: HashMap<u64, Option<Arc<Named>>>,
-    /// agentmon's task cgroups: the container and pod their processes came from.
-    origins: HashMap<u64, Arc<Named>>,
+    /// agentmon's task cgroups by path: the container and pod their processes came
+    /// from (for the cgroup and every cgroup below it).
+    origins: Vec<(String, Attribution)>,
 }
 
 impl Default for CgroupNames {
@@ -51,26 +55,32 @@ impl Default for CgroupNames {
 
 impl CgroupNames {
     pub fn new() -> Self {
+        // Paths are as agentmon's cgroup namespace shows them: another's than the
+        // host's (a container without the host's) names no container rightly.
+        let ns = |p: &str| std::fs::read_link(p).ok();
+        if ns("/proc/self/ns/cgroup") != ns("/proc/1/ns/cgroup") {
+            tracing::warn!(
+                "agentmon is not in the host's cgroup namespace: events' cgroups, containers and pods, and \
+                 selectors by them, are as its own namespace shows them (run it with the host's: docs/deploy.md)"
+            );
+        }
         let root = crate::enforce::cgroup::v2_root().unwrap_or_default();
         let mount = std::fs::File::open(&root).ok().map(OwnedFd::from);
-        Self { root, mount, cache: HashMap::new(), origins: HashMap::new() }
+        Self { root, mount, cache: HashMap::new(), origins: Vec::new() }
     }
 
     /// Processes moved into agentmon's task cgroup `id` came from the cgroup at
     /// `origin` (a container's): their events keep its container and pod, beside
-    /// the cgroup they are in now.
+    /// the cgroup they are in now, and so do those of any cgroup made below it.
     pub fn origin(&mut self, id: u64, origin: &str) {
-        let path = self.path_of(id).unwrap_or_else(|| origin.to_string());
+        let Ok(path) = self.path_of(id) else { return };
         let (c, p) = container::of_cgroup(origin);
-        self.origins.insert(
-            id,
-            Arc::new(Named { path: path.into(), container: c.map(Arc::new), pod: p.map(Arc::new) }),
-        );
-    }
-
-    /// The task cgroup `id` is gone.
-    pub fn forget_origin(&mut self, id: u64) {
-        self.origins.remove(&id);
+        // Task cgroups that are gone are let go.
+        let root = self.root.clone();
+        self.origins.retain(|(o, _)| *o != path && root.join(o.trim_start_matches('/')).exists());
+        self.origins.push((path, (c.map(Arc::new), p.map(Arc::new))));
+        // What was named before is named again.
+        self.cache.clear();
     }
 
     /// The cgroup of id `id` (None: 0, gone before it was looked up, or no cgroup2).
@@ -78,25 +88,35 @@ impl CgroupNames {
         if id == 0 {
             return None;
         }
-        if let Some(n) = self.origins.get(&id) {
-            return Some(n.clone());
-        }
         if let Some(n) = self.cache.get(&id) {
             return n.clone();
         }
         if self.cache.len() >= MAX_CACHED {
             self.cache.clear();
         }
-        let n = self.path_of(id).map(|path| {
-            let (c, p) = container::of_cgroup(&path);
-            Arc::new(Named { path: path.into(), container: c.map(Arc::new), pod: p.map(Arc::new) })
-        });
+        let n = match self.path_of(id) {
+            Ok(path) => {
+                let below = |o: &str| path == o || path.strip_prefix(o).is_some_and(|r| r.starts_with('/'));
+                let (c, p) = match self.origins.iter().find(|(o, _)| below(o)) {
+                    Some((_, a)) => a.clone(),
+                    None => {
+                        let (c, p) = container::of_cgroup(&path);
+                        (c.map(Arc::new), p.map(Arc::new))
+                    }
+                };
+                Some(Arc::new(Named { path: path.into(), container: c, pod: p }))
+            }
+            // Gone: it stays unnamed. Any other failure (out of descriptors) is tried
+            // again with the next event.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ESTALE | libc::ENOENT)) => None,
+            Err(_) => return None,
+        };
         self.cache.insert(id, n.clone());
         n
     }
 
-    fn path_of(&self, id: u64) -> Option<String> {
-        let mount = self.mount.as_ref()?;
+    fn path_of(&self, id: u64) -> std::io::Result<String> {
+        let mount = self.mount.as_ref().ok_or_else(|| std::io::Error::other("no cgroup2 mount"))?;
         let mut h = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, id };
         // SAFETY: a valid mount descriptor and a file handle of the size it says;
         // returns a new descriptor or -1.
@@ -109,13 +129,13 @@ impl CgroupNames {
             )
         };
         if fd < 0 {
-            return None;
+            return Err(std::io::Error::last_os_error());
         }
         // SAFETY: a new descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-        let rel = link.strip_prefix(&self.root).ok()?;
-        Some(format!("/{}", rel.to_string_lossy()))
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+        let rel = link.strip_prefix(&self.root).map_err(std::io::Error::other)?;
+        Ok(format!("/{}", rel.to_string_lossy()))
     }
 }
 

@@ -13,7 +13,9 @@
 //! /lxc.payload.<name>/...                                         LXC
 //! ```
 //! A Kubernetes pod's QoS class is its slice's (`besteffort`, `burstable`, or
-//! neither: `guaranteed`). Anything else is no container.
+//! neither: `guaranteed`). Each name counts only where its runtime puts it, and the
+//! outermost wins: a cgroup made below a container, or a look-alike name in a user's
+//! own delegated subtree, is no container of its own. Anything else is no container.
 
 use serde::{Deserialize, Serialize};
 
@@ -57,46 +59,60 @@ pub fn of_cgroup(path: &str) -> (Option<Container>, Option<Pod>) {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     let kube = parts.first().is_some_and(|p| *p == "kubepods.slice" || *p == "kubepods");
     let pod = if kube {
-        let qos = if parts.iter().any(|p| p.contains("besteffort")) {
+        // The QoS slice or directory right under kubepods.
+        let q = parts.get(1).copied().unwrap_or_default();
+        let qos = if q == "besteffort" || q == "kubepods-besteffort.slice" {
             "besteffort"
-        } else if parts.iter().any(|p| p.contains("burstable")) {
+        } else if q == "burstable" || q == "kubepods-burstable.slice" {
             "burstable"
         } else {
             "guaranteed"
         };
-        parts.iter().find_map(|p| pod_uid(p)).map(|uid| Pod { uid, qos: qos.into() })
+        // The pod's slice or directory: right under its QoS class's, or under
+        // kubepods itself (guaranteed).
+        parts.iter().take(3).skip(1).find_map(|p| pod_uid(p)).map(|uid| Pod { uid, qos: qos.into() })
     } else {
         None
     };
     let mk = |id: &str, runtime: &str| Some(Container { id: id.into(), runtime: runtime.into() });
-    // The innermost component that names a container wins (a runtime's own
-    // sub-cgroups, such as a container's init.scope, sit below it).
-    for (i, c) in parts.iter().enumerate().rev() {
-        let found = if let Some(id) = scoped(c, "docker-") {
+    // Each name only where its runtime puts it, and the outermost one wins: a
+    // cgroup made below a container, or a look-alike name elsewhere (a user's own
+    // delegated subtree), is not another container.
+    for (i, c) in parts.iter().enumerate() {
+        let parent = if i > 0 { parts[i - 1] } else { "" };
+        // A pod's containers sit directly under its slice or directory.
+        let in_pod = kube && pod_uid(parent).is_some();
+        let system = i == 1 && parent == "system.slice";
+        let machine = i == 1 && parent == "machine.slice";
+        let found = if let Some(id) = scoped(c, "docker-").filter(|_| system || in_pod) {
             mk(id, "docker")
-        } else if let Some(id) = scoped(c, "cri-containerd-") {
+        } else if let Some(id) = scoped(c, "cri-containerd-").filter(|_| system || in_pod) {
             mk(id, "containerd")
-        } else if let Some(id) = scoped(c, "crio-") {
+        } else if let Some(id) = scoped(c, "crio-").filter(|_| system || in_pod) {
             mk(id, "cri-o")
-        } else if let Some(id) = scoped(c, "libpod-") {
+        } else if let Some(id) = scoped(c, "libpod-").filter(|_| machine) {
             mk(id, "podman")
-        } else if let Some(id) = c.strip_prefix("libpod-").filter(|id| hex64(id)) {
+        } else if let Some(id) =
+            c.strip_prefix("libpod-").filter(|id| hex64(id) && i == 1 && parent == "libpod_parent")
+        {
             mk(id, "podman")
-        } else if let Some(name) = c.strip_prefix("systemd-nspawn@").and_then(|n| n.strip_suffix(".service"))
+        } else if let Some(name) =
+            c.strip_prefix("systemd-nspawn@").and_then(|n| n.strip_suffix(".service")).filter(|_| machine)
         {
             mk(&name.replace("\\x2d", "-"), "systemd-nspawn")
-        } else if let Some(name) = c.strip_prefix("machine-").and_then(|n| n.strip_suffix(".scope")) {
+        } else if let Some(name) = c
+            .strip_prefix("machine-")
+            .and_then(|n| n.strip_suffix(".scope"))
+            .filter(|n| machine && !n.starts_with("qemu"))
+        {
             mk(&name.replace("\\x2d", "-"), "systemd-nspawn")
-        } else if let Some(name) = c.strip_prefix("lxc.payload.") {
+        } else if let Some(name) = c.strip_prefix("lxc.payload.").filter(|_| i == 0) {
             mk(name, "lxc")
-        } else if hex64(c) && i > 0 {
-            // cgroupfs drivers: the bare id under the runtime's directory or a pod's.
-            match parts[i - 1] {
-                "docker" => mk(c, "docker"),
-                "libpod_parent" => mk(c, "podman"),
-                p if kube && pod_uid(p).is_some() => mk(c, "kubernetes"),
-                _ => None,
-            }
+        } else if hex64(c) && i == 1 && parent == "docker" {
+            mk(c, "docker")
+        } else if hex64(c) && in_pod && !parts[0].ends_with(".slice") {
+            // The cgroupfs driver: the bare id under the pod's directory.
+            mk(c, "kubernetes")
         } else {
             None
         };
@@ -136,6 +152,14 @@ mod tests {
             assert_eq!(of_cgroup(p), (None, None), "{p}");
         }
         assert_eq!(c("/system.slice/docker-abc.scope"), None);
+        // Look-alikes where no runtime puts them: a user's delegated subtree, a
+        // cgroup made below a container (the outer one stays), a VM's machine scope.
+        let user = format!("/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{ID}.scope");
+        assert_eq!(of_cgroup(&user), (None, None));
+        let inner = "4".repeat(64);
+        assert_eq!(c(&format!("/system.slice/docker-{ID}.scope/docker-{inner}.scope")), want("docker"));
+        assert_eq!(c("/machine.slice/machine-qemu\\x2d1\\x2dvm.scope"), None);
+        assert_eq!(c(&format!("/agentmon/12-3/docker-{ID}.scope")), None);
     }
 
     #[test]

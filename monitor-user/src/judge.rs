@@ -101,18 +101,24 @@ impl Judge {
     }
 
     /// Counts `ev` against the limits of its task and of every task it was
-    /// delegated from: the reasons of the limits it passes.
-    fn limits(&mut self, ev: &Event) -> Vec<Reason> {
+    /// delegated from: the reasons of the limits it passes, each with the task whose
+    /// limit it was (the one its action is for).
+    fn limits(&mut self, ev: &Event) -> Vec<(Arc<str>, Reason)> {
         let Some(b) = ev.task.as_ref().and_then(|id| self.tasks.get(id)) else { return Vec::new() };
+        let limited = |id: &Arc<str>| self.tasks.get(id).is_some_and(|t| t.task.limits.is_some());
+        if !limited(&b.id) && !b.chain.iter().any(limited) {
+            return Vec::new();
+        }
         let ids: Vec<Arc<str>> = std::iter::once(b.id.clone()).chain(b.chain.iter().cloned()).collect();
+        let own = b.id.clone();
         let mut out = Vec::new();
         for id in ids {
             let Some(limits) = self.tasks.get(&id).and_then(|t| t.task.limits.as_ref()) else { continue };
             if let Some(mut r) = self.usage.entry(id.clone()).or_default().count(limits, ev) {
-                if id != b.id {
+                if id != own {
                     r.message = format!("{} (with task {id}'s sub-tasks)", r.message);
                 }
-                out.push(r);
+                out.push((id, r));
             }
         }
         out
@@ -172,8 +178,17 @@ impl Judge {
         }
         let cx = context(bound, ev, procs, launch, root);
         let mut v = self.engine.judge(ev, &cx, &mut self.windows);
-        for r in self.limits(ev) {
+        // A limit of a task this one was delegated from: its action is for that task
+        // (containment stops the owner's tree, sub-tasks included).
+        let mut owner = None;
+        for (id, r) in self.limits(ev) {
+            if ev.task.as_deref() != Some(&*id) && r.action > Action::Alert {
+                owner = Some(id);
+            }
             v.add(r);
+        }
+        if let Some(id) = owner {
+            ev.detail.insert(Cow::Borrowed("limit_of"), serde_json::json!(&*id));
         }
         let bound = ev.task.as_ref().and_then(|id| self.tasks.get(id));
         // A held call an approver let through (agentmon performed it): in scope now.
@@ -407,6 +422,7 @@ mod tests {
         let alert = j.apply(&mut second, &procs).expect("an alert");
         assert_eq!((second.verdict.as_deref(), second.action.as_deref()), (Some("violation"), Some("kill")));
         assert!(alert.reason.contains("task lead's sub-tasks"), "{}", alert.reason);
+        assert_eq!(second.detail["limit_of"], "lead", "the kill is the parent's");
         let mut third = del("/w/c");
         j.apply(&mut third, &procs);
         assert_eq!(third.action.as_deref(), Some("none"), "said once");

@@ -327,7 +327,14 @@ pub struct JsonLines {
 pub fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
     let hidden = |c: char| {
         c.is_control()
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            || matches!(
+                c,
+                '\u{200b}'..='\u{200f}'
+                    | '\u{2028}'..='\u{202e}'
+                    | '\u{2066}'..='\u{2069}'
+                    | '\u{061c}'
+                    | '\u{feff}'
+            )
     };
     if !s.chars().any(|c| hidden(c) || c == '\\') {
         return std::borrow::Cow::Borrowed(s);

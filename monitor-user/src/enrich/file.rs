@@ -29,7 +29,8 @@ pub(super) fn octal(m: u64) -> String {
 }
 
 /// What an open of agentmon's own /proc file `path` is (attempt, why it matters), or
-/// None for a read that is nothing (its status, its command line: any `ps`).
+/// None for a read that is nothing (what any process list or monitor reads; the
+/// kernel already left out the commonest: stat, statm, status, comm, cmdline).
 fn agentmon_proc(path: Option<&str>, read_only: bool) -> Option<(&'static str, &'static str)> {
     match path.and_then(|p| p.rsplit('/').next()) {
         Some("mem") => Some(("agentmon's memory opened", "its private keys are in it: rotate them")),
@@ -37,6 +38,10 @@ fn agentmon_proc(path: Option<&str>, read_only: bool) -> Option<(&'static str, &
             Some(("agentmon's environment read", "secrets passed to it in the environment: rotate them"))
         }
         _ if !read_only => Some(("agentmon's /proc file written", "what agentmon runs on can be changed so")),
+        // Where its memory is, and what it is doing: the ground of an attack on it.
+        Some("maps" | "smaps" | "smaps_rollup" | "pagemap" | "auxv" | "syscall" | "stack") => {
+            Some(("agentmon's /proc file read", "the layout of its memory, where its keys are"))
+        }
         _ => None,
     }
 }
@@ -52,7 +57,10 @@ impl Enricher {
                 // The kernel knew the file as one of agentmon's keys (by inode: a hard
                 // link or a bind mount is the same file under another path).
                 let key = b.pflags & pflags::SECRET != 0;
-                let read_only = flags & O_ACCMODE == 0 && flags & (O_CREAT | O_TRUNC) == 0;
+                // O_CREAT of a file that exists makes nothing: a read, unless it
+                // truncates (the kernel gives the access mode the file was opened with).
+                let created = b.pflags & pflags::CREATED != 0 || (h.ret < 0 && flags & O_CREAT != 0);
+                let read_only = flags & O_ACCMODE == 0 && flags & O_TRUNC == 0 && !created;
                 // One of agentmon's own /proc files (the kernel knew it by its process).
                 let own = match b.pflags & pflags::AGENTMON_PROC != 0 {
                     true => match agentmon_proc(ev.path.as_deref(), read_only) {
@@ -73,7 +81,7 @@ impl Enricher {
                         return Next::Drop;
                     }
                     ev.kind = Kind::SensitiveRead;
-                } else if b.pflags & pflags::CREATED != 0 || (h.ret < 0 && flags & O_CREAT != 0) {
+                } else if created {
                     ev.kind = Kind::FileCreate;
                     ev.mode = Some(octal(b.args[1]));
                 } else if ev.path.as_deref().is_some_and(is_quiet_device) {

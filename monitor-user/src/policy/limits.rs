@@ -45,16 +45,23 @@ fn changes_a_file(k: Kind) -> bool {
 impl Usage {
     /// Counts `ev` against `limits`; the reason, the first time a limit is passed.
     pub fn count(&mut self, limits: &Limits, ev: &Event) -> Option<Reason> {
-        // A call that failed changed nothing (a connect in progress is one).
-        if ev.error.as_deref().is_some_and(|e| e != "EINPROGRESS") {
+        // A call that failed changed nothing; a connect that failed after it left
+        // (refused, timed out, interrupted, in progress) still reached out.
+        let refused = matches!(ev.error.as_deref(), Some("EACCES" | "EPERM"));
+        let reached = ev.kind == Kind::Connect && !refused;
+        if ev.error.is_some() && !reached {
             return None;
         }
         let mut now: Vec<(&'static str, u64, Option<u64>)> = Vec::new();
-        if changes_a_file(ev.kind) {
+        // Sets stop growing one past their limit: an agent making paths in a loop
+        // must not grow agentmon without end.
+        if let Some(max) = limits.files_changed.filter(|_| changes_a_file(ev.kind)) {
             for p in [&ev.path, &ev.new_path].into_iter().flatten() {
-                self.changed.insert(p.clone());
+                if self.changed.len() as u64 <= max && !self.changed.contains(p) {
+                    self.changed.insert(p.clone());
+                }
             }
-            now.push(("files_changed", self.changed.len() as u64, limits.files_changed));
+            now.push(("files_changed", self.changed.len() as u64, Some(max)));
         }
         if ev.kind == Kind::FileDelete {
             self.deletes += 1;
@@ -64,15 +71,23 @@ impl Usage {
             self.processes += 1;
             now.push(("processes", self.processes, limits.processes));
         }
-        if ev.kind == Kind::Connect {
+        // Connections: TCP (a UDP connect sends nothing; a unix socket is local).
+        let ip = match &ev.dst {
+            Some(crate::event::Dst::Ip { ip, .. }) => Some(ip),
+            _ => None,
+        };
+        if ev.kind == Kind::Connect && ip.is_some() && ev.proto.as_deref() != Some("udp") {
             self.connections += 1;
             now.push(("connections", self.connections, limits.connections));
         }
-        if matches!(ev.kind, Kind::Connect | Kind::Send)
-            && let Some(d) = &ev.dst
+        // Destinations: distinct addresses (whatever the port) connected or sent to.
+        if let (Some(max), Some(ip)) =
+            (limits.destinations, ip.filter(|_| matches!(ev.kind, Kind::Connect | Kind::Send)))
         {
-            self.destinations.insert(format!("{d:?}"));
-            now.push(("destinations", self.destinations.len() as u64, limits.destinations));
+            if self.destinations.len() as u64 <= max && !self.destinations.contains(ip) {
+                self.destinations.insert(ip.clone());
+            }
+            now.push(("destinations", self.destinations.len() as u64, Some(max)));
         }
         // The first limit this event passes that was not said before.
         let (what, n, max) = now
@@ -126,6 +141,10 @@ mod tests {
         assert_eq!((r.verdict, r.action, r.clause), (VerdictKind::Violation, Action::Freeze, Some("limits")));
         assert!(r.message.contains("limit of 2 files changed (3)"), "{}", r.message);
         assert!(u.count(&l, &ev(Kind::FileWrite, "/e")).is_none(), "said once");
+        for i in 0..1000 {
+            u.count(&l, &ev(Kind::FileWrite, &format!("/many/{i}")));
+        }
+        assert_eq!(u.changed.len(), 3, "kept one past the limit, no more");
         // Deletes: their own limit (the deleted files were counted as changed already).
         assert!(u.count(&l, &ev(Kind::FileDelete, "/a")).is_none());
         let r = u.count(&l, &ev(Kind::FileDelete, "/b")).expect("the second delete");
@@ -152,10 +171,14 @@ mod tests {
             e
         };
         assert!(u.count(&l, &conn("10.0.0.1", Some("EINPROGRESS"))).is_none());
-        assert!(u.count(&l, &conn("10.0.0.1", Some("ECONNREFUSED"))).is_none(), "did not happen");
+        assert!(u.count(&l, &conn("10.0.0.1", Some("EACCES"))).is_none(), "refused: did not leave");
+        let mut udp = conn("10.0.0.1", None);
+        udp.proto = Some("udp".into());
+        assert!(u.count(&l, &udp).is_none(), "a UDP connect is no connection");
         let r = u.count(&l, &conn("10.0.0.2", None)).expect("a second destination");
         assert!(r.message.contains("1 destinations (2)"), "{}", r.message);
-        let r = u.count(&l, &conn("10.0.0.1", None)).expect("a third connection");
+        // Refused by the peer, it still reached out: the third connection.
+        let r = u.count(&l, &conn("10.0.0.1", Some("ECONNREFUSED"))).expect("a third connection");
         assert!(r.message.contains("2 connections (3)"), "{}", r.message);
     }
 }

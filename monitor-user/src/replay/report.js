@@ -24,7 +24,7 @@
   // A recorded string on one line, as the text formats put it (sink::one_line):
   // control characters and the invisible ones that reorder or hide text escaped, so
   // that no value draws a row or words of its own.
-  const HIDDEN = /[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2066-\u2069\\]/g;
+  const HIDDEN = /[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff\\]/g;
   const one = (s) => (s === undefined || s === null ? '' : String(s)).replace(HIDDEN, (c) =>
     c === '\n' ? '\\n' : c === '\r' ? '\\r' : c === '\t' ? '\\t' : c === '\\' ? '\\\\'
       : '\\u{' + c.charCodeAt(0).toString(16) + '}');

@@ -385,7 +385,11 @@ impl Pipeline {
             Action::Revoke => Act::Revoke,
             _ => return None,
         };
-        let id: Arc<str> = ev.task.clone()?;
+        // A limit passed for a task this one was delegated from stops that task.
+        let id: Arc<str> = match ev.detail.get("limit_of").and_then(|v| v.as_str()) {
+            Some(owner) => Arc::from(owner),
+            None => ev.task.clone()?,
+        };
         if !self.contain.enforced(&id) {
             return None;
         }
