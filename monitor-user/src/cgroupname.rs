@@ -1,6 +1,6 @@
 //! An event's cgroup by name: the kernel stamps each event with the cgroup v2 id of
-//! the process that made it (`bpf_get_current_cgroup_id`, at the moment of the
-//! call), and the id is the kernfs node id of the cgroup's directory, which
+//! the process that made it (`bpf_get_current_cgroup_id`, when the call returned),
+//! and the id is the kernfs node id of the cgroup's directory, which
 //! `open_by_handle_at(2)` opens on the cgroup2 mount. The directory's path is the
 //! cgroup's, and its container and pod are told from it ([`crate::container`]).
 //! Each id is looked up once; ids are never reused.

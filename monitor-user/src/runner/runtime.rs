@@ -152,7 +152,13 @@ impl Runtime {
                     if let Some((still, stall)) = watchdog.gap() {
                         stopped(e, still, &stall);
                     }
-                    housekeeping(e, watch.as_mut(), extras, *ticks);
+                    // Which processes the kernel tracks, then every event they made
+                    // before: a task is let go only once its last process's events
+                    // are in (they were in the ring when it exited).
+                    // (The map is walked only while some ended task waits to go.)
+                    let tracked = (!e.p.ended.is_empty()).then(|| e.sensors.tracked());
+                    e.drain(ring.get_mut());
+                    housekeeping(e, watch.as_mut(), extras, *ticks, tracked.as_deref());
                 }
                 r = gate_ready(&e.p.gates) => {
                     r?;
@@ -300,7 +306,13 @@ fn live_with_parents(e: &Engine) -> std::collections::BTreeSet<u32> {
 }
 
 /// Housekeeping, every [`TICK`].
-fn housekeeping(e: &mut Engine, watch: Option<&mut RulesWatch>, extras: &mut Extras, ticks: u64) {
+fn housekeeping(
+    e: &mut Engine,
+    watch: Option<&mut RulesWatch>,
+    extras: &mut Extras,
+    ticks: u64,
+    tracked: Option<&[(u32, u32)]>,
+) {
     if let Err(err) = e.sensors.settle_pending() {
         tracing::warn!("{err}");
     }
@@ -340,7 +352,7 @@ fn housekeeping(e: &mut Engine, watch: Option<&mut RulesWatch>, extras: &mut Ext
         }
     }
     fail_closed(e, &mut extras.failed_closed);
-    forget_finished(e, &mut extras.marked);
+    forget_finished(e, &mut extras.marked, tracked);
     let (host, now) = (e.host(), e.p.enr.clock().now_wall());
     e.out.report_losses(&host, now);
     if let Some(m) = &extras.metrics {
@@ -523,12 +535,20 @@ fn report(m: &Metrics, e: &Engine, nats: Option<&NatsHandles>) {
 /// Tasks that ended and have no tracked process left: their per-task outputs are
 /// closed and what is kept of them dropped (a daemon runs for months). Each ended
 /// task's record is marked once.
-fn forget_finished(e: &mut Engine, marked: &mut std::collections::HashSet<std::sync::Arc<str>>) {
+/// Lets go of the ended tasks no process is tracked for any more: `tracked` is the
+/// kernel's list taken before the ring was last drained, so every event of a
+/// process missing from it was recorded under its task before the task goes (None:
+/// not taken this tick, as no task had ended then; next tick).
+fn forget_finished(
+    e: &mut Engine,
+    marked: &mut std::collections::HashSet<std::sync::Arc<str>>,
+    tracked: Option<&[(u32, u32)]>,
+) {
+    let Some(tracked) = tracked else { return };
     if e.p.ended.is_empty() {
         return;
     }
     let Some(state) = &e.setup.state else { return };
-    let tracked = e.sensors.tracked();
     let mut done = Vec::new();
     for id in &e.p.ended {
         if marked.insert(id.clone()) {
