@@ -28,6 +28,12 @@ pub fn of(p: &Path) -> io::Result<FsKey> {
         info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim).map(str::to_string)
     };
     let (Some(mnt), Some(ino)) = (field("mnt_id"), field("ino")) else {
+        // Before 5.14: stat's, which is the kernel's except on overlayfs and btrfs.
+        tracing::warn!(
+            "{}: this kernel's fdinfo has no inode number; the file is known by stat's identity, which \
+             overlayfs and btrfs report otherwise than the kernel",
+            p.display()
+        );
         return stat(&f);
     };
     let ino = ino.parse::<u64>().map_err(|e| bad(format!("fdinfo ino {ino:?}: {e}")))?;
