@@ -32,10 +32,12 @@ const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
 // ---- opens ------------------------------------------------------------------------
 
 /// An open of a tracked process, normalised to (dfd, filename, flags, mode): emitted
-/// if it has write intent, or is read-only of a file whose basename passes the
-/// sensitive prefilter, or reads one of agentmon's keys (by inode). On success the path comes from the new file (exact,
-/// symlinks resolved) and FMODE_CREATED tells a created file from an existing one;
-/// on failure it is the name as passed, relative to its dirfd.
+/// if it may change the file, or is read-only of a file whose basename passes the
+/// sensitive prefilter, or reads one of agentmon's keys (by inode), or opens one of
+/// agentmon's own /proc files. On success the path comes from the new file (exact,
+/// symlinks resolved), the access mode from its f_mode, and FMODE_CREATED tells a
+/// created file from an existing one; on failure it is the name as passed, relative
+/// to its dirfd.
 #[inline(always)]
 pub(crate) fn open_exit(
     ctx: &TracePointContext,

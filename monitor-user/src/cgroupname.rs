@@ -139,12 +139,6 @@ impl CgroupNames {
     }
 }
 
-/// The cgroup v2 path of process `pid` now (`/proc/PID/cgroup`'s `0::` line).
-pub fn of_pid(pid: u32) -> Option<String> {
-    let t = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    t.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,8 +147,7 @@ mod tests {
     #[test]
     fn a_cgroups_id_names_it() {
         let mut names = CgroupNames::new();
-        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        let path = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap().to_string();
+        let path = crate::enforce::cgroup::of_pid(std::process::id()).unwrap();
         use std::os::unix::fs::MetadataExt;
         let root = crate::enforce::cgroup::v2_root().unwrap();
         let id = std::fs::metadata(format!("{}{path}", root.display())).unwrap().ino();

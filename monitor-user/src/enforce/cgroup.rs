@@ -22,6 +22,12 @@ pub fn v2_root() -> Option<PathBuf> {
     })
 }
 
+/// The cgroup v2 path of process `pid` now (`/proc/PID/cgroup`'s `0::` line).
+pub fn of_pid(pid: u32) -> Option<String> {
+    let t = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    t.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
+}
+
 /// The ids of the task cgroups that exist under agentmon's (whoever made them: a
 /// task that failed to resume still has its own). None when they cannot be listed
 /// (out of descriptors): nothing may be concluded from that.
@@ -102,9 +108,8 @@ impl TaskCgroup {
     pub fn outside(&self, pid: u32) -> Option<String> {
         let root = v2_root()?;
         let mine = Path::new("/").join(self.path.strip_prefix(&root).ok()?);
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        let at = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-        (!Path::new(at).starts_with(&mine)).then(|| at.to_string())
+        let at = of_pid(pid)?;
+        (!Path::new(&at).starts_with(&mine)).then_some(at)
     }
 
     /// Pids still in the cgroup.

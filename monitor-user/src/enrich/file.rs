@@ -62,13 +62,12 @@ impl Enricher {
                 let created = b.pflags & pflags::CREATED != 0 || (h.ret < 0 && flags & O_CREAT != 0);
                 let read_only = flags & O_ACCMODE == 0 && flags & O_TRUNC == 0 && !created;
                 // One of agentmon's own /proc files (the kernel knew it by its process).
-                let own = match b.pflags & pflags::AGENTMON_PROC != 0 {
-                    true => match agentmon_proc(ev.path.as_deref(), read_only) {
-                        Some(what) => Some(what),
-                        // Reading its status or command line (`ps`) is nothing.
-                        None => return Next::Drop,
-                    },
-                    false => None,
+                let own = if b.pflags & pflags::AGENTMON_PROC != 0 {
+                    // What any process list reads of it is nothing.
+                    let Some(what) = agentmon_proc(ev.path.as_deref(), read_only) else { return Next::Drop };
+                    Some(what)
+                } else {
+                    None
                 };
                 if read_only {
                     // Read-only: reported only for the sensitive set.

@@ -42,6 +42,14 @@ fn changes_a_file(k: Kind) -> bool {
     )
 }
 
+/// Adds `v` to `set` while the set holds at most `max` (one past the limit is all
+/// a count needs): an agent making paths in a loop must not grow agentmon without end.
+fn add_bounded(set: &mut HashSet<String>, v: &str, max: u64) {
+    if set.len() as u64 <= max && !set.contains(v) {
+        set.insert(v.to_string());
+    }
+}
+
 impl Usage {
     /// Counts `ev` against `limits`; the reason, the first time a limit is passed.
     pub fn count(&mut self, limits: &Limits, ev: &Event) -> Option<Reason> {
@@ -53,13 +61,9 @@ impl Usage {
             return None;
         }
         let mut now: Vec<(&'static str, u64, Option<u64>)> = Vec::new();
-        // Sets stop growing one past their limit: an agent making paths in a loop
-        // must not grow agentmon without end.
         if let Some(max) = limits.files_changed.filter(|_| changes_a_file(ev.kind)) {
             for p in [&ev.path, &ev.new_path].into_iter().flatten() {
-                if self.changed.len() as u64 <= max && !self.changed.contains(p) {
-                    self.changed.insert(p.clone());
-                }
+                add_bounded(&mut self.changed, p, max);
             }
             now.push(("files_changed", self.changed.len() as u64, Some(max)));
         }
@@ -84,9 +88,7 @@ impl Usage {
         if let (Some(max), Some(ip)) =
             (limits.destinations, ip.filter(|_| matches!(ev.kind, Kind::Connect | Kind::Send)))
         {
-            if self.destinations.len() as u64 <= max && !self.destinations.contains(ip) {
-                self.destinations.insert(ip.clone());
-            }
+            add_bounded(&mut self.destinations, ip, max);
             now.push(("destinations", self.destinations.len() as u64, Some(max)));
         }
         // The first limit this event passes that was not said before.

@@ -112,8 +112,7 @@ pub fn start_of(pid: u32) -> Option<u64> {
 
 /// Whether `pid` sits in a cgroup agentmon made for a task.
 pub fn in_task_cgroup(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .is_ok_and(|t| t.lines().any(|l| l.strip_prefix("0::").is_some_and(|p| p.starts_with("/agentmon/"))))
+    crate::enforce::cgroup::of_pid(pid).is_some_and(|p| p.starts_with("/agentmon/"))
 }
 
 impl Caller {

@@ -94,10 +94,7 @@ fn look(pid: u32) -> Seen {
             .collect::<Vec<_>>()
             .join(" ")
     });
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(String::from)));
-    Seen { exe, argv, cgroup }
+    Seen { exe, argv, cgroup: crate::enforce::cgroup::of_pid(pid) }
 }
 
 /// Start time (clock ticks since boot) of `pid`: a pid reused is a new process.

@@ -583,7 +583,7 @@ fn task_cgroup(
     if t.enforce {
         sensors.guard(&cg.open()?, cg.id, cookie, allow)?;
     }
-    cg.origin = crate::cgroupname::of_pid(root);
+    cg.origin = enforce::cgroup::of_pid(root);
     cg.add(root)?;
     Ok(Some(cg))
 }
