@@ -252,8 +252,15 @@ fn key_read(name: &str, enforce: bool) -> R {
     // read by other names: a hard link, and a bind mount of its directory in a mount
     // namespace of its own (the file's name and path are not the key's there).
     let (link, bound) = (d.join("out/notes.txt"), d.join("out/m/signing"));
+    // A symlink to it: the name the open asks by says nothing of the key, and on the
+    // BPF LSM tier the refused open has no file to name it by (before, no record).
+    let sym = d.join("out/sym");
     let others = if enforce {
-        String::new()
+        format!(
+            "/usr/bin/ln -s {k} {sym}; /usr/bin/cat {sym} > /dev/null; ",
+            k = key.display(),
+            sym = sym.display()
+        )
     } else {
         format!(
             "exec 3<> {k}; /usr/bin/ln {k} {link}; /usr/bin/cat {link} > /dev/null; \
@@ -315,7 +322,10 @@ fn key_read(name: &str, enforce: bool) -> R {
             })
             .collect::<Vec<_>>(),
         if enforce {
-            vec![(key_path.clone(), read)]
+            // Read through the symlink, the opened file names itself; refused, the
+            // record names the symlink it was asked by.
+            let through = if support::tier() == "bpf-lsm" { p(&sym) } else { key_path.clone() };
+            vec![(key_path.clone(), read), (through, read)]
         } else {
             // The command's parent is agentmon (the process that holds the keys).
             let ppid = std::fs::read_to_string(d.join("out/ppid")).map_err(|e| e.to_string())?;
@@ -343,7 +353,13 @@ fn key_read(name: &str, enforce: bool) -> R {
     let refused = enforce && support::tier() == "bpf-lsm";
     let status = std::fs::read_to_string(d.join("out/status")).map_err(|e| e.to_string())?;
     eq(&format!("{name} on the {} tier: the read refused", support::tier()), status.trim() != "0", refused)?;
-    eq(&format!("{name}: the read's error"), tampers[0].error.as_deref(), refused.then_some("EACCES"))?;
+    for t in &tampers[..2] {
+        eq(
+            &format!("{name}: the read's error ({:?})", t.path),
+            t.error.as_deref(),
+            refused.then_some("EACCES"),
+        )?;
+    }
     let decoy_path = decoy.display().to_string();
     ensure(!run.events.iter().any(|e| e.path.as_deref() == Some(decoy_path.as_str())), || {
         format!("{name}: the read of a file of the same name was reported")

@@ -229,9 +229,26 @@ pub fn sensitive_reads_denied_when_asked() -> R {
             format!("a task refusing sensitive reads ran without the BPF LSM tier: {:?} {err}", out.status)
         })?);
     }
-    let actions: Vec<String> = files.iter().map(|f| format!("read={}", d.join(f).display())).collect();
+    // A symlink inside scope.read, named like nothing sensitive, to a file outside it:
+    // refused by what it names, and reported under the name asked by (before, the
+    // refusal left no record: a failed open is known by its name only).
+    let link = d.join("allowed/notes");
+    std::os::unix::fs::symlink(d.join("home/.kube/config"), &link).map_err(|e| e.to_string())?;
+    let mut actions: Vec<String> = files.iter().map(|f| format!("read={}", d.join(f).display())).collect();
+    actions.push(format!("read={}", link.display()));
     let (run, res) = run_attempts(&d, &task, &actions)?;
     let got = |f: &str| res.get(&format!("read:{}", d.join(f).display())).copied();
+    eq("a symlink to .kube/config", got("allowed/notes"), Some(EACCES))?;
+    let through = run
+        .events
+        .iter()
+        .find(|e| e.path.as_deref() == Some(link.to_str().unwrap()))
+        .ok_or_else(|| format!("no event for the read refused through a symlink:\n{}", run.summary()))?;
+    eq(
+        "read refused through a symlink (kind, verdict, error)",
+        (through.kind, through.verdict.as_deref(), through.error.as_deref()),
+        (Kind::SensitiveRead, Some("denied"), Some("EACCES")),
+    )?;
     eq(".kube/config", got("home/.kube/config"), Some(EACCES))?;
     eq(".env", got("home/.env"), Some(EACCES))?;
     eq("a file called config elsewhere", got("proj/config"), Some(0))?;

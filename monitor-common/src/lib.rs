@@ -117,6 +117,10 @@ pub mod pflags {
     /// Open of a /proc file of agentmon's own process (`/proc/PID/mem`, `environ`,
     /// any of its threads), known by the process the file is of, not by its path.
     pub const AGENTMON_PROC: u16 = 1 << 10;
+    /// A failed open that the BPF LSM tier's `file_open` refused for what the file is
+    /// (known by inode, not by the name passed: a symlink or a hard link to it), with
+    /// [`SENSITIVE`] (the sensitive set, a raw disk) and [`SECRET`] as the hook found.
+    pub const REFUSED_FOR_FILE: u16 = 1 << 11;
 }
 
 /// Flags in [`Tracked::flags`].

@@ -91,6 +91,23 @@ pub struct ExecOk {
     pub bprm: u64,
 }
 
+/// Value of `REFUSED_OPEN` (thread id ->): an open that `file_open` refused for what
+/// the file is (one of agentmon's keys, the sensitive set, a raw disk), whatever
+/// name the caller reached it by. The open's exit takes it when its own saved
+/// arguments are these (the same call), so a refused read through a symlink or a
+/// hard link is reported; a failed read-only open is otherwise reported by its name
+/// only. Other calls whose opens the hook refuses (exec, io_uring) leave an entry no
+/// open exit matches, which the LRU map drops.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refused {
+    /// The caller's first three syscall arguments when the hook ran.
+    pub args: [u64; 3],
+    /// `pflags` the open's event takes ([`crate::pflags::REFUSED_FOR_FILE`] with them).
+    pub pflags: u16,
+    pub _pad: [u16; 3],
+}
+
 /// Parent components a sensitive pattern may name besides its leaf.
 pub const SENS_DEPTH: usize = 6;
 /// Sensitive patterns the LSM tier can match exactly (entries of `SENS_PAT`).

@@ -10,10 +10,10 @@ use aya_ebpf::{helpers::generated as h, macros::tracepoint, programs::TracePoint
 use monitor_common::{FIXED_SIZE, hash, kind, lsm::FsKey, op, pflags};
 
 use crate::{
-    SCRATCH, SECRETS, SENSITIVE,
+    REFUSED_OPEN, SCRATCH, SECRETS, SENSITIVE,
     kern::{
         AT_FDCWD, Args, Ev, NO_BASE, bounded, conf, fd_file, file_path, ident, is_tracked, kptr, kread, off,
-        sys, sys_ret, tracked,
+        pid_tgid, sys, sys_ret, tracked,
     },
 };
 
@@ -74,8 +74,12 @@ pub(crate) fn open_exit(
     } else {
         flags & WRITE_INTENT != 0
     };
+    // Refused by the BPF LSM tier for what the file is, whatever the name passed.
+    let by_hook = if file == 0 { refused_by_hook() } else { 0 };
     let mut pf = 0;
-    if dentry != 0 && agentmon_proc(dentry) {
+    if by_hook != 0 {
+        pf = by_hook;
+    } else if dentry != 0 && agentmon_proc(dentry) {
         // Agentmon's own /proc files, but for what any `ps` reads.
         if !write && harmless_proc_file(dentry) {
             return None;
@@ -198,6 +202,19 @@ fn harmless_proc_file(dentry: u64) -> bool {
     }
     let is = |n: &[u8]| b.len() > n.len() && b[..n.len()] == *n && b[n.len()] == 0;
     is(b"stat") || is(b"statm") || is(b"status") || is(b"comm") || b == *b"cmdline\0"
+}
+
+/// The pflags the LSM tier's `file_open` left for this failed open (REFUSED_OPEN),
+/// or 0. Its entry is taken whatever it holds; it counts only if it was left by this
+/// call (the same saved arguments), not by an earlier call the hook refused whose
+/// exit is not an open's (an exec).
+#[inline(always)]
+fn refused_by_hook() -> u16 {
+    let tid = pid_tgid() as u32;
+    let Some(r) = (unsafe { REFUSED_OPEN.get(&tid) }).copied() else { return 0 };
+    let _ = REFUSED_OPEN.remove(&tid);
+    let a = Args::current();
+    if r.args == [a.get(0), a.get(1), a.get(2)] { r.pflags } else { 0 }
 }
 
 /// Is the file of `dentry` one of agentmon's private keys (`SECRETS`)?

@@ -19,13 +19,15 @@ use core::ffi::c_void;
 use aya_ebpf::{helpers::generated as h, macros::lsm, programs::LsmContext};
 use monitor_common::{
     hash,
-    lsm::{FsKey, LsmTask, SENS_DEPTH, SENS_PATTERNS, SensPattern, lflags, right},
+    lsm::{FsKey, LsmTask, Refused, SENS_DEPTH, SENS_PATTERNS, SensPattern, lflags, right},
+    pflags,
 };
 
 use crate::{
-    CLIMB, ESCAPED, EXEC_OK, FS_RULES, IDENT, LSM_TASK, NET_TASK, SCRATCH, SENS_PAT, SENS_UP, TRACKED,
+    CLIMB, ESCAPED, EXEC_OK, FS_RULES, IDENT, LSM_TASK, NET_TASK, REFUSED_OPEN, SCRATCH, SENS_PAT, SENS_UP,
+    TRACKED,
     kern::{
-        Pos, WALK_LIMIT, bload, bounded, conf, ident, kptr, kread, mount_hop, off, pid_tgid, task_btf,
+        Args, Pos, WALK_LIMIT, bload, bounded, conf, ident, kptr, kread, mount_hop, off, pid_tgid, task_btf,
         tracked,
     },
 };
@@ -248,7 +250,13 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let kind = mode & S_IFMT;
     if kind == S_IFBLK {
         // Raw disks: past every file scope and the sensitive set.
-        return EACCES;
+        return refused(pflags::SENSITIVE);
+    }
+    // agentmon's private keys, known by inode (a hard link or bind mount is the same
+    // file): read, they sign as agentmon. Before the write check, so that an O_RDWR
+    // open of one is reported as the key's read it also is.
+    if fmode & FMODE_READ != 0 && rights(0, d) & right::SECRET != 0 {
+        return refused(pflags::SENSITIVE | pflags::SECRET);
     }
     // Pseudo files (pipes reopened through /proc, pidfds: 6.9+ opens them through
     // this hook) are in no file scope, as with Landlock: a dentry that is its own
@@ -267,15 +275,23 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     {
         let up = climb(l.rules, right::READ_SENSITIVE, true, d, m);
         if up.granted == 0 {
-            return EACCES;
+            return refused(pflags::SENSITIVE);
         }
     }
-    // agentmon's private keys, known by inode (a hard link or bind mount is the same
-    // file): read, they sign as agentmon.
-    if fmode & FMODE_READ != 0 && rights(0, d) & right::SECRET != 0 {
-        return EACCES;
-    }
     0
+}
+
+/// Refuses an open for what its file is, and tells the open's exit so (REFUSED_OPEN):
+/// the name the caller passed, all that exit has of a failed open, may be a symlink
+/// or a hard link that says nothing of it. A refused write needs no telling: its
+/// intent is reported whatever the name.
+#[inline(always)]
+fn refused(pf: u16) -> i32 {
+    let a = Args::current();
+    let r =
+        Refused { args: [a.get(0), a.get(1), a.get(2)], pflags: pf | pflags::REFUSED_FOR_FILE, _pad: [0; 3] };
+    let _ = REFUSED_OPEN.insert(&(pid_tgid() as u32), &r, 0);
+    EACCES
 }
 
 /// Parent components of a file whose name passed the sensitive prefilter, hashed

@@ -23,11 +23,11 @@ mod process;
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
     COUNTER_SLOTS, KConfig, NetKeyData, NetPorts, TRACKED_BYTES_ENTRIES, Tracked,
-    lsm::{ExecOk, FsKey, LsmTask, SENS_PATTERNS, SensPattern},
+    lsm::{ExecOk, FsKey, LsmTask, Refused, SENS_PATTERNS, SensPattern},
 };
 
 /// Set by the loader before verification (offsets from BTF and tracefs).
@@ -108,6 +108,11 @@ static SENS_UP: PerCpuArray<lsm::SensUp> = PerCpuArray::with_max_entries(1, 0);
 /// BPF LSM tier: thread id -> the file its held exec was approved for.
 #[map]
 static EXEC_OK: HashMap<u32, ExecOk> = HashMap::with_max_entries(4096, 0);
+
+/// BPF LSM tier: thread id -> an open `file_open` refused for what the file is, for
+/// the open's exit to report it whatever name it was reached by (see lsm::Refused).
+#[map]
+static REFUSED_OPEN: LruHashMap<u32, Refused> = LruHashMap::with_max_entries(4096, 0);
 
 /// Set once a fork escaped tracking (TRACKED full): from then on the BPF LSM hooks
 /// also hold untracked processes in an enforced task's cgroup to that task.

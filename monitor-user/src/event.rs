@@ -13,6 +13,10 @@ pub const SCHEMA: &str = "agentmon.event/1";
 /// How a path that was not read whole starts (deeper than the kernel walks, or
 /// longer than it copies): it is never presented, nor judged, as an absolute path.
 pub const UNRESOLVED_PREFIX: &str = "…";
+/// In `flags`: an open the BPF LSM tier refused for what the file is (a key, in the
+/// sensitive set outside `scope.read`, a raw disk), known by inode; `path` is the
+/// name it was asked by, which may be a symlink or a hard link that says nothing of it.
+pub const REFUSED_FOR_FILE: &str = "refused_for_file";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]

@@ -57,6 +57,12 @@ impl Enricher {
                 // The kernel knew the file as one of agentmon's keys (by inode: a hard
                 // link or a bind mount is the same file under another path).
                 let key = b.pflags & pflags::SECRET != 0;
+                // Refused by the BPF LSM tier for what the file is: the name passed
+                // (a symlink, a hard link) need not say so.
+                let by_hook = b.pflags & pflags::REFUSED_FOR_FILE != 0;
+                if by_hook {
+                    ev.flags.push(Cow::Borrowed(crate::event::REFUSED_FOR_FILE));
+                }
                 // O_CREAT of a file that exists makes nothing: a read, unless it
                 // truncates (the kernel gives the access mode the file was opened with).
                 let created = b.pflags & pflags::CREATED != 0 || (h.ret < 0 && flags & O_CREAT != 0);
@@ -75,7 +81,10 @@ impl Enricher {
                     let unknown =
                         ev.path.as_deref().is_some_and(|p| p.starts_with(crate::event::UNRESOLVED_PREFIX));
                     let sensitive = b.pflags & pflags::SENSITIVE != 0
-                        && (key || unknown || ev.path.as_deref().is_some_and(|p| self.sensitive.matches(p)));
+                        && (key
+                            || unknown
+                            || by_hook
+                            || ev.path.as_deref().is_some_and(|p| self.sensitive.matches(p)));
                     if !sensitive && own.is_none() {
                         return Next::Drop;
                     }

@@ -33,6 +33,31 @@ fn open_classification() {
 }
 
 #[test]
+fn an_open_refused_for_its_file_is_reported_by_any_name() {
+    let mut e = enricher();
+    let at = monitor_common::HEADER_SIZE + 40;
+    // A read through a symlink whose name is in no pattern, refused by the LSM tier
+    // as the sensitive set: reported, and flagged so the judge does not trust the name.
+    let mut ro = record(kind::OPEN, op::OPENAT, &[("", &["link", "repo"])], b"", [0; 5]);
+    let pf = (pflags::SENSITIVE | pflags::REFUSED_FOR_FILE).to_le_bytes();
+    ro[at..at + 2].copy_from_slice(&pf);
+    let ev = e.event(&decode(&ro).unwrap()).expect("reported");
+    assert_eq!((ev.kind, ev.path.as_deref()), (Kind::SensitiveRead, Some("/repo/link")));
+    assert!(ev.flags.iter().any(|f| f == crate::event::REFUSED_FOR_FILE));
+    // Without the hook's word, the same name is nothing.
+    ro[at..at + 2].copy_from_slice(&pflags::SENSITIVE.to_le_bytes());
+    assert!(e.event(&decode(&ro).unwrap()).is_none());
+    // One of agentmon's keys so refused: a tamper record under the name it was asked by.
+    let pf = pflags::SENSITIVE | pflags::SECRET | pflags::REFUSED_FOR_FILE;
+    ro[at..at + 2].copy_from_slice(&pf.to_le_bytes());
+    let ev = e.event(&decode(&ro).unwrap()).expect("reported");
+    assert_eq!(
+        (ev.kind, ev.detail.get("attempt").and_then(|a| a.as_str())),
+        (Kind::Tamper, Some("agentmon's private key read"))
+    );
+}
+
+#[test]
 fn a_path_not_read_whole_is_never_absolute() {
     let mut e = enricher();
     // The kernel's walk stopped: the components it has are the tail of the path.

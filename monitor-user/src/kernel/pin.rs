@@ -39,6 +39,7 @@ pub const PINNED_MAPS: &[&str] = &[
     "FS_RULES",
     "LSM_TASK",
     "EXEC_OK",
+    "REFUSED_OPEN",
     "SENS_PAT",
 ];
 

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use super::{Action, Reason, Severity, VerdictKind};
 use crate::{
-    event::{Dst, Event, Kind, UNRESOLVED_PREFIX},
+    event::{Dst, Event, Kind, REFUSED_FOR_FILE, UNRESOLVED_PREFIX},
     task::{Mode, Op, Task, scope::Endpoint},
 };
 
@@ -94,6 +94,12 @@ pub fn judge(ev: &Event, task: &Task, launch: bool) -> Option<Reason> {
             Mode::Execute if task.delete.matches(path) => None,
             Mode::Execute => out("scope.delete", format!("{path} is outside scope.delete")),
         },
+        // The kernel refused the file itself as outside scope.read: the name asked by
+        // (a symlink into scope.read) does not make it in scope.
+        Kind::SensitiveRead if ev.flags.iter().any(|f| f == REFUSED_FOR_FILE) => out(
+            "scope.read",
+            format!("{path} is outside scope.read (the file it names, refused by the kernel)"),
+        ),
         Kind::SensitiveRead if task.read.matches(path) => None,
         Kind::SensitiveRead => out("scope.read", format!("{path} is outside scope.read")),
         Kind::Connect | Kind::Send => match &ev.dst {

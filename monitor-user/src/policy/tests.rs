@@ -110,6 +110,18 @@ fn scope_table() {
         ("rename out of scope beats approval", &exec, rename_out, OutOfScope, Some("scope.write")),
         ("sensitive read in scope", &exec, path(Kind::SensitiveRead, "/srv/repo/.env"), InScope, None),
         (
+            // A symlink in scope.read to a file the kernel refused as outside it.
+            "sensitive read refused for its file",
+            &exec,
+            {
+                let mut e = path(Kind::SensitiveRead, "/srv/repo/.env");
+                e.flags.push(crate::event::REFUSED_FOR_FILE.into());
+                e
+            },
+            OutOfScope,
+            Some("scope.read"),
+        ),
+        (
             "sensitive read outside",
             &exec,
             path(Kind::SensitiveRead, "/root/.aws/credentials"),
