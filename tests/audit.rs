@@ -224,6 +224,35 @@ pub fn reading_agentmons_key_is_tampering() -> R {
     if support::can_enforce() { key_read("enforced", true) } else { Ok(()) }
 }
 
+/// A NATS token given as a flag is readable by every local user in agentmon's
+/// /proc/PID/cmdline (an agent could then publish as agentmon). Once parsed, agentmon
+/// hides it there and says to use the environment. Before, the task read it.
+pub fn secrets_on_the_command_line_are_hidden() -> R {
+    let d = workdir("argv-secret");
+    std::fs::create_dir_all(d.join("out")).map_err(|e| e.to_string())?;
+    let token = "tok-0f9e8d7c6b5a";
+    let spool = d.join("spool");
+    // No broker at this address: the events wait in the spool, which is beside the point.
+    let flags = ["--nats", "nats://127.0.0.1:9", "--spool", spool.to_str().unwrap(), "--nats-token", token];
+    let seen = d.join("out/cmdline");
+    let cmd = [
+        "/usr/bin/sh".to_string(),
+        "-c".into(),
+        format!("/usr/bin/tr '\\0' ' ' < /proc/$PPID/cmdline > {}", seen.display()),
+    ];
+    let run = run_agentmon_with(&flags, &cmd, &[], &d)?;
+    let cmdline = std::fs::read_to_string(&seen).map_err(|e| format!("{e}; stderr: {}", run.stderr))?;
+    ensure(cmdline.contains("--nats-token") && cmdline.contains("exec"), || {
+        format!("not agentmon's command line: {cmdline:?}")
+    })?;
+    ensure(!cmdline.contains(token), || format!("the token is readable in agentmon's cmdline: {cmdline:?}"))?;
+    ensure(cmdline.contains(&"*".repeat(token.len())), || format!("the token's place: {cmdline:?}"))?;
+    ensure(run.stderr.contains("AGENTMON_NATS_TOKEN"), || {
+        format!("no warning naming the environment: {}", run.stderr)
+    })?;
+    Ok(())
+}
+
 fn key_read(name: &str, enforce: bool) -> R {
     let d = workdir(&format!("audit-key-read-{name}"));
     let task = d.join("task.yaml");

@@ -106,6 +106,7 @@ fn main() {
         ("a_task_past_its_limit_is_stopped", contain::a_task_past_its_limit_is_stopped),
         ("audit_chain_counts_what_a_full_disk_dropped", audit::audit_chain_counts_what_a_full_disk_dropped),
         ("reading_agentmons_key_is_tampering", audit::reading_agentmons_key_is_tampering),
+        ("secrets_on_the_command_line_are_hidden", audit::secrets_on_the_command_line_are_hidden),
         ("daemon_serves_concurrent_tasks", daemon::daemon_serves_concurrent_tasks),
         ("daemon_restart_resumes_tasks", daemon::daemon_restart_resumes_tasks),
         ("daemon_kill9_restart_reports_the_gap", daemon::daemon_kill9_restart_reports_the_gap),

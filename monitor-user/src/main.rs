@@ -8,6 +8,8 @@ fn main() {
     // file are noise to whoever reads or greps it.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    // Parsed: the values are copied, and no other user need read them any longer.
+    agentmon::cli::argv::hide_and_warn();
     let code = match agentmon::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

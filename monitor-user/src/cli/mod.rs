@@ -1,5 +1,6 @@
 //! Command line: parses arguments and dispatches; returns the process exit status.
 
+pub mod argv;
 mod audit;
 mod daemon;
 pub mod exec;
