@@ -281,12 +281,13 @@ fn key_read(name: &str, enforce: bool) -> R {
     // read by other names: a hard link, and a bind mount of its directory in a mount
     // namespace of its own (the file's name and path are not the key's there).
     let (link, bound) = (d.join("out/notes.txt"), d.join("out/m/signing"));
-    // A symlink to it: the name the open asks by says nothing of the key, and on the
-    // BPF LSM tier the refused open has no file to name it by (before, no record).
+    // A symlink to it, read, and opened to read and write: the name the open asks by
+    // says nothing of the key, and on the BPF LSM tier a refused open has no file of
+    // its own (before, no record of either).
     let sym = d.join("out/sym");
     let others = if enforce {
         format!(
-            "/usr/bin/ln -s {k} {sym}; /usr/bin/cat {sym} > /dev/null; ",
+            "/usr/bin/ln -s {k} {sym}; /usr/bin/cat {sym} > /dev/null; (exec 3<> {sym}) 2> /dev/null; ",
             k = key.display(),
             sym = sym.display()
         )
@@ -351,10 +352,11 @@ fn key_read(name: &str, enforce: bool) -> R {
             })
             .collect::<Vec<_>>(),
         if enforce {
-            // Read through the symlink, the opened file names itself; refused, the
-            // record names the symlink it was asked by.
-            let through = if support::tier() == "bpf-lsm" { p(&sym) } else { key_path.clone() };
-            vec![(key_path.clone(), read), (through, read)]
+            // Through the symlink too, the record names the key (opened, or the file
+            // the hook refused). Its O_RDWR open is the key's read refused on the LSM
+            // tier; Landlock refuses it as a write, before any read.
+            let n = if support::tier() == "bpf-lsm" { 3 } else { 2 };
+            vec![(key_path.clone(), read); n]
         } else {
             // The command's parent is agentmon (the process that holds the keys).
             let ppid = std::fs::read_to_string(d.join("out/ppid")).map_err(|e| e.to_string())?;
@@ -388,6 +390,12 @@ fn key_read(name: &str, enforce: bool) -> R {
             t.error.as_deref(),
             refused.then_some("EACCES"),
         )?;
+    }
+    if refused {
+        // Refused through the symlink: the name asked by beside the key's.
+        let sym = serde_json::json!(p(&sym));
+        let asked: Vec<_> = tampers.iter().filter_map(|t| t.detail.get("requested_path")).collect();
+        eq(&format!("{name}: the names asked by"), asked, vec![&sym, &sym])?;
     }
     let decoy_path = decoy.display().to_string();
     ensure(!run.events.iter().any(|e| e.path.as_deref() == Some(decoy_path.as_str())), || {

@@ -1056,13 +1056,18 @@ pub fn escaped_forks_stay_enforced() -> R {
     }
     let (sock, all) = daemon_paths(&d);
     let daemon = start_daemon(&d, "max_tracked: 16\n")?;
-    let out =
-        attempts_under(&sock, &t, &me, &d, &["escaped_write_out=40"]).output().map_err(|e| e.to_string())?;
+    let out = attempts_under(&sock, &t, &me, &d, &["escaped_write_out=40", "escaped_signal=40"])
+        .output()
+        .map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(1000) * support::slowdown());
     let said = stop(daemon)?;
     eq(&format!("task exit ({})", String::from_utf8_lossy(&out.stderr)), out.status.code(), Some(0))?;
     let got = crate::enforce::attempt_results(&d)?.get("escaped_write_out").copied();
     eq("errno of the escaped child's write", got, Some(libc::EACCES))?;
+    // Its task may still signal it (before, the LSM tier refused: it is in no TRACKED
+    // entry, and only those counted as the task's).
+    let got = crate::enforce::attempt_results(&d)?.get("escaped_signal").copied();
+    eq("errno of a signal to the escaped child from its task", got, Some(0))?;
     ensure(!d.join("outside.txt").exists(), || "the escaped child wrote out of scope".into())?;
     let evs = events(&all)?;
     let forks_lost: u64 = evs

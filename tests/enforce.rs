@@ -229,26 +229,42 @@ pub fn sensitive_reads_denied_when_asked() -> R {
             format!("a task refusing sensitive reads ran without the BPF LSM tier: {:?} {err}", out.status)
         })?);
     }
-    // A symlink inside scope.read, named like nothing sensitive, to a file outside it:
-    // refused by what it names, and reported under the name asked by (before, the
-    // refusal left no record: a failed open is known by its name only).
-    let link = d.join("allowed/notes");
-    std::os::unix::fs::symlink(d.join("home/.kube/config"), &link).map_err(|e| e.to_string())?;
+    // Symlinks named like nothing sensitive to a file outside scope.read, one inside
+    // scope.read (read), one inside scope.write (opened to read and write): refused by
+    // the file, and reported as its read, naming it and the name asked by. Before, the
+    // first left no record (a failed open is known by its name only), and the second
+    // was a write to the symlink's name, judged in scope.
+    let (link, rw_link) = (d.join("allowed/notes"), d.join("repo/notes"));
+    for l in [&link, &rw_link] {
+        std::os::unix::fs::symlink(d.join("home/.kube/config"), l).map_err(|e| e.to_string())?;
+    }
     let mut actions: Vec<String> = files.iter().map(|f| format!("read={}", d.join(f).display())).collect();
     actions.push(format!("read={}", link.display()));
+    actions.push(format!("read_write={}", rw_link.display()));
     let (run, res) = run_attempts(&d, &task, &actions)?;
     let got = |f: &str| res.get(&format!("read:{}", d.join(f).display())).copied();
     eq("a symlink to .kube/config", got("allowed/notes"), Some(EACCES))?;
-    let through = run
-        .events
-        .iter()
-        .find(|e| e.path.as_deref() == Some(link.to_str().unwrap()))
-        .ok_or_else(|| format!("no event for the read refused through a symlink:\n{}", run.summary()))?;
     eq(
-        "read refused through a symlink (kind, verdict, error)",
-        (through.kind, through.verdict.as_deref(), through.error.as_deref()),
-        (Kind::SensitiveRead, Some("denied"), Some("EACCES")),
+        "a symlink to .kube/config opened to read and write",
+        res.get(&format!("read_write:{}", rw_link.display())).copied(),
+        Some(EACCES),
     )?;
+    let kube = d.join("home/.kube/config").display().to_string();
+    for l in [&link, &rw_link] {
+        let asked = l.display().to_string();
+        let through = run
+            .events
+            .iter()
+            .find(|e| e.detail.get("requested_path").and_then(|p| p.as_str()) == Some(asked.as_str()))
+            .ok_or_else(|| format!("no event for the read refused through {asked}:\n{}", run.summary()))?;
+        // (denied: judged out of scope, though the name asked by is inside scope.read
+        // or scope.write.)
+        eq(
+            &format!("read refused through {asked} (kind, path, verdict, error)"),
+            (through.kind, through.path.as_deref(), through.verdict.as_deref(), through.error.as_deref()),
+            (Kind::SensitiveRead, Some(kube.as_str()), Some("denied"), Some("EACCES")),
+        )?;
+    }
     eq(".kube/config", got("home/.kube/config"), Some(EACCES))?;
     eq(".env", got("home/.env"), Some(EACCES))?;
     eq("a file called config elsewhere", got("proj/config"), Some(0))?;

@@ -66,6 +66,12 @@ pub struct Offsets {
     /// `pid.tasks` (PIDTYPE_PID first) and `task_struct.pid_links`: a pid's task.
     pub pid_tasks: u32,
     pub task_pid_links: u32,
+    /// `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.id`: a
+    /// process's cgroup v2 id (what bpf_get_current_cgroup_id gives of the caller).
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
     /// FMODE_CREATED as defined by this kernel.
     pub fmode_created: u32,
     /// Offsets in `struct pt_regs` of syscall arguments 0..5 (x86_64: di, si, dx,
@@ -102,6 +108,9 @@ pub struct KConfig {
     /// This load's number: its programs write to the ring only while `EPOCH` holds
     /// it, so a restarted daemon takes over pinned maps without a doubled event.
     pub epoch: u32,
+    /// 1 when the BPF LSM tier's hooks are attached: then openat2's O_TRUNC is taken
+    /// from its truncate hooks (what the kernel did), not from the caller's memory.
+    pub lsm: u32,
     /// 4096-bit filter over the SENSITIVE hashes (bit `h & 4095`): a read-only open
     /// whose basename hashes miss it needs no map lookup at all.
     pub sensitive_bloom: [u64; 64],
@@ -116,6 +125,7 @@ impl Default for KConfig {
             sensitive_prefix_lens: [0; 4],
             wakeup_bytes: 0,
             epoch: 0,
+            lsm: 0,
             sensitive_bloom: [0; 64],
             off: Offsets::default(),
             tp: TpOffsets::default(),

@@ -101,7 +101,8 @@ pub mod pflags {
     pub const SENSITIVE: u16 = 1 << 2;
     /// The open created the file (FMODE_CREATED on the new struct file).
     pub const CREATED: u16 = 1 << 3;
-    /// Operand 1 was resolved from a file descriptor after the call (exact).
+    /// Operand 1 was resolved from a file descriptor after the call, or from the file
+    /// the BPF LSM tier refused ([`REFUSED_FOR_FILE`]): exact.
     pub const OP1_FROM_FD: u16 = 1 << 4;
     /// A dirfd or fd could not be resolved (bad fd, or the walk failed).
     pub const UNRESOLVED: u16 = 1 << 5;
@@ -117,9 +118,10 @@ pub mod pflags {
     /// Open of a /proc file of agentmon's own process (`/proc/PID/mem`, `environ`,
     /// any of its threads), known by the process the file is of, not by its path.
     pub const AGENTMON_PROC: u16 = 1 << 10;
-    /// A failed open that the BPF LSM tier's `file_open` refused for what the file is
-    /// (known by inode, not by the name passed: a symlink or a hard link to it), with
-    /// [`SENSITIVE`] (the sensitive set, a raw disk) and [`SECRET`] as the hook found.
+    /// A failed open that the BPF LSM tier's `file_open` refused: operand 1 is the
+    /// file it refused (exact), operand 2 the name as passed (a symlink or a hard link
+    /// to it); with [`SENSITIVE`] (a read of the sensitive set, a raw disk) and
+    /// [`SECRET`] as the hook found.
     pub const REFUSED_FOR_FILE: u16 = 1 << 11;
 }
 

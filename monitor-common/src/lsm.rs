@@ -91,18 +91,22 @@ pub struct ExecOk {
     pub bprm: u64,
 }
 
-/// Value of `REFUSED_OPEN` (thread id ->): an open that `file_open` refused for what
-/// the file is (one of agentmon's keys, the sensitive set, a raw disk), whatever
-/// name the caller reached it by. The open's exit takes it when its own saved
-/// arguments are these (the same call), so a refused read through a symlink or a
-/// hard link is reported; a failed read-only open is otherwise reported by its name
-/// only. Other calls whose opens the hook refuses (exec, io_uring) leave an entry no
-/// open exit matches, which the LRU map drops.
+/// Value of `REFUSED_OPEN` (thread id ->): an open that `file_open` refused, with the
+/// file it reached. The open's exit (failed with EACCES) takes it when its own saved
+/// arguments are these (the same call), and names the file the kernel refused, not
+/// the name the caller passed: a symlink or a hard link says nothing of the file, and
+/// another thread may rewrite the name before the exit reads it. A failed read-only
+/// open is otherwise reported by its name only. A failed exec drops the entry its
+/// refused open left; other calls whose opens the hook refuses (io_uring, a fanotify
+/// read) leave one no open exit matches, which the LRU map drops.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Refused {
     /// The caller's first three syscall arguments when the hook ran.
     pub args: [u64; 3],
+    /// The refused file's `f_path` (kernel pointers, for the exit's path walk).
+    pub dentry: u64,
+    pub mnt: u64,
     /// `pflags` the open's event takes ([`crate::pflags::REFUSED_FOR_FILE`] with them).
     pub pflags: u16,
     pub _pad: [u16; 3],

@@ -7,10 +7,14 @@
 //! resolved there.
 
 use aya_ebpf::{helpers::generated as h, macros::tracepoint, programs::TracePointContext};
-use monitor_common::{FIXED_SIZE, hash, kind, lsm::FsKey, op, pflags};
+use monitor_common::{
+    FIXED_SIZE, hash, kind,
+    lsm::{FsKey, Refused},
+    op, pflags,
+};
 
 use crate::{
-    REFUSED_OPEN, SCRATCH, SECRETS, SENSITIVE,
+    REFUSED_OPEN, SCRATCH, SECRETS, SENSITIVE, TRUNC_OPEN,
     kern::{
         AT_FDCWD, Args, Ev, NO_BASE, bounded, conf, fd_file, file_path, ident, is_tracked, kptr, kread, off,
         pid_tgid, sys, sys_ret, tracked,
@@ -28,6 +32,7 @@ const FMODE_PATH: u32 = 0x4000;
 const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 const AT_REMOVEDIR: u64 = 0x200;
 const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
+const EACCES: i64 = 13;
 
 // ---- opens ------------------------------------------------------------------------
 
@@ -67,6 +72,14 @@ pub(crate) fn open_exit(
     } else {
         flags
     };
+    // openat2's O_TRUNC as the kernel acted on it, where the LSM tier's truncate hooks
+    // run (its `how`, read above, may have been changed by another thread since, to
+    // hide a truncation or to claim one).
+    let flags = if o == op::OPENAT2 && file != 0 && conf!(lsm) != 0 {
+        if truncated_by_hook() { flags | O_TRUNC } else { flags & !O_TRUNC }
+    } else {
+        flags
+    };
     // Opened, it changes something if it may write, truncates, or made the file
     // (O_CREAT of a file that exists makes nothing); refused, if it asked to.
     let write = if file != 0 {
@@ -74,11 +87,11 @@ pub(crate) fn open_exit(
     } else {
         flags & WRITE_INTENT != 0
     };
-    // Refused by the BPF LSM tier for what the file is, whatever the name passed.
-    let by_hook = if file == 0 { refused_by_hook() } else { 0 };
+    // Refused by the BPF LSM tier: the file it refused, whatever the name passed.
+    let by_hook = if ret == -EACCES { refused_by_hook() } else { None };
     let mut pf = 0;
-    if by_hook != 0 {
-        pf = by_hook;
+    if let Some(r) = &by_hook {
+        pf = r.pflags;
     } else if dentry != 0 && agentmon_proc(dentry) {
         // Agentmon's own /proc files, but for what any `ps` reads.
         if !write && harmless_proc_file(dentry) {
@@ -112,6 +125,10 @@ pub(crate) fn open_exit(
         }
         ev.flag(pflags::OP1_FROM_FD);
         ev.operand_path(1, file_path(file));
+    } else if let Some(r) = by_hook {
+        ev.flag(pflags::OP1_FROM_FD);
+        ev.operand_dentry(1, r.dentry, r.mnt);
+        ev.operand(2, fname, true, dfd as i64);
     } else {
         ev.operand(1, fname, true, dfd as i64);
     }
@@ -204,17 +221,28 @@ fn harmless_proc_file(dentry: u64) -> bool {
     is(b"stat") || is(b"statm") || is(b"status") || is(b"comm") || b == *b"cmdline\0"
 }
 
-/// The pflags the LSM tier's `file_open` left for this failed open (REFUSED_OPEN),
-/// or 0. Its entry is taken whatever it holds; it counts only if it was left by this
-/// call (the same saved arguments), not by an earlier call the hook refused whose
-/// exit is not an open's (an exec).
+/// What the LSM tier's `file_open` left for this open, failed with EACCES
+/// (REFUSED_OPEN). Its entry is taken whatever it holds; it counts only if it was
+/// left by this call (the same saved arguments), not by an earlier call the hook
+/// refused whose exit is not an open's.
 #[inline(always)]
-fn refused_by_hook() -> u16 {
+fn refused_by_hook() -> Option<Refused> {
     let tid = pid_tgid() as u32;
-    let Some(r) = (unsafe { REFUSED_OPEN.get(&tid) }).copied() else { return 0 };
+    let r = (unsafe { REFUSED_OPEN.get(&tid) }).copied()?;
     let _ = REFUSED_OPEN.remove(&tid);
     let a = Args::current();
-    if r.args == [a.get(0), a.get(1), a.get(2)] { r.pflags } else { 0 }
+    (r.args[0] == a.get(0) && r.args[1] == a.get(1) && r.args[2] == a.get(2)).then_some(r)
+}
+
+/// Did the kernel truncate a file in this call (TRUNC_OPEN, left by the LSM tier's
+/// truncate hooks with the same saved arguments)? The entry is taken either way.
+#[inline(always)]
+fn truncated_by_hook() -> bool {
+    let tid = pid_tgid() as u32;
+    let Some(r) = (unsafe { TRUNC_OPEN.get(&tid) }).copied() else { return false };
+    let _ = TRUNC_OPEN.remove(&tid);
+    let a = Args::current();
+    r[0] == a.get(0) && r[1] == a.get(1) && r[2] == a.get(2)
 }
 
 /// Is the file of `dentry` one of agentmon's private keys (`SECRETS`)?

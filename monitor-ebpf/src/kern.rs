@@ -456,6 +456,15 @@ impl Ev {
         self.set_operand(which, comps);
     }
 
+    /// Appends operand `which` as the exact path of a dentry in a mount (kernel
+    /// pointers: a `struct path`'s two members).
+    #[inline(always)]
+    pub fn operand_dentry(&mut self, which: u16, dentry: u64, vfsmnt: u64) {
+        self.put_str(0, false, STR_MAX);
+        let comps = walk_from(self, dentry, vfsmnt);
+        self.set_operand(which, comps);
+    }
+
     /// Appends operand `which` as the exact path of a kernel `struct path *`.
     #[inline(always)]
     pub fn operand_path(&mut self, which: u16, path: u64) {
@@ -547,11 +556,15 @@ struct WalkState {
 ///
 /// The loop runs under `bpf_loop`, so the verifier checks one step instead of
 /// unrolling every iteration of every program that walks a path.
-#[inline(never)]
+#[inline(always)]
 fn walk(ev: &mut Ev, path: u64) -> u16 {
+    unsafe { walk_from(ev, kptr(path, off!(path_dentry)), kptr(path, off!(path_mnt))) }
+}
+
+/// [`walk`] from a dentry in a mount (`struct vfsmount *`).
+#[inline(never)]
+fn walk_from(ev: &mut Ev, dentry: u64, vfsmnt: u64) -> u16 {
     unsafe {
-        let dentry = kptr(path, off!(path_dentry));
-        let vfsmnt = kptr(path, off!(path_mnt));
         if dentry == 0 || vfsmnt == 0 {
             ev.flag(pflags::UNRESOLVED);
             return 0;

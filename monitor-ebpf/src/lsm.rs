@@ -25,10 +25,10 @@ use monitor_common::{
 
 use crate::{
     CLIMB, ESCAPED, EXEC_OK, FS_RULES, IDENT, LSM_TASK, NET_TASK, REFUSED_OPEN, SCRATCH, SENS_PAT, SENS_UP,
-    TRACKED,
+    TRACKED, TRUNC_OPEN,
     kern::{
-        Args, Pos, WALK_LIMIT, bload, bounded, conf, ident, kptr, kread, mount_hop, off, pid_tgid, task_btf,
-        tracked,
+        Args, Pos, WALK_LIMIT, bload, bounded, conf, ident, is_tracked, kptr, kread, mount_hop, off,
+        pid_tgid, task_btf, tracked,
     },
 };
 
@@ -66,6 +66,23 @@ fn escaped() -> Option<u32> {
         return None;
     }
     let cg = unsafe { h::bpf_get_current_cgroup_id() };
+    unsafe { NET_TASK.get(&cg) }.copied()
+}
+
+/// The task of process `p` (a `task_struct *`) found by its cgroup, once a fork has
+/// escaped tracking (see [`escaped`]): task -> cgroups -> dfl_cgrp -> kn -> id.
+#[inline(always)]
+fn escaped_task_of(p: u64) -> Option<u32> {
+    if ESCAPED.get(0).copied().unwrap_or(0) == 0 {
+        return None;
+    }
+    let cg = unsafe {
+        let cgrp = kptr(kptr(p, off!(task_cgroups)), off!(css_set_dfl_cgrp));
+        kread::<u64>(kptr(cgrp, off!(cgroup_kn)) + off!(kernfs_node_id))
+    };
+    if cg == 0 {
+        return None;
+    }
     unsafe { NET_TASK.get(&cg) }.copied()
 }
 
@@ -250,23 +267,14 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let kind = mode & S_IFMT;
     if kind == S_IFBLK {
         // Raw disks: past every file scope and the sensitive set.
-        return refused(pflags::SENSITIVE);
+        return refused(pflags::SENSITIVE, d, m);
     }
+    // Reads first, so that an O_RDWR (or O_CREAT, O_TRUNC) open of a key or of the
+    // sensitive set is reported as the read it also is, not as a write.
     // agentmon's private keys, known by inode (a hard link or bind mount is the same
-    // file): read, they sign as agentmon. Before the write check, so that an O_RDWR
-    // open of one is reported as the key's read it also is.
+    // file): read, they sign as agentmon.
     if fmode & FMODE_READ != 0 && rights(0, d) & right::SECRET != 0 {
-        return refused(pflags::SENSITIVE | pflags::SECRET);
-    }
-    // Pseudo files (pipes reopened through /proc, pidfds: 6.9+ opens them through
-    // this hook) are in no file scope, as with Landlock: a dentry that is its own
-    // parent without being its mount's root. (Not "a climb that ended at a root
-    // other than the mount's": a directory moved out of a bind mount does that.)
-    let pseudo = unsafe { kptr(d, off!(dentry_parent)) == d && kptr(m, off!(vfsmount_root)) != d };
-    if fmode & FMODE_WRITE != 0 && l.flags & lflags::FILES != 0 && !pseudo {
-        if !may_change(l.rules, right::WRITE, d, m) {
-            return EACCES;
-        }
+        return refused(pflags::SENSITIVE | pflags::SECRET, d, m);
     }
     if l.flags & lflags::DENY_SENSITIVE != 0
         && fmode & FMODE_READ != 0
@@ -275,21 +283,36 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     {
         let up = climb(l.rules, right::READ_SENSITIVE, true, d, m);
         if up.granted == 0 {
-            return refused(pflags::SENSITIVE);
+            return refused(pflags::SENSITIVE, d, m);
+        }
+    }
+    // Pseudo files (pipes reopened through /proc, pidfds: 6.9+ opens them through
+    // this hook) are in no file scope, as with Landlock: a dentry that is its own
+    // parent without being its mount's root. (Not "a climb that ended at a root
+    // other than the mount's": a directory moved out of a bind mount does that.)
+    let pseudo = unsafe { kptr(d, off!(dentry_parent)) == d && kptr(m, off!(vfsmount_root)) != d };
+    if fmode & FMODE_WRITE != 0 && l.flags & lflags::FILES != 0 && !pseudo {
+        if !may_change(l.rules, right::WRITE, d, m) {
+            return refused(0, d, m);
         }
     }
     0
 }
 
-/// Refuses an open for what its file is, and tells the open's exit so (REFUSED_OPEN):
-/// the name the caller passed, all that exit has of a failed open, may be a symlink
-/// or a hard link that says nothing of it. A refused write needs no telling: its
-/// intent is reported whatever the name.
+/// Refuses an open, and tells its exit which file it refused (REFUSED_OPEN): the
+/// name the caller passed, all that exit has of a failed open, may be a symlink or a
+/// hard link into the scope that says nothing of the file, and another thread may
+/// rewrite it before the exit reads it.
 #[inline(always)]
-fn refused(pf: u16) -> i32 {
+fn refused(pf: u16, dentry: u64, mnt: u64) -> i32 {
     let a = Args::current();
-    let r =
-        Refused { args: [a.get(0), a.get(1), a.get(2)], pflags: pf | pflags::REFUSED_FOR_FILE, _pad: [0; 3] };
+    let r = Refused {
+        args: [a.get(0), a.get(1), a.get(2)],
+        dentry,
+        mnt,
+        pflags: pf | pflags::REFUSED_FOR_FILE,
+        _pad: [0; 3],
+    };
     let _ = REFUSED_OPEN.insert(&(pid_tgid() as u32), &r, 0);
     EACCES
 }
@@ -530,14 +553,29 @@ pub fn path_link(ctx: LsmContext) -> i32 {
 /// lsm/path_truncate(const struct path *path): truncate(2), and O_TRUNC before 6.2.
 #[lsm(hook = "path_truncate")]
 pub fn path_truncate(ctx: LsmContext) -> i32 {
+    truncating();
     at_path(right::WRITE, ctx.arg(0))
 }
 
 /// lsm/file_truncate(struct file *file) (6.2+): ftruncate and O_TRUNC opens.
 #[lsm(hook = "file_truncate")]
 pub fn file_truncate(ctx: LsmContext) -> i32 {
+    truncating();
     let file: u64 = ctx.arg(0);
     at_path(right::WRITE, file + off!(file_path))
+}
+
+/// Tells the open's exit that the kernel truncates in this call, for any tracked
+/// process, enforced or not (TRUNC_OPEN: thread id -> the call's saved arguments).
+/// openat2 passes O_TRUNC in the caller's memory, which another thread can change
+/// between the kernel's copy and the exit's read: a truncation would pass as a
+/// read. A truncate(2) or ftruncate leaves an entry no openat2 matches.
+#[inline(always)]
+fn truncating() {
+    if is_tracked() {
+        let a = Args::current();
+        let _ = TRUNC_OPEN.insert(&(pid_tgid() as u32), &[a.get(0), a.get(1), a.get(2)], 0);
+    }
 }
 
 /// lsm/path_chmod(const struct path *path, umode_t mode).
@@ -654,8 +692,9 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
 }
 
 /// lsm/task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig, const
-/// struct cred *cred): p->tgid. A task may signal its own processes and those of
-/// the tasks it delegated to, nothing else (agentmon least of all).
+/// struct cred *cred): p->tgid. A task may signal its own processes (a fork that
+/// escaped tracking, known by its cgroup, included) and those of the tasks it
+/// delegated to, nothing else (agentmon least of all).
 #[lsm(hook = "task_kill")]
 pub fn task_kill(ctx: LsmContext) -> i32 {
     let Some((task, l)) = enforced() else { return 0 };
@@ -667,7 +706,11 @@ pub fn task_kill(ctx: LsmContext) -> i32 {
     if tgid == conf!(self_tgid) {
         return EPERM;
     }
-    let Some(target) = (unsafe { TRACKED.get(&tgid) }) else { return EPERM };
+    let Some(target) = (unsafe { TRACKED.get(&tgid) }) else {
+        // Untracked: still the task's own if it is a fork that escaped tracking into
+        // the task's cgroup (held to the task's rules by it, so signalled as its own).
+        return if escaped_task_of(p) == Some(task) { 0 } else { EPERM };
+    };
     if target.task == task {
         return 0;
     }

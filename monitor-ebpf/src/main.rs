@@ -93,6 +93,10 @@ static LSM_TASK: HashMap<u32, LsmTask> = HashMap::with_max_entries(4096, 0);
 #[map]
 static IDENT: HashMap<u32, FsKey> = HashMap::with_max_entries(64, 0);
 
+/// The state of one sendmmsg's walk over its messages (see net::Mmsg).
+#[map]
+static MMSG: PerCpuArray<net::Mmsg> = PerCpuArray::with_max_entries(1, 0);
+
 /// BPF LSM tier: the state of a climb from a file to the root (see lsm::Climb).
 #[map]
 static CLIMB: PerCpuArray<lsm::Climb> = PerCpuArray::with_max_entries(1, 0);
@@ -109,10 +113,20 @@ static SENS_UP: PerCpuArray<lsm::SensUp> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static EXEC_OK: HashMap<u32, ExecOk> = HashMap::with_max_entries(4096, 0);
 
-/// BPF LSM tier: thread id -> an open `file_open` refused for what the file is, for
-/// the open's exit to report it whatever name it was reached by (see lsm::Refused).
+/// BPF LSM tier: thread id -> an open `file_open` refused and its file, for the
+/// open's exit to report the file whatever name it was reached by (see lsm::Refused).
+/// Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): a flood of refusals on other CPUs cannot
+/// evict an entry between its hook and its exit.
 #[map]
-static REFUSED_OPEN: LruHashMap<u32, Refused> = LruHashMap::with_max_entries(4096, 0);
+static REFUSED_OPEN: LruHashMap<u32, Refused> = LruHashMap::with_max_entries(4096, BPF_F_NO_COMMON_LRU);
+
+/// BPF LSM tier, every tracked process: thread id -> the saved arguments of a call
+/// in which the kernel truncated a file (see lsm::truncating).
+#[map]
+static TRUNC_OPEN: LruHashMap<u32, [u64; 3]> = LruHashMap::with_max_entries(4096, BPF_F_NO_COMMON_LRU);
+
+/// include/uapi/linux/bpf.h
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// Set once a fork escaped tracking (TRACKED full): from then on the BPF LSM hooks
 /// also hold untracked processes in an enforced task's cgroup to that task.

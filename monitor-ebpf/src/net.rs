@@ -3,10 +3,15 @@
 //! sys_exit (IPv4, IPv6 including v4-mapped, unix paths incl. abstract); the socket
 //! type comes from the fd's `struct socket`.
 
-use aya_ebpf::{helpers::generated as h, macros::tracepoint, programs::TracePointContext};
-use monitor_common::{kind, op, pflags};
+use core::ffi::c_void;
 
-use crate::kern::{Args, Ev, fd_file, is_tracked, kptr, kread, off, sys, sys_ret, tracked};
+use aya_ebpf::{helpers::generated as h, macros::tracepoint, programs::TracePointContext};
+use monitor_common::{Tracked, kind, op, pflags};
+
+use crate::{
+    MMSG,
+    kern::{Args, Ev, fd_file, is_tracked, kptr, kread, off, sys, sys_ret, tracked},
+};
 
 const AF_UNIX: u64 = 1;
 const AF_INET: u64 = 2;
@@ -76,8 +81,7 @@ sys!(sys_exit_bind, op::BIND, kind::BIND, |a, ev| {
 });
 
 /// A send that names a destination (a send on a connected socket is covered by its
-/// connect): sendto's `addr`, or msg_name of a `struct msghdr` (also the head of
-/// sendmmsg's first `mmsghdr`).
+/// connect): sendto's `addr`, or msg_name of a `struct msghdr`.
 #[inline(always)]
 fn send_exit(ctx: &TracePointContext, o: u16) -> Option<()> {
     if !is_tracked() {
@@ -121,11 +125,119 @@ pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// syscalls:sys_exit_sendmmsg(ret); arguments (fd, mmsg, vlen, flags): the first
-/// message's destination.
+/// Messages of one sendmmsg read for their destinations: the kernel's own bound on
+/// `vlen` (UIO_MAXIOV).
+const MMSG_MAX: u64 = 1024;
+/// Destinations recorded per sendmmsg; a change past them is one more record that
+/// says the rest went unread (judged as unknown, never as the first ones).
+const MMSG_RECORDED: u32 = 16;
+/// sizeof(struct mmsghdr) on 64-bit: a msghdr (56 bytes), msg_len, padding.
+const MMSGHDR_SIZE: u64 = 64;
+
+/// State of the walk over one sendmmsg's messages. It lives in a per-CPU map, not on
+/// the stack: verifiers before 6.8 check a bpf_loop callback once, with the caller's
+/// constants, and then drop as dead the branches that only later rounds take (the
+/// cap on records, the truncation record): values loaded from a map are unknown.
+#[repr(C)]
+pub struct Mmsg {
+    vec: u64,
+    fd: u64,
+    ty: u64,
+    ret: i64,
+    /// The last recorded destination (sockaddr bytes, and its length).
+    prev: [u64; 4],
+    prev_len: u64,
+    recorded: u32,
+    /// 1 when a destination past MMSG_RECORDED went unrecorded.
+    more: u32,
+    t: Tracked,
+}
+
+/// One message: recorded when its destination differs from the last one recorded
+/// (a burst to one DNS server is one record). Returns 1 to stop.
+extern "C" fn mmsg_step(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(m) = MMSG.get_ptr_mut(0) else { return 1 };
+    let m = unsafe { &mut *m };
+    let mut hdr = [0u64; 2];
+    let at = m.vec + i * MMSGHDR_SIZE;
+    if unsafe { h::bpf_probe_read_user((&raw mut hdr).cast(), 16, at as *const _) } != 0 {
+        return 1;
+    }
+    let (sa, len) = (hdr[0], hdr[1] & 0xffff_ffff);
+    if sa == 0 || len < 2 {
+        // No destination: the socket's own (connected), covered by its connect.
+        return 0;
+    }
+    let mut raw = [0u64; 4];
+    let n = if len > 28 { 28 } else { len };
+    if unsafe { h::bpf_probe_read_user((&raw mut raw).cast(), n as u32, sa as *const _) } != 0 {
+        return 0;
+    }
+    if len == m.prev_len
+        && raw[0] == m.prev[0]
+        && raw[1] == m.prev[1]
+        && raw[2] == m.prev[2]
+        && raw[3] == m.prev[3]
+    {
+        return 0;
+    }
+    if m.recorded >= MMSG_RECORDED {
+        m.more = 1;
+        return 1;
+    }
+    m.prev = raw;
+    m.prev_len = len;
+    m.recorded += 1;
+    if let Some(mut ev) = Ev::new(kind::SEND, op::SENDMMSG, &m.t, m.ret) {
+        put_sockaddr(&mut ev, sa, len, m.fd, m.ty);
+        ev.arg(4, i);
+        ev.emit();
+    }
+    0
+}
+
+/// syscalls:sys_exit_sendmmsg(ret); arguments (fd, mmsg, vlen, flags): each message
+/// sent (the first only, when none was) whose destination differs from the last
+/// recorded, `args[4]` its index; past MMSG_RECORDED such changes, one record flagged
+/// TRUNCATED with no destination. The first alone would let one allowed destination
+/// first hide any other after it.
 #[tracepoint]
 pub fn sys_exit_sendmmsg(ctx: TracePointContext) -> u32 {
-    let _ = send_exit(&ctx, op::SENDMMSG);
+    let Some(t) = tracked() else { return 0 };
+    let Some(mp) = MMSG.get_ptr_mut(0) else { return 0 };
+    let a = Args::current();
+    let ret = sys_ret(&ctx);
+    let fd = a.get(0);
+    unsafe {
+        *mp = Mmsg {
+            vec: a.get(1),
+            fd,
+            ty: sock_type(fd, ret),
+            ret,
+            prev: [0; 4],
+            prev_len: 0,
+            recorded: 0,
+            more: 0,
+            t,
+        }
+    };
+    let n = if ret <= 0 {
+        1
+    } else if ret as u64 > MMSG_MAX {
+        MMSG_MAX
+    } else {
+        ret as u64
+    };
+    unsafe { h::bpf_loop(n as u32, mmsg_step as *mut c_void, core::ptr::null_mut(), 0) };
+    let Some(mp) = MMSG.get_ptr_mut(0) else { return 0 };
+    let m = unsafe { &*mp };
+    if unsafe { core::ptr::read_volatile(&raw const m.more) } != 0
+        && let Some(mut ev) = Ev::new(kind::SEND, op::SENDMMSG, &t, ret)
+    {
+        ev.flag(pflags::TRUNCATED);
+        ev.arg(3, fd);
+        ev.emit();
+    }
     0
 }
 

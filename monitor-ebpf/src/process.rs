@@ -163,10 +163,17 @@ pub fn sys_exit_execveat(ctx: TracePointContext) -> u32 {
     0
 }
 
+const EACCES: i64 = 13;
+
 fn exec_failed(ctx: &TracePointContext, o: u16) -> Option<()> {
     let ret = sys_ret(ctx);
     if ret >= 0 {
         return None;
+    }
+    if ret == -EACCES {
+        // The LSM tier's file_open may have refused the program or its interpreter:
+        // no open's exit is to take that, nor a later open to be labelled by it.
+        let _ = crate::REFUSED_OPEN.remove(&(crate::kern::pid_tgid() as u32));
     }
     let t = tracked()?;
     let a = Args::current();

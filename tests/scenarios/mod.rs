@@ -37,6 +37,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         ("leave_behind", Some(d)) => leave_behind(d, ["repo/left_in.txt", "out.txt", "repo/left_done"]),
         ("net", Some(d)) => net(d),
         ("io_uring", _) => io_uring(),
+        ("trunc_race", Some(d)) => trunc_race(d),
         ("privilege", _) => privilege(),
         ("memfd", _) => memfd(),
         ("sensitive", Some(d)) => sensitive(d),
@@ -242,6 +243,15 @@ fn net(d: &Path) -> Result<(), String> {
     // UDP with a destination (what a DNS query looks like).
     let u = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     u.send_to(b"q", "127.0.0.1:53").map_err(|e| e.to_string())?;
+    // One sendmmsg: 18 messages to 127.0.0.1:53, then one each to two others (each
+    // must be seen, not only the first); then one to 20 destinations in turn (past
+    // what is recorded per call: the rest is said to be unread).
+    let to =
+        |last: u8, port: u16| std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(127, 0, 0, last), port);
+    let mut first: Vec<_> = vec![to(1, 53); 18];
+    first.extend([to(2, 5353), to(3, 5354)]);
+    sendmmsg(&u, &first)?;
+    sendmmsg(&u, &(0..20).map(|i| to(10 + i, 9000)).collect::<Vec<_>>())?;
     // bind + listen.
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     fs::write(d.join("listen-port"), l.local_addr().unwrap().port().to_string())
@@ -250,6 +260,91 @@ fn net(d: &Path) -> Result<(), String> {
     let sock = d.join("agent.sock");
     let _ul = std::os::unix::net::UnixListener::bind(&sock).map_err(|e| e.to_string())?;
     UnixStream::connect(&sock).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// sendmmsg(2) of one byte to each of `to`, on `u`.
+fn sendmmsg(u: &UdpSocket, to: &[std::net::SocketAddrV4]) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let mut addrs: Vec<libc::sockaddr_in> = to
+        .iter()
+        .map(|a| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+            sin_zero: [0; 8],
+        })
+        .collect();
+    let mut byte = *b"q";
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let mut msgs: Vec<libc::mmsghdr> = addrs
+        .iter_mut()
+        .map(|a| {
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_name = (a as *mut libc::sockaddr_in).cast();
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            m.msg_hdr.msg_iov = &raw mut iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let n = unsafe { libc::sendmmsg(u.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as u32, 0) };
+    if n != msgs.len() as i32 {
+        return Err(format!("sendmmsg sent {n} of {}: {}", msgs.len(), std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// openat2(O_RDONLY|O_TRUNC) of d/race.txt, 300 times, while another thread flips
+/// O_TRUNC in the `how` it passes on and off: the kernel truncates when it copied the
+/// flag in, the exit may read the other value. Writes how many calls truncated (the
+/// file had a byte before each) to d/race-truncated. Then one openat2 O_TRUNC of
+/// d/plain.txt with nothing racing.
+fn trunc_race(d: &Path) -> Result<(), String> {
+    use std::{
+        os::unix::fs::FileExt,
+        sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    };
+    static HOW: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+    static STOP: AtomicBool = AtomicBool::new(false);
+    let trunc = libc::O_RDONLY as u64 | libc::O_TRUNC as u64;
+    let openat2 = |p: &Path| {
+        let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        let fd =
+            unsafe { libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, c.as_ptr(), HOW.as_ptr(), 24usize) };
+        if fd >= 0 {
+            unsafe { libc::close(fd as i32) };
+        }
+    };
+    let race = d.join("race.txt");
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&race)
+        .map_err(|e| e.to_string())?;
+    let flipper = std::thread::spawn(move || {
+        let mut on = true;
+        while !STOP.load(Relaxed) {
+            HOW[0].store(if on { trunc } else { libc::O_RDONLY as u64 }, Relaxed);
+            on = !on;
+        }
+    });
+    let mut truncated = 0;
+    for _ in 0..300 {
+        f.write_at(b"x", 0).map_err(|e| e.to_string())?;
+        openat2(&race);
+        if f.metadata().map_err(|e| e.to_string())?.len() == 0 {
+            truncated += 1;
+        }
+    }
+    STOP.store(true, Relaxed);
+    let _ = flipper.join();
+    fs::write(d.join("race-truncated"), truncated.to_string()).map_err(|e| e.to_string())?;
+    let plain = d.join("plain.txt");
+    fs::write(&plain, b"x").map_err(|e| e.to_string())?;
+    HOW[0].store(trunc, Relaxed);
+    openat2(&plain);
     Ok(())
 }
 
@@ -704,8 +799,10 @@ fn userfault_serve(page: u64, bytes: Vec<u8>, after: std::time::Duration) -> Res
     Ok(())
 }
 
-/// See the `escaped_write_out` action: the errno the last child's write got.
-fn escaped_write_out(d: &Path, n: usize) -> Result<i32, String> {
+/// See the `escaped_write_out` action: the errno the last child's write got; with
+/// `signal`, the errno of the parent's SIGTERM to that child instead (it is the
+/// task's own: the signal must reach it).
+fn escaped_write_out(d: &Path, n: usize, signal: bool) -> Result<i32, String> {
     let mut fds = [0; 2];
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
         return Err("pipe".into());
@@ -724,6 +821,19 @@ fn escaped_write_out(d: &Path, n: usize) -> Result<i32, String> {
         }
     }
     let code = match unsafe { fork() }.map_err(|e| e.to_string())? {
+        ForkResult::Child if signal => unsafe {
+            // Waits to be signalled; gone in 5 s if the signal never comes.
+            libc::alarm(5);
+            libc::pause();
+            libc::_exit(0)
+        },
+        ForkResult::Parent { child } if signal => {
+            std::thread::sleep(Duration::from_millis(200));
+            let r = unsafe { libc::kill(child.as_raw(), libc::SIGTERM) };
+            let e = if r == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap_or(-1) };
+            let _ = nix::sys::wait::waitpid(child, None);
+            e
+        }
         ForkResult::Child => {
             let c = match fs::write(d.join("outside.txt"), b"no") {
                 Ok(()) => 0,
@@ -777,6 +887,8 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                     as libc::c_long)
             }
             "read" => errno(fs::read(arg).map(drop)),
+            // Opened to read and write (a read all the same).
+            "read_write" => errno(fs::OpenOptions::new().read(true).write(true).open(arg).map(drop)),
             // The scope's own directory (delete: repo/** covers what is beneath it).
             "rmdir_scope" => errno(fs::remove_dir(d.join("repo"))),
             // A detached copy of a tree: its own root, above which nothing is seen.
@@ -884,7 +996,8 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             // A write out of scope by a process whose fork escaped tracking: N
             // sleeping children fill TRACKED first (a daemon with a small
             // max_tracked), then one more child tries.
-            "escaped_write_out" => escaped_write_out(d, arg.parse().unwrap_or(32))?,
+            "escaped_write_out" => escaped_write_out(d, arg.parse().unwrap_or(32), false)?,
+            "escaped_signal" => escaped_write_out(d, arg.parse().unwrap_or(32), true)?,
             // Waits until the file PATH exists (a test's cue), then goes on.
             "wait" => {
                 wait_for(Path::new(arg))?;
@@ -1063,7 +1176,8 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             other => return Err(format!("unknown action {other}")),
         };
         // Reads name their file in the result: a test makes several.
-        let key = if name == "read" { format!("read:{arg}") } else { name.to_string() };
+        let key =
+            if matches!(name, "read" | "read_write") { format!("{name}:{arg}") } else { name.to_string() };
         out.push_str(&format!("{key} {code}\n"));
     }
     fs::write(d.join("repo/results.txt"), out).map_err(|e| e.to_string())

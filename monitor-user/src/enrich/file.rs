@@ -61,12 +61,19 @@ impl Enricher {
                 // (a symlink, a hard link) need not say so.
                 let by_hook = b.pflags & pflags::REFUSED_FOR_FILE != 0;
                 if by_hook {
+                    // `path` is the file the kernel refused; the name asked by beside it.
                     ev.flags.push(Cow::Borrowed(crate::event::REFUSED_FOR_FILE));
+                    if let Some(asked) = self.path(raw, 1).filter(|a| Some(a) != ev.path.as_ref()) {
+                        ev.detail.insert(Cow::Borrowed("requested_path"), json!(asked));
+                    }
                 }
                 // O_CREAT of a file that exists makes nothing: a read, unless it
                 // truncates (the kernel gives the access mode the file was opened with).
                 let created = b.pflags & pflags::CREATED != 0 || (h.ret < 0 && flags & O_CREAT != 0);
-                let read_only = flags & O_ACCMODE == 0 && flags & O_TRUNC == 0 && !created;
+                // A read the kernel refused as the sensitive set is that read, whatever
+                // else the open asked for (O_RDWR, O_TRUNC, O_CREAT).
+                let refused_read = by_hook && b.pflags & pflags::SENSITIVE != 0;
+                let read_only = refused_read || (flags & O_ACCMODE == 0 && flags & O_TRUNC == 0 && !created);
                 // One of agentmon's own /proc files (the kernel knew it by its process).
                 let own = if b.pflags & pflags::AGENTMON_PROC != 0 {
                     // What any process list reads of it is nothing.

@@ -5,7 +5,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use monitor_common::{kind, pflags};
+use monitor_common::{kind, op, pflags};
 use serde_json::json;
 
 use super::Next;
@@ -35,6 +35,11 @@ pub(super) fn net(raw: &RawEvent, ev: &mut Event) -> Next {
             ev.detail.insert(Cow::Borrowed("fd"), json!(b.args[3] as i32));
             if h.kind == kind::LISTEN {
                 ev.detail.insert(Cow::Borrowed("backlog"), json!(b.args[4] as i32));
+            }
+            // sendmmsg: the message's index; a record flagged truncated (no
+            // destination) stands for destinations past those the kernel records.
+            if h.op == op::SENDMMSG && b.pflags & pflags::TRUNCATED == 0 {
+                ev.detail.insert(Cow::Borrowed("message"), json!(b.args[4]));
             }
         }
         _ => unreachable!("dispatched by kind"),

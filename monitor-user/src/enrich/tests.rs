@@ -36,24 +36,27 @@ fn open_classification() {
 fn an_open_refused_for_its_file_is_reported_by_any_name() {
     let mut e = enricher();
     let at = monitor_common::HEADER_SIZE + 40;
-    // A read through a symlink whose name is in no pattern, refused by the LSM tier
-    // as the sensitive set: reported, and flagged so the judge does not trust the name.
-    let mut ro = record(kind::OPEN, op::OPENAT, &[("", &["link", "repo"])], b"", [0; 5]);
-    let pf = (pflags::SENSITIVE | pflags::REFUSED_FOR_FILE).to_le_bytes();
-    ro[at..at + 2].copy_from_slice(&pf);
+    // An O_RDWR open through a symlink whose name is in no pattern, refused by the LSM
+    // tier as the sensitive set: a read of the file refused, the name beside it.
+    let ops: &[(&str, &[&str])] = &[("", &["config", ".kube", "home"]), ("link", &["repo"])];
+    let mut ro = record(kind::OPEN, op::OPENAT, ops, b"", [0o2, 0, 0, 0, 0]);
+    let pf = pflags::OP1_FROM_FD | pflags::SENSITIVE | pflags::REFUSED_FOR_FILE;
+    ro[at..at + 2].copy_from_slice(&pf.to_le_bytes());
     let ev = e.event(&decode(&ro).unwrap()).expect("reported");
-    assert_eq!((ev.kind, ev.path.as_deref()), (Kind::SensitiveRead, Some("/repo/link")));
+    assert_eq!((ev.kind, ev.path.as_deref()), (Kind::SensitiveRead, Some("/home/.kube/config")));
+    assert_eq!(ev.detail.get("requested_path").and_then(|p| p.as_str()), Some("/repo/link"));
     assert!(ev.flags.iter().any(|f| f == crate::event::REFUSED_FOR_FILE));
-    // Without the hook's word, the same name is nothing.
-    ro[at..at + 2].copy_from_slice(&pflags::SENSITIVE.to_le_bytes());
-    assert!(e.event(&decode(&ro).unwrap()).is_none());
-    // One of agentmon's keys so refused: a tamper record under the name it was asked by.
-    let pf = pflags::SENSITIVE | pflags::SECRET | pflags::REFUSED_FOR_FILE;
+    // A write refused by the hook is the write of the file it refused.
+    ro[at..at + 2].copy_from_slice(&(pflags::OP1_FROM_FD | pflags::REFUSED_FOR_FILE).to_le_bytes());
+    let ev = e.event(&decode(&ro).unwrap()).expect("reported");
+    assert_eq!((ev.kind, ev.path.as_deref()), (Kind::FileWrite, Some("/home/.kube/config")));
+    // One of agentmon's keys so refused: a tamper record naming the key.
+    let pf = pflags::OP1_FROM_FD | pflags::SENSITIVE | pflags::SECRET | pflags::REFUSED_FOR_FILE;
     ro[at..at + 2].copy_from_slice(&pf.to_le_bytes());
     let ev = e.event(&decode(&ro).unwrap()).expect("reported");
     assert_eq!(
-        (ev.kind, ev.detail.get("attempt").and_then(|a| a.as_str())),
-        (Kind::Tamper, Some("agentmon's private key read"))
+        (ev.kind, ev.path.as_deref(), ev.detail.get("attempt").and_then(|a| a.as_str())),
+        (Kind::Tamper, Some("/home/.kube/config"), Some("agentmon's private key read"))
     );
 }
 

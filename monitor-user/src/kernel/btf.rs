@@ -194,6 +194,10 @@ impl KernelBtf {
             proc_inode_vfs: o("proc_inode", "vfs_inode")?,
             pid_tasks: o("pid", "tasks")?,
             task_pid_links: o("task_struct", "pid_links")?,
+            task_cgroups: o("task_struct", "cgroups")?,
+            css_set_dfl_cgrp: o("css_set", "dfl_cgrp")?,
+            cgroup_kn: o("cgroup", "kn")?,
+            kernfs_node_id: o("kernfs_node", "id")?,
             // A #define, not in BTF: include/linux/fs.h FMODE_CREATED. The
             // file_create integration test fails if this kernel disagrees.
             fmode_created: 1 << 20,

@@ -232,6 +232,7 @@ impl Sensors {
             sensitive_prefix_lens: cfg.sensitive.prefix_lens,
             wakeup_bytes: cfg.wakeup_bytes,
             epoch: epoch_no,
+            lsm: cfg.lsm as u32,
             sensitive_bloom: cfg.sensitive.bloom(),
             off: kbtf.offsets()?,
             tp: tracefs.tp_offsets()?,

@@ -40,6 +40,7 @@ pub const PINNED_MAPS: &[&str] = &[
     "LSM_TASK",
     "EXEC_OK",
     "REFUSED_OPEN",
+    "TRUNC_OPEN",
     "SENS_PAT",
 ];
 

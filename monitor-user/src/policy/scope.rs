@@ -60,6 +60,18 @@ pub fn judge(ev: &Event, task: &Task, launch: bool) -> Option<Reason> {
         );
     }
     let path = ev.path.as_deref().unwrap_or("");
+    // The BPF LSM tier refused the file itself: out of the scope it was checked
+    // against, whatever a glob here says of its path.
+    if ev.flags.iter().any(|f| f == REFUSED_FOR_FILE) {
+        let clause = match ev.kind {
+            Kind::SensitiveRead => Some("scope.read"),
+            Kind::FileWrite | Kind::FileCreate | Kind::FileTruncate => Some("scope.write"),
+            _ => None,
+        };
+        if let Some(c) = clause {
+            return out(c, format!("{path} is outside {c} (refused by the kernel for the file itself)"));
+        }
+    }
     let verdict = match ev.kind {
         Kind::Exec | Kind::MemfdExec => {
             // The file named in execve, and (for a script) the interpreter the kernel ran:
@@ -94,17 +106,18 @@ pub fn judge(ev: &Event, task: &Task, launch: bool) -> Option<Reason> {
             Mode::Execute if task.delete.matches(path) => None,
             Mode::Execute => out("scope.delete", format!("{path} is outside scope.delete")),
         },
-        // The kernel refused the file itself as outside scope.read: the name asked by
-        // (a symlink into scope.read) does not make it in scope.
-        Kind::SensitiveRead if ev.flags.iter().any(|f| f == REFUSED_FOR_FILE) => out(
-            "scope.read",
-            format!("{path} is outside scope.read (the file it names, refused by the kernel)"),
-        ),
         Kind::SensitiveRead if task.read.matches(path) => None,
         Kind::SensitiveRead => out("scope.read", format!("{path} is outside scope.read")),
         Kind::Connect | Kind::Send => match &ev.dst {
             Some(d) if dst_allowed(&task.connect, d) => None,
             Some(d) => out("scope.connect", format!("{} is not in scope.connect", show(d))),
+            // One sendmmsg to more destinations than the kernel records: the rest are
+            // unknown, never taken to be the ones before.
+            None if ev.flags.iter().any(|f| f == "truncated") => out(
+                "scope.connect",
+                "a sendmmsg sent to more destinations than are recorded per call; the rest were not read"
+                    .into(),
+            ),
             None => None,
         },
         Kind::Bind | Kind::Listen => match &ev.dst {

@@ -110,7 +110,7 @@ fn scope_table() {
         ("rename out of scope beats approval", &exec, rename_out, OutOfScope, Some("scope.write")),
         ("sensitive read in scope", &exec, path(Kind::SensitiveRead, "/srv/repo/.env"), InScope, None),
         (
-            // A symlink in scope.read to a file the kernel refused as outside it.
+            // A file in scope.read by its path that the kernel refused all the same.
             "sensitive read refused for its file",
             &exec,
             {
@@ -131,6 +131,19 @@ fn scope_table() {
         ("exec allowed", &exec, exec_git.clone(), InScope, None),
         ("exec not allowed", &exec, exec_curl.clone(), OutOfScope, Some("scope.exec")),
         ("connect allowed", &exec, net(Kind::Connect, "127.0.0.1", 8080), InScope, None),
+        (
+            // A sendmmsg's destinations past those the kernel records: unknown.
+            "sendmmsg destinations unread",
+            &exec,
+            {
+                let mut e = ev(Kind::Send);
+                e.flags.push("truncated".into());
+                e
+            },
+            OutOfScope,
+            Some("scope.connect"),
+        ),
+        ("send with no destination", &exec, ev(Kind::Send), InScope, None),
         (
             "connect wrong port",
             &exec,
