@@ -250,6 +250,16 @@ pub fn secrets_on_the_command_line_are_hidden() -> R {
     ensure(run.stderr.contains("AGENTMON_NATS_TOKEN"), || {
         format!("no warning naming the environment: {}", run.stderr)
     })?;
+    // Given in the environment, as the warning says, it is not the agent's either
+    // (before, the command inherited agentmon's whole environment).
+    let seen = d.join("out/environ");
+    let cmd = ["/usr/bin/sh".to_string(), "-c".into(), format!("/usr/bin/env > {}", seen.display())];
+    let flags = ["--nats", "nats://127.0.0.1:9", "--spool", spool.to_str().unwrap()];
+    let run = run_agentmon_with(&flags, &cmd, &[("AGENTMON_NATS_TOKEN", token)], &d)?;
+    let environ = std::fs::read_to_string(&seen).map_err(|e| format!("{e}; stderr: {}", run.stderr))?;
+    ensure(environ.contains("PATH=") && !environ.contains(token), || {
+        format!("the command's environment holds the token (or is not its environment): {environ}")
+    })?;
     Ok(())
 }
 

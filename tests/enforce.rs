@@ -252,11 +252,16 @@ pub fn sensitive_reads_denied_when_asked() -> R {
     let kube = d.join("home/.kube/config").display().to_string();
     for l in [&link, &rw_link] {
         let asked = l.display().to_string();
-        let through = run
+        let through: Vec<_> = run
             .events
             .iter()
-            .find(|e| e.detail.get("requested_path").and_then(|p| p.as_str()) == Some(asked.as_str()))
-            .ok_or_else(|| format!("no event for the read refused through {asked}:\n{}", run.summary()))?;
+            .filter(|e| e.detail.get("requested_path").and_then(|p| p.as_str()) == Some(asked.as_str()))
+            .collect();
+        let [through] = through[..] else {
+            return Err(
+                format!("not one event for the read refused through {asked}:\n{}", run.summary()).into()
+            );
+        };
         // (denied: judged out of scope, though the name asked by is inside scope.read
         // or scope.write.)
         eq(

@@ -373,6 +373,9 @@ fn network() -> R {
     want.extend((0..16).map(|i| (Some((format!("127.0.0.{}", 10 + i), 9000)), Some(i as u64), false)));
     want.push((None, None, true));
     eq("sendmmsg records (destination, message, truncated)", mmsg, want)?;
+    ensure(send.iter().any(|e| ip_port(e) == Some(("127.0.0.4".into(), 7))), || {
+        format!("no send to 127.0.0.4:7 given as AF_UNSPEC:\n{}", run.summary())
+    })?;
     let lport: u16 = std::fs::read_to_string(d.join("listen-port"))
         .map_err(|e| e.to_string())?
         .parse()
@@ -420,7 +423,8 @@ fn openat2_truncations_are_what_the_kernel_did() -> R {
             records("race.txt")
         );
     } else {
-        ensure(truncated > 0, || "no call of the race truncated: the race was not run".into())?;
+        // Some calls truncated and some did not: the flag was raced.
+        ensure(truncated > 0 && truncated < 300, || format!("{truncated} of 300 calls truncated: no race"))?;
         eq(
             "truncate records of the raced openat2 calls (= the calls that truncated)",
             records("race.txt"),

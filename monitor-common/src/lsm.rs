@@ -104,12 +104,28 @@ pub struct ExecOk {
 pub struct Refused {
     /// The caller's first three syscall arguments when the hook ran.
     pub args: [u64; 3],
-    /// The refused file's `f_path` (kernel pointers, for the exit's path walk).
+    /// The refused file's `f_path` (kernel pointers, for the exit's path walk) and
+    /// its dentry's inode then: the walk is made only if the dentry still has it
+    /// (nothing holds the dentry once the open failed).
     pub dentry: u64,
     pub mnt: u64,
+    pub inode: u64,
+    /// The refused file's `f_mode`: what it was opened for, as the kernel took it
+    /// (openat2's flags in the caller's memory may say otherwise by the exit).
+    pub fmode: u32,
     /// `pflags` the open's event takes ([`crate::pflags::REFUSED_FOR_FILE`] with them).
     pub pflags: u16,
-    pub _pad: [u16; 3],
+    pub _pad: u16,
+}
+
+/// Value of `TRUNC_OPEN` (thread id ->): a call in which the kernel truncated a file
+/// (the BPF LSM tier's truncate hooks), for openat2's exit: its saved arguments and
+/// the truncated file's dentry, which must be the opened file's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TruncMark {
+    pub args: [u64; 3],
+    pub dentry: u64,
 }
 
 /// Parent components a sensitive pattern may name besides its leaf.

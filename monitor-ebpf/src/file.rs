@@ -9,7 +9,7 @@
 use aya_ebpf::{helpers::generated as h, macros::tracepoint, programs::TracePointContext};
 use monitor_common::{
     FIXED_SIZE, hash, kind,
-    lsm::{FsKey, Refused},
+    lsm::{FsKey, Refused, TruncMark},
     op, pflags,
 };
 
@@ -53,16 +53,26 @@ pub(crate) fn open_exit(
     mode: u64,
 ) -> Option<()> {
     let ret = sys_ret(ctx);
+    // The LSM tier's word on this call, taken whatever the outcome (so none is left
+    // for a later call to match): what its file_open refused, what it truncated.
+    let by_hook = if conf!(lsm) != 0 { refused_by_hook() } else { None };
+    let by_hook = by_hook.filter(|_| ret == -EACCES);
+    let trunc = if conf!(lsm) != 0 { trunc_mark() } else { None };
     let file = if ret >= 0 { unsafe { fd_file(ret) } } else { 0 };
     let dentry = if file != 0 { unsafe { kptr(file + off!(file_path), off!(path_dentry)) } } else { 0 };
     // What the file was opened for, as the kernel opened it (openat2's `how` is the
-    // caller's memory, which another thread may have changed since).
-    let fmode: u32 = if file != 0 { unsafe { kread(file + off!(file_mode)) } } else { 0 };
+    // caller's memory, which another thread may have changed since); for an open the
+    // LSM tier refused, as its hook saw it.
+    let fmode: u32 = if file != 0 {
+        unsafe { kread(file + off!(file_mode)) }
+    } else {
+        by_hook.as_ref().map_or(0, |r| r.fmode)
+    };
     // An O_PATH descriptor reads and writes nothing (its O_CREAT, O_TRUNC are ignored).
     if fmode & FMODE_PATH != 0 {
         return None;
     }
-    let flags = if file != 0 {
+    let flags = if file != 0 || by_hook.is_some() {
         let acc = match (fmode & FMODE_READ != 0, fmode & FMODE_WRITE != 0) {
             (true, true) => O_RDWR,
             (false, true) => O_WRONLY,
@@ -74,9 +84,9 @@ pub(crate) fn open_exit(
     };
     // openat2's O_TRUNC as the kernel acted on it, where the LSM tier's truncate hooks
     // run (its `how`, read above, may have been changed by another thread since, to
-    // hide a truncation or to claim one).
+    // hide a truncation or to claim one): a mark of this call, on this file.
     let flags = if o == op::OPENAT2 && file != 0 && conf!(lsm) != 0 {
-        if truncated_by_hook() { flags | O_TRUNC } else { flags & !O_TRUNC }
+        if trunc.is_some_and(|t| t.dentry == dentry) { flags | O_TRUNC } else { flags & !O_TRUNC }
     } else {
         flags
     };
@@ -87,8 +97,6 @@ pub(crate) fn open_exit(
     } else {
         flags & WRITE_INTENT != 0
     };
-    // Refused by the BPF LSM tier: the file it refused, whatever the name passed.
-    let by_hook = if ret == -EACCES { refused_by_hook() } else { None };
     let mut pf = 0;
     if let Some(r) = &by_hook {
         pf = r.pflags;
@@ -126,8 +134,12 @@ pub(crate) fn open_exit(
         ev.flag(pflags::OP1_FROM_FD);
         ev.operand_path(1, file_path(file));
     } else if let Some(r) = by_hook {
+        ev.arg(2, fmode as u64);
         ev.flag(pflags::OP1_FROM_FD);
-        ev.operand_dentry(1, r.dentry, r.mnt);
+        // Nothing holds the dentry since the open failed: walked only if it is still
+        // the file's (else unresolved, and judged so).
+        let same = unsafe { kptr(r.dentry, off!(dentry_inode)) } == r.inode && r.inode != 0;
+        ev.operand_dentry(1, if same { r.dentry } else { 0 }, r.mnt);
         ev.operand(2, fname, true, dfd as i64);
     } else {
         ev.operand(1, fname, true, dfd as i64);
@@ -221,10 +233,10 @@ fn harmless_proc_file(dentry: u64) -> bool {
     is(b"stat") || is(b"statm") || is(b"status") || is(b"comm") || b == *b"cmdline\0"
 }
 
-/// What the LSM tier's `file_open` left for this open, failed with EACCES
-/// (REFUSED_OPEN). Its entry is taken whatever it holds; it counts only if it was
-/// left by this call (the same saved arguments), not by an earlier call the hook
-/// refused whose exit is not an open's.
+/// What the LSM tier's `file_open` left for this open (REFUSED_OPEN). Its entry is
+/// taken whatever it holds; it counts only if it was left by this call (the same
+/// saved arguments), not by an earlier call the hook refused whose exit is not an
+/// open's.
 #[inline(always)]
 fn refused_by_hook() -> Option<Refused> {
     let tid = pid_tgid() as u32;
@@ -234,15 +246,15 @@ fn refused_by_hook() -> Option<Refused> {
     (r.args[0] == a.get(0) && r.args[1] == a.get(1) && r.args[2] == a.get(2)).then_some(r)
 }
 
-/// Did the kernel truncate a file in this call (TRUNC_OPEN, left by the LSM tier's
-/// truncate hooks with the same saved arguments)? The entry is taken either way.
+/// The LSM tier's truncate hooks' mark of this call (TRUNC_OPEN), taken whatever it
+/// holds; it counts only if this call left it (the same saved arguments).
 #[inline(always)]
-fn truncated_by_hook() -> bool {
+fn trunc_mark() -> Option<TruncMark> {
     let tid = pid_tgid() as u32;
-    let Some(r) = (unsafe { TRUNC_OPEN.get(&tid) }).copied() else { return false };
+    let r = (unsafe { TRUNC_OPEN.get(&tid) }).copied()?;
     let _ = TRUNC_OPEN.remove(&tid);
     let a = Args::current();
-    r[0] == a.get(0) && r[1] == a.get(1) && r[2] == a.get(2)
+    (r.args[0] == a.get(0) && r.args[1] == a.get(1) && r.args[2] == a.get(2)).then_some(r)
 }
 
 /// Is the file of `dentry` one of agentmon's private keys (`SECRETS`)?
@@ -414,10 +426,13 @@ sys!(sys_exit_renameat2, op::RENAMEAT2, kind::RENAME, |a, ev| {
 });
 
 sys!(sys_exit_truncate, op::TRUNCATE, kind::TRUNCATE, |a, ev| {
+    // Its truncate hook's mark is for no open.
+    let _ = TRUNC_OPEN.remove(&(pid_tgid() as u32));
     ev.arg(0, a.get(1));
     ev.operand(1, a.get(0), true, AT_FDCWD);
 });
 sys!(sys_exit_ftruncate, op::FTRUNCATE, kind::TRUNCATE, |a, ev| {
+    let _ = TRUNC_OPEN.remove(&(pid_tgid() as u32));
     ev.arg(0, a.get(1));
     ev.flag(pflags::OP1_FROM_FD);
     ev.operand_path(1, file_path(unsafe { fd_file(a.get(0) as i32 as i64) }));

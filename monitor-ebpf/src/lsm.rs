@@ -19,7 +19,7 @@ use core::ffi::c_void;
 use aya_ebpf::{helpers::generated as h, macros::lsm, programs::LsmContext};
 use monitor_common::{
     hash,
-    lsm::{FsKey, LsmTask, Refused, SENS_DEPTH, SENS_PATTERNS, SensPattern, lflags, right},
+    lsm::{FsKey, LsmTask, Refused, SENS_DEPTH, SENS_PATTERNS, SensPattern, TruncMark, lflags, right},
     pflags,
 };
 
@@ -266,15 +266,16 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let mode: u16 = unsafe { kread(kptr(file, off!(file_inode)) + off!(inode_mode)) };
     let kind = mode & S_IFMT;
     if kind == S_IFBLK {
-        // Raw disks: past every file scope and the sensitive set.
-        return refused(pflags::SENSITIVE, d, m);
+        // Raw disks: past every file scope and the sensitive set (read, one of it).
+        let pf = if fmode & FMODE_READ != 0 { pflags::SENSITIVE } else { 0 };
+        return refused(pf, file, d, m);
     }
     // Reads first, so that an O_RDWR (or O_CREAT, O_TRUNC) open of a key or of the
     // sensitive set is reported as the read it also is, not as a write.
     // agentmon's private keys, known by inode (a hard link or bind mount is the same
     // file): read, they sign as agentmon.
     if fmode & FMODE_READ != 0 && rights(0, d) & right::SECRET != 0 {
-        return refused(pflags::SENSITIVE | pflags::SECRET, d, m);
+        return refused(pflags::SENSITIVE | pflags::SECRET, file, d, m);
     }
     if l.flags & lflags::DENY_SENSITIVE != 0
         && fmode & FMODE_READ != 0
@@ -283,7 +284,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     {
         let up = climb(l.rules, right::READ_SENSITIVE, true, d, m);
         if up.granted == 0 {
-            return refused(pflags::SENSITIVE, d, m);
+            return refused(pflags::SENSITIVE, file, d, m);
         }
     }
     // Pseudo files (pipes reopened through /proc, pidfds: 6.9+ opens them through
@@ -293,7 +294,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let pseudo = unsafe { kptr(d, off!(dentry_parent)) == d && kptr(m, off!(vfsmount_root)) != d };
     if fmode & FMODE_WRITE != 0 && l.flags & lflags::FILES != 0 && !pseudo {
         if !may_change(l.rules, right::WRITE, d, m) {
-            return refused(0, d, m);
+            return refused(0, file, d, m);
         }
     }
     0
@@ -304,14 +305,16 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 /// hard link into the scope that says nothing of the file, and another thread may
 /// rewrite it before the exit reads it.
 #[inline(always)]
-fn refused(pf: u16, dentry: u64, mnt: u64) -> i32 {
+fn refused(pf: u16, file: u64, dentry: u64, mnt: u64) -> i32 {
     let a = Args::current();
     let r = Refused {
         args: [a.get(0), a.get(1), a.get(2)],
         dentry,
         mnt,
+        inode: unsafe { kptr(dentry, off!(dentry_inode)) },
+        fmode: unsafe { kread(file + off!(file_mode)) },
         pflags: pf | pflags::REFUSED_FOR_FILE,
-        _pad: [0; 3],
+        _pad: 0,
     };
     let _ = REFUSED_OPEN.insert(&(pid_tgid() as u32), &r, 0);
     EACCES
@@ -553,15 +556,16 @@ pub fn path_link(ctx: LsmContext) -> i32 {
 /// lsm/path_truncate(const struct path *path): truncate(2), and O_TRUNC before 6.2.
 #[lsm(hook = "path_truncate")]
 pub fn path_truncate(ctx: LsmContext) -> i32 {
-    truncating();
-    at_path(right::WRITE, ctx.arg(0))
+    let path: u64 = ctx.arg(0);
+    truncating(path);
+    at_path(right::WRITE, path)
 }
 
 /// lsm/file_truncate(struct file *file) (6.2+): ftruncate and O_TRUNC opens.
 #[lsm(hook = "file_truncate")]
 pub fn file_truncate(ctx: LsmContext) -> i32 {
-    truncating();
     let file: u64 = ctx.arg(0);
+    truncating(file + off!(file_path));
     at_path(right::WRITE, file + off!(file_path))
 }
 
@@ -569,12 +573,17 @@ pub fn file_truncate(ctx: LsmContext) -> i32 {
 /// process, enforced or not (TRUNC_OPEN: thread id -> the call's saved arguments).
 /// openat2 passes O_TRUNC in the caller's memory, which another thread can change
 /// between the kernel's copy and the exit's read: a truncation would pass as a
-/// read. A truncate(2) or ftruncate leaves an entry no openat2 matches.
+/// read. Every open's exit takes the entry (a truncate(2)'s, its own exit).
 #[inline(always)]
-fn truncating() {
+fn truncating(path: u64) {
     if is_tracked() {
         let a = Args::current();
-        let _ = TRUNC_OPEN.insert(&(pid_tgid() as u32), &[a.get(0), a.get(1), a.get(2)], 0);
+        let dentry = unsafe { kptr(path, off!(path_dentry)) };
+        let _ = TRUNC_OPEN.insert(
+            &(pid_tgid() as u32),
+            &TruncMark { args: [a.get(0), a.get(1), a.get(2)], dentry },
+            0,
+        );
     }
 }
 

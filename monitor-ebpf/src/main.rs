@@ -27,7 +27,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     COUNTER_SLOTS, KConfig, NetKeyData, NetPorts, TRACKED_BYTES_ENTRIES, Tracked,
-    lsm::{ExecOk, FsKey, LsmTask, Refused, SENS_PATTERNS, SensPattern},
+    lsm::{ExecOk, FsKey, LsmTask, Refused, SENS_PATTERNS, SensPattern, TruncMark},
 };
 
 /// Set by the loader before verification (offsets from BTF and tracefs).
@@ -115,18 +115,16 @@ static EXEC_OK: HashMap<u32, ExecOk> = HashMap::with_max_entries(4096, 0);
 
 /// BPF LSM tier: thread id -> an open `file_open` refused and its file, for the
 /// open's exit to report the file whatever name it was reached by (see lsm::Refused).
-/// Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): a flood of refusals on other CPUs cannot
-/// evict an entry between its hook and its exit.
+/// Entries are taken at the call's exit, so the map holds the calls in flight: an
+/// LRU only so that a leftover (a call whose exit is not an open's) never fills it.
 #[map]
-static REFUSED_OPEN: LruHashMap<u32, Refused> = LruHashMap::with_max_entries(4096, BPF_F_NO_COMMON_LRU);
+static REFUSED_OPEN: LruHashMap<u32, Refused> = LruHashMap::with_max_entries(16384, 0);
 
 /// BPF LSM tier, every tracked process: thread id -> the saved arguments of a call
 /// in which the kernel truncated a file (see lsm::truncating).
+/// Taken at every open's and truncate's exit (see REFUSED_OPEN for why an LRU).
 #[map]
-static TRUNC_OPEN: LruHashMap<u32, [u64; 3]> = LruHashMap::with_max_entries(4096, BPF_F_NO_COMMON_LRU);
-
-/// include/uapi/linux/bpf.h
-const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+static TRUNC_OPEN: LruHashMap<u32, TruncMark> = LruHashMap::with_max_entries(16384, 0);
 
 /// Set once a fork escaped tracking (TRACKED full): from then on the BPF LSM hooks
 /// also hold untracked processes in an enforced task's cgroup to that task.

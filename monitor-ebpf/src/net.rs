@@ -13,6 +13,7 @@ use crate::{
     kern::{Args, Ev, fd_file, is_tracked, kptr, kread, off, sys, sys_ret, tracked},
 };
 
+const AF_UNSPEC: u64 = 0;
 const AF_UNIX: u64 = 1;
 const AF_INET: u64 = 2;
 const AF_INET6: u64 = 10;
@@ -32,11 +33,21 @@ fn sock_type(fd: u64, ret: i64) -> u64 {
     }
 }
 
+/// The address family of descriptor `fd`'s socket (`sk->__sk_common.skc_family`), or 0.
+#[inline(always)]
+fn sock_family(fd: u64) -> u64 {
+    unsafe {
+        let sk = kptr(kptr(fd_file(fd as i32 as i64), off!(file_private)), off!(socket_sk));
+        if sk == 0 { 0 } else { kread::<u16>(sk + off!(sk_family)) as u64 }
+    }
+}
+
 /// Puts the sockaddr at user address `sa` (length `len`) into the event:
 /// args[0] = family | port << 16 | type << 32, args[1..3] = address bytes; a unix
-/// path goes into the extra bytes.
+/// path goes into the extra bytes. `send`: a send's destination, where an IPv4
+/// socket takes AF_UNSPEC as AF_INET (udp_sendmsg), so it is read as one.
 #[inline(always)]
-fn put_sockaddr(ev: &mut Ev, sa: u64, len: u64, fd: u64, ty: u64) {
+fn put_sockaddr(ev: &mut Ev, sa: u64, len: u64, fd: u64, ty: u64, send: bool) {
     let mut raw = [0u64; 4];
     let n = if len > 28 { 28 } else { len };
     if sa == 0 || n < 2 {
@@ -46,6 +57,7 @@ fn put_sockaddr(ev: &mut Ev, sa: u64, len: u64, fd: u64, ty: u64) {
         return;
     }
     let family = raw[0] & 0xffff;
+    let family = if family == AF_UNSPEC && send && sock_family(fd) == AF_INET { AF_INET } else { family };
     let port = u16::from_be(((raw[0] >> 16) & 0xffff) as u16) as u64;
     match family {
         AF_INET => {
@@ -72,12 +84,12 @@ fn put_sockaddr(ev: &mut Ev, sa: u64, len: u64, fd: u64, ty: u64) {
 
 sys!(sys_exit_connect, op::CONNECT, kind::CONNECT, |a, ev| {
     let ty = sock_type(a.get(0), ev.ret());
-    put_sockaddr(&mut ev, a.get(1), a.get(2), a.get(0), ty);
+    put_sockaddr(&mut ev, a.get(1), a.get(2), a.get(0), ty, false);
 });
 
 sys!(sys_exit_bind, op::BIND, kind::BIND, |a, ev| {
     let ty = sock_type(a.get(0), ev.ret());
-    put_sockaddr(&mut ev, a.get(1), a.get(2), a.get(0), ty);
+    put_sockaddr(&mut ev, a.get(1), a.get(2), a.get(0), ty, false);
 });
 
 /// A send that names a destination (a send on a connected socket is covered by its
@@ -106,7 +118,7 @@ fn send_exit(ctx: &TracePointContext, o: u16) -> Option<()> {
     let ret = sys_ret(ctx);
     let mut ev = Ev::new(kind::SEND, o, &t, ret)?;
     let ty = sock_type(fd, ret);
-    put_sockaddr(&mut ev, sa, len, fd, ty);
+    put_sockaddr(&mut ev, sa, len, fd, ty, true);
     ev.emit();
     Some(())
 }
@@ -141,6 +153,8 @@ const MMSGHDR_SIZE: u64 = 64;
 #[repr(C)]
 pub struct Mmsg {
     vec: u64,
+    /// Messages walked.
+    n: u64,
     fd: u64,
     ty: u64,
     ret: i64,
@@ -148,7 +162,8 @@ pub struct Mmsg {
     prev: [u64; 4],
     prev_len: u64,
     recorded: u32,
-    /// 1 when a destination past MMSG_RECORDED went unrecorded.
+    /// 1 when a destination went unrecorded: past MMSG_RECORDED, or not readable as
+    /// it was sent.
     more: u32,
     t: Tracked,
 }
@@ -161,6 +176,8 @@ extern "C" fn mmsg_step(i: u64, _ctx: *mut c_void) -> i64 {
     let mut hdr = [0u64; 2];
     let at = m.vec + i * MMSGHDR_SIZE;
     if unsafe { h::bpf_probe_read_user((&raw mut hdr).cast(), 16, at as *const _) } != 0 {
+        // Unreadable now (another thread unmapped it): the rest is unknown.
+        m.more = 1;
         return 1;
     }
     let (sa, len) = (hdr[0], hdr[1] & 0xffff_ffff);
@@ -168,10 +185,29 @@ extern "C" fn mmsg_step(i: u64, _ctx: *mut c_void) -> i64 {
         // No destination: the socket's own (connected), covered by its connect.
         return 0;
     }
+    if sa < m.vec + m.n * MMSGHDR_SIZE && sa + len > m.vec {
+        // An address inside the vector itself, whose msg_len fields the kernel
+        // overwrote after sending: what is read now is not what was sent to.
+        m.more = 1;
+        return 1;
+    }
     let mut raw = [0u64; 4];
     let n = if len > 28 { 28 } else { len };
     if unsafe { h::bpf_probe_read_user((&raw mut raw).cast(), n as u32, sa as *const _) } != 0 {
-        return 0;
+        m.more = 1;
+        return 1;
+    }
+    // Compared by what names the destination: family, port and address (IPv4's
+    // padding, IPv6's flow label would make one destination look like many).
+    let family = raw[0] & 0xffff;
+    if family == AF_INET || family == AF_UNSPEC {
+        // Family, port and address are the first 8 bytes.
+        raw[1] = 0;
+        raw[2] = 0;
+        raw[3] = 0;
+    } else if family == AF_INET6 {
+        // Family and port; then the flow label, then the address.
+        raw[0] &= 0xffff_ffff;
     }
     if len == m.prev_len
         && raw[0] == m.prev[0]
@@ -189,7 +225,7 @@ extern "C" fn mmsg_step(i: u64, _ctx: *mut c_void) -> i64 {
     m.prev_len = len;
     m.recorded += 1;
     if let Some(mut ev) = Ev::new(kind::SEND, op::SENDMMSG, &m.t, m.ret) {
-        put_sockaddr(&mut ev, sa, len, m.fd, m.ty);
+        put_sockaddr(&mut ev, sa, len, m.fd, m.ty, true);
         ev.arg(4, i);
         ev.emit();
     }
@@ -197,10 +233,11 @@ extern "C" fn mmsg_step(i: u64, _ctx: *mut c_void) -> i64 {
 }
 
 /// syscalls:sys_exit_sendmmsg(ret); arguments (fd, mmsg, vlen, flags): each message
-/// sent (the first only, when none was) whose destination differs from the last
-/// recorded, `args[4]` its index; past MMSG_RECORDED such changes, one record flagged
-/// TRUNCATED with no destination. The first alone would let one allowed destination
-/// first hide any other after it.
+/// sent (the first only, when the call failed) whose destination differs from the
+/// last recorded, `args[4]` its index; past MMSG_RECORDED such changes, or for a
+/// destination that cannot be read as it was sent, one record flagged TRUNCATED with
+/// no destination. The first alone would let one allowed destination first hide any
+/// other after it.
 #[tracepoint]
 pub fn sys_exit_sendmmsg(ctx: TracePointContext) -> u32 {
     let Some(t) = tracked() else { return 0 };
@@ -208,9 +245,17 @@ pub fn sys_exit_sendmmsg(ctx: TracePointContext) -> u32 {
     let a = Args::current();
     let ret = sys_ret(&ctx);
     let fd = a.get(0);
+    let n = if ret < 0 {
+        1
+    } else if ret as u64 > MMSG_MAX {
+        MMSG_MAX
+    } else {
+        ret as u64
+    };
     unsafe {
         *mp = Mmsg {
             vec: a.get(1),
+            n,
             fd,
             ty: sock_type(fd, ret),
             ret,
@@ -220,13 +265,6 @@ pub fn sys_exit_sendmmsg(ctx: TracePointContext) -> u32 {
             more: 0,
             t,
         }
-    };
-    let n = if ret <= 0 {
-        1
-    } else if ret as u64 > MMSG_MAX {
-        MMSG_MAX
-    } else {
-        ret as u64
     };
     unsafe { h::bpf_loop(n as u32, mmsg_step as *mut c_void, core::ptr::null_mut(), 0) };
     let Some(mp) = MMSG.get_ptr_mut(0) else { return 0 };

@@ -87,7 +87,8 @@ pub struct Held {
     gate: Option<OwnedFd>,
 }
 
-/// Forks `cmd` with agentmon's environment plus `extra_env`; the child blocks until
+/// Forks `cmd` with agentmon's environment (less its secrets, `nats::config::SECRET_ENV`)
+/// plus `extra_env`; the child blocks until
 /// released, then applies `confine` (enforcement) and execs. A child that cannot be
 /// confined never execs. `inherit`: a descriptor the command keeps across exec (the
 /// task's control mailbox).
@@ -105,6 +106,7 @@ pub fn spawn_held(
     argv.push(std::ptr::null());
     let mut envs: Vec<CString> = std::env::vars_os()
         .filter(|(k, _)| !extra_env.iter().any(|(e, _)| OsStr::new(e) == k))
+        .filter(|(k, _)| !crate::nats::config::SECRET_ENV.iter().any(|s| OsStr::new(s) == k))
         .map(|(k, v)| {
             let mut kv = k.into_vec();
             kv.push(b'=');

@@ -252,6 +252,27 @@ fn net(d: &Path) -> Result<(), String> {
     first.extend([to(2, 5353), to(3, 5354)]);
     sendmmsg(&u, &first)?;
     sendmmsg(&u, &(0..20).map(|i| to(10 + i, 9000)).collect::<Vec<_>>())?;
+    // A destination given as AF_UNSPEC, which an IPv4 UDP socket sends to as AF_INET.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_UNSPEC as libc::sa_family_t,
+            sin_port: 7u16.to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from(std::net::Ipv4Addr::new(127, 0, 0, 4)).to_be() },
+            sin_zero: [0; 8],
+        };
+        let sent = libc::sendto(
+            u.as_raw_fd(),
+            b"q".as_ptr().cast(),
+            1,
+            0,
+            (&raw const sa).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        if sent != 1 {
+            return Err(format!("sendto AF_UNSPEC: {}", std::io::Error::last_os_error()));
+        }
+    }
     // bind + listen.
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     fs::write(d.join("listen-port"), l.local_addr().unwrap().port().to_string())

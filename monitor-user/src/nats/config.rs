@@ -3,6 +3,11 @@
 
 use std::{path::PathBuf, time::Duration};
 
+/// Environment variables that may carry a NATS secret (a password, a token, a URL
+/// with credentials in it). The watched command never inherits them: what agentmon
+/// is given to publish with is not the agent's.
+pub const SECRET_ENV: &[&str] = &["AGENTMON_NATS", "AGENTMON_NATS_PASSWORD", "AGENTMON_NATS_TOKEN"];
+
 /// NATS options shared by `exec`, `replay` and `remote`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct NatsArgs {
