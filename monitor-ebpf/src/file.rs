@@ -42,7 +42,8 @@ const EACCES: i64 = 13;
 /// agentmon's own /proc files. On success the path comes from the new file (exact,
 /// symlinks resolved), the access mode from its f_mode, and FMODE_CREATED tells a
 /// created file from an existing one; on failure it is the name as passed, relative
-/// to its dirfd.
+/// to its dirfd, except for an open the BPF LSM tier refused: then the file the hook
+/// refused (operand 1) and the name as passed (operand 2), with the hook's f_mode.
 #[inline(always)]
 pub(crate) fn open_exit(
     ctx: &TracePointContext,
