@@ -87,10 +87,9 @@ pub struct Held {
     gate: Option<OwnedFd>,
 }
 
-/// Forks `cmd` with agentmon's environment (less its secrets, `nats::config::SECRET_ENV`)
-/// plus `extra_env`; the child blocks until
-/// released, then applies `confine` (enforcement) and execs. A child that cannot be
-/// confined never execs. `inherit`: a descriptor the command keeps across exec (the
+/// Forks `cmd` with agentmon's environment, less its secrets (`SECRET_ENV`), plus
+/// `extra_env`; the child blocks until released, then applies `confine`
+/// (enforcement) and execs. A child that cannot be confined never execs. `inherit`: a descriptor the command keeps across exec (the
 /// task's control mailbox).
 pub fn spawn_held(
     cmd: &[String],

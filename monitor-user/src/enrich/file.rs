@@ -57,11 +57,11 @@ impl Enricher {
                 // The kernel knew the file as one of agentmon's keys (by inode: a hard
                 // link or a bind mount is the same file under another path).
                 let key = b.pflags & pflags::SECRET != 0;
-                // Refused by the BPF LSM tier for what the file is: the name passed
-                // (a symlink, a hard link) need not say so.
+                // Refused by the BPF LSM tier's file_open: `path` is the file it
+                // refused, which the name asked by (a symlink, a hard link) need not
+                // say; that name goes beside it.
                 let by_hook = b.pflags & pflags::REFUSED_FOR_FILE != 0;
                 if by_hook {
-                    // `path` is the file the kernel refused; the name asked by beside it.
                     ev.flags.push(Cow::Borrowed(crate::event::REFUSED_FOR_FILE));
                     if let Some(asked) = self.path(raw, 1).filter(|a| Some(a) != ev.path.as_ref()) {
                         ev.detail.insert(Cow::Borrowed("requested_path"), json!(asked));
