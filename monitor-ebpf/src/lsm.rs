@@ -570,7 +570,8 @@ pub fn file_truncate(ctx: LsmContext) -> i32 {
 }
 
 /// Tells the open's exit that the kernel truncates in this call, for any tracked
-/// process, enforced or not (TRUNC_OPEN: thread id -> the call's saved arguments).
+/// process, enforced or not (TRUNC_OPEN: thread id -> the call's saved arguments and
+/// the truncated dentry).
 /// openat2 passes O_TRUNC in the caller's memory, which another thread can change
 /// between the kernel's copy and the exit's read: a truncation would pass as a
 /// read. Every open's exit takes the entry (a truncate(2)'s, its own exit).
