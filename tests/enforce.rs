@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, path::Path};
 
-use agentmon::event::Kind;
+use agentmon::event::{Dst, Event, Kind};
 
 use crate::{
     R,
@@ -768,11 +768,17 @@ pub fn enforce_network_allowlist() -> R {
         ),
     )
     .map_err(|e| e.to_string())?;
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&t, &d)?);
+    }
     let actions = vec![
         format!("tcp_to=127.0.0.1:{port}"),
         format!("tcp_to=127.0.0.2:{port}"),
         "udp_to=127.0.0.1:5353".to_string(),
         "udp_to=127.0.0.1:53".to_string(),
+        // An allowed message, then one the guard refuses: sendmmsg returns 1 and
+        // drops the second's error.
+        "udp_mmsg=127.0.0.1:5353,127.0.0.1:54".to_string(),
     ];
     let me_s = me.display().to_string();
     let mut cmd = vec![me_s, d.display().to_string()];
@@ -784,7 +790,7 @@ pub fn enforce_network_allowlist() -> R {
     eq(
         "tcp allowed, tcp other address, udp allowed, udp other port",
         got,
-        vec!["tcp_to 0", &format!("tcp_to {EPERM}"), "udp_to 0", &format!("udp_to {EPERM}")],
+        vec!["tcp_to 0", &format!("tcp_to {EPERM}"), "udp_to 0", &format!("udp_to {EPERM}"), "udp_mmsg 1"],
     )?;
     let c = run
         .of(Kind::Connect)
@@ -798,6 +804,32 @@ pub fn enforce_network_allowlist() -> R {
         .find(|e| e.error.as_deref() == Some("EPERM"))
         .ok_or_else(|| run.summary())?;
     eq("send verdict", s.verdict.as_deref(), Some("denied"))?;
+    // The refused message of the sendmmsg is a record of its own: refused, unsent.
+    let port = |e: &Event, p: u16| matches!(&e.dst, Some(Dst::Ip { port, .. }) if *port == p);
+    let mmsg: Vec<_> =
+        run.of(Kind::Send).into_iter().filter(|e| e.syscall.as_deref() == Some("sendmmsg")).collect();
+    let refused = mmsg
+        .iter()
+        .find(|e| port(e, 54))
+        .ok_or_else(|| format!("no record of the refused message:\n{}", run.summary()))?;
+    eq(
+        "refused message",
+        (
+            refused.verdict.as_deref(),
+            refused.detail.get("message").and_then(|m| m.as_u64()),
+            crate::has_flag(refused, "unsent"),
+        ),
+        (Some("denied"), Some(1), true),
+    )?;
+    let sent = mmsg
+        .iter()
+        .find(|e| port(e, 5353))
+        .ok_or_else(|| format!("no record of the sent message:\n{}", run.summary()))?;
+    eq(
+        "sent message",
+        (sent.verdict.as_deref(), crate::has_flag(sent, "unsent")),
+        (Some("in_scope"), false),
+    )?;
     drop(l);
     Ok(())
 }

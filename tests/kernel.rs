@@ -356,23 +356,34 @@ fn network() -> R {
             .any(|e| ip_port(e) == Some(("127.0.0.1".into(), 53)) && e.proto.as_deref() == Some("udp")),
         || format!("no UDP send to 127.0.0.1:53:\n{}", run.summary()),
     )?;
-    // sendmmsg: each destination that changed, by message index; past 16 changes in
-    // one call, one record with none, judged as unknown.
+    // sendmmsg: each destination once per call, by the index of the first message to
+    // it; past 16 in one call, one record with none, judged as unknown.
     // (destination, message index, truncated)
-    type Rec = (Option<(String, u16)>, Option<u64>, bool);
+    type Rec = (Option<String>, Option<u64>, bool);
+    let named = |e: &Event| match &e.dst {
+        Some(Dst::Ip { ip, port }) => Some(format!("{ip}:{port}")),
+        Some(Dst::Unix { unix }) => Some(unix.clone()),
+        _ => None,
+    };
     let mmsg: Vec<Rec> = send
         .iter()
         .filter(|e| e.syscall.as_deref() == Some("sendmmsg"))
-        .map(|e| (ip_port(e), e.detail.get("message").and_then(|m| m.as_u64()), has_flag(e, "truncated")))
+        .map(|e| (named(e), e.detail.get("message").and_then(|m| m.as_u64()), has_flag(e, "truncated")))
         .collect();
-    let mut want: Vec<Rec> = vec![
-        (Some(("127.0.0.1".into(), 53)), Some(0), false),
-        (Some(("127.0.0.2".into(), 5353)), Some(18), false),
-        (Some(("127.0.0.3".into(), 5354)), Some(19), false),
-    ];
-    want.extend((0..16).map(|i| (Some((format!("127.0.0.{}", 10 + i), 9000)), Some(i as u64), false)));
+    let at = |s: &str, i: u64| (Some(s.to_string()), Some(i), false);
+    let mut want: Vec<Rec> = vec![at("127.0.0.1:53", 0), at("127.0.0.2:5353", 18), at("127.0.0.3:5354", 19)];
+    want.extend((0..16).map(|i| at(&format!("127.0.0.{}:9000", 10 + i), i)));
     want.push((None, None, true));
+    // A, B, A, B...: two records, not a change each (past 16 of which it was unread).
+    want.extend([at("127.0.0.5:6000", 0), at("127.0.0.6:6000", 1)]);
+    // Unix paths that differ in their last byte only.
+    for (i, f) in ["dgram-a.sock", "dgram-b.sock"].iter().enumerate() {
+        want.push(at(d.join(f).to_str().unwrap(), i as u64));
+    }
     eq("sendmmsg records (destination, message, truncated)", mmsg, want)?;
+    ensure(!send.iter().any(|e| has_flag(e, "unsent")), || {
+        format!("a message sent said unsent:\n{}", run.summary())
+    })?;
     ensure(send.iter().any(|e| ip_port(e) == Some(("127.0.0.4".into(), 7))), || {
         format!("no send to 127.0.0.4:7 given as AF_UNSPEC:\n{}", run.summary())
     })?;

@@ -123,6 +123,9 @@ pub mod pflags {
     /// to it); with [`SENSITIVE`] (a read of the sensitive set, a raw disk) and
     /// [`SECRET`] as the hook found.
     pub const REFUSED_FOR_FILE: u16 = 1 << 11;
+    /// sendmmsg: the message the call failed on (it sent fewer than asked and the
+    /// kernel drops that message's error): attempted, not sent.
+    pub const UNSENT: u16 = 1 << 12;
 }
 
 /// Flags in [`Tracked::flags`].

@@ -140,11 +140,17 @@ pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
 /// Messages of one sendmmsg read for their destinations: the kernel's own bound on
 /// `vlen` (UIO_MAXIOV).
 const MMSG_MAX: u64 = 1024;
-/// Destinations recorded per sendmmsg; a change past them is one more record that
-/// says the rest went unread (judged as unknown, never as the first ones).
-const MMSG_RECORDED: u32 = 16;
+/// Destinations recorded per sendmmsg; one more is a record that says the rest went
+/// unread (judged as unknown, never as the first ones).
+const MMSG_RECORDED: usize = 16;
 /// sizeof(struct mmsghdr) on 64-bit: a msghdr (56 bytes), msg_len, padding.
 const MMSGHDR_SIZE: u64 = 64;
+/// Bytes of a destination compared, in words: a whole `sockaddr_un` (110 bytes), so
+/// two unix paths that share a long prefix are two destinations.
+const SA_WORDS: usize = 14;
+/// SOCK_STREAM: sendmmsg stops on a stream socket's short send without trying the
+/// next message.
+const SOCK_STREAM: u64 = 1;
 
 /// State of the walk over one sendmmsg's messages. It lives in a per-CPU map, not on
 /// the stack: verifiers before 6.8 check a bpf_loop callback once, with the caller's
@@ -158,18 +164,48 @@ pub struct Mmsg {
     fd: u64,
     ty: u64,
     ret: i64,
-    /// The last recorded destination (sockaddr bytes, and its length).
-    prev: [u64; 4],
-    prev_len: u64,
-    recorded: u32,
+    /// The index of the message the call failed on (it returned how many were sent,
+    /// fewer than asked), or u64::MAX.
+    unsent: u64,
+    recorded: u64,
     /// 1 when a destination went unrecorded: past MMSG_RECORDED, or not readable as
     /// it was sent.
-    more: u32,
+    more: u64,
     t: Tracked,
+    /// The destinations recorded (sockaddr bytes as compared, and their lengths):
+    /// each is recorded once per call however the messages interleave.
+    seen_len: [u64; MMSG_RECORDED],
+    seen: [[u64; SA_WORDS]; MMSG_RECORDED],
 }
 
-/// One message: recorded when its destination differs from the last one recorded
-/// (a burst to one DNS server is one record). Returns 1 to stop.
+/// Whether destination `raw` (length `len`) is one of the `m.recorded` recorded.
+#[inline(always)]
+fn mmsg_seen(m: &Mmsg, raw: &[u64; SA_WORDS], len: u64) -> bool {
+    for j in 0..MMSG_RECORDED {
+        if j as u64 >= m.recorded {
+            return false;
+        }
+        if m.seen_len[j] != len {
+            continue;
+        }
+        // Word by word: an array's `==` may become a memcmp call, which BPF has not.
+        let mut same = true;
+        for w in 0..SA_WORDS {
+            if m.seen[j][w] != raw[w] {
+                same = false;
+                break;
+            }
+        }
+        if same {
+            return true;
+        }
+    }
+    false
+}
+
+/// One message: recorded when its destination is not one already recorded for this
+/// call (a burst to one DNS server is one record; so is A, B, A, B); the message the
+/// call failed on always is, flagged UNSENT. Returns 1 to stop.
 extern "C" fn mmsg_step(i: u64, _ctx: *mut c_void) -> i64 {
     let Some(m) = MMSG.get_ptr_mut(0) else { return 1 };
     let m = unsafe { &mut *m };
@@ -191,8 +227,8 @@ extern "C" fn mmsg_step(i: u64, _ctx: *mut c_void) -> i64 {
         m.more = 1;
         return 1;
     }
-    let mut raw = [0u64; 4];
-    let n = if len > 28 { 28 } else { len };
+    let mut raw = [0u64; SA_WORDS];
+    let n = if len > (SA_WORDS * 8) as u64 { (SA_WORDS * 8) as u64 } else { len };
     if unsafe { h::bpf_probe_read_user((&raw mut raw).cast(), n as u32, sa as *const _) } != 0 {
         m.more = 1;
         return 1;
@@ -200,44 +236,51 @@ extern "C" fn mmsg_step(i: u64, _ctx: *mut c_void) -> i64 {
     // Compared by what names the destination: family, port and address (IPv4's
     // padding, IPv6's flow label would make one destination look like many).
     let family = raw[0] & 0xffff;
+    let unsent = i == m.unsent;
     if family == AF_INET || family == AF_UNSPEC {
-        // Family, port and address are the first 8 bytes.
-        raw[1] = 0;
-        raw[2] = 0;
-        raw[3] = 0;
+        // Family, port and address are the first 8 bytes; AF_UNSPEC is sent as
+        // AF_INET (put_sockaddr reads it so).
+        let w0 = raw[0];
+        raw = [0; SA_WORDS];
+        raw[0] = (w0 & !0xffff) | AF_INET;
     } else if family == AF_INET6 {
-        // Family and port; then the flow label, then the address.
+        // Family and port; then the flow label, then the address; then the scope.
         raw[0] &= 0xffff_ffff;
     }
-    if len == m.prev_len
-        && raw[0] == m.prev[0]
-        && raw[1] == m.prev[1]
-        && raw[2] == m.prev[2]
-        && raw[3] == m.prev[3]
-    {
+    let len = if family == AF_UNIX { len } else { 0 };
+    if !unsent && mmsg_seen(m, &raw, len) {
         return 0;
     }
-    if m.recorded >= MMSG_RECORDED {
-        m.more = 1;
-        return 1;
+    let slot = m.recorded as usize;
+    if !unsent {
+        if slot >= MMSG_RECORDED {
+            m.more = 1;
+            return 1;
+        }
+        for w in 0..SA_WORDS {
+            m.seen[slot][w] = raw[w];
+        }
+        m.seen_len[slot] = len;
+        m.recorded += 1;
     }
-    m.prev = raw;
-    m.prev_len = len;
-    m.recorded += 1;
     if let Some(mut ev) = Ev::new(kind::SEND, op::SENDMMSG, &m.t, m.ret) {
-        put_sockaddr(&mut ev, sa, len, m.fd, m.ty, true);
+        put_sockaddr(&mut ev, sa, hdr[1] & 0xffff_ffff, m.fd, m.ty, true);
         ev.arg(4, i);
+        if unsent {
+            ev.flag(pflags::UNSENT);
+        }
         ev.emit();
     }
     0
 }
 
 /// syscalls:sys_exit_sendmmsg(ret); arguments (fd, mmsg, vlen, flags): each message
-/// sent (the first only, when the call failed) whose destination differs from the
-/// last recorded, `args[4]` its index; past MMSG_RECORDED such changes, or for a
-/// destination that cannot be read as it was sent, one record flagged TRUNCATED with
-/// no destination. The first alone would let one allowed destination first hide any
-/// other after it.
+/// sent (the first only, when the call failed) whose destination is not one recorded
+/// already for the call, `args[4]` its index; when it sent fewer than `vlen`, the
+/// message it failed on, flagged UNSENT (an enforced task's refused destination);
+/// past MMSG_RECORDED destinations, or for one that cannot be read as it was sent,
+/// one record flagged TRUNCATED with no destination. The first alone would let one
+/// allowed destination first hide any other after it.
 #[tracepoint]
 pub fn sys_exit_sendmmsg(ctx: TracePointContext) -> u32 {
     let Some(t) = tracked() else { return 0 };
@@ -245,27 +288,28 @@ pub fn sys_exit_sendmmsg(ctx: TracePointContext) -> u32 {
     let a = Args::current();
     let ret = sys_ret(&ctx);
     let fd = a.get(0);
-    let n = if ret < 0 {
-        1
-    } else if ret as u64 > MMSG_MAX {
-        MMSG_MAX
+    let vlen = a.get(2) & 0xffff_ffff;
+    let ty = sock_type(fd, ret);
+    let (n, unsent) = if ret < 0 {
+        (1, u64::MAX)
+    } else if ret as u64 >= MMSG_MAX {
+        (MMSG_MAX, u64::MAX)
+    } else if (ret as u64) < vlen && ty != SOCK_STREAM {
+        (ret as u64 + 1, ret as u64)
     } else {
-        ret as u64
+        (ret as u64, u64::MAX)
     };
-    unsafe {
-        *mp = Mmsg {
-            vec: a.get(1),
-            n,
-            fd,
-            ty: sock_type(fd, ret),
-            ret,
-            prev: [0; 4],
-            prev_len: 0,
-            recorded: 0,
-            more: 0,
-            t,
-        }
-    };
+    // Field by field: the whole state is too large for the stack.
+    let m = unsafe { &mut *mp };
+    m.vec = a.get(1);
+    m.n = n;
+    m.fd = fd;
+    m.ty = ty;
+    m.ret = ret;
+    m.unsent = unsent;
+    m.recorded = 0;
+    m.more = 0;
+    m.t = t;
     unsafe { h::bpf_loop(n as u32, mmsg_step as *mut c_void, core::ptr::null_mut(), 0) };
     let Some(mp) = MMSG.get_ptr_mut(0) else { return 0 };
     let m = unsafe { &*mp };

@@ -17,6 +17,9 @@ pub const UNRESOLVED_PREFIX: &str = "…";
 /// sensitive set outside `scope.read`, a raw disk), known by inode; `path` is the
 /// name it was asked by, which may be a symlink or a hard link that says nothing of it.
 pub const REFUSED_FOR_FILE: &str = "refused_for_file";
+/// In `flags`: a sendmmsg's message the call failed on. It was attempted and not
+/// sent; the kernel keeps no error for it (the call returns how many were sent).
+pub const UNSENT: &str = "unsent";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]

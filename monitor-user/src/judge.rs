@@ -307,6 +307,11 @@ fn annotate(ev: &mut Event, v: &Verdict) {
 /// Did the call fail as a layer refuses: EACCES or EPERM, or ENOSYS for clone3,
 /// which the seccomp filter answers so that the C library falls back to clone.
 fn refused_by_a_layer(ev: &Event) -> bool {
+    // A message sendmmsg stopped on: the kernel dropped its error, and the cgroup
+    // guard refuses every message to a destination out of scope.connect.
+    if ev.kind == crate::event::Kind::Send && ev.flags.iter().any(|f| f == crate::event::UNSENT) {
+        return true;
+    }
     match ev.error.as_deref() {
         Some("EACCES" | "EPERM") => true,
         Some("ENOSYS") => ev.syscall.as_deref() == Some("clone3"),
@@ -426,5 +431,44 @@ mod tests {
         let mut third = del("/w/c");
         j.apply(&mut third, &procs);
         assert_eq!(third.action.as_deref(), Some("none"), "said once");
+    }
+
+    /// A sendmmsg message the call stopped on has no error of its own (the kernel
+    /// drops it): out of an enforced task's scope it is what the guard refused;
+    /// observed, it is out of scope as any other.
+    #[test]
+    fn an_unsent_message_out_of_scope_is_denied_when_enforced() {
+        let procs = ProcTable::new(16);
+        for (enforce, want) in [(true, "denied"), (false, "out_of_scope")] {
+            let mut j = Judge::new(None);
+            let mode = if enforce { "enforce" } else { "observe" };
+            j.bind(Bound::new(
+                task(&format!(
+                    "id: t\nmode: execute\nenforcement: {mode}\nscope:\n  connect: [\"127.0.0.1:53\"]\n"
+                )),
+                1,
+            ));
+            let send = |port: u16, unsent: bool| {
+                let mut e = Event::new(Kind::Send, Timestamp(1), "h".into());
+                e.task = Some("t".into());
+                e.pid = 1;
+                e.dst = Some(crate::event::Dst::Ip { ip: "127.0.0.1".into(), port });
+                if unsent {
+                    e.flags.push(Cow::Borrowed(crate::event::UNSENT));
+                }
+                e
+            };
+            let mut out = send(54, true);
+            j.apply(&mut out, &procs);
+            assert_eq!(out.verdict.as_deref(), Some(want), "{mode}");
+            // Sent out of scope: no layer refused it.
+            let mut sent = send(54, false);
+            j.apply(&mut sent, &procs);
+            assert_eq!(sent.verdict.as_deref(), Some("out_of_scope"), "{mode}");
+            // Unsent in scope (a full buffer, say): still in scope.
+            let mut ok = send(53, true);
+            j.apply(&mut ok, &procs);
+            assert_eq!(ok.verdict.as_deref(), Some("in_scope"), "{mode}");
+        }
     }
 }

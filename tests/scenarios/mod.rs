@@ -252,6 +252,19 @@ fn net(d: &Path) -> Result<(), String> {
     first.extend([to(2, 5353), to(3, 5354)]);
     sendmmsg(&u, &first)?;
     sendmmsg(&u, &(0..20).map(|i| to(10 + i, 9000)).collect::<Vec<_>>())?;
+    // Two destinations in turn, ten times: each is recorded once.
+    sendmmsg(&u, &[to(5, 6000), to(6, 6000)].repeat(10))?;
+    // Two unix datagram sockets whose paths share all but the last byte (more than
+    // the 26 bytes of the sockaddr that an IPv6 address needs): two destinations.
+    let (ua, ub) = (d.join("dgram-a.sock"), d.join("dgram-b.sock"));
+    let _ra = std::os::unix::net::UnixDatagram::bind(&ua).map_err(|e| e.to_string())?;
+    let _rb = std::os::unix::net::UnixDatagram::bind(&ub).map_err(|e| e.to_string())?;
+    let us = std::os::unix::net::UnixDatagram::unbound().map_err(|e| e.to_string())?;
+    let both = [sockaddr_un(&ua), sockaddr_un(&ub)];
+    let n = sendmmsg_raw(us.as_raw_fd(), &both);
+    if n != 2 {
+        return Err(format!("unix sendmmsg sent {n} of 2: {}", std::io::Error::last_os_error()));
+    }
     // A destination given as AF_UNSPEC, which an IPv4 UDP socket sends to as AF_INET.
     unsafe {
         use std::os::fd::AsRawFd;
@@ -284,36 +297,54 @@ fn net(d: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// sendmmsg(2) of one byte to each of `to`, on `u`.
+/// sendmmsg(2) of one byte to each of `to`, on `u`: all must be sent.
 fn sendmmsg(u: &UdpSocket, to: &[std::net::SocketAddrV4]) -> Result<(), String> {
-    use std::os::fd::AsRawFd;
-    let mut addrs: Vec<libc::sockaddr_in> = to
-        .iter()
-        .map(|a| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: a.port().to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
-            sin_zero: [0; 8],
-        })
-        .collect();
+    let addrs: Vec<_> = to.iter().map(|a| sockaddr_in(*a)).collect();
+    let n = sendmmsg_raw(u.as_raw_fd(), &addrs);
+    if n != addrs.len() as i32 {
+        return Err(format!("sendmmsg sent {n} of {}: {}", addrs.len(), std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// `a` as the sockaddr bytes sendmmsg takes.
+fn sockaddr_in(a: std::net::SocketAddrV4) -> Vec<u8> {
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let p: *const u8 = (&raw const sa).cast();
+    unsafe { std::slice::from_raw_parts(p, std::mem::size_of::<libc::sockaddr_in>()) }.to_vec()
+}
+
+/// Unix socket path `p` as the sockaddr bytes sendmmsg takes (family, path, NUL).
+fn sockaddr_un(p: &Path) -> Vec<u8> {
+    let mut b = (libc::AF_UNIX as libc::sa_family_t).to_ne_bytes().to_vec();
+    b.extend(p.as_os_str().as_bytes());
+    b.push(0);
+    b
+}
+
+/// sendmmsg(2) of one byte to each address in `to` (raw sockaddr bytes) on `fd`:
+/// what it returns.
+fn sendmmsg_raw(fd: i32, to: &[Vec<u8>]) -> i32 {
+    let mut addrs: Vec<Vec<u8>> = to.to_vec();
     let mut byte = *b"q";
     let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
     let mut msgs: Vec<libc::mmsghdr> = addrs
         .iter_mut()
         .map(|a| {
             let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_name = (a as *mut libc::sockaddr_in).cast();
-            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            m.msg_hdr.msg_name = a.as_mut_ptr().cast();
+            m.msg_hdr.msg_namelen = a.len() as u32;
             m.msg_hdr.msg_iov = &raw mut iov;
             m.msg_hdr.msg_iovlen = 1;
             m
         })
         .collect();
-    let n = unsafe { libc::sendmmsg(u.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as u32, 0) };
-    if n != msgs.len() as i32 {
-        return Err(format!("sendmmsg sent {n} of {}: {}", msgs.len(), std::io::Error::last_os_error()));
-    }
-    Ok(())
+    unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as u32, 0) }
 }
 
 /// openat2(O_RDONLY|O_TRUNC) of d/race.txt, over and over, while another thread flips
@@ -1071,6 +1102,19 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 Err(e) => e.raw_os_error().unwrap_or(-1),
             },
             "udp_to" => errno(UdpSocket::bind("0.0.0.0:0").and_then(|s| s.send_to(b"x", arg)).map(|_| ())),
+            // One sendmmsg to each of the comma-separated ADDRs in turn: how many it
+            // sent, or the errno.
+            "udp_mmsg" => {
+                let to: Result<Vec<std::net::SocketAddrV4>, _> = arg.split(',').map(str::parse).collect();
+                match (UdpSocket::bind("0.0.0.0:0"), to) {
+                    (Ok(u), Ok(to)) => {
+                        let addrs: Vec<_> = to.into_iter().map(sockaddr_in).collect();
+                        let n = sendmmsg_raw(u.as_raw_fd(), &addrs);
+                        if n < 0 { -std::io::Error::last_os_error().raw_os_error().unwrap_or(1) } else { n }
+                    }
+                    _ => -2,
+                }
+            }
             "unix" => errno(UnixStream::connect(arg).map(|_| ())),
             // write_bound: the same, named apart (a file bind-mounted by the test).
             "write_file" | "write_bound" => errno(fs::OpenOptions::new().append(true).open(arg).map(|_| ())),

@@ -40,6 +40,9 @@ pub(super) fn net(raw: &RawEvent, ev: &mut Event) -> Next {
             // destination) stands for destinations past those the kernel records.
             if h.op == op::SENDMMSG && b.pflags & pflags::TRUNCATED == 0 {
                 ev.detail.insert(Cow::Borrowed("message"), json!(b.args[4]));
+                if b.pflags & pflags::UNSENT != 0 {
+                    ev.flags.push(Cow::Borrowed(crate::event::UNSENT));
+                }
             }
         }
         _ => unreachable!("dispatched by kind"),
