@@ -6,18 +6,14 @@
 //! results (opens, f* calls) from the file itself, so symlinks and `..` are already
 //! resolved there.
 
-use aya_ebpf::{helpers::generated as h, macros::tracepoint, programs::TracePointContext};
-use monitor_common::{
-    FIXED_SIZE, hash, kind,
-    lsm::{FsKey, Refused, TruncMark},
-    op, pflags,
-};
+use aya_ebpf::{helpers::generated as h, macros::tracepoint, maps::LruHashMap, programs::TracePointContext};
+use monitor_common::{FIXED_SIZE, hash, kind, lsm::FsKey, op, pflags};
 
 use crate::{
     REFUSED_OPEN, SCRATCH, SECRETS, SENSITIVE, TRUNC_OPEN,
     kern::{
-        AT_FDCWD, Args, Ev, NO_BASE, bounded, conf, fd_file, file_path, ident, is_tracked, kptr, kread, off,
-        pid_tgid, sys, sys_ret, tracked,
+        AT_FDCWD, Args, CallMark, Ev, NO_BASE, bounded, conf, fd_file, file_path, ident, is_tracked, kptr,
+        kread, off, pid_tgid, sys, sys_ret, tracked,
     },
 };
 
@@ -56,9 +52,9 @@ pub(crate) fn open_exit(
     let ret = sys_ret(ctx);
     // The LSM tier's word on this call, taken whatever the outcome (so none is left
     // for a later call to match): what its file_open refused, what it truncated.
-    let by_hook = if conf!(lsm) != 0 { refused_by_hook() } else { None };
+    let by_hook = if conf!(lsm) != 0 { take_for_call(&REFUSED_OPEN) } else { None };
     let by_hook = by_hook.filter(|_| ret == -EACCES);
-    let trunc = if conf!(lsm) != 0 { trunc_mark() } else { None };
+    let trunc = if conf!(lsm) != 0 { take_for_call(&TRUNC_OPEN) } else { None };
     let file = if ret >= 0 { unsafe { fd_file(ret) } } else { 0 };
     let dentry = if file != 0 { unsafe { kptr(file + off!(file_path), off!(path_dentry)) } } else { 0 };
     // What the file was opened for, as the kernel opened it (openat2's `how` is the
@@ -234,28 +230,17 @@ fn harmless_proc_file(dentry: u64) -> bool {
     is(b"stat") || is(b"statm") || is(b"status") || is(b"comm") || b == *b"cmdline\0"
 }
 
-/// What the LSM tier's `file_open` left for this open (REFUSED_OPEN). Its entry is
-/// taken whatever it holds; it counts only if it was left by this call (the same
-/// saved arguments), not by an earlier call the hook refused whose exit is not an
-/// open's.
+/// What an LSM hook left for this call in `map` (REFUSED_OPEN: the file `file_open`
+/// refused; TRUNC_OPEN: the truncate hooks' mark). The entry is taken whatever it
+/// holds; it counts only if this call left it (the same saved arguments), not an
+/// earlier call whose exit is not one that takes it.
 #[inline(always)]
-fn refused_by_hook() -> Option<Refused> {
+fn take_for_call<V: Copy + CallMark>(map: &LruHashMap<u32, V>) -> Option<V> {
     let tid = pid_tgid() as u32;
-    let r = (unsafe { REFUSED_OPEN.get(&tid) }).copied()?;
-    let _ = REFUSED_OPEN.remove(&tid);
-    let a = Args::current();
-    (r.args[0] == a.get(0) && r.args[1] == a.get(1) && r.args[2] == a.get(2)).then_some(r)
-}
-
-/// The LSM tier's truncate hooks' mark of this call (TRUNC_OPEN), taken whatever it
-/// holds; it counts only if this call left it (the same saved arguments).
-#[inline(always)]
-fn trunc_mark() -> Option<TruncMark> {
-    let tid = pid_tgid() as u32;
-    let r = (unsafe { TRUNC_OPEN.get(&tid) }).copied()?;
-    let _ = TRUNC_OPEN.remove(&tid);
-    let a = Args::current();
-    (r.args[0] == a.get(0) && r.args[1] == a.get(1) && r.args[2] == a.get(2)).then_some(r)
+    let r = (unsafe { map.get(&tid) }).copied()?;
+    let _ = map.remove(&tid);
+    let (m, a) = (r.call_args(), Args::current().first3());
+    (m[0] == a[0] && m[1] == a[1] && m[2] == a[2]).then_some(r)
 }
 
 /// Is the file of `dentry` one of agentmon's private keys (`SECRETS`)?

@@ -231,6 +231,31 @@ impl Args {
         let off = unsafe { read_volatile(&raw const crate::CONFIG.off.regs_args[i]) } as u64;
         unsafe { bload::<u64>(self.regs, off) }
     }
+
+    /// The first three arguments: what an LSM hook saves to know its syscall's exit
+    /// (a thread's exit after another call of the same thread has other ones).
+    #[inline(always)]
+    pub fn first3(&self) -> [u64; 3] {
+        [self.get(0), self.get(1), self.get(2)]
+    }
+}
+
+/// A per-thread entry an LSM hook leaves for its syscall's exit, known by the
+/// call's first three arguments ([`Args::first3`]).
+pub trait CallMark {
+    fn call_args(&self) -> [u64; 3];
+}
+
+impl CallMark for monitor_common::lsm::Refused {
+    fn call_args(&self) -> [u64; 3] {
+        self.args
+    }
+}
+
+impl CallMark for monitor_common::lsm::TruncMark {
+    fn call_args(&self) -> [u64; 3] {
+        self.args
+    }
 }
 
 /// The tracepoint program for one syscall's exit: when the process is tracked,
