@@ -265,6 +265,7 @@ fn net(d: &Path) -> Result<(), String> {
     if n != 2 {
         return Err(format!("unix sendmmsg sent {n} of 2: {}", std::io::Error::last_os_error()));
     }
+    sendmmsg_into_its_vector(&u, to(7, 7000))?;
     // A destination given as AF_UNSPEC, which an IPv4 UDP socket sends to as AF_INET.
     unsafe {
         use std::os::fd::AsRawFd;
@@ -303,6 +304,33 @@ fn sendmmsg(u: &UdpSocket, to: &[std::net::SocketAddrV4]) -> Result<(), String> 
     let n = sendmmsg_raw(u.as_raw_fd(), &addrs);
     if n != addrs.len() as i32 {
         return Err(format!("sendmmsg sent {n} of {}: {}", addrs.len(), std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// sendmmsg(2) of one message to `to` on `u`, whose sockaddr lies over the message's
+/// own `msg_len`, which the kernel overwrites with the bytes sent after sending: read
+/// at the exit, the destination would be family 1 (unix), not the one sent to.
+fn sendmmsg_into_its_vector(u: &UdpSocket, to: std::net::SocketAddrV4) -> Result<(), String> {
+    #[repr(C, align(8))]
+    struct Vector([u8; 80]);
+    const AT: usize = std::mem::size_of::<libc::msghdr>();
+    let mut v = Vector([0; 80]);
+    let sa = sockaddr_in(to);
+    v.0[AT..AT + sa.len()].copy_from_slice(&sa);
+    let mut byte = *b"q";
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let base = v.0.as_mut_ptr();
+    let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+    m.msg_hdr.msg_name = unsafe { base.add(AT) }.cast();
+    m.msg_hdr.msg_namelen = sa.len() as u32;
+    m.msg_hdr.msg_iov = &raw mut iov;
+    m.msg_hdr.msg_iovlen = 1;
+    // The header without msg_len: msg_len and the padding are the address's first bytes.
+    unsafe { std::ptr::copy_nonoverlapping((&raw const m.msg_hdr).cast::<u8>(), base, AT) };
+    let n = unsafe { libc::sendmmsg(u.as_raw_fd(), base.cast(), 1, 0) };
+    if n != 1 {
+        return Err(format!("sendmmsg into its vector: {n}: {}", std::io::Error::last_os_error()));
     }
     Ok(())
 }
