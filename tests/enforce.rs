@@ -779,7 +779,10 @@ pub fn enforce_network_allowlist() -> R {
         // An allowed message, then one the guard refuses: sendmmsg returns 1 and
         // drops the second's error.
         "udp_mmsg=127.0.0.1:5353,127.0.0.1:54".to_string(),
+        // An ICMP "ping" socket's send, which no cgroup hook sees: refused at socket().
+        "ping_to=127.0.0.9:0".to_string(),
     ];
+    let _ping = PingForRoot::allow()?;
     let me_s = me.display().to_string();
     let mut cmd = vec![me_s, d.display().to_string()];
     cmd.extend(actions);
@@ -790,7 +793,14 @@ pub fn enforce_network_allowlist() -> R {
     eq(
         "tcp allowed, tcp other address, udp allowed, udp other port",
         got,
-        vec!["tcp_to 0", &format!("tcp_to {EPERM}"), "udp_to 0", &format!("udp_to {EPERM}"), "udp_mmsg 1"],
+        vec![
+            "tcp_to 0",
+            &format!("tcp_to {EPERM}"),
+            "udp_to 0",
+            &format!("udp_to {EPERM}"),
+            "udp_mmsg 1",
+            &format!("ping_to {EPERM}"),
+        ],
     )?;
     let c = run
         .of(Kind::Connect)
@@ -832,6 +842,38 @@ pub fn enforce_network_allowlist() -> R {
     )?;
     drop(l);
     Ok(())
+}
+
+/// Lets root's group make ICMP "ping" sockets (net.ipv4.ping_group_range, as Debian's
+/// systemd sets it for every group) while it lives, and checks that this process can:
+/// a refusal inside a task is then the task's confinement, not the host's setting.
+struct PingForRoot(Option<String>);
+
+impl PingForRoot {
+    const RANGE: &str = "/proc/sys/net/ipv4/ping_group_range";
+
+    fn allow() -> Result<Self, String> {
+        let was = std::fs::read_to_string(Self::RANGE).map_err(|e| format!("{}: {e}", Self::RANGE))?;
+        let lo = was.split_whitespace().next().and_then(|v| v.parse::<i64>().ok()).unwrap_or(1);
+        let me = if lo > 0 {
+            std::fs::write(Self::RANGE, "0 2147483647").map_err(|e| format!("{}: {e}", Self::RANGE))?;
+            PingForRoot(Some(was))
+        } else {
+            PingForRoot(None)
+        };
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP) };
+        ensure(fd >= 0, || format!("a ping socket outside any task: {}", std::io::Error::last_os_error()))?;
+        unsafe { libc::close(fd) };
+        Ok(me)
+    }
+}
+
+impl Drop for PingForRoot {
+    fn drop(&mut self) {
+        if let Some(was) = self.0.take() {
+            let _ = std::fs::write(Self::RANGE, was.trim());
+        }
+    }
 }
 
 /// A `deny` rule on an enforced task holds before the effect or the task is

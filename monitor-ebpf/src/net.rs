@@ -244,8 +244,15 @@ extern "C" fn mmsg_step(i: u64, _ctx: *mut c_void) -> i64 {
         raw = [0; SA_WORDS];
         raw[0] = (w0 & !0xffff) | AF_INET;
     } else if family == AF_INET6 {
-        // Family and port; then the flow label, then the address; then the scope.
+        // Family and port; then the flow label, then the address; then the scope id,
+        // and bytes past the 28 of a sockaddr_in6, which the kernel ignores.
         raw[0] &= 0xffff_ffff;
+        raw[3] &= 0xffff_ffff;
+        let mut w = 4;
+        while w < SA_WORDS {
+            raw[w] = 0;
+            w += 1;
+        }
     }
     let len = if family == AF_UNIX { len } else { 0 };
     if !unsent && mmsg_seen(m, &raw, len) {

@@ -266,6 +266,29 @@ fn net(d: &Path) -> Result<(), String> {
         return Err(format!("unix sendmmsg sent {n} of 2: {}", std::io::Error::last_os_error()));
     }
     sendmmsg_into_its_vector(&u, to(7, 7000))?;
+    // One IPv6 destination given with trailing bytes that change from message to
+    // message (the kernel reads 28 bytes of a longer msg_namelen): one record.
+    let u6 = UdpSocket::bind("[::1]:0").map_err(|e| e.to_string())?;
+    let six: Vec<Vec<u8>> = (0..20u8)
+        .map(|i| {
+            let sa = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: 6001u16.to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: std::net::Ipv6Addr::LOCALHOST.octets() },
+                sin6_scope_id: 0,
+            };
+            let p: *const u8 = (&raw const sa).cast();
+            let mut b =
+                unsafe { std::slice::from_raw_parts(p, std::mem::size_of::<libc::sockaddr_in6>()) }.to_vec();
+            b.extend([i; 12]);
+            b
+        })
+        .collect();
+    let n = sendmmsg_raw(u6.as_raw_fd(), &six);
+    if n != 20 {
+        return Err(format!("IPv6 sendmmsg sent {n} of 20: {}", std::io::Error::last_os_error()));
+    }
     // A destination given as AF_UNSPEC, which an IPv4 UDP socket sends to as AF_INET.
     unsafe {
         use std::os::fd::AsRawFd;
@@ -1130,6 +1153,29 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 Err(e) => e.raw_os_error().unwrap_or(-1),
             },
             "udp_to" => errno(UdpSocket::bind("0.0.0.0:0").and_then(|s| s.send_to(b"x", arg)).map(|_| ())),
+            // An ICMP echo to ADDR on an unprivileged "ping" socket (SOCK_DGRAM,
+            // IPPROTO_ICMP): the errno of socket() or sendto().
+            "ping_to" => {
+                let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP) };
+                if fd < 0 {
+                    sys(fd as libc::c_long)
+                } else {
+                    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                    // type 8 (echo request), code 0, checksum (the kernel fills it), id, seq.
+                    let echo = [8u8, 0, 0, 0, 0, 0, 0, 1, b'x'];
+                    let to = arg.parse::<std::net::SocketAddrV4>().map(sockaddr_in).unwrap_or_default();
+                    sys(unsafe {
+                        libc::sendto(
+                            fd.as_raw_fd(),
+                            echo.as_ptr().cast(),
+                            echo.len(),
+                            0,
+                            to.as_ptr().cast(),
+                            to.len() as u32,
+                        )
+                    } as libc::c_long)
+                }
+            }
             // One sendmmsg to each of the comma-separated ADDRs in turn: how many it
             // sent, or the errno.
             "udp_mmsg" => {

@@ -112,11 +112,26 @@ pub fn filter(sockets: Sockets, lsm: bool) -> Result<BpfProgram, String> {
         socket_rules.push(rule(vec![cond(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?])?);
     }
     for family in [libc::AF_INET, libc::AF_INET6] {
-        // Raw IP sockets bypass the cgroup guard: never.
-        socket_rules.push(rule(vec![
-            cond(0, SeccompCmpOp::Eq, family as u64)?,
-            cond(1, SeccompCmpOp::MaskedEq(0xf), libc::SOCK_RAW as u64)?,
-        ])?);
+        // The cgroup guard sees TCP connects and UDP sends only. Raw IP sockets, and
+        // every other type (SCTP's SOCK_SEQPACKET, DCCP, ...), bypass it: never.
+        // SOCK_PACKET (10) on AF_INET is made an AF_PACKET socket by __sock_create.
+        for ty in [libc::SOCK_RAW, libc::SOCK_RDM, libc::SOCK_SEQPACKET, libc::SOCK_DCCP, 10] {
+            socket_rules.push(rule(vec![
+                cond(0, SeccompCmpOp::Eq, family as u64)?,
+                cond(1, SeccompCmpOp::MaskedEq(0xf), ty as u64)?,
+            ])?);
+        }
+        // Nor any protocol but TCP for streams (MPTCP, SCTP) and UDP for datagrams:
+        // an ICMP "ping" socket (SOCK_DGRAM, IPPROTO_ICMP; open to every group on
+        // Debian) sends its payload to any address with only connect() guarded.
+        for (ty, proto) in [(libc::SOCK_STREAM, libc::IPPROTO_TCP), (libc::SOCK_DGRAM, libc::IPPROTO_UDP)] {
+            socket_rules.push(rule(vec![
+                cond(0, SeccompCmpOp::Eq, family as u64)?,
+                cond(1, SeccompCmpOp::MaskedEq(0xf), ty as u64)?,
+                cond(2, SeccompCmpOp::Ne, 0)?,
+                cond(2, SeccompCmpOp::Ne, proto as u64)?,
+            ])?);
+        }
     }
     if sockets.no_datagram {
         for family in [libc::AF_INET, libc::AF_INET6] {
