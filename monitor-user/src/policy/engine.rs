@@ -5,7 +5,7 @@ use std::{collections::HashMap, collections::VecDeque, net::IpAddr};
 use super::{
     Action, Reason, Verdict, VerdictKind,
     examples::ExampleCtx,
-    rules::{Rule, RuleSet},
+    rules::{PathHits, Rule, RuleSet},
     scope,
 };
 use crate::{
@@ -90,11 +90,14 @@ impl Windows {
 }
 
 /// The matcher's view of the context.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub(super) struct MatchCtx<'a> {
-    parent_exe: Option<&'a str>,
-    parent_is_root: bool,
-    outside_scope: bool,
+    pub(super) parent_exe: Option<&'a str>,
+    pub(super) parent_is_root: bool,
+    pub(super) outside_scope: bool,
+    /// The event's paths matched once against every rule's (the engine); None: each
+    /// rule matches them itself (a rule's examples).
+    pub(super) paths: Option<&'a PathHits<'a>>,
 }
 
 impl<'a> From<&'a ExampleCtx> for MatchCtx<'a> {
@@ -103,6 +106,7 @@ impl<'a> From<&'a ExampleCtx> for MatchCtx<'a> {
             parent_exe: c.parent_exe.as_deref(),
             parent_is_root: c.parent_is_root,
             outside_scope: c.outside_scope,
+            paths: None,
         }
     }
 }
@@ -116,7 +120,7 @@ pub(super) fn rule_matches<'a>(
     task: Option<&str>,
     win: &mut Windows,
 ) -> Option<Hit> {
-    conditions_hold(rule, ev, cx.into()).then_some(())?;
+    conditions_hold(rule, idx, ev, cx.into()).then_some(())?;
     match rule.matcher.rate {
         Some((count, within)) => win.hit(task, idx, ev.ts, count, within),
         None => Some(Hit::New),
@@ -124,7 +128,7 @@ pub(super) fn rule_matches<'a>(
 }
 
 /// Every condition of `rule` but its rate holds for `ev`.
-fn conditions_hold(rule: &Rule, ev: &Event, cx: MatchCtx) -> bool {
+pub(super) fn conditions_hold(rule: &Rule, idx: u16, ev: &Event, cx: MatchCtx) -> bool {
     let m = &rule.matcher;
     if !m.kinds.is_empty() && !m.kinds.contains(&ev.kind) {
         return false;
@@ -179,6 +183,9 @@ fn conditions_hold(rule: &Rule, ev: &Event, cx: MatchCtx) -> bool {
         }
     }
     if let Some(g) = &m.paths {
+        if let Some(hits) = cx.paths {
+            return hits.hit(idx);
+        }
         let hit = |p: &Option<String>| {
             p.as_deref()
                 .is_some_and(|p| g.is_match(p) && !m.not_paths.as_ref().is_some_and(|n| n.is_match(p)))
@@ -209,10 +216,12 @@ impl Engine {
         {
             v.add(r);
         }
+        let hits = self.rules.path_hits(ev.kind, ev.path.as_deref(), ev.new_path.as_deref());
         let mcx = MatchCtx {
             parent_exe: cx.parent_exe,
             parent_is_root: cx.parent_is_root,
             outside_scope: v.verdict == VerdictKind::OutOfScope,
+            paths: hits.as_ref(),
         };
         let task_id = cx.task.map(|t| t.id.as_str());
         for (i, rule) in self.rules.indexed_for_kind(ev.kind) {

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -126,6 +126,10 @@ pub struct Matcher {
     pub outside_scope: Option<bool>,
     /// At least `count` matching events within the window (per task).
     pub rate: Option<(u32, Duration)>,
+    /// The `paths` and `not_paths` globs one by one, for the per-kind automaton
+    /// ([`RuleSet::path_hits`]).
+    pub(super) path_globs: Vec<Glob>,
+    pub(super) not_path_globs: Vec<Glob>,
     /// The `paths` and `exe` patterns as written (for the enforceability check).
     pub path_patterns: Vec<String>,
     pub exe_patterns: Vec<String>,
@@ -150,6 +154,55 @@ pub struct RuleSet {
     pub rules: Vec<Rule>,
     by_kind: Vec<Vec<u16>>,
     any_kind: Vec<u16>,
+    /// Per kind, every `paths` and `not_paths` glob of the rules for it.
+    paths_by_kind: Vec<KindPaths>,
+}
+
+/// The `paths` and `not_paths` globs of every rule for one kind in one automaton, so
+/// that an event's path is matched once, not once per rule: glob i is rule
+/// `owner[i].0`'s, a `not_paths` one if `owner[i].1`.
+#[derive(Debug, Clone, Default)]
+struct KindPaths {
+    set: GlobSet,
+    owner: Vec<(u16, bool)>,
+}
+
+impl KindPaths {
+    fn new(rules: &[Rule], of: &[u16]) -> Result<Self, globset::Error> {
+        let mut b = GlobSetBuilder::new();
+        let mut owner = Vec::new();
+        for &i in of {
+            let m = &rules[i as usize].matcher;
+            for (globs, not) in [(&m.path_globs, false), (&m.not_path_globs, true)] {
+                for g in globs {
+                    b.add(g.clone());
+                    owner.push((i, not));
+                }
+            }
+        }
+        Ok(KindPaths { set: b.build()?, owner })
+    }
+}
+
+/// Which rules' `paths` conditions an event's path and new path meet, from one pass
+/// of the kind's automaton over each ([`RuleSet::path_hits`]).
+#[derive(Debug)]
+pub struct PathHits<'a> {
+    owner: &'a [(u16, bool)],
+    path: Vec<usize>,
+    new_path: Vec<usize>,
+}
+
+impl PathHits<'_> {
+    /// Rule `rule`'s `paths` condition: a path that one of its `paths` globs matches
+    /// and none of its `not_paths` globs does.
+    pub fn hit(&self, rule: u16) -> bool {
+        let side = |m: &[usize]| {
+            m.iter().any(|&g| self.owner[g] == (rule, false))
+                && !m.iter().any(|&g| self.owner[g] == (rule, true))
+        };
+        side(&self.path) || side(&self.new_path)
+    }
 }
 
 fn kind_index(k: Kind) -> usize {
@@ -185,21 +238,31 @@ impl Cx<'_> {
     }
 
     fn globs(&self, v: &[S<String>], what: &str, paths: bool) -> Result<Option<GlobSet>, RuleError> {
-        if v.is_empty() {
+        let list = self.glob_list(v, what, paths)?;
+        if list.is_empty() {
             return Ok(None);
         }
         let mut b = GlobSetBuilder::new();
-        for g in v {
-            if paths && !g.value.starts_with('/') && !g.value.starts_with("**/") {
-                return Err(self.err(g, format!("{what} {:?} must be absolute or start with **/", g.value)));
-            }
-            let glob = GlobBuilder::new(&g.value)
-                .literal_separator(paths)
-                .build()
-                .map_err(|e| self.err(g, format!("{what}: {e}")))?;
-            b.add(glob);
+        for g in list {
+            b.add(g);
         }
         b.build().map(Some).map_err(|e| self.err(&v[0], format!("{what}: {e}")))
+    }
+
+    fn glob_list(&self, v: &[S<String>], what: &str, paths: bool) -> Result<Vec<Glob>, RuleError> {
+        v.iter()
+            .map(|g| {
+                if paths && !g.value.starts_with('/') && !g.value.starts_with("**/") {
+                    return Err(
+                        self.err(g, format!("{what} {:?} must be absolute or start with **/", g.value))
+                    );
+                }
+                GlobBuilder::new(&g.value)
+                    .literal_separator(paths)
+                    .build()
+                    .map_err(|e| self.err(g, format!("{what}: {e}")))
+            })
+            .collect()
     }
 }
 
@@ -312,6 +375,8 @@ fn compile(cx: &Cx, r: &S<RawRule>) -> Result<Rule, RuleError> {
         parent_is_root: m.parent_is_root,
         outside_scope: m.outside_scope,
         rate,
+        path_globs: cx.glob_list(&m.paths, "paths", true)?,
+        not_path_globs: cx.glob_list(&m.not_paths, "not_paths", true)?,
         path_patterns: m.paths.iter().map(|p| p.value.clone()).collect(),
         exe_patterns: m.exe.iter().map(|p| p.value.clone()).collect(),
     };
@@ -389,7 +454,28 @@ impl RuleSet {
             v.sort_unstable();
             v.dedup();
         }
-        Ok(Self { rules, by_kind, any_kind })
+        let paths_by_kind = by_kind
+            .iter()
+            .map(|of| KindPaths::new(&rules, of))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| RuleError { file: "rules".into(), line: 0, msg: format!("paths: {e}") })?;
+        Ok(Self { rules, by_kind, any_kind, paths_by_kind })
+    }
+
+    /// The rules for `kind` whose `paths` condition `path` or `new_path` meets: one
+    /// automaton pass over each. None when the kind has no rule with paths.
+    pub fn path_hits(&self, kind: Kind, path: Option<&str>, new_path: Option<&str>) -> Option<PathHits<'_>> {
+        let k = self.paths_by_kind.get(kind_index(kind))?;
+        if k.owner.is_empty() {
+            return None;
+        }
+        // Most paths match no rule: is_match stops early and needs no overlapping search.
+        let of = |p: Option<&str>| {
+            let c = globset::Candidate::new(p?);
+            k.set.is_match_candidate(&c).then(|| k.set.matches_candidate(&c))
+        };
+        let of = |p: Option<&str>| of(p).unwrap_or_default();
+        Some(PathHits { owner: &k.owner, path: of(path), new_path: of(new_path) })
     }
 
     /// Every `*.yaml`/`*.yml` file of `dir`, in name order. All errors are returned.

@@ -407,3 +407,47 @@ fn rule_parser_never_panics() {
         })
         .unwrap();
 }
+
+/// The per-kind automaton the engine matches paths with says what each rule's own
+/// `paths`/`not_paths` would: for every shipped rule, every kind, and paths made from
+/// every rule's patterns (so each rule has paths it matches and paths that only
+/// another rule's, or its `not_paths`, match), as path and as new path.
+#[test]
+fn one_path_pass_agrees_with_each_rules_own_globs() {
+    let set = shipped::rules().expect("shipped rules are valid");
+    let mut paths: Vec<String> =
+        ["/srv/repo/main.rs", "/etc/passwd", "/", "", "/tmp/x", "relative/x"].map(String::from).to_vec();
+    for r in &set.rules {
+        let nots = r.matcher.not_path_globs.iter().map(|g| g.glob().to_string());
+        for p in r.matcher.path_patterns.iter().cloned().chain(nots) {
+            for fill in ["x", "a/b", ".hidden", "sub/dir/file.txt"] {
+                let made = p.replace("**", fill).replace('*', "y").replace('?', "z");
+                paths.push(made.clone());
+                paths.push(format!("/var/tmp{made}"));
+                paths.push(format!("{made}/child"));
+            }
+        }
+    }
+    let mut checked = 0;
+    let mut hit = 0;
+    for kind in Kind::ALL {
+        for (i, rule) in set.indexed_for_kind(kind) {
+            for p in &paths {
+                for (path, new_path) in [(Some(p.as_str()), None), (Some("/elsewhere/x"), Some(p.as_str()))] {
+                    let mut e = ev(kind);
+                    e.path = path.map(String::from);
+                    e.new_path = new_path.map(String::from);
+                    let cx = engine::MatchCtx::default();
+                    let alone = engine::conditions_hold(rule, i, &e, cx);
+                    let hits = set.path_hits(kind, path, new_path);
+                    let once =
+                        engine::conditions_hold(rule, i, &e, engine::MatchCtx { paths: hits.as_ref(), ..cx });
+                    assert_eq!(alone, once, "rule {} on {kind:?} {path:?} -> {new_path:?}", rule.id);
+                    checked += 1;
+                    hit += usize::from(once);
+                }
+            }
+        }
+    }
+    assert!(hit > 50 && checked - hit > 50, "the paths must exercise both outcomes: {hit} of {checked}");
+}
