@@ -781,6 +781,10 @@ pub fn enforce_network_allowlist() -> R {
         "udp_mmsg=127.0.0.1:5353,127.0.0.1:54".to_string(),
         // An ICMP "ping" socket's send, which no cgroup hook sees: refused at socket().
         "ping_to=127.0.0.9:0".to_string(),
+        // Families that reach other hosts or the kernel's crypto past every hook:
+        // vsock, the kernel crypto API.
+        format!("socket_family={}", libc::AF_VSOCK),
+        format!("socket_family={}", libc::AF_ALG),
     ];
     let _ping = PingForRoot::allow()?;
     let me_s = me.display().to_string();
@@ -800,6 +804,8 @@ pub fn enforce_network_allowlist() -> R {
             &format!("udp_to {EPERM}"),
             "udp_mmsg 1",
             &format!("ping_to {EPERM}"),
+            &format!("socket_family {EPERM}"),
+            &format!("socket_family {EPERM}"),
         ],
     )?;
     let c = run

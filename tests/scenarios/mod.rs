@@ -1176,6 +1176,21 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                     } as libc::c_long)
                 }
             }
+            // socket(FAMILY, SOCK_STREAM or, where the family has none, SOCK_SEQPACKET
+            // or SOCK_DGRAM): the last errno, or 0 once one is made.
+            "socket_family" => {
+                let family = arg.parse().unwrap_or(-1);
+                let mut code = -1;
+                for ty in [libc::SOCK_STREAM, libc::SOCK_SEQPACKET, libc::SOCK_DGRAM] {
+                    let fd = unsafe { libc::socket(family, ty, 0) };
+                    code = sys(fd as libc::c_long);
+                    if fd >= 0 {
+                        unsafe { libc::close(fd) };
+                        break;
+                    }
+                }
+                code
+            }
             // One sendmmsg to each of the comma-separated ADDRs in turn: how many it
             // sent, or the errno.
             "udp_mmsg" => {

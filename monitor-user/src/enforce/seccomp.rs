@@ -106,8 +106,18 @@ pub fn filter(sockets: Sockets, lsm: bool) -> Result<BpfProgram, String> {
         .collect();
     let mut socket_rules = Vec::new();
     let rule = |c: Vec<SeccompCondition>| SeccompRule::new(c).map_err(|e| e.to_string());
-    // Packet sockets sniff and forge traffic: never.
-    socket_rules.push(rule(vec![cond(0, SeccompCmpOp::Eq, libc::AF_PACKET as u64)?])?);
+    // Families other than unix, IPv4, IPv6 and netlink (which getaddrinfo needs): never.
+    // Packet sockets sniff and forge traffic; vsock, RDS, TIPC, Bluetooth, CAN and the
+    // rest reach other hosts or devices where no cgroup hook looks.
+    let family_rule = |arg: u8| -> Result<SeccompRule, String> {
+        rule(
+            [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK]
+                .iter()
+                .map(|f| cond(arg, SeccompCmpOp::Ne, *f as u64))
+                .collect::<Result<_, _>>()?,
+        )
+    };
+    socket_rules.push(family_rule(0)?);
     if sockets.no_unix {
         socket_rules.push(rule(vec![cond(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?])?);
     }
@@ -179,12 +189,11 @@ pub fn filter(sockets: Sockets, lsm: bool) -> Result<BpfProgram, String> {
     // A datagram socket pair can still send to any unix socket path (sendto with an
     // address): only stream pairs (the mailbox's replies), as a unix socket of its
     // own is refused too.
+    let mut pair_rules = vec![family_rule(0)?];
     if sockets.no_unix {
-        rules.insert(
-            libc::SYS_socketpair,
-            vec![rule(vec![cond(1, SeccompCmpOp::MaskedEq(0xf), libc::SOCK_DGRAM as u64)?])?],
-        );
+        pair_rules.push(rule(vec![cond(1, SeccompCmpOp::MaskedEq(0xf), libc::SOCK_DGRAM as u64)?])?);
     }
+    rules.insert(libc::SYS_socketpair, pair_rules);
     // Landlock does not limit anonymous files: a memfd holding code could be run from
     // memory (fexecve, /proc/self/fd/N) with nothing in scope.exec. A memfd must be
     // sealed against execution at birth (MFD_NOEXEC_SEAL, Linux 6.3+).
