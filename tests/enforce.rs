@@ -785,6 +785,10 @@ pub fn enforce_network_allowlist() -> R {
         // vsock, the kernel crypto API.
         format!("socket_family={}", libc::AF_VSOCK),
         format!("socket_family={}", libc::AF_ALG),
+        // Routing headers and IPv4 source routes, which send elsewhere than the
+        // address the guard checked.
+        "ipv6_rthdr".to_string(),
+        "ip_options".to_string(),
     ];
     let _ping = PingForRoot::allow()?;
     let me_s = me.display().to_string();
@@ -806,6 +810,8 @@ pub fn enforce_network_allowlist() -> R {
             &format!("ping_to {EPERM}"),
             &format!("socket_family {EPERM}"),
             &format!("socket_family {EPERM}"),
+            &format!("ipv6_rthdr {EPERM}"),
+            &format!("ip_options {EPERM}"),
         ],
     )?;
     let c = run

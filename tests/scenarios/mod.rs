@@ -1176,6 +1176,45 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                     } as libc::c_long)
                 }
             }
+            // A segment routing header on a UDP/IPv6 socket (setsockopt IPV6_RTHDR, no
+            // privilege needed): its sends would go to the segment it names, not to
+            // the address the cgroup guard checks. The errno of setsockopt.
+            "ipv6_rthdr" => match UdpSocket::bind("[::]:0") {
+                Ok(u) => {
+                    // type 4 (SRH): next header, length 4 (two segments), type, segments
+                    // left 1, last entry 1, flags, tag; then segments [::, fd00::2].
+                    let mut srh = vec![0u8, 4, 4, 1, 1, 0, 0, 0];
+                    srh.extend([0u8; 16]);
+                    srh.extend("fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+                    sys(unsafe {
+                        libc::setsockopt(
+                            u.as_raw_fd(),
+                            libc::IPPROTO_IPV6,
+                            libc::IPV6_RTHDR,
+                            srh.as_ptr().cast(),
+                            srh.len() as u32,
+                        )
+                    } as libc::c_long)
+                }
+                Err(e) => e.raw_os_error().unwrap_or(-1),
+            },
+            // IPv4 options on a UDP socket (setsockopt IP_OPTIONS: a loose source route
+            // with one hop, 127.0.0.2). The errno of setsockopt.
+            "ip_options" => match UdpSocket::bind("0.0.0.0:0") {
+                Ok(u) => {
+                    let lsrr = [131u8, 7, 4, 127, 0, 0, 2, 1];
+                    sys(unsafe {
+                        libc::setsockopt(
+                            u.as_raw_fd(),
+                            libc::IPPROTO_IP,
+                            libc::IP_OPTIONS,
+                            lsrr.as_ptr().cast(),
+                            lsrr.len() as u32,
+                        )
+                    } as libc::c_long)
+                }
+                Err(e) => e.raw_os_error().unwrap_or(-1),
+            },
             // socket(FAMILY, SOCK_STREAM or, where the family has none, SOCK_SEQPACKET
             // or SOCK_DGRAM): the last errno, or 0 once one is made.
             "socket_family" => {

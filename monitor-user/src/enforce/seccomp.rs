@@ -152,6 +152,33 @@ pub fn filter(sockets: Sockets, lsm: bool) -> Result<BpfProgram, String> {
         }
     }
     rules.insert(libc::SYS_socket, socket_rules);
+    // Options that send a packet elsewhere than the address the cgroup guard checked:
+    // an IPv6 routing header (a segment routing header needs no privilege: the packet
+    // goes to the segment the caller names), the option headers that may carry one,
+    // the RFC 2292 forms, and IPv4 options (source routing).
+    let rerouting = [
+        (libc::IPPROTO_IPV6, libc::IPV6_RTHDR),
+        (libc::IPPROTO_IPV6, libc::IPV6_RTHDRDSTOPTS),
+        (libc::IPPROTO_IPV6, libc::IPV6_DSTOPTS),
+        (libc::IPPROTO_IPV6, libc::IPV6_HOPOPTS),
+        (libc::IPPROTO_IPV6, libc::IPV6_2292RTHDR),
+        (libc::IPPROTO_IPV6, libc::IPV6_2292DSTOPTS),
+        (libc::IPPROTO_IPV6, libc::IPV6_2292HOPOPTS),
+        (libc::IPPROTO_IPV6, libc::IPV6_2292PKTOPTIONS),
+        (libc::IPPROTO_IP, libc::IP_OPTIONS),
+    ];
+    rules.insert(
+        libc::SYS_setsockopt,
+        rerouting
+            .iter()
+            .map(|(level, name)| {
+                rule(vec![
+                    cond(1, SeccompCmpOp::Eq, *level as u64)?,
+                    cond(2, SeccompCmpOp::Eq, *name as u64)?,
+                ])
+            })
+            .collect::<Result<_, _>>()?,
+    );
     // New mount or user namespaces (private mounts, namespace-local root).
     let ns = [libc::CLONE_NEWNS as u64, libc::CLONE_NEWUSER as u64];
     let ns_rules = |arg: u8| -> Result<Vec<SeccompRule>, String> {

@@ -100,6 +100,24 @@ fn observed() -> Vec<Event> {
     output.lost = Some([("output:events.jsonl".to_string(), 3)].into());
     output.detail.insert("output".into(), "events.jsonl".into());
     out.push(output);
+    // A process in a Kubernetes pod's container, and in a plain Docker container
+    // (device.container, with and without the pod's uid and orchestrator).
+    for pod in [true, false] {
+        let mut c = ev(if pod { Kind::FileCreate } else { Kind::Exec });
+        c.path = Some("/srv/repo/a.txt".into());
+        c.cgroup = Some(Arc::from("/kubepods/burstable/pod1b4e28ba/3f1c"));
+        c.container = Some(Arc::new(crate::container::Container {
+            id: "3f1c9a2b7d4e".into(),
+            runtime: if pod { "containerd" } else { "docker" }.into(),
+        }));
+        c.pod = pod.then(|| {
+            Arc::new(crate::container::Pod {
+                uid: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),
+                qos: "burstable".into(),
+            })
+        });
+        out.push(if pod { judged(c, "out_of_scope", "alert") } else { c });
+    }
     let mut spool = ev(Kind::Loss);
     spool.lost = Some([("nats_spool".to_string(), 1953)].into());
     spool.detail.insert("sink".into(), "nats".into());
@@ -185,6 +203,11 @@ fn every_record_conforms_to_ocsf_1_3_0() {
         records.push(event(&e, info).unwrap_or_else(|| panic!("{:?} has no OCSF form", e.kind)));
     }
     records.extend(alerts().iter().map(alert));
+    let containers: Vec<&Value> = records.iter().filter_map(|r| r["device"].get("container")).collect();
+    assert!(
+        containers.len() == 2 && containers.iter().any(|c| c.get("pod_uuid").is_some()),
+        "a container record with and without a pod is checked: {containers:?}"
+    );
     let report = validate(&records).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(report["records"], records.len(), "{report:#}");
     assert_eq!(report["errors"], serde_json::json!([]), "{report:#}");
