@@ -28,7 +28,7 @@ pub fn detection_finding(a: &Alert) -> Value {
         _ => None,
     };
     let mut o = header(DETECTION_FINDING, (1, "Create"), a.ts);
-    let profiles = ["host", "security_control"];
+    let profiles = super::profiles(true, ev);
     o.insert("metadata".into(), metadata(&a.id, a.ts, &a.schema, &a.kind, &profiles, who.task));
     super::severity(&mut o, severity_id(&a.severity), Some(a.severity.as_ref()));
     o.insert("status_id".into(), json!(1));

@@ -34,8 +34,8 @@ pub fn event(ev: &Event, task: Option<&TaskInfo>) -> Option<Value> {
     let who = Who::of(ev, task);
     let control = ev.verdict.as_deref().map(|v| Control::of(v, ev));
     let mut o = header(body.class, body.activity, ev.ts);
-    let profiles: &[&str] = if control.is_some() { &["host", "security_control"] } else { &["host"] };
-    o.insert("metadata".into(), metadata(&ev.id, ev.ts, &ev.schema, ev.kind.as_str(), profiles, who.task));
+    let profiles = profiles(control.is_some(), ev);
+    o.insert("metadata".into(), metadata(&ev.id, ev.ts, &ev.schema, ev.kind.as_str(), &profiles, who.task));
     severity(&mut o, body.severity_id.unwrap_or_else(|| verdict_severity(ev.verdict.as_deref())), None);
     let (status_id, status) = body.status.unwrap_or_else(|| status_of(ev.error.as_deref()));
     o.insert("status_id".into(), json!(status_id));
@@ -150,6 +150,20 @@ fn status_of(error: Option<&str>) -> (u32, &'static str) {
         Some("EINPROGRESS") => (99, "In Progress"),
         Some(_) => (2, "Failure"),
     }
+}
+
+/// The profiles a record of `ev` uses: `host` always, `security_control` for a
+/// judged event, `container` when [`device`] names one (OCSF 1.3.0 has
+/// `device.container` in that profile only).
+fn profiles(control: bool, ev: &Event) -> Vec<&'static str> {
+    let mut p = vec!["host"];
+    if control {
+        p.push("security_control");
+    }
+    if ev.container.is_some() {
+        p.push("container");
+    }
+    p
 }
 
 /// The host, and the container the process ran in there (its pod's uid).

@@ -588,6 +588,7 @@ fn the_container_and_pod_are_the_devices() {
     let mut e = ev(Kind::FileCreate);
     e.path = Some("/w/x".into());
     assert!(map(&e)["device"].get("container").is_none());
+    assert_eq!(map(&e)["metadata"]["profiles"], json!(["host"]));
     e.container =
         Some(Arc::new(crate::container::Container { id: "3f1c".into(), runtime: "containerd".into() }));
     e.pod = Some(Arc::new(crate::container::Pod {
@@ -599,6 +600,8 @@ fn the_container_and_pod_are_the_devices() {
         json!({"uid": "3f1c", "runtime": "containerd", "pod_uuid": "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
                "orchestrator": "Kubernetes"})
     );
+    // OCSF 1.3.0 has device.container in the container profile only.
+    assert_eq!(map(&e)["metadata"]["profiles"], json!(["host", "container"]));
     e.pod = None;
     assert_eq!(map(&e)["device"]["container"], json!({"uid": "3f1c", "runtime": "containerd"}));
 }
