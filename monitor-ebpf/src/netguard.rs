@@ -5,7 +5,10 @@
 //! report like any other result.
 
 use aya_ebpf::{
-    helpers::generated as h, macros::cgroup_sock_addr, maps::lpm_trie::Key, programs::SockAddrContext,
+    helpers::generated as h,
+    macros::{cgroup_skb, cgroup_sock_addr},
+    maps::lpm_trie::Key,
+    programs::{SkBuffContext, SockAddrContext},
 };
 use monitor_common::NetKeyData;
 
@@ -83,4 +86,31 @@ pub fn guard_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn guard_sendmsg6(ctx: SockAddrContext) -> i32 {
     v6(&ctx)
+}
+
+/// IPv6 next headers that may carry a routing header, or are one: hop-by-hop (0),
+/// routing (43), destination options (60).
+const HOPOPTS: u8 = 0;
+const ROUTING: u8 = 43;
+const DSTOPTS: u8 = 60;
+
+/// cgroup_skb/egress: every packet a socket of the task's cgroup sends, read from its
+/// IP header (byte 0: version and IPv4 header length; IPv6 byte 6: next header).
+/// Dropped: an IPv4 header with options (a source route sends the packet to its first
+/// hop) and an IPv6 header followed by a routing header or an option header before
+/// one (the packet goes to a segment the caller named). Either way the packet's
+/// destination is not the address connect4/6 or sendmsg4/6 checked. The socket
+/// options are refused by the seccomp filter; given per message as ancillary data
+/// (IP_RETOPTS, IPV6_RTHDR) only this sees them.
+#[cgroup_skb(egress)]
+pub fn guard_egress(ctx: SkBuffContext) -> i32 {
+    let Ok(b0) = ctx.load::<u8>(0) else { return ALLOW };
+    match b0 >> 4 {
+        4 if b0 & 0xf != 5 => DENY,
+        6 => match ctx.load::<u8>(6) {
+            Ok(HOPOPTS | ROUTING | DSTOPTS) => DENY,
+            _ => ALLOW,
+        },
+        _ => ALLOW,
+    }
 }

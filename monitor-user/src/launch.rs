@@ -128,9 +128,20 @@ pub fn spawn_held(
         None => None,
     };
 
+    // An enforced task's capabilities are dropped before the parent returns, and so
+    // before the child is tracked: that capset is agentmon's, not the agent's.
+    let drop_caps = confine.as_ref().is_some_and(|c| c.drop_caps);
+    let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC)?;
+
     // SAFETY: the child only calls async-signal-safe functions on memory prepared above.
     match unsafe { fork() }? {
         ForkResult::Child => unsafe {
+            if drop_caps && !crate::enforce::caps::drop_all() {
+                let e = CONFINE_FAILED;
+                libc::write(err_w.as_raw_fd(), (&raw const e).cast(), 4);
+                libc::_exit(125);
+            }
+            libc::write(ready_w.as_raw_fd(), [1u8].as_ptr().cast(), 1);
             let mut b = [0u8; 1];
             loop {
                 let r = libc::read(go_r.as_raw_fd(), b.as_mut_ptr().cast(), 1);
@@ -179,8 +190,18 @@ pub fn spawn_held(
         ForkResult::Parent { child } => {
             drop(go_r);
             drop(err_w);
+            drop(ready_w);
             let gate = gate_chan.map(|(ours, _)| ours);
-            Ok(Held { pid: child, program, argv: cmd.to_vec(), go: Some(go_w), err: err_r, gate })
+            let held = Held { pid: child, program, argv: cmd.to_vec(), go: Some(go_w), err: err_r, gate };
+            let mut b = [0u8; 1];
+            loop {
+                match nix::unistd::read(&ready_r, &mut b) {
+                    Ok(1) => return Ok(held),
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    // The child exited: its error is on the error pipe.
+                    _ => return held.exec_done(|| {}).and(Err(LaunchError::Confine)),
+                }
+            }
         }
     }
 }

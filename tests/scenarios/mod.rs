@@ -358,6 +358,57 @@ fn sendmmsg_into_its_vector(u: &UdpSocket, to: std::net::SocketAddrV4) -> Result
     Ok(())
 }
 
+/// sendmsg(2) of one UDP byte to `to` with a source route as ancillary data (see the
+/// `retopts_to` action): 0, or the errno.
+fn send_with_cmsg(to: std::net::SocketAddr) -> i32 {
+    let bind = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    let Ok(u) = UdpSocket::bind(bind) else { return -3 };
+    let (mut name, level, ty, data): (Vec<u8>, i32, i32, Vec<u8>) = match to {
+        std::net::SocketAddr::V4(a) => {
+            (sockaddr_in(a), libc::IPPROTO_IP, libc::IP_RETOPTS, vec![131, 7, 4, 127, 0, 0, 2, 1])
+        }
+        std::net::SocketAddr::V6(a) => {
+            let sa = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            let p: *const u8 = (&raw const sa).cast();
+            let b = unsafe { std::slice::from_raw_parts(p, std::mem::size_of::<libc::sockaddr_in6>()) };
+            // Type 2: next header, length 2, type 2, segments left 1, reserved; home
+            // address ::1 (routed here, so that the packet reaches the guard's check).
+            let mut rh = vec![0u8, 2, 2, 1, 0, 0, 0, 0];
+            rh.extend(std::net::Ipv6Addr::LOCALHOST.octets());
+            (b.to_vec(), libc::IPPROTO_IPV6, libc::IPV6_RTHDR, rh)
+        }
+    };
+    let space = unsafe { libc::CMSG_SPACE(data.len() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    let mut byte = *b"q";
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_name = name.as_mut_ptr().cast();
+    m.msg_namelen = name.len() as u32;
+    m.msg_iov = &raw mut iov;
+    m.msg_iovlen = 1;
+    m.msg_control = control.as_mut_ptr().cast();
+    m.msg_controllen = space;
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&m);
+        (*c).cmsg_level = level;
+        (*c).cmsg_type = ty;
+        (*c).cmsg_len = libc::CMSG_LEN(data.len() as u32) as usize;
+        std::ptr::copy_nonoverlapping(data.as_ptr(), libc::CMSG_DATA(c), data.len());
+    }
+    if unsafe { libc::sendmsg(u.as_raw_fd(), &m, 0) } < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    } else {
+        0
+    }
+}
+
 /// `a` as the sockaddr bytes sendmmsg takes.
 fn sockaddr_in(a: std::net::SocketAddrV4) -> Vec<u8> {
     let sa = libc::sockaddr_in {
@@ -1215,6 +1266,31 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 }
                 Err(e) => e.raw_os_error().unwrap_or(-1),
             },
+            // One UDP datagram to ADDR whose sendmsg carries a source route as ancillary
+            // data: IPv4, IP_RETOPTS with a loose source route via 127.0.0.2; IPv6,
+            // IPV6_RTHDR type 2 via ::1 (where the kernel has CONFIG_IPV6_MIP6). The
+            // errno of sendmsg.
+            "retopts_to" | "rthdr2_to" => {
+                let to: Result<std::net::SocketAddr, _> = arg.parse();
+                match to {
+                    Ok(to) => send_with_cmsg(to),
+                    Err(_) => -2,
+                }
+            }
+            // 1 if capability N is in this process's effective or bounding set
+            // (/proc/self/status), else 0.
+            "has_cap" => {
+                let n: u32 = arg.parse().unwrap_or(0);
+                let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+                let set = |k: &str| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                        .unwrap_or(u64::MAX)
+                };
+                i32::from((set("CapEff:") | set("CapBnd:")) & (1 << n) != 0)
+            }
             // socket(FAMILY, SOCK_STREAM or, where the family has none, SOCK_SEQPACKET
             // or SOCK_DGRAM): the last errno, or 0 once one is made.
             "socket_family" => {

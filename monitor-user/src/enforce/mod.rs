@@ -6,6 +6,7 @@
 //! enforce-mode task whose scope needs something no active layer can enforce is
 //! refused, naming the clause and the missing layer — never run weaker than declared.
 
+pub mod caps;
 pub mod cgroup;
 pub mod landlock;
 pub mod lsm;
@@ -153,6 +154,8 @@ pub struct Confinement {
     /// The gate's filter (user notification): the task's gated operations and the
     /// requests refused with a record, where the kernel offers user notification.
     pub gate: Option<Vec<libc::sock_filter>>,
+    /// Drop [`caps::DROPPED`] (enforced tasks).
+    pub drop_caps: bool,
 }
 
 impl std::fmt::Debug for Confinement {
@@ -161,6 +164,7 @@ impl std::fmt::Debug for Confinement {
             .field("landlock", &self.landlock.is_some())
             .field("seccomp", &self.seccomp.as_ref().map(Vec::len))
             .field("gate", &self.gate.as_ref().map(Vec::len))
+            .field("drop_caps", &self.drop_caps)
             .finish()
     }
 }
@@ -320,7 +324,7 @@ pub fn confine(
     let sockets = seccomp::Sockets { no_datagram: task.connect.is_empty(), no_unix: true };
     let seccomp =
         seccomp::filter(sockets, layers.lsm).map_err(|msg| EnforceError::Build { layer: "seccomp", msg })?;
-    Ok(Confinement { landlock, seccomp: Some(seccomp), gate })
+    Ok(Confinement { landlock, seccomp: Some(seccomp), gate, drop_caps: true })
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{
         Program, ProgramError,
-        cgroup_sock_addr::CgroupSockAddrLink,
         links::{FdLink, PinnedLink},
         lsm::LsmLink,
         tp_btf::BtfTracePointLink,
@@ -137,7 +136,8 @@ pub struct Sensors {
     // Links before the object: they are dropped first, in parallel (see Drop).
     tp_links: Vec<TracePointLink>,
     btf_links: Vec<BtfTracePointLink>,
-    guard_links: Vec<CgroupSockAddrLink>,
+    /// The network guards of enforced tasks' cgroups (when not pinned).
+    guard_links: Vec<FdLink>,
     #[expect(dead_code, reason = "held: dropping a link detaches its program")]
     lsm_links: Vec<LsmLink>,
     /// A daemon's links, pinned: they stay attached when it goes.
@@ -323,6 +323,12 @@ impl Sensors {
                 Program::CgroupSockAddr(p) => {
                     // The network guard: loaded now, attached to each enforced task's cgroup.
                     let attach = format!("cgroup_sock_addr {name} (per enforced task)");
+                    p.load().map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
+                    attached.insert(name.clone(), attach);
+                }
+                Program::CgroupSkb(p) => {
+                    // The guard's packet check, attached with it.
+                    let attach = format!("cgroup_skb {name} (per enforced task)");
                     p.load().map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
                     attached.insert(name.clone(), attach);
                 }

@@ -84,6 +84,7 @@ fn plan_confinement(opts: &ExecOptions, setup: &Setup) -> Result<Option<Confinem
             landlock: None,
             seccomp: None,
             gate: Some(crate::gate::filter::watch_program()),
+            drop_caps: false,
         }));
     };
     let protected = Protected { paths: setup.protected.clone() };

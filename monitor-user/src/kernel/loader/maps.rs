@@ -4,7 +4,7 @@
 
 use aya::{
     maps::{MapData, RingBuf, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSkbAttachType, Program, ProgramError, links::FdLink},
 };
 use monitor_common::{COUNTER_SLOTS, NetKeyData, NetPorts, Tracked, kind};
 
@@ -75,31 +75,36 @@ impl Sensors {
                 .map_err(|e| op("NET_ALLOW", e.to_string()))?;
         }
         self.net_task.insert(&cg_id, &task, 0).map_err(|e| op("NET_TASK", e.to_string()))?;
-        for name in ["guard_connect4", "guard_connect6", "guard_sendmsg4", "guard_sendmsg6"] {
+        for name in ["guard_connect4", "guard_connect6", "guard_sendmsg4", "guard_sendmsg6", "guard_egress"] {
             let fail = |stage: &'static str, msg: String| LoadError::Program {
                 prog: name.into(),
-                attach: "cgroup_sock_addr (task cgroup)".into(),
+                attach: "cgroup_sock_addr or cgroup_skb egress (task cgroup)".into(),
                 stage,
                 msg,
             };
-            let p: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| fail("find", "missing from the object".into()))?
-                .try_into()
-                .map_err(|e: ProgramError| fail("find", e.to_string()))?;
             let at = self.pins.as_ref().map(|pins| pins.guard(name, cg_id));
             if at.as_ref().is_some_and(|a| a.exists()) {
                 // Attached by a previous daemon and kept: it holds as it is.
                 continue;
             }
-            let id = p.attach(cg, CgroupAttachMode::Single).map_err(|e| fail("attach", e.to_string()))?;
-            let link = p.take_link(id).map_err(|e| fail("own link", e.to_string()))?;
-            match at {
-                Some(at) => {
-                    let fd = FdLink::try_from(link).map_err(|e| fail("pin", e.to_string()))?;
-                    self.pinned.push(fd.pin(at).map_err(|e| fail("pin", e.to_string()))?);
+            let e = |e: ProgramError| e.to_string();
+            let link = match self.ebpf.program_mut(name) {
+                Some(Program::CgroupSockAddr(p)) => {
+                    let id = p.attach(cg, CgroupAttachMode::Single).map_err(|x| fail("attach", e(x)))?;
+                    FdLink::try_from(p.take_link(id).map_err(|x| fail("own link", e(x)))?)
                 }
+                Some(Program::CgroupSkb(p)) => {
+                    let id = p
+                        .attach(cg, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+                        .map_err(|x| fail("attach", e(x)))?;
+                    FdLink::try_from(p.take_link(id).map_err(|x| fail("own link", e(x)))?)
+                }
+                Some(_) => return Err(fail("find", "not a cgroup program".into())),
+                None => return Err(fail("find", "missing from the object".into())),
+            }
+            .map_err(|x| fail("own link", x.to_string()))?;
+            match at {
+                Some(at) => self.pinned.push(link.pin(at).map_err(|x| fail("pin", x.to_string()))?),
                 None => self.guard_links.push(link),
             }
         }
