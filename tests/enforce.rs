@@ -335,6 +335,14 @@ pub fn tamper_attempts_fail() -> R {
         "setns".into(),
         "userfaultfd".into(),
         "socketpair_dgram".into(),
+        "file_flags".into(),
+        "renice_parent".into(),
+        "renice_pgrp".into(),
+        "renice_self".into(),
+        "ioprio_parent".into(),
+        "sched_parent".into(),
+        "prlimit_parent".into(),
+        "prlimit_self".into(),
     ];
     // The task's manifest (agentmon protects it), bind-mounted into the task's write
     // scope by someone else: the same file under a path the scope covers.
@@ -399,6 +407,16 @@ pub fn tamper_attempts_fail() -> R {
         ("setns", EPERM),
         ("userfaultfd", EPERM),
         ("socketpair_dgram", EPERM),
+        ("file_flags", EPERM),
+        // agentmon's priority, I/O class, policy and limits (the same owner is all
+        // the kernel asks): refused; the caller's own: allowed.
+        ("renice_parent", EPERM),
+        ("renice_pgrp", EPERM),
+        ("renice_self", 0),
+        ("ioprio_parent", EPERM),
+        ("sched_parent", EPERM),
+        ("prlimit_parent", EPERM),
+        ("prlimit_self", 0),
     ];
     for (k, v) in want {
         // The guests' /tmp (overlayfs on 6.1) has no user extended attributes: allowed
@@ -461,6 +479,29 @@ pub fn tamper_attempts_fail() -> R {
             }),
         || format!("TIOCSTI refusals recorded: {terminal:?}"),
     )?;
+    let flags = support::tamper_of(&run.events, "file flags");
+    let requests: Vec<_> =
+        flags.iter().filter_map(|e| e.detail.get("request").and_then(|r| r.as_str())).collect();
+    eq("file flag refusals recorded", requests, vec!["FS_IOC_SETFLAGS", "FS_IOC_FSSETXATTR"])?;
+    let aimed = |attempt: &str| {
+        let mut calls: Vec<String> = support::tamper_of(&run.events, attempt)
+            .iter()
+            .filter_map(|e| e.syscall.as_deref().map(String::from))
+            .collect();
+        calls.sort();
+        calls
+    };
+    eq(
+        "scheduling refusals recorded",
+        aimed("scheduling"),
+        vec![
+            "ioprio_set".to_string(),
+            "sched_setscheduler".into(),
+            "setpriority".into(),
+            "setpriority".into(),
+        ],
+    )?;
+    eq("limit refusals recorded", aimed("process limits"), vec!["prlimit64".to_string()])?;
     let sigio = support::tamper_of(&run.events, "signal routing");
     ensure(
         sigio.iter().any(|e| e.detail.get("request").and_then(|r| r.as_str()) == Some("F_SETOWN")),
@@ -796,6 +837,14 @@ pub fn enforce_network_allowlist() -> R {
         // (routes, nftables and tc could rewrite what the guard let out).
         "has_cap=12".to_string(),
         "has_cap=21".to_string(),
+        // ... and those that would blind agentmon from inside the task: an immutable
+        // flag on its files, CPU starvation, root's reserved blocks; and file
+        // capabilities that outlive the task.
+        "has_cap=9".to_string(),
+        "has_cap=23".to_string(),
+        "has_cap=24".to_string(),
+        "has_cap=31".to_string(),
+        "rt_sched".to_string(),
         "rthdr2_to=[::1]:5353".to_string(),
     ];
     let _ping = PingForRoot::allow()?;
@@ -831,6 +880,11 @@ pub fn enforce_network_allowlist() -> R {
             &format!("retopts_to {EPERM}"),
             "has_cap 0",
             "has_cap 0",
+            "has_cap 0",
+            "has_cap 0",
+            "has_cap 0",
+            "has_cap 0",
+            &format!("rt_sched {EPERM}"),
         ],
     )?;
     let c = run

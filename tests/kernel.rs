@@ -15,6 +15,7 @@ mod fleet;
 mod grant;
 mod hosts;
 mod nats;
+mod packets;
 mod refusals;
 mod report;
 mod restart;
@@ -81,6 +82,7 @@ fn main() {
         ("in_scope_workload_runs", enforce::in_scope_workload_runs),
         ("unenforceable_task_refused", enforce::unenforceable_task_refused),
         ("enforce_network_allowlist", enforce::enforce_network_allowlist),
+        ("big_tcp_packets_leave_an_enforced_task", packets::big_tcp_packets_leave_an_enforced_task),
         ("rule_kill_ends_the_tree", contain::rule_kill_ends_the_tree),
         ("kill_amid_churn_leaves_nothing_tracked", contain::kill_amid_churn_leaves_nothing_tracked),
         ("freeze_thaw_kill_by_operator", contain::freeze_thaw_kill_by_operator),

@@ -157,6 +157,10 @@ fn delegation_in(enforce: bool) -> R {
     let run =
         run_agentmon_with(&["--task", parent.to_str().unwrap()], &cmd, &[(SCENARIO_ENV, "delegate")], &d)?;
     eq("exit", run.code, 0)?;
+    // The nested agentmon's own set-up (its child's capabilities, which inside an
+    // enforced task are already dropped) is no event of the agent's.
+    let privilege: Vec<_> = run.of(Kind::Privilege);
+    ensure(privilege.is_empty(), || format!("privilege records: {privilege:?}"))?;
     eq(
         "sub-task exit",
         std::fs::read_to_string(repo.join("good-rc")).map_err(|e| e.to_string())?,

@@ -21,6 +21,7 @@ pub mod hash;
 pub mod kind;
 pub mod lsm;
 pub mod op;
+pub mod packet;
 
 pub use config::{KConfig, Offsets, TpOffsets};
 

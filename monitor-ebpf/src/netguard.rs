@@ -88,29 +88,13 @@ pub fn guard_sendmsg6(ctx: SockAddrContext) -> i32 {
     v6(&ctx)
 }
 
-/// IPv6 next headers that may carry a routing header, or are one: hop-by-hop (0),
-/// routing (43), destination options (60).
-const HOPOPTS: u8 = 0;
-const ROUTING: u8 = 43;
-const DSTOPTS: u8 = 60;
-
 /// cgroup_skb/egress: every packet a socket of the task's cgroup sends, read from its
-/// IP header (byte 0: version and IPv4 header length; IPv6 byte 6: next header).
-/// Dropped: an IPv4 header with options (a source route sends the packet to its first
-/// hop) and an IPv6 header followed by a routing header or an option header before
-/// one (the packet goes to a segment the caller named). Either way the packet's
+/// IP header (monitor_common::packet says which are dropped and why: IPv4 options, an
+/// IPv6 routing header or an option header before one). Either way the packet's
 /// destination is not the address connect4/6 or sendmsg4/6 checked. The socket
 /// options are refused by the seccomp filter; given per message as ancillary data
 /// (IP_RETOPTS, IPV6_RTHDR) only this sees them.
 #[cgroup_skb(egress)]
 pub fn guard_egress(ctx: SkBuffContext) -> i32 {
-    let Ok(b0) = ctx.load::<u8>(0) else { return ALLOW };
-    match b0 >> 4 {
-        4 if b0 & 0xf != 5 => DENY,
-        6 => match ctx.load::<u8>(6) {
-            Ok(HOPOPTS | ROUTING | DSTOPTS) => DENY,
-            _ => ALLOW,
-        },
-        _ => ALLOW,
-    }
+    if monitor_common::packet::egress_allowed(|i| ctx.load::<u8>(i).ok()) { ALLOW } else { DENY }
 }

@@ -198,8 +198,15 @@ pub fn spawn_held(
                 match nix::unistd::read(&ready_r, &mut b) {
                     Ok(1) => return Ok(held),
                     Err(nix::errno::Errno::EINTR) => continue,
-                    // The child exited: its error is on the error pipe.
-                    _ => return held.exec_done(|| {}).and(Err(LaunchError::Confine)),
+                    // The child exited: its error is on the error pipe, or it was
+                    // killed (no error written; reaped here).
+                    _ => {
+                        let r = held.exec_done(|| {});
+                        if r.is_ok() {
+                            let _ = nix::sys::wait::waitpid(child, None);
+                        }
+                        return r.and(Err(LaunchError::Confine));
+                    }
                 }
             }
         }

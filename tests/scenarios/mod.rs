@@ -358,6 +358,30 @@ fn sendmmsg_into_its_vector(u: &UdpSocket, to: std::net::SocketAddrV4) -> Result
     Ok(())
 }
 
+/// Sends `bytes` from a connected TCP socket to a listener of this process on
+/// `addr`: 0 once all arrived, 10000 + the MiB received when short, or the errno.
+fn tcp_bulk(addr: &str, bytes: usize) -> std::io::Result<i32> {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind(addr)?;
+    let at = l.local_addr()?;
+    let reader = std::thread::spawn(move || -> std::io::Result<usize> {
+        let (mut c, _) = l.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        loop {
+            match c.read(&mut buf)? {
+                0 => return Ok(got),
+                n => got += n,
+            }
+        }
+    });
+    let mut s = std::net::TcpStream::connect(at)?;
+    s.write_all(&vec![b'x'; bytes])?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let got = reader.join().map_err(|_| std::io::Error::other("reader panicked"))??;
+    Ok(if got == bytes { 0 } else { 10_000 + (got >> 20) as i32 })
+}
+
 /// sendmsg(2) of one UDP byte to `to` with a source route as ancillary data (see the
 /// `retopts_to` action): 0, or the errno.
 fn send_with_cmsg(to: std::net::SocketAddr) -> i32 {
@@ -1043,6 +1067,65 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 sys(unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), b"x".as_ptr().cast(), 1, 0) }
                     as libc::c_long)
             }
+            // A file's flags (FS_IOC_SETFLAGS, FS_IOC_FSSETXATTR; file_setattr) through a
+            // read-only descriptor or a path: no write access is needed, and a root agent could make
+            // agentmon's own files immutable or append-only.
+            "file_flags" => match fs::File::open(d.join("repo/ok.txt")) {
+                Ok(f) => {
+                    let flags: libc::c_long = 0x40; // FS_NODUMP_FL
+                    let set =
+                        sys(unsafe { libc::syscall(libc::SYS_ioctl, f.as_raw_fd(), 0x4008_6602u64, &flags) });
+                    let attr = [0u8; 28]; // struct fsxattr
+                    let fs =
+                        sys(unsafe { libc::syscall(libc::SYS_ioctl, f.as_raw_fd(), 0x401c_5820u64, &attr) });
+                    // file_setattr(AT_FDCWD, path, struct file_attr (24 bytes), 24, 0):
+                    // the same by path (6.17; ENOSYS before, unless refused first).
+                    let p = c(&d.join("repo/ok.txt"));
+                    let by_path =
+                        sys(unsafe { libc::syscall(469, libc::AT_FDCWD, p.as_ptr(), attr.as_ptr(), 24, 0) });
+                    if set == fs && fs == by_path {
+                        set
+                    } else {
+                        10_000_000 + set * 10_000 + fs * 100 + by_path
+                    }
+                }
+                Err(e) => e.raw_os_error().unwrap_or(-1),
+            },
+            // Another process's priority, I/O class, scheduling policy and limits
+            // (agentmon's: the agent's parent), each set to what it already is: 0 if
+            // allowed, else the errno. `_self`: the caller's own, which stays allowed.
+            "renice_parent" | "renice_pgrp" | "renice_self" => {
+                let (which, who) = match name {
+                    "renice_parent" => (libc::PRIO_PROCESS, agentmon as libc::id_t),
+                    "renice_pgrp" => (libc::PRIO_PGRP, 0),
+                    _ => (libc::PRIO_PROCESS, 0),
+                };
+                let cur = unsafe { libc::getpriority(which, who) };
+                sys(unsafe { libc::syscall(libc::SYS_setpriority, which, who, cur) })
+            }
+            "ioprio_parent" => {
+                let ppid = agentmon as libc::c_long;
+                let cur = unsafe { libc::syscall(libc::SYS_ioprio_get, 1, ppid) };
+                sys(unsafe { libc::syscall(libc::SYS_ioprio_set, 1, ppid, cur.max(0)) })
+            }
+            "sched_parent" => {
+                let ppid = agentmon;
+                let mut prm = libc::sched_param { sched_priority: 0 };
+                let policy = unsafe { libc::sched_getscheduler(ppid) };
+                unsafe { libc::sched_getparam(ppid, &mut prm) };
+                sys(unsafe { libc::syscall(libc::SYS_sched_setscheduler, ppid, policy, &prm) })
+            }
+            "prlimit_parent" | "prlimit_self" => {
+                let pid = if name == "prlimit_self" { 0 } else { agentmon };
+                let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                let none = std::ptr::null::<libc::rlimit>();
+                let read = sys(unsafe {
+                    libc::syscall(libc::SYS_prlimit64, pid, libc::RLIMIT_CORE, none, &mut cur)
+                });
+                let set =
+                    sys(unsafe { libc::syscall(libc::SYS_prlimit64, pid, libc::RLIMIT_CORE, &cur, none) });
+                if read == 0 { set } else { 20_000 + read }
+            }
             "read" => errno(fs::read(arg).map(drop)),
             // Opened to read and write (a read all the same).
             "read_write" => errno(fs::OpenOptions::new().read(true).write(true).open(arg).map(drop)),
@@ -1203,6 +1286,14 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 Err(e) if e.kind() == ErrorKind::ConnectionRefused => 0,
                 Err(e) => e.raw_os_error().unwrap_or(-1),
             },
+            // N MiB over TCP to this process itself on ADDR (`N/ADDR`, port 0): the
+            // sender's retransmissions (tcp_info), or 10000 + the MiB received if not
+            // all, or the errno.
+            "tcp_bulk" => {
+                let (n, addr) = arg.split_once('/').unwrap_or(("1", arg));
+                let bytes = n.parse::<usize>().unwrap_or(1) << 20;
+                tcp_bulk(addr, bytes).unwrap_or_else(|e| e.raw_os_error().unwrap_or(-1))
+            }
             "udp_to" => errno(UdpSocket::bind("0.0.0.0:0").and_then(|s| s.send_to(b"x", arg)).map(|_| ())),
             // An ICMP echo to ADDR on an unprivileged "ping" socket (SOCK_DGRAM,
             // IPPROTO_ICMP): the errno of socket() or sendto().
@@ -1290,6 +1381,18 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                         .unwrap_or(u64::MAX)
                 };
                 i32::from((set("CapEff:") | set("CapBnd:")) & (1 << n) != 0)
+            }
+            // A real-time priority (which could starve agentmon of CPU): 0 if taken
+            // (and given back at once), else the errno.
+            "rt_sched" => {
+                let p = libc::sched_param { sched_priority: 1 };
+                if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) } == 0 {
+                    let p = libc::sched_param { sched_priority: 0 };
+                    unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &p) };
+                    0
+                } else {
+                    std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+                }
             }
             // socket(FAMILY, SOCK_STREAM or, where the family has none, SOCK_SEQPACKET
             // or SOCK_DGRAM): the last errno, or 0 once one is made.

@@ -138,12 +138,15 @@ pub fn run_agentmon_with(
 ) -> Result<Run, String> {
     let events = dir.join(format!("events-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&events);
-    let out = exec_command(&events, flags, cmd, env, dir)
-        .output()
-        .map_err(|e| format!("cannot run agentmon: {e}"))?;
+    run_command(exec_command(&events, flags, cmd, env, dir), &events)
+}
+
+/// Runs `c` (an [`exec_command`] writing `events`) and parses what it wrote.
+pub fn run_command(mut c: Command, events: &Path) -> Result<Run, String> {
+    let out = c.output().map_err(|e| format!("cannot run agentmon: {e}"))?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let code = out.status.code().unwrap_or(-1);
-    let text = std::fs::read_to_string(&events)
+    let text = std::fs::read_to_string(events)
         .map_err(|e| format!("agentmon wrote no events ({e}); exit {code}; stderr:\n{stderr}"))?;
     let (events, alerts) = parse_stream(&text)?;
     Ok(Run { events, alerts, code, stderr })

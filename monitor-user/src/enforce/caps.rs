@@ -3,24 +3,37 @@
 //! these reaches past every layer: network configuration (routes, nftables DNAT, tc
 //! rewriting a packet the cgroup guard let out), raw sockets and devices, kernel
 //! modules, namespaces and mounts, tracing other processes, BPF and perf, the clock
-//! every record is stamped with, the audit rules, MAC policy, the kernel log.
+//! every record is stamped with, the audit rules, MAC policy, the kernel log; and
+//! each of these blinds agentmon from inside the task: an immutable or append-only
+//! flag on its own files (its writes then fail), a real-time priority that starves
+//! it of CPU, the blocks a filesystem reserves for root (which agentmon, as root,
+//! keeps for its records when the agent fills the disk); file capabilities would
+//! outlive the task in a binary it wrote.
 //!
 //! Dropped in the task's root between fork and exec (after its filters): from the
 //! bounding set, so that no exec gives them back (enforced tasks also have
 //! no_new_privs), from the ambient set, and from the effective, permitted and
-//! inheritable sets. Only syscalls: async-signal-safe.
+//! inheritable sets. A process that holds none of them makes no call that changes
+//! its capabilities: a sub-task delegated from inside an enforced task then leaves
+//! no capset in its parent's record. Only syscalls: async-signal-safe.
 
 /// include/uapi/linux/capability.h
 pub const DROPPED: &[u32] = &[
+    9,  // CAP_LINUX_IMMUTABLE
     12, // CAP_NET_ADMIN
     13, // CAP_NET_RAW
     16, // CAP_SYS_MODULE
     17, // CAP_SYS_RAWIO
     19, // CAP_SYS_PTRACE
+    20, // CAP_SYS_PACCT
     21, // CAP_SYS_ADMIN
     22, // CAP_SYS_BOOT
+    23, // CAP_SYS_NICE
+    24, // CAP_SYS_RESOURCE
     25, // CAP_SYS_TIME
+    26, // CAP_SYS_TTY_CONFIG
     30, // CAP_AUDIT_CONTROL
+    31, // CAP_SETFCAP
     32, // CAP_MAC_OVERRIDE
     33, // CAP_MAC_ADMIN
     34, // CAP_SYSLOG
@@ -57,27 +70,43 @@ pub unsafe fn drop_all() -> bool {
         if libc::syscall(libc::SYS_capget, &raw mut hdr, d.as_mut_ptr()) != 0 {
             return false;
         }
-        let has = |d: &[Data; 2], c: u32| d[(c / 32) as usize].permitted & (1 << (c % 32)) != 0;
-        let setpcap = has(&d, CAP_SETPCAP);
+        // The kernel checks CAP_SETPCAP in the effective set.
+        let setpcap = d[0].effective & (1 << CAP_SETPCAP) != 0;
         for &c in DROPPED {
-            if libc::prctl(libc::PR_CAPBSET_DROP, c as libc::c_ulong, 0, 0, 0) != 0 {
-                // EPERM without CAP_SETPCAP: a process that cannot shrink its bounding
-                // set, and with no_new_privs cannot use it either (its current sets
-                // are cleared below). EINVAL: a capability this kernel does not know.
-                let e = *libc::__errno_location();
-                if !(e == libc::EINVAL || (e == libc::EPERM && !setpcap)) {
-                    return false;
-                }
+            // 1: in the bounding set; 0: not; EINVAL: a capability this kernel does
+            // not know.
+            if libc::prctl(libc::PR_CAPBSET_READ, c as libc::c_ulong, 0, 0, 0) != 1 {
+                continue;
+            }
+            // EPERM without CAP_SETPCAP: a process that cannot shrink its bounding
+            // set, and with no_new_privs cannot use it either (its current sets are
+            // cleared below).
+            if libc::prctl(libc::PR_CAPBSET_DROP, c as libc::c_ulong, 0, 0, 0) != 0
+                && !(*libc::__errno_location() == libc::EPERM && !setpcap)
+            {
+                return false;
             }
         }
-        if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 {
-            return false;
+        // Only these: a service's other ambient capabilities (CAP_NET_BIND_SERVICE
+        // given to an unprivileged agent) stay.
+        for &c in DROPPED {
+            let c = c as libc::c_ulong;
+            if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_IS_SET, c, 0, 0) == 1
+                && libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_LOWER, c, 0, 0) != 0
+            {
+                return false;
+            }
         }
+        let mut held = false;
         for &c in DROPPED {
             let (w, bit) = ((c / 32) as usize, 1u32 << (c % 32));
+            held |= (d[w].effective | d[w].permitted | d[w].inheritable) & bit != 0;
             d[w].effective &= !bit;
             d[w].permitted &= !bit;
             d[w].inheritable &= !bit;
+        }
+        if !held {
+            return true;
         }
         let mut hdr = Header { version: VERSION_3, pid: 0 };
         libc::syscall(libc::SYS_capset, &raw mut hdr, d.as_ptr()) == 0

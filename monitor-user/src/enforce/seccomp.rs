@@ -47,6 +47,9 @@ pub const DENIED: &[(&str, i64)] = &[
     // Their *at forms (Linux 6.13), by number: older kernels answer ENOSYS anyway.
     ("setxattrat", 463),
     ("removexattrat", 466),
+    // A file's flags and project id by path (Linux 6.17): FS_IOC_FSSETXATTR's way
+    // (gate::filter::REFUSED).
+    ("file_setattr", 469),
     // The new mount API: a detached copy of a tree (open_tree) has a root of its own,
     // above which no scope or sensitive pattern can be seen.
     ("open_tree", 428),

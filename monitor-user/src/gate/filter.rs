@@ -186,15 +186,115 @@ pub const REFUSED: [Refused; 2] = [
             (0x541c, "TIOCLINUX", "terminal input"),
             // /dev/userfaultfd's way to what the userfaultfd syscall gives.
             (0xaa00, "USERFAULTFD_IOC_NEW", "userfaultfd"),
+            // A file's flags and project id, through any descriptor, even read-only:
+            // a root agent owns agentmon's files (its records fail on an immutable or
+            // append-only one; CAP_LINUX_IMMUTABLE is dropped too) and a project
+            // quota could fill under them. linux/fs.h (the 32-bit SETFLAGS form too).
+            (0x4008_6602, "FS_IOC_SETFLAGS", "file flags"),
+            (0x4004_6602, "FS_IOC32_SETFLAGS", "file flags"),
+            (0x401c_5820, "FS_IOC_FSSETXATTR", "file flags"),
         ],
     },
 ];
 
-/// The refused request a call makes, if it is one: (syscall, command name, attempt).
-pub fn refused(nr: i64, arg1: u64) -> Option<(&'static str, &'static str, &'static str)> {
+/// A call no enforced task may aim at a process other than the caller: refused
+/// unless its arguments take one of the `own` forms (each a list of 32-bit words
+/// of `struct seccomp_data`, as offsets, and the values they must hold).
+#[derive(Debug)]
+pub struct Aimed {
+    pub name: &'static str,
+    pub nr: i64,
+    pub own: &'static [&'static [(u32, u32)]],
+    pub attempt: &'static str,
+}
+
+/// offsetof(struct seccomp_data, args[i]), its low and high words (little-endian).
+const fn lo(i: u32) -> u32 {
+    16 + 8 * i
+}
+const fn hi(i: u32) -> u32 {
+    20 + 8 * i
+}
+
+/// Same-owner checks are all these calls make: a root agent could lower agentmon's
+/// priority or I/O class, make it SCHED_IDLE, or set its CPU limit (the kernel then
+/// kills it, past every signal hook), and the same for any root process on the
+/// host. Allowed: the caller itself (pid 0; glibc's setrlimit, nice(1), ionice(1)
+/// and chrt(1) running a command all use it), and reading another's limits. A pid
+/// is an int to these calls: its low word.
+pub const AIMED: [Aimed; 6] = [
+    Aimed {
+        name: "sched_setscheduler",
+        nr: libc::SYS_sched_setscheduler,
+        own: &[&[(lo(0), 0)]],
+        attempt: "scheduling",
+    },
+    Aimed {
+        name: "sched_setparam",
+        nr: libc::SYS_sched_setparam,
+        own: &[&[(lo(0), 0)]],
+        attempt: "scheduling",
+    },
+    Aimed {
+        name: "sched_setattr",
+        nr: libc::SYS_sched_setattr,
+        own: &[&[(lo(0), 0)]],
+        attempt: "scheduling",
+    },
+    // setpriority(which, who, prio): PRIO_PROCESS (0) of the caller; PRIO_USER 0 is
+    // every process of the caller's uid.
+    Aimed {
+        name: "setpriority",
+        nr: libc::SYS_setpriority,
+        own: &[&[(lo(0), 0), (lo(1), 0)]],
+        attempt: "scheduling",
+    },
+    // ioprio_set(which, who, ioprio): IOPRIO_WHO_PROCESS (1) of the caller.
+    Aimed {
+        name: "ioprio_set",
+        nr: libc::SYS_ioprio_set,
+        own: &[&[(lo(0), 1), (lo(1), 0)]],
+        attempt: "scheduling",
+    },
+    // prlimit64(pid, resource, new, old): the caller's, or no new limit (a read).
+    Aimed {
+        name: "prlimit64",
+        nr: libc::SYS_prlimit64,
+        own: &[&[(lo(0), 0)], &[(lo(2), 0), (hi(2), 0)]],
+        attempt: "process limits",
+    },
+];
+
+/// A refused request: its syscall, its command (None: a call of [`AIMED`]), and what
+/// making it attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub syscall: &'static str,
+    pub request: Option<&'static str>,
+    pub attempt: &'static str,
+}
+
+impl Refusal {
+    /// What refusals are counted by: the command, or the call.
+    pub fn key(&self) -> &'static str {
+        self.request.unwrap_or(self.syscall)
+    }
+}
+
+/// The refused request a call makes, if it is one. `args`: the call's arguments as
+/// the kernel gave them.
+pub fn refused(nr: i64, args: &[u64; 6]) -> Option<Refusal> {
+    if let Some(a) = AIMED.iter().find(|a| a.nr == nr) {
+        let word = |off: u32| {
+            let v = args[((off - 16) / 8) as usize];
+            if off.is_multiple_of(8) { v as u32 } else { (v >> 32) as u32 }
+        };
+        let own = a.own.iter().any(|form| form.iter().all(|&(off, v)| word(off) == v));
+        return (!own).then_some(Refusal { syscall: a.name, request: None, attempt: a.attempt });
+    }
     let r = REFUSED.iter().find(|r| r.nr == nr)?;
-    let (_, name, attempt) = r.cmds.iter().find(|c| c.0 as u64 == arg1 & 0xffff_ffff)?;
-    Some((r.name, name, attempt))
+    let (_, name, attempt) = r.cmds.iter().find(|c| c.0 as u64 == args[1] & 0xffff_ffff)?;
+    Some(Refusal { syscall: r.name, request: Some(name), attempt })
 }
 
 /// The checks of [`REFUSED`]: a call making one returns `action`; any other falls
@@ -216,6 +316,26 @@ pub fn refusals(action: u32) -> Vec<libc::sock_filter> {
             p.push(jeq(*cmd, (n - i) as u8, 0));
         }
         p.push(stmt((libc::BPF_JMP | libc::BPF_JA) as u16, 1));
+        p.push(stmt(ret, action));
+    }
+    for a in &AIMED {
+        // ld nr; jeq; then per form: (ld word; jeq value) each, a mismatch on to the
+        // next form, a whole match over the RET; no form matched: the RET.
+        let words: usize = a.own.iter().map(|f| 2 * f.len() + 1).sum();
+        p.push(stmt(ld, 0));
+        p.push(jeq(a.nr as u32, 0, (words + 1) as u8));
+        let mut left = words;
+        for form in a.own {
+            let len = 2 * form.len() + 1;
+            for (i, &(off, v)) in form.iter().enumerate() {
+                p.push(stmt(ld, off));
+                // A mismatch: over the rest of this form (its compares and the JA).
+                p.push(jeq(v, 0, (len - 2 * i - 2) as u8));
+            }
+            // Matched: over the remaining forms and the RET.
+            left -= len;
+            p.push(stmt((libc::BPF_JMP | libc::BPF_JA) as u16, (left + 1) as u32));
+        }
         p.push(stmt(ret, action));
     }
     p
@@ -331,10 +451,16 @@ mod tests {
     /// Runs a classic BPF seccomp program (the instructions the filters here use) on
     /// (nr, args[1]) of a native call.
     fn run(p: &[libc::sock_filter], nr: i64, arg1: u64) -> u32 {
+        run_args(p, nr, &[0, arg1, 0, 0, 0, 0])
+    }
+
+    fn run_args(p: &[libc::sock_filter], nr: i64, args: &[u64; 6]) -> u32 {
         let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&(nr as u32).to_ne_bytes());
         data[4..8].copy_from_slice(&AUDIT_ARCH_X86_64.to_ne_bytes());
-        data[24..32].copy_from_slice(&arg1.to_ne_bytes());
+        for (i, a) in args.iter().enumerate() {
+            data[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_ne_bytes());
+        }
         let (mut a, mut pc) = (0u32, 0usize);
         loop {
             let i = p[pc];
@@ -380,14 +506,14 @@ mod tests {
             for (cmd, name, _) in r.cmds {
                 for arg in [*cmd as u64, 0xdead_0000_0000 | *cmd as u64] {
                     assert_eq!(run(&p, r.nr, arg), libc::SECCOMP_RET_USER_NOTIF, "{} {name}", r.name);
-                    assert_eq!(refused(r.nr, arg).map(|x| x.1), Some(*name));
+                    assert_eq!(refused(r.nr, &[0, arg, 0, 0, 0, 0]).and_then(|x| x.request), Some(*name));
                 }
             }
             // Other requests of the same call, and the same numbers in another call.
             assert_eq!(run(&p, r.nr, 0x5401), libc::SECCOMP_RET_ALLOW, "{} TCGETS", r.name);
         }
         assert_eq!(run(&p, libc::SYS_write, 0x5412), libc::SECCOMP_RET_ALLOW);
-        assert_eq!(refused(libc::SYS_write, 0x5412), None);
+        assert_eq!(refused(libc::SYS_write, &[0, 0x5412, 0, 0, 0, 0]), None);
         let deny = refusals(libc::SECCOMP_RET_TRACE);
         assert_eq!(
             run(
@@ -397,6 +523,46 @@ mod tests {
             ),
             libc::SECCOMP_RET_TRACE
         );
+    }
+
+    #[test]
+    fn calls_aimed_at_another_process_go_to_the_listener() {
+        let p = program(&[]);
+        let deny =
+            [refusals(libc::SECCOMP_RET_TRACE), vec![stmt((libc::BPF_RET | libc::BPF_K) as u16, 7)]].concat();
+        let pid = 4242;
+        use libc::{SYS_ioprio_set as IOPRIO, SYS_prlimit64 as PRLIMIT, SYS_setpriority as PRIO};
+        let cases: &[(i64, [u64; 6], bool)] = &[
+            (libc::SYS_sched_setscheduler, [0, 5, 0x1000, 0, 0, 0], false),
+            (libc::SYS_sched_setscheduler, [pid, 5, 0x1000, 0, 0, 0], true),
+            // The kernel reads an int: 0, the caller.
+            (libc::SYS_sched_setscheduler, [0xdead_0000_0000, 5, 0x1000, 0, 0, 0], false),
+            (libc::SYS_sched_setparam, [pid, 0x1000, 0, 0, 0, 0], true),
+            (libc::SYS_sched_setattr, [pid, 0x1000, 0, 0, 0, 0], true),
+            (libc::SYS_sched_setattr, [0, 0x1000, 0, 0, 0, 0], false),
+            (PRIO, [0, 0, 10, 0, 0, 0], false),
+            (PRIO, [0, pid, 10, 0, 0, 0], true),
+            (PRIO, [1, 0, 10, 0, 0, 0], true), // PRIO_PGRP
+            (PRIO, [2, 0, 10, 0, 0, 0], true), // PRIO_USER: every process of the uid
+            (IOPRIO, [1, 0, 0x6000, 0, 0, 0], false),
+            (IOPRIO, [1, pid, 0x6000, 0, 0, 0], true),
+            (IOPRIO, [3, 0, 0x6000, 0, 0, 0], true),
+            (PRLIMIT, [0, 0, 0x1000, 0, 0, 0], false),
+            (PRLIMIT, [pid, 0, 0, 0x2000, 0, 0], false), // a read
+            (PRLIMIT, [pid, 0, 0x1000, 0, 0, 0], true),
+            (PRLIMIT, [pid, 0, 0x7f00_0000_0000, 0, 0, 0], true), // only the high word
+            (libc::SYS_getpid, [pid, 0, 0, 0, 0, 0], false),
+        ];
+        for (nr, args, refuse) in cases {
+            let (want, deny_want) = if *refuse {
+                (libc::SECCOMP_RET_USER_NOTIF, libc::SECCOMP_RET_TRACE)
+            } else {
+                (libc::SECCOMP_RET_ALLOW, 7)
+            };
+            assert_eq!(run_args(&p, *nr, args), want, "{nr} {args:?}");
+            assert_eq!(run_args(&deny, *nr, args), deny_want, "{nr} {args:?}");
+            assert_eq!(refused(*nr, args).is_some(), *refuse, "{nr} {args:?}");
+        }
     }
 
     #[test]

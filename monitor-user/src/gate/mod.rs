@@ -330,15 +330,15 @@ impl Gate {
         if let Some(abi) = abi::Abi::of(n.arch, n.nr) {
             return self.foreign(n, abi, sensors, enr, judge);
         }
-        if let Some(req) = filter::refused(n.nr, n.args[1]) {
+        if let Some(req) = filter::refused(n.nr, &n.args) {
             // Who asked, while the caller still waits (answered, it may exit, and its
             // tracking entry with it).
             // Nothing happened (EPERM): past a burst, refusals are counted, and the
             // next record says how many were not recorded one by one.
             // A refusal the caller never took is made again: counted then, not twice.
-            let Some(held) = self.refusals.allow(req.1) else {
+            let Some(held) = self.refusals.allow(req.key()) else {
                 if !answer(Err(Errno::EPERM)) {
-                    self.refusals.unhold(&req.1);
+                    self.refusals.unhold(&req.key());
                 }
                 return None;
             };
@@ -348,15 +348,15 @@ impl Gate {
                 // token back to the limit, and it stays the model of the summary
                 // that says the count (even if no refusal of the kind is ever
                 // recorded: a caller interrupted every time must not hide a flood).
-                self.refusals.hold_again(&req.1, held);
-                self.refusals.refund(&req.1);
-                self.last_refused.entry(req.1).or_insert(ev);
+                self.refusals.hold_again(&req.key(), held);
+                self.refusals.refund(&req.key());
+                self.last_refused.entry(req.key()).or_insert(ev);
                 return None;
             }
             if held > 0 {
                 ev.detail.insert("unrecorded_before".into(), json!(held));
             }
-            self.last_refused.insert(req.1, ev.clone());
+            self.last_refused.insert(req.key(), ev.clone());
             return Some(ev);
         }
         let Some(g) = filter::lookup(n.nr) else {
