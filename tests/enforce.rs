@@ -336,6 +336,7 @@ pub fn tamper_attempts_fail() -> R {
         "userfaultfd".into(),
         "socketpair_dgram".into(),
         "file_flags".into(),
+        "fs_ioctls".into(),
         "renice_parent".into(),
         "renice_pgrp".into(),
         "renice_self".into(),
@@ -408,6 +409,7 @@ pub fn tamper_attempts_fail() -> R {
         ("userfaultfd", EPERM),
         ("socketpair_dgram", EPERM),
         ("file_flags", EPERM),
+        ("fs_ioctls", EPERM),
         // agentmon's priority, I/O class, policy and limits (the same owner is all
         // the kernel asks): refused; the caller's own: allowed.
         ("renice_parent", EPERM),
@@ -502,6 +504,8 @@ pub fn tamper_attempts_fail() -> R {
         ],
     )?;
     eq("limit refusals recorded", aimed("process limits"), vec!["prlimit64".to_string()])?;
+    eq("file-system refusals recorded", support::tamper_of(&run.events, "file system").len(), 9)?;
+    eq("lease refusals recorded", aimed("lease"), vec!["fcntl".to_string()])?;
     let sigio = support::tamper_of(&run.events, "signal routing");
     ensure(
         sigio.iter().any(|e| e.detail.get("request").and_then(|r| r.as_str()) == Some("F_SETOWN")),
@@ -573,6 +577,30 @@ pub fn stopped_agentmon_is_reported() -> R {
         format!("{:?}", stop.detail)
     })?;
     ensure(run.alerts.iter().any(|a| a.event.id == stop.id), || "no alert for the stopped loop".into())?;
+    Ok(())
+}
+
+/// In observe mode nothing stops a root agent from lowering agentmon's priority or
+/// limits (the same owner is all the kernel asks): agentmon puts them back within a
+/// tick, and the change is a tamper record with its alert. Before, agentmon ran on
+/// at nice 19, its file size limit at 1 GiB, and nothing said so.
+pub fn agentmons_priority_is_kept() -> R {
+    let (d, task) = setup("demoted", false)?;
+    let (run, res) = run_attempts(&d, &task, &["demote_agentmon".to_string()])?;
+    eq("agentmon's priority and limit put back (observe)", res.get("demote_agentmon").copied(), Some(0))?;
+    let changed: Vec<String> = support::tamper_of(&run.events, "starving agentmon")
+        .into_iter()
+        .flat_map(|e| e.detail.get("changed").and_then(|c| c.as_array()).cloned().unwrap_or_default())
+        .filter_map(|c| c.as_str().map(String::from))
+        .collect();
+    ensure(changed.iter().any(|c| c.contains(": nice ")), || {
+        format!("no nice change recorded: {changed:?}")
+    })?;
+    ensure(changed.iter().any(|c| c.starts_with("RLIMIT_FSIZE")), || {
+        format!("no limit change recorded: {changed:?}")
+    })?;
+    let rec = run.tamper("starving agentmon").ok_or_else(|| run.summary())?;
+    ensure(run.alerts.iter().any(|a| a.event.id == rec.id), || "no alert for the change".into())?;
     Ok(())
 }
 

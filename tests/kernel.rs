@@ -72,6 +72,7 @@ fn main() {
         ("file_handles_are_seen", enforce::file_handles_are_seen),
         ("sensitive_reads_denied_when_asked", enforce::sensitive_reads_denied_when_asked),
         ("stopped_agentmon_is_reported", enforce::stopped_agentmon_is_reported),
+        ("agentmons_priority_is_kept", enforce::agentmons_priority_is_kept),
         ("observed_compat_calls_are_reported", enforce::observed_compat_calls_are_reported),
         (
             "memory_the_agent_serves_cannot_stop_agentmon",

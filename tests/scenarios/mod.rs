@@ -1091,6 +1091,39 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 }
                 Err(e) => e.raw_os_error().unwrap_or(-1),
             },
+            // The file-system ioctls past every layer (fs-verity, fscrypt, btrfs
+            // subvolumes) on a directory opened to read, and a lease on a file: the
+            // errno if all were alike, else the first errno * 1000 + the odd one's.
+            "fs_ioctls" => match (fs::File::open(d.join("repo")), fs::File::open(d.join("repo/ok.txt"))) {
+                (Ok(dir), Ok(file)) => {
+                    let buf = vec![0u8; 4096];
+                    let cmds: [u64; 9] = [
+                        0x4080_6685,
+                        0x800c_6613,
+                        0x5000_9401,
+                        0x5000_940e,
+                        0x5000_940f,
+                        0x5000_9417,
+                        0x5000_9418,
+                        0x4008_941a,
+                        0x5000_943f,
+                    ];
+                    let mut got: Vec<i32> = cmds
+                        .iter()
+                        .map(|&c| {
+                            sys(unsafe { libc::syscall(libc::SYS_ioctl, dir.as_raw_fd(), c, buf.as_ptr()) })
+                        })
+                        .collect();
+                    got.push(sys(unsafe {
+                        libc::syscall(libc::SYS_fcntl, file.as_raw_fd(), 1024, libc::F_RDLCK)
+                    }));
+                    match got.iter().find(|&&e| e != got[0]) {
+                        None => got[0],
+                        Some(odd) => got[0] * 1000 + odd,
+                    }
+                }
+                _ => -2,
+            },
             // Another process's priority, I/O class, scheduling policy and limits
             // (agentmon's: the agent's parent), each set to what it already is: 0 if
             // allowed, else the errno. `_self`: the caller's own, which stays allowed.
@@ -1544,6 +1577,48 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                     unsafe { libc::ptrace(libc::PTRACE_DETACH, agentmon, 0, 0) };
                 }
                 sys(r)
+            }
+            // Changes the priority of every agentmon thread (nice + 5) and its file
+            // size limit (observe mode: nothing forbids it), then waits up to 20 s
+            // for agentmon to have put both back: 0 once it has, 1 if not, or the
+            // errno of the change.
+            "demote_agentmon" => {
+                let tids: Vec<libc::id_t> = fs::read_dir(format!("/proc/{agentmon}/task"))
+                    .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+                    .unwrap_or_default();
+                let nice = |t: libc::id_t| unsafe { libc::getpriority(libc::PRIO_PROCESS, t) };
+                let was: Vec<i32> = tids.iter().map(|&t| nice(t)).collect();
+                let mut fsize = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                let none = std::ptr::null::<libc::rlimit>();
+                unsafe { libc::syscall(libc::SYS_prlimit64, agentmon, libc::RLIMIT_FSIZE, none, &mut fsize) };
+                let lower = libc::rlimit { rlim_cur: 1 << 30, rlim_max: fsize.rlim_max };
+                let mut r = sys(unsafe {
+                    libc::syscall(libc::SYS_prlimit64, agentmon, libc::RLIMIT_FSIZE, &lower, none)
+                });
+                for (&t, &n) in tids.iter().zip(&was) {
+                    if r == 0 {
+                        let other = if n <= 14 { n + 5 } else { n - 1 };
+                        r = sys(unsafe { libc::setpriority(libc::PRIO_PROCESS, t, other) } as libc::c_long);
+                    }
+                }
+                if r == 0 {
+                    r = 1;
+                    for _ in 0..200 {
+                        std::thread::sleep(Duration::from_millis(100));
+                        let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                        unsafe {
+                            libc::syscall(libc::SYS_prlimit64, agentmon, libc::RLIMIT_FSIZE, none, &mut now)
+                        };
+                        // A thread gone meanwhile reads -1 (ESRCH): not a change.
+                        let kept =
+                            tids.iter().zip(&was).all(|(&t, &n)| matches!(nice(t), v if v == n || v == -1));
+                        if kept && now.rlim_cur == fsize.rlim_cur {
+                            r = 0;
+                            break;
+                        }
+                    }
+                }
+                r
             }
             "leave_cgroup" => errno(fs::write(arg, std::process::id().to_string())),
             // A containment request on the control socket: EPERM when refused.

@@ -171,6 +171,10 @@ pub const REFUSED: [Refused; 2] = [
             (libc::F_SETOWN as u32, "F_SETOWN", "signal routing"),
             (10, "F_SETSIG", "signal routing"),
             (15, "F_SETOWN_EX", "signal routing"),
+            // A lease needs only the file's owner: a root agent's read lease on
+            // agentmon's file holds agentmon's next open of it for writing for
+            // lease-break-time (45 s by default).
+            (1024, "F_SETLEASE", "lease"),
         ],
     },
     Refused {
@@ -193,6 +197,20 @@ pub const REFUSED: [Refused; 2] = [
             (0x4008_6602, "FS_IOC_SETFLAGS", "file flags"),
             (0x4004_6602, "FS_IOC32_SETFLAGS", "file flags"),
             (0x401c_5820, "FS_IOC_FSSETXATTR", "file flags"),
+            // Through a descriptor opened only to read, past every layer: a file made
+            // read-only for good (fs-verity), a directory whose new files need a key
+            // nobody has (fscrypt), and btrfs subvolumes made, snapshotted, deleted or
+            // made read-only (no mkdir or unlink hook sees them). linux/fsverity.h,
+            // linux/fscrypt.h, linux/btrfs.h.
+            (0x4080_6685, "FS_IOC_ENABLE_VERITY", "file system"),
+            (0x800c_6613, "FS_IOC_SET_ENCRYPTION_POLICY", "file system"),
+            (0x5000_9401, "BTRFS_IOC_SNAP_CREATE", "file system"),
+            (0x5000_940e, "BTRFS_IOC_SUBVOL_CREATE", "file system"),
+            (0x5000_940f, "BTRFS_IOC_SNAP_DESTROY", "file system"),
+            (0x5000_9417, "BTRFS_IOC_SNAP_CREATE_V2", "file system"),
+            (0x5000_9418, "BTRFS_IOC_SUBVOL_CREATE_V2", "file system"),
+            (0x4008_941a, "BTRFS_IOC_SUBVOL_SETFLAGS", "file system"),
+            (0x5000_943f, "BTRFS_IOC_SNAP_DESTROY_V2", "file system"),
         ],
     },
 ];

@@ -35,6 +35,8 @@ pub fn event(
         "terminal input" => "typing into a terminal",
         "userfaultfd" => "a userfaultfd from /dev/userfaultfd",
         "file flags" => "changing a file's flags or project id",
+        "file system" => "a file-system operation no layer sees (verity, encryption, btrfs subvolumes)",
+        "lease" => "a lease that would hold another's open of the file",
         "scheduling" => "the priority of a process other than the caller",
         "process limits" => "the limits of a process other than the caller",
         _ => "routing a file's signals to a process of its choosing",

@@ -20,6 +20,7 @@ mod runtime;
 pub mod select;
 mod serve;
 mod setup;
+mod standing;
 mod subtask;
 mod tasklog;
 mod tasks;

@@ -152,6 +152,10 @@ impl Runtime {
                     if let Some((still, stall)) = watchdog.gap() {
                         stopped(e, still, &stall);
                     }
+                    let changed = watchdog.standing.restore_changed();
+                    if !changed.is_empty() {
+                        demoted(e, &changed);
+                    }
                     // Which processes the kernel tracks, then every event they made
                     // before: a task is let go only once its last process's events
                     // are in (they were in the ring when it exited).
@@ -273,6 +277,21 @@ fn stopped(e: &mut Engine, still: Duration, stall: &super::watchdog::Stall) {
             ev.task = e.p.enr.task_name(c);
         }
     }
+    tracing::error!("{why}");
+    let alert = e.p.judge.tamper_alert(&ev);
+    e.out.send(&ev);
+    e.out.alert(&alert);
+}
+
+/// agentmon's own priority, policy or limits were changed (and are now put back):
+/// a tamper record, with its alert. No hook sees who did it.
+fn demoted(e: &mut Engine, changed: &[String]) {
+    let why = format!(
+        "agentmon's own scheduling or limits were changed by another process of its owner (put back): {}",
+        changed.join("; ")
+    );
+    let (mut ev, _) = e.p.tamper(std::process::id(), None, "starving agentmon", &why, false);
+    ev.detail.insert("changed".into(), serde_json::json!(changed));
     tracing::error!("{why}");
     let alert = e.p.judge.tamper_alert(&ev);
     e.out.send(&ev);

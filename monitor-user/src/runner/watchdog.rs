@@ -5,7 +5,8 @@
 //! and notes who traces it; the loop, when it runs again, records the gap as a
 //! tamper record with its alert. A SIGSTOP stops this thread too, and a loop blocked
 //! in a call is not stopped: then a gap longer than [`STILL_UNEXPLAINED`] is what
-//! is reported, when the loop runs again.
+//! is reported, when the loop runs again. Its priority, policy and limits being
+//! changed (runner/standing.rs) is checked every tick and reported too.
 
 use std::{
     sync::{
@@ -38,6 +39,8 @@ pub struct Watchdog {
     beat: Arc<AtomicU64>,
     seen: Arc<Mutex<Option<Stall>>>,
     last: Instant,
+    /// agentmon's priority, policy and limits at start, checked every tick.
+    pub standing: super::standing::Standing,
 }
 
 fn status_field(text: &str, key: &str) -> Option<u32> {
@@ -82,7 +85,7 @@ impl Watchdog {
                 "the watchdog thread did not start: {e} (a stopped agentmon is noticed only when it runs again)"
             );
         }
-        Self { active, started, beat, seen, last: Instant::now() }
+        Self { active, started, beat, seen, last: Instant::now(), standing: super::standing::Standing::now() }
     }
 
     /// The loop is running.
