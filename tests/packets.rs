@@ -50,7 +50,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 /// kernels before 6.19 the kernel itself puts a hop-by-hop jumbo header before the
 /// TCP header, the kind of option header the egress check drops when a caller sets
 /// it. An enforced task's allowed connection must not lose those packets: over
-/// loopback in a namespace whose `lo` takes 192 KiB packets, 32 MiB arrive whole and
+/// loopback in a namespace whose `lo` takes 512 KiB packets, 32 MiB arrive whole and
 /// every packet handed down leaves. The check dropped them before (TCP then crawled
 /// through its timers: 108 s for what takes 4).
 pub fn big_tcp_packets_leave_an_enforced_task() -> R {
@@ -73,7 +73,9 @@ pub fn big_tcp_packets_leave_an_enforced_task() -> R {
     }
     let ns = NetNs::new("agentmon-bigtcp")?;
     ns.ip(&["link", "set", "lo", "up"])?;
-    ns.ip(&["link", "set", "lo", "gso_max_size", "196608", "gro_max_size", "196608"])?;
+    // The largest the kernel takes (GSO_MAX_SIZE): TCP sizes its packets down from
+    // it by the pacing rate and the round trip, which a loaded guest makes smaller.
+    ns.ip(&["link", "set", "lo", "gso_max_size", "524280", "gro_max_size", "524280"])?;
     let nsfile = std::fs::File::open(format!("/run/netns/{}", ns.0)).map_err(|e| e.to_string())?;
     let fd = nsfile.as_raw_fd();
     let events = d.join("events.jsonl");

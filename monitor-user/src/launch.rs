@@ -154,8 +154,10 @@ pub fn spawn_held(
                 }
             }
             // Rust ignores SIGPIPE in its own process, agentmon the terminal's stop
-            // signals (runner/runtime.rs); give the command the defaults.
-            for s in [libc::SIGPIPE, libc::SIGTTOU, libc::SIGTTIN, libc::SIGTSTP] {
+            // signals and the limits' (runner/runtime.rs); give the command the defaults.
+            for s in
+                [libc::SIGPIPE, libc::SIGTTOU, libc::SIGTTIN, libc::SIGTSTP, libc::SIGXFSZ, libc::SIGXCPU]
+            {
                 libc::signal(s, libc::SIG_DFL);
             }
             if let Some(fd) = inherit

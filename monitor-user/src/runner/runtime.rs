@@ -68,11 +68,21 @@ impl Signals {
 /// agentmon at its next diagnostic, a signal no hook and no Landlock scoping sees.
 /// Ignored, a write goes through. (SIGTSTP, ^Z, keeps its default: ignored, an
 /// operator's ^Z stopped the command and left the terminal waiting on agentmon.)
+/// So are the signals the kernel sends for a limit reached (SIGXFSZ, SIGXCPU), whose
+/// default kills and dumps: another process of agentmon's owner may shrink its
+/// limits (runner/standing.rs puts them back, a tick later); a write past the file
+/// size limit then fails EFBIG instead. And agentmon is not dumpable: no core file
+/// with its keys, whatever limit and signal an agent arranges (and its /proc files
+/// need CAP_SYS_PTRACE of anyone, its owner included).
 /// The command launched gets the defaults back (launch.rs).
 pub fn ignore_terminal_stops() {
-    for s in [Signal::SIGTTOU, Signal::SIGTTIN] {
+    for s in [Signal::SIGTTOU, Signal::SIGTTIN, Signal::SIGXFSZ, Signal::SIGXCPU] {
         // SAFETY: SIG_IGN installs no handler.
         let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigIgn) };
+    }
+    // SAFETY: a flag of this process.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        tracing::warn!("agentmon could not make itself undumpable: {}", std::io::Error::last_os_error());
     }
 }
 
@@ -283,11 +293,12 @@ fn stopped(e: &mut Engine, still: Duration, stall: &super::watchdog::Stall) {
     e.out.alert(&alert);
 }
 
-/// agentmon's own priority, policy or limits were changed (and are now put back):
-/// a tamper record, with its alert. No hook sees who did it.
+/// agentmon's own priority, policy or limits were changed (and are now put back,
+/// unless a line says otherwise): a tamper record, with its alert. Who did it is
+/// not known (runner/standing.rs).
 fn demoted(e: &mut Engine, changed: &[String]) {
     let why = format!(
-        "agentmon's own scheduling or limits were changed by another process of its owner (put back): {}",
+        "agentmon's own scheduling or limits were changed by another process of its owner: {}",
         changed.join("; ")
     );
     let (mut ev, _) = e.p.tamper(std::process::id(), None, "starving agentmon", &why, false);

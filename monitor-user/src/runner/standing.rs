@@ -5,9 +5,12 @@
 //! (SCHED_IDLE, nice 19, the idle I/O class) or shrink its limits. Enforced tasks
 //! are refused those calls (gate::filter::AIMED); against everyone else the loop's
 //! housekeeping compares, every tick, and puts back what changed, and the change is
-//! a tamper record. No hook sees these calls, so who made one is not known.
-//! (A CPU limit below what agentmon has used gets it killed before the next tick:
-//! only the enforced tier's refusal holds against that.)
+//! a tamper record. agentmon does not hook these calls (the LSM hooks task_setnice,
+//! task_setioprio, task_setscheduler and task_prlimit would see them, with the
+//! caller, where BPF LSM is active: not built yet), so who made one is not known,
+//! and a change undone within a tick is not seen. (A CPU limit below what agentmon
+//! has used gets it killed before the next tick: only the enforced tier's refusal
+//! holds against that. The signals of the other limits are ignored, runtime.rs.)
 
 /// Priority and policy are per thread; these are the main thread's at start, which
 /// every thread inherits.
@@ -19,13 +22,19 @@ struct Sched {
     ioprio: i64,
 }
 
-/// The limits whose shrinking blinds agentmon or gets it killed.
-const LIMITS: [(libc::__rlimit_resource_t, &str); 5] = [
+/// The limits whose change blinds agentmon, gets it killed or dumps its memory.
+const LIMITS: [(libc::__rlimit_resource_t, &str); 11] = [
     (libc::RLIMIT_CPU, "RLIMIT_CPU"),
     (libc::RLIMIT_FSIZE, "RLIMIT_FSIZE"),
-    (libc::RLIMIT_NOFILE, "RLIMIT_NOFILE"),
-    (libc::RLIMIT_AS, "RLIMIT_AS"),
+    (libc::RLIMIT_DATA, "RLIMIT_DATA"),
+    (libc::RLIMIT_STACK, "RLIMIT_STACK"),
+    (libc::RLIMIT_CORE, "RLIMIT_CORE"),
     (libc::RLIMIT_NPROC, "RLIMIT_NPROC"),
+    (libc::RLIMIT_NOFILE, "RLIMIT_NOFILE"),
+    (libc::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK"),
+    (libc::RLIMIT_AS, "RLIMIT_AS"),
+    (libc::RLIMIT_SIGPENDING, "RLIMIT_SIGPENDING"),
+    (libc::RLIMIT_RTTIME, "RLIMIT_RTTIME"),
 ];
 
 const IOPRIO_WHO_PROCESS: libc::c_long = 1;
@@ -34,6 +43,8 @@ const IOPRIO_WHO_PROCESS: libc::c_long = 1;
 pub struct Standing {
     sched: Sched,
     limits: [(u64, u64); LIMITS.len()],
+    /// What the last check found that could not be put back: said once, not every tick.
+    stuck: Vec<String>,
 }
 
 impl Sched {
@@ -55,13 +66,15 @@ impl Sched {
     }
 
     /// Gives thread `tid` these back (agentmon runs as root: CAP_SYS_NICE).
-    fn restore(&self, tid: i32) {
+    fn restore(&self, tid: i32) -> std::io::Result<()> {
         let p = libc::sched_param { sched_priority: self.rt_priority };
-        unsafe {
-            libc::sched_setscheduler(tid, self.policy, &p);
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, self.nice);
-            libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid as libc::c_long, self.ioprio);
-        }
+        let ok = unsafe {
+            libc::sched_setscheduler(tid, self.policy, &p) == 0
+                && libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, self.nice) == 0
+                && libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid as libc::c_long, self.ioprio)
+                    == 0
+        };
+        if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
     }
 }
 
@@ -85,30 +98,48 @@ impl Standing {
         let me = std::process::id() as i32;
         let sched =
             Sched::of(me).unwrap_or(Sched { nice: 0, policy: libc::SCHED_OTHER, rt_priority: 0, ioprio: 0 });
-        Standing { sched, limits: limits() }
+        Standing { sched, limits: limits(), stuck: Vec::new() }
     }
 
-    /// What differs from the start, each put back: one line per change.
-    pub fn restore_changed(&self) -> Vec<String> {
+    /// What differs from the start, each put back: one line per change, saying so
+    /// when it could not be. A change that could not be put back is said again
+    /// only when what differs changes.
+    pub fn restore_changed(&mut self) -> Vec<String> {
         let mut changed = Vec::new();
+        let mut stuck = Vec::new();
         for tid in threads() {
             let Some(now) = Sched::of(tid) else { continue };
             if now != self.sched {
-                changed.push(format!("thread {tid}: {}", diff(&self.sched, &now)));
-                self.sched.restore(tid);
+                let line = format!("thread {tid}: {}", diff(&self.sched, &now));
+                match self.sched.restore(tid) {
+                    Ok(()) => changed.push(line),
+                    Err(e) => stuck.push(format!("{line} (not put back: {e})")),
+                }
             }
         }
         for (i, now) in limits().iter().enumerate() {
             let (r, name) = LIMITS[i];
             let was = self.limits[i];
             if *now != was {
-                changed.push(format!("{name} {:?} -> {:?}", was, now));
+                let line = format!("{name} {} -> {}", limit(was), limit(*now));
                 let l = libc::rlimit { rlim_cur: was.0, rlim_max: was.1 };
-                unsafe { libc::setrlimit(r, &l) };
+                match unsafe { libc::setrlimit(r, &l) } {
+                    0 => changed.push(line),
+                    _ => stuck.push(format!("{line} (not put back: {})", std::io::Error::last_os_error())),
+                }
             }
+        }
+        if stuck != self.stuck {
+            changed.extend(stuck.iter().cloned());
+            self.stuck = stuck;
         }
         changed
     }
+}
+
+fn limit((cur, max): (u64, u64)) -> String {
+    let one = |v: u64| if v == libc::RLIM_INFINITY { "unlimited".to_string() } else { v.to_string() };
+    format!("{}/{}", one(cur), one(max))
 }
 
 fn diff(was: &Sched, now: &Sched) -> String {
@@ -148,18 +179,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_changed_thread_and_limit_are_said_and_put_back() {
-        let s = Standing::now();
-        // Raising one's own nice value and lowering one's own soft limit need no privilege.
-        let tid = nix::unistd::gettid().as_raw();
-        let nice = s.sched.nice;
-        let other = if nice < 19 { nice + 1 } else { nice - 1 };
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, other) };
-        let fsize = libc::rlimit { rlim_cur: 1 << 30, rlim_max: s.limits[1].1 };
+    fn a_changed_limit_is_said_and_put_back() {
+        let mut s = Standing::now();
+        // Lowering one's own soft limit, and raising it back to the hard one, need
+        // no privilege.
+        let i = LIMITS.iter().position(|(r, _)| *r == libc::RLIMIT_FSIZE).unwrap();
+        let fsize = libc::rlimit { rlim_cur: 1 << 30, rlim_max: s.limits[i].1 };
         unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &fsize) };
         let changed = s.restore_changed();
-        assert!(changed.iter().any(|c| c.starts_with(&format!("thread {tid}: nice"))), "{changed:?}");
-        assert!(changed.iter().any(|c| c.starts_with("RLIMIT_FSIZE")), "{changed:?}");
+        let was = s.limits[i];
+        assert_eq!(changed, vec![format!("RLIMIT_FSIZE {} -> {}", limit(was), limit((1 << 30, was.1)))]);
         assert_eq!(s.restore_changed(), Vec::<String>::new(), "put back");
+    }
+
+    #[test]
+    fn what_changed_is_said_by_name() {
+        let was = Sched { nice: 0, policy: libc::SCHED_OTHER, rt_priority: 0, ioprio: 0 };
+        let now = Sched { nice: 19, policy: libc::SCHED_IDLE, rt_priority: 0, ioprio: 0x6000 };
+        assert_eq!(
+            diff(&was, &now),
+            "nice 0 -> 19, policy SCHED_OTHER/0 -> SCHED_IDLE/0, I/O priority 0x0 -> 0x6000"
+        );
+        assert_eq!(limit((5, libc::RLIM_INFINITY)), "5/unlimited");
     }
 }
