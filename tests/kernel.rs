@@ -61,6 +61,7 @@ fn main() {
         ("grants_decide_who_may_start_a_task", grant::grants_decide_who_may_start_a_task),
         ("a_resumed_task_names_its_grant", grant::a_resumed_task_names_its_grant),
         ("enforced_delegation", tasks::enforced_delegation),
+        ("enforced_sub_task_of_an_observed_task", tasks::enforced_sub_task_of_an_observed_task),
         ("rules_hot_reload", tasks::rules_hot_reload),
         ("rules_check_cli", tasks::rules_check_cli),
         ("reverse_shell_flagged", tasks::reverse_shell_flagged),

@@ -103,17 +103,28 @@ pub fn task_verdicts_and_alerts() -> R {
 /// A nested `agentmon exec --task` within the parent's scope becomes a sub-task
 /// (events carry its id and the chain); one that widens the scope is refused.
 pub fn delegation() -> R {
-    delegation_in(false)
+    delegation_in(false, false)
 }
 
 /// Delegation from inside an enforced task, which may not create unix sockets: the
 /// nested agentmon reaches the watching one through the task's inherited mailbox.
 pub fn enforced_delegation() -> R {
-    delegation_in(true)
+    delegation_in(true, false)
 }
 
-fn delegation_in(enforce: bool) -> R {
-    let d = workdir(if enforce { "delegation-enforced" } else { "delegation" });
+/// An enforced sub-task of an observed root task: its confinement (capabilities
+/// dropped by the nested agentmon, in a process the parent task watches) is no
+/// event of the agent's. Before, it was a capset with a priv.setid-capset alert.
+pub fn enforced_sub_task_of_an_observed_task() -> R {
+    delegation_in(false, true)
+}
+
+fn delegation_in(enforce: bool, sub_enforced: bool) -> R {
+    let d = workdir(match (enforce, sub_enforced) {
+        (true, _) => "delegation-enforced",
+        (false, true) => "delegation-enforced-sub",
+        _ => "delegation",
+    });
     let repo = d.join("repo");
     std::fs::create_dir_all(repo.join("sub")).map_err(|e| e.to_string())?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -137,12 +148,17 @@ fn delegation_in(enforce: bool) -> R {
     std::fs::write(
         &good,
         format!(
-            "id: child\nmode: execute\nexpires_in: 10m\nscope:\n  write: [\"{}/sub/**\"]\n  exec: [\"{}\"]\n",
+            "id: child\nmode: execute\nexpires_in: 10m\nenforcement: {}\nscope:\n  write: [\"{}/sub/**\"]\n  \
+             exec: [\"{}\"]\n",
+            if sub_enforced { "enforce" } else { "observe" },
             repo.display(),
             me.display()
         ),
     )
     .map_err(|e| e.to_string())?;
+    if sub_enforced && !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&good, &d)?);
+    }
     let bad = d.join("bad.yaml");
     std::fs::write(&bad, "id: greedy\nmode: execute\nexpires_in: 10m\nscope:\n  write: [\"/etc/**\"]\n")
         .map_err(|e| e.to_string())?;
@@ -178,9 +194,11 @@ fn delegation_in(enforce: bool) -> R {
     eq(
         "sub-task scope applies",
         (outside.task.as_deref(), verdict(outside)),
-        (Some("child"), Some(if enforce { "denied" } else { "violation" })),
+        (Some("child"), Some(if enforce || sub_enforced { "denied" } else { "violation" })),
     )?;
-    ensure(enforce != repo.join("notsub.txt").exists(), || "the sub-task's scope was not enforced".into())?;
+    ensure((enforce || sub_enforced) != repo.join("notsub.txt").exists(), || {
+        "the sub-task's scope was not enforced".into()
+    })?;
     // The widening sub-task: refused, its command never ran.
     eq(
         "refused exit",

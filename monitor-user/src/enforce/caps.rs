@@ -10,12 +10,15 @@
 //! keeps for its records when the agent fills the disk); file capabilities would
 //! outlive the task in a binary it wrote.
 //!
-//! Dropped in the task's root between fork and exec (after its filters): from the
+//! Dropped in the task's root between fork and exec (before its filters): from the
 //! bounding set, so that no exec gives them back (enforced tasks also have
-//! no_new_privs), from the ambient set, and from the effective, permitted and
-//! inheritable sets. A process that holds none of them makes no call that changes
-//! its capabilities: a sub-task delegated from inside an enforced task then leaves
-//! no capset in its parent's record. Only syscalls: async-signal-safe.
+//! no_new_privs), and from the ambient set; from the effective, permitted and
+//! inheritable sets by the exec that follows, or by a capset where the exec would
+//! not clear them (one in the inheritable set, or one the bounding set keeps for
+//! want of CAP_SETPCAP). A process that holds none of them, or whose exec clears
+//! them, makes no call that changes its capabilities: a sub-task delegated from
+//! inside a task leaves no capset in its parent's record. Only syscalls:
+//! async-signal-safe.
 
 /// include/uapi/linux/capability.h
 pub const DROPPED: &[u32] = &[
@@ -72,6 +75,8 @@ pub unsafe fn drop_all() -> bool {
         }
         // The kernel checks CAP_SETPCAP in the effective set.
         let setpcap = d[0].effective & (1 << CAP_SETPCAP) != 0;
+        // Some listed capability stays in the bounding set.
+        let mut bounded = false;
         for &c in DROPPED {
             // 1: in the bounding set; 0: not; EINVAL: a capability this kernel does
             // not know.
@@ -81,10 +86,11 @@ pub unsafe fn drop_all() -> bool {
             // EPERM without CAP_SETPCAP: a process that cannot shrink its bounding
             // set, and with no_new_privs cannot use it either (its current sets are
             // cleared below).
-            if libc::prctl(libc::PR_CAPBSET_DROP, c as libc::c_ulong, 0, 0, 0) != 0
-                && !(*libc::__errno_location() == libc::EPERM && !setpcap)
-            {
-                return false;
+            if libc::prctl(libc::PR_CAPBSET_DROP, c as libc::c_ulong, 0, 0, 0) != 0 {
+                if !(*libc::__errno_location() == libc::EPERM && !setpcap) {
+                    return false;
+                }
+                bounded = true;
             }
         }
         // Only these: a service's other ambient capabilities (CAP_NET_BIND_SERVICE
@@ -97,15 +103,24 @@ pub unsafe fn drop_all() -> bool {
                 return false;
             }
         }
-        let mut held = false;
+        let (mut held, mut inheritable) = (false, false);
         for &c in DROPPED {
             let (w, bit) = ((c / 32) as usize, 1u32 << (c % 32));
             held |= (d[w].effective | d[w].permitted | d[w].inheritable) & bit != 0;
+            inheritable |= d[w].inheritable & bit != 0;
             d[w].effective &= !bit;
             d[w].permitted &= !bit;
             d[w].inheritable &= !bit;
         }
-        if !held {
+        // The exec that follows computes the new permitted set as (inheritable & the
+        // file's inheritable) | (the file's permitted & bounding) | ambient, root's
+        // file sets counting as full: with none of these in the bounding, ambient or
+        // inheritable set, it holds none of them, and effective follows. Then no
+        // capset: a sub-task delegated from inside an observed root task leaves
+        // none in its parent's record (it would be a priv.setid-capset alert).
+        // Otherwise no_new_privs keeps the exec's permitted set within the current
+        // one, which the capset clears.
+        if !held || !(inheritable || bounded) {
             return true;
         }
         let mut hdr = Header { version: VERSION_3, pid: 0 };
