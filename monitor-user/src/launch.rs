@@ -128,8 +128,10 @@ pub fn spawn_held(
         None => None,
     };
 
-    // An enforced task's capabilities are dropped before the parent returns, and so
-    // before the child is tracked: that capset is agentmon's, not the agent's.
+    // An enforced task's capabilities leave the bounding and ambient sets before the
+    // parent returns, and so before the child is tracked (a capset, where one is
+    // needed, is agentmon's, not the agent's); its exec clears the rest
+    // (enforce/caps.rs).
     let drop_caps = confine.as_ref().is_some_and(|c| c.drop_caps);
     let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC)?;
 

@@ -382,7 +382,8 @@ pub fn program(ops: &[Op]) -> Vec<libc::sock_filter> {
 /// never hold its own listener. Only syscalls; async-signal-safe. A child with
 /// CAP_SYS_ADMIN (agentmon's, run by root) installs it as it is, so an observed
 /// command keeps its setuid programs; otherwise no_new_privs comes first, as the
-/// kernel requires (enforced tasks have it from Landlock already).
+/// kernel requires. (An enforced root task still has CAP_SYS_ADMIN here, which its
+/// exec drops; its denial filter, installed after this, sets no_new_privs.)
 ///
 /// # Safety
 /// To be called in the forked child only, with `prog` and `chan` prepared before the fork.
