@@ -861,6 +861,9 @@ pub fn enforce_network_allowlist() -> R {
         // The same per message, as ancillary data, to an allowed destination: the
         // packet's own header says where it goes.
         "retopts_to=127.0.0.1:5353".to_string(),
+        // An option that asks for no capability (record route): only the egress
+        // check stops it, and its drop is a record of its own (below).
+        "recroute_to=127.0.0.1:5353".to_string(),
         // A root agent's network and system administration capabilities: gone
         // (routes, nftables and tc could rewrite what the guard let out).
         "has_cap=12".to_string(),
@@ -906,6 +909,7 @@ pub fn enforce_network_allowlist() -> R {
             &format!("ipv6_rthdr {EPERM}"),
             &format!("ip_options {EPERM}"),
             &format!("retopts_to {EPERM}"),
+            &format!("recroute_to {EPERM}"),
             "has_cap 0",
             "has_cap 0",
             "has_cap 0",
@@ -953,6 +957,18 @@ pub fn enforce_network_allowlist() -> R {
         (sent.verdict.as_deref(), crate::has_flag(sent, "unsent")),
         (Some("in_scope"), false),
     )?;
+    // The packet the egress check dropped (recroute_to: its sender saw only EPERM,
+    // recorded as an in-scope send) is a refused attempt of its own, named to the task.
+    let dropped = run
+        .tamper("rerouting packets")
+        .ok_or_else(|| format!("no record of the dropped packets:\n{}", run.summary()))?;
+    eq(
+        "dropped packets",
+        (dropped.verdict.as_deref(), dropped.task.as_deref(), dropped.pid),
+        (Some("denied"), Some("netguard"), 0),
+    )?;
+    let n = dropped.detail.get("dropped_total").and_then(|n| n.as_u64()).unwrap_or(0);
+    ensure(n >= 1, || format!("dropped_total {n}: {dropped:?}"))?;
     drop(l);
     Ok(())
 }

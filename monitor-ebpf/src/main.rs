@@ -23,7 +23,7 @@ mod process;
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use monitor_common::{
     COUNTER_SLOTS, KConfig, NetKeyData, NetPorts, TRACKED_BYTES_ENTRIES, Tracked,
@@ -69,6 +69,12 @@ static SENSITIVE: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 /// Enforcement: cgroup id of an enforced task's cgroup -> its task cookie.
 #[map]
 static NET_TASK: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Enforcement: cgroup id a dropped packet's socket is in -> packets the egress
+/// check dropped (netguard.rs `guard_egress`), per CPU. Userspace reads the totals
+/// every tick and records what grew: a drop is a refused attempt.
+#[map]
+static NET_DROPS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(4096, 0);
 
 /// Enforcement: (task, address prefix) -> allowed ports (see netguard.rs).
 #[map]

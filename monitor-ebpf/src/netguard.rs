@@ -5,6 +5,7 @@
 //! report like any other result.
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::generated as h,
     macros::{cgroup_skb, cgroup_sock_addr},
     maps::lpm_trie::Key,
@@ -12,7 +13,7 @@ use aya_ebpf::{
 };
 use monitor_common::NetKeyData;
 
-use crate::{NET_ALLOW, NET_TASK};
+use crate::{NET_ALLOW, NET_DROPS, NET_TASK};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -94,7 +95,20 @@ pub fn guard_sendmsg6(ctx: SockAddrContext) -> i32 {
 /// destination is not the address connect4/6 or sendmsg4/6 checked. The socket
 /// options are refused by the seccomp filter; given per message as ancillary data
 /// (IP_RETOPTS, IPV6_RTHDR) only this sees them.
+/// A dropped packet is counted under its socket's cgroup (NET_DROPS), for
+/// userspace to record: the sender sees only EPERM, and a TCP retransmit not even that.
 #[cgroup_skb(egress)]
 pub fn guard_egress(ctx: SkBuffContext) -> i32 {
-    if monitor_common::packet::egress_allowed(|i| ctx.load::<u8>(i).ok()) { ALLOW } else { DENY }
+    if monitor_common::packet::egress_allowed(|i| ctx.load::<u8>(i).ok()) {
+        return ALLOW;
+    }
+    let cg = unsafe { h::bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
+    match NET_DROPS.get_ptr_mut(&cg) {
+        // Per CPU: no other program writes this slot meanwhile.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = NET_DROPS.insert(&cg, &1, 0);
+        }
+    }
+    DENY
 }

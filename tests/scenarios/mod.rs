@@ -382,14 +382,16 @@ fn tcp_bulk(addr: &str, bytes: usize) -> std::io::Result<i32> {
     Ok(if got == bytes { 0 } else { 10_000 + (got >> 20) as i32 })
 }
 
-/// sendmsg(2) of one UDP byte to `to` with a source route as ancillary data (see the
-/// `retopts_to` action): 0, or the errno.
-fn send_with_cmsg(to: std::net::SocketAddr) -> i32 {
+/// sendmsg(2) of one UDP byte to `to` with a source route (or, `record`, an IPv4
+/// record-route option) as ancillary data (see the `retopts_to` action): 0, or the errno.
+fn send_with_cmsg(to: std::net::SocketAddr, record: bool) -> i32 {
     let bind = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
     let Ok(u) = UdpSocket::bind(bind) else { return -3 };
     let (mut name, level, ty, data): (Vec<u8>, i32, i32, Vec<u8>) = match to {
         std::net::SocketAddr::V4(a) => {
-            (sockaddr_in(a), libc::IPPROTO_IP, libc::IP_RETOPTS, vec![131, 7, 4, 127, 0, 0, 2, 1])
+            // Loose source route via 127.0.0.2, or record route with one slot; then a no-op.
+            let opt = if record { vec![7, 7, 4, 0, 0, 0, 0, 1] } else { vec![131, 7, 4, 127, 0, 0, 2, 1] };
+            (sockaddr_in(a), libc::IPPROTO_IP, libc::IP_RETOPTS, opt)
         }
         std::net::SocketAddr::V6(a) => {
             let sa = libc::sockaddr_in6 {
@@ -1394,10 +1396,13 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             // data: IPv4, IP_RETOPTS with a loose source route via 127.0.0.2; IPv6,
             // IPV6_RTHDR type 2 via ::1 (where the kernel has CONFIG_IPV6_MIP6). The
             // errno of sendmsg.
-            "retopts_to" | "rthdr2_to" => {
+            // recroute_to: IPv4 with a record-route option instead, which asks for no
+            // capability (a source route needs CAP_NET_RAW): only the egress check
+            // stops it.
+            "retopts_to" | "rthdr2_to" | "recroute_to" => {
                 let to: Result<std::net::SocketAddr, _> = arg.parse();
                 match to {
-                    Ok(to) => send_with_cmsg(to),
+                    Ok(to) => send_with_cmsg(to, name == "recroute_to"),
                     Err(_) => -2,
                 }
             }

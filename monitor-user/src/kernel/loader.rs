@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, time::Instant};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         Program, ProgramError,
         links::{FdLink, PinnedLink},
@@ -27,6 +27,7 @@ use super::{lsm::LsmMaps, pin::Pins};
 use crate::sensitive::SensitiveSet;
 
 mod maps;
+pub use maps::Drops;
 
 /// The kernel programs, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor-ebpf"));
@@ -148,6 +149,9 @@ pub struct Sensors {
     ebpf: Ebpf,
     net_task: HashMap<MapData, u64, u32>,
     net_allow: LpmTrie<MapData, NetKeyData, NetPorts>,
+    net_drops: PerCpuHashMap<MapData, u64, u64>,
+    /// The drop totals already reported, by cgroup.
+    drops_said: BTreeMap<u64, u64>,
     tracked: HashMap<MapData, u32, Tracked>,
     tracked_bytes: Array<MapData, [u8; 64]>,
     pending: Array<MapData, u64>,
@@ -434,6 +438,7 @@ impl Sensors {
         let events = Some(take_map(&mut ebpf, "EVENTS")?);
         let net_task = take_map(&mut ebpf, "NET_TASK")?;
         let net_allow = take_map(&mut ebpf, "NET_ALLOW")?;
+        let net_drops = take_map(&mut ebpf, "NET_DROPS")?;
         let lsm = if cfg.lsm {
             let mut pats: Array<MapData, monitor_common::lsm::SensPattern> = take_map(&mut ebpf, "SENS_PAT")?;
             let exact = cfg.sensitive.exact().map_err(|e| e.to_string());
@@ -465,6 +470,8 @@ impl Sensors {
             ebpf,
             net_task,
             net_allow,
+            net_drops,
+            drops_said: BTreeMap::new(),
             tracked,
             tracked_bytes,
             pending,

@@ -36,6 +36,7 @@ pub const PINNED_MAPS: &[&str] = &[
     "SENSITIVE",
     "NET_TASK",
     "NET_ALLOW",
+    "NET_DROPS",
     "FS_RULES",
     "LSM_TASK",
     "EXEC_OK",

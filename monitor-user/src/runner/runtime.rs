@@ -251,6 +251,7 @@ impl Runtime {
         self.drain();
         let e = &mut self.e;
         e.p.unsaid_refusals(&mut e.out, true);
+        dropped(e);
         loss(e);
         if let Some(why) = end_tasks {
             for id in e.p.task_ids() {
@@ -309,6 +310,28 @@ fn demoted(e: &mut Engine, changed: &[String]) {
     e.out.alert(&alert);
 }
 
+/// Packets an enforced task's egress check dropped (their header would send them
+/// elsewhere than the destination its guard allowed): a refused attempt, recorded
+/// with its alert. The kernel does not know which process sent them (a retransmit
+/// is sent by none), so the record names the task and no process (pid 0).
+fn dropped(e: &mut Engine) {
+    for d in e.sensors.new_drops() {
+        let why = format!(
+            "{} packet(s) with IPv4 options or an IPv6 routing or option header (which can send a \
+             packet elsewhere than the destination its guard checked) were dropped at the task's cgroup",
+            d.new
+        );
+        let (mut ev, _) = e.p.tamper(0, d.task, "rerouting packets", &why, true);
+        ev.detail.insert("dropped".into(), serde_json::json!(d.new));
+        ev.detail.insert("dropped_total".into(), serde_json::json!(d.total));
+        ev.detail.insert("cgroup_id".into(), serde_json::json!(d.cgroup));
+        tracing::warn!("tamper: task {:?}: {why}", ev.task);
+        let alert = e.p.judge.tamper_alert(&ev);
+        e.out.send(&ev);
+        e.out.alert(&alert);
+    }
+}
+
 /// Reports what the kernel lost since the last report; a daemon records the totals
 /// reported, so that a successor taking the counters over does not report them again.
 fn loss(e: &mut Engine) {
@@ -354,6 +377,7 @@ fn housekeeping(
         e.out.send(&ev);
     }
     e.p.unsaid_refusals(&mut e.out, false);
+    dropped(e);
     // Host names in scopes: new addresses are added every minute (by default; looked up
     // off the loop).
     if ticks.is_multiple_of((e.setup.hosts_refresh.as_millis() / TICK.as_millis()).max(1) as u64) {
@@ -369,6 +393,7 @@ fn housekeeping(
         // A guard is kept while its cgroup exists.
         if let Some(live) = crate::enforce::cgroup::ours() {
             e.sensors.keep_guards(&live);
+            e.sensors.forget_drops(&live);
         }
     }
     // A task process that moved itself out of its cgroup is brought back, and said.

@@ -10,6 +10,15 @@ use monitor_common::{COUNTER_SLOTS, NetKeyData, NetPorts, Tracked, kind};
 
 use super::{Counts, LoadError, Sensors};
 
+/// Packets of one cgroup that the egress check dropped (see [`Sensors::new_drops`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drops {
+    pub cgroup: u64,
+    pub task: Option<u32>,
+    pub new: u64,
+    pub total: u64,
+}
+
 impl Sensors {
     /// Binds process `tgid` (and, through fork inheritance, all its future
     /// descendants) to task cookie `task`.
@@ -202,6 +211,37 @@ impl Sensors {
     pub fn keep_guards(&self, live: &std::collections::BTreeSet<u64>) {
         if let Some(p) = &self.pins {
             p.keep_guards(live);
+        }
+    }
+
+    /// Packets the egress check dropped since the last call, by cgroup, with the task
+    /// whose guard that cgroup has (None: a cgroup below it). The totals stay in the
+    /// kernel: a restarted daemon reports them again, rather than lose drops made
+    /// while it was down.
+    pub fn new_drops(&mut self) -> Vec<Drops> {
+        let mut out = Vec::new();
+        for (cgroup, per_cpu) in self.net_drops.iter().filter_map(|r| r.ok()) {
+            let total: u64 = per_cpu.iter().sum();
+            let said = self.drops_said.entry(cgroup).or_default();
+            if total > *said {
+                let task = self.net_task.get(&cgroup, 0).ok();
+                out.push(Drops { cgroup, task, new: total - *said, total });
+                *said = total;
+            }
+        }
+        out
+    }
+
+    /// Forgets the drop counts of cgroups not in `live` (gone, and reported).
+    pub fn forget_drops(&mut self, live: &std::collections::BTreeSet<u64>) {
+        let gone: Vec<u64> =
+            self.net_drops.keys().filter_map(|k| k.ok()).filter(|c| !live.contains(c)).collect();
+        for c in gone {
+            let total: u64 = self.net_drops.get(&c, 0).map(|v| v.iter().sum()).unwrap_or(0);
+            if self.drops_said.get(&c).copied().unwrap_or(0) >= total {
+                let _ = self.net_drops.remove(&c);
+                self.drops_said.remove(&c);
+            }
         }
     }
 
