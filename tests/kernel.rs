@@ -5,6 +5,7 @@
 mod adversary;
 mod approval;
 mod audit;
+mod capabilities;
 mod cluster;
 mod contain;
 mod containers;
@@ -85,6 +86,10 @@ fn main() {
         ("unenforceable_task_refused", enforce::unenforceable_task_refused),
         ("enforce_network_allowlist", enforce::enforce_network_allowlist),
         ("big_tcp_packets_leave_an_enforced_task", packets::big_tcp_packets_leave_an_enforced_task),
+        (
+            "harness_capabilities_do_not_reach_the_agent",
+            capabilities::harness_capabilities_do_not_reach_the_agent,
+        ),
         ("rule_kill_ends_the_tree", contain::rule_kill_ends_the_tree),
         ("kill_amid_churn_leaves_nothing_tracked", contain::kill_amid_churn_leaves_nothing_tracked),
         ("freeze_thaw_kill_by_operator", contain::freeze_thaw_kill_by_operator),

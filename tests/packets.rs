@@ -55,19 +55,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 /// through its timers: 108 s for what takes 4).
 pub fn big_tcp_packets_leave_an_enforced_task() -> R {
     let d = workdir("big-tcp");
-    std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
-    let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let t = d.join("task.yaml");
-    std::fs::write(
-        &t,
-        format!(
-            "id: bigtcp\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{r}/**\"]\n  exec: [\"{me}\"]\n  \
-             connect: [\"[::1]:*\", \"127.0.0.1:*\"]\n",
-            r = d.join("repo").display(),
-            me = me.display()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
+    let (t, me) = support::enforced_self_task(&d, "bigtcp", "  connect: [\"[::1]:*\", \"127.0.0.1:*\"]\n")?;
     if !support::can_enforce() {
         return Ok(support::enforce_refused_here(&t, &d)?);
     }

@@ -435,6 +435,23 @@ fn send_with_cmsg(to: std::net::SocketAddr, record: bool) -> i32 {
     }
 }
 
+/// setsockopt(LEVEL, OPT, value) on a UDP socket bound to `bind`: 0, or the errno.
+fn udp_setsockopt(bind: &str, level: i32, opt: i32, value: &[u8]) -> i32 {
+    match UdpSocket::bind(bind) {
+        Ok(u) => {
+            if unsafe {
+                libc::setsockopt(u.as_raw_fd(), level, opt, value.as_ptr().cast(), value.len() as u32)
+            } < 0
+            {
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+            } else {
+                0
+            }
+        }
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
 /// `a` as the sockaddr bytes sendmmsg takes.
 fn sockaddr_in(a: std::net::SocketAddrV4) -> Vec<u8> {
     let sa = libc::sockaddr_in {
@@ -1356,42 +1373,19 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             // A segment routing header on a UDP/IPv6 socket (setsockopt IPV6_RTHDR, no
             // privilege needed): its sends would go to the segment it names, not to
             // the address the cgroup guard checks. The errno of setsockopt.
-            "ipv6_rthdr" => match UdpSocket::bind("[::]:0") {
-                Ok(u) => {
-                    // type 4 (SRH): next header, length 4 (two segments), type, segments
-                    // left 1, last entry 1, flags, tag; then segments [::, fd00::2].
-                    let mut srh = vec![0u8, 4, 4, 1, 1, 0, 0, 0];
-                    srh.extend([0u8; 16]);
-                    srh.extend("fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
-                    sys(unsafe {
-                        libc::setsockopt(
-                            u.as_raw_fd(),
-                            libc::IPPROTO_IPV6,
-                            libc::IPV6_RTHDR,
-                            srh.as_ptr().cast(),
-                            srh.len() as u32,
-                        )
-                    } as libc::c_long)
-                }
-                Err(e) => e.raw_os_error().unwrap_or(-1),
-            },
+            "ipv6_rthdr" => {
+                // type 4 (SRH): next header, length 4 (two segments), type, segments
+                // left 1, last entry 1, flags, tag; then segments [::, fd00::2].
+                let mut srh = vec![0u8, 4, 4, 1, 1, 0, 0, 0];
+                srh.extend([0u8; 16]);
+                srh.extend("fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+                udp_setsockopt("[::]:0", libc::IPPROTO_IPV6, libc::IPV6_RTHDR, &srh)
+            }
             // IPv4 options on a UDP socket (setsockopt IP_OPTIONS: a loose source route
             // with one hop, 127.0.0.2). The errno of setsockopt.
-            "ip_options" => match UdpSocket::bind("0.0.0.0:0") {
-                Ok(u) => {
-                    let lsrr = [131u8, 7, 4, 127, 0, 0, 2, 1];
-                    sys(unsafe {
-                        libc::setsockopt(
-                            u.as_raw_fd(),
-                            libc::IPPROTO_IP,
-                            libc::IP_OPTIONS,
-                            lsrr.as_ptr().cast(),
-                            lsrr.len() as u32,
-                        )
-                    } as libc::c_long)
-                }
-                Err(e) => e.raw_os_error().unwrap_or(-1),
-            },
+            "ip_options" => {
+                udp_setsockopt("0.0.0.0:0", libc::IPPROTO_IP, libc::IP_OPTIONS, &[131, 7, 4, 127, 0, 0, 2, 1])
+            }
             // One UDP datagram to ADDR whose sendmsg carries a source route as ancillary
             // data: IPv4, IP_RETOPTS with a loose source route via 127.0.0.2; IPv6,
             // IPV6_RTHDR type 2 via ::1 (where the kernel has CONFIG_IPV6_MIP6). The
@@ -1406,9 +1400,10 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                     Err(_) => -2,
                 }
             }
-            // 1 if capability N is in this process's effective or bounding set
-            // (/proc/self/status), else 0.
-            "has_cap" => {
+            // has_cap: 1 if capability N is in any of this process's sets (effective,
+            // permitted, inheritable, bounding; /proc/self/status), else 0. holds_cap:
+            // the same without the bounding set, which with no_new_privs grants nothing.
+            "has_cap" | "holds_cap" => {
                 let n: u32 = arg.parse().unwrap_or(0);
                 let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
                 let set = |k: &str| {
@@ -1418,7 +1413,11 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
                         .unwrap_or(u64::MAX)
                 };
-                i32::from((set("CapEff:") | set("CapBnd:")) & (1 << n) != 0)
+                let mut sets = set("CapEff:") | set("CapPrm:") | set("CapInh:");
+                if name == "has_cap" {
+                    sets |= set("CapBnd:");
+                }
+                i32::from(sets & (1 << n) != 0)
             }
             // A real-time priority (which could starve agentmon of CPU): 0 if taken
             // (and given back at once), else the errno.

@@ -152,6 +152,25 @@ pub fn run_command(mut c: Command, events: &Path) -> Result<Run, String> {
     Ok(Run { events, alerts, code, stderr })
 }
 
+/// An enforced task `id` for this test binary run as the agent in `d`: `d/repo`
+/// made, its write scope, the binary its exec scope, then `more_scope` (indented
+/// lines under `scope:`). The manifest's path and the binary.
+pub fn enforced_self_task(d: &Path, id: &str, more_scope: &str) -> Result<(PathBuf, PathBuf), String> {
+    std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let t = d.join("task.yaml");
+    std::fs::write(
+        &t,
+        format!(
+            "id: {id}\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{r}/**\"]\n  exec: [\"{me}\"]\n{more_scope}",
+            r = d.join("repo").display(),
+            me = me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((t, me))
+}
+
 /// A fresh directory for one test, canonical (so paths compare with the kernel's).
 pub fn workdir(name: &str) -> PathBuf {
     let base = std::env::temp_dir().join(format!("agentmon-test-{}", std::process::id())).join(name);

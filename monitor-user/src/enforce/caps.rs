@@ -54,12 +54,31 @@ struct Header {
     pid: i32,
 }
 
+/// One 32-bit half of a thread's capability sets, as capget and capset take them.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct Data {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Data {
+    pub effective: u32,
+    pub permitted: u32,
+    pub inheritable: u32,
+}
+
+/// The calling thread's capability sets (capget, version 3). Only a system call:
+/// safe between fork and exec.
+pub fn get() -> Option<[Data; 2]> {
+    let mut hdr = Header { version: VERSION_3, pid: 0 };
+    let mut d = [Data::default(); 2];
+    // SAFETY: both pointers are to live values of the layout the kernel expects.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &raw mut hdr, d.as_mut_ptr()) };
+    (r == 0).then_some(d)
+}
+
+/// Sets the calling thread's capability sets (capset, version 3); false if refused.
+/// Only a system call: safe between fork and exec.
+pub fn set(d: &[Data; 2]) -> bool {
+    let mut hdr = Header { version: VERSION_3, pid: 0 };
+    // SAFETY: as in [`get`].
+    unsafe { libc::syscall(libc::SYS_capset, &raw mut hdr, d.as_ptr()) == 0 }
 }
 
 /// Drops [`DROPPED`] from the calling process; false if a call failed.
@@ -67,12 +86,8 @@ struct Data {
 /// # Safety
 /// Only syscalls; meant for the forked child before exec.
 pub unsafe fn drop_all() -> bool {
-    let mut hdr = Header { version: VERSION_3, pid: 0 };
-    let mut d = [Data::default(); 2];
+    let Some(mut d) = get() else { return false };
     unsafe {
-        if libc::syscall(libc::SYS_capget, &raw mut hdr, d.as_mut_ptr()) != 0 {
-            return false;
-        }
         // The kernel checks CAP_SETPCAP in the effective set.
         let setpcap = d[0].effective & (1 << CAP_SETPCAP) != 0;
         // Some listed capability stays in the bounding set.
@@ -123,7 +138,6 @@ pub unsafe fn drop_all() -> bool {
         if !held || !(inheritable || bounded) {
             return true;
         }
-        let mut hdr = Header { version: VERSION_3, pid: 0 };
-        libc::syscall(libc::SYS_capset, &raw mut hdr, d.as_ptr()) == 0
+        set(&d)
     }
 }

@@ -118,8 +118,8 @@ fn exit_code(st: WaitStatus) -> i32 {
 }
 
 pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
-    // Whichever way it runs, it shares a terminal with the agent.
-    super::runtime::ignore_terminal_stops();
+    // Whichever way it runs, it shares a terminal and an owner with the agent.
+    super::runtime::shield_self();
     if let (Some(_), Some(sock)) = (&opts.task, std::env::var_os(CTL_ENV)) {
         return delegated(opts, PathBuf::from(sock)).await;
     }

@@ -52,7 +52,7 @@ pub struct Signals([tokio::signal::unix::Signal; 4]);
 
 impl Signals {
     pub fn catch() -> std::io::Result<Self> {
-        ignore_terminal_stops();
+        shield_self();
         Ok(Self([
             tokio::signal::unix::signal(SignalKind::interrupt())?,
             tokio::signal::unix::signal(SignalKind::terminate())?,
@@ -62,7 +62,8 @@ impl Signals {
     }
 }
 
-/// The stop signals a terminal sends a background writer or reader (SIGTTOU,
+/// What agentmon does to itself against an agent that shares its terminal or its
+/// owner. The stop signals a terminal sends a background writer or reader (SIGTTOU,
 /// SIGTTIN) are ignored. An agent sharing agentmon's terminal can take it (its
 /// process group in the foreground, TOSTOP set): the kernel would then stop
 /// agentmon at its next diagnostic, a signal no hook and no Landlock scoping sees.
@@ -75,7 +76,7 @@ impl Signals {
 /// with its keys, whatever limit and signal an agent arranges (and its /proc files
 /// need CAP_SYS_PTRACE of anyone, its owner included).
 /// The command launched gets the defaults back (launch.rs).
-pub fn ignore_terminal_stops() {
+pub fn shield_self() {
     for s in [Signal::SIGTTOU, Signal::SIGTTIN, Signal::SIGXFSZ, Signal::SIGXCPU] {
         // SAFETY: SIG_IGN installs no handler.
         let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigIgn) };
