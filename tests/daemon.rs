@@ -164,7 +164,7 @@ pub fn daemon_signalled_while_loading_stops_cleanly() -> R {
 }
 
 /// GET /metrics on the loopback port.
-fn scrape(port: u16) -> Result<String, String> {
+pub(crate) fn scrape(port: u16) -> Result<String, String> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("metrics: {e}"))?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")

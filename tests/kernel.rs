@@ -14,6 +14,7 @@ mod enforce;
 mod expiry;
 mod fleet;
 mod grant;
+mod guards;
 mod hosts;
 mod nats;
 mod packets;
@@ -86,6 +87,7 @@ fn main() {
         ("unenforceable_task_refused", enforce::unenforceable_task_refused),
         ("enforce_network_allowlist", enforce::enforce_network_allowlist),
         ("big_tcp_packets_leave_an_enforced_task", packets::big_tcp_packets_leave_an_enforced_task),
+        ("network_guards_go_with_their_tasks", guards::network_guards_go_with_their_tasks),
         (
             "harness_capabilities_do_not_reach_the_agent",
             capabilities::harness_capabilities_do_not_reach_the_agent,

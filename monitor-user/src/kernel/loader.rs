@@ -27,7 +27,7 @@ use super::{lsm::LsmMaps, pin::Pins};
 use crate::sensitive::SensitiveSet;
 
 mod maps;
-pub use maps::Drops;
+pub use maps::{Drops, GuardEntries};
 
 /// The kernel programs, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor-ebpf"));

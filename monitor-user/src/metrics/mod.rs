@@ -88,6 +88,8 @@ struct Inner {
     tasks: Level,
     tracked_processes: Level,
     approvals_pending: Level,
+    network_guards: Level,
+    network_allow_entries: Level,
     /// When the handle was made, and the event loop's last beat (ms after it).
     born: std::time::Instant,
     beat_ms: AtomicI64,
@@ -183,6 +185,16 @@ impl Metrics {
                 "agentmon_approvals_pending",
                 "Held syscalls waiting for an approver",
             ),
+            network_guards: gauge(
+                &mut r,
+                "agentmon_network_guards",
+                "Task cgroups with a network guard in the kernel (NET_TASK; 4096 at most), every 10 s",
+            ),
+            network_allow_entries: gauge(
+                &mut r,
+                "agentmon_network_allow_entries",
+                "Allowed and denied address entries of the guarded tasks (NET_ALLOW; 65536 at most), every 10 s",
+            ),
             registry: r,
             born: std::time::Instant::now(),
             beat_ms: AtomicI64::new(0),
@@ -266,6 +278,11 @@ impl Metrics {
 
     pub fn set_approvals_pending(&self, n: usize) {
         self.0.approvals_pending.set(level(n));
+    }
+
+    pub fn set_network_guards(&self, guards: usize, allow_entries: usize) {
+        self.0.network_guards.set(level(guards));
+        self.0.network_allow_entries.set(level(allow_entries));
     }
 
     /// Every metric in the OpenMetrics text format, ending with `# EOF`.

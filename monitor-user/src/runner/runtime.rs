@@ -394,7 +394,10 @@ fn housekeeping(
         // A guard is kept while its cgroup exists.
         if let Some(live) = crate::enforce::cgroup::ours() {
             e.sensors.keep_guards(&live);
-            e.sensors.forget_drops(&live);
+            let left = e.sensors.forget_guards(&live);
+            if let Some(m) = &extras.metrics {
+                m.set_network_guards(left.guards, left.allow);
+            }
         }
     }
     // A task process that moved itself out of its cgroup is brought back, and said.

@@ -3,12 +3,22 @@
 //! the pinned state a restarted daemon takes over, and the counters.
 
 use aya::{
-    maps::{MapData, RingBuf, lpm_trie::Key},
+    maps::{MapData, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::{CgroupAttachMode, CgroupSkbAttachType, Program, ProgramError, links::FdLink},
 };
+use std::collections::BTreeSet;
+
 use monitor_common::{COUNTER_SLOTS, NetKeyData, NetPorts, Tracked, kind};
 
 use super::{Counts, LoadError, Sensors};
+
+/// The network guard's entries in the kernel: cgroups guarded (NET_TASK) and
+/// allowlist and denied-address entries (NET_ALLOW).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuardEntries {
+    pub guards: usize,
+    pub allow: usize,
+}
 
 /// Packets of one cgroup that the egress check dropped (see [`Sensors::new_drops`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,16 +242,49 @@ impl Sensors {
         out
     }
 
-    /// Forgets the drop counts of cgroups not in `live` (gone, and reported).
-    pub fn forget_drops(&mut self, live: &std::collections::BTreeSet<u64>) {
-        let gone: Vec<u64> =
+    /// Forgets the network guards of task cgroups not in `live` (removed, so no
+    /// process is left in them): their NET_TASK entries, their tasks' allowlists and
+    /// denied addresses (unless a live cgroup is the same task's), and their drop
+    /// counts once reported. A daemon runs for months: kept, these would fill
+    /// NET_TASK (4096) and NET_ALLOW, and every enforced task after would be refused.
+    /// What is left, in entries.
+    pub fn forget_guards(&mut self, live: &std::collections::BTreeSet<u64>) -> GuardEntries {
+        let drops = |m: &PerCpuHashMap<MapData, u64, u64>, c: &u64| -> u64 {
+            m.get(c, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        };
+        let guards: Vec<(u64, u32)> = self.net_task.iter().filter_map(|r| r.ok()).collect();
+        let kept: BTreeSet<u32> = guards.iter().filter(|(c, _)| live.contains(c)).map(|(_, t)| *t).collect();
+        let mut gone = BTreeSet::new();
+        for (cg, task) in guards.iter().filter(|(c, _)| !live.contains(c)) {
+            if self.net_task.remove(cg).is_ok() && !kept.contains(task) {
+                gone.insert(*task);
+            }
+        }
+        if !gone.is_empty() {
+            let keys: Vec<Key<NetKeyData>> = self
+                .net_allow
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| {
+                    gone.contains(&u32::from_be_bytes([k.data()[0], k.data()[1], k.data()[2], k.data()[3]]))
+                })
+                .collect();
+            for k in keys {
+                let _ = self.net_allow.remove(&k);
+            }
+        }
+        // Drop counts stay until reported (the next tick's record needs them).
+        let counted: Vec<u64> =
             self.net_drops.keys().filter_map(|k| k.ok()).filter(|c| !live.contains(c)).collect();
-        for c in gone {
-            let total: u64 = self.net_drops.get(&c, 0).map(|v| v.iter().sum()).unwrap_or(0);
-            if self.drops_said.get(&c).copied().unwrap_or(0) >= total {
+        for c in counted {
+            if self.drops_said.get(&c).copied().unwrap_or(0) >= drops(&self.net_drops, &c) {
                 let _ = self.net_drops.remove(&c);
                 self.drops_said.remove(&c);
             }
+        }
+        GuardEntries {
+            guards: self.net_task.keys().filter_map(|k| k.ok()).count(),
+            allow: self.net_allow.keys().filter_map(|k| k.ok()).count(),
         }
     }
 
