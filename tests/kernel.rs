@@ -5,7 +5,6 @@
 mod adversary;
 mod approval;
 mod audit;
-mod capabilities;
 mod cluster;
 mod contain;
 mod containers;
@@ -16,6 +15,7 @@ mod fleet;
 mod grant;
 mod guards;
 mod hosts;
+mod inherited;
 mod nats;
 mod packets;
 mod refusals;
@@ -88,10 +88,12 @@ fn main() {
         ("enforce_network_allowlist", enforce::enforce_network_allowlist),
         ("big_tcp_packets_leave_an_enforced_task", packets::big_tcp_packets_leave_an_enforced_task),
         ("network_guards_go_with_their_tasks", guards::network_guards_go_with_their_tasks),
+        ("dropped_packets_are_counted", packets::dropped_packets_are_counted),
         (
             "harness_capabilities_do_not_reach_the_agent",
-            capabilities::harness_capabilities_do_not_reach_the_agent,
+            inherited::harness_capabilities_do_not_reach_the_agent,
         ),
+        ("callers_descriptors_do_not_reach_the_agent", inherited::callers_descriptors_do_not_reach_the_agent),
         ("rule_kill_ends_the_tree", contain::rule_kill_ends_the_tree),
         ("kill_amid_churn_leaves_nothing_tracked", contain::kill_amid_churn_leaves_nothing_tracked),
         ("freeze_thaw_kill_by_operator", contain::freeze_thaw_kill_by_operator),

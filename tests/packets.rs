@@ -109,3 +109,36 @@ pub fn big_tcp_packets_leave_an_enforced_task() -> R {
     ensure(octets / out > 65_535, || format!("no BIG TCP packets: {octets} bytes in {out} packets"))?;
     Ok(())
 }
+
+/// Each packet the egress check drops is counted once: three sends with an IPv4
+/// record-route option (which asks for no capability, so only the check stops it)
+/// fail EPERM, and the `rerouting packets` records of the task add up to three.
+pub fn dropped_packets_are_counted() -> R {
+    let d = workdir("drops");
+    let (t, me) = support::enforced_self_task(&d, "drops", "  connect: [\"127.0.0.1:5353\"]\n")?;
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&t, &d)?);
+    }
+    let mut cmd = vec![me.display().to_string(), d.display().to_string()];
+    cmd.extend(std::iter::repeat_n("recroute_to=127.0.0.1:5353".to_string(), 3));
+    let run = support::run_agentmon_with(
+        &["--task", t.to_str().unwrap()],
+        &cmd,
+        &[(SCENARIO_ENV, "attempts")],
+        &d,
+    )?;
+    ensure(run.code == 0, || format!("exit {}: {}", run.code, run.stderr))?;
+    let text = std::fs::read_to_string(d.join("repo/results.txt")).map_err(|e| e.to_string())?;
+    eq("sends", text.lines().collect::<Vec<_>>(), vec![&*format!("recroute_to {}", libc::EPERM); 3])?;
+    let records = support::tamper_of(&run.events, "rerouting packets");
+    ensure(!records.is_empty(), || format!("no record of the dropped packets:\n{}", run.summary()))?;
+    let mut sum = 0;
+    for r in &records {
+        eq("record", (r.verdict.as_deref(), r.task.as_deref(), r.pid), (Some("denied"), Some("drops"), 0))?;
+        sum += r.detail.get("dropped").and_then(|n| n.as_u64()).unwrap_or(0);
+    }
+    eq("packets dropped, over the records", sum, 3)?;
+    let last = records.last().and_then(|r| r.detail.get("dropped_total")).and_then(|n| n.as_u64());
+    eq("the last record's total", last, Some(3))?;
+    Ok(())
+}

@@ -16,6 +16,8 @@ use monitor_common::NetKeyData;
 use crate::{NET_ALLOW, NET_DROPS, NET_TASK};
 
 const ALLOW: i32 = 1;
+/// bpf_map_update_elem: create only.
+const BPF_NOEXIST: u64 = 1;
 const DENY: i32 = 0;
 
 /// Is `addr` (16 bytes; IPv4 v4-mapped), `port` allowed for the current cgroup's task?
@@ -103,12 +105,15 @@ pub fn guard_egress(ctx: SkBuffContext) -> i32 {
         return ALLOW;
     }
     let cg = unsafe { h::bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
-    match NET_DROPS.get_ptr_mut(&cg) {
-        // Per CPU: no other program writes this slot meanwhile.
-        Some(n) => unsafe { *n += 1 },
-        None => {
-            let _ = NET_DROPS.insert(&cg, &1, 0);
-        }
+    if NET_DROPS.get_ptr_mut(&cg).is_none() {
+        // BPF_NOEXIST: a count another packet began meanwhile is kept.
+        let _ = NET_DROPS.insert(&cg, &0, BPF_NOEXIST);
+    }
+    if let Some(n) = NET_DROPS.get_ptr_mut(&cg) {
+        // Per CPU, so only a softirq's packet (a retransmit) interrupting this one
+        // on the same CPU between read and write could lose one count: this target
+        // offers Rust no atomic add.
+        unsafe { *n += 1 };
     }
     DENY
 }

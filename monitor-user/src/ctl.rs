@@ -120,6 +120,10 @@ pub enum Request {
         /// a restarted daemon to take back.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         kept_mailbox: Option<i32>,
+        /// Descriptors from the client's caller that the enforced command was not
+        /// given (`launch::inherited`), for its `task_start`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        closed_fds: Vec<String>,
     },
     /// From `agentmon exec` with a daemon: the approval listener of the task's root,
     /// attached (SCM_RIGHTS); the daemon holds the task's gated calls from now on.

@@ -85,12 +85,91 @@ pub struct Held {
     err: OwnedFd,
     /// Where the child sends its approval listener (when the task is gated).
     gate: Option<OwnedFd>,
+    /// The descriptors agentmon's caller left open that an enforced command does
+    /// not get (see [`inherited`]), described: for its `task_start`.
+    pub closed: Vec<String>,
+}
+
+/// The descriptors this process would pass on at exec (no close-on-exec flag), from
+/// 3 up, other than `keep`, each described (`fd 5: socket (inet, datagram)`). Every
+/// descriptor agentmon opens itself is close-on-exec: these came from its caller.
+/// An enforced command does not get them: a socket made outside the task's cgroup
+/// is not the network guard's (its address hooks and packet check are the socket's
+/// cgroup's), a connected unix socket (a container runtime's) needs no connect, and
+/// a file opened for writing needs no Landlock right.
+pub fn inherited(keep: Option<std::os::fd::RawFd>) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return vec!["(descriptors not listed)".into()] };
+    let mut fds: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    fds.sort_unstable();
+    fds.into_iter()
+        .filter(|&fd| fd > 2 && Some(fd) != keep)
+        // SAFETY: F_GETFD only reads the descriptor's flags (-1: closed meanwhile,
+        // such as the listing's own descriptor).
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } == 0)
+        .map(|fd| format!("fd {fd}: {}", describe(fd)))
+        .collect()
+}
+
+/// What descriptor `fd` is: a socket's family and type, else what /proc names.
+fn describe(fd: i32) -> String {
+    let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|t| t.display().to_string());
+    let Ok(target) = target else { return "unknown".into() };
+    if !target.starts_with("socket:") {
+        return target;
+    }
+    let opt = |o: libc::c_int| {
+        let (mut v, mut len) = (0 as libc::c_int, std::mem::size_of::<libc::c_int>() as libc::socklen_t);
+        // SAFETY: an int-sized option into an int.
+        let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, o, (&raw mut v).cast(), &mut len) };
+        (r == 0).then_some(v)
+    };
+    let family = match opt(libc::SO_DOMAIN) {
+        Some(libc::AF_UNIX) => "unix".to_string(),
+        Some(libc::AF_INET) => "inet".to_string(),
+        Some(libc::AF_INET6) => "inet6".to_string(),
+        Some(libc::AF_NETLINK) => "netlink".to_string(),
+        Some(libc::AF_PACKET) => "packet".to_string(),
+        Some(f) => format!("family {f}"),
+        None => "family unknown".to_string(),
+    };
+    let kind = match opt(libc::SO_TYPE) {
+        Some(libc::SOCK_STREAM) => "stream".to_string(),
+        Some(libc::SOCK_DGRAM) => "datagram".to_string(),
+        Some(libc::SOCK_SEQPACKET) => "seqpacket".to_string(),
+        Some(libc::SOCK_RAW) => "raw".to_string(),
+        Some(t) => format!("type {t}"),
+        None => "type unknown".to_string(),
+    };
+    format!("socket ({family}, {kind})")
+}
+
+/// Marks every descriptor from 3 up close-on-exec (close_range, Linux 5.11; before
+/// it, one fcntl each up to the descriptor limit). Only system calls: safe between
+/// fork and exec.
+unsafe fn cloexec_from_3() -> bool {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC)
+            == 0
+        {
+            return true;
+        }
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return false;
+        }
+        for fd in 3..l.rlim_cur.min(1 << 20) as i32 {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+        true
+    }
 }
 
 /// Forks `cmd` with agentmon's environment, less its secrets (`SECRET_ENV`), plus
 /// `extra_env`; the child blocks until released, then applies `confine`
-/// (enforcement) and execs. A child that cannot be confined never execs. `inherit`: a descriptor the command keeps across exec (the
-/// task's control mailbox).
+/// (enforcement) and execs. A child that cannot be confined never execs. `inherit`:
+/// a descriptor the command keeps across exec (the task's control mailbox); an
+/// enforced command keeps no other but its standard streams ([`inherited`]).
 pub fn spawn_held(
     cmd: &[String],
     extra_env: &[(String, String)],
@@ -134,6 +213,8 @@ pub fn spawn_held(
     // (enforce/caps.rs).
     let drop_caps = confine.as_ref().is_some_and(|c| c.drop_caps);
     let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC)?;
+    let confined = confine.is_some();
+    let closed = if confined { inherited(inherit) } else { Vec::new() };
 
     // SAFETY: the child only calls async-signal-safe functions on memory prepared above.
     match unsafe { fork() }? {
@@ -161,6 +242,10 @@ pub fn spawn_held(
                 [libc::SIGPIPE, libc::SIGTTOU, libc::SIGTTIN, libc::SIGTSTP, libc::SIGXFSZ, libc::SIGXCPU]
             {
                 libc::signal(s, libc::SIG_DFL);
+            }
+            // An enforced command keeps only its standard streams and the mailbox.
+            if confined && !cloexec_from_3() {
+                libc::_exit(125);
             }
             if let Some(fd) = inherit
                 && libc::fcntl(fd, libc::F_SETFD, 0) != 0
@@ -196,7 +281,8 @@ pub fn spawn_held(
             drop(err_w);
             drop(ready_w);
             let gate = gate_chan.map(|(ours, _)| ours);
-            let held = Held { pid: child, program, argv: cmd.to_vec(), go: Some(go_w), err: err_r, gate };
+            let held =
+                Held { pid: child, program, argv: cmd.to_vec(), go: Some(go_w), err: err_r, gate, closed };
             let mut b = [0u8; 1];
             loop {
                 match nix::unistd::read(&ready_r, &mut b) {

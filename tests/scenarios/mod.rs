@@ -1347,6 +1347,29 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 tcp_bulk(addr, bytes).unwrap_or_else(|e| e.raw_os_error().unwrap_or(-1))
             }
             "udp_to" => errno(UdpSocket::bind("0.0.0.0:0").and_then(|s| s.send_to(b"x", arg)).map(|_| ())),
+            // fd_sendto=FD@ADDR: one datagram to ADDR on descriptor FD (one the agent
+            // was given, not made): the errno of sendto. fd_write=FD: one byte written
+            // to descriptor FD: the errno of write.
+            "fd_sendto" => match arg.split_once('@') {
+                Some((fd, to)) => {
+                    let to = to.parse::<std::net::SocketAddrV4>().map(sockaddr_in).unwrap_or_default();
+                    sys(unsafe {
+                        libc::sendto(
+                            fd.parse().unwrap_or(-1),
+                            b"x".as_ptr().cast(),
+                            1,
+                            0,
+                            to.as_ptr().cast(),
+                            to.len() as u32,
+                        )
+                    } as libc::c_long)
+                }
+                None => -2,
+            },
+            "fd_write" => {
+                sys(unsafe { libc::write(arg.parse().unwrap_or(-1), b"x".as_ptr().cast(), 1) }
+                    as libc::c_long)
+            }
             // An ICMP echo to ADDR on an unprivileged "ping" socket (SOCK_DGRAM,
             // IPPROTO_ICMP): the errno of socket() or sendto().
             "ping_to" => {

@@ -44,6 +44,43 @@ pub fn ours() -> Option<std::collections::BTreeSet<u64>> {
     Some(ids)
 }
 
+/// Which of the cgroups `ids` are gone, asked of the kernel by id (a file handle on
+/// cgroupfs, as name_to_handle_at gives one): whatever cgroup namespace or mount
+/// this process sees, a cgroup that exists is never among them. Empty when it
+/// cannot be told.
+pub fn gone(ids: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    use std::os::fd::AsRawFd;
+    /// struct file_handle with kernfs's 8-byte handle (include/linux/exportfs.h
+    /// FILEID_KERNFS).
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        id: u64,
+    }
+    const FILEID_KERNFS: i32 = 0xfe;
+    let Some(root) = v2_root().and_then(|r| std::fs::File::open(r).ok()) else { return Vec::new() };
+    ids.into_iter()
+        .filter(|&id| {
+            let mut h = Handle { bytes: 8, kind: FILEID_KERNFS, id };
+            // SAFETY: a handle of the size it says; the descriptor is closed at once.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_open_by_handle_at,
+                    root.as_raw_fd(),
+                    &raw mut h,
+                    libc::O_RDONLY | libc::O_CLOEXEC | libc::O_DIRECTORY,
+                )
+            };
+            if fd >= 0 {
+                unsafe { libc::close(fd as i32) };
+                return false;
+            }
+            io::Error::last_os_error().raw_os_error() == Some(libc::ESTALE)
+        })
+        .collect()
+}
+
 /// A task's cgroup; removed when dropped (if it is empty by then).
 #[derive(Debug)]
 pub struct TaskCgroup {

@@ -152,6 +152,8 @@ pub struct Sensors {
     net_drops: PerCpuHashMap<MapData, u64, u64>,
     /// The drop totals already reported, by cgroup.
     drops_said: BTreeMap<u64, u64>,
+    /// NET_ALLOW was swept once of entries no guard names.
+    allow_swept: bool,
     tracked: HashMap<MapData, u32, Tracked>,
     tracked_bytes: Array<MapData, [u8; 64]>,
     pending: Array<MapData, u64>,
@@ -472,6 +474,7 @@ impl Sensors {
             net_allow,
             net_drops,
             drops_said: BTreeMap::new(),
+            allow_swept: false,
             tracked,
             tracked_bytes,
             pending,

@@ -59,20 +59,26 @@ impl Engine {
             pin: setup.state.as_ref().map(|s| s.dir.clone()),
             ..defaults
         };
-        let sensors = Sensors::load(&cfg)?;
+        let mut sensors = Sensors::load(&cfg)?;
         let mut enr = Enricher::new(sensitive.clone(), Default::default());
+        // Cookies a previous daemon gave out may still be in the kernel's maps.
+        let mut next_task = EXEC_TASK.max(sensors.max_cookie() + 1);
         if let Some(st) = &setup.state {
             // Counters taken over go on from what was reported of them; fresh ones
             // start at nothing, whatever an older build's daemon reported.
             if sensors.taken_over() {
                 enr.seed_lost(st.lost_reported());
+                sensors.seed_drops(st.drops_reported());
             } else {
                 st.save_lost(&Default::default());
+                st.save_drops(&Default::default());
             }
+            // Its guards' state goes with their tasks (forget_guards), so the maps
+            // alone no longer say which cookies were given.
+            next_task = next_task.max(st.next_cookie());
         }
         Ok(Self {
-            // Cookies a previous daemon gave out are still in the kernel's maps.
-            next_task: EXEC_TASK.max(sensors.max_cookie() + 1),
+            next_task,
             sensors,
             p: Pipeline::new(enr, Judge::new(rules)),
             out,
@@ -93,6 +99,9 @@ impl Engine {
     pub fn cookie(&mut self) -> u32 {
         let c = self.next_task;
         self.next_task += 1;
+        if let Some(st) = &self.setup.state {
+            st.save_next_cookie(self.next_task);
+        }
         c
     }
 

@@ -117,6 +117,17 @@ fn exit_code(st: WaitStatus) -> i32 {
     }
 }
 
+/// Says which of its caller's descriptors the enforced command was not given (its
+/// `task_start` has them too, `detail.closed_fds`).
+fn said_closed(closed: &[String]) {
+    if !closed.is_empty() {
+        tracing::warn!(
+            "the enforced command does not get the descriptors agentmon's caller left open: {}",
+            closed.join("; ")
+        );
+    }
+}
+
 pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     // Whichever way it runs, it shares a terminal and an owner with the agent.
     super::runtime::shield_self();
@@ -177,6 +188,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         }
     }
     let mut held = launch::spawn_held(&opts.cmd, &env, confinement, Some(theirs.as_raw_fd()))?;
+    said_closed(&held.closed);
     drop(theirs);
     // This process holds the task's gate and mailbox: no other process of our uid
     // may take them (ptrace, pidfd_getfd).
@@ -198,6 +210,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
                 launch: if task.enforce { launch_of(&opts)? } else { Vec::new() },
                 lsm: None,
                 keeper: None,
+                closed_fds: held.closed.clone(),
             };
             tasks::bind(&mut rt.e, task, r, Binding::Launched).map(|_| EXEC_TASK)
         }
@@ -297,8 +310,14 @@ async fn delegated(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> 
     // second one.
     let confinement = plan_confinement(&gated_by_parent, &setup)?.map(|c| Confinement { gate: None, ..c });
     let Some((task, text)) = opts.task else { unreachable!("checked by the caller") };
-    // The mailbox (AGENTMON_CTL_FD), if this process has one, is inherited as it is.
-    let held = launch::spawn_held(&opts.cmd, &[(TASK_ENV.into(), task.id.clone())], confinement, None)?;
+    // The mailbox (AGENTMON_CTL_FD), if this process has one, is inherited as it is
+    // (an enforced command keeps no other descriptor: launch::inherited).
+    let mailbox = std::env::var(CTL_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|&fd| fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
+    let held = launch::spawn_held(&opts.cmd, &[(TASK_ENV.into(), task.id.clone())], confinement, mailbox)?;
+    said_closed(&held.closed);
     let pid = held.pid;
     let abort = |msg: String| {
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
@@ -387,6 +406,7 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
         env.push((ENFORCED_ENV.to_string(), "1".into()));
     }
     let mut held = launch::spawn_held(&opts.cmd, &env, confinement, Some(theirs.as_raw_fd()))?;
+    said_closed(&held.closed);
     drop(theirs);
     // It keeps copies of the task's gate and mailbox for a restarted daemon (root's
     // daemon can take them; no other process of our uid may).
@@ -424,6 +444,7 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
         },
         lsm: setup.layers.lsm,
         kept_mailbox: Some(ours.as_raw_fd()),
+        closed_fds: held.closed.clone(),
     };
     // The task's mailbox goes with the request: the daemon answers it from now on.
     // Our copy stays open while the task runs, for a restarted daemon to take back

@@ -7,6 +7,7 @@
 //! (delegation, see [`crate::ctl`]) and only launches and waits; with a daemon, it
 //! registers the command with the daemon.
 
+mod alarms;
 mod callers;
 mod daemon;
 mod engine;

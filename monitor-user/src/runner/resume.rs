@@ -105,6 +105,7 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
             launch: s.launch.iter().map(PathBuf::from).collect(),
             lsm: None,
             keeper: s.keeper.clone(),
+            closed_fds: Vec::new(),
         };
         let (ended, left) = (s.ended, pids.len());
         let bound =

@@ -161,11 +161,11 @@ impl Runtime {
                 _ = tick.tick() => {
                     *ticks += 1;
                     if let Some((still, stall)) = watchdog.gap() {
-                        stopped(e, still, &stall);
+                        super::alarms::stopped(e, still, &stall);
                     }
                     let changed = watchdog.standing.restore_changed();
                     if !changed.is_empty() {
-                        demoted(e, &changed);
+                        super::alarms::demoted(e, &changed);
                     }
                     // Which processes the kernel tracks, then every event they made
                     // before: a task is let go only once its last process's events
@@ -233,7 +233,7 @@ impl Runtime {
         };
         // A loop stopped until just before the end is still a stopped loop.
         if let Some((still, stall)) = self.watchdog.gap() {
-            stopped(&mut self.e, still, &stall);
+            super::alarms::stopped(&mut self.e, still, &stall);
         }
         self.watchdog.stop();
         Ok(match status {
@@ -252,7 +252,7 @@ impl Runtime {
         self.drain();
         let e = &mut self.e;
         e.p.unsaid_refusals(&mut e.out, true);
-        dropped(e);
+        super::alarms::dropped(e);
         loss(e);
         if let Some(why) = end_tasks {
             for id in e.p.task_ids() {
@@ -266,70 +266,6 @@ impl Runtime {
         for f in e.out.close() {
             tracing::error!("closing {}: {} (what it holds may be lost)", f.output, f.error);
         }
-    }
-}
-
-/// agentmon's loop did not run for `still`: a tamper record (with its alert) says
-/// for how long and who traced it, if someone did. What happened meanwhile is read
-/// from the ring now; what the ring could not hold is in the next loss record.
-fn stopped(e: &mut Engine, still: Duration, stall: &super::watchdog::Stall) {
-    let me = std::process::id();
-    let how = match (stall.tracer, stall.state) {
-        (Some(t), _) => format!("traced by pid {t}"),
-        (None, Some('T')) => "stopped by a signal".to_string(),
-        (None, Some('t')) => "in a tracing stop".to_string(),
-        _ => "stopped, or starved of CPU".to_string(),
-    };
-    let why = format!("agentmon's event loop did not run for {} ms ({how})", still.as_millis());
-    let (mut ev, _) = e.p.tamper(me, None, "stopping agentmon", &why, false);
-    ev.detail.insert("stopped_ms".into(), serde_json::json!(still.as_millis() as u64));
-    if let Some(t) = stall.tracer {
-        ev.detail.insert("tracer_pid".into(), serde_json::json!(t));
-        if let Some(c) = e.sensors.task_of(t) {
-            ev.task = e.p.enr.task_name(c);
-        }
-    }
-    tracing::error!("{why}");
-    let alert = e.p.judge.tamper_alert(&ev);
-    e.out.send(&ev);
-    e.out.alert(&alert);
-}
-
-/// agentmon's own priority, policy or limits were changed (and are now put back,
-/// unless a line says otherwise): a tamper record, with its alert. Who did it is
-/// not known (runner/standing.rs).
-fn demoted(e: &mut Engine, changed: &[String]) {
-    let why = format!(
-        "agentmon's own scheduling or limits were changed by another process of its owner: {}",
-        changed.join("; ")
-    );
-    let (mut ev, _) = e.p.tamper(std::process::id(), None, "starving agentmon", &why, false);
-    ev.detail.insert("changed".into(), serde_json::json!(changed));
-    tracing::error!("{why}");
-    let alert = e.p.judge.tamper_alert(&ev);
-    e.out.send(&ev);
-    e.out.alert(&alert);
-}
-
-/// Packets an enforced task's egress check dropped (their header would send them
-/// elsewhere than the destination its guard allowed): a refused attempt, recorded
-/// with its alert. The kernel does not know which process sent them (a retransmit
-/// is sent by none), so the record names the task and no process (pid 0).
-fn dropped(e: &mut Engine) {
-    for d in e.sensors.new_drops() {
-        let why = format!(
-            "{} packet(s) with IPv4 options or an IPv6 routing or option header (which can send a \
-             packet elsewhere than the destination its guard checked) were dropped at the task's cgroup",
-            d.new
-        );
-        let (mut ev, _) = e.p.tamper(0, d.task, "rerouting packets", &why, true);
-        ev.detail.insert("dropped".into(), serde_json::json!(d.new));
-        ev.detail.insert("dropped_total".into(), serde_json::json!(d.total));
-        ev.detail.insert("cgroup_id".into(), serde_json::json!(d.cgroup));
-        tracing::warn!("tamper: task {:?}: {why}", ev.task);
-        let alert = e.p.judge.tamper_alert(&ev);
-        e.out.send(&ev);
-        e.out.alert(&alert);
     }
 }
 
@@ -378,7 +314,7 @@ fn housekeeping(
         e.out.send(&ev);
     }
     e.p.unsaid_refusals(&mut e.out, false);
-    dropped(e);
+    super::alarms::dropped(e);
     // Host names in scopes: new addresses are added every minute (by default; looked up
     // off the loop).
     if ticks.is_multiple_of((e.setup.hosts_refresh.as_millis() / TICK.as_millis()).max(1) as u64) {
@@ -394,10 +330,13 @@ fn housekeeping(
         // A guard is kept while its cgroup exists.
         if let Some(live) = crate::enforce::cgroup::ours() {
             e.sensors.keep_guards(&live);
-            let left = e.sensors.forget_guards(&live);
-            if let Some(m) = &extras.metrics {
-                m.set_network_guards(left.guards, left.allow);
-            }
+        }
+        // A guard's kernel state goes once its cgroup is gone, asked by id.
+        let gone = crate::enforce::cgroup::gone(e.sensors.guard_cgroups()).into_iter().collect();
+        if let Some(left) = e.sensors.forget_guards(&gone, extras.metrics.is_some())
+            && let Some(m) = &extras.metrics
+        {
+            m.set_network_guards(left.guards, left.allow);
         }
     }
     // A task process that moved itself out of its cgroup is brought back, and said.

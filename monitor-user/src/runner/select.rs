@@ -145,6 +145,7 @@ impl Scanner {
                 launch: Vec::new(),
                 lsm: None,
                 keeper: None,
+                closed_fds: Vec::new(),
             };
             let r = tasks::start(e, me, req);
             match (r.ok, r.task, r.error) {

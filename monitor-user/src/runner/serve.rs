@@ -152,7 +152,18 @@ fn serve_now(
         Request::Delegate { .. } | Request::Step { .. } | Request::Prompt { .. } => {
             unreachable!("handled above")
         }
-        Request::Start { manifest, file, pid, enforce, events, grant, launch, lsm, kept_mailbox } => {
+        Request::Start {
+            manifest,
+            file,
+            pid,
+            enforce,
+            events,
+            grant,
+            launch,
+            lsm,
+            kept_mailbox,
+            closed_fds,
+        } => {
             let launch = launch.into_iter().map(std::path::PathBuf::from).collect();
             // The registering exec keeps copies of the task's descriptors for a
             // restarted daemon (the mailbox now, the gate once it is handed over).
@@ -176,6 +187,7 @@ fn serve_now(
                     launch,
                     lsm: Some(lsm),
                     keeper,
+                    closed_fds,
                 },
             );
             // The task's control mailbox, sent with the request.
@@ -239,6 +251,7 @@ fn serve_now(
                     launch: Vec::new(),
                     lsm: None,
                     keeper: None,
+                    closed_fds: Vec::new(),
                 },
             );
         }

@@ -144,6 +144,11 @@ const HEARTBEAT: &str = "alive";
 /// The kernel's lost-event counts last reported (kind -> total). Not a task id's
 /// file name (`@` is in no id), so no task can be called so as to overwrite it.
 const LOST: &str = "lost@kernel.json";
+/// The next task cookie a daemon may give: none below it is given again (the
+/// kernel's maps may hold state under an old one). Not `.json`: no task record.
+const NEXT_COOKIE: &str = "cookie@kernel";
+/// The egress check's drop totals last reported (cgroup id -> total).
+const DROPS: &str = "drops@kernel";
 
 impl StateDir {
     fn saved(&self, id: &str) -> PathBuf {
@@ -245,23 +250,51 @@ impl StateDir {
         )
     }
 
+    /// Writes `value` (JSON) as the state file `name`; a failure is said, with what
+    /// a successor would then do (`then`).
+    fn save_json(&self, name: &str, value: &impl serde::Serialize, then: &str) {
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        if let Err(e) = self.write_atomic(name, &bytes) {
+            tracing::warn!("{}: {e} ({then})", self.dir.join(name).display());
+        }
+    }
+
+    /// The state file `name` (JSON), or the default: none, or unreadable.
+    fn load_json<T: serde::de::DeserializeOwned + Default>(&self, name: &str) -> T {
+        std::fs::read(self.dir.join(name))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
     /// Records the lost counts just reported.
     pub fn save_lost(&self, lost: &std::collections::BTreeMap<u16, u64>) {
-        let bytes = serde_json::to_vec(lost).unwrap_or_default();
-        if let Err(e) = self.write_atomic(LOST, &bytes) {
-            tracing::warn!(
-                "{}: {e} (a successor may report these losses again)",
-                self.dir.join(LOST).display()
-            );
-        }
+        self.save_json(LOST, lost, "a successor may report these losses again");
     }
 
     /// The lost counts a previous daemon reported (none: nothing, or unreadable).
     pub fn lost_reported(&self) -> std::collections::BTreeMap<u16, u64> {
-        std::fs::read(self.dir.join(LOST))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+        self.load_json(LOST)
+    }
+
+    /// Records that no cookie below `next` is to be given again.
+    pub fn save_next_cookie(&self, next: u32) {
+        self.save_json(NEXT_COOKIE, &next, "a successor may give a cookie again");
+    }
+
+    /// The lowest cookie a previous daemon left ungiven (0: none recorded).
+    pub fn next_cookie(&self) -> u32 {
+        self.load_json(NEXT_COOKIE)
+    }
+
+    /// Records the egress drop totals just reported.
+    pub fn save_drops(&self, said: &std::collections::BTreeMap<u64, u64>) {
+        self.save_json(DROPS, said, "a successor may report these drops again");
+    }
+
+    /// The egress drop totals a previous daemon reported (none: nothing, or unreadable).
+    pub fn drops_reported(&self) -> std::collections::BTreeMap<u64, u64> {
+        self.load_json(DROPS)
     }
 
     /// When a previous daemon was last seen alive (None: never, or unreadable).
@@ -299,6 +332,19 @@ impl StateDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A successor gives no cookie below the floor and reports drops from what was
+    /// reported; reading the task records leaves both.
+    #[test]
+    fn the_cookie_floor_and_drop_totals_outlive_the_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = StateDir { dir: dir.path().join("state") };
+        assert_eq!((st.next_cookie(), st.drops_reported()), (0, Default::default()));
+        st.save_next_cookie(42);
+        st.save_drops(&[(7u64, 3u64)].into());
+        assert!(st.records().is_empty());
+        assert_eq!((st.next_cookie(), st.drops_reported()), (42, [(7u64, 3u64)].into()));
+    }
 
     /// A task may be called anything its manifest allows: `lost` was the loss
     /// counts' file name, so a sub-task so named overwrote them (found by review).

@@ -47,6 +47,9 @@ pub struct StartReq {
     pub lsm: Option<bool>,
     /// The registering exec's copies of the task's gate and mailbox.
     pub keeper: Option<super::keeper::Keeper>,
+    /// Descriptors from agentmon's caller that the enforced command was not given
+    /// (launch::inherited): said in its `task_start`.
+    pub closed_fds: Vec<String>,
 }
 
 /// How the task's processes came to be bound.
@@ -416,6 +419,9 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         if let Some(tier) = tier {
             // Which tier holds it to its scope: what it could and could not do follows.
             ev.detail.insert("tier".into(), serde_json::json!(tier));
+        }
+        if !r.closed_fds.is_empty() {
+            ev.detail.insert("closed_fds".into(), serde_json::json!(r.closed_fds));
         }
         e.record(&ev);
     }

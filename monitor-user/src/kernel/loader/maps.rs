@@ -3,10 +3,10 @@
 //! the pinned state a restarted daemon takes over, and the counters.
 
 use aya::{
-    maps::{MapData, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    maps::{MapData, RingBuf, lpm_trie::Key},
     programs::{CgroupAttachMode, CgroupSkbAttachType, Program, ProgramError, links::FdLink},
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use monitor_common::{COUNTER_SLOTS, NetKeyData, NetPorts, Tracked, kind};
 
@@ -242,50 +242,62 @@ impl Sensors {
         out
     }
 
-    /// Forgets the network guards of task cgroups not in `live` (removed, so no
-    /// process is left in them): their NET_TASK entries, their tasks' allowlists and
-    /// denied addresses (unless a live cgroup is the same task's), and their drop
-    /// counts once reported. A daemon runs for months: kept, these would fill
-    /// NET_TASK (4096) and NET_ALLOW, and every enforced task after would be refused.
-    /// What is left, in entries.
-    pub fn forget_guards(&mut self, live: &std::collections::BTreeSet<u64>) -> GuardEntries {
-        let drops = |m: &PerCpuHashMap<MapData, u64, u64>, c: &u64| -> u64 {
-            m.get(c, 0).map(|v| v.iter().sum()).unwrap_or(0)
-        };
+    /// The cgroups the network guard holds state for: guarded (NET_TASK) or with
+    /// drops counted (NET_DROPS).
+    pub fn guard_cgroups(&self) -> BTreeSet<u64> {
+        let guarded = self.net_task.keys().filter_map(|k| k.ok());
+        guarded.chain(self.net_drops.keys().filter_map(|k| k.ok())).collect()
+    }
+
+    /// The drop totals a previous daemon reported of the maps taken over.
+    pub fn seed_drops(&mut self, said: BTreeMap<u64, u64>) {
+        self.drops_said = said;
+    }
+
+    /// The drop totals reported so far, by cgroup (for a successor).
+    pub fn drops_said(&self) -> &BTreeMap<u64, u64> {
+        &self.drops_said
+    }
+
+    /// Forgets the network guards of the cgroups in `gone` (no process is left in a
+    /// removed cgroup): their NET_TASK entries, and their drop counts once reported.
+    /// Address entries (allowed and denied) whose task no guard names any more go
+    /// too, including any a failed or interrupted guard left (each time a guard
+    /// went, and at the first call). A daemon runs for months: kept, these filled
+    /// NET_TASK (4096) and NET_ALLOW, and every enforced task after was refused.
+    /// With `count`, what is left.
+    pub fn forget_guards(&mut self, gone: &BTreeSet<u64>, count: bool) -> Option<GuardEntries> {
         let guards: Vec<(u64, u32)> = self.net_task.iter().filter_map(|r| r.ok()).collect();
-        let kept: BTreeSet<u32> = guards.iter().filter(|(c, _)| live.contains(c)).map(|(_, t)| *t).collect();
-        let mut gone = BTreeSet::new();
-        for (cg, task) in guards.iter().filter(|(c, _)| !live.contains(c)) {
-            if self.net_task.remove(cg).is_ok() && !kept.contains(task) {
-                gone.insert(*task);
-            }
-        }
-        if !gone.is_empty() {
-            let keys: Vec<Key<NetKeyData>> = self
-                .net_allow
-                .keys()
-                .filter_map(|k| k.ok())
-                .filter(|k| {
-                    gone.contains(&u32::from_be_bytes([k.data()[0], k.data()[1], k.data()[2], k.data()[3]]))
-                })
-                .collect();
+        let kept: BTreeSet<u32> = guards.iter().filter(|(c, _)| !gone.contains(c)).map(|(_, t)| *t).collect();
+        let going: Vec<u64> = guards.iter().map(|(c, _)| *c).filter(|c| gone.contains(c)).collect();
+        let mut allow = None;
+        if !going.is_empty() || !self.allow_swept || count {
+            // Address entries first: a guard whose entries are gone refuses all.
+            let keys: Vec<Key<NetKeyData>> = self.net_allow.keys().filter_map(|k| k.ok()).collect();
+            let mut left = 0;
             for k in keys {
-                let _ = self.net_allow.remove(&k);
+                let d = k.data();
+                let named = kept.contains(&u32::from_be_bytes([d[0], d[1], d[2], d[3]]));
+                if named || self.net_allow.remove(&k).is_err() {
+                    left += 1;
+                }
             }
+            self.allow_swept = true;
+            allow = Some(left);
+        }
+        for c in &going {
+            let _ = self.net_task.remove(c);
         }
         // Drop counts stay until reported (the next tick's record needs them).
-        let counted: Vec<u64> =
-            self.net_drops.keys().filter_map(|k| k.ok()).filter(|c| !live.contains(c)).collect();
-        for c in counted {
-            if self.drops_said.get(&c).copied().unwrap_or(0) >= drops(&self.net_drops, &c) {
-                let _ = self.net_drops.remove(&c);
-                self.drops_said.remove(&c);
+        for c in gone {
+            let total: u64 = self.net_drops.get(c, 0).map(|v| v.iter().sum()).unwrap_or(0);
+            if self.drops_said.get(c).copied().unwrap_or(0) >= total {
+                let _ = self.net_drops.remove(c);
+                self.drops_said.remove(c);
             }
         }
-        GuardEntries {
-            guards: self.net_task.keys().filter_map(|k| k.ok()).count(),
-            allow: self.net_allow.keys().filter_map(|k| k.ok()).count(),
-        }
+        let guards = self.net_task.keys().filter_map(|k| k.ok()).count();
+        (count && allow.is_some()).then(|| GuardEntries { guards, allow: allow.unwrap_or(0) })
     }
 
     /// Unpins everything: the programs detach when the sensors are dropped.

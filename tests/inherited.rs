@@ -1,14 +1,14 @@
-//! What a root agent keeps of the capabilities agentmon drops (enforce/caps.rs) when
-//! agentmon itself was started with unusual sets: the drop must not rely on root's
-//! usual state.
+//! What an enforced agent keeps of what agentmon's caller left it: capabilities
+//! (enforce/caps.rs), when agentmon itself was started with unusual sets, and open
+//! descriptors (launch::inherited). Neither may reach past the task's layers.
 
-use std::os::unix::process::CommandExt;
+use std::os::{fd::AsRawFd, unix::process::CommandExt};
 
 use agentmon::enforce::caps;
 
 use crate::{
     R,
-    support::{self, SCENARIO_ENV, eq, workdir},
+    support::{self, SCENARIO_ENV, ensure, eq, workdir},
 };
 
 const CAP_NET_ADMIN: u32 = 12;
@@ -88,4 +88,72 @@ pub fn harness_capabilities_do_not_reach_the_agent() -> R {
 fn results(d: &std::path::Path) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(d.join("repo/results.txt")).map_err(|e| e.to_string())?;
     Ok(text.lines().map(String::from).collect())
+}
+
+/// agentmon's caller left two descriptors open (no close-on-exec): a UDP socket,
+/// made outside the task's cgroup, so that neither the guard's address hooks nor
+/// its packet check are its; and a file outside the write scope, opened for
+/// writing, which needs no Landlock right to write. The enforced agent has neither
+/// (EBADF), and its `task_start` says which it was not given. Before, it sent to an
+/// address outside its scope and wrote the file.
+pub fn callers_descriptors_do_not_reach_the_agent() -> R {
+    let d = workdir("inherited-fds");
+    let (t, me) = support::enforced_self_task(&d, "fds", "  connect: [\"127.0.0.1:5353\"]\n")?;
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&t, &d)?);
+    }
+    let victim = d.join("outside.txt");
+    std::fs::write(&victim, "").map_err(|e| e.to_string())?;
+    let file = std::fs::OpenOptions::new().append(true).open(&victim).map_err(|e| e.to_string())?;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let (file_fd, sock_fd) = (file.as_raw_fd(), sock.as_raw_fd());
+    let (sock_at, file_at) = (40, 41);
+    let cmd = vec![
+        me.display().to_string(),
+        d.display().to_string(),
+        format!("fd_sendto={sock_at}@127.0.0.1:9"),
+        format!("fd_write={file_at}"),
+    ];
+    let events = d.join("events.jsonl");
+    let mut c = support::exec_command(
+        &events,
+        &["--task", t.to_str().unwrap()],
+        &cmd,
+        &[(SCENARIO_ENV, "attempts")],
+        &d,
+    );
+    unsafe {
+        // dup2 leaves the copies without close-on-exec, as a careless caller would.
+        c.pre_exec(move || {
+            if libc::dup2(sock_fd, sock_at) < 0 || libc::dup2(file_fd, file_at) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let run = support::run_command(c, &events)?;
+    eq("exit", run.code, 0)?;
+    let ebadf = libc::EBADF;
+    eq(
+        "the caller's socket and file, from the agent",
+        results(&d)?,
+        vec![format!("fd_sendto {ebadf}"), format!("fd_write {ebadf}")],
+    )?;
+    eq("outside file", std::fs::read_to_string(&victim).map_err(|e| e.to_string())?, String::new())?;
+    let start = run
+        .of(agentmon::event::Kind::TaskStart)
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("no task_start:\n{}", run.summary()))?;
+    let closed: Vec<String> = start
+        .detail
+        .get("closed_fds")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    let want =
+        [format!("fd {sock_at}: socket (inet, datagram)"), format!("fd {file_at}: {}", victim.display())];
+    ensure(want.iter().all(|w| closed.contains(w)), || {
+        format!("task_start closed_fds {closed:?}, want {want:?}")
+    })?;
+    Ok(())
 }
