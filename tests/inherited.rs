@@ -95,7 +95,8 @@ fn results(d: &std::path::Path) -> Result<Vec<String>, String> {
 /// its packet check are its; and a file outside the write scope, opened for
 /// writing, which needs no Landlock right to write. The enforced agent has neither
 /// (EBADF), and its `task_start` says which it was not given. Before, it sent to an
-/// address outside its scope and wrote the file.
+/// address outside its scope and wrote the file. An observed agent keeps both (it
+/// is watched, not confined: a make jobserver's pipes are such descriptors).
 pub fn callers_descriptors_do_not_reach_the_agent() -> R {
     let d = workdir("inherited-fds");
     let (t, me) = support::enforced_self_task(&d, "fds", "  connect: [\"127.0.0.1:5353\"]\n")?;
@@ -115,23 +116,27 @@ pub fn callers_descriptors_do_not_reach_the_agent() -> R {
         format!("fd_write={file_at}"),
     ];
     let events = d.join("events.jsonl");
-    let mut c = support::exec_command(
-        &events,
-        &["--task", t.to_str().unwrap()],
-        &cmd,
-        &[(SCENARIO_ENV, "attempts")],
-        &d,
-    );
-    unsafe {
-        // dup2 leaves the copies without close-on-exec, as a careless caller would.
-        c.pre_exec(move || {
-            if libc::dup2(sock_fd, sock_at) < 0 || libc::dup2(file_fd, file_at) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let run = support::run_command(c, &events)?;
+    let run_with_fds = |task: &std::path::Path| {
+        let _ = std::fs::remove_file(&events);
+        let flags = ["--task", task.to_str().unwrap()];
+        let mut c = support::exec_command(&events, &flags, &cmd, &[(SCENARIO_ENV, "attempts")], &d);
+        unsafe {
+            // dup2 leaves the copies without close-on-exec, as a careless caller would.
+            c.pre_exec(move || {
+                if libc::dup2(sock_fd, sock_at) < 0 || libc::dup2(file_fd, file_at) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        support::run_command(c, &events)
+    };
+    let task_start = |run: &support::Run| {
+        let start = run.of(agentmon::event::Kind::TaskStart).into_iter().next().cloned();
+        start.ok_or_else(|| format!("no task_start:\n{}", run.summary()))
+    };
+
+    let run = run_with_fds(&t)?;
     eq("exit", run.code, 0)?;
     let ebadf = libc::EBADF;
     eq(
@@ -140,11 +145,7 @@ pub fn callers_descriptors_do_not_reach_the_agent() -> R {
         vec![format!("fd_sendto {ebadf}"), format!("fd_write {ebadf}")],
     )?;
     eq("outside file", std::fs::read_to_string(&victim).map_err(|e| e.to_string())?, String::new())?;
-    let start = run
-        .of(agentmon::event::Kind::TaskStart)
-        .into_iter()
-        .next()
-        .ok_or_else(|| format!("no task_start:\n{}", run.summary()))?;
+    let start = task_start(&run)?;
     let closed: Vec<String> = start
         .detail
         .get("closed_fds")
@@ -155,5 +156,19 @@ pub fn callers_descriptors_do_not_reach_the_agent() -> R {
     ensure(want.iter().all(|w| closed.contains(w)), || {
         format!("task_start closed_fds {closed:?}, want {want:?}")
     })?;
+
+    // Observed: the same task, watched only.
+    let observed = d.join("observed.yaml");
+    let text = std::fs::read_to_string(&t).map_err(|e| e.to_string())?;
+    std::fs::write(&observed, text.replace("enforcement: enforce", "enforcement: observe"))
+        .map_err(|e| e.to_string())?;
+    let run = run_with_fds(&observed)?;
+    eq("exit (observed)", run.code, 0)?;
+    eq(
+        "the caller's socket and file, observed",
+        results(&d)?,
+        vec!["fd_sendto 0".to_string(), "fd_write 0".into()],
+    )?;
+    eq("observed task_start closed_fds", task_start(&run)?.detail.get("closed_fds").cloned(), None)?;
     Ok(())
 }

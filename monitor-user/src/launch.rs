@@ -91,14 +91,15 @@ pub struct Held {
 }
 
 /// The descriptors this process would pass on at exec (no close-on-exec flag), from
-/// 3 up, other than `keep`, each described (`fd 5: socket (inet, datagram)`). Every
+/// 3 up, other than `keep`, each with what it is (`socket (inet, datagram)`). Every
 /// descriptor agentmon opens itself is close-on-exec: these came from its caller.
 /// An enforced command does not get them: a socket made outside the task's cgroup
 /// is not the network guard's (its address hooks and packet check are the socket's
 /// cgroup's), a connected unix socket (a container runtime's) needs no connect, and
 /// a file opened for writing needs no Landlock right.
-pub fn inherited(keep: Option<std::os::fd::RawFd>) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return vec!["(descriptors not listed)".into()] };
+pub fn inherited(keep: Option<std::os::fd::RawFd>) -> Vec<(i32, String)> {
+    // Not listed: said as such (close_range still marks them all).
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return vec![(-1, "not listed".into())] };
     let mut fds: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
     fds.sort_unstable();
     fds.into_iter()
@@ -106,7 +107,7 @@ pub fn inherited(keep: Option<std::os::fd::RawFd>) -> Vec<String> {
         // SAFETY: F_GETFD only reads the descriptor's flags (-1: closed meanwhile,
         // such as the listing's own descriptor).
         .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } == 0)
-        .map(|fd| format!("fd {fd}: {}", describe(fd)))
+        .map(|fd| (fd, describe(fd)))
         .collect()
 }
 
@@ -143,10 +144,12 @@ fn describe(fd: i32) -> String {
     format!("socket ({family}, {kind})")
 }
 
-/// Marks every descriptor from 3 up close-on-exec (close_range, Linux 5.11; before
-/// it, one fcntl each up to the descriptor limit). Only system calls: safe between
-/// fork and exec.
-unsafe fn cloexec_from_3() -> bool {
+/// Marks every descriptor from 3 up close-on-exec (close_range, Linux 5.11); where
+/// that is refused (an older kernel, a container's seccomp profile), each of
+/// `listed` (the parent's [`inherited`] list, taken just before the fork: every
+/// other descriptor is close-on-exec already). Only system calls: safe between fork
+/// and exec.
+unsafe fn cloexec_from_3(listed: &[i32]) -> bool {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
     unsafe {
         if libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC)
@@ -154,14 +157,7 @@ unsafe fn cloexec_from_3() -> bool {
         {
             return true;
         }
-        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
-            return false;
-        }
-        for fd in 3..l.rlim_cur.min(1 << 20) as i32 {
-            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-        }
-        true
+        listed.iter().all(|&fd| libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) == 0)
     }
 }
 
@@ -169,12 +165,14 @@ unsafe fn cloexec_from_3() -> bool {
 /// `extra_env`; the child blocks until released, then applies `confine`
 /// (enforcement) and execs. A child that cannot be confined never execs. `inherit`:
 /// a descriptor the command keeps across exec (the task's control mailbox); an
-/// enforced command keeps no other but its standard streams ([`inherited`]).
+/// `enforced` command keeps no other but its standard streams ([`inherited`]). (An
+/// observed one may be confined too, by the watching filter alone: it keeps them.)
 pub fn spawn_held(
     cmd: &[String],
     extra_env: &[(String, String)],
     confine: Option<crate::enforce::Confinement>,
     inherit: Option<std::os::fd::RawFd>,
+    enforced: bool,
 ) -> Result<Held, LaunchError> {
     let first = cmd.first().ok_or(LaunchError::Empty)?;
     let program = resolve_program(first)?;
@@ -213,8 +211,13 @@ pub fn spawn_held(
     // (enforce/caps.rs).
     let drop_caps = confine.as_ref().is_some_and(|c| c.drop_caps);
     let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC)?;
-    let confined = confine.is_some();
-    let closed = if confined { inherited(inherit) } else { Vec::new() };
+    let closed = if enforced { inherited(inherit) } else { Vec::new() };
+    // Their numbers, for the child should close_range be refused.
+    let closing: Vec<i32> = closed.iter().map(|(fd, _)| *fd).filter(|fd| *fd >= 0).collect();
+    let closed: Vec<String> = closed
+        .into_iter()
+        .map(|(fd, what)| if fd < 0 { format!("descriptors {what}") } else { format!("fd {fd}: {what}") })
+        .collect();
 
     // SAFETY: the child only calls async-signal-safe functions on memory prepared above.
     match unsafe { fork() }? {
@@ -244,12 +247,10 @@ pub fn spawn_held(
                 libc::signal(s, libc::SIG_DFL);
             }
             // An enforced command keeps only its standard streams and the mailbox.
-            if confined && !cloexec_from_3() {
-                libc::_exit(125);
-            }
-            if let Some(fd) = inherit
-                && libc::fcntl(fd, libc::F_SETFD, 0) != 0
-            {
+            let kept = !enforced || cloexec_from_3(&closing);
+            if !kept || inherit.is_some_and(|fd| libc::fcntl(fd, libc::F_SETFD, 0) != 0) {
+                let e = CONFINE_FAILED;
+                libc::write(err_w.as_raw_fd(), (&raw const e).cast(), 4);
                 libc::_exit(125);
             }
             // Everything below was prepared before the fork; restrict_self and
@@ -387,12 +388,13 @@ mod tests {
             &[("X".into(), "7".into())],
             None,
             None,
+            false,
         )
         .unwrap();
         let pid = h.release().unwrap();
         let st = nix::sys::wait::waitpid(pid, None).unwrap();
         assert_eq!(st, nix::sys::wait::WaitStatus::Exited(pid, 7));
-        let h = spawn_held(&["/etc/passwd".into()], &[], None, None).unwrap();
+        let h = spawn_held(&["/etc/passwd".into()], &[], None, None, false).unwrap();
         let e = h.release().unwrap_err();
         assert_eq!(e.exit_code(), 126, "{e}");
     }

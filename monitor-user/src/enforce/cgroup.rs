@@ -46,9 +46,11 @@ pub fn ours() -> Option<std::collections::BTreeSet<u64>> {
 
 /// Which of the cgroups `ids` are gone, asked of the kernel by id (a file handle on
 /// cgroupfs, as name_to_handle_at gives one): whatever cgroup namespace or mount
-/// this process sees, a cgroup that exists is never among them. Empty when it
-/// cannot be told.
-pub fn gone(ids: impl IntoIterator<Item = u64>) -> Vec<u64> {
+/// this process sees. None when that cannot be told: the hierarchy is not cgroup2
+/// where it should be, a cgroup known to exist (agentmon's own directory) does not
+/// open by its id, or any answer is other than "opened" or "stale" (no
+/// CAP_DAC_READ_SEARCH, a container's seccomp profile).
+pub fn gone(ids: impl IntoIterator<Item = u64>) -> Option<Vec<u64>> {
     use std::os::fd::AsRawFd;
     /// struct file_handle with kernfs's 8-byte handle (include/linux/exportfs.h
     /// FILEID_KERNFS).
@@ -59,26 +61,42 @@ pub fn gone(ids: impl IntoIterator<Item = u64>) -> Vec<u64> {
         id: u64,
     }
     const FILEID_KERNFS: i32 = 0xfe;
-    let Some(root) = v2_root().and_then(|r| std::fs::File::open(r).ok()) else { return Vec::new() };
-    ids.into_iter()
-        .filter(|&id| {
-            let mut h = Handle { bytes: 8, kind: FILEID_KERNFS, id };
-            // SAFETY: a handle of the size it says; the descriptor is closed at once.
-            let fd = unsafe {
-                libc::syscall(
-                    libc::SYS_open_by_handle_at,
-                    root.as_raw_fd(),
-                    &raw mut h,
-                    libc::O_RDONLY | libc::O_CLOEXEC | libc::O_DIRECTORY,
-                )
-            };
-            if fd >= 0 {
-                unsafe { libc::close(fd as i32) };
-                return false;
-            }
-            io::Error::last_os_error().raw_os_error() == Some(libc::ESTALE)
-        })
-        .collect()
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let root_path = v2_root()?;
+    let root = std::fs::File::open(&root_path).ok()?;
+    let fs = nix::sys::statfs::fstatfs(&root).ok()?;
+    if fs.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC {
+        return None;
+    }
+    // Some(true): gone (stale); Some(false): there; None: no answer to trust.
+    let stale = |id: u64| -> Option<bool> {
+        let mut h = Handle { bytes: 8, kind: FILEID_KERNFS, id };
+        // SAFETY: a handle of the size it says; the descriptor is closed at once.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_by_handle_at,
+                root.as_raw_fd(),
+                &raw mut h,
+                libc::O_RDONLY | libc::O_CLOEXEC | libc::O_DIRECTORY,
+            )
+        };
+        if fd >= 0 {
+            unsafe { libc::close(fd as i32) };
+            return Some(false);
+        }
+        (io::Error::last_os_error().raw_os_error() == Some(libc::ESTALE)).then_some(true)
+    };
+    let known = std::fs::metadata(root_path.join("agentmon")).ok()?.ino();
+    if stale(known)? {
+        return None;
+    }
+    let mut out = Vec::new();
+    for id in ids {
+        if stale(id)? {
+            out.push(id);
+        }
+    }
+    Some(out)
 }
 
 /// A task's cgroup; removed when dropped (if it is empty by then).

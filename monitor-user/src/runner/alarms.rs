@@ -54,11 +54,7 @@ pub fn demoted(e: &mut Engine, changed: &[String]) {
 /// is sent by none), so the record names the task and no process (pid 0).
 pub fn dropped(e: &mut Engine) {
     let drops = e.sensors.new_drops();
-    if !drops.is_empty()
-        && let Some(st) = &e.setup.state
-    {
-        st.save_drops(e.sensors.drops_said());
-    }
+    let any = !drops.is_empty();
     for d in drops {
         let why = format!(
             "{} packet(s) with IPv4 options or an IPv6 routing or option header (which can send a \
@@ -73,5 +69,10 @@ pub fn dropped(e: &mut Engine) {
         let alert = e.p.judge.tamper_alert(&ev);
         e.out.send(&ev);
         e.out.alert(&alert);
+    }
+    // Saved once sent: a successor reports again what it cannot know was said.
+    if any && let Some(st) = &e.setup.state {
+        e.out.flush();
+        st.save_drops(e.sensors.drops_said());
     }
 }

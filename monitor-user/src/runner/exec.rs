@@ -117,6 +117,22 @@ fn exit_code(st: WaitStatus) -> i32 {
     }
 }
 
+/// Whether descriptor `fd` can be a task's mailbox as this process inherited it:
+/// passed on at exec (every descriptor agentmon makes is close-on-exec) and a unix
+/// seqpacket socket (callers::Mailbox::socketpair).
+fn is_mailbox(fd: i32) -> bool {
+    if fd <= 2 || unsafe { libc::fcntl(fd, libc::F_GETFD) } != 0 {
+        return false;
+    }
+    let opt = |o: libc::c_int| {
+        let (mut v, mut len) = (0 as libc::c_int, std::mem::size_of::<libc::c_int>() as libc::socklen_t);
+        // SAFETY: an int-sized option into an int.
+        let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, o, (&raw mut v).cast(), &mut len) };
+        (r == 0).then_some(v)
+    };
+    opt(libc::SO_DOMAIN) == Some(libc::AF_UNIX) && opt(libc::SO_TYPE) == Some(libc::SOCK_SEQPACKET)
+}
+
 /// Says which of its caller's descriptors the enforced command was not given (its
 /// `task_start` has them too, `detail.closed_fds`).
 fn said_closed(closed: &[String]) {
@@ -187,7 +203,8 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
             env.push((ENFORCED_ENV.into(), "1".into()));
         }
     }
-    let mut held = launch::spawn_held(&opts.cmd, &env, confinement, Some(theirs.as_raw_fd()))?;
+    let enforced = opts.task.as_ref().is_some_and(|(t, _)| t.enforce);
+    let mut held = launch::spawn_held(&opts.cmd, &env, confinement, Some(theirs.as_raw_fd()), enforced)?;
     said_closed(&held.closed);
     drop(theirs);
     // This process holds the task's gate and mailbox: no other process of our uid
@@ -312,11 +329,10 @@ async fn delegated(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> 
     let Some((task, text)) = opts.task else { unreachable!("checked by the caller") };
     // The mailbox (AGENTMON_CTL_FD), if this process has one, is inherited as it is
     // (an enforced command keeps no other descriptor: launch::inherited).
-    let mailbox = std::env::var(CTL_FD_ENV)
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-        .filter(|&fd| fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
-    let held = launch::spawn_held(&opts.cmd, &[(TASK_ENV.into(), task.id.clone())], confinement, mailbox)?;
+    let mailbox =
+        std::env::var(CTL_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()).filter(|&fd| is_mailbox(fd));
+    let env = [(TASK_ENV.into(), task.id.clone())];
+    let held = launch::spawn_held(&opts.cmd, &env, confinement, mailbox, confined)?;
     said_closed(&held.closed);
     let pid = held.pid;
     let abort = |msg: String| {
@@ -405,7 +421,7 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
     if task.enforce {
         env.push((ENFORCED_ENV.to_string(), "1".into()));
     }
-    let mut held = launch::spawn_held(&opts.cmd, &env, confinement, Some(theirs.as_raw_fd()))?;
+    let mut held = launch::spawn_held(&opts.cmd, &env, confinement, Some(theirs.as_raw_fd()), task.enforce)?;
     said_closed(&held.closed);
     drop(theirs);
     // It keeps copies of the task's gate and mailbox for a restarted daemon (root's

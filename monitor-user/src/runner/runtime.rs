@@ -328,11 +328,20 @@ fn housekeeping(
             l.sweep(&live);
         }
         // A guard is kept while its cgroup exists.
-        if let Some(live) = crate::enforce::cgroup::ours() {
-            e.sensors.keep_guards(&live);
+        let live = crate::enforce::cgroup::ours();
+        if let Some(live) = &live {
+            e.sensors.keep_guards(live);
         }
-        // A guard's kernel state goes once its cgroup is gone, asked by id.
-        let gone = crate::enforce::cgroup::gone(e.sensors.guard_cgroups()).into_iter().collect();
+        // A guard's kernel state goes once its cgroup is gone: gone by its id and
+        // not among agentmon's cgroups. Where ids cannot be asked, by the listing
+        // alone; where nothing can be told, nothing goes.
+        let ids = e.sensors.guard_cgroups();
+        let gone: std::collections::BTreeSet<u64> =
+            match (crate::enforce::cgroup::gone(ids.iter().copied()), &live) {
+                (Some(by_id), Some(live)) => by_id.into_iter().filter(|c| !live.contains(c)).collect(),
+                (None, Some(live)) => ids.into_iter().filter(|c| !live.contains(c)).collect(),
+                (_, None) => Default::default(),
+            };
         if let Some(left) = e.sensors.forget_guards(&gone, extras.metrics.is_some())
             && let Some(m) = &extras.metrics
         {

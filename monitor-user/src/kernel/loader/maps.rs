@@ -202,6 +202,17 @@ impl Sensors {
     pub fn max_cookie(&self) -> u32 {
         let lsm = self.lsm.as_ref().map(|l| l.max_cookie()).unwrap_or(0);
         let net = self.net_task.iter().filter_map(|r| r.ok()).map(|(_, c)| c).fold(lsm, u32::max);
+        // Address entries a failed guard left name a cookie no guard does (until the
+        // first sweep): never given again either.
+        let net = self
+            .net_allow
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| {
+                let d = k.data();
+                u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+            })
+            .fold(net, u32::max);
         self.tracked.iter().filter_map(|r| r.ok()).map(|(_, v)| v.task).fold(net, u32::max)
     }
 
