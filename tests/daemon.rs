@@ -964,7 +964,7 @@ pub(crate) fn under_daemon(sock: &Path, t: &Path) -> Command {
 
 /// `agentmon exec` registering task `t` with the daemon at `sock`, its command the
 /// `attempts` scenario in `d` (this test binary `me`) with `actions`.
-fn attempts_under(sock: &Path, t: &Path, me: &Path, d: &Path, actions: &[&str]) -> Command {
+pub(crate) fn attempts_under(sock: &Path, t: &Path, me: &Path, d: &Path, actions: &[&str]) -> Command {
     let mut c = under_daemon(sock, t);
     c.arg(me).arg(d).args(actions).env(SCENARIO_ENV, "attempts");
     c

@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     R,
-    daemon::{daemon_paths, scrape, start_daemon, stop},
+    daemon::{attempts_under, daemon_paths, events, scrape, start_daemon, stop},
     support::{self, SCENARIO_ENV, agentmon, ensure, eq, wait, workdir},
 };
 
@@ -89,5 +89,48 @@ pub fn network_guards_go_with_their_tasks() -> R {
     let stopped = stop(daemon);
     result?;
     stopped?;
+    Ok(())
+}
+
+/// An enforced task's dropped packet is recorded once, even when the daemon is
+/// killed after recording it and a successor takes its pinned maps over (whose
+/// counts start where the kernel's are): the successor goes on from what was
+/// reported. Before, it reported the same drop again, alert and all.
+pub fn drops_are_not_reported_twice_across_a_restart() -> R {
+    let d = workdir("drops-restart");
+    let dir = d.join("t");
+    let (t, me) = support::enforced_self_task(&dir, "redrop", "  connect: [\"127.0.0.1:5353\"]\n")?;
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&t, &d)?);
+    }
+    let (sock, all) = daemon_paths(&d);
+    let mut first = start_daemon(&d, "")?;
+    let actions = ["recroute_to=127.0.0.1:5353", "sleep_ms=6000"];
+    let mut exec = attempts_under(&sock, &t, &me, &dir, &actions).spawn().map_err(|e| e.to_string())?;
+    let limit = Duration::from_secs(20) * support::slowdown();
+    let recorded = wait(limit, || {
+        events(&all).is_ok_and(|evs| !support::tamper_of(&evs, "rerouting packets").is_empty())
+    });
+    let _ = first.kill();
+    let _ = first.wait();
+    std::thread::sleep(Duration::from_millis(800));
+    let second = start_daemon(&d, "");
+    let code = exec.wait().map_err(|e| e.to_string())?.code();
+    std::thread::sleep(Duration::from_millis(1200));
+    stop(second?)?;
+    ensure(recorded, || "the first daemon never recorded the drop".into())?;
+    eq("task exit", code, Some(0))?;
+    let evs = events(&all)?;
+    let records: Vec<(Option<u64>, Option<u64>)> = support::tamper_of(&evs, "rerouting packets")
+        .iter()
+        .filter(|e| e.task.as_deref() == Some("redrop"))
+        .map(|e| {
+            (
+                e.detail.get("dropped").and_then(|n| n.as_u64()),
+                e.detail.get("dropped_total").and_then(|n| n.as_u64()),
+            )
+        })
+        .collect();
+    eq("drop records (dropped, total)", records, vec![(Some(1), Some(1))])?;
     Ok(())
 }

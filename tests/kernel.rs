@@ -90,6 +90,10 @@ fn main() {
         ("network_guards_go_with_their_tasks", guards::network_guards_go_with_their_tasks),
         ("dropped_packets_are_counted", packets::dropped_packets_are_counted),
         (
+            "drops_are_not_reported_twice_across_a_restart",
+            guards::drops_are_not_reported_twice_across_a_restart,
+        ),
+        (
             "harness_capabilities_do_not_reach_the_agent",
             inherited::harness_capabilities_do_not_reach_the_agent,
         ),

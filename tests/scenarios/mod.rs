@@ -1366,6 +1366,12 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 }
                 None => -2,
             },
+            // Sleeps MS milliseconds (times the test slowdown): 0.
+            "sleep_ms" => {
+                let ms: u64 = arg.parse().unwrap_or(0);
+                std::thread::sleep(Duration::from_millis(ms) * crate::support::slowdown());
+                0
+            }
             "fd_write" => {
                 sys(unsafe { libc::write(arg.parse().unwrap_or(-1), b"x".as_ptr().cast(), 1) }
                     as libc::c_long)
