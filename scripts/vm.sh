@@ -7,6 +7,7 @@
 #   scripts/vm.sh matrix KERNEL_TESTS                   the kernel matrix of scripts/test.sh:
 #                                                       KERNEL_TESTS (the tests/kernel.rs binary)
 #                                                       with GUEST_TESTS in every MATRIX guest
+#                                                       (1800 s each, or VM_TIMEOUT)
 #
 # KERNEL: deb12 (Debian 12's stock 6.1) or deb13 (Debian 13's stock 6.12).
 # OPTIONS:
@@ -336,10 +337,11 @@ matrix() { # KERNEL_TESTS
         mkdir -p "$OUT" # a clean clone has no target/vm-out before the first boot
         printf '#!/bin/sh\nexec env AGENTMON_TESTS="%s" AGENTMON_TEST_SLOWDOWN=5 "%s" --test-threads 2\n' \
             "$GUEST_TESTS" "$bin" >"$script"
+        # The whole list takes about 20 minutes in a guest under software emulation.
         if [ "$lsm" = - ]; then
-            run "$kernel" -- sh "$script" || rc=$?
+            run "$kernel" --timeout "${VM_TIMEOUT:-1800}" -- sh "$script" || rc=$?
         else
-            run "$kernel" --lsm "$lsm" -- sh "$script" || rc=$?
+            run "$kernel" --timeout "${VM_TIMEOUT:-1800}" --lsm "$lsm" -- sh "$script" || rc=$?
         fi
         summary+=("$label: exit $rc, $((SECONDS - start)) s")
         [ "$rc" = 0 ] || failed+=("$label")

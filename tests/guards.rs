@@ -105,7 +105,7 @@ pub fn drops_are_not_reported_twice_across_a_restart() -> R {
     }
     let (sock, all) = daemon_paths(&d);
     let mut first = start_daemon(&d, "")?;
-    let actions = ["recroute_to=127.0.0.1:5353", "sleep_ms=6000"];
+    let actions = ["recroute_to=127.0.0.1:5353", "sleep_ms=4000"];
     let mut exec = attempts_under(&sock, &t, &me, &dir, &actions).spawn().map_err(|e| e.to_string())?;
     let limit = Duration::from_secs(20) * support::slowdown();
     let recorded = wait(limit, || {
