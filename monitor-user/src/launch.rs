@@ -111,6 +111,15 @@ pub fn inherited(keep: Option<std::os::fd::RawFd>) -> Vec<(i32, String)> {
         .collect()
 }
 
+/// The int-sized SOL_SOCKET option `o` of descriptor `fd` (None: not a socket, or
+/// refused).
+pub fn socket_option(fd: i32, o: libc::c_int) -> Option<libc::c_int> {
+    let (mut v, mut len) = (0 as libc::c_int, std::mem::size_of::<libc::c_int>() as libc::socklen_t);
+    // SAFETY: an int-sized option into an int.
+    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, o, (&raw mut v).cast(), &mut len) };
+    (r == 0).then_some(v)
+}
+
 /// What descriptor `fd` is: a socket's family and type, else what /proc names.
 fn describe(fd: i32) -> String {
     let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|t| t.display().to_string());
@@ -118,12 +127,7 @@ fn describe(fd: i32) -> String {
     if !target.starts_with("socket:") {
         return target;
     }
-    let opt = |o: libc::c_int| {
-        let (mut v, mut len) = (0 as libc::c_int, std::mem::size_of::<libc::c_int>() as libc::socklen_t);
-        // SAFETY: an int-sized option into an int.
-        let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, o, (&raw mut v).cast(), &mut len) };
-        (r == 0).then_some(v)
-    };
+    let opt = |o| socket_option(fd, o);
     let family = match opt(libc::SO_DOMAIN) {
         Some(libc::AF_UNIX) => "unix".to_string(),
         Some(libc::AF_INET) => "inet".to_string(),

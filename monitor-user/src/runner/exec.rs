@@ -124,13 +124,8 @@ fn is_mailbox(fd: i32) -> bool {
     if fd <= 2 || unsafe { libc::fcntl(fd, libc::F_GETFD) } != 0 {
         return false;
     }
-    let opt = |o: libc::c_int| {
-        let (mut v, mut len) = (0 as libc::c_int, std::mem::size_of::<libc::c_int>() as libc::socklen_t);
-        // SAFETY: an int-sized option into an int.
-        let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, o, (&raw mut v).cast(), &mut len) };
-        (r == 0).then_some(v)
-    };
-    opt(libc::SO_DOMAIN) == Some(libc::AF_UNIX) && opt(libc::SO_TYPE) == Some(libc::SOCK_SEQPACKET)
+    launch::socket_option(fd, libc::SO_DOMAIN) == Some(libc::AF_UNIX)
+        && launch::socket_option(fd, libc::SO_TYPE) == Some(libc::SOCK_SEQPACKET)
 }
 
 /// Says which of its caller's descriptors the enforced command was not given (its

@@ -20,6 +20,13 @@ pub struct GuardEntries {
     pub allow: usize,
 }
 
+/// The task cookie an address entry (NET_ALLOW key: cookie, big-endian, then the
+/// address) is of.
+fn cookie_of(k: &Key<NetKeyData>) -> u32 {
+    let d = k.data();
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+}
+
 /// Packets of one cgroup that the egress check dropped (see [`Sensors::new_drops`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drops {
@@ -204,15 +211,7 @@ impl Sensors {
         let net = self.net_task.iter().filter_map(|r| r.ok()).map(|(_, c)| c).fold(lsm, u32::max);
         // Address entries a failed guard left name a cookie no guard does (until the
         // first sweep): never given again either.
-        let net = self
-            .net_allow
-            .keys()
-            .filter_map(|k| k.ok())
-            .map(|k| {
-                let d = k.data();
-                u32::from_be_bytes([d[0], d[1], d[2], d[3]])
-            })
-            .fold(net, u32::max);
+        let net = self.net_allow.keys().filter_map(|k| k.ok()).map(|k| cookie_of(&k)).fold(net, u32::max);
         self.tracked.iter().filter_map(|r| r.ok()).map(|(_, v)| v.task).fold(net, u32::max)
     }
 
@@ -237,8 +236,9 @@ impl Sensors {
 
     /// Packets the egress check dropped since the last call, by cgroup, with the task
     /// whose guard that cgroup has (None: a cgroup below it). The totals stay in the
-    /// kernel: a restarted daemon reports them again, rather than lose drops made
-    /// while it was down.
+    /// kernel: a daemon that takes the maps over goes on from what its predecessor
+    /// saved as reported ([`Sensors::seed_drops`]); without that, it reports them
+    /// again rather than lose drops made while it was down.
     pub fn new_drops(&mut self) -> Vec<Drops> {
         let mut out = Vec::new();
         for (cgroup, per_cpu) in self.net_drops.iter().filter_map(|r| r.ok()) {
@@ -287,8 +287,7 @@ impl Sensors {
             let keys: Vec<Key<NetKeyData>> = self.net_allow.keys().filter_map(|k| k.ok()).collect();
             let mut left = 0;
             for k in keys {
-                let d = k.data();
-                let named = kept.contains(&u32::from_be_bytes([d[0], d[1], d[2], d[3]]));
+                let named = kept.contains(&cookie_of(&k));
                 if named || self.net_allow.remove(&k).is_err() {
                     left += 1;
                 }
