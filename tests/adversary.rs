@@ -101,8 +101,11 @@ pub fn control_rights_stay_with_the_connector() -> R {
         format!("no pass.sock: {}", stderr(&d))
     })?;
     let ctl = std::fs::read_to_string(d.join("ctl-path")).map_err(|e| e.to_string())?;
-    // An operator's connection (root, outside every task), handed to the agent.
-    let mine = std::os::unix::net::UnixStream::connect(ctl.trim()).map_err(|e| e.to_string())?;
+    // Operator connections (root, outside every task), handed to the agent: one
+    // for each request it will try (thaw, approve, kill, end).
+    let mine = (0..4)
+        .map(|_| std::os::unix::net::UnixStream::connect(ctl.trim()).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
     // The file appears at bind, a moment before the scenario listens: retry.
     let mut pass = Err("never tried".to_string());
     wait(Duration::from_secs(30), || {
@@ -113,7 +116,7 @@ pub fn control_rights_stay_with_the_connector() -> R {
     {
         use std::os::fd::AsRawFd;
         let iov = [std::io::IoSlice::new(b"x")];
-        let fds = [mine.as_raw_fd()];
+        let fds: Vec<i32> = mine.iter().map(|s| s.as_raw_fd()).collect();
         nix::sys::socket::sendmsg::<()>(
             pass.as_raw_fd(),
             &iov,
@@ -129,9 +132,15 @@ pub fn control_rights_stay_with_the_connector() -> R {
     for line in res.lines() {
         ensure(line.contains("refused"), || format!("a passed connection was obeyed: {line}"))?;
     }
-    eq("results", res.lines().count(), 2)?;
-    let refused = support::tamper_of(&evs, "control request thaw");
-    eq("tamper events", refused.len(), 2)?;
+    eq("results", res.lines().count(), 5)?;
+    // One record per refused request, each naming it: thaw by both routes, and the
+    // approval, kill and end over the passed connections.
+    let mut refused = Vec::new();
+    for (op, n) in [("thaw", 2), ("approve", 1), ("kill", 1), ("end", 1)] {
+        let these = support::tamper_of(&evs, &format!("control request {op}"));
+        eq(&format!("tamper events for {op}"), these.len(), n)?;
+        refused.extend(these);
+    }
     for t in &refused {
         eq("tamper verdict", t.verdict.as_deref(), Some("denied"))?;
         eq("tamper task", t.task.as_deref(), Some("rights"))?;
@@ -140,7 +149,8 @@ pub fn control_rights_stay_with_the_connector() -> R {
         format!("{:?}", refused.iter().map(|t| &t.reason).collect::<Vec<_>>())
     })?;
     ensure(
-        refused.iter().any(|t| t.reason.as_deref().is_some_and(|r| r.contains("written by pid"))),
+        refused.iter().filter(|t| t.reason.as_deref().is_some_and(|r| r.contains("written by pid"))).count()
+            == 4,
         || format!("{:?}", refused.iter().map(|t| &t.reason).collect::<Vec<_>>()),
     )?;
     ensure(!evs.iter().any(|e| e.kind == Kind::Action), || "an action was taken for the agent".into())?;

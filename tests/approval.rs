@@ -100,6 +100,21 @@ fn ctl(args: &[&str]) -> Result<(), String> {
     })
 }
 
+/// Sends `req` as it is to every agentmon control socket; their replies.
+fn raw_requests(req: &serde_json::Value) -> Result<Vec<serde_json::Value>, String> {
+    use std::io::{BufRead, Write};
+    let mut replies = Vec::new();
+    for sock in agentmon::ctl::sockets() {
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&sock) else { continue };
+        writeln!(s, "{req}").map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).map_err(|e| format!("{}: {e}", sock.display()))?;
+        replies.push(serde_json::from_str(&line).map_err(|e| format!("{}: {e}: {line:?}", sock.display()))?);
+    }
+    Ok(replies)
+}
+
 /// An approved exec runs exactly the file that was approved: the test swaps the
 /// symlink the agent execs after the request shows `true`, then approves; the kernel
 /// resolves the name again, finds `false`, and the BPF LSM tier refuses it. Where
@@ -330,6 +345,21 @@ pub fn approve_deny_timeout_and_race() -> R {
             "request 3 new path",
             r3.new_path.clone(),
             Some(d.join("repo/build/e.txt").display().to_string()),
+        )?;
+        // A standing approval longer than a task may live is refused, by the CLI and
+        // by agentmon itself (580000000000y overflowed its clock: it panicked).
+        let out = Command::new(agentmon())
+            .args(["approve", &id(&r3)?, "--for", "580000000000y"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure(!out.status.success(), || "approve --for 580000000000y was taken".into())?;
+        let replies = raw_requests(&serde_json::json!({"op": "approve", "id": id(&r3)?, "for_s": u64::MAX}))?;
+        ensure(replies.iter().all(|r| r["ok"] != true), || {
+            format!("a raw for_s u64::MAX was taken: {replies:?}")
+        })?;
+        ensure(
+            replies.iter().any(|r| r["error"].as_str().is_some_and(|e| e.contains("for_s is over"))),
+            || format!("no refusal of for_s: {replies:?}"),
         )?;
         ctl(&["approve", &id(&r3)?, "--for", "1m"])?;
         // g -> h is covered by the standing approval; the chmod is left to time out.

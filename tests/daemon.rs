@@ -422,11 +422,11 @@ pub fn daemon_kills_expired_tasks() -> R {
         .ok_or("no action event for the expired task")?;
     eq("action", kill.action.as_deref(), Some("kill"))?;
     eq("by", kill.detail.get("by").and_then(|v| v.as_str()), Some("expiry"))?;
-    eq(
-        "task_end records",
-        evs.iter().filter(|e| e.kind == Kind::TaskEnd && e.task.as_deref() == Some("short")).count(),
-        1,
-    )?;
+    let ends: Vec<&Event> =
+        evs.iter().filter(|e| e.kind == Kind::TaskEnd && e.task.as_deref() == Some("short")).collect();
+    eq("task_end records", ends.len(), 1)?;
+    // Killed because it expired: the end says so (it said "killed").
+    eq("why it ended", ends[0].reason.as_deref(), Some("the task expired"))?;
     Ok(())
 }
 

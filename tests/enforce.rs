@@ -159,15 +159,37 @@ pub fn enforce_denies_out_of_scope() -> R {
 
 pub fn observe_flags_but_allows() -> R {
     let (d, task) = setup("observe", false)?;
-    let mut actions: Vec<String> = CORE.iter().map(|s| s.to_string()).collect();
+    // Metadata changes and a run by descriptor first: delete_out removes the victim.
+    let meta = ["xattr_out", "chown_out", "execveat_out"];
+    let mut actions: Vec<String> = meta.iter().chain(CORE.iter()).map(|s| s.to_string()).collect();
     // The agent may not contain (here: thaw or kill) tasks through the control socket.
     // Both must be refused: a kill that went through ends the run; a thaw shows in the result.
     actions.extend(["ctl=kill:observe".to_string(), "ctl=thaw:observe".to_string()]);
     let (run, res) = run_attempts(&d, &task, &actions)?;
-    for k in CORE {
-        eq(&format!("{k} errno (observe)"), res.get(k).copied(), Some(0))?;
+    for k in meta.iter().chain(CORE.iter()) {
+        eq(&format!("{k} errno (observe)"), res.get(*k).copied(), Some(0))?;
     }
     eq("containment from inside the task", res.get("ctl").copied(), Some(EPERM))?;
+    // Allowed, but each is seen and judged outside the scope.
+    let victim = d.join("victim.txt");
+    let outside = |what: &str, e: &agentmon::event::Event| {
+        ensure(
+            matches!(e.verdict.as_deref(), Some("violation" | "out_of_scope")) && e.error.is_none(),
+            || format!("{what}: {:?} {:?}", e.verdict, e.error),
+        )
+    };
+    outside("chmod", run.find(Kind::FileChmod, &victim)?)?;
+    outside("chown", run.find(Kind::FileChown, &victim)?)?;
+    outside("xattr", run.find(Kind::FileXattr, &victim)?)?;
+    // Run by descriptor, the script was named `/dev/fd/3` by the kernel: the record
+    // names the file.
+    let by_fd = run
+        .of(Kind::Exec)
+        .into_iter()
+        .find(|e| e.flags.iter().any(|f| f == "by_descriptor"))
+        .ok_or_else(|| format!("no exec record by descriptor:\n{}", run.summary()))?;
+    eq("exec by descriptor: path", by_fd.path.as_deref(), d.join("tool.sh").to_str())?;
+    outside("exec by descriptor", by_fd)?;
     ensure(run.of(Kind::Action).is_empty(), || "an action was taken for the agent".into())?;
     let w = run.find(Kind::FileCreate, &d.join("outside.txt"))?;
     eq("write verdict", w.verdict.as_deref(), Some("violation"))?;
@@ -175,7 +197,11 @@ pub fn observe_flags_but_allows() -> R {
     ensure(matches!(del.verdict.as_deref(), Some("violation" | "out_of_scope")), || {
         format!("{:?}", del.verdict)
     })?;
-    let ex = run.find(Kind::Exec, &d.join("tool.sh"))?;
+    let ex = run
+        .of(Kind::Exec)
+        .into_iter()
+        .find(|e| e.path.as_deref() == d.join("tool.sh").to_str() && e.flags.is_empty())
+        .ok_or_else(|| format!("no exec record of tool.sh by its name:\n{}", run.summary()))?;
     ensure(matches!(ex.verdict.as_deref(), Some("out_of_scope" | "violation")), || {
         format!("{:?}", ex.verdict)
     })?;

@@ -15,14 +15,14 @@ use crate::{
     support::{self, SCENARIO_ENV, agentmon, ensure, eq, wait, workdir},
 };
 
-fn task(d: &Path, id: &str, enforce: bool) -> Result<std::path::PathBuf, String> {
+fn task(d: &Path, id: &str, enforce: bool, extra: &str) -> Result<std::path::PathBuf, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     std::fs::create_dir_all(d.join("out")).map_err(|e| e.to_string())?;
     let t = d.join(format!("{id}.yaml"));
     std::fs::write(
         &t,
         format!(
-            "id: {id}\nmode: execute\nexpires_in: 2s\nenforcement: {}\nscope:\n  write: [\"{}/out/**\"]\n  exec: [\"{}\"]\n",
+            "id: {id}\nmode: execute\nexpires_in: 2s\nenforcement: {}\nscope:\n  write: [\"{}/out/**\"]\n  exec: [\"{}\"]\n{extra}",
             if enforce { "enforce" } else { "observe" },
             d.display(),
             me.display()
@@ -39,7 +39,7 @@ fn events(p: &Path) -> Result<Vec<Event>, String> {
 pub fn exec_ends_expired_tasks() -> R {
     // Observed: the end is recorded at the expiry; the writes after it are out of scope.
     let d = workdir("expiry-observe");
-    let t = task(&d, "short-observed", false)?;
+    let t = task(&d, "short-observed", false, "")?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let cmd = [me.display().to_string(), d.display().to_string(), "80".into(), "50".into()];
     let run =
@@ -59,7 +59,7 @@ pub fn exec_ends_expired_tasks() -> R {
 
     // Enforced: frozen at the expiry (kept for forensics), then killed by the operator.
     let d = workdir("expiry-enforce");
-    let t = task(&d, "short-enforced", true)?;
+    let t = task(&d, "short-enforced", true, "")?;
     if !support::can_enforce() {
         return Ok(support::enforce_refused_here(&t, &d)?);
     }
@@ -104,5 +104,42 @@ pub fn exec_ends_expired_tasks() -> R {
     eq("exit (killed)", code, Some(128 + 9))?;
     let ends: Vec<Event> = events(&log)?.into_iter().filter(|e| e.kind == Kind::TaskEnd).collect();
     ensure(ends.iter().any(|e| e.reason.as_deref() == Some("the task expired")), || format!("{ends:?}"))?;
+    enforced_expiry_kills_or_refuses(&me)
+}
+
+/// An enforced task that says `on_expiry: kill` is killed at its expiry, with its
+/// end and the action recorded; one that asks to run on (`continue`) is refused,
+/// since nothing could hold it to its scope after the expiry.
+fn enforced_expiry_kills_or_refuses(me: &Path) -> R {
+    let d = workdir("expiry-kill");
+    let t = task(&d, "short-killed", true, "on_expiry: kill\n")?;
+    let cmd = [me.display().to_string(), d.display().to_string(), "400".into(), "50".into()];
+    let run =
+        support::run_agentmon_with(&["--task", t.to_str().unwrap()], &cmd, &[(SCENARIO_ENV, "stream")], &d)?;
+    eq("exit (killed at the expiry)", run.code, 128 + 9)?;
+    let ends = run.of(Kind::TaskEnd);
+    ensure(ends.iter().any(|e| e.reason.as_deref() == Some("the task expired")), || format!("{ends:?}"))?;
+    let kill = run
+        .events
+        .iter()
+        .find(|e| e.kind == Kind::Action && e.action.as_deref() == Some("kill"))
+        .ok_or("no kill action at the expiry")?;
+    eq("kill by", kill.detail.get("by").and_then(|v| v.as_str()), Some("expiry"))?;
+    ensure(!d.join("out/f399").exists(), || "the task ran to its end after it expired".into())?;
+
+    let d = workdir("expiry-continue");
+    let t = task(&d, "short-continued", true, "on_expiry: continue\n")?;
+    let log = d.join("events.jsonl");
+    let out =
+        support::exec_command(&log, &["--task", t.to_str().unwrap()], &cmd, &[(SCENARIO_ENV, "stream")], &d)
+            .output()
+            .map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    eq("exit (refused)", out.status.code(), Some(125))?;
+    ensure(
+        err.contains("short-continued.yaml:") && err.contains("on_expiry") && err.contains("freeze or kill"),
+        || err.to_string(),
+    )?;
+    ensure(!d.join("out/f0").exists(), || "a refused task ran".into())?;
     Ok(())
 }

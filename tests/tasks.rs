@@ -338,19 +338,29 @@ pub fn rules_check_cli() -> R {
     let d = workdir("rules-check");
     std::fs::write(d.join("bad.yaml"), "rules:\n  - id: x\n    description: d\n    severity: high\n    match: {kinds: [connect], dst: [\"10.0.0.0/40\"]}\n    action: alert\n").map_err(|e| e.to_string())?;
     std::fs::write(d.join("wrong-example.yaml"), rule("y", "\"**/x9\"")).map_err(|e| e.to_string())?;
-    // --rules takes only what `rules check` passes: a rule whose example fails is
-    // refused at start, with the same message.
-    let out = Command::new(support::agentmon())
-        .args(["exec", "--quiet", "--rules"])
-        .arg(&d)
-        .args(["--", "/bin/true"])
-        .output()
-        .map_err(|e| e.to_string())?;
+    // --rules takes only what `rules check` passes: a directory whose one fault is
+    // a rule's failing example is refused at start, with the same message.
+    let only = workdir("rules-check-example");
+    std::fs::write(only.join("y.yaml"), rule("y", "\"**/x9\"")).map_err(|e| e.to_string())?;
+    let with_rules = || {
+        Command::new(support::agentmon())
+            .args(["exec", "--quiet", "--rules"])
+            .arg(&only)
+            .args(["--", "/bin/true"])
+            .output()
+            .map_err(|e| e.to_string())
+    };
+    let out = with_rules()?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure(
-        out.status.code() == Some(125) && err.contains("wrong-example.yaml") && err.contains("example"),
+        out.status.code() == Some(125)
+            && err.contains(&format!("{}:", only.join("y.yaml").display()))
+            && err.contains("should match"),
         || format!("exec --rules with a failing example: {:?} {err}", out.status.code()),
     )?;
+    // The same rule with a true example starts.
+    std::fs::write(only.join("y.yaml"), rule("y", "\"**/x1\"")).map_err(|e| e.to_string())?;
+    eq("exec --rules with its example fixed", with_rules()?.status.code(), Some(0))?;
     let out = Command::new(support::agentmon())
         .args(["rules", "check"])
         .arg(&d)

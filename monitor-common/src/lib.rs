@@ -127,6 +127,10 @@ pub mod pflags {
     /// sendmmsg: the message the call failed on (it sent fewer than asked and the
     /// kernel drops that message's error): attempted, not sent.
     pub const UNSENT: u16 = 1 << 12;
+    /// Exec: the program was named by a descriptor (`/dev/fd/N`, as execveat with
+    /// AT_EMPTY_PATH or a name under a directory descriptor makes it); operand 2 is
+    /// then that descriptor's file, or the name under its directory.
+    pub const BY_DESCRIPTOR: u16 = 1 << 13;
 }
 
 /// Flags in [`Tracked::flags`].

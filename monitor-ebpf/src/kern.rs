@@ -466,15 +466,27 @@ impl Ev {
     /// the directory it is relative to (`dfd`: a descriptor, AT_FDCWD or NO_BASE).
     #[inline(always)]
     pub fn operand(&mut self, which: u16, s: u64, user: bool, dfd: i64) {
+        self.operand_with(which, s, user, dfd != NO_BASE, || unsafe { dir_base(dfd) });
+    }
+
+    /// Appends operand `which`: the kernel string `s` and, unless it is absolute, the
+    /// `struct path *` it is relative to (0: unresolved). An empty `s` is `base` itself.
+    #[inline(always)]
+    pub fn operand_under(&mut self, which: u16, s: u64, base: u64) {
+        self.operand_with(which, s, false, true, || base);
+    }
+
+    #[inline(always)]
+    fn operand_with(&mut self, which: u16, s: u64, user: bool, relative: bool, base: impl FnOnce() -> u64) {
         let start = self.off();
         let n = self.put_str(s, user, STR_MAX);
         let first = unsafe { *self.p.add(FIXED_SIZE + (start & TAIL_MASK)) };
         let mut comps = 0;
         if n > 0 && !(n > 1 && first == b'/') {
-            let base = unsafe { dir_base(dfd) };
+            let base = base();
             if base != 0 {
                 comps = walk(self, base);
-            } else if dfd != NO_BASE {
+            } else if relative {
                 self.flag(pflags::UNRESOLVED);
             }
         }

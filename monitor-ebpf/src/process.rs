@@ -2,6 +2,7 @@
 //! failed execs.
 
 use aya_ebpf::{
+    helpers::generated as h,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -10,8 +11,8 @@ use monitor_common::{ARGV_MAX, Tracked, kind, op, pflags};
 use crate::{
     EXEC_OK, TRACKED,
     kern::{
-        AT_FDCWD, Args, Ev, NO_BASE, count, fd_file, file_path, kptr, kread, mark, off, pid_tgid, sys_ret,
-        tracked,
+        AT_FDCWD, Args, Ev, NO_BASE, count, dir_base, fd_file, file_path, kptr, kread, mark, off, pid_tgid,
+        sys_ret, tracked,
     },
 };
 
@@ -52,7 +53,7 @@ fn try_fork(ctx: &BtfTracePointContext) -> Option<()> {
 
 /// tp_btf/sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm).
 /// Reads p->start_time, bprm->file (the resolved executable; nlink 0 = fileless),
-/// bprm->filename, p->mm->arg_start..arg_end (argv, now in the new image), and the
+/// bprm->filename (and the descriptor `/dev/fd/N` names), p->mm->arg_start..arg_end (argv, now in the new image), and the
 /// inode type of fds 0 and 1.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
@@ -86,7 +87,19 @@ fn try_exec(ctx: &BtfTracePointContext) -> Option<()> {
             ev.flag(pflags::FILELESS);
         }
         ev.operand_path(1, file_path(file));
-        ev.operand(2, kptr(bprm, off!(bprm_filename)), false, AT_FDCWD);
+        // The name the program was run by, resolved. `/dev/fd/N` (execveat by
+        // descriptor) is that descriptor's file: still open for a script, whose
+        // interpreter reads it; closed on exec, only an ELF image, which is the program.
+        let name = kptr(bprm, off!(bprm_filename));
+        let (s, base) = match by_descriptor(name) {
+            Some((fd, rest, whole)) => {
+                ev.flag(pflags::BY_DESCRIPTOR);
+                let f = fd_file(fd);
+                (rest, file_path(if f == 0 && whole { file } else { f }))
+            }
+            None => (name, dir_base(AT_FDCWD)),
+        };
+        ev.operand_under(2, s, base);
         // A shell whose stdin/stdout is a socket is how reverse shells look.
         for (fd, flag) in [(0, pflags::STDIN_SOCKET), (1, pflags::STDOUT_SOCKET)] {
             let inode = kptr(fd_file(fd), off!(file_inode));
@@ -106,6 +119,33 @@ fn try_exec(ctx: &BtfTracePointContext) -> Option<()> {
     }
     ev.emit();
     Some(())
+}
+
+/// `/dev/fd/N` or `/dev/fd/N/NAME` (the kernel's name for a program run by
+/// descriptor): N, where the rest starts (the end for the first form) and whether
+/// it is the first form.
+#[inline(always)]
+fn by_descriptor(name: u64) -> Option<(i64, u64, bool)> {
+    const PREFIX: u64 = u64::from_ne_bytes(*b"/dev/fd/");
+    let mut b = [0u8; 20];
+    let r = unsafe { h::bpf_probe_read_kernel_str(b.as_mut_ptr().cast(), 20, name as *const _) };
+    if r < 10 || u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) != PREFIX {
+        return None;
+    }
+    let (mut fd, mut i) = (0i64, 8usize);
+    while i < 19 {
+        match b.get(i) {
+            Some(c) if c.is_ascii_digit() => fd = fd * 10 + (*c - b'0') as i64,
+            _ => break,
+        }
+        i += 1;
+    }
+    match b.get(i) {
+        _ if i == 8 => None,
+        Some(0) => Some((fd, name + i as u64, true)),
+        Some(b'/') => Some((fd, name + i as u64 + 1, false)),
+        _ => None,
+    }
 }
 
 /// tp_btf/sched_process_exit(struct task_struct *p, bool group_dead) (group_dead since

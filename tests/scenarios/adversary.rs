@@ -15,8 +15,23 @@ use std::{
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
 /// Sends `{"op": "thaw", "task": task}` on `s`: "accepted" or "refused: why".
-fn thaw_on(mut s: UnixStream, task: &str) -> String {
-    if let Err(e) = writeln!(s, "{}", serde_json::json!({"op": "thaw", "task": task})) {
+fn thaw_on(s: UnixStream, task: &str) -> String {
+    ask_on(s, serde_json::json!({"op": "thaw", "task": task}))
+}
+
+/// The operator requests a passed connection must never carry for its holder.
+fn operator_requests(task: &str) -> [serde_json::Value; 4] {
+    use serde_json::json;
+    [
+        json!({"op": "thaw", "task": task}),
+        json!({"op": "approve", "id": "a1", "for_s": 3600}),
+        json!({"op": "kill", "task": task}),
+        json!({"op": "end", "task": task, "kill": true}),
+    ]
+}
+
+fn ask_on(mut s: UnixStream, req: serde_json::Value) -> String {
+    if let Err(e) = writeln!(s, "{req}") {
         return format!("refused: write: {e}");
     }
     let mut line = String::new();
@@ -39,27 +54,31 @@ fn send_fd(over: &UnixStream, fd: i32) -> Result<(), String> {
 }
 
 fn recv_fd(from: &UnixStream) -> Result<OwnedFd, String> {
+    recv_fds(from)?.into_iter().next().ok_or("no descriptor came".into())
+}
+
+fn recv_fds(from: &UnixStream) -> Result<Vec<OwnedFd>, String> {
     let mut b = [0u8; 1];
     let mut iov = [std::io::IoSliceMut::new(&mut b)];
-    let mut cmsg = nix::cmsg_space!([i32; 1]);
+    let mut cmsg = nix::cmsg_space!([i32; 8]);
     let m = recvmsg::<()>(from.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
         .map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
     for c in m.cmsgs().map_err(|e| e.to_string())? {
-        if let ControlMessageOwned::ScmRights(v) = c
-            && let Some(fd) = v.first()
-        {
-            // SAFETY: the kernel just installed this descriptor for us.
-            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+        if let ControlMessageOwned::ScmRights(v) = c {
+            // SAFETY: the kernel just installed these descriptors for us.
+            got.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
         }
     }
-    Err("no descriptor came".into())
+    Ok(got)
 }
 
 /// args: DIR TASK. (1) A child connects to agentmon's control socket, passes the
 /// connection to this process and exits; this process then asks for a thaw on it.
 /// (2) The control socket's path goes to DIR/ctl-path and a listener to
-/// DIR/pass.sock; a connection the test made (outside every task) arrives there and
-/// this process asks for a thaw on it. Results in DIR/rights.txt.
+/// DIR/pass.sock; four connections the test made (outside every task) arrive there
+/// and this process asks for a thaw, an approval, a kill and an end, one on each.
+/// Results in DIR/rights.txt.
 pub fn rights(d: &Path, task: &str) -> Result<(), String> {
     let ctl = std::env::var("AGENTMON_CTL").map_err(|e| e.to_string())?;
     let (a, b) = UnixStream::pair().map_err(|e| e.to_string())?;
@@ -86,8 +105,17 @@ pub fn rights(d: &Path, task: &str) -> Result<(), String> {
     fs::write(d.join("ctl-path"), &ctl).map_err(|e| e.to_string())?;
     let l = UnixListener::bind(d.join("pass.sock")).map_err(|e| e.to_string())?;
     let (conn, _) = l.accept().map_err(|e| e.to_string())?;
-    let taken = recv_fd(&conn).map(|fd| thaw_on(UnixStream::from(fd), task))?;
-    fs::write(d.join("rights.txt"), format!("handoff {handoff}\ntaken {taken}\n")).map_err(|e| e.to_string())
+    // Four connections the test made, one for each operator request.
+    let fds = recv_fds(&conn)?;
+    if fds.len() != 4 {
+        return Err(format!("{} connections came, not 4", fds.len()));
+    }
+    let mut out = format!("handoff {handoff}\n");
+    for (fd, req) in fds.into_iter().zip(operator_requests(task)) {
+        let op = req["op"].as_str().unwrap_or("?").to_string();
+        out += &format!("taken {op} {}\n", ask_on(UnixStream::from(fd), req));
+    }
+    fs::write(d.join("rights.txt"), out).map_err(|e| e.to_string())
 }
 
 /// args: SOCKET N DIR. Opens N connections to SOCKET, sends nothing, says so in

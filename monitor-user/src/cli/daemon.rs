@@ -214,7 +214,8 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
             });
             let max_age = match &stream.max_age {
                 Some(a) => Some(
-                    super::duration(a).map_err(|e| anyhow::anyhow!("{file}: nats.stream.max_age: {e}"))?,
+                    super::exec::retention(a)
+                        .map_err(|e| anyhow::anyhow!("{file}: nats.stream.max_age: {e}"))?,
                 ),
                 None => None,
             };

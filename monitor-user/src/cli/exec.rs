@@ -255,10 +255,24 @@ fn ringbuf_mb(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// A wait or a standing approval: no longer than a task may live (366 days). Far
+/// longer ones would overflow the clock they are added to.
 pub fn duration(s: &str) -> Result<Duration, String> {
+    bounded(s, crate::task::manifest::MAX_LIFETIME, "366d")
+}
+
+/// How long a stream keeps messages: up to a century.
+pub fn retention(s: &str) -> Result<Duration, String> {
+    bounded(s, Duration::from_secs(100 * 366 * 86_400), "100y")
+}
+
+fn bounded(s: &str, max: Duration, said: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 10m)"))?;
     if d.is_zero() {
         return Err("must be more than zero".into());
+    }
+    if d > max {
+        return Err(format!("{s:?} is longer than the longest allowed, {said}"));
     }
     Ok(d)
 }
@@ -285,6 +299,19 @@ fn sensitive_set(extra: &[String], no_default: bool) -> anyhow::Result<Sensitive
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!(super::duration("10m"), Ok(std::time::Duration::from_secs(600)));
+        assert_eq!(super::duration("366d"), Ok(std::time::Duration::from_secs(366 * 86_400)));
+        // Added to the clock, 580000000000y overflowed it and the daemon panicked.
+        for long in ["367d", "580000000000y"] {
+            assert!(super::duration(long).unwrap_err().contains("longest allowed, 366d"), "{long}");
+        }
+        assert!(super::duration("0s").unwrap_err().contains("more than zero"));
+        assert!(super::retention("30y").is_ok());
+        assert!(super::retention("580000000000y").unwrap_err().contains("100y"));
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(super::size("2G"), Ok(2 << 30));

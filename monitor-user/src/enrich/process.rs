@@ -43,6 +43,9 @@ impl Enricher {
                 if b.pflags & pflags::STDOUT_SOCKET != 0 {
                     ev.flags.push(Cow::Borrowed("stdout_socket"));
                 }
+                if b.pflags & pflags::BY_DESCRIPTOR != 0 {
+                    ev.flags.push(Cow::Borrowed("by_descriptor"));
+                }
                 ev.path = self.path(raw, 1);
                 if h.ret == -(libc::ENOENT as i64) || h.ret == -(libc::ENOTDIR as i64) {
                     // execvp's PATH search tries every directory: misses are not events.

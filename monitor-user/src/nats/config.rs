@@ -56,7 +56,7 @@ pub struct NatsArgs {
     #[arg(long, value_name = "N", default_value_t = 1, help_heading = "NATS stream")]
     pub nats_replicas: usize,
     /// The host's stream: drop messages older than this (e.g. 30d; none by default).
-    #[arg(long, value_name = "DURATION", value_parser = crate::cli::exec::duration, help_heading = "NATS stream")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::cli::exec::retention, help_heading = "NATS stream")]
     pub nats_max_age: Option<Duration>,
     /// The host's stream: at most this many bytes (e.g. 10G; no limit by default).
     #[arg(long, value_name = "SIZE", value_parser = crate::cli::exec::size, help_heading = "NATS stream")]

@@ -293,6 +293,8 @@ impl Pipeline {
             .collect();
         let mut out = Vec::new();
         for (id, stop) in due {
+            // The end first: once killed, the end would read as a kill, not the expiry.
+            out.extend(self.task_ended(&id, "the task expired"));
             let act = match stop {
                 Stop::Continue => None,
                 Stop::Freeze if self.contain.cgroup(&id).is_some() => Some(Act::Freeze),
@@ -302,7 +304,6 @@ impl Pipeline {
                 let o = self.contain.act(sensors, &id, act, By::Expiry, self.enr.host(), now);
                 out.extend(o.event);
             }
-            out.extend(self.task_ended(&id, "the task expired"));
         }
         out
     }

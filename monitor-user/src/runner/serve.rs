@@ -259,6 +259,11 @@ fn serve_now(
         Request::Freeze { task, via } => (task, Act::Freeze, via),
         Request::Thaw { task, via } => (task, Act::Thaw, via),
         Request::Approve { id, for_s, via, reason } => {
+            // The CLI bounds it; a raw or remote request must not overflow the clock.
+            let longest = crate::task::manifest::MAX_LIFETIME.as_secs();
+            if for_s.is_some_and(|s| s > longest) {
+                return Reply::err(format!("approve: for_s is over {longest} (366 days)"));
+            }
             let who = Who::Operator { pid: peer, uid, via, reason };
             return approval(e, &id, true, who, for_s.map(std::time::Duration::from_secs));
         }

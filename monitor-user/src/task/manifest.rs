@@ -131,7 +131,7 @@ pub fn yaml_error(e: &serde_saphyr::Error) -> (u64, String) {
 
 /// The longest a task may be declared to live: a longer expiry is a mistake (or an
 /// attempt to have none), and times far off overflow what records can say.
-const MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(366 * 86_400);
+pub const MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(366 * 86_400);
 
 /// The longest prompt a manifest may carry: it goes into every record of the task's
 /// start (events, audit chain, NATS).
@@ -304,6 +304,16 @@ pub fn parse_unresolved(text: &str, file: &Path, now: Timestamp) -> Result<Task,
         Some(e) if e.value == "enforce" => true,
         Some(e) => return Err(cx.err(e, "enforcement", format!("{:?} is not observe or enforce", e.value))),
     };
+    // Past its expiry an enforced task may do nothing more: Landlock and the guards
+    // cannot be taken back from running processes, so only a stop holds.
+    if enforce && let (Some(super::Stop::Continue), Some(s)) = (on_expiry, &raw.on_expiry) {
+        return Err(cx.err(
+            s,
+            "on_expiry",
+            "\"continue\" is for observed tasks: an enforced task stops at its expiry (freeze or kill)"
+                .to_string(),
+        ));
+    }
     let deny_sensitive_reads = match &raw.sensitive_reads {
         None => false,
         Some(v) if v.value == "judge" => false,

@@ -237,7 +237,7 @@ impl Task {
         {
             for ep in theirs {
                 if !mine.iter().any(|m| m.covers(ep)) {
-                    return Err(format!("scope.{name} {ep:?} is not within the parent's scope.{name}"));
+                    return Err(format!("scope.{name} \"{ep}\" is not within the parent's scope.{name}"));
                 }
             }
         }
@@ -263,8 +263,11 @@ impl Task {
         for (name, mine, theirs) in
             [("agent", &self.agent, &child.agent), ("principal", &self.principal, &child.principal)]
         {
-            if theirs.is_some() && theirs != mine {
-                return Err(format!("{name} {theirs:?} is not the parent's ({mine:?})"));
+            if let Some(t) = theirs
+                && theirs != mine
+            {
+                let parents = mine.as_deref().map_or("none".to_string(), |m| format!("{m:?}"));
+                return Err(format!("{name} {t:?} is not the parent's ({parents})"));
             }
         }
         if let Some(c) = child.credentials.first() {

@@ -159,6 +159,37 @@ impl Ports {
     }
 }
 
+/// As a manifest writes them: `443`, `8000-8099`, `*`.
+impl std::fmt::Display for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.lo, self.hi) {
+            (0, u16::MAX) => f.write_str("*"),
+            (lo, hi) if lo == hi => write!(f, "{lo}"),
+            (lo, hi) => write!(f, "{lo}-{hi}"),
+        }
+    }
+}
+
+/// As a manifest writes them, so that an error names the entry the way it was
+/// written (a network as `10.0.0.0/8:443`, one address without its `/32`).
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Net { net, ports } => {
+                let whole = net.prefix_len() == net.max_prefix_len();
+                match (net, whole) {
+                    (IpNet::V4(n), true) => write!(f, "{}:{ports}", n.addr()),
+                    (IpNet::V4(n), false) => write!(f, "{n}:{ports}"),
+                    (IpNet::V6(n), true) => write!(f, "[{}]:{ports}", n.addr()),
+                    (IpNet::V6(n), false) => write!(f, "[{n}]:{ports}"),
+                }
+            }
+            Endpoint::Host { name, ports, .. } => write!(f, "{name}:{ports}"),
+            Endpoint::Unix { path } => write!(f, "unix:{path}"),
+        }
+    }
+}
+
 /// One allowed destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -512,6 +543,20 @@ mod tests {
         let parent = set(&["/srv/repo/**"]);
         assert!(parent.covers_all(&set(&["/srv/repo/src/**", "/srv/repo/a.txt"])).is_ok());
         assert_eq!(parent.covers_all(&set(&["/etc/**"])).unwrap_err(), "/etc/**");
+    }
+
+    #[test]
+    fn endpoints_read_as_written() {
+        for s in [
+            "10.0.0.0/8:443",
+            "127.0.0.1:8080",
+            "[::1]:*",
+            "[fd00::/8]:1-1024",
+            "api.example.com:443",
+            "unix:/run/a/*.sock",
+        ] {
+            assert_eq!(parse_endpoint(s).unwrap().to_string(), s);
+        }
     }
 
     #[test]

@@ -120,7 +120,7 @@ fn delegation_only_narrows() {
         ),
         (
             "id: c\nmode: execute\nexpires_in: 1m\nscope:\n  connect: [\"10.0.0.0/8:*\"]\napproval_required: [delete, rename]\n",
-            "scope.connect",
+            "scope.connect \"10.0.0.0/8:*\" is not within the parent's scope.connect",
         ),
         (
             "id: c\nmode: execute\nexpires_in: 1m\nscope:\n  exec: [\"/usr/bin/*\"]\napproval_required: [delete, rename]\n",
@@ -137,17 +137,19 @@ fn delegation_only_narrows() {
         ),
         (
             "id: c\nmode: read\nexpires_in: 1m\napproval_required: [delete, rename]\nagent: spiffe://example.org/agent/victim\n",
-            "agent",
+            "agent \"spiffe://example.org/agent/victim\" is not the parent's (\"spiffe://example.org/agent/coder\")",
         ),
         (
             "id: c\nmode: read\nexpires_in: 1m\napproval_required: [delete, rename]\nprincipal: bob@example.org\n",
-            "principal",
+            "principal \"bob@example.org\" is not the parent's (\"alice@example.org\")",
         ),
     ];
     for (text, needle) in wider {
         let child = parse_ok(text);
         let e = parent.contains(&child).unwrap_err();
         assert!(e.contains(needle), "{text}: {e}");
+        // Said as a manifest would say it, never as Rust's debug output.
+        assert!(!["Some(", "None", "Net {", "Ports {"].iter().any(|d| e.contains(d)), "{e}");
     }
     let read_parent = parse_ok("id: p\nmode: read\n");
     assert!(read_parent.contains(&parse_ok("id: c\nmode: execute\n")).unwrap_err().contains("mode"));
@@ -193,6 +195,11 @@ fn lifetimes_are_bounded_and_stops_named() {
     assert_eq!((e.line, e.field.as_str()), (3, "on_expiry"), "{e}");
     let t = parse_ok("id: a\nmode: read\non_expiry: kill\n");
     assert_eq!(t.on_expiry, Some(Stop::Kill));
+    // An enforced task cannot run on past its expiry: only a stop holds then.
+    let e = parse_err("id: a\nmode: read\nenforcement: enforce\non_expiry: continue\n");
+    assert_eq!((e.line, e.field.as_str()), (4, "on_expiry"), "{e}");
+    assert!(e.msg.contains("freeze or kill"), "{e}");
+    assert_eq!(parse_ok("id: a\nmode: read\non_expiry: continue\n").on_expiry, Some(Stop::Continue));
     assert_eq!(t.output_failure(), Stop::Continue);
     let t = parse_ok("id: a\nmode: read\nenforcement: enforce\n");
     assert_eq!(t.output_failure(), Stop::Freeze);
