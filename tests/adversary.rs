@@ -411,19 +411,30 @@ pub fn enforce_refuses_scopes_over_agentmon() -> R {
 /// A task process that moves itself out of its task's cgroup is brought back: a
 /// freeze covers it, and the move is a tamper event.
 pub fn left_cgroup_is_brought_back() -> R {
-    let d = workdir("left");
-    let task = observed_task(&d, "left")?;
+    left_then(&workdir("left"), false)?;
+    left_then(&workdir("left-kill"), true)
+}
+
+/// The task's root leaves its cgroup for the root cgroup; then the operator freezes
+/// (and thaws) or kills the task: the action reaches it all the same.
+fn left_then(d: &Path, kill: bool) -> R {
+    let task = observed_task(d, "left")?;
     let procs = ["/sys/fs/cgroup/unified/cgroup.procs", "/sys/fs/cgroup/cgroup.procs"]
         .into_iter()
         .find(|p| Path::new(p).exists())
         .ok_or("no cgroup v2 cgroup.procs")?;
-    let c = start(&d, &task, "leave_cgroup", &[procs])?;
+    let c = start(d, &task, "leave_cgroup", &[procs])?;
     let sock = format!("/run/agentmon/exec-{}.sock", c.id());
     let r = (|| {
         // The file is made, then written: its pid is there once it parses.
         let left = || std::fs::read_to_string(d.join("left")).ok().and_then(|s| s.trim().parse::<u32>().ok());
-        ensure(wait(Duration::from_secs(60), || left().is_some()), || format!("never left: {}", stderr(&d)))?;
+        ensure(wait(Duration::from_secs(60), || left().is_some()), || format!("never left: {}", stderr(d)))?;
         let pid = left().ok_or("no pid in the left file")?;
+        if kill {
+            let (code, out, err) = cli(&["kill", "left", "--socket", &sock])?;
+            eq(&format!("kill: {out}{err}"), code, 0)?;
+            return Ok::<u32, String>(pid);
+        }
         let (code, out, err) = cli(&["freeze", "left", "--socket", &sock])?;
         eq(&format!("freeze: {out}{err}"), code, 0)?;
         let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| e.to_string())?;
@@ -435,12 +446,23 @@ pub fn left_cgroup_is_brought_back() -> R {
         ensure(events.lines().any(|l| l == "frozen 1"), || format!("not frozen: {events}"))?;
         let (code, out, err) = cli(&["thaw", "left", "--socket", &sock])?;
         eq(&format!("thaw: {out}{err}"), code, 0)?;
-        Ok::<u32, String>(pid)
+        Ok(pid)
     })();
     write(&d.join("go"), "")?;
-    let (code, evs) = finish(c, &d)?;
+    let (code, evs) = finish(c, d)?;
     let pid = r?;
-    eq("scenario exit", code, 0)?;
+    eq("scenario exit", code, if kill { 128 + 9 } else { 0 })?;
+    if kill {
+        let act = evs.iter().find(|e| e.kind == Kind::Action).ok_or("no action record of the kill")?;
+        eq("action", act.action.as_deref(), Some("kill"))?;
+        let gone = |p: u32| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .map_or(true, |s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+        };
+        ensure(wait(Duration::from_secs(10), || gone(pid)), || {
+            format!("pid {pid}, which left, survived the kill")
+        })?;
+    }
     let regrouped = evs.iter().any(|e| {
         e.kind == Kind::Action
             && e.detail.get("regrouped").is_some_and(|v| v.to_string().contains(&format!("\"pid\":{pid}")))
