@@ -352,7 +352,10 @@ pub fn approve_deny_timeout_and_race() -> R {
             .args(["approve", &id(&r3)?, "--for", "580000000000y"])
             .output()
             .map_err(|e| e.to_string())?;
-        ensure(!out.status.success(), || "approve --for 580000000000y was taken".into())?;
+        ensure(
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("longest allowed"),
+            || format!("approve --for 580000000000y: {}", String::from_utf8_lossy(&out.stderr)),
+        )?;
         let replies = raw_requests(&serde_json::json!({"op": "approve", "id": id(&r3)?, "for_s": u64::MAX}))?;
         ensure(replies.iter().all(|r| r["ok"] != true), || {
             format!("a raw for_s u64::MAX was taken: {replies:?}")

@@ -105,6 +105,7 @@ pub fn audit_chain_and_replay() -> R {
     std::fs::write(&cut, lines[..lines.len() - 2].join("\n") + "\n").map_err(|e| e.to_string())?;
     let (code, out, _) = cli(&["audit", "verify", cut.to_str().unwrap()])?;
     ensure(code == 1, || format!("cut tail: exit {code}: {out}"))?;
+    huge_garbage_is_reported(&d, lines[0])?;
 
     // Replay rebuilds the same events from each source.
     let want = ids(&run.events);
@@ -155,6 +156,44 @@ pub fn audit_chain_and_replay() -> R {
 /// write, the disk under it being full, are lost: they are counted, and once the
 /// chain writes again it says itself how many it missed — exactly as many as are
 /// absent from it — and still verifies.
+/// After the chain's first record, 1 GiB of NULs with no line end (sparse): verify
+/// reports the line and never holds it whole. Its heap is limited to 256 MiB here;
+/// reading the line whole made it abort on allocation.
+fn huge_garbage_is_reported(d: &Path, first: &str) -> R {
+    use std::{io::Write, os::unix::process::CommandExt};
+    let huge = d.join("huge.jsonl");
+    let mut f = std::fs::File::create(&huge).map_err(|e| e.to_string())?;
+    writeln!(f, "{first}").map_err(|e| e.to_string())?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    f.set_len(len + (1 << 30)).map_err(|e| e.to_string())?;
+    drop(f);
+    let mut c = Command::new(agentmon());
+    c.args(["audit", "verify"]).arg(&huge);
+    // SAFETY: only setrlimit runs between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            let l = libc::rlimit { rlim_cur: 256 << 20, rlim_max: 256 << 20 };
+            match libc::setrlimit(libc::RLIMIT_DATA, &l) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        })
+    };
+    let out = c.output().map_err(|e| e.to_string())?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    let _ = std::fs::remove_file(&huge);
+    Ok(ensure(
+        out.status.code() == Some(1) && said.contains("line 2") && said.contains("longer than any record"),
+        || {
+            format!(
+                "verify of 1 GiB of garbage: {:?}: {said}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        },
+    )?)
+}
+
 pub fn audit_chain_counts_what_a_full_disk_dropped() -> R {
     use std::sync::Arc;
 

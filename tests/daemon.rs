@@ -687,6 +687,7 @@ pub fn daemon_kill9_restart_reports_the_gap() -> R {
     let from = gap["from"].as_str().and_then(agentmon::event::Timestamp::parse).ok_or("gap.from")?;
     let to = gap["to"].as_str().and_then(agentmon::event::Timestamp::parse).ok_or("gap.to")?;
     ensure(from < to && to <= starts[1].ts, || format!("gap {gap}"))?;
+    eq("gap seconds", gap["seconds"].as_u64(), Some(((to.0 - from.0) / 1_000_000_000) as u64))?;
     eq("gap observed by the kept programs", gap["observed"].as_bool(), Some(true))?;
     for f in [&all, &log] {
         // `output:FILE` or `output:audit chain FILE`.

@@ -160,7 +160,7 @@ pub fn enforce_denies_out_of_scope() -> R {
 pub fn observe_flags_but_allows() -> R {
     let (d, task) = setup("observe", false)?;
     // Metadata changes and a run by descriptor first: delete_out removes the victim.
-    let meta = ["xattr_out", "chown_out", "execveat_out"];
+    let meta = ["xattr_out", "chown_out", "execveat_out", "execveat_elf", "execveat_dir"];
     let mut actions: Vec<String> = meta.iter().chain(CORE.iter()).map(|s| s.to_string()).collect();
     // The agent may not contain (here: thaw or kill) tasks through the control socket.
     // Both must be refused: a kill that went through ends the run; a thaw shows in the result.
@@ -184,15 +184,26 @@ pub fn observe_flags_but_allows() -> R {
     outside("chmod", run.find(Kind::FileChmod, &victim)?, None)?;
     outside("chown", run.find(Kind::FileChown, &victim)?, None)?;
     outside("xattr", run.find(Kind::FileXattr, &victim)?, xattr_errno.map(|_| "EOPNOTSUPP"))?;
-    // Run by descriptor, the script was named `/dev/fd/3` by the kernel: the record
-    // names the file.
-    let by_fd = run
-        .of(Kind::Exec)
-        .into_iter()
-        .find(|e| e.flags.iter().any(|f| f == "by_descriptor"))
-        .ok_or_else(|| format!("no exec record by descriptor:\n{}", run.summary()))?;
-    eq("exec by descriptor: path", by_fd.path.as_deref(), d.join("tool.sh").to_str())?;
-    outside("exec by descriptor", by_fd, None)?;
+    // Run by descriptor, a program is named `/dev/fd/N[/NAME]` by the kernel: the
+    // record names the file — a script read through its descriptor, one named under a
+    // directory's, an ELF whose descriptor was closed on exec.
+    let true_ = std::fs::canonicalize("/usr/bin/true").map_err(|e| e.to_string())?;
+    let by_fd: Vec<_> =
+        run.of(Kind::Exec).into_iter().filter(|e| e.flags.iter().any(|f| f == "by_descriptor")).collect();
+    let mut paths: Vec<&str> = by_fd.iter().filter_map(|e| e.path.as_deref()).collect();
+    paths.sort();
+    let script = d.join("tool.sh");
+    let mut want = vec![script.to_str().unwrap(), script.to_str().unwrap(), true_.to_str().unwrap()];
+    want.sort();
+    eq(&format!("execs by descriptor:\n{}", run.summary()), paths, want)?;
+    for e in by_fd {
+        if e.path.as_deref() == script.to_str() {
+            outside("exec by descriptor", e, None)?;
+        } else {
+            // In scope.exec (/usr/bin/**): before, it was `/dev/fd/N`, out of it.
+            eq("ELF by descriptor verdict", e.verdict.as_deref(), Some("in_scope"))?;
+        }
+    }
     ensure(run.of(Kind::Action).is_empty(), || "an action was taken for the agent".into())?;
     let w = run.find(Kind::FileCreate, &d.join("outside.txt"))?;
     eq("write verdict", w.verdict.as_deref(), Some("violation"))?;
@@ -1142,8 +1153,12 @@ fn deny_rules_reloaded(
 ) -> R {
     let rules = d.join("rules-reloaded");
     std::fs::create_dir_all(&rules).map_err(|e| e.to_string())?;
-    let write =
-        |r: String| std::fs::write(rules.join("r.yaml"), format!("rules:\n{r}")).map_err(|e| e.to_string());
+    // Whole files only (a reload must not read one half written): by rename.
+    let write = |r: String| {
+        let tmp = d.join("r.yaml.tmp");
+        std::fs::write(&tmp, format!("rules:\n{r}")).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, rules.join("r.yaml")).map_err(|e| e.to_string())
+    };
     write(rule(
         "test.no-127-4",
         "      kinds: [connect]\n      dst: [\"127.0.0.4/32\"]\n",

@@ -137,7 +137,7 @@ fn enforced_expiry_kills_or_refuses(me: &Path) -> R {
     let err = String::from_utf8_lossy(&out.stderr);
     eq("exit (refused)", out.status.code(), Some(125))?;
     ensure(
-        err.contains("short-continued.yaml:") && err.contains("on_expiry") && err.contains("freeze or kill"),
+        err.contains("short-continued") && err.contains("on_expiry") && err.contains("freeze or kill"),
         || err.to_string(),
     )?;
     ensure(!d.join("out/f0").exists(), || "a refused task ran".into())?;

@@ -221,3 +221,54 @@ pub fn replay_html_report() -> R {
     })?;
     Ok(())
 }
+
+/// Names an agent chooses (a file name, its process name) hold a line break and a
+/// forged record after it: each output that writes lines keeps them on their own
+/// row, written `\n` — the live text format, and replay's table and tree.
+pub fn agent_chosen_names_stay_on_their_row() -> R {
+    let d = workdir("names-rows");
+    let forged = "10:00:00.000 file_delete 1 rm shadow";
+    let script = format!("touch \"{}/$(printf 'x\\n{forged}')\"", d.display());
+    let text = d.join("events.txt");
+    let json = d.join("events.jsonl");
+    let sh = ["/usr/bin/sh".to_string(), "-c".into(), script];
+    let run = |events: &Path, format: &str| -> R {
+        let out = support::exec_command(events, &["--format", format], &sh, &[], &d)
+            .output()
+            .map_err(|e| e.to_string())?;
+        eq(
+            &format!("exec --format {format}: {}", String::from_utf8_lossy(&out.stderr)),
+            out.status.code(),
+            Some(0),
+        )?;
+        Ok(())
+    };
+    run(&text, "text")?;
+    run(&json, "json")?;
+    let (evs, _) = support::parse_stream(&std::fs::read_to_string(&json).map_err(|e| e.to_string())?)?;
+    let name = d.join(format!("x\n{forged}"));
+    // Made by the first run, opened again by the second.
+    ensure(evs.iter().any(|e| e.kind == Kind::FileWrite && e.path.as_deref() == name.to_str()), || {
+        "no record of the file with a line break in its name".into()
+    })?;
+    let mut outputs = vec![("text".to_string(), std::fs::read_to_string(&text).map_err(|e| e.to_string())?)];
+    for f in ["table", "tree"] {
+        let out = Command::new(agentmon())
+            .args(["replay", "--from", json.to_str().unwrap(), "--format", f])
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure(out.status.success(), || {
+            format!("replay --format {f}: {}", String::from_utf8_lossy(&out.stderr))
+        })?;
+        outputs.push((f.to_string(), String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    for (f, out) in outputs {
+        ensure(!out.lines().any(|l| l.trim_start().starts_with(forged)), || {
+            format!("{f}: a forged row:\n{out}")
+        })?;
+        ensure(out.lines().any(|l| l.contains(&format!("x\\n{forged}"))), || {
+            format!("{f}: the name is not on its row:\n{out}")
+        })?;
+    }
+    Ok(())
+}

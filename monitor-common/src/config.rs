@@ -52,6 +52,11 @@ pub struct Offsets {
     pub mm_arg_end: u32,
     pub bprm_file: u32,
     pub bprm_filename: u32,
+    /// `linux_binprm.fdpath` (the `/dev/fd/N[/NAME]` the kernel names a program run
+    /// by descriptor) and `.interp` (the name the interpreter is given: a script's
+    /// interpreter path once binfmt_script ran, else `filename` itself).
+    pub bprm_fdpath: u32,
+    pub bprm_interp: u32,
     pub socket_type: u32,
     pub socket_sk: u32,
     pub sk_family: u32,

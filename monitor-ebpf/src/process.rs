@@ -53,7 +53,8 @@ fn try_fork(ctx: &BtfTracePointContext) -> Option<()> {
 
 /// tp_btf/sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm).
 /// Reads p->start_time, bprm->file (the resolved executable; nlink 0 = fileless),
-/// bprm->filename (and the descriptor `/dev/fd/N` names), p->mm->arg_start..arg_end (argv, now in the new image), and the
+/// bprm->filename, bprm->fdpath and bprm->interp (a program run by descriptor),
+/// p->mm->arg_start..arg_end (argv, now in the new image), and the
 /// inode type of fds 0 and 1.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
@@ -87,17 +88,25 @@ fn try_exec(ctx: &BtfTracePointContext) -> Option<()> {
             ev.flag(pflags::FILELESS);
         }
         ev.operand_path(1, file_path(file));
-        // The name the program was run by, resolved. `/dev/fd/N` (execveat by
-        // descriptor) is that descriptor's file: still open for a script, whose
-        // interpreter reads it; closed on exec, only an ELF image, which is the program.
+        // The name the program was run by, resolved. Run by descriptor (execveat),
+        // the kernel names it `/dev/fd/N[/NAME]` itself (bprm->fdpath; a name the
+        // caller passes that reads so is only a name): an ELF image is the file it
+        // mapped (fd N may be closed, or another file by now); a script is what its
+        // interpreter reads through fd N, which stays open.
         let name = kptr(bprm, off!(bprm_filename));
-        let (s, base) = match by_descriptor(name) {
-            Some((fd, rest, whole)) => {
-                ev.flag(pflags::BY_DESCRIPTOR);
-                let f = fd_file(fd);
-                (rest, file_path(if f == 0 && whole { file } else { f }))
+        let fdpath = kptr(bprm, off!(bprm_fdpath));
+        let (s, base) = if fdpath != 0 && fdpath == name {
+            ev.flag(pflags::BY_DESCRIPTOR);
+            if kptr(bprm, off!(bprm_interp)) == name {
+                (0, file_path(file))
+            } else {
+                match by_descriptor(name) {
+                    Some((fd, rest)) => (rest, file_path(fd_file(fd))),
+                    None => (0, 0),
+                }
             }
-            None => (name, dir_base(AT_FDCWD)),
+        } else {
+            (name, dir_base(AT_FDCWD))
         };
         ev.operand_under(2, s, base);
         // A shell whose stdin/stdout is a socket is how reverse shells look.
@@ -121,19 +130,19 @@ fn try_exec(ctx: &BtfTracePointContext) -> Option<()> {
     Some(())
 }
 
-/// `/dev/fd/N` or `/dev/fd/N/NAME` (the kernel's name for a program run by
-/// descriptor): N, where the rest starts (the end for the first form) and whether
-/// it is the first form.
+/// `/dev/fd/N` or `/dev/fd/N/NAME` as the kernel writes them (N below 2^31): N, and
+/// NAME's start (0 for the first form: the descriptor's file itself).
 #[inline(always)]
-fn by_descriptor(name: u64) -> Option<(i64, u64, bool)> {
+fn by_descriptor(name: u64) -> Option<(i64, u64)> {
     const PREFIX: u64 = u64::from_ne_bytes(*b"/dev/fd/");
     let mut b = [0u8; 20];
     let r = unsafe { h::bpf_probe_read_kernel_str(b.as_mut_ptr().cast(), 20, name as *const _) };
     if r < 10 || u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) != PREFIX {
         return None;
     }
+    // At most 10 digits, then the end or a `/`.
     let (mut fd, mut i) = (0i64, 8usize);
-    while i < 19 {
+    while i < 18 {
         match b.get(i) {
             Some(c) if c.is_ascii_digit() => fd = fd * 10 + (*c - b'0') as i64,
             _ => break,
@@ -142,8 +151,8 @@ fn by_descriptor(name: u64) -> Option<(i64, u64, bool)> {
     }
     match b.get(i) {
         _ if i == 8 => None,
-        Some(0) => Some((fd, name + i as u64, true)),
-        Some(b'/') => Some((fd, name + i as u64 + 1, false)),
+        Some(0) => Some((fd, 0)),
+        Some(b'/') => Some((fd, name + i as u64 + 1)),
         _ => None,
     }
 }

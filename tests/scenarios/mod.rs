@@ -619,7 +619,8 @@ fn sensitive(d: &Path) -> Result<(), String> {
 
 /// Waits (up to 30 s) for `flag` to exist.
 fn wait_for(flag: &Path) -> Result<(), String> {
-    for _ in 0..3000 {
+    // 30 s, as long again on a slower (emulated) kernel.
+    for _ in 0..3000 * crate::support::slowdown() {
         if flag.exists() {
             return Ok(());
         }
@@ -855,22 +856,24 @@ fn compat_creat(path: &Path, page: Page) -> i32 {
 
 /// Runs `path` by its descriptor (execveat, AT_EMPTY_PATH) in a child: 0 if it
 /// ran and succeeded, else the exec's errno (or 2000 + the program's exit code).
-fn execveat_fd(path: &Path) -> i32 {
+/// execveat of NAME under the directory `path`, or with no NAME of the program
+/// `path` itself (AT_EMPTY_PATH); `keep`: its descriptor is not closed on exec (a
+/// script's interpreter reads it).
+fn execveat_by(path: &Path, name: Option<&std::ffi::CStr>, keep: bool) -> i32 {
     let p = c(path);
-    // SAFETY: the child only calls execveat and _exit.
+    let cloexec = if keep { 0 } else { libc::O_CLOEXEC };
+    // SAFETY: the child only opens, calls execveat and _exit.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => unsafe {
-            let fd = libc::open(p.as_ptr(), libc::O_RDONLY);
-            let argv = [p.as_ptr(), std::ptr::null()];
+            let (flags, at) = match name {
+                Some(_) => (libc::O_PATH | libc::O_DIRECTORY | cloexec, 0),
+                None => (libc::O_RDONLY | cloexec, libc::AT_EMPTY_PATH),
+            };
+            let fd = libc::open(p.as_ptr(), flags);
+            let name = name.unwrap_or(c"");
+            let argv = [name.as_ptr(), std::ptr::null()];
             let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-            libc::syscall(
-                libc::SYS_execveat,
-                fd,
-                c"".as_ptr(),
-                argv.as_ptr(),
-                envp.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            );
+            libc::syscall(libc::SYS_execveat, fd, name.as_ptr(), argv.as_ptr(), envp.as_ptr(), at);
             libc::_exit(std::io::Error::last_os_error().raw_os_error().unwrap_or(250))
         },
         Ok(ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
@@ -881,6 +884,10 @@ fn execveat_fd(path: &Path) -> i32 {
         },
         Err(_) => -1,
     }
+}
+
+fn execveat_fd(path: &Path) -> i32 {
+    execveat_by(path, None, true)
 }
 
 /// Writes "x" to `path` through a file handle: the errno of the first step that
@@ -1307,6 +1314,10 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             // The same program run from a descriptor (execveat with AT_EMPTY_PATH):
             // no path is passed to the exec.
             "execveat_out" => execveat_fd(&d.join("tool.sh")),
+            // By descriptor too: a program's own (close-on-exec: gone by the time the
+            // exec is reported), and a script named under a directory's descriptor.
+            "execveat_elf" => execveat_by(Path::new("/usr/bin/true"), None, false),
+            "execveat_dir" => execveat_by(d, Some(c"tool.sh"), true),
             // Runs the program PATH (no arguments, no input): 0 if it ran and
             // succeeded, 2000 + its exit code if it failed, else the errno.
             "run" => match std::process::Command::new(arg).stdin(std::process::Stdio::null()).status() {

@@ -26,19 +26,27 @@ pub struct Options {
     /// Use the agentmon and bench-loop next to this binary (a guest cannot build).
     #[arg(long)]
     no_build: bool,
+    /// The task refuses sensitive reads (`sensitive_reads: deny`): what the exact
+    /// matcher costs an open whose name the prefilter takes (`open-named`).
+    #[arg(long)]
+    deny_reads: bool,
+    /// Only these loops (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = WORKLOADS.map(String::from))]
+    workloads: Vec<String>,
 }
 
-const WORKLOADS: [&str; 4] = ["open-ro", "open-wr", "unlink", "spawn"];
+const WORKLOADS: [&str; 5] = ["open-ro", "open-named", "open-wr", "unlink", "spawn"];
 
-fn manifest(dir: &Path, looper: &Path) -> anyhow::Result<PathBuf> {
+fn manifest(dir: &Path, looper: &Path, deny_reads: bool) -> anyhow::Result<PathBuf> {
     let path = dir.join("task.yaml");
     let w = dir.join("work");
     std::fs::write(
         &path,
         format!(
             "id: hooks\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{w}/**\"]\n  delete: [\"{w}/**\"]\n  \
-             exec: [\"{}\", \"/usr/bin/**\", \"/bin/**\"]\n",
+             exec: [\"{}\", \"/usr/bin/**\", \"/bin/**\"]\n{}",
             looper.display(),
+            if deny_reads { "sensitive_reads: deny\n" } else { "" },
             w = w.display()
         ),
     )?;
@@ -114,14 +122,15 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = std::fs::canonicalize(tmp.path())?;
     std::fs::create_dir_all(dir.join("work"))?;
-    let task = manifest(&dir, &looper)?;
+    let task = manifest(&dir, &looper, o.deny_reads)?;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let tier = match std::env::var("AGENTMON_ENFORCE_TIER").as_deref() {
         Ok("fallback") => "fallback (Landlock, seccomp, gate)",
         _ => "as chosen (BPF LSM where the kernel runs it)",
     };
-    println!("### Kernel programs per call: kernel {}, tier {tier}", kernel.trim());
-    for w in WORKLOADS {
+    let reads = if o.deny_reads { ", sensitive reads denied" } else { "" };
+    println!("### Kernel programs per call: kernel {}, tier {tier}{reads}", kernel.trim());
+    for w in &o.workloads {
         one(&agentmon, &looper, &dir, &task, w, o.iters)?;
     }
     Ok(())

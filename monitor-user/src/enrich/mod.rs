@@ -142,12 +142,18 @@ impl Enricher {
 
     /// Resolved path of operand `i` (operand 0 is exact when taken from an fd). A
     /// path the kernel could not copy whole (deeper than it walks, longer than it
-    /// copies) is never shown as the absolute path it is not: it starts with `…`,
-    /// and judging treats it as unknown (out of scope).
+    /// copies), or a relative one it found no directory for, is never shown as the
+    /// absolute path it is not: it starts with `…`, and judging treats it as unknown
+    /// (out of scope).
     fn path(&mut self, raw: &RawEvent, i: usize) -> Option<String> {
         let o = raw.ops.get(i)?;
         if raw.body.pflags & pflags::TRUNCATED != 0 {
             return Some(format!("{}{}", crate::event::UNRESOLVED_PREFIX, crate::paths::join_lexical(o)));
+        }
+        // A relative name whose directory the kernel could not find (its descriptor
+        // closed, or the walk failed): not a name under `/`, and never judged as one.
+        if raw.body.pflags & pflags::UNRESOLVED != 0 && !o.has_base() && !o.given.starts_with('/') {
+            return Some(format!("{}{}", crate::event::UNRESOLVED_PREFIX, o.given));
         }
         let exact = i == 0 && raw.body.pflags & pflags::OP1_FROM_FD != 0;
         Some(self.paths.resolve(o, exact).0)

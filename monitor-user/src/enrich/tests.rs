@@ -81,6 +81,21 @@ fn a_path_not_read_whole_is_never_absolute() {
 }
 
 #[test]
+fn a_name_whose_directory_was_not_found_is_never_under_the_root() {
+    let mut e = enricher();
+    // unlinkat(dirfd, "passwd") whose dirfd the kernel could not walk (closed by
+    // another thread before the exit): it was `/passwd`, exact.
+    let mut rec = record(kind::UNLINK, op::UNLINKAT, &[("passwd", &[])], b"", [0; 5]);
+    rec[monitor_common::HEADER_SIZE + 40] = pflags::UNRESOLVED as u8;
+    let ev = e.event(&decode(&rec).unwrap()).unwrap();
+    assert_eq!(ev.path.as_deref(), Some("…passwd"));
+    // An absolute name needs no directory.
+    let mut rec = record(kind::UNLINK, op::UNLINKAT, &[("/tmp/x", &[])], b"", [0; 5]);
+    rec[monitor_common::HEADER_SIZE + 40] = pflags::UNRESOLVED as u8;
+    assert_eq!(e.event(&decode(&rec).unwrap()).unwrap().path.as_deref(), Some("/tmp/x"));
+}
+
+#[test]
 fn network_destinations() {
     let v4 = u32::from_le_bytes([127, 0, 0, 1]) as u64;
     let (d, p) = dst(&[2 | 8080 << 16 | 1 << 32, v4, 0, 3, 0], b"", false);

@@ -183,6 +183,8 @@ impl KernelBtf {
             mm_arg_end: o("mm_struct", "arg_end")?,
             bprm_file: o("linux_binprm", "file")?,
             bprm_filename: o("linux_binprm", "filename")?,
+            bprm_fdpath: o("linux_binprm", "fdpath")?,
+            bprm_interp: o("linux_binprm", "interp")?,
             socket_type: o("socket", "type")?,
             socket_sk: o("socket", "sk")?,
             sk_family: o("sock_common", "skc_family")?,

@@ -192,6 +192,12 @@ impl Pipeline {
 
     /// `task_end` of a task not yet ended (None if it was).
     pub fn task_ended(&mut self, id: &Arc<str>, why: &str) -> Option<Event> {
+        self.end_record(id, why, true)
+    }
+
+    /// The end of task `id`, once; `killed_says`: a task agentmon killed ended by
+    /// the kill, whatever `why` says.
+    fn end_record(&mut self, id: &Arc<str>, why: &str, killed_says: bool) -> Option<Event> {
         let b = self.judge.task(id)?;
         if !self.ended.insert(id.clone()) {
             return None;
@@ -202,7 +208,8 @@ impl Pipeline {
         ev.pid = b.root;
         ev.tid = b.root;
         ev.comm = "agentmon".into();
-        ev.reason = Some(if self.contain.was_killed(id) { "the task was killed".into() } else { why.into() });
+        let killed = killed_says && self.contain.was_killed(id);
+        ev.reason = Some(if killed { "the task was killed".into() } else { why.into() });
         ev.detail.insert("agent".into(), json!(b.task.agent));
         ev.detail.insert("principal".into(), json!(b.task.principal));
         Some(ev)
@@ -282,7 +289,7 @@ impl Pipeline {
             .filter(|id| !self.ended.contains(id))
             .filter_map(|id| {
                 let t = &self.judge.task(&id)?.task;
-                let stop = match (t.on_expiry, host) {
+                let stop = match (t.expiry_stop(), host) {
                     (Some(s), _) => s,
                     (None, OnExpiry::Kill) => Stop::Kill,
                     (None, OnExpiry::End) if t.enforce => Stop::Freeze,
@@ -293,17 +300,19 @@ impl Pipeline {
             .collect();
         let mut out = Vec::new();
         for (id, stop) in due {
-            // The end first: once killed, the end would read as a kill, not the expiry.
-            out.extend(self.task_ended(&id, "the task expired"));
             let act = match stop {
                 Stop::Continue => None,
                 Stop::Freeze if self.contain.cgroup(&id).is_some() => Some(Act::Freeze),
                 Stop::Freeze | Stop::Kill => Some(Act::Kill),
             };
+            // The action while the task is known to the outputs (its kill message
+            // names its agent, principal and parents), then its end: the expiry's,
+            // though the action killed it.
             if let Some(act) = act {
                 let o = self.contain.act(sensors, &id, act, By::Expiry, self.enr.host(), now);
                 out.extend(o.event);
             }
+            out.extend(self.end_record(&id, "the task expired", false));
         }
         out
     }

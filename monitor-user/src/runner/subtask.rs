@@ -186,6 +186,9 @@ fn delegate_from(
         return Err(format!("{file}: {why}"));
     }
     let enforce = child.enforce || parent.task.enforce;
+    if enforce && child.on_expiry == Some(crate::task::Stop::Continue) {
+        return Err(format!("{file}: on_expiry: {}", crate::task::Stop::CONTINUE_ENFORCED));
+    }
     if enforce && !confined {
         return Err(format!(
             "{file}: the sub-task of enforced task {} must run confined by its own scope, and its command is \

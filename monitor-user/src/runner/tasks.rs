@@ -224,6 +224,13 @@ pub fn admissible(
     if let Err(why) = crate::policy::inline::deny_rules(rules.rules.iter(), task) {
         return Err(enforce::EnforceError::Refused { task: task.id.clone(), clause: "rules", why });
     }
+    if let Some(why) = task.refused_expiry() {
+        return Err(enforce::EnforceError::Refused {
+            task: task.id.clone(),
+            clause: "on_expiry",
+            why: why.into(),
+        });
+    }
     let refuse = |clause: &'static str, why: String| enforce::EnforceError::Refused {
         task: task.id.clone(),
         clause,

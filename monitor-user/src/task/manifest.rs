@@ -304,16 +304,6 @@ pub fn parse_unresolved(text: &str, file: &Path, now: Timestamp) -> Result<Task,
         Some(e) if e.value == "enforce" => true,
         Some(e) => return Err(cx.err(e, "enforcement", format!("{:?} is not observe or enforce", e.value))),
     };
-    // Past its expiry an enforced task may do nothing more: Landlock and the guards
-    // cannot be taken back from running processes, so only a stop holds.
-    if enforce && let (Some(super::Stop::Continue), Some(s)) = (on_expiry, &raw.on_expiry) {
-        return Err(cx.err(
-            s,
-            "on_expiry",
-            "\"continue\" is for observed tasks: an enforced task stops at its expiry (freeze or kill)"
-                .to_string(),
-        ));
-    }
     let deny_sensitive_reads = match &raw.sensitive_reads {
         None => false,
         Some(v) if v.value == "judge" => false,

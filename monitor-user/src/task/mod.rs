@@ -110,6 +110,8 @@ pub enum Stop {
 
 impl Stop {
     pub const NAMES: [&'static str; 3] = ["continue", "freeze", "kill"];
+    pub const CONTINUE_ENFORCED: &'static str =
+        "\"continue\" is for observed tasks: an enforced task stops at its expiry (freeze or kill)";
 
     pub fn parse(s: &str) -> Option<Stop> {
         Some(match s {
@@ -237,7 +239,8 @@ impl Task {
         {
             for ep in theirs {
                 if !mine.iter().any(|m| m.covers(ep)) {
-                    return Err(format!("scope.{name} \"{ep}\" is not within the parent's scope.{name}"));
+                    let ep = ep.to_string();
+                    return Err(format!("scope.{name} {ep:?} is not within the parent's scope.{name}"));
                 }
             }
         }
@@ -282,6 +285,21 @@ impl Task {
     /// enforcement (fail closed) and continue when observing.
     pub fn output_failure(&self) -> Stop {
         self.on_output_failure.unwrap_or(if self.enforce { Stop::Freeze } else { Stop::Continue })
+    }
+
+    /// What the expiry does to the task, as declared (None: the host's choice). An
+    /// enforced task never runs on past it: the layers granted to its running
+    /// processes cannot be taken back, so `continue` is a freeze for it.
+    pub fn expiry_stop(&self) -> Option<Stop> {
+        match self.on_expiry {
+            Some(Stop::Continue) if self.enforce => Some(Stop::Freeze),
+            s => s,
+        }
+    }
+
+    /// Why a new start of this task is refused for its `on_expiry`, if it is.
+    pub fn refused_expiry(&self) -> Option<&'static str> {
+        (self.enforce && self.on_expiry == Some(Stop::Continue)).then_some(Stop::CONTINUE_ENFORCED)
     }
 
     pub fn expired(&self, at: Timestamp) -> bool {

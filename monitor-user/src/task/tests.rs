@@ -195,12 +195,17 @@ fn lifetimes_are_bounded_and_stops_named() {
     assert_eq!((e.line, e.field.as_str()), (3, "on_expiry"), "{e}");
     let t = parse_ok("id: a\nmode: read\non_expiry: kill\n");
     assert_eq!(t.on_expiry, Some(Stop::Kill));
-    // An enforced task cannot run on past its expiry: only a stop holds then.
-    let e = parse_err("id: a\nmode: read\nenforcement: enforce\non_expiry: continue\n");
-    assert_eq!((e.line, e.field.as_str()), (4, "on_expiry"), "{e}");
-    assert!(e.msg.contains("freeze or kill"), "{e}");
-    assert_eq!(parse_ok("id: a\nmode: read\non_expiry: continue\n").on_expiry, Some(Stop::Continue));
     assert_eq!(t.output_failure(), Stop::Continue);
+    // An enforced task cannot run on past its expiry, however it came to be
+    // enforced (its manifest, --enforce, its parent): only a stop holds then.
+    let mut t = parse_ok("id: a\nmode: read\non_expiry: continue\n");
+    assert_eq!(t.expiry_stop(), Some(Stop::Continue));
+    assert!(t.refused_expiry().is_none());
+    t.enforce = true;
+    assert_eq!(t.expiry_stop(), Some(Stop::Freeze));
+    assert!(t.refused_expiry().unwrap().contains("freeze or kill"));
+    let t = parse_ok("id: a\nmode: read\nenforcement: enforce\non_expiry: kill\n");
+    assert_eq!((t.expiry_stop(), t.refused_expiry()), (Some(Stop::Kill), None));
     let t = parse_ok("id: a\nmode: read\nenforcement: enforce\n");
     assert_eq!(t.output_failure(), Stop::Freeze);
     let t = parse_ok("id: a\nmode: read\nenforcement: enforce\non_output_failure: kill\n");

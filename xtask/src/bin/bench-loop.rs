@@ -1,8 +1,11 @@
 //! The workload of `cargo xtask bench`: a tight loop of one syscall pattern, timed
 //! inside the process so start-up (of agentmon, bpftrace, ...) is not counted.
 //!
-//! usage: bench-loop <open-ro|open-wr|connect|read|unlink|paced|spawn> ITERATIONS [DIR]
+//! usage: bench-loop <open-ro|open-named|open-wr|connect|read|unlink|paced|spawn> ITERATIONS [DIR]
 //!
+//! `open-named` opens DIR/config read-only: a name of the sensitive set's leaves,
+//! outside it (`**/.kube/config`), so a task that denies sensitive reads matches it
+//! whole on every open, and lets it through.
 //! `unlink` creates and deletes a file; one untimed round first (under an approval
 //! gate, the one an approver answers before the timed ones). `paced` writes a file
 //! every 10 ms (events spaced out, for latency measurements); `spawn` runs /bin/true,
@@ -14,7 +17,9 @@ use std::{ffi::CString, time::Instant};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(w), Some(n)) = (args.get(1), args.get(2).and_then(|s| s.parse::<u64>().ok())) else {
-        eprintln!("usage: bench-loop <open-ro|open-wr|connect|read|unlink|paced|spawn> ITERATIONS [DIR]");
+        eprintln!(
+            "usage: bench-loop <open-ro|open-named|open-wr|connect|read|unlink|paced|spawn> ITERATIONS [DIR]"
+        );
         std::process::exit(2);
     };
     let dir = args.get(3).cloned().unwrap_or_else(|| "/tmp".into());
@@ -28,6 +33,7 @@ fn main() {
     let r = match w.as_str() {
         "unlink" => unlink(n, &dir),
         "open-ro" => open_ro(n),
+        "open-named" => open_named(n, &dir),
         "read" => read(n),
         "open-wr" => open_wr(n, &dir),
         "spawn" => spawn(n),
@@ -82,11 +88,21 @@ fn read(n: u64) -> Result<(), String> {
 }
 
 fn open_ro(n: u64) -> Result<(), String> {
-    let p = CString::new("/dev/null").unwrap();
+    open_ro_of("/dev/null", n)
+}
+
+fn open_named(n: u64, dir: &str) -> Result<(), String> {
+    let p = format!("{dir}/config");
+    std::fs::write(&p, b"x").map_err(|e| format!("{p}: {e}"))?;
+    open_ro_of(&p, n)
+}
+
+fn open_ro_of(path: &str, n: u64) -> Result<(), String> {
+    let p = CString::new(path).unwrap();
     for _ in 0..n {
         let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY) };
         if fd < 0 {
-            return Err("open /dev/null".into());
+            return Err(format!("open {path}"));
         }
         unsafe { libc::close(fd) };
     }
