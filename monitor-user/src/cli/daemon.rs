@@ -375,6 +375,24 @@ pub fn attach(rt: &tokio::runtime::Runtime, a: AttachArgs) -> anyhow::Result<i32
 mod tests {
     use super::*;
 
+    /// The shipped systemd unit keeps what a restarted daemon resumes from: systemd
+    /// removes a RuntimeDirectory when the service stops unless told to keep it, and
+    /// the shipped state_dir and sockets are in it (it removed the running tasks'
+    /// records at every restart).
+    #[test]
+    fn the_shipped_unit_keeps_the_state_across_restarts() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/agentmon.service");
+        let unit = std::fs::read_to_string(p).unwrap();
+        let set = |k: &str| unit.lines().filter_map(|l| l.trim().strip_prefix(k)?.strip_prefix('=')).last();
+        let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agentmon.yaml");
+        let o = options(DaemonArgs { config: Some(cfg), socket: None }).unwrap();
+        let run = Path::new("/run").join(set("RuntimeDirectory").unwrap());
+        assert!(o.state_dir.starts_with(&run) && o.socket.starts_with(&run));
+        assert_eq!(set("RuntimeDirectoryPreserve"), Some("yes"));
+        // Its comment on SIGTERM says what the daemon does (docs/daemon.md).
+        assert!(unit.contains("Running tasks are not ended") && !unit.contains("programs detached"));
+    }
+
     /// The shipped, documented configuration is one the daemon accepts, with the
     /// defaults it documents.
     #[test]
