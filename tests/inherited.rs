@@ -170,5 +170,49 @@ pub fn callers_descriptors_do_not_reach_the_agent() -> R {
         vec!["fd_sendto 0".to_string(), "fd_write 0".into()],
     )?;
     eq("observed task_start closed_fds", task_start(&run)?.detail.get("closed_fds").cloned(), None)?;
+    stdin_sockets(&d, &t, &me, &sock)
+}
+
+/// A standard stream stays with the command: one that is a socket the agent could
+/// send from anywhere (the caller's UDP socket as stdin) refuses the enforced start;
+/// a connected stream (a socketpair, as a harness talks to its agent) does not.
+fn stdin_sockets(
+    d: &std::path::Path,
+    t: &std::path::Path,
+    me: &std::path::Path,
+    udp: &std::net::UdpSocket,
+) -> R {
+    let (mine, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+    let cmd = vec![me.display().to_string(), d.display().to_string(), "fd_sendto=0@127.0.0.1:9".into()];
+    let events = d.join("stdin.jsonl");
+    let run = |stdin: std::process::Stdio| {
+        let _ = std::fs::remove_file(&events);
+        support::exec_command(
+            &events,
+            &["--task", t.to_str().unwrap()],
+            &cmd,
+            &[(SCENARIO_ENV, "attempts")],
+            d,
+        )
+        .stdin(stdin)
+        .output()
+        .map_err(|e| e.to_string())
+    };
+    let _ = std::fs::remove_file(d.join("repo/results.txt"));
+    let udp = udp.try_clone().map_err(|e| e.to_string())?;
+    let out = run(std::process::Stdio::from(std::os::fd::OwnedFd::from(udp)))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure(
+        out.status.code() == Some(125) && err.contains("standard stream fd 0: socket (inet, datagram)"),
+        || format!("a UDP socket as stdin: {:?}: {err}", out.status.code()),
+    )?;
+    ensure(!d.join("repo/results.txt").exists(), || "the refused command ran".into())?;
+    let out = run(std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)))?;
+    drop(mine);
+    eq(
+        &format!("a connected unix stream as stdin: {}", String::from_utf8_lossy(&out.stderr)),
+        out.status.code(),
+        Some(0),
+    )?;
     Ok(())
 }

@@ -33,6 +33,12 @@ pub enum LaunchError {
     Sys(#[from] nix::errno::Errno),
     #[error("the command could not be confined (enforcement); it was not started")]
     Confine,
+    #[error(
+        "standard stream {0}: an enforced command may not have it (a socket agentmon's caller made \
+         is not the task's network guard's, and the agent could send from it to any address; only a \
+         connected stream socket may be one): give it a pipe, a file or a terminal"
+    )]
+    Stdio(String),
 }
 
 /// Error code the child reports when confinement fails (not an errno).
@@ -118,6 +124,29 @@ pub fn socket_option(fd: i32, o: libc::c_int) -> Option<libc::c_int> {
     // SAFETY: an int-sized option into an int.
     let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, o, (&raw mut v).cast(), &mut len) };
     (r == 0).then_some(v)
+}
+
+/// Why standard stream `fd` may not go to an enforced command, if it may not: a
+/// socket the agent could send from to an address of its choosing, past the task's
+/// guard (the socket was made outside the task's cgroup: its hooks are that
+/// cgroup's). Only a connected stream socket (unix or inet) may be one: it cannot be
+/// pointed elsewhere.
+fn stdio_escape(fd: i32) -> Option<String> {
+    let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+    if !target.to_string_lossy().starts_with("socket:") {
+        return None;
+    }
+    let stream = matches!(socket_option(fd, libc::SO_TYPE), Some(libc::SOCK_STREAM | libc::SOCK_SEQPACKET));
+    let family =
+        matches!(socket_option(fd, libc::SO_DOMAIN), Some(libc::AF_UNIX | libc::AF_INET | libc::AF_INET6));
+    // SAFETY: getpeername writes at most `len` bytes into the storage.
+    let connected = unsafe {
+        let mut a: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        libc::getpeername(fd, (&raw mut a).cast(), &mut len) == 0
+    };
+    let said = if connected { "connected" } else { "not connected" };
+    (!(stream && family && connected)).then(|| format!("fd {fd}: {}, {said}", describe(fd)))
 }
 
 /// What descriptor `fd` is: a socket's family and type, else what /proc names.
@@ -215,6 +244,9 @@ pub fn spawn_held(
     // (enforce/caps.rs).
     let drop_caps = confine.as_ref().is_some_and(|c| c.drop_caps);
     let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC)?;
+    if enforced && let Some(why) = (0..3).find_map(stdio_escape) {
+        return Err(LaunchError::Stdio(why));
+    }
     let closed = if enforced { inherited(inherit) } else { Vec::new() };
     // Their numbers, for the child should close_range be refused.
     let closing: Vec<i32> = closed.iter().map(|(fd, _)| *fd).filter(|fd| *fd >= 0).collect();

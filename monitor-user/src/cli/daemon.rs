@@ -383,7 +383,8 @@ mod tests {
     fn the_shipped_unit_keeps_the_state_across_restarts() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/agentmon.service");
         let unit = std::fs::read_to_string(p).unwrap();
-        let set = |k: &str| unit.lines().filter_map(|l| l.trim().strip_prefix(k)?.strip_prefix('=')).last();
+        let set =
+            |k: &str| unit.lines().filter_map(|l| l.trim().strip_prefix(k)?.strip_prefix('=')).next_back();
         let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agentmon.yaml");
         let o = options(DaemonArgs { config: Some(cfg), socket: None }).unwrap();
         let run = Path::new("/run").join(set("RuntimeDirectory").unwrap());
