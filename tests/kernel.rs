@@ -508,6 +508,15 @@ fn fileless_exec() -> R {
     ensure(m.iter().any(|e| e.exe.as_deref().is_some_and(|x| x.starts_with("/memfd:payload"))), || {
         format!("no memfd_exec of memfd:payload:\n{}", run.summary())
     })?;
+    // A script: the program the kernel maps is its interpreter, a file; what runs
+    // is the memfd, read through its descriptor.
+    ensure(
+        m.iter().any(|e| {
+            e.path.as_deref().is_some_and(|x| x.starts_with("/memfd:script-payload"))
+                && e.flags.iter().any(|f| f == "by_descriptor")
+        }),
+        || format!("no memfd_exec of memfd:script-payload:\n{}", run.summary()),
+    )?;
     Ok(())
 }
 

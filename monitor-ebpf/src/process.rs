@@ -82,9 +82,12 @@ fn try_exec(ctx: &BtfTracePointContext) -> Option<()> {
     let mut ev = Ev::new(kind::EXEC, op::EXEC, &t, 0)?;
     unsafe {
         let file = kptr(bprm, off!(bprm_file));
-        let inode = kptr(file, off!(file_inode));
-        let nlink: u32 = if inode == 0 { 1 } else { kread(inode + off!(inode_nlink)) };
-        if nlink == 0 {
+        // A file with no links (a memfd, a deleted file) run: fileless.
+        let unlinked = |f: u64| {
+            let inode = kptr(f, off!(file_inode));
+            inode != 0 && kread::<u32>(inode + off!(inode_nlink)) == 0
+        };
+        if unlinked(file) {
             ev.flag(pflags::FILELESS);
         }
         ev.operand_path(1, file_path(file));
@@ -101,7 +104,15 @@ fn try_exec(ctx: &BtfTracePointContext) -> Option<()> {
                 (0, file_path(file))
             } else {
                 match by_descriptor(name) {
-                    Some((fd, rest)) => (rest, file_path(fd_file(fd))),
+                    Some((fd, rest)) => {
+                        // bprm->file is the interpreter by now: a script in a memfd
+                        // is fileless by its own descriptor.
+                        let f = fd_file(fd);
+                        if rest == 0 && unlinked(f) {
+                            ev.flag(pflags::FILELESS);
+                        }
+                        (rest, file_path(f))
+                    }
                     None => (0, 0),
                 }
             }

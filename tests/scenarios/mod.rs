@@ -580,19 +580,26 @@ fn privilege() -> Result<(), String> {
 }
 
 /// Fileless exec: copy /bin/true into a memfd and exec it.
+/// Runs a program from a memfd (`payload`), then a script (`script-payload`), whose
+/// interpreter reads it through the descriptor.
 fn memfd() -> Result<(), String> {
-    let name = CString::new("payload").unwrap();
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    memfd_run("payload", &fs::read("/bin/true").map_err(|e| e.to_string())?)?;
+    memfd_run("script-payload", b"#!/bin/sh\nexit 0\n")
+}
+
+fn memfd_run(name: &str, content: &[u8]) -> Result<(), String> {
+    let cname = CString::new(name).unwrap();
+    // Not close-on-exec: a script's interpreter opens it as /dev/fd/N.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), 0) };
     if fd < 0 {
         return Err("memfd_create".into());
     }
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let bin = fs::read("/bin/true").map_err(|e| e.to_string())?;
     let mut f = fs::File::from(fd);
-    f.write_all(&bin).map_err(|e| e.to_string())?;
+    f.write_all(content).map_err(|e| e.to_string())?;
     match unsafe { fork() }.map_err(|e| e.to_string())? {
         ForkResult::Child => {
-            let argv = [CString::new("payload").unwrap()];
+            let argv = [cname];
             let env: [CString; 0] = [];
             let _ = nix::unistd::fexecve(&f, &argv, &env);
             unsafe { libc::_exit(98) };
@@ -601,7 +608,7 @@ fn memfd() -> Result<(), String> {
             let st = nix::sys::wait::waitpid(child, None).map_err(|e| e.to_string())?;
             match st {
                 nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
-                other => Err(format!("memfd child: {other:?}")),
+                other => Err(format!("memfd child {name}: {other:?}")),
             }
         }
     }

@@ -310,7 +310,14 @@ impl Pipeline {
             // though the action killed it.
             if let Some(act) = act {
                 let o = self.contain.act(sensors, &id, act, By::Expiry, self.enr.host(), now);
+                let froze = o.result.is_ok();
                 out.extend(o.event);
+                // A tree that could not be frozen is killed: it must not run on.
+                if act == Act::Freeze && !froze {
+                    out.extend(
+                        self.contain.act(sensors, &id, Act::Kill, By::Expiry, self.enr.host(), now).event,
+                    );
+                }
             }
             out.extend(self.end_record(&id, "the task expired", false));
         }
