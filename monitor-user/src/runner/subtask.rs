@@ -186,9 +186,6 @@ fn delegate_from(
         return Err(format!("{file}: {why}"));
     }
     let enforce = child.enforce || parent.task.enforce;
-    if enforce && child.on_expiry == Some(crate::task::Stop::Continue) {
-        return Err(format!("{file}: on_expiry: {}", crate::task::Stop::CONTINUE_ENFORCED));
-    }
     if enforce && !confined {
         return Err(format!(
             "{file}: the sub-task of enforced task {} must run confined by its own scope, and its command is \
@@ -211,6 +208,10 @@ fn delegate_from(
         return Err(format!("{file}: {why}"));
     }
     inherit(&mut child, &parent.task);
+    // Enforced by its parent too: the same refusal as a top-level start's.
+    if let Some(why) = child.refused_expiry() {
+        return Err(format!("{file}: on_expiry: {why}"));
+    }
     let c = e.cookie();
     let chain = child.parents.clone();
     let sub = Sub { manifest, file, up: cookie, c, root: pid, ended: false };

@@ -110,8 +110,6 @@ pub enum Stop {
 
 impl Stop {
     pub const NAMES: [&'static str; 3] = ["continue", "freeze", "kill"];
-    pub const CONTINUE_ENFORCED: &'static str =
-        "\"continue\" is for observed tasks: an enforced task stops at its expiry (freeze or kill)";
 
     pub fn parse(s: &str) -> Option<Stop> {
         Some(match s {
@@ -299,7 +297,9 @@ impl Task {
 
     /// Why a new start of this task is refused for its `on_expiry`, if it is.
     pub fn refused_expiry(&self) -> Option<&'static str> {
-        (self.enforce && self.on_expiry == Some(Stop::Continue)).then_some(Stop::CONTINUE_ENFORCED)
+        (self.enforce && self.on_expiry == Some(Stop::Continue)).then_some(
+            "\"continue\" is for observed tasks: an enforced task stops at its expiry (freeze or kill)",
+        )
     }
 
     pub fn expired(&self, at: Timestamp) -> bool {
