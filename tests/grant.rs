@@ -214,3 +214,182 @@ pub fn a_resumed_task_names_its_grant() -> R {
     )?;
     Ok(())
 }
+
+/// Delegation across hosts: alice's grant of `lead` on one host delegates to bob,
+/// whose grant of a sub-task travels as a chain to another host's daemon, which
+/// trusts only alice. The sub-task runs there under the chain — its start names the
+/// grant `lead` started under, its events carry `lead` in their `task_chain` — and
+/// every forged or widened chain is refused before its command runs, the attempt
+/// recorded.
+pub fn a_grant_chain_carries_authority_to_another_host() -> R {
+    use agentmon::task::grant::{Chain, File, Grant};
+    let d = workdir("grant-chain");
+    let out = d.join("out");
+    std::fs::create_dir_all(out.join("sub")).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(d.join("keys")).map_err(|e| e.to_string())?;
+    let key = |n: &str| -> Result<(std::path::PathBuf, ed25519_dalek::SigningKey), String> {
+        let p = d.join(format!("keys/{n}.key"));
+        agentmon::audit::load_or_create_key(&p).map(|k| (p, k)).map_err(|e| e.to_string())
+    };
+    let ((alice, _), (bob, bob_key), (_, mallory_key)) = (key("alice")?, key("bob")?, key("mallory")?);
+    let keys = d.join("grant-keys");
+    std::fs::copy(agentmon::audit::public_key_path(&alice), &keys).map_err(|e| e.to_string())?;
+    let write = |name: &str, text: &str| -> Result<std::path::PathBuf, String> {
+        let p = d.join(name);
+        std::fs::write(&p, text).map(|()| p).map_err(|e| e.to_string())
+    };
+    let lead_text = |id: &str, extra: &str| {
+        format!(
+            "id: {id}\nmode: execute\n{extra}agent: spiffe://example/lead\nprincipal: alice\nexpires_in: 1h\n\
+             scope:\n  write: [\"{}/**\"]\n  exec: [\"/usr/bin/touch\"]\n",
+            out.display()
+        )
+    };
+    let sub_text = |id: &str, under: &str| {
+        format!(
+            "id: {id}\nmode: execute\nexpires_in: 30m\nscope:\n  write: [\"{under}/**\"]\n  exec: [\"/usr/bin/touch\"]\n"
+        )
+    };
+    let grant_under = |task: &Path, key: &Path, by: &str, under: &Path| {
+        Command::new(agentmon())
+            .arg("grant")
+            .arg(task)
+            .arg("--key")
+            .arg(key)
+            .args(["--by", by, "--valid-for", "1h", "--under"])
+            .arg(under)
+            .output()
+            .map_err(|e| e.to_string())
+    };
+    // Host A: alice grants `lead`, delegating to bob; it runs there.
+    let lead = write("lead.yaml", &lead_text("lead", ""))?;
+    let bob_pub = agentmon::audit::public_key_path(&bob);
+    let grant_delegating = |task: &Path| -> Result<(), String> {
+        let o = Command::new(agentmon())
+            .arg("grant")
+            .arg(task)
+            .arg("--key")
+            .arg(&alice)
+            .args(["--by", "alice", "--delegate"])
+            .arg(&bob_pub)
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure(o.status.success(), || {
+            format!("grant {}: {}", task.display(), String::from_utf8_lossy(&o.stderr))
+        })
+    };
+    grant_delegating(&lead)?;
+    let k_flags = ["--standalone", "--grant-keys", keys.to_str().unwrap()];
+    let (code, err) = exec(&d, &k_flags, &lead, &out.join("lead-ran"))?;
+    eq(&format!("lead: {err}"), code, 0)?;
+    let evs = parse_stream(&std::fs::read_to_string(d.join("events.jsonl")).map_err(|e| e.to_string())?)?.0;
+    let lead_start = evs.iter().find(|e| e.kind == Kind::TaskStart).ok_or("no task_start for lead")?;
+    let lead_grant = lead_start.detail.get("grant").and_then(|g| g["id"].as_str()).map(String::from);
+    ensure(lead_grant.as_ref().is_some_and(|g| g.len() == 64), || {
+        format!("lead's grant id: {lead_grant:?}")
+    })?;
+
+    // bob grants `sub` under it: a chain. A wider one the command will not write.
+    let sub_dir = out.join("sub");
+    let sub = write("sub.yaml", &sub_text("sub", sub_dir.to_str().unwrap()))?;
+    let o = grant_under(&sub, &bob, "bob", &lead)?;
+    ensure(o.status.success(), || format!("grant sub: {}", String::from_utf8_lossy(&o.stderr)))?;
+    let wide_text = sub_text("wide", "/etc");
+    let wide = write("wide.yaml", &wide_text)?;
+    let o = grant_under(&wide, &bob, "bob", &lead)?;
+    let said = String::from_utf8_lossy(&o.stderr);
+    ensure(!o.status.success() && said.contains("not within its parent's"), || {
+        format!("grant wide: {said}")
+    })?;
+    // Made with the library instead: bob's chain over /etc, and mallory's (a key the
+    // root does not delegate to) over a task that is within.
+    let lead_grant_file =
+        std::fs::read_to_string(agentmon::task::grant::path_for(&lead)).map_err(|e| e.to_string())?;
+    let forge = |k: &ed25519_dalek::SigningKey, task: &Path, text: &str, by: &str| -> Result<(), String> {
+        let File::One(root) = agentmon::task::grant::parse(&lead_grant_file)? else {
+            return Err("lead's grant is not one grant".into());
+        };
+        let until = agentmon::event::Timestamp(agentmon::event::Timestamp::now().0 + 600_000_000_000);
+        let g = Grant::sign_under(k, text, by, until, Some(root.id()), Vec::new());
+        let c = Chain::under(File::One(root), lead_text("lead", ""), g);
+        let path = agentmon::task::grant::path_for(task);
+        std::fs::write(path, serde_json::to_string(&c).map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+    };
+    forge(&bob_key, &wide, &wide_text, "bob")?;
+    let stolen_text = sub_text("stolen", sub_dir.to_str().unwrap());
+    let stolen = write("stolen.yaml", &stolen_text)?;
+    forge(&mallory_key, &stolen, &stolen_text, "mallory")?;
+    // An enforced lead: its sub-task is enforced too, wherever it runs.
+    let strict = write("strict.yaml", &lead_text("strict", "enforcement: enforce\n"))?;
+    grant_delegating(&strict)?;
+    let loose = write("loose.yaml", &sub_text("loose", sub_dir.to_str().unwrap()))?;
+    let o = grant_under(&loose, &bob, "bob", &strict)?;
+    ensure(o.status.success(), || format!("grant loose: {}", String::from_utf8_lossy(&o.stderr)))?;
+
+    // Host B: a daemon that trusts alice only.
+    let hb = d.join("host-b");
+    std::fs::create_dir_all(&hb).map_err(|e| e.to_string())?;
+    let daemon = start_daemon(&hb, &format!("grant_keys: {}\n", keys.display()))?;
+    let (sock, all) = daemon_paths(&hb);
+    let result = (|| -> Result<(), String> {
+        let via = ["--daemon", sock.to_str().unwrap()];
+        let (code, err) = exec(&d, &via, &sub, &sub_dir.join("ran"))?;
+        eq(&format!("sub under the chain: {err}"), code, 0)?;
+        for (t, marker, why) in [
+            (&wide, Path::new("/etc/agentmon-grant-chain"), "not within its parent's"),
+            (&stolen, &sub_dir.join("stolen"), "does not delegate"),
+            (&loose, &sub_dir.join("loose"), "start it with --enforce"),
+        ] {
+            let (code, err) = exec(&d, &via, t, marker)?;
+            ensure(code != 0 && err.contains(why), || format!("{}: exit {code}: {err}", t.display()))?;
+            ensure(!marker.exists(), || format!("{} ran", t.display()))?;
+        }
+        Ok(())
+    })();
+    let stopped = stop(daemon);
+    result?;
+    stopped?;
+    let evs = parse_stream(&std::fs::read_to_string(&all).map_err(|e| e.to_string())?)?.0;
+    let start = evs
+        .iter()
+        .find(|e| e.kind == Kind::TaskStart && e.task.as_deref() == Some("sub"))
+        .ok_or("no task_start for sub on host B")?;
+    let g = start.detail.get("grant").ok_or("sub's start names no grant")?;
+    eq("sub granted by", g["by"].as_str(), Some("bob"))?;
+    eq("sub's chain: the task above", g["chain"][0]["task"].as_str(), Some("lead"))?;
+    eq(
+        "sub's chain: lead's grant, as host A recorded it",
+        g["chain"][0]["grant"].as_str().map(String::from),
+        lead_grant,
+    )?;
+    eq("sub's chain: granted by", g["chain"][0]["by"].as_str(), Some("alice"))?;
+    eq(
+        "sub's agent, its parent's",
+        start.detail.get("agent").and_then(|v| v.as_str()),
+        Some("spiffe://example/lead"),
+    )?;
+    let made = evs
+        .iter()
+        .find(|e| e.kind == Kind::FileCreate && e.path.as_deref() == sub_dir.join("ran").to_str())
+        .ok_or("no file_create of sub's marker on host B")?;
+    eq(
+        "the marker's task_chain",
+        made.task_chain.as_ref().map(|c| c.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+        Some(vec!["lead".to_string()]),
+    )?;
+    let refused: Vec<&str> = evs
+        .iter()
+        .filter(|e| {
+            e.kind == Kind::Tamper
+                && e.detail.get("attempt").and_then(|v| v.as_str())
+                    == Some("starting a task without a valid grant")
+        })
+        .filter_map(|e| e.reason.as_deref())
+        .collect();
+    for why in ["not within its parent's", "does not delegate"] {
+        ensure(refused.iter().any(|r| r.contains(why)), || {
+            format!("host B recorded no refusal for {why:?}: {refused:?}")
+        })?;
+    }
+    Ok(())
+}

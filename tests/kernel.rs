@@ -62,6 +62,10 @@ fn main() {
         ("delegation", tasks::delegation),
         ("grants_decide_who_may_start_a_task", grant::grants_decide_who_may_start_a_task),
         ("a_resumed_task_names_its_grant", grant::a_resumed_task_names_its_grant),
+        (
+            "a_grant_chain_carries_authority_to_another_host",
+            grant::a_grant_chain_carries_authority_to_another_host,
+        ),
         ("enforced_delegation", tasks::enforced_delegation),
         ("enforced_sub_task_of_an_observed_task", tasks::enforced_sub_task_of_an_observed_task),
         ("rules_hot_reload", tasks::rules_hot_reload),

@@ -23,8 +23,11 @@ use crate::{
 pub struct Bound {
     pub task: Arc<Task>,
     pub id: Arc<str>,
-    /// Parent task ids, nearest first.
+    /// Parent task ids, nearest first: this host's, then those up its grant's chain
+    /// on other hosts (its events' `task_chain`).
     pub chain: Arc<[Arc<str>]>,
+    /// How many of `chain` are this host's tasks.
+    local: usize,
     /// The process the task was started with.
     pub root: u32,
     root_launched: bool,
@@ -33,8 +36,10 @@ pub struct Bound {
 impl Bound {
     pub fn new(task: Arc<Task>, root: u32) -> Self {
         let id: Arc<str> = Arc::from(task.id.as_str());
-        let chain: Arc<[Arc<str>]> = task.parents.iter().map(|p| Arc::from(p.as_str())).collect();
-        Self { task, id, chain, root, root_launched: false }
+        let ids = task.parents.iter().chain(&task.remote_parents);
+        let chain: Arc<[Arc<str>]> = ids.map(|p| Arc::from(p.as_str())).collect();
+        let local = task.parents.len();
+        Self { task, id, chain, local, root, root_launched: false }
     }
 
     pub fn info(&self) -> TaskInfo {
@@ -43,8 +48,13 @@ impl Bound {
             agent: self.task.agent.clone(),
             principal: self.task.principal.clone(),
             mode: Cow::Borrowed(self.task.mode.as_str()),
-            parents: self.task.parents.clone(),
+            parents: self.chain.iter().map(|p| p.to_string()).collect(),
         }
+    }
+
+    /// The tasks up its chain that run here (their limits and lives are this host's).
+    pub fn local_chain(&self) -> &[Arc<str>] {
+        &self.chain[..self.local]
     }
 }
 
@@ -106,10 +116,11 @@ impl Judge {
     fn limits(&mut self, ev: &Event) -> Vec<(Arc<str>, Reason)> {
         let Some(b) = ev.task.as_ref().and_then(|id| self.tasks.get(id)) else { return Vec::new() };
         let limited = |id: &Arc<str>| self.tasks.get(id).is_some_and(|t| t.task.limits.is_some());
-        if !limited(&b.id) && !b.chain.iter().any(limited) {
+        if !limited(&b.id) && !b.local_chain().iter().any(limited) {
             return Vec::new();
         }
-        let ids: Vec<Arc<str>> = std::iter::once(b.id.clone()).chain(b.chain.iter().cloned()).collect();
+        let ids: Vec<Arc<str>> =
+            std::iter::once(b.id.clone()).chain(b.local_chain().iter().cloned()).collect();
         let own = b.id.clone();
         let mut out = Vec::new();
         for id in ids {

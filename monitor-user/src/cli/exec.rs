@@ -181,7 +181,7 @@ impl ExecArgs {
                         t.enforce |= self.enforce;
                         // Before anything runs: a task without the authority it needs never starts.
                         match crate::task::grant::check(&text, grant.as_deref(), grant_keys.as_deref(), now) {
-                            Ok(g) => t.granted = g,
+                            Ok(g) => t.take_grant(g),
                             Err(why) => {
                                 eprintln!("agentmon: {}: task {}: {why}", path.display(), t.id);
                                 return Ok(Err(125));

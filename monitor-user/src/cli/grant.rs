@@ -1,9 +1,11 @@
 //! `agentmon grant TASK.yaml --key K --by NAME`: a principal gives a task its
-//! authority by signing the manifest's exact text (see `task::grant`).
+//! authority by signing the manifest's exact text (see `task::grant`). With
+//! `--under PARENT.yaml`, a delegate of the parent's grant grants a sub-task to run
+//! on another host: the grant file is then the whole chain.
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::task::grant::{Grant, path_for};
+use crate::task::grant::{Chain, Grant, path_for};
 
 #[derive(Debug, clap::Args)]
 pub struct GrantArgs {
@@ -22,6 +24,17 @@ pub struct GrantArgs {
     /// Where to write the grant (default: the manifest's path with `.grant` added).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Let the holders of these keys (files of hex public keys, one per line) grant
+    /// sub-tasks under this grant, on any host.
+    #[arg(long, value_name = "FILE")]
+    pub delegate: Vec<PathBuf>,
+    /// Grant a sub-task of this task, under its grant (your key must be one it
+    /// delegates to); the task must be within it.
+    #[arg(long, value_name = "PARENT.yaml")]
+    pub under: Option<PathBuf>,
+    /// The parent's grant file (default: beside the parent's manifest).
+    #[arg(long, value_name = "FILE", requires = "under")]
+    pub parent_grant: Option<PathBuf>,
 }
 
 pub fn run(a: GrantArgs) -> anyhow::Result<i32> {
@@ -33,12 +46,49 @@ pub fn run(a: GrantArgs) -> anyhow::Result<i32> {
         anyhow::bail!("--by: say who grants the task");
     }
     let key = crate::audit::load_or_create_key(&a.key)?;
+    let mut delegates = Vec::new();
+    for f in &a.delegate {
+        let keys = crate::signed::load_keys(f).map_err(anyhow::Error::msg)?;
+        delegates.extend(keys.iter().map(|k| hex::encode(k.to_bytes())));
+    }
     let until = crate::event::Timestamp(now.0 + a.valid_for.as_nanos() as i128);
-    let g = Grant::sign(&key, &text, a.by.trim(), until);
     let out = a.out.unwrap_or_else(|| path_for(&a.task));
-    let mut line = serde_json::to_string(&g)?;
+    let (mut line, not_after) = match &a.under {
+        None => {
+            let g = Grant::sign_under(&key, &text, a.by.trim(), until, None, delegates);
+            (serde_json::to_string(&g)?, g.not_after)
+        }
+        Some(up) => {
+            let read =
+                |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()));
+            let manifest = read(up)?;
+            let gpath = a.parent_grant.clone().unwrap_or_else(|| path_for(up));
+            let parent = crate::task::grant::parse(&read(&gpath)?)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", gpath.display()))?;
+            let (pg, root) = match &parent {
+                crate::task::grant::File::One(g) => (g.clone(), g.key.clone()),
+                crate::task::grant::File::Chain(c) => {
+                    let root =
+                        c.links.first().ok_or_else(|| anyhow::anyhow!("{}: links: none", gpath.display()))?;
+                    (c.grant.clone(), root.grant.key.clone())
+                }
+            };
+            // Not past the parent's time: a later one would never hold.
+            let until = match crate::event::Timestamp::parse(&pg.not_after) {
+                Some(p) if p < until => p,
+                _ => until,
+            };
+            let g = Grant::sign_under(&key, &text, a.by.trim(), until, Some(pg.id()), delegates);
+            let chain = Chain::under(parent, manifest, g);
+            // Checked as a host trusting the root will: what would not hold is said now.
+            let root = crate::signed::public_key(&root).map_err(anyhow::Error::msg)?;
+            chain.verify(&text, &[root], now).map_err(|e| anyhow::anyhow!("{}: {e}", gpath.display()))?;
+            (serde_json::to_string(&chain)?, chain.grant.not_after.clone())
+        }
+    };
     line.push('\n');
     std::fs::write(&out, line).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
-    println!("granted task {} by {} until {}: {}", task.id, g.by, g.not_after, out.display());
+    let under = a.under.as_ref().map_or(String::new(), |u| format!(" under {}", u.display()));
+    println!("granted task {} by {}{under} until {not_after}: {}", task.id, a.by.trim(), out.display());
     Ok(0)
 }

@@ -147,7 +147,9 @@ impl Pipeline {
             ev.detail.insert("credentials".into(), json!(t.credentials));
         }
         if let Some(g) = &t.granted {
-            ev.detail.insert("grant".into(), json!({"by": g.by, "key": g.key, "not_after": g.not_after}));
+            // Who granted it, the grant's id and, delegated from another host, the
+            // chain of grants above it.
+            ev.detail.insert("grant".into(), json!(g));
         }
         Some(ev)
     }

@@ -92,7 +92,7 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
         task.enforce |= s.enforce;
         task.expires = s.expires;
         // Granted when it started (checked then; the record is agentmon's own).
-        task.granted = s.granted.clone();
+        task.take_grant(s.granted.clone());
         let moved = restore(&mut task, s.scope.as_ref());
         let r = StartReq {
             manifest: s.manifest,

@@ -289,7 +289,7 @@ fn live_with_parents(e: &Engine) -> std::collections::BTreeSet<u32> {
         .iter()
         .filter_map(|c| e.p.enr.task_name(*c))
         .filter_map(|id| e.p.judge.task(&id))
-        .flat_map(|b| b.chain.iter().filter_map(|p| e.p.contain.cookie(p)))
+        .flat_map(|b| b.local_chain().iter().filter_map(|p| e.p.contain.cookie(p)))
         .collect();
     live.extend(ups);
     live

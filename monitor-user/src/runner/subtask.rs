@@ -207,7 +207,7 @@ fn delegate_from(
     if let Err(why) = parent.task.contains(&child) {
         return Err(format!("{file}: {why}"));
     }
-    inherit(&mut child, &parent.task);
+    child.inherit(&parent.task);
     // Enforced by its parent too: the same refusal as a top-level start's.
     if let Some(why) = child.refused_expiry() {
         return Err(format!("{file}: on_expiry: {why}"));
@@ -266,18 +266,6 @@ fn child_hosts(
         }
     }
     Ok(())
-}
-
-/// What a sub-task takes from the task it is delegated from: inside an enforced
-/// task everything is enforced (the parent's sandbox is inherited anyway), sensitive
-/// reads refused if the parent refuses them, and the chain of parents.
-fn inherit(child: &mut Task, parent: &Task) {
-    child.enforce |= parent.enforce;
-    child.deny_sensitive_reads |= parent.deny_sensitive_reads;
-    // Acting for the same agent and principal (contains() refused any other).
-    child.agent.clone_from(&parent.agent);
-    child.principal.clone_from(&parent.principal);
-    child.parents = std::iter::once(parent.id.clone()).chain(parent.parents.iter().cloned()).collect();
 }
 
 /// A sub-task being bound: its manifest, the parent's cookie `up`, its own `c` and
@@ -450,7 +438,7 @@ fn resume_one(
             vec![Vec::new(); names.len()]
         }))
     })?;
-    inherit(&mut child, &parent);
+    child.inherit(&parent);
     child.enforce |= s.enforce;
     child.expires = s.expires;
     let moved = super::resume::restore(&mut child, s.scope.as_ref());

@@ -103,7 +103,19 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
     // of them does (agentmon's own selectors start tasks of its configuration).
     if peer != std::process::id() {
         match crate::task::grant::check(&r.manifest, r.grant.as_deref(), e.setup.grant_keys.as_deref(), now) {
-            Ok(g) => task.granted = g,
+            Ok(g) => {
+                let enforced = task.enforce;
+                task.take_grant(g);
+                // Its chain enforces it (an enforced parent on another host): the
+                // launcher, which confines the command, must have known.
+                if task.enforce && !enforced && !r.enforce && !r.attach {
+                    return Reply::err(format!(
+                        "{}: task {}: its grant's chain enforces it (an enforced parent task): start it \
+                         with --enforce",
+                        r.file, task.id
+                    ));
+                }
+            }
             Err(why) => {
                 let why = format!("{}: task {}: {why}", r.file, task.id);
                 let cookie = e.sensors.task_of(peer);

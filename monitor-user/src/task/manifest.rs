@@ -334,6 +334,7 @@ pub fn parse_unresolved(text: &str, file: &Path, now: Timestamp) -> Result<Task,
         propose_dir,
         approval,
         parents: Vec::new(),
+        remote_parents: Vec::new(),
         limits,
         source: PathBuf::from(file),
     };

@@ -168,8 +168,11 @@ pub struct Task {
     /// Credentials issued for the task (opaque ids), revoked by a broker when it
     /// ends or is stopped (the NATS revoke message names them).
     pub credentials: Vec<String>,
-    /// Ids of the tasks this one was delegated from, nearest first.
+    /// Ids of the tasks this one was delegated from here, nearest first.
     pub parents: Vec<String>,
+    /// Ids of the tasks up its grant's chain, on other hosts, nearest first: after
+    /// `parents` in its events' `task_chain`, never counted as local tasks.
+    pub remote_parents: Vec<String>,
     /// Impact thresholds.
     pub limits: Option<Limits>,
     /// The manifest it came from.
@@ -277,6 +280,28 @@ impl Task {
             ));
         }
         Ok(())
+    }
+
+    /// What a sub-task takes from the task it is delegated from (checked with
+    /// [`Task::contains`]): inside an enforced task everything is enforced (the
+    /// parent's sandbox is inherited anyway), sensitive reads refused if the parent
+    /// refuses them, its agent and principal (contains() refused any other), and the
+    /// chain of parents.
+    pub fn inherit(&mut self, parent: &Task) {
+        self.enforce |= parent.enforce;
+        self.deny_sensitive_reads |= parent.deny_sensitive_reads;
+        self.agent.clone_from(&parent.agent);
+        self.principal.clone_from(&parent.principal);
+        self.parents = std::iter::once(parent.id.clone()).chain(parent.parents.iter().cloned()).collect();
+        self.remote_parents.clone_from(&parent.remote_parents);
+    }
+
+    /// The grant it starts under, and what its ancestors on other hosts pass on.
+    pub fn take_grant(&mut self, g: Option<grant::Granted>) {
+        if let Some(g) = &g {
+            g.apply(self);
+        }
+        self.granted = g;
     }
 
     /// What an output failure does to the task: as declared, else freeze under
