@@ -439,7 +439,10 @@ fn left_then(d: &Path, kill: bool) -> R {
         eq(&format!("freeze: {out}{err}"), code, 0)?;
         let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| e.to_string())?;
         let at = cg.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("").to_string();
-        ensure(at.starts_with("/agentmon/"), || format!("pid {pid} is in {at}, not its task's cgroup"))?;
+        // agentmon's directory, or beneath the cgroup the test runs in (a session's).
+        let task_cg =
+            at.starts_with("/agentmon/") || at.rsplit('/').next().is_some_and(|n| n.starts_with("agentmon-"));
+        ensure(task_cg, || format!("pid {pid} is in {at}, not its task's cgroup"))?;
         let root = Path::new(procs).parent().unwrap();
         let events = std::fs::read_to_string(root.join(at.trim_start_matches('/')).join("cgroup.events"))
             .unwrap_or_default();

@@ -34,6 +34,23 @@ fn make(all: &mut Cgroups, rel: &str) -> Result<PathBuf, String> {
     Ok(p)
 }
 
+/// Runs `cmd` in cgroup `cg` (moved there between fork and exec).
+fn enter(cmd: &mut std::process::Command, cg: &std::path::Path) -> Result<(), String> {
+    let procs = CString::new(cg.join("cgroup.procs").to_str().unwrap()).map_err(|e| e.to_string())?;
+    // SAFETY: between fork and exec: open, write and close only.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 pub fn events_name_their_container_and_pod() -> R {
     let d = workdir("containers");
     std::fs::create_dir_all(d.join("out")).map_err(|e| e.to_string())?;
@@ -70,20 +87,38 @@ pub fn events_name_their_container_and_pod() -> R {
         &d,
     );
     // agentmon exec itself starts in the pod's container, as an agent's entrypoint would.
-    let procs = CString::new(pod_cg.join("cgroup.procs").to_str().unwrap()).map_err(|e| e.to_string())?;
-    // SAFETY: between fork and exec: open, write and close only.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::close(fd);
-            Ok(())
-        });
-    }
+    enter(&mut cmd, &pod_cg)?;
     let out = cmd.output().map_err(|e| e.to_string())?;
     eq(&format!("exit code ({})", String::from_utf8_lossy(&out.stderr)), out.status.code(), Some(0))?;
+    // Started in a cgroup a user was delegated (a rootless container's, a user
+    // session's): beneath it, the task's processes could move themselves out of the
+    // task's cgroup with no privilege; its cgroup is agentmon's instead.
+    let deleg = make(&mut made, &format!("delegated-{salt}/agent"))?;
+    for f in [deleg.clone(), deleg.join("cgroup.procs")] {
+        std::os::unix::fs::chown(&f, Some(1000), None).map_err(|e| format!("{}: {e}", f.display()))?;
+    }
+    let devents = d.join("delegated.jsonl");
+    let mut cmd = support::exec_command(
+        &devents,
+        &["--task", task.to_str().unwrap()],
+        &["/usr/bin/touch".into(), d.join("out/c").display().to_string()],
+        &[],
+        &d,
+    );
+    enter(&mut cmd, &deleg)?;
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    eq(
+        &format!("delegated: exit code ({})", String::from_utf8_lossy(&out.stderr)),
+        out.status.code(),
+        Some(0),
+    )?;
+    let (devs, _) = support::parse_stream(&std::fs::read_to_string(&devents).map_err(|e| e.to_string())?)?;
+    let c = devs
+        .iter()
+        .find(|e| e.kind == Kind::FileCreate && e.path.as_deref() == d.join("out/c").to_str())
+        .ok_or("no file_create of out/c")?;
+    let ours = c.cgroup.as_deref().is_some_and(|c| c.starts_with("/agentmon/"));
+    eq(&format!("out/c: cgroup {:?} is agentmon's, not beneath a delegated one", c.cgroup), ours, true)?;
     let text = std::fs::read_to_string(&events).map_err(|e| e.to_string())?;
     let (evs, _) = support::parse_stream(&text)?;
     let find = |name: &str| -> Result<&Event, String> {
@@ -98,15 +133,17 @@ pub fn events_name_their_container_and_pod() -> R {
             e.pod.as_ref().map(|p| (p.uid.clone(), p.qos.clone())),
         )
     };
-    // In the task's own cgroup (agentmon's), from the pod's container: it keeps them.
+    // In the task's own cgroup, beneath the pod's container (whose limits still
+    // hold it): the container and pod.
     let a = find("a")?;
     eq(
         "out/a: container and pod (from the cgroup the task came from)",
         named(a),
         (Some((id.clone(), "kubernetes".to_string())), Some((uid.to_string(), "besteffort".to_string()))),
     )?;
-    let in_agentmon = a.cgroup.as_deref().is_some_and(|c| c.starts_with("/agentmon/"));
-    eq(&format!("out/a: cgroup {:?} is the task's", a.cgroup), in_agentmon, true)?;
+    let nested = format!("/kubepods/besteffort/pod{uid}/{id}/agentmon-");
+    let beneath = a.cgroup.as_deref().is_some_and(|c| c.starts_with(&nested));
+    eq(&format!("out/a: cgroup {:?} is the task's, beneath the container's", a.cgroup), beneath, true)?;
     // Moved into a Docker container: that one, and no pod.
     let b = find("b")?;
     eq("out/b: cgroup", b.cgroup.as_deref(), Some(docker.as_str()))?;

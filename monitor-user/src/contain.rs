@@ -125,6 +125,12 @@ impl Containment {
             .collect()
     }
 
+    /// The ids of the tasks' own cgroups (nested ones are not under agentmon's
+    /// directory, which lists the rest).
+    pub fn cgroup_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.tasks.values().filter_map(|e| e.cgroup.as_ref().map(|c| c.id))
+    }
+
     /// The cookie of task `id`.
     pub fn cookie(&self, id: &str) -> Option<u32> {
         self.tasks.get(id).map(|e| e.cookie)

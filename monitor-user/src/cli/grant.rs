@@ -35,6 +35,10 @@ pub struct GrantArgs {
     /// The parent's grant file (default: beside the parent's manifest).
     #[arg(long, value_name = "FILE", requires = "under")]
     pub parent_grant: Option<PathBuf>,
+    /// The task is enforced whatever its manifest says, and so is every sub-task
+    /// granted under it (on another host, a parent's `--enforce` flag is not seen).
+    #[arg(long)]
+    pub enforce: bool,
 }
 
 pub fn run(a: GrantArgs) -> anyhow::Result<i32> {
@@ -51,11 +55,19 @@ pub fn run(a: GrantArgs) -> anyhow::Result<i32> {
         let keys = crate::signed::load_keys(f).map_err(anyhow::Error::msg)?;
         delegates.extend(keys.iter().map(|k| hex::encode(k.to_bytes())));
     }
+    if !a.delegate.is_empty() && !a.enforce && !task.enforce {
+        eprintln!(
+            "agentmon grant: warning: task {} is observed (neither its manifest nor --enforce enforces it): \
+             the sub-tasks its delegates grant will be observed too, wherever they run",
+            task.id
+        );
+    }
+    let sign = |g: Grant| if a.enforce { g.enforced(&key) } else { g };
     let until = crate::event::Timestamp(now.0 + a.valid_for.as_nanos() as i128);
     let out = a.out.unwrap_or_else(|| path_for(&a.task));
     let (mut line, not_after) = match &a.under {
         None => {
-            let g = Grant::sign_under(&key, &text, a.by.trim(), until, None, delegates);
+            let g = sign(Grant::sign_under(&key, &text, a.by.trim(), until, None, delegates));
             (serde_json::to_string(&g)?, g.not_after)
         }
         Some(up) => {
@@ -78,11 +90,12 @@ pub fn run(a: GrantArgs) -> anyhow::Result<i32> {
                 Some(p) if p < until => p,
                 _ => until,
             };
-            let g = Grant::sign_under(&key, &text, a.by.trim(), until, Some(pg.id()), delegates);
+            let g = sign(Grant::sign_under(&key, &text, a.by.trim(), until, Some(pg.id()), delegates));
             let chain = Chain::under(parent, manifest, g);
             // Checked as a host trusting the root will: what would not hold is said now.
             let root = crate::signed::public_key(&root).map_err(anyhow::Error::msg)?;
-            chain.verify(&text, &[root], now).map_err(|e| anyhow::anyhow!("{}: {e}", gpath.display()))?;
+            let at = format!("{} under {}", a.task.display(), up.display());
+            chain.verify(&text, &[root], now).map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
             (serde_json::to_string(&chain)?, chain.grant.not_after.clone())
         }
     };

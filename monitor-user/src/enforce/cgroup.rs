@@ -110,10 +110,82 @@ pub struct TaskCgroup {
     pub origin: Option<String>,
 }
 
+/// The name a nested task cgroup starts with (beside agentmon's own directory).
+const NESTED: &str = "agentmon-";
+
+/// Where the cgroup of a task whose root is in cgroup `origin` goes: beneath
+/// `origin`, so that the limits and accounting of that cgroup (a pod's container, a
+/// service) still hold its processes; or, with the reason, under agentmon's own
+/// directory where beneath would not do:
+/// - the root cgroup, or one agentmon cannot name whole (another cgroup namespace's
+///   `/..` paths) or that is not a plain domain;
+/// - a cgroup, or one above it, that a user other than root owns (delegated, as a
+///   user session's or a rootless container's): from there the task's processes
+///   could move themselves out of the task's cgroup, past its network guard, with
+///   no privilege (moving needs write access to the common ancestor only).
+pub fn home_for(root: &Path, origin: &str) -> Result<PathBuf, String> {
+    use std::path::Component;
+    let rel = Path::new(origin);
+    if !rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+    {
+        return Err(format!("cgroup {origin:?} is not a plain path from the root"));
+    }
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    if rel.as_os_str().is_empty() {
+        return Err("the root cgroup".into());
+    }
+    if rel.starts_with("agentmon")
+        || rel.components().any(|c| c.as_os_str().to_string_lossy().starts_with(NESTED))
+    {
+        return Err(format!("{origin} is a task's cgroup"));
+    }
+    let dir = root.join(rel);
+    let kind = std::fs::read_to_string(dir.join("cgroup.type")).map_err(|e| format!("{origin}: {e}"))?;
+    if kind.trim() != "domain" {
+        return Err(format!("{origin} is a {} cgroup", kind.trim()));
+    }
+    let mut at = dir.as_path();
+    while at != root {
+        for f in [at.to_path_buf(), at.join("cgroup.procs")] {
+            let m = std::fs::metadata(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+            if m.uid() != 0 {
+                return Err(format!("{} is owned by uid {} (delegated)", f.display(), m.uid()));
+            }
+        }
+        at = at.parent().ok_or("outside the hierarchy")?;
+    }
+    Ok(dir)
+}
+
+/// Whether `path` is where a task cgroup may be (a restarted daemon adopts only
+/// those): under agentmon's directory, or named as a nested one.
+pub fn is_task_cgroup(root: &Path, path: &Path) -> bool {
+    use std::path::Component;
+    let Ok(rel) = path.strip_prefix(root) else { return false };
+    rel.components().all(|c| matches!(c, Component::Normal(_)))
+        && (rel.starts_with("agentmon")
+            || rel.file_name().is_some_and(|n| n.to_string_lossy().starts_with(NESTED)))
+}
+
 impl TaskCgroup {
+    /// A task cgroup named `name`, under agentmon's own directory.
     pub fn create(name: &str) -> io::Result<Self> {
         let root = v2_root().ok_or_else(|| io::Error::other("no cgroup v2 hierarchy is mounted"))?;
-        let path = root.join("agentmon").join(name);
+        Self::make(root.join("agentmon").join(name))
+    }
+
+    /// A task cgroup for a root now in cgroup `origin`: beneath it where
+    /// [`home_for`] allows, else under agentmon's directory (with the reason).
+    pub fn create_for(name: &str, origin: Option<&str>) -> io::Result<(Self, Option<String>)> {
+        let root = v2_root().ok_or_else(|| io::Error::other("no cgroup v2 hierarchy is mounted"))?;
+        let home = origin.ok_or_else(|| "its cgroup is unknown".to_string()).and_then(|o| home_for(&root, o));
+        match home {
+            Ok(dir) => Ok((Self::make(dir.join(format!("{NESTED}{name}")))?, None)),
+            Err(why) => Ok((Self::make(root.join("agentmon").join(name))?, Some(why))),
+        }
+    }
+
+    fn make(path: PathBuf) -> io::Result<Self> {
         std::fs::create_dir_all(&path)?;
         let id = std::fs::metadata(&path)?.ino();
         Ok(Self { path, id, origin: None })
@@ -274,6 +346,49 @@ pub fn available() -> bool {
 mod tests {
     use super::*;
     use crate::task::scope::parse_endpoint;
+
+    #[test]
+    fn a_task_cgroup_nests_only_where_its_processes_cannot_leave_it() {
+        let d = std::env::temp_dir().join(format!("agentmon-cg-{}", std::process::id()));
+        let pod = d.join("kubepods/besteffort/pod1/c1");
+        std::fs::create_dir_all(&pod).unwrap();
+        std::fs::write(pod.join("cgroup.type"), "domain\n").unwrap();
+        for dir in
+            ["kubepods/besteffort/pod1/c1", "kubepods/besteffort/pod1", "kubepods/besteffort", "kubepods"]
+        {
+            std::fs::write(d.join(dir).join("cgroup.procs"), "").unwrap();
+        }
+        let root = nix::unistd::geteuid().is_root();
+        let home = home_for(&d, "/kubepods/besteffort/pod1/c1");
+        if root {
+            assert_eq!(home, Ok(pod.clone()));
+        }
+        for (origin, why) in [
+            ("/", "the root cgroup"),
+            ("/../../kubepods", "not a plain path"),
+            ("kubepods", "not a plain path"),
+            ("/agentmon/1-2", "a task's cgroup"),
+            ("/kubepods/agentmon-1-2", "a task's cgroup"),
+        ] {
+            let got = home_for(&d, origin).unwrap_err();
+            assert!(got.contains(why), "{origin}: {got}");
+        }
+        std::fs::write(pod.join("cgroup.type"), "threaded\n").unwrap();
+        assert!(home_for(&d, "/kubepods/besteffort/pod1/c1").unwrap_err().contains("threaded"));
+        std::fs::write(pod.join("cgroup.type"), "domain\n").unwrap();
+        if root {
+            // Delegated above: a user owns the pod's cgroup.procs.
+            nix::unistd::chown(&d.join("kubepods/besteffort/pod1/cgroup.procs"), Some(1000.into()), None)
+                .unwrap();
+            assert!(home_for(&d, "/kubepods/besteffort/pod1/c1").unwrap_err().contains("uid 1000"));
+        }
+        assert!(is_task_cgroup(&d, &d.join("agentmon/1-2")));
+        assert!(is_task_cgroup(&d, &pod.join("agentmon-1-2")));
+        assert!(!is_task_cgroup(&d, &pod));
+        assert!(!is_task_cgroup(&d, &d.join("kubepods/../agentmon-1")));
+        assert!(!is_task_cgroup(Path::new("/sys/fs/cgroup"), &d.join("agentmon/1")));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 
     #[test]
     fn entries_merge_ports_and_map_v4() {

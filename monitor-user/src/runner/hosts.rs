@@ -102,7 +102,8 @@ impl Refresh {
         e.hosts.told.keep(&ids);
         for id in ids {
             if let Some(b) = e.p.judge.task(&id) {
-                if b.chain.is_empty() { &mut top } else { &mut sub }.extend(host_names(&b.task));
+                // Remote parents' names were the root grantor's (a chain names no other).
+                if b.local_chain().is_empty() { &mut top } else { &mut sub }.extend(host_names(&b.task));
             }
         }
         let r = &mut e.hosts;
@@ -153,10 +154,10 @@ fn host_names(t: &Task) -> BTreeSet<String> {
 fn apply(e: &mut Engine, id: &str, name: &str, now: &[IpAddr]) {
     let (Some(b), Some(cookie)) = (e.p.judge.task(id), e.p.contain.cookie(id)) else { return };
     let ancestors: Option<Vec<Arc<Task>>> =
-        b.chain.iter().map(|p| e.p.judge.task(p).map(|a| a.task.clone())).collect();
+        b.local_chain().iter().map(|p| e.p.judge.task(p).map(|a| a.task.clone())).collect();
     // Rules that cannot be checked against the task now take nothing.
     let denied = crate::policy::inline::deny_rules(e.p.judge.rules().rules.iter(), &b.task).map(|i| i.net);
-    let (own_guard, root, key) = (b.chain.is_empty(), b.root, b.id.clone());
+    let (own_guard, root, key) = (b.local_chain().is_empty(), b.root, b.id.clone());
     let mut task = (*b.task).clone();
     let mut refused = Vec::new();
     let changed = widen(&mut task.connect, name, now, |ports, had, a| {

@@ -39,13 +39,16 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
     // they are the sub-task's to take up, never the parent's.
     let sub_cookies: std::collections::BTreeSet<u32> = subs.iter().filter_map(|s| s.cookie).collect();
     for s in tops {
-        let ours = enforce::cgroup::v2_root().map(|r| r.join("agentmon"));
+        let root = enforce::cgroup::v2_root();
         let drop_it = |e: &Engine| {
             if let Some(st) = &e.setup.state {
                 st.drop_saved(&s.id)
             }
         };
-        if s.cgroup.as_ref().is_some_and(|c| ours.as_ref().is_none_or(|o| !c.starts_with(o))) {
+        if s.cgroup
+            .as_ref()
+            .is_some_and(|c| root.as_ref().is_none_or(|r| !enforce::cgroup::is_task_cgroup(r, c)))
+        {
             drop_it(e);
             continue;
         }

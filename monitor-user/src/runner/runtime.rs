@@ -327,8 +327,12 @@ fn housekeeping(
         if let Some(l) = e.sensors.lsm.as_mut() {
             l.sweep(&live);
         }
-        // A guard is kept while its cgroup exists.
-        let live = crate::enforce::cgroup::ours();
+        // A guard is kept while its cgroup exists: those under agentmon's directory,
+        // and the tasks' own (a nested one is beneath its root's first cgroup).
+        let live = crate::enforce::cgroup::ours().map(|mut l| {
+            l.extend(e.p.contain.cgroup_ids());
+            l
+        });
         if let Some(live) = &live {
             e.sensors.keep_guards(live);
         }

@@ -379,7 +379,8 @@ fn annotated(e: &Engine, caller: &Caller, task: Option<String>, what: &str) -> R
     };
     match &own {
         Some(o) => {
-            let within = e.p.judge.task(&task).is_some_and(|b| b.id == *o || b.chain.iter().any(|p| p == o));
+            let within =
+                e.p.judge.task(&task).is_some_and(|b| b.id == *o || b.local_chain().iter().any(|p| p == o));
             if !within {
                 return Err(format!("{what} refused: the caller is in task {o}, not {task}"));
             }

@@ -111,7 +111,7 @@ fn wait_for(
     stream: &mut Option<tokio::net::UnixStream>,
 ) -> Result<(), (Ask, String)> {
     let top: Arc<str> = match e.p.enr.task_name(cookie).and_then(|id| e.p.judge.task(&id)) {
-        Some(b) => b.chain.last().unwrap_or(&b.id).clone(),
+        Some(b) => b.local_chain().last().unwrap_or(&b.id).clone(),
         None => return Err((ask, "the caller's task has no manifest here".into())),
     };
     let w = &mut e.delegations;

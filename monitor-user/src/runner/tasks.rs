@@ -108,7 +108,7 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
                 task.take_grant(g);
                 // Its chain enforces it (an enforced parent on another host): the
                 // launcher, which confines the command, must have known.
-                if task.enforce && !enforced && !r.enforce && !r.attach {
+                if task.enforce && !enforced && !r.attach {
                     return Reply::err(format!(
                         "{}: task {}: its grant's chain enforces it (an enforced parent task): start it \
                          with --enforce",
@@ -597,8 +597,14 @@ fn task_cgroup(
     if !setup.layers.cgroups {
         return Ok(None);
     }
-    let mut cg = match TaskCgroup::create(&format!("{}-{cookie}", std::process::id())) {
-        Ok(cg) => cg,
+    let origin = enforce::cgroup::of_pid(root);
+    let mut cg = match TaskCgroup::create_for(&format!("{}-{cookie}", std::process::id()), origin.as_deref())
+    {
+        Ok((cg, None)) => cg,
+        Ok((cg, Some(why))) => {
+            tracing::info!("task {}: its cgroup is agentmon's, not beneath its own: {why}", t.id);
+            cg
+        }
         Err(err) if !t.enforce => {
             tracing::warn!("task {} runs without a cgroup of its own (it cannot be frozen): {err}", t.id);
             return Ok(None);
@@ -608,7 +614,7 @@ fn task_cgroup(
     if t.enforce {
         sensors.guard(&cg.open()?, cg.id, cookie, allow)?;
     }
-    cg.origin = enforce::cgroup::of_pid(root);
+    cg.origin = origin;
     cg.add(root)?;
     Ok(Some(cg))
 }

@@ -53,6 +53,10 @@ pub struct Grant {
     /// Keys (hex) that may grant sub-tasks under this grant, on any host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub delegates: Vec<String>,
+    /// The task is enforced, whatever its manifest says (and so are the sub-tasks
+    /// granted under it, on any host).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enforce: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sig: Option<String>,
 }
@@ -83,6 +87,18 @@ pub struct Ancestor {
     pub key: String,
     /// Its grant's [`Grant::id`] (the parent host's `task_start` records the same).
     pub grant: String,
+    /// Its grant's `not_after`: a task granted under it ends by then.
+    #[serde(default)]
+    pub not_after: String,
+}
+
+impl Ancestor {
+    /// How its task is named among this host's: its id qualified by its grant
+    /// (`lead@1f2e…`, 16 hex digits), which no local task id can be (they have no
+    /// `@`): a delegate choosing its ancestors' ids cannot pose as a task here.
+    pub fn qualified(&self) -> String {
+        format!("{}@{}", self.task, self.grant.get(..16).unwrap_or(&self.grant))
+    }
 }
 
 /// What a task delegated from another host takes from its nearest parent, as a
@@ -104,6 +120,9 @@ pub struct Granted {
     /// The grant's [`Grant::id`] (a sub-task's grant on another host names it).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id: String,
+    /// The grant enforces the task.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enforce: bool,
     /// Its ancestors, root first (a grant delegated under others).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<Ancestor>,
@@ -112,16 +131,23 @@ pub struct Granted {
 }
 
 impl Granted {
-    /// Gives `task` what its grant's ancestors pass on: the parents' enforcement and
-    /// identity, and their ids (nearest first) for its events' `task_chain`.
+    /// Gives `task` what its grant, and its ancestors, pass on: enforcement, the
+    /// parents' identity, their ids (nearest first, qualified) for its events'
+    /// `task_chain`, and an end no later than the parents' grants.
     pub fn apply(&self, task: &mut Task) {
+        task.enforce |= self.enforce;
         if let Some(u) = &self.under {
             task.enforce |= u.enforce;
             task.deny_sensitive_reads |= u.deny_sensitive_reads;
             task.agent.clone_from(&u.agent);
             task.principal.clone_from(&u.principal);
         }
-        task.remote_parents = self.chain.iter().rev().map(|a| a.task.clone()).collect();
+        task.remote_parents = self.chain.iter().rev().map(Ancestor::qualified).collect();
+        // A parent's authority ends with its grant; a task granted under it with it.
+        let ends = self.chain.iter().filter_map(|a| Timestamp::parse(&a.not_after)).min();
+        if let Some(end) = ends {
+            task.expires = Some(task.expires.map_or(end, |e| e.min(end)));
+        }
     }
 }
 
@@ -158,10 +184,18 @@ impl Grant {
             key: hex::encode(key.verifying_key().to_bytes()),
             parent,
             delegates,
+            enforce: false,
             sig: None,
         };
         g.sig = Some(hex::encode(key.sign(&g.signed_bytes()).to_bytes()));
         g
+    }
+
+    /// This grant, made to enforce its task (and its sub-tasks), signed again by `key`.
+    pub fn enforced(mut self, key: &SigningKey) -> Self {
+        self.enforce = true;
+        self.sig = Some(hex::encode(key.sign(&self.signed_bytes()).to_bytes()));
+        self
     }
 
     /// What names this grant: the SHA-256 of its signed bytes, hex.
@@ -212,6 +246,7 @@ impl Grant {
             key: self.key.clone(),
             not_after: self.not_after.clone(),
             id: self.id(),
+            enforce: self.enforce,
             chain: Vec::new(),
             under: None,
         })
@@ -255,6 +290,7 @@ impl Chain {
                 .map_err(|e| link(n, format!("its manifest: {e}")))
         };
         let mut parent = parse(1, &root.manifest)?;
+        parent.enforce |= root.grant.enforce;
         let mut chain = Vec::new();
         let mut prev = &root.grant;
         let rest = self.links[1..].iter().map(|l| (&l.grant, l.manifest.as_str()));
@@ -280,15 +316,16 @@ impl Chain {
                 return Err(link(n, why));
             }
             let mut task = parse(n, m)?;
-            parent
-                .contains(&task)
-                .map_err(|why| link(n, format!("its task is not within its parent's: {why}")))?;
+            let within = parent.contains(&task).and_then(|()| limits_within(&parent, &task));
+            within.map_err(|why| link(n, format!("its task is not within its parent's: {why}")))?;
             task.inherit(&parent);
+            task.enforce |= g.enforce;
             chain.push(Ancestor {
                 task: parent.id.clone(),
                 by: prev.by.clone(),
                 key: prev.key.clone(),
                 grant: prev.id(),
+                not_after: prev.not_after.clone(),
             });
             if n == self.links.len() + 1 {
                 let under = Under {
@@ -311,6 +348,38 @@ pub fn path_for(manifest: &std::path::Path) -> std::path::PathBuf {
     let mut p = manifest.as_os_str().to_owned();
     p.push(".grant");
     p.into()
+}
+
+/// A task on another host than its parent is not counted against the parent's
+/// `limits` (a local sub-task is): where the parent has them, it must declare each,
+/// no higher, and act on them no more mildly.
+fn limits_within(parent: &Task, child: &Task) -> Result<(), String> {
+    let Some(p) = &parent.limits else { return Ok(()) };
+    let Some(c) = &child.limits else {
+        return Err("limits: the parent task has limits; a sub-task on another host declares them too".into());
+    };
+    for (name, mine, theirs) in [
+        ("files_changed", p.files_changed, c.files_changed),
+        ("deletes", p.deletes, c.deletes),
+        ("processes", p.processes, c.processes),
+        ("connections", p.connections, c.connections),
+        ("destinations", p.destinations, c.destinations),
+    ] {
+        if let Some(m) = mine
+            && theirs.is_none_or(|t| t > m)
+        {
+            let t = theirs.map_or("none".to_string(), |t| t.to_string());
+            return Err(format!("limits.{name} {t} is not within the parent's ({m})"));
+        }
+    }
+    if c.on_exceed < p.on_exceed {
+        return Err(format!(
+            "limits.on_exceed {} is milder than the parent's ({})",
+            c.on_exceed.as_str(),
+            p.on_exceed.as_str()
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a task's start against the grant keys: none configured, any task starts;
@@ -431,7 +500,8 @@ mod tests {
                 task: "lead".into(),
                 by: "alice".into(),
                 key: hexkey(1),
-                grant: c.links[0].grant.id()
+                grant: c.links[0].grant.id(),
+                not_after: c.links[0].grant.not_after.clone(),
             }]
         );
         // What a local sub-task takes from its parent, it takes from the remote one.
@@ -440,7 +510,8 @@ mod tests {
         assert!(t.enforce);
         assert_eq!(t.agent.as_deref(), Some("spiffe://a/lead"));
         assert_eq!(t.principal.as_deref(), Some("alice"));
-        assert_eq!((t.parents.len(), t.remote_parents.clone()), (0, vec!["lead".to_string()]));
+        let lead = format!("lead@{}", &c.links[0].grant.id()[..16]);
+        assert_eq!((t.parents.len(), t.remote_parents.clone()), (0, vec![lead]));
         // Through check, as a grant file's text.
         let text = serde_json::to_string(&c).unwrap();
         assert_eq!(check(SUB, Some(&text), Some(&alice), now).unwrap().unwrap().chain.len(), 1);
@@ -546,7 +617,8 @@ mod tests {
         assert_eq!(ids, ["lead", "sub"]);
         let mut t = crate::task::parse_unresolved(third, std::path::Path::new("t.yaml"), now).unwrap();
         t.take_grant(Some(g));
-        assert_eq!(t.remote_parents, ["sub", "lead"]);
+        let q: Vec<&str> = t.remote_parents.iter().map(|p| p.split('@').next().unwrap()).collect();
+        assert_eq!(q, ["sub", "lead"]);
         assert!(t.enforce && t.agent.as_deref() == Some("spiffe://a/lead"));
         // carol cannot sign directly under the root (alice delegated to bob only).
         let direct = Chain::under(
@@ -562,5 +634,35 @@ mod tests {
             ),
         );
         assert!(direct.verify(third, &alice, now).unwrap_err().contains("does not delegate"));
+    }
+
+    #[test]
+    fn a_remote_sub_task_ends_with_its_parents_grant_and_keeps_its_limits() {
+        let now = Timestamp(1_795_000_000_000_000_000);
+        let alice = [key(1).verifying_key()];
+        let hour = Timestamp(now.0 + 3_600_000_000_000);
+        let parent = "id: p\nmode: execute\nscope:\n  write: [\"/srv/**\"]\nlimits:\n  deletes: 10\n  on_exceed: freeze\n";
+        // Enforced by its grant alone (no manifest says so): so are its sub-tasks.
+        let root = Grant::sign_under(&key(1), parent, "alice", hour, None, vec![hexkey(2)]).enforced(&key(1));
+        let under = |child: &str| {
+            let g = Grant::sign_under(&key(2), child, "bob", hour, Some(root.id()), vec![]);
+            Chain::under(File::One(root.clone()), parent.into(), g).verify(child, &alice, now)
+        };
+        let child =
+            |limits: &str| format!("id: c\nmode: execute\nscope:\n  write: [\"/srv/c/**\"]\n{limits}");
+        assert!(under(&child("")).unwrap_err().contains("declares them too"));
+        let e = under(&child("limits:\n  deletes: 20\n  on_exceed: freeze\n")).unwrap_err();
+        assert!(e.contains("limits.deletes 20 is not within the parent's (10)"), "{e}");
+        let e = under(&child("limits:\n  deletes: 5\n  on_exceed: alert\n")).unwrap_err();
+        assert!(e.contains("milder"), "{e}");
+        let ok = child("limits:\n  deletes: 5\n  on_exceed: kill\n");
+        let g = under(&ok).unwrap();
+        let mut t = crate::task::parse_unresolved(&ok, std::path::Path::new("c.yaml"), now).unwrap();
+        assert!(!t.enforce && t.expires.is_none());
+        t.take_grant(Some(g));
+        assert!(t.enforce, "the root grant's enforcement reaches the sub-task");
+        // No expiry of its own or its parent's: it ends with the parent's grant.
+        let mut b = [0u8; 30];
+        assert_eq!(t.expires.map(|e| e.format(&mut b).to_string()), Some(root.not_after.clone()));
     }
 }
