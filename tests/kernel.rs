@@ -126,6 +126,7 @@ fn main() {
         ("replay_html_report", report::replay_html_report),
         ("agent_chosen_names_stay_on_their_row", report::agent_chosen_names_stay_on_their_row),
         ("events_name_their_container_and_pod", containers::events_name_their_container_and_pod),
+        ("a_real_container_is_named", containers::a_real_container_is_named),
         ("a_task_past_its_limit_is_stopped", contain::a_task_past_its_limit_is_stopped),
         ("audit_chain_counts_what_a_full_disk_dropped", audit::audit_chain_counts_what_a_full_disk_dropped),
         ("reading_agentmons_key_is_tampering", audit::reading_agentmons_key_is_tampering),

@@ -28,9 +28,10 @@ pub fn of_pid(pid: u32) -> Option<String> {
     t.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
 }
 
-/// The ids of the task cgroups that exist under agentmon's (whoever made them: a
-/// task that failed to resume still has its own). None when they cannot be listed
-/// (out of descriptors): nothing may be concluded from that.
+/// The ids of the task cgroups that exist under agentmon's directory (whoever made
+/// them: a task that failed to resume still has its own; nested ones are elsewhere,
+/// asked by id with [`gone`]). None when they cannot be listed (out of
+/// descriptors): nothing may be concluded from that.
 pub fn ours() -> Option<std::collections::BTreeSet<u64>> {
     use std::os::unix::fs::MetadataExt;
     let rd = std::fs::read_dir(v2_root()?.join("agentmon")).ok()?;
@@ -113,16 +114,56 @@ pub struct TaskCgroup {
 /// The name a nested task cgroup starts with (beside agentmon's own directory).
 const NESTED: &str = "agentmon-";
 
+/// A task cgroup's own name: `PID-N`, digits only.
+fn task_name(n: &str) -> bool {
+    n.split_once('-').is_some_and(|(a, b)| {
+        [a, b].iter().all(|x| !x.is_empty() && x.len() <= 10 && x.bytes().all(|c| c.is_ascii_digit()))
+    })
+}
+
+/// Whether cgroup path `at` (as /proc/PID/cgroup names it) is, or is beneath, a
+/// cgroup made for a task: under agentmon's directory, or with a component named as
+/// a nested one. A look-alike name only lowers what its processes may ask.
+pub fn is_task_path(at: &str) -> bool {
+    at.starts_with("/agentmon/") || at.split('/').any(|c| c.starts_with(NESTED))
+}
+
+/// Only root may change it: owned by uid 0 and writable by no group or other user
+/// (kernfs has no ACLs: the mode is all there is).
+fn root_only(f: &Path) -> Result<(), String> {
+    let m = std::fs::metadata(f).map_err(|e| format!("{}: {e}", f.display()))?;
+    if m.uid() != 0 {
+        return Err(format!("{} is owned by uid {} (delegated)", f.display(), m.uid()));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(format!("{} is writable by others (mode {:o})", f.display(), m.mode() & 0o777));
+    }
+    Ok(())
+}
+
+/// Every cgroup from `dir` up to (not including) `root`, and its `cgroup.procs`, is
+/// [`root_only`].
+fn root_only_up(root: &Path, dir: &Path) -> Result<(), String> {
+    let mut at = dir;
+    while at != root {
+        root_only(at)?;
+        root_only(&at.join("cgroup.procs"))?;
+        at = at.parent().ok_or("outside the hierarchy")?;
+    }
+    Ok(())
+}
+
 /// Where the cgroup of a task whose root is in cgroup `origin` goes: beneath
 /// `origin`, so that the limits and accounting of that cgroup (a pod's container, a
 /// service) still hold its processes; or, with the reason, under agentmon's own
 /// directory where beneath would not do:
 /// - the root cgroup, or one agentmon cannot name whole (another cgroup namespace's
 ///   `/..` paths) or that is not a plain domain;
-/// - a cgroup, or one above it, that a user other than root owns (delegated, as a
-///   user session's or a rootless container's): from there the task's processes
-///   could move themselves out of the task's cgroup, past its network guard, with
-///   no privilege (moving needs write access to the common ancestor only).
+/// - a cgroup, or one above it, that a user other than root may write (delegated, as
+///   a user session's or a rootless container's, or made group-writable): from there
+///   the task's processes could move themselves out of the task's cgroup, past its
+///   network guard, with no privilege (moving needs write access to the common
+///   ancestor only).
 pub fn home_for(root: &Path, origin: &str) -> Result<PathBuf, String> {
     use std::path::Component;
     let rel = Path::new(origin);
@@ -134,9 +175,7 @@ pub fn home_for(root: &Path, origin: &str) -> Result<PathBuf, String> {
     if rel.as_os_str().is_empty() {
         return Err("the root cgroup".into());
     }
-    if rel.starts_with("agentmon")
-        || rel.components().any(|c| c.as_os_str().to_string_lossy().starts_with(NESTED))
-    {
+    if rel.starts_with("agentmon") || is_task_path(origin) {
         return Err(format!("{origin} is a task's cgroup"));
     }
     let dir = root.join(rel);
@@ -144,49 +183,63 @@ pub fn home_for(root: &Path, origin: &str) -> Result<PathBuf, String> {
     if kind.trim() != "domain" {
         return Err(format!("{origin} is a {} cgroup", kind.trim()));
     }
-    let mut at = dir.as_path();
-    while at != root {
-        for f in [at.to_path_buf(), at.join("cgroup.procs")] {
-            let m = std::fs::metadata(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-            if m.uid() != 0 {
-                return Err(format!("{} is owned by uid {} (delegated)", f.display(), m.uid()));
-            }
-        }
-        at = at.parent().ok_or("outside the hierarchy")?;
-    }
+    root_only_up(root, &dir)?;
     Ok(dir)
 }
 
 /// Whether `path` is where a task cgroup may be (a restarted daemon adopts only
-/// those): under agentmon's directory, or named as a nested one.
+/// those): `agentmon/PID-N`, or `agentmon-PID-N` beneath a cgroup it may nest in
+/// (owned by root all the way up, as [`home_for`] asks).
 pub fn is_task_cgroup(root: &Path, path: &Path) -> bool {
     use std::path::Component;
     let Ok(rel) = path.strip_prefix(root) else { return false };
-    rel.components().all(|c| matches!(c, Component::Normal(_)))
-        && (rel.starts_with("agentmon")
-            || rel.file_name().is_some_and(|n| n.to_string_lossy().starts_with(NESTED)))
+    if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        return false;
+    }
+    let Some(name) = rel.file_name().and_then(|n| n.to_str()) else { return false };
+    match rel.parent() {
+        Some(p) if p == Path::new("agentmon") => task_name(name),
+        Some(p) if !p.as_os_str().is_empty() => {
+            name.strip_prefix(NESTED).is_some_and(task_name)
+                && !is_task_path(&format!("/{}", p.display()))
+                && root_only_up(root, &root.join(p)).is_ok()
+        }
+        _ => false,
+    }
 }
 
 impl TaskCgroup {
-    /// A task cgroup named `name`, under agentmon's own directory.
+    /// A task cgroup named `name` (`PID-N`), under agentmon's own directory.
     pub fn create(name: &str) -> io::Result<Self> {
         let root = v2_root().ok_or_else(|| io::Error::other("no cgroup v2 hierarchy is mounted"))?;
+        std::fs::create_dir_all(root.join("agentmon"))?;
         Self::make(root.join("agentmon").join(name))
     }
 
     /// A task cgroup for a root now in cgroup `origin`: beneath it where
-    /// [`home_for`] allows, else under agentmon's directory (with the reason).
+    /// [`home_for`] allows, else (or where it cannot be made there: limits on
+    /// descendants, the container gone meanwhile) under agentmon's directory, with
+    /// the reason.
     pub fn create_for(name: &str, origin: Option<&str>) -> io::Result<(Self, Option<String>)> {
         let root = v2_root().ok_or_else(|| io::Error::other("no cgroup v2 hierarchy is mounted"))?;
         let home = origin.ok_or_else(|| "its cgroup is unknown".to_string()).and_then(|o| home_for(&root, o));
-        match home {
-            Ok(dir) => Ok((Self::make(dir.join(format!("{NESTED}{name}")))?, None)),
-            Err(why) => Ok((Self::make(root.join("agentmon").join(name))?, Some(why))),
+        let nested = home.and_then(|dir| {
+            let cg = Self::make(dir.join(format!("{NESTED}{name}")))
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            // Checked again once made: the cgroup it is in was not handed to a user
+            // meanwhile (dropped, it is removed).
+            root_only_up(&root, &dir).map(|()| cg)
+        });
+        match nested {
+            Ok(cg) => Ok((cg, None)),
+            Err(why) => Ok((Self::create(name)?, Some(why))),
         }
     }
 
+    /// Makes the leaf itself (never an ancestor: a cgroup gone meanwhile is not made
+    /// again as agentmon's; one already there is not taken over).
     fn make(path: PathBuf) -> io::Result<Self> {
-        std::fs::create_dir_all(&path)?;
+        std::fs::create_dir(&path)?;
         let id = std::fs::metadata(&path)?.ino();
         Ok(Self { path, id, origin: None })
     }
@@ -331,7 +384,7 @@ pub fn allow_entries(task: u32, eps: &[Endpoint]) -> Result<Vec<(u32, NetKeyData
 
 /// Whether this host can give tasks their own cgroups: root, cgroup v2 mounted, and
 /// a kernel with cgroup.kill (5.14) and cgroup.freeze (5.2) — checked on agentmon's
-/// parent cgroup, where task cgroups go.
+/// own directory (the files are the same in every cgroup but the root).
 pub fn available() -> bool {
     let Some(root) = v2_root() else { return false };
     let parent = root.join("agentmon");
@@ -362,6 +415,15 @@ mod tests {
         let home = home_for(&d, "/kubepods/besteffort/pod1/c1");
         if root {
             assert_eq!(home, Ok(pod.clone()));
+            std::fs::create_dir(pod.join("agentmon-12-3")).unwrap();
+            std::fs::write(pod.join("agentmon-12-3/cgroup.procs"), "").unwrap();
+            assert!(is_task_cgroup(&d, &pod.join("agentmon-12-3")));
+            // Group-writable, as libcgroup's fperm can make it: not nested beneath.
+            let procs = d.join("kubepods/besteffort/cgroup.procs");
+            std::fs::set_permissions(&procs, std::os::unix::fs::PermissionsExt::from_mode(0o664)).unwrap();
+            assert!(home_for(&d, "/kubepods/besteffort/pod1/c1").unwrap_err().contains("writable by others"));
+            assert!(!is_task_cgroup(&d, &pod.join("agentmon-12-3")));
+            std::fs::set_permissions(&procs, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
         }
         for (origin, why) in [
             ("/", "the root cgroup"),
@@ -383,8 +445,14 @@ mod tests {
             assert!(home_for(&d, "/kubepods/besteffort/pod1/c1").unwrap_err().contains("uid 1000"));
         }
         assert!(is_task_cgroup(&d, &d.join("agentmon/1-2")));
-        assert!(is_task_cgroup(&d, &pod.join("agentmon-1-2")));
+        // agentmon's directory itself, deeper, a look-alike, a name not PID-N.
+        assert!(!is_task_cgroup(&d, &d.join("agentmon")));
+        assert!(!is_task_cgroup(&d, &d.join("agentmon/1-2/x")));
+        assert!(!is_task_cgroup(&d, &d.join("agentmon/x")));
+        assert!(!is_task_cgroup(&d, &pod.join("agentmon-x")));
         assert!(!is_task_cgroup(&d, &pod));
+        assert!(is_task_path("/agentmon/1-2") && is_task_path("/kubepods/c1/agentmon-1-2/sub"));
+        assert!(!is_task_path("/kubepods/c1") && !is_task_path("/agentmon"));
         assert!(!is_task_cgroup(&d, &d.join("kubepods/../agentmon-1")));
         assert!(!is_task_cgroup(Path::new("/sys/fs/cgroup"), &d.join("agentmon/1")));
         std::fs::remove_dir_all(&d).unwrap();

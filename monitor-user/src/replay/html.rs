@@ -133,6 +133,8 @@ pub fn write<'a>(
         .into_iter()
         .map(|(d, en)| match en {
             Entry::Ev(i) => Line { d, e: Some(i), p: None },
+            // Not in these lines: the page shows each call as a span of its own.
+            Entry::Step(_) => unreachable!("lines() has no step heads"),
             Entry::Proc(n) => {
                 let node = &tree.nodes[n];
                 Line {

@@ -22,6 +22,16 @@ pub(super) fn ev(kind: Kind, secs: i128, pid: u32, task: &str) -> Event {
     e
 }
 
+/// Tool call `id` of the Bash tool.
+fn bash_call(id: &str) -> Option<Arc<crate::event::Step>> {
+    Some(Arc::new(crate::event::Step {
+        tool: "Bash".into(),
+        call_id: id.into(),
+        trace_id: None,
+        span_id: None,
+    }))
+}
+
 pub(super) fn write_ev(pid: u32, secs: i128, path: &str) -> Event {
     let mut e = ev(Kind::FileWrite, secs, pid, "t1");
     e.path = Some(path.into());
@@ -174,14 +184,7 @@ fn filters_by_task_sub_task_and_time() {
 /// verdict, and a STEP column in the table.
 #[test]
 fn filters_by_step_kind_and_verdict() {
-    let step = |id: &str| {
-        Some(Arc::new(crate::event::Step {
-            tool: "Bash".into(),
-            call_id: id.into(),
-            trace_id: None,
-            span_id: None,
-        }))
-    };
+    let step = bash_call;
     let mut a = write_ev(10, 1, "/a");
     a.step = step("c1");
     let mut b = write_ev(10, 2, "/b");
@@ -413,6 +416,62 @@ fn names_the_agent_chooses_stay_on_their_row() {
         let text = String::from_utf8(out).unwrap();
         let lines = text.lines().count();
         assert!(!text.contains('\u{202e}') && text.contains("sh\\n! 10:00"), "{f:?}: {text}");
-        assert_eq!(lines, 4, "{f:?}: one line each: {text}");
+        // The tree heads the call's write with its step: one line more, as escaped.
+        let want = if matches!(f, ReplayFormat::Tree) { 5 } else { 4 };
+        assert_eq!(lines, want, "{f:?}: one line each: {text}");
     }
+}
+
+#[test]
+fn tree_nests_what_a_tool_call_did_under_its_step() {
+    let call = bash_call;
+    let record = |phase: &str, secs: i128| {
+        let mut s = ev(Kind::Step, secs, 100, "t1");
+        (s.comm, s.start, s.verdict, s.action) = ("agentmon".into(), None, None, None);
+        s.step = call("c1");
+        s.detail.insert("phase".into(), phase.into());
+        s
+    };
+    let mut prompt = ev(Kind::Step, 0, 100, "t1");
+    (prompt.comm, prompt.start, prompt.verdict, prompt.action) = ("agentmon".into(), None, None, None);
+    prompt.detail.insert("prompt_sha256".into(), "ab".repeat(32).into());
+    let mut root = ev(Kind::Exec, 0, 100, "t1");
+    root.comm = "python3".into();
+    let begin = record("begin", 1);
+    let mut fork = ev(Kind::Fork, 2, 101, "t1");
+    fork.ppid = Some(100);
+    fork.step = call("c1");
+    let mut del = ev(Kind::FileDelete, 3, 101, "t1");
+    del.path = Some("/srv/gone".into());
+    del.step = call("c1");
+    let mut own = write_ev(100, 4, "/srv/own");
+    own.step = call("c1");
+    let end = record("end", 5);
+    let after = write_ev(100, 6, "/srv/after");
+    let evs = [&prompt, &root, &begin, &fork, &del, &own, &end, &after];
+    let mut out = Vec::new();
+    tree::render(&evs, &[], None, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let find = |s: &str| lines.iter().position(|l| l.contains(s)).unwrap_or_else(|| panic!("{s}: {text}"));
+    let indent = |i: usize| (lines[i][2..].len() - lines[i][2..].trim_start().len()) / 2;
+    let (p, head, child, gone, mine, later) = (
+        find("[100] python3"),
+        find("step Bash:c1 (ended 15:00:05.000)"),
+        find("[101]"),
+        find("file_delete /srv/gone"),
+        find("file_write /srv/own"),
+        find("file_write /srv/after"),
+    );
+    // The call's head in the process it ran in; the child it forked and its own
+    // write beneath it; the child's delete beneath the child, with no second head.
+    assert!(indent(head) == indent(p) + 1 && lines[head].contains("15:00:01.000"), "{text}");
+    assert!(indent(child) == indent(head) + 1 && indent(mine) == indent(head) + 1, "{text}");
+    assert!(indent(gone) == indent(child) + 1, "{text}");
+    assert_eq!(lines.iter().filter(|l| l.contains("step Bash:c1")).count(), 1, "{text}");
+    // What came after the call is back at the process's level.
+    assert_eq!(indent(later), indent(p) + 1, "{text}");
+    // The begin and end records are the head; a prompt covers nothing: at the top.
+    assert!(!text.contains("step begin") && !text.contains("step end"), "{text}");
+    assert_eq!(indent(find("prompt sha256:abab")), 0, "{text}");
 }

@@ -6,13 +6,18 @@
 //!   09:59:59.990 task_start task fix-1 mode=execute enforcement=observe
 //!   10:00:00.000 [1000] python3 /usr/bin/python3  task fix-1
 //!     10:00:00.001 exec python3 agent.py
-//!     10:00:00.200 [1001] sh /usr/bin/dash  <Bash:toolu_01>
-//!       10:00:00.201 exec sh -c "rm /etc/hosts"  <Bash:toolu_01>
-//! !     10:00:00.300 file_delete /etc/hosts  <Bash:toolu_01>  out_of_scope/alert (-) [high]
+//!     10:00:00.190 step Bash:toolu_01 (ended 10:00:00.400)
+//!       10:00:00.200 [1001] sh /usr/bin/dash  <Bash:toolu_01>
+//!         10:00:00.201 exec sh -c "rm /etc/hosts"  <Bash:toolu_01>
+//! !       10:00:00.300 file_delete /etc/hosts  <Bash:toolu_01>  out_of_scope/alert (-) [high]
 //! ```
 //!
 //! The first column marks verdicts: `!` out of scope, violation or denied; `?` needs
-//! approval. `<tool:call_id>` names the tool call (step) an event came from.
+//! approval. `<tool:call_id>` names the tool call (step) an event came from; in each
+//! process, what a tool call did is nested under a `step` line (its begin record's
+//! time, and its end's), and a child process forked by it with its whole subtree.
+//! Step records that cover nothing here (a prompt, a call with no side effect) stay
+//! at the top, in time order, as the task's records do.
 
 use std::{collections::HashMap, fmt::Write as _, io::Write, sync::Arc};
 
@@ -20,11 +25,24 @@ use super::render::{mark, time_of_day, verdict, what};
 use crate::event::{Alert, Event, Kind, Timestamp};
 use crate::sink::one_line;
 
-/// A line of the tree: an event (its index) or a process (its node).
+/// A line of the tree: an event (its index), a process (its node), or the head of
+/// what one tool call did in a process (its step, by [`Tree::steps`] index).
 #[derive(Clone, Copy)]
 pub(super) enum Entry {
     Ev(usize),
     Proc(usize),
+    Step(usize),
+}
+
+/// A tool call as the tree shows it.
+pub(super) struct StepHead {
+    pub tool: Arc<str>,
+    pub call_id: Arc<str>,
+    /// Its begin and end records, when recorded.
+    pub begin: Option<usize>,
+    pub end: Option<usize>,
+    /// Some event of it is in a process (its records are shown at its head then).
+    covered: bool,
 }
 
 pub(super) struct Node {
@@ -47,6 +65,10 @@ pub(super) struct Tree {
     live: HashMap<u32, usize>,
     top: Vec<Entry>,
     parent_task: HashMap<usize, Option<Arc<str>>>,
+    /// The tool calls seen, and each event's (by event index).
+    pub steps: Vec<StepHead>,
+    step_of: HashMap<usize, usize>,
+    step_ids: HashMap<(String, String), usize>,
 }
 
 impl Tree {
@@ -71,6 +93,66 @@ impl Tree {
             }
         }
         out
+    }
+
+    /// [`Tree::lines`] with what each tool call did nested under a [`Entry::Step`]
+    /// head, in each process: a run of its events and of the processes it forked
+    /// (whose own lines of that call need no head again).
+    pub fn lines_by_step(&self) -> Vec<(usize, Entry)> {
+        let mut out = Vec::new();
+        // (line, depth, the call the line is already under)
+        let mut stack: Vec<(Entry, usize, Option<usize>)> =
+            self.top.iter().rev().filter(|en| !self.shown_at_head(**en)).map(|en| (*en, 0, None)).collect();
+        while let Some((en, depth, under)) = stack.pop() {
+            out.push((depth, en));
+            let Entry::Proc(n) = en else { continue };
+            let mut kids = Vec::new();
+            let mut cur = under;
+            for c in &self.nodes[n].entries {
+                let k = self.step_of_entry(*c);
+                if k != cur {
+                    cur = k;
+                    if let Some(s) = k.filter(|s| Some(*s) != under) {
+                        kids.push((Entry::Step(s), depth + 1, under));
+                    }
+                }
+                let nested = cur.is_some() && cur != under;
+                kids.push((*c, depth + 1 + nested as usize, cur.or(under)));
+            }
+            stack.extend(kids.into_iter().rev());
+        }
+        out
+    }
+
+    /// The tool call an entry belongs to: an event's, or the fork of a process.
+    fn step_of_entry(&self, en: Entry) -> Option<usize> {
+        match en {
+            Entry::Ev(i) => self.step_of.get(&i).copied(),
+            Entry::Proc(n) => self.nodes[n].fork.and_then(|f| self.step_of.get(&f).copied()),
+            Entry::Step(_) => None,
+        }
+    }
+
+    /// A step record whose call is shown at its head in a process.
+    fn shown_at_head(&self, en: Entry) -> bool {
+        let Entry::Ev(i) = en else { return false };
+        self.steps.iter().any(|s| s.covered && (s.begin == Some(i) || s.end == Some(i)))
+    }
+
+    fn step_index(&mut self, st: &crate::event::Step) -> usize {
+        let key = (st.tool.clone(), st.call_id.clone());
+        if let Some(&s) = self.step_ids.get(&key) {
+            return s;
+        }
+        self.steps.push(StepHead {
+            tool: Arc::from(st.tool.as_str()),
+            call_id: Arc::from(st.call_id.as_str()),
+            begin: None,
+            end: None,
+            covered: false,
+        });
+        self.step_ids.insert(key, self.steps.len() - 1);
+        self.steps.len() - 1
     }
 
     /// The task process `n` is shown with: its own when its parent's differs.
@@ -117,6 +199,18 @@ impl Tree {
     }
 
     fn add(&mut self, i: usize, e: &Event) {
+        if let Some(st) = &e.step {
+            let s = self.step_index(st);
+            match (e.kind, e.detail.get("phase").and_then(|p| p.as_str())) {
+                (Kind::Step, Some("begin")) => self.steps[s].begin = Some(i),
+                (Kind::Step, Some("end")) => self.steps[s].end = Some(i),
+                (Kind::Step, _) => {}
+                _ => {
+                    self.steps[s].covered = true;
+                    self.step_of.insert(i, s);
+                }
+            }
+        }
         match e.kind {
             // agentmon's own records and task lifecycle: at the top, between the trees.
             Kind::Loss | Kind::Action | Kind::TaskStart | Kind::TaskEnd | Kind::Step | Kind::Rules => {
@@ -171,7 +265,7 @@ pub fn render(
         }
         s
     };
-    for (depth, en) in t.lines() {
+    for (depth, en) in t.lines_by_step() {
         // Past MAX_INDENT levels the depth is written as a number: a 20,000-deep fork
         // chain stays linear in size, not quadratic.
         let indent = if depth <= MAX_INDENT {
@@ -180,6 +274,20 @@ pub fn render(
             format!("{}[depth {depth}] ", "  ".repeat(MAX_INDENT))
         };
         match en {
+            Entry::Step(s) => {
+                let st = &t.steps[s];
+                let begin = st.begin.map(|b| events[b]);
+                let m = mark(begin.and_then(|b| b.verdict.as_deref()));
+                let at = begin.map_or_else(|| " ".repeat(12), |b| time_of_day(b.ts));
+                let ended =
+                    st.end.map_or(String::new(), |x| format!(" (ended {})", time_of_day(events[x].ts)));
+                writeln!(
+                    out,
+                    "{m} {indent}{at} step {}:{}{ended}",
+                    one_line(&st.tool),
+                    one_line(&st.call_id)
+                )?;
+            }
             Entry::Ev(i) => {
                 let e = events[i];
                 let m = mark(e.verdict.as_deref());

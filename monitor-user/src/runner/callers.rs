@@ -110,9 +110,9 @@ pub fn start_of(pid: u32) -> Option<u64> {
     stat[stat.rfind(')')? + 2..].split(' ').nth(19)?.parse().ok()
 }
 
-/// Whether `pid` sits in a cgroup agentmon made for a task.
+/// Whether `pid` sits in a cgroup agentmon made for a task (or beneath one).
 pub fn in_task_cgroup(pid: u32) -> bool {
-    crate::enforce::cgroup::of_pid(pid).is_some_and(|p| p.starts_with("/agentmon/"))
+    crate::enforce::cgroup::of_pid(pid).is_some_and(|p| crate::enforce::cgroup::is_task_path(&p))
 }
 
 impl Caller {

@@ -327,25 +327,32 @@ fn housekeeping(
         if let Some(l) = e.sensors.lsm.as_mut() {
             l.sweep(&live);
         }
-        // A guard is kept while its cgroup exists: those under agentmon's directory,
-        // and the tasks' own (a nested one is beneath its root's first cgroup).
-        let live = crate::enforce::cgroup::ours().map(|mut l| {
-            l.extend(e.p.contain.cgroup_ids());
-            l
-        });
-        if let Some(live) = &live {
-            e.sensors.keep_guards(live);
-        }
-        // A guard's kernel state goes once its cgroup is gone: gone by its id and
-        // not among agentmon's cgroups. Where ids cannot be asked, by the listing
-        // alone; where nothing can be told, nothing goes.
+        // A guard and its kernel state are kept while its cgroup exists, asked of the
+        // kernel by id (a nested task cgroup is anywhere, and one whose task did not
+        // resume is bound to none). Where ids cannot be asked, by agentmon's listing
+        // and the tasks bound here; where nothing can be told, nothing goes.
         let ids = e.sensors.guard_cgroups();
-        let gone: std::collections::BTreeSet<u64> =
-            match (crate::enforce::cgroup::gone(ids.iter().copied()), &live) {
-                (Some(by_id), Some(live)) => by_id.into_iter().filter(|c| !live.contains(c)).collect(),
-                (None, Some(live)) => ids.into_iter().filter(|c| !live.contains(c)).collect(),
-                (_, None) => Default::default(),
+        let listed = crate::enforce::cgroup::ours();
+        let bound: std::collections::BTreeSet<u64> = e.p.contain.cgroup_ids().collect();
+        let gone: Option<std::collections::BTreeSet<u64>> =
+            match (crate::enforce::cgroup::gone(ids.iter().copied()), &listed) {
+                (Some(by_id), l) => {
+                    Some(by_id.into_iter().filter(|c| l.as_ref().is_none_or(|l| !l.contains(c))).collect())
+                }
+                (None, Some(l)) => {
+                    Some(ids.iter().copied().filter(|c| !l.contains(c) && !bound.contains(c)).collect())
+                }
+                (None, None) => None,
             };
+        let gone = gone.unwrap_or_default();
+        // Pinned guards: kept unless gone, when agentmon's directory could be listed
+        // (nothing is concluded from a listing that failed).
+        if let Some(l) = &listed {
+            let mut keep: std::collections::BTreeSet<u64> =
+                ids.iter().copied().filter(|c| !gone.contains(c)).collect();
+            keep.extend(l.iter().copied().chain(bound));
+            e.sensors.keep_guards(&keep);
+        }
         if let Some(left) = e.sensors.forget_guards(&gone, extras.metrics.is_some())
             && let Some(m) = &extras.metrics
         {

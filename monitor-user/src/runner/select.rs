@@ -127,7 +127,7 @@ impl Scanner {
             let key = (start, std::fs::read_link(format!("/proc/{pid}/exe")).ok());
             let known = self.seen.get(&pid) == Some(&key);
             alive.insert(pid, key);
-            if known || pid == me || e.sensors.task_of(pid).is_some() {
+            if known || pid == me || e.sensors.task_of(pid).is_some() || super::callers::in_task_cgroup(pid) {
                 continue;
             }
             let p = look(pid);

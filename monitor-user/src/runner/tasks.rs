@@ -90,7 +90,12 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
     } else if ctl::ppid_of(r.pid) != Some(peer) {
         return Reply::err(format!("{what}: pid {} is not the caller's child", r.pid));
     }
-    if r.pid == std::process::id() || e.sensors.task_of(r.pid).is_some() {
+    // Untracked in a task's cgroup (past max_tracked, escaped): still the task's; a
+    // task of its own would take it out of that cgroup.
+    if r.pid == std::process::id()
+        || e.sensors.task_of(r.pid).is_some()
+        || super::callers::in_task_cgroup(r.pid)
+    {
         return Reply::err(format!("{what}: pid {} is agentmon or already in a task", r.pid));
     }
     let now = e.p.enr.clock().now_wall();
@@ -598,12 +603,12 @@ fn task_cgroup(
         return Ok(None);
     }
     let origin = enforce::cgroup::of_pid(root);
-    let mut cg = match TaskCgroup::create_for(&format!("{}-{cookie}", std::process::id()), origin.as_deref())
-    {
-        Ok((cg, None)) => cg,
+    let name = format!("{}-{cookie}", std::process::id());
+    let (mut cg, nested) = match TaskCgroup::create_for(&name, origin.as_deref()) {
+        Ok((cg, None)) => (cg, true),
         Ok((cg, Some(why))) => {
             tracing::info!("task {}: its cgroup is agentmon's, not beneath its own: {why}", t.id);
-            cg
+            (cg, false)
         }
         Err(err) if !t.enforce => {
             tracing::warn!("task {} runs without a cgroup of its own (it cannot be frozen): {err}", t.id);
@@ -611,7 +616,16 @@ fn task_cgroup(
         }
         Err(err) => return Err(err.into()),
     };
-    if t.enforce {
+    if t.enforce
+        && let Err(err) = sensors.guard(&cg.open()?, cg.id, cookie, allow)
+    {
+        // Beneath a cgroup whose own program refuses others (attached exclusive):
+        // agentmon's directory, as for any cgroup it may not nest in.
+        if !nested {
+            return Err(err.into());
+        }
+        tracing::info!("task {}: its cgroup is agentmon's, not beneath its own: the guard: {err}", t.id);
+        cg = TaskCgroup::create(&name)?;
         sensors.guard(&cg.open()?, cg.id, cookie, allow)?;
     }
     cg.origin = origin;
