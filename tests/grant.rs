@@ -37,6 +37,11 @@ fn grant(task: &Path, key: &Path, by: &str, out: Option<&Path>) -> Result<(), St
     ensure(o.status.success(), || format!("agentmon grant: {}", String::from_utf8_lossy(&o.stderr)))
 }
 
+/// Whether any event of task `sub` is marked as running on no grant.
+fn made_unsigned(evs: &[agentmon::event::Event]) -> bool {
+    evs.iter().any(|e| e.task.as_deref() == Some("sub") && e.unsigned)
+}
+
 pub fn grants_decide_who_may_start_a_task() -> R {
     let d = workdir("grant");
     let out = d.join("out");
@@ -72,6 +77,34 @@ pub fn grants_decide_who_may_start_a_task() -> R {
     let start = evs.iter().find(|e| e.kind == Kind::TaskStart).ok_or("no task_start")?;
     let g = start.detail.get("grant").ok_or_else(|| format!("no grant in {:?}", start.detail))?;
     eq("granted by", g["by"].as_str(), Some("alice"))?;
+    eq("a granted task's events are not unsigned", evs.iter().any(|e| e.unsigned), false)?;
+    eq(
+        "the manifest's hash",
+        start.detail.get("manifest_sha256").and_then(|v| v.as_str()).map(String::from),
+        Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(manifest.as_bytes()))),
+    )?;
+    // Where no grant is asked for, every event of the task says it runs on none.
+    let loose = d.join("loose.jsonl");
+    let ran_loose = Command::new(agentmon())
+        .args(["exec", "--quiet", "--standalone", "--events"])
+        .arg(&loose)
+        .arg("--task")
+        .arg(&t)
+        .args(["--", "/usr/bin/touch"])
+        .arg(out.join("loose"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    let said = String::from_utf8_lossy(&ran_loose.stderr);
+    eq(&format!("ungranted exec: {said}"), ran_loose.status.code(), Some(0))?;
+    let levs = parse_stream(&std::fs::read_to_string(&loose).map_err(|e| e.to_string())?)?.0;
+    let of_task: Vec<&agentmon::event::Event> = levs.iter().filter(|e| e.task.is_some()).collect();
+    ensure(of_task.len() >= 3 && of_task.iter().all(|e| e.unsigned), || {
+        format!(
+            "{} events of the ungranted task, unsigned: {:?}",
+            of_task.len(),
+            of_task.iter().map(|e| (e.kind, e.unsigned)).collect::<Vec<_>>()
+        )
+    })?;
     eq(
         "granting key",
         g["key"].as_str().map(str::to_string),
@@ -368,6 +401,7 @@ pub fn a_grant_chain_carries_authority_to_another_host() -> R {
         start.detail.get("agent").and_then(|v| v.as_str()),
         Some("spiffe://example/lead"),
     )?;
+    eq("the sub-task's events run on a grant", made_unsigned(&evs), false)?;
     // Named with its grant: no task of this host can be named so.
     let made = evs
         .iter()

@@ -467,12 +467,26 @@ fn steps_in(enforce: bool) -> R {
         })
         .partition(|(_, call)| !call.starts_with("open"));
     eq("steps left open", open.len(), 64)?;
-    let full = run
+    // Every refused step and prompt is a tamper record of the caller's task.
+    let refused: Vec<(String, String)> = run
         .of(Kind::Tamper)
         .into_iter()
-        .find(|e| e.detail.get("attempt").and_then(|v| v.as_str()) == Some("step"))
-        .ok_or_else(|| format!("no tamper record of the 65th open step:\n{}", run.summary()))?;
-    eq("its task", full.task.as_deref(), Some("stepped"))?;
+        .filter(|e| e.task.as_deref() == Some("stepped"))
+        .filter_map(|e| {
+            let what = e.detail.get("attempt").and_then(|v| v.as_str())?;
+            Some((what.to_string(), e.reason.clone().unwrap_or_default()))
+        })
+        .collect();
+    for (what, why) in [
+        ("prompt", "not someone-else"),
+        ("step", "not someone-else"),
+        ("step", "traceparent"),
+        ("step", "steps open"),
+    ] {
+        ensure(refused.iter().any(|(w, r)| w == what && r.contains(why)), || {
+            format!("no tamper record of the refused {what} ({why}): {refused:?}\n{}", run.summary())
+        })?;
+    }
     let want: Vec<(String, String)> =
         [("begin", "c1"), ("end", "c1"), ("prompt", ""), ("begin", "c2"), ("end", "c2")]
             .map(|(a, b)| (a.into(), b.into()))

@@ -335,7 +335,7 @@ fn action_event(
             ev.comm = t.comm.clone();
             ev.exe = t.exe.clone();
             ev.start = t.start;
-            ev.task_chain = t.task_chain.clone();
+            (ev.task_chain, ev.unsigned) = (t.task_chain.clone(), t.unsigned);
             ev.rule = t.rule.clone();
             ev.reason = t.reason.clone();
             detail.insert("by".into(), json!("policy"));

@@ -243,6 +243,10 @@ pub struct Event {
     /// Tasks this task was delegated from, nearest first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_chain: Option<Arc<[Arc<str>]>>,
+    /// The task runs on no grant: neither its own nor one of a task it was
+    /// delegated from (a host without grant keys, a selector's task).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unsigned: bool,
     /// The tool call (step) of the task the event happened in, as announced by the
     /// agent's hooks (`agentmon step begin`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -324,6 +328,7 @@ impl Event {
             exe: None,
             task: None,
             task_chain: None,
+            unsigned: false,
             step: None,
             verdict: None,
             action: None,

@@ -130,6 +130,10 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event) {
         key(out, "task_chain");
         str_array(out, c.iter().map(|s| &**s));
     }
+    if ev.unsigned {
+        key(out, "unsigned");
+        out.extend_from_slice(b"true");
+    }
     if let Some(st) = &ev.step {
         key(out, "step");
         let _ = serde_json::to_writer(&mut *out, &**st);

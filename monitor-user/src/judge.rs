@@ -28,6 +28,8 @@ pub struct Bound {
     pub chain: Arc<[Arc<str>]>,
     /// How many of `chain` are this host's tasks.
     local: usize,
+    /// It runs on no grant (every event of it says so).
+    pub unsigned: bool,
     /// The process the task was started with.
     pub root: u32,
     root_launched: bool,
@@ -39,7 +41,8 @@ impl Bound {
         let ids = task.parents.iter().chain(&task.remote_parents);
         let chain: Arc<[Arc<str>]> = ids.map(|p| Arc::from(p.as_str())).collect();
         let local = task.parents.len();
-        Self { task, id, chain, local, root, root_launched: false }
+        let unsigned = task.granted.is_none() && !task.under_grant;
+        Self { task, id, chain, local, unsigned, root, root_launched: false }
     }
 
     pub fn info(&self) -> TaskInfo {
@@ -50,6 +53,13 @@ impl Bound {
             mode: Cow::Borrowed(self.task.mode.as_str()),
             parents: self.chain.iter().map(|p| p.to_string()).collect(),
         }
+    }
+
+    /// Marks `ev` as the task's: its chain of parents, and whether it runs on no
+    /// grant.
+    pub fn stamp(&self, ev: &mut Event) {
+        ev.task_chain = (!self.chain.is_empty()).then(|| self.chain.clone());
+        ev.unsigned = self.unsigned;
     }
 
     /// The tasks up its chain that run here (their limits and lives are this host's).
@@ -182,10 +192,8 @@ impl Judge {
             None => (false, None),
         };
         let bound = ev.task.as_ref().and_then(|id| self.tasks.get(id));
-        if let Some(b) = bound
-            && !b.chain.is_empty()
-        {
-            ev.task_chain = Some(b.chain.clone());
+        if let Some(b) = bound {
+            b.stamp(ev);
         }
         let cx = context(bound, ev, procs, launch, root);
         let mut v = self.engine.judge(ev, &cx, &mut self.windows);

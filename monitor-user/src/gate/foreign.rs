@@ -42,7 +42,7 @@ impl Gate {
         if let Some(bound) = sensors.task_of(tgid).and_then(|c| enr.task_name(c)).and_then(|t| judge.task(&t))
         {
             ev.task = Some(bound.id.clone());
-            ev.task_chain = (!bound.chain.is_empty()).then(|| bound.chain.clone());
+            bound.stamp(&mut ev);
         }
         // What was read belongs to the calling thread only if it still waits.
         let valid = notify::valid(self.fd(), n.id);

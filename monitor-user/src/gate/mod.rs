@@ -420,7 +420,7 @@ impl Gate {
         ev.task = Some(bound.id.clone());
         // Before the request is kept: its decision is of the same step.
         ev.step = steps.get(&bound.id).and_then(|v| v.last().cloned());
-        ev.task_chain = (!bound.chain.is_empty()).then(|| bound.chain.clone());
+        bound.stamp(&mut ev);
         ev.syscall = Some(Cow::Borrowed(g.name));
         ev.path = call.targets.first().map(|t| t.path().to_string());
         ev.new_path = call.targets.get(1).map(|t| t.path().to_string());

@@ -25,7 +25,7 @@ pub fn event(
     let mut ev = caller_event(Kind::Tamper, tgid, n.tid, enr);
     if let Some(bound) = sensors.task_of(tgid).and_then(|c| enr.task_name(c)).and_then(|t| judge.task(&t)) {
         ev.task = Some(bound.id.clone());
-        ev.task_chain = (!bound.chain.is_empty()).then(|| bound.chain.clone());
+        bound.stamp(&mut ev);
     }
     ev.syscall = Some(Cow::Borrowed(syscall));
     ev.error = Some(Cow::Borrowed("EPERM"));

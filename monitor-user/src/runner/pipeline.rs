@@ -130,7 +130,7 @@ impl Pipeline {
         let t = &b.task;
         let mut ev = Event::new(Kind::TaskStart, self.enr.clock().now_wall(), self.enr.host());
         ev.task = Some(b.id.clone());
-        ev.task_chain = (!b.chain.is_empty()).then(|| b.chain.clone());
+        b.stamp(&mut ev);
         ev.pid = b.root;
         ev.tid = b.root;
         ev.comm = "agentmon".into();
@@ -140,6 +140,7 @@ impl Pipeline {
         ev.detail.insert("enforcement".into(), json!(if t.enforce { "enforce" } else { "observe" }));
         ev.detail.insert("expires".into(), json!(t.expires));
         ev.detail.insert("manifest".into(), json!(t.source.display().to_string()));
+        ev.detail.insert("manifest_sha256".into(), json!(t.manifest_sha256));
         if let Some(p) = &t.prompt {
             ev.detail.insert("prompt".into(), json!(p));
         }
@@ -172,6 +173,9 @@ impl Pipeline {
             .map(|c| c.trim_end().to_string())
             .unwrap_or_default();
         ev.task = task.and_then(|c| self.enr.task_name(c));
+        if let Some(b) = ev.task.as_ref().and_then(|t| self.judge.task(t)) {
+            b.stamp(&mut ev);
+        }
         ev.verdict = Some(if refused { "denied" } else { "violation" }.into());
         ev.action = Some("none".into());
         ev.reason = Some(format!("{what}: {why}"));
@@ -206,7 +210,7 @@ impl Pipeline {
         }
         let mut ev = Event::new(Kind::TaskEnd, self.enr.clock().now_wall(), self.enr.host());
         ev.task = Some(b.id.clone());
-        ev.task_chain = (!b.chain.is_empty()).then(|| b.chain.clone());
+        b.stamp(&mut ev);
         ev.pid = b.root;
         ev.tid = b.root;
         ev.comm = "agentmon".into();
@@ -223,7 +227,7 @@ impl Pipeline {
     pub fn step(&mut self, id: &str, phase: StepPhase, st: Step) -> Result<Event, StepError> {
         let b = self.judge.task(id).ok_or_else(|| StepError::NoTask(id.into()))?;
         let id = b.id.clone();
-        let chain = (!b.chain.is_empty()).then(|| b.chain.clone());
+        let (chain, unsigned) = ((!b.chain.is_empty()).then(|| b.chain.clone()), b.unsigned);
         let open = self.steps.entry(id.clone()).or_default();
         let st = match phase {
             StepPhase::Begin => {
@@ -246,7 +250,7 @@ impl Pipeline {
         };
         let mut ev = Event::new(Kind::Step, self.enr.clock().now_wall(), self.enr.host());
         ev.task = Some(id);
-        ev.task_chain = chain;
+        (ev.task_chain, ev.unsigned) = (chain, unsigned);
         ev.pid = std::process::id();
         ev.tid = ev.pid;
         ev.comm = "agentmon".into();
@@ -267,7 +271,7 @@ impl Pipeline {
         let b = self.judge.task(id).ok_or_else(|| StepError::NoTask(id.into()))?;
         let mut ev = Event::new(Kind::Step, self.enr.clock().now_wall(), self.enr.host());
         ev.task = Some(b.id.clone());
-        ev.task_chain = (!b.chain.is_empty()).then(|| b.chain.clone());
+        b.stamp(&mut ev);
         ev.pid = std::process::id();
         ev.tid = ev.pid;
         ev.comm = "agentmon".into();

@@ -131,7 +131,7 @@ fn serve_now(
         return step(e, noise, caller, phase, task, st, traceparent);
     }
     if let Request::Prompt { task, text, cut } = req {
-        return prompt(e, caller, task, &text, cut);
+        return prompt(e, noise, caller, task, &text, cut);
     }
     // Everything else is for operators: never a process inside a task.
     if let Some(c) = task {
@@ -327,7 +327,8 @@ fn approval(
 }
 
 /// A step begins or ends. A process inside a task may only annotate its own task
-/// (or the sub-tasks delegated from it); an operator outside, any task.
+/// (or the sub-tasks delegated from it); an operator outside, any task. Every
+/// refusal is a `tamper` record (at most a few per task or user: `noise`).
 fn step(
     e: &mut Engine,
     noise: &mut Noise,
@@ -337,18 +338,23 @@ fn step(
     mut st: Step,
     traceparent: Option<String>,
 ) -> Reply {
-    let peer = caller.pid;
     let task = match annotated(e, caller, task, "step") {
         Ok(t) => t,
-        Err(why) => return Reply::err(why),
+        Err(why) => return refused_note(e, noise, caller, "step", why),
     };
     if st.tool.is_empty() || st.call_id.is_empty() || st.tool.len() > 256 || st.call_id.len() > 256 {
-        return Reply::err("step: tool and call_id must be 1 to 256 bytes");
+        return refused_note(
+            e,
+            noise,
+            caller,
+            "step",
+            "step: tool and call_id must be 1 to 256 bytes".into(),
+        );
     }
     if let Some(tp) = traceparent {
         match Step::parse_traceparent(&tp) {
             Ok((t, s)) => (st.trace_id, st.span_id) = (Some(t), Some(s)),
-            Err(err) => return Reply::err(err),
+            Err(err) => return refused_note(e, noise, caller, "step", format!("step: {err}")),
         }
     }
     match e.p.step(&task, phase, st) {
@@ -356,16 +362,19 @@ fn step(
             e.record(&ev);
             Reply { ok: true, task: Some(task), ..Default::default() }
         }
-        Err(err) => {
-            if let super::pipeline::StepError::Full(_) = err {
-                let c = e.p.contain.cookie(&task);
-                if let Some(held) = noise.allow(c) {
-                    e.tamper(peer, c, "step", &format!("{err} (+{held} more refused)"), true);
-                }
-            }
-            Reply::err(err.to_string())
-        }
+        Err(err) => refused_note(e, noise, caller, "step", err.to_string()),
     }
+}
+
+/// The refusal of a step or prompt: said to the caller and recorded as a `tamper`
+/// record of the caller's task (if any), a few per task or user at most.
+fn refused_note(e: &mut Engine, noise: &mut Noise, caller: &Caller, what: &str, why: String) -> Reply {
+    let c = e.sensors.task_of(caller.pid);
+    if let Some(held) = noise.allow(c.or(Some(caller.uid))) {
+        let said = if held > 0 { format!("{why} (+{held} more refused)") } else { why.clone() };
+        e.tamper(caller.pid, c, what, &said, true);
+    }
+    Reply::err(why)
 }
 
 /// The task a step or prompt annotates: the one named, if the caller is inside it
@@ -394,23 +403,31 @@ fn annotated(e: &Engine, caller: &Caller, task: Option<String>, what: &str) -> R
 }
 
 /// `prompt`: the record of the prompt a task's next steps serve.
-fn prompt(e: &mut Engine, caller: &Caller, task: Option<String>, text: &str, cut: Option<u64>) -> Reply {
+fn prompt(
+    e: &mut Engine,
+    noise: &mut Noise,
+    caller: &Caller,
+    task: Option<String>,
+    text: &str,
+    cut: Option<u64>,
+) -> Reply {
     let task = match annotated(e, caller, task, "prompt") {
         Ok(t) => t,
-        Err(why) => return Reply::err(why),
+        Err(why) => return refused_note(e, noise, caller, "prompt", why),
     };
     if text.len() > crate::prompt::MAX_PROMPT_BYTES || cut.is_some_and(|c| c <= text.len() as u64) {
-        return Reply::err(format!(
+        let why = format!(
             "prompt: at most {} bytes of text, and a whole length beyond it when cut",
             crate::prompt::MAX_PROMPT_BYTES
-        ));
+        );
+        return refused_note(e, noise, caller, "prompt", why);
     }
     match e.p.prompt(&task, text, cut, &e.setup.prompts) {
         Ok(ev) => {
             e.record(&ev);
             Reply { ok: true, task: Some(task), ..Default::default() }
         }
-        Err(err) => Reply::err(err.to_string()),
+        Err(err) => refused_note(e, noise, caller, "prompt", err.to_string()),
     }
 }
 

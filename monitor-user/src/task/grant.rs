@@ -512,6 +512,11 @@ mod tests {
         assert_eq!(t.principal.as_deref(), Some("alice"));
         let lead = format!("lead@{}", &c.links[0].grant.id()[..16]);
         assert_eq!((t.parents.len(), t.remote_parents.clone()), (0, vec![lead]));
+        // A local sub-task of it runs on that grant too (its events are not unsigned).
+        let mut local = crate::task::parse_unresolved(SUB, std::path::Path::new("s.yaml"), now).unwrap();
+        assert!(!local.under_grant);
+        local.inherit(&t);
+        assert!(local.under_grant && local.granted.is_none());
         // Through check, as a grant file's text.
         let text = serde_json::to_string(&c).unwrap();
         assert_eq!(check(SUB, Some(&text), Some(&alice), now).unwrap().unwrap().chain.len(), 1);

@@ -335,8 +335,10 @@ pub fn parse_unresolved(text: &str, file: &Path, now: Timestamp) -> Result<Task,
         approval,
         parents: Vec::new(),
         remote_parents: Vec::new(),
+        under_grant: false,
         limits,
         source: PathBuf::from(file),
+        manifest_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
     };
     Ok(task)
 }

@@ -173,10 +173,14 @@ pub struct Task {
     /// Ids of the tasks up its grant's chain, on other hosts, nearest first: after
     /// `parents` in its events' `task_chain`, never counted as local tasks.
     pub remote_parents: Vec<String>,
+    /// Delegated from a task that runs on a grant (its authority is that grant's).
+    pub under_grant: bool,
     /// Impact thresholds.
     pub limits: Option<Limits>,
-    /// The manifest it came from.
+    /// The manifest it came from, and the SHA-256 of its text (hex): what a grant
+    /// covers, recorded whether or not the task has one.
     pub source: PathBuf,
+    pub manifest_sha256: String,
 }
 
 impl Task {
@@ -294,6 +298,7 @@ impl Task {
         self.principal.clone_from(&parent.principal);
         self.parents = std::iter::once(parent.id.clone()).chain(parent.parents.iter().cloned()).collect();
         self.remote_parents.clone_from(&parent.remote_parents);
+        self.under_grant = parent.granted.is_some() || parent.under_grant;
     }
 
     /// The grant it starts under, and what its ancestors on other hosts pass on.
