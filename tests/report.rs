@@ -196,6 +196,28 @@ pub fn replay_html_report() -> R {
         .collect();
     ensure(violations.contains(&outside.id.to_string()), || "the outside write is no violation".into())?;
     eq("rows shown with verdict=violation", ids(&rows, false), violations)?;
+    // Flagged rows are highlighted: the violation's row has the class.
+    let flagged: BTreeSet<String> = rows
+        .iter()
+        .filter(|(a, _)| attr(a, "class").is_some_and(|c| c.split(' ').any(|c| c == "flagged")))
+        .filter_map(|(a, _)| attr(a, "data-id"))
+        .map(String::from)
+        .collect();
+    ensure(flagged.contains(&outside.id.to_string()), || {
+        format!("the violation's row is not highlighted: {flagged:?}")
+    })?;
+    // By tool call, by kind, and by task: each shows what it names, nothing else.
+    let by = |hash: &str, keep: &dyn Fn(&agentmon::event::Event) -> bool| -> R {
+        let dom = rendered(&page, hash)?;
+        let want: BTreeSet<String> =
+            run.events.iter().filter(|e| e.kind != Kind::Fork && keep(e)).map(|e| e.id.to_string()).collect();
+        ensure(!want.is_empty(), || format!("{hash}: nothing to show"))?;
+        eq(&format!("rows shown with {hash}"), ids(&tags(&dom, "div", "ev"), false), want)?;
+        Ok(())
+    };
+    by("step=toolu_1", &|e| e.step.as_ref().is_some_and(|s| s.call_id == "toolu_1"))?;
+    by("kind=file_delete", &|e| e.kind == Kind::FileDelete)?;
+    by("task=report-1", &|e| e.task.as_deref() == Some("report-1"))?;
 
     // The chain of the outside write: its task (with the prompt), its tool call, itself.
     let dom = rendered(&page, &format!("chain={}", outside.id))?;
