@@ -179,6 +179,34 @@ pub fn grants_decide_who_may_start_a_task() -> R {
         }),
         || "the daemon did not record the ungranted start".into(),
     )?;
+    // `require_signed: false` (a host moving to grants): a task without a grant
+    // starts, marked unsigned; a grant given is checked all the same.
+    let lax = d.join("lax");
+    std::fs::create_dir_all(&lax).map_err(|e| e.to_string())?;
+    let daemon = start_daemon(&lax, &format!("grant_keys: {}\nrequire_signed: false\n", keys.display()))?;
+    let (sock, all) = daemon_paths(&lax);
+    let result = (|| -> Result<(), String> {
+        let via = ["--daemon", sock.to_str().unwrap()];
+        let unsigned = d.join("unsigned.yaml");
+        std::fs::write(&unsigned, manifest.replace("id: granted", "id: unsigned"))
+            .map_err(|e| e.to_string())?;
+        let (code, err) = exec(&d, &via, &unsigned, &out.join("unsigned-ran"))?;
+        eq(&format!("no grant, not required: {err}"), code, 0)?;
+        let flags = [&via[..], &["--grant", other.to_str().unwrap()]].concat();
+        let (code, err) = exec(&d, &flags, &t, &out.join("mallory-ran"))?;
+        ensure(code != 0 && err.contains("may not grant"), || {
+            format!("a bad grant, not required: exit {code}: {err}")
+        })
+    })();
+    let stopped = stop(daemon);
+    result?;
+    stopped?;
+    let evs = parse_stream(&std::fs::read_to_string(&all).map_err(|e| e.to_string())?)?.0;
+    let marks: Vec<bool> =
+        evs.iter().filter(|e| e.task.as_deref() == Some("unsigned")).map(|e| e.unsigned).collect();
+    ensure(marks.len() >= 2 && marks.iter().all(|u| *u), || {
+        format!("the unsigned task's records: {marks:?}")
+    })?;
     Ok(())
 }
 

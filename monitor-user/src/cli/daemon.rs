@@ -75,6 +75,9 @@ struct Config {
     /// Ed25519 public keys (hex, one per line) that may grant tasks: with it, a task
     /// starts only with a grant by one of them (`agentmon grant`).
     grant_keys: Option<PathBuf>,
+    /// With `grant_keys`: refuse tasks without a grant (default), or let them start
+    /// marked unsigned (`false`: a host moving to grants).
+    require_signed: Option<bool>,
     prompts: Option<PromptsConfig>,
 }
 
@@ -302,6 +305,12 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
         metrics: cfg.metrics,
         selectors,
         grant_keys_file: cfg.grant_keys.clone(),
+        require_signed: match (cfg.require_signed, &cfg.grant_keys) {
+            (Some(true), None) => {
+                anyhow::bail!("{file}: require_signed: needs grant_keys (the keys that may grant)")
+            }
+            (r, _) => r.unwrap_or(true),
+        },
         grant_keys: match &cfg.grant_keys {
             Some(p) => Some(
                 crate::nats::control::load_keys(p).map_err(|e| anyhow::anyhow!("{file}: grant_keys: {e}"))?,

@@ -77,7 +77,7 @@ pub struct ExecArgs {
     pub grant: Option<PathBuf>,
     /// Ed25519 public keys (hex, one per line) that may grant tasks: the task runs
     /// only with a grant by one of them that covers exactly its manifest.
-    #[arg(long, value_name = "FILE", requires = "task")]
+    #[arg(long, visible_alias = "trust", value_name = "FILE", requires = "task")]
     pub grant_keys: Option<PathBuf>,
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -180,7 +180,13 @@ impl ExecArgs {
                     Ok(mut t) => {
                         t.enforce |= self.enforce;
                         // Before anything runs: a task without the authority it needs never starts.
-                        match crate::task::grant::check(&text, grant.as_deref(), grant_keys.as_deref(), now) {
+                        match crate::task::grant::check(
+                            &text,
+                            grant.as_deref(),
+                            grant_keys.as_deref(),
+                            true,
+                            now,
+                        ) {
                             Ok(g) => t.take_grant(g),
                             Err(why) => {
                                 eprintln!("agentmon: {}: task {}: {why}", path.display(), t.id);

@@ -54,6 +54,8 @@ pub struct DaemonOptions {
     pub grant_keys: Option<Vec<ed25519_dalek::VerifyingKey>>,
     /// Their file (protected like the configuration).
     pub grant_keys_file: Option<PathBuf>,
+    /// Tasks without a grant are refused (with grant keys).
+    pub require_signed: bool,
 }
 
 pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
@@ -99,9 +101,17 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     setup.delegation_lookups = opts.delegation_lookups;
     setup.state = Some(StateDir { dir: opts.state_dir.clone() });
     setup.grant_keys = opts.grant_keys.clone();
+    setup.require_signed = opts.require_signed;
     setup.secrets = opts.outputs.secrets().iter().map(|p| super::setup::canonical(p)).collect();
-    if let Some(k) = &opts.grant_keys {
-        eprintln!("agentmon daemon: tasks start only with a grant by one of {} keys", k.len());
+    match &opts.grant_keys {
+        Some(k) if opts.require_signed => {
+            eprintln!("agentmon daemon: tasks start only with a grant by one of {} keys", k.len())
+        }
+        Some(k) => eprintln!(
+            "agentmon daemon: grants by one of {} keys are checked; tasks without one start, marked unsigned",
+            k.len()
+        ),
+        None => {}
     }
     let rule_count = rules.as_ref().map(|r| r.len()).unwrap_or(0);
     let engine = Engine::load(opts.ringbuf_bytes, opts.max_tracked, &opts.sensitive, rules, out, setup)?;

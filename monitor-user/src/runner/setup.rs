@@ -35,6 +35,9 @@ pub struct Setup {
     /// Keys that may grant tasks (`task::grant`): when set, a top-level task starts
     /// only with a grant by one of them.
     pub grant_keys: Option<Vec<ed25519_dalek::VerifyingKey>>,
+    /// With grant keys: a task without a grant is refused (else it starts, marked
+    /// unsigned; a grant given is checked either way).
+    pub require_signed: bool,
     /// agentmon's private keys (canonical): a task that reads one is tampering.
     pub secrets: Vec<PathBuf>,
     /// What prompt records keep of a prompt.
@@ -67,6 +70,7 @@ impl Setup {
             delegation_lookups: super::DELEGATION_LOOKUPS,
             state: None,
             grant_keys: None,
+            require_signed: true,
             secrets: Vec::new(),
             prompts: Default::default(),
         }

@@ -107,7 +107,13 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
     // Who gave the task its authority: where grant keys are set, only a grant by one
     // of them does (agentmon's own selectors start tasks of its configuration).
     if peer != std::process::id() {
-        match crate::task::grant::check(&r.manifest, r.grant.as_deref(), e.setup.grant_keys.as_deref(), now) {
+        match crate::task::grant::check(
+            &r.manifest,
+            r.grant.as_deref(),
+            e.setup.grant_keys.as_deref(),
+            e.setup.require_signed,
+            now,
+        ) {
             Ok(g) => {
                 let enforced = task.enforce;
                 task.take_grant(g);

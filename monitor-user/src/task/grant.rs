@@ -384,14 +384,19 @@ fn limits_within(parent: &Task, child: &Task) -> Result<(), String> {
 
 /// Checks a task's start against the grant keys: none configured, any task starts;
 /// otherwise `grant` (the grant file's text: one grant, or a [`Chain`]) must verify
-/// for `manifest`.
+/// for `manifest` — or, where signing is not `required`, a task without one starts
+/// unsigned (a grant given is checked all the same: a bad one never starts).
 pub fn check(
     manifest: &str,
     grant: Option<&str>,
     keys: Option<&[VerifyingKey]>,
+    required: bool,
     now: Timestamp,
 ) -> Result<Option<Granted>, String> {
     let Some(keys) = keys else { return Ok(None) };
+    if grant.is_none() && !required {
+        return Ok(None);
+    }
     let text = grant.ok_or("no grant: tasks here start only with a grant (agentmon grant) by a grant key")?;
     parse(text)
         .and_then(|g| match g {
@@ -449,10 +454,14 @@ mod tests {
         assert!(extended.verify(M, &keys, now).unwrap_err().contains("bad signature"));
         // Through check: keys configured means a grant is needed.
         let text = serde_json::to_string(&g).unwrap();
-        assert!(check(M, None, None, now).unwrap().is_none());
-        assert!(check(M, None, Some(&keys), now).unwrap_err().contains("no grant"));
-        assert!(check(M, Some("{}"), Some(&keys), now).unwrap_err().contains("not one"));
-        assert_eq!(check(M, Some(&text), Some(&keys), now).unwrap().unwrap().by, "alice");
+        assert!(check(M, None, None, true, now).unwrap().is_none());
+        assert!(check(M, None, Some(&keys), true, now).unwrap_err().contains("no grant"));
+        assert!(check(M, Some("{}"), Some(&keys), true, now).unwrap_err().contains("not one"));
+        assert_eq!(check(M, Some(&text), Some(&keys), true, now).unwrap().unwrap().by, "alice");
+        // Signing not required: no grant starts unsigned, a bad one is refused still.
+        assert!(check(M, None, Some(&keys), false, now).unwrap().is_none());
+        assert!(check(M, Some("{}"), Some(&keys), false, now).unwrap_err().contains("not one"));
+        assert_eq!(check(M, Some(&text), Some(&keys), false, now).unwrap().unwrap().by, "alice");
     }
 
     const LEAD: &str = "id: lead\nmode: execute\nenforcement: enforce\nagent: spiffe://a/lead\n\
@@ -519,7 +528,7 @@ mod tests {
         assert!(local.under_grant && local.granted.is_none());
         // Through check, as a grant file's text.
         let text = serde_json::to_string(&c).unwrap();
-        assert_eq!(check(SUB, Some(&text), Some(&alice), now).unwrap().unwrap().chain.len(), 1);
+        assert_eq!(check(SUB, Some(&text), Some(&alice), true, now).unwrap().unwrap().chain.len(), 1);
         // A root grant keeps the bytes grants had before delegation existed.
         let plain = serde_json::to_value(Grant::sign(&key(1), M, "alice", now)).unwrap();
         assert!(plain.get("parent").is_none() && plain.get("delegates").is_none());
@@ -582,7 +591,7 @@ mod tests {
         );
         // A delegated grant alone, without the chain that gives it authority.
         let alone = serde_json::to_string(&good.grant).unwrap();
-        let e = check(SUB, Some(&alone), Some(&alice), now).unwrap_err();
+        let e = check(SUB, Some(&alone), Some(&alice), true, now).unwrap_err();
         assert!(e.contains("holds only with its chain"), "{e}");
         // No ancestors, or too many.
         let mut none = good.clone();
