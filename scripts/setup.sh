@@ -6,8 +6,7 @@ set -euo pipefail
 TOOLCHAIN=1.98.0          # last stable on LLVM 22; must match bpf-linker's LLVM
 BPF_LINKER_VERSION=0.13   # built against Debian's llvm-22
 APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev build-essential pkg-config
-          bpftrace auditd strace nats-server python3 python3-venv
-          podman runc busybox-static)   # a real container run in the tests (runc: crun refuses hybrid cgroups)
+          bpftrace auditd strace nats-server python3 python3-venv)
 
 SAY_AS=setup
 . "$(dirname "$0")/lib.sh"

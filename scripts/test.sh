@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-# Only the tests need a browser: the HTML replay report is checked as one draws it.
+# Only the tests need a browser (the HTML replay report is checked as one draws it)
+# and a container runtime (a real container, its image a local busybox; runc, as
+# crun refuses cgroup v2 in hybrid mode).
 SAY_AS=test . ./scripts/lib.sh
-apt_ensure chromium
+apt_ensure chromium podman runc busybox-static
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 cargo build --quiet --all-targets

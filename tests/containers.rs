@@ -157,15 +157,16 @@ pub fn events_name_their_container_and_pod() -> R {
 
 /// The image the container test runs: busybox alone, imported from a local tarball
 /// (no registry).
-const IMAGE: &str = "localhost/agentmon-test:busybox";
+const IMAGE: &str = "localhost/agentmon-test:busybox-1";
 
 fn podman(args: &[&str]) -> Result<std::process::Output, String> {
     // runc: crun refuses cgroup v2 in hybrid mode, which this kind of machine runs.
-    std::process::Command::new("podman")
-        .args(["--runtime", "runc"])
+    // Bounded: a storage lock a killed run left must not hang the tests.
+    std::process::Command::new("timeout")
+        .args(["120", "podman", "--runtime", "runc"])
         .args(args)
         .output()
-        .map_err(|e| format!("podman (installed by scripts/setup.sh): {e}"))
+        .map_err(|e| format!("podman (scripts/test.sh installs it): {e}"))
 }
 
 fn image(d: &std::path::Path) -> Result<(), String> {
@@ -175,7 +176,7 @@ fn image(d: &std::path::Path) -> Result<(), String> {
     let root = d.join("rootfs");
     std::fs::create_dir_all(root.join("bin")).map_err(|e| e.to_string())?;
     std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .map_err(|e| format!("/bin/busybox (busybox-static, installed by scripts/setup.sh): {e}"))?;
+        .map_err(|e| format!("/bin/busybox (busybox-static; scripts/test.sh installs it): {e}"))?;
     for a in ["sh", "touch", "sleep"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).map_err(|e| e.to_string())?;
     }
@@ -194,8 +195,8 @@ fn image(d: &std::path::Path) -> Result<(), String> {
 }
 
 /// A real container, run by Podman (runc) from Debian's packages: the daemon's
-/// selector picks its agent up by container, the task's cgroup is beneath the
-/// container's (whose limits still hold it), and its events name the container
+/// selector picks its agent up by the container's id, the task's cgroup is beneath
+/// the container's (whose limits still hold it), and its events name the container
 /// podman reports, with runtime `podman`.
 pub fn a_real_container_is_named() -> R {
     use crate::daemon::{daemon_paths, start_daemon, stop};
@@ -203,35 +204,36 @@ pub fn a_real_container_is_named() -> R {
     let out = d.join("out");
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
     image(&d)?;
-    let marker = format!("agentmon-podman-{:x}", std::process::id());
+    let limit = std::time::Duration::from_secs(20) * support::slowdown();
+    // Waits to be picked up (the selector scans /proc), then writes; gives up after
+    // the test would have.
+    let tries = (limit.as_millis() / 100).to_string();
+    let script = format!(
+        "n=0; while [ ! -e /out/go ] && [ $n -lt {tries} ]; do sleep 0.1; n=$((n+1)); done; touch /out/made"
+    );
+    let vol = format!("{}:/out", out.display());
+    let cidfile = d.join("cid");
+    let mut args = vec!["create", "--rm", "--network", "none", "--cidfile", cidfile.to_str().unwrap()];
+    args.extend(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]);
+    args.extend(["-v", &vol, IMAGE, "/bin/sh", "-c", &script]);
+    let o = podman(&args)?;
+    support::ensure(o.status.success(), || format!("podman create: {}", String::from_utf8_lossy(&o.stderr)))?;
+    let id = std::fs::read_to_string(&cidfile).map_err(|e| e.to_string())?.trim().to_string();
     let task = d.join("agent.yaml");
     std::fs::write(
         &task,
         "id: boxed\nmode: execute\nscope:\n  write: [\"/out/**\"]\n  exec: [\"/bin/**\"]\n",
     )
     .map_err(|e| e.to_string())?;
-    let extra = format!(
-        "selectors:\n  - container: \"*\"\n    argv: \"*{marker}*\"\ndefault_task: {}\n",
-        task.display()
-    );
-    let daemon = start_daemon(&d, &extra)?;
-    let (_, all) = daemon_paths(&d);
-    let cidfile = d.join("cid");
-    let ran = (|| -> Result<String, String> {
-        // Waits to be picked up (the selector scans /proc), then writes.
-        let script =
-            "n=0; while [ ! -e /out/go ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done; touch /out/made";
-        let vol = format!("{}:/out", out.display());
-        let limits = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"];
-        let mut args = vec!["run", "-d", "--rm", "--network", "none", "--cidfile", cidfile.to_str().unwrap()];
-        args.extend(limits);
-        args.extend(["-v", &vol, IMAGE, "/bin/sh", "-c", script, &marker]);
-        let o = podman(&args)?;
+    // This container and nothing else (not its podman client).
+    let extra = format!("selectors:\n  - container: \"{id}\"\ndefault_task: {}\n", task.display());
+    let started = start_daemon(&d, &extra);
+    let ran = started.as_ref().map_err(|e| e.clone()).and_then(|_| {
+        let (_, all) = daemon_paths(&d);
+        let o = podman(&["start", &id])?;
         support::ensure(o.status.success(), || {
-            format!("podman run: {}", String::from_utf8_lossy(&o.stderr))
+            format!("podman start: {}", String::from_utf8_lossy(&o.stderr))
         })?;
-        let id = std::fs::read_to_string(&cidfile).map_err(|e| e.to_string())?.trim().to_string();
-        let limit = std::time::Duration::from_secs(20) * support::slowdown();
         let picked = || {
             let text = std::fs::read_to_string(&all).unwrap_or_default();
             support::parse_stream(&text).is_ok_and(|(evs, _)| {
@@ -244,23 +246,18 @@ pub fn a_real_container_is_named() -> R {
             "the daemon never picked the container's agent up".into()
         })?;
         std::fs::write(out.join("go"), "").map_err(|e| e.to_string())?;
-        support::ensure(support::wait(limit, || out.join("made").exists()), || {
-            "the agent never wrote".into()
-        })?;
-        Ok(id)
-    })();
+        support::ensure(support::wait(limit, || out.join("made").exists()), || "the agent never wrote".into())
+    });
     // Gone before the daemon stops: its task's end is recorded (a failed run's is
     // removed).
-    let cid = std::fs::read_to_string(&cidfile).unwrap_or_default().trim().to_string();
-    if ran.is_err() && !cid.is_empty() {
-        let _ = podman(&["rm", "-f", "-t", "0", &cid]);
+    if ran.is_err() {
+        let _ = podman(&["rm", "-f", "-t", "0", &id]);
     }
-    let _ = support::wait(std::time::Duration::from_secs(20), || {
-        !podman(&["container", "exists", &cid]).is_ok_and(|o| o.status.success())
-    });
-    let said = stop(daemon);
-    let id = ran?;
+    let _ = support::wait(limit, || !podman(&["container", "exists", &id]).is_ok_and(|o| o.status.success()));
+    let said = started.and_then(stop);
+    ran?;
     said?;
+    let (_, all) = daemon_paths(&d);
     let (evs, _) = support::parse_stream(&std::fs::read_to_string(&all).map_err(|e| e.to_string())?)?;
     let made = evs
         .iter()
@@ -271,8 +268,14 @@ pub fn a_real_container_is_named() -> R {
         made.container.as_ref().map(|c| (c.id.clone(), c.runtime.clone())),
         Some((id.clone(), "podman".to_string())),
     )?;
+    // `…/libpod-ID/agentmon-…` with cgroupfs, `…/libpod-ID.scope/agentmon-…` under
+    // systemd.
     let cg = made.cgroup.as_deref().unwrap_or("");
-    let beneath = cg.contains(&format!("libpod-{id}/agentmon-"));
+    let parts: Vec<&str> = cg.split('/').collect();
+    let beneath = parts.windows(2).any(|w| {
+        w[0].strip_prefix("libpod-").map(|r| r.trim_end_matches(".scope")) == Some(id.as_str())
+            && w[1].starts_with("agentmon-")
+    });
     eq(&format!("its cgroup {cg:?} is the task's, beneath the container's"), beneath, true)?;
     eq("its task", made.task.as_deref().is_some_and(|t| t.starts_with("boxed-")), true)?;
     Ok(())

@@ -173,6 +173,9 @@ impl Judge {
         if !self.active || ev.kind.is_own_record() {
             return None;
         }
+        if let Some(b) = ev.task.as_ref().and_then(|id| self.tasks.get(id)) {
+            b.stamp(ev);
+        }
         if let (Some(own), Some(crate::event::Dst::Unix { unix })) = (&self.own_socket, &ev.dst)
             && own == unix
         {
@@ -192,9 +195,6 @@ impl Judge {
             None => (false, None),
         };
         let bound = ev.task.as_ref().and_then(|id| self.tasks.get(id));
-        if let Some(b) = bound {
-            b.stamp(ev);
-        }
         let cx = context(bound, ev, procs, launch, root);
         let mut v = self.engine.judge(ev, &cx, &mut self.windows);
         // A limit of a task this one was delegated from: its action is for that task

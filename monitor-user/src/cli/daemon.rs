@@ -306,7 +306,7 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
         selectors,
         grant_keys_file: cfg.grant_keys.clone(),
         require_signed: match (cfg.require_signed, &cfg.grant_keys) {
-            (Some(true), None) => {
+            (Some(_), None) => {
                 anyhow::bail!("{file}: require_signed: needs grant_keys (the keys that may grant)")
             }
             (r, _) => r.unwrap_or(true),

@@ -377,6 +377,9 @@ impl Gate {
                 answer(Err(Errno::EFAULT));
                 let mut ev = caller_event(Kind::Tamper, t, n.tid, enr);
                 ev.task = sensors.task_of(t).and_then(|c| enr.task_name(c));
+                if let Some(b) = ev.task.as_ref().and_then(|id| judge.task(id)) {
+                    b.stamp(&mut ev);
+                }
                 ev.syscall = Some(Cow::Borrowed(g.name));
                 ev.reason = Some(format!(
                     "the held {}'s arguments in its memory did not come in within {} ms (a page the agent \

@@ -267,6 +267,8 @@ struct Who<'a> {
     principal: Option<&'a str>,
     mode: Option<&'a str>,
     chain: Vec<&'a str>,
+    /// The task runs on no grant.
+    unsigned: bool,
 }
 
 impl<'a> Who<'a> {
@@ -282,6 +284,7 @@ impl<'a> Who<'a> {
             principal: task.and_then(|t| t.principal.as_deref()),
             mode: task.map(|t| &*t.mode),
             chain,
+            unsigned: ev.unsigned,
         }
     }
 
@@ -308,6 +311,9 @@ impl<'a> Who<'a> {
         }
         if !self.chain.is_empty() {
             un.insert("task_chain".into(), json!(self.chain));
+        }
+        if self.unsigned {
+            un.insert("unsigned".into(), json!(true));
         }
         if let Some(a) = self.agent {
             un.insert("agent".into(), json!(a));

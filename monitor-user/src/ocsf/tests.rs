@@ -341,6 +341,7 @@ fn task_identity_and_verdict() {
     e.path = Some("/etc/hosts".into());
     e.task = Some("refactor-42".into());
     e.task_chain = Some(Arc::from(vec![Arc::from("root-1")]));
+    e.unsigned = true;
     e.verdict = Some(Cow::Borrowed("out_of_scope"));
     e.action = Some(Cow::Borrowed("alert"));
     e.reason = Some("scope.write: /etc/hosts is outside scope.write".into());
@@ -356,6 +357,7 @@ fn task_identity_and_verdict() {
     let un = &v["unmapped"];
     assert_eq!(un["task"], "refactor-42");
     assert_eq!(un["task_chain"], json!(["root-1"]));
+    assert_eq!(un["unsigned"], json!(true));
     assert_eq!(un["agent"], "spiffe://example.org/agent/coder");
     assert_eq!(un["principal"], "alice@example.org");
     assert_eq!(un["task_mode"], "execute");

@@ -474,4 +474,18 @@ fn tree_nests_what_a_tool_call_did_under_its_step() {
     // The begin and end records are the head; a prompt covers nothing: at the top.
     assert!(!text.contains("step begin") && !text.contains("step end"), "{text}");
     assert_eq!(indent(find("prompt sha256:abab")), 0, "{text}");
+    // The same call id again after its end (or in another task) is another call:
+    // its own head and times; one that did nothing here keeps its records at the top.
+    let (begin2, end2) = (record("begin", 7), record("end", 9));
+    let mut again = write_ev(100, 8, "/srv/again");
+    again.step = call("c1");
+    let (begin3, end3) = (record("begin", 10), record("end", 11));
+    let evs = [&root, &begin, &own, &end, &begin2, &again, &end2, &begin3, &end3];
+    let mut out = Vec::new();
+    tree::render(&evs, &[], None, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("15:00:01.000 step Bash:c1 (ended 15:00:05.000)"), "{text}");
+    assert!(text.contains("15:00:07.000 step Bash:c1 (ended 15:00:09.000)"), "{text}");
+    assert!(text.contains("step begin Bash c1") && text.contains("step end Bash c1"), "{text}");
+    assert_eq!(text.matches("step begin").count() + text.matches("step end").count(), 2, "{text}");
 }

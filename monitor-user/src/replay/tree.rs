@@ -68,8 +68,12 @@ pub(super) struct Tree {
     /// The tool calls seen, and each event's (by event index).
     pub steps: Vec<StepHead>,
     step_of: HashMap<usize, usize>,
-    step_ids: HashMap<(String, String), usize>,
+    /// The call open now under each (task, tool, call id): a call id used again
+    /// after its end, or by another task, is another call.
+    open_steps: HashMap<StepKey, usize>,
 }
+
+type StepKey = (Option<Arc<str>>, String, String);
 
 impl Tree {
     /// The tree of `events` (in time order).
@@ -100,9 +104,17 @@ impl Tree {
     /// (whose own lines of that call need no head again).
     pub fn lines_by_step(&self) -> Vec<(usize, Entry)> {
         let mut out = Vec::new();
+        // The step records of calls shown at their heads.
+        let at_head: std::collections::HashSet<usize> =
+            self.steps.iter().filter(|s| s.covered).flat_map(|s| s.begin.into_iter().chain(s.end)).collect();
         // (line, depth, the call the line is already under)
-        let mut stack: Vec<(Entry, usize, Option<usize>)> =
-            self.top.iter().rev().filter(|en| !self.shown_at_head(**en)).map(|en| (*en, 0, None)).collect();
+        let mut stack: Vec<(Entry, usize, Option<usize>)> = self
+            .top
+            .iter()
+            .rev()
+            .filter(|en| !matches!(en, Entry::Ev(i) if at_head.contains(i)))
+            .map(|en| (*en, 0, None))
+            .collect();
         while let Some((en, depth, under)) = stack.pop() {
             out.push((depth, en));
             let Entry::Proc(n) = en else { continue };
@@ -133,15 +145,11 @@ impl Tree {
         }
     }
 
-    /// A step record whose call is shown at its head in a process.
-    fn shown_at_head(&self, en: Entry) -> bool {
-        let Entry::Ev(i) = en else { return false };
-        self.steps.iter().any(|s| s.covered && (s.begin == Some(i) || s.end == Some(i)))
-    }
-
-    fn step_index(&mut self, st: &crate::event::Step) -> usize {
-        let key = (st.tool.clone(), st.call_id.clone());
-        if let Some(&s) = self.step_ids.get(&key) {
+    /// The call `st` of `task` open now; a new one when none is (or `fresh`: a
+    /// begin record starts a new call).
+    fn step_index(&mut self, task: &Option<Arc<str>>, st: &crate::event::Step, fresh: bool) -> usize {
+        let key = (task.clone(), st.tool.clone(), st.call_id.clone());
+        if !fresh && let Some(&s) = self.open_steps.get(&key) {
             return s;
         }
         self.steps.push(StepHead {
@@ -151,7 +159,7 @@ impl Tree {
             end: None,
             covered: false,
         });
-        self.step_ids.insert(key, self.steps.len() - 1);
+        self.open_steps.insert(key, self.steps.len() - 1);
         self.steps.len() - 1
     }
 
@@ -200,12 +208,19 @@ impl Tree {
 
     fn add(&mut self, i: usize, e: &Event) {
         if let Some(st) = &e.step {
-            let s = self.step_index(st);
             match (e.kind, e.detail.get("phase").and_then(|p| p.as_str())) {
-                (Kind::Step, Some("begin")) => self.steps[s].begin = Some(i),
-                (Kind::Step, Some("end")) => self.steps[s].end = Some(i),
+                (Kind::Step, Some("begin")) => {
+                    let s = self.step_index(&e.task, st, true);
+                    self.steps[s].begin = Some(i);
+                }
+                (Kind::Step, Some("end")) => {
+                    let s = self.step_index(&e.task, st, false);
+                    self.steps[s].end = Some(i);
+                    self.open_steps.remove(&(e.task.clone(), st.tool.clone(), st.call_id.clone()));
+                }
                 (Kind::Step, _) => {}
                 _ => {
+                    let s = self.step_index(&e.task, st, false);
                     self.steps[s].covered = true;
                     self.step_of.insert(i, s);
                 }

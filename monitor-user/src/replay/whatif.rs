@@ -200,7 +200,7 @@ pub fn rejudge(policy: Policy, rec: &Recording) -> Vec<Event> {
             }
             let _ = judge.apply(&mut now, &procs);
             now.task = e.task.clone();
-            now.task_chain = e.task_chain.clone();
+            (now.task_chain, now.unsigned) = (e.task_chain.clone(), e.unsigned);
             if let Some(s) = recorded {
                 // The stand-in's own finding is in the recorded words; a recorded
                 // finding it cannot make (approval, expiry) is kept unless a rule

@@ -24,6 +24,9 @@ pub fn stopped(e: &mut Engine, still: Duration, stall: &super::watchdog::Stall) 
         ev.detail.insert("tracer_pid".into(), serde_json::json!(t));
         if let Some(c) = e.sensors.task_of(t) {
             ev.task = e.p.enr.task_name(c);
+            if let Some(b) = ev.task.as_ref().and_then(|id| e.p.judge.task(id)) {
+                b.stamp(&mut ev);
+            }
         }
     }
     tracing::error!("{why}");

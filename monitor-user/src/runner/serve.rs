@@ -366,13 +366,16 @@ fn step(
     }
 }
 
-/// The refusal of a step or prompt: said to the caller and recorded as a `tamper`
-/// record of the caller's task (if any), a few per task or user at most.
+/// The refusal of a step or prompt: said to the caller, and, when the caller is in
+/// a task (the agent), recorded as a `tamper` record of it, a few per task at most.
+/// A caller outside every task is only answered: a hook of a session no agentmon
+/// watches asks every agentmon on the host, and all but one say "not here".
 fn refused_note(e: &mut Engine, noise: &mut Noise, caller: &Caller, what: &str, why: String) -> Reply {
-    let c = e.sensors.task_of(caller.pid);
-    if let Some(held) = noise.allow(c.or(Some(caller.uid))) {
+    if let Some(c) = caller.task_now(&e.sensors)
+        && let Some(held) = noise.allow(Some(c))
+    {
         let said = if held > 0 { format!("{why} (+{held} more refused)") } else { why.clone() };
-        e.tamper(caller.pid, c, what, &said, true);
+        e.tamper(caller.pid, Some(c).filter(|c| *c != 0), what, &said, true);
     }
     Reply::err(why)
 }
@@ -382,7 +385,12 @@ fn refused_note(e: &mut Engine, noise: &mut Noise, caller: &Caller, what: &str, 
 /// caller's own.
 fn annotated(e: &Engine, caller: &Caller, task: Option<String>, what: &str) -> Result<String, String> {
     let uid = caller.uid;
-    let own = e.sensors.task_of(caller.pid).and_then(|c| e.p.enr.task_name(c));
+    let now = caller.task_now(&e.sensors);
+    // Untracked in a task's cgroup (past max_tracked): the task's, and no operator.
+    if now == Some(0) {
+        return Err(format!("{what} refused: pid {} is in a task's cgroup, untracked", caller.pid));
+    }
+    let own = now.and_then(|c| e.p.enr.task_name(c));
     let Some(task) = task.or_else(|| own.as_ref().map(|t| t.to_string())) else {
         return Err(format!("{what}: which task? (--task, or call from inside a task)"));
     };
