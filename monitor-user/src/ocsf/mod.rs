@@ -269,6 +269,8 @@ struct Who<'a> {
     chain: Vec<&'a str>,
     /// The task runs on no grant.
     unsigned: bool,
+    /// The process's cgroup v2 path (OCSF has no place for it).
+    cgroup: Option<&'a str>,
 }
 
 impl<'a> Who<'a> {
@@ -285,6 +287,7 @@ impl<'a> Who<'a> {
             mode: task.map(|t| &*t.mode),
             chain,
             unsigned: ev.unsigned,
+            cgroup: ev.cgroup.as_deref(),
         }
     }
 
@@ -314,6 +317,9 @@ impl<'a> Who<'a> {
         }
         if self.unsigned {
             un.insert("unsigned".into(), json!(true));
+        }
+        if let Some(c) = self.cgroup {
+            un.insert("cgroup".into(), json!(c));
         }
         if let Some(a) = self.agent {
             un.insert("agent".into(), json!(a));

@@ -606,4 +606,7 @@ fn the_container_and_pod_are_the_devices() {
     assert_eq!(map(&e)["metadata"]["profiles"], json!(["host", "container"]));
     e.pod = None;
     assert_eq!(map(&e)["device"]["container"], json!({"uid": "3f1c", "runtime": "containerd"}));
+    // The cgroup path, which no OCSF object holds, is kept under its native name.
+    e.cgroup = Some(Arc::from("/kubepods/burstable/pod1b4e28ba/3f1c"));
+    assert_eq!(map(&e)["unmapped"]["cgroup"], json!("/kubepods/burstable/pod1b4e28ba/3f1c"));
 }
