@@ -5,11 +5,20 @@
 
 use std::{collections::HashMap, hash::Hash, time::Instant};
 
+/// Whose refusals a budget counts: a task's (by cookie; 0: a process in a task's
+/// cgroup the kernel does not track) or a user's (by uid). Apart, a user cannot
+/// spend a task's budget, nor a task another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Caller {
+    Task(u32),
+    User(u32),
+}
+
 /// A rate limit on the records and log lines a caller can cause by being refused:
-/// a burst of [`NOISE_BURST`], then one a second, per key (a caller: task cookie
-/// or uid; a refused request's name).
+/// a burst of [`NOISE_BURST`], then one a second, per key (a [`Caller`]; a refused
+/// request's name).
 #[derive(Debug)]
-pub struct Noise<K = Option<u32>> {
+pub struct Noise<K = Caller> {
     by: HashMap<K, Bucket>,
 }
 
@@ -108,6 +117,13 @@ mod tests {
         assert_eq!(n.allow(Some(7)), None);
         // Another caller has its own burst.
         assert_eq!(n.allow(Some(8)), Some(0));
+        // A user and a task with the same number are two callers.
+        let mut c = Noise::<Caller>::default();
+        for _ in 0..5 {
+            assert_eq!(c.allow(Caller::User(7)), Some(0));
+        }
+        assert_eq!(c.allow(Caller::User(7)), None);
+        assert_eq!(c.allow(Caller::Task(7)), Some(0));
         assert!(n.holds(&Some(7)) && !n.holds(&Some(8)));
         n.by.get_mut(&Some(7)).unwrap().at = Instant::now() - Duration::from_secs(2);
         assert_eq!(n.allow(Some(7)), Some(2));

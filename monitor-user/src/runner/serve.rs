@@ -13,6 +13,7 @@ use crate::{
     ctl::{self, Reply, Request, StepPhase},
     event::Step,
     gate::Who,
+    noise::Caller as Refusing,
 };
 
 /// Answers a request read by [`super::callers::Reader`], and sends the answer (in a
@@ -26,7 +27,7 @@ pub fn answer(inc: Incoming, e: &mut Engine, noise: &mut Noise) {
         (Some(mc), Ok(r)) => match from_mailbox(mc, &caller, r, e) {
             Ok(()) => serve(&caller, &writers, req, fds, e, noise, &mut stream),
             Err(why) => {
-                if let Some(held) = noise.allow(Some(mc)) {
+                if let Some(held) = noise.allow(Refusing::Task(mc)) {
                     let said = if held > 0 { format!("{why} (+{held} more refused)") } else { why.clone() };
                     e.tamper(caller.pid, Some(mc), &format!("mailbox request {}", r.op_name()), &said, true);
                 }
@@ -94,7 +95,7 @@ fn not_its_writers(
     let uid = caller.uid;
     if let Err(why) = caller.speaks_for(writers) {
         let (actor, its) = caller.actor(writers, &e.sensors);
-        if let Some(held) = noise.allow(its.or(Some(uid))) {
+        if let Some(held) = noise.allow(its.map_or(Refusing::User(uid), Refusing::Task)) {
             let said = if held > 0 { format!("{why} (+{held} more refused)") } else { why.clone() };
             e.tamper(actor, its.filter(|c| *c != 0), &format!("control request {what}"), &said, true);
         }
@@ -115,7 +116,7 @@ fn serve_now(
     let req = match req {
         Ok(r) => r,
         Err(err) => {
-            if let Some(held) = noise.allow(Some(uid)) {
+            if let Some(held) = noise.allow(Refusing::User(uid)) {
                 tracing::warn!("control request from pid {peer} (uid {uid}) rejected: {err} (+{held} more)");
             }
             return Reply::err(err);
@@ -135,14 +136,14 @@ fn serve_now(
     }
     // Everything else is for operators: never a process inside a task.
     if let Some(c) = task {
-        if let Some(held) = noise.allow(Some(c)) {
+        if let Some(held) = noise.allow(Refusing::Task(c)) {
             let why = format!("only operators outside every task may ask this (+{held} more refused)");
             e.tamper(peer, Some(c).filter(|c| *c != 0), &format!("control request {what}"), &why, true);
         }
         return Reply::err(format!("{what} refused: the caller is inside a watched task"));
     }
     if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
-        if let Some(held) = noise.allow(Some(uid)) {
+        if let Some(held) = noise.allow(Refusing::User(uid)) {
             let why = format!("uid {uid} is neither root nor agentmon's user (+{held} more refused)");
             e.tamper(peer, None, &format!("control request {what}"), &why, true);
         }
@@ -372,7 +373,7 @@ fn step(
 /// watches asks every agentmon on the host, and all but one say "not here".
 fn refused_note(e: &mut Engine, noise: &mut Noise, caller: &Caller, what: &str, why: String) -> Reply {
     if let Some(c) = caller.task_now(&e.sensors)
-        && let Some(held) = noise.allow(Some(c))
+        && let Some(held) = noise.allow(Refusing::Task(c))
     {
         let said = if held > 0 { format!("{why} (+{held} more refused)") } else { why.clone() };
         e.tamper(caller.pid, Some(c).filter(|c| *c != 0), what, &said, true);
