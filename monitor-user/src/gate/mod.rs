@@ -80,10 +80,39 @@ struct Standing {
     id: String,
 }
 
+/// How a held call was decided (its `approval` record's `detail.decision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Approved,
+    Denied,
+    Timeout,
+    /// The process stopped waiting (it exited or was killed).
+    Cancelled,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Approved => "approved",
+            Decision::Denied => "denied",
+            Decision::Timeout => "timeout",
+            Decision::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What deciding a held call did: its `approval` record, the decision, and what
+/// carrying it out gave (None when nothing was carried out: cancelled).
+struct Outcome {
+    ev: Event,
+    decision: Decision,
+    result: Option<Result<(), Errno>>,
+}
+
 /// A decided call whose syscall event has not been seen yet.
 struct Decided {
     id: String,
-    decision: &'static str,
+    decision: Decision,
     kind: Kind,
     path: Option<String>,
     new_path: Option<String>,
@@ -463,7 +492,7 @@ impl Gate {
         let vals = call.vals.clone();
         let p = Pending { notif: n.id, call, creds, task: bound.id.clone(), op: g.op, request: ev, deadline };
         if let Some(s) = standing {
-            return Some(self.finish(id, p, true, Who::Standing(s), None, sensors.lsm.as_mut()));
+            return Some(self.finish(id, p, true, Who::Standing(s), None, sensors.lsm.as_mut()).ev);
         }
         if g.op == Op::Exec
             && let Err(e) = freeze_program(sensors, tgid, &p.call)
@@ -498,28 +527,30 @@ impl Gate {
         who: Who,
         hold_for: Option<Duration>,
         lsm: Option<&mut LsmMaps>,
-    ) -> Event {
+    ) -> Outcome {
         let fd = self.fd();
         let mut ev = p.request;
         ev.kind = Kind::Approval;
         ev.ts = crate::enrich::Clock::now().now_wall();
         ev.id = uuid::Uuid::now_v7();
         let decision = if !notify::valid(fd, p.notif) {
-            "cancelled"
+            Decision::Cancelled
         } else if approve {
-            "approved"
+            Decision::Approved
         } else if matches!(who, Who::Timeout) {
-            "timeout"
+            Decision::Timeout
         } else {
-            "denied"
+            Decision::Denied
         };
-        if decision != "cancelled" {
+        let mut carried = None;
+        if decision != Decision::Cancelled {
             let exec = p.op == Op::Exec;
             let result = match (approve, exec) {
                 (false, _) => Err(Errno::EPERM),
                 (true, true) => approve_exec(lsm, ev.tid, &p.call),
                 (true, false) => notify::perform(&p.call, &p.creds),
             };
+            carried = Some(result.map(|_| ()));
             ev.detail
                 .insert("result".into(), json!(result.map(|_| "ok".to_string()).unwrap_or_else(errno_name)));
             // An approved exec goes on as the agent made it; the kernel checks the file.
@@ -558,7 +589,7 @@ impl Gate {
             ev.detail.insert("for_s".into(), json!(d.as_secs()));
         }
         ev.detail.insert("approval".into(), json!(id));
-        ev.detail.insert("decision".into(), json!(decision));
+        ev.detail.insert("decision".into(), json!(decision.as_str()));
         let by = match &who {
             Who::Operator { pid, uid, via, reason } => {
                 // The person behind the uid, as this host knows them.
@@ -580,7 +611,7 @@ impl Gate {
             Who::Timeout => "timeout".to_string(),
         };
         ev.detail.insert("by".into(), json!(by));
-        ev
+        Outcome { ev, decision, result: carried }
     }
 
     /// Held calls waiting for an approver.
@@ -605,19 +636,17 @@ impl Gate {
         let Some(p) = self.pending.remove(id) else {
             return (None, Err(format!("{} pending approval {id}", crate::ctl::NOT_MINE)));
         };
-        let ev = self.finish(id.to_string(), p, approve, who, hold_for, lsm);
-        let d = ev.detail.get("decision").and_then(|v| v.as_str()).unwrap_or("?").to_string();
-        let result = ev.detail.get("result").and_then(|v| v.as_str()).unwrap_or("").to_string();
-        let msg = match d.as_str() {
-            "cancelled" => {
+        let out = self.finish(id.to_string(), p, approve, who, hold_for, lsm);
+        let msg = match (out.decision, out.result) {
+            (Decision::Cancelled, _) => {
                 Err(format!("approval {id}: the process is no longer waiting (it exited or was killed)"))
             }
-            "approved" if result != "ok" => {
-                Ok(format!("approval {id}: approved; the operation failed: {result}"))
+            (Decision::Approved, Some(Err(e))) => {
+                Ok(format!("approval {id}: approved; the operation failed: {}", errno_name(e)))
             }
-            d => Ok(format!("approval {id}: {d}")),
+            (d, _) => Ok(format!("approval {id}: {}", d.as_str())),
         };
-        (Some(ev), msg)
+        (Some(out.ev), msg)
     }
 
     /// Times out overdue requests and drops those whose process stopped waiting.
@@ -633,7 +662,7 @@ impl Gate {
         due.into_iter()
             .filter_map(|id| {
                 let p = self.pending.remove(&id)?;
-                Some(self.finish(id, p, false, Who::Timeout, None, None))
+                Some(self.finish(id, p, false, Who::Timeout, None, None).ev)
             })
             .collect()
     }
@@ -647,8 +676,8 @@ impl Gate {
         }
         let Some(d) = self.decided.remove(&ev.tid) else { return };
         ev.detail.insert("approval".into(), json!(d.id));
-        ev.detail.insert("decision".into(), json!(d.decision));
-        if d.kind == Kind::Exec && d.decision == "approved" && ev.error.as_deref() == Some("EACCES") {
+        ev.detail.insert("decision".into(), json!(d.decision.as_str()));
+        if d.kind == Kind::Exec && d.decision == Decision::Approved && ev.error.as_deref() == Some("EACCES") {
             // Approved, let go on, and refused in `bprm_check_security`: the file the
             // kernel resolved then was not the one approved (its name was swapped).
             ev.detail.insert("approved_path".into(), json!(d.path));
