@@ -94,7 +94,21 @@ pub fn replay_html_report() -> R {
         r = repo.display(),
         o = d.join("outside.txt").display(),
     );
-    let flags = ["--task", task.to_str().unwrap(), "--prompt-text"];
+    // Granted by alice, on a host that takes only granted tasks: the chain of a side
+    // effect starts at who gave the task its authority.
+    let key = d.join("alice.key");
+    agentmon::audit::load_or_create_key(&key).map_err(|e| e.to_string())?;
+    let o = Command::new(a)
+        .arg("grant")
+        .arg(&task)
+        .arg("--key")
+        .arg(&key)
+        .args(["--by", "alice"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    ensure(o.status.success(), || format!("grant: {}", String::from_utf8_lossy(&o.stderr)))?;
+    let keys = agentmon::audit::public_key_path(&key);
+    let flags = ["--task", task.to_str().unwrap(), "--prompt-text", "--grant-keys", keys.to_str().unwrap()];
     let run = run_agentmon_with(&flags, &["/usr/bin/sh".into(), "-c".into(), script], &[], &d)?;
     eq(&format!("exit code ({})", run.stderr), run.code, 0)?;
     let events = d.join(format!("events-{}.jsonl", std::process::id()));
@@ -143,15 +157,16 @@ pub fn replay_html_report() -> R {
         .output()
         .map_err(|e| e.to_string())?;
     ensure(out.status.success(), || format!("replay --chain: {}", String::from_utf8_lossy(&out.stderr)))?;
-    let links: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+    let chained: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).map_err(|e| format!("{e}: {l}")))
-        .map(|v| {
-            v.map(|v| {
-                (v["role"].as_str().unwrap_or("").into(), v["event"]["id"].as_str().unwrap_or("").into())
-            })
-        })
         .collect::<Result<_, _>>()?;
+    let links: Vec<(String, String)> = chained
+        .iter()
+        .map(|v| (v["role"].as_str().unwrap_or("").into(), v["event"]["id"].as_str().unwrap_or("").into()))
+        .collect();
+    let granted = chained.first().map(|v| v["event"]["detail"]["grant"]["by"].clone());
+    eq("the chain's first link: its task, granted by", granted, Some(serde_json::json!("alice")))?;
     let begin2 = run
         .of(Kind::Step)
         .into_iter()
