@@ -27,6 +27,23 @@ fn exec(d: &Path, flags: &[&str], task: &Path, marker: &Path) -> Result<(i32, St
     Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned()))
 }
 
+/// Runs `f` with the `--daemon` flags of a daemon in `dir` configured with
+/// `config`, stops it, and returns what it recorded.
+fn with_daemon(
+    dir: &Path,
+    config: &str,
+    f: impl FnOnce(&[&str]) -> Result<(), String>,
+) -> Result<Vec<agentmon::event::Event>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let daemon = start_daemon(dir, config)?;
+    let (sock, all) = daemon_paths(dir);
+    let result = f(&["--daemon", sock.to_str().unwrap()]);
+    let stopped = stop(daemon);
+    result?;
+    stopped?;
+    Ok(parse_stream(&std::fs::read_to_string(&all).map_err(|e| e.to_string())?)?.0)
+}
+
 fn grant(task: &Path, key: &Path, by: &str, out: Option<&Path>) -> Result<(), String> {
     let mut c = Command::new(agentmon());
     c.arg("grant").arg(task).arg("--key").arg(key).args(["--by", by, "--valid-for", "1h"]);
@@ -143,26 +160,19 @@ pub fn grants_decide_who_may_start_a_task() -> R {
 
     // Through a daemon with grant keys: the granted task runs, an ungranted one is
     // refused and the attempt is in the daemon's record.
-    let daemon = start_daemon(&d, &format!("grant_keys: {}\n", keys.display()))?;
-    let (sock, all) = daemon_paths(&d);
-    let result = (|| -> Result<(), String> {
-        let via = ["--daemon", sock.to_str().unwrap()];
-        let (code, err) = exec(&d, &via, &t, &ran)?;
+    let evs = with_daemon(&d, &format!("grant_keys: {}\n", keys.display()), |via| {
+        let (code, err) = exec(&d, via, &t, &ran)?;
         eq(&format!("granted through the daemon: {err}"), code, 0)?;
         let bare = d.join("bare.yaml");
         std::fs::write(&bare, manifest.replace("id: granted", "id: bare")).map_err(|e| e.to_string())?;
         let unmarked = out.join("bare-ran");
-        let (code, err) = exec(&d, &via, &bare, &unmarked)?;
+        let (code, err) = exec(&d, via, &bare, &unmarked)?;
         ensure(code != 0 && err.contains("no grant"), || {
             format!("ungranted via daemon: exit {code}: {err}")
         })?;
         ensure(!unmarked.exists(), || "the daemon ran an ungranted task".into())?;
         Ok(())
-    })();
-    let stopped = stop(daemon);
-    result?;
-    stopped?;
-    let evs = parse_stream(&std::fs::read_to_string(&all).map_err(|e| e.to_string())?)?.0;
+    })?;
     ensure(
         evs.iter().any(|e| {
             e.kind == Kind::TaskStart
@@ -181,27 +191,19 @@ pub fn grants_decide_who_may_start_a_task() -> R {
     )?;
     // `require_signed: false` (a host moving to grants): a task without a grant
     // starts, marked unsigned; a grant given is checked all the same.
-    let lax = d.join("lax");
-    std::fs::create_dir_all(&lax).map_err(|e| e.to_string())?;
-    let daemon = start_daemon(&lax, &format!("grant_keys: {}\nrequire_signed: false\n", keys.display()))?;
-    let (sock, all) = daemon_paths(&lax);
-    let result = (|| -> Result<(), String> {
-        let via = ["--daemon", sock.to_str().unwrap()];
+    let lax = format!("grant_keys: {}\nrequire_signed: false\n", keys.display());
+    let evs = with_daemon(&d.join("lax"), &lax, |via| {
         let unsigned = d.join("unsigned.yaml");
         std::fs::write(&unsigned, manifest.replace("id: granted", "id: unsigned"))
             .map_err(|e| e.to_string())?;
-        let (code, err) = exec(&d, &via, &unsigned, &out.join("unsigned-ran"))?;
+        let (code, err) = exec(&d, via, &unsigned, &out.join("unsigned-ran"))?;
         eq(&format!("no grant, not required: {err}"), code, 0)?;
-        let flags = [&via[..], &["--grant", other.to_str().unwrap()]].concat();
+        let flags = [via, &["--grant", other.to_str().unwrap()]].concat();
         let (code, err) = exec(&d, &flags, &t, &out.join("mallory-ran"))?;
         ensure(code != 0 && err.contains("may not grant"), || {
             format!("a bad grant, not required: exit {code}: {err}")
         })
-    })();
-    let stopped = stop(daemon);
-    result?;
-    stopped?;
-    let evs = parse_stream(&std::fs::read_to_string(&all).map_err(|e| e.to_string())?)?.0;
+    })?;
     let marks: Vec<bool> =
         evs.iter().filter(|e| e.task.as_deref() == Some("unsigned")).map(|e| e.unsigned).collect();
     ensure(marks.len() >= 2 && marks.iter().all(|u| *u), || {
@@ -388,29 +390,20 @@ pub fn a_grant_chain_carries_authority_to_another_host() -> R {
     ensure(o.status.success(), || format!("grant loose: {}", String::from_utf8_lossy(&o.stderr)))?;
 
     // Host B: a daemon that trusts alice only.
-    let hb = d.join("host-b");
-    std::fs::create_dir_all(&hb).map_err(|e| e.to_string())?;
-    let daemon = start_daemon(&hb, &format!("grant_keys: {}\n", keys.display()))?;
-    let (sock, all) = daemon_paths(&hb);
-    let result = (|| -> Result<(), String> {
-        let via = ["--daemon", sock.to_str().unwrap()];
-        let (code, err) = exec(&d, &via, &sub, &sub_dir.join("ran"))?;
+    let evs = with_daemon(&d.join("host-b"), &format!("grant_keys: {}\n", keys.display()), |via| {
+        let (code, err) = exec(&d, via, &sub, &sub_dir.join("ran"))?;
         eq(&format!("sub under the chain: {err}"), code, 0)?;
         for (t, marker, why) in [
             (&wide, Path::new("/etc/agentmon-grant-chain"), "not within its parent's"),
             (&stolen, &sub_dir.join("stolen"), "does not delegate"),
             (&loose, &sub_dir.join("loose"), "start it with --enforce"),
         ] {
-            let (code, err) = exec(&d, &via, t, marker)?;
+            let (code, err) = exec(&d, via, t, marker)?;
             ensure(code != 0 && err.contains(why), || format!("{}: exit {code}: {err}", t.display()))?;
             ensure(!marker.exists(), || format!("{} ran", t.display()))?;
         }
         Ok(())
-    })();
-    let stopped = stop(daemon);
-    result?;
-    stopped?;
-    let evs = parse_stream(&std::fs::read_to_string(&all).map_err(|e| e.to_string())?)?.0;
+    })?;
     let start = evs
         .iter()
         .find(|e| e.kind == Kind::TaskStart && e.task.as_deref() == Some("sub"))

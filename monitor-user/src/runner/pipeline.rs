@@ -227,7 +227,8 @@ impl Pipeline {
     pub fn step(&mut self, id: &str, phase: StepPhase, st: Step) -> Result<Event, StepError> {
         let b = self.judge.task(id).ok_or_else(|| StepError::NoTask(id.into()))?;
         let id = b.id.clone();
-        let (chain, unsigned) = ((!b.chain.is_empty()).then(|| b.chain.clone()), b.unsigned);
+        let mut ev = Event::new(Kind::Step, self.enr.clock().now_wall(), self.enr.host());
+        b.stamp(&mut ev);
         let open = self.steps.entry(id.clone()).or_default();
         let st = match phase {
             StepPhase::Begin => {
@@ -248,9 +249,7 @@ impl Pipeline {
                 open.remove(i)
             }
         };
-        let mut ev = Event::new(Kind::Step, self.enr.clock().now_wall(), self.enr.host());
         ev.task = Some(id);
-        (ev.task_chain, ev.unsigned) = (chain, unsigned);
         ev.pid = std::process::id();
         ev.tid = ev.pid;
         ev.comm = "agentmon".into();

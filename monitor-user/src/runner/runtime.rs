@@ -334,17 +334,16 @@ fn housekeeping(
         let ids = e.sensors.guard_cgroups();
         let listed = crate::enforce::cgroup::ours();
         let bound: std::collections::BTreeSet<u64> = e.p.contain.cgroup_ids().collect();
-        let gone: Option<std::collections::BTreeSet<u64>> =
+        let gone: std::collections::BTreeSet<u64> =
             match (crate::enforce::cgroup::gone(ids.iter().copied()), &listed) {
                 (Some(by_id), l) => {
-                    Some(by_id.into_iter().filter(|c| l.as_ref().is_none_or(|l| !l.contains(c))).collect())
+                    by_id.into_iter().filter(|c| l.as_ref().is_none_or(|l| !l.contains(c))).collect()
                 }
                 (None, Some(l)) => {
-                    Some(ids.iter().copied().filter(|c| !l.contains(c) && !bound.contains(c)).collect())
+                    ids.iter().copied().filter(|c| !l.contains(c) && !bound.contains(c)).collect()
                 }
-                (None, None) => None,
+                (None, None) => Default::default(),
             };
-        let gone = gone.unwrap_or_default();
         // Pinned guards: kept unless gone, when agentmon's directory could be listed
         // (nothing is concluded from a listing that failed).
         if let Some(l) = &listed {

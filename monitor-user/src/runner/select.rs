@@ -127,11 +127,15 @@ impl Scanner {
             let key = (start, std::fs::read_link(format!("/proc/{pid}/exe")).ok());
             let known = self.seen.get(&pid) == Some(&key);
             alive.insert(pid, key);
-            if known || pid == me || e.sensors.task_of(pid).is_some() || super::callers::in_task_cgroup(pid) {
+            if known || pid == me || e.sensors.task_of(pid).is_some() {
                 continue;
             }
             let p = look(pid);
-            if !sel.rules.iter().any(|s| s.matches(&p)) {
+            // Untracked in a task's cgroup: still that task's (start() refuses it too;
+            // asked here from what was read, so that it is not refused every scan).
+            if p.cgroup.as_deref().is_some_and(crate::enforce::cgroup::is_task_path)
+                || !sel.rules.iter().any(|s| s.matches(&p))
+            {
                 continue;
             }
             let req = StartReq {

@@ -28,7 +28,7 @@ pub fn answer(inc: Incoming, e: &mut Engine, noise: &mut Noise) {
             Ok(()) => serve(&caller, &writers, req, fds, e, noise, &mut stream),
             Err(why) => {
                 if let Some(held) = noise.allow(Refusing::Task(mc)) {
-                    let said = if held > 0 { format!("{why} (+{held} more refused)") } else { why.clone() };
+                    let said = with_held(&why, held);
                     e.tamper(caller.pid, Some(mc), &format!("mailbox request {}", r.op_name()), &said, true);
                 }
                 Some(Reply::err(why))
@@ -96,7 +96,7 @@ fn not_its_writers(
     if let Err(why) = caller.speaks_for(writers) {
         let (actor, its) = caller.actor(writers, &e.sensors);
         if let Some(held) = noise.allow(its.map_or(Refusing::User(uid), Refusing::Task)) {
-            let said = if held > 0 { format!("{why} (+{held} more refused)") } else { why.clone() };
+            let said = with_held(&why, held);
             e.tamper(actor, its.filter(|c| *c != 0), &format!("control request {what}"), &said, true);
         }
         return Some(Reply::err(format!("{what} refused: {why}")));
@@ -328,8 +328,8 @@ fn approval(
 }
 
 /// A step begins or ends. A process inside a task may only annotate its own task
-/// (or the sub-tasks delegated from it); an operator outside, any task. Every
-/// refusal is a `tamper` record (at most a few per task or user: `noise`).
+/// (or the sub-tasks delegated from it); an operator outside, any task. A refusal
+/// of a caller in a task is a `tamper` record ([`refused_note`]).
 fn step(
     e: &mut Engine,
     noise: &mut Noise,
@@ -375,10 +375,14 @@ fn refused_note(e: &mut Engine, noise: &mut Noise, caller: &Caller, what: &str, 
     if let Some(c) = caller.task_now(&e.sensors)
         && let Some(held) = noise.allow(Refusing::Task(c))
     {
-        let said = if held > 0 { format!("{why} (+{held} more refused)") } else { why.clone() };
-        e.tamper(caller.pid, Some(c).filter(|c| *c != 0), what, &said, true);
+        e.tamper(caller.pid, Some(c).filter(|c| *c != 0), what, &with_held(&why, held), true);
     }
     Reply::err(why)
+}
+
+/// A refusal's reason, with how many like it the rate limit held back before it.
+fn with_held(why: &str, held: u64) -> String {
+    if held > 0 { format!("{why} (+{held} more refused)") } else { why.to_string() }
 }
 
 /// The task a step or prompt annotates: the one named, if the caller is inside it
