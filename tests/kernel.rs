@@ -18,6 +18,7 @@ mod hosts;
 mod inherited;
 mod nats;
 mod packets;
+mod pressure;
 mod refusals;
 mod report;
 mod restart;
@@ -57,6 +58,10 @@ fn main() {
         ("untracked_process_produces_nothing", untracked_process_produces_nothing),
         ("exit_status_is_propagated", exit_status_is_propagated),
         ("emitted_plus_lost_equals_performed", emitted_plus_lost_equals_performed),
+        (
+            "a_storm_pauses_the_task_instead_of_losing_events",
+            pressure::a_storm_pauses_the_task_instead_of_losing_events,
+        ),
         ("cli_usage_errors", cli_usage_errors),
         ("task_verdicts_and_alerts", tasks::task_verdicts_and_alerts),
         ("delegation", tasks::delegation),

@@ -37,6 +37,8 @@ pub enum Act {
     /// Nothing done here: the action record has the broker revoke the task's
     /// credentials (nats/sink.rs).
     Revoke,
+    /// Frozen for a moment while agentmon caught up with its events, then thawed.
+    Pause,
 }
 
 impl Act {
@@ -46,6 +48,7 @@ impl Act {
             Act::Freeze => "freeze",
             Act::Thaw => "thaw",
             Act::Revoke => "revoke",
+            Act::Pause => "pause",
         }
     }
 }
@@ -54,6 +57,9 @@ impl Act {
 pub enum By<'a> {
     /// A rule or scope decision on this event.
     Policy(&'a Event),
+    /// The ring buffer filled faster than agentmon could record (`runner::pressure`):
+    /// `times` pauses of `ms` in all since the previous record.
+    Backpressure { times: u32, ms: u64 },
     /// An operator over the control socket (kernel credentials of the caller), and
     /// whom it relays for (a signed remote command).
     Operator { pid: u32, uid: u32, via: Option<&'a str> },
@@ -89,6 +95,9 @@ impl Outcome {
 #[derive(Default)]
 pub struct Containment {
     tasks: HashMap<Arc<str>, Entry>,
+    /// Tasks agentmon froze itself while its ring buffer was filling, to be thawed
+    /// once it has caught up: not those a rule, an operator or an expiry froze.
+    paused: std::collections::HashSet<Arc<str>>,
 }
 
 impl Containment {
@@ -105,6 +114,52 @@ impl Containment {
     /// Forgets a task (its cgroup is removed if empty).
     pub fn unregister(&mut self, id: &str) {
         self.tasks.remove(id);
+        self.paused.remove(id);
+    }
+
+    /// Freezes every top-level task that is neither frozen nor killed, without
+    /// waiting for the freezer (the processes stop at their next return to user
+    /// space). Returns the tasks paused.
+    pub fn pause(&mut self) -> Vec<Arc<str>> {
+        let mut now = Vec::new();
+        for (id, e) in &self.tasks {
+            let Some(cg) = e.cgroup.as_ref().filter(|_| !e.killed && !self.paused.contains(id)) else {
+                continue;
+            };
+            if cg.freeze_requested() {
+                continue;
+            }
+            match cg.request_freeze(true) {
+                Ok(()) => now.push(id.clone()),
+                Err(err) => tracing::warn!("task {id}: pausing it: {err}"),
+            }
+        }
+        self.paused.extend(now.iter().cloned());
+        now
+    }
+
+    /// Thaws the tasks [`Self::pause`] froze (a task frozen meanwhile by a rule, an
+    /// operator or its expiry is no longer among them).
+    pub fn resume(&mut self) {
+        for id in std::mem::take(&mut self.paused) {
+            if let Some(cg) = self.tasks.get(&id).and_then(|e| e.cgroup.as_ref())
+                && let Err(err) = cg.request_freeze(false)
+            {
+                tracing::error!("task {id}: thawing it after a pause: {err}");
+            }
+        }
+    }
+
+    /// Takes task `id` out of the paused (whether it was): it is being frozen,
+    /// thawed or killed for good, and is no longer agentmon's to thaw when it has
+    /// caught up.
+    fn claim(&mut self, id: &str) -> bool {
+        self.paused.remove(id)
+    }
+
+    /// The record of a task's pauses since the previous one.
+    pub fn paused_event(id: &str, times: u32, ms: u64, host: Arc<str>, now: Timestamp) -> Event {
+        action_event(id, Act::Pause, &By::Backpressure { times, ms }, BTreeMap::new(), host, now)
     }
 
     /// Cookies of task `id` and of every task delegated from it, at any depth.
@@ -225,6 +280,7 @@ impl Containment {
         host: Arc<str>,
         now: Timestamp,
     ) -> Outcome {
+        let was_paused = !matches!(act, Act::Revoke | Act::Pause) && self.claim(id);
         let Some(e) = self.tasks.get(id) else {
             return Outcome::refused(format!("{} task called {id}", crate::ctl::NOT_MINE));
         };
@@ -276,6 +332,7 @@ impl Containment {
                     Err(errors.join("; "))
                 }
             }
+            Act::Pause => return Outcome::refused(format!("task {id}: pauses are agentmon's own")),
             Act::Freeze | Act::Thaw => {
                 let on = act == Act::Freeze;
                 let Some(cg) = own else {
@@ -291,7 +348,11 @@ impl Containment {
                     return Outcome::refused(why);
                 };
                 detail.insert("cgroup".into(), json!(cg.path.display().to_string()));
-                if cg.frozen() == on {
+                // A pause is a freeze already: made a freeze by this act, it is
+                // recorded; a thaw also undoes a freeze asked for but not yet done.
+                let already =
+                    if on { cg.frozen() && !was_paused } else { !cg.frozen() && !cg.freeze_requested() };
+                if already {
                     return Outcome {
                         event: None,
                         result: Ok(format!("task {id} was already {}", if on { "frozen" } else { "thawed" })),
@@ -354,6 +415,17 @@ fn action_event(
             if let Some(v) = via {
                 detail.insert("via".into(), json!(v));
             }
+        }
+        By::Backpressure { times, ms } => {
+            ev.pid = std::process::id();
+            ev.tid = ev.pid;
+            ev.comm = "agentmon".into();
+            ev.reason = Some(format!(
+                "its events came faster than agentmon could record them: paused {times} times, {ms} ms in all"
+            ));
+            detail.insert("by".into(), json!("backpressure"));
+            detail.insert("times".into(), json!(times));
+            detail.insert("ms".into(), json!(ms));
         }
         By::Expiry => {
             ev.pid = std::process::id();
@@ -454,5 +526,45 @@ mod tests {
         assert_eq!(c.cookies_under("other"), [4]);
         assert!(c.cookies_under("none").is_empty());
         assert!(!c.was_killed("subsub"));
+    }
+
+    /// A directory standing in for a cgroup: its freeze file says what was asked.
+    fn fake_cgroup(d: &std::path::Path, name: &str, frozen: bool) -> TaskCgroup {
+        let path = d.join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("cgroup.freeze"), if frozen { "1\n" } else { "0\n" }).unwrap();
+        std::fs::write(path.join("cgroup.events"), format!("populated 1\nfrozen {}\n", frozen as u8))
+            .unwrap();
+        TaskCgroup { path, id: 1, origin: None }
+    }
+
+    fn asked(c: &Containment, id: &str) -> String {
+        std::fs::read_to_string(c.cgroup(id).unwrap().path.join("cgroup.freeze")).unwrap().trim().to_string()
+    }
+
+    #[test]
+    fn a_pause_thaws_only_what_it_froze() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Containment::default();
+        c.register("run".into(), 1, Some(fake_cgroup(d.path(), "run", false)), true);
+        c.register("held".into(), 2, Some(fake_cgroup(d.path(), "held", true)), true);
+        c.register("sub".into(), 3, None, true);
+        // Only the running task with a cgroup is paused; a frozen one is not taken.
+        assert_eq!(c.pause(), vec![Arc::<str>::from("run")]);
+        assert_eq!((asked(&c, "run"), asked(&c, "held")), ("1".into(), "1".into()));
+        assert!(c.pause().is_empty(), "paused twice");
+        c.resume();
+        assert_eq!((asked(&c, "run"), asked(&c, "held")), ("0".into(), "1".into()));
+        // Frozen for good (a rule, an operator, an expiry) while paused: it stays.
+        assert_eq!(c.pause().len(), 1);
+        assert!(c.claim("run"));
+        c.resume();
+        assert_eq!(asked(&c, "run"), "1");
+        // Gone while paused: nothing to thaw, nothing kept.
+        std::fs::write(c.cgroup("run").unwrap().path.join("cgroup.freeze"), "0").unwrap();
+        assert_eq!(c.pause().len(), 1);
+        c.unregister("run");
+        c.resume();
+        assert!(c.paused.is_empty());
     }
 }

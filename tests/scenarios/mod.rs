@@ -26,6 +26,7 @@ mod fuse;
 mod gated;
 mod hosts;
 mod steps;
+mod storm;
 
 /// Runs scenario `name`; the return value is the process exit status.
 pub fn run(name: &str, args: &[String]) -> i32 {
@@ -67,6 +68,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
             leave_behind(d, ["repo/sub/left_in.txt", "repo/left_out.txt", "repo/sub/left_done"])
         }
         ("two_steps", Some(d)) => two_steps(d),
+        ("storm", Some(d)) => storm::storm(d, &args[1..]),
         ("attempts", Some(d)) => attempts(d, &args[1..]),
         ("contain", Some(d)) => contain::contain(d, args),
         ("gated", Some(d)) => gated::gated(d, &args[1..]),

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::{floor, peers, pipeline};
+use crate::{floor, peers, pipeline, programs};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -23,6 +23,9 @@ pub struct Options {
     /// Skip the peers (bpftrace, auditd, strace).
     #[arg(long)]
     no_peers: bool,
+    /// Skip the real programs (`cargo xtask bench-programs` runs them alone).
+    #[arg(long)]
+    no_programs: bool,
 }
 
 const WORKLOADS: [&str; 4] = ["open-ro", "open-wr", "connect", "read"];
@@ -239,6 +242,10 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             if audit_at_start { "enabled" } else { "disabled" }
         );
     }
+    if !o.no_programs {
+        let p = programs::Options { rounds: o.rounds, no_peers: o.no_peers };
+        programs::run_with(&agentmon, &p)?;
+    }
     Ok(())
 }
 
@@ -298,16 +305,19 @@ pub(crate) fn nix_is_root() -> bool {
 }
 
 /// Medians of `results`, and their table: one row per mode that has any, one
-/// column per workload, each cell `ns (ratio to bare)`.
+/// column per workload, each cell `value (ratio to bare)`; `unit` heads the columns
+/// (`ns/iter`, or `ms`, shown to a tenth).
 pub(crate) fn ratio_table(
     results: &mut BTreeMap<(&'static str, &'static str), Vec<f64>>,
     modes: &[&'static str],
     workloads: &[&'static str],
+    unit: &str,
 ) -> BTreeMap<(&'static str, &'static str), f64> {
     let med: BTreeMap<_, _> = results.iter_mut().map(|(k, v)| (*k, median(v))).collect();
+    let places = if unit == "ms" { 1 } else { 0 };
     println!(
         "| mode | {} |",
-        workloads.iter().map(|w| format!("{w} ns/iter (ratio)")).collect::<Vec<_>>().join(" | ")
+        workloads.iter().map(|w| format!("{w} {unit} (ratio)")).collect::<Vec<_>>().join(" | ")
     );
     println!("|---|{}", "---|".repeat(workloads.len()));
     for m in modes {
@@ -317,7 +327,7 @@ pub(crate) fn ratio_table(
         let cells: Vec<String> = workloads
             .iter()
             .map(|w| match (med.get(&(*m, *w)), med.get(&("bare", *w))) {
-                (Some(x), Some(b)) => format!("{x:.0} ({:.2}×)", x / b),
+                (Some(x), Some(b)) => format!("{x:.places$} ({:.2}×)", x / b),
                 _ => "-".into(),
             })
             .collect();
@@ -338,7 +348,7 @@ fn report(
         o.iters,
         o.iters * 10
     );
-    ratio_table(results, &MODES, &WORKLOADS);
+    ratio_table(results, &MODES, &WORKLOADS, "ns/iter");
     println!("\n### Pipeline\n");
     for (i, p) in pipe.iter().enumerate() {
         println!(

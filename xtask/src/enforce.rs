@@ -182,7 +182,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         "### Enforcement overhead (median of {} rounds, {} iterations; ratio to bare)\n",
         o.rounds, o.iters
     );
-    let med = ratio_table(&mut results, &MODES, &WORKLOADS);
+    let med = ratio_table(&mut results, &MODES, &WORKLOADS, "ns/iter");
     if let (Some(g), Some(e)) =
         (med.get(&("agentmon enforce + gate", "unlink")), med.get(&("agentmon enforce", "unlink")))
     {

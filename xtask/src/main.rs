@@ -9,7 +9,9 @@ mod natsbench;
 mod natscluster;
 mod peers;
 mod pipeline;
+mod programs;
 mod soak;
+mod storm;
 
 use clap::{Parser, Subcommand};
 
@@ -31,11 +33,17 @@ enum Cmd {
     /// Each kernel program's run time per call (the kernel's accounting) for an
     /// enforced task's loops, on this host's enforcement tier. Needs root.
     BenchHooks(hooks::Options),
+    /// Real programs (tar, git, grep, a compile, a task's start) bare, observed and
+    /// enforced through a daemon, and under the peers; the last part of `bench`.
+    BenchPrograms(programs::Options),
     /// NATS: acknowledged publish throughput and syscall-to-NATS latency. Needs root.
     BenchNats(natsbench::Options),
     /// The daemon under a long stream of short-lived processes: RSS over time, every
     /// exec seen, no loss. Needs root.
     Soak(soak::Options),
+    /// File side effects of several tasks at full speed while another process keeps a
+    /// core busy: events seen against operations made, and every loss. Needs root.
+    Storm(storm::Options),
     /// Userspace pipeline throughput only (the production record path: decode, enrich,
     /// steps and gates, judge; then JSON), no root needed.
     Pipeline {
@@ -50,7 +58,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::BenchEnforce(o) => enforce::run(o),
         Cmd::BenchNats(o) => natsbench::run(o),
         Cmd::BenchHooks(o) => hooks::run(o),
+        Cmd::BenchPrograms(o) => programs::run(o),
         Cmd::Soak(o) => soak::run(o),
+        Cmd::Storm(o) => storm::run(o),
         Cmd::Pipeline { events } => {
             println!("pipeline: {:.0} events/s", pipeline::events_per_sec(events)?);
             println!("policy engine: {:.0} events/s judged", pipeline::judged_per_sec(events)?);

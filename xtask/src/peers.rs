@@ -59,7 +59,7 @@ pub fn agentmon_idle(agentmon: &Path, dir: &Path) -> anyhow::Result<Background> 
 
 /// bpftrace watching the loop's write-intent opens (path, flags, result) and connects.
 pub fn bpftrace(loop_comm: &str) -> anyhow::Result<Background> {
-    let script = format!(
+    bpftrace_script(&format!(
         r#"
 tracepoint:syscalls:sys_enter_openat /comm == "{c}" && (args->flags & 0x243)/ {{ @p[tid] = args->filename; @f[tid] = args->flags; }}
 tracepoint:syscalls:sys_exit_openat /@p[tid] != 0/ {{ printf("open %d %s %x %d\n", pid, str(@p[tid]), @f[tid], args->ret); delete(@p[tid]); delete(@f[tid]); }}
@@ -68,11 +68,30 @@ tracepoint:syscalls:sys_exit_connect /@a[tid] != 0/ {{ printf("connect %d %d\n",
 BEGIN {{ printf("ready\n"); }}
 "#,
         c = loop_comm
-    );
+    ))
+}
+
+/// bpftrace watching every process's execs, write-intent opens, deletes, renames and
+/// connects, as a host-wide monitor would (the real programs' peer).
+pub fn bpftrace_host() -> anyhow::Result<Background> {
+    bpftrace_script(
+        r#"
+tracepoint:syscalls:sys_enter_execve { printf("exec %d %s\n", pid, str(args->filename)); }
+tracepoint:syscalls:sys_enter_openat /args->flags & 0x243/ { @p[tid] = args->filename; @f[tid] = args->flags; }
+tracepoint:syscalls:sys_exit_openat /@p[tid] != 0/ { printf("open %d %s %x %d\n", pid, str(@p[tid]), @f[tid], args->ret); delete(@p[tid]); delete(@f[tid]); }
+tracepoint:syscalls:sys_enter_unlinkat { printf("unlink %d %s\n", pid, str(args->pathname)); }
+tracepoint:syscalls:sys_enter_renameat2 { printf("rename %d %s %s\n", pid, str(args->oldname), str(args->newname)); }
+tracepoint:syscalls:sys_enter_connect { printf("connect %d\n", pid); }
+BEGIN { printf("ready\n"); }
+"#,
+    )
+}
+
+fn bpftrace_script(script: &str) -> anyhow::Result<Background> {
     let out = std::env::temp_dir().join("agentmon-bench-bpftrace.out");
     let f = std::fs::File::create(&out)?;
     let child = Command::new("bpftrace")
-        .args(["-e", &script])
+        .args(["-e", script])
         .stdout(f)
         .stderr(Stdio::null())
         .spawn()
@@ -110,12 +129,25 @@ fn bpftrace_floor(tps: &[&str], tag: &str) -> anyhow::Result<Background> {
 
 /// An `agentmon daemon` (shipped rules, events to a file in `dir`) and its socket.
 pub fn daemon(agentmon: &Path, dir: &Path) -> anyhow::Result<(Background, PathBuf)> {
+    daemon_with(agentmon, dir, "")
+}
+
+/// `agentmon exec` of task `task` through the daemon at `sock`, up to the `--` that
+/// the command follows.
+pub fn in_task(agentmon: &Path, sock: &Path, task: &Path) -> Command {
+    let mut c = Command::new(agentmon);
+    c.args(["exec", "--quiet", "--daemon"]).arg(sock).arg("--task").arg(task).arg("--");
+    c
+}
+
+/// The same with more lines of configuration.
+pub fn daemon_with(agentmon: &Path, dir: &Path, extra: &str) -> anyhow::Result<(Background, PathBuf)> {
     let (sock, events) = (dir.join("agentmon.sock"), dir.join("daemon-events.jsonl"));
     let config = dir.join("agentmon.yaml");
     std::fs::write(
         &config,
         format!(
-            "socket: {}\nevents: {}\nrules: shipped\nstate_dir: {}\n",
+            "socket: {}\nevents: {}\nrules: shipped\nstate_dir: {}\n{extra}",
             sock.display(),
             events.display(),
             dir.join("state").display()
@@ -139,6 +171,27 @@ impl Background {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Runs `cmd` in the background, without output.
+    pub fn spawn(cmd: &mut Command) -> anyhow::Result<Background> {
+        let child =
+            cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("{cmd:?}"))?;
+        Ok(Background { child, cleanup: vec![] })
+    }
+
+    /// SIGTERM, then waits up to `limit` for the process to end (killed after).
+    pub fn terminate(mut self, limit: Duration) -> anyhow::Result<()> {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("{:?} did not end in {limit:?} after SIGTERM", self.child.id())
+    }
 }
 
 /// Is audit enabled now (`auditctl -s`: `enabled 1`, or 2 when locked)?
@@ -160,6 +213,26 @@ pub fn auditctl(args: &[&str]) -> anyhow::Result<()> {
 
 /// auditd with rules for the loop executable's write-intent opens and connects.
 pub fn auditd(loop_exe: &Path) -> anyhow::Result<Background> {
+    let exe = format!("exe={}", loop_exe.display());
+    auditd_with(&[
+        &["-S", "open,openat,openat2,creat", "-F", "perm=w", "-F", &exe],
+        &["-S", "connect", "-F", &exe],
+    ])
+}
+
+/// auditd with rules for every process's execs, write-intent opens, deletes, renames
+/// and connects, as a host-wide monitor would (the real programs' peer).
+pub fn auditd_host() -> anyhow::Result<Background> {
+    auditd_with(&[
+        &["-S", "execve,execveat"],
+        &["-S", "open,openat,openat2,creat", "-F", "perm=w"],
+        &["-S", "unlink,unlinkat,rename,renameat,renameat2"],
+        &["-S", "connect"],
+    ])
+}
+
+/// auditd with one `always,exit` rule (64-bit calls, the bench's key) per entry.
+fn auditd_with(rules: &[&[&str]]) -> anyhow::Result<Background> {
     // Read before auditd starts: it enables auditing itself.
     let was_enabled = audit_enabled();
     // auditd daemonises; run it in the foreground (-n) so we own it.
@@ -175,17 +248,15 @@ pub fn auditd(loop_exe: &Path) -> anyhow::Result<Background> {
                 && !String::from_utf8_lossy(&o.stdout).contains("pid 0")
         })
     })?;
-    let exe = format!("exe={}", loop_exe.display());
-    let rules: Vec<Vec<String>> =
-        vec![vec!["-S", "open,openat,openat2,creat", "-F", "perm=w"], vec!["-S", "connect"]]
-            .into_iter()
-            .map(|extra| {
-                let mut r = vec!["always,exit".to_string(), "-F".into(), "arch=b64".into()];
-                r.extend(extra.into_iter().map(String::from));
-                r.extend(["-F".into(), exe.clone(), "-k".into(), AUDIT_KEY.into()]);
-                r
-            })
-            .collect();
+    let rules: Vec<Vec<String>> = rules
+        .iter()
+        .map(|extra| {
+            let mut r = vec!["always,exit".to_string(), "-F".into(), "arch=b64".into()];
+            r.extend(extra.iter().map(|s| s.to_string()));
+            r.extend(["-k".into(), AUDIT_KEY.into()]);
+            r
+        })
+        .collect();
     let mut cleanup = Vec::new();
     for r in &rules {
         let mut add = vec!["-a"];

@@ -6,7 +6,7 @@
 
 use std::{
     path::Path,
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -61,12 +61,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             ),
         )?;
         runs.push(
-            Command::new(&agentmon)
-                .args(["exec", "--quiet", "--daemon"])
-                .arg(&sock)
-                .arg("--task")
-                .arg(&task)
-                .arg("--")
+            crate::peers::in_task(&agentmon, &sock, &task)
                 .arg(&looper)
                 .args(["spawn", &per_task.to_string()])
                 .env("BENCH_RATE", rate.to_string())

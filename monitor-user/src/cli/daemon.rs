@@ -79,6 +79,8 @@ struct Config {
     /// marked unsigned (`false`: a host moving to grants).
     require_signed: Option<bool>,
     prompts: Option<PromptsConfig>,
+    /// Pause tasks while the ring buffer is filling (default), or lose their events.
+    backpressure: Option<bool>,
 }
 
 /// What prompt records keep: always the prompt's SHA-256 and length; its text when
@@ -321,6 +323,7 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
             None => std::time::Duration::from_secs(60),
             Some(t) => super::duration(t).map_err(|e| anyhow::anyhow!("{file}: approval_timeout: {e}"))?,
         },
+        backpressure: cfg.backpressure.unwrap_or(true),
         prompts: match &cfg.prompts {
             None => Default::default(),
             Some(p) => crate::prompt::PromptPolicy::new(p.text, p.max_bytes.unwrap_or(4096), &p.redact)
@@ -499,6 +502,9 @@ mod tests {
             options(DaemonArgs { config: Some(f.clone()), socket: None }).map_err(|e| e.to_string())
         };
         assert!(!opts("{}").unwrap().prompts.text, "hash only by default");
+        assert!(opts("{}").unwrap().backpressure, "backpressure by default");
+        assert!(!opts("backpressure: false\n").unwrap().backpressure);
+        assert!(opts("backpressure: 3\n").unwrap_err().contains("d.yaml:1: invalid boolean"));
         let p =
             opts("prompts:\n  text: true\n  max_bytes: 64\n  redact: [\"hunter[0-9]\"]\n").unwrap().prompts;
         assert!(p.text && p.max_bytes == 64);

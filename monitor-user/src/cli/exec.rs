@@ -39,6 +39,10 @@ pub struct ExecArgs {
     /// Do not use the built-in sensitive set (only --sensitive globs).
     #[arg(long)]
     pub no_default_sensitive: bool,
+    /// Lose events when the ring buffer is full rather than pause the task until
+    /// agentmon has caught up (losses are counted and reported either way).
+    #[arg(long)]
+    pub no_backpressure: bool,
     /// Kernel ring buffer size in MiB (a power of two).
     #[arg(long, default_value_t = 16, value_parser = ringbuf_mb)]
     pub ringbuf_mb: u32,
@@ -231,6 +235,7 @@ impl ExecArgs {
             sensitive: sensitive_set(&self.sensitive, self.no_default_sensitive)?,
             ringbuf_bytes: self.ringbuf_mb << 20,
             approval_timeout: self.approval_timeout,
+            backpressure: !self.no_backpressure,
             prompts: crate::prompt::PromptPolicy::new(
                 self.prompt_text,
                 self.prompt_max_bytes,

@@ -267,7 +267,7 @@ impl TaskCgroup {
     /// Freezes (or thaws) every process in the cgroup and waits until the kernel
     /// reports it done (cgroup.events `frozen`), for up to a second.
     pub fn freeze(&self, on: bool) -> io::Result<()> {
-        std::fs::write(self.path.join("cgroup.freeze"), if on { "1" } else { "0" })?;
+        self.request_freeze(on)?;
         let want = if on { "frozen 1" } else { "frozen 0" };
         for _ in 0..100 {
             if std::fs::read_to_string(self.path.join("cgroup.events"))?.lines().any(|l| l == want) {
@@ -276,6 +276,16 @@ impl TaskCgroup {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         Err(io::Error::other(format!("{} did not report {want}", self.path.display())))
+    }
+
+    /// Asks the freezer to freeze (or thaw) without waiting for it.
+    pub fn request_freeze(&self, on: bool) -> io::Result<()> {
+        std::fs::write(self.path.join("cgroup.freeze"), if on { "1" } else { "0" })
+    }
+
+    /// Whether a freeze was asked for (done or not yet).
+    pub fn freeze_requested(&self) -> bool {
+        std::fs::read_to_string(self.path.join("cgroup.freeze")).is_ok_and(|t| t.trim() == "1")
     }
 
     pub fn frozen(&self) -> bool {

@@ -64,7 +64,7 @@ const VERDICTS: [VerdictKind; 5] = [
     VerdictKind::Denied,
 ];
 /// What an `action` event reports agentmon did.
-const ACTIONS: [Act; 4] = [Act::Kill, Act::Freeze, Act::Thaw, Act::Revoke];
+const ACTIONS: [Act; 5] = [Act::Kill, Act::Freeze, Act::Thaw, Act::Revoke, Act::Pause];
 /// Alert severities.
 const SEVERITIES: [Severity; 5] =
     [Severity::Info, Severity::Low, Severity::Medium, Severity::High, Severity::Critical];

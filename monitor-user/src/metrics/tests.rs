@@ -132,7 +132,7 @@ fn every_kind_and_known_value_has_its_own_counter() {
         | VerdictKind::Denied => VERDICTS.len() == 5,
     };
     let _ = |a: Act| match a {
-        Act::Kill | Act::Freeze | Act::Thaw | Act::Revoke => ACTIONS.len() == 4,
+        Act::Kill | Act::Freeze | Act::Thaw | Act::Revoke | Act::Pause => ACTIONS.len() == 5,
     };
     let _ = |s: Severity| match s {
         Severity::Info | Severity::Low | Severity::Medium | Severity::High | Severity::Critical => {

@@ -43,6 +43,8 @@ pub struct DaemonOptions {
     pub approval_timeout: Duration,
     /// What prompt records keep.
     pub prompts: crate::prompt::PromptPolicy,
+    /// Pause tasks while the ring buffer is filling (`runner::pressure`).
+    pub backpressure: bool,
     pub on_expiry: OnExpiry,
     /// How often the host names of tasks' scopes are looked up again.
     pub hosts_refresh: Duration,
@@ -97,6 +99,7 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     let mut setup = Setup::new(layers, own, opts.approval_timeout);
     setup.on_expiry = opts.on_expiry;
     setup.prompts = opts.prompts.clone();
+    setup.backpressure = opts.backpressure;
     setup.hosts_refresh = opts.hosts_refresh;
     setup.delegation_lookups = opts.delegation_lookups;
     setup.state = Some(StateDir { dir: opts.state_dir.clone() });

@@ -43,6 +43,8 @@ pub struct ExecOptions {
     pub approval_timeout: Duration,
     /// What prompt records keep (the daemon's own, for a registered task).
     pub prompts: crate::prompt::PromptPolicy,
+    /// Pause the task while the ring buffer is filling (`runner::pressure`).
+    pub backpressure: bool,
     /// The audit chain and NATS, when configured.
     pub outputs: Outputs,
     /// A running daemon to register the task with (instead of running embedded).
@@ -154,6 +156,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     report_layers(&opts, &layers);
     let mut setup = Setup::new(layers, opts.own_files(), opts.approval_timeout);
     setup.prompts = opts.prompts.clone();
+    setup.backpressure = opts.backpressure;
     if let Some((t, _)) = &opts.task {
         // Its events file is among the protected (setup's own files).
         tasks::admissible(t, &setup, rules.as_ref().unwrap_or(&Default::default()), None)?;

@@ -16,6 +16,7 @@ mod hosts;
 mod keeper;
 mod outputs;
 mod pipeline;
+mod pressure;
 mod resume;
 mod runtime;
 pub mod select;

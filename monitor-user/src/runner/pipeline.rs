@@ -55,6 +55,8 @@ pub struct Pipeline {
     pub steps: crate::gate::Steps,
     /// The events file of each task that has its own (as opened: no symlink on it).
     pub logs: HashMap<Arc<str>, std::path::PathBuf>,
+    /// Pauses tasks while the ring is filling (None: losses instead, or no ring).
+    pub pressure: Option<super::pressure::Pressure>,
 }
 
 impl Pipeline {
@@ -67,6 +69,7 @@ impl Pipeline {
             ended: HashSet::new(),
             steps: HashMap::new(),
             logs: HashMap::new(),
+            pressure: None,
         }
     }
 
@@ -96,9 +99,14 @@ impl Pipeline {
 
     /// Reads every record available now.
     pub fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut Fanout, sensors: &mut Sensors) {
-        let mut n = 0;
+        let mut n = 0u64;
         while let Some(item) = ring.next() {
             n += 1;
+            if n.is_multiple_of(64)
+                && let Some(p) = &mut self.pressure
+            {
+                p.check(&mut self.contain);
+            }
             // The record is borrowed until it is judged; then the ring slot is freed.
             let recorded = self.record(&item);
             drop(item);
@@ -121,6 +129,9 @@ impl Pipeline {
         }
         if n > 0 {
             sink.batch_end();
+        }
+        if let Some(p) = &mut self.pressure {
+            p.check(&mut self.contain);
         }
     }
 

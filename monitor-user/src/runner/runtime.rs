@@ -99,6 +99,9 @@ impl Runtime {
         signals: Signals,
     ) -> Result<Self, RunError> {
         let events = e.sensors.take_events().expect("ring buffer taken once");
+        if e.setup.backpressure {
+            e.p.pressure = Some(super::pressure::watch(&events)?);
+        }
         // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
             .map_err(std::io::Error::from)?;
@@ -253,6 +256,10 @@ impl Runtime {
         let e = &mut self.e;
         e.p.unsaid_refusals(&mut e.out, true);
         super::alarms::dropped(e);
+        // Never left frozen by agentmon's own pause.
+        if let Some(p) = &mut e.p.pressure {
+            p.resume(&mut e.p.contain);
+        }
         loss(e);
         if let Some(why) = end_tasks {
             for id in e.p.task_ids() {
@@ -272,6 +279,11 @@ impl Runtime {
 /// Reports what the kernel lost since the last report; a daemon records the totals
 /// reported, so that a successor taking the counters over does not report them again.
 fn loss(e: &mut Engine) {
+    if let Some(p) = &mut e.p.pressure {
+        for ev in p.report(&e.p.enr.host(), e.p.enr.clock().now_wall()) {
+            e.out.send(&ev);
+        }
+    }
     if let Some(ev) = e.p.enr.loss(&e.sensors.counts()) {
         e.out.send(&ev);
         if let Some(st) = &e.setup.state {

@@ -42,6 +42,9 @@ pub struct Setup {
     pub secrets: Vec<PathBuf>,
     /// What prompt records keep of a prompt.
     pub prompts: crate::prompt::PromptPolicy,
+    /// Pause tasks while the ring buffer is filling, rather than lose their events
+    /// (`runner::pressure`).
+    pub backpressure: bool,
 }
 
 /// Directories of agentmon's own, whatever the configuration: its control sockets,
@@ -73,6 +76,7 @@ impl Setup {
             require_signed: true,
             secrets: Vec::new(),
             prompts: Default::default(),
+            backpressure: true,
         }
     }
 }

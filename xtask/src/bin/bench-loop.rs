@@ -1,7 +1,7 @@
 //! The workload of `cargo xtask bench`: a tight loop of one syscall pattern, timed
 //! inside the process so start-up (of agentmon, bpftrace, ...) is not counted.
 //!
-//! usage: bench-loop <open-ro|open-named|open-wr|connect|read|unlink|paced|spawn> ITERATIONS [DIR]
+//! usage: bench-loop <open-ro|open-named|open-wr|connect|read|unlink|paced|spawn|storm> ITERATIONS [DIR]
 //!
 //! `open-named` opens DIR/config read-only: a name of the sensitive set's leaves,
 //! outside it (`**/.kube/config`), so a task that denies sensitive reads matches it
@@ -9,7 +9,8 @@
 //! `unlink` creates and deletes a file; one untimed round first (under an approval
 //! gate, the one an approver answers before the timed ones). `paced` writes a file
 //! every 10 ms (events spaced out, for latency measurements); `spawn` runs /bin/true,
-//! at most $BENCH_RATE times a second.
+//! at most $BENCH_RATE times a second. `storm` creates and deletes a file for
+//! ITERATIONS seconds and reports how many pairs it made (`cargo xtask storm`).
 //! prints: ns_per_iter=<f64> iterations=<n>
 
 use std::{ffi::CString, time::Instant};
@@ -18,7 +19,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(w), Some(n)) = (args.get(1), args.get(2).and_then(|s| s.parse::<u64>().ok())) else {
         eprintln!(
-            "usage: bench-loop <open-ro|open-named|open-wr|connect|read|unlink|paced|spawn> ITERATIONS [DIR]"
+            "usage: bench-loop <open-ro|open-named|open-wr|connect|read|unlink|paced|spawn|storm> ITERATIONS [DIR]"
         );
         std::process::exit(2);
     };
@@ -28,6 +29,18 @@ fn main() {
     {
         eprintln!("bench-loop: warm-up: {e}");
         std::process::exit(1);
+    }
+    if w == "storm" {
+        match storm(std::time::Duration::from_secs(n), &dir) {
+            Ok(pairs) => {
+                println!("ns_per_iter={:.1} iterations={pairs}", n as f64 * 1e9 / pairs.max(1) as f64)
+            }
+            Err(e) => {
+                eprintln!("bench-loop: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
     }
     let started = Instant::now();
     let r = match w.as_str() {
@@ -140,6 +153,17 @@ fn unlink(n: u64, dir: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Creates and deletes a file until `span` has passed; returns the pairs made.
+fn storm(span: std::time::Duration, dir: &str) -> Result<u64, String> {
+    let started = Instant::now();
+    let mut pairs = 0;
+    while started.elapsed() < span {
+        unlink(256, dir)?;
+        pairs += 256;
+    }
+    Ok(pairs)
 }
 
 /// Connects to a local port nothing listens on (refused at once).

@@ -1,0 +1,46 @@
+//! A storm of file side effects: PROCS processes (forked), each creating and
+//! deleting its own file PAIRS times in d/repo, as fast as it can.
+
+use std::{fs, path::Path};
+
+use nix::{
+    sys::wait::{WaitStatus, waitpid},
+    unistd::{ForkResult, fork},
+};
+
+pub fn storm(d: &Path, args: &[String]) -> Result<(), String> {
+    let n = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok()).ok_or("storm PROCS PAIRS");
+    let (procs, pairs) = (n(0)?, n(1)?);
+    let mut children = Vec::new();
+    for i in 0..procs {
+        // SAFETY: the child only does file calls and exits.
+        match unsafe { fork() }.map_err(|e| e.to_string())? {
+            ForkResult::Child => {
+                let code = match pairs_of(&d.join(format!("repo/storm-{i}")), pairs) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("storm {i}: {e}");
+                        1
+                    }
+                };
+                std::process::exit(code);
+            }
+            ForkResult::Parent { child } => children.push(child),
+        }
+    }
+    for c in children {
+        match waitpid(c, None).map_err(|e| e.to_string())? {
+            WaitStatus::Exited(_, 0) => {}
+            other => return Err(format!("storm child {c}: {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+fn pairs_of(p: &Path, pairs: u64) -> Result<(), String> {
+    for _ in 0..pairs {
+        fs::OpenOptions::new().write(true).create_new(true).open(p).map_err(|e| format!("create: {e}"))?;
+        fs::remove_file(p).map_err(|e| format!("delete: {e}"))?;
+    }
+    Ok(())
+}
