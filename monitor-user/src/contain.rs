@@ -15,7 +15,7 @@
 
 use std::{
     borrow::Cow,
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     os::fd::{FromRawFd, OwnedFd},
     sync::Arc,
     time::{Duration, Instant},
@@ -97,7 +97,7 @@ pub struct Containment {
     tasks: HashMap<Arc<str>, Entry>,
     /// Tasks agentmon froze itself while its ring buffer was filling, to be thawed
     /// once it has caught up: not those a rule, an operator or an expiry froze.
-    paused: std::collections::HashSet<Arc<str>>,
+    paused: HashSet<Arc<str>>,
 }
 
 impl Containment {
@@ -117,12 +117,16 @@ impl Containment {
         self.paused.remove(id);
     }
 
-    /// Freezes every top-level task that is neither frozen nor killed, without
-    /// waiting for the freezer (the processes stop at their next return to user
-    /// space). Returns the tasks paused.
-    pub fn pause(&mut self) -> Vec<Arc<str>> {
+    /// Freezes the top-level tasks of `only` (of every task: None) that are neither
+    /// frozen nor killed, without waiting for the freezer (the processes stop at
+    /// their next return to user space). Returns the tasks paused.
+    pub fn pause(&mut self, only: Option<&[Arc<str>]>) -> Vec<Arc<str>> {
+        let tops: Option<HashSet<&str>> = only.map(|ids| ids.iter().filter_map(|id| self.top(id)).collect());
         let mut now = Vec::new();
         for (id, e) in &self.tasks {
+            if tops.as_ref().is_some_and(|t| !t.contains(&**id)) {
+                continue;
+            }
             let Some(cg) = e.cgroup.as_ref().filter(|_| !e.killed && !self.paused.contains(id)) else {
                 continue;
             };
@@ -231,6 +235,19 @@ impl Containment {
 
     pub fn cgroup(&self, id: &str) -> Option<&TaskCgroup> {
         self.tasks.get(id).and_then(|e| e.cgroup.as_ref())
+    }
+
+    /// The top-level task of task `id` (itself, if it is one).
+    fn top<'a>(&'a self, id: &'a str) -> Option<&'a str> {
+        let mut cur = id;
+        // Delegation is at most this deep (task::MAX_DEPTH is far below it).
+        for _ in 0..64 {
+            match &self.tasks.get(cur)?.parent {
+                Some(p) => cur = p,
+                None => return Some(cur),
+            }
+        }
+        None
     }
 
     /// The cgroup holding the task's processes: its own or its top-level task's.
@@ -550,21 +567,36 @@ mod tests {
         c.register("held".into(), 2, Some(fake_cgroup(d.path(), "held", true)), true);
         c.register("sub".into(), 3, None, true);
         // Only the running task with a cgroup is paused; a frozen one is not taken.
-        assert_eq!(c.pause(), vec![Arc::<str>::from("run")]);
+        assert_eq!(c.pause(None), vec![Arc::<str>::from("run")]);
         assert_eq!((asked(&c, "run"), asked(&c, "held")), ("1".into(), "1".into()));
-        assert!(c.pause().is_empty(), "paused twice");
+        assert!(c.pause(None).is_empty(), "paused twice");
         c.resume();
         assert_eq!((asked(&c, "run"), asked(&c, "held")), ("0".into(), "1".into()));
         // Frozen for good (a rule, an operator, an expiry) while paused: it stays.
-        assert_eq!(c.pause().len(), 1);
+        assert_eq!(c.pause(None).len(), 1);
         assert!(c.claim("run"));
         c.resume();
         assert_eq!(asked(&c, "run"), "1");
         // Gone while paused: nothing to thaw, nothing kept.
         std::fs::write(c.cgroup("run").unwrap().path.join("cgroup.freeze"), "0").unwrap();
-        assert_eq!(c.pause().len(), 1);
+        assert_eq!(c.pause(None).len(), 1);
         c.unregister("run");
         c.resume();
         assert!(c.paused.is_empty());
+    }
+
+    #[test]
+    fn a_pause_stops_the_tasks_that_make_the_storm() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Containment::default();
+        c.register("noisy".into(), 1, Some(fake_cgroup(d.path(), "noisy", false)), false);
+        c.register_sub("noisy-sub".into(), 2, "noisy".into(), false);
+        c.register("quiet".into(), 3, Some(fake_cgroup(d.path(), "quiet", false)), false);
+        // The storm is a sub-task's: its top-level task's cgroup holds it.
+        assert_eq!(c.pause(Some(&["noisy-sub".into()])), vec![Arc::<str>::from("noisy")]);
+        assert_eq!(asked(&c, "quiet"), "0");
+        c.resume();
+        // A task that is gone names nothing.
+        assert!(c.pause(Some(&["gone".into()])).is_empty());
     }
 }

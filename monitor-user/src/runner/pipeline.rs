@@ -102,14 +102,16 @@ impl Pipeline {
         let mut n = 0u64;
         while let Some(item) = ring.next() {
             n += 1;
-            if n.is_multiple_of(64)
-                && let Some(p) = &mut self.pressure
-            {
-                p.check(&mut self.contain);
-            }
             // The record is borrowed until it is judged; then the ring slot is freed.
             let recorded = self.record(&item);
             drop(item);
+            if n.is_multiple_of(64)
+                && let Some(p) = &mut self.pressure
+            {
+                // One record in 64 says whose events fill the ring.
+                p.sample(recorded.as_ref().and_then(|(ev, _)| ev.task.as_ref()));
+                p.check(&mut self.contain);
+            }
             if let Some((ev, alert)) = recorded {
                 // Containment first: the event is written a moment later either way.
                 let action = alert.as_ref().and_then(|a| self.contain_for(&ev, to_carry_out(a), sensors));

@@ -94,6 +94,10 @@ pub struct Pressure {
     paused: Option<(Instant, Vec<Arc<str>>)>,
     /// Pauses since the last report: per task, how many and how long.
     tally: BTreeMap<Arc<str>, (u32, Duration)>,
+    /// Whose records the samples since the last pause were (one record in 64), and
+    /// how many samples: a pause stops the tasks that make the storm, not the others.
+    samples: std::collections::HashMap<Arc<str>, u32>,
+    sampled: u32,
 }
 
 impl Pressure {
@@ -105,7 +109,17 @@ impl Pressure {
             low: bytes / 16,
             paused: None,
             tally: BTreeMap::new(),
+            samples: Default::default(),
+            sampled: 0,
         })
+    }
+
+    /// A record taken from the ring was task `task`'s (None: of no task).
+    pub fn sample(&mut self, task: Option<&Arc<str>>) {
+        self.sampled += 1;
+        if let Some(t) = task {
+            *self.samples.entry(t.clone()).or_default() += 1;
+        }
     }
 
     /// Pauses the tasks when the ring is filling, thaws them when it has drained.
@@ -115,7 +129,8 @@ impl Pressure {
             None if waiting >= self.high => {
                 // Also with nothing to pause (tasks without cgroups): checked again
                 // only once it has drained, not every few records meanwhile.
-                let ids = contain.pause();
+                let makers = makers(std::mem::take(&mut self.samples), std::mem::take(&mut self.sampled));
+                let ids = contain.pause(makers.as_deref());
                 if !ids.is_empty() {
                     tracing::debug!("{waiting} bytes waiting in the ring: {} tasks paused", ids.len());
                 }
@@ -146,5 +161,27 @@ impl Pressure {
                 Containment::paused_event(&id, times, took.as_millis() as u64, host.clone(), now)
             })
             .collect()
+    }
+}
+
+/// The tasks that made at least a tenth of the `sampled` records (`samples`: per
+/// task); None (every task) while too few were sampled to tell.
+fn makers(samples: std::collections::HashMap<Arc<str>, u32>, sampled: u32) -> Option<Vec<Arc<str>>> {
+    (sampled >= 16).then(|| samples.into_iter().filter(|(_, n)| n * 10 >= sampled).map(|(t, _)| t).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tasks_that_fill_the_ring_are_the_ones_paused() {
+        let s = |v: &[(&str, u32)]| v.iter().map(|(t, n)| (Arc::<str>::from(*t), *n)).collect();
+        assert_eq!(makers(s(&[("a", 3)]), 3), None, "too few samples: every task");
+        let mut m = makers(s(&[("storm", 89), ("busy", 10), ("idle", 1)]), 100).unwrap();
+        m.sort();
+        assert_eq!(m, vec![Arc::<str>::from("busy"), Arc::from("storm")]);
+        // Records of no task (agentmon's own) count in the total only.
+        assert_eq!(makers(s(&[("a", 1)]), 100), Some(vec![]));
     }
 }
