@@ -36,6 +36,9 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use support::{SCENARIO_ENV, SKIP_ENV, ensure, eq, run_agentmon, run_scenario, workdir};
 
 pub type R = Result<(), Failed>;
+
+/// Tests run with no other beside them (see `ALONE` in main).
+const EXCLUSIVE: &[&str] = &["a_storm_pauses_the_task_instead_of_losing_events"];
 type Test = (&'static str, fn() -> R);
 
 fn main() {
@@ -192,6 +195,9 @@ fn main() {
         tests.into_iter().filter(|(n, _)| only.as_ref().is_none_or(|o| o.iter().any(|x| x == n))).collect();
     let root = nix::unistd::geteuid().is_root();
     let skip = std::env::var(SKIP_ENV).is_ok_and(|v| v == "1");
+    // Tests that load the machine on purpose run alone: beside them, another test's
+    // timings (an approval's deadline) would not hold.
+    static ALONE: std::sync::RwLock<()> = std::sync::RwLock::new(());
     let trials = tests
         .into_iter()
         .map(|(name, f)| {
@@ -201,6 +207,11 @@ fn main() {
                                 AGENTMON_SKIP_KERNEL_TESTS=1 to skip them deliberately)"
                         .into());
                 }
+                if EXCLUSIVE.contains(&name) {
+                    let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
+                    return f();
+                }
+                let _shared = ALONE.read().unwrap_or_else(|e| e.into_inner());
                 f()
             });
             t.with_ignored_flag(!root && skip)

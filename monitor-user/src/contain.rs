@@ -113,20 +113,42 @@ impl Containment {
 
     /// Forgets a task (its cgroup is removed if empty).
     pub fn unregister(&mut self, id: &str) {
+        // What is left in its cgroup (processes past the tracking limit) runs on.
+        if self.paused.remove(id)
+            && let Some(cg) = self.tasks.get(id).and_then(|e| e.cgroup.as_ref())
+            && let Err(err) = cg.request_freeze(false)
+        {
+            tracing::error!("task {id}: thawing it after a pause: {err}");
+        }
         self.tasks.remove(id);
-        self.paused.remove(id);
     }
 
-    /// Freezes the top-level tasks of `only` (of every task: None) that are neither
-    /// frozen nor killed, without waiting for the freezer (the processes stop at
-    /// their next return to user space). Returns the tasks paused.
-    pub fn pause(&mut self, only: Option<&[Arc<str>]>) -> Vec<Arc<str>> {
-        let tops: Option<HashSet<&str>> = only.map(|ids| ids.iter().filter_map(|id| self.top(id)).collect());
-        let mut now = Vec::new();
-        for (id, e) in &self.tasks {
-            if tops.as_ref().is_some_and(|t| !t.contains(&**id)) {
-                continue;
+    /// The top-level tasks whose records were at least a tenth of the `sampled`
+    /// (`samples`: per task, sub-tasks counted with their top-level task: a storm
+    /// split over sub-tasks is one), or with fewer than 16 sampled every one that
+    /// was sampled; not those of `held` (calls held for approval).
+    pub fn makers(&self, samples: &HashMap<Arc<str>, u32>, sampled: u32, held: &[Arc<str>]) -> Vec<Arc<str>> {
+        let held: HashSet<&str> = held.iter().filter_map(|t| self.top(t)).collect();
+        let mut per_top: HashMap<&str, u32> = HashMap::new();
+        for (t, n) in samples {
+            if let Some(top) = self.top(t).filter(|top| !held.contains(top)) {
+                *per_top.entry(top).or_default() += n;
             }
+        }
+        per_top
+            .into_iter()
+            .filter(|&(_, n)| sampled < 16 || n.saturating_mul(10) >= sampled)
+            .filter_map(|(t, _)| self.tasks.get_key_value(t).map(|(k, _)| k.clone()))
+            .collect()
+    }
+
+    /// Freezes the top-level tasks `ids` that are neither frozen nor killed, without
+    /// waiting for the freezer (the processes stop at their next return to user
+    /// space). Returns the tasks paused.
+    pub fn pause(&mut self, ids: &[Arc<str>]) -> Vec<Arc<str>> {
+        let mut now = Vec::new();
+        for id in ids {
+            let Some(e) = self.tasks.get(id) else { continue };
             let Some(cg) = e.cgroup.as_ref().filter(|_| !e.killed && !self.paused.contains(id)) else {
                 continue;
             };
@@ -394,6 +416,13 @@ impl Containment {
     }
 }
 
+/// agentmon never leaves a task frozen by its own pause, whatever way it ends.
+impl Drop for Containment {
+    fn drop(&mut self) {
+        self.resume();
+    }
+}
+
 fn action_event(
     id: &str,
     act: Act,
@@ -559,6 +588,10 @@ mod tests {
         std::fs::read_to_string(c.cgroup(id).unwrap().path.join("cgroup.freeze")).unwrap().trim().to_string()
     }
 
+    fn all(c: &Containment) -> Vec<Arc<str>> {
+        c.tasks.keys().cloned().collect()
+    }
+
     #[test]
     fn a_pause_thaws_only_what_it_froze() {
         let d = tempfile::tempdir().unwrap();
@@ -567,22 +600,28 @@ mod tests {
         c.register("held".into(), 2, Some(fake_cgroup(d.path(), "held", true)), true);
         c.register("sub".into(), 3, None, true);
         // Only the running task with a cgroup is paused; a frozen one is not taken.
-        assert_eq!(c.pause(None), vec![Arc::<str>::from("run")]);
+        assert_eq!(c.pause(&all(&c)), vec![Arc::<str>::from("run")]);
         assert_eq!((asked(&c, "run"), asked(&c, "held")), ("1".into(), "1".into()));
-        assert!(c.pause(None).is_empty(), "paused twice");
+        assert!(c.pause(&all(&c)).is_empty(), "paused twice");
         c.resume();
         assert_eq!((asked(&c, "run"), asked(&c, "held")), ("0".into(), "1".into()));
         // Frozen for good (a rule, an operator, an expiry) while paused: it stays.
-        assert_eq!(c.pause(None).len(), 1);
+        assert_eq!(c.pause(&all(&c)).len(), 1);
         assert!(c.claim("run"));
         c.resume();
         assert_eq!(asked(&c, "run"), "1");
-        // Gone while paused: nothing to thaw, nothing kept.
+        // Forgotten while paused: thawed (what is left in its cgroup runs on).
         std::fs::write(c.cgroup("run").unwrap().path.join("cgroup.freeze"), "0").unwrap();
-        assert_eq!(c.pause(None).len(), 1);
+        assert_eq!(c.pause(&all(&c)).len(), 1);
+        let path = c.cgroup("run").unwrap().path.join("cgroup.freeze");
         c.unregister("run");
-        c.resume();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "0");
         assert!(c.paused.is_empty());
+        // Dropped while paused (agentmon ending any way): thawed.
+        c.register("last".into(), 4, Some(fake_cgroup(d.path(), "last", false)), true);
+        assert_eq!(c.pause(&["last".into()]).len(), 1);
+        drop(c);
+        assert_eq!(std::fs::read_to_string(d.path().join("last/cgroup.freeze")).unwrap(), "0");
     }
 
     #[test]
@@ -590,13 +629,28 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut c = Containment::default();
         c.register("noisy".into(), 1, Some(fake_cgroup(d.path(), "noisy", false)), false);
-        c.register_sub("noisy-sub".into(), 2, "noisy".into(), false);
         c.register("quiet".into(), 3, Some(fake_cgroup(d.path(), "quiet", false)), false);
-        // The storm is a sub-task's: its top-level task's cgroup holds it.
-        assert_eq!(c.pause(Some(&["noisy-sub".into()])), vec![Arc::<str>::from("noisy")]);
-        assert_eq!(asked(&c, "quiet"), "0");
+        c.register("gated".into(), 5, Some(fake_cgroup(d.path(), "gated", false)), false);
+        // A storm split over eleven sub-tasks is its top-level task's.
+        let mut samples: HashMap<Arc<str>, u32> = HashMap::new();
+        for i in 0..11 {
+            let sub: Arc<str> = format!("noisy-{i}").into();
+            c.register_sub(sub.clone(), 10 + i, "noisy".into(), false);
+            samples.insert(sub, 9);
+        }
+        samples.insert("quiet".into(), 2);
+        samples.insert("gated".into(), 50);
+        // Gated's share is large, but it has a call held for approval.
+        let m = c.makers(&samples, 150, &["gated".into()]);
+        assert_eq!(m, vec![Arc::<str>::from("noisy")]);
+        assert_eq!(c.pause(&m), vec![Arc::<str>::from("noisy")]);
+        assert_eq!((asked(&c, "quiet"), asked(&c, "gated")), ("0".into(), "0".into()));
         c.resume();
+        // Too few samples to tell shares: every task sampled, and only those.
+        let few: HashMap<Arc<str>, u32> = [("quiet".into(), 1)].into();
+        assert_eq!(c.makers(&few, 3, &[]), vec![Arc::<str>::from("quiet")]);
         // A task that is gone names nothing.
-        assert!(c.pause(Some(&["gone".into()])).is_empty());
+        let gone: HashMap<Arc<str>, u32> = [("gone".into(), 40)].into();
+        assert!(c.makers(&gone, 40, &[]).is_empty());
     }
 }

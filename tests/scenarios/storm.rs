@@ -1,5 +1,6 @@
 //! A storm of file side effects: PROCS processes (forked), each creating and
-//! deleting its own file PAIRS times in d/repo, as fast as it can.
+//! deleting its own file in d/repo as fast as it can, PAIRS times, or with PAIRS 0
+//! until d/stop exists. Each writes how many pairs it made to d/made-N.
 
 use std::{fs, path::Path};
 
@@ -16,7 +17,7 @@ pub fn storm(d: &Path, args: &[String]) -> Result<(), String> {
         // SAFETY: the child only does file calls and exits.
         match unsafe { fork() }.map_err(|e| e.to_string())? {
             ForkResult::Child => {
-                let code = match pairs_of(&d.join(format!("repo/storm-{i}")), pairs) {
+                let code = match pairs_of(d, i, pairs) {
                     Ok(()) => 0,
                     Err(e) => {
                         eprintln!("storm {i}: {e}");
@@ -37,10 +38,14 @@ pub fn storm(d: &Path, args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn pairs_of(p: &Path, pairs: u64) -> Result<(), String> {
-    for _ in 0..pairs {
-        fs::OpenOptions::new().write(true).create_new(true).open(p).map_err(|e| format!("create: {e}"))?;
-        fs::remove_file(p).map_err(|e| format!("delete: {e}"))?;
+fn pairs_of(d: &Path, i: u64, pairs: u64) -> Result<(), String> {
+    let p = d.join(format!("repo/storm-{i}"));
+    let stop = d.join("stop");
+    let mut made = 0u64;
+    while if pairs == 0 { !made.is_multiple_of(1024) || !stop.exists() } else { made < pairs } {
+        fs::OpenOptions::new().write(true).create_new(true).open(&p).map_err(|e| format!("create: {e}"))?;
+        fs::remove_file(&p).map_err(|e| format!("delete: {e}"))?;
+        made += 1;
     }
-    Ok(())
+    fs::write(d.join(format!("made-{i}")), made.to_string()).map_err(|e| e.to_string())
 }

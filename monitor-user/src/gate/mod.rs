@@ -614,6 +614,11 @@ impl Gate {
         Outcome { ev, decision, result: carried }
     }
 
+    /// The tasks with calls held here.
+    pub fn held_tasks(&self) -> impl Iterator<Item = Arc<str>> + '_ {
+        self.pending.values().map(|p| p.task.clone())
+    }
+
     /// Held calls waiting for an approver.
     pub fn pending(&self) -> usize {
         self.pending.len()

@@ -55,6 +55,8 @@ pub struct Pipeline {
     pub steps: crate::gate::Steps,
     /// The events file of each task that has its own (as opened: no symlink on it).
     pub logs: HashMap<Arc<str>, std::path::PathBuf>,
+    /// The ring's fill level (None: no ring, as in the pipeline benchmark).
+    pub level: Option<super::pressure::Level>,
     /// Pauses tasks while the ring is filling (None: losses instead, or no ring).
     pub pressure: Option<super::pressure::Pressure>,
 }
@@ -69,6 +71,7 @@ impl Pipeline {
             ended: HashSet::new(),
             steps: HashMap::new(),
             logs: HashMap::new(),
+            level: None,
             pressure: None,
         }
     }
@@ -97,20 +100,30 @@ impl Pipeline {
         Some((ev, alert))
     }
 
-    /// Reads every record available now.
+    /// Reads the records in the ring when it is called (not those written while it
+    /// reads: a storm must not hold the loop).
     pub fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut Fanout, sensors: &mut Sensors) {
+        let until = self.level.as_ref().map(|l| l.producer());
         let mut n = 0u64;
-        while let Some(item) = ring.next() {
+        loop {
+            if let (Some(l), Some(u)) = (&self.level, until)
+                && l.consumer().wrapping_sub(u) as isize >= 0
+            {
+                break;
+            }
+            let Some(item) = ring.next() else { break };
             n += 1;
             // The record is borrowed until it is judged; then the ring slot is freed.
             let recorded = self.record(&item);
             drop(item);
-            if n.is_multiple_of(64)
-                && let Some(p) = &mut self.pressure
+            if let Some(p) = &mut self.pressure
+                && p.took(recorded.as_ref().and_then(|(ev, _)| ev.task.as_ref()))
+                && let Some(l) = &self.level
             {
-                // One record in 64 says whose events fill the ring.
-                p.sample(recorded.as_ref().and_then(|(ev, _)| ev.task.as_ref()));
-                p.check(&mut self.contain);
+                let gates = &self.gates;
+                p.check(l.backlog(), &mut self.contain, &|| {
+                    gates.iter().flat_map(|g| g.held_tasks()).collect()
+                });
             }
             if let Some((ev, alert)) = recorded {
                 // Containment first: the event is written a moment later either way.
@@ -132,8 +145,11 @@ impl Pipeline {
         if n > 0 {
             sink.batch_end();
         }
-        if let Some(p) = &mut self.pressure {
-            p.check(&mut self.contain);
+        if let Some(p) = &mut self.pressure
+            && let Some(l) = &self.level
+        {
+            let gates = &self.gates;
+            p.check(l.backlog(), &mut self.contain, &|| gates.iter().flat_map(|g| g.held_tasks()).collect());
         }
     }
 

@@ -2,21 +2,23 @@
 //! them (a storm of file operations while other work shares the cores): the ring
 //! buffer fills and the kernel drops what no longer fits. Losing the record of what
 //! an agent did is worse than slowing the agent, so before the ring is full agentmon
-//! pauses the tasks (their cgroups' freezer: each process stops at its next return to
-//! user space; processes outside every task are never touched) and thaws them once
-//! it has caught up. Pauses are reported as `action` records (`pause`), one per task
-//! and report tick, with how many and how long.
+//! pauses the tasks making the storm (their cgroups' freezer: each process stops at
+//! its next return to user space; processes outside every task are never touched)
+//! and thaws them once it has caught up. Pauses are reported as `action` records
+//! (`pause`), one per task and report tick, with how many and how long.
 //!
 //! The fill level is read from the ring's own positions (the consumer and producer
 //! pages the kernel shares with the reader), mapped a second time read-only: two
-//! loads, no system call, so it is checked every few records while draining.
+//! loads, no system call. The same positions bound each drain to what was in the
+//! ring when it began, so that a storm cannot hold the loop (and the control socket,
+//! approvals, ticks) in one endless drain.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     os::fd::{AsRawFd, BorrowedFd},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -27,16 +29,16 @@ use crate::{
 };
 
 /// The ring's consumer and producer pages, mapped read-only.
-struct Positions {
+pub struct Level {
     base: *mut libc::c_void,
     page: usize,
 }
 
 // SAFETY: the mapping is read through atomics only and lives as long as the value.
-unsafe impl Send for Positions {}
+unsafe impl Send for Level {}
 
-impl Positions {
-    fn map(fd: BorrowedFd<'_>) -> std::io::Result<Positions> {
+impl Level {
+    fn map(fd: BorrowedFd<'_>) -> std::io::Result<Level> {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         // SAFETY: a new shared read-only mapping of the map's first two pages (the
@@ -47,44 +49,47 @@ impl Positions {
         if base == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Positions { base, page })
+        Ok(Level { base, page })
+    }
+
+    /// Where the reader is (the kernel's `unsigned long` consumer position).
+    pub fn consumer(&self) -> usize {
+        // SAFETY: a page-aligned word inside the mapping, updated atomically.
+        unsafe { (*(self.base as *const AtomicUsize)).load(Ordering::Acquire) }
+    }
+
+    /// Where the kernel has reserved up to.
+    pub fn producer(&self) -> usize {
+        // SAFETY: as above, at the start of the second page.
+        unsafe { (*(self.base.add(self.page) as *const AtomicUsize)).load(Ordering::Acquire) }
     }
 
     /// Bytes the kernel has written that the reader has not yet consumed.
-    fn backlog(&self) -> u64 {
-        // SAFETY: both positions are page-aligned u64s inside the mapping; the kernel
-        // updates them atomically.
-        let (consumer, producer) = unsafe {
-            (
-                (*(self.base as *const AtomicU64)).load(Ordering::Acquire),
-                (*(self.base.add(self.page) as *const AtomicU64)).load(Ordering::Acquire),
-            )
-        };
-        producer.saturating_sub(consumer)
+    pub fn backlog(&self) -> u64 {
+        self.producer().wrapping_sub(self.consumer()) as u64
     }
 }
 
-impl Drop for Positions {
+impl Drop for Level {
     fn drop(&mut self) {
         // SAFETY: unmaps what map() mapped, once.
         unsafe { libc::munmap(self.base, 2 * self.page) };
     }
 }
 
-/// Backpressure on the ring buffer `ring` (its size read from the kernel: a ring
-/// taken over from a previous daemon keeps the size it was made with).
-pub fn watch(ring: &aya::maps::RingBuf<aya::maps::MapData>) -> std::io::Result<Pressure> {
+/// The fill level of the ring buffer `ring`, and its size (read from the kernel: a
+/// ring taken over from a previous daemon keeps the size it was made with).
+pub fn level(ring: &aya::maps::RingBuf<aya::maps::MapData>) -> std::io::Result<(Level, u64)> {
     use std::os::fd::AsFd;
     let fd = ring.as_fd();
     let bytes = aya::maps::MapData::from_fd(fd.try_clone_to_owned()?)
         .and_then(|m| m.info())
         .map(|i| i.max_entries())
         .map_err(std::io::Error::other)?;
-    Pressure::new(fd, u64::from(bytes))
+    Ok((Level::map(fd)?, u64::from(bytes)))
 }
 
 pub struct Pressure {
-    ring: Positions,
     /// Pause at or above this many bytes waiting (a quarter of the ring: the rest
     /// covers the reader's own wait for a core on a busy host), resume at or below
     /// `low` (a sixteenth): far enough apart that a pause is worth its cost.
@@ -94,51 +99,66 @@ pub struct Pressure {
     paused: Option<(Instant, Vec<Arc<str>>)>,
     /// Pauses since the last report: per task, how many and how long.
     tally: BTreeMap<Arc<str>, (u32, Duration)>,
-    /// Whose records the samples since the last pause were (one record in 64), and
-    /// how many samples: a pause stops the tasks that make the storm, not the others.
-    samples: std::collections::HashMap<Arc<str>, u32>,
+    /// Records taken, across drains: one in 64 is sampled.
+    taken: u64,
+    /// Whose the records sampled since the ring was last calm were (per task), and
+    /// how many: a pause stops the tasks that make the storm, not the others.
+    samples: HashMap<Arc<str>, u32>,
     sampled: u32,
 }
 
 impl Pressure {
-    /// Watches the ring buffer behind `fd`, `bytes` long.
-    pub fn new(fd: BorrowedFd<'_>, bytes: u64) -> std::io::Result<Pressure> {
-        Ok(Pressure {
-            ring: Positions::map(fd)?,
+    /// Backpressure on a ring buffer of `bytes`.
+    pub fn new(bytes: u64) -> Pressure {
+        Pressure {
             high: bytes / 4,
             low: bytes / 16,
             paused: None,
             tally: BTreeMap::new(),
-            samples: Default::default(),
+            taken: 0,
+            samples: HashMap::new(),
             sampled: 0,
-        })
+        }
     }
 
-    /// A record taken from the ring was task `task`'s (None: of no task).
-    pub fn sample(&mut self, task: Option<&Arc<str>>) {
-        self.sampled += 1;
+    /// A record of task `task` (None: of no task) was taken; true when it is time
+    /// to [`Self::check`] (every 64th).
+    pub fn took(&mut self, task: Option<&Arc<str>>) -> bool {
+        self.taken += 1;
+        if !self.taken.is_multiple_of(64) {
+            return false;
+        }
+        self.sampled = self.sampled.saturating_add(1);
         if let Some(t) = task {
-            *self.samples.entry(t.clone()).or_default() += 1;
+            let n = self.samples.entry(t.clone()).or_default();
+            *n = n.saturating_add(1);
         }
+        true
     }
 
-    /// Pauses the tasks when the ring is filling, thaws them when it has drained.
-    pub fn check(&mut self, contain: &mut Containment) {
-        let waiting = self.ring.backlog();
-        match &self.paused {
-            None if waiting >= self.high => {
-                // Also with nothing to pause (tasks without cgroups): checked again
-                // only once it has drained, not every few records meanwhile.
-                let makers = makers(std::mem::take(&mut self.samples), std::mem::take(&mut self.sampled));
-                let ids = contain.pause(makers.as_deref());
-                if !ids.is_empty() {
-                    tracing::debug!("{waiting} bytes waiting in the ring: {} tasks paused", ids.len());
-                }
-                self.paused = Some((Instant::now(), ids));
-            }
-            Some(_) if waiting <= self.low => self.resume(contain),
-            _ => {}
+    /// Pauses the tasks making the storm when `waiting` bytes fill the ring past
+    /// its high mark, thaws them once it is down to the low one. `held`: tasks
+    /// with calls held for approval, never paused (the freezer would interrupt the
+    /// held call, which the kernel then starts again as a new request).
+    pub fn check(&mut self, waiting: u64, contain: &mut Containment, held: &dyn Fn() -> Vec<Arc<str>>) {
+        if waiting <= self.low {
+            self.resume(contain);
+            // Calm: what is sampled from here is the next storm's.
+            self.samples.clear();
+            self.sampled = 0;
+            return;
         }
+        if waiting < self.high || self.paused.is_some() {
+            return;
+        }
+        let makers = contain.makers(&self.samples, self.sampled, &held());
+        if makers.is_empty() {
+            // Nothing sampled yet to pause: asked again at the next sample.
+            return;
+        }
+        let ids = contain.pause(&makers);
+        tracing::debug!("{waiting} bytes waiting in the ring: paused {ids:?}");
+        self.paused = Some((Instant::now(), ids));
     }
 
     /// Thaws what is paused (at the end of a run too: a task is never left frozen).
@@ -161,27 +181,5 @@ impl Pressure {
                 Containment::paused_event(&id, times, took.as_millis() as u64, host.clone(), now)
             })
             .collect()
-    }
-}
-
-/// The tasks that made at least a tenth of the `sampled` records (`samples`: per
-/// task); None (every task) while too few were sampled to tell.
-fn makers(samples: std::collections::HashMap<Arc<str>, u32>, sampled: u32) -> Option<Vec<Arc<str>>> {
-    (sampled >= 16).then(|| samples.into_iter().filter(|(_, n)| n * 10 >= sampled).map(|(t, _)| t).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_tasks_that_fill_the_ring_are_the_ones_paused() {
-        let s = |v: &[(&str, u32)]| v.iter().map(|(t, n)| (Arc::<str>::from(*t), *n)).collect();
-        assert_eq!(makers(s(&[("a", 3)]), 3), None, "too few samples: every task");
-        let mut m = makers(s(&[("storm", 89), ("busy", 10), ("idle", 1)]), 100).unwrap();
-        m.sort();
-        assert_eq!(m, vec![Arc::<str>::from("busy"), Arc::from("storm")]);
-        // Records of no task (agentmon's own) count in the total only.
-        assert_eq!(makers(s(&[("a", 1)]), 100), Some(vec![]));
     }
 }

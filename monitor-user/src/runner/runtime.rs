@@ -99,8 +99,17 @@ impl Runtime {
         signals: Signals,
     ) -> Result<Self, RunError> {
         let events = e.sensors.take_events().expect("ring buffer taken once");
-        if e.setup.backpressure {
-            e.p.pressure = Some(super::pressure::watch(&events)?);
+        match super::pressure::level(&events) {
+            Ok((level, bytes)) => {
+                e.p.level = Some(level);
+                if e.setup.backpressure {
+                    e.p.pressure = Some(super::pressure::Pressure::new(bytes));
+                }
+            }
+            // Drains are then unbounded and nothing is paused: losses are counted.
+            Err(err) => {
+                tracing::error!("the ring buffer's fill level cannot be read ({err}): no backpressure")
+            }
         }
         // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
@@ -155,11 +164,15 @@ impl Runtime {
                     let mut guard = r?;
                     e.drain(guard.get_inner_mut());
                     guard.clear_ready();
+                    // A drain under a storm is long and the next one is due at once:
+                    // the control socket's readers (tasks of their own) run between.
+                    tokio::task::yield_now().await;
                 }
-                // The kernel wakes us only when a batch is waiting (see wakeup_bytes).
+                // The kernel does not wake us (its programs write without a wakeup).
                 _ = poll.tick() => {
                     watchdog.beat();
                     e.drain(ring.get_mut());
+                    tokio::task::yield_now().await;
                 }
                 _ = tick.tick() => {
                     *ticks += 1;
