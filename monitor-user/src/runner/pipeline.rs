@@ -26,6 +26,9 @@ use crate::{
 
 use super::setup::OnExpiry;
 
+/// How long a drain waits for a record reserved before it began to be committed.
+const STALL: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Steps a task may have open at once (tool calls in flight: agents run a few).
 pub const MAX_OPEN_STEPS: usize = 64;
 
@@ -105,13 +108,24 @@ impl Pipeline {
     pub fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut Fanout, sensors: &mut Sensors) {
         let until = self.level.as_ref().map(|l| l.producer());
         let mut n = 0u64;
+        let mut stalled: Option<std::time::Instant> = None;
         loop {
             if let (Some(l), Some(u)) = (&self.level, until)
                 && l.consumer().wrapping_sub(u) as isize >= 0
             {
                 break;
             }
-            let Some(item) = ring.next() else { break };
+            let Some(item) = ring.next() else {
+                // Stopped short of `until` at a record reserved but not yet committed
+                // (its program preempted on another CPU): what was written before the
+                // drain began is read by it, waited for up to 2 ms.
+                if until.is_some() && stalled.get_or_insert_with(std::time::Instant::now).elapsed() < STALL {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                break;
+            };
+            stalled = None;
             n += 1;
             // The record is borrowed until it is judged; then the ring slot is freed.
             let recorded = self.record(&item);
