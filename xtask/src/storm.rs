@@ -33,6 +33,9 @@ pub struct Options {
     /// Run the daemon with `backpressure: false` (losses instead of pauses).
     #[arg(long)]
     no_backpressure: bool,
+    /// Run the storm twice in one run: with backpressure, then without.
+    #[arg(long, conflicts_with = "no_backpressure")]
+    compare: bool,
 }
 
 #[derive(Default)]
@@ -80,11 +83,22 @@ fn count(events: &Path) -> anyhow::Result<Count> {
     Ok(c)
 }
 
-pub fn run(o: Options) -> anyhow::Result<()> {
+pub fn run(mut o: Options) -> anyhow::Result<()> {
     if !nix_is_root() {
         bail!("the daemon loads the kernel programs: run as root");
     }
     let (agentmon, looper) = build()?;
+    once(&agentmon, &looper, &o)?;
+    if o.compare {
+        o.no_backpressure = true;
+        println!();
+        once(&agentmon, &looper, &o)?;
+    }
+    Ok(())
+}
+
+fn once(agentmon: &std::path::Path, looper: &std::path::Path, o: &Options) -> anyhow::Result<()> {
+    let (agentmon, looper) = (agentmon.to_path_buf(), looper.to_path_buf());
     let tmp = tempfile::tempdir()?;
     let d = std::fs::canonicalize(tmp.path())?;
     let events = d.join("daemon-events.jsonl");
