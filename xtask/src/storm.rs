@@ -49,6 +49,13 @@ struct Count {
     /// Backpressure: pauses, and their time in all (ms), summed over the tasks.
     pauses: u64,
     paused_ms: u64,
+    /// When the first task started (ns), and each loss record: (ns, lost).
+    started: Option<u64>,
+    losses: Vec<(u64, u64)>,
+}
+
+fn ts(v: &serde_json::Value) -> u64 {
+    v["ts"].as_str().and_then(agentmon::event::Timestamp::parse).map_or(0, |t| t.0 as u64)
 }
 
 fn count(events: &Path) -> anyhow::Result<Count> {
@@ -74,9 +81,12 @@ fn count(events: &Path) -> anyhow::Result<Count> {
             Some("loss") => {
                 c.loss_records += 1;
                 if let Some(m) = v["lost"].as_object() {
-                    c.lost += m.values().filter_map(|n| n.as_u64()).sum::<u64>();
+                    let n = m.values().filter_map(|n| n.as_u64()).sum::<u64>();
+                    c.lost += n;
+                    c.losses.push((ts(&v), n));
                 }
             }
+            Some("task_start") if c.started.is_none() => c.started = Some(ts(&v)),
             _ => {}
         }
     }
@@ -174,6 +184,13 @@ fn once(agentmon: &std::path::Path, looper: &std::path::Path, o: &Options) -> an
         c.lost,
         c.loss_records
     );
+    if !c.losses.is_empty() {
+        let at = |ns: u64| ns.saturating_sub(c.started.unwrap_or(ns)) as f64 / 1e9;
+        println!(
+            "- loss records (s after the first task started: events lost): {}",
+            c.losses.iter().map(|&(t, n)| format!("{:.1}: {n}", at(t))).collect::<Vec<_>>().join(", ")
+        );
+    }
     println!(
         "- backpressure: {} pauses, {:.1} s paused in all (summed over the tasks)",
         c.pauses,
