@@ -804,14 +804,34 @@ pub fn in_scope_workload_runs() -> R {
         ),
     )
     .map_err(|e| e.to_string())?;
+    // A tarball with a directory of mode 0750: GNU tar sets a directory's mode last,
+    // with chmod("/proc/self/fd/N") on an O_PATH descriptor of it. (Numeric owners:
+    // looking names up, glibc tries nscd's unix socket, which enforcement refuses.)
+    let src = d.join("src/d");
+    std::fs::create_dir_all(&src).map_err(|e| e.to_string())?;
+    std::fs::write(src.join("f"), b"x").map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt;
+    for (p, m) in [(&src, 0o750), (&src.join("f"), 0o640)] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).map_err(|e| e.to_string())?;
+    }
+    let tarball = d.join("d.tar");
+    let st = std::process::Command::new("tar")
+        .arg("cf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(d.join("src"))
+        .arg("d")
+        .status();
+    ensure(st.is_ok_and(|s| s.success()), || "tar cf failed".into())?;
     let script = "set -e; cd \"$1\"; git init -q .; echo 'print(sum(range(10)))' > s.py; \
                   /usr/bin/python3 s.py > out.txt; git add -A; \
                   git -c user.name=agent -c user.email=agent@test commit -qm 'agent work'; \
-                  git log --oneline | wc -l > commits.txt";
+                  git log --oneline | wc -l > commits.txt; \
+                  mkdir x; tar xf \"$2\" --numeric-owner -C x; stat -c %a x/d x/d/f > modes.txt";
     let cmd: Vec<String> = ["/bin/sh", "-c", script, "sh"]
         .iter()
         .map(|s| s.to_string())
-        .chain([repo.display().to_string()])
+        .chain([repo.display().to_string(), tarball.display().to_string()])
         .collect();
     let env = [("HOME", repo.to_str().unwrap()), ("PATH", "/usr/bin:/bin")];
     let run = run_agentmon_with(&["--task", t.to_str().unwrap()], &cmd, &env, &d)?;
@@ -827,6 +847,11 @@ pub fn in_scope_workload_runs() -> R {
         "commits",
         std::fs::read_to_string(repo.join("commits.txt")).map_err(|e| e.to_string())?.trim().to_string(),
         "1".into(),
+    )?;
+    eq(
+        "modes tar set (the directory's through /proc/self/fd)",
+        std::fs::read_to_string(repo.join("modes.txt")).map_err(|e| e.to_string())?,
+        "750\n640\n".into(),
     )?;
     let denied: Vec<String> = run
         .events

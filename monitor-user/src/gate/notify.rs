@@ -267,12 +267,62 @@ fn stat_id(dir: &OwnedFd, name: &CStr) -> Result<Option<(u64, u64)>, Errno> {
     }
 }
 
+/// The descriptor `N` a path of the form `/proc/{self,thread-self,PID}/fd/N` names,
+/// PID being one of `own` (the caller's process and thread ids as its own pid
+/// namespace numbers them).
+fn own_fd(path: &[u8], own: &[u32]) -> Option<u64> {
+    let rest = std::str::from_utf8(path).ok()?.strip_prefix("/proc/")?;
+    let (who, n) = rest.split_once("/fd/")?;
+    let mine = who == "self" || who == "thread-self" || who.parse::<u32>().is_ok_and(|p| own.contains(&p));
+    let digits = !n.is_empty() && n.len() <= 10 && n.bytes().all(|b| b.is_ascii_digit());
+    (mine && digits).then(|| n.parse().ok()).flatten()
+}
+
+/// Thread `tid`'s process and thread ids in its own pid namespace (NSpid's last).
+fn own_ids(tid: u32) -> Vec<u32> {
+    let last = |f: &str| {
+        std::fs::read_to_string(f)
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))?
+            .split_whitespace()
+            .last()?
+            .parse()
+            .ok()
+    };
+    let tgid = tgid_of(tid).unwrap_or(tid);
+    [last(&format!("/proc/{tgid}/status")), last(&format!("/proc/{tgid}/task/{tid}/status"))]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Whether the agent's `/proc` is the proc file system (not a look-alike its root
+/// put there, whose `self/fd/N` would be something else).
+fn agents_proc(tid: u32) -> bool {
+    let Ok(c) = CString::new(format!("/proc/{tid}/root/proc")) else { return false };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &raw mut st) == 0 && st.f_type == libc::PROC_SUPER_MAGIC }
+}
+
 /// Resolves `path` (relative to `dirfd`, AT_FDCWD meaning the cwd) as thread `tid`
 /// sees it: to its parent directory and name (`entry`), or to the file itself.
 fn resolve(tid: u32, dirfd: i64, path: &CStr, entry: bool, follow: bool) -> Result<Target, Errno> {
     let bytes = path.to_bytes();
     if bytes.is_empty() {
         return Err(Errno::ENOENT);
+    }
+    // `chmod("/proc/self/fd/N")`: how GNU tar and glibc change the mode of a file
+    // they hold an O_PATH descriptor of. The magic link cannot be followed beneath
+    // the agent's root (EXDEV), and is not agentmon's own: it is the agent's fd N.
+    if !entry
+        && follow
+        && let Some(n) = own_fd(bytes, &own_ids(tid))
+        && agents_proc(tid)
+    {
+        let fd = agent_fd(tid, n)?;
+        let path = fd_path(&fd);
+        return Ok(Target::File { fd, path, opath: true });
     }
     // Absolute paths resolve in the agent's root (which may be a chroot); relative
     // ones from its cwd or the directory fd it named.
@@ -481,6 +531,27 @@ mod tests {
 
     fn me() -> u32 {
         nix::unistd::gettid().as_raw() as u32
+    }
+
+    #[test]
+    fn proc_fd_paths_name_the_callers_own_descriptors() {
+        let own = [4242, 4243];
+        for (p, want) in [
+            ("/proc/self/fd/5", Some(5)),
+            ("/proc/thread-self/fd/12", Some(12)),
+            ("/proc/4242/fd/0", Some(0)),
+            ("/proc/4243/fd/7", Some(7)),
+            // Another process's, a component more, not a number, not under /proc.
+            ("/proc/1/fd/5", None),
+            ("/proc/self/fd/5/x", None),
+            ("/proc/self/fd/", None),
+            ("/proc/self/fd/-1", None),
+            ("/proc/self/fdinfo/5", None),
+            ("/tmp/proc/self/fd/5", None),
+            ("proc/self/fd/5", None),
+        ] {
+            assert_eq!(own_fd(p.as_bytes(), &own), want, "{p}");
+        }
     }
 
     #[test]

@@ -17,6 +17,9 @@ use crate::{
     sink::Fanout,
 };
 
+/// How long one turn of the loop's ring arms reads records at most.
+pub const DRAIN_TURN: std::time::Duration = std::time::Duration::from_millis(20);
+
 pub struct Engine {
     pub sensors: Sensors,
     pub p: Pipeline,
@@ -92,7 +95,13 @@ impl Engine {
 
     /// Reads every record the kernel has ready.
     pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        self.p.drain(ring, &mut self.out, &mut self.sensors);
+        self.p.drain(ring, &mut self.out, &mut self.sensors, None);
+    }
+
+    /// The same for at most [`DRAIN_TURN`]: the loop's ring arms, which come round
+    /// again at once, so that a storm leaves room for requests, approvals and ticks.
+    pub fn drain_turn(&mut self, ring: &mut RingBuf<MapData>) {
+        self.p.drain(ring, &mut self.out, &mut self.sensors, Some(DRAIN_TURN));
     }
 
     /// A task cookie not used before.

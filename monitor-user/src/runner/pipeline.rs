@@ -105,14 +105,26 @@ impl Pipeline {
 
     /// Reads the records in the ring when it is called (not those written while it
     /// reads: a storm must not hold the loop).
-    pub fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut Fanout, sensors: &mut Sensors) {
+    /// With `budget`, it also stops once that long has passed (checked every 256
+    /// records): the loop's own ring arms, which come round again at once.
+    pub fn drain(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        sink: &mut Fanout,
+        sensors: &mut Sensors,
+        budget: Option<std::time::Duration>,
+    ) {
         let until = self.level.as_ref().map(|l| l.producer());
+        let began = std::time::Instant::now();
         let mut n = 0u64;
         let mut stalled: Option<std::time::Instant> = None;
         loop {
             if let (Some(l), Some(u)) = (&self.level, until)
                 && l.consumer().wrapping_sub(u) as isize >= 0
             {
+                break;
+            }
+            if n > 0 && n.is_multiple_of(256) && budget.is_some_and(|b| began.elapsed() >= b) {
                 break;
             }
             let Some(item) = ring.next() else {

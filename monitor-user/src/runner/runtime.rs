@@ -162,7 +162,7 @@ impl Runtime {
             tokio::select! {
                 r = ring.readable_mut() => {
                     let mut guard = r?;
-                    e.drain(guard.get_inner_mut());
+                    e.drain_turn(guard.get_inner_mut());
                     guard.clear_ready();
                     tokio::task::yield_now().await;
                 }
@@ -171,7 +171,7 @@ impl Runtime {
                     watchdog.beat();
                     // Bounded (see Pipeline::drain): under a storm the next drain is
                     // due at once; the yield lets the other arms' wake-ups in first.
-                    e.drain(ring.get_mut());
+                    e.drain_turn(ring.get_mut());
                     tokio::task::yield_now().await;
                 }
                 _ = tick.tick() => {
