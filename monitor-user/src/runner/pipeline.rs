@@ -142,14 +142,9 @@ impl Pipeline {
             // The record is borrowed until it is judged; then the ring slot is freed.
             let recorded = self.record(&item);
             drop(item);
-            if let Some(p) = &mut self.pressure
-                && p.took(recorded.as_ref().and_then(|(ev, _)| ev.task.as_ref()))
-                && let Some(l) = &self.level
-            {
-                let gates = &self.gates;
-                p.check(l.backlog(), &mut self.contain, &|| {
-                    gates.iter().flat_map(|g| g.held_tasks()).collect()
-                });
+            let task = recorded.as_ref().and_then(|(ev, _)| ev.task.as_ref());
+            if self.pressure.as_mut().is_some_and(|p| p.took(task)) {
+                self.relieve();
             }
             if let Some((ev, alert)) = recorded {
                 // Containment first: the event is written a moment later either way.
@@ -171,6 +166,12 @@ impl Pipeline {
         if n > 0 {
             sink.batch_end();
         }
+        self.relieve();
+    }
+
+    /// Backpressure's turn at the ring's level now: pause the storm's makers, or thaw
+    /// them (see `runner::pressure`); tasks with calls held for approval are spared.
+    fn relieve(&mut self) {
         if let Some(p) = &mut self.pressure
             && let Some(l) = &self.level
         {
