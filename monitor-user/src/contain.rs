@@ -555,7 +555,7 @@ fn signal_tracked(sensors: &Sensors, pid: u32, cookie: u32) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -575,7 +575,7 @@ mod tests {
     }
 
     /// A directory standing in for a cgroup: its freeze file says what was asked.
-    fn fake_cgroup(d: &std::path::Path, name: &str, frozen: bool) -> TaskCgroup {
+    pub(crate) fn fake_cgroup(d: &std::path::Path, name: &str, frozen: bool) -> TaskCgroup {
         let path = d.join(name);
         std::fs::create_dir_all(&path).unwrap();
         std::fs::write(path.join("cgroup.freeze"), if frozen { "1\n" } else { "0\n" }).unwrap();

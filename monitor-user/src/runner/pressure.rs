@@ -95,17 +95,23 @@ pub struct Pressure {
     /// `low` (a sixteenth): far enough apart that a pause is worth its cost.
     high: u64,
     low: u64,
-    /// Since when the tasks are paused, and which.
-    paused: Option<(Instant, Vec<Arc<str>>)>,
+    /// The tasks paused, each since when.
+    paused: HashMap<Arc<str>, Instant>,
     /// Pauses since the last report: per task, how many and how long.
     tally: BTreeMap<Arc<str>, (u32, Duration)>,
     /// Records taken, across drains: one in 64 is sampled.
     taken: u64,
-    /// Whose the records sampled since the ring was last calm were (per task), and
-    /// how many: a pause stops the tasks that make the storm, not the others.
+    /// Whose the records sampled lately were (per task, halved every [`WINDOW`]
+    /// samples), and how many: a pause stops the tasks that make the storm, not the
+    /// others, and a task that starts its storm while others are paused is paused
+    /// in its turn.
     samples: HashMap<Arc<str>, u32>,
     sampled: u32,
 }
+
+/// Samples after which the counts are halved: the makers are those of the last
+/// few tens of thousands of records, not of the whole storm.
+const WINDOW: u32 = 512;
 
 impl Pressure {
     /// Backpressure on a ring buffer of `bytes`.
@@ -113,7 +119,7 @@ impl Pressure {
         Pressure {
             high: bytes / 4,
             low: bytes / 16,
-            paused: None,
+            paused: HashMap::new(),
             tally: BTreeMap::new(),
             taken: 0,
             samples: HashMap::new(),
@@ -128,18 +134,26 @@ impl Pressure {
         if !self.taken.is_multiple_of(64) {
             return false;
         }
-        self.sampled = self.sampled.saturating_add(1);
+        if self.sampled >= WINDOW {
+            self.sampled /= 2;
+            self.samples.retain(|_, n| {
+                *n /= 2;
+                *n > 0
+            });
+        }
+        self.sampled += 1;
         if let Some(t) = task {
-            let n = self.samples.entry(t.clone()).or_default();
-            *n = n.saturating_add(1);
+            *self.samples.entry(t.clone()).or_default() += 1;
         }
         true
     }
 
-    /// Pauses the tasks making the storm when `waiting` bytes fill the ring past
-    /// its high mark, thaws them once it is down to the low one. `held`: tasks
-    /// with calls held for approval, never paused (the freezer would interrupt the
-    /// held call, which the kernel then starts again as a new request).
+    /// Pauses the tasks making the storm while `waiting` bytes fill the ring past
+    /// its high mark (those already paused stay so, and a task that makes the storm
+    /// while others are paused is paused too: the ring would fill again without
+    /// them catching up), thaws them all once it is down to the low one. `held`:
+    /// tasks with calls held for approval, never paused (the freezer would interrupt
+    /// the held call, which the kernel then starts again as a new request).
     pub fn check(&mut self, waiting: u64, contain: &mut Containment, held: &dyn Fn() -> Vec<Arc<str>>) {
         if waiting <= self.low {
             self.resume(contain);
@@ -148,28 +162,34 @@ impl Pressure {
             self.sampled = 0;
             return;
         }
-        if waiting < self.high || self.paused.is_some() {
+        if waiting < self.high {
             return;
         }
-        let makers = contain.makers(&self.samples, self.sampled, &held());
+        let makers: Vec<_> = contain
+            .makers(&self.samples, self.sampled, &held())
+            .into_iter()
+            .filter(|t| !self.paused.contains_key(t))
+            .collect();
         if makers.is_empty() {
-            // Nothing sampled yet to pause: asked again at the next sample.
+            // Nothing (more) sampled to pause: asked again at the next sample.
             return;
         }
         let ids = contain.pause(&makers);
         tracing::debug!("{waiting} bytes waiting in the ring: paused {ids:?}");
-        self.paused = Some((Instant::now(), ids));
+        let now = Instant::now();
+        self.paused.extend(ids.into_iter().map(|id| (id, now)));
     }
 
     /// Thaws what is paused (at the end of a run too: a task is never left frozen).
     pub fn resume(&mut self, contain: &mut Containment) {
-        let Some((since, ids)) = self.paused.take() else { return };
+        if self.paused.is_empty() {
+            return;
+        }
         contain.resume();
-        let took = since.elapsed();
-        for id in ids {
+        for (id, since) in self.paused.drain() {
             let t = self.tally.entry(id).or_default();
             t.0 += 1;
-            t.1 += took;
+            t.1 += since.elapsed();
         }
     }
 
@@ -181,5 +201,70 @@ impl Pressure {
                 Containment::paused_event(&id, times, took.as_millis() as u64, host.clone(), now)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contain::tests::fake_cgroup;
+
+    fn frozen(d: &std::path::Path, id: &str) -> bool {
+        std::fs::read_to_string(d.join(id).join("cgroup.freeze")).unwrap().trim() == "1"
+    }
+
+    /// `n` records of `task`, taken as the drain takes them (checking at each sample).
+    fn take(p: &mut Pressure, c: &mut Containment, task: &str, n: u32, waiting: u64) {
+        let t: Arc<str> = task.into();
+        for _ in 0..n {
+            if p.took(Some(&t)) {
+                p.check(waiting, c, &Vec::new);
+            }
+        }
+    }
+
+    #[test]
+    fn a_storm_that_starts_while_others_are_paused_is_paused_too() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Containment::default();
+        for (i, id) in ["a", "b", "c", "late"].into_iter().enumerate() {
+            c.register(id.into(), i as u32 + 1, Some(fake_cgroup(d.path(), id, false)), false);
+        }
+        let mut p = Pressure::new(16 << 20);
+        let (high, low) = (p.high, p.low);
+        // Three tasks fill the ring past its high mark: they are paused.
+        for id in ["a", "b", "c"] {
+            take(&mut p, &mut c, id, 64 * 40, high - 1);
+        }
+        take(&mut p, &mut c, "a", 64, high);
+        assert!(["a", "b", "c"].iter().all(|id| frozen(d.path(), id)));
+        assert!(!frozen(d.path(), "late"));
+        // While they are paused, the fourth makes the storm and the ring stays full:
+        // it is paused in its turn (the ring would overflow before the low mark).
+        take(&mut p, &mut c, "late", 64 * 200, high);
+        assert!(frozen(d.path(), "late"), "a task storming while others are paused runs on");
+        // Caught up: every one is thawed, and each pause is reported.
+        take(&mut p, &mut c, "late", 64, low);
+        assert!(["a", "b", "c", "late"].iter().all(|id| !frozen(d.path(), id)));
+        let report = p.report(&"h".into(), Timestamp::now());
+        assert_eq!(report.len(), 4);
+    }
+
+    #[test]
+    fn a_quiet_task_beside_a_storm_runs_on() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Containment::default();
+        for (i, id) in ["storm", "quiet"].into_iter().enumerate() {
+            c.register(id.into(), i as u32 + 1, Some(fake_cgroup(d.path(), id, false)), false);
+        }
+        let mut p = Pressure::new(16 << 20);
+        let high = p.high;
+        // One record in 100 is the quiet task's, over many windows of samples.
+        for _ in 0..200 {
+            take(&mut p, &mut c, "storm", 64 * 99, high);
+            take(&mut p, &mut c, "quiet", 64, high);
+        }
+        assert!(frozen(d.path(), "storm"));
+        assert!(!frozen(d.path(), "quiet"));
     }
 }
