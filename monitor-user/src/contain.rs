@@ -166,14 +166,22 @@ impl Containment {
 
     /// Thaws the tasks [`Self::pause`] froze (a task frozen meanwhile by a rule, an
     /// operator or its expiry is no longer among them).
-    pub fn resume(&mut self) {
+    /// Returns the tasks thawed.
+    pub fn resume(&mut self) -> Vec<Arc<str>> {
+        let mut thawed = Vec::new();
         for id in std::mem::take(&mut self.paused) {
-            if let Some(cg) = self.tasks.get(&id).and_then(|e| e.cgroup.as_ref())
-                && let Err(err) = cg.request_freeze(false)
-            {
-                tracing::error!("task {id}: thawing it after a pause: {err}");
+            let Some(cg) = self.tasks.get(&id).and_then(|e| e.cgroup.as_ref()) else { continue };
+            match cg.request_freeze(false) {
+                Ok(()) => thawed.push(id),
+                Err(err) => tracing::error!("task {id}: thawing it after a pause: {err}"),
             }
         }
+        thawed
+    }
+
+    /// Whether task `id` is paused by [`Self::pause`] now (not claimed since).
+    pub fn is_paused(&self, id: &str) -> bool {
+        self.paused.contains(id)
     }
 
     /// Takes task `id` out of the paused (whether it was): it is being frozen,

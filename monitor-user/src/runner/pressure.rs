@@ -14,7 +14,7 @@
 //! approvals, ticks) in one endless drain.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     os::fd::{AsRawFd, BorrowedFd},
     sync::{
         Arc,
@@ -97,6 +97,13 @@ pub struct Pressure {
     low: u64,
     /// The tasks paused, each since when.
     paused: HashMap<Arc<str>, Instant>,
+    /// Makers the freezer was not asked for since the ring was last calm (frozen
+    /// already by a rule or an operator, or the request failed): not asked again.
+    declined: HashSet<Arc<str>>,
+    /// Backpressure has given up until the ring is calm again (a pause held for
+    /// `max_pause`, [`MAX_PAUSE`], without the ring draining).
+    gave_up: bool,
+    max_pause: Duration,
     /// Pauses since the last report: per task, how many and how long.
     tally: BTreeMap<Arc<str>, (u32, Duration)>,
     /// Records taken, across drains: one in 64 is sampled.
@@ -113,6 +120,13 @@ pub struct Pressure {
 /// few tens of thousands of records, not of the whole storm.
 const WINDOW: u32 = 512;
 
+/// The longest a pause lasts while the ring does not drain to its low mark. Past it,
+/// what fills the ring is not what is paused (a task with a call held for approval,
+/// one without a cgroup, a process that left its cgroup): every task is thawed and
+/// none paused again until the ring is calm, so that no tenant stays frozen for
+/// another's storm; what the ring cannot hold meanwhile is lost, and counted.
+const MAX_PAUSE: Duration = Duration::from_secs(2);
+
 impl Pressure {
     /// Backpressure on a ring buffer of `bytes`.
     pub fn new(bytes: u64) -> Pressure {
@@ -120,6 +134,9 @@ impl Pressure {
             high: bytes / 4,
             low: bytes / 16,
             paused: HashMap::new(),
+            declined: HashSet::new(),
+            gave_up: false,
+            max_pause: MAX_PAUSE,
             tally: BTreeMap::new(),
             taken: 0,
             samples: HashMap::new(),
@@ -160,15 +177,33 @@ impl Pressure {
             // Calm: what is sampled from here is the next storm's.
             self.samples.clear();
             self.sampled = 0;
+            self.declined.clear();
+            self.gave_up = false;
             return;
         }
-        if waiting < self.high {
+        if self.gave_up {
+            return;
+        }
+        if self.paused.values().min().is_some_and(|since| since.elapsed() >= self.max_pause) {
+            tracing::warn!(
+                "{waiting} bytes still waiting in the ring after pausing {:?} for {:?}: thawed; \
+                 no pause until the ring drains",
+                self.paused.keys().collect::<Vec<_>>(),
+                self.max_pause
+            );
+            self.resume(contain);
+            self.gave_up = true;
+            return;
+        }
+        // While some are paused, only a task with its tenth of a fair number of
+        // samples is paused in its turn (not every one sampled once).
+        if waiting < self.high || (!self.paused.is_empty() && self.sampled < 16) {
             return;
         }
         let makers: Vec<_> = contain
             .makers(&self.samples, self.sampled, &held())
             .into_iter()
-            .filter(|t| !self.paused.contains_key(t))
+            .filter(|t| !contain.is_paused(t) && !self.declined.contains(t))
             .collect();
         if makers.is_empty() {
             // Nothing (more) sampled to pause: asked again at the next sample.
@@ -177,19 +212,26 @@ impl Pressure {
         let ids = contain.pause(&makers);
         tracing::debug!("{waiting} bytes waiting in the ring: paused {ids:?}");
         let now = Instant::now();
-        self.paused.extend(ids.into_iter().map(|id| (id, now)));
+        self.declined.extend(makers.into_iter().filter(|t| !ids.contains(t)));
+        for id in ids {
+            self.paused.entry(id).or_insert(now);
+        }
     }
 
     /// Thaws what is paused (at the end of a run too: a task is never left frozen).
+    /// A pause is reported for the tasks thawed (not those a rule, an operator or an
+    /// expiry froze for good meanwhile).
     pub fn resume(&mut self, contain: &mut Containment) {
         if self.paused.is_empty() {
             return;
         }
-        contain.resume();
+        let thawed = contain.resume();
         for (id, since) in self.paused.drain() {
-            let t = self.tally.entry(id).or_default();
-            t.0 += 1;
-            t.1 += since.elapsed();
+            if thawed.contains(&id) {
+                let t = self.tally.entry(id).or_default();
+                t.0 += 1;
+                t.1 += since.elapsed();
+            }
         }
     }
 
@@ -248,6 +290,73 @@ mod tests {
         assert!(["a", "b", "c", "late"].iter().all(|id| !frozen(d.path(), id)));
         let report = p.report(&"h".into(), Timestamp::now());
         assert_eq!(report.len(), 4);
+    }
+
+    fn tasks(d: &std::path::Path, ids: &[&str]) -> Containment {
+        let mut c = Containment::default();
+        for (i, id) in ids.iter().enumerate() {
+            c.register((*id).into(), i as u32 + 1, Some(fake_cgroup(d, id, false)), false);
+        }
+        c
+    }
+
+    #[test]
+    fn a_task_storming_after_a_long_storm_is_paused_soon() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = tasks(d.path(), &["a", "b", "c", "late"]);
+        let mut p = Pressure::new(16 << 20);
+        let high = p.high;
+        // A long storm below the high mark (5000 samples each), then the high mark.
+        for _ in 0..50 {
+            for id in ["a", "b", "c"] {
+                take(&mut p, &mut c, id, 64 * 100, high - 1);
+            }
+        }
+        take(&mut p, &mut c, "a", 64, high);
+        assert!(["a", "b", "c"].iter().all(|id| frozen(d.path(), id)));
+        // The late storm is the last few hundred samples' maker: paused within 100
+        // (counted since the first storm began, it would need 1,700).
+        take(&mut p, &mut c, "late", 64 * 100, high);
+        assert!(frozen(d.path(), "late"), "the late storm waits for the first one's samples to age");
+    }
+
+    #[test]
+    fn a_task_sampled_once_is_not_paused_beside_a_paused_storm() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = tasks(d.path(), &["storm", "quiet"]);
+        let mut p = Pressure::new(16 << 20);
+        let high = p.high;
+        // Few samples at the high mark (a burst after a thaw): the storm is paused...
+        take(&mut p, &mut c, "storm", 64 * 5, high);
+        assert!(frozen(d.path(), "storm"));
+        // ...and a task with one record among the next few samples is not.
+        take(&mut p, &mut c, "quiet", 64, high);
+        take(&mut p, &mut c, "storm", 64 * 3, high);
+        assert!(!frozen(d.path(), "quiet"), "a quiet task paused for one sampled record");
+    }
+
+    #[test]
+    fn a_pause_that_does_not_drain_the_ring_is_given_up() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = tasks(d.path(), &["storm", "other"]);
+        let mut p = Pressure::new(16 << 20);
+        p.max_pause = Duration::from_millis(20);
+        let (high, low) = (p.high, p.low);
+        take(&mut p, &mut c, "storm", 64 * 20, high);
+        assert!(frozen(d.path(), "storm"));
+        // What fills the ring is not paused (say, a task with a call held): after
+        // max_pause, the paused are thawed and nothing is paused again...
+        std::thread::sleep(Duration::from_millis(30));
+        take(&mut p, &mut c, "other", 64, high);
+        assert!(!frozen(d.path(), "storm"), "a tenant kept frozen for a storm a pause does not stop");
+        take(&mut p, &mut c, "storm", 64 * 100, high);
+        take(&mut p, &mut c, "other", 64 * 100, high);
+        assert!(!frozen(d.path(), "storm") && !frozen(d.path(), "other"));
+        assert_eq!(p.report(&"h".into(), Timestamp::now()).len(), 1);
+        // ...until the ring has been calm.
+        take(&mut p, &mut c, "storm", 64, low);
+        take(&mut p, &mut c, "storm", 64 * 20, high);
+        assert!(frozen(d.path(), "storm"));
     }
 
     #[test]
