@@ -12,6 +12,7 @@ mod callers;
 mod daemon;
 mod engine;
 mod exec;
+mod finish;
 mod hosts;
 mod keeper;
 mod outputs;

@@ -28,6 +28,8 @@ pub struct Extras {
     pub nats: Option<NatsHandles>,
     /// Ended tasks whose state record says so already.
     pub marked: std::collections::HashSet<std::sync::Arc<str>>,
+    /// Ended tasks with no process tracked at the last tick (`runner::finish`).
+    pub quiet: std::collections::HashSet<std::sync::Arc<str>>,
     /// Tasks frozen because an output failed (thawed when outputs work again).
     pub failed_closed: std::collections::HashSet<std::sync::Arc<str>>,
 }
@@ -399,7 +401,7 @@ fn housekeeping(
         }
     }
     fail_closed(e, &mut extras.failed_closed);
-    forget_finished(e, &mut extras.marked, tracked);
+    super::finish::forget_finished(e, &mut extras.marked, &mut extras.quiet, tracked);
     let (host, now) = (e.host(), e.p.enr.clock().now_wall());
     e.out.report_losses(&host, now);
     if let Some(m) = &extras.metrics {
@@ -576,42 +578,5 @@ fn report(m: &Metrics, e: &Engine, nats: Option<&NatsHandles>) {
     }
     if let Some(n) = nats {
         n.report(m);
-    }
-}
-
-/// Tasks that ended and have no tracked process left: their per-task outputs are
-/// closed and what is kept of them dropped (a daemon runs for months). Each ended
-/// task's record is marked once.
-/// Lets go of the ended tasks no process is tracked for any more: `tracked` is the
-/// kernel's list taken before the ring was last drained, so every event of a
-/// process missing from it was recorded under its task before the task goes (None:
-/// not taken this tick, as no task had ended then; next tick).
-fn forget_finished(
-    e: &mut Engine,
-    marked: &mut std::collections::HashSet<std::sync::Arc<str>>,
-    tracked: Option<&[(u32, u32)]>,
-) {
-    let Some(tracked) = tracked else { return };
-    if e.p.ended.is_empty() {
-        return;
-    }
-    let Some(state) = &e.setup.state else { return };
-    let mut done = Vec::new();
-    for id in &e.p.ended {
-        if marked.insert(id.clone()) {
-            state.mark_ended(id);
-        }
-        // Its sub-tasks' processes keep it too (they share its cgroup and events file).
-        if !e.p.contain.cookies_under(id).iter().any(|c| tracked.iter().any(|(_, t)| t == c)) {
-            done.push(id.clone());
-        }
-    }
-    for id in done {
-        e.out.remove_keyed(&id);
-        state.drop_saved(&id);
-        e.p.forget(&id);
-        e.p.ended.remove(&id);
-        e.gated.retain(|(t, _)| *t != id);
-        marked.remove(&id);
     }
 }

@@ -1,0 +1,93 @@
+//! Letting go of ended tasks. A daemon runs for months: once a task has ended and
+//! none of its processes is left, its per-task outputs are closed and what is kept of
+//! it dropped; but not before the last of its events is recorded under it.
+//!
+//! The kernel takes an exiting process out of its tracked list a moment before it
+//! writes that process's exit record. So a tick that finds no process of a task in
+//! the list, and then drains the ring, may miss the last exit record (it is written
+//! after the drain began). A task is let go only at the second tick in a row that
+//! finds none of its processes: that tick's drain has the record.
+
+use std::{collections::HashSet, sync::Arc};
+
+use super::engine::Engine;
+
+/// Lets go of the ended tasks (each one's state record marked ended once, `marked`)
+/// no process was tracked for at this tick and the one before (`quiet`: the tasks
+/// found without one at the last tick). `tracked`: the kernel's list of (pid,
+/// cookie), taken before the ring was last drained (None: not taken this tick, as no
+/// task had ended then).
+pub fn forget_finished(
+    e: &mut Engine,
+    marked: &mut HashSet<Arc<str>>,
+    quiet: &mut HashSet<Arc<str>>,
+    tracked: Option<&[(u32, u32)]>,
+) {
+    let Some(tracked) = tracked else { return };
+    if e.p.ended.is_empty() {
+        return;
+    }
+    let Some(state) = &e.setup.state else { return };
+    for id in &e.p.ended {
+        if marked.insert(id.clone()) {
+            state.mark_ended(id);
+        }
+    }
+    // Its sub-tasks' processes keep it too (they share its cgroup and events file).
+    let contain = &e.p.contain;
+    let busy = |id: &str| contain.cookies_under(id).iter().any(|c| tracked.iter().any(|(_, t)| t == c));
+    for id in settled(&e.p.ended, busy, quiet) {
+        e.out.remove_keyed(&id);
+        state.drop_saved(&id);
+        e.p.forget(&id);
+        e.p.ended.remove(&id);
+        e.gated.retain(|(t, _)| *t != id);
+        marked.remove(&id);
+    }
+}
+
+/// Of the `ended` tasks, those without a process (`busy`: whether one has any) at
+/// this tick and the last; `quiet` becomes those without one at this tick still kept.
+fn settled(
+    ended: &HashSet<Arc<str>>,
+    busy: impl Fn(&str) -> bool,
+    quiet: &mut HashSet<Arc<str>>,
+) -> Vec<Arc<str>> {
+    let mut done = Vec::new();
+    let mut now = HashSet::new();
+    for id in ended {
+        if busy(id) {
+            continue;
+        }
+        if quiet.contains(id) {
+            done.push(id.clone());
+        } else {
+            now.insert(id.clone());
+        }
+    }
+    *quiet = now;
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_goes_at_the_second_tick_without_a_process() {
+        let ended: HashSet<Arc<str>> = ["a".into(), "b".into()].into();
+        let mut quiet = HashSet::new();
+        // "b" still has a process; "a" has none, for the first time: both kept (the
+        // exit record of a's last process may be written after this tick's drain).
+        assert!(settled(&ended, |id| id == "b", &mut quiet).is_empty());
+        // A process of "a" seen again (a sub-task's): it starts over.
+        assert!(settled(&ended, |_| true, &mut quiet).is_empty());
+        assert!(settled(&ended, |id| id == "b", &mut quiet).is_empty());
+        // The second tick in a row without one: "a" goes, "b" stays.
+        assert_eq!(settled(&ended, |id| id == "b", &mut quiet), vec![Arc::<str>::from("a")]);
+        // "b" too, at the second tick after its last process.
+        let ended: HashSet<Arc<str>> = ["b".into()].into();
+        assert!(settled(&ended, |_| false, &mut quiet).is_empty());
+        assert_eq!(settled(&ended, |_| false, &mut quiet), vec![Arc::<str>::from("b")]);
+    }
+}
