@@ -43,10 +43,11 @@ impl Default for PromptPolicy {
 impl PromptPolicy {
     /// The policy with `extra` patterns redacted besides [`DEFAULT_REDACT`]; a bad
     /// pattern is an error naming it.
+    /// Without `text` only `extra` is compiled (checked): nothing is redacted from a
+    /// hash, and compiling the defaults costs every `agentmon exec` a millisecond.
     pub fn new(text: bool, max_bytes: usize, extra: &[String]) -> Result<Self, String> {
-        let redact = DEFAULT_REDACT
-            .iter()
-            .map(|p| p.to_string())
+        let defaults = DEFAULT_REDACT.iter().filter(|_| text).map(|p| p.to_string());
+        let redact = defaults
             .chain(extra.iter().cloned())
             .map(|p| Regex::new(&p).map_err(|e| format!("redaction pattern {p:?}: {e}")))
             .collect::<Result<_, _>>()?;
