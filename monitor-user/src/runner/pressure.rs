@@ -213,9 +213,8 @@ impl Pressure {
         tracing::debug!("{waiting} bytes waiting in the ring: paused {ids:?}");
         let now = Instant::now();
         self.declined.extend(makers.into_iter().filter(|t| !ids.contains(t)));
-        for id in ids {
-            self.paused.entry(id).or_insert(now);
-        }
+        // Newly paused (a task claimed by a freeze and thawed since starts over).
+        self.paused.extend(ids.into_iter().map(|id| (id, now)));
     }
 
     /// Thaws what is paused (at the end of a run too: a task is never left frozen).
