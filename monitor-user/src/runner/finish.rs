@@ -5,10 +5,18 @@
 //! The kernel takes an exiting process out of its tracked list a moment before it
 //! writes that process's exit record. So a tick that finds no process of a task in
 //! the list, and then drains the ring, may miss the last exit record (it is written
-//! after the drain began). A task is let go only at the second tick in a row that
-//! finds none of its processes: that tick's drain has the record.
+//! after the drain began). A task is let go only at a later tick that finds none of
+//! its processes either, at least [`SETTLE`] after the first (ticks missed while the
+//! loop was busy come back to back): that tick's drain has the record.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+/// How long an ended task stays without a tracked process before it is let go.
+const SETTLE: Duration = Duration::from_millis(250);
 
 use super::engine::Engine;
 
@@ -20,7 +28,7 @@ use super::engine::Engine;
 pub fn forget_finished(
     e: &mut Engine,
     marked: &mut HashSet<Arc<str>>,
-    quiet: &mut HashSet<Arc<str>>,
+    quiet: &mut HashMap<Arc<str>, Instant>,
     tracked: Option<&[(u32, u32)]>,
 ) {
     let Some(tracked) = tracked else { return };
@@ -36,7 +44,7 @@ pub fn forget_finished(
     // Its sub-tasks' processes keep it too (they share its cgroup and events file).
     let contain = &e.p.contain;
     let busy = |id: &str| contain.cookies_under(id).iter().any(|c| tracked.iter().any(|(_, t)| t == c));
-    for id in settled(&e.p.ended, busy, quiet) {
+    for id in settled(&e.p.ended, busy, quiet, Instant::now()) {
         e.out.remove_keyed(&id);
         state.drop_saved(&id);
         e.p.forget(&id);
@@ -47,25 +55,31 @@ pub fn forget_finished(
 }
 
 /// Of the `ended` tasks, those without a process (`busy`: whether one has any) at
-/// this tick and the last; `quiet` becomes those without one at this tick still kept.
+/// this tick and since at least [`SETTLE`] before `now`; `quiet` becomes those without
+/// one at this tick still kept, each since when.
 fn settled(
     ended: &HashSet<Arc<str>>,
     busy: impl Fn(&str) -> bool,
-    quiet: &mut HashSet<Arc<str>>,
+    quiet: &mut HashMap<Arc<str>, Instant>,
+    now: Instant,
 ) -> Vec<Arc<str>> {
     let mut done = Vec::new();
-    let mut now = HashSet::new();
+    let mut still = HashMap::new();
     for id in ended {
         if busy(id) {
             continue;
         }
-        if quiet.contains(id) {
-            done.push(id.clone());
-        } else {
-            now.insert(id.clone());
+        match quiet.get(id) {
+            Some(&since) if now.duration_since(since) >= SETTLE => done.push(id.clone()),
+            Some(&since) => {
+                still.insert(id.clone(), since);
+            }
+            None => {
+                still.insert(id.clone(), now);
+            }
         }
     }
-    *quiet = now;
+    *quiet = still;
     done
 }
 
@@ -74,20 +88,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_task_goes_at_the_second_tick_without_a_process() {
+    fn a_task_goes_a_tick_after_its_last_process() {
         let ended: HashSet<Arc<str>> = ["a".into(), "b".into()].into();
-        let mut quiet = HashSet::new();
+        let mut quiet = HashMap::new();
+        let t0 = Instant::now();
+        let tick = |n: u32| t0 + Duration::from_millis(500) * n;
         // "b" still has a process; "a" has none, for the first time: both kept (the
         // exit record of a's last process may be written after this tick's drain).
-        assert!(settled(&ended, |id| id == "b", &mut quiet).is_empty());
+        assert!(settled(&ended, |id| id == "b", &mut quiet, tick(0)).is_empty());
         // A process of "a" seen again (a sub-task's): it starts over.
-        assert!(settled(&ended, |_| true, &mut quiet).is_empty());
-        assert!(settled(&ended, |id| id == "b", &mut quiet).is_empty());
-        // The second tick in a row without one: "a" goes, "b" stays.
-        assert_eq!(settled(&ended, |id| id == "b", &mut quiet), vec![Arc::<str>::from("a")]);
-        // "b" too, at the second tick after its last process.
+        assert!(settled(&ended, |_| true, &mut quiet, tick(1)).is_empty());
+        assert!(settled(&ended, |id| id == "b", &mut quiet, tick(2)).is_empty());
+        // A missed tick run at once after: too soon.
+        assert!(settled(&ended, |id| id == "b", &mut quiet, tick(2) + Duration::from_millis(1)).is_empty());
+        // The next tick without one: "a" goes, "b" stays.
+        assert_eq!(settled(&ended, |id| id == "b", &mut quiet, tick(3)), vec![Arc::<str>::from("a")]);
+        // "b" too, a tick after its last process.
         let ended: HashSet<Arc<str>> = ["b".into()].into();
-        assert!(settled(&ended, |_| false, &mut quiet).is_empty());
-        assert_eq!(settled(&ended, |_| false, &mut quiet), vec![Arc::<str>::from("b")]);
+        assert!(settled(&ended, |_| false, &mut quiet, tick(4)).is_empty());
+        assert_eq!(settled(&ended, |_| false, &mut quiet, tick(5)), vec![Arc::<str>::from("b")]);
     }
 }
