@@ -15,14 +15,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::engine::Engine;
+
 /// How long an ended task stays without a tracked process before it is let go.
 const SETTLE: Duration = Duration::from_millis(250);
 
-use super::engine::Engine;
-
 /// Lets go of the ended tasks (each one's state record marked ended once, `marked`)
-/// no process was tracked for at this tick and the one before (`quiet`: the tasks
-/// found without one at the last tick). `tracked`: the kernel's list of (pid,
+/// no process was tracked for at this tick nor at an earlier one at least [`SETTLE`]
+/// before (`quiet`: the tasks found without one, each since when). `tracked`: the kernel's list of (pid,
 /// cookie), taken before the ring was last drained (None: not taken this tick, as no
 /// task had ended then).
 pub fn forget_finished(

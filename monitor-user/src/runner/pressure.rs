@@ -264,13 +264,19 @@ mod tests {
         }
     }
 
+    /// Top-level tasks `ids`, each with a cgroup of its own (running).
+    fn tasks(d: &std::path::Path, ids: &[&str]) -> Containment {
+        let mut c = Containment::default();
+        for (i, id) in ids.iter().enumerate() {
+            c.register((*id).into(), i as u32 + 1, Some(fake_cgroup(d, id, false)), false);
+        }
+        c
+    }
+
     #[test]
     fn a_storm_that_starts_while_others_are_paused_is_paused_too() {
         let d = tempfile::tempdir().unwrap();
-        let mut c = Containment::default();
-        for (i, id) in ["a", "b", "c", "late"].into_iter().enumerate() {
-            c.register(id.into(), i as u32 + 1, Some(fake_cgroup(d.path(), id, false)), false);
-        }
+        let mut c = tasks(d.path(), &["a", "b", "c", "late"]);
         let mut p = Pressure::new(16 << 20);
         let (high, low) = (p.high, p.low);
         // Three tasks fill the ring past its high mark: they are paused.
@@ -289,14 +295,6 @@ mod tests {
         assert!(["a", "b", "c", "late"].iter().all(|id| !frozen(d.path(), id)));
         let report = p.report(&"h".into(), Timestamp::now());
         assert_eq!(report.len(), 4);
-    }
-
-    fn tasks(d: &std::path::Path, ids: &[&str]) -> Containment {
-        let mut c = Containment::default();
-        for (i, id) in ids.iter().enumerate() {
-            c.register((*id).into(), i as u32 + 1, Some(fake_cgroup(d, id, false)), false);
-        }
-        c
     }
 
     #[test]
@@ -361,10 +359,7 @@ mod tests {
     #[test]
     fn a_quiet_task_beside_a_storm_runs_on() {
         let d = tempfile::tempdir().unwrap();
-        let mut c = Containment::default();
-        for (i, id) in ["storm", "quiet"].into_iter().enumerate() {
-            c.register(id.into(), i as u32 + 1, Some(fake_cgroup(d.path(), id, false)), false);
-        }
+        let mut c = tasks(d.path(), &["storm", "quiet"]);
         let mut p = Pressure::new(16 << 20);
         let high = p.high;
         // One record in 100 is the quiet task's, over many windows of samples.

@@ -28,7 +28,7 @@ pub struct Extras {
     pub nats: Option<NatsHandles>,
     /// Ended tasks whose state record says so already.
     pub marked: std::collections::HashSet<std::sync::Arc<str>>,
-    /// Ended tasks with no process tracked at the last tick (`runner::finish`).
+    /// Ended tasks with no process tracked, since when (`runner::finish`).
     pub quiet: std::collections::HashMap<std::sync::Arc<str>, std::time::Instant>,
     /// Tasks frozen because an output failed (thawed when outputs work again).
     pub failed_closed: std::collections::HashSet<std::sync::Arc<str>>,
