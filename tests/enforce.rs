@@ -697,7 +697,8 @@ pub fn observed_compat_calls_are_reported() -> R {
 /// own FUSE mount, answered 3 s late: agentmon reads the agent's memory off its
 /// loop and gives up after 500 ms (the record says the path went unread), so the
 /// agent cannot stop it for every task. Before, the loop waited on the agent's file
-/// system (here 3 s; for ever if it never answers).
+/// system (here 3 s; for ever if it never answers). Under enforcement, the same for
+/// a held call's name in such a page, and for a path whose lookup is answered late.
 pub fn memory_the_agent_serves_cannot_stop_agentmon() -> R {
     let (d, task) = setup("fuse-stall", false)?;
     let mnt = d.join("mnt");
@@ -742,7 +743,13 @@ pub fn memory_the_agent_serves_cannot_stop_agentmon() -> R {
         .output()
         .map_err(|e| e.to_string())?;
     ensure(served.status.success(), || format!("serving FUSE: {}", String::from_utf8_lossy(&served.stderr)))?;
-    let actions = [format!("unlink_mapped={}", mnt.join("f").display())];
+    // And a chmod of a path through that file system, whose lookup it answers
+    // late: refused with ETIMEDOUT after 500 ms. Before, agentmon resolved the path
+    // on its loop and waited for the lookup.
+    let actions = [
+        format!("unlink_mapped={}", mnt.join("f").display()),
+        format!("chmod={}", mnt.join("slow").display()),
+    ];
     let run = run_attempts(&d, &task, &actions);
     let mnt_c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid path.
@@ -756,6 +763,18 @@ pub fn memory_the_agent_serves_cannot_stop_agentmon() -> R {
     eq("its call", stalled.syscall.as_deref(), Some("unlink"))?;
     eq("its task", stalled.task.as_deref(), Some("fuse-held"))?;
     ensure(run.alerts.iter().any(|a| a.event.id == stalled.id), || "no alert for the held call".into())?;
+    eq("chmod through a lookup answered late", res.get("chmod").copied(), Some(libc::ETIMEDOUT))?;
+    let looked = run
+        .events
+        .iter()
+        .find(|e| {
+            e.kind == Kind::Tamper
+                && matches!(e.syscall.as_deref(), Some("chmod" | "fchmodat" | "fchmodat2"))
+                && e.detail.get("attempt").and_then(|v| v.as_str()) == Some("stalling agentmon")
+        })
+        .ok_or_else(|| format!("no tamper record of the chmod:\n{}", run.summary()))?;
+    eq("its task", looked.task.as_deref(), Some("fuse-held"))?;
+    ensure(run.alerts.iter().any(|a| a.event.id == looked.id), || "no alert for the chmod".into())?;
     Ok(())
 }
 

@@ -299,6 +299,39 @@ impl Drop for Server {
     }
 }
 
+/// Replies being written by [`reply_later`], and a wake-up for each one done.
+static REPLYING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static REPLIED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Writes `reply` to `stream` in a task of its own (the loop does not wait on a
+/// client that does not read), counted so that [`replies_written`] can let it end.
+pub fn reply_later(mut stream: UnixStream, reply: Reply) {
+    use std::sync::atomic::Ordering;
+    REPLYING.fetch_add(1, Ordering::AcqRel);
+    tokio::spawn(async move {
+        write_reply(&mut stream, &reply).await;
+        REPLYING.fetch_sub(1, Ordering::AcqRel);
+        REPLIED.notify_waiters();
+    });
+}
+
+/// Waits, at most `limit`, for the replies [`reply_later`] is still writing: when
+/// agentmon stops, the reply to the request that stopped it (an operator's kill of
+/// its task) is written, not dropped with the runtime.
+pub async fn replies_written(limit: Duration) {
+    use std::sync::atomic::Ordering;
+    let _ = tokio::time::timeout(limit, async {
+        loop {
+            let done = REPLIED.notified();
+            if REPLYING.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            done.await;
+        }
+    })
+    .await;
+}
+
 pub async fn write_reply(stream: &mut UnixStream, reply: &Reply) {
     let mut text = serde_json::to_string(reply).unwrap_or_else(|_| "{\"ok\":false}".into());
     text.push('\n');

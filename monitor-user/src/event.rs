@@ -415,8 +415,12 @@ impl Timestamp {
 
     /// Text form, e.g. `2026-11-28T15:31:39.607000000Z`, into `buf`.
     pub fn format<'b>(&self, buf: &'b mut [u8; 30]) -> &'b str {
-        let secs = self.0.div_euclid(1_000_000_000) as i64;
-        let nanos = self.0.rem_euclid(1_000_000_000) as u32;
+        // In 64 bits while the time fits (until 2262): a 128-bit division is a
+        // library call, and this runs for every record written.
+        let (secs, nanos) = match i64::try_from(self.0) {
+            Ok(t) => (t.div_euclid(1_000_000_000), t.rem_euclid(1_000_000_000) as u32),
+            Err(_) => (self.0.div_euclid(1_000_000_000) as i64, self.0.rem_euclid(1_000_000_000) as u32),
+        };
         let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u32);
         // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
         let z = days + 719_468;
@@ -483,6 +487,9 @@ mod tests {
             (0i128, "1970-01-01T00:00:00.000000000Z"),
             (1_795_880_499_607_000_123, "2026-11-28T15:41:39.607000123Z"),
             (951_782_400_000_000_000, "2000-02-29T00:00:00.000000000Z"),
+            // Before 1970, and past what 64 bits of nanoseconds hold (2262).
+            (-1, "1969-12-31T23:59:59.999999999Z"),
+            (10_000_000_000_000_000_123, "2286-11-20T17:46:40.000000123Z"),
         ] {
             assert_eq!(Timestamp(ns).to_string(), text);
             assert_eq!(Timestamp::parse(text), Some(Timestamp(ns)));

@@ -1,7 +1,9 @@
 //! A file system the agent serves itself (FUSE, spoken directly on /dev/fuse): one
 //! file, `f`, whose contents it answers only after a delay. A page of it mapped
 //! into the agent's memory makes any reader of that memory — agentmon, reading a
-//! held call's path through /proc/PID/mem — wait for the agent.
+//! held call's path through /proc/PID/mem — wait for the agent. The same file is
+//! also `slow`, whose lookup is answered after the delay: whoever resolves a path
+//! through it (agentmon, resolving a held call's target) waits too.
 
 use std::{
     ffi::CString,
@@ -95,7 +97,10 @@ fn serve(mut dev: File, data: Vec<u8>, delay: Duration) {
                 o.extend_from_slice(&[0u8; 64 - 28]);
                 Ok(o)
             }
-            LOOKUP if &buf[IN_HEADER..n] == b"f\0" => {
+            LOOKUP if matches!(&buf[IN_HEADER..n], b"f\0" | b"slow\0") => {
+                if &buf[IN_HEADER..n] == b"slow\0" {
+                    std::thread::sleep(delay);
+                }
                 let mut o = Vec::new();
                 for v in [FILE_NODE, 0, 0, 0] {
                     o.extend_from_slice(&v.to_ne_bytes());

@@ -1094,6 +1094,7 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             "chmod_in" => {
                 errno(fs::set_permissions(d.join("repo/ok.txt"), fs::Permissions::from_mode(0o600)))
             }
+            "chmod" => errno(fs::set_permissions(arg, fs::Permissions::from_mode(0o600))),
             "chmod_out" => {
                 errno(fs::set_permissions(d.join("victim.txt"), fs::Permissions::from_mode(0o666)))
             }

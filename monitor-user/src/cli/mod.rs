@@ -139,16 +139,29 @@ pub enum RulesCmd {
     },
 }
 
+/// `run`, then the control replies still being written (on the control socket,
+/// then over NATS), for at most a second each.
+async fn settled<T>(run: impl std::future::Future<Output = T>) -> T {
+    let r = run.await;
+    crate::ctl::replies_written(std::time::Duration::from_secs(1)).await;
+    crate::nats::control::answers_sent(std::time::Duration::from_secs(1)).await;
+    r
+}
+
 /// Runs the parsed command line; the result is the process exit status.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    // One thread: a readiness event (a held call, the ring's wake-up) reaches the
+    // loop without a hand-over from a worker thread (a fifth of a held chmod's
+    // cost). Tasks it spawns (control replies, the metrics responder) run whenever
+    // the loop waits, which it does between bounded turns.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
         Command::Exec(args) => {
             let opts = match args.options()? {
                 Ok(o) => o,
                 Err(code) => return Ok(code),
             };
-            match rt.block_on(runner::exec(opts)) {
+            match rt.block_on(settled(runner::exec(opts))) {
                 Ok(code) => Ok(code),
                 Err(e) => {
                     eprintln!("agentmon: {e}");
@@ -230,7 +243,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Attach(a) => daemon::attach(&rt, a),
         Command::Daemon(a) => {
             let opts = daemon::options(a)?;
-            match rt.block_on(runner::daemon(opts)) {
+            match rt.block_on(settled(runner::daemon(opts))) {
                 Ok(code) => Ok(code),
                 Err(e) => {
                     eprintln!("agentmon daemon: {e}");

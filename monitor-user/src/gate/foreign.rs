@@ -31,7 +31,7 @@ impl Gate {
         let (mut paths, mut stalled) = (Vec::new(), false);
         for &i in call.map(|c| c.1).unwrap_or_default() {
             // Both ABIs pass 32-bit pointers.
-            let p = notify::read_cstr(n.tid, n.args[i] & 0xffff_ffff);
+            let p = notify::read_cstr(self.id, n.tid, n.args[i] & 0xffff_ffff);
             stalled |= p == Err(Errno::ETIMEDOUT);
             paths.push(p.ok());
         }

@@ -14,6 +14,7 @@ pub mod filter;
 mod foreign;
 pub mod notify;
 mod refused;
+mod worker;
 
 use std::{
     borrow::Cow,
@@ -27,7 +28,7 @@ use nix::errno::Errno;
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
 
-use self::notify::{Call, Creds, Notif};
+use self::notify::{Call, Creds, Notif, Unresolved};
 use crate::{
     enrich::Enricher,
     event::{Event, Kind},
@@ -166,6 +167,10 @@ pub struct Gate {
     /// The last refusal recorded of each request: what a summary of the unrecorded
     /// ones of that request repeats.
     last_refused: BTreeMap<&'static str, Event>,
+    /// Whose share of the workers this gate's steps count against ([`worker`]):
+    /// a task's, so that no agent, however many processes it forks, takes every
+    /// worker from the other tasks.
+    id: u32,
 }
 
 /// Lets approved exec `call` of thread `tid` go on: the BPF LSM tier's
@@ -226,6 +231,35 @@ pub(super) fn caller_event(kind: Kind, tgid: u32, tid: u32, enr: &Enricher) -> E
     ev
 }
 
+/// The tamper record of held call `n` (of syscall `name`) that a step agentmon
+/// takes for it did not end within `wait` ([`worker`]): refused with `errno`.
+#[allow(clippy::too_many_arguments)]
+fn stalled(
+    n: Notif,
+    name: &'static str,
+    errno: Errno,
+    what: &str,
+    wait: Duration,
+    sensors: &Sensors,
+    enr: &Enricher,
+    judge: &Judge,
+) -> Event {
+    let t = notify::tgid_of(n.tid).unwrap_or(n.tid);
+    let mut ev = caller_event(Kind::Tamper, t, n.tid, enr);
+    ev.task = sensors.task_of(t).and_then(|c| enr.task_name(c));
+    if let Some(b) = ev.task.as_ref().and_then(|id| judge.task(id)) {
+        b.stamp(&mut ev);
+    }
+    ev.syscall = Some(Cow::Borrowed(name));
+    ev.reason = Some(format!(
+        "the held {name}'s {what} within {} ms; answered {}",
+        wait.as_millis(),
+        errno_name(errno)
+    ));
+    ev.detail.insert("attempt".into(), json!("stalling agentmon"));
+    ev
+}
+
 fn errno_name(e: Errno) -> String {
     crate::names::errno(-(e as i64)).map(|n| n.into_owned()).unwrap_or_default()
 }
@@ -246,6 +280,10 @@ impl Gate {
             launched: false,
             refusals: Default::default(),
             last_refused: BTreeMap::new(),
+            id: {
+                static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         })
     }
 
@@ -392,39 +430,34 @@ impl Gate {
             answer(Err(Errno::EPERM));
             return None;
         };
-        let call = notify::resolve_call(&n, g);
-        let tgid = notify::tgid_of(n.tid);
-        let creds = notify::creds_of(n.tid);
+        let resolved = notify::resolve_held(self.id, n, g);
         // What we read belongs to the notifying thread only if it is still waiting.
         if !notify::valid(fd, n.id) {
             return None;
         }
-        let (call, tgid, creds) = match (call, tgid, creds) {
-            (Ok(c), Some(t), Some(cr)) => (c, t, cr),
-            (Err(Errno::ETIMEDOUT), Some(t), _) => {
-                // Its memory did not come in: refused, and said.
-                answer(Err(Errno::EFAULT));
-                let mut ev = caller_event(Kind::Tamper, t, n.tid, enr);
-                ev.task = sensors.task_of(t).and_then(|c| enr.task_name(c));
-                if let Some(b) = ev.task.as_ref().and_then(|id| judge.task(id)) {
-                    b.stamp(&mut ev);
-                }
-                ev.syscall = Some(Cow::Borrowed(g.name));
-                ev.reason = Some(format!(
-                    "the held {}'s arguments in its memory did not come in within {} ms (a page the agent \
-                     serves itself: a FUSE file, userfaultfd?); refused with EFAULT",
-                    g.name,
-                    notify::MEM_WAIT.as_millis()
-                ));
-                ev.detail.insert("attempt".into(), json!("stalling agentmon"));
+        let (notify::Caller { tgid, creds }, call) = match resolved {
+            Ok(r) => r,
+            Err(stall @ (Unresolved::Unread | Unresolved::Unresolving)) => {
+                // Its memory did not come in, or its path did not resolve: refused,
+                // and said.
+                let (errno, what) = match stall {
+                    Unresolved::Unread => (
+                        Errno::EFAULT,
+                        "arguments in its memory did not come in (a page the agent serves itself: a FUSE file?)",
+                    ),
+                    _ => (
+                        Errno::ETIMEDOUT,
+                        "path did not resolve (a file system that answers late: the agent's own FUSE mount?)",
+                    ),
+                };
+                // Who asked, while the caller still waits (answered, it may exit, and its
+                // tracking entry with it).
+                let ev = stalled(n, g.name, errno, what, notify::MEM_WAIT, sensors, enr, judge);
+                answer(Err(errno));
                 return Some(ev);
             }
-            (Err(e), ..) => {
+            Err(Unresolved::Failed(e)) => {
                 answer(Err(e));
-                return None;
-            }
-            _ => {
-                answer(Err(Errno::ESRCH));
                 return None;
             }
         };
@@ -469,10 +502,22 @@ impl Gate {
             // task's chmod and chown): in scope, it is performed at once on what was
             // resolved, if the caller still waits; its own event, at the call's exit,
             // reports it.
-            if notify::valid(fd, n.id) {
-                answer(notify::perform(&call, &creds));
+            if !notify::valid(fd, n.id) {
+                return None;
             }
-            return None;
+            return match notify::perform(self.id, call, creds) {
+                Ok(r) => {
+                    answer(r);
+                    None
+                }
+                Err(e) => {
+                    let what = "operation, performed by agentmon, did not end (a file system that answers late: \
+                                the agent's own FUSE mount?); it may still take effect";
+                    let ev = stalled(n, g.name, e, what, notify::ACT_WAIT, sensors, enr, judge);
+                    answer(Err(e));
+                    Some(ev)
+                }
+            };
         }
         let path = ev.path.clone().unwrap_or_default();
         let now = Instant::now();
@@ -548,7 +593,7 @@ impl Gate {
             let result = match (approve, exec) {
                 (false, _) => Err(Errno::EPERM),
                 (true, true) => approve_exec(lsm, ev.tid, &p.call),
-                (true, false) => notify::perform(&p.call, &p.creds),
+                (true, false) => notify::perform(self.id, p.call, p.creds).and_then(|r| r),
             };
             carried = Some(result.map(|_| ()));
             ev.detail

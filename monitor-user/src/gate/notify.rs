@@ -25,7 +25,10 @@ use std::{
 
 use nix::errno::Errno;
 
-use super::filter::{Gated, Shape};
+use super::{
+    filter::{Gated, Shape},
+    worker,
+};
 
 /// A held syscall.
 #[derive(Debug, Clone, Copy)]
@@ -104,44 +107,21 @@ pub fn proceed(fd: RawFd, id: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// How long agentmon waits for a string in an agent's memory. The page may be a
-/// file's the agent serves itself (on its own FUSE mount) and never come in: read
-/// on agentmon's loop, that stopped agentmon for every task. Past this,
-/// [`read_cstr`] gives up with ETIMEDOUT. (A userfaultfd page cannot hold the
-/// read: a remote read of a missing page fails at once.)
+/// How long agentmon waits for a held call's strings in the agent's memory, and
+/// for the lookups that resolve them. The page may be a file's the agent serves
+/// itself (on its own FUSE mount) and never come in; the lookup may be on that
+/// mount. Past this the call is refused ([`Unresolved`]). (A userfaultfd page
+/// cannot hold the read: a remote read of a missing page fails at once.)
 pub const MEM_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
-/// Reads running at once (those stuck stay until the agent lets them go), per
-/// process and in all: past its own share a process's memory is not read (its own
-/// stall, ETIMEDOUT); past the whole, no one's is (EAGAIN, no one blamed).
-const MAX_READS_EACH: usize = 2;
-const MAX_READS: usize = 64;
-static READS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+/// How long agentmon waits for a held call it performs (a `setattr` or unlink on
+/// the agent's own FUSE mount waits for the agent).
+pub const ACT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Reads a NUL-terminated string (at most PATH_MAX) from thread `tid`'s memory, in
-/// a thread of its own, waiting at most [`MEM_WAIT`].
-pub fn read_cstr(tid: u32, addr: u64) -> Result<CString, Errno> {
-    let who = tgid_of(tid).unwrap_or(tid);
-    {
-        let mut r = READS.lock().unwrap_or_else(|e| e.into_inner());
-        if r.iter().filter(|&&p| p == who).count() >= MAX_READS_EACH {
-            return Err(Errno::ETIMEDOUT);
-        }
-        if r.len() >= MAX_READS {
-            return Err(Errno::EAGAIN);
-        }
-        r.push(who);
-    }
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    std::thread::spawn(move || {
-        let r = read_cstr_now(tid, addr);
-        let mut all = READS.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = all.iter().position(|&p| p == who) {
-            all.swap_remove(i);
-        }
-        drop(all);
-        let _ = tx.send(r);
-    });
-    rx.recv_timeout(MEM_WAIT).unwrap_or(Err(Errno::ETIMEDOUT))
+/// Reads a NUL-terminated string (at most PATH_MAX) from thread `tid`'s memory, off
+/// the loop ([`worker`]), waiting at most [`MEM_WAIT`]; `gate` is whose share the
+/// read counts against.
+pub fn read_cstr(gate: u32, tid: u32, addr: u64) -> Result<CString, Errno> {
+    worker::READERS.run(gate, MEM_WAIT, move || read_cstr_now(tid, addr)).and_then(|r| r)
 }
 
 fn read_cstr_now(tid: u32, addr: u64) -> Result<CString, Errno> {
@@ -165,8 +145,7 @@ fn read_cstr_now(tid: u32, addr: u64) -> Result<CString, Errno> {
 
 /// The thread group (process) of thread `tid`.
 pub fn tgid_of(tid: u32) -> Option<u32> {
-    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    s.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+    Caller::of(tid).map(|c| c.tgid)
 }
 
 /// Filesystem credentials of thread `tid`.
@@ -177,14 +156,28 @@ pub struct Creds {
     pub groups: Vec<u32>,
 }
 
-pub fn creds_of(tid: u32) -> Option<Creds> {
-    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    let field = |k: &str| s.lines().find_map(|l| l.strip_prefix(k)).map(str::split_whitespace);
-    Some(Creds {
-        fsuid: field("Uid:")?.nth(3)?.parse().ok()?,
-        fsgid: field("Gid:")?.nth(3)?.parse().ok()?,
-        groups: field("Groups:")?.filter_map(|g| g.parse().ok()).collect(),
-    })
+/// What a held call's thread is, from one read of its status (the kernel renders
+/// the whole file for any read of it: a read per field was two fifths of the
+/// daemon's time under an enforced `tar x`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub tgid: u32,
+    pub creds: Creds,
+}
+
+impl Caller {
+    pub fn of(tid: u32) -> Option<Caller> {
+        let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+        let field = |k: &str| s.lines().find_map(|l| l.strip_prefix(k)).map(str::split_whitespace);
+        Some(Caller {
+            tgid: field("Tgid:")?.next()?.parse().ok()?,
+            creds: Creds {
+                fsuid: field("Uid:")?.nth(3)?.parse().ok()?,
+                fsgid: field("Gid:")?.nth(3)?.parse().ok()?,
+                groups: field("Groups:")?.filter_map(|g| g.parse().ok()).collect(),
+            },
+        })
+    }
 }
 
 /// One pinned target.
@@ -248,9 +241,8 @@ fn openat2(base: &OwnedFd, path: &CStr, flags: i32, resolve: u64) -> Result<Owne
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// A duplicate of file descriptor `fd` of the process of thread `tid`.
-fn agent_fd(tid: u32, fd: u64) -> Result<OwnedFd, Errno> {
-    let tgid = tgid_of(tid).ok_or(Errno::ESRCH)?;
+/// A duplicate of file descriptor `fd` of process `tgid`.
+fn agent_fd(tgid: u32, fd: u64) -> Result<OwnedFd, Errno> {
     let pidfd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, tgid as libc::pid_t, 0) })?;
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
     let dup = cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd as libc::c_int, 0) })?;
@@ -278,8 +270,9 @@ fn own_fd(path: &[u8], own: &[u32]) -> Option<u64> {
     (mine && digits).then(|| n.parse().ok()).flatten()
 }
 
-/// Thread `tid`'s process and thread ids in its own pid namespace (NSpid's last).
-fn own_ids(tid: u32) -> Vec<u32> {
+/// Thread `tid`'s (of process `tgid`) process and thread ids in its own pid
+/// namespace (NSpid's last).
+fn own_ids(tgid: u32, tid: u32) -> Vec<u32> {
     let last = |f: &str| {
         std::fs::read_to_string(f)
             .ok()?
@@ -290,7 +283,6 @@ fn own_ids(tid: u32) -> Vec<u32> {
             .parse()
             .ok()
     };
-    let tgid = tgid_of(tid).unwrap_or(tid);
     [last(&format!("/proc/{tgid}/status")), last(&format!("/proc/{tgid}/task/{tid}/status"))]
         .into_iter()
         .flatten()
@@ -306,8 +298,9 @@ fn agents_proc(tid: u32) -> bool {
 }
 
 /// Resolves `path` (relative to `dirfd`, AT_FDCWD meaning the cwd) as thread `tid`
-/// sees it: to its parent directory and name (`entry`), or to the file itself.
-fn resolve(tid: u32, dirfd: i64, path: &CStr, entry: bool, follow: bool) -> Result<Target, Errno> {
+/// of process `tgid` sees it: to its parent directory and name (`entry`), or to
+/// the file itself.
+fn resolve(tgid: u32, tid: u32, dirfd: i64, path: &CStr, entry: bool, follow: bool) -> Result<Target, Errno> {
     let bytes = path.to_bytes();
     if bytes.is_empty() {
         return Err(Errno::ENOENT);
@@ -317,10 +310,11 @@ fn resolve(tid: u32, dirfd: i64, path: &CStr, entry: bool, follow: bool) -> Resu
     // the agent's root (EXDEV), and is not agentmon's own: it is the agent's fd N.
     if !entry
         && follow
-        && let Some(n) = own_fd(bytes, &own_ids(tid))
+        && bytes.starts_with(b"/proc/")
+        && let Some(n) = own_fd(bytes, &own_ids(tgid, tid))
         && agents_proc(tid)
     {
-        let fd = agent_fd(tid, n)?;
+        let fd = agent_fd(tgid, n)?;
         let path = fd_path(&fd);
         return Ok(Target::File { fd, path, opath: true });
     }
@@ -367,58 +361,101 @@ fn resolve(tid: u32, dirfd: i64, path: &CStr, entry: bool, follow: bool) -> Resu
     Ok(Target::Entry { dir, name, path, ino })
 }
 
-/// Reads and resolves the held call `n` of syscall `g`.
-pub fn resolve_call(n: &Notif, g: &'static Gated) -> Result<Call, Errno> {
-    let a = n.args;
-    let path = |i: usize| read_cstr(n.tid, a[i]);
+/// Why a held call was not resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unresolved {
+    /// Its strings in the agent's memory did not come in within [`MEM_WAIT`] (or
+    /// the task's reads already wait on it as many times as they may).
+    Unread,
+    /// What it names did not resolve within [`MEM_WAIT`]: a lookup on a file
+    /// system that answers late (the agent's own FUSE mount).
+    Unresolving,
+    Failed(Errno),
+}
+
+/// Reads and resolves held call `n` of syscall `g`, and who made it: off the loop
+/// ([`worker`]), counted against `gate`'s share.
+pub fn resolve_held(gate: u32, n: Notif, g: &'static Gated) -> Result<(Caller, Call), Unresolved> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let named = Arc::new(AtomicBool::new(false));
+    if let Shape::Fd { .. } = g.shape {
+        // Nothing to read in its memory and no name to look up: a duplicate of its
+        // descriptor, which cannot wait on the agent. Done here, it spares a thread
+        // switch (most of what tar's fchmod and fchown cost under enforcement).
+        return resolve_call(&n, g, &named).map_err(Unresolved::Failed);
+    }
+    let mark = named.clone();
+    match worker::READERS.run(gate, MEM_WAIT, move || resolve_call(&n, g, &mark)) {
+        Ok(r) => r.map_err(Unresolved::Failed),
+        Err(Errno::ETIMEDOUT) if named.load(Ordering::Acquire) => Err(Unresolved::Unresolving),
+        Err(Errno::ETIMEDOUT) => Err(Unresolved::Unread),
+        Err(e) => Err(Unresolved::Failed(e)),
+    }
+}
+
+/// [`resolve_held`]'s work: `named` is set once the call's strings are read.
+fn resolve_call(
+    n: &Notif,
+    g: &'static Gated,
+    named: &std::sync::atomic::AtomicBool,
+) -> Result<(Caller, Call), Errno> {
+    let (a, tid) = (n.args, n.tid);
+    let caller = Caller::of(tid).ok_or(Errno::ESRCH)?;
+    let tgid = caller.tgid;
     let flags = match g.shape {
         Shape::At { f: Some(f), .. } | Shape::Two { f: Some(f), .. } => a[f],
         _ => 0,
     };
+    let names = match g.shape {
+        Shape::Path { p } | Shape::At { p, .. } => vec![read_cstr_now(tid, a[p])?],
+        Shape::Fd { .. } => vec![],
+        Shape::Two { p1, p2, .. } => vec![read_cstr_now(tid, a[p1])?, read_cstr_now(tid, a[p2])?],
+    };
+    named.store(true, std::sync::atomic::Ordering::Release);
     let nofollow = g.nofollow || flags & libc::AT_SYMLINK_NOFOLLOW as u64 != 0;
     let entry = g.nofollow; // delete and rename act on the entry itself
-    let targets = match g.shape {
-        Shape::Path { p } => vec![resolve(n.tid, libc::AT_FDCWD as i64, &path(p)?, entry, !nofollow)?],
-        Shape::At { d, p, .. } => {
-            let name = path(p)?;
+    let agents = |fd: u64| {
+        let fd = agent_fd(tgid, fd)?;
+        let path = fd_path(&fd);
+        Ok::<_, Errno>(vec![Target::File { fd, path, opath: false }])
+    };
+    let targets = match (g.shape, names.as_slice()) {
+        (Shape::Path { .. }, [name]) => {
+            vec![resolve(tgid, tid, libc::AT_FDCWD as i64, name, entry, !nofollow)?]
+        }
+        (Shape::At { d, .. }, [name]) => {
             if name.is_empty() && flags & libc::AT_EMPTY_PATH as u64 != 0 && !entry {
-                let fd = agent_fd(n.tid, a[d])?;
-                let path = fd_path(&fd);
-                vec![Target::File { fd, path, opath: false }]
+                agents(a[d])?
             } else {
-                vec![resolve(n.tid, a[d] as i32 as i64, &name, entry, !nofollow)?]
+                vec![resolve(tgid, tid, a[d] as i32 as i64, name, entry, !nofollow)?]
             }
         }
-        Shape::Fd { fd } => {
-            let fd = agent_fd(n.tid, a[fd])?;
-            let path = fd_path(&fd);
-            vec![Target::File { fd, path, opath: false }]
-        }
-        Shape::Two { d1, p1, d2, p2, .. } => {
+        (Shape::Fd { fd }, []) => agents(a[fd])?,
+        (Shape::Two { d1, d2, .. }, [n1, n2]) => {
             let dir = |d: Option<usize>| d.map(|d| a[d] as i32 as i64).unwrap_or(libc::AT_FDCWD as i64);
-            vec![
-                resolve(n.tid, dir(d1), &path(p1)?, true, false)?,
-                resolve(n.tid, dir(d2), &path(p2)?, true, false)?,
-            ]
+            vec![resolve(tgid, tid, dir(d1), n1, true, false)?, resolve(tgid, tid, dir(d2), n2, true, false)?]
         }
+        _ => return Err(Errno::EINVAL),
     };
     if let Some(Target::Entry { ino: None, .. }) = targets.first() {
         // Nothing there to delete, rename, or change: no side effect to approve.
         return Err(Errno::ENOENT);
     }
-    Ok(Call { gated: g, targets, flags, vals: g.vals.iter().map(|&i| a[i]).collect() })
+    Ok((caller, Call { gated: g, targets, flags, vals: g.vals.iter().map(|&i| a[i]).collect() }))
 }
 
-/// Performs `call` with the agent's filesystem credentials: in a thread of its own,
-/// since credentials set by raw syscalls are per thread and end with it.
-pub fn perform(call: &Call, creds: &Creds) -> Result<i64, Errno> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            become_(creds)?;
-            act(call)
-        })
-        .join()
-        .unwrap_or(Err(Errno::EIO))
+/// Performs `call` with the agent's filesystem credentials, in a worker of its own
+/// pool (credentials set by raw syscalls are per thread: each step sets them
+/// afresh), waiting at most [`ACT_WAIT`] (then ETIMEDOUT, though it may still take
+/// effect once the file system answers); `gate` is whose share it counts against.
+/// The outer error is the wait's, the inner the operation's.
+pub fn perform(gate: u32, call: Call, creds: Creds) -> Result<Result<i64, Errno>, Errno> {
+    worker::PERFORMERS.run(gate, ACT_WAIT, move || {
+        become_(&creds)?;
+        act(&call)
     })
 }
 
@@ -562,20 +599,24 @@ mod tests {
         std::fs::write(root.join("real/f"), b"x").unwrap();
         std::os::unix::fs::symlink(root.join("real"), root.join("link")).unwrap();
         let abs = CString::new(root.join("link/f").as_os_str().as_bytes()).unwrap();
-        let t = resolve(me(), libc::AT_FDCWD as i64, &abs, true, false).unwrap();
+        let t = resolve(std::process::id(), me(), libc::AT_FDCWD as i64, &abs, true, false).unwrap();
         assert_eq!(t.path(), root.join("real/f").to_str().unwrap());
         let Target::Entry { ino, .. } = &t else { panic!("{t:?}") };
         assert!(ino.is_some());
         // Relative to a directory fd of "ours" (this thread is the agent here).
         let dirfd = std::fs::File::open(&root).unwrap();
-        let t = resolve(me(), dirfd.as_raw_fd() as i64, c"link/./f", true, false).unwrap();
+        let t =
+            resolve(std::process::id(), me(), dirfd.as_raw_fd() as i64, c"link/./f", true, false).unwrap();
         assert_eq!(t.path(), root.join("real/f").to_str().unwrap());
         // Following the final symlink (chmod) lands on the file.
         std::os::unix::fs::symlink(root.join("real/f"), root.join("real/g")).unwrap();
         let g = CString::new(root.join("real/g").as_os_str().as_bytes()).unwrap();
-        let t = resolve(me(), libc::AT_FDCWD as i64, &g, false, true).unwrap();
+        let t = resolve(std::process::id(), me(), libc::AT_FDCWD as i64, &g, false, true).unwrap();
         assert_eq!(t.path(), root.join("real/f").to_str().unwrap());
-        assert_eq!(resolve(me(), libc::AT_FDCWD as i64, c"..", true, false).unwrap_err(), Errno::EINVAL);
+        assert_eq!(
+            resolve(std::process::id(), me(), libc::AT_FDCWD as i64, c"..", true, false).unwrap_err(),
+            Errno::EINVAL
+        );
     }
 
     #[test]
@@ -586,44 +627,41 @@ mod tests {
         std::fs::write(root.join("b"), b"y").unwrap();
         let g = super::super::filter::lookup(libc::SYS_unlink).unwrap();
         let abs = CString::new(root.join("a").as_os_str().as_bytes()).unwrap();
-        let call = Call {
+        let pinned = || Call {
             gated: g,
-            targets: vec![resolve(me(), libc::AT_FDCWD as i64, &abs, true, false).unwrap()],
+            targets: vec![
+                resolve(std::process::id(), me(), libc::AT_FDCWD as i64, &abs, true, false).unwrap(),
+            ],
             flags: 0,
             vals: vec![],
         };
+        let call = pinned();
         // Another file moved onto the approved name: refused, nothing deleted.
         std::fs::rename(root.join("b"), root.join("a")).unwrap();
-        let creds = creds_of(me()).unwrap();
-        assert_eq!(perform(&call, &creds), Err(Errno::ESTALE));
+        let creds = Caller::of(me()).unwrap().creds;
+        assert_eq!(perform(1, call, creds.clone()), Ok(Err(Errno::ESTALE)));
         assert_eq!(std::fs::read(root.join("a")).unwrap(), b"y");
         // Pinned afresh, the delete goes through.
-        let call =
-            Call { targets: vec![resolve(me(), libc::AT_FDCWD as i64, &abs, true, false).unwrap()], ..call };
-        assert_eq!(perform(&call, &creds), Ok(0));
+        let call = pinned();
+        assert_eq!(perform(1, call, creds), Ok(Ok(0)));
         assert!(!root.join("a").exists());
     }
 
     #[test]
-    fn memory_reads_are_capped_per_process_and_in_all() {
+    fn memory_is_read_off_the_loop() {
         let name = c"/tmp/x";
-        assert_eq!(read_cstr(me(), name.as_ptr() as u64).unwrap().as_c_str(), name);
-        // Reads stuck on a process (pids no process has): its own next is refused
-        // as its stall; past the whole, anyone's is refused, no one blamed.
-        let stuck = 4_000_001u32;
-        let set = |v: Vec<u32>| *READS.lock().unwrap() = v;
-        set(vec![stuck; MAX_READS_EACH]);
-        assert_eq!(read_cstr(stuck, 0), Err(Errno::ETIMEDOUT));
-        set((0..MAX_READS as u32).map(|i| 4_100_000 + i).collect());
-        assert_eq!(read_cstr(stuck, 0), Err(Errno::EAGAIN));
-        set(Vec::new());
-        assert_eq!(read_cstr(me(), name.as_ptr() as u64).unwrap().as_c_str(), name);
+        assert_eq!(read_cstr(1, me(), name.as_ptr() as u64).unwrap().as_c_str(), name);
+        assert_eq!(read_cstr(1, me(), 0), Err(Errno::EFAULT));
     }
 
     #[test]
     fn credentials_parse_from_proc() {
-        let c = creds_of(me()).unwrap();
-        assert_eq!(c.fsuid, nix::unistd::geteuid().as_raw());
-        assert_eq!(tgid_of(me()), Some(std::process::id()));
+        let c = Caller::of(me()).unwrap();
+        assert_eq!(c.creds.fsuid, nix::unistd::geteuid().as_raw());
+        assert_eq!(c.creds.fsgid, nix::unistd::getegid().as_raw());
+        assert_eq!(c.tgid, std::process::id());
+        // Of a thread that is not the leader: the process it belongs to.
+        let t = std::thread::spawn(|| Caller::of(me()).map(|c| c.tgid)).join().unwrap();
+        assert_eq!(t, Some(std::process::id()));
     }
 }

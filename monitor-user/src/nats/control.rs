@@ -190,6 +190,33 @@ impl Gatekeeper {
     }
 }
 
+/// Commands being answered: from the request to the reply's flush.
+static ANSWERING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+struct Answering;
+
+impl Answering {
+    fn new() -> Answering {
+        ANSWERING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Answering
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        ANSWERING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Waits, at most `limit`, for the commands being answered: a remote `kill` that
+/// ends an `agentmon exec` gets its reply before the process ends.
+pub async fn answers_sent(limit: Duration) {
+    let until = tokio::time::Instant::now() + limit;
+    while ANSWERING.load(std::sync::atomic::Ordering::Acquire) > 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Serves signed commands until the process ends, on a thread of its own.
 pub fn start(args: NatsArgs, host: String, keys: Vec<VerifyingKey>, socket: PathBuf) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -229,6 +256,7 @@ async fn serve(args: &NatsArgs, host: &str, keys: &[VerifyingKey], socket: &Path
             continue;
         };
         let to_fleet = msg.subject.starts_with(super::subjects::FLEET);
+        let _answering = Answering::new();
         let reply = answer(&mut v, &op, &msg.payload, socket, to_fleet).await;
         let body = if to_fleet {
             // Every host hears a fleet command: one that does not hold the task (or

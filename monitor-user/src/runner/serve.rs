@@ -36,8 +36,8 @@ pub fn answer(inc: Incoming, e: &mut Engine, noise: &mut Noise) {
         },
         _ => serve(&caller, &writers, req, fds, e, noise, &mut stream),
     };
-    if let (Some(reply), Some(mut stream)) = (reply, stream) {
-        tokio::spawn(async move { ctl::write_reply(&mut stream, &reply).await });
+    if let (Some(reply), Some(stream)) = (reply, stream) {
+        ctl::reply_later(stream, reply);
     }
 }
 

@@ -143,7 +143,7 @@ fn wait_for(
 /// again: the caller, its child and the parent may have changed meanwhile) and
 /// answers its caller.
 pub fn looked_up(e: &mut Engine, id: u64, got: Looked) {
-    let Some(Parked { ask, cookie, names, mut conn, .. }) = e.delegations.asks.remove(&id) else { return };
+    let Some(Parked { ask, cookie, names, conn, .. }) = e.delegations.asks.remove(&id) else { return };
     let reply = match e.sensors.task_of(ask.peer) {
         Some(c) if c == cookie => {
             let r = delegate_from(e, cookie, &ask, |now| {
@@ -157,7 +157,7 @@ pub fn looked_up(e: &mut Engine, id: u64, got: Looked) {
         }
         _ => Reply::err(format!("pid {} left its task while its names were looked up", ask.peer)),
     };
-    tokio::spawn(async move { ctl::write_reply(&mut conn, &reply).await });
+    ctl::reply_later(conn, reply);
 }
 
 fn delegate_from(
