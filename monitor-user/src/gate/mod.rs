@@ -231,33 +231,13 @@ pub(super) fn caller_event(kind: Kind, tgid: u32, tid: u32, enr: &Enricher) -> E
     ev
 }
 
-/// The tamper record of held call `n` (of syscall `name`) that a step agentmon
-/// takes for it did not end within `wait` ([`worker`]): refused with `errno`.
-#[allow(clippy::too_many_arguments)]
-fn stalled(
-    n: Notif,
-    name: &'static str,
-    errno: Errno,
-    what: &str,
-    wait: Duration,
-    sensors: &Sensors,
-    enr: &Enricher,
-    judge: &Judge,
-) -> Event {
-    let t = notify::tgid_of(n.tid).unwrap_or(n.tid);
-    let mut ev = caller_event(Kind::Tamper, t, n.tid, enr);
-    ev.task = sensors.task_of(t).and_then(|c| enr.task_name(c));
-    if let Some(b) = ev.task.as_ref().and_then(|id| judge.task(id)) {
-        b.stamp(&mut ev);
-    }
-    ev.syscall = Some(Cow::Borrowed(name));
-    ev.reason = Some(format!(
-        "the held {name}'s {what} within {} ms; answered {}",
-        wait.as_millis(),
-        errno_name(errno)
-    ));
-    ev.detail.insert("attempt".into(), json!("stalling agentmon"));
-    ev
+/// How a step agentmon takes for a held call failed to give an answer.
+enum Wait {
+    /// It did not end within the wait: what did not, and the wait.
+    Late(&'static str, Duration),
+    /// It was not tried: the task's steps already stuck take its share of the
+    /// workers (ETIMEDOUT), or every worker is taken (EAGAIN).
+    Refused,
 }
 
 fn errno_name(e: Errno) -> String {
@@ -325,6 +305,59 @@ impl Gate {
 
     fn fd(&self) -> i32 {
         self.listener.get_ref().as_raw_fd()
+    }
+
+    /// Held call `n` (of syscall `name`) that a step agentmon takes for it could not
+    /// answer ([`worker`]): answered `errno`, and a tamper record of the stall,
+    /// limited like refusals (an agent whose steps are stuck has every later call
+    /// refused at once, at whatever rate it makes them).
+    #[allow(clippy::too_many_arguments)]
+    fn stuck(
+        &mut self,
+        n: Notif,
+        name: &'static str,
+        errno: Errno,
+        wait: Wait,
+        answer: impl Fn(Result<i64, Errno>) -> bool,
+        sensors: &Sensors,
+        enr: &Enricher,
+        judge: &Judge,
+    ) -> Option<Event> {
+        const KEY: &str = "stalling agentmon";
+        let what = match wait {
+            Wait::Late(what, wait) => format!("the held {name}'s {what} within {} ms", wait.as_millis()),
+            Wait::Refused if errno == Errno::ETIMEDOUT => format!(
+                "the held {name} was not tried: {} steps for the task already wait on the agent",
+                worker::MAX_EACH
+            ),
+            Wait::Refused => {
+                // agentmon's own capacity, no one's stall: said in its log only.
+                tracing::warn!("held {name} of thread {} refused: every worker is taken", n.tid);
+                answer(Err(errno));
+                return None;
+            }
+        };
+        let Some(held) = self.refusals.allow(KEY) else {
+            answer(Err(errno));
+            return None;
+        };
+        // Who asked, while the caller still waits (answered, it may exit, and its
+        // tracking entry with it).
+        let t = notify::tgid_of(n.tid).unwrap_or(n.tid);
+        let mut ev = caller_event(Kind::Tamper, t, n.tid, enr);
+        ev.task = sensors.task_of(t).and_then(|c| enr.task_name(c));
+        if let Some(b) = ev.task.as_ref().and_then(|id| judge.task(id)) {
+            b.stamp(&mut ev);
+        }
+        ev.syscall = Some(Cow::Borrowed(name));
+        ev.reason = Some(format!("{what}; answered {}", errno_name(errno)));
+        ev.detail.insert("attempt".into(), json!(KEY));
+        if held > 0 {
+            ev.detail.insert("unrecorded_before".into(), json!(held));
+        }
+        self.last_refused.insert(KEY, ev.clone());
+        answer(Err(errno));
+        Some(ev)
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -437,24 +470,22 @@ impl Gate {
         }
         let (notify::Caller { tgid, creds }, call) = match resolved {
             Ok(r) => r,
-            Err(stall @ (Unresolved::Unread | Unresolved::Unresolving)) => {
-                // Its memory did not come in, or its path did not resolve: refused,
-                // and said.
-                let (errno, what) = match stall {
-                    Unresolved::Unread => (
-                        Errno::EFAULT,
-                        "arguments in its memory did not come in (a page the agent serves itself: a FUSE file?)",
-                    ),
-                    _ => (
-                        Errno::ETIMEDOUT,
-                        "path did not resolve (a file system that answers late: the agent's own FUSE mount?)",
-                    ),
-                };
-                // Who asked, while the caller still waits (answered, it may exit, and its
-                // tracking entry with it).
-                let ev = stalled(n, g.name, errno, what, notify::MEM_WAIT, sensors, enr, judge);
-                answer(Err(errno));
-                return Some(ev);
+            Err(Unresolved::Unread) => {
+                let what = Wait::Late(
+                    "arguments in its memory did not come in (a page the agent serves itself: a FUSE file?)",
+                    notify::MEM_WAIT,
+                );
+                return self.stuck(n, g.name, Errno::EFAULT, what, answer, sensors, enr, judge);
+            }
+            Err(Unresolved::Unresolving) => {
+                let what = Wait::Late(
+                    "path did not resolve (a file system that answers late: the agent's own FUSE mount?)",
+                    notify::MEM_WAIT,
+                );
+                return self.stuck(n, g.name, Errno::ETIMEDOUT, what, answer, sensors, enr, judge);
+            }
+            Err(Unresolved::Refused(e)) => {
+                return self.stuck(n, g.name, e, Wait::Refused, answer, sensors, enr, judge);
             }
             Err(Unresolved::Failed(e)) => {
                 answer(Err(e));
@@ -510,12 +541,20 @@ impl Gate {
                     answer(r);
                     None
                 }
-                Err(e) => {
-                    let what = "operation, performed by agentmon, did not end (a file system that answers late: \
-                                the agent's own FUSE mount?); it may still take effect";
-                    let ev = stalled(n, g.name, e, what, notify::ACT_WAIT, sensors, enr, judge);
-                    answer(Err(e));
-                    Some(ev)
+                Err(worker::Stuck::Late) => {
+                    let what = Wait::Late(
+                        "operation, performed by agentmon, did not end (a file system that answers late: the \
+                         agent's own FUSE mount?); it may still take effect",
+                        notify::ACT_WAIT,
+                    );
+                    self.stuck(n, g.name, Errno::ETIMEDOUT, what, answer, sensors, enr, judge)
+                }
+                Err(worker::Stuck::Refused(e)) => {
+                    self.stuck(n, g.name, e, Wait::Refused, answer, sensors, enr, judge)
+                }
+                Err(worker::Stuck::Failed) => {
+                    answer(Err(Errno::EIO));
+                    None
                 }
             };
         }
@@ -593,7 +632,14 @@ impl Gate {
             let result = match (approve, exec) {
                 (false, _) => Err(Errno::EPERM),
                 (true, true) => approve_exec(lsm, ev.tid, &p.call),
-                (true, false) => notify::perform(self.id, p.call, p.creds).and_then(|r| r),
+                (true, false) => match notify::perform(self.id, p.call, p.creds) {
+                    Ok(r) => r,
+                    // Said in the approval record's `result`; a late one may still
+                    // take effect.
+                    Err(worker::Stuck::Late) => Err(Errno::ETIMEDOUT),
+                    Err(worker::Stuck::Refused(e)) => Err(e),
+                    Err(worker::Stuck::Failed) => Err(Errno::EIO),
+                },
             };
             carried = Some(result.map(|_| ()));
             ev.detail

@@ -8,8 +8,9 @@
 //! therefore never continues a held call. It resolves the target once, when the
 //! request arrives, and pins it: the parent directory as an O_PATH fd plus the
 //! entry's name and inode (delete, rename), the file itself as an O_PATH fd (path
-//! forms of truncate, chmod, chown), or a duplicate of the agent's own open file
-//! (pidfd_getfd, for ftruncate, fchmod, fchown). On approval agentmon performs the
+//! forms of truncate, chmod, chown), or an O_PATH copy of the agent's own open
+//! file (pidfd_getfd, for ftruncate, fchmod, fchown: a truncate reopens it for
+//! writing with the agent's credentials, a fresh permission check). On approval agentmon performs the
 //! operation itself on exactly that, in a thread that takes the agent's filesystem
 //! credentials (fsuid, fsgid, groups), after checking that the entry still holds
 //! the inode it held at request time; the agent's call returns the result. What
@@ -27,7 +28,7 @@ use nix::errno::Errno;
 
 use super::{
     filter::{Gated, Shape},
-    worker,
+    worker::{self, Stuck},
 };
 
 /// A held syscall.
@@ -121,7 +122,12 @@ pub const ACT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// the loop ([`worker`]), waiting at most [`MEM_WAIT`]; `gate` is whose share the
 /// read counts against.
 pub fn read_cstr(gate: u32, tid: u32, addr: u64) -> Result<CString, Errno> {
-    worker::READERS.run(gate, MEM_WAIT, move || read_cstr_now(tid, addr)).and_then(|r| r)
+    match worker::READERS.run(gate, MEM_WAIT, move || read_cstr_now(tid, addr)) {
+        Ok(r) => r,
+        Err(Stuck::Late) => Err(Errno::ETIMEDOUT),
+        Err(Stuck::Refused(e)) => Err(e),
+        Err(Stuck::Failed) => Err(Errno::EIO),
+    }
 }
 
 fn read_cstr_now(tid: u32, addr: u64) -> Result<CString, Errno> {
@@ -186,9 +192,9 @@ pub enum Target {
     /// A directory entry: the parent pinned, the name, and the entry's inode at
     /// request time (None: it did not exist).
     Entry { dir: OwnedFd, name: CString, path: String, ino: Option<(u64, u64)> },
-    /// A file pinned by an fd: O_PATH from resolving a path (`opath`), or a duplicate
-    /// of the agent's own open file.
-    File { fd: OwnedFd, path: String, opath: bool },
+    /// A file pinned by an O_PATH fd: from resolving a path, or from the agent's
+    /// own open file ([`agent_fd`]).
+    File { fd: OwnedFd, path: String },
 }
 
 impl Target {
@@ -241,12 +247,18 @@ fn openat2(base: &OwnedFd, path: &CStr, flags: i32, resolve: u64) -> Result<Owne
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// A duplicate of file descriptor `fd` of process `tgid`.
+/// The file of descriptor `fd` of process `tgid`, as an O_PATH descriptor of
+/// agentmon's. Not the agent's open file itself: closing that may wait on the agent
+/// (a FUSE file's FLUSH, answered when the agent pleases), and a held call's
+/// targets are dropped wherever it ends, the loop included; this copy is closed
+/// here, in a worker ([`worker`]). What is performed on the file reopens it (with
+/// a fresh permission check, as the agent) or acts by the descriptor.
 fn agent_fd(tgid: u32, fd: u64) -> Result<OwnedFd, Errno> {
     let pidfd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, tgid as libc::pid_t, 0) })?;
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
     let dup = cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd as libc::c_int, 0) })?;
-    Ok(unsafe { OwnedFd::from_raw_fd(dup as RawFd) })
+    let dup = unsafe { OwnedFd::from_raw_fd(dup as RawFd) };
+    open_path(&format!("/proc/self/fd/{}", dup.as_raw_fd()), 0)
 }
 
 fn stat_id(dir: &OwnedFd, name: &CStr) -> Result<Option<(u64, u64)>, Errno> {
@@ -316,7 +328,7 @@ fn resolve(tgid: u32, tid: u32, dirfd: i64, path: &CStr, entry: bool, follow: bo
     {
         let fd = agent_fd(tgid, n)?;
         let path = fd_path(&fd);
-        return Ok(Target::File { fd, path, opath: true });
+        return Ok(Target::File { fd, path });
     }
     // Absolute paths resolve in the agent's root (which may be a chroot); relative
     // ones from its cwd or the directory fd it named.
@@ -332,7 +344,7 @@ fn resolve(tgid: u32, tid: u32, dirfd: i64, path: &CStr, entry: bool, follow: bo
         let c = CString::new(rel).map_err(|_| Errno::EINVAL)?;
         let fd = openat2(&base, &c, if follow { 0 } else { libc::O_NOFOLLOW }, resolve)?;
         let path = fd_path(&fd);
-        return Ok(Target::File { fd, path, opath: true });
+        return Ok(Target::File { fd, path });
     }
     let trimmed = {
         let mut r = rel;
@@ -364,12 +376,14 @@ fn resolve(tgid: u32, tid: u32, dirfd: i64, path: &CStr, entry: bool, follow: bo
 /// Why a held call was not resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unresolved {
-    /// Its strings in the agent's memory did not come in within [`MEM_WAIT`] (or
-    /// the task's reads already wait on it as many times as they may).
+    /// Its strings in the agent's memory did not come in within [`MEM_WAIT`].
     Unread,
     /// What it names did not resolve within [`MEM_WAIT`]: a lookup on a file
     /// system that answers late (the agent's own FUSE mount).
     Unresolving,
+    /// Not tried: the task's steps already stuck on it take its share of the
+    /// workers (ETIMEDOUT), or every worker is taken (EAGAIN) ([`worker`]).
+    Refused(Errno),
     Failed(Errno),
 }
 
@@ -381,18 +395,13 @@ pub fn resolve_held(gate: u32, n: Notif, g: &'static Gated) -> Result<(Caller, C
         atomic::{AtomicBool, Ordering},
     };
     let named = Arc::new(AtomicBool::new(false));
-    if let Shape::Fd { .. } = g.shape {
-        // Nothing to read in its memory and no name to look up: a duplicate of its
-        // descriptor, which cannot wait on the agent. Done here, it spares a thread
-        // switch (most of what tar's fchmod and fchown cost under enforcement).
-        return resolve_call(&n, g, &named).map_err(Unresolved::Failed);
-    }
     let mark = named.clone();
     match worker::READERS.run(gate, MEM_WAIT, move || resolve_call(&n, g, &mark)) {
         Ok(r) => r.map_err(Unresolved::Failed),
-        Err(Errno::ETIMEDOUT) if named.load(Ordering::Acquire) => Err(Unresolved::Unresolving),
-        Err(Errno::ETIMEDOUT) => Err(Unresolved::Unread),
-        Err(e) => Err(Unresolved::Failed(e)),
+        Err(Stuck::Late) if named.load(Ordering::Acquire) => Err(Unresolved::Unresolving),
+        Err(Stuck::Late) => Err(Unresolved::Unread),
+        Err(Stuck::Refused(e)) => Err(Unresolved::Refused(e)),
+        Err(Stuck::Failed) => Err(Unresolved::Failed(Errno::EIO)),
     }
 }
 
@@ -420,7 +429,7 @@ fn resolve_call(
     let agents = |fd: u64| {
         let fd = agent_fd(tgid, fd)?;
         let path = fd_path(&fd);
-        Ok::<_, Errno>(vec![Target::File { fd, path, opath: false }])
+        Ok::<_, Errno>(vec![Target::File { fd, path }])
     };
     let targets = match (g.shape, names.as_slice()) {
         (Shape::Path { .. }, [name]) => {
@@ -452,7 +461,7 @@ fn resolve_call(
 /// afresh), waiting at most [`ACT_WAIT`] (then ETIMEDOUT, though it may still take
 /// effect once the file system answers); `gate` is whose share it counts against.
 /// The outer error is the wait's, the inner the operation's.
-pub fn perform(gate: u32, call: Call, creds: Creds) -> Result<Result<i64, Errno>, Errno> {
+pub fn perform(gate: u32, call: Call, creds: Creds) -> Result<Result<i64, Errno>, Stuck> {
     worker::PERFORMERS.run(gate, ACT_WAIT, move || {
         become_(&creds)?;
         act(&call)
@@ -511,18 +520,13 @@ fn act(call: &Call) -> Result<i64, Errno> {
                 call.flags as u32,
             )
         },
-        (crate::task::Op::Truncate, [Target::File { fd, opath, .. }]) => {
-            let w = writable(fd, *opath)?;
+        (crate::task::Op::Truncate, [Target::File { fd, .. }]) => {
+            let w = writable(fd)?;
             unsafe { libc::ftruncate(w.as_raw_fd(), v(0) as libc::off_t) as libc::c_long }
         }
-        (crate::task::Op::Chmod, [Target::File { fd, opath, .. }]) => {
-            if *opath {
-                let p =
-                    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|_| Errno::EINVAL)?;
-                unsafe { libc::chmod(p.as_ptr(), v(0) as libc::mode_t) as libc::c_long }
-            } else {
-                unsafe { libc::fchmod(fd.as_raw_fd(), v(0) as libc::mode_t) as libc::c_long }
-            }
+        (crate::task::Op::Chmod, [Target::File { fd, .. }]) => {
+            let p = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|_| Errno::EINVAL)?;
+            unsafe { libc::chmod(p.as_ptr(), v(0) as libc::mode_t) as libc::c_long }
         }
         // lchown: the link itself, by its entry.
         (crate::task::Op::Chown, [Target::Entry { dir, name, .. }]) => unsafe {
@@ -549,11 +553,8 @@ fn act(call: &Call) -> Result<i64, Errno> {
 }
 
 /// A writable fd for the file: reopened through its O_PATH fd (the same inode,
-/// with a fresh permission check), or the agent's own open file.
-fn writable(fd: &OwnedFd, opath: bool) -> Result<OwnedFd, Errno> {
-    if !opath {
-        return fd.try_clone().map_err(|_| Errno::EBADF);
-    }
+/// with a fresh permission check).
+fn writable(fd: &OwnedFd) -> Result<OwnedFd, Errno> {
     let p = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|_| Errno::EINVAL)?;
     let w = cvt(unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) }
         as libc::c_long)?;

@@ -31,17 +31,46 @@ pub const MAX: usize = 64;
 /// Idle threads kept per pool; more than that end when their step is done.
 const KEEP: usize = 4;
 
-/// A step; it calls its argument once its work is done, before it hands the
-/// result over, so that the worker is idle again before the loop can ask for the
-/// next step (else the loop, woken first, found none idle and spawned another).
+/// A step; it calls its argument once its result is handed over (or dropped, if
+/// no one waits for it any more), so that the worker is listed idle only when
+/// nothing of the step is left in it.
 type Job = Box<dyn FnOnce(&dyn Fn()) + Send>;
+
+/// Why a step gave no result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stuck {
+    /// It did not end within the wait (it goes on, and ends when it can).
+    Late,
+    /// It was not run: the gate's share is taken by its steps still stuck
+    /// (ETIMEDOUT: its own stall), or every worker is (EAGAIN: no one blamed), or
+    /// no thread could be had (EAGAIN).
+    Refused(Errno),
+    /// It panicked.
+    Failed,
+}
 
 pub struct Pool {
     name: &'static str,
     /// Each idle worker's own queue.
     idle: Mutex<Vec<SyncSender<Job>>>,
-    /// The process each running step is for (stuck ones included).
+    /// The gate each running step is for (stuck ones included).
     busy: Mutex<Vec<u32>>,
+}
+
+/// A step's place in [`Pool::busy`], given back however the step ends (a panic,
+/// a job dropped unrun), so that no share is lost for good.
+struct Counted {
+    pool: &'static Pool,
+    who: u32,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut busy = lock(&self.pool.busy);
+        if let Some(i) = busy.iter().position(|&p| p == self.who) {
+            busy.swap_remove(i);
+        }
+    }
 }
 
 /// Reading the agent's memory and resolving what its call names.
@@ -58,50 +87,45 @@ impl Pool {
         Pool { name, idle: Mutex::new(Vec::new()), busy: Mutex::new(Vec::new()) }
     }
 
-    /// Runs `f` for process `who` in a worker; its result, or ETIMEDOUT if it has
-    /// not ended within `wait` (it goes on, and ends when it can), ETIMEDOUT at
-    /// once past `who`'s share, EAGAIN past the pool's.
+    /// Runs `f` for gate `who` in a worker; its result, or why there is none.
     pub fn run<T: Send + 'static>(
         &'static self,
         who: u32,
         wait: Duration,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, Errno> {
-        {
+    ) -> Result<T, Stuck> {
+        let counted = {
             let mut busy = lock(&self.busy);
             if busy.iter().filter(|&&p| p == who).count() >= MAX_EACH {
-                return Err(Errno::ETIMEDOUT);
+                return Err(Stuck::Refused(Errno::ETIMEDOUT));
             }
             if busy.len() >= MAX {
-                return Err(Errno::EAGAIN);
+                return Err(Stuck::Refused(Errno::EAGAIN));
             }
             busy.push(who);
-        }
+            Counted { pool: self, who }
+        };
         let (tx, rx) = mpsc::sync_channel(1);
         let job: Job = Box::new(move |done: &dyn Fn()| {
             let r = f();
-            let mut busy = lock(&self.busy);
-            if let Some(i) = busy.iter().position(|&p| p == who) {
-                busy.swap_remove(i);
-            }
-            drop(busy);
+            // Unsent (the loop gave up), the result is dropped here, still counted:
+            // dropping it may wait on the agent too.
+            drop(tx.send(r));
+            drop(counted);
             done();
-            let _ = tx.send(r);
         });
-        self.dispatch(job)?;
-        rx.recv_timeout(wait).map_err(|_| Errno::ETIMEDOUT)
+        self.dispatch(job).map_err(Stuck::Refused)?;
+        rx.recv_timeout(wait).map_err(|e| match e {
+            mpsc::RecvTimeoutError::Timeout => Stuck::Late,
+            mpsc::RecvTimeoutError::Disconnected => Stuck::Failed,
+        })
     }
 
     /// Hands `job` to an idle worker, or to a new one.
     fn dispatch(&'static self, job: Job) -> Result<(), Errno> {
-        let mut job = job;
-        loop {
-            let Some(w) = lock(&self.idle).pop() else { break };
-            // A worker that ended meanwhile gives the job back.
-            match w.try_send(job) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::TrySendError::Full(j) | mpsc::TrySendError::Disconnected(j)) => job = j,
-            }
+        if let Some(w) = lock(&self.idle).pop() {
+            // A listed worker waits on its queue, which is empty.
+            return w.try_send(job).map_err(|_| Errno::EAGAIN);
         }
         let (tx, rx) = mpsc::sync_channel::<Job>(1);
         tx.try_send(job).map_err(|_| Errno::EAGAIN)?;
@@ -131,6 +155,11 @@ impl Pool {
     fn set_busy(&self, v: Vec<u32>) {
         *lock(&self.busy) = v;
     }
+
+    #[cfg(test)]
+    fn busy(&self) -> Vec<u32> {
+        lock(&self.busy).clone()
+    }
 }
 
 #[cfg(test)]
@@ -140,31 +169,61 @@ mod tests {
     static TEST: Pool = Pool::new("agentmon-test");
 
     #[test]
-    fn steps_are_bounded_per_process_and_in_all_and_threads_are_reused() {
-        let me = std::process::id();
+    fn steps_are_bounded_per_gate_and_in_all_and_threads_are_reused() {
+        let me = 1u32;
         let tid = || nix::unistd::gettid().as_raw();
         let first = TEST.run(me, Duration::from_secs(5), tid).unwrap();
         // The worker went back to wait: the next step runs in the same thread.
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(TEST.run(me, Duration::from_secs(5), tid), Ok(first));
-        // A step that does not end in time: ETIMEDOUT, and its thread is not reused.
+        // A step that does not end in time: late, and still counted.
         let (go, wait) = mpsc::channel::<()>();
-        let stuck = 4_000_001u32;
+        let stuck = 2u32;
         assert_eq!(
             TEST.run(stuck, Duration::from_millis(20), move || {
                 let _ = wait.recv();
             }),
-            Err(Errno::ETIMEDOUT)
+            Err(Stuck::Late)
         );
-        // The stuck process's share: one more may run, then it is refused at once.
+        assert_eq!(TEST.busy(), vec![stuck]);
+        // The stuck gate's share: one more may run, then it is refused at once.
         assert_eq!(TEST.run(stuck, Duration::from_secs(5), || 7), Ok(7));
         TEST.set_busy(vec![stuck; MAX_EACH]);
-        assert_eq!(TEST.run(stuck, Duration::from_secs(5), || 7), Err(Errno::ETIMEDOUT));
+        assert_eq!(TEST.run(stuck, Duration::from_secs(5), || 7), Err(Stuck::Refused(Errno::ETIMEDOUT)));
         // Past the whole, anyone's is refused, no one blamed.
-        TEST.set_busy((0..MAX as u32).map(|i| 4_100_000 + i).collect());
-        assert_eq!(TEST.run(me, Duration::from_secs(5), || 7), Err(Errno::EAGAIN));
-        TEST.set_busy(Vec::new());
+        TEST.set_busy((0..MAX as u32).map(|i| 100 + i).collect());
+        assert_eq!(TEST.run(me, Duration::from_secs(5), || 7), Err(Stuck::Refused(Errno::EAGAIN)));
+        TEST.set_busy(vec![stuck]);
         drop(go);
         assert_eq!(TEST.run(me, Duration::from_secs(5), || 7), Ok(7));
+        // A step that panics gives its place back.
+        assert_eq!(
+            TEST.run(me, Duration::from_secs(5), || -> u8 { panic!("in a step") }),
+            Err(Stuck::Failed)
+        );
+        let start = std::time::Instant::now();
+        while !TEST.busy().is_empty() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::yield_now();
+        }
+        assert_eq!(TEST.busy(), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_result_no_one_waits_for_is_dropped_while_counted() {
+        struct Slow(mpsc::Sender<Vec<u32>>);
+        impl Drop for Slow {
+            fn drop(&mut self) {
+                // What the pool says while the dropped result is let go.
+                let _ = self.0.send(DROPS.busy());
+            }
+        }
+        static DROPS: Pool = Pool::new("agentmon-test-drop");
+        let (tx, rx) = mpsc::channel();
+        let r = DROPS.run(9, Duration::from_millis(10), move || {
+            std::thread::sleep(Duration::from_millis(100));
+            Slow(tx)
+        });
+        assert!(matches!(r, Err(Stuck::Late)));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), vec![9]);
     }
 }
