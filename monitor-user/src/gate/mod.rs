@@ -14,6 +14,7 @@ pub mod filter;
 mod foreign;
 pub mod notify;
 mod refused;
+mod stall;
 mod worker;
 
 use std::{
@@ -28,7 +29,10 @@ use nix::errno::Errno;
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
 
-use self::notify::{Call, Creds, Notif, Unresolved};
+use self::{
+    notify::{Call, Creds, Notif, Unresolved},
+    stall::Wait,
+};
 use crate::{
     enrich::Enricher,
     event::{Event, Kind},
@@ -171,6 +175,8 @@ pub struct Gate {
     /// a task's, so that no agent, however many processes it forks, takes every
     /// worker from the other tasks.
     id: u32,
+    /// How long its steps kept the loop waiting.
+    budget: worker::Budget,
 }
 
 /// Lets approved exec `call` of thread `tid` go on: the BPF LSM tier's
@@ -231,16 +237,7 @@ pub(super) fn caller_event(kind: Kind, tgid: u32, tid: u32, enr: &Enricher) -> E
     ev
 }
 
-/// How a step agentmon takes for a held call failed to give an answer.
-enum Wait {
-    /// It did not end within the wait: what did not, and the wait.
-    Late(&'static str, Duration),
-    /// It was not tried: the task's steps already stuck take its share of the
-    /// workers (ETIMEDOUT), or every worker is taken (EAGAIN).
-    Refused,
-}
-
-fn errno_name(e: Errno) -> String {
+pub(super) fn errno_name(e: Errno) -> String {
     crate::names::errno(-(e as i64)).map(|n| n.into_owned()).unwrap_or_default()
 }
 
@@ -264,6 +261,7 @@ impl Gate {
                 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             },
+            budget: worker::Budget::new(),
         })
     }
 
@@ -305,59 +303,6 @@ impl Gate {
 
     fn fd(&self) -> i32 {
         self.listener.get_ref().as_raw_fd()
-    }
-
-    /// Held call `n` (of syscall `name`) that a step agentmon takes for it could not
-    /// answer ([`worker`]): answered `errno`, and a tamper record of the stall,
-    /// limited like refusals (an agent whose steps are stuck has every later call
-    /// refused at once, at whatever rate it makes them).
-    #[allow(clippy::too_many_arguments)]
-    fn stuck(
-        &mut self,
-        n: Notif,
-        name: &'static str,
-        errno: Errno,
-        wait: Wait,
-        answer: impl Fn(Result<i64, Errno>) -> bool,
-        sensors: &Sensors,
-        enr: &Enricher,
-        judge: &Judge,
-    ) -> Option<Event> {
-        const KEY: &str = "stalling agentmon";
-        let what = match wait {
-            Wait::Late(what, wait) => format!("the held {name}'s {what} within {} ms", wait.as_millis()),
-            Wait::Refused if errno == Errno::ETIMEDOUT => format!(
-                "the held {name} was not tried: {} steps for the task already wait on the agent",
-                worker::MAX_EACH
-            ),
-            Wait::Refused => {
-                // agentmon's own capacity, no one's stall: said in its log only.
-                tracing::warn!("held {name} of thread {} refused: every worker is taken", n.tid);
-                answer(Err(errno));
-                return None;
-            }
-        };
-        let Some(held) = self.refusals.allow(KEY) else {
-            answer(Err(errno));
-            return None;
-        };
-        // Who asked, while the caller still waits (answered, it may exit, and its
-        // tracking entry with it).
-        let t = notify::tgid_of(n.tid).unwrap_or(n.tid);
-        let mut ev = caller_event(Kind::Tamper, t, n.tid, enr);
-        ev.task = sensors.task_of(t).and_then(|c| enr.task_name(c));
-        if let Some(b) = ev.task.as_ref().and_then(|id| judge.task(id)) {
-            b.stamp(&mut ev);
-        }
-        ev.syscall = Some(Cow::Borrowed(name));
-        ev.reason = Some(format!("{what}; answered {}", errno_name(errno)));
-        ev.detail.insert("attempt".into(), json!(KEY));
-        if held > 0 {
-            ev.detail.insert("unrecorded_before".into(), json!(held));
-        }
-        self.last_refused.insert(KEY, ev.clone());
-        answer(Err(errno));
-        Some(ev)
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -463,7 +408,12 @@ impl Gate {
             answer(Err(Errno::EPERM));
             return None;
         };
+        if !self.budget.allows(Instant::now()) {
+            return self.stuck(n, g.name, Errno::ETIMEDOUT, Wait::Spent, answer, sensors, enr, judge);
+        }
+        let began = Instant::now();
         let resolved = notify::resolve_held(self.id, n, g);
+        self.budget.spend(began, Instant::now());
         // What we read belongs to the notifying thread only if it is still waiting.
         if !notify::valid(fd, n.id) {
             return None;
@@ -536,7 +486,7 @@ impl Gate {
             if !notify::valid(fd, n.id) {
                 return None;
             }
-            return match notify::perform(self.id, call, creds) {
+            return match self.perform(call, creds) {
                 Ok(r) => {
                     answer(r);
                     None
@@ -632,7 +582,7 @@ impl Gate {
             let result = match (approve, exec) {
                 (false, _) => Err(Errno::EPERM),
                 (true, true) => approve_exec(lsm, ev.tid, &p.call),
-                (true, false) => match notify::perform(self.id, p.call, p.creds) {
+                (true, false) => match self.perform(p.call, p.creds) {
                     Ok(r) => r,
                     // Said in the approval record's `result`; a late one may still
                     // take effect.

@@ -162,6 +162,43 @@ impl Pool {
     }
 }
 
+/// How long a gate's steps may keep the loop waiting, summed over a window. A
+/// step is waited for at most its bound, but an agent answering just under it, call
+/// after call, would hold the loop most of the time; past this budget the task's
+/// held calls that need a step are refused at once until the window ends.
+pub struct Budget {
+    since: Option<std::time::Instant>,
+    spent: Duration,
+}
+
+impl Budget {
+    /// Steps shorter than this are the ordinary cost of a held call, not counted.
+    const SLOW: Duration = Duration::from_millis(50);
+    pub const SPEND: Duration = Duration::from_secs(1);
+    pub const WINDOW: Duration = Duration::from_secs(10);
+
+    pub const fn new() -> Budget {
+        Budget { since: None, spent: Duration::ZERO }
+    }
+
+    /// Whether a step may be waited for at `now`.
+    pub fn allows(&mut self, now: std::time::Instant) -> bool {
+        if self.since.is_some_and(|s| now.duration_since(s) >= Self::WINDOW) {
+            *self = Budget::new();
+        }
+        self.spent < Self::SPEND
+    }
+
+    /// A step, begun at `began`, was waited for until `now`.
+    pub fn spend(&mut self, began: std::time::Instant, now: std::time::Instant) {
+        let took = now.duration_since(began);
+        if took >= Self::SLOW {
+            self.since.get_or_insert(began);
+            self.spent += took;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +243,30 @@ mod tests {
             std::thread::yield_now();
         }
         assert_eq!(TEST.busy(), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_gates_slow_steps_are_waited_for_up_to_a_budget_per_window() {
+        let t0 = std::time::Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut b = Budget::new();
+        // Ordinary steps cost nothing however many.
+        for i in 0..10_000 {
+            assert!(b.allows(ms(i / 10)));
+            b.spend(ms(i / 10), ms(i / 10) + Duration::from_millis(1));
+        }
+        // An agent answering just under the 500 ms bound: two such steps, then no more
+        // in that window.
+        assert!(b.allows(ms(2_000)));
+        b.spend(ms(2_000), ms(2_499));
+        assert!(b.allows(ms(2_500)));
+        b.spend(ms(2_500), ms(2_999));
+        assert!(b.allows(ms(3_000)));
+        b.spend(ms(3_000), ms(3_499));
+        assert!(!b.allows(ms(3_500)));
+        assert!(!b.allows(ms(11_999)));
+        // The window (from the first slow step) ends: waited for again.
+        assert!(b.allows(ms(12_000)));
     }
 
     #[test]

@@ -1,0 +1,99 @@
+//! A held call whose slow steps ([`worker`]) gave no answer: it is answered with an
+//! error, and the stall said in a tamper record, limited like refusals.
+
+use std::{borrow::Cow, time::Instant};
+
+use nix::errno::Errno;
+use serde_json::json;
+
+use super::{
+    Gate, caller_event, errno_name,
+    notify::{self, Call, Creds, Notif},
+    worker,
+};
+use crate::{
+    enrich::Enricher,
+    event::{Event, Kind},
+    judge::Judge,
+    kernel::loader::Sensors,
+};
+
+/// How a step agentmon takes for a held call failed to give an answer.
+pub(super) enum Wait {
+    /// It did not end within the wait: what did not, and the wait.
+    Late(&'static str, std::time::Duration),
+    /// It was not tried: the task's steps already stuck take its share of the
+    /// workers (ETIMEDOUT), or every worker is taken (EAGAIN).
+    Refused,
+    /// It was not tried: the task's slow steps spent its budget ([`worker::Budget`]).
+    Spent,
+}
+
+impl Gate {
+    /// [`notify::perform`], its wait counted against the budget.
+    pub(super) fn perform(&mut self, call: Call, creds: Creds) -> Result<Result<i64, Errno>, worker::Stuck> {
+        let began = Instant::now();
+        let done = notify::perform(self.id, call, creds);
+        self.budget.spend(began, Instant::now());
+        done
+    }
+
+    /// Held call `n` (of syscall `name`) that a step agentmon takes for it could not
+    /// answer ([`worker`]): answered `errno`, and a tamper record of the stall,
+    /// limited like refusals (an agent whose steps are stuck has every later call
+    /// refused at once, at whatever rate it makes them).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn stuck(
+        &mut self,
+        n: Notif,
+        name: &'static str,
+        errno: Errno,
+        wait: Wait,
+        answer: impl Fn(Result<i64, Errno>) -> bool,
+        sensors: &Sensors,
+        enr: &Enricher,
+        judge: &Judge,
+    ) -> Option<Event> {
+        const KEY: &str = "stalling agentmon";
+        let what = match wait {
+            Wait::Late(what, wait) => format!("the held {name}'s {what} within {} ms", wait.as_millis()),
+            Wait::Refused if errno == Errno::ETIMEDOUT => format!(
+                "the held {name} was not tried: {} steps for the task already wait on the agent",
+                worker::MAX_EACH
+            ),
+            Wait::Spent => format!(
+                "the held {name} was not tried: the task's held calls kept agentmon waiting on the agent {} ms \
+                 within {} s",
+                worker::Budget::SPEND.as_millis(),
+                worker::Budget::WINDOW.as_secs()
+            ),
+            Wait::Refused => {
+                // agentmon's own capacity, no one's stall: said in its log only.
+                tracing::warn!("held {name} of thread {} refused: every worker is taken", n.tid);
+                answer(Err(errno));
+                return None;
+            }
+        };
+        let Some(held) = self.refusals.allow(KEY) else {
+            answer(Err(errno));
+            return None;
+        };
+        // Who asked, while the caller still waits (answered, it may exit, and its
+        // tracking entry with it).
+        let t = notify::tgid_of(n.tid).unwrap_or(n.tid);
+        let mut ev = caller_event(Kind::Tamper, t, n.tid, enr);
+        ev.task = sensors.task_of(t).and_then(|c| enr.task_name(c));
+        if let Some(b) = ev.task.as_ref().and_then(|id| judge.task(id)) {
+            b.stamp(&mut ev);
+        }
+        ev.syscall = Some(Cow::Borrowed(name));
+        ev.reason = Some(format!("{what}; answered {}", errno_name(errno)));
+        ev.detail.insert("attempt".into(), json!(KEY));
+        if held > 0 {
+            ev.detail.insert("unrecorded_before".into(), json!(held));
+        }
+        self.last_refused.insert(KEY, ev.clone());
+        answer(Err(errno));
+        Some(ev)
+    }
+}
