@@ -30,8 +30,15 @@ impl Gate {
         let call = abi.call(n.nr);
         let (mut paths, mut stalled) = (Vec::new(), false);
         for &i in call.map(|c| c.1).unwrap_or_default() {
-            // Both ABIs pass 32-bit pointers.
-            let p = notify::read_cstr(self.id, n.tid, n.args[i] & 0xffff_ffff);
+            // Both ABIs pass 32-bit pointers. Past the task's budget of waiting on
+            // it, not read at all (said as unread).
+            let began = std::time::Instant::now();
+            let p = if self.budget.allows(began) {
+                notify::read_cstr(self.id, n.tid, n.args[i] & 0xffff_ffff)
+            } else {
+                Err(Errno::ETIMEDOUT)
+            };
+            self.budget.spend(began, std::time::Instant::now());
             stalled |= p == Err(Errno::ETIMEDOUT);
             paths.push(p.ok());
         }

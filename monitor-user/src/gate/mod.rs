@@ -486,6 +486,9 @@ impl Gate {
             if !notify::valid(fd, n.id) {
                 return None;
             }
+            if !self.budget.allows(Instant::now()) {
+                return self.stuck(n, g.name, Errno::ETIMEDOUT, Wait::Spent, answer, sensors, enr, judge);
+            }
             return match self.perform(call, creds) {
                 Ok(r) => {
                     answer(r);

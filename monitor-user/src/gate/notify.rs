@@ -252,13 +252,16 @@ fn openat2(base: &OwnedFd, path: &CStr, flags: i32, resolve: u64) -> Result<Owne
 /// (a FUSE file's FLUSH, answered when the agent pleases), and a held call's
 /// targets are dropped wherever it ends, the loop included; this copy is closed
 /// here, in a worker ([`worker`]). What is performed on the file reopens it (with
-/// a fresh permission check, as the agent) or acts by the descriptor.
-fn agent_fd(tgid: u32, fd: u64) -> Result<OwnedFd, Errno> {
+/// a fresh permission check, as the agent) or acts by the descriptor. Also the
+/// status flags the agent's descriptor has (its access mode, O_PATH), which decide
+/// what the kernel would let a call by descriptor do.
+fn agent_fd(tgid: u32, fd: u64) -> Result<(OwnedFd, i32), Errno> {
     let pidfd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, tgid as libc::pid_t, 0) })?;
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
     let dup = cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd as libc::c_int, 0) })?;
     let dup = unsafe { OwnedFd::from_raw_fd(dup as RawFd) };
-    open_path(&format!("/proc/self/fd/{}", dup.as_raw_fd()), 0)
+    let flags = cvt(unsafe { libc::fcntl(dup.as_raw_fd(), libc::F_GETFL) } as libc::c_long)? as i32;
+    Ok((open_path(&format!("/proc/self/fd/{}", dup.as_raw_fd()), 0)?, flags))
 }
 
 fn stat_id(dir: &OwnedFd, name: &CStr) -> Result<Option<(u64, u64)>, Errno> {
@@ -326,7 +329,7 @@ fn resolve(tgid: u32, tid: u32, dirfd: i64, path: &CStr, entry: bool, follow: bo
         && let Some(n) = own_fd(bytes, &own_ids(tgid, tid))
         && agents_proc(tid)
     {
-        let fd = agent_fd(tgid, n)?;
+        let (fd, _) = agent_fd(tgid, n)?;
         let path = fd_path(&fd);
         return Ok(Target::File { fd, path });
     }
@@ -427,9 +430,9 @@ fn resolve_call(
     let nofollow = g.nofollow || flags & libc::AT_SYMLINK_NOFOLLOW as u64 != 0;
     let entry = g.nofollow; // delete and rename act on the entry itself
     let agents = |fd: u64| {
-        let fd = agent_fd(tgid, fd)?;
+        let (fd, flags) = agent_fd(tgid, fd)?;
         let path = fd_path(&fd);
-        Ok::<_, Errno>(vec![Target::File { fd, path }])
+        Ok::<_, Errno>((vec![Target::File { fd, path }], flags))
     };
     let targets = match (g.shape, names.as_slice()) {
         (Shape::Path { .. }, [name]) => {
@@ -437,12 +440,23 @@ fn resolve_call(
         }
         (Shape::At { d, .. }, [name]) => {
             if name.is_empty() && flags & libc::AT_EMPTY_PATH as u64 != 0 && !entry {
-                agents(a[d])?
+                agents(a[d])?.0
             } else {
                 vec![resolve(tgid, tid, a[d] as i32 as i64, name, entry, !nofollow)?]
             }
         }
-        (Shape::Fd { fd }, []) => agents(a[fd])?,
+        (Shape::Fd { fd }, []) => {
+            let (targets, flags) = agents(a[fd])?;
+            // What the kernel refuses a call by such a descriptor (fchmod, fchown,
+            // ftruncate): agentmon acts on the file, not through the descriptor.
+            if flags & libc::O_PATH != 0 {
+                return Err(Errno::EBADF);
+            }
+            if g.op == crate::task::Op::Truncate && flags & libc::O_ACCMODE == libc::O_RDONLY {
+                return Err(Errno::EINVAL);
+            }
+            targets
+        }
         (Shape::Two { d1, d2, .. }, [n1, n2]) => {
             let dir = |d: Option<usize>| d.map(|d| a[d] as i32 as i64).unwrap_or(libc::AT_FDCWD as i64);
             vec![resolve(tgid, tid, dir(d1), n1, true, false)?, resolve(tgid, tid, dir(d2), n2, true, false)?]
@@ -552,12 +566,21 @@ fn act(call: &Call) -> Result<i64, Errno> {
     cvt(r)
 }
 
-/// A writable fd for the file: reopened through its O_PATH fd (the same inode,
-/// with a fresh permission check).
+/// A writable fd for a regular file, to truncate: reopened through its O_PATH fd
+/// (the same inode, with a fresh permission check). Nothing else is opened (a
+/// terminal would become agentmon's, a FIFO's waiting readers would be let go):
+/// as the kernel's truncate, EISDIR for a directory, EINVAL for the rest.
 fn writable(fd: &OwnedFd) -> Result<OwnedFd, Errno> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &raw mut st) } as libc::c_long)?;
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => {}
+        libc::S_IFDIR => return Err(Errno::EISDIR),
+        _ => return Err(Errno::EINVAL),
+    }
     let p = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|_| Errno::EINVAL)?;
-    let w = cvt(unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) }
-        as libc::c_long)?;
+    let flags = libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
+    let w = cvt(unsafe { libc::open(p.as_ptr(), flags) } as libc::c_long)?;
     Ok(unsafe { OwnedFd::from_raw_fd(w as RawFd) })
 }
 
@@ -646,6 +669,35 @@ mod tests {
         let call = pinned();
         assert_eq!(perform(1, call, creds), Ok(Ok(0)));
         assert!(!root.join("a").exists());
+    }
+
+    #[test]
+    fn calls_by_descriptor_are_refused_as_the_kernel_would() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, b"xyz").unwrap();
+        let held = |nr: i64, fd: RawFd| {
+            let g = super::super::filter::lookup(nr).unwrap();
+            let n = Notif { id: 0, tid: me(), nr, arch: 0, args: [fd as u64, 0o600, 0, 0, 0, 0] };
+            resolve_call(&n, g, &std::sync::atomic::AtomicBool::new(false)).map(|(_, c)| c)
+        };
+        // ftruncate of a descriptor not open for writing: EINVAL, never reopened.
+        let ro = std::fs::File::open(&f).unwrap();
+        assert_eq!(held(libc::SYS_ftruncate, ro.as_raw_fd()).unwrap_err(), Errno::EINVAL);
+        let rw = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+        assert!(held(libc::SYS_ftruncate, rw.as_raw_fd()).is_ok());
+        // fchmod of an O_PATH descriptor: EBADF.
+        let opath = open_path(f.to_str().unwrap(), 0).unwrap();
+        assert_eq!(held(libc::SYS_fchmod, opath.as_raw_fd()).unwrap_err(), Errno::EBADF);
+        assert!(held(libc::SYS_fchmod, ro.as_raw_fd()).is_ok());
+        // Truncating anything but a regular file opens nothing.
+        let dir = open_path(d.path().to_str().unwrap(), libc::O_DIRECTORY).unwrap();
+        assert_eq!(writable(&dir).unwrap_err(), Errno::EISDIR);
+        let fifo = d.path().join("p");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let fifo = open_path(fifo.to_str().unwrap(), 0).unwrap();
+        assert_eq!(writable(&fifo).unwrap_err(), Errno::EINVAL);
+        assert!(writable(&open_path(f.to_str().unwrap(), 0).unwrap()).is_ok());
     }
 
     #[test]
