@@ -87,6 +87,7 @@ impl Gate {
             b.stamp(&mut ev);
         }
         ev.syscall = Some(Cow::Borrowed(name));
+        ev.error = Some(Cow::Owned(errno_name(errno)));
         ev.reason = Some(format!("{what}; answered {}", errno_name(errno)));
         ev.detail.insert("attempt".into(), json!(KEY));
         if held > 0 {
