@@ -7,13 +7,8 @@ use std::borrow::Cow;
 use nix::errno::Errno;
 use serde_json::json;
 
-use super::{Gate, abi, caller_event, notify, notify::Notif};
-use crate::{
-    enrich::Enricher,
-    event::{Event, Kind},
-    judge::Judge,
-    kernel::loader::Sensors,
-};
+use super::{Gate, abi, caller_tamper, notify, notify::Notif};
+use crate::{enrich::Enricher, event::Event, judge::Judge, kernel::loader::Sensors};
 
 impl Gate {
     /// An observed task's i386 or x32 call (an enforced task's filter kills for
@@ -32,25 +27,17 @@ impl Gate {
         for &i in call.map(|c| c.1).unwrap_or_default() {
             // Both ABIs pass 32-bit pointers. Past the task's budget of waiting on
             // it, not read at all (said as unread).
-            let began = std::time::Instant::now();
-            let p = if self.budget.allows(began) {
-                notify::read_cstr(self.id, n.tid, n.args[i] & 0xffff_ffff)
+            let (gate, addr) = (self.id, n.args[i] & 0xffff_ffff);
+            let p = if self.budget.allows(std::time::Instant::now()) {
+                self.timed(|| notify::read_cstr(gate, n.tid, addr))
             } else {
                 Err(Errno::ETIMEDOUT)
             };
-            self.budget.spend(began, std::time::Instant::now());
             stalled |= p == Err(Errno::ETIMEDOUT);
             paths.push(p.ok());
         }
-        // Who asked, while the caller still waits (once it proceeds it may exit, and
-        // its tracking entry with it).
-        let tgid = notify::tgid_of(n.tid).unwrap_or(n.tid);
-        let mut ev = caller_event(Kind::Tamper, tgid, n.tid, enr);
-        if let Some(bound) = sensors.task_of(tgid).and_then(|c| enr.task_name(c)).and_then(|t| judge.task(&t))
-        {
-            ev.task = Some(bound.id.clone());
-            bound.stamp(&mut ev);
-        }
+        // Who asked, while the caller still waits.
+        let mut ev = caller_tamper(&n, sensors, enr, judge);
         // What was read belongs to the calling thread only if it still waits.
         let valid = notify::valid(self.fd(), n.id);
         if let Err(e) = notify::proceed(self.fd(), n.id) {

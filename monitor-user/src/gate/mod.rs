@@ -237,6 +237,19 @@ pub(super) fn caller_event(kind: Kind, tgid: u32, tid: u32, enr: &Enricher) -> E
     ev
 }
 
+/// A tamper record about held call `n`'s caller, of its task when agentmon judges
+/// one: made while the caller still waits (answered, it may exit, and its tracking
+/// entry with it).
+pub(super) fn caller_tamper(n: &Notif, sensors: &Sensors, enr: &Enricher, judge: &Judge) -> Event {
+    let tgid = notify::tgid_of(n.tid).unwrap_or(n.tid);
+    let mut ev = caller_event(Kind::Tamper, tgid, n.tid, enr);
+    if let Some(bound) = sensors.task_of(tgid).and_then(|c| enr.task_name(c)).and_then(|t| judge.task(&t)) {
+        ev.task = Some(bound.id.clone());
+        bound.stamp(&mut ev);
+    }
+    ev
+}
+
 pub(super) fn errno_name(e: Errno) -> String {
     crate::names::errno(-(e as i64)).map(|n| n.into_owned()).unwrap_or_default()
 }
@@ -411,9 +424,8 @@ impl Gate {
         if !self.budget.allows(Instant::now()) {
             return self.stuck(n, g.name, Errno::ETIMEDOUT, Wait::Spent, answer, sensors, enr, judge);
         }
-        let began = Instant::now();
-        let resolved = notify::resolve_held(self.id, n, g);
-        self.budget.spend(began, Instant::now());
+        let gate = self.id;
+        let resolved = self.timed(|| notify::resolve_held(gate, n, g));
         // What we read belongs to the notifying thread only if it is still waiting.
         if !notify::valid(fd, n.id) {
             return None;

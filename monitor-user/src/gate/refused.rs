@@ -9,8 +9,8 @@ use std::borrow::Cow;
 
 use serde_json::json;
 
-use super::{caller_event, filter::Refusal, notify::Notif};
-use crate::{enrich::Enricher, event::Event, event::Kind, judge::Judge, kernel::loader::Sensors};
+use super::{filter::Refusal, notify::Notif};
+use crate::{enrich::Enricher, event::Event, judge::Judge, kernel::loader::Sensors};
 
 /// The tamper record of refused request `req` (syscall, command, attempt) of `n`,
 /// as the kernel's own refusal records read: `denied`, with the errno.
@@ -21,12 +21,7 @@ pub fn event(
     enr: &Enricher,
     judge: &Judge,
 ) -> Event {
-    let tgid = super::notify::tgid_of(n.tid).unwrap_or(n.tid);
-    let mut ev = caller_event(Kind::Tamper, tgid, n.tid, enr);
-    if let Some(bound) = sensors.task_of(tgid).and_then(|c| enr.task_name(c)).and_then(|t| judge.task(&t)) {
-        ev.task = Some(bound.id.clone());
-        bound.stamp(&mut ev);
-    }
+    let mut ev = super::caller_tamper(n, sensors, enr, judge);
     ev.syscall = Some(Cow::Borrowed(syscall));
     ev.error = Some(Cow::Borrowed("EPERM"));
     ev.verdict = Some(Cow::Borrowed("denied"));

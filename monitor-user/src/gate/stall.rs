@@ -7,16 +7,11 @@ use nix::errno::Errno;
 use serde_json::json;
 
 use super::{
-    Gate, caller_event, errno_name,
+    Gate, caller_tamper, errno_name,
     notify::{self, Call, Creds, Notif},
     worker,
 };
-use crate::{
-    enrich::Enricher,
-    event::{Event, Kind},
-    judge::Judge,
-    kernel::loader::Sensors,
-};
+use crate::{enrich::Enricher, event::Event, judge::Judge, kernel::loader::Sensors};
 
 /// How a step agentmon takes for a held call failed to give an answer.
 pub(super) enum Wait {
@@ -30,12 +25,18 @@ pub(super) enum Wait {
 }
 
 impl Gate {
-    /// [`notify::perform`], its wait counted against the budget.
-    pub(super) fn perform(&mut self, call: Call, creds: Creds) -> Result<Result<i64, Errno>, worker::Stuck> {
+    /// `step`, its wait counted against the task's budget ([`worker::Budget`]).
+    pub(super) fn timed<T>(&mut self, step: impl FnOnce() -> T) -> T {
         let began = Instant::now();
-        let done = notify::perform(self.id, call, creds);
+        let done = step();
         self.budget.spend(began, Instant::now());
         done
+    }
+
+    /// [`notify::perform`], its wait counted against the budget.
+    pub(super) fn perform(&mut self, call: Call, creds: Creds) -> Result<Result<i64, Errno>, worker::Stuck> {
+        let gate = self.id;
+        self.timed(|| notify::perform(gate, call, creds))
     }
 
     /// Held call `n` (of syscall `name`) that a step agentmon takes for it could not
@@ -78,14 +79,7 @@ impl Gate {
             answer(Err(errno));
             return None;
         };
-        // Who asked, while the caller still waits (answered, it may exit, and its
-        // tracking entry with it).
-        let t = notify::tgid_of(n.tid).unwrap_or(n.tid);
-        let mut ev = caller_event(Kind::Tamper, t, n.tid, enr);
-        ev.task = sensors.task_of(t).and_then(|c| enr.task_name(c));
-        if let Some(b) = ev.task.as_ref().and_then(|id| judge.task(id)) {
-            b.stamp(&mut ev);
-        }
+        let mut ev = caller_tamper(&n, sensors, enr, judge);
         ev.syscall = Some(Cow::Borrowed(name));
         ev.error = Some(Cow::Owned(errno_name(errno)));
         ev.reason = Some(format!("{what}; answered {}", errno_name(errno)));
