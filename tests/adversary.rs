@@ -444,9 +444,14 @@ fn left_then(d: &Path, kill: bool) -> R {
             at.starts_with("/agentmon/") || at.rsplit('/').next().is_some_and(|n| n.starts_with("agentmon-"));
         ensure(task_cg, || format!("pid {pid} is in {at}, not its task's cgroup"))?;
         let root = Path::new(procs).parent().unwrap();
-        let events = std::fs::read_to_string(root.join(at.trim_start_matches('/')).join("cgroup.events"))
-            .unwrap_or_default();
-        ensure(events.lines().any(|l| l == "frozen 1"), || format!("not frozen: {events}"))?;
+        let events = || {
+            std::fs::read_to_string(root.join(at.trim_start_matches('/')).join("cgroup.events"))
+                .unwrap_or_default()
+        };
+        // The reply may come before the kernel reports every process stopped.
+        ensure(wait(Duration::from_secs(10), || events().lines().any(|l| l == "frozen 1")), || {
+            format!("not frozen: {}", events())
+        })?;
         let (code, out, err) = cli(&["thaw", "left", "--socket", &sock])?;
         eq(&format!("thaw: {out}{err}"), code, 0)?;
         Ok(pid)

@@ -221,14 +221,17 @@ pub fn freeze_thaw_kill_by_operator() -> R {
 
         let (code, _, err) = ctl(&["thaw", name])?;
         eq("thaw exit", (code, err), (0, String::new()))?;
-        ensure(!frozen(&cg), || "still frozen after thaw".into())?;
+        // The reply may come before the kernel reports every process thawed.
+        ensure(wait(Duration::from_secs(10), || !frozen(&cg)), || "still frozen after thaw".into())?;
         ensure(wait(Duration::from_secs(10), || heartbeat(&d) != before), || {
             "no heartbeat after thaw".into()
         })?;
 
         let (code, _, err) = ctl(&["freeze", name])?;
         eq("operator freeze exit", (code, err), (0, String::new()))?;
-        ensure(frozen(&cg), || "not frozen after the operator's freeze".into())?;
+        ensure(wait(Duration::from_secs(10), || frozen(&cg)), || {
+            "not frozen after the operator's freeze".into()
+        })?;
         let (code, _, err) = ctl(&["kill", name])?;
         eq("kill exit", (code, err), (0, String::new()))?;
         all_gone(&pids)
@@ -306,5 +309,126 @@ pub fn a_task_past_its_limit_is_stopped() -> R {
     let actions: Vec<_> =
         run.of(Kind::Action).into_iter().map(|a| a.action.as_deref().map(String::from)).collect();
     eq("one kill", actions, vec![Some("kill".to_string())])?;
+    Ok(())
+}
+
+/// A freeze the kernel is slow to report done is a freeze, not a failure: every
+/// process stops in user space at once, and one waiting in a system call (here a
+/// lookup on a file system that answers only when the test says) stops when the
+/// call returns. Before, agentmon waited a second on its loop and then said the
+/// freeze failed. One not stopped 10 s after the freeze is made a kill (a tree
+/// that cannot be frozen must not run on), and the record says where it waits.
+pub fn a_slow_freeze_is_waited_for_then_made_a_kill() -> R {
+    for (name, stuck) in [("freeze-slow", false), ("freeze-stuck", true)] {
+        let (d, task, rules) = setup(name, "FREEZE-ME", "freeze")?;
+        if !support::can_enforce() {
+            return Ok(support::enforce_refused_here(&task, &d)?);
+        }
+        ensure(Path::new("/dev/fuse").exists(), || {
+            "/dev/fuse is missing: this test needs FUSE (modprobe fuse)".into()
+        })?;
+        let mnt = d.join("mnt");
+        std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+        let served = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+            .args([d.as_os_str(), mnt.as_os_str(), "when".as_ref()])
+            .env(SCENARIO_ENV, "fuse_serve")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure(served.status.success(), || {
+            format!("serving FUSE: {}", String::from_utf8_lossy(&served.stderr))
+        })?;
+        let events = d.join("events.jsonl");
+        let flags = ["--task", task.to_str().unwrap(), "--rules", rules.to_str().unwrap()];
+        let cmd = scenario_cmd(&d, &[mnt.join("slow").to_str().unwrap()])?;
+        let mut c = support::exec_command(&events, &flags, &cmd, &[(SCENARIO_ENV, "slow_freeze")], &d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let r = watch_slow_freeze(&mut c, &d, name, &events, stuck);
+        // Whatever happened: the lookup is answered (the agent can go), agentmon
+        // ends, and the server goes with its mount.
+        let _ = std::fs::write(d.join("go"), b"");
+        let ended = support::exit_within(&mut c, Duration::from_secs(60));
+        if ended.is_none() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let mnt_c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid path.
+        unsafe { libc::umount2(mnt_c.as_ptr(), libc::MNT_DETACH) };
+        r?;
+        eq("agentmon's exit", ended, Some(Some(128 + 9)))?;
+    }
+    Ok(())
+}
+
+fn watch_slow_freeze(c: &mut std::process::Child, d: &Path, name: &str, log: &Path, stuck: bool) -> R {
+    let actions = || -> Vec<Event> {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let evs = support::parse_stream(&text).map(|(e, _)| e).unwrap_or_default();
+        evs.into_iter().filter(|e| e.kind == Kind::Action).collect()
+    };
+    let said = |acts: &[Event]| -> Vec<(Option<String>, Option<String>)> {
+        acts.iter().map(|e| (e.action.as_deref().map(String::from), by(e).map(String::from))).collect()
+    };
+    let limit = Duration::from_secs(60);
+    ensure(wait(limit, || !actions().is_empty()), || "the freeze rule did not fire".into())?;
+    let freeze = actions().remove(0);
+    eq(
+        "first action",
+        said(std::slice::from_ref(&freeze)),
+        vec![(Some("freeze".into()), Some("policy".into()))],
+    )?;
+    ensure(!freeze.detail.contains_key("error"), || format!("the freeze failed: {:?}", freeze.detail))?;
+    eq("reported done at once", freeze.detail.get("settled"), Some(&serde_json::json!(false)))?;
+    let cg =
+        PathBuf::from(freeze.detail.get("cgroup").and_then(|v| v.as_str()).ok_or("no cgroup in the freeze")?);
+    if stuck {
+        // Never answered: made a kill 10 s after the freeze, saying what waits.
+        ensure(wait(limit, || actions().len() > 1), || {
+            "a freeze that never completed was not given up".into()
+        })?;
+        let acts = actions();
+        eq(
+            "actions",
+            said(&acts),
+            vec![
+                (Some("freeze".into()), Some("policy".into())),
+                (Some("kill".into()), Some("freeze_timeout".into())),
+            ],
+        )?;
+        let after = acts[1].ts.0.saturating_sub(freeze.ts.0);
+        ensure(after >= 10_000_000_000, || format!("given up {after} ns after the freeze, before its 10 s"))?;
+        eq("asked by", acts[1].detail.get("asked_by").and_then(|v| v.as_str()), Some("policy"))?;
+        let waits = acts[1].detail.get("stuck").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+        ensure(waits.iter().any(|s| s.as_str().is_some_and(|s| s.contains("state D"))), || {
+            format!("the kill does not say what did not stop: {:?}", acts[1].detail)
+        })?;
+        return Ok(());
+    }
+    // Past the second agentmon used to wait: frozen still, not killed, not reported.
+    std::thread::sleep(Duration::from_millis(1500));
+    ensure(matches!(c.try_wait(), Ok(None)), || format!("agentmon ended before the kill: {:?}", actions()))?;
+    ensure(!frozen(&cg), || "reported frozen while a process waits in the kernel".into())?;
+    let before = std::fs::metadata(d.join("repo/FREEZE-ME")).map_err(|e| e.to_string())?;
+    // The lookup answered, the child stops too: the freeze is done.
+    std::fs::write(d.join("go"), b"").map_err(|e| e.to_string())?;
+    ensure(wait(Duration::from_secs(10), || frozen(&cg)), || {
+        "not reported frozen once the lookup returned".into()
+    })?;
+    eq(
+        "the marker, untouched",
+        std::fs::metadata(d.join("repo/FREEZE-ME")).ok().map(|m| m.len()),
+        Some(before.len()),
+    )?;
+    let (code, _, err) = ctl(&["kill", name])?;
+    eq("kill exit", (code, err), (0, String::new()))?;
+    eq(
+        "actions",
+        said(&actions()),
+        vec![(Some("freeze".into()), Some("policy".into())), (Some("kill".into()), Some("operator".into()))],
+    )?;
     Ok(())
 }

@@ -99,7 +99,14 @@ pub fn exec_ends_expired_tasks() -> R {
     ensure(frozen, || "the enforced task was not frozen at its expiry".into())?;
     ensure(still, || format!("the frozen task went on writing ({at_freeze} then {})", progress()))?;
     ensure(killed.is_ok_and(|o| o.status.success()), || {
-        "the operator could not kill the frozen task".into()
+        // What the expiry's freeze said, for a kill that found the task gone.
+        let freezes: Vec<String> = events(&log)
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e.kind == Kind::Action)
+            .map(|e| format!("{:?} {:?}", e.action, e.detail))
+            .collect();
+        format!("the operator could not kill the frozen task: {said}; actions: {freezes:?}")
     })?;
     eq("exit (killed)", code, Some(128 + 9))?;
     let ends: Vec<Event> = events(&log)?.into_iter().filter(|e| e.kind == Kind::TaskEnd).collect();

@@ -168,6 +168,10 @@ fn main() {
         ("mass_delete_in_scope_runs_to_completion", tasks::mass_delete_in_scope_runs_to_completion),
         ("daemon_kills_expired_tasks", daemon::daemon_kills_expired_tasks),
         ("exec_ends_expired_tasks", expiry::exec_ends_expired_tasks),
+        (
+            "a_slow_freeze_is_waited_for_then_made_a_kill",
+            contain::a_slow_freeze_is_waited_for_then_made_a_kill,
+        ),
         ("daemon_selectors_attach_agents", daemon::daemon_selectors_attach_agents),
         ("daemon_holds_approval_gates", daemon::daemon_holds_approval_gates),
         ("control_rights_stay_with_the_connector", adversary::control_rights_stay_with_the_connector),

@@ -91,3 +91,29 @@ pub fn contain(d: &Path, args: &[String]) -> Result<(), String> {
     }
     Err("the tree was neither killed nor frozen for a minute".into())
 }
+
+/// `slow_freeze DIR PATH`: a child looks PATH up again and again (a lookup on a
+/// file system that answers late keeps it in the kernel); once the file system has
+/// been asked (DIR/asked), the parent makes repo/FREEZE-ME, whose rule freezes the
+/// task while the child waits in that lookup.
+pub fn slow_freeze(d: &Path, args: &[String]) -> Result<(), String> {
+    let path = args.get(1).ok_or("slow_freeze DIR PATH")?;
+    // SAFETY: the child only loops on stat.
+    if let ForkResult::Child = unsafe { fork() }.map_err(|e| e.to_string())? {
+        loop {
+            let _ = fs::metadata(path);
+        }
+    }
+    for _ in 0..3000 {
+        if d.join("asked").exists() {
+            fs::write(d.join("repo/FREEZE-ME"), b"").map_err(|e| e.to_string())?;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Frozen here, until killed.
+    for _ in 0..3000 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err("neither killed nor frozen".into())
+}

@@ -3,16 +3,26 @@
 //! into the agent's memory makes any reader of that memory — agentmon, reading a
 //! held call's path through /proc/PID/mem — wait for the agent. The same file is
 //! also `slow`, whose lookup is answered after the delay: whoever resolves a path
-//! through it (agentmon, resolving a held call's target) waits too.
+//! through it (agentmon, resolving a held call's target) waits too. Or `slow` is
+//! answered only when told ([`Slow::When`]): a process looking it up is held in
+//! the kernel for as long as a test needs.
 
 use std::{
     ffi::CString,
     fs::File,
     io::{Read, Write},
     os::{fd::AsRawFd, unix::ffi::OsStrExt},
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
+
+/// When a lookup of `slow` is answered.
+pub enum Slow {
+    /// After this long.
+    After(Duration),
+    /// Once the file `go` exists; the file `asked` is made when a lookup comes.
+    When { asked: PathBuf, go: PathBuf },
+}
 
 // include/uapi/linux/fuse.h
 const LOOKUP: u32 = 1;
@@ -41,8 +51,9 @@ fn attr(node: u64, size: u64) -> Vec<u8> {
 /// Mounts the file system at `at` and serves it from a child process (a thread
 /// of ours would deadlock: a fault on the file holds our memory map's lock, which
 /// the server's own allocations need): `f` holds `data`, each read of it answered
-/// `delay` late. The server ends when the mount goes.
-pub fn mount(at: &Path, data: Vec<u8>, delay: Duration) -> Result<(), String> {
+/// `delay` late, and `slow` answered as `slow` says. The server ends when the
+/// mount goes.
+pub fn mount(at: &Path, data: Vec<u8>, delay: Duration, slow: Slow) -> Result<(), String> {
     let dev =
         std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").map_err(|e| e.to_string())?;
     let opts = CString::new(format!("fd={},rootmode=40000,user_id=0,group_id=0", dev.as_raw_fd())).unwrap();
@@ -66,7 +77,7 @@ pub fn mount(at: &Path, data: Vec<u8>, delay: Duration) -> Result<(), String> {
                     libc::dup2(null, fd);
                 }
             }
-            serve(dev, data, delay);
+            serve(dev, data, delay, slow);
             // SAFETY: leaving the forked child.
             unsafe { libc::_exit(0) }
         }
@@ -74,7 +85,7 @@ pub fn mount(at: &Path, data: Vec<u8>, delay: Duration) -> Result<(), String> {
     }
 }
 
-fn serve(mut dev: File, data: Vec<u8>, delay: Duration) {
+fn serve(mut dev: File, data: Vec<u8>, delay: Duration, slow: Slow) {
     let mut buf = vec![0u8; (1 << 20) + 4096];
     loop {
         let Ok(n) = dev.read(&mut buf) else { return };
@@ -99,7 +110,15 @@ fn serve(mut dev: File, data: Vec<u8>, delay: Duration) {
             }
             LOOKUP if matches!(&buf[IN_HEADER..n], b"f\0" | b"slow\0") => {
                 if &buf[IN_HEADER..n] == b"slow\0" {
-                    std::thread::sleep(delay);
+                    match &slow {
+                        Slow::After(d) => std::thread::sleep(*d),
+                        Slow::When { asked, go } => {
+                            let _ = std::fs::write(asked, b"");
+                            while !go.exists() {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                        }
+                    }
                 }
                 let mut o = Vec::new();
                 for v in [FILE_NODE, 0, 0, 0] {

@@ -51,15 +51,9 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         ("delegate_one", Some(d)) => delegate_one(d, args),
         ("hosts", Some(d)) => hosts::parent(d, args),
         // Serves a FUSE file system at ARG whose file `f` names d/repo/held.txt, each
-        // read answered 3 s late (until it is unmounted).
-        ("fuse_serve", Some(d)) => match args {
-            [_, at] => {
-                let mut data = d.join("repo/held.txt").into_os_string().into_encoded_bytes();
-                data.resize(4096, 0);
-                fuse::mount(Path::new(at), data, std::time::Duration::from_secs(3))
-            }
-            _ => Err("fuse_serve DIR MOUNTPOINT".into()),
-        },
+        // read answered 3 s (or DELAY_MS) late (until it is unmounted).
+        ("fuse_serve", Some(d)) => fuse_serve(d, args),
+        ("slow_freeze", Some(d)) => contain::slow_freeze(d, args),
         ("hosts_sub", Some(d)) => hosts::sub(d),
         ("hosts_slow", Some(d)) => std::fs::write(d.join("repo/slow/ran"), b"").map_err(|e| e.to_string()),
         ("sub_waits", Some(d)) => sub_waits(d),
@@ -640,6 +634,22 @@ fn wait_for(flag: &Path) -> Result<(), String> {
 
 /// A steady stream of file creations: `count` files under d/out, `gap_ms` apart;
 /// d/out/progress holds how many were made.
+/// `fuse_serve DIR MOUNTPOINT [when]`: `when` answers lookups of `slow` only once
+/// DIR/go exists (and makes DIR/asked when one comes), not 3 s late.
+fn fuse_serve(d: &Path, args: &[String]) -> Result<(), String> {
+    let delay = Duration::from_secs(3);
+    let (at, slow) = match args {
+        [_, at] => (at, fuse::Slow::After(delay)),
+        [_, at, when] if when == "when" => {
+            (at, fuse::Slow::When { asked: d.join("asked"), go: d.join("go") })
+        }
+        _ => return Err("fuse_serve DIR MOUNTPOINT [when]".into()),
+    };
+    let mut data = d.join("repo/held.txt").into_os_string().into_encoded_bytes();
+    data.resize(4096, 0);
+    fuse::mount(Path::new(at), data, delay, slow)
+}
+
 fn stream(d: &Path, args: &[String]) -> Result<(), String> {
     let n = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok()).ok_or("stream COUNT GAP_MS");
     let (count, gap) = (n(0)?, n(1)?);
@@ -828,7 +838,7 @@ fn compat_creat(path: &Path, page: Page) -> i32 {
                 Page::Fuse(at, after) => {
                     let mut data = bytes.to_vec();
                     data.resize(4096, 0);
-                    if let Err(e) = fuse::mount(&at, data, after) {
+                    if let Err(e) = fuse::mount(&at, data, after, fuse::Slow::After(after)) {
                         eprintln!("{e}");
                         libc::_exit(5);
                     }

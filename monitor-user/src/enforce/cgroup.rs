@@ -264,18 +264,21 @@ impl TaskCgroup {
         std::fs::write(self.path.join("cgroup.kill"), "1")
     }
 
-    /// Freezes (or thaws) every process in the cgroup and waits until the kernel
-    /// reports it done (cgroup.events `frozen`), for up to a second.
-    pub fn freeze(&self, on: bool) -> io::Result<()> {
+    /// Freezes (or thaws) every process in the cgroup and waits, at most `wait`,
+    /// until the kernel reports it done (cgroup.events `frozen`): whether it did.
+    pub fn freeze(&self, on: bool, wait: std::time::Duration) -> io::Result<bool> {
         self.request_freeze(on)?;
         let want = if on { "frozen 1" } else { "frozen 0" };
-        for _ in 0..100 {
+        let until = std::time::Instant::now() + wait;
+        loop {
             if std::fs::read_to_string(self.path.join("cgroup.events"))?.lines().any(|l| l == want) {
-                return Ok(());
+                return Ok(true);
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            if std::time::Instant::now() >= until {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        Err(io::Error::other(format!("{} did not report {want}", self.path.display())))
     }
 
     /// Asks the freezer to freeze (or thaw) without waiting for it.

@@ -345,6 +345,10 @@ fn housekeeping(
     for ev in e.p.expire(&mut e.sensors, e.setup.on_expiry) {
         e.out.send(&ev);
     }
+    let (host, now) = (e.host(), e.p.enr.clock().now_wall());
+    for ev in e.p.contain.settle_freezes(&mut e.sensors, host, now) {
+        e.out.send(&ev);
+    }
     e.p.unsaid_refusals(&mut e.out, false);
     super::alarms::dropped(e);
     // Host names in scopes: new addresses are added every minute (by default; looked up

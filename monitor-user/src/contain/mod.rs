@@ -8,8 +8,9 @@
 //! meanwhile inherits the mark; `cgroup.kill` ends everything in the task's cgroup
 //! in one step, races with fork included; and every process still tracked under the
 //! task is signalled until none is left (a sub-task shares its parent's cgroup, so
-//! this is what ends it). Freeze and thaw write `cgroup.freeze` and wait until the
-//! kernel reports it done; a frozen tree keeps its memory and files for forensics.
+//! this is what ends it). Freeze and thaw write `cgroup.freeze` and wait briefly
+//! for the kernel to report it done, then check each tick (freeze.rs); a frozen
+//! tree keeps its memory and files for forensics.
 //!
 //! Every action is an event (`kind: action`).
 
@@ -41,6 +42,26 @@ pub enum Act {
     Pause,
 }
 
+impl By<'_> {
+    /// What `detail.by` of the action record says.
+    pub fn name(&self) -> &'static str {
+        match self {
+            By::Policy(_) => "policy",
+            By::Backpressure { .. } => "backpressure",
+            By::Operator { .. } => "operator",
+            By::Expiry => "expiry",
+            By::Outputs(_) => "output_failure",
+            By::LateFreeze { .. } => "freeze_timeout",
+        }
+    }
+
+    /// Whether the action contains a task (a rule's, an expiry's, a failing
+    /// output's): a freeze of it that does not complete is made a kill.
+    fn contains(&self) -> bool {
+        matches!(self, By::Policy(_) | By::Expiry | By::Outputs(Some(_)) | By::LateFreeze { .. })
+    }
+}
+
 impl Act {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -65,6 +86,9 @@ pub enum By<'a> {
     Operator { pid: u32, uid: u32, via: Option<&'a str> },
     /// The task's expiry passed (its `on_expiry`, or the host's).
     Expiry,
+    /// A freeze `asked_by` someone did not complete within [`FREEZE_GRACE`]; `stuck`
+    /// says the processes not stopped (`pid (comm) state S in WCHAN`).
+    LateFreeze { asked_by: &'static str, stuck: &'a [String] },
     /// An output agentmon records to failed (`Some(output, error)`: the task's
     /// `on_output_failure` is carried out) or works again (`None`: thawed).
     Outputs(Option<(&'a str, &'a str)>),
@@ -77,6 +101,8 @@ struct Entry {
     parent: Option<Arc<str>>,
     enforce: bool,
     killed: bool,
+    /// A freeze asked of the kernel and not yet reported done.
+    freezing: Option<Freezing>,
 }
 
 /// What an action did: the event to record (None when there was nothing to do) and
@@ -103,12 +129,15 @@ pub struct Containment {
 impl Containment {
     /// A top-level task and its cgroup (if it got one).
     pub fn register(&mut self, id: Arc<str>, cookie: u32, cgroup: Option<TaskCgroup>, enforce: bool) {
-        self.tasks.insert(id, Entry { cookie, cgroup, parent: None, enforce, killed: false });
+        self.tasks.insert(id, Entry { cookie, cgroup, parent: None, enforce, killed: false, freezing: None });
     }
 
     /// A delegated sub-task: it shares the cgroup of its top-level task.
     pub fn register_sub(&mut self, id: Arc<str>, cookie: u32, parent: Arc<str>, enforce: bool) {
-        self.tasks.insert(id, Entry { cookie, cgroup: None, parent: Some(parent), enforce, killed: false });
+        self.tasks.insert(
+            id,
+            Entry { cookie, cgroup: None, parent: Some(parent), enforce, killed: false, freezing: None },
+        );
     }
 
     /// Forgets a task (its cgroup is removed if empty).
@@ -256,7 +285,8 @@ impl Containment {
                 let procs: Vec<u32> =
                     tracked.iter().filter(|(_, c)| *c == e.cookie).map(|(p, _)| *p).collect();
                 json!({"task": id, "parent": e.parent, "enforced": e.enforce, "killed": e.killed,
-                       "frozen": self.home(id).is_some_and(|cg| cg.frozen()), "processes": procs})
+                       "frozen": self.home(id).is_some_and(|cg| cg.frozen()),
+                       "freezing": e.freezing.is_some(), "processes": procs})
             })
             .collect();
         v.sort_by(|a, b| a["task"].as_str().cmp(&b["task"].as_str()));
@@ -336,6 +366,8 @@ impl Containment {
         }
         let cookie = e.cookie;
         let own = e.cgroup.as_ref();
+        // What becomes of a freeze under way (None: left as it is).
+        let mut freezing: Option<Option<Freezing>> = None;
         let mut detail: BTreeMap<Cow<'static, str>, serde_json::Value> = BTreeMap::new();
         if matches!(act, Act::Kill | Act::Freeze) {
             // What left the cgroup comes back first, so that the action covers it.
@@ -395,6 +427,14 @@ impl Containment {
                     return Outcome::refused(why);
                 };
                 detail.insert("cgroup".into(), json!(cg.path.display().to_string()));
+                if let Some(f) = e.freezing.as_ref().filter(|_| on && !was_paused && cg.freeze_requested()) {
+                    // Asked once already: a containment's kill-if-late is kept.
+                    let contain = f.contain || by.contains();
+                    if let Some(f) = self.tasks.get_mut(id).and_then(|e| e.freezing.as_mut()) {
+                        f.contain = contain;
+                    }
+                    return Outcome { event: None, result: Ok(format!("task {id} is being frozen")) };
+                }
                 // A pause is a freeze already: made a freeze by this act, it is
                 // recorded; a thaw also undoes a freeze asked for but not yet done.
                 let already =
@@ -406,11 +446,38 @@ impl Containment {
                     };
                 }
                 detail.insert("processes".into(), json!(cg.pids()));
-                cg.freeze(on)
-                    .map(|()| format!("task {id} {}", if on { "frozen" } else { "thawed" }))
-                    .map_err(|err| err.to_string())
+                let done = cg.freeze(on, FREEZE_WAIT);
+                freezing = Some(None);
+                match done {
+                    Ok(true) => Ok(format!("task {id} {}", if on { "frozen" } else { "thawed" })),
+                    Ok(false) if on => {
+                        // Not a failure: no process runs in user space any more (each
+                        // stops at its return there); one waiting in the kernel (a slow
+                        // file system) stops when its call returns. Checked every tick.
+                        detail.insert("settled".into(), json!(false));
+                        let contain = by.contains();
+                        freezing = Some(Some(Freezing::new(by.name(), contain)));
+                        Ok(format!(
+                            "task {id} frozen, not yet every process: one waiting in a system call stops \
+                             when it returns; if that takes over {} s, {}",
+                            FREEZE_GRACE.as_secs(),
+                            if contain { "the task is killed" } else { "that is recorded" }
+                        ))
+                    }
+                    Ok(false) => {
+                        detail.insert("settled".into(), json!(false));
+                        Ok(format!("task {id} thawed, not yet every process"))
+                    }
+                    Err(err) => Err(err.to_string()),
+                }
             }
         };
+        if act == Act::Kill {
+            freezing = Some(None);
+        }
+        if let (Some(f), Some(e)) = (freezing, self.tasks.get_mut(id)) {
+            e.freezing = f;
+        }
         if act == Act::Kill
             && let Some(e) = self.tasks.get_mut(id)
         {
@@ -442,65 +509,59 @@ fn action_event(
     let mut ev = Event::new(Kind::Action, now, host);
     ev.task = Some(Arc::from(id));
     ev.action = Some(Cow::Borrowed(act.as_str()));
-    match by {
+    detail.insert("by".into(), json!(by.name()));
+    // A rule's action is its trigger's process's; any other is agentmon's own.
+    if let By::Policy(t) = by {
+        ev.pid = t.pid;
+        ev.tid = t.tid;
+        ev.ppid = t.ppid;
+        ev.comm = t.comm.clone();
+        ev.exe = t.exe.clone();
+        ev.start = t.start;
+        (ev.task_chain, ev.unsigned) = (t.task_chain.clone(), t.unsigned);
+        ev.rule = t.rule.clone();
+    } else {
+        ev.pid = std::process::id();
+        ev.tid = ev.pid;
+        ev.comm = "agentmon".into();
+    }
+    let reason = match by {
         By::Policy(t) => {
-            ev.pid = t.pid;
-            ev.tid = t.tid;
-            ev.ppid = t.ppid;
-            ev.comm = t.comm.clone();
-            ev.exe = t.exe.clone();
-            ev.start = t.start;
-            (ev.task_chain, ev.unsigned) = (t.task_chain.clone(), t.unsigned);
-            ev.rule = t.rule.clone();
-            ev.reason = t.reason.clone();
-            detail.insert("by".into(), json!("policy"));
             detail.insert("trigger".into(), json!(t.id));
+            ev.reason = t.reason.clone();
+            None
         }
         By::Operator { pid, uid, via } => {
-            ev.pid = std::process::id();
-            ev.tid = ev.pid;
-            ev.comm = "agentmon".into();
-            ev.reason = Some(match via {
-                Some(v) => format!("operator request: {v}"),
-                None => format!("operator request (pid {pid}, uid {uid})"),
-            });
-            detail.insert("by".into(), json!("operator"));
             detail.insert("operator".into(), json!({"pid": pid, "uid": uid}));
-            if let Some(v) = via {
-                detail.insert("via".into(), json!(v));
+            match via {
+                Some(v) => {
+                    detail.insert("via".into(), json!(v));
+                    Some(format!("operator request: {v}"))
+                }
+                None => Some(format!("operator request (pid {pid}, uid {uid})")),
             }
         }
         By::Backpressure { times, ms } => {
-            ev.pid = std::process::id();
-            ev.tid = ev.pid;
-            ev.comm = "agentmon".into();
-            ev.reason = Some(format!(
-                "its events came faster than agentmon could record them: paused {times} times, {ms} ms in all"
-            ));
-            detail.insert("by".into(), json!("backpressure"));
             detail.insert("times".into(), json!(times));
             detail.insert("ms".into(), json!(ms));
+            Some(format!(
+                "its events came faster than agentmon could record them: paused {times} times, {ms} ms in all"
+            ))
         }
-        By::Expiry => {
-            ev.pid = std::process::id();
-            ev.tid = ev.pid;
-            ev.comm = "agentmon".into();
-            ev.reason = Some("the task expired".into());
-            detail.insert("by".into(), json!("expiry"));
+        By::Expiry => Some("the task expired".into()),
+        By::LateFreeze { asked_by, stuck } => {
+            detail.insert("asked_by".into(), json!(asked_by));
+            detail.insert("stuck".into(), json!(stuck));
+            Some(format!("the freeze ({asked_by}) did not complete within {} s", FREEZE_GRACE.as_secs()))
         }
-        By::Outputs(failing) => {
-            ev.pid = std::process::id();
-            ev.tid = ev.pid;
-            ev.comm = "agentmon".into();
-            ev.reason = Some(match failing {
-                Some((out, err)) => format!("fail closed: {out} cannot be written ({err})"),
-                None => "the outputs work again".into(),
-            });
-            detail.insert("by".into(), json!("output_failure"));
-            if let Some((out, _)) = failing {
-                detail.insert("output".into(), json!(out));
-            }
+        By::Outputs(Some((out, err))) => {
+            detail.insert("output".into(), json!(out));
+            Some(format!("fail closed: {out} cannot be written ({err})"))
         }
+        By::Outputs(None) => Some("the outputs work again".into()),
+    };
+    if reason.is_some() {
+        ev.reason = reason;
     }
     ev.detail = detail;
     ev
@@ -562,103 +623,10 @@ fn signal_tracked(sensors: &Sensors, pid: u32, cookie: u32) -> bool {
     r == 0
 }
 
+mod freeze;
+
+pub use freeze::FREEZE_GRACE;
+use freeze::{FREEZE_WAIT, Freezing};
+
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    #[test]
-    fn cookies_under_follow_delegation() {
-        let mut c = Containment::default();
-        c.register("top".into(), 1, None, false);
-        c.register_sub("sub".into(), 2, "top".into(), false);
-        c.register_sub("subsub".into(), 3, "sub".into(), false);
-        c.register("other".into(), 4, None, false);
-        let mut all = c.cookies_under("top");
-        all.sort();
-        assert_eq!(all, [1, 2, 3]);
-        assert_eq!(c.cookies_under("sub").len(), 2);
-        assert_eq!(c.cookies_under("other"), [4]);
-        assert!(c.cookies_under("none").is_empty());
-        assert!(!c.was_killed("subsub"));
-    }
-
-    /// A directory standing in for a cgroup: its freeze file says what was asked.
-    pub(crate) fn fake_cgroup(d: &std::path::Path, name: &str, frozen: bool) -> TaskCgroup {
-        let path = d.join(name);
-        std::fs::create_dir_all(&path).unwrap();
-        std::fs::write(path.join("cgroup.freeze"), if frozen { "1\n" } else { "0\n" }).unwrap();
-        std::fs::write(path.join("cgroup.events"), format!("populated 1\nfrozen {}\n", frozen as u8))
-            .unwrap();
-        TaskCgroup { path, id: 1, origin: None }
-    }
-
-    fn asked(c: &Containment, id: &str) -> String {
-        std::fs::read_to_string(c.cgroup(id).unwrap().path.join("cgroup.freeze")).unwrap().trim().to_string()
-    }
-
-    fn all(c: &Containment) -> Vec<Arc<str>> {
-        c.tasks.keys().cloned().collect()
-    }
-
-    #[test]
-    fn a_pause_thaws_only_what_it_froze() {
-        let d = tempfile::tempdir().unwrap();
-        let mut c = Containment::default();
-        c.register("run".into(), 1, Some(fake_cgroup(d.path(), "run", false)), true);
-        c.register("held".into(), 2, Some(fake_cgroup(d.path(), "held", true)), true);
-        c.register("sub".into(), 3, None, true);
-        // Only the running task with a cgroup is paused; a frozen one is not taken.
-        assert_eq!(c.pause(&all(&c)), vec![Arc::<str>::from("run")]);
-        assert_eq!((asked(&c, "run"), asked(&c, "held")), ("1".into(), "1".into()));
-        assert!(c.pause(&all(&c)).is_empty(), "paused twice");
-        c.resume();
-        assert_eq!((asked(&c, "run"), asked(&c, "held")), ("0".into(), "1".into()));
-        // Frozen for good (a rule, an operator, an expiry) while paused: it stays.
-        assert_eq!(c.pause(&all(&c)).len(), 1);
-        assert!(c.claim("run"));
-        c.resume();
-        assert_eq!(asked(&c, "run"), "1");
-        // Forgotten while paused: thawed (what is left in its cgroup runs on).
-        std::fs::write(c.cgroup("run").unwrap().path.join("cgroup.freeze"), "0").unwrap();
-        assert_eq!(c.pause(&all(&c)).len(), 1);
-        let path = c.cgroup("run").unwrap().path.join("cgroup.freeze");
-        c.unregister("run");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "0");
-        assert!(c.paused.is_empty());
-        // Dropped while paused (agentmon ending any way): thawed.
-        c.register("last".into(), 4, Some(fake_cgroup(d.path(), "last", false)), true);
-        assert_eq!(c.pause(&["last".into()]).len(), 1);
-        drop(c);
-        assert_eq!(std::fs::read_to_string(d.path().join("last/cgroup.freeze")).unwrap(), "0");
-    }
-
-    #[test]
-    fn a_pause_stops_the_tasks_that_make_the_storm() {
-        let d = tempfile::tempdir().unwrap();
-        let mut c = Containment::default();
-        c.register("noisy".into(), 1, Some(fake_cgroup(d.path(), "noisy", false)), false);
-        c.register("quiet".into(), 3, Some(fake_cgroup(d.path(), "quiet", false)), false);
-        c.register("gated".into(), 5, Some(fake_cgroup(d.path(), "gated", false)), false);
-        // A storm split over eleven sub-tasks is its top-level task's.
-        let mut samples: HashMap<Arc<str>, u32> = HashMap::new();
-        for i in 0..11 {
-            let sub: Arc<str> = format!("noisy-{i}").into();
-            c.register_sub(sub.clone(), 10 + i, "noisy".into(), false);
-            samples.insert(sub, 9);
-        }
-        samples.insert("quiet".into(), 2);
-        samples.insert("gated".into(), 50);
-        // Gated's share is large, but it has a call held for approval.
-        let m = c.makers(&samples, 150, &["gated".into()]);
-        assert_eq!(m, vec![Arc::<str>::from("noisy")]);
-        assert_eq!(c.pause(&m), vec![Arc::<str>::from("noisy")]);
-        assert_eq!((asked(&c, "quiet"), asked(&c, "gated")), ("0".into(), "0".into()));
-        c.resume();
-        // Too few samples to tell shares: every task sampled, and only those.
-        let few: HashMap<Arc<str>, u32> = [("quiet".into(), 1)].into();
-        assert_eq!(c.makers(&few, 3, &[]), vec![Arc::<str>::from("quiet")]);
-        // A task that is gone names nothing.
-        let gone: HashMap<Arc<str>, u32> = [("gone".into(), 40)].into();
-        assert!(c.makers(&gone, 40, &[]).is_empty());
-    }
-}
+pub(crate) mod tests;
