@@ -368,12 +368,13 @@ fn watch_slow_freeze(c: &mut std::process::Child, d: &Path, name: &str, log: &Pa
     let actions = || -> Vec<Event> {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let evs = support::parse_stream(&text).map(|(e, _)| e).unwrap_or_default();
-        evs.into_iter().filter(|e| e.kind == Kind::Action).collect()
+        // (Not agentmon's pauses while it catches up with a busy machine's events.)
+        evs.into_iter().filter(|e| e.kind == Kind::Action && e.action.as_deref() != Some("pause")).collect()
     };
     let said = |acts: &[Event]| -> Vec<(Option<String>, Option<String>)> {
         acts.iter().map(|e| (e.action.as_deref().map(String::from), by(e).map(String::from))).collect()
     };
-    let limit = Duration::from_secs(60);
+    let limit = Duration::from_secs(60) * support::slowdown();
     ensure(wait(limit, || !actions().is_empty()), || "the freeze rule did not fire".into())?;
     let freeze = actions().remove(0);
     eq(
@@ -382,7 +383,11 @@ fn watch_slow_freeze(c: &mut std::process::Child, d: &Path, name: &str, log: &Pa
         vec![(Some("freeze".into()), Some("policy".into()))],
     )?;
     ensure(!freeze.detail.contains_key("error"), || format!("the freeze failed: {:?}", freeze.detail))?;
-    eq("reported done at once", freeze.detail.get("settled"), Some(&serde_json::json!(false)))?;
+    eq(
+        "settled (reported done within 200 ms)",
+        freeze.detail.get("settled"),
+        Some(&serde_json::json!(false)),
+    )?;
     let cg =
         PathBuf::from(freeze.detail.get("cgroup").and_then(|v| v.as_str()).ok_or("no cgroup in the freeze")?);
     if stuck {
@@ -402,27 +407,30 @@ fn watch_slow_freeze(c: &mut std::process::Child, d: &Path, name: &str, log: &Pa
         let after = acts[1].ts.0.saturating_sub(freeze.ts.0);
         ensure(after >= 10_000_000_000, || format!("given up {after} ns after the freeze, before its 10 s"))?;
         eq("asked by", acts[1].detail.get("asked_by").and_then(|v| v.as_str()), Some("policy"))?;
+        eq("its rule", acts[1].rule.as_deref(), Some("test.freeze"))?;
+        // The child waiting in the lookup, not the parent the freezer stopped.
         let waits = acts[1].detail.get("stuck").and_then(|v| v.as_array()).cloned().unwrap_or_default();
-        ensure(waits.iter().any(|s| s.as_str().is_some_and(|s| s.contains("state D"))), || {
-            format!("the kill does not say what did not stop: {:?}", acts[1].detail)
-        })?;
+        // (The freeze is the parent's: it made the marker.)
+        let parent = format!("{} (", acts[0].pid);
+        ensure(
+            waits.len() == 1
+                && waits[0].as_str().is_some_and(|s| s.contains("state D") && !s.starts_with(&parent)),
+            || format!("the kill does not say what did not stop: {:?}", acts[1].detail),
+        )?;
         return Ok(());
     }
-    // Past the second agentmon used to wait: frozen still, not killed, not reported.
+    // Past the second agentmon used to wait: not killed, not reported frozen, and
+    // stopped in user space all the same (the parent's heartbeat stands still).
+    let beat = heartbeat(d);
     std::thread::sleep(Duration::from_millis(1500));
     ensure(matches!(c.try_wait(), Ok(None)), || format!("agentmon ended before the kill: {:?}", actions()))?;
     ensure(!frozen(&cg), || "reported frozen while a process waits in the kernel".into())?;
-    let before = std::fs::metadata(d.join("repo/FREEZE-ME")).map_err(|e| e.to_string())?;
+    eq("heartbeat while frozen", heartbeat(d), beat)?;
     // The lookup answered, the child stops too: the freeze is done.
     std::fs::write(d.join("go"), b"").map_err(|e| e.to_string())?;
     ensure(wait(Duration::from_secs(10), || frozen(&cg)), || {
         "not reported frozen once the lookup returned".into()
     })?;
-    eq(
-        "the marker, untouched",
-        std::fs::metadata(d.join("repo/FREEZE-ME")).ok().map(|m| m.len()),
-        Some(before.len()),
-    )?;
     let (code, _, err) = ctl(&["kill", name])?;
     eq("kill exit", (code, err), (0, String::new()))?;
     eq(

@@ -111,8 +111,9 @@ pub fn slow_freeze(d: &Path, args: &[String]) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Frozen here, until killed.
-    for _ in 0..3000 {
+    // Frozen here, until killed: the heartbeat stops.
+    for i in 0..3000 {
+        fs::write(d.join("repo/heartbeat"), i.to_string()).map_err(|e| e.to_string())?;
         std::thread::sleep(Duration::from_millis(20));
     }
     Err("neither killed nor frozen".into())

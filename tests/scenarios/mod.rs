@@ -632,8 +632,6 @@ fn wait_for(flag: &Path) -> Result<(), String> {
     Err(format!("{} never appeared", flag.display()))
 }
 
-/// A steady stream of file creations: `count` files under d/out, `gap_ms` apart;
-/// d/out/progress holds how many were made.
 /// `fuse_serve DIR MOUNTPOINT [when]`: `when` answers lookups of `slow` only once
 /// DIR/go exists (and makes DIR/asked when one comes), not 3 s late.
 fn fuse_serve(d: &Path, args: &[String]) -> Result<(), String> {
@@ -650,6 +648,8 @@ fn fuse_serve(d: &Path, args: &[String]) -> Result<(), String> {
     fuse::mount(Path::new(at), data, delay, slow)
 }
 
+/// A steady stream of file creations: `count` files under d/out, `gap_ms` apart;
+/// d/out/progress holds how many were made.
 fn stream(d: &Path, args: &[String]) -> Result<(), String> {
     let n = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok()).ok_or("stream COUNT GAP_MS");
     let (count, gap) = (n(0)?, n(1)?);

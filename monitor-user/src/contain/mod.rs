@@ -86,9 +86,14 @@ pub enum By<'a> {
     Operator { pid: u32, uid: u32, via: Option<&'a str> },
     /// The task's expiry passed (its `on_expiry`, or the host's).
     Expiry,
-    /// A freeze `asked_by` someone did not complete within [`FREEZE_GRACE`]; `stuck`
-    /// says the processes not stopped (`pid (comm) state S in WCHAN`).
-    LateFreeze { asked_by: &'static str, stuck: &'a [String] },
+    /// A freeze `asked_by` someone (for a rule: its `trigger` event and rule) did
+    /// not complete within [`FREEZE_GRACE`]; `stuck` says the threads not stopped
+    /// (`tid (comm) state S in WCHAN`).
+    LateFreeze {
+        asked_by: &'static str,
+        trigger: Option<&'a (uuid::Uuid, Option<String>)>,
+        stuck: &'a [String],
+    },
     /// An output agentmon records to failed (`Some(output, error)`: the task's
     /// `on_output_failure` is carried out) or works again (`None`: thawed).
     Outputs(Option<(&'a str, &'a str)>),
@@ -427,14 +432,6 @@ impl Containment {
                     return Outcome::refused(why);
                 };
                 detail.insert("cgroup".into(), json!(cg.path.display().to_string()));
-                if let Some(f) = e.freezing.as_ref().filter(|_| on && !was_paused && cg.freeze_requested()) {
-                    // Asked once already: a containment's kill-if-late is kept.
-                    let contain = f.contain || by.contains();
-                    if let Some(f) = self.tasks.get_mut(id).and_then(|e| e.freezing.as_mut()) {
-                        f.contain = contain;
-                    }
-                    return Outcome { event: None, result: Ok(format!("task {id} is being frozen")) };
-                }
                 // A pause is a freeze already: made a freeze by this act, it is
                 // recorded; a thaw also undoes a freeze asked for but not yet done.
                 let already =
@@ -446,28 +443,34 @@ impl Containment {
                     };
                 }
                 detail.insert("processes".into(), json!(cg.pids()));
-                let done = cg.freeze(on, FREEZE_WAIT);
-                freezing = Some(None);
-                match done {
-                    Ok(true) => Ok(format!("task {id} {}", if on { "frozen" } else { "thawed" })),
+                // The grace runs from the first asking: asking again does not stretch it.
+                let asked = Freezing::asked(e.freezing.as_ref().filter(|_| on), &by);
+                match cg.freeze(on, FREEZE_WAIT) {
+                    Ok(true) => {
+                        freezing = Some(None);
+                        Ok(format!("task {id} {}", if on { "frozen" } else { "thawed" }))
+                    }
                     Ok(false) if on => {
                         // Not a failure: no process runs in user space any more (each
-                        // stops at its return there); one waiting in the kernel (a slow
-                        // file system) stops when its call returns. Checked every tick.
+                        // stops at its return there); one in a wait only a fatal
+                        // signal ends (a slow file system) stops when its call
+                        // returns. Checked every tick.
                         detail.insert("settled".into(), json!(false));
-                        let contain = by.contains();
-                        freezing = Some(Some(Freezing::new(by.name(), contain)));
+                        let contain = asked.contain;
+                        freezing = Some(Some(asked));
                         Ok(format!(
-                            "task {id} frozen, not yet every process: one waiting in a system call stops \
-                             when it returns; if that takes over {} s, {}",
+                            "task {id} frozen, not yet every process: one waiting in the kernel stops when its \
+                             call returns; if that takes over {} s, {}",
                             FREEZE_GRACE.as_secs(),
                             if contain { "the task is killed" } else { "that is recorded" }
                         ))
                     }
                     Ok(false) => {
+                        freezing = Some(None);
                         detail.insert("settled".into(), json!(false));
                         Ok(format!("task {id} thawed, not yet every process"))
                     }
+                    // cgroup.freeze could not be written: nothing was asked.
                     Err(err) => Err(err.to_string()),
                 }
             }
@@ -549,9 +552,13 @@ fn action_event(
             ))
         }
         By::Expiry => Some("the task expired".into()),
-        By::LateFreeze { asked_by, stuck } => {
+        By::LateFreeze { asked_by, trigger, stuck } => {
             detail.insert("asked_by".into(), json!(asked_by));
             detail.insert("stuck".into(), json!(stuck));
+            if let Some((id, rule)) = trigger {
+                detail.insert("trigger".into(), json!(id));
+                ev.rule = rule.clone();
+            }
             Some(format!("the freeze ({asked_by}) did not complete within {} s", FREEZE_GRACE.as_secs()))
         }
         By::Outputs(Some((out, err))) => {

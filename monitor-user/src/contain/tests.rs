@@ -103,8 +103,8 @@ fn a_freeze_not_reported_in_time_is_given_up_once() {
     for (id, cookie) in [("slow", 1), ("done", 2), ("thawed", 3), ("young", 4)] {
         c.register(id.into(), cookie, Some(fake_cgroup(d.path(), id, true)), true);
         std::fs::write(events(&c, id), "populated 1\nfrozen 0\n").unwrap();
-        let contain = id != "young";
-        c.tasks.get_mut(id).unwrap().freezing = Some(freeze::Freezing::new("expiry", contain));
+        let by = if id == "young" { operator() } else { By::Expiry };
+        c.tasks.get_mut(id).unwrap().freezing = Some(freeze::Freezing::asked(None, &by));
     }
     // Reported done meanwhile; thawed by someone meanwhile.
     std::fs::write(events(&c, "done"), "populated 1\nfrozen 1\n").unwrap();
@@ -115,13 +115,36 @@ fn a_freeze_not_reported_in_time_is_given_up_once() {
     assert!(c.tasks["done"].freezing.is_none() && c.tasks["thawed"].freezing.is_none());
     let mut late = c.late_freezes(Duration::ZERO);
     late.sort_by(|a, b| a.id.cmp(&b.id));
-    let got: Vec<(&str, &str, bool)> = late.iter().map(|l| (&*l.id, l.by, l.contain)).collect();
-    assert_eq!(got, [("slow", "expiry", true), ("young", "expiry", false)]);
+    let got: Vec<(&str, &str, bool)> = late.iter().map(|l| (&*l.id, l.asked.by, l.asked.contain)).collect();
+    assert_eq!(got, [("slow", "expiry", true), ("young", "operator", false)]);
     // Given up once: not again.
     assert!(c.late_freezes(Duration::ZERO).is_empty());
     // A killed task's freeze is not waited for.
-    c.tasks.get_mut("slow").unwrap().freezing = Some(freeze::Freezing::new("policy", true));
+    c.tasks.get_mut("slow").unwrap().freezing = Some(freeze::Freezing::asked(None, &By::Expiry));
     c.tasks.get_mut("slow").unwrap().killed = true;
     assert!(c.late_freezes(Duration::ZERO).is_empty());
     assert!(c.tasks["slow"].freezing.is_none());
+    // Unreadable: asked about again, not forgotten (nor killed).
+    c.tasks.get_mut("young").unwrap().freezing = Some(freeze::Freezing::asked(None, &By::Expiry));
+    std::fs::remove_file(events(&c, "young")).unwrap();
+    assert!(c.late_freezes(Duration::ZERO).is_empty());
+    assert!(c.tasks["young"].freezing.is_some());
+}
+
+fn operator() -> By<'static> {
+    By::Operator { pid: 1, uid: 0, via: None }
+}
+
+#[test]
+fn a_freeze_asked_again_keeps_its_grace_and_its_containment() {
+    let first = freeze::Freezing::asked(None, &operator());
+    assert_eq!((first.by, first.contain), ("operator", false));
+    std::thread::sleep(Duration::from_millis(5));
+    // A rule (here an expiry) makes an operator's freeze a containment: named, and
+    // killed when late; the grace still runs from the operator's asking.
+    let again = freeze::Freezing::asked(Some(&first), &By::Expiry);
+    assert_eq!((again.by, again.contain, again.since), ("expiry", true, first.since));
+    // An operator asking again takes nothing away.
+    let third = freeze::Freezing::asked(Some(&again), &operator());
+    assert_eq!((third.by, third.contain, third.since), ("expiry", true, first.since));
 }

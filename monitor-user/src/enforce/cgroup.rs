@@ -266,12 +266,15 @@ impl TaskCgroup {
 
     /// Freezes (or thaws) every process in the cgroup and waits, at most `wait`,
     /// until the kernel reports it done (cgroup.events `frozen`): whether it did.
+    /// An error only when cgroup.freeze could not be written.
     pub fn freeze(&self, on: bool, wait: std::time::Duration) -> io::Result<bool> {
         self.request_freeze(on)?;
         let want = if on { "frozen 1" } else { "frozen 0" };
         let until = std::time::Instant::now() + wait;
         loop {
-            if std::fs::read_to_string(self.path.join("cgroup.events"))?.lines().any(|l| l == want) {
+            // Unreadable counts as not yet: the freeze was asked all the same.
+            let events = std::fs::read_to_string(self.path.join("cgroup.events")).unwrap_or_default();
+            if events.lines().any(|l| l == want) {
                 return Ok(true);
             }
             if std::time::Instant::now() >= until {
@@ -288,12 +291,28 @@ impl TaskCgroup {
 
     /// Whether a freeze was asked for (done or not yet).
     pub fn freeze_requested(&self) -> bool {
-        std::fs::read_to_string(self.path.join("cgroup.freeze")).is_ok_and(|t| t.trim() == "1")
+        self.freeze_asked().unwrap_or(false)
+    }
+
+    /// Whether a freeze was asked for, or why that could not be read.
+    pub fn freeze_asked(&self) -> io::Result<bool> {
+        std::fs::read_to_string(self.path.join("cgroup.freeze")).map(|t| t.trim() == "1")
+    }
+
+    /// Whether the kernel reports the cgroup frozen, or why that could not be read.
+    pub fn frozen_now(&self) -> io::Result<bool> {
+        std::fs::read_to_string(self.path.join("cgroup.events")).map(|t| t.lines().any(|l| l == "frozen 1"))
+    }
+
+    /// Every thread in the cgroup (cgroup.threads; cgroup.procs has only leaders).
+    pub fn threads(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.path.join("cgroup.threads"))
+            .map(|t| t.lines().filter_map(|l| l.parse().ok()).collect())
+            .unwrap_or_default()
     }
 
     pub fn frozen(&self) -> bool {
-        std::fs::read_to_string(self.path.join("cgroup.events"))
-            .is_ok_and(|t| t.lines().any(|l| l == "frozen 1"))
+        self.frozen_now().unwrap_or(false)
     }
 
     /// Where `pid` is when it is not in this cgroup or below it (its cgroup v2 path),

@@ -54,6 +54,9 @@ pub fn class_of(kind: Kind) -> Class {
     }
 }
 
+/// How many ended tasks' identities are kept for the records after their end.
+const KEEP_ENDED: usize = 256;
+
 pub struct NatsSink {
     spool: Writer,
     subjects: Subjects,
@@ -63,6 +66,9 @@ pub struct NatsSink {
     /// Agent identity of each task seen starting, and the credentials it declared,
     /// for kill and revoke messages.
     tasks: HashMap<Arc<str>, (TaskInfo, Vec<String>)>,
+    /// Tasks ended, oldest first: kept in `tasks` a while, for the records that
+    /// follow an end (an expired task's freeze made a kill when it did not complete).
+    ended: std::collections::VecDeque<Arc<str>>,
     sign_key: Option<ed25519_dalek::SigningKey>,
     /// Drops counted in a loss record in the spool (for NATS).
     reported: u64,
@@ -85,6 +91,7 @@ impl NatsSink {
             ocsf: o.ocsf,
             publisher,
             tasks: HashMap::new(),
+            ended: std::collections::VecDeque::new(),
             sign_key: o.sign_key,
             reported: 0,
             alarmed: 0,
@@ -286,6 +293,7 @@ impl NatsSink {
                         .get("credentials")
                         .and_then(|v| serde_json::from_value(v.clone()).ok())
                         .unwrap_or_default();
+                    self.ended.retain(|e| e != t);
                     self.tasks.insert(t.clone(), (info, creds));
                 }
             }
@@ -293,8 +301,16 @@ impl NatsSink {
                 if let Some(t) = &task {
                     self.send_revoke(ev, t, "task ended")?;
                 }
-                if let Some(t) = &ev.task {
-                    self.tasks.remove(t);
+                if let Some(t) = &ev.task
+                    && self.tasks.contains_key(t)
+                    && !self.ended.contains(t)
+                {
+                    self.ended.push_back(t.clone());
+                    if self.ended.len() > KEEP_ENDED
+                        && let Some(old) = self.ended.pop_front()
+                    {
+                        self.tasks.remove(&old);
+                    }
                 }
             }
             Kind::Action | Kind::ApprovalRequest | Kind::Approval => {
@@ -319,7 +335,11 @@ impl NatsSink {
                     // Not agentmon's own fail-closed freeze while an output fails: the
                     // agent could cause it (a full disk) to cut every task's access;
                     // nor does a thaw issue anything again.
-                    let own = ev.detail.get("by").and_then(|v| v.as_str()) == Some("output_failure");
+                    // (Also when that freeze did not complete and was made a kill.)
+                    let said = |k: &str| ev.detail.get(k).and_then(|v| v.as_str());
+                    let own = said("by") == Some("output_failure")
+                        || (said("by") == Some("freeze_timeout")
+                            && said("asked_by") == Some("output_failure"));
                     let why = match (act, failed) {
                         ("kill", false) => "task killed",
                         ("freeze", false) => "task frozen",

@@ -158,15 +158,26 @@ fn revokes_name_the_credentials_and_are_signed() {
     // agentmon's own fail-closed freeze (an output failing): the agent can cause it.
     let mut own = action("t", "freeze");
     own.detail.insert("by".into(), serde_json::json!("output_failure"));
+    // The same freeze, not done in time and made a kill: still agentmon's own.
+    let late = |asked_by: &str| {
+        let mut ev = action("t", "kill");
+        ev.detail.insert("by".into(), serde_json::json!("freeze_timeout"));
+        ev.detail.insert("asked_by".into(), serde_json::json!(asked_by));
+        ev
+    };
     let evs = [
         start,
         action("t", "revoke"),
         action("t", "freeze"),
         action("t", "thaw"),
         own,
+        late("output_failure"),
         failed,
         action("t", "kill"),
         task_event(Kind::TaskEnd, "t"),
+        // An expiry's freeze made a kill after the task's end: it still names the
+        // task's credentials and agent.
+        late("expiry"),
     ];
     let (records, key) = spooled(true, &evs);
     let key = key.unwrap();
@@ -179,7 +190,14 @@ fn revokes_name_the_credentials_and_are_signed() {
     let reasons: Vec<&str> = revokes.iter().map(|m| m["reason"].as_str().unwrap()).collect();
     assert_eq!(
         reasons,
-        ["a rule asked for it", "task frozen", "task could not be stopped", "task killed", "task ended"]
+        [
+            "a rule asked for it",
+            "task frozen",
+            "task could not be stopped",
+            "task killed",
+            "task ended",
+            "task killed"
+        ]
     );
     for m in &revokes {
         assert_eq!(m["credentials"], serde_json::json!(["arn:aws:iam::1:role/t", "vault:abc"]), "{m}");
@@ -194,7 +212,7 @@ fn revokes_name_the_credentials_and_are_signed() {
         .filter(|r| r.subject == subjects.kill())
         .map(|r| serde_json::from_slice(&r.payload).unwrap())
         .collect();
-    assert_eq!(kills.len(), 3, "two freezes and a kill, done (not the failed kill): {kills:?}");
+    assert_eq!(kills.len(), 5, "two freezes and three kills, done (not the failed kill): {kills:?}");
     assert!(kills.iter().all(|m| verifies(m, &key)), "{kills:?}");
 
     // Without a key: neither field, and nothing else changes.
