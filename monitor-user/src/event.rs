@@ -380,9 +380,10 @@ pub const ALERT_SCHEMA: &str = "agentmon.alert/1";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertReason {
-    pub verdict: Name,
-    pub action: Name,
-    pub severity: Name,
+    pub verdict: crate::policy::VerdictKind,
+    /// Typed, as the alert's own (the pipeline reads it: a rule's revoke).
+    pub action: crate::policy::Action,
+    pub severity: crate::policy::Severity,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -519,5 +520,30 @@ mod tests {
         assert_eq!(back, e);
         let d = serde_json::to_value(Dst::Ip { ip: "::1".into(), port: 80 }).unwrap();
         assert_eq!(d, serde_json::json!({"ip": "::1", "port": 80}));
+    }
+
+    /// An alert's reasons are typed inside and the same words outside: a consumer
+    /// of `agentmon.alert/1` sees no change, and a reason with an action agentmon
+    /// does not know is refused, naming it, not read as no action.
+    #[test]
+    fn alert_reasons_are_typed_and_read_back() {
+        use crate::policy::{Action, Severity, VerdictKind};
+        let r = AlertReason {
+            verdict: VerdictKind::OutOfScope,
+            action: Action::RequireApproval,
+            severity: Severity::High,
+            rule: None,
+            clause: Some(Cow::Borrowed("scope.delete")),
+            message: "m".into(),
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        let want = serde_json::json!({"verdict": "out_of_scope", "action": "require_approval",
+            "severity": "high", "clause": "scope.delete", "message": "m"});
+        assert_eq!(v, want);
+        assert_eq!(serde_json::from_value::<AlertReason>(v).unwrap(), r);
+        let mut bad = want.clone();
+        bad["action"] = "explode".into();
+        let err = serde_json::from_value::<AlertReason>(bad).unwrap_err().to_string();
+        assert!(err.contains("explode"), "{err}");
     }
 }

@@ -354,9 +354,9 @@ fn alert(ev: &Event, v: &Verdict, task: Option<TaskInfo>) -> Alert {
             .reasons
             .iter()
             .map(|r| AlertReason {
-                verdict: Cow::Borrowed(r.verdict.as_str()),
-                action: Cow::Borrowed(r.action.as_str()),
-                severity: Cow::Borrowed(r.severity.as_str()),
+                verdict: r.verdict,
+                action: r.action,
+                severity: r.severity,
                 rule: r.rule.clone(),
                 clause: r.clause.map(Cow::Borrowed),
                 message: r.message.clone(),

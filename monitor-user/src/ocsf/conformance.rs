@@ -126,10 +126,11 @@ fn observed() -> Vec<Event> {
 }
 
 fn alerts() -> Vec<Alert> {
-    let reason = |rule: Option<&str>, clause: Option<&'static str>, verdict: &'static str| AlertReason {
-        verdict: Cow::Borrowed(verdict),
-        action: Cow::Borrowed("alert"),
-        severity: Cow::Borrowed("high"),
+    use crate::policy::{Action, Severity, VerdictKind};
+    let reason = |rule: Option<&str>, clause: Option<&'static str>, verdict: VerdictKind| AlertReason {
+        verdict,
+        action: Action::Alert,
+        severity: Severity::High,
         rule: rule.map(String::from),
         clause: clause.map(Cow::Borrowed),
         message: "what was found".into(),
@@ -142,16 +143,20 @@ fn alerts() -> Vec<Alert> {
     r.path = Some("/srv/repo/a".into());
     r.new_path = Some("/home/alice/.bashrc".into());
     [
-        (judged(w, "out_of_scope", "alert"), None, vec![reason(None, Some("scope.write"), "out_of_scope")]),
+        (
+            judged(w, "out_of_scope", "alert"),
+            None,
+            vec![reason(None, Some("scope.write"), VerdictKind::OutOfScope)],
+        ),
         (
             judged(c, "violation", "kill"),
             Some("net.ssh-out"),
             vec![
-                reason(Some("net.ssh-out"), None, "violation"),
-                reason(None, Some("scope.connect"), "out_of_scope"),
+                reason(Some("net.ssh-out"), None, VerdictKind::Violation),
+                reason(None, Some("scope.connect"), VerdictKind::OutOfScope),
             ],
         ),
-        (r, None, vec![reason(None, Some("scope.write"), "out_of_scope")]),
+        (r, None, vec![reason(None, Some("scope.write"), VerdictKind::OutOfScope)]),
     ]
     .into_iter()
     .map(|(event, rule, reasons): (Event, Option<&str>, Vec<AlertReason>)| Alert {
@@ -161,8 +166,8 @@ fn alerts() -> Vec<Alert> {
         ts: event.ts,
         host: event.host.clone(),
         severity: Cow::Borrowed("high"),
-        verdict: reasons[0].verdict.clone(),
-        action: crate::policy::Action::Alert,
+        verdict: Cow::Borrowed(reasons[0].verdict.as_str()),
+        action: Action::Alert,
         rule: rule.map(String::from),
         reason: "what was found".into(),
         reasons,

@@ -47,7 +47,9 @@ pub fn detection_finding(a: &Alert) -> Value {
     } else {
         a.reasons
             .iter()
-            .map(|r| authorization(&r.verdict, r.rule.as_deref(), r.clause.as_deref(), Some(&r.message)))
+            .map(|r| {
+                authorization(r.verdict.as_str(), r.rule.as_deref(), r.clause.as_deref(), Some(&r.message))
+            })
             .collect()
     };
     Control::of(&a.verdict, ev).write(&mut o, authorizations);

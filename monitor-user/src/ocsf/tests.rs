@@ -421,17 +421,17 @@ fn alert_of(e: Event, severity: &'static str) -> Alert {
         reason: "reads an SSH private key".into(),
         reasons: vec![
             AlertReason {
-                verdict: Cow::Borrowed("violation"),
-                action: Cow::Borrowed("kill"),
-                severity: Cow::Borrowed(severity),
+                verdict: crate::policy::VerdictKind::Violation,
+                action: crate::policy::Action::Kill,
+                severity: crate::policy::Severity::parse(severity).unwrap_or(crate::policy::Severity::High),
                 rule: Some("cred-ssh-key".into()),
                 clause: None,
                 message: "reads an SSH private key".into(),
             },
             AlertReason {
-                verdict: Cow::Borrowed("out_of_scope"),
-                action: Cow::Borrowed("alert"),
-                severity: Cow::Borrowed("medium"),
+                verdict: crate::policy::VerdictKind::OutOfScope,
+                action: crate::policy::Action::Alert,
+                severity: crate::policy::Severity::Medium,
                 rule: None,
                 clause: Some(Cow::Borrowed("scope.read")),
                 message: "/home/a/.ssh/id_ed25519 is outside scope.read".into(),

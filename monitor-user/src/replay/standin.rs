@@ -51,8 +51,8 @@ pub fn recorded_scopes(alerts: &[Alert]) -> HashMap<uuid::Uuid, Judged> {
                 None => r.message.clone(),
             };
             let j = Judged {
-                verdict: r.verdict.to_string(),
-                action: r.action.to_string(),
+                verdict: r.verdict.as_str().to_string(),
+                action: r.action.as_str().to_string(),
                 rule: None,
                 reason: Some(reason),
             };

@@ -55,9 +55,9 @@ pub(super) fn alert_for(e: &Event, severity: &str) -> Alert {
         rule: e.rule.clone(),
         reason: e.reason.clone().unwrap_or_default(),
         reasons: vec![AlertReason {
-            verdict: e.verdict.clone().unwrap_or_default(),
-            action: e.action.clone().unwrap_or_default(),
-            severity: severity.to_string().into(),
+            verdict: serde_json::from_value(serde_json::json!(e.verdict)).unwrap(),
+            action: e.action.as_deref().and_then(crate::policy::Action::parse).unwrap_or_default(),
+            severity: crate::policy::Severity::parse(severity).unwrap(),
             rule: e.rule.clone(),
             clause: None,
             message: "m".into(),

@@ -130,9 +130,9 @@ fn what_if_with_the_recorded_rules_changes_nothing() {
         (Some("violation".into()), Some("alert".into()), Some("scope.write-outside".into()));
     let mut alert = alert_for(&hosts, "medium");
     alert.reasons.push(AlertReason {
-        verdict: "out_of_scope".into(),
-        action: "alert".into(),
-        severity: "medium".into(),
+        verdict: crate::policy::VerdictKind::OutOfScope,
+        action: crate::policy::Action::Alert,
+        severity: crate::policy::Severity::Medium,
         rule: None,
         clause: Some("scope.write".into()),
         message: "/etc/hosts is outside scope.write".into(),

@@ -486,7 +486,7 @@ impl Pipeline {
 /// scope's `require_approval` outranks `revoke`, and would drop it); kill and freeze
 /// revoke anyway.
 fn to_carry_out(a: &crate::event::Alert) -> Action {
-    let revoke = a.reasons.iter().any(|r| r.action == Action::Revoke.as_str());
+    let revoke = a.reasons.iter().any(|r| r.action == Action::Revoke);
     match a.action {
         Action::Kill | Action::Freeze => a.action,
         _ if revoke => Action::Revoke,
@@ -501,11 +501,11 @@ mod tests {
     use super::*;
     use crate::event::{Alert, AlertReason, Event, Timestamp};
 
-    fn alert(action: Action, reasons: &[&'static str]) -> Alert {
-        let reason = |a: &'static str| AlertReason {
-            verdict: Cow::Borrowed("violation"),
-            action: Cow::Borrowed(a),
-            severity: Cow::Borrowed("high"),
+    fn alert(action: Action, reasons: &[Action]) -> Alert {
+        let reason = |a: Action| AlertReason {
+            verdict: crate::policy::VerdictKind::Violation,
+            action: a,
+            severity: crate::policy::Severity::High,
             rule: Some("r".into()),
             clause: None,
             message: String::new(),
@@ -521,7 +521,7 @@ mod tests {
             action,
             rule: None,
             reason: String::new(),
-            reasons: reasons.iter().map(|a| reason(a)).collect(),
+            reasons: reasons.iter().map(|&a| reason(a)).collect(),
             task: None,
             event: Event::new(Kind::FileWrite, Timestamp(0), "h".into()),
         }
@@ -532,14 +532,14 @@ mod tests {
     /// it); kill and freeze stay what they are (they revoke anyway).
     #[test]
     fn a_revoke_is_never_outranked_into_nothing() {
-        assert_eq!(to_carry_out(&alert(Action::Deny, &["deny", "revoke"])), Action::Revoke);
+        assert_eq!(to_carry_out(&alert(Action::Deny, &[Action::Deny, Action::Revoke])), Action::Revoke);
         assert_eq!(
-            to_carry_out(&alert(Action::RequireApproval, &["require_approval", "revoke"])),
+            to_carry_out(&alert(Action::RequireApproval, &[Action::RequireApproval, Action::Revoke])),
             Action::Revoke
         );
-        assert_eq!(to_carry_out(&alert(Action::Kill, &["kill", "revoke"])), Action::Kill);
-        assert_eq!(to_carry_out(&alert(Action::Freeze, &["revoke", "freeze"])), Action::Freeze);
-        assert_eq!(to_carry_out(&alert(Action::Deny, &["deny"])), Action::Deny);
-        assert_eq!(to_carry_out(&alert(Action::Alert, &["alert"])), Action::Alert);
+        assert_eq!(to_carry_out(&alert(Action::Kill, &[Action::Kill, Action::Revoke])), Action::Kill);
+        assert_eq!(to_carry_out(&alert(Action::Freeze, &[Action::Revoke, Action::Freeze])), Action::Freeze);
+        assert_eq!(to_carry_out(&alert(Action::Deny, &[Action::Deny])), Action::Deny);
+        assert_eq!(to_carry_out(&alert(Action::Alert, &[Action::Alert])), Action::Alert);
     }
 }
