@@ -303,13 +303,26 @@ impl Drop for Server {
 static REPLYING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static REPLIED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
-/// Writes `reply` to `stream` in a task of its own (the loop does not wait on a
-/// client that does not read), counted so that [`replies_written`] can let it end.
-pub fn reply_later(mut stream: UnixStream, reply: Reply) {
+/// Writes `reply` to `stream`: now, if the socket takes it all (a reply is small;
+/// the socket's buffer is not), else the rest in a task of its own (the loop does
+/// not wait on a client that does not read), counted so that [`replies_written`]
+/// can let it end. Not always spawned: on the one-thread runtime a spawned writer
+/// runs only when the loop next waits, which a kill's sweep or a task's end can
+/// put off for seconds (an operator's kill went unanswered for 10 s in a guest).
+pub fn reply_later(stream: UnixStream, reply: Reply) {
     use std::sync::atomic::Ordering;
+    let mut text = reply_text(&reply);
+    match stream.try_write(&text) {
+        Ok(n) if n == text.len() => return,
+        Ok(n) => drop(text.drain(..n)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        // The caller is gone: nothing to answer.
+        Err(_) => return,
+    }
     REPLYING.fetch_add(1, Ordering::AcqRel);
+    let mut stream = stream;
     tokio::spawn(async move {
-        write_reply(&mut stream, &reply).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&text)).await;
         REPLYING.fetch_sub(1, Ordering::AcqRel);
         REPLIED.notify_waiters();
     });
@@ -332,10 +345,11 @@ pub async fn replies_written(limit: Duration) {
     .await;
 }
 
-pub async fn write_reply(stream: &mut UnixStream, reply: &Reply) {
-    let mut text = serde_json::to_string(reply).unwrap_or_else(|_| "{\"ok\":false}".into());
-    text.push('\n');
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(text.as_bytes())).await;
+/// A reply as sent: one JSON line.
+fn reply_text(reply: &Reply) -> Vec<u8> {
+    let mut text = serde_json::to_vec(reply).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+    text.push(b'\n');
+    text
 }
 
 /// Sends one request to the agentmon at `socket` and reads its reply.
@@ -639,6 +653,40 @@ pub fn proc_stat(pid: u32) -> Option<(String, String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reply is on the socket before the loop next waits: on the one-thread
+    /// runtime a spawned writer waited for that, and a kill whose sweep and task
+    /// end held the loop left the operator with no answer for 10 s (a guest). One
+    /// the socket cannot take at once is finished in a task, and counted.
+    #[test]
+    fn a_reply_does_not_wait_for_the_loop() {
+        use std::io::Read;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (server, client) = UnixStream::pair().unwrap();
+            reply_later(
+                server,
+                Reply { ok: true, message: Some("task t killed".into()), ..Default::default() },
+            );
+            // The loop busy, no await: the client reads the whole reply all the same.
+            let mut c = client.into_std().unwrap();
+            c.set_nonblocking(false).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut got = String::new();
+            c.read_to_string(&mut got).unwrap();
+            assert_eq!(got, "{\"ok\":true,\"message\":\"task t killed\"}\n");
+
+            // Larger than the socket takes at once: the rest is written by a task.
+            let (server, mut client) = UnixStream::pair().unwrap();
+            let big = "x".repeat(4 << 20);
+            reply_later(server, Reply { ok: true, message: Some(big.clone()), ..Default::default() });
+            let mut all = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut client, &mut all).await.unwrap();
+            assert!(all.ends_with(b"\"}\n") && all.len() > big.len(), "{} bytes", all.len());
+            replies_written(Duration::from_secs(1)).await;
+            assert_eq!(REPLYING.load(std::sync::atomic::Ordering::Acquire), 0);
+        });
+    }
 
     /// A client that starts a request and never ends it (or sends nothing) holds a
     /// reader for 5 s at most: a slot in the control socket cannot be kept for ever.

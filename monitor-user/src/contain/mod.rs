@@ -42,26 +42,6 @@ pub enum Act {
     Pause,
 }
 
-impl By<'_> {
-    /// What `detail.by` of the action record says.
-    pub fn name(&self) -> &'static str {
-        match self {
-            By::Policy(_) => "policy",
-            By::Backpressure { .. } => "backpressure",
-            By::Operator { .. } => "operator",
-            By::Expiry => "expiry",
-            By::Outputs(_) => "output_failure",
-            By::LateFreeze { .. } => "freeze_timeout",
-        }
-    }
-
-    /// Whether the action contains a task (a rule's, an expiry's, a failing
-    /// output's): a freeze of it that does not complete is made a kill.
-    fn contains(&self) -> bool {
-        matches!(self, By::Policy(_) | By::Expiry | By::Outputs(Some(_)) | By::LateFreeze { .. })
-    }
-}
-
 impl Act {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -97,6 +77,26 @@ pub enum By<'a> {
     /// An output agentmon records to failed (`Some(output, error)`: the task's
     /// `on_output_failure` is carried out) or works again (`None`: thawed).
     Outputs(Option<(&'a str, &'a str)>),
+}
+
+impl By<'_> {
+    /// What `detail.by` of the action record says.
+    pub fn name(&self) -> &'static str {
+        match self {
+            By::Policy(_) => "policy",
+            By::Backpressure { .. } => "backpressure",
+            By::Operator { .. } => "operator",
+            By::Expiry => "expiry",
+            By::Outputs(_) => "output_failure",
+            By::LateFreeze { .. } => "freeze_timeout",
+        }
+    }
+
+    /// Whether the action contains a task (a rule's, an expiry's, a failing
+    /// output's): a freeze of it that does not complete is made a kill.
+    fn contains(&self) -> bool {
+        matches!(self, By::Policy(_) | By::Expiry | By::Outputs(Some(_)) | By::LateFreeze { .. })
+    }
 }
 
 struct Entry {
