@@ -310,12 +310,16 @@ static REPLIED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 /// runs only when the loop next waits, which a kill's sweep or a task's end can
 /// put off for seconds (an operator's kill went unanswered for 10 s in a guest).
 pub fn reply_later(stream: UnixStream, reply: Reply) {
+    use nix::sys::socket::{MsgFlags, send};
+    use std::os::fd::AsRawFd;
     use std::sync::atomic::Ordering;
     let mut text = reply_text(&reply);
-    match stream.try_write(&text) {
+    // Straight to the socket, not through tokio's try_write: that one gives up
+    // (WouldBlock) while the reactor has not yet seen the socket writable.
+    match send(stream.as_raw_fd(), &text, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL) {
         Ok(n) if n == text.len() => return,
         Ok(n) => drop(text.drain(..n)),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
         // The caller is gone: nothing to answer.
         Err(_) => return,
     }
