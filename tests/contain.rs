@@ -366,8 +366,7 @@ pub fn a_slow_freeze_is_waited_for_then_made_a_kill() -> R {
 
 fn watch_slow_freeze(c: &mut std::process::Child, d: &Path, name: &str, log: &Path, stuck: bool) -> R {
     let actions = || -> Vec<Event> {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let evs = support::parse_stream(&text).map(|(e, _)| e).unwrap_or_default();
+        let evs = crate::daemon::events(log).unwrap_or_default();
         // (Not agentmon's pauses while it catches up with a busy machine's events.)
         evs.into_iter().filter(|e| e.kind == Kind::Action && e.action.as_deref() != Some("pause")).collect()
     };
