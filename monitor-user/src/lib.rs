@@ -16,6 +16,7 @@ pub mod enforce;
 pub mod enrich;
 pub mod event;
 pub mod gate;
+pub mod globs;
 pub mod jsonw;
 pub mod judge;
 pub mod kernel;

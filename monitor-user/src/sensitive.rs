@@ -4,7 +4,6 @@
 //! `*.ext`) that the kernel checks by hash; userspace then matches the full glob on
 //! the resolved path and drops prefilter hits that do not match.
 
-use globset::{GlobSet, GlobSetBuilder};
 use monitor_common::{
     hash,
     lsm::{SENS_DEPTH, SENS_PATTERNS, SensPattern},
@@ -56,7 +55,7 @@ enum Prefilter {
 #[derive(Debug, Clone)]
 pub struct SensitiveSet {
     patterns: Vec<String>,
-    globs: GlobSet,
+    globs: crate::globs::Globs,
     /// Hashes for the kernel's SENSITIVE map.
     pub hashes: Vec<u64>,
     /// Distinct prefix lengths (0 = unused), for the CONFIG global.
@@ -133,7 +132,7 @@ fn exact_pattern(p: &str) -> Result<SensPattern, SensitiveError> {
 
 impl SensitiveSet {
     pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Self, SensitiveError> {
-        let mut b = GlobSetBuilder::new();
+        let mut b = Vec::new();
         let mut hashes = Vec::new();
         let mut lens: Vec<u8> = Vec::new();
         for p in patterns {
@@ -146,7 +145,7 @@ impl SensitiveSet {
                 .literal_separator(true)
                 .build()
                 .map_err(|e| err(e.to_string()))?;
-            b.add(glob);
+            b.push(glob);
             match prefilter(p).map_err(err)? {
                 Prefilter::Exact(s) => hashes.push(hash::fnv(hash::SEED_EXACT, s.as_bytes())),
                 Prefilter::Ext(s) => hashes.push(hash::fnv(hash::SEED_EXT, s.as_bytes())),
@@ -164,8 +163,8 @@ impl SensitiveSet {
                 }
             }
         }
-        let globs =
-            b.build().map_err(|e| SensitiveError::Pattern { pattern: "(set)".into(), msg: e.to_string() })?;
+        let globs = crate::globs::Globs::new(&b)
+            .map_err(|e| SensitiveError::Pattern { pattern: "(set)".into(), msg: e.to_string() })?;
         let mut prefix_lens = [0u8; MAX_PREFIX_LENS];
         prefix_lens[..lens.len()].copy_from_slice(&lens);
         hashes.sort_unstable();

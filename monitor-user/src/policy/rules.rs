@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobBuilder};
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -15,6 +15,7 @@ use serde_saphyr::Spanned;
 use super::{Action, Severity, examples::RawExample};
 use crate::{
     event::Kind,
+    globs::{GlobIndex, Globs},
     task::{
         manifest::yaml_error,
         scope::{Ports, canonical_ip},
@@ -111,17 +112,17 @@ struct RawRate {
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
     pub kinds: Vec<Kind>,
-    pub paths: Option<GlobSet>,
-    pub not_paths: Option<GlobSet>,
+    pub paths: Option<Globs>,
+    pub not_paths: Option<Globs>,
     pub dst: Vec<IpNet>,
     pub not_dst: Vec<IpNet>,
     pub ports: Vec<Ports>,
-    pub unix: Option<GlobSet>,
-    pub exe: Option<GlobSet>,
+    pub unix: Option<Globs>,
+    pub exe: Option<Globs>,
     pub comm: Vec<String>,
-    pub argv: Option<GlobSet>,
+    pub argv: Option<Globs>,
     pub flags: Vec<String>,
-    pub parent_exe: Option<GlobSet>,
+    pub parent_exe: Option<Globs>,
     pub parent_is_root: Option<bool>,
     pub outside_scope: Option<bool>,
     /// At least `count` matching events within the window (per task).
@@ -163,24 +164,24 @@ pub struct RuleSet {
 /// `owner[i].0`'s, a `not_paths` one if `owner[i].1`.
 #[derive(Debug, Clone, Default)]
 struct KindPaths {
-    set: GlobSet,
+    set: GlobIndex,
     owner: Vec<(u16, bool)>,
 }
 
 impl KindPaths {
-    fn new(rules: &[Rule], of: &[u16]) -> Result<Self, globset::Error> {
-        let mut b = GlobSetBuilder::new();
+    fn new(rules: &[Rule], of: &[u16]) -> Result<Self, crate::globs::Error> {
+        let mut all = Vec::new();
         let mut owner = Vec::new();
         for &i in of {
             let m = &rules[i as usize].matcher;
             for (globs, not) in [(&m.path_globs, false), (&m.not_path_globs, true)] {
                 for g in globs {
-                    b.add(g.clone());
+                    all.push(g.clone());
                     owner.push((i, not));
                 }
             }
         }
-        Ok(KindPaths { set: b.build()?, owner })
+        Ok(KindPaths { set: GlobIndex::new(&all)?, owner })
     }
 }
 
@@ -237,16 +238,12 @@ impl Cx<'_> {
         RuleError { file: self.file.display().to_string(), line: at.referenced.line(), msg: msg.into() }
     }
 
-    fn globs(&self, v: &[S<String>], what: &str, paths: bool) -> Result<Option<GlobSet>, RuleError> {
+    fn globs(&self, v: &[S<String>], what: &str, paths: bool) -> Result<Option<Globs>, RuleError> {
         let list = self.glob_list(v, what, paths)?;
         if list.is_empty() {
             return Ok(None);
         }
-        let mut b = GlobSetBuilder::new();
-        for g in list {
-            b.add(g);
-        }
-        b.build().map(Some).map_err(|e| self.err(&v[0], format!("{what}: {e}")))
+        Globs::new(&list).map(Some).map_err(|e| self.err(&v[0], format!("{what}: {e}")))
     }
 
     fn glob_list(&self, v: &[S<String>], what: &str, paths: bool) -> Result<Vec<Glob>, RuleError> {
@@ -469,12 +466,7 @@ impl RuleSet {
         if k.owner.is_empty() {
             return None;
         }
-        // Most paths match no rule: is_match stops early and needs no overlapping search.
-        let of = |p: Option<&str>| {
-            let c = globset::Candidate::new(p?);
-            k.set.is_match_candidate(&c).then(|| k.set.matches_candidate(&c))
-        };
-        let of = |p: Option<&str>| of(p).unwrap_or_default();
+        let of = |p: Option<&str>| p.map(|p| k.set.matches(p)).unwrap_or_default();
         Some(PathHits { owner: &k.owner, path: of(path), new_path: of(new_path) })
     }
 

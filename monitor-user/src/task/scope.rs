@@ -6,7 +6,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::GlobBuilder;
+
+use crate::globs::{self, Globs};
 use ipnet::IpNet;
 
 /// Path patterns of one class (read, write, delete, exec). Patterns are absolute
@@ -16,7 +18,7 @@ use ipnet::IpNet;
 #[derive(Debug, Clone, Default)]
 pub struct PathSet {
     pub patterns: Vec<String>,
-    set: GlobSet,
+    set: Globs,
 }
 
 /// Characters that make a path component a glob.
@@ -61,23 +63,23 @@ fn canonical_pattern(pattern: &str) -> String {
 
 impl PathSet {
     /// Compiles validated absolute patterns, their literal prefixes resolved.
-    pub fn new(patterns: &[String]) -> Result<Self, globset::Error> {
+    pub fn new(patterns: &[String]) -> Result<Self, globs::Error> {
         Self::resolved(patterns.iter().map(|p| canonical_pattern(p)).collect())
     }
 
     /// Compiles patterns resolved before (a task's, as recorded when it started):
     /// the file system is not asked again, so a symlink planted since cannot move
     /// them.
-    pub fn resolved(patterns: Vec<String>) -> Result<Self, globset::Error> {
-        let mut b = GlobSetBuilder::new();
+    pub fn resolved(patterns: Vec<String>) -> Result<Self, globs::Error> {
+        let mut all = Vec::new();
         for c in &patterns {
-            b.add(GlobBuilder::new(c).literal_separator(true).build()?);
+            all.push(GlobBuilder::new(c).literal_separator(true).build()?);
             // A directory pattern `/a/**` also covers `/a` itself.
             if let Some(dir) = c.strip_suffix("/**") {
-                b.add(GlobBuilder::new(dir).literal_separator(true).build()?);
+                all.push(GlobBuilder::new(dir).literal_separator(true).build()?);
             }
         }
-        Ok(Self { patterns, set: b.build()? })
+        Ok(Self { patterns, set: Globs::new(&all)? })
     }
 
     /// Whether some path this set lets a task write is `p` or lies under it (when `p`
