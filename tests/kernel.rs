@@ -65,6 +65,7 @@ fn main() {
             "a_storm_pauses_the_task_instead_of_losing_events",
             pressure::a_storm_pauses_the_task_instead_of_losing_events,
         ),
+        ("a_pause_left_by_a_killed_daemon_is_undone", pressure::a_pause_left_by_a_killed_daemon_is_undone),
         ("cli_usage_errors", cli_usage_errors),
         ("task_verdicts_and_alerts", tasks::task_verdicts_and_alerts),
         ("delegation", tasks::delegation),

@@ -3,16 +3,22 @@
 //! recorded whole (the task is paused while agentmon catches up), and without
 //! backpressure the same storm loses events (so the storm is one).
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use agentmon::event::{Event, Kind};
 
 use crate::{
     R,
-    support::{self, SCENARIO_ENV, ensure, eq, workdir},
+    daemon::{daemon_paths, events, start_daemon, stop, under_daemon},
+    support::{self, SCENARIO_ENV, ensure, eq, wait, workdir},
 };
 
 const PROCS: u64 = 2;
@@ -49,13 +55,9 @@ fn lost(evs: &[Event]) -> u64 {
     evs.iter().filter_map(|e| e.lost.as_ref()).flat_map(|l| l.values()).sum()
 }
 
-/// The storm as task `storm` in `d`; `midway` runs once its first events are in.
-fn storm(
-    d: &std::path::Path,
-    backpressure: bool,
-    until_stop: bool,
-    midway: impl FnOnce() -> Result<(), String>,
-) -> Result<support::Run, String> {
+/// Task `storm` in `d` (writes and deletes under d/repo, runs this test binary):
+/// the binary and the manifest.
+fn storm_task(d: &Path) -> Result<(PathBuf, PathBuf), String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
     let manifest = d.join("task.yaml");
@@ -68,6 +70,17 @@ fn storm(
         ),
     )
     .map_err(|e| e.to_string())?;
+    Ok((me, manifest))
+}
+
+/// The storm as task `storm` in `d`; `midway` runs once its first events are in.
+fn storm(
+    d: &Path,
+    backpressure: bool,
+    until_stop: bool,
+    midway: impl FnOnce() -> Result<(), String>,
+) -> Result<support::Run, String> {
+    let (me, manifest) = storm_task(d)?;
     let mut flags = vec!["--ringbuf-mb", "2", "--task", manifest.to_str().unwrap()];
     if !backpressure {
         flags.push("--no-backpressure");
@@ -185,6 +198,114 @@ pub fn a_storm_pauses_the_task_instead_of_losing_events() -> R {
     })?;
     ensure(!run.events.iter().any(|e| e.action.as_deref() == Some("pause")), || {
         "paused with --no-backpressure".into()
+    })?;
+    Ok(())
+}
+
+/// The cgroup's `trusted.agentmon.paused` mark, as the daemon leaves it.
+fn marked(cg: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(cg.as_os_str().as_bytes()).unwrap_or_default();
+    let mut v = [0u8; 8];
+    // SAFETY: NUL-terminated strings; the buffer is as long as said.
+    unsafe {
+        libc::getxattr(path.as_ptr(), c"trusted.agentmon.paused".as_ptr(), v.as_mut_ptr().cast(), 8) >= 0
+    }
+}
+
+/// Whether the cgroup's freeze is asked (`cgroup.freeze` reads 1).
+fn freeze_asked(cg: &Path) -> bool {
+    std::fs::read_to_string(cg.join("cgroup.freeze")).is_ok_and(|t| t.trim() == "1")
+}
+
+/// A pause is agentmon's own, to undo once it has caught up. A daemon killed during
+/// one (SIGKILL: nothing of it runs after) left the task frozen for good: the next
+/// daemon resumed it and could not tell that freeze from a rule's or an operator's.
+/// The pause is now marked on the task's cgroup, where only root can mark, and the
+/// next daemon thaws what is marked and says so. The daemon is killed while the
+/// storm's cgroup is frozen (again, with its successor, when the pause ended first).
+pub fn a_pause_left_by_a_killed_daemon_is_undone() -> R {
+    let d = workdir("pause-left");
+    let (sock, all) = daemon_paths(&d);
+    let (me, manifest) = storm_task(&d)?;
+    let _busy = Busy::start();
+    let mut daemon: Child = start_daemon(&d, "ringbuf_mb: 1\n")?;
+    let mut child = under_daemon(&sock, &manifest)
+        .arg(&me)
+        .arg(&d)
+        .args([PROCS.to_string(), PAIRS.to_string(), "stop".into()])
+        .env(SCENARIO_ENV, "storm")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let limit = Duration::from_secs(60) * support::slowdown();
+    let record = d.join("state/storm.json");
+    let mut cg = None;
+    wait(limit, || {
+        cg = std::fs::read(&record)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["cgroup"].as_str().map(PathBuf::from));
+        cg.is_some()
+    });
+    let mut left = None;
+    let mut tries = 0;
+    let result = (|| -> Result<(), String> {
+        let cg = cg.clone().ok_or("the task's record names no cgroup")?;
+        while tries < 8 && left.is_none() {
+            tries += 1;
+            if !wait(limit, || freeze_asked(&cg)) {
+                break;
+            }
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            if freeze_asked(&cg) {
+                left = Some(marked(&cg));
+            } else {
+                daemon = start_daemon(&d, "")?;
+            }
+        }
+        let marked = left.ok_or_else(|| format!("never killed the daemon during a pause ({tries} tries)"))?;
+        ensure(marked, || "the pause left no mark on the task's cgroup".into())?;
+        // Nothing else thaws it.
+        std::thread::sleep(Duration::from_millis(500));
+        ensure(freeze_asked(&cg), || "the task was thawed with no daemon".into())?;
+        daemon = start_daemon(&d, "")?;
+        // (It may pause the storm again at once, mark and all: the record says
+        // which thaw was of the pause left behind.)
+        ensure(wait(limit, || !freeze_asked(&cg)), || "the next daemon left the task frozen".into())
+    })();
+    std::fs::write(d.join("stop"), b"").map_err(|e| e.to_string())?;
+    if result.is_err()
+        && let Some(cg) = &cg
+    {
+        // The storm must end, with or without a daemon to thaw it.
+        let _ = std::fs::write(cg.join("cgroup.freeze"), "0");
+    }
+    let code = support::exit_within(&mut child, Duration::from_secs(120) * support::slowdown());
+    if code.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let said = stop(daemon).unwrap_or_else(|e| e);
+    result.map_err(|e| format!("{e}; the daemon said: {said}"))?;
+    eq("the storm's exit", code, Some(Some(0)))?;
+    let evs = events(&all)?;
+    let thaws: Vec<&Event> = evs
+        .iter()
+        .filter(|e| {
+            e.kind == Kind::Action
+                && e.action.as_deref() == Some("thaw")
+                && e.task.as_deref() == Some("storm")
+        })
+        .collect();
+    eq("thaw records", thaws.len(), 1)?;
+    let t = thaws[0];
+    eq("by", t.detail.get("by").and_then(|v| v.as_str()), Some("restart"))?;
+    eq("error", t.error.as_deref(), None)?;
+    ensure(t.detail.get("processes").and_then(|p| p.as_array()).is_some_and(|p| !p.is_empty()), || {
+        format!("the thaw names no process: {:?} ({})", t.detail, String::from_utf8_lossy(&out.stderr))
     })?;
     Ok(())
 }

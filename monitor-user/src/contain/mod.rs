@@ -77,6 +77,9 @@ pub enum By<'a> {
     /// An output agentmon records to failed (`Some(output, error)`: the task's
     /// `on_output_failure` is carried out) or works again (`None`: thawed).
     Outputs(Option<(&'a str, &'a str)>),
+    /// A pause that the agentmon before this one left when it stopped (killed
+    /// mid-pause), undone by this one as it resumed the task.
+    LeftPause,
 }
 
 impl By<'_> {
@@ -89,6 +92,7 @@ impl By<'_> {
             By::Expiry => "expiry",
             By::Outputs(_) => "output_failure",
             By::LateFreeze { .. } => "freeze_timeout",
+            By::LeftPause => "restart",
         }
     }
 
@@ -150,9 +154,11 @@ impl Containment {
         // What is left in its cgroup (processes past the tracking limit) runs on.
         if self.paused.remove(id)
             && let Some(cg) = self.tasks.get(id).and_then(|e| e.cgroup.as_ref())
-            && let Err(err) = cg.request_freeze(false)
         {
-            tracing::error!("task {id}: thawing it after a pause: {err}");
+            match cg.request_freeze(false) {
+                Ok(()) => unmark(id, cg),
+                Err(err) => tracing::error!("task {id}: thawing it after a pause: {err}"),
+            }
         }
         self.tasks.remove(id);
     }
@@ -189,9 +195,19 @@ impl Containment {
             if cg.freeze_requested() {
                 continue;
             }
+            // Marked first: a daemon killed between the two leaves a mark on a
+            // cgroup not frozen, which its successor only clears.
+            if let Err(err) = cg.mark_paused(true) {
+                tracing::warn!(
+                    "task {id}: marking its pause (if agentmon is killed during it, it stays): {err}"
+                );
+            }
             match cg.request_freeze(true) {
                 Ok(()) => now.push(id.clone()),
-                Err(err) => tracing::warn!("task {id}: pausing it: {err}"),
+                Err(err) => {
+                    unmark(id, cg);
+                    tracing::warn!("task {id}: pausing it: {err}")
+                }
             }
         }
         self.paused.extend(now.iter().cloned());
@@ -206,11 +222,35 @@ impl Containment {
         for id in std::mem::take(&mut self.paused) {
             let Some(cg) = self.tasks.get(&id).and_then(|e| e.cgroup.as_ref()) else { continue };
             match cg.request_freeze(false) {
-                Ok(()) => thawed.push(id),
+                Ok(()) => {
+                    unmark(&id, cg);
+                    thawed.push(id)
+                }
                 Err(err) => tracing::error!("task {id}: thawing it after a pause: {err}"),
             }
         }
         thawed
+    }
+
+    /// Thaws resumed task `id` if the agentmon before this one paused it and
+    /// stopped during the pause ([`TaskCgroup::mark_paused`]); its record. A freeze
+    /// of a rule, an operator or an expiry has no mark and stays.
+    pub fn thaw_left_pause(&mut self, id: &str, host: Arc<str>, now: Timestamp) -> Option<Event> {
+        let cg = self.tasks.get(id)?.cgroup.as_ref().filter(|cg| cg.marked_paused())?;
+        if !cg.freeze_requested() {
+            // Killed between marking and freezing, or between thawing and unmarking.
+            unmark(id, cg);
+            return None;
+        }
+        let mut detail = BTreeMap::new();
+        detail.insert("cgroup".into(), json!(cg.path.display().to_string()));
+        detail.insert("processes".into(), json!(cg.pids()));
+        let mut ev = action_event(id, Act::Thaw, &By::LeftPause, detail, host, now);
+        match cg.request_freeze(false) {
+            Ok(()) => unmark(id, cg),
+            Err(err) => ev.error = Some(format!("{}: cgroup.freeze: {err}", cg.path.display()).into()),
+        }
+        Some(ev)
     }
 
     /// Whether task `id` is paused by [`Self::pause`] now (not claimed since).
@@ -222,7 +262,11 @@ impl Containment {
     /// thawed or killed for good, and is no longer agentmon's to thaw when it has
     /// caught up.
     fn claim(&mut self, id: &str) -> bool {
-        self.paused.remove(id)
+        let was = self.paused.remove(id);
+        if was && let Some(cg) = self.tasks.get(id).and_then(|e| e.cgroup.as_ref()) {
+            unmark(id, cg);
+        }
+        was
     }
 
     /// The record of a task's pauses since the previous one.
@@ -566,12 +610,23 @@ fn action_event(
             Some(format!("fail closed: {out} cannot be written ({err})"))
         }
         By::Outputs(None) => Some("the outputs work again".into()),
+        By::LeftPause => {
+            Some("a pause of its events' backpressure, left by an agentmon that stopped during it".into())
+        }
     };
     if reason.is_some() {
         ev.reason = reason;
     }
     ev.detail = detail;
     ev
+}
+
+/// Takes the pause mark off task `id`'s cgroup: its freeze, if any, is no longer a
+/// pause (thawed, or claimed by a rule, an operator or an expiry).
+fn unmark(id: &str, cg: &TaskCgroup) {
+    if let Err(err) = cg.mark_paused(false) {
+        tracing::warn!("task {id}: unmarking its pause (the next agentmon would thaw it): {err}");
+    }
 }
 
 struct Swept {

@@ -208,6 +208,9 @@ pub fn is_task_cgroup(root: &Path, path: &Path) -> bool {
     }
 }
 
+/// The extended attribute that marks a task cgroup paused ([`TaskCgroup::mark_paused`]).
+const PAUSED_XATTR: &std::ffi::CStr = c"trusted.agentmon.paused";
+
 impl TaskCgroup {
     /// A task cgroup named `name` (`PID-N`), under agentmon's own directory.
     pub fn create(name: &str) -> io::Result<Self> {
@@ -287,6 +290,39 @@ impl TaskCgroup {
     /// Asks the freezer to freeze (or thaw) without waiting for it.
     pub fn request_freeze(&self, on: bool) -> io::Result<()> {
         std::fs::write(self.path.join("cgroup.freeze"), if on { "1" } else { "0" })
+    }
+
+    /// Marks (or unmarks) the cgroup as paused by agentmon's backpressure, in a
+    /// `trusted.` extended attribute of the cgroup: the kernel keeps it while no
+    /// agentmon runs, and only a process with CAP_SYS_ADMIN can set or read it. A
+    /// daemon killed mid-pause leaves the freeze behind; the next one thaws what is
+    /// so marked, and only that (a rule's or an operator's freeze stays).
+    pub fn mark_paused(&self, on: bool) -> io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: both strings are NUL-terminated and outlive the calls; the value
+        // is one byte long, as given.
+        let r = unsafe {
+            if on {
+                libc::setxattr(path.as_ptr(), PAUSED_XATTR.as_ptr(), b"1".as_ptr().cast(), 1, 0)
+            } else {
+                libc::removexattr(path.as_ptr(), PAUSED_XATTR.as_ptr())
+            }
+        };
+        match r {
+            0 => Ok(()),
+            _ if !on && io::Error::last_os_error().raw_os_error() == Some(libc::ENODATA) => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+
+    /// Whether [`Self::mark_paused`] marked the cgroup.
+    pub fn marked_paused(&self) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(path) = std::ffi::CString::new(self.path.as_os_str().as_bytes()) else { return false };
+        let mut v = [0u8; 1];
+        // SAFETY: NUL-terminated strings; the buffer is as long as said.
+        unsafe { libc::getxattr(path.as_ptr(), PAUSED_XATTR.as_ptr(), v.as_mut_ptr().cast(), v.len()) == 1 }
     }
 
     /// Whether a freeze was asked for (done or not yet).

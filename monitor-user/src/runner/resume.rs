@@ -117,6 +117,13 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
             let c = e.p.contain.cookie(id);
             e.tamper(s.root, c, "scope paths", &why, false);
         }
+        if let Ok(id) = &bound {
+            let (host, now) = (e.host(), e.p.enr.clock().now_wall());
+            if let Some(ev) = e.p.contain.thaw_left_pause(id, host, now) {
+                tracing::warn!("task {id}: {}", ev.reason.as_deref().unwrap_or("thawed"));
+                e.record(&ev);
+            }
+        }
         match bound {
             Ok(id) if ended => {
                 tracing::warn!("task {id} had ended; the {left} processes it left behind stay bound to it")
