@@ -222,23 +222,31 @@ fn freeze_asked(cg: &Path) -> bool {
 /// one (SIGKILL: nothing of it runs after) left the task frozen for good: the next
 /// daemon resumed it and could not tell that freeze from a rule's or an operator's.
 /// The pause is now marked on the task's cgroup, where only root can mark, and the
-/// next daemon thaws what is marked and says so. The daemon is killed while the
-/// storm's cgroup is frozen (again, with its successor, when the pause ended first).
+/// next daemon thaws what is marked (at its first tick: after the ring's waiting
+/// events and the expiries, which may claim it) and says so; an operator's freeze
+/// has no mark and stays. The daemon is killed while the storm's cgroup is frozen
+/// (again, with its successor, when the pause ended first).
 pub fn a_pause_left_by_a_killed_daemon_is_undone() -> R {
     let d = workdir("pause-left");
     let (sock, all) = daemon_paths(&d);
     let (me, manifest) = storm_task(&d)?;
     let _busy = Busy::start();
     let mut daemon: Child = start_daemon(&d, "ringbuf_mb: 1\n")?;
-    let mut child = under_daemon(&sock, &manifest)
+    let child = under_daemon(&sock, &manifest)
         .arg(&me)
         .arg(&d)
         .args([PROCS.to_string(), PAIRS.to_string(), "stop".into()])
         .env(SCENARIO_ENV, "storm")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(err) => {
+            let _ = stop(daemon);
+            return Err(err.to_string().into());
+        }
+    };
     let limit = Duration::from_secs(60) * support::slowdown();
     let record = d.join("state/storm.json");
     let mut cg = None;
@@ -266,15 +274,37 @@ pub fn a_pause_left_by_a_killed_daemon_is_undone() -> R {
                 daemon = start_daemon(&d, "")?;
             }
         }
-        let marked = left.ok_or_else(|| format!("never killed the daemon during a pause ({tries} tries)"))?;
-        ensure(marked, || "the pause left no mark on the task's cgroup".into())?;
+        let was_marked =
+            left.ok_or_else(|| format!("never killed the daemon during a pause ({tries} tries)"))?;
+        ensure(was_marked, || "the pause left no mark on the task's cgroup".into())?;
         // Nothing else thaws it.
         std::thread::sleep(Duration::from_millis(500));
         ensure(freeze_asked(&cg), || "the task was thawed with no daemon".into())?;
         daemon = start_daemon(&d, "")?;
         // (It may pause the storm again at once, mark and all: the record says
         // which thaw was of the pause left behind.)
-        ensure(wait(limit, || !freeze_asked(&cg)), || "the next daemon left the task frozen".into())
+        ensure(wait(limit, || !freeze_asked(&cg)), || "the next daemon left the task frozen".into())?;
+        // An operator's freeze, of a task paused or not, is the operator's: no
+        // mark, and a daemon killed after it leaves it frozen past the next one's
+        // first ticks.
+        let ctl = |op: &str| -> Result<(), String> {
+            let out = std::process::Command::new(support::agentmon())
+                .args([op, "storm", "--socket"])
+                .arg(&sock)
+                .output()
+                .map_err(|e| e.to_string())?;
+            ensure(out.status.success(), || {
+                format!("agentmon {op}: {}", String::from_utf8_lossy(&out.stderr))
+            })
+        };
+        ctl("freeze")?;
+        ensure(!marked(&cg), || "an operator's freeze is marked as a pause".into())?;
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+        daemon = start_daemon(&d, "")?;
+        std::thread::sleep(Duration::from_millis(1500) * support::slowdown());
+        ensure(freeze_asked(&cg), || "the next daemon thawed an operator's freeze".into())?;
+        ctl("thaw")
     })();
     std::fs::write(d.join("stop"), b"").map_err(|e| e.to_string())?;
     if result.is_err()
@@ -300,9 +330,13 @@ pub fn a_pause_left_by_a_killed_daemon_is_undone() -> R {
                 && e.task.as_deref() == Some("storm")
         })
         .collect();
-    eq("thaw records", thaws.len(), 1)?;
+    let by = |e: &&Event| e.detail.get("by").and_then(|v| v.as_str()).map(String::from);
+    eq(
+        "thaws by",
+        thaws.iter().map(by).collect::<Vec<_>>(),
+        vec![Some("restart".into()), Some("operator".into())],
+    )?;
     let t = thaws[0];
-    eq("by", t.detail.get("by").and_then(|v| v.as_str()), Some("restart"))?;
     eq("error", t.error.as_deref(), None)?;
     ensure(t.detail.get("processes").and_then(|p| p.as_array()).is_some_and(|p| !p.is_empty()), || {
         format!("the thaw names no process: {:?} ({})", t.detail, String::from_utf8_lossy(&out.stderr))

@@ -133,6 +133,13 @@ pub struct Containment {
     /// Tasks agentmon froze itself while its ring buffer was filling, to be thawed
     /// once it has caught up: not those a rule, an operator or an expiry froze.
     paused: HashSet<Arc<str>>,
+    /// Of `paused`, those the agentmon before this one paused and left so: thawed
+    /// at the first tick ([`Self::thaw_left_pauses`]), after the ring's waiting
+    /// events are judged and expiries checked, unless one of those claims them.
+    left: HashSet<Arc<str>>,
+    /// Why a pause could not be marked on its cgroup (said once; pauses go on
+    /// unmarked, and a daemon killed during one leaves its task frozen).
+    unmarkable: Option<String>,
 }
 
 impl Containment {
@@ -161,117 +168,6 @@ impl Containment {
             }
         }
         self.tasks.remove(id);
-    }
-
-    /// The top-level tasks whose records were at least a tenth of the `sampled`
-    /// (`samples`: per task, sub-tasks counted with their top-level task: a storm
-    /// split over sub-tasks is one), or with fewer than 16 sampled every one that
-    /// was sampled; not those of `held` (calls held for approval).
-    pub fn makers(&self, samples: &HashMap<Arc<str>, u32>, sampled: u32, held: &[Arc<str>]) -> Vec<Arc<str>> {
-        let held: HashSet<&str> = held.iter().filter_map(|t| self.top(t)).collect();
-        let mut per_top: HashMap<&str, u32> = HashMap::new();
-        for (t, n) in samples {
-            if let Some(top) = self.top(t).filter(|top| !held.contains(top)) {
-                *per_top.entry(top).or_default() += n;
-            }
-        }
-        per_top
-            .into_iter()
-            .filter(|&(_, n)| sampled < 16 || n.saturating_mul(10) >= sampled)
-            .filter_map(|(t, _)| self.tasks.get_key_value(t).map(|(k, _)| k.clone()))
-            .collect()
-    }
-
-    /// Freezes the top-level tasks `ids` that are neither frozen nor killed, without
-    /// waiting for the freezer (the processes stop at their next return to user
-    /// space). Returns the tasks paused.
-    pub fn pause(&mut self, ids: &[Arc<str>]) -> Vec<Arc<str>> {
-        let mut now = Vec::new();
-        for id in ids {
-            let Some(e) = self.tasks.get(id) else { continue };
-            let Some(cg) = e.cgroup.as_ref().filter(|_| !e.killed && !self.paused.contains(id)) else {
-                continue;
-            };
-            if cg.freeze_requested() {
-                continue;
-            }
-            // Marked first: a daemon killed between the two leaves a mark on a
-            // cgroup not frozen, which its successor only clears.
-            if let Err(err) = cg.mark_paused(true) {
-                tracing::warn!(
-                    "task {id}: marking its pause (if agentmon is killed during it, it stays): {err}"
-                );
-            }
-            match cg.request_freeze(true) {
-                Ok(()) => now.push(id.clone()),
-                Err(err) => {
-                    unmark(id, cg);
-                    tracing::warn!("task {id}: pausing it: {err}")
-                }
-            }
-        }
-        self.paused.extend(now.iter().cloned());
-        now
-    }
-
-    /// Thaws the tasks [`Self::pause`] froze (a task frozen meanwhile by a rule, an
-    /// operator or its expiry is no longer among them).
-    /// Returns the tasks thawed.
-    pub fn resume(&mut self) -> Vec<Arc<str>> {
-        let mut thawed = Vec::new();
-        for id in std::mem::take(&mut self.paused) {
-            let Some(cg) = self.tasks.get(&id).and_then(|e| e.cgroup.as_ref()) else { continue };
-            match cg.request_freeze(false) {
-                Ok(()) => {
-                    unmark(&id, cg);
-                    thawed.push(id)
-                }
-                Err(err) => tracing::error!("task {id}: thawing it after a pause: {err}"),
-            }
-        }
-        thawed
-    }
-
-    /// Thaws resumed task `id` if the agentmon before this one paused it and
-    /// stopped during the pause ([`TaskCgroup::mark_paused`]); its record. A freeze
-    /// of a rule, an operator or an expiry has no mark and stays.
-    pub fn thaw_left_pause(&mut self, id: &str, host: Arc<str>, now: Timestamp) -> Option<Event> {
-        let cg = self.tasks.get(id)?.cgroup.as_ref().filter(|cg| cg.marked_paused())?;
-        if !cg.freeze_requested() {
-            // Killed between marking and freezing, or between thawing and unmarking.
-            unmark(id, cg);
-            return None;
-        }
-        let mut detail = BTreeMap::new();
-        detail.insert("cgroup".into(), json!(cg.path.display().to_string()));
-        detail.insert("processes".into(), json!(cg.pids()));
-        let mut ev = action_event(id, Act::Thaw, &By::LeftPause, detail, host, now);
-        match cg.request_freeze(false) {
-            Ok(()) => unmark(id, cg),
-            Err(err) => ev.error = Some(format!("{}: cgroup.freeze: {err}", cg.path.display()).into()),
-        }
-        Some(ev)
-    }
-
-    /// Whether task `id` is paused by [`Self::pause`] now (not claimed since).
-    pub fn is_paused(&self, id: &str) -> bool {
-        self.paused.contains(id)
-    }
-
-    /// Takes task `id` out of the paused (whether it was): it is being frozen,
-    /// thawed or killed for good, and is no longer agentmon's to thaw when it has
-    /// caught up.
-    fn claim(&mut self, id: &str) -> bool {
-        let was = self.paused.remove(id);
-        if was && let Some(cg) = self.tasks.get(id).and_then(|e| e.cgroup.as_ref()) {
-            unmark(id, cg);
-        }
-        was
-    }
-
-    /// The record of a task's pauses since the previous one.
-    pub fn paused_event(id: &str, times: u32, ms: u64, host: Arc<str>, now: Timestamp) -> Event {
-        action_event(id, Act::Pause, &By::Backpressure { times, ms }, BTreeMap::new(), host, now)
     }
 
     /// Cookies of task `id` and of every task delegated from it, at any depth.
@@ -541,6 +437,9 @@ impl Containment {
 /// agentmon never leaves a task frozen by its own pause, whatever way it ends.
 impl Drop for Containment {
     fn drop(&mut self) {
+        // Stopping before the first tick: a pause left by the agentmon before is
+        // thawed with this one's own.
+        self.left.clear();
         self.resume();
     }
 }
@@ -621,14 +520,6 @@ fn action_event(
     ev
 }
 
-/// Takes the pause mark off task `id`'s cgroup: its freeze, if any, is no longer a
-/// pause (thawed, or claimed by a rule, an operator or an expiry).
-fn unmark(id: &str, cg: &TaskCgroup) {
-    if let Err(err) = cg.mark_paused(false) {
-        tracing::warn!("task {id}: unmarking its pause (the next agentmon would thaw it): {err}");
-    }
-}
-
 struct Swept {
     signalled: Vec<u32>,
     left: Vec<u32>,
@@ -686,6 +577,9 @@ fn signal_tracked(sensors: &Sensors, pid: u32, cookie: u32) -> bool {
 }
 
 mod freeze;
+mod pause;
+
+use pause::unmark;
 
 pub use freeze::FREEZE_GRACE;
 use freeze::{FREEZE_WAIT, Freezing};

@@ -33,6 +33,65 @@ fn all(c: &Containment) -> Vec<Arc<str>> {
     c.tasks.keys().cloned().collect()
 }
 
+/// A pause is marked on its cgroup and unmarked when thawed or claimed; a resumed
+/// task whose cgroup is marked and frozen (a killed daemon's pause) stays a pause
+/// until the first tick, which thaws it with a record by `restart`, unless a rule,
+/// an operator or an expiry claimed it first; an unmarked freeze is not touched.
+/// Marks need root (trusted xattrs): without it pauses go on unmarked.
+#[test]
+fn a_pause_left_behind_is_thawed_at_the_first_tick_unless_claimed() {
+    let root = nix::unistd::geteuid().is_root();
+    let d = tempfile::tempdir().unwrap();
+    let marked = |c: &Containment, id: &str| c.cgroup(id).unwrap().marked_paused();
+    let mut c = Containment::default();
+    c.register("run".into(), 1, Some(fake_cgroup(d.path(), "run", false)), true);
+    assert_eq!(c.pause(&["run".into()]).len(), 1);
+    assert_eq!(marked(&c, "run"), root);
+    assert_eq!(c.unmarkable.is_some(), !root);
+    c.resume();
+    assert!(!marked(&c, "run"));
+    // What a killed daemon leaves: marked and frozen; and an operator's freeze.
+    let left = |name: &str, mark: bool| {
+        let cg = fake_cgroup(d.path(), name, true);
+        if mark && root {
+            cg.mark_paused(true).unwrap();
+        }
+        cg
+    };
+    c.register("left".into(), 2, Some(left("left", true)), true);
+    c.register("claimed".into(), 3, Some(left("claimed", true)), true);
+    c.register("operator's".into(), 4, Some(left("operator's", false)), true);
+    for id in ["left", "claimed", "operator's"] {
+        c.adopt_left_pause(id);
+    }
+    assert_eq!((c.is_paused("left"), c.is_paused("operator's")), (root, false));
+    // Backpressure's own thaw leaves it to the tick; a claim makes it a freeze.
+    c.resume();
+    assert_eq!(asked(&c, "left"), "1");
+    assert_eq!(c.claim("claimed"), root);
+    assert!(!marked(&c, "claimed"));
+    let evs = c.thaw_left_pauses("h".into(), Timestamp(1));
+    let thawed: Vec<_> =
+        evs.iter().map(|e| (e.task.as_deref(), e.detail["by"].as_str(), e.error.is_none())).collect();
+    if root {
+        assert_eq!(thawed, [(Some("left"), Some("restart"), true)]);
+        assert_eq!(asked(&c, "left"), "0");
+        assert!(!marked(&c, "left"));
+    } else {
+        assert!(thawed.is_empty());
+    }
+    assert_eq!((asked(&c, "claimed"), asked(&c, "operator's")), ("1".into(), "1".into()));
+    assert!(c.thaw_left_pauses("h".into(), Timestamp(2)).is_empty(), "thawed twice");
+    // A mark on a cgroup no longer frozen (killed between the two) is only cleared.
+    if root {
+        let cg = fake_cgroup(d.path(), "between", false);
+        cg.mark_paused(true).unwrap();
+        c.register("between".into(), 5, Some(cg), true);
+        c.adopt_left_pause("between");
+        assert!(!c.is_paused("between") && !marked(&c, "between"));
+    }
+}
+
 #[test]
 fn a_pause_thaws_only_what_it_froze() {
     let d = tempfile::tempdir().unwrap();

@@ -118,11 +118,7 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
             e.tamper(s.root, c, "scope paths", &why, false);
         }
         if let Ok(id) = &bound {
-            let (host, now) = (e.host(), e.p.enr.clock().now_wall());
-            if let Some(ev) = e.p.contain.thaw_left_pause(id, host, now) {
-                tracing::warn!("task {id}: {}", ev.reason.as_deref().unwrap_or("thawed"));
-                e.record(&ev);
-            }
+            e.p.contain.adopt_left_pause(id);
         }
         match bound {
             Ok(id) if ended => {

@@ -346,7 +346,12 @@ fn housekeeping(
         e.out.send(&ev);
     }
     let (host, now) = (e.host(), e.p.enr.clock().now_wall());
-    for ev in e.p.contain.settle_freezes(&mut e.sensors, host, now) {
+    for ev in e.p.contain.settle_freezes(&mut e.sensors, host.clone(), now) {
+        e.out.send(&ev);
+    }
+    // After the expiries: a pause a killed daemon left is thawed only if nothing
+    // (an expiry, a rule on the events waiting in the ring) claimed it since.
+    for ev in e.p.contain.thaw_left_pauses(host, now) {
         e.out.send(&ev);
     }
     e.p.unsaid_refusals(&mut e.out, false);
