@@ -13,7 +13,10 @@ use std::{
     time::Duration,
 };
 
-use agentmon::event::{Event, Kind};
+use agentmon::{
+    enforce::cgroup::TaskCgroup,
+    event::{Event, Kind},
+};
 
 use crate::{
     R,
@@ -202,22 +205,6 @@ pub fn a_storm_pauses_the_task_instead_of_losing_events() -> R {
     Ok(())
 }
 
-/// The cgroup's `trusted.agentmon.paused` mark, as the daemon leaves it.
-fn marked(cg: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(cg.as_os_str().as_bytes()).unwrap_or_default();
-    let mut v = [0u8; 8];
-    // SAFETY: NUL-terminated strings; the buffer is as long as said.
-    unsafe {
-        libc::getxattr(path.as_ptr(), c"trusted.agentmon.paused".as_ptr(), v.as_mut_ptr().cast(), 8) >= 0
-    }
-}
-
-/// Whether the cgroup's freeze is asked (`cgroup.freeze` reads 1).
-fn freeze_asked(cg: &Path) -> bool {
-    std::fs::read_to_string(cg.join("cgroup.freeze")).is_ok_and(|t| t.trim() == "1")
-}
-
 /// A pause is agentmon's own, to undo once it has caught up. A daemon killed during
 /// one (SIGKILL: nothing of it runs after) left the task frozen for good: the next
 /// daemon resumed it and could not tell that freeze from a rule's or an operator's.
@@ -261,15 +248,18 @@ pub fn a_pause_left_by_a_killed_daemon_is_undone() -> R {
     let mut tries = 0;
     let result = (|| -> Result<(), String> {
         let cg = cg.clone().ok_or("the task's record names no cgroup")?;
+        // Read as the daemon reads it: its mark and its cgroup.freeze.
+        let cg = TaskCgroup::adopt(cg).map_err(|e| e.to_string())?;
+        let (marked, freeze_asked) = (|| cg.marked_paused(), || cg.freeze_requested());
         while tries < 8 && left.is_none() {
             tries += 1;
-            if !wait(limit, || freeze_asked(&cg)) {
+            if !wait(limit, freeze_asked) {
                 break;
             }
             let _ = daemon.kill();
             let _ = daemon.wait();
-            if freeze_asked(&cg) {
-                left = Some(marked(&cg));
+            if freeze_asked() {
+                left = Some(marked());
             } else {
                 daemon = start_daemon(&d, "")?;
             }
@@ -279,31 +269,23 @@ pub fn a_pause_left_by_a_killed_daemon_is_undone() -> R {
         ensure(was_marked, || "the pause left no mark on the task's cgroup".into())?;
         // Nothing else thaws it.
         std::thread::sleep(Duration::from_millis(500));
-        ensure(freeze_asked(&cg), || "the task was thawed with no daemon".into())?;
+        ensure(freeze_asked(), || "the task was thawed with no daemon".into())?;
         daemon = start_daemon(&d, "")?;
         // (It may pause the storm again at once, mark and all: the record says
         // which thaw was of the pause left behind.)
-        ensure(wait(limit, || !freeze_asked(&cg)), || "the next daemon left the task frozen".into())?;
+        ensure(wait(limit, || !freeze_asked()), || "the next daemon left the task frozen".into())?;
         // An operator's freeze, of a task paused or not, is the operator's: no
         // mark, and a daemon killed after it leaves it frozen past the next one's
         // first ticks.
-        let ctl = |op: &str| -> Result<(), String> {
-            let out = std::process::Command::new(support::agentmon())
-                .args([op, "storm", "--socket"])
-                .arg(&sock)
-                .output()
-                .map_err(|e| e.to_string())?;
-            ensure(out.status.success(), || {
-                format!("agentmon {op}: {}", String::from_utf8_lossy(&out.stderr))
-            })
-        };
+        let sock = sock.to_str().ok_or("the socket's path is not UTF-8")?;
+        let ctl = |op: &str| answered(&[op, "storm", "--socket", sock]);
         ctl("freeze")?;
-        ensure(!marked(&cg), || "an operator's freeze is marked as a pause".into())?;
+        ensure(!marked(), || "an operator's freeze is marked as a pause".into())?;
         let _ = daemon.kill();
         let _ = daemon.wait();
         daemon = start_daemon(&d, "")?;
         std::thread::sleep(Duration::from_millis(1500) * support::slowdown());
-        ensure(freeze_asked(&cg), || "the next daemon thawed an operator's freeze".into())?;
+        ensure(freeze_asked(), || "the next daemon thawed an operator's freeze".into())?;
         ctl("thaw")
     })();
     std::fs::write(d.join("stop"), b"").map_err(|e| e.to_string())?;

@@ -447,6 +447,7 @@ impl Timestamp {
         buf[29] = b'Z';
         std::str::from_utf8(buf).unwrap_or("1970-01-01T00:00:00.000000000Z")
     }
+
     pub fn parse(s: &str) -> Option<Self> {
         let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
         Some(Timestamp(t.unix_timestamp_nanos()))

@@ -66,10 +66,6 @@ impl Globs {
         Ok(Globs { any: build(globs, MatchKind::LeftmostFirst)? })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.any.is_none()
-    }
-
     /// Whether any glob matches `path`.
     pub fn is_match(&self, path: &str) -> bool {
         self.any.as_ref().is_some_and(|r| r.is_match(Input::new(path).anchored(Anchored::Yes)))
@@ -231,7 +227,7 @@ mod tests {
     #[test]
     fn no_globs_match_nothing() {
         let g = GlobIndex::new(&[]).unwrap();
-        assert!(g.any.is_empty());
+        assert!(g.all.is_none());
         assert!(!g.any.is_match("/x"));
         assert!(g.matches("/x").is_empty());
         assert!(!Globs::default().is_match(""));

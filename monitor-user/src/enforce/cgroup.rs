@@ -298,8 +298,7 @@ impl TaskCgroup {
     /// daemon killed mid-pause leaves the freeze behind; the next one thaws what is
     /// so marked, and only that (a rule's or an operator's freeze stays).
     pub fn mark_paused(&self, on: bool) -> io::Result<()> {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(self.path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        let path = self.c_path()?;
         // SAFETY: both strings are NUL-terminated and outlive the calls; the value
         // is one byte long, as given.
         let r = unsafe {
@@ -318,11 +317,16 @@ impl TaskCgroup {
 
     /// Whether [`Self::mark_paused`] marked the cgroup.
     pub fn marked_paused(&self) -> bool {
-        use std::os::unix::ffi::OsStrExt;
-        let Ok(path) = std::ffi::CString::new(self.path.as_os_str().as_bytes()) else { return false };
+        let Ok(path) = self.c_path() else { return false };
         let mut v = [0u8; 1];
         // SAFETY: NUL-terminated strings; the buffer is as long as said.
         unsafe { libc::getxattr(path.as_ptr(), PAUSED_XATTR.as_ptr(), v.as_mut_ptr().cast(), v.len()) == 1 }
+    }
+
+    /// The cgroup's path for a libc call.
+    fn c_path(&self) -> io::Result<std::ffi::CString> {
+        use std::os::unix::ffi::OsStrExt;
+        std::ffi::CString::new(self.path.as_os_str().as_bytes()).map_err(io::Error::other)
     }
 
     /// Whether a freeze was asked for (done or not yet).

@@ -7,9 +7,9 @@ use std::{
 };
 
 use globset::GlobBuilder;
+use ipnet::IpNet;
 
 use crate::globs::{self, Globs};
-use ipnet::IpNet;
 
 /// Path patterns of one class (read, write, delete, exec). Patterns are absolute
 /// globs; `**` crosses directories, `*` does not. The literal prefix of each pattern
