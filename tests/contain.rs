@@ -324,20 +324,8 @@ pub fn a_slow_freeze_is_waited_for_then_made_a_kill() -> R {
         if !support::can_enforce() {
             return Ok(support::enforce_refused_here(&task, &d)?);
         }
-        ensure(Path::new("/dev/fuse").exists(), || {
-            "/dev/fuse is missing: this test needs FUSE (modprobe fuse)".into()
-        })?;
         let mnt = d.join("mnt");
-        std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
-        let served = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
-            .args([d.as_os_str(), mnt.as_os_str(), "when".as_ref()])
-            .env(SCENARIO_ENV, "fuse_serve")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| e.to_string())?;
-        ensure(served.status.success(), || {
-            format!("serving FUSE: {}", String::from_utf8_lossy(&served.stderr))
-        })?;
+        support::serve_fuse(&d, &mnt, Some("when"))?;
         let events = d.join("events.jsonl");
         let flags = ["--task", task.to_str().unwrap(), "--rules", rules.to_str().unwrap()];
         let cmd = scenario_cmd(&d, &[mnt.join("slow").to_str().unwrap()])?;

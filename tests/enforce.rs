@@ -734,15 +734,7 @@ pub fn memory_the_agent_serves_cannot_stop_agentmon() -> R {
     std::fs::write(&task, format!("{text}approval_required: [delete]\n")).map_err(|e| e.to_string())?;
     std::fs::write(d.join("repo/held.txt"), b"x").map_err(|e| e.to_string())?;
     let mnt = d.join("mnt");
-    std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
-    let served = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
-        .arg(&d)
-        .arg(&mnt)
-        .env(SCENARIO_ENV, "fuse_serve")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
-    ensure(served.status.success(), || format!("serving FUSE: {}", String::from_utf8_lossy(&served.stderr)))?;
+    support::serve_fuse(&d, &mnt, None)?;
     // And a chmod of a path through that file system, whose lookup it answers
     // late: refused with ETIMEDOUT after 500 ms. Before, agentmon resolved the path
     // on its loop and waited for the lookup.

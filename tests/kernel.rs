@@ -24,6 +24,7 @@ mod report;
 mod restart;
 mod revoke;
 mod scenarios;
+mod stalls;
 mod support;
 mod tasklog;
 mod tasks;
@@ -93,6 +94,14 @@ fn main() {
         (
             "memory_the_agent_serves_cannot_stop_agentmon",
             enforce::memory_the_agent_serves_cannot_stop_agentmon,
+        ),
+        (
+            "a_file_system_that_does_not_answer_cannot_stop_the_daemon",
+            stalls::a_file_system_that_does_not_answer_cannot_stop_the_daemon,
+        ),
+        (
+            "an_agents_file_system_cannot_stop_the_enricher",
+            stalls::an_agents_file_system_cannot_stop_the_enricher,
         ),
         ("signals_reaching_agentmon_are_reported", enforce::signals_reaching_agentmon_are_reported),
         ("deny_rules_hold_or_refuse", enforce::deny_rules_hold_or_refuse),

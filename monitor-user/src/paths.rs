@@ -74,6 +74,22 @@ pub enum Resolution {
     Canonical,
     /// Lexical only (the parent no longer exists).
     Lexical,
+    /// Its directory's file system did not answer in time (a FUSE server that
+    /// stalls): shown lexically after [`crate::event::UNRESOLVED_PREFIX`], never
+    /// judged as the path it may not be.
+    Unanswered,
+}
+
+/// How long the enricher waits for a directory no cache can resolve.
+pub const WAIT: Duration = Duration::from_millis(50);
+
+/// A directory's canonical form, as far as it could be had.
+enum Dir {
+    Real(String),
+    /// It does not exist (any more), or cannot be resolved.
+    Gone,
+    /// Its file system kept agentmon waiting.
+    Unanswered,
 }
 
 /// Resolves operands, caching directory canonicalisations.
@@ -91,8 +107,9 @@ const CACHE_TTL: Duration = Duration::from_secs(1);
 const CACHE_MAX: usize = 4096;
 
 impl Resolver {
-    /// Resolves an operand. `exact` means the kernel walked the file itself.
-    pub fn resolve(&mut self, op: &Operand, exact: bool) -> (String, Resolution) {
+    /// Resolves an operand of task `cookie`'s event (its share of the lookups
+    /// waited for). `exact` means the kernel walked the file itself.
+    pub fn resolve(&mut self, op: &Operand, exact: bool, cookie: u32) -> (String, Resolution) {
         let g: &str = &op.given;
         if exact || g.is_empty() {
             return (join_base(op), Resolution::Exact);
@@ -108,7 +125,7 @@ impl Resolver {
             return (p, Resolution::Exact);
         }
         let joined = if g.starts_with('/') { g.to_string() } else { format!("{}/{}", join_base(op), g) };
-        self.resolve_str(&joined)
+        self.resolve_str(&joined, cookie)
     }
 
     /// Forgets cached directory resolutions.
@@ -116,48 +133,57 @@ impl Resolver {
         self.cache.clear();
     }
 
-    fn canonical_dir(&mut self, dir: &Path) -> Option<String> {
-        let key = dir.to_str()?;
+    /// From the caches (agentmon's, then the kernel's), or by a lookup waited for
+    /// at most [`WAIT`]: the directory may be on a file system the agent's side
+    /// serves, and the loop must not wait on it.
+    fn canonical_dir(&mut self, dir: &Path, cookie: u32) -> Dir {
+        let Some(key) = dir.to_str() else { return Dir::Gone };
         if let Some((real, at)) = self.cache.get(key)
             && at.elapsed() < CACHE_TTL
         {
-            return Some(real.clone());
+            return Dir::Real(real.clone());
         }
-        let real = std::fs::canonicalize(dir).ok()?.to_string_lossy().into_owned();
+        let real = match crate::realpath::canonicalize(dir, Some(&crate::realpath::Wait::task(cookie, WAIT)))
+        {
+            Ok(real) => real.to_string_lossy().into_owned(),
+            Err(e) if e.stalled() => return Dir::Unanswered,
+            Err(_) => return Dir::Gone,
+        };
         if self.cache.len() >= CACHE_MAX {
             self.cache.clear();
         }
         self.cache.insert(key.to_string(), (real.clone(), Instant::now()));
-        Some(real)
+        Dir::Real(real)
     }
 
     /// Resolves an absolute path string as the kernel would for a call that does not
     /// follow its last component.
-    pub fn resolve_str(&mut self, joined: &str) -> (String, Resolution) {
+    pub fn resolve_str(&mut self, joined: &str, cookie: u32) -> (String, Resolution) {
         // /proc/self, /dev/fd and friends would resolve in agentmon's context, not the
         // agent's: never canonicalise under them.
         if joined.starts_with("/proc/") || joined.starts_with("/dev/fd/") || joined.starts_with("/dev/std") {
             return (normalize(joined), Resolution::Lexical);
         }
         let trimmed = joined.trim_end_matches('/');
-        match Path::new(trimmed).components().next_back() {
+        let (dir, name) = match Path::new(trimmed).components().next_back() {
             Some(Component::Normal(name)) => {
-                let parent = Path::new(trimmed).parent().unwrap_or(Path::new("/"));
-                match self.canonical_dir(parent) {
-                    Some(mut real) => {
-                        if real != "/" {
-                            real.push('/');
-                        }
-                        real.push_str(&name.to_string_lossy());
-                        (real, Resolution::Canonical)
-                    }
-                    None => (normalize(joined), Resolution::Lexical),
-                }
+                (Path::new(trimmed).parent().unwrap_or(Path::new("/")), Some(name))
             }
-            _ => match self.canonical_dir(Path::new(joined)) {
-                Some(real) => (real, Resolution::Canonical),
-                None => (normalize(joined), Resolution::Lexical),
-            },
+            _ => (Path::new(joined), None),
+        };
+        match (self.canonical_dir(dir, cookie), name) {
+            (Dir::Real(mut real), Some(name)) => {
+                if real != "/" {
+                    real.push('/');
+                }
+                real.push_str(&name.to_string_lossy());
+                (real, Resolution::Canonical)
+            }
+            (Dir::Real(real), None) => (real, Resolution::Canonical),
+            (Dir::Gone, _) => (normalize(joined), Resolution::Lexical),
+            (Dir::Unanswered, _) => {
+                (format!("{}{}", crate::event::UNRESOLVED_PREFIX, normalize(joined)), Resolution::Unanswered)
+            }
         }
     }
 }
@@ -186,9 +212,12 @@ mod tests {
         assert_eq!(join_base(&op("", &[])), "/");
         assert_eq!(join_base(&op("", &["c", "b", "a"])), "/a/b/c");
         let mut r = Resolver::default();
-        assert_eq!(r.resolve(&op("", &["x", "tmp"]), true).0, "/tmp/x");
-        assert_eq!(r.resolve(&op("f.txt", &["x", "tmp"]), false), ("/tmp/x/f.txt".into(), Resolution::Exact));
-        assert_eq!(r.resolve(&op("f.txt", &[]), false).0, "/f.txt");
+        assert_eq!(r.resolve(&op("", &["x", "tmp"]), true, 0).0, "/tmp/x");
+        assert_eq!(
+            r.resolve(&op("f.txt", &["x", "tmp"]), false, 0),
+            ("/tmp/x/f.txt".into(), Resolution::Exact)
+        );
+        assert_eq!(r.resolve(&op("f.txt", &[]), false, 0).0, "/f.txt");
     }
 
     #[test]
@@ -210,22 +239,22 @@ mod tests {
         let b: Vec<&str> = base.iter().map(String::as_str).collect();
         let mut r = Resolver::default();
         // link/f -> real/f
-        let (p, how) = r.resolve(&op("link/f", &b), false);
+        let (p, how) = r.resolve(&op("link/f", &b), false, 0);
         assert_eq!((p.as_str(), how), (root.join("real/f").to_str().unwrap(), Resolution::Canonical));
         // other/../link/f -> real/f
-        assert_eq!(r.resolve(&op("other/../link/f", &b), false).0, root.join("real/f").to_str().unwrap());
+        assert_eq!(r.resolve(&op("other/../link/f", &b), false, 0).0, root.join("real/f").to_str().unwrap());
         // The last component is not followed.
-        assert_eq!(r.resolve(&op("./link", &b), false).0, root.join("link").to_str().unwrap());
+        assert_eq!(r.resolve(&op("./link", &b), false, 0).0, root.join("link").to_str().unwrap());
         // After the symlink is repointed, an invalidated cache sees the change.
         std::fs::remove_file(root.join("link")).unwrap();
         std::os::unix::fs::symlink(root.join("other"), root.join("link")).unwrap();
         r.invalidate();
-        assert_eq!(r.resolve(&op("link/f", &b), false).0, root.join("other/f").to_str().unwrap());
+        assert_eq!(r.resolve(&op("link/f", &b), false, 0).0, root.join("other/f").to_str().unwrap());
         // Paths that would resolve in agentmon's own context are kept lexical.
-        assert_eq!(r.resolve_str("/dev/fd/3"), ("/dev/fd/3".to_string(), Resolution::Lexical));
-        assert_eq!(r.resolve_str("/proc/self/fd/../exe").0, "/proc/self/exe");
+        assert_eq!(r.resolve_str("/dev/fd/3", 0), ("/dev/fd/3".to_string(), Resolution::Lexical));
+        assert_eq!(r.resolve_str("/proc/self/fd/../exe", 0).0, "/proc/self/exe");
         // A vanished parent falls back to lexical normalisation.
-        let (p, how) = r.resolve(&op("gone/x/../y", &b), false);
+        let (p, how) = r.resolve(&op("gone/x/../y", &b), false, 0);
         assert_eq!((p.as_str(), how), (root.join("gone/y").to_str().unwrap(), Resolution::Lexical));
     }
 }

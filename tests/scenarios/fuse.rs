@@ -5,7 +5,9 @@
 //! also `slow`, whose lookup is answered after the delay: whoever resolves a path
 //! through it (agentmon, resolving a held call's target) waits too. Or `slow` is
 //! answered only when told ([`Slow::When`]): a process looking it up is held in
-//! the kernel for as long as a test needs.
+//! the kernel for as long as a test needs. Or its first lookup is answered and
+//! every later one only when told ([`Slow::AfterFirst`]): the server that lets the
+//! agent through and stops whoever looks after it (agentmon).
 
 use std::{
     ffi::CString,
@@ -22,6 +24,8 @@ pub enum Slow {
     After(Duration),
     /// Once the file `go` exists; the file `asked` is made when a lookup comes.
     When { asked: PathBuf, go: PathBuf },
+    /// The first at once, the later ones as [`Slow::When`].
+    AfterFirst { asked: PathBuf, go: PathBuf },
 }
 
 // include/uapi/linux/fuse.h
@@ -87,6 +91,7 @@ pub fn mount(at: &Path, data: Vec<u8>, delay: Duration, slow: Slow) -> Result<()
 
 fn serve(mut dev: File, data: Vec<u8>, delay: Duration, slow: Slow) {
     let mut buf = vec![0u8; (1 << 20) + 4096];
+    let mut looked_up = false;
     loop {
         let Ok(n) = dev.read(&mut buf) else { return };
         if n < IN_HEADER {
@@ -110,9 +115,11 @@ fn serve(mut dev: File, data: Vec<u8>, delay: Duration, slow: Slow) {
             }
             LOOKUP if matches!(&buf[IN_HEADER..n], b"f\0" | b"slow\0") => {
                 if &buf[IN_HEADER..n] == b"slow\0" {
+                    let looked = std::mem::replace(&mut looked_up, true);
                     match &slow {
                         Slow::After(d) => std::thread::sleep(*d),
-                        Slow::When { asked, go } => {
+                        Slow::AfterFirst { .. } if !looked => {}
+                        Slow::When { asked, go } | Slow::AfterFirst { asked, go } => {
                             let _ = std::fs::write(asked, b"");
                             while !go.exists() {
                                 std::thread::sleep(Duration::from_millis(20));

@@ -641,7 +641,10 @@ fn fuse_serve(d: &Path, args: &[String]) -> Result<(), String> {
         [_, at, when] if when == "when" => {
             (at, fuse::Slow::When { asked: d.join("asked"), go: d.join("go") })
         }
-        _ => return Err("fuse_serve DIR MOUNTPOINT [when]".into()),
+        [_, at, when] if when == "after-first" => {
+            (at, fuse::Slow::AfterFirst { asked: d.join("asked"), go: d.join("go") })
+        }
+        _ => return Err("fuse_serve DIR MOUNTPOINT [when|after-first]".into()),
     };
     let mut data = d.join("repo/held.txt").into_os_string().into_encoded_bytes();
     data.resize(4096, 0);

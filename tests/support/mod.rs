@@ -197,6 +197,26 @@ pub fn exit_within(child: &mut std::process::Child, limit: std::time::Duration) 
     code
 }
 
+/// Mounts the test's FUSE file system at `mnt` (tests/scenarios/fuse.rs), served
+/// by a child of this binary until the mount goes; `slow` says how `slow`'s
+/// lookups are answered (`when`, `after-first`; none: 3 s late). Its `asked` and
+/// `go` files are in `d`.
+pub fn serve_fuse(d: &Path, mnt: &Path, slow: Option<&str>) -> Result<(), String> {
+    ensure(Path::new("/dev/fuse").exists(), || {
+        "/dev/fuse is missing: this test needs FUSE (modprobe fuse)".into()
+    })?;
+    std::fs::create_dir_all(mnt).map_err(|e| e.to_string())?;
+    let served = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .arg(d)
+        .arg(mnt)
+        .args(slow)
+        .env(SCENARIO_ENV, "fuse_serve")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    ensure(served.status.success(), || format!("serving FUSE: {}", String::from_utf8_lossy(&served.stderr)))
+}
+
 /// Polls `cond` until it holds or `limit` passes; the last answer.
 pub fn wait(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = std::time::Instant::now();

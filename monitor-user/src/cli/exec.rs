@@ -190,6 +190,7 @@ impl ExecArgs {
                             grant_keys.as_deref(),
                             true,
                             now,
+                            crate::task::scope::Resolve::Here,
                         ) {
                             Ok(g) => t.take_grant(g),
                             Err(why) => {

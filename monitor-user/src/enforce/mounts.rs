@@ -25,9 +25,10 @@ pub const KERNEL_FS: &[&str] = &[
     "devtmpfs",
 ];
 
-/// One line of /proc/self/mountinfo: where, and what type.
+/// One line of /proc/self/mountinfo: which, where, and what type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Mount {
+    id: u64,
     at: PathBuf,
     fstype: String,
 }
@@ -54,10 +55,11 @@ fn parse(text: &str) -> Vec<Mount> {
         .filter_map(|l| {
             // id parent major:minor root mount-point options [optional...] - fstype source super
             let mut f = l.split(' ');
-            let at = f.nth(4)?;
+            let id = f.next()?.parse().ok()?;
+            let at = f.nth(3)?;
             let rest = l.split(" - ").nth(1)?;
             let fstype = rest.split(' ').next()?;
-            Some(Mount { at: PathBuf::from(unescape(at)), fstype: fstype.to_string() })
+            Some(Mount { id, at: PathBuf::from(unescape(at)), fstype: fstype.to_string() })
         })
         .collect()
 }
@@ -80,9 +82,47 @@ fn reached(mounts: &[Mount], dir: &Path) -> Option<(PathBuf, String)> {
     kernel(on).then(|| (on.at.clone(), on.fstype.clone()))
 }
 
+/// Whether open file `f` is on a FUSE file system (`fuse`, `fuse.*`, `fuseblk`):
+/// served by a process, which may stop answering. Found by its mount's type in
+/// mountinfo (statx's mount id), not by asking the file system (fstatfs is a
+/// request its server answers, or not).
+pub fn on_fuse(f: std::os::fd::BorrowedFd<'_>) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: statx is plain data; zero is a valid value.
+    let mut x: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: an open descriptor, an empty path with AT_EMPTY_PATH, a buffer of the
+    // right type. (AT_STATX_DONT_SYNC: the mount id needs no attributes.)
+    let r = unsafe {
+        libc::statx(
+            f.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
+            libc::STATX_MNT_ID,
+            &mut x,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if x.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(std::io::Error::other("the kernel does not give the file's mount id"));
+    }
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let m = parse(&text).into_iter().find(|m| m.id == x.stx_mnt_id);
+    let m = m.ok_or_else(|| std::io::Error::other(format!("mount {} is not listed", x.stx_mnt_id)))?;
+    Ok(m.fstype == "fuse" || m.fstype == "fuseblk" || m.fstype.starts_with("fuse."))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_on_a_local_file_system_is_not_on_fuse() {
+        use std::os::fd::AsFd;
+        let f = tempfile::tempfile().unwrap();
+        assert!(!on_fuse(f.as_fd()).unwrap());
+    }
 
     const INFO: &str = "\
 22 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda rw

@@ -156,7 +156,7 @@ impl Enricher {
             return Some(format!("{}{}", crate::event::UNRESOLVED_PREFIX, o.given));
         }
         let exact = i == 0 && raw.body.pflags & pflags::OP1_FROM_FD != 0;
-        Some(self.paths.resolve(o, exact).0)
+        Some(self.paths.resolve(o, exact, raw.hdr.task).0)
     }
 
     pub fn host(&self) -> Arc<str> {

@@ -15,7 +15,6 @@ mod foreign;
 pub mod notify;
 mod refused;
 mod stall;
-mod worker;
 
 use std::{
     borrow::Cow,
@@ -33,6 +32,7 @@ use self::{
     notify::{Call, Creds, Notif, Unresolved},
     stall::Wait,
 };
+use crate::worker;
 use crate::{
     enrich::Enricher,
     event::{Event, Kind},

@@ -26,10 +26,8 @@ use std::{
 
 use nix::errno::Errno;
 
-use super::{
-    filter::{Gated, Shape},
-    worker::{self, Stuck},
-};
+use super::filter::{Gated, Shape};
+use crate::worker::{self, Stuck};
 
 /// A held syscall.
 #[derive(Debug, Clone, Copy)]

@@ -9,9 +9,8 @@ use serde_json::json;
 use super::{
     Gate, caller_tamper, errno_name,
     notify::{self, Call, Creds, Notif},
-    worker,
 };
-use crate::{enrich::Enricher, event::Event, judge::Judge, kernel::loader::Sensors};
+use crate::{enrich::Enricher, event::Event, judge::Judge, kernel::loader::Sensors, worker};
 
 /// How a step agentmon takes for a held call failed to give an answer.
 pub(super) enum Wait {

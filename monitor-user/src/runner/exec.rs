@@ -226,6 +226,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
                 lsm: None,
                 keeper: None,
                 closed_fds: held.closed.clone(),
+                asker: nix::unistd::getuid().as_raw(),
             };
             tasks::bind(&mut rt.e, task, r, Binding::Launched).map(|_| EXEC_TASK)
         }

@@ -318,6 +318,7 @@ mod tests {
             "id: t\nmode: execute\n",
             std::path::Path::new("t.yaml"),
             crate::event::Timestamp(0),
+            crate::task::scope::Resolve::Here,
         )
         .expect("manifest");
         t.connect = connect;

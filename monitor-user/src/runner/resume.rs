@@ -14,7 +14,11 @@ use super::{
     setup::Saved,
     tasks::{Binding, StartReq, bind},
 };
-use crate::enforce::{self, cgroup::TaskCgroup};
+use crate::{
+    enforce::{self, cgroup::TaskCgroup},
+    realpath::Wait,
+    task::scope::Resolve,
+};
 
 /// Resumes the tasks a previous daemon recorded whose processes still run (or that
 /// the kernel kept tracking): they are bound again, in their cgroup (with its network
@@ -80,7 +84,10 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
             continue;
         };
         let now = e.p.enr.clock().now_wall();
-        let mut task = match crate::task::parse_unresolved(&s.manifest, Path::new(&s.file), now) {
+        // Held to the scope recorded at its start (`restore`): a path whose file
+        // system does not answer now is kept as written, not a task left unbound.
+        let paths = Resolve::Lenient(Wait::new(0, super::tasks::START_PATHS));
+        let mut task = match crate::task::parse_unresolved(&s.manifest, Path::new(&s.file), now, paths) {
             Ok(t) => t,
             Err(err) => {
                 tracing::error!("resuming task {}: {err}", s.id);
@@ -109,6 +116,7 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
             lsm: None,
             keeper: s.keeper.clone(),
             closed_fds: Vec::new(),
+            asker: 0,
         };
         let (ended, left) = (s.ended, pids.len());
         let bound =
@@ -317,7 +325,10 @@ mod tests {
     #[test]
     fn a_restart_keeps_the_addresses_a_name_was_given() {
         let yaml = "id: t\nmode: execute\nscope:\n  connect: [\"api.example.com:443\", \"10.0.0.0/8:22\"]\n";
-        let parse = || crate::task::parse_unresolved(yaml, Path::new("t.yaml"), Default::default()).unwrap();
+        let parse = || {
+            crate::task::parse_unresolved(yaml, Path::new("t.yaml"), Default::default(), Resolve::Here)
+                .unwrap()
+        };
         let set = |t: &mut crate::task::Task, a: &[&str]| {
             if let crate::task::scope::Endpoint::Host { addrs, .. } = &mut t.connect[0] {
                 *addrs = a.iter().map(|a| a.parse().unwrap()).collect();

@@ -150,6 +150,7 @@ impl Scanner {
                 lsm: None,
                 keeper: None,
                 closed_fds: Vec::new(),
+                asker: 0,
             };
             let r = tasks::start(e, me, req);
             match (r.ok, r.task, r.error) {

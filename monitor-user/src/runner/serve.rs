@@ -189,6 +189,7 @@ fn serve_now(
                     lsm: Some(lsm),
                     keeper,
                     closed_fds,
+                    asker: caller.uid,
                 },
             );
             // The task's control mailbox, sent with the request.
@@ -253,6 +254,7 @@ fn serve_now(
                     lsm: None,
                     keeper: None,
                     closed_fds: Vec::new(),
+                    asker: caller.uid,
                 },
             );
         }

@@ -84,18 +84,7 @@ impl Setup {
 /// `p` absolute (against the working directory) and with symlinks resolved: the
 /// whole path when it exists, else its directory (an output not created yet).
 pub(crate) fn canonical(p: &std::path::Path) -> PathBuf {
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
-    };
-    if let Ok(c) = std::fs::canonicalize(&abs) {
-        return c;
-    }
-    match (abs.parent().and_then(|d| std::fs::canonicalize(d).ok()), abs.file_name()) {
-        (Some(d), Some(n)) => d.join(n),
-        _ => abs,
-    }
+    crate::realpath::canonical_file(p, None).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// Where a daemon records its running tasks, one file each, so that a restarted

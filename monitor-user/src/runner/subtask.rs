@@ -6,7 +6,10 @@
 
 use std::{path::Path, sync::Arc};
 
-use crate::task::scope::Asker;
+use crate::{
+    realpath::Wait,
+    task::scope::{Asker, Resolve},
+};
 
 use super::{
     engine::Engine,
@@ -175,7 +178,9 @@ fn delegate_from(
     let Some(parent) = p.enr.task_name(cookie).and_then(|id| p.judge.task(&id)).cloned() else {
         return Err("the caller's task has no manifest here; delegation needs a parent task".into());
     };
-    let mut child = crate::task::parse_unresolved(manifest, Path::new(file), p.enr.clock().now_wall())
+    // Its paths are the agent's choice: their file systems are waited for, bounded.
+    let paths = Resolve::Within(Wait::task(cookie, super::tasks::START_PATHS));
+    let mut child = crate::task::parse_unresolved(manifest, Path::new(file), p.enr.clock().now_wall(), paths)
         .map_err(|err| err.to_string())?;
     // What refuses it whatever its names resolve to, before they are looked up.
     if p.judge.task(&child.id).is_some() || e.setup.state.as_ref().is_some_and(|st| st.has(&child.id)) {
@@ -427,8 +432,11 @@ fn resume_one(
         return Ok(None);
     }
     let now = e.p.enr.clock().now_wall();
+    // Held to the scope recorded at delegation: a path not answered now is kept.
+    let paths = Wait::task(up, super::tasks::START_PATHS);
     let mut child =
-        crate::task::parse_unresolved(&s.manifest, Path::new(&s.file), now).map_err(|err| err.to_string())?;
+        crate::task::parse_unresolved(&s.manifest, Path::new(&s.file), now, Resolve::Lenient(paths))
+            .map_err(|err| err.to_string())?;
     // Accepted at delegation: a lookup that fails now (no DNS at boot) leaves the
     // name with no address rather than the sub-task unbound.
     let limit = e.setup.delegation_lookups;
@@ -456,7 +464,7 @@ mod tests {
     use super::*;
 
     fn task(yaml: &str) -> Task {
-        crate::task::parse_unresolved(yaml, Path::new("t.yaml"), Timestamp(0)).unwrap()
+        crate::task::parse_unresolved(yaml, Path::new("t.yaml"), Timestamp(0), Resolve::Here).unwrap()
     }
 
     fn none(_: &[String]) -> Result<Vec<Vec<std::net::IpAddr>>, String> {

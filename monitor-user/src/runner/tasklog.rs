@@ -10,7 +10,11 @@
 //! - it must be a regular file with one name (a hard link would be another's file);
 //! - a restarted daemon opens only the file the task was given (device and inode,
 //!   recorded), never creating one. What cannot be opened so is not opened: the
-//!   task's events still reach every other output, and the caller reports it.
+//!   task's events still reach every other output, and the caller reports it;
+//! - it may not be on a FUSE file system: the daemon writes it on its loop, and a
+//!   server that stopped answering would stop the daemon for every task. It is
+//!   opened in a worker ([`open_within`]): its path's lookups may be a FUSE
+//!   server's to answer too.
 
 use std::{
     fs::File,
@@ -92,6 +96,38 @@ pub enum TaskLogError {
     Linked { path: PathBuf, links: u64 },
     #[error("{path} is not the file the task was given ({was}; now {now}): replaced while no daemon ran")]
     Replaced { path: PathBuf, was: FileId, now: FileId },
+    #[error(
+        "{path} is on a FUSE file system, served by a process: agentmon writes events files on its loop, and \
+         that server could stop it for every task"
+    )]
+    Served { path: PathBuf },
+    #[error("{path}: {err}")]
+    Stalled { path: PathBuf, err: crate::realpath::Error },
+}
+
+impl TaskLogError {
+    /// Whether opening it kept agentmon waiting on a file system.
+    pub fn stalled(&self) -> bool {
+        matches!(self, TaskLogError::Stalled { .. })
+    }
+}
+
+/// [`open`] in a worker, waited for as `w` says.
+pub fn open_within(
+    path: &Path,
+    how: Open,
+    w: &crate::realpath::Wait,
+) -> Result<(JsonLines, FileId), TaskLogError> {
+    use crate::{realpath::Error, worker::Stuck};
+    let left = w.until.saturating_duration_since(std::time::Instant::now());
+    let p = path.to_path_buf();
+    let stalled = |err| TaskLogError::Stalled { path: path.into(), err };
+    match crate::worker::RESOLVERS.run(w.who, left, move || open(&p, how)) {
+        Ok(r) => r,
+        Err(Stuck::Late) => Err(stalled(Error::Unanswered(left))),
+        Err(Stuck::Refused(e)) => Err(stalled(Error::Refused(e))),
+        Err(Stuck::Failed) => Err(TaskLogError::Open { path: path.into(), source: Errno::EIO }),
+    }
 }
 
 /// Opens task log `path` as [`Open`] says; its lines and which file it is.
@@ -124,6 +160,9 @@ pub fn open(path: &Path, how: Open) -> Result<(JsonLines, FileId), TaskLogError>
     let m = f.metadata().map_err(io)?;
     if !m.is_file() {
         return Err(TaskLogError::NotRegular { path: path.into() });
+    }
+    if crate::enforce::mounts::on_fuse(f.as_fd()).map_err(io)? {
+        return Err(TaskLogError::Served { path: path.into() });
     }
     if m.nlink() > 1 {
         return Err(TaskLogError::Linked { path: path.into(), links: m.nlink() });

@@ -21,12 +21,16 @@ use crate::{
     kernel::loader::Sensors,
     policy::RuleSet,
     proctable::Proc,
+    realpath::Wait,
     sink::TaskFilter,
-    task::Task,
+    task::{Task, scope::Resolve},
 };
 
 /// How long a task's start may wait for its host names' addresses.
 pub(super) const START_LOOKUPS: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long a task's start (or delegation) may wait for its paths to be resolved:
+/// whoever starts one may name a directory on a file system that never answers.
+pub(super) const START_PATHS: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct StartReq {
@@ -50,6 +54,10 @@ pub struct StartReq {
     /// Descriptors from agentmon's caller that the enforced command was not given
     /// (launch::inherited): said in its `task_start`.
     pub closed_fds: Vec<String>,
+    /// The uid of whoever asked: its share of the lookups agentmon waits for
+    /// (`realpath`), so that one user's file system that does not answer cannot
+    /// take every start's.
+    pub asker: u32,
 }
 
 /// How the task's processes came to be bound.
@@ -99,9 +107,22 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
         return Reply::err(format!("{what}: pid {} is agentmon or already in a task", r.pid));
     }
     let now = e.p.enr.clock().now_wall();
-    let mut task = match crate::task::parse_unresolved(&r.manifest, Path::new(&r.file), now) {
-        Ok(t) => t,
-        Err(err) => return Reply::err(err.to_string()),
+    // Whoever asks names the paths, and may serve their file system: the loop waits
+    // for them only so long (anyone may reach the daemon's socket).
+    let paths = Wait::new(r.asker, START_PATHS);
+    let mut task =
+        match crate::task::parse_unresolved(&r.manifest, Path::new(&r.file), now, Resolve::Within(paths)) {
+            Ok(t) => t,
+            Err(err) if err.stalled => return stalled(e, peer, &r.file, err.to_string()),
+            Err(err) => return Reply::err(err.to_string()),
+        };
+    let log = match r.events.as_deref().map(|l| crate::realpath::canonical_file(Path::new(l), Some(&paths))) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(err)) => {
+            let why = format!("events file {}: {err}", r.events.as_deref().unwrap_or_default());
+            return stalled(e, peer, &r.file, why);
+        }
     };
     task.enforce |= r.enforce;
     // Who gave the task its authority: where grant keys are set, only a grant by one
@@ -113,6 +134,9 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
             e.setup.grant_keys.as_deref(),
             e.setup.require_signed,
             now,
+            // Its links' paths compared as written when their file system keeps
+            // agentmon waiting (the task's own were resolved above).
+            Resolve::Lenient(paths),
         ) {
             Ok(g) => {
                 let enforced = task.enforce;
@@ -160,10 +184,10 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
         e.tamper(peer, cookie, "task record", &why, true);
         return Reply::err(format!("{}: {why}", r.file));
     }
-    if let Err(err) = admissible(&task, &e.setup, e.p.judge.rules(), r.events.as_deref().map(Path::new)) {
+    if let Err(err) = admissible(&task, &e.setup, e.p.judge.rules(), log.as_deref()) {
         return Reply::err(err.to_string());
     }
-    if let Err(why) = apart(e, &task, r.events.as_deref().map(Path::new)) {
+    if let Err(why) = apart(e, &task, log.as_deref()) {
         return Reply::err(format!("{}: task {}: {why}", r.file, task.id));
     }
     if task.enforce
@@ -197,16 +221,26 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
     }
 }
 
+/// A start refused because a file system it named kept agentmon waiting: said in
+/// every output (someone made the loop wait, on purpose or not).
+fn stalled(e: &mut Engine, peer: u32, file: &str, why: String) -> Reply {
+    let why = format!("{file}: {why}");
+    let cookie = e.sensors.task_of(peer);
+    e.tamper(peer, cookie, "stalling agentmon", &why, true);
+    Reply::err(why)
+}
+
 /// Keeps tasks' records apart: no running enforced task may write where a new
 /// task's events file is, and a new enforced task may write where no running
 /// task's is (the agent could rewrite another task's record; on the Landlock tier
 /// nothing else keeps it from that file). By what each task's mode grants; the
-/// running tasks' files as they were opened (no symlink on their paths).
+/// running tasks' files as they were opened (no symlink on their paths). `log`:
+/// the new task's events file, resolved.
 fn apart(e: &Engine, task: &Task, log: Option<&Path>) -> Result<(), String> {
-    if let Some(l) = log.map(super::setup::canonical) {
+    if let Some(l) = log {
         for id in e.p.task_ids() {
             let Some(b) = e.p.judge.task(&id).filter(|b| b.task.enforce) else { continue };
-            if let Some(clause) = b.task.writes_reach(&l) {
+            if let Some(clause) = b.task.writes_reach(l) {
                 return Err(format!(
                     "its events file {} is within the {clause} of running enforced task {id}, which could \
                      rewrite it",
@@ -281,8 +315,7 @@ pub fn admissible(
             ));
         }
     }
-    let log = log.map(super::setup::canonical);
-    for p in setup.protected.iter().chain(&log) {
+    for p in setup.protected.iter().map(PathBuf::as_path).chain(log) {
         if let Some(clause) = task.writes_reach(p) {
             return Err(refuse(
                 clause,
@@ -318,7 +351,7 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
     let mut gaps: Vec<(&str, String)> = Vec::new();
     let mut log = None;
     if let Some(path) = &r.events {
-        match tasklog::open(Path::new(path), how_log) {
+        match tasklog::open_within(Path::new(path), how_log, &Wait::new(r.asker, START_PATHS)) {
             Ok((lines, file)) => {
                 e.out.push_keyed(id.clone(), Box::new(TaskFilter::new(id.clone(), lines)));
                 log = Some(file);
@@ -327,7 +360,13 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
                 "events file",
                 format!("{err}; the task's events go to agentmon's other outputs only"),
             )),
-            Err(err) => return Err(err.into()),
+            Err(err) => {
+                if err.stalled() {
+                    let cookie = e.sensors.task_of(r.pid);
+                    e.tamper(r.pid, cookie, "stalling agentmon", &format!("{}: {err}", r.file), true);
+                }
+                return Err(err.into());
+            }
         }
     }
     if task.enforce && e.setup.layers.lsm {

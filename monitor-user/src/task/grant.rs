@@ -26,7 +26,10 @@ use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{event::Timestamp, task::Task};
+use crate::{
+    event::Timestamp,
+    task::{Task, scope::Resolve},
+};
 
 pub const SCHEMA: &str = "agentmon.grant/1";
 pub const CHAIN_SCHEMA: &str = "agentmon.grant-chain/1";
@@ -274,6 +277,18 @@ impl Chain {
     /// out no later, over a task within its parent's. Errors name the link (1: the
     /// root).
     pub fn verify(&self, manifest: &str, keys: &[VerifyingKey], now: Timestamp) -> Result<Granted, String> {
+        self.verify_with(manifest, keys, now, Resolve::Here)
+    }
+
+    /// [`Self::verify`], the links' paths resolved as `how` says (a daemon's loop:
+    /// bounded, a link whose file system does not answer compared as written).
+    pub fn verify_with(
+        &self,
+        manifest: &str,
+        keys: &[VerifyingKey],
+        now: Timestamp,
+        how: Resolve,
+    ) -> Result<Granted, String> {
         if self.schema != CHAIN_SCHEMA {
             return Err(format!("schema {:?} is not {CHAIN_SCHEMA}", self.schema));
         }
@@ -286,8 +301,13 @@ impl Chain {
         let link = |n: usize, e: String| format!("link {n} of {}: {e}", self.links.len() + 1);
         root.grant.verify(&root.manifest, keys, now).map_err(|e| link(1, e))?;
         let parse = |n: usize, text: &str| {
-            crate::task::parse_unresolved(text, std::path::Path::new(&format!("grant chain link {n}")), now)
-                .map_err(|e| link(n, format!("its manifest: {e}")))
+            crate::task::parse_unresolved(
+                text,
+                std::path::Path::new(&format!("grant chain link {n}")),
+                now,
+                how,
+            )
+            .map_err(|e| link(n, format!("its manifest: {e}")))
         };
         let mut parent = parse(1, &root.manifest)?;
         parent.enforce |= root.grant.enforce;
@@ -392,6 +412,7 @@ pub fn check(
     keys: Option<&[VerifyingKey]>,
     required: bool,
     now: Timestamp,
+    how: Resolve,
 ) -> Result<Option<Granted>, String> {
     let Some(keys) = keys else { return Ok(None) };
     if grant.is_none() && !required {
@@ -401,7 +422,7 @@ pub fn check(
     parse(text)
         .and_then(|g| match g {
             File::One(g) => g.verify(manifest, keys, now),
-            File::Chain(c) => c.verify(manifest, keys, now),
+            File::Chain(c) => c.verify_with(manifest, keys, now, how),
         })
         .map(Some)
         .map_err(|e| format!("the grant does not hold: {e}"))

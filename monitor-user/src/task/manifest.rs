@@ -8,7 +8,9 @@ use serde_saphyr::Spanned;
 
 use super::{
     Mode, Op, Task,
-    scope::{Endpoint, PathSet, canonical_dir, is_glob, parse_endpoint, pattern_covers},
+    scope::{
+        Endpoint, PathSet, PathSetError, Resolve, canonical_dir, is_glob, parse_endpoint, pattern_covers,
+    },
 };
 use crate::event::Timestamp;
 
@@ -20,6 +22,9 @@ pub struct ManifestError {
     pub line: u64,
     pub field: String,
     pub msg: String,
+    /// A path's file system did not answer in time: someone kept agentmon
+    /// waiting (a refused attempt worth a record, not a typing mistake).
+    pub stalled: bool,
 }
 
 type S<T> = Spanned<T>;
@@ -87,6 +92,7 @@ struct RawScope {
 
 struct Ctx<'a> {
     file: &'a str,
+    how: Resolve,
 }
 
 impl Ctx<'_> {
@@ -96,6 +102,7 @@ impl Ctx<'_> {
             line: at.referenced.line(),
             field: field.into(),
             msg: msg.into(),
+            stalled: false,
         }
     }
 
@@ -110,9 +117,15 @@ impl Ctx<'_> {
             }
         }
         let raw: Vec<String> = v.iter().map(|p| p.value.clone()).collect();
-        PathSet::new(&raw).map_err(|e| {
-            let at = v.iter().find(|p| globset::Glob::new(&p.value).is_err()).unwrap_or(&v[0]);
-            self.err(at, field, format!("bad glob: {e}"))
+        PathSet::new(&raw, &self.how).map_err(|e| match e {
+            PathSetError::Glob(_) => {
+                let at = v.iter().find(|p| globset::Glob::new(&p.value).is_err()).unwrap_or(&v[0]);
+                self.err(at, field, e.to_string())
+            }
+            PathSetError::Unanswered(u) => {
+                let at = v.iter().find(|p| p.value.starts_with(&u.dir)).unwrap_or(&v[0]);
+                ManifestError { stalled: true, ..self.err(at, field, u.to_string()) }
+            }
         })
     }
 }
@@ -167,19 +180,25 @@ fn credentials(cx: &Ctx, raw: &[S<String>]) -> Result<Vec<String>, ManifestError
 
 /// Parses a manifest's text. `file` names it in errors; `now` anchors `expires_in`.
 pub fn parse(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestError> {
-    let mut task = parse_unresolved(text, file, now)?;
+    let mut task = parse_unresolved(text, file, now, Resolve::Here)?;
     super::scope::resolve_hosts(&mut task.connect);
     Ok(task)
 }
 
 /// [`parse`], its host names not looked up (a delegated manifest's are the agent's
-/// choice: runner/subtask.rs looks up only those it must, bounded).
-pub fn parse_unresolved(text: &str, file: &Path, now: Timestamp) -> Result<Task, ManifestError> {
+/// choice: runner/subtask.rs looks up only those it must, bounded), its paths
+/// resolved as `how` says (agentmon's loop never waits on a file system unbounded).
+pub fn parse_unresolved(
+    text: &str,
+    file: &Path,
+    now: Timestamp,
+    how: Resolve,
+) -> Result<Task, ManifestError> {
     let fname = file.display().to_string();
-    let cx = Ctx { file: &fname };
+    let cx = Ctx { file: &fname, how };
     let raw: RawManifest = serde_saphyr::from_str(text).map_err(|e| {
         let (line, msg) = yaml_error(&e);
-        ManifestError { file: fname.clone(), line, field: "(document)".into(), msg }
+        ManifestError { file: fname.clone(), line, field: "(document)".into(), msg, stalled: false }
     })?;
 
     let id = raw.id.value.trim().to_string();
@@ -274,17 +293,21 @@ pub fn parse_unresolved(text: &str, file: &Path, now: Timestamp) -> Result<Task,
         }
         listen.push(ep);
     }
-    let propose_dir = match &sc.propose_dir {
-        Some(p) if !p.value.starts_with('/') || is_glob(&p.value) => {
-            return Err(cx.err(
-                p,
-                "scope.propose_dir",
-                format!("{:?} must be an absolute directory", p.value),
-            ));
-        }
-        Some(p) => Some(canonical_dir(&p.value)),
-        None => None,
-    };
+    let propose_dir =
+        match &sc.propose_dir {
+            Some(p) if !p.value.starts_with('/') || is_glob(&p.value) => {
+                return Err(cx.err(
+                    p,
+                    "scope.propose_dir",
+                    format!("{:?} must be an absolute directory", p.value),
+                ));
+            }
+            Some(p) => Some(canonical_dir(&p.value, &cx.how).map_err(|u| ManifestError {
+                stalled: true,
+                ..cx.err(p, "scope.propose_dir", u.to_string())
+            })?),
+            None => None,
+        };
     if mode == Mode::Propose && propose_dir.is_none() {
         return Err(cx.err(&raw.mode, "scope.propose_dir", "mode propose needs scope.propose_dir"));
     }
@@ -399,6 +422,7 @@ pub fn load(path: &Path, now: Timestamp) -> Result<Task, ManifestError> {
         line: 0,
         field: "(file)".into(),
         msg: e.to_string(),
+        stalled: false,
     })?;
     parse(&text, path, now)
 }

@@ -9,7 +9,10 @@ use std::{
 use globset::GlobBuilder;
 use ipnet::IpNet;
 
-use crate::globs::{self, Globs};
+use crate::{
+    globs::{self, Globs},
+    realpath::Wait,
+};
 
 /// Path patterns of one class (read, write, delete, exec). Patterns are absolute
 /// globs; `**` crosses directories, `*` does not. The literal prefix of each pattern
@@ -40,31 +43,87 @@ pub fn literal_prefix(pattern: &str) -> &str {
     pattern
 }
 
+/// How a manifest's paths are resolved when it is loaded.
+#[derive(Debug, Clone, Copy)]
+pub enum Resolve {
+    /// Here, however long their file systems take (the command line, replay: whoever
+    /// asks waits on its own file systems).
+    Here,
+    /// Bounded (agentmon's loop: a start, a delegation): a path whose file system
+    /// does not answer in time refuses the manifest.
+    Within(Wait),
+    /// Bounded, and a path not answered in time kept as written (a restarted
+    /// daemon's task, held to the scope recorded at its start anyway).
+    Lenient(Wait),
+}
+
+/// A path of a manifest that could not be resolved in time.
+#[derive(Debug, thiserror::Error)]
+#[error("{dir}: {err}")]
+pub struct Unanswered {
+    pub dir: String,
+    pub err: crate::realpath::Error,
+}
+
+impl Resolve {
+    /// `dir` canonical; None when it cannot be resolved (it does not exist yet: the
+    /// text is kept), an error when its file system kept it from being resolved.
+    pub fn dir(&self, dir: &str) -> Result<Option<PathBuf>, Unanswered> {
+        let w = match self {
+            Resolve::Here => None,
+            Resolve::Within(w) | Resolve::Lenient(w) => Some(w),
+        };
+        match crate::realpath::canonicalize(Path::new(dir), w) {
+            Ok(real) => Ok(Some(real)),
+            Err(err) if err.stalled() && matches!(self, Resolve::Within(_)) => {
+                Err(Unanswered { dir: dir.into(), err })
+            }
+            Err(err) => {
+                if err.stalled() {
+                    tracing::warn!("{dir}: {err}: kept as written");
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// Resolves symlinks in a pattern's literal directory prefix when it exists.
-fn canonical_pattern(pattern: &str) -> String {
+fn canonical_pattern(pattern: &str, how: &Resolve) -> Result<String, Unanswered> {
     let prefix = literal_prefix(pattern);
     let (dir, rest) = if prefix.len() == pattern.len() {
         // No glob: resolve the parent, keep the last component (it may not exist yet).
         match pattern.rsplit_once('/') {
             Some((d, _)) if !d.is_empty() => (d, &pattern[d.len()..]),
-            _ => return pattern.to_string(),
+            _ => return Ok(pattern.to_string()),
         }
     } else {
         (prefix, &pattern[prefix.len()..])
     };
     if dir.is_empty() {
-        return pattern.to_string();
+        return Ok(pattern.to_string());
     }
-    match std::fs::canonicalize(Path::new(dir)) {
-        Ok(real) => format!("{}{rest}", real.display()),
-        Err(_) => pattern.to_string(),
-    }
+    Ok(match how.dir(dir)? {
+        Some(real) => format!("{}{rest}", real.display()),
+        None => pattern.to_string(),
+    })
+}
+
+/// Why a path set could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PathSetError {
+    #[error("bad glob: {0}")]
+    Glob(#[from] globs::Error),
+    #[error(transparent)]
+    Unanswered(#[from] Unanswered),
 }
 
 impl PathSet {
-    /// Compiles validated absolute patterns, their literal prefixes resolved.
-    pub fn new(patterns: &[String]) -> Result<Self, globs::Error> {
-        Self::resolved(patterns.iter().map(|p| canonical_pattern(p)).collect())
+    /// Compiles validated absolute patterns, their literal prefixes resolved as
+    /// `how` says.
+    pub fn new(patterns: &[String], how: &Resolve) -> Result<Self, PathSetError> {
+        let real = patterns.iter().map(|p| canonical_pattern(p, how)).collect::<Result<_, _>>()?;
+        Ok(Self::resolved(real)?)
     }
 
     /// Compiles patterns resolved before (a task's, as recorded when it started):
@@ -476,8 +535,8 @@ pub fn resolve_hosts_within(eps: &mut [Endpoint], limit: std::time::Duration) ->
 }
 
 /// An absolute path (for `propose_dir`), canonicalised when it exists.
-pub fn canonical_dir(p: &str) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p))
+pub fn canonical_dir(p: &str, how: &Resolve) -> Result<PathBuf, Unanswered> {
+    Ok(how.dir(p)?.unwrap_or_else(|| PathBuf::from(p)))
 }
 
 #[cfg(test)]
@@ -507,7 +566,9 @@ mod tests {
 
     #[test]
     fn reaches_judges_patterns_not_samples() {
-        let set = |p: &[&str]| PathSet::new(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let set = |p: &[&str]| {
+            PathSet::new(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &Resolve::Here).unwrap()
+        };
         let spool = Path::new("/var/lib/agentmon/spool");
         assert!(set(&["/var/lib/agentmon/spool/0/**"]).reaches(spool), "inside the directory");
         assert!(set(&["/var/lib/agentmon/s*/x"]).reaches(spool), "a glob that leads into it");
@@ -521,7 +582,7 @@ mod tests {
     use super::*;
 
     fn set(p: &[&str]) -> PathSet {
-        PathSet::new(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        PathSet::new(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &Resolve::Here).unwrap()
     }
 
     #[test]

@@ -26,14 +26,14 @@ fn a_grant_covers_its_manifest_its_keys_and_its_time() {
     assert!(extended.verify(M, &keys, now).unwrap_err().contains("bad signature"));
     // Through check: keys configured means a grant is needed.
     let text = serde_json::to_string(&g).unwrap();
-    assert!(check(M, None, None, true, now).unwrap().is_none());
-    assert!(check(M, None, Some(&keys), true, now).unwrap_err().contains("no grant"));
-    assert!(check(M, Some("{}"), Some(&keys), true, now).unwrap_err().contains("not one"));
-    assert_eq!(check(M, Some(&text), Some(&keys), true, now).unwrap().unwrap().by, "alice");
+    assert!(check(M, None, None, true, now, Resolve::Here).unwrap().is_none());
+    assert!(check(M, None, Some(&keys), true, now, Resolve::Here).unwrap_err().contains("no grant"));
+    assert!(check(M, Some("{}"), Some(&keys), true, now, Resolve::Here).unwrap_err().contains("not one"));
+    assert_eq!(check(M, Some(&text), Some(&keys), true, now, Resolve::Here).unwrap().unwrap().by, "alice");
     // Signing not required: no grant starts unsigned, a bad one is refused still.
-    assert!(check(M, None, Some(&keys), false, now).unwrap().is_none());
-    assert!(check(M, Some("{}"), Some(&keys), false, now).unwrap_err().contains("not one"));
-    assert_eq!(check(M, Some(&text), Some(&keys), false, now).unwrap().unwrap().by, "alice");
+    assert!(check(M, None, Some(&keys), false, now, Resolve::Here).unwrap().is_none());
+    assert!(check(M, Some("{}"), Some(&keys), false, now, Resolve::Here).unwrap_err().contains("not one"));
+    assert_eq!(check(M, Some(&text), Some(&keys), false, now, Resolve::Here).unwrap().unwrap().by, "alice");
 }
 
 const LEAD: &str = "id: lead\nmode: execute\nenforcement: enforce\nagent: spiffe://a/lead\n\
@@ -80,7 +80,13 @@ fn a_chain_holds_from_a_trusted_root_down_each_delegated_link() {
         }]
     );
     // What a local sub-task takes from its parent, it takes from the remote one.
-    let mut t = crate::task::parse_unresolved(SUB, std::path::Path::new("sub.yaml"), now).unwrap();
+    let mut t = crate::task::parse_unresolved(
+        SUB,
+        std::path::Path::new("sub.yaml"),
+        now,
+        crate::task::scope::Resolve::Here,
+    )
+    .unwrap();
     t.take_grant(Some(g));
     assert!(t.enforce);
     assert_eq!(t.agent.as_deref(), Some("spiffe://a/lead"));
@@ -88,13 +94,22 @@ fn a_chain_holds_from_a_trusted_root_down_each_delegated_link() {
     let lead = format!("lead@{}", &c.links[0].grant.id()[..16]);
     assert_eq!((t.parents.len(), t.remote_parents.clone()), (0, vec![lead]));
     // A local sub-task of it runs on that grant too (its events are not unsigned).
-    let mut local = crate::task::parse_unresolved(SUB, std::path::Path::new("s.yaml"), now).unwrap();
+    let mut local = crate::task::parse_unresolved(
+        SUB,
+        std::path::Path::new("s.yaml"),
+        now,
+        crate::task::scope::Resolve::Here,
+    )
+    .unwrap();
     assert!(!local.under_grant);
     local.inherit(&t);
     assert!(local.under_grant && local.granted.is_none());
     // Through check, as a grant file's text.
     let text = serde_json::to_string(&c).unwrap();
-    assert_eq!(check(SUB, Some(&text), Some(&alice), true, now).unwrap().unwrap().chain.len(), 1);
+    assert_eq!(
+        check(SUB, Some(&text), Some(&alice), true, now, Resolve::Here).unwrap().unwrap().chain.len(),
+        1
+    );
     // A root grant keeps the bytes grants had before delegation existed.
     let plain = serde_json::to_value(Grant::sign(&key(1), M, "alice", now)).unwrap();
     assert!(plain.get("parent").is_none() && plain.get("delegates").is_none());
@@ -155,7 +170,7 @@ fn every_way_to_forge_or_widen_a_chain_is_refused_by_link() {
     );
     // A delegated grant alone, without the chain that gives it authority.
     let alone = serde_json::to_string(&good.grant).unwrap();
-    let e = check(SUB, Some(&alone), Some(&alice), true, now).unwrap_err();
+    let e = check(SUB, Some(&alone), Some(&alice), true, now, Resolve::Here).unwrap_err();
     assert!(e.contains("holds only with its chain"), "{e}");
     // No ancestors, or too many.
     let mut none = good.clone();
@@ -193,7 +208,13 @@ fn a_delegate_passes_on_only_what_it_was_given() {
     let g = three.verify(third, &alice, now).unwrap();
     let ids: Vec<&str> = g.chain.iter().map(|a| a.task.as_str()).collect();
     assert_eq!(ids, ["lead", "sub"]);
-    let mut t = crate::task::parse_unresolved(third, std::path::Path::new("t.yaml"), now).unwrap();
+    let mut t = crate::task::parse_unresolved(
+        third,
+        std::path::Path::new("t.yaml"),
+        now,
+        crate::task::scope::Resolve::Here,
+    )
+    .unwrap();
     t.take_grant(Some(g));
     let q: Vec<&str> = t.remote_parents.iter().map(|p| p.split('@').next().unwrap()).collect();
     assert_eq!(q, ["sub", "lead"]);
@@ -235,7 +256,13 @@ fn a_remote_sub_task_ends_with_its_parents_grant_and_keeps_its_limits() {
     assert!(e.contains("milder"), "{e}");
     let ok = child("limits:\n  deletes: 5\n  on_exceed: kill\n");
     let g = under(&ok).unwrap();
-    let mut t = crate::task::parse_unresolved(&ok, std::path::Path::new("c.yaml"), now).unwrap();
+    let mut t = crate::task::parse_unresolved(
+        &ok,
+        std::path::Path::new("c.yaml"),
+        now,
+        crate::task::scope::Resolve::Here,
+    )
+    .unwrap();
     assert!(!t.enforce && t.expires.is_none());
     t.take_grant(Some(g));
     assert!(t.enforce, "the root grant's enforcement reaches the sub-task");

@@ -1,19 +1,23 @@
-//! Work for a held call that can wait on the agent, done off agentmon's loop.
+//! Work that can wait on something an agent or a local user controls, done off
+//! agentmon's loop.
 //!
 //! Reading a held call's arguments in the agent's memory, resolving its paths,
 //! and performing the operation can each wait on something the agent controls:
 //! a page of a file it serves itself, a lookup or a `setattr` on its own FUSE
-//! mount. Done on the loop, that stopped agentmon for every task. Each such step
-//! runs in a worker thread and is waited for at most a bound; a worker stuck past
-//! it stays with the agent until the agent lets go, and counts against that
-//! process's share ([`MAX_EACH`]) and the whole ([`MAX`]): past its share a
-//! process's next step is refused at once (its own stall, ETIMEDOUT), past the
-//! whole anyone's is (EAGAIN, no one blamed).
+//! mount. So can resolving the paths a task names when it starts or is delegated
+//! (anyone may start a task through the daemon's socket, and name a directory on
+//! a FUSE mount that never answers). Done on the loop, that stopped agentmon for
+//! every task. Each such step runs in a worker thread and is waited for at most a
+//! bound; a worker stuck past it stays with whoever holds it until they let go,
+//! and counts against their share ([`MAX_EACH`]) and the whole ([`MAX`]): past its
+//! share the asker's next step is refused at once (its own stall, ETIMEDOUT), past
+//! the whole anyone's is (EAGAIN, no one blamed).
 //!
 //! The threads are kept and reused: a thread spawned for every memory read and
 //! every operation was a sixth of the daemon's time under an enforced `tar x`.
-//! Two pools, so that a thread which took an agent's filesystem credentials to
-//! perform its call never reads another's memory or resolves its paths.
+//! Three pools, so that a thread which took an agent's filesystem credentials to
+//! perform its call never reads another's memory or resolves its paths, and so
+//! that tasks' starts and held calls never take each other's shares.
 
 use std::{
     sync::{
@@ -77,6 +81,8 @@ impl Drop for Counted {
 pub static READERS: Pool = Pool::new("agentmon-read");
 /// Performing held calls with the agent's filesystem credentials.
 pub static PERFORMERS: Pool = Pool::new("agentmon-act");
+/// Resolving the paths of a task being started or delegated (the asker: its uid).
+pub static RESOLVERS: Pool = Pool::new("agentmon-resolve");
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -166,6 +172,7 @@ impl Pool {
 /// step is waited for at most its bound, but an agent answering just under it, call
 /// after call, would hold the loop most of the time; past this budget the task's
 /// held calls that need a step are refused at once until the window ends.
+#[derive(Default)]
 pub struct Budget {
     since: Option<std::time::Instant>,
     spent: Duration,

@@ -1,0 +1,220 @@
+//! A file system that does not answer cannot stop agentmon.
+//!
+//! Anyone may start a task through the daemon's socket, and any user may serve a
+//! FUSE file system. agentmon resolved the paths a task names (its scope, its
+//! events file) and the directories of an agent's calls the kernel did not walk
+//! with plain lookups on its loop: a server that answers the caller's own lookup
+//! and then stops answering held the loop, and with it every task's events,
+//! verdicts, approvals and containment, for as long as it liked. The server here
+//! answers the first lookup of `slow` and holds every later one until the test
+//! lets it go.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use agentmon::event::{Event, Kind};
+
+use crate::{
+    R,
+    daemon::{daemon_paths, events, start_daemon, stop, under_daemon},
+    enforce::run_attempts,
+    support::{self, agentmon, ensure, eq, workdir},
+};
+
+/// A FUSE mount at `d/mnt` whose `slow` answers its first lookup and holds the
+/// later ones until `d/go` exists (`d/asked` made when one is held).
+struct Stalling {
+    mnt: PathBuf,
+    go: PathBuf,
+}
+
+impl Stalling {
+    fn mount(d: &Path) -> Result<Self, String> {
+        let mnt = d.join("mnt");
+        std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
+        support::serve_fuse(d, &mnt, Some("after-first"))?;
+        Ok(Self { mnt, go: d.join("go") })
+    }
+
+    /// Whether a lookup is being held now.
+    fn holding(&self) -> bool {
+        self.mnt.with_file_name("asked").exists() && !self.go.exists()
+    }
+}
+
+impl Drop for Stalling {
+    /// Every held lookup answered (agentmon's worker ends), the mount taken away
+    /// (its server ends with it).
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.go, b"");
+        std::thread::sleep(Duration::from_millis(100));
+        let c = std::ffi::CString::new(self.mnt.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+fn tampers<'a>(evs: &'a [Event], attempt: &str) -> Vec<&'a Event> {
+    evs.iter()
+        .filter(|e| {
+            e.kind == Kind::Tamper && e.detail.get("attempt").and_then(|v| v.as_str()) == Some(attempt)
+        })
+        .collect()
+}
+
+/// A task started through the daemon whose scope names a directory on such a
+/// mount is refused after a bounded wait (1 s), with a tamper record, while the
+/// lookup is still held; the daemon answers its operators meanwhile and starts
+/// the next task. An events file on a FUSE mount is refused: the daemon writes it
+/// on its loop. Before, the daemon's loop waited in the lookup until the server
+/// answered (`agentmon status` got no reply).
+pub fn a_file_system_that_does_not_answer_cannot_stop_the_daemon() -> R {
+    let d = workdir("stall-daemon");
+    let (sock, all) = daemon_paths(&d);
+    let fz = Stalling::mount(&d)?;
+    let daemon = start_daemon(&d, "")?;
+    let r = (|| -> R {
+        let task = d.join("stalled.yaml");
+        let scope = format!("{}/slow/**", fz.mnt.display());
+        std::fs::write(&task, format!("id: stalled\nmode: execute\nscope:\n  write: [\"{scope}\"]\n"))
+            .map_err(|e| e.to_string())?;
+        // The exec's own lookup is answered (the first); the daemon's is held.
+        let began = Instant::now();
+        let out = under_daemon(&sock, &task).arg("/bin/true").output().map_err(|e| e.to_string())?;
+        let took = began.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure(!out.status.success(), || format!("the task started: {err}"))?;
+        ensure(err.contains("did not answer within"), || format!("refused for another reason: {err}"))?;
+        ensure(err.contains(&format!("{}/slow", fz.mnt.display())), || {
+            format!("the path is not named: {err}")
+        })?;
+        ensure(took < Duration::from_secs(8) * support::slowdown(), || {
+            format!("refused only after {took:?}")
+        })?;
+        ensure(fz.holding(), || "the daemon's lookup was not held (the test did not stall it)".into())?;
+        // The loop runs while the lookup is held: an operator is answered, a task runs.
+        let status = Command::new(agentmon())
+            .args(["status", "--socket"])
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure(status.status.success(), || {
+            format!("status while a lookup is held: {}", String::from_utf8_lossy(&status.stderr))
+        })?;
+        let ok = d.join("ok.yaml");
+        std::fs::write(
+            &ok,
+            format!("id: ok\nmode: execute\nscope:\n  write: [\"{}/repo/**\"]\n", d.display()),
+        )
+        .map_err(|e| e.to_string())?;
+        let ran = under_daemon(&sock, &ok)
+            .args(["/bin/sh", "-c", &format!("echo x > {}/repo/x.txt", d.display())])
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure(ran.status.success(), || {
+            format!("a task while a lookup is held: {}", String::from_utf8_lossy(&ran.stderr))
+        })?;
+        ensure(fz.holding(), || "the held lookup ended before the checks".into())?;
+
+        // An events file on the FUSE mount: refused, named. (The server answers one
+        // request at a time: the held lookup is let go first.)
+        std::fs::write(&fz.go, b"").map_err(|e| e.to_string())?;
+        let logged = d.join("logged.yaml");
+        std::fs::write(
+            &logged,
+            format!("id: logged\nmode: execute\nscope:\n  write: [\"{}/repo/**\"]\n", d.display()),
+        )
+        .map_err(|e| e.to_string())?;
+        let out = Command::new(agentmon())
+            .args(["exec", "--quiet", "--daemon"])
+            .arg(&sock)
+            .arg("--task")
+            .arg(&logged)
+            .arg("--events")
+            .arg(fz.mnt.join("f"))
+            .args(["--", "/bin/true"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure(!out.status.success(), || format!("a task with its events file on FUSE started: {err}"))?;
+        ensure(err.contains("FUSE"), || format!("refused for another reason: {err}"))?;
+        Ok(())
+    })();
+    drop(fz);
+    stop(daemon)?;
+    r?;
+    let evs = events(&all)?;
+    let stalled = tampers(&evs, "stalling agentmon");
+    eq("tamper records of the held start", stalled.len(), 1)?;
+    let why = stalled[0].reason.as_deref().unwrap_or_default();
+    ensure(why.contains("stalled.yaml") && why.contains("scope.write"), || format!("the record: {why}"))?;
+    ensure(evs.iter().any(|e| e.kind == Kind::TaskStart && e.task.as_deref() == Some("ok")), || {
+        "no task_start of the task started while the lookup was held".into()
+    })?;
+    let x = d.join("repo/x.txt");
+    ensure(evs.iter().any(|e| e.path.as_deref() == x.to_str() && e.task.as_deref() == Some("ok")), || {
+        "no record of the file the task wrote".into()
+    })?;
+    Ok(())
+}
+
+/// An observed agent's failed call beneath such a mount (the kernel gives the name
+/// as passed, so agentmon resolves its directory): its record carries the path
+/// unresolved (`…`), judged as unknown, after a wait of at most 50 ms, and the
+/// agent's next call is recorded. Before, the enricher's lookup held the loop.
+pub fn an_agents_file_system_cannot_stop_the_enricher() -> R {
+    let d = workdir("stall-enrich");
+    std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let task = d.join("task.yaml");
+    std::fs::write(
+        &task,
+        format!(
+            "id: stall-enrich\nmode: execute\nscope:\n  write: [\"{d}/repo/**\", \"{d}/mnt/**\"]\n  delete: \
+             [\"{d}/mnt/**\"]\n  exec: [\"{}\"]\n",
+            me.display(),
+            d = d.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let fz = Stalling::mount(&d)?;
+    let gone = fz.mnt.join("slow/x");
+    let actions = [format!("delete={}", gone.display()), "write_in".into()];
+    // agentmon's worker, held in the lookup, keeps its process from ending (a
+    // thread in a FUSE request its server has read cannot be killed): the lookup
+    // is let go once the agent is done and agentmon has had a second for its
+    // events, and whether it was held then is what the test asks.
+    let (results, asked, go) = (d.join("repo/results.txt"), d.join("asked"), fz.go.clone());
+    let release = std::thread::spawn(move || {
+        support::wait(Duration::from_secs(60) * support::slowdown(), || results.exists());
+        std::thread::sleep(Duration::from_secs(1));
+        let held = asked.exists();
+        let _ = std::fs::write(&go, b"");
+        held
+    });
+    let run = run_attempts(&d, &task, &actions);
+    let _ = std::fs::write(&fz.go, b"");
+    let held = release.join().unwrap_or(false);
+    drop(fz);
+    let (run, res) = run?;
+    eq("unlink beneath a file (ENOTDIR)", res.get("delete").copied(), Some(libc::ENOTDIR))?;
+    ensure(held, || "agentmon's lookup was not held (the test did not stall it)".into())?;
+    let unlink = run
+        .events
+        .iter()
+        .find(|e| e.syscall.as_deref().is_some_and(|s| s.starts_with("unlink")) && e.pid != 0)
+        .ok_or_else(|| format!("no record of the unlink:\n{}", run.summary()))?;
+    let want = format!("{}{}", agentmon::event::UNRESOLVED_PREFIX, gone.display());
+    eq("its path, unresolved", unlink.path.as_deref(), Some(want.as_str()))?;
+    ensure(unlink.verdict.as_deref() != Some("in_scope"), || {
+        "an unresolved path was judged in scope".into()
+    })?;
+    run.find(Kind::FileCreate, &d.join("repo/ok.txt"))?;
+    Ok(())
+}
