@@ -47,7 +47,13 @@ fn request(file: &Path, n: usize, agent: &mut Child) -> Result<Event, String> {
 }
 
 /// The gated scenario with `steps`, under agentmon exec with `task`.
-fn spawn_gated(d: &Path, task: &Path, events: &Path, timeout: &str, steps: &[&str]) -> Result<Child, String> {
+pub(crate) fn spawn_gated(
+    d: &Path,
+    task: &Path,
+    events: &Path,
+    timeout: &str,
+    steps: &[&str],
+) -> Result<Child, String> {
     spawn_gated_with(d, task, events, timeout, steps, &[])
 }
 
@@ -79,7 +85,7 @@ fn spawn_gated_with(
 }
 
 /// Ends the run: the agent killed if the test's part failed, else it must exit 0.
-fn settle(mut agent: Child, result: Result<(), String>) -> Result<(), String> {
+pub(crate) fn settle(mut agent: Child, result: Result<(), String>) -> Result<(), String> {
     if result.is_err() {
         let _ = agent.kill();
     }
@@ -252,7 +258,7 @@ pub fn held_program_is_frozen() -> R {
 }
 
 /// Without the BPF LSM tier a task that gates exec is refused before it runs.
-fn exec_gating_refused(task: &Path, d: &Path) -> Result<(), String> {
+pub(crate) fn exec_gating_refused(task: &Path, d: &Path) -> Result<(), String> {
     let out = Command::new(agentmon())
         .args(["exec", "--quiet", "--task"])
         .arg(task)

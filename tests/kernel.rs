@@ -103,6 +103,10 @@ fn main() {
             "an_agents_file_system_cannot_stop_the_enricher",
             stalls::an_agents_file_system_cannot_stop_the_enricher,
         ),
+        (
+            "an_exec_held_on_a_stalling_file_system_cannot_stop_agentmon",
+            stalls::an_exec_held_on_a_stalling_file_system_cannot_stop_agentmon,
+        ),
         ("signals_reaching_agentmon_are_reported", enforce::signals_reaching_agentmon_are_reported),
         ("deny_rules_hold_or_refuse", enforce::deny_rules_hold_or_refuse),
         ("in_scope_workload_runs", enforce::in_scope_workload_runs),

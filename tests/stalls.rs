@@ -218,3 +218,61 @@ pub fn an_agents_file_system_cannot_stop_the_enricher() -> R {
     run.find(Kind::FileCreate, &d.join("repo/ok.txt"))?;
     Ok(())
 }
+
+/// An exec held for approval on the BPF LSM tier whose program is on a file
+/// system that does not answer an open: agentmon opens the program to learn its
+/// identity as the hooks know it (and freeze it while held), in a worker waited
+/// for 500 ms, then answers the exec ETIMEDOUT with a `stalling agentmon` record.
+/// Before, it opened the program on its loop, which waited until the server
+/// answered. Without the BPF LSM tier a task that gates exec is refused.
+pub fn an_exec_held_on_a_stalling_file_system_cannot_stop_agentmon() -> R {
+    let d = workdir("stall-exec");
+    std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let task = d.join("task.yaml");
+    std::fs::write(
+        &task,
+        format!(
+            "id: stall-exec\nmode: execute\nenforcement: enforce\nscope:\n  write: [\"{r}/**\"]\n  exec: \
+             [\"{me}\", \"{m}/**\", \"/usr/bin/**\", \"/bin/**\"]\napproval_required: [exec]\n",
+            r = d.join("repo").display(),
+            m = d.join("mnt").display(),
+            me = me.display(),
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&task, &d)?);
+    }
+    if !support::bpf_lsm() {
+        return Ok(crate::approval::exec_gating_refused(&task, &d)?);
+    }
+    let mnt = d.join("mnt");
+    support::serve_fuse(&d, &mnt, Some("open-when"))?;
+    let events = d.join("events.jsonl");
+    let timeout = format!("{}s", 30 * support::slowdown());
+    let results = || std::fs::read_to_string(d.join("repo/results.txt")).unwrap_or_default();
+    let run = crate::approval::spawn_gated(&d, &task, &events, &timeout, &["exec=mnt/f"]).map(|agent| {
+        let answered =
+            support::wait(Duration::from_secs(20) * support::slowdown(), || results().contains("exec "));
+        let held = d.join("asked").exists() && !d.join("go").exists();
+        (agent, answered, held)
+    });
+    let _ = std::fs::write(d.join("go"), b"");
+    let (agent, answered, held) = run?;
+    let settled = crate::approval::settle(agent, Ok(()));
+    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    ensure(answered, || "the held exec was not answered while its program's open was held".into())?;
+    ensure(held, || "agentmon's open was not held (the test did not stall it)".into())?;
+    settled?;
+    eq("the exec's result", results().trim().to_string(), format!("exec {}", 100 + libc::ETIMEDOUT))?;
+    let evs = crate::daemon::events(&events)?;
+    let stalled = tampers(&evs, "stalling agentmon");
+    eq("tamper records of the held exec", stalled.len(), 1)?;
+    ensure(stalled[0].syscall.as_deref().is_some_and(|s| s.starts_with("exec")), || {
+        format!("the record's call: {:?}", stalled[0].syscall)
+    })?;
+    Ok(())
+}

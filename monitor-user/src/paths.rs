@@ -82,6 +82,13 @@ pub enum Resolution {
 
 /// How long the enricher waits for a directory no cache can resolve.
 pub const WAIT: Duration = Duration::from_millis(50);
+/// How long a task's lookups may keep the enricher waiting in all, per
+/// [`WINDOW`]: a file system that answers each just under [`WAIT`] would
+/// otherwise slow every task's events to a trickle. Past it, the task's
+/// directories no cache resolves are shown unresolved at once until the window
+/// ends.
+pub const SPEND: Duration = Duration::from_millis(250);
+pub const WINDOW: Duration = Duration::from_secs(10);
 
 /// A directory's canonical form, as far as it could be had.
 enum Dir {
@@ -101,6 +108,9 @@ enum Dir {
 #[derive(Default)]
 pub struct Resolver {
     cache: HashMap<String, (String, Instant)>,
+    /// Per task cookie: since when, and how long, its lookups kept the enricher
+    /// waiting ([`SPEND`]).
+    spent: HashMap<u32, (Instant, Duration)>,
 }
 
 const CACHE_TTL: Duration = Duration::from_secs(1);
@@ -143,17 +153,55 @@ impl Resolver {
         {
             return Dir::Real(real.clone());
         }
-        let real = match crate::realpath::canonicalize(dir, Some(&crate::realpath::Wait::task(cookie, WAIT)))
-        {
-            Ok(real) => real.to_string_lossy().into_owned(),
-            Err(e) if e.stalled() => return Dir::Unanswered,
+        let real = match crate::realpath::cached(dir) {
+            Ok(real) => real,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
+                let now = Instant::now();
+                if !self.may_wait(cookie, now) {
+                    return Dir::Unanswered;
+                }
+                let r = crate::realpath::canonicalize(dir, Some(&crate::realpath::Wait::task(cookie, WAIT)));
+                self.waited(cookie, now);
+                match r {
+                    Ok(real) => real,
+                    Err(e) if e.stalled() => return Dir::Unanswered,
+                    Err(_) => return Dir::Gone,
+                }
+            }
             Err(_) => return Dir::Gone,
         };
+        let real = real.to_string_lossy().into_owned();
         if self.cache.len() >= CACHE_MAX {
             self.cache.clear();
         }
         self.cache.insert(key.to_string(), (real.clone(), Instant::now()));
         Dir::Real(real)
+    }
+
+    /// Whether task `cookie`'s lookups may still keep the enricher waiting now.
+    fn may_wait(&mut self, cookie: u32, now: Instant) -> bool {
+        match self.spent.get(&cookie) {
+            Some((since, _)) if now.duration_since(*since) >= WINDOW => {
+                self.spent.remove(&cookie);
+                true
+            }
+            Some((_, spent)) => *spent < SPEND,
+            None => true,
+        }
+    }
+
+    /// Task `cookie`'s lookup, begun at `began`, kept the enricher waiting until now
+    /// (counted from 1 ms: a lookup a local or network file system answers at once
+    /// is the ordinary cost of an uncached directory).
+    fn waited(&mut self, cookie: u32, began: Instant) {
+        let took = began.elapsed();
+        if took < Duration::from_millis(1) {
+            return;
+        }
+        if self.spent.len() >= CACHE_MAX {
+            self.spent.retain(|_, (since, _)| began.duration_since(*since) < WINDOW);
+        }
+        self.spent.entry(cookie).or_insert((began, Duration::ZERO)).1 += took;
     }
 
     /// Resolves an absolute path string as the kernel would for a call that does not
@@ -218,6 +266,22 @@ mod tests {
             ("/tmp/x/f.txt".into(), Resolution::Exact)
         );
         assert_eq!(r.resolve(&op("f.txt", &[]), false, 0).0, "/f.txt");
+    }
+
+    #[test]
+    fn a_tasks_waits_are_bounded_per_window() {
+        let mut r = Resolver::default();
+        let t0 = Instant::now();
+        assert!(r.may_wait(7, t0));
+        r.spent.insert(7, (t0, SPEND));
+        assert!(!r.may_wait(7, t0 + Duration::from_secs(1)), "spent: no more waits in the window");
+        assert!(r.may_wait(8, t0), "another task's are its own");
+        assert!(r.may_wait(7, t0 + WINDOW), "a new window");
+        assert!(!r.spent.contains_key(&7));
+        r.waited(7, Instant::now());
+        assert!(!r.spent.contains_key(&7), "a quick lookup is not counted");
+        r.waited(7, Instant::now() - Duration::from_millis(60));
+        assert!(r.spent[&7].1 >= Duration::from_millis(60) && r.spent[&7].1 < SPEND);
     }
 
     #[test]

@@ -42,9 +42,16 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the path exists but its file system kept agentmon from resolving it.
+    /// Whether the path may exist but was not resolved: its file system, or every
+    /// worker being held, kept agentmon from it.
     pub fn stalled(&self) -> bool {
         !matches!(self, Error::Io(_))
+    }
+
+    /// Whether the asker's own lookups did ([`Self::stalled`], and not for want of
+    /// a worker held by others: EAGAIN blames no one).
+    pub fn blamed(&self) -> bool {
+        matches!(self, Error::Unanswered(_) | Error::Refused(Errno::ETIMEDOUT))
     }
 }
 
@@ -124,11 +131,12 @@ pub fn cached(p: &Path) -> Result<PathBuf, Errno> {
         .resolve(ResolveFlag::from_bits_retain(libc::RESOLVE_CACHED));
     let fd = openat2(AT_FDCWD, p, how)?;
     // The path the kernel names the open file by (d_path: asks no file system).
+    // What the kernel's name does not settle (no /proc; removed meanwhile, or a
+    // name that ends so; not absolute) is left to a lookup: EAGAIN.
     let real = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)))
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-    // Removed meanwhile: its name is no longer a path.
+        .map_err(|_| Errno::EAGAIN)?;
     if real.as_os_str().as_bytes().ends_with(b" (deleted)") || !real.is_absolute() {
-        return Err(Errno::ENOENT);
+        return Err(Errno::EAGAIN);
     }
     Ok(real)
 }

@@ -26,6 +26,9 @@ pub enum Slow {
     When { asked: PathBuf, go: PathBuf },
     /// The first at once, the later ones as [`Slow::When`].
     AfterFirst { asked: PathBuf, go: PathBuf },
+    /// Lookups at once; every open of `f` as [`Slow::When`] (whoever opens the
+    /// file, to learn its identity, waits).
+    OpenWhen { asked: PathBuf, go: PathBuf },
 }
 
 // include/uapi/linux/fuse.h
@@ -42,7 +45,7 @@ const FILE_NODE: u64 = 2;
 /// `fuse_attr` of the root directory or of the file (`size` bytes).
 fn attr(node: u64, size: u64) -> Vec<u8> {
     let mut a = Vec::with_capacity(88);
-    let mode: u32 = if node == 1 { libc::S_IFDIR | 0o755 } else { libc::S_IFREG | 0o644 };
+    let mode: u32 = if node == 1 { libc::S_IFDIR | 0o755 } else { libc::S_IFREG | 0o755 };
     for v in [node, size, 1, 0, 0, 0] {
         a.extend_from_slice(&v.to_ne_bytes());
     }
@@ -119,6 +122,7 @@ fn serve(mut dev: File, data: Vec<u8>, delay: Duration, slow: Slow) {
                     match &slow {
                         Slow::After(d) => std::thread::sleep(*d),
                         Slow::AfterFirst { .. } if !looked => {}
+                        Slow::OpenWhen { .. } => {}
                         Slow::When { asked, go } | Slow::AfterFirst { asked, go } => {
                             let _ = std::fs::write(asked, b"");
                             while !go.exists() {
@@ -141,7 +145,15 @@ fn serve(mut dev: File, data: Vec<u8>, delay: Duration, slow: Slow) {
                 o.extend_from_slice(&attr(node, if node == FILE_NODE { data.len() as u64 } else { 0 }));
                 Ok(o)
             }
-            OPEN => Ok(vec![0u8; 16]),
+            OPEN => {
+                if let Slow::OpenWhen { asked, go } = &slow {
+                    let _ = std::fs::write(asked, b"");
+                    while !go.exists() {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                Ok(vec![0u8; 16])
+            }
             READ => {
                 std::thread::sleep(delay);
                 let (off, size) = (u64_at(IN_HEADER + 8) as usize, u32_at(IN_HEADER + 16) as usize);

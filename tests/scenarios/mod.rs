@@ -644,7 +644,10 @@ fn fuse_serve(d: &Path, args: &[String]) -> Result<(), String> {
         [_, at, when] if when == "after-first" => {
             (at, fuse::Slow::AfterFirst { asked: d.join("asked"), go: d.join("go") })
         }
-        _ => return Err("fuse_serve DIR MOUNTPOINT [when|after-first]".into()),
+        [_, at, when] if when == "open-when" => {
+            (at, fuse::Slow::OpenWhen { asked: d.join("asked"), go: d.join("go") })
+        }
+        _ => return Err("fuse_serve DIR MOUNTPOINT [when|after-first|open-when]".into()),
     };
     let mut data = d.join("repo/held.txt").into_os_string().into_encoded_bytes();
     data.resize(4096, 0);

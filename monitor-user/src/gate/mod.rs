@@ -182,15 +182,12 @@ pub struct Gate {
 /// Lets approved exec `call` of thread `tid` go on: the BPF LSM tier's
 /// `bprm_check_security` will run it only if the file is the one resolved when the
 /// call was held (its identity as the hooks know it).
-fn approve_exec(lsm: Option<&mut LsmMaps>, tid: u32, call: &Call) -> Result<i64, Errno> {
+fn approve_exec(lsm: Option<&mut LsmMaps>, gate: u32, tid: u32, call: &Call) -> Result<i64, Errno> {
     let Some(lsm) = lsm else { return Err(Errno::EPERM) };
-    let Some(notify::Target::File { fd, .. }) = call.targets.first() else { return Err(Errno::EINVAL) };
-    let k = lsm.ident(std::path::Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())), false).map_err(
-        |e| {
-            tracing::warn!("approved exec: the file's identity: {e}");
-            Errno::EPERM
-        },
-    )?;
+    let k = exec_ident(lsm, gate, call).map_err(|e| {
+        tracing::warn!("approved exec: the file's identity: {e}");
+        if e.stalled() { Errno::ETIMEDOUT } else { Errno::EPERM }
+    })?;
     let ok = monitor_common::lsm::ExecOk { ino: k.ino, dev: k.dev, _pad: 0, bprm: 0 };
     lsm.approve_exec(tid, ok).map_err(|e| {
         tracing::warn!("approved exec: {e}");
@@ -203,13 +200,38 @@ fn approve_exec(lsm: Option<&mut LsmMaps>, tid: u32, call: &Call) -> Result<i64,
 /// tier): the approver decides on what will run, not on what the task may rewrite
 /// between the look and the run. Open writers are no way round it either: the
 /// kernel refuses to execute a file open for writing (ETXTBSY).
-fn freeze_program(sensors: &mut Sensors, tgid: u32, call: &Call) -> Result<(), String> {
-    let c = sensors.task_of(tgid).ok_or("the caller is no longer tracked")?;
-    let lsm = sensors.lsm.as_mut().ok_or("no BPF LSM tier")?;
-    let Some(notify::Target::File { fd, .. }) = call.targets.first() else { return Err("no file".into()) };
-    let k = lsm.ident(std::path::Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())), false);
-    let k = k.map_err(|e| format!("the file's identity: {e}"))?;
-    lsm.freeze(c, k).map_err(|e| e.to_string())
+fn freeze_program(sensors: &mut Sensors, gate: u32, tgid: u32, call: &Call) -> Result<(), Unfrozen> {
+    let other = |e: &str| Unfrozen::Other(e.into());
+    let c = sensors.task_of(tgid).ok_or_else(|| other("the caller is no longer tracked"))?;
+    let lsm = sensors.lsm.as_mut().ok_or_else(|| other("no BPF LSM tier"))?;
+    let k = exec_ident(lsm, gate, call).map_err(|e| match e {
+        e if e.stalled() => Unfrozen::Stalled(e),
+        e => other(&format!("the file's identity: {e}")),
+    })?;
+    lsm.freeze(c, k).map_err(|e| other(&e.to_string()))
+}
+
+/// Why a held exec's program could not be frozen.
+enum Unfrozen {
+    /// Its file system kept agentmon waiting (a stall, recorded as one).
+    Stalled(crate::realpath::Error),
+    Other(String),
+}
+
+/// The identity of a held exec's program (the file the held call resolved to), as
+/// the hooks know it: agentmon opens it, in a worker waited for as long as the
+/// call's other steps are (the program may be on a FUSE mount whose server does
+/// not answer an open).
+fn exec_ident(
+    lsm: &LsmMaps,
+    gate: u32,
+    call: &Call,
+) -> Result<monitor_common::lsm::FsKey, crate::realpath::Error> {
+    let Some(notify::Target::File { fd, .. }) = call.targets.first() else {
+        return Err(crate::realpath::Error::Io(std::io::Error::other("no file")));
+    };
+    let p = std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    lsm.ident_within(&p, false, &worker::READERS, &crate::realpath::Wait::new(gate, notify::MEM_WAIT))
 }
 
 fn kind_of(op: Op) -> Kind {
@@ -462,7 +484,7 @@ impl Gate {
         };
         if g.op == Op::Exec && !std::mem::replace(&mut self.launched, true) {
             // The task's own command, which starting the task approved.
-            match approve_exec(sensors.lsm.as_mut(), n.tid, &call) {
+            match approve_exec(sensors.lsm.as_mut(), self.id, n.tid, &call) {
                 Ok(_) => {
                     if let Err(e) = notify::proceed(fd, n.id) {
                         tracing::debug!("letting the launch go on: {e}");
@@ -544,12 +566,23 @@ impl Gate {
             return Some(self.finish(id, p, true, Who::Standing(s), None, sensors.lsm.as_mut()).ev);
         }
         if g.op == Op::Exec
-            && let Err(e) = freeze_program(sensors, tgid, &p.call)
+            && let Err(e) = freeze_program(sensors, self.id, tgid, &p.call)
         {
             // Held while it could change, the approval would be of something else.
-            tracing::warn!("held exec of {path} refused: its program could not be frozen: {e}");
-            answer(Err(Errno::EPERM));
-            return None;
+            return match e {
+                Unfrozen::Stalled(crate::realpath::Error::Refused(e)) => {
+                    self.stuck(n, g.name, e, Wait::Refused, answer, sensors, enr, judge)
+                }
+                Unfrozen::Stalled(_) => {
+                    let what = Wait::Late("program, opened to freeze it, did not open", notify::MEM_WAIT);
+                    self.stuck(n, g.name, Errno::ETIMEDOUT, what, answer, sensors, enr, judge)
+                }
+                Unfrozen::Other(e) => {
+                    tracing::warn!("held exec of {path} refused: its program could not be frozen: {e}");
+                    answer(Err(Errno::EPERM));
+                    None
+                }
+            };
         }
         req.kind = Kind::ApprovalRequest;
         req.detail.insert("approval".into(), json!(id));
@@ -596,7 +629,7 @@ impl Gate {
             let exec = p.op == Op::Exec;
             let result = match (approve, exec) {
                 (false, _) => Err(Errno::EPERM),
-                (true, true) => approve_exec(lsm, ev.tid, &p.call),
+                (true, true) => approve_exec(lsm, self.id, ev.tid, &p.call),
                 (true, false) => match self.perform(p.call, p.creds) {
                     Ok(r) => r,
                     // Said in the approval record's `result`; a late one may still

@@ -453,7 +453,7 @@ impl Sensors {
                 fs_rules: take_map(&mut ebpf, "FS_RULES")?,
                 tasks: take_map(&mut ebpf, "LSM_TASK")?,
                 exec_ok: take_map(&mut ebpf, "EXEC_OK")?,
-                ident: take_map(&mut ebpf, "IDENT")?,
+                ident: std::sync::Arc::new(std::sync::Mutex::new(take_map(&mut ebpf, "IDENT")?)),
                 written: Default::default(),
                 own: Default::default(),
                 lent: Default::default(),

@@ -52,7 +52,9 @@ pub struct LsmMaps {
     pub(super) fs_rules: HashMap<MapData, FsKey, u32>,
     pub(super) tasks: HashMap<MapData, u32, LsmTask>,
     pub(super) exec_ok: HashMap<MapData, u32, ExecOk>,
-    pub(super) ident: HashMap<MapData, u32, FsKey>,
+    /// Shared with the workers that open a file to learn its identity
+    /// ([`Self::ident_within`]); locked only for each map call, never across an open.
+    pub(super) ident: std::sync::Arc<std::sync::Mutex<HashMap<MapData, u32, FsKey>>>,
     /// Whether the sensitive set is matched exactly in the kernel (else why not):
     /// tasks that refuse sensitive reads need it.
     pub sensitive_exact: Result<(), String>,
@@ -79,42 +81,27 @@ impl LsmMaps {
     /// one swapped for a symlink since must not carry the grant elsewhere). Else
     /// links are followed (an approved exec's `/proc/self/fd/N`).
     pub fn ident(&mut self, p: &Path, strict: bool) -> std::io::Result<FsKey> {
-        use std::os::unix::ffi::OsStrExt;
-        let tid = nix::unistd::gettid().as_raw() as u32;
-        self.ident.insert(&tid, &FsKey::default(), 0).map_err(std::io::Error::other)?;
-        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-        // Read-only, non-blocking (a FIFO), never the controlling terminal.
-        // SAFETY: open_how is plain data; zero is its default.
-        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC) as u64;
-        how.resolve = if strict { libc::RESOLVE_NO_SYMLINKS } else { 0 };
-        // SAFETY: a valid path and open_how of the size passed.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                &raw const how,
-                size_of::<libc::open_how>(),
-            )
-        };
-        let opened = if fd < 0 { Err(std::io::Error::last_os_error()) } else { Ok(fd) };
-        let seen = self.ident.get(&tid, 0).ok();
-        let _ = self.ident.remove(&tid);
-        match opened {
-            Ok(fd) => {
-                // SAFETY: the descriptor was just opened here.
-                unsafe { libc::close(fd as i32) };
-                match seen {
-                    Some(k) if k != FsKey::default() => Ok(k),
-                    _ => crate::enforce::lsm::key(p),
-                }
-            }
-            // A symlink where none may be: refused, never followed.
-            Err(e) if strict && e.raw_os_error() == Some(libc::ELOOP) => Err(e),
-            // A socket cannot be opened: stat's identity.
-            Err(_) if !strict || p.exists() => crate::enforce::lsm::key(p),
-            Err(e) => Err(e),
+        ident_at(&self.ident, p, strict)
+    }
+
+    /// [`Self::ident`] in a worker of `pool`, waited for as `w` says: the open may
+    /// be a request to a file system a user serves, which may never answer (an
+    /// exec held for approval of a program on such a mount; a scope there).
+    pub fn ident_within(
+        &self,
+        p: &Path,
+        strict: bool,
+        pool: &'static crate::worker::Pool,
+        w: &crate::realpath::Wait,
+    ) -> Result<FsKey, crate::realpath::Error> {
+        use crate::{realpath::Error, worker::Stuck};
+        let (map, owned) = (self.ident.clone(), p.to_path_buf());
+        let left = w.until.saturating_duration_since(std::time::Instant::now());
+        match pool.run(w.who, left, move || ident_at(&map, &owned, strict)) {
+            Ok(r) => Ok(r?),
+            Err(Stuck::Late) => Err(Error::Unanswered(left)),
+            Err(Stuck::Refused(e)) => Err(Error::Refused(e)),
+            Err(Stuck::Failed) => Err(Error::Io(std::io::Error::other("the open failed"))),
         }
     }
 
@@ -241,5 +228,55 @@ impl LsmMaps {
     /// The next exec of thread `tid` may run only `ok`'s file.
     pub fn approve_exec(&mut self, tid: u32, ok: ExecOk) -> Result<(), LoadError> {
         self.exec_ok.insert(&tid, &ok, 0).map_err(|e| op("EXEC_OK", e))
+    }
+}
+
+/// [`LsmMaps::ident`], wherever it runs (the map is keyed by the opening thread).
+fn ident_at(
+    map: &std::sync::Mutex<HashMap<MapData, u32, FsKey>>,
+    p: &Path,
+    strict: bool,
+) -> std::io::Result<FsKey> {
+    use std::os::unix::ffi::OsStrExt;
+    let tid = nix::unistd::gettid().as_raw() as u32;
+    let lock = || map.lock().unwrap_or_else(|e| e.into_inner());
+    lock().insert(&tid, &FsKey::default(), 0).map_err(std::io::Error::other)?;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // Read-only, non-blocking (a FIFO), never the controlling terminal.
+    // SAFETY: open_how is plain data; zero is its default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC) as u64;
+    how.resolve = if strict { libc::RESOLVE_NO_SYMLINKS } else { 0 };
+    // SAFETY: a valid path and open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &raw const how,
+            size_of::<libc::open_how>(),
+        )
+    };
+    let opened = if fd < 0 { Err(std::io::Error::last_os_error()) } else { Ok(fd) };
+    let seen = {
+        let mut m = lock();
+        let seen = m.get(&tid, 0).ok();
+        let _ = m.remove(&tid);
+        seen
+    };
+    match opened {
+        Ok(fd) => {
+            // SAFETY: the descriptor was just opened here.
+            unsafe { libc::close(fd as i32) };
+            match seen {
+                Some(k) if k != FsKey::default() => Ok(k),
+                _ => crate::enforce::lsm::key(p),
+            }
+        }
+        // A symlink where none may be: refused, never followed.
+        Err(e) if strict && e.raw_os_error() == Some(libc::ELOOP) => Err(e),
+        // A socket cannot be opened: stat's identity.
+        Err(_) if !strict || p.exists() => crate::enforce::lsm::key(p),
+        Err(e) => Err(e),
     }
 }

@@ -55,7 +55,8 @@ pub fn judge(ev: &Event, task: &Task, launch: bool) -> Option<Reason> {
         return out(
             "path",
             format!(
-                "{p}: the path could not be read whole (deeper or longer than the kernel copies); judged out of scope"
+                "{p}: the path could not be resolved (deeper or longer than the kernel copies, or its directory's \
+                 file system did not answer); judged out of scope"
             ),
         );
     }

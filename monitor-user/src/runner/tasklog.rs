@@ -106,9 +106,10 @@ pub enum TaskLogError {
 }
 
 impl TaskLogError {
-    /// Whether opening it kept agentmon waiting on a file system.
+    /// Whether opening it kept agentmon waiting on a file system, the asker's
+    /// own lookups held ([`crate::realpath::Error::blamed`]).
     pub fn stalled(&self) -> bool {
-        matches!(self, TaskLogError::Stalled { .. })
+        matches!(self, TaskLogError::Stalled { err, .. } if err.blamed())
     }
 }
 

@@ -121,6 +121,9 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
         Some(Ok(l)) => Some(l),
         Some(Err(err)) => {
             let why = format!("events file {}: {err}", r.events.as_deref().unwrap_or_default());
+            if !err.blamed() {
+                return Reply::err(format!("{}: {why}", r.file));
+            }
             return stalled(e, peer, &r.file, why);
         }
     };
@@ -377,7 +380,12 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         {
             // A new task is refused without it; a resumed task's processes must stay bound.
             let protected = maps
-                .ident(Path::new(path), true)
+                .ident_within(
+                    Path::new(path),
+                    true,
+                    &crate::worker::RESOLVERS,
+                    &Wait::new(r.asker, START_PATHS),
+                )
                 .map_err(|e| e.to_string())
                 .and_then(|k| maps.protect_for(c, k).map_err(|e| e.to_string()));
             match protected {
@@ -548,11 +556,16 @@ pub fn enroll_in(
     up: u32,
     resumed: bool,
 ) -> Result<Vec<String>, RunError> {
-    let plan = enforce::lsm::plan(task, launch).map_err(|(clause, why)| enforce::EnforceError::Refused {
-        task: task.id.clone(),
-        clause,
-        why,
-    })?;
+    // Every path below is the task's (or its launcher's) to name, and may be on a
+    // file system that does not answer: looked at in workers, bounded (realpath).
+    let w = Wait::task(c, START_PATHS);
+    let (t, l) = (task.clone(), launch.to_vec());
+    let planned = crate::worker::RESOLVERS.run(w.who, START_PATHS, move || enforce::lsm::plan(&t, &l));
+    let plan = match planned {
+        Ok(p) => p,
+        Err(stuck) => Err(("scope", format!("its files were not looked at in time ({stuck:?})"))),
+    }
+    .map_err(|(clause, why)| enforce::EnforceError::Refused { task: task.id.clone(), clause, why })?;
     let Some(maps) = sensors.lsm.as_mut() else {
         return Err(RunError::Load(crate::kernel::loader::LoadError::Map("FS_RULES")));
     };
@@ -576,11 +589,12 @@ pub fn enroll_in(
     // /usr/bin/sh, was granted so at the start too.)
     let planted = |p: &Path, real: &Path| {
         real != p
-            && p.parent()
-                .is_some_and(|d| std::fs::canonicalize(d).ok().as_deref() != Some(d) || task.write.reaches(d))
+            && p.parent().is_some_and(|d| {
+                crate::realpath::canonicalize(d, Some(&w)).ok().as_deref() != Some(d) || task.write.reaches(d)
+            })
     };
     for (p, r) in &plan.grants {
-        let real = match std::fs::canonicalize(p) {
+        let real = match crate::realpath::canonicalize(p, Some(&w)) {
             Ok(real) if resumed && planted(p, &real) => {
                 skipped.push(format!(
                     "{} now leads to {} through a symlink: not granted",
@@ -606,7 +620,9 @@ pub fn enroll_in(
             ))
             .into());
         }
-        let k = maps.ident(&real, true).map_err(|e| refuse(format!("{}: {e}", real.display())))?;
+        let k = maps
+            .ident_within(&real, true, &crate::worker::RESOLVERS, &w)
+            .map_err(|e| refuse(format!("{}: {e}", real.display())))?;
         grants.push((k, *r));
     }
     let l = monitor_common::lsm::LsmTask { flags: plan.flags, rules: c, up, _pad: 0 };

@@ -22,8 +22,9 @@ pub struct ManifestError {
     pub line: u64,
     pub field: String,
     pub msg: String,
-    /// A path's file system did not answer in time: someone kept agentmon
-    /// waiting (a refused attempt worth a record, not a typing mistake).
+    /// A path's file system did not answer in time, the asker's own lookups held
+    /// ([`crate::realpath::Error::blamed`]): someone kept agentmon waiting (a
+    /// refused attempt worth a record, not a typing mistake).
     pub stalled: bool,
 }
 
@@ -124,7 +125,7 @@ impl Ctx<'_> {
             }
             PathSetError::Unanswered(u) => {
                 let at = v.iter().find(|p| p.value.starts_with(&u.dir)).unwrap_or(&v[0]);
-                ManifestError { stalled: true, ..self.err(at, field, u.to_string()) }
+                ManifestError { stalled: u.err.blamed(), ..self.err(at, field, u.to_string()) }
             }
         })
     }
