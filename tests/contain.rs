@@ -343,9 +343,7 @@ pub fn a_slow_freeze_is_waited_for_then_made_a_kill() -> R {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let mnt_c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a valid path.
-        unsafe { libc::umount2(mnt_c.as_ptr(), libc::MNT_DETACH) };
+        support::unmount(&mnt);
         r?;
         eq("agentmon's exit", ended, Some(Some(128 + 9)))?;
     }

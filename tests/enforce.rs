@@ -709,9 +709,7 @@ pub fn memory_the_agent_serves_cannot_stop_agentmon() -> R {
     let actions = [format!("compat_creat_fuse={}", mnt.display())];
     let run = run_attempts(&d, &task, &actions);
     // The agent's server is gone with it: the mount is dead, take it away.
-    let mnt_c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid path.
-    unsafe { libc::umount2(mnt_c.as_ptr(), libc::MNT_DETACH) };
+    support::unmount(&mnt);
     let (run, res) = run?;
     eq("32-bit creat through the agent's FUSE page", res.get("compat_creat_fuse").copied(), Some(0))?;
     let creat = run
@@ -743,9 +741,7 @@ pub fn memory_the_agent_serves_cannot_stop_agentmon() -> R {
         format!("chmod={}", mnt.join("slow").display()),
     ];
     let run = run_attempts(&d, &task, &actions);
-    let mnt_c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid path.
-    unsafe { libc::umount2(mnt_c.as_ptr(), libc::MNT_DETACH) };
+    support::unmount(&mnt);
     let (run, res) = run?;
     eq("held unlink, its name in a page served late", res.get("unlink_mapped").copied(), Some(libc::EFAULT))?;
     ensure(d.join("repo/held.txt").exists(), || "the held file was deleted".into())?;

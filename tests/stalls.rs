@@ -51,9 +51,7 @@ impl Drop for Stalling {
     fn drop(&mut self) {
         let _ = std::fs::write(&self.go, b"");
         std::thread::sleep(Duration::from_millis(100));
-        let c = std::ffi::CString::new(self.mnt.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a valid path.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        support::unmount(&self.mnt);
     }
 }
 
@@ -261,9 +259,7 @@ pub fn an_exec_held_on_a_stalling_file_system_cannot_stop_agentmon() -> R {
     let _ = std::fs::write(d.join("go"), b"");
     let (agent, answered, held) = run?;
     let settled = crate::approval::settle(agent, Ok(()));
-    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid path.
-    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    support::unmount(&mnt);
     ensure(answered, || "the held exec was not answered while its program's open was held".into())?;
     ensure(held, || "agentmon's open was not held (the test did not stall it)".into())?;
     settled?;

@@ -197,6 +197,14 @@ pub fn exit_within(child: &mut std::process::Child, limit: std::time::Duration) 
     code
 }
 
+/// Takes the mount at `mnt` away (lazily: a FUSE server's mount, whatever still
+/// uses it).
+pub fn unmount(mnt: &Path) {
+    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}
+
 /// Mounts the test's FUSE file system at `mnt` (tests/scenarios/fuse.rs), served
 /// by a child of this binary until the mount goes; `slow` says how `slow`'s
 /// lookups are answered (`when`, `after-first`; none: 3 s late). Its `asked` and
