@@ -1,7 +1,8 @@
 //! A file system that does not answer cannot stop agentmon.
 //!
-//! Anyone may start a task through the daemon's socket, and any user may serve a
-//! FUSE file system. agentmon resolved the paths a task names (its scope, its
+//! An agent names paths (a delegated sub-task's scope, the files its calls touch,
+//! a program it asks to run), an operator's task may name paths an agent chose,
+//! and a file system there may be served by a process. agentmon resolved the paths a task names (its scope, its
 //! events file) and the directories of an agent's calls the kernel did not walk
 //! with plain lookups on its loop: a server that answers the caller's own lookup
 //! and then stops answering held the loop, and with it every task's events,

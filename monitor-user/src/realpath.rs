@@ -3,9 +3,10 @@
 //!
 //! `std::fs::canonicalize` looks every component up, and a lookup on a FUSE mount
 //! waits for whoever serves it. A user's server that stopped answering stopped
-//! agentmon's loop, for every task, for as long as it liked: a task started through
-//! the daemon's socket (anyone may) whose scope named a directory there, or an
-//! agent's failed call beneath one, whose directory the enricher resolves. Here a
+//! agentmon's loop, for every task, for as long as it liked: a sub-task an agent
+//! delegated (or an operator's task whose manifest an agent wrote) whose scope
+//! named a directory there, or an agent's failed call beneath one, whose directory
+//! the enricher resolves. Here a
 //! path is resolved from the kernel's caches alone first (`openat2` with
 //! `RESOLVE_CACHED`, which fails with EAGAIN rather than ask a file system), and only
 //! when that cannot be done, by a [`worker`] thread waited for at most a bound: a

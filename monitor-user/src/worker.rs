@@ -5,8 +5,8 @@
 //! and performing the operation can each wait on something the agent controls:
 //! a page of a file it serves itself, a lookup or a `setattr` on its own FUSE
 //! mount. So can resolving the paths a task names when it starts or is delegated
-//! (anyone may start a task through the daemon's socket, and name a directory on
-//! a FUSE mount that never answers). Done on the loop, that stopped agentmon for
+//! (an agent delegating a sub-task may name a directory on a FUSE mount that never
+//! answers). Done on the loop, that stopped agentmon for
 //! every task. Each such step runs in a worker thread and is waited for at most a
 //! bound; a worker stuck past it stays with whoever holds it until they let go,
 //! and counts against their share ([`MAX_EACH`]) and the whole ([`MAX`]): past its

@@ -107,8 +107,8 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
         return Reply::err(format!("{what}: pid {} is agentmon or already in a task", r.pid));
     }
     let now = e.p.enr.clock().now_wall();
-    // Whoever asks names the paths, and may serve their file system: the loop waits
-    // for them only so long (anyone may reach the daemon's socket).
+    // The paths may be an agent's choice (a manifest it wrote), on a file system a
+    // process serves: the loop waits for them only so long.
     let paths = Wait::new(r.asker, START_PATHS);
     let mut task =
         match crate::task::parse_unresolved(&r.manifest, Path::new(&r.file), now, Resolve::Within(paths)) {
