@@ -173,8 +173,9 @@ fn round(d: &Path, nodes: &mut [Server], cluster: &Cluster, quorum: bool) -> R {
             "--spool",
             spool.to_str().unwrap(),
         ];
-        // 150 files over 3 s or more: the kills fall in the middle.
-        let cmd = [me.display().to_string(), w.display().to_string(), "150".into(), "20".into()];
+        // 150 files over 3 s or more, held after 75 until the nodes are killed
+        // (finding them may take longer than the run: a busy machine).
+        let cmd = [me.display().to_string(), w.display().to_string(), "150".into(), "20".into(), "75".into()];
         let child = exec_command(&events, &flags, &cmd, &[(SCENARIO_ENV, "stream")], &w)
             .spawn()
             .map_err(|e| e.to_string())?;
@@ -213,10 +214,11 @@ fn round(d: &Path, nodes: &mut [Server], cluster: &Cluster, quorum: bool) -> R {
     for &i in &doomed {
         nodes[i].kill();
     }
-    for (child, _, s) in runs.iter_mut() {
+    for (i, (child, _, s)) in runs.iter_mut().enumerate() {
         ensure(child.try_wait().ok().flatten().is_none(), || {
             format!("{}: the host's task ended before the kills: nothing tested", s.stream())
         })?;
+        std::fs::write(d.join(format!("{label}{i}/go-on")), b"").map_err(|e| e.to_string())?;
     }
     if !quorum {
         // The tasks end while the cluster cannot store; the nodes come back during

@@ -17,7 +17,7 @@ use crate::{
 
 /// A work dir with an enforced task and a rules dir whose one rule reacts to the
 /// creation of `repo/<marker>` with `action`.
-fn setup(name: &str, marker: &str, action: &str) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+pub(crate) fn setup(name: &str, marker: &str, action: &str) -> Result<(PathBuf, PathBuf, PathBuf), String> {
     let d = workdir(name);
     let repo = d.join("repo");
     let rules = d.join("rules");
@@ -48,7 +48,7 @@ fn setup(name: &str, marker: &str, action: &str) -> Result<(PathBuf, PathBuf, Pa
     Ok((d, task, rules))
 }
 
-fn scenario_cmd(d: &Path, args: &[&str]) -> Result<Vec<String>, String> {
+pub(crate) fn scenario_cmd(d: &Path, args: &[&str]) -> Result<Vec<String>, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     Ok([me.display().to_string(), d.display().to_string()]
         .into_iter()

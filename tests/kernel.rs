@@ -186,6 +186,10 @@ fn main() {
             "a_slow_freeze_is_waited_for_then_made_a_kill",
             contain::a_slow_freeze_is_waited_for_then_made_a_kill,
         ),
+        (
+            "a_kill_held_by_a_file_system_cannot_stop_the_daemon",
+            stalls::a_kill_held_by_a_file_system_cannot_stop_the_daemon,
+        ),
         ("daemon_selectors_attach_agents", daemon::daemon_selectors_attach_agents),
         ("daemon_holds_approval_gates", daemon::daemon_holds_approval_gates),
         ("control_rights_stay_with_the_connector", adversary::control_rights_stay_with_the_connector),

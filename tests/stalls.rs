@@ -273,3 +273,187 @@ pub fn an_exec_held_on_a_stalling_file_system_cannot_stop_agentmon() -> R {
     })?;
     Ok(())
 }
+
+/// A kill the kernel cannot finish at once does not hold the daemon. A process
+/// waiting in a file system's answer that its server has read cannot die until
+/// the answer comes (SIGKILL waits for it), and the server may be anyone's: here
+/// the test's, beside an agent whose child waits in its lookup. The daemon used to
+/// sweep a killed task on its loop for up to 5 s, so each such kill (a rule's, an
+/// operator's, an expiry's) stopped every task's events, approvals and operators
+/// for that long. Now the kill goes on off the loop: its record, and the answer to
+/// an operator who asked, come when the last process is gone (the lookup answered)
+/// or, 5 s on, say which are not; the daemon answers its operators meanwhile.
+pub fn a_kill_held_by_a_file_system_cannot_stop_the_daemon() -> R {
+    // (name, killed by a rule (else an operator), the lookup answered (else never))
+    for (name, by_rule, answered) in [("kill-held-rule", true, true), ("kill-held-op", false, false)] {
+        // The operator's case: a rule that never fires.
+        let marker = if by_rule { "FREEZE-ME" } else { "NEVER" };
+        let (d, task, rules) = crate::contain::setup(name, marker, "kill")?;
+        if !support::can_enforce() {
+            return Ok(support::enforce_refused_here(&task, &d)?);
+        }
+        let (sock, all) = daemon_paths(&d);
+        let mnt = d.join("mnt");
+        support::serve_fuse(&d, &mnt, Some("when"))?;
+        let daemon = start_daemon(&d, &format!("rules: {}\n", rules.display()));
+        let r = daemon
+            .as_ref()
+            .map_err(|e| e.clone())
+            .and_then(|_| held_kill(&d, &sock, &task, name, by_rule, answered));
+        let _ = std::fs::write(d.join("go"), b"");
+        let stopped = daemon.map(stop);
+        support::unmount(&mnt);
+        let (child, kill_at) = r?;
+        let _ = stopped??;
+        let evs = events(&all)?;
+        let kills: Vec<&Event> =
+            evs.iter().filter(|e| e.kind == Kind::Action && e.action.as_deref() == Some("kill")).collect();
+        let said = |e: &Event| {
+            (e.detail.get("by").and_then(|v| v.as_str()).unwrap_or_default().to_string(), e.detail.clone())
+        };
+        let asked = if by_rule { "policy" } else { "operator" };
+        // One record at the kill, and one more if it was not over in 5 s.
+        let want = if answered { vec![asked] } else { vec![asked, "kill_timeout"] };
+        ensure(kills.iter().map(|e| said(e).0).collect::<Vec<_>>() == want, || {
+            format!("{name}: kill records {:?}", kills.iter().map(|e| said(e)).collect::<Vec<_>>())
+        })?;
+        let k = kills[0];
+        eq("recorded while processes were left", k.detail.get("settled"), Some(&serde_json::json!(false)))?;
+        eq("the kill's error", k.detail.get("error"), None)?;
+        let signalled = k.detail.get("processes").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+        ensure(signalled.iter().any(|p| p.as_u64() == Some(child.into())), || {
+            format!("the waiting child {child} is not among the processes killed: {:?}", k.detail)
+        })?;
+        ensure(k.ts.0 <= kill_at, || format!("the record's time {} is after the kill ({kill_at})", k.ts.0))?;
+        if let Some(late) = kills.get(1) {
+            eq("the late record names the kill", late.detail.get("kill"), Some(&serde_json::json!(k.id)))?;
+            eq("asked by", late.detail.get("asked_by").and_then(|v| v.as_str()), Some(asked))?;
+            let error = late.detail.get("error").and_then(|v| v.as_str());
+            ensure(
+                error.is_some_and(|e| e.contains(&format!("{child} (")) && e.contains("state D")),
+                || format!("the late kill does not name the process left: {:?}", late.detail),
+            )?;
+        }
+        let end = evs.iter().position(|e| e.kind == Kind::TaskEnd && e.task.as_deref() == Some(name));
+        let kill = evs.iter().position(|e| std::ptr::eq(e, k));
+        ensure(end.is_some_and(|end| kill < Some(end)), || {
+            format!("task_end {end:?} before the kill {kill:?}")
+        })?;
+    }
+    Ok(())
+}
+
+/// Starts the agent under the daemon, has it killed while its child waits in the
+/// lookup, and checks the daemon meanwhile: the waiting child's pid and the
+/// kill's time (ns since the epoch, at the latest).
+fn held_kill(
+    d: &Path,
+    sock: &Path,
+    task: &Path,
+    name: &str,
+    by_rule: bool,
+    answered: bool,
+) -> Result<(u32, i128), String> {
+    let mnt = d.join("mnt");
+    let cmd = crate::contain::scenario_cmd(d, &[mnt.join("slow").to_str().unwrap()])?;
+    let mut agent = under_daemon(sock, task)
+        .args(&cmd)
+        .env(support::SCENARIO_ENV, "slow_freeze")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let limit = Duration::from_secs(30) * support::slowdown();
+    let r = (|| -> Result<(u32, i128), String> {
+        ensure(support::wait(limit, || d.join("asked").exists()), || {
+            "the child's lookup was not held".into()
+        })?;
+        let mut op = None;
+        if !by_rule {
+            // After the agent's marker (its heartbeat follows), as in the rule's case.
+            ensure(support::wait(limit, || d.join("repo/heartbeat").exists()), || "no heartbeat".into())?;
+            op = Some(
+                Command::new(agentmon())
+                    .args(["kill", name, "--socket"])
+                    .arg(sock)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        // The root is killed first; its exec ends with it.
+        ensure(support::exit_within(&mut agent, limit).is_some(), || "the agent was not killed".into())?;
+        let kill_at = agentmon::event::Timestamp::now().0;
+        // The daemon answers while the child cannot die.
+        let began = Instant::now();
+        let status = Command::new(agentmon())
+            .args(["status", "--socket"])
+            .arg(sock)
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| e.to_string())?;
+        let took = began.elapsed();
+        ensure(status.status.success(), || format!("status: {}", String::from_utf8_lossy(&status.stderr)))?;
+        ensure(took < Duration::from_secs(2) * support::slowdown(), || {
+            format!("status answered {took:?} into a kill that cannot finish")
+        })?;
+        let tasks: serde_json::Value = serde_json::from_slice(&status.stdout).map_err(|e| e.to_string())?;
+        let t = tasks[0]["tasks"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["task"] == name))
+            .ok_or_else(|| format!("status does not show the task: {tasks}"))?;
+        eq(
+            "killed, not yet over",
+            (&t["killed"], &t["dying"]),
+            (&serde_json::json!(true), &serde_json::json!(true)),
+        )?;
+        let procs = t["processes"].as_array().cloned().unwrap_or_default();
+        let child = match procs.as_slice() {
+            [p] => p.as_u64().ok_or("a pid")? as u32,
+            _ => return Err(format!("the task's processes while it dies: {procs:?}")),
+        };
+        ensure(d.join("asked").exists() && !d.join("go").exists(), || "the lookup ended early".into())?;
+        if let Some(op) = &mut op {
+            ensure(op.try_wait().map_err(|e| e.to_string())?.is_none(), || {
+                "the operator was answered before the kill was over".into()
+            })?;
+        }
+        if answered {
+            std::fs::write(d.join("go"), b"").map_err(|e| e.to_string())?;
+        }
+        if let Some(op) = op {
+            let out = op.wait_with_output().map_err(|e| e.to_string())?;
+            let (said, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            if answered {
+                eq(
+                    "the operator's answer",
+                    (out.status.code(), said.trim()),
+                    (Some(0), &*format!("task {name} killed")),
+                )?;
+            } else {
+                ensure(out.status.code() == Some(1) && err.contains("processes still alive"), || {
+                    format!("the operator's answer: {:?} {said} {err}", out.status.code())
+                })?;
+            }
+        }
+        // The task ends once its last process has.
+        let _ = std::fs::write(d.join("go"), b"");
+        ensure(support::wait(limit, || !ctl_shows(sock, name)), || "the task did not end".into())?;
+        Ok((child, kill_at))
+    })();
+    if agent.try_wait().ok().flatten().is_none() {
+        let _ = agent.kill();
+        let _ = agent.wait();
+    }
+    r
+}
+
+/// Whether the daemon at `sock` still shows task `name`.
+fn ctl_shows(sock: &Path, name: &str) -> bool {
+    let Ok(out) = Command::new(agentmon()).args(["status", "--socket"]).arg(sock).output() else {
+        return true;
+    };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v[0]["tasks"].as_array().is_some_and(|ts| ts.iter().any(|t| t["task"] == name))
+}

@@ -655,13 +655,24 @@ fn fuse_serve(d: &Path, args: &[String]) -> Result<(), String> {
 }
 
 /// A steady stream of file creations: `count` files under d/out, `gap_ms` apart;
-/// d/out/progress holds how many were made.
+/// d/out/progress holds how many were made. With `hold_at`, it waits after that
+/// many until d/go-on exists (a test's faults fall in the middle, however long
+/// it takes to ready them).
 fn stream(d: &Path, args: &[String]) -> Result<(), String> {
-    let n = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok()).ok_or("stream COUNT GAP_MS");
+    let n = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok()).ok_or("stream COUNT GAP_MS [HOLD_AT]");
     let (count, gap) = (n(0)?, n(1)?);
+    let hold_at = args.get(2).map(|_| n(2)).transpose()?;
     let out = d.join("out");
     fs::create_dir_all(&out).map_err(|e| e.to_string())?;
     for i in 0..count {
+        if Some(i) == hold_at {
+            for _ in 0..6000 {
+                if d.join("go-on").exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         fs::write(out.join(format!("f{i}")), b"x").map_err(|e| e.to_string())?;
         fs::write(out.join("progress"), (i + 1).to_string()).map_err(|e| e.to_string())?;
         std::thread::sleep(Duration::from_millis(gap));

@@ -8,7 +8,7 @@
 //! meanwhile inherits the mark; `cgroup.kill` ends everything in the task's cgroup
 //! in one step, races with fork included; and every process still tracked under the
 //! task is signalled until none is left (a sub-task shares its parent's cgroup, so
-//! this is what ends it). Freeze and thaw write `cgroup.freeze` and wait briefly
+//! this is what ends it), off the loop past a moment (kill.rs). Freeze and thaw write `cgroup.freeze` and wait briefly
 //! for the kernel to report it done, then check each tick (freeze.rs); a frozen
 //! tree keeps its memory and files for forensics.
 //!
@@ -19,7 +19,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     os::fd::{FromRawFd, OwnedFd},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use serde_json::json;
@@ -74,6 +74,9 @@ pub enum By<'a> {
         trigger: Option<&'a (uuid::Uuid, Option<String>)>,
         stuck: &'a [String],
     },
+    /// A kill `asked_by` someone whose processes were not all gone within
+    /// [`KILL_GRACE`] (its `detail` names the kill's record and what is left).
+    LateKill { asked_by: &'static str },
     /// An output agentmon records to failed (`Some(output, error)`: the task's
     /// `on_output_failure` is carried out) or works again (`None`: thawed).
     Outputs(Option<(&'a str, &'a str)>),
@@ -92,6 +95,7 @@ impl By<'_> {
             By::Expiry => "expiry",
             By::Outputs(_) => "output_failure",
             By::LateFreeze { .. } => "freeze_timeout",
+            By::LateKill { .. } => "kill_timeout",
             By::LeftPause => "restart",
         }
     }
@@ -119,11 +123,14 @@ struct Entry {
 pub struct Outcome {
     pub event: Option<Event>,
     pub result: Result<String, String>,
+    /// A kill with processes left: `result` is what it was asked, and whoever
+    /// asked is answered by [`Containment::settle_kills`] when it is over.
+    pub pending: bool,
 }
 
 impl Outcome {
     fn refused(msg: String) -> Self {
-        Self { event: None, result: Err(msg) }
+        Self { event: None, result: Err(msg), pending: false }
     }
 }
 
@@ -140,6 +147,8 @@ pub struct Containment {
     /// Why a pause could not be marked on its cgroup (said once; pauses go on
     /// unmarked, and a daemon killed during one leaves its task frozen).
     unmarkable: Option<String>,
+    /// Kills with processes left, swept off the loop (kill.rs).
+    kills: HashMap<Arc<str>, kill::Dying>,
 }
 
 impl Containment {
@@ -231,7 +240,8 @@ impl Containment {
                     tracked.iter().filter(|(_, c)| *c == e.cookie).map(|(p, _)| *p).collect();
                 json!({"task": id, "parent": e.parent, "enforced": e.enforce, "killed": e.killed,
                        "frozen": self.home(id).is_some_and(|cg| cg.frozen()),
-                       "freezing": e.freezing.is_some(), "processes": procs})
+                       "freezing": e.freezing.is_some(), "dying": self.kills.contains_key(id),
+                       "processes": procs})
             })
             .collect();
         v.sort_by(|a, b| a["task"].as_str().cmp(&b["task"].as_str()));
@@ -307,12 +317,16 @@ impl Containment {
             return Outcome::refused(format!("{} task called {id}", crate::ctl::NOT_MINE));
         };
         if e.killed {
-            return Outcome { event: None, result: Ok(format!("task {id} was already killed")) };
+            // Asked again while it goes: answered when it is gone, as the first.
+            let pending = self.kills.contains_key(id);
+            return Outcome { event: None, result: Ok(format!("task {id} was already killed")), pending };
         }
         let cookie = e.cookie;
         let own = e.cgroup.as_ref();
         // What becomes of a freeze under way (None: left as it is).
         let mut freezing: Option<Option<Freezing>> = None;
+        // Processes of a kill are left, swept off the loop.
+        let mut dying = false;
         let mut detail: BTreeMap<Cow<'static, str>, serde_json::Value> = BTreeMap::new();
         if matches!(act, Act::Kill | Act::Freeze) {
             // What left the cgroup comes back first, so that the action covers it.
@@ -341,20 +355,16 @@ impl Containment {
                         errors.push(format!("{}: cgroup.kill: {err}", cg.path.display()));
                     }
                 }
-                // Dying takes a moment under load (seconds under emulation).
-                let victims = sweep(sensors, cookie, Duration::from_secs(5));
+                // Dying takes a moment under load (seconds under emulation), and a
+                // process waiting on a file system as long as it answers late: the
+                // rest of the sweep is off the loop (kill.rs).
+                let victims = kill::sweep(sensors, cookie, KILL_WAIT);
                 detail.insert("processes".into(), json!(victims.signalled));
-                if victims.left.is_empty() && errors.is_empty() {
-                    Ok(format!("task {id} killed"))
-                } else {
-                    if !victims.left.is_empty() {
-                        // Which, and in what state (D: stuck in the kernel, Z: dead
-                        // but its exit not yet seen), for the operator.
-                        let left: Vec<String> = victims.left.iter().map(|&p| describe(p)).collect();
-                        errors.push(format!("processes still alive: {}", left.join(", ")));
-                    }
-                    Err(errors.join("; "))
+                if !victims.left.is_empty() {
+                    detail.insert("settled".into(), json!(false));
+                    dying = true;
                 }
+                if errors.is_empty() { Ok(format!("task {id} killed")) } else { Err(errors.join("; ")) }
             }
             Act::Pause => return Outcome::refused(format!("task {id}: pauses are agentmon's own")),
             Act::Freeze | Act::Thaw => {
@@ -378,6 +388,7 @@ impl Containment {
                     if on { cg.frozen() && !was_paused } else { !cg.frozen() && !cg.freeze_requested() };
                 if already {
                     return Outcome {
+                        pending: false,
                         event: None,
                         result: Ok(format!("task {id} was already {}", if on { "frozen" } else { "thawed" })),
                     };
@@ -430,7 +441,10 @@ impl Containment {
             detail.insert("error".into(), json!(err));
         }
         let ev = action_event(id, act, &by, detail, host, now);
-        Outcome { event: Some(ev), result }
+        if dying {
+            self.kills.insert(Arc::from(id), kill::Dying::new(cookie, Instant::now(), ev.id, by.name()));
+        }
+        Outcome { event: Some(ev), result, pending: dying }
     }
 }
 
@@ -504,6 +518,10 @@ fn action_event(
             }
             Some(format!("the freeze ({asked_by}) did not complete within {} s", FREEZE_GRACE.as_secs()))
         }
+        By::LateKill { asked_by } => {
+            detail.insert("asked_by".into(), json!(asked_by));
+            Some(format!("the kill ({asked_by}) did not end every process within {} s", KILL_GRACE.as_secs()))
+        }
         By::Outputs(Some((out, err))) => {
             detail.insert("output".into(), json!(out));
             Some(format!("fail closed: {out} cannot be written ({err})"))
@@ -518,32 +536,6 @@ fn action_event(
     }
     ev.detail = detail;
     ev
-}
-
-struct Swept {
-    signalled: Vec<u32>,
-    left: Vec<u32>,
-}
-
-/// Signals every process tracked under `cookie` until none is left or `limit` passes.
-fn sweep(sensors: &Sensors, cookie: u32, limit: Duration) -> Swept {
-    let start = Instant::now();
-    let mut signalled = Vec::new();
-    loop {
-        let left: Vec<u32> =
-            sensors.tracked().into_iter().filter(|&(_, c)| c == cookie).map(|(p, _)| p).collect();
-        if left.is_empty() || start.elapsed() > limit {
-            signalled.sort_unstable();
-            signalled.dedup();
-            return Swept { signalled, left };
-        }
-        for &pid in &left {
-            if signal_tracked(sensors, pid, cookie) {
-                signalled.push(pid);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// `pid (comm) state S` from /proc, or just the pid once it is gone.
@@ -577,12 +569,15 @@ fn signal_tracked(sensors: &Sensors, pid: u32, cookie: u32) -> bool {
 }
 
 mod freeze;
+mod kill;
 mod pause;
 
 use pause::unmark;
 
 pub use freeze::FREEZE_GRACE;
 use freeze::{FREEZE_WAIT, Freezing};
+use kill::KILL_WAIT;
+pub use kill::{KILL_GRACE, KILL_SWEEP, Killed};
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -228,8 +228,10 @@ impl Metrics {
         if let Some(v) = &ev.verdict {
             m.verdicts.with(v, inc);
         }
+        // (A late kill's record reports on one counted already.)
         if ev.kind == Kind::Action
             && let Some(a) = &ev.action
+            && ev.detail.get("by").and_then(|v| v.as_str()) != Some("kill_timeout")
         {
             m.actions.with(a, inc);
         }

@@ -85,6 +85,10 @@ fn counts_events_by_kind_verdict_and_action() {
     kill.action = Some(Cow::Borrowed("kill"));
     m.event(&kill);
     m.event(&kill);
+    // A late kill's record reports on a kill counted already: an event, not an action.
+    let mut late = kill.clone();
+    late.detail.insert("by".into(), serde_json::json!("kill_timeout"));
+    m.event(&late);
     let mut thaw = ev(Kind::Action);
     thaw.action = Some(Cow::Owned("thaw".to_string()));
     m.event(&thaw);
@@ -92,7 +96,7 @@ fn counts_events_by_kind_verdict_and_action() {
     let text = m.encode();
     let s = samples(&text);
     assert_line(&text, r#"agentmon_events_total{kind="file_write"} 2"#);
-    assert_line(&text, r#"agentmon_events_total{kind="action"} 3"#);
+    assert_line(&text, r#"agentmon_events_total{kind="action"} 4"#);
     assert_line(&text, r#"agentmon_events_total{kind="exec"} 0"#);
     assert_line(&text, r#"agentmon_verdicts_total{verdict="out_of_scope"} 1"#);
     assert_line(&text, r#"agentmon_verdicts_total{verdict="in_scope"} 0"#);
@@ -105,7 +109,7 @@ fn counts_events_by_kind_verdict_and_action() {
     let kinds: Vec<_> = s.keys().filter(|k| k.starts_with("agentmon_events_total{")).collect();
     assert_eq!(kinds.len(), Kind::ALL.len());
     let total: f64 = s.iter().filter(|(k, _)| k.starts_with("agentmon_events_total{")).map(|(_, v)| v).sum();
-    assert_eq!(total, 5.0);
+    assert_eq!(total, 6.0);
     assert!(text.contains("# TYPE agentmon_events counter\n"), "{text}");
 }
 

@@ -337,8 +337,9 @@ impl NatsSink {
                     // nor does a thaw issue anything again.
                     // (Also when that freeze did not complete and was made a kill.)
                     let said = |k: &str| ev.detail.get(k).and_then(|v| v.as_str());
+                    // (Or when its kill did not end every process in time.)
                     let own = said("by") == Some("output_failure")
-                        || (said("by") == Some("freeze_timeout")
+                        || (matches!(said("by"), Some("freeze_timeout" | "kill_timeout"))
                             && said("asked_by") == Some("output_failure"));
                     let why = match (act, failed) {
                         ("kill", false) => "task killed",

@@ -37,6 +37,8 @@ pub struct Engine {
     /// copy (taken at registration or back at a resume): one offered again by that
     /// exec is not read a second time.
     pub gated: std::collections::HashSet<(Arc<str>, u32)>,
+    /// Operators waiting for kills with processes left.
+    pub after_kill: Vec<super::serve::AfterKill>,
 }
 
 impl Engine {
@@ -90,6 +92,7 @@ impl Engine {
             gated: Default::default(),
             hosts: Default::default(),
             delegations: Default::default(),
+            after_kill: Vec::new(),
         })
     }
 

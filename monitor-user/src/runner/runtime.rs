@@ -151,6 +151,8 @@ impl Runtime {
         let mut scanner = Scanner::default();
         let mut scan = tokio::time::interval(Duration::from_millis(250));
         scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut sweep = tokio::time::interval(crate::contain::KILL_SWEEP);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let stop = |sig: Signal| match child {
             Some(pid) => {
                 let _ = nix::sys::signal::kill(pid, sig);
@@ -242,6 +244,12 @@ impl Runtime {
                     }
                     e.out.batch_end();
                 }
+                // Kills with processes left (a file system holds them): swept here,
+                // not on the arm that asked.
+                _ = sweep.tick(), if e.p.contain.dying() => {
+                    super::serve::settle_kills(e);
+                    e.out.batch_end();
+                }
                 st = wait(&mut waiter) => break Some(st.map_err(std::io::Error::other)?),
                 _ = sigint.recv() => if stop(Signal::SIGINT) { break None },
                 _ = sigterm.recv() => if stop(Signal::SIGTERM) { break None },
@@ -275,6 +283,11 @@ impl Runtime {
             tracing::warn!("{left} bytes of records were still in the ring at the end");
         }
         e.p.unsaid_refusals(&mut e.out, true);
+        // Kills under way are seen through (their grace at most) and answered.
+        let host = e.host();
+        let clock = e.p.enr.clock();
+        let done = e.p.contain.finish_kills(&e.sensors, host, || clock.now_wall());
+        super::serve::kills_over(e, done);
         super::alarms::dropped(e);
         // Never left frozen by agentmon's own pause.
         if let Some(p) = &mut e.p.pressure {

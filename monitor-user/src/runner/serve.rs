@@ -81,7 +81,7 @@ fn serve(
             refused => refused,
         };
     }
-    Some(serve_now(caller, writers, req, fds, e, noise))
+    Some(serve_now(caller, writers, req, fds, e, noise, stream))
 }
 
 /// The refusal (recorded) of a request written by someone other than its connector.
@@ -104,6 +104,8 @@ fn not_its_writers(
     None
 }
 
+/// Answers one request now, or (a kill with processes left) takes `stream` to
+/// answer when the kill is over.
 fn serve_now(
     caller: &Caller,
     writers: &[u32],
@@ -111,6 +113,7 @@ fn serve_now(
     mut fds: Vec<std::os::fd::OwnedFd>,
     e: &mut Engine,
     noise: &mut Noise,
+    stream: &mut Option<tokio::net::UnixStream>,
 ) -> Reply {
     let (peer, uid) = (caller.pid, caller.uid);
     let req = match req {
@@ -204,7 +207,7 @@ fn serve_now(
             }
             return r;
         }
-        Request::End { task, kill } => return end(e, &task, kill, peer, uid),
+        Request::End { task, kill } => return end(e, &task, kill, peer, uid, stream),
         Request::Gate { task, kept } => {
             let (true, Some(fd)) = (e.setup.state.is_some(), fds.pop()) else {
                 return Reply::err("gate: a daemon takes a task's approval listener, sent with the request");
@@ -301,10 +304,55 @@ fn serve_now(
         e.out.send(ev);
         e.out.flush();
     }
+    if out.pending
+        && let Some(s) = stream.take()
+    {
+        e.after_kill.push(AfterKill { task: task.as_str().into(), stream: s, end: None });
+    }
     match out.result {
         Ok(msg) => Reply { ok: true, task: Some(task), message: Some(msg), ..Default::default() },
         Err(e) => Reply { task: Some(task), ..Reply::err(e) },
     }
+}
+
+/// An operator waiting for a kill with processes left: answered when it is over,
+/// and the task then ended if they asked (`end`: their pid and uid).
+pub struct AfterKill {
+    task: std::sync::Arc<str>,
+    stream: tokio::net::UnixStream,
+    end: Option<(u32, u32)>,
+}
+
+/// Sweeps the kills under way; records those now late and answers whoever waits
+/// for those over.
+pub fn settle_kills(e: &mut Engine) {
+    if !e.p.contain.dying() {
+        return;
+    }
+    let (host, now) = (e.host(), e.p.enr.clock().now_wall());
+    let done = e.p.contain.settle_kills(&e.sensors, host, now);
+    kills_over(e, done);
+}
+
+/// Records the late kills of `done` and answers whoever waits for them.
+pub fn kills_over(e: &mut Engine, done: Vec<crate::contain::Killed>) {
+    for k in done {
+        if let Some(ev) = &k.event {
+            e.out.send(ev);
+        }
+        let (waiting, rest) = std::mem::take(&mut e.after_kill).into_iter().partition(|w| w.task == k.id);
+        e.after_kill = rest;
+        for w in waiting {
+            let task = Some(k.id.to_string());
+            let reply = match (&k.result, w.end) {
+                (Ok(_), Some((peer, uid))) => ended(e, &k.id, peer, uid),
+                (Ok(msg), None) => Reply { ok: true, task, message: Some(msg.clone()), ..Default::default() },
+                (Err(err), _) => Reply { task, ..Reply::err(err.clone()) },
+            };
+            ctl::reply_later(w.stream, reply);
+        }
+    }
+    e.out.flush();
 }
 
 /// An approver's decision on a held call.
@@ -446,8 +494,16 @@ fn prompt(
     }
 }
 
-/// Ends a task at an operator's request (killing it first if asked).
-fn end(e: &mut Engine, task: &str, kill: bool, peer: u32, uid: u32) -> Reply {
+/// Ends a task at an operator's request (killing it first if asked: ended when the
+/// kill is over, answered on `stream` then).
+fn end(
+    e: &mut Engine,
+    task: &str,
+    kill: bool,
+    peer: u32,
+    uid: u32,
+    stream: &mut Option<tokio::net::UnixStream>,
+) -> Reply {
     let Some(id) = e.p.task_ids().into_iter().find(|t| &**t == task) else {
         return Reply::err(format!("{} task called {task}", ctl::NOT_MINE));
     };
@@ -467,8 +523,20 @@ fn end(e: &mut Engine, task: &str, kill: bool, peer: u32, uid: u32) -> Reply {
         if let Err(err) = out.result {
             return Reply { task: Some(id.to_string()), ..Reply::err(err) };
         }
+        if out.pending
+            && let Some(s) = stream.take()
+        {
+            e.out.flush();
+            e.after_kill.push(AfterKill { task: id, stream: s, end: Some((peer, uid)) });
+            return Reply::default();
+        }
     }
-    match e.p.task_ended(&id, &format!("ended by an operator (pid {peer}, uid {uid})")) {
+    ended(e, &id, peer, uid)
+}
+
+/// The task's end at an operator's request.
+fn ended(e: &mut Engine, id: &std::sync::Arc<str>, peer: u32, uid: u32) -> Reply {
+    match e.p.task_ended(id, &format!("ended by an operator (pid {peer}, uid {uid})")) {
         Some(ev) => {
             e.out.send(&ev);
             e.out.flush();

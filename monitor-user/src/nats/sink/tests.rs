@@ -165,6 +165,14 @@ fn revokes_name_the_credentials_and_are_signed() {
         ev.detail.insert("asked_by".into(), serde_json::json!(asked_by));
         ev
     };
+    // A kill that did not end every process in time, reported again: agentmon's
+    // own when its kill was, else the credentials go again (nothing to signal).
+    let late_kill = |asked_by: &str| {
+        let mut ev = late(asked_by);
+        ev.detail.insert("by".into(), serde_json::json!("kill_timeout"));
+        ev.detail.insert("error".into(), serde_json::json!("processes still alive"));
+        ev
+    };
     let evs = [
         start,
         action("t", "revoke"),
@@ -173,6 +181,8 @@ fn revokes_name_the_credentials_and_are_signed() {
         own,
         late("output_failure"),
         failed,
+        late_kill("output_failure"),
+        late_kill("policy"),
         action("t", "kill"),
         task_event(Kind::TaskEnd, "t"),
         // An expiry's freeze made a kill after the task's end: it still names the
@@ -193,6 +203,7 @@ fn revokes_name_the_credentials_and_are_signed() {
         [
             "a rule asked for it",
             "task frozen",
+            "task could not be stopped",
             "task could not be stopped",
             "task killed",
             "task ended",

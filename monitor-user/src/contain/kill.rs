@@ -1,0 +1,170 @@
+//! Kills the kernel has not yet seen through.
+//!
+//! A killed process goes only when the call it is in returns, and one waiting in
+//! a file system's answer (a FUSE request its server has read, a hard NFS mount)
+//! cannot return before the answer: SIGKILL waits with it. The server may be
+//! anyone's, an agent's own in a task the kill leaves running among them. An
+//! action sweeps a killed task (signals each process still tracked under it) for
+//! [`KILL_WAIT`] on the loop; past that the sweep goes on every few milliseconds
+//! off it, for up to [`KILL_GRACE`] from the kill. Before, the loop swept for the
+//! whole grace: each kill a file system held stopped every task's events,
+//! approvals and operators for 5 s.
+//!
+//! The kill's record is written at once (`detail.settled: false` while processes
+//! are left); an operator who asked is answered when the last is gone. One still
+//! there after the grace is recorded again (`detail.by: kill_timeout`, naming the
+//! kill's record and what is left, in what state) and the operator told so: it
+//! dies when its wait ends (the kernel's SIGKILL is pending; the task's doom mark
+//! stays).
+
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+use super::{Act, By, Containment, action_event, describe, signal_tracked};
+use crate::{
+    event::{Event, Timestamp},
+    kernel::loader::Sensors,
+};
+
+/// How long an action sweeps a killed task on the loop.
+pub(super) const KILL_WAIT: Duration = Duration::from_millis(50);
+
+/// How long a killed task is swept in all before what is left is reported.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How often a kill under way is swept off the loop.
+pub const KILL_SWEEP: Duration = Duration::from_millis(10);
+
+/// A kill with processes left.
+pub(super) struct Dying {
+    cookie: u32,
+    since: Instant,
+    /// The kill's record (`detail.kill` of a late one).
+    record: uuid::Uuid,
+    /// Who asked (`detail.asked_by` of a late one).
+    asked_by: &'static str,
+}
+
+impl Dying {
+    pub(super) fn new(cookie: u32, since: Instant, record: uuid::Uuid, asked_by: &'static str) -> Self {
+        Self { cookie, since, record, asked_by }
+    }
+}
+
+/// A kill over: every process gone, or the grace past.
+pub struct Killed {
+    pub id: Arc<str>,
+    /// A late kill's record.
+    pub event: Option<Event>,
+    /// The answer for an operator who asked.
+    pub result: Result<String, String>,
+}
+
+pub(super) struct Swept {
+    pub(super) signalled: Vec<u32>,
+    pub(super) left: Vec<u32>,
+}
+
+/// Signals every process tracked under `cookie` until none is left or `limit` passes.
+pub(super) fn sweep(sensors: &Sensors, cookie: u32, limit: Duration) -> Swept {
+    let start = Instant::now();
+    let mut signalled = Vec::new();
+    loop {
+        let left = once(sensors, &sensors.tracked(), cookie, &mut signalled);
+        if left.is_empty() || start.elapsed() >= limit {
+            signalled.sort_unstable();
+            signalled.dedup();
+            return Swept { signalled, left };
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One pass: signals what of `tracked` is under `cookie` (noted in `signalled`);
+/// what was there.
+fn once(sensors: &Sensors, tracked: &[(u32, u32)], cookie: u32, signalled: &mut Vec<u32>) -> Vec<u32> {
+    let left: Vec<u32> = tracked.iter().filter(|&&(_, c)| c == cookie).map(|&(p, _)| p).collect();
+    for &pid in &left {
+        if signal_tracked(sensors, pid, cookie) {
+            signalled.push(pid);
+        }
+    }
+    left
+}
+
+impl Containment {
+    /// Whether a kill is under way (swept every [`KILL_SWEEP`]).
+    pub fn dying(&self) -> bool {
+        !self.kills.is_empty()
+    }
+
+    /// Whether a kill of task `id` is under way.
+    pub fn is_dying(&self, id: &str) -> bool {
+        self.kills.contains_key(id)
+    }
+
+    /// Sweeps each kill under way once; those over, with what to record and answer.
+    pub fn settle_kills(&mut self, sensors: &Sensors, host: Arc<str>, now: Timestamp) -> Vec<Killed> {
+        if self.kills.is_empty() {
+            return Vec::new();
+        }
+        let tracked = sensors.tracked();
+        let mut done = Vec::new();
+        self.kills.retain(|id, d| {
+            let left = once(sensors, &tracked, d.cookie, &mut Vec::new());
+            if left.is_empty() {
+                tracing::info!(
+                    "task {id}: its last process gone {} ms after the kill",
+                    d.since.elapsed().as_millis()
+                );
+                done.push(Killed { id: id.clone(), event: None, result: Ok(format!("task {id} killed")) });
+                return false;
+            }
+            if d.since.elapsed() < KILL_GRACE {
+                return true;
+            }
+            // Which, and in what state (D: waiting in the kernel, Z: dead but its
+            // exit not yet seen), for the operator.
+            let named: Vec<String> = left.iter().map(|&p| describe(p)).collect();
+            let why = format!(
+                "processes still alive {} s after the kill: {} (each dies when its wait in the kernel ends)",
+                KILL_GRACE.as_secs(),
+                named.join(", ")
+            );
+            tracing::error!("task {id}: {why}");
+            let mut detail: BTreeMap<Cow<'static, str>, serde_json::Value> = BTreeMap::new();
+            detail.insert("kill".into(), json!(d.record));
+            detail.insert("processes".into(), json!(left));
+            detail.insert("error".into(), json!(why));
+            let by = By::LateKill { asked_by: d.asked_by };
+            let ev = action_event(id, Act::Kill, &by, detail, host.clone(), now);
+            done.push(Killed { id: id.clone(), event: Some(ev), result: Err(why) });
+            false
+        });
+        done
+    }
+
+    /// Every kill under way seen through, its grace at most (agentmon stopping:
+    /// nothing else waits for its loop).
+    pub fn finish_kills(
+        &mut self,
+        sensors: &Sensors,
+        host: Arc<str>,
+        now: impl Fn() -> Timestamp,
+    ) -> Vec<Killed> {
+        let mut done = Vec::new();
+        while self.dying() {
+            done.extend(self.settle_kills(sensors, host.clone(), now()));
+            if self.dying() {
+                std::thread::sleep(KILL_SWEEP);
+            }
+        }
+        done
+    }
+}
