@@ -38,8 +38,14 @@ pub(super) const KILL_WAIT: Duration = Duration::from_millis(50);
 /// How long a killed task is swept in all before what is left is reported.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 
-/// How often a kill under way is swept off the loop.
+/// How often a kill under way is swept off the loop: the processes it left.
 pub const KILL_SWEEP: Duration = Duration::from_millis(10);
+
+/// How often the whole tracking map is walked for a kill's processes (a fork
+/// that raced the kill and makes no syscall, in a sub-task that has no cgroup of
+/// its own), and whenever those it left are gone. A walk reads every tracked
+/// process's entry (an agent may fork thousands): not every 10 ms.
+const KILL_WALK: Duration = Duration::from_millis(100);
 
 /// A kill with processes left.
 pub(super) struct Dying {
@@ -49,11 +55,15 @@ pub(super) struct Dying {
     record: uuid::Uuid,
     /// Who asked (`detail.asked_by` of a late one).
     asked_by: &'static str,
+    /// What the last walk found left.
+    left: Vec<u32>,
+    walked: Instant,
 }
 
 impl Dying {
-    pub(super) fn new(cookie: u32, since: Instant, record: uuid::Uuid, asked_by: &'static str) -> Self {
-        Self { cookie, since, record, asked_by }
+    pub(super) fn new(cookie: u32, record: uuid::Uuid, asked_by: &'static str, left: Vec<u32>) -> Self {
+        let now = Instant::now();
+        Self { cookie, since: now, record, asked_by, left, walked: now }
     }
 }
 
@@ -114,10 +124,21 @@ impl Containment {
         if self.kills.is_empty() {
             return Vec::new();
         }
-        let tracked = sensors.tracked();
+        // Those each kill left, again; the map walked if one's are gone, its grace
+        // is past, or it is time.
+        let mut walk = false;
+        for d in self.kills.values_mut() {
+            d.left.retain(|&p| sensors.task_of(p) == Some(d.cookie) && signal_tracked(sensors, p, d.cookie));
+            walk |= d.left.is_empty() || d.walked.elapsed() >= KILL_WALK || d.since.elapsed() >= KILL_GRACE;
+        }
+        let tracked = if walk { sensors.tracked() } else { Vec::new() };
         let mut done = Vec::new();
         self.kills.retain(|id, d| {
-            let left = once(sensors, &tracked, d.cookie, &mut Vec::new());
+            if walk {
+                d.left = once(sensors, &tracked, d.cookie, &mut Vec::new());
+                d.walked = Instant::now();
+            }
+            let left = &d.left;
             if left.is_empty() {
                 tracing::info!(
                     "task {id}: its last process gone {} ms after the kill",

@@ -19,7 +19,6 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     os::fd::{FromRawFd, OwnedFd},
     sync::Arc,
-    time::Instant,
 };
 
 use serde_json::json;
@@ -325,8 +324,8 @@ impl Containment {
         let own = e.cgroup.as_ref();
         // What becomes of a freeze under way (None: left as it is).
         let mut freezing: Option<Option<Freezing>> = None;
-        // Processes of a kill are left, swept off the loop.
-        let mut dying = false;
+        // The processes a kill left, swept off the loop.
+        let mut left = None;
         let mut detail: BTreeMap<Cow<'static, str>, serde_json::Value> = BTreeMap::new();
         if matches!(act, Act::Kill | Act::Freeze) {
             // What left the cgroup comes back first, so that the action covers it.
@@ -362,7 +361,7 @@ impl Containment {
                 detail.insert("processes".into(), json!(victims.signalled));
                 if !victims.left.is_empty() {
                     detail.insert("settled".into(), json!(false));
-                    dying = true;
+                    left = Some(victims.left);
                 }
                 if errors.is_empty() { Ok(format!("task {id} killed")) } else { Err(errors.join("; ")) }
             }
@@ -441,10 +440,11 @@ impl Containment {
             detail.insert("error".into(), json!(err));
         }
         let ev = action_event(id, act, &by, detail, host, now);
-        if dying {
-            self.kills.insert(Arc::from(id), kill::Dying::new(cookie, Instant::now(), ev.id, by.name()));
+        let pending = left.is_some();
+        if let Some(left) = left {
+            self.kills.insert(Arc::from(id), kill::Dying::new(cookie, ev.id, by.name(), left));
         }
-        Outcome { event: Some(ev), result, pending: dying }
+        Outcome { event: Some(ev), result, pending }
     }
 }
 
