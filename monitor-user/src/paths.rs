@@ -108,8 +108,8 @@ enum Dir {
 #[derive(Default)]
 pub struct Resolver {
     cache: HashMap<String, (String, Instant)>,
-    /// Per task cookie: since when, and how long, its lookups kept the enricher
-    /// waiting ([`SPEND`]).
+    /// Per top-level task's cookie (a sub-task's lookups are its top's): since
+    /// when, and how long, its lookups kept the enricher waiting ([`SPEND`]).
     spent: HashMap<u32, (Instant, Duration)>,
 }
 
@@ -117,8 +117,8 @@ const CACHE_TTL: Duration = Duration::from_secs(1);
 const CACHE_MAX: usize = 4096;
 
 impl Resolver {
-    /// Resolves an operand of task `cookie`'s event (its share of the lookups
-    /// waited for). `exact` means the kernel walked the file itself.
+    /// Resolves an operand of an event of top-level task `cookie` (its share of
+    /// the lookups waited for). `exact` means the kernel walked the file itself.
     pub fn resolve(&mut self, op: &Operand, exact: bool, cookie: u32) -> (String, Resolution) {
         let g: &str = &op.given;
         if exact || g.is_empty() {

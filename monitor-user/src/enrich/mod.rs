@@ -60,6 +60,8 @@ pub struct Enricher {
     clock: Clock,
     /// Task cookie -> task id.
     tasks: HashMap<u32, Arc<str>>,
+    /// Each sub-task's top-level task ([`Self::top`]).
+    tops: HashMap<u32, u32>,
     last_lost: BTreeMap<u16, u64>,
     /// Records the decoder rejected since the last loss event.
     pub decode_errors: u64,
@@ -106,6 +108,7 @@ impl Enricher {
             host: hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default().into(),
             clock: Clock::now(),
             tasks,
+            tops: HashMap::new(),
             last_lost: BTreeMap::new(),
             decode_errors: 0,
             users: HashMap::new(),
@@ -133,11 +136,25 @@ impl Enricher {
 
     pub fn unbind_task(&mut self, c: u32) {
         self.tasks.remove(&c);
+        self.tops.remove(&c);
     }
 
-    /// Names the task behind a new cookie (a delegated sub-task).
+    /// Names the task behind a new cookie.
     pub fn bind_task(&mut self, c: u32, id: Arc<str>) {
         self.tasks.insert(c, id);
+    }
+
+    /// Names a sub-task delegated from task `up`.
+    pub fn bind_sub(&mut self, c: u32, id: Arc<str>, up: u32) {
+        self.tasks.insert(c, id);
+        self.tops.insert(c, self.top(up));
+    }
+
+    /// The top-level task of task `c` (itself, if it is one): a sub-task's lookups
+    /// take its share of the waits (the enricher's budget, the resolvers), so that
+    /// an agent that delegates many does not get many shares.
+    pub fn top(&self, c: u32) -> u32 {
+        self.tops.get(&c).copied().unwrap_or(c)
     }
 
     /// Resolved path of operand `i` (operand 0 is exact when taken from an fd). A
@@ -156,7 +173,7 @@ impl Enricher {
             return Some(format!("{}{}", crate::event::UNRESOLVED_PREFIX, o.given));
         }
         let exact = i == 0 && raw.body.pflags & pflags::OP1_FROM_FD != 0;
-        Some(self.paths.resolve(o, exact, raw.hdr.task).0)
+        Some(self.paths.resolve(o, exact, self.top(raw.hdr.task)).0)
     }
 
     pub fn host(&self) -> Arc<str> {

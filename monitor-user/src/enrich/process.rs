@@ -57,7 +57,10 @@ impl Enricher {
                     ev.error = names::errno(h.ret);
                 } else {
                     ev.syscall = None;
-                    let exe = raw.ops.first().map(|o| Arc::from(self.paths.resolve(o, true, raw.hdr.task).0));
+                    let exe = raw
+                        .ops
+                        .first()
+                        .map(|o| Arc::from(self.paths.resolve(o, true, self.top(raw.hdr.task)).0));
                     let args = (b.extra_len > 0).then(|| argv(raw.extra));
                     self.procs.ensure(key, comm, h.task);
                     self.procs.exec(key, comm, exe, args.clone());

@@ -136,3 +136,22 @@ fn loss_reports_deltas_only() {
     c.lost.insert(kind::OPEN, 7);
     assert_eq!(e.loss(&c).unwrap().lost.unwrap().get("open"), Some(&2));
 }
+
+/// A sub-task's lookups are its top-level task's (one share of the waits, the
+/// enricher's budget and the resolvers, however many sub-tasks an agent makes, at
+/// whatever depth): each sub-task had a share of its own, so an agent that
+/// delegated forty could keep the loop waiting forty times as long.
+#[test]
+fn sub_tasks_wait_in_their_top_level_tasks_share() {
+    let mut e = enricher();
+    e.bind_sub(2, "t2".into(), 1);
+    e.bind_sub(3, "t3".into(), 2);
+    e.bind_task(4, "t4".into());
+    assert_eq!([1, 2, 3, 4, 9].map(|c| e.top(c)), [1, 1, 1, 4, 9]);
+    // The parent's end does not give its sub-task a share of its own.
+    e.unbind_task(2);
+    assert_eq!(e.top(3), 1);
+    e.unbind_task(3);
+    assert_eq!(e.top(3), 3);
+    assert_eq!(e.task_name(3), None);
+}

@@ -178,8 +178,9 @@ fn delegate_from(
     let Some(parent) = p.enr.task_name(cookie).and_then(|id| p.judge.task(&id)).cloned() else {
         return Err("the caller's task has no manifest here; delegation needs a parent task".into());
     };
-    // Its paths are the agent's choice: their file systems are waited for, bounded.
-    let paths = Resolve::Within(Wait::task(cookie, super::tasks::START_PATHS));
+    // Its paths are the agent's choice: their file systems are waited for, bounded,
+    // in its top-level task's share (however many sub-tasks it makes).
+    let paths = Resolve::Within(Wait::task(p.enr.top(cookie), super::tasks::START_PATHS));
     let mut child = crate::task::parse_unresolved(manifest, Path::new(file), p.enr.clock().now_wall(), paths)
         .map_err(|err| err.to_string())?;
     // What refuses it whatever its names resolve to, before they are looked up.
@@ -302,7 +303,9 @@ fn bind(
     if child.enforce && e.setup.layers.lsm {
         // Its own scope (within the parent's, checked at delegation); its command must
         // be in its exec scope, as no launch files are granted to a sub-task.
-        let skipped = tasks::enroll_in(&mut e.sensors, &e.setup, s.c, &child, &[], s.up, resumed.is_some())?;
+        let lineage = (s.up, e.p.enr.top(s.up));
+        let skipped =
+            tasks::enroll_in(&mut e.sensors, &e.setup, s.c, &child, &[], lineage, resumed.is_some())?;
         gaps.extend(skipped);
     }
     let saved = Saved {
@@ -333,7 +336,7 @@ fn bind(
     }
     let id: Arc<str> = Arc::from(child.id.as_str());
     let p = &mut e.p;
-    p.enr.bind_task(s.c, id.clone());
+    p.enr.bind_sub(s.c, id.clone(), s.up);
     if resumed.is_some() {
         for &pid in pids {
             p.enr.procs.seed(pid, tasks::proc_of(pid, s.c));
@@ -433,7 +436,7 @@ fn resume_one(
     }
     let now = e.p.enr.clock().now_wall();
     // Held to the scope recorded at delegation: a path not answered now is kept.
-    let paths = Wait::task(up, super::tasks::START_PATHS);
+    let paths = Wait::task(e.p.enr.top(up), super::tasks::START_PATHS);
     let mut child =
         crate::task::parse_unresolved(&s.manifest, Path::new(&s.file), now, Resolve::Lenient(paths))
             .map_err(|err| err.to_string())?;

@@ -396,7 +396,7 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
                 Err(err) => return Err(RunError::Output(format!("{path}: cannot be protected: {err}"))),
             }
         }
-        let skipped = enroll_in(&mut e.sensors, &e.setup, c, &task, &r.launch, 0, resumed)?;
+        let skipped = enroll_in(&mut e.sensors, &e.setup, c, &task, &r.launch, (0, c), resumed)?;
         gaps.extend(skipped.into_iter().map(|why| ("scope paths", why)));
     }
     let observed = matches!(how, Binding::Resumed { kept: Some(_), .. });
@@ -542,7 +542,8 @@ pub fn mark_resumed(ev: &mut crate::event::Event, gap: Option<(Timestamp, Timest
 }
 
 /// Loads enforced `task`'s plan for the BPF LSM tier under cookie `c` (`up`: the
-/// task it was delegated from, or 0), with agentmon's own files marked. For a
+/// task it was delegated from, or 0; and its top-level task, whose share of the
+/// lookups it takes), with agentmon's own files marked. For a
 /// `resumed` task, a granted path that is gone or now leads elsewhere through a
 /// symlink the task could have planted is not granted (said in what it returns)
 /// rather than refusing the task:
@@ -553,12 +554,12 @@ pub fn enroll_in(
     c: u32,
     task: &Task,
     launch: &[PathBuf],
-    up: u32,
+    (up, top): (u32, u32),
     resumed: bool,
 ) -> Result<Vec<String>, RunError> {
     // Every path below is the task's (or its launcher's) to name, and may be on a
     // file system that does not answer: looked at in workers, bounded (realpath).
-    let w = Wait::task(c, START_PATHS);
+    let w = Wait::task(top, START_PATHS);
     let (t, l) = (task.clone(), launch.to_vec());
     let planned = crate::worker::RESOLVERS.run(w.who, START_PATHS, move || enforce::lsm::plan(&t, &l));
     let plan = match planned {
