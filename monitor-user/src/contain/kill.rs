@@ -19,7 +19,7 @@
 
 use std::{
     borrow::Cow,
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -38,8 +38,15 @@ pub(super) const KILL_WAIT: Duration = Duration::from_millis(50);
 /// How long a killed task is swept in all before what is left is reported.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 
-/// How often a kill under way is swept off the loop: the processes it left.
+/// How often a kill under way is looked at off the loop: whether the processes it
+/// left (up to [`QUICK_MAX`]) are gone.
 pub const KILL_SWEEP: Duration = Duration::from_millis(10);
+
+/// Past this many processes left, a kill is looked at by walks alone.
+const QUICK_MAX: usize = 64;
+
+/// How many of the processes left a late kill's record names.
+const NAMED_MAX: usize = 32;
 
 /// How often the whole tracking map is walked for a kill's processes (a fork
 /// that raced the kill and makes no syscall, in a sub-task that has no cgroup of
@@ -55,15 +62,26 @@ pub(super) struct Dying {
     record: uuid::Uuid,
     /// Who asked (`detail.asked_by` of a late one).
     asked_by: &'static str,
-    /// What the last walk found left.
+    /// What the kill could not do at once (the kernel mark, `cgroup.kill`): the
+    /// answer is this error, whatever the sweep finds.
+    error: Option<String>,
+    /// Those signalled (once each: a SIGKILL stays pending until its process dies).
+    signalled: HashSet<u32>,
+    /// What the last look found left.
     left: Vec<u32>,
     walked: Instant,
 }
 
 impl Dying {
-    pub(super) fn new(cookie: u32, record: uuid::Uuid, asked_by: &'static str, left: Vec<u32>) -> Self {
+    pub(super) fn new(
+        cookie: u32,
+        (record, asked_by): (uuid::Uuid, &'static str),
+        error: Option<String>,
+        swept: Swept,
+    ) -> Self {
         let now = Instant::now();
-        Self { cookie, since: now, record, asked_by, left, walked: now }
+        let signalled = swept.signalled.into_iter().collect();
+        Self { cookie, since: now, record, asked_by, error, signalled, left: swept.left, walked: now }
     }
 }
 
@@ -124,18 +142,27 @@ impl Containment {
         if self.kills.is_empty() {
             return Vec::new();
         }
-        // Those each kill left, again; the map walked if one's are gone, its grace
-        // is past, or it is time.
+        // Whether those each kill left are still there (a lookup each, a few of
+        // them); the map walked if one's are gone, its grace is past, or it is time.
         let mut walk = false;
         for d in self.kills.values_mut() {
-            d.left.retain(|&p| sensors.task_of(p) == Some(d.cookie) && signal_tracked(sensors, p, d.cookie));
+            if d.left.len() <= QUICK_MAX {
+                d.left.retain(|&p| sensors.task_of(p) == Some(d.cookie));
+            }
             walk |= d.left.is_empty() || d.walked.elapsed() >= KILL_WALK || d.since.elapsed() >= KILL_GRACE;
         }
         let tracked = if walk { sensors.tracked() } else { Vec::new() };
         let mut done = Vec::new();
         self.kills.retain(|id, d| {
             if walk {
-                d.left = once(sensors, &tracked, d.cookie, &mut Vec::new());
+                // A process not seen before (a fork that raced the kill) is signalled.
+                d.left = tracked.iter().filter(|&&(_, c)| c == d.cookie).map(|&(p, _)| p).collect();
+                d.signalled.retain(|p| d.left.contains(p));
+                for &p in &d.left {
+                    if !d.signalled.contains(&p) && signal_tracked(sensors, p, d.cookie) {
+                        d.signalled.insert(p);
+                    }
+                }
                 d.walked = Instant::now();
             }
             let left = &d.left;
@@ -144,7 +171,11 @@ impl Containment {
                     "task {id}: its last process gone {} ms after the kill",
                     d.since.elapsed().as_millis()
                 );
-                done.push(Killed { id: id.clone(), event: None, result: Ok(format!("task {id} killed")) });
+                let result = match d.error.take() {
+                    Some(err) => Err(err),
+                    None => Ok(format!("task {id} killed")),
+                };
+                done.push(Killed { id: id.clone(), event: None, result });
                 return false;
             }
             if d.since.elapsed() < KILL_GRACE {
@@ -152,16 +183,24 @@ impl Containment {
             }
             // Which, and in what state (D: waiting in the kernel, Z: dead but its
             // exit not yet seen), for the operator.
-            let named: Vec<String> = left.iter().map(|&p| describe(p)).collect();
-            let why = format!(
-                "processes still alive {} s after the kill: {} (each dies when its wait in the kernel ends)",
+            let mut named: Vec<String> = left.iter().take(NAMED_MAX).map(|&p| describe(p)).collect();
+            if left.len() > NAMED_MAX {
+                named.push(format!("{} more", left.len() - NAMED_MAX));
+            }
+            let mut why = format!(
+                "{} processes still alive {} s after the kill: {} (each dies when its wait in the kernel ends)",
+                left.len(),
                 KILL_GRACE.as_secs(),
                 named.join(", ")
             );
+            if let Some(err) = &d.error {
+                why = format!("{err}; {why}");
+            }
             tracing::error!("task {id}: {why}");
             let mut detail: BTreeMap<Cow<'static, str>, serde_json::Value> = BTreeMap::new();
             detail.insert("kill".into(), json!(d.record));
-            detail.insert("processes".into(), json!(left));
+            // (A record, not a dump: the first of many.)
+            detail.insert("processes".into(), json!(left.iter().take(256).collect::<Vec<_>>()));
             detail.insert("error".into(), json!(why));
             let by = By::LateKill { asked_by: d.asked_by };
             let ev = action_event(id, Act::Kill, &by, detail, host.clone(), now);

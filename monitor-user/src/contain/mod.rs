@@ -361,7 +361,7 @@ impl Containment {
                 detail.insert("processes".into(), json!(victims.signalled));
                 if !victims.left.is_empty() {
                     detail.insert("settled".into(), json!(false));
-                    left = Some(victims.left);
+                    left = Some(victims);
                 }
                 if errors.is_empty() { Ok(format!("task {id} killed")) } else { Err(errors.join("; ")) }
             }
@@ -441,8 +441,14 @@ impl Containment {
         }
         let ev = action_event(id, act, &by, detail, host, now);
         let pending = left.is_some();
-        if let Some(left) = left {
-            self.kills.insert(Arc::from(id), kill::Dying::new(cookie, ev.id, by.name(), left));
+        if let Some(swept) = left {
+            // A late freeze's kill is its asker's (agentmon's own, for a failing output).
+            let asked_by = match &by {
+                By::LateFreeze { asked_by, .. } => *asked_by,
+                _ => by.name(),
+            };
+            let error = result.as_ref().err().cloned();
+            self.kills.insert(Arc::from(id), kill::Dying::new(cookie, (ev.id, asked_by), error, swept));
         }
         Outcome { event: Some(ev), result, pending }
     }

@@ -156,6 +156,8 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     // previous daemon's held them.
     rt.e.sensors.retire_previous();
     rt.run(None).await?;
+    // Kills under way first: an operator's `end --kill` ends its task when it is over.
+    rt.finish_kills();
     // The records of tasks that ended since the last tick say so before the next
     // daemon reads them (it would take such a task for one still running).
     rt.drain();

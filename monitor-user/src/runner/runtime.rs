@@ -272,6 +272,15 @@ impl Runtime {
         })
     }
 
+    /// Sees the kills under way through (their grace at most: nothing else waits for
+    /// the loop now), records them and answers whoever waits for them.
+    pub fn finish_kills(&mut self) {
+        let e = &mut self.e;
+        let (host, clock) = (e.host(), e.p.enr.clock());
+        let done = e.p.contain.finish_kills(&e.sensors, host, || clock.now_wall());
+        super::serve::kills_over(e, done);
+    }
+
     /// Drains what is left, reports the last losses and closes the outputs. With
     /// `end_tasks`, every task still open gets its `task_end` (`why`) first.
     pub fn shutdown(mut self, end_tasks: Option<&str>) {
@@ -283,11 +292,8 @@ impl Runtime {
             tracing::warn!("{left} bytes of records were still in the ring at the end");
         }
         e.p.unsaid_refusals(&mut e.out, true);
-        // Kills under way are seen through (their grace at most) and answered.
-        let host = e.host();
-        let clock = e.p.enr.clock();
-        let done = e.p.contain.finish_kills(&e.sensors, host, || clock.now_wall());
-        super::serve::kills_over(e, done);
+        self.finish_kills();
+        let e = &mut self.e;
         super::alarms::dropped(e);
         // Never left frozen by agentmon's own pause.
         if let Some(p) = &mut e.p.pressure {
