@@ -190,14 +190,12 @@ impl Resolver {
         }
     }
 
-    /// Task `cookie`'s lookup, begun at `began`, kept the enricher waiting until now
-    /// (counted from 1 ms: a lookup a local or network file system answers at once
-    /// is the ordinary cost of an uncached directory).
+    /// Task `cookie`'s lookup, begun at `began`, kept the enricher waiting until now.
+    /// Every one a worker made counts, however quick: a file system that answers
+    /// each just under a floor, with no entry the kernel may cache (a FUSE entry
+    /// timeout of 0), would otherwise have kept the loop waiting without end.
     fn waited(&mut self, cookie: u32, began: Instant) {
         let took = began.elapsed();
-        if took < Duration::from_millis(1) {
-            return;
-        }
         if self.spent.len() >= CACHE_MAX {
             self.spent.retain(|_, (since, _)| began.duration_since(*since) < WINDOW);
         }
@@ -278,10 +276,15 @@ mod tests {
         assert!(r.may_wait(8, t0), "another task's are its own");
         assert!(r.may_wait(7, t0 + WINDOW), "a new window");
         assert!(!r.spent.contains_key(&7));
-        r.waited(7, Instant::now());
-        assert!(!r.spent.contains_key(&7), "a quick lookup is not counted");
+        r.waited(7, Instant::now() - Duration::from_micros(900));
+        assert!(r.spent[&7].1 >= Duration::from_micros(900), "a quick lookup counts too");
         r.waited(7, Instant::now() - Duration::from_millis(60));
-        assert!(r.spent[&7].1 >= Duration::from_millis(60) && r.spent[&7].1 < SPEND);
+        assert!(r.spent[&7].1 >= Duration::from_micros(60_900) && r.spent[&7].1 < SPEND);
+        // Quick ones add up: 280 of 0.9 ms are past the budget.
+        for _ in 0..280 {
+            r.waited(8, Instant::now() - Duration::from_micros(900));
+        }
+        assert!(!r.may_wait(8, Instant::now()), "{:?}", r.spent[&8]);
     }
 
     #[test]
