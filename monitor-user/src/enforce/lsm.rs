@@ -79,17 +79,24 @@ pub fn plan(task: &Task, launch: &[PathBuf]) -> Result<Plan, Refusal> {
     for f in launch.iter().filter(|p| p.exists()) {
         grant(&mut grants, &Target::Exact(f.clone()), right::EXEC)?;
     }
-    let mut flags = lflags::FILES | lflags::EXEC | lflags::SIGNALS;
     if task.deny_sensitive_reads {
-        flags |= lflags::DENY_SENSITIVE;
         for p in &task.read.patterns {
             grant(&mut grants, &target("scope.read", p)?, right::READ_SENSITIVE)?;
         }
     }
+    Ok(Plan { flags: flags(task), grants })
+}
+
+/// What the hooks hold `task` to ([`lflags`]): its text's alone, no file looked at.
+pub fn flags(task: &Task) -> u32 {
+    let mut flags = lflags::FILES | lflags::EXEC | lflags::SIGNALS;
+    if task.deny_sensitive_reads {
+        flags |= lflags::DENY_SENSITIVE;
+    }
     if task.approval.contains(&crate::task::Op::Exec) {
         flags |= lflags::EXEC_APPROVED;
     }
-    Ok(Plan { flags, grants })
+    flags
 }
 
 #[cfg(test)]

@@ -86,7 +86,10 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
         let now = e.p.enr.clock().now_wall();
         // Held to the scope recorded at its start (`restore`): a path whose file
         // system does not answer now is kept as written, not a task left unbound.
-        let paths = Resolve::Lenient(Wait::new(0, super::tasks::START_PATHS));
+        // In its own share of the lookups, not root's: a path that does not answer now
+        // must not take the operators' starts' share.
+        let share = s.cookie.map_or(0, |c| Wait::task(c, super::tasks::START_PATHS).who);
+        let paths = Resolve::Lenient(Wait::new(share, super::tasks::START_PATHS));
         let mut task = match crate::task::parse_unresolved(&s.manifest, Path::new(&s.file), now, paths) {
             Ok(t) => t,
             Err(err) => {
@@ -116,7 +119,7 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
             lsm: None,
             keeper: s.keeper.clone(),
             closed_fds: Vec::new(),
-            asker: 0,
+            asker: share,
         };
         let (ended, left) = (s.ended, pids.len());
         let bound =

@@ -56,7 +56,7 @@ pub struct StartReq {
     pub closed_fds: Vec<String>,
     /// The uid of whoever asked: its share of the lookups agentmon waits for
     /// (`realpath`), so that one user's file system that does not answer cannot
-    /// take every start's.
+    /// take every start's. A resumed task's is its own (`Wait::task`).
     pub asker: u32,
 }
 
@@ -562,8 +562,15 @@ pub fn enroll_in(
     let w = Wait::task(top, START_PATHS);
     let (t, l) = (task.clone(), launch.to_vec());
     let planned = crate::worker::RESOLVERS.run(w.who, START_PATHS, move || enforce::lsm::plan(&t, &l));
+    let mut skipped = Vec::new();
     let plan = match planned {
         Ok(p) => p,
+        // A resumed task's processes run already and must stay held: held to
+        // nothing granted (fail closed), said, rather than left unbound.
+        Err(stuck) if resumed => {
+            skipped.push(format!("its files were not looked at in time ({stuck:?}): nothing granted"));
+            Ok(enforce::lsm::Plan { flags: enforce::lsm::flags(task), grants: Vec::new() })
+        }
         Err(stuck) => Err(("scope", format!("its files were not looked at in time ({stuck:?})"))),
     }
     .map_err(|(clause, why)| enforce::EnforceError::Refused { task: task.id.clone(), clause, why })?;
@@ -583,7 +590,6 @@ pub fn enroll_in(
     protect_own(maps, setup)?;
     let refuse = |why: String| enforce::EnforceError::Refused { task: task.id.clone(), clause: "scope", why };
     let mut grants = Vec::with_capacity(plan.grants.len());
-    let mut skipped = Vec::new();
     // A resumed task's grant reached through a symlink it could have planted: a
     // directory on the way that resolves elsewhere now, or a last component in a
     // directory the task may write. (A program that is a link by nature, such as
@@ -621,9 +627,14 @@ pub fn enroll_in(
             ))
             .into());
         }
-        let k = maps
-            .ident_within(&real, true, &crate::worker::RESOLVERS, &w)
-            .map_err(|e| refuse(format!("{}: {e}", real.display())))?;
+        let k = match maps.ident_within(&real, true, &crate::worker::RESOLVERS, &w) {
+            Ok(k) => k,
+            Err(e) if resumed => {
+                skipped.push(format!("{}: {e}: not granted", real.display()));
+                continue;
+            }
+            Err(e) => return Err(refuse(format!("{}: {e}", real.display())).into()),
+        };
         grants.push((k, *r));
     }
     let l = monitor_common::lsm::LsmTask { flags: plan.flags, rules: c, up, _pad: 0 };
