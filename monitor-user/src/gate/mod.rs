@@ -483,8 +483,10 @@ impl Gate {
             return None;
         };
         if g.op == Op::Exec && !std::mem::replace(&mut self.launched, true) {
-            // The task's own command, which starting the task approved.
-            match approve_exec(sensors.lsm.as_mut(), self.id, n.tid, &call) {
+            // The task's own command, which starting the task approved. (Its open
+            // counts against the task's budget, as every wait on its files does.)
+            let gate = self.id;
+            match self.timed(|| approve_exec(sensors.lsm.as_mut(), gate, n.tid, &call)) {
                 Ok(_) => {
                     if let Err(e) = notify::proceed(fd, n.id) {
                         tracing::debug!("letting the launch go on: {e}");
@@ -565,8 +567,15 @@ impl Gate {
         if let Some(s) = standing {
             return Some(self.finish(id, p, true, Who::Standing(s), None, sensors.lsm.as_mut()).ev);
         }
+        // Opening the program keeps agentmon waiting on the task's file system: within
+        // its budget, counted against it (a server answering each open just under the
+        // bound would otherwise hold the loop at every exec).
+        if g.op == Op::Exec && !self.budget.allows(Instant::now()) {
+            return self.stuck(n, g.name, Errno::ETIMEDOUT, Wait::Spent, answer, sensors, enr, judge);
+        }
+        let gate = self.id;
         if g.op == Op::Exec
-            && let Err(e) = freeze_program(sensors, self.id, tgid, &p.call)
+            && let Err(e) = self.timed(|| freeze_program(sensors, gate, tgid, &p.call))
         {
             // Held while it could change, the approval would be of something else.
             return match e {
@@ -629,7 +638,10 @@ impl Gate {
             let exec = p.op == Op::Exec;
             let result = match (approve, exec) {
                 (false, _) => Err(Errno::EPERM),
-                (true, true) => approve_exec(lsm, self.id, ev.tid, &p.call),
+                (true, true) => {
+                    let gate = self.id;
+                    self.timed(|| approve_exec(lsm, gate, ev.tid, &p.call))
+                }
                 (true, false) => match self.perform(p.call, p.creds) {
                     Ok(r) => r,
                     // Said in the approval record's `result`; a late one may still
