@@ -425,3 +425,84 @@ fn watch_slow_freeze(c: &mut std::process::Child, d: &Path, name: &str, log: &Pa
     )?;
     Ok(())
 }
+
+/// Killing a sub-task ends what it delegated in turn: a sub-task shares its top
+/// task's cgroup (no cgroup.kill for it alone), and its own sub-tasks' processes
+/// are under cookies of their own. Before, those were neither marked nor swept:
+/// an agent that delegated once more before it was killed kept a process running.
+pub fn killing_a_sub_task_ends_what_it_delegated() -> R {
+    let d = workdir("kill-nested");
+    let repo = d.join("repo");
+    std::fs::create_dir_all(repo.join("sub")).map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let am = agentmon();
+    let manifest = |name: &str, id: &str, write: &str, exec: &str| -> Result<PathBuf, String> {
+        let p = d.join(name);
+        std::fs::write(
+            &p,
+            format!("id: {id}\nmode: execute\nscope:\n  write: [\"{write}\"]\n  exec: [{exec}]\n"),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(p)
+    };
+    let both = format!("\"{}\", \"{am}\"", me.display());
+    let parent = manifest("parent.yaml", "kn-parent", &format!("{}/**", repo.display()), &both)?;
+    let child = manifest("child.yaml", "kn-child", &format!("{}/sub/**", repo.display()), &both)?;
+    manifest(
+        "grand.yaml",
+        "kn-grand",
+        &format!("{}/sub/**", repo.display()),
+        &format!("\"{}\"", me.display()),
+    )?;
+    let events = d.join("events.jsonl");
+    let cmd = scenario_cmd(&d, &[am, child.to_str().unwrap(), "nested_hold"])?;
+    let mut c = support::exec_command(
+        &events,
+        &["--task", parent.to_str().unwrap()],
+        &cmd,
+        &[(SCENARIO_ENV, "delegate_one")],
+        &d,
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .map_err(|e| e.to_string())?;
+    let held = repo.join("sub/held.pid");
+    let r = (|| -> Result<u32, String> {
+        ensure(wait(Duration::from_secs(60) * support::slowdown(), || held.exists()), || {
+            "the sub-task's own sub-task never ran".into()
+        })?;
+        let pid: u32 = std::fs::read_to_string(&held)
+            .map_err(|e| e.to_string())?
+            .trim()
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        let sock = format!("/run/agentmon/exec-{}.sock", c.id());
+        let (code, _, err) = ctl(&["kill", "kn-child", "--socket", &sock])?;
+        eq("kill exit", (code, err), (0, String::new()))?;
+        let gone =
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
+        ensure(wait(Duration::from_secs(10) * support::slowdown(), gone), || {
+            format!("the killed sub-task's own sub-task (pid {pid}) runs on")
+        })?;
+        Ok(pid)
+    })();
+    let ended = support::exit_within(&mut c, Duration::from_secs(60) * support::slowdown());
+    if ended.is_none() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let pid = r?;
+    eq("agentmon's exit", ended, Some(Some(0)))?;
+    let evs = crate::daemon::events(&events)?;
+    let kill = evs
+        .iter()
+        .find(|e| e.kind == Kind::Action && e.action.as_deref() == Some("kill"))
+        .ok_or("no kill record")?;
+    eq("the kill's task", kill.task.as_deref(), Some("kn-child"))?;
+    let signalled = kill.detail.get("processes").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+    ensure(signalled.iter().any(|p| p.as_u64() == Some(pid.into())), || {
+        format!("the sub-task's own sub-task's process {pid} is not among those killed: {:?}", kill.detail)
+    })?;
+    Ok(())
+}

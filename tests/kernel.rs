@@ -127,6 +127,7 @@ fn main() {
         ("rule_kill_ends_the_tree", contain::rule_kill_ends_the_tree),
         ("kill_amid_churn_leaves_nothing_tracked", contain::kill_amid_churn_leaves_nothing_tracked),
         ("freeze_thaw_kill_by_operator", contain::freeze_thaw_kill_by_operator),
+        ("killing_a_sub_task_ends_what_it_delegated", contain::killing_a_sub_task_ends_what_it_delegated),
         ("approve_deny_timeout_and_race", approval::approve_deny_timeout_and_race),
         ("remote_approval_carries_its_reason", approval::remote_approval_carries_its_reason),
         ("exec_approval_cannot_be_raced", approval::exec_approval_cannot_be_raced),

@@ -57,6 +57,8 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         ("hosts_sub", Some(d)) => hosts::sub(d),
         ("hosts_slow", Some(d)) => std::fs::write(d.join("repo/slow/ran"), b"").map_err(|e| e.to_string()),
         ("sub_waits", Some(d)) => sub_waits(d),
+        ("nested_hold", Some(d)) => nested_hold(d),
+        ("hold_pid", Some(d)) => hold_pid(d),
         // A sub-task's: inside its scope, outside it but inside its parent's.
         ("sub_leaves", Some(d)) => {
             leave_behind(d, ["repo/sub/left_in.txt", "repo/left_out.txt", "repo/sub/left_done"])
@@ -766,6 +768,29 @@ fn delegate_one(d: &Path, args: &[String]) -> Result<(), String> {
         .status()
         .map_err(|e| e.to_string())?;
     fs::write(d.join("repo/sub-rc"), format!("{:?}", st.code())).map_err(|e| e.to_string())
+}
+
+/// A sub-task's agent that delegates a sub-task of its own (d/grand.yaml) whose
+/// agent is [`hold_pid`].
+fn nested_hold(d: &Path) -> Result<(), String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    std::process::Command::new(crate::support::agentmon())
+        .args(["exec", "--quiet", "--task"])
+        .arg(d.join("grand.yaml"))
+        .arg("--")
+        .arg(&me)
+        .arg(d)
+        .env("AGENTMON_SCENARIO", "hold_pid")
+        .status()
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Writes its pid to repo/sub/held.pid, then waits (two minutes at most).
+fn hold_pid(d: &Path) -> Result<(), String> {
+    fs::write(d.join("repo/sub/held.pid"), std::process::id().to_string()).map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs(120));
+    Err("not killed".into())
 }
 
 /// A sub-task's agent across restarts of its daemon: writes repo/sub/ready; then

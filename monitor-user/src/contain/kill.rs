@@ -56,7 +56,8 @@ const KILL_WALK: Duration = Duration::from_millis(100);
 
 /// A kill with processes left.
 pub(super) struct Dying {
-    cookie: u32,
+    /// The task's cookie and those of the tasks delegated from it, at any depth.
+    cookies: Vec<u32>,
     since: Instant,
     /// The kill's record (`detail.kill` of a late one).
     record: uuid::Uuid,
@@ -74,14 +75,14 @@ pub(super) struct Dying {
 
 impl Dying {
     pub(super) fn new(
-        cookie: u32,
+        cookies: Vec<u32>,
         (record, asked_by): (uuid::Uuid, &'static str),
         error: Option<String>,
         swept: Swept,
     ) -> Self {
         let now = Instant::now();
         let signalled = swept.signalled.into_iter().collect();
-        Self { cookie, since: now, record, asked_by, error, signalled, left: swept.left, walked: now }
+        Self { cookies, since: now, record, asked_by, error, signalled, left: swept.left, walked: now }
     }
 }
 
@@ -99,12 +100,12 @@ pub(super) struct Swept {
     pub(super) left: Vec<u32>,
 }
 
-/// Signals every process tracked under `cookie` until none is left or `limit` passes.
-pub(super) fn sweep(sensors: &Sensors, cookie: u32, limit: Duration) -> Swept {
+/// Signals every process tracked under `cookies` until none is left or `limit` passes.
+pub(super) fn sweep(sensors: &Sensors, cookies: &[u32], limit: Duration) -> Swept {
     let start = Instant::now();
     let mut signalled = Vec::new();
     loop {
-        let left = once(sensors, &sensors.tracked(), cookie, &mut signalled);
+        let left = once(sensors, &sensors.tracked(), cookies, &mut signalled);
         if left.is_empty() || start.elapsed() >= limit {
             signalled.sort_unstable();
             signalled.dedup();
@@ -114,12 +115,13 @@ pub(super) fn sweep(sensors: &Sensors, cookie: u32, limit: Duration) -> Swept {
     }
 }
 
-/// One pass: signals what of `tracked` is under `cookie` (noted in `signalled`);
+/// One pass: signals what of `tracked` is under `cookies` (noted in `signalled`);
 /// what was there.
-fn once(sensors: &Sensors, tracked: &[(u32, u32)], cookie: u32, signalled: &mut Vec<u32>) -> Vec<u32> {
-    let left: Vec<u32> = tracked.iter().filter(|&&(_, c)| c == cookie).map(|&(p, _)| p).collect();
-    for &pid in &left {
-        if signal_tracked(sensors, pid, cookie) {
+fn once(sensors: &Sensors, tracked: &[(u32, u32)], cookies: &[u32], signalled: &mut Vec<u32>) -> Vec<u32> {
+    let mut left = Vec::new();
+    for &(pid, c) in tracked.iter().filter(|(_, c)| cookies.contains(c)) {
+        left.push(pid);
+        if signal_tracked(sensors, pid, c) {
             signalled.push(pid);
         }
     }
@@ -147,7 +149,7 @@ impl Containment {
         let mut walk = false;
         for d in self.kills.values_mut() {
             if d.left.len() <= QUICK_MAX {
-                d.left.retain(|&p| sensors.task_of(p) == Some(d.cookie));
+                d.left.retain(|&p| sensors.task_of(p).is_some_and(|c| d.cookies.contains(&c)));
             }
             walk |= d.left.is_empty() || d.walked.elapsed() >= KILL_WALK || d.since.elapsed() >= KILL_GRACE;
         }
@@ -156,10 +158,12 @@ impl Containment {
         self.kills.retain(|id, d| {
             if walk {
                 // A process not seen before (a fork that raced the kill) is signalled.
-                d.left = tracked.iter().filter(|&&(_, c)| c == d.cookie).map(|&(p, _)| p).collect();
+                let under: Vec<(u32, u32)> =
+                    tracked.iter().copied().filter(|(_, c)| d.cookies.contains(c)).collect();
+                d.left = under.iter().map(|&(p, _)| p).collect();
                 d.signalled.retain(|p| d.left.contains(p));
-                for &p in &d.left {
-                    if !d.signalled.contains(&p) && signal_tracked(sensors, p, d.cookie) {
+                for &(p, c) in &under {
+                    if !d.signalled.contains(&p) && signal_tracked(sensors, p, c) {
                         d.signalled.insert(p);
                     }
                 }

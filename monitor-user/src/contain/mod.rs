@@ -322,6 +322,8 @@ impl Containment {
         }
         let cookie = e.cookie;
         let own = e.cgroup.as_ref();
+        // The task's cookie and those of the tasks delegated from it.
+        let under = if act == Act::Kill { self.cookies_under(id) } else { Vec::new() };
         // What becomes of a freeze under way (None: left as it is).
         let mut freezing: Option<Option<Freezing>> = None;
         // The processes a kill left, swept off the loop.
@@ -345,8 +347,12 @@ impl Containment {
                     signal_tracked(sensors, ev.pid, cookie);
                 }
                 let mut errors = Vec::new();
-                if let Err(err) = sensors.doom(cookie) {
-                    errors.push(format!("kernel mark: {err}"));
+                // And what it delegated, at any depth: a sub-task shares its cgroup,
+                // so nothing else would end a sub-task's sub-tasks.
+                for &c in &under {
+                    if let Err(err) = sensors.doom(c) {
+                        errors.push(format!("kernel mark: {err}"));
+                    }
                 }
                 if let Some(cg) = own {
                     detail.insert("cgroup".into(), json!(cg.path.display().to_string()));
@@ -357,7 +363,7 @@ impl Containment {
                 // Dying takes a moment under load (seconds under emulation), and a
                 // process waiting on a file system as long as it answers late: the
                 // rest of the sweep is off the loop (kill.rs).
-                let victims = kill::sweep(sensors, cookie, KILL_WAIT);
+                let victims = kill::sweep(sensors, &under, KILL_WAIT);
                 detail.insert("processes".into(), json!(victims.signalled));
                 if !victims.left.is_empty() {
                     detail.insert("settled".into(), json!(false));
@@ -448,7 +454,7 @@ impl Containment {
                 _ => by.name(),
             };
             let error = result.as_ref().err().cloned();
-            self.kills.insert(Arc::from(id), kill::Dying::new(cookie, (ev.id, asked_by), error, swept));
+            self.kills.insert(Arc::from(id), kill::Dying::new(under, (ev.id, asked_by), error, swept));
         }
         Outcome { event: Some(ev), result, pending }
     }
