@@ -500,6 +500,9 @@ pub fn killing_a_sub_task_ends_what_it_delegated() -> R {
         .find(|e| e.kind == Kind::Action && e.action.as_deref() == Some("kill"))
         .ok_or("no kill record")?;
     eq("the kill's task", kill.task.as_deref(), Some("kn-child"))?;
+    ensure(evs.iter().any(|e| e.kind == Kind::TaskStart && e.task.as_deref() == Some("kn-grand")), || {
+        "the sub-task's own sub-task was not delegated (no task_start)".into()
+    })?;
     let signalled = kill.detail.get("processes").and_then(|v| v.as_array()).cloned().unwrap_or_default();
     ensure(signalled.iter().any(|p| p.as_u64() == Some(pid.into())), || {
         format!("the sub-task's own sub-task's process {pid} is not among those killed: {:?}", kill.detail)

@@ -57,7 +57,7 @@ const KILL_WALK: Duration = Duration::from_millis(100);
 /// A kill with processes left.
 pub(super) struct Dying {
     /// The task's cookie and those of the tasks delegated from it, at any depth.
-    cookies: Vec<u32>,
+    cookies: HashSet<u32>,
     since: Instant,
     /// The kill's record (`detail.kill` of a late one).
     record: uuid::Uuid,
@@ -74,8 +74,13 @@ pub(super) struct Dying {
 }
 
 impl Dying {
+    /// Whether the kill covers task cookie `c`.
+    pub(super) fn covers(&self, c: u32) -> bool {
+        self.cookies.contains(&c)
+    }
+
     pub(super) fn new(
-        cookies: Vec<u32>,
+        cookies: HashSet<u32>,
         (record, asked_by): (uuid::Uuid, &'static str),
         error: Option<String>,
         swept: Swept,
@@ -101,7 +106,7 @@ pub(super) struct Swept {
 }
 
 /// Signals every process tracked under `cookies` until none is left or `limit` passes.
-pub(super) fn sweep(sensors: &Sensors, cookies: &[u32], limit: Duration) -> Swept {
+pub(super) fn sweep(sensors: &Sensors, cookies: &HashSet<u32>, limit: Duration) -> Swept {
     let start = Instant::now();
     let mut signalled = Vec::new();
     loop {
@@ -117,7 +122,12 @@ pub(super) fn sweep(sensors: &Sensors, cookies: &[u32], limit: Duration) -> Swep
 
 /// One pass: signals what of `tracked` is under `cookies` (noted in `signalled`);
 /// what was there.
-fn once(sensors: &Sensors, tracked: &[(u32, u32)], cookies: &[u32], signalled: &mut Vec<u32>) -> Vec<u32> {
+fn once(
+    sensors: &Sensors,
+    tracked: &[(u32, u32)],
+    cookies: &HashSet<u32>,
+    signalled: &mut Vec<u32>,
+) -> Vec<u32> {
     let mut left = Vec::new();
     for &(pid, c) in tracked.iter().filter(|(_, c)| cookies.contains(c)) {
         left.push(pid);
@@ -161,7 +171,8 @@ impl Containment {
                 let under: Vec<(u32, u32)> =
                     tracked.iter().copied().filter(|(_, c)| d.cookies.contains(c)).collect();
                 d.left = under.iter().map(|&(p, _)| p).collect();
-                d.signalled.retain(|p| d.left.contains(p));
+                let left: HashSet<u32> = d.left.iter().copied().collect();
+                d.signalled.retain(|p| left.contains(p));
                 for &(p, c) in &under {
                     if !d.signalled.contains(&p) && signal_tracked(sensors, p, c) {
                         d.signalled.insert(p);

@@ -239,7 +239,7 @@ impl Containment {
                     tracked.iter().filter(|(_, c)| *c == e.cookie).map(|(p, _)| *p).collect();
                 json!({"task": id, "parent": e.parent, "enforced": e.enforce, "killed": e.killed,
                        "frozen": self.home(id).is_some_and(|cg| cg.frozen()),
-                       "freezing": e.freezing.is_some(), "dying": self.kills.contains_key(id),
+                       "freezing": e.freezing.is_some(), "dying": self.kills.values().any(|d| d.covers(e.cookie)),
                        "processes": procs})
             })
             .collect();
@@ -323,7 +323,8 @@ impl Containment {
         let cookie = e.cookie;
         let own = e.cgroup.as_ref();
         // The task's cookie and those of the tasks delegated from it.
-        let under = if act == Act::Kill { self.cookies_under(id) } else { Vec::new() };
+        let under: HashSet<u32> =
+            if act == Act::Kill { self.cookies_under(id).into_iter().collect() } else { HashSet::new() };
         // What becomes of a freeze under way (None: left as it is).
         let mut freezing: Option<Option<Freezing>> = None;
         // The processes a kill left, swept off the loop.
@@ -348,11 +349,10 @@ impl Containment {
                 }
                 let mut errors = Vec::new();
                 // And what it delegated, at any depth: a sub-task shares its cgroup,
-                // so nothing else would end a sub-task's sub-tasks.
-                for &c in &under {
-                    if let Err(err) = sensors.doom(c) {
-                        errors.push(format!("kernel mark: {err}"));
-                    }
+                // so nothing else would end a sub-task's sub-tasks. (One walk of the
+                // map for them all: an agent may make many.)
+                if let Err(err) = sensors.doom(&under) {
+                    errors.push(format!("kernel mark: {err}"));
                 }
                 if let Some(cg) = own {
                     detail.insert("cgroup".into(), json!(cg.path.display().to_string()));
@@ -437,10 +437,11 @@ impl Containment {
         if let (Some(f), Some(e)) = (freezing, self.tasks.get_mut(id)) {
             e.freezing = f;
         }
-        if act == Act::Kill
-            && let Some(e) = self.tasks.get_mut(id)
-        {
-            e.killed = true;
+        if act == Act::Kill {
+            // Every task the kill covers: none is killed again, each says so.
+            for e in self.tasks.values_mut().filter(|e| under.contains(&e.cookie)) {
+                e.killed = true;
+            }
         }
         if let Err(err) = &result {
             detail.insert("error".into(), json!(err));

@@ -178,6 +178,11 @@ fn delegate_from(
     let Some(parent) = p.enr.task_name(cookie).and_then(|id| p.judge.task(&id)).cloned() else {
         return Err("the caller's task has no manifest here; delegation needs a parent task".into());
     };
+    // A killed task's processes are going: what they delegate now would be under a
+    // cookie the kill does not cover.
+    if p.contain.was_killed(&parent.id) {
+        return Err(format!("task {} was killed: it delegates no more", parent.id));
+    }
     // Its paths are the agent's choice: their file systems are waited for, bounded,
     // in its top-level task's share (however many sub-tasks it makes).
     let paths = Resolve::Within(Wait::task(p.enr.top(cookie), super::tasks::START_PATHS));

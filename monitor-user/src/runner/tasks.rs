@@ -618,7 +618,16 @@ pub fn enroll_in(
             Err(e) => return Err(refuse(format!("{}: {e}", p.display())).into()),
         };
         // A delegated scope was checked against its parent's by its text: a symlink
-        // in it would carry a grant to wherever it points.
+        // in it would carry a grant to wherever it points. (A resumed sub-task's
+        // runs already: not granted, said, rather than left unbound.)
+        if up != 0 && real != *p && resumed {
+            skipped.push(format!(
+                "{} now leads to {} through a symlink: not granted",
+                p.display(),
+                real.display()
+            ));
+            continue;
+        }
         if up != 0 && real != *p {
             return Err(refuse(format!(
                 "{} is reached through a symlink (it is {}): a sub-task's scope must name real paths",

@@ -176,11 +176,12 @@ impl Sensors {
         if self.rewrite(tgid, &v)? { Ok(()) } else { Err(gone()) }
     }
 
-    /// Marks every process of task `task` doomed: the kernel sends each SIGKILL at its
-    /// next hooked syscall (and their children inherit the mark). Returns how many.
-    pub fn doom(&mut self, task: u32) -> Result<usize, LoadError> {
+    /// Marks every process of the tasks `tasks` doomed (one walk of the map for them
+    /// all): the kernel sends each SIGKILL at its next hooked syscall (and their
+    /// children inherit the mark). Returns how many.
+    pub fn doom(&mut self, tasks: &std::collections::HashSet<u32>) -> Result<usize, LoadError> {
         let victims: Vec<(u32, Tracked)> =
-            self.tracked.iter().filter_map(|r| r.ok()).filter(|(_, v)| v.task == task).collect();
+            self.tracked.iter().filter_map(|r| r.ok()).filter(|(_, v)| tasks.contains(&v.task)).collect();
         let mut marked = 0;
         for (tgid, mut v) in victims.iter().copied() {
             v.flags |= monitor_common::tflags::DOOMED;
