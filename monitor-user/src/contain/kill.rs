@@ -144,11 +144,6 @@ impl Containment {
         !self.kills.is_empty()
     }
 
-    /// Whether a kill of task `id` is under way.
-    pub fn is_dying(&self, id: &str) -> bool {
-        self.kills.contains_key(id)
-    }
-
     /// Sweeps each kill under way once; those over, with what to record and answer.
     pub fn settle_kills(&mut self, sensors: &Sensors, host: Arc<str>, now: Timestamp) -> Vec<Killed> {
         if self.kills.is_empty() {
