@@ -469,14 +469,12 @@ pub fn killing_a_sub_task_ends_what_it_delegated() -> R {
     .map_err(|e| e.to_string())?;
     let held = repo.join("sub/held.pid");
     let r = (|| -> Result<u32, String> {
-        ensure(wait(Duration::from_secs(60) * support::slowdown(), || held.exists()), || {
+        // (Its pid is written after the file is made.)
+        let pid = || std::fs::read_to_string(&held).ok().and_then(|t| t.trim().parse::<u32>().ok());
+        ensure(wait(Duration::from_secs(60) * support::slowdown(), || pid().is_some()), || {
             "the sub-task's own sub-task never ran".into()
         })?;
-        let pid: u32 = std::fs::read_to_string(&held)
-            .map_err(|e| e.to_string())?
-            .trim()
-            .parse()
-            .map_err(|e| format!("{e}"))?;
+        let pid = pid().ok_or("its pid")?;
         let sock = format!("/run/agentmon/exec-{}.sock", c.id());
         let (code, _, err) = ctl(&["kill", "kn-child", "--socket", &sock])?;
         eq("kill exit", (code, err), (0, String::new()))?;

@@ -558,10 +558,13 @@ pub fn enroll_in(
     resumed: bool,
 ) -> Result<Vec<String>, RunError> {
     // Every path below is the task's (or its launcher's) to name, and may be on a
-    // file system that does not answer: looked at in workers, bounded (realpath).
-    let w = Wait::task(top, START_PATHS);
+    // file system that does not answer: looked at in workers, each bounded
+    // (realpath). Each, not all: a task may be granted thousands of files, which a
+    // slow machine (an emulated guest) does not open in a second; what does not
+    // answer is bounded by its share (two stuck, and the rest are refused at once).
+    let w = || Wait::task(top, START_PATHS);
     let (t, l) = (task.clone(), launch.to_vec());
-    let planned = crate::worker::RESOLVERS.run(w.who, START_PATHS, move || enforce::lsm::plan(&t, &l));
+    let planned = crate::worker::RESOLVERS.run(w().who, START_PATHS, move || enforce::lsm::plan(&t, &l));
     let mut skipped = Vec::new();
     let plan = match planned {
         Ok(p) => p,
@@ -597,11 +600,12 @@ pub fn enroll_in(
     let planted = |p: &Path, real: &Path| {
         real != p
             && p.parent().is_some_and(|d| {
-                crate::realpath::canonicalize(d, Some(&w)).ok().as_deref() != Some(d) || task.write.reaches(d)
+                crate::realpath::canonicalize(d, Some(&w())).ok().as_deref() != Some(d)
+                    || task.write.reaches(d)
             })
     };
     for (p, r) in &plan.grants {
-        let real = match crate::realpath::canonicalize(p, Some(&w)) {
+        let real = match crate::realpath::canonicalize(p, Some(&w())) {
             Ok(real) if resumed && planted(p, &real) => {
                 skipped.push(format!(
                     "{} now leads to {} through a symlink: not granted",
@@ -636,7 +640,7 @@ pub fn enroll_in(
             ))
             .into());
         }
-        let k = match maps.ident_within(&real, true, &crate::worker::RESOLVERS, &w) {
+        let k = match maps.ident_within(&real, true, &crate::worker::RESOLVERS, &w()) {
             Ok(k) => k,
             Err(e) if resumed => {
                 skipped.push(format!("{}: {e}: not granted", real.display()));
