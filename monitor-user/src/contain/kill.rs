@@ -108,31 +108,32 @@ pub(super) struct Swept {
 /// Signals every process tracked under `cookies` until none is left or `limit` passes.
 pub(super) fn sweep(sensors: &Sensors, cookies: &HashSet<u32>, limit: Duration) -> Swept {
     let start = Instant::now();
-    let mut signalled = Vec::new();
+    let mut signalled = HashSet::new();
     loop {
         let left = once(sensors, &sensors.tracked(), cookies, &mut signalled);
         if left.is_empty() || start.elapsed() >= limit {
+            let mut signalled: Vec<u32> = signalled.into_iter().collect();
             signalled.sort_unstable();
-            signalled.dedup();
             return Swept { signalled, left };
         }
         std::thread::sleep(Duration::from_millis(5));
     }
 }
 
-/// One pass: signals what of `tracked` is under `cookies` (noted in `signalled`);
+/// One pass: signals what of `tracked` is under `cookies` and not yet in
+/// `signalled` (a SIGKILL stays pending until its process dies), noting it there;
 /// what was there.
 fn once(
     sensors: &Sensors,
     tracked: &[(u32, u32)],
     cookies: &HashSet<u32>,
-    signalled: &mut Vec<u32>,
+    signalled: &mut HashSet<u32>,
 ) -> Vec<u32> {
     let mut left = Vec::new();
     for &(pid, c) in tracked.iter().filter(|(_, c)| cookies.contains(c)) {
         left.push(pid);
-        if signal_tracked(sensors, pid, c) {
-            signalled.push(pid);
+        if !signalled.contains(&pid) && signal_tracked(sensors, pid, c) {
+            signalled.insert(pid);
         }
     }
     left
@@ -162,17 +163,11 @@ impl Containment {
         let mut done = Vec::new();
         self.kills.retain(|id, d| {
             if walk {
-                // A process not seen before (a fork that raced the kill) is signalled.
-                let under: Vec<(u32, u32)> =
-                    tracked.iter().copied().filter(|(_, c)| d.cookies.contains(c)).collect();
-                d.left = under.iter().map(|&(p, _)| p).collect();
+                // A process not seen before (a fork that raced the kill) is signalled;
+                // one gone is forgotten (its pid may come back as another).
+                d.left = once(sensors, &tracked, &d.cookies, &mut d.signalled);
                 let left: HashSet<u32> = d.left.iter().copied().collect();
                 d.signalled.retain(|p| left.contains(p));
-                for &(p, c) in &under {
-                    if !d.signalled.contains(&p) && signal_tracked(sensors, p, c) {
-                        d.signalled.insert(p);
-                    }
-                }
                 d.walked = Instant::now();
             }
             let left = &d.left;
