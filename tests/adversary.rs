@@ -637,11 +637,7 @@ fn full_disk_run(enforce: bool) -> R {
         let code = c.wait_with_output().map_err(|e| e.to_string())?.status.code().unwrap_or(-1);
         eq(&format!("exit (the command's); stderr:\n{}", stderr(d)), code, 0)?;
         let evs = audited(&chain)?;
-        let creates = evs
-            .iter()
-            .filter(|e| e.kind == Kind::FileCreate && e.path.as_deref().is_some_and(|p| p.contains("/out/f")))
-            .count();
-        eq("file creates in the audit chain", creates, 300)?;
+        every_create_audited(&evs, 300)?;
         let lost_to = |name: &str| {
             evs.iter().any(|e| {
                 e.kind == Kind::Loss
@@ -770,11 +766,7 @@ pub fn full_disk_keeps_the_daemon_watching() -> R {
         run?;
         let said = said?;
         let evs = audited(&chain)?;
-        let creates = evs
-            .iter()
-            .filter(|e| e.kind == Kind::FileCreate && e.path.as_deref().is_some_and(|p| p.contains("/out/f")))
-            .count();
-        eq(&format!("file creates in the audit chain ({said})"), creates, 300)?;
+        every_create_audited(&evs, 300).map_err(|e| format!("{e}\n{said}"))?;
         ensure(
             evs.iter().any(|e| {
                 e.kind == Kind::Loss
@@ -784,6 +776,39 @@ pub fn full_disk_keeps_the_daemon_watching() -> R {
         )?;
         says_what_it_missed(&events)
     })
+}
+
+/// The stream scenario's `n` creates (`out/f0`..) each have one file_create record in
+/// the audit chain; else which are missing, what was said of their names and every
+/// loss record.
+fn every_create_audited(evs: &[Event], n: usize) -> Result<(), String> {
+    let index = |p: &str| p.rsplit_once("/out/f").and_then(|(_, i)| i.parse::<usize>().ok());
+    let mut seen = vec![0usize; n];
+    for e in evs.iter().filter(|e| e.kind == Kind::FileCreate) {
+        if let Some(i) = e.path.as_deref().and_then(index).filter(|&i| i < n) {
+            seen[i] += 1;
+        }
+    }
+    if seen.iter().all(|&c| c == 1) {
+        return Ok(());
+    }
+    let odd: Vec<String> =
+        seen.iter().enumerate().filter(|(_, c)| **c != 1).map(|(i, c)| format!("f{i}: {c}")).collect();
+    let said: Vec<String> = evs
+        .iter()
+        .filter(|e| {
+            e.kind == Kind::Loss
+                || e.path.as_deref().and_then(index).is_some_and(|i| i < n && seen[i] != 1)
+                || (e.kind == Kind::FileCreate && e.path.as_deref().and_then(index).is_none())
+        })
+        .map(|e| serde_json::to_string(e).unwrap_or_default())
+        .collect();
+    Err(format!(
+        "file creates in the audit chain: not one each of {n}: {}\nrecords of those names, \
+         unnamed creates and losses:\n{}",
+        odd.join(", "),
+        said.join("\n")
+    ))
 }
 
 pub fn full_disk_keeps_watching() -> R {

@@ -683,6 +683,14 @@ pub fn daemon_kill9_restart_reports_the_gap() -> R {
     ensure(starts.len() == 2, || {
         format!("{} task_start records; the second daemon said: {said}", starts.len())
     })?;
+    for s in &starts {
+        // Both daemons saw the task's calls through the tier this kernel gives a daemon.
+        let tier = s.detail.get("observe").and_then(|v| v.as_str());
+        match support::expected_observe() {
+            Some(want) => eq("the daemon's observation tier", tier, Some(want.as_str()))?,
+            None => ensure(matches!(tier, Some("fexit" | "tracepoint")), || format!("observe: {tier:?}"))?,
+        }
+    }
     let gap = starts[1].detail.get("gap").ok_or_else(|| format!("no gap in {:?}", starts[1].detail))?;
     let from = gap["from"].as_str().and_then(agentmon::event::Timestamp::parse).ok_or("gap.from")?;
     let to = gap["to"].as_str().and_then(agentmon::event::Timestamp::parse).ok_or("gap.to")?;

@@ -16,7 +16,9 @@ mod grant;
 mod guards;
 mod hosts;
 mod inherited;
+mod iouring;
 mod nats;
+mod observe;
 mod packets;
 mod pressure;
 mod refusals;
@@ -50,11 +52,17 @@ fn main() {
     let args = Arguments::from_args();
     let tests: Vec<Test> = vec![
         ("file_side_effects", file_side_effects),
+        ("observation_tiers_see_the_same_events", observe::observation_tiers_see_the_same_events),
+        (
+            "a_preemptible_kernel_loses_no_event_silently",
+            observe::a_preemptible_kernel_loses_no_event_silently,
+        ),
         ("dirfd_and_cwd_relative_paths", dirfd_and_cwd_relative_paths),
         ("double_fork_setsid_grandchild_still_tracked", double_fork_setsid_grandchild_still_tracked),
         ("network", network),
         ("events_name_the_user", events_name_the_user),
         ("io_uring_is_reported", io_uring_is_reported),
+        ("io_uring_requests_are_judged_by_their_paths", iouring::io_uring_requests_are_judged_by_their_paths),
         ("openat2_truncations_are_what_the_kernel_did", openat2_truncations_are_what_the_kernel_did),
         ("privilege_calls", privilege_calls),
         ("fileless_exec", fileless_exec),
@@ -230,12 +238,19 @@ fn main() {
                                 AGENTMON_SKIP_KERNEL_TESTS=1 to skip them deliberately)"
                         .into());
                 }
+                // Each test's time, for the kernel matrix's budget (guests are slow).
+                let timed = || {
+                    let start = std::time::Instant::now();
+                    let r = f();
+                    eprintln!("kernel test {name}: {:.1} s", start.elapsed().as_secs_f64());
+                    r
+                };
                 if EXCLUSIVE.contains(&name) {
                     let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
-                    return f();
+                    return timed();
                 }
                 let _shared = ALONE.read().unwrap_or_else(|e| e.into_inner());
-                f()
+                timed()
             });
             t.with_ignored_flag(!root && skip)
         })

@@ -23,25 +23,14 @@ pub fn task_verdicts_and_alerts() -> R {
         std::fs::write(repo.join(f), b"x").map_err(|e| e.to_string())?;
     }
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let manifest = d.join("task.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "id: verdicts\nagent: spiffe://test/agent\nprincipal: ci@test\nmode: execute\nexpires_in: 10m\n\
-             scope:\n  read: [\"{r}/**\"]\n  write: [\"{r}/**\"]\n  delete: [\"{r}/build/**\"]\n  \
-             exec: [\"{me}\"]\napproval_required: [rename]\n",
-            r = repo.display(),
-            me = me.display()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let cmd = vec![me.display().to_string(), d.display().to_string()];
-    let run = run_agentmon_with(
-        &["--task", manifest.to_str().unwrap()],
-        &cmd,
-        &[(SCENARIO_ENV, "task_agent")],
-        &d,
-    )?;
+    let manifest = format!(
+        "id: verdicts\nagent: spiffe://test/agent\nprincipal: ci@test\nmode: execute\nexpires_in: 10m\n\
+         scope:\n  read: [\"{r}/**\"]\n  write: [\"{r}/**\"]\n  delete: [\"{r}/build/**\"]\n  \
+         exec: [\"{me}\"]\napproval_required: [rename]\n",
+        r = repo.display(),
+        me = me.display()
+    );
+    let run = support::run_as_task(&d, &manifest, "task_agent")?;
     eq("exit", run.code, 0)?;
     let p = |f: &str| repo.join(f);
     let check = |kind: Kind, path: &Path, want: &str, rule: Option<&str>| -> R {

@@ -82,6 +82,13 @@ pub struct Offsets {
     /// Offsets in `struct pt_regs` of syscall arguments 0..5 (x86_64: di, si, dx,
     /// r10, r8, r9). Handlers read a syscall's arguments there at sys_exit.
     pub regs_args: [u32; 6],
+    /// `pt_regs.orig_ax` and `.ax` (x86_64): the syscall's number and, once it has
+    /// returned or been refused, its result (a call seccomp refused never reaches
+    /// its function: see monitor-ebpf skip.rs).
+    pub regs_nr: u32,
+    pub regs_ret: u32,
+    /// `task_struct.thread_info.status` (x86_64): TS_COMPAT while an i386 call runs.
+    pub ti_status: u32,
 }
 
 /// Field offsets of non-syscall tracepoints (from tracefs `format`).
@@ -97,6 +104,48 @@ pub struct TpOffsets {
     /// Size of the submit tracepoint's `flags` (8 on io_uring_submit_req, 4 on the
     /// io_uring_submit_sqe of kernels before 6.?).
     pub iou_submit_flags_size: u32,
+}
+
+/// Byte offsets of the io_uring request fields that name paths (from BTF): the
+/// request (`io_kiocb`), the command it carries for each path opcode
+/// (io_uring/openclose.c, fs.c: `io_open`, `io_unlink`, `io_rename`, `io_mkdir`,
+/// `io_link` for symlinks and links) and the `filename` its prep copied in. All
+/// zero where this kernel's BTF lacks them: then the programs reading them are not
+/// loaded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IouOffsets {
+    pub req_opcode: u32,
+    pub req_cmd: u32,
+    pub filename_name: u32,
+    pub open_dfd: u32,
+    /// `io_open.file_slot`: nonzero when the file goes to the ring's own table
+    /// (its result is then no descriptor of the process).
+    pub open_file_slot: u32,
+    pub open_filename: u32,
+    /// `io_open.how.flags`, `.how.mode` (both u64).
+    pub open_flags: u32,
+    pub open_mode: u32,
+    pub unlink_dfd: u32,
+    pub unlink_flags: u32,
+    pub unlink_filename: u32,
+    pub rename_old_dfd: u32,
+    pub rename_new_dfd: u32,
+    pub rename_oldpath: u32,
+    pub rename_newpath: u32,
+    pub rename_flags: u32,
+    pub mkdir_dfd: u32,
+    /// u16 (umode_t).
+    pub mkdir_mode: u32,
+    pub mkdir_filename: u32,
+    pub link_old_dfd: u32,
+    pub link_new_dfd: u32,
+    pub link_oldpath: u32,
+    pub link_newpath: u32,
+    pub link_flags: u32,
+    /// `io_uring_cqe.res`: a completion's result, where the completion tracepoint
+    /// passes the CQE.
+    pub cqe_res: u32,
 }
 
 /// The whole `CONFIG` global.
@@ -116,11 +165,15 @@ pub struct KConfig {
     /// 1 when the BPF LSM tier's hooks are attached: then openat2's O_TRUNC is taken
     /// from its truncate hooks (what the kernel did), not from the caller's memory.
     pub lsm: u32,
+    /// 1 when `sys_exit_witness` is attached (a kernel that preempts): each syscall
+    /// tracepoint program marks that it ran, for the witness to see one skipped.
+    pub witness: u32,
     /// 4096-bit filter over the SENSITIVE hashes (bit `h & 4095`): a read-only open
     /// whose basename hashes miss it needs no map lookup at all.
     pub sensitive_bloom: [u64; 64],
     pub off: Offsets,
     pub tp: TpOffsets,
+    pub iou: IouOffsets,
 }
 
 impl Default for KConfig {
@@ -131,9 +184,11 @@ impl Default for KConfig {
             wakeup_bytes: 0,
             epoch: 0,
             lsm: 0,
+            witness: 0,
             sensitive_bloom: [0; 64],
             off: Offsets::default(),
             tp: TpOffsets::default(),
+            iou: IouOffsets::default(),
         }
     }
 }

@@ -25,6 +25,7 @@
 //! | BPF | [0] command |
 //! | PRIVILEGE | [0..3] ids as passed (uid/gid triples); op tells which call |
 //! | TAMPER | [0..3] the call's first three arguments as passed; op tells which call |
+//! | UNSEEN | [0] the number of a syscall whose tracepoint program the kernel skipped; ret is its result |
 
 // Process, 1xx.
 pub const FORK: u16 = 100;
@@ -55,9 +56,13 @@ pub const PRIVILEGE: u16 = 502;
 /// A call against agentmon (a signal to it) or one no task needs (mount, modules,
 /// another process's memory or descriptors, file handles), or a refused socket.
 pub const TAMPER: u16 = 503;
+// Observation gaps, 6xx.
+/// A tracked process's hooked syscall whose tracepoint program the kernel skipped
+/// (its CPU's BPF guard was held by another's map call, preempted there).
+pub const UNSEEN: u16 = 600;
 
 /// Every kernel kind, in counter-slot order.
-pub const ALL: [u16; 22] = [
+pub const ALL: [u16; 23] = [
     FORK,
     EXEC,
     EXIT,
@@ -80,6 +85,7 @@ pub const ALL: [u16; 22] = [
     PRIVILEGE,
     TAMPER,
     XATTR,
+    UNSEEN,
 ];
 
 /// Dense counter slot of a kind (see `COUNTERS`); unknown kinds share the last slot.
@@ -107,6 +113,7 @@ pub const fn slot(kind: u16) -> u32 {
         PRIVILEGE => 19,
         TAMPER => 20,
         XATTR => 21,
+        UNSEEN => 22,
         _ => crate::COUNTER_SLOTS - 1,
     }
 }

@@ -23,7 +23,7 @@ pub mod lsm;
 pub mod op;
 pub mod packet;
 
-pub use config::{KConfig, Offsets, TpOffsets};
+pub use config::{IouOffsets, KConfig, Offsets, TpOffsets};
 
 /// Bytes reserved for the variable tail of an event. The kernel stops writing
 /// (and sets [`pflags::TRUNCATED`]) when an operand would not fit.
@@ -131,6 +131,9 @@ pub mod pflags {
     /// AT_EMPTY_PATH or a name under a directory descriptor makes it); operand 2 is
     /// then that descriptor's file, or the name under its directory.
     pub const BY_DESCRIPTOR: u16 = 1 << 13;
+    /// A request submitted through io_uring (its op an `IORING_OP_*`), recorded as
+    /// the kernel took it in: the paths it names, not its outcome (ret is 0).
+    pub const SUBMITTED: u16 = 1 << 14;
 }
 
 /// Flags in [`Tracked::flags`].

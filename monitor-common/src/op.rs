@@ -53,6 +53,15 @@ ops! {
 
     IOURING_SETUP = 70, "io_uring_setup";
     IOURING_SUBMIT = 71, "io_uring_submit";
+    // Requests submitted through io_uring that name paths (monitor-ebpf iouring.rs):
+    // named by their opcode, as the ring was asked.
+    IOU_OPENAT = 72, "IORING_OP_OPENAT";
+    IOU_OPENAT2 = 73, "IORING_OP_OPENAT2";
+    IOU_UNLINKAT = 74, "IORING_OP_UNLINKAT";
+    IOU_RENAMEAT = 75, "IORING_OP_RENAMEAT";
+    IOU_MKDIRAT = 76, "IORING_OP_MKDIRAT";
+    IOU_SYMLINKAT = 77, "IORING_OP_SYMLINKAT";
+    IOU_LINKAT = 78, "IORING_OP_LINKAT";
 
     PTRACE = 80, "ptrace";
     BPF = 81, "bpf";

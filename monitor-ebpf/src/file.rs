@@ -6,14 +6,14 @@
 //! results (opens, f* calls) from the file itself, so symlinks and `..` are already
 //! resolved there.
 
-use aya_ebpf::{helpers::generated as h, macros::tracepoint, maps::LruHashMap, programs::TracePointContext};
+use aya_ebpf::{helpers::generated as h, maps::LruHashMap};
 use monitor_common::{FIXED_SIZE, hash, kind, lsm::FsKey, op, pflags};
 
 use crate::{
     REFUSED_OPEN, SCRATCH, SECRETS, SENSITIVE, TRUNC_OPEN,
     kern::{
         AT_FDCWD, Args, CallMark, Ev, NO_BASE, bounded, conf, fd_file, file_path, ident, is_tracked, kptr,
-        kread, off, pid_tgid, sys, sys_ret, tracked,
+        kread, off, on_exit, pid_tgid, sys, tracked,
     },
 };
 
@@ -21,7 +21,7 @@ const O_WRONLY: u64 = 0o1;
 const O_RDWR: u64 = 0o2;
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
-const WRITE_INTENT: u64 = O_WRONLY | O_RDWR | O_CREAT | O_TRUNC;
+pub(crate) const WRITE_INTENT: u64 = O_WRONLY | O_RDWR | O_CREAT | O_TRUNC;
 const FMODE_READ: u32 = 1;
 const FMODE_WRITE: u32 = 2;
 const FMODE_PATH: u32 = 0x4000;
@@ -41,15 +41,7 @@ const EACCES: i64 = 13;
 /// to its dirfd, except for an open the BPF LSM tier refused: then the file the hook
 /// refused (operand 1) and the name as passed (operand 2), with the hook's f_mode.
 #[inline(always)]
-pub(crate) fn open_exit(
-    ctx: &TracePointContext,
-    o: u16,
-    dfd: u64,
-    fname: u64,
-    flags: u64,
-    mode: u64,
-) -> Option<()> {
-    let ret = sys_ret(ctx);
+pub(crate) fn open_exit(ret: i64, o: u16, dfd: u64, fname: u64, flags: u64, mode: u64) -> Option<()> {
     // The LSM tier's word on this call, taken whatever the outcome (so none is left
     // for a later call to match): what its file_open refused, what it truncated.
     let by_hook = if conf!(lsm) != 0 { take_for_call(&REFUSED_OPEN) } else { None };
@@ -145,59 +137,71 @@ pub(crate) fn open_exit(
     Some(())
 }
 
-/// syscalls:sys_exit_open(ret); arguments (filename, flags, mode).
-#[tracepoint]
-pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
-    if is_tracked() {
-        let a = Args::current();
-        let _ = open_exit(&ctx, op::OPEN, AT_FDCWD as u64, a.get(0), a.get(1), a.get(2));
-    }
-    0
-}
-
-/// syscalls:sys_exit_openat(ret); arguments (dfd, filename, flags, mode).
-#[tracepoint]
-pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    if is_tracked() {
-        let a = Args::current();
-        let _ = open_exit(&ctx, op::OPENAT, a.get(0), a.get(1), a.get(2), a.get(3));
-    }
-    0
-}
-
-/// syscalls:sys_exit_openat2(ret); arguments (dfd, filename, how, size); reads
-/// how->flags and how->mode from the caller. Its memory may have changed since the
-/// call or be gone: the opened file's own mode says what it was opened for.
-#[tracepoint]
-pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
-    if is_tracked() {
-        let a = Args::current();
-        let mut how = [0u64; 2];
-        let r = unsafe { h::bpf_probe_read_user((&raw mut how).cast(), 16, a.get(2) as *const _) };
-        if r != 0 {
-            how = [0; 2];
+on_exit!(
+    /// syscalls:sys_exit_open(ret); arguments (filename, flags, mode).
+    sys_exit_open,
+    fx_open,
+    sk_open,
+    |ret| {
+        if is_tracked() {
+            let a = Args::current();
+            let _ = open_exit(ret, op::OPEN, AT_FDCWD as u64, a.get(0), a.get(1), a.get(2));
         }
-        let _ = open_exit(&ctx, op::OPENAT2, a.get(0), a.get(1), how[0], how[1]);
     }
-    0
-}
+);
 
-/// syscalls:sys_exit_creat(ret); arguments (pathname, mode): open(O_CREAT|O_WRONLY|O_TRUNC).
-#[tracepoint]
-pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
-    if is_tracked() {
-        let a = Args::current();
-        let _ = open_exit(&ctx, op::CREAT, AT_FDCWD as u64, a.get(0), O_CREAT | O_WRONLY | O_TRUNC, a.get(1));
+on_exit!(
+    /// syscalls:sys_exit_openat(ret); arguments (dfd, filename, flags, mode).
+    sys_exit_openat,
+    fx_openat,
+    sk_openat,
+    |ret| {
+        if is_tracked() {
+            let a = Args::current();
+            let _ = open_exit(ret, op::OPENAT, a.get(0), a.get(1), a.get(2), a.get(3));
+        }
     }
-    0
-}
+);
+
+on_exit!(
+    /// syscalls:sys_exit_openat2(ret); arguments (dfd, filename, how, size); reads
+    /// how->flags and how->mode from the caller. Its memory may have changed since the
+    /// call or be gone: the opened file's own mode says what it was opened for.
+    sys_exit_openat2,
+    fx_openat2,
+    sk_openat2,
+    |ret| {
+        if is_tracked() {
+            let a = Args::current();
+            let mut how = [0u64; 2];
+            let r = unsafe { h::bpf_probe_read_user((&raw mut how).cast(), 16, a.get(2) as *const _) };
+            if r != 0 {
+                how = [0; 2];
+            }
+            let _ = open_exit(ret, op::OPENAT2, a.get(0), a.get(1), how[0], how[1]);
+        }
+    }
+);
+
+on_exit!(
+    /// syscalls:sys_exit_creat(ret); arguments (pathname, mode): open(O_CREAT|O_WRONLY|O_TRUNC).
+    sys_exit_creat,
+    fx_creat,
+    sk_creat,
+    |ret| {
+        if is_tracked() {
+            let a = Args::current();
+            let _ = open_exit(ret, op::CREAT, AT_FDCWD as u64, a.get(0), O_CREAT | O_WRONLY | O_TRUNC, a.get(1));
+        }
+    }
+);
 
 /// Is the file of `dentry` on procfs and of one of agentmon's threads (its
 /// `proc_inode`'s pid's task is in agentmon's thread group)? Known by the process,
 /// so neither a pid namespace nor a procfs mounted elsewhere hides it, and a file
 /// named like one elsewhere is not it.
 #[inline(always)]
-fn agentmon_proc(dentry: u64) -> bool {
+pub(crate) fn agentmon_proc(dentry: u64) -> bool {
     unsafe {
         let sb = kptr(dentry, off!(dentry_sb));
         if sb == 0 || kread::<u64>(sb + off!(sb_magic)) != PROC_SUPER_MAGIC {
@@ -220,7 +224,7 @@ fn agentmon_proc(dentry: u64) -> bool {
 /// Is `dentry` named like a /proc file any `ps` or `top` reads (stat, statm, status,
 /// comm, cmdline)? Compared with its NUL, in the first 8 bytes of the name.
 #[inline(always)]
-fn harmless_proc_file(dentry: u64) -> bool {
+pub(crate) fn harmless_proc_file(dentry: u64) -> bool {
     let name = unsafe { kptr(dentry, off!(dentry_name) + off!(qstr_name)) };
     let mut b = [0u8; 8];
     if unsafe { h::bpf_probe_read_kernel((&raw mut b).cast(), 8, name as *const _) } != 0 {
@@ -245,7 +249,7 @@ fn take_for_call<V: Copy + CallMark>(map: &LruHashMap<u32, V>) -> Option<V> {
 
 /// Is the file of `dentry` one of agentmon's private keys (`SECRETS`)?
 #[inline(always)]
-fn secret(dentry: u64) -> bool {
+pub(crate) fn secret(dentry: u64) -> bool {
     ident(dentry).is_some_and(|(dev, ino)| unsafe { SECRETS.get(&FsKey { ino, dev, task: 0 }) }.is_some())
 }
 
@@ -282,7 +286,7 @@ macro_rules! set {
 /// confirms with the full glob on the resolved path. Basenames over 63 bytes never
 /// match.
 #[inline(always)]
-fn sensitive_name(fname: u64, user: bool) -> bool {
+pub(crate) fn sensitive_name(fname: u64, user: bool) -> bool {
     let Some(sc) = SCRATCH.get_ptr_mut(0) else { return false };
     let s = unsafe { &raw mut (*sc).scan };
     let buf = unsafe { ((&raw mut (*sc).buf) as *mut u8).add(FIXED_SIZE) };
@@ -385,82 +389,82 @@ fn candidate(h: u64) -> bool {
 // ---- path calls -------------------------------------------------------------------
 // Argument positions follow each syscall's format (include/linux/syscalls.h).
 
-sys!(sys_exit_unlink, op::UNLINK, kind::UNLINK, |a, ev| {
+sys!(sys_exit_unlink, fx_unlink, sk_unlink, op::UNLINK, kind::UNLINK, |a, ev| {
     ev.operand(1, a.get(0), true, AT_FDCWD);
 });
-sys!(sys_exit_unlinkat, op::UNLINKAT, kind::UNLINK, |a, ev| {
+sys!(sys_exit_unlinkat, fx_unlinkat, sk_unlinkat, op::UNLINKAT, kind::UNLINK, |a, ev| {
     ev.arg(0, a.get(2));
     ev.operand(1, a.get(1), true, a.get(0) as i64);
 });
-sys!(sys_exit_rmdir, op::RMDIR, kind::UNLINK, |a, ev| {
+sys!(sys_exit_rmdir, fx_rmdir, sk_rmdir, op::RMDIR, kind::UNLINK, |a, ev| {
     ev.arg(0, AT_REMOVEDIR);
     ev.operand(1, a.get(0), true, AT_FDCWD);
 });
 
-sys!(sys_exit_rename, op::RENAME, kind::RENAME, |a, ev| {
+sys!(sys_exit_rename, fx_rename, sk_rename, op::RENAME, kind::RENAME, |a, ev| {
     ev.operand(1, a.get(0), true, AT_FDCWD);
     ev.operand(2, a.get(1), true, AT_FDCWD);
 });
-sys!(sys_exit_renameat, op::RENAMEAT, kind::RENAME, |a, ev| {
+sys!(sys_exit_renameat, fx_renameat, sk_renameat, op::RENAMEAT, kind::RENAME, |a, ev| {
     ev.operand(1, a.get(1), true, a.get(0) as i64);
     ev.operand(2, a.get(3), true, a.get(2) as i64);
 });
-sys!(sys_exit_renameat2, op::RENAMEAT2, kind::RENAME, |a, ev| {
+sys!(sys_exit_renameat2, fx_renameat2, sk_renameat2, op::RENAMEAT2, kind::RENAME, |a, ev| {
     ev.arg(0, a.get(4));
     ev.operand(1, a.get(1), true, a.get(0) as i64);
     ev.operand(2, a.get(3), true, a.get(2) as i64);
 });
 
-sys!(sys_exit_truncate, op::TRUNCATE, kind::TRUNCATE, |a, ev| {
+sys!(sys_exit_truncate, fx_truncate, sk_truncate, op::TRUNCATE, kind::TRUNCATE, |a, ev| {
     // Its truncate hook's mark is for no open.
     let _ = TRUNC_OPEN.remove(&(pid_tgid() as u32));
     ev.arg(0, a.get(1));
     ev.operand(1, a.get(0), true, AT_FDCWD);
 });
-sys!(sys_exit_ftruncate, op::FTRUNCATE, kind::TRUNCATE, |a, ev| {
+sys!(sys_exit_ftruncate, fx_ftruncate, sk_ftruncate, op::FTRUNCATE, kind::TRUNCATE, |a, ev| {
     let _ = TRUNC_OPEN.remove(&(pid_tgid() as u32));
     ev.arg(0, a.get(1));
     ev.flag(pflags::OP1_FROM_FD);
     ev.operand_path(1, file_path(unsafe { fd_file(a.get(0) as i32 as i64) }));
 });
 
-sys!(sys_exit_chmod, op::CHMOD, kind::CHMOD, |a, ev| {
+sys!(sys_exit_chmod, fx_chmod, sk_chmod, op::CHMOD, kind::CHMOD, |a, ev| {
     ev.arg(0, a.get(1));
     ev.operand(1, a.get(0), true, AT_FDCWD);
 });
-sys!(sys_exit_fchmod, op::FCHMOD, kind::CHMOD, |a, ev| {
+sys!(sys_exit_fchmod, fx_fchmod, sk_fchmod, op::FCHMOD, kind::CHMOD, |a, ev| {
     ev.arg(0, a.get(1));
     ev.flag(pflags::OP1_FROM_FD);
     ev.operand_path(1, file_path(unsafe { fd_file(a.get(0) as i32 as i64) }));
 });
-sys!(sys_exit_fchmodat, op::FCHMODAT, kind::CHMOD, |a, ev| {
+sys!(sys_exit_fchmodat, fx_fchmodat, sk_fchmodat, op::FCHMODAT, kind::CHMOD, |a, ev| {
     ev.arg(0, a.get(2));
     ev.operand(1, a.get(1), true, a.get(0) as i64);
 });
-sys!(sys_exit_fchmodat2, op::FCHMODAT2, kind::CHMOD, |a, ev| {
+sys!(sys_exit_fchmodat2, fx_fchmodat2, sk_fchmodat2, op::FCHMODAT2, kind::CHMOD, |a, ev| {
     ev.arg(0, a.get(2));
     ev.arg(1, a.get(3));
     ev.operand(1, a.get(1), true, a.get(0) as i64);
 });
 
-sys!(sys_exit_chown, op::CHOWN, kind::CHOWN, |a, ev| {
+sys!(sys_exit_chown, fx_chown, sk_chown, op::CHOWN, kind::CHOWN, |a, ev| {
     ev.arg(0, a.get(1));
     ev.arg(1, a.get(2));
     ev.operand(1, a.get(0), true, AT_FDCWD);
 });
-sys!(sys_exit_lchown, op::LCHOWN, kind::CHOWN, |a, ev| {
+sys!(sys_exit_lchown, fx_lchown, sk_lchown, op::LCHOWN, kind::CHOWN, |a, ev| {
     ev.arg(0, a.get(1));
     ev.arg(1, a.get(2));
     ev.arg(2, AT_SYMLINK_NOFOLLOW);
     ev.operand(1, a.get(0), true, AT_FDCWD);
 });
-sys!(sys_exit_fchown, op::FCHOWN, kind::CHOWN, |a, ev| {
+sys!(sys_exit_fchown, fx_fchown, sk_fchown, op::FCHOWN, kind::CHOWN, |a, ev| {
     ev.arg(0, a.get(1));
     ev.arg(1, a.get(2));
     ev.flag(pflags::OP1_FROM_FD);
     ev.operand_path(1, file_path(unsafe { fd_file(a.get(0) as i32 as i64) }));
 });
-sys!(sys_exit_fchownat, op::FCHOWNAT, kind::CHOWN, |a, ev| {
+sys!(sys_exit_fchownat, fx_fchownat, sk_fchownat, op::FCHOWNAT, kind::CHOWN, |a, ev| {
     ev.arg(0, a.get(2));
     ev.arg(1, a.get(3));
     ev.arg(2, a.get(4));
@@ -470,16 +474,16 @@ sys!(sys_exit_fchownat, op::FCHOWNAT, kind::CHOWN, |a, ev| {
 // Extended attributes (setxattr/removexattr families): a metadata change Landlock does
 // not limit. Operand 1 is the file, operand 2 the attribute's name (as given).
 macro_rules! xattr {
-    ($exit:ident, $op:expr, $removed:expr, path) => {
-        sys!($exit, $op, kind::XATTR, |a, ev| {
+    ($exit:ident, $fx:ident, $sk:ident, $op:expr, $removed:expr, path) => {
+        sys!($exit, $fx, $sk, $op, kind::XATTR, |a, ev| {
             ev.arg(0, $removed);
             ev.arg(1, if $removed == 0 { a.get(4) } else { 0 });
             ev.operand(1, a.get(0), true, AT_FDCWD);
             ev.operand(2, a.get(1), true, NO_BASE);
         });
     };
-    ($exit:ident, $op:expr, $removed:expr, fd) => {
-        sys!($exit, $op, kind::XATTR, |a, ev| {
+    ($exit:ident, $fx:ident, $sk:ident, $op:expr, $removed:expr, fd) => {
+        sys!($exit, $fx, $sk, $op, kind::XATTR, |a, ev| {
             ev.arg(0, $removed);
             ev.arg(1, if $removed == 0 { a.get(4) } else { 0 });
             ev.flag(pflags::OP1_FROM_FD);
@@ -488,41 +492,41 @@ macro_rules! xattr {
         });
     };
 }
-xattr!(sys_exit_setxattr, op::SETXATTR, 0, path);
-xattr!(sys_exit_lsetxattr, op::LSETXATTR, 0, path);
-xattr!(sys_exit_fsetxattr, op::FSETXATTR, 0, fd);
-xattr!(sys_exit_removexattr, op::REMOVEXATTR, 1, path);
-xattr!(sys_exit_lremovexattr, op::LREMOVEXATTR, 1, path);
-xattr!(sys_exit_fremovexattr, op::FREMOVEXATTR, 1, fd);
+xattr!(sys_exit_setxattr, fx_setxattr, sk_setxattr, op::SETXATTR, 0, path);
+xattr!(sys_exit_lsetxattr, fx_lsetxattr, sk_lsetxattr, op::LSETXATTR, 0, path);
+xattr!(sys_exit_fsetxattr, fx_fsetxattr, sk_fsetxattr, op::FSETXATTR, 0, fd);
+xattr!(sys_exit_removexattr, fx_removexattr, sk_removexattr, op::REMOVEXATTR, 1, path);
+xattr!(sys_exit_lremovexattr, fx_lremovexattr, sk_lremovexattr, op::LREMOVEXATTR, 1, path);
+xattr!(sys_exit_fremovexattr, fx_fremovexattr, sk_fremovexattr, op::FREMOVEXATTR, 1, fd);
 
 // Links: operand 1 is the new name, operand 2 the existing file (hard link) or the
 // symlink's target string, which is stored as written (it is resolved against the
 // link's directory when followed, not against the caller's cwd).
-sys!(sys_exit_link, op::LINK, kind::LINK, |a, ev| {
+sys!(sys_exit_link, fx_link, sk_link, op::LINK, kind::LINK, |a, ev| {
     ev.operand(1, a.get(1), true, AT_FDCWD);
     ev.operand(2, a.get(0), true, AT_FDCWD);
 });
-sys!(sys_exit_linkat, op::LINKAT, kind::LINK, |a, ev| {
+sys!(sys_exit_linkat, fx_linkat, sk_linkat, op::LINKAT, kind::LINK, |a, ev| {
     ev.arg(1, a.get(4));
     ev.operand(1, a.get(3), true, a.get(2) as i64);
     ev.operand(2, a.get(1), true, a.get(0) as i64);
 });
-sys!(sys_exit_symlink, op::SYMLINK, kind::LINK, |a, ev| {
+sys!(sys_exit_symlink, fx_symlink, sk_symlink, op::SYMLINK, kind::LINK, |a, ev| {
     ev.arg(0, 1);
     ev.operand(1, a.get(1), true, AT_FDCWD);
     ev.operand(2, a.get(0), true, NO_BASE);
 });
-sys!(sys_exit_symlinkat, op::SYMLINKAT, kind::LINK, |a, ev| {
+sys!(sys_exit_symlinkat, fx_symlinkat, sk_symlinkat, op::SYMLINKAT, kind::LINK, |a, ev| {
     ev.arg(0, 1);
     ev.operand(1, a.get(2), true, a.get(1) as i64);
     ev.operand(2, a.get(0), true, NO_BASE);
 });
 
-sys!(sys_exit_mkdir, op::MKDIR, kind::MKDIR, |a, ev| {
+sys!(sys_exit_mkdir, fx_mkdir, sk_mkdir, op::MKDIR, kind::MKDIR, |a, ev| {
     ev.arg(0, a.get(1));
     ev.operand(1, a.get(0), true, AT_FDCWD);
 });
-sys!(sys_exit_mkdirat, op::MKDIRAT, kind::MKDIR, |a, ev| {
+sys!(sys_exit_mkdirat, fx_mkdirat, sk_mkdirat, op::MKDIRAT, kind::MKDIR, |a, ev| {
     ev.arg(0, a.get(2));
     ev.operand(1, a.get(1), true, a.get(0) as i64);
 });

@@ -4,7 +4,11 @@
 
 use core::ptr::{read_volatile, write_volatile};
 
-use aya_ebpf::{EbpfContext, helpers::generated as h, programs::TracePointContext};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::generated as h,
+    programs::{FExitContext, TracePointContext},
+};
 use monitor_common::{
     Body, COMM_LEN, EventHeader, FIXED_SIZE, HEADER_SIZE, STR_MAX, TAIL_MASK, TAIL_MAX, Tracked, WALK_MAX,
     counter, kind, pflags,
@@ -193,6 +197,34 @@ pub fn sys_ret(ctx: &TracePointContext) -> i64 {
     unsafe { *(ctx.as_ptr() as *const i64).add(2) }
 }
 
+/// The result of a call seccomp answered, as the caller will see it: what its
+/// filter or agentmon's gate set in the saved registers.
+#[inline(always)]
+pub fn skipped_ret() -> i64 {
+    let regs = unsafe { h::bpf_task_pt_regs(h::bpf_get_current_task_btf()) } as *const u8;
+    if regs.is_null() {
+        return 0;
+    }
+    unsafe { bload::<i64>(regs, read_volatile(&raw const crate::CONFIG.off.regs_ret) as u64) }
+}
+
+/// The number of the current task's syscall (its saved `orig_ax`), or -1.
+#[inline(always)]
+pub fn syscall_nr() -> i64 {
+    let regs = unsafe { h::bpf_task_pt_regs(h::bpf_get_current_task_btf()) } as *const u8;
+    if regs.is_null() {
+        return -1;
+    }
+    unsafe { bload::<i64>(regs, read_volatile(&raw const crate::CONFIG.off.regs_nr) as u64) }
+}
+
+/// Return value of a syscall's function at its fexit: `long __x64_sys_NAME(const
+/// struct pt_regs *)` has one argument, and the result follows the arguments.
+#[inline(always)]
+pub fn fexit_ret(ctx: &FExitContext) -> i64 {
+    ctx.arg::<i64>(1)
+}
+
 #[inline(always)]
 pub fn count(k: u16, lost: bool) {
     let idx = kind::slot(k) * 2 + if lost { counter::LOST } else { counter::EMITTED };
@@ -258,23 +290,64 @@ impl CallMark for monitor_common::lsm::TruncMark {
     }
 }
 
-/// The tracepoint program for one syscall's exit: when the process is tracked,
-/// builds the event in `$body` from the arguments `$a` (see [`Args`]) into `$ev`.
-macro_rules! sys {
-    ($exit:ident, $op:expr, $kind:expr, |$a:ident, $ev:ident| $body:block) => {
-        #[doc = concat!("syscalls:", stringify!($exit), ": the call's result and arguments.")]
+/// The programs of one syscall's exit, sharing one body that gets `$ret`, the call's
+/// result: the tracepoint `syscalls:$tp`; the fexit program `$fx` that the loader
+/// attaches to the syscall's own function (`__x64_sys_NAME` for `fx_NAME`); and
+/// `$sk`, run by a tail call from `skip.rs` when seccomp answered the call before
+/// it reached that function (refused it, or agentmon's gate answered it). The
+/// loader attaches the tracepoints or the other two: an fexit program costs only
+/// the processes that make its call, where attaching any syscall tracepoint sends
+/// every syscall of every process through the slow path of the kernel's syscall
+/// entry and exit. All run when the call returns, in the caller, with its saved
+/// registers still holding the arguments ([`Args`]), so the events are the same.
+macro_rules! on_exit {
+    ($(#[doc = $doc:expr])* $tp:ident, $fx:ident, $sk:ident, |$ret:ident| $body:block) => {
+        $(#[doc = $doc])*
         #[aya_ebpf::macros::tracepoint]
-        pub fn $exit(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
-            if let Some(t) = crate::kern::tracked() {
-                let $a = crate::kern::Args::current();
-                let ret = crate::kern::sys_ret(&ctx);
-                if let Some(mut $ev) = crate::kern::Ev::new($kind, $op, &t, ret) {
-                    $body;
-                    $ev.emit();
-                }
-            }
+        pub fn $tp(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
+            crate::witness::ran(&ctx);
+            let $ret = crate::kern::sys_ret(&ctx);
+            $body;
             0
         }
+        #[doc = concat!("fexit of the syscall's function: what [`", stringify!($tp), "`] does.")]
+        #[aya_ebpf::macros::fexit]
+        pub fn $fx(ctx: aya_ebpf::programs::FExitContext) -> i32 {
+            let $ret = crate::kern::fexit_ret(&ctx);
+            $body;
+            0
+        }
+        #[doc = concat!("What [`", stringify!($tp), "`] does, for a call seccomp answered (skip.rs).")]
+        #[aya_ebpf::macros::fexit]
+        pub fn $sk(_ctx: aya_ebpf::programs::FExitContext) -> i32 {
+            let $ret = crate::kern::skipped_ret();
+            $body;
+            0
+        }
+    };
+}
+pub(crate) use on_exit;
+
+/// The programs for one syscall's exit (see [`on_exit`]): when the process is
+/// tracked, builds the event in `$body` from the arguments `$a` (see [`Args`]) into
+/// `$ev`.
+macro_rules! sys {
+    ($exit:ident, $fx:ident, $sk:ident, $op:expr, $kind:expr, |$a:ident, $ev:ident| $body:block) => {
+        crate::kern::on_exit!(
+            #[doc = concat!("syscalls:", stringify!($exit), ": the call's result and arguments.")]
+            $exit,
+            $fx,
+            $sk,
+            |ret| {
+                if let Some(t) = crate::kern::tracked() {
+                    let $a = crate::kern::Args::current();
+                    if let Some(mut $ev) = crate::kern::Ev::new($kind, $op, &t, ret) {
+                        $body;
+                        $ev.emit();
+                    }
+                }
+            }
+        );
     };
 }
 pub(crate) use sys;

@@ -20,6 +20,8 @@ mod net;
 mod netguard;
 mod privilege;
 mod process;
+mod skip;
+mod witness;
 
 use aya_ebpf::{
     macros::map,
@@ -98,6 +100,16 @@ static LSM_TASK: HashMap<u32, LsmTask> = HashMap::with_max_entries(4096, 0);
 /// the hooks see it (stat's can differ: overlayfs, btrfs subvolumes).
 #[map]
 static IDENT: HashMap<u32, FsKey> = HashMap::with_max_entries(64, 0);
+
+/// The thread and number (+1) of the syscall whose tracepoint program last ran on
+/// this CPU, taken by `sys_exit_witness` (see witness.rs).
+#[map]
+static TP_RAN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Syscall number -> 1 once a tracepoint program of agentmon's ran for it: the
+/// syscalls whose exit has a program to be skipped (see witness.rs).
+#[map]
+static TP_HOOKED: Array<u8> = Array::with_max_entries(witness::NR_MAX, 0);
 
 /// The state of one sendmmsg's walk over its messages (see net::Mmsg).
 #[map]

@@ -5,12 +5,12 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{helpers::generated as h, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::helpers::generated as h;
 use monitor_common::{Tracked, kind, op, pflags};
 
 use crate::{
     MMSG,
-    kern::{Args, Ev, fd_file, is_tracked, kptr, kread, off, sys, sys_ret, tracked},
+    kern::{Args, Ev, fd_file, is_tracked, kptr, kread, off, on_exit, sys, tracked},
 };
 
 const AF_UNSPEC: u64 = 0;
@@ -82,12 +82,12 @@ fn put_sockaddr(ev: &mut Ev, sa: u64, len: u64, fd: u64, ty: u64, send: bool) {
     ev.arg(3, fd);
 }
 
-sys!(sys_exit_connect, op::CONNECT, kind::CONNECT, |a, ev| {
+sys!(sys_exit_connect, fx_connect, sk_connect, op::CONNECT, kind::CONNECT, |a, ev| {
     let ty = sock_type(a.get(0), ev.ret());
     put_sockaddr(&mut ev, a.get(1), a.get(2), a.get(0), ty, false);
 });
 
-sys!(sys_exit_bind, op::BIND, kind::BIND, |a, ev| {
+sys!(sys_exit_bind, fx_bind, sk_bind, op::BIND, kind::BIND, |a, ev| {
     let ty = sock_type(a.get(0), ev.ret());
     put_sockaddr(&mut ev, a.get(1), a.get(2), a.get(0), ty, false);
 });
@@ -95,7 +95,7 @@ sys!(sys_exit_bind, op::BIND, kind::BIND, |a, ev| {
 /// A send that names a destination (a send on a connected socket is covered by its
 /// connect): sendto's `addr`, or msg_name of a `struct msghdr`.
 #[inline(always)]
-fn send_exit(ctx: &TracePointContext, o: u16) -> Option<()> {
+fn send_exit(ret: i64, o: u16) -> Option<()> {
     if !is_tracked() {
         return None;
     }
@@ -115,7 +115,6 @@ fn send_exit(ctx: &TracePointContext, o: u16) -> Option<()> {
         return None;
     }
     let t = tracked()?;
-    let ret = sys_ret(ctx);
     let mut ev = Ev::new(kind::SEND, o, &t, ret)?;
     let ty = sock_type(fd, ret);
     put_sockaddr(&mut ev, sa, len, fd, ty, true);
@@ -123,19 +122,25 @@ fn send_exit(ctx: &TracePointContext, o: u16) -> Option<()> {
     Some(())
 }
 
-/// syscalls:sys_exit_sendto(ret); arguments (fd, buff, len, flags, addr, addr_len).
-#[tracepoint]
-pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
-    let _ = send_exit(&ctx, op::SENDTO);
-    0
-}
+on_exit!(
+    /// syscalls:sys_exit_sendto(ret); arguments (fd, buff, len, flags, addr, addr_len).
+    sys_exit_sendto,
+    fx_sendto,
+    sk_sendto,
+    |ret| {
+        let _ = send_exit(ret, op::SENDTO);
+    }
+);
 
-/// syscalls:sys_exit_sendmsg(ret); arguments (fd, msg, flags).
-#[tracepoint]
-pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
-    let _ = send_exit(&ctx, op::SENDMSG);
-    0
-}
+on_exit!(
+    /// syscalls:sys_exit_sendmsg(ret); arguments (fd, msg, flags).
+    sys_exit_sendmsg,
+    fx_sendmsg,
+    sk_sendmsg,
+    |ret| {
+        let _ = send_exit(ret, op::SENDMSG);
+    }
+);
 
 /// Messages of one sendmmsg read for their destinations: the kernel's own bound on
 /// `vlen` (UIO_MAXIOV).
@@ -281,19 +286,27 @@ extern "C" fn mmsg_step(i: u64, _ctx: *mut c_void) -> i64 {
     0
 }
 
-/// syscalls:sys_exit_sendmmsg(ret); arguments (fd, mmsg, vlen, flags): each message
-/// sent (the first only, when the call failed) whose destination is not one recorded
-/// already for the call, `args[4]` its index; when it sent fewer than `vlen`, the
-/// message it failed on, flagged UNSENT (an enforced task's refused destination);
-/// past MMSG_RECORDED destinations, or for one that cannot be read as it was sent,
-/// one record flagged TRUNCATED with no destination. The first alone would let one
-/// allowed destination first hide any other after it.
-#[tracepoint]
-pub fn sys_exit_sendmmsg(ctx: TracePointContext) -> u32 {
-    let Some(t) = tracked() else { return 0 };
-    let Some(mp) = MMSG.get_ptr_mut(0) else { return 0 };
+on_exit!(
+    /// syscalls:sys_exit_sendmmsg(ret); arguments (fd, mmsg, vlen, flags): each message
+    /// sent (the first only, when the call failed) whose destination is not one recorded
+    /// already for the call, `args[4]` its index; when it sent fewer than `vlen`, the
+    /// message it failed on, flagged UNSENT (an enforced task's refused destination);
+    /// past MMSG_RECORDED destinations, or for one that cannot be read as it was sent,
+    /// one record flagged TRUNCATED with no destination. The first alone would let one
+    /// allowed destination first hide any other after it.
+    sys_exit_sendmmsg,
+    fx_sendmmsg,
+    sk_sendmmsg,
+    |ret| {
+        let _ = sendmmsg_exit(ret);
+    }
+);
+
+#[inline(always)]
+fn sendmmsg_exit(ret: i64) -> Option<()> {
+    let t = tracked()?;
+    let mp = MMSG.get_ptr_mut(0)?;
     let a = Args::current();
-    let ret = sys_ret(&ctx);
     let fd = a.get(0);
     let vlen = a.get(2) & 0xffff_ffff;
     let ty = sock_type(fd, ret);
@@ -318,7 +331,7 @@ pub fn sys_exit_sendmmsg(ctx: TracePointContext) -> u32 {
     m.more = 0;
     m.t = t;
     unsafe { h::bpf_loop(n as u32, mmsg_step as *mut c_void, core::ptr::null_mut(), 0) };
-    let Some(mp) = MMSG.get_ptr_mut(0) else { return 0 };
+    let mp = MMSG.get_ptr_mut(0)?;
     let m = unsafe { &*mp };
     if unsafe { core::ptr::read_volatile(&raw const m.more) } != 0
         && let Some(mut ev) = Ev::new(kind::SEND, op::SENDMMSG, &t, ret)
@@ -327,11 +340,11 @@ pub fn sys_exit_sendmmsg(ctx: TracePointContext) -> u32 {
         ev.arg(3, fd);
         ev.emit();
     }
-    0
+    Some(())
 }
 
 // listen(fd, backlog): the address is the socket's own (sk->__sk_common).
-sys!(sys_exit_listen, op::LISTEN, kind::LISTEN, |a, ev| {
+sys!(sys_exit_listen, fx_listen, sk_listen, op::LISTEN, kind::LISTEN, |a, ev| {
     unsafe {
         let sock = kptr(fd_file(a.get(0) as i32 as i64), off!(file_private));
         let sk = kptr(sock, off!(socket_sk));

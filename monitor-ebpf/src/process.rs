@@ -1,18 +1,14 @@
 //! Process lifecycle: fork (tracking inherited in the kernel), exec, exit, and
 //! failed execs.
 
-use aya_ebpf::{
-    helpers::generated as h,
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
-};
+use aya_ebpf::{helpers::generated as h, macros::btf_tracepoint, programs::BtfTracePointContext};
 use monitor_common::{ARGV_MAX, Tracked, kind, op, pflags};
 
 use crate::{
     EXEC_OK, TRACKED,
     kern::{
-        AT_FDCWD, Args, Ev, NO_BASE, count, dir_base, fd_file, file_path, kptr, kread, mark, off, pid_tgid,
-        sys_ret, tracked,
+        AT_FDCWD, Args, Ev, NO_BASE, count, dir_base, fd_file, file_path, kptr, kread, mark, off, on_exit,
+        pid_tgid, tracked,
     },
 };
 
@@ -208,25 +204,30 @@ fn try_exit(p: u64) -> Option<()> {
     Some(())
 }
 
-/// syscalls:sys_exit_execve(ret); arguments (filename, argv, envp). A failed exec
-/// is reported here (a successful one by sched_process_exec).
-#[tracepoint]
-pub fn sys_exit_execve(ctx: TracePointContext) -> u32 {
-    exec_failed(&ctx, op::EXECVE);
-    0
-}
+on_exit!(
+    /// syscalls:sys_exit_execve(ret); arguments (filename, argv, envp). A failed exec
+    /// is reported here (a successful one by sched_process_exec).
+    sys_exit_execve,
+    fx_execve,
+    sk_execve,
+    |ret| {
+        exec_failed(ret, op::EXECVE);
+    }
+);
 
-/// syscalls:sys_exit_execveat(ret); arguments (fd, filename, argv, envp, flags).
-#[tracepoint]
-pub fn sys_exit_execveat(ctx: TracePointContext) -> u32 {
-    exec_failed(&ctx, op::EXECVEAT);
-    0
-}
+on_exit!(
+    /// syscalls:sys_exit_execveat(ret); arguments (fd, filename, argv, envp, flags).
+    sys_exit_execveat,
+    fx_execveat,
+    sk_execveat,
+    |ret| {
+        exec_failed(ret, op::EXECVEAT);
+    }
+);
 
 const EACCES: i64 = 13;
 
-fn exec_failed(ctx: &TracePointContext, o: u16) -> Option<()> {
-    let ret = sys_ret(ctx);
+fn exec_failed(ret: i64, o: u16) -> Option<()> {
     if ret >= 0 {
         return None;
     }

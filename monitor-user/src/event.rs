@@ -17,6 +17,11 @@ pub const UNRESOLVED_PREFIX: &str = "…";
 /// sensitive set outside `scope.read`, a raw disk), known by inode; `path` is the
 /// name it was asked by, which may be a symlink or a hard link that says nothing of it.
 pub const REFUSED_FOR_FILE: &str = "refused_for_file";
+/// In `flags`: a request asked of an io_uring ring (`syscall` its `IORING_OP_*`):
+/// recorded as the kernel took it in, with the paths it names (what it asks for,
+/// judged so; no `ret`, no `error`), or, for an open of agentmon's own key or /proc
+/// file, as it completed (`ret` the descriptor).
+pub const IO_URING: &str = "io_uring";
 /// In `flags`: a sendmmsg's message the call failed on. It was attempted and not
 /// sent; the kernel keeps no error for it (the call returns how many were sent).
 pub const UNSENT: &str = "unsent";

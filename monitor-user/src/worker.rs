@@ -21,7 +21,8 @@
 
 use std::{
     sync::{
-        Mutex,
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
         mpsc::{self, Receiver, SyncSender},
     },
     time::Duration,
@@ -62,18 +63,31 @@ pub struct Pool {
 }
 
 /// A step's place in [`Pool::busy`], given back however the step ends (a panic,
-/// a job dropped unrun), so that no share is lost for good.
+/// a job dropped unrun), so that no share is lost for good; and given back by
+/// whoever receives its result, as it does: the worker lets go of its own copy
+/// only when it next runs, and a caller that ran on first (one CPU) found the
+/// steps it had finished still counted against it.
 struct Counted {
     pool: &'static Pool,
     who: u32,
+    given: Arc<AtomicBool>,
+}
+
+impl Counted {
+    fn give_back(pool: &Pool, who: u32, given: &AtomicBool) {
+        if given.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut busy = lock(&pool.busy);
+        if let Some(i) = busy.iter().position(|&p| p == who) {
+            busy.swap_remove(i);
+        }
+    }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        let mut busy = lock(&self.pool.busy);
-        if let Some(i) = busy.iter().position(|&p| p == self.who) {
-            busy.swap_remove(i);
-        }
+        Counted::give_back(self.pool, self.who, &self.given);
     }
 }
 
@@ -109,8 +123,9 @@ impl Pool {
                 return Err(Stuck::Refused(Errno::EAGAIN));
             }
             busy.push(who);
-            Counted { pool: self, who }
+            Counted { pool: self, who, given: Arc::new(AtomicBool::new(false)) }
         };
+        let given = counted.given.clone();
         let (tx, rx) = mpsc::sync_channel(1);
         let job: Job = Box::new(move |done: &dyn Fn()| {
             let r = f();
@@ -121,10 +136,14 @@ impl Pool {
             done();
         });
         self.dispatch(job).map_err(Stuck::Refused)?;
-        rx.recv_timeout(wait).map_err(|e| match e {
-            mpsc::RecvTimeoutError::Timeout => Stuck::Late,
-            mpsc::RecvTimeoutError::Disconnected => Stuck::Failed,
-        })
+        match rx.recv_timeout(wait) {
+            Ok(r) => {
+                Counted::give_back(self, who, &given);
+                Ok(r)
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(Stuck::Late),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Stuck::Failed),
+        }
     }
 
     /// Hands `job` to an idle worker, or to a new one.
@@ -252,6 +271,26 @@ mod tests {
             std::thread::yield_now();
         }
         assert_eq!(TEST.busy(), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn quick_steps_one_after_another_are_never_refused() {
+        // A step's share was given back by its worker after the result was handed
+        // over: on one CPU the waiting thread ran on first, and a third quick step
+        // in a row found two finished ones still counted (ETIMEDOUT: "earlier
+        // lookups still wait on a file system that does not answer"). The emulated
+        // guests refused enforced tasks so. Pinned to one CPU here, as they run.
+        static QUICK: Pool = Pool::new("agentmon-test-quick");
+        let mut one = nix::sched::CpuSet::new();
+        one.set(nix::sched::sched_getcpu().unwrap_or(0)).unwrap();
+        std::thread::spawn(move || {
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).unwrap();
+            for i in 0..20_000 {
+                assert_eq!(QUICK.run(3, Duration::from_secs(5), move || i), Ok(i), "step {i}");
+            }
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

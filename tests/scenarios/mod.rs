@@ -25,6 +25,7 @@ mod contain;
 mod fuse;
 mod gated;
 mod hosts;
+mod iouring;
 mod steps;
 mod storm;
 
@@ -33,11 +34,21 @@ pub fn run(name: &str, args: &[String]) -> i32 {
     let dir = args.first().map(Path::new);
     let r = match (name, dir) {
         ("files", Some(d)) => files(d),
+        // What each observation tier must see the same (tests/observe.rs).
+        // Enforced, some of its calls are refused (seccomp's among them): whatever
+        // each part's outcome, it must be seen the same on both tiers.
+        ("tiers", Some(d)) => std::fs::write(d.join("ran"), b"").map_err(|e| e.to_string()).map(|()| {
+            let _ = files(d);
+            let _ = net(d);
+            let _ = privilege();
+            let _ = memfd();
+        }),
         ("dirfd", Some(d)) => dirfd(d),
         ("double_fork", Some(d)) => double_fork(d),
         ("leave_behind", Some(d)) => leave_behind(d, ["repo/left_in.txt", "out.txt", "repo/left_done"]),
         ("net", Some(d)) => net(d),
         ("io_uring", _) => io_uring(),
+        ("io_uring_files", Some(d)) => iouring::files(d),
         ("trunc_race", Some(d)) => trunc_race(d),
         ("privilege", _) => privilege(),
         ("memfd", _) => memfd(),
@@ -837,11 +848,7 @@ fn in_child(call: impl FnOnce() -> libc::c_long) -> i32 {
             let e = if r < 0 { std::io::Error::last_os_error().raw_os_error().unwrap_or(255) } else { 0 };
             unsafe { libc::_exit(e) }
         }
-        Ok(ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
-            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => 1000 + sig as i32,
-            _ => -1,
-        },
+        Ok(ForkResult::Parent { child }) => child_status(child),
         Err(_) => -1,
     }
 }
@@ -906,11 +913,42 @@ fn compat_creat(path: &Path, page: Page) -> i32 {
             );
             libc::_exit(if (ret as i32) >= 0 { 0 } else { 3 })
         },
-        Ok(ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
-            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => 1000 + sig as i32,
-            _ => -1,
+        Ok(ForkResult::Parent { child }) => child_status(child),
+        Err(_) => -1,
+    }
+}
+
+/// How child `child` ended: its exit code, or 1000 + the signal that killed it.
+fn child_status(child: nix::unistd::Pid) -> i32 {
+    match nix::sys::wait::waitpid(child, None) {
+        Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
+        Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => 1000 + sig as i32,
+        _ => -1,
+    }
+}
+
+/// dup(0) through the 32-bit entry (`int 0x80`), in a child, after a 64-bit
+/// socket(): i386's 41 is dup, x86_64's is socket, hooked. 0 if it succeeded, the
+/// child's exit code otherwise, 1000 + signal if it was killed.
+fn compat_dup() -> i32 {
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => unsafe {
+            let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            if s >= 0 {
+                libc::close(s);
+            }
+            let mut ret: u32 = 41; // __NR_dup (i386)
+            std::arch::asm!(
+                "xchg {p}, rbx",
+                "int 0x80",
+                "xchg {p}, rbx",
+                p = inout(reg) 0u64 => _,
+                inout("eax") ret,
+                out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+            );
+            libc::_exit(if (ret as i32) >= 0 { 0 } else { 3 })
         },
+        Ok(ForkResult::Parent { child }) => child_status(child),
         Err(_) => -1,
     }
 }
@@ -1598,6 +1636,7 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             }
             "io_uring" => errno(io_uring::IoUring::new(4).map(|_| ())),
             "compat_creat" => compat_creat(&d.join("repo/compat.txt"), Page::Own),
+            "compat_dup" => compat_dup(),
             // The same, its path in a page the agent serves only 3 s later.
             "compat_creat_stalled" => {
                 compat_creat(&d.join("repo/stalled.txt"), Page::Userfault(std::time::Duration::from_secs(3)))

@@ -19,6 +19,13 @@ pub const SCENARIO_ENV: &str = "AGENTMON_SCENARIO";
 /// Opt-out a user may set to run the suite without root; never set by CI.
 pub const SKIP_ENV: &str = "AGENTMON_SKIP_KERNEL_TESTS";
 
+/// The observation tier a daemon must choose here, when the runner knows it:
+/// `scripts/vm.sh` says `fexit` in its guests (stock distribution kernels), so that
+/// a fexit tier that stopped loading fails instead of falling back unseen.
+pub fn expected_observe() -> Option<String> {
+    std::env::var("AGENTMON_TEST_OBSERVE").ok()
+}
+
 pub fn agentmon() -> &'static str {
     env!("CARGO_BIN_EXE_agentmon")
 }
@@ -73,6 +80,16 @@ pub fn tamper_of<'a>(evs: &'a [Event], attempt: &str) -> Vec<&'a Event> {
             e.kind == Kind::Tamper && e.detail.get("attempt").and_then(|v| v.as_str()) == Some(attempt)
         })
         .collect()
+}
+
+/// Runs scenario `name` (given `d`) under `agentmon exec` as the task `manifest`
+/// (written to d/task.yaml).
+pub fn run_as_task(d: &Path, manifest: &str, name: &str) -> Result<Run, String> {
+    let file = d.join("task.yaml");
+    std::fs::write(&file, manifest).map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let cmd = vec![me.display().to_string(), d.display().to_string()];
+    run_agentmon_with(&["--task", file.to_str().unwrap()], &cmd, &[(SCENARIO_ENV, name)], d)
 }
 
 pub fn run_scenario(name: &str, args: &[&str], dir: &Path) -> Result<Run, String> {

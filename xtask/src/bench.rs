@@ -70,6 +70,19 @@ pub(crate) fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((dir.join("agentmon"), dir.join("bench-loop")))
 }
 
+/// As root, agentmon and the loop: built, or (`no_build`: a guest cannot build)
+/// the ones next to this binary.
+pub(crate) fn loaders(no_build: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
+    if !nix_is_root() {
+        bail!("loading BPF programs needs root");
+    }
+    if no_build {
+        let d = target_dir();
+        return Ok((d.join("agentmon"), d.join("bench-loop")));
+    }
+    build()
+}
+
 /// Runs a loop command line; returns ns per iteration as the loop measured it.
 pub(crate) fn measure(cmd: &[String]) -> anyhow::Result<f64> {
     let out = Command::new(&cmd[0])

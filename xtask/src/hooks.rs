@@ -16,8 +16,6 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::bench::{build, nix_is_root, target_dir};
-
 #[derive(clap::Args)]
 pub struct Options {
     /// Loop iterations per workload.
@@ -109,15 +107,7 @@ fn one(agentmon: &Path, looper: &Path, dir: &Path, task: &Path, w: &str, iters: 
 }
 
 pub fn run(o: Options) -> anyhow::Result<()> {
-    if !nix_is_root() {
-        bail!("loading BPF programs needs root");
-    }
-    let (agentmon, looper) = if o.no_build {
-        let d = target_dir();
-        (d.join("agentmon"), d.join("bench-loop"))
-    } else {
-        build()?
-    };
+    let (agentmon, looper) = crate::bench::loaders(o.no_build)?;
     let _stats = crate::floor::RunStats::enable()?;
     let tmp = tempfile::tempdir()?;
     let dir = std::fs::canonicalize(tmp.path())?;

@@ -12,6 +12,7 @@ mod pipeline;
 mod programs;
 mod soak;
 mod storm;
+mod tiers;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,9 @@ enum Cmd {
     /// Each kernel program's run time per call (the kernel's accounting) for an
     /// enforced task's loops, on this host's enforcement tier. Needs root.
     BenchHooks(hooks::Options),
+    /// What a process outside every task pays while agentmon runs, on each
+    /// observation tier (syscall tracepoints, fexit). Needs root.
+    BenchTiers(tiers::Options),
     /// Real programs (tar, git, grep, a compile, a task's start) bare, observed and
     /// enforced through a daemon, and under the peers; the last part of `bench`.
     BenchPrograms(programs::Options),
@@ -59,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::BenchNats(o) => natsbench::run(o),
         Cmd::BenchHooks(o) => hooks::run(o),
         Cmd::BenchPrograms(o) => programs::run(o),
+        Cmd::BenchTiers(o) => tiers::run(o),
         Cmd::Soak(o) => soak::run(o),
         Cmd::Storm(o) => storm::run(o),
         Cmd::Pipeline { events } => {

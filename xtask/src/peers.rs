@@ -42,9 +42,15 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) ->
 
 /// agentmon running with its probes attached, tracking only an idle `sleep`.
 pub fn agentmon_idle(agentmon: &Path, dir: &Path) -> anyhow::Result<Background> {
+    agentmon_idle_with(agentmon, dir, &[])
+}
+
+/// [`agentmon_idle`] with these variables in agentmon's environment.
+pub fn agentmon_idle_with(agentmon: &Path, dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<Background> {
     let events = dir.join("idle-events.jsonl");
     let _ = std::fs::remove_file(&events);
     let child = Command::new(agentmon)
+        .envs(env.iter().copied())
         .args(["exec", "-q", "-e"])
         .arg(&events)
         .args(["--", "sleep", "100000"])

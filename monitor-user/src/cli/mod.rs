@@ -264,7 +264,25 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     s.absent.join(", ")
                 );
             }
-            println!("observation: syscall tracepoints and tp_btf (the fentry tier is not built yet)");
+            println!(
+                "observation (a daemon's): {}; process lifecycle and signals: tp_btf. agentmon exec on its own \
+                 observes through the tracepoints unless {}=fexit",
+                s.observe,
+                crate::kernel::observe::OBSERVE_ENV
+            );
+            println!("io_uring requests: {}", s.iou_said());
+            println!("kernel preemption: {}", crate::kernel::preempt::model());
+            if crate::kernel::preempt::preempts().is_some() {
+                // The first map call tries the raise.
+                drop(crate::kernel::preempt::hold());
+                match crate::kernel::preempt::refused() {
+                    None => println!("  agentmon's BPF map calls: at real-time priority (SCHED_FIFO)"),
+                    Some(why) => println!(
+                        "  agentmon's BPF map calls: at an ordinary priority ({why}): a process that preempts \
+                         one runs its syscalls past agentmon's programs, each then a loss record"
+                    ),
+                }
+            }
             println!("enforcement layers:");
             for l in layers.describe() {
                 println!("  {l}");

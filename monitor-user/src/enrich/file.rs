@@ -69,7 +69,9 @@ impl Enricher {
                 }
                 // O_CREAT of a file that exists makes nothing: a read, unless it
                 // truncates (the kernel gives the access mode the file was opened with).
-                let created = b.pflags & pflags::CREATED != 0 || (h.ret < 0 && flags & O_CREAT != 0);
+                // (A request submitted through io_uring: what it asks for.)
+                let asked = h.ret < 0 || b.pflags & pflags::SUBMITTED != 0;
+                let created = b.pflags & pflags::CREATED != 0 || (asked && flags & O_CREAT != 0);
                 // A read the kernel refused as the sensitive set is that read, whatever
                 // else the open asked for (O_RDWR, O_TRUNC, O_CREAT).
                 let refused_read = by_hook && b.pflags & pflags::SENSITIVE != 0;

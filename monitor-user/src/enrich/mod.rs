@@ -95,6 +95,7 @@ pub fn kind_name(k: u16) -> &'static str {
         kind::BPF => "bpf",
         kind::PRIVILEGE => "privilege",
         kind::TAMPER => "tamper",
+        kind::UNSEEN => "unseen_syscall",
         _ => "other",
     }
 }
@@ -207,8 +208,14 @@ impl Enricher {
         ev.task = self.tasks.get(&h.task).cloned();
         ev.start = (h.start_ns != 0).then_some(h.start_ns);
         ev.syscall = Some(Cow::Borrowed(op::name(h.op)));
+        // A request submitted through io_uring has no result in its record.
+        let submitted = b.pflags & pflags::SUBMITTED != 0;
         let is_syscall =
-            !matches!(h.op, op::FORK | op::EXEC | op::EXIT | op::IOURING_SETUP | op::IOURING_SUBMIT);
+            !matches!(h.op, op::FORK | op::EXEC | op::EXIT | op::IOURING_SETUP | op::IOURING_SUBMIT)
+                && !submitted;
+        if (op::IOU_OPENAT..=op::IOU_LINKAT).contains(&h.op) {
+            ev.flags.push(Cow::Borrowed(crate::event::IO_URING));
+        }
         if is_syscall {
             ev.ret = Some(h.ret);
             ev.error = names::errno(h.ret);
@@ -231,6 +238,7 @@ impl Enricher {
             kind::CONNECT | kind::SEND | kind::BIND | kind::LISTEN => net::net(raw, &mut ev),
             kind::IOURING_SETUP | kind::IOURING_SUBMIT => iouring::iouring(raw, &mut ev),
             kind::PTRACE | kind::BPF | kind::PRIVILEGE | kind::TAMPER => privilege::privilege(raw, &mut ev),
+            kind::UNSEEN => unseen(raw, &mut ev),
             other => {
                 tracing::warn!("unknown kernel event kind {other}");
                 Next::Drop
@@ -304,3 +312,20 @@ enum Next {
 
 #[cfg(test)]
 mod tests;
+
+/// A tracked process's syscall whose tracepoint program the kernel skipped (its
+/// CPU's BPF guard held by another's map call; monitor-ebpf witness.rs): what it
+/// did is not known, so it is a loss of that process's task, with the call's number
+/// and result.
+fn unseen(raw: &RawEvent, ev: &mut Event) -> Next {
+    let nr = raw.body.args[0];
+    ev.kind = Kind::Loss;
+    ev.syscall = None;
+    ev.lost = Some([(kind_name(kind::UNSEEN).to_string(), 1)].into());
+    ev.detail.insert(Cow::Borrowed("syscall_nr"), serde_json::json!(nr));
+    ev.reason = Some(format!(
+        "syscall {nr} of this process ran unobserved: the kernel skipped agentmon's program for it while \
+         another process's BPF map call, preempted on the same CPU, held that CPU's BPF programs off"
+    ));
+    Next::Finish
+}

@@ -155,3 +155,52 @@ fn sub_tasks_wait_in_their_top_level_tasks_share() {
     assert_eq!(e.top(3), 3);
     assert_eq!(e.task_name(3), None);
 }
+
+#[test]
+fn io_uring_requests_are_the_side_effects_they_ask_for() {
+    let mut e = enricher();
+    let at = monitor_common::HEADER_SIZE + 40;
+    // An open to create, as the ring took it in: a file_create, with no outcome.
+    let mut rec =
+        record(kind::OPEN, op::IOU_OPENAT2, &[("/repo/new.txt", &[])], b"", [0o1101, 0o640, 0, 0, 0]);
+    rec[at..at + 2].copy_from_slice(&pflags::SUBMITTED.to_le_bytes());
+    let ev = e.event(&decode(&rec).unwrap()).unwrap();
+    assert_eq!(
+        (ev.kind, ev.path.as_deref(), ev.mode.as_deref(), ev.syscall.as_deref()),
+        (Kind::FileCreate, Some("/repo/new.txt"), Some("0640"), Some("IORING_OP_OPENAT2"))
+    );
+    assert_eq!((ev.ret, ev.error.as_deref()), (None, None));
+    assert!(ev.flags.iter().any(|f| f == crate::event::IO_URING));
+    // Without O_CREAT, a write; a read of the sensitive set, its read.
+    let mut w = record(kind::OPEN, op::IOU_OPENAT, &[("/repo/a", &[])], b"", [0o1, 0, 0, 0, 0]);
+    w[at..at + 2].copy_from_slice(&pflags::SUBMITTED.to_le_bytes());
+    assert_eq!(e.event(&decode(&w).unwrap()).unwrap().kind, Kind::FileWrite);
+    let mut r = record(kind::OPEN, op::IOU_OPENAT, &[("/repo/.env", &[])], b"", [0; 5]);
+    r[at..at + 2].copy_from_slice(&(pflags::SUBMITTED | pflags::SENSITIVE).to_le_bytes());
+    assert_eq!(e.event(&decode(&r).unwrap()).unwrap().kind, Kind::SensitiveRead);
+    // A delete under a directory the kernel walked.
+    let mut d = record(kind::UNLINK, op::IOU_UNLINKAT, &[("keep.txt", &["repo"])], b"", [0; 5]);
+    d[at..at + 2].copy_from_slice(&pflags::SUBMITTED.to_le_bytes());
+    let ev = e.event(&decode(&d).unwrap()).unwrap();
+    assert_eq!((ev.kind, ev.path.as_deref(), ev.ret), (Kind::FileDelete, Some("/repo/keep.txt"), None));
+    assert_eq!(ev.syscall.as_deref(), Some("IORING_OP_UNLINKAT"));
+    // An open completed on agentmon's own /proc file: a tamper record with its outcome.
+    let mut p = record(kind::OPEN, op::IOU_OPENAT, &[("", &["environ", "1234", "proc"])], b"", [0; 5]);
+    p[at..at + 2].copy_from_slice(&(pflags::OP1_FROM_FD | pflags::AGENTMON_PROC).to_le_bytes());
+    let ev = e.event(&decode(&p).unwrap()).unwrap();
+    assert_eq!(
+        (ev.kind, ev.path.as_deref(), ev.ret, ev.detail.get("attempt").and_then(|a| a.as_str())),
+        (Kind::Tamper, Some("/proc/1234/environ"), Some(0), Some("agentmon's environment read"))
+    );
+    assert!(ev.flags.iter().any(|f| f == crate::event::IO_URING));
+}
+
+#[test]
+fn a_syscall_the_kernel_ran_past_its_program_is_a_loss_of_its_task() {
+    let mut e = enricher();
+    let rec = record(kind::UNSEEN, 0, &[], b"", [257, 0, 0, 0, 0]);
+    let ev = e.event(&decode(&rec).unwrap()).expect("reported");
+    assert_eq!((ev.kind, ev.task.as_deref(), ev.syscall.as_deref()), (Kind::Loss, Some("t1"), None));
+    assert_eq!(ev.lost.as_ref().and_then(|l| l.get("unseen_syscall")), Some(&1));
+    assert_eq!(ev.detail.get("syscall_nr").and_then(|v| v.as_u64()), Some(257));
+}

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Struct, Type};
-use monitor_common::Offsets;
+use monitor_common::{IouOffsets, Offsets};
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
@@ -141,6 +141,19 @@ impl KernelBtf {
         self.btf.resolve_types_by_name(&format!("bpf_lsm_{hook}")).is_ok_and(|v| !v.is_empty())
     }
 
+    /// The number of parameters of function `name` (an fexit attach point), or None
+    /// when the kernel has no such function.
+    pub fn function_params(&self, name: &str) -> Option<usize> {
+        let f = self.btf.resolve_types_by_name(name).ok()?.into_iter().find_map(|t| match t {
+            Type::Func(f) => Some(f),
+            _ => None,
+        })?;
+        match self.btf.resolve_chained_type(&f).ok()? {
+            Type::FuncProto(fp) => Some(fp.parameters.len()),
+            _ => None,
+        }
+    }
+
     /// All offsets the kernel programs use.
     pub fn offsets(&self) -> Result<Offsets, BtfError> {
         let o = |s: &str, f: &str| self.offset(s, f);
@@ -204,6 +217,43 @@ impl KernelBtf {
             // file_create integration test fails if this kernel disagrees.
             fmode_created: 1 << 20,
             regs_args: self.syscall_arg_regs()?,
+            regs_nr: self.offset("pt_regs", "orig_ax")?,
+            regs_ret: self.offset("pt_regs", "ax")?,
+            ti_status: self.offset("task_struct", "thread_info")? + self.offset("thread_info", "status")?,
+        })
+    }
+
+    /// Offsets of the io_uring request fields that name paths (a kernel built
+    /// without io_uring, or whose commands changed shape: the error names what is
+    /// missing, and the programs reading them are not loaded).
+    pub fn iou_offsets(&self) -> Result<IouOffsets, BtfError> {
+        let o = |s: &str, f: &str| self.offset(s, f);
+        Ok(IouOffsets {
+            req_opcode: o("io_kiocb", "opcode")?,
+            req_cmd: o("io_kiocb", "cmd")?,
+            filename_name: o("filename", "name")?,
+            open_dfd: o("io_open", "dfd")?,
+            open_file_slot: o("io_open", "file_slot")?,
+            open_filename: o("io_open", "filename")?,
+            open_flags: o("io_open", "how.flags")?,
+            open_mode: o("io_open", "how.mode")?,
+            unlink_dfd: o("io_unlink", "dfd")?,
+            unlink_flags: o("io_unlink", "flags")?,
+            unlink_filename: o("io_unlink", "filename")?,
+            rename_old_dfd: o("io_rename", "old_dfd")?,
+            rename_new_dfd: o("io_rename", "new_dfd")?,
+            rename_oldpath: o("io_rename", "oldpath")?,
+            rename_newpath: o("io_rename", "newpath")?,
+            rename_flags: o("io_rename", "flags")?,
+            mkdir_dfd: o("io_mkdir", "dfd")?,
+            mkdir_mode: o("io_mkdir", "mode")?,
+            mkdir_filename: o("io_mkdir", "filename")?,
+            link_old_dfd: o("io_link", "old_dfd")?,
+            link_new_dfd: o("io_link", "new_dfd")?,
+            link_oldpath: o("io_link", "oldpath")?,
+            link_newpath: o("io_link", "newpath")?,
+            link_flags: o("io_link", "flags")?,
+            cqe_res: o("io_uring_cqe", "res")?,
         })
     }
 
@@ -238,5 +288,10 @@ mod tests {
         assert!(o.mm_arg_end > o.mm_arg_start);
         assert_eq!(btf.tp_btf_args("sched_process_fork").unwrap(), 2);
         assert!(matches!(btf.offset("task_struct", "no_such_field"), Err(BtfError::NoField { .. })));
+        // The request's command is the union at its start; the commands' filenames
+        // follow their file and dirfds.
+        let i = btf.iou_offsets().expect("io_uring offsets");
+        assert_eq!((i.req_cmd, i.filename_name), (0, 0));
+        assert!(i.req_opcode >= 8 && i.open_filename > i.open_dfd && i.rename_newpath > i.rename_oldpath);
     }
 }

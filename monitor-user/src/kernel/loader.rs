@@ -8,9 +8,10 @@ use std::{collections::BTreeMap, time::Instant};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
     programs::{
         Program, ProgramError,
+        fexit::FExitLink,
         links::{FdLink, PinnedLink},
         lsm::LsmLink,
         tp_btf::BtfTracePointLink,
@@ -23,27 +24,21 @@ use super::{
     btf::{BtfError, KernelBtf},
     tracefs::{TraceFs, TraceFsError},
 };
-use super::{lsm::LsmMaps, pin::Pins};
+use super::{
+    lsm::LsmMaps,
+    observe::{Chosen, Tier},
+    pin::Pins,
+};
 use crate::sensitive::SensitiveSet;
 
+mod fexit;
 mod maps;
+mod rawtp;
 pub use maps::{Drops, GuardEntries};
+use rawtp::{BTF_TPS, IOU_TPS};
 
 /// The kernel programs, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor-ebpf"));
-
-/// tp_btf programs: (program, tracepoint, arguments it reads). Where a tracepoint's
-/// arguments changed between kernels there is one program per form, and the one
-/// this kernel's prototype fits is loaded.
-const BTF_TPS: &[(&str, &str, usize)] = &[
-    ("sched_process_fork", "sched_process_fork", 2),
-    ("sched_process_exec", "sched_process_exec", 3),
-    // (struct task_struct *p, bool group_dead) since 6.16; (p) before.
-    ("sched_process_exit", "sched_process_exit", 2),
-    ("sched_process_exit_v1", "sched_process_exit", 1),
-    // (int sig, struct kernel_siginfo *info, struct task_struct *task, int group, int result)
-    ("signal_generate", "signal_generate", 5),
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -66,6 +61,8 @@ pub enum LoadError {
     Map(&'static str),
     #[error("kernel map {name}: {msg}")]
     MapOp { name: &'static str, msg: String },
+    #[error("{0}")]
+    Observe(String),
 }
 
 /// Options of the sensors.
@@ -86,6 +83,10 @@ pub struct SensorConfig {
     /// A daemon's state directory: its maps and links are pinned in bpffs under a
     /// name of it, and a previous daemon's are taken over (`kernel::pin`).
     pub pin: Option<std::path::PathBuf>,
+    /// `auto` may choose the fexit tier (`kernel::observe`): a daemon attaches once;
+    /// `agentmon exec` attaches for one command, and a trampoline per syscall takes
+    /// longer to set up and tear down than the tracepoints (`auto` keeps those).
+    pub fexit_auto: bool,
 }
 
 impl Default for SensorConfig {
@@ -98,6 +99,7 @@ impl Default for SensorConfig {
             secrets: Vec::new(),
             lsm: false,
             pin: None,
+            fexit_auto: true,
         }
     }
 }
@@ -136,6 +138,11 @@ fn build_print(k: &KConfig, cfg: &SensorConfig, tracked_entries: u32) -> Vec<u8>
 pub struct Sensors {
     // Links before the object: they are dropped first, in parallel (see Drop).
     tp_links: Vec<TracePointLink>,
+    fx_links: Vec<FExitLink>,
+    /// The fexit tier's tail calls for calls seccomp answered (held: a program
+    /// array is emptied when userspace lets go of it, unless pinned).
+    #[expect(dead_code, reason = "held")]
+    skipped: Option<ProgramArray<MapData>>,
     btf_links: Vec<BtfTracePointLink>,
     /// The network guards of enforced tasks' cgroups (when not pinned).
     guard_links: Vec<FdLink>,
@@ -167,6 +174,11 @@ pub struct Sensors {
     pub attached: BTreeMap<String, String>,
     /// Programs not attached because their syscall does not exist on this kernel.
     pub absent: Vec<String>,
+    /// The programs that see syscalls return (`kernel::observe`).
+    pub observe: Chosen,
+    /// Whether io_uring requests are recorded with the paths they name (the
+    /// iouring.rs tp_btf programs attached), or why they are by opcode only.
+    pub iou_paths: Result<(), String>,
     pub load_ms: u128,
 }
 
@@ -199,6 +211,9 @@ fn verifier_tail(e: &ProgramError) -> String {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
+            if log.trim().is_empty() {
+                return io_error.to_string();
+            }
             let tail: Vec<&str> = log.lines().rev().take(12).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             format!("{io_error}; verifier log tail:\n  {}", tail.join("\n  "))
@@ -216,22 +231,7 @@ impl Sensors {
         }
         let kbtf = KernelBtf::load()?;
         let tracefs = ensure_tracefs()?;
-        // Per tp_btf program: load it (its tracepoint's prototype fits) or skip it
-        // (another form of the same tracepoint fits); none fitting is an error.
-        let mut btf_fits: BTreeMap<&str, bool> = BTreeMap::new();
-        for (prog, tp, want) in BTF_TPS {
-            btf_fits.insert(prog, kbtf.tp_btf_args(tp)? == *want);
-        }
-        for (prog, tp, want) in BTF_TPS {
-            if !BTF_TPS.iter().any(|(p, t, _)| t == tp && btf_fits[p]) {
-                return Err(LoadError::TpProto {
-                    prog: prog.to_string(),
-                    tp: tp.to_string(),
-                    found: kbtf.tp_btf_args(tp)?,
-                    want: *want,
-                });
-            }
-        }
+        let rawtp::Fits { fits: btf_fits, iou, mut iou_paths } = rawtp::fits(&kbtf)?;
         let epoch_no = new_epoch();
         let kconfig = KConfig {
             self_tgid: std::process::id(),
@@ -239,9 +239,12 @@ impl Sensors {
             wakeup_bytes: cfg.wakeup_bytes,
             epoch: epoch_no,
             lsm: cfg.lsm as u32,
+            // (fexit is never chosen there: the syscall tracepoints observe.)
+            witness: super::preempt::preempts().is_some() as u32,
             sensitive_bloom: cfg.sensitive.bloom(),
             off: kbtf.offsets()?,
             tp: tracefs.tp_offsets()?,
+            iou,
         };
         let tracked_entries = tracked_bytes_entries();
         // Without pins the daemon still runs, saying what a restart will lose.
@@ -280,11 +283,25 @@ impl Sensors {
         let mut pinned = Vec::new();
 
         let btf = Btf::from_sys_fs().map_err(|e| LoadError::Object(format!("kernel BTF: {e}")))?;
+        let skipped_pin = pins.as_ref().map(|p| p.link("SKIPPED"));
+        let (observe, fx) =
+            fexit::choose(&mut ebpf, &btf, &kbtf, &tracefs, skipped_pin.as_deref(), cfg.fexit_auto)?;
+        let fexit::Fexit { links: fx_attached, loaded: fx_loaded, absent: fx_absent, skipped } = fx;
         let mut attached = BTreeMap::new();
         let mut tp_links = Vec::new();
+        let mut fx_links = Vec::new();
         let mut btf_links = Vec::new();
         let mut lsm_links = Vec::new();
-        let mut absent = Vec::new();
+        let mut absent = fx_absent;
+        for (name, link, attach) in fx_attached {
+            if pins.is_some() {
+                pinned.extend(pin(&name, link.into())?);
+            } else {
+                fx_links.push(link);
+            }
+            attached.insert(name, attach);
+        }
+        attached.extend(fx_loaded);
         for (name, prog) in ebpf.programs_mut() {
             let name = name.to_string();
             let t0 = Instant::now();
@@ -297,6 +314,9 @@ impl Sensors {
             match prog {
                 Program::TracePoint(tp) => {
                     let category = if name.starts_with("sys_") { "syscalls" } else { "io_uring" };
+                    if category == "syscalls" && observe.tier == Tier::Fexit {
+                        continue;
+                    }
                     let attach = format!("tracepoint {category}:{name}");
                     let check = if category == "syscalls" {
                         tracefs.check_syscall(&name)
@@ -326,6 +346,8 @@ impl Sensors {
                     attached.insert(name.clone(), attach);
                     tracing::debug!(prog = %name, ms = t0.elapsed().as_millis() as u64, "attached");
                 }
+                // Loaded, or not used, by fexit::choose.
+                Program::FExit(_) => {}
                 Program::CgroupSockAddr(p) => {
                     // The network guard: loaded now, attached to each enforced task's cgroup.
                     let attach = format!("cgroup_sock_addr {name} (per enforced task)");
@@ -342,14 +364,38 @@ impl Sensors {
                     let Some((_, tpname, _)) = BTF_TPS.iter().find(|(p, _, _)| *p == name) else {
                         return Err(fail("tp_btf", "classify", "not in BTF_TPS".into()));
                     };
+                    // After every syscall tracepoint (below).
+                    if name == rawtp::WITNESS {
+                        continue;
+                    }
+                    let iou_prog = IOU_TPS.contains(&name.as_str());
                     if !btf_fits[name.as_str()] {
                         // The other form of this tracepoint is the one for this kernel.
+                        if iou_prog {
+                            absent.push(name.clone());
+                        }
+                        continue;
+                    }
+                    if iou_prog && iou_paths.is_err() {
                         continue;
                     }
                     let attach = format!("tp_btf {tpname}");
-                    tp.load(tpname, &btf).map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
-                    let id = tp.attach().map_err(|e| fail(&attach, "attach", e.to_string()))?;
-                    let link = tp.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?;
+                    let link = tp
+                        .load(tpname, &btf)
+                        .map_err(|e| fail(&attach, "load", verifier_tail(&e)))
+                        .and_then(|()| tp.attach().map_err(|e| fail(&attach, "attach", e.to_string())))
+                        .and_then(|id| {
+                            tp.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))
+                        });
+                    let link = match link {
+                        Ok(link) => link,
+                        // Without it io_uring requests are still reported, by opcode.
+                        Err(e) if iou_prog => {
+                            iou_paths = Err(format!("by opcode only: {e}"));
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     if pins.is_some() {
                         pinned.extend(pin(&name, link.into())?);
                     } else {
@@ -399,6 +445,19 @@ impl Sensors {
             }
         }
 
+        // The syscall tracepoints' witness, attached after them so that its probe on
+        // sys_exit runs after theirs (see monitor-ebpf witness.rs).
+        if kconfig.witness != 0 {
+            let syscalls: Vec<String> =
+                attached.keys().filter(|n| n.starts_with("sys_exit_")).cloned().collect();
+            let link = rawtp::attach_witness(&mut ebpf, &btf, &syscalls)?;
+            if pins.is_some() {
+                pinned.extend(pin(rawtp::WITNESS, link.into())?);
+            } else {
+                btf_links.push(link);
+            }
+            attached.insert(rawtp::WITNESS.to_string(), "tp_btf sys_exit".to_string());
+        }
         let mut sensitive: HashMap<MapData, u64, u8> = take_map(&mut ebpf, "SENSITIVE")?;
         for h in &cfg.sensitive.hashes {
             sensitive
@@ -463,6 +522,8 @@ impl Sensors {
         };
         let mut s = Self {
             tp_links,
+            fx_links,
+            skipped,
             btf_links,
             guard_links: Vec::new(),
             lsm_links,
@@ -484,10 +545,24 @@ impl Sensors {
             lsm,
             attached,
             absent,
+            observe,
+            iou_paths,
             load_ms: started.elapsed().as_millis(),
         };
         s.set_pending()?;
         Ok(s)
+    }
+}
+
+impl Sensors {
+    /// What the banners and `agentmon probe` say of io_uring requests.
+    pub fn iou_said(&self) -> String {
+        match &self.iou_paths {
+            Ok(()) => "recorded with the paths they name (open, unlink, rename, mkdir, symlink, link), as \
+                       submitted, and judged so; an open of agentmon's keys or /proc files, as it completed"
+                .into(),
+            Err(why) => why.clone(),
+        }
     }
 }
 
@@ -496,6 +571,7 @@ impl Drop for Sensors {
     /// of them take seconds. Detached concurrently, the waits overlap.
     fn drop(&mut self) {
         let tps = std::mem::take(&mut self.tp_links);
+        let fxs = std::mem::take(&mut self.fx_links);
         let btfs = std::mem::take(&mut self.btf_links);
         // Pinned links detach here only if they were unpinned (see `unpin`).
         let pinned = std::mem::take(&mut self.pinned);
@@ -504,6 +580,9 @@ impl Drop for Sensors {
                 s.spawn(move || drop(chunk));
             }
             for chunk in chunks(pinned, 24) {
+                s.spawn(move || drop(chunk));
+            }
+            for chunk in chunks(fxs, 24) {
                 s.spawn(move || drop(chunk));
             }
             s.spawn(move || drop(btfs));

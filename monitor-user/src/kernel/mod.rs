@@ -3,5 +3,8 @@ pub mod btf;
 pub mod ident;
 pub mod loader;
 pub mod lsm;
+pub mod observe;
 pub mod pin;
+pub mod preempt;
+pub mod sysnr;
 pub mod tracefs;

@@ -129,6 +129,8 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
         engine.sensors.load_ms,
         server.path.display()
     );
+    eprintln!("agentmon daemon: observation: {}", engine.sensors.observe);
+    eprintln!("agentmon daemon: io_uring requests: {}", engine.sensors.iou_said());
     match &engine.sensors.pin_error {
         None => eprintln!(
             "agentmon daemon: kernel state pinned in bpffs: tasks stay tracked and enforced across a restart"

@@ -62,6 +62,8 @@ impl Engine {
             lsm: setup.layers.lsm,
             // A daemon's programs outlive it (`kernel::pin`).
             pin: setup.state.as_ref().map(|s| s.dir.clone()),
+            // The daemon's load lasts; an exec's is for one command.
+            fexit_auto: setup.state.is_some(),
             ..defaults
         };
         let mut sensors = Sensors::load(&cfg)?;

@@ -184,6 +184,8 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
             rule_count,
             opts.events.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "stdout".into()),
         );
+        eprintln!("agentmon: observation: {}", engine.sensors.observe);
+        eprintln!("agentmon: io_uring requests: {}", engine.sensors.iou_said());
     }
     let mut rt =
         Runtime::new(engine, server, rules_watch(&opts.rules, &opts.sensitive), Extras::default(), signals)?;

@@ -497,6 +497,14 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
             // Which tier holds it to its scope: what it could and could not do follows.
             ev.detail.insert("tier".into(), serde_json::json!(tier));
         }
+        // Which programs saw its calls (the same events either way).
+        ev.detail.insert("observe".into(), serde_json::json!(e.sensors.observe.tier.as_str()));
+        // Whether its io_uring requests are recorded with their paths (judged), or
+        // by opcode only.
+        ev.detail.insert(
+            "io_uring".into(),
+            serde_json::json!(e.sensors.iou_paths.as_ref().map_or("opcode", |()| "paths")),
+        );
         if !r.closed_fds.is_empty() {
             ev.detail.insert("closed_fds".into(), serde_json::json!(r.closed_fds));
         }

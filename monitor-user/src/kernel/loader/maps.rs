@@ -40,6 +40,7 @@ impl Sensors {
     /// Binds process `tgid` (and, through fork inheritance, all its future
     /// descendants) to task cookie `task`.
     pub fn track(&mut self, tgid: u32, task: u32) -> Result<(), LoadError> {
+        let _rt = crate::kernel::preempt::hold();
         if tgid == std::process::id() {
             return Err(LoadError::MapOp {
                 name: "TRACKED",
@@ -59,6 +60,7 @@ impl Sensors {
     /// Forgets `tgid` (a process that was gone before it was tracked: its exit, which
     /// would have removed it, will never come).
     pub fn untrack(&mut self, tgid: u32) -> Result<(), LoadError> {
+        let _rt = crate::kernel::preempt::hold();
         let _ = self.tracked.remove(&tgid);
         self.unmarked.retain(|t| *t != tgid);
         self.set_pending()
@@ -72,6 +74,7 @@ impl Sensors {
 
     /// Drops roots the kernel has marked (or that are gone) from the pending set.
     pub fn settle_pending(&mut self) -> Result<(), LoadError> {
+        let _rt = crate::kernel::preempt::hold();
         if self.unmarked.is_empty() {
             return Ok(());
         }
@@ -94,6 +97,7 @@ impl Sensors {
         task: u32,
         allow: &[(u32, NetKeyData, NetPorts)],
     ) -> Result<(), LoadError> {
+        let _rt = crate::kernel::preempt::hold();
         let op = |name: &'static str, e: String| LoadError::MapOp { name, msg: e };
         for (bits, data, ports) in allow {
             self.net_allow
@@ -139,6 +143,7 @@ impl Sensors {
 
     /// Adds allowlist entries (a host name that resolved to new addresses).
     pub fn allow_more(&mut self, allow: &[(u32, NetKeyData, NetPorts)]) -> Result<(), LoadError> {
+        let _rt = crate::kernel::preempt::hold();
         for (bits, data, ports) in allow {
             self.net_allow
                 .insert(&Key::new(*bits, *data), ports, 0)
@@ -149,6 +154,7 @@ impl Sensors {
 
     /// The task cookie `tgid` is tracked under, if it is.
     pub fn task_of(&self, tgid: u32) -> Option<u32> {
+        let _rt = crate::kernel::preempt::hold();
         self.tracked.get(&tgid, 0).ok().map(|t| t.task)
     }
 
@@ -169,6 +175,7 @@ impl Sensors {
 
     /// Moves tracked process `tgid` (and so its future descendants) to task `task`.
     pub fn retag(&mut self, tgid: u32, task: u32) -> Result<(), LoadError> {
+        let _rt = crate::kernel::preempt::hold();
         let gone =
             || LoadError::MapOp { name: "TRACKED", msg: format!("process {tgid} is no longer tracked") };
         let mut v = self.tracked.get(&tgid, 0).map_err(|_| gone())?;
@@ -180,6 +187,7 @@ impl Sensors {
     /// all): the kernel sends each SIGKILL at its next hooked syscall (and their
     /// children inherit the mark). Returns how many.
     pub fn doom(&mut self, tasks: &std::collections::HashSet<u32>) -> Result<usize, LoadError> {
+        let _rt = crate::kernel::preempt::hold();
         let victims: Vec<(u32, Tracked)> =
             self.tracked.iter().filter_map(|r| r.ok()).filter(|(_, v)| tasks.contains(&v.task)).collect();
         let mut marked = 0;
@@ -192,6 +200,7 @@ impl Sensors {
 
     /// Processes currently tracked (tgid -> task cookie).
     pub fn tracked(&self) -> Vec<(u32, u32)> {
+        let _rt = crate::kernel::preempt::hold();
         self.tracked.iter().filter_map(|r| r.ok()).map(|(k, v)| (k, v.task)).collect()
     }
 
@@ -208,6 +217,7 @@ impl Sensors {
 
     /// The highest task cookie in the kernel's maps (0: none).
     pub fn max_cookie(&self) -> u32 {
+        let _rt = crate::kernel::preempt::hold();
         let lsm = self.lsm.as_ref().map(|l| l.max_cookie()).unwrap_or(0);
         let net = self.net_task.iter().filter_map(|r| r.ok()).map(|(_, c)| c).fold(lsm, u32::max);
         // Address entries a failed guard left name a cookie no guard does (until the
@@ -241,6 +251,7 @@ impl Sensors {
     /// saved as reported ([`Sensors::seed_drops`]); without that, it reports them
     /// again rather than lose drops made while it was down.
     pub fn new_drops(&mut self) -> Vec<Drops> {
+        let _rt = crate::kernel::preempt::hold();
         let mut out = Vec::new();
         for (cgroup, per_cpu) in self.net_drops.iter().filter_map(|r| r.ok()) {
             let total: u64 = per_cpu.iter().sum();
@@ -257,6 +268,7 @@ impl Sensors {
     /// The cgroups the network guard holds state for: guarded (NET_TASK) or with
     /// drops counted (NET_DROPS).
     pub fn guard_cgroups(&self) -> BTreeSet<u64> {
+        let _rt = crate::kernel::preempt::hold();
         let guarded = self.net_task.keys().filter_map(|k| k.ok());
         guarded.chain(self.net_drops.keys().filter_map(|k| k.ok())).collect()
     }
@@ -279,6 +291,7 @@ impl Sensors {
     /// NET_TASK (4096) and NET_ALLOW, and every enforced task after was refused.
     /// With `count`, what is left.
     pub fn forget_guards(&mut self, gone: &BTreeSet<u64>, count: bool) -> Option<GuardEntries> {
+        let _rt = crate::kernel::preempt::hold();
         let guards: Vec<(u64, u32)> = self.net_task.iter().filter_map(|r| r.ok()).collect();
         let kept: BTreeSet<u32> = guards.iter().filter(|(c, _)| !gone.contains(c)).map(|(_, t)| *t).collect();
         let going: Vec<u64> = guards.iter().map(|(c, _)| *c).filter(|c| gone.contains(c)).collect();
@@ -322,6 +335,7 @@ impl Sensors {
 
     /// Reads the per-kind counters.
     pub fn counts(&self) -> Counts {
+        let _rt = crate::kernel::preempt::hold();
         let mut c = Counts::default();
         for k in kind::ALL.iter().filter(|k| **k != 0) {
             let slot = kind::slot(*k);

@@ -1,0 +1,352 @@
+//! Whether this kernel may preempt a BPF program in the middle of its run.
+//!
+//! fexit and BPF LSM programs run with migration disabled, not preemption. On a
+//! kernel that preempts tasks inside the kernel (`preempt=full`, `lazy`, RT), a
+//! program preempted mid-run shares its per-CPU state with the next program that
+//! runs on its CPU: an event built there can carry another call's operands, and an
+//! LSM check can finish on another task's climb up the directory tree (an agent's
+//! two threads on one CPU could so have one's write judged by the other's path).
+//! And the kernel skips an fexit program it finds already running on the CPU,
+//! counting the skip only in the program's `recursion_misses`: an event lost and
+//! never said. Measured in the Debian 12 and 13 guests booted `preempt=full`, four
+//! file creators on one CPU: 5,596 and 10,627 of 12,000 creates recorded on fexit,
+//! none counted lost, one record undecodable; all 12,000 on the syscall tracepoints,
+//! whose programs run with preemption off. So on such a kernel neither tier runs.
+
+use std::path::Path;
+
+/// The preemption model, as the kernel says it runs (or why it is not known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Model {
+    /// `none` or `voluntary`: a task in the kernel is preempted only where it
+    /// allows it, never inside a BPF program.
+    Safe(String),
+    /// `full`, `lazy`, `rt`, or one not known.
+    Preempts(String),
+}
+
+impl std::fmt::Display for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Model::Safe(how) => write!(f, "{how}: BPF programs run whole"),
+            Model::Preempts(how) => write!(
+                f,
+                "{how}: BPF programs may be preempted mid-run, so neither fexit observation nor the BPF LSM tier \
+                 is used"
+            ),
+        }
+    }
+}
+
+/// Where a PREEMPT_DYNAMIC kernel says its model: `none voluntary (full) lazy`.
+const DEBUGFS: &str = "/sys/kernel/debug/sched/preempt";
+
+/// This kernel's model: its running model where the kernel says it (debugfs),
+/// else from its build (`uname -v`, the config) and the `preempt=` boot argument.
+/// Read once per process (the tiers are chosen once, at start).
+pub fn model() -> Model {
+    static MODEL: std::sync::OnceLock<Model> = std::sync::OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let version = nix::sys::utsname::uname()
+                .map(|u| u.version().to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            let dynamic = std::fs::read_to_string(DEBUGFS)
+                .ok()
+                .or_else(|| mounted_debugfs().then(|| std::fs::read_to_string(DEBUGFS).ok()).flatten());
+            classify(&version, dynamic.as_deref(), &cmdline, config)
+        })
+        .clone()
+}
+
+/// Mounts debugfs where it is missing (root only; as systemd does at boot).
+fn mounted_debugfs() -> bool {
+    let target = Path::new("/sys/kernel/debug");
+    !target.join("sched").exists()
+        && nix::mount::mount(
+            Some("debugfs"),
+            target,
+            Some("debugfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .is_ok()
+}
+
+/// The kernel's build configuration: its own (`/proc/config.gz`), else the copy
+/// its package put in /boot.
+fn config() -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Ok(f) = std::fs::File::open("/proc/config.gz")
+        && flate2::read::GzDecoder::new(f).read_to_string(&mut text).is_ok()
+    {
+        return Some(text);
+    }
+    let release = nix::sys::utsname::uname().ok()?.release().to_string_lossy().into_owned();
+    std::fs::read_to_string(format!("/boot/config-{release}")).ok()
+}
+
+/// The model from what the kernel says of itself: `uname -v` (`PREEMPT_RT`,
+/// `PREEMPT_DYNAMIC`, `PREEMPT`), the debugfs line of a dynamic kernel, the
+/// `preempt=` boot argument and the build's config (read only when nothing else
+/// says: it is decompressed).
+pub fn classify(
+    version: &str,
+    dynamic: Option<&str>,
+    cmdline: &str,
+    config: impl FnOnce() -> Option<String>,
+) -> Model {
+    let words: Vec<&str> = version.split_whitespace().collect();
+    if words.contains(&"PREEMPT_RT") {
+        return Model::Preempts("a real-time kernel (PREEMPT_RT)".into());
+    }
+    let mode = |m: &str, how: &str| match m {
+        "none" | "voluntary" => Model::Safe(format!("preempt={m} ({how})")),
+        other => Model::Preempts(format!("preempt={other} ({how})")),
+    };
+    if words.contains(&"PREEMPT_DYNAMIC") {
+        // The running model is the one in parentheses.
+        if let Some(m) =
+            dynamic.and_then(|d| d.split_whitespace().find_map(|w| w.strip_prefix('(')?.strip_suffix(')')))
+        {
+            return mode(m, "the kernel's sched/preempt");
+        }
+        // The kernel takes the last one given.
+        if let Some(m) = cmdline.split_whitespace().filter_map(|a| a.strip_prefix("preempt=")).next_back() {
+            return mode(m, "the boot argument");
+        }
+        let built = config().and_then(|c| {
+            let on = |k: &str| c.lines().any(|l| l.trim() == format!("{k}=y"));
+            [
+                ("CONFIG_PREEMPT_NONE", "none"),
+                ("CONFIG_PREEMPT_VOLUNTARY", "voluntary"),
+                ("CONFIG_PREEMPT_LAZY", "lazy"),
+                ("CONFIG_PREEMPT", "full"),
+            ]
+            .into_iter()
+            .find(|(k, _)| on(k))
+            .map(|(_, m)| m)
+        });
+        return match built {
+            Some(m) => mode(m, "the kernel's build default"),
+            None => Model::Preempts(
+                "a PREEMPT_DYNAMIC kernel whose model could not be read (no debugfs sched/preempt, no preempt= \
+                 argument, no /boot config)"
+                    .into(),
+            ),
+        };
+    }
+    // Built with one model: `SMP PREEMPT` is full preemption; without the word the
+    // kernel does not preempt kernel code.
+    if words.contains(&"PREEMPT") {
+        Model::Preempts("a kernel built with full preemption (PREEMPT)".into())
+    } else {
+        Model::Safe("a kernel built without kernel preemption".into())
+    }
+}
+
+/// Why BPF programs may be preempted mid-run here (None: they are not).
+pub fn preempts() -> Option<String> {
+    match model() {
+        Model::Safe(_) => None,
+        Model::Preempts(why) => Some(why),
+    }
+}
+
+/// Real-time priority for the calling thread while it makes BPF map calls, on a
+/// kernel that preempts ([`hold`]).
+///
+/// The kernel makes map calls from userspace with its CPU's BPF guard held
+/// (`bpf_disable_instrumentation`: `bpf_prog_active`, with migration, not
+/// preemption, disabled), and a syscall tracepoint's program that finds the guard
+/// held is skipped (`trace_call_bpf`): counted nowhere before 6.7, in the program's
+/// `recursion_misses` after. Where the kernel preempts kernel code, a tracked process
+/// that preempts agentmon inside a map call runs its syscalls on that CPU past
+/// agentmon's programs (measured in the Debian 12 guest booted `preempt=full`; the
+/// witness makes each a loss record, monitor-ebpf witness.rs). As SCHED_FIFO,
+/// agentmon is preempted there by no process of the ordinary classes.
+#[must_use = "the priority lasts as long as the Hold"]
+pub struct Hold {
+    raised: bool,
+    /// Given back on the thread that raised it.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+thread_local! {
+    /// Holds open on this thread, and the policy to go back to.
+    static HELD: std::cell::Cell<(u32, Option<(i32, i32)>)> = const { std::cell::Cell::new((0, None)) };
+}
+
+/// The lowest real-time priority: above every ordinary process, below the
+/// kernel's threaded interrupts (a process at a real-time priority of its own, which
+/// takes CAP_SYS_NICE, can still preempt agentmon: then the witness says so).
+const FIFO_PRIORITY: i32 = 1;
+
+/// Why agentmon cannot raise itself (a service started with systemd's
+/// RestrictRealtime, no CAP_SYS_NICE): said once, and not tried again.
+static REFUSED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Raises this thread to SCHED_FIFO until the returned [`Hold`] is dropped, on a
+/// kernel that preempts (else nothing: the guard is never held across a preemption
+/// there). Nested holds share the first one's raise.
+pub fn hold() -> Hold {
+    if preempts().is_none() || REFUSED.get().is_some() {
+        return Hold { raised: false, _thread: std::marker::PhantomData };
+    }
+    raise()
+}
+
+/// Why map calls run at an ordinary priority on this preempting kernel, once one
+/// was tried (None: they do not, or none was tried yet).
+pub fn refused() -> Option<&'static str> {
+    REFUSED.get().map(String::as_str)
+}
+
+/// [`hold`] whatever the kernel.
+fn raise() -> Hold {
+    let held = |raised| Hold { raised, _thread: std::marker::PhantomData };
+    HELD.with(|h| {
+        let (depth, prev) = h.get();
+        if depth > 0 {
+            h.set((depth + 1, prev));
+            return held(true);
+        }
+        let refuse = |what: &str| {
+            let err = std::io::Error::last_os_error();
+            let why = format!("{what}: {err}");
+            if REFUSED.set(why.clone()).is_ok() {
+                tracing::error!(
+                    "agentmon cannot raise itself to real-time priority for its BPF map calls ({why}): on this \
+                     preempting kernel a tracked process that preempts one runs its syscalls past agentmon's \
+                     programs, each then a loss record"
+                );
+            }
+            held(false)
+        };
+        // SAFETY: plain system calls on the calling thread with a valid sched_param.
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+        if policy < 0 || unsafe { libc::sched_getparam(0, &mut param) } != 0 {
+            return refuse("reading its scheduling policy");
+        }
+        if policy & !libc::SCHED_RESET_ON_FORK == libc::SCHED_FIFO && param.sched_priority >= FIFO_PRIORITY {
+            // Already so (the operator's choice): nothing to give back.
+            h.set((1, None));
+            return held(true);
+        }
+        let prev = (policy, param.sched_priority);
+        param.sched_priority = FIFO_PRIORITY;
+        // SAFETY: as above. A child forked meanwhile does not inherit the priority.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param) } != 0 {
+            return refuse("sched_setscheduler(SCHED_FIFO)");
+        }
+        h.set((1, Some(prev)));
+        held(true)
+    })
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if !self.raised {
+            return;
+        }
+        HELD.with(|h| {
+            let (depth, prev) = h.get();
+            if depth > 1 {
+                h.set((depth - 1, prev));
+                return;
+            }
+            h.set((0, None));
+            if let Some((policy, priority)) = prev {
+                let param = libc::sched_param { sched_priority: priority };
+                // SAFETY: as in `raise`; the thread's own policy from before.
+                if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+                    tracing::error!(
+                        "agentmon could not give back its real-time priority after a BPF map call: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The thread is SCHED_FIFO while a hold lasts, nested holds included, and
+    /// back to its own policy after (as root: CI runs the unit tests so).
+    #[test]
+    fn a_hold_raises_the_thread_and_gives_it_back() {
+        std::thread::spawn(|| {
+            assert!(
+                nix::unistd::Uid::effective().is_root(),
+                "SCHED_FIFO needs root: run the unit tests as root"
+            );
+            // SAFETY: sched_getscheduler of the calling thread.
+            let policy = || unsafe { libc::sched_getscheduler(0) } & !libc::SCHED_RESET_ON_FORK;
+            let before = policy();
+            {
+                let _a = raise();
+                assert_eq!(policy(), libc::SCHED_FIFO);
+                {
+                    let _b = raise();
+                    assert_eq!(policy(), libc::SCHED_FIFO);
+                }
+                assert_eq!(policy(), libc::SCHED_FIFO, "an inner hold gave the priority back early");
+            }
+            assert_eq!(policy(), before);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn the_running_model_decides() {
+        let dynamic = "#1 SMP PREEMPT_DYNAMIC Debian 6.12.117-1 (2026-01-01)";
+        let cfg = "CONFIG_PREEMPT_VOLUNTARY=y\nCONFIG_PREEMPT_DYNAMIC=y\n";
+        // Debian's default, said by debugfs, by nothing but the build, overridden.
+        assert!(matches!(
+            classify(dynamic, Some("none (voluntary) full "), "", || Some(cfg.to_string())),
+            Model::Safe(_)
+        ));
+        assert!(matches!(classify(dynamic, None, "ro quiet", || Some(cfg.to_string())), Model::Safe(_)));
+        assert!(matches!(
+            classify(dynamic, Some("none voluntary (full) "), "", || Some(cfg.to_string())),
+            Model::Preempts(_)
+        ));
+        assert!(matches!(
+            classify(dynamic, None, "preempt=full", || Some(cfg.to_string())),
+            Model::Preempts(_)
+        ));
+        assert!(matches!(
+            classify(dynamic, None, "preempt=none preempt=full", || Some(cfg.to_string())),
+            Model::Preempts(_)
+        ));
+        assert!(matches!(
+            classify(dynamic, None, "preempt=full preempt=none", || Some(cfg.to_string())),
+            Model::Safe(_)
+        ));
+        assert!(matches!(
+            classify(dynamic, Some("none voluntary full (lazy)"), "", || Some(cfg.to_string())),
+            Model::Preempts(_)
+        ));
+        // The config is decompressed only when nothing else says.
+        let unread = || -> Option<String> { panic!("the config was read") };
+        assert!(matches!(classify(dynamic, Some("none (voluntary) full "), "", unread), Model::Safe(_)));
+        assert!(matches!(classify(dynamic, None, "preempt=full", unread), Model::Preempts(_)));
+        // A build default of full preemption (CONFIG_PREEMPT=y), or nothing to go by.
+        assert!(matches!(
+            classify(dynamic, None, "", || Some("CONFIG_PREEMPT=y\n".to_string())),
+            Model::Preempts(_)
+        ));
+        assert!(matches!(classify(dynamic, None, "", || None), Model::Preempts(_)));
+        // Static builds.
+        assert!(matches!(classify("#1 SMP PREEMPT_RT Mon", None, "", || None), Model::Preempts(_)));
+        assert!(matches!(classify("#1 SMP PREEMPT Mon", None, "", || None), Model::Preempts(_)));
+        assert!(matches!(classify("#1 SMP Mon", None, "", || None), Model::Safe(_)));
+    }
+}
