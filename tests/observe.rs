@@ -187,7 +187,9 @@ pub fn a_preemptible_kernel_loses_no_event_silently() -> R {
     // Where the kernel preempts, the map looker and the daemon on the creators' CPU
     // too (its own map calls are made there). Elsewhere a map call's guard is never
     // held across a preemption: the looker would only slow the guests (a busy loop
-    // beside the other tests), and 'recorded + counted lost' says it all.
+    // beside the other tests), and 'recorded + counted lost' says it all. Where it
+    // runs, the test runs alone (tests/kernel.rs EXCLUSIVE_WHERE_PREEMPTING): another
+    // test beside it starves and is starved.
     let preempting = agentmon::kernel::preempt::preempts().is_some();
     let pin: [&std::ffi::OsStr; 3] = ["/usr/bin/taskset".as_ref(), "-c".as_ref(), "0".as_ref()];
     let daemon = crate::daemon::start_daemon_via(&d, "", if preempting { &pin } else { &[] })?;
@@ -225,14 +227,22 @@ pub fn a_preemptible_kernel_loses_no_event_silently() -> R {
         .filter(|e| e.kind == Kind::Loss && e.task.as_deref() == Some("preempt"))
         .filter(|e| e.detail.get("syscall_nr").and_then(|v| v.as_i64()) == Some(libc::SYS_openat))
         .count() as u64;
-    eq(
-        &format!(
-            "creates recorded + counted lost + opens unseen (recorded {recorded}, lost {lost}, unseen {unseen}; \
-             {looked} map lookups beside them)"
-        ),
-        recorded + lost + unseen,
-        4 * n,
-    )?;
+    // Records counted lost whose call is not known (witness records the ring had no
+    // room for, records that did not decode): an open among them is missing from the
+    // sum, not hidden.
+    let unseen_lost: u64 = evs
+        .iter()
+        .filter(|e| e.kind == Kind::Loss && e.task.is_none())
+        .filter_map(|e| e.lost.as_ref())
+        .flat_map(|l| ["unseen_syscall", "undecodable"].map(|k| l.get(k).copied().unwrap_or(0)))
+        .sum();
+    let figures = format!(
+        "recorded {recorded}, lost {lost}, unseen {unseen}, unseen records lost {unseen_lost}; \
+         {looked} map lookups beside them"
+    );
+    ensure(recorded + lost + unseen <= 4 * n && 4 * n <= recorded + lost + unseen + unseen_lost, || {
+        format!("creates recorded + counted lost + opens unseen = {} creates ({figures})", 4 * n)
+    })?;
     eprintln!(
         "{recorded} creates recorded, {lost} counted lost, {unseen} opens unseen; {looked} map lookups beside them"
     );

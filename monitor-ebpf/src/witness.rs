@@ -13,7 +13,7 @@
 //! recursion check). `sys_exit_witness` (tp_btf sys_exit: regs, ret) runs after the
 //! syscall tracepoints' programs at every syscall exit; each of those marks the
 //! syscall it ran for and its thread (TP_RAN). The loader tells the witness which
-//! syscalls have a program (TP_HOOKED; the programs mark theirs too as they run). A
+//! syscalls have a program (TP_HOOKED, from every `sys_exit_*` it attached). A
 //! tracked process's 64-bit syscall that has a program but left no mark was
 //! skipped: an UNSEEN record with its number and result. Attached only where the
 //! kernel preempts (KConfig::witness), after the tracepoints (their probe runs
@@ -56,12 +56,6 @@ pub fn ran(ctx: &TracePointContext) {
     let nr = unsafe { *(ctx.as_ptr() as *const i32).add(2) };
     if let Some(p) = TP_RAN.get_ptr_mut(0) {
         unsafe { *p = mark(nr as i64) };
-    }
-    if (0..NR_MAX as i32).contains(&nr)
-        && let Some(h) = TP_HOOKED.get_ptr_mut(nr as u32)
-        && unsafe { *h } == 0
-    {
-        unsafe { *h = 1 };
     }
 }
 

@@ -34,7 +34,12 @@ impl KernelBtf {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let btf = Btf::from_file(path)
+        // Read whole, then parsed in memory: btf-rs's file reader seeks at every type
+        // (125,000 lseeks for Debian's 5 MiB vmlinux BTF, each a syscall that costs
+        // at every agentmon start, most in guests under emulation).
+        let btf = std::fs::read(path)
+            .map_err(btf_rs::Error::from)
+            .and_then(|bytes| Btf::from_bytes(&bytes))
             .map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
         Ok(Self { btf })
     }
