@@ -106,8 +106,9 @@ static IDENT: HashMap<u32, FsKey> = HashMap::with_max_entries(64, 0);
 #[map]
 static TP_RAN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Syscall number -> 1 once a tracepoint program of agentmon's ran for it: the
-/// syscalls whose exit has a program to be skipped (see witness.rs).
+/// Syscall number -> 1 where a syscall tracepoint program of agentmon's is attached
+/// to its exit (filled by the loader from every `sys_exit_*` it attached): the calls
+/// whose program can be skipped (see witness.rs).
 #[map]
 static TP_HOOKED: Array<u8> = Array::with_max_entries(witness::NR_MAX, 0);
 

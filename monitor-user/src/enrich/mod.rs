@@ -325,7 +325,7 @@ fn unseen(raw: &RawEvent, ev: &mut Event) -> Next {
     ev.detail.insert(Cow::Borrowed("syscall_nr"), serde_json::json!(nr));
     ev.reason = Some(format!(
         "syscall {nr} of this process ran unobserved: the kernel skipped agentmon's program for it while \
-         another process's BPF map call, preempted on the same CPU, held that CPU's BPF programs off"
+         that CPU's BPF programs were held off (a BPF map call preempted there, by any process)"
     ));
     Next::Finish
 }

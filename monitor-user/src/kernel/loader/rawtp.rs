@@ -130,3 +130,29 @@ pub(super) fn fits(kbtf: &KernelBtf) -> Result<Fits, LoadError> {
     };
     Ok(Fits { fits, iou: iou.unwrap_or_default(), iou_paths })
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    /// Every syscall tracepoint program has its number for [`super::attach_witness`]:
+    /// one without would fail every load on a kernel that preempts.
+    #[test]
+    fn every_syscall_program_has_its_number() {
+        let elf = object::File::parse(super::super::OBJECT).expect("agentmon's eBPF object");
+        let mut names = Vec::new();
+        for sym in elf.symbols() {
+            let in_tracepoints = sym
+                .section_index()
+                .and_then(|i| elf.section_by_index(i).ok())
+                .is_some_and(|s| s.name() == Ok("tracepoint"));
+            if let (true, Ok(name)) = (in_tracepoints, sym.name())
+                && let Some(call) = name.strip_prefix("sys_exit_")
+            {
+                names.push(name.to_string());
+                assert!(crate::kernel::sysnr::number(call).is_some(), "no syscall number for {name}");
+            }
+        }
+        assert!(names.len() > 50, "syscall tracepoint programs found: {names:?}");
+    }
+}
