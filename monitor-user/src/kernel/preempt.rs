@@ -184,6 +184,9 @@ thread_local! {
 /// takes CAP_SYS_NICE, can still preempt agentmon: then the witness says so).
 const FIFO_PRIORITY: i32 = 1;
 
+/// include/uapi/linux/sched.h (not in libc for this target).
+const SCHED_DEADLINE: i32 = 6;
+
 /// Why agentmon cannot raise itself (a service started with systemd's
 /// RestrictRealtime, no CAP_SYS_NICE): said once, and not tried again.
 static REFUSED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -231,8 +234,12 @@ fn raise() -> Hold {
         if policy < 0 || unsafe { libc::sched_getparam(0, &mut param) } != 0 {
             return refuse("reading its scheduling policy");
         }
-        if policy & !libc::SCHED_RESET_ON_FORK == libc::SCHED_FIFO && param.sched_priority >= FIFO_PRIORITY {
-            // Already so (the operator's choice): nothing to give back.
+        // Already at a real-time policy (the operator's choice, round-robin or
+        // deadline included): kept as it is, nothing to give back.
+        let base = policy & !libc::SCHED_RESET_ON_FORK;
+        if base == SCHED_DEADLINE
+            || (matches!(base, libc::SCHED_FIFO | libc::SCHED_RR) && param.sched_priority >= FIFO_PRIORITY)
+        {
             h.set((1, None));
             return held(true);
         }
@@ -299,6 +306,38 @@ mod tests {
                 assert_eq!(policy(), libc::SCHED_FIFO, "an inner hold gave the priority back early");
             }
             assert_eq!(policy(), before);
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A thread already at a real-time policy of its own (the operator's choice) keeps
+    /// it through a hold: SCHED_RR at 5 was lowered to SCHED_FIFO 1 for each hold.
+    #[test]
+    fn a_real_time_thread_keeps_its_own_policy() {
+        std::thread::spawn(|| {
+            assert!(
+                nix::unistd::Uid::effective().is_root(),
+                "SCHED_RR needs root: run the unit tests as root"
+            );
+            let now = || {
+                let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+                // SAFETY: the calling thread's policy and parameters.
+                let policy = unsafe { libc::sched_getscheduler(0) } & !libc::SCHED_RESET_ON_FORK;
+                assert_eq!(unsafe { libc::sched_getparam(0, &mut param) }, 0);
+                (policy, param.sched_priority)
+            };
+            let rr = libc::sched_param { sched_priority: 5 };
+            // SAFETY: this test's own thread, a valid sched_param.
+            assert_eq!(
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_RR | libc::SCHED_RESET_ON_FORK, &rr) },
+                0
+            );
+            {
+                let _a = raise();
+                assert_eq!(now(), (libc::SCHED_RR, 5), "a hold changed the thread's own real-time policy");
+            }
+            assert_eq!(now(), (libc::SCHED_RR, 5));
         })
         .join()
         .unwrap();
