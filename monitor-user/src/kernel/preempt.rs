@@ -284,15 +284,21 @@ impl Drop for Hold {
 mod tests {
     use super::*;
 
+    /// Runs `f` on a thread of its own (its scheduling policy is the thread's), as
+    /// root: real-time policies need it, and CI runs the unit tests so.
+    fn on_a_thread_as_root(f: impl FnOnce() + Send + 'static) {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "real-time policies need root: run the unit tests as root"
+        );
+        std::thread::spawn(f).join().unwrap();
+    }
+
     /// The thread is SCHED_FIFO while a hold lasts, nested holds included, and
     /// back to its own policy after (as root: CI runs the unit tests so).
     #[test]
     fn a_hold_raises_the_thread_and_gives_it_back() {
-        std::thread::spawn(|| {
-            assert!(
-                nix::unistd::Uid::effective().is_root(),
-                "SCHED_FIFO needs root: run the unit tests as root"
-            );
+        on_a_thread_as_root(|| {
             // SAFETY: sched_getscheduler of the calling thread.
             let policy = || unsafe { libc::sched_getscheduler(0) } & !libc::SCHED_RESET_ON_FORK;
             let before = policy();
@@ -306,20 +312,14 @@ mod tests {
                 assert_eq!(policy(), libc::SCHED_FIFO, "an inner hold gave the priority back early");
             }
             assert_eq!(policy(), before);
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     /// A thread already at a real-time policy of its own (the operator's choice) keeps
     /// it through a hold: SCHED_RR at 5 was lowered to SCHED_FIFO 1 for each hold.
     #[test]
     fn a_real_time_thread_keeps_its_own_policy() {
-        std::thread::spawn(|| {
-            assert!(
-                nix::unistd::Uid::effective().is_root(),
-                "SCHED_RR needs root: run the unit tests as root"
-            );
+        on_a_thread_as_root(|| {
             let now = || {
                 let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
                 // SAFETY: the calling thread's policy and parameters.
@@ -338,9 +338,7 @@ mod tests {
                 assert_eq!(now(), (libc::SCHED_RR, 5), "a hold changed the thread's own real-time policy");
             }
             assert_eq!(now(), (libc::SCHED_RR, 5));
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
