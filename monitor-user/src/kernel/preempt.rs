@@ -60,10 +60,15 @@ pub fn model() -> Model {
         .clone()
 }
 
-/// Mounts debugfs where it is missing (root only; as systemd does at boot).
+/// Mounts debugfs where it is missing (root only; as systemd does at boot). Not
+/// where it is mounted already without `sched/` (a kernel built without
+/// SCHED_DEBUG): each start would stack one more mount.
 fn mounted_debugfs() -> bool {
     let target = Path::new("/sys/kernel/debug");
-    !target.join("sched").exists()
+    let mounted = nix::sys::statfs::statfs(target)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::DEBUGFS_MAGIC);
+    !mounted
+        && !target.join("sched").exists()
         && nix::mount::mount(
             Some("debugfs"),
             target,
