@@ -100,111 +100,6 @@ impl fmt::Display for Chosen {
 /// call seccomp answers never reaches its syscall's function.
 pub const SECCOMP_FN: &str = "__secure_computing";
 
-/// The x86_64 numbers of the hooked syscalls, by the name their programs carry
-/// (the tracepoints' names: `umount` is umount2's).
-#[cfg(target_arch = "x86_64")]
-const NUMBERS: &[(&str, libc::c_long)] = &[
-    ("bind", libc::SYS_bind),
-    ("bpf", libc::SYS_bpf),
-    ("capset", libc::SYS_capset),
-    ("chmod", libc::SYS_chmod),
-    ("chown", libc::SYS_chown),
-    ("clone", libc::SYS_clone),
-    ("clone3", libc::SYS_clone3),
-    ("connect", libc::SYS_connect),
-    ("creat", libc::SYS_creat),
-    ("delete_module", libc::SYS_delete_module),
-    ("execve", libc::SYS_execve),
-    ("execveat", libc::SYS_execveat),
-    ("fchmod", libc::SYS_fchmod),
-    ("fchmodat", libc::SYS_fchmodat),
-    ("fchmodat2", libc::SYS_fchmodat2),
-    ("fchown", libc::SYS_fchown),
-    ("fchownat", libc::SYS_fchownat),
-    ("finit_module", libc::SYS_finit_module),
-    ("fremovexattr", libc::SYS_fremovexattr),
-    ("fsconfig", libc::SYS_fsconfig),
-    ("fsetxattr", libc::SYS_fsetxattr),
-    ("fsmount", libc::SYS_fsmount),
-    ("fsopen", libc::SYS_fsopen),
-    ("fspick", libc::SYS_fspick),
-    ("ftruncate", libc::SYS_ftruncate),
-    ("init_module", libc::SYS_init_module),
-    ("io_uring_setup", libc::SYS_io_uring_setup),
-    ("kexec_file_load", libc::SYS_kexec_file_load),
-    ("kexec_load", libc::SYS_kexec_load),
-    ("kill", libc::SYS_kill),
-    ("lchown", libc::SYS_lchown),
-    ("link", libc::SYS_link),
-    ("linkat", libc::SYS_linkat),
-    ("listen", libc::SYS_listen),
-    ("lremovexattr", libc::SYS_lremovexattr),
-    ("lsetxattr", libc::SYS_lsetxattr),
-    ("memfd_create", libc::SYS_memfd_create),
-    ("mkdir", libc::SYS_mkdir),
-    ("mkdirat", libc::SYS_mkdirat),
-    ("mknod", libc::SYS_mknod),
-    ("mknodat", libc::SYS_mknodat),
-    ("mount", libc::SYS_mount),
-    ("mount_setattr", libc::SYS_mount_setattr),
-    ("move_mount", libc::SYS_move_mount),
-    ("name_to_handle_at", libc::SYS_name_to_handle_at),
-    ("open", libc::SYS_open),
-    ("open_by_handle_at", libc::SYS_open_by_handle_at),
-    ("open_tree", libc::SYS_open_tree),
-    ("openat", libc::SYS_openat),
-    ("openat2", libc::SYS_openat2),
-    ("perf_event_open", libc::SYS_perf_event_open),
-    ("pidfd_getfd", libc::SYS_pidfd_getfd),
-    ("pidfd_send_signal", libc::SYS_pidfd_send_signal),
-    ("pivot_root", libc::SYS_pivot_root),
-    ("process_vm_readv", libc::SYS_process_vm_readv),
-    ("process_vm_writev", libc::SYS_process_vm_writev),
-    ("ptrace", libc::SYS_ptrace),
-    ("removexattr", libc::SYS_removexattr),
-    ("rename", libc::SYS_rename),
-    ("renameat", libc::SYS_renameat),
-    ("renameat2", libc::SYS_renameat2),
-    ("rmdir", libc::SYS_rmdir),
-    ("seccomp", libc::SYS_seccomp),
-    ("sendmmsg", libc::SYS_sendmmsg),
-    ("sendmsg", libc::SYS_sendmsg),
-    ("sendto", libc::SYS_sendto),
-    ("setfsgid", libc::SYS_setfsgid),
-    ("setfsuid", libc::SYS_setfsuid),
-    ("setgid", libc::SYS_setgid),
-    ("setns", libc::SYS_setns),
-    ("setregid", libc::SYS_setregid),
-    ("setresgid", libc::SYS_setresgid),
-    ("setresuid", libc::SYS_setresuid),
-    ("setreuid", libc::SYS_setreuid),
-    ("setuid", libc::SYS_setuid),
-    ("setxattr", libc::SYS_setxattr),
-    ("socket", libc::SYS_socket),
-    ("socketpair", libc::SYS_socketpair),
-    ("symlink", libc::SYS_symlink),
-    ("symlinkat", libc::SYS_symlinkat),
-    ("tgkill", libc::SYS_tgkill),
-    ("tkill", libc::SYS_tkill),
-    ("truncate", libc::SYS_truncate),
-    ("umount", libc::SYS_umount2),
-    ("unlink", libc::SYS_unlink),
-    ("unlinkat", libc::SYS_unlinkat),
-    ("unshare", libc::SYS_unshare),
-    ("userfaultfd", libc::SYS_userfaultfd),
-];
-
-/// The number of syscall `name`, for the `sk_` program's slot.
-#[cfg(target_arch = "x86_64")]
-pub fn number(name: &str) -> Option<u32> {
-    NUMBERS.iter().find(|(n, _)| *n == name).map(|(_, nr)| *nr as u32)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub fn number(_: &str) -> Option<u32> {
-    None
-}
-
 /// The function `fx_NAME` is attached to, or None for a program not of this tier.
 pub fn target(prog: &str) -> Option<String> {
     prog.strip_prefix("fx_").map(|s| format!("{SYSCALL_PREFIX}{s}"))
@@ -238,7 +133,7 @@ pub fn plan(
     let mut absent = Vec::new();
     for p in progs {
         if let Some(s) = p.strip_prefix("sk_")
-            && number(s).is_none()
+            && super::sysnr::number(s).is_none()
         {
             return Err(format!("no syscall number is known for {s}"));
         }
@@ -265,15 +160,6 @@ mod tests {
         assert_eq!(target("fx_openat").as_deref(), Some(want));
         assert_eq!(target("sys_exit_openat"), None);
         assert_eq!(target("sched_process_exec"), None);
-    }
-
-    #[test]
-    #[cfg(target_arch = "x86_64")]
-    fn skipped_calls_are_found_by_their_number() {
-        assert_eq!(number("openat"), Some(257));
-        // The tracepoint `umount` is umount2 (166); x86_64 has no umount.
-        assert_eq!(number("umount"), Some(166));
-        assert_eq!(number("no_such_call"), None);
     }
 
     #[test]

@@ -5,11 +5,12 @@
 //! share with its number (`__NR_umount2`).
 
 /// The number of syscall `name` (a `sys_exit_` tracepoint's name without the
-/// prefix), or None when this table lacks it.
+/// prefix), or None when this table lacks it: the witness's TP_HOOKED index and
+/// the fexit tier's SKIPPED slot (`sk_NAME`).
 #[cfg(target_arch = "x86_64")]
-pub fn number(name: &str) -> Option<i64> {
+pub fn number(name: &str) -> Option<u32> {
     use libc::*;
-    Some(match name {
+    let nr = match name {
         "bind" => SYS_bind,
         "bpf" => SYS_bpf,
         "capset" => SYS_capset,
@@ -99,11 +100,12 @@ pub fn number(name: &str) -> Option<i64> {
         "unshare" => SYS_unshare,
         "userfaultfd" => SYS_userfaultfd,
         _ => return None,
-    })
+    };
+    u32::try_from(nr).ok()
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub fn number(_name: &str) -> Option<i64> {
+pub fn number(_name: &str) -> Option<u32> {
     None
 }
 

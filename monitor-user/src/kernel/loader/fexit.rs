@@ -142,8 +142,8 @@ fn load_all(
         };
         if let Some(call) = name.strip_prefix("sk_") {
             let attach = format!("tail call from fexit {SECCOMP_FN} (syscall {call} answered by seccomp)");
-            let nr =
-                observe::number(call).ok_or_else(|| fail(&attach, "classify", "no syscall number".into()))?;
+            let nr = crate::kernel::sysnr::number(call)
+                .ok_or_else(|| fail(&attach, "classify", "no syscall number".into()))?;
             p.load(SECCOMP_FN, btf).map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
             let fd = p.fd().map_err(|e| fail(&attach, "load", e.to_string()))?;
             skipped.set(nr, fd, 0).map_err(|e| fail(&attach, "set", e.to_string()))?;

@@ -56,7 +56,6 @@ pub(super) fn attach_witness(
     for tp in tracepoints {
         let name = tp.strip_prefix("sys_exit_").unwrap_or(tp);
         let nr = crate::kernel::sysnr::number(name)
-            .and_then(|n| u32::try_from(n).ok())
             .ok_or_else(|| fail("number", format!("no syscall number known for {tp} (kernel::sysnr)")))?;
         hooked.set(nr, &1, 0).map_err(|e| fail("TP_HOOKED", format!("{tp} ({nr}): {e}")))?;
     }
