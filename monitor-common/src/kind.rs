@@ -58,7 +58,7 @@ pub const PRIVILEGE: u16 = 502;
 pub const TAMPER: u16 = 503;
 // Observation gaps, 6xx.
 /// A tracked process's hooked syscall whose tracepoint program the kernel skipped
-/// (its CPU's BPF guard was held by another's map call, preempted there).
+/// (its CPU's BPF guard was held by a map call preempted there, any process's).
 pub const UNSEEN: u16 = 600;
 
 /// Every kernel kind, in counter-slot order.

@@ -314,7 +314,7 @@ enum Next {
 mod tests;
 
 /// A tracked process's syscall whose tracepoint program the kernel skipped (its
-/// CPU's BPF guard held by another's map call; monitor-ebpf witness.rs): what it
+/// CPU's BPF guard held by a preempted map call; monitor-ebpf witness.rs): what it
 /// did is not known, so it is a loss of that process's task, with the call's number
 /// and result.
 fn unseen(raw: &RawEvent, ev: &mut Event) -> Next {
