@@ -644,6 +644,43 @@ pub fn agentmons_priority_is_kept() -> R {
     Ok(())
 }
 
+/// Root can switch a PREEMPT_DYNAMIC kernel's preemption model at any time; one
+/// that preempts kernel code may preempt agentmon's fexit and BPF LSM programs
+/// mid-run, the tiers agentmon chose for the model it started under. An observed
+/// root agent switches it: agentmon puts it back within a tick, and the switch is a
+/// tamper record with its alert. Before, agentmon ran on under the new model and
+/// nothing said so. Where the kernel lets no one read or switch it (no debugfs,
+/// or debugfs refused, as on this build host), the switch must fail.
+pub fn switching_the_preemption_model_is_put_back() -> R {
+    let (d, task) = setup("repreempt", false)?;
+    let (run, res) = run_attempts(&d, &task, &["switch_preemption".to_string()])?;
+    let code = res.get("switch_preemption").copied();
+    let switched = support::tamper_of(&run.events, "switching the kernel's preemption");
+    if let Some(e @ (libc::EPERM | libc::EACCES | libc::ENOENT)) = code {
+        eprintln!(
+            "switching_the_preemption_model_is_put_back: this kernel refused the switch (errno {e}; the model \
+             as the test reads it: {:?})",
+            std::fs::read_to_string("/sys/kernel/debug/sched/preempt")
+        );
+        ensure(switched.is_empty(), || format!("a switch that did not happen was reported: {switched:?}"))?;
+        return Ok(());
+    }
+    // scenarios::NOT_BACK: the model was still switched 20 s later.
+    eq("the model put back (observe)", code, Some(0))?;
+    let changed: Vec<String> = switched
+        .iter()
+        .flat_map(|e| e.detail.get("changed").and_then(|c| c.as_array()).cloned().unwrap_or_default())
+        .filter_map(|c| c.as_str().map(String::from))
+        .collect();
+    ensure(
+        changed.iter().any(|c| c.starts_with("the kernel's preemption model ") && c.ends_with("(put back)")),
+        || format!("no record of the switch put back: {changed:?}\n{}", run.summary()),
+    )?;
+    let rec = run.tamper("switching the kernel's preemption").ok_or_else(|| run.summary())?;
+    ensure(run.alerts.iter().any(|a| a.event.id == rec.id), || "no alert for the switch".into())?;
+    Ok(())
+}
+
 /// In observe mode the i386 and x32 calls that syscall tracepoints miss are reported
 /// (a tamper record with its alert, before they run, with the path the agent asked
 /// for) and let through: observe mode changes nothing the agent does.

@@ -40,8 +40,10 @@ use support::{SCENARIO_ENV, SKIP_ENV, ensure, eq, run_agentmon, run_scenario, wo
 
 pub type R = Result<(), Failed>;
 
-/// Tests run with no other beside them (see `ALONE` in main).
-const EXCLUSIVE: &[&str] = &["a_storm_pauses_the_task_instead_of_losing_events"];
+/// Tests run with no other beside them (see `ALONE` in main): the storm loads the
+/// machine; the preemption switch changes every agentmon's kernel for a tick.
+const EXCLUSIVE: &[&str] =
+    &["a_storm_pauses_the_task_instead_of_losing_events", "switching_the_preemption_model_is_put_back"];
 /// Run alone where the kernel preempts: there it keeps a CPU busy with map calls.
 const EXCLUSIVE_WHERE_PREEMPTING: &[&str] = &["a_preemptible_kernel_loses_no_event_silently"];
 type Test = (&'static str, fn() -> R);
@@ -100,6 +102,7 @@ fn main() {
         ("sensitive_reads_denied_when_asked", enforce::sensitive_reads_denied_when_asked),
         ("stopped_agentmon_is_reported", enforce::stopped_agentmon_is_reported),
         ("agentmons_priority_is_kept", enforce::agentmons_priority_is_kept),
+        ("switching_the_preemption_model_is_put_back", enforce::switching_the_preemption_model_is_put_back),
         ("observed_compat_calls_are_reported", enforce::observed_compat_calls_are_reported),
         (
             "memory_the_agent_serves_cannot_stop_agentmon",

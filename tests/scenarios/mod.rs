@@ -841,6 +841,9 @@ fn ctl_request(arg: &str) -> Result<(), std::io::Error> {
 }
 
 /// `call` in a child: its errno (0: it worked), 1000 + signal if it was killed.
+/// An `attempts` result that is no errno: what was changed was not put back.
+pub const NOT_BACK: i32 = 1000;
+
 fn in_child(call: impl FnOnce() -> libc::c_long) -> i32 {
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
@@ -1768,6 +1771,33 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                     }
                 }
                 r
+            }
+            // Switches the kernel's preemption model (root, observe mode: nothing
+            // forbids it) to another, then waits up to 20 s for the model to be back:
+            // 0 once it is, NOT_BACK if not (no errno: EPERM is 1), or the errno of the
+            // read or the switch (where the kernel does not let its model be read or
+            // switched).
+            "switch_preemption" => {
+                const MODEL: &str = "/sys/kernel/debug/sched/preempt";
+                let running = || {
+                    fs::read_to_string(MODEL).map(|l| {
+                        l.split_whitespace()
+                            .find_map(|w| Some(w.strip_prefix('(')?.strip_suffix(')')?.to_string()))
+                            .unwrap_or_default()
+                    })
+                };
+                match running() {
+                    Err(e) => e.raw_os_error().unwrap_or(-1),
+                    Ok(was) => match fs::write(MODEL, if was == "full" { "voluntary" } else { "full" }) {
+                        Err(e) => e.raw_os_error().unwrap_or(-1),
+                        Ok(()) => (0..200)
+                            .find(|_| {
+                                std::thread::sleep(Duration::from_millis(100));
+                                running().is_ok_and(|m| m == was)
+                            })
+                            .map_or(NOT_BACK, |_| 0),
+                    },
+                }
             }
             "leave_cgroup" => errno(fs::write(arg, std::process::id().to_string())),
             // A containment request on the control socket: EPERM when refused.

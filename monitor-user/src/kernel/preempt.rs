@@ -45,19 +45,52 @@ const DEBUGFS: &str = "/sys/kernel/debug/sched/preempt";
 /// else from its build (`uname -v`, the config) and the `preempt=` boot argument.
 /// Read once per process (the tiers are chosen once, at start).
 pub fn model() -> Model {
-    static MODEL: std::sync::OnceLock<Model> = std::sync::OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let version = nix::sys::utsname::uname()
-                .map(|u| u.version().to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-            let dynamic = std::fs::read_to_string(DEBUGFS)
-                .ok()
-                .or_else(|| mounted_debugfs().then(|| std::fs::read_to_string(DEBUGFS).ok()).flatten());
-            classify(&version, dynamic.as_deref(), &cmdline, config)
-        })
-        .clone()
+    read_once().0.clone()
+}
+
+/// The running model of a PREEMPT_DYNAMIC kernel as [`model`] read it (None where
+/// the kernel did not say it): what the tiers were chosen for. Root can switch it
+/// later (runner/standing.rs puts it back).
+pub fn chosen_for() -> Option<&'static str> {
+    read_once().1.as_deref()
+}
+
+fn read_once() -> &'static (Model, Option<String>) {
+    static MODEL: std::sync::OnceLock<(Model, Option<String>)> = std::sync::OnceLock::new();
+    MODEL.get_or_init(|| {
+        let version = nix::sys::utsname::uname()
+            .map(|u| u.version().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let dynamic = std::fs::read_to_string(DEBUGFS)
+            .ok()
+            .or_else(|| mounted_debugfs().then(|| std::fs::read_to_string(DEBUGFS).ok()).flatten());
+        let model = classify(&version, dynamic.as_deref(), &cmdline, config);
+        let running = version
+            .split_whitespace()
+            .any(|w| w == "PREEMPT_DYNAMIC")
+            .then(|| dynamic.as_deref().and_then(running_in).map(String::from))
+            .flatten();
+        (model, running)
+    })
+}
+
+/// The model a PREEMPT_DYNAMIC kernel runs now (`voluntary`, `full`, ...), read
+/// again at each call; None where the kernel does not say it (not dynamic, no
+/// debugfs, or debugfs refused).
+pub fn running() -> Option<String> {
+    running_in(&std::fs::read_to_string(DEBUGFS).ok()?).map(String::from)
+}
+
+/// The running model in the debugfs line: the one in parentheses.
+fn running_in(line: &str) -> Option<&str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix('(')?.strip_suffix(')'))
+}
+
+/// Sets the kernel's running model back to `model` (root; the line agentmon read at
+/// its start: the tiers were chosen for it).
+pub fn put_back(model: &str) -> std::io::Result<()> {
+    std::fs::write(DEBUGFS, model)
 }
 
 /// Mounts debugfs where it is missing (root only; as systemd does at boot). Not
@@ -113,9 +146,7 @@ pub fn classify(
     };
     if words.contains(&"PREEMPT_DYNAMIC") {
         // The running model is the one in parentheses.
-        if let Some(m) =
-            dynamic.and_then(|d| d.split_whitespace().find_map(|w| w.strip_prefix('(')?.strip_suffix(')')))
-        {
+        if let Some(m) = dynamic.and_then(running_in) {
             return mode(m, "the kernel's sched/preempt");
         }
         // The kernel takes the last one given.
@@ -212,6 +243,12 @@ pub fn refused() -> Option<&'static str> {
     REFUSED.get().map(String::as_str)
 }
 
+/// [`hold`] whatever the kernel, for other modules' tests.
+#[cfg(test)]
+pub fn raise_for_test() -> Hold {
+    raise()
+}
+
 /// [`hold`] whatever the kernel.
 fn raise() -> Hold {
     let held = |raised| Hold { raised, _thread: std::marker::PhantomData };
@@ -255,8 +292,22 @@ fn raise() -> Hold {
             return refuse("sched_setscheduler(SCHED_FIFO)");
         }
         h.set((1, Some(prev)));
+        raised_threads().insert(nix::unistd::gettid().as_raw());
         held(true)
     })
+}
+
+/// The threads a hold has raised now (their ids): runner/standing.rs takes their
+/// real-time policy for no tampering.
+fn raised_threads() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<i32>> {
+    static RAISED: std::sync::Mutex<std::collections::BTreeSet<i32>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    RAISED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether thread `tid` of this process is raised by a hold now.
+pub fn raised(tid: i32) -> bool {
+    raised_threads().contains(&tid)
 }
 
 impl Drop for Hold {
@@ -273,13 +324,18 @@ impl Drop for Hold {
             h.set((0, None));
             if let Some((policy, priority)) = prev {
                 let param = libc::sched_param { sched_priority: priority };
-                // SAFETY: as in `raise`; the thread's own policy from before.
-                if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+                // SAFETY: as in `raise`; the thread's own policy from before. Clearing
+                // SCHED_RESET_ON_FORK takes CAP_SYS_NICE, which a raise allowed by
+                // RLIMIT_RTPRIO alone does not have: then the policy goes back with the
+                // flag kept (it only resets a child's policy to this one).
+                let set = |p: i32| unsafe { libc::sched_setscheduler(0, p, &param) } == 0;
+                if !set(policy) && !set(policy | libc::SCHED_RESET_ON_FORK) {
                     tracing::error!(
                         "agentmon could not give back its real-time priority after a BPF map call: {}",
                         std::io::Error::last_os_error()
                     );
                 }
+                raised_threads().remove(&nix::unistd::gettid().as_raw());
             }
         })
     }
@@ -317,6 +373,31 @@ mod tests {
                 assert_eq!(policy(), libc::SCHED_FIFO, "an inner hold gave the priority back early");
             }
             assert_eq!(policy(), before);
+        });
+    }
+
+    /// Without CAP_SYS_NICE (a raise that RLIMIT_RTPRIO alone allows), a hold still
+    /// gives the thread its own policy back: clearing SCHED_RESET_ON_FORK takes the
+    /// capability, and the thread stayed SCHED_FIFO after every map call. (Raised
+    /// here with the capability, which is dropped before the give-back: CI's root
+    /// may lack CAP_SYS_RESOURCE, which raising the RTPRIO hard limit takes.)
+    #[test]
+    fn a_hold_without_cap_sys_nice_gives_the_priority_back() {
+        /// include/uapi/linux/capability.h
+        const CAP_SYS_NICE: u32 = 23;
+        on_a_thread_as_root(|| {
+            // SAFETY: the calling thread's policy.
+            let policy = || unsafe { libc::sched_getscheduler(0) } & !libc::SCHED_RESET_ON_FORK;
+            let before = policy();
+            {
+                let _a = raise();
+                assert_eq!(policy(), libc::SCHED_FIFO);
+                let mut caps = crate::enforce::caps::get().expect("capget");
+                caps[0].effective &= !(1 << CAP_SYS_NICE);
+                assert!(crate::enforce::caps::set(&caps), "this thread could not drop CAP_SYS_NICE");
+            }
+            assert_eq!(policy(), before, "the thread kept its real-time priority after the hold");
+            assert!(!raised(nix::unistd::gettid().as_raw()), "the thread is still listed as raised");
         });
     }
 

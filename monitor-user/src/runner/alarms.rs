@@ -1,6 +1,6 @@
 //! The tamper records agentmon makes of itself, from the loop's tick: its loop was
-//! stopped, its own priority or limits were changed, or an enforced task's egress
-//! check dropped packets. Each comes with its alert.
+//! stopped, its own priority or limits or the kernel's preemption model were
+//! changed, or an enforced task's egress check dropped packets. Each comes with its alert.
 
 use std::time::Duration;
 
@@ -45,6 +45,24 @@ pub fn demoted(e: &mut Engine, changed: &[String]) {
     );
     let (mut ev, _) = e.p.tamper(std::process::id(), None, "starving agentmon", &why, false);
     ev.detail.insert("changed".into(), serde_json::json!(changed));
+    tracing::error!("{why}");
+    let alert = e.p.judge.tamper_alert(&ev);
+    e.out.send(&ev);
+    e.out.alert(&alert);
+}
+
+/// The kernel's preemption model was switched under agentmon (and is now put back,
+/// unless the line says otherwise): a tamper record, with its alert. Who did it is
+/// not known; a tracked process's write to debugfs is its own record.
+pub fn repreempted(e: &mut Engine, line: &str) {
+    let why = format!(
+        "{line}: agentmon chose its observation and enforcement tiers for the model it started under; while \
+         the kernel preempts kernel code, its fexit and BPF LSM programs may be preempted mid-run (an \
+         event or a check made with another call's state, or skipped) and map calls may hide syscalls \
+         from its tracepoints unwitnessed"
+    );
+    let (mut ev, _) = e.p.tamper(std::process::id(), None, "switching the kernel's preemption", &why, false);
+    ev.detail.insert("changed".into(), serde_json::json!([line]));
     tracing::error!("{why}");
     let alert = e.p.judge.tamper_alert(&ev);
     e.out.send(&ev);

@@ -187,6 +187,9 @@ impl Runtime {
                     if !changed.is_empty() {
                         super::alarms::demoted(e, &changed);
                     }
+                    if let Some(line) = watchdog.standing.preemption_changed() {
+                        super::alarms::repreempted(e, &line);
+                    }
                     // Which processes the kernel tracks, then every event they made
                     // before: a task is let go only once its last process's events
                     // are in (they were in the ring when it exited).

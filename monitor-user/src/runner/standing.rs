@@ -45,6 +45,10 @@ pub struct Standing {
     limits: [(u64, u64); LIMITS.len()],
     /// What the last check found that could not be put back: said once, not every tick.
     stuck: Vec<String>,
+    /// The kernel's preemption model agentmon chose its tiers for (a PREEMPT_DYNAMIC
+    /// kernel's), and what the last check found of it that could not be put back.
+    preempt: Option<&'static str>,
+    preempt_stuck: Option<String>,
 }
 
 impl Sched {
@@ -98,17 +102,72 @@ impl Standing {
         let me = std::process::id() as i32;
         let sched =
             Sched::of(me).unwrap_or(Sched { nice: 0, policy: libc::SCHED_OTHER, rt_priority: 0, ioprio: 0 });
-        Standing { sched, limits: limits(), stuck: Vec::new() }
+        Standing {
+            sched,
+            limits: limits(),
+            stuck: Vec::new(),
+            preempt: crate::kernel::preempt::chosen_for(),
+            preempt_stuck: None,
+        }
+    }
+
+    /// The kernel's preemption model, when it is no longer the one agentmon chose its
+    /// tiers for: put back, and a line saying so (or that it could not be; said again
+    /// only when what differs changes). Root can switch a PREEMPT_DYNAMIC kernel's
+    /// model at any time (debugfs `sched/preempt`); to a preempting one, agentmon's
+    /// fexit and BPF LSM programs may be preempted mid-run and its map calls may hide
+    /// syscalls from it unwitnessed (kernel/preempt.rs), for as long as it lasts.
+    pub fn preemption_changed(&mut self) -> Option<String> {
+        let was = self.preempt?;
+        let now = crate::kernel::preempt::running();
+        if now.as_deref() == Some(was) {
+            self.preempt_stuck = None;
+            return None;
+        }
+        let line = match &now {
+            Some(m) => format!("the kernel's preemption model {was} -> {m}"),
+            None => {
+                format!("the kernel's preemption model ({was} at agentmon's start) can no longer be read")
+            }
+        };
+        let put = match now {
+            Some(_) => crate::kernel::preempt::put_back(was),
+            None => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        };
+        match put {
+            Ok(()) => {
+                self.preempt_stuck = None;
+                Some(format!("{line} (put back)"))
+            }
+            Err(e) => {
+                let line = format!("{line} (not put back: {e})");
+                (self.preempt_stuck.as_ref() != Some(&line)).then(|| {
+                    self.preempt_stuck = Some(line.clone());
+                    line
+                })
+            }
+        }
     }
 
     /// What differs from the start, each put back: one line per change, saying so
     /// when it could not be. A change that could not be put back is said again
     /// only when what differs changes.
     pub fn restore_changed(&mut self) -> Vec<String> {
+        self.restore_in(&threads())
+    }
+
+    /// [`Self::restore_changed`] for these threads of agentmon's.
+    fn restore_in(&mut self, threads: &[i32]) -> Vec<String> {
         let mut changed = Vec::new();
         let mut stuck = Vec::new();
-        for tid in threads() {
+        for &tid in threads {
+            // A thread a hold has raised for a BPF map call, before or after the
+            // read (kernel/preempt.rs): its real-time policy is agentmon's own.
+            let held = crate::kernel::preempt::raised(tid);
             let Some(now) = Sched::of(tid) else { continue };
+            if held || crate::kernel::preempt::raised(tid) {
+                continue;
+            }
             if now != self.sched {
                 let line = format!("thread {tid}: {}", diff(&self.sched, &now));
                 match self.sched.restore(tid) {
@@ -186,10 +245,35 @@ mod tests {
         let i = LIMITS.iter().position(|(r, _)| *r == libc::RLIMIT_FSIZE).unwrap();
         let fsize = libc::rlimit { rlim_cur: 1 << 30, rlim_max: s.limits[i].1 };
         unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &fsize) };
-        let changed = s.restore_changed();
+        // No thread: the other tests' threads change their own policies.
+        let changed = s.restore_in(&[]);
         let was = s.limits[i];
         assert_eq!(changed, vec![format!("RLIMIT_FSIZE {} -> {}", limit(was), limit((1 << 30, was.1)))]);
-        assert_eq!(s.restore_changed(), Vec::<String>::new(), "put back");
+        assert_eq!(s.restore_in(&[]), Vec::<String>::new(), "put back");
+    }
+
+    /// A thread raised to SCHED_FIFO by a hold for its BPF map calls, on a kernel
+    /// that preempts (kernel/preempt.rs), is agentmon's own doing: before, a tick that
+    /// came during one put the thread back mid-call and made a tamper record of it.
+    #[test]
+    fn a_thread_held_for_its_map_calls_is_no_change() {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "real-time policies need root: run the unit tests as root"
+        );
+        let mut s = Standing::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let held = std::thread::spawn(move || {
+            let _hold = crate::kernel::preempt::raise_for_test();
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            done_rx.recv().unwrap();
+        });
+        let tid = rx.recv().unwrap();
+        let changed = s.restore_in(&[tid]);
+        done_tx.send(()).unwrap();
+        held.join().unwrap();
+        assert_eq!(changed, Vec::<String>::new(), "a held thread was taken for a change");
     }
 
     #[test]
