@@ -27,9 +27,9 @@
 # the command's output), kmod (depmod), busybox-static, file (vng reads the kernel's version
 # with it) from apt, and virtme-ng into target/vmenv from PyPI. Kernels are extracted with
 # dpkg-deb into target/kernels/NAME/, never installed into /boot; the guest loads modules from
-# there. Debian 13's comes through a private apt state in target/kernels/.apt whose one source
-# is this machine's Debian mirror with the suite trixie, so the machine's apt sources and lists
-# stay as they are. A fetched kernel is kept: delete target/kernels/NAME to fetch the newest.
+# there. Debian 13's (and its backports') come through a private apt state in
+# target/kernels/.apt-SUITE whose one source is this machine's Debian mirror with that suite,
+# so the machine's apt sources and lists stay as they are. A fetched kernel is kept: delete target/kernels/NAME to fetch the newest.
 set -euo pipefail
 
 VIRTME_NG_VERSION=1.42
@@ -42,6 +42,10 @@ MATRIX=(
     # may be preempted mid-run there, so agentmon observes through the tracepoints.
     "deb12-nobpf deb12 lockdown,capability,landlock,yama,apparmor full core"
     "deb13 deb13 - - core,plane_b" # 6.12 as shipped: Landlock ABI 6
+    # 6.18 from Debian 13's backports as shipped: it preempts kernel code (lazy, its
+    # default, named so that the tests expect the tracepoints), so neither BPF LSM nor
+    # fexit is used; syscall tracepoints may fault (6.13 on).
+    "deb13bpo deb13bpo - lazy core"
 )
 # The kernel tests of the matrix, in lists; each guest runs those its MATRIX line names.
 # core, in every guest: what depends on the kernel. Each sensor family (process, file,
@@ -99,7 +103,10 @@ refusal_floods_are_counted_not_recorded_one_by_one,killing_a_sub_task_ends_what_
 a_task_past_its_limit_is_stopped,mass_delete_in_scope_runs_to_completion,\
 an_agents_file_system_cannot_stop_the_enricher,cli_talks_only_to_agentmon"
 APT_PKGS=(qemu-system-x86 udev kmod busybox-static file)
-KERNELS=(deb12 deb13)
+KERNELS=(deb12 deb13 deb13bpo)
+# Debian 13's backports kernel: 6.18, built PREEMPT_LAZY (it preempts kernel code as it
+# ships) with syscall tracepoints that may fault (6.13 on).
+DEB13BPO_PKG=linux-image-6.18.12+deb13-amd64
 CPUS=2
 MEMORY=4G
 # Seconds a booting guest may take to start its command (boots take ~21 s).
@@ -181,26 +188,27 @@ debian_mirror() {
     echo "${uri%/}"
 }
 
-# apt-get / apt-cache on a private state dir whose only source is Debian 13 (trixie).
-trixie_apt() { # apt-get|apt-cache ARGS...
-    local d="$KCACHE/.apt" tool="$1"
-    shift
+# apt-get / apt-cache on a private state dir whose only source is one suite of Debian 13
+# (trixie, or trixie-backports), so that this machine's own apt sources stay as they are.
+suite_apt() { # SUITE apt-get|apt-cache ARGS...
+    local d="$KCACHE/.apt-$1" tool="$2"
+    shift 2
     "$tool" -o Dir::Etc::SourceList="$d/sources.list" -o Dir::Etc::SourceParts=/dev/null \
         -o Dir::State::Lists="$d/lists" -o Dir::Cache="$d/cache" \
         -o Dir::Cache::Archives="$d/cache/archives" -q "$@"
 }
 
-trixie_state() {
-    local d="$KCACHE/.apt" keyring=/usr/share/keyrings/debian-archive-keyring.gpg opts=""
+suite_state() { # SUITE
+    local suite="$1" d="$KCACHE/.apt-$1" keyring=/usr/share/keyrings/debian-archive-keyring.gpg opts=""
     [ -r "$keyring" ] && opts=" [signed-by=$keyring]"
     mkdir -p "$d/lists/partial" "$d/cache/archives/partial"
     local line
-    line="deb$opts $(debian_mirror) trixie main"
+    line="deb$opts $(debian_mirror) $suite main"
     if [ ! -s "$d/sources.list" ] || [ "$(cat "$d/sources.list")" != "$line" ] ||
-        [ -z "$(find "$d/lists" -maxdepth 1 -name '*trixie*Packages*' -print -quit)" ]; then
+        [ -z "$(find "$d/lists" -maxdepth 1 -name "*${suite}*Packages*" -print -quit)" ]; then
         echo "$line" >"$d/sources.list"
-        say "updating the private trixie apt lists"
-        trixie_apt apt-get update >/dev/null || die "apt-get update of the trixie lists failed"
+        say "updating the private $suite apt lists"
+        suite_apt "$suite" apt-get update >/dev/null || die "apt-get update of the $suite lists failed"
     fi
 }
 
@@ -211,7 +219,7 @@ image_pkg() { # apt-cache-wrapper...
 }
 
 fetch_kernel() { # NAME
-    local name="$1" dir="$KCACHE/$1" pkg tmp
+    local name="$1" dir="$KCACHE/$1" pkg tmp suite=""
     if [ -s "$dir/.pkg" ] && [ -n "$(kernel_image "$name" 2>/dev/null)" ]; then
         return 0
     fi
@@ -226,8 +234,16 @@ fetch_kernel() { # NAME
             fi
             ;;
         deb13)
-            trixie_state
-            pkg="$(image_pkg trixie_apt apt-cache)"
+            suite=trixie
+            suite_state "$suite"
+            pkg="$(image_pkg suite_apt "$suite" apt-cache)"
+            ;;
+        deb13bpo)
+            # A fixed version: the newest backports kernel moves on (and from 7.x
+            # ships its modules in another package).
+            suite=trixie-backports
+            suite_state "$suite"
+            pkg="$DEB13BPO_PKG"
             ;;
         *) die "unknown kernel '$name' (known: ${KERNELS[*]})" ;;
     esac
@@ -236,8 +252,8 @@ fetch_kernel() { # NAME
     tmp="$(mktemp -d "$KCACHE/.dl.XXXXXX")"
     # apt downloads as its sandbox user, which must be able to write here.
     id _apt >/dev/null 2>&1 && chown _apt "$tmp"
-    if [ "$name" = deb13 ]; then
-        (cd "$tmp" && trixie_apt apt-get download "$pkg" >/dev/null)
+    if [ -n "$suite" ]; then
+        (cd "$tmp" && suite_apt "$suite" apt-get download "$pkg" >/dev/null)
     else
         (cd "$tmp" && apt-get download -q "$pkg" >/dev/null)
     fi || { rm -rf "$tmp"; die "$name: apt-get download $pkg failed"; }

@@ -101,10 +101,12 @@ static LSM_TASK: HashMap<u32, LsmTask> = HashMap::with_max_entries(4096, 0);
 #[map]
 static IDENT: HashMap<u32, FsKey> = HashMap::with_max_entries(64, 0);
 
-/// The thread and number (+1) of the syscall whose tracepoint program last ran on
-/// this CPU, taken by `sys_exit_witness` (see witness.rs).
+/// A tracked thread's id -> the number (+1) of the syscall whose tracepoint program
+/// last ran for it, taken (zeroed) by `sys_exit_witness` (see witness.rs). Per
+/// thread, not per CPU: from 6.13 a thread may be preempted or moved between the two
+/// probes. LRU: a mark left by a thread that is gone makes room.
 #[map]
-static TP_RAN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static TP_RAN: LruHashMap<u32, u32> = LruHashMap::with_max_entries(8192, 0);
 
 /// Syscall number -> 1 where a syscall tracepoint program of agentmon's is attached
 /// to its exit (filled by the loader from every `sys_exit_*` it attached): the calls

@@ -11,14 +11,18 @@
 //!
 //! A raw tracepoint runs whatever that guard says (it has its own per-program
 //! recursion check). `sys_exit_witness` (tp_btf sys_exit: regs, ret) runs after the
-//! syscall tracepoints' programs at every syscall exit; each of those marks the
-//! syscall it ran for and its thread (TP_RAN). The loader tells the witness which
-//! syscalls have a program (TP_HOOKED, from every `sys_exit_*` it attached). A
-//! tracked process's 64-bit syscall that has a program but left no mark was
-//! skipped: an UNSEEN record with its number and result. Attached only where the
-//! kernel preempts (KConfig::witness), after the tracepoints (their probe runs
-//! first). Both probes run in one stretch with preemption off up to 6.12; kernels
-//! whose syscall tracepoints may fault (6.13 on) are not checked here.
+//! syscall tracepoints' programs at every syscall exit; each of those marks, for a
+//! tracked thread, the syscall it ran for (TP_RAN, by thread id). The loader tells
+//! the witness which syscalls have a program (TP_HOOKED, from every `sys_exit_*` it
+//! attached). A tracked process's 64-bit syscall that has a program but left no
+//! mark was skipped: an UNSEEN record with its number, first four arguments
+//! (registers) and result. Attached only
+//! where the kernel preempts (KConfig::witness), after the tracepoints (their probe
+//! runs first). The mark is the thread's, not the CPU's: from 6.13 syscall
+//! tracepoints may fault, and a thread can be preempted or moved to another CPU
+//! between the two probes (a mark per CPU, measured in the Debian 13 backports
+//! guest, 6.18 booted `preempt=full`: 57 of 8,000 creates both recorded and
+//! reported unseen, another thread's mark or the other CPU's slot having been read).
 
 use aya_ebpf::{
     EbpfContext,
@@ -29,7 +33,7 @@ use monitor_common::kind;
 
 use crate::{
     TP_HOOKED, TP_RAN,
-    kern::{Ev, conf, kread, syscall_nr, tracked},
+    kern::{Args, Ev, conf, is_tracked, kread, syscall_nr, tracked},
 };
 
 /// arch/x86/include/asm/thread_info.h: an i386 call is in progress.
@@ -38,38 +42,38 @@ const TS_COMPAT: u32 = 0x0002;
 /// Syscall numbers the witness knows (x86_64's highest is below 500).
 pub const NR_MAX: u32 = 1024;
 
-/// The mark of syscall `nr`'s program run by the current thread: its thread id and
-/// the number + 1 (another thread's mark, left on this CPU, is not this call's).
+/// The current thread's id.
 #[inline(always)]
-fn mark(nr: i64) -> u64 {
-    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() & 0xffff_ffff;
-    (tid << 32) | ((nr as u64).wrapping_add(1) & 0xffff_ffff)
+fn tid() -> u32 {
+    aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32
 }
 
-/// A syscall tracepoint's program ran: its mark (sys_exit_*: `__syscall_nr` at 8,
-/// after the common fields; checked with `ret` at 16 by the loader's format check).
+/// A syscall tracepoint's program ran: a tracked thread's mark (sys_exit_*:
+/// `__syscall_nr` at 8, after the common fields; checked with `ret` at 16 by the
+/// loader's format check).
 #[inline(always)]
 pub fn ran(ctx: &TracePointContext) {
-    if conf!(witness) == 0 {
+    if conf!(witness) == 0 || !is_tracked() {
         return;
     }
     let nr = unsafe { *(ctx.as_ptr() as *const i32).add(2) };
-    if let Some(p) = TP_RAN.get_ptr_mut(0) {
-        unsafe { *p = mark(nr as i64) };
-    }
+    let _ = TP_RAN.insert(&tid(), &((nr as u32).wrapping_add(1)), 0);
 }
 
 /// sys_exit (tp_btf: regs, ret): a tracked process's hooked syscall whose program
 /// left no mark is an UNSEEN record; the mark is taken either way.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_witness(ctx: BtfTracePointContext) -> i32 {
-    let Some(p) = TP_RAN.get_ptr_mut(0) else { return 0 };
-    let left = unsafe { core::ptr::replace(p, 0) };
     let nr = syscall_nr();
-    if !(0..NR_MAX as i64).contains(&nr) || left == mark(nr) {
+    if !(0..NR_MAX as i64).contains(&nr) || TP_HOOKED.get(nr as u32).copied() != Some(1) || !is_tracked() {
         return 0;
     }
-    if TP_HOOKED.get(nr as u32).copied() != Some(1) {
+    // Taken either way: a later call of the same number must leave its own.
+    let left = match TP_RAN.get_ptr_mut(&tid()) {
+        Some(p) => unsafe { core::ptr::replace(p, 0) },
+        None => 0,
+    };
+    if left == (nr as u32).wrapping_add(1) {
         return 0;
     }
     // An i386 call: no syscall tracepoint runs for one (agentmon sees it through the
@@ -82,6 +86,13 @@ pub fn sys_exit_witness(ctx: BtfTracePointContext) -> i32 {
     let ret: i64 = unsafe { ctx.arg(1) };
     if let Some(mut ev) = Ev::new(kind::UNSEEN, 0, &t, ret) {
         ev.arg(0, nr as u64);
+        // Its first four arguments, as the caller's saved registers hold them (what
+        // the call was: an open's flags tell a read from a create).
+        let a = Args::current();
+        ev.arg(1, a.get(0));
+        ev.arg(2, a.get(1));
+        ev.arg(3, a.get(2));
+        ev.arg(4, a.get(3));
         ev.emit();
     }
     0

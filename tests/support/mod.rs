@@ -271,12 +271,13 @@ pub fn landlock_abi() -> i64 {
 /// The Landlock ABI enforce mode needs (file scope, TCP ports, signal scoping).
 pub const ENFORCE_ABI: i64 = 6;
 
-/// Does agentmon enforce on the BPF LSM tier here (the kernel runs BPF LSM and the
-/// fallback tier was not asked for)?
+/// Does agentmon enforce on the BPF LSM tier here (the kernel runs BPF LSM, does not
+/// preempt kernel code, and the fallback tier was not asked for)?
 pub fn bpf_lsm() -> bool {
     let runs = std::fs::read_to_string("/sys/kernel/security/lsm")
         .is_ok_and(|s| s.trim().split(',').any(|l| l == "bpf"));
-    runs && std::env::var("AGENTMON_ENFORCE_TIER").map_or(true, |v| v != "fallback")
+    runs && agentmon::kernel::preempt::preempts().is_none()
+        && std::env::var("AGENTMON_ENFORCE_TIER").map_or(true, |v| v != "fallback")
 }
 
 /// Can agentmon enforce here (on either tier)?

@@ -315,14 +315,17 @@ mod tests;
 
 /// A tracked process's syscall whose tracepoint program the kernel skipped (its
 /// CPU's BPF guard held by a preempted map call; monitor-ebpf witness.rs): what it
-/// did is not known, so it is a loss of that process's task, with the call's number
-/// and result.
+/// did is not known, so it is a loss of that process's task, with the call's number,
+/// its first four arguments and its result.
 fn unseen(raw: &RawEvent, ev: &mut Event) -> Next {
     let nr = raw.body.args[0];
     ev.kind = Kind::Loss;
     ev.syscall = None;
     ev.lost = Some([(kind_name(kind::UNSEEN).to_string(), 1)].into());
     ev.detail.insert(Cow::Borrowed("syscall_nr"), serde_json::json!(nr));
+    // As the registers held them: numbers (flags, descriptors), or addresses in the
+    // process's memory, never read (the call is over; the memory may have changed).
+    ev.detail.insert(Cow::Borrowed("syscall_args"), serde_json::json!(&raw.body.args[1..5]));
     ev.reason = Some(format!(
         "syscall {nr} of this process ran unobserved: the kernel skipped agentmon's program for it while \
          that CPU's BPF programs were held off (a BPF map call preempted there, by any process)"

@@ -198,9 +198,15 @@ fn io_uring_requests_are_the_side_effects_they_ask_for() {
 #[test]
 fn a_syscall_the_kernel_ran_past_its_program_is_a_loss_of_its_task() {
     let mut e = enricher();
-    let rec = record(kind::UNSEEN, 0, &[], b"", [257, 0, 0, 0, 0]);
+    let flags = (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC) as u64;
+    let rec = record(kind::UNSEEN, 0, &[], b"", [257, (-100i64) as u64, 0x7ffd_0000, flags, 0o644]);
     let ev = e.event(&decode(&rec).unwrap()).expect("reported");
     assert_eq!((ev.kind, ev.task.as_deref(), ev.syscall.as_deref()), (Kind::Loss, Some("t1"), None));
     assert_eq!(ev.lost.as_ref().and_then(|l| l.get("unseen_syscall")), Some(&1));
     assert_eq!(ev.detail.get("syscall_nr").and_then(|v| v.as_u64()), Some(257));
+    assert_eq!(
+        ev.detail.get("syscall_args"),
+        Some(&serde_json::json!([(-100i64) as u64, 0x7ffd_0000u64, flags, 0o644u64])),
+        "the call's arguments, as its registers held them"
+    );
 }
