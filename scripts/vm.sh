@@ -240,10 +240,16 @@ fetch_kernel() { # NAME
             ;;
         deb13bpo)
             # A fixed version: the newest backports kernel moves on (and from 7.x
-            # ships its modules in another package).
+            # ships its modules in another package). Where the archive no longer has
+            # it, the newest 6.x there, said.
             suite=trixie-backports
             suite_state "$suite"
             pkg="$DEB13BPO_PKG"
+            if [ -z "$(suite_apt "$suite" apt-cache show "$pkg" 2>/dev/null | head -1)" ]; then
+                pkg="$(suite_apt "$suite" apt-cache pkgnames linux-image-6. 2>/dev/null |
+                    grep -E '^linux-image-6\.[0-9.]+\+deb13-amd64$' | sort -V | tail -1)"
+                say "deb13bpo: $DEB13BPO_PKG is no longer in $suite; taking $pkg"
+            fi
             ;;
         *) die "unknown kernel '$name' (known: ${KERNELS[*]})" ;;
     esac

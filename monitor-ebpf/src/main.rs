@@ -102,9 +102,10 @@ static LSM_TASK: HashMap<u32, LsmTask> = HashMap::with_max_entries(4096, 0);
 static IDENT: HashMap<u32, FsKey> = HashMap::with_max_entries(64, 0);
 
 /// A tracked thread's id -> the number (+1) of the syscall whose tracepoint program
-/// last ran for it, taken (zeroed) by `sys_exit_witness` (see witness.rs). Per
+/// just ran for it, taken (removed) by `sys_exit_witness` (see witness.rs). Per
 /// thread, not per CPU: from 6.13 a thread may be preempted or moved between the two
-/// probes. LRU: a mark left by a thread that is gone makes room.
+/// probes. LRU: a mark left behind (a thread untracked between the probes, a load's
+/// first calls before the witness) makes room.
 #[map]
 static TP_RAN: LruHashMap<u32, u32> = LruHashMap::with_max_entries(8192, 0);
 

@@ -68,11 +68,14 @@ pub fn sys_exit_witness(ctx: BtfTracePointContext) -> i32 {
     if !(0..NR_MAX as i64).contains(&nr) || TP_HOOKED.get(nr as u32).copied() != Some(1) || !is_tracked() {
         return 0;
     }
-    // Taken either way: a later call of the same number must leave its own.
-    let left = match TP_RAN.get_ptr_mut(&tid()) {
-        Some(p) => unsafe { core::ptr::replace(p, 0) },
-        None => 0,
-    };
+    // Taken either way: a later call of the same number must leave its own; and
+    // removed, so that the map holds only marks in flight (none of a thread that is
+    // gone, for a reused thread id to find, and nothing to evict).
+    let id = tid();
+    let left = unsafe { TP_RAN.get(&id) }.copied().unwrap_or(0);
+    if left != 0 {
+        let _ = TP_RAN.remove(&id);
+    }
     if left == (nr as u32).wrapping_add(1) {
         return 0;
     }

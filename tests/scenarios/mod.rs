@@ -844,6 +844,56 @@ fn ctl_request(arg: &str) -> Result<(), std::io::Error> {
 /// An `attempts` result that is no errno: what was changed was not put back.
 pub const NOT_BACK: i32 = 1000;
 
+/// Where a PREEMPT_DYNAMIC kernel says and takes its preemption model.
+const PREEMPT_MODEL: &str = "/sys/kernel/debug/sched/preempt";
+
+/// The running model in `model`'s line (the word in parentheses).
+fn running_model(model: &Path) -> std::io::Result<String> {
+    fs::read_to_string(model).map(|l| {
+        l.split_whitespace()
+            .find_map(|w| Some(w.strip_prefix('(')?.strip_suffix(')')?.to_string()))
+            .unwrap_or_default()
+    })
+}
+
+/// The `switch_preemption` action through the file `model`.
+fn switch_preemption(model: &Path) -> i32 {
+    let was = match running_model(model) {
+        Ok(was) => was,
+        Err(e) => return e.raw_os_error().unwrap_or(-1),
+    };
+    if let Err(e) = fs::write(model, if was == "full" { "voluntary" } else { "full" }) {
+        return e.raw_os_error().unwrap_or(-1);
+    }
+    (0..200)
+        .find(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            running_model(model).is_ok_and(|m| m == was)
+        })
+        .map_or_else(|| fs::write(model, &was).map_or(-1, |_| NOT_BACK), |_| 0)
+}
+
+/// `switch_preemption_hidden`: `line` is what the kernel's file said before.
+fn hidden_switch(dir: &Path, line: &str) -> Result<i32, i32> {
+    use nix::mount::{MsFlags, mount, umount};
+    let no = |e: nix::Error| e as i32;
+    fs::create_dir_all(dir).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+    mount(Some("debugfs"), dir, Some("debugfs"), MsFlags::empty(), None::<&str>).map_err(no)?;
+    let debug = Path::new("/sys/kernel/debug");
+    let r = mount(Some("tmpfs"), debug, Some("tmpfs"), MsFlags::empty(), None::<&str>).map_err(no).and_then(
+        |()| {
+            let fake = fs::create_dir_all(debug.join("sched")).and_then(|()| fs::write(PREEMPT_MODEL, line));
+            let r = fake
+                .map_err(|e| e.raw_os_error().unwrap_or(-1))
+                .map(|()| switch_preemption(&dir.join("sched/preempt")));
+            let _ = umount(debug);
+            r
+        },
+    );
+    let _ = umount(dir);
+    r
+}
+
 fn in_child(call: impl FnOnce() -> libc::c_long) -> i32 {
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
@@ -1774,31 +1824,17 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             }
             // Switches the kernel's preemption model (root, observe mode: nothing
             // forbids it) to another, then waits up to 20 s for the model to be back:
-            // 0 once it is, NOT_BACK if not (no errno: EPERM is 1), or the errno of the
-            // read or the switch (where the kernel does not let its model be read or
-            // switched).
-            "switch_preemption" => {
-                const MODEL: &str = "/sys/kernel/debug/sched/preempt";
-                let running = || {
-                    fs::read_to_string(MODEL).map(|l| {
-                        l.split_whitespace()
-                            .find_map(|w| Some(w.strip_prefix('(')?.strip_suffix(')')?.to_string()))
-                            .unwrap_or_default()
-                    })
-                };
-                match running() {
-                    Err(e) => e.raw_os_error().unwrap_or(-1),
-                    Ok(was) => match fs::write(MODEL, if was == "full" { "voluntary" } else { "full" }) {
-                        Err(e) => e.raw_os_error().unwrap_or(-1),
-                        Ok(()) => (0..200)
-                            .find(|_| {
-                                std::thread::sleep(Duration::from_millis(100));
-                                running().is_ok_and(|m| m == was)
-                            })
-                            .map_or(NOT_BACK, |_| 0),
-                    },
-                }
-            }
+            // 0 once it is, NOT_BACK if not (no errno: EPERM is 1; the model is then
+            // put back here, for the tests after), or the errno of the read or the
+            // switch (where the kernel does not let its model be read or switched).
+            "switch_preemption" => switch_preemption(Path::new(PREEMPT_MODEL)),
+            // The same, hidden: debugfs mounted again at ARG, a tmpfs over
+            // /sys/kernel/debug whose sched/preempt says the model is unchanged, the
+            // switch made through ARG (both mounts taken down after).
+            "switch_preemption_hidden" => match fs::read_to_string(PREEMPT_MODEL) {
+                Err(e) => e.raw_os_error().unwrap_or(-1),
+                Ok(line) => hidden_switch(Path::new(arg), &line).unwrap_or_else(|e| e),
+            },
             "leave_cgroup" => errno(fs::write(arg, std::process::id().to_string())),
             // A containment request on the control socket: EPERM when refused.
             "ctl" => errno(ctl_request(arg)),

@@ -276,7 +276,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 // The first map call tries the raise.
                 drop(crate::kernel::preempt::hold());
                 match crate::kernel::preempt::refused() {
-                    None => println!("  agentmon's BPF map calls: at real-time priority (SCHED_FIFO)"),
+                    // Tried in this process: a daemon under other limits (systemd's
+                    // RestrictRealtime, a cgroup's real-time budget) may be refused,
+                    // which its log says at its first map call.
+                    None => println!(
+                        "  agentmon's BPF map calls: at real-time priority (SCHED_FIFO), as this process could \
+                         raise itself; a daemon started under other limits says in its log if it cannot"
+                    ),
                     Some(why) => println!(
                         "  agentmon's BPF map calls: at an ordinary priority ({why}): a process that preempts \
                          one runs its syscalls past agentmon's programs, each then a loss record"

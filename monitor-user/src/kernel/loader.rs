@@ -458,6 +458,10 @@ impl Sensors {
             }
             attached.insert(rawtp::WITNESS.to_string(), "tp_btf sys_exit".to_string());
         }
+        // The map calls below are made with the programs attached (on a daemon's
+        // restart, tracked processes run): held like the running Sensors' (see
+        // kernel::preempt::Hold), so none hides their syscalls.
+        let rt = super::preempt::hold();
         let mut sensitive: HashMap<MapData, u64, u8> = take_map(&mut ebpf, "SENSITIVE")?;
         for h in &cfg.sensitive.hashes {
             sensitive
@@ -550,6 +554,7 @@ impl Sensors {
             load_ms: started.elapsed().as_millis(),
         };
         s.set_pending()?;
+        drop(rt);
         Ok(s)
     }
 }

@@ -75,22 +75,62 @@ fn read_once() -> &'static (Model, Option<String>) {
     })
 }
 
-/// The model a PREEMPT_DYNAMIC kernel runs now (`voluntary`, `full`, ...), read
-/// again at each call; None where the kernel does not say it (not dynamic, no
-/// debugfs, or debugfs refused).
-pub fn running() -> Option<String> {
-    running_in(&std::fs::read_to_string(DEBUGFS).ok()?).map(String::from)
-}
-
 /// The running model in the debugfs line: the one in parentheses.
 fn running_in(line: &str) -> Option<&str> {
     line.split_whitespace().find_map(|w| w.strip_prefix('(')?.strip_suffix(')'))
 }
 
-/// Sets the kernel's running model back to `model` (root; the line agentmon read at
-/// its start: the tiers were chosen for it).
-pub fn put_back(model: &str) -> std::io::Result<()> {
-    std::fs::write(DEBUGFS, model)
+/// Whether a model (a debugfs word: `none`, `voluntary`, `full`, `lazy`) preempts
+/// kernel code.
+pub fn word_preempts(model: &str) -> bool {
+    !matches!(model, "none" | "voluntary")
+}
+
+/// The kernel's `sched/preempt`, opened once (root): read again at each check and
+/// written through the same descriptor, so that what is mounted over
+/// `/sys/kernel/debug` later (a tmpfs with a file of its own, a symlink) is neither
+/// read nor written; and debugfs, held open, cannot simply be unmounted.
+pub struct ModelFile(std::fs::File);
+
+impl ModelFile {
+    /// The file, if it is debugfs's (None: not a PREEMPT_DYNAMIC kernel, no debugfs,
+    /// or debugfs refused, as under lockdown; then no one can switch the model).
+    pub fn open() -> Option<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(DEBUGFS)
+            .ok()?;
+        let debugfs = nix::sys::statfs::fstatfs(&f)
+            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::DEBUGFS_MAGIC);
+        debugfs.then_some(Self(f))
+    }
+
+    /// Another file in its place, for other modules' tests.
+    #[cfg(test)]
+    pub fn over(f: std::fs::File) -> Self {
+        Self(f)
+    }
+
+    /// The model the kernel runs now.
+    pub fn running(&self) -> std::io::Result<String> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 128];
+        let n = self.0.read_at(&mut buf, 0)?;
+        let line = String::from_utf8_lossy(&buf[..n]);
+        running_in(&line).map(String::from).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("no model in {line:?}"))
+        })
+    }
+
+    /// Sets the kernel's running model to `model` (a plain write: the kernel's
+    /// handler reads no offset, and its seq_file refuses pwrite).
+    pub fn set(&self, model: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        (&self.0).write_all(model.as_bytes())
+    }
 }
 
 /// Mounts debugfs where it is missing (root only; as systemd does at boot). Not
@@ -287,12 +327,17 @@ fn raise() -> Hold {
         }
         let prev = (policy, param.sched_priority);
         param.sched_priority = FIFO_PRIORITY;
+        // Listed first: a standing check between the raise and the listing would take
+        // the raise for tampering.
+        let me = nix::unistd::gettid().as_raw();
+        raised_threads().insert(me);
         // SAFETY: as above. A child forked meanwhile does not inherit the priority.
         if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param) } != 0 {
-            return refuse("sched_setscheduler(SCHED_FIFO)");
+            let refused = refuse("sched_setscheduler(SCHED_FIFO)");
+            raised_threads().remove(&me);
+            return refused;
         }
         h.set((1, Some(prev)));
-        raised_threads().insert(nix::unistd::gettid().as_raw());
         held(true)
     })
 }
@@ -398,6 +443,9 @@ mod tests {
             }
             assert_eq!(policy(), before, "the thread kept its real-time priority after the hold");
             assert!(!raised(nix::unistd::gettid().as_raw()), "the thread is still listed as raised");
+            // SCHED_RESET_ON_FORK, left on, is no change for the standing check.
+            let mut s = crate::runner::standing::Standing::now();
+            assert_eq!(s.restore_in(&[nix::unistd::gettid().as_raw()]), Vec::<String>::new());
         });
     }
 

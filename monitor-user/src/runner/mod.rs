@@ -23,7 +23,7 @@ mod runtime;
 pub mod select;
 mod serve;
 mod setup;
-mod standing;
+pub(crate) mod standing;
 mod subtask;
 mod tasklog;
 mod tasks;

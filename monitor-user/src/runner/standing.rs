@@ -39,16 +39,16 @@ const LIMITS: [(libc::__rlimit_resource_t, &str); 11] = [
 
 const IOPRIO_WHO_PROCESS: libc::c_long = 1;
 
-#[derive(Debug, Clone)]
 pub struct Standing {
     sched: Sched,
     limits: [(u64, u64); LIMITS.len()],
     /// What the last check found that could not be put back: said once, not every tick.
     stuck: Vec<String>,
     /// The kernel's preemption model agentmon chose its tiers for (a PREEMPT_DYNAMIC
-    /// kernel's), and what the last check found of it that could not be put back.
-    preempt: Option<&'static str>,
-    preempt_stuck: Option<String>,
+    /// kernel's), the file it is read and set through, and what the last check said
+    /// of it that was left as it was (said once, not every tick).
+    preempt: Option<(&'static str, crate::kernel::preempt::ModelFile)>,
+    preempt_said: Option<String>,
 }
 
 impl Sched {
@@ -60,7 +60,9 @@ impl Sched {
         if nice == -1 && unsafe { *libc::__errno_location() } != 0 {
             return None;
         }
-        let policy = unsafe { libc::sched_getscheduler(tid) };
+        // SCHED_RESET_ON_FORK only says what a child gets: a hold that could not
+        // clear it (no CAP_SYS_NICE, kernel/preempt.rs) leaves it on.
+        let policy = unsafe { libc::sched_getscheduler(tid) } & !libc::SCHED_RESET_ON_FORK;
         let mut p = libc::sched_param { sched_priority: 0 };
         let ioprio = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, tid as libc::c_long) };
         if policy < 0 || unsafe { libc::sched_getparam(tid, &mut p) } != 0 || ioprio < 0 {
@@ -69,11 +71,12 @@ impl Sched {
         Some(Sched { nice, policy, rt_priority: p.sched_priority, ioprio })
     }
 
-    /// Gives thread `tid` these back (agentmon runs as root: CAP_SYS_NICE).
-    fn restore(&self, tid: i32) -> std::io::Result<()> {
+    /// Gives thread `tid` these back (agentmon runs as root: CAP_SYS_NICE), its
+    /// policy only if `policy` (a held thread's is its hold's until it ends).
+    fn restore(&self, tid: i32, policy: bool) -> std::io::Result<()> {
         let p = libc::sched_param { sched_priority: self.rt_priority };
         let ok = unsafe {
-            libc::sched_setscheduler(tid, self.policy, &p) == 0
+            (!policy || libc::sched_setscheduler(tid, self.policy, &p) == 0)
                 && libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, self.nice) == 0
                 && libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid as libc::c_long, self.ioprio)
                     == 0
@@ -106,47 +109,55 @@ impl Standing {
             sched,
             limits: limits(),
             stuck: Vec::new(),
-            preempt: crate::kernel::preempt::chosen_for(),
-            preempt_stuck: None,
+            preempt: crate::kernel::preempt::chosen_for()
+                .and_then(|m| Some((m, crate::kernel::preempt::ModelFile::open()?))),
+            preempt_said: None,
         }
     }
 
     /// The kernel's preemption model, when it is no longer the one agentmon chose its
-    /// tiers for: put back, and a line saying so (or that it could not be; said again
-    /// only when what differs changes). Root can switch a PREEMPT_DYNAMIC kernel's
-    /// model at any time (debugfs `sched/preempt`); to a preempting one, agentmon's
-    /// fexit and BPF LSM programs may be preempted mid-run and its map calls may hide
-    /// syscalls from it unwitnessed (kernel/preempt.rs), for as long as it lasts.
+    /// tiers for: a line saying so. Root can switch a PREEMPT_DYNAMIC kernel's model at
+    /// any time (debugfs `sched/preempt`). To one that preempts, from one that did
+    /// not, agentmon's fexit and BPF LSM programs may be preempted mid-run and its map
+    /// calls may hide syscalls from it unwitnessed (kernel/preempt.rs): that is put
+    /// back. A switch its tiers hold under (to a model that does not preempt, or from
+    /// one that did) is said once and left, so that two agentmons started under
+    /// different models never switch it back and forth.
     pub fn preemption_changed(&mut self) -> Option<String> {
-        let was = self.preempt?;
-        let now = crate::kernel::preempt::running();
-        if now.as_deref() == Some(was) {
-            self.preempt_stuck = None;
-            return None;
-        }
-        let line = match &now {
-            Some(m) => format!("the kernel's preemption model {was} -> {m}"),
-            None => {
-                format!("the kernel's preemption model ({was} at agentmon's start) can no longer be read")
+        use crate::kernel::preempt::word_preempts;
+        let (was, file) = self.preempt.as_ref()?;
+        let now = match file.running() {
+            Ok(now) if now == *was => {
+                self.preempt_said = None;
+                return None;
+            }
+            Ok(now) => now,
+            Err(e) => {
+                let line = format!(
+                    "the kernel's preemption model ({was} at agentmon's start) could not be read: {e}"
+                );
+                return self.say_once(line);
             }
         };
-        let put = match now {
-            Some(_) => crate::kernel::preempt::put_back(was),
-            None => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
-        };
-        match put {
+        let line = format!("the kernel's preemption model {was} -> {now}");
+        if word_preempts(was) || !word_preempts(&now) {
+            return self.say_once(format!("{line} (left: agentmon's tiers hold under it)"));
+        }
+        match file.set(was) {
             Ok(()) => {
-                self.preempt_stuck = None;
+                self.preempt_said = None;
                 Some(format!("{line} (put back)"))
             }
-            Err(e) => {
-                let line = format!("{line} (not put back: {e})");
-                (self.preempt_stuck.as_ref() != Some(&line)).then(|| {
-                    self.preempt_stuck = Some(line.clone());
-                    line
-                })
-            }
+            Err(e) => self.say_once(format!("{line} (not put back: {e})")),
         }
+    }
+
+    /// `line`, unless the last check said it.
+    fn say_once(&mut self, line: String) -> Option<String> {
+        (self.preempt_said.as_ref() != Some(&line)).then(|| {
+            self.preempt_said = Some(line.clone());
+            line
+        })
     }
 
     /// What differs from the start, each put back: one line per change, saying so
@@ -157,20 +168,22 @@ impl Standing {
     }
 
     /// [`Self::restore_changed`] for these threads of agentmon's.
-    fn restore_in(&mut self, threads: &[i32]) -> Vec<String> {
+    pub(crate) fn restore_in(&mut self, threads: &[i32]) -> Vec<String> {
         let mut changed = Vec::new();
         let mut stuck = Vec::new();
         for &tid in threads {
             // A thread a hold has raised for a BPF map call, before or after the
-            // read (kernel/preempt.rs): its real-time policy is agentmon's own.
+            // read (kernel/preempt.rs): its real-time policy is agentmon's own, and
+            // only its nice value and I/O priority are compared (and put back).
             let held = crate::kernel::preempt::raised(tid);
-            let Some(now) = Sched::of(tid) else { continue };
-            if held || crate::kernel::preempt::raised(tid) {
-                continue;
+            let Some(mut now) = Sched::of(tid) else { continue };
+            let held = held || crate::kernel::preempt::raised(tid);
+            if held {
+                (now.policy, now.rt_priority) = (self.sched.policy, self.sched.rt_priority);
             }
             if now != self.sched {
                 let line = format!("thread {tid}: {}", diff(&self.sched, &now));
-                match self.sched.restore(tid) {
+                match self.sched.restore(tid, !held) {
                     Ok(()) => changed.push(line),
                     Err(e) => stuck.push(format!("{line} (not put back: {e})")),
                 }
@@ -266,14 +279,71 @@ mod tests {
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let held = std::thread::spawn(move || {
             let _hold = crate::kernel::preempt::raise_for_test();
-            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            // SAFETY: the calling thread's policy.
+            let policy = unsafe { libc::sched_getscheduler(0) } & !libc::SCHED_RESET_ON_FORK;
+            tx.send((nix::unistd::gettid().as_raw(), policy)).unwrap();
             done_rx.recv().unwrap();
+            // The renice below was put back; the hold was not.
+            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+            let policy = unsafe { libc::sched_getscheduler(0) } & !libc::SCHED_RESET_ON_FORK;
+            (nice, policy)
         });
-        let tid = rx.recv().unwrap();
+        let (tid, policy) = rx.recv().unwrap();
+        assert_eq!(policy, libc::SCHED_FIFO, "the hold did not raise the thread");
         let changed = s.restore_in(&[tid]);
+        // Its nice value is still watched while it is held.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) };
+        let reniced = s.restore_in(&[tid]);
         done_tx.send(()).unwrap();
-        held.join().unwrap();
+        let after = held.join().unwrap();
         assert_eq!(changed, Vec::<String>::new(), "a held thread was taken for a change");
+        assert_eq!(reniced, vec![format!("thread {tid}: nice {} -> 19", s.sched.nice)]);
+        assert_eq!(
+            after,
+            (s.sched.nice, libc::SCHED_FIFO),
+            "the renice was not put back, or the hold was undone"
+        );
+    }
+
+    /// A model agentmon's tiers do not hold under (one that preempts, where the one
+    /// it started under did not) is put back; one they hold under is said once and
+    /// left: two agentmons started under different models must not switch it back and
+    /// forth, each making a tamper record of the other's put-back.
+    #[test]
+    fn a_preemption_switch_is_put_back_only_where_the_tiers_need_it() {
+        use std::io::{Read, Seek, Write};
+        let check = |chosen: &'static str, line: &str| {
+            let mut f = tempfile::tempfile().unwrap();
+            f.write_all(line.as_bytes()).unwrap();
+            // The kernel's handler reads no offset; a file's write lands at its own.
+            f.rewind().unwrap();
+            let mut s = Standing::now();
+            s.preempt = Some((chosen, crate::kernel::preempt::ModelFile::over(f.try_clone().unwrap())));
+            let said = [s.preemption_changed(), s.preemption_changed()];
+            let mut now = String::new();
+            f.rewind().unwrap();
+            f.read_to_string(&mut now).unwrap();
+            (said, now)
+        };
+        let (said, now) = check("voluntary", "none voluntary (full) lazy\n");
+        assert_eq!(said[0].as_deref(), Some("the kernel's preemption model voluntary -> full (put back)"));
+        assert!(now.starts_with("voluntary"), "not written back: {now:?}");
+        let (said, now) = check("full", "none (voluntary) full lazy\n");
+        assert_eq!(
+            said,
+            [
+                Some(
+                    "the kernel's preemption model full -> voluntary (left: agentmon's tiers hold under it)"
+                        .into()
+                ),
+                None
+            ],
+            "said once, and not written"
+        );
+        assert_eq!(now, "none (voluntary) full lazy\n");
+        let (said, _) = check("lazy", "none voluntary (full) lazy\n");
+        assert!(said[0].as_deref().is_some_and(|l| l.ends_with("(left: agentmon's tiers hold under it)")));
+        assert_eq!(check("voluntary", "none (voluntary) full\n").0, [None, None]);
     }
 
     #[test]

@@ -53,12 +53,16 @@ pub(super) fn attach_witness(
         .ok_or_else(|| fail("find", "no map TP_HOOKED".into()))?
         .try_into()
         .map_err(|e: aya::maps::MapError| fail("classify", e.to_string()))?;
+    // The tracepoints are attached and the witness not yet: a map call preempted
+    // here would hide tracked processes' syscalls with nothing said (kernel::preempt).
+    let rt = crate::kernel::preempt::hold();
     for tp in tracepoints {
         let name = tp.strip_prefix("sys_exit_").unwrap_or(tp);
         let nr = crate::kernel::sysnr::number(name)
             .ok_or_else(|| fail("number", format!("no syscall number known for {tp} (kernel::sysnr)")))?;
         hooked.set(nr, &1, 0).map_err(|e| fail("TP_HOOKED", format!("{tp} ({nr}): {e}")))?;
     }
+    drop(rt);
     let tp: &mut BtfTracePoint = ebpf
         .program_mut(WITNESS)
         .ok_or_else(|| fail("find", "not in the object".into()))?
