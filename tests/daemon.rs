@@ -669,13 +669,23 @@ pub fn daemon_kill9_restart_reports_the_gap() -> R {
     // The same configuration: the torn files are continued.
     let second = start_daemon(&d, &audit);
     let code = exec.wait().map_err(|e| e.to_string())?.code();
+    // Stopped once it has ended the task (a fixed 1.2 s was too short for the
+    // deb13bpo guest, where the daemon observes through the syscall tracepoints).
+    let ended = wait(Duration::from_secs(20) * support::slowdown(), || {
+        events(&all).is_ok_and(|evs| {
+            evs.iter().any(|e| e.kind == Kind::TaskEnd && e.task.as_deref() == Some("gapped"))
+        })
+    });
     std::thread::sleep(Duration::from_millis(1200));
     let second = second?;
     let said = stop(second)?;
     ensure(going, || "the task never got going".into())?;
     eq("task exit", code, Some(0))?;
+    ensure(ended, || format!("the second daemon never ended the task; it said: {said}"))?;
     ensure(pinned, || format!("nothing pinned at {} once the daemon was killed", pins.display()))?;
-    ensure(!pins.exists(), || format!("{} left behind by a daemon stopped with no task", pins.display()))?;
+    ensure(!pins.exists(), || {
+        format!("{} left behind by a daemon stopped with no task; it said: {said}", pins.display())
+    })?;
     let evs = events(&all)?;
     every_file_once(&evs, &dir, "gapped", 200, Some(killed_at))?;
     let starts: Vec<&Event> =

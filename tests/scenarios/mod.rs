@@ -870,7 +870,16 @@ fn switch_preemption(model: &Path) -> i32 {
             std::thread::sleep(Duration::from_millis(100));
             running_model(model).is_ok_and(|m| m == was)
         })
-        .map_or_else(|| fs::write(model, &was).map_or(-1, |_| NOT_BACK), |_| 0)
+        .map_or_else(
+            || {
+                let r = fs::write(model, &was).map_or(-1, |_| NOT_BACK);
+                // Long enough for agentmon's tick to see it back: a switch right after
+                // is then a new one, said again.
+                std::thread::sleep(Duration::from_secs(3));
+                r
+            },
+            |_| 0,
+        )
 }
 
 /// `switch_preemption_hidden`: `line` is what the kernel's file said before.
