@@ -180,9 +180,9 @@ pub fn classify(
     if words.contains(&"PREEMPT_RT") {
         return Model::Preempts("a real-time kernel (PREEMPT_RT)".into());
     }
-    let mode = |m: &str, how: &str| match m {
-        "none" | "voluntary" => Model::Safe(format!("preempt={m} ({how})")),
-        other => Model::Preempts(format!("preempt={other} ({how})")),
+    let mode = |m: &str, how: &str| {
+        let said = format!("preempt={m} ({how})");
+        if word_preempts(m) { Model::Preempts(said) } else { Model::Safe(said) }
     };
     if words.contains(&"PREEMPT_DYNAMIC") {
         // The running model is the one in parentheses.

@@ -43,7 +43,13 @@ pub fn demoted(e: &mut Engine, changed: &[String]) {
         "agentmon's own scheduling or limits were changed by another process of its owner: {}",
         changed.join("; ")
     );
-    let (mut ev, _) = e.p.tamper(std::process::id(), None, "starving agentmon", &why, false);
+    changed_under(e, "starving agentmon", &why, changed);
+}
+
+/// A tamper record of agentmon's own (its pid, no task) with `detail.changed`, and
+/// its alert.
+fn changed_under(e: &mut Engine, what: &str, why: &str, changed: &[String]) {
+    let (mut ev, _) = e.p.tamper(std::process::id(), None, what, why, false);
     ev.detail.insert("changed".into(), serde_json::json!(changed));
     tracing::error!("{why}");
     let alert = e.p.judge.tamper_alert(&ev);
@@ -61,12 +67,7 @@ pub fn repreempted(e: &mut Engine, line: &str) {
          event or a check made with another call's state, or skipped) and map calls may hide syscalls \
          from its tracepoints unwitnessed"
     );
-    let (mut ev, _) = e.p.tamper(std::process::id(), None, "switching the kernel's preemption", &why, false);
-    ev.detail.insert("changed".into(), serde_json::json!([line]));
-    tracing::error!("{why}");
-    let alert = e.p.judge.tamper_alert(&ev);
-    e.out.send(&ev);
-    e.out.alert(&alert);
+    changed_under(e, "switching the kernel's preemption", &why, &[line.to_string()]);
 }
 
 /// Packets an enforced task's egress check dropped (their header would send them
