@@ -218,6 +218,7 @@ fn main() {
         ("full_disk_fails_closed_when_enforced", adversary::full_disk_fails_closed_when_enforced),
         ("full_disk_kills_when_the_task_says_so", adversary::full_disk_kills_when_the_task_says_so),
     ];
+    const STILL_RUNNING: std::time::Duration = std::time::Duration::from_secs(300);
     // AGENTMON_TESTS=a,b,c runs only those (the kernel matrix's subset in guests).
     let only: Option<Vec<String>> =
         std::env::var("AGENTMON_TESTS").ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
@@ -243,10 +244,25 @@ fn main() {
                                 AGENTMON_SKIP_KERNEL_TESTS=1 to skip them deliberately)"
                         .into());
                 }
-                // Each test's time, for the kernel matrix's budget (guests are slow).
+                // Each test's time, for the kernel matrix's budget (guests are slow); a
+                // test still running after STILL_RUNNING says so, again at each period, so
+                // that a guest that reaches its time limit names what it was waiting for.
                 let timed = || {
                     let start = std::time::Instant::now();
+                    let (done, waiting) = std::sync::mpsc::channel::<()>();
+                    let watch = std::thread::spawn(move || {
+                        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                            waiting.recv_timeout(STILL_RUNNING)
+                        {
+                            eprintln!(
+                                "kernel test {name}: still running after {:.0} s",
+                                start.elapsed().as_secs_f64()
+                            );
+                        }
+                    });
                     let r = f();
+                    drop(done);
+                    let _ = watch.join();
                     eprintln!("kernel test {name}: {:.1} s", start.elapsed().as_secs_f64());
                     r
                 };
