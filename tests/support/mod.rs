@@ -6,7 +6,10 @@
 
 #![allow(dead_code)]
 
+mod hung;
 pub mod nats;
+
+use hung::Drained;
 
 use std::{
     path::{Path, PathBuf},
@@ -158,11 +161,35 @@ pub fn run_agentmon_with(
     run_command(exec_command(&events, flags, cmd, env, dir), &events)
 }
 
-/// Runs `c` (an [`exec_command`] writing `events`) and parses what it wrote.
+/// How long one `agentmon exec` of a test may run before it is taken for hung, times
+/// [`slowdown`]: a scenario takes seconds here and at most ~80 s in a guest.
+pub const EXEC_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Runs `c` (an [`exec_command`] writing `events`) and parses what it wrote. An agentmon
+/// that has not ended within [`EXEC_LIMIT`] is a failure that names where its threads
+/// and its children's wait (then they are killed), not a test that waits forever.
 pub fn run_command(mut c: Command, events: &Path) -> Result<Run, String> {
-    let out = c.output().map_err(|e| format!("cannot run agentmon: {e}"))?;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let code = out.status.code().unwrap_or(-1);
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run agentmon: {e}"))?;
+    let _stdout = Drained::of(child.stdout.take());
+    let err = Drained::of(child.stderr.take());
+    let limit = EXEC_LIMIT * slowdown();
+    let Some(code) = exit_within(&mut child, limit) else {
+        let waits = hung::where_they_wait(child.id());
+        hung::kill_tree(child.id());
+        let _ = child.wait();
+        return Err(format!(
+            "agentmon exec did not end within {} s; where it and its children waited:\n{waits}\nits stderr so far:\n{}",
+            limit.as_secs(),
+            err.text(std::time::Duration::from_secs(5))
+        ));
+    };
+    let code = code.unwrap_or(-1);
+    // A process agentmon left (the agent's own) may hold the pipe after agentmon ended.
+    let stderr = err.text(std::time::Duration::from_secs(10) * slowdown());
     let text = std::fs::read_to_string(events)
         .map_err(|e| format!("agentmon wrote no events ({e}); exit {code}; stderr:\n{stderr}"))?;
     let (events, alerts) = parse_stream(&text)?;

@@ -11,6 +11,7 @@ mod alarms;
 mod callers;
 mod daemon;
 mod engine;
+mod enroll;
 mod exec;
 mod finish;
 mod hosts;

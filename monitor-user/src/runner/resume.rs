@@ -217,7 +217,7 @@ pub fn drop_unclaimed(e: &mut Engine) {
     if let Some(l) = e.sensors.lsm.as_mut() {
         // agentmon's own files stay protected whether or not an enforced task was
         // resumed (what keep_tasks keeps of the protected files is what is marked).
-        if let Err(err) = super::tasks::protect_own(l, &e.setup) {
+        if let Err(err) = super::enroll::protect_own(l, &e.setup) {
             tracing::warn!("protecting agentmon's own files: {err}");
         }
         l.keep_tasks(&known);

@@ -14,7 +14,7 @@ use crate::{
 use super::{
     engine::Engine,
     setup::Saved,
-    tasks::{self, mark_resumed},
+    tasks::mark_resumed,
 };
 use crate::{
     ctl::{self, Reply},
@@ -310,7 +310,7 @@ fn bind(
         // be in its exec scope, as no launch files are granted to a sub-task.
         let lineage = (s.up, e.p.enr.top(s.up));
         let skipped =
-            tasks::enroll_in(&mut e.sensors, &e.setup, s.c, &child, &[], lineage, resumed.is_some())?;
+            super::enroll::enroll_in(&mut e.sensors, &e.setup, s.c, &child, &[], lineage, resumed.is_some())?;
         gaps.extend(skipped);
     }
     let saved = Saved {
@@ -344,7 +344,7 @@ fn bind(
     p.enr.bind_sub(s.c, id.clone(), s.up);
     if resumed.is_some() {
         for &pid in pids {
-            p.enr.procs.seed(pid, tasks::proc_of(pid, s.c));
+            p.enr.procs.seed(pid, super::enroll::proc_of(pid, s.c));
         }
     }
     if s.ended {
@@ -433,7 +433,7 @@ fn resume_one(
         Some(c) => e.sensors.tracked().into_iter().filter(|(_, t)| *t == c).map(|(p, _)| p).collect(),
         // Its root is gone: a process with that pid now is another one.
         None if s.ended => Vec::new(),
-        None => tasks::tree(s.root).into_iter().filter(|p| e.sensors.task_of(*p) == Some(up)).collect(),
+        None => super::enroll::tree(s.root).into_iter().filter(|p| e.sensors.task_of(*p) == Some(up)).collect(),
     };
     if pids.is_empty() && (kept.is_none() || s.ended) {
         // Ended while no daemon ran, unobserved; or ended before, and nothing left.
