@@ -46,12 +46,14 @@ MATRIX=(
     "deb12-nobpf deb12 lockdown,capability,landlock,yama,apparmor full core"
     "deb13 deb13 - - core,plane_b" # 6.12 as shipped: Landlock ABI 6
     # 6.18 from Debian 13's backports as shipped: it preempts kernel code (lazy, its
-    # default, named so that the tests expect the tracepoints), so neither BPF LSM nor
-    # fexit is used; syscall tracepoints may fault (6.13 on).
+    # default, named so that the tests expect the tracepoints), so fexit does not
+    # observe, and the BPF LSM hooks are preempted mid-check; syscall tracepoints may
+    # fault (6.13 on).
     "deb13bpo deb13bpo - lazy core"
     # The same booted preempt=full, where a thread is preempted or moved between its
-    # syscall program and the witness far more often than under lazy: the witness's
-    # per-thread mark is what keeps its reports true there (one test, ~2 min).
+    # syscall program and the witness, or inside its LSM hook, far more often than
+    # under lazy: the witness's mark and the hooks' check state, both per thread, are
+    # what keep their answers true there (two tests, ~3 min).
     "deb13bpo-full deb13bpo - full preemptible"
 )
 # The kernel tests of the matrix, in lists; each guest runs those its MATRIX line names.
@@ -88,7 +90,7 @@ left_cgroup_is_brought_back,enforcement_outlives_the_daemon,\
 daemon_kill9_restart_reports_the_gap,full_disk_keeps_watching,\
 enforce_refuses_scopes_over_agentmon,approve_deny_timeout_and_race,deny_rules_hold_or_refuse,\
 signals_reaching_agentmon_are_reported,stopped_agentmon_is_reported,\
-switching_the_preemption_model_is_put_back"
+switching_the_preemption_model_is_put_back,preempted_checks_stay_their_own"
 GUEST_PLANE_A="daemon_restart_keeps_sub_tasks,a_kill_held_by_a_file_system_cannot_stop_the_daemon,\
 restart_keeps_a_tasks_paths,daemon_restart_keeps_the_gate,\
 a_gate_outlives_a_daemon_stopped_before_taking_it,exec_ends_expired_tasks,\
@@ -109,7 +111,7 @@ an_exec_held_on_a_stalling_file_system_cannot_stop_agentmon,\
 refusal_floods_are_counted_not_recorded_one_by_one,killing_a_sub_task_ends_what_it_delegated,\
 a_task_past_its_limit_is_stopped,mass_delete_in_scope_runs_to_completion,\
 an_agents_file_system_cannot_stop_the_enricher,cli_talks_only_to_agentmon"
-GUEST_PREEMPTIBLE="a_preemptible_kernel_loses_no_event_silently"
+GUEST_PREEMPTIBLE="a_preemptible_kernel_loses_no_event_silently,preempted_checks_stay_their_own"
 APT_PKGS=(qemu-system-x86 udev kmod busybox-static file)
 KERNELS=(deb12 deb13 deb13bpo)
 # Debian 13's backports kernel: 6.18, built PREEMPT_LAZY (it preempts kernel code as it

@@ -239,19 +239,7 @@ pub fn sensitive_reads_denied_when_asked() -> R {
     for f in files {
         std::fs::write(d.join(f), b"secret").map_err(|e| e.to_string())?;
     }
-    let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let task = d.join("task.yaml");
-    std::fs::write(
-        &task,
-        format!(
-            "id: deny-reads\nmode: execute\nenforcement: enforce\nsensitive_reads: deny\nscope:\n  read: [\"{a}/**\"]\n  \
-             write: [\"{r}/**\"]\n  exec: [\"{me}\"]\n",
-            a = d.join("allowed").display(),
-            r = d.join("repo").display(),
-            me = me.display()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
+    let task = support::read_write_task(&d, "deny-reads", true)?;
     if !support::can_enforce() {
         return Ok(support::enforce_refused_here(&task, &d)?);
     }

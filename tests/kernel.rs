@@ -20,6 +20,7 @@ mod iouring;
 mod nats;
 mod observe;
 mod packets;
+mod preempted;
 mod pressure;
 mod refusals;
 mod report;
@@ -42,8 +43,12 @@ pub type R = Result<(), Failed>;
 
 /// Tests run with no other beside them (see `ALONE` in main): the storm loads the
 /// machine; the preemption switch changes every agentmon's kernel for a tick.
-const EXCLUSIVE: &[&str] =
-    &["a_storm_pauses_the_task_instead_of_losing_events", "switching_the_preemption_model_is_put_back"];
+const EXCLUSIVE: &[&str] = &[
+    "a_storm_pauses_the_task_instead_of_losing_events",
+    "switching_the_preemption_model_is_put_back",
+    // Keeps CPU 0 busy with four threads.
+    "preempted_checks_stay_their_own",
+];
 /// Run alone where the kernel preempts: there it keeps a CPU busy with map calls.
 const EXCLUSIVE_WHERE_PREEMPTING: &[&str] = &["a_preemptible_kernel_loses_no_event_silently"];
 type Test = (&'static str, fn() -> R);
@@ -213,6 +218,7 @@ fn main() {
         ("enforce_refuses_scopes_over_agentmon", adversary::enforce_refuses_scopes_over_agentmon),
         ("left_cgroup_is_brought_back", adversary::left_cgroup_is_brought_back),
         ("deep_paths_are_never_forged", adversary::deep_paths_are_never_forged),
+        ("preempted_checks_stay_their_own", preempted::preempted_checks_stay_their_own),
         ("full_disk_keeps_watching", adversary::full_disk_keeps_watching),
         ("full_disk_keeps_the_daemon_watching", adversary::full_disk_keeps_the_daemon_watching),
         ("full_disk_fails_closed_when_enforced", adversary::full_disk_fails_closed_when_enforced),

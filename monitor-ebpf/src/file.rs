@@ -290,6 +290,14 @@ pub(crate) fn sensitive_name(fname: u64, user: bool) -> bool {
     let Some(sc) = SCRATCH.get_ptr_mut(0) else { return false };
     let s = unsafe { &raw mut (*sc).scan };
     let buf = unsafe { ((&raw mut (*sc).buf) as *mut u8).add(FIXED_SIZE) };
+    sensitive_name_in(s, buf, fname, user)
+}
+
+/// [`sensitive_name`] with its hashes in `s` and the name read into `buf` (256
+/// bytes): the BPF LSM tier's are the thread's (lsm/state.rs), as a hook may be
+/// preempted where the syscall tracepoints' programs, which use SCRATCH, are not.
+#[inline(always)]
+pub(crate) fn sensitive_name_in(s: *mut NameScan, buf: *mut u8, fname: u64, user: bool) -> bool {
     let r = unsafe {
         if user {
             h::bpf_probe_read_user_str(buf as *mut _, 256, fname as *const _)
@@ -371,10 +379,12 @@ pub(crate) fn sensitive_name(fname: u64, user: bool) -> bool {
     false
 }
 
-/// Does the name of `dentry` pass the sensitive prefilter?
+/// Does the name of `dentry` pass the sensitive prefilter (its hashes in `s`, the
+/// name read into `buf`: see [`sensitive_name_in`])?
 #[inline(always)]
-pub fn sensitive_dentry(dentry: u64) -> bool {
-    dentry != 0 && sensitive_name(unsafe { kptr(dentry, off!(dentry_name) + off!(qstr_name)) }, false)
+pub fn sensitive_dentry(dentry: u64, s: *mut NameScan, buf: *mut u8) -> bool {
+    dentry != 0
+        && sensitive_name_in(s, buf, unsafe { kptr(dentry, off!(dentry_name) + off!(qstr_name)) }, false)
 }
 
 /// Is `h` in the sensitive set? The load-time filter answers most misses without a

@@ -119,17 +119,9 @@ static TP_HOOKED: Array<u8> = Array::with_max_entries(witness::NR_MAX, 0);
 #[map]
 static MMSG: PerCpuArray<net::Mmsg> = PerCpuArray::with_max_entries(1, 0);
 
-/// BPF LSM tier: the state of a climb from a file to the root (see lsm::Climb).
-#[map]
-static CLIMB: PerCpuArray<lsm::Climb> = PerCpuArray::with_max_entries(1, 0);
-
 /// BPF LSM tier: the sensitive set, for an exact match (see SensPattern).
 #[map]
 static SENS_PAT: Array<SensPattern> = Array::with_max_entries(SENS_PATTERNS, 0);
-
-/// BPF LSM tier: the parent components of a sensitive-looking file, hashed.
-#[map]
-static SENS_UP: PerCpuArray<lsm::SensUp> = PerCpuArray::with_max_entries(1, 0);
 
 /// BPF LSM tier: thread id -> the file its held exec was approved for.
 #[map]

@@ -26,6 +26,7 @@ mod fuse;
 mod gated;
 mod hosts;
 mod iouring;
+mod race;
 mod steps;
 mod storm;
 
@@ -90,6 +91,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
             _ => Err("fake_agentmon SOCKET LOG".into()),
         },
         ("deep", Some(d)) => adversary::deep(d, &args[1..]),
+        ("race_checks", Some(d)) => race::race_checks(d, &args[1..]),
         ("leave_cgroup", Some(d)) => {
             adversary::leave_cgroup(d, args.get(1).map(String::as_str).unwrap_or(""))
         }

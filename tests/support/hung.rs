@@ -42,7 +42,10 @@ impl Drained {
             if g.1 || start.elapsed() >= limit {
                 let mut t = String::from_utf8_lossy(&g.0).into_owned();
                 if !g.1 {
-                    t.push_str(&format!("\n(the pipe was still open after {} s: a process holds it)", limit.as_secs()));
+                    t.push_str(&format!(
+                        "\n(the pipe was still open after {} s: a process holds it)",
+                        limit.as_secs()
+                    ));
                 }
                 return t;
             }
@@ -80,8 +83,11 @@ pub fn where_they_wait(pid: u32) -> String {
             let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
             let stat = read("stat");
             let state = stat.rsplit_once(") ").and_then(|(_, r)| r.split_whitespace().next()).unwrap_or("?");
-            let stack: Vec<String> =
-                read("stack").lines().take(4).map(|l| l.split_whitespace().last().unwrap_or("").to_string()).collect();
+            let stack: Vec<String> = read("stack")
+                .lines()
+                .take(4)
+                .map(|l| l.split_whitespace().last().unwrap_or("").to_string())
+                .collect();
             lines.push(format!(
                 "  {p}/{} {} {state} wchan={} stack={}",
                 t.file_name().to_string_lossy(),

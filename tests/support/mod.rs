@@ -215,6 +215,27 @@ pub fn enforced_self_task(d: &Path, id: &str, more_scope: &str) -> Result<(PathB
     Ok((t, me))
 }
 
+/// An enforced task `id` for this test binary run as the agent in `d`: reads under
+/// `d/allowed`, writes under `d/repo`, the binary its exec scope, and with
+/// `deny_sensitive` no reads of the sensitive set. The manifest's path.
+pub fn read_write_task(d: &Path, id: &str, deny_sensitive: bool) -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let t = d.join("task.yaml");
+    std::fs::write(
+        &t,
+        format!(
+            "id: {id}\nmode: execute\nenforcement: enforce\n{}scope:\n  read: [\"{a}/**\"]\n  \
+             write: [\"{r}/**\"]\n  exec: [\"{me}\"]\n",
+            if deny_sensitive { "sensitive_reads: deny\n" } else { "" },
+            a = d.join("allowed").display(),
+            r = d.join("repo").display(),
+            me = me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(t)
+}
+
 /// A fresh directory for one test, canonical (so paths compare with the kernel's).
 pub fn workdir(name: &str) -> PathBuf {
     let base = std::env::temp_dir().join(format!("agentmon-test-{}", std::process::id())).join(name);
@@ -298,13 +319,12 @@ pub fn landlock_abi() -> i64 {
 /// The Landlock ABI enforce mode needs (file scope, TCP ports, signal scoping).
 pub const ENFORCE_ABI: i64 = 6;
 
-/// Does agentmon enforce on the BPF LSM tier here (the kernel runs BPF LSM, does not
-/// preempt kernel code, and the fallback tier was not asked for)?
+/// Does agentmon enforce on the BPF LSM tier here (the kernel runs BPF LSM, and the
+/// fallback tier was not asked for)?
 pub fn bpf_lsm() -> bool {
     let runs = std::fs::read_to_string("/sys/kernel/security/lsm")
         .is_ok_and(|s| s.trim().split(',').any(|l| l == "bpf"));
-    runs && agentmon::kernel::preempt::preempts().is_none()
-        && std::env::var("AGENTMON_ENFORCE_TIER").map_or(true, |v| v != "fallback")
+    runs && std::env::var("AGENTMON_ENFORCE_TIER").map_or(true, |v| v != "fallback")
 }
 
 /// Can agentmon enforce here (on either tier)?

@@ -20,7 +20,7 @@ use aya_ebpf::{helpers::generated as h, macros::lsm, programs::LsmContext};
 use monitor_common::lsm::{FsKey, LsmTask, TruncMark, lflags, right};
 
 use crate::{
-    CLIMB, ESCAPED, EXEC_OK, FS_RULES, LSM_TASK, NET_TASK, TRACKED, TRUNC_OPEN,
+    ESCAPED, EXEC_OK, FS_RULES, LSM_TASK, NET_TASK, TRACKED, TRUNC_OPEN,
     kern::{
         Args, Pos, WALK_LIMIT, bload, conf, ident, is_tracked, kptr, kread, mount_hop, off, pid_tgid,
         task_btf, tracked,
@@ -28,6 +28,7 @@ use crate::{
 };
 
 mod open;
+pub mod state;
 
 pub use open::SensUp;
 
@@ -99,11 +100,12 @@ fn verdict(ok: bool) -> i32 {
     if ok { 0 } else { EACCES }
 }
 
-/// State of a climb. It lives in a per-CPU map, not on the stack, on purpose (as
-/// the path walk's, kern::Ctl): values loaded from a map are unknown to the
-/// verifier, so the loop's states converge at once; kept on the stack, each
-/// combination of flags would be a state of its own, at each of the places a
-/// climb is inlined, which newer verifiers (6.12) explore until they time out.
+/// State of a climb. It lives in a map, not on the stack, on purpose (as the path
+/// walk's, kern::Ctl): values loaded from a map are unknown to the verifier, so the
+/// loop's states converge at once; kept on the stack, each combination of flags
+/// would be a state of its own, at each of the places a climb is inlined, which
+/// newer verifiers (6.12) explore until they time out. The map is the thread's
+/// (state.rs), not the CPU's: the kernel may preempt a hook mid-climb.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Climb {
@@ -135,7 +137,8 @@ fn rights(task: u32, dentry: u64) -> u32 {
 /// One step: checks the current dentry, then moves to its parent (or out of its
 /// mount). Returns 1 to stop the loop.
 extern "C" fn climb_step(_i: u64, _ctx: *mut c_void) -> i64 {
-    let Some(st) = CLIMB.get_ptr_mut(0) else { return 1 };
+    let Some(s) = state::state(false) else { return 1 };
+    let st = unsafe { &raw mut (*s).climb };
     unsafe {
         let dentry = (*st).pos.dentry;
         let task = (*st).task;
@@ -191,7 +194,9 @@ fn climb(task: u32, want: u32, stop: bool, dentry: u64, vfsmnt: u64) -> Climb {
         done: 0,
         _pad: 0,
     };
-    let Some(st) = CLIMB.get_ptr_mut(0) else { return start };
+    // No storage for this thread (no memory): the start, which grants nothing.
+    let Some(s) = state::state(true) else { return start };
+    let st = unsafe { &raw mut (*s).climb };
     unsafe {
         core::ptr::write_volatile(st, start);
         if dentry != 0 {

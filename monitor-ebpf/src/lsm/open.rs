@@ -14,10 +14,10 @@ use monitor_common::{
 
 use super::{
     EACCES, FMODE_READ, FMODE_WRITE, S_IFBLK, S_IFMT, borrowed_creds, climb, enforced, may_change,
-    path_parts, rights,
+    path_parts, rights, state::state,
 };
 use crate::{
-    IDENT, REFUSED_OPEN, SCRATCH, SENS_PAT, SENS_UP,
+    IDENT, REFUSED_OPEN, SENS_PAT,
     kern::{Args, Pos, bounded, conf, ident, kptr, kread, mount_hop, off, pid_tgid},
 };
 
@@ -64,11 +64,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     if fmode & FMODE_READ != 0 && rights(0, d) & right::SECRET != 0 {
         return refused(pflags::SENSITIVE | pflags::SECRET, file, d, m);
     }
-    if l.flags & lflags::DENY_SENSITIVE != 0
-        && fmode & FMODE_READ != 0
-        && crate::file::sensitive_dentry(d)
-        && sensitive_path(d, m)
-    {
+    if l.flags & lflags::DENY_SENSITIVE != 0 && fmode & FMODE_READ != 0 && sensitive(d, m) {
         let up = climb(l.rules, right::READ_SENSITIVE, true, d, m);
         if up.granted == 0 {
             return refused(pflags::SENSITIVE, file, d, m);
@@ -107,8 +103,8 @@ fn refused(pf: u16, file: u64, dentry: u64, mnt: u64) -> i32 {
 }
 
 /// Parent components of a file whose name passed the sensitive prefilter, hashed
-/// (exact-name hash), leaf's parent first. Per CPU: the name buffer is too big for
-/// the stack.
+/// (exact-name hash), leaf's parent first. The thread's (state.rs): the name buffer
+/// is too big for the stack.
 #[repr(C)]
 pub struct SensUp {
     name: [u8; 64],
@@ -156,7 +152,8 @@ fn hash_name(u: *mut SensUp, dentry: u64) {
 
 /// One step up: to the parent component (out of mounts as needed), hashed.
 extern "C" fn up_step(_i: u64, _ctx: *mut c_void) -> i64 {
-    let Some(u) = SENS_UP.get_ptr_mut(0) else { return 1 };
+    let Some(s) = state(false) else { return 1 };
+    let u = unsafe { &raw mut (*s).up };
     let w = u;
     unsafe {
         let dentry = (*w).pos.dentry;
@@ -185,12 +182,24 @@ extern "C" fn up_step(_i: u64, _ctx: *mut c_void) -> i64 {
     0
 }
 
+/// Is the file at `dentry` (in mount `vfsmnt`) in the sensitive set: its name
+/// through the prefilter, then by a whole pattern? No state for the thread (no
+/// memory): it is taken for one, and the read is refused unless granted.
+#[inline(always)]
+fn sensitive(dentry: u64, vfsmnt: u64) -> bool {
+    let Some(s) = state(true) else { return true };
+    crate::file::sensitive_dentry(dentry, unsafe { &raw mut (*s).scan }, unsafe {
+        (&raw mut (*s).name).cast()
+    }) && sensitive_path(dentry, vfsmnt)
+}
+
 /// Is the file at `dentry` (in mount `vfsmnt`), whose name passed the prefilter
-/// (its hashes are in the scratch scan), in the sensitive set by a whole pattern?
+/// (its hashes are in the thread's scan), in the sensitive set by a whole pattern?
 #[inline(never)]
 fn sensitive_path(dentry: u64, vfsmnt: u64) -> bool {
-    let Some(u) = SENS_UP.get_ptr_mut(0) else { return false };
-    let Some(sc) = SCRATCH.get_ptr_mut(0) else { return false };
+    let Some(s) = state(false) else { return true };
+    let u = unsafe { &raw mut (*s).up };
+    let sc = s;
     unsafe {
         core::ptr::write_volatile(&raw mut (*u).n, 0);
         core::ptr::write_volatile(&raw mut (*u).top, 0);

@@ -45,23 +45,19 @@ pub const TIER_ENV: &str = "AGENTMON_ENFORCE_TIER";
 impl Layers {
     pub fn probe() -> Self {
         let forced = std::env::var(TIER_ENV).is_ok_and(|v| v == "fallback");
+        // A kernel that preempts kernel code may preempt a hook mid-check: the hooks
+        // keep a check's state per thread (monitor-ebpf lsm/state.rs), so the tier
+        // holds there too (preempted_checks_stay_their_own).
         let runs = crate::kernel::lsm::kernel_runs_bpf_lsm();
-        // The hooks' checks keep their state per CPU: a kernel that preempts them
-        // mid-run could finish one task's check on another's (kernel::preempt).
-        let preempts = runs && !forced && crate::kernel::preempt::preempts().is_some();
         Self {
             landlock_abi: landlock::abi(),
             seccomp: seccomp::available(),
             cgroups: cgroup::available(),
             approval: seccomp::user_notif_available(),
-            lsm: runs && !forced && !preempts,
+            lsm: runs && !forced,
             lsm_absent: match (runs, forced) {
                 (_, true) => "the fallback tier was asked for (AGENTMON_ENFORCE_TIER=fallback)",
                 (false, _) => "this kernel does not run BPF LSM (no bpf in /sys/kernel/security/lsm)",
-                _ if preempts => {
-                    "this kernel may preempt a BPF program mid-run (preempt=full, lazy or RT: agentmon probe says \
-                     which), and the hooks' checks keep their state per CPU"
-                }
                 (true, false) => "",
             },
         }

@@ -262,7 +262,10 @@ impl Sensors {
             .override_global("CONFIG", &kconfig, true)
             .map_max_entries("EVENTS", cfg.ringbuf_bytes)
             .map_max_entries("TRACKED", cfg.max_tracked)
-            .map_max_entries("TRACKED_BYTES", tracked_entries);
+            .map_max_entries("TRACKED_BYTES", tracked_entries)
+            // LSM_STATE (task local storage: the BPF LSM hooks' check state, per
+            // thread), a map type aya does not wrap; only the kernel programs use it.
+            .allow_unsupported_maps();
         if let Some(p) = &pins {
             for m in super::pin::PINNED_MAPS {
                 loader.map_pin_path(m, p.map(m));

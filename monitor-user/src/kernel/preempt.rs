@@ -4,14 +4,16 @@
 //! kernel that preempts tasks inside the kernel (`preempt=full`, `lazy`, RT), a
 //! program preempted mid-run shares its per-CPU state with the next program that
 //! runs on its CPU: an event built there can carry another call's operands, and an
-//! LSM check can finish on another task's climb up the directory tree (an agent's
-//! two threads on one CPU could so have one's write judged by the other's path).
-//! And the kernel skips an fexit program it finds already running on the CPU,
-//! counting the skip only in the program's `recursion_misses`: an event lost and
-//! never said. Measured in the Debian 12 and 13 guests booted `preempt=full`, four
-//! file creators on one CPU: 5,596 and 10,627 of 12,000 creates recorded on fexit,
-//! none counted lost, one record undecodable; all 12,000 on the syscall tracepoints,
-//! whose programs run with preemption off. So on such a kernel neither tier runs.
+//! LSM check kept per CPU could finish on another task's climb up the directory
+//! tree (an agent's two threads on one CPU had one's write judged by the other's
+//! path): the hooks keep a check's state per thread (monitor-ebpf lsm/state.rs), so
+//! the BPF LSM tier holds there. But the kernel skips an fexit program it finds
+//! already running on the CPU, counting the skip only in the program's
+//! `recursion_misses`: an event lost and never said. Measured in the Debian 12 and 13
+//! guests booted `preempt=full`, four file creators on one CPU: 5,596 and 10,627 of
+//! 12,000 creates recorded on fexit, none counted lost, one record undecodable; all
+//! 12,000 on the syscall tracepoints, whose programs run with preemption off. So on
+//! such a kernel fexit does not observe.
 
 use std::path::Path;
 
@@ -31,8 +33,8 @@ impl std::fmt::Display for Model {
             Model::Safe(how) => write!(f, "{how}: BPF programs run whole"),
             Model::Preempts(how) => write!(
                 f,
-                "{how}: BPF programs may be preempted mid-run, so neither fexit observation nor the BPF LSM tier \
-                 is used"
+                "{how}: BPF programs may be preempted mid-run, so fexit does not observe (the BPF LSM hooks \
+                 keep each check's state per thread)"
             ),
         }
     }

@@ -11,11 +11,7 @@ use crate::{
     task::scope::{Asker, Resolve},
 };
 
-use super::{
-    engine::Engine,
-    setup::Saved,
-    tasks::mark_resumed,
-};
+use super::{engine::Engine, setup::Saved, tasks::mark_resumed};
 use crate::{
     ctl::{self, Reply},
     event::Timestamp,
@@ -433,7 +429,9 @@ fn resume_one(
         Some(c) => e.sensors.tracked().into_iter().filter(|(_, t)| *t == c).map(|(p, _)| p).collect(),
         // Its root is gone: a process with that pid now is another one.
         None if s.ended => Vec::new(),
-        None => super::enroll::tree(s.root).into_iter().filter(|p| e.sensors.task_of(*p) == Some(up)).collect(),
+        None => {
+            super::enroll::tree(s.root).into_iter().filter(|p| e.sensors.task_of(*p) == Some(up)).collect()
+        }
     };
     if pids.is_empty() && (kept.is_none() || s.ended) {
         // Ended while no daemon ran, unobserved; or ended before, and nothing left.
