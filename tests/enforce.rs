@@ -633,8 +633,9 @@ pub fn agentmons_priority_is_kept() -> R {
 }
 
 /// Root can switch a PREEMPT_DYNAMIC kernel's preemption model at any time; one
-/// that preempts kernel code may preempt agentmon's fexit and BPF LSM programs
-/// mid-run, the tiers agentmon chose for a model that did not. An observed root
+/// that preempts kernel code may preempt agentmon's fexit programs mid-run (and
+/// hide syscalls from its tracepoints with no witness), the observation tier agentmon
+/// chose for a model that did not. An observed root
 /// agent switches it: where agentmon started under a model that does not preempt
 /// (Debian's voluntary), it puts it back within a tick; where it started under one
 /// that does (its tiers hold under any), the switch is left as it is (two agentmons

@@ -64,6 +64,8 @@ pub fn preempted_checks_stay_their_own() -> R {
         &d,
     )?;
     ensure(run.code == 0, || format!("agent exited {}: {}\n{}", run.code, run.stderr, run.summary()))?;
+    let start = run.of(Kind::TaskStart).into_iter().next().ok_or_else(|| run.summary())?;
+    support::eq("enforcing tier", start.detail.get("tier").and_then(|v| v.as_str()), Some(support::tier()))?;
     let text = std::fs::read_to_string(d.join("repo/race.txt")).map_err(|e| format!("no results: {e}"))?;
     let (mut kinds, mut wrong) = (Vec::new(), Vec::new());
     for line in text.lines() {
@@ -73,7 +75,9 @@ pub fn preempted_checks_stay_their_own() -> R {
             (tries.parse().map_err(|_| line.to_string())?, odd.parse().map_err(|_| line.to_string())?);
         eprintln!("{kind}: {tries} opens, {odd} {what}");
         if odd != 0 {
-            wrong.push(format!("{kind}: {odd} of {tries} opens {what} (another thread's check was taken)"));
+            wrong.push(format!(
+                "{kind}: {odd} of {tries} opens {what} (a check preempted half done answered wrongly)"
+            ));
         }
         // A run too short to be preempted in proves nothing.
         if tries < 200 {

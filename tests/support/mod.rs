@@ -179,11 +179,15 @@ pub fn run_command(mut c: Command, events: &Path) -> Result<Run, String> {
     let limit = EXEC_LIMIT * slowdown();
     let Some(code) = exit_within(&mut child, limit) else {
         let waits = hung::where_they_wait(child.id());
+        // Said before the kill: a process stuck where SIGKILL does not reach (D
+        // state) would keep the test from returning this.
+        eprintln!("agentmon exec (pid {}) did not end within {} s:\n{waits}", child.id(), limit.as_secs());
         hung::kill_tree(child.id());
-        let _ = child.wait();
+        let gone = exit_within(&mut child, std::time::Duration::from_secs(10)).is_some();
         return Err(format!(
-            "agentmon exec did not end within {} s; where it and its children waited:\n{waits}\nits stderr so far:\n{}",
+            "agentmon exec did not end within {} s{}; where it and its children waited:\n{waits}\nits stderr so far:\n{}",
             limit.as_secs(),
+            if gone { "" } else { " (nor within 10 s of SIGKILL)" },
             err.text(std::time::Duration::from_secs(5))
         ));
     };
@@ -319,12 +323,15 @@ pub fn landlock_abi() -> i64 {
 /// The Landlock ABI enforce mode needs (file scope, TCP ports, signal scoping).
 pub const ENFORCE_ABI: i64 = 6;
 
-/// Does agentmon enforce on the BPF LSM tier here (the kernel runs BPF LSM, and the
-/// fallback tier was not asked for)?
+/// Does agentmon enforce on the BPF LSM tier here (the kernel runs BPF LSM, is 6.2
+/// or newer where it preempts kernel code, and the fallback tier was not asked for)?
 pub fn bpf_lsm() -> bool {
     let runs = std::fs::read_to_string("/sys/kernel/security/lsm")
         .is_ok_and(|s| s.trim().split(',').any(|l| l == "bpf"));
-    runs && std::env::var("AGENTMON_ENFORCE_TIER").map_or(true, |v| v != "fallback")
+    let old =
+        aya::util::KernelVersion::current().map_or(true, |v| v < aya::util::KernelVersion::new(6, 2, 0));
+    runs && !(old && agentmon::kernel::preempt::preempts().is_some())
+        && std::env::var("AGENTMON_ENFORCE_TIER").map_or(true, |v| v != "fallback")
 }
 
 /// Can agentmon enforce here (on either tier)?

@@ -117,6 +117,11 @@ pub struct SensUp {
     top: u64,
     /// Where the walk is.
     pos: Pos,
+    /// 1 once the walk stopped where it should (a root, the top, deep enough). A
+    /// step that could not find the thread's state stops it without: the file is
+    /// then taken for sensitive (a 6.1 kernel's task storage lookup fails while
+    /// another thread on the CPU is preempted inside one).
+    ended: u64,
 }
 
 /// Hashes the name of `dentry` into the next slot. Names over 63 bytes get a hash no
@@ -159,6 +164,7 @@ extern "C" fn up_step(_i: u64, _ctx: *mut c_void) -> i64 {
         let dentry = (*w).pos.dentry;
         let parent = kptr(dentry, off!(dentry_parent));
         if parent == 0 || parent == dentry {
+            core::ptr::write_volatile(&raw mut (*u).ended, 1);
             return 1; // a file system root outside any mount: no path
         }
         (*w).pos.dentry = parent;
@@ -168,6 +174,7 @@ extern "C" fn up_step(_i: u64, _ctx: *mut c_void) -> i64 {
                 Some(true) => {}
                 Some(false) => {
                     core::ptr::write_volatile(&raw mut (*u).top, 1);
+                    core::ptr::write_volatile(&raw mut (*u).ended, 1);
                     return 1;
                 }
                 None => break,
@@ -176,6 +183,7 @@ extern "C" fn up_step(_i: u64, _ctx: *mut c_void) -> i64 {
         }
         hash_name(u, (*w).pos.dentry);
         if core::ptr::read_volatile(&raw const (*u).n) as usize > SENS_DEPTH {
+            core::ptr::write_volatile(&raw mut (*u).ended, 1);
             return 1;
         }
     }
@@ -203,6 +211,7 @@ fn sensitive_path(dentry: u64, vfsmnt: u64) -> bool {
     unsafe {
         core::ptr::write_volatile(&raw mut (*u).n, 0);
         core::ptr::write_volatile(&raw mut (*u).top, 0);
+        core::ptr::write_volatile(&raw mut (*u).ended, 0);
         core::ptr::write_volatile(&raw mut (*u).pos, Pos { dentry, vfsmnt, mnt: vfsmnt - off!(mount_mnt) });
         // A bind-mounted file: its name in the namespace is its mountpoint's.
         let mut k = 0;
@@ -213,6 +222,9 @@ fn sensitive_path(dentry: u64, vfsmnt: u64) -> bool {
             k += 1;
         }
         h::bpf_loop((SENS_DEPTH + 2) as u32, up_step as *mut c_void, core::ptr::null_mut(), 0);
+        if core::ptr::read_volatile(&raw const (*u).ended) == 0 {
+            return true; // the walk was cut short: not known, so not let through
+        }
         let scan = &raw const (*sc).scan;
         let leaves = [
             core::ptr::read_volatile(&raw const (*scan).exact),

@@ -76,8 +76,11 @@ pub struct LsmState {
 #[btf_map]
 pub static LSM_STATE: TaskStorage<LsmState> = TaskStorage::new();
 
-/// The current thread's check state (made at its first check: `create`), or None
-/// (no memory for it: the check then refuses).
+/// The current thread's check state (made at its first check: `create`), or None:
+/// no memory for it, or (before 6.2, where every task storage call takes a per-CPU
+/// try-lock) another thread preempted inside such a call on this CPU, which is why
+/// agentmon does not use this tier on an older kernel that preempts. Every check
+/// then refuses: a climb grants nothing, a file is taken for sensitive.
 #[inline(always)]
 pub fn state(create: bool) -> Option<*mut LsmState> {
     LSM_STATE.current(create)

@@ -47,17 +47,29 @@ impl Layers {
         let forced = std::env::var(TIER_ENV).is_ok_and(|v| v == "fallback");
         // A kernel that preempts kernel code may preempt a hook mid-check: the hooks
         // keep a check's state per thread (monitor-ebpf lsm/state.rs), so the tier
-        // holds there too (preempted_checks_stay_their_own).
+        // holds there too (preempted_checks_stay_their_own), from 6.2 on: before, a
+        // task storage lookup fails while another thread on the CPU is preempted
+        // inside one (a per-CPU try-lock), and the check refuses in-scope calls.
         let runs = crate::kernel::lsm::kernel_runs_bpf_lsm();
+        let preempts = runs && !forced && crate::kernel::preempt::preempts().is_some();
+        let old = || {
+            aya::util::KernelVersion::current().map_or(true, |v| v < aya::util::KernelVersion::new(6, 2, 0))
+        };
+        let held_off = preempts && old();
         Self {
             landlock_abi: landlock::abi(),
             seccomp: seccomp::available(),
             cgroups: cgroup::available(),
             approval: seccomp::user_notif_available(),
-            lsm: runs && !forced,
+            lsm: runs && !forced && !held_off,
             lsm_absent: match (runs, forced) {
                 (_, true) => "the fallback tier was asked for (AGENTMON_ENFORCE_TIER=fallback)",
                 (false, _) => "this kernel does not run BPF LSM (no bpf in /sys/kernel/security/lsm)",
+                _ if held_off => {
+                    "this kernel preempts kernel code (agentmon probe says how) and is older than 6.2, where \
+                     the hooks' per-thread state can be out of reach while another thread is preempted \
+                     inside a task storage call"
+                }
                 (true, false) => "",
             },
         }

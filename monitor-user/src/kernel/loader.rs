@@ -272,6 +272,13 @@ impl Sensors {
             }
         }
         let mut ebpf = loader.load(OBJECT).map_err(|e| LoadError::Object(e.to_string()))?;
+        // Allowing map types aya does not wrap is for LSM_STATE alone: another would
+        // load unchecked.
+        if let Some((name, _)) =
+            ebpf.maps().find(|(n, m)| matches!(m, aya::maps::Map::Unsupported(_)) && *n != "LSM_STATE")
+        {
+            return Err(LoadError::Object(format!("map {name} is of a type aya does not wrap")));
+        }
         let pin = |name: &str, link: FdLink| -> Result<Option<PinnedLink>, LoadError> {
             match &pins {
                 Some(p) => link.pin(p.link(name)).map(Some).map_err(|e| LoadError::Program {

@@ -62,10 +62,9 @@ fn changed_under(e: &mut Engine, what: &str, why: &str, changed: &[String]) {
 /// not known; a tracked process's write to debugfs is its own record.
 pub fn repreempted(e: &mut Engine, line: &str) {
     let why = format!(
-        "{line}: agentmon chose its observation and enforcement tiers for the model it started under; while \
-         the kernel preempts kernel code, its fexit and BPF LSM programs may be preempted mid-run (an \
-         event or a check made with another call's state, or skipped) and map calls may hide syscalls \
-         from its tracepoints unwitnessed"
+        "{line}: agentmon chose its observation tier for the model it started under; while the kernel \
+         preempts kernel code, its fexit programs may be preempted mid-run (an event made with another \
+         call's state, or skipped unsaid) and map calls may hide syscalls from its tracepoints unwitnessed"
     );
     changed_under(e, "switching the kernel's preemption", &why, &[line.to_string()]);
 }

@@ -118,8 +118,9 @@ impl Standing {
     /// The kernel's preemption model, when it is no longer the one agentmon chose its
     /// tiers for: a line saying so. Root can switch a PREEMPT_DYNAMIC kernel's model at
     /// any time (debugfs `sched/preempt`). To one that preempts, from one that did
-    /// not, agentmon's fexit and BPF LSM programs may be preempted mid-run and its map
-    /// calls may hide syscalls from it unwitnessed (kernel/preempt.rs): that is put
+    /// not, agentmon's fexit programs may be preempted mid-run and its map calls may
+    /// hide syscalls from it unwitnessed (kernel/preempt.rs; the BPF LSM hooks hold
+    /// under any model, their checks' state per thread): that is put
     /// back. A switch its tiers hold under (to a model that does not preempt, or from
     /// one that did) is said once and left, so that two agentmons started under
     /// different models never switch it back and forth.
