@@ -159,6 +159,10 @@ fn main() {
             "refusal_floods_are_counted_not_recorded_one_by_one",
             refusals::refusal_floods_are_counted_not_recorded_one_by_one,
         ),
+        (
+            "kernel_refusal_floods_are_counted_not_recorded_one_by_one",
+            refusals::kernel_refusal_floods_are_counted_not_recorded_one_by_one,
+        ),
         ("nats_outage_loses_nothing", nats::nats_outage_loses_nothing),
         ("nats_remote_control", nats::nats_remote_control),
         ("nats_sample_config_permissions", nats::nats_sample_config_permissions),

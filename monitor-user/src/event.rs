@@ -205,7 +205,7 @@ impl Step {
 }
 
 /// A network destination (or local address, for bind/listen).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Dst {
     Ip { ip: String, port: u16 },

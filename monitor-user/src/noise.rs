@@ -1,9 +1,14 @@
 //! A rate limit on the records and log lines a caller can cause by being refused
-//! (control requests, refused requests of enforced tasks): each is cheap for the
-//! caller and a record for agentmon, so a flood of them must not fill the disk or
-//! the stream. What is held back is counted, and the next record says how many.
+//! (control requests, refused requests of enforced tasks, calls the kernel refused
+//! them): each is cheap for the caller and a record for agentmon, so a flood of them
+//! must not fill the disk or the stream. What is held back is counted, and the next
+//! record says how many.
 
-use std::{collections::HashMap, hash::Hash, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::Hash,
+    time::Instant,
+};
 
 /// Whose refusals a budget counts: a task's (by cookie; 0: a process in a task's
 /// cgroup the kernel does not track) or a user's (by uid). Apart, a user cannot
@@ -16,15 +21,17 @@ pub enum Caller {
 
 /// A rate limit on the records and log lines a caller can cause by being refused:
 /// a burst of [`NOISE_BURST`], then one a second, per key (a [`Caller`]; a refused
-/// request's name).
+/// request's name), unless made [`Noise::with_rate`].
 #[derive(Debug)]
 pub struct Noise<K = Caller> {
     by: HashMap<K, Bucket>,
+    burst: f64,
+    per_sec: f64,
 }
 
 impl<K> Default for Noise<K> {
     fn default() -> Self {
-        Self { by: HashMap::new() }
+        Self::with_rate(NOISE_BURST, 1.0)
     }
 }
 
@@ -37,15 +44,24 @@ struct Bucket {
 
 const NOISE_BURST: f64 = 5.0;
 
+impl<K> Noise<K> {
+    /// A burst of `burst`, then `per_sec` a second, per key.
+    pub fn with_rate(burst: f64, per_sec: f64) -> Self {
+        Self { by: HashMap::new(), burst, per_sec }
+    }
+}
+
 impl<K: Hash + Eq> Noise<K> {
     /// Whether to write now for `who`; if so, how many of its were held back since
     /// the last one.
     pub fn allow(&mut self, who: K) -> Option<u64> {
         if self.by.len() > 4096 {
-            self.by.clear();
+            // Callers long quiet are forgotten; never a count not yet said.
+            self.by.retain(|_, b| b.held > 0);
         }
-        let b = self.by.entry(who).or_insert(Bucket { tokens: NOISE_BURST, at: Instant::now(), held: 0 });
-        b.tokens = (b.tokens + b.at.elapsed().as_secs_f64()).min(NOISE_BURST);
+        let (burst, rate) = (self.burst, self.per_sec);
+        let b = self.by.entry(who).or_insert(Bucket { tokens: burst, at: Instant::now(), held: 0 });
+        b.tokens = (b.tokens + b.at.elapsed().as_secs_f64() * rate).min(burst);
         b.at = Instant::now();
         if b.tokens < 1.0 {
             b.held += 1;
@@ -58,8 +74,9 @@ impl<K: Hash + Eq> Noise<K> {
     /// What `who` held back since its last record, if the limit lets one record
     /// through now (a summary: nothing new was refused, so nothing is counted).
     pub fn release(&mut self, who: &K) -> Option<u64> {
+        let (burst, rate) = (self.burst, self.per_sec);
         let b = self.by.get_mut(who)?;
-        b.tokens = (b.tokens + b.at.elapsed().as_secs_f64()).min(NOISE_BURST);
+        b.tokens = (b.tokens + b.at.elapsed().as_secs_f64() * rate).min(burst);
         b.at = Instant::now();
         if b.tokens < 1.0 {
             return None;
@@ -80,7 +97,7 @@ impl<K: Hash + Eq> Noise<K> {
     /// Gives `who` back the token a record that could not be made took.
     pub fn refund(&mut self, who: &K) {
         if let Some(b) = self.by.get_mut(who) {
-            b.tokens = (b.tokens + 1.0).min(NOISE_BURST);
+            b.tokens = (b.tokens + 1.0).min(self.burst);
         }
     }
 
@@ -99,6 +116,69 @@ impl<K: Hash + Eq> Noise<K> {
     pub fn holds(&self, who: &K) -> bool {
         self.by.get(who).is_some_and(|b| b.held > 0)
     }
+}
+
+/// A [`Noise`] limit with, per key, the model of the summary that says how many
+/// were held back: the refusal last recorded, or the last held back (a record
+/// repeating it, with the count).
+#[derive(Debug)]
+pub struct Tally<K, M> {
+    pub noise: Noise<K>,
+    pub last: BTreeMap<K, M>,
+}
+
+impl<K, M> Default for Tally<K, M> {
+    fn default() -> Self {
+        Self::new(Noise::default())
+    }
+}
+
+impl<K, M> Tally<K, M> {
+    pub fn new(noise: Noise<K>) -> Self {
+        Self { noise, last: BTreeMap::new() }
+    }
+}
+
+impl<K: Hash + Ord + Clone, M: Clone> Tally<K, M> {
+    /// The keys with refusals held back, their model and count: those `now(key)`
+    /// says at once (the caller is gone, agentmon stops), the others once the limit
+    /// lets one more record through (asked every tick). The model of a key said is
+    /// forgotten when `now(key)`: nothing more will come of that caller.
+    pub fn unsaid(&mut self, now: impl Fn(&K) -> bool) -> Vec<(K, M, u64)> {
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for (k, last) in &self.last {
+            let at_once = now(k);
+            if at_once {
+                gone.push(k.clone());
+            }
+            if !self.noise.holds(k) {
+                continue;
+            }
+            let held = if at_once { Some(self.noise.take(k)) } else { self.noise.release(k) };
+            if let Some(held) = held {
+                out.push((k.clone(), last.clone(), held));
+            }
+        }
+        for k in gone {
+            self.last.remove(&k);
+        }
+        out
+    }
+}
+
+/// `last` restated as the summary of `held` refusals not recorded one by one: a new
+/// record, made `now`, saying the count (`detail.unrecorded`).
+pub fn summary(
+    mut last: crate::event::Event,
+    now: crate::event::Timestamp,
+    held: u64,
+) -> crate::event::Event {
+    last.id = uuid::Uuid::now_v7();
+    last.ts = now;
+    last.detail.remove("unrecorded_before");
+    last.detail.insert("unrecorded".into(), serde_json::json!(held));
+    last
 }
 
 #[cfg(test)]

@@ -1449,6 +1449,31 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                     .find(|e| *e != libc::EPERM)
                     .unwrap_or(libc::EPERM)
             }
+            // N opens to write a file outside the write scope, in a row: EACCES if
+            // each was refused (by the kernel: Landlock or the BPF LSM hook).
+            "write_out_flood" => {
+                let p = c(&d.join("victim.txt"));
+                let n: usize = arg.parse().unwrap_or(0);
+                (0..n)
+                    .map(|_| {
+                        let fd = unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+                        if fd >= 0 {
+                            unsafe { libc::close(fd) };
+                        }
+                        sys(fd as libc::c_long)
+                    })
+                    .find(|e| *e != libc::EACCES)
+                    .unwrap_or(libc::EACCES)
+            }
+            // An open to write the file ARG of the work directory (outside the scope).
+            "write_out_at" => {
+                let p = c(&d.join(arg));
+                let fd = unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+                if fd >= 0 {
+                    unsafe { libc::close(fd) };
+                }
+                sys(fd as libc::c_long)
+            }
             // A block device node inside the scope (a door to the raw disk).
             "mknod_blk" => {
                 let p = c(&d.join("repo/disk"));

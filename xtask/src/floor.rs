@@ -102,6 +102,36 @@ impl RunStats {
             .collect()
     }
 
+    /// Every loaded program that ran at least `min_runs` times during `f`: (name,
+    /// runs, ns per run), most runs first. Host-wide, like [`Self::per_call`].
+    pub fn ran(
+        &self,
+        min_runs: u64,
+        f: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<Vec<(String, u64, f64)>> {
+        let all = || -> HashMap<u32, (String, u64, u64)> {
+            aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .map(|p| {
+                    let name = p.name_as_str().unwrap_or("?").to_string();
+                    (p.id(), (name, p.run_time().as_nanos() as u64, p.run_count()))
+                })
+                .collect()
+        };
+        let before = all();
+        f()?;
+        let mut v: Vec<(String, u64, f64)> = all()
+            .into_iter()
+            .filter_map(|(id, (name, t, n))| {
+                let (t0, n0) = before.get(&id).map_or((0, 0), |(_, t, n)| (*t, *n));
+                let dn = n.checked_sub(n0)?;
+                (dn >= min_runs.max(1)).then(|| (name, dn, t.saturating_sub(t0) as f64 / dn as f64))
+            })
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(v)
+    }
+
     /// Run time per call of the program named `name` that ran most often during
     /// `f` (names are cut to 15 bytes, so `sys_exit_openat2` shares one with
     /// `sys_exit_openat`: the loop's own syscall picks it out). Host-wide: other

@@ -112,6 +112,15 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = std::fs::canonicalize(tmp.path())?;
     std::fs::create_dir_all(dir.join("work"))?;
+    // The loop runs from a copy here: Landlock (the fallback tier) grants exec by
+    // inode, and a guest's 9p root gives a file a new inode at each lookup, so the
+    // grant made for the original did not match its exec (EACCES).
+    std::fs::create_dir_all(dir.join("bin"))?;
+    let looper = {
+        let copy = dir.join("bin/bench-loop");
+        std::fs::copy(&looper, &copy).with_context(|| format!("copy {}", looper.display()))?;
+        copy
+    };
     let task = manifest(&dir, &looper, o.deny_reads)?;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let tier = match std::env::var("AGENTMON_ENFORCE_TIER").as_deref() {

@@ -1,10 +1,11 @@
 //! `cargo xtask bench-tiers`: what a process outside every task pays while agentmon
 //! runs, on each observation tier (`AGENTMON_OBSERVE_TIER`): the loops bare, with
-//! agentmon on the syscall tracepoints and with agentmon on fexit, interleaved over
-//! rounds in one run (medians, ratios to bare); then the handler's own run time per
-//! untracked call by the kernel's accounting. Guests run it with `--no-build`
-//! (`scripts/vm.sh run deb13 -- …/xtask bench-tiers --no-build`): this build
-//! machine's kernel loads no fexit programs.
+//! agentmon on the syscall tracepoints, on fexit, and on fexit with BPF LSM forced
+//! off, interleaved over rounds in one run (medians, ratios to bare); then every
+//! program the untracked loop ran, with its run time per call by the kernel's
+//! accounting. Guests run it with `--no-build` (`scripts/vm.sh run deb13 --
+//! …/xtask bench-tiers --no-build`): this build machine's kernel loads no fexit
+//! programs.
 
 use std::{collections::BTreeMap, path::Path, process::Command};
 
@@ -24,30 +25,38 @@ pub struct Options {
 }
 
 const WORKLOADS: [&str; 4] = ["open-ro", "open-wr", "connect", "read"];
-const TIERS: [&str; 2] = ["tracepoint", "fexit"];
 
-/// The modes of the timed rounds: bare, then beside agentmon on each tier.
-const MODES: [&str; 3] =
-    ["bare", "agentmon on tracepoint, loop untracked", "agentmon on fexit, loop untracked"];
-
-fn mode(tier: &str) -> &'static str {
-    if tier == "fexit" { MODES[2] } else { MODES[1] }
+/// What agentmon runs as for each measured mode: its observation tier, and whether
+/// BPF LSM is forced off (`AGENTMON_ENFORCE_TIER=fallback`), so that what the LSM
+/// hooks' early return costs an outsider shows apart from the observation hooks'.
+struct Setup {
+    mode: &'static str,
+    observe: &'static str,
+    no_lsm: bool,
 }
 
-/// The handler each workload's call runs on each tier.
-fn program(w: &str, tier: &str) -> &'static str {
-    match (w, tier) {
-        ("connect", "fexit") => "fx_connect",
-        ("connect", _) => "sys_exit_connect",
-        ("read", _) => "",
-        (_, "fexit") => "fx_openat",
-        _ => "sys_exit_openat",
+const SETUPS: [Setup; 3] = [
+    Setup { mode: "agentmon on tracepoint, loop untracked", observe: "tracepoint", no_lsm: false },
+    Setup { mode: "agentmon on fexit, loop untracked", observe: "fexit", no_lsm: false },
+    Setup { mode: "agentmon on fexit without BPF LSM, loop untracked", observe: "fexit", no_lsm: true },
+];
+
+/// The modes of the timed rounds: bare, then beside agentmon as each setup.
+const MODES: [&str; 4] = ["bare", SETUPS[0].mode, SETUPS[1].mode, SETUPS[2].mode];
+
+impl Setup {
+    fn env(&self) -> Vec<(&'static str, &'static str)> {
+        let mut env = vec![("AGENTMON_OBSERVE_TIER", self.observe)];
+        if self.no_lsm {
+            env.push(("AGENTMON_ENFORCE_TIER", "fallback"));
+        }
+        env
     }
 }
 
-/// Whether agentmon starts on `tier` here, or why not (its last words).
-fn available(agentmon: &Path, tier: &str) -> anyhow::Result<Result<(), String>> {
-    let out = Command::new(agentmon).arg("probe").env("AGENTMON_OBSERVE_TIER", tier).output()?;
+/// Whether agentmon starts as `s` here, or why not (its last words).
+fn available(agentmon: &Path, s: &Setup) -> anyhow::Result<Result<(), String>> {
+    let out = Command::new(agentmon).arg("probe").envs(s.env()).output()?;
     if out.status.success() {
         return Ok(Ok(()));
     }
@@ -59,15 +68,15 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let (agentmon, looper) = crate::bench::loaders(o.no_build)?;
     let tmp = tempfile::tempdir()?;
     let dir = std::fs::canonicalize(tmp.path())?;
+    let iters = |w: &str| if w == "read" { o.iters * 10 } else { o.iters };
     let looped = |w: &str| {
-        let n = if w == "read" { o.iters * 10 } else { o.iters };
-        vec![looper.display().to_string(), w.to_string(), n.to_string(), dir.display().to_string()]
+        vec![looper.display().to_string(), w.to_string(), iters(w).to_string(), dir.display().to_string()]
     };
-    let mut tiers = Vec::new();
-    for t in TIERS {
-        match available(&agentmon, t)? {
-            Ok(()) => tiers.push(t),
-            Err(why) => println!("- the {t} tier does not load here: {why}"),
+    let mut setups = Vec::new();
+    for s in &SETUPS {
+        match available(&agentmon, s)? {
+            Ok(()) => setups.push(s),
+            Err(why) => println!("- {} does not load here: {why}", s.mode),
         }
     }
     let mut results: BTreeMap<(&'static str, &'static str), Vec<f64>> = BTreeMap::new();
@@ -76,10 +85,10 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         for w in WORKLOADS {
             results.entry(("bare", w)).or_default().push(measure(&looped(w))?);
         }
-        for t in &tiers {
-            let _bg = crate::peers::agentmon_idle_with(&agentmon, &dir, &[("AGENTMON_OBSERVE_TIER", t)])?;
+        for s in &setups {
+            let _bg = crate::peers::agentmon_idle_with(&agentmon, &dir, &s.env())?;
             for w in WORKLOADS {
-                results.entry((mode(t), w)).or_default().push(measure(&looped(w))?);
+                results.entry((s.mode, w)).or_default().push(measure(&looped(w))?);
             }
         }
     }
@@ -90,16 +99,22 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         o.iters, o.rounds
     );
     ratio_table(&mut results, &MODES, &WORKLOADS, "ns/iter");
-    // The handler's own cost per untracked call (the tracked test and return), apart
-    // from the timed rounds: the accounting costs two clock reads per run.
+    // Each program's own cost per untracked call (the tracked test and return), apart
+    // from the timed rounds: the accounting costs two clock reads per run. Every
+    // program that ran about once per iteration or more is the loop's (the rest of
+    // the host's calls are few beside it).
     let stats = crate::floor::RunStats::enable()?;
-    println!("\n| workload | tier | program | untracked ns/call |\n|---|---|---|---:|");
-    for t in &tiers {
-        let _bg = crate::peers::agentmon_idle_with(&agentmon, &dir, &[("AGENTMON_OBSERVE_TIER", t)])?;
-        for w in WORKLOADS.iter().filter(|w| !program(w, t).is_empty()) {
-            let p = program(w, t);
-            let ns = stats.per_call(p, || measure(&looped(w)).map(|_| ()))?;
-            println!("| {w} | {t} | {p} | {ns:.0} |");
+    println!("\n| workload | agentmon | program | runs | untracked ns/call |\n|---|---|---|---:|---:|");
+    for s in &setups {
+        let _bg = crate::peers::agentmon_idle_with(&agentmon, &dir, &s.env())?;
+        for w in WORKLOADS {
+            let ran = stats.ran(iters(w) / 2, || measure(&looped(w)).map(|_| ()))?;
+            if ran.is_empty() {
+                println!("| {w} | {} | none | | |", s.mode);
+            }
+            for (p, n, ns) in ran {
+                println!("| {w} | {} | {p} | {n} | {ns:.0} |", s.mode);
+            }
         }
     }
     Ok(())

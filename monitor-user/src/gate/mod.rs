@@ -166,11 +166,10 @@ pub struct Gate {
     /// holds (the filter is installed just before it), is let go without asking.
     launched: bool,
     /// Records of refused requests, limited per request (a flood of one kind is
-    /// never summarised as another): each costs the agent one syscall.
-    refusals: crate::noise::Noise<&'static str>,
-    /// The last refusal recorded of each request: what a summary of the unrecorded
-    /// ones of that request repeats.
-    last_refused: BTreeMap<&'static str, Event>,
+    /// never summarised as another): each costs the agent one syscall. The last
+    /// refusal recorded of each request is what a summary of the unrecorded ones
+    /// of that request repeats.
+    refusals: crate::noise::Tally<&'static str, Event>,
     /// Whose share of the workers this gate's steps count against ([`worker`]):
     /// a task's, so that no agent, however many processes it forks, takes every
     /// worker from the other tasks.
@@ -291,7 +290,6 @@ impl Gate {
             closed: false,
             launched: false,
             refusals: Default::default(),
-            last_refused: BTreeMap::new(),
             id: {
                 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -304,23 +302,15 @@ impl Gate {
     /// lets one more through (every tick), or at once with `now_or_never` (the gate
     /// closes, agentmon stops): a flood that stopped is still counted.
     pub fn refusals_unsaid(&mut self, now: crate::event::Timestamp, now_or_never: bool) -> Vec<Event> {
-        let mut out = Vec::new();
-        for (name, last) in &self.last_refused {
-            if !self.refusals.holds(name) {
-                continue;
-            }
-            let held =
-                if now_or_never { Some(self.refusals.take(name)) } else { self.refusals.release(name) };
-            let Some(held) = held else { continue };
-            let mut ev = last.clone();
-            ev.id = uuid::Uuid::now_v7();
-            ev.ts = now;
-            ev.detail.remove("unrecorded_before");
-            ev.detail.insert("unrecorded".into(), json!(held));
-            ev.reason = Some(format!("tamper: {held} more {name} requests refused since the last recorded"));
-            out.push(ev);
-        }
-        out
+        let said = self.refusals.unsaid(|_| now_or_never);
+        said.into_iter()
+            .map(|(name, last, held)| {
+                let mut ev = crate::noise::summary(last, now, held);
+                ev.reason =
+                    Some(format!("tamper: {held} more {name} requests refused since the last recorded"));
+                ev
+            })
+            .collect()
     }
 
     /// The gate of a task a restarted daemon resumed: its command was launched long
@@ -416,9 +406,9 @@ impl Gate {
             // Nothing happened (EPERM): past a burst, refusals are counted, and the
             // next record says how many were not recorded one by one.
             // A refusal the caller never took is made again: counted then, not twice.
-            let Some(held) = self.refusals.allow(req.key()) else {
+            let Some(held) = self.refusals.noise.allow(req.key()) else {
                 if !answer(Err(Errno::EPERM)) {
-                    self.refusals.unhold(&req.key());
+                    self.refusals.noise.unhold(&req.key());
                 }
                 return None;
             };
@@ -428,15 +418,15 @@ impl Gate {
                 // token back to the limit, and it stays the model of the summary
                 // that says the count (even if no refusal of the kind is ever
                 // recorded: a caller interrupted every time must not hide a flood).
-                self.refusals.hold_again(&req.key(), held);
-                self.refusals.refund(&req.key());
-                self.last_refused.entry(req.key()).or_insert(ev);
+                self.refusals.noise.hold_again(&req.key(), held);
+                self.refusals.noise.refund(&req.key());
+                self.refusals.last.entry(req.key()).or_insert(ev);
                 return None;
             }
             if held > 0 {
                 ev.detail.insert("unrecorded_before".into(), json!(held));
             }
-            self.last_refused.insert(req.key(), ev.clone());
+            self.refusals.last.insert(req.key(), ev.clone());
             return Some(ev);
         }
         let Some(g) = filter::lookup(n.nr) else {

@@ -74,7 +74,7 @@ impl Gate {
                 return None;
             }
         };
-        let Some(held) = self.refusals.allow(KEY) else {
+        let Some(held) = self.refusals.noise.allow(KEY) else {
             answer(Err(errno));
             return None;
         };
@@ -86,7 +86,7 @@ impl Gate {
         if held > 0 {
             ev.detail.insert("unrecorded_before".into(), json!(held));
         }
-        self.last_refused.insert(KEY, ev.clone());
+        self.refusals.last.insert(KEY, ev.clone());
         answer(Err(errno));
         Some(ev)
     }

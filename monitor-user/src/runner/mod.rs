@@ -19,6 +19,7 @@ mod keeper;
 mod outputs;
 mod pipeline;
 mod pressure;
+mod refusals;
 mod resume;
 mod runtime;
 pub mod select;

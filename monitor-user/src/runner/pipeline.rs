@@ -62,6 +62,8 @@ pub struct Pipeline {
     pub level: Option<super::pressure::Level>,
     /// Pauses tasks while the ring is filling (None: losses instead, or no ring).
     pub pressure: Option<super::pressure::Pressure>,
+    /// Calls the kernel refused enforced tasks: past a burst, counted.
+    pub refusals: super::refusals::KernelRefusals,
 }
 
 impl Pipeline {
@@ -76,6 +78,7 @@ impl Pipeline {
             logs: HashMap::new(),
             level: None,
             pressure: None,
+            refusals: Default::default(),
         }
     }
 
@@ -146,12 +149,12 @@ impl Pipeline {
             if self.pressure.as_mut().is_some_and(|p| p.took(task)) {
                 self.relieve();
             }
-            if let Some((ev, alert)) = recorded {
+            if let Some((mut ev, mut alert)) = recorded {
                 // Containment first: the event is written a moment later either way.
                 let action = alert.as_ref().and_then(|a| self.contain_for(&ev, to_carry_out(a), sensors));
-                sink.send(&ev);
-                if let Some(a) = alert {
-                    sink.alert(&a);
+                // A refused call containment acted on is always its own record.
+                if action.is_some() || self.refusals.admit(&mut ev, &mut alert) {
+                    send_judged(sink, &ev, alert.as_ref());
                 }
                 if let Some(a) = action {
                     sink.send(&a);
@@ -159,6 +162,9 @@ impl Pipeline {
                 if ev.kind == Kind::Exit
                     && let Some(end) = self.root_exited(&ev)
                 {
+                    if let Some(id) = &end.task {
+                        self.unsaid_of(sink, id);
+                    }
                     sink.send(&end);
                 }
             }
@@ -412,6 +418,19 @@ impl Pipeline {
                 sink.alert(&self.judge.tamper_alert(&ev));
             }
         }
+        // And the calls the kernel refused (an ended task's at once).
+        for (ev, alert) in self.refusals.due(now, &self.ended, all) {
+            send_judged(sink, &ev, alert.as_ref());
+        }
+    }
+
+    /// What the calls the kernel refused task `id` left unsaid, at once: written
+    /// before its end.
+    pub fn unsaid_of(&mut self, sink: &mut Fanout, id: &str) {
+        let now = self.enr.clock().now_wall();
+        for (ev, alert) in self.refusals.unsaid(now, |t| t == id) {
+            send_judged(sink, &ev, alert.as_ref());
+        }
     }
 
     /// Takes the calls the gate holds: refusals happen at once, requests are recorded.
@@ -478,6 +497,14 @@ impl Pipeline {
             Err(e) => tracing::error!("{} of task {id} failed: {e}", act.as_str()),
         }
         out.event
+    }
+}
+
+/// An event and its alert, if it has one.
+fn send_judged(sink: &mut Fanout, ev: &Event, alert: Option<&Alert>) {
+    sink.send(ev);
+    if let Some(a) = alert {
+        sink.alert(a);
     }
 }
 
