@@ -225,6 +225,16 @@ pub fn fexit_ret(ctx: &FExitContext) -> i64 {
     ctx.arg::<i64>(1)
 }
 
+/// `*p += v`, atomically (BPF_ATOMIC_ADD, a lock-prefixed add on x86): the bpf
+/// target gives Rust no atomic read-modify-write, so it is written out.
+///
+/// # Safety
+/// `p` must point into a map value.
+#[inline(always)]
+pub unsafe fn add(p: *mut u64, v: u64) {
+    unsafe { core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v) };
+}
+
 #[inline(always)]
 pub fn count(k: u16, lost: bool) {
     let idx = kind::slot(k) * 2 + if lost { counter::LOST } else { counter::EMITTED };

@@ -11,6 +11,8 @@
 //! saved registers (see `kern::Args`).
 #![no_std]
 #![no_main]
+// BPF inline assembly: the atomic add the target's Rust atomics lack (kern::add).
+#![feature(asm_experimental_arch)]
 
 mod file;
 mod iouring;

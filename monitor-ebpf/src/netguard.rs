@@ -110,10 +110,10 @@ pub fn guard_egress(ctx: SkBuffContext) -> i32 {
         let _ = NET_DROPS.insert(&cg, &0, BPF_NOEXIST);
     }
     if let Some(n) = NET_DROPS.get_ptr_mut(&cg) {
-        // Per CPU, so only a softirq's packet (a retransmit) interrupting this one
-        // on the same CPU between read and write could lose one count: this target
-        // offers Rust no atomic add.
-        unsafe { *n += 1 };
+        // Atomic although per CPU: this program runs preemptible in process context
+        // (another sender on this CPU could run between a read and a write) and a
+        // softirq's packet (a retransmit) can interrupt it.
+        unsafe { crate::kern::add(n, 1) };
     }
     DENY
 }
