@@ -65,10 +65,16 @@ pub fn kernel_refusal_floods_are_counted_not_recorded_one_by_one() -> R {
         format!("write_out_flood={n}"),
         "delete_out".into(),
         "write_out_at=other.txt".into(),
-        format!("write_out_flood={n}"),
+        format!("write_out_flood_again={n}"),
     ];
     let (run, res) = run_attempts(&d, &task, &actions)?;
-    eq("every out-of-scope write refused (errno)", res.get("write_out_flood").copied(), Some(libc::EACCES))?;
+    for flood in ["write_out_flood", "write_out_flood_again"] {
+        eq(
+            &format!("every out-of-scope write refused (errno, {flood})"),
+            res.get(flood).copied(),
+            Some(libc::EACCES),
+        )?;
+    }
     eq("the delete refused (errno)", res.get("delete_out").copied(), Some(libc::EACCES))?;
     eq("the write to another file refused (errno)", res.get("write_out_at").copied(), Some(libc::EACCES))?;
     let (victim, other) = (d.join("victim.txt"), d.join("other.txt"));
@@ -104,12 +110,18 @@ pub fn kernel_refusal_floods_are_counted_not_recorded_one_by_one() -> R {
         }),
         || format!("a write record not denied EACCES or not the task's: {writes:?}"),
     )?;
-    // Each summary has its alert, as the records it stands for had theirs.
+    // Each summary has its alert, as the records it stands for had theirs, and
+    // every one comes before the task's end.
     let summaries: Vec<_> =
         writes.iter().filter(|e| e.detail.contains_key("unrecorded")).map(|e| e.id).collect();
     for id in &summaries {
         ensure(run.alerts.iter().any(|a| a.event.id == *id), || format!("summary {id} has no alert"))?;
     }
+    let at = |id: uuid::Uuid| run.events.iter().position(|e| e.id == id);
+    let end = run.of(Kind::TaskEnd).first().map(|e| e.id).and_then(at).ok_or("no task_end")?;
+    ensure(summaries.iter().all(|id| at(*id) < Some(end)), || {
+        format!("a summary written after the task's end:\n{}", run.summary())
+    })?;
     // Amid the flood, a refused write to another file is its own record (the
     // same call, key and limit, another target)...
     let others: Vec<_> = writes.iter().filter(|e| e.path.as_deref() == Some(other)).collect();

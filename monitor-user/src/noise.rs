@@ -44,6 +44,10 @@ struct Bucket {
 
 const NOISE_BURST: f64 = 5.0;
 
+/// How long a held count waits for its caller's next record before it may be
+/// forgotten (only when more than 4,096 callers are kept).
+const FORGET_HELD: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl<K> Noise<K> {
     /// A burst of `burst`, then `per_sec` a second, per key.
     pub fn with_rate(burst: f64, per_sec: f64) -> Self {
@@ -56,8 +60,10 @@ impl<K: Hash + Eq> Noise<K> {
     /// the last one.
     pub fn allow(&mut self, who: K) -> Option<u64> {
         if self.by.len() > 4096 {
-            // Callers long quiet are forgotten; never a count not yet said.
-            self.by.retain(|_, b| b.held > 0);
+            // Callers quiet for a while are forgotten, but not a count not yet said
+            // unless its caller has been gone an hour (refused control requests of
+            // a caller that never came back: nothing would have said it).
+            self.by.retain(|_, b| b.held > 0 && b.at.elapsed() < FORGET_HELD);
         }
         let (burst, rate) = (self.burst, self.per_sec);
         let b = self.by.entry(who).or_insert(Bucket { tokens: burst, at: Instant::now(), held: 0 });
@@ -85,7 +91,6 @@ impl<K: Hash + Eq> Noise<K> {
         Some(std::mem::take(&mut b.held))
     }
 
-    /// What `who` held back since its last record, taken whatever the limit says.
     /// Gives back `n` held (counted, not said) to `who`'s count: what a record that
     /// could not be made would have said.
     pub fn hold_again(&mut self, who: &K, n: u64) {
@@ -108,13 +113,19 @@ impl<K: Hash + Eq> Noise<K> {
         }
     }
 
+    /// What `who` held back since its last record, taken whatever the limit says.
     pub fn take(&mut self, who: &K) -> u64 {
         self.by.get_mut(who).map(|b| std::mem::take(&mut b.held)).unwrap_or(0)
     }
 
     /// Whether `who` has held anything back since its last record.
     pub fn holds(&self, who: &K) -> bool {
-        self.by.get(who).is_some_and(|b| b.held > 0)
+        self.held(who) > 0
+    }
+
+    /// How many `who` has held back since its last record.
+    pub fn held(&self, who: &K) -> u64 {
+        self.by.get(who).map_or(0, |b| b.held)
     }
 }
 
@@ -140,22 +151,22 @@ impl<K, M> Tally<K, M> {
 }
 
 impl<K: Hash + Ord + Clone, M: Clone> Tally<K, M> {
-    /// The keys with refusals held back, their model and count: those `now(key)`
+    /// The keys with refusals held back, their model and count: those `at_once(key)`
     /// says at once (the caller is gone, agentmon stops), the others once the limit
-    /// lets one more record through (asked every tick). The model of a key said is
-    /// forgotten when `now(key)`: nothing more will come of that caller.
-    pub fn unsaid(&mut self, now: impl Fn(&K) -> bool) -> Vec<(K, M, u64)> {
+    /// lets one more record through (asked every tick). The model of a key said
+    /// at once is forgotten: nothing more will come of that caller.
+    pub fn unsaid(&mut self, at_once: impl Fn(&K) -> bool) -> Vec<(K, M, u64)> {
         let mut out = Vec::new();
         let mut gone = Vec::new();
         for (k, last) in &self.last {
-            let at_once = now(k);
-            if at_once {
+            let now = at_once(k);
+            if now {
                 gone.push(k.clone());
             }
             if !self.noise.holds(k) {
                 continue;
             }
-            let held = if at_once { Some(self.noise.take(k)) } else { self.noise.release(k) };
+            let held = if now { Some(self.noise.take(k)) } else { self.noise.release(k) };
             if let Some(held) = held {
                 out.push((k.clone(), last.clone(), held));
             }

@@ -1451,7 +1451,7 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             }
             // N opens to write a file outside the write scope, in a row: EACCES if
             // each was refused (by the kernel: Landlock or the BPF LSM hook).
-            "write_out_flood" => {
+            "write_out_flood" | "write_out_flood_again" => {
                 let p = c(&d.join("victim.txt"));
                 let n: usize = arg.parse().unwrap_or(0);
                 (0..n)

@@ -163,7 +163,7 @@ impl Pipeline {
                     && let Some(end) = self.root_exited(&ev)
                 {
                     if let Some(id) = &end.task {
-                        self.unsaid_of(sink, id);
+                        self.unsaid_of(sink, id, end.ts);
                     }
                     sink.send(&end);
                 }
@@ -348,7 +348,7 @@ impl Pipeline {
     /// for observed tasks, freeze for enforced ones) says: freeze or kill the tree.
     /// A sub-task, which shares its parent's cgroup, is killed where it would be
     /// frozen. Processes left running stay watched and are judged out of scope.
-    pub fn expire(&mut self, sensors: &mut Sensors, host: OnExpiry) -> Vec<Event> {
+    pub fn expire(&mut self, sensors: &mut Sensors, host: OnExpiry, sink: &mut Fanout) {
         let now = self.enr.clock().now_wall();
         let due: Vec<(Arc<str>, Stop)> = self
             .task_ids()
@@ -365,7 +365,6 @@ impl Pipeline {
                 t.expired(now).then_some((id, stop))
             })
             .collect();
-        let mut out = Vec::new();
         for (id, stop) in due {
             let act = match stop {
                 Stop::Continue => None,
@@ -378,17 +377,18 @@ impl Pipeline {
             if let Some(act) = act {
                 let o = self.contain.act(sensors, &id, act, By::Expiry, self.enr.host(), now);
                 let froze = o.result.is_ok();
-                out.extend(o.event);
+                o.event.iter().for_each(|ev| sink.send(ev));
                 // A tree that could not be frozen is killed: it must not run on.
                 if act == Act::Freeze && !froze {
-                    out.extend(
-                        self.contain.act(sensors, &id, Act::Kill, By::Expiry, self.enr.host(), now).event,
-                    );
+                    let o = self.contain.act(sensors, &id, Act::Kill, By::Expiry, self.enr.host(), now);
+                    o.event.iter().for_each(|ev| sink.send(ev));
                 }
             }
-            out.extend(self.end_record(&id, "the task expired", false));
+            if let Some(end) = self.end_record(&id, "the task expired", false) {
+                self.unsaid_of(sink, &id, end.ts);
+                sink.send(&end);
+            }
         }
-        out
     }
 
     /// Drops what is kept of a task that ended and has no process left.
@@ -400,6 +400,7 @@ impl Pipeline {
         self.contain.unregister(id);
         self.steps.remove(id);
         self.logs.remove(id);
+        self.refusals.forget(id);
     }
 
     /// Ids of the bound tasks.
@@ -425,10 +426,9 @@ impl Pipeline {
     }
 
     /// What the calls the kernel refused task `id` left unsaid, at once: written
-    /// before its end.
-    pub fn unsaid_of(&mut self, sink: &mut Fanout, id: &str) {
-        let now = self.enr.clock().now_wall();
-        for (ev, alert) in self.refusals.unsaid(now, |t| t == id) {
+    /// before its end, stamped with its time `at`.
+    pub fn unsaid_of(&mut self, sink: &mut Fanout, id: &str, at: crate::event::Timestamp) {
+        for (ev, alert) in self.refusals.unsaid(at, |t| t == id) {
             send_judged(sink, &ev, alert.as_ref());
         }
     }

@@ -364,9 +364,7 @@ fn housekeeping(
     if let Some(w) = watch {
         reload(w, e);
     }
-    for ev in e.p.expire(&mut e.sensors, e.setup.on_expiry) {
-        e.out.send(&ev);
-    }
+    e.p.expire(&mut e.sensors, e.setup.on_expiry, &mut e.out);
     let (host, now) = (e.host(), e.p.enr.clock().now_wall());
     for ev in e.p.contain.settle_freezes(&mut e.sensors, host.clone(), now) {
         e.out.send(&ev);

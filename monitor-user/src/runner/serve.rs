@@ -538,7 +538,7 @@ fn end(
 fn ended(e: &mut Engine, id: &std::sync::Arc<str>, peer: u32, uid: u32) -> Reply {
     match e.p.task_ended(id, &format!("ended by an operator (pid {peer}, uid {uid})")) {
         Some(ev) => {
-            e.p.unsaid_of(&mut e.out, id);
+            e.p.unsaid_of(&mut e.out, id, ev.ts);
             e.out.send(&ev);
             e.out.flush();
             Reply {
