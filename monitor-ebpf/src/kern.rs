@@ -232,14 +232,20 @@ pub fn fexit_ret(ctx: &FExitContext) -> i64 {
 /// `p` must point into a map value.
 #[inline(always)]
 pub unsafe fn add(p: *mut u64, v: u64) {
-    unsafe { core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v) };
+    unsafe {
+        core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v, options(nostack, preserves_flags))
+    };
 }
 
 #[inline(always)]
 pub fn count(k: u16, lost: bool) {
     let idx = kind::slot(k) * 2 + if lost { counter::LOST } else { counter::EMITTED };
     if let Some(c) = COUNTERS.get_ptr_mut(idx) {
-        unsafe { *c += 1 };
+        // Atomic, so that emitted plus lost adds up: an fexit program preempted
+        // here (the kernel's preemption model switched under agentmon, until it is
+        // put back) or interrupted by another program counting the same kind would
+        // lose a count.
+        unsafe { add(c, 1) };
     }
 }
 

@@ -27,7 +27,12 @@ pub struct Noise<K = Caller> {
     by: HashMap<K, Bucket>,
     burst: f64,
     per_sec: f64,
+    /// Past this many callers kept, the map is pruned.
+    cap: usize,
 }
+
+/// Callers kept before the map is pruned.
+const CALLERS: usize = 4096;
 
 impl<K> Default for Noise<K> {
     fn default() -> Self {
@@ -45,13 +50,13 @@ struct Bucket {
 const NOISE_BURST: f64 = 5.0;
 
 /// How long a held count waits for its caller's next record before it may be
-/// forgotten (only when more than 4,096 callers are kept).
+/// forgotten (only when more than [`CALLERS`] are kept).
 const FORGET_HELD: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl<K> Noise<K> {
     /// A burst of `burst`, then `per_sec` a second, per key.
     pub fn with_rate(burst: f64, per_sec: f64) -> Self {
-        Self { by: HashMap::new(), burst, per_sec }
+        Self { by: HashMap::new(), burst, per_sec, cap: CALLERS }
     }
 }
 
@@ -59,13 +64,21 @@ impl<K: Hash + Eq> Noise<K> {
     /// Whether to write now for `who`; if so, how many of its were held back since
     /// the last one.
     pub fn allow(&mut self, who: K) -> Option<u64> {
-        if self.by.len() > 4096 {
-            // Callers quiet for a while are forgotten, but not a count not yet said
-            // unless its caller has been gone an hour (refused control requests of
-            // a caller that never came back: nothing would have said it).
-            self.by.retain(|_, b| b.held > 0 && b.at.elapsed() < FORGET_HELD);
-        }
         let (burst, rate) = (self.burst, self.per_sec);
+        if self.by.len() > self.cap {
+            // Callers whose limit is whole again are forgotten (as new, they get
+            // the same), and a count not yet said only once its caller has been gone
+            // an hour (refused control requests of a caller that never came back:
+            // nothing would have said it). Callers still limited stay: forgetting
+            // them would give a flood a new burst.
+            self.by.retain(|_, b| {
+                let idle = b.at.elapsed();
+                let whole = b.tokens + idle.as_secs_f64() * rate >= burst;
+                if b.held > 0 { idle < FORGET_HELD } else { !whole }
+            });
+            // Not again until it has doubled: pruning is not every call's cost.
+            self.cap = (2 * self.by.len()).max(CALLERS);
+        }
         let b = self.by.entry(who).or_insert(Bucket { tokens: burst, at: Instant::now(), held: 0 });
         b.tokens = (b.tokens + b.at.elapsed().as_secs_f64() * rate).min(burst);
         b.at = Instant::now();
@@ -116,6 +129,11 @@ impl<K: Hash + Eq> Noise<K> {
     /// What `who` held back since its last record, taken whatever the limit says.
     pub fn take(&mut self, who: &K) -> u64 {
         self.by.get_mut(who).map(|b| std::mem::take(&mut b.held)).unwrap_or(0)
+    }
+
+    /// Forgets the callers `gone` names (a task that ended with no process left).
+    pub fn forget(&mut self, gone: impl Fn(&K) -> bool) {
+        self.by.retain(|k, _| !gone(k));
     }
 
     /// Whether `who` has held anything back since its last record.

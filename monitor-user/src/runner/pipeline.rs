@@ -153,7 +153,14 @@ impl Pipeline {
                 // Containment first: the event is written a moment later either way.
                 let action = alert.as_ref().and_then(|a| self.contain_for(&ev, to_carry_out(a), sensors));
                 // A refused call containment acted on is always its own record.
-                if action.is_some() || self.refusals.admit(&mut ev, &mut alert) {
+                let admit = match action {
+                    Some(_) => super::refusals::Admit { record: true, before: None },
+                    None => self.refusals.admit(&mut ev, &mut alert),
+                };
+                if let Some((s, a)) = admit.before {
+                    send_judged(sink, &s, a.as_ref());
+                }
+                if admit.record {
                     send_judged(sink, &ev, alert.as_ref());
                 }
                 if let Some(a) = action {
