@@ -79,6 +79,18 @@ pub fn raw_sys_exit() -> anyhow::Result<RawSysExit> {
     Ok(RawSysExit { _prog: prog, _link: link })
 }
 
+/// Every loaded program, by id: (name as the kernel keeps it, run time ns, runs). An
+/// entry that cannot be read (a program unloaded while listing) is left out.
+pub fn programs() -> HashMap<u32, (String, u64, u64)> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| {
+            let name = p.name_as_str().unwrap_or("?").to_string();
+            (p.id(), (name, p.run_time().as_nanos() as u64, p.run_count()))
+        })
+        .collect()
+}
+
 /// Kernel accounting of BPF program run time, on while this lives.
 pub struct RunStats {
     _on: OwnedFd,
@@ -95,11 +107,7 @@ impl RunStats {
     pub fn of(&self, name: &str) -> HashMap<u32, (u64, u64)> {
         // The kernel keeps 15 bytes of a program's name.
         let short = &name[..name.len().min(15)];
-        aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .filter(|p| p.name_as_str() == Some(short))
-            .map(|p| (p.id(), (p.run_time().as_nanos() as u64, p.run_count())))
-            .collect()
+        programs().into_iter().filter(|(_, (n, ..))| n == short).map(|(id, (_, t, n))| (id, (t, n))).collect()
     }
 
     /// Every loaded program that ran at least `min_runs` times during `f`: (name,
@@ -109,18 +117,9 @@ impl RunStats {
         min_runs: u64,
         f: impl FnOnce() -> anyhow::Result<()>,
     ) -> anyhow::Result<Vec<(String, u64, f64)>> {
-        let all = || -> HashMap<u32, (String, u64, u64)> {
-            aya::programs::loaded_programs()
-                .filter_map(Result::ok)
-                .map(|p| {
-                    let name = p.name_as_str().unwrap_or("?").to_string();
-                    (p.id(), (name, p.run_time().as_nanos() as u64, p.run_count()))
-                })
-                .collect()
-        };
-        let before = all();
+        let before = programs();
         f()?;
-        let mut v: Vec<(String, u64, f64)> = all()
+        let mut v: Vec<(String, u64, f64)> = programs()
             .into_iter()
             .filter_map(|(id, (name, t, n))| {
                 let (t0, n0) = before.get(&id).map_or((0, 0), |(_, t, n)| (*t, *n));

@@ -51,16 +51,12 @@ fn manifest(dir: &Path, looper: &Path, deny_reads: bool) -> anyhow::Result<PathB
     Ok(path)
 }
 
-/// (name, runs, ns per run) of every loaded program named like agentmon's that ran.
+/// (name, runs, ns per run) of every loaded program that ran, most runs first.
 fn snapshot() -> Vec<(String, u64, f64)> {
-    let mut v: Vec<(String, u64, f64)> = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|p| p.run_count() > 0)
-        .filter_map(|p| {
-            let name = p.name_as_str()?.to_string();
-            let n = p.run_count();
-            Some((name, n, p.run_time().as_nanos() as f64 / n as f64))
-        })
+    let mut v: Vec<(String, u64, f64)> = crate::floor::programs()
+        .into_values()
+        .filter(|(_, _, n)| *n > 0)
+        .map(|(name, t, n)| (name, n, t as f64 / n as f64))
         .collect();
     v.sort_by_key(|a| std::cmp::Reverse(a.1));
     v

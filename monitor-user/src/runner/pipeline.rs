@@ -154,7 +154,7 @@ impl Pipeline {
                 let action = alert.as_ref().and_then(|a| self.contain_for(&ev, to_carry_out(a), sensors));
                 // A refused call containment acted on is always its own record.
                 let admit = match action {
-                    Some(_) => super::refusals::Admit { record: true, before: None },
+                    Some(_) => super::refusals::Admit::RECORD,
                     None => self.refusals.admit(&mut ev, &mut alert),
                 };
                 if let Some((s, a)) = admit.before {

@@ -53,10 +53,15 @@ type Call = (Arc<str>, Kind, Cow<'static, str>);
 /// What a caller gets to know of one call: whether it is recorded, and a summary to
 /// write before it (the count of the calls held back, repeating the most severe of
 /// them when the recorded call is less severe: it must not stand in for that one).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Admit {
     pub record: bool,
     pub before: Option<(Event, Option<Alert>)>,
+}
+
+impl Admit {
+    /// Recorded, with nothing before it.
+    pub const RECORD: Admit = Admit { record: true, before: None };
 }
 
 /// The refused calls of enforced tasks, limited (see the module's head).
@@ -86,10 +91,11 @@ impl KernelRefusals {
     /// counted instead, and kept as the model of the summary if it is the most
     /// severe held back.
     pub fn admit(&mut self, ev: &mut Event, alert: &mut Option<Alert>) -> Admit {
-        let Some(task) = ev.task.clone() else { return Admit { record: true, before: None } };
+        // Every record passes here: what is not a refusal costs one comparison.
         if ev.verdict.as_deref() != Some("denied") || DECIDED.iter().any(|k| ev.detail.contains_key(*k)) {
-            return Admit { record: true, before: None };
+            return Admit::RECORD;
         }
+        let Some(task) = ev.task.clone() else { return Admit::RECORD };
         let syscall = ev.syscall.clone().unwrap_or(Cow::Borrowed(""));
         let call = (task, ev.kind, syscall);
         let key = (call.0.clone(), call.1, call.2.clone(), ev.rule.clone());
@@ -124,7 +130,7 @@ impl KernelRefusals {
             }
         };
         if held == 0 {
-            return Admit { record: true, before: None };
+            return Admit::RECORD;
         }
         // The batch held back ends here. Its model is this batch's (held > 0).
         if let Some((model, model_alert)) = self.tally.last.get(&key)
@@ -137,7 +143,7 @@ impl KernelRefusals {
         if let Some(a) = alert {
             a.event.detail.insert("unrecorded_before".into(), json!(held));
         }
-        Admit { record: true, before: None }
+        Admit::RECORD
     }
 
     /// Summaries of what was held back: of the tasks `gone(task)` says (ended, or
