@@ -9,6 +9,7 @@ mod cluster;
 mod contain;
 mod containers;
 mod daemon;
+mod detach;
 mod enforce;
 mod expiry;
 mod fleet;
@@ -77,6 +78,10 @@ fn main() {
         ("fileless_exec", fileless_exec),
         ("sensitive_reads_only_in_the_set", sensitive_reads_only_in_the_set),
         ("untracked_process_produces_nothing", untracked_process_produces_nothing),
+        (
+            "agentmons_programs_are_detached_after_it_ends",
+            detach::agentmons_programs_are_detached_after_it_ends,
+        ),
         ("exit_status_is_propagated", exit_status_is_propagated),
         ("emitted_plus_lost_equals_performed", emitted_plus_lost_equals_performed),
         (

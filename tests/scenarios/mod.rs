@@ -1803,6 +1803,27 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
                 let envp = [std::ptr::null::<libc::c_char>()];
                 unsafe { libc::fexecve(fd, argv.as_ptr(), envp.as_ptr()) as libc::c_long }
             }),
+            // The ids of the BPF programs agentmon holds (its descriptors' fdinfo:
+            // programs, and links with the program they attach), written to the file
+            // ARG of the work directory, one a line: 0 once written, -1 for none.
+            "agentmon_programs" => {
+                let ids: std::collections::BTreeSet<u32> = fs::read_dir(format!("/proc/{agentmon}/fdinfo"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|e| fs::read_to_string(e.path()).ok())
+                    .flat_map(|info| {
+                        info.lines()
+                            .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+                            .collect::<Vec<u32>>()
+                    })
+                    .collect();
+                let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
+                match !ids.is_empty() && fs::write(d.join(arg), text).is_ok() {
+                    true => 0,
+                    false => -1,
+                }
+            }
             "stop_agentmon" => {
                 // Stops agentmon's event loop for 3 s (observe mode: nothing forbids it).
                 let r = unsafe { libc::ptrace(libc::PTRACE_ATTACH, agentmon, 0, 0) };

@@ -33,6 +33,7 @@ use crate::sensitive::SensitiveSet;
 
 mod fexit;
 mod maps;
+mod par;
 mod rawtp;
 pub use maps::{Drops, GuardEntries};
 use rawtp::{BTF_TPS, IOU_TPS};
@@ -312,6 +313,15 @@ impl Sensors {
             attached.insert(name, attach);
         }
         attached.extend(fx_loaded);
+        let wanted = par::Wanted {
+            tier: observe.tier,
+            lsm: cfg.lsm,
+            kbtf: &kbtf,
+            tracefs: &tracefs,
+            fits: &btf_fits,
+            iou_paths: iou_paths.is_ok(),
+        };
+        wanted.preload(&mut ebpf, &btf);
         for (name, prog) in ebpf.programs_mut() {
             let name = name.to_string();
             let t0 = Instant::now();
@@ -343,7 +353,9 @@ impl Sensors {
                         }
                         Err(e) => return Err(e.into()),
                     }
-                    tp.load().map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
+                    if tp.fd().is_err() {
+                        tp.load().map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
+                    }
                     let id =
                         tp.attach(category, &name).map_err(|e| fail(&attach, "attach", e.to_string()))?;
                     let link = tp.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?;
@@ -361,13 +373,17 @@ impl Sensors {
                 Program::CgroupSockAddr(p) => {
                     // The network guard: loaded now, attached to each enforced task's cgroup.
                     let attach = format!("cgroup_sock_addr {name} (per enforced task)");
-                    p.load().map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
+                    if p.fd().is_err() {
+                        p.load().map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
+                    }
                     attached.insert(name.clone(), attach);
                 }
                 Program::CgroupSkb(p) => {
                     // The guard's packet check, attached with it.
                     let attach = format!("cgroup_skb {name} (per enforced task)");
-                    p.load().map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
+                    if p.fd().is_err() {
+                        p.load().map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
+                    }
                     attached.insert(name.clone(), attach);
                 }
                 Program::BtfTracePoint(tp) => {
@@ -390,8 +406,11 @@ impl Sensors {
                         continue;
                     }
                     let attach = format!("tp_btf {tpname}");
-                    let link = tp
-                        .load(tpname, &btf)
+                    let loaded = match tp.fd() {
+                        Ok(_) => Ok(()),
+                        Err(_) => tp.load(tpname, &btf),
+                    };
+                    let link = loaded
                         .map_err(|e| fail(&attach, "load", verifier_tail(&e)))
                         .and_then(|()| tp.attach().map_err(|e| fail(&attach, "attach", e.to_string())))
                         .and_then(|id| {
@@ -434,7 +453,9 @@ impl Sensors {
                         absent.push(name.clone());
                         continue;
                     }
-                    p.load(&name, &btf).map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
+                    if p.fd().is_err() {
+                        p.load(&name, &btf).map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
+                    }
                     let id = p.attach().map_err(|e| fail(&attach, "attach", e.to_string()))?;
                     let link = p.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?;
                     if pins.is_some() {
@@ -582,9 +603,13 @@ impl Sensors {
 }
 
 impl Drop for Sensors {
-    /// Detaching a tracepoint waits for an RCU grace period; one after another, ~95
-    /// of them take seconds. Detached concurrently, the waits overlap.
+    /// Detaching waits for grace periods, one after another (kernel::detach): a
+    /// child detaches them after agentmon has gone. Without it (the fork failed)
+    /// they are detached here, concurrently, where some of the waits overlap.
     fn drop(&mut self) {
+        if super::detach::hand_off() {
+            return;
+        }
         let tps = std::mem::take(&mut self.tp_links);
         let fxs = std::mem::take(&mut self.fx_links);
         let btfs = std::mem::take(&mut self.btf_links);

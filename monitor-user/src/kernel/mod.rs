@@ -1,5 +1,6 @@
 //! Everything that talks to the kernel: BTF offsets, tracepoint formats, loading.
 pub mod btf;
+pub mod detach;
 pub mod ident;
 pub mod loader;
 pub mod lsm;

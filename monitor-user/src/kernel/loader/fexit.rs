@@ -129,45 +129,68 @@ fn load_all(
     }
     let mut skipped =
         ProgramArray::try_from(map).map_err(|e| LoadError::MapOp { name: "SKIPPED", msg: e.to_string() })?;
+    // Verified side by side first (par.rs); the loop below loads what failed again.
+    let mut jobs: Vec<(&mut FExit, String)> = ebpf
+        .programs_mut()
+        .filter_map(|(name, p)| match (p, load_target(name, &fx.absent, plan.seccomp_params)) {
+            (Program::FExit(p), Some(Ok(target))) => Some((p, target)),
+            _ => None,
+        })
+        .collect();
+    super::par::load_each(&mut jobs, |(p, target)| {
+        let _ = p.load(target, btf);
+    });
     for (name, p) in ebpf.programs_mut() {
         let Program::FExit(p) = p else { continue };
-        if name == PROBE || fx.absent.iter().any(|a| a == name) {
-            continue;
-        }
+        let Some(target) = load_target(name, &fx.absent, plan.seccomp_params) else { continue };
         let fail = |attach: &str, stage: &'static str, msg: String| LoadError::Program {
             prog: name.to_string(),
             attach: attach.to_string(),
             stage,
             msg,
         };
+        let target = target.map_err(|e| fail("fexit", "classify", e.into()))?;
+        let load = |p: &mut FExit, attach: &str| match p.fd() {
+            Ok(_) => Ok(()),
+            Err(_) => p.load(&target, btf).map_err(|e| fail(attach, "load", verifier_tail(&e))),
+        };
         if let Some(call) = name.strip_prefix("sk_") {
             let attach = format!("tail call from fexit {SECCOMP_FN} (syscall {call} answered by seccomp)");
             let nr = crate::kernel::sysnr::number(call)
                 .ok_or_else(|| fail(&attach, "classify", "no syscall number".into()))?;
-            p.load(SECCOMP_FN, btf).map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
+            load(p, &attach)?;
             let fd = p.fd().map_err(|e| fail(&attach, "load", e.to_string()))?;
             skipped.set(nr, fd, 0).map_err(|e| fail(&attach, "set", e.to_string()))?;
             fx.loaded.push((name.to_string(), attach));
             continue;
         }
-        let target = if let Some(form) = name.strip_prefix("seccomp_skip") {
-            // One form per prototype: (sd) before 6.15, (void) since.
-            let want = if form == "_v0" { 0 } else { 1 };
-            if plan.seccomp_params != want {
-                continue;
-            }
-            SECCOMP_FN.to_string()
-        } else {
-            observe::target(name).ok_or_else(|| fail("fexit", "classify", "not named fx_SYSCALL".into()))?
-        };
         let attach = format!("fexit {target}");
-        p.load(&target, btf).map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
+        load(p, &attach)?;
         let id = p.attach().map_err(|e| fail(&attach, "attach", e.to_string()))?;
         let link = p.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?;
         fx.links.push((name.to_string(), link, attach));
     }
     fx.skipped = Some(skipped);
     Ok(fx)
+}
+
+/// The function an fexit program is loaded for (an `sk_` program: the one its tail
+/// call comes from), or `None` for one not loaded here: [`PROBE`] (loaded first),
+/// one whose syscall this kernel lacks, the `seccomp_skip` form of another
+/// prototype.
+fn load_target(name: &str, absent: &[String], seccomp_params: usize) -> Option<Result<String, &'static str>> {
+    if name == PROBE || absent.iter().any(|a| a == name) {
+        return None;
+    }
+    if name.starts_with("sk_") {
+        return Some(Ok(SECCOMP_FN.to_string()));
+    }
+    if let Some(form) = name.strip_prefix("seccomp_skip") {
+        // One form per prototype: (sd) before 6.15, (void) since.
+        let want = if form == "_v0" { 0 } else { 1 };
+        return (seccomp_params == want).then(|| Ok(SECCOMP_FN.to_string()));
+    }
+    Some(observe::target(name).ok_or("not named fx_SYSCALL"))
 }
 
 /// Loads and attaches [`PROBE`] on `target`: what this kernel says to fexit.
