@@ -177,7 +177,9 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     let tracked = rt.e.sensors.tracked().len();
     if running == 0 && tracked == 0 {
         rt.e.sensors.unpin();
-        eprintln!("agentmon daemon: stopping; no running task, kernel programs detached");
+        eprintln!(
+            "agentmon daemon: stopping; no running task, kernel programs unpinned (detached once it has exited)"
+        );
     } else {
         eprintln!(
             "agentmon daemon: stopping; {running} running tasks ({tracked} processes) stay tracked and enforced in \

@@ -92,8 +92,14 @@ pub fn choose(
             };
             Ok((Chosen { tier: Tier::Fexit, why }, fx))
         }
-        // What was attached is detached as the partial set drops.
+        // What was attached is detached as the partial set drops; what was
+        // loaded (all of them, verified side by side) is let go here.
         Err(e) if ask == Ask::Auto => {
+            for (_, p) in ebpf.programs_mut() {
+                if let Program::FExit(p) = p {
+                    let _ = p.unload();
+                }
+            }
             let why = format!("fexit not available: {e}");
             Ok((Chosen { tier: Tier::Tracepoint, why }, Fexit::default()))
         }

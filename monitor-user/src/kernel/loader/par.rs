@@ -31,14 +31,21 @@ pub fn load_each<T: Send>(items: &mut [T], load: impl Fn(&mut T) + Sync) {
     }
     let queue = Mutex::new(items.iter_mut());
     let next = || queue.lock().unwrap_or_else(PoisonError::into_inner).next();
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                while let Some(item) = next() {
-                    load(item);
-                }
-            });
+    let work = || {
+        while let Some(item) = next() {
+            load(item);
         }
+    };
+    std::thread::scope(|s| {
+        // This thread is one of the workers: where no other can be made (a limit
+        // on threads), it loads them all.
+        for _ in 1..workers {
+            if let Err(e) = std::thread::Builder::new().spawn_scoped(s, work) {
+                tracing::debug!("a thread to load programs: {e}");
+                break;
+            }
+        }
+        work();
     });
 }
 
