@@ -66,7 +66,7 @@ pub fn hand_off() -> bool {
     // the allocator) is touched.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        child(&keep, &fds.other, read.as_raw_fd());
+        child(&keep, &fds.other, read.as_raw_fd(), write.as_raw_fd());
     }
     // SAFETY: puts back the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &was, std::ptr::null_mut()) };
@@ -98,32 +98,13 @@ fn listed() -> Fds {
     fds
 }
 
-fn child(keep: &[RawFd], other: &[RawFd], parent_gone: RawFd) -> ! {
-    // close_range (Linux 5.9) closes what was opened since the list was taken too;
-    // where it is refused (an older kernel, a container's seccomp profile), each
-    // descriptor listed is closed.
-    // SAFETY: a system call on plain integers.
-    let close_range = |from: u32, to: u32| {
-        from > to || unsafe { libc::syscall(libc::SYS_close_range, from, to, 0u32) } == 0
-    };
-    let mut from = 0u32;
-    let mut closed = true;
-    for &fd in keep {
-        let fd = fd as u32;
-        if fd > from {
-            closed &= close_range(from, fd - 1);
-        }
-        from = fd + 1;
-    }
-    closed &= close_range(from, u32::MAX);
+fn child(keep: &[RawFd], other: &[RawFd], parent_gone: RawFd, write_end: RawFd) -> ! {
+    close_others(keep, other, true);
     // SAFETY: system calls on a static string, integers and a local byte; _exit
     // runs no handler.
     unsafe {
-        if !closed {
-            for &fd in other {
-                libc::close(fd);
-            }
-        }
+        // Listed before the pipe was made, so perhaps not among `other`.
+        libc::close(write_end);
         libc::prctl(libc::PR_SET_NAME, NAME.as_ptr());
         let mut byte = 0u8;
         loop {
@@ -133,6 +114,37 @@ fn child(keep: &[RawFd], other: &[RawFd], parent_gone: RawFd) -> ! {
             }
         }
         libc::_exit(0)
+    }
+}
+
+/// Closes every descriptor but `keep` (ascending): with close_range (Linux 5.9),
+/// which closes what was opened since the lists were taken too, unless `range` is
+/// false or it is refused (an older kernel, a container's seccomp profile); then
+/// each of `other` that is not kept (a number listed as another file may since have
+/// been reused for one kept: the pipe's read end). Only system calls: safe after a
+/// fork. (A descriptor another thread opened, or a kept number it closed and
+/// reused, between the listing and the fork stays open until the child exits: a
+/// window of microseconds.)
+fn close_others(keep: &[RawFd], other: &[RawFd], range: bool) {
+    // SAFETY: a system call on plain integers.
+    let close_range = |from: u32, to: u32| {
+        from > to || unsafe { libc::syscall(libc::SYS_close_range, from, to, 0u32) } == 0
+    };
+    let mut closed = range;
+    let mut from = 0u32;
+    for &fd in keep.iter().take_while(|_| range) {
+        let fd = fd as u32;
+        if fd > from {
+            closed &= close_range(from, fd - 1);
+        }
+        from = fd + 1;
+    }
+    if closed && close_range(from, u32::MAX) {
+        return;
+    }
+    for &fd in other.iter().filter(|fd| keep.binary_search(fd).is_err()) {
+        // SAFETY: closes a descriptor of this (forked) process.
+        unsafe { libc::close(fd) };
     }
 }
 
@@ -185,6 +197,32 @@ mod tests {
         for fd in [file.as_raw_fd(), r.as_raw_fd(), w.as_raw_fd(), 0, 1, 2] {
             assert!(!fds.keep.contains(&fd), "descriptor {fd} would stay open in the child: {:?}", fds.keep);
         }
+    }
+
+    /// Where close_range is refused, each listed descriptor is closed but those
+    /// kept, even when a kept one's number is also listed as another file (the
+    /// pipe's read end, made after the listing, can take a listed number).
+    #[test]
+    fn closing_one_by_one_spares_what_is_kept() {
+        let (kept_r, _kept_w) = std::io::pipe().unwrap();
+        let (other_r, other_w) = std::io::pipe().unwrap();
+        let (kept, other) = (kept_r.as_raw_fd(), super::listed().other);
+        assert!(other.contains(&kept) && other.contains(&other_r.as_raw_fd()));
+        // SAFETY: the child makes system calls only, then _exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            super::close_others(&[kept], &other, false);
+            let open = |fd: i32| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
+            let code = open(kept) as i32
+                | (!open(other_r.as_raw_fd()) as i32) << 1
+                | (!open(other_w.as_raw_fd()) as i32) << 2;
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), 0b111, "bit 0: kept open; bits 1, 2: the others closed");
     }
 
     /// Once handed off, a BPF object outlives this process's last descriptor of it

@@ -100,6 +100,10 @@ pub fn choose(
                     let _ = p.unload();
                 }
             }
+            // A pinned SKIPPED would hold the sk_ programs put in it.
+            if let Some(pin) = skipped_pin {
+                let _ = std::fs::remove_file(pin);
+            }
             let why = format!("fexit not available: {e}");
             Ok((Chosen { tier: Tier::Tracepoint, why }, Fexit::default()))
         }
