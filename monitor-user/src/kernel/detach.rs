@@ -126,26 +126,31 @@ fn child(keep: &[RawFd], other: &[RawFd], parent_gone: RawFd, write_end: RawFd) 
 /// reused, between the listing and the fork stays open until the child exits: a
 /// window of microseconds.)
 fn close_others(keep: &[RawFd], other: &[RawFd], range: bool) {
-    // SAFETY: a system call on plain integers.
-    let close_range = |from: u32, to: u32| {
-        from > to || unsafe { libc::syscall(libc::SYS_close_range, from, to, 0u32) } == 0
-    };
-    let mut closed = range;
-    let mut from = 0u32;
-    for &fd in keep.iter().take_while(|_| range) {
-        let fd = fd as u32;
-        if fd > from {
-            closed &= close_range(from, fd - 1);
-        }
-        from = fd + 1;
-    }
-    if closed && close_range(from, u32::MAX) {
+    if range && close_range_but(keep) {
         return;
     }
     for &fd in other.iter().filter(|fd| keep.binary_search(fd).is_err()) {
         // SAFETY: closes a descriptor of this (forked) process.
         unsafe { libc::close(fd) };
     }
+}
+
+/// close_range over every gap around the kept descriptors (ascending): false once
+/// one is refused.
+fn close_range_but(keep: &[RawFd]) -> bool {
+    // SAFETY: a system call on plain integers.
+    let close_range = |from: u32, to: u32| {
+        from > to || unsafe { libc::syscall(libc::SYS_close_range, from, to, 0u32) } == 0
+    };
+    let mut from = 0u32;
+    for &fd in keep {
+        let fd = fd as u32;
+        if fd > from && !close_range(from, fd - 1) {
+            return false;
+        }
+        from = fd + 1;
+    }
+    close_range(from, u32::MAX)
 }
 
 #[cfg(test)]
