@@ -990,7 +990,7 @@ pub(crate) fn attempts_under(sock: &Path, t: &Path, me: &Path, d: &Path, actions
 }
 
 /// Writes an enforced task `id` in `d`: writes under d/repo, runs this test binary.
-fn enforced_task(d: &Path, id: &str) -> Result<(PathBuf, PathBuf), String> {
+pub(crate) fn enforced_task(d: &Path, id: &str) -> Result<(PathBuf, PathBuf), String> {
     std::fs::create_dir_all(d.join("repo")).map_err(|e| e.to_string())?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let t = d.join(format!("{id}.yaml"));

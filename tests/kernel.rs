@@ -15,6 +15,7 @@ mod expiry;
 mod fleet;
 mod grant;
 mod guards;
+mod hooks;
 mod hosts;
 mod inherited;
 mod iouring;
@@ -81,6 +82,10 @@ fn main() {
         (
             "agentmons_programs_are_detached_after_it_ends",
             detach::agentmons_programs_are_detached_after_it_ends,
+        ),
+        (
+            "lsm_hooks_are_attached_only_while_a_task_is_enforced",
+            hooks::lsm_hooks_are_attached_only_while_a_task_is_enforced,
         ),
         ("exit_status_is_propagated", exit_status_is_propagated),
         ("emitted_plus_lost_equals_performed", emitted_plus_lost_equals_performed),

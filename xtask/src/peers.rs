@@ -42,21 +42,26 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) ->
 
 /// agentmon running with its probes attached, tracking only an idle `sleep`.
 pub fn agentmon_idle(agentmon: &Path, dir: &Path) -> anyhow::Result<Background> {
-    agentmon_idle_with(agentmon, dir, &[])
+    agentmon_idle_with(agentmon, dir, &[], None)
 }
 
 /// [`agentmon_idle`] with these variables in agentmon's environment.
-pub fn agentmon_idle_with(agentmon: &Path, dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<Background> {
+/// With `task`, the `sleep` runs under that task manifest (for one that is enforced).
+pub fn agentmon_idle_with(
+    agentmon: &Path,
+    dir: &Path,
+    env: &[(&str, &str)],
+    task: Option<&Path>,
+) -> anyhow::Result<Background> {
     let events = dir.join("idle-events.jsonl");
     let _ = std::fs::remove_file(&events);
-    let child = Command::new(agentmon)
-        .envs(env.iter().copied())
-        .args(["exec", "-q", "-e"])
-        .arg(&events)
-        .args(["--", "sleep", "100000"])
-        .stdout(Stdio::null())
-        .spawn()
-        .context("start agentmon")?;
+    let mut cmd = Command::new(agentmon);
+    cmd.envs(env.iter().copied()).args(["exec", "-q", "-e"]).arg(&events);
+    if let Some(t) = task {
+        cmd.arg("--task").arg(t);
+    }
+    let child =
+        cmd.args(["--", "sleep", "100000"]).stdout(Stdio::null()).spawn().context("start agentmon")?;
     wait_until("agentmon", Duration::from_secs(60), || {
         std::fs::read_to_string(&events).is_ok_and(|t| t.contains("\"kind\":\"exec\""))
     })?;

@@ -1,7 +1,8 @@
 //! `cargo xtask bench-tiers`: what a process outside every task pays while agentmon
 //! runs, on each observation tier (`AGENTMON_OBSERVE_TIER`): the loops bare, with
-//! agentmon on the syscall tracepoints, on fexit, and on fexit with BPF LSM forced
-//! off, interleaved over rounds in one run (medians, ratios to bare); then every
+//! agentmon on the syscall tracepoints, on fexit, and on fexit while a task is
+//! enforced (so that the BPF LSM hooks are attached, where the kernel has them),
+//! interleaved over rounds in one run (medians, ratios to bare); then every
 //! program the untracked loop ran, with its run time per call by the kernel's
 //! accounting. Guests run it with `--no-build` (`scripts/vm.sh run deb13 --
 //! …/xtask bench-tiers --no-build`): this build machine's kernel loads no fexit
@@ -27,18 +28,19 @@ pub struct Options {
 const WORKLOADS: [&str; 4] = ["open-ro", "open-wr", "connect", "read"];
 
 /// What agentmon runs as for each measured mode: its observation tier, and whether
-/// BPF LSM is forced off (`AGENTMON_ENFORCE_TIER=fallback`), so that what the LSM
-/// hooks' early return costs an outsider shows apart from the observation hooks'.
+/// its idle command is an enforced task's. The BPF LSM hooks are attached only
+/// while a task is enforced (kernel::loader::hooks), so what their early return
+/// costs an outsider shows apart from the observation hooks'.
 struct Setup {
     mode: &'static str,
     observe: &'static str,
-    no_lsm: bool,
+    enforced: bool,
 }
 
 const SETUPS: [Setup; 3] = [
-    Setup { mode: "agentmon on tracepoint, loop untracked", observe: "tracepoint", no_lsm: false },
-    Setup { mode: "agentmon on fexit, loop untracked", observe: "fexit", no_lsm: false },
-    Setup { mode: "agentmon on fexit without BPF LSM, loop untracked", observe: "fexit", no_lsm: true },
+    Setup { mode: "agentmon on tracepoint, loop untracked", observe: "tracepoint", enforced: false },
+    Setup { mode: "agentmon on fexit, loop untracked", observe: "fexit", enforced: false },
+    Setup { mode: "agentmon on fexit, a task enforced, loop untracked", observe: "fexit", enforced: true },
 ];
 
 /// The modes of the timed rounds: bare, then beside agentmon as each setup.
@@ -46,11 +48,23 @@ const MODES: [&str; 4] = ["bare", SETUPS[0].mode, SETUPS[1].mode, SETUPS[2].mode
 
 impl Setup {
     fn env(&self) -> Vec<(&'static str, &'static str)> {
-        let mut env = vec![("AGENTMON_OBSERVE_TIER", self.observe)];
-        if self.no_lsm {
-            env.push(("AGENTMON_ENFORCE_TIER", "fallback"));
+        vec![("AGENTMON_OBSERVE_TIER", self.observe)]
+    }
+
+    /// agentmon beside the loop, as this setup says.
+    fn start(&self, agentmon: &Path, dir: &Path) -> anyhow::Result<crate::peers::Background> {
+        let task = dir.join("enforced.yaml");
+        if self.enforced {
+            let sleep = std::fs::canonicalize("/bin/sleep")?;
+            std::fs::write(
+                &task,
+                format!(
+                    "id: bench-enforced\nmode: execute\nenforcement: enforce\nscope:\n  exec: [\"{}\"]\n",
+                    sleep.display()
+                ),
+            )?;
         }
-        env
+        crate::peers::agentmon_idle_with(agentmon, dir, &self.env(), self.enforced.then_some(task.as_path()))
     }
 }
 
@@ -86,7 +100,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             results.entry(("bare", w)).or_default().push(measure(&looped(w))?);
         }
         for s in &setups {
-            let _bg = crate::peers::agentmon_idle_with(&agentmon, &dir, &s.env())?;
+            let _bg = s.start(&agentmon, &dir)?;
             for w in WORKLOADS {
                 results.entry((s.mode, w)).or_default().push(measure(&looped(w))?);
             }
@@ -106,7 +120,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let stats = crate::floor::RunStats::enable()?;
     println!("\n| workload | agentmon | program | runs | untracked ns/call |\n|---|---|---|---:|---:|");
     for s in &setups {
-        let _bg = crate::peers::agentmon_idle_with(&agentmon, &dir, &s.env())?;
+        let _bg = s.start(&agentmon, &dir)?;
         for w in WORKLOADS {
             let ran = stats.ran(iters(w) / 2, || measure(&looped(w)).map(|_| ()))?;
             if ran.is_empty() {

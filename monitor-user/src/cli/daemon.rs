@@ -67,6 +67,8 @@ struct Config {
     hosts_refresh: Option<String>,
     /// How long a delegation waits for its sub-task's host names (e.g. `2s`).
     delegation_lookups: Option<String>,
+    /// How long the BPF LSM hooks stay attached once no task is enforced (e.g. `60s`).
+    lsm_linger: Option<String>,
     selectors: Vec<SelectorConfig>,
     default_task: Option<PathBuf>,
     metrics: Option<SocketAddr>,
@@ -340,6 +342,14 @@ pub fn options(a: DaemonArgs) -> anyhow::Result<DaemonOptions> {
                 Ok(d) if (1..=3600).contains(&d.as_secs()) => d,
                 Ok(_) => anyhow::bail!("{file}: hosts_refresh: {t:?} must be between 1s and 1h"),
                 Err(e) => anyhow::bail!("{file}: hosts_refresh: {e}"),
+            },
+        },
+        lsm_linger: match cfg.lsm_linger.as_deref() {
+            None => crate::runner::LSM_LINGER,
+            Some(t) => match super::duration(t) {
+                Ok(d) if d.as_secs() <= 24 * 3600 => d,
+                Ok(_) => anyhow::bail!("{file}: lsm_linger: {t:?} must be at most 24h"),
+                Err(e) => anyhow::bail!("{file}: lsm_linger: {e}"),
             },
         },
         delegation_lookups: match cfg.delegation_lookups.as_deref() {

@@ -253,8 +253,18 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Probe => {
             let layers = crate::enforce::Layers::probe();
-            let s = Sensors::load(&SensorConfig { lsm: layers.lsm, ..SensorConfig::default() })?;
+            let mut s = Sensors::load(&SensorConfig { lsm: layers.lsm, ..SensorConfig::default() })?;
             println!("kernel programs attached: {} (in {} ms)", s.attached.len(), s.load_ms);
+            if layers.lsm {
+                // Attached here only to show that they can be: a task's enforcement
+                // needs every one.
+                let t = std::time::Instant::now();
+                s.arm_lsm()?;
+                println!(
+                    "  the BPF LSM hooks attach (in {} ms); agentmon attaches them while a task is enforced",
+                    t.elapsed().as_millis()
+                );
+            }
             for (name, at) in &s.attached {
                 println!("  {name:<28} {at}");
             }

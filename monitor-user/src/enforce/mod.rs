@@ -79,7 +79,8 @@ impl Layers {
     pub fn tier(&self) -> String {
         if self.lsm {
             "BPF LSM: the file scope, executions, mode/owner/xattr changes and signals are checked in the \
-             kernel's security hooks before they happen"
+             kernel's security hooks before they happen (the hooks are attached while a task is enforced, \
+             so that other processes pay nothing for them otherwise)"
                 .into()
         } else {
             format!("Landlock, seccomp and the approval gate (BPF LSM not used: {})", self.lsm_absent)

@@ -13,7 +13,6 @@ use aya::{
         Program, ProgramError,
         fexit::FExitLink,
         links::{FdLink, PinnedLink},
-        lsm::LsmLink,
         tp_btf::BtfTracePointLink,
         trace_point::TracePointLink,
     },
@@ -32,9 +31,11 @@ use super::{
 use crate::sensitive::SensitiveSet;
 
 mod fexit;
+mod hooks;
 mod maps;
 mod par;
 mod rawtp;
+pub use hooks::Armed;
 pub use maps::{Drops, GuardEntries};
 use rawtp::{BTF_TPS, IOU_TPS};
 
@@ -147,8 +148,8 @@ pub struct Sensors {
     btf_links: Vec<BtfTracePointLink>,
     /// The network guards of enforced tasks' cgroups (when not pinned).
     guard_links: Vec<FdLink>,
-    #[expect(dead_code, reason = "held: dropping a link detaches its program")]
-    lsm_links: Vec<LsmLink>,
+    /// The BPF LSM hooks, attached while a task is enforced on that tier.
+    hooks: hooks::Hooks,
     /// A daemon's links, pinned: they stay attached when it goes.
     pinned: Vec<PinnedLink>,
     pins: Option<Pins>,
@@ -302,7 +303,7 @@ impl Sensors {
         let mut tp_links = Vec::new();
         let mut fx_links = Vec::new();
         let mut btf_links = Vec::new();
-        let mut lsm_links = Vec::new();
+        let mut lsm_hooks = Vec::new();
         let mut absent = fx_absent;
         for (name, link, attach) in fx_attached {
             if pins.is_some() {
@@ -456,15 +457,9 @@ impl Sensors {
                     if p.fd().is_err() {
                         p.load(&name, &btf).map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
                     }
-                    let id = p.attach().map_err(|e| fail(&attach, "attach", e.to_string()))?;
-                    let link = p.take_link(id).map_err(|e| fail(&attach, "own link", e.to_string()))?;
-                    if pins.is_some() {
-                        pinned.extend(pin(&name, link.into())?);
-                    } else {
-                        lsm_links.push(link);
-                    }
-                    attached.insert(name.clone(), attach);
-                    tracing::debug!(prog = %name, ms = t0.elapsed().as_millis() as u64, "attached");
+                    // Attached while a task is enforced on the tier (hooks.rs).
+                    lsm_hooks.push(name.clone());
+                    attached.insert(name.clone(), format!("{attach} (while a task is enforced)"));
                 }
                 other => {
                     return Err(fail(
@@ -535,6 +530,7 @@ impl Sensors {
         let net_task = take_map(&mut ebpf, "NET_TASK")?;
         let net_allow = take_map(&mut ebpf, "NET_ALLOW")?;
         let net_drops = take_map(&mut ebpf, "NET_DROPS")?;
+        let hooks = hooks::Hooks::new(lsm_hooks);
         let lsm = if cfg.lsm {
             let mut pats: Array<MapData, monitor_common::lsm::SensPattern> = take_map(&mut ebpf, "SENS_PAT")?;
             let exact = cfg.sensitive.exact().map_err(|e| e.to_string());
@@ -548,6 +544,7 @@ impl Sensors {
                 tasks: take_map(&mut ebpf, "LSM_TASK")?,
                 exec_ok: take_map(&mut ebpf, "EXEC_OK")?,
                 ident: std::sync::Arc::new(std::sync::Mutex::new(take_map(&mut ebpf, "IDENT")?)),
+                armed: hooks.armed.clone(),
                 written: Default::default(),
                 own: Default::default(),
                 lent: Default::default(),
@@ -561,7 +558,7 @@ impl Sensors {
             skipped,
             btf_links,
             guard_links: Vec::new(),
-            lsm_links,
+            hooks,
             pinned,
             pins,
             pin_error,
@@ -585,6 +582,11 @@ impl Sensors {
             load_ms: started.elapsed().as_millis(),
         };
         s.set_pending()?;
+        // A previous daemon's enforced tasks: held by its hooks until they are
+        // retired, by these from now on.
+        if s.lsm.as_ref().is_some_and(|l| l.enrolled()) {
+            s.arm_lsm()?;
+        }
         drop(rt);
         Ok(s)
     }

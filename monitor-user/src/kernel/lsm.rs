@@ -55,6 +55,9 @@ pub struct LsmMaps {
     /// Shared with the workers that open a file to learn its identity
     /// ([`Self::ident_within`]); locked only for each map call, never across an open.
     pub(super) ident: std::sync::Arc<std::sync::Mutex<HashMap<MapData, u32, FsKey>>>,
+    /// Whether the hooks are attached (`Sensors::arm_lsm`): `file_open` answers
+    /// [`Self::ident`] only then.
+    pub(super) armed: super::loader::Armed,
     /// Whether the sensitive set is matched exactly in the kernel (else why not):
     /// tasks that refuse sensitive reads need it.
     pub sensitive_exact: Result<(), String>,
@@ -81,7 +84,7 @@ impl LsmMaps {
     /// one swapped for a symlink since must not carry the grant elsewhere). Else
     /// links are followed (an approved exec's `/proc/self/fd/N`).
     pub fn ident(&mut self, p: &Path, strict: bool) -> std::io::Result<FsKey> {
-        ident_at(&self.ident, p, strict)
+        ident_at(&self.ident, &self.armed, p, strict)
     }
 
     /// [`Self::ident`] in a worker of `pool`, waited for as `w` says: the open may
@@ -95,9 +98,9 @@ impl LsmMaps {
         w: &crate::realpath::Wait,
     ) -> Result<FsKey, crate::realpath::Error> {
         use crate::{realpath::Error, worker::Stuck};
-        let (map, owned) = (self.ident.clone(), p.to_path_buf());
+        let (map, armed, owned) = (self.ident.clone(), self.armed.clone(), p.to_path_buf());
         let left = w.until.saturating_duration_since(std::time::Instant::now());
-        match pool.run(w.who, left, move || ident_at(&map, &owned, strict)) {
+        match pool.run(w.who, left, move || ident_at(&map, &armed, &owned, strict)) {
             Ok(r) => Ok(r?),
             Err(Stuck::Late) => Err(Error::Unanswered(left)),
             Err(Stuck::Refused(e)) => Err(Error::Refused(e)),
@@ -120,6 +123,11 @@ impl LsmMaps {
             keys.push(k);
         }
         self.tasks.insert(&task, &l, 0).map_err(|e| op("LSM_TASK", e))
+    }
+
+    /// Whether any task is enforced on this tier (LSM_TASK is not empty).
+    pub fn enrolled(&self) -> bool {
+        self.tasks.keys().any(|k| k.is_ok())
     }
 
     /// The highest task cookie enrolled (0: none).
@@ -234,10 +242,16 @@ impl LsmMaps {
 /// [`LsmMaps::ident`], wherever it runs (the map is keyed by the opening thread).
 fn ident_at(
     map: &std::sync::Mutex<HashMap<MapData, u32, FsKey>>,
+    armed: &super::loader::Armed,
     p: &Path,
     strict: bool,
 ) -> std::io::Result<FsKey> {
     use std::os::unix::ffi::OsStrExt;
+    // Detached, no hook answers, and stat's identity is not the hooks' on overlayfs:
+    // a grant or protection keyed on it would miss (kernel::loader::hooks).
+    if !armed.get() {
+        return Err(std::io::Error::other("the BPF LSM hooks are not attached"));
+    }
     let tid = nix::unistd::gettid().as_raw() as u32;
     let lock = || map.lock().unwrap_or_else(|e| e.into_inner());
     lock().insert(&tid, &FsKey::default(), 0).map_err(std::io::Error::other)?;

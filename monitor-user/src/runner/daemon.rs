@@ -50,6 +50,8 @@ pub struct DaemonOptions {
     pub hosts_refresh: Duration,
     /// How long a delegation waits for its sub-task's host names.
     pub delegation_lookups: Duration,
+    /// How long the BPF LSM hooks stay attached once no task is enforced.
+    pub lsm_linger: Duration,
     /// Processes attached automatically under the default task.
     pub selectors: Option<super::select::Selectors>,
     /// Keys that may grant tasks (none: any task starts).
@@ -102,6 +104,7 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     setup.backpressure = opts.backpressure;
     setup.hosts_refresh = opts.hosts_refresh;
     setup.delegation_lookups = opts.delegation_lookups;
+    setup.lsm_linger = opts.lsm_linger;
     setup.state = Some(StateDir { dir: opts.state_dir.clone() });
     setup.grant_keys = opts.grant_keys.clone();
     setup.require_signed = opts.require_signed;
@@ -181,6 +184,7 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
             "agentmon daemon: stopping; no running task, kernel programs unpinned (detached once it has exited)"
         );
     } else {
+        rt.e.sensors.lsm_stopping();
         eprintln!(
             "agentmon daemon: stopping; {running} running tasks ({tracked} processes) stay tracked and enforced in \
              the kernel until a daemon resumes them (recorded in {})",

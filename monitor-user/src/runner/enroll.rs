@@ -55,6 +55,8 @@ pub fn enroll_in(
         Err(stuck) => Err(("scope", format!("its files were not looked at in time ({stuck:?})"))),
     }
     .map_err(|(clause, why)| enforce::EnforceError::Refused { task: task.id.clone(), clause, why })?;
+    // Before anything is enforced, or asked of file_open (kernel::loader::hooks).
+    sensors.arm_lsm()?;
     let Some(maps) = sensors.lsm.as_mut() else {
         return Err(RunError::Load(crate::kernel::loader::LoadError::Map("FS_RULES")));
     };

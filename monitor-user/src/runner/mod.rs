@@ -37,7 +37,7 @@ pub use daemon::{DaemonOptions, daemon};
 pub use exec::{ExecOptions, exec};
 pub use outputs::{AuditOptions, Outputs};
 pub use pipeline::Pipeline;
-pub use setup::OnExpiry;
+pub use setup::{LSM_LINGER, OnExpiry};
 pub use subtask::DELEGATION_LOOKUPS;
 
 use crate::{

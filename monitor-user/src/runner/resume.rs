@@ -214,10 +214,13 @@ pub fn drop_unclaimed(e: &mut Engine) {
             let _ = e.sensors.untrack(pid);
         }
     }
+    let armed = e.sensors.lsm_armed();
     if let Some(l) = e.sensors.lsm.as_mut() {
-        // agentmon's own files stay protected whether or not an enforced task was
-        // resumed (what keep_tasks keeps of the protected files is what is marked).
-        if let Err(err) = super::enroll::protect_own(l, &e.setup) {
+        // agentmon's own files stay protected while a previous daemon's enforced
+        // tasks are held (what keep_tasks keeps of the protected files is what is
+        // marked). With the hooks detached nothing is enforced, and the next
+        // enrolment marks them again.
+        if armed && let Err(err) = super::enroll::protect_own(l, &e.setup) {
             tracing::warn!("protecting agentmon's own files: {err}");
         }
         l.keep_tasks(&known);

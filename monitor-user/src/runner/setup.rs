@@ -45,7 +45,13 @@ pub struct Setup {
     /// Pause tasks while the ring buffer is filling, rather than lose their events
     /// (`runner::pressure`).
     pub backpressure: bool,
+    /// How long the BPF LSM hooks stay attached once no task is enforced on that
+    /// tier (kernel::loader::hooks): a start after it pays their attach.
+    pub lsm_linger: Duration,
 }
+
+/// [`Setup::lsm_linger`] unless configured.
+pub const LSM_LINGER: Duration = Duration::from_secs(60);
 
 /// Directories of agentmon's own, whatever the configuration: its control sockets,
 /// and the kernel interfaces that would let a task leave its cgroup, unload the
@@ -77,6 +83,7 @@ impl Setup {
             secrets: Vec::new(),
             prompts: Default::default(),
             backpressure: true,
+            lsm_linger: LSM_LINGER,
         }
     }
 }

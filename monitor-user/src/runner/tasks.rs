@@ -373,7 +373,9 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
     }
     if task.enforce && e.setup.layers.lsm {
         // Before a process of the task can run under the cookie; its events file
-        // is agentmon's (the scope was checked not to reach it by name).
+        // is agentmon's (the scope was checked not to reach it by name). The hooks
+        // first: file_open names the file.
+        e.sensors.arm_lsm()?;
         if let (Some(path), Some(maps)) =
             (r.events.as_ref().filter(|_| log.is_some()), e.sensors.lsm.as_mut())
         {
