@@ -19,23 +19,83 @@ use crate::{
     support::{self, ensure, eq, wait},
 };
 
-/// BPF_LSM_MAC (include/uapi/linux/bpf.h): a tracing link's attach type for an LSM
-/// program, in the link's fdinfo.
-const LSM_MAC: &str = "27";
+/// include/uapi/linux/bpf.h
+const BPF_PROG_GET_FD_BY_ID: i64 = 13;
+const BPF_OBJ_GET_INFO_BY_FD: i64 = 15;
+const BPF_LINK_GET_FD_BY_ID: i64 = 30;
+const BPF_LINK_GET_NEXT_ID: i64 = 31;
+const BPF_LINK_TYPE_TRACING: u32 = 2;
+const BPF_LSM_MAC: u32 = 27;
 
-/// The BPF LSM links process `pid` holds (its link descriptors whose fdinfo says
-/// `attach_type: 27`).
-fn lsm_links_of(pid: u32) -> Result<usize, String> {
+/// bpf(2) with an attribute of four words; the descriptor or 0, or the error.
+fn bpf(cmd: i64, attr: &mut [u32; 4]) -> std::io::Result<i64> {
+    // SAFETY: every command used here reads and writes within the 16 bytes passed.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) }
+}
+
+/// The object `fd`'s info (struct bpf_link_info or bpf_prog_info, as bytes); closes `fd`.
+fn info_of(fd: i64) -> std::io::Result<[u8; 256]> {
+    let mut info = [0u8; 256];
+    let ptr = info.as_mut_ptr() as u64;
+    let mut attr = [fd as u32, info.len() as u32, ptr as u32, (ptr >> 32) as u32];
+    let r = bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr);
+    // SAFETY: the descriptor the caller got from bpf(2), closed once.
+    unsafe { libc::close(fd as i32) };
+    r.map(|_| info)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The names of the programs of process `pid` (every `prog_id` its descriptors name)
+/// that the kernel has linked to an LSM hook: every such link on the host, held by a
+/// descriptor or by a pin alone.
+fn lsm_hooks_of(pid: u32) -> Result<Vec<String>, String> {
     let dir = format!("/proc/{pid}/fdinfo");
-    let mut n = 0;
+    let mut progs = std::collections::BTreeSet::new();
     for e in std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?.flatten() {
         let Ok(info) = std::fs::read_to_string(e.path()) else { continue };
-        let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
-        if field("link_type:") == Some("tracing") && field("attach_type:") == Some(LSM_MAC) {
-            n += 1;
-        }
+        progs.extend(info.lines().filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u32>().ok()));
     }
-    Ok(n)
+    let mut names = Vec::new();
+    let mut id = 0;
+    loop {
+        let mut attr = [id, 0, 0, 0];
+        match bpf(BPF_LINK_GET_NEXT_ID, &mut attr) {
+            Ok(_) => id = attr[1],
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(format!("BPF_LINK_GET_NEXT_ID: {e}")),
+        }
+        // A link detached meanwhile is gone: skipped.
+        let Ok(fd) = bpf(BPF_LINK_GET_FD_BY_ID, &mut [id, 0, 0, 0]) else { continue };
+        let Ok(link) = info_of(fd) else { continue };
+        // struct bpf_link_info: type, id, prog_id, then (8-aligned) tracing.attach_type.
+        let prog = u32_at(&link, 8);
+        if u32_at(&link, 0) != BPF_LINK_TYPE_TRACING
+            || u32_at(&link, 16) != BPF_LSM_MAC
+            || !progs.contains(&prog)
+        {
+            continue;
+        }
+        let fd =
+            bpf(BPF_PROG_GET_FD_BY_ID, &mut [prog, 0, 0, 0]).map_err(|e| format!("program {prog}: {e}"))?;
+        // struct bpf_prog_info: name[16] at 64.
+        let info = info_of(fd).map_err(|e| format!("program {prog}: {e}"))?;
+        let name = &info[64..80];
+        let end = name.iter().position(|b| *b == 0).unwrap_or(16);
+        names.push(String::from_utf8_lossy(&name[..end]).into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The hooks attached for as long as the programs are (kernel::loader::hooks::ALWAYS:
+/// file_truncate from 6.2 on).
+fn always(names: &[String]) -> bool {
+    names.iter().any(|n| n == "path_truncate")
+        && names.iter().all(|n| n == "path_truncate" || n == "file_truncate")
 }
 
 /// An enforced task (`id`) run through the daemon, its agent waiting for the file
@@ -79,11 +139,12 @@ impl Agent {
     }
 }
 
-/// No hook while nothing is enforced; every hook while a task is; none again once
-/// the last enforced task has gone (a linger of 1 s); all of them again for the
-/// next one, which is held as the first was; and a restarted daemon's own for a
-/// task a killed one enforced. Where the BPF LSM tier is not used,
-/// no LSM link is ever made, and Landlock holds the scope.
+/// Only the truncate hooks while nothing is enforced; every hook while a task is;
+/// only the truncate hooks again once the last enforced task has gone (a linger of
+/// 1 s); all of them again for the next one, which is held as the first was; and a
+/// restarted daemon's own for a task a killed one enforced. Counted by the kernel's
+/// list of links, whoever holds them (a descriptor or a pin). Where the BPF LSM tier
+/// is not used, no LSM link is ever made, and Landlock holds the scope.
 pub fn lsm_hooks_are_attached_only_while_a_task_is_enforced() -> R {
     let d = support::workdir("lsm-hooks");
     if !support::can_enforce() {
@@ -93,30 +154,30 @@ pub fn lsm_hooks_are_attached_only_while_a_task_is_enforced() -> R {
     let mut daemon = start_daemon(&d, "lsm_linger: 1s\n")?;
     let result = (|| -> Result<(), String> {
         let lsm = support::bpf_lsm();
-        // Its programs are loaded once its socket answers: it holds no LSM link.
-        eq("LSM links held with no task", lsm_links_of(daemon.id())?, 0)?;
+        // Its programs are loaded once its socket answers.
+        let idle = lsm_hooks_of(daemon.id())?;
         let first = Agent::start(&d, "first")?;
-        let held = lsm_links_of(daemon.id())?;
+        let held = lsm_hooks_of(daemon.id())?;
         let (out, inside) = first.finish(&d)?;
         eq("write_out errno (first task)", out, libc::EACCES)?;
         eq("write_in errno (first task)", inside, 0)?;
         if !lsm {
-            eq("LSM links held on the fallback tier", held, 0)?;
+            eq("LSM hooks on the fallback tier", (idle, held), (vec![], vec![]))?;
             return Ok(());
         }
+        ensure(always(&idle), || format!("LSM hooks attached with no task enforced: {idle:?}"))?;
         // Every hook of kernel::lsm::HOOKS this kernel has (3 are optional).
-        ensure(held >= 15, || format!("{held} LSM links held while an enforced task ran"))?;
+        ensure(held.len() >= 15 && held.iter().any(|n| n == "file_open"), || {
+            format!("LSM hooks attached while an enforced task ran: {held:?}")
+        })?;
         // Forgotten at the daemon's next sweep (every 10 s), detached a linger after.
         let limit = Duration::from_secs(40) * support::slowdown();
-        let gone = wait(limit, || lsm_links_of(daemon.id()).is_ok_and(|n| n == 0));
-        ensure(gone, || {
-            format!(
-                "{:?} LSM links still held {limit:?} after the enforced task ended",
-                lsm_links_of(daemon.id())
-            )
+        let detached = wait(limit, || lsm_hooks_of(daemon.id()).is_ok_and(|n| n == idle));
+        ensure(detached, || {
+            format!("{:?} still attached {limit:?} after the enforced task ended", lsm_hooks_of(daemon.id()))
         })?;
         let second = Agent::start(&d, "second")?;
-        eq("LSM links held for the second task", lsm_links_of(daemon.id())?, held)?;
+        eq("LSM hooks attached for the second task", lsm_hooks_of(daemon.id())?, held.clone())?;
         let (out, inside) = second.finish(&d)?;
         eq("write_out errno (second task, after a detach)", out, libc::EACCES)?;
         eq("write_in errno (second task)", inside, 0)?;
@@ -130,7 +191,7 @@ pub fn lsm_hooks_are_attached_only_while_a_task_is_enforced() -> R {
         let _ = daemon.wait();
         daemon = start_daemon(&d, "")?;
         taken_up(&daemon_paths(&d).0);
-        eq("LSM links held by the restarted daemon", lsm_links_of(daemon.id())?, held)?;
+        eq("LSM hooks of the restarted daemon", lsm_hooks_of(daemon.id())?, held)?;
         let (out, inside) = third.finish(&d)?;
         eq("write_out errno (third task, after a restart)", out, libc::EACCES)?;
         eq("write_in errno (third task)", inside, 0)?;

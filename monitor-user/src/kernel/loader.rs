@@ -303,7 +303,7 @@ impl Sensors {
         let mut tp_links = Vec::new();
         let mut fx_links = Vec::new();
         let mut btf_links = Vec::new();
-        let mut lsm_hooks = Vec::new();
+        let (mut lsm_hooks, mut lsm_always) = (Vec::new(), Vec::new());
         let mut absent = fx_absent;
         for (name, link, attach) in fx_attached {
             if pins.is_some() {
@@ -457,9 +457,15 @@ impl Sensors {
                     if p.fd().is_err() {
                         p.load(&name, &btf).map_err(|e| fail(&attach, "load", verifier_tail(&e)))?;
                     }
-                    // Attached while a task is enforced on the tier (hooks.rs).
-                    lsm_hooks.push(name.clone());
-                    attached.insert(name.clone(), format!("{attach} (while a task is enforced)"));
+                    // Attached while a task is enforced on the tier, or (the
+                    // truncate hooks) below (hooks.rs).
+                    if hooks::ALWAYS.contains(&name.as_str()) {
+                        lsm_always.push(name.clone());
+                        attached.insert(name.clone(), attach);
+                    } else {
+                        lsm_hooks.push(name.clone());
+                        attached.insert(name.clone(), format!("{attach} (while a task is enforced)"));
+                    }
                 }
                 other => {
                     return Err(fail(
@@ -471,6 +477,7 @@ impl Sensors {
             }
         }
 
+        let always = hooks::attach_all(&mut ebpf, &lsm_always, pins.as_ref())?;
         // The syscall tracepoints' witness, attached after them so that its probe on
         // sys_exit runs after theirs (see monitor-ebpf witness.rs).
         if kconfig.witness != 0 {
@@ -530,7 +537,7 @@ impl Sensors {
         let net_task = take_map(&mut ebpf, "NET_TASK")?;
         let net_allow = take_map(&mut ebpf, "NET_ALLOW")?;
         let net_drops = take_map(&mut ebpf, "NET_DROPS")?;
-        let hooks = hooks::Hooks::new(lsm_hooks);
+        let hooks = hooks::Hooks::new(lsm_hooks, always);
         let lsm = if cfg.lsm {
             let mut pats: Array<MapData, monitor_common::lsm::SensPattern> = take_map(&mut ebpf, "SENS_PAT")?;
             let exact = cfg.sensitive.exact().map_err(|e| e.to_string());
@@ -582,12 +589,13 @@ impl Sensors {
             load_ms: started.elapsed().as_millis(),
         };
         s.set_pending()?;
+        let enrolled = s.lsm.as_ref().is_some_and(|l| l.enrolled());
+        drop(rt);
         // A previous daemon's enforced tasks: held by its hooks until they are
         // retired, by these from now on.
-        if s.lsm.as_ref().is_some_and(|l| l.enrolled()) {
+        if enrolled {
             s.arm_lsm()?;
         }
-        drop(rt);
         Ok(s)
     }
 }

@@ -125,9 +125,10 @@ impl LsmMaps {
         self.tasks.insert(&task, &l, 0).map_err(|e| op("LSM_TASK", e))
     }
 
-    /// Whether any task is enforced on this tier (LSM_TASK is not empty).
+    /// Whether any task is enforced on this tier (LSM_TASK is not empty). A map
+    /// that cannot be read counts as enrolled: the hooks stay.
     pub fn enrolled(&self) -> bool {
-        self.tasks.keys().any(|k| k.is_ok())
+        self.tasks.keys().next().is_some()
     }
 
     /// The highest task cookie enrolled (0: none).
@@ -187,10 +188,27 @@ impl LsmMaps {
         }
     }
 
-    /// Forgets every enrolled task with no process in `live`.
+    /// Forgets every enrolled task with no process in `live`: those enrolled here,
+    /// and those a previous daemon enrolled that no one resumed (kept at the resume
+    /// while their processes ran), with their grants. Until then the hooks stay
+    /// attached (kernel::loader::hooks).
     pub fn sweep(&mut self, live: &std::collections::BTreeSet<u32>) {
         let mut gone: BTreeSet<u32> = self.written.keys().copied().filter(|c| !live.contains(c)).collect();
         gone.extend(self.lent.values().flatten().filter(|c| !live.contains(c)));
+        let orphans: BTreeSet<u32> = self
+            .tasks
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|c| !live.contains(c) && !self.written.contains_key(c))
+            .collect();
+        if !orphans.is_empty() {
+            let rules: Vec<FsKey> =
+                self.fs_rules.keys().filter_map(|k| k.ok()).filter(|k| orphans.contains(&k.task)).collect();
+            for k in rules {
+                let _ = self.fs_rules.remove(&k);
+            }
+        }
+        gone.extend(orphans);
         for c in gone {
             self.forget(c);
         }

@@ -19,6 +19,11 @@
 //! Detaching waits a grace period per hook (kernel::detach): it is done on a thread,
 //! and the next attach waits for that thread, because the kernel refuses a program
 //! linked twice to one hook (EBUSY).
+//!
+//! The truncate hooks ([`ALWAYS`]) stay attached from the load on: they also tell
+//! the open's exit, for every tracked process, that the kernel truncates in this
+//! call (TRUNC_OPEN), which openat2's flags in the caller's memory cannot be trusted
+//! to say. They run on truncations only.
 
 use std::{
     path::PathBuf,
@@ -39,6 +44,10 @@ use aya::{
 };
 
 use super::{LoadError, Sensors};
+use crate::kernel::pin::Pins;
+
+/// Hooks attached for as long as the programs are (see above).
+pub(super) const ALWAYS: &[&str] = &["path_truncate", "file_truncate"];
 
 /// Whether the hooks are attached: shared with the identity look-ups
 /// (`LsmMaps::ident`), which run in workers too.
@@ -55,7 +64,7 @@ impl Armed {
     }
 }
 
-enum Held {
+pub(super) enum Held {
     Own(LsmLink),
     /// A daemon's: pinned so that its tasks stay held when it goes.
     Pinned(PinnedLink),
@@ -63,9 +72,13 @@ enum Held {
 
 #[derive(Default)]
 pub(super) struct Hooks {
-    /// The loaded hook programs (program name = hook name).
+    /// The loaded hook programs attached while a task is enforced (program name =
+    /// hook name).
     names: Vec<String>,
     links: Vec<Held>,
+    /// [`ALWAYS`]'s, attached at load (held, never detached here).
+    #[expect(dead_code, reason = "held: dropping a link detaches its program")]
+    always: Vec<Held>,
     /// The last detach, still waiting for its grace periods.
     detaching: Option<std::thread::JoinHandle<()>>,
     /// Since when no task has been enforced here, while attached.
@@ -74,8 +87,8 @@ pub(super) struct Hooks {
 }
 
 impl Hooks {
-    pub fn new(names: Vec<String>) -> Self {
-        Self { names, ..Default::default() }
+    pub fn new(names: Vec<String>, always: Vec<Held>) -> Self {
+        Self { names, always, ..Default::default() }
     }
 
     /// Detaches. The pins go at once (a daemon that exits next must not leave the
@@ -110,21 +123,24 @@ fn unpinned(links: Vec<Held>) -> Vec<FdLink> {
             Held::Own(l) => Some(l.into()),
             // A pin already gone (removed with the daemon's) gives its link back
             // closed: detached with it.
-            Held::Pinned(p) => p.unpin().ok(),
+            Held::Pinned(p) => p
+                .unpin()
+                .map_err(|e| tracing::warn!("unpinning a BPF LSM hook: {e}: it may stay attached"))
+                .ok(),
         })
         .collect()
 }
 
-/// Attaches every hook in `names` of `ebpf`, pinned under `pin(name)` when given:
+/// Attaches every hook in `names` of `ebpf`, pinned among `pins`' links when given:
 /// all of them, or none (a task is enforced by every hook or refused).
-fn attach_all(
+pub(super) fn attach_all(
     ebpf: &mut Ebpf,
     names: &[String],
-    pin: Option<&dyn Fn(&str) -> PathBuf>,
+    pins: Option<&Pins>,
 ) -> Result<Vec<Held>, LoadError> {
     let mut held = Vec::with_capacity(names.len());
     for name in names {
-        match attach_one(ebpf, name, pin) {
+        match attach_one(ebpf, name, pins.map(|p| p.link(name))) {
             Ok(h) => held.push(h),
             Err(e) => {
                 drop(unpinned(held));
@@ -135,7 +151,7 @@ fn attach_all(
     Ok(held)
 }
 
-fn attach_one(ebpf: &mut Ebpf, name: &str, pin: Option<&dyn Fn(&str) -> PathBuf>) -> Result<Held, LoadError> {
+fn attach_one(ebpf: &mut Ebpf, name: &str, pin: Option<PathBuf>) -> Result<Held, LoadError> {
     let fail = |stage: &'static str, msg: String| LoadError::Program {
         prog: name.to_string(),
         attach: format!("lsm {name}"),
@@ -150,9 +166,7 @@ fn attach_one(ebpf: &mut Ebpf, name: &str, pin: Option<&dyn Fn(&str) -> PathBuf>
     let id = p.attach().map_err(|e| fail("attach", e.to_string()))?;
     let link = p.take_link(id).map_err(|e| fail("own link", e.to_string()))?;
     Ok(match pin {
-        Some(path) => {
-            Held::Pinned(FdLink::from(link).pin(path(name)).map_err(|e| fail("pin", e.to_string()))?)
-        }
+        Some(path) => Held::Pinned(FdLink::from(link).pin(path).map_err(|e| fail("pin", e.to_string()))?),
         None => Held::Own(link),
     })
 }
@@ -170,10 +184,7 @@ impl Sensors {
             let _ = t.join();
         }
         let started = Instant::now();
-        let pins = self.pins.as_ref();
-        let pin_at = |name: &str| pins.map(|p| p.link(name)).unwrap_or_default();
-        let pin: Option<&dyn Fn(&str) -> PathBuf> = pins.is_some().then_some(&pin_at as _);
-        h.links = attach_all(&mut self.ebpf, &h.names, pin)?;
+        h.links = attach_all(&mut self.ebpf, &h.names, self.pins.as_ref())?;
         h.armed.set(true);
         tracing::info!(
             "BPF LSM hooks attached ({} in {} ms): a task is enforced on that tier",
