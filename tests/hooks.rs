@@ -202,3 +202,38 @@ pub fn lsm_hooks_are_attached_only_while_a_task_is_enforced() -> R {
     ensure(!d.join("outside.txt").exists(), || "an out-of-scope write happened".into())?;
     Ok(())
 }
+
+/// A fork that escaped tracking (TRACKED full: a daemon with `max_tracked: 16`, a
+/// task holding 40 processes) is held to its enforced task's scope by its cgroup on
+/// the BPF LSM tier, and still after every tracked process of its task has ended
+/// and the daemon has swept: the task's grants are kept while its cgroup has
+/// processes. Before, the sweep forgot the task (it counted tracked processes only),
+/// and the child wrote out of scope. Elsewhere Landlock, inherited, holds it.
+pub fn escaped_forks_stay_enforced_after_their_task_ends() -> R {
+    let d = support::workdir("lsm-escaped-late");
+    let (t, me) = enforced_task(&d, "outlived")?;
+    if !support::can_enforce() {
+        return Ok(support::enforce_refused_here(&t, &d)?);
+    }
+    let (sock, _) = daemon_paths(&d);
+    let daemon = start_daemon(&d, "max_tracked: 16\nlsm_linger: 1s\n")?;
+    let result = (|| -> Result<(), String> {
+        let out = attempts_under(&sock, &t, &me, &d, &["escaped_outlives=40"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        eq(&format!("task exit ({})", String::from_utf8_lossy(&out.stderr)), out.status.code(), Some(0))?;
+        // Two of the daemon's sweeps (every 10 s) and its linger.
+        std::thread::sleep(Duration::from_secs(25) * support::slowdown().min(2));
+        std::fs::write(d.join("late-cue"), b"").map_err(|e| e.to_string())?;
+        let late = d.join("repo/late.txt");
+        ensure(wait(Duration::from_secs(30) * support::slowdown(), || late.exists()), || {
+            "the escaped child never tried its write".into()
+        })?;
+        let got = std::fs::read_to_string(&late).map_err(|e| e.to_string())?.trim().parse::<i32>().ok();
+        eq("errno of the escaped child's write, its task's tracked processes gone", got, Some(libc::EACCES))
+    })();
+    let said = stop(daemon)?;
+    result.map_err(|e| format!("{e}\nthe daemon said: {said}"))?;
+    ensure(!d.join("outside-late.txt").exists(), || "the escaped child wrote out of scope".into())?;
+    Ok(())
+}

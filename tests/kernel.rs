@@ -87,6 +87,10 @@ fn main() {
             "lsm_hooks_are_attached_only_while_a_task_is_enforced",
             hooks::lsm_hooks_are_attached_only_while_a_task_is_enforced,
         ),
+        (
+            "escaped_forks_stay_enforced_after_their_task_ends",
+            hooks::escaped_forks_stay_enforced_after_their_task_ends,
+        ),
         ("exit_status_is_propagated", exit_status_is_propagated),
         ("emitted_plus_lost_equals_performed", emitted_plus_lost_equals_performed),
         (

@@ -1172,24 +1172,47 @@ fn userfault_serve(page: u64, bytes: Vec<u8>, after: std::time::Duration) -> Res
 /// See the `escaped_write_out` action: the errno the last child's write got; with
 /// `signal`, the errno of the parent's SIGTERM to that child instead (it is the
 /// task's own: the signal must reach it).
-fn escaped_write_out(d: &Path, n: usize, signal: bool) -> Result<i32, String> {
-    let mut fds = [0; 2];
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err("pipe".into());
+/// `n` sleeping children, each holding its TRACKED entry until [`Sleepers::end`].
+struct Sleepers {
+    pipe: [i32; 2],
+    kids: Vec<nix::unistd::Pid>,
+}
+
+impl Sleepers {
+    fn fork(n: usize) -> Result<Self, String> {
+        let mut pipe = [0; 2];
+        if unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 {
+            return Err("pipe".into());
+        }
+        let mut kids = Vec::new();
+        for _ in 0..n {
+            match unsafe { fork() }.map_err(|e| e.to_string())? {
+                ForkResult::Child => unsafe {
+                    // Until the parent closes the pipe.
+                    libc::close(pipe[1]);
+                    let mut b = 0u8;
+                    libc::read(pipe[0], (&raw mut b).cast(), 1);
+                    libc::_exit(0)
+                },
+                ForkResult::Parent { child } => kids.push(child),
+            }
+        }
+        Ok(Self { pipe, kids })
     }
-    let mut kids = Vec::new();
-    for _ in 0..n {
-        match unsafe { fork() }.map_err(|e| e.to_string())? {
-            ForkResult::Child => unsafe {
-                // Holds its TRACKED entry until the parent closes the pipe.
-                libc::close(fds[1]);
-                let mut b = 0u8;
-                libc::read(fds[0], (&raw mut b).cast(), 1);
-                libc::_exit(0)
-            },
-            ForkResult::Parent { child } => kids.push(child),
+
+    fn end(self) {
+        unsafe {
+            libc::close(self.pipe[1]);
+            libc::close(self.pipe[0]);
+        }
+        for k in self.kids {
+            let _ = nix::sys::wait::waitpid(k, None);
         }
     }
+}
+
+fn escaped_write_out(d: &Path, n: usize, signal: bool) -> Result<i32, String> {
+    let sleepers = Sleepers::fork(n)?;
     let code = match unsafe { fork() }.map_err(|e| e.to_string())? {
         ForkResult::Child if signal => unsafe {
             // Waits to be signalled; gone in 5 s if the signal never comes.
@@ -1216,14 +1239,43 @@ fn escaped_write_out(d: &Path, n: usize, signal: bool) -> Result<i32, String> {
             other => return Err(format!("escaped child: {other:?}")),
         },
     };
-    unsafe {
-        libc::close(fds[1]);
-        libc::close(fds[0]);
-    }
-    for k in kids {
-        let _ = nix::sys::wait::waitpid(k, None);
-    }
+    sleepers.end();
     Ok(code)
+}
+
+/// A fork that escaped tracking (N sleeping children fill TRACKED first) and
+/// outlives every tracked process of its task: it waits, in a session of its own,
+/// for `d/late-cue` (up to 120 s, times the slowdown), then writes out of scope
+/// and records the errno it got in `d/repo/late.txt`. The task's processes end
+/// meanwhile. 0: the escaped child was made.
+fn escaped_outlives(d: &Path, n: usize) -> Result<i32, String> {
+    let sleepers = Sleepers::fork(n)?;
+    if let ForkResult::Child = unsafe { fork() }.map_err(|e| e.to_string())? {
+        unsafe {
+            libc::close(sleepers.pipe[0]);
+            libc::close(sleepers.pipe[1]);
+            libc::setsid();
+            // Whoever reads the task's output to its end is not held by this child.
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+        }
+        let cue = d.join("late-cue");
+        let mut waited = 0;
+        while !cue.exists() && waited < 12_000 * crate::support::slowdown() {
+            std::thread::sleep(Duration::from_millis(10));
+            waited += 1;
+        }
+        let c = match fs::write(d.join("outside-late.txt"), b"no") {
+            Ok(()) => 0,
+            Err(e) => e.raw_os_error().unwrap_or(255),
+        };
+        let _ = fs::write(d.join("repo/late.txt"), c.to_string());
+        unsafe { libc::_exit(0) }
+    }
+    sleepers.end();
+    Ok(0)
 }
 
 /// Tries each named action and records the errno it got (0: it worked) in
@@ -1486,6 +1538,7 @@ fn attempts(d: &Path, actions: &[String]) -> Result<(), String> {
             // max_tracked), then one more child tries.
             "escaped_write_out" => escaped_write_out(d, arg.parse().unwrap_or(32), false)?,
             "escaped_signal" => escaped_write_out(d, arg.parse().unwrap_or(32), true)?,
+            "escaped_outlives" => escaped_outlives(d, arg.parse().unwrap_or(32))?,
             // Waits until the file PATH exists (a test's cue), then goes on.
             "wait" => {
                 wait_for(Path::new(arg))?;

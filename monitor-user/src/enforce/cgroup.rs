@@ -45,56 +45,93 @@ pub fn ours() -> Option<std::collections::BTreeSet<u64>> {
     Some(ids)
 }
 
-/// Which of the cgroups `ids` are gone, asked of the kernel by id (a file handle on
-/// cgroupfs, as name_to_handle_at gives one): whatever cgroup namespace or mount
-/// this process sees. None when that cannot be told: the hierarchy is not cgroup2
-/// where it should be, a cgroup known to exist (agentmon's own directory) does not
-/// open by its id, or any answer is other than "opened" or "stale" (no
-/// CAP_DAC_READ_SEARCH, a container's seccomp profile).
-pub fn gone(ids: impl IntoIterator<Item = u64>) -> Option<Vec<u64>> {
-    use std::os::fd::AsRawFd;
-    /// struct file_handle with kernfs's 8-byte handle (include/linux/exportfs.h
-    /// FILEID_KERNFS).
-    #[repr(C)]
-    struct Handle {
-        bytes: u32,
-        kind: i32,
-        id: u64,
+/// Cgroups opened by id (a file handle on cgroupfs, as name_to_handle_at gives
+/// one): whatever cgroup namespace or mount this process sees.
+struct ById {
+    root: std::fs::File,
+}
+
+impl ById {
+    /// None when ids cannot be asked: the hierarchy is not cgroup2 where it should
+    /// be, or a cgroup known to exist (agentmon's own directory) does not open by
+    /// its id.
+    fn new() -> Option<Self> {
+        const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+        let root_path = v2_root()?;
+        let root = std::fs::File::open(&root_path).ok()?;
+        let fs = nix::sys::statfs::fstatfs(&root).ok()?;
+        if fs.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC {
+            return None;
+        }
+        let by = Self { root };
+        let known = std::fs::metadata(root_path.join("agentmon")).ok()?.ino();
+        by.open(known)?.map(drop)?;
+        Some(by)
     }
-    const FILEID_KERNFS: i32 = 0xfe;
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    let root_path = v2_root()?;
-    let root = std::fs::File::open(&root_path).ok()?;
-    let fs = nix::sys::statfs::fstatfs(&root).ok()?;
-    if fs.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC {
-        return None;
-    }
-    // Some(true): gone (stale); Some(false): there; None: no answer to trust.
-    let stale = |id: u64| -> Option<bool> {
+
+    /// Some(Some(dir)): there; Some(None): gone (stale); None: no answer to trust
+    /// (no CAP_DAC_READ_SEARCH, a container's seccomp profile).
+    fn open(&self, id: u64) -> Option<Option<std::os::fd::OwnedFd>> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        /// struct file_handle with kernfs's 8-byte handle (include/linux/exportfs.h
+        /// FILEID_KERNFS).
+        #[repr(C)]
+        struct Handle {
+            bytes: u32,
+            kind: i32,
+            id: u64,
+        }
+        const FILEID_KERNFS: i32 = 0xfe;
         let mut h = Handle { bytes: 8, kind: FILEID_KERNFS, id };
-        // SAFETY: a handle of the size it says; the descriptor is closed at once.
+        // SAFETY: a handle of the size it says.
         let fd = unsafe {
             libc::syscall(
                 libc::SYS_open_by_handle_at,
-                root.as_raw_fd(),
+                self.root.as_raw_fd(),
                 &raw mut h,
                 libc::O_RDONLY | libc::O_CLOEXEC | libc::O_DIRECTORY,
             )
         };
         if fd >= 0 {
-            unsafe { libc::close(fd as i32) };
-            return Some(false);
+            // SAFETY: the descriptor just opened, owned from here.
+            return Some(Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }));
         }
-        (io::Error::last_os_error().raw_os_error() == Some(libc::ESTALE)).then_some(true)
-    };
-    let known = std::fs::metadata(root_path.join("agentmon")).ok()?.ino();
-    if stale(known)? {
-        return None;
+        (io::Error::last_os_error().raw_os_error() == Some(libc::ESTALE)).then_some(None)
     }
+}
+
+/// Which of the cgroups `ids` are gone, asked of the kernel by id ([`ById`]). None
+/// when that cannot be told.
+pub fn gone(ids: impl IntoIterator<Item = u64>) -> Option<Vec<u64>> {
+    let by = ById::new()?;
     let mut out = Vec::new();
     for id in ids {
-        if stale(id)? {
+        if by.open(id)?.is_none() {
             out.push(id);
+        }
+    }
+    Some(out)
+}
+
+/// Which of the cgroups `ids` have processes in them or beneath (`populated 1` in
+/// their cgroup.events), asked by id. None when that cannot be told.
+pub fn populated(ids: impl IntoIterator<Item = u64>) -> Option<std::collections::BTreeSet<u64>> {
+    use std::io::Read;
+    let by = ById::new()?;
+    let mut out = std::collections::BTreeSet::new();
+    for id in ids {
+        let Some(dir) = by.open(id)? else { continue };
+        let mut events = String::new();
+        let f = nix::fcntl::openat(
+            &dir,
+            "cgroup.events",
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()?;
+        std::fs::File::from(f).read_to_string(&mut events).ok()?;
+        if events.lines().any(|l| l == "populated 1") {
+            out.insert(id);
         }
     }
     Some(out)

@@ -273,6 +273,12 @@ impl Sensors {
         guarded.chain(self.net_drops.keys().filter_map(|k| k.ok())).collect()
     }
 
+    /// The enforced tasks' guarded cgroups and their tasks (NET_TASK).
+    pub fn guarded(&self) -> Vec<(u64, u32)> {
+        let _rt = crate::kernel::preempt::hold();
+        self.net_task.iter().filter_map(|r| r.ok()).collect()
+    }
+
     /// The drop totals a previous daemon reported of the maps taken over.
     pub fn seed_drops(&mut self, said: BTreeMap<u64, u64>) {
         self.drops_said = said;
