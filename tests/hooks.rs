@@ -5,6 +5,7 @@
 //! enforced task would run unchecked; this holds them to both.
 
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     process::Child,
     time::Duration,
@@ -27,18 +28,26 @@ const BPF_LINK_GET_NEXT_ID: i64 = 31;
 const BPF_LINK_TYPE_TRACING: u32 = 2;
 const BPF_LSM_MAC: u32 = 27;
 
-/// bpf(2) with an attribute of four words; the descriptor or 0, or the error.
-fn bpf(cmd: i64, attr: &mut [u32; 4]) -> std::io::Result<i64> {
-    // SAFETY: every command used here reads and writes within the 16 bytes passed.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
+/// bpf(2) with attribute `attr`; the descriptor or 0, or the error.
+fn bpf<T>(cmd: i64, attr: &mut T) -> std::io::Result<i64> {
+    // SAFETY: every command used here reads and writes within the attribute passed.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
     if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) }
+}
+
+/// The attribute of BPF_OBJ_GET_INFO_BY_FD.
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
 }
 
 /// The object `fd`'s info (struct bpf_link_info or bpf_prog_info, as bytes); closes `fd`.
 fn info_of(fd: i64) -> std::io::Result<[u8; 256]> {
     let mut info = [0u8; 256];
-    let ptr = info.as_mut_ptr() as u64;
-    let mut attr = [fd as u32, info.len() as u32, ptr as u32, (ptr >> 32) as u32];
+    let mut attr =
+        InfoAttr { bpf_fd: fd as u32, info_len: info.len() as u32, info: info.as_mut_ptr() as u64 };
     let r = bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr);
     // SAFETY: the descriptor the caller got from bpf(2), closed once.
     unsafe { libc::close(fd as i32) };
@@ -49,27 +58,36 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// The names of the programs of process `pid` (every `prog_id` its descriptors name)
-/// that the kernel has linked to an LSM hook: every such link on the host, held by a
-/// descriptor or by a pin alone.
-fn lsm_hooks_of(pid: u32) -> Result<Vec<String>, String> {
+/// The programs of process `pid`: every `prog_id` its descriptors name.
+fn programs_of(pid: u32) -> Result<BTreeSet<u32>, String> {
     let dir = format!("/proc/{pid}/fdinfo");
-    let mut progs = std::collections::BTreeSet::new();
+    let mut progs = BTreeSet::new();
     for e in std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?.flatten() {
         let Ok(info) = std::fs::read_to_string(e.path()) else { continue };
         progs.extend(info.lines().filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u32>().ok()));
     }
+    Ok(progs)
+}
+
+/// The names of the programs of process `pid` that the kernel has linked to an LSM
+/// hook: every such link on the host, held by a descriptor or by a pin alone.
+fn lsm_hooks_of(pid: u32) -> Result<Vec<String>, String> {
+    lsm_hooks(&programs_of(pid)?)
+}
+
+/// The names of the programs `progs` that the kernel has linked to an LSM hook.
+fn lsm_hooks(progs: &BTreeSet<u32>) -> Result<Vec<String>, String> {
     let mut names = Vec::new();
     let mut id = 0;
     loop {
-        let mut attr = [id, 0, 0, 0];
+        let mut attr = [id, 0u32, 0, 0];
         match bpf(BPF_LINK_GET_NEXT_ID, &mut attr) {
             Ok(_) => id = attr[1],
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
             Err(e) => return Err(format!("BPF_LINK_GET_NEXT_ID: {e}")),
         }
         // A link detached meanwhile is gone: skipped.
-        let Ok(fd) = bpf(BPF_LINK_GET_FD_BY_ID, &mut [id, 0, 0, 0]) else { continue };
+        let Ok(fd) = bpf(BPF_LINK_GET_FD_BY_ID, &mut [id, 0u32, 0, 0]) else { continue };
         let Ok(link) = info_of(fd) else { continue };
         // struct bpf_link_info: type, id, prog_id, then (8-aligned) tracing.attach_type.
         let prog = u32_at(&link, 8);
@@ -79,8 +97,8 @@ fn lsm_hooks_of(pid: u32) -> Result<Vec<String>, String> {
         {
             continue;
         }
-        let fd =
-            bpf(BPF_PROG_GET_FD_BY_ID, &mut [prog, 0, 0, 0]).map_err(|e| format!("program {prog}: {e}"))?;
+        let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut [prog, 0u32, 0, 0])
+            .map_err(|e| format!("program {prog}: {e}"))?;
         // struct bpf_prog_info: name[16] at 64.
         let info = info_of(fd).map_err(|e| format!("program {prog}: {e}"))?;
         let name = &info[64..80];
@@ -187,11 +205,17 @@ pub fn lsm_hooks_are_attached_only_while_a_task_is_enforced() -> R {
         let third = Agent::start(&d, "third")?;
         // The registering exec hands the task's gate to the daemon: a moment for it.
         std::thread::sleep(Duration::from_millis(500) * support::slowdown());
+        let killed = programs_of(daemon.id())?;
         let _ = daemon.kill();
         let _ = daemon.wait();
         daemon = start_daemon(&d, "")?;
         taken_up(&daemon_paths(&d).0);
         eq("LSM hooks of the restarted daemon", lsm_hooks_of(daemon.id())?, held)?;
+        // The killed daemon's, pinned, are retired once the task is resumed.
+        let limit = Duration::from_secs(40) * support::slowdown();
+        ensure(wait(limit, || lsm_hooks(&killed).is_ok_and(|n| n.is_empty())), || {
+            format!("the killed daemon's LSM hooks still attached after {limit:?}: {:?}", lsm_hooks(&killed))
+        })?;
         let (out, inside) = third.finish(&d)?;
         eq("write_out errno (third task, after a restart)", out, libc::EACCES)?;
         eq("write_in errno (third task)", inside, 0)?;
@@ -204,33 +228,59 @@ pub fn lsm_hooks_are_attached_only_while_a_task_is_enforced() -> R {
 }
 
 /// A fork that escaped tracking (TRACKED full: a daemon with `max_tracked: 16`, a
-/// task holding 40 processes) is held to its enforced task's scope by its cgroup on
-/// the BPF LSM tier, and still after every tracked process of its task has ended
-/// and the daemon has swept: the task's grants are kept while its cgroup has
-/// processes. Before, the sweep forgot the task (it counted tracked processes only),
-/// and the child wrote out of scope. Elsewhere Landlock, inherited, holds it.
+/// task holding 40 processes; the escape is a loss record) is held to its enforced
+/// task's scope by its cgroup on the BPF LSM tier, and still after every tracked
+/// process of its task has ended, the daemon has swept, and a daemon killed then
+/// has been followed by another: the task's grants (and its state record) are kept
+/// while its cgroup has processes, and let go once it has none (the hooks detach a
+/// linger after). Before, the sweep forgot the task (it counted tracked processes
+/// only), and the child wrote out of scope. Elsewhere Landlock, inherited, holds it.
 pub fn escaped_forks_stay_enforced_after_their_task_ends() -> R {
     let d = support::workdir("lsm-escaped-late");
     let (t, me) = enforced_task(&d, "outlived")?;
     if !support::can_enforce() {
         return Ok(support::enforce_refused_here(&t, &d)?);
     }
-    let (sock, _) = daemon_paths(&d);
-    let daemon = start_daemon(&d, "max_tracked: 16\nlsm_linger: 1s\n")?;
+    let (sock, all) = daemon_paths(&d);
+    let mut daemon = start_daemon(&d, "max_tracked: 16\nlsm_linger: 1s\n")?;
     let result = (|| -> Result<(), String> {
         let out = attempts_under(&sock, &t, &me, &d, &["escaped_outlives=40"])
             .output()
             .map_err(|e| e.to_string())?;
         eq(&format!("task exit ({})", String::from_utf8_lossy(&out.stderr)), out.status.code(), Some(0))?;
-        // Two of the daemon's sweeps (every 10 s) and its linger.
-        std::thread::sleep(Duration::from_secs(25) * support::slowdown().min(2));
+        let scaled = |s: u64| Duration::from_secs(s) * support::slowdown().min(2);
+        // Two of the daemon's sweeps (every 10 s) and its linger; then a daemon
+        // killed and another started, and one of its sweeps.
+        std::thread::sleep(scaled(25));
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+        daemon = start_daemon(&d, "")?;
+        taken_up(&sock);
+        std::thread::sleep(scaled(12));
         std::fs::write(d.join("late-cue"), b"").map_err(|e| e.to_string())?;
         let late = d.join("repo/late.txt");
         ensure(wait(Duration::from_secs(30) * support::slowdown(), || late.exists()), || {
             "the escaped child never tried its write".into()
         })?;
         let got = std::fs::read_to_string(&late).map_err(|e| e.to_string())?.trim().parse::<i32>().ok();
-        eq("errno of the escaped child's write, its task's tracked processes gone", got, Some(libc::EACCES))
+        eq("errno of the escaped child's write, its task's tracked processes gone", got, Some(libc::EACCES))?;
+        let forks_lost: u64 = events(&all)?
+            .iter()
+            .filter(|e| e.kind == Kind::Loss)
+            .filter_map(|e| e.lost.as_ref().and_then(|l| l.get("fork").copied()))
+            .sum();
+        ensure(forks_lost > 0, || "no fork escaped tracking (no loss record counts one)".into())?;
+        if support::bpf_lsm() {
+            // The child has exited: its cgroup is empty, its task let go.
+            let limit = Duration::from_secs(40) * support::slowdown();
+            ensure(wait(limit, || lsm_hooks_of(daemon.id()).is_ok_and(|n| always(&n))), || {
+                format!(
+                    "{:?} still attached {limit:?} after the escaped child ended",
+                    lsm_hooks_of(daemon.id())
+                )
+            })?;
+        }
+        Ok(())
     })();
     let said = stop(daemon)?;
     result.map_err(|e| format!("{e}\nthe daemon said: {said}"))?;

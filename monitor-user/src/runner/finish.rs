@@ -41,9 +41,16 @@ pub fn forget_finished(
             state.mark_ended(id);
         }
     }
-    // Its sub-tasks' processes keep it too (they share its cgroup and events file).
+    // Its sub-tasks' processes keep it too (they share its cgroup and events file),
+    // and so do forks that escaped tracking: its state record must outlive them, or
+    // a restarted daemon would let their grants go.
     let contain = &e.p.contain;
-    let busy = |id: &str| contain.cookies_under(id).iter().any(|c| tracked.iter().any(|(_, t)| t == c));
+    let ended: std::collections::BTreeSet<u32> =
+        e.p.ended.iter().flat_map(|id| contain.cookies_under(id)).collect();
+    let held = held_by_cgroups(&e.sensors, |c| ended.contains(&c));
+    let busy = |id: &str| {
+        contain.cookies_under(id).iter().any(|c| held.contains(c) || tracked.iter().any(|(_, t)| t == c))
+    };
     for id in settled(&e.p.ended, busy, quiet, Instant::now()) {
         e.out.remove_keyed(&id);
         state.drop_saved(&id);
@@ -52,6 +59,34 @@ pub fn forget_finished(
         e.gated.retain(|(t, _)| *t != id);
         marked.remove(&id);
     }
+}
+
+/// The enforced tasks whose guarded cgroup (NET_TASK) has processes: a fork that
+/// escaped tracking (TRACKED full) is in no TRACKED entry, and the BPF LSM hooks
+/// hold it by that cgroup, so its task lives while the cgroup does not empty. Where
+/// that cannot be told (no file handles on cgroupfs), every guarded task, said once.
+/// Only tasks `of` selects are asked of.
+pub(super) fn held_by_cgroups(
+    sensors: &crate::kernel::loader::Sensors,
+    of: impl Fn(u32) -> bool,
+) -> std::collections::BTreeSet<u32> {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let guarded: Vec<(u64, u32)> = sensors.guarded().into_iter().filter(|(_, c)| of(*c)).collect();
+    if guarded.is_empty() {
+        return Default::default();
+    }
+    let held = crate::enforce::cgroup::populated(guarded.iter().map(|(cg, _)| *cg));
+    if held.is_none() && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "whether enforced tasks' cgroups still have processes cannot be asked by id here: their tasks' \
+             grants are kept while their cgroups exist"
+        );
+    }
+    guarded
+        .into_iter()
+        .filter(|(cg, _)| held.as_ref().is_none_or(|h| h.contains(cg)))
+        .map(|(_, c)| c)
+        .collect()
 }
 
 /// Of the `ended` tasks, those without a process (`busy`: whether one has any) at

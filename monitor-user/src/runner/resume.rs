@@ -199,13 +199,16 @@ pub fn drop_unclaimed(e: &mut Engine) {
         .as_ref()
         .map(|st| st.records().into_iter().filter_map(|s| s.cookie).collect())
         .unwrap_or_default();
-    let known: std::collections::BTreeSet<u32> = e
+    let mut known: std::collections::BTreeSet<u32> = e
         .sensors
         .tracked()
         .into_iter()
         .map(|(_, c)| c)
         .filter(|c| e.p.enr.task_name(*c).is_some() || recorded.contains(c))
         .collect();
+    // Forks that escaped tracking hold their task's grants by its cgroup, whoever
+    // resumed it.
+    known.extend(super::finish::held_by_cgroups(&e.sensors, |_| true));
     for (pid, c) in e.sensors.tracked() {
         if !known.contains(&c) {
             tracing::info!(

@@ -385,14 +385,8 @@ fn housekeeping(
     // A task with no process left needs its LSM grants no more.
     if ticks.is_multiple_of(20) {
         let mut live = live_with_parents(e);
-        // Forks that escaped tracking (TRACKED full) are in no TRACKED entry: the
-        // hooks know them by their task's cgroup, which holds the task while it has
-        // processes (and wherever that cannot be told, as long as it is guarded).
-        let guarded = e.sensors.guarded();
-        let held = crate::enforce::cgroup::populated(guarded.iter().map(|(cg, _)| *cg));
-        live.extend(
-            guarded.iter().filter(|(cg, _)| held.as_ref().is_none_or(|h| h.contains(cg))).map(|(_, c)| *c),
-        );
+        // Forks that escaped tracking are in no TRACKED entry.
+        live.extend(super::finish::held_by_cgroups(&e.sensors, |_| true));
         if let Some(l) = e.sensors.lsm.as_mut() {
             l.sweep(&live);
         }
