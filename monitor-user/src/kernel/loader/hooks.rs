@@ -98,19 +98,10 @@ impl Hooks {
         self.armed.set(false);
         self.idle_since = None;
         let links = unpinned(std::mem::take(&mut self.links));
-        // Handed over through a cell: a refused thread drops its closure unrun.
-        let cell = Arc::new(std::sync::Mutex::new(links));
-        let take = |c: &std::sync::Mutex<Vec<FdLink>>| {
-            std::mem::take(&mut *c.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-        };
-        let theirs = cell.clone();
-        let t = std::thread::Builder::new().name("lsm-detach".into()).spawn(move || drop(take(&theirs)));
-        match t {
+        // A refused thread drops its closure, and the links with it, here.
+        match std::thread::Builder::new().name("lsm-detach".into()).spawn(move || drop(links)) {
             Ok(t) => self.detaching = Some(t),
-            Err(e) => {
-                tracing::debug!("a thread to detach the BPF LSM hooks: {e}");
-                drop(take(&cell));
-            }
+            Err(e) => tracing::debug!("a thread to detach the BPF LSM hooks: {e}"),
         }
     }
 }
