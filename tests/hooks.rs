@@ -258,12 +258,16 @@ pub fn escaped_forks_stay_enforced_after_their_task_ends() -> R {
         taken_up(&sock);
         std::thread::sleep(scaled(12));
         std::fs::write(d.join("late-cue"), b"").map_err(|e| e.to_string())?;
-        let late = d.join("repo/late.txt");
-        ensure(wait(Duration::from_secs(30) * support::slowdown(), || late.exists()), || {
+        // Its errno, once written whole (the file exists a moment before).
+        let late = || std::fs::read_to_string(d.join("repo/late.txt")).ok()?.trim().parse::<i32>().ok();
+        ensure(wait(Duration::from_secs(30) * support::slowdown(), || late().is_some()), || {
             "the escaped child never tried its write".into()
         })?;
-        let got = std::fs::read_to_string(&late).map_err(|e| e.to_string())?.trim().parse::<i32>().ok();
-        eq("errno of the escaped child's write, its task's tracked processes gone", got, Some(libc::EACCES))?;
+        eq(
+            "errno of the escaped child's write, its task's tracked processes gone",
+            late(),
+            Some(libc::EACCES),
+        )?;
         let forks_lost: u64 = events(&all)?
             .iter()
             .filter(|e| e.kind == Kind::Loss)
