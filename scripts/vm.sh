@@ -8,7 +8,8 @@
 #                                                       KERNEL_TESTS (the tests/kernel.rs binary)
 #                                                       in every MATRIX guest, with the lists of
 #                                                       tests its line names (GUEST_CORE, ...)
-#                                                       (1800 s each, or VM_TIMEOUT)
+#                                                       (1800 s each, or VM_TIMEOUT; only
+#                                                       the lines VM_LINES=a,b names, if set)
 #
 # KERNEL: deb12 (Debian 12's stock 6.1) or deb13 (Debian 13's stock 6.12).
 # OPTIONS:
@@ -19,6 +20,9 @@
 #   --out FILE     append the guest's output (not the kernel's console) to FILE as well
 #   --emulation-exit CODE   a guest killed by QEMU's emulation (below) exits CODE instead
 #                  of being booted once more (the matrix resumes its tests itself)
+#
+# VM_TCG_THREAD=single runs every vCPU on one host thread (QEMU's default here is a thread
+# per vCPU): slower, for telling whether a failure is the multi-threaded emulation's.
 #
 # The guest is QEMU's software emulation (TCG, --disable-kvm): this machine's /dev/kvm cannot
 # boot stock kernels. It sees the host's root read-only (throw-away overlays on /etc, /tmp, ...),
@@ -321,7 +325,9 @@ run() {
     local kimg cmd
     kimg="$(kernel_image "$name")"
     [ -n "$lsm" ] && append+=(-a "lsm=$lsm")
-    local mark="$OUT/.booted-$$"
+    local mark="$OUT/.booted-$$" keep="${CONSOLE_KEEP:-}"
+    # Outside the matrix (which names one per line), this run's failed boots only.
+    [ -n "$keep" ] || { keep="$OUT/console-$name.log"; rm -f "$keep"; }
     cmd="$(printf '%q ' "$HERE/vm.sh" __guest "$mark" "$@")"
     local rc attempt
     for attempt in 1 2; do
@@ -337,7 +343,7 @@ run() {
         rc=0
         timeout --kill-after=10 "$timeout" \
             vng --verbose --run "$kimg" --disable-kvm --cpus "$CPUS" --memory "$MEMORY" \
-            --rwdir "$OUT" "${rw[@]}" "${append[@]}" --exec "$cmd" </dev/null \
+            --rwdir "$OUT" "${rw[@]}" "${append[@]}" ${VM_TCG_THREAD:+"--qemu-opts=-accel tcg,thread=$VM_TCG_THREAD"} --exec "$cmd" </dev/null \
             > >(tee -a "${out:-/dev/null}") 2> >(split_console "$mark.console" >&2) &
         local job=$! waited=0 hung="" looping=""
         while kill -0 "$job" 2>/dev/null; do
@@ -371,18 +377,25 @@ run() {
         # is booted once more, once, and the retry is said.
         local emulation=""
         if [ "$rc" = 255 ] && { [ -n "$looping" ] || grep -q 'Oops: int3' "$mark.console" 2>/dev/null; }; then
-            emulation=1
+            emulation="${looping:+looped at}"
+            emulation="${emulation:-died of}"
+        fi
+        # A failed boot's console is kept (CONSOLE_KEEP, appended), since the matrix says
+        # its key lines again at the end, where CI's excerpt of the output reaches.
+        if [ "$rc" != 0 ] && [ -s "$mark.console" ]; then
+            { printf '=== %s, boot %s: exit %s\n' "$name" "$attempt" "$rc"; cat "$mark.console"; } \
+                >>"$keep"
         fi
         rm -f "$mark.console"
         # A guest that never came up (QEMU or vng failing to start it, seen once as exit
         # 255 with no output) is booted once more; the command's own failure is not retried.
         if [ -n "$emulation" ] && [ -n "$emulation_exit" ]; then
-            say "$name: the guest kernel died of an int3 in code it was patching (QEMU TCG, not the command)"
+            say "$name: the guest kernel $emulation an int3 in code it was patching (QEMU TCG, not the command)"
             rc="$emulation_exit"
             break
         fi
         if [ -n "$emulation" ] && [ "$attempt" = 1 ]; then
-            say "$name: the guest kernel died of an int3 in code it was patching (QEMU TCG, not the command); booting it once more"
+            say "$name: the guest kernel $emulation an int3 in code it was patching (QEMU TCG, not the command); booting it once more"
             continue
         fi
         if [ "$rc" = 0 ] || [ -e "$mark" ] || [ "$rc" = 124 ] || [ "$attempt" = 2 ]; then
@@ -403,17 +416,30 @@ split_console() { # FILE
 }
 
 # Whether the guest's console (FILE) shows a vCPU stuck at the first byte of a kernel
-# function: an RCU stall reported at `function+0x0/`. That is the other face of the
-# stray int3 above: the vCPU runs a stale translation of a patch site (an fexit or
-# LSM trampoline's call, patched in and out as agentmon attaches and detaches), traps
-# and returns to it, for ever (seen on deb12 at __x64_sys_connect+0x0, every other CPU
-# then waiting on it: a test held 900 s in D, the guest timed out at 1,800 s). A real
-# CPU never loops so on one instruction; the guest is stopped and booted once more.
+# function: a soft lockup or an RCU stall whose report names a RIP at `function+0x0/`
+# (its own, or that of asm_exc_int3 on the stalled CPU as another CPU reports it). That
+# is the other face of the stray int3 above: the vCPU runs a stale translation of a
+# patch site (an fexit or LSM trampoline's call, patched in and out as agentmon attaches
+# and detaches), traps, and the kernel's int3 handler, finding the int3 gone, sends it
+# back to the site, for ever. Seen on deb12 at __x64_sys_connect+0x0 (a self-detected
+# stall; a test held 900 s, the guest timed out at 1,800 s) and at bpf_lsm_file_open+0x0
+# (a soft lockup, then a stall detected by the other CPU at asm_exc_int3+0x0, the site's
+# call already whole in memory). A real CPU never loops so on one instruction; the guest
+# is stopped and booted once more.
 patch_loop() { # FILE
     [ -s "$1" ] || return 1
-    awk '/rcu: INFO: .*self-detected stall on CPU/ { stall = 1; next }
-        stall && /RIP: 0010:/ { if ($0 ~ /\+0x0\//) found = 1; stall = 0 }
+    awk '/soft lockup - CPU#|rcu: INFO: .*(self-detected stall|detected stalls) on CPU/ { left = 60; next }
+        left > 0 { left--; if (/RIP: 0010:/ && /\+0x0\//) found = 1 }
         END { exit !found }' "$1"
+}
+
+# The lines of a kernel console (FILE) that say why a guest failed: each report of a
+# hung task, stall, lockup, Oops or BUG, with its RIP and call trace (registers,
+# module lists and code bytes left out), 80 lines at most.
+telling() { # FILE
+    grep -E -A36 'blocked for more than|self-detected stall|detected stalls on CPUs|soft lockup|hard LOCKUP|Oops|BUG: |Kernel panic|general protection' "$1" \
+        | grep -vE '^\[ *[0-9.]+\] +((RSP|RAX|RDX|RBP|R[0-9][0-9]|FS|CS|CR[0-9]|DR[0-9]|Code|PKRU): |Modules linked in|Hardware name|\? )' \
+        | head -n 80 || true
 }
 
 # Stops PID and everything under it (vng's QEMU would outlive vng).
@@ -435,16 +461,21 @@ unfinished() { # LIST LOG
 
 # Boots a guest this many times at most when QEMU's emulation kills it (an int3 in code
 # the guest kernel patches, see run): each boot runs only the tests no earlier boot
-# finished, so a late death costs the tests left, not the whole list again.
-EMULATION_BOOTS="${VM_EMULATION_BOOTS:-3}"
+# finished, so a late death costs the tests left, not the whole list again. Seen up to
+# once in a line's run since the BPF LSM hooks are attached as tasks come and go.
+EMULATION_BOOTS="${VM_EMULATION_BOOTS:-5}"
 
 # Runs the kernel tests in every guest of the matrix; fails if any guest fails.
 matrix() { # KERNEL_TESTS
     local bin="${1:?matrix needs the kernel test binary}" entry label kernel lsm preempt lists rc start observe
-    local failed=() summary=() tests list var left log boots bad
+    local failed=() summary=() consoles=() tests list var left log boots bad
     [ -x "$bin" ] || die "$bin is not an executable"
     for entry in "${MATRIX[@]}"; do
         read -r label kernel lsm preempt lists <<<"$entry"
+        # VM_LINES=a,b runs only the lines labelled so (a developer's choice; CI runs all).
+        if [ -n "${VM_LINES:-}" ] && [[ ",$VM_LINES," != *",$label,"* ]]; then
+            continue
+        fi
         tests=""
         for list in ${lists//,/ }; do
             var="GUEST_${list^^}"
@@ -458,6 +489,8 @@ matrix() { # KERNEL_TESTS
         mkdir -p "$OUT" # a clean clone has no target/vm-out before the first boot
         log="$OUT/guest-$label.out"
         : >"$log"
+        export CONSOLE_KEEP="$OUT/console-$label.log"
+        rm -f "$CONSOLE_KEEP"
         # Stock distribution kernels attach fexit programs: the tests check they are
         # chosen, unless the kernel may preempt them mid-run.
         observe=fexit
@@ -493,6 +526,7 @@ matrix() { # KERNEL_TESTS
         # out: the test it waited for), since CI may keep only the end of this output.
         local more=""
         [ "$boots" = 1 ] || more=", $boots boots"
+        [ "$rc" = 0 ] || consoles+=("$label")
         bad="$(awk '{ sub(/\r$/, "") } $1 == "test" && $NF == "FAILED" { print $2 }' "$log" | paste -sd, -)"
         if [ -n "$bad" ]; then
             more="$more; failed: $bad"
@@ -504,6 +538,13 @@ matrix() { # KERNEL_TESTS
         fi
         summary+=("$label ($lists): exit $rc, $((SECONDS - start)) s$more")
         [ "$rc" = 0 ] || failed+=("$label")
+    done
+    # What the failed guests' kernels said that tells why (a hung task's stack, a stall,
+    # an Oops): CI keeps only the end of this output, where the first telling came early.
+    for label in "${consoles[@]}"; do
+        [ -s "$OUT/console-$label.log" ] || continue
+        say "$label: the guest kernel's telling lines ($OUT/console-$label.log has them all):"
+        telling "$OUT/console-$label.log" | sed 's/^/  | /' >&2
     done
     say "kernel matrix:"
     printf '  %s\n' "${summary[@]}" >&2
