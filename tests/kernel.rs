@@ -30,6 +30,7 @@ mod restart;
 mod revoke;
 mod scenarios;
 mod stalls;
+mod start;
 mod support;
 mod tasklog;
 mod tasks;
@@ -92,6 +93,7 @@ fn main() {
             hooks::escaped_forks_stay_enforced_after_their_task_ends,
         ),
         ("exit_status_is_propagated", exit_status_is_propagated),
+        ("a_tasks_root_is_made_in_its_cgroup", start::a_tasks_root_is_made_in_its_cgroup),
         ("emitted_plus_lost_equals_performed", emitted_plus_lost_equals_performed),
         (
             "a_storm_pauses_the_task_instead_of_losing_events",

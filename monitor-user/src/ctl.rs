@@ -124,7 +124,14 @@ pub enum Request {
         /// given (`launch::inherited`), for its `task_start`.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         closed_fds: Vec<String>,
+        /// The cookie of the cgroup a [`Request::Prepare`] made for it (the child
+        /// was made in it, or is moved there).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prepared: Option<u32>,
     },
+    /// From `agentmon exec` when a daemon runs, before it forks: a cgroup for the
+    /// task it is about to start ([`Reply::prepared`]), to make the child in.
+    Prepare {},
     /// From `agentmon exec` with a daemon: the approval listener of the task's root,
     /// attached (SCM_RIGHTS); the daemon holds the task's gated calls from now on.
     /// `kept`: where the client keeps its own copy, for a restarted daemon.
@@ -197,6 +204,7 @@ impl Request {
             Request::Step { .. } => "step",
             Request::Prompt { .. } => "prompt",
             Request::Start { .. } => "start",
+            Request::Prepare {} => "prepare",
             Request::Attach { .. } => "attach",
             Request::End { .. } => "end",
             Request::Gate { .. } => "gate",
@@ -219,6 +227,17 @@ pub struct Reply {
     /// Machine-readable answer (status).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<serde_json::Value>,
+    /// A cgroup made for a task about to start (prepare).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<Prepared>,
+}
+
+/// A task cgroup made before its task's root is (a prepare's answer): the start
+/// names it by `cookie`; the root is made in `cgroup` (a path) where its launcher may.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct Prepared {
+    pub cookie: u32,
+    pub cgroup: String,
 }
 
 impl Reply {

@@ -11,6 +11,7 @@ mod peers;
 mod pipeline;
 mod programs;
 mod soak;
+mod start;
 mod storm;
 mod tiers;
 
@@ -40,6 +41,9 @@ enum Cmd {
     /// Real programs (tar, git, grep, a compile, a task's start) bare, observed and
     /// enforced through a daemon, and under the peers; the last part of `bench`.
     BenchPrograms(programs::Options),
+    /// A task's start through a daemon, observed and enforced, optionally alternated
+    /// with another build (`--against`). Needs root.
+    BenchStart(start::Options),
     /// NATS: acknowledged publish throughput and syscall-to-NATS latency. Needs root.
     BenchNats(natsbench::Options),
     /// The daemon under a long stream of short-lived processes: RSS over time, every
@@ -63,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::BenchNats(o) => natsbench::run(o),
         Cmd::BenchHooks(o) => hooks::run(o),
         Cmd::BenchPrograms(o) => programs::run(o),
+        Cmd::BenchStart(o) => start::run(o),
         Cmd::BenchTiers(o) => tiers::run(o),
         Cmd::Soak(o) => soak::run(o),
         Cmd::Storm(o) => storm::run(o),

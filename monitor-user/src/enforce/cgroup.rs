@@ -401,6 +401,12 @@ impl TaskCgroup {
         (!Path::new(&at).starts_with(&mine)).then_some(at)
     }
 
+    /// Whether process `pid` is in this cgroup itself (not beneath it).
+    pub fn holds(&self, pid: u32) -> bool {
+        let (Some(root), Some(at)) = (v2_root(), of_pid(pid)) else { return false };
+        self.path.strip_prefix(&root).is_ok_and(|rel| Path::new("/").join(rel) == Path::new(&at))
+    }
+
     /// Pids still in the cgroup.
     pub fn pids(&self) -> Vec<u32> {
         std::fs::read_to_string(self.path.join("cgroup.procs"))

@@ -39,6 +39,8 @@ pub struct Engine {
     pub gated: std::collections::HashSet<(Arc<str>, u32)>,
     /// Operators waiting for kills with processes left.
     pub after_kill: Vec<super::serve::AfterKill>,
+    /// Cgroups made for tasks about to start.
+    pub reserved: super::prepared::Reservations,
 }
 
 impl Engine {
@@ -95,6 +97,7 @@ impl Engine {
             hosts: Default::default(),
             delegations: Default::default(),
             after_kill: Vec::new(),
+            reserved: Default::default(),
         })
     }
 
@@ -107,6 +110,17 @@ impl Engine {
     /// again at once, so that a storm leaves room for requests, approvals and ticks.
     pub fn drain_turn(&mut self, ring: &mut RingBuf<MapData>) {
         self.p.drain(ring, &mut self.out, &mut self.sensors, Some(DRAIN_TURN));
+    }
+
+    /// A cgroup for a task whose root `caller` is about to fork (runner/prepared.rs),
+    /// under the next cookie: given out only if it is made.
+    pub fn prepare(&mut self, caller: u32) -> Result<crate::ctl::Prepared, String> {
+        if !self.setup.layers.cgroups {
+            return Err("this agentmon makes no task cgroups here".into());
+        }
+        let p = self.reserved.make(caller, self.next_task)?;
+        self.cookie();
+        Ok(p)
     }
 
     /// A task cookie not used before.

@@ -164,18 +164,29 @@ pub(super) fn task_cgroup(
     setup: &Setup,
     cookie: u32,
     allow: &[(u32, monitor_common::NetKeyData, monitor_common::NetPorts)],
+    prepared: Option<super::prepared::Reserved>,
 ) -> Result<Option<TaskCgroup>, RunError> {
     if !setup.layers.cgroups {
         return Ok(None);
     }
-    let origin = enforce::cgroup::of_pid(root);
     let name = format!("{}-{cookie}", std::process::id());
-    let (mut cg, nested) = match TaskCgroup::create_for(&name, origin.as_deref()) {
-        Ok((cg, None)) => (cg, true),
-        Ok((cg, Some(why))) => {
-            tracing::info!("task {}: its cgroup is agentmon's, not beneath its own: {why}", t.id);
-            (cg, false)
+    let made = match prepared {
+        // Made for it before its root (which may be in it already).
+        Some(p) => Ok((p.cg, p.nested)),
+        None => {
+            let origin = enforce::cgroup::of_pid(root);
+            TaskCgroup::create_for(&name, origin.as_deref()).map(|(mut cg, why)| {
+                if let Some(why) = &why {
+                    tracing::info!("task {}: its cgroup is agentmon's, not beneath its own: {why}", t.id);
+                }
+                cg.origin = origin;
+                (cg, why.is_none())
+            })
         }
+    };
+    let mut left = None;
+    let (mut cg, nested) = match made {
+        Ok(made) => made,
         Err(err) if !t.enforce => {
             tracing::warn!("task {} runs without a cgroup of its own (it cannot be frozen): {err}", t.id);
             return Ok(None);
@@ -191,11 +202,17 @@ pub(super) fn task_cgroup(
             return Err(err.into());
         }
         tracing::info!("task {}: its cgroup is agentmon's, not beneath its own: the guard: {err}", t.id);
-        cg = TaskCgroup::create(&name)?;
+        let origin = cg.origin.take();
+        // Removed once the root, if it was made there, has moved out.
+        left = Some(std::mem::replace(&mut cg, TaskCgroup::create(&name)?));
+        cg.origin = origin;
         sensors.guard(&cg.open()?, cg.id, cookie, allow)?;
     }
-    cg.origin = origin;
-    cg.add(root)?;
+    // A root made in it is not moved (a move waits for an RCU grace period).
+    if !cg.holds(root) {
+        cg.add(root)?;
+    }
+    drop(left);
     Ok(Some(cg))
 }
 

@@ -204,7 +204,15 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
         }
     }
     let enforced = opts.task.as_ref().is_some_and(|(t, _)| t.enforce);
-    let mut held = launch::spawn_held(&opts.cmd, &env, confinement, Some(theirs.as_raw_fd()), enforced)?;
+    // The task's cgroup before its root, to make the root in (runner/prepared.rs);
+    // under the cookie the mailbox above was given.
+    let me = std::process::id();
+    let prepared = opts.task.as_ref().and_then(|_| {
+        rt.e.prepare(me)
+            .map_err(|why| tracing::debug!("the task's root is moved into its cgroup: {why}"))
+            .ok()
+    });
+    let mut held = spawn_in(&opts.cmd, &env, confinement, theirs.as_raw_fd(), enforced, prepared.as_ref())?;
     said_closed(&held.closed);
     drop(theirs);
     // This process holds the task's gate and mailbox: no other process of our uid
@@ -229,6 +237,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
                 keeper: None,
                 closed_fds: held.closed.clone(),
                 asker: nix::unistd::getuid().as_raw(),
+                prepared: prepared.map(|p| (p.cookie, me)),
             };
             tasks::bind(&mut rt.e, task, r, Binding::Launched).map(|_| EXEC_TASK)
         }
@@ -333,7 +342,7 @@ async fn delegated(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError> 
     let mailbox =
         std::env::var(CTL_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()).filter(|&fd| is_mailbox(fd));
     let env = [(TASK_ENV.into(), task.id.clone())];
-    let held = launch::spawn_held(&opts.cmd, &env, confinement, mailbox, confined)?;
+    let held = launch::spawn_held(&opts.cmd, &env, confinement, mailbox, confined, None)?;
     said_closed(&held.closed);
     let pid = held.pid;
     let abort = |msg: String| {
@@ -422,7 +431,22 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
     if task.enforce {
         env.push((ENFORCED_ENV.to_string(), "1".into()));
     }
-    let mut held = launch::spawn_held(&opts.cmd, &env, confinement, Some(theirs.as_raw_fd()), task.enforce)?;
+    // Its cgroup first, to make the root in (runner/prepared.rs): root may write
+    // cgroups; for anyone else the daemon moves the root as it starts the task.
+    let prepared = if nix::unistd::geteuid().is_root() {
+        match ctl::call(&socket, &ctl::Request::Prepare {}).await {
+            Ok(r) if r.ok => r.prepared,
+            Ok(r) => {
+                tracing::debug!("the task's root is moved into its cgroup: {}", r.error.unwrap_or_default());
+                None
+            }
+            Err(why) => return Err(RunError::Unreachable { socket: socket.clone(), why }),
+        }
+    } else {
+        None
+    };
+    let mut held =
+        spawn_in(&opts.cmd, &env, confinement, theirs.as_raw_fd(), task.enforce, prepared.as_ref())?;
     said_closed(&held.closed);
     drop(theirs);
     // It keeps copies of the task's gate and mailbox for a restarted daemon (root's
@@ -462,6 +486,7 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
         lsm: setup.layers.lsm,
         kept_mailbox: Some(ours.as_raw_fd()),
         closed_fds: held.closed.clone(),
+        prepared: prepared.map(|p| p.cookie),
     };
     // The task's mailbox goes with the request: the daemon answers it from now on.
     // Our copy stays open while the task runs, for a restarted daemon to take back
@@ -506,6 +531,26 @@ async fn registered(opts: ExecOptions, socket: PathBuf) -> Result<i32, RunError>
     // Kept until the task's root is done.
     drop((ours, kept_gate));
     Ok(st.map(exit_code).unwrap_or(125))
+}
+
+/// The task's held root (`launch::spawn_held`, keeping `mailbox`), made in its
+/// `prepared` cgroup where it can be; else beside it, for agentmon to move it in (the
+/// cgroup cannot be opened here, as from another cgroup namespace, or the kernel
+/// refuses: not root, before 5.7).
+fn spawn_in(
+    cmd: &[String],
+    env: &[(String, String)],
+    confinement: Option<Confinement>,
+    mailbox: std::os::fd::RawFd,
+    enforced: bool,
+    prepared: Option<&ctl::Prepared>,
+) -> Result<launch::Held, launch::LaunchError> {
+    let dir = prepared.and_then(|p| {
+        std::fs::File::open(&p.cgroup)
+            .map_err(|e| tracing::debug!("the task's root is moved into its cgroup: {}: {e}", p.cgroup))
+            .ok()
+    });
+    launch::spawn_held(cmd, env, confinement, Some(mailbox), enforced, dir.as_ref().map(|d| d.as_fd()))
 }
 
 /// No core dumps, no ptrace or pidfd_getfd by processes of our uid without

@@ -18,6 +18,7 @@ mod hosts;
 mod keeper;
 mod outputs;
 mod pipeline;
+mod prepared;
 mod pressure;
 mod refusals;
 mod resume;

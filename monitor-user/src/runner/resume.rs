@@ -120,6 +120,7 @@ pub fn resume(e: &mut Engine) -> Vec<String> {
             keeper: s.keeper.clone(),
             closed_fds: Vec::new(),
             asker: share,
+            prepared: None,
         };
         let (ended, left) = (s.ended, pids.len());
         let bound =

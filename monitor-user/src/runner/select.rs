@@ -151,6 +151,7 @@ impl Scanner {
                 keeper: None,
                 closed_fds: Vec::new(),
                 asker: 0,
+                prepared: None,
             };
             let r = tasks::start(e, me, req);
             match (r.ok, r.task, r.error) {

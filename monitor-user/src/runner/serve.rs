@@ -167,6 +167,7 @@ fn serve_now(
             lsm,
             kept_mailbox,
             closed_fds,
+            prepared,
         } => {
             let launch = launch.into_iter().map(std::path::PathBuf::from).collect();
             // The registering exec keeps copies of the task's descriptors for a
@@ -193,6 +194,7 @@ fn serve_now(
                     keeper,
                     closed_fds,
                     asker: caller.uid,
+                    prepared: prepared.map(|c| (c, peer)),
                 },
             );
             // The task's control mailbox, sent with the request.
@@ -258,8 +260,15 @@ fn serve_now(
                     keeper: None,
                     closed_fds: Vec::new(),
                     asker: caller.uid,
+                    prepared: None,
                 },
             );
+        }
+        Request::Prepare {} => {
+            return match e.prepare(peer) {
+                Ok(p) => Reply { ok: true, prepared: Some(p), ..Default::default() },
+                Err(why) => Reply::err(format!("prepare: {why}")),
+            };
         }
         Request::Kill { task, via } => (task, Act::Kill, via),
         Request::Freeze { task, via } => (task, Act::Freeze, via),

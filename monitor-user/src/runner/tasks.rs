@@ -57,6 +57,9 @@ pub struct StartReq {
     /// (`realpath`), so that one user's file system that does not answer cannot
     /// take every start's. A resumed task's is its own (`Wait::task`).
     pub asker: u32,
+    /// The cgroup prepared for it (`runner::prepared`), by cookie, and the pid that
+    /// asked for it (only that caller's start takes it).
+    pub prepared: Option<(u32, u32)>,
 }
 
 /// How the task's processes came to be bound.
@@ -98,10 +101,12 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
         return Reply::err(format!("{what}: pid {} is not the caller's child", r.pid));
     }
     // Untracked in a task's cgroup (past max_tracked, escaped): still the task's; a
-    // task of its own would take it out of that cgroup.
+    // task of its own would take it out of that cgroup. (One made in the cgroup its
+    // caller prepared for this start is in no task yet.)
+    let made_in = r.prepared.is_some_and(|(c, who)| who == peer && e.reserved.holds(c, who, r.pid));
     if r.pid == std::process::id()
         || e.sensors.task_of(r.pid).is_some()
-        || super::callers::in_task_cgroup(r.pid)
+        || (!made_in && super::callers::in_task_cgroup(r.pid))
     {
         return Reply::err(format!("{what}: pid {} is agentmon or already in a task", r.pid));
     }
@@ -336,8 +341,15 @@ pub fn admissible(
 /// network guard if enforced), its own events file, the judge and containment; then
 /// records `task_start` and (in a daemon) the task's state.
 pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<String, RunError> {
-    let c = match &how {
-        Binding::Resumed { kept: Some(c), .. } => *c,
+    // A launched root's prepared cgroup, taken where its cgroup is made (a start
+    // refused before leaves it to expire once its launcher ends the child).
+    let prepared = match &how {
+        Binding::Launched => r.prepared.filter(|(c, who)| e.reserved.has(*c, *who)),
+        _ => None,
+    };
+    let c = match (&how, prepared) {
+        (Binding::Resumed { kept: Some(c), .. }, _) => *c,
+        (_, Some((c, _))) => c,
         _ => e.cookie(),
     };
     let id: Arc<str> = Arc::from(task.id.as_str());
@@ -430,6 +442,8 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
             pids.retain(|p| *p != pid);
         }
     }
+    // Whether its root was made in its cgroup (not moved there: runner/prepared.rs).
+    let mut born_in = false;
     let cgroup = match adopted {
         Some(cg) => {
             if task.enforce {
@@ -440,7 +454,9 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         }
         None => {
             let allow = if task.enforce { guard_entries(&task, c, e.p.judge.rules())? } else { Vec::new() };
-            let cg = task_cgroup(&mut e.sensors, &task, r.pid, &e.setup, c, &allow)?;
+            let made = prepared.and_then(|(c, who)| e.reserved.take(c, who));
+            born_in = made.as_ref().is_some_and(|m| m.cg.holds(r.pid));
+            let cg = task_cgroup(&mut e.sensors, &task, r.pid, &e.setup, c, &allow, made)?;
             if let Some(cg) = &cg {
                 for &pid in pids.iter().skip(1) {
                     if let Err(err) = cg.add(pid) {
@@ -471,6 +487,7 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         keeper: r.keeper.clone(),
         granted: task.granted.clone(),
     };
+    let cgroup_made = cgroup.is_some();
     let tier = task.enforce.then_some(if e.setup.layers.lsm { "bpf-lsm" } else { "landlock" });
     let p = &mut e.p;
     p.enr.bind_task(c, id.clone());
@@ -508,6 +525,10 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         );
         if !r.closed_fds.is_empty() {
             ev.detail.insert("closed_fds".into(), serde_json::json!(r.closed_fds));
+        }
+        if !resumed && !r.attach && cgroup_made {
+            // Made there, it started without the wait a move costs (runner/prepared.rs).
+            ev.detail.insert("root_made_in_cgroup".into(), serde_json::json!(born_in));
         }
         e.record(&ev);
     }
