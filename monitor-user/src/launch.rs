@@ -94,9 +94,6 @@ pub struct Held {
     /// The descriptors agentmon's caller left open that an enforced command does
     /// not get (see [`inherited`]), described: for its `task_start`.
     pub closed: Vec<String>,
-    /// Whether it was made in the task's cgroup ([`spawn_held`]'s `into`), so that
-    /// no one needs to move it there.
-    pub in_cgroup: bool,
 }
 
 /// The descriptors this process would pass on at exec (no close-on-exec flag), from
@@ -247,7 +244,7 @@ unsafe fn fork_into(dir: std::os::fd::BorrowedFd<'_>) -> nix::Result<libc::pid_t
 /// `enforced` command keeps no other but its standard streams ([`inherited`]). (An
 /// observed one may be confined too, by the watching filter alone: it keeps them.)
 /// `into`: the task's cgroup, to make the child in ([`fork_into`]) where the kernel
-/// lets this process ([`Held::in_cgroup`] says whether it did).
+/// lets this process (the task's `task_start` says whether it was).
 pub fn spawn_held(
     cmd: &[String],
     extra_env: &[(String, String)],
@@ -305,14 +302,14 @@ pub fn spawn_held(
         .collect();
 
     // SAFETY: the child only calls async-signal-safe functions on memory prepared above.
-    let (made, in_cgroup) = match into.map(|dir| unsafe { fork_into(dir) }) {
-        Some(Ok(0)) => (ForkResult::Child, true),
-        Some(Ok(pid)) => (ForkResult::Parent { child: Pid::from_raw(pid) }, true),
+    let made = match into.map(|dir| unsafe { fork_into(dir) }) {
+        Some(Ok(0)) => ForkResult::Child,
+        Some(Ok(pid)) => ForkResult::Parent { child: Pid::from_raw(pid) },
         Some(Err(e)) => {
             tracing::debug!("the command is made outside its cgroup and moved there: clone3: {e}");
-            (unsafe { fork() }?, false)
+            unsafe { fork() }?
         }
-        None => (unsafe { fork() }?, false),
+        None => unsafe { fork() }?,
     };
     match made {
         ForkResult::Child => unsafe {
@@ -350,16 +347,20 @@ pub fn spawn_held(
             // Everything below was prepared before the fork; restrict_self and
             // apply_filter only make syscalls (prctl, landlock_restrict_self, seccomp).
             if let Some(c) = confine {
+                let crate::enforce::Confinement { landlock, seccomp, gate, .. } = c;
                 // The gate's filter before the denial filter: its listener is sent to
                 // agentmon and closed here, so the command never holds it.
-                let ok = c.landlock.is_none_or(|r| r.restrict_self().is_ok())
-                    && match (&c.gate, &gate_chan) {
+                let ok = landlock.is_none_or(|r| r.restrict_self().is_ok())
+                    && match (&gate, &gate_chan) {
                         (Some(prog), Some((_, child_end))) => {
                             crate::gate::filter::install_and_send(prog, child_end.as_raw_fd())
                         }
                         _ => true,
                     }
-                    && c.seccomp.as_ref().is_none_or(|f| seccompiler::apply_filter(f).is_ok());
+                    && seccomp.as_ref().is_none_or(|f| seccompiler::apply_filter(f).is_ok());
+                // Never freed here: made by clone3 (fork_into), no fork handler reset
+                // the allocator's locks, which another thread may have held.
+                std::mem::forget((seccomp, gate));
                 if !ok {
                     let e = CONFINE_FAILED;
                     libc::write(err_w.as_raw_fd(), (&raw const e).cast(), 4);
@@ -376,16 +377,8 @@ pub fn spawn_held(
             drop(err_w);
             drop(ready_w);
             let gate = gate_chan.map(|(ours, _)| ours);
-            let held = Held {
-                pid: child,
-                program,
-                argv: cmd.to_vec(),
-                go: Some(go_w),
-                err: err_r,
-                gate,
-                closed,
-                in_cgroup,
-            };
+            let held =
+                Held { pid: child, program, argv: cmd.to_vec(), go: Some(go_w), err: err_r, gate, closed };
             let mut b = [0u8; 1];
             loop {
                 match nix::unistd::read(&ready_r, &mut b) {

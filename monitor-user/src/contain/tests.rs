@@ -23,7 +23,7 @@ pub(crate) fn fake_cgroup(d: &std::path::Path, name: &str, frozen: bool) -> Task
     std::fs::create_dir_all(&path).unwrap();
     std::fs::write(path.join("cgroup.freeze"), if frozen { "1\n" } else { "0\n" }).unwrap();
     std::fs::write(path.join("cgroup.events"), format!("populated 1\nfrozen {}\n", frozen as u8)).unwrap();
-    TaskCgroup { path, id: 1, origin: None }
+    TaskCgroup { path, id: 1, origin: None, grave: None }
 }
 
 fn asked(c: &Containment, id: &str) -> String {

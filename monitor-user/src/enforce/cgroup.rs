@@ -146,6 +146,20 @@ pub struct TaskCgroup {
     /// The cgroup the task's root was in before it was moved here (a container's,
     /// whose container and pod its events keep).
     pub origin: Option<String>,
+    /// Where it goes if it still has processes when dropped, to be removed once it
+    /// has none (a cgroup made before its task's root, whose start failed with the
+    /// root in it: runner/prepared.rs). None: left in place (a task's, for a
+    /// restarted daemon to adopt).
+    pub grave: Option<Grave>,
+}
+
+/// Cgroups let go of while processes were in them, removed once empty ([`bury`]).
+pub type Grave = std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>;
+
+/// Removes the cgroups in `grave` that are empty now (gone ones are forgotten).
+pub fn bury(grave: &Grave) {
+    let mut g = grave.lock().unwrap_or_else(|e| e.into_inner());
+    g.retain(|p| std::fs::remove_dir(p).is_err() && p.exists());
 }
 
 /// The name a nested task cgroup starts with (beside agentmon's own directory).
@@ -281,13 +295,13 @@ impl TaskCgroup {
     fn make(path: PathBuf) -> io::Result<Self> {
         std::fs::create_dir(&path)?;
         let id = std::fs::metadata(&path)?.ino();
-        Ok(Self { path, id, origin: None })
+        Ok(Self { path, id, origin: None, grave: None })
     }
 
     /// A task cgroup that already exists (a restarted daemon resuming its tasks).
     pub fn adopt(path: PathBuf) -> io::Result<Self> {
         let id = std::fs::metadata(&path)?.ino();
-        Ok(Self { path, id, origin: None })
+        Ok(Self { path, id, origin: None, grave: None })
     }
 
     /// Moves process `pid` (and so its future children) into the cgroup.
@@ -417,7 +431,12 @@ impl TaskCgroup {
 
 impl Drop for TaskCgroup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.path);
+        if std::fs::remove_dir(&self.path).is_err()
+            && self.path.exists()
+            && let Some(g) = &self.grave
+        {
+            g.lock().unwrap_or_else(|e| e.into_inner()).push(self.path.clone());
+        }
     }
 }
 

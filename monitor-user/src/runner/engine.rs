@@ -114,7 +114,7 @@ impl Engine {
 
     /// A cgroup for a task whose root `caller` is about to fork (runner/prepared.rs),
     /// under the next cookie: given out only if it is made.
-    pub fn prepare(&mut self, caller: u32) -> Result<crate::ctl::Prepared, String> {
+    pub fn prepare(&mut self, caller: super::prepared::Asker) -> Result<crate::ctl::Prepared, String> {
         if !self.setup.layers.cgroups {
             return Err("this agentmon makes no task cgroups here".into());
         }

@@ -165,7 +165,7 @@ pub(super) fn task_cgroup(
     cookie: u32,
     allow: &[(u32, monitor_common::NetKeyData, monitor_common::NetPorts)],
     prepared: Option<super::prepared::Reserved>,
-) -> Result<Option<TaskCgroup>, RunError> {
+) -> Result<Option<(TaskCgroup, bool)>, RunError> {
     if !setup.layers.cgroups {
         return Ok(None);
     }
@@ -209,11 +209,14 @@ pub(super) fn task_cgroup(
         sensors.guard(&cg.open()?, cg.id, cookie, allow)?;
     }
     // A root made in it is not moved (a move waits for an RCU grace period).
-    if !cg.holds(root) {
+    let made_in = cg.holds(root);
+    if !made_in {
         cg.add(root)?;
     }
     drop(left);
-    Ok(Some(cg))
+    // The task's now: left in place if it still has processes when let go of.
+    cg.grave = None;
+    Ok(Some((cg, made_in)))
 }
 
 /// The network guard's entries for enforced task `t` (cookie `cookie`): its connect

@@ -206,7 +206,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32, RunError> {
     let enforced = opts.task.as_ref().is_some_and(|(t, _)| t.enforce);
     // The task's cgroup before its root, to make the root in (runner/prepared.rs);
     // under the cookie the mailbox above was given.
-    let me = std::process::id();
+    let me = (std::process::id(), super::callers::start_of(std::process::id()).unwrap_or(0));
     let prepared = opts.task.as_ref().and_then(|_| {
         rt.e.prepare(me)
             .map_err(|why| tracing::debug!("the task's root is moved into its cgroup: {why}"))

@@ -194,7 +194,7 @@ fn serve_now(
                     keeper,
                     closed_fds,
                     asker: caller.uid,
-                    prepared: prepared.map(|c| (c, peer)),
+                    prepared: prepared.map(|c| (c, (peer, caller.start))),
                 },
             );
             // The task's control mailbox, sent with the request.
@@ -265,7 +265,7 @@ fn serve_now(
             );
         }
         Request::Prepare {} => {
-            return match e.prepare(peer) {
+            return match e.prepare((peer, caller.start)) {
                 Ok(p) => Reply { ok: true, prepared: Some(p), ..Default::default() },
                 Err(why) => Reply::err(format!("prepare: {why}")),
             };

@@ -57,9 +57,9 @@ pub struct StartReq {
     /// (`realpath`), so that one user's file system that does not answer cannot
     /// take every start's. A resumed task's is its own (`Wait::task`).
     pub asker: u32,
-    /// The cgroup prepared for it (`runner::prepared`), by cookie, and the pid that
-    /// asked for it (only that caller's start takes it).
-    pub prepared: Option<(u32, u32)>,
+    /// The cgroup prepared for it (`runner::prepared`), by cookie, and who asked for
+    /// it (only that caller's start takes it).
+    pub prepared: Option<(u32, super::prepared::Asker)>,
 }
 
 /// How the task's processes came to be bound.
@@ -103,7 +103,7 @@ pub fn start(e: &mut Engine, peer: u32, r: StartReq) -> Reply {
     // Untracked in a task's cgroup (past max_tracked, escaped): still the task's; a
     // task of its own would take it out of that cgroup. (One made in the cgroup its
     // caller prepared for this start is in no task yet.)
-    let made_in = r.prepared.is_some_and(|(c, who)| who == peer && e.reserved.holds(c, who, r.pid));
+    let made_in = r.prepared.is_some_and(|(c, who)| who.0 == peer && e.reserved.holds(c, who, r.pid));
     if r.pid == std::process::id()
         || e.sensors.task_of(r.pid).is_some()
         || (!made_in && super::callers::in_task_cgroup(r.pid))
@@ -455,8 +455,9 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
         None => {
             let allow = if task.enforce { guard_entries(&task, c, e.p.judge.rules())? } else { Vec::new() };
             let made = prepared.and_then(|(c, who)| e.reserved.take(c, who));
-            born_in = made.as_ref().is_some_and(|m| m.cg.holds(r.pid));
             let cg = task_cgroup(&mut e.sensors, &task, r.pid, &e.setup, c, &allow, made)?;
+            born_in = cg.as_ref().is_some_and(|(_, made_in)| *made_in);
+            let cg = cg.map(|(cg, _)| cg);
             if let Some(cg) = &cg {
                 for &pid in pids.iter().skip(1) {
                     if let Err(err) = cg.add(pid) {
