@@ -121,6 +121,8 @@ pub async fn daemon(opts: DaemonOptions) -> Result<i32, RunError> {
     }
     let rule_count = rules.as_ref().map(|r| r.len()).unwrap_or(0);
     let engine = Engine::load(opts.ringbuf_bytes, opts.max_tracked, &opts.sensitive, rules, out, setup)?;
+    // Room for the descriptors tasks add, so that no start waits for the table to grow.
+    super::fdtable::make_room();
     // The socket appears once the daemon can serve (a client that reaches it is answered).
     let server = ctl::Server::bind_at(&opts.socket)?;
     if let (Some(n), Some(keys)) = (&opts.outputs.nats, &opts.outputs.ctl_keys) {

@@ -13,6 +13,7 @@ mod daemon;
 mod engine;
 mod enroll;
 mod exec;
+mod fdtable;
 mod finish;
 mod hosts;
 mod keeper;

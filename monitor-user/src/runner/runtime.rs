@@ -392,6 +392,7 @@ fn housekeeping(
         }
         e.sensors.lsm_idle(e.setup.lsm_linger, std::time::Instant::now());
         e.reserved.expire(std::time::Instant::now());
+        super::fdtable::make_room();
         // A guard and its kernel state are kept while its cgroup exists, asked of the
         // kernel by id (a nested task cgroup is anywhere, and one whose task did not
         // resume is bound to none). Where ids cannot be asked, by agentmon's listing
