@@ -409,16 +409,19 @@ impl TaskCgroup {
     /// Where `pid` is when it is not in this cgroup or below it (its cgroup v2 path),
     /// None when it is (or is gone).
     pub fn outside(&self, pid: u32) -> Option<String> {
-        let root = v2_root()?;
-        let mine = Path::new("/").join(self.path.strip_prefix(&root).ok()?);
+        let mine = self.named()?;
         let at = of_pid(pid)?;
         (!Path::new(&at).starts_with(&mine)).then_some(at)
     }
 
     /// Whether process `pid` is in this cgroup itself (not beneath it).
     pub fn holds(&self, pid: u32) -> bool {
-        let (Some(root), Some(at)) = (v2_root(), of_pid(pid)) else { return false };
-        self.path.strip_prefix(&root).is_ok_and(|rel| Path::new("/").join(rel) == Path::new(&at))
+        self.named().zip(of_pid(pid)).is_some_and(|(mine, at)| mine == Path::new(&at))
+    }
+
+    /// This cgroup's path as /proc/PID/cgroup names it (from the hierarchy's root).
+    fn named(&self) -> Option<PathBuf> {
+        Some(Path::new("/").join(self.path.strip_prefix(v2_root()?).ok()?))
     }
 
     /// Pids still in the cgroup.

@@ -68,20 +68,25 @@ impl Reservations {
         Ok(answer)
     }
 
+    /// Where the cgroup prepared under `cookie` for `caller` is in the list.
+    fn find(&self, cookie: u32, caller: Asker) -> Option<usize> {
+        self.list.iter().position(|r| r.cookie == cookie && r.caller == caller)
+    }
+
     /// Whether a cgroup is prepared under `cookie` for `caller`.
     pub fn has(&self, cookie: u32, caller: Asker) -> bool {
-        self.list.iter().any(|r| r.cookie == cookie && r.caller == caller)
+        self.find(cookie, caller).is_some()
     }
 
     /// Whether process `pid` is in the cgroup prepared under `cookie` for `caller`.
     pub fn holds(&self, cookie: u32, caller: Asker, pid: u32) -> bool {
-        self.list.iter().any(|r| r.cookie == cookie && r.caller == caller && r.cg.holds(pid))
+        self.find(cookie, caller).is_some_and(|at| self.list[at].cg.holds(pid))
     }
 
     /// The cgroup prepared under `cookie` for `caller` (None: none is, or another
     /// caller asked for it).
     pub fn take(&mut self, cookie: u32, caller: Asker) -> Option<Reserved> {
-        let at = self.list.iter().position(|r| r.cookie == cookie && r.caller == caller)?;
+        let at = self.find(cookie, caller)?;
         Some(self.list.swap_remove(at))
     }
 

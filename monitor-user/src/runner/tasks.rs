@@ -442,22 +442,22 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
             pids.retain(|p| *p != pid);
         }
     }
-    // Whether its root was made in its cgroup (not moved there: runner/prepared.rs).
-    let mut born_in = false;
-    let cgroup = match adopted {
+    // And whether its root was made there (not moved there: runner/prepared.rs).
+    let (cgroup, born_in) = match adopted {
         Some(cg) => {
             if task.enforce {
                 let allow = guard_entries(&task, c, e.p.judge.rules())?;
                 e.sensors.guard(&cg.open()?, cg.id, c, &allow)?;
             }
-            Some(cg)
+            (Some(cg), false)
         }
         None => {
             let allow = if task.enforce { guard_entries(&task, c, e.p.judge.rules())? } else { Vec::new() };
             let made = prepared.and_then(|(c, who)| e.reserved.take(c, who));
-            let cg = task_cgroup(&mut e.sensors, &task, r.pid, &e.setup, c, &allow, made)?;
-            born_in = cg.as_ref().is_some_and(|(_, made_in)| *made_in);
-            let cg = cg.map(|(cg, _)| cg);
+            let (cg, born_in) = match task_cgroup(&mut e.sensors, &task, r.pid, &e.setup, c, &allow, made)? {
+                Some((cg, made_in)) => (Some(cg), made_in),
+                None => (None, false),
+            };
             if let Some(cg) = &cg {
                 for &pid in pids.iter().skip(1) {
                     if let Err(err) = cg.add(pid) {
@@ -465,7 +465,7 @@ pub fn bind(e: &mut Engine, task: Task, r: StartReq, how: Binding) -> Result<Str
                     }
                 }
             }
-            cg
+            (cg, born_in)
         }
     };
     let saved = Saved {
