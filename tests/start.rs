@@ -75,12 +75,34 @@ pub fn a_tasks_root_is_made_in_its_cgroup() -> R {
         }
         Ok(())
     })();
+    // A process inside a task may not have a cgroup prepared (an operator's request):
+    // refused, and said as an attempt.
+    let asked = (|| -> Result<(), String> {
+        let id = "made-asker";
+        let script = format!(
+            "import socket; s = socket.socket(socket.AF_UNIX); s.connect({sock:?}); \
+             s.sendall(b'{{\"op\":\"prepare\"}}\\n'); open({out:?}, 'wb').write(s.makefile('rb').readline())",
+            sock = sock.display().to_string(),
+            out = d.join(id).join("reply").display().to_string(),
+        );
+        let out = under_daemon(&sock, &task(&d, id, false)?)
+            .args(["/usr/bin/python3", "-c", &script])
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure(out.status.success(), || format!("{id}: {}", String::from_utf8_lossy(&out.stderr)))?;
+        let reply = std::fs::read_to_string(d.join(id).join("reply")).map_err(|e| format!("{id}: {e}"))?;
+        let reply: serde_json::Value = serde_json::from_str(&reply).map_err(|e| format!("{reply:?}: {e}"))?;
+        ensure(reply["ok"] == false && reply["prepared"].is_null(), || format!("a task's prepare: {reply}"))
+    })();
     let said = stop(daemon)?;
-    ran.map_err(|e| format!("{e}; the daemon said: {said}"))?;
+    ran.and(asked).map_err(|e| format!("{e}; the daemon said: {said}"))?;
     let evs = events(&all)?;
     for &(id, _) in &kinds {
         made_in(&d, id, &evs)?;
     }
+    let attempt = support::tamper_of(&evs, "control request prepare");
+    eq("tamper records of the task's prepare", attempt.len(), 1)?;
+    eq("the attempt's task", attempt[0].task.as_deref(), Some("made-asker"))?;
     // agentmon exec alone prepares its task's cgroup itself.
     for (id, enforce) in kinds.iter().map(|(id, e)| (format!("{id}-alone"), *e)) {
         let t = task(&d, &id, enforce)?;
